@@ -1,0 +1,192 @@
+"""``spikefm.Corpus``: read a corpus directory at memory speed (pyarrow -> numpy, no per-element
+Python conversion)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import SCHEMA_VERSION, SPLITS
+
+
+@dataclass
+class CorpusRow:
+    """One row: a chunk of one session.
+
+    ``spike_counts`` is a (num_units, num_bins) uint8 view of the Arrow buffer; ``behavior`` a
+    (num_behaviors, num_bins) float32 array (NaN where not recorded); ``trials`` the trial tables
+    overlapping the chunk ({table: {column: list}}, times in seconds on the session clock).
+    """
+
+    spike_counts: np.ndarray
+    subject_id: str
+    session_id: str
+    segment_id: str
+    source_dataset: str
+    bin_ms: int = 20
+    t_start_ms: int = 0
+    unit_ids: list[str] = field(default_factory=list)
+    unit_regions: list[str] = field(default_factory=list)
+    species: str = ""
+    behavior_names: list[str] = field(default_factory=list)
+    behavior: np.ndarray | None = None
+    trials_json: str = "{}"
+
+    @property
+    def num_units(self) -> int:
+        return self.spike_counts.shape[0]
+
+    @property
+    def num_bins(self) -> int:
+        return self.spike_counts.shape[1]
+
+    @cached_property
+    def trials(self) -> dict:
+        return json.loads(self.trials_json or "{}")
+
+
+def _matrices(col: pa.Array) -> list[np.ndarray]:
+    """A list<list<T>> array -> per-row 2-D numpy views (rows x inner length), zero-copy."""
+    if isinstance(col, pa.ChunkedArray):
+        return [m for chunk in col.chunks for m in _matrices(chunk)]
+    outer = col.offsets.to_numpy()
+    inner_arr = col.values
+    inner = inner_arr.offsets.to_numpy()
+    values = inner_arr.values
+    flat = values.to_numpy(zero_copy_only=values.null_count == 0, writable=False)
+    out = []
+    for i in range(len(col)):
+        u0, u1 = outer[i], outer[i + 1]
+        v0, v1 = inner[u0], inner[u1]
+        n = u1 - u0
+        width = (v1 - v0) // n if n else 0
+        if n and np.any(np.diff(inner[u0:u1 + 1]) != width):
+            raise ValueError(f"row {i}: per-unit lists have different lengths; not a units x bins "
+                             "matrix")
+        out.append(flat[v0:v1].reshape(n, width))
+    return out
+
+
+class Corpus:
+    """A spikefm corpus directory (``manifest.json`` + ``data/*.parquet``).
+
+    Example::
+
+        corpus = spikefm.Corpus("my_corpus")
+        for row in corpus.iter_rows("train"):
+            row.spike_counts  # uint8 (units, bins)
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.is_file():
+            raise ValueError(
+                f"{self.path}: not a spikefm corpus (no manifest.json); build one with "
+                "`spikefm corpus build INPUT --out DIR` or `spikefm corpus import`"
+            )
+        try:
+            self.manifest = json.loads(manifest.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{manifest}: not valid JSON ({exc}); rebuild the corpus") from None
+        version = self.manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"{manifest}: schema_version {version}, this spikefm reads "
+                             f"{SCHEMA_VERSION}; rebuild the corpus with this version")
+
+    def __repr__(self) -> str:
+        s = self.manifest["splits"]
+        return (f"Corpus({str(self.path)!r}, sessions={len(self.sessions)}, "
+                + ", ".join(f"{k}_tokens={v['num_tokens']:,}" for k, v in s.items()) + ")")
+
+    @property
+    def sessions(self) -> list[dict]:
+        """Per-session metadata from the manifest (session_id, subject_id, split, num_units...)."""
+        return self.manifest["sessions"]
+
+    @property
+    def bin_ms(self) -> int:
+        return int(self.manifest["bin_ms"])
+
+    def session(self, session_id: str) -> dict:
+        for s in self.sessions:
+            if s["session_id"] == session_id:
+                return s
+        raise KeyError(f"session {session_id!r} is not in {self.path}; known sessions: "
+                       + ", ".join(s["session_id"] for s in self.sessions[:10])
+                       + (" ..." if len(self.sessions) > 10 else ""))
+
+    def session_ids(self, split: str | None = None) -> list[str]:
+        """Session ids, optionally only those with rows in ``split``."""
+        return [s["session_id"] for s in self.sessions
+                if split is None or s["split"] in (split, "both")]
+
+    def shards(self, split: str) -> list[Path]:
+        if split not in self.manifest["splits"]:
+            raise ValueError(f"split must be one of {sorted(self.manifest['splits'])}, got {split!r}")
+        return [self.path / p for p in self.manifest["splits"][split]["shards"]]
+
+    def num_tokens(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["num_tokens"])
+
+    @cached_property
+    def manifest_hash(self) -> str:
+        """sha256 of manifest.json, recorded by training runs to pin their data."""
+        return hashlib.sha256((self.path / "manifest.json").read_bytes()).hexdigest()
+
+    def iter_rows(self, split: str = "train", *, sessions: list[str] | set[str] | None = None,
+                  with_extras: bool = True) -> Iterator[CorpusRow]:
+        """Yield rows of a split in shard order (rows were shuffled when the corpus was built).
+
+        Args:
+            split: ``"train"`` or ``"test"``.
+            sessions: only rows of these session ids.
+            with_extras: also read behaviour, regions and trials (skip them for speed when only
+                spike counts are needed).
+        """
+        wanted = set(sessions) if sessions is not None else None
+        for shard in self.shards(split):
+            pf = pq.ParquetFile(shard)
+            cols = None if with_extras else ["spike_counts", "subject_id", "session_id",
+                                             "segment_id", "source_dataset", "bin_ms",
+                                             "t_start_ms"]
+            names = set(pf.schema_arrow.names)
+            if cols is not None:
+                cols = [c for c in cols if c in names]
+            for batch in pf.iter_batches(batch_size=8, columns=cols):
+                yield from _rows_from_batch(batch, wanted, self.bin_ms)
+
+
+def _rows_from_batch(batch: pa.RecordBatch, wanted: set[str] | None, default_bin_ms: int):
+    names = batch.schema.names
+    session_ids = batch.column("session_id").to_pylist()
+    keep = [i for i, s in enumerate(session_ids) if wanted is None or s in wanted]
+    if not keep:
+        return
+    counts = _matrices(batch.column("spike_counts"))
+    py = {c: batch.column(c).to_pylist() for c in names
+          if c not in ("spike_counts", "behavior", "session_id")}
+    behavior = _matrices(batch.column("behavior")) if "behavior" in names else None
+    for i in keep:
+        yield CorpusRow(
+            spike_counts=counts[i],
+            subject_id=py["subject_id"][i],
+            session_id=session_ids[i],
+            segment_id=py["segment_id"][i],
+            source_dataset=py["source_dataset"][i],
+            bin_ms=py["bin_ms"][i] if "bin_ms" in py else default_bin_ms,
+            t_start_ms=py["t_start_ms"][i] if "t_start_ms" in py else 0,
+            unit_ids=py["unit_ids"][i] if "unit_ids" in py else [],
+            unit_regions=py["unit_regions"][i] if "unit_regions" in py else [],
+            species=py["species"][i] if "species" in py else "",
+            behavior_names=py["behavior_names"][i] if "behavior_names" in py else [],
+            behavior=behavior[i] if behavior is not None else None,
+            trials_json=py["trials_json"][i] if "trials_json" in py else "{}",
+        )

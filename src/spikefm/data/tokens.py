@@ -1,0 +1,54 @@
+"""Neural Pile tokenization: each time bin becomes ``[255, c_1, ..., c_n]`` (numpy only).
+
+The units x bins count matrix is read column by column (time-major): for every bin, the separator
+token 255 and then that bin's count for unit 1..n. The vocabulary is the 256 byte values. Counts of
+255 or more are clipped to 254 so that 255 only ever means "a new bin starts".
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SEPARATOR = 255
+VOCAB_SIZE = 256
+MAX_COUNT_TOKEN = 254
+
+
+def tokenize(counts: np.ndarray) -> np.ndarray:
+    """(num_units, num_bins) counts -> (num_bins * (num_units + 1),) uint8 tokens."""
+    counts = np.asarray(counts)
+    if counts.ndim != 2:
+        raise ValueError(f"counts must be a 2-D (units, bins) array, got shape {counts.shape}")
+    num_units, num_bins = counts.shape
+    out = np.empty((num_bins, num_units + 1), dtype=np.uint8)
+    out[:, 0] = SEPARATOR
+    if counts.dtype == np.uint8:
+        np.minimum(counts.T, MAX_COUNT_TOKEN, out=out[:, 1:])
+    else:
+        if np.issubdtype(counts.dtype, np.floating) and not np.all(np.isfinite(counts)):
+            raise ValueError("counts must be finite; found NaN or inf")
+        if counts.size and counts.min() < 0:
+            raise ValueError(f"counts must be >= 0, found {counts.min()}")
+        out[:, 1:] = np.minimum(counts.T, MAX_COUNT_TOKEN).astype(np.uint8)
+    return out.reshape(-1)
+
+
+def detokenize(tokens: np.ndarray, num_units: int) -> np.ndarray:
+    """Inverse of :func:`tokenize`: tokens -> (num_units, num_bins) uint8 counts.
+
+    Raises ValueError unless the length is a multiple of ``num_units + 1`` and every bin starts with
+    the separator (and no count token is the separator).
+    """
+    tokens = np.asarray(tokens, dtype=np.uint8).reshape(-1)
+    width = num_units + 1
+    if tokens.size % width:
+        raise ValueError(
+            f"token count {tokens.size} is not a multiple of num_units + 1 = {width}; "
+            "pass the num_units the tokens were made with"
+        )
+    grid = tokens.reshape(-1, width)
+    if grid.size and (np.any(grid[:, 0] != SEPARATOR) or np.any(grid[:, 1:] == SEPARATOR)):
+        raise ValueError(
+            f"tokens are not laid out as [255, c1..c{num_units}] per bin; "
+            "check num_units and that the sequence starts at a bin boundary"
+        )
+    return np.ascontiguousarray(grid[:, 1:].T)

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny NWB files written with pynwb, and paths to the real DANDI file."""
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_NWB = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / \
+    "dandi-000207_sub-4_ses-4_ecephys+image.nwb"
+
+
+def write_nwb(path, spike_times: list[np.ndarray], regions: list[str], *, species="Mus musculus",
+              subject_id="m1", region_in_units=False, trials=None, behavior=None):
+    """Write a small but real NWB file.
+
+    Args:
+        spike_times: per-unit spike time arrays (seconds).
+        regions: per-unit region, stored in electrodes.location (and a units column if asked).
+        trials: dict column -> array for nwbfile.trials (must hold start_time, stop_time).
+        behavior: dict name -> (timestamps, values) stored in processing["behavior"].
+    """
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb.file import Subject
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nwb = NWBFile(session_description="test", identifier=path.stem,
+                  session_start_time=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+                  subject=Subject(subject_id=subject_id, species=species))
+    device = nwb.create_device(name="probe")
+    groups = {}
+    for r in sorted(set(regions)):
+        groups[r] = nwb.create_electrode_group(name=f"g_{r}", description=r, location=r,
+                                               device=device)
+    for r in regions:
+        nwb.add_electrode(location=r, group=groups[r])
+    if region_in_units:
+        nwb.add_unit_column(name="brain_region", description="region")
+    for i, st in enumerate(spike_times):
+        kw = {"brain_region": regions[i]} if region_in_units else {}
+        nwb.add_unit(spike_times=np.asarray(st, dtype=np.float64), electrodes=[i], **kw)
+    if trials:
+        extra = [c for c in trials if c not in ("start_time", "stop_time")]
+        for c in extra:
+            nwb.add_trial_column(name=c, description=c)
+        for k in range(len(trials["start_time"])):
+            nwb.add_trial(**{c: trials[c][k] for c in trials})
+    if behavior:
+        mod = nwb.create_processing_module(name="behavior", description="behaviour")
+        for name, (t, v) in behavior.items():
+            mod.add(TimeSeries(name=name, data=np.asarray(v), timestamps=np.asarray(t), unit="a.u."))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with NWBHDF5IO(str(path), "w") as io:
+            io.write(nwb)
+    return path
+
+
+def random_units(rng, num_units, duration_s, rate_hz=5.0):
+    return [np.sort(rng.uniform(0, duration_s, rng.poisson(rate_hz * duration_s)))
+            for _ in range(num_units)]
+
+
+@pytest.fixture
+def nwb_factory(tmp_path):
+    def make(name, num_units=6, duration_s=20.0, seed=0, **kw):
+        rng = np.random.default_rng(seed)
+        units = random_units(rng, num_units, duration_s)
+        regions = kw.pop("regions", None) or [("CA1", "VISp")[i % 2] for i in range(num_units)]
+        return write_nwb(tmp_path / "nwb" / f"{name}.nwb", units, regions, **kw), units
+    return make
+
+
+@pytest.fixture
+def real_nwb():
+    if not REAL_NWB.exists():
+        pytest.skip(f"real DANDI file not found at {REAL_NWB}")
+    return REAL_NWB

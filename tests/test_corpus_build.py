@@ -1,0 +1,428 @@
+"""Corpus build: binning, chunking, splits, shards, bad inputs, resume, DANDI (offline)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from spikefm import Corpus
+from spikefm.cli import main as cli_main
+from spikefm.corpus import bin_spikes
+from spikefm.corpus.binning import bin_edges_s
+from spikefm.corpus.build import BuildConfig, build_corpus, chunk_bounds
+
+from conftest import random_units, write_nwb
+
+
+def histogram_counts(units, t_start_ms, num_bins, bin_ms):
+    """The reference pipeline's method: one np.histogram per unit on the same edges."""
+    edges = (t_start_ms + bin_ms * np.arange(num_bins + 1)) / 1000.0
+    return np.stack([np.histogram(u, bins=edges)[0] for u in units])
+
+
+def corpus_session_matrix(corpus: Corpus, session_id: str) -> tuple[np.ndarray, int]:
+    """Reassemble a session from its rows (any split), ordered by chunk start."""
+    rows = [r for split in ("train", "test") for r in corpus.iter_rows(split)
+            if r.session_id == session_id]
+    rows.sort(key=lambda r: r.t_start_ms)
+    for a, b in zip(rows, rows[1:]):
+        assert b.t_start_ms == a.t_start_ms + a.num_bins * a.bin_ms  # chunks tile the session
+    return np.concatenate([r.spike_counts for r in rows], axis=1), rows[0].t_start_ms
+
+
+# --- binning -----------------------------------------------------------------------------------
+
+def test_bin_spikes_equals_per_unit_histogram_including_edges():
+    rng = np.random.default_rng(1)
+    units = random_units(rng, 7, 30.0, rate_hz=20)
+    units[0] = np.concatenate([units[0], np.arange(0, 30, 0.02)])  # spikes exactly on edges
+    t = np.concatenate(units)
+    u = np.concatenate([np.full(len(x), i) for i, x in enumerate(units)])
+    perm = rng.permutation(t.size)  # any order
+    got = bin_spikes(t[perm], u[perm], 7, 0.0, 30.0, 20)
+    ref = histogram_counts([x[x < 30.0] for x in units], 0, 1500, 20)
+    np.testing.assert_array_equal(got, ref)
+    assert got.dtype == np.uint8
+
+
+def test_bin_spikes_clips_at_255_and_counts_clipped_cells():
+    t = np.concatenate([np.full(300, 0.005), np.full(255, 0.025), np.full(10, 0.045)])
+    u = np.zeros(t.size, dtype=np.int64)
+    counts, clipped = bin_spikes(t, u, 1, 0.0, 0.06, 20, return_num_clipped=True)
+    assert counts.tolist() == [[255, 255, 10]]  # 300 clipped, 255 kept, nothing wraps around
+    assert clipped == 1
+
+
+def test_bin_spikes_drops_out_of_range_and_rejects_bad_args():
+    counts = bin_spikes(np.array([-0.5, 0.01, 0.99, 1.0, 5.0]), np.zeros(5, int), 1, 0.0, 1.0, 20)
+    assert counts.sum() == 2 and counts.shape == (1, 50)
+    with pytest.raises(ValueError, match="bin_ms must be a positive int"):
+        bin_spikes(np.zeros(1), np.zeros(1, int), 1, 0, 1, 0)
+    with pytest.raises(ValueError, match=r"unit_index values must lie in \[0, 2\)"):
+        bin_spikes(np.zeros(2), np.array([0, 5]), 2, 0, 1, 20)
+    with pytest.raises(ValueError, match="same length"):
+        bin_spikes(np.zeros(3), np.zeros(2, int), 1, 0, 1, 20)
+
+
+@pytest.mark.parametrize("units,bins,limit", [(35, 141_055, 1_000_000), (10, 101, 100),
+                                              (3, 7, 21), (500, 180_000, 10_000_000)])
+def test_chunk_bounds_respect_limit_and_are_equal(units, bins, limit):
+    b = chunk_bounds(units, bins, limit)
+    lengths = [e - s for s, e in b]
+    assert b[0][0] == 0 and b[-1][1] == bins
+    assert all(x[1] == y[0] for x, y in zip(b, b[1:]))
+    assert max(lengths) * units <= limit
+    assert max(lengths) - min(lengths) <= 1
+    # the fewest chunks possible: one fewer would break the limit
+    n = len(b)
+    assert n == 1 or units * -(-bins // (n - 1)) > limit
+
+
+# --- real DANDI file ---------------------------------------------------------------------------
+
+def test_real_dandi_file_builds_with_regions_species_and_exact_counts(real_nwb, tmp_path):
+    report = build_corpus([str(real_nwb)], tmp_path / "c",
+                          BuildConfig(max_row_tokens=1_000_000), progress=False)
+    assert report.ok
+    corpus = Corpus(tmp_path / "c")
+    (s,) = corpus.sessions
+    assert s["num_units"] == 35
+    assert s["species"] == "Homo sapiens" and s["is_human"] is True
+    assert s["regions"] == {"hippocampus_right": 25, "amygdala_right": 10} or \
+        set(s["regions"]) == {"hippocampus_right", "amygdala_right"}
+    assert corpus.manifest["num_human_sessions"] == 1
+    assert s["provenance"]["sha256"] == \
+        "1f6d811347d83d9693ce824bded9d73f5c88d8542e78069211da52381153f046"
+    assert set(s["trial_tables"]) == {"encoding_table", "recognition_table",
+                                      "timediscrimination_table"}
+
+    # Independent read (h5py, not pynwb) and independent binning (np.histogram per unit).
+    with h5py.File(real_nwb, "r") as f:
+        flat = f["units/spike_times"][:]
+        ends = f["units/spike_times_index"][:]
+        locs = [x.decode() for x in f["general/extracellular_ephys/electrodes/location"][:]]
+        unit_elec = f["units/electrodes"][:]
+    units = np.split(flat, ends[:-1])
+    got, t_start_ms = corpus_session_matrix(corpus, s["session_id"])
+    assert got.shape == (35, s["num_bins"])
+    np.testing.assert_array_equal(got, histogram_counts(units, t_start_ms, got.shape[1], 20))
+    row = next(corpus.iter_rows("train"))
+    assert row.unit_regions == [locs[i] for i in unit_elec]
+    assert row.num_units * row.num_bins <= 1_000_000
+
+
+def test_shards_load_with_pyarrow_and_datasets_with_neural_pile_types(real_nwb, tmp_path):
+    build_corpus([str(real_nwb)], tmp_path / "c", BuildConfig(max_row_tokens=2_000_000),
+                 progress=False)
+    shard = next((tmp_path / "c" / "data").glob("train-00000-of-*.parquet"))
+    schema = pq.read_schema(shard)
+    import pyarrow as pa
+
+    assert schema.names[:5] == ["spike_counts", "subject_id", "session_id", "segment_id",
+                                "source_dataset"]
+    assert schema.field("spike_counts").type == pa.list_(pa.list_(pa.uint8()))
+    for c in ("subject_id", "session_id", "segment_id", "source_dataset"):
+        assert schema.field(c).type == pa.string()
+
+    datasets = pytest.importorskip("datasets")
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "c" / "data"),
+                               cache_dir=str(tmp_path / "hf"))
+    feats = ds["train"].features
+    assert feats["spike_counts"] == datasets.List(datasets.List(datasets.Value("uint8"))) or \
+        str(feats["spike_counts"]).count("uint8") == 1
+    assert feats["session_id"] == datasets.Value("string")
+    row = ds["train"][0]
+    assert row["segment_id"].startswith("segment_")
+    ours = {r.segment_id: r.spike_counts for r in Corpus(tmp_path / "c").iter_rows("train")}
+    np.testing.assert_array_equal(np.asarray(row["spike_counts"], dtype=np.uint8),
+                                  ours[row["segment_id"]])
+
+
+# --- synthetic-style NWB files: splits, behaviour, trials ---------------------------------------
+
+@pytest.fixture
+def six_sessions(tmp_path):
+    rng = np.random.default_rng(0)
+    paths, units_of = [], {}
+    for k in range(6):
+        units = random_units(rng, 4 + k, 10.0 + k)
+        p = write_nwb(tmp_path / "in" / f"sub-{k % 3}" / f"sub-{k % 3}_ses-{k}.nwb", units,
+                      ["CA1"] * (4 + k), subject_id=f"s{k % 3}")
+        paths.append(p)
+        units_of[p.stem] = units
+    return tmp_path / "in", units_of
+
+
+def test_folder_build_counts_equal_independent_binning_file_by_file(six_sessions, tmp_path):
+    folder, units_of = six_sessions
+    build_corpus([str(folder)], tmp_path / "c", BuildConfig(max_row_tokens=500, test_fraction=0.3),
+                 progress=False)
+    corpus = Corpus(tmp_path / "c")
+    assert len(corpus.sessions) == 6
+    for s in corpus.sessions:
+        got, t0 = corpus_session_matrix(corpus, s["session_id"])
+        np.testing.assert_array_equal(
+            got, histogram_counts(units_of[s["session_id"]], t0, got.shape[1], 20))
+        assert s["num_rows"] > 1  # chunked along time
+
+
+def test_session_split_is_disjoint_seeded_and_rows_shuffled(six_sessions, tmp_path):
+    folder, _ = six_sessions
+
+    def splits(seed, out):
+        build_corpus([str(folder)], out, BuildConfig(max_row_tokens=500, test_fraction=0.3,
+                                                     seed=seed), progress=False)
+        c = Corpus(out)
+        train = {r.session_id for r in c.iter_rows("train")}
+        test = {r.session_id for r in c.iter_rows("test")}
+        order = [(r.session_id, r.segment_id) for r in c.iter_rows("train")]
+        return train, test, order
+
+    tr, te, order = splits(0, tmp_path / "a")
+    assert te and tr and not (tr & te)
+    assert (tr, te) == splits(0, tmp_path / "b")[:2]  # same seed, same split
+    assert any(splits(s, tmp_path / f"s{s}")[:2] != (tr, te) for s in (1, 2, 3))
+    assert order != sorted(order)  # rows shuffled within the split
+
+
+def test_row_split_mode_mixes_sessions_across_splits(six_sessions, tmp_path):
+    folder, _ = six_sessions
+    build_corpus([str(folder)], tmp_path / "c",
+                 BuildConfig(max_row_tokens=200, test_fraction=0.2, split="row"), progress=False)
+    c = Corpus(tmp_path / "c")
+    n_train, n_test = (c.manifest["splits"][s]["num_rows"] for s in ("train", "test"))
+    assert n_test == round(0.2 * (n_train + n_test))
+    assert any(s["split"] == "both" for s in c.sessions)
+
+
+def test_behavior_and_trials_are_carried_on_the_bin_grid(tmp_path):
+    rng = np.random.default_rng(3)
+    units = random_units(rng, 3, 10.0)
+    ts = np.arange(0.0, 10.0, 0.01)
+    trials = {"start_time": np.array([1.0, 4.0, 7.0]), "stop_time": np.array([2.0, 5.0, 8.0]),
+              "choice": np.array([1, -1, 1])}
+    p = write_nwb(tmp_path / "x.nwb", units, ["A", "B", "A"], region_in_units=True, trials=trials,
+                  behavior={"wheel": (ts, 3.0 * ts + 1.0),
+                            "hand": (ts, np.stack([ts, -ts], axis=1))})
+    build_corpus([str(p)], tmp_path / "c", BuildConfig(), progress=False)
+    row = next(Corpus(tmp_path / "c").iter_rows("train"))
+    assert row.behavior_names == ["hand_0", "hand_1", "wheel"] or \
+        sorted(row.behavior_names) == ["hand_0", "hand_1", "wheel"]
+    centres = (row.t_start_ms + 20 * (np.arange(row.num_bins) + 0.5)) / 1000
+    w = row.behavior[row.behavior_names.index("wheel")]
+    inside = centres <= ts[-1]
+    np.testing.assert_allclose(w[inside], 3.0 * centres[inside] + 1.0, rtol=1e-5)
+    assert np.isnan(w[~inside]).all()
+    assert row.unit_regions == ["A", "B", "A"]
+    assert row.trials["trials"]["choice"] == [1, -1, 1]
+    assert row.trials["trials"]["start_time"] == [1.0, 4.0, 7.0]
+
+
+# --- bad inputs --------------------------------------------------------------------------------
+
+def _bad_files(tmp_path, good_paths):
+    bad = tmp_path / "in"
+    (bad / "truncated.nwb").write_bytes(Path(good_paths[0]).read_bytes()[:4000])
+    (bad / "text.nwb").write_text("hello, not HDF5")
+    rng = np.random.default_rng(9)
+    u = random_units(rng, 2, 5.0)
+    u[1] = np.concatenate([u[1], [np.nan]])
+    write_nwb(bad / "nan.nwb", u, ["A", "A"])
+    u2 = random_units(rng, 2, 5.0)
+    u2[0] = np.concatenate([[-1.0], u2[0]])
+    write_nwb(bad / "negative.nwb", u2, ["A", "A"])
+    return ["truncated.nwb", "text.nwb", "nan.nwb", "negative.nwb"]
+
+
+def test_bad_inputs_skipped_named_and_good_sessions_built(tmp_path, nwb_factory, capsys):
+    good = [nwb_factory(f"good{i}", seed=i)[0] for i in range(2)]
+    (tmp_path / "in").mkdir()
+    bad = _bad_files(tmp_path, good)
+    out = tmp_path / "c"
+    rc = cli_main(["corpus", "build", *map(str, good), str(tmp_path / "in"), "--out", str(out),
+                   "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    for name in bad:
+        assert name in err
+    assert "NaN or infinite" in err and "negative" in err and "not an HDF5/NWB file" in err
+    m = json.loads((out / "manifest.json").read_text())
+    assert sorted(s["session_id"] for s in m["sessions"]) == ["good0", "good1"]
+    assert sorted(Path(s["input"]).name for s in m["skipped"]) == sorted(bad)
+
+
+def test_no_units_table_and_bad_behavior_timestamps(tmp_path):
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    import datetime as dt
+
+    nwb = NWBFile(session_description="x", identifier="x",
+                  session_start_time=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+    with NWBHDF5IO(str(tmp_path / "nounits.nwb"), "w") as io:
+        io.write(nwb)
+    rng = np.random.default_rng(0)
+    write_nwb(tmp_path / "beh.nwb", random_units(rng, 2, 5.0), ["A", "A"],
+              behavior={"wheel": (np.array([0.0, 2.0, 1.0]), np.ones(3))})
+    report = build_corpus([str(tmp_path / "nounits.nwb"), str(tmp_path / "beh.nwb"),
+                           *[str(p) for p in [write_nwb(tmp_path / "ok.nwb",
+                                                        random_units(rng, 2, 5.0), ["A", "A"])]]],
+                          tmp_path / "c", BuildConfig(), progress=False)
+    errors = {Path(s["input"]).name: s["error"] for s in report.skipped}
+    assert "no units table" in errors["nounits.nwb"]
+    assert "decreasing timestamps" in errors["beh.nwb"] and "wheel" in errors["beh.nwb"]
+    assert [s["session_id"] for s in report.manifest["sessions"]] == ["ok"]
+
+
+def test_strict_writes_nothing_and_keeps_existing_corpus(tmp_path, nwb_factory):
+    good, _ = nwb_factory("good")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "text.nwb").write_text("not hdf5")
+    out = tmp_path / "c"
+    rc = cli_main(["corpus", "build", str(good), str(tmp_path / "in"), "--out", str(out),
+                   "--strict", "--quiet"])
+    assert rc == 2 and not out.exists()
+    # An existing corpus is left exactly as it was.
+    build_corpus([str(good)], out, BuildConfig(), progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    rc = cli_main(["corpus", "build", str(good), str(tmp_path / "in" / "text.nwb"), "--out",
+                   str(out), "--strict", "--quiet"])
+    assert rc == 2
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert before == after
+
+
+# --- idempotence and resume --------------------------------------------------------------------
+
+def _corpus_content(path):
+    c = Corpus(path)
+    return {split: [(r.session_id, r.segment_id, r.spike_counts.tobytes())
+                    for r in c.iter_rows(split)] for split in ("train", "test")}
+
+
+def test_rebuild_is_idempotent_and_reuses_staged_sessions(six_sessions, tmp_path):
+    folder, _ = six_sessions
+    cfg = BuildConfig(max_row_tokens=500, test_fraction=0.3)
+    r1 = build_corpus([str(folder)], tmp_path / "c", cfg, progress=False)
+    first = _corpus_content(tmp_path / "c")
+    r2 = build_corpus([str(folder)], tmp_path / "c", cfg, progress=False)
+    assert r1.num_staged_now == 6 and r2.num_reused == 6 and r2.num_staged_now == 0
+    assert _corpus_content(tmp_path / "c") == first
+
+
+def test_workers_give_the_same_corpus(six_sessions, tmp_path):
+    folder, _ = six_sessions
+    cfg = BuildConfig(max_row_tokens=500, test_fraction=0.3)
+    build_corpus([str(folder)], tmp_path / "a", cfg, progress=False)
+    build_corpus([str(folder)], tmp_path / "b", BuildConfig(max_row_tokens=500, test_fraction=0.3,
+                                                            workers=2), progress=False)
+    assert _corpus_content(tmp_path / "a") == _corpus_content(tmp_path / "b")
+
+
+def test_kill_9_mid_build_leaves_no_partial_shard_and_resumes(tmp_path):
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "in"
+    for k in range(12):
+        write_nwb(folder / f"ses-{k:02d}.nwb", random_units(rng, 30, 120.0, rate_hz=20), ["A"] * 30)
+    out = tmp_path / "c"
+    cmd = [sys.executable, "-m", "spikefm.cli", "corpus", "build", str(folder), "--out", str(out),
+           "--quiet", "--max-row-tokens", "20000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = out / ".staging"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(staging.glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(staging.glob("*.json")))
+    assert 0 < done < 12, "the kill should land mid-build"
+    # Nothing half-written is visible: no shards yet, no manifest, only complete staged sessions.
+    assert not (out / "manifest.json").exists() and not list(out.glob("data/*.parquet"))
+    for j in staging.glob("*.json"):
+        assert (staging / (j.stem + ".arrow")).exists()
+    report = build_corpus([str(folder)], out, BuildConfig(max_row_tokens=20000), progress=False)
+    assert report.num_reused == done and report.num_staged_now == 12 - done
+    build_corpus([str(folder)], tmp_path / "fresh", BuildConfig(max_row_tokens=20000),
+                 progress=False)
+    assert _corpus_content(out) == _corpus_content(tmp_path / "fresh")
+
+
+# --- DANDI, offline ----------------------------------------------------------------------------
+
+class _FakeAsset:
+    def __init__(self, path, local):
+        self.path, self._local = path, Path(local)
+        self.size = self._local.stat().st_size
+        self.downloads = 0
+
+    def download(self, filepath):
+        self.downloads += 1
+        Path(filepath).write_bytes(self._local.read_bytes())
+
+    def get_raw_metadata(self):
+        import hashlib
+
+        return {"digest": {"dandi:sha2-256": hashlib.sha256(self._local.read_bytes()).hexdigest()}}
+
+
+class _FakeVersion:
+    identifier = "0.220216.0"
+
+
+class _FakeDandiset:
+    def __init__(self, version, assets):
+        self.version_id, self._assets = version, assets
+        self.most_recent_published_version = _FakeVersion() if version == "draft" else None
+
+    def get_assets_by_glob(self, pattern):
+        import fnmatch
+
+        return [a for a in self._assets if fnmatch.fnmatch(a.path, pattern)]
+
+    def get_raw_metadata(self):
+        return {"license": ["spdx:CC-BY-4.0"]}
+
+
+class _FakeClient:
+    """Stands in for dandi.dandiapi.DandiAPIClient over local files in the DANDI layout."""
+
+    def __init__(self, assets):
+        self.assets, self.calls = assets, []
+
+    def get_dandiset(self, dandiset_id, version_id=None):
+        self.calls.append((dandiset_id, version_id))
+        return _FakeDandiset(version_id or "draft", self.assets)
+
+
+def test_dandi_input_downloads_into_cache_and_records_version(real_nwb, tmp_path, monkeypatch,
+                                                             nwb_factory):
+    from spikefm.corpus import dandi as dandi_mod
+
+    other, _ = nwb_factory("sub-9_ses-1")
+    assets = [_FakeAsset("sub-4/sub-4_ses-4_ecephys+image.nwb", real_nwb),
+              _FakeAsset("sub-9/sub-9_ses-1.nwb", other)]
+    client = _FakeClient(assets)
+    monkeypatch.setattr(dandi_mod, "_client", lambda: client)
+    cache = tmp_path / "cache"
+    report = build_corpus(["dandi:000207/sub-4/*.nwb"], tmp_path / "c",
+                          BuildConfig(cache_dir=str(cache)), progress=False)
+    (s,) = report.manifest["sessions"]
+    prov = s["provenance"]
+    assert prov["dandiset_id"] == "000207" and prov["dandiset_version"] == "0.220216.0"
+    assert prov["asset_path"] == "sub-4/sub-4_ses-4_ecephys+image.nwb"
+    assert prov["asset_sha256"] == prov["sha256"]
+    assert s["license"] == "spdx:CC-BY-4.0" and s["source_dataset"] == "dandi-000207"
+    assert (cache / "000207" / "0.220216.0" / "sub-4" / "sub-4_ses-4_ecephys+image.nwb").exists()
+    assert assets[0].downloads == 1 and assets[1].downloads == 0
+    dandi_mod.resolve_dandi("dandi:000207@0.220216.0/sub-4/*.nwb", cache_dir=cache, client=client)
+    assert assets[0].downloads == 1  # cached
+    with pytest.raises(ValueError, match="expected dandi:DANDISET_ID"):
+        dandi_mod.parse_dandi_spec("dandi:abc")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Work on at most this many (unit, bin) cells at a time, to bound the int64 scratch memory.
-_MAX_BLOCK_CELLS = 1 << 24
+#: Spikes per chunk of work; small enough that temporaries stay in cache.
+_CHUNK = 1 << 15
 
 
 def bin_edges_s(t_start_ms: int, num_bins: int, bin_ms: int) -> np.ndarray:
@@ -69,33 +69,54 @@ def bin_spikes(
     if num_bins == 0 or spike_times.size == 0:
         return (out, 0) if return_num_clipped else out
 
-    # Bin index from arithmetic, then nudged by one where float rounding disagrees with the edges
-    # (np.histogram's own correction), so spikes on or near an edge land where histogram puts them.
-    keep = (spike_times >= edges[0]) & (spike_times < edges[-1])
-    t = spike_times[keep]
-    units = unit_index[keep].astype(np.int64, copy=False)
-    idx = np.floor((t - edges[0]) * (1000.0 / bin_ms)).astype(np.int64)
-    np.clip(idx, 0, num_bins - 1, out=idx)
-    idx -= t < edges[idx]
-    idx += t >= edges[idx + 1]
-
-    # Group spikes by unit so each block of units is a contiguous slice.
-    if units.size > 1 and np.any(units[1:] < units[:-1]):
-        order = np.argsort(units, kind="stable")
-        units, idx = units[order], idx[order]
-    bounds = np.searchsorted(units, np.arange(num_units + 1))
-    units_per_block = max(1, _MAX_BLOCK_CELLS // num_bins)
-    num_clipped = 0
-    for u0 in range(0, num_units, units_per_block):
-        u1 = min(num_units, u0 + units_per_block)
-        s0, s1 = bounds[u0], bounds[u1]
-        if s0 == s1:
-            continue
-        flat = (units[s0:s1] - u0) * num_bins + idx[s0:s1]
-        counts = np.bincount(flat, minlength=(u1 - u0) * num_bins)
+    # Work through the spikes in cache-sized chunks: large temporaries cost more in page faults
+    # than the arithmetic itself. Within a chunk, cells are counted by run length over the sorted
+    # flat cell index (spikes from NWB files are grouped by unit and sorted in time, so this is
+    # usually sorted already) and added into the output with saturation at 255.
+    flat_out = out.reshape(-1)
+    clipped_cells = []
+    scale = 1000.0 / bin_ms
+    unit_index = unit_index.astype(np.int64, copy=False)
+    for c0 in range(0, spike_times.size, _CHUNK):
+        t = spike_times[c0:c0 + _CHUNK]
+        units = unit_index[c0:c0 + _CHUNK]
+        if t[0] < edges[0] or t.min() < edges[0] or t.max() >= edges[-1]:
+            keep = (t >= edges[0]) & (t < edges[-1])
+            t, units = t[keep], units[keep]
+            if t.size == 0:
+                continue
+        # Bin index from arithmetic, then nudged by one where float rounding disagrees with the
+        # edges (np.histogram's own correction), so spikes on an edge land where histogram puts
+        # them.
+        x = t - edges[0]
+        x *= scale
+        idx = x.astype(np.int64)  # x >= 0, so truncation is floor
+        # Only spikes within float rounding of an edge can be misplaced: check those against the
+        # edges themselves (np.histogram's rule), leaving the rest alone.
+        x -= idx
+        x -= 0.5
+        near = np.flatnonzero(np.abs(x, out=x) > 0.5 - 1e-6)
+        if near.size:
+            k = np.clip(idx[near], 0, num_bins - 1)
+            tn = t[near]
+            k -= tn < edges[k]
+            k += tn >= edges[k + 1]
+            idx[near] = k
+        flat = units * num_bins
+        flat += idx
+        if flat.size > 1 and np.any(flat[1:] < flat[:-1]):
+            flat.sort()
+        change = np.empty(flat.size, dtype=bool)
+        change[0] = True
+        np.not_equal(flat[1:], flat[:-1], out=change[1:])
+        starts = np.flatnonzero(change)
+        cells = flat[starts]
+        counts = np.diff(starts, append=flat.size)
+        counts += flat_out[cells]  # cells are unique within a chunk
         over = counts > 255
         if over.any():
-            num_clipped += int(over.sum())
-            np.minimum(counts, 255, out=counts)
-        out[u0:u1] = counts.reshape(u1 - u0, num_bins)
+            clipped_cells.append(cells[over])
+            counts[over] = 255
+        flat_out[cells] = counts
+    num_clipped = int(np.unique(np.concatenate(clipped_cells)).size) if clipped_cells else 0
     return (out, num_clipped) if return_num_clipped else out

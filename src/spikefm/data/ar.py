@@ -1,0 +1,148 @@
+"""Token windows for the autoregressive spike language model.
+
+Training (:class:`ARTokenLoader`): rows of a split are read one Parquet row group at a time,
+tokenized with :func:`spikefm.data.tokens.tokenize` (vectorized, no per-element Python), their
+token streams concatenated and cut into fixed windows of ``seq_len + 1`` tokens (inputs and
+shifted targets). The order of row groups is a seeded permutation per epoch; rank ``r`` of
+``world_size`` takes every ``world_size``-th group of that permutation, so ranks read distinct
+data and the global order depends only on the seed. ``state_dict()`` records (epoch, group cursor,
+row cursor, token offset) so a restored loader yields exactly the batches that would have come next.
+
+Evaluation (:func:`iter_eval_windows`): every row is scored separately (contexts never cross rows)
+in consecutive windows; every token but the first of each row is predicted exactly once, the
+same tokens the n-gram baselines and the oracle are scored on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from ..corpus.reader import Corpus, _matrices
+from .tokens import tokenize
+
+
+@dataclass(frozen=True)
+class _Group:
+    shard: Path
+    row_group: int
+
+
+def _row_groups(corpus: Corpus, split: str) -> list[_Group]:
+    groups = []
+    for shard in corpus.shards(split):
+        n = pq.ParquetFile(shard).metadata.num_row_groups
+        groups += [_Group(shard, g) for g in range(n)]
+    return groups
+
+
+def _read_group_tokens(group: _Group, sessions: set[str] | None) -> list[np.ndarray]:
+    table = pq.ParquetFile(group.shard).read_row_group(group.row_group,
+                                                       columns=["spike_counts", "session_id"])
+    ids = table.column("session_id").to_pylist()
+    mats = _matrices(table.column("spike_counts"))
+    return [tokenize(m) for m, s in zip(mats, ids) if sessions is None or s in sessions]
+
+
+class ARTokenLoader:
+    """Infinite iterator of ``(inputs_BL, targets_BL)`` int64 batches from a corpus split.
+
+    Args:
+        corpus: a :class:`~spikefm.corpus.reader.Corpus` or its path.
+        seq_len: context length L.
+        batch_size: windows per batch B (per rank).
+        seed: shuffle seed; epochs use ``(seed, epoch)``.
+        rank, world_size: this process's share of the data.
+        split: corpus split to read (``"train"``).
+        sessions: only rows of these sessions.
+    """
+
+    def __init__(self, corpus: Corpus | str | Path, *, seq_len: int, batch_size: int,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, split: str = "train",
+                 sessions: list[str] | None = None):
+        self.corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
+        if seq_len < 1 or batch_size < 1:
+            raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.sessions = set(sessions) if sessions is not None else None
+        self.groups = _row_groups(self.corpus, split)
+        if len(self.groups) < world_size:
+            raise ValueError(f"split {split!r} of {self.corpus.path} has {len(self.groups)} row "
+                             f"groups, fewer than world_size={world_size}; use fewer ranks or a "
+                             "larger corpus")
+        self.epoch, self.group_cursor, self.row_cursor, self.token_offset = 0, 0, 0, 0
+        self._rows: list[np.ndarray] | None = None
+
+    # --- position --------------------------------------------------------------------------
+
+    def _my_groups(self, epoch: int) -> list[_Group]:
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.groups))
+        return [self.groups[i] for i in perm[self.rank::self.world_size]]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "group_cursor": self.group_cursor,
+                "row_cursor": self.row_cursor, "token_offset": self.token_offset,
+                "seed": self.seed, "rank": self.rank, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["seed"], state["world_size"]) != (self.seed, self.world_size):
+            raise ValueError(f"loader state was saved with seed={state['seed']}, "
+                             f"world_size={state['world_size']}; this loader has seed={self.seed}, "
+                             f"world_size={self.world_size}")
+        self.epoch, self.group_cursor = state["epoch"], state["group_cursor"]
+        self.row_cursor, self.token_offset = state["row_cursor"], state["token_offset"]
+        self._rows = None
+
+    # --- iteration -------------------------------------------------------------------------
+
+    def _take(self, n: int) -> np.ndarray:
+        """The next n tokens of this rank's stream, advancing the cursors."""
+        out, got, empty_epochs = [], 0, 0
+        while got < n:
+            groups = self._my_groups(self.epoch)
+            if self.group_cursor >= len(groups):
+                self.epoch, self.group_cursor, self.row_cursor, self.token_offset = \
+                    self.epoch + 1, 0, 0, 0
+                empty_epochs = empty_epochs + 1 if got == 0 else 0
+                if empty_epochs > 1:
+                    raise ValueError("no tokens to read: the selected split/sessions are empty")
+                continue
+            if self._rows is None:
+                self._rows = _read_group_tokens(groups[self.group_cursor], self.sessions)
+            if self.row_cursor >= len(self._rows):
+                self.group_cursor, self.row_cursor, self.token_offset = self.group_cursor + 1, 0, 0
+                self._rows = None
+                continue
+            row = self._rows[self.row_cursor]
+            piece = row[self.token_offset:self.token_offset + (n - got)]
+            out.append(piece)
+            got += piece.size
+            self.token_offset += piece.size
+            if self.token_offset >= row.size:
+                self.row_cursor, self.token_offset = self.row_cursor + 1, 0
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Windows are consecutive, non-overlapping stretches of L + 1 tokens.
+        L = self.seq_len
+        tokens = self._take(self.batch_size * (L + 1)).reshape(self.batch_size, L + 1)
+        t = torch.from_numpy(tokens.astype(np.int64))
+        return t[:, :-1], t[:, 1:]
+
+
+def iter_eval_windows(tokens: np.ndarray, seq_len: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Windows for scoring one row: yields (start, window) with window = tokens[start:start+L+1]
+    for start = 0, L, 2L, ...; the model sees window[:-1] and is scored on window[1:], so each
+    token but the first is scored once."""
+    for start in range(0, max(tokens.size - 1, 0), seq_len):
+        yield start, tokens[start:start + seq_len + 1]

@@ -1,0 +1,637 @@
+"""``spikefm corpus import``: the published Neural Pile (Hugging Face) -> a spikefm corpus.
+
+The Neural Pile (``eminorhan/neural-pile-primate``, ``eminorhan/neural-pile-rodent``) is published
+as Parquet shards ``data/{train,test}-NNNNN-of-NNNNN.parquet`` whose rows have five columns:
+``spike_counts`` (list<list<uint8>>, units x 20 ms bins), ``subject_id``, ``session_id``,
+``segment_id`` (``segment_0``, ``segment_1``... for sessions cut into chunks) and
+``source_dataset`` (absent from some subsets). The importer keeps every row and the published
+train/test split, and adds spikefm's columns with defaults (see :data:`schema.ROW_SCHEMA`):
+
+- ``bin_ms`` = 20; ``t_start_ms`` from the segment order when a session's segments are numbered
+  0..k-1 with the same units (start = bins of the earlier segments x bin_ms), else 0;
+- unit ids ``"0".."n-1"``, regions ``"unknown"``, no behaviour, no trials;
+- ``species`` from :data:`NEURAL_PILE_SPECIES` by source name, else ``""``.
+
+Counts are kept as published; cells equal to 255 (the uint8 ceiling, where larger counts were
+clipped) are counted into each session's ``clipped_bins``. Rows are streamed one record batch at a
+time in two passes (the first reads segment lengths for ``t_start_ms``, the second writes), into a
+temporary folder that replaces ``CORPUS_DIR/data`` when complete; ``manifest.json`` is written
+last, atomically, with the fields of :func:`spikefm.corpus.build.finalize`.
+
+Example::
+
+    spikefm corpus import eminorhan/neural-pile-primate --out np_primate
+    spikefm corpus import ./neural-pile-primate --out np_primate     # a downloaded copy
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .build import write_json_atomic
+from .info import flat_counts
+from .schema import NEURAL_PILE_COLUMNS, ROW_SCHEMA, SCHEMA_VERSION, SPLITS, shard_name
+from .session import is_human_species
+
+#: Species of the Neural Pile's component datasets (``source_dataset`` values, which are the
+#: component Hugging Face repo names), from the dataset cards of neural-pile-primate and
+#: neural-pile-rodent. Macaque components are not all one species, so they get the genus.
+NEURAL_PILE_SPECIES: dict[str, str] = {
+    **{name: "Homo sapiens" for name in ("card", "willett", "h1", "h2")},
+    "moore": "Callithrix jacchus",
+    **{name: "Macaca sp." for name in (
+        "xiao", "neupane-ppc", "chen", "churchland", "neupane-entorhinal", "kim", "even-chen",
+        "temmar", "papale", "perich", "wojcik", "makin", "lanzarini", "athalye", "m1-a", "m1-b",
+        "rajalingham", "dmfc-rsg", "m2", "area2-bump")},
+    **{name: "Rattus norvegicus" for name in ("petersen", "grosmark", "gonzalez", "fujisawa")},
+    **{name: "Mus musculus" for name in (
+        "vbn", "ibl", "shield", "vcn", "vcn-2", "v2h", "oddball", "illusion", "huszar",
+        "steinmetz", "lemerre", "peyrache", "prince", "senzai", "finkelstein", "giocomo",
+        "steinmetz-2", "jaramillo", "mehrotra", "iurilli", "li")},
+}
+
+#: Files fetched from a Hugging Face dataset repo.
+HF_ALLOW_PATTERNS = ["*.parquet"]
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+_SPLIT_WORD = re.compile(r"(?:^|[-_.])(train|test|validation|valid|val|dev)(?=[-_.]|$)")
+_SEGMENT_INDEX = re.compile(r"(\d+)$")
+_REQUIRED = ("spike_counts", "subject_id", "session_id", "segment_id")
+_BATCH_ROWS = 8
+_ROW_GROUP_ROWS = 16
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the published files
+
+
+@dataclass
+class _DataFile:
+    path: Path
+    split: str
+    fmt: str  # "parquet" or "arrow"
+
+
+def _resolve_source(source: str, cache_dir: str | None, revision: str | None
+                    ) -> tuple[Path, dict, str]:
+    """Returns (local folder or file, provenance, name for rows without source_dataset)."""
+    p = Path(source).expanduser()
+    is_repo = source.startswith("hf:") or (not p.exists() and _REPO_ID.fullmatch(source))
+    if not is_repo:
+        if not p.exists():
+            raise ValueError(f"{source}: no such folder; give a folder of Neural Pile Parquet or "
+                             "Arrow files, or a Hugging Face dataset repo id like "
+                             "eminorhan/neural-pile-primate")
+        if p.is_dir():
+            return p, {"path": str(p.resolve())}, p.resolve().name
+        return p, {"path": str(p.resolve())}, p.resolve().parent.name
+
+    repo_id = source[3:] if source.startswith("hf:") else source
+    if "@" in repo_id:
+        repo_id, at_rev = repo_id.split("@", 1)
+        revision = revision or at_rev
+    if not _REPO_ID.fullmatch(repo_id):
+        raise ValueError(f"{source}: not a Hugging Face repo id; expected OWNER/NAME[@REVISION], "
+                         "e.g. eminorhan/neural-pile-primate")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ImportError("importing from the Hugging Face Hub needs huggingface_hub: "
+                          "pip install 'spikefm[hf]'") from None
+    try:
+        local = snapshot_download(repo_id, repo_type="dataset", revision=revision,
+                                  cache_dir=cache_dir, allow_patterns=HF_ALLOW_PATTERNS)
+    except Exception as exc:  # network, auth, missing repo: one line with the fix
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{repo_id}: download from the Hugging Face Hub failed ({first}); check "
+                         "the repo id, your network and HF_TOKEN, or give a local folder") from exc
+    local = Path(local)
+    # Hub snapshots live in .../snapshots/<commit sha>: that is the exact revision imported.
+    resolved = local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else (revision or "main")
+    return local, {"hf_repo": repo_id, "revision": resolved}, repo_id.split("/")[-1]
+
+
+def _split_of(path: Path, root: Path) -> str | None:
+    """Split named by the file name (last split word wins), else by its folders; None if none."""
+    folders = path.parent.relative_to(root).parts if path.parent != root else ()
+    for part in (path.name, *reversed(folders)):
+        words = _SPLIT_WORD.findall(part)
+        if words:
+            w = words[-1]
+            return {"validation": "validation", "valid": "validation", "val": "validation",
+                    "dev": "validation"}.get(w, w)
+    return None
+
+
+def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
+    if root.is_file():
+        files = [root]
+        base = root.parent
+    else:
+        base = root
+        files = sorted(f for f in root.rglob("*") if f.is_file()
+                       and not any(q.startswith(".") for q in f.relative_to(root).parts))
+    parquet = [f for f in files if f.suffix == ".parquet"]
+    # datasets' cache also holds cache-*.arrow files of map/filter results: not the dataset.
+    arrow = [f for f in files if f.suffix == ".arrow" and not f.name.startswith("cache-")]
+    chosen, fmt = (parquet, "parquet") if parquet else (arrow, "arrow")
+    if not chosen:
+        raise ValueError(f"{root}: holds no Parquet (data/train-*.parquet) or Arrow (*.arrow) "
+                         "files; give the folder of a downloaded Neural Pile dataset or its "
+                         "Hugging Face repo id")
+    out = []
+    for f in chosen:
+        split = _split_of(f, base)
+        if split is None:
+            _warn(f"{f}: no split in its name; imported as train (Hugging Face's rule)")
+            split = "train"
+        if split not in SPLITS:
+            _warn(f"{f}: split '{split}' is not one of {SPLITS}; skipped")
+            skipped.append({"input": str(f), "error": f"split '{split}' not imported"})
+            continue
+        out.append(_DataFile(f, split, fmt))
+    if not out:
+        raise ValueError(f"{root}: no file of the train or test split; found only "
+                         + ", ".join(s["input"] for s in skipped[:3]))
+    return out
+
+
+def _iter_batches(f: _DataFile, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Record batches of one file, a few rows at a time (never the whole file)."""
+    if f.fmt == "parquet":
+        try:
+            pf = pq.ParquetFile(f.path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"{f.path}: not a readable Parquet file ({exc})") from None
+        cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+        yield from pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols)
+        return
+    _, batches = _open_arrow(f.path)
+    for batch in batches:
+        if columns is not None:
+            batch = batch.select([c for c in columns if c in batch.schema.names])
+        for start in range(0, batch.num_rows, _BATCH_ROWS):
+            yield batch.slice(start, _BATCH_ROWS)
+
+
+def _open_arrow(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """An Arrow IPC stream (what ``datasets`` writes) or file, memory-mapped."""
+    source = pa.memory_map(str(path))
+    try:
+        reader = pa.ipc.open_stream(source)
+        return reader.schema, iter(reader)
+    except pa.ArrowInvalid:
+        source.seek(0)
+    try:
+        reader = pa.ipc.open_file(source)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{path}: not an Arrow IPC stream or file ({exc})") from None
+    return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+
+
+def _file_schema(f: _DataFile) -> pa.Schema:
+    if f.fmt == "parquet":
+        try:
+            return pq.ParquetFile(f.path).schema_arrow
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"{f.path}: not a readable Parquet file ({exc})") from None
+    return _open_arrow(f.path)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 1: shapes of every row
+
+
+@dataclass
+class _Session:
+    source: str
+    subject: str
+    session: str
+    rows: list[int] = field(default_factory=list)  # global row indices
+    session_id: str = ""  # after de-duplication
+    t_start_known: bool = False
+
+
+@dataclass
+class _Rows:
+    """Per-row facts from pass 1, indexed by the global row number (file order, row order)."""
+
+    session_key: list[tuple[str, str, str]] = field(default_factory=list)
+    segment_id: list[str] = field(default_factory=list)
+    num_units: list[int] = field(default_factory=list)
+    num_bins: list[int] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)
+    t_start_ms: list[int] = field(default_factory=list)
+
+
+def _check_counts_column(col: pa.Array, where: str) -> None:
+    t = col.type
+    ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and \
+        (pa.types.is_list(t.value_type) or pa.types.is_large_list(t.value_type)) and \
+        pa.types.is_integer(t.value_type.value_type)
+    if not ok:
+        raise ValueError(f"{where}: spike_counts must be list<list<uint8>> (units x bins integer "
+                         f"counts), got {t}; is this a Neural Pile dataset?")
+    if col.null_count or col.values.null_count or col.values.values.null_count:
+        raise ValueError(f"{where}: spike_counts holds nulls; every row must be a full units x "
+                         "bins matrix of counts")
+
+
+def _row_shapes(col: pa.Array, where: str) -> list[tuple[int, int]]:
+    """(num_units, num_bins) of every row; raises if a row's units have different lengths."""
+    outer = col.offsets.to_numpy()
+    inner = col.values.offsets.to_numpy()
+    out = []
+    for r in range(len(col)):
+        lens = np.diff(inner[outer[r]:outer[r + 1] + 1])
+        if lens.size and (lens != lens[0]).any():
+            raise ValueError(f"{where}: row {r} has units of different lengths "
+                             f"({int(lens.min())}..{int(lens.max())} bins); not a units x bins "
+                             "matrix")
+        out.append((int(lens.size), int(lens[0]) if lens.size else 0))
+    return out
+
+
+def _strings(batch: pa.RecordBatch, name: str) -> list[str | None]:
+    if name not in batch.schema.names:
+        return [None] * batch.num_rows
+    return batch.column(name).cast(pa.string()).to_pylist()
+
+
+def _scan(files: list[_DataFile], default_source: str, progress: bool
+          ) -> tuple[_Rows, dict[tuple, _Session]]:
+    from ..progress import progress_bar
+
+    rows = _Rows()
+    sessions: dict[tuple[str, str, str], _Session] = {}
+    missing_source = 0
+    with progress_bar(total=len(files), description="scanning files", enabled=progress) as bar:
+        for f in files:
+            names = _file_schema(f).names
+            absent = [c for c in _REQUIRED if c not in names]
+            if absent:
+                raise ValueError(f"{f.path}: missing column(s) {', '.join(absent)}; a Neural Pile "
+                                 f"file has {', '.join(NEURAL_PILE_COLUMNS)} (found "
+                                 f"{', '.join(names) or 'none'})")
+            for batch in _iter_batches(f, list(NEURAL_PILE_COLUMNS)):
+                where = str(f.path)
+                col = batch.column("spike_counts")
+                _check_counts_column(col, where)
+                shapes = _row_shapes(col, where)
+                sources = _strings(batch, "source_dataset")
+                for (n_units, n_bins), subj, sess, seg, src in zip(
+                        shapes, _strings(batch, "subject_id"), _strings(batch, "session_id"),
+                        _strings(batch, "segment_id"), sources):
+                    if not src:
+                        missing_source += 1
+                        src = default_source
+                    key = (src, subj or "", sess or "")
+                    s = sessions.get(key)
+                    if s is None:
+                        s = sessions[key] = _Session(*key)
+                    s.rows.append(len(rows.segment_id))
+                    rows.session_key.append(key)
+                    rows.segment_id.append(seg or "")
+                    rows.num_units.append(n_units)
+                    rows.num_bins.append(n_bins)
+                    rows.split.append(f.split)
+            bar.advance(1)
+    if missing_source:
+        _warn(f"{missing_source} rows have no source_dataset; they get '{default_source}'")
+    if not rows.segment_id:
+        raise ValueError(f"{files[0].path.parent}: the files hold no rows; nothing to import")
+    return rows, sessions
+
+
+def _assign_session_ids(sessions: dict[tuple, _Session]) -> None:
+    """Published session ids can repeat across sources or subjects; spikefm needs them unique.
+    The first (sorted by source, subject) keeps its id, the others get -2, -3..."""
+    by_id: dict[str, list[_Session]] = {}
+    for key in sorted(sessions):
+        by_id.setdefault(key[2], []).append(sessions[key])
+    taken = set(by_id)
+    renamed = 0
+    for sid, group in by_id.items():
+        group[0].session_id = sid
+        k = 2
+        for s in group[1:]:
+            while f"{sid}-{k}" in taken:
+                k += 1
+            s.session_id = f"{sid}-{k}"
+            taken.add(s.session_id)
+            renamed += 1
+    if renamed:
+        _warn(f"{renamed} sessions share a session_id with a session of another source or "
+              "subject; renamed with -2, -3... (original_session_id in the manifest)")
+
+
+def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -> int:
+    """Fill rows.t_start_ms; returns the number of multi-row sessions whose order is unknown."""
+    rows.t_start_ms = [0] * len(rows.segment_id)
+    unknown = 0
+    for s in sessions.values():
+        idx = []
+        for r in s.rows:
+            m = _SEGMENT_INDEX.search(rows.segment_id[r])
+            idx.append(int(m.group(1)) if m else -1)
+        units = {rows.num_units[r] for r in s.rows}
+        if sorted(idx) == list(range(len(idx))) and len(units) == 1:
+            s.t_start_known = True
+            start = 0
+            for i, r in sorted(zip(idx, s.rows)):
+                rows.t_start_ms[r] = start * bin_ms
+                start += rows.num_bins[r]
+        elif len(s.rows) > 1:
+            unknown += 1
+        else:
+            s.t_start_known = True  # a lone row starts the session
+    return unknown
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 2: write shards
+
+
+def _uint8_counts(col: pa.Array, where: str) -> tuple[pa.Array, int]:
+    """The column as list<list<uint8>> with offsets from 0. Returns (array, cells clipped now)."""
+    flat = flat_counts(col) if col.type == ROW_SCHEMA.field("spike_counts").type else None
+    outer = col.offsets.to_numpy()
+    inner = col.values.offsets.to_numpy()[outer[0]:outer[-1] + 1]
+    clipped_now = 0
+    if flat is None:  # another integer type: cast, clipping what uint8 cannot hold
+        v0, v1 = int(inner[0]), int(inner[-1])
+        values = col.values.values.slice(v0, v1 - v0).to_numpy(zero_copy_only=False)
+        if values.size and values.min() < 0:
+            raise ValueError(f"{where}: spike_counts holds negative values; counts must be >= 0")
+        over = values > 255
+        clipped_now = int(over.sum())
+        flat = np.where(over, 255, values).astype(np.uint8)
+    inner_arr = pa.ListArray.from_arrays(pa.array((inner - inner[0]).astype(np.int32)),
+                                         pa.array(flat, pa.uint8()))
+    outer_rel = (outer - outer[0]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(outer_rel), inner_arr), clipped_now
+
+
+class _ShardWriter:
+    """Writes one split's rows into numbered temporary shards of at most ``max_tokens`` cells."""
+
+    def __init__(self, tmp_dir: Path, split: str, max_tokens: int):
+        self.tmp_dir, self.split, self.max_tokens = tmp_dir, split, max_tokens
+        self.paths: list[Path] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._tokens = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def add(self, row: pa.Table, tokens: int) -> None:
+        if self._writer is not None and self._tokens + tokens > self.max_tokens:
+            self._close_shard()
+        if self._writer is None:
+            path = self.tmp_dir / f"{self.split}-{len(self.paths):05d}.part"
+            self._writer = pq.ParquetWriter(path, ROW_SCHEMA, compression="zstd")
+            self.paths.append(path)
+            self._tokens = 0
+        self._pending.append(row)
+        self._pending_rows += row.num_rows
+        self._tokens += tokens
+        if self._pending_rows >= _ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending).combine_chunks(),
+                                     row_group_size=_ROW_GROUP_ROWS)
+            self._pending, self._pending_rows = [], 0
+
+    def _close_shard(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._writer = None
+
+    def close(self) -> list[str]:
+        """Finish and give shards their final names; returns ``data/NAME`` paths."""
+        if self._writer is not None:
+            self._close_shard()
+        names = []
+        for i, p in enumerate(self.paths):
+            name = shard_name(self.split, i, len(self.paths))
+            os.replace(p, p.with_name(name))
+            names.append(f"data/{name}")
+        return names
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _write(files: list[_DataFile], rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int,
+           tmp_data: Path, shard_max_tokens: int, progress: bool
+           ) -> tuple[dict[str, list[str]], dict[tuple, dict]]:
+    """Pass 2. Returns ({split: shard paths}, {session key: accumulated stats})."""
+    from ..progress import progress_bar
+
+    writers = {s: _ShardWriter(tmp_data, s, shard_max_tokens) for s in SPLITS}
+    stats = {k: {"num_spikes": 0, "clipped_bins": 0} for k in sessions}
+    clipped_now = 0
+    species_of = {k: NEURAL_PILE_SPECIES.get(k[0], "") for k in sessions}
+    r = 0
+    try:
+        with progress_bar(total=len(rows.segment_id), description="importing rows",
+                          enabled=progress) as bar:
+            for f in files:
+                for batch in _iter_batches(f, list(NEURAL_PILE_COLUMNS)):
+                    n = batch.num_rows
+                    counts, clipped = _uint8_counts(batch.column("spike_counts"), str(f.path))
+                    clipped_now += clipped
+                    keys = rows.session_key[r:r + n]
+                    units = rows.num_units[r:r + n]
+                    table = pa.Table.from_arrays([
+                        counts,
+                        pa.array([k[1] for k in keys], pa.string()),
+                        pa.array([sessions[k].session_id for k in keys], pa.string()),
+                        pa.array(rows.segment_id[r:r + n], pa.string()),
+                        pa.array([k[0] for k in keys], pa.string()),
+                        pa.array([bin_ms] * n, pa.int32()),
+                        pa.array(rows.t_start_ms[r:r + n], pa.int64()),
+                        pa.array([[str(u) for u in range(nu)] for nu in units],
+                                 pa.list_(pa.string())),
+                        pa.array([["unknown"] * nu for nu in units], pa.list_(pa.string())),
+                        pa.array([species_of[k] for k in keys], pa.string()),
+                        pa.array([[]] * n, pa.list_(pa.string())),
+                        pa.array([[]] * n, pa.list_(pa.list_(pa.float32()))),
+                        pa.array(["{}"] * n, pa.string()),
+                    ], schema=ROW_SCHEMA)
+                    for i in range(n):
+                        key, split = keys[i], rows.split[r + i]
+                        one = table.slice(i, 1)
+                        flat = flat_counts(one.column("spike_counts").chunk(0))
+                        assert flat.size == rows.num_units[r + i] * rows.num_bins[r + i]
+                        st = stats[key]
+                        st["num_spikes"] += int(flat.sum(dtype=np.int64))
+                        st["clipped_bins"] += int(np.count_nonzero(flat == 255))
+                        writers[split].add(one, int(flat.size))
+                    r += n
+                    bar.advance(n)
+        assert r == len(rows.segment_id), "pass 2 read a different number of rows than pass 1"
+        if clipped_now:
+            _warn(f"{clipped_now:,} counts above 255 were clipped to 255 (uint8)")
+        return {s: w.close() for s, w in writers.items()}, stats
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | None = None,
+                       progress: bool = True, revision: str | None = None, bin_ms: int = 20,
+                       shard_max_tokens: int = 250_000_000) -> dict:
+    """Import a published Neural Pile dataset as a spikefm corpus (see the module docstring).
+
+    Args:
+        source: a Hugging Face dataset repo id (``eminorhan/neural-pile-primate``, optionally
+            ``@REVISION`` or an ``hf:`` prefix), or a local folder holding its Parquet shards
+            (``data/train-*.parquet``, ``data/test-*.parquet``) or ``datasets``' Arrow cache files
+            (``*-train*.arrow``), or one such file. A local path wins over a repo id.
+        out_dir: corpus folder to write (created; an existing spikefm corpus there is replaced).
+        cache_dir: Hugging Face cache folder for the download (default: the hub's own).
+        progress: show progress bars (only on a terminal).
+        revision: Hub branch, tag or commit to download (default: main).
+        bin_ms: bin width of the published counts in ms (the Neural Pile uses 20).
+        shard_max_tokens: start a new output shard before one would exceed this many cells.
+
+    Returns:
+        The manifest written to ``out_dir/manifest.json``.
+
+    Raises:
+        ValueError: the source does not exist, holds no Parquet/Arrow file, its rows are not
+            Neural Pile rows, or ``out_dir`` is a non-corpus folder with files in it.
+        ImportError: a repo id was given and huggingface_hub is not installed.
+    """
+    if not isinstance(bin_ms, int) or isinstance(bin_ms, bool) or bin_ms <= 0:
+        raise ValueError(f"bin_ms must be a positive int (milliseconds), got {bin_ms!r}")
+    if shard_max_tokens < 1:
+        raise ValueError(f"shard_max_tokens must be >= 1, got {shard_max_tokens}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder; give a folder for the corpus")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
+        raise ValueError(f"{out_dir}: folder has files and is not a spikefm corpus; give a new "
+                         "or empty folder")
+
+    root, provenance, default_source = _resolve_source(source, cache_dir, revision)
+    skipped: list[dict] = []
+    files = _find_files(root, skipped)
+    rows, sessions = _scan(files, default_source, progress)
+    _assign_session_ids(sessions)
+    unknown = _assign_t_start(rows, sessions, bin_ms)
+    if unknown:
+        _warn(f"{unknown} sessions have segments not numbered 0..k-1 with equal units; their "
+              "rows get t_start_ms = 0")
+
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_data = Path(tempfile.mkdtemp(prefix=".data-tmp-", dir=out_dir))
+    try:
+        tmp_data.chmod(0o755)
+        shards, stats = _write(files, rows, sessions, bin_ms, tmp_data, shard_max_tokens,
+                               progress)
+    except BaseException:
+        shutil.rmtree(tmp_data, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+
+    # Swap the new data folder in; readers see either the old or the new complete set.
+    data_dir = out_dir / "data"
+    old = out_dir / f".data-old-{os.getpid()}"
+    if data_dir.exists():
+        os.replace(data_dir, old)
+    os.replace(tmp_data, data_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+    manifest = _manifest(source, rows, sessions, stats, shards, provenance, skipped, bin_ms,
+                         shard_max_tokens)
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped, bin_ms,
+              shard_max_tokens) -> dict:
+    from .. import __version__
+
+    tokens = [u * b for u, b in zip(rows.num_units, rows.num_bins)]
+    split_info = {}
+    for split in SPLITS:
+        idx = [i for i, s in enumerate(rows.split) if s == split]
+        split_info[split] = {
+            "num_rows": len(idx),
+            "num_tokens": int(sum(tokens[i] for i in idx)),
+            "num_sessions": len({rows.session_key[i] for i in idx}),
+            "shards": shards[split],
+        }
+    entries = []
+    for key, s in sessions.items():
+        splits = sorted({rows.split[r] for r in s.rows})
+        units = [rows.num_units[r] for r in s.rows]
+        num_bins = sum(rows.num_bins[r] for r in s.rows)
+        species = NEURAL_PILE_SPECIES.get(s.source, "")
+        entry = {
+            "session_id": s.session_id,
+            "subject_id": s.subject,
+            "source_dataset": s.source,
+            "species": species,
+            "is_human": is_human_species(species),
+            "num_units": max(units),
+            "num_bins": int(num_bins),
+            "bin_ms": bin_ms,
+            "t_start_ms": 0,
+            "duration_s": num_bins * bin_ms / 1000.0,
+            "num_rows": len(s.rows),
+            "num_tokens": int(sum(tokens[r] for r in s.rows)),
+            "num_spikes": stats[key]["num_spikes"],
+            "clipped_bins": stats[key]["clipped_bins"],
+            "regions": {"unknown": max(units)},
+            "behavior_names": [],
+            "trial_tables": {},
+            "segments_ordered": s.t_start_known,
+            "provenance": provenance,
+            "license": "",
+            "split": splits[0] if len(splits) == 1 else "both",
+        }
+        if s.session_id != s.session:
+            entry["original_session_id"] = s.session
+        entries.append(entry)
+    entries.sort(key=lambda e: e["session_id"])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "spikefm_version": __version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "bin_ms": bin_ms,
+        "build": {"importer": "neural_pile", "source": source, "split": "published",
+                  "max_row_tokens": int(max(tokens)), "shard_max_tokens": shard_max_tokens},
+        "provenance": provenance,
+        "splits": split_info,
+        "num_sessions": len(entries),
+        "num_human_sessions": sum(e["is_human"] for e in entries),
+        "sessions": entries,
+        "skipped": skipped,
+    }

@@ -1,0 +1,222 @@
+"""``spikefm corpus plot``: figures describing a corpus, in the spirit of the Neural Pile paper's.
+
+Writes PNGs into a folder:
+
+- ``units_per_session.png``: histogram of the number of units per session, mean marked;
+- ``session_length.png``: histogram of session durations (minutes), mean marked;
+- ``token_marginals.png``: probability of counts 0..9 (log scale);
+- ``raster_<source>.png``: one example raster per source dataset (units x a window of bins).
+
+matplotlib is imported lazily and used through its object API with the Agg canvas, so plotting
+never changes the caller's pyplot backend.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .info import corpus_info, flat_counts
+from .reader import Corpus
+
+#: Counts 0..NUM_MARGINALS_PLOTTED-1 appear in token_marginals.png.
+NUM_MARGINALS_PLOTTED = 10
+
+
+def _new_figure(width_in: float = 6.4, height_in: float = 4.0):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
+    fig = Figure(figsize=(width_in, height_in), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the figure to ``path`` atomically (temporary name, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unknown"
+
+
+def _histogram(values: np.ndarray, xlabel: str, title: str, unit: str, path: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi == lo:  # one distinct value: a narrow bar in a readable range
+        width = max(0.05 * abs(lo), 0.5)
+        bins = np.array([lo - width / 2, lo + width / 2])
+        ax.set_xlim(lo - 6 * width, lo + 6 * width)
+    elif lo > 0 and hi / lo > 100:
+        bins = np.geomspace(lo, hi, 31)
+        ax.set_xscale("log")
+    else:
+        bins = min(30, len(np.unique(values)))
+    ax.hist(values, bins=bins, color="#4C72B0", edgecolor="white", linewidth=0.5)
+    mean = float(values.mean())
+    ax.axvline(mean, color="#C44E52", linestyle="--", linewidth=1.5,
+               label=f"mean = {mean:,.1f} {unit}")
+    ax.legend(loc="best", frameon=False,
+              title=f"{values.size:,} session" + ("s" if values.size != 1 else ""))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("sessions")
+    ax.set_title(title)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, path)
+
+
+def _marginals(probs: list[float], path: Path, sampled: bool) -> Path:
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    k = np.arange(NUM_MARGINALS_PLOTTED)
+    p = np.asarray(probs[:NUM_MARGINALS_PLOTTED], dtype=np.float64)
+    ax.bar(k, np.where(p > 0, p, np.nan), color="#4C72B0")
+    ax.set_yscale("log")
+    for x, y in zip(k, p):
+        if y > 0:
+            ax.text(x, y * 1.3, f"{y:.2g}", ha="center", va="bottom", fontsize=8)
+    positive = p[p > 0]
+    if positive.size:
+        ax.set_ylim(positive.min() / 3, 3.0)
+        for x in k[p == 0]:  # log scale cannot show zero; say it
+            ax.text(x, positive.min() / 2.5, "0", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(k)
+    ax.set_xlabel("spike count in a bin (token)")
+    ax.set_ylabel("probability")
+    ax.set_title("Marginal token probabilities" + (" (sampled rows)" if sampled else ""))
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, path)
+
+
+def _example_rows(corpus: Corpus) -> dict[str, dict]:
+    """First row (in shard order, train first) of each source: {source: {counts, session_id,
+    t_start_ms, bin_ms}}. Reads the source column of each shard, then one row group per source."""
+    wanted = {s.get("source_dataset") or "" for s in corpus.sessions}
+    found: dict[str, dict] = {}
+    for split in corpus.manifest["splits"]:
+        for shard in corpus.shards(split):
+            if len(found) == len(wanted):
+                return found
+            pf = pq.ParquetFile(shard)
+            sources = pf.read(columns=["source_dataset"]).column(0)
+            uniques = pc.unique(sources).to_pylist()
+            todo = [s for s in uniques if (s or "") not in found]
+            if not todo:
+                continue
+            names = set(pf.schema_arrow.names)
+            cols = [c for c in ("spike_counts", "session_id", "source_dataset", "t_start_ms",
+                                "bin_ms") if c in names]
+            group_starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
+                                            for i in range(pf.num_row_groups)])
+            for src in todo:
+                mask = pc.is_null(sources) if src is None else pc.equal(sources, src)
+                row = int(pc.index(mask, True).as_py())
+                g = int(np.searchsorted(group_starts, row, side="right") - 1)
+                t = pf.read_row_group(g, columns=cols).slice(row - group_starts[g], 1)
+                col = t.column("spike_counts").combine_chunks()
+                num_units = int(col.value_lengths()[0].as_py())
+                flat = flat_counts(col)
+                found[src or ""] = {
+                    "counts": flat.reshape(num_units, flat.size // max(num_units, 1)),
+                    "session_id": t.column("session_id")[0].as_py(),
+                    "t_start_ms": t.column("t_start_ms")[0].as_py() if "t_start_ms" in cols else 0,
+                    "bin_ms": t.column("bin_ms")[0].as_py() if "bin_ms" in cols else corpus.bin_ms,
+                }
+    return found
+
+
+def _raster(source: str, ex: dict, num_units_total: int, path: Path, max_units: int,
+            max_bins: int) -> Path:
+    counts = ex["counts"][:max_units, :max_bins]
+    n_units, n_bins = counts.shape
+    bin_ms = int(ex["bin_ms"])
+    t0_s = (ex["t_start_ms"] or 0) / 1000.0
+    fig = _new_figure(8.0, 4.5)
+    ax = fig.add_subplot()
+    vmax = max(1.0, float(np.percentile(counts, 99.5))) if counts.size else 1.0
+    im = ax.imshow(counts, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0,
+                   vmax=vmax, extent=(t0_s, t0_s + n_bins * bin_ms / 1000.0, n_units - 0.5, -0.5))
+    from matplotlib.ticker import MaxNLocator
+
+    cb = fig.colorbar(im, ax=ax, pad=0.01, ticks=MaxNLocator(integer=True))
+    cb.set_label("spike count" + (f" (clipped at {vmax:g})" if vmax < counts.max() else ""))
+    ax.set_xlabel(f"time (s), {bin_ms} ms bins")
+    ax.set_ylabel("unit")
+    ax.set_title(f"{source or 'unknown source'}: {ex['session_id']}\n"
+                 f"{n_units} of {num_units_total} units, {n_bins} bins", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_corpus(corpus: Corpus, out_dir: str | Path, *, max_raster_units: int = 100,
+                max_raster_bins: int = 500, max_rows: int | None = None,
+                info: dict | None = None) -> list[Path]:
+    """Write the corpus figures (see the module docstring) as PNGs into ``out_dir``.
+
+    Args:
+        corpus: an opened :class:`spikefm.Corpus`.
+        out_dir: folder for the PNGs (created if missing); existing files of the same names are
+            replaced atomically.
+        max_raster_units: at most this many units (the first ones) in each example raster.
+        max_raster_bins: at most this many time bins (from the row's start) in each raster.
+        max_rows: rows scanned for the token marginals (see :func:`corpus_info`); ignored when
+            ``info`` is given.
+        info: a :func:`corpus_info` result to reuse instead of scanning the corpus again.
+
+    Returns:
+        The paths written, in the order listed in the module docstring.
+    """
+    if max_raster_units < 1 or max_raster_bins < 1:
+        raise ValueError("max_raster_units and max_raster_bins must be >= 1, got "
+                         f"{max_raster_units} and {max_raster_bins}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder; give a folder for the figures")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sessions = corpus.sessions
+    if not sessions:
+        raise ValueError(f"{corpus.path}: the corpus has no sessions; nothing to plot")
+    info = info if info is not None else corpus_info(corpus, max_rows=max_rows)
+
+    written = [
+        _histogram(np.array([s["num_units"] for s in sessions]), "units per session",
+                   "Units per session", "units", out_dir / "units_per_session.png"),
+        _histogram(np.array([s["num_bins"] * s.get("bin_ms", corpus.bin_ms) / 60_000.0
+                             for s in sessions]), "session length (minutes)",
+                   "Session length", "min", out_dir / "session_length.png"),
+    ]
+    cs = info["count_stats"]
+    if cs["cells_scanned"]:
+        written.append(_marginals(cs["token_probabilities"], out_dir / "token_marginals.png",
+                                  cs["sampled"]))
+    units_of = {s["session_id"]: int(s["num_units"]) for s in sessions}
+    used: set[str] = set()
+    for source, ex in sorted(_example_rows(corpus).items()):
+        if ex["counts"].size == 0:
+            continue
+        name = _slug(source)
+        while name in used:  # two sources that differ only in odd characters
+            name += "_"
+        used.add(name)
+        written.append(_raster(source, ex, units_of.get(ex["session_id"], ex["counts"].shape[0]),
+                               out_dir / f"raster_{name}.png", max_raster_units,
+                               max_raster_bins))
+    return written

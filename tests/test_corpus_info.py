@@ -1,0 +1,164 @@
+"""``corpus_info`` / ``format_info`` / ``plot_corpus`` against numbers computed another way from
+the same arrays (numpy on the source matrices, the manifest, the real DANDI recording)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spikefm import Corpus
+from spikefm.corpus.importer import import_neural_pile
+from spikefm.corpus.info import corpus_info, format_info
+from spikefm.corpus.plots import plot_corpus
+
+COUNTS_TYPE = pa.list_(pa.list_(pa.uint8()))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_published(root: Path, seed: int = 0) -> dict:
+    """A small published-layout folder. Returns {split: [row dicts]} with the source matrices."""
+    rng = np.random.default_rng(seed)
+    specs = [  # source, subject, session, units, bins per row, rows, split of each row
+        ("willett", "T5", "w1", 7, 40, 2, ["train", "test"]),
+        ("willett", "T5", "w2", 5, 30, 1, ["train"]),
+        ("xiao", "Pa", "x1", 12, 25, 3, ["train", "train", "train"]),
+        ("moore", "Mo", "m1", 3, 60, 1, ["test"]),
+        ("custom-lab", "A", "c1", 9, 15, 2, ["train", "train"]),
+    ]
+    out = {"train": [], "test": []}
+    for src, subj, sess, units, bins, n, splits in specs:
+        for i in range(n):
+            counts = rng.poisson(rng.uniform(0.05, 1.5), size=(units, bins)).astype(np.uint8)
+            counts[rng.random(counts.shape) < 0.02] = 255
+            out[splits[i]].append({"spike_counts": counts, "subject_id": subj, "session_id": sess,
+                                   "segment_id": f"segment_{i}", "source_dataset": src})
+    for split, rows in out.items():
+        table = pa.table({
+            "spike_counts": pa.array([r["spike_counts"].tolist() for r in rows], COUNTS_TYPE),
+            **{c: pa.array([r[c] for r in rows], pa.string())
+               for c in ("subject_id", "session_id", "segment_id", "source_dataset")}})
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, root / "data" / f"{split}-00000-of-00001.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus_and_rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pub") / "pile"
+    rows = write_published(root)
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    import_neural_pile(str(root), out, progress=False)
+    return Corpus(out), rows
+
+
+def test_info_numbers_match_numpy_on_the_source_arrays(corpus_and_rows):
+    corpus, rows = corpus_and_rows
+    info = corpus_info(corpus)
+    all_rows = rows["train"] + rows["test"]
+    cells = np.concatenate([r["spike_counts"].ravel() for r in all_rows])
+    cs = info["count_stats"]
+    assert cs["cells_scanned"] == cells.size and not cs["sampled"]
+    assert cs["fraction_zero"] == pytest.approx(np.mean(cells == 0))
+    values, freq = np.unique(cells, return_counts=True)
+    want = np.zeros(256, np.int64)
+    want[values] = freq
+    assert cs["token_counts"] == want.tolist()
+    assert sum(cs["token_probabilities"]) == pytest.approx(1.0)
+    assert cs["token_probabilities"][255] == pytest.approx(np.mean(cells == 255))
+    assert cs["mean_count"] == pytest.approx(cells.astype(np.float64).mean())
+    for split in ("train", "test"):
+        split_cells = np.concatenate([r["spike_counts"].ravel() for r in rows[split]])
+        assert cs["by_split"][split]["fraction_zero"] == pytest.approx(np.mean(split_cells == 0))
+        assert info["splits"][split] == {
+            "rows": len(rows[split]), "tokens": split_cells.size,
+            "sessions": len({r["session_id"] for r in rows[split]})}
+    assert info["clipped_bins"] == int(np.sum(cells == 255))
+
+    bins_by_session: dict[str, int] = {}
+    units_by_session: dict[str, int] = {}
+    for r in all_rows:
+        bins_by_session[r["session_id"]] = bins_by_session.get(r["session_id"], 0) + \
+            r["spike_counts"].shape[1]
+        units_by_session[r["session_id"]] = r["spike_counts"].shape[0]
+    assert info["hours"] == pytest.approx(sum(bins_by_session.values()) * 20 / 1000 / 3600)
+    units = np.array(list(units_by_session.values()))
+    assert info["units"]["total"] == units.sum()
+    assert info["units"]["mean"] == pytest.approx(units.mean())
+    assert (info["units"]["min"], info["units"]["max"]) == (units.min(), units.max())
+    assert info["num_sessions"] == 5 and info["num_subjects"] == 4
+    assert info["num_tokens"] == cells.size
+    assert info["num_human_sessions"] == 2
+    assert info["species"] == {"Homo sapiens": 2, "Macaca sp.": 1, "Callithrix jacchus": 1,
+                               "unknown": 1}
+    xiao = [r for r in all_rows if r["source_dataset"] == "xiao"]
+    assert info["sources"]["xiao"]["tokens"] == sum(r["spike_counts"].size for r in xiao)
+    assert info["sources"]["willett"]["sessions"] == 2
+    assert list(info["sources"])[0] == max(info["sources"],
+                                           key=lambda k: info["sources"][k]["tokens"])
+    assert json.loads(json.dumps(info)) == info  # JSON-serializable as is
+
+
+def test_max_rows_scans_the_first_rows_in_shard_order(corpus_and_rows):
+    corpus, _ = corpus_and_rows
+    info = corpus_info(corpus, max_rows=3)
+    first = [r.spike_counts.ravel() for r in corpus.iter_rows("train")][:3]
+    cells = np.concatenate(first)
+    cs = info["count_stats"]
+    assert cs["rows_scanned"] == 3 and cs["sampled"]
+    assert cs["token_counts"] == np.bincount(cells.astype(np.int64), minlength=256).tolist()
+    assert info["num_sessions"] == 5  # manifest numbers still cover everything
+    with pytest.raises(ValueError, match="max_rows"):
+        corpus_info(corpus, max_rows=0)
+
+
+def test_format_info_reports_the_numbers(corpus_and_rows):
+    corpus, _ = corpus_and_rows
+    info = corpus_info(corpus)
+    text = format_info(json.loads(json.dumps(info)))  # works on the JSON form too
+    assert f"{info['num_tokens']:,}" in text
+    assert f"{100 * info['count_stats']['fraction_zero']:.2f} %" in text
+    for name in info["sources"]:
+        assert name in text
+    assert "(2 human)" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "first 3 rows" in format_info(corpus_info(corpus, max_rows=3))
+
+
+def test_real_recording_hours_units_and_zero_fraction(real_nwb, tmp_path):
+    from spikefm.corpus.build import BuildConfig, build_corpus
+
+    build_corpus([str(real_nwb)], tmp_path / "c", BuildConfig(max_row_tokens=1_000_000),
+                 progress=False)
+    corpus = Corpus(tmp_path / "c")
+    info = corpus_info(corpus)
+    (s,) = corpus.sessions
+    assert info["hours"] == pytest.approx(s["duration_s"] / 3600)
+    assert info["units"]["total"] == s["num_units"] == 35
+    assert info["num_human_sessions"] == 1 and info["species"] == {"Homo sapiens": 1}
+    matrix = np.concatenate([r.spike_counts for r in corpus.iter_rows("train")], axis=1)
+    assert info["count_stats"]["fraction_zero"] == pytest.approx(np.mean(matrix == 0))
+    assert info["count_stats"]["mean_count"] * matrix.size == pytest.approx(s["num_spikes"])
+
+
+def test_plot_corpus_writes_pngs(corpus_and_rows, tmp_path):
+    corpus, _ = corpus_and_rows
+    paths = plot_corpus(corpus, tmp_path / "figs", max_raster_units=4, max_raster_bins=10)
+    names = sorted(p.name for p in paths)
+    assert names == sorted(["units_per_session.png", "session_length.png", "token_marginals.png",
+                            "raster_custom-lab.png", "raster_moore.png", "raster_willett.png",
+                            "raster_xiao.png"])
+    for p in paths:
+        data = p.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    assert sorted(x.name for x in (tmp_path / "figs").iterdir()) == names  # no temp files
+    import matplotlib.image
+
+    img = matplotlib.image.imread(tmp_path / "figs" / "raster_xiao.png")
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        plot_corpus(corpus, tmp_path / "file")

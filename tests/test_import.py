@@ -1,0 +1,351 @@
+"""``import_neural_pile``: fake published Neural Pile folders (written with ``datasets`` as the
+Neural Pile's author did, and with plain pyarrow) -> spikefm corpora, checked row by row."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spikefm import Corpus
+from spikefm.corpus.importer import import_neural_pile
+from spikefm.corpus.schema import NEURAL_PILE_COLUMNS, ROW_SCHEMA, SCHEMA_VERSION
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+COUNTS_TYPE = pa.list_(pa.list_(pa.uint8()))
+
+
+def published_rows(seed: int = 0) -> list[dict]:
+    """Sessions cut into segments as the Neural Pile scripts do (ceil-sized equal chunks), with
+    a few 255-valued cells. Each row also carries its true start bin (``_start``) for checks."""
+    rng = np.random.default_rng(seed)
+    specs = [  # (source, subject, session, units, bins, segments)
+        ("willett", "T5", "t5.2019.05.08", 4, 37, 3),
+        ("xiao", "Pa", "sub-Pa_ses-1", 6, 20, 1),
+        ("xiao", "Pa", "sub-Pa_ses-2", 3, 25, 2),
+        ("perich", "C", "sub-Pa_ses-1", 5, 11, 1),  # same session id as a xiao session
+        (None, "M", "ses-m", 2, 9, 2),  # no source_dataset (as in some published subsets)
+    ]
+    rows = []
+    for src, subj, sess, units, bins, segs in specs:
+        counts = rng.poisson(0.7, size=(units, bins)).astype(np.uint8)
+        counts[rng.random((units, bins)) < 0.03] = 255
+        counts[0, -1] = 255  # every session has a clipped cell
+        size = math.ceil(bins / segs)
+        for i in range(segs):
+            a, b = i * size, min((i + 1) * size, bins)
+            rows.append({"spike_counts": counts[:, a:b].copy(), "subject_id": subj,
+                         "session_id": sess, "segment_id": f"segment_{i}",
+                         "source_dataset": src, "_start": a})
+    order = rng.permutation(len(rows))  # the published dataset is shuffled
+    return [rows[i] for i in order]
+
+
+def write_pyarrow(rows: list[dict], path: Path, columns=NEURAL_PILE_COLUMNS) -> None:
+    arrays = {c: (pa.array([r[c].tolist() for r in rows], COUNTS_TYPE) if c == "spike_counts"
+                  else pa.array([r[c] for r in rows], pa.string())) for c in columns}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(arrays), path)
+
+
+def write_datasets(rows: list[dict], path: Path, cache_dir: Path) -> Path:
+    """The Neural Pile author's way: Dataset.from_generator(...) then Parquet. Returns the Arrow
+    cache file datasets wrote on the way."""
+    import datasets
+
+    datasets.disable_progress_bars()
+
+    def gen():
+        for r in rows:
+            yield {c: r[c] for c in NEURAL_PILE_COLUMNS}
+
+    ds = datasets.Dataset.from_generator(gen, writer_batch_size=1, cache_dir=str(cache_dir))
+    assert str(ds.features["spike_counts"]) == "List(List(Value('uint8')))"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(path))
+    return Path(ds.cache_files[0]["filename"])
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A folder in the published layout: train shard 0 by datasets, train shard 1 and the test
+    shard by pyarrow. Returns (folder, {(session, segment): (split, row)}, arrow cache file)."""
+    root = tmp_path_factory.mktemp("pub") / "neural-pile-fake"
+    rows = published_rows()
+    # datasets infers types from values: the source-less rows go to the pyarrow shards.
+    train_a = [r for r in rows if r["source_dataset"]][:4]
+    rest = [r for r in rows if not any(r is x for x in train_a)]
+    train_b, test = rest[:3], rest[3:]
+    arrow_file = write_datasets(train_a, root / "data" / "train-00000-of-00002.parquet",
+                                tmp_path_factory.mktemp("hfcache"))
+    write_pyarrow(train_b, root / "data" / "train-00001-of-00002.parquet")
+    write_pyarrow(test, root / "data" / "test-00000-of-00001.parquet")
+    truth = {}
+    for split, part in (("train", train_a + train_b), ("test", test)):
+        for r in part:
+            truth[(r["source_dataset"], r["session_id"], r["segment_id"])] = (split, r)
+    return root, truth, arrow_file
+
+
+@pytest.fixture(scope="module")
+def imported(published, tmp_path_factory):
+    root, truth, _ = published
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    manifest = import_neural_pile(str(root), out, progress=False)
+    return out, manifest, truth
+
+
+def corpus_rows(corpus: Corpus) -> list[tuple[str, object]]:
+    return [(split, r) for split in ("train", "test") for r in corpus.iter_rows(split)]
+
+
+def original_key(corpus: Corpus, row) -> tuple:
+    s = corpus.session(row.session_id)
+    src = None if s["source_dataset"] == "neural-pile-fake" else s["source_dataset"]
+    return (src, s.get("original_session_id", row.session_id), row.segment_id)
+
+
+# --- the import, row by row --------------------------------------------------------------------
+
+def test_rows_equal_source_rows_and_keep_their_split(imported):
+    out, manifest, truth = imported
+    corpus = Corpus(out)
+    got = corpus_rows(corpus)
+    assert len(got) == len(truth)
+    seen = set()
+    for split, row in got:
+        key = original_key(corpus, row)
+        want_split, want = truth[key]
+        assert split == want_split
+        assert row.spike_counts.dtype == np.uint8
+        np.testing.assert_array_equal(row.spike_counts, want["spike_counts"])
+        assert row.subject_id == want["subject_id"]
+        assert row.bin_ms == 20
+        assert row.unit_ids == [str(i) for i in range(row.num_units)]
+        assert row.unit_regions == ["unknown"] * row.num_units
+        assert row.behavior_names == [] and row.behavior.size == 0
+        assert row.trials == {}
+        seen.add(key)
+    assert seen == set(truth)
+    for split in ("train", "test"):
+        want_rows = [r for s, r in truth.values() if s == split]
+        sp = manifest["splits"][split]
+        assert sp["num_rows"] == len(want_rows)
+        assert sp["num_tokens"] == sum(r["spike_counts"].size for r in want_rows)
+        assert all(re.fullmatch(rf"data/{split}-\d{{5}}-of-\d{{5}}\.parquet", p)
+                   for p in sp["shards"])
+
+
+def test_shards_have_row_schema_and_zstd(imported):
+    out, manifest, _ = imported
+    for sp in manifest["splits"].values():
+        for shard in sp["shards"]:
+            pf = pq.ParquetFile(out / shard)
+            assert pf.schema_arrow.equals(ROW_SCHEMA)
+            assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_t_start_follows_segment_order(imported):
+    out, _, truth = imported
+    corpus = Corpus(out)
+    for _, row in corpus_rows(corpus):
+        want = truth[original_key(corpus, row)][1]
+        assert row.t_start_ms == want["_start"] * 20
+    assert all(s["segments_ordered"] for s in corpus.sessions)
+
+
+def test_manifest_sessions_count_255_cells_species_and_renames(published, imported):
+    root = published[0]
+    out, manifest, truth = imported
+    by_key: dict[tuple, list[dict]] = {}
+    for (src, sess, _), (_, r) in truth.items():
+        by_key.setdefault((src or "neural-pile-fake", sess), []).append(r)
+    assert manifest["num_sessions"] == len(by_key) == len(manifest["sessions"])
+    ids = [s["session_id"] for s in manifest["sessions"]]
+    assert len(set(ids)) == len(ids)  # the shared published id was made unique
+    for s in manifest["sessions"]:
+        rows = by_key[(s["source_dataset"], s.get("original_session_id", s["session_id"]))]
+        cells = np.concatenate([r["spike_counts"].ravel() for r in rows])
+        assert s["clipped_bins"] == int((cells == 255).sum()) > 0
+        assert s["num_spikes"] == int(cells.astype(np.int64).sum())
+        assert s["num_tokens"] == cells.size
+        assert s["num_bins"] == sum(r["spike_counts"].shape[1] for r in rows)
+        assert s["num_units"] == rows[0]["spike_counts"].shape[0]
+        assert s["duration_s"] == pytest.approx(s["num_bins"] * 0.02)
+        assert s["num_rows"] == len(rows)
+        assert s["provenance"] == {"path": str(root.resolve())}
+        want_species = {"willett": "Homo sapiens", "xiao": "Macaca sp.",
+                        "perich": "Macaca sp."}.get(s["source_dataset"], "")
+        assert s["species"] == want_species and s["is_human"] == (want_species == "Homo sapiens")
+    renamed = [s for s in manifest["sessions"] if "original_session_id" in s]
+    assert [s["original_session_id"] for s in renamed] == ["sub-Pa_ses-1"]
+    assert manifest["num_human_sessions"] == 1
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_rows_without_source_get_the_folder_name(imported):
+    out, manifest, _ = imported
+    sources = {s["source_dataset"] for s in manifest["sessions"]}
+    assert sources == {"willett", "xiao", "perich", "neural-pile-fake"}
+
+
+# --- other inputs ------------------------------------------------------------------------------
+
+def test_datasets_arrow_cache_file_imports_like_its_parquet(published, tmp_path):
+    root, truth, arrow_file = published
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    shutil.copy(arrow_file, folder / "neural-pile-fake-train.arrow")  # an IPC stream
+    # the same rows as an IPC *file* (the other Arrow container), in the test split
+    table = pq.read_table(root / "data" / "test-00000-of-00001.parquet")
+    with pa.OSFile(str(folder / "fake-test-00000-of-00001.arrow"), "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table, max_chunksize=2)
+    m = import_neural_pile(str(folder), tmp_path / "c", progress=False)
+    corpus = Corpus(tmp_path / "c")
+    want_train = pq.read_table(root / "data" / "train-00000-of-00002.parquet")
+    assert m["splits"]["train"]["num_rows"] == want_train.num_rows
+    assert m["splits"]["test"]["num_rows"] == table.num_rows
+    for split, src_table in (("train", want_train), ("test", table)):
+        want = {(r["session_id"], r["segment_id"]): np.array(r["spike_counts"], np.uint8)
+                for r in src_table.to_pylist()}
+        for row in corpus.iter_rows(split):
+            sid = corpus.session(row.session_id).get("original_session_id", row.session_id)
+            np.testing.assert_array_equal(row.spike_counts, want[(sid, row.segment_id)])
+
+
+def test_hub_source_calls_snapshot_download(published, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    root, truth, _ = published
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kw):
+        calls.append((repo_id, kw))
+        snap = tmp_path / "hub" / "snapshots" / SHA
+        shutil.copytree(root, snap)
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    m = import_neural_pile("eminorhan/neural-pile-primate", tmp_path / "c", progress=False,
+                           cache_dir=str(tmp_path / "hfc"))
+    (repo_id, kw), = calls
+    assert repo_id == "eminorhan/neural-pile-primate"
+    assert kw["repo_type"] == "dataset" and kw["cache_dir"] == str(tmp_path / "hfc")
+    assert any(p.endswith(".parquet") for p in kw["allow_patterns"])
+    assert m["provenance"] == {"hf_repo": "eminorhan/neural-pile-primate", "revision": SHA}
+    assert all(s["provenance"] == m["provenance"] for s in m["sessions"])
+    assert "neural-pile-primate" in {s["source_dataset"] for s in m["sessions"]}
+    assert sum(sp["num_rows"] for sp in m["splits"].values()) == len(truth)
+
+
+def test_hub_failure_and_missing_huggingface_hub_give_the_fix(tmp_path, monkeypatch):
+    import sys
+
+    import huggingface_hub
+
+    def failing(repo_id, **kw):
+        raise RuntimeError("404 Client Error: Repository Not Found\nRequest ID: abc")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", failing)
+    msg = one_line_error(lambda: import_neural_pile("someone/no-such-pile", tmp_path / "c",
+                                                    progress=False), "download")
+    assert "404" in msg and "local folder" in msg
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'spikefm\[hf\]'"):
+        import_neural_pile("hf:someone/pile", tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_component_subset_without_source_column_and_wider_ints(tmp_path):
+    """A subset like eminorhan/willett has four columns; counts stored as int64 above 255 are
+    clipped to 255 and counted."""
+    counts = np.array([[0, 300, 2], [255, 1, 0]], dtype=np.int64)
+    table = pa.table({"spike_counts": pa.array([counts.tolist()], pa.list_(pa.list_(pa.int64()))),
+                      "subject_id": ["T5"], "session_id": ["s"], "segment_id": ["segment_0"]})
+    (tmp_path / "willett" / "data").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "willett" / "data" / "train-00000-of-00001.parquet")
+    m = import_neural_pile(str(tmp_path / "willett"), tmp_path / "c", progress=False)
+    (s,) = m["sessions"]
+    assert s["source_dataset"] == "willett" and s["species"] == "Homo sapiens"
+    assert s["clipped_bins"] == 2
+    (row,) = list(Corpus(tmp_path / "c").iter_rows("train"))
+    np.testing.assert_array_equal(row.spike_counts, np.minimum(counts, 255).astype(np.uint8))
+    assert m["splits"]["test"] == {"num_rows": 0, "num_tokens": 0, "num_sessions": 0,
+                                   "shards": []}
+
+
+def test_small_shards_and_reimport_replace_the_corpus(published, tmp_path):
+    root, truth, _ = published
+    out = tmp_path / "c"
+    m1 = import_neural_pile(str(root), out, progress=False, shard_max_tokens=60)
+    shards = m1["splits"]["train"]["shards"]
+    assert len(shards) > 1
+    n = len(shards)
+    assert shards == [f"data/train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    assert sorted(p.name for p in (out / "data").iterdir()) == sorted(
+        Path(p).name for sp in m1["splits"].values() for p in sp["shards"])
+    for shard in shards:
+        tokens = sum(len(u) * len(u[0]) for u in pq.read_table(out / shard)
+                     .column("spike_counts").to_pylist())
+        assert tokens <= 60 or pq.read_metadata(out / shard).num_rows == 1
+    m2 = import_neural_pile(str(root), out, progress=False)
+    assert len(m2["splits"]["train"]["shards"]) == 1
+    assert sorted(p.name for p in (out / "data").iterdir()) == sorted(
+        Path(p).name for sp in m2["splits"].values() for p in sp["shards"])
+    assert sum(1 for _ in Corpus(out).iter_rows("train")) == m1["splits"]["train"]["num_rows"]
+
+
+# --- bad sources -------------------------------------------------------------------------------
+
+def one_line_error(fn, match: str) -> str:
+    with pytest.raises(ValueError, match=match) as exc:
+        fn()
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_missing_folder_is_a_one_line_error(tmp_path):
+    one_line_error(lambda: import_neural_pile(str(tmp_path / "nope"), tmp_path / "c",
+                                              progress=False), "no such folder")
+    assert not (tmp_path / "c").exists()
+
+
+def test_folder_without_parquet_is_a_one_line_error(tmp_path):
+    (tmp_path / "src" / "data").mkdir(parents=True)
+    (tmp_path / "src" / "data" / "README.md").write_text("hello")
+    one_line_error(lambda: import_neural_pile(str(tmp_path / "src"), tmp_path / "c",
+                                              progress=False), "no Parquet")
+
+
+def test_wrong_columns_and_ragged_rows_are_errors(tmp_path):
+    (tmp_path / "a").mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "a" / "train.parquet")
+    one_line_error(lambda: import_neural_pile(str(tmp_path / "a"), tmp_path / "c",
+                                              progress=False), "missing column")
+    ragged = [{"spike_counts": np.zeros((2, 3), np.uint8), "subject_id": "s", "session_id": "x",
+               "segment_id": "segment_0", "source_dataset": "d"}]
+    write_pyarrow(ragged, tmp_path / "b" / "data" / "train-00000-of-00001.parquet")
+    t = pq.read_table(tmp_path / "b" / "data" / "train-00000-of-00001.parquet")
+    t = t.set_column(0, "spike_counts", pa.array([[[0, 1, 2], [0]]], COUNTS_TYPE))
+    pq.write_table(t, tmp_path / "b" / "data" / "train-00000-of-00001.parquet")
+    one_line_error(lambda: import_neural_pile(str(tmp_path / "b"), tmp_path / "c",
+                                              progress=False), "different lengths")
+    assert not (tmp_path / "c").exists()
+
+
+def test_refuses_a_folder_that_is_not_a_corpus(published, tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    one_line_error(lambda: import_neural_pile(str(published[0]), tmp_path / "c",
+                                              progress=False), "not a spikefm corpus")
+    assert (tmp_path / "c" / "notes.txt").read_text() == "mine"

@@ -1,0 +1,169 @@
+"""Training throughput: spikefm's Llama vs transformers' LlamaForCausalLM, same shapes and weights.
+
+Each step is forward + next-token cross-entropy + backward + AdamW on one fixed batch of random
+spike tokens. Both models start from the same weights (ours copied into the HF key layout), so the
+first-step losses must agree; steps of the two models are interleaved so that background load on
+the machine hits both alike, and tokens/s come from the median step time. Writes
+benchmarks/results/bench_ar_train.json.
+
+    python benchmarks/bench_ar_train.py                                  # CPU, preset small
+    python benchmarks/bench_ar_train.py --device cuda --dtype bf16 --preset 125m \
+        --batch-size 16 --seq-len 2048
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from spikefm.models.hf_llama import to_hf_config, to_hf_key
+from spikefm.models.llama import LLAMA_PRESETS, Llama, llama_preset
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        # Other processes compete for the CPU on shared machines; keep their load with the numbers.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=list(LLAMA_PRESETS))
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (0 = torch's default); 1 keeps CPU numbers "
+                             "stable on a shared machine, where extra OpenMP threads oversubscribe")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16 = autocast mixed precision (float32 master weights)")
+    parser.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_ar_train.json")
+    args = parser.parse_args(argv)
+
+    try:
+        import transformers
+    except ImportError as err:
+        raise SystemExit("transformers is needed: pip install 'spikefm[dev]'") from err
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = llama_preset(args.preset)
+    if args.seq_len > cfg.max_seq_len:
+        raise SystemExit(f"--seq-len {args.seq_len} exceeds the preset's max_seq_len "
+                         f"{cfg.max_seq_len}")
+    torch.manual_seed(args.seed)
+    ours = Llama(cfg).to(device)
+    hf_cfg = transformers.LlamaConfig(**{k: v for k, v in to_hf_config(cfg).items()
+                                         if k not in ("architectures", "torch_dtype", "dtype",
+                                                      "model_type")},
+                                      attn_implementation=args.hf_attn)
+    theirs = transformers.LlamaForCausalLM(hf_cfg).to(device)
+    theirs.load_state_dict({to_hf_key(k): v for k, v in ours.state_dict().items()}, strict=True)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    tokens = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len + 1), generator=gen)
+    tokens = tokens.to(device)
+    inputs_BL, targets_BL = tokens[:, :-1], tokens[:, 1:]
+    autocast_dtype = torch.bfloat16 if args.dtype == "bf16" else None
+
+    def make_step(model, get_logits):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+
+        def step() -> float:
+            with torch.autocast(device.type, dtype=autocast_dtype,
+                                enabled=autocast_dtype is not None):
+                logits_BLV = get_logits(model, inputs_BL)
+                loss = F.cross_entropy(logits_BLV.float().reshape(-1, cfg.vocab_size),
+                                       targets_BL.reshape(-1))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.item()  # also synchronizes
+        return step
+
+    steps = {
+        "spikefm": make_step(ours, lambda m, x: m(x)),
+        "transformers": make_step(theirs, lambda m, x: m(input_ids=x, use_cache=False).logits),
+    }
+    first_loss = {}
+    for i in range(args.warmup):
+        for name, step in steps.items():
+            loss = step()
+            if i == 0:
+                first_loss[name] = loss
+    step_seconds = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            step_seconds[name].append(time.perf_counter() - t0)
+
+    tokens_per_step = args.batch_size * args.seq_len
+    # Median step time: robust to bursts of load from other processes on a shared machine.
+    tps = {name: tokens_per_step / statistics.median(s) for name, s in step_seconds.items()}
+    flops = ours.flops_per_token(args.seq_len)
+    result = {
+        "benchmark": "bench_ar_train",
+        "machine": machine_info(device),
+        "transformers": transformers.__version__,
+        "device": str(device),
+        "dtype": args.dtype,
+        "hf_attn_implementation": args.hf_attn,
+        "preset": args.preset,
+        "config": dataclasses.asdict(cfg),
+        "n_params": sum(p.numel() for p in ours.parameters()),
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "first_step_loss": first_loss,
+        "step_seconds": step_seconds,
+        "tokens_per_s": tps,
+        "achieved_tflops": {name: v * flops / 1e12 for name, v in tps.items()},
+        "flops_per_token": flops,
+        "ratio_spikefm_over_transformers": tps["spikefm"] / tps["transformers"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    print(json.dumps({k: result[k] for k in ("tokens_per_s", "ratio_spikefm_over_transformers",
+                                              "first_step_loss")}, indent=2))
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

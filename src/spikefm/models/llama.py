@@ -1,0 +1,621 @@
+"""Llama-3-architecture decoder over Neural Pile spike-count tokens, with KV-cache generation.
+
+The model is a plain ``nn.Module`` (no parallelism): pre-norm blocks of grouped-query attention
+and a SwiGLU MLP, RMSNorm, rotary positions, untied input embedding and output projection. Its
+weights map one to one onto Hugging Face's ``LlamaForCausalLM`` (see
+:mod:`spikefm.models.hf_llama`): rotary embeddings use the rotate-half convention (head dimension
+i is rotated together with i + E/2, not with its neighbour i + 1 as in Meta's original code), so
+no permutation of ``wq``/``wk`` is needed.
+
+Tokens follow :mod:`spikefm.data.tokens`: vocabulary 256, each time bin is ``[255, c_1..c_n]``.
+
+Shape legend (suffixes on tensor names):
+    B  batch
+    L  new tokens in this forward call (query positions)
+    S  key/value positions attended to (cache length, or L without a cache)
+    D  model width (``dim``)
+    H  query heads
+    K  key/value heads (``n_kv_heads``; H is a multiple of K)
+    E  head width (``dim // n_heads``)
+    F  MLP hidden width (``ffn_dim``)
+    V  vocabulary size
+    P  rotary table positions (``max_seq_len``)
+
+Typical use::
+
+    cfg = llama_preset("tiny")
+    model = Llama(cfg)                       # built and initialized on the current device
+    logits_BLV = model(tokens_BL)
+
+    with torch.device("meta"):              # no memory: shapes only
+        big = Llama(llama_preset("8b"))
+    big.to_empty(device="cuda")
+    big.init_weights()                       # materialize (after FSDP sharding, per shard)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikefm.data.tokens import SEPARATOR
+
+__all__ = [
+    "LlamaConfig",
+    "LLAMA_PRESETS",
+    "llama_preset",
+    "count_parameters",
+    "flops_per_token",
+    "Llama",
+    "KVCache",
+    "generate",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Shape and numerics of a :class:`Llama` decoder.
+
+    Attributes:
+        dim: model width D.
+        n_layers: number of transformer blocks.
+        n_heads: query heads H; ``dim`` must be divisible by it and the head width even.
+        n_kv_heads: key/value heads K for grouped-query attention; divides ``n_heads``.
+        ffn_dim: SwiGLU hidden width F.
+        vocab_size: token vocabulary V (256 for Neural Pile tokens).
+        rope_theta: rotary base frequency.
+        norm_eps: RMSNorm epsilon.
+        max_seq_len: longest context in tokens (size of the rotary table and default cache).
+        init_std: standard deviation of the normal initialization of embeddings and projections.
+    """
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    vocab_size: int = 256
+    rope_theta: float = 500000.0
+    norm_eps: float = 1e-5
+    max_seq_len: int = 8192
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size",
+                     "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"LlamaConfig.{name} must be a positive finite number, "
+                                 f"got {value!r}")
+        if self.dim % self.n_heads:
+            raise ValueError(
+                f"LlamaConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads}); "
+                f"choose n_heads among the divisors of dim, e.g. {self.dim // 64 or 1} "
+                "for 64-wide heads")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"LlamaConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                f"({self.n_kv_heads}) for grouped-query attention; pick n_kv_heads dividing "
+                f"n_heads")
+        if self.head_dim % 2:
+            raise ValueError(
+                f"LlamaConfig head width dim // n_heads = {self.head_dim} must be even for "
+                "rotary embeddings; change dim or n_heads")
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width E = dim // n_heads."""
+        return self.dim // self.n_heads
+
+
+def _preset_tiny() -> LlamaConfig:
+    # CPU-sized: tests, quickstart, benchmarks on a laptop. ~0.85M parameters.
+    return LlamaConfig(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384)
+
+
+def _preset_small() -> LlamaConfig:
+    # ~25M parameters; a quick single-GPU run.
+    return LlamaConfig(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=1536)
+
+
+def _preset_125m() -> LlamaConfig:
+    # ~125M parameters (GPT-2-small width and depth, GQA and a 5x SwiGLU MLP).
+    return LlamaConfig(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, ffn_dim=3840)
+
+
+def _preset_1b() -> LlamaConfig:
+    # Llama 3.2 1B shape (untied embeddings, vocabulary 256).
+    return LlamaConfig(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192)
+
+
+def _preset_3b() -> LlamaConfig:
+    # Llama 3.2 3B shape.
+    return LlamaConfig(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, ffn_dim=8192)
+
+
+def _preset_8b() -> LlamaConfig:
+    # Llama 3 8B shape; with vocabulary 256 this is ~6.98e9 parameters (8.03e9 with 128256).
+    return LlamaConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336,
+                       rope_theta=500000.0)
+
+
+LLAMA_PRESETS = {
+    "tiny": _preset_tiny,
+    "small": _preset_small,
+    "125m": _preset_125m,
+    "1b": _preset_1b,
+    "3b": _preset_3b,
+    "8b": _preset_8b,
+}
+
+
+def llama_preset(name: str) -> LlamaConfig:
+    """Return the named preset config; vary it with ``dataclasses.replace``.
+
+    Raises:
+        ValueError: if ``name`` is not one of ``LLAMA_PRESETS``.
+    """
+    try:
+        return LLAMA_PRESETS[name]()
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown Llama preset {name!r}; valid presets: "
+                         f"{', '.join(LLAMA_PRESETS)}") from None
+
+
+def count_parameters(cfg: LlamaConfig) -> int:
+    """Exact number of parameters of ``Llama(cfg)``, computed from the shapes.
+
+    Embedding (V*D) and output projection (V*D) are untied; per block: q and o projections
+    (D*H*E each), k and v projections (D*K*E each), three SwiGLU matrices (D*F each) and two
+    RMSNorm weights (D each); plus the final RMSNorm (D).
+    """
+    d, e = cfg.dim, cfg.head_dim
+    attention = 2 * d * cfg.n_heads * e + 2 * d * cfg.n_kv_heads * e
+    mlp = 3 * d * cfg.ffn_dim
+    block = attention + mlp + 2 * d
+    return 2 * cfg.vocab_size * d + cfg.n_layers * block + d
+
+
+def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward) for model FLOPs utilization (MFU).
+
+    ``6 * N + 12 * n_layers * dim * seq_len`` (Kaplan et al. 2020; PaLM appendix B), where
+    ``N = count_parameters(cfg) - vocab_size * dim`` excludes the input embedding (a lookup, no
+    matmul) but keeps the output projection. The first term is 2 FLOPs per multiply-add in the
+    forward pass and twice that in the backward pass. The second counts the score (Q K^T) and
+    weighted-sum (A V) matmuls: 2 * 2 * seq_len * (H * E = dim) FLOPs per token and layer forward,
+    times 3 for forward + backward; causal masking is not discounted (the usual MFU convention).
+    """
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
+        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    n_matmul = count_parameters(cfg) - cfg.vocab_size * cfg.dim
+    return float(6 * n_matmul + 12 * cfg.n_layers * cfg.dim * seq_len)
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache
+# --------------------------------------------------------------------------------------------
+
+class KVCache:
+    """Preallocated keys and values of every layer for incremental decoding.
+
+    Holds ``k`` and ``v`` tensors of shape (B, K, max_seq_len, E) per layer and ``pos``, the
+    number of positions already written. :meth:`Llama.forward` with a cache writes the new
+    keys/values at ``pos .. pos + L - 1`` in every layer, attends over ``0 .. pos + L - 1`` and
+    then advances ``pos`` by L.
+
+    Args:
+        n_layers: number of blocks (``cfg.n_layers``).
+        batch_size: B; every forward through this cache must use it.
+        max_seq_len: capacity in tokens.
+        n_kv_heads: K.
+        head_dim: E.
+        device: where to allocate.
+        dtype: storage dtype; should equal the model's parameter dtype.
+    """
+
+    def __init__(self, n_layers: int, batch_size: int, max_seq_len: int, n_kv_heads: int,
+                 head_dim: int, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        for name, value in (("n_layers", n_layers), ("batch_size", batch_size),
+                            ("max_seq_len", max_seq_len), ("n_kv_heads", n_kv_heads),
+                            ("head_dim", head_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"KVCache {name} must be a positive int, got {value!r}")
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.k_BKSE = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v_BKSE = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.batch_size = batch_size
+        self.max_seq_len = max_seq_len
+        self.pos = 0
+
+    @classmethod
+    def for_model(cls, model: "Llama", batch_size: int,
+                  max_seq_len: int | None = None) -> "KVCache":
+        """Cache matching ``model``'s shapes, device and parameter dtype.
+
+        ``max_seq_len`` defaults to (and may not exceed) ``model.cfg.max_seq_len``.
+        """
+        cfg = model.cfg
+        max_seq_len = cfg.max_seq_len if max_seq_len is None else max_seq_len
+        if max_seq_len > cfg.max_seq_len:
+            raise ValueError(f"cache max_seq_len {max_seq_len} exceeds the model's "
+                             f"max_seq_len {cfg.max_seq_len}")
+        param = model.tok_embeddings.weight
+        return cls(cfg.n_layers, batch_size, max_seq_len, cfg.n_kv_heads, cfg.head_dim,
+                   device=param.device, dtype=param.dtype)
+
+    def reset(self) -> None:
+        """Forget all positions (the buffers are reused, not cleared)."""
+        self.pos = 0
+
+    def update(self, layer: int, k_BKLE: torch.Tensor,
+               v_BKLE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``layer``'s new keys/values at ``pos``; return all so far, (B, K, pos + L, E)."""
+        start, end = self.pos, self.pos + k_BKLE.shape[2]
+        self.k_BKSE[layer][:, :, start:end] = k_BKLE
+        self.v_BKSE[layer][:, :, start:end] = v_BKLE
+        return self.k_BKSE[layer][:, :, :end], self.v_BKSE[layer][:, :, :end]
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, cast back, then scaled (as in HF Llama)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
+        x32_BLD = x_BLD.float()
+        x32_BLD = x32_BLD * torch.rsqrt(x32_BLD.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32_BLD.to(x_BLD.dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _apply_rope(x_BHLE: torch.Tensor, cos_LE: torch.Tensor, sin_LE: torch.Tensor) -> torch.Tensor:
+    return x_BHLE * cos_LE + _rotate_half(x_BHLE) * sin_LE
+
+
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary positions, via ``scaled_dot_product_attention``."""
+
+    def __init__(self, cfg: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x_BLD: torch.Tensor, cos_LE: torch.Tensor, sin_LE: torch.Tensor,
+                kv_cache: KVCache | None = None) -> torch.Tensor:
+        B, L, _ = x_BLD.shape
+        q_BHLE = self.wq(x_BLD).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k_BKLE = self.wk(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v_BKLE = self.wv(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        cos_LE, sin_LE = cos_LE.to(q_BHLE.dtype), sin_LE.to(q_BHLE.dtype)
+        q_BHLE = _apply_rope(q_BHLE, cos_LE, sin_LE)
+        k_BKLE = _apply_rope(k_BKLE, cos_LE, sin_LE)
+
+        start = 0
+        if kv_cache is None:
+            k_BKSE, v_BKSE = k_BKLE, v_BKLE
+        else:
+            start = kv_cache.pos
+            k_BKSE, v_BKSE = kv_cache.update(self.layer_idx, k_BKLE, v_BKLE)
+
+        # Causal structure: without earlier context, the is_causal fast path (flash kernels on
+        # GPU); one new query sees the whole prefix, so no mask; a chunk after a prefix needs an
+        # explicit mask because is_causal aligns the triangle to the top-left corner.
+        mask_LS = None
+        is_causal = start == 0 and L > 1
+        if start > 0 and L > 1:
+            q_pos_L = torch.arange(start, start + L, device=x_BLD.device)
+            k_pos_S = torch.arange(start + L, device=x_BLD.device)
+            mask_LS = k_pos_S[None, :] <= q_pos_L[:, None]
+
+        if self.n_kv_heads != self.n_heads and not _SDPA_HAS_GQA:
+            repeat = self.n_heads // self.n_kv_heads
+            k_BKSE = k_BKSE.repeat_interleave(repeat, dim=1)
+            v_BKSE = v_BKSE.repeat_interleave(repeat, dim=1)
+        gqa = {"enable_gqa": True} if (self.n_kv_heads != self.n_heads and _SDPA_HAS_GQA) else {}
+        o_BHLE = F.scaled_dot_product_attention(q_BHLE, k_BKSE, v_BKSE, attn_mask=mask_LS,
+                                                is_causal=is_causal, **gqa)
+        return self.wo(o_BHLE.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)`` (w1 = HF gate_proj, w3 = up_proj, w2 = down_proj)."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+
+    def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x_BLD)) * self.w3(x_BLD))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``h + attn(norm(h))``, then ``h + mlp(norm(h))``."""
+
+    def __init__(self, cfg: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg, layer_idx)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, h_BLD: torch.Tensor, cos_LE: torch.Tensor, sin_LE: torch.Tensor,
+                kv_cache: KVCache | None = None) -> torch.Tensor:
+        h_BLD = h_BLD + self.attention(self.attention_norm(h_BLD), cos_LE, sin_LE, kv_cache)
+        return h_BLD + self.feed_forward(self.ffn_norm(h_BLD))
+
+
+class Llama(nn.Module):
+    """Llama-3 decoder over tokens; ``forward(tokens_BL) -> logits_BLV`` (float32).
+
+    ``self.layers`` is an ``nn.ModuleList`` of :class:`Block` so that the training stack can wrap
+    each block (FSDP2 ``fully_shard``, activation checkpointing) without this module knowing.
+
+    Construction runs :meth:`init_weights`; under ``torch.device("meta")`` that allocates nothing,
+    and after ``to_empty(device=...)`` a second :meth:`init_weights` call materializes the weights
+    and the (non-persistent) rotary tables.
+    """
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        if not isinstance(cfg, LlamaConfig):
+            raise TypeError(f"Llama expects a LlamaConfig, got {type(cfg).__name__}; "
+                            "use llama_preset(name) or LlamaConfig(...)")
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # float32 rotary tables, rebuilt by init_weights (not saved: derived from the config).
+        self.register_buffer("rope_cos_PE", torch.empty(cfg.max_seq_len, cfg.head_dim),
+                             persistent=False)
+        self.register_buffer("rope_sin_PE", torch.empty(cfg.max_seq_len, cfg.head_dim),
+                             persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_rope(self) -> None:
+        """(Re)compute the rotary cos/sin tables on their current device, in float32."""
+        device = self.rope_cos_PE.device
+        e = self.cfg.head_dim
+        inv_freq = 1.0 / (self.cfg.rope_theta
+                          ** (torch.arange(0, e, 2, device=device, dtype=torch.float32) / e))
+        pos_P = torch.arange(self.cfg.max_seq_len, device=device, dtype=torch.float32)
+        freqs_PE = torch.outer(pos_P, inv_freq).repeat(1, 2)
+        self.rope_cos_PE = freqs_PE.cos()
+        self.rope_sin_PE = freqs_PE.sin()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialize all parameters and buffers in place (seed with ``torch.manual_seed``).
+
+        Embeddings and projections ~ N(0, init_std); the projections that write into the residual
+        stream (``wo``, ``w2``) use ``init_std / sqrt(2 * n_layers)`` so that the residual variance
+        does not grow with depth (GPT-2); RMSNorm weights are 1.
+        """
+        std = self.cfg.init_std
+        residual_std = std / math.sqrt(2 * self.cfg.n_layers)
+        nn.init.normal_(self.tok_embeddings.weight, mean=0.0, std=std)
+        for block in self.layers:
+            block.attention_norm.reset_parameters()
+            block.ffn_norm.reset_parameters()
+            for lin in (block.attention.wq, block.attention.wk, block.attention.wv,
+                        block.feed_forward.w1, block.feed_forward.w3):
+                nn.init.normal_(lin.weight, mean=0.0, std=std)
+            for lin in (block.attention.wo, block.feed_forward.w2):
+                nn.init.normal_(lin.weight, mean=0.0, std=residual_std)
+        self.norm.reset_parameters()
+        nn.init.normal_(self.output.weight, mean=0.0, std=std)
+        self.init_rope()
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token at context ``seq_len``; see :func:`flops_per_token`."""
+        return flops_per_token(self.cfg, seq_len)
+
+    def forward(self, tokens_BL: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Next-token logits.
+
+        Args:
+            tokens_BL: (B, L) integer tokens in ``[0, vocab_size)``.
+            kv_cache: if given, ``tokens_BL`` continue the cached sequence at position
+                ``kv_cache.pos``; the cache is updated and advanced by L.
+
+        Returns:
+            (B, L, V) float32 logits; position l predicts token l + 1.
+        """
+        if not isinstance(tokens_BL, torch.Tensor) or tokens_BL.ndim != 2:
+            raise ValueError("tokens_BL must be a 2-D (batch, length) tensor, got "
+                             f"{getattr(tokens_BL, 'shape', type(tokens_BL).__name__)}")
+        if tokens_BL.dtype.is_floating_point or tokens_BL.dtype == torch.bool:
+            raise TypeError(f"tokens_BL must be an integer tensor, got {tokens_BL.dtype}; "
+                            "convert with tokens.long()")
+        B, L = tokens_BL.shape
+        start = 0 if kv_cache is None else kv_cache.pos
+        limit = self.cfg.max_seq_len if kv_cache is None else min(kv_cache.max_seq_len,
+                                                                   self.cfg.max_seq_len)
+        if start + L > limit:
+            raise ValueError(f"sequence positions {start}..{start + L - 1} exceed the limit of "
+                             f"{limit} tokens (max_seq_len of the model or cache); "
+                             "shorten the input or raise max_seq_len")
+        if kv_cache is not None and kv_cache.batch_size != B:
+            raise ValueError(f"kv_cache was allocated for batch {kv_cache.batch_size}, "
+                             f"got tokens of batch {B}")
+        cos_LE = self.rope_cos_PE[start:start + L]
+        sin_LE = self.rope_sin_PE[start:start + L]
+        h_BLD = self.tok_embeddings(tokens_BL)
+        for block in self.layers:
+            h_BLD = block(h_BLD, cos_LE, sin_LE, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += L
+        return self.output(self.norm(h_BLD)).float()
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+def _check_prompt(prompt_tokens: torch.Tensor, num_units: int) -> None:
+    if not isinstance(prompt_tokens, torch.Tensor) or prompt_tokens.ndim != 2:
+        raise ValueError("prompt_tokens must be a 2-D (batch, length) tensor, got "
+                         f"{getattr(prompt_tokens, 'shape', type(prompt_tokens).__name__)}")
+    if prompt_tokens.dtype.is_floating_point or prompt_tokens.dtype == torch.bool:
+        raise TypeError(f"prompt_tokens must be an integer tensor, got {prompt_tokens.dtype}")
+    width = num_units + 1
+    length = prompt_tokens.shape[1]
+    if length == 0 or length % width:
+        raise ValueError(
+            f"prompt length {length} must be a positive multiple of num_units + 1 = {width} "
+            "so that the prompt ends at a bin boundary; pass whole bins "
+            "(spikefm.data.tokens.tokenize output) or prompt_tokens=None")
+    grid = prompt_tokens.reshape(prompt_tokens.shape[0], -1, width)
+    if bool((grid[..., 0] != SEPARATOR).any()) or bool((grid[..., 1:] == SEPARATOR).any()):
+        raise ValueError(f"prompt_tokens are not laid out as [{SEPARATOR}, c1..c{num_units}] per "
+                         "bin; check num_units and that the prompt starts at a bin boundary")
+    if bool((prompt_tokens < 0).any()) or bool((prompt_tokens > SEPARATOR).any()):
+        raise ValueError(f"prompt_tokens must lie in [0, {SEPARATOR}]")
+
+
+@torch.inference_mode()
+def generate(model: Llama, num_units: int, num_bins: int, *,
+             prompt_tokens: torch.Tensor | None = None, batch_size: int | None = None,
+             temperature: float = 1.0, top_k: int | None = None,
+             generator: torch.Generator | None = None, use_kv_cache: bool = True) -> torch.Tensor:
+    """Sample ``num_bins`` bins of spike-count tokens for ``num_units`` units.
+
+    The separator (255) is forced at every bin boundary (every ``num_units + 1`` tokens,
+    starting with the first generated token) and forbidden elsewhere, so the result always
+    detokenizes to a (num_units, num_bins) count matrix per batch row.
+
+    Sampling draws exactly one uniform number per row and sampled token (inverse CDF), so for
+    the same ``generator`` state the cached and the recomputing paths give the same tokens.
+
+    Args:
+        model: the decoder (its mode is not changed; it has no dropout).
+        num_units: units per bin (tokens per bin minus one).
+        num_bins: bins to generate.
+        prompt_tokens: optional (B, Lp) context ending at a bin boundary (Lp a multiple of
+            ``num_units + 1``, each bin ``[255, c1..cn]``).
+        batch_size: rows to sample without a prompt (default 1); with a prompt it must be None
+            or equal to the prompt's batch.
+        temperature: softmax temperature; 0 picks the most likely token (greedy).
+        top_k: if given, sample only among the k most likely allowed tokens.
+        generator: torch.Generator on the model's device, for reproducible sampling.
+        use_kv_cache: False recomputes the whole context for every token (slow; for checks and
+            benchmarks).
+
+    Returns:
+        (B, num_bins * (num_units + 1)) int64 generated tokens (the prompt is not included), on
+        the model's device.
+    """
+    for name, value in (("num_units", num_units), ("num_bins", num_bins)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature) or temperature < 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), "
+                         f"got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+    vocab_size = model.cfg.vocab_size
+    if vocab_size <= SEPARATOR:
+        raise ValueError(f"generate needs vocab_size > {SEPARATOR} for the separator token, "
+                         f"model has {vocab_size}")
+
+    device = model.tok_embeddings.weight.device
+    if prompt_tokens is not None:
+        _check_prompt(prompt_tokens, num_units)
+        if batch_size is not None and batch_size != prompt_tokens.shape[0]:
+            raise ValueError(f"batch_size {batch_size} differs from the prompt's batch "
+                             f"{prompt_tokens.shape[0]}; pass one or make them agree")
+        batch_size = prompt_tokens.shape[0]
+        prompt_tokens = prompt_tokens.to(device=device, dtype=torch.long)
+        prompt_len = prompt_tokens.shape[1]
+    else:
+        batch_size = 1 if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        prompt_len = 0
+    width = num_units + 1
+    num_new = num_bins * width
+    total = prompt_len + num_new
+    # The last generated token is never fed back, so the model sees total - 1 positions.
+    if total - 1 > model.cfg.max_seq_len:
+        raise ValueError(f"prompt ({prompt_len}) plus generated ({num_new}) tokens exceed the "
+                         f"model's max_seq_len {model.cfg.max_seq_len}; generate fewer bins")
+
+    cache = KVCache.for_model(model, batch_size, max_seq_len=total - 1) if use_kv_cache else None
+    seq_BT = torch.empty(batch_size, total, dtype=torch.long, device=device)
+    if prompt_tokens is not None:
+        seq_BT[:, :prompt_len] = prompt_tokens
+    allowed_V = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    allowed_V[SEPARATOR] = False
+    for pos in range(prompt_len, total):
+        if (pos - prompt_len) % width == 0:
+            seq_BT[:, pos] = SEPARATOR  # forced: no model call needed for this position
+            continue
+        if cache is not None:
+            # Feeds every token not yet cached: the whole prompt (prefill) the first time, then
+            # the previous token, or two tokens right after a forced separator.
+            logits_BV = model(seq_BT[:, cache.pos:pos], kv_cache=cache)[:, -1]
+        else:
+            logits_BV = model(seq_BT[:, :pos])[:, -1]
+        seq_BT[:, pos] = _sample(logits_BV, allowed_V, temperature, top_k, generator)
+    return seq_BT[:, prompt_len:].clone()
+
+
+def _sample(logits_BV: torch.Tensor, allowed_V: torch.Tensor, temperature: float,
+            top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row among ``allowed_V``: greedy, or inverse-CDF sampling of the softmax."""
+    logits_BV = logits_BV.float().masked_fill(~allowed_V, float("-inf"))
+    if top_k is not None:
+        # Disallowed tokens are -inf; if fewer than k tokens are allowed the k-th value is -inf
+        # and nothing more is masked.
+        kth_B1 = torch.topk(logits_BV, min(top_k, logits_BV.shape[-1]), dim=-1).values[:, -1:]
+        logits_BV = logits_BV.masked_fill(logits_BV < kth_B1, float("-inf"))
+    if temperature == 0:
+        return logits_BV.argmax(dim=-1)
+    probs_BV = torch.softmax(logits_BV / temperature, dim=-1)
+    cdf_BV = probs_BV.cumsum(dim=-1)
+    u_B1 = torch.rand(logits_BV.shape[0], 1, generator=generator, device=logits_BV.device)
+    idx_B = torch.searchsorted(cdf_BV, u_B1 * cdf_BV[:, -1:], right=True).squeeze(1)
+    # Rounding in the cumulative sum may land past the last allowed token; fall back to the
+    # most likely token rather than ever returning a forbidden one.
+    idx_B = idx_B.clamp_(max=logits_BV.shape[-1] - 1)
+    ok_B = torch.isfinite(logits_BV.gather(1, idx_B[:, None])).squeeze(1)
+    return torch.where(ok_B, idx_B, logits_BV.argmax(dim=-1))

@@ -1,0 +1,393 @@
+"""Typed, frozen run configuration and `section.key=value` overrides.
+
+A run is described by one `RunConfig`: the family name, the family's own model and data config
+dataclasses, and the shared `OptimConfig` / `TrainConfig`. Every dataclass validates itself in
+`__post_init__`, so `dataclasses.replace` and `apply_overrides` can never build an invalid config.
+
+Batch semantics (used by every family loader and by the loop):
+    `TrainConfig.batch_size` is the GLOBAL batch: sequences per optimizer step, summed over all
+    ranks and all accumulation micro-steps. Each forward pass on each rank sees
+    `micro_batch_size(world_size) = batch_size // (grad_accum * world_size)` sequences, so the
+    same config trains the same model (up to float rounding) on 1 process or on N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "OptimConfig",
+    "TrainConfig",
+    "RunConfig",
+    "apply_overrides",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW plus a linear warm-up / linear-decay learning-rate schedule.
+
+    Attributes:
+        lr: peak learning rate, reached at the last warm-up step.
+        betas: AdamW (beta1, beta2).
+        weight_decay: decoupled weight decay, applied only to parameters with >= 2 dims.
+        eps: AdamW epsilon.
+        warmup_steps: optimizer steps of linear warm-up from lr/warmup_steps to lr.
+        min_lr_ratio: the last step uses lr * min_lr_ratio (linear decay after warm-up).
+        grad_clip: max global L2 norm of the gradients; 0 disables clipping (norm still logged).
+    """
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas must be two floats in [0, 1), got {self.betas}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0:
+            raise ValueError(f"optim.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings shared by every family.
+
+    Attributes:
+        steps: optimizer steps in the whole run.
+        batch_size: GLOBAL sequences per optimizer step (all ranks, all micro-steps).
+        grad_accum: micro-steps per optimizer step on each rank.
+        seed: seeds python, numpy and torch (init is identical on every rank; after init each
+            rank reseeds with seed + rank so that dropout differs between ranks).
+        log_every: write a metrics.jsonl row every this many steps (and at the last step).
+        ckpt_every: checkpoint every this many steps; 0 disables periodic checkpoints.
+        ckpt_keep: number of most recent checkpoints kept on disk.
+        eval_every: call the family's optional `evaluate` every this many steps; 0 disables.
+        precision: "bf16" runs forward passes under bf16 autocast (CPU and CUDA) with fp32
+            master weights; "fp32" runs in full precision.
+        compile: torch.compile each block.
+        activation_checkpointing: recompute each block's activations in the backward pass.
+        device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
+    """
+
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    ckpt_keep: int = 2
+    eval_every: int = 0
+    precision: Literal["bf16", "fp32"] = "bf16"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_keep"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"train.{name} must be a positive int, got {value!r}")
+        for name in ("ckpt_every", "eval_every", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"train.{name} must be an int >= 0, got {value!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum "
+                f"({self.grad_accum}); batch_size is the global batch per optimizer step"
+            )
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"train.precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(
+                f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}"
+            )
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Sequences per forward pass on one rank; raises ValueError when it does not divide."""
+        per_step = self.grad_accum * world_size
+        if self.batch_size % per_step:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be divisible by grad_accum * "
+                f"world_size ({self.grad_accum} * {world_size}); change train.batch_size or "
+                "train.grad_accum"
+            )
+        return self.batch_size // per_step
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything needed to reproduce a run.
+
+    Attributes:
+        family: registered family name (see `spikefm.train.family.get_family`).
+        model: the family's model config dataclass (`family.model_config_cls`).
+        data: the family's data config dataclass (`family.data_config_cls`).
+        optim: optimizer and schedule.
+        train: loop settings.
+    """
+
+    family: str
+    model: Any
+    data: Any
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.family, str) or not self.family:
+            raise ValueError(f"family must be a non-empty str, got {self.family!r}")
+        for name in ("model", "data"):
+            value = getattr(self, name)
+            if not (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+                raise TypeError(
+                    f"RunConfig.{name} must be a dataclass instance (the family's {name} "
+                    f"config), got {type(value).__name__}"
+                )
+        if not isinstance(self.optim, OptimConfig):
+            raise TypeError(f"RunConfig.optim must be OptimConfig, got {type(self.optim).__name__}")
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"RunConfig.train must be TrainConfig, got {type(self.train).__name__}")
+        if self.optim.warmup_steps > self.train.steps:
+            raise ValueError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be <= train.steps "
+                f"({self.train.steps}); lower optim.warmup_steps"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# overrides
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"comma-separated {_type_name(args[0])}s"
+        return f"{len(args)} comma-separated values ({', '.join(_type_name(a) for a in args)})"
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parse_scalar(text: str, tp: Any) -> Any:
+    """Parse `text` as `tp`; raise ValueError (message = expected type) when it does not fit."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return text
+    if origin is Literal:
+        for choice in typing.get_args(tp):
+            if str(choice) == text:
+                return choice
+        raise ValueError(_type_name(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and text.lower() in ("none", "null"):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse_scalar(text, arg)
+            except ValueError:
+                pass
+        raise ValueError(_type_name(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        stripped = text.strip().strip("()[]")
+        parts = [p.strip() for p in stripped.split(",") if p.strip()] if stripped else []
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_parse_scalar(p, args[0]) for p in parts)
+        if len(parts) != len(args):
+            raise ValueError(_type_name(tp))
+        return tuple(_parse_scalar(p, a) for p, a in zip(parts, args))
+    if tp is bool:
+        low = text.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("bool (true/false)")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("int") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("float") from None
+    if tp is str:
+        return text
+    raise ValueError(f"a {_type_name(tp)} (this field type cannot be set from the command line)")
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _valid(obj: Any) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(obj))
+
+
+def _set_path(obj: Any, path: list[str], text: str, full_key: str, where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    head = path[0]
+    if head not in names:
+        kind = "key" if len(path) == 1 else "section"
+        name = head if where == "config" else f"{where}.{head}"
+        raise ValueError(f"unknown {kind} '{name}'; valid {kind}s in {where}: {_valid(obj)}")
+    current = getattr(obj, head)
+    sub_where = head if where == "config" else f"{where}.{head}"
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"'{sub_where}' is a value, not a section; set it as {sub_where}=VALUE")
+        return dataclasses.replace(obj, **{head: _set_path(current, path[1:], text, full_key, sub_where)})
+    if dataclasses.is_dataclass(current):
+        raise ValueError(
+            f"'{full_key}' is a section; set one of its keys ({_valid(current)}) as "
+            f"{full_key}.KEY=VALUE"
+        )
+    tp = _field_types(obj)[head]
+    try:
+        value = _parse_scalar(text, tp)
+    except ValueError as err:
+        raise ValueError(f"invalid value for '{full_key}': expected {err}, got {text!r}") from None
+    return dataclasses.replace(obj, **{head: value})
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Return a copy of `cfg` with `section.key=value` overrides applied, in order.
+
+    Walks nested dataclasses (any depth, e.g. `model.num_layers=4`, `optim.betas=0.9,0.99`) and
+    parses each value with the field's annotated type: int, float, bool (true/false/1/0/yes/no),
+    str, tuples (comma-separated, brackets optional), Literal choices, and Optional (`none`).
+    Every dataclass is rebuilt through `dataclasses.replace`, so `__post_init__` validation runs.
+
+    Args:
+        cfg: a dataclass instance, usually a RunConfig.
+        overrides: strings "dotted.key=value".
+
+    Returns:
+        The new config (the input is not modified).
+
+    Raises:
+        ValueError: with a one-line message naming the valid sections/keys or the expected type.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"override must look like section.key=value, got {item!r}")
+        cfg = _set_path(cfg, key.split("."), text.strip(), key, "config")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON round trip
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dict (JSON-serialisable: tuples become lists) of a config dataclass."""
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return convert(cfg)
+
+
+def _from_value(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _dataclass_from_dict(tp, value, key)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_value(v, args[0], key) for v in value)
+        return tuple(_from_value(v, a, key) for v, a in zip(value, args))
+    if origin in (typing.Union, types.UnionType) and isinstance(value, (list, tuple)):
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is tuple:
+                return _from_value(value, arg, key)
+    return value
+
+
+def _dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f"'{where}' must be a JSON object for {cls.__name__}, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(
+            f"unknown key '{where}.{unknown[0]}' for {cls.__name__}; valid keys: {', '.join(names)}"
+        )
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _from_value(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def config_from_dict(
+    data: dict[str, Any],
+    *,
+    model_cls: type | None = None,
+    data_cls: type | None = None,
+) -> RunConfig:
+    """Inverse of `config_to_dict` for a RunConfig.
+
+    Args:
+        data: the dict written by `config_to_dict` (e.g. read from a run's config.json "config").
+        model_cls, data_cls: the family's config dataclasses; when omitted they are taken from the
+            registered family (`get_family(data["family"]).model_config_cls` / `.data_config_cls`),
+            so the family's module must have been imported.
+
+    Raises:
+        ValueError: unknown keys or unregistered family; TypeError: a section is not an object.
+    """
+    if not isinstance(data, dict) or "family" not in data:
+        raise ValueError("config dict must be a JSON object with a 'family' key")
+    if model_cls is None or data_cls is None:
+        from spikefm.train.family import get_family
+
+        family = get_family(data["family"])
+        model_cls = model_cls or family.model_config_cls
+        data_cls = data_cls or family.data_config_cls
+    valid = ["family", "model", "data", "optim", "train"]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown section '{unknown[0]}'; valid sections: {', '.join(valid)}")
+    return RunConfig(
+        family=data["family"],
+        model=_dataclass_from_dict(model_cls, data.get("model", {}), "model"),
+        data=_dataclass_from_dict(data_cls, data.get("data", {}), "data"),
+        optim=_dataclass_from_dict(OptimConfig, data.get("optim", {}), "optim"),
+        train=_dataclass_from_dict(TrainConfig, data.get("train", {}), "train"),
+    )

@@ -1,0 +1,202 @@
+"""Process groups, FSDP2 sharding and small collective helpers.
+
+One code path for one process and for `torchrun --nproc_per_node N`: `init_distributed` reads the
+torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). With WORLD_SIZE
+unset or 1 no process group is created, `apply_fsdp` is not called, and every helper below is a
+no-op, so single-machine runs have no distributed overhead. NCCL is used on CUDA, gloo on CPU
+(FSDP2's `fully_shard` works on CPU with gloo, which is how CI tests the sharded path).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "apply_fsdp",
+    "default_mp_policy",
+    "is_distributed",
+    "get_rank",
+    "get_world_size",
+    "is_main",
+    "barrier",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "broadcast_object",
+    "shutdown",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process runs.
+
+    Attributes:
+        rank, world_size, local_rank: from torchrun (0, 1, 0 for a single process).
+        device: the torch.device this rank computes on.
+        mesh: 1-D DeviceMesh over all ranks, or None for a single process.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: Any
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an int, got {value!r}") from None
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Initialise the process group from torchrun's environment (reusing one that exists).
+
+    Args:
+        device: "auto" (CUDA when available, else CPU), "cpu" or "cuda". On CUDA each rank uses
+            `cuda:LOCAL_RANK`.
+
+    Returns:
+        DistInfo for this process.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+    elif device == "cpu":
+        torch_device = torch.device("cpu")
+    else:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+
+    if world_size <= 1:
+        return DistInfo(0, 1, 0, torch_device, None)
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch_device.type == "cuda" else "gloo"
+        kwargs = {"device_id": torch_device} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(torch_device.type, (world_size,), mesh_dim_names=("dp",))
+    return DistInfo(rank, world_size, local_rank, torch_device, mesh)
+
+
+def default_mp_policy(precision: str, device: torch.device) -> Any:
+    """FSDP2 mixed precision: bf16 parameters with fp32 gradient reduction on CUDA under "bf16";
+    None (fp32 parameters) otherwise. On CPU the loop relies on bf16 autocast alone, as a single
+    CPU process does, so that the sharded and unsharded CPU runs compute the same thing (the policy
+    itself also works with gloo in torch 2.13)."""
+    if precision != "bf16" or device.type != "cuda":
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def apply_fsdp(model: nn.Module, blocks: list[nn.Module], mesh: Any, mp_policy: Any = None) -> nn.Module:
+    """Shard `model` with FSDP2: `fully_shard` each block, then the root (torchtitan pattern).
+
+    Parameters become DTensors sharded on dim 0 across `mesh`. The last block is not resharded
+    after forward because backward needs it immediately.
+
+    Args:
+        model: the full model (parameters on CPU or on the mesh's device; they are moved).
+        blocks: sub-modules of `model` that become separate FSDP units.
+        mesh: a 1-D DeviceMesh.
+        mp_policy: a `MixedPrecisionPolicy` or None for full precision.
+
+    Returns:
+        `model` itself (sharded in place).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
+    for i, block in enumerate(blocks):
+        fully_shard(block, reshard_after_forward=i < len(blocks) - 1, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process)."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def _reduce(values: list[float], device: torch.device | None) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device or "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _device_for_collectives() -> torch.device:
+    backend = dist.get_backend()
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Element-wise sum of a list of floats over ranks (identity for a single process)."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    return _reduce([float(v) for v in values], _device_for_collectives())
+
+
+def all_reduce_mean(values: list[float]) -> list[float]:
+    """Element-wise mean of a list of floats over ranks, for logging."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    n = get_world_size()
+    return [v / n for v in all_reduce_sum(values)]
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s picklable `obj` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown() -> None:
+    """Destroy the process group if one exists."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

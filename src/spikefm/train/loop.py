@@ -1,0 +1,434 @@
+"""The one training loop shared by every spikefm model family.
+
+    from spikefm.train.loop import train
+    summary = train(cfg, "runs/ar-small")                 # one process, CPU or one GPU
+    # torchrun --nproc_per_node 8 -m spikefm.cli train ... # same function, FSDP2 across 8 GPUs
+
+What happens, in order: build the model on the meta device and initialise it on CPU with
+cfg.train.seed (identical on every rank and world size), wrap each family block for activation
+checkpointing and torch.compile, shard with FSDP2 when there are several processes, build AdamW and
+the lr schedule, restore the latest checkpoint when resuming, then for each optimizer step run
+`grad_accum` micro-steps (forward under bf16 autocast, backward of loss / grad_accum, gradient
+all-reduce only on the last micro-step), clip, step, log, evaluate and checkpoint. At the end the
+full model is exported to RUN_DIR/model.safetensors.
+
+RUN_DIR contents: config.json (runinfo), metrics.jsonl, checkpoints/step_*/, model.safetensors.
+
+metrics.jsonl rows (rank 0, every log_every steps and at the last step):
+    step          optimizer steps completed
+    loss          mean training loss of this step (over micro-steps and ranks)
+    lr            learning rate used by this step
+    grad_norm     global L2 gradient norm before clipping
+    tokens        cumulative tokens trained on (all ranks), from the family's stats["tokens"]
+    tokens_per_s  tokens / second over the steps since the previous row (all ranks)
+    mfu           model FLOP utilisation: achieved FLOP/s (family.flops_per_batch summed over
+                  micro-steps and ranks) / (peak FLOP/s of one device * world size). null when
+                  the peak is unknown: always on CPU (no meaningful dense peak), and on GPUs that
+                  are not in PEAK_FLOPS. Set SPIKEFM_PEAK_FLOPS (FLOP/s per device) to override.
+    elapsed_s     wall-clock seconds of training so far (summed over resumed segments)
+    + the family's extra stats (mean over micro-steps and ranks)
+Evaluation rows hold "step" and "eval/<name>" values instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spikefm.train import dist as d
+from spikefm.train.checkpoint import (
+    export_model,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from spikefm.train.config import RunConfig, config_to_dict
+from spikefm.train.family import Family, get_family
+from spikefm.train.optim import build_optimizer, build_scheduler
+from spikefm.train.runinfo import run_info, write_json_atomic
+
+__all__ = ["train", "PEAK_FLOPS", "device_peak_flops", "seed_everything", "build_model"]
+
+# Dense (no sparsity) peak FLOP/s per device from vendor data sheets: (name substring,
+# bf16 tensor-core peak, fp32 non-tensor-core peak). Matched in order on
+# torch.cuda.get_device_name(), so more specific names come first.
+PEAK_FLOPS: list[tuple[str, float | None, float | None]] = [
+    ("H100 PCIe", 756e12, 51.2e12),
+    ("H100 NVL", 835e12, 60.0e12),
+    ("H100", 989e12, 66.9e12),  # SXM
+    ("H200", 989e12, 66.9e12),
+    ("A100", 312e12, 19.5e12),
+    ("L40S", 362e12, 91.6e12),
+    ("L4", 121e12, 30.3e12),
+    ("A10G", 70e12, 31.2e12),
+    ("A10", 125e12, 31.2e12),
+    ("RTX 4090", 165e12, 82.6e12),
+    ("V100", None, 15.7e12),  # no bf16 support
+]
+
+
+def device_peak_flops(device: torch.device, precision: str) -> float | None:
+    """Peak dense FLOP/s of one device for `precision`, or None when unknown (CPU included)."""
+    override = os.environ.get("SPIKEFM_PEAK_FLOPS")
+    if override:
+        return float(override)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, bf16, fp32 in PEAK_FLOPS:
+        if key in name:
+            return bf16 if precision == "bf16" else fp32
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and all CUDA devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _checkpoint_block(block: nn.Module) -> None:
+    """Make `block` recompute its activations in backward (non-reentrant torch.utils.checkpoint).
+
+    The instance's forward is replaced, so hooks on `block` (FSDP2's unshard/reshard) still run
+    around the whole call, and recomputation happens inside the block's own backward while its
+    parameters are unsharded.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    forward = block.forward
+
+    def checkpointed_forward(*args: Any, **kwargs: Any) -> Any:
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    block.forward = checkpointed_forward
+
+
+def build_model(family: Family, cfg: RunConfig, info: d.DistInfo) -> nn.Module:
+    """Build, initialise, wrap and (with several processes) shard the family's model.
+
+    Initialisation runs on CPU with the global RNG seeded by cfg.train.seed, so it is the same on
+    every rank, device and world size. This costs one full fp32 copy of the model in host memory
+    per rank during start-up; fine for models of a few billion parameters.
+    """
+    with torch.device("meta"):
+        model = family.build_model(cfg)
+    model.to_empty(device="cpu")
+    torch.manual_seed(cfg.train.seed)
+    with torch.no_grad():
+        family.init_weights(model)
+    blocks = family.blocks(model)
+    members = {id(m) for m in model.modules()}
+    if not all(id(b) in members for b in blocks):
+        raise ValueError(f"family {family.name!r}: blocks(model) returned modules that are not in the model")
+    if cfg.train.activation_checkpointing:
+        for block in blocks:
+            _checkpoint_block(block)
+    if cfg.train.compile:
+        for block in blocks:
+            block.compile()
+    if info.distributed:
+        d.apply_fsdp(model, blocks, info.mesh, d.default_mp_policy(cfg.train.precision, info.device))
+    else:
+        model.to(info.device)
+    return model
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [_to_device(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
+def _check_resume_config(cfg: RunConfig, ckpt: Path) -> None:
+    path = ckpt / "config.json"
+    if not path.is_file():
+        return
+    with open(path) as f:
+        saved = json.load(f)["config"]
+    now = config_to_dict(cfg)
+    for section in ("family", "model", "data"):
+        if saved.get(section) != now.get(section):
+            raise ValueError(
+                f"cannot resume from {ckpt}: '{section}' differs from the checkpoint's config; "
+                "resume with the same family/model/data config or start a new run directory"
+            )
+    changed = [
+        f"{s}.{k}" for s in ("optim", "train")
+        for k in now[s] if saved.get(s, {}).get(k) != now[s][k]
+    ]
+    if changed:
+        warnings.warn(f"resuming from {ckpt} with changed settings: {', '.join(changed)}", stacklevel=3)
+
+
+def _rewrite_metrics(path: Path, keep_through_step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (a killed run may have logged them)."""
+    if not path.exists():
+        return
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                continue
+            if row.get("step", 0) <= keep_through_step:
+                rows.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(r + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _Display:
+    """Rich progress bar on a terminal, plain lines otherwise, nothing when disabled."""
+
+    def __init__(self, enabled: bool, total: int, start: int) -> None:
+        self.bar = None
+        self.plain = False
+        if not enabled:
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            self.plain = True
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[figures]}"), console=console,
+        )
+        self.task = self.bar.add_task("train", total=total, completed=start, figures="")
+        self.bar.start()
+
+    def update(self, step: int, row: dict[str, Any] | None) -> None:
+        text = None
+        if row is not None:
+            mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+            text = (f"loss {row['loss']:.4f} lr {row['lr']:.2e} gnorm {row['grad_norm']:.3f} "
+                    f"tok/s {row['tokens_per_s']:.3g} mfu {mfu}")
+        if self.bar is not None:
+            kwargs = {"figures": text} if text is not None else {}
+            self.bar.update(self.task, completed=step, **kwargs)
+        elif self.plain and text is not None:
+            print(f"step {step}: {text}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train `cfg` into run directory `out_dir` (see the module docstring for its contents).
+
+    Run it directly for one process, or under `torchrun` for several (FSDP2, one process per
+    GPU, or gloo on CPU). The process group, when one was created, is left alive for the caller.
+
+    Args:
+        cfg: the run configuration; cfg.family must be registered.
+        out_dir: run directory, created if missing.
+        resume: continue from the newest checkpoint in out_dir (start fresh when there is none).
+            Without resume, an out_dir that already holds checkpoints is an error.
+        progress: show a progress bar (plain log lines when stderr is not a terminal) on rank 0.
+        stop_after: stop once this many steps are done, writing a checkpoint there and skipping
+            the export, as a preemption would (used to test resumption).
+
+    Returns:
+        Summary: out_dir, step, loss (last logged), tokens, elapsed_s, world_size, num_params,
+        resumed_from (step or None), stopped_early, model_path (None when stopped early).
+    """
+    family = get_family(cfg.family)
+    for name, expected in (("model", family.model_config_cls), ("data", family.data_config_cls)):
+        if not isinstance(getattr(cfg, name), expected):
+            raise TypeError(
+                f"cfg.{name} must be {expected.__name__} for family {cfg.family!r}, "
+                f"got {type(getattr(cfg, name)).__name__}"
+            )
+    if cfg.train.eval_every and not hasattr(family, "evaluate"):
+        raise ValueError(
+            f"train.eval_every={cfg.train.eval_every} but family {cfg.family!r} has no evaluate(); "
+            "set train.eval_every=0"
+        )
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after must be a positive int or None, got {stop_after}")
+    tc = cfg.train
+    info = d.init_distributed(tc.device)
+    rank, world_size, device = info.rank, info.world_size, info.device
+    tc.micro_batch_size(world_size)  # raises a clear error when the batch does not divide
+    out_dir = Path(out_dir)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    d.barrier()
+
+    ckpt = None
+    if rank == 0:
+        ckpt = latest_checkpoint(out_dir) if resume else None
+        if not resume and list_checkpoints(out_dir):
+            ckpt = "exists"
+    ckpt = d.broadcast_object(ckpt)
+    if ckpt == "exists":
+        raise ValueError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) or use a new run directory")
+    if ckpt is not None:
+        _check_resume_config(cfg, Path(ckpt))
+
+    seed_everything(tc.seed)
+    model = build_model(family, cfg, info)
+    num_params = sum(p.numel() for p in model.parameters())
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
+    loader = family.train_loader(cfg, rank, world_size)
+    seed_everything(tc.seed + rank)  # dropout etc. differ between ranks from here on
+    run_desc = run_info(cfg, family.describe(cfg), world_size)
+
+    start_step, tokens_total, elapsed_before = 0, 0, 0.0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader)
+        start_step, tokens_total = state["step"], state.get("tokens", 0)
+        elapsed_before = state.get("elapsed_s", 0.0)
+
+    metrics_path = out_dir / "metrics.jsonl"
+    if rank == 0:
+        write_json_atomic(out_dir / "config.json", run_desc)
+        if ckpt is not None:
+            _rewrite_metrics(metrics_path, start_step)
+        elif metrics_path.exists():
+            metrics_path.unlink()
+    d.barrier()
+    metrics_file = open(metrics_path, "a") if rank == 0 else None
+
+    peak = device_peak_flops(device, tc.precision)
+    fsdp = info.distributed
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    last_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    display = _Display(progress and rank == 0, tc.steps, start_step)
+
+    def log(row: dict[str, Any]) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+
+    model.train()
+    t_start = time.perf_counter()
+    t_last, tokens_since, flops_since = t_start, 0, 0.0
+    last_loss = None
+    try:
+        for step in range(start_step + 1, last_step + 1):
+            loss_sum = torch.zeros((), device=device)
+            extra_sum: dict[str, float] = {}
+            for micro in range(tc.grad_accum):
+                batch = _to_device(next(loader), device)
+                if fsdp:  # reduce-scatter gradients only after the last micro-step
+                    model.set_requires_gradient_sync(micro == tc.grad_accum - 1)
+                with autocast:
+                    loss, stats = family.loss(model, batch, cfg)
+                (loss / tc.grad_accum).backward()
+                loss_sum += loss.detach().float()
+                tokens_since += int(stats["tokens"])
+                flops_since += float(family.flops_per_batch(model, batch, cfg))
+                for key, value in stats.items():
+                    if key != "tokens":
+                        extra_sum[key] = extra_sum.get(key, 0.0) + float(value)
+            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            row = None
+            if step % tc.log_every == 0 or step == last_step:
+                keys = sorted(extra_sum)
+                loss_mean, *extra_mean = d.all_reduce_mean(
+                    [loss_sum.item() / tc.grad_accum] + [extra_sum[k] / tc.grad_accum for k in keys]
+                )
+                tokens_g, flops_g = d.all_reduce_sum([tokens_since, flops_since])
+                if not math.isfinite(loss_mean):
+                    raise FloatingPointError(f"loss is {loss_mean} at step {step}; lower optim.lr or check the data")
+                now = time.perf_counter()
+                dt = max(now - t_last, 1e-9)
+                tokens_total += int(tokens_g)
+                row = {
+                    "step": step,
+                    "loss": loss_mean,
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "tokens": tokens_total,
+                    "tokens_per_s": tokens_g / dt,
+                    "mfu": (flops_g / dt) / (peak * world_size) if peak else None,
+                    "elapsed_s": elapsed_before + now - t_start,
+                    **dict(zip(keys, extra_mean)),
+                }
+                log(row)
+                last_loss = loss_mean
+                t_last, tokens_since, flops_since = now, 0, 0.0
+            display.update(step, row)
+
+            if tc.eval_every and step % tc.eval_every == 0:
+                model.eval()
+                with torch.no_grad(), autocast:
+                    sums = family.evaluate(model, cfg, rank, world_size)
+                model.train()
+                names = sorted(sums)
+                flat = d.all_reduce_sum([v for n in names for v in sums[n]])
+                log({"step": step, **{f"eval/{n}": flat[2 * i] / flat[2 * i + 1] for i, n in enumerate(names)}})
+
+            if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == stop_after:
+                tokens_ckpt = tokens_total + int(d.all_reduce_sum([tokens_since])[0])
+                save_checkpoint(
+                    out_dir, step, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
+                    trainer_state={"tokens": tokens_ckpt,
+                                   "elapsed_s": elapsed_before + time.perf_counter() - t_start},
+                    info=run_desc, keep=tc.ckpt_keep,
+                )
+    finally:
+        display.close()
+        if metrics_file is not None:
+            metrics_file.close()
+
+    stopped_early = last_step < tc.steps
+    model_path = None if stopped_early else export_model(out_dir, model)
+    return {
+        "out_dir": str(out_dir),
+        "step": max(last_step, start_step),
+        "loss": last_loss,
+        "tokens": tokens_total,
+        "elapsed_s": elapsed_before + time.perf_counter() - t_start,
+        "world_size": world_size,
+        "num_params": num_params,
+        "resumed_from": None if ckpt is None else start_step,
+        "stopped_early": stopped_early,
+        "model_path": None if model_path is None else str(model_path),
+    }

@@ -1,0 +1,75 @@
+"""AdamW with weight decay on matrices only, and the warm-up / linear-decay schedule.
+
+Schedule (T = total optimizer steps, W = warmup_steps, r = min_lr_ratio, n = s + 1 is the number
+of the update about to be applied, s = updates already applied):
+
+    factor(s) = n / W                                   if n <= W
+    factor(s) = r + (1 - r) * (T - n) / (T - W)         if n >  W
+
+so the lr rises linearly to its peak at update W, then falls linearly to exactly r * lr at the
+last update T. With W = 0 the decay starts at the first update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from spikefm.train.config import OptimConfig
+
+__all__ = ["lr_factor", "LinearWarmupDecay", "build_optimizer", "build_scheduler", "param_groups"]
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr for the update applied after `step` completed updates."""
+    n = step + 1
+    if n <= warmup_steps:
+        return n / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    n = min(n, total_steps)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * (total_steps - n) / (total_steps - warmup_steps)
+
+
+@dataclass
+class LinearWarmupDecay:
+    """Picklable lr lambda for `torch.optim.lr_scheduler.LambdaLR` (its fields are saved in the
+    scheduler's state_dict)."""
+
+    warmup_steps: int
+    total_steps: int
+    min_lr_ratio: float
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: parameters with >= 2 dims decay, the rest (biases, norms) do not."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups(model)`: the fused kernel on CUDA, the foreach kernel elsewhere."""
+    groups = param_groups(model, cfg.weight_decay)
+    on_cuda = all(p.device.type == "cuda" for g in groups for p in g["params"])
+    kernel = {"fused": True} if on_cuda else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR implementing `lr_factor`; call `.step()` once after each optimizer step."""
+    schedule = LinearWarmupDecay(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

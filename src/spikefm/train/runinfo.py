@@ -1,0 +1,98 @@
+"""Self-description of a run directory: RUN_DIR/config.json.
+
+config.json holds:
+    config        the resolved RunConfig (`config_to_dict`), readable with `load_run_config`
+    family        family name
+    seed          cfg.train.seed
+    world_size    number of processes that trained
+    versions      {"spikefm", "torch", "numpy", "python"}
+    git_commit    commit of the spikefm source tree, or null when not in a git checkout
+    git_dirty     whether that tree had uncommitted changes (null when unknown)
+    family_info   family.describe(cfg), e.g. the corpus manifest hash and session list
+    created_utc   ISO-8601 time the file was written
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spikefm.train.config import RunConfig, config_from_dict, config_to_dict
+
+__all__ = ["run_info", "write_json_atomic", "load_run_config", "git_commit"]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(path: str | os.PathLike | None = None) -> tuple[str | None, bool | None]:
+    """(commit hash, dirty flag) of the git checkout holding `path` (default: this package)."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit or None, bool(status.strip())
+
+
+def run_info(cfg: RunConfig, family_info: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """The JSON-serialisable description written to RUN_DIR/config.json."""
+    commit, dirty = git_commit()
+    return {
+        "config": config_to_dict(cfg),
+        "family": cfg.family,
+        "seed": cfg.train.seed,
+        "world_size": world_size,
+        "versions": {
+            "spikefm": _version("spikefm"),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "family_info": family_info,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON to `path` via a temporary file, fsync and rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The RunConfig recorded in RUN_DIR/config.json (the family's module must be imported)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path} not found; expected a spikefm run directory")
+    with open(path) as f:
+        info = json.load(f)
+    return config_from_dict(info["config"])

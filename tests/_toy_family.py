@@ -1,0 +1,212 @@
+"""A tiny model family for testing the shared training loop (registered as "toy").
+
+Data: deterministic integer sequences over a vocabulary of `vocab_size` tokens following
+x[t+1] = (3 * x[t] + 1) mod vocab_size, with each token replaced by a uniform random one with
+probability `noise`; so next-token loss falls from log(vocab_size) towards the noise entropy.
+Model: token embedding -> `num_layers` pre-norm residual MLP blocks (with dropout) -> norm -> head.
+
+Shapes: B batch, T sequence length, D model width, V vocabulary size.
+
+Also a command-line entry point used by the subprocess tests (SIGKILL, torchrun):
+
+    python tests/_toy_family.py RUN_DIR [--resume] [--stop-after K] [--set section.key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+from spikefm.train.config import OptimConfig, RunConfig, TrainConfig  # noqa: E402
+from spikefm.train.family import register_family  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ToyModelConfig:
+    vocab_size: int = 16
+    dim: int = 32
+    num_layers: int = 2
+    hidden_dim: int | None = None  # None: 4 * dim
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.num_layers < 1 or self.vocab_size < 2:
+            raise ValueError(f"bad toy model config {self}")
+
+
+@dataclass(frozen=True)
+class ToyDataConfig:
+    seq_len: int = 16
+    num_sequences: int = 1024
+    noise: float = 0.1
+    seed: int = 0
+    sleep_s: float = 0.0  # per micro-batch, to slow a subprocess down for the SIGKILL test
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, hidden_dim)
+        self.down = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h_BTD: torch.Tensor) -> torch.Tensor:
+        return h_BTD + self.drop(self.down(F.gelu(self.up(self.norm(h_BTD)))))
+
+
+class ToyModel(nn.Module):
+    def __init__(self, cfg: ToyModelConfig) -> None:
+        super().__init__()
+        hidden = cfg.hidden_dim or 4 * cfg.dim
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg.dim, hidden, cfg.dropout) for _ in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size)
+
+    def forward(self, x_BT: torch.Tensor) -> torch.Tensor:
+        h_BTD = self.embed(x_BT)
+        for block in self.blocks:
+            h_BTD = block(h_BTD)
+        return self.head(self.norm(h_BTD))  # logits_BTV
+
+
+def make_sequences(cfg: ToyDataConfig, vocab_size: int, offset: int = 0) -> np.ndarray:
+    """int64 [num_sequences, seq_len + 1]; `offset` selects an independent (held-out) set."""
+    rng = np.random.default_rng(cfg.seed + 7919 * offset)
+    n, t = cfg.num_sequences, cfg.seq_len + 1
+    x = np.empty((n, t), dtype=np.int64)
+    x[:, 0] = rng.integers(0, vocab_size, n)
+    for i in range(1, t):
+        x[:, i] = (3 * x[:, i - 1] + 1) % vocab_size
+        flip = rng.random(n) < cfg.noise
+        x[flip, i] = rng.integers(0, vocab_size, int(flip.sum()))
+    return x
+
+
+class ToyLoader:
+    """Micro-batch k on rank r holds global samples [(k*W + r)*m, (k*W + r + 1)*m), m = micro
+    batch size, W = world size; so each optimizer step covers the same global batch for any
+    grad_accum and world size."""
+
+    def __init__(self, data: np.ndarray, micro_batch: int, rank: int, world_size: int, sleep_s: float) -> None:
+        self.data, self.micro_batch, self.rank, self.world_size = data, micro_batch, rank, world_size
+        self.sleep_s = sleep_s
+        self.micro_index = 0
+
+    def __iter__(self) -> "ToyLoader":
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        start = (self.micro_index * self.world_size + self.rank) * self.micro_batch
+        rows = np.arange(start, start + self.micro_batch) % len(self.data)
+        self.micro_index += 1
+        x = torch.from_numpy(self.data[rows])
+        return {"input": x[:, :-1], "target": x[:, 1:]}
+
+    def state_dict(self) -> dict:
+        return {"micro_index": self.micro_index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.micro_index = int(state["micro_index"])
+
+
+class ToyFamily:
+    name = "toy"
+    model_config_cls = ToyModelConfig
+    data_config_cls = ToyDataConfig
+
+    def build_model(self, cfg: RunConfig) -> nn.Module:
+        return ToyModel(cfg.model)
+
+    def init_weights(self, model: nn.Module) -> None:
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.1)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.blocks)
+
+    def train_loader(self, cfg: RunConfig, rank: int, world_size: int) -> ToyLoader:
+        data = make_sequences(cfg.data, cfg.model.vocab_size)
+        return ToyLoader(data, cfg.train.micro_batch_size(world_size), rank, world_size, cfg.data.sleep_s)
+
+    def loss(self, model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        logits_BTV = model(batch["input"])
+        target_BT = batch["target"]
+        loss = F.cross_entropy(logits_BTV.float().flatten(0, 1), target_BT.flatten())
+        return loss, {"tokens": target_BT.numel()}
+
+    def flops_per_batch(self, model: nn.Module, batch: dict, cfg: RunConfig) -> float:
+        return 6.0 * sum(p.numel() for p in model.parameters()) * batch["target"].numel()
+
+    def describe(self, cfg: RunConfig) -> dict:
+        data = make_sequences(cfg.data, cfg.model.vocab_size)
+        return {"dataset": "toy", "num_sequences": int(len(data)),
+                "data_sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+
+    def evaluate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int) -> dict:
+        held_out = make_sequences(cfg.data, cfg.model.vocab_size, offset=1)[rank::world_size][:64]
+        x = torch.from_numpy(held_out).to(next(model.parameters()).device)
+        logits = model(x[:, :-1]).float()
+        total = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
+        return {"loss": (float(total), float(x[:, 1:].numel()))}
+
+
+register_family("toy", ToyFamily)
+
+
+def toy_config(**train: object) -> RunConfig:
+    """A fast CPU config: fp32, 30 steps, logs every step, no periodic checkpoints."""
+    base = dict(steps=30, batch_size=8, log_every=1, ckpt_every=0, precision="fp32", device="cpu")
+    base.update(train)
+    return RunConfig(
+        family="toy",
+        model=ToyModelConfig(),
+        data=ToyDataConfig(),
+        optim=OptimConfig(lr=3e-3, warmup_steps=3, weight_decay=0.01),
+        train=TrainConfig(**base),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from spikefm.train import dist
+    from spikefm.train.config import apply_overrides
+    from spikefm.train.loop import train
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--stop-after", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args(argv)
+    cfg = apply_overrides(toy_config(), args.overrides)
+    summary = train(cfg, args.run_dir, resume=args.resume, progress=False, stop_after=args.stop_after)
+    if dist.is_main():
+        print("SUMMARY " + json.dumps(summary), flush=True)
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""Tests of spikefm.train on one CPU process with the toy family (tests/_toy_family.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _toy_family import ToyModelConfig, toy_config  # noqa: E402
+
+from spikefm.train.checkpoint import latest_checkpoint, list_checkpoints, load_exported_model  # noqa: E402
+from spikefm.train.config import (  # noqa: E402
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+)
+from spikefm.train.family import get_family  # noqa: E402
+from spikefm.train.loop import device_peak_flops, train  # noqa: E402
+from spikefm.train.optim import build_optimizer, build_scheduler, param_groups  # noqa: E402
+
+TOY = Path(__file__).resolve().parent / "_toy_family.py"
+METRIC_FIELDS = {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The toy tensors are tiny: on a busy 2-core machine multi-threaded kernels spend most of
+    their time waiting for each other (60x slower here), so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def train_rows(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if "loss" in r]
+
+
+def column(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([r[key] for r in rows], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# config
+
+
+def test_overrides_change_values_and_keep_types():
+    cfg = toy_config()
+    new = apply_overrides(cfg, [
+        "optim.lr=1e-3", "optim.betas=0.8,0.99", "train.precision=bf16", "train.compile=true",
+        "train.steps=7", "model.dim=8", "model.hidden_dim=none", "data.noise=0.5",
+    ])
+    assert new.optim.lr == 1e-3 and isinstance(new.optim.lr, float)
+    assert new.optim.betas == (0.8, 0.99) and isinstance(new.optim.betas, tuple)
+    assert new.train.precision == "bf16" and new.train.compile is True
+    assert new.train.steps == 7 and isinstance(new.train.steps, int)
+    assert new.model.dim == 8 and new.model.hidden_dim is None and new.data.noise == 0.5
+    assert apply_overrides(cfg, ["model.hidden_dim=64"]).model.hidden_dim == 64
+    assert cfg.optim.lr == 3e-3 and cfg.train.steps == 30  # the input is not modified
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.lrr=1", "unknown key 'optim.lrr'; valid keys in optim: lr, betas, weight_decay, eps, "
+                    "warmup_steps, min_lr_ratio, grad_clip"),
+    ("optm.lr=1", "unknown section 'optm'; valid sections in config: family, model, data, optim, train"),
+    ("train.steps=abc", "invalid value for 'train.steps': expected int, got 'abc'"),
+    ("train.steps=2.5", "invalid value for 'train.steps': expected int, got '2.5'"),
+    ("optim.lr=fast", "invalid value for 'optim.lr': expected float, got 'fast'"),
+    ("train.compile=maybe", "invalid value for 'train.compile': expected bool (true/false), got 'maybe'"),
+    ("train.precision=fp16", "invalid value for 'train.precision': expected one of bf16, fp32, got 'fp16'"),
+    ("train.device=tpu", "invalid value for 'train.device': expected one of auto, cpu, cuda, got 'tpu'"),
+    ("optim.betas=0.9", "invalid value for 'optim.betas': expected 2 comma-separated values"),
+    ("model.hidden_dim=big", "invalid value for 'model.hidden_dim': expected int or none, got 'big'"),
+    ("optim=3", "'optim' is a section; set one of its keys (lr, betas,"),
+    ("optim.lr", "override must look like section.key=value"),
+    ("train.steps=0", "train.steps must be a positive int, got 0"),
+    ("optim.warmup_steps=31", "optim.warmup_steps (31) must be <= train.steps (30)"),
+])
+def test_override_errors_are_one_line_and_list_choices(override, expected):
+    with pytest.raises(ValueError) as err:
+        apply_overrides(toy_config(), [override])
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_config_json_round_trip_and_strictness():
+    cfg = apply_overrides(toy_config(), ["optim.betas=0.8,0.9", "model.hidden_dim=12"])
+    text = json.dumps(config_to_dict(cfg))
+    back = config_from_dict(json.loads(text))
+    assert back == cfg and isinstance(back.optim.betas, tuple)
+    bad = json.loads(text)
+    bad["train"]["stepz"] = 3
+    with pytest.raises(ValueError, match="unknown key 'train.stepz'.*valid keys: steps, batch_size"):
+        config_from_dict(bad)
+
+
+def test_validation_in_post_init():
+    with pytest.raises(ValueError, match="divisible by train.grad_accum"):
+        TrainConfig(batch_size=6, grad_accum=4)
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        OptimConfig(min_lr_ratio=1.5)
+    with pytest.raises(TypeError, match="dataclass instance"):
+        RunConfig(family="toy", model={"dim": 3}, data=toy_config().data)
+    with pytest.raises(ValueError, match="divisible by grad_accum \\* world_size \\(1 \\* 3\\)"):
+        TrainConfig(batch_size=8).micro_batch_size(3)
+
+
+def test_unknown_family_lists_registered():
+    with pytest.raises(ValueError, match="unknown family 'nope'; registered families: .*toy"):
+        get_family("nope")
+
+
+# ----------------------------------------------------------------------------------------------
+# optimizer and schedule
+
+
+@pytest.mark.parametrize("warmup, total, ratio", [(4, 20, 0.1), (0, 10, 0.0), (5, 5, 0.0)])
+def test_lr_schedule_matches_piecewise_linear_formula(warmup, total, ratio):
+    peak = 2e-3
+    model = torch.nn.Linear(3, 3)
+    cfg = OptimConfig(lr=peak, warmup_steps=warmup, min_lr_ratio=ratio)
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, total)
+    used = []
+    for _ in range(total):
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # update n (1-based) lies on the line through (0, 0), (W, peak), (T, ratio * peak)
+    n = np.arange(1, total + 1)
+    if warmup == total:
+        expected = peak * n / warmup
+    elif warmup > 0:
+        expected = np.interp(n, [0, warmup, total], [0.0, peak, ratio * peak])
+    else:
+        expected = peak * (ratio + (1 - ratio) * (total - n) / total)
+    np.testing.assert_allclose(used, expected, rtol=1e-12, atol=1e-15)
+    assert used[-1] == pytest.approx(ratio * peak if total > warmup else peak)
+    if warmup:
+        assert used[warmup - 1] == pytest.approx(peak)
+
+
+def test_weight_decay_only_on_matrices():
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    decay, no_decay = param_groups(model, 0.1)
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model[1].weight), id(model[1].bias), id(model[2].bias)}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# training runs
+
+
+def test_short_bf16_run_loss_falls_and_run_dir_describes_itself(tmp_path):
+    cfg = toy_config(steps=40, precision="bf16", log_every=5, eval_every=20)
+    summary = train(cfg, tmp_path, progress=False)
+    rows = train_rows(tmp_path)
+    assert [r["step"] for r in rows] == list(range(5, 41, 5))
+    assert all(METRIC_FIELDS <= set(r) for r in rows)
+    assert rows[-1]["loss"] < 0.5 * math.log(16) < rows[0]["loss"]
+    assert rows[-1]["tokens"] == 40 * 8 * 16 and rows[-1]["mfu"] is None  # CPU: no peak
+    assert rows[-1]["lr"] == 0.0  # the last update uses min_lr_ratio * lr
+    evals = [r for r in read_metrics(tmp_path) if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [20, 40] and evals[1]["eval/loss"] < math.log(16)
+
+    info = json.loads((tmp_path / "config.json").read_text())
+    assert {"config", "family", "seed", "world_size", "versions", "git_commit", "family_info"} <= set(info)
+    assert info["world_size"] == 1 and info["family"] == "toy" and info["seed"] == 0
+    assert set(info["versions"]) == {"spikefm", "torch", "numpy", "python"}
+    assert info["versions"]["torch"] == torch.__version__
+    assert len(info["family_info"]["data_sha256"]) == 64
+    assert config_from_dict(info["config"]) == cfg
+
+    model, cfg_back = load_exported_model(tmp_path)
+    assert cfg_back == cfg and summary["model_path"] == str(tmp_path / "model.safetensors")
+    assert sum(p.numel() for p in model.parameters()) == summary["num_params"]
+    family = get_family("toy")
+    batch = next(family.train_loader(cfg, 0, 1))
+    with torch.no_grad():
+        loss, _ = family.loss(model, batch, cfg)
+    assert float(loss) < 0.5 * math.log(16)
+
+
+def test_lr_in_metrics_is_the_lr_of_the_update(tmp_path):
+    cfg = toy_config(steps=8)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, warmup_steps=2, min_lr_ratio=0.5))
+    train(cfg, tmp_path, progress=False)
+    lr = column(train_rows(tmp_path), "lr")
+    np.testing.assert_allclose(lr, np.interp(np.arange(1, 9), [0, 2, 8], [0, 3e-3, 1.5e-3]), rtol=1e-12)
+
+
+def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
+    # dropout > 0 so that restoring the torch RNG state matters
+    cfg = toy_config(steps=12, ckpt_every=4, ckpt_keep=2)
+    cfg = dataclasses.replace(cfg, model=ToyModelConfig(dropout=0.2))
+    full = train(cfg, tmp_path / "full", progress=False)
+    part = train(cfg, tmp_path / "cut", progress=False, stop_after=6)
+    assert part["stopped_early"] and part["model_path"] is None
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut")] == [4, 6]
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(cfg, tmp_path / "cut", progress=False)
+    resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
+    assert resumed["resumed_from"] == 6 and resumed["step"] == 12
+    a, b = train_rows(tmp_path / "full"), train_rows(tmp_path / "cut")
+    assert [r["step"] for r in b] == list(range(1, 13))
+    for key in ("loss", "grad_norm", "lr", "tokens"):
+        np.testing.assert_array_equal(column(a, key), column(b, key), err_msg=key)
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut")] == [8, 12]  # keeps the last 2
+    assert full["loss"] == resumed["loss"]
+    # the exported weights are identical too
+    wa = load_exported_model(tmp_path / "full")[0].state_dict()
+    wb = load_exported_model(tmp_path / "cut")[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigkill_after_checkpoint_then_resume_matches(tmp_path):
+    """A real preemption: a subprocess is SIGKILLed right after checkpoint 5 appears."""
+    steps, overrides = 30, ["train.ckpt_every=5", "train.steps=30", "model.dropout=0.2"]
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(TOY), str(run_dir),
+         *[a for o in overrides + ["data.sleep_s=0.05"] for a in ("--set", o)]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while latest_checkpoint(run_dir) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"subprocess ended or hung before its first checkpoint:\n{proc.stdout.read().decode()}")
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "model.safetensors").exists()
+    killed_at = max(s for s, _ in list_checkpoints(run_dir))
+    assert killed_at < steps
+
+    cfg = apply_overrides(toy_config(), overrides)
+    train(cfg, tmp_path / "full", progress=False)
+    # resume with the killed run's exact config (a changed data config is refused on resume)
+    train(apply_overrides(cfg, ["data.sleep_s=0.05"]), run_dir, progress=False, resume=True)
+    a, b = train_rows(tmp_path / "full"), train_rows(run_dir)
+    assert [r["step"] for r in b] == list(range(1, steps + 1))
+    np.testing.assert_allclose(column(b, "loss"), column(a, "loss"), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(column(b, "grad_norm"), column(a, "grad_norm"), rtol=0, atol=1e-5)
+
+
+def test_grad_accumulation_2x4_equals_1x8(tmp_path):
+    one = train(toy_config(steps=10, batch_size=8, grad_accum=1), tmp_path / "a", progress=False)
+    two = train(toy_config(steps=10, batch_size=8, grad_accum=2), tmp_path / "b", progress=False)
+    a, b = train_rows(tmp_path / "a"), train_rows(tmp_path / "b")
+    np.testing.assert_allclose(column(b, "loss"), column(a, "loss"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(column(b, "grad_norm"), column(a, "grad_norm"), rtol=1e-4)
+    np.testing.assert_array_equal(column(b, "tokens"), column(a, "tokens"))
+    assert one["tokens"] == two["tokens"] == 10 * 8 * 16
+
+
+def test_activation_checkpointing_does_not_change_training(tmp_path):
+    train(toy_config(steps=6), tmp_path / "a", progress=False)
+    train(toy_config(steps=6, activation_checkpointing=True), tmp_path / "b", progress=False)
+    np.testing.assert_allclose(column(train_rows(tmp_path / "b"), "loss"),
+                               column(train_rows(tmp_path / "a"), "loss"), rtol=0, atol=1e-6)
+
+
+def test_mfu_uses_family_flops_and_peak(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIKEFM_PEAK_FLOPS", "1e12")
+    summary = train(toy_config(steps=4, log_every=2), tmp_path, progress=False)
+    for row in train_rows(tmp_path):
+        # toy flops = 6 * params * tokens, so mfu = tokens_per_s * 6 * params / peak
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * 6 * summary["num_params"] / 1e12, rel=1e-9)
+
+
+def test_peak_flops_table(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("SPIKEFM_PEAK_FLOPS", raising=False)
+    for name, precision, peak in [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989e12), ("NVIDIA H100 PCIe", "bf16", 756e12),
+        ("NVIDIA H200", "bf16", 989e12), ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+        ("NVIDIA A100-SXM4-80GB", "fp32", 19.5e12), ("NVIDIA L40S", "bf16", 362e12),
+        ("NVIDIA L4", "bf16", 121e12), ("NVIDIA A10G", "bf16", 70e12), ("Mystery GPU", "bf16", None),
+    ]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
+        assert device_peak_flops(cuda, precision) == peak, name
+    assert device_peak_flops(torch.device("cpu"), "bf16") is None
+
+
+def test_incomplete_checkpoint_dirs_are_ignored(tmp_path):
+    (tmp_path / "checkpoints" / ".tmp-step_00000009").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_00000003").mkdir()
+    assert latest_checkpoint(tmp_path).name == "step_00000003"
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3]
+
+
+def test_resume_refuses_a_different_model_and_prints_plain_progress(tmp_path, capsys):
+    train(toy_config(steps=4), tmp_path, progress=True, stop_after=2)
+    assert "step 2: loss" in capsys.readouterr().out  # not a terminal: plain lines
+    with pytest.raises(ValueError, match="'model' differs from the checkpoint's config"):
+        train(apply_overrides(toy_config(steps=4), ["model.dim=16"]), tmp_path, resume=True, progress=False)
+    with pytest.warns(UserWarning, match="changed settings: optim.lr"):
+        train(apply_overrides(toy_config(steps=4), ["optim.lr=1e-3"]), tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(tmp_path):
+    """torch.compile of each block (inductor needs a C++ compiler on CPU; ~40 s)."""
+    train(toy_config(steps=4), tmp_path / "eager", progress=False)
+    train(toy_config(steps=4, compile=True), tmp_path / "compiled", progress=False)
+    np.testing.assert_allclose(column(train_rows(tmp_path / "compiled"), "loss"),
+                               column(train_rows(tmp_path / "eager"), "loss"), rtol=0, atol=1e-5)

@@ -174,6 +174,7 @@ def test_folder_build_counts_equal_independent_binning_file_by_file(six_sessions
         np.testing.assert_array_equal(
             got, histogram_counts(units_of[s["session_id"]], t0, got.shape[1], 20))
         assert s["num_rows"] > 1  # chunked along time
+        assert s["regions"] == {"CA1": s["num_units"]}  # from electrodes.location (ragged column)
 
 
 def test_session_split_is_disjoint_seeded_and_rows_shuffled(six_sessions, tmp_path):
@@ -211,7 +212,7 @@ def test_behavior_and_trials_are_carried_on_the_bin_grid(tmp_path):
     ts = np.arange(0.0, 10.0, 0.01)
     trials = {"start_time": np.array([1.0, 4.0, 7.0]), "stop_time": np.array([2.0, 5.0, 8.0]),
               "choice": np.array([1, -1, 1])}
-    p = write_nwb(tmp_path / "x.nwb", units, ["A", "B", "A"], region_in_units=True, trials=trials,
+    p = write_nwb(tmp_path / "x.nwb", units, ["A", "B", "A"], trials=trials,
                   behavior={"wheel": (ts, 3.0 * ts + 1.0),
                             "hand": (ts, np.stack([ts, -ts], axis=1))})
     build_corpus([str(p)], tmp_path / "c", BuildConfig(), progress=False)

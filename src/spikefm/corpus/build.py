@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from .binning import bin_spikes
 from .nwb import NWBInputError, read_nwb, resample_behavior
 from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS, shard_name
+from ..fileio import write_json_atomic
 from .session import SessionRecord
 
 STAGING = ".staging"
@@ -285,19 +286,6 @@ def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
         "license": rec.license,
     }
     return table, meta
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def _stage_one(item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dict:

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .build import write_json_atomic
+from ..fileio import write_json_atomic
 from .info import flat_counts
 from .schema import NEURAL_PILE_COLUMNS, ROW_SCHEMA, SCHEMA_VERSION, SPLITS, shard_name
 from .session import is_human_species

@@ -204,7 +204,8 @@ def _unit_regions(units, num_units: int) -> list[str]:
                 return [v or "unknown" for v in values]
     if "electrodes" in units.colnames:
         try:
-            region = units["electrodes"]
+            # The column object itself: units["electrodes"] is its index when the column is ragged.
+            region = units.electrodes
             table = region.table
             if "location" in table.colnames:
                 locs = np.asarray([_text(v) for v in table["location"].data[:]], dtype=object)
@@ -217,8 +218,9 @@ def _unit_regions(units, num_units: int) -> list[str]:
                 else:
                     first = rows
                 return [locs[i] if 0 <= i < len(locs) and locs[i] else "unknown" for i in first]
-        except Exception:  # a malformed region column: fall through to the next source
-            pass
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            warnings.warn(f"could not read unit regions from units.electrodes ({exc}); "
+                          "trying electrode groups")
     if "electrode_group" in units.colnames:
         groups = units["electrode_group"].data[:]
         return [_text(getattr(g, "location", "")) or "unknown" for g in groups]

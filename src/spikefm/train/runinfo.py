@@ -14,6 +14,8 @@ config.json holds:
 
 from __future__ import annotations
 
+from ..fileio import write_json_atomic  # noqa: F401  (re-exported for train/)
+
 import datetime as _dt
 import json
 import os
@@ -74,18 +76,6 @@ def run_info(cfg: RunConfig, family_info: dict[str, Any], world_size: int) -> di
         "family_info": family_info,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` via a temporary file, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_run_config(run_dir: str | os.PathLike) -> RunConfig:

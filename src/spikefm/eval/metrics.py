@@ -1,0 +1,431 @@
+"""Evaluation metrics as pure numpy/scipy/scikit-learn functions (no torch).
+
+Conventions shared by every function here:
+
+* ``rates`` are EXPECTED SPIKE COUNTS PER BIN (what a Poisson model predicts for one bin), not Hz.
+  Convert with ``rate_hz * bin_size_ms / 1000``.
+* ``rates`` and ``counts`` have the same shape ``(..., N)``: any leading axes (typically
+  ``trials x bins``) and neurons on the LAST axis. A 1-D array is one neuron.
+* NaN in ``counts`` means "not evaluated" (e.g. padding, bins outside the scored window): that entry
+  is left out of every sum, of the spike totals and of the null model's mean. ``rates`` may be NaN
+  at those entries too; a NaN rate where ``counts`` is evaluated raises ``ValueError`` (a model
+  that silently fails on some bins must not get a better score; mark the bin in ``counts``).
+* Metrics sum numerators and denominators and divide once. They never clip: a predicted rate of 0
+  where a spike occurred has log-likelihood ``-inf``, so the score is ``-inf``. (The Neural Latents
+  Benchmark's ``nlb_tools`` instead replaces zero rates by 1e-9 with a warning; give strictly
+  positive rates if you need a finite score.) A rate of 0 where no spike occurred is exact (the
+  Poisson pmf of 0 at rate 0 is 1) and contributes 0.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy.special import gammaln, xlogy
+
+__all__ = [
+    "poisson_log_likelihood",
+    "poisson_log_likelihood_per_neuron",
+    "bps_pooled",
+    "bps_per_neuron",
+    "bps_per_neuron_mean",
+    "r2_score_pooled",
+    "decode_discrete",
+    "decode_continuous",
+]
+
+_LN2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------- validation helpers
+
+
+def _as_rates_counts(rates, counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate and return (rates_SN, counts_SN, evaluated_SN) with S = all leading axes flattened.
+
+    Non-evaluated entries are replaced by 0 in both arrays so that vectorised sums need no NaN
+    handling; ``evaluated`` says which entries count.
+    """
+    rates = np.asarray(rates, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    if rates.shape != counts.shape:
+        raise ValueError(
+            f"rates and counts must have the same shape (..., num_neurons), got rates {rates.shape} "
+            f"and counts {counts.shape}; put neurons on the last axis of both"
+        )
+    if counts.ndim == 0:
+        raise ValueError("rates and counts must have at least one axis (neurons last), got scalars")
+    if counts.ndim == 1:
+        counts = counts[:, None]
+        rates = rates[:, None]
+    num_neurons = counts.shape[-1]
+    counts = counts.reshape(-1, num_neurons)
+    rates = rates.reshape(-1, num_neurons)
+    evaluated = ~np.isnan(counts)
+    bad_rate = evaluated & np.isnan(rates)
+    if bad_rate.any():
+        raise ValueError(
+            f"rates are NaN at {int(bad_rate.sum())} evaluated entries (counts not NaN there); "
+            "predict a rate everywhere counts are given, or set counts to NaN to exclude an entry"
+        )
+    c = counts[evaluated]
+    r = rates[evaluated]
+    if c.size:
+        if np.isinf(c).any() or c.min() < 0 or np.any(c != np.round(c)):
+            raise ValueError(
+                "counts must be non-negative integers (or NaN for entries not evaluated); "
+                f"got values in [{c.min()}, {c.max()}] including non-integers or inf; "
+                "did you swap rates and counts?"
+            )
+        if r.min() < 0:
+            raise ValueError(
+                f"rates must be >= 0 expected counts per bin, got a minimum of {r.min()}; "
+                "apply exp/softplus to log-rates before scoring"
+            )
+    counts = np.where(evaluated, counts, 0.0)
+    rates = np.where(evaluated, rates, 0.0)
+    return rates, counts, evaluated
+
+
+def _poisson_logpmf(rates: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Elementwise log Poisson pmf, log(k!) included; rate 0 gives 0 for k=0 and -inf for k>0."""
+    with np.errstate(divide="ignore"):
+        return xlogy(counts, rates) - rates - gammaln(counts + 1.0)
+
+
+def _null_rates_per_neuron(counts_SN: np.ndarray, evaluated_SN: np.ndarray) -> np.ndarray:
+    """Each neuron's mean count over its evaluated entries (NaN for a neuron with none)."""
+    num_evaluated_N = evaluated_SN.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts_SN.sum(axis=0) / num_evaluated_N
+
+
+def _ll_sums_per_neuron(rates, counts, null_rates):
+    """Per-neuron sums (ll_model_N, ll_null_N, spikes_N) over evaluated entries."""
+    rates_SN, counts_SN, evaluated_SN = _as_rates_counts(rates, counts)
+    num_neurons = counts_SN.shape[1]
+    if null_rates is None:
+        null_N = _null_rates_per_neuron(counts_SN, evaluated_SN)
+    else:
+        null_N = np.asarray(null_rates, dtype=np.float64).reshape(-1)
+        if null_N.shape != (num_neurons,):
+            raise ValueError(
+                f"null_rates must have one expected count per bin per neuron, shape ({num_neurons},), "
+                f"got shape {np.shape(null_rates)}"
+            )
+        if np.isnan(null_N).any() or (null_N < 0).any():
+            raise ValueError("null_rates must be non-negative and not NaN")
+    null_SN = np.where(evaluated_SN, np.broadcast_to(null_N, counts_SN.shape), 0.0)
+    ll_model_SN = np.where(evaluated_SN, _poisson_logpmf(rates_SN, counts_SN), 0.0)
+    ll_null_SN = np.where(evaluated_SN, _poisson_logpmf(null_SN, counts_SN), 0.0)
+    return ll_model_SN.sum(axis=0), ll_null_SN.sum(axis=0), counts_SN.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------- log-likelihoods
+
+
+def poisson_log_likelihood(rates, counts) -> float:
+    """Total Poisson log-likelihood (nats) of ``counts`` under ``rates``, log(k!) term included.
+
+    Args:
+        rates: (..., N) expected counts per bin, >= 0.
+        counts: (..., N) observed counts (non-negative integers), NaN = not evaluated.
+
+    Returns:
+        ``sum log Poisson(counts; rates)`` over evaluated entries; ``-inf`` if a zero rate meets a
+        spike; 0.0 if nothing is evaluated.
+    """
+    rates_SN, counts_SN, evaluated_SN = _as_rates_counts(rates, counts)
+    return float(np.where(evaluated_SN, _poisson_logpmf(rates_SN, counts_SN), 0.0).sum())
+
+
+def poisson_log_likelihood_per_neuron(rates, counts) -> np.ndarray:
+    """(N,) per-neuron total Poisson log-likelihood (nats); same conventions as
+    :func:`poisson_log_likelihood`."""
+    rates_SN, counts_SN, evaluated_SN = _as_rates_counts(rates, counts)
+    return np.where(evaluated_SN, _poisson_logpmf(rates_SN, counts_SN), 0.0).sum(axis=0)
+
+
+# ----------------------------------------------------------------------------- bits per spike
+
+
+def bps_pooled(rates, counts, *, null_rates=None) -> float:
+    """Bits per spike, pooled over neurons: the Neural Latents Benchmark (co-bps / fp-bps) definition.
+
+    ``bps = sum_{n,s} [LL(rates) - LL(null)] / (ln 2 * sum_{n,s} counts)``, sums over every
+    evaluated entry of every neuron, divided once. As in ``nlb_tools.evaluation.bits_per_spike``
+    the null model predicts, for each neuron, its mean count per bin over the evaluated data
+    (NaN entries excluded). Equivalently, the spike-weighted mean of :func:`bps_per_neuron`, plus the
+    log-likelihood of silent neurons divided by the total spike count.
+
+    Silent neurons (no spike in the evaluated data) have a null rate of 0 and null log-likelihood 0;
+    they add ``-sum(rates)`` (<= 0) to the numerator and nothing to the denominator, so predicting
+    activity for them is penalised. (nlb_tools replaces their zero null rate by 1e-9, a difference
+    of about 1e-9 nats per bin.)
+
+    Zero predicted rates are not clipped: a rate of 0 where a spike occurred gives ``-inf``.
+    With a user ``null_rates`` that is 0 where a spike occurred, the null is ``-inf`` and the result
+    ``+inf`` (or NaN if the model is ``-inf`` too).
+
+    Args:
+        rates: (..., N) expected counts per bin, >= 0, neurons on the last axis.
+        counts: (..., N) observed counts, NaN = not evaluated.
+        null_rates: optional (N,) expected counts per bin for the null model (e.g. each neuron's
+            mean on training data) instead of the mean over the evaluated data.
+
+    Returns:
+        Bits per spike (float). NaN, with a ``RuntimeWarning``, if the evaluated data has no spikes.
+    """
+    ll_model_N, ll_null_N, spikes_N = _ll_sums_per_neuron(rates, counts, null_rates)
+    total_spikes = spikes_N.sum()
+    if total_spikes == 0:
+        warnings.warn("bps_pooled: no spikes in the evaluated counts; returning NaN", RuntimeWarning,
+                      stacklevel=2)
+        return float("nan")
+    with np.errstate(invalid="ignore"):
+        return float((ll_model_N.sum() - ll_null_N.sum()) / (total_spikes * _LN2))
+
+
+def bps_per_neuron(rates, counts, *, null_rates=None) -> np.ndarray:
+    """(N,) bits per spike of each neuron, with that neuron's own null model and spike count.
+
+    ``bps_n = sum_s [LL_n(rates) - LL_n(null)] / (ln 2 * sum_s counts_n)``, null = neuron n's mean
+    count per bin over its evaluated entries (or ``null_rates[n]``). Silent neurons (no evaluated
+    spike) and neurons with no evaluated entry get NaN. Zero rates are not clipped (a zero rate
+    where neuron n spiked gives ``-inf`` for that neuron). Shapes and NaN conventions as in
+    :func:`bps_pooled`.
+    """
+    ll_model_N, ll_null_N, spikes_N = _ll_sums_per_neuron(rates, counts, null_rates)
+    out_N = np.full(spikes_N.shape, np.nan)
+    active = spikes_N > 0
+    with np.errstate(invalid="ignore"):
+        out_N[active] = (ll_model_N[active] - ll_null_N[active]) / (spikes_N[active] * _LN2)
+    return out_N
+
+
+def bps_per_neuron_mean(rates, counts, *, null_rates=None) -> float:
+    """Unweighted mean over neurons WITH spikes of :func:`bps_per_neuron` (Zhang et al. 2024).
+
+    This is the convention of the multi-task-masking (MtM) IBL benchmarks: every active neuron
+    counts equally, whatever its firing rate, so it differs from :func:`bps_pooled` (which weights
+    neurons by their spike counts and charges silent neurons for predicted activity). Silent
+    neurons are excluded. A ``-inf`` neuron makes the mean ``-inf``.
+
+    Returns:
+        float; NaN with a ``RuntimeWarning`` if no neuron has a spike.
+    """
+    per_neuron_N = bps_per_neuron(rates, counts, null_rates=null_rates)
+    active = ~np.isnan(per_neuron_N)
+    if not active.any():
+        warnings.warn("bps_per_neuron_mean: no neuron has a spike in the evaluated counts; "
+                      "returning NaN", RuntimeWarning, stacklevel=2)
+        return float("nan")
+    return float(per_neuron_N[active].mean())
+
+
+# ----------------------------------------------------------------------------- regression scores
+
+
+def r2_score_pooled(predictions, targets) -> float:
+    """Coefficient of determination pooled over output channels (variance-weighted R²).
+
+    ``R² = 1 - sum (y - y_hat)² / sum (y - mean_c(y))²``, both sums over all evaluated entries and
+    channels, ``mean_c`` = each channel's mean over its evaluated entries; divided once. Equals
+    scikit-learn's ``r2_score(..., multioutput="variance_weighted")`` when nothing is NaN.
+
+    Args:
+        predictions: (..., C) predicted values, channels on the last axis (1-D = one channel).
+        targets: (..., C) true values; NaN = not evaluated.
+
+    Returns:
+        float; NaN with a ``RuntimeWarning`` if the targets have zero variance.
+    """
+    pred = np.asarray(predictions, dtype=np.float64)
+    true = np.asarray(targets, dtype=np.float64)
+    if pred.shape != true.shape:
+        raise ValueError(
+            f"predictions and targets must have the same shape (..., channels), got "
+            f"{pred.shape} and {true.shape}"
+        )
+    if true.ndim == 0:
+        raise ValueError("predictions and targets must be arrays, got scalars")
+    if true.ndim == 1:
+        pred, true = pred[:, None], true[:, None]
+    pred = pred.reshape(-1, pred.shape[-1])
+    true = true.reshape(-1, true.shape[-1])
+    evaluated = ~np.isnan(true)
+    if np.isnan(pred[evaluated]).any():
+        raise ValueError("predictions are NaN where targets are evaluated; set the target to NaN "
+                         "to exclude an entry")
+    true0 = np.where(evaluated, true, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_C = true0.sum(axis=0) / evaluated.sum(axis=0)
+    ss_res = np.where(evaluated, (true0 - np.where(evaluated, pred, 0.0)) ** 2, 0.0).sum()
+    ss_tot = np.where(evaluated, (true0 - mean_C) ** 2, 0.0).sum()
+    if ss_tot == 0:
+        warnings.warn("r2_score_pooled: targets have zero variance; returning NaN", RuntimeWarning,
+                      stacklevel=2)
+        return float("nan")
+    return float(1.0 - ss_res / ss_tot)
+
+
+# ----------------------------------------------------------------------------- decoding probes
+
+
+def _drop_nan_rows(features, *others, what: str):
+    """Drop samples with a NaN feature or NaN target (warning how many)."""
+    keep = ~np.isnan(features).any(axis=1)
+    for arr in others:
+        if arr is not None and np.issubdtype(arr.dtype, np.floating):
+            keep &= ~np.isnan(arr.reshape(len(arr), -1)).any(axis=1)
+    if not keep.all():
+        warnings.warn(f"{what}: skipping {int((~keep).sum())} of {keep.size} samples with NaN "
+                      "features or targets", RuntimeWarning, stacklevel=3)
+    return keep
+
+
+def decode_discrete(
+    features_KF,
+    labels_K,
+    *,
+    cv_folds: int = 5,
+    inner_cv_folds: int = 3,
+    Cs=None,
+    seed: int = 0,
+) -> dict:
+    """Nested cross-validated decoding of a discrete variable with L2 logistic regression.
+
+    Outer ``StratifiedKFold(cv_folds, shuffle=True, random_state=seed)``; in each outer training
+    fold a ``GridSearchCV`` over ``C`` (inner ``StratifiedKFold(inner_cv_folds)``) fits
+    ``StandardScaler -> LogisticRegression``; the refitted best model predicts the outer test fold.
+    Scores are computed once on the pooled out-of-fold predictions, so no sample ever scores a
+    model that saw it or chose a hyper-parameter with it.
+
+    Args:
+        features_KF: (K samples, F features), e.g. trial-averaged predicted rates.
+        labels_K: (K,) class labels (any hashable values; float NaN = skip the sample).
+        cv_folds: outer folds; every class needs at least this many samples.
+        inner_cv_folds: folds of the inner search (reduced to the smallest class count of the
+            outer training fold when needed, minimum 2).
+        Cs: grid of inverse regularisation strengths; default ``np.logspace(-4, 4, 9)``.
+        seed: shuffling seed of the outer and inner splits.
+
+    Returns:
+        dict with ``accuracy``, ``balanced_accuracy``, ``chance`` (accuracy of always predicting
+        the most frequent class; chance for balanced accuracy is ``1 / n_classes``),
+        ``n_classes`` and ``C_`` (np.ndarray, the C chosen in each outer fold).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    X = np.asarray(features_KF, dtype=np.float64)
+    y = np.asarray(labels_K)
+    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
+        raise ValueError(f"expected features (K, F) and labels (K,), got {X.shape} and {y.shape}")
+    keep = _drop_nan_rows(X, y, what="decode_discrete")
+    X, y = X[keep], y[keep]
+    classes, y_int = np.unique(y, return_inverse=True)
+    class_counts = np.bincount(y_int)
+    if len(classes) < 2:
+        raise ValueError(f"need at least 2 classes to decode, got {len(classes)}")
+    if class_counts.min() < cv_folds:
+        raise ValueError(
+            f"the smallest class has {class_counts.min()} samples but cv_folds={cv_folds}; "
+            "lower cv_folds or drop rare classes"
+        )
+    Cs = np.logspace(-4, 4, 9) if Cs is None else np.asarray(Cs, dtype=np.float64)
+    outer = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
+    pred = np.empty_like(y_int)
+    chosen_C = []
+    # Small fits: BLAS thread hand-offs cost more than they give (several-fold slower on 2 cores).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for train_idx, test_idx in outer.split(X, y_int):
+            smallest = np.bincount(y_int[train_idx], minlength=len(classes)).min()
+            n_inner = min(inner_cv_folds, int(smallest))
+            if n_inner < 2:
+                raise ValueError("a class has fewer than 2 samples in an outer training fold; "
+                                 "lower cv_folds or add samples")
+            search = GridSearchCV(
+                make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+                {"logisticregression__C": Cs},
+                cv=StratifiedKFold(n_splits=n_inner, shuffle=True, random_state=seed),
+                scoring="accuracy",
+            )
+            search.fit(X[train_idx], y_int[train_idx])
+            pred[test_idx] = search.predict(X[test_idx])
+            chosen_C.append(search.best_params_["logisticregression__C"])
+    return {
+        "accuracy": float(np.mean(pred == y_int)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_int, pred)),
+        "chance": float(class_counts.max() / class_counts.sum()),
+        "n_classes": int(len(classes)),
+        "C_": np.asarray(chosen_C),
+    }
+
+
+def decode_continuous(
+    features_KF,
+    targets_K,
+    *,
+    cv_folds: int = 5,
+    alphas=None,
+    groups=None,
+    seed: int = 0,
+) -> dict:
+    """Cross-validated ridge decoding of continuous targets; alpha chosen inside each training fold.
+
+    Outer ``KFold(cv_folds, shuffle=True, random_state=seed)``, or ``GroupKFold`` when ``groups``
+    is given (use the trial index as group when samples are time bins, so that bins of one trial
+    never sit on both sides of a split). In each training fold ``StandardScaler -> RidgeCV(alphas)``
+    picks alpha by efficient leave-one-out on that fold only. R² is :func:`r2_score_pooled` of the
+    pooled out-of-fold predictions.
+
+    Args:
+        features_KF: (K samples, F features).
+        targets_K: (K,) or (K, D) targets; a sample with any NaN target or feature is skipped.
+        cv_folds: number of outer folds.
+        alphas: ridge penalties to search; default ``np.logspace(-4, 4, 9)``.
+        groups: optional (K,) group ids for ``GroupKFold``.
+        seed: shuffling seed (ignored with ``groups``).
+
+    Returns:
+        dict with ``r2`` (pooled, variance-weighted over target dims), ``r2_per_target``
+        (np.ndarray, (D,)) and ``alpha_`` (np.ndarray, alpha chosen in each outer fold).
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import GroupKFold, KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    X = np.asarray(features_KF, dtype=np.float64)
+    Y = np.asarray(targets_K, dtype=np.float64)
+    if X.ndim != 2 or Y.ndim not in (1, 2) or len(X) != len(Y):
+        raise ValueError(f"expected features (K, F) and targets (K,) or (K, D), got {X.shape} and "
+                         f"{Y.shape}")
+    Y2 = Y.reshape(len(Y), -1)
+    keep = _drop_nan_rows(X, Y2, what="decode_continuous")
+    X, Y2 = X[keep], Y2[keep]
+    if groups is not None:
+        groups = np.asarray(groups)[keep]
+        splitter = GroupKFold(n_splits=cv_folds)
+        splits = splitter.split(X, Y2, groups)
+    else:
+        splits = KFold(n_splits=cv_folds, shuffle=True, random_state=seed).split(X)
+    alphas = np.logspace(-4, 4, 9) if alphas is None else np.asarray(alphas, dtype=np.float64)
+    pred = np.empty_like(Y2)
+    chosen = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for train_idx, test_idx in splits:
+            model = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas))
+            model.fit(X[train_idx], Y2[train_idx])
+            pred[test_idx] = model.predict(X[test_idx]).reshape(len(test_idx), -1)
+            chosen.append(float(model[-1].alpha_))
+    r2_per_target = np.array([r2_score_pooled(pred[:, d], Y2[:, d]) for d in range(Y2.shape[1])])
+    return {"r2": r2_score_pooled(pred, Y2), "r2_per_target": r2_per_target,
+            "alpha_": np.asarray(chosen)}

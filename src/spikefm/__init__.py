@@ -16,7 +16,7 @@ def __getattr__(name):  # lazy: `import spikefm` must not import torch or pynwb
 
         return Corpus
     if name == "load_model":
-        from .models.loading import load_model
+        from .loading import load_model
 
         return load_model
     raise AttributeError(f"module 'spikefm' has no attribute {name!r}")

@@ -125,6 +125,7 @@ def synthesize(
     preset: str = "ibl",
     num_families: int = 1,
     duration_s: float = 300.0,
+    units_range: tuple[int, int] = UNITS_RANGE,
     progress: bool = False,
 ) -> list[pathlib.Path]:
     """Write ``num_sessions`` synthetic NWB recordings and their truth files under ``out_dir``.
@@ -142,6 +143,8 @@ def synthesize(
             ``"spontaneous"`` (mouse, no task, no behaviour).
         num_families: number of groups of sessions sharing latent dynamics, 1..num_sessions.
         duration_s: session length in seconds (>= 10), rounded to whole 20 ms bins.
+        units_range: (min, max) units per session, drawn uniformly per session; each region gets
+            at least 5 units, so min must be >= 5 x the preset's largest number of regions.
         progress: print one line per written session to stderr.
 
     Returns:
@@ -151,6 +154,7 @@ def synthesize(
         ValueError: an argument is out of range (the message names the valid choices).
     """
     _validate(num_sessions, seed, preset, num_families, duration_s)
+    _validate_units(units_range, preset)
     num_bins = int(round(float(duration_s) * 1000.0 / BIN_MS))
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +171,8 @@ def synthesize(
         nwb_path = out / f"sub-{subject_id}" / f"{stem}.nwb"
         nwb_path.parent.mkdir(parents=True, exist_ok=True)
         ses = _simulate_session(
-            families[i % num_families], num_bins, np.random.default_rng(session_seeds[i])
+            families[i % num_families], num_bins, np.random.default_rng(session_seeds[i]),
+            tuple(units_range)
         )
         meta = dict(
             session_id=stem, subject_id=subject_id, preset=preset, seed=int(seed),
@@ -222,6 +227,15 @@ def load_truth(nwb_or_truth_path: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------------------------
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _validate_units(units_range, preset: str) -> None:
+    min_units = 5 * (4 if preset == "ibl" else len(REGIONS[preset]))
+    ok = (isinstance(units_range, (tuple, list)) and len(units_range) == 2
+          and all(_is_int(x) for x in units_range) and min_units <= units_range[0] <= units_range[1])
+    if not ok:
+        raise ValueError(f"units_range (--units) must be two ints MIN,MAX with {min_units} <= MIN <= "
+                         f"MAX for preset {preset!r} (5 units per region at least), got {units_range!r}")
 
 
 def _validate(num_sessions, seed, preset, num_families, duration_s) -> None:
@@ -713,7 +727,8 @@ def _spontaneous_task(fam, num_bins, duration_s, rng):
     return {"ripple": _event_latent(num_bins, events, amp, fam.kernels["ripple"])}, {}, {}, []
 
 
-def _simulate_session(fam: _Family, num_bins: int, rng: np.random.Generator) -> _Session:
+def _simulate_session(fam: _Family, num_bins: int, rng: np.random.Generator,
+                      units_range: tuple[int, int] = UNITS_RANGE) -> _Session:
     preset = fam.preset
     duration_s = num_bins * _BIN_S
     state = _simulate_var(fam, num_bins, rng)
@@ -735,7 +750,7 @@ def _simulate_session(fam: _Family, num_bins: int, rng: np.random.Generator) -> 
         regions = [all_regions[j] for j in sorted(rng.choice(len(all_regions), size=r, replace=False))]
     else:
         regions = list(all_regions)
-    num_units = int(rng.integers(UNITS_RANGE[0], UNITS_RANGE[1] + 1))
+    num_units = int(rng.integers(units_range[0], units_range[1] + 1))
     share = rng.dirichlet(np.full(len(regions), 3.0))
     per_region = 5 + rng.multinomial(num_units - 5 * len(regions), share)
     unit_regions = [reg for reg, c in zip(regions, per_region) for _ in range(c)]

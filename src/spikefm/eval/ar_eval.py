@@ -1,0 +1,143 @@
+"""Cross-entropy benchmarks of the autoregressive spike language model, the n-gram baselines and
+(on synthetic corpora) the ground-truth oracle, all on the same tokens.
+
+Every row of the evaluated split is tokenized (``[255, c1..cn]`` per bin) and scored separately, so
+contexts never cross rows. The scored tokens are all tokens of each row but its first (a separator
+that nothing precedes); the model, the n-grams and the oracle score exactly these.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..corpus.reader import Corpus
+from ..data.ar import iter_eval_windows
+from ..data.tokens import tokenize
+from .xent import CrossEntropyAccumulator
+
+
+@torch.no_grad()
+def score_tokens(model, tokens: np.ndarray, seq_len: int, *, device="cpu",
+                 batch_windows: int = 8) -> np.ndarray:
+    """Log-probabilities (nats) the model gives to ``tokens[1:]`` of one row, scored in
+    consecutive windows of ``seq_len`` tokens. Returns a float64 array of ``len(tokens) - 1``."""
+    windows = [w for _, w in iter_eval_windows(np.asarray(tokens), seq_len)]
+    full = [w for w in windows if w.size == seq_len + 1]
+    rest = [w for w in windows if w.size != seq_len + 1]  # only the last window can be short
+    out = []
+    for group in [full[i:i + batch_windows] for i in range(0, len(full), batch_windows)] + \
+            [[w] for w in rest]:
+        t = torch.from_numpy(np.stack(group).astype(np.int64)).to(device)
+        logp = torch.log_softmax(model(t[:, :-1]).float(), dim=-1)
+        out.append(logp.gather(-1, t[:, 1:, None])[..., 0].double().cpu().numpy().reshape(-1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _rows(corpus: Corpus, split: str, max_tokens: int | None):
+    """(row, counts) pairs of a split; with ``max_tokens``, rows are taken in order and the last
+    one is cut to the whole bins that fit, so every scorer sees the same tokens."""
+    seen = 0
+    for row in corpus.iter_rows(split, with_extras=False):
+        counts = row.spike_counts
+        if max_tokens is not None:
+            if seen >= max_tokens:
+                return
+            fit = -(-(max_tokens - seen) // (row.num_units + 1))
+            counts = counts[:, :fit]
+        seen += counts.shape[1] * (row.num_units + 1)
+        yield row, counts
+
+
+def evaluate_model(model, corpus: Corpus, *, split: str = "test", seq_len: int = 512,
+                   max_tokens: int | None = None, device="cpu", progress: bool = False) -> dict:
+    """Mean cross-entropy of an AR model over a split (see :class:`CrossEntropyAccumulator`)."""
+    from ..progress import progress_bar
+
+    model.eval()
+    acc = CrossEntropyAccumulator()
+    rows = list(_rows(corpus, split, max_tokens))
+    with progress_bar(len(rows), f"scoring {split}", enabled=progress) as bar:
+        for row, counts in rows:
+            tokens = tokenize(counts)
+            acc.add(score_tokens(model, tokens, seq_len, device=device), tokens[1:],
+                    row.source_dataset)
+            bar.advance(1)
+    return acc.result()
+
+
+def fit_ngram(corpus: Corpus, order: int, *, alpha: float = 1.0,
+              max_train_tokens: int | None = None, progress: bool = False):
+    from .ngram import NGramModel
+
+    rows = (tokenize(r.spike_counts) for r in corpus.iter_rows("train", with_extras=False))
+    return NGramModel(order=order, alpha=alpha).fit(rows, max_tokens=max_train_tokens,
+                                                    progress=progress)
+
+
+def evaluate_ngram(ngram, corpus: Corpus, *, split: str = "test",
+                   max_tokens: int | None = None) -> dict:
+    acc = CrossEntropyAccumulator()
+    for row, counts in _rows(corpus, split, max_tokens):
+        tokens = tokenize(counts)
+        acc.add(ngram.log_prob(tokens)[1:], tokens[1:], row.source_dataset)
+    return acc.result()
+
+
+def _truth_for(session: dict) -> dict | None:
+    """The synthetic ground truth next to a session's NWB file, if there is one."""
+    path = session.get("provenance", {}).get("path")
+    if not path:
+        return None
+    truth = Path(path).with_name(Path(path).name[:-len(".nwb")] + ".truth.npz") \
+        if path.endswith(".nwb") else None
+    if truth is None or not truth.exists():
+        return None
+    with np.load(truth, allow_pickle=False) as z:
+        return {"expected_counts": z["expected_counts"], "t_start_ms": int(z["t_start_ms"]),
+                "bin_ms": int(z["bin_ms"])}
+
+
+def truth_slice(truth: dict, t_start_ms: int, num_bins: int, bin_ms: int) -> np.ndarray:
+    """The ground-truth expected counts (units, num_bins) of a row starting at ``t_start_ms``."""
+    if truth["bin_ms"] != bin_ms:
+        raise ValueError(f"ground truth is on {truth['bin_ms']} ms bins, the corpus on {bin_ms} ms; "
+                         "rebuild the corpus with --bin-ms 20 to compare with the oracle")
+    offset_ms = t_start_ms - truth["t_start_ms"]
+    if offset_ms % bin_ms:
+        raise ValueError("row and ground truth bins are not aligned")
+    a = offset_ms // bin_ms
+    exp = truth["expected_counts"][:, a:a + num_bins]
+    if a < 0 or exp.shape[1] != num_bins:
+        raise ValueError(f"ground truth covers {truth['expected_counts'].shape[1]} bins, the row "
+                         f"needs bins {a}..{a + num_bins}")
+    return exp
+
+
+def evaluate_oracle(corpus: Corpus, *, split: str = "test",
+                    max_tokens: int | None = None) -> dict | None:
+    """Cross-entropy of the true rates (Poisson probabilities of each count token; separators
+    are certain) on the same tokens; None when the corpus has no ground truth (real data)."""
+    from .oracle import poisson_token_logprob
+
+    truths = {s["session_id"]: _truth_for(s) for s in corpus.sessions}
+    if not any(truths.values()):
+        return None
+    acc = CrossEntropyAccumulator()
+    for row, counts in _rows(corpus, split, max_tokens):
+        truth = truths.get(row.session_id)
+        if truth is None:
+            return None  # a partial oracle would not be comparable
+        exp = truth_slice(truth, row.t_start_ms, counts.shape[1], row.bin_ms)
+        tokens = tokenize(counts)
+        acc.add(poisson_token_logprob(counts, exp)[1:], tokens[1:], row.source_dataset)
+    return acc.result()
+
+
+def write_results(path: str | Path, results: dict[str, Any]) -> None:
+    from ..fileio import write_json_atomic
+
+    write_json_atomic(Path(path), results)

@@ -1,0 +1,92 @@
+"""``spikefm generate``: sample spike arrays from an autoregressive model, optionally prompted with
+real bins from a corpus, and draw generated next to real activity."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
+    """``CORPUS_DIR:SESSION_ID:START_BIN`` -> (prompt counts, the real bins that follow)."""
+    from .corpus.reader import Corpus
+
+    try:
+        corpus_dir, session_id, start = spec.rsplit(":", 2)
+        start = int(start)
+    except ValueError:
+        raise ValueError(f"--prompt must be CORPUS_DIR:SESSION_ID:START_BIN, got {spec!r}") from None
+    corpus = Corpus(corpus_dir)
+    corpus.session(session_id)  # a clear error for an unknown session
+    rows = sorted((r for split in ("train", "test") for r in corpus.iter_rows(split,
+                   sessions=[session_id], with_extras=False)), key=lambda r: r.t_start_ms)
+    counts = np.concatenate([r.spike_counts for r in rows], axis=1)
+    if start < 0 or start + prompt_bins > counts.shape[1]:
+        raise ValueError(f"session {session_id} has {counts.shape[1]} bins; START_BIN {start} + "
+                         f"{prompt_bins} prompt bins does not fit")
+    real = counts[:, start + prompt_bins:start + prompt_bins + num_bins]
+    return counts[:, start:start + prompt_bins], real
+
+
+def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
+                     prompt: str | None = None, prompt_bins: int = 25, temperature: float = 1.0,
+                     top_k: int | None = None, seed: int = 0, out: str | Path) -> list[Path]:
+    """Sample (num_units, num_bins) counts and write ``out`` (.npz with ``counts`` and, when
+    prompted, ``prompt`` and ``real``), plus ``out`` with .png: a raster of real next to generated
+    bins when prompted, else of the generated bins.
+
+    Returns the written paths.
+    """
+    from .data.tokens import detokenize, tokenize
+    from .loading import load_model
+    from .models.llama import Llama, generate
+
+    model = load_model(run_dir)
+    if not isinstance(model, Llama):
+        raise ValueError(f"{run_dir}: generation needs an autoregressive (ar) model")
+    prompt_tokens, arrays = None, {}
+    if prompt:
+        p_counts, real = _prompt_counts(prompt, prompt_bins, num_bins)
+        if p_counts.shape[0] != num_units:
+            raise ValueError(f"--units {num_units} does not match the prompt session's "
+                             f"{p_counts.shape[0]} units; pass --units {p_counts.shape[0]}")
+        prompt_tokens = torch.from_numpy(tokenize(p_counts).astype(np.int64))[None]
+        arrays.update(prompt=p_counts, real=real)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = generate(model, num_units, num_bins, prompt_tokens=prompt_tokens,
+                      temperature=temperature, top_k=top_k, generator=gen)
+    counts = detokenize(tokens[0].cpu().numpy().astype(np.uint8), num_units)
+    arrays["counts"] = counts
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, out)
+    png = out.with_suffix(".png")
+    _raster(arrays, png)
+    return [out, png]
+
+
+def _raster(arrays: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("generated", arrays["counts"])]
+    if "real" in arrays:
+        panels.insert(0, ("real (after the prompt)", arrays["real"]))
+    vmax = max(1, max(int(a.max()) if a.size else 1 for _, a in panels))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, a) in zip(axes[0], panels):
+        im = ax.imshow(a, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=vmax)
+        ax.set_title(title)
+        ax.set_xlabel("time bin")
+        ax.set_ylabel("unit")
+    fig.colorbar(im, ax=axes[0].tolist(), label="spike count")
+    tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)

@@ -1,0 +1,171 @@
+"""The autoregressive model end to end on a synthetic corpus: train (CLI), evaluate against the
+n-gram baselines and the ground-truth oracle, generate, and the 2-process FSDP run."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spikefm import Corpus, load_model
+from spikefm.cli import main as cli_main
+from spikefm.corpus.build import BuildConfig, build_corpus
+from spikefm.corpus.synth import synthesize
+from spikefm.data.tokens import SEPARATOR, tokenize
+from spikefm.eval.ar_eval import evaluate_oracle, score_tokens, truth_slice, _truth_for
+
+
+@pytest.fixture(scope="module")
+def synth_corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ar")
+    # Small populations (20-30 units, a bin every 21-31 tokens) so that a tiny model sees several
+    # bins per context and learns within a CPU test.
+    synthesize(tmp / "nwb", num_sessions=3, seed=1, duration_s=60.0, units_range=(20, 30))
+    build_corpus([str(tmp / "nwb")], tmp / "corpus",
+                 BuildConfig(test_fraction=0.2, split="row", max_row_tokens=10_000),
+                 progress=False)
+    return tmp / "corpus"
+
+
+@pytest.fixture(scope="module")
+def trained_run(synth_corpus, tmp_path_factory):
+    torch.set_num_threads(1)  # tiny matrices: threads cost more than they give on 2 cores
+    out = tmp_path_factory.mktemp("run") / "run"
+    rc = cli_main(["train", "--model", "ar", "--preset", "tiny", "--data", str(synth_corpus),
+                   "--out", str(out), "--steps", "150", "--set", "data.seq_len=256",
+                   "--set", "optim.lr=3e-3", "--set", "optim.warmup_steps=10",
+                   "--set", "train.log_every=25", "--set", "train.ckpt_every=1000",
+                   "--set", "train.precision=fp32", "--quiet"])
+    assert rc == 0
+    return out
+
+
+def test_run_directory_describes_itself(trained_run, synth_corpus):
+    info = json.loads((trained_run / "config.json").read_text())
+    assert info["family"] == "ar" and info["world_size"] == 1
+    assert info["family_info"]["corpus_manifest_sha256"] == Corpus(synth_corpus).manifest_hash
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "lr", "tokens_per_s", "mfu"} <= set(rows[-1])
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_model_beats_unigram_and_oracle_beats_model(trained_run, synth_corpus, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    rc = cli_main(["eval", str(trained_run), "--data", str(synth_corpus), "--ngram", "1,9",
+                   "--max-tokens", "60000", "--out", str(out), "--quiet"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "oracle" in table and "1-gram" in table
+    res = json.loads(out.read_text())["results"]
+    bits = {k: v["overall"]["all"]["bits"] for k, v in res.items()}
+    assert res["model"]["overall"]["all"]["num_tokens"] == res["oracle"]["overall"]["all"]["num_tokens"]
+    assert bits["oracle"] < bits["model"] < min(bits["1-gram"], bits["9-gram"])
+    # Per source reported too.
+    assert set(res["model"]["per_source"]) == {"nwb"}
+
+
+def test_oracle_matches_an_independent_poisson_computation(synth_corpus):
+    from scipy.stats import poisson
+
+    corpus = Corpus(synth_corpus)
+    row = next(corpus.iter_rows("test"))
+    res = evaluate_oracle(corpus, max_tokens=row.num_bins * (row.num_units + 1))  # first row only
+    exp = truth_slice(_truth_for(corpus.session(row.session_id)), row.t_start_ms, row.num_bins,
+                      row.bin_ms)
+    c = np.minimum(row.spike_counts.astype(int), 254)
+    lp = np.where(c < 254, poisson.logpmf(c, exp), poisson.logsf(253, exp))
+    expected_bits = -lp.sum() / np.log(2) / (row.num_bins * (row.num_units + 1) - 1)
+    assert res["overall"]["all"]["bits"] == pytest.approx(expected_bits, rel=1e-9)
+    assert res["overall"]["separators"]["bits"] == 0.0
+
+
+def test_scoring_is_causal_and_matches_full_forward(trained_run):
+    model = load_model(trained_run)
+    rng = np.random.default_rng(0)
+    tokens = tokenize(rng.poisson(0.2, (5, 30)).astype(np.uint8))
+    lp = score_tokens(model, tokens, seq_len=len(tokens) - 1)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(tokens[None, :-1].astype(np.int64)))
+    ref = torch.log_softmax(logits[0], -1).gather(-1, torch.from_numpy(
+        tokens[1:, None].astype(np.int64)))[:, 0].numpy()
+    np.testing.assert_allclose(lp, ref, atol=1e-5)
+    changed = tokens.copy()
+    changed[100:] = np.where(changed[100:] == SEPARATOR, SEPARATOR, 3)
+    lp2 = score_tokens(model, changed, seq_len=len(tokens) - 1)
+    np.testing.assert_allclose(lp2[:99], lp[:99], atol=1e-6)
+
+
+def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_corpus, tmp_path):
+    corpus = Corpus(synth_corpus)
+    session = corpus.sessions[0]
+    out = tmp_path / "gen.npz"
+    rc = cli_main(["generate", str(trained_run), "--units", str(session["num_units"]),
+                   "--bins", "6", "--prompt", f"{synth_corpus}:{session['session_id']}:10",
+                   "--prompt-bins", "2", "--out", str(out)])
+    assert rc == 0
+    z = np.load(out)
+    assert z["counts"].shape == (session["num_units"], 6) and z["counts"].dtype == np.uint8
+    assert z["real"].shape == (session["num_units"], 6) and z["prompt"].shape[1] == 2
+    assert out.with_suffix(".png").stat().st_size > 1000
+    rc = cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--prompt",
+                   f"{synth_corpus}:{session['session_id']}:0", "--out", str(tmp_path / "x.npz")])
+    assert rc == 2  # unit count of the prompt session does not match
+
+
+def test_bad_train_config_gives_one_line_errors(synth_corpus, tmp_path, capsys):
+    cases = [(["--preset", "huge"], "valid"), (["--set", "optim.lrr=1"], "valid keys"),
+             (["--set", "train.steps=abc"], "int"), (["--model", "gpt"], "registered")]
+    for extra, needle in cases:
+        rc = cli_main(["train", "--data", str(synth_corpus), "--out", str(tmp_path / "r"),
+                       *extra, "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
+    rc = cli_main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--quiet"])
+    assert rc == 2 and "not a spikefm corpus" in capsys.readouterr().err
+
+
+def test_hf_export_of_a_run_loads_in_transformers(trained_run, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from spikefm.models.hf_llama import save_hf
+
+    model = load_model(trained_run)
+    save_hf(model, tmp_path / "hf")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    x = torch.randint(0, 256, (1, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), atol=1e-4, rtol=1e-4)
+    assert isinstance(load_model(tmp_path / "hf"), type(model))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_torchrun_two_process_fsdp_ar_run(synth_corpus, tmp_path):
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "spikefm.cli", "train", "--model", "ar", "--preset", "tiny",
+           "--data", str(synth_corpus), "--out", str(out), "--steps", "4",
+           "--set", "train.batch_size=4", "--set", "data.seq_len=64",
+           "--set", "optim.warmup_steps=1", "--set", "train.ckpt_every=2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    if proc.returncode != 0 and "gloo" in proc.stderr.lower() and "address" in proc.stderr.lower():
+        pytest.skip(f"gloo could not bind: {proc.stderr[-300:]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((out / "config.json").read_text())
+    assert info["world_size"] == 2
+    assert (out / "model.safetensors").exists()
+    assert list((out / "checkpoints").glob("step_*")) or list(out.glob("checkpoints/*"))
+    model = load_model(out)
+    assert sum(p.numel() for p in model.parameters()) > 0

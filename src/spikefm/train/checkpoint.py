@@ -287,6 +287,8 @@ def load_exported_model(run_dir: str | os.PathLike, device: str | torch.device =
     with torch.device("meta"):
         model = family.build_model(cfg)
     model.to_empty(device="cpu")
-    family.init_weights(model)  # non-persistent buffers are not in the file
+    # Non-persistent buffers are not in the file. A family may offer init_for_loading: an
+    # initialisation that needs nothing but the config (no pretrained weights from elsewhere).
+    getattr(family, "init_for_loading", family.init_weights)(model)
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.to(device).eval(), cfg

@@ -33,6 +33,10 @@ How the loop uses a family, in order:
     7. `family.describe(cfg)` -- JSON-serialisable facts about the inputs (corpus manifest hash,
        session list, ...) written into the run directory's config.json.
 
+Optional member: `init_for_loading(model)`, used instead of `init_weights` when a finished run is
+loaded from its `model.safetensors` (e.g. a fine-tuning family whose `init_weights` reads a
+pretrained run must not need that run to load its own result).
+
 Optional member: `evaluate(model, cfg, rank, world_size) -> dict[str, tuple[float, float]]`,
 called under `torch.no_grad()` with the model in eval mode every `cfg.train.eval_every` steps. It
 returns (numerator, denominator) sums for this rank's share of the evaluation data; the loop sums

@@ -1,0 +1,623 @@
+"""Windows of ``T`` bins for masked modeling (NDT family): cutting, splits, and a mixed-session batcher.
+
+Shape legend: K windows of one session, T bins per window, N units of a session (padded to the
+batch maximum in batches), B behaviour channels in :class:`SessionWindows` and batch size in
+batches.
+
+A session's rows (chunks of at most ``max_row_tokens``, possibly spread over the corpus's
+``train`` and ``test`` splits) are put back on the session's bin grid, then cut into windows:
+
+* **trial-aligned** (``align="stim_on_time"``): one window per trial, starting ``pre_ms`` before
+  the trial's event. The event time (seconds, float) is converted once to integer microseconds
+  (``rint(t * 1e6)``); its bin is ``(event_us - grid_start_us) // bin_us``, i.e. the bin that
+  holds the event, and the window starts ``pre_ms // bin_ms`` bins earlier, so the event sits at
+  window bin ``event_bin = pre_ms // bin_ms``. (Microseconds rather than milliseconds so that an
+  event at 1.0199 s falls in the bin [1.000, 1.020) that holds it, not in the next one.) Trials
+  whose event is missing (NaN) or whose window leaves the recording are skipped, counted in
+  ``SessionWindows.skipped`` and reported with a warning.
+* **continuous** (``align=None``, or when the session has no trial table): windows every
+  ``stride_bins`` bins (default ``window_bins``: non-overlapping) over the recording.
+
+Each session's windows get a seeded train/val/test split (seed derived from ``seed`` and the
+session id, so adding a session does not reshuffle the others). :func:`save_splits` writes which
+windows (by start time) are in which split; :func:`apply_splits` restores it in a later run.
+
+:class:`WindowBatcher` yields batches that may mix sessions, padded to the batch's largest unit
+count, in a seeded order with exact resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..corpus.reader import Corpus, CorpusRow
+
+__all__ = [
+    "SPLIT_NAMES",
+    "SessionWindows",
+    "make_session_windows",
+    "load_all_windows",
+    "save_splits",
+    "load_splits",
+    "apply_splits",
+    "WindowBatcher",
+]
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+#: A trial column becomes a label when it has between 2 and this many distinct values.
+MAX_LABEL_VALUES = 10
+_SPLITS_FORMAT_VERSION = 1
+
+
+@dataclass
+class SessionWindows:
+    """All windows of one session.
+
+    Attributes:
+        session_id: the corpus session id.
+        counts: (K, T, N) spike counts per bin (uint8 as read from the corpus).
+        unit_regions: (N,) region name per unit.
+        region_ids: (N,) int64 index of each unit's region in ``region_names``.
+        t_start_ms: (K,) int64 start of each window on the session clock (ms).
+        split: (K,) str array, each ``"train"``, ``"val"`` or ``"test"``.
+        bin_ms: bin width (ms).
+        labels: name -> (K,) discrete trial labels (trial-aligned windows only). Numeric columns
+            are float64 with NaN where the trial has no value; text columns are object arrays
+            with None there.
+        behavior: (K, T, B) float32 behaviour on the window bins (NaN where not recorded), or
+            None when the session has none.
+        behavior_names: (B,) channel names.
+        align: the trial column the windows are aligned to, or None for continuous windows.
+        event_bin: window bin that holds the event (``pre_ms // bin_ms``), None if continuous.
+        trial_index: (K,) int64 row of each window's trial in the session's trial table (sorted
+            by start time, duplicates across corpus rows removed); -1 for continuous windows.
+        skipped: reason -> number of trials (or continuous windows) left out.
+    """
+
+    session_id: str
+    counts: np.ndarray
+    unit_regions: list[str]
+    region_ids: np.ndarray
+    t_start_ms: np.ndarray
+    split: np.ndarray
+    bin_ms: int
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    behavior: np.ndarray | None = None
+    behavior_names: list[str] = field(default_factory=list)
+    align: str | None = None
+    event_bin: int | None = None
+    trial_index: np.ndarray | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def num_bins(self) -> int:
+        return int(self.counts.shape[1])
+
+    @property
+    def num_units(self) -> int:
+        return int(self.counts.shape[2])
+
+    @property
+    def region_names(self) -> list[str]:
+        """Sorted unique region names; ``region_ids`` index into this list."""
+        return sorted(set(self.unit_regions))
+
+    def indices(self, split: str | Sequence[str] | None) -> np.ndarray:
+        """(k,) int64 indices of the windows in ``split`` (a name, several names, or None = all)."""
+        if split is None:
+            return np.arange(self.num_windows, dtype=np.int64)
+        names = [split] if isinstance(split, str) else list(split)
+        for s in names:
+            if s not in SPLIT_NAMES:
+                raise ValueError(f"split must be one of {SPLIT_NAMES} (or None for all), got {s!r}")
+        return np.flatnonzero(np.isin(self.split, names)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reassembling a session
+
+
+@dataclass
+class _SessionGrid:
+    """One session put back on its bin grid: counts_NG over G grid bins, valid_G marks covered bins."""
+
+    counts_NG: np.ndarray
+    valid_G: np.ndarray
+    behavior_BG: np.ndarray | None
+    behavior_names: list[str]
+    t0_ms: int
+    bin_ms: int
+    unit_regions: list[str]
+    trials: dict[str, dict[str, list]]
+
+
+def _collect_rows(corpus: Corpus, session_ids: Sequence[str]) -> dict[str, list[CorpusRow]]:
+    """Rows of the given sessions from every split of the corpus, one pass over the shards."""
+    wanted = set(session_ids)
+    missing = wanted - set(corpus.session_ids())
+    if missing:
+        raise ValueError(f"sessions not in {corpus.path}: {sorted(missing)[:10]}; "
+                         f"known sessions: {corpus.session_ids()[:10]}")
+    rows: dict[str, list[CorpusRow]] = {s: [] for s in session_ids}
+    for split in corpus.manifest["splits"]:
+        for row in corpus.iter_rows(split, sessions=wanted):
+            rows[row.session_id].append(row)
+    return rows
+
+
+def _merge_trials(rows: list[CorpusRow]) -> dict[str, dict[str, list]]:
+    """Union of the rows' trial tables (a trial overlapping two chunks appears in both), sorted by
+    start time."""
+    seen: dict[str, dict[str, tuple]] = {}
+    columns: dict[str, list[str]] = {}
+    for row in rows:
+        for table, cols in row.trials.items():
+            names = columns.setdefault(table, list(cols))
+            for c in cols:
+                if c not in names:
+                    names.append(c)
+            n = len(cols.get("start_time", []))
+            for i in range(n):
+                rec = {c: cols[c][i] for c in cols}
+                key = json.dumps(rec, sort_keys=True)
+                seen.setdefault(table, {})[key] = rec
+    out = {}
+    for table, recs in seen.items():
+        def key(rec: dict) -> tuple[float, str]:
+            start = _float_or_nan(rec.get("start_time"))
+            return (math.inf if math.isnan(start) else start, json.dumps(rec, sort_keys=True))
+
+        items = sorted(recs.values(), key=key)
+        out[table] = {c: [r.get(c) for r in items] for c in columns[table]}
+    return out
+
+
+def _float_or_nan(v) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return x
+
+
+def _assemble(session_id: str, rows: list[CorpusRow]) -> _SessionGrid:
+    if not rows:
+        raise ValueError(f"session {session_id!r} has no rows in the corpus")
+    rows = sorted(rows, key=lambda r: r.t_start_ms)
+    bin_ms = int(rows[0].bin_ms)
+    num_units = rows[0].num_units
+    for r in rows:
+        if int(r.bin_ms) != bin_ms or r.num_units != num_units:
+            raise ValueError(f"session {session_id!r}: rows disagree on bin_ms/num_units "
+                             f"({r.bin_ms} ms, {r.num_units} units vs {bin_ms} ms, {num_units} units); "
+                             "rebuild the corpus")
+        if (int(r.t_start_ms) - int(rows[0].t_start_ms)) % bin_ms:
+            raise ValueError(f"session {session_id!r}: row starting at {r.t_start_ms} ms is off the "
+                             f"{bin_ms} ms bin grid; rebuild the corpus")
+    t0_ms = int(rows[0].t_start_ms)
+    end_ms = max(int(r.t_start_ms) + r.num_bins * bin_ms for r in rows)
+    G = (end_ms - t0_ms) // bin_ms
+    counts_NG = np.zeros((num_units, G), dtype=np.uint8)
+    valid_G = np.zeros(G, dtype=bool)
+    beh_names = list(rows[0].behavior_names)
+    has_beh = bool(beh_names) and all(r.behavior is not None and list(r.behavior_names) == beh_names
+                                      for r in rows)
+    behavior_BG = np.full((len(beh_names), G), np.nan, dtype=np.float32) if has_beh else None
+    for r in rows:
+        a = (int(r.t_start_ms) - t0_ms) // bin_ms
+        b = a + r.num_bins
+        if valid_G[a:b].any():
+            raise ValueError(f"session {session_id!r}: rows overlap at {r.t_start_ms} ms; the corpus "
+                             "holds this session twice? Rebuild it")
+        counts_NG[:, a:b] = r.spike_counts
+        valid_G[a:b] = True
+        if behavior_BG is not None:
+            behavior_BG[:, a:b] = r.behavior
+    return _SessionGrid(counts_NG=counts_NG, valid_G=valid_G, behavior_BG=behavior_BG,
+                        behavior_names=beh_names if has_beh else [], t0_ms=t0_ms, bin_ms=bin_ms,
+                        unit_regions=[str(x) for x in rows[0].unit_regions] or ["unknown"] * num_units,
+                        trials=_merge_trials(rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cutting windows
+
+
+def _is_time_column(name: str) -> bool:
+    return name in ("start_time", "stop_time") or name.endswith("_time") or name.endswith("_times")
+
+
+def _discrete_labels(trials: dict[str, list], keep: np.ndarray,
+                     max_values: int = MAX_LABEL_VALUES) -> dict[str, np.ndarray]:
+    """Trial columns with 2..max_values distinct values (missing excluded), for the kept trials."""
+    labels = {}
+    for name, values in trials.items():
+        if _is_time_column(name):
+            continue
+        vals = [values[i] for i in keep]
+        present = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if not present:
+            continue
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present) or \
+                all(isinstance(v, bool) for v in present):
+            arr = np.array([math.nan if v is None else float(v) for v in vals], dtype=np.float64)
+        elif all(isinstance(v, str) for v in present):
+            arr = np.array([v for v in vals], dtype=object)
+        else:
+            continue
+        n_unique = len(set(present))
+        if 2 <= n_unique <= max_values:
+            labels[name] = arr
+    return labels
+
+
+def _session_seed(seed: int, session_id: str) -> list[int]:
+    return [int(seed), zlib.crc32(session_id.encode("utf-8"))]
+
+
+def _assign_split(num_windows: int, fractions: tuple[float, float, float], seed: int,
+                  session_id: str) -> np.ndarray:
+    """Seeded split: round(K * val) val windows, round(K * test) test windows, the rest train."""
+    perm = np.random.default_rng(_session_seed(seed, session_id)).permutation(num_windows)
+    n_test = int(round(num_windows * fractions[2]))
+    n_val = min(int(round(num_windows * fractions[1])), num_windows - n_test)
+    split = np.full(num_windows, "train", dtype=object)
+    split[perm[:n_test]] = "test"
+    split[perm[n_test:n_test + n_val]] = "val"
+    return split.astype(str)
+
+
+def _check_fractions(split_fractions) -> tuple[float, float, float]:
+    try:
+        fr = tuple(float(x) for x in split_fractions)
+    except TypeError:
+        fr = ()
+    if len(fr) != 3 or min(fr) < 0 or not math.isclose(sum(fr), 1.0, abs_tol=1e-9):
+        raise ValueError(f"split_fractions must be three non-negative numbers (train, val, test) "
+                         f"summing to 1, got {split_fractions!r}")
+    return fr
+
+
+def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int, align: str | None,
+                       pre_ms: int, table: str, stride_bins: int | None,
+                       split_fractions: tuple[float, float, float], seed: int) -> SessionWindows:
+    bin_ms = grid.bin_ms
+    G = grid.valid_G.size
+    skipped: dict[str, int] = {}
+    labels: dict[str, np.ndarray] = {}
+    event_bin = None
+    trials = grid.trials.get(table) if align is not None else None
+    if align is not None and trials is None:
+        warnings.warn(f"session {session_id!r} has no {table!r} trial table; cutting continuous "
+                      f"windows of {window_bins} bins instead of windows aligned to {align!r}",
+                      RuntimeWarning, stacklevel=3)
+        align = None
+    if align is not None:
+        if align not in trials:
+            raise ValueError(f"session {session_id!r}: trial table {table!r} has no column {align!r}; "
+                             f"columns: {sorted(trials)}; pass align=<one of them> or align=None")
+        if pre_ms % bin_ms:
+            raise ValueError(f"pre_ms must be a multiple of bin_ms={bin_ms}, got {pre_ms}")
+        event_bin = pre_ms // bin_ms
+        if event_bin >= window_bins:
+            raise ValueError(f"pre_ms={pre_ms} ({event_bin} bins) leaves no bin at or after the event "
+                             f"in a {window_bins}-bin window; lower pre_ms or raise window_bins")
+        event_s = np.array([_float_or_nan(v) for v in trials[align]], dtype=np.float64)
+        has_event = np.isfinite(event_s)
+        event_us = np.zeros(event_s.size, dtype=np.int64)
+        event_us[has_event] = np.rint(event_s[has_event] * 1e6).astype(np.int64)
+        bin_us = bin_ms * 1000
+        start_bin = (event_us - grid.t0_ms * 1000) // bin_us - event_bin
+        inside = has_event & (start_bin >= 0) & (start_bin + window_bins <= G)
+        ok = inside.copy()
+        for i in np.flatnonzero(inside):
+            ok[i] = bool(grid.valid_G[start_bin[i]:start_bin[i] + window_bins].all())
+        skipped = {"missing_event": int((~has_event).sum()),
+                   "outside_recording": int((has_event & ~inside).sum()),
+                   "gap_in_recording": int((inside & ~ok).sum())}
+        trial_index = np.flatnonzero(ok).astype(np.int64)
+        starts = start_bin[trial_index]
+        labels = _discrete_labels(trials, trial_index)
+    else:
+        stride = window_bins if stride_bins is None else stride_bins
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride_bins must be a positive int, got {stride_bins!r}")
+        cand = np.arange(0, G - window_bins + 1, stride, dtype=np.int64)
+        ok = np.array([grid.valid_G[s:s + window_bins].all() for s in cand], dtype=bool)
+        skipped = {"gap_in_recording": int((~ok).sum())}
+        starts = cand[ok]
+        trial_index = np.full(starts.size, -1, dtype=np.int64)
+    if any(skipped.values()):
+        what = "trials" if align is not None else "windows"
+        warnings.warn(f"session {session_id!r}: skipped {what}: "
+                      + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items() if v),
+                      RuntimeWarning, stacklevel=3)
+    if starts.size == 0:
+        warnings.warn(f"session {session_id!r}: no window of {window_bins} bins fits", RuntimeWarning,
+                      stacklevel=3)
+
+    idx_KT = starts[:, None] + np.arange(window_bins)[None, :]
+    counts_KTN = np.ascontiguousarray(grid.counts_NG[:, idx_KT].transpose(1, 2, 0))
+    behavior = None
+    if grid.behavior_BG is not None:
+        behavior = np.ascontiguousarray(grid.behavior_BG[:, idx_KT].transpose(1, 2, 0))
+    names = sorted(set(grid.unit_regions))
+    region_ids = np.array([names.index(r) for r in grid.unit_regions], dtype=np.int64)
+    return SessionWindows(
+        session_id=session_id,
+        counts=counts_KTN,
+        unit_regions=list(grid.unit_regions),
+        region_ids=region_ids,
+        t_start_ms=(grid.t0_ms + starts * bin_ms).astype(np.int64),
+        split=_assign_split(starts.size, split_fractions, seed, session_id),
+        bin_ms=bin_ms,
+        labels=labels,
+        behavior=behavior,
+        behavior_names=list(grid.behavior_names) if behavior is not None else [],
+        align=align,
+        event_bin=event_bin,
+        trial_index=trial_index,
+        skipped=skipped,
+    )
+
+
+def _check_window_args(window_bins, pre_ms):
+    if not isinstance(window_bins, int) or isinstance(window_bins, bool) or window_bins < 1:
+        raise ValueError(f"window_bins must be a positive int, got {window_bins!r}")
+    if not isinstance(pre_ms, int) or isinstance(pre_ms, bool) or pre_ms < 0:
+        raise ValueError(f"pre_ms must be a non-negative int (milliseconds), got {pre_ms!r}")
+
+
+def make_session_windows(corpus: Corpus | str | Path, session_id: str, *, window_bins: int = 100,
+                         align: str | None = "stim_on_time", pre_ms: int = 500, table: str = "trials",
+                         stride_bins: int | None = None,
+                         split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                         seed: int = 0) -> SessionWindows:
+    """Cut one session of a corpus into windows of ``window_bins`` bins (see the module docstring).
+
+    Args:
+        corpus: a :class:`~spikefm.corpus.reader.Corpus` or its path.
+        session_id: the session; its rows are read from every corpus split.
+        window_bins: T, bins per window (default 100 = 2 s at 20 ms).
+        align: trial column holding the event time (s) to align to, or None for continuous windows.
+            A session without ``table`` falls back to continuous windows (with a warning).
+        pre_ms: window start before the event (ms, a multiple of the bin width).
+        table: trial table holding ``align``.
+        stride_bins: step between continuous windows (default ``window_bins``, no overlap; a
+            smaller stride makes overlapping windows that can land on both sides of the split).
+        split_fractions: (train, val, test) fractions of the windows, summing to 1.
+        seed: split seed (combined with the session id).
+
+    Returns:
+        :class:`SessionWindows`.
+    """
+    _check_window_args(window_bins, pre_ms)
+    fr = _check_fractions(split_fractions)
+    corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
+    rows = _collect_rows(corpus, [session_id])[session_id]
+    return _windows_from_grid(_assemble(session_id, rows), session_id, window_bins=window_bins,
+                              align=align, pre_ms=pre_ms, table=table, stride_bins=stride_bins,
+                              split_fractions=fr, seed=seed)
+
+
+def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | None = None,
+                     **kw) -> dict[str, SessionWindows]:
+    """:func:`make_session_windows` for several sessions (default: all), reading the shards once.
+
+    Returns:
+        session id -> :class:`SessionWindows`, in the order of ``session_ids``.
+    """
+    corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
+    if session_ids is None:
+        session_ids = corpus.session_ids()
+    if isinstance(session_ids, str):
+        raise TypeError(f"session_ids must be a list of session ids, got the string {session_ids!r}")
+    opts = dict(window_bins=100, align="stim_on_time", pre_ms=500, table="trials", stride_bins=None,
+                split_fractions=(0.7, 0.1, 0.2), seed=0)
+    unknown = set(kw) - set(opts)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}; valid: {sorted(opts)}")
+    opts.update(kw)
+    _check_window_args(opts["window_bins"], opts["pre_ms"])
+    opts["split_fractions"] = _check_fractions(opts["split_fractions"])
+    rows = _collect_rows(corpus, list(session_ids))
+    return {s: _windows_from_grid(_assemble(s, rows[s]), s, **opts) for s in session_ids}
+
+
+# ---------------------------------------------------------------------------------------------
+# Saved splits
+
+
+def save_splits(path: str | Path, windows_by_session: dict[str, SessionWindows]) -> None:
+    """Write which windows are in which split, as JSON (temporary name, then rename).
+
+    Format: ``{"version": 1, "sessions": {id: {"bin_ms", "window_bins", "align", "t_start_ms":
+    [...], "split": [...]}}}``; windows are identified by their start time on the session clock.
+    """
+    obj = {"version": _SPLITS_FORMAT_VERSION, "sessions": {
+        sid: {"bin_ms": int(w.bin_ms), "window_bins": w.num_bins, "align": w.align,
+              "t_start_ms": [int(x) for x in w.t_start_ms], "split": [str(x) for x in w.split]}
+        for sid, w in windows_by_session.items()}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+def load_splits(path: str | Path) -> dict[str, dict]:
+    """Read a :func:`save_splits` file. Returns session id -> {"t_start_ms", "split", ...}."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read saved splits ({exc}); expected a file written by "
+                         "save_splits") from None
+    if not isinstance(obj, dict) or obj.get("version") != _SPLITS_FORMAT_VERSION or "sessions" not in obj:
+        raise ValueError(f"{path}: not a splits file of version {_SPLITS_FORMAT_VERSION}")
+    return obj["sessions"]
+
+
+def apply_splits(windows_by_session: dict[str, SessionWindows],
+                 splits: dict[str, dict] | str | Path) -> dict[str, SessionWindows]:
+    """Give windows the splits saved by :func:`save_splits` (matched by window start time).
+
+    Every session in ``windows_by_session`` must be in ``splits`` with exactly the same windows
+    (sessions only in ``splits`` are ignored); otherwise the data changed since the splits were
+    saved and ValueError says how.
+
+    Returns:
+        a new dict of copies of the windows with their ``split`` replaced.
+    """
+    if isinstance(splits, (str, Path)):
+        splits = load_splits(splits)
+    out = {}
+    for sid, w in windows_by_session.items():
+        if sid not in splits:
+            raise ValueError(f"session {sid!r} is not in the saved splits; saved sessions: "
+                             f"{sorted(splits)[:10]}")
+        saved = splits[sid]
+        if int(saved.get("bin_ms", w.bin_ms)) != w.bin_ms or \
+                int(saved.get("window_bins", w.num_bins)) != w.num_bins:
+            raise ValueError(f"session {sid!r}: splits were saved for {saved.get('window_bins')}-bin "
+                             f"windows of {saved.get('bin_ms')} ms, these are {w.num_bins} bins of "
+                             f"{w.bin_ms} ms; cut the windows with the same options")
+        t_saved = np.asarray(saved["t_start_ms"], dtype=np.int64)
+        s_saved = np.asarray(saved["split"], dtype=str)
+        if t_saved.shape != s_saved.shape or not np.isin(s_saved, SPLIT_NAMES).all():
+            raise ValueError(f"session {sid!r}: malformed saved splits")
+        # Match as multisets: the j-th window starting at time t matches the j-th saved one.
+        o_saved = np.argsort(t_saved, kind="stable")
+        o_now = np.argsort(w.t_start_ms, kind="stable")
+        if t_saved.size != w.num_windows or not np.array_equal(t_saved[o_saved], w.t_start_ms[o_now]):
+            extra = np.setdiff1d(w.t_start_ms, t_saved).size
+            gone = np.setdiff1d(t_saved, w.t_start_ms).size
+            raise ValueError(f"session {sid!r}: windows differ from the saved splits ({t_saved.size} "
+                             f"saved, {w.num_windows} now; {extra} start times new, {gone} missing); "
+                             "cut the windows from the same corpus with the same options")
+        split = np.empty(w.num_windows, dtype=s_saved.dtype)
+        split[o_now] = s_saved[o_saved]
+        out[sid] = dataclasses.replace(w, split=split.astype(str))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+class WindowBatcher:
+    """Infinite iterator of batches of windows that may mix sessions.
+
+    Each epoch is a seeded permutation (``default_rng([seed, epoch])``) of all windows of
+    ``split`` over all sessions (sessions in sorted id order, windows in index order, before
+    shuffling); rank ``r`` of ``world_size`` takes every ``world_size``-th window of it, so ranks
+    never share a window within an epoch. Batches run across epoch ends.
+
+    Batch dict:
+        ``counts_BTN`` float32 (zeros at padding), ``unit_valid_BN`` bool, ``region_BN`` int64
+        (-1 at padding), ``session_ids`` list[str], ``window_index_B`` int64 (index of each window
+        in its :class:`SessionWindows`). N is the batch's largest unit count.
+
+    Args:
+        windows_by_session: session id -> :class:`SessionWindows` (equal ``num_bins``).
+        batch_size: windows per batch (per rank).
+        seed: order seed.
+        split: ``"train"``, ``"val"``, ``"test"``, or None for every window.
+        rank, world_size: this process's share.
+    """
+
+    def __init__(self, windows_by_session: dict[str, SessionWindows], *, batch_size: int, seed: int = 0,
+                 split: str | None = "train", rank: int = 0, world_size: int = 1):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) \
+                or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        if not windows_by_session:
+            raise ValueError("windows_by_session is empty; give at least one session")
+        bins = {w.num_bins for w in windows_by_session.values()}
+        if len(bins) != 1:
+            raise ValueError(f"all sessions must have windows of the same length, got {sorted(bins)} "
+                             "bins; cut them with one window_bins")
+        self.windows = windows_by_session
+        self.batch_size, self.seed, self.split = batch_size, int(seed), split
+        self.rank, self.world_size = rank, world_size
+        self._session_order = sorted(windows_by_session)
+        sess, idx = [], []
+        for j, sid in enumerate(self._session_order):
+            k = windows_by_session[sid].indices(split)
+            sess.append(np.full(k.size, j, dtype=np.int64))
+            idx.append(k)
+        self._item_session = np.concatenate(sess)
+        self._item_window = np.concatenate(idx)
+        n = self._item_session.size
+        if n < world_size:
+            raise ValueError(f"split {split!r} has {n} windows over {len(windows_by_session)} sessions, "
+                             f"fewer than world_size={world_size}; use fewer ranks or more data")
+        self.num_windows = n
+        self.epoch, self.pos = 0, 0
+        self._cache_epoch, self._cache = -1, np.zeros(0, dtype=np.int64)
+
+    def _mine(self, epoch: int) -> np.ndarray:
+        if epoch != self._cache_epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+            self._cache, self._cache_epoch = perm[self.rank::self.world_size], epoch
+        return self._cache
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "rank": self.rank,
+                "world_size": self.world_size, "num_windows": self.num_windows, "split": self.split}
+
+    def load_state_dict(self, state: dict) -> None:
+        got = {k: state.get(k) for k in ("seed", "rank", "world_size", "num_windows", "split")}
+        have = {k: getattr(self, k) for k in got}
+        if got != have:
+            raise ValueError(f"batcher state was saved with {got}; this batcher has {have}; build it "
+                             "from the same windows, split, seed, rank and world size")
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        items = []
+        while len(items) < self.batch_size:
+            mine = self._mine(self.epoch)
+            take = mine[self.pos:self.pos + self.batch_size - len(items)]
+            items.extend(take.tolist())
+            self.pos += take.size
+            if self.pos >= mine.size:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return self._collate(items)
+
+    def _collate(self, items: list[int]) -> dict:
+        B = len(items)
+        ws = [self.windows[self._session_order[self._item_session[i]]] for i in items]
+        ks = [int(self._item_window[i]) for i in items]
+        T = ws[0].num_bins
+        N = max(w.num_units for w in ws)
+        counts = np.zeros((B, T, N), dtype=np.float32)
+        valid = np.zeros((B, N), dtype=bool)
+        region = np.full((B, N), -1, dtype=np.int64)
+        for b, (w, k) in enumerate(zip(ws, ks)):
+            n = w.num_units
+            counts[b, :, :n] = w.counts[k]
+            valid[b, :n] = True
+            region[b, :n] = w.region_ids
+        return {"counts_BTN": torch.from_numpy(counts), "unit_valid_BN": torch.from_numpy(valid),
+                "region_BN": torch.from_numpy(region), "session_ids": [w.session_id for w in ws],
+                "window_index_B": torch.tensor(ks, dtype=torch.long)}

@@ -1,0 +1,650 @@
+"""Neural-prediction benchmark for masked models (NDT family) on one session's test windows.
+
+Shape legend: K windows, T bins per window, N units of the session, V masking variants of a task
+(e.g. one per held-out neuron), B forward-pass batch, D hidden width, F decoder features.
+
+Every prediction task masks the test windows deterministically, runs the model (``torch.no_grad``,
+eval mode, on the model's device), and returns a :class:`TaskPrediction`: predicted expected
+counts per bin ``rates`` (K, T, N) with NaN where the task did not score an entry, and ``counts``
+with NaN at the same entries, ready for :func:`spikefm.eval.metrics.bps_pooled`. Each entry is
+scored by exactly one masked forward pass in which it was hidden from the input.
+
+Tasks (names as used by :func:`run_benchmark`):
+
+* ``co-smoothing``: leave one neuron out: neuron n is hidden in every bin and predicted from all
+  other neurons, for every n (``neuron`` prompt, bidirectional). Every entry is scored.
+* ``forward-prediction``: the final ``forward_bins`` (10) bins of the window are hidden for every
+  neuron and predicted with causal attention and the ``causal`` prompt (Zhang et al. 2024).
+* ``forward-prediction-walk``: consecutive ``forward_bins`` chunks from the event bin to the end of
+  the window; chunk ``[s, s + forward_bins)`` is predicted with every bin ``>= s`` hidden and causal
+  attention, i.e. from all earlier true activity (Jiang et al.'s protocol). The final chunk may be
+  shorter. Reported separately from ``forward-prediction``.
+* ``inter-region``: each region hidden entirely and predicted from all other regions
+  (``inter_region`` prompt); sessions with fewer than 2 regions are skipped.
+* ``intra-region``: within each region, each neuron hidden and predicted from the rest of its
+  region, with every other region hidden too (``intra_region`` prompt, leave-one-out); sessions
+  with fewer than 2 regions are skipped (the model never trains this prompt on them).
+* ``<label>-decoding`` (e.g. ``choice-decoding``): L2 logistic regression of a discrete trial
+  label from (a) one layer's hidden states averaged over bins and (b) predicted rates averaged over
+  bins, both from an unmasked forward pass (``neuron`` prompt). See :func:`decode_label` for the
+  train/test protocol.
+
+Region names are taken as given, so a session whose units are all "unknown" has one region.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from spikefm.data.masking import mask_entries, scheme_id
+from spikefm.data.windows import SessionWindows
+from spikefm.eval.baselines import cosmooth_leave_one_out
+from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, decode_discrete
+
+__all__ = [
+    "PREDICTION_TASKS",
+    "DEFAULT_TASKS",
+    "TaskPrediction",
+    "co_smoothing",
+    "forward_prediction_last",
+    "forward_prediction_walk",
+    "walk_start_bin",
+    "inter_region",
+    "intra_region",
+    "decode_label",
+    "truth_windows",
+    "run_benchmark",
+    "format_benchmark_table",
+]
+
+PREDICTION_TASKS = ("co-smoothing", "forward-prediction", "forward-prediction-walk", "inter-region",
+                    "intra-region")
+DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice-decoding")
+BPS_METRICS = ("bps_pooled", "bps_per_neuron_mean")
+
+
+@dataclass
+class TaskPrediction:
+    """Output of one prediction task on K windows.
+
+    Attributes:
+        rates: (K, T, N) float64 predicted expected counts per bin; NaN where not scored.
+        counts: (K, T, N) float64 observed counts; NaN where not scored (same entries).
+        window_index: (K,) int64 indices of the windows in their :class:`SessionWindows`.
+    """
+
+    rates: np.ndarray
+    counts: np.ndarray
+    window_index: np.ndarray
+
+    @property
+    def num_evaluated(self) -> int:
+        return int((~np.isnan(self.counts)).sum())
+
+
+@dataclass
+class _Variants:
+    """V masking patterns applied to every window: hidden entries, scored entries, prompt, attention."""
+
+    input_VTN: torch.Tensor
+    loss_VTN: torch.Tensor
+    scheme_V: torch.Tensor
+    causal_V: torch.Tensor
+
+
+def _variants(input_VTN, loss_VTN, scheme: str, causal: bool) -> _Variants:
+    V = input_VTN.shape[0]
+    # Each entry is scored by one variant only, so the assembled rates are well defined.
+    assert V == 0 or int(loss_VTN.sum(0).max()) <= 1
+    return _Variants(input_VTN, loss_VTN, torch.full((V,), scheme_id(scheme), dtype=torch.long),
+                     torch.full((V,), causal, dtype=torch.bool))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _check_model_session(model: nn.Module, windows: SessionWindows) -> None:
+    units = getattr(model, "session_units", None)
+    if units is None:
+        return
+    sid = windows.session_id
+    if sid not in units:
+        raise ValueError(f"the model has no session {sid!r}; registered sessions include "
+                         f"{list(units)[:10]}; fine-tune it on this session first")
+    if units[sid] != windows.num_units:
+        raise ValueError(f"the model has {units[sid]} units for session {sid!r} but the windows have "
+                         f"{windows.num_units}; cut the windows from the corpus the model was trained on")
+
+
+class _EvalMode:
+    """no_grad + eval mode, restoring the model's training flag afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+        self.grad = torch.no_grad()
+        self.grad.__enter__()
+
+    def __exit__(self, *exc):
+        self.grad.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+def _select(windows: SessionWindows, split: str | Sequence[str] | None) -> np.ndarray:
+    idx = windows.indices(split)
+    if idx.size == 0:
+        raise ValueError(f"session {windows.session_id!r} has no windows in split {split!r}; cut more "
+                         "windows or change split_fractions")
+    return idx
+
+
+def _run_variants(model: nn.Module, windows: SessionWindows, var: _Variants, split, batch_size: int
+                  ) -> TaskPrediction:
+    """Apply every variant to every selected window; collect the scored entries' predicted rates."""
+    _check_model_session(model, windows)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    idx = _select(windows, split)
+    counts_KTN = torch.from_numpy(windows.counts[idx].astype(np.float32))
+    K, T, N = counts_KTN.shape
+    V = var.input_VTN.shape[0]
+    out_KTN = np.full((K, T, N), np.nan, dtype=np.float64)
+    device = _model_device(model)
+    pairs = [(k, v) for k in range(K) for v in range(V)]
+    with _EvalMode(model):
+        for i in range(0, len(pairs), batch_size):
+            k_B = torch.tensor([p[0] for p in pairs[i:i + batch_size]], dtype=torch.long)
+            v_B = torch.tensor([p[1] for p in pairs[i:i + batch_size]], dtype=torch.long)
+            B = k_B.numel()
+            valid_BN = torch.ones(B, N, dtype=torch.bool, device=device)
+            mb = mask_entries(counts_KTN[k_B].to(device), valid_BN, var.input_VTN[v_B].to(device),
+                              var.loss_VTN[v_B].to(device), scheme=var.scheme_V[v_B].to(device),
+                              causal=var.causal_V[v_B].to(device))
+            log_rates_BTN = model(mb.inputs_BTN, valid_BN, [windows.session_id] * B, mb.scheme_B,
+                                  mb.causal_B)
+            rates_BTN = torch.exp(log_rates_BTN.double()).cpu().numpy()
+            loss_BTN = mb.loss_mask_BTN.cpu().numpy()
+            for b in range(B):
+                k = int(k_B[b])
+                out_KTN[k][loss_BTN[b]] = rates_BTN[b][loss_BTN[b]]
+    counts = np.where(np.isnan(out_KTN), np.nan, windows.counts[idx].astype(np.float64))
+    return TaskPrediction(rates=out_KTN, counts=counts, window_index=idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction tasks
+
+
+def co_smoothing(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256
+                 ) -> TaskPrediction:
+    """Leave-one-neuron-out: each neuron predicted from all the others, in every bin.
+
+    The N masked copies of each window are batched (``batch_size`` copies per forward pass).
+    """
+    T, N = windows.num_bins, windows.num_units
+    eye_NN = torch.eye(N, dtype=torch.bool)
+    m_VTN = eye_NN[:, None, :].expand(N, T, N)
+    return _run_variants(model, windows, _variants(m_VTN, m_VTN, "neuron", False), split, batch_size)
+
+
+def forward_prediction_last(model: nn.Module, windows: SessionWindows, *, forward_bins: int = 10,
+                            split="test", batch_size: int = 256) -> TaskPrediction:
+    """The final ``forward_bins`` bins hidden for every neuron and predicted causally."""
+    T, N = windows.num_bins, windows.num_units
+    if not isinstance(forward_bins, int) or not 0 < forward_bins < T:
+        raise ValueError(f"forward_bins must be an int in [1, {T - 1}] for {T}-bin windows, got {forward_bins!r}")
+    m_VTN = (torch.arange(T) >= T - forward_bins)[None, :, None].expand(1, T, N)
+    return _run_variants(model, windows, _variants(m_VTN, m_VTN, "causal", True), split, batch_size)
+
+
+def walk_start_bin(windows: SessionWindows, forward_bins: int = 10) -> int:
+    """First bin of the forward-prediction walk: the event bin, or ``forward_bins`` for continuous
+    windows (so the first chunk has some context)."""
+    return windows.event_bin if windows.event_bin is not None else forward_bins
+
+
+def forward_prediction_walk(model: nn.Module, windows: SessionWindows, *, forward_bins: int = 10,
+                            start_bin: int | None = None, split="test", batch_size: int = 256
+                            ) -> TaskPrediction:
+    """Consecutive ``forward_bins`` chunks from ``start_bin`` (default :func:`walk_start_bin`) to the
+    window's end, each predicted from all earlier bins (it and all later bins hidden, causal)."""
+    T, N = windows.num_bins, windows.num_units
+    if not isinstance(forward_bins, int) or forward_bins < 1:
+        raise ValueError(f"forward_bins must be a positive int, got {forward_bins!r}")
+    s0 = walk_start_bin(windows, forward_bins) if start_bin is None else start_bin
+    if not isinstance(s0, int) or not 0 < s0 < T:
+        raise ValueError(f"start_bin must be an int in [1, {T - 1}] for {T}-bin windows, got {s0!r}")
+    t_T = torch.arange(T)
+    starts = list(range(s0, T, forward_bins))
+    inp = torch.stack([(t_T >= s)[:, None].expand(T, N) for s in starts])
+    loss = torch.stack([((t_T >= s) & (t_T < s + forward_bins))[:, None].expand(T, N) for s in starts])
+    return _run_variants(model, windows, _variants(inp, loss, "causal", True), split, batch_size)
+
+
+def _num_regions(windows: SessionWindows) -> int:
+    return len(set(windows.unit_regions))
+
+
+def _need_regions(windows: SessionWindows, task: str) -> None:
+    if _num_regions(windows) < 2:
+        raise ValueError(f"{task} needs a session with at least 2 regions; session "
+                         f"{windows.session_id!r} has {sorted(set(windows.unit_regions))}")
+
+
+def inter_region(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256
+                 ) -> TaskPrediction:
+    """Each region hidden entirely and predicted from the other regions (one variant per region)."""
+    _need_regions(windows, "inter-region")
+    T, N = windows.num_bins, windows.num_units
+    reg_N = torch.from_numpy(windows.region_ids)
+    m_VTN = torch.stack([(reg_N == r)[None, :].expand(T, N) for r in torch.unique(reg_N).tolist()])
+    return _run_variants(model, windows, _variants(m_VTN, m_VTN, "inter_region", False), split, batch_size)
+
+
+def intra_region(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256
+                 ) -> TaskPrediction:
+    """Each neuron hidden and predicted from the rest of its region, all other regions hidden
+    (one variant per neuron)."""
+    _need_regions(windows, "intra-region")
+    T, N = windows.num_bins, windows.num_units
+    reg_N = torch.from_numpy(windows.region_ids)
+    eye_NN = torch.eye(N, dtype=torch.bool)
+    hidden_NN = eye_NN | (reg_N[None, :] != reg_N[:, None])  # row n: n itself and other regions
+    inp = hidden_NN[:, None, :].expand(N, T, N)
+    loss = eye_NN[:, None, :].expand(N, T, N)
+    return _run_variants(model, windows, _variants(inp, loss, "intra_region", False), split, batch_size)
+
+
+_TASK_FUNCS = {
+    "co-smoothing": co_smoothing,
+    "forward-prediction": forward_prediction_last,
+    "forward-prediction-walk": forward_prediction_walk,
+    "inter-region": inter_region,
+    "intra-region": intra_region,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _unmasked_features(model: nn.Module, windows: SessionWindows, layer: int, batch_size: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(K, D) hidden states of ``layer`` and (K, N) predicted rates, both averaged over bins, for
+    every window, from an unmasked forward pass with the ``neuron`` prompt."""
+    _check_model_session(model, windows)
+    counts_KTN = torch.from_numpy(windows.counts.astype(np.float32))
+    K, T, N = counts_KTN.shape
+    device = _model_device(model)
+    hid, rates = [], []
+    with _EvalMode(model):
+        for i in range(0, K, batch_size):
+            x_BTN = counts_KTN[i:i + batch_size].to(device)
+            B = x_BTN.shape[0]
+            log_rates_BTN, hidden = model(x_BTN, torch.ones(B, N, dtype=torch.bool, device=device),
+                                          [windows.session_id] * B,
+                                          torch.full((B,), scheme_id("neuron"), dtype=torch.long, device=device),
+                                          torch.zeros(B, dtype=torch.bool, device=device), return_hidden=True)
+            try:
+                h_BTD = hidden[layer]
+            except IndexError:
+                raise ValueError(f"layer={layer} is out of range for a model with {len(hidden)} layers") from None
+            hid.append(h_BTD.double().mean(1).cpu().numpy())
+            rates.append(torch.exp(log_rates_BTN.double()).mean(1).cpu().numpy())
+    return np.concatenate(hid), np.concatenate(rates)
+
+
+def _label_array(windows: SessionWindows, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels as str, present mask) for a label of the windows."""
+    if label not in windows.labels:
+        raise ValueError(f"session {windows.session_id!r} has no discrete label {label!r}; labels: "
+                         f"{sorted(windows.labels)} (labels exist only for trial-aligned windows)")
+    y = windows.labels[label]
+    if y.dtype.kind == "f":
+        present = ~np.isnan(y)
+        y_str = np.array([repr(float(v)) for v in y])
+    else:
+        present = np.array([v is not None for v in y])
+        y_str = np.array([str(v) for v in y])
+    return y_str, present
+
+
+def _fit_predict_logistic(X_train, y_train, X_test, *, Cs, inner_cv_folds, seed) -> tuple[np.ndarray, float]:
+    """StandardScaler -> L2 LogisticRegression, C chosen by stratified CV on the training set only
+    (the model decode_discrete fits in each outer fold), then refitted and applied to the test set."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    _, cls_counts = np.unique(y_train, return_counts=True)
+    n_inner = int(min(inner_cv_folds, cls_counts.min()))
+    search = GridSearchCV(
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+        {"logisticregression__C": Cs},
+        cv=StratifiedKFold(n_splits=n_inner, shuffle=True, random_state=seed),
+        scoring="accuracy",
+    )
+    search.fit(X_train, y_train)
+    return search.predict(X_test), float(search.best_params_["logisticregression__C"])
+
+
+def _decode_features(features: dict[str, np.ndarray], y: np.ndarray, train: np.ndarray, test: np.ndarray,
+                     method: str, *, cv_folds: int, Cs, seed: int) -> dict[str, dict]:
+    from sklearn.metrics import balanced_accuracy_score
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    out = {}
+    # These fits are tiny (windows x features); BLAS thread hand-off made them ~40x slower on a
+    # busy 2-core machine, so they run single-threaded.
+    with threadpool_limits(1):
+        for name, X in features.items():
+            if method == "holdout":
+                pred, C = _fit_predict_logistic(X[train], y[train], X[test], Cs=Cs, inner_cv_folds=3, seed=seed)
+                out[name] = {"accuracy": float(np.mean(pred == y[test])),
+                             "balanced_accuracy": float(balanced_accuracy_score(y[test], pred)), "C": [C]}
+            else:
+                keep = np.concatenate([train, test])
+                r = decode_discrete(X[keep], y[keep], cv_folds=cv_folds, Cs=Cs, seed=seed)
+                out[name] = {"accuracy": r["accuracy"], "balanced_accuracy": r["balanced_accuracy"],
+                             "C": [float(c) for c in r["C_"]]}
+    return out
+
+
+def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice", *, layer: int = -1,
+                 truth_rates: np.ndarray | None = None, min_test_windows: int = 10, cv_folds: int = 5,
+                 Cs=None, seed: int = 0, batch_size: int = 256) -> dict:
+    """Decode a discrete window label from the model's hidden states and predicted rates.
+
+    Protocol: when the test windows number at least ``min_test_windows`` and every class has at
+    least 3 train+val windows, the decoder (C chosen by 3-fold stratified CV) is trained on the
+    train+val windows and scored on the test windows (``method="holdout"``). Otherwise, with too
+    few windows for a held-out test set, :func:`spikefm.eval.metrics.decode_discrete`'s nested CV
+    runs over all windows (``method="nested-cv"``, ``cv_folds`` lowered to the smallest class count
+    when needed, at least 2). Windows without the label are left out.
+
+    Args:
+        label: key of ``windows.labels`` (e.g. ``"choice"``).
+        layer: index into the model's per-block hidden states (``-1``: last block).
+        truth_rates: optional (K_all, T, N) true expected counts for every window: adds an
+            ``oracle`` feature set (true rates averaged over bins).
+
+    Returns:
+        dict with ``label``, ``method``, ``n_train``, ``n_test``, ``n_classes``, ``chance`` (most
+        frequent class share among the scored windows), ``layer``, and per feature set
+        (``hidden``, ``rates``, maybe ``oracle``): ``accuracy``, ``balanced_accuracy``, ``C``.
+    """
+    y, present = _label_array(windows, label)
+    if not present.all():
+        warnings.warn(f"{label}-decoding: {int((~present).sum())} of {present.size} windows of session "
+                      f"{windows.session_id!r} have no {label!r} value and are left out", RuntimeWarning,
+                      stacklevel=2)
+    Cs = np.logspace(-4, 4, 9) if Cs is None else np.asarray(Cs, dtype=np.float64)
+    train = np.flatnonzero(present & np.isin(windows.split, ["train", "val"]))
+    test = np.flatnonzero(present & (windows.split == "test"))
+    classes_tr, counts_tr = np.unique(y[train], return_counts=True)
+    if test.size >= min_test_windows and classes_tr.size >= 2 and counts_tr.min() >= 3:
+        method = "holdout"
+        scored = y[test]
+    else:
+        method = "nested-cv"
+        allk = np.concatenate([train, test])
+        _, counts_all = np.unique(y[allk], return_counts=True)
+        if counts_all.size < 2 or counts_all.min() < 2:
+            raise ValueError(f"too few windows to decode {label!r} in session {windows.session_id!r}: "
+                             f"class counts {counts_all.tolist()}; need 2 classes with >= 2 windows each")
+        cv_folds = int(min(cv_folds, counts_all.min()))
+        scored = y[allk]
+    hidden_KD, rates_KN = _unmasked_features(model, windows, layer, batch_size)
+    features = {"hidden": hidden_KD, "rates": rates_KN}
+    if truth_rates is not None:
+        features["oracle"] = np.asarray(truth_rates, dtype=np.float64).mean(1)
+    res = _decode_features(features, y, train, test, method, cv_folds=cv_folds, Cs=Cs, seed=seed)
+    _, sc = np.unique(scored, return_counts=True)
+    return {"label": label, "method": method, "n_train": int(train.size), "n_test": int(test.size),
+            "n_classes": int(sc.size), "chance": float(sc.max() / sc.sum()), "layer": layer,
+            "cv_folds": cv_folds if method == "nested-cv" else None, **res}
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:
+    """Slice synthetic ground truth onto windows.
+
+    Args:
+        truth: a synthetic truth dict (``spikefm.corpus.synth.load_truth``) with
+            ``expected_counts`` (units, bins), ``t_start_ms`` and ``bin_ms``.
+        windows: windows of the same session.
+
+    Returns:
+        (K, T, N) float64 true expected counts per bin, aligned with ``windows.counts``.
+    """
+    for key in ("expected_counts", "t_start_ms", "bin_ms"):
+        if key not in truth:
+            raise ValueError(f"truth must hold {key!r} (a synthetic truth file's contents), got keys "
+                             f"{sorted(truth)[:20]}")
+    exp_NG = np.asarray(truth["expected_counts"])
+    t0, bin_ms = int(truth["t_start_ms"]), int(truth["bin_ms"])
+    if exp_NG.ndim != 2 or exp_NG.shape[0] != windows.num_units:
+        raise ValueError(f"truth expected_counts must be (units, bins) with {windows.num_units} units, "
+                         f"got shape {exp_NG.shape}")
+    if bin_ms != windows.bin_ms:
+        raise ValueError(f"truth has {bin_ms} ms bins, the windows {windows.bin_ms} ms; cut windows "
+                         "from a corpus built with the truth's bin width")
+    off = windows.t_start_ms - t0
+    if np.any(off % bin_ms):
+        raise ValueError("window starts are off the truth's bin grid")
+    start_K = off // bin_ms
+    if windows.num_windows and (start_K.min() < 0 or start_K.max() + windows.num_bins > exp_NG.shape[1]):
+        raise ValueError(f"windows reach outside the truth's {exp_NG.shape[1]} bins starting at {t0} ms")
+    idx_KT = start_K[:, None] + np.arange(windows.num_bins)[None, :]
+    return exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark
+
+
+def _bps(rates, counts) -> dict[str, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {"bps_pooled": bps_pooled(rates, counts), "bps_per_neuron_mean": bps_per_neuron_mean(rates, counts)}
+
+
+def _save_npz_atomic(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fraction(model: dict, oracle: dict) -> dict[str, float]:
+    out = {}
+    for m in BPS_METRICS:
+        a, b = model.get(m, math.nan), oracle.get(m, math.nan)
+        out[m] = a / b if b and not math.isnan(b) else math.nan
+    return out
+
+
+def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[str] = DEFAULT_TASKS,
+                  truth_rates: np.ndarray | None = None, baselines: bool = True,
+                  save_predictions: str | Path | None = None, forward_bins: int = 10, layer: int = -1,
+                  smoothing_kernel_sd_ms: float = 50.0, batch_size: int = 256, seed: int = 0,
+                  decode_options: dict | None = None) -> dict:
+    """Run benchmark tasks on one session's test windows.
+
+    Args:
+        model: an NDT (or anything with its ``forward`` signature) that knows this session.
+        windows: the session's windows; tasks score the ``"test"`` split.
+        tasks: names from :data:`PREDICTION_TASKS` and ``"<label>-decoding"``.
+        truth_rates: optional (K_all, T, N) true expected counts for ALL windows (e.g. from
+            :func:`truth_windows`): adds ``oracle`` bps and ``fraction_of_oracle`` per task.
+        baselines: fit the NLB smoothing baseline (leave-one-out Poisson GLMs on smoothed counts,
+            :func:`spikefm.eval.baselines.cosmooth_leave_one_out`) on the train windows and score it
+            on co-smoothing.
+        save_predictions: a folder: write ``<task>.npz`` with ``rates`` and ``counts`` (K, T, N),
+            NaN where not scored, for each prediction task (temporary name, then rename).
+        forward_bins: bins predicted by ``forward-prediction`` and per step of the walk.
+        layer: hidden layer used by decoding tasks.
+        smoothing_kernel_sd_ms: Gaussian kernel SD of the smoothing baseline.
+        batch_size: masked copies per forward pass.
+        seed: decoder CV seed.
+        decode_options: extra keyword arguments of :func:`decode_label` (``min_test_windows``,
+            ``cv_folds``, ``Cs``).
+
+    Returns:
+        ``{"session_id", "num_test_windows", "num_units", "bin_ms", "tasks": {task: entry},
+        "skipped": {task: reason}}``. A prediction entry holds ``model`` ({bps_pooled,
+        bps_per_neuron_mean}), ``num_evaluated``, and where available ``smoothing``, ``oracle`` and
+        ``fraction_of_oracle`` (model / oracle for each metric). A decoding entry is
+        :func:`decode_label`'s dict.
+    """
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    for t in tasks:
+        if t not in _TASK_FUNCS and not t.endswith("-decoding"):
+            raise ValueError(f"unknown task {t!r}; valid: {', '.join(PREDICTION_TASKS)} or "
+                             "'<label>-decoding' with a label of the windows")
+    K_all = windows.num_windows
+    if truth_rates is not None:
+        truth_rates = np.asarray(truth_rates, dtype=np.float64)
+        if truth_rates.shape != windows.counts.shape:
+            raise ValueError(f"truth_rates must be aligned with all windows, shape {windows.counts.shape}, "
+                             f"got {truth_rates.shape}; build it with truth_windows(truth, windows)")
+    test = _select(windows, "test")
+    out = {"session_id": windows.session_id, "num_test_windows": int(test.size),
+           "num_units": windows.num_units, "bin_ms": windows.bin_ms, "num_windows": K_all,
+           "tasks": {}, "skipped": {}}
+    for task in tasks:
+        if task.endswith("-decoding"):
+            label = task[: -len("-decoding")]
+            try:
+                out["tasks"][task] = decode_label(model, windows, label, layer=layer, truth_rates=truth_rates,
+                                                  seed=seed, batch_size=batch_size, **(decode_options or {}))
+            except ValueError as exc:
+                if label in windows.labels and "too few windows" not in str(exc):
+                    raise
+                out["skipped"][task] = str(exc)
+            continue
+        if task in ("inter-region", "intra-region") and _num_regions(windows) < 2:
+            out["skipped"][task] = f"session has {_num_regions(windows)} region(s); needs at least 2"
+            continue
+        kw = {"forward_bins": forward_bins} if task.startswith("forward") else {}
+        pred = _TASK_FUNCS[task](model, windows, split="test", batch_size=batch_size, **kw)
+        entry = {"model": _bps(pred.rates, pred.counts), "num_evaluated": pred.num_evaluated}
+        if baselines and task == "co-smoothing":
+            train = windows.indices("train")
+            if train.size and windows.num_units >= 2:
+                smooth_KTN = cosmooth_leave_one_out(windows.counts[train], windows.counts[test],
+                                                    kernel_sd_ms=smoothing_kernel_sd_ms, bin_ms=windows.bin_ms)
+                entry["smoothing"] = _bps(smooth_KTN, pred.counts)
+        if truth_rates is not None:
+            oracle_KTN = np.where(np.isnan(pred.counts), np.nan, truth_rates[test])
+            entry["oracle"] = _bps(oracle_KTN, pred.counts)
+            entry["fraction_of_oracle"] = _fraction(entry["model"], entry["oracle"])
+        if save_predictions is not None:
+            _save_npz_atomic(Path(save_predictions) / f"{task}.npz", rates=pred.rates, counts=pred.counts)
+        out["tasks"][task] = entry
+    return out
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
+    """One text table of several :func:`run_benchmark` results.
+
+    Rows are task x metric; columns are the models (keys of ``results_by_model``) followed by the
+    baselines found in the results (``smoothing``, ``oracle``: taken from the first model's result
+    that has them, as they depend on the windows only). Prediction tasks show ``bps_pooled`` and
+    ``bps_per_neuron_mean`` and, with an oracle, each model's fraction of it; decoding tasks show
+    accuracy and balanced accuracy from hidden states and from rates, and chance. Missing cells
+    show ``-``.
+    """
+    if not results_by_model:
+        raise ValueError("results_by_model is empty; give {model name: run_benchmark(...) result}")
+    models = list(results_by_model)
+    task_order: list[str] = []
+    for res in results_by_model.values():
+        for t in list(res.get("tasks", {})) + list(res.get("skipped", {})):
+            if t not in task_order:
+                task_order.append(t)
+    baseline_cols: list[str] = []
+    for res in results_by_model.values():
+        for entry in res.get("tasks", {}).values():
+            for b in ("smoothing", "oracle"):
+                if b in entry and b not in baseline_cols and "model" in entry:
+                    baseline_cols.append(b)
+    columns = models + [b for b in ("smoothing", "oracle") if b in baseline_cols]
+
+    def baseline(task: str, name: str, metric: str):
+        for res in results_by_model.values():
+            e = res.get("tasks", {}).get(task, {})
+            if name in e and metric in e[name]:
+                return e[name][metric]
+        return None
+
+    rows: list[list[str]] = []
+    for task in task_order:
+        entries = {m: results_by_model[m].get("tasks", {}).get(task) for m in models}
+        decoding = task.endswith("-decoding") or any(e and "hidden" in e for e in entries.values())
+        if decoding:
+            for feat in ("hidden", "rates"):
+                for metric in ("accuracy", "balanced_accuracy"):
+                    row = [task, f"{metric} ({feat})"]
+                    row += [_fmt(e[feat][metric]) if e and feat in e else "-" for e in entries.values()]
+                    row += [_fmt(baseline(task, "oracle", metric)) if c == "oracle" and feat == "rates" else "-"
+                            for c in columns[len(models):]]
+                    rows.append(row)
+            row = [task, "chance"] + [_fmt(e["chance"]) if e else "-" for e in entries.values()]
+            rows.append(row + ["-"] * (len(columns) - len(models)))
+            continue
+        for metric in BPS_METRICS:
+            row = [task, metric] + [_fmt(e["model"][metric]) if e else "-" for e in entries.values()]
+            row += [_fmt(baseline(task, c, metric)) for c in columns[len(models):]]
+            rows.append(row)
+        if any(e and "fraction_of_oracle" in e for e in entries.values()):
+            for metric in BPS_METRICS:
+                row = [task, f"{metric} / oracle"]
+                row += [_fmt(e["fraction_of_oracle"][metric]) if e and "fraction_of_oracle" in e else "-"
+                        for e in entries.values()]
+                rows.append(row + ["-"] * (len(columns) - len(models)))
+    header = ["task", "metric"] + columns
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    skipped = {t: r for res in results_by_model.values() for t, r in res.get("skipped", {}).items()}
+    for t, reason in skipped.items():
+        lines.append(f"skipped {t}: {reason}")
+    return "\n".join(lines)

@@ -1,0 +1,384 @@
+"""The masked NDT as a training family (``spikefm train --model ndt``).
+
+Model config: :class:`spikefm.models.ndt.NDTConfig` (``--preset tiny|small|base``; vary a field
+with ``--set model.n_layers=4``). Data config: :class:`NDTDataConfig`.
+
+Shape legend: B batch, T bins per window, N units (padded to the batch maximum).
+
+Data: every session in ``data.sessions`` is cut into windows of ``data.window_bins`` bins
+(:func:`spikefm.data.windows.load_all_windows`, trial-aligned or continuous) with a seeded
+train/val/test split per session. Training batches come from the ``train`` windows of all the
+sessions (:class:`spikefm.data.windows.WindowBatcher`); the optional ``evaluate`` scores the
+``val`` windows; ``spikefm eval`` scores the ``test`` windows. The split of every window is written
+into the run's ``config.json`` (``family_info.window_splits``) so evaluation uses exactly the
+held-out windows even if the splitting code changes later.
+
+Loss: each micro-batch carries a mask seed (derived from ``train.seed``, the rank and a counter
+saved in the loader state), so the masks (:func:`spikefm.data.masking.draw_schemes` +
+:func:`spikefm.data.masking.apply_masks`) are a pure function of the run's seed and position and
+resume exactly. The loss is :func:`spikefm.data.masking.masked_poisson_loss` (per-scheme mean
+Poisson NLL, schemes weighted equally); ``stats["tokens"]`` counts the masked (scored) entries.
+
+Fine-tuning: with ``data.init_from=RUN_DIR`` the shared core (everything outside the per-session
+read-in/read-out/embedding) is loaded from ``RUN_DIR/model.safetensors`` after the usual random
+initialisation, and ``data.freeze_core=true`` stops its gradients. Session modules of the new run
+are always freshly initialised. See :mod:`spikefm.finetune`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.masking import SCHEMES, apply_masks, draw_schemes, masked_poisson_loss
+from ..models.ndt import NDT, NDTConfig, ndt_preset
+from .config import RunConfig
+from .family import register_family
+
+__all__ = ["NDTDataConfig", "NDTFamily", "MaskedWindowLoader", "parse_schemes", "window_options",
+           "mask_seed", "collate_windows", "load_pretrained_core"]
+
+#: Fractions of each session's windows in (train, val, test); fixed so that runs stay comparable.
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+TRIAL_TABLE = "trials"
+
+
+def parse_schemes(text: str) -> list[str]:
+    """``"all"`` or comma-separated names from :data:`spikefm.data.masking.SCHEMES` -> list."""
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    if names == ["all"]:
+        return list(SCHEMES)
+    bad = [s for s in names if s not in SCHEMES]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"data.schemes must be 'all' or distinct comma-separated names from "
+                         f"{', '.join(SCHEMES)}; got {text!r}")
+    return names
+
+
+def _split_ids(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+@dataclass(frozen=True)
+class NDTDataConfig:
+    """Windows, masking and initialisation of an NDT run.
+
+    Attributes:
+        corpus: corpus directory (``spikefm corpus build`` output).
+        sessions: comma-separated session ids; ``""`` = every session with rows in the corpus's
+            ``train`` split (so its ``test`` sessions stay held out for fine-tuning).
+        window_bins: T, bins per window (must be <= ``model.max_bins``).
+        align: trial column (in the ``trials`` table) to align windows to; ``""`` = continuous,
+            non-overlapping windows.
+        pre_ms: window start before the event (ms, a multiple of the corpus bin width).
+        schemes: training masking schemes: ``"all"`` or comma-separated names.
+        neuron_ratio, causal_ratio, intra_ratio: masking ratios (see ``apply_masks``).
+        split_seed: seed of the per-session train/val/test window split.
+        init_from: a pretrained NDT run directory whose core weights initialise this run.
+        freeze_core: keep the loaded core fixed (train the session parameters only).
+    """
+
+    corpus: str = ""
+    sessions: str = ""
+    window_bins: int = 100
+    align: str = "stim_on_time"
+    pre_ms: int = 500
+    schemes: str = "all"
+    neuron_ratio: float = 0.3
+    causal_ratio: float = 0.3
+    intra_ratio: float = 0.5
+    split_seed: int = 0
+    init_from: str = ""
+    freeze_core: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("corpus", "sessions", "align", "schemes", "init_from"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"data.{name} must be a str, got {type(getattr(self, name)).__name__}")
+        for name, lo in (("window_bins", 1), ("pre_ms", 0), ("split_seed", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"data.{name} must be an int >= {lo}, got {v!r}")
+        for name in ("neuron_ratio", "causal_ratio", "intra_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
+                raise ValueError(f"data.{name} must be a number in (0, 1], got {v!r}")
+        parse_schemes(self.schemes)
+        if self.sessions and not _split_ids(self.sessions):
+            raise ValueError(f"data.sessions must be comma-separated session ids or empty, got {self.sessions!r}")
+        if not isinstance(self.freeze_core, bool):
+            raise TypeError(f"data.freeze_core must be a bool, got {self.freeze_core!r}")
+        if self.freeze_core and not self.init_from:
+            raise ValueError("data.freeze_core=true needs data.init_from=PRETRAINED_RUN_DIR; freezing a "
+                             "randomly initialised core would train the session parameters on noise")
+
+
+def window_options(data: NDTDataConfig) -> dict[str, Any]:
+    """Keyword arguments of :func:`spikefm.data.windows.load_all_windows` for this config."""
+    return {"window_bins": data.window_bins, "align": data.align or None, "pre_ms": data.pre_ms,
+            "table": TRIAL_TABLE, "split_fractions": SPLIT_FRACTIONS, "seed": data.split_seed}
+
+
+def mask_seed(seed: int, rank: int, counter: int) -> int:
+    """63-bit seed of the mask generator of one micro-batch (independent streams per rank/batch)."""
+    state = np.random.SeedSequence([int(seed), int(rank), int(counter)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+class MaskedWindowLoader:
+    """Wraps a :class:`~spikefm.data.windows.WindowBatcher`; adds ``mask_seed`` to every batch.
+
+    ``state_dict`` holds the batcher position and the batch counter, so a resumed run draws the
+    same windows with the same masks.
+    """
+
+    def __init__(self, batcher, seed: int, rank: int) -> None:
+        self.batcher, self.seed, self.rank = batcher, int(seed), int(rank)
+        self.counter = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.batcher)
+        batch["mask_seed"] = torch.tensor(mask_seed(self.seed, self.rank, self.counter), dtype=torch.long)
+        self.counter += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batcher": self.batcher.state_dict(), "counter": self.counter, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has {self.seed}")
+        self.batcher.load_state_dict(state["batcher"])
+        self.counter = int(state["counter"])
+
+
+def collate_windows(windows: dict, items: list[tuple[str, int]]) -> dict:
+    """A batch (the :class:`~spikefm.data.windows.WindowBatcher` layout) of the given
+    (session id, window index) pairs, padded to the largest unit count."""
+    ws = [windows[sid] for sid, _ in items]
+    B, T, N = len(items), ws[0].num_bins, max(w.num_units for w in ws)
+    counts = np.zeros((B, T, N), dtype=np.float32)
+    valid = np.zeros((B, N), dtype=bool)
+    region = np.full((B, N), -1, dtype=np.int64)
+    for b, (w, (_, k)) in enumerate(zip(ws, items)):
+        counts[b, :, :w.num_units] = w.counts[k]
+        valid[b, :w.num_units] = True
+        region[b, :w.num_units] = w.region_ids
+    return {"counts_BTN": torch.from_numpy(counts), "unit_valid_BN": torch.from_numpy(valid),
+            "region_BN": torch.from_numpy(region), "session_ids": [sid for sid, _ in items],
+            "window_index_B": torch.tensor([k for _, k in items], dtype=torch.long)}
+
+
+class NDTFamily:
+    """Family protocol implementation for :class:`spikefm.models.ndt.NDT` (see the module docstring)."""
+
+    name = "ndt"
+    model_config_cls = NDTConfig
+    data_config_cls = NDTDataConfig
+
+    def __init__(self) -> None:
+        self._data: NDTDataConfig | None = None
+        self._windows_cache: dict[tuple, dict] = {}
+        self._num_params: dict[int, int] = {}
+
+    @staticmethod
+    def preset(name: str) -> NDTConfig:
+        return ndt_preset(name)
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def sessions(self, data: NDTDataConfig) -> dict[str, int]:
+        """Session id -> unit count (from the corpus manifest), in training order."""
+        corpus = _corpus(data)
+        ids = _split_ids(data.sessions) if data.sessions else corpus.session_ids("train")
+        if not ids:
+            raise ValueError(f"{corpus.path} has no session in its train split; pass data.sessions=ID,...")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"data.sessions lists a session twice: {data.sessions!r}")
+        out = {}
+        for sid in ids:
+            try:
+                out[sid] = int(corpus.session(sid)["num_units"])
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
+        return out
+
+    def windows(self, data: NDTDataConfig) -> dict:
+        """Session id -> :class:`~spikefm.data.windows.SessionWindows` (cached per config)."""
+        from ..data.windows import load_all_windows
+
+        key = (str(Path(data.corpus).resolve()), data.sessions, tuple(sorted(window_options(data).items())))
+        if key not in self._windows_cache:
+            ids = list(self.sessions(data))
+            self._windows_cache[key] = load_all_windows(_corpus(data), ids, **window_options(data))
+        return self._windows_cache[key]
+
+    # -- model -----------------------------------------------------------------------------------
+
+    def build_model(self, cfg: RunConfig) -> nn.Module:
+        if cfg.data.window_bins > cfg.model.max_bins:
+            raise ValueError(f"data.window_bins ({cfg.data.window_bins}) exceeds model.max_bins "
+                             f"({cfg.model.max_bins}); lower data.window_bins or raise model.max_bins")
+        self._data = cfg.data
+        return NDT(cfg.model, self.sessions(cfg.data))
+
+    def init_weights(self, model: nn.Module) -> None:
+        """Fresh NDT initialisation from the global RNG; then the pretrained core if ``init_from``."""
+        self.init_for_loading(model)
+        data = self._data
+        if data is None or not data.init_from:
+            return
+        load_pretrained_core(model, data.init_from)
+        if data.freeze_core:
+            model.freeze_core(True)
+
+    def init_for_loading(self, model: nn.Module) -> None:
+        """Fresh initialisation only (buffers included), before a saved state dict overwrites the
+        parameters: loading a fine-tuned run must not need its pretrained run directory."""
+        fresh = NDT(model.cfg, model.session_units)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            src = dict(fresh.named_parameters()) | dict(fresh.named_buffers())
+            for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+                t.copy_(src[name].to(device))
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.layers)
+
+    def train_loader(self, cfg: RunConfig, rank: int, world_size: int) -> MaskedWindowLoader:
+        from ..data.windows import WindowBatcher
+
+        batcher = WindowBatcher(self.windows(cfg.data), batch_size=cfg.train.micro_batch_size(world_size),
+                                seed=cfg.train.seed, split="train", rank=rank, world_size=world_size)
+        return MaskedWindowLoader(batcher, cfg.train.seed, rank)
+
+    # -- loss ------------------------------------------------------------------------------------
+
+    def _masked_forward(self, model: nn.Module, batch: dict, data: NDTDataConfig, generator: torch.Generator):
+        counts_BTN = batch["counts_BTN"]
+        valid_BN = batch["unit_valid_BN"]
+        scheme_B = draw_schemes(counts_BTN.shape[0], parse_schemes(data.schemes), generator)
+        mb = apply_masks(counts_BTN, valid_BN, batch["region_BN"], scheme_B, generator,
+                         neuron_ratio=data.neuron_ratio, causal_ratio=data.causal_ratio,
+                         intra_ratio=data.intra_ratio)
+        log_rates_BTN = model(mb.inputs_BTN, valid_BN.to(mb.inputs_BTN.device), list(batch["session_ids"]),
+                              mb.scheme_B, mb.causal_B)
+        return mb, log_rates_BTN.float()
+
+    def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):
+        generator = torch.Generator().manual_seed(int(batch["mask_seed"]))
+        mb, log_rates_BTN = self._masked_forward(model, batch, cfg.data, generator)
+        loss, _ = masked_poisson_loss(log_rates_BTN, mb.targets_BTN, mb.loss_mask_BTN, mb.scheme_B)
+        # Only fixed keys besides "tokens": the loop averages stats over ranks by position.
+        return loss, {"tokens": int(mb.loss_mask_BTN.sum())}
+
+    def flops_per_batch(self, model: nn.Module, batch: Any, cfg: RunConfig) -> float:
+        key = id(model)
+        if key not in self._num_params:
+            self._num_params[key] = sum(p.numel() for p in model.parameters())
+        B, T, _ = batch["counts_BTN"].shape
+        return 6.0 * self._num_params[key] * B * T
+
+    def evaluate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
+                 ) -> dict[str, tuple[float, float]]:
+        """Masked Poisson NLL per scored entry over this rank's share of the ``val`` windows.
+
+        Masks come from a fixed seed, so every evaluation of a run scores the same entries.
+        Pooled over entries (sum NLL / count), unlike the scheme-balanced training loss.
+        Every rank runs the same number of forward passes (FSDP needs that).
+        """
+        windows = self.windows(cfg.data)
+        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
+        if not items:
+            raise ValueError("the sessions have no val windows; set train.eval_every=0")
+        bs = cfg.train.micro_batch_size(world_size)
+        mine = items[rank::world_size]
+        num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)
+        device = next(model.parameters()).device
+        num = den = 0.0
+        for i in range(num_batches):
+            chunk = mine[i * bs:(i + 1) * bs]
+            batch = _move(collate_windows(windows, chunk or items[:1]), device)
+            gen = torch.Generator().manual_seed(mask_seed(cfg.train.seed, rank, 2**40 + i))
+            mb, log_rates_BTN = self._masked_forward(model, batch, cfg.data, gen)
+            if not chunk:  # padding pass: every rank calls forward equally often
+                continue
+            _, stats = masked_poisson_loss(log_rates_BTN, mb.targets_BTN, mb.loss_mask_BTN, mb.scheme_B)
+            for s in SCHEMES:
+                if f"count/{s}" in stats:
+                    num += stats[f"loss/{s}"] * stats[f"count/{s}"]
+                    den += stats[f"count/{s}"]
+        return {"val_loss": (num, den)}
+
+    def describe(self, cfg: RunConfig) -> dict[str, Any]:
+        corpus = _corpus(cfg.data)
+        windows = self.windows(cfg.data)
+        opts = window_options(cfg.data)
+        info = {
+            "corpus": str(corpus.path.resolve()),
+            "corpus_manifest_sha256": corpus.manifest_hash,
+            "sessions": self.sessions(cfg.data),
+            "window_options": {**opts, "split_fractions": list(opts["split_fractions"])},
+            "num_windows": {sid: {s: int(w.indices(s).size) for s in ("train", "val", "test")}
+                            for sid, w in windows.items()},
+            # Same layout as spikefm.data.windows.save_splits's "sessions" (apply_splits reads it).
+            "window_splits": {sid: {"bin_ms": int(w.bin_ms), "window_bins": w.num_bins, "align": w.align,
+                                    "t_start_ms": [int(x) for x in w.t_start_ms],
+                                    "split": [str(x) for x in w.split]}
+                              for sid, w in windows.items()},
+        }
+        if cfg.data.init_from:
+            info["init_from"] = str(Path(cfg.data.init_from).resolve())
+        return info
+
+
+def load_pretrained_core(model: NDT, run_dir: str | Path) -> list[str]:
+    """Copy the shared core of RUN_DIR/model.safetensors into ``model`` (sessions untouched).
+
+    Returns:
+        The names of the loaded tensors.
+
+    Raises:
+        ValueError: no exported model there, or its core does not fit ``model`` (other config).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / "model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"data.init_from: {path} not found; expected a finished NDT run directory")
+    saved = {k: v for k, v in load_file(str(path)).items() if not k.startswith("sessions.")}
+    own = {k: t for k, t in list(model.named_parameters()) + list(model.named_buffers())
+           if not k.startswith("sessions.")}
+    missing = sorted(set(own) - set(saved) - {"rope_cos", "rope_sin"})
+    extra = sorted(set(saved) - set(own))
+    bad = [k for k in saved if k in own and tuple(saved[k].shape) != tuple(own[k].shape)]
+    if missing or extra or bad:
+        raise ValueError(f"{path} does not hold this model's core (missing {missing[:5]}, unexpected "
+                         f"{extra[:5]}, shape mismatch {bad[:5]}); use the pretrained run's model config")
+    with torch.no_grad():
+        for k, t in saved.items():
+            own[k].copy_(t.to(own[k].device, own[k].dtype))
+    return sorted(saved)
+
+
+def _move(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _corpus(data: NDTDataConfig):
+    from ..corpus.reader import Corpus
+
+    if not data.corpus:
+        raise ValueError("data.corpus is empty; pass --data CORPUS_DIR")
+    return Corpus(data.corpus)
+
+
+register_family("ndt", NDTFamily)

@@ -1,0 +1,289 @@
+"""End to end for the NDT family: synthesize -> corpus (one session held out) -> pretrain via the
+CLI -> fine-tune on the held-out session (frozen core) -> benchmark via the CLI.
+
+Kill/resume of the loop is covered by tests/test_train_stack.py; here the NDT loader's own state
+(batcher position + mask counter) is checked to resume exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spikefm.cli import main
+from spikefm.corpus.build import BuildConfig, build_corpus
+from spikefm.corpus.reader import Corpus
+from spikefm.corpus.synth import synthesize
+from spikefm.data.windows import apply_splits, load_all_windows
+from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean
+from spikefm.models.ndt import session_key
+from spikefm.train.config import RunConfig
+from spikefm.train.family import get_family
+from spikefm.train.ndt_family import NDTDataConfig, window_options
+from spikefm.train.runinfo import load_run_config
+
+STEPS = 24
+TRAIN_ARGS = ["--set", "train.batch_size=4", "--set", "optim.warmup_steps=2", "--set", "optim.lr=2e-3",
+              "--set", "train.precision=fp32", "--set", "train.ckpt_every=0", "--set", "train.log_every=4",
+              "--set", "train.eval_every=12", "--set", "data.window_bins=50", "--set", "data.pre_ms=200",
+              "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ndt_pipeline")
+    synthesize(root / "nwb", num_sessions=3, seed=1, duration_s=60.0)
+    build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.2), progress=False)
+    return root / "corpus"
+
+
+@pytest.fixture(scope="module")
+def held_out(corpus_dir):
+    test = Corpus(corpus_dir).session_ids("test")
+    assert len(test) == 1, test
+    return test[0]
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "pre"
+    rc = main(["train", "--model", "ndt", "--preset", "tiny", "--data", str(corpus_dir), "--out", str(out),
+               "--steps", str(STEPS), *TRAIN_ARGS])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained, corpus_dir, held_out, tmp_path_factory):
+    from spikefm.finetune import finetune
+
+    out = tmp_path_factory.mktemp("runs") / "ft"
+    summary = finetune(pretrained, corpus_dir, held_out, out, freeze_core=True, steps=16, eval_every=8,
+                       patience=2, overrides=["optim.lr=3e-3"])
+    return out, summary
+
+
+def _core(state):
+    return {k: v for k, v in state.items() if not k.startswith("sessions.")}
+
+
+def test_pretraining_holds_out_test_session_and_records_splits(pretrained, corpus_dir, held_out):
+    info = json.loads((pretrained / "config.json").read_text())["family_info"]
+    corpus = Corpus(corpus_dir)
+    assert sorted(info["sessions"]) == sorted(corpus.session_ids("train"))
+    assert held_out not in info["sessions"]
+    assert info["corpus_manifest_sha256"] == corpus.manifest_hash
+    for sid, n in info["sessions"].items():
+        assert n == corpus.session(sid)["num_units"]
+        saved = info["window_splits"][sid]
+        assert saved["window_bins"] == 50
+        counts = {s: saved["split"].count(s) for s in ("train", "val", "test")}
+        assert counts == info["num_windows"][sid] and counts["test"] > 0 and counts["val"] > 0
+    rows = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == STEPS // 4 and losses[-1] < losses[0]
+    assert [r["step"] for r in rows if "eval/val_loss" in r] == [12, 24]
+    # the saved model holds exactly the training sessions
+    state = load_file(str(pretrained / "model.safetensors"))
+    prefixes = {k.split(".")[1] for k in state if k.startswith("sessions.")}
+    assert prefixes == {session_key(s) for s in info["sessions"]}
+
+
+def test_loader_resumes_with_identical_batches_and_masks(pretrained):
+    cfg = load_run_config(pretrained)
+    family = get_family("ndt")
+    a = family.train_loader(cfg, 0, 1)
+    for _ in range(5):
+        next(a)
+    state = a.state_dict()
+    torch.save(state, pretrained / "loader_state.pt")
+    expected = [next(a) for _ in range(4)]
+    b = family.train_loader(cfg, 0, 1)
+    b.load_state_dict(torch.load(pretrained / "loader_state.pt", weights_only=True))
+    for e in expected:
+        g = next(b)
+        assert int(g["mask_seed"]) == int(e["mask_seed"])
+        assert g["session_ids"] == e["session_ids"]
+        assert torch.equal(g["counts_BTN"], e["counts_BTN"])
+    # the masked loss is a function of the batch alone (masks come from its seed)
+    model, _ = _load(pretrained)
+    batch = expected[0]
+    l1, s1 = family.loss(model, batch, cfg)
+    l2, s2 = family.loss(model, batch, cfg)
+    assert torch.equal(l1, l2) and s1 == s2 and s1["tokens"] > 0
+    other = dict(batch, mask_seed=torch.tensor(int(batch["mask_seed"]) + 1))
+    assert family.loss(model, other, cfg)[1]["tokens"] != s1["tokens"] or \
+        not torch.equal(family.loss(model, other, cfg)[0], l1)
+
+
+def _load(run_dir):
+    from spikefm.loading import load_model
+
+    model = load_model(run_dir)
+    return model, model.run_config
+
+
+def test_finetune_frozen_core_changes_only_session_parameters(pretrained, finetuned, held_out):
+    out, summary = finetuned
+    pre = load_file(str(pretrained / "model.safetensors"))
+    ft = load_file(str(out / "model.safetensors"))
+    assert _core(ft).keys() == _core(pre).keys()
+    for k in _core(pre):
+        assert torch.equal(ft[k], pre[k]), k
+    model, cfg = _load(out)
+    assert list(model.session_units) == [held_out]
+    assert cfg.data.freeze_core and cfg.data.init_from
+    # session parameters moved away from their fresh initialisation (same seed -> same init)
+    family = get_family("ndt")
+    with torch.device("meta"):
+        init = family.build_model(cfg)
+    init.to_empty(device="cpu")
+    family.init_weights(init)
+    init_state = init.state_dict()
+    for k in _core(pre):
+        assert torch.equal(init_state[k], pre[k]), k  # init_from loaded the pretrained core
+    session_keys = [k for k in ft if k.startswith("sessions.")]
+    assert session_keys and all(not torch.equal(ft[k], init_state[k]) for k in session_keys)
+    # early stopping kept the best evaluation, and model.safetensors is those weights
+    hist = summary["history"]
+    assert len(hist) >= 1
+    assert [h["step"] for h in hist] == [8, 16][:len(hist)]
+    assert summary["best_val_loss"] == min(h["val_loss"] for h in hist)
+    from spikefm.finetune import _validation_loss
+
+    assert _validation_loss(family, cfg, ft) == pytest.approx(summary["best_val_loss"], rel=1e-6)
+    assert json.loads((out / "early_stopping.json").read_text())["best_step"] == summary["best_step"]
+
+
+def test_eval_cli_writes_bps_and_predictions_that_recompute(finetuned, corpus_dir, held_out, tmp_path):
+    out, _ = finetuned
+    results_path, preds = tmp_path / "res" / "results.json", tmp_path / "preds"
+    rc = main(["eval", str(out), "--data", str(corpus_dir), "--tasks", "co-smoothing,forward-prediction",
+               "--out", str(results_path), "--save-predictions", str(preds), "--quiet"])
+    assert rc == 0
+    res = json.loads(results_path.read_text())
+    assert res["session_id"] == held_out and res["oracle"] is True
+    tasks = res["results"]["tasks"]
+    assert set(tasks) == {"co-smoothing", "forward-prediction"}
+    # the scored windows are exactly the run's saved test windows
+    info = json.loads((out / "config.json").read_text())["family_info"]
+    cfg = load_run_config(out)
+    windows = apply_splits(load_all_windows(corpus_dir, [held_out], **window_options(cfg.data)),
+                           info["window_splits"])[held_out]
+    test_counts = windows.counts[windows.split == "test"].astype(np.float64)
+    assert res["results"]["num_test_windows"] == info["window_splits"][held_out]["split"].count("test")
+    for task, entry in tasks.items():
+        for name in ("model", "oracle"):
+            assert set(entry[name]) >= {"bps_pooled", "bps_per_neuron_mean"}
+        z = np.load(preds / f"{task}.npz")
+        rates, counts = z["rates"], z["counts"]
+        scored = ~np.isnan(counts)
+        assert np.array_equal(counts[scored], test_counts[scored])
+        assert np.isnan(rates[~scored]).all() and np.isfinite(rates[scored]).all()
+        assert bps_pooled(rates, counts) == pytest.approx(entry["model"]["bps_pooled"], rel=1e-12, abs=1e-12)
+        assert bps_per_neuron_mean(rates, counts) == pytest.approx(entry["model"]["bps_per_neuron_mean"],
+                                                                   rel=1e-12, abs=1e-12)
+    assert scored.sum() == entry["num_evaluated"]
+    assert "smoothing" in tasks["co-smoothing"]
+
+
+def test_eval_multi_session_run_needs_session(pretrained, corpus_dir, capsys):
+    rc = main(["eval", str(pretrained), "--data", str(corpus_dir), "--tasks", "co-smoothing", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    info = json.loads((pretrained / "config.json").read_text())["family_info"]
+    assert "--session" in err and all(sid in err for sid in info["sessions"])
+
+
+def test_data_config_validation_and_window_length_check(corpus_dir):
+    with pytest.raises(ValueError, match="data.schemes"):
+        NDTDataConfig(schemes="neuron,bogus")
+    with pytest.raises(ValueError, match="init_from"):
+        NDTDataConfig(freeze_core=True)
+    with pytest.raises(ValueError, match="neuron_ratio"):
+        NDTDataConfig(neuron_ratio=0.0)
+    family = get_family("ndt")
+    cfg = RunConfig(family="ndt", model=dataclasses.replace(family.preset("tiny"), max_bins=40),
+                    data=NDTDataConfig(corpus=str(corpus_dir), window_bins=50))
+    with pytest.raises(ValueError, match="max_bins"):
+        family.build_model(cfg)
+    cfg = RunConfig(family="ndt", model=family.preset("tiny"),
+                    data=NDTDataConfig(corpus=str(corpus_dir), sessions="nope"))
+    with pytest.raises(ValueError, match="nope"):
+        family.build_model(cfg)
+
+
+def test_init_from_without_freeze_loads_core_and_keeps_it_trainable(pretrained, corpus_dir, held_out):
+    pre = load_run_config(pretrained)
+    family = get_family("ndt")
+    cfg = dataclasses.replace(pre, data=dataclasses.replace(pre.data, sessions=held_out,
+                                                            init_from=str(pretrained)))
+    with torch.device("meta"):
+        model = family.build_model(cfg)
+    model.to_empty(device="cpu")
+    family.init_weights(model)
+    saved = load_file(str(pretrained / "model.safetensors"))
+    state = model.state_dict()
+    for k, v in _core(saved).items():
+        assert torch.equal(state[k], v), k
+    assert all(p.requires_grad for p in model.parameters())
+    assert list(model.session_units) == [held_out]
+    assert model.session_units[held_out] == Corpus(corpus_dir).session(held_out)["num_units"]
+
+
+def test_early_stopping_keeps_best_segment_weights(corpus_dir, held_out, tmp_path, monkeypatch):
+    """Scripted val losses 1.0, 0.5, 0.7, 0.8 with patience 2: stop after the 4th evaluation
+    (step 16) and keep the step-8 weights, which must equal an uninterrupted run stopped at step 8."""
+    import spikefm.finetune as ftmod
+    from spikefm.train.loop import train
+
+    script = iter([1.0, 0.5, 0.7, 0.8, 0.1, 0.1])
+    monkeypatch.setattr(ftmod, "_validation_loss", lambda family, cfg, state: next(script))
+    overrides = ["train.batch_size=4", "train.precision=fp32", "data.window_bins=50", "data.pre_ms=200",
+                 "optim.lr=2e-3"]
+    summary = ftmod.train_single_session(corpus_dir, held_out, tmp_path / "ss", steps=40, eval_every=4,
+                                         patience=2, overrides=overrides)
+    assert [h["step"] for h in summary["history"]] == [4, 8, 12, 16]
+    assert summary["best_step"] == 8 and summary["stopped_at"] == 16 and summary["best_val_loss"] == 0.5
+    kept = load_file(str(tmp_path / "ss" / "model.safetensors"))
+
+    cfg = load_run_config(tmp_path / "ss")
+    assert cfg.data.sessions == held_out and not cfg.data.init_from
+    train(cfg, tmp_path / "ref", stop_after=8, progress=False)
+    ref = torch.load(tmp_path / "ref" / "checkpoints" / "step_00000008" / "model.pt", weights_only=True)
+    assert kept.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(kept[k], ref[k]), k
+
+
+def test_finetuned_run_loads_without_its_pretrained_run(finetuned, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from spikefm import load_model
+
+    ft_dir, _ = finetuned
+    copy = tmp_path / "ft_copy"
+    shutil.copytree(ft_dir, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    # Point init_from at a folder that does not exist: loading must not read it.
+    cfg["config"]["data"]["init_from"] = str(tmp_path / "gone")
+    (copy / "config.json").write_text(json.dumps(cfg))
+    model = load_model(copy)
+    saved = load_file(str(copy / "model.safetensors"))
+    for k, v in model.state_dict().items():
+        if k in saved:
+            assert torch.equal(v, saved[k]), k

@@ -1,0 +1,369 @@
+"""spikefm.eval.ndt_tasks: each task scores exactly the entries it hid, never lets a target see
+its own counts, an oracle stand-in scores a fraction of oracle of 1, saved predictions recompute
+to the reported bps, decoding follows its train/test protocol, and the table lists every column."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from spikefm import Corpus
+from spikefm.corpus.build import BuildConfig, build_corpus
+from spikefm.data.windows import SessionWindows, make_session_windows
+from spikefm.eval.baselines import cosmooth_leave_one_out
+from spikefm.eval.metrics import bps_per_neuron_mean, bps_pooled
+from spikefm.eval.ndt_tasks import (
+    PREDICTION_TASKS,
+    co_smoothing,
+    decode_label,
+    format_benchmark_table,
+    forward_prediction_last,
+    forward_prediction_walk,
+    inter_region,
+    intra_region,
+    run_benchmark,
+    truth_windows,
+)
+from spikefm.models.ndt import NDT, NDTConfig
+
+from conftest import random_units, write_nwb
+
+T = 40  # bins per window in the synthetic windows
+EVENT_BIN = 10
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny forward passes are dominated by thread hand-off on a busy 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def synthetic_windows(K=20, N=7, regions=("CA1", "CA1", "VISp", "VISp", "VISp", "LP", "LP"), seed=0,
+                      rates_TN=None, labels=None, session_id="s0") -> SessionWindows:
+    rng = np.random.default_rng(seed)
+    if rates_TN is None:
+        rates_TN = rng.uniform(0.05, 0.8, size=(T, N))
+    counts = rng.poisson(np.broadcast_to(rates_TN, (K, T, N))).astype(np.uint8)
+    names = sorted(set(regions))
+    split = np.array(["train", "train", "val", "test", "train"] * (K // 5 + 1))[:K]
+    return SessionWindows(session_id=session_id, counts=counts, unit_regions=list(regions),
+                          region_ids=np.array([names.index(r) for r in regions], dtype=np.int64),
+                          t_start_ms=np.arange(K, dtype=np.int64) * 10_000, split=split, bin_ms=20,
+                          labels=labels or {}, align="stim_on_time", event_bin=EVENT_BIN,
+                          trial_index=np.arange(K))
+
+
+def tiny_ndt(windows: SessionWindows, seed=0) -> NDT:
+    torch.manual_seed(seed)
+    cfg = NDTConfig(dim=32, n_layers=2, n_heads=2, mlp_dim=64, token_dim=16, max_bins=100)
+    return NDT(cfg, {windows.session_id: windows.num_units}).eval()
+
+
+class OracleStandIn(nn.Module):
+    """Predicts the true expected counts whatever the input; hidden state = the input counts."""
+
+    def __init__(self, rates_TN: np.ndarray, session_id: str):
+        super().__init__()
+        self.register_buffer("log_TN", torch.log(torch.as_tensor(rates_TN, dtype=torch.float64)))
+        self.session_units = {session_id: rates_TN.shape[1]}
+
+    def forward(self, inputs_BTN, unit_valid_BN, session_ids, scheme_B, causal_B, return_hidden=False):
+        out = self.log_TN.expand(inputs_BTN.shape[0], -1, -1)
+        return (out, [inputs_BTN]) if return_hidden else out
+
+
+# --- NaN patterns --------------------------------------------------------------------------------
+
+
+def test_each_task_scores_exactly_what_it_hid():
+    w = synthetic_windows()
+    model = tiny_ndt(w)
+    test = w.indices("test")
+    K, N = test.size, w.num_units
+    t_T = np.arange(T)
+    expected = {
+        co_smoothing: np.ones((K, T, N), bool),
+        forward_prediction_last: np.broadcast_to((t_T >= T - 10)[None, :, None], (K, T, N)),
+        forward_prediction_walk: np.broadcast_to((t_T >= EVENT_BIN)[None, :, None], (K, T, N)),
+        inter_region: np.ones((K, T, N), bool),
+        intra_region: np.ones((K, T, N), bool),
+    }
+    for task, scored in expected.items():
+        pred = task(model, w)
+        assert pred.rates.shape == (K, T, N), task.__name__
+        np.testing.assert_array_equal(~np.isnan(pred.rates), scored, err_msg=task.__name__)
+        np.testing.assert_array_equal(~np.isnan(pred.counts), scored, err_msg=task.__name__)
+        np.testing.assert_array_equal(pred.counts[scored], w.counts[test].astype(float)[scored])
+        assert (pred.rates[scored] > 0).all()
+        np.testing.assert_array_equal(pred.window_index, test)
+    with pytest.raises(ValueError, match="forward_bins"):
+        forward_prediction_last(model, w, forward_bins=T)
+
+
+def test_forward_walk_chunk_equals_a_direct_masked_forward():
+    """Chunk [s, s+10) of the walk is the model's causal prediction with every bin >= s zeroed."""
+    w = synthetic_windows()
+    model = tiny_ndt(w)
+    pred = forward_prediction_walk(model, w, forward_bins=10)
+    test = w.indices("test")
+    for s in (EVENT_BIN, 30):
+        x = torch.tensor(w.counts[test], dtype=torch.float32)
+        x[:, s:] = 0
+        K = x.shape[0]
+        with torch.no_grad():
+            log_r = model(x, torch.ones(K, w.num_units, dtype=torch.bool), [w.session_id] * K,
+                          torch.full((K,), 1, dtype=torch.long), torch.ones(K, dtype=torch.bool))
+        np.testing.assert_allclose(pred.rates[:, s:s + 10], torch.exp(log_r.double())[:, s:s + 10].numpy(),
+                                   rtol=1e-5)
+
+
+def test_predictions_do_not_depend_on_batching():
+    w = synthetic_windows(K=10)
+    model = tiny_ndt(w)
+    a = co_smoothing(model, w, batch_size=1).rates
+    b = co_smoothing(model, w, batch_size=1000).rates
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+# --- leakage --------------------------------------------------------------------------------------
+
+
+def _perturbed(w: SessionWindows, unit: int | None = None, bins: slice | None = None) -> SessionWindows:
+    counts = w.counts.copy()
+    if unit is not None:
+        counts[:, :, unit] = (counts[:, :, unit] + 3) % 7
+    if bins is not None:
+        counts[:, bins, :] = (counts[:, bins, :] + 3) % 7
+    return dataclasses.replace(w, counts=counts)
+
+
+def test_leave_one_out_never_sees_its_own_counts():
+    w = synthetic_windows()
+    model = tiny_ndt(w)
+    j = 3  # a VISp unit; CA1 = units 0-1, VISp = 2-4, LP = 5-6
+    p = _perturbed(w, unit=j)
+    base, pert = co_smoothing(model, w).rates, co_smoothing(model, p).rates
+    np.testing.assert_array_equal(base[..., j], pert[..., j])
+    for n in set(range(w.num_units)) - {j}:
+        assert not np.allclose(base[..., n], pert[..., n]), n
+    # intra-region: j's own prediction and every other region's are blind to j
+    base, pert = intra_region(model, w).rates, intra_region(model, p).rates
+    for n in range(w.num_units):
+        same = n == j or w.unit_regions[n] != "VISp"
+        assert np.array_equal(base[..., n], pert[..., n]) == same, n
+    # inter-region: j's whole region is hidden when it is predicted; other regions see j
+    base, pert = inter_region(model, w).rates, inter_region(model, p).rates
+    for n in range(w.num_units):
+        assert np.array_equal(base[..., n], pert[..., n]) == (w.unit_regions[n] == "VISp"), n
+
+
+def test_forward_prediction_is_blind_to_the_future():
+    w = synthetic_windows()
+    model = tiny_ndt(w)
+    base = forward_prediction_last(model, w).rates
+    np.testing.assert_array_equal(base, forward_prediction_last(model, _perturbed(w, bins=slice(T - 10, T))).rates)
+    assert not np.allclose(base[:, -10:], forward_prediction_last(model, _perturbed(w, bins=slice(5, 6))).rates[:, -10:])
+    # walk: changing chunk [20, 30) leaves the chunks up to it unchanged and changes the later ones
+    walk = forward_prediction_walk(model, w).rates
+    walk_p = forward_prediction_walk(model, _perturbed(w, bins=slice(20, 30))).rates
+    np.testing.assert_array_equal(walk[:, :30], walk_p[:, :30])
+    assert not np.allclose(walk[:, 30:], walk_p[:, 30:])
+
+
+# --- oracle, saved predictions, baselines -----------------------------------------------------------
+
+
+def test_oracle_stand_in_scores_fraction_of_oracle_one(tmp_path):
+    rates_TN = np.random.default_rng(1).uniform(0.05, 0.9, size=(T, 7))
+    w = synthetic_windows(K=25, rates_TN=rates_TN)
+    truth = np.broadcast_to(rates_TN, w.counts.shape)
+    res = run_benchmark(OracleStandIn(rates_TN, w.session_id), w, tasks=PREDICTION_TASKS,
+                        truth_rates=truth, baselines=False, save_predictions=tmp_path / "pred")
+    assert set(res["tasks"]) == set(PREDICTION_TASKS) and not res["skipped"]
+    for task, entry in res["tasks"].items():
+        for m in ("bps_pooled", "bps_per_neuron_mean"):
+            assert entry["fraction_of_oracle"][m] == pytest.approx(1.0, rel=1e-9), (task, m)
+            assert entry["model"][m] == pytest.approx(entry["oracle"][m], rel=1e-9)
+        assert entry["oracle"]["bps_pooled"] > 0  # true rates beat the per-neuron mean
+    # a worse model (rates shrunk toward the mean) scores below the oracle
+    flat = np.broadcast_to(rates_TN.mean(0, keepdims=True), rates_TN.shape)
+    worse = run_benchmark(OracleStandIn(0.5 * rates_TN + 0.5 * flat, w.session_id), w,
+                          tasks=["co-smoothing"], truth_rates=truth, baselines=False)
+    assert worse["tasks"]["co-smoothing"]["fraction_of_oracle"]["bps_pooled"] < 1.0
+
+
+def test_saved_predictions_recompute_to_the_reported_bps(tmp_path):
+    w = synthetic_windows()
+    model = tiny_ndt(w)
+    out = tmp_path / "pred"
+    res = run_benchmark(model, w, tasks=PREDICTION_TASKS, baselines=False, save_predictions=out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{t}.npz" for t in PREDICTION_TASKS)
+    for task in PREDICTION_TASKS:
+        with np.load(out / f"{task}.npz") as z:
+            rates, counts = z["rates"], z["counts"]
+        assert rates.shape == counts.shape == (w.indices("test").size, T, w.num_units)
+        np.testing.assert_array_equal(np.isnan(rates), np.isnan(counts))
+        assert bps_pooled(rates, counts) == res["tasks"][task]["model"]["bps_pooled"]
+        assert bps_per_neuron_mean(rates, counts) == res["tasks"][task]["model"]["bps_per_neuron_mean"]
+
+
+def test_smoothing_baseline_is_fitted_on_train_windows_only():
+    w = synthetic_windows(K=30, N=4, regions=("A", "A", "B", "B"))
+    res = run_benchmark(OracleStandIn(np.full((T, 4), 0.3), w.session_id), w, tasks=["co-smoothing"])
+    train, test = w.indices("train"), w.indices("test")
+    direct = cosmooth_leave_one_out(w.counts[train], w.counts[test], bin_ms=20)
+    assert res["tasks"]["co-smoothing"]["smoothing"]["bps_pooled"] == pytest.approx(
+        bps_pooled(direct, w.counts[test].astype(float)), rel=1e-12)
+    # a different train set gives a different baseline (val windows are not used)
+    w2 = dataclasses.replace(w, split=np.where(w.split == "val", "train", w.split))
+    res2 = run_benchmark(OracleStandIn(np.full((T, 4), 0.3), w.session_id), w2, tasks=["co-smoothing"])
+    assert res2["tasks"]["co-smoothing"]["smoothing"]["bps_pooled"] != \
+        res["tasks"]["co-smoothing"]["smoothing"]["bps_pooled"]
+
+
+def test_truth_windows_slices_expected_counts():
+    w = synthetic_windows(K=5, N=3, regions=("A", "B", "B"))
+    w = dataclasses.replace(w, t_start_ms=np.array([40, 100, 0, 2000, 60], dtype=np.int64))
+    exp_NG = np.arange(3 * 200, dtype=np.float32).reshape(3, 200)
+    truth = {"expected_counts": exp_NG, "t_start_ms": 20, "bin_ms": 20}
+    with pytest.raises(ValueError, match="outside"):  # window at 0 ms precedes the truth's 20 ms start
+        truth_windows(truth, w)
+    truth0 = {**truth, "t_start_ms": 0}
+    got = truth_windows(truth0, w)
+    for k, start_ms in enumerate(w.t_start_ms):
+        for t in range(T):
+            for n in range(3):
+                assert got[k, t, n] == exp_NG[n, start_ms // 20 + t]
+    with pytest.raises(ValueError, match="ms bins"):
+        truth_windows({**truth0, "bin_ms": 10}, w)
+    with pytest.raises(ValueError, match="units"):
+        truth_windows({**truth0, "expected_counts": exp_NG[:2]}, w)
+
+
+# --- decoding --------------------------------------------------------------------------------------
+
+
+def _labelled_windows(K: int, seed=0):
+    rng = np.random.default_rng(seed)
+    choice = np.where(np.arange(K) % 2 == 0, -1.0, 1.0)
+    rates_KTN = np.full((K, T, 5), 0.3)
+    rates_KTN[:, :, 0] += 0.6 * (choice > 0)[:, None]  # unit 0 fires more on right choices
+    counts = rng.poisson(rates_KTN).astype(np.uint8)
+    w = synthetic_windows(K=K, N=5, regions=("A", "A", "B", "B", "B"),
+                          labels={"choice": choice, "block_prior": rng.choice([0.2, 0.8], K)})
+    return dataclasses.replace(w, counts=counts)
+
+
+def test_choice_decoding_holdout_on_test_windows():
+    w = _labelled_windows(100)
+    stand_in = OracleStandIn(np.full((T, 5), 0.3), w.session_id)
+    res = decode_label(stand_in, w, "choice")
+    assert res["method"] == "holdout"
+    assert res["n_train"] == int(np.isin(w.split, ["train", "val"]).sum()) and res["n_test"] == 20
+    assert res["hidden"]["accuracy"] > 0.9  # hidden = input counts: unit 0's rate gives the choice
+    assert res["rates"]["accuracy"] == pytest.approx(0.5)  # constant rates carry no information
+    assert res["chance"] == pytest.approx(0.5)
+
+
+def test_decoding_falls_back_to_nested_cv_with_few_windows():
+    w = _labelled_windows(24)
+    res = decode_label(OracleStandIn(np.full((T, 5), 0.3), w.session_id), w, "choice")
+    assert res["method"] == "nested-cv" and res["n_train"] + res["n_test"] == 24
+    assert res["hidden"]["accuracy"] > 0.75
+    # windows without the label are left out, with a warning
+    choice = w.labels["choice"].copy()
+    choice[:4] = np.nan
+    w_missing = dataclasses.replace(w, labels={"choice": choice})
+    with pytest.warns(RuntimeWarning, match="4 of 24 windows"):
+        res = decode_label(OracleStandIn(np.full((T, 5), 0.3), w.session_id), w_missing, "choice")
+    assert res["n_train"] + res["n_test"] == 20
+    with pytest.raises(ValueError, match="no discrete label 'stim_side'"):
+        decode_label(tiny_ndt(w), w, "stim_side")
+
+
+def test_decoding_with_ndt_uses_the_chosen_layer():
+    w = _labelled_windows(30)
+    model = tiny_ndt(w)
+    a = decode_label(model, w, "choice", layer=0)
+    b = decode_label(model, w, "choice", layer=-1)
+    assert set(a) >= {"hidden", "rates", "method", "chance"}
+    assert a["rates"] == b["rates"]  # rates do not depend on the layer
+    with pytest.raises(ValueError, match="layer=5"):
+        decode_label(model, w, "choice", layer=5)
+
+
+# --- benchmark end to end and the table ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus_windows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ndt_tasks")
+    rng = np.random.default_rng(0)
+    units = random_units(rng, 6, 70.0, rate_hz=10.0)
+    start = 2.0 + 2.5 * np.arange(26)
+    trials = {"start_time": start, "stop_time": start + 2.0, "stim_on_time": start + 0.31,
+              "choice": np.where(np.arange(26) % 3 == 0, 1, -1)}
+    p = write_nwb(root / "ses.nwb", units, ["CA1", "VISp"] * 3, trials=trials, region_in_units=True)
+    build_corpus([str(p)], root / "corpus", BuildConfig(max_row_tokens=6 * 500), progress=False)
+    return make_session_windows(Corpus(root / "corpus"), "ses")
+
+
+def test_run_benchmark_end_to_end_on_corpus_windows(corpus_windows, tmp_path):
+    w = corpus_windows
+    assert w.num_windows == 26 and w.counts.shape[1:] == (100, 6)
+    model = tiny_ndt(w)
+    res = run_benchmark(model, w, tasks=list(PREDICTION_TASKS) + ["choice-decoding", "stim_side-decoding"])
+    assert res["num_test_windows"] == int((w.split == "test").sum())
+    assert set(res["tasks"]) == set(PREDICTION_TASKS) | {"choice-decoding"}
+    assert "stim_side-decoding" in res["skipped"]
+    for task in PREDICTION_TASKS:
+        assert np.isfinite(res["tasks"][task]["model"]["bps_pooled"])
+    assert np.isfinite(res["tasks"]["co-smoothing"]["smoothing"]["bps_pooled"])
+    assert res["tasks"]["forward-prediction"]["num_evaluated"] == res["num_test_windows"] * 10 * 6
+    assert res["tasks"]["forward-prediction-walk"]["num_evaluated"] == res["num_test_windows"] * 75 * 6
+    assert res["tasks"]["choice-decoding"]["method"] == "nested-cv"
+    json.dumps(res)  # results go into run directories as JSON
+    # single-region sessions skip the region tasks
+    one = dataclasses.replace(w, unit_regions=["CA1"] * 6, region_ids=np.zeros(6, dtype=np.int64))
+    res1 = run_benchmark(model, one, tasks=["inter-region", "intra-region"], baselines=False)
+    assert set(res1["skipped"]) == {"inter-region", "intra-region"} and not res1["tasks"]
+    with pytest.raises(ValueError, match="at least 2 regions"):
+        inter_region(model, one)
+    with pytest.raises(ValueError, match="unknown task"):
+        run_benchmark(model, w, tasks=["co-smoothing", "cosmoothing"])
+    other = NDT(model.cfg, {"other": 6})
+    with pytest.raises(ValueError, match="no session 'ses'"):
+        co_smoothing(other, w)
+
+
+def test_format_benchmark_table_has_every_column():
+    rates_TN = np.random.default_rng(2).uniform(0.05, 0.9, size=(T, 5))
+    w = _labelled_windows(30)
+    truth = np.broadcast_to(rates_TN, w.counts.shape)
+    tasks = ["co-smoothing", "forward-prediction", "choice-decoding"]
+    results = {
+        "finetuned": run_benchmark(OracleStandIn(rates_TN, w.session_id), w, tasks=tasks, truth_rates=truth),
+        "single-session": run_benchmark(tiny_ndt(w), w, tasks=tasks, truth_rates=truth),
+    }
+    table = format_benchmark_table(results)
+    header = table.splitlines()[0].split()
+    assert header == ["task", "metric", "finetuned", "single-session", "smoothing", "oracle"]
+    for task in tasks:
+        assert task in table
+    for metric in ("bps_pooled", "bps_per_neuron_mean", "bps_pooled / oracle", "accuracy (hidden)",
+                   "accuracy (rates)", "chance"):
+        assert metric in table
+    cs = results["single-session"]["tasks"]["co-smoothing"]
+    row = next(l for l in table.splitlines() if l.startswith("co-smoothing") and " bps_pooled " in l)
+    assert row.split()[2:] == [f"{results['finetuned']['tasks']['co-smoothing']['model']['bps_pooled']:.4f}",
+                               f"{cs['model']['bps_pooled']:.4f}", f"{cs['smoothing']['bps_pooled']:.4f}",
+                               f"{cs['oracle']['bps_pooled']:.4f}"]
+    with pytest.raises(ValueError, match="empty"):
+        format_benchmark_table({})

@@ -115,12 +115,14 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
                              prompt=f"{corpus_dir}:{session}:0", prompt_bins=5,
                              out=out / "generated.npz")
     print("wrote " + ", ".join(str(p) for p in paths))
-    ndt_results = _ndt_step(out, nwb_dir, fast)
+    ndt_results = _ndt_step(out, fast)
     print(f"\nquickstart finished in {time.time() - t0:.0f} s; everything is under {out}/")
     return {"results": results, "ndt_results": ndt_results, "report": report, "figures": figs}
 
 
-def _ndt_step(out: Path, nwb_dir: Path, fast: bool) -> dict:
+def _ndt_step(out: Path, fast: bool, *, num_sessions: int | None = None,
+              duration_s: float | None = None, pretrain_steps: int | None = None,
+              finetune_steps: int | None = None) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -136,11 +138,22 @@ def _ndt_step(out: Path, nwb_dir: Path, fast: bool) -> dict:
     from .train.loop import train
     from .train.ndt_family import NDTDataConfig
 
-    steps = dict(pretrain=60, finetune=40) if fast else dict(pretrain=600, finetune=300)
-    _say("8/8 masked NDT: pretrain on all sessions but one, fine-tune on the held-out session")
+    from .corpus.synth import synthesize
+
+    sizes = dict(sessions=3, duration_s=40.0, pretrain=60, finetune=40) if fast else \
+        dict(sessions=8, duration_s=300.0, pretrain=2000, finetune=400)
+    sizes.update({k: v for k, v in dict(sessions=num_sessions, duration_s=duration_s,
+                                         pretrain=pretrain_steps, finetune=finetune_steps).items()
+                  if v is not None})
+    steps = sizes
+    _say(f"8/8 masked NDT: pretrain on {sizes['sessions'] - 1} sessions, fine-tune on a held-out one")
+    nwb_dir = out / "nwb_ndt"
+    if not nwb_dir.exists() or not any(nwb_dir.rglob("*.nwb")):
+        synthesize(nwb_dir, num_sessions=sizes["sessions"], seed=1, duration_s=sizes["duration_s"],
+                   units_range=(30, 80))
     corpus_dir = out / "corpus_sessions"
-    build_corpus([str(nwb_dir)], corpus_dir, BuildConfig(test_fraction=0.25, seed=0),
-                 progress=False)
+    build_corpus([str(nwb_dir)], corpus_dir,
+                 BuildConfig(test_fraction=1.0 / sizes["sessions"] - 1e-9, seed=0), progress=False)
     corpus = Corpus(corpus_dir)
     held_out = corpus.session_ids("test")[0]
     print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}")

@@ -62,6 +62,25 @@ def test_bin_spikes_clips_at_255_and_counts_clipped_cells():
     assert clipped == 1
 
 
+def test_bin_spikes_with_tiny_chunks_mixed_order_and_runs_across_chunks(monkeypatch):
+    import spikefm.corpus.binning as binning
+
+    monkeypatch.setattr(binning, "_CHUNK", 7)
+    rng = np.random.default_rng(4)
+    units = random_units(rng, 5, 3.0, rate_hz=30)
+    units[2] = np.sort(np.concatenate([units[2], np.full(300, 1.005)]))  # one cell > 255, long run
+    t = np.concatenate(units)
+    u = np.concatenate([np.full(len(x), i) for i, x in enumerate(units)])
+    half = t.size // 2
+    perm = np.concatenate([np.arange(half), half + rng.permutation(t.size - half)])
+    ref = np.minimum(histogram_counts(units, 0, 150, 20), 255)
+    for order in (np.arange(t.size), perm, perm[::-1]):
+        got, clipped = binning.bin_spikes(t[order], u[order], 5, 0.0, 3.0, 20,
+                                          return_num_clipped=True)
+        np.testing.assert_array_equal(got, ref)
+        assert clipped == 1
+
+
 def test_bin_spikes_drops_out_of_range_and_rejects_bad_args():
     counts = bin_spikes(np.array([-0.5, 0.01, 0.99, 1.0, 5.0]), np.zeros(5, int), 1, 0.0, 1.0, 20)
     assert counts.sum() == 2 and counts.shape == (1, 50)

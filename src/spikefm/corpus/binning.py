@@ -76,6 +76,7 @@ def bin_spikes(
     flat_out = out.reshape(-1)
     clipped_cells = []
     scale = 1000.0 / bin_ms
+    last_cell, monotone = -1, True
     unit_index = unit_index.astype(np.int64, copy=False)
     for c0 in range(0, spike_times.size, _CHUNK):
         t = spike_times[c0:c0 + _CHUNK]
@@ -104,15 +105,25 @@ def bin_spikes(
             idx[near] = k
         flat = units * num_bins
         flat += idx
-        if flat.size > 1 and np.any(flat[1:] < flat[:-1]):
+        step = np.diff(flat)
+        in_order = not (step.size and step.min() < 0)
+        if not in_order:
             flat.sort()
-        change = np.empty(flat.size, dtype=bool)
-        change[0] = True
-        np.not_equal(flat[1:], flat[:-1], out=change[1:])
-        starts = np.flatnonzero(change)
+            step = np.diff(flat)
+        starts = np.flatnonzero(step)
+        starts += 1
+        starts = np.concatenate(([0], starts))
         cells = flat[starts]
         counts = np.diff(starts, append=flat.size)
-        counts += flat_out[cells]  # cells are unique within a chunk
+        monotone = monotone and in_order and cells[0] >= last_cell
+        if monotone:
+            # Every chunk so far came in cell order: only a run continuing from the previous chunk
+            # has counts in the output already (this skips a gather over the whole chunk).
+            if cells[0] == last_cell:
+                counts[0] += flat_out[last_cell]
+        else:
+            counts += flat_out[cells]  # cells are unique within a chunk
+        last_cell = max(last_cell, int(cells[-1]))
         over = counts > 255
         if over.any():
             clipped_cells.append(cells[over])

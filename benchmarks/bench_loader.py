@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--units", type=int, default=100)
     ap.add_argument("--bins", type=int, default=5000)
     ap.add_argument("--seq-len", type=int, default=4096)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "loader.json"))
     args = ap.parse_args()
 
@@ -60,9 +61,13 @@ def main():
             "splits": {"train": {"num_rows": n, "num_tokens": total, "num_sessions": 1,
                                  "shards": ["data/train-00000-of-00001.parquet"]}}})
 
-        # spikefm: stream, tokenize, cut windows (one epoch's worth of tokens).
-        loader = ARTokenLoader(corpus, seq_len=args.seq_len, batch_size=1)
-        num_batches = total // (args.seq_len + 1)
+        # spikefm: windows from the memory-mapped token cache (one epoch's worth of tokens). The
+        # cache is built once per corpus (timed separately), then every epoch reads from it.
+        B, W = args.batch_size, args.seq_len + 1
+        t0 = time.perf_counter()
+        loader = ARTokenLoader(corpus, seq_len=args.seq_len, batch_size=B)
+        t_cache = time.perf_counter() - t0
+        num_batches = total // (B * W)
         t0 = time.perf_counter()
         for _ in range(num_batches):
             next(loader)
@@ -79,10 +84,9 @@ def main():
                 buf.append(tokenize(arr))
         stream = np.concatenate(buf)
         for k in range(num_batches):
-            torch.from_numpy(stream[k * (args.seq_len + 1):(k + 1) * (args.seq_len + 1)]
-                             .astype(np.int64))
+            torch.from_numpy(stream[k * B * W:(k + 1) * B * W].reshape(B, W))
         t_ref = time.perf_counter() - t0
-        tokens = num_batches * (args.seq_len + 1)
+        tokens = num_batches * B * W
 
     result = {
         "benchmark": "loader",
@@ -93,6 +97,9 @@ def main():
         "spikefm_tokens_per_s": tokens / t_ours,
         "reference_np_array_tokens_per_s": tokens / t_ref,
         "speedup": t_ref / t_ours,
+        "token_cache_build_s": t_cache,
+        "first_epoch_speedup_including_cache_build": t_ref / (t_ours + t_cache),
+        "batch_size": args.batch_size, "seq_len": args.seq_len,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)

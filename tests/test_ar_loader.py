@@ -27,14 +27,15 @@ def corpus(tmp_path_factory):
 def test_windows_are_the_concatenated_token_stream(corpus):
     loader = ARTokenLoader(corpus, seq_len=31, batch_size=4, seed=3)
     x, y = next(loader)
-    assert x.shape == y.shape == (4, 31) and x.dtype == torch.int64
+    assert x.shape == y.shape == (4, 31) and x.dtype == torch.uint8
     assert torch.equal(x[:, 1:], y[:, :-1])
     # Rebuild this rank's stream independently from the rows in the same group order.
     import pyarrow.parquet as pq
     from spikefm.corpus.reader import _matrices
 
     stream = []
-    for g in loader._my_groups(0):
+    for i in loader._my_groups(0):
+        g = loader.groups[i]
         t = pq.ParquetFile(g.shard).read_row_group(g.row_group)
         stream += [tokenize(m) for m in _matrices(t.column("spike_counts"))]
     stream = np.concatenate(stream)
@@ -46,7 +47,22 @@ def test_ranks_read_disjoint_row_groups_covering_all(corpus):
     a = ARTokenLoader(corpus, seq_len=8, batch_size=1, seed=1, rank=0, world_size=2)
     b = ARTokenLoader(corpus, seq_len=8, batch_size=1, seed=1, rank=1, world_size=2)
     ga, gb = set(a._my_groups(0)), set(b._my_groups(0))
-    assert not ga & gb and ga | gb == set(a.groups)
+    assert not ga & gb and ga | gb == set(range(len(a.groups)))
+
+
+def test_token_cache_equals_parquet_path_and_is_reused(corpus):
+    a = ARTokenLoader(corpus, seq_len=40, batch_size=2, seed=5, token_cache=True)
+    b = ARTokenLoader(corpus, seq_len=40, batch_size=2, seed=5, token_cache=False)
+    for _ in range(30):
+        xa, ya = next(a)
+        xb, yb = next(b)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    caches = list((corpus.path / ".cache").glob("tokens-train-*.u8"))
+    assert len(caches) == 1 and caches[0].name.endswith(".u8")
+    mtime = caches[0].stat().st_mtime_ns
+    ARTokenLoader(corpus, seq_len=40, batch_size=2, seed=5)
+    assert caches[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert not list((corpus.path / ".cache").glob(".*tmp*"))
 
 
 def test_resume_gives_exactly_the_next_batches(corpus):

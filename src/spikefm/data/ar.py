@@ -14,6 +14,8 @@ same tokens the n-gram baselines and the oracle are scored on.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..corpus.reader import Corpus, _matrices
+from ..fileio import write_json_atomic
 from .tokens import tokenize
 
 
@@ -40,16 +43,61 @@ def _row_groups(corpus: Corpus, split: str) -> list[_Group]:
     return groups
 
 
-def _read_group_tokens(group: _Group, sessions: set[str] | None) -> list[np.ndarray]:
+def _group_rows(group: _Group) -> list[tuple[np.ndarray, str]]:
+    """(tokens, session_id) of every row of one Parquet row group."""
     table = pq.ParquetFile(group.shard).read_row_group(group.row_group,
                                                        columns=["spike_counts", "session_id"])
     ids = table.column("session_id").to_pylist()
-    mats = _matrices(table.column("spike_counts"))
-    return [tokenize(m) for m, s in zip(mats, ids) if sessions is None or s in sessions]
+    return [(tokenize(m), s) for m, s in zip(_matrices(table.column("spike_counts")), ids)]
+
+
+class TokenCache:
+    """A split's rows tokenized once into one flat uint8 file, memory-mapped for training.
+
+    ``CORPUS_DIR/.cache/tokens-{split}-{manifest sha256[:16]}.u8`` holds every row's tokens in shard
+    and row-group order; the ``.json`` beside it (written last, so its presence means the cache is
+    complete) lists, per row group, the (start, end, session_id) of its rows. A rebuilt corpus has a
+    new manifest hash and so a new cache. Costs one byte per token of disk.
+    """
+
+    def __init__(self, corpus: Corpus, split: str, groups: list[_Group]):
+        folder = corpus.path / ".cache"
+        stem = f"tokens-{split}-{corpus.manifest_hash[:16]}"
+        self.path, index_path = folder / f"{stem}.u8", folder / f"{stem}.json"
+        if not index_path.exists():
+            self._build(groups, folder, index_path)
+        self.groups = json.loads(index_path.read_text())["groups"]
+        if len(self.groups) != len(groups):
+            raise ValueError(f"{index_path} does not match the corpus; delete {folder} and retry")
+        size = self.path.stat().st_size
+        self.tokens = np.memmap(self.path, dtype=np.uint8, mode="r") if size else \
+            np.zeros(0, np.uint8)
+
+    def _build(self, groups: list[_Group], folder: Path, index_path: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        index, pos = [], 0
+        with open(tmp, "wb") as f:
+            for g in groups:
+                rows = []
+                for tokens, sid in _group_rows(g):
+                    f.write(tokens.tobytes())
+                    rows.append((pos, pos + tokens.size, sid))
+                    pos += tokens.size
+                index.append(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        write_json_atomic(index_path, {"groups": index})
+
+    def group_tokens(self, i: int, sessions: set[str] | None) -> list[np.ndarray]:
+        return [self.tokens[a:b] for a, b, sid in self.groups[i]
+                if sessions is None or sid in sessions]
 
 
 class ARTokenLoader:
-    """Infinite iterator of ``(inputs_BL, targets_BL)`` int64 batches from a corpus split.
+    """Infinite iterator of ``(inputs_BL, targets_BL)`` uint8 token batches from a corpus split
+    (widen with ``.long()`` on the model's device).
 
     Args:
         corpus: a :class:`~spikefm.corpus.reader.Corpus` or its path.
@@ -59,11 +107,13 @@ class ARTokenLoader:
         rank, world_size: this process's share of the data.
         split: corpus split to read (``"train"``).
         sessions: only rows of these sessions.
+        token_cache: read through a memory-mapped :class:`TokenCache` (built on first use) instead
+            of decoding and tokenizing Parquet row groups every epoch.
     """
 
     def __init__(self, corpus: Corpus | str | Path, *, seq_len: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, split: str = "train",
-                 sessions: list[str] | None = None):
+                 sessions: list[str] | None = None, token_cache: bool = True):
         self.corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
@@ -79,12 +129,20 @@ class ARTokenLoader:
                              "larger corpus")
         self.epoch, self.group_cursor, self.row_cursor, self.token_offset = 0, 0, 0, 0
         self._rows: list[np.ndarray] | None = None
+        self._cache = TokenCache(self.corpus, split, self.groups) if token_cache else None
 
     # --- position --------------------------------------------------------------------------
 
-    def _my_groups(self, epoch: int) -> list[_Group]:
+    def _my_groups(self, epoch: int) -> list[int]:
+        """Indices into ``self.groups`` that this rank reads in ``epoch``, in order."""
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.groups))
-        return [self.groups[i] for i in perm[self.rank::self.world_size]]
+        return perm[self.rank::self.world_size].tolist()
+
+    def _read_group(self, i: int) -> list[np.ndarray]:
+        if self._cache is not None:
+            return self._cache.group_tokens(i, self.sessions)
+        return [t for t, sid in _group_rows(self.groups[i])
+                if self.sessions is None or sid in self.sessions]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "group_cursor": self.group_cursor,
@@ -115,7 +173,7 @@ class ARTokenLoader:
                     raise ValueError("no tokens to read: the selected split/sessions are empty")
                 continue
             if self._rows is None:
-                self._rows = _read_group_tokens(groups[self.group_cursor], self.sessions)
+                self._rows = self._read_group(groups[self.group_cursor])
             if self.row_cursor >= len(self._rows):
                 self.group_cursor, self.row_cursor, self.token_offset = self.group_cursor + 1, 0, 0
                 self._rows = None
@@ -133,10 +191,11 @@ class ARTokenLoader:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # Windows are consecutive, non-overlapping stretches of L + 1 tokens.
+        # Windows are consecutive, non-overlapping stretches of L + 1 tokens. They stay uint8 (one
+        # byte a token) until the model's device widens them, so the loader moves 8x less data.
         L = self.seq_len
-        tokens = self._take(self.batch_size * (L + 1)).reshape(self.batch_size, L + 1)
-        t = torch.from_numpy(tokens.astype(np.int64))
+        tokens = np.array(self._take(self.batch_size * (L + 1)), dtype=np.uint8, copy=True)
+        t = torch.from_numpy(tokens.reshape(self.batch_size, L + 1))
         return t[:, :-1], t[:, 1:]
 
 

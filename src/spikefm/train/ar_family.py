@@ -67,7 +67,7 @@ class ARFamily:
                              split=cfg.data.split)
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):
-        x_BL, y_BL = batch
+        x_BL, y_BL = batch[0].long(), batch[1].long()  # the loader sends uint8 tokens
         logits_BLV = model(x_BL)
         loss = F.cross_entropy(logits_BLV.float().reshape(-1, logits_BLV.shape[-1]),
                                y_BL.reshape(-1))

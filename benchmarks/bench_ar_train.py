@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -27,23 +27,10 @@ import torch.nn.functional as F
 from spikefm.models.hf_llama import to_hf_config, to_hf_key
 from spikefm.models.llama import LLAMA_PRESETS, Llama, llama_preset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info  # noqa: E402
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        # Other processes compete for the CPU on shared machines; keep their load with the numbers.
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def _sync(device: torch.device) -> None:

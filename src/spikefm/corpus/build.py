@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from .binning import bin_spikes
 from .nwb import NWBInputError, read_nwb, resample_behavior
 from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS, shard_name
-from ..fileio import write_json_atomic
+from ..fileio import replace_folder, write_json_atomic
 from .session import SessionRecord
 
 STAGING = ".staging"
@@ -405,13 +405,7 @@ def finalize(out_dir: Path, metas: list[dict], skipped: list[dict], cfg: BuildCo
             "shards": [f"data/{n}" for n in names],
         }
 
-    # Swap the new data folder in; readers see either the old or the new complete set.
-    data_dir = out_dir / "data"
-    old = out_dir / f".data-old-{os.getpid()}"
-    if data_dir.exists():
-        os.replace(data_dir, old)
-    os.replace(tmp_data, data_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp_data, out_dir / "data")
 
     sessions = []
     for m in sorted(metas, key=lambda m: m["session_id"]):

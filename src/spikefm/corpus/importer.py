@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..fileio import write_json_atomic
+from ..fileio import replace_folder, write_json_atomic
 from .info import flat_counts
 from .schema import NEURAL_PILE_COLUMNS, ROW_SCHEMA, SCHEMA_VERSION, SPLITS, shard_name
 from .session import is_human_species
@@ -560,13 +560,7 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
             out_dir.rmdir()
         raise
 
-    # Swap the new data folder in; readers see either the old or the new complete set.
-    data_dir = out_dir / "data"
-    old = out_dir / f".data-old-{os.getpid()}"
-    if data_dir.exists():
-        os.replace(data_dir, old)
-    os.replace(tmp_data, data_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp_data, out_dir / "data")
 
     manifest = _manifest(source, rows, sessions, stats, shards, provenance, skipped, bin_ms,
                          shard_max_tokens)

@@ -169,3 +169,28 @@ def test_torchrun_two_process_fsdp_ar_run(synth_corpus, tmp_path):
     assert list((out / "checkpoints").glob("step_*")) or list(out.glob("checkpoints/*"))
     model = load_model(out)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_ar_run_stopped_and_resumed_equals_uninterrupted(synth_corpus, tmp_path):
+    from spikefm.loading import register_families
+    from spikefm.models.llama import llama_preset
+    from spikefm.train.ar_family import ARDataConfig
+    from spikefm.train.config import OptimConfig, RunConfig, TrainConfig
+    from spikefm.train.loop import train
+
+    register_families()
+    cfg = RunConfig(family="ar", model=llama_preset("tiny"),
+                    data=ARDataConfig(corpus=str(synth_corpus), seq_len=64),
+                    optim=OptimConfig(lr=3e-3, warmup_steps=2),
+                    train=TrainConfig(steps=8, batch_size=4, log_every=1, ckpt_every=4,
+                                      precision="fp32", device="cpu"))
+
+    def losses(run):
+        return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
+                if "loss" in json.loads(x)]
+
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_after=4)
+    train(cfg, tmp_path / "split", progress=False, resume=True)
+    assert losses(tmp_path / "split") == losses(tmp_path / "full")
+    assert len(losses(tmp_path / "full")) == 8

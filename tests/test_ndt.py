@@ -264,3 +264,19 @@ def test_tiny_ndt_training_reduces_masked_loss(one_thread):
     print(f"held-out co-smoothing NLL: start {start:.4f} end {end:.4f} constant-rate {const:.4f}")
     assert end < start - 0.05, (start, end)
     assert end < const, (end, const)
+
+
+def test_all_sessions_in_graph_gives_zero_grads_and_same_outputs():
+    torch.manual_seed(0)
+    model = NDT(ndt_preset("tiny"), {"a": 5, "b": 7})
+    x = torch.poisson(torch.full((2, 10, 5), 0.5))
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    scheme = torch.zeros(2, dtype=torch.long)
+    causal = torch.zeros(2, dtype=torch.bool)
+    plain = model(x, valid, ["a", "a"], scheme, causal)
+    touched = model(x, valid, ["a", "a"], scheme, causal, all_sessions_in_graph=True)
+    assert torch.equal(plain, touched)
+    touched.sum().backward()
+    absent = list(model.session_parameters("b"))
+    assert absent and all(p.grad is not None and torch.count_nonzero(p.grad) == 0 for p in absent)
+    assert any(torch.count_nonzero(p.grad) > 0 for p in model.session_parameters("a"))

@@ -287,3 +287,28 @@ def test_finetuned_run_loads_without_its_pretrained_run(finetuned, tmp_path):
     for k, v in model.state_dict().items():
         if k in saved:
             assert torch.equal(v, saved[k]), k
+
+
+@pytest.mark.distributed
+def test_torchrun_two_process_fsdp_ndt_run(corpus_dir, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "dist"
+    args = [a for a in TRAIN_ARGS if a != "--quiet"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "spikefm.cli", "train",
+           "--model", "ndt", "--preset", "tiny", "--data", str(corpus_dir), "--out", str(out),
+           "--steps", "6", *args, "--set", "train.eval_every=3", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "config.json").read_text())
+    assert info["world_size"] == 2 and (out / "model.safetensors").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/val_loss" in r for r in rows)

@@ -310,6 +310,7 @@ class NDT(nn.Module):
         causal_B: torch.Tensor,
         *,
         return_hidden: bool = False,
+        all_sessions_in_graph: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Predict log expected counts per bin for every unit.
 
@@ -321,6 +322,9 @@ class NDT(nn.Module):
             scheme_B: int64 scheme id per sample (selects the prompt token).
             causal_B: bool per sample; True restricts bin t to attend to bins <= t (and the two
                 prefix tokens, which carry no data).
+            all_sessions_in_graph: add every session's parameters to the output with weight
+                exactly 0, so each gets a (zero) gradient even when absent from the batch; data
+                parallel training needs the same set of gradients on every replica.
 
         Returns:
             log_rates_BTN (0 at unit columns beyond a sample's session size; invalid units
@@ -398,6 +402,8 @@ class NDT(nn.Module):
             y_bTn = io.read_out(h_BTD.index_select(0, idx))
             outs.append(F.pad(y_bTn, (0, N - io.num_units)))
         log_rates_BTN = torch.cat(outs).index_select(0, inverse_B)
+        if all_sessions_in_graph:
+            log_rates_BTN = log_rates_BTN + 0.0 * sum(p.sum() for p in self.sessions.parameters())
         return (log_rates_BTN, hidden) if return_hidden else log_rates_BTN
 
     def extra_repr(self) -> str:

@@ -269,8 +269,12 @@ class NDTFamily:
         mb = apply_masks(counts_BTN, valid_BN, batch["region_BN"], scheme_B, generator,
                          neuron_ratio=data.neuron_ratio, causal_ratio=data.causal_ratio,
                          intra_ratio=data.intra_ratio)
+        # Under FSDP every rank must produce gradients for the same parameters (reduce-scatter
+        # sizes must match), also for sessions missing from its batch.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1
         log_rates_BTN = model(mb.inputs_BTN, valid_BN.to(mb.inputs_BTN.device), list(batch["session_ids"]),
-                              mb.scheme_B, mb.causal_B)
+                              mb.scheme_B, mb.causal_B, all_sessions_in_graph=distributed and model.training)
         return mb, log_rates_BTN.float()
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):

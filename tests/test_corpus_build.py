@@ -88,6 +88,10 @@ def test_bin_spikes_drops_out_of_range_and_rejects_bad_args():
         bin_spikes(np.zeros(1), np.zeros(1, int), 1, 0, 1, 0)
     with pytest.raises(ValueError, match=r"unit_index values must lie in \[0, 2\)"):
         bin_spikes(np.zeros(2), np.array([0, 5]), 2, 0, 1, 20)
+    with pytest.raises(ValueError, match=r"unit_index values must lie in \[0, 2\)"):
+        bin_spikes(np.array([0.5, 9.0]), np.array([0, -1]), 2, 0, 1, 20)  # dropped spike too
+    with pytest.raises(ValueError, match=r"unit_index values must lie in \[0, 2\)"):
+        bin_spikes(np.array([0.5, 0.1]), np.array([1, 3]), 2, 0, 1, 20)  # unordered chunk
     with pytest.raises(ValueError, match="same length"):
         bin_spikes(np.zeros(3), np.zeros(2, int), 1, 0, 1, 20)
 

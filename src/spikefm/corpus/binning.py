@@ -7,6 +7,11 @@ import numpy as np
 _CHUNK = 1 << 15
 
 
+def _unit_range_error(unit_index: np.ndarray, num_units: int) -> ValueError:
+    return ValueError(f"unit_index values must lie in [0, {num_units}), got range "
+                      f"[{unit_index.min()}, {unit_index.max()}]")
+
+
 def bin_edges_s(t_start_ms: int, num_bins: int, bin_ms: int) -> np.ndarray:
     """The float64 bin edges in seconds: ``(t_start_ms + k * bin_ms) / 1000`` for k = 0..num_bins."""
     return (t_start_ms + bin_ms * np.arange(num_bins + 1, dtype=np.int64)) / 1000.0
@@ -53,11 +58,6 @@ def bin_spikes(
         )
     if not np.issubdtype(unit_index.dtype, np.integer):
         raise TypeError(f"unit_index must hold integers, got dtype {unit_index.dtype}")
-    if unit_index.size and (unit_index.min() < 0 or unit_index.max() >= num_units):
-        raise ValueError(
-            f"unit_index values must lie in [0, {num_units}), got range "
-            f"[{unit_index.min()}, {unit_index.max()}]"
-        )
     start_ms = int(round(t_start_s * 1000))
     stop_ms = int(round(t_stop_s * 1000))
     if stop_ms < start_ms:
@@ -82,6 +82,8 @@ def bin_spikes(
         t = spike_times[c0:c0 + _CHUNK]
         units = unit_index[c0:c0 + _CHUNK]
         if t[0] < edges[0] or t.min() < edges[0] or t.max() >= edges[-1]:
+            if units.min() < 0 or units.max() >= num_units:  # dropped spikes too
+                raise _unit_range_error(unit_index, num_units)
             keep = (t >= edges[0]) & (t < edges[-1])
             t, units = t[keep], units[keep]
             if t.size == 0:
@@ -107,23 +109,45 @@ def bin_spikes(
         flat += idx
         step = np.diff(flat)
         in_order = not (step.size and step.min() < 0)
-        if not in_order:
-            flat.sort()
-            step = np.diff(flat)
-        starts = np.flatnonzero(step)
-        starts += 1
-        starts = np.concatenate(([0], starts))
-        cells = flat[starts]
-        counts = np.diff(starts, append=flat.size)
-        monotone = monotone and in_order and cells[0] >= last_cell
+        # Ordered cells mean ordered units, so the first and last unit bound the chunk's range.
+        lo, hi = (units[0], units[-1]) if in_order else (units.min(), units.max())
+        if lo < 0 or hi >= num_units:
+            raise _unit_range_error(unit_index, num_units)
+        monotone = monotone and in_order and flat[0] >= last_cell
         if monotone:
-            # Every chunk so far came in cell order: only a run continuing from the previous chunk
-            # has counts in the output already (this skips a gather over the whole chunk).
-            if cells[0] == last_cell:
-                counts[0] += flat_out[last_cell]
+            # Cells come in order, so each cell's spikes are one run and only a run continuing
+            # from the previous chunk already has counts in the output. Most occupied cells hold
+            # one spike: write 1 everywhere, then count only the cells that repeat.
+            carried = int(flat_out[last_cell]) if flat[0] == last_cell else 0
+            flat_out[flat] = 1
+            rep = np.flatnonzero(step == 0)
+            if rep.size:
+                extra_cells = flat[rep]  # one entry per spike beyond the first in its cell
+                rstep = np.diff(extra_cells)
+                rstarts = np.concatenate(([0], np.flatnonzero(rstep) + 1))
+                cells = extra_cells[rstarts]
+                counts = np.diff(rstarts, append=extra_cells.size) + 1
+            else:
+                cells, counts = flat[:0], np.zeros(0, dtype=np.int64)
+            if carried:
+                # The first cell continues the previous chunk's run: add what was written there.
+                if cells.size and cells[0] == last_cell:
+                    counts[0] += carried
+                else:
+                    cells = np.concatenate(([last_cell], cells))
+                    counts = np.concatenate(([1 + carried], counts))
+            last_cell = int(flat[-1])
         else:
+            if not in_order:
+                flat.sort()
+                step = np.diff(flat)
+            starts = np.flatnonzero(step)
+            starts += 1
+            starts = np.concatenate(([0], starts))
+            cells = flat[starts]
+            counts = np.diff(starts, append=flat.size)
             counts += flat_out[cells]  # cells are unique within a chunk
-        last_cell = max(last_cell, int(cells[-1]))
+            last_cell = max(last_cell, int(cells[-1]))
         over = counts > 255
         if over.any():
             clipped_cells.append(cells[over])

@@ -1,0 +1,31 @@
+"""The README's quickstart runs end to end (smallest sizes) and writes what it promises."""
+import json
+
+import numpy as np
+import torch
+
+from spikefm.cli import main
+
+
+def test_quickstart_fast_runs_end_to_end(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert main(["quickstart", "--out", str(tmp_path / "qs"), "--fast"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    qs = tmp_path / "qs"
+    assert "cross-entropy on the test split" in out and "co-smoothing" in out
+    assert {p.name for p in (qs / "figures").glob("*.png")} >= {
+        "units_per_session.png", "session_length.png", "token_marginals.png"}
+    ar = json.loads((qs / "results_ar.json").read_text())
+    assert set(ar) == {"tiny AR", "1-gram", "9-gram", "oracle"}
+    bits = {k: v["overall"]["all"]["bits"] for k, v in ar.items()}
+    assert bits["oracle"] < min(bits["1-gram"], bits["9-gram"], bits["tiny AR"])
+    gen = np.load(qs / "generated.npz")
+    assert gen["counts"].shape[0] == gen["prompt"].shape[0] and gen["counts"].dtype == np.uint8
+    ndt = json.loads((qs / "results_ndt.json").read_text())
+    assert set(ndt) == {"fine-tuned", "single-session"}
+    cos = ndt["fine-tuned"]["tasks"]["co-smoothing"]
+    assert {"model", "smoothing", "oracle"} <= set(cos)
+    assert np.isfinite(cos["model"]["bps_pooled"])

@@ -6,18 +6,47 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` to create a temporary file beside ``path``, fsync it and rename it over
+    ``path``; on failure the temporary file is removed and ``path`` is untouched.
+
+    The temporary name is hidden and ends in ``.tmp-PID``, so a file left by a killed process
+    never matches a pattern such as ``*.json`` or ``*.nwb``. Writers must therefore not pick a
+    format from the name: pass it explicitly (``savefig(tmp, format="png")``) or write through a
+    file object (``np.savez(f, ...)``, which would otherwise append ``.npz``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def savez_atomic(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> Path:
+    """``np.savez`` (or ``np.savez_compressed``) to ``path`` atomically."""
+    import numpy as np
+
+    save = np.savez_compressed if compressed else np.savez
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy adds no .npz to the name
+            save(f, **arrays)
+
+    return write_atomic(path, write)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -31,6 +31,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .fileio import write_atomic
+
 __all__ = ["finetune", "train_single_session", "train_with_early_stopping"]
 
 
@@ -41,10 +43,8 @@ def _best_path(out_dir: Path) -> Path:
 def _save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(tmp),
-              metadata={"format": "pt"})
-    os.replace(tmp, path)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
 def _current_state(out_dir: Path, finished: bool) -> dict[str, torch.Tensor]:
@@ -93,7 +93,7 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, *, eval_every: in
     from .loading import register_families
     from .train.family import get_family
     from .train.loop import train
-    from .train.runinfo import write_json_atomic
+    from .fileio import write_json_atomic
 
     for name, v in (("eval_every", eval_every), ("patience", patience)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:

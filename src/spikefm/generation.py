@@ -2,11 +2,11 @@
 real bins from a corpus, and draw generated next to real activity."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from .fileio import savez_atomic, write_atomic
 
 
 def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
@@ -59,11 +59,7 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
                       temperature=temperature, top_k=top_k, generator=gen)
     counts = detokenize(tokens[0].cpu().numpy().astype(np.uint8), num_units)
     arrays["counts"] = counts
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, out)
+    out = savez_atomic(out, compressed=True, **arrays)
     png = out.with_suffix(".png")
     _raster(arrays, png)
     return [out, png]
@@ -86,7 +82,5 @@ def _raster(arrays: dict, png: Path) -> None:
         ax.set_xlabel("time bin")
         ax.set_ylabel("unit")
     fig.colorbar(im, ax=axes[0].tolist(), label="spike count")
-    tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, png)

@@ -120,7 +120,8 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig) -> tuple[list[InputFile]
             continue
         p = Path(spec)
         if p.is_dir():
-            found = sorted(x for x in p.rglob("*.nwb") if x.is_file())
+            # Hidden files are other tools' temporaries (e.g. a killed writer's), not recordings.
+            found = sorted(x for x in p.rglob("*.nwb") if x.is_file() and not x.name.startswith("."))
             if not found:
                 problems.append({"input": spec, "error": f"{spec}: folder holds no *.nwb file"})
             files.extend(InputFile(path=f, source_dataset=p.resolve().name) for f in found)

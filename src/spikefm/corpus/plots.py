@@ -12,7 +12,6 @@ never changes the caller's pyplot backend.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..fileio import write_atomic
 from .info import corpus_info, flat_counts
 from .reader import Corpus
 
@@ -40,14 +40,7 @@ def _new_figure(width_in: float = 6.4, height_in: float = 4.0):
 
 def _save(fig, path: Path) -> Path:
     """Write the figure to ``path`` atomically (temporary name, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _slug(name: str) -> str:

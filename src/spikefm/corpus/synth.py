@@ -47,10 +47,13 @@ import os
 import pathlib
 import sys
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+
+from ..fileio import write_atomic
 
 PRESETS = ("ibl", "motor", "spontaneous")
 
@@ -179,8 +182,8 @@ def synthesize(
             session_index=i, num_families=num_families, duration_s=float(duration_s),
         )
         # Truth first: an .nwb that exists always has its truth file beside it.
-        _atomic_write(truth_path(nwb_path), lambda p: _write_truth(p, ses, meta))
-        _atomic_write(nwb_path, lambda p: _write_nwb(p, ses, meta))
+        write_atomic(truth_path(nwb_path), lambda p: _write_truth(p, ses, meta))
+        write_atomic(nwb_path, lambda p: _write_nwb(p, ses, meta))
         if progress:
             print(
                 f"[synth] {nwb_path} ({ses.expected.shape[0]} units, {num_bins * BIN_MS / 1000:g} s, "
@@ -260,16 +263,6 @@ def _validate(num_sessions, seed, preset, num_families, duration_s) -> None:
             f"duration_s (--duration-s) must be a finite number >= {MIN_DURATION_S:g} seconds, "
             f"got {duration_s!r}"
         )
-
-
-def _atomic_write(path: pathlib.Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_truth(path: pathlib.Path, ses: "_Session", meta: dict) -> None:
@@ -401,8 +394,11 @@ def _write_nwb(path: pathlib.Path, ses: "_Session", meta: dict) -> None:
                 kwargs["rate"] = b["rate"]
             module.add(TimeSeries(**kwargs))
 
-    with NWBHDF5IO(str(path), "w") as io:
-        io.write(nwb)
+    with warnings.catch_warnings():
+        # `path` is write_atomic's temporary name; the file is renamed to *.nwb right after.
+        warnings.filterwarnings("ignore", message=".*does not end in '.nwb'")
+        with NWBHDF5IO(str(path), "w") as io:
+            io.write(nwb)
 
 
 def _py(v):

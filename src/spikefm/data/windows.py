@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from ..corpus.reader import Corpus, CorpusRow
+from ..fileio import write_bytes_atomic
 
 __all__ = [
     "SPLIT_NAMES",
@@ -452,11 +452,7 @@ def save_splits(path: str | Path, windows_by_session: dict[str, SessionWindows])
         sid: {"bin_ms": int(w.bin_ms), "window_bins": w.num_bins, "align": w.align,
               "t_start_ms": [int(x) for x in w.t_start_ms], "split": [str(x) for x in w.split]}
         for sid, w in windows_by_session.items()}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, (json.dumps(obj, separators=(",", ":")) + "\n").encode())
 
 
 def load_splits(path: str | Path) -> dict[str, dict]:

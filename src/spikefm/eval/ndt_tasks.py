@@ -34,8 +34,6 @@ Region names are taken as given, so a session whose units are all "unknown" has 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from spikefm.data.masking import mask_entries, scheme_id
 from spikefm.data.windows import SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, decode_discrete
+from spikefm.fileio import savez_atomic
 
 __all__ = [
     "PREDICTION_TASKS",
@@ -467,21 +466,6 @@ def _bps(rates, counts) -> dict[str, float]:
         return {"bps_pooled": bps_pooled(rates, counts), "bps_per_neuron_mean": bps_per_neuron_mean(rates, counts)}
 
 
-def _save_npz_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fraction(model: dict, oracle: dict) -> dict[str, float]:
     out = {}
     for m in BPS_METRICS:
@@ -567,7 +551,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             entry["oracle"] = _bps(oracle_KTN, pred.counts)
             entry["fraction_of_oracle"] = _fraction(entry["model"], entry["oracle"])
         if save_predictions is not None:
-            _save_npz_atomic(Path(save_predictions) / f"{task}.npz", rates=pred.rates, counts=pred.counts)
+            savez_atomic(Path(save_predictions) / f"{task}.npz", rates=pred.rates, counts=pred.counts)
         out["tasks"][task] = entry
     return out
 

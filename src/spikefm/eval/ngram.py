@@ -47,13 +47,13 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from spikefm.data.tokens import SEPARATOR, VOCAB_SIZE
+from spikefm.fileio import savez_atomic
 
 __all__ = ["NGramModel", "MAX_ORDER"]
 
@@ -528,29 +528,19 @@ class NGramModel:
     def save(self, path: str | os.PathLike) -> None:
         """Write the parameters and fitted tables to ``path`` (.npz), atomically (temp + rename)."""
         self._check_fitted()
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    format_version=np.int64(_FORMAT_VERSION),
-                    order=np.int64(self.order),
-                    alpha=np.float64(self.alpha),
-                    vocab_size=np.int64(self.vocab_size),
-                    memory_budget_mb=np.float64(self.memory_budget_mb),
-                    num_tokens_=np.int64(self.num_tokens_),
-                    context_keys_=self.context_keys_,
-                    context_counts_=self.context_counts_,
-                    ngram_codes_=self.ngram_codes_,
-                    ngram_counts_=self.ngram_counts_,
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        savez_atomic(
+            path,
+            format_version=np.int64(_FORMAT_VERSION),
+            order=np.int64(self.order),
+            alpha=np.float64(self.alpha),
+            vocab_size=np.int64(self.vocab_size),
+            memory_budget_mb=np.float64(self.memory_budget_mb),
+            num_tokens_=np.int64(self.num_tokens_),
+            context_keys_=self.context_keys_,
+            context_counts_=self.context_counts_,
+            ngram_codes_=self.ngram_codes_,
+            ngram_counts_=self.ngram_counts_,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "NGramModel":

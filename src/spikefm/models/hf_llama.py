@@ -26,11 +26,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from spikefm.fileio import write_atomic
 from spikefm.models.llama import Llama, LlamaConfig
 
 __all__ = ["save_hf", "load_hf", "to_hf_config", "from_hf_config", "to_hf_key", "from_hf_key"]
@@ -191,19 +191,6 @@ def from_hf_config(config: dict) -> LlamaConfig:
     return LlamaConfig(**kwargs)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
     """Write ``model`` as a Hugging Face ``LlamaForCausalLM`` folder.
 
@@ -227,15 +214,11 @@ def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
                              "(to_empty + init_weights, or load weights) before saving")
         tensors[to_hf_key(key)] = tensor.detach().to("cpu").contiguous()
     dtype = model.tok_embeddings.weight.dtype
-    _atomic_write(out / WEIGHTS_NAME,
-                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomic(out / WEIGHTS_NAME,
+                 lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     text = json.dumps(to_hf_config(model.cfg, dtype), indent=2, sort_keys=True) + "\n"
 
-    def write_config(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    _atomic_write(out / CONFIG_NAME, write_config)
+    write_atomic(out / CONFIG_NAME, lambda tmp: tmp.write_text(text))
     return out
 
 

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from spikefm.fileio import write_json_atomic
 from spikefm.train import dist as d
-from spikefm.train.runinfo import write_json_atomic
 
 __all__ = [
     "CHECKPOINT_DIR",

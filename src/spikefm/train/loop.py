@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spikefm.fileio import write_bytes_atomic, write_json_atomic
 from spikefm.train import dist as d
 from spikefm.train.checkpoint import (
     export_model,
@@ -56,7 +57,7 @@ from spikefm.train.checkpoint import (
 from spikefm.train.config import RunConfig, config_to_dict
 from spikefm.train.family import Family, get_family
 from spikefm.train.optim import build_optimizer, build_scheduler
-from spikefm.train.runinfo import run_info, write_json_atomic
+from spikefm.train.runinfo import run_info
 
 __all__ = ["train", "PEAK_FLOPS", "device_peak_flops", "seed_everything", "build_model"]
 
@@ -194,12 +195,7 @@ def _rewrite_metrics(path: Path, keep_through_step: int) -> None:
                 continue
             if row.get("step", 0) <= keep_through_step:
                 rows.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(r + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, "".join(r + "\n" for r in rows).encode())
 
 
 class _Display:

@@ -14,8 +14,6 @@ config.json holds:
 
 from __future__ import annotations
 
-from ..fileio import write_json_atomic  # noqa: F401  (re-exported for train/)
-
 import datetime as _dt
 import json
 import os
@@ -30,7 +28,7 @@ import torch
 
 from spikefm.train.config import RunConfig, config_from_dict, config_to_dict
 
-__all__ = ["run_info", "write_json_atomic", "load_run_config", "git_commit"]
+__all__ = ["run_info", "load_run_config", "git_commit"]
 
 
 def _version(package: str) -> str | None:

@@ -61,8 +61,8 @@ class BuildConfig:
     def __post_init__(self):
         if not isinstance(self.bin_ms, int) or isinstance(self.bin_ms, bool) or self.bin_ms <= 0:
             raise ValueError(f"bin_ms must be a positive int (milliseconds), got {self.bin_ms!r}")
-        if self.max_row_tokens < 1:
-            raise ValueError(f"max_row_tokens must be >= 1, got {self.max_row_tokens}")
+        if not 1 <= self.max_row_tokens < 2**31:
+            raise ValueError(f"max_row_tokens must be in [1, 2**31), got {self.max_row_tokens}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.split not in ("session", "row"):
@@ -199,24 +199,18 @@ def _trials_json(trials: dict[str, dict[str, np.ndarray]], t0_s: float, t1_s: fl
     return json.dumps(out, separators=(",", ":"))
 
 
-def _list_of_lists(matrices: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
-    """Rows of 2-D arrays -> list<list<value>> built from flat buffers (no per-element Python)."""
-    outer = [0]
-    inner = [np.zeros(1, dtype=np.int32)]
-    total = 0
+def _list_of_lists(matrices: list[np.ndarray], value_type: pa.DataType) -> pa.ChunkedArray:
+    """Rows of 2-D arrays -> list<list<value>>, one chunk per row, built from flat buffers (no
+    per-element Python). One chunk per row keeps every offset within the row (< 2**31 by
+    ``max_row_tokens``), whatever the length of the session."""
+    chunks = []
     for m in matrices:
         rows, cols = m.shape
-        outer.append(outer[-1] + rows)
-        inner.append(total + cols * np.arange(1, rows + 1, dtype=np.int64))
-        total += rows * cols
-    inner_offsets = np.concatenate(inner).astype(np.int32 if total < 2**31 else np.int64)
-    flat = np.concatenate([m.reshape(-1) for m in matrices]) if matrices else np.zeros(0)
-    values = pa.array(flat.astype(value_type.to_pandas_dtype(), copy=False), type=value_type)
-    list_cls = pa.ListArray if inner_offsets.dtype == np.int32 else pa.LargeListArray
-    inner_arr = list_cls.from_arrays(pa.array(inner_offsets), values)
-    if list_cls is pa.LargeListArray:
-        inner_arr = inner_arr.cast(pa.list_(value_type))
-    return pa.ListArray.from_arrays(pa.array(np.asarray(outer, dtype=np.int32)), inner_arr)
+        inner = pa.ListArray.from_arrays(
+            pa.array(cols * np.arange(rows + 1, dtype=np.int32)),
+            pa.array(np.ascontiguousarray(m).reshape(-1), type=value_type))
+        chunks.append(pa.ListArray.from_arrays(pa.array(np.array([0, rows], dtype=np.int32)), inner))
+    return pa.chunked_array(chunks, type=pa.list_(pa.list_(value_type)))
 
 
 def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
@@ -370,7 +364,7 @@ def finalize(out_dir: Path, metas: list[dict], skipped: list[dict], cfg: BuildCo
     tables, row_tokens = {}, {}
     for m in metas:
         src = pa.memory_map(str(staging / f"{m['staging_key']}.arrow"))
-        t = pa.ipc.open_file(src).read_all().combine_chunks()
+        t = pa.ipc.open_file(src).read_all()  # one chunk per row; see _list_of_lists
         if "original_session_id" in m:
             t = t.set_column(2, "session_id", pa.array([m["session_id"]] * t.num_rows, pa.string()))
         tables[m["session_id"]] = t
@@ -434,11 +428,13 @@ def finalize(out_dir: Path, metas: list[dict], skipped: list[dict], cfg: BuildCo
 
 
 def _row_token_counts(table: pa.Table) -> np.ndarray:
-    """Units x bins of every row of a single-chunk table, from the list offsets."""
-    col = table.column("spike_counts").chunk(0)
-    outer = col.offsets.to_numpy()
-    inner = col.values.offsets.to_numpy()
-    return (inner[outer[1:]] - inner[outer[:-1]]).astype(np.int64)
+    """Units x bins of every row of a table, from the list offsets."""
+    counts = []
+    for col in table.column("spike_counts").chunks:
+        outer = col.offsets.to_numpy()
+        inner = col.values.offsets.to_numpy()
+        counts.append(inner[outer[1:]] - inner[outer[:-1]])
+    return np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, np.int64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
 
     _say(f"1/8 synthesizing {sizes['sessions']} NWB sessions ({sizes['duration_s']:.0f} s each)")
     nwb_dir = out / "nwb"
-    if not any(nwb_dir.rglob("*.nwb")) if nwb_dir.exists() else True:
+    if not (nwb_dir.exists() and any(nwb_dir.rglob("*.nwb"))):
         # 20-60 units: a tiny model sees several bins per 256-token context and learns in minutes.
         synthesize(nwb_dir, num_sessions=sizes["sessions"], seed=0,
                    duration_s=sizes["duration_s"], units_range=(20, 60))

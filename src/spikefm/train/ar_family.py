@@ -27,11 +27,14 @@ class ARDataConfig:
         corpus: corpus directory (``spikefm corpus build`` output).
         seq_len: context length in tokens (each bin is num_units + 1 tokens).
         split: corpus split to train on.
+        token_cache: read through the memory-mapped token cache in CORPUS_DIR/.cache (built on
+            first use, one byte per token); false for read-only corpus folders.
     """
 
     corpus: str = ""
     seq_len: int = 512
     split: str = "train"
+    token_cache: bool = True
 
     def __post_init__(self):
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 2:
@@ -60,11 +63,18 @@ class ARFamily:
 
     def train_loader(self, cfg: RunConfig, rank: int, world_size: int):
         from ..data.ar import ARTokenLoader
+        from .dist import barrier
 
-        return ARTokenLoader(_corpus(cfg), seq_len=cfg.data.seq_len,
-                             batch_size=cfg.train.micro_batch_size(world_size),
-                             seed=cfg.train.seed, rank=rank, world_size=world_size,
-                             split=cfg.data.split)
+        def make():
+            return ARTokenLoader(_corpus(cfg), seq_len=cfg.data.seq_len,
+                                 batch_size=cfg.train.micro_batch_size(world_size),
+                                 seed=cfg.train.seed, rank=rank, world_size=world_size,
+                                 split=cfg.data.split, token_cache=cfg.data.token_cache)
+
+        # Rank 0 builds the token cache (if missing) while the others wait, so it is built once.
+        loader = make() if rank == 0 else None
+        barrier()
+        return loader if loader is not None else make()
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):
         x_BL, y_BL = batch[0].long(), batch[1].long()  # the loader sends uint8 tokens

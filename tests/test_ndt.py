@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spikefm.data.masking import (
     apply_masks,
@@ -71,8 +72,8 @@ def test_target_entries_never_reach_the_model(position):
     assert torch.equal(mb.loss_mask_BTN, mb2.loss_mask_BTN)
     assert torch.equal(mb.inputs_BTN, mb2.inputs_BTN)
     with torch.no_grad():
-        out1 = model(mb.inputs_BTN, valid, sids, mb.scheme_B, mb.causal_B)
-        out2 = model(mb2.inputs_BTN, valid, sids, mb2.scheme_B, mb2.causal_B)
+        out1 = model(mb.inputs_BTN, valid, sids, mb.scheme_B, mb.causal_B, input_mask_BTN=mb.input_mask_BTN)
+        out2 = model(mb2.inputs_BTN, valid, sids, mb2.scheme_B, mb2.causal_B, input_mask_BTN=mb2.input_mask_BTN)
     assert torch.equal(out1, out2)
     # ...whereas changing a visible entry does change the output (the test can fail)
     changed_visible = counts.clone()
@@ -80,8 +81,35 @@ def test_target_entries_never_reach_the_model(position):
     changed_visible[visible] += 2.0
     mb3 = apply_masks(changed_visible, valid, region, scheme, torch.Generator().manual_seed(3))
     with torch.no_grad():
-        out3 = model(mb3.inputs_BTN, valid, sids, mb3.scheme_B, mb3.causal_B)
+        out3 = model(mb3.inputs_BTN, valid, sids, mb3.scheme_B, mb3.causal_B, input_mask_BTN=mb3.input_mask_BTN)
     assert not torch.allclose(out1, out3)
+
+
+def test_masked_entries_take_the_mask_value_not_a_zero_count():
+    torch.manual_seed(4)
+    model = NDT(tiny(), {"s": 12}).eval()
+    io = model.sessions[session_key("s")]
+    with torch.no_grad():
+        io.mask_value.copy_(torch.linspace(-0.9, 0.9, 12))
+    counts, valid, _, sids = padded_batch([("s", 12)] * 3, T=8)
+    hidden = torch.zeros_like(counts, dtype=torch.bool)
+    hidden[:, :, 5] = True
+    zeroed = counts.masked_fill(hidden, 0.0)
+    scheme = torch.zeros(3, dtype=torch.long)
+    causal = torch.zeros(3, dtype=torch.bool)
+    with torch.no_grad():
+        as_silent = model(zeroed, valid, sids, scheme, causal)
+        as_hidden = model(zeroed, valid, sids, scheme, causal, input_mask_BTN=hidden)
+        # whatever sits at a hidden entry is ignored, so the model cannot read a target
+        as_hidden_big = model(counts.masked_fill(hidden, 7.0), valid, sids, scheme, causal,
+                              input_mask_BTN=hidden)
+        expected = io.read_in(torch.where(hidden, io.mask_value,
+                                          F.softsign(zeroed * io.unit_scale + io.unit_offset)))
+    assert not torch.allclose(as_silent, as_hidden)
+    assert torch.equal(as_hidden, as_hidden_big)
+    torch.testing.assert_close(io.embed(zeroed, hidden), expected)
+    with pytest.raises(ValueError, match="input_mask_BTN must be a bool tensor of shape"):
+        model(zeroed, valid, sids, scheme, causal, input_mask_BTN=hidden[:, :4])
 
 
 @pytest.mark.parametrize("position", ["learned", "rotary"])
@@ -160,7 +188,7 @@ def test_freeze_core_then_step_changes_only_session_parameters():
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
     counts, valid, region, sids = padded_batch([("new", 15)] * 4, T=10)
     mb = apply_masks(counts, valid, region, torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(0))
-    out = model(mb.inputs_BTN, valid, sids, mb.scheme_B, mb.causal_B)
+    out = model(mb.inputs_BTN, valid, sids, mb.scheme_B, mb.causal_B, input_mask_BTN=mb.input_mask_BTN)
     loss, _ = masked_poisson_loss(out, mb.targets_BTN, mb.loss_mask_BTN, mb.scheme_B)
     loss.backward()
     opt.step()
@@ -238,7 +266,7 @@ def test_tiny_ndt_training_reduces_masked_loss(one_thread):
         unit_mask[:, ::4] = True  # fixed co-smoothing split
         mb = mask_units(held, valid_all, unit_mask)
         with torch.no_grad():
-            out = model(mb.inputs_BTN, valid_all, ["sess"] * 128, mb.scheme_B, mb.causal_B)
+            out = model(mb.inputs_BTN, valid_all, ["sess"] * 128, mb.scheme_B, mb.causal_B, input_mask_BTN=mb.input_mask_BTN)
             loss, _ = masked_poisson_loss(out, mb.targets_BTN, mb.loss_mask_BTN, mb.scheme_B)
         model.train()
         return loss.item()
@@ -251,7 +279,7 @@ def test_tiny_ndt_training_reduces_masked_loss(one_thread):
         counts = data[idx]
         scheme = draw_schemes(B, "all", mg)
         mb = apply_masks(counts, valid_all[:B], region_all[:B], scheme, mg)
-        out = model(mb.inputs_BTN, valid_all[:B], ["sess"] * B, mb.scheme_B, mb.causal_B)
+        out = model(mb.inputs_BTN, valid_all[:B], ["sess"] * B, mb.scheme_B, mb.causal_B, input_mask_BTN=mb.input_mask_BTN)
         loss, _ = masked_poisson_loss(out, mb.targets_BTN, mb.loss_mask_BTN, mb.scheme_B)
         opt.zero_grad()
         loss.backward()

@@ -74,7 +74,8 @@ class OracleStandIn(nn.Module):
         self.register_buffer("log_TN", torch.log(torch.as_tensor(rates_TN, dtype=torch.float64)))
         self.session_units = {session_id: rates_TN.shape[1]}
 
-    def forward(self, inputs_BTN, unit_valid_BN, session_ids, scheme_B, causal_B, return_hidden=False):
+    def forward(self, inputs_BTN, unit_valid_BN, session_ids, scheme_B, causal_B, return_hidden=False,
+                input_mask_BTN=None):
         out = self.log_TN.expand(inputs_BTN.shape[0], -1, -1)
         return (out, [inputs_BTN]) if return_hidden else out
 

@@ -8,8 +8,9 @@
 6. model, n-grams and the oracle (the true rates) are scored on the same held-out tokens;
 7. a short raster is sampled from the model, prompted with real bins;
 8. a ``tiny`` masked NDT is pretrained on all sessions but one, fine-tuned on the held-out one
-   (early stopping on its validation trials), and benchmarked against the same model trained on
-   that session alone, the smoothing baseline and the oracle.
+   (new session parameters on a frozen core, early stopping on its validation trials), and
+   benchmarked against the same model trained on that session alone, the smoothing baseline and
+   the oracle (:func:`ndt_transfer`).
 
 Everything lands under ``OUT`` (default ``./quickstart``); re-running reuses the built corpus.
 """
@@ -120,40 +121,66 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
     return {"results": results, "ndt_results": ndt_results, "report": report, "figures": figs}
 
 
-def _ndt_step(out: Path, fast: bool, *, num_sessions: int | None = None,
-              duration_s: float | None = None, pretrain_steps: int | None = None,
-              finetune_steps: int | None = None) -> dict:
+#: Settings of the quickstart's NDT comparison (see :func:`ndt_transfer`).
+NDT_SIZES = dict(sessions=12, duration_s=300.0, pretrain_steps=8000, finetune_steps=1500)
+NDT_FAST_SIZES = dict(sessions=3, duration_s=40.0, pretrain_steps=60, finetune_steps=40)
+
+
+def _ndt_step(out: Path, fast: bool) -> dict:
+    sizes = NDT_FAST_SIZES if fast else NDT_SIZES
+    _say(f"8/8 masked NDT: pretrain on {sizes['sessions']} synthetic sessions but the held-out "
+         "one(s), fine-tune on a held-out one")
+    return ndt_transfer(out, **sizes)
+
+
+def ndt_transfer(out: str | Path, *, sessions: int = 12, duration_s: float = 300.0,
+                 pretrain_steps: int = 8000, finetune_steps: int = 1500, seed: int = 1,
+                 schemes: str = "neuron", neuron_ratio: float = 0.1,
+                 freeze_core: bool = True,
+                 tasks: tuple[str, ...] = ("co-smoothing", "choice-decoding"),
+                 ) -> dict:
+    """Pretrain a ``tiny`` NDT on synthetic sessions, fine-tune on a held-out one, benchmark it.
+
+    Writes ``sessions`` synthetic NWB sessions (one family, so they share latent dynamics; 30-80
+    units) under ``OUT/nwb_ndt`` (reused if present), builds a corpus whose test split (about one
+    session in ``sessions``; ``OUT/corpus_sessions``) is held out, pretrains on the train split
+    (``OUT/run_ndt_pretrain``), fine-tunes on the first held-out session's train trials with early stopping on its validation trials
+    (``OUT/run_ndt_finetune``; only the session parameters when ``freeze_core``), trains the same
+    model from scratch on that session alone (``OUT/run_ndt_single``), and scores both on the
+    held-out session's test trials with the smoothing baseline and the oracle (true rates).
+
+    Defaults are the quickstart's. Masking: ``schemes`` at ``neuron_ratio`` (one unit in ten
+    hidden per neuron-masked sample); see the README for how these were chosen.
+
+    Returns:
+        ``{"fine-tuned": run_benchmark(...), "single-session": run_benchmark(...)}``, also
+        written to ``OUT/results_ndt.json``; the table is printed.
+    """
     import torch
     from threadpoolctl import threadpool_limits
 
     from .corpus.build import BuildConfig, build_corpus
     from .corpus.reader import Corpus
+    from .corpus.synth import synthesize
     from .eval.ndt_runner import session_truth_rates, session_windows_for_run
     from .eval.ndt_tasks import format_benchmark_table, run_benchmark
-    from .finetune import finetune, train_single_session
     from .fileio import write_json_atomic
-    from .loading import load_model
+    from .finetune import finetune, train_single_session
+    from .loading import load_model, register_families
     from .models.ndt import ndt_preset
     from .train.config import OptimConfig, RunConfig, TrainConfig
     from .train.loop import train
     from .train.ndt_family import NDTDataConfig
 
-    from .corpus.synth import synthesize
-
-    sizes = dict(sessions=3, duration_s=40.0, pretrain=60, finetune=40) if fast else \
-        dict(sessions=8, duration_s=300.0, pretrain=2000, finetune=400)
-    sizes.update({k: v for k, v in dict(sessions=num_sessions, duration_s=duration_s,
-                                         pretrain=pretrain_steps, finetune=finetune_steps).items()
-                  if v is not None})
-    steps = sizes
-    _say(f"8/8 masked NDT: pretrain on {sizes['sessions'] - 1} sessions, fine-tune on a held-out one")
+    out = Path(out)
+    register_families()
     nwb_dir = out / "nwb_ndt"
     if not nwb_dir.exists() or not any(nwb_dir.rglob("*.nwb")):
-        synthesize(nwb_dir, num_sessions=sizes["sessions"], seed=1, duration_s=sizes["duration_s"],
+        synthesize(nwb_dir, num_sessions=sessions, seed=seed, duration_s=duration_s,
                    units_range=(30, 80))
     corpus_dir = out / "corpus_sessions"
     build_corpus([str(nwb_dir)], corpus_dir,
-                 BuildConfig(test_fraction=1.0 / sizes["sessions"] - 1e-9, seed=0), progress=False)
+                 BuildConfig(test_fraction=1.0 / sessions - 1e-9, seed=0), progress=False)
     corpus = Corpus(corpus_dir)
     held_out = corpus.session_ids("test")[0]
     print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}")
@@ -162,32 +189,33 @@ def _ndt_step(out: Path, fast: bool, *, num_sessions: int | None = None,
         if path.exists():
             shutil.rmtree(path)
     cfg = RunConfig(family="ndt", model=ndt_preset("tiny"),
-                    data=NDTDataConfig(corpus=str(corpus_dir)),
-                    optim=OptimConfig(lr=3e-3, warmup_steps=steps["pretrain"] // 10),
-                    train=TrainConfig(steps=steps["pretrain"], batch_size=16, log_every=50,
-                                      ckpt_every=steps["pretrain"], device="cpu",
-                                      precision="fp32"))
+                    data=NDTDataConfig(corpus=str(corpus_dir), schemes=schemes,
+                                       neuron_ratio=neuron_ratio),
+                    optim=OptimConfig(lr=3e-3, warmup_steps=pretrain_steps // 10),
+                    train=TrainConfig(steps=pretrain_steps, batch_size=16, log_every=50,
+                                      ckpt_every=pretrain_steps, device="cpu", precision="fp32"))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # a tiny model: one thread is faster than two on a 2-core laptop
     try:
         with threadpool_limits(1):
             train(cfg, runs["pretrain"], progress=True)
-            every = max(10, steps["finetune"] // 6)
+            every = max(10, finetune_steps // 6)
             ft = finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],
-                          steps=steps["finetune"], eval_every=every, patience=3)
+                          steps=finetune_steps, eval_every=every, patience=3,
+                          freeze_core=freeze_core)
             ss = train_single_session(corpus_dir, held_out, runs["single"],
-                                      like_run=runs["pretrain"], steps=steps["finetune"],
+                                      like_run=runs["pretrain"], steps=finetune_steps,
                                       eval_every=every, patience=3)
-            print(f"fine-tuned: best val loss {ft['best_val_loss']:.4f}; single-session: "
-                  f"{ss['best_val_loss']:.4f}")
+            print(f"fine-tuned: best val loss {ft['best_val_loss']:.4f} at step {ft['best_step']}; "
+                  f"single-session: {ss['best_val_loss']:.4f} at step {ss['best_step']}")
             windows = session_windows_for_run(runs["finetune"], corpus, held_out)
             truth = session_truth_rates(corpus, windows)
-            tasks = ["co-smoothing", "forward-prediction", "choice-decoding"]
             results = {
-                "fine-tuned": run_benchmark(load_model(runs["finetune"]), windows, tasks=tasks,
+                "fine-tuned": run_benchmark(load_model(runs["finetune"]), windows, tasks=list(tasks),
                                             truth_rates=truth, baselines=True),
                 "single-session": run_benchmark(load_model(runs["single"]), windows,
-                                                tasks=tasks, truth_rates=truth, baselines=False),
+                                                tasks=list(tasks), truth_rates=truth,
+                                                baselines=False),
             }
     finally:
         torch.set_num_threads(threads)

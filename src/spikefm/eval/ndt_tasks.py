@@ -174,7 +174,7 @@ def _run_variants(model: nn.Module, windows: SessionWindows, var: _Variants, spl
                               var.loss_VTN[v_B].to(device), scheme=var.scheme_V[v_B].to(device),
                               causal=var.causal_V[v_B].to(device))
             log_rates_BTN = model(mb.inputs_BTN, valid_BN, [windows.session_id] * B, mb.scheme_B,
-                                  mb.causal_B)
+                                  mb.causal_B, input_mask_BTN=mb.input_mask_BTN)
             rates_BTN = torch.exp(log_rates_BTN.double()).cpu().numpy()
             loss_BTN = mb.loss_mask_BTN.cpu().numpy()
             for b in range(B):

@@ -8,12 +8,19 @@ Shape legend:
 
 Each time bin is one token. Per session (parameters keyed by session id, never by unit count):
     counts_BTn -> softsign(counts * unit_scale + unit_offset)     (learned per-unit scale/offset)
+                  masked entries -> mask_value                   (learned per unit, see below)
                -> Linear(n -> K) read-in                         (session "stitcher")
 Shared core:
     Linear(K -> D), + learned positions (or rotary in attention), prepend
     [scheme prompt token, session token], pre-norm transformer blocks, final LayerNorm.
 Per session again:
     Linear(D -> n) read-out of every bin token = log expected counts per bin.
+
+A masked entry is not fed as a zero count: the model is told which entries are masked
+(``input_mask_BTN``) and puts the unit's learned ``mask_value`` there instead, so "hidden" and
+"silent" differ. Without it the read-in sees every hidden unit as silent, and the input statistics
+shift between training (a fraction of the units hidden) and leave-one-out co-smoothing (one unit
+hidden).
 
 Two sessions with the same unit count get distinct read-in/read-out parameters, and a mixed
 batch is processed per session group, so it equals running each session's samples on their own.
@@ -137,9 +144,10 @@ def count_core_parameters(cfg: NDTConfig) -> int:
 
 
 def count_session_parameters(cfg: NDTConfig, num_units: int) -> int:
-    """Parameters one session with ``num_units`` units adds (embedding, read-in, token, read-out)."""
+    """Parameters one session with ``num_units`` units adds (embedding and mask value, read-in,
+    token, read-out)."""
     n, K, D = num_units, cfg.token_dim, cfg.dim
-    return 2 * n + (n * K + K) + D + (D * n + n)
+    return 3 * n + (n * K + K) + D + (D * n + n)
 
 
 _SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
@@ -172,13 +180,17 @@ class SessionIO(nn.Module):
         self.num_units = num_units
         self.unit_scale = nn.Parameter(torch.ones(num_units))
         self.unit_offset = nn.Parameter(torch.zeros(num_units))
+        self.mask_value = nn.Parameter(torch.zeros(num_units))
         self.read_in = nn.Linear(num_units, token_dim)
         self.token = nn.Parameter(torch.randn(dim) * 0.02)
         self.read_out = nn.Linear(dim, num_units)
 
-    def embed(self, counts_BTn: torch.Tensor) -> torch.Tensor:
-        """(B, T, n) counts -> (B, T, K) spike tokens."""
-        return self.read_in(F.softsign(counts_BTn * self.unit_scale + self.unit_offset))
+    def embed(self, counts_BTn: torch.Tensor, masked_BTn: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, n) counts -> (B, T, K) spike tokens; ``masked_BTn`` entries take ``mask_value``."""
+        v_BTn = F.softsign(counts_BTn * self.unit_scale + self.unit_offset)
+        if masked_BTn is not None:
+            v_BTn = torch.where(masked_BTn, self.mask_value.to(v_BTn.dtype), v_BTn)
+        return self.read_in(v_BTn)
 
 
 def _rotate(x_BHSE: torch.Tensor, cos_SE: torch.Tensor, sin_SE: torch.Tensor) -> torch.Tensor:
@@ -311,6 +323,7 @@ class NDT(nn.Module):
         *,
         return_hidden: bool = False,
         all_sessions_in_graph: bool = False,
+        input_mask_BTN: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Predict log expected counts per bin for every unit.
 
@@ -325,6 +338,9 @@ class NDT(nn.Module):
             all_sessions_in_graph: add every session's parameters to the output with weight
                 exactly 0, so each gets a (zero) gradient even when absent from the batch; data
                 parallel training needs the same set of gradients on every replica.
+            input_mask_BTN: bool, True at entries hidden from the model (``MaskedBatch.input_mask_BTN``);
+                they take the unit's learned ``mask_value`` instead of a count. ``None``: every
+                entry is observed (e.g. decoding from the full activity).
 
         Returns:
             log_rates_BTN (0 at unit columns beyond a sample's session size; invalid units
@@ -350,6 +366,8 @@ class NDT(nn.Module):
             raise ValueError(f"session_ids must be a list of {B} session ids, got {session_ids!r:.200}")
         _expect("scheme_B", scheme_B, (B,), torch.long)
         _expect("causal_B", causal_B, (B,), torch.bool)
+        if input_mask_BTN is not None:
+            _expect("input_mask_BTN", input_mask_BTN, (B, T, N), torch.bool)
         device = inputs_BTN.device
 
         groups: dict[str, list[int]] = {}
@@ -367,7 +385,8 @@ class NDT(nn.Module):
             if n < N and bool(valid_bn[:, n:].any()):
                 raise ValueError(f"session {sid!r} has {n} units but unit_valid_BN marks units beyond {n} as valid")
             x_bTn = inputs_BTN.index_select(0, idx)[:, :, :n] * valid_bn[:, None, :n]
-            tokens.append(io.embed(x_bTn.to(io.unit_scale.dtype)))
+            m_bTn = None if input_mask_BTN is None else input_mask_BTN.index_select(0, idx)[:, :, :n]
+            tokens.append(io.embed(x_bTn.to(io.unit_scale.dtype), m_bTn))
             session_tokens.append(io.token.expand(len(rows), -1))
             index_groups.append((idx, io))
         order_B = torch.cat([idx for idx, _ in index_groups])

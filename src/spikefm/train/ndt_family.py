@@ -274,7 +274,8 @@ class NDTFamily:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         log_rates_BTN = model(mb.inputs_BTN, valid_BN.to(mb.inputs_BTN.device), list(batch["session_ids"]),
-                              mb.scheme_B, mb.causal_B, all_sessions_in_graph=distributed and model.training)
+                              mb.scheme_B, mb.causal_B, all_sessions_in_graph=distributed and model.training,
+                              input_mask_BTN=mb.input_mask_BTN)
         return mb, log_rates_BTN.float()
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):

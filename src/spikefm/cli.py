@@ -315,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-train-tokens", type=_positive_int, default=None)
     e.add_argument("--seq-len", type=_positive_int, default=512,
                    help="context for Hugging Face models (runs use their own)")
-    e.add_argument("--tasks", default=None, help="ndt: comma-separated benchmark tasks")
+    e.add_argument("--tasks", default=None,
+                   help="ndt: comma-separated benchmark tasks (default: co-smoothing, forward-prediction, "
+                        "forward-prediction-walk, inter-region, intra-region, choice-decoding)")
     e.add_argument("--session", default=None, help="ndt: the session to evaluate")
     e.add_argument("--save-predictions", default=None, metavar="DIR",
                    help="ndt: write DIR/<task>.npz with rates and counts")

@@ -67,7 +67,8 @@ __all__ = [
 
 PREDICTION_TASKS = ("co-smoothing", "forward-prediction", "forward-prediction-walk", "inter-region",
                     "intra-region")
-DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "inter-region", "intra-region", "choice-decoding")
+DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "forward-prediction-walk", "inter-region", "intra-region",
+                 "choice-decoding")
 BPS_METRICS = ("bps_pooled", "bps_per_neuron_mean")
 
 

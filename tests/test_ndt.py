@@ -112,6 +112,26 @@ def test_masked_entries_take_the_mask_value_not_a_zero_count():
         model(zeroed, valid, sids, scheme, causal, input_mask_BTN=hidden[:, :4])
 
 
+def test_weights_saved_without_mask_value_load_and_behave_as_before():
+    torch.manual_seed(5)
+    model = NDT(tiny(), {"s": 12}).eval()
+    with torch.no_grad():
+        model.sessions[session_key("s")].unit_offset.uniform_(-1.0, 1.0)
+    old_state = {k: v for k, v in model.state_dict().items() if not k.endswith(".mask_value")}
+    loaded = NDT(tiny(), {"s": 12}).eval()
+    loaded.load_state_dict(old_state, strict=True)
+    counts, valid, _, sids = padded_batch([("s", 12)] * 3, T=8)
+    hidden = torch.zeros_like(counts, dtype=torch.bool)
+    hidden[:, 5:, 2] = True
+    zeroed = counts.masked_fill(hidden, 0.0)
+    scheme, causal = torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.bool)
+    with torch.no_grad():
+        # the old model saw hidden entries as zero counts (no mask argument)
+        before = model(zeroed, valid, sids, scheme, causal)
+        after = loaded(zeroed, valid, sids, scheme, causal, input_mask_BTN=hidden)
+    torch.testing.assert_close(after, before)
+
+
 @pytest.mark.parametrize("position", ["learned", "rotary"])
 def test_causal_future_cannot_change_past(position):
     torch.manual_seed(1)

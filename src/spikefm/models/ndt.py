@@ -185,6 +185,13 @@ class SessionIO(nn.Module):
         self.token = nn.Parameter(torch.randn(dim) * 0.02)
         self.read_out = nn.Linear(dim, num_units)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before mask_value existed fed hidden entries as zero counts, i.e. the value
+        # softsign(unit_offset); that is exactly the mask value that reproduces them.
+        if prefix + "mask_value" not in state_dict and prefix + "unit_offset" in state_dict:
+            state_dict[prefix + "mask_value"] = F.softsign(state_dict[prefix + "unit_offset"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def embed(self, counts_BTn: torch.Tensor, masked_BTn: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, n) counts -> (B, T, K) spike tokens; ``masked_BTn`` entries take ``mask_value``."""
         v_BTn = F.softsign(counts_BTn * self.unit_scale + self.unit_offset)

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = train(cfg, args.run_dir, resume=args.resume, progress=False, stop_after=args.stop_after)
     if dist.is_main():
         print("SUMMARY " + json.dumps(summary), flush=True)
-    dist.shutdown()
+    dist.exit_worker(0)
 
 
 if __name__ == "__main__":

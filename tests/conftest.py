@@ -79,3 +79,11 @@ def real_nwb():
     if not REAL_NWB.exists():
         pytest.skip(f"real DANDI file not found at {REAL_NWB}")
     return REAL_NWB
+
+
+def torchrun_failure_report(proc, tail: int = 2000) -> str:
+    """What a failed torchrun run said: every rank's error lines first, then the end of stderr."""
+    keys = ("Error", "error:", "what()", "terminate called", "Fatal Python", "Traceback")
+    lines = [ln for ln in proc.stderr.splitlines() if any(k in ln for k in keys)]
+    return (f"torchrun exited with {proc.returncode}; error lines:\n" + "\n".join(lines[:60])
+            + f"\n--- end of stderr ---\n{proc.stderr[-tail:]}")

@@ -19,6 +19,7 @@ from spikefm.corpus.build import BuildConfig, build_corpus
 from spikefm.corpus.synth import synthesize
 from spikefm.data.tokens import SEPARATOR, tokenize
 from spikefm.eval.ar_eval import evaluate_oracle, score_tokens, truth_slice, _truth_for
+from conftest import torchrun_failure_report
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_torchrun_two_process_fsdp_ar_run(synth_corpus, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if proc.returncode != 0 and "gloo" in proc.stderr.lower() and "address" in proc.stderr.lower():
         pytest.skip(f"gloo could not bind: {proc.stderr[-300:]}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, torchrun_failure_report(proc)
     info = json.loads((out / "config.json").read_text())
     assert info["world_size"] == 2
     assert (out / "model.safetensors").exists()

@@ -22,6 +22,7 @@ from _toy_family import toy_config  # noqa: E402
 
 from spikefm.train.checkpoint import list_checkpoints, load_exported_model  # noqa: E402
 from spikefm.train.loop import train  # noqa: E402
+from conftest import torchrun_failure_report  # noqa: E402
 
 TOY = Path(__file__).resolve().parent / "_toy_family.py"
 
@@ -60,7 +61,7 @@ def torchrun(run_dir: Path, *args: str, nproc: int = 2, timeout: int = 120) -> s
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
-        pytest.fail(f"torchrun exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(f"{torchrun_failure_report(proc)}\n--- stdout ---\n{proc.stdout[-3000:]}")
     return proc.stdout
 
 

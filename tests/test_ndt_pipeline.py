@@ -25,6 +25,7 @@ from spikefm.train.config import RunConfig
 from spikefm.train.family import get_family
 from spikefm.train.ndt_family import NDTDataConfig, window_options
 from spikefm.train.runinfo import load_run_config
+from conftest import torchrun_failure_report
 
 STEPS = 24
 TRAIN_ARGS = ["--set", "train.batch_size=4", "--set", "optim.warmup_steps=2", "--set", "optim.lr=2e-3",
@@ -307,7 +308,7 @@ def test_torchrun_two_process_fsdp_ndt_run(corpus_dir, tmp_path):
            "--steps", "6", *args, "--set", "train.eval_every=3", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, torchrun_failure_report(proc)
     info = json.loads((out / "config.json").read_text())
     assert info["world_size"] == 2 and (out / "model.safetensors").exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

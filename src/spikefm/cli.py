@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
         if os.environ.get("SPIKEFM_DEBUG"):
             raise
@@ -388,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spikefm: interrupted", file=sys.stderr)
         return 130
+    if "torch" in sys.modules:  # a torchrun worker that finished: leave without C++ teardown
+        from .train.dist import exit_worker
+
+        exit_worker(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from .binning import bin_spikes
 from .nwb import NWBInputError, read_nwb, resample_behavior
 from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS, shard_name
-from ..fileio import replace_folder, write_json_atomic
+from ..fileio import replace_folder, write_atomic, write_json_atomic
 from .session import SessionRecord
 
 STAGING = ".staging"
@@ -295,11 +295,11 @@ def _stage_one(item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dic
         if str(item.path) not in msg:
             msg = f"{item.path}: {msg}"
         return {"error": msg, "input": str(item.path)}
-    arrow_path = staging / f"{key}.arrow"
-    tmp = staging / f".{key}.arrow.tmp-{os.getpid()}"
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ROW_SCHEMA) as writer:
-        writer.write_table(table, max_chunksize=1)
-    os.replace(tmp, arrow_path)
+    def write_arrow(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ROW_SCHEMA) as writer:
+            writer.write_table(table, max_chunksize=1)
+
+    write_atomic(staging / f"{key}.arrow", write_arrow)
     meta["staging_key"] = key
     write_json_atomic(staging / f"{key}.json", meta)  # last: marks the session finished
     return meta

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fileio import write_atomic
+
 _SPEC = re.compile(r"^dandi:(?P<id>\d{6})(?:@(?P<version>[^/]+))?(?:/(?P<glob>.+))?$")
 
 DEFAULT_CACHE = "~/.cache/spikefm/dandi"
@@ -96,10 +98,7 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
             local = cache / parsed.dandiset_id / version / asset.path
             size = getattr(asset, "size", None)
             if not (local.exists() and (size is None or local.stat().st_size == size)):
-                local.parent.mkdir(parents=True, exist_ok=True)
-                tmp = local.with_name(f".{local.name}.part-{os.getpid()}")
-                asset.download(tmp)
-                os.replace(tmp, local)
+                write_atomic(local, asset.download)
             items.append(InputFile(
                 path=local,
                 source_dataset=f"dandi-{parsed.dandiset_id}",

@@ -15,7 +15,6 @@ same tokens the n-gram baselines and the oracle are scored on.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..corpus.reader import Corpus, _matrices
-from ..fileio import write_json_atomic
+from ..fileio import write_atomic, write_json_atomic
 from .tokens import tokenize
 
 
@@ -75,19 +74,20 @@ class TokenCache:
 
     def _build(self, groups: list[_Group], folder: Path, index_path: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        index, pos = [], 0
-        with open(tmp, "wb") as f:
-            for g in groups:
-                rows = []
-                for tokens, sid in _group_rows(g):
-                    f.write(tokens.tobytes())
-                    rows.append((pos, pos + tokens.size, sid))
-                    pos += tokens.size
-                index.append(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        index: list[list[tuple[int, int, str]]] = []
+
+        def write_tokens(tmp: Path) -> None:
+            pos = 0
+            with open(tmp, "wb") as f:
+                for g in groups:
+                    rows = []
+                    for tokens, sid in _group_rows(g):
+                        f.write(tokens.tobytes())
+                        rows.append((pos, pos + tokens.size, sid))
+                        pos += tokens.size
+                    index.append(rows)
+
+        write_atomic(self.path, write_tokens)
         write_json_atomic(index_path, {"groups": index})
 
     def group_tokens(self, i: int, sessions: set[str] | None) -> list[np.ndarray]:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikefm.fileio import write_json_atomic
+from spikefm.fileio import write_atomic, write_json_atomic
 from spikefm.train import dist as d
 
 __all__ = [
@@ -257,11 +257,7 @@ def export_model(run_dir: str | os.PathLike, model: nn.Module) -> Path:
             ptr = t.untyped_storage().data_ptr()
             tensors[key] = t.clone() if ptr in seen else t
             seen.add(ptr)
-        tmp = out.with_name(f".{out.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        write_atomic(out, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     d.barrier()
     return out
 

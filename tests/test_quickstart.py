@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from spikefm.cli import main
@@ -29,3 +30,11 @@ def test_quickstart_fast_runs_end_to_end(tmp_path, capsys):
     cos = ndt["fine-tuned"]["tasks"]["co-smoothing"]
     assert {"model", "smoothing", "oracle"} <= set(cos)
     assert np.isfinite(cos["model"]["bps_pooled"])
+
+
+def test_ndt_transfer_needs_a_held_out_session(tmp_path):
+    from spikefm.quickstart import ndt_transfer
+
+    with pytest.raises(ValueError, match=r"sessions must be an int >= 2 .* got 1"):
+        ndt_transfer(tmp_path / "qs", sessions=1)
+    assert not (tmp_path / "qs").exists()  # nothing was written

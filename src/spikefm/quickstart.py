@@ -172,6 +172,9 @@ def ndt_transfer(out: str | Path, *, sessions: int = 12, duration_s: float = 300
     from .train.loop import train
     from .train.ndt_family import NDTDataConfig
 
+    if not isinstance(sessions, int) or isinstance(sessions, bool) or sessions < 2:
+        raise ValueError(f"sessions must be an int >= 2 (pretraining sessions plus a held-out one), "
+                         f"got {sessions!r}")
     out = Path(out)
     register_families()
     nwb_dir = out / "nwb_ndt"

@@ -203,8 +203,8 @@ def exit_worker(code: int) -> None:
 
     Does nothing (returns) outside a multi-process group. Interpreter shutdown with a live gloo
     group sometimes aborted a rank after all its work was done ("terminate called without an
-    active exception", SIGABRT; about 1 run in 12 of the two-process CPU test under load), so
-    torchrun reported the finished run as failed. After the barrier every rank has finished every
+    active exception", SIGABRT), so torchrun reported the finished run as failed
+    (``benchmarks/stress_torchrun.py`` counts such failures). After the barrier every rank has finished every
     collective and written everything (writes are atomic), so the process leaves without running
     C++ destructors. Only for the end of a command-line run, never inside a library call.
     """

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spikefm.models.hf_llama import to_hf_config, to_hf_key
-from spikefm.models.llama import LLAMA_PRESETS, Llama, llama_preset
+from spikefm.families.ar.hf import to_hf_config, to_hf_key
+from spikefm.families.ar.model import LLAMA_PRESETS, Llama, llama_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402

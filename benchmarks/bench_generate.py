@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from spikefm.models.llama import LLAMA_PRESETS, Llama, generate, llama_preset
+from spikefm.families.ar.model import LLAMA_PRESETS, Llama, generate, llama_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402

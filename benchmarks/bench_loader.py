@@ -35,8 +35,8 @@ def main():
 
     from spikefm.corpus.build import _list_of_lists
     from spikefm.corpus.schema import ROW_SCHEMA
-    from spikefm.data.ar import ARTokenLoader
-    from spikefm.data.tokens import tokenize
+    from spikefm.families.ar.loader import ARTokenLoader
+    from spikefm.families.ar.tokens import tokenize
     from spikefm.fileio import write_json_atomic
 
     rng = np.random.default_rng(0)

@@ -33,14 +33,14 @@ def main():
     from spikefm.corpus.build import BuildConfig, build_corpus
     from spikefm.corpus.reader import Corpus
     from spikefm.corpus.synth import synthesize
-    from spikefm.eval.ndt_runner import session_truth_rates, session_windows_for_run
-    from spikefm.eval.ndt_tasks import run_benchmark
+    from spikefm.families.ndt.evaluate import session_truth_rates, session_windows_for_run
+    from spikefm.families.ndt.tasks import run_benchmark
     from spikefm.fileio import write_json_atomic
-    from spikefm.loading import load_model
-    from spikefm.models.ndt import ndt_preset
+    from spikefm.families import load_model
+    from spikefm.families.ndt.model import ndt_preset
     from spikefm.train.config import OptimConfig, RunConfig, TrainConfig
-    from spikefm.train.loop import train
-    from spikefm.train.ndt_family import NDTDataConfig
+    from spikefm.families import train
+    from spikefm.families.ndt.family import NDTDataConfig
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(args.threads):

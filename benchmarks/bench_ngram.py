@@ -1,7 +1,7 @@
 """Benchmark: vectorized exact n-gram counting (NGramModel) vs a plain-Python dict counter.
 
 Synthetic corpus: Poisson spike counts of ``--num-units`` units with gamma-distributed rates in
-20 ms bins, tokenized with :func:`spikefm.data.tokens.tokenize` into rows of ``--row-bins`` bins.
+20 ms bins, tokenized with :func:`spikefm.families.ar.tokens.tokenize` into rows of ``--row-bins`` bins.
 NGramModel fits the whole corpus (``--num-tokens``); the dict counters, being ~100x slower, count a
 leading slice of ``--dict-tokens`` tokens, and every method is compared by throughput (tokens/s)
 so the ratio is fair. Two dict counters are timed, both counting (context, next) pairs and
@@ -37,9 +37,9 @@ from collections import Counter
 
 import numpy as np
 
-from spikefm.data.tokens import tokenize
-from spikefm.eval import ngram as ngram_module
-from spikefm.eval.ngram import NGramModel
+from spikefm.families.ar.tokens import tokenize
+from spikefm.families.ar import ngram as ngram_module
+from spikefm.families.ar.ngram import NGramModel
 
 PAD = 255
 TABLES = ("context_keys_", "context_counts_", "ngram_codes_", "ngram_counts_")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 from spikefm.train.config import OptimConfig, RunConfig, TrainConfig  # noqa: E402
-from spikefm.train.family import register_family  # noqa: E402
+from spikefm.families import register  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class ToyDataConfig:
     noise: float = 0.1
     seed: int = 0
     sleep_s: float = 0.0  # per micro-batch, to slow a subprocess down for the SIGKILL test
+    corpus: str = ""  # the toy data is generated; the path is only recorded (spikefm train --data)
+    init_from: str = ""  # fine-tuning: a finished toy run whose weights initialise this one
+    freeze_core: bool = False  # fine-tuning: train the head only
 
 
 class Block(nn.Module):
@@ -128,14 +132,46 @@ class ToyLoader:
 
 
 class ToyFamily:
+    """The whole Family protocol, so that a test can drive it through the registry and the CLI:
+    a "session" of the toy family is a dataset drawn with its own seed."""
+
     name = "toy"
     model_config_cls = ToyModelConfig
     data_config_cls = ToyDataConfig
 
+    def __init__(self) -> None:
+        self._data: ToyDataConfig | None = None
+
+    @staticmethod
+    def preset(name: str) -> ToyModelConfig:
+        sizes = {"tiny": ToyModelConfig(), "small": ToyModelConfig(dim=64)}
+        if name not in sizes:
+            raise ValueError(f"unknown toy preset {name!r}; presets: {', '.join(sizes)}")
+        return sizes[name]
+
+    @staticmethod
+    def presets() -> list[str]:
+        return ["tiny", "small"]
+
     def build_model(self, cfg: RunConfig) -> nn.Module:
+        self._data = cfg.data
         return ToyModel(cfg.model)
 
+    def init_for_loading(self, model: nn.Module) -> None:
+        self._init(model)
+
     def init_weights(self, model: nn.Module) -> None:
+        self._init(model)
+        data = self._data
+        if data is not None and data.init_from:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(Path(data.init_from) / "model.safetensors")))
+            if data.freeze_core:
+                for name, p in model.named_parameters():
+                    p.requires_grad_(name.startswith("head."))
+
+    def _init(self, model: nn.Module) -> None:
         for m in model.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.1)
@@ -166,15 +202,55 @@ class ToyFamily:
         return {"dataset": "toy", "num_sequences": int(len(data)),
                 "data_sha256": hashlib.sha256(data.tobytes()).hexdigest()}
 
-    def evaluate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int) -> dict:
+    def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int) -> dict:
         held_out = make_sequences(cfg.data, cfg.model.vocab_size, offset=1)[rank::world_size][:64]
         x = torch.from_numpy(held_out).to(next(model.parameters()).device)
         logits = model(x[:, :-1]).float()
         total = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
-        return {"loss": (float(total), float(x[:, 1:].numel()))}
+        return {"loss": (float(total), float(x[:, 1:].numel())), "val_loss": (float(total), float(x[:, 1:].numel()))}
+
+    # -- outside the loop
+
+    def finetune_config(self, run_dir: str, corpus: str, session_id: str, *, freeze_core: bool = False,
+                        from_scratch: bool = False, steps: int = 100) -> RunConfig:
+        import dataclasses
+        import zlib
+
+        from spikefm.train.runinfo import load_run_config
+
+        pre = load_run_config(run_dir, model_cls=ToyModelConfig, data_cls=ToyDataConfig)
+        data = dataclasses.replace(pre.data, corpus=corpus, seed=zlib.crc32(session_id.encode()) % 10_000,
+                                   init_from="" if from_scratch else str(Path(run_dir).resolve()),
+                                   freeze_core=freeze_core)
+        optim = dataclasses.replace(pre.optim, warmup_steps=None)
+        return dataclasses.replace(pre, data=data, optim=optim,
+                                   train=dataclasses.replace(pre.train, steps=steps, eval_every=0))
+
+    def evaluate(self, run_dir: str, corpus: str, *, split: str = "test") -> dict:
+        """Held-out next-token cross-entropy (bits/token) of the run beside the uniform guess."""
+        from spikefm.train.checkpoint import load_exported_model
+        from spikefm.train.runinfo import load_run_config
+
+        if split != "test":
+            raise ValueError(f"toy runs are scored on held-out sequences; got split {split!r}")
+        cfg = load_run_config(run_dir, model_cls=ToyModelConfig, data_cls=ToyDataConfig)
+        model = load_exported_model(run_dir, self, cfg)
+        with torch.no_grad():
+            num, den = self.validate(model, cfg, 0, 1)["loss"]
+        return {"family": self.name, "run_dir": run_dir, "results": {
+            "model": {"bits": num / den / math.log(2)}, "uniform": {"bits": math.log2(cfg.model.vocab_size)}}}
+
+    def format_results(self, results_by_run: dict) -> str:
+        from spikefm.tables import render_table
+
+        first = next(iter(results_by_run.values()))["results"]
+        header = ["", *results_by_run, "uniform"]
+        row = ["bits/token", *(r["results"]["model"]["bits"] for r in results_by_run.values()),
+               first["uniform"]["bits"]]
+        return render_table(header, [row], title="toy held-out cross-entropy")
 
 
-register_family("toy", ToyFamily)
+register("toy", ToyFamily)
 
 
 def toy_config(**train: object) -> RunConfig:
@@ -193,7 +269,7 @@ def toy_config(**train: object) -> RunConfig:
 def main(argv: list[str] | None = None) -> None:
     from spikefm.train import dist
     from spikefm.train.config import apply_overrides
-    from spikefm.train.loop import train
+    from spikefm.families import train
 
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir")

@@ -7,8 +7,8 @@ import torch
 
 from spikefm import Corpus
 from spikefm.corpus.build import BuildConfig, build_corpus
-from spikefm.data.ar import ARTokenLoader, iter_eval_windows
-from spikefm.data.tokens import tokenize
+from spikefm.families.ar.loader import ARTokenLoader, iter_eval_windows
+from spikefm.families.ar.tokens import tokenize
 
 from conftest import random_units, write_nwb
 

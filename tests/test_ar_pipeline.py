@@ -17,8 +17,8 @@ from spikefm import Corpus, load_model
 from spikefm.cli import main as cli_main
 from spikefm.corpus.build import BuildConfig, build_corpus
 from spikefm.corpus.synth import synthesize
-from spikefm.data.tokens import SEPARATOR, tokenize
-from spikefm.eval.ar_eval import evaluate_oracle, score_tokens, truth_slice, _truth_for
+from spikefm.families.ar.tokens import SEPARATOR, tokenize
+from spikefm.families.ar.evaluate import evaluate_oracle, score_tokens, truth_slice, _truth_for
 from conftest import torchrun_failure_report
 
 
@@ -133,7 +133,7 @@ def test_bad_train_config_gives_one_line_errors(synth_corpus, tmp_path, capsys):
 
 def test_hf_export_of_a_run_loads_in_transformers(trained_run, tmp_path):
     transformers = pytest.importorskip("transformers")
-    from spikefm.models.hf_llama import save_hf
+    from spikefm.families.ar.hf import save_hf
 
     model = load_model(trained_run)
     save_hf(model, tmp_path / "hf")
@@ -173,13 +173,11 @@ def test_torchrun_two_process_fsdp_ar_run(synth_corpus, tmp_path):
 
 
 def test_ar_run_stopped_and_resumed_equals_uninterrupted(synth_corpus, tmp_path):
-    from spikefm.loading import register_families
-    from spikefm.models.llama import llama_preset
-    from spikefm.train.ar_family import ARDataConfig
+    from spikefm.families import train
+    from spikefm.families.ar.family import ARDataConfig
+    from spikefm.families.ar.model import llama_preset
     from spikefm.train.config import OptimConfig, RunConfig, TrainConfig
-    from spikefm.train.loop import train
 
-    register_families()
     cfg = RunConfig(family="ar", model=llama_preset("tiny"),
                     data=ARDataConfig(corpus=str(synth_corpus), seq_len=64),
                     optim=OptimConfig(lr=3e-3, warmup_steps=2),

@@ -20,8 +20,8 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _toy_family import toy_config  # noqa: E402
 
-from spikefm.train.checkpoint import list_checkpoints, load_exported_model  # noqa: E402
-from spikefm.train.loop import train  # noqa: E402
+from spikefm.families import load_model, train  # noqa: E402
+from spikefm.train.checkpoint import list_checkpoints  # noqa: E402
 from conftest import torchrun_failure_report  # noqa: E402
 
 TOY = Path(__file__).resolve().parent / "_toy_family.py"
@@ -105,8 +105,8 @@ def test_fsdp2_gloo_two_ranks_checkpoint_resume_matches_single_process(tmp_path)
     np.testing.assert_allclose(losses(run_dir, "grad_norm"), losses(tmp_path / "single", "grad_norm"), rtol=1e-4)
     np.testing.assert_array_equal(losses(run_dir, "tokens"), losses(tmp_path / "single", "tokens"))
 
-    sharded = load_exported_model(run_dir)[0].state_dict()
-    single = load_exported_model(tmp_path / "single")[0].state_dict()
+    sharded = load_model(run_dir).state_dict()
+    single = load_model(tmp_path / "single").state_dict()
     assert sharded.keys() == single.keys()
     for key in single:
         torch.testing.assert_close(sharded[key], single[key], rtol=1e-4, atol=1e-5, msg=key)

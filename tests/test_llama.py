@@ -1,4 +1,4 @@
-"""Tests for spikefm.models.llama and spikefm.models.hf_llama (CPU, offline, a few seconds)."""
+"""Tests for spikefm.families.ar.model and spikefm.families.ar.hf (CPU, offline, a few seconds)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from spikefm.data.tokens import SEPARATOR, detokenize, tokenize
-from spikefm.models.hf_llama import load_hf, save_hf
-from spikefm.models.llama import (
+from spikefm.families.ar.tokens import SEPARATOR, detokenize, tokenize
+from spikefm.families.ar.hf import load_hf, save_hf
+from spikefm.families.ar.model import (
     LLAMA_PRESETS,
     KVCache,
     Llama,

@@ -1,4 +1,4 @@
-"""Tests for spikefm.data.masking: per-sample masks, scheme semantics, eval masks, the loss."""
+"""Tests for spikefm.families.ndt.masking: per-sample masks, scheme semantics, eval masks, the loss."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from spikefm.data.masking import (
+from spikefm.families.ndt.masking import (
     SCHEMES,
     apply_masks,
     draw_schemes,

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import poisson
 from sklearn.metrics import r2_score
 
-from spikefm.data.tokens import SEPARATOR, tokenize
+from spikefm.families.ar.tokens import SEPARATOR, tokenize
 from spikefm.eval.metrics import (
     bps_per_neuron,
     bps_per_neuron_mean,
@@ -19,11 +19,8 @@ from spikefm.eval.metrics import (
     poisson_log_likelihood,
     r2_score_pooled,
 )
-from spikefm.eval.oracle import (
-    oracle_bps_pooled,
-    oracle_token_loss,
-    poisson_token_logprob,
-)
+from spikefm.eval.oracle import oracle_bps_pooled
+from spikefm.families.ar.oracle import oracle_token_loss, poisson_token_logprob
 
 
 # ----------------------------------------------------------------------------- reference loops

@@ -1,4 +1,4 @@
-"""Tests for spikefm.models.ndt: stitching by session id, leak-free masking, causality, mixed
+"""Tests for spikefm.families.ndt.model: stitching by session id, leak-free masking, causality, mixed
 batches, core freezing, preset parameter counts and a short training run whose loss falls."""
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikefm.data.masking import (
+from spikefm.families.ndt.masking import (
     apply_masks,
     draw_schemes,
     mask_units,
     masked_poisson_loss,
     scheme_id,
 )
-from spikefm.models.ndt import (
+from spikefm.families.ndt.model import (
     NDT,
     NDT_PRESETS,
     NDTConfig,

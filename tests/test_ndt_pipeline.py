@@ -20,11 +20,10 @@ from spikefm.corpus.reader import Corpus
 from spikefm.corpus.synth import synthesize
 from spikefm.data.windows import apply_splits, load_all_windows
 from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean
-from spikefm.models.ndt import session_key
+from spikefm.families.ndt.model import session_key
 from spikefm.train.config import RunConfig
-from spikefm.train.family import get_family
-from spikefm.train.ndt_family import NDTDataConfig, window_options
-from spikefm.train.runinfo import load_run_config
+from spikefm.families import get as get_family, load_run_config
+from spikefm.families.ndt.family import NDTDataConfig, window_options
 from conftest import torchrun_failure_report
 
 STEPS = 24
@@ -68,7 +67,7 @@ def pretrained(corpus_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finetuned(pretrained, corpus_dir, held_out, tmp_path_factory):
-    from spikefm.finetune import finetune
+    from spikefm.families import finetune
 
     out = tmp_path_factory.mktemp("runs") / "ft"
     summary = finetune(pretrained, corpus_dir, held_out, out, freeze_core=True, steps=16, eval_every=8,
@@ -130,7 +129,7 @@ def test_loader_resumes_with_identical_batches_and_masks(pretrained):
 
 
 def _load(run_dir):
-    from spikefm.loading import load_model
+    from spikefm.families import load_model
 
     model = load_model(run_dir)
     return model, model.run_config
@@ -162,7 +161,7 @@ def test_finetune_frozen_core_changes_only_session_parameters(pretrained, finetu
     assert len(hist) >= 1
     assert [h["step"] for h in hist] == [8, 16][:len(hist)]
     assert summary["best_val_loss"] == min(h["val_loss"] for h in hist)
-    from spikefm.finetune import _validation_loss
+    from spikefm.train.finetune import _validation_loss
 
     assert _validation_loss(family, cfg, ft) == pytest.approx(summary["best_val_loss"], rel=1e-6)
     assert json.loads((out / "early_stopping.json").read_text())["best_step"] == summary["best_step"]
@@ -247,15 +246,17 @@ def test_init_from_without_freeze_loads_core_and_keeps_it_trainable(pretrained, 
 def test_early_stopping_keeps_best_segment_weights(corpus_dir, held_out, tmp_path, monkeypatch):
     """Scripted val losses 1.0, 0.5, 0.7, 0.8 with patience 2: stop after the 4th evaluation
     (step 16) and keep the step-8 weights, which must equal an uninterrupted run stopped at step 8."""
-    import spikefm.finetune as ftmod
-    from spikefm.train.loop import train
+    import spikefm.train.finetune as ftmod
+    from spikefm.families import run_config, train
 
     script = iter([1.0, 0.5, 0.7, 0.8, 0.1, 0.1])
     monkeypatch.setattr(ftmod, "_validation_loss", lambda family, cfg, state: next(script))
     overrides = ["train.batch_size=4", "train.precision=fp32", "data.window_bins=50", "data.pre_ms=200",
                  "optim.lr=2e-3"]
-    summary = ftmod.train_single_session(corpus_dir, held_out, tmp_path / "ss", steps=40, eval_every=4,
-                                         patience=2, overrides=overrides)
+    cfg = run_config("ndt", preset="tiny", corpus=str(corpus_dir),
+                     overrides=[*overrides, f"data.sessions={held_out}", "train.steps=40"])
+    summary = ftmod.train_with_early_stopping(cfg, tmp_path / "ss", get_family("ndt"), eval_every=4,
+                                              patience=2)
     assert [h["step"] for h in summary["history"]] == [4, 8, 12, 16]
     assert summary["best_step"] == 8 and summary["stopped_at"] == 16 and summary["best_val_loss"] == 0.5
     kept = load_file(str(tmp_path / "ss" / "model.safetensors"))

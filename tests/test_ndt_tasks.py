@@ -1,4 +1,4 @@
-"""spikefm.eval.ndt_tasks: each task scores exactly the entries it hid, never lets a target see
+"""spikefm.families.ndt.tasks: each task scores exactly the entries it hid, never lets a target see
 its own counts, an oracle stand-in scores a fraction of oracle of 1, saved predictions recompute
 to the reported bps, decoding follows its train/test protocol, and the table lists every column."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from spikefm.corpus.build import BuildConfig, build_corpus
 from spikefm.data.windows import SessionWindows, make_session_windows
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import bps_per_neuron_mean, bps_pooled
-from spikefm.eval.ndt_tasks import (
+from spikefm.families.ndt.tasks import (
     PREDICTION_TASKS,
     co_smoothing,
     decode_label,
@@ -28,7 +28,7 @@ from spikefm.eval.ndt_tasks import (
     run_benchmark,
     truth_windows,
 )
-from spikefm.models.ndt import NDT, NDTConfig
+from spikefm.families.ndt.model import NDT, NDTConfig
 
 from conftest import random_units, write_nwb
 

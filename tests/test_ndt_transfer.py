@@ -11,9 +11,9 @@ import pytest
 
 @pytest.mark.slow
 def test_fine_tuned_beats_smoothing_and_single_session_at_co_smoothing(tmp_path):
-    from spikefm.quickstart import NDT_SIZES, ndt_transfer
+    from spikefm.experiments.transfer import QUICKSTART_SIZES, transfer
 
-    res = ndt_transfer(tmp_path, **NDT_SIZES, tasks=("co-smoothing",))
+    res = transfer(tmp_path, **QUICKSTART_SIZES, tasks=("co-smoothing",))
     ft = res["fine-tuned"]["tasks"]["co-smoothing"]
     single = res["single-session"]["tasks"]["co-smoothing"]["model"]["bps_pooled"]
     model, smoothing, oracle = (ft["model"]["bps_pooled"], ft["smoothing"]["bps_pooled"],

@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from spikefm.data.tokens import tokenize
-from spikefm.eval import ngram as ngram_module
-from spikefm.eval.ngram import NGramModel
+from spikefm.families.ar.tokens import tokenize
+from spikefm.families.ar import ngram as ngram_module
+from spikefm.families.ar.ngram import NGramModel
 
 PAD = 255
 TABLES = ("context_keys_", "context_counts_", "ngram_codes_", "ngram_counts_")

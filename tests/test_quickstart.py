@@ -32,9 +32,9 @@ def test_quickstart_fast_runs_end_to_end(tmp_path, capsys):
     assert np.isfinite(cos["model"]["bps_pooled"])
 
 
-def test_ndt_transfer_needs_a_held_out_session(tmp_path):
-    from spikefm.quickstart import ndt_transfer
+def test_transfer_needs_a_held_out_session(tmp_path):
+    from spikefm.experiments.transfer import transfer
 
-    with pytest.raises(ValueError, match=r"sessions must be an int >= 2 .* got 1"):
-        ndt_transfer(tmp_path / "qs", sessions=1)
+    with pytest.raises(ValueError, match=r"sessions must be an int >= 2, got 1"):
+        transfer(tmp_path / "qs", sessions=1)
     assert not (tmp_path / "qs").exists()  # nothing was written

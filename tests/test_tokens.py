@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from spikefm.data.tokens import SEPARATOR, detokenize, tokenize
+from spikefm.families.ar.tokens import SEPARATOR, detokenize, tokenize
 
 
 def test_exact_layout_on_a_hand_made_array():

@@ -19,17 +19,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _toy_family import ToyModelConfig, toy_config  # noqa: E402
 
-from spikefm.train.checkpoint import latest_checkpoint, list_checkpoints, load_exported_model  # noqa: E402
+from spikefm.families import get as get_family, load_model, run_config_from_dict, train  # noqa: E402
+from spikefm.train.checkpoint import latest_checkpoint, list_checkpoints  # noqa: E402
 from spikefm.train.config import (  # noqa: E402
     OptimConfig,
     RunConfig,
     TrainConfig,
     apply_overrides,
-    config_from_dict,
     config_to_dict,
 )
-from spikefm.train.family import get_family  # noqa: E402
-from spikefm.train.loop import device_peak_flops, train  # noqa: E402
+from spikefm.train.loop import device_peak_flops  # noqa: E402
 from spikefm.train.optim import build_optimizer, build_scheduler, param_groups  # noqa: E402
 
 TOY = Path(__file__).resolve().parent / "_toy_family.py"
@@ -106,12 +105,12 @@ def test_override_errors_are_one_line_and_list_choices(override, expected):
 def test_config_json_round_trip_and_strictness():
     cfg = apply_overrides(toy_config(), ["optim.betas=0.8,0.9", "model.hidden_dim=12"])
     text = json.dumps(config_to_dict(cfg))
-    back = config_from_dict(json.loads(text))
+    back = run_config_from_dict(json.loads(text))
     assert back == cfg and isinstance(back.optim.betas, tuple)
     bad = json.loads(text)
     bad["train"]["stepz"] = 3
     with pytest.raises(ValueError, match="unknown key 'train.stepz'.*valid keys: steps, batch_size"):
-        config_from_dict(bad)
+        run_config_from_dict(bad)
 
 
 def test_validation_in_post_init():
@@ -126,7 +125,7 @@ def test_validation_in_post_init():
 
 
 def test_unknown_family_lists_registered():
-    with pytest.raises(ValueError, match="unknown family 'nope'; registered families: .*toy"):
+    with pytest.raises(ValueError, match="unknown model family 'nope'; registered families: .*toy"):
         get_family("nope")
 
 
@@ -190,9 +189,10 @@ def test_short_bf16_run_loss_falls_and_run_dir_describes_itself(tmp_path):
     assert set(info["versions"]) == {"spikefm", "torch", "numpy", "python"}
     assert info["versions"]["torch"] == torch.__version__
     assert len(info["family_info"]["data_sha256"]) == 64
-    assert config_from_dict(info["config"]) == cfg
+    assert run_config_from_dict(info["config"]) == cfg
 
-    model, cfg_back = load_exported_model(tmp_path)
+    model = load_model(tmp_path)
+    cfg_back = model.run_config
     assert cfg_back == cfg and summary["model_path"] == str(tmp_path / "model.safetensors")
     assert sum(p.numel() for p in model.parameters()) == summary["num_params"]
     family = get_family("toy")
@@ -230,8 +230,8 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path / "cut")] == [8, 12]  # keeps the last 2
     assert full["loss"] == resumed["loss"]
     # the exported weights are identical too
-    wa = load_exported_model(tmp_path / "full")[0].state_dict()
-    wb = load_exported_model(tmp_path / "cut")[0].state_dict()
+    wa = load_model(tmp_path / "full").state_dict()
+    wb = load_model(tmp_path / "cut").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from spikefm.eval.xent import CrossEntropyAccumulator, format_table
+from spikefm.families.ar.xent import CrossEntropyAccumulator, format_table
 
 LN2 = math.log(2.0)
 
@@ -122,8 +122,8 @@ def test_format_table_shows_bits_side_by_side():
 
 
 def test_ngram_log_probs_feed_the_accumulator():
-    from spikefm.data.tokens import tokenize
-    from spikefm.eval.ngram import NGramModel
+    from spikefm.families.ar.tokens import tokenize
+    from spikefm.families.ar.ngram import NGramModel
 
     rng = np.random.default_rng(5)
     rows = [tokenize(rng.poisson(0.5, (5, 30))) for _ in range(4)]

@@ -5,18 +5,18 @@ Public entry points: :class:`spikefm.Corpus` (read a corpus), :func:`spikefm.loa
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from spikefm._version import __version__
 
 __all__ = ["Corpus", "load_model", "__version__"]
 
 
 def __getattr__(name):  # lazy: `import spikefm` must not import torch or pynwb
     if name == "Corpus":
-        from .corpus.reader import Corpus
+        from spikefm.corpus.reader import Corpus
 
         return Corpus
     if name == "load_model":
-        from .loading import load_model
+        from spikefm.families import load_model
 
         return load_model
     raise AttributeError(f"module 'spikefm' has no attribute {name!r}")

@@ -7,39 +7,19 @@ import sys
 from pathlib import Path
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _units_range(text: str) -> tuple[int, int]:
-    try:
-        lo, hi = (int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN,MAX like 40,200, got {text!r}") from None
-    return lo, hi
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {v}")
-    return v
+from spikefm.argtypes import finite_float as _finite_float  # noqa: F401  (used by parsers below)
+from spikefm.argtypes import fraction as _fraction
+from spikefm.argtypes import int_list as _int_list
+from spikefm.argtypes import positive_float as _positive_float
+from spikefm.argtypes import positive_int as _positive_int
+from spikefm.argtypes import units_range as _units_range
 
 
 # --- commands ----------------------------------------------------------------------------------
 
 
 def cmd_synth(args) -> int:
-    from .corpus.synth import synthesize
+    from spikefm.corpus.synth import synthesize
 
     paths = synthesize(args.out_dir, num_sessions=args.sessions, seed=args.seed,
                        preset=args.preset, num_families=args.families,
@@ -52,7 +32,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_corpus_build(args) -> int:
-    from .corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.build import BuildConfig, build_corpus
 
     cfg = BuildConfig(bin_ms=args.bin_ms, max_row_tokens=args.max_row_tokens,
                       test_fraction=args.test_fraction, split=args.split, seed=args.seed,
@@ -76,8 +56,8 @@ def cmd_corpus_build(args) -> int:
 
 
 def cmd_corpus_info(args) -> int:
-    from .corpus.info import corpus_info, format_info
-    from .corpus.reader import Corpus
+    from spikefm.corpus.info import corpus_info, format_info
+    from spikefm.corpus.reader import Corpus
 
     info = corpus_info(Corpus(args.corpus_dir))
     print(json.dumps(info, indent=2) if args.json else format_info(info))
@@ -85,8 +65,8 @@ def cmd_corpus_info(args) -> int:
 
 
 def cmd_corpus_plot(args) -> int:
-    from .corpus.plots import plot_corpus
-    from .corpus.reader import Corpus
+    from spikefm.corpus.plots import plot_corpus
+    from spikefm.corpus.reader import Corpus
 
     for p in plot_corpus(Corpus(args.corpus_dir), args.out):
         print(p)
@@ -94,7 +74,7 @@ def cmd_corpus_plot(args) -> int:
 
 
 def cmd_corpus_import(args) -> int:
-    from .corpus.importer import import_neural_pile
+    from spikefm.corpus.importer import import_neural_pile
 
     m = import_neural_pile(args.source, args.out, cache_dir=args.cache_dir,
                            progress=not args.quiet)
@@ -104,128 +84,89 @@ def cmd_corpus_import(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from .quickstart import run_quickstart
+    from spikefm.quickstart import run_quickstart
 
     run_quickstart(args.out, fast=args.fast)
     return 0
 
 
-def _run_config(args):
-    from .loading import register_families
-    from .train.config import RunConfig, apply_overrides
-    from .train.family import get_family
+def cmd_train(args) -> int:
+    from spikefm import families
 
-    register_families()
-    family = get_family(args.model)
-    model_cfg = family.preset(args.preset)
-    cfg = RunConfig(family=args.model, model=model_cfg, data=family.data_config_cls(corpus=args.data))
     overrides = list(args.set or [])
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
-    if getattr(args, "sessions", None):
+    if args.sessions:
         overrides.append(f"data.sessions={args.sessions}")
-    return apply_overrides(cfg, overrides)
-
-
-def cmd_train(args) -> int:
-    from .corpus.reader import Corpus
-    from .train.loop import train
-
-    Corpus(args.data)  # fail early, in one line, when --data is not a corpus
-    cfg = _run_config(args)
-    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    cfg = families.run_config(args.model or families.DEFAULT_FAMILY, preset=args.preset,
+                              corpus=args.data, overrides=overrides)
+    summary = families.train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     print(f"trained {summary['step']} steps ({summary['tokens']:,} tokens, "
           f"{summary['elapsed_s']:.0f} s), last loss {summary['loss']:.4f}; run in {args.out}")
     return 0
 
 
 def cmd_finetune(args) -> int:
-    from .finetune import finetune, train_single_session
+    from spikefm import families
 
-    if args.from_scratch:
-        s = train_single_session(args.data, args.session, args.out, like_run=args.run_dir,
-                                 steps=args.steps, overrides=args.set, patience=args.patience,
-                                 eval_every=args.eval_every, progress=not args.quiet)
-    else:
-        s = finetune(args.run_dir, args.data, args.session, args.out, freeze_core=args.freeze_core,
-                     steps=args.steps, overrides=args.set, patience=args.patience,
-                     eval_every=args.eval_every, progress=not args.quiet)
+    s = families.finetune(args.run_dir, args.data, args.session, args.out,
+                          freeze_core=args.freeze_core, from_scratch=args.from_scratch,
+                          steps=args.steps, overrides=args.set, patience=args.patience,
+                          eval_every=args.eval_every, progress=not args.quiet)
     print(f"best val loss {s['best_val_loss']:.4f} at step {s['best_step']} "
           f"(stopped at step {s['stopped_at']}); run in {args.out}")
     return 0
 
 
-def _ngram_orders(text: str) -> list[int]:
-    try:
-        orders = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected orders like 1,9, got {text!r}") from None
-    if any(not 1 <= o <= 9 for o in orders):
-        raise argparse.ArgumentTypeError(f"n-gram orders must be in 1..9, got {text!r}")
-    return orders
+#: `spikefm eval` options passed to the family's evaluate() when given (None = not given).
+EVAL_OPTIONS = ("split", "ngram", "max_tokens", "max_train_tokens", "seq_len", "tasks", "session",
+                "save_predictions")
 
 
 def cmd_eval(args) -> int:
-    from .corpus.reader import Corpus
-    from .loading import load_model
+    import inspect
 
-    corpus = Corpus(args.data)
-    model = load_model(args.run_dir)
-    family = getattr(getattr(model, "run_config", None), "family", "ar")
-    if family == "ndt":
-        from .eval.ndt_runner import run_ndt_eval
+    from spikefm import families
+    from spikefm.fileio import write_json_atomic
 
-        return run_ndt_eval(args, model, corpus)
-    from .eval.ar_eval import evaluate_model, evaluate_ngram, evaluate_oracle, fit_ngram, \
-        write_results
-    from .eval.xent import format_table
-
-    seq_len = model.run_config.data.seq_len if hasattr(model, "run_config") else args.seq_len
-    results = {"model": evaluate_model(model, corpus, split=args.split, seq_len=seq_len,
-                                       max_tokens=args.max_tokens, progress=not args.quiet)}
-    for order in args.ngram or []:
-        ng = fit_ngram(corpus, order, max_train_tokens=args.max_train_tokens)
-        results[f"{order}-gram"] = evaluate_ngram(ng, corpus, split=args.split,
-                                                  max_tokens=args.max_tokens)
-    oracle = evaluate_oracle(corpus, split=args.split, max_tokens=args.max_tokens)
-    if oracle is not None:
-        results["oracle"] = oracle
-    print(format_table(results, title=f"cross-entropy on {args.split} (bits/token)"))
+    fam = families.family_of_run(args.run_dir)
+    options = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k) is not None}
+    accepted = inspect.signature(fam.evaluate).parameters
+    if "progress" in accepted:
+        options["progress"] = not args.quiet
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        valid = [f"--{k.replace('_', '-')}" for k in EVAL_OPTIONS if k in accepted]
+        raise ValueError(f"--{unknown[0].replace('_', '-')} does not apply to a {fam.name!r} run; "
+                         f"its options: {', '.join(valid) or '(none)'}")
+    results = fam.evaluate(str(args.run_dir), str(args.data), **options)
+    name = Path(args.run_dir).name or "model"
+    print(fam.format_results({name: results}))
     if args.out:
-        write_results(args.out, {"run_dir": str(args.run_dir), "corpus": str(args.data),
-                                 "split": args.split, "results": results})
+        write_json_atomic(Path(args.out), results)
     return 0
 
 
-def cmd_ngram(args) -> int:
-    from .corpus.reader import Corpus
-    from .eval.ar_eval import evaluate_ngram, evaluate_oracle, fit_ngram, write_results
-    from .eval.xent import format_table
-
-    corpus = Corpus(args.data)
-    ng = fit_ngram(corpus, args.order, alpha=args.alpha, max_train_tokens=args.max_train_tokens,
-                   progress=not args.quiet)
-    results = {f"{args.order}-gram": evaluate_ngram(ng, corpus, split=args.split,
-                                                    max_tokens=args.max_tokens)}
-    oracle = evaluate_oracle(corpus, split=args.split, max_tokens=args.max_tokens)
-    if oracle is not None:
-        results["oracle"] = oracle
-    print(format_table(results, title=f"cross-entropy on {args.split} (bits/token)"))
-    if args.out:
-        write_results(args.out, {"corpus": str(args.data), "order": args.order,
-                                 "alpha": args.alpha, "split": args.split, "results": results})
-    return 0
+def _seed_list(text: str) -> list[int]:
+    seeds = _int_list(text)
+    if any(v < 0 for v in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0, got {text!r}")
+    return seeds
 
 
-def cmd_generate(args) -> int:
-    from .generation import generate_to_file
+def cmd_experiment_transfer(args) -> int:
+    from spikefm.experiments.transfer import transfer_study
 
-    out = generate_to_file(args.run_dir, num_units=args.units, num_bins=args.bins,
-                           prompt=args.prompt, prompt_bins=args.prompt_bins,
-                           temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                           out=args.out)
-    for p in out:
-        print(f"wrote {p}")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    family = {"family": args.model} if args.model else {}
+    summary = transfer_study(
+        args.out, seeds=args.seeds, tasks=tasks, **family, sessions=args.sessions,
+        duration_s=args.duration_s, pretrain_steps=args.pretrain_steps,
+        finetune_steps=args.finetune_steps, schemes=args.schemes, neuron_ratio=args.neuron_ratio,
+        freeze_core=not args.full_finetune, preset=args.preset, quiet=args.quiet,
+        command=" ".join(["spikefm", *sys.argv[1:]]))
+    print(f"fine-tuned above smoothing and single-session in {summary['fine-tuned_beats_both_in']} "
+          f"seeds; summary in {Path(args.out) / 'transfer.json'}")
     return 0
 
 
@@ -233,7 +174,7 @@ def cmd_generate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from spikefm import __version__
 
     p = argparse.ArgumentParser(
         prog="spikefm", description="spikefm: corpora, training and benchmarks for foundation "
@@ -291,12 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     im.set_defaults(func=cmd_corpus_import)
 
     t = sub.add_parser("train", help="train a model family on a corpus (torchrun for many GPUs)")
-    t.add_argument("--model", default="ar", help="model family: ar or ndt")
-    t.add_argument("--preset", default="tiny", help="model size preset of the family")
+    t.add_argument("--model", default=None, metavar="FAMILY",
+                   help="model family (spikefm.families.names(); default: the registry's default)")
+    t.add_argument("--preset", default=None, help="model size preset of the family (default: its smallest)")
     t.add_argument("--data", required=True, help="corpus folder")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--steps", type=_positive_int, default=None)
-    t.add_argument("--sessions", default=None, help="ndt: comma-separated session ids")
+    t.add_argument("--sessions", default=None,
+                   help="comma-separated session ids, for families trained per session")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config field, e.g. optim.lr=1e-3 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
@@ -306,26 +249,28 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run (or a Hugging Face Llama folder) on a corpus")
     e.add_argument("run_dir")
     e.add_argument("--data", required=True)
-    e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--out", default=None, help="results.json")
+    e.add_argument("--split", default=None, choices=["train", "test"],
+                   help="corpus split to score (token models; default test)")
     e.add_argument("--max-tokens", type=_positive_int, default=None,
-                   help="score only the first rows up to this many tokens")
-    e.add_argument("--ngram", type=_ngram_orders, default=None, metavar="ORDERS",
-                   help="ar: also fit and score these n-gram baselines, e.g. 1,9")
+                   help="token models: score only the first rows up to this many tokens")
+    e.add_argument("--ngram", type=_int_list, default=None, metavar="ORDERS",
+                   help="token models: also fit and score these n-gram baselines, e.g. 1,9")
     e.add_argument("--max-train-tokens", type=_positive_int, default=None)
-    e.add_argument("--seq-len", type=_positive_int, default=512,
-                   help="context for Hugging Face models (runs use their own)")
+    e.add_argument("--seq-len", type=_positive_int, default=None,
+                   help="context of a Hugging Face model (runs use their own; default 512)")
     e.add_argument("--tasks", default=None,
-                   help="ndt: comma-separated benchmark tasks (default: co-smoothing, forward-prediction, "
-                        "forward-prediction-walk, inter-region, intra-region, choice-decoding)")
-    e.add_argument("--session", default=None, help="ndt: the session to evaluate")
+                   help="masked models: comma-separated benchmark tasks (default: co-smoothing, "
+                        "forward-prediction, forward-prediction-walk, inter-region, intra-region, "
+                        "choice-decoding)")
+    e.add_argument("--session", default=None, help="masked models: the session to evaluate")
     e.add_argument("--save-predictions", default=None, metavar="DIR",
-                   help="ndt: write DIR/<task>.npz with rates and counts")
+                   help="masked models: write DIR/<task>.npz with rates and counts")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    f = sub.add_parser("finetune", help="ndt: adapt a pretrained run to a held-out session")
-    f.add_argument("run_dir", help="pretrained NDT run folder")
+    f = sub.add_parser("finetune", help="adapt a pretrained run to a held-out session")
+    f.add_argument("run_dir", help="pretrained run folder (a family with per-session parameters)")
     f.add_argument("--data", required=True, help="corpus holding the session")
     f.add_argument("--session", required=True, help="session id to adapt to")
     f.add_argument("--out", required=True, help="new run folder")
@@ -343,28 +288,34 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=cmd_finetune)
 
-    n = sub.add_parser("ngram", help="fit and score an n-gram baseline (Laplace smoothing)")
-    n.add_argument("--data", required=True)
-    n.add_argument("--order", type=int, choices=range(1, 10), required=True, metavar="N")
-    n.add_argument("--alpha", type=float, default=1.0)
-    n.add_argument("--split", default="test", choices=["train", "test"])
-    n.add_argument("--max-train-tokens", type=_positive_int, default=None)
-    n.add_argument("--max-tokens", type=_positive_int, default=None)
-    n.add_argument("--out", default=None)
-    n.add_argument("--quiet", action="store_true")
-    n.set_defaults(func=cmd_ngram)
+    from spikefm.families import commands
 
-    g = sub.add_parser("generate", help="sample spike arrays from an AR model (KV cache)")
-    g.add_argument("run_dir")
-    g.add_argument("--units", type=_positive_int, required=True)
-    g.add_argument("--bins", type=_positive_int, required=True)
-    g.add_argument("--prompt", default=None, metavar="CORPUS_DIR:SESSION_ID:START_BIN")
-    g.add_argument("--prompt-bins", type=_positive_int, default=25)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=_positive_int, default=None)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", required=True, help="FILE.npz")
-    g.set_defaults(func=cmd_generate)
+    for command in commands():
+        c_parser = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(c_parser)
+        c_parser.set_defaults(func=command.run)
+
+    x = sub.add_parser("experiment", help="multi-run studies (transfer to a held-out session)")
+    xsub = x.add_subparsers(dest="experiment", required=True, metavar="STUDY")
+    from spikefm.experiments.transfer import QUICKSTART_SIZES as qs
+
+    tr = xsub.add_parser("transfer", help="pretrain, fine-tune to a held-out session, compare with "
+                         "the single-session model, smoothing and the oracle, over synthetic seeds")
+    tr.add_argument("--out", required=True, help="study folder (one sub-folder per seed)")
+    tr.add_argument("--seeds", type=_seed_list, default=[1, 2, 3], help="synthetic-data seeds (1,2,3)")
+    tr.add_argument("--model", default=None, metavar="FAMILY",
+                    help="a masked family with per-session parameters (default: the study's)")
+    tr.add_argument("--preset", default="tiny")
+    tr.add_argument("--sessions", type=_positive_int, default=qs["sessions"])
+    tr.add_argument("--duration-s", type=_positive_float, default=qs["duration_s"])
+    tr.add_argument("--pretrain-steps", type=_positive_int, default=qs["pretrain_steps"])
+    tr.add_argument("--finetune-steps", type=_positive_int, default=qs["finetune_steps"])
+    tr.add_argument("--schemes", default="neuron", help="training masking schemes")
+    tr.add_argument("--neuron-ratio", type=_fraction, default=0.1)
+    tr.add_argument("--full-finetune", action="store_true", help="fine-tune the core too")
+    tr.add_argument("--tasks", default="co-smoothing", help="benchmark tasks (comma-separated)")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=cmd_experiment_transfer)
 
     q = sub.add_parser("quickstart", help="synthesize, build, inspect, train and evaluate")
     q.add_argument("--out", default="quickstart")
@@ -389,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print("spikefm: interrupted", file=sys.stderr)
         return 130
     if "torch" in sys.modules:  # a torchrun worker that finished: leave without C++ teardown
-        from .train.dist import exit_worker
+        from spikefm.train.dist import exit_worker
 
         exit_worker(code)
     return code

@@ -408,7 +408,7 @@ def finalize(out_dir: Path, metas: list[dict], skipped: list[dict], cfg: BuildCo
         entry = {k: v for k, v in m.items() if k != "staging_key"}
         entry["split"] = splits[0] if len(splits) == 1 else "both"
         sessions.append(entry)
-    from .. import __version__
+    from spikefm._version import __version__
 
     manifest = {
         "schema_version": SCHEMA_VERSION,

@@ -570,7 +570,7 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
 
 def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped, bin_ms,
               shard_max_tokens) -> dict:
-    from .. import __version__
+    from spikefm._version import __version__
 
     tokens = [u * b for u, b in zip(rows.num_units, rows.num_bins)]
     split_info = {}

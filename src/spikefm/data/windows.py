@@ -39,8 +39,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..corpus.reader import Corpus, CorpusRow
-from ..fileio import write_bytes_atomic
+from spikefm.corpus.reader import Corpus, CorpusRow
+from spikefm.fileio import write_bytes_atomic
 
 __all__ = [
     "SPLIT_NAMES",

@@ -262,24 +262,23 @@ def export_model(run_dir: str | os.PathLike, model: nn.Module) -> Path:
     return out
 
 
-def load_exported_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """Rebuild a trained model from RUN_DIR/config.json and RUN_DIR/model.safetensors.
+def load_exported_model(run_dir: str | os.PathLike, family: Any, cfg: Any,
+                        device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a trained model from its RunConfig and RUN_DIR/model.safetensors.
 
-    The family's module must have been imported (so that it is registered).
+    Args:
+        run_dir: a finished run directory.
+        family: the run's model family; cfg: its RunConfig (``spikefm.families.load_model``
+            reads both from RUN_DIR/config.json).
 
     Returns:
-        (model in eval mode on `device`, RunConfig).
+        The model in eval mode on `device`.
     """
     from safetensors.torch import load_file
-
-    from spikefm.train.family import get_family
-    from spikefm.train.runinfo import load_run_config
 
     path = Path(run_dir) / "model.safetensors"
     if not path.is_file():
         raise ValueError(f"{path} not found; the run has not finished (or was not exported)")
-    cfg = load_run_config(run_dir)
-    family = get_family(cfg.family)
     with torch.device("meta"):
         model = family.build_model(cfg)
     model.to_empty(device="cpu")
@@ -287,4 +286,4 @@ def load_exported_model(run_dir: str | os.PathLike, device: str | torch.device =
     # initialisation that needs nothing but the config (no pretrained weights from elsewhere).
     getattr(family, "init_for_loading", family.init_weights)(model)
     model.load_state_dict(load_file(str(path)), strict=True)
-    return model.to(device).eval(), cfg
+    return model.to(device).eval()

@@ -14,6 +14,7 @@ Batch semantics (used by every family loader and by the loop):
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ class OptimConfig:
         betas: AdamW (beta1, beta2).
         weight_decay: decoupled weight decay, applied only to parameters with >= 2 dims.
         eps: AdamW epsilon.
-        warmup_steps: optimizer steps of linear warm-up from lr/warmup_steps to lr.
+        warmup_steps: optimizer steps of linear warm-up from lr/warmup_steps to lr; None (the
+            default) = a tenth of the run (``train.steps // 10``), so the default follows the
+            run length. An explicit value larger than ``train.steps`` is an error.
         min_lr_ratio: the last step uses lr * min_lr_ratio (linear decay after warm-up).
         grad_clip: max global L2 norm of the gradients; 0 disables clipping (norm still logged).
     """
@@ -47,9 +50,13 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.1
     eps: float = 1e-8
-    warmup_steps: int = 100
+    warmup_steps: int | None = None
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warm-up steps of a run of ``total_steps`` optimizer steps (resolves the None default)."""
+        return total_steps // 10 if self.warmup_steps is None else self.warmup_steps
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -60,8 +67,10 @@ class OptimConfig:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if not self.eps > 0:
             raise ValueError(f"optim.eps must be > 0, got {self.eps}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps is not None and (isinstance(self.warmup_steps, bool) or not isinstance(
+                self.warmup_steps, int) or self.warmup_steps < 0):
+            raise ValueError(f"optim.warmup_steps must be an int >= 0 or none (a tenth of the run), "
+                             f"got {self.warmup_steps!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip < 0:
@@ -167,10 +176,10 @@ class RunConfig:
             raise TypeError(f"RunConfig.optim must be OptimConfig, got {type(self.optim).__name__}")
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"RunConfig.train must be TrainConfig, got {type(self.train).__name__}")
-        if self.optim.warmup_steps > self.train.steps:
+        if self.optim.warmup_steps is not None and self.optim.warmup_steps > self.train.steps:
             raise ValueError(
                 f"optim.warmup_steps ({self.optim.warmup_steps}) must be <= train.steps "
-                f"({self.train.steps}); lower optim.warmup_steps"
+                f"({self.train.steps}); lower optim.warmup_steps or leave it unset (a tenth of the run)"
             )
 
 
@@ -239,9 +248,12 @@ def _parse_scalar(text: str, tp: Any) -> Any:
             raise ValueError("int") from None
     if tp is float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ValueError("float") from None
+        if not math.isfinite(value):
+            raise ValueError("a finite float (nan and inf are not accepted)")
+        return value
     if tp is str:
         return text
     raise ValueError(f"a {_type_name(tp)} (this field type cannot be set from the command line)")
@@ -355,31 +367,20 @@ def _dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
     return cls(**{k: _from_value(v, hints[k], f"{where}.{k}") for k, v in data.items()})
 
 
-def config_from_dict(
-    data: dict[str, Any],
-    *,
-    model_cls: type | None = None,
-    data_cls: type | None = None,
-) -> RunConfig:
+def config_from_dict(data: dict[str, Any], *, model_cls: type, data_cls: type) -> RunConfig:
     """Inverse of `config_to_dict` for a RunConfig.
 
     Args:
         data: the dict written by `config_to_dict` (e.g. read from a run's config.json "config").
-        model_cls, data_cls: the family's config dataclasses; when omitted they are taken from the
-            registered family (`get_family(data["family"]).model_config_cls` / `.data_config_cls`),
-            so the family's module must have been imported.
+        model_cls, data_cls: the family's config dataclasses (``family.model_config_cls`` /
+            ``.data_config_cls``); :func:`spikefm.families.run_config_from_dict` looks them up
+            in the family registry.
 
     Raises:
-        ValueError: unknown keys or unregistered family; TypeError: a section is not an object.
+        ValueError: unknown keys; TypeError: a section is not an object.
     """
     if not isinstance(data, dict) or "family" not in data:
         raise ValueError("config dict must be a JSON object with a 'family' key")
-    if model_cls is None or data_cls is None:
-        from spikefm.train.family import get_family
-
-        family = get_family(data["family"])
-        model_cls = model_cls or family.model_config_cls
-        data_cls = data_cls or family.data_config_cls
     valid = ["family", "model", "data", "optim", "train"]
     unknown = sorted(set(data) - set(valid))
     if unknown:

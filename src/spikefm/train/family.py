@@ -1,4 +1,7 @@
-"""The contract between a model family and the shared training loop, plus the family registry.
+"""The contract a model family implements: for the shared training loop, fine-tuning and evaluation.
+
+The registry of families is :mod:`spikefm.families` (``spikefm.families.get(name)``); this module
+only defines what a family is, so that the training layer never imports a family.
 
 A family (autoregressive Llama on spike tokens, masked NDT, ...) is a small object that builds
 its model and data; the loop in `spikefm.train.loop` owns everything else (devices, ranks, FSDP,
@@ -37,15 +40,36 @@ Optional member: `init_for_loading(model)`, used instead of `init_weights` when 
 loaded from its `model.safetensors` (e.g. a fine-tuning family whose `init_weights` reads a
 pretrained run must not need that run to load its own result).
 
-Optional member: `evaluate(model, cfg, rank, world_size) -> dict[str, tuple[float, float]]`,
-called under `torch.no_grad()` with the model in eval mode every `cfg.train.eval_every` steps. It
-returns (numerator, denominator) sums for this rank's share of the evaluation data; the loop sums
-both over ranks and logs numerator / denominator as "eval/<name>".
+Optional member: `validate(model, cfg, rank, world_size) -> dict[str, tuple[float, float]]`,
+called under `torch.no_grad()` with the model in eval mode every `cfg.train.eval_every` steps (and
+by `spikefm.train.finetune.train_with_early_stopping` after every segment, which minimises the
+"val_loss" entry). It returns (numerator, denominator) sums for this rank's share of the
+validation data; the loop sums both over ranks and logs numerator / denominator as "eval/<name>".
+
+Members used outside the loop (by `spikefm.families`, the CLI and the experiments):
+
+    preset(name) -> model config       `--preset NAME`; `presets()` lists the names.
+    finetune_config(run_dir, corpus, session_id, *, freeze_core, from_scratch, steps) -> RunConfig
+                                       the run that adapts a finished run to a new session (or,
+                                       with from_scratch, the single-session baseline with the same
+                                       settings); trained with early stopping on validation data.
+    evaluate(run_dir, corpus, **options) -> dict
+                                       the family's benchmark of a finished run on a corpus, as
+                                       JSON-serialisable data (unknown options: ValueError).
+    format_results(results_by_run: dict[str, dict]) -> str
+                                       text table of one or more `evaluate` results.
+    claims_folder(config: dict) -> bool
+                                       optional: True for a foreign model folder this family can
+                                       load (e.g. a Hugging Face Llama folder for the AR family).
+    load_foreign(path, device) -> nn.Module
+                                       optional, with claims_folder: load such a folder.
+    Extra `spikefm` sub-commands of a family: `spikefm.families.FamilyCommand` objects listed in
+    `COMMANDS` of its light (torch-free) module `spikefm.families.<name>.commands`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -53,7 +77,7 @@ from torch import nn
 if TYPE_CHECKING:
     from spikefm.train.config import RunConfig
 
-__all__ = ["Family", "StatefulIterator", "register_family", "get_family", "registered_families"]
+__all__ = ["Family", "StatefulIterator", "check_family_config"]
 
 
 @runtime_checkable
@@ -111,34 +135,35 @@ class Family(Protocol):
         """JSON-serialisable description of the run's inputs for config.json."""
         ...
 
+    # -- outside the loop ---------------------------------------------------------------------
 
-_REGISTRY: dict[str, Callable[[], Family]] = {}
+    def preset(self, name: str) -> Any:
+        """The model config of preset `name` (ValueError listing the presets otherwise)."""
+        ...
+
+    def presets(self) -> list[str]:
+        """Names accepted by `preset`, smallest first."""
+        ...
+
+    def finetune_config(self, run_dir: str, corpus: str, session_id: str, *, freeze_core: bool,
+                        from_scratch: bool, steps: int) -> RunConfig:
+        """The RunConfig that adapts the finished run in `run_dir` to `session_id` of `corpus`."""
+        ...
+
+    def evaluate(self, run_dir: str, corpus: str, **options: Any) -> dict[str, Any]:
+        """Benchmark a finished run; JSON-serialisable results."""
+        ...
+
+    def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
+        """A text table of `evaluate` results, one column (or block) per run."""
+        ...
 
 
-def register_family(name: str, factory: Callable[[], Family]) -> None:
-    """Register `factory` (a zero-argument callable returning a Family) under `name`.
-
-    Re-registering the same name replaces the previous factory (so modules can be reloaded).
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"family name must be a non-empty str, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"factory for family {name!r} must be callable, got {type(factory).__name__}")
-    _REGISTRY[name] = factory
-
-
-def registered_families() -> list[str]:
-    """Names of all registered families, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get_family(name: str) -> Family:
-    """Instantiate the family registered as `name`.
-
-    Raises:
-        ValueError: when no family of that name is registered (the message lists those that are).
-    """
-    if name not in _REGISTRY:
-        known = ", ".join(registered_families()) or "(none; import the module that defines it)"
-        raise ValueError(f"unknown family {name!r}; registered families: {known}")
-    return _REGISTRY[name]()
+def check_family_config(family: Family, cfg: RunConfig) -> None:
+    """TypeError unless cfg.model / cfg.data are instances of the family's config classes."""
+    for name, expected in (("model", family.model_config_cls), ("data", family.data_config_cls)):
+        if not isinstance(getattr(cfg, name), expected):
+            raise TypeError(
+                f"cfg.{name} must be {expected.__name__} for family {cfg.family!r}, "
+                f"got {type(getattr(cfg, name)).__name__}"
+            )

@@ -1,7 +1,8 @@
 """The one training loop shared by every spikefm model family.
 
     from spikefm.train.loop import train
-    summary = train(cfg, "runs/ar-small")                 # one process, CPU or one GPU
+    summary = train(cfg, "runs/ar-small", family)         # one process, CPU or one GPU
+    # or, resolving the family from the registry: spikefm.families.train(cfg, "runs/ar-small")
     # torchrun --nproc_per_node 8 -m spikefm.cli train ... # same function, FSDP2 across 8 GPUs
 
 What happens, in order: build the model on the meta device and initialise it on CPU with
@@ -55,7 +56,7 @@ from spikefm.train.checkpoint import (
     save_checkpoint,
 )
 from spikefm.train.config import RunConfig, config_to_dict
-from spikefm.train.family import Family, get_family
+from spikefm.train.family import Family, check_family_config
 from spikefm.train.optim import build_optimizer, build_scheduler
 from spikefm.train.runinfo import run_info
 
@@ -241,6 +242,7 @@ class _Display:
 def train(
     cfg: RunConfig,
     out_dir: str | os.PathLike,
+    family: Family,
     *,
     resume: bool = False,
     progress: bool = True,
@@ -252,8 +254,10 @@ def train(
     GPU, or gloo on CPU). The process group, when one was created, is left alive for the caller.
 
     Args:
-        cfg: the run configuration; cfg.family must be registered.
+        cfg: the run configuration.
         out_dir: run directory, created if missing.
+        family: the model family (``spikefm.families.get(cfg.family)``); the loop knows nothing
+            else about the model.
         resume: continue from the newest checkpoint in out_dir (start fresh when there is none).
             Without resume, an out_dir that already holds checkpoints is an error.
         progress: show a progress bar (plain log lines when stderr is not a terminal) on rank 0.
@@ -264,16 +268,10 @@ def train(
         Summary: out_dir, step, loss (last logged), tokens, elapsed_s, world_size, num_params,
         resumed_from (step or None), stopped_early, model_path (None when stopped early).
     """
-    family = get_family(cfg.family)
-    for name, expected in (("model", family.model_config_cls), ("data", family.data_config_cls)):
-        if not isinstance(getattr(cfg, name), expected):
-            raise TypeError(
-                f"cfg.{name} must be {expected.__name__} for family {cfg.family!r}, "
-                f"got {type(getattr(cfg, name)).__name__}"
-            )
-    if cfg.train.eval_every and not hasattr(family, "evaluate"):
+    check_family_config(family, cfg)
+    if cfg.train.eval_every and not hasattr(family, "validate"):
         raise ValueError(
-            f"train.eval_every={cfg.train.eval_every} but family {cfg.family!r} has no evaluate(); "
+            f"train.eval_every={cfg.train.eval_every} but family {cfg.family!r} has no validate(); "
             "set train.eval_every=0"
         )
     if stop_after is not None and stop_after < 1:
@@ -395,7 +393,7 @@ def train(
             if tc.eval_every and step % tc.eval_every == 0:
                 model.eval()
                 with torch.no_grad(), autocast:
-                    sums = family.evaluate(model, cfg, rank, world_size)
+                    sums = family.validate(model, cfg, rank, world_size)
                 model.train()
                 names = sorted(sums)
                 flat = d.all_reduce_sum([v for n in names for v in sums[n]])

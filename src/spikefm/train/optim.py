@@ -71,5 +71,5 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR implementing `lr_factor`; call `.step()` once after each optimizer step."""
-    schedule = LinearWarmupDecay(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    schedule = LinearWarmupDecay(cfg.warmup_for(total_steps), total_steps, cfg.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -28,7 +28,7 @@ import torch
 
 from spikefm.train.config import RunConfig, config_from_dict, config_to_dict
 
-__all__ = ["run_info", "load_run_config", "git_commit"]
+__all__ = ["run_info", "read_run_info", "load_run_config", "git_commit", "machine_info"]
 
 
 def _version(package: str) -> str | None:
@@ -55,6 +55,23 @@ def git_commit(path: str | os.PathLike | None = None) -> tuple[str | None, bool 
     return commit or None, bool(status.strip())
 
 
+def machine_info(device=None) -> dict[str, Any]:
+    """The machine a measurement ran on (platform, CPUs, load, versions, GPU name)."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        # Other processes compete for the CPU on shared machines; keep their load with the numbers.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "torch_num_threads": torch.get_num_threads(),
+    }
+    if device is not None and torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
 def run_info(cfg: RunConfig, family_info: dict[str, Any], world_size: int) -> dict[str, Any]:
     """The JSON-serialisable description written to RUN_DIR/config.json."""
     commit, dirty = git_commit()
@@ -76,11 +93,29 @@ def run_info(cfg: RunConfig, family_info: dict[str, Any], world_size: int) -> di
     }
 
 
-def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
-    """The RunConfig recorded in RUN_DIR/config.json (the family's module must be imported)."""
+def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """RUN_DIR/config.json as a dict (one-line ValueError when missing or not JSON)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise ValueError(f"{path} not found; expected a spikefm run directory")
-    with open(path) as f:
-        info = json.load(f)
-    return config_from_dict(info["config"])
+        raise ValueError(f"{path} not found; expected a spikefm run directory (spikefm train --out)")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON run description ({exc}); expected the "
+                         "config.json that spikefm train writes") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(info).__name__}")
+    return info
+
+
+def load_run_config(run_dir: str | os.PathLike, *, model_cls: type, data_cls: type) -> RunConfig:
+    """The RunConfig recorded in RUN_DIR/config.json, read with the family's config classes.
+
+    :func:`spikefm.families.load_run_config` finds the classes in the family registry.
+    """
+    info = read_run_info(run_dir)
+    if not isinstance(info.get("config"), dict):
+        raise ValueError(f"{Path(run_dir) / 'config.json'} has no 'config' object; expected a run "
+                         "directory written by spikefm train")
+    return config_from_dict(info["config"], model_cls=model_cls, data_cls=data_cls)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from .fileio import savez_atomic, write_atomic
+
+from spikefm.fileio import savez_atomic, write_atomic
 
 
 def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
     """``CORPUS_DIR:SESSION_ID:START_BIN`` -> (prompt counts, the real bins that follow)."""
-    from .corpus.reader import Corpus
+    from spikefm.corpus.reader import Corpus
 
     try:
         corpus_dir, session_id, start = spec.rsplit(":", 2)
@@ -39,11 +40,11 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
 
     Returns the written paths.
     """
-    from .data.tokens import detokenize, tokenize
-    from .loading import load_model
-    from .models.llama import Llama, generate
+    from spikefm.families.ar.family import ARFamily
+    from spikefm.families.ar.model import Llama, generate
+    from spikefm.families.ar.tokens import detokenize, tokenize
 
-    model = load_model(run_dir)
+    model, _ = ARFamily().load(str(run_dir))
     if not isinstance(model, Llama):
         raise ValueError(f"{run_dir}: generation needs an autoregressive (ar) model")
     prompt_tokens, arrays = None, {}

@@ -1,8 +1,8 @@
-"""Hugging Face ``LlamaForCausalLM`` folders <-> :class:`spikefm.models.llama.Llama`.
+"""Hugging Face ``LlamaForCausalLM`` folders <-> :class:`spikefm.families.ar.model.Llama`.
 
 A Hugging Face Llama folder holds ``config.json`` and either ``model.safetensors`` or shards listed
 in ``model.safetensors.index.json`` (the layout of the published Neural Pile models). Weights map
-one to one, without permutation, because :class:`~spikefm.models.llama.Llama` uses the same
+one to one, without permutation, because :class:`~spikefm.families.ar.model.Llama` uses the same
 rotate-half rotary convention:
 
 ===========================================  ===============================================
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from spikefm.fileio import write_atomic
-from spikefm.models.llama import Llama, LlamaConfig
+from spikefm.families.ar.model import Llama, LlamaConfig
 
 __all__ = ["save_hf", "load_hf", "to_hf_config", "from_hf_config", "to_hf_key", "from_hf_key"]
 

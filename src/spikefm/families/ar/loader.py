@@ -1,7 +1,7 @@
 """Token windows for the autoregressive spike language model.
 
 Training (:class:`ARTokenLoader`): rows of a split are read one Parquet row group at a time,
-tokenized with :func:`spikefm.data.tokens.tokenize` (vectorized, no per-element Python), their
+tokenized with :func:`spikefm.families.ar.tokens.tokenize` (vectorized, no per-element Python), their
 token streams concatenated and cut into fixed windows of ``seq_len + 1`` tokens (inputs and
 shifted targets). The order of row groups is a seeded permutation per epoch; rank ``r`` of
 ``world_size`` takes every ``world_size``-th group of that permutation, so ranks read distinct
@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from ..corpus.reader import Corpus, _matrices
-from ..fileio import write_atomic, write_json_atomic
-from .tokens import tokenize
+from spikefm.corpus.reader import Corpus, _matrices
+from spikefm.fileio import write_atomic, write_json_atomic
+from spikefm.families.ar.tokens import tokenize
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..corpus.reader import Corpus
-from ..data.ar import iter_eval_windows
-from ..data.tokens import tokenize
-from .xent import CrossEntropyAccumulator
+from spikefm.corpus.reader import Corpus
+from spikefm.families.ar.loader import iter_eval_windows
+from spikefm.families.ar.tokens import tokenize
+from spikefm.families.ar.xent import CrossEntropyAccumulator
 
 
 @torch.no_grad()
@@ -55,7 +55,7 @@ def _rows(corpus: Corpus, split: str, max_tokens: int | None):
 def evaluate_model(model, corpus: Corpus, *, split: str = "test", seq_len: int = 512,
                    max_tokens: int | None = None, device="cpu", progress: bool = False) -> dict:
     """Mean cross-entropy of an AR model over a split (see :class:`CrossEntropyAccumulator`)."""
-    from ..progress import progress_bar
+    from spikefm.progress import progress_bar
 
     model.eval()
     acc = CrossEntropyAccumulator()
@@ -71,7 +71,7 @@ def evaluate_model(model, corpus: Corpus, *, split: str = "test", seq_len: int =
 
 def fit_ngram(corpus: Corpus, order: int, *, alpha: float = 1.0,
               max_train_tokens: int | None = None, progress: bool = False):
-    from .ngram import NGramModel
+    from spikefm.families.ar.ngram import NGramModel
 
     rows = (tokenize(r.spike_counts) for r in corpus.iter_rows("train", with_extras=False))
     return NGramModel(order=order, alpha=alpha).fit(rows, max_tokens=max_train_tokens,
@@ -121,7 +121,7 @@ def evaluate_oracle(corpus: Corpus, *, split: str = "test",
                     max_tokens: int | None = None) -> dict | None:
     """Cross-entropy of the true rates (Poisson probabilities of each count token; separators
     are certain) on the same tokens; None when the corpus has no ground truth (real data)."""
-    from .oracle import poisson_token_logprob
+    from spikefm.families.ar.oracle import poisson_token_logprob
 
     truths = {s["session_id"]: _truth_for(s) for s in corpus.sessions}
     if not any(truths.values()):
@@ -138,6 +138,6 @@ def evaluate_oracle(corpus: Corpus, *, split: str = "test",
 
 
 def write_results(path: str | Path, results: dict[str, Any]) -> None:
-    from ..fileio import write_json_atomic
+    from spikefm.fileio import write_json_atomic
 
     write_json_atomic(Path(path), results)

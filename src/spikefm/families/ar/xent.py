@@ -5,7 +5,7 @@ model, the n-gram baselines, an oracle) reports through :class:`CrossEntropyAccu
 numbers are computed the same way everywhere: sum the negative log-probabilities and the token
 counts per source and per token kind, reduce (``merge`` / ``state_dict``), divide once.
 
-Token kinds follow :func:`spikefm.data.tokens.tokenize`: the separator 255 opens every 20 ms bin,
+Token kinds follow :func:`spikefm.families.ar.tokens.tokenize`: the separator 255 opens every 20 ms bin,
 every other token is a spike count. Cross-entropy is the mean negative log-probability per token:
 ``nats = -sum(log p) / n`` and ``bits = nats / ln 2``.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from spikefm.data.tokens import SEPARATOR
+from spikefm.families.ar.tokens import SEPARATOR
 
 __all__ = ["CrossEntropyAccumulator", "format_table", "KINDS"]
 

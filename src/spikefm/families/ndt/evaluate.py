@@ -1,4 +1,4 @@
-"""``spikefm eval RUN_DIR --data CORPUS`` for NDT runs: the neural-prediction benchmark on one
+"""``spikefm eval RUN_DIR --data CORPUS`` of an NDT run: the neural-prediction benchmark on one
 session's held-out test windows.
 
 The windows are cut again from the corpus with the run's own window options and given the exact
@@ -14,19 +14,16 @@ Example::
 """
 from __future__ import annotations
 
-from ..fileio import write_json_atomic
-
 import json
-import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["run_ndt_eval", "session_windows_for_run", "session_truth_rates", "pick_session"]
+__all__ = ["evaluate_run", "session_windows_for_run", "session_truth_rates", "pick_session"]
 
 
 def pick_session(model: nn.Module, session: str | None) -> str:
@@ -35,7 +32,7 @@ def pick_session(model: nn.Module, session: str | None) -> str:
     if session is not None:
         if session not in known:
             raise ValueError(f"the model has no session {session!r}; its sessions: {', '.join(known)}; "
-                             "fine-tune it on that session first (spikefm.finetune)")
+                             "fine-tune it on that session first (spikefm.train.finetune)")
         return session
     if len(known) != 1:
         raise ValueError(f"the model has {len(known)} sessions; pick one with --session: {', '.join(known)}")
@@ -62,7 +59,7 @@ def session_windows_for_run(run_dir: str | Path, corpus, session_id: str):
     Returns:
         :class:`spikefm.data.windows.SessionWindows`.
     """
-    from ..data.windows import apply_splits, load_all_windows
+    from spikefm.data.windows import apply_splits, load_all_windows
 
     info = _family_info(run_dir)
     splits = info.get("window_splits", {})
@@ -84,8 +81,8 @@ def session_truth_rates(corpus, windows) -> np.ndarray | None:
 
     Looks for ``<stem>.truth.npz`` next to the NWB file named in the manifest's provenance.
     """
-    from ..corpus.synth import load_truth, truth_path
-    from .ndt_tasks import truth_windows
+    from spikefm.corpus.synth import load_truth, truth_path
+    from spikefm.families.ndt.tasks import truth_windows
 
     try:
         nwb = corpus.session(windows.session_id).get("provenance", {}).get("path")
@@ -101,39 +98,43 @@ def session_truth_rates(corpus, windows) -> np.ndarray | None:
         return None
 
 
-def run_ndt_eval(args, model: nn.Module, corpus) -> int:
-    """Benchmark an NDT run on one session's test windows (``spikefm eval`` for ``--model ndt``).
+def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequence[str] | str | None = None,
+                 session: str | None = None, save_predictions: str | Path | None = None,
+                 baselines: bool = True, split: str = "test") -> dict[str, Any]:
+    """Benchmark an NDT run on one session's test windows (``spikefm eval`` of an NDT run).
 
     Args:
-        args: parsed ``spikefm eval`` arguments: ``run_dir``, ``data``, ``split`` (windows scored
-            are always the run's ``test`` windows), ``out`` (results.json or None), ``tasks``
-            (comma-separated or None = the default tasks), ``session`` (or None = the model's only
-            session), ``save_predictions`` (folder or None), ``quiet``.
-        model: the loaded NDT (``spikefm.load_model``).
-        corpus: the :class:`spikefm.corpus.reader.Corpus` of ``args.data``.
+        model: the run's NDT (loaded from ``run_dir``).
+        run_dir: the run directory (its ``config.json`` holds the window options and splits).
+        corpus: the :class:`spikefm.corpus.reader.Corpus` holding the session.
+        tasks: task names (a list or comma-separated), None = :data:`DEFAULT_TASKS`.
+        session: the session to score; None = the model's only session.
+        save_predictions: a folder for ``<task>.npz`` predictions, or None.
+        baselines: include the smoothing baseline.
+        split: only ``"test"``: NDT runs are scored on their held-out test windows.
 
     Returns:
-        0 (errors raise ValueError).
+        ``{"family": "ndt", "run_dir", "corpus", "corpus_manifest_sha256", "session_id", "tasks",
+        "oracle": bool, "results": run_benchmark(...)}``.
     """
-    from .ndt_tasks import DEFAULT_TASKS, format_benchmark_table, run_benchmark
+    from spikefm.families.ndt.tasks import DEFAULT_TASKS, run_benchmark
 
-    session_id = pick_session(model, getattr(args, "session", None))
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if getattr(args, "tasks", None) \
-        else list(DEFAULT_TASKS)
-    if getattr(args, "split", "test") != "test":
-        print(f"note: NDT runs are scored on their held-out test windows; --split {args.split} is ignored",
-              file=sys.stderr)
-    windows = session_windows_for_run(args.run_dir, corpus, session_id)
+    if split != "test":
+        raise ValueError(f"NDT runs are scored on their held-out test windows; got split {split!r}, "
+                         "expected 'test' (the run's train/val windows are not held out)")
+    session_id = pick_session(model, session)
+    if tasks is None:
+        task_list = list(DEFAULT_TASKS)
+    else:
+        task_list = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+        if not task_list:
+            raise ValueError(f"tasks must name at least one task, got {tasks!r}")
+    windows = session_windows_for_run(run_dir, corpus, session_id)
     truth = session_truth_rates(corpus, windows)
     if torch.cuda.is_available():
         model = model.cuda()
-    result = run_benchmark(model, windows, tasks=tasks, truth_rates=truth, baselines=True,
-                           save_predictions=getattr(args, "save_predictions", None))
-    name = Path(args.run_dir).name or "model"
-    print(format_benchmark_table({name: result}))
-    if getattr(args, "out", None):
-        write_json_atomic(Path(args.out), {
-            "run_dir": str(args.run_dir), "corpus": str(args.data),
+    result = run_benchmark(model, windows, tasks=task_list, truth_rates=truth, baselines=baselines,
+                           save_predictions=save_predictions)
+    return {"family": "ndt", "run_dir": str(run_dir), "corpus": str(corpus.path),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session_id,
-            "tasks": tasks, "oracle": truth is not None, "results": result})
-    return 0
+            "tasks": task_list, "oracle": truth is not None, "results": result}

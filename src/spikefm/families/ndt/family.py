@@ -1,6 +1,6 @@
 """The masked NDT as a training family (``spikefm train --model ndt``).
 
-Model config: :class:`spikefm.models.ndt.NDTConfig` (``--preset tiny|small|base``; vary a field
+Model config: :class:`spikefm.families.ndt.model.NDTConfig` (``--preset tiny|small|base``; vary a field
 with ``--set model.n_layers=4``). Data config: :class:`NDTDataConfig`.
 
 Shape legend: B batch, T bins per window, N units (padded to the batch maximum).
@@ -8,40 +8,41 @@ Shape legend: B batch, T bins per window, N units (padded to the batch maximum).
 Data: every session in ``data.sessions`` is cut into windows of ``data.window_bins`` bins
 (:func:`spikefm.data.windows.load_all_windows`, trial-aligned or continuous) with a seeded
 train/val/test split per session. Training batches come from the ``train`` windows of all the
-sessions (:class:`spikefm.data.windows.WindowBatcher`); the optional ``evaluate`` scores the
+sessions (:class:`spikefm.data.windows.WindowBatcher`); ``validate`` scores the
 ``val`` windows; ``spikefm eval`` scores the ``test`` windows. The split of every window is written
 into the run's ``config.json`` (``family_info.window_splits``) so evaluation uses exactly the
 held-out windows even if the splitting code changes later.
 
 Loss: each micro-batch carries a mask seed (derived from ``train.seed``, the rank and a counter
-saved in the loader state), so the masks (:func:`spikefm.data.masking.draw_schemes` +
-:func:`spikefm.data.masking.apply_masks`) are a pure function of the run's seed and position and
-resume exactly. The loss is :func:`spikefm.data.masking.masked_poisson_loss` (per-scheme mean
+saved in the loader state), so the masks (:func:`spikefm.families.ndt.masking.draw_schemes` +
+:func:`spikefm.families.ndt.masking.apply_masks`) are a pure function of the run's seed and position and
+resume exactly. The loss is :func:`spikefm.families.ndt.masking.masked_poisson_loss` (per-scheme mean
 Poisson NLL, schemes weighted equally); ``stats["tokens"]`` counts the masked (scored) entries.
 
 Fine-tuning: with ``data.init_from=RUN_DIR`` the shared core (everything outside the per-session
 read-in/read-out/embedding) is loaded from ``RUN_DIR/model.safetensors`` after the usual random
 initialisation, and ``data.freeze_core=true`` stops its gradients. Session modules of the new run
-are always freshly initialised. See :mod:`spikefm.finetune`.
+are always freshly initialised. See :mod:`spikefm.train.finetune`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..data.masking import SCHEMES, apply_masks, draw_schemes, masked_poisson_loss
-from ..models.ndt import NDT, NDTConfig, ndt_preset
-from .config import RunConfig
-from .family import register_family
+from spikefm.families.ndt.batches import MaskedWindowLoader, collate_windows, mask_seed, move_batch
+from spikefm.families.ndt.masking import SCHEMES, apply_masks, draw_schemes, masked_poisson_loss
+from spikefm.families.ndt.model import NDT, NDT_PRESETS, NDTConfig, ndt_preset
+from spikefm.train.config import RunConfig
 
-__all__ = ["NDTDataConfig", "NDTFamily", "MaskedWindowLoader", "parse_schemes", "window_options",
-           "mask_seed", "collate_windows", "load_pretrained_core"]
+__all__ = ["NDTDataConfig", "NDTFamily", "parse_schemes", "window_options", "load_pretrained_core",
+           "SPLIT_FRACTIONS"]
 
 #: Fractions of each session's windows in (train, val, test); fixed so that runs stay comparable.
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -49,7 +50,7 @@ TRIAL_TABLE = "trials"
 
 
 def parse_schemes(text: str) -> list[str]:
-    """``"all"`` or comma-separated names from :data:`spikefm.data.masking.SCHEMES` -> list."""
+    """``"all"`` or comma-separated names from :data:`spikefm.families.ndt.masking.SCHEMES` -> list."""
     names = [s.strip() for s in str(text).split(",") if s.strip()]
     if names == ["all"]:
         return list(SCHEMES)
@@ -124,61 +125,8 @@ def window_options(data: NDTDataConfig) -> dict[str, Any]:
             "table": TRIAL_TABLE, "split_fractions": SPLIT_FRACTIONS, "seed": data.split_seed}
 
 
-def mask_seed(seed: int, rank: int, counter: int) -> int:
-    """63-bit seed of the mask generator of one micro-batch (independent streams per rank/batch)."""
-    state = np.random.SeedSequence([int(seed), int(rank), int(counter)]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
-
-
-class MaskedWindowLoader:
-    """Wraps a :class:`~spikefm.data.windows.WindowBatcher`; adds ``mask_seed`` to every batch.
-
-    ``state_dict`` holds the batcher position and the batch counter, so a resumed run draws the
-    same windows with the same masks.
-    """
-
-    def __init__(self, batcher, seed: int, rank: int) -> None:
-        self.batcher, self.seed, self.rank = batcher, int(seed), int(rank)
-        self.counter = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        batch = next(self.batcher)
-        batch["mask_seed"] = torch.tensor(mask_seed(self.seed, self.rank, self.counter), dtype=torch.long)
-        self.counter += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"batcher": self.batcher.state_dict(), "counter": self.counter, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has {self.seed}")
-        self.batcher.load_state_dict(state["batcher"])
-        self.counter = int(state["counter"])
-
-
-def collate_windows(windows: dict, items: list[tuple[str, int]]) -> dict:
-    """A batch (the :class:`~spikefm.data.windows.WindowBatcher` layout) of the given
-    (session id, window index) pairs, padded to the largest unit count."""
-    ws = [windows[sid] for sid, _ in items]
-    B, T, N = len(items), ws[0].num_bins, max(w.num_units for w in ws)
-    counts = np.zeros((B, T, N), dtype=np.float32)
-    valid = np.zeros((B, N), dtype=bool)
-    region = np.full((B, N), -1, dtype=np.int64)
-    for b, (w, (_, k)) in enumerate(zip(ws, items)):
-        counts[b, :, :w.num_units] = w.counts[k]
-        valid[b, :w.num_units] = True
-        region[b, :w.num_units] = w.region_ids
-    return {"counts_BTN": torch.from_numpy(counts), "unit_valid_BN": torch.from_numpy(valid),
-            "region_BN": torch.from_numpy(region), "session_ids": [sid for sid, _ in items],
-            "window_index_B": torch.tensor([k for _, k in items], dtype=torch.long)}
-
-
 class NDTFamily:
-    """Family protocol implementation for :class:`spikefm.models.ndt.NDT` (see the module docstring)."""
+    """Family protocol implementation for :class:`spikefm.families.ndt.model.NDT` (see the module docstring)."""
 
     name = "ndt"
     model_config_cls = NDTConfig
@@ -192,6 +140,10 @@ class NDTFamily:
     @staticmethod
     def preset(name: str) -> NDTConfig:
         return ndt_preset(name)
+
+    @staticmethod
+    def presets() -> list[str]:
+        return list(NDT_PRESETS)
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -213,7 +165,7 @@ class NDTFamily:
 
     def windows(self, data: NDTDataConfig) -> dict:
         """Session id -> :class:`~spikefm.data.windows.SessionWindows` (cached per config)."""
-        from ..data.windows import load_all_windows
+        from spikefm.data.windows import load_all_windows
 
         key = (str(Path(data.corpus).resolve()), data.sessions, tuple(sorted(window_options(data).items())))
         if key not in self._windows_cache:
@@ -254,7 +206,7 @@ class NDTFamily:
         return list(model.layers)
 
     def train_loader(self, cfg: RunConfig, rank: int, world_size: int) -> MaskedWindowLoader:
-        from ..data.windows import WindowBatcher
+        from spikefm.data.windows import WindowBatcher
 
         batcher = WindowBatcher(self.windows(cfg.data), batch_size=cfg.train.micro_batch_size(world_size),
                                 seed=cfg.train.seed, split="train", rank=rank, world_size=world_size)
@@ -292,7 +244,7 @@ class NDTFamily:
         B, T, _ = batch["counts_BTN"].shape
         return 6.0 * self._num_params[key] * B * T
 
-    def evaluate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
+    def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
                  ) -> dict[str, tuple[float, float]]:
         """Masked Poisson NLL per scored entry over this rank's share of the ``val`` windows.
 
@@ -311,7 +263,7 @@ class NDTFamily:
         num = den = 0.0
         for i in range(num_batches):
             chunk = mine[i * bs:(i + 1) * bs]
-            batch = _move(collate_windows(windows, chunk or items[:1]), device)
+            batch = move_batch(collate_windows(windows, chunk or items[:1]), device)
             gen = torch.Generator().manual_seed(mask_seed(cfg.train.seed, rank, 2**40 + i))
             mb, log_rates_BTN = self._masked_forward(model, batch, cfg.data, gen)
             if not chunk:  # padding pass: every rank calls forward equally often
@@ -344,6 +296,58 @@ class NDTFamily:
             info["init_from"] = str(Path(cfg.data.init_from).resolve())
         return info
 
+    # -- outside the loop --------------------------------------------------------------------------
+
+    def finetune_config(self, run_dir: str, corpus: str, session_id: str, *, freeze_core: bool = False,
+                        from_scratch: bool = False, steps: int = 500) -> RunConfig:
+        """The run that adapts the finished NDT run ``run_dir`` to ``session_id`` of ``corpus``.
+
+        Keeps the run's model config, window/masking options, optimizer and batch settings, trains
+        only on ``session_id`` (fresh session parameters) and starts from the pretrained core
+        (``data.init_from``; frozen with ``freeze_core``). With ``from_scratch`` nothing is loaded:
+        the single-session baseline with exactly the same settings. Warm-up is capped at a tenth
+        of ``steps``.
+        """
+        from spikefm.train.runinfo import load_run_config
+
+        pre = load_run_config(run_dir, model_cls=NDTConfig, data_cls=NDTDataConfig)
+        if pre.family != self.name:
+            raise ValueError(f"{run_dir} is a {pre.family!r} run; fine-tuning here needs an NDT run")
+        if not from_scratch and not (Path(run_dir) / "model.safetensors").is_file():
+            raise ValueError(f"{run_dir}/model.safetensors not found; the pretraining run has not finished "
+                             "(resume it with spikefm train ... --resume)")
+        if from_scratch:
+            data = dataclasses.replace(pre.data, corpus=str(corpus), sessions=session_id, init_from="",
+                                       freeze_core=False)
+        else:
+            data = dataclasses.replace(pre.data, corpus=str(corpus), sessions=session_id,
+                                       init_from=str(Path(run_dir).resolve()), freeze_core=bool(freeze_core))
+        warmup = pre.optim.warmup_steps
+        optim = dataclasses.replace(pre.optim, warmup_steps=None if warmup is None else min(warmup, steps // 10))
+        return RunConfig(family=self.name, model=pre.model, data=data, optim=optim,
+                         train=dataclasses.replace(pre.train, steps=steps))
+
+    def evaluate(self, run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None = None,
+                 session: str | None = None, save_predictions: str | None = None,
+                 baselines: bool = True, split: str = "test") -> dict[str, Any]:
+        """The neural-prediction benchmark of a finished run on one session's test windows
+        (:func:`spikefm.families.ndt.evaluate.evaluate_run`)."""
+        from spikefm.corpus.reader import Corpus
+        from spikefm.families.ndt.evaluate import evaluate_run
+        from spikefm.train.checkpoint import load_exported_model
+        from spikefm.train.runinfo import load_run_config
+
+        cfg = load_run_config(run_dir, model_cls=NDTConfig, data_cls=NDTDataConfig)
+        model = load_exported_model(run_dir, self, cfg)
+        return evaluate_run(model, run_dir, Corpus(corpus), tasks=tasks, session=session,
+                            save_predictions=save_predictions, baselines=baselines, split=split)
+
+    def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
+        """One table of several runs' :meth:`evaluate` results (baselines from the first)."""
+        from spikefm.families.ndt.tasks import format_benchmark_table
+
+        return format_benchmark_table({name: r.get("results", r) for name, r in results_by_run.items()})
+
 
 def load_pretrained_core(model: NDT, run_dir: str | Path) -> list[str]:
     """Copy the shared core of RUN_DIR/model.safetensors into ``model`` (sessions untouched).
@@ -374,16 +378,10 @@ def load_pretrained_core(model: NDT, run_dir: str | Path) -> list[str]:
     return sorted(saved)
 
 
-def _move(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
 def _corpus(data: NDTDataConfig):
-    from ..corpus.reader import Corpus
+    from spikefm.corpus.reader import Corpus
 
     if not data.corpus:
         raise ValueError("data.corpus is empty; pass --data CORPUS_DIR")
     return Corpus(data.corpus)
 
-
-register_family("ndt", NDTFamily)

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spikefm.data.masking import NUM_SCHEMES
+from spikefm.families.ndt.masking import NUM_SCHEMES
 
 __all__ = [
     "NDTConfig",

@@ -3,11 +3,11 @@
 The model is a plain ``nn.Module`` (no parallelism): pre-norm blocks of grouped-query attention
 and a SwiGLU MLP, RMSNorm, rotary positions, untied input embedding and output projection. Its
 weights map one to one onto Hugging Face's ``LlamaForCausalLM`` (see
-:mod:`spikefm.models.hf_llama`): rotary embeddings use the rotate-half convention (head dimension
+:mod:`spikefm.families.ar.hf`): rotary embeddings use the rotate-half convention (head dimension
 i is rotated together with i + E/2, not with its neighbour i + 1 as in Meta's original code), so
 no permutation of ``wq``/``wk`` is needed.
 
-Tokens follow :mod:`spikefm.data.tokens`: vocabulary 256, each time bin is ``[255, c_1..c_n]``.
+Tokens follow :mod:`spikefm.families.ar.tokens`: vocabulary 256, each time bin is ``[255, c_1..c_n]``.
 
 Shape legend (suffixes on tensor names):
     B  batch
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikefm.data.tokens import SEPARATOR
+from spikefm.families.ar.tokens import SEPARATOR
 
 __all__ = [
     "LlamaConfig",
@@ -502,7 +502,7 @@ def _check_prompt(prompt_tokens: torch.Tensor, num_units: int) -> None:
         raise ValueError(
             f"prompt length {length} must be a positive multiple of num_units + 1 = {width} "
             "so that the prompt ends at a bin boundary; pass whole bins "
-            "(spikefm.data.tokens.tokenize output) or prompt_tokens=None")
+            "(spikefm.families.ar.tokens.tokenize output) or prompt_tokens=None")
     grid = prompt_tokens.reshape(prompt_tokens.shape[0], -1, width)
     if bool((grid[..., 0] != SEPARATOR).any()) or bool((grid[..., 1:] == SEPARATOR).any()):
         raise ValueError(f"prompt_tokens are not laid out as [{SEPARATOR}, c1..c{num_units}] per "

@@ -10,7 +10,7 @@ every context, seen or not, gives a proper distribution over the vocabulary.
 
 Row boundaries. Contexts never cross rows: each row is left-padded with ``n - 1`` separator tokens
 (255) before its windows are read, in ``fit`` and in ``log_prob`` alike. Real tokenized data
-(:func:`spikefm.data.tokens.tokenize`) never holds two consecutive 255s -- every separator is
+(:func:`spikefm.families.ar.tokens.tokenize`) never holds two consecutive 255s -- every separator is
 followed by ``num_units >= 1`` count tokens -- so any context with two adjacent 255s comes from
 padding and never aliases a context from the middle of a row. (A row starts with 255, so its first
 two positions both see the all-separator context; that context simply models "row start".)
@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from spikefm.data.tokens import SEPARATOR, VOCAB_SIZE
+from spikefm.families.ar.tokens import SEPARATOR, VOCAB_SIZE
 from spikefm.fileio import savez_atomic
 
 __all__ = ["NGramModel", "MAX_ORDER"]

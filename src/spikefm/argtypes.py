@@ -1,0 +1,70 @@
+"""Argument types of the command line: each parses one value or raises
+``argparse.ArgumentTypeError`` saying what was expected and what was given (argparse turns that
+into one ``spikefm <command>: error: ...`` line). Non-finite numbers are never accepted."""
+from __future__ import annotations
+
+import argparse
+import math
+
+__all__ = ["positive_int", "finite_float", "positive_float", "fraction", "int_list", "units_range"]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _number(text: str, expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected} (finite), got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    return _number(text, "a number")
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, "a positive number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    value = _number(text, "a number in [0, 1)")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated integers, at least one (e.g. ``1,9``)."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,9, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,9, got {text!r}")
+    return values
+
+
+def units_range(text: str) -> tuple[int, int]:
+    """``MIN,MAX`` with 1 <= MIN <= MAX."""
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX like 40,200, got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX with 1 <= MIN <= MAX, got {text!r}")
+    return lo, hi

@@ -1,0 +1,264 @@
+"""The registry of model families, and everything that reaches a family by name.
+
+A model family (the autoregressive spike language model ``ar``, the masked neural data transformer
+``ndt``, ...) lives in its own folder ``spikefm/families/<name>/`` and implements the protocol
+:class:`spikefm.train.family.Family`. It is reached only through this module: the CLI, the
+quickstart and the experiments never import a family's modules by name.
+
+Adding a family = a new folder + one line in :data:`FAMILIES` (or, for a family defined outside
+spikefm, one :func:`register` call or a ``spikefm.families`` entry point in its package metadata).
+
+    from spikefm import families
+    fam = families.get("ndt")
+    cfg = families.run_config("ndt", preset="tiny", corpus="corpus")   # or build a RunConfig
+    families.train(cfg, "runs/ndt")
+    families.finetune("runs/ndt", "corpus", "sub-ibl02_ses-002", "runs/ft", freeze_core=True)
+    results = families.evaluate("runs/ft", "corpus")
+    print(families.format_results({"ft": results}))
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run",
+           "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
+           "finetune", "evaluate", "format_results", "commands", "FamilyCommand"]
+
+#: name -> "module:attribute" of the family class (instantiated with no arguments).
+FAMILIES: dict[str, str] = {
+    "ar": "spikefm.families.ar.family:ARFamily",
+    "ndt": "spikefm.families.ndt.family:NDTFamily",
+}
+#: The family of `spikefm train` without --model.
+DEFAULT_FAMILY = "ar"
+
+
+
+@dataclass(frozen=True)
+class FamilyCommand:
+    """An extra `spikefm` sub-command of a family (e.g. `spikefm generate`), listed in the
+    ``COMMANDS`` of its torch-free module ``spikefm.families.<name>.commands``.
+
+    Attributes:
+        name: the sub-command.
+        help: one line for `spikefm -h`.
+        add_arguments: called with the sub-command's argparse parser.
+        run: called with the parsed arguments; returns the exit status.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[Any], None]
+    run: Callable[[Any], int]
+
+
+_EXTRA: dict[str, str | Callable[[], Any]] = {}
+_INSTANCES: dict[str, Any] = {}
+
+
+def register(name: str, target: str | Callable[[], Any]) -> None:
+    """Register a family defined outside this package.
+
+    Args:
+        name: the name used by ``--model NAME`` and written into the run's config.
+        target: ``"module:attribute"`` of a zero-argument callable (usually the family class), or
+            the callable itself. Re-registering a name replaces it.
+    """
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"family name must be a non-empty word (letters, digits, - or _), got {name!r}")
+    if not (callable(target) or (isinstance(target, str) and ":" in target)):
+        raise TypeError(f"family {name!r}: target must be 'module:attribute' or a callable, got {target!r}")
+    _EXTRA[name] = target
+    _INSTANCES.pop(name, None)
+
+
+def _entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    try:
+        eps = entry_points(group="spikefm.families")
+    except TypeError:  # Python < 3.10 API
+        eps = entry_points().get("spikefm.families", [])
+    return {ep.name: ep.value for ep in eps}
+
+
+def _targets() -> dict[str, str | Callable[[], Any]]:
+    return {**_entry_points(), **FAMILIES, **_EXTRA}
+
+
+def names() -> list[str]:
+    """Every family name that ``--model`` accepts, sorted."""
+    return sorted(_targets())
+
+
+def get(name: str):
+    """The family registered as ``name`` (one instance per process).
+
+    Raises:
+        ValueError: no family of that name (the message lists the registered ones).
+    """
+    if name in _INSTANCES:
+        return _INSTANCES[name]
+    targets = _targets()
+    if name not in targets:
+        raise ValueError(f"unknown model family {name!r}; registered families: {', '.join(names())} "
+                         "(add one with spikefm.families.register)")
+    target = targets[name]
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+    family = target()
+    if getattr(family, "name", name) != name:
+        raise ValueError(f"family registered as {name!r} calls itself {family.name!r}; use one name")
+    _INSTANCES[name] = family
+    return family
+
+
+def _read_config(path: str | os.PathLike) -> dict[str, Any]:
+    from spikefm.train.runinfo import read_run_info
+
+    return read_run_info(path)
+
+
+def family_of_run(run_dir: str | os.PathLike):
+    """The family of a run directory (``config.json`` names it), or of a foreign model folder
+    that a family claims (e.g. a Hugging Face Llama folder)."""
+    info = _read_config(run_dir)
+    if isinstance(info.get("family"), str):
+        return get(info["family"])
+    for name in names():
+        fam = get(name)
+        if getattr(fam, "claims_folder", None) and fam.claims_folder(info):
+            return fam
+    raise ValueError(f"{Path(run_dir) / 'config.json'} names no model family and no family can load "
+                     f"it; expected a spikefm run directory (families: {', '.join(names())}) or a "
+                     "Hugging Face Llama folder")
+
+
+def run_config(family: str, *, preset: str | None = None, corpus: str = "",
+               overrides: Sequence[str] = ()):
+    """A RunConfig of ``family`` from a preset name, a corpus and ``section.key=value`` overrides."""
+    from spikefm.train.config import RunConfig, apply_overrides
+
+    fam = get(family)
+    model = fam.preset(preset or fam.presets()[0])
+    cfg = RunConfig(family=family, model=model, data=fam.data_config_cls(corpus=str(corpus)))
+    return apply_overrides(cfg, list(overrides))
+
+
+def run_config_from_dict(data: dict[str, Any]):
+    """:func:`spikefm.train.config.config_from_dict` with the family's classes from the registry."""
+    from spikefm.train.config import config_from_dict
+
+    if not isinstance(data, dict) or not isinstance(data.get("family"), str):
+        raise ValueError("config dict must be a JSON object with a 'family' name")
+    fam = get(data["family"])
+    return config_from_dict(data, model_cls=fam.model_config_cls, data_cls=fam.data_config_cls)
+
+
+def load_run_config(run_dir: str | os.PathLike):
+    """The RunConfig recorded in RUN_DIR/config.json."""
+    info = _read_config(run_dir)
+    if not isinstance(info.get("config"), dict):
+        raise ValueError(f"{Path(run_dir) / 'config.json'} has no 'config' object; expected a run "
+                         "directory written by spikefm train")
+    return run_config_from_dict(info["config"])
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu"):
+    """Load a model for evaluation or generation.
+
+    Args:
+        path: a spikefm run directory (``config.json`` naming its family + ``model.safetensors``)
+            or a foreign folder a family claims, such as a Hugging Face Llama folder
+            (``config.json`` with ``model_type: llama`` + ``model.safetensors``), e.g. the
+            published Neural Pile models.
+
+    Returns:
+        The model in eval mode. For run directories ``model.run_config`` holds the RunConfig.
+    """
+    from spikefm.train.checkpoint import load_exported_model
+
+    fam = family_of_run(path)
+    info = _read_config(path)
+    if not isinstance(info.get("family"), str):
+        return fam.load_foreign(path, device=device).eval()
+    cfg = load_run_config(path)
+    model = load_exported_model(path, fam, cfg, device=device)
+    model.run_config = cfg
+    return model
+
+
+def train(cfg, out_dir: str | os.PathLike, **kwargs) -> dict[str, Any]:
+    """:func:`spikefm.train.loop.train` with ``cfg.family`` looked up in the registry."""
+    from spikefm.train.loop import train as train_loop
+
+    return train_loop(cfg, out_dir, get(cfg.family), **kwargs)
+
+
+def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,
+             out_dir: str | os.PathLike, *, freeze_core: bool = False, from_scratch: bool = False,
+             steps: int = 500, overrides: Sequence[str] = (), eval_every: int = 50,
+             patience: int = 3, progress: bool = False) -> dict[str, Any]:
+    """Adapt the finished run ``run_dir`` to ``session_id`` (early stopping on validation data).
+
+    The family prepares the new run (:meth:`Family.finetune_config`: new session parameters, the
+    pretrained core, frozen with ``freeze_core``; with ``from_scratch`` the same architecture and
+    settings trained on that session alone, the single-session baseline); the shared
+    :func:`spikefm.train.finetune.train_with_early_stopping` trains it.
+
+    Returns:
+        The early-stopping summary (best step, best validation loss, history, model path).
+    """
+    from spikefm.train.config import apply_overrides
+    from spikefm.train.finetune import train_with_early_stopping
+
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if freeze_core and from_scratch:
+        raise ValueError("freeze_core and from_scratch exclude each other: a from-scratch core is "
+                         "random, freezing it would train the session parameters on noise")
+    fam = family_of_run(run_dir)
+    if not hasattr(fam, "finetune_config"):
+        raise ValueError(f"the {fam.name!r} family does not support fine-tuning to a new session")
+    cfg = fam.finetune_config(str(run_dir), str(corpus), session_id, freeze_core=bool(freeze_core),
+                              from_scratch=bool(from_scratch), steps=steps)
+    cfg = apply_overrides(cfg, list(overrides))
+    return train_with_early_stopping(cfg, out_dir, fam, eval_every=eval_every, patience=patience,
+                                     progress=progress)
+
+
+def evaluate(run_dir: str | os.PathLike, corpus: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """The family's benchmark of a finished run (or claimed foreign folder) on ``corpus``."""
+    return family_of_run(run_dir).evaluate(str(run_dir), str(corpus), **options)
+
+
+def format_results(results_by_run: dict[str, dict[str, Any]], family: str | None = None) -> str:
+    """Text table of :func:`evaluate` results (all of one family, named in each result)."""
+    if not results_by_run:
+        raise ValueError("results_by_run is empty; give {run name: evaluate(...) result}")
+    name = family or next(iter(results_by_run.values())).get("family")
+    if not isinstance(name, str):
+        raise ValueError("results carry no 'family' name; pass family=NAME")
+    return get(name).format_results(results_by_run)
+
+
+def commands() -> list:
+    """Extra sub-commands contributed by the families (``spikefm generate``, ``spikefm ngram``)."""
+    out = []
+    for name in names():
+        module = FAMILIES.get(name, "").partition(":")[0]
+        if not module:
+            continue
+        try:  # a light module, so that building the parser does not import torch
+            mod = importlib.import_module(module.rsplit(".", 1)[0] + ".commands")
+        except ModuleNotFoundError as exc:
+            if not exc.name or not exc.name.endswith(".commands"):
+                raise
+            continue
+        out.extend(mod.COMMANDS)
+    return out

@@ -1,0 +1,81 @@
+"""Sub-commands of the autoregressive family: ``spikefm ngram`` and ``spikefm generate``.
+
+Torch-free at import (the CLI builds its parser from :data:`COMMANDS` without importing models).
+"""
+from __future__ import annotations
+
+import argparse
+
+from spikefm.argtypes import finite_float as _finite_float
+from spikefm.argtypes import positive_int as _positive_int
+from spikefm.families import FamilyCommand
+
+__all__ = ["COMMANDS"]
+
+
+def _ngram_arguments(n: argparse.ArgumentParser) -> None:
+    n.add_argument("--data", required=True, help="corpus folder")
+    n.add_argument("--order", type=int, choices=range(1, 10), required=True, metavar="N",
+                   help="n-gram order, 1..9")
+    n.add_argument("--alpha", type=_finite_float, default=1.0, help="Laplace smoothing constant")
+    n.add_argument("--split", default="test", choices=["train", "test"])
+    n.add_argument("--max-train-tokens", type=_positive_int, default=None)
+    n.add_argument("--max-tokens", type=_positive_int, default=None)
+    n.add_argument("--out", default=None, help="results.json")
+    n.add_argument("--quiet", action="store_true")
+
+
+def _run_ngram(args) -> int:
+    from spikefm.corpus.reader import Corpus
+    from spikefm.families.ar.evaluate import evaluate_ngram, evaluate_oracle, fit_ngram, write_results
+    from spikefm.families.ar.xent import format_table
+
+    if args.alpha <= 0:
+        raise ValueError(f"--alpha must be > 0 (Laplace smoothing), got {args.alpha}")
+    corpus = Corpus(args.data)
+    ng = fit_ngram(corpus, args.order, alpha=args.alpha, max_train_tokens=args.max_train_tokens,
+                   progress=not args.quiet)
+    results = {f"{args.order}-gram": evaluate_ngram(ng, corpus, split=args.split,
+                                                    max_tokens=args.max_tokens)}
+    oracle = evaluate_oracle(corpus, split=args.split, max_tokens=args.max_tokens)
+    if oracle is not None:
+        results["oracle"] = oracle
+    print(format_table(results, title=f"cross-entropy on {args.split} (bits/token)"))
+    if args.out:
+        write_results(args.out, {"corpus": str(args.data), "order": args.order,
+                                 "alpha": args.alpha, "split": args.split, "results": results})
+    return 0
+
+
+def _generate_arguments(g: argparse.ArgumentParser) -> None:
+    g.add_argument("run_dir", help="autoregressive run folder or Hugging Face Llama folder")
+    g.add_argument("--units", type=_positive_int, required=True)
+    g.add_argument("--bins", type=_positive_int, required=True)
+    g.add_argument("--prompt", default=None, metavar="CORPUS_DIR:SESSION_ID:START_BIN")
+    g.add_argument("--prompt-bins", type=_positive_int, default=25)
+    g.add_argument("--temperature", type=_finite_float, default=1.0)
+    g.add_argument("--top-k", type=_positive_int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, help="FILE.npz")
+
+
+def _run_generate(args) -> int:
+    from spikefm.families.ar.generation import generate_to_file
+
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    out = generate_to_file(args.run_dir, num_units=args.units, num_bins=args.bins,
+                           prompt=args.prompt, prompt_bins=args.prompt_bins,
+                           temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                           out=args.out)
+    for p in out:
+        print(f"wrote {p}")
+    return 0
+
+
+COMMANDS = [
+    FamilyCommand("ngram", "fit and score an n-gram baseline of the spike tokens (Laplace smoothing)",
+                  _ngram_arguments, _run_ngram),
+    FamilyCommand("generate", "sample spike arrays from an autoregressive model (KV cache)",
+                  _generate_arguments, _run_generate),
+]

@@ -1,0 +1,214 @@
+"""The autoregressive spike language model as a training family (``spikefm train --model ar``).
+
+Model config: :class:`spikefm.families.ar.model.LlamaConfig` (``--preset`` picks one of
+``LLAMA_PRESETS``; ``--set model.n_layers=2`` overrides a field). Data config:
+:class:`ARDataConfig`. Batches are (inputs, targets) token windows from
+:class:`spikefm.families.ar.loader.ARTokenLoader`; the loss is the mean next-token cross-entropy in nats.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikefm.families.ar.model import LLAMA_PRESETS, Llama, LlamaConfig, flops_per_token, llama_preset
+from spikefm.train.config import RunConfig
+
+
+@dataclass(frozen=True)
+class ARDataConfig:
+    """Where the tokens come from.
+
+    Attributes:
+        corpus: corpus directory (``spikefm corpus build`` output).
+        seq_len: context length in tokens (each bin is num_units + 1 tokens).
+        split: corpus split to train on.
+        token_cache: read through the memory-mapped token cache in CORPUS_DIR/.cache (built on
+            first use, one byte per token); false for read-only corpus folders.
+    """
+
+    corpus: str = ""
+    seq_len: int = 512
+    split: str = "train"
+    token_cache: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 2:
+            raise ValueError(f"data.seq_len must be an int >= 2, got {self.seq_len!r}")
+        if self.split not in ("train", "test"):
+            raise ValueError(f"data.split must be 'train' or 'test', got {self.split!r}")
+
+
+class ARFamily:
+    name = "ar"
+    model_config_cls = LlamaConfig
+    data_config_cls = ARDataConfig
+
+    @staticmethod
+    def preset(name: str) -> LlamaConfig:
+        return llama_preset(name)
+
+    @staticmethod
+    def presets() -> list[str]:
+        return list(LLAMA_PRESETS)
+
+    def build_model(self, cfg: RunConfig) -> nn.Module:
+        return Llama(cfg.model)
+
+    def init_weights(self, model: nn.Module) -> None:
+        model.init_weights()
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.layers)
+
+    def train_loader(self, cfg: RunConfig, rank: int, world_size: int):
+        from spikefm.families.ar.loader import ARTokenLoader
+        from spikefm.train.dist import barrier
+
+        def make():
+            return ARTokenLoader(_corpus(cfg), seq_len=cfg.data.seq_len,
+                                 batch_size=cfg.train.micro_batch_size(world_size),
+                                 seed=cfg.train.seed, rank=rank, world_size=world_size,
+                                 split=cfg.data.split, token_cache=cfg.data.token_cache)
+
+        # Rank 0 builds the token cache (if missing) while the others wait, so it is built once.
+        loader = make() if rank == 0 else None
+        barrier()
+        return loader if loader is not None else make()
+
+    def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):
+        x_BL, y_BL = batch[0].long(), batch[1].long()  # the loader sends uint8 tokens
+        logits_BLV = model(x_BL)
+        loss = F.cross_entropy(logits_BLV.float().reshape(-1, logits_BLV.shape[-1]),
+                               y_BL.reshape(-1))
+        return loss, {"tokens": int(y_BL.numel())}
+
+    def flops_per_batch(self, model: nn.Module, batch: Any, cfg: RunConfig) -> float:
+        x_BL, _ = batch
+        return flops_per_token(cfg.model, x_BL.shape[1]) * x_BL.numel()
+
+    def describe(self, cfg: RunConfig) -> dict[str, Any]:
+        corpus = _corpus(cfg)
+        return {"corpus": str(corpus.path.resolve()), "corpus_manifest_sha256": corpus.manifest_hash,
+                "train_tokens": corpus.num_tokens(cfg.data.split),
+                "num_sessions": len(corpus.session_ids(cfg.data.split))}
+
+
+    # -- outside the loop --------------------------------------------------------------------------
+
+    @staticmethod
+    def claims_folder(config: dict[str, Any]) -> bool:
+        """True for a Hugging Face Llama folder's config.json (e.g. the published Neural Pile models)."""
+        return config.get("model_type") == "llama" or "LlamaForCausalLM" in config.get("architectures", [])
+
+    @staticmethod
+    def load_foreign(path: str, device: str = "cpu") -> nn.Module:
+        from spikefm.families.ar.hf import load_hf
+
+        return load_hf(path, device=device)
+
+    def load(self, path: str, device: str = "cpu") -> tuple[nn.Module, RunConfig | None]:
+        """(model in eval mode, RunConfig or None) from a run directory or a Hugging Face folder."""
+        from spikefm.train.checkpoint import load_exported_model
+        from spikefm.train.runinfo import load_run_config, read_run_info
+
+        info = read_run_info(path)
+        if "family" not in info and self.claims_folder(info):
+            return self.load_foreign(path, device=device).eval(), None
+        if info.get("family") != self.name:
+            raise ValueError(f"{path} is a {info.get('family')!r} run; expected an autoregressive "
+                             f"({self.name}) run or a Hugging Face Llama folder")
+        cfg = load_run_config(path, model_cls=LlamaConfig, data_cls=ARDataConfig)
+        model = load_exported_model(path, self, cfg, device=device)
+        model.run_config = cfg
+        return model, cfg
+
+    def evaluate_baselines(self, corpus: str, *, split: str = "test", ngram: Sequence[int] = (1, 9),
+                           max_tokens: int | None = None, max_train_tokens: int | None = None
+                           ) -> dict[str, Any]:
+        """Cross-entropy of the n-gram baselines (fitted on the train split) and, on synthetic
+        corpora, the oracle, on the tokens :meth:`evaluate` scores: ``{"<n>-gram": ..., "oracle": ...}``."""
+        from spikefm.corpus.reader import Corpus
+        from spikefm.families.ar.evaluate import evaluate_ngram, evaluate_oracle, fit_ngram
+
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        orders = [int(o) for o in ngram]
+        if any(not 1 <= o <= 9 for o in orders):
+            raise ValueError(f"n-gram orders must be in 1..9, got {list(ngram)!r}")
+        data = Corpus(corpus)
+        results = {}
+        for order in orders:
+            ng = fit_ngram(data, order, max_train_tokens=max_train_tokens)
+            results[f"{order}-gram"] = evaluate_ngram(ng, data, split=split, max_tokens=max_tokens)
+        oracle = evaluate_oracle(data, split=split, max_tokens=max_tokens)
+        if oracle is not None:
+            results["oracle"] = oracle
+        return results
+
+    def evaluate(self, run_dir: str, corpus: str, *, split: str = "test", ngram: Sequence[int] = (),
+                 max_tokens: int | None = None, max_train_tokens: int | None = None,
+                 seq_len: int | None = None, baselines: dict[str, Any] | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+        """Cross-entropy of the model, the n-gram baselines and (on synthetic corpora) the oracle,
+        on exactly the same tokens (:mod:`spikefm.families.ar.evaluate`).
+
+        Args:
+            run_dir: an AR run directory or a Hugging Face Llama folder.
+            corpus: corpus folder; split: its split to score.
+            ngram: n-gram orders (1..9) to fit on the train split and score beside the model.
+            max_tokens: score only the first rows up to this many tokens.
+            max_train_tokens: n-gram training tokens cap.
+            seq_len: context of a Hugging Face model (runs use their own; default 512).
+            baselines: results of :meth:`evaluate_baselines` on the same split and tokens, to
+                reuse instead of ``ngram`` (the oracle is then not recomputed either).
+            progress: progress bar.
+
+        Returns:
+            ``{"family": "ar", "run_dir", "corpus", "split", "seq_len", "results": {"model": ...,
+            "<n>-gram": ..., "oracle": ...}}`` (each a cross-entropy summary, bits and nats per token).
+        """
+        from spikefm.corpus.reader import Corpus
+        from spikefm.families.ar.evaluate import evaluate_model
+
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        data = Corpus(corpus)
+        model, cfg = self.load(run_dir)
+        if baselines is None:
+            baselines = self.evaluate_baselines(corpus, split=split, ngram=ngram, max_tokens=max_tokens,
+                                                max_train_tokens=max_train_tokens)
+        if cfg is not None:
+            seq_len = cfg.data.seq_len
+        elif seq_len is None:
+            seq_len = 512
+        results = {"model": evaluate_model(model, data, split=split, seq_len=seq_len, max_tokens=max_tokens,
+                                           progress=progress), **baselines}
+        return {"family": self.name, "run_dir": str(run_dir), "corpus": str(corpus), "split": split,
+                "seq_len": seq_len, "results": results}
+
+    def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
+        """Bits per token of each run's model, then the baselines (n-grams, oracle) of the first."""
+        from spikefm.families.ar.xent import format_table
+
+        columns: dict[str, dict] = {}
+        for name, res in results_by_run.items():
+            columns[name] = res["results"]["model"]
+        first = next(iter(results_by_run.values()))
+        for name, r in first["results"].items():
+            if name != "model":
+                columns.setdefault(name, r)
+        return format_table(columns, title=f"cross-entropy on the {first.get('split', 'test')} split (bits/token)")
+
+
+def _corpus(cfg: RunConfig):
+    from spikefm.corpus.reader import Corpus
+
+    if not cfg.data.corpus:
+        raise ValueError("data.corpus is empty; pass --data CORPUS_DIR")
+    return Corpus(cfg.data.corpus)
+
+

@@ -1,0 +1,82 @@
+"""The family registry: a new family reaches every command through one registration line.
+
+The toy family of tests/_toy_family.py lives outside spikefm; registering it (one line, nothing
+edited in spikefm) must be enough to train, fine-tune and evaluate it with the `spikefm` command.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from spikefm import families
+from spikefm.cli import main
+
+PACKAGE = Path(families.__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def toy_registered():
+    # The one registration line (importing _toy_family elsewhere registers the same class).
+    families.register("toy", "_toy_family:ToyFamily")
+
+
+def test_cli_names_no_family():
+    text = (PACKAGE / "cli.py").read_text()
+    for name in families.FAMILIES:
+        assert f'"{name}"' not in text and f"'{name}'" not in text, name
+        assert f"families.{name}" not in text, name
+
+
+def test_registry_lists_and_rejects():
+    assert {"ar", "ndt"} <= set(families.names())
+    with pytest.raises(ValueError, match="unknown model family 'nope'; registered families: ar, ndt"):
+        families.get("nope")
+    with pytest.raises(ValueError, match="family name must be a non-empty word"):
+        families.register("bad name", "x:y")
+    for name in ("ar", "ndt"):
+        fam = families.get(name)
+        assert fam.name == name and fam.presets()[0] == "tiny"
+        assert families.run_config(name).model == fam.preset("tiny")
+
+
+def test_toy_family_trains_finetunes_and_evaluates_through_the_cli(toy_registered, tmp_path, capsys):
+    common = ["--set", "train.device=cpu", "--set", "train.precision=fp32", "--set", "train.ckpt_every=0"]
+    run, ft = tmp_path / "run", tmp_path / "ft"
+    assert main(["train", "--model", "toy", "--data", str(tmp_path), "--out", str(run), "--steps", "40",
+                 "--set", "optim.lr=3e-3", *common, "--quiet"]) == 0
+    info = json.loads((run / "config.json").read_text())
+    assert info["family"] == "toy" and info["config"]["optim"]["warmup_steps"] is None
+
+    # fine-tune the head only on a new "session" (its own data seed), with early stopping
+    assert main(["finetune", str(run), "--data", str(tmp_path), "--session", "s1", "--out", str(ft),
+                 "--steps", "20", "--eval-every", "5", "--freeze-core", "--quiet"]) == 0
+    es = json.loads((ft / "early_stopping.json").read_text())
+    assert es["best_val_loss"] == min(h["val_loss"] for h in es["history"])
+    from safetensors.torch import load_file
+
+    pre, tuned = load_file(str(run / "model.safetensors")), load_file(str(ft / "model.safetensors"))
+    assert all((pre[k] == tuned[k]).all() for k in pre if not k.startswith("head."))
+    assert any((pre[k] != tuned[k]).any() for k in pre if k.startswith("head."))
+
+    capsys.readouterr()
+    out = tmp_path / "res.json"
+    assert main(["eval", str(ft), "--data", str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    bits = res["results"]["model"]["bits"]
+    assert res["family"] == "toy" and bits < math.log2(16) == res["results"]["uniform"]["bits"]
+    assert f"{bits:.4f}" in printed and "toy held-out cross-entropy" in printed
+
+    # an option of another family is refused in one line, naming the option and the valid ones
+    assert main(["eval", str(ft), "--data", str(tmp_path), "--ngram", "1,9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "spikefm: error: --ngram does not apply to a 'toy' run; its options: --split"
+
+
+def test_unknown_model_is_one_line(tmp_path, capsys):
+    assert main(["train", "--model", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model family 'nope'" in err[0]

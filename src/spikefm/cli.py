@@ -176,10 +176,11 @@ def cmd_experiment_transfer(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from spikefm import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="spikefm", description="spikefm: corpora, training and benchmarks for foundation "
         "models of spiking neural population activity.")
     p.add_argument("--version", action="version", version=f"spikefm {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="write synthetic NWB recordings with ground-truth rates")
@@ -324,21 +325,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value is one line (no usage block): ``spikefm CMD: error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        msg = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        msg = f"{exc.strerror}{where}"
+        if exc.errno == 28:
+            msg += "; free space there (nothing was half-written: writes go to temporary names)"
+    elif isinstance(exc, MemoryError):
+        msg = "out of memory; use smaller sizes (e.g. --set train.batch_size=...) or a larger machine"
+    else:
+        msg = str(exc) or type(exc).__name__
+    return " ".join(msg.split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``spikefm`` command. Every failure prints one line ``spikefm: error: ...`` and
+    returns 2 (bad input) or 1 (an operation failed: file system, memory, an internal error);
+    ``--debug`` (anywhere on the line) or SPIKEFM_DEBUG=1 shows the traceback instead."""
     import os
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("SPIKEFM_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
-        if os.environ.get("SPIKEFM_DEBUG"):
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"spikefm: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("spikefm: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns failures into one line
+        if debug:
+            raise
+        if isinstance(exc, (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError,
+                            IsADirectoryError, PermissionError)):
+            print(f"spikefm: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, (OSError, MemoryError)):
+            print(f"spikefm: error: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        print(f"spikefm: error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with "
+              "--debug for the traceback and report it", file=sys.stderr)
+        return 1
     if "torch" in sys.modules:  # a torchrun worker that finished: leave without C++ teardown
         from spikefm.train.dist import exit_worker
 

@@ -1,8 +1,8 @@
 """Windows of ``T`` bins for masked modeling (NDT family): cutting, splits, and a mixed-session batcher.
 
-Shape legend: K windows of one session, T bins per window, N units of a session (padded to the
-batch maximum in batches), B behaviour channels in :class:`SessionWindows` and batch size in
-batches.
+Shape legend (the project's, README "Conventions"): K windows of one session, T bins per window,
+N units of a session (padded to the batch maximum in batches), C behaviour channels, G bins of a
+session's whole grid, B batch.
 
 A session's rows (chunks of at most ``max_row_tokens``, possibly spread over the corpus's
 ``train`` and ``test`` splits) are put back on the session's bin grid, then cut into windows:
@@ -74,9 +74,9 @@ class SessionWindows:
         labels: name -> (K,) discrete trial labels (trial-aligned windows only). Numeric columns
             are float64 with NaN where the trial has no value; text columns are object arrays
             with None there.
-        behavior: (K, T, B) float32 behaviour on the window bins (NaN where not recorded), or
+        behavior: (K, T, C) float32 behaviour on the window bins (NaN where not recorded), or
             None when the session has none.
-        behavior_names: (B,) channel names.
+        behavior_names: (C,) channel names.
         align: the trial column the windows are aligned to, or None for continuous windows.
         event_bin: window bin that holds the event (``pre_ms // bin_ms``), None if continuous.
         trial_index: (K,) int64 row of each window's trial in the session's trial table (sorted
@@ -137,7 +137,7 @@ class _SessionGrid:
 
     counts_NG: np.ndarray
     valid_G: np.ndarray
-    behavior_BG: np.ndarray | None
+    behavior_CG: np.ndarray | None
     behavior_names: list[str]
     t0_ms: int
     bin_ms: int
@@ -216,7 +216,7 @@ def _assemble(session_id: str, rows: list[CorpusRow]) -> _SessionGrid:
     beh_names = list(rows[0].behavior_names)
     has_beh = bool(beh_names) and all(r.behavior is not None and list(r.behavior_names) == beh_names
                                       for r in rows)
-    behavior_BG = np.full((len(beh_names), G), np.nan, dtype=np.float32) if has_beh else None
+    behavior_CG = np.full((len(beh_names), G), np.nan, dtype=np.float32) if has_beh else None
     for r in rows:
         a = (int(r.t_start_ms) - t0_ms) // bin_ms
         b = a + r.num_bins
@@ -225,9 +225,9 @@ def _assemble(session_id: str, rows: list[CorpusRow]) -> _SessionGrid:
                              "holds this session twice? Rebuild it")
         counts_NG[:, a:b] = r.spike_counts
         valid_G[a:b] = True
-        if behavior_BG is not None:
-            behavior_BG[:, a:b] = r.behavior
-    return _SessionGrid(counts_NG=counts_NG, valid_G=valid_G, behavior_BG=behavior_BG,
+        if behavior_CG is not None:
+            behavior_CG[:, a:b] = r.behavior
+    return _SessionGrid(counts_NG=counts_NG, valid_G=valid_G, behavior_CG=behavior_CG,
                         behavior_names=beh_names if has_beh else [], t0_ms=t0_ms, bin_ms=bin_ms,
                         unit_regions=[str(x) for x in rows[0].unit_regions] or ["unknown"] * num_units,
                         trials=_merge_trials(rows))
@@ -353,8 +353,8 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
     idx_KT = starts[:, None] + np.arange(window_bins)[None, :]
     counts_KTN = np.ascontiguousarray(grid.counts_NG[:, idx_KT].transpose(1, 2, 0))
     behavior = None
-    if grid.behavior_BG is not None:
-        behavior = np.ascontiguousarray(grid.behavior_BG[:, idx_KT].transpose(1, 2, 0))
+    if grid.behavior_CG is not None:
+        behavior = np.ascontiguousarray(grid.behavior_CG[:, idx_KT].transpose(1, 2, 0))
     names = sorted(set(grid.unit_regions))
     region_ids = np.array([names.index(r) for r in grid.unit_regions], dtype=np.int64)
     return SessionWindows(

@@ -1,7 +1,8 @@
 """Neural Latents Benchmark smoothing baselines (numpy/scipy/scikit-learn, no torch).
 
-Shape legend: K trials, T time bins per trial, N held-in (input) neurons, M held-out (predicted)
-neurons, S = K*T samples. All rates are EXPECTED COUNTS PER BIN.
+Shape legend: K trials, T time bins per trial, N held-in (input) neurons, Q held-out (predicted)
+neurons, R = K*T rows (samples) of the regression, F = N + 1 features (weights and intercept).
+All rates are EXPECTED COUNTS PER BIN.
 
 The NLB smoothing baseline: convolve each held-in neuron's counts with a symmetric (non-causal)
 Gaussian kernel, take ``log(smoothed + log_offset)``, and map these features to each held-out
@@ -81,8 +82,8 @@ class SmoothingBaseline(BaseEstimator):
             with one (3 s vs 0.05 s for the unit test's fit).
 
     Fitted attributes:
-        coef_ (M, N) GLM weights on log smoothed held-in counts, intercept_ (M,),
-        n_heldin_ (N), n_heldout_ (M), n_iter_ (M,) iterations used per neuron.
+        coef_ (Q, N) GLM weights on log smoothed held-in counts, intercept_ (Q,),
+        n_heldin_ (N), n_heldout_ (Q), n_iter_ (Q,) iterations used per neuron.
     """
 
     def __init__(self, kernel_sd_ms: float = 50.0, bin_ms: float = 5.0, alpha: float = 0.01,
@@ -99,41 +100,41 @@ class SmoothingBaseline(BaseEstimator):
     def _features(self, heldin_KTN) -> np.ndarray:
         return _log_features(heldin_KTN, self.kernel_sd_ms, self.bin_ms, self.log_offset)
 
-    def fit(self, heldin_KTN, heldout_KTM) -> "SmoothingBaseline":
+    def fit(self, heldin_KTN, heldout_KTQ) -> "SmoothingBaseline":
         """Fit one Poisson GLM per held-out neuron on training trials.
 
         Args:
             heldin_KTN: (K, T, N) held-in counts of the training trials.
-            heldout_KTM: (K, T, M) held-out counts of the same trials and bins.
+            heldout_KTQ: (K, T, Q) held-out counts of the same trials and bins.
         """
         from sklearn.linear_model import PoissonRegressor
 
         heldin_KTN = _check_KTN(heldin_KTN, "heldin_KTN")
-        heldout_KTM = _check_KTN(heldout_KTM, "heldout_KTM")
-        if heldin_KTN.shape[:2] != heldout_KTM.shape[:2]:
+        heldout_KTQ = _check_KTN(heldout_KTQ, "heldout_KTQ")
+        if heldin_KTN.shape[:2] != heldout_KTQ.shape[:2]:
             raise ValueError(
                 f"heldin and heldout must share (trials, bins), got {heldin_KTN.shape[:2]} and "
-                f"{heldout_KTM.shape[:2]}"
+                f"{heldout_KTQ.shape[:2]}"
             )
-        X_SN = self._features(heldin_KTN)
-        y_SM = heldout_KTM.reshape(-1, heldout_KTM.shape[2])
+        X_RN = self._features(heldin_KTN)
+        y_RQ = heldout_KTQ.reshape(-1, heldout_KTQ.shape[2])
         coef, intercept, n_iter = [], [], []
         with threadpool_limits(limits=self.blas_threads, user_api="blas"):
-            for m in range(y_SM.shape[1]):
+            for m in range(y_RQ.shape[1]):
                 glm = PoissonRegressor(alpha=self.alpha, max_iter=self.max_iter, tol=self.tol)
-                glm.fit(X_SN, y_SM[:, m])
+                glm.fit(X_RN, y_RQ[:, m])
                 coef.append(glm.coef_)
                 intercept.append(glm.intercept_)
                 n_iter.append(glm.n_iter_)
-        self.coef_ = np.asarray(coef).reshape(y_SM.shape[1], X_SN.shape[1])
+        self.coef_ = np.asarray(coef).reshape(y_RQ.shape[1], X_RN.shape[1])
         self.intercept_ = np.asarray(intercept, dtype=np.float64)
         self.n_iter_ = np.asarray(n_iter)
         self.n_heldin_ = heldin_KTN.shape[2]
-        self.n_heldout_ = heldout_KTM.shape[2]
+        self.n_heldout_ = heldout_KTQ.shape[2]
         return self
 
     def predict(self, heldin_KTN) -> np.ndarray:
-        """(K, T, N) held-in counts -> (K, T, M) predicted held-out expected counts per bin (> 0)."""
+        """(K, T, N) held-in counts -> (K, T, Q) predicted held-out expected counts per bin (> 0)."""
         if not hasattr(self, "coef_"):
             raise RuntimeError("SmoothingBaseline is not fitted; call fit(heldin, heldout) first")
         heldin_KTN = _check_KTN(heldin_KTN, "heldin_KTN")
@@ -141,88 +142,88 @@ class SmoothingBaseline(BaseEstimator):
             raise ValueError(f"expected {self.n_heldin_} held-in neurons (as in fit), got "
                              f"{heldin_KTN.shape[2]}")
         K, T, _ = heldin_KTN.shape
-        eta_SM = self._features(heldin_KTN) @ self.coef_.T + self.intercept_
-        return np.exp(eta_SM).reshape(K, T, self.n_heldout_)
+        eta_RQ = self._features(heldin_KTN) @ self.coef_.T + self.intercept_
+        return np.exp(eta_RQ).reshape(K, T, self.n_heldout_)
 
 
-def _inverse_hessian_factors(Xa_SP, mu_SN, penalty_P, curvature_N=None):
+def _inverse_hessian_factors(Xa_RF, mu_RN, penalty_F, curvature_N=None):
     """R_n with ``R_n R_n^T = inverse of neuron n's Hessian restricted to parameters != n``.
 
     Neuron n's Hessian of the mean Poisson loss plus penalty is
-    ``Xa^T diag(mu_n) Xa / S + diag(penalty)``; with ``curvature_N`` given, ``mu_n`` is taken as
+    ``Xa^T diag(mu_n) Xa / R + diag(penalty)``; with ``curvature_N`` given, ``mu_n`` is taken as
     the constant ``curvature_N[n]`` (cheap: one shared Gram matrix). Row and column n of R_n are
-    zero, so parameter n (the neuron's own feature) never moves. Returns (N, P, P).
+    zero, so parameter n (the neuron's own feature) never moves. Returns (N, F, F).
     """
-    S, P = Xa_SP.shape
-    N = P - 1
-    gram_PP = Xa_SP.T @ Xa_SP / S if curvature_N is not None else None
-    R_nPP = np.zeros((N, P, P))
-    eye = np.eye(P - 1)
+    R, F = Xa_RF.shape
+    N = F - 1
+    gram_FF = Xa_RF.T @ Xa_RF / R if curvature_N is not None else None
+    factor_nFF = np.zeros((N, F, F))
+    eye = np.eye(F - 1)
     for n in range(N):
         if curvature_N is None:
-            H = (Xa_SP * mu_SN[:, n:n + 1]).T @ Xa_SP / S
+            H = (Xa_RF * mu_RN[:, n:n + 1]).T @ Xa_RF / R
         else:
-            H = curvature_N[n] * gram_PP
-        H[np.diag_indices(P)] += penalty_P
-        keep = np.flatnonzero(np.arange(P) != n)
+            H = curvature_N[n] * gram_FF
+        H[np.diag_indices(F)] += penalty_F
+        keep = np.flatnonzero(np.arange(F) != n)
         H = H[np.ix_(keep, keep)]
         # tiny relative jitter keeps the factorisation defined for constant (silent) features
-        H[np.diag_indices(P - 1)] += 1e-10 * np.trace(H) / (P - 1) + 1e-300
+        H[np.diag_indices(F - 1)] += 1e-10 * np.trace(H) / (F - 1) + 1e-300
         L = cholesky(H, lower=True)
-        R_nPP[n][np.ix_(keep, keep)] = solve_triangular(L, eye, lower=True).T
-    return R_nPP
+        factor_nFF[n][np.ix_(keep, keep)] = solve_triangular(L, eye, lower=True).T
+    return factor_nFF
 
 
-def _fit_poisson_glms_leave_one_out(X_SN, y_SN, alpha, max_iter, tol, warm_iter=30):
+def _fit_poisson_glms_leave_one_out(X_RN, y_RN, alpha, max_iter, tol, warm_iter=30):
     """Fit N Poisson GLMs jointly: neuron n's counts from all features except feature n.
 
     Minimises, for every n, scikit-learn PoissonRegressor's objective
     ``mean_s(exp(eta) - y*eta) + alpha/2 * ||w_n||^2`` (intercept unpenalised) over weights with
     ``w_n[n] = 0``. The N objectives are independent, so their sum is minimised by L-BFGS whose
-    steps are (S, N) x (N, N) matrix products.
+    steps are (R, N) x (N, N) matrix products.
 
     Log-smoothed features are strongly correlated, so plain L-BFGS needs hundreds of iterations.
     Each neuron's parameters are therefore reparametrised as ``theta_n = R_n v_n`` with
     ``R_n R_n^T`` the inverse of that neuron's restricted Hessian: first at a constant rate (its
     mean count) for ``warm_iter`` iterations, then at the current rates (one weighted Gram matrix
-    per neuron, S*N^3 flops), after which L-BFGS converges in a few tens of iterations. Row n of
+    per neuron, R*N^3 flops), after which L-BFGS converges in a few tens of iterations. Row n of
     R_n is zero, so ``w_n[n] = 0`` by construction. Features are centred so that the intercept is
     nearly decoupled (mapped back at the end; exact, as the penalty is on w only). Memory: N^3
     floats for the R_n (64 MB at N = 200).
 
     Returns (W_NN, b_N, n_iter); column n of W holds neuron n's weights and W[n, n] == 0.
     """
-    S, N = X_SN.shape
-    mean_N = X_SN.mean(axis=0)
-    Xa_SP = np.hstack([X_SN - mean_N, np.ones((S, 1))])  # P = N + 1: weights then intercept
-    penalty_P = np.r_[np.full(N, float(alpha)), 0.0]
-    ybar_N = y_SN.mean(axis=0)
-    theta_PN = np.zeros((N + 1, N))
-    theta_PN[N] = np.log(np.maximum(ybar_N, 1e-12))
+    R, N = X_RN.shape
+    mean_N = X_RN.mean(axis=0)
+    Xa_RF = np.hstack([X_RN - mean_N, np.ones((R, 1))])  # F = N + 1: weights then intercept
+    penalty_F = np.r_[np.full(N, float(alpha)), 0.0]
+    ybar_N = y_RN.mean(axis=0)
+    theta_FN = np.zeros((N + 1, N))
+    theta_FN[N] = np.log(np.maximum(ybar_N, 1e-12))
 
-    def run(R_nPP, theta_start_PN, iters):
+    def run(factor_nFF, theta_start_FN, iters):
         def objective(v):
-            theta_PN = theta_start_PN + np.einsum("npq,qn->pn", R_nPP, v.reshape(N + 1, N))
-            eta_SN = Xa_SP @ theta_PN
-            mu_SN = np.exp(np.minimum(eta_SN, 700.0))
-            w_NN = theta_PN[:N]
-            loss = (mu_SN - y_SN * eta_SN).sum() / S + 0.5 * alpha * np.sum(w_NN * w_NN)
-            grad_PN = Xa_SP.T @ ((mu_SN - y_SN) / S) + penalty_P[:, None] * theta_PN
-            return loss, np.einsum("npq,pn->qn", R_nPP, grad_PN).ravel()
+            theta_FN = theta_start_FN + np.einsum("npq,qn->pn", factor_nFF, v.reshape(N + 1, N))
+            eta_RN = Xa_RF @ theta_FN
+            mu_RN = np.exp(np.minimum(eta_RN, 700.0))
+            w_NN = theta_FN[:N]
+            loss = (mu_RN - y_RN * eta_RN).sum() / R + 0.5 * alpha * np.sum(w_NN * w_NN)
+            grad_FN = Xa_RF.T @ ((mu_RN - y_RN) / R) + penalty_F[:, None] * theta_FN
+            return loss, np.einsum("npq,pn->qn", factor_nFF, grad_FN).ravel()
 
         res = minimize(objective, np.zeros((N + 1) * N), jac=True, method="L-BFGS-B",
                        options={"maxiter": iters, "gtol": tol, "ftol": 1e-15, "maxcor": 20})
-        theta_PN = theta_start_PN + np.einsum("npq,qn->pn", R_nPP, res.x.reshape(N + 1, N))
-        return theta_PN, int(res.nit)
+        theta_FN = theta_start_FN + np.einsum("npq,qn->pn", factor_nFF, res.x.reshape(N + 1, N))
+        return theta_FN, int(res.nit)
 
-    R = _inverse_hessian_factors(Xa_SP, None, penalty_P, np.maximum(ybar_N, 1.0 / S))
-    theta_PN, n_iter = run(R, theta_PN, min(warm_iter, max_iter))
+    factor = _inverse_hessian_factors(Xa_RF, None, penalty_F, np.maximum(ybar_N, 1.0 / R))
+    theta_FN, n_iter = run(factor, theta_FN, min(warm_iter, max_iter))
     if n_iter < max_iter:
-        mu_SN = np.exp(np.minimum(Xa_SP @ theta_PN, 700.0))
-        R = _inverse_hessian_factors(Xa_SP, mu_SN, penalty_P)
-        theta_PN, more = run(R, theta_PN, max_iter - n_iter)
+        mu_RN = np.exp(np.minimum(Xa_RF @ theta_FN, 700.0))
+        factor = _inverse_hessian_factors(Xa_RF, mu_RN, penalty_F)
+        theta_FN, more = run(factor, theta_FN, max_iter - n_iter)
         n_iter += more
-    W_NN, b_N = theta_PN[:N], theta_PN[N]
+    W_NN, b_N = theta_FN[:N], theta_FN[N]
     assert np.all(np.diag(W_NN) == 0.0)
     return W_NN, b_N - mean_N @ W_NN, n_iter
 
@@ -268,9 +269,9 @@ def cosmooth_leave_one_out(
                          f"{test_KTN.shape[2]}")
     if train_KTN.shape[2] < 2:
         raise ValueError("leave-one-out co-smoothing needs at least 2 neurons")
-    X_SN = _log_features(train_KTN, kernel_sd_ms, bin_ms, log_offset)
-    y_SN = train_KTN.reshape(-1, train_KTN.shape[2])
+    X_RN = _log_features(train_KTN, kernel_sd_ms, bin_ms, log_offset)
+    y_RN = train_KTN.reshape(-1, train_KTN.shape[2])
     with threadpool_limits(limits=blas_threads, user_api="blas"):
-        W_NN, b_N, _ = _fit_poisson_glms_leave_one_out(X_SN, y_SN, alpha, max_iter, tol)
-    Xtest_SN = _log_features(test_KTN, kernel_sd_ms, bin_ms, log_offset)
-    return np.exp(Xtest_SN @ W_NN + b_N).reshape(test_KTN.shape)
+        W_NN, b_N, _ = _fit_poisson_glms_leave_one_out(X_RN, y_RN, alpha, max_iter, tol)
+    Xtest_RN = _log_features(test_KTN, kernel_sd_ms, bin_ms, log_offset)
+    return np.exp(Xtest_RN @ W_NN + b_N).reshape(test_KTN.shape)

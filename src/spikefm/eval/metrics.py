@@ -42,7 +42,7 @@ _LN2 = math.log(2.0)
 
 
 def _as_rates_counts(rates, counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate and return (rates_SN, counts_SN, evaluated_SN) with S = all leading axes flattened.
+    """Validate and return (rates_RN, counts_RN, evaluated_RN) with R = all leading axes flattened (rows).
 
     Non-evaluated entries are replaced by 0 in both arrays so that vectorised sums need no NaN
     handling; ``evaluated`` says which entries count.
@@ -94,19 +94,19 @@ def _poisson_logpmf(rates: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return xlogy(counts, rates) - rates - gammaln(counts + 1.0)
 
 
-def _null_rates_per_neuron(counts_SN: np.ndarray, evaluated_SN: np.ndarray) -> np.ndarray:
+def _null_rates_per_neuron(counts_RN: np.ndarray, evaluated_RN: np.ndarray) -> np.ndarray:
     """Each neuron's mean count over its evaluated entries (NaN for a neuron with none)."""
-    num_evaluated_N = evaluated_SN.sum(axis=0)
+    num_evaluated_N = evaluated_RN.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return counts_SN.sum(axis=0) / num_evaluated_N
+        return counts_RN.sum(axis=0) / num_evaluated_N
 
 
 def _ll_sums_per_neuron(rates, counts, null_rates):
     """Per-neuron sums (ll_model_N, ll_null_N, spikes_N) over evaluated entries."""
-    rates_SN, counts_SN, evaluated_SN = _as_rates_counts(rates, counts)
-    num_neurons = counts_SN.shape[1]
+    rates_RN, counts_RN, evaluated_RN = _as_rates_counts(rates, counts)
+    num_neurons = counts_RN.shape[1]
     if null_rates is None:
-        null_N = _null_rates_per_neuron(counts_SN, evaluated_SN)
+        null_N = _null_rates_per_neuron(counts_RN, evaluated_RN)
     else:
         null_N = np.asarray(null_rates, dtype=np.float64).reshape(-1)
         if null_N.shape != (num_neurons,):
@@ -116,10 +116,10 @@ def _ll_sums_per_neuron(rates, counts, null_rates):
             )
         if np.isnan(null_N).any() or (null_N < 0).any():
             raise ValueError("null_rates must be non-negative and not NaN")
-    null_SN = np.where(evaluated_SN, np.broadcast_to(null_N, counts_SN.shape), 0.0)
-    ll_model_SN = np.where(evaluated_SN, _poisson_logpmf(rates_SN, counts_SN), 0.0)
-    ll_null_SN = np.where(evaluated_SN, _poisson_logpmf(null_SN, counts_SN), 0.0)
-    return ll_model_SN.sum(axis=0), ll_null_SN.sum(axis=0), counts_SN.sum(axis=0)
+    null_RN = np.where(evaluated_RN, np.broadcast_to(null_N, counts_RN.shape), 0.0)
+    ll_model_RN = np.where(evaluated_RN, _poisson_logpmf(rates_RN, counts_RN), 0.0)
+    ll_null_RN = np.where(evaluated_RN, _poisson_logpmf(null_RN, counts_RN), 0.0)
+    return ll_model_RN.sum(axis=0), ll_null_RN.sum(axis=0), counts_RN.sum(axis=0)
 
 
 # ----------------------------------------------------------------------------- log-likelihoods
@@ -136,15 +136,15 @@ def poisson_log_likelihood(rates, counts) -> float:
         ``sum log Poisson(counts; rates)`` over evaluated entries; ``-inf`` if a zero rate meets a
         spike; 0.0 if nothing is evaluated.
     """
-    rates_SN, counts_SN, evaluated_SN = _as_rates_counts(rates, counts)
-    return float(np.where(evaluated_SN, _poisson_logpmf(rates_SN, counts_SN), 0.0).sum())
+    rates_RN, counts_RN, evaluated_RN = _as_rates_counts(rates, counts)
+    return float(np.where(evaluated_RN, _poisson_logpmf(rates_RN, counts_RN), 0.0).sum())
 
 
 def poisson_log_likelihood_per_neuron(rates, counts) -> np.ndarray:
     """(N,) per-neuron total Poisson log-likelihood (nats); same conventions as
     :func:`poisson_log_likelihood`."""
-    rates_SN, counts_SN, evaluated_SN = _as_rates_counts(rates, counts)
-    return np.where(evaluated_SN, _poisson_logpmf(rates_SN, counts_SN), 0.0).sum(axis=0)
+    rates_RN, counts_RN, evaluated_RN = _as_rates_counts(rates, counts)
+    return np.where(evaluated_RN, _poisson_logpmf(rates_RN, counts_RN), 0.0).sum(axis=0)
 
 
 # ----------------------------------------------------------------------------- bits per spike

@@ -12,14 +12,13 @@ Tokens follow :mod:`spikefm.families.ar.tokens`: vocabulary 256, each time bin i
 Shape legend (suffixes on tensor names):
     B  batch
     L  new tokens in this forward call (query positions)
-    S  key/value positions attended to (cache length, or L without a cache)
+    P  key/value positions attended to (cache length, or L without a cache), rotary table rows
     D  model width (``dim``)
     H  query heads
-    K  key/value heads (``n_kv_heads``; H is a multiple of K)
+    J  key/value heads (``n_kv_heads``; H is a multiple of J)
     E  head width (``dim // n_heads``)
     F  MLP hidden width (``ffn_dim``)
     V  vocabulary size
-    P  rotary table positions (``max_seq_len``)
 
 Typical use::
 
@@ -235,8 +234,8 @@ class KVCache:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"KVCache {name} must be a positive int, got {value!r}")
         shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
-        self.k_BKSE = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.v_BKSE = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.k_BJPE = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v_BJPE = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.batch_size = batch_size
         self.max_seq_len = max_seq_len
         self.pos = 0
@@ -261,13 +260,13 @@ class KVCache:
         """Forget all positions (the buffers are reused, not cleared)."""
         self.pos = 0
 
-    def update(self, layer: int, k_BKLE: torch.Tensor,
-               v_BKLE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, k_BJLE: torch.Tensor,
+               v_BJLE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``layer``'s new keys/values at ``pos``; return all so far, (B, K, pos + L, E)."""
-        start, end = self.pos, self.pos + k_BKLE.shape[2]
-        self.k_BKSE[layer][:, :, start:end] = k_BKLE
-        self.v_BKSE[layer][:, :, start:end] = v_BKLE
-        return self.k_BKSE[layer][:, :, :end], self.v_BKSE[layer][:, :, :end]
+        start, end = self.pos, self.pos + k_BJLE.shape[2]
+        self.k_BJPE[layer][:, :, start:end] = k_BJLE
+        self.v_BJPE[layer][:, :, start:end] = v_BJLE
+        return self.k_BJPE[layer][:, :, :end], self.v_BJPE[layer][:, :, :end]
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,35 +318,35 @@ class Attention(nn.Module):
                 kv_cache: KVCache | None = None) -> torch.Tensor:
         B, L, _ = x_BLD.shape
         q_BHLE = self.wq(x_BLD).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BKLE = self.wk(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v_BKLE = self.wv(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k_BJLE = self.wk(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v_BJLE = self.wv(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos_LE, sin_LE = cos_LE.to(q_BHLE.dtype), sin_LE.to(q_BHLE.dtype)
         q_BHLE = _apply_rope(q_BHLE, cos_LE, sin_LE)
-        k_BKLE = _apply_rope(k_BKLE, cos_LE, sin_LE)
+        k_BJLE = _apply_rope(k_BJLE, cos_LE, sin_LE)
 
         start = 0
         if kv_cache is None:
-            k_BKSE, v_BKSE = k_BKLE, v_BKLE
+            k_BJPE, v_BJPE = k_BJLE, v_BJLE
         else:
             start = kv_cache.pos
-            k_BKSE, v_BKSE = kv_cache.update(self.layer_idx, k_BKLE, v_BKLE)
+            k_BJPE, v_BJPE = kv_cache.update(self.layer_idx, k_BJLE, v_BJLE)
 
         # Causal structure: without earlier context, the is_causal fast path (flash kernels on
         # GPU); one new query sees the whole prefix, so no mask; a chunk after a prefix needs an
         # explicit mask because is_causal aligns the triangle to the top-left corner.
-        mask_LS = None
+        mask_LP = None
         is_causal = start == 0 and L > 1
         if start > 0 and L > 1:
             q_pos_L = torch.arange(start, start + L, device=x_BLD.device)
-            k_pos_S = torch.arange(start + L, device=x_BLD.device)
-            mask_LS = k_pos_S[None, :] <= q_pos_L[:, None]
+            k_pos_P = torch.arange(start + L, device=x_BLD.device)
+            mask_LP = k_pos_P[None, :] <= q_pos_L[:, None]
 
         if self.n_kv_heads != self.n_heads and not _SDPA_HAS_GQA:
             repeat = self.n_heads // self.n_kv_heads
-            k_BKSE = k_BKSE.repeat_interleave(repeat, dim=1)
-            v_BKSE = v_BKSE.repeat_interleave(repeat, dim=1)
+            k_BJPE = k_BJPE.repeat_interleave(repeat, dim=1)
+            v_BJPE = v_BJPE.repeat_interleave(repeat, dim=1)
         gqa = {"enable_gqa": True} if (self.n_kv_heads != self.n_heads and _SDPA_HAS_GQA) else {}
-        o_BHLE = F.scaled_dot_product_attention(q_BHLE, k_BKSE, v_BKSE, attn_mask=mask_LS,
+        o_BHLE = F.scaled_dot_product_attention(q_BHLE, k_BJPE, v_BJPE, attn_mask=mask_LP,
                                                 is_causal=is_causal, **gqa)
         return self.wo(o_BHLE.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 

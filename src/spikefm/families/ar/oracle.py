@@ -56,15 +56,15 @@ def poisson_token_logprob(counts_NT, expected_NT) -> np.ndarray:
     """
     counts, expected = _check_counts_expected(counts_NT, expected_NT)
     num_units, num_bins = counts.shape
-    tokens_TU = tokenize(counts).reshape(num_bins, num_units + 1)[:, 1:].astype(np.float64)
-    lam_TU = expected.T
+    tokens_TN = tokenize(counts).reshape(num_bins, num_units + 1)[:, 1:].astype(np.float64)
+    lam_TN = expected.T
     with np.errstate(divide="ignore"):
-        logp_TU = xlogy(tokens_TU, lam_TU) - lam_TU - gammaln(tokens_TU + 1.0)
-    tail = tokens_TU == MAX_COUNT_TOKEN
+        logp_TN = xlogy(tokens_TN, lam_TN) - lam_TN - gammaln(tokens_TN + 1.0)
+    tail = tokens_TN == MAX_COUNT_TOKEN
     if tail.any():
-        logp_TU[tail] = poisson.logsf(MAX_COUNT_TOKEN - 1, lam_TU[tail])
+        logp_TN[tail] = poisson.logsf(MAX_COUNT_TOKEN - 1, lam_TN[tail])
     out = np.zeros((num_bins, num_units + 1), dtype=np.float64)
-    out[:, 1:] = logp_TU
+    out[:, 1:] = logp_TN
     return out.reshape(-1)
 
 

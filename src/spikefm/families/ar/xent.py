@@ -178,20 +178,15 @@ def format_table(
         The table as one string: rows ``all / counts / separators``, one column per model; a
         missing value (no tokens, or source absent) prints as ``-``.
     """
+    from spikefm.tables import render_table
+
     names = list(results)
-    cells = []
+    rows = []
     for kind in KINDS:
-        row = []
+        row: list[object] = [kind]
         for name in names:
             res = results[name]
             group = res["overall"] if source is None else res.get("per_source", {}).get(source)
-            bits = None if group is None else group[kind]["bits"]
-            row.append("-" if bits is None else f"{bits:.4f}")
-        cells.append(row)
-    label_width = max(len(k) for k in KINDS)
-    widths = [max([len(name)] + [len(row[j]) for row in cells]) for j, name in enumerate(names)]
-    header = " " * label_width + "".join(f"  {name:>{w}}" for name, w in zip(names, widths))
-    lines = [title if source is None else f"{title} [{source}]", header, "-" * len(header)]
-    for kind, row in zip(KINDS, cells):
-        lines.append(f"{kind:<{label_width}}" + "".join(f"  {c:>{w}}" for c, w in zip(row, widths)))
-    return "\n".join(lines)
+            row.append(None if group is None else group[kind]["bits"])
+        rows.append(row)
+    return render_table(["", *names], rows, title=title if source is None else f"{title} [{source}]")

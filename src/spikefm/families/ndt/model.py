@@ -3,15 +3,15 @@ stitching and masking-scheme prompt tokens (multi-task masking, Zhang et al. 202
 
 Shape legend:
     B batch, T time bins, N units (padded to the batch maximum), n one session's unit count,
-    K spike-token dim (``cfg.token_dim``), D model dim, S sequence length (T + 2 prefix tokens),
+    W spike-token width (``cfg.token_dim``), D model dim, L sequence length (T + 2 prefix tokens),
     H heads, E head dim.
 
 Each time bin is one token. Per session (parameters keyed by session id, never by unit count):
     counts_BTn -> softsign(counts * unit_scale + unit_offset)     (learned per-unit scale/offset)
                   masked entries -> mask_value                   (learned per unit, see below)
-               -> Linear(n -> K) read-in                         (session "stitcher")
+               -> Linear(n -> W) read-in                         (session "stitcher")
 Shared core:
-    Linear(K -> D), + learned positions (or rotary in attention), prepend
+    Linear(W -> D), + learned positions (or rotary in attention), prepend
     [scheme prompt token, session token], pre-norm transformer blocks, final LayerNorm.
 Per session again:
     Linear(D -> n) read-out of every bin token = log expected counts per bin.
@@ -65,7 +65,7 @@ class NDTConfig:
         n_layers: number of transformer blocks.
         n_heads: attention heads; must divide ``dim``.
         mlp_dim: hidden width of each block's MLP.
-        token_dim: spike-token dim K (output of the per-session read-in).
+        token_dim: spike-token dim W (output of the per-session read-in).
         max_bins: longest window in bins the model accepts.
         dropout: dropout probability on embeddings, attention weights and residual branches.
         position: ``"learned"`` (absolute embedding per bin) or ``"rotary"`` (RoPE in attention).
@@ -134,20 +134,20 @@ def ndt_preset(name: str) -> NDTConfig:
 
 def count_core_parameters(cfg: NDTConfig) -> int:
     """Parameters shared by all sessions, computed from the config alone."""
-    D, K, M = cfg.dim, cfg.token_dim, cfg.mlp_dim
-    embed = K * D + D  # token_dim -> dim projection
+    D, W, hidden = cfg.dim, cfg.token_dim, cfg.mlp_dim
+    embed = W * D + D  # token_dim -> dim projection
     embed += NUM_SCHEMES * D  # scheme prompt tokens
     if cfg.position == "learned":
         embed += cfg.max_bins * D
-    block = 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (D * M + M) + (M * D + D)
+    block = 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (D * hidden + hidden) + (hidden * D + D)
     return embed + cfg.n_layers * block + 2 * D  # + final LayerNorm
 
 
 def count_session_parameters(cfg: NDTConfig, num_units: int) -> int:
     """Parameters one session with ``num_units`` units adds (embedding and mask value, read-in,
     token, read-out)."""
-    n, K, D = num_units, cfg.token_dim, cfg.dim
-    return 3 * n + (n * K + K) + D + (D * n + n)
+    n, W, D = num_units, cfg.token_dim, cfg.dim
+    return 3 * n + (n * W + W) + D + (D * n + n)
 
 
 _SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
@@ -193,16 +193,16 @@ class SessionIO(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, counts_BTn: torch.Tensor, masked_BTn: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, n) counts -> (B, T, K) spike tokens; ``masked_BTn`` entries take ``mask_value``."""
+        """(B, T, n) counts -> (B, T, W) spike tokens; ``masked_BTn`` entries take ``mask_value``."""
         v_BTn = F.softsign(counts_BTn * self.unit_scale + self.unit_offset)
         if masked_BTn is not None:
             v_BTn = torch.where(masked_BTn, self.mask_value.to(v_BTn.dtype), v_BTn)
         return self.read_in(v_BTn)
 
 
-def _rotate(x_BHSE: torch.Tensor, cos_SE: torch.Tensor, sin_SE: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x_BHSE.chunk(2, dim=-1)
-    return x_BHSE * cos_SE + torch.cat((-x2, x1), dim=-1) * sin_SE
+def _rotate(x_BHLE: torch.Tensor, cos_LE: torch.Tensor, sin_LE: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x_BHLE.chunk(2, dim=-1)
+    return x_BHLE * cos_LE + torch.cat((-x2, x1), dim=-1) * sin_LE
 
 
 class Block(nn.Module):
@@ -222,20 +222,20 @@ class Block(nn.Module):
 
     def forward(
         self,
-        h_BSD: torch.Tensor,
-        attn_mask_B1SS: torch.Tensor | None,
+        h_BLD: torch.Tensor,
+        attn_mask_B1LL: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
-        B, S, D = h_BSD.shape
-        q, k, v = self.qkv(self.norm1(h_BSD)).split(D, dim=-1)
-        q_BHSE, k_BHSE, v_BHSE = (t.view(B, S, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        B, L, D = h_BLD.shape
+        q, k, v = self.qkv(self.norm1(h_BLD)).split(D, dim=-1)
+        q_BHLE, k_BHLE, v_BHLE = (t.view(B, L, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
         if rope is not None:
-            q_BHSE, k_BHSE = _rotate(q_BHSE, *rope), _rotate(k_BHSE, *rope)
-        a_BHSE = F.scaled_dot_product_attention(
-            q_BHSE, k_BHSE, v_BHSE, attn_mask=attn_mask_B1SS, dropout_p=self.dropout if self.training else 0.0
+            q_BHLE, k_BHLE = _rotate(q_BHLE, *rope), _rotate(k_BHLE, *rope)
+        a_BHLE = F.scaled_dot_product_attention(
+            q_BHLE, k_BHLE, v_BHLE, attn_mask=attn_mask_B1LL, dropout_p=self.dropout if self.training else 0.0
         )
-        h_BSD = h_BSD + self.drop(self.proj(a_BHSE.transpose(1, 2).reshape(B, S, D)))
-        return h_BSD + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(h_BSD)))))
+        h_BLD = h_BLD + self.drop(self.proj(a_BHLE.transpose(1, 2).reshape(B, L, D)))
+        return h_BLD + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(h_BLD)))))
 
 
 class NDT(nn.Module):
@@ -259,10 +259,10 @@ class NDT(nn.Module):
             self.pos_emb = None
             E = cfg.head_dim
             inv_freq = 1.0 / (10000.0 ** (torch.arange(0, E, 2, dtype=torch.float64) / E))
-            ang_SE = torch.outer(torch.arange(cfg.max_bins + NUM_PREFIX_TOKENS, dtype=torch.float64), inv_freq)
-            ang_SE = torch.cat((ang_SE, ang_SE), dim=-1)
-            self.register_buffer("rope_cos", ang_SE.cos().float(), persistent=False)
-            self.register_buffer("rope_sin", ang_SE.sin().float(), persistent=False)
+            ang_LE = torch.outer(torch.arange(cfg.max_bins + NUM_PREFIX_TOKENS, dtype=torch.float64), inv_freq)
+            ang_LE = torch.cat((ang_LE, ang_LE), dim=-1)
+            self.register_buffer("rope_cos", ang_LE.cos().float(), persistent=False)
+            self.register_buffer("rope_sin", ang_LE.sin().float(), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
@@ -399,29 +399,29 @@ class NDT(nn.Module):
         order_B = torch.cat([idx for idx, _ in index_groups])
         inverse_B = torch.empty_like(order_B)
         inverse_B[order_B] = torch.arange(B, device=device)
-        x_BTK = torch.cat(tokens).index_select(0, inverse_B)
+        x_BTW = torch.cat(tokens).index_select(0, inverse_B)
         sess_BD = torch.cat(session_tokens).index_select(0, inverse_B)
 
-        h_BTD = self.in_proj(x_BTK)
+        h_BTD = self.in_proj(x_BTW)
         if self.pos_emb is not None:
             h_BTD = h_BTD + self.pos_emb[:T]
         prefix_B2D = torch.stack((self.scheme_tokens[scheme_B.to(device)], sess_BD), dim=1)
-        h_BSD = self.drop(torch.cat((prefix_B2D, h_BTD), dim=1))
-        S = T + NUM_PREFIX_TOKENS
+        h_BLD = self.drop(torch.cat((prefix_B2D, h_BTD), dim=1))
+        L = T + NUM_PREFIX_TOKENS
 
-        attn_mask_B1SS = None
+        attn_mask_B1LL = None
         causal_B = causal_B.to(device)
         if bool(causal_B.any()):
-            tril_SS = torch.ones(S, S, dtype=torch.bool, device=device).tril()
-            attn_mask_B1SS = (tril_SS[None] | ~causal_B[:, None, None])[:, None]
-        rope = None if self.pos_emb is not None else (self.rope_cos[:S], self.rope_sin[:S])
+            tril_LL = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+            attn_mask_B1LL = (tril_LL[None] | ~causal_B[:, None, None])[:, None]
+        rope = None if self.pos_emb is not None else (self.rope_cos[:L], self.rope_sin[:L])
 
         hidden = []
         for layer in self.layers:
-            h_BSD = layer(h_BSD, attn_mask_B1SS, rope)
+            h_BLD = layer(h_BLD, attn_mask_B1LL, rope)
             if return_hidden:
-                hidden.append(h_BSD[:, NUM_PREFIX_TOKENS:])
-        h_BTD = self.norm(h_BSD)[:, NUM_PREFIX_TOKENS:]
+                hidden.append(h_BLD[:, NUM_PREFIX_TOKENS:])
+        h_BTD = self.norm(h_BLD)[:, NUM_PREFIX_TOKENS:]
 
         outs = []
         for idx, io in index_groups:

@@ -1,6 +1,6 @@
 """Neural-prediction benchmark for masked models (NDT family) on one session's test windows.
 
-Shape legend: K windows, T bins per window, N units of the session, V masking variants of a task
+Shape legend: K windows, T bins per window, N units of the session, M masking variants of a task
 (e.g. one per held-out neuron), B forward-pass batch, D hidden width, F decoder features.
 
 Every prediction task masks the test windows deterministically, runs the model (``torch.no_grad``,
@@ -93,20 +93,20 @@ class TaskPrediction:
 
 @dataclass
 class _Variants:
-    """V masking patterns applied to every window: hidden entries, scored entries, prompt, attention."""
+    """M masking patterns applied to every window: hidden entries, scored entries, prompt, attention."""
 
-    input_VTN: torch.Tensor
-    loss_VTN: torch.Tensor
-    scheme_V: torch.Tensor
-    causal_V: torch.Tensor
+    input_MTN: torch.Tensor
+    loss_MTN: torch.Tensor
+    scheme_M: torch.Tensor
+    causal_M: torch.Tensor
 
 
-def _variants(input_VTN, loss_VTN, scheme: str, causal: bool) -> _Variants:
-    V = input_VTN.shape[0]
+def _variants(input_MTN, loss_MTN, scheme: str, causal: bool) -> _Variants:
+    M = input_MTN.shape[0]
     # Each entry is scored by one variant only, so the assembled rates are well defined.
-    assert V == 0 or int(loss_VTN.sum(0).max()) <= 1
-    return _Variants(input_VTN, loss_VTN, torch.full((V,), scheme_id(scheme), dtype=torch.long),
-                     torch.full((V,), causal, dtype=torch.bool))
+    assert M == 0 or int(loss_MTN.sum(0).max()) <= 1
+    return _Variants(input_MTN, loss_MTN, torch.full((M,), scheme_id(scheme), dtype=torch.long),
+                     torch.full((M,), causal, dtype=torch.bool))
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -161,19 +161,19 @@ def _run_variants(model: nn.Module, windows: SessionWindows, var: _Variants, spl
     idx = _select(windows, split)
     counts_KTN = torch.from_numpy(windows.counts[idx].astype(np.float32))
     K, T, N = counts_KTN.shape
-    V = var.input_VTN.shape[0]
+    M = var.input_MTN.shape[0]
     out_KTN = np.full((K, T, N), np.nan, dtype=np.float64)
     device = _model_device(model)
-    pairs = [(k, v) for k in range(K) for v in range(V)]
+    pairs = [(k, v) for k in range(K) for v in range(M)]
     with _EvalMode(model):
         for i in range(0, len(pairs), batch_size):
             k_B = torch.tensor([p[0] for p in pairs[i:i + batch_size]], dtype=torch.long)
             v_B = torch.tensor([p[1] for p in pairs[i:i + batch_size]], dtype=torch.long)
             B = k_B.numel()
             valid_BN = torch.ones(B, N, dtype=torch.bool, device=device)
-            mb = mask_entries(counts_KTN[k_B].to(device), valid_BN, var.input_VTN[v_B].to(device),
-                              var.loss_VTN[v_B].to(device), scheme=var.scheme_V[v_B].to(device),
-                              causal=var.causal_V[v_B].to(device))
+            mb = mask_entries(counts_KTN[k_B].to(device), valid_BN, var.input_MTN[v_B].to(device),
+                              var.loss_MTN[v_B].to(device), scheme=var.scheme_M[v_B].to(device),
+                              causal=var.causal_M[v_B].to(device))
             log_rates_BTN = model(mb.inputs_BTN, valid_BN, [windows.session_id] * B, mb.scheme_B,
                                   mb.causal_B, input_mask_BTN=mb.input_mask_BTN)
             rates_BTN = torch.exp(log_rates_BTN.double()).cpu().numpy()
@@ -197,8 +197,8 @@ def co_smoothing(model: nn.Module, windows: SessionWindows, *, split="test", bat
     """
     T, N = windows.num_bins, windows.num_units
     eye_NN = torch.eye(N, dtype=torch.bool)
-    m_VTN = eye_NN[:, None, :].expand(N, T, N)
-    return _run_variants(model, windows, _variants(m_VTN, m_VTN, "neuron", False), split, batch_size)
+    m_MTN = eye_NN[:, None, :].expand(N, T, N)
+    return _run_variants(model, windows, _variants(m_MTN, m_MTN, "neuron", False), split, batch_size)
 
 
 def forward_prediction_last(model: nn.Module, windows: SessionWindows, *, forward_bins: int = 10,
@@ -207,8 +207,8 @@ def forward_prediction_last(model: nn.Module, windows: SessionWindows, *, forwar
     T, N = windows.num_bins, windows.num_units
     if not isinstance(forward_bins, int) or not 0 < forward_bins < T:
         raise ValueError(f"forward_bins must be an int in [1, {T - 1}] for {T}-bin windows, got {forward_bins!r}")
-    m_VTN = (torch.arange(T) >= T - forward_bins)[None, :, None].expand(1, T, N)
-    return _run_variants(model, windows, _variants(m_VTN, m_VTN, "causal", True), split, batch_size)
+    m_MTN = (torch.arange(T) >= T - forward_bins)[None, :, None].expand(1, T, N)
+    return _run_variants(model, windows, _variants(m_MTN, m_MTN, "causal", True), split, batch_size)
 
 
 def walk_start_bin(windows: SessionWindows, forward_bins: int = 10) -> int:
@@ -251,8 +251,8 @@ def inter_region(model: nn.Module, windows: SessionWindows, *, split="test", bat
     _need_regions(windows, "inter-region")
     T, N = windows.num_bins, windows.num_units
     reg_N = torch.from_numpy(windows.region_ids)
-    m_VTN = torch.stack([(reg_N == r)[None, :].expand(T, N) for r in torch.unique(reg_N).tolist()])
-    return _run_variants(model, windows, _variants(m_VTN, m_VTN, "inter_region", False), split, batch_size)
+    m_MTN = torch.stack([(reg_N == r)[None, :].expand(T, N) for r in torch.unique(reg_N).tolist()])
+    return _run_variants(model, windows, _variants(m_MTN, m_MTN, "inter_region", False), split, batch_size)
 
 
 def intra_region(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256
@@ -557,14 +557,6 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
     return out
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
-
-
 def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
     """One text table of several :func:`run_benchmark` results.
 
@@ -598,6 +590,9 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
                 return e[name][metric]
         return None
 
+    from spikefm.tables import fmt_number as _fmt
+    from spikefm.tables import render_table
+
     rows: list[list[str]] = []
     for task in task_order:
         entries = {m: results_by_model[m].get("tasks", {}).get(task) for m in models}
@@ -623,13 +618,6 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
                 row += [_fmt(e["fraction_of_oracle"][metric]) if e and "fraction_of_oracle" in e else "-"
                         for e in entries.values()]
                 rows.append(row + ["-"] * (len(columns) - len(models)))
-    header = ["task", "metric"] + columns
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     skipped = {t: r for res in results_by_model.values() for t, r in res.get("skipped", {}).items()}
-    for t, reason in skipped.items():
-        lines.append(f"skipped {t}: {reason}")
-    return "\n".join(lines)
+    return render_table(["task", "metric"] + columns, rows, align="<<" + ">" * len(columns),
+                        footer=[f"skipped {t}: {reason}" for t, reason in skipped.items()])

@@ -253,3 +253,35 @@ def test_validation_errors():
         apply_masks(counts, valid, region, torch.tensor([0, 7]), gen())
     with pytest.raises(TypeError, match="float"):
         apply_masks(counts.long(), valid, region, torch.zeros(2, dtype=torch.long), gen())
+
+
+def test_causal_modes_random_and_prefix():
+    from spikefm.families.ndt.masking import apply_masks, scheme_id
+
+    B, T, N = 64, 40, 7
+    counts = torch.ones(B, T, N)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    valid[0, 5:] = False
+    region = torch.zeros(B, N, dtype=torch.long)
+    scheme = torch.full((B,), scheme_id("causal"), dtype=torch.long)
+    k = round(0.6 * T)
+    rnd = apply_masks(counts, valid, region, scheme, torch.Generator().manual_seed(0),
+                      causal_ratio=0.6, causal_mode="random")
+    bins_BT = rnd.loss_mask_BTN[:, :, 0]
+    assert (bins_BT.sum(1) == k).all()  # exactly k time steps per sample
+    assert torch.equal(rnd.loss_mask_BTN, bins_BT[:, :, None] & valid[:, None, :])  # all valid units
+    assert len({tuple(r.tolist()) for r in bins_BT}) > B // 2  # drawn per sample
+    assert bins_BT[:, : T - k].any()  # positions before the last k bins are trained too
+    assert rnd.causal_B.all() and torch.equal(rnd.input_mask_BTN, rnd.loss_mask_BTN)
+    pre = apply_masks(counts, valid, region, scheme, torch.Generator().manual_seed(1),
+                      causal_ratio=0.5, causal_mode="prefix")
+    bins_BT = pre.loss_mask_BTN[:, :, 1]
+    n_B = bins_BT.sum(1)
+    assert ((n_B >= 1) & (n_B <= round(0.5 * T))).all() and len(set(n_B.tolist())) > 5
+    for b in range(B):  # a suffix: every bin from the start on
+        assert bins_BT[b, T - int(n_B[b]):].all() and not bins_BT[b, : T - int(n_B[b])].any()
+    last = apply_masks(counts, valid, region, scheme, torch.Generator().manual_seed(2),
+                       causal_ratio=0.25, causal_mode="last")
+    assert last.loss_mask_BTN[:, -10:, 1].all() and not last.loss_mask_BTN[:, :-10].any()
+    with pytest.raises(ValueError, match="causal_mode must be one of"):
+        apply_masks(counts, valid, region, scheme, torch.Generator(), causal_mode="sideways")

@@ -285,3 +285,36 @@ def test_batcher_resumes_exactly(corpus_info):
                for f, e in zip(fresh, expected))
     with pytest.raises(ValueError, match="seed"):
         WindowBatcher(ws, batch_size=7, seed=12, split="train").load_state_dict(state)
+
+
+def test_nearest_event_rounding_puts_the_event_within_half_a_bin(corpus_info):
+    corpus, specs = corpus_info
+    spec = specs["sesA"]
+    w = _windows(corpus, "sesA", window_bins=100, pre_ms=500, event_rounding="nearest")
+    for k, i in enumerate(w.trial_index):
+        event_ms = spec["stim"][i] * 1000  # exact (Fraction)
+        nearest_edge = int((event_ms / BIN_MS + Fraction(1, 2)) // 1) * BIN_MS  # round half up
+        assert w.t_start_ms[k] == nearest_edge - 500
+        assert abs(Fraction(int(w.t_start_ms[k]) + 500) - event_ms) <= BIN_MS / 2
+        np.testing.assert_array_equal(w.counts[k], _histogram(spec["units"], int(w.t_start_ms[k]), 100))
+
+
+def test_trial_filters_and_unit_rate_filter(corpus_info):
+    corpus, specs = corpus_info
+    spec = specs["sesB"]
+    w = _windows(corpus, "sesB", window_bins=50, pre_ms=200, drop_nogo=True)
+    assert w.skipped["no_go"] == 0  # every choice is -1 or +1
+    with pytest.raises(ValueError, match="first_movement_time"):
+        make_session_windows(corpus, "sesB", window_bins=50, pre_ms=200, rt_range_ms=(80, 2000))
+    with pytest.raises(ValueError, match="rt_range_ms must be"):
+        make_session_windows(corpus, "sesB", window_bins=50, pre_ms=200, rt_range_ms=(500, 100))
+    rates = np.array([len(u) / DURATION_S for u in spec["units"]])
+    threshold = float(np.median(rates))
+    f = _windows(corpus, "sesB", window_bins=50, pre_ms=200, min_rate_hz=threshold)
+    kept = np.flatnonzero(rates >= threshold)
+    assert f.unit_index.tolist() == kept.tolist() and f.units_dropped == len(rates) - kept.size
+    assert f.unit_regions == [spec["regions"][i] for i in kept]
+    full = _windows(corpus, "sesB", window_bins=50, pre_ms=200)
+    np.testing.assert_array_equal(f.counts, full.counts[:, :, kept])
+    with pytest.raises(ValueError, match="no unit fires"):
+        make_session_windows(corpus, "sesB", window_bins=50, pre_ms=200, min_rate_hz=1e6)

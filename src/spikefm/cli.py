@@ -99,28 +99,43 @@ def cmd_train(args) -> int:
     if args.sessions:
         overrides.append(f"data.sessions={args.sessions}")
     cfg = families.run_config(args.model or families.DEFAULT_FAMILY, preset=args.preset,
-                              corpus=args.data, overrides=overrides)
+                              corpus=args.data, overrides=overrides, protocol=args.protocol)
     summary = families.train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     print(f"trained {summary['step']} steps ({summary['tokens']:,} tokens, "
           f"{summary['elapsed_s']:.0f} s), last loss {summary['loss']:.4f}; run in {args.out}")
+    from spikefm.train.finetune import validation_still_falling
+
+    if summary.get("model_path") and validation_still_falling(args.out):
+        print(f"spikefm: warning: the validation loss was still falling at step {summary['step']}; "
+              "more steps may help (--steps)", file=sys.stderr)
     return 0
 
 
 def cmd_finetune(args) -> int:
     from spikefm import families
 
-    s = families.finetune(args.run_dir, args.data, args.session, args.out,
+    s = families.finetune(args.run_dir, args.data, args.session, args.out, strategy=args.strategy,
                           freeze_core=args.freeze_core, from_scratch=args.from_scratch,
                           steps=args.steps, overrides=args.set, patience=args.patience,
                           eval_every=args.eval_every, progress=not args.quiet)
+    if "candidates" in s:
+        from spikefm.tables import render_table
+
+        rows = [[name, c["best_val_loss"], c["best_step"], "<- chosen" if name == s["strategy"] else ""]
+                for name, c in s["candidates"].items()]
+        rows.append(["single-session", s["single_session"]["best_val_loss"], s["single_session"]["best_step"],
+                     "baseline"])
+        print(render_table(["strategy", "val loss", "best step", ""], rows, align="<>><",
+                           title="fine-tuning candidates (validation windows)"))
+        print(f"pretraining gain over the single-session model: {s['pretraining_gain']:+.4f} val loss")
     print(f"best val loss {s['best_val_loss']:.4f} at step {s['best_step']} "
-          f"(stopped at step {s['stopped_at']}); run in {args.out}")
+          f"(stopped at step {s['stopped_at']}, strategy {s['strategy']}); run in {args.out}")
     return 0
 
 
 #: `spikefm eval` options passed to the family's evaluate() when given (None = not given).
 EVAL_OPTIONS = ("split", "ngram", "max_tokens", "max_train_tokens", "seq_len", "tasks", "session",
-                "save_predictions")
+                "save_predictions", "decode_layer")
 
 
 def cmd_eval(args) -> int:
@@ -236,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None, metavar="FAMILY",
                    help="model family (spikefm.families.names(); default: the registry's default)")
     t.add_argument("--preset", default=None, help="model size preset of the family (default: its smallest)")
+    t.add_argument("--protocol", default=None, metavar="NAME",
+                   help="a family's named protocol of published settings (e.g. jiang2025), "
+                        "applied before --set")
     t.add_argument("--data", required=True, help="corpus folder")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--steps", type=_positive_int, default=None)
@@ -267,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--session", default=None, help="masked models: the session to evaluate")
     e.add_argument("--save-predictions", default=None, metavar="DIR",
                    help="masked models: write DIR/<task>.npz with rates and counts")
+    e.add_argument("--decode-layer", type=int, default=None, metavar="BLOCK",
+                   help="masked models: transformer block (1-based) the decoding tasks read "
+                        "(default: the run's data.decode_layer; 0 = the last)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -276,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--session", required=True, help="session id to adapt to")
     f.add_argument("--out", required=True, help="new run folder")
     mode = f.add_mutually_exclusive_group()
+    mode.add_argument("--strategy", default=None, choices=["auto", "frozen", "full", "unfreeze", "scratch"],
+                      help="auto (default): train a frozen core, full fine-tuning at a lower learning "
+                           "rate and an unfreezing schedule, keep the best on validation, and the "
+                           "single-session model beside them (OUT/finetune.json)")
     mode.add_argument("--freeze-core", action="store_true", help="train the session parameters only")
     mode.add_argument("--from-scratch", action="store_true",
                       help="single-session baseline: RUN_DIR's settings, random initialisation")

@@ -82,6 +82,9 @@ class SessionWindows:
         trial_index: (K,) int64 row of each window's trial in the session's trial table (sorted
             by start time, duplicates across corpus rows removed); -1 for continuous windows.
         skipped: reason -> number of trials (or continuous windows) left out.
+        unit_index: (N,) int64 index of each kept unit in the session's units (all of them unless
+            a firing-rate filter dropped some).
+        units_dropped: number of units left out by the firing-rate filter.
     """
 
     session_id: str
@@ -98,6 +101,8 @@ class SessionWindows:
     event_bin: int | None = None
     trial_index: np.ndarray | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    unit_index: np.ndarray | None = None
+    units_dropped: int = 0
 
     @property
     def num_windows(self) -> int:
@@ -292,9 +297,64 @@ def _check_fractions(split_fractions) -> tuple[float, float, float]:
     return fr
 
 
+#: Event columns that ``align="auto"`` uses, the first one a session's trial table holds: stimulus
+#: onset (IBL-style tasks), the go cue or target onset (reaching tasks), else the trial start.
+AUTO_ALIGN = ("stim_on_time", "go_cue_time", "target_on_time", "start_time")
+
+#: Window options and their defaults (the defaults reproduce windows cut before the options existed).
+WINDOW_DEFAULTS = dict(window_bins=100, align="stim_on_time", pre_ms=500, table="trials", stride_bins=None,
+                       split_fractions=(0.7, 0.1, 0.2), seed=0, event_rounding="floor", drop_nogo=False,
+                       rt_range_ms=None, min_rate_hz=0.0)
+
+
+def _trial_filters(trials: dict[str, list], trial_index: np.ndarray, align: str, *, drop_nogo: bool,
+                   rt_range_ms) -> tuple[np.ndarray, dict[str, int]]:
+    """Drop no-go trials (choice 0 or missing) and reaction-time outliers (first_movement_time -
+    the aligned event outside ``rt_range_ms``); returns the kept trial indices and the counts."""
+    skipped = {}
+    keep = np.ones(trial_index.size, dtype=bool)
+    if drop_nogo:
+        if "choice" not in trials:
+            raise ValueError("drop_nogo needs a 'choice' trial column; this session has "
+                             f"{sorted(trials)}; set drop_nogo=false")
+        choice = np.array([_float_or_nan(trials["choice"][i]) for i in trial_index])
+        nogo = ~np.isfinite(choice) | (choice == 0)
+        skipped["no_go"] = int((keep & nogo).sum())
+        keep &= ~nogo
+    if rt_range_ms is not None:
+        if "first_movement_time" not in trials:
+            raise ValueError("rt_range_ms needs a 'first_movement_time' trial column; this session has "
+                             f"{sorted(trials)}; leave rt_range_ms unset")
+        lo, hi = rt_range_ms
+        move = np.array([_float_or_nan(trials["first_movement_time"][i]) for i in trial_index])
+        event = np.array([_float_or_nan(trials[align][i]) for i in trial_index])
+        rt_ms = (move - event) * 1000.0
+        out = ~np.isfinite(rt_ms) | (rt_ms < lo) | (rt_ms > hi)
+        skipped["reaction_time_outlier"] = int((keep & out).sum())
+        keep &= ~out
+    return trial_index[keep], skipped
+
+
+def _check_window_options(event_rounding, rt_range_ms, min_rate_hz) -> None:
+    if event_rounding not in ("floor", "nearest"):
+        raise ValueError(f"event_rounding must be 'floor' (the event's bin starts the event bin) or "
+                         f"'nearest' (window edges on the bin edge nearest the event), got {event_rounding!r}")
+    if rt_range_ms is not None:
+        ok = isinstance(rt_range_ms, (tuple, list)) and len(rt_range_ms) == 2 and \
+            all(isinstance(v, (int, float)) and math.isfinite(v) for v in rt_range_ms) and rt_range_ms[0] < rt_range_ms[1]
+        if not ok:
+            raise ValueError(f"rt_range_ms must be (min, max) milliseconds with min < max, got {rt_range_ms!r}")
+    if isinstance(min_rate_hz, bool) or not isinstance(min_rate_hz, (int, float)) or \
+            not (math.isfinite(min_rate_hz) and min_rate_hz >= 0):
+        raise ValueError(f"min_rate_hz must be a finite number >= 0, got {min_rate_hz!r}")
+
+
 def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int, align: str | None,
                        pre_ms: int, table: str, stride_bins: int | None,
-                       split_fractions: tuple[float, float, float], seed: int) -> SessionWindows:
+                       split_fractions: tuple[float, float, float], seed: int,
+                       event_rounding: str = "floor", drop_nogo: bool = False, rt_range_ms=None,
+                       min_rate_hz: float = 0.0) -> SessionWindows:
+    _check_window_options(event_rounding, rt_range_ms, min_rate_hz)
     bin_ms = grid.bin_ms
     G = grid.valid_G.size
     skipped: dict[str, int] = {}
@@ -306,6 +366,11 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
                       f"windows of {window_bins} bins instead of windows aligned to {align!r}",
                       RuntimeWarning, stacklevel=3)
         align = None
+    if align == "auto" and trials is not None:
+        align = next((c for c in AUTO_ALIGN if c in trials), None)
+        if align is None:
+            warnings.warn(f"session {session_id!r}: no event column among {', '.join(AUTO_ALIGN)}; cutting "
+                          f"continuous windows", RuntimeWarning, stacklevel=3)
     if align is not None:
         if align not in trials:
             raise ValueError(f"session {session_id!r}: trial table {table!r} has no column {align!r}; "
@@ -321,7 +386,10 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
         event_us = np.zeros(event_s.size, dtype=np.int64)
         event_us[has_event] = np.rint(event_s[has_event] * 1e6).astype(np.int64)
         bin_us = bin_ms * 1000
-        start_bin = (event_us - grid.t0_ms * 1000) // bin_us - event_bin
+        if event_rounding == "nearest":  # the event within half a bin of the event bin's start
+            start_bin = (event_us - grid.t0_ms * 1000 + bin_us // 2) // bin_us - event_bin
+        else:  # the event inside the event bin
+            start_bin = (event_us - grid.t0_ms * 1000) // bin_us - event_bin
         inside = has_event & (start_bin >= 0) & (start_bin + window_bins <= G)
         ok = inside.copy()
         for i in np.flatnonzero(inside):
@@ -330,6 +398,9 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
                    "outside_recording": int((has_event & ~inside).sum()),
                    "gap_in_recording": int((inside & ~ok).sum())}
         trial_index = np.flatnonzero(ok).astype(np.int64)
+        trial_index, filtered = _trial_filters(trials, trial_index, align, drop_nogo=drop_nogo,
+                                               rt_range_ms=rt_range_ms)
+        skipped.update(filtered)
         starts = start_bin[trial_index]
         labels = _discrete_labels(trials, trial_index)
     else:
@@ -350,17 +421,26 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
         warnings.warn(f"session {session_id!r}: no window of {window_bins} bins fits", RuntimeWarning,
                       stacklevel=3)
 
+    unit_index = np.arange(grid.counts_NG.shape[0], dtype=np.int64)
+    if min_rate_hz > 0:
+        covered = grid.valid_G.sum()
+        rate_hz = grid.counts_NG[:, grid.valid_G].sum(axis=1) / max(covered * bin_ms / 1000.0, 1e-12)
+        unit_index = np.flatnonzero(rate_hz >= min_rate_hz).astype(np.int64)
+        if unit_index.size == 0:
+            raise ValueError(f"session {session_id!r}: no unit fires at >= {min_rate_hz} Hz (max "
+                             f"{rate_hz.max():.3g} Hz); lower min_rate_hz")
     idx_KT = starts[:, None] + np.arange(window_bins)[None, :]
-    counts_KTN = np.ascontiguousarray(grid.counts_NG[:, idx_KT].transpose(1, 2, 0))
+    counts_KTN = np.ascontiguousarray(grid.counts_NG[unit_index][:, idx_KT].transpose(1, 2, 0))
     behavior = None
     if grid.behavior_CG is not None:
         behavior = np.ascontiguousarray(grid.behavior_CG[:, idx_KT].transpose(1, 2, 0))
-    names = sorted(set(grid.unit_regions))
-    region_ids = np.array([names.index(r) for r in grid.unit_regions], dtype=np.int64)
+    unit_regions = [grid.unit_regions[i] for i in unit_index]
+    names = sorted(set(unit_regions))
+    region_ids = np.array([names.index(r) for r in unit_regions], dtype=np.int64)
     return SessionWindows(
         session_id=session_id,
         counts=counts_KTN,
-        unit_regions=list(grid.unit_regions),
+        unit_regions=unit_regions,
         region_ids=region_ids,
         t_start_ms=(grid.t0_ms + starts * bin_ms).astype(np.int64),
         split=_assign_split(starts.size, split_fractions, seed, session_id),
@@ -372,6 +452,8 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
         event_bin=event_bin,
         trial_index=trial_index,
         skipped=skipped,
+        unit_index=unit_index,
+        units_dropped=int(grid.counts_NG.shape[0] - unit_index.size),
     )
 
 
@@ -386,7 +468,9 @@ def make_session_windows(corpus: Corpus | str | Path, session_id: str, *, window
                          align: str | None = "stim_on_time", pre_ms: int = 500, table: str = "trials",
                          stride_bins: int | None = None,
                          split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-                         seed: int = 0) -> SessionWindows:
+                         seed: int = 0, event_rounding: str = "floor", drop_nogo: bool = False,
+                         rt_range_ms: tuple[float, float] | None = None,
+                         min_rate_hz: float = 0.0) -> SessionWindows:
     """Cut one session of a corpus into windows of ``window_bins`` bins (see the module docstring).
 
     Args:
@@ -401,6 +485,12 @@ def make_session_windows(corpus: Corpus | str | Path, session_id: str, *, window
             smaller stride makes overlapping windows that can land on both sides of the split).
         split_fractions: (train, val, test) fractions of the windows, summing to 1.
         seed: split seed (combined with the session id).
+        event_rounding: ``"floor"``: the event lies inside the event bin (up to one bin before
+            its end); ``"nearest"``: window edges on the bin edge nearest the event (within half
+            a bin).
+        drop_nogo: leave out trials whose ``choice`` is 0 or missing.
+        rt_range_ms: keep trials whose ``first_movement_time`` - event lies in (min, max) ms.
+        min_rate_hz: leave out units whose mean rate over the recording is below this.
 
     Returns:
         :class:`SessionWindows`.
@@ -411,7 +501,9 @@ def make_session_windows(corpus: Corpus | str | Path, session_id: str, *, window
     rows = _collect_rows(corpus, [session_id])[session_id]
     return _windows_from_grid(_assemble(session_id, rows), session_id, window_bins=window_bins,
                               align=align, pre_ms=pre_ms, table=table, stride_bins=stride_bins,
-                              split_fractions=fr, seed=seed)
+                              split_fractions=fr, seed=seed, event_rounding=event_rounding,
+                              drop_nogo=drop_nogo, rt_range_ms=None if rt_range_ms is None else tuple(rt_range_ms),
+                              min_rate_hz=min_rate_hz)
 
 
 def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | None = None,
@@ -426,12 +518,13 @@ def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | N
         session_ids = corpus.session_ids()
     if isinstance(session_ids, str):
         raise TypeError(f"session_ids must be a list of session ids, got the string {session_ids!r}")
-    opts = dict(window_bins=100, align="stim_on_time", pre_ms=500, table="trials", stride_bins=None,
-                split_fractions=(0.7, 0.1, 0.2), seed=0)
+    opts = dict(WINDOW_DEFAULTS)
     unknown = set(kw) - set(opts)
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)}; valid: {sorted(opts)}")
     opts.update(kw)
+    if opts["rt_range_ms"] is not None:
+        opts["rt_range_ms"] = tuple(opts["rt_range_ms"])
     _check_window_args(opts["window_bins"], opts["pre_ms"])
     opts["split_fractions"] = _check_fractions(opts["split_fractions"])
     rows = _collect_rows(corpus, list(session_ids))

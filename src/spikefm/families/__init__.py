@@ -140,14 +140,22 @@ def family_of_run(run_dir: str | os.PathLike):
 
 
 def run_config(family: str, *, preset: str | None = None, corpus: str = "",
-               overrides: Sequence[str] = ()):
-    """A RunConfig of ``family`` from a preset name, a corpus and ``section.key=value`` overrides."""
+               overrides: Sequence[str] = (), protocol: str | None = None):
+    """A RunConfig of ``family``: its preset (default: the protocol's, else the smallest), the
+    family's run defaults (``run_defaults()``, e.g. a learning rate and step count that work for
+    it), the named ``protocol``'s settings, then ``section.key=value`` overrides, in that order."""
     from spikefm.train.config import RunConfig, apply_overrides
 
     fam = get(family)
-    model = fam.preset(preset or fam.presets()[0])
+    proto = {"preset": None, "overrides": []}
+    if protocol:
+        if not hasattr(fam, "protocol"):
+            raise ValueError(f"the {family!r} family has no named protocols; drop --protocol")
+        proto = fam.protocol(protocol)
+    model = fam.preset(preset or proto["preset"] or fam.presets()[0])
     cfg = RunConfig(family=family, model=model, data=fam.data_config_cls(corpus=str(corpus)))
-    return apply_overrides(cfg, list(overrides))
+    defaults = list(fam.run_defaults()) if hasattr(fam, "run_defaults") else []
+    return apply_overrides(cfg, [*defaults, *proto["overrides"], *overrides])
 
 
 def run_config_from_dict(data: dict[str, Any]):
@@ -201,35 +209,34 @@ def train(cfg, out_dir: str | os.PathLike, **kwargs) -> dict[str, Any]:
 
 
 def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,
-             out_dir: str | os.PathLike, *, freeze_core: bool = False, from_scratch: bool = False,
-             steps: int = 500, overrides: Sequence[str] = (), eval_every: int = 50,
-             patience: int = 3, progress: bool = False) -> dict[str, Any]:
+             out_dir: str | os.PathLike, *, strategy: str | None = None, freeze_core: bool = False,
+             from_scratch: bool = False, steps: int = 500, overrides: Sequence[str] = (),
+             eval_every: int = 50, patience: int = 3, progress: bool = False) -> dict[str, Any]:
     """Adapt the finished run ``run_dir`` to ``session_id`` (early stopping on validation data).
 
-    The family prepares the new run (:meth:`Family.finetune_config`: new session parameters, the
-    pretrained core, frozen with ``freeze_core``; with ``from_scratch`` the same architecture and
-    settings trained on that session alone, the single-session baseline); the shared
-    :func:`spikefm.train.finetune.train_with_early_stopping` trains it.
+    The family prepares each run (:meth:`Family.finetune_config`: new session parameters on the
+    pretrained core, or the same model from scratch); the shared
+    :func:`spikefm.train.finetune.finetune_strategies` trains it with ``strategy`` (``auto``, the
+    default: frozen core, full fine-tuning at a lower learning rate and an unfreezing schedule,
+    the best on validation kept, the single-session model beside them). ``freeze_core`` and
+    ``from_scratch`` are the ``frozen`` and ``scratch`` strategies.
 
     Returns:
-        The early-stopping summary (best step, best validation loss, history, model path).
+        The chosen run's early-stopping summary (best step, best validation loss, history, ...).
     """
-    from spikefm.train.config import apply_overrides
-    from spikefm.train.finetune import train_with_early_stopping
+    from spikefm.train.finetune import finetune_strategies
 
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if freeze_core and from_scratch:
         raise ValueError("freeze_core and from_scratch exclude each other: a from-scratch core is "
                          "random, freezing it would train the session parameters on noise")
-    fam = family_of_run(run_dir)
-    if not hasattr(fam, "finetune_config"):
-        raise ValueError(f"the {fam.name!r} family does not support fine-tuning to a new session")
-    cfg = fam.finetune_config(str(run_dir), str(corpus), session_id, freeze_core=bool(freeze_core),
-                              from_scratch=bool(from_scratch), steps=steps)
-    cfg = apply_overrides(cfg, list(overrides))
-    return train_with_early_stopping(cfg, out_dir, fam, eval_every=eval_every, patience=patience,
-                                     progress=progress)
+    implied = "frozen" if freeze_core else "scratch" if from_scratch else None
+    if strategy is not None and implied is not None and strategy != implied:
+        raise ValueError(f"strategy {strategy!r} contradicts {'freeze_core' if freeze_core else 'from_scratch'}")
+    return finetune_strategies(family_of_run(run_dir), run_dir, corpus, session_id, out_dir,
+                               strategy=strategy or implied or "auto", steps=steps, overrides=overrides,
+                               eval_every=eval_every, patience=patience, progress=progress)
 
 
 def evaluate(run_dir: str | os.PathLike, corpus: str | os.PathLike, **options: Any) -> dict[str, Any]:

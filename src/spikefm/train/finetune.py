@@ -23,8 +23,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +35,7 @@ import torch
 
 from spikefm.fileio import write_atomic
 
-__all__ = ["train_with_early_stopping"]
+__all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "STRATEGIES"]
 
 
 def _best_path(out_dir: Path) -> Path:
@@ -122,8 +125,126 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
                 break
     model_path = out_dir / "model.safetensors"
     os.replace(_best_path(out_dir), model_path)
+    still_improving = len(history) >= 2 and best_step == step and step >= steps
+    if still_improving:
+        warnings.warn(f"{out_dir}: the validation loss was still falling at the last step ({steps}); "
+                      "more steps may help (raise --steps)", RuntimeWarning, stacklevel=2)
     result = {"out_dir": str(out_dir), "best_step": best_step, "best_val_loss": best_loss,
               "stopped_at": step, "max_steps": steps, "eval_every": eval_every, "patience": patience,
-              "history": history, "model_path": str(model_path)}
+              "still_improving": still_improving, "history": history, "model_path": str(model_path)}
     write_json_atomic(out_dir / "early_stopping.json", result)
     return result
+
+
+def validation_still_falling(run_dir: str | os.PathLike, key: str = "eval/val_loss") -> bool:
+    """True when a finished run's last validation evaluation (``metrics.jsonl``) was its best of
+    at least two: the run ended while the validation loss was still falling."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    values = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get(key), (int, float)):
+            values.append(float(row[key]))
+    return len(values) >= 2 and values[-1] <= min(values)
+
+
+#: Fine-tuning strategies: ``frozen`` trains the new session's parameters on the frozen pretrained
+#: core; ``full`` trains everything at ``FULL_LR_SCALE`` times the run's learning rate;
+#: ``unfreeze`` does ``frozen`` for half the steps, then ``full`` from there; ``scratch`` trains the
+#: same model on the session alone (the single-session baseline); ``auto`` trains the first three,
+#: keeps the one with the lowest validation loss and trains ``scratch`` beside them for comparison.
+STRATEGIES = ("auto", "frozen", "full", "unfreeze", "scratch")
+FULL_LR_SCALE = 0.1
+
+
+def _lower_lr(cfg, scale: float):
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * scale))
+
+
+def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: str, out_dir: Path, *,
+                  steps: int, overrides: Sequence[str], eval_every: int, patience: int,
+                  progress: bool) -> dict[str, Any]:
+    from spikefm.train.config import apply_overrides
+
+    def config(source: str, freeze: bool, scratch: bool, n: int, lr_scale: float = 1.0):
+        cfg = family.finetune_config(source, corpus, session_id, freeze_core=freeze, from_scratch=scratch,
+                                     steps=n)
+        cfg = apply_overrides(cfg, list(overrides))
+        return _lower_lr(cfg, lr_scale) if lr_scale != 1.0 else cfg
+
+    kw = dict(eval_every=eval_every, patience=patience, progress=progress)
+    if strategy == "frozen":
+        return train_with_early_stopping(config(run_dir, True, False, steps), out_dir, family, **kw)
+    if strategy == "scratch":
+        return train_with_early_stopping(config(run_dir, False, True, steps), out_dir, family, **kw)
+    if strategy == "full":
+        return train_with_early_stopping(config(run_dir, False, False, steps, FULL_LR_SCALE), out_dir,
+                                         family, **kw)
+    # unfreeze: the session parameters first, on the frozen core; then everything, from there
+    first = max(1, steps // 2)
+    stage1 = out_dir.parent / f".{out_dir.name}.stage1"
+    if stage1.exists():
+        shutil.rmtree(stage1)
+    s1 = train_with_early_stopping(config(run_dir, True, False, first), stage1, family, **kw)
+    s2 = train_with_early_stopping(config(str(stage1), False, False, max(1, steps - first), FULL_LR_SCALE),
+                                   out_dir, family, **kw)
+    shutil.rmtree(stage1, ignore_errors=True)
+    s2["stage1"] = {k: s1[k] for k in ("best_step", "best_val_loss", "stopped_at")}
+    if s1["best_val_loss"] < s2["best_val_loss"]:
+        s2["note"] = "unfreezing did not improve on the frozen stage's validation loss"
+    return s2
+
+
+def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,
+                        out_dir: str | os.PathLike, *, strategy: str = "auto", steps: int = 500,
+                        overrides: Sequence[str] = (), eval_every: int = 50, patience: int = 3,
+                        progress: bool = False) -> dict[str, Any]:
+    """Fine-tune a finished run to a new session with one strategy (:data:`STRATEGIES`).
+
+    With ``auto`` the candidates train in ``OUT_DIR/candidates/<strategy>/``, the one with the
+    lowest validation loss is copied to ``OUT_DIR`` (its config, weights, metrics and history),
+    and ``OUT_DIR/finetune.json`` lists every candidate and the single-session model's validation
+    loss, so what pretraining bought is always in view. Choices use validation windows only.
+
+    Returns:
+        The chosen run's early-stopping summary, with ``strategy`` and (``auto``) ``candidates``,
+        ``single_session`` and ``pretraining_gain`` (single-session minus chosen validation loss).
+    """
+    from spikefm.fileio import write_json_atomic
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if not hasattr(family, "finetune_config"):
+        raise ValueError(f"the {family.name!r} family does not support fine-tuning to a new session")
+    out_dir = Path(out_dir)
+    args = dict(steps=steps, overrides=overrides, eval_every=eval_every, patience=patience, progress=progress)
+    if strategy != "auto":
+        summary = _one_strategy(family, strategy, str(run_dir), str(corpus), session_id, out_dir, **args)
+        summary["strategy"] = strategy
+        write_json_atomic(out_dir / "finetune.json", summary)
+        return summary
+    cand_dir = out_dir / "candidates"
+    results = {}
+    for name in ("frozen", "full", "unfreeze", "scratch"):
+        path = cand_dir / name
+        if path.exists():
+            shutil.rmtree(path)
+        results[name] = _one_strategy(family, name, str(run_dir), str(corpus), session_id, path, **args)
+    chosen = min(("frozen", "full", "unfreeze"), key=lambda n: results[n]["best_val_loss"])
+    for fname in ("config.json", "model.safetensors", "metrics.jsonl", "early_stopping.json"):
+        src = cand_dir / chosen / fname
+        if src.is_file():
+            write_atomic(out_dir / fname, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    summary = dict(results[chosen])
+    summary.update(strategy=chosen, out_dir=str(out_dir), model_path=str(out_dir / "model.safetensors"),
+                   candidates={n: {k: results[n][k] for k in ("best_val_loss", "best_step", "stopped_at",
+                                                             "out_dir")} for n in ("frozen", "full", "unfreeze")},
+                   single_session={k: results["scratch"][k] for k in ("best_val_loss", "best_step", "out_dir")},
+                   pretraining_gain=results["scratch"]["best_val_loss"] - results[chosen]["best_val_loss"])
+    write_json_atomic(out_dir / "finetune.json", summary)
+    return summary

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["evaluate_run", "session_windows_for_run", "session_truth_rates", "pick_session"]
+__all__ = ["evaluate_run", "session_windows_for_run", "session_truth", "session_truth_rates", "pick_session"]
 
 
 def pick_session(model: nn.Module, session: str | None) -> str:
@@ -76,6 +76,19 @@ def session_windows_for_run(run_dir: str | Path, corpus, session_id: str):
     return apply_splits(windows, {session_id: splits[session_id]})[session_id]
 
 
+def session_truth(corpus, windows) -> dict | None:
+    """The synthetic truth dict of the session (``load_truth``), or None when no truth file is found."""
+    from spikefm.corpus.synth import load_truth, truth_path
+
+    try:
+        nwb = corpus.session(windows.session_id).get("provenance", {}).get("path")
+    except KeyError:
+        return None
+    if not nwb or not truth_path(nwb).is_file():
+        return None
+    return load_truth(nwb)
+
+
 def session_truth_rates(corpus, windows) -> np.ndarray | None:
     """(K, T, N) true expected counts for every window, or None when no truth file is found.
 
@@ -100,7 +113,8 @@ def session_truth_rates(corpus, windows) -> np.ndarray | None:
 
 def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequence[str] | str | None = None,
                  session: str | None = None, save_predictions: str | Path | None = None,
-                 baselines: bool = True, split: str = "test") -> dict[str, Any]:
+                 baselines: bool = True, split: str = "test", decode_layer: int = 0,
+                 label_classes: dict | None = None) -> dict[str, Any]:
     """Benchmark an NDT run on one session's test windows (``spikefm eval`` of an NDT run).
 
     Args:
@@ -112,6 +126,8 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
         save_predictions: a folder for ``<task>.npz`` predictions, or None.
         baselines: include the smoothing baseline.
         split: only ``"test"``: NDT runs are scored on their held-out test windows.
+        decode_layer: transformer block (1-based) read by the decoding tasks; 0 = the last.
+        label_classes: label -> values its decoding keeps (e.g. ``{"choice": [-1.0, 1.0]}``).
 
     Returns:
         ``{"family": "ndt", "run_dir", "corpus", "corpus_manifest_sha256", "session_id", "tasks",
@@ -129,12 +145,27 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
         task_list = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
         if not task_list:
             raise ValueError(f"tasks must name at least one task, got {tasks!r}")
+    n_layers = len(getattr(model, "layers", [])) or 1
+    if isinstance(decode_layer, bool) or not isinstance(decode_layer, int) or not 0 <= decode_layer <= n_layers:
+        raise ValueError(f"decode_layer must be a block number in 1..{n_layers} (0 = the last), got {decode_layer!r}")
     windows = session_windows_for_run(run_dir, corpus, session_id)
     truth = session_truth_rates(corpus, windows)
+    latents = None
+    if truth is not None:
+        from spikefm.families.ndt.tasks import truth_latent_windows
+
+        latents = truth_latent_windows(session_truth(corpus, windows), windows)
     if torch.cuda.is_available():
         model = model.cuda()
     result = run_benchmark(model, windows, tasks=task_list, truth_rates=truth, baselines=baselines,
-                           save_predictions=save_predictions)
+                           save_predictions=save_predictions, layer=decode_layer - 1 if decode_layer else -1,
+                           label_classes=label_classes, truth_latents=latents)
     return {"family": "ndt", "run_dir": str(run_dir), "corpus": str(corpus.path),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session_id,
-            "tasks": task_list, "oracle": truth is not None, "results": result}
+            "tasks": task_list, "oracle": truth is not None,
+            "decode_layer": decode_layer or n_layers, "window_bins": windows.num_bins,
+            "split_fractions": _split_shares(windows), "results": result}
+
+
+def _split_shares(windows) -> dict[str, int]:
+    return {name: int(windows.indices(name).size) for name in ("train", "val", "test")}

@@ -22,7 +22,7 @@ Poisson NLL, schemes weighted equally); ``stats["tokens"]`` counts the masked (s
 Fine-tuning: with ``data.init_from=RUN_DIR`` the shared core (everything outside the per-session
 read-in/read-out/embedding) is loaded from ``RUN_DIR/model.safetensors`` after the usual random
 initialisation, and ``data.freeze_core=true`` stops its gradients. Session modules of the new run
-are always freshly initialised. See :mod:`spikefm.train.finetune`.
+are freshly initialised, unless the loaded run holds the same session (a second fine-tuning stage). See :mod:`spikefm.train.finetune`.
 """
 from __future__ import annotations
 
@@ -37,15 +37,18 @@ import torch
 from torch import nn
 
 from spikefm.families.ndt.batches import MaskedWindowLoader, collate_windows, mask_seed, move_batch
-from spikefm.families.ndt.masking import SCHEMES, apply_masks, draw_schemes, masked_poisson_loss
+from spikefm.families.ndt.masking import CAUSAL_MODES, SCHEMES, apply_masks, draw_schemes, masked_poisson_loss
 from spikefm.families.ndt.model import NDT, NDT_PRESETS, NDTConfig, ndt_preset
 from spikefm.train.config import RunConfig
 
-__all__ = ["NDTDataConfig", "NDTFamily", "parse_schemes", "window_options", "load_pretrained_core",
-           "SPLIT_FRACTIONS"]
+__all__ = ["NDTDataConfig", "NDTFamily", "parse_schemes", "parse_label_classes", "window_options",
+           "load_pretrained_core", "PROTOCOLS", "RUN_DEFAULTS"]
 
-#: Fractions of each session's windows in (train, val, test); fixed so that runs stay comparable.
-SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+#: Optimizer and loop defaults of an NDT run (before --protocol and --set): the recipe measured in
+#: the README (learning rate 3e-3, batches of 16 windows, 8,000 steps; fp32, since bf16 autocast
+#: does not pay off for models this small on a CPU; pass train.precision=bf16 on a GPU).
+RUN_DEFAULTS = ["optim.lr=3e-3", "train.batch_size=16", "train.steps=8000", "train.precision=fp32",
+                "train.log_every=100", "train.ckpt_every=1000", "train.eval_every=1000"]
 TRIAL_TABLE = "trials"
 
 
@@ -74,12 +77,27 @@ class NDTDataConfig:
         sessions: comma-separated session ids; ``""`` = every session with rows in the corpus's
             ``train`` split (so its ``test`` sessions stay held out for fine-tuning).
         window_bins: T, bins per window (must be <= ``model.max_bins``).
-        align: trial column (in the ``trials`` table) to align windows to; ``""`` = continuous,
-            non-overlapping windows.
-        pre_ms: window start before the event (ms, a multiple of the corpus bin width).
+        align: trial column (in the ``trials`` table) to align windows to; ``"auto"`` = the first
+            of stimulus onset, go cue, target onset, trial start the table holds (continuous
+            windows without trials); ``""`` = continuous, non-overlapping windows.
+        pre_ms: window start before the event (ms, a multiple of the corpus bin width); the
+            window spans ``-pre_ms .. window_bins * bin_ms - pre_ms`` around the event.
+        event_rounding: ``"nearest"`` puts the window edges on the bin edge nearest the event
+            (the event within half a bin of the event bin's start); ``"floor"`` puts the event
+            inside the event bin (up to one bin late).
+        split_fractions: (train, val, test) fractions of each session's windows.
+        drop_nogo: leave out trials whose ``choice`` is 0 or missing (no-go trials).
+        rt_range_ms: keep only trials whose reaction time (``first_movement_time`` - event) lies
+            in (min, max) ms; ``none`` keeps every trial.
+        min_rate_hz: leave out units firing below this mean rate over the session (0 keeps all).
         schemes: training masking schemes: ``"all"`` or comma-separated names.
         neuron_ratio, causal_ratio, intra_ratio: masking ratios (see ``apply_masks``).
+        causal_mode: how the ``causal`` scheme picks its bins (``random`` time steps, a random
+            ``prefix`` start, or the ``last`` bins; see :mod:`spikefm.families.ndt.masking`).
         split_seed: seed of the per-session train/val/test window split.
+        decode_layer: transformer block (1-based) whose output the decoding tasks read; 0 = last.
+        label_classes: ``"choice=-1,1"``-style lists of the label values decoding keeps (others
+            are left out); empty keeps every value.
         init_from: a pretrained NDT run directory whose core weights initialise this run.
         freeze_core: keep the loaded core fixed (train the session parameters only).
     """
@@ -87,21 +105,30 @@ class NDTDataConfig:
     corpus: str = ""
     sessions: str = ""
     window_bins: int = 100
-    align: str = "stim_on_time"
+    align: str = "auto"
     pre_ms: int = 500
-    schemes: str = "all"
-    neuron_ratio: float = 0.3
-    causal_ratio: float = 0.3
+    event_rounding: str = "nearest"
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    drop_nogo: bool = False
+    rt_range_ms: tuple[float, float] | None = None
+    min_rate_hz: float = 0.0
+    schemes: str = "neuron,causal"
+    neuron_ratio: float = 0.1
+    causal_ratio: float = 0.6
     intra_ratio: float = 0.5
+    causal_mode: str = "random"
     split_seed: int = 0
+    decode_layer: int = 0
+    label_classes: str = ""
     init_from: str = ""
     freeze_core: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("corpus", "sessions", "align", "schemes", "init_from"):
+        for name in ("corpus", "sessions", "align", "schemes", "init_from", "label_classes", "causal_mode",
+                     "event_rounding"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"data.{name} must be a str, got {type(getattr(self, name)).__name__}")
-        for name, lo in (("window_bins", 1), ("pre_ms", 0), ("split_seed", 0)):
+        for name, lo in (("window_bins", 1), ("pre_ms", 0), ("split_seed", 0), ("decode_layer", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"data.{name} must be an int >= {lo}, got {v!r}")
@@ -110,6 +137,16 @@ class NDTDataConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
                 raise ValueError(f"data.{name} must be a number in (0, 1], got {v!r}")
         parse_schemes(self.schemes)
+        if self.causal_mode not in CAUSAL_MODES:
+            raise ValueError(f"data.causal_mode must be one of {', '.join(CAUSAL_MODES)}, got {self.causal_mode!r}")
+        from spikefm.data.windows import _check_fractions, _check_window_options
+
+        _check_fractions(self.split_fractions)
+        _check_window_options(self.event_rounding, self.rt_range_ms, self.min_rate_hz)
+        for flag in ("drop_nogo", "freeze_core"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"data.{flag} must be a bool (true/false), got {getattr(self, flag)!r}")
+        parse_label_classes(self.label_classes)
         if self.sessions and not _split_ids(self.sessions):
             raise ValueError(f"data.sessions must be comma-separated session ids or empty, got {self.sessions!r}")
         if not isinstance(self.freeze_core, bool):
@@ -119,10 +156,49 @@ class NDTDataConfig:
                              "randomly initialised core would train the session parameters on noise")
 
 
+def parse_label_classes(text: str) -> dict[str, list[float | str]]:
+    """``"choice=-1,1;block=0.2,0.8"`` -> {label: kept values} (numbers where they parse)."""
+    out: dict[str, list[float | str]] = {}
+    for part in [p.strip() for p in str(text).split(";") if p.strip()]:
+        name, sep, values = part.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not name.strip() or len(vals) < 2:
+            raise ValueError(f"data.label_classes must look like 'choice=-1,1' (a label and at least two "
+                             f"values, ';' between labels), got {text!r}")
+        parsed: list[float | str] = []
+        for v in vals:
+            try:
+                parsed.append(float(v))
+            except ValueError:
+                parsed.append(v)
+        out[name.strip()] = parsed
+    return out
+
+
 def window_options(data: NDTDataConfig) -> dict[str, Any]:
     """Keyword arguments of :func:`spikefm.data.windows.load_all_windows` for this config."""
     return {"window_bins": data.window_bins, "align": data.align or None, "pre_ms": data.pre_ms,
-            "table": TRIAL_TABLE, "split_fractions": SPLIT_FRACTIONS, "seed": data.split_seed}
+            "table": TRIAL_TABLE, "split_fractions": tuple(data.split_fractions), "seed": data.split_seed,
+            "event_rounding": data.event_rounding, "drop_nogo": data.drop_nogo,
+            "rt_range_ms": None if data.rt_range_ms is None else tuple(data.rt_range_ms),
+            "min_rate_hz": float(data.min_rate_hz)}
+
+
+#: Named protocols: settings of a published evaluation, applied as overrides after the preset.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # Jiang et al. 2025 (NDT1 with multi-task masking on IBL): trials -0.5..+2.5 s around stimulus
+    # onset (150 bins of 20 ms), an 8:1:1 trial split, intra-region ratio 0.3, the published NDT1
+    # transformer (5 blocks, dropout 0.4), choice (-1 / +1, no-go trials left out) decoded by
+    # logistic regression from the output of block 3 of 5, the forward-prediction walk over the
+    # post-stimulus bins.
+    "jiang2025": {
+        "preset": "base",
+        "overrides": ["data.window_bins=150", "data.pre_ms=500", "data.align=stim_on_time", "data.split_fractions=0.8,0.1,0.1",
+                      "data.intra_ratio=0.3", "data.decode_layer=3", "data.drop_nogo=true",
+                      "data.label_classes=choice=-1,1", "data.schemes=all", "model.n_layers=5",
+                      "model.max_bins=150", "model.dropout=0.4"],
+    },
+}
 
 
 class NDTFamily:
@@ -144,6 +220,17 @@ class NDTFamily:
     @staticmethod
     def presets() -> list[str]:
         return list(NDT_PRESETS)
+
+    @staticmethod
+    def run_defaults() -> list[str]:
+        return list(RUN_DEFAULTS)
+
+    @staticmethod
+    def protocol(name: str) -> dict[str, Any]:
+        """``{"preset": ..., "overrides": [...]}`` of a named protocol (:data:`PROTOCOLS`)."""
+        if name not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {name!r} for ndt runs; protocols: {', '.join(PROTOCOLS)}")
+        return {"preset": PROTOCOLS[name]["preset"], "overrides": list(PROTOCOLS[name]["overrides"])}
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -220,7 +307,7 @@ class NDTFamily:
         scheme_B = draw_schemes(counts_BTN.shape[0], parse_schemes(data.schemes), generator)
         mb = apply_masks(counts_BTN, valid_BN, batch["region_BN"], scheme_B, generator,
                          neuron_ratio=data.neuron_ratio, causal_ratio=data.causal_ratio,
-                         intra_ratio=data.intra_ratio)
+                         intra_ratio=data.intra_ratio, causal_mode=data.causal_mode)
         # Under FSDP every rank must produce gradients for the same parameters (reduce-scatter
         # sizes must match), also for sessions missing from its batch.
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
@@ -246,11 +333,14 @@ class NDTFamily:
 
     def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
                  ) -> dict[str, tuple[float, float]]:
-        """Masked Poisson NLL per scored entry over this rank's share of the ``val`` windows.
+        """Masked Poisson NLL on this rank's share of the ``val`` windows, per scheme and balanced.
 
         Masks come from a fixed seed, so every evaluation of a run scores the same entries.
-        Pooled over entries (sum NLL / count), unlike the scheme-balanced training loss.
-        Every rank runs the same number of forward passes (FSDP needs that).
+        ``val_loss/<scheme>`` is the pooled NLL per scored entry of each scheme; ``val_loss`` is
+        their unweighted mean, balanced across schemes like the training loss (a scheme that
+        scores many entries, e.g. ``causal``, does not dominate it). Across ranks the loop
+        averages the per-rank balanced losses. Every rank runs the same number of forward passes
+        (FSDP needs that).
         """
         windows = self.windows(cfg.data)
         items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
@@ -260,7 +350,7 @@ class NDTFamily:
         mine = items[rank::world_size]
         num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)
         device = next(model.parameters()).device
-        num = den = 0.0
+        sums = {name: [0.0, 0.0] for name in SCHEMES}
         for i in range(num_batches):
             chunk = mine[i * bs:(i + 1) * bs]
             batch = move_batch(collate_windows(windows, chunk or items[:1]), device)
@@ -269,11 +359,16 @@ class NDTFamily:
             if not chunk:  # padding pass: every rank calls forward equally often
                 continue
             _, stats = masked_poisson_loss(log_rates_BTN, mb.targets_BTN, mb.loss_mask_BTN, mb.scheme_B)
-            for s in SCHEMES:
-                if f"count/{s}" in stats:
-                    num += stats[f"loss/{s}"] * stats[f"count/{s}"]
-                    den += stats[f"count/{s}"]
-        return {"val_loss": (num, den)}
+            for name in SCHEMES:
+                if f"count/{name}" in stats:
+                    sums[name][0] += stats[f"loss/{name}"] * stats[f"count/{name}"]
+                    sums[name][1] += stats[f"count/{name}"]
+        # Per-scheme entries only in one process: ranks must report the same keys.
+        out = {f"val_loss/{name}": (num, den) for name, (num, den) in sums.items()
+               if den > 0 and world_size == 1}
+        means = [num / den for num, den in sums.values() if den > 0]
+        out["val_loss"] = (sum(means) / len(means), 1.0) if means else (0.0, 0.0)
+        return out
 
     def describe(self, cfg: RunConfig) -> dict[str, Any]:
         corpus = _corpus(cfg.data)
@@ -329,9 +424,12 @@ class NDTFamily:
 
     def evaluate(self, run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None = None,
                  session: str | None = None, save_predictions: str | None = None,
-                 baselines: bool = True, split: str = "test") -> dict[str, Any]:
+                 baselines: bool = True, split: str = "test", decode_layer: int | None = None
+                 ) -> dict[str, Any]:
         """The neural-prediction benchmark of a finished run on one session's test windows
-        (:func:`spikefm.families.ndt.evaluate.evaluate_run`)."""
+        (:func:`spikefm.families.ndt.evaluate.evaluate_run`); ``decode_layer`` (1-based block,
+        0 = last) defaults to the run's ``data.decode_layer``, label classes to its
+        ``data.label_classes``."""
         from spikefm.corpus.reader import Corpus
         from spikefm.families.ndt.evaluate import evaluate_run
         from spikefm.train.checkpoint import load_exported_model
@@ -339,8 +437,10 @@ class NDTFamily:
 
         cfg = load_run_config(run_dir, model_cls=NDTConfig, data_cls=NDTDataConfig)
         model = load_exported_model(run_dir, self, cfg)
+        layer = cfg.data.decode_layer if decode_layer is None else decode_layer
         return evaluate_run(model, run_dir, Corpus(corpus), tasks=tasks, session=session,
-                            save_predictions=save_predictions, baselines=baselines, split=split)
+                            save_predictions=save_predictions, baselines=baselines, split=split,
+                            decode_layer=layer, label_classes=parse_label_classes(cfg.data.label_classes))
 
     def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
         """One table of several runs' :meth:`evaluate` results (baselines from the first)."""
@@ -350,7 +450,9 @@ class NDTFamily:
 
 
 def load_pretrained_core(model: NDT, run_dir: str | Path) -> list[str]:
-    """Copy the shared core of RUN_DIR/model.safetensors into ``model`` (sessions untouched).
+    """Copy the shared core of RUN_DIR/model.safetensors into ``model``, and the parameters of any
+    session both hold with the same shapes (a second fine-tuning stage continues the first's
+    session parameters; a new session keeps its fresh initialisation).
 
     Returns:
         The names of the loaded tensors.
@@ -363,9 +465,12 @@ def load_pretrained_core(model: NDT, run_dir: str | Path) -> list[str]:
     path = Path(run_dir) / "model.safetensors"
     if not path.is_file():
         raise ValueError(f"data.init_from: {path} not found; expected a finished NDT run directory")
-    saved = {k: v for k, v in load_file(str(path)).items() if not k.startswith("sessions.")}
-    own = {k: t for k, t in list(model.named_parameters()) + list(model.named_buffers())
-           if not k.startswith("sessions.")}
+    state = load_file(str(path))
+    saved = {k: v for k, v in state.items() if not k.startswith("sessions.")}
+    everything = dict(list(model.named_parameters()) + list(model.named_buffers()))
+    own = {k: t for k, t in everything.items() if not k.startswith("sessions.")}
+    same_session = {k: v for k, v in state.items() if k.startswith("sessions.") and k in everything
+                    and tuple(v.shape) == tuple(everything[k].shape)}
     missing = sorted(set(own) - set(saved) - {"rope_cos", "rope_sin"})
     extra = sorted(set(saved) - set(own))
     bad = [k for k in saved if k in own and tuple(saved[k].shape) != tuple(own[k].shape)]
@@ -375,7 +480,9 @@ def load_pretrained_core(model: NDT, run_dir: str | Path) -> list[str]:
     with torch.no_grad():
         for k, t in saved.items():
             own[k].copy_(t.to(own[k].device, own[k].dtype))
-    return sorted(saved)
+        for k, t in same_session.items():
+            everything[k].copy_(t.to(everything[k].device, everything[k].dtype))
+    return sorted(saved) + sorted(same_session)
 
 
 def _corpus(data: NDTDataConfig):

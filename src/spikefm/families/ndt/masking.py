@@ -1,12 +1,17 @@
 """Per-sample masking schemes and the masked Poisson loss for masked modeling (NDT family).
 
-Shape legend: B batch, T time bins, N units (padded to the batch maximum), S schemes.
+Shape legend (README "Conventions"): B batch, T time bins, N units (padded to the batch maximum).
 
 The four training schemes follow the multi-task masking recipe (Zhang et al. 2024):
 
 - ``neuron``: a random subset of the sample's valid units is masked in every bin (co-smoothing).
-- ``causal``: the final ``causal_ratio`` of the bins is masked for every unit and the model attends
-  causally (forward prediction).
+- ``causal``: bins are masked for every unit and the model attends causally (forward
+  prediction). Which bins, by ``causal_mode``: ``random`` (default of the NDT family): a random
+  ``causal_ratio`` of the time steps, so every position of the window is trained to be predicted
+  from the (partly visible) past, as the benchmark's forward-prediction walk scores it;
+  ``prefix``: every bin from a random start on (the start uniform over the last ``causal_ratio``
+  of the window); ``last``: the final ``causal_ratio`` of the bins (the first NDT recipe, which
+  never trains the positions before them).
 - ``inter_region``: one brain region present in the sample is masked entirely; it is the target.
 - ``intra_region``: every unit outside one target region is masked in the input (context removed,
   not scored) and a random ``intra_ratio`` of the target region's units is masked and scored.
@@ -37,6 +42,8 @@ import torch.nn.functional as F
 
 SCHEMES: tuple[str, ...] = ("neuron", "causal", "inter_region", "intra_region")
 NUM_SCHEMES = len(SCHEMES)
+#: How the ``causal`` scheme picks its masked bins (see the module docstring).
+CAUSAL_MODES: tuple[str, ...] = ("random", "prefix", "last")
 
 
 def _expect(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
@@ -49,6 +56,7 @@ def _expect(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dty
 __all__ = [
     "SCHEMES",
     "NUM_SCHEMES",
+    "CAUSAL_MODES",
     "scheme_id",
     "draw_schemes",
     "MaskedBatch",
@@ -193,6 +201,7 @@ def apply_masks(
     neuron_ratio: float = 0.3,
     causal_ratio: float = 0.3,
     intra_ratio: float = 0.5,
+    causal_mode: str = "last",
 ) -> MaskedBatch:
     """Mask each sample with its own scheme and its own random draw.
 
@@ -201,10 +210,14 @@ def apply_masks(
         unit_valid_BN: bool, True for real units.
         region_BN: int64 region id per unit (>= 0), -1 for padding or unknown region.
         scheme_B: int64 scheme ids (see :func:`draw_schemes`).
-        generator: seeded generator; three (B, N) uniform tensors are drawn from it on every call,
-            whatever the schemes, so the stream advances identically for equal shapes.
+        generator: seeded generator; three (B, N) and then one (B, T) uniform tensors are drawn
+            from it on every call, whatever the schemes, so the stream advances identically for
+            equal shapes.
         neuron_ratio: fraction of valid units masked by ``neuron`` (rounded, at least one unit).
-        causal_ratio: fraction of the final bins masked by ``causal`` (rounded, at least one bin).
+        causal_ratio: ``causal`` masks this fraction of the bins (rounded, at least one bin): random
+            time steps (``causal_mode="random"``), the last ones (``"last"``), or every bin from a
+            start drawn uniformly over the last ``causal_ratio`` of the window (``"prefix"``).
+        causal_mode: one of :data:`CAUSAL_MODES`.
         intra_ratio: fraction of the target region's units scored by ``intra_region``
             (rounded, at least one unit).
 
@@ -220,12 +233,15 @@ def apply_masks(
     _check_ratio("neuron_ratio", neuron_ratio)
     _check_ratio("causal_ratio", causal_ratio)
     _check_ratio("intra_ratio", intra_ratio)
+    if causal_mode not in CAUSAL_MODES:
+        raise ValueError(f"causal_mode must be one of {', '.join(CAUSAL_MODES)}, got {causal_mode!r}")
 
     device = counts_BTN.device
     gdev = generator.device
     neuron_scores_BN = torch.rand((B, N), generator=generator, device=gdev).to(device)
     region_scores_BN = torch.rand((B, N), generator=generator, device=gdev).to(device)
     intra_scores_BN = torch.rand((B, N), generator=generator, device=gdev).to(device)
+    time_scores_BT = torch.rand((B, T), generator=generator, device=gdev).to(device)
 
     valid_BN = unit_valid_BN.to(device)
     region_BN = region_BN.to(device)
@@ -234,9 +250,17 @@ def apply_masks(
     # neuron: random subset of valid units, all bins
     neuron_units_BN = _random_subset(valid_BN, _num_to_mask(valid_BN.sum(1), neuron_ratio), neuron_scores_BN)
 
-    # causal: last k bins, all valid units
+    # causal: k bins per sample (all valid units), chosen by causal_mode
     k_causal = min(max(1, round(causal_ratio * T)), T) if T else 0
-    future_T = torch.arange(T, device=device) >= T - k_causal
+    pos_T = torch.arange(T, device=device)
+    if causal_mode == "last":
+        future_BT = (pos_T >= T - k_causal)[None, :].expand(B, T)
+    elif causal_mode == "random":
+        future_BT = _random_subset(torch.ones((B, T), dtype=torch.bool, device=device),
+                                   torch.full((B,), k_causal, dtype=torch.long, device=device), time_scores_BT)
+    else:  # prefix: start uniform over the last k bins
+        start_B = T - 1 - torch.floor(time_scores_BT[:, 0] * k_causal).long().clamp_max(max(k_causal - 1, 0))
+        future_BT = pos_T[None, :] >= start_B[:, None]
 
     # region schemes, with the single-region fallback to neuron
     target_region_B, num_regions_B = _pick_region(valid_BN, region_BN, region_scores_BN)
@@ -252,8 +276,8 @@ def apply_masks(
     input_units_BN = loss_units_BN | (intra_ & valid_BN & ~target_BN)
     causal_BN = c_ & valid_BN  # units masked at the future bins
 
-    loss_mask_BTN = loss_units_BN[:, None, :] | (causal_BN[:, None, :] & future_T[None, :, None])
-    input_mask_BTN = input_units_BN[:, None, :] | (causal_BN[:, None, :] & future_T[None, :, None])
+    loss_mask_BTN = loss_units_BN[:, None, :] | (causal_BN[:, None, :] & future_BT[:, :, None])
+    input_mask_BTN = input_units_BN[:, None, :] | (causal_BN[:, None, :] & future_BT[:, :, None])
     keep_BTN = valid_BN[:, None, :] & ~input_mask_BTN
     inputs_BTN = torch.where(keep_BTN, counts_BTN, torch.zeros((), dtype=counts_BTN.dtype, device=device))
     return MaskedBatch(

@@ -60,15 +60,20 @@ __all__ = [
     "inter_region",
     "intra_region",
     "decode_label",
+    "decode_behavior",
+    "wilson_interval",
     "truth_windows",
+    "truth_latent_windows",
     "run_benchmark",
     "format_benchmark_table",
 ]
 
 PREDICTION_TASKS = ("co-smoothing", "forward-prediction", "forward-prediction-walk", "inter-region",
                     "intra-region")
+#: Continuous behaviour decoding (every channel of the windows' behaviour).
+BEHAVIOR_TASK = "behavior-decoding"
 DEFAULT_TASKS = ("co-smoothing", "forward-prediction", "forward-prediction-walk", "inter-region", "intra-region",
-                 "choice-decoding")
+                 "choice-decoding", "behavior-decoding")
 BPS_METRICS = ("bps_pooled", "bps_per_neuron_mean")
 
 
@@ -282,10 +287,11 @@ _TASK_FUNCS = {
 # Decoding
 
 
-def _unmasked_features(model: nn.Module, windows: SessionWindows, layer: int, batch_size: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """(K, D) hidden states of ``layer`` and (K, N) predicted rates, both averaged over bins, for
-    every window, from an unmasked forward pass with the ``neuron`` prompt."""
+def _unmasked_features(model: nn.Module, windows: SessionWindows, layer: int, batch_size: int,
+                       per_bin: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(K, D) hidden states of ``layer`` and (K, N) predicted rates, both averaged over bins (or
+    (K, T, D) and (K, T, N) per bin with ``per_bin``), for every window, from an unmasked forward
+    pass with the ``neuron`` prompt."""
     _check_model_session(model, windows)
     counts_KTN = torch.from_numpy(windows.counts.astype(np.float32))
     K, T, N = counts_KTN.shape
@@ -303,8 +309,9 @@ def _unmasked_features(model: nn.Module, windows: SessionWindows, layer: int, ba
                 h_BTD = hidden[layer]
             except IndexError:
                 raise ValueError(f"layer={layer} is out of range for a model with {len(hidden)} layers") from None
-            hid.append(h_BTD.double().mean(1).cpu().numpy())
-            rates.append(torch.exp(log_rates_BTN.double()).mean(1).cpu().numpy())
+            h_BTD, r_BTN = h_BTD.double(), torch.exp(log_rates_BTN.double())
+            hid.append((h_BTD if per_bin else h_BTD.mean(1)).cpu().numpy())
+            rates.append((r_BTN if per_bin else r_BTN.mean(1)).cpu().numpy())
     return np.concatenate(hid), np.concatenate(rates)
 
 
@@ -365,9 +372,19 @@ def _decode_features(features: dict[str, np.ndarray], y: np.ndarray, train: np.n
     return out
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (accuracy on ``n`` windows)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice", *, layer: int = -1,
                  truth_rates: np.ndarray | None = None, min_test_windows: int = 10, cv_folds: int = 5,
-                 Cs=None, seed: int = 0, batch_size: int = 256) -> dict:
+                 Cs=None, seed: int = 0, batch_size: int = 256, classes: Sequence | None = None) -> dict:
     """Decode a discrete window label from the model's hidden states and predicted rates.
 
     Protocol: when the test windows number at least ``min_test_windows`` and every class has at
@@ -382,13 +399,18 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
         layer: index into the model's per-block hidden states (``-1``: last block).
         truth_rates: optional (K_all, T, N) true expected counts for every window: adds an
             ``oracle`` feature set (true rates averaged over bins).
+        classes: label values to keep (e.g. ``[-1, 1]`` leaves no-go choices out); None keeps all.
 
     Returns:
         dict with ``label``, ``method``, ``n_train``, ``n_test``, ``n_classes``, ``chance`` (most
         frequent class share among the scored windows), ``layer``, and per feature set
-        (``hidden``, ``rates``, maybe ``oracle``): ``accuracy``, ``balanced_accuracy``, ``C``.
+        (``hidden``, ``rates``, maybe ``oracle``): ``accuracy``, ``accuracy_ci95`` (Wilson
+        interval over the scored windows), ``balanced_accuracy``, ``C``.
     """
     y, present = _label_array(windows, label)
+    if classes is not None:
+        keep = {repr(float(c)) if isinstance(c, (int, float)) else str(c) for c in classes}
+        present = present & np.isin(y, sorted(keep))
     if not present.all():
         warnings.warn(f"{label}-decoding: {int((~present).sum())} of {present.size} windows of session "
                       f"{windows.session_id!r} have no {label!r} value and are left out", RuntimeWarning,
@@ -414,10 +436,79 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
     if truth_rates is not None:
         features["oracle"] = np.asarray(truth_rates, dtype=np.float64).mean(1)
     res = _decode_features(features, y, train, test, method, cv_folds=cv_folds, Cs=Cs, seed=seed)
+    for entry in res.values():
+        n = int(scored.size)
+        entry["accuracy_ci95"] = list(wilson_interval(int(round(entry["accuracy"] * n)), n))
     _, sc = np.unique(scored, return_counts=True)
     return {"label": label, "method": method, "n_train": int(train.size), "n_test": int(test.size),
             "n_classes": int(sc.size), "chance": float(sc.max() / sc.sum()), "layer": layer,
             "cv_folds": cv_folds if method == "nested-cv" else None, **res}
+
+
+def _r2(pred: np.ndarray, true: np.ndarray) -> float:
+    ss_tot = float(((true - true.mean()) ** 2).sum())
+    return 1.0 - float(((true - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else math.nan
+
+
+def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -1,
+                    truth_latents: np.ndarray | None = None, alphas=None, batch_size: int = 256) -> dict:
+    """Decode every continuous behaviour channel, bin by bin, with cross-validated ridge regression.
+
+    Feature sets per bin: the model's hidden states of ``layer`` and its predicted rates (one
+    unmasked forward pass, ``neuron`` prompt), the raw binned counts (the baseline) and, with
+    ground truth, the true latents (``oracle``). Each ridge (standardised features, alpha chosen
+    by leave-one-out CV per channel, :class:`sklearn.linear_model.RidgeCV`) is fitted on the bins
+    of the train+val windows and scored on the test windows: ``r2`` pooled over the test bins
+    (single trial) and ``psth_r2`` of the test-trial average at each bin. Bins with a missing
+    behaviour value are left out.
+
+    Returns:
+        ``{"channels", "n_train", "n_test", "layer", <feature set>: {channel: {"r2", "psth_r2"},
+        "mean": {"r2", "psth_r2"}}}``.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    if windows.behavior is None or not windows.behavior_names:
+        raise ValueError(f"session {windows.session_id!r} has no continuous behaviour to decode")
+    train, test = windows.indices(["train", "val"]), windows.indices("test")
+    if train.size < 5 or test.size < 2:
+        raise ValueError(f"too few windows to decode behaviour in session {windows.session_id!r}: "
+                         f"{train.size} train+val and {test.size} test; need 5 and 2")
+    alphas = np.logspace(-2, 5, 8) if alphas is None else np.asarray(alphas, dtype=np.float64)
+    hidden_KTD, rates_KTN = _unmasked_features(model, windows, layer, batch_size, per_bin=True)
+    features = {"hidden": hidden_KTD, "rates": rates_KTN, "counts": windows.counts.astype(np.float64)}
+    if truth_latents is not None:
+        features["oracle"] = np.asarray(truth_latents, dtype=np.float64)
+    y_KTC = windows.behavior.astype(np.float64)
+    K, T, C = y_KTC.shape
+    out: dict = {"channels": list(windows.behavior_names), "n_train": int(train.size),
+                 "n_test": int(test.size), "layer": layer}
+    with threadpool_limits(1):
+        for name, X_KTF in features.items():
+            entry: dict = {}
+            for c, channel in enumerate(windows.behavior_names):
+                tr_ok = np.isfinite(y_KTC[train, :, c])
+                te_ok = np.isfinite(y_KTC[test, :, c])
+                if tr_ok.sum() < 10 or te_ok.sum() < 2:
+                    continue
+                reg = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas))
+                reg.fit(X_KTF[train][tr_ok], y_KTC[train, :, c][tr_ok])
+                pred_kT = reg.predict(X_KTF[test].reshape(test.size * T, -1)).reshape(test.size, T)
+                true_kT = y_KTC[test, :, c]
+                r2 = _r2(pred_kT[te_ok], true_kT[te_ok])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    psth_pred = np.nanmean(np.where(te_ok, pred_kT, np.nan), axis=0)
+                    psth_true = np.nanmean(np.where(te_ok, true_kT, np.nan), axis=0)
+                ok_T = np.isfinite(psth_true)
+                entry[channel] = {"r2": r2, "psth_r2": _r2(psth_pred[ok_T], psth_true[ok_T])}
+            if entry:
+                entry["mean"] = {m: float(np.nanmean([v[m] for v in entry.values()])) for m in ("r2", "psth_r2")}
+            out[name] = entry
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,6 +532,10 @@ def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:
                              f"{sorted(truth)[:20]}")
     exp_NG = np.asarray(truth["expected_counts"])
     t0, bin_ms = int(truth["t_start_ms"]), int(truth["bin_ms"])
+    index = windows.unit_index
+    if exp_NG.ndim == 2 and index is not None and index.size == windows.num_units and \
+            exp_NG.shape[0] != windows.num_units and index.size and exp_NG.shape[0] > index.max():
+        exp_NG = exp_NG[index]  # a firing-rate filter kept these units
     if exp_NG.ndim != 2 or exp_NG.shape[0] != windows.num_units:
         raise ValueError(f"truth expected_counts must be (units, bins) with {windows.num_units} units, "
                          f"got shape {exp_NG.shape}")
@@ -455,6 +550,17 @@ def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:
         raise ValueError(f"windows reach outside the truth's {exp_NG.shape[1]} bins starting at {t0} ms")
     idx_KT = start_K[:, None] + np.arange(windows.num_bins)[None, :]
     return exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64)
+
+
+def truth_latent_windows(truth: dict, windows: SessionWindows) -> np.ndarray | None:
+    """(K, T, Z) true latents on the windows' bins (None when the truth holds no latents)."""
+    if "latents" not in truth:
+        return None
+    z_GZ = np.asarray(truth["latents"], dtype=np.float64)
+    start_K = (windows.t_start_ms - int(truth["t_start_ms"])) // int(truth["bin_ms"])
+    if windows.num_windows and (start_K.min() < 0 or start_K.max() + windows.num_bins > z_GZ.shape[0]):
+        raise ValueError(f"windows reach outside the truth's {z_GZ.shape[0]} latent bins")
+    return z_GZ[start_K[:, None] + np.arange(windows.num_bins)[None, :]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,11 +581,32 @@ def _fraction(model: dict, oracle: dict) -> dict[str, float]:
     return out
 
 
+def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward_bins: int,
+               truth_KTN: np.ndarray | None) -> list[dict]:
+    """bps of each scored chunk of a forward-prediction task: ``[{"start_bin", "end_bin",
+    "model": {...}, "oracle": {...}}]`` (oracle with ground truth)."""
+    T = windows.num_bins
+    if task == "forward-prediction":
+        starts = [T - forward_bins]
+    else:
+        starts = list(range(walk_start_bin(windows, forward_bins), T, forward_bins))
+    chunks = []
+    for s0 in starts:
+        sl = slice(s0, min(s0 + forward_bins, T))
+        chunk = {"start_bin": s0, "end_bin": sl.stop, "model": _bps(pred.rates[:, sl], pred.counts[:, sl])}
+        if truth_KTN is not None:
+            oracle = np.where(np.isnan(pred.counts[:, sl]), np.nan, truth_KTN[:, sl])
+            chunk["oracle"] = _bps(oracle, pred.counts[:, sl])
+        chunks.append(chunk)
+    return chunks
+
+
 def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[str] = DEFAULT_TASKS,
                   truth_rates: np.ndarray | None = None, baselines: bool = True,
                   save_predictions: str | Path | None = None, forward_bins: int = 10, layer: int = -1,
                   smoothing_kernel_sd_ms: float = 50.0, batch_size: int = 256, seed: int = 0,
-                  decode_options: dict | None = None) -> dict:
+                  decode_options: dict | None = None, label_classes: dict | None = None,
+                  truth_latents: np.ndarray | None = None) -> dict:
     """Run benchmark tasks on one session's test windows.
 
     Args:
@@ -500,6 +627,8 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
         seed: decoder CV seed.
         decode_options: extra keyword arguments of :func:`decode_label` (``min_test_windows``,
             ``cv_folds``, ``Cs``).
+        label_classes: label -> values kept by its decoding task (e.g. ``{"choice": [-1, 1]}``).
+        truth_latents: optional (K_all, T, Z) true latents: the oracle of behaviour decoding.
 
     Returns:
         ``{"session_id", "num_test_windows", "num_units", "bin_ms", "tasks": {task: entry},
@@ -525,11 +654,23 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
            "num_units": windows.num_units, "bin_ms": windows.bin_ms, "num_windows": K_all,
            "tasks": {}, "skipped": {}}
     for task in tasks:
+        if task == BEHAVIOR_TASK:
+            if windows.behavior is None or not windows.behavior_names:
+                out["skipped"][task] = "session has no continuous behaviour"
+                continue
+            try:
+                out["tasks"][task] = decode_behavior(model, windows, layer=layer, truth_latents=truth_latents,
+                                                     batch_size=batch_size)
+            except ValueError as exc:
+                out["skipped"][task] = str(exc)
+            continue
         if task.endswith("-decoding"):
             label = task[: -len("-decoding")]
             try:
                 out["tasks"][task] = decode_label(model, windows, label, layer=layer, truth_rates=truth_rates,
-                                                  seed=seed, batch_size=batch_size, **(decode_options or {}))
+                                                  seed=seed, batch_size=batch_size,
+                                                  classes=(label_classes or {}).get(label),
+                                                  **(decode_options or {}))
             except ValueError as exc:
                 if label in windows.labels and "too few windows" not in str(exc):
                     raise
@@ -551,6 +692,9 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             oracle_KTN = np.where(np.isnan(pred.counts), np.nan, truth_rates[test])
             entry["oracle"] = _bps(oracle_KTN, pred.counts)
             entry["fraction_of_oracle"] = _fraction(entry["model"], entry["oracle"])
+        if task.startswith("forward"):
+            entry["chunks"] = _chunk_bps(pred, windows, task, forward_bins,
+                                         None if truth_rates is None else truth_rates[test])
         if save_predictions is not None:
             savez_atomic(Path(save_predictions) / f"{task}.npz", rates=pred.rates, counts=pred.counts)
         out["tasks"][task] = entry
@@ -596,6 +740,17 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
     rows: list[list[str]] = []
     for task in task_order:
         entries = {m: results_by_model[m].get("tasks", {}).get(task) for m in models}
+        if task == BEHAVIOR_TASK:
+            for feat in ("hidden", "rates", "counts"):
+                for metric in ("r2", "psth_r2"):
+                    row = [task, f"mean {metric} ({feat})"]
+                    row += [_fmt(e[feat]["mean"][metric]) if e and e.get(feat) else "-" for e in entries.values()]
+                    row += ["-"] * (len(columns) - len(models))
+                    if "oracle" in columns:
+                        row[2 + columns.index("oracle")] = _fmt(next(
+                            (e["oracle"]["mean"][metric] for e in entries.values() if e and e.get("oracle")), None))
+                    rows.append(row)
+            continue
         decoding = task.endswith("-decoding") or any(e and "hidden" in e for e in entries.values())
         if decoding:
             for feat in ("hidden", "rates"):
@@ -618,6 +773,14 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
                 row += [_fmt(e["fraction_of_oracle"][metric]) if e and "fraction_of_oracle" in e else "-"
                         for e in entries.values()]
                 rows.append(row + ["-"] * (len(columns) - len(models)))
+        first = next((e for e in entries.values() if e and len(e.get("chunks", [])) > 1), None)
+        for i, chunk in enumerate(first["chunks"] if first else []):
+            row = [task, f"bps_pooled bins {chunk['start_bin']}-{chunk['end_bin'] - 1}"]
+            row += [_fmt(e["chunks"][i]["model"]["bps_pooled"]) if e and len(e.get("chunks", [])) > i else "-"
+                    for e in entries.values()]
+            row += [_fmt(chunk["oracle"]["bps_pooled"]) if c == "oracle" and "oracle" in chunk else "-"
+                    for c in columns[len(models):]]
+            rows.append(row)
     skipped = {t: r for res in results_by_model.values() for t, r in res.get("skipped", {}).items()}
     return render_table(["task", "metric"] + columns, rows, align="<<" + ">" * len(columns),
                         footer=[f"skipped {t}: {reason}" for t, reason in skipped.items()])

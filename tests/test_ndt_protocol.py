@@ -1,0 +1,169 @@
+"""The NDT protocol options: named protocols (jiang2025), scheme-balanced validation, per-chunk
+forward prediction, behaviour decoding, decoding classes and confidence intervals, and the
+fine-tuning strategies chosen on validation windows."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spikefm import families
+from spikefm.cli import main
+from spikefm.corpus.build import BuildConfig, build_corpus
+from spikefm.corpus.reader import Corpus
+from spikefm.corpus.synth import synthesize
+
+SMALL = ["--set", "train.batch_size=4", "--set", "train.eval_every=0", "--set", "train.ckpt_every=0",
+         "--set", "data.window_bins=50", "--set", "data.pre_ms=200", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ndt_protocol")
+    synthesize(root / "nwb", num_sessions=3, seed=3, duration_s=90.0, units_range=(20, 40))
+    build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.2), progress=False)
+    return root / "corpus"
+
+
+@pytest.fixture(scope="module")
+def held_out(corpus_dir):
+    return Corpus(corpus_dir).session_ids("test")[0]
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "pre"
+    assert main(["train", "--model", "ndt", "--data", str(corpus_dir), "--out", str(out), "--steps", "12",
+                 *SMALL]) == 0
+    return out
+
+
+def test_defaults_train_neuron_and_random_causal_masking(pretrained):
+    cfg = families.load_run_config(pretrained)
+    assert cfg.data.schemes == "neuron,causal" and cfg.data.causal_mode == "random"
+    assert cfg.data.neuron_ratio == 0.1 and cfg.optim.lr == 3e-3 and cfg.train.batch_size == 4
+    assert cfg.optim.warmup_steps is None  # a tenth of the run
+
+
+def test_jiang2025_protocol_is_recorded_in_config_and_results(corpus_dir, held_out, tmp_path):
+    cfg = families.run_config("ndt", preset="tiny", corpus=str(corpus_dir), protocol="jiang2025")
+    assert cfg.data.window_bins == 150 and tuple(cfg.data.split_fractions) == (0.8, 0.1, 0.1)
+    assert cfg.data.decode_layer == 3 and cfg.data.intra_ratio == 0.3 and cfg.data.label_classes == "choice=-1,1"
+    assert cfg.model.n_layers == 5 and cfg.model.dropout == 0.4 and cfg.model.max_bins == 150
+    assert families.run_config("ndt", protocol="jiang2025").model.dim == 512  # the base preset by default
+    with pytest.raises(ValueError, match="unknown protocol 'nope'.*jiang2025"):
+        families.run_config("ndt", protocol="nope")
+    run = tmp_path / "jiang"
+    assert main(["train", "--model", "ndt", "--protocol", "jiang2025", "--preset", "tiny", "--data",
+                 str(corpus_dir), "--out", str(run), "--steps", "2", "--sessions", held_out,
+                 "--set", "train.batch_size=2", "--set", "train.eval_every=0", "--quiet"]) == 0
+    info = json.loads((run / "config.json").read_text())
+    assert info["config"]["data"]["window_bins"] == 150 and info["config"]["data"]["decode_layer"] == 3
+    assert info["config"]["data"]["split_fractions"] == [0.8, 0.1, 0.1]
+    n = info["num_windows"] if "num_windows" in info else info["family_info"]["num_windows"][held_out]
+    total = sum(n.values())
+    assert n["val"] == round(0.1 * total) and n["test"] == round(0.1 * total)
+    res = families.evaluate(run, corpus_dir, tasks=["co-smoothing", "choice-decoding"])
+    assert res["decode_layer"] == 3 and res["window_bins"] == 150
+    choice = res["results"]["tasks"].get("choice-decoding")
+    if choice is not None:
+        assert choice["layer"] == 2  # 0-based index of block 3
+
+
+def test_validation_loss_is_balanced_across_schemes(pretrained):
+    from spikefm.families.ndt.family import NDTFamily  # noqa: F401  (the registry's class)
+
+    fam = families.get("ndt")
+    model = families.load_model(pretrained)
+    with torch.no_grad():
+        out = fam.validate(model, model.run_config, 0, 1)
+    per = {k: num / den for k, (num, den) in out.items() if k.startswith("val_loss/")}
+    assert set(per) == {"val_loss/neuron", "val_loss/causal"}
+    num, den = out["val_loss"]
+    assert den == 1.0 and num == pytest.approx(sum(per.values()) / 2)
+
+
+def test_walk_chunks_and_behaviour_decoding(pretrained, corpus_dir, tmp_path):
+    ft = tmp_path / "ft"
+    held = Corpus(corpus_dir).session_ids("test")[0]
+    families.finetune(pretrained, corpus_dir, held, ft, strategy="frozen", steps=6, eval_every=3, patience=2)
+    preds = tmp_path / "preds"
+    res = families.evaluate(ft, corpus_dir, tasks=["forward-prediction-walk", "behavior-decoding"],
+                            save_predictions=str(preds))
+    walk = res["results"]["tasks"]["forward-prediction-walk"]
+    z = np.load(preds / "forward-prediction-walk.npz")
+    from spikefm.eval.metrics import bps_pooled
+
+    starts = [c["start_bin"] for c in walk["chunks"]]
+    assert starts == list(range(10, 50, 10))  # from the event bin (200 ms / 20 ms) in 10-bin steps
+    for c in walk["chunks"]:
+        sl = slice(c["start_bin"], c["end_bin"])
+        assert c["model"]["bps_pooled"] == pytest.approx(bps_pooled(z["rates"][:, sl], z["counts"][:, sl]))
+        assert "oracle" in c
+    beh = res["results"]["tasks"]["behavior-decoding"]
+    assert beh["channels"] and set(beh) >= {"hidden", "rates", "counts", "oracle"}
+    for feat in ("hidden", "rates", "counts", "oracle"):
+        for ch in beh["channels"]:
+            assert math.isfinite(beh[feat][ch]["r2"]) and beh[feat][ch]["r2"] <= 1.0
+
+
+def test_behaviour_ridge_recovers_a_linear_readout_of_counts(pretrained, corpus_dir):
+    from spikefm.families.ndt.evaluate import session_windows_for_run
+    from spikefm.families.ndt.tasks import decode_behavior
+
+    model = families.load_model(pretrained)
+    sid = next(iter(model.session_units))
+    w = session_windows_for_run(pretrained, Corpus(corpus_dir), sid)
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(w.num_units, 2))
+    w.behavior = (w.counts.astype(np.float64) @ weights).astype(np.float32)
+    w.behavior_names = ["a", "b"]
+    out = decode_behavior(model, w)
+    assert out["counts"]["a"]["r2"] > 0.99 and out["counts"]["b"]["psth_r2"] > 0.99
+    w.behavior = rng.normal(size=w.behavior.shape).astype(np.float32)  # unrelated to anything
+    out = decode_behavior(model, w)
+    assert out["counts"]["mean"]["r2"] < 0.05 and out["hidden"]["mean"]["r2"] < 0.05
+
+
+def test_wilson_interval_matches_the_quadratic_roots():
+    from spikefm.families.ndt.tasks import wilson_interval
+
+    z = 1.959964
+    for k, n in ((15, 20), (0, 12), (12, 12), (7, 30)):
+        p = k / n
+        # (p - x)^2 = z^2 x (1 - x) / n  <=>  (1 + z^2/n) x^2 - (2p + z^2/n) x + p^2 = 0
+        roots = np.sort(np.roots([1 + z * z / n, -(2 * p + z * z / n), p * p]).real)
+        lo, hi = wilson_interval(k, n)
+        assert lo == pytest.approx(max(roots[0], 0.0), abs=1e-9) and hi == pytest.approx(min(roots[1], 1.0), abs=1e-9)
+
+
+def test_auto_finetune_keeps_the_best_candidate_on_validation(pretrained, corpus_dir, held_out, tmp_path, capsys):
+    out = tmp_path / "auto"
+    assert main(["finetune", str(pretrained), "--data", str(corpus_dir), "--session", held_out, "--out", str(out),
+                 "--steps", "6", "--eval-every", "3", "--patience", "2", "--quiet"]) == 0
+    summary = json.loads((out / "finetune.json").read_text())
+    vals = {k: v["best_val_loss"] for k, v in summary["candidates"].items()}
+    assert set(vals) == {"frozen", "full", "unfreeze"}
+    assert summary["strategy"] == min(vals, key=vals.get)
+    chosen = out / "candidates" / summary["strategy"] / "model.safetensors"
+    a, b = load_file(str(chosen)), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert summary["pretraining_gain"] == pytest.approx(summary["single_session"]["best_val_loss"] - vals[summary["strategy"]])
+    printed = capsys.readouterr().out
+    assert "single-session" in printed and "<- chosen" in printed
+    # the frozen candidate kept the pretrained core
+    pre = load_file(str(pretrained / "model.safetensors"))
+    frozen = load_file(str(out / "candidates" / "frozen" / "model.safetensors"))
+    assert all(torch.equal(pre[k], frozen[k]) for k in pre if not k.startswith("sessions."))

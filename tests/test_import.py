@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -149,7 +151,12 @@ def test_shards_have_row_schema_and_zstd(imported):
             pf = pq.ParquetFile(out / shard)
             assert pf.schema_arrow.equals(ROW_SCHEMA)
             assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
+    # no temporary left: only the lock, the version pointer and the one version it points to
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == \
+        [".current", ".spikefm.lock", ".versions"]
+    assert [p.name for p in (out / ".versions").iterdir()] == \
+        [Path(os.readlink(out / ".current")).name]
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or p.suffix == ".part"]
 
 
 def test_t_start_follows_segment_order(imported):
@@ -230,6 +237,9 @@ def test_hub_source_calls_snapshot_download(published, tmp_path, monkeypatch):
 
     def fake_snapshot_download(repo_id, **kw):
         calls.append((repo_id, kw))
+        if kw.get("dry_run"):
+            return [SimpleNamespace(filename=str(p.relative_to(root)), commit_hash=SHA)
+                    for p in sorted(root.rglob("*.parquet"))]
         snap = tmp_path / "hub" / "snapshots" / SHA
         shutil.copytree(root, snap)
         return str(snap)
@@ -237,8 +247,9 @@ def test_hub_source_calls_snapshot_download(published, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     m = import_neural_pile("eminorhan/neural-pile-primate", tmp_path / "c", progress=False,
                            cache_dir=str(tmp_path / "hfc"))
-    (repo_id, kw), = calls
-    assert repo_id == "eminorhan/neural-pile-primate"
+    (repo_id, listing_kw), (repo_id2, kw) = calls
+    assert listing_kw["dry_run"] and repo_id == repo_id2 == "eminorhan/neural-pile-primate"
+    assert kw["revision"] == SHA  # the listed commit is the one downloaded
     assert kw["repo_type"] == "dataset" and kw["cache_dir"] == str(tmp_path / "hfc")
     assert any(p.endswith(".parquet") for p in kw["allow_patterns"])
     assert m["provenance"] == {"hf_repo": "eminorhan/neural-pile-primate", "revision": SHA}

@@ -37,7 +37,8 @@ def cmd_corpus_build(args) -> int:
     cfg = BuildConfig(bin_ms=args.bin_ms, max_row_tokens=args.max_row_tokens,
                       test_fraction=args.test_fraction, split=args.split, seed=args.seed,
                       workers=args.workers, strict=args.strict, source_dataset=args.source,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, spikes_past_end=args.spikes_past_end,
+                      overwrite=args.overwrite)
     report = build_corpus(args.inputs, args.out, cfg, progress=not args.quiet)
     m = report.manifest
     print(f"corpus at {args.out}: {m['num_sessions']} sessions "
@@ -172,16 +173,16 @@ def _seed_list(text: str) -> list[int]:
 def cmd_experiment_transfer(args) -> int:
     from spikefm.experiments.transfer import transfer_study
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    family = {"family": args.model} if args.model else {}
-    summary = transfer_study(
-        args.out, seeds=args.seeds, tasks=tasks, **family, sessions=args.sessions,
-        duration_s=args.duration_s, pretrain_steps=args.pretrain_steps,
-        finetune_steps=args.finetune_steps, schemes=args.schemes, neuron_ratio=args.neuron_ratio,
-        freeze_core=not args.full_finetune, preset=args.preset, quiet=args.quiet,
-        command=" ".join(["spikefm", *sys.argv[1:]]))
-    print(f"fine-tuned above smoothing and single-session in {summary['fine-tuned_beats_both_in']} "
-          f"seeds; summary in {Path(args.out) / 'transfer.json'}")
+    options = {k: v for k, v in (("family", args.model), ("pretrain_steps", args.pretrain_steps),
+                                 ("protocol", args.protocol)) if v is not None}
+    if args.tasks:
+        options["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    transfer_study(args.out, seeds=args.seeds, sessions=args.sessions, duration_s=args.duration_s,
+                   preset=args.preset, synth_preset=args.synth_preset,
+                   finetune_steps=args.finetune_steps, strategy=args.strategy,
+                   overrides=list(args.set or []), quiet=args.quiet,
+                   command=" ".join(["spikefm", *sys.argv[1:]]), **options)
+    print(f"summary in {Path(args.out) / 'transfer.json'}")
     return 0
 
 
@@ -227,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--strict", action="store_true", help="any bad input: write nothing, fail")
     b.add_argument("--source", default=None, help="source_dataset name for every input")
     b.add_argument("--cache-dir", default=None, help="DANDI download cache")
+    b.add_argument("--spikes-past-end", choices=["drop", "error"], default="drop",
+                   help="spike times after the recording's end (its trials, behaviour and a "
+                        "robust spike-time bound): leave them out and count them in the "
+                        "manifest (drop), or skip the file (error)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace a corpus in --out that was built from other inputs or settings")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_corpus_build)
 
@@ -304,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--freeze-core", action="store_true", help="train the session parameters only")
     mode.add_argument("--from-scratch", action="store_true",
                       help="single-session baseline: RUN_DIR's settings, random initialisation")
-    f.add_argument("--steps", type=_positive_int, default=500, help="maximum optimizer steps")
-    f.add_argument("--eval-every", type=_positive_int, default=50,
+    f.add_argument("--steps", type=_positive_int, default=1500, help="maximum optimizer steps of each candidate")
+    f.add_argument("--eval-every", type=_positive_int, default=250,
                    help="steps between validation evaluations (early stopping)")
     f.add_argument("--patience", type=_positive_int, default=3,
                    help="evaluations without improvement before stopping")
@@ -332,14 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", default=None, metavar="FAMILY",
                     help="a masked family with per-session parameters (default: the study's)")
     tr.add_argument("--preset", default="tiny")
+    tr.add_argument("--protocol", default=None, help="a named protocol of the family, e.g. jiang2025")
+    tr.add_argument("--synth-preset", default="ibl", choices=["ibl", "motor"], help="synthetic task")
     tr.add_argument("--sessions", type=_positive_int, default=qs["sessions"])
     tr.add_argument("--duration-s", type=_positive_float, default=qs["duration_s"])
-    tr.add_argument("--pretrain-steps", type=_positive_int, default=qs["pretrain_steps"])
+    tr.add_argument("--pretrain-steps", type=_positive_int, default=None, help="default: the family's")
     tr.add_argument("--finetune-steps", type=_positive_int, default=qs["finetune_steps"])
-    tr.add_argument("--schemes", default="neuron", help="training masking schemes")
-    tr.add_argument("--neuron-ratio", type=_fraction, default=0.1)
-    tr.add_argument("--full-finetune", action="store_true", help="fine-tune the core too")
-    tr.add_argument("--tasks", default="co-smoothing", help="benchmark tasks (comma-separated)")
+    tr.add_argument("--strategy", default="auto", choices=["auto", "frozen", "full", "unfreeze"],
+                    help="fine-tuning strategy (auto: chosen on validation windows)")
+    tr.add_argument("--tasks", default=None, help="benchmark tasks (default: the family's)")
+    tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a setting of the pretraining run (repeatable)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_experiment_transfer)
 

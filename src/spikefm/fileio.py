@@ -1,12 +1,25 @@
-"""Atomic file writes shared by every layer (no torch): write to a temporary name in the same
-folder, fsync, then rename, so readers see the old file or the new one, never half of one."""
+"""File operations shared by every layer (no torch).
+
+- Atomic writes: write to a temporary name in the same folder, fsync, then rename, so readers see
+  the old file or the new one, never half of one (:func:`write_atomic` and its helpers).
+- :func:`folder_lock`: one process at a time in a folder (a corpus, a training run).
+- :func:`check_relative_path`: a name from elsewhere (a server's file listing) that is joined
+  onto a local folder must stay inside it.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-from pathlib import Path
-from typing import Any, Callable
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterator
+
+#: Name of the lock file :func:`folder_lock` keeps inside a locked folder.
+LOCK_NAME = ".spikefm.lock"
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
@@ -63,3 +76,120 @@ def replace_folder(new: str | os.PathLike, dest: str | os.PathLike) -> None:
         os.replace(dest, old)
     os.replace(new, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder, so that renames and new entries in it survive a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    """What the holder wrote into the lock file (it may not have written yet: retry briefly)."""
+    for _ in range(20):
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        if text:
+            try:
+                info = json.loads(text)
+                return (f"PID {info.get('pid', '?')}: {info.get('command', '?')}, "
+                        f"since {info.get('since', '?')}")
+            except (ValueError, AttributeError):
+                return text.replace("\n", " ")[:300]
+        time.sleep(0.01)
+    return "PID unknown"
+
+
+@contextmanager
+def folder_lock(path: str | os.PathLike, what: str = "folder", *,
+                command: str | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on the folder ``path`` for the ``with`` block; fail at once if
+    another process holds it.
+
+    The lock is an OS lock (``fcntl.flock``) on ``path/.spikefm.lock``. While it is held the file
+    holds one JSON line, ``{"pid", "command", "since"}``, which the error of a second process
+    quotes; it is emptied on release. The OS drops the lock when its holder exits, however it
+    exits (``kill -9`` included), so a lock is never stale and there is nothing to clean up. The
+    file itself is never deleted: a process that still had the old file open could otherwise
+    lock it while a third locks a new one. Locks are per open file, so a second ``folder_lock``
+    on the same folder fails within one process too.
+
+    Use it around everything that writes the folder (``spikefm corpus build`` and ``import``
+    hold it on the corpus folder)::
+
+        with folder_lock(run_dir, what="training run"):
+            ...  # write checkpoints
+
+    Args:
+        path: an existing folder.
+        what: what the folder is, for the error message ("corpus", "training run").
+        command: recorded as the holder's command (default: the process's command line).
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        ValueError: another process holds the lock (the message names its PID and command), or
+            the folder cannot be locked (missing, not writable, a file system without locks).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        raise ValueError(f"{path}: cannot lock the {what}: file locks need a POSIX system "
+                         "(Linux, macOS)") from None
+    path = Path(path)
+    lock_path = path / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot lock the {what} ({exc.strerror or exc}); it must be an "
+                         "existing folder you can write to") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{path}: the {what} is in use by another process "
+                             f"({_lock_holder(fd)}); wait for it to finish or stop it, then "
+                             "run again") from None
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot lock the {what} ({exc.strerror or exc}); use a "
+                             "folder on a local file system") from None
+        holder = {"pid": os.getpid(),
+                  "command": " ".join(command.split()) if command else
+                  " ".join(" ".join(sys.argv).split())[:500],
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            yield lock_path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def check_relative_path(name: str, *, what: str = "file name") -> PurePosixPath:
+    """A ``/``-separated relative path from elsewhere (a server's listing, a version string),
+    checked to stay inside the folder it will be joined onto.
+
+    Rejects absolute paths, Windows drive or UNC paths, backslashes, NUL bytes and ``.``/``..``
+    or empty components, before anything is written.
+
+    Raises:
+        ValueError: naming ``what``, the offending name and the rule.
+    """
+    bad = (not isinstance(name, str) or not name or name.startswith("/") or "\\" in name
+           or "\x00" in name or _WINDOWS_DRIVE.match(name) is not None
+           or any(part in ("", ".", "..") for part in name.split("/")))
+    if bad:
+        raise ValueError(f"{what} {name!r} is not a plain relative path: absolute paths, '..', "
+                         "'.', empty parts, backslashes and drive letters could write outside "
+                         "the target folder; refused before anything was written (check the "
+                         "source you gave)")
+    return PurePosixPath(name)

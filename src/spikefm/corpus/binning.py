@@ -12,6 +12,12 @@ def _unit_range_error(unit_index: np.ndarray, num_units: int) -> ValueError:
                       f"[{unit_index.min()}, {unit_index.max()}]")
 
 
+def _not_finite_error(spike_times: np.ndarray) -> ValueError:
+    bad = int(np.count_nonzero(~np.isfinite(spike_times)))
+    return ValueError(f"spike_times must be finite seconds; {bad} of {spike_times.size} are NaN "
+                      "or infinite: remove them before binning")
+
+
 def bin_edges_s(t_start_ms: int, num_bins: int, bin_ms: int) -> np.ndarray:
     """The float64 bin edges in seconds: ``(t_start_ms + k * bin_ms) / 1000`` for k = 0..num_bins."""
     return (t_start_ms + bin_ms * np.arange(num_bins + 1, dtype=np.int64)) / 1000.0
@@ -37,7 +43,7 @@ def bin_spikes(
     closed last bin). Spikes outside ``[edges[0], edges[-1])`` are dropped.
 
     Args:
-        spike_times: (num_spikes,) float seconds, all units together, any order.
+        spike_times: (num_spikes,) finite float seconds, all units together, any order.
         unit_index: (num_spikes,) int unit number of each spike, in ``[0, num_units)``.
         num_units: number of rows of the output.
         t_start_s, t_stop_s: time range in seconds.
@@ -46,6 +52,11 @@ def bin_spikes(
 
     Returns:
         (num_units, num_bins) uint8 counts, and the clipped-cell count if asked.
+
+    Raises:
+        ValueError: bad arguments, NaN or infinite spike times, unit numbers out of range, or a
+            time range too long to allocate.
+        TypeError: ``unit_index`` does not hold integers.
     """
     if not isinstance(bin_ms, (int, np.integer)) or isinstance(bin_ms, bool) or bin_ms <= 0:
         raise ValueError(f"bin_ms must be a positive int (milliseconds), got {bin_ms!r}")
@@ -58,15 +69,30 @@ def bin_spikes(
         )
     if not np.issubdtype(unit_index.dtype, np.integer):
         raise TypeError(f"unit_index must hold integers, got dtype {unit_index.dtype}")
+    if not isinstance(num_units, (int, np.integer)) or isinstance(num_units, bool) or num_units < 0:
+        raise ValueError(f"num_units must be an int >= 0, got {num_units!r}")
+    if not (np.isfinite(t_start_s) and np.isfinite(t_stop_s)):
+        raise ValueError(f"t_start_s and t_stop_s must be finite seconds, got {t_start_s} and "
+                         f"{t_stop_s}")
     start_ms = int(round(t_start_s * 1000))
     stop_ms = int(round(t_stop_s * 1000))
     if stop_ms < start_ms:
         raise ValueError(f"t_stop_s must be >= t_start_s, got {t_start_s} and {t_stop_s}")
     num_bins = -(-(stop_ms - start_ms) // bin_ms)
-    edges = bin_edges_s(start_ms, num_bins, bin_ms)
-
-    out = np.zeros((num_units, num_bins), dtype=np.uint8)
+    try:
+        edges = bin_edges_s(start_ms, num_bins, bin_ms)
+        out = np.zeros((num_units, num_bins), dtype=np.uint8)
+    except (MemoryError, ValueError, OverflowError):  # ValueError: numpy's "array is too big"
+        raise ValueError(
+            f"{num_units} units x {num_bins:,} bins of {bin_ms} ms ({t_start_s:.6g} s to "
+            f"{t_stop_s:.6g} s) are too many to hold in memory; check the time range (a stray "
+            "spike time far past the others?)") from None
     if num_bins == 0 or spike_times.size == 0:
+        if spike_times.size:  # nothing to count, but the input must still be valid
+            if not np.isfinite(spike_times).all():
+                raise _not_finite_error(spike_times)
+            if unit_index.min() < 0 or unit_index.max() >= num_units:
+                raise _unit_range_error(unit_index, num_units)
         return (out, 0) if return_num_clipped else out
 
     # Work through the spikes in cache-sized chunks: large temporaries cost more in page faults
@@ -81,7 +107,10 @@ def bin_spikes(
     for c0 in range(0, spike_times.size, _CHUNK):
         t = spike_times[c0:c0 + _CHUNK]
         units = unit_index[c0:c0 + _CHUNK]
-        if t[0] < edges[0] or t.min() < edges[0] or t.max() >= edges[-1]:
+        lo, hi = t.min(), t.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # min and max carry any NaN
+            raise _not_finite_error(spike_times)
+        if lo < edges[0] or hi >= edges[-1]:
             if units.min() < 0 or units.max() >= num_units:  # dropped spikes too
                 raise _unit_range_error(unit_index, num_units)
             keep = (t >= edges[0]) & (t < edges[-1])

@@ -6,13 +6,23 @@ The build runs in two stages so that it is resumable and idempotent:
    ``<key>.json`` (its session metadata, written last: its presence marks the session finished).
    The key hashes the file's resolved path, size and mtime and the build parameters, so a re-run
    skips finished sessions and an interrupted one (even ``kill -9``) resumes where it stopped.
-   Files are staged in parallel with ``workers`` processes.
+   Files are staged in parallel with ``workers`` processes, which die with the build.
 2. **Finalize**: assign splits (seeded), shuffle rows within each split, and write zstd Parquet
-   shards ``data/{split}-{i:05d}-of-{n:05d}.parquet`` into a temporary folder that replaces
-   ``data/`` only when complete, then ``manifest.json`` (temporary name, then rename).
+   shards ``data/{split}-{i:05d}-of-{n:05d}.parquet`` and ``manifest.json`` as a new version of
+   the folder, switched in by one rename (:mod:`spikefm.corpus.store`).
 
 The corpus holds exactly the sessions of the inputs given to the latest build; staged sessions of
 earlier builds are reused when their inputs are given again.
+
+The output folder must be missing, empty, or a spikefm corpus. Re-running the same command (same
+INPUT arguments and settings) resumes or refreshes that corpus; building other inputs or with
+other settings into an existing corpus replaces it and needs ``overwrite`` (``--overwrite``).
+Inputs may not lie in the folder's ``data/``, ``.versions/`` or ``.staging/``. A build holds the
+folder's lock (:func:`spikefm.fileio.folder_lock`): a second build into it fails at once.
+
+Per-file problems never stop the build: a file that cannot be read, has no spikes, has spike
+times past the recording's end under ``spikes_past_end="error"``, or runs out of memory (even a
+worker process killed for it) is skipped with one line and listed under ``"skipped"``.
 """
 from __future__ import annotations
 
@@ -22,25 +32,28 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from ..fileio import write_atomic, write_json_atomic
 from .binning import bin_spikes
-from .nwb import NWBInputError, read_nwb, resample_behavior
-from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS, shard_name
-from ..fileio import replace_folder, write_atomic, write_json_atomic
-from .session import SessionRecord
+from .manifest import BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, new_manifest
+from .nwb import read_nwb, resample_behavior
+from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS
+from .session import SessionRecord, recording_end_s
+from .store import STAGING, CorpusDir, check_inputs_outside, inspect_out_dir, open_corpus_dir
 
-STAGING = ".staging"
+#: What ``spikes_past_end`` may be: leave such spikes out (and count them), or skip the file.
+SPIKES_PAST_END = ("drop", "error")
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,11 @@ class BuildConfig:
     source_dataset: str | None = None
     shard_max_tokens: int = 250_000_000
     cache_dir: str | None = None
+    #: Spike times after the recording's end (:func:`spikefm.corpus.session.recording_end_s`):
+    #: "drop" leaves them out and counts them in the manifest; "error" skips the file.
+    spikes_past_end: Literal["drop", "error"] = "drop"
+    #: Replace an existing corpus built from other inputs or settings.
+    overwrite: bool = False
 
     def __post_init__(self):
         if not isinstance(self.bin_ms, int) or isinstance(self.bin_ms, bool) or self.bin_ms <= 0:
@@ -71,6 +89,9 @@ class BuildConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.shard_max_tokens < 1:
             raise ValueError(f"shard_max_tokens must be >= 1, got {self.shard_max_tokens}")
+        if self.spikes_past_end not in SPIKES_PAST_END:
+            raise ValueError(f"spikes_past_end must be one of {', '.join(SPIKES_PAST_END)}, got "
+                             f"{self.spikes_past_end!r}")
 
 
 @dataclass
@@ -97,7 +118,8 @@ class BuildReport:
 
 
 class BuildError(ValueError):
-    """The build cannot proceed (bad inputs under --strict, nothing to build, id collisions)."""
+    """The build cannot proceed (bad inputs under --strict, nothing to build, an output folder
+    that is not a corpus or holds another one, a file operation that failed)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +171,7 @@ def _staging_key(item: InputFile, cfg: BuildConfig) -> str:
         "path": str(item.path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
         "bin_ms": cfg.bin_ms, "max_row_tokens": cfg.max_row_tokens, "schema": SCHEMA_VERSION,
         "source": item.source_dataset, "provenance": item.provenance, "license": item.license,
+        "spikes_past_end": cfg.spikes_past_end,
     }, sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
@@ -214,15 +237,31 @@ def _list_of_lists(matrices: list[np.ndarray], value_type: pa.DataType) -> pa.Ch
 
 
 def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
-    """Bin one session and cut it into rows. Returns (table with ROW_SCHEMA, session metadata)."""
+    """Bin one session and cut it into rows. Returns (table with ROW_SCHEMA, session metadata).
+
+    Raises:
+        ValueError: the units have no spikes at all; spike times past the recording's end under
+            ``cfg.spikes_past_end == "error"``; a session too large to bin.
+    """
     bin_ms = cfg.bin_ms
-    t = rec.spike_times_s
-    if t.size:
-        t_start_ms = int(math.floor(t.min() * 1000.0 / bin_ms)) * bin_ms
-        t_stop_ms = (int(math.floor(t.max() * 1000.0 / bin_ms)) + 1) * bin_ms
-    else:
-        t_start_ms = t_stop_ms = 0
-    counts, num_clipped = bin_spikes(t, rec.unit_index, rec.num_units, t_start_ms / 1000.0,
+    t, unit_index = rec.spike_times_s, rec.unit_index
+    if t.size == 0:
+        raise ValueError(f"its {rec.num_units} units have no spikes at all; a session needs at "
+                         "least one spike to be binned (skipped)")
+    end_s, end_from = recording_end_s(rec)
+    past_end = t > end_s
+    num_past_end = int(np.count_nonzero(past_end))
+    if num_past_end:
+        if cfg.spikes_past_end == "error":
+            raise ValueError(
+                f"{num_past_end} spike time(s) lie after the recording's end ({end_s:.6g} s, from "
+                f"the {end_from}), the latest at {t.max():.6g} s; fix the file, or pass "
+                "--spikes-past-end drop to leave them out")
+        t, unit_index = t[~past_end], unit_index[~past_end]
+    t_start_ms = int(math.floor(t.min() * 1000.0 / bin_ms)) * bin_ms
+    t_stop_ms = (int(math.floor(t.max() * 1000.0 / bin_ms)) + 1) * bin_ms
+    _check_fits_in_memory(rec, (t_stop_ms - t_start_ms) // bin_ms, bin_ms)
+    counts, num_clipped = bin_spikes(t, unit_index, rec.num_units, t_start_ms / 1000.0,
                                      t_stop_ms / 1000.0, bin_ms, return_num_clipped=True)
     num_units, num_bins = counts.shape
     beh_names, beh_rows = [], []
@@ -274,6 +313,7 @@ def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
         "num_tokens": int(num_units * num_bins),
         "num_spikes": int(t.size),
         "clipped_bins": int(num_clipped),
+        **({"spikes_past_end": num_past_end, "recording_end_s": end_s} if num_past_end else {}),
         "regions": {str(r): int(c) for r, c in zip(regions, region_counts)},
         "behavior_names": beh_names,
         "trial_tables": {k: int(len(v["start_time"])) for k, v in rec.trials.items()},
@@ -283,26 +323,77 @@ def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
     return table, meta
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the system can give without swapping (Linux ``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits_in_memory(rec: SessionRecord, num_bins: int, bin_ms: int) -> None:
+    """Refuse a session whose dense arrays cannot fit: the system would kill the build (the OOM
+    killer) rather than raise MemoryError. Binning holds the counts about twice (the matrix and
+    its rows), behaviour as float64 and float32."""
+    dims = sum(1 if b.values.ndim == 1 else b.values.shape[1] for b in rec.behavior)
+    need = 2 * rec.num_units * num_bins + 12 * dims * num_bins
+    available = available_memory_bytes()
+    if available is not None and need > available:
+        raise ValueError(
+            f"binning it needs about {_size(need)} ({rec.num_units} units x {num_bins:,} bins "
+            f"of {bin_ms} ms), more than the {_size(available)} of memory available; check its "
+            "spike times (a stray time far past the others?) or build it on a machine with more "
+            "memory")
+
+
+def _size(num_bytes: int) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:,.1f} {unit}"
+    return f"{num_bytes / 1e3:,.1f} kB"
+
+
 def _stage_one(item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dict:
-    """Worker: read, bin and stage one file. Returns its session metadata or {"error": ...}."""
+    """Worker: read, bin and stage one file. Returns its session metadata, or
+    ``{"error": one line naming the file, "input": path}`` for any failure of this file."""
     staging = Path(staging)
     try:
         rec = read_nwb(item.path, source_dataset=item.source_dataset,
                        provenance=item.provenance, license=item.license)
         table, meta = session_rows(rec, cfg)
-    except (NWBInputError, ValueError, OSError) as exc:
-        msg = str(exc)
-        if str(item.path) not in msg:
-            msg = f"{item.path}: {msg}"
-        return {"error": msg, "input": str(item.path)}
-    def write_arrow(tmp: Path) -> None:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ROW_SCHEMA) as writer:
-            writer.write_table(table, max_chunksize=1)
+        del rec
 
-    write_atomic(staging / f"{key}.arrow", write_arrow)
-    meta["staging_key"] = key
-    write_json_atomic(staging / f"{key}.json", meta)  # last: marks the session finished
-    return meta
+        def write_arrow(tmp: Path) -> None:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, ROW_SCHEMA) as writer:
+                writer.write_table(table, max_chunksize=1)
+
+        write_atomic(staging / f"{key}.arrow", write_arrow)
+        meta["staging_key"] = key
+        write_json_atomic(staging / f"{key}.json", meta)  # last: marks the session finished
+        return meta
+    except MemoryError as exc:
+        msg = (f"out of memory while reading or binning it ({type(exc).__name__}: "
+               f"{_first_line(exc)}); build it on a machine with more memory, or check its spike "
+               "times (see --spikes-past-end)")
+    except (ValueError, OSError) as exc:  # NWBInputError is a ValueError
+        msg = _first_line(exc)
+    except Exception as exc:  # a file that trips up a library: skip it, say what happened
+        msg = f"failed while building it ({type(exc).__name__}: {_first_line(exc)})"
+    if str(item.path) not in msg:
+        msg = f"{item.path}: {msg}"
+    return {"error": msg, "input": str(item.path)}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,10 +444,11 @@ def _dedupe_session_ids(metas: list[dict]) -> list[dict]:
     return metas
 
 
-def finalize(out_dir: Path, metas: list[dict], skipped: list[dict], cfg: BuildConfig) -> dict:
-    """Write shards and manifest from staged sessions."""
-    out_dir = Path(out_dir)
-    staging = out_dir / STAGING
+def finalize(folder: CorpusDir, metas: list[dict], skipped: list[dict], cfg: BuildConfig,
+             settings: BuildSettings) -> dict:
+    """Write shards and manifest from staged sessions as the folder's new version; returns the
+    manifest (a dict)."""
+    staging = folder.path / STAGING
     metas = _dedupe_session_ids([dict(m) for m in metas])
     split_of = assign_splits(metas, cfg)
     rng = np.random.default_rng([cfg.seed, 1])
@@ -370,61 +462,33 @@ def finalize(out_dir: Path, metas: list[dict], skipped: list[dict], cfg: BuildCo
         tables[m["session_id"]] = t
         row_tokens[m["session_id"]] = _row_token_counts(t)
 
-    tmp_data = Path(tempfile.mkdtemp(prefix=".data-tmp-", dir=out_dir))
-    tmp_data.chmod(0o755)
-    split_info = {}
-    for split in SPLITS:
-        rows = sorted(k for k, s in split_of.items() if s == split)
-        order = [rows[i] for i in rng.permutation(len(rows))]
-        groups, cur, cur_tokens = [], [], 0
-        for sid, r in order:
-            n_tok = row_tokens[sid][r]
-            if cur and cur_tokens + n_tok > cfg.shard_max_tokens:
-                groups.append(cur)
-                cur, cur_tokens = [], 0
-            cur.append((sid, r))
-            cur_tokens += n_tok
-        if cur:
-            groups.append(cur)
-        names = []
-        for i, group in enumerate(groups):
-            name = shard_name(split, i, len(groups))
-            shard = pa.concat_tables([tables[sid].slice(r, 1) for sid, r in group])
-            pq.write_table(shard.combine_chunks(), tmp_data / name, compression="zstd",
-                           row_group_size=16)
-            names.append(name)
-        split_info[split] = {
-            "num_rows": len(rows),
-            "num_tokens": int(sum(row_tokens[s][r] for s, r in rows)),
-            "num_sessions": len({s for s, _ in rows}),
-            "shards": [f"data/{n}" for n in names],
-        }
-
-    replace_folder(tmp_data, out_dir / "data")
-
-    sessions = []
-    for m in sorted(metas, key=lambda m: m["session_id"]):
-        splits = sorted({split_of[(m["session_id"], r)] for r in range(m["num_rows"])})
-        entry = {k: v for k, v in m.items() if k != "staging_key"}
-        entry["split"] = splits[0] if len(splits) == 1 else "both"
-        sessions.append(entry)
-    from spikefm._version import __version__
-
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "spikefm_version": __version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "bin_ms": cfg.bin_ms,
-        "build": {"max_row_tokens": cfg.max_row_tokens, "test_fraction": cfg.test_fraction,
-                  "split": cfg.split, "seed": cfg.seed},
-        "splits": split_info,
-        "num_sessions": len(sessions),
-        "num_human_sessions": sum(bool(s["is_human"]) for s in sessions),
-        "sessions": sessions,
-        "skipped": skipped,
-    }
-    write_json_atomic(out_dir / "manifest.json", manifest)
-    return manifest
+    rows_of = {}
+    with folder.new_version(cfg.shard_max_tokens) as version:
+        for split in SPLITS:
+            rows = sorted(k for k, s in split_of.items() if s == split)
+            for i in rng.permutation(len(rows)):
+                sid, r = rows[i]
+                version.add(split, tables[sid].slice(r, 1), int(row_tokens[sid][r]))
+            rows_of[split] = rows
+        shards = version.finish(SPLITS)
+        splits = {split: SplitInfo(
+            num_rows=len(rows),
+            num_tokens=int(sum(row_tokens[s][r] for s, r in rows)),
+            num_sessions=len({s for s, _ in rows}),
+            shards=tuple(shards[split])) for split, rows in rows_of.items()}
+        sessions = []
+        for m in metas:
+            row_splits = sorted({split_of[(m["session_id"], r)] for r in range(m["num_rows"])})
+            entry = {k: v for k, v in m.items() if k != "staging_key"}
+            entry["split"] = row_splits[0] if len(row_splits) == 1 else "both"
+            sessions.append(SessionEntry.from_dict(
+                entry, where=f"session {m['session_id']}",
+                source=str(staging / f"{m['staging_key']}.json")))
+        manifest = new_manifest(
+            bin_ms=cfg.bin_ms, build=settings, splits=splits, sessions=sessions,
+            skipped=[SkippedInput(input=p["input"], error=p["error"]) for p in skipped])
+        version.commit(manifest)
+    return manifest.to_dict()
 
 
 def _row_token_counts(table: pa.Table) -> np.ndarray:
@@ -440,83 +504,186 @@ def _row_token_counts(table: pa.Table) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def build_settings(inputs: list[str], cfg: BuildConfig) -> BuildSettings:
+    """What the manifest records about a build, and what a later build into the same folder
+    must match to resume or refresh it without ``overwrite``: the settings that change the
+    corpus and the INPUT arguments (local paths absolute, order and repeats ignored)."""
+    specs = sorted({spec.strip() if spec.startswith("dandi:") else str(Path(spec).resolve())
+                    for spec in inputs})
+    return BuildSettings(max_row_tokens=cfg.max_row_tokens, test_fraction=cfg.test_fraction,
+                         split=cfg.split, seed=cfg.seed, shard_max_tokens=cfg.shard_max_tokens,
+                         spikes_past_end=cfg.spikes_past_end, source_dataset=cfg.source_dataset,
+                         inputs=tuple(specs))
+
+
+def _check_replace(out_dir: Path, existing: Manifest | None, settings: BuildSettings,
+                   files: list[InputFile], cfg: BuildConfig) -> None:
+    """Refuse to replace a corpus made from other inputs or settings unless ``cfg.overwrite``."""
+    if existing is None or cfg.overwrite:
+        return
+    old = existing.build or BuildSettings()
+    if old.importer is not None:
+        raise BuildError(f"{out_dir}: holds a corpus imported from {old.source}; pass "
+                         "--overwrite to replace it with this build, or give another --out")
+    diffs = [f"bin_ms {existing.bin_ms} -> {cfg.bin_ms}"] if existing.bin_ms != cfg.bin_ms else []
+    recorded = old.inputs is not None  # written by this version: every setting is recorded
+    for name in ("max_row_tokens", "test_fraction", "split", "seed", "shard_max_tokens",
+                 "spikes_past_end", "source_dataset"):
+        was, now = getattr(old, name), getattr(settings, name)
+        if was != now and (recorded or was is not None):
+            diffs.append(f"{name} {was!r} -> {now!r}")
+    if recorded:
+        if old.inputs != settings.inputs:
+            gone = sorted(set(old.inputs) - set(settings.inputs))
+            diffs.append("inputs " + (f"({gone[0]} no longer given)" if gone else "(new ones)"))
+    else:  # older manifests: the inputs must still cover every session
+        given = {str(f.path.resolve()) for f in files}
+        gone = sorted(str((s.provenance or {}).get("path")) for s in existing.sessions
+                      if (s.provenance or {}).get("path") not in given)
+        if gone:
+            diffs.append(f"inputs ({gone[0]} no longer given)")
+    if diffs:
+        raise BuildError(f"{out_dir}: holds a corpus built from other inputs or settings "
+                         f"({'; '.join(diffs)}); pass --overwrite to replace it, or give "
+                         "another --out")
+
+
 def build_corpus(inputs: list[str], out_dir: str | Path, cfg: BuildConfig | None = None,
                  *, progress: bool = True) -> BuildReport:
     """Build (or resume, or refresh) a corpus from NWB inputs. See the module docstring.
 
     Without ``cfg.strict`` bad inputs are skipped and listed in the manifest (``report.ok`` is
     False). With ``cfg.strict`` any bad input raises :class:`BuildError` and nothing is written.
+
+    Raises:
+        BuildError: (a ValueError, one line) see the module docstring; file operations that fail
+            (disk full, permissions) and running out of memory outside a single file's work are
+            reported this way too, naming the folder.
     """
     cfg = cfg or BuildConfig()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BuildError(f"{out_dir}: exists and is not a folder; give a folder for the corpus")
+    try:
+        return _build(inputs, out_dir, cfg, progress)
+    except BuildError:
+        raise
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+    except MemoryError as exc:
+        raise BuildError(f"{out_dir}: out of memory while writing the corpus ({_first_line(exc)}); "
+                         "use a machine with more memory or a smaller --max-row-tokens") from None
+    except OSError as exc:
+        where = exc.filename or out_dir
+        raise BuildError(f"{where}: {exc.strerror or _first_line(exc)} while writing the corpus; "
+                         "fix the cause (space, permissions) and run again: finished sessions "
+                         "are reused") from None
+
+
+def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -> BuildReport:
+    existing = inspect_out_dir(out_dir)  # refuse a non-corpus folder before any download
     files, problems = resolve_inputs(inputs, cfg)
     if cfg.strict and problems:
         raise BuildError(problems[0]["error"] + " (--strict: nothing was written)")
-    if not files and not problems:
-        raise BuildError("no inputs given; pass .nwb files, folders or dandi:ID")
+    if not files:
+        if not problems:
+            raise BuildError("no inputs given; pass .nwb files, folders or dandi:DANDISET_ID")
+        raise BuildError("no input could be built: " + "; ".join(p["error"] for p in problems[:3]))
+    check_inputs_outside(out_dir, [f.path for f in files])
+    settings = build_settings(inputs, cfg)
+    _check_replace(out_dir, existing, settings, files, cfg)
 
-    created_out = not out_dir.exists()
-    # In strict mode stage into a scratch folder and only move results in when all inputs pass.
-    if cfg.strict:
-        parent = out_dir.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".spikefm-strict-", dir=parent))
-        existing = out_dir / STAGING
-    else:
-        staging = out_dir / STAGING
-        staging.mkdir(parents=True, exist_ok=True)
-        existing = staging
-
-    jobs, metas, reused = [], [], 0
-    for item in files:
-        if not item.path.exists():
-            problems.append({"input": str(item.path),
-                             "error": f"{item.path}: file not found; check the path"})
-            continue
-        key = _staging_key(item, cfg)
-        done = existing / f"{key}.json"
-        if done.exists() and (existing / f"{key}.arrow").exists():
-            metas.append(json.loads(done.read_text()))
-            reused += 1
-        else:
-            jobs.append((item, key))
-
-    try:
-        results = _run_jobs(jobs, staging, cfg, progress)
-        for res in results:
-            if "error" in res:
-                problems.append({"input": res["input"], "error": res["error"]})
+    with open_corpus_dir(out_dir) as folder:
+        _check_replace(out_dir, folder.existing, settings, files, cfg)  # as found under the lock
+        staged = folder.path / STAGING
+        staged.mkdir(exist_ok=True)
+        # In strict mode stage into a scratch folder and only move results in when all pass.
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-strict-", dir=folder.path)) \
+            if cfg.strict else staged
+        jobs, metas, reused = [], [], 0
+        for item in files:
+            if not item.path.exists():
+                problems.append({"input": str(item.path),
+                                 "error": f"{item.path}: file not found; check the path"})
+                continue
+            key = _staging_key(item, cfg)
+            done = staged / f"{key}.json"
+            if done.exists() and (staged / f"{key}.arrow").exists():
+                metas.append(json.loads(done.read_text()))
+                reused += 1
             else:
-                metas.append(res)
-        if cfg.strict and problems:
-            raise BuildError(problems[0]["error"] + " (--strict: nothing was written)")
-        if cfg.strict:
-            (out_dir / STAGING).mkdir(parents=True, exist_ok=True)
-            for f in staging.iterdir():
-                os.replace(f, out_dir / STAGING / f.name)
-    except BaseException:
-        if cfg.strict:
-            shutil.rmtree(staging, ignore_errors=True)
-            if created_out and out_dir.exists() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-        raise
-    finally:
-        if cfg.strict:
-            shutil.rmtree(staging, ignore_errors=True)
+                jobs.append((item, key))
+        try:
+            for res in _run_jobs(jobs, staging, cfg, progress):
+                if "error" in res:
+                    problems.append({"input": res["input"], "error": res["error"]})
+                else:
+                    metas.append(res)
+                    if res.get("spikes_past_end"):
+                        print(f"warning: {res['provenance'].get('path', res['session_id'])}: "
+                              f"left out {res['spikes_past_end']} spike time(s) after the "
+                              f"recording's end ({res['recording_end_s']:.6g} s) "
+                              "(--spikes-past-end drop)", file=sys.stderr)
+            if cfg.strict and problems:
+                raise BuildError(problems[0]["error"] + " (--strict: nothing was written)")
+            if cfg.strict:
+                for f in staging.iterdir():
+                    os.replace(f, staged / f.name)
+        finally:
+            if cfg.strict:
+                shutil.rmtree(staging, ignore_errors=True)
 
-    if not metas:
-        msg = "; ".join(p["error"] for p in problems[:3]) or "no sessions"
-        raise BuildError(f"no input could be built: {msg}")
-    for p in problems:
-        print(f"skipped: {p['error']}", file=sys.stderr)
-    manifest = finalize(out_dir, metas, problems, cfg)
+        if not metas:
+            msg = "; ".join(p["error"] for p in problems[:3]) or "no sessions"
+            raise BuildError(f"no input could be built: {msg}")
+        for p in problems:
+            print(f"skipped: {p['error']}", file=sys.stderr)
+        manifest = finalize(folder, metas, problems, cfg, settings)
     return BuildReport(out_dir=out_dir, manifest=manifest, skipped=problems,
                        num_staged_now=len(metas) - reused, num_reused=reused)
 
 
+def _worker_init(parent_pid: int) -> None:
+    """Start of a pool worker: die with the build. On Linux the kernel sends SIGKILL to the
+    worker when its parent exits, however it exits (``kill -9`` included)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _run_pool(jobs, staging: Path, cfg: BuildConfig, workers: int, bar) -> tuple[list, list]:
+    """Stage ``jobs`` in a process pool. Returns (results, jobs left undone because a worker
+    process died, e.g. killed by the system for memory)."""
+    results = []
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                               initargs=(os.getpid(),))
+    try:
+        futures = [pool.submit(_stage_one, item, key, str(staging), cfg) for item, key in jobs]
+        for i, fut in enumerate(futures):
+            try:
+                results.append(fut.result())
+            except BrokenProcessPool:
+                left = []
+                for job, f in zip(jobs[i:], futures[i:]):
+                    if f.done() and not f.cancelled() and f.exception() is None:
+                        results.append(f.result())
+                        bar.advance(1)
+                    else:
+                        left.append(job)
+                return results, left
+            bar.advance(1)
+        return results, []
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _run_jobs(jobs, staging: Path, cfg: BuildConfig, progress: bool) -> list[dict]:
+    """Stage every job; one result per job. When a worker process dies, the jobs it left are
+    run again, one worker at a time, so that the file that killed it is found and skipped."""
     from ..progress import progress_bar
 
     results = []
@@ -525,11 +692,17 @@ def _run_jobs(jobs, staging: Path, cfg: BuildConfig, progress: bool) -> list[dic
             for item, key in jobs:
                 results.append(_stage_one(item, key, str(staging), cfg))
                 bar.advance(1)
-        else:
-            with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-                futures = [pool.submit(_stage_one, item, key, str(staging), cfg)
-                           for item, key in jobs]
-                for fut in futures:
-                    results.append(fut.result())
-                    bar.advance(1)
+            return results
+        pending, one_at_a_time = jobs, False
+        while pending:
+            done, pending = _run_pool(pending, staging, cfg, 1 if one_at_a_time else cfg.workers,
+                                      bar)
+            results += done
+            if pending and one_at_a_time:  # with one worker, the first job left killed it
+                item, _ = pending.pop(0)
+                results.append({"input": str(item.path), "error": (
+                    f"{item.path}: the worker process building it died (killed by the system, "
+                    "most likely for running out of memory); skipped")})
+                bar.advance(1)
+            one_at_a_time = bool(pending) and not one_at_a_time
     return results

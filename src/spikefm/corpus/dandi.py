@@ -6,6 +6,10 @@ the right size is not downloaded again. The version actually used (the most rece
 when none is given, else the draft) and the asset's sha256 digest are recorded in the manifest.
 
 Examples: ``dandi:000207``, ``dandi:000207@0.220216.0``, ``dandi:000207/sub-4/*.nwb``.
+
+Downloads stay inside the cache: a version that is not a plain name (``draft``, ``0.220216.0``)
+and asset paths that are absolute or hold ``..`` are refused, for all assets of the spec, before
+anything is downloaded.
 """
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import write_atomic
+from ..fileio import check_relative_path, write_atomic
 
 _SPEC = re.compile(r"^dandi:(?P<id>\d{6})(?:@(?P<version>[^/]+))?(?:/(?P<glob>.+))?$")
+#: A version is one plain path component: "draft" or "0.220216.0".
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 DEFAULT_CACHE = "~/.cache/spikefm/dandi"
 
@@ -35,7 +41,27 @@ def parse_dandi_spec(spec: str) -> DandiSpec:
             f"{spec!r} is not a DANDI input; expected dandi:DANDISET_ID[@VERSION][/GLOB], "
             "e.g. dandi:000207@0.220216.0/sub-4/*.nwb"
         )
+    if m["version"] is not None:
+        _check_version(m["version"], spec)
     return DandiSpec(m["id"], m["version"], m["glob"])
+
+
+def _check_version(version: str, where: str) -> None:
+    if not _VERSION.match(version) or ".." in version:
+        raise ValueError(f"{where}: DANDI version {version!r} is not a plain name like draft or "
+                         "0.220216.0; refused before anything was downloaded")
+
+
+def _cache_path(cache: Path, dandiset_id: str, version: str, asset_path: str, spec: str) -> Path:
+    """Where an asset goes in the cache; refuses names that would leave it."""
+    _check_version(version, spec)
+    rel = check_relative_path(asset_path, what=f"{spec}: DANDI asset path")
+    base = cache / dandiset_id / version
+    local = base.joinpath(*rel.parts)
+    if not local.resolve().is_relative_to(base.resolve()):  # e.g. a link inside the cache
+        raise ValueError(f"{spec}: DANDI asset {asset_path!r} would be written outside the cache "
+                         f"folder {base}; refused")
+    return local
 
 
 def _client():
@@ -93,9 +119,11 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
             raise ValueError(f"{spec}: no .nwb asset matches {pattern!r} in dandiset "
                              f"{parsed.dandiset_id} version {version}")
         license = _license(dandiset)
+        assets = sorted(assets, key=lambda a: a.path)
+        # Every name is checked before the first download.
+        locals_ = [_cache_path(cache, parsed.dandiset_id, version, a.path, spec) for a in assets]
         items = []
-        for asset in sorted(assets, key=lambda a: a.path):
-            local = cache / parsed.dandiset_id / version / asset.path
+        for asset, local in zip(assets, locals_):
             size = getattr(asset, "size", None)
             if not (local.exists() and (size is None or local.stat().st_size == size)):
                 write_atomic(local, asset.download)

@@ -14,9 +14,13 @@ train/test split, and adds spikefm's columns with defaults (see :data:`schema.RO
 
 Counts are kept as published; cells equal to 255 (the uint8 ceiling, where larger counts were
 clipped) are counted into each session's ``clipped_bins``. Rows are streamed one record batch at a
-time in two passes (the first reads segment lengths for ``t_start_ms``, the second writes), into a
-temporary folder that replaces ``CORPUS_DIR/data`` when complete; ``manifest.json`` is written
-last, atomically, with the fields of :func:`spikefm.corpus.build.finalize`.
+time in two passes (the first reads segment lengths for ``t_start_ms``, the second writes) into a
+new version of the corpus folder, which replaces the old one (shards and ``manifest.json``
+together) in one step when complete, with the folder locked throughout
+(:mod:`spikefm.corpus.store`, the writer ``corpus build`` uses too).
+
+File names from a Hugging Face repo are listed first (a dry run) and must be plain relative
+paths; a listing with an absolute path or ``..`` is refused before anything is downloaded.
 
 Example::
 
@@ -25,12 +29,8 @@ Example::
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -39,10 +39,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..fileio import replace_folder, write_json_atomic
+from ..fileio import check_relative_path
 from .info import flat_counts
-from .schema import NEURAL_PILE_COLUMNS, ROW_SCHEMA, SCHEMA_VERSION, SPLITS, shard_name
+from .manifest import (BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo,
+                       new_manifest)
+from .schema import NEURAL_PILE_COLUMNS, ROW_SCHEMA, SPLITS
 from .session import is_human_species
+from .store import VersionWriter, check_inputs_outside, inspect_out_dir, open_corpus_dir
 
 #: Species of the Neural Pile's component datasets (``source_dataset`` values, which are the
 #: component Hugging Face repo names), from the dataset cards of neural-pile-primate and
@@ -69,7 +72,6 @@ _SPLIT_WORD = re.compile(r"(?:^|[-_.])(train|test|validation|valid|val|dev)(?=[-
 _SEGMENT_INDEX = re.compile(r"(\d+)$")
 _REQUIRED = ("spike_counts", "subject_id", "session_id", "segment_id")
 _BATCH_ROWS = 8
-_ROW_GROUP_ROWS = 16
 
 
 def _warn(msg: str) -> None:
@@ -113,17 +115,45 @@ def _resolve_source(source: str, cache_dir: str | None, revision: str | None
     except ImportError:
         raise ImportError("importing from the Hugging Face Hub needs huggingface_hub: "
                           "pip install 'spikefm[hf]'") from None
-    try:
-        local = snapshot_download(repo_id, repo_type="dataset", revision=revision,
-                                  cache_dir=cache_dir, allow_patterns=HF_ALLOW_PATTERNS)
-    except Exception as exc:  # network, auth, missing repo: one line with the fix
+    def failed(exc: Exception) -> ValueError:  # network, auth, missing repo: one line, the fix
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{repo_id}: download from the Hugging Face Hub failed ({first}); check "
-                         "the repo id, your network and HF_TOKEN, or give a local folder") from exc
+        return ValueError(f"{repo_id}: download from the Hugging Face Hub failed ({first}); check "
+                          "the repo id, your network and HF_TOKEN, or give a local folder")
+
+    try:  # list first: every name must be a plain relative path before anything is written
+        names, commit = _hub_listing(repo_id, revision, cache_dir)
+    except Exception as exc:
+        raise failed(exc) from exc
+    for name in names:
+        check_relative_path(name, what=f"{repo_id}: repo file name")
+    try:
+        local = snapshot_download(repo_id, repo_type="dataset", revision=commit,
+                                  cache_dir=cache_dir, allow_patterns=HF_ALLOW_PATTERNS)
+    except Exception as exc:
+        raise failed(exc) from exc
     local = Path(local)
     # Hub snapshots live in .../snapshots/<commit sha>: that is the exact revision imported.
-    resolved = local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else (revision or "main")
+    resolved = local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else (commit or "main")
     return local, {"hf_repo": repo_id, "revision": resolved}, repo_id.split("/")[-1]
+
+
+def _hub_listing(repo_id: str, revision: str | None, cache_dir: str | None
+                 ) -> tuple[list[str], str | None]:
+    """(names of the files a download would fetch, their commit), without downloading."""
+    import fnmatch
+
+    import huggingface_hub
+
+    try:
+        listing = huggingface_hub.snapshot_download(
+            repo_id, repo_type="dataset", revision=revision, cache_dir=cache_dir,
+            allow_patterns=HF_ALLOW_PATTERNS, dry_run=True)
+    except TypeError:  # huggingface_hub before dry runs: list the repo instead
+        info = huggingface_hub.HfApi().dataset_info(repo_id, revision=revision)
+        names = [s.rfilename for s in info.siblings or []
+                 if any(fnmatch.fnmatch(s.rfilename, p) for p in HF_ALLOW_PATTERNS)]
+        return names, info.sha
+    return [f.filename for f in listing], (listing[0].commit_hash if listing else revision)
 
 
 def _split_of(path: Path, root: Path) -> str | None:
@@ -387,115 +417,56 @@ def _uint8_counts(col: pa.Array, where: str) -> tuple[pa.Array, int]:
     return pa.ListArray.from_arrays(pa.array(outer_rel), inner_arr), clipped_now
 
 
-class _ShardWriter:
-    """Writes one split's rows into numbered temporary shards of at most ``max_tokens`` cells."""
-
-    def __init__(self, tmp_dir: Path, split: str, max_tokens: int):
-        self.tmp_dir, self.split, self.max_tokens = tmp_dir, split, max_tokens
-        self.paths: list[Path] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._tokens = 0
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-
-    def add(self, row: pa.Table, tokens: int) -> None:
-        if self._writer is not None and self._tokens + tokens > self.max_tokens:
-            self._close_shard()
-        if self._writer is None:
-            path = self.tmp_dir / f"{self.split}-{len(self.paths):05d}.part"
-            self._writer = pq.ParquetWriter(path, ROW_SCHEMA, compression="zstd")
-            self.paths.append(path)
-            self._tokens = 0
-        self._pending.append(row)
-        self._pending_rows += row.num_rows
-        self._tokens += tokens
-        if self._pending_rows >= _ROW_GROUP_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            self._writer.write_table(pa.concat_tables(self._pending).combine_chunks(),
-                                     row_group_size=_ROW_GROUP_ROWS)
-            self._pending, self._pending_rows = [], 0
-
-    def _close_shard(self) -> None:
-        self._flush()
-        self._writer.close()
-        self._writer = None
-
-    def close(self) -> list[str]:
-        """Finish and give shards their final names; returns ``data/NAME`` paths."""
-        if self._writer is not None:
-            self._close_shard()
-        names = []
-        for i, p in enumerate(self.paths):
-            name = shard_name(self.split, i, len(self.paths))
-            os.replace(p, p.with_name(name))
-            names.append(f"data/{name}")
-        return names
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
 def _write(files: list[_DataFile], rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int,
-           tmp_data: Path, shard_max_tokens: int, progress: bool
+           version: VersionWriter, progress: bool
            ) -> tuple[dict[str, list[str]], dict[tuple, dict]]:
     """Pass 2. Returns ({split: shard paths}, {session key: accumulated stats})."""
     from ..progress import progress_bar
 
-    writers = {s: _ShardWriter(tmp_data, s, shard_max_tokens) for s in SPLITS}
     stats = {k: {"num_spikes": 0, "clipped_bins": 0} for k in sessions}
     clipped_now = 0
     species_of = {k: NEURAL_PILE_SPECIES.get(k[0], "") for k in sessions}
     r = 0
-    try:
-        with progress_bar(total=len(rows.segment_id), description="importing rows",
-                          enabled=progress) as bar:
-            for f in files:
-                for batch in _iter_batches(f, list(NEURAL_PILE_COLUMNS)):
-                    n = batch.num_rows
-                    counts, clipped = _uint8_counts(batch.column("spike_counts"), str(f.path))
-                    clipped_now += clipped
-                    keys = rows.session_key[r:r + n]
-                    units = rows.num_units[r:r + n]
-                    table = pa.Table.from_arrays([
-                        counts,
-                        pa.array([k[1] for k in keys], pa.string()),
-                        pa.array([sessions[k].session_id for k in keys], pa.string()),
-                        pa.array(rows.segment_id[r:r + n], pa.string()),
-                        pa.array([k[0] for k in keys], pa.string()),
-                        pa.array([bin_ms] * n, pa.int32()),
-                        pa.array(rows.t_start_ms[r:r + n], pa.int64()),
-                        pa.array([[str(u) for u in range(nu)] for nu in units],
-                                 pa.list_(pa.string())),
-                        pa.array([["unknown"] * nu for nu in units], pa.list_(pa.string())),
-                        pa.array([species_of[k] for k in keys], pa.string()),
-                        pa.array([[]] * n, pa.list_(pa.string())),
-                        pa.array([[]] * n, pa.list_(pa.list_(pa.float32()))),
-                        pa.array(["{}"] * n, pa.string()),
-                    ], schema=ROW_SCHEMA)
-                    for i in range(n):
-                        key, split = keys[i], rows.split[r + i]
-                        one = table.slice(i, 1)
-                        flat = flat_counts(one.column("spike_counts").chunk(0))
-                        assert flat.size == rows.num_units[r + i] * rows.num_bins[r + i]
-                        st = stats[key]
-                        st["num_spikes"] += int(flat.sum(dtype=np.int64))
-                        st["clipped_bins"] += int(np.count_nonzero(flat == 255))
-                        writers[split].add(one, int(flat.size))
-                    r += n
-                    bar.advance(n)
-        assert r == len(rows.segment_id), "pass 2 read a different number of rows than pass 1"
-        if clipped_now:
-            _warn(f"{clipped_now:,} counts above 255 were clipped to 255 (uint8)")
-        return {s: w.close() for s, w in writers.items()}, stats
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
+    with progress_bar(total=len(rows.segment_id), description="importing rows",
+                      enabled=progress) as bar:
+        for f in files:
+            for batch in _iter_batches(f, list(NEURAL_PILE_COLUMNS)):
+                n = batch.num_rows
+                counts, clipped = _uint8_counts(batch.column("spike_counts"), str(f.path))
+                clipped_now += clipped
+                keys = rows.session_key[r:r + n]
+                units = rows.num_units[r:r + n]
+                table = pa.Table.from_arrays([
+                    counts,
+                    pa.array([k[1] for k in keys], pa.string()),
+                    pa.array([sessions[k].session_id for k in keys], pa.string()),
+                    pa.array(rows.segment_id[r:r + n], pa.string()),
+                    pa.array([k[0] for k in keys], pa.string()),
+                    pa.array([bin_ms] * n, pa.int32()),
+                    pa.array(rows.t_start_ms[r:r + n], pa.int64()),
+                    pa.array([[str(u) for u in range(nu)] for nu in units],
+                             pa.list_(pa.string())),
+                    pa.array([["unknown"] * nu for nu in units], pa.list_(pa.string())),
+                    pa.array([species_of[k] for k in keys], pa.string()),
+                    pa.array([[]] * n, pa.list_(pa.string())),
+                    pa.array([[]] * n, pa.list_(pa.list_(pa.float32()))),
+                    pa.array(["{}"] * n, pa.string()),
+                ], schema=ROW_SCHEMA)
+                for i in range(n):
+                    key, split = keys[i], rows.split[r + i]
+                    one = table.slice(i, 1)
+                    flat = flat_counts(one.column("spike_counts").chunk(0))
+                    assert flat.size == rows.num_units[r + i] * rows.num_bins[r + i]
+                    st = stats[key]
+                    st["num_spikes"] += int(flat.sum(dtype=np.int64))
+                    st["clipped_bins"] += int(np.count_nonzero(flat == 255))
+                    version.add(split, one, int(flat.size))
+                r += n
+                bar.advance(n)
+    assert r == len(rows.segment_id), "pass 2 read a different number of rows than pass 1"
+    if clipped_now:
+        _warn(f"{clipped_now:,} counts above 255 were clipped to 255 (uint8)")
+    return version.finish(SPLITS), stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,15 +502,12 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     if shard_max_tokens < 1:
         raise ValueError(f"shard_max_tokens must be >= 1, got {shard_max_tokens}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a folder; give a folder for the corpus")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
-        raise ValueError(f"{out_dir}: folder has files and is not a spikefm corpus; give a new "
-                         "or empty folder")
+    inspect_out_dir(out_dir)  # a non-corpus folder is refused before any download
 
     root, provenance, default_source = _resolve_source(source, cache_dir, revision)
     skipped: list[dict] = []
     files = _find_files(root, skipped)
+    check_inputs_outside(out_dir, [f.path for f in files])
     rows, sessions = _scan(files, default_source, progress)
     _assign_session_ids(sessions)
     unknown = _assign_t_start(rows, sessions, bin_ms)
@@ -547,85 +515,67 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
         _warn(f"{unknown} sessions have segments not numbered 0..k-1 with equal units; their "
               "rows get t_start_ms = 0")
 
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_data = Path(tempfile.mkdtemp(prefix=".data-tmp-", dir=out_dir))
     try:
-        tmp_data.chmod(0o755)
-        shards, stats = _write(files, rows, sessions, bin_ms, tmp_data, shard_max_tokens,
-                               progress)
-    except BaseException:
-        shutil.rmtree(tmp_data, ignore_errors=True)
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        raise
-
-    replace_folder(tmp_data, out_dir / "data")
-
-    manifest = _manifest(source, rows, sessions, stats, shards, provenance, skipped, bin_ms,
-                         shard_max_tokens)
-    write_json_atomic(out_dir / "manifest.json", manifest)
-    return manifest
+        with open_corpus_dir(out_dir) as folder, \
+                folder.new_version(shard_max_tokens) as version:
+            shards, stats = _write(files, rows, sessions, bin_ms, version, progress)
+            manifest = _manifest(source, rows, sessions, stats, shards, provenance, skipped,
+                                 bin_ms, shard_max_tokens)
+            version.commit(manifest)
+    except MemoryError as exc:
+        raise ValueError(f"{out_dir}: out of memory while importing ({exc}); use a machine "
+                         "with more memory") from None
+    except OSError as exc:
+        raise ValueError(f"{exc.filename or out_dir}: {exc.strerror or exc} while writing the "
+                         "corpus; fix the cause (space, permissions) and run again") from None
+    return manifest.to_dict()
 
 
 def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped, bin_ms,
-              shard_max_tokens) -> dict:
-    from spikefm._version import __version__
-
+              shard_max_tokens) -> Manifest:
     tokens = [u * b for u, b in zip(rows.num_units, rows.num_bins)]
     split_info = {}
     for split in SPLITS:
         idx = [i for i, s in enumerate(rows.split) if s == split]
-        split_info[split] = {
-            "num_rows": len(idx),
-            "num_tokens": int(sum(tokens[i] for i in idx)),
-            "num_sessions": len({rows.session_key[i] for i in idx}),
-            "shards": shards[split],
-        }
+        split_info[split] = SplitInfo(
+            num_rows=len(idx),
+            num_tokens=int(sum(tokens[i] for i in idx)),
+            num_sessions=len({rows.session_key[i] for i in idx}),
+            shards=tuple(shards[split]),
+        )
     entries = []
     for key, s in sessions.items():
         splits = sorted({rows.split[r] for r in s.rows})
         units = [rows.num_units[r] for r in s.rows]
         num_bins = sum(rows.num_bins[r] for r in s.rows)
         species = NEURAL_PILE_SPECIES.get(s.source, "")
-        entry = {
-            "session_id": s.session_id,
-            "subject_id": s.subject,
-            "source_dataset": s.source,
-            "species": species,
-            "is_human": is_human_species(species),
-            "num_units": max(units),
-            "num_bins": int(num_bins),
-            "bin_ms": bin_ms,
-            "t_start_ms": 0,
-            "duration_s": num_bins * bin_ms / 1000.0,
-            "num_rows": len(s.rows),
-            "num_tokens": int(sum(tokens[r] for r in s.rows)),
-            "num_spikes": stats[key]["num_spikes"],
-            "clipped_bins": stats[key]["clipped_bins"],
-            "regions": {"unknown": max(units)},
-            "behavior_names": [],
-            "trial_tables": {},
-            "segments_ordered": s.t_start_known,
-            "provenance": provenance,
-            "license": "",
-            "split": splits[0] if len(splits) == 1 else "both",
-        }
-        if s.session_id != s.session:
-            entry["original_session_id"] = s.session
-        entries.append(entry)
-    entries.sort(key=lambda e: e["session_id"])
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "spikefm_version": __version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "bin_ms": bin_ms,
-        "build": {"importer": "neural_pile", "source": source, "split": "published",
-                  "max_row_tokens": int(max(tokens)), "shard_max_tokens": shard_max_tokens},
-        "provenance": provenance,
-        "splits": split_info,
-        "num_sessions": len(entries),
-        "num_human_sessions": sum(e["is_human"] for e in entries),
-        "sessions": entries,
-        "skipped": skipped,
-    }
+        entries.append(SessionEntry(
+            session_id=s.session_id,
+            subject_id=s.subject,
+            source_dataset=s.source,
+            species=species,
+            is_human=is_human_species(species),
+            num_units=max(units),
+            num_bins=int(num_bins),
+            bin_ms=bin_ms,
+            t_start_ms=0,
+            duration_s=num_bins * bin_ms / 1000.0,
+            num_rows=len(s.rows),
+            num_tokens=int(sum(tokens[r] for r in s.rows)),
+            num_spikes=stats[key]["num_spikes"],
+            clipped_bins=stats[key]["clipped_bins"],
+            regions={"unknown": max(units)},
+            behavior_names=(),
+            trial_tables={},
+            segments_ordered=s.t_start_known,
+            provenance=provenance,
+            license="",
+            original_session_id=s.session if s.session_id != s.session else None,
+            split=splits[0] if len(splits) == 1 else "both",
+        ))
+    return new_manifest(
+        bin_ms=bin_ms,
+        build=BuildSettings(importer="neural_pile", source=source, split="published",
+                            max_row_tokens=int(max(tokens)), shard_max_tokens=shard_max_tokens),
+        provenance=provenance, splits=split_info, sessions=entries,
+        skipped=[SkippedInput(input=x["input"], error=x["error"]) for x in skipped])

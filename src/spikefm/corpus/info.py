@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..tables import render_table
 from .reader import Corpus
 from .session import is_human_species
 
@@ -209,16 +210,6 @@ def corpus_info(corpus: Corpus, *, max_rows: int | None = None) -> dict:
 # Text report
 
 
-def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
-    """Plain-text table; ``align`` holds one of "<" or ">" per column."""
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-
-    def line(cells):
-        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
-
-    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
-
-
 def _num(x: float | None, fmt: str = ",.1f") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -255,17 +246,17 @@ def format_info(info: dict, *, max_sources: int = 30) -> str:
     out += [f"  {k:<{width}}  {v}" for k, v in overview]
 
     out += [""]
-    out += _table(["split", "rows", "sessions", "tokens"],
-                  [[name, f"{sp['rows']:,}", f"{sp['sessions']:,}", f"{sp['tokens']:,}"]
-                   for name, sp in info["splits"].items()], "<>>>")
+    out.append(render_table(["split", "rows", "sessions", "tokens"],
+                            [[name, f"{sp['rows']:,}", f"{sp['sessions']:,}", f"{sp['tokens']:,}"]
+                             for name, sp in info["splits"].items()], align="<>>>"))
 
     out += [""]
     items = list(info["sources"].items())
     rows = [[name, f"{s['sessions']:,}", f"{s['subjects']:,}", f"{s['hours']:,.2f}",
              f"{s['tokens']:,}", ", ".join(s["species"])] for name, s in items[:max_sources]]
-    out += _table(["source", "sessions", "subjects", "hours", "tokens", "species"], rows, "<>>>><")
-    if len(items) > max_sources:
-        out.append(f"... and {len(items) - max_sources} more sources")
+    more = [f"... and {len(items) - max_sources} more sources"] if len(items) > max_sources else []
+    out.append(render_table(["source", "sessions", "subjects", "hours", "tokens", "species"],
+                            rows, align="<>>>><", footer=more))
 
     if cs["cells_scanned"]:
         probs = cs["token_probabilities"]
@@ -273,5 +264,5 @@ def format_info(info: dict, *, max_sources: int = 30) -> str:
         shown = [[str(k), f"{probs[k]:.4g}"] for k in range(NUM_MARGINALS_SHOWN)]
         tail = sum(probs[NUM_MARGINALS_SHOWN:])
         shown.append([f">={NUM_MARGINALS_SHOWN}", f"{tail:.4g}"])
-        out += _table(["count", "probability"], shown, "<>")
+        out.append(render_table(["count", "probability"], shown, align="<>"))
     return "\n".join(out)

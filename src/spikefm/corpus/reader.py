@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import SCHEMA_VERSION, SPLITS
+from .manifest import Manifest, read_manifest
 
 
 @dataclass
@@ -75,7 +75,8 @@ def _matrices(col: pa.Array) -> list[np.ndarray]:
 
 
 class Corpus:
-    """A spikefm corpus directory (``manifest.json`` + ``data/*.parquet``).
+    """A spikefm corpus directory (``manifest.json`` + ``data/*.parquet``, see
+    :mod:`spikefm.corpus.store`).
 
     Example::
 
@@ -86,20 +87,10 @@ class Corpus:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        manifest = self.path / "manifest.json"
-        if not manifest.is_file():
-            raise ValueError(
-                f"{self.path}: not a spikefm corpus (no manifest.json); build one with "
-                "`spikefm corpus build INPUT --out DIR` or `spikefm corpus import`"
-            )
-        try:
-            self.manifest = json.loads(manifest.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{manifest}: not valid JSON ({exc}); rebuild the corpus") from None
-        version = self.manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"{manifest}: schema_version {version}, this spikefm reads "
-                             f"{SCHEMA_VERSION}; rebuild the corpus with this version")
+        #: The manifest as a typed, checked record (:class:`~spikefm.corpus.manifest.Manifest`).
+        self.manifest_record: Manifest = read_manifest(self.path)
+        #: The manifest as the JSON object on disk (a dict; ``manifest_record.to_dict()``).
+        self.manifest: dict = self.manifest_record.to_dict()
 
     def __repr__(self) -> str:
         s = self.manifest["splits"]

@@ -3,10 +3,13 @@
 A corpus directory looks like::
 
     CORPUS_DIR/
-      manifest.json                         # sessions, splits, provenance (see build.py)
+      manifest.json                         # sessions, splits, provenance (manifest.py)
       data/train-00000-of-00002.parquet     # zstd Parquet shards, Hugging Face naming
       data/test-00000-of-00001.parquet
       .staging/                             # per-session cache that makes builds resumable
+
+(``manifest.json`` and ``data`` are links into ``.versions/``, switched together in one step
+when the corpus is rewritten; see store.py.)
 
 Every row is one chunk of one session (at most ``max_row_tokens`` = units x bins). The first five
 columns are the published Neural Pile's, with the same names and Arrow types, so

@@ -64,3 +64,58 @@ def is_human_species(species: str) -> bool:
     """True for human recordings (``Homo sapiens``, NCBI taxon 9606, or "human")."""
     s = (species or "").strip().lower()
     return s in {"homo sapiens", "human", "ncbitaxon:9606"} or s.endswith("/ncbitaxon_9606")
+
+
+#: A silence of all units together must last longer than this, and longer than all the recording
+#: before it, to end the recording (see :func:`recording_end_s`).
+END_SILENCE_MIN_S = 60.0
+#: The share of the latest spikes searched for that silence.
+END_TAIL_FRACTION = 0.01
+
+
+def spike_time_bound_s(spike_times_s: np.ndarray) -> float:
+    """The last spike before the recording's spikes stop: a robust bound on the spike times.
+
+    Among the latest ``END_TAIL_FRACTION`` of the spikes (all units together, in time order,
+    starting at the spike at that quantile), find the first silence longer than both
+    ``END_SILENCE_MIN_S`` and the time from the first spike to where it starts; the bound is the
+    spike before it, or the last spike when there is no such silence. A few stray times far past
+    the others (fewer than 1 % of the spikes) therefore do not move it, while real spikes never
+    come after a silence longer than all the recording before them. O(num_spikes): one partition,
+    and a sort of the last 1 % only.
+    """
+    t = np.asarray(spike_times_s, dtype=np.float64).reshape(-1)
+    if t.size == 0:
+        raise ValueError("no spike times: the bound of an empty spike train is undefined")
+    k = int((t.size - 1) * (1.0 - END_TAIL_FRACTION))
+    t_first = float(t.min())
+    t_k = float(np.partition(t, k)[k])
+    tail = np.concatenate(([t_k], np.sort(t[t > t_k])))
+    silence = np.diff(tail)
+    elapsed = tail[:-1] - t_first
+    ends = np.flatnonzero(silence > np.maximum(elapsed, END_SILENCE_MIN_S))
+    return float(tail[ends[0]] if ends.size else tail[-1])
+
+
+def recording_end_s(rec: SessionRecord) -> tuple[float, str]:
+    """When the recording ends, to tell stray spike times from real ones.
+
+    The latest of: the robust spike-time bound (:func:`spike_time_bound_s`); the latest finite
+    ``start_time`` / ``stop_time`` of any trial or interval table; the last timestamp of any
+    behavioural series. Spikes after it are "past the end" (``--spikes-past-end``).
+
+    Returns:
+        (end in seconds from the session reference time, what set it: ``"spike times"``,
+        ``"trials"`` or ``"behaviour"``).
+    """
+    candidates = [(spike_time_bound_s(rec.spike_times_s), "spike times")]
+    for cols in rec.trials.values():
+        for name in ("start_time", "stop_time"):
+            v = np.asarray(cols.get(name, []), dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if v.size:
+                candidates.append((float(v.max()), "trials"))
+    for series in rec.behavior:
+        if len(series.timestamps_s):
+            candidates.append((float(series.timestamps_s[-1]), "behaviour"))
+    return max(candidates, key=lambda c: c[0])

@@ -24,8 +24,8 @@ from typing import Sequence
 
 __all__ = ["transfer", "transfer_study", "QUICKSTART_SIZES", "FAST_SIZES"]
 
-#: Sizes of the quickstart's transfer step.
-QUICKSTART_SIZES = dict(sessions=12, duration_s=300.0, pretrain_steps=8000, finetune_steps=1500)
+#: Sizes of the quickstart's transfer step (pretraining steps: the family's default).
+QUICKSTART_SIZES = dict(sessions=12, duration_s=300.0, finetune_steps=1500)
 #: The smallest sizes that still run every stage (used by the tests).
 FAST_SIZES = dict(sessions=3, duration_s=40.0, pretrain_steps=60, finetune_steps=40)
 
@@ -36,31 +36,36 @@ def _check_int(name: str, value, lo: int) -> None:
 
 
 def transfer(out: str | Path, *, family: str = "ndt", sessions: int = 12, duration_s: float = 300.0,
-             pretrain_steps: int = 8000, finetune_steps: int = 1500, seed: int = 1,
-             schemes: str = "neuron", neuron_ratio: float = 0.1, freeze_core: bool = True,
-             tasks: Sequence[str] = ("co-smoothing", "choice-decoding"), preset: str = "tiny",
-             quiet: bool = False) -> dict:
+             preset: str = "tiny", synth_preset: str = "ibl", pretrain_steps: int | None = None,
+             finetune_steps: int = 1500, eval_every: int | None = None, seed: int = 1,
+             strategy: str = "auto", protocol: str | None = None, overrides: Sequence[str] = (),
+             tasks: Sequence[str] | None = None, quiet: bool = False) -> dict:
     """Pretrain on synthetic sessions, fine-tune on a held-out one, benchmark it (module docstring).
 
-    Writes ``OUT/nwb_ndt`` (reused if present), ``OUT/corpus_sessions``, the runs
-    ``OUT/run_ndt_{pretrain,finetune,single}`` and ``OUT/results_ndt.json``.
+    Every setting not given here is the family's default, so this is what a user gets from
+    ``spikefm train --model ndt`` + ``spikefm finetune`` + ``spikefm eval``. Writes ``OUT/nwb_ndt``
+    (reused if present), ``OUT/corpus_sessions``, the runs ``OUT/run_ndt_{pretrain,finetune,single}``
+    and ``OUT/results_ndt.json``.
 
     Args:
         out: study folder.
         family: a masked family with per-session parameters.
         sessions: synthetic sessions (pretraining sessions plus about one held out), >= 2.
         duration_s: length of each session.
-        pretrain_steps, finetune_steps: optimizer steps (fine-tuning: maximum, early stopping).
+        preset: model size preset; synth_preset: the synthetic task (``ibl`` or ``motor``).
+        pretrain_steps: None = the family's default.
+        finetune_steps, eval_every: fine-tuning maximum steps and steps between validations
+            (default a sixth of the steps, at least 10).
         seed: the synthetic data's seed.
-        schemes, neuron_ratio: training masking schemes and neuron-masking ratio.
-        freeze_core: fine-tune only the new session's parameters.
-        tasks: benchmark tasks.
-        preset: model size preset.
+        strategy: fine-tuning strategy (``auto`` chooses on validation windows).
+        protocol: a named protocol of the family (e.g. ``jiang2025``).
+        overrides: ``section.key=value`` settings of the pretraining run (kept by fine-tuning).
+        tasks: benchmark tasks (None = the family's default tasks).
         quiet: no progress bar.
 
     Returns:
-        ``{"fine-tuned": benchmark, "single-session": benchmark}`` (the family's ``results``),
-        also written to ``OUT/results_ndt.json``; the table is printed.
+        ``{"fine-tuned": benchmark, "single-session": benchmark, "finetune": summary}``; the two
+        benchmarks are written to ``OUT/results_ndt.json``; the table is printed.
     """
     import torch
     from threadpoolctl import threadpool_limits
@@ -72,66 +77,112 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = 12, durati
     from spikefm.fileio import write_json_atomic
 
     _check_int("sessions", sessions, 2)
-    _check_int("pretrain_steps", pretrain_steps, 1)
+    if pretrain_steps is not None:
+        _check_int("pretrain_steps", pretrain_steps, 1)
     _check_int("finetune_steps", finetune_steps, 1)
     out = Path(out)
     nwb_dir = out / "nwb_ndt"
     if not nwb_dir.exists() or not any(nwb_dir.rglob("*.nwb")):
         synthesize(nwb_dir, num_sessions=sessions, seed=seed, duration_s=duration_s,
-                   units_range=(30, 80))
+                   units_range=(30, 80), preset=synth_preset)
     corpus_dir = out / "corpus_sessions"
-    build_corpus([str(nwb_dir)], corpus_dir,
-                 BuildConfig(test_fraction=1.0 / sessions - 1e-9, seed=0), progress=False)
+    if not (corpus_dir / "manifest.json").is_file():
+        build_corpus([str(nwb_dir)], corpus_dir,
+                     BuildConfig(test_fraction=1.0 / sessions - 1e-9, seed=0), progress=False)
     corpus = Corpus(corpus_dir)
     held_out = corpus.session_ids("test")[0]
     print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}")
-    runs = {name: out / f"run_ndt_{name}" for name in ("pretrain", "finetune", "single")}
+    runs = {name: out / f"run_ndt_{name}" for name in ("pretrain", "finetune")}
     for path in runs.values():
         if path.exists():
             shutil.rmtree(path)
-    cfg = families.run_config(family, preset=preset, corpus=str(corpus_dir), overrides=[
-        f"data.schemes={schemes}", f"data.neuron_ratio={neuron_ratio}", "optim.lr=3e-3",
-        f"optim.warmup_steps={pretrain_steps // 10}", f"train.steps={pretrain_steps}",
-        "train.batch_size=16", "train.log_every=50", f"train.ckpt_every={pretrain_steps}",
-        "train.device=cpu", "train.precision=fp32"])
+    steps = [f"train.steps={pretrain_steps}"] if pretrain_steps is not None else []
+    cfg = families.run_config(family, preset=preset, corpus=str(corpus_dir), protocol=protocol,
+                              overrides=[*steps, "train.device=cpu", *overrides])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is faster than two on a 2-core laptop
     try:
         with threadpool_limits(1):
             families.train(cfg, runs["pretrain"], progress=not quiet)
-            every = max(10, finetune_steps // 6)
+            every = eval_every or max(10, finetune_steps // 6)
             ft = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],
-                                   steps=finetune_steps, eval_every=every, patience=3,
-                                   freeze_core=freeze_core)
-            ss = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["single"],
-                                   from_scratch=True, steps=finetune_steps, eval_every=every,
-                                   patience=3)
-            print(f"fine-tuned: best val loss {ft['best_val_loss']:.4f} at step {ft['best_step']}; "
-                  f"single-session: {ss['best_val_loss']:.4f} at step {ss['best_step']}")
+                                   strategy=strategy, steps=finetune_steps, eval_every=every, patience=3)
+            single = Path(ft.get("single_session", {}).get("out_dir", out / "run_ndt_single"))
+            if "single_session" not in ft:
+                if single.exists():
+                    shutil.rmtree(single)
+                families.finetune(runs["pretrain"], corpus_dir, held_out, single, strategy="scratch",
+                                  steps=finetune_steps, eval_every=every, patience=3)
             evaluated = {
-                "fine-tuned": families.evaluate(runs["finetune"], corpus_dir, tasks=list(tasks),
-                                                session=held_out, baselines=True),
-                "single-session": families.evaluate(runs["single"], corpus_dir, tasks=list(tasks),
-                                                    session=held_out, baselines=False),
+                "fine-tuned": families.evaluate(runs["finetune"], corpus_dir, tasks=tasks, session=held_out),
+                "single-session": families.evaluate(single, corpus_dir, tasks=tasks, session=held_out,
+                                                    baselines=False),
             }
     finally:
         torch.set_num_threads(threads)
+    print(f"fine-tuning strategy {ft['strategy']}: best val loss {ft['best_val_loss']:.4f} at step "
+          f"{ft['best_step']}")
     print(families.format_results(evaluated))
     results = {name: ev["results"] for name, ev in evaluated.items()}
-    write_json_atomic(out / "results_ndt.json", results)
-    return results
+    write_json_atomic(out / "results_ndt.json", results)  # the strategy summary: run_ndt_finetune/finetune.json
+    return {**results, "finetune": {k: v for k, v in ft.items() if k != "history"}}
 
 
-def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3),
-                   tasks: Sequence[str] = ("co-smoothing",), command: str | None = None,
+def _headline(res: dict) -> dict:
+    """The numbers of one seed: for each task and model, the metric a table would show."""
+    rows: dict[str, dict] = {}
+    ft, ss = res["fine-tuned"]["tasks"], res["single-session"]["tasks"]
+    for task, e in ft.items():
+        if "model" in e:  # prediction tasks: bps_pooled
+            row = {"fine-tuned": e["model"]["bps_pooled"],
+                   "single-session": ss.get(task, {}).get("model", {}).get("bps_pooled")}
+            for base in ("smoothing", "oracle"):
+                if base in e:
+                    row[base] = e[base]["bps_pooled"]
+            if e.get("chunks"):
+                row["fine-tuned min chunk"] = min(c["model"]["bps_pooled"] for c in e["chunks"])
+                s_chunks = ss.get(task, {}).get("chunks") or []
+                if s_chunks:
+                    row["single-session min chunk"] = min(c["model"]["bps_pooled"] for c in s_chunks)
+            rows[f"{task} bps_pooled"] = row
+        elif "hidden" in e and "accuracy" in e.get("hidden", {}):  # label decoding
+            row = {"fine-tuned": e["hidden"]["accuracy"],
+                   "single-session": ss.get(task, {}).get("hidden", {}).get("accuracy"),
+                   "chance": e["chance"], "n_scored": e["n_test"] if e["method"] == "holdout" else None}
+            if "oracle" in e:
+                row["oracle"] = e["oracle"]["accuracy"]
+            rows[f"{task} accuracy (hidden)"] = row
+        elif "channels" in e:  # behaviour decoding: mean R2 over channels
+            for metric in ("r2", "psth_r2"):
+                row = {"fine-tuned": e["hidden"].get("mean", {}).get(metric),
+                       "single-session": ss.get(task, {}).get("hidden", {}).get("mean", {}).get(metric),
+                       "fine-tuned rates": e["rates"].get("mean", {}).get(metric),
+                       "raw-count ridge": e["counts"].get("mean", {}).get(metric)}
+                if "oracle" in e:
+                    row["oracle"] = e["oracle"].get("mean", {}).get(metric)
+                rows[f"{task} {metric} (hidden)"] = row
+    return rows
+
+
+def _mean_sd(values: list) -> dict | None:
+    import numpy as np
+
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    return {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+            "n": len(vals)}
+
+
+def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command: str | None = None,
                    **options) -> dict:
     """:func:`transfer` on several synthetic datasets (one per seed), summarised in
-    ``OUT/transfer.json`` (co-smoothing ``bps_pooled`` of each model, smoothing and oracle).
+    ``OUT/transfer.json``: per seed and as mean ± s.d. over seeds, every task's headline metric
+    for the fine-tuned model, the single-session model and the baselines.
 
     Args:
         out: study folder; seed ``s`` runs in ``OUT/seed_<s>``.
-        seeds: synthetic-data seeds.
-        tasks: benchmark tasks (co-smoothing is always included).
+        seeds: synthetic-data seeds (report seeds never used to choose settings).
         command: the command line to record.
         **options: passed to :func:`transfer`.
 
@@ -139,36 +190,37 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3),
         The summary written to ``OUT/transfer.json``.
     """
     from spikefm.fileio import write_json_atomic
+    from spikefm.tables import render_table
     from spikefm.train.runinfo import machine_info
 
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must name at least one synthetic-data seed, e.g. 1,2,3")
-    tasks = list(dict.fromkeys(["co-smoothing", *tasks]))
     out = Path(out)
-    rows = []
+    per_seed = {}
     for seed in seeds:
         t0 = time.perf_counter()
-        res = transfer(out / f"seed_{seed}", seed=seed, tasks=tasks, **options)
-        ft = res["fine-tuned"]["tasks"]["co-smoothing"]
-        ss = res["single-session"]["tasks"]["co-smoothing"]
-        b = {"fine-tuned": ft["model"]["bps_pooled"], "single-session": ss["model"]["bps_pooled"],
-             "smoothing": ft.get("smoothing", {}).get("bps_pooled"),
-             "oracle": ft.get("oracle", {}).get("bps_pooled")}
-        row = {"seed": seed, "session_id": res["fine-tuned"]["session_id"],
-               "num_units": res["fine-tuned"]["num_units"],
-               "num_test_windows": res["fine-tuned"]["num_test_windows"], "bps_pooled": b,
-               "wall_s": round(time.perf_counter() - t0, 1)}
-        if b["oracle"]:
-            row["fraction_of_oracle"] = {k: b[k] / b["oracle"] for k in ("fine-tuned", "single-session")}
-        row["fine-tuned_beats"] = {k: b["fine-tuned"] > b[k] for k in ("smoothing", "single-session")
-                                   if b[k] is not None}
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in b.items() if v is not None),
-              flush=True)
-        rows.append(row)
+        res = transfer(out / f"seed_{seed}", seed=seed, **options)
+        per_seed[seed] = {"session_id": res["fine-tuned"]["session_id"],
+                          "num_units": res["fine-tuned"]["num_units"],
+                          "num_test_windows": res["fine-tuned"]["num_test_windows"],
+                          "strategy": res["finetune"].get("strategy"),
+                          "metrics": _headline(res), "wall_s": round(time.perf_counter() - t0, 1)}
+    names = list(dict.fromkeys(m for r in per_seed.values() for m in r["metrics"]))
+    aggregate = {}
+    for m in names:
+        cols = list(dict.fromkeys(c for r in per_seed.values() for c in r["metrics"].get(m, {})))
+        aggregate[m] = {c: _mean_sd([r["metrics"].get(m, {}).get(c) for r in per_seed.values()]) for c in cols}
+    rows = []
+    for m, cols in aggregate.items():
+        for c, v in cols.items():
+            if v is not None and c != "n_scored":
+                rows.append([m, c, f"{v['mean']:.4f} ± {v['sd']:.4f}"])
+    print(render_table(["metric", "model", f"mean ± s.d. over seeds {','.join(map(str, seeds))}"], rows,
+                       align="<<>"))
     summary = {"study": "transfer", "command": command or " ".join(sys.argv),
-               "settings": {"seeds": seeds, "tasks": tasks, **options}, "runs": rows,
-               "fine-tuned_beats_both_in": f"{sum(all(r['fine-tuned_beats'].values()) for r in rows)}/{len(rows)}",
-               "machine": machine_info()}
+               "settings": {"seeds": seeds, **{k: (list(v) if isinstance(v, tuple) else v)
+                                               for k, v in options.items()}},
+               "per_seed": per_seed, "mean_sd": aggregate, "machine": machine_info()}
     write_json_atomic(out / "transfer.json", summary)
     return summary

@@ -460,7 +460,8 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
     by leave-one-out CV per channel, :class:`sklearn.linear_model.RidgeCV`) is fitted on the bins
     of the train+val windows and scored on the test windows: ``r2`` pooled over the test bins
     (single trial) and ``psth_r2`` of the test-trial average at each bin. Bins with a missing
-    behaviour value are left out.
+    behaviour value are left out. PSTHs are averaged per condition (the windows' ``choice`` or
+    ``target_angle`` label when present) and ``psth_r2`` pools the conditions' bins.
 
     Returns:
         ``{"channels", "n_train", "n_test", "layer", <feature set>: {channel: {"r2", "psth_r2"},
@@ -484,8 +485,17 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
         features["oracle"] = np.asarray(truth_latents, dtype=np.float64)
     y_KTC = windows.behavior.astype(np.float64)
     K, T, C = y_KTC.shape
+    # PSTHs average the test trials of one condition (the first discrete label the windows have,
+    # e.g. choice or reach target); averaging across conditions would cancel what they encode.
+    condition = next((name for name in ("choice", "target_angle", *sorted(windows.labels))
+                      if name in windows.labels), None)
+    groups = [np.arange(test.size)]
+    if condition is not None:
+        values, present = _label_array(windows, condition)
+        groups = [np.flatnonzero(present[test] & (values[test] == v)) for v in np.unique(values[test][present[test]])]
+        groups = [g for g in groups if g.size] or [np.arange(test.size)]
     out: dict = {"channels": list(windows.behavior_names), "n_train": int(train.size),
-                 "n_test": int(test.size), "layer": layer}
+                 "n_test": int(test.size), "layer": layer, "psth_condition": condition}
     with threadpool_limits(1):
         for name, X_KTF in features.items():
             entry: dict = {}
@@ -499,12 +509,15 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
                 pred_kT = reg.predict(X_KTF[test].reshape(test.size * T, -1)).reshape(test.size, T)
                 true_kT = y_KTC[test, :, c]
                 r2 = _r2(pred_kT[te_ok], true_kT[te_ok])
+                psth_pred, psth_true = [], []
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    psth_pred = np.nanmean(np.where(te_ok, pred_kT, np.nan), axis=0)
-                    psth_true = np.nanmean(np.where(te_ok, true_kT, np.nan), axis=0)
-                ok_T = np.isfinite(psth_true)
-                entry[channel] = {"r2": r2, "psth_r2": _r2(psth_pred[ok_T], psth_true[ok_T])}
+                    for group in groups:
+                        psth_pred.append(np.nanmean(np.where(te_ok[group], pred_kT[group], np.nan), axis=0))
+                        psth_true.append(np.nanmean(np.where(te_ok[group], true_kT[group], np.nan), axis=0))
+                psth_pred, psth_true = np.concatenate(psth_pred), np.concatenate(psth_true)
+                ok = np.isfinite(psth_true)
+                entry[channel] = {"r2": r2, "psth_r2": _r2(psth_pred[ok], psth_true[ok])}
             if entry:
                 entry["mean"] = {m: float(np.nanmean([v[m] for v in entry.values()])) for m in ("r2", "psth_r2")}
             out[name] = entry

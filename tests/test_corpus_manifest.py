@@ -1,0 +1,152 @@
+"""The typed manifest: build and import write it through one record, it round-trips exactly,
+and a damaged one gives a one-line error naming the file, the key, expected and found."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spikefm import Corpus
+from spikefm.corpus.build import BuildConfig, build_corpus
+from spikefm.corpus.importer import import_neural_pile
+from spikefm.corpus.manifest import Manifest, ManifestError, read_manifest
+
+from test_corpus_support import write_sessions
+
+BUILD_SESSION_KEYS = ["session_id", "subject_id", "source_dataset", "species", "is_human",
+                      "num_units", "num_bins", "bin_ms", "t_start_ms", "duration_s", "num_rows",
+                      "num_tokens", "num_spikes", "clipped_bins", "regions", "behavior_names",
+                      "trial_tables", "provenance", "license", "split"]
+TOP_KEYS = ["schema_version", "spikefm_version", "created_utc", "bin_ms", "build", "splits",
+            "num_sessions", "num_human_sessions", "sessions", "skipped"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("manifest")
+    write_sessions(root / "in", 3, seed=2, duration_s=8.0)
+    build_corpus([str(root / "in")], root / "c", BuildConfig(test_fraction=0.3), progress=False)
+    return root / "c"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pile")
+    counts = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    table = pa.table({"spike_counts": pa.array([counts.tolist()] * 2,
+                                                pa.list_(pa.list_(pa.uint8()))),
+                      "subject_id": ["a", "a"], "session_id": ["s", "s"],
+                      "segment_id": ["segment_0", "segment_1"], "source_dataset": ["xiao"] * 2})
+    (root / "pile" / "data").mkdir(parents=True)
+    pq.write_table(table, root / "pile" / "data" / "train-00000-of-00001.parquet")
+    import_neural_pile(str(root / "pile"), root / "c", progress=False)
+    return root / "c"
+
+
+def test_build_manifest_layout_is_unchanged_and_round_trips(built):
+    raw = json.loads((built / "manifest.json").read_text())
+    assert list(raw) == TOP_KEYS
+    assert list(raw["build"])[:4] == ["max_row_tokens", "test_fraction", "split", "seed"]
+    for s in raw["sessions"]:
+        assert list(s) == BUILD_SESSION_KEYS
+    assert list(raw["splits"]) == ["train", "test"]
+    record = Manifest.from_dict(raw)
+    assert record.to_dict() == raw and list(record.to_dict()) == list(raw)
+    assert record.to_json() == (built / "manifest.json").read_bytes()  # byte for byte
+    corpus = Corpus(built)
+    assert corpus.manifest == raw and isinstance(corpus.manifest, dict)
+    assert corpus.manifest_record.sessions[0].session_id == raw["sessions"][0]["session_id"]
+    assert corpus.manifest_record.splits["train"].num_tokens == corpus.num_tokens("train")
+
+
+def test_import_manifest_round_trips_with_its_own_keys(imported):
+    raw = json.loads((imported / "manifest.json").read_text())
+    assert raw["build"]["importer"] == "neural_pile" and raw["provenance"]["path"]
+    (s,) = raw["sessions"]
+    assert s["segments_ordered"] is True and s["num_spikes"] == 2 * sum(range(12))
+    assert Manifest.from_dict(raw).to_json() == (imported / "manifest.json").read_bytes()
+
+
+def test_unknown_keys_and_minimal_manifests_are_kept(tmp_path):
+    minimal = {"schema_version": 1, "bin_ms": 20, "sessions": [],
+               "splits": {"train": {"num_rows": 0, "num_tokens": 0, "num_sessions": 0,
+                                    "shards": []}}}
+    assert Manifest.from_dict(minimal).to_dict() == minimal  # benchmarks write such manifests
+    extra = copy.deepcopy(minimal)
+    extra["future_key"] = {"x": [1, 2]}
+    extra["splits"]["train"]["checksum"] = "abc"
+    extra["sessions"] = [{"session_id": "a", "split": "train", "note": "kept"}]
+    assert Manifest.from_dict(extra).to_dict() == extra
+
+
+def write_manifest(folder, obj):
+    folder.mkdir(exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(obj))
+    return folder
+
+
+@pytest.mark.parametrize("edit,key,expected,found", [
+    (lambda m: m["sessions"][1].__setitem__("num_units", "7"), "sessions[1].num_units",
+     "an int >= 0", "'7' (str)"),
+    (lambda m: m["sessions"][0].pop("split"), "sessions[0].split",
+     "one of train, test, both", "nothing"),
+    (lambda m: m["splits"]["test"].__setitem__("shards", ["../../etc/passwd"]),
+     "splits.test.shards[0]", "a path inside the corpus folder", "'../../etc/passwd' (str)"),
+    (lambda m: m.__setitem__("bin_ms", 0), "bin_ms", "an int > 0", "0 (int)"),
+    (lambda m: m.__setitem__("sessions", {}), "sessions", "a list", "{} (dict)"),
+    (lambda m: m["build"].__setitem__("seed", 1.5), "build.seed", "an int", "1.5 (float)"),
+    (lambda m: m.pop("splits"), "splits", "an object of splits", "nothing"),
+    (lambda m: m["sessions"][0].__setitem__("regions", {"CA1": -1}), "sessions[0].regions",
+     "an object of ints >= 0", "{'CA1': -1} (dict)"),
+])
+def test_damaged_manifest_is_a_one_line_error(built, tmp_path, edit, key, expected, found):
+    raw = json.loads((built / "manifest.json").read_text())
+    edit(raw)
+    folder = write_manifest(tmp_path / "c", raw)
+    with pytest.raises(ManifestError) as exc:
+        Corpus(folder)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{folder / 'manifest.json'}: key '{key}' must be {expected}")
+    assert f", found {found}" in msg and msg.endswith("`spikefm corpus import`")
+
+
+def test_not_a_corpus_bad_json_and_other_schema_versions(tmp_path):
+    with pytest.raises(ValueError, match="not a spikefm corpus"):
+        Corpus(tmp_path)
+    (tmp_path / "manifest.json").write_text("{nope")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_manifest(tmp_path)
+    write_manifest(tmp_path, {"schema_version": 99, "bin_ms": 20})
+    with pytest.raises(ValueError, match="schema_version 99, this spikefm reads 1"):
+        Corpus(tmp_path)
+    write_manifest(tmp_path, [1, 2])
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        Corpus(tmp_path)
+    write_manifest(tmp_path, {"schema_version": 1, "bin_ms": 20, "splits": {}, "sessions": [
+        {"session_id": "a", "split": "train"}, {"session_id": "a", "split": "test"}]})
+    with pytest.raises(ValueError, match="distinct session_id"):
+        Corpus(tmp_path)
+
+
+def test_the_folder_layout_is_readable_by_datasets_and_pyarrow(built, tmp_path):
+    """Through the links, the corpus looks like a Hugging Face dataset folder."""
+    assert os.readlink(built / "data") == ".current/data"
+    assert os.readlink(built / "manifest.json") == ".current/manifest.json"
+    listed = sorted(p for sp in Corpus(built).manifest["splits"].values() for p in sp["shards"])
+    assert sorted(f"data/{p.name}" for p in (built / "data").iterdir()) == listed
+    datasets = pytest.importorskip("datasets")
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    ds = datasets.load_dataset(str(built), cache_dir=str(tmp_path / "hf"))
+    c = Corpus(built)
+    assert {k: v.num_rows for k, v in ds.items()} == \
+        {k: v["num_rows"] for k, v in c.manifest["splits"].items()}
+    ours = {(r.session_id, r.segment_id): r.spike_counts for r in c.iter_rows("train")}
+    for row in ds["train"]:
+        np.testing.assert_array_equal(np.asarray(row["spike_counts"], np.uint8),
+                                      ours[(row["session_id"], row["segment_id"])])

@@ -186,6 +186,18 @@ def cmd_experiment_transfer(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from spikefm.report import write_report
+
+    command = " ".join(["spikefm", "report", str(args.path), "--out", str(args.out)]
+                       + (["--predictions", str(args.predictions)] if args.predictions else [])
+                       + (["--generated", str(args.generated)] if args.generated else []))
+    out = write_report(args.path, args.out, predictions=args.predictions, generated=args.generated,
+                       command=command)
+    print(f"report: {out} ({out.stat().st_size / 1e6:.2f} MB; open it in a browser, no network needed)")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 
@@ -352,6 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a setting of the pretraining run (repeatable)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_experiment_transfer)
+
+    r = sub.add_parser("report", help="one self-contained HTML report of a corpus, run, evaluation "
+                       "results JSON or study folder")
+    r.add_argument("path", metavar="PATH", help="corpus folder, run folder, results JSON (spikefm eval "
+                   "--out) or study folder (spikefm experiment transfer --out)")
+    r.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
+    r.add_argument("--predictions", default=None, metavar="DIR",
+                   help="saved predictions of the evaluation (spikefm eval --save-predictions DIR); "
+                        "default: a predictions/ or <stem>_predictions/ folder beside the JSON")
+    r.add_argument("--generated", default=None, metavar="NPZ",
+                   help="generated spikes to draw beside real ones (spikefm generate --out); "
+                        "default: generated.npz beside an AR results JSON")
+    r.set_defaults(func=cmd_report)
 
     q = sub.add_parser("quickstart", help="synthesize, build, inspect, train and evaluate")
     q.add_argument("--out", default="quickstart")

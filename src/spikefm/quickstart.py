@@ -107,6 +107,9 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
                                     temperature=1.0, top_k=None, seed=0,
                                     out=str(out / "generated.npz")))
     ndt_results = _ndt_step(out, fast)
+    from spikefm.report import write_quickstart_report
+
+    print(f"\nreport (open it in a browser): {write_quickstart_report(out)}")
     print(f"\nquickstart finished in {time.time() - t0:.0f} s; everything is under {out}/")
     return {"results": results, "ndt_results": ndt_results, "report": report, "figures": figs}
 

@@ -1,0 +1,178 @@
+"""``spikefm report PATH``: decide what PATH is and assemble its report.
+
+PATH is one of
+
+- a corpus folder (``manifest.json``): the corpus section;
+- a run folder (``config.json`` + ``metrics.jsonl``, any family): the training section, and the
+  run's corpus when it is still where the run found it;
+- an evaluation results JSON (``spikefm eval --out``, the quickstart's ``results_*.json``): the
+  evaluation section, with saved predictions (``--predictions DIR``, or a ``predictions/`` or
+  ``<stem>_predictions/`` folder beside the JSON) and a ``generated.npz`` beside it;
+- a study folder (``spikefm experiment transfer --out DIR``: ``DIR/transfer.json``) or a study
+  JSON (an object with a ``"study"`` name): the study section and each seed's results.
+
+Every report ends with a provenance section.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from spikefm.report.page import Page
+from spikefm.report.provenance import Provenance
+from spikefm.report.training import read_json
+
+KINDS = ("corpus", "run", "evaluation", "study")
+_EXPECTED = ("expected a corpus folder (manifest.json), a run folder (config.json + metrics.jsonl), "
+             "an evaluation results JSON (spikefm eval --out) or a study folder or JSON "
+             "(spikefm experiment transfer --out DIR: DIR/transfer.json)")
+
+
+def report_kind(path: str | Path) -> str:
+    """``"corpus"``, ``"run"``, ``"evaluation"`` or ``"study"``; ValueError (one line) otherwise."""
+    from spikefm.report.evaluation import parse_evaluation
+
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{p} does not exist; {_EXPECTED}")
+    if p.is_dir():
+        if (p / "manifest.json").is_file():
+            return "corpus"
+        if (p / "config.json").is_file() and (p / "metrics.jsonl").is_file():
+            return "run"
+        if _study_json(p) is not None:
+            return "study"
+        found = ", ".join(sorted(c.name for c in p.iterdir())[:8]) or "nothing"
+        raise ValueError(f"{p} is a folder holding {found}; {_EXPECTED}")
+    obj = read_json(p, "a results or study JSON")
+    if isinstance(obj, dict) and "study" in obj:
+        return "study"
+    if parse_evaluation(obj) is not None:
+        return "evaluation"
+    keys = ", ".join(list(obj)[:6]) if isinstance(obj, dict) else type(obj).__name__
+    raise ValueError(f"{p} holds no evaluation results or study (found {keys}); {_EXPECTED}")
+
+
+def _study_json(folder: Path) -> Path | None:
+    if (folder / "transfer.json").is_file():
+        return folder / "transfer.json"
+    for p in sorted(folder.glob("*.json")):
+        try:
+            obj = read_json(p, "a study JSON")
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "study" in obj:
+            return p
+    return None
+
+
+def _find_predictions(results: Path) -> Path | None:
+    for cand in (results.parent / f"{results.stem}_predictions", results.parent / "predictions"):
+        if cand.is_dir() and any(cand.glob("*.npz")):
+            return cand
+    return None
+
+
+def _windows_or_note(sec, meta: dict[str, Any], run_dir=None, corpus=None, session=None):
+    """The test windows for conditions and regions, or None with a note saying why not."""
+    from spikefm.report.evaluation import load_test_windows
+
+    run_dir, corpus, session = run_dir or meta.get("run_dir"), corpus or meta.get("corpus"), \
+        session or meta.get("session_id")
+    if not (run_dir and corpus and session):
+        sec.note("conditions and regions: the results name no run, corpus and session to cut the "
+                 "test windows from")
+        return None
+    try:
+        return load_test_windows(run_dir, corpus, session)
+    except (ValueError, KeyError, OSError) as exc:
+        sec.note(f"conditions and regions unavailable: {str(exc).splitlines()[0]}")
+        return None
+
+
+def add_evaluation(page: Page, results: str | Path, prov: Provenance, *, predictions: str | Path | None = None,
+                   generated: str | Path | None = None, title: str | None = None,
+                   windows_from: tuple | None = None, src: str | None = None) -> None:
+    """Add the evaluation section of one results JSON (see the module docstring).
+
+    ``windows_from``: (run_dir, corpus, session) to cut the test windows from when the JSON does
+    not name them (the quickstart's ``results_ndt.json``). ``src``: the source name its table
+    cells carry (default: the file's name).
+    """
+    from spikefm.report.evaluation import evaluation_section, parse_evaluation
+
+    results = Path(results)
+    obj = read_json(results, "an evaluation results JSON")
+    ev = parse_evaluation(obj, src=src or results.name)
+    if ev is None:
+        raise ValueError(f"{results} holds no evaluation results; {_EXPECTED}")
+    if predictions is None and ev.family != "ar":
+        predictions = _find_predictions(results)
+    if generated is None and ev.family == "ar" and (results.parent / "generated.npz").is_file():
+        generated = results.parent / "generated.npz"
+    label = {"ar": "cross-entropy", "ndt": "neural prediction"}.get(ev.family, ev.family)
+    sec = evaluation_section(page, ev, title=title or f"Evaluation ({label}): {results.name}")
+    if predictions is not None:
+        from spikefm.report.evaluation import predictions_panel
+
+        windows = _windows_or_note(sec, ev.meta, *(windows_from or ()))
+        predictions_panel(sec, ev, Path(predictions), windows)
+    elif ev.family != "ar":
+        sec.note("per-neuron histograms, rasters and PSTHs need saved predictions: spikefm eval "
+                 "--save-predictions DIR, then spikefm report RESULTS.json --predictions DIR")
+    if generated is not None:
+        from spikefm.report.evaluation import generation_panel
+
+        generation_panel(sec, Path(generated))
+    prov.add(f"results {results}", [(k, ev.meta.get(k)) for k in
+                                    ("family", "run_dir", "corpus", "corpus_manifest_sha256", "session_id",
+                                     "split", "seq_len", "decode_layer", "window_bins")])
+
+
+def build_report(path: str | Path, *, predictions: str | Path | None = None,
+                 generated: str | Path | None = None, command: str | None = None) -> Page:
+    """The report of ``path`` (a corpus, run, results JSON or study; see the module docstring)."""
+    from spikefm.report.corpus import corpus_section
+    from spikefm.report.study import study_section, study_seed_results
+    from spikefm.report.training import training_section
+
+    path = Path(path)
+    kind = report_kind(path)
+    if predictions is not None and not Path(predictions).is_dir():
+        raise ValueError(f"--predictions {predictions} is not a folder; expected the DIR of "
+                         "spikefm eval --save-predictions DIR")
+    if generated is not None and not Path(generated).is_file():
+        raise ValueError(f"--generated {generated} not found; expected the .npz of spikefm generate --out")
+    prov = Provenance()
+    page = Page(f"spikefm report: {path.name or path}", f"{kind} at {path.resolve()}")
+    if kind == "corpus":
+        corpus_section(page, path, prov)
+    elif kind == "run":
+        out = training_section(page, path, prov)
+        corpus = (out["info"].get("family_info") or {}).get("corpus")
+        if corpus and (Path(corpus) / "manifest.json").is_file():
+            corpus_section(page, corpus, prov, title=f"Corpus of the run ({corpus})")
+        if generated is not None:
+            from spikefm.report.evaluation import generation_panel
+
+            generation_panel(page.sections[0], Path(generated))
+    elif kind == "evaluation":
+        add_evaluation(page, path, prov, predictions=predictions, generated=generated)
+    else:
+        study_file = _study_json(path) if path.is_dir() else path
+        study_section(page, read_json(study_file, "a study JSON"), prov, src=study_file.name)
+        for seed, results in study_seed_results(study_file.parent):
+            try:
+                add_evaluation(page, results, prov, title=f"Evaluation, {seed}: {results.name}",
+                               src=f"{seed}/{results.name}")
+            except ValueError as exc:
+                warnings.warn(f"{results}: left out of the report ({exc})", RuntimeWarning, stacklevel=2)
+    prov.section(page, command)
+    return page
+
+
+def write_report(path: str | Path, out: str | Path = "report.html", *, predictions: str | Path | None = None,
+                 generated: str | Path | None = None, command: str | None = None) -> Path:
+    """Build the report of ``path`` and write it to ``out`` atomically; returns ``out``."""
+    return build_report(path, predictions=predictions, generated=generated, command=command).write(out)

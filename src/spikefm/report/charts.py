@@ -1,0 +1,160 @@
+"""Figure specs for the page's chart script (:mod:`spikefm.report.assets`), with size budgets.
+
+Each function returns a JSON-able dict. Long traces are decimated to :data:`MAX_POINTS` points
+per series and rasters to :data:`MAX_RASTER_CELLS` cells (bins are summed, then clipped to the
+display range), so that no report comes near the 5 MB limit.
+"""
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+#: Points kept per line series (every k-th point, the last one always kept).
+MAX_POINTS = 1500
+#: Cells kept per raster (units x bins), after summing neighbouring bins.
+MAX_RASTER_CELLS = 120_000
+
+
+def _floats(values: Sequence[Any]) -> list[float | None]:
+    out = []
+    for v in values:
+        out.append(None if v is None else float(v))
+    return out
+
+
+def series(name: str, x: Sequence[Any], y: Sequence[Any], *, style: str = "line",
+           color: str | None = None) -> dict:
+    """One series of an :func:`xy` chart; ``style`` is ``line``, ``dash``, ``dot`` or ``points``.
+    Series longer than :data:`MAX_POINTS` keep every k-th point and the last."""
+    x, y = list(x), list(y)
+    if len(x) != len(y):
+        raise ValueError(f"series {name!r}: x has {len(x)} values, y has {len(y)}")
+    if len(x) > MAX_POINTS:
+        step = math.ceil(len(x) / MAX_POINTS)
+        keep = list(range(0, len(x), step))
+        if keep[-1] != len(x) - 1:
+            keep.append(len(x) - 1)
+        x, y = [x[i] for i in keep], [y[i] for i in keep]
+    out = {"name": name, "x": _floats(x), "y": _floats(y), "style": style}
+    if color:
+        out["color"] = color
+    return out
+
+
+def xy(series_list: Sequence[dict], *, x_label: str, y_label: str, log_x: bool = False,
+       log_y: bool = False, hlines: Sequence[dict] = (), vlines: Sequence[dict] = (),
+       link: str | None = None, height: int | None = None) -> dict:
+    """Lines/points on linear or log axes. ``hlines``/``vlines``: ``{"y"|"x", "name"}``."""
+    spec = {"kind": "xy", "series": list(series_list), "x_label": x_label, "y_label": y_label,
+            "log_x": log_x, "log_y": log_y, "hlines": list(hlines), "vlines": list(vlines)}
+    if link:
+        spec["link"] = link
+    if height:
+        spec["height"] = height
+    return spec
+
+
+def bar_series(name: str, values: Sequence[Any], *, err: Sequence[Any] | None = None,
+               lo: Sequence[Any] | None = None, hi: Sequence[Any] | None = None,
+               points: Sequence[Sequence[Any]] | None = None, color: str | None = None) -> dict:
+    """One series of a :func:`bars` chart: a value per category, optional symmetric errors
+    (``err``) or intervals (``lo``, ``hi``), and optional individual points per category."""
+    out: dict = {"name": name, "values": _floats(values)}
+    if err is not None:
+        out["err"] = _floats(err)
+    if lo is not None and hi is not None:
+        out["lo"], out["hi"] = _floats(lo), _floats(hi)
+    if points is not None:
+        out["points"] = [_floats(p) for p in points]
+    if color:
+        out["color"] = color
+    return out
+
+
+def bars(categories: Sequence[Any], series_list: Sequence[dict], *, y_label: str,
+         x_label: str = "", hlines: Sequence[dict] = (), log_y: bool = False,
+         points_label: str = "points", height: int | None = None) -> dict:
+    """Grouped bars: one group per category, one bar per series."""
+    for s in series_list:
+        if len(s["values"]) != len(categories):
+            raise ValueError(f"bar series {s['name']!r} has {len(s['values'])} values for "
+                             f"{len(categories)} categories")
+    spec = {"kind": "bars", "categories": [str(c) for c in categories], "series": list(series_list),
+            "y_label": y_label, "x_label": x_label, "hlines": list(hlines), "log_y": log_y,
+            "points_label": points_label}
+    if height:
+        spec["height"] = height
+    return spec
+
+
+def hist(values: Sequence[float] | np.ndarray, *, x_label: str, y_label: str = "count",
+         bins: int = 30, vlines: Sequence[dict] = ()) -> dict:
+    """Histogram of the finite ``values`` (non-finite ones are left out; say so in the caption)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        edges, counts = np.array([0.0, 1.0]), np.array([0])
+    else:
+        lo, hi = float(v.min()), float(v.max())
+        if lo == hi:
+            lo, hi = lo - 0.5, hi + 0.5
+        counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    return {"kind": "hist", "edges": [float(e) for e in edges], "counts": [int(c) for c in counts],
+            "x_label": x_label, "y_label": y_label, "vlines": list(vlines)}
+
+
+def _b64(levels: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(levels, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def raster(matrix_NT: np.ndarray, *, dt_s: float, x0_s: float = 0.0, x_label: str = "time (s)",
+           y_label: str = "unit", kind: str = "counts", vmax: float | None = None,
+           row_labels: Sequence[str] | None = None, vlines: Sequence[dict] = (),
+           link: str | None = None, value_name: str | None = None, height: int | None = None,
+           max_cells: int = MAX_RASTER_CELLS) -> dict:
+    """A rows x bins matrix as a raster (``kind="counts"``: white for 0, grey to black up to the
+    largest count) or a heat map (``kind="rates"``: a colour ramp from 0 to ``vmax``, default the
+    99.5th percentile).
+
+    Neighbouring bins are summed when rows x bins exceeds ``max_cells`` (``dx`` grows to match).
+    NaN shows as 0. Integer counts up to 255 are stored exactly for the hover read-out; other
+    values as uint8 levels ``round(value / vmax * 255)`` with ``scale = vmax / 255``.
+    """
+    if kind not in ("counts", "rates"):
+        raise ValueError(f"kind must be 'counts' or 'rates', got {kind!r}")
+    m = np.asarray(matrix_NT, dtype=np.float64)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"a raster needs a non-empty 2-D array (rows, bins), got shape {m.shape}")
+    m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+    rows, cols = m.shape
+    group = max(1, math.ceil(rows * cols / max_cells))
+    if group > 1:
+        usable = max(group, (cols // group) * group)
+        m = np.pad(m, ((0, 0), (0, max(0, usable - cols))))[:, :usable]
+        m = m.reshape(rows, usable // group, group).sum(axis=2)
+        cols, dt_s = m.shape[1], dt_s * group
+    spec: dict = {"kind": "raster", "colors": kind, "rows": int(rows), "cols": int(cols),
+                  "x0": float(x0_s), "dx": float(dt_s), "bins_summed": int(group),
+                  "x_label": x_label, "y_label": y_label, "vlines": list(vlines),
+                  "value_name": value_name or ("count" if kind == "counts" else "rate")}
+    top = float(m.max())
+    if kind == "counts" and top <= 255 and np.all(m == np.round(m)):
+        spec["values"] = _b64(m)  # exact counts for the read-out
+        spec["data"] = _b64(np.where(m > 0, 60 + 195 * m / max(top, 1.0), 0))
+        spec["scale"] = 1.0
+    else:
+        if vmax is None:
+            vmax = float(np.percentile(m, 99.5)) if kind == "rates" else top
+        vmax = max(float(vmax), 1e-12)
+        spec["data"] = _b64(np.clip(np.round(m / vmax * 255), 0, 255))
+        spec["scale"] = vmax / 255
+    if row_labels is not None:
+        spec["row_labels"] = [str(r) for r in row_labels]
+    if link:
+        spec["link"] = link
+    if height:
+        spec["height"] = height
+    return spec

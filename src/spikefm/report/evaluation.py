@@ -1,0 +1,567 @@
+"""Evaluation sections: the tables ``spikefm eval`` prints, as HTML with figures.
+
+Accepted JSON shapes (all that spikefm writes):
+
+- ``spikefm eval --out`` of an autoregressive run: ``{"family": "ar", "run_dir", "split",
+  "results": {"model": xent, "<n>-gram": xent, "oracle": xent}}`` (xent = a cross-entropy
+  summary with ``overall`` and ``per_source``), and the quickstart's ``results_ar.json``,
+  ``{name: xent}``;
+- ``spikefm eval --out`` of a masked run: ``{"family": "ndt", "run_dir", "corpus",
+  "session_id", "results": benchmark}`` (benchmark = ``run_benchmark``'s ``{"tasks", "skipped",
+  ...}``), a bare benchmark, and the quickstart's ``results_ndt.json``, ``{name: benchmark}``.
+
+Saved predictions (``spikefm eval --save-predictions DIR``: ``DIR/<task>.npz`` with ``rates`` and
+``counts``, K x T x N, NaN where not scored) add per-neuron bits-per-spike histograms, true rasters
+beside predicted rates and PSTHs per condition (conditions are the test windows' trial labels,
+cut again from the corpus with the run's saved window split). ``DIR/behavior-decoding.npz`` with
+``true`` and ``predicted`` (K x T x C) and ``channels`` adds decoded-vs-true behaviour traces.
+A ``generated.npz`` (``spikefm generate``: ``counts`` and, when prompted, ``prompt`` and
+``real``) adds generated-vs-real rasters.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spikefm.report import charts
+from spikefm.report.page import Num, Page, Section, pointer
+
+AR_KINDS = ("all", "counts", "separators")
+BPS_METRICS = ("bps_pooled", "bps_per_neuron_mean")
+BASELINES = ("smoothing", "oracle")
+#: Units drawn as single-unit PSTHs (the most active ones), and test bins drawn in rasters.
+PSTH_UNITS = 4
+RASTER_MAX_BINS = 2000
+
+
+@dataclass
+class Evaluation:
+    """Results of one JSON file, normalized: ``models`` maps a column name to its result and
+    ``where`` to the keys of that result inside the file (for JSON pointers)."""
+
+    family: str
+    models: dict[str, dict]
+    where: dict[str, tuple]
+    meta: dict = field(default_factory=dict)
+    src: str = "results"
+
+    def ptr(self, model: str, *keys: Any) -> str:
+        return pointer(*self.where[model], *keys)
+
+
+def _is_xent(v: Any) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("overall"), dict)
+
+
+def _is_bench(v: Any) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("tasks"), dict)
+
+
+def parse_evaluation(obj: Any, *, src: str = "results") -> Evaluation | None:
+    """The :class:`Evaluation` in a results JSON, or None when ``obj`` holds none."""
+    if not isinstance(obj, dict) or not obj:
+        return None
+    meta = {k: v for k, v in obj.items() if k != "results"}
+    results = obj.get("results")
+    if isinstance(results, dict) and results:
+        run_name = Path(str(obj.get("run_dir") or "model")).name or "model"
+        if all(_is_xent(v) for v in results.values()):
+            names = {k: (run_name if k == "model" else k) for k in results}
+            return Evaluation("ar", {names[k]: v for k, v in results.items()},
+                              {names[k]: ("results", k) for k in results}, meta, src)
+        if _is_bench(results):
+            return Evaluation("ndt", {run_name: results}, {run_name: ("results",)}, meta, src)
+    if _is_bench(obj):
+        return Evaluation("ndt", {"model": obj}, {"model": ()}, {}, src)
+    if all(_is_xent(v) for v in obj.values()):
+        return Evaluation("ar", dict(obj), {k: (k,) for k in obj}, {}, src)
+    if all(_is_bench(v) for v in obj.values()):
+        return Evaluation("ndt", dict(obj), {k: (k,) for k in obj}, {}, src)
+    return None
+
+
+def evaluation_section(page: Page, ev: Evaluation, *, title: str = "Evaluation") -> Section:
+    """Add the section of one :class:`Evaluation`: its tables and figures (add saved predictions
+    with :func:`predictions_panel`, generated rasters with :func:`generation_panel`)."""
+    sec = page.section(f"evaluation-{ev.family}", title)
+    where = ", ".join(f"{k} {ev.meta[k]}" for k in ("run_dir", "corpus", "session_id", "split")
+                      if ev.meta.get(k))
+    if where:
+        sec.note(where)
+    if ev.family == "ar":
+        _ar_tables(sec, ev)
+    else:
+        _ndt_tables(sec, ev)
+    return sec
+
+
+# --- autoregressive: cross-entropy -------------------------------------------------------------
+
+
+def _ar_tables(sec: Section, ev: Evaluation) -> None:
+    names = list(ev.models)
+    split = ev.meta.get("split", "test")
+    for unit, title in (("bits", f"cross-entropy on the {split} split (bits/token)"),
+                        ("nats", "cross-entropy (nats/token)")):
+        rows = [[kind] + [Num(ev.models[n]["overall"].get(kind, {}).get(unit), src=ev.src,
+                              path=ev.ptr(n, "overall", kind, unit)) for n in names] for kind in AR_KINDS]
+        sec.table(["", *names], rows, caption=title, key=f"xent-{unit}")
+    sec.table(["", *names], [[kind] + [Num(ev.models[n]["overall"].get(kind, {}).get("num_tokens"), src=ev.src,
+                                           path=ev.ptr(n, "overall", kind, "num_tokens")) for n in names]
+                             for kind in AR_KINDS], caption="tokens scored (the same for every model)",
+              key="xent-tokens")
+    sources = sorted({s for r in ev.models.values() for s in r.get("per_source", {})})
+    if len(sources) > 1:
+        for source in sources:
+            rows = [[kind] + [Num(ev.models[n].get("per_source", {}).get(source, {}).get(kind, {}).get("bits"),
+                                  src=ev.src, path=ev.ptr(n, "per_source", source, kind, "bits")) for n in names]
+                    for kind in AR_KINDS]
+            sec.table(["", *names], rows, caption=f"bits/token, source {source}", key=f"xent-source-{source}")
+    sec.figure(charts.bars(list(AR_KINDS), [charts.bar_series(n, [ev.models[n]["overall"].get(k, {}).get("bits")
+                                                                   for k in AR_KINDS]) for n in names],
+                           y_label="bits / token", x_label="tokens"),
+               "Cross-entropy of the model and the baselines on the same tokens (lower is better; "
+               "the oracle scores the true rates).")
+    sec.end_figures()
+
+
+# --- masked models: the neural-prediction benchmark --------------------------------------------
+
+
+def _task_order(ev: Evaluation) -> list[str]:
+    order: list[str] = []
+    for r in ev.models.values():
+        for t in list(r.get("tasks", {})) + list(r.get("skipped", {})):
+            if t not in order:
+                order.append(t)
+    return order
+
+
+def _baseline(ev: Evaluation, task: str, name: str) -> tuple[str, dict] | None:
+    """(model whose entry holds it, the baseline's dict) from the first model that has it."""
+    for model, r in ev.models.items():
+        e = r.get("tasks", {}).get(task, {})
+        if isinstance(e.get(name), dict):
+            return model, e[name]
+    return None
+
+
+def _ndt_tables(sec: Section, ev: Evaluation) -> None:
+    names = list(ev.models)
+    first = next(iter(ev.models.values()))
+    sec.kv([("session", first.get("session_id")), ("units", first.get("num_units")),
+            ("test windows", first.get("num_test_windows")), ("windows in all", first.get("num_windows")),
+            ("bin (ms)", first.get("bin_ms")), ("oracle (ground truth)", ev.meta.get("oracle"))],
+           key="benchmark-setup")
+    summary_tasks = [t for t in _task_order(ev) if any("model" in r.get("tasks", {}).get(t, {})
+                                                        for r in ev.models.values())]
+    if summary_tasks:
+        cols = names + [b for b in BASELINES if any(_baseline(ev, t, b) for t in summary_tasks)]
+        series = []
+        for c in cols:
+            vals = []
+            for t in summary_tasks:
+                if c in ev.models:
+                    vals.append(ev.models[c].get("tasks", {}).get(t, {}).get("model", {}).get("bps_pooled"))
+                else:
+                    b = _baseline(ev, t, c)
+                    vals.append(b[1].get("bps_pooled") if b else None)
+            series.append(charts.bar_series(c, vals))
+        sec.figure(charts.bars(summary_tasks, series, y_label="bits per spike (pooled)", x_label="task"),
+                   "bps_pooled of every prediction task: the models, the smoothing baseline and the oracle.",
+                   wide=True)
+        sec.end_figures()
+    for task in _task_order(ev):
+        entries = {n: ev.models[n].get("tasks", {}).get(task) for n in names}
+        present = {n: e for n, e in entries.items() if e}
+        sec.heading(task)
+        if not present:
+            reasons = {ev.models[n].get("skipped", {}).get(task) for n in names} - {None}
+            sec.note(f"skipped: {'; '.join(sorted(reasons))}")
+            continue
+        if any("channels" in e for e in present.values()):
+            _behavior_task(sec, ev, task, present)
+        elif any("hidden" in e and "chance" in e for e in present.values()):
+            _decoding_task(sec, ev, task, present)
+        else:
+            _prediction_task(sec, ev, task, entries)
+        for n in names:
+            if task in ev.models[n].get("skipped", {}):
+                sec.note(f"{n}: skipped ({ev.models[n]['skipped'][task]})")
+
+
+def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> None:
+    names = list(entries)
+    bases = [(b, _baseline(ev, task, b)) for b in BASELINES]
+    bases = [(b, found) for b, found in bases if found]
+    header = ["metric", *names, *(b for b, _ in bases)]
+    rows = []
+    for metric in BPS_METRICS:
+        row: list[Any] = [metric]
+        row += [Num(e["model"].get(metric), src=ev.src, path=ev.ptr(n, "tasks", task, "model", metric))
+                if e else None for n, e in entries.items()]
+        row += [Num(d.get(metric), src=ev.src, path=ev.ptr(owner, "tasks", task, b, metric))
+                for b, (owner, d) in bases]
+        rows.append(row)
+    if any(e and "fraction_of_oracle" in e for e in entries.values()):
+        for metric in BPS_METRICS:
+            row = [f"{metric} / oracle"]
+            row += [Num(e["fraction_of_oracle"].get(metric), src=ev.src,
+                        path=ev.ptr(n, "tasks", task, "fraction_of_oracle", metric))
+                    if e and "fraction_of_oracle" in e else None for n, e in entries.items()]
+            rows.append(row + [None] * len(bases))
+    rows.append(["entries scored"] + [Num(e.get("num_evaluated"), src=ev.src,
+                                          path=ev.ptr(n, "tasks", task, "num_evaluated")) if e else None
+                                      for n, e in entries.items()] + [None] * len(bases))
+    sec.table(header, rows, caption=f"{task}: bits per spike on the test windows", key=f"task-{task}")
+    first = next((e for e in entries.values() if e and len(e.get("chunks", [])) > 1), None)
+    bin_ms = next(iter(ev.models.values())).get("bin_ms") or 20
+    if first:
+        chunk_rows, lines = [], []
+        for i, ch in enumerate(first["chunks"]):
+            row = [f"bins {ch['start_bin']}-{ch['end_bin'] - 1}"]
+            row += [Num(e["chunks"][i]["model"]["bps_pooled"], src=ev.src,
+                        path=ev.ptr(n, "tasks", task, "chunks", i, "model", "bps_pooled"))
+                    if e and len(e.get("chunks", [])) > i else None for n, e in entries.items()]
+            owner = next(n for n, e in entries.items() if e is first)
+            row.append(Num(ch["oracle"]["bps_pooled"], src=ev.src,
+                           path=ev.ptr(owner, "tasks", task, "chunks", i, "oracle", "bps_pooled"))
+                       if "oracle" in ch else None)
+            chunk_rows.append(row)
+        for n, e in entries.items():
+            if e and e.get("chunks"):
+                lines.append(charts.series(n, [c["start_bin"] * bin_ms / 1000 for c in e["chunks"]],
+                                           [c["model"]["bps_pooled"] for c in e["chunks"]]))
+        if "oracle" in first["chunks"][0]:
+            lines.append(charts.series("oracle", [c["start_bin"] * bin_ms / 1000 for c in first["chunks"]],
+                                       [c["oracle"]["bps_pooled"] for c in first["chunks"]], style="dash"))
+        sec.table(["chunk", *names, "oracle"], chunk_rows, caption=f"{task}: bps_pooled per chunk",
+                  key=f"chunks-{task}")
+        sec.figure(charts.xy(lines, x_label="chunk start (s into the window)", y_label="bps_pooled"),
+                   f"{task}: bits per spike of each predicted chunk, given all earlier true activity.")
+    series = [charts.bar_series(n, [e["model"].get(m) for m in BPS_METRICS])
+              for n, e in entries.items() if e]
+    series += [charts.bar_series(b, [d.get(m) for m in BPS_METRICS]) for b, (_, d) in bases]
+    sec.figure(charts.bars(list(BPS_METRICS), series, y_label="bits per spike", x_label="metric"),
+               f"{task}: both bits-per-spike conventions, models beside the baselines.")
+    sec.end_figures()
+
+
+def _decoding_task(sec: Section, ev: Evaluation, task: str, present: dict) -> None:
+    names = list(present)
+    oracle_owner = next((n for n, e in present.items() if isinstance(e.get("oracle"), dict)), None)
+    header = ["metric", *names] + (["oracle"] if oracle_owner else [])
+    rows = []
+    for feat in ("hidden", "rates"):
+        for metric in ("accuracy", "balanced_accuracy"):
+            row: list[Any] = [f"{metric} ({feat})"]
+            row += [Num(e[feat].get(metric), src=ev.src, path=ev.ptr(n, "tasks", task, feat, metric))
+                    if isinstance(e.get(feat), dict) else None for n, e in present.items()]
+            if oracle_owner:
+                o = present[oracle_owner]["oracle"]
+                row.append(Num(o.get(metric), src=ev.src, path=ev.ptr(oracle_owner, "tasks", task, "oracle", metric))
+                           if feat == "rates" else None)
+            rows.append(row)
+    rows.append(["chance"] + [Num(e.get("chance"), src=ev.src, path=ev.ptr(n, "tasks", task, "chance"))
+                              for n, e in present.items()] + ([None] if oracle_owner else []))
+    rows.append(["test windows scored"] + [e.get("n_test") for e in present.values()] + ([None] if oracle_owner else []))
+    rows.append(["method"] + [e.get("method") for e in present.values()] + ([None] if oracle_owner else []))
+    sec.table(header, rows, caption=f"{task}: accuracy of a logistic regression (label "
+              f"{next(iter(present.values())).get('label')})", key=f"task-{task}")
+    cats, vals, lo, hi = [], [], [], []
+    for n, e in present.items():
+        for feat in ("hidden", "rates"):
+            if isinstance(e.get(feat), dict):
+                cats.append(f"{n} ({feat})")
+                vals.append(e[feat].get("accuracy"))
+                ci = e[feat].get("accuracy_ci95") or [None, None]
+                lo.append(ci[0])
+                hi.append(ci[1])
+    if oracle_owner:
+        o = present[oracle_owner]["oracle"]
+        ci = o.get("accuracy_ci95") or [None, None]
+        cats.append("oracle (true rates)")
+        vals.append(o.get("accuracy"))
+        lo.append(ci[0])
+        hi.append(ci[1])
+    chance = next(iter(present.values())).get("chance")
+    has_ci = any(v is not None for v in lo)
+    sec.figure(charts.bars(cats, [charts.bar_series("accuracy", vals, lo=lo if has_ci else None,
+                                                    hi=hi if has_ci else None)],
+                           y_label="accuracy", hlines=[{"y": chance, "name": "chance"}] if chance is not None else []),
+               f"{task}: accuracy with its 95 % Wilson interval; the dashed line is chance.")
+    sec.end_figures()
+
+
+def _behavior_task(sec: Section, ev: Evaluation, task: str, present: dict) -> None:
+    names = list(present)
+    first_name, first = next(iter(present.items()))
+    channels = list(first.get("channels", []))
+    cols: list[tuple[str, str, str]] = []  # (column title, model, feature set)
+    for n in names:
+        cols += [(f"{n} hidden", n, "hidden"), (f"{n} rates", n, "rates")]
+    cols += [(label, first_name, feat) for label, feat in (("raw counts", "counts"), ("oracle (latents)", "oracle"))
+             if isinstance(first.get(feat), dict) and first.get(feat)]
+    rows = []
+    for ch in channels + ["mean"]:
+        for metric in ("r2", "psth_r2"):
+            row: list[Any] = [ch, metric]
+            for _, n, feat in cols:
+                v = present[n].get(feat, {}).get(ch, {}).get(metric) if isinstance(present[n].get(feat), dict) else None
+                row.append(Num(v, src=ev.src, path=ev.ptr(n, "tasks", task, feat, ch, metric)) if v is not None else None)
+            rows.append(row)
+    sec.table(["channel", "metric", *(c[0] for c in cols)], rows,
+              caption=f"{task}: R\u00b2 of ridge decoders, single trial (r2) and of the test-trial "
+                      f"average per {first.get('psth_condition') or 'window'} (psth_r2)", key=f"task-{task}")
+    for metric in ("r2", "psth_r2"):
+        series = []
+        for title, n, feat in cols:
+            d = present[n].get(feat) or {}
+            series.append(charts.bar_series(title, [d.get(ch, {}).get(metric) for ch in channels + ["mean"]]))
+        sec.figure(charts.bars(channels + ["mean"], series, y_label=metric, x_label="behaviour channel"),
+                   f"{task}: {metric} per channel and feature set.")
+    sec.end_figures()
+
+
+# --- saved predictions -------------------------------------------------------------------------
+
+
+@dataclass
+class TestWindows:
+    """What the report needs of a session's test windows (cut again from the corpus)."""
+
+    labels: dict[str, np.ndarray]
+    event_bin: int | None
+    bin_ms: int
+    unit_regions: list[str]
+    behavior: np.ndarray | None
+    behavior_names: list[str]
+    num_windows: int
+
+
+def load_test_windows(run_dir: str | Path, corpus_dir: str | Path, session_id: str) -> TestWindows:
+    """The test windows of ``session_id`` as the run split them (``config.json``'s
+    ``family_info.window_options`` and ``window_splits``); ValueError when that is not possible."""
+    from spikefm.corpus.reader import Corpus
+    from spikefm.data.windows import apply_splits, load_all_windows
+    from spikefm.report.training import read_json
+
+    info = read_json(Path(run_dir) / "config.json", "the config.json of the evaluated run")
+    fam = info.get("family_info") or {}
+    opts, splits = dict(fam.get("window_options") or {}), fam.get("window_splits") or {}
+    if not opts or session_id not in splits:
+        raise ValueError(f"{run_dir}/config.json records no window split for session {session_id!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = apply_splits(load_all_windows(Corpus(corpus_dir), [session_id], **opts),
+                         {session_id: splits[session_id]})[session_id]
+    test = w.indices("test")
+    return TestWindows(labels={k: np.asarray(v)[test] for k, v in w.labels.items()}, event_bin=w.event_bin,
+                       bin_ms=w.bin_ms, unit_regions=list(w.unit_regions),
+                       behavior=None if w.behavior is None else w.behavior[test],
+                       behavior_names=list(w.behavior_names), num_windows=int(test.size))
+
+
+def predictions_panel(sec: Section, ev: Evaluation, pred_dir: Path, windows: TestWindows | None) -> None:
+    """Per-neuron bps, rasters and PSTHs from ``pred_dir/<task>.npz`` of the first model."""
+    from spikefm.eval.metrics import bps_pooled, bps_per_neuron
+
+    model = next(iter(ev.models))
+    bench = ev.models[model]
+    files = [(t, pred_dir / f"{t}.npz") for t in bench.get("tasks", {}) if (pred_dir / f"{t}.npz").is_file()]
+    sec.heading(f"Saved predictions of {model} ({pred_dir})")
+    if not files:
+        sec.note(f"no <task>.npz predictions in {pred_dir} for the tasks of {model}", warn=True)
+        return
+    rows, loaded = [], {}
+    for task, path in files:
+        with np.load(path, allow_pickle=False) as z:
+            rates, counts = z["rates"].astype(np.float64), z["counts"].astype(np.float64)
+        loaded[task] = (rates, counts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_neuron = bps_per_neuron(rates, counts)
+            pooled = bps_pooled(rates, counts)
+        active = per_neuron[~np.isnan(per_neuron)]
+        mean = float(active.mean()) if active.size else math.nan
+        entry = bench["tasks"][task]["model"]
+        rows.append([task, int(active.size), Num(mean), Num(entry.get("bps_per_neuron_mean"), src=ev.src,
+                     path=ev.ptr(model, "tasks", task, "model", "bps_per_neuron_mean")),
+                     Num(pooled), Num(entry.get("bps_pooled"), src=ev.src,
+                                      path=ev.ptr(model, "tasks", task, "model", "bps_pooled"))])
+        if not (_close(mean, entry.get("bps_per_neuron_mean")) and _close(pooled, entry.get("bps_pooled"))):
+            sec.note(f"{path}: the bits per spike recomputed from these predictions differ from the "
+                     "results JSON; they may come from another evaluation", warn=True)
+        finite = active[np.isfinite(active)]
+        left_out = f" ({active.size - finite.size} neurons at -inf left out)" if finite.size < active.size else ""
+        sec.figure(charts.hist(finite, x_label="bits per spike of one neuron", y_label="neurons", bins=25,
+                               vlines=[{"x": mean, "name": "mean"}] if math.isfinite(mean) else []),
+                   f"{task}: bits per spike of each neuron with spikes ({active.size} neurons){left_out}.")
+    sec.end_figures()
+    sec.table(["task", "neurons with spikes", "bps_per_neuron_mean (recomputed)", "bps_per_neuron_mean (JSON)",
+               "bps_pooled (recomputed)", "bps_pooled (JSON)"], rows,
+              caption="bits per spike recomputed from the saved predictions (spikefm.eval.metrics) "
+                      "beside the results file", key="predictions-check")
+    task = "co-smoothing" if "co-smoothing" in loaded else next(iter(loaded))
+    rates, counts = loaded[task]
+    if windows is not None and windows.num_windows != counts.shape[0]:
+        sec.note(f"the corpus gives {windows.num_windows} test windows, the predictions hold "
+                 f"{counts.shape[0]}; conditions and regions are not shown", warn=True)
+        windows = None
+    _prediction_rasters(sec, task, rates, counts, windows, ev.models[model].get("bin_ms") or 20)
+    _psths(sec, task, rates, counts, windows, ev.models[model].get("bin_ms") or 20)
+    _behavior_traces(sec, pred_dir, windows)
+
+
+def _close(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return True
+    a, b = float(a), float(b)
+    return (math.isnan(a) and math.isnan(b)) or a == b or abs(a - b) <= 1e-6 * max(1.0, abs(b))
+
+
+def _prediction_rasters(sec: Section, task: str, rates_KTN, counts_KTN, windows, bin_ms: int) -> None:
+    K, T, N = counts_KTN.shape
+    k_max = max(1, min(K, RASTER_MAX_BINS // max(T, 1)))
+    scored = ~np.isnan(counts_KTN[:k_max])
+    true_NX = np.where(scored, counts_KTN[:k_max], 0).transpose(2, 0, 1).reshape(N, -1)
+    pred_NX = np.where(scored, rates_KTN[:k_max], 0).transpose(2, 0, 1).reshape(N, -1)
+    regions = windows.unit_regions if windows is not None else [""] * N
+    order = np.argsort(np.asarray(regions, dtype=str), kind="stable")
+    labels = [f"{i} ({regions[i]})" if regions[i] else str(i) for i in order]
+    edges = [{"x": k * T * bin_ms / 1000, "name": "", "color": "rgba(214,39,40,0.45)"} for k in range(1, k_max)]
+    link = f"pred-{task}"
+    sec.figure(charts.raster(true_NX[order], dt_s=bin_ms / 1000, x_label="time (s), test windows end to end",
+                             row_labels=labels, vlines=edges, link=link),
+               f"{task}: true spike counts of the held-out entries, {k_max} of {K} test windows "
+               "(units sorted by region).", wide=True)
+    sec.figure(charts.raster(pred_NX[order], dt_s=bin_ms / 1000, x_label="time (s), test windows end to end",
+                             kind="rates", row_labels=labels, vlines=edges, link=link,
+                             value_name="predicted count / bin"),
+               f"{task}: the model's predicted rates for the same entries (zoom is shared).", wide=True)
+    sec.end_figures()
+
+
+def _psths(sec: Section, task: str, rates_KTN, counts_KTN, windows, bin_ms: int) -> None:
+    K, T, N = counts_KTN.shape
+    event = windows.event_bin if windows is not None and windows.event_bin is not None else 0
+    t_s = [(b - event) * bin_ms / 1000 for b in range(T)]
+    groups: list[tuple[str, np.ndarray]] = [("all test windows", np.arange(K))]
+    cond_name = None
+    if windows is not None:
+        cond_name = next((c for c in ("choice", "target_angle", *sorted(windows.labels)) if c in windows.labels), None)
+    if cond_name is not None:
+        values = windows.labels[cond_name]
+        present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        groups = [(f"{cond_name}={_label(v)}", np.flatnonzero(values == v))
+                  for v in sorted(set(present), key=str)] or groups
+    scored = ~np.isnan(counts_KTN)
+
+    def mean_over(idx, arr_KTN):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.where(scored[idx], arr_KTN[idx], np.nan), axis=0)  # (T, N)
+
+    def lines(unit_slice):
+        out = []
+        for i, (name, idx) in enumerate(groups):
+            true_T = np.nanmean(mean_over(idx, counts_KTN)[:, unit_slice], axis=1)
+            pred_T = np.nanmean(mean_over(idx, rates_KTN)[:, unit_slice], axis=1)
+            color = _color(i)
+            out.append(charts.series(f"{name} true", t_s, _nan_none(true_T), style="points", color=color))
+            out.append(charts.series(f"{name} predicted", t_s, _nan_none(pred_T), color=color))
+        return out
+
+    where = f"per {cond_name}" if cond_name else "over all test windows (no condition labels: corpus not found)"
+    x_label = "time from the event (s)" if windows is not None and windows.event_bin is not None else "time in window (s)"
+    vl = [{"x": 0.0, "name": "event"}] if windows is not None and windows.event_bin is not None else []
+    sec.figure(charts.xy(lines(slice(None)), x_label=x_label, y_label="mean count / bin", vlines=vl),
+               f"{task}: population PSTH {where}: true mean count (points) and predicted rate (line).")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        activity = np.nanmean(np.where(scored, counts_KTN, np.nan), axis=(0, 1))
+    top = [int(u) for u in np.argsort(-np.nan_to_num(activity, nan=-1))[:PSTH_UNITS]]
+    for u in top:
+        label = f"unit {u}" + (f" ({windows.unit_regions[u]})" if windows is not None and windows.unit_regions[u] else "")
+        sec.figure(charts.xy(lines(slice(u, u + 1)), x_label=x_label, y_label="count / bin", vlines=vl, height=200),
+                   f"{task}: PSTH of {label}, one of the {PSTH_UNITS} most active units.")
+    sec.end_figures()
+
+
+def _label(v: Any) -> str:
+    return str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)
+
+
+def _color(i: int) -> str:
+    return ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")[i % 6]
+
+
+def _nan_none(a: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
+
+
+def _behavior_traces(sec: Section, pred_dir: Path, windows: TestWindows | None) -> None:
+    path = pred_dir / "behavior-decoding.npz"
+    if not path.is_file():
+        if windows is not None and windows.behavior is not None:
+            sec.note("decoded behaviour traces: not saved by this evaluation (no behavior-decoding.npz "
+                     "among the predictions); the R\u00b2 tables above summarise them")
+        return
+    with np.load(path, allow_pickle=False) as z:
+        true_KTC, pred_KTC = z["true"].astype(np.float64), z["predicted"].astype(np.float64)
+        names = [str(c) for c in z["channels"]] if "channels" in z.files else \
+            [f"channel {c}" for c in range(true_KTC.shape[2])]
+    K, T, C = true_KTC.shape
+    k_max = max(1, min(K, RASTER_MAX_BINS // max(T, 1)))
+    dt = (windows.bin_ms if windows is not None else 20) / 1000
+    t = [i * dt for i in range(k_max * T)]
+    for c, name in enumerate(names):
+        sec.figure(charts.xy([charts.series("true", t, _nan_none(true_KTC[:k_max, :, c].ravel())),
+                              charts.series("decoded", t, _nan_none(pred_KTC[:k_max, :, c].ravel()))],
+                             x_label="time (s), test windows end to end", y_label=name, link="behaviour"),
+                   f"Decoded vs true {name} on {k_max} test windows.", wide=True)
+    sec.end_figures()
+
+
+# --- autoregressive generation -----------------------------------------------------------------
+
+
+def generation_panel(sec: Section, path: Path, *, bin_ms: int = 20) -> None:
+    """Generated next to real rasters (``spikefm generate``'s .npz) and their simple statistics."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: np.asarray(z[k]) for k in z.files}
+    if "counts" not in arrays:
+        raise ValueError(f"{path}: no 'counts' array; expected the .npz that spikefm generate writes")
+    gen = arrays["counts"].astype(np.float64)
+    prompt = arrays.get("prompt")
+    real = arrays.get("real")
+    P = 0 if prompt is None else prompt.shape[1]
+    sec.heading(f"Generated activity ({path.name})")
+    mark = [{"x": P * bin_ms / 1000, "name": "prompt ends"}] if P else []
+    gen_full = gen if prompt is None else np.concatenate([prompt, gen], axis=1)
+    if real is not None:
+        real_full = real if prompt is None else np.concatenate([prompt, real], axis=1)
+        sec.figure(charts.raster(real_full, dt_s=bin_ms / 1000, vlines=mark, link="generated"),
+                   f"Real activity: the {P} prompt bins and the {real.shape[1]} bins that followed.", wide=True)
+    sec.figure(charts.raster(gen_full, dt_s=bin_ms / 1000, vlines=mark, link="generated"),
+               f"Generated by the model after the same {P} prompt bins ({gen.shape[1]} bins, "
+               f"{gen.shape[0]} units).", wide=True)
+    sec.end_figures()
+    rows = [["generated", Num(float(gen.mean())), Num(float((gen == 0).mean())), int(gen.max())]]
+    if real is not None:
+        r = real.astype(np.float64)
+        rows.insert(0, ["real", Num(float(r.mean())), Num(float((r == 0).mean())), int(r.max())])
+        n = min(r.shape[1], gen.shape[1])
+        real_N, gen_N = r[:, :n].mean(axis=1), gen[:, :n].mean(axis=1)
+        top = float(max(real_N.max(), gen_N.max(), 1e-3))
+        sec.figure(charts.xy([charts.series("units", real_N, gen_N, style="points"),
+                              charts.series("equal", [0, top], [0, top], style="dash")],
+                             x_label="real mean count / bin", y_label="generated mean count / bin"),
+                   "Mean count of each unit, real vs generated (one point per unit).")
+    sec.table(["", "mean count / bin", "zero bins (fraction)", "largest count"], rows,
+              caption="generated vs real bins (after the prompt)", key="generation-stats")

@@ -1,0 +1,151 @@
+"""Study sections: ``spikefm experiment transfer``'s ``transfer.json``, and any other study JSON
+rendered from what it holds.
+
+A transfer study shows its settings, each seed's held-out session, and for every headline metric
+a table of the seeds with their mean and s.d. and a bar chart (mean ± s.d., seeds as points).
+
+Other studies (a JSON object with a ``"study"`` name) are drawn from their shape, so a new study
+gets a report by writing these conventions:
+
+- top-level numbers and text: a table of settings;
+- ``"curves"``: a list of ``{"name", "x", "y", "x_label", "y_label", "log_x", "log_y",
+  "fit": {"x", "y", "label"}, "extrapolation": {"x", "y", "label"}}`` (scaling curves: points,
+  the fitted curve, its extrapolation dashed), each also shown as a table;
+- a list of flat objects (e.g. a session ranking): a table, and a bar chart of ``"score"`` (or
+  the first numeric field) in list order;
+- an object of flat objects: a table (one row per key);
+- anything else: collapsed JSON.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from spikefm.report import charts
+from spikefm.report.page import Num, Page, Section, json_safe, pointer
+from spikefm.report.provenance import Provenance
+
+_SCALAR = (str, int, float, bool, type(None))
+
+
+def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study",
+                  title: str | None = None) -> Section:
+    """Add the section of one study JSON object."""
+    name = str(obj.get("study") or "study")
+    sec = page.section("study", title or f"Study: {name}")
+    if name == "transfer" and isinstance(obj.get("per_seed"), dict):
+        _transfer(sec, obj, src)
+    else:
+        _generic(sec, obj, src)
+    prov.add(f"study {name}", [("command", obj.get("command"))],
+             details={"settings": obj.get("settings"), "machine": obj.get("machine")})
+    return sec
+
+
+def _transfer(sec: Section, obj: dict, src: str) -> None:
+    settings = obj.get("settings") or {}
+    sec.kv([("command", obj.get("command"))] + [(k, v if isinstance(v, (int, float, str)) else json.dumps(v))
+                                               for k, v in settings.items()], key="study-settings")
+    per_seed: dict = obj["per_seed"]
+    seeds = list(per_seed)
+    sec.table(["seed", "held-out session", "units", "test windows", "strategy", "wall (s)"],
+              [[s, r.get("session_id"), r.get("num_units"), r.get("num_test_windows"), r.get("strategy"),
+                Num(r.get("wall_s"), ",.1f", src=src, path=pointer("per_seed", s, "wall_s"))]
+               for s, r in per_seed.items()], caption="seeds (one synthetic dataset each)", key="study-seeds")
+    metrics = list(dict.fromkeys(m for r in per_seed.values() for m in r.get("metrics", {})))
+    mean_sd = obj.get("mean_sd") or {}
+    for metric in metrics:
+        cols = list(dict.fromkeys(c for r in per_seed.values() for c in r.get("metrics", {}).get(metric, {})))
+        rows = []
+        for s in seeds:
+            vals = per_seed[s].get("metrics", {}).get(metric, {})
+            rows.append([f"seed {s}"] + [Num(vals.get(c), src=src, path=pointer("per_seed", s, "metrics", metric, c))
+                                         if vals.get(c) is not None else None for c in cols])
+        for stat in ("mean", "sd"):
+            rows.append([stat] + [Num(mean_sd[metric][c][stat], src=src, path=pointer("mean_sd", metric, c, stat))
+                                  if (mean_sd.get(metric) or {}).get(c) else None for c in cols])
+        sec.heading(metric)
+        sec.table(["", *cols], rows, caption=f"{metric}: per seed, mean and s.d. over seeds "
+                  f"{', '.join(seeds)}", key=f"study-{metric}")
+        shown = [c for c in cols if c != "n_scored" and (mean_sd.get(metric) or {}).get(c)]
+        if shown:
+            sec.figure(charts.bars(shown, [charts.bar_series(
+                "mean over seeds", [mean_sd[metric][c]["mean"] for c in shown],
+                err=[mean_sd[metric][c]["sd"] for c in shown],
+                points=[[per_seed[s].get("metrics", {}).get(metric, {}).get(c) for s in seeds] for c in shown])],
+                y_label=metric.split(" ", 1)[-1], points_label="seeds"),
+                f"{metric}: mean ± s.d. over seeds (bars), each seed a point.")
+            sec.end_figures()
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _flat(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(x, _SCALAR) for x in v.values())
+
+
+def _generic(sec: Section, obj: dict, src: str, keys: tuple = ()) -> None:
+    scalars = [(k, v) for k, v in obj.items() if isinstance(v, _SCALAR)]
+    if scalars:
+        sec.kv([(k, Num(v, src=src, path=pointer(*keys, k)) if _numeric(v) else v) for k, v in scalars])
+    for k, v in obj.items():
+        if isinstance(v, _SCALAR):
+            continue
+        if k == "curves" and isinstance(v, list) and all(isinstance(c, dict) and "x" in c and "y" in c for c in v):
+            for i, c in enumerate(v):
+                _curve(sec, c, src, (*keys, k, i))
+        elif isinstance(v, list) and v and all(_flat(r) for r in v):
+            _records(sec, str(k), v, src, (*keys, k))
+        elif isinstance(v, dict) and v and all(_flat(r) for r in v.values()):
+            cols = list(dict.fromkeys(c for r in v.values() for c in r))
+            sec.table(["", *cols], [[name] + [Num(r.get(c), src=src, path=pointer(*keys, k, name, c))
+                                              if _numeric(r.get(c)) else r.get(c) for c in cols]
+                                    for name, r in v.items()], caption=str(k), key=f"study-{k}")
+        elif isinstance(v, dict) and len(keys) < 2:
+            sec.heading(str(k), 4)
+            _generic(sec, v, src, (*keys, k))
+        else:
+            sec.details(str(k), json.dumps(json_safe(v), indent=2))
+
+
+def _records(sec: Section, name: str, records: list[dict], src: str, keys: tuple) -> None:
+    cols = list(dict.fromkeys(c for r in records for c in r))
+    sec.table(cols, [[Num(r.get(c), src=src, path=pointer(*keys, i, c)) if _numeric(r.get(c)) else r.get(c)
+                      for c in cols] for i, r in enumerate(records)], caption=name, key=f"study-{name}")
+    value = "score" if "score" in cols else next((c for c in cols if all(_numeric(r.get(c)) for r in records)
+                                                  and c not in ("rank", "seed")), None)
+    label = next((c for c in cols if all(isinstance(r.get(c), str) for r in records)), None)
+    if value and len(records) <= 200:
+        cats = [r.get(label) if label else str(i + 1) for i, r in enumerate(records)]
+        sec.figure(charts.bars(cats, [charts.bar_series(value, [r.get(value) for r in records])],
+                               y_label=value, x_label=label or "rank"), f"{name}: {value} of each entry, in order.")
+        sec.end_figures()
+
+
+def _curve(sec: Section, c: dict, src: str, keys: tuple) -> None:
+    name = str(c.get("name") or f"curve {keys[-1] + 1}")
+    lines = [charts.series(name, c["x"], c["y"], style="points")]
+    for part, style in (("fit", "line"), ("extrapolation", "dash")):
+        p = c.get(part)
+        if isinstance(p, dict) and "x" in p and "y" in p:
+            lines.append(charts.series(str(p.get("label") or part), p["x"], p["y"], style=style))
+    sec.figure(charts.xy(lines, x_label=str(c.get("x_label", "x")), y_label=str(c.get("y_label", "y")),
+                         log_x=bool(c.get("log_x")), log_y=bool(c.get("log_y"))),
+               f"{name}: measured points, the fit and its extrapolation (dashed).")
+    sec.end_figures()
+    sec.table([str(c.get("x_label", "x")), str(c.get("y_label", "y"))],
+              [[Num(x, ".4g", src=src, path=pointer(*keys, "x", i)), Num(y, src=src, path=pointer(*keys, "y", i))]
+               for i, (x, y) in enumerate(zip(c["x"], c["y"]))], caption=name, key=f"curve-{name}")
+    if isinstance(c.get("fit"), dict):
+        params = {k: v for k, v in c["fit"].items() if k not in ("x", "y", "label")}
+        if params:
+            sec.kv([(f"fit {k}", Num(v, ".4g", src=src, path=pointer(*keys, "fit", k)) if _numeric(v) else str(v))
+                    for k, v in params.items()])
+
+
+def study_seed_results(study_dir: Path) -> list[tuple[str, Path]]:
+    """(seed name, results JSON) of each ``seed_*/results_ndt.json`` under a study folder."""
+    return [(p.parent.name, p) for p in sorted(study_dir.glob("seed_*/results_*.json"))]

@@ -1,0 +1,152 @@
+"""The training section of a run folder (any family): ``config.json`` + ``metrics.jsonl``, and the
+fine-tuning records (``early_stopping.json``, ``finetune.json``) when present.
+
+Cells point into the metrics rows with source name ``metrics:<run folder name>`` and pointers
+``/<row index>/<key>`` (rows numbered from 0 in file order, blank lines skipped).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from spikefm.report import charts
+from spikefm.report.page import Num, Page, pointer
+from spikefm.report.provenance import Provenance
+
+#: What metrics.jsonl rows hold (spikefm.train.loop), in the order they are drawn.
+TRAIN_CURVES = (("loss", "training loss", False), ("lr", "learning rate", False),
+                ("grad_norm", "gradient norm (before clipping)", True),
+                ("tokens_per_s", "tokens / s", False), ("mfu", "model FLOP utilisation", False))
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file, or a one-line ValueError naming it and what was expected."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); expected {what}") from None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (a torn last line, from a killed run, is left out)."""
+    rows = []
+    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON; expected one JSON object per line "
+                             "(the metrics.jsonl that spikefm train writes)") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def training_section(page: Page, run_dir: str | Path, prov: Provenance, *, title: str | None = None) -> dict:
+    """Add a section for the run in ``run_dir``; returns ``{"info", "rows"}`` (config.json's dict
+    and the metrics rows)."""
+    run_dir = Path(run_dir)
+    info = read_json(run_dir / "config.json", "the config.json that spikefm train writes")
+    if not isinstance(info, dict):
+        raise ValueError(f"{run_dir / 'config.json'}: expected a JSON object, found {type(info).__name__}")
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    cfg = info.get("config") or {}
+    family = info.get("family") or cfg.get("family") or "?"
+    src = f"metrics:{run_dir.name}"
+    sec = page.section("training", title or f"Training: {run_dir.name} ({family})")
+    train_rows = [(i, r) for i, r in enumerate(rows) if "loss" in r]
+    eval_rows = [(i, r) for i, r in enumerate(rows) if any(k.startswith("eval/") for k in r)]
+    steps_total = (cfg.get("train") or {}).get("steps")
+    last_i, last = train_rows[-1] if train_rows else (None, {})
+    speeds = [r["tokens_per_s"] for _, r in train_rows if _finite(r.get("tokens_per_s"))]
+
+    def cell(key: str, spec: str = ".4f") -> Num | None:
+        if last_i is None or key not in last:
+            return None
+        return Num(last[key], spec, src=src, path=pointer(last_i, key))
+
+    model = cfg.get("model") or {}
+    sec.kv([
+        ("run folder", str(run_dir)),
+        ("family", family),
+        ("model", ", ".join(f"{k} {v}" for k, v in model.items() if isinstance(v, (int, str)))[:300] or None),
+        ("steps done / configured", f"{last.get('step', 0):,} / {steps_total:,}" if steps_total else None),
+        ("last step", cell("step", ",d")),
+        ("last training loss", cell("loss")),
+        ("tokens trained", cell("tokens", ",d")),
+        ("elapsed (s)", cell("elapsed_s", ",.1f")),
+        ("mean tokens / s", Num(sum(speeds) / len(speeds), ",.0f") if speeds else None),
+        ("batch size (global)", (cfg.get("train") or {}).get("batch_size")),
+        ("learning rate (peak)", Num((cfg.get("optim") or {}).get("lr"), ".4g")),
+        ("precision", (cfg.get("train") or {}).get("precision")),
+    ], key="training-summary")
+    if not train_rows:
+        sec.note("metrics.jsonl holds no training rows yet (no step was logged).", warn=True)
+    link = f"train-{run_dir.name}"
+    for key, label, log_y in TRAIN_CURVES:
+        pts = [(r["step"], r[key]) for _, r in train_rows if _finite(r.get(key)) and _finite(r.get("step"))]
+        if key == "mfu" and not pts:
+            sec.note("MFU: not measured (null in metrics.jsonl: the device's peak FLOP/s is unknown, "
+                     "always so on CPU; set SPIKEFM_PEAK_FLOPS to measure it).")
+            continue
+        if not pts:
+            continue
+        lines = [charts.series(label, [p[0] for p in pts], [p[1] for p in pts])]
+        if key == "loss":
+            for name in sorted({k for _, r in eval_rows for k in r if k.startswith("eval/")}):
+                ev = [(r["step"], r[name]) for _, r in eval_rows if _finite(r.get(name))]
+                if ev:
+                    lines.append(charts.series(name, [p[0] for p in ev], [p[1] for p in ev], style="points"))
+        sec.figure(charts.xy(lines, x_label="step", y_label=label, log_y=log_y and all(p[1] > 0 for p in pts),
+                             link=link), f"{label.capitalize()} per logged step.")
+    sec.end_figures()
+    _finetuning(sec, run_dir)
+    prov.add_run_info(f"run {run_dir}", info)
+    return {"info": info, "rows": rows}
+
+
+def _finetuning(sec, run_dir: Path) -> None:
+    """Early stopping (``early_stopping.json``) and strategy candidates (``finetune.json``)."""
+    es_path = run_dir / "early_stopping.json"
+    if es_path.is_file():
+        es = read_json(es_path, "the early_stopping.json that spikefm finetune writes")
+        hist = [h for h in es.get("history", []) if _finite(h.get("val_loss"))]
+        sec.heading("Fine-tuning: validation loss and early stopping")
+        src = f"early_stopping:{run_dir.name}"
+        sec.kv([("best validation loss", Num(es.get("best_val_loss"), src=src, path="/best_val_loss")),
+                ("best step", es.get("best_step")), ("stopped at step", es.get("stopped_at")),
+                ("maximum steps", es.get("max_steps")), ("patience", es.get("patience"))],
+               key="early-stopping")
+        if hist:
+            sec.figure(charts.xy([charts.series("validation loss", [h["step"] for h in hist],
+                                                [h["val_loss"] for h in hist])],
+                                 x_label="step", y_label="validation loss",
+                                 vlines=[{"x": es.get("best_step"), "name": "best"}]
+                                 if _finite(es.get("best_step")) else []),
+                       "Validation loss at each evaluation; the kept checkpoint is the best.")
+            sec.end_figures()
+    ft_path = run_dir / "finetune.json"
+    if ft_path.is_file():
+        ft = read_json(ft_path, "the finetune.json that spikefm finetune writes")
+        cands = dict(ft.get("candidates") or {})
+        if ft.get("single_session"):
+            cands["single-session"] = ft["single_session"]
+        if cands:
+            src = f"finetune:{run_dir.name}"
+            sec.heading("Fine-tuning strategies (validation windows)")
+            rows = []
+            for name, c in cands.items():
+                where = ("single_session",) if name == "single-session" else ("candidates", name)
+                rows.append([name, Num(c.get("best_val_loss"), src=src, path=pointer(*where, "best_val_loss")),
+                             c.get("best_step"), "chosen" if name == ft.get("strategy") else ""])
+            sec.table(["strategy", "best val loss", "best step", ""], rows, key="finetune-candidates")

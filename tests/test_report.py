@@ -1,0 +1,218 @@
+"""``spikefm report`` without a browser: what PATH is, one-line errors, the numbers in the HTML,
+figure budgets, strict JSON, offline-only HTML, atomic writes. (The pages are opened in Chromium
+by tests/test_report_browser.py.)"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from spikefm.cli import main
+from spikefm.report import build_report, report_kind, write_report
+from spikefm.report import charts, page as page_mod
+
+
+def _xent(bits: float, tokens: int = 100) -> dict:
+    group = {k: {"nats": bits * math.log(2), "bits": bits, "num_tokens": tokens} for k in ("all", "counts", "separators")}
+    return {"overall": group, "per_source": {"nwb": group}}
+
+
+def _bench(bps: float) -> dict:
+    return {"session_id": "s1", "num_test_windows": 4, "num_units": 3, "bin_ms": 20, "num_windows": 20,
+            "tasks": {"co-smoothing": {"model": {"bps_pooled": bps, "bps_per_neuron_mean": -math.inf},
+                                       "num_evaluated": 1200,
+                                       "smoothing": {"bps_pooled": 0.1, "bps_per_neuron_mean": 0.05},
+                                       "oracle": {"bps_pooled": 0.4, "bps_per_neuron_mean": 0.3},
+                                       "fraction_of_oracle": {"bps_pooled": bps / 0.4, "bps_per_neuron_mean": math.nan}}},
+            "skipped": {"inter-region": "session has 1 region(s); needs at least 2"}}
+
+
+class _Cells(HTMLParser):
+    """Table cells with a data-path, and the figure data."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self._td, self._data, self.data_json = [], None, False, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "td" and "data-path" in a:
+            self._td = [a["data-src"], a["data-path"], a.get("data-value"), ""]
+        if tag == "script" and a.get("id") == "spikefm-data":
+            self._data = True
+
+    def handle_data(self, data):
+        if self._td is not None:
+            self._td[3] += data
+        if self._data:
+            self.data_json = (self.data_json or "") + data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._td is not None:
+            self.cells.append(self._td)
+            self._td = None
+        if tag == "script":
+            self._data = False
+
+
+def _parse(html_text: str) -> _Cells:
+    p = _Cells()
+    p.feed(html_text)
+    return p
+
+
+def _resolve(obj, path):
+    for part in path.split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+    return obj
+
+
+def test_report_kind_of_each_input(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "manifest.json").write_text("{}")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "transfer.json").write_text(json.dumps({"study": "transfer", "per_seed": {}}))
+    (tmp_path / "ar.json").write_text(json.dumps({"family": "ar", "run_dir": "r", "results": {"model": _xent(1.0)}}))
+    (tmp_path / "ar_flat.json").write_text(json.dumps({"tiny AR": _xent(1.0), "1-gram": _xent(1.2)}))
+    (tmp_path / "ndt.json").write_text(json.dumps({"fine-tuned": _bench(0.2), "single-session": _bench(0.1)}))
+    assert [report_kind(tmp_path / n) for n in ("corpus", "run", "study", "ar.json", "ar_flat.json", "ndt.json")] \
+        == ["corpus", "run", "study", "evaluation", "evaluation", "evaluation"]
+
+
+@pytest.mark.parametrize("make, found", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "is a folder holding nothing"),
+    (lambda p: (p / "x.json").write_text("[1, 2]") and p / "x.json", "found list"),
+    (lambda p: (p / "y.json").write_text('{"loss": 1}') and p / "y.json", "found loss"),
+    (lambda p: (p / "z.json").write_text("{not json") and p / "z.json", "not valid JSON"),
+])
+def test_a_path_of_no_kind_is_one_line_error(tmp_path, make, found, capsys):
+    path = make(tmp_path)
+    with pytest.raises(ValueError) as exc:
+        report_kind(path)
+    assert found in str(exc.value) and "\n" not in str(exc.value)
+    assert "expected a corpus folder (manifest.json), a run folder" in str(exc.value) or "not valid JSON" in str(exc.value)
+    assert main(["report", str(path), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spikefm: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_results_json_numbers_nonfinite_values_and_offline_html(tmp_path, capsys):
+    path = tmp_path / "results_ndt.json"
+    obj = {"fine-tuned": _bench(0.25), "single-session": _bench(0.15)}
+    path.write_text(json.dumps(obj))
+    out = tmp_path / "out" / "report.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    assert f"report: {out}" in capsys.readouterr().out
+    text = out.read_text()
+    assert "Content-Security-Policy" in text and "default-src 'none'" in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)  # nothing to fetch
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temporary file left
+    parsed = _parse(text)
+    data = json.loads(parsed.data_json.replace("<\\/", "</"))  # strict JSON: no NaN/Infinity
+    assert data and all(spec["kind"] in ("xy", "bars", "hist", "raster") for spec in data.values())
+    cells = {(c[1]): c for c in parsed.cells}
+    assert cells["/fine-tuned/tasks/co-smoothing/model/bps_pooled"][3] == "0.2500"
+    assert cells["/single-session/tasks/co-smoothing/model/bps_pooled"][3] == "0.1500"
+    assert cells["/fine-tuned/tasks/co-smoothing/model/bps_per_neuron_mean"][3] == "-inf"
+    assert cells["/fine-tuned/tasks/co-smoothing/fraction_of_oracle/bps_per_neuron_mean"][3] == "nan"
+    assert cells["/fine-tuned/tasks/co-smoothing/smoothing/bps_pooled"][3] == "0.1000"
+    for src, ptr, exact, shown in parsed.cells:
+        value = _resolve(obj, ptr)
+        if isinstance(value, float) and math.isfinite(value):
+            assert float(exact) == value
+    assert "session has 1 region(s)" in text  # skipped tasks are listed
+
+
+def test_generic_study_curves_and_ranking(tmp_path):
+    study = {"study": "scaling", "command": "spikefm experiment scaling", "num_runs": 3,
+             "curves": [{"name": "loss vs tokens", "x": [1e6, 1e7, 1e8], "y": [1.0, 0.8, 0.65],
+                         "x_label": "tokens", "y_label": "loss", "log_x": True,
+                         "fit": {"x": [1e6, 1e8], "y": [1.0, 0.65], "a": 2.5, "alpha": 0.07},
+                         "extrapolation": {"x": [1e8, 1e10], "y": [0.65, 0.45]}}],
+             "ranking": [{"session": "b", "score": 0.3}, {"session": "a", "score": 0.2}],
+             "per_model": {"tiny": {"params": 80000, "loss": 0.7}, "small": {"params": 2e6, "loss": 0.6}}}
+    path = tmp_path / "scaling.json"
+    path.write_text(json.dumps(study))
+    page = build_report(path)
+    assert [s.key for s in page.sections] == ["study", "provenance"]
+    curve = next(s for s in page.data.values() if s["kind"] == "xy")
+    assert [s["style"] for s in curve["series"]] == ["points", "line", "dash"] and curve["log_x"]
+    ranking = next(s for s in page.data.values() if s["kind"] == "bars")
+    assert ranking["categories"] == ["b", "a"] and ranking["series"][0]["values"] == [0.3, 0.2]
+    parsed = _parse(page.html())
+    paths = {c[1] for c in parsed.cells}
+    assert {"/num_runs", "/curves/0/fit/alpha", "/ranking/1/score", "/per_model/small/loss"} <= paths
+    for src, ptr, exact, shown in parsed.cells:
+        assert float(exact) == _resolve(study, ptr)
+
+
+def test_training_section_reads_torn_metrics_and_mfu(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"family": "toy", "config": {"train": {"steps": 3}}}))
+    rows = [{"step": i, "loss": 1.0 / i, "lr": 1e-3, "grad_norm": 0.5, "tokens": 10 * i, "tokens_per_s": 100.0,
+             "mfu": 0.4 if i > 1 else None, "elapsed_s": float(i)} for i in (1, 2)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 3, "lo')
+    page = build_report(run)
+    labels = [s["y_label"] for s in page.data.values()]
+    assert labels == ["training loss", "learning rate", "gradient norm (before clipping)", "tokens / s",
+                      "model FLOP utilisation"]
+    cells = {c[1]: c for c in _parse(page.html()).cells}
+    assert cells["/1/loss"][3] == "0.5000" and cells["/1/step"][3] == "2"
+
+
+def test_figure_budgets_keep_reports_small():
+    counts = np.random.default_rng(0).poisson(0.3, size=(300, 4000))
+    spec = charts.raster(counts, dt_s=0.02)
+    assert spec["rows"] * spec["cols"] <= charts.MAX_RASTER_CELLS
+    group = spec["bins_summed"]
+    assert spec["dx"] == pytest.approx(0.02 * group)
+    import base64
+
+    levels = np.frombuffer(base64.b64decode(spec["values"]), np.uint8).reshape(spec["rows"], spec["cols"])
+    assert np.array_equal(levels, counts[:, :spec["cols"] * group].reshape(300, -1, group).sum(axis=2))
+    s = charts.series("loss", range(10_000), np.linspace(1, 0, 10_000))
+    assert len(s["x"]) <= charts.MAX_POINTS + 1 and s["x"][-1] == 9999
+    rates = charts.raster(np.full((3, 5), np.nan), dt_s=0.02, kind="rates")
+    assert rates["rows"] == 3 and rates["cols"] == 5
+
+
+def test_oversized_report_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    page = page_mod.Page("big")
+    page.section("x", "X").note("y" * 2000)
+    monkeypatch.setattr(page_mod, "MAX_REPORT_BYTES", 1000)
+    with pytest.raises(RuntimeError, match="over the"):
+        page.write(tmp_path / "r.html")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_safe_and_pointer():
+    assert page_mod.json_safe({"a": [math.nan, math.inf, -math.inf, np.float32(1.5), np.arange(2)]}) == \
+        {"a": ["nan", "inf", "-inf", 1.5, [0, 1]]}
+    assert page_mod.pointer("a/b", "c~d", 0) == "/a~1b/c~0d/0"
+
+
+def test_write_report_of_a_corpus(tmp_path):
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.synth import synthesize
+
+    synthesize(tmp_path / "nwb", num_sessions=2, seed=1, duration_s=20.0, units_range=(20, 24))
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "corpus", BuildConfig(test_fraction=0.5, seed=0), progress=False)
+    out = write_report(tmp_path / "corpus", tmp_path / "c.html")
+    text = out.read_text()
+    assert out.stat().st_size < 5_000_000
+    manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
+    cells = {c[1]: c[3] for c in _parse(text).cells}
+    assert cells["/num_sessions"] == "2"
+    assert cells["/units/total"] == f"{sum(s['num_units'] for s in manifest['sessions']):,}"
+    assert text.count('data-kind="raster"') == 2

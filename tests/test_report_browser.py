@@ -1,0 +1,436 @@
+"""``spikefm report`` pages opened in a real headless Chromium (Playwright, the system's browser).
+
+Reports are built from a tiny synthetic corpus, a 4-step run of each family (AR and NDT), their
+evaluations (the NDT one with saved predictions), a transfer study and a quickstart-shaped folder.
+Each page must load with the network off and no console error, draw every figure, show the
+numbers of its JSON files (checked cell by cell, and against values the test computes itself),
+respond to hover and zoom, and stay under 5 MB. A screenshot goes to docs/report.png when
+SPIKEFM_WRITE_SCREENSHOT=1, else to the test's temporary folder.
+
+Needs /usr/bin/chromium (Debian: apt-get install -y chromium chromium-driver; another binary with
+SPIKEFM_TEST_CHROMIUM) and the playwright package (never `playwright install`: the system browser
+is used); skipped only without the browser. The fast quickstart's report is checked against its
+printed tables by the opt-in slow test (-m slow).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from spikefm.cli import main
+
+CHROMIUM = Path(os.environ.get("SPIKEFM_TEST_CHROMIUM", "/usr/bin/chromium"))
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+#: The chart script's plot margins (left, right, top, bottom), to find a canvas's plot area.
+MARGINS = (64, 14, 10, 40)
+REPO = Path(__file__).resolve().parents[1]
+NDT_TASKS = "co-smoothing,forward-prediction-walk,choice-decoding,behavior-decoding"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=(
+    f"no browser at {CHROMIUM}: install it with `apt-get install -y chromium chromium-driver` "
+    "(.ci/run does where apt-get is available)"))
+
+
+def _ok(code: int) -> None:
+    assert code == 0
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Corpus, runs, evaluations, study, quickstart-shaped folder and their reports."""
+    import torch
+
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.synth import synthesize
+    from spikefm.report import write_quickstart_report
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("report")
+    try:
+        synthesize(d / "nwb", num_sessions=3, seed=0, duration_s=40.0, units_range=(20, 40))
+        build_corpus([str(d / "nwb")], d / "corpus", BuildConfig(test_fraction=0.34, seed=0), progress=False)
+        corpus = str(d / "corpus")
+        _ok(main(["train", "--model", "ar", "--data", corpus, "--out", str(d / "run_ar"), "--steps", "4",
+                  "--set", "train.batch_size=2", "--set", "data.seq_len=64", "--set", "train.log_every=1",
+                  "--set", "train.precision=fp32", "--set", "train.device=cpu", "--quiet"]))
+        _ok(main(["train", "--model", "ndt", "--data", corpus, "--out", str(d / "run_ndt"), "--steps", "4",
+                  "--set", "train.batch_size=4", "--set", "train.log_every=1", "--set", "train.device=cpu",
+                  "--quiet"]))
+        _ok(main(["eval", str(d / "run_ar"), "--data", corpus, "--ngram", "1,2", "--max-tokens", "3000",
+                  "--out", str(d / "ar_results.json"), "--quiet"]))
+        session = sorted(json.loads((d / "run_ndt" / "config.json").read_text())["family_info"]["sessions"])[0]
+        units = json.loads((d / "corpus" / "manifest.json").read_text())
+        units = next(s["num_units"] for s in units["sessions"] if s["session_id"] == session)
+        _ok(main(["generate", str(d / "run_ar"), "--units", str(units), "--bins", "8", "--prompt-bins", "4",
+                  "--prompt", f"{corpus}:{session}:0", "--out", str(d / "generated.npz")]))
+        _ok(main(["eval", str(d / "run_ndt"), "--data", corpus, "--session", session, "--tasks", NDT_TASKS,
+                  "--save-predictions", str(d / "preds"), "--out", str(d / "ndt_results.json"), "--quiet"]))
+        bench = json.loads((d / "ndt_results.json").read_text())["results"]
+        _study(d / "study", bench)
+        qs = _quickstart_folder(d, bench)
+        reports = {}
+        for name, path, extra in [("corpus", d / "corpus", []), ("run_ar", d / "run_ar", []),
+                                  ("run_ndt", d / "run_ndt", []),
+                                  ("eval_ar", d / "ar_results.json", ["--generated", str(d / "generated.npz")]),
+                                  ("eval_ndt", d / "ndt_results.json", ["--predictions", str(d / "preds")]),
+                                  ("study", d / "study", [])]:
+            out = d / "reports" / f"{name}.html"
+            _ok(main(["report", str(path), "--out", str(out), *extra]))
+            reports[name] = out
+        reports["quickstart"] = write_quickstart_report(qs)
+    finally:
+        torch.set_num_threads(threads)
+    return {"dir": d, "reports": reports, "session": session, "qs": qs}
+
+
+def _study(out: Path, bench: dict) -> None:
+    """``spikefm experiment transfer``'s own summary code, over two seeds whose runs are replaced by
+    the tiny evaluation above (the single-session model a little worse on each seed)."""
+    import spikefm.experiments.transfer as tr
+
+    def fake_transfer(seed_dir, *, seed, **_):
+        single = copy.deepcopy(bench)
+        single["tasks"]["co-smoothing"]["model"]["bps_pooled"] -= 0.1 * seed
+        res = {"fine-tuned": bench, "single-session": single}
+        Path(seed_dir).mkdir(parents=True, exist_ok=True)
+        (Path(seed_dir) / "results_ndt.json").write_text(json.dumps(res))
+        return {**res, "finetune": {"strategy": "frozen"}}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tr, "transfer", fake_transfer)
+        tr.transfer_study(out, seeds=[1, 2], command="spikefm experiment transfer --out study --seeds 1,2")
+
+
+def _quickstart_folder(d: Path, bench: dict) -> Path:
+    """A folder laid out as ``spikefm quickstart`` leaves it, made of the tiny runs."""
+    qs = d / "qs"
+    qs.mkdir()
+    for name, target in (("corpus", "corpus"), ("run_ar", "run_ar"), ("run_ndt_finetune", "run_ndt"),
+                         ("corpus_sessions", "corpus")):
+        (qs / name).symlink_to(d / target, target_is_directory=True)
+    ar = json.loads((d / "ar_results.json").read_text())["results"]
+    (qs / "results_ar.json").write_text(json.dumps({"tiny AR": ar.pop("model"), **ar}))
+    (qs / "generated.npz").write_bytes((d / "generated.npz").read_bytes())
+    (qs / "results_ndt.json").write_text(json.dumps({"fine-tuned": bench, "single-session": bench}))
+    return qs
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: pip install -e '.[dev]' (or pip install "
+                    "playwright; never `playwright install`, the system Chromium is used)")
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), headless=True,
+                                                       args=LAUNCH_ARGS, viewport={"width": 1280, "height": 900})
+        context.set_offline(True)
+        yield context
+        context.close()
+
+
+class Loaded:
+    def __init__(self, page, errors, requests):
+        self.page, self.errors, self.requests = page, errors, requests
+
+
+def _open(context, path: Path) -> Loaded:
+    page = context.new_page()
+    errors, requests = [], []
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:"))
+               else route.abort())
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    return Loaded(page, errors, requests)
+
+
+FIGURES_JS = """([l, r, t, b]) => Array.from(document.querySelectorAll('.fig[data-fig]')).map(f => {
+  const out = {id: f.id, kind: f.dataset.kind, drawn: f.dataset.drawn || null, marks: 0, ink: 0};
+  const svg = f.querySelector('svg');
+  if (svg) out.marks = Array.from(svg.querySelectorAll('path, rect, circle'))
+      .filter(e => !e.closest('clipPath') && e.getAttribute('visibility') !== 'hidden').length;
+  const c = f.querySelector('canvas');
+  if (c) {
+    const d = c.getContext('2d').getImageData(l + 1, t + 1, c.width - l - r - 2, c.height - t - b - 2).data;
+    for (let i = 0; i < d.length; i += 4) if (d[i] < 245 || d[i + 1] < 245 || d[i + 2] < 245) out.ink++;
+  }
+  return out;
+})"""
+
+CELLS_JS = """() => Array.from(document.querySelectorAll('td[data-path]')).map(td =>
+  [td.dataset.src, td.dataset.path, td.dataset.value === undefined ? null : td.dataset.value, td.textContent])"""
+
+EXPECTED_SECTIONS = {
+    "corpus": {"corpus", "provenance"},
+    "run_ar": {"training", "corpus", "provenance"},
+    "run_ndt": {"training", "corpus", "provenance"},
+    "eval_ar": {"evaluation-ar", "provenance"},
+    "eval_ndt": {"evaluation-ndt", "provenance"},
+    "study": {"study", "evaluation-ndt", "provenance"},
+    "quickstart": {"corpus", "training", "evaluation-ar", "evaluation-ndt", "provenance"},
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_SECTIONS))
+def test_report_renders_offline_without_errors(built, browser, name):
+    path = built["reports"][name]
+    assert path.stat().st_size < 5_000_000
+    loaded = _open(browser, path)
+    page = loaded.page
+    assert loaded.errors == []
+    assert [u for u in loaded.requests if not u.startswith(("file:", "data:"))] == []
+    sections = set(page.eval_on_selector_all("section[data-section]", "els => els.map(e => e.dataset.section)"))
+    assert {s.split("-")[0] if s.startswith("training") else s for s in sections} >= EXPECTED_SECTIONS[name]
+    figures = page.evaluate(FIGURES_JS, list(MARGINS))
+    assert figures, "no figure in the report"
+    for f in figures:
+        assert f["drawn"] == "1", f
+        if f["kind"] == "raster":
+            assert f["ink"] > 0, f"raster {f['id']} is blank"
+        else:
+            assert f["marks"] > 0, f"figure {f['id']} ({f['kind']}) has no marks"
+    assert page.locator(".fig .err").count() == 0
+    assert "differ from the results JSON" not in page.content()  # re-scored predictions match
+    if name == "quickstart":
+        shot = REPO / "docs" / "report.png" if os.environ.get("SPIKEFM_WRITE_SCREENSHOT") == "1" \
+            else built["dir"] / "screenshots" / f"{name}.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.locator("h3", has_text="Saved predictions").evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.evaluate("() => window.scrollBy(0, -document.querySelector('nav.toc').offsetHeight - 8)")
+        page.screenshot(path=str(shot), full_page=False)
+        assert shot.stat().st_size > 10_000
+    page.close()
+
+
+def _resolve(obj, path: str):
+    for part in path.split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+    return obj
+
+
+def _shown_as(text: str, value) -> bool:
+    """The cell text is the value rounded to the decimals it shows (or nan / inf / -)."""
+    text = text.strip().replace(",", "")
+    if value is None:
+        return text == "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return text == ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return abs(float(text) - float(value)) <= 0.5 * 10 ** -decimals * (1 + 1e-9) + 1e-12
+
+
+def _sources(built) -> dict:
+    """Every file a report's cells may point into, by the source name the cells carry."""
+    from spikefm.corpus.info import corpus_info
+    from spikefm.corpus.reader import Corpus
+    from spikefm.report.training import read_metrics
+
+    d, qs = built["dir"], built["qs"]
+    return {
+        "corpus": corpus_info(Corpus(d / "corpus")),
+        "metrics:run_ar": read_metrics(d / "run_ar" / "metrics.jsonl"),
+        "metrics:run_ndt": read_metrics(d / "run_ndt" / "metrics.jsonl"),
+        "metrics:run_ndt_finetune": read_metrics(d / "run_ndt" / "metrics.jsonl"),
+        "ar_results.json": json.loads((d / "ar_results.json").read_text()),
+        "ndt_results.json": json.loads((d / "ndt_results.json").read_text()),
+        "transfer.json": json.loads((d / "study" / "transfer.json").read_text()),
+        **{f"seed_{s}/results_ndt.json": json.loads((d / "study" / f"seed_{s}" / "results_ndt.json").read_text())
+           for s in (1, 2)},
+        "results_ar.json": json.loads((qs / "results_ar.json").read_text()),
+        "results_ndt.json": json.loads((qs / "results_ndt.json").read_text()),
+    }
+
+
+@pytest.mark.parametrize("name", ["corpus", "run_ar", "run_ndt", "eval_ar", "eval_ndt", "study", "quickstart"])
+def test_every_number_shown_equals_its_file(built, browser, name):
+    sources = _sources(built)
+    page = _open(browser, built["reports"][name]).page
+    cells = page.evaluate(CELLS_JS)
+    page.close()
+    assert len(cells) >= 10
+    for src, path, exact, text in cells:
+        value = _resolve(sources[src], path)
+        if exact is not None and isinstance(value, float) and math.isfinite(value):
+            assert float(exact) == value, (src, path)
+        assert _shown_as(text, value), (src, path, text, value)
+
+
+def _table(page, key: str) -> list[list[str]]:
+    return page.evaluate("""k => Array.from(document.querySelectorAll(`table[data-table="${k}"] tr`))
+        .map(tr => Array.from(tr.children).map(c => c.textContent))""", key)
+
+
+def test_eval_tables_match_the_json_and_the_printed_format(built, browser):
+    d = built["dir"]
+    res = json.loads((d / "ndt_results.json").read_text())["results"]["tasks"]
+    page = _open(browser, built["reports"]["eval_ndt"]).page
+    rows = {r[0]: r[1:] for r in _table(page, "task-co-smoothing")}
+    cos = res["co-smoothing"]
+    for metric in ("bps_pooled", "bps_per_neuron_mean"):
+        assert rows[metric] == [f"{cos['model'][metric]:.4f}", f"{cos['smoothing'][metric]:.4f}",
+                                f"{cos['oracle'][metric]:.4f}"]
+    dec = {r[0]: r[1:] for r in _table(page, "task-choice-decoding")}
+    assert dec["accuracy (hidden)"][0] == f"{res['choice-decoding']['hidden']['accuracy']:.4f}"
+    assert dec["chance"][0] == f"{res['choice-decoding']['chance']:.4f}"
+    page.close()
+    ar = json.loads((d / "ar_results.json").read_text())["results"]
+    page = _open(browser, built["reports"]["eval_ar"]).page
+    rows = _table(page, "xent-bits")
+    assert rows[0] == ["", "run_ar", "1-gram", "2-gram", "oracle"]
+    assert rows[1] == ["all"] + [f"{ar[k]['overall']['all']['bits']:.4f}" for k in ("model", "1-gram", "2-gram", "oracle")]
+    page.close()
+
+
+def test_per_neuron_histogram_matches_an_independent_computation(built, browser):
+    from scipy.stats import poisson
+
+    with np.load(built["dir"] / "preds" / "co-smoothing.npz") as z:
+        rates, counts = z["rates"].astype(float), z["counts"].astype(float)
+    scored = ~np.isnan(counts)
+    per_neuron = []
+    for n in range(counts.shape[2]):
+        c, r = counts[..., n][scored[..., n]], rates[..., n][scored[..., n]]
+        if c.sum() == 0:
+            continue
+        null = np.full_like(c, c.mean())
+        per_neuron.append((poisson.logpmf(c, r).sum() - poisson.logpmf(c, null).sum()) / (c.sum() * math.log(2)))
+    page = _open(browser, built["reports"]["eval_ndt"]).page
+    check = {r[0]: r[1:] for r in _table(page, "predictions-check")}
+    assert check["co-smoothing"][0] == str(len(per_neuron))
+    assert check["co-smoothing"][1] == f"{np.mean(per_neuron):.4f}" == check["co-smoothing"][2]
+    hist = page.evaluate("""() => { const d = JSON.parse(document.getElementById('spikefm-data').textContent);
+        return Object.values(d).filter(s => s.kind === 'hist').map(s => s.counts.reduce((a, b) => a + b, 0)); }""")
+    assert len(per_neuron) in hist
+    page.close()
+
+
+def test_corpus_numbers_match_the_manifest_and_the_shards(built, browser):
+    d = built["dir"]
+    manifest = json.loads((d / "corpus" / "manifest.json").read_text())
+    cells = 0
+    zeros = 0
+    for shard in (d / "corpus" / "data").glob("*.parquet"):
+        for row in pq.read_table(shard, columns=["spike_counts"]).column(0).to_pylist():
+            a = np.asarray(row)
+            cells += a.size
+            zeros += int((a == 0).sum())
+    page = _open(browser, built["reports"]["corpus"]).page
+    overview = {r[0]: r[1] for r in _table(page, "corpus-overview")}
+    assert overview["sessions"] == str(len(manifest["sessions"]))
+    assert overview["units in all"] == f"{sum(s['num_units'] for s in manifest['sessions']):,}"
+    assert overview["tokens (units x bins)"] == f"{cells:,}"
+    assert overview["zero bins (fraction)"] == f"{zeros / cells:.4f}"
+    splits = {r[0]: r[1:] for r in _table(page, "corpus-splits")}
+    assert splits["train"][2] == f"{manifest['splits']['train']['num_tokens']:,}"
+    page.close()
+
+
+def test_training_and_study_numbers(built, browser):
+    rows = [json.loads(x) for x in (built["dir"] / "run_ar" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    page = _open(browser, built["reports"]["run_ar"]).page
+    summary = {r[0]: r[1] for r in _table(page, "training-summary")}
+    assert summary["last training loss"] == f"{rows[-1]['loss']:.4f}"
+    assert summary["last step"] == str(rows[-1]["step"])
+    page.close()
+    study = json.loads((built["dir"] / "study" / "transfer.json").read_text())
+    values = [study["per_seed"][s]["metrics"]["co-smoothing bps_pooled"]["single-session"] for s in ("1", "2")]
+    page = _open(browser, built["reports"]["study"]).page
+    table = _table(page, "study-co-smoothing bps_pooled")
+    col = table[0].index("single-session")
+    by_row = {r[0]: r for r in table[1:]}
+    assert by_row["seed 1"][col] == f"{values[0]:.4f}"
+    assert by_row["mean"][col] == f"{np.mean(values):.4f}"
+    assert by_row["sd"][col] == f"{np.std(values, ddof=1):.4f}"
+    page.close()
+
+
+def test_hover_and_zoom(built, browser):
+    page = _open(browser, built["reports"]["run_ar"]).page
+    fig = page.locator('.fig[data-kind="xy"]').first
+    box = fig.bounding_box()
+    ticks = fig.locator(".axis text").all_text_contents()
+    page.mouse.move(box["x"] + 150, box["y"] + 100)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 300, box["y"] + 100, steps=5)
+    page.mouse.up()
+    assert fig.locator(".axis text").all_text_contents() != ticks  # zoomed in
+    fig.dblclick(position={"x": 200, "y": 100})
+    assert fig.locator(".axis text").all_text_contents() == ticks  # reset
+    bar = page.locator('.fig[data-kind="bars"] rect').first
+    bar.hover()
+    assert page.locator(".tip").is_visible() and page.locator(".tip").text_content()
+    raster = page.locator('.fig[data-kind="raster"] canvas').first
+    raster.scroll_into_view_if_needed()
+    rb = raster.bounding_box()
+    page.mouse.move(rb["x"] + 200, rb["y"] + 30)
+    assert "count:" in page.locator(".tip").text_content()
+    page.close()
+
+
+def _printed_table(out: str, is_header) -> tuple[list[str], list[list[str]]]:
+    """(header cells, rows of cells) of the first printed table whose header line passes
+    ``is_header``, split on white space, up to the first line that is not a table row."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if is_header(line))
+    rows = []
+    for line in lines[start + 1:]:
+        if set(line.strip()) <= set("-") and line.strip():
+            continue
+        cells = line.split()
+        if not cells or line.startswith(("skipped", "==")):
+            break
+        rows.append(cells)
+    return lines[start].split(), rows
+
+
+@pytest.mark.slow
+def test_quickstart_report_shows_the_printed_numbers(tmp_path, capsys):
+    """The fast quickstart end to end: its report.html, opened in Chromium, holds every number of
+    the tables it printed (AR cross-entropy row by row; every NDT benchmark row's values)."""
+    from threadpoolctl import threadpool_limits
+
+    from playwright.sync_api import sync_playwright
+
+    with threadpool_limits(1):  # the quickstart sets torch's threads itself and restores them
+        code = main(["quickstart", "--out", str(tmp_path / "qs"), "--fast"])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = tmp_path / "qs" / "report.html"
+    assert f"report (open it in a browser): {report}" in out and report.stat().st_size < 5_000_000
+    _, ar_rows = _printed_table(out, lambda line: "tiny AR" in line and "oracle" in line)
+    ar_rows = [r for r in ar_rows if r[0] in ("all", "counts", "separators")]
+    ndt_header, ndt_rows = _printed_table(out, lambda line: line.split()[:2] == ["task", "metric"])
+    ndt_rows = [r for r in ndt_rows if len(r) >= len(ndt_header)]
+    assert len(ar_rows) == 3 and len(ndt_rows) > 10
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), headless=True,
+                                                       args=LAUNCH_ARGS)
+        context.set_offline(True)
+        loaded = _open(context, report)
+        page = loaded.page
+        assert loaded.errors == []
+        figures = page.evaluate(FIGURES_JS, list(MARGINS))
+        assert figures and all(f["drawn"] == "1" for f in figures)
+        shown = _table(page, "xent-bits")
+        assert shown[1:] == ar_rows
+        for row in ndt_rows:
+            task, values = row[0], [v for v in row[-(len(ndt_header) - 2):] if v != "-"]
+            cells = set(page.evaluate("""t => Array.from(document.querySelectorAll(
+                `table[data-table="task-${t}"] td, table[data-table="chunks-${t}"] td`)).map(c => c.textContent)""", task))
+            assert set(values) <= cells, (row, sorted(cells))
+        context.close()

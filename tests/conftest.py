@@ -2,14 +2,48 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REAL_NWB = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / \
-    "dandi-000207_sub-4_ses-4_ecephys+image.nwb"
+REAL_NWB_NAME = "dandi-000207_sub-4_ses-4_ecephys+image.nwb"
+_REAL_NWB_DANDI_NAME = "sub-4_ses-4_ecephys+image.nwb"  # its name inside the dandiset
+
+
+def _real_data_places() -> list[Path]:
+    """Where the shared real recording may be: $SPIKEFM_REAL_DATA (the file or a folder holding
+    it), then shared/data/real beside the repository, inside it, or beside any parent folder."""
+    places = []
+    env = os.environ.get("SPIKEFM_REAL_DATA")
+    if env:
+        places.append(Path(env).expanduser())
+    repo = Path(__file__).resolve().parents[1]
+    places += [repo.parent / "shared" / "data" / "real", repo / "shared" / "data" / "real"]
+    places += [p / "shared" / "data" / "real" for p in repo.parents[1:]]
+    return places
+
+
+def find_real_nwb() -> tuple[Path | None, str]:
+    """(path of the real DANDI recording or None, where it was looked for)."""
+    places = _real_data_places()
+    for place in places:
+        if place.is_file() and place.suffix == ".nwb":
+            return place, ""
+        if place.is_dir():
+            for name in (REAL_NWB_NAME, _REAL_NWB_DANDI_NAME):
+                direct = place / name
+                if direct.is_file():
+                    return direct, ""
+                found = sorted(place.rglob(name))
+                if found:
+                    return found[0], ""
+    return None, ", ".join(str(p) for p in dict.fromkeys(places))
+
+
+REAL_NWB, _REAL_NWB_SEARCHED = find_real_nwb()
 
 
 def write_nwb(path, spike_times: list[np.ndarray], regions: list[str], *, species="Mus musculus",
@@ -76,8 +110,9 @@ def nwb_factory(tmp_path):
 
 @pytest.fixture
 def real_nwb():
-    if not REAL_NWB.exists():
-        pytest.skip(f"real DANDI file not found at {REAL_NWB}")
+    if REAL_NWB is None:
+        pytest.skip(f"real DANDI recording {REAL_NWB_NAME} not found (looked in "
+                    f"{_REAL_NWB_SEARCHED}); set SPIKEFM_REAL_DATA to the file or its folder")
     return REAL_NWB
 
 

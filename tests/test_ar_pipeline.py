@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,15 +149,66 @@ def _free_port():
         return s.getsockname()[1]
 
 
+class _Interleaved:
+    """Micro-batch 2k is loaders[0]'s k-th batch, 2k + 1 is loaders[1]'s (resumable)."""
+
+    def __init__(self, loaders):
+        self.loaders, self.i = loaders, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.loaders[self.i % len(self.loaders)])
+        self.i += 1
+        return batch
+
+    def state_dict(self):
+        return {"i": self.i, "loaders": [ld.state_dict() for ld in self.loaders]}
+
+    def load_state_dict(self, state):
+        self.i = state["i"]
+        for ld, st in zip(self.loaders, state["loaders"]):
+            ld.load_state_dict(st)
+
+
+def _two_rank_data_family():
+    """The AR family, but its one-process loader yields the batches that ranks 0 and 1 of a
+    two-process run read, one per micro-step: with grad_accum=2 one process then computes the
+    same mean loss and gradient per optimizer step as the two-process run (the AR loader shards
+    row groups by rank, so a plain one-process run reads other data)."""
+    import dataclasses
+
+    from spikefm.families.ar.family import ARFamily
+
+    class TwoRankData(ARFamily):
+        def train_loader(self, cfg, rank, world_size):
+            assert (rank, world_size) == (0, 1)
+            per_rank = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum=1))
+            return _Interleaved([ARFamily.train_loader(self, per_rank, r, 2) for r in (0, 1)])
+
+    return TwoRankData()
+
+
+def _metric(run, key):
+    return [json.loads(x)[key] for x in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(x)]
+
+
 @pytest.mark.distributed
-def test_torchrun_two_process_fsdp_ar_run(synth_corpus, tmp_path):
+def test_torchrun_two_process_fsdp_ar_run_equals_one_process(synth_corpus, tmp_path):
+    from spikefm.families import run_config
+    from spikefm.families import train as fam_train
+    from spikefm.train.loop import train as loop_train
+
+    sets = ["train.batch_size=4", "data.seq_len=64", "optim.warmup_steps=1", "train.ckpt_every=2",
+            "train.precision=fp32", "train.log_every=1", "train.device=cpu"]
     out = tmp_path / "dist"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "spikefm.cli", "train", "--model", "ar", "--preset", "tiny",
-           "--data", str(synth_corpus), "--out", str(out), "--steps", "4",
-           "--set", "train.batch_size=4", "--set", "data.seq_len=64",
-           "--set", "optim.warmup_steps=1", "--set", "train.ckpt_every=2", "--quiet"]
+           "--data", str(synth_corpus), "--out", str(out), "--steps", "4", "--quiet",
+           *[a for x in sets for a in ("--set", x)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if proc.returncode != 0 and "gloo" in proc.stderr.lower() and "address" in proc.stderr.lower():
@@ -166,10 +216,33 @@ def test_torchrun_two_process_fsdp_ar_run(synth_corpus, tmp_path):
     assert proc.returncode == 0, torchrun_failure_report(proc)
     info = json.loads((out / "config.json").read_text())
     assert info["world_size"] == 2
-    assert (out / "model.safetensors").exists()
-    assert list((out / "checkpoints").glob("step_*")) or list(out.glob("checkpoints/*"))
-    model = load_model(out)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+
+    # the same run in one process: same global batches (2 micro-steps = the 2 ranks' batches)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = run_config("ar", preset="tiny", corpus=str(synth_corpus),
+                         overrides=[*sets, "train.steps=4", "train.grad_accum=2"])
+        loop_train(cfg, tmp_path / "one", _two_rank_data_family(), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert _metric(out, "step") == _metric(tmp_path / "one", "step") == [1, 2, 3, 4]
+    np.testing.assert_allclose(_metric(out, "loss"), _metric(tmp_path / "one", "loss"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_metric(out, "grad_norm"), _metric(tmp_path / "one", "grad_norm"), rtol=1e-4)
+    assert _metric(out, "tokens") == _metric(tmp_path / "one", "tokens") == [4 * 64 * s for s in (1, 2, 3, 4)]
+    sharded, single = load_model(out).state_dict(), load_model(tmp_path / "one").state_dict()
+    assert sharded.keys() == single.keys()
+    for key in single:
+        torch.testing.assert_close(sharded[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+    # and it is not the plain one-process run (which reads other data): the comparison has teeth
+    plain = run_config("ar", preset="tiny", corpus=str(synth_corpus), overrides=[*sets, "train.steps=1"])
+    torch.set_num_threads(1)
+    try:
+        fam_train(plain, tmp_path / "plain", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(_metric(tmp_path / "plain", "loss")[0] - _metric(out, "loss")[0]) > 1e-4
 
 
 def test_ar_run_stopped_and_resumed_equals_uninterrupted(synth_corpus, tmp_path):

@@ -5,8 +5,10 @@ Runs by default wherever torch has gloo and localhost sockets work; skipped othe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 import socket
 import subprocess
 import sys
@@ -21,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _toy_family import toy_config  # noqa: E402
 
 from spikefm.families import load_model, train  # noqa: E402
+from spikefm.fileio import folder_lock  # noqa: E402
 from spikefm.train.checkpoint import list_checkpoints  # noqa: E402
 from conftest import torchrun_failure_report  # noqa: E402
+from test_train_stack import folder_state  # noqa: E402
 
 TOY = Path(__file__).resolve().parent / "_toy_family.py"
 
@@ -65,6 +69,16 @@ def torchrun(run_dir: Path, *args: str, nproc: int = 2, timeout: int = 120) -> s
     return proc.stdout
 
 
+def torchrun_failing(run_dir: Path, *args: str, timeout: int = 90) -> subprocess.CompletedProcess:
+    """A torchrun launch that must fail (every rank, quickly: no rank left waiting)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(TOY), str(run_dir), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    return proc
+
+
 def losses(run_dir: Path, key: str = "loss") -> np.ndarray:
     with open(run_dir / "metrics.jsonl") as f:
         return np.array([json.loads(line)[key] for line in f if line.strip()])
@@ -89,10 +103,24 @@ def test_fsdp2_gloo_two_ranks_checkpoint_resume_matches_single_process(tmp_path)
     assert first["world_size"] == 2 and first["stopped_early"] and first["step"] == 4
     (ckpt_step, ckpt), = list_checkpoints(run_dir)
     assert ckpt_step == 4
-    assert sorted(p.name for p in ckpt.iterdir()) == [
-        "config.json", "model.pt", "optim.pt", "rank_00000.pt", "rank_00001.pt", "trainer.pt"]
+    names = ["config.json", "model.pt", "optim.pt", "rank_00000.pt", "rank_00001.pt", "trainer.pt"]
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(names + ["manifest.json"])
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["step"] == 4 and sorted(manifest["files"]) == names
+    for name in names:  # both ranks' files are recorded with their true size and hash
+        data = (ckpt / name).read_bytes()
+        assert manifest["files"][name] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     loader_states = [torch.load(ckpt / f"rank_{r:05d}.pt", weights_only=True)["loader"] for r in (0, 1)]
     assert loader_states == [{"micro_index": 8}, {"micro_index": 8}]  # 4 steps x 2 micro-steps
+
+    # One process cannot continue a two-process run exactly: refused in one line, nothing changed.
+    before = folder_state(run_dir)
+    with pytest.raises(ValueError) as err:
+        train(toy_config(steps=steps, grad_accum=2, activation_checkpointing=True), run_dir,
+              resume=True, progress=False)
+    assert "written by 2 process(es) and this run has 1" in str(err.value)
+    assert "torchrun --nproc_per_node 2" in str(err.value) and "\n" not in str(err.value)
+    assert folder_state(run_dir) == before
 
     out = torchrun(run_dir, "--resume", *sets)
     second = json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
@@ -110,3 +138,27 @@ def test_fsdp2_gloo_two_ranks_checkpoint_resume_matches_single_process(tmp_path)
     assert sharded.keys() == single.keys()
     for key in single:
         torch.testing.assert_close(sharded[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_torchrun_refusals_end_every_rank_at_once(tmp_path):
+    """Rank 0 decides (lock, checkpoint, world size) and tells the others: a refusal on rank 0
+    must not leave rank 1 waiting in a collective until a timeout."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(toy_config(steps=4), tmp_path / "one", progress=False, stop_after=2)
+    finally:
+        torch.set_num_threads(before)
+    state = folder_state(tmp_path / "one")
+
+    t0 = time.monotonic()
+    proc = torchrun_failing(tmp_path / "one", "--resume", "--set", "train.steps=4")
+    assert "written by 1 process(es) and this run has 2" in proc.stderr, proc.stderr[-3000:]
+    assert "one process, without torchrun" in proc.stderr
+    assert folder_state(tmp_path / "one") == state
+
+    with folder_lock(tmp_path / "one", what="training run"):
+        proc = torchrun_failing(tmp_path / "one", "--resume", "--set", "train.steps=4")
+    assert f"in use by another process (PID {os.getpid()}" in proc.stderr, proc.stderr[-3000:]
+    assert folder_state(tmp_path / "one") == state
+    assert time.monotonic() - t0 < 120  # not a collective timeout (30 min by default)

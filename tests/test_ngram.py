@@ -282,3 +282,169 @@ def test_progress_reports_each_chunk(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == -(-model.num_tokens_ // model.chunk_tokens)
     assert lines[-1].startswith(f"ngram fit (order 3): {model.num_tokens_:,} tokens")
+
+
+# --- counts at the 7-bit boundary of the packed order-9 path ------------------------------------
+
+
+def boundary_rows(values, seed: int = 0, num_rows: int = 6) -> list[np.ndarray]:
+    """Rows whose counts include each of `values` (127 = the recoded separator's code, 128, 254)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(num_rows):
+        counts = rng.poisson(0.4, size=(3, 12))
+        mask = rng.random(counts.shape) < 0.25
+        counts[mask] = rng.choice(values, size=int(mask.sum()))
+        counts[i % 3, i % 12] = values[i % len(values)]  # every value appears
+        rows.append(tokenize(counts))
+    return rows
+
+
+@pytest.mark.parametrize("values", [[127], [128], [254], [126, 127], [127, 128, 254], [255]])
+@pytest.mark.parametrize("budget_mb", [1024.0, 0.0003])
+def test_order9_counts_at_the_7_bit_boundary_match_dict_reference(values, budget_mb, order9_paths):
+    """Token 127 is what the packed path recodes the separator to; counts of 127 and above must
+    take the general path, and every table must equal the plain dict counter, whatever mix of
+    chunks (packed and general) the budget makes."""
+    rows = boundary_rows(values)
+    assert any(np.isin(r, values if values != [255] else [254]).any() for r in rows)
+    model = NGramModel(order=9, memory_budget_mb=budget_mb).fit(rows)
+    pairs, contexts = dict_counts(rows, 9)
+    got_pairs, got_contexts = model_counts(model)
+    assert got_pairs == pairs and got_contexts == contexts
+    general_only = NGramModel(order=9, memory_budget_mb=budget_mb)
+    with pytest.MonkeyPatch.context() as mp:  # the exact general path for every chunk
+        mp.setattr(ngram_module, "_fits_7_bits", lambda stream: False)
+        general_only.fit(rows)
+    assert_same_tables(model, general_only)
+    for row in rows[:2]:
+        expected = dict_log_prob(row, 9, pairs, contexts, 1.0, 256)
+        np.testing.assert_allclose(model.log_prob(row), expected, rtol=1e-12, atol=1e-12)
+    has_127_up = any(((r >= 127) & (r != 255)).any() for r in rows)
+    assert order9_paths["general"] > 0 if has_127_up else order9_paths["general"] == 0
+
+
+def test_fits_7_bits_is_exactly_no_token_in_127_to_254():
+    for value in range(256):
+        stream = np.array([255, 3, value, 0], dtype=np.uint8)
+        assert ngram_module._fits_7_bits(stream) == (value < 127 or value == 255), value
+
+
+def test_packed_and_general_paths_agree_on_rows_that_fit_7_bits():
+    rows = boundary_rows([126, 100, 1])
+    packed = NGramModel(order=9).fit(rows)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ngram_module, "_fits_7_bits", lambda stream: False)
+        general = NGramModel(order=9).fit(rows)
+    assert_same_tables(packed, general)
+    pairs, _ = dict_counts(rows, 9)
+    assert model_counts(packed)[0] == pairs
+
+
+# --- contracts found open by mutation testing (benchmarks/mutation/run_mutation.py) -------------
+
+
+def test_parameters_defaults_repr_and_set_params():
+    model = NGramModel(order=3)
+    assert model.get_params() == {"order": 3, "alpha": 1.0, "vocab_size": 256, "memory_budget_mb": 1024.0}
+    assert repr(NGramModel(order=3, alpha=0.5)) == \
+        "NGramModel(order=3, alpha=0.5, vocab_size=256, memory_budget_mb=1024.0)"
+    assert model.set_params(alpha=0.25, order=2) is model
+    assert (model.order, model.alpha) == (2, 0.25)
+    with pytest.raises(ValueError) as err:
+        model.set_params(beta=1)
+    assert str(err.value) == "unknown parameter 'beta'; valid: order, alpha, vocab_size, memory_budget_mb"
+    assert model.alpha == 0.25 and not hasattr(model, "beta")
+    for bad in ({"alpha": "1.0"}, {"memory_budget_mb": "5"}, {"alpha": True}):
+        with pytest.raises(ValueError):
+            NGramModel(order=2, **bad).fit([np.array([255, 1], np.uint8)])
+    one = NGramModel(order=2, vocab_size=1).fit([np.zeros(5, np.uint8)])  # a one-token vocabulary
+    np.testing.assert_allclose(one.log_prob(np.zeros(3, np.uint8)), 0.0, atol=1e-12)
+
+
+def test_exact_messages():
+    model = NGramModel(order=3)
+    with pytest.raises(ValueError) as err:
+        model.log_prob(np.array([255, 1], np.uint8))
+    assert str(err.value) == "this NGramModel is not fitted yet; call fit(sequences) or load(path) first"
+    with pytest.raises(ValueError) as err:
+        model.fit([np.array([255, 1], np.uint8), np.zeros((2, 2), np.uint8)])
+    assert str(err.value) == ("sequences[1] must be a 1-D token array (one corpus row), got shape (2, 2); "
+                              "pass an iterable of 1-D arrays, e.g. [row] for a single row")
+    with pytest.raises(ValueError) as err:
+        model.fit(np.array([255, 1, 2], np.uint8))
+    assert str(err.value) == "sequences must be an iterable of rows; wrap a single 1-D row as [row]"
+    model.fit([np.array([255, 1, 2], np.uint8)])
+    with pytest.raises(ValueError) as err:
+        model.log_prob(np.zeros((2, 2), np.uint8))
+    assert str(err.value).startswith("sequence must be a 1-D token array (one corpus row), got shape (2, 2)")
+    with pytest.raises(ValueError) as err:
+        model.next_token_log_probs(np.zeros((1, 2, 1), np.uint8))
+    assert str(err.value) == "contexts must have shape (B, 2) or (2,) for order 3, got (1, 2, 1)"
+    for contexts in ([[-1, 3]], [[1.0, 2.0]], [[256, 3]], [[300, -4]]):
+        with pytest.raises(ValueError) as err:
+            model.next_token_log_probs(np.array(contexts))
+        assert str(err.value) == "contexts must hold integer tokens in 0..255"
+    assert model.next_token_log_probs(np.array([[255, 255]])).shape == (1, 256)
+
+
+def test_short_empty_and_unseen_rows():
+    rows = random_rows(seed=61)
+    for order in (1, 2, 5, 9):
+        model = NGramModel(order=order).fit(rows)
+        for row in (np.array([255], np.uint8), np.array([7], np.uint8)):
+            pairs, contexts = dict_counts(rows, order)
+            np.testing.assert_allclose(model.log_prob(row), dict_log_prob(row, order, pairs, contexts, 1.0, 256),
+                                       rtol=1e-12)
+        empty = model.log_prob(np.array([], np.uint8))
+        assert empty.shape == (0,) and empty.dtype == np.float64
+        assert model.next_token_log_probs(np.zeros((0, order - 1), np.uint8)).shape == (0, 256)
+        assert model.next_token_log_probs(np.full(order - 1, 255, np.uint8)).shape == (256,)
+        # contexts above every key in the table (all 254s) are unseen: uniform
+        high = np.full(12, 254, np.uint8)
+        if order > 1:
+            np.testing.assert_allclose(model.log_prob(high)[order - 1:], -np.log(256), rtol=1e-12)
+    # rows of one token and empty rows (any dtype) count as they are and do not stop the fit
+    a, b = rows[0], rows[1]
+    with_short = NGramModel(order=3).fit([a, np.array([]), np.array([9]), b])
+    pairs, _ = dict_counts([a, [9], b], 3)
+    assert model_counts(with_short)[0] == pairs and with_short.num_tokens_ == len(a) + 1 + len(b)
+    assert NGramModel(order=2).fit(rows, max_tokens=1).num_tokens_ == 1
+
+
+def test_table_dtypes_and_the_token_row_helper(tmp_path):
+    model = NGramModel(order=9).fit(random_rows(seed=71))
+    dtypes = {name: getattr(model, name).dtype for name in TABLES}
+    assert dtypes == {"context_keys_": np.uint64, "context_counts_": np.int64,
+                      "ngram_codes_": np.uint64, "ngram_counts_": np.int64}
+    model.save(tmp_path / "m.npz")
+    loaded = NGramModel.load(tmp_path / "m.npz")
+    assert {name: getattr(loaded, name).dtype for name in TABLES} == dtypes
+    row = ngram_module._as_token_row(np.array([255, 3, 7], dtype=np.int64), 256, "row")
+    assert row.dtype == np.uint8 and row.tolist() == [255, 3, 7]
+    assert ngram_module._as_token_row([], 256, "row").dtype == np.uint8
+
+
+def test_fit_is_quiet_without_progress(capsys):
+    NGramModel(order=2).fit(random_rows(seed=81))
+    assert capsys.readouterr() == ("", "")
+
+
+def test_load_keeps_every_parameter_and_refuses_pickles(tmp_path):
+    model = NGramModel(order=4, alpha=0.3, vocab_size=200, memory_budget_mb=7.5).fit(
+        [r[r < 200] for r in random_rows(seed=91)])
+    model.save(tmp_path / "m.npz")
+    loaded = NGramModel.load(tmp_path / "m.npz")
+    assert loaded.get_params() == {"order": 4, "alpha": 0.3, "vocab_size": 200, "memory_budget_mb": 7.5}
+    assert loaded.num_tokens_ == model.num_tokens_
+    with np.load(tmp_path / "m.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["context_keys_"] = np.array([object()], dtype=object)
+    np.savez(tmp_path / "evil.npz", **arrays)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        NGramModel.load(tmp_path / "evil.npz")
+    np.savez(tmp_path / "old.npz", **{**arrays, "format_version": np.int64(0)})
+    with pytest.raises(ValueError) as err:
+        NGramModel.load(tmp_path / "old.npz")
+    assert str(err.value) == (f"{tmp_path / 'old.npz'} is not an NGramModel file of format 1 (found 0); "
+                              "re-fit and save the model with this version of spikefm")

@@ -22,7 +22,16 @@ def test_quickstart_fast_runs_end_to_end(tmp_path, capsys):
     ar = json.loads((qs / "results_ar.json").read_text())
     assert set(ar) == {"tiny AR", "1-gram", "9-gram", "oracle"}
     bits = {k: v["overall"]["all"]["bits"] for k, v in ar.items()}
+    assert len({v["overall"]["all"]["num_tokens"] for v in ar.values()}) == 1  # the same tokens
     assert bits["oracle"] < min(bits["1-gram"], bits["9-gram"], bits["tiny AR"])
+    # At --fast sizes (40 steps) the tiny model does NOT beat the 1-gram: measured 0.7135 vs 0.7103
+    # bits/token (9-gram 1.2514, oracle 0.4545); it has learned the token marginals but not yet the
+    # bin structure. What holds with a wide margin: far below uniform (8 bits; an untrained model
+    # scores about that), below the 9-gram (which overfits the small training split), and within
+    # 5 % of the 1-gram. The README's full-size quickstart (400 steps) beats the 1-gram.
+    assert bits["tiny AR"] < 2.0
+    assert bits["tiny AR"] < bits["9-gram"]
+    assert abs(bits["tiny AR"] - bits["1-gram"]) < 0.05 * bits["1-gram"]
     gen = np.load(qs / "generated.npz")
     assert gen["counts"].shape[0] == gen["prompt"].shape[0] and gen["counts"].dtype == np.uint8
     ndt = json.loads((qs / "results_ndt.json").read_text())

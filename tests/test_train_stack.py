@@ -17,10 +17,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _toy_family import ToyModelConfig, toy_config  # noqa: E402
+from _toy_family import ToyFamily, ToyModelConfig, toy_config  # noqa: E402
 
 from spikefm.families import get as get_family, load_model, run_config_from_dict, train  # noqa: E402
-from spikefm.train.checkpoint import latest_checkpoint, list_checkpoints  # noqa: E402
+from spikefm.fileio import folder_lock  # noqa: E402
+from spikefm.train.checkpoint import checkpoint_problem, latest_checkpoint, list_checkpoints  # noqa: E402
 from spikefm.train.config import (  # noqa: E402
     OptimConfig,
     RunConfig,
@@ -28,7 +29,8 @@ from spikefm.train.config import (  # noqa: E402
     apply_overrides,
     config_to_dict,
 )
-from spikefm.train.loop import device_peak_flops  # noqa: E402
+from spikefm.train.loop import TrainingDiverged, device_peak_flops  # noqa: E402
+from spikefm.train.loop import train as loop_train  # noqa: E402
 from spikefm.train.optim import build_optimizer, build_scheduler, param_groups  # noqa: E402
 
 TOY = Path(__file__).resolve().parent / "_toy_family.py"
@@ -56,6 +58,17 @@ def train_rows(run_dir: Path) -> list[dict]:
 
 def column(rows: list[dict], key: str) -> np.ndarray:
     return np.array([r[key] for r in rows], dtype=np.float64)
+
+
+def folder_state(run_dir: Path) -> dict[str, bytes]:
+    """Every file under run_dir (but the lock file) with its contents."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".spikefm.lock"}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_model(a).state_dict(), load_model(b).state_dict()
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,8 +335,11 @@ def test_resume_refuses_a_different_model_and_prints_plain_progress(tmp_path, ca
     assert "step 2: loss" in capsys.readouterr().out  # not a terminal: plain lines
     with pytest.raises(ValueError, match="'model' differs from the checkpoint's config"):
         train(apply_overrides(toy_config(steps=4), ["model.dim=16"]), tmp_path, resume=True, progress=False)
-    with pytest.warns(UserWarning, match="changed settings: optim.lr"):
-        train(apply_overrides(toy_config(steps=4), ["optim.lr=1e-3"]), tmp_path, resume=True, progress=False)
+    capsys.readouterr()
+    train(apply_overrides(toy_config(steps=4), ["optim.lr=1e-3"]), tmp_path, resume=True, progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spikefm: warning: resuming from ")
+    assert err[0].endswith("with changed settings: optim.lr")
 
 
 @pytest.mark.slow
@@ -333,3 +349,235 @@ def test_compiled_blocks_train_like_eager(tmp_path):
     train(toy_config(steps=4, compile=True), tmp_path / "compiled", progress=False)
     np.testing.assert_allclose(column(train_rows(tmp_path / "compiled"), "loss"),
                                column(train_rows(tmp_path / "eager"), "loss"), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run folder: lock, refusals, finished runs, damaged checkpoints, token counter
+
+
+def test_a_locked_run_folder_is_refused_at_once_naming_the_holder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with folder_lock(run, what="training run"):
+        t0 = time.monotonic()
+        with pytest.raises(ValueError) as err:
+            train(toy_config(steps=4), run, progress=False)
+        assert time.monotonic() - t0 < 10
+    message = str(err.value)
+    assert "the training run is in use by another process" in message and "\n" not in message
+    assert f"PID {os.getpid()}" in message
+    assert [p.name for p in run.iterdir()] == [".spikefm.lock"]  # nothing was written
+    assert train(toy_config(steps=4), run, progress=False)["step"] == 4  # released: it runs
+
+
+def test_two_concurrent_runs_into_one_folder_the_second_fails_naming_the_first(tmp_path):
+    """The reported bug: both exited 0 and the folder mixed one run's config with the other's
+    weights. Now the second fails while the first is still running, and the folder is the first's."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sets = ["--set", "train.steps=40", "--set", "data.sleep_s=0.1"]
+    first = subprocess.Popen([sys.executable, str(TOY), str(run), *sets, "--set", "train.seed=1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "config.json").exists():  # written under the lock
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read().decode()
+            time.sleep(0.02)
+        second = subprocess.run([sys.executable, str(TOY), str(run), *sets, "--set", "train.seed=2"],
+                                capture_output=True, text=True, env=env, timeout=120)
+        first_still_running = first.poll() is None
+        out = first.communicate(timeout=180)[0].decode()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, out
+    assert second.returncode != 0 and first_still_running
+    assert f"the training run is in use by another process (PID {first.pid}" in second.stderr
+    assert json.loads((run / "config.json").read_text())["seed"] == 1
+    assert load_model(run).run_config.train.seed == 1
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 41))
+    train(apply_overrides(toy_config(), ["train.steps=40", "train.seed=1"]), tmp_path / "ref", progress=False)
+    np.testing.assert_allclose(column(train_rows(run), "loss"), column(train_rows(tmp_path / "ref"), "loss"),
+                               rtol=0, atol=1e-6)
+
+
+class _NoData(ToyFamily):
+    def describe(self, cfg):
+        raise ValueError(f"data.corpus {cfg.data.corpus!r} is not a spikefm corpus")
+
+
+class _NoValidateFamily(ToyFamily):
+    def __getattribute__(self, name):
+        if name == "validate":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def test_refused_calls_leave_nothing_behind(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cases = [
+        (lambda: loop_train(toy_config(), out, _NoData(), progress=False), ValueError, "not a spikefm corpus"),
+        (lambda: train(toy_config(), out, progress=False, stop_after=0), ValueError, "stop_after must be"),
+        (lambda: train(toy_config(), out, progress=False, stop_after=True), ValueError, "stop_after must be"),
+        (lambda: train(toy_config(), out, progress=False, resume="yes"), TypeError, "resume must be True or False"),
+        (lambda: train(toy_config(), "", progress=False), ValueError, "out_dir must be a non-empty path"),
+        (lambda: loop_train(toy_config(eval_every=5), out, _NoValidateFamily(), progress=False),
+         ValueError, "has no validate"),
+    ]
+    for call, kind, match in cases:
+        with pytest.raises(kind, match=match) as err:
+            call()
+        assert "\n" not in str(err.value)
+        assert not out.exists(), match
+    monkeypatch.setenv("SPIKEFM_PEAK_FLOPS", "nan")
+    with pytest.raises(ValueError, match="SPIKEFM_PEAK_FLOPS must be a positive number"):
+        train(toy_config(), out, progress=False)
+    assert not out.exists()
+
+
+def test_run_folder_under_a_regular_file_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    for out in (blocker, blocker / "run"):
+        with pytest.raises(ValueError) as err:
+            train(toy_config(steps=4), out, progress=False)
+        assert str(err.value) == f"cannot create the run folder {out}: {blocker} is a file, not a " \
+                                 "folder; choose another --out"
+    assert blocker.read_text() == "mine"
+
+
+def test_existing_runs_are_never_overwritten(tmp_path, capsys):
+    cfg = toy_config(steps=4)
+    first = train(cfg, tmp_path / "done", progress=False)
+    state = folder_state(tmp_path / "done")
+    capsys.readouterr()
+    again = train(cfg, tmp_path / "done", progress=False, resume=True)
+    assert capsys.readouterr().err.splitlines() == [
+        f"spikefm: {tmp_path / 'done'} is already finished (step 4 of 4, model.safetensors exported); "
+        "nothing to do"]
+    assert again["already_finished"] and again["step"] == 4 and not again["stopped_early"]
+    assert (again["loss"], again["tokens"], again["num_params"]) == (first["loss"], first["tokens"], first["num_params"])
+    with pytest.raises(ValueError, match="already holds a finished run"):
+        train(cfg, tmp_path / "done", progress=False)
+    with pytest.raises(ValueError, match="finished at step 4; continuing it to train.steps=8 would replace"):
+        train(toy_config(steps=8), tmp_path / "done", progress=False, resume=True)
+    with pytest.raises(ValueError, match="'model' differs"):
+        train(apply_overrides(cfg, ["model.dim=16"]), tmp_path / "done", progress=False, resume=True)
+    assert folder_state(tmp_path / "done") == state
+
+    # killed before its first checkpoint: config.json and metrics exist, no checkpoint
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "config.json").write_text((tmp_path / "done" / "config.json").read_text())
+    (tmp_path / "early" / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "lo')
+    with pytest.raises(ValueError, match=r"already holds a training run \(config.json, metrics.jsonl\)"):
+        train(cfg, tmp_path / "early", progress=False)
+    train(cfg, tmp_path / "early", progress=False, resume=True)  # restarts it from step 0
+    np.testing.assert_array_equal(column(train_rows(tmp_path / "early"), "loss"),
+                                  column(train_rows(tmp_path / "done"), "loss"))
+
+    # a folder holding someone else's config.json
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(cfg, tmp_path / "hf", progress=False)
+    with pytest.raises(ValueError, match="is not a spikefm run description"):
+        train(cfg, tmp_path / "hf", progress=False, resume=True)
+    assert (tmp_path / "hf" / "config.json").read_text() == '{"model_type": "llama"}'
+
+
+def _damage(ckpt: Path, how: str) -> None:
+    if how == "truncate":
+        data = (ckpt / "model.pt").read_bytes()
+        (ckpt / "model.pt").write_bytes(data[: len(data) // 2])
+    elif how == "flip":  # same size, one bit changed
+        data = bytearray((ckpt / "optim.pt").read_bytes())
+        data[len(data) // 2] ^= 1
+        (ckpt / "optim.pt").write_bytes(bytes(data))
+    elif how == "delete":
+        (ckpt / "rank_00000.pt").unlink()
+    elif how == "manifest":
+        (ckpt / "manifest.json").write_text('{"format": 1, "files": ')
+
+
+@pytest.mark.parametrize("how, problem", [
+    ("truncate", "model.pt has {half} bytes, the manifest says {full}"),
+    ("flip", "optim.pt does not match its sha256 in the manifest"),
+    ("delete", "rank_00000.pt is missing"),
+    ("manifest", "manifest.json is not valid JSON"),
+])
+def test_resume_falls_back_from_a_damaged_checkpoint_and_still_matches(tmp_path, capsys, how, problem):
+    cfg = toy_config(steps=12, ckpt_every=4, ckpt_keep=3)
+    cfg = dataclasses.replace(cfg, model=ToyModelConfig(dropout=0.2))
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "cut", progress=False, stop_after=10)
+    ckpts = tmp_path / "cut" / "checkpoints"
+    assert [s for s, _ in list_checkpoints(tmp_path / "cut")] == [4, 8, 10]
+    full_size = (ckpts / "step_00000010" / "model.pt").stat().st_size
+    _damage(ckpts / "step_00000010", how)
+    assert checkpoint_problem(ckpts / "step_00000010").startswith(
+        problem.format(half=full_size // 2, full=full_size))
+    capsys.readouterr()
+    resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"spikefm: warning: checkpoint step_00000010 is damaged ({problem.format(half=full_size // 2, full=full_size)}")
+    assert err[0].endswith("moved it to checkpoints/damaged-step_00000010; resuming from step_00000008")
+    assert resumed["resumed_from"] == 8 and resumed["step"] == 12
+    assert (ckpts / "damaged-step_00000010").is_dir()  # kept for inspection, not deleted
+    a, b = train_rows(tmp_path / "full"), train_rows(tmp_path / "cut")
+    assert [r["step"] for r in b] == list(range(1, 13))
+    for key in ("loss", "grad_norm", "tokens"):
+        np.testing.assert_array_equal(column(b, key), column(a, key), err_msg=key)
+    assert same_weights(tmp_path / "full", tmp_path / "cut")
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "damaged-step_00000010", "step_00000004", "step_00000008", "step_00000012"]
+
+
+def test_no_intact_checkpoint_left_restarts_from_zero(tmp_path, capsys):
+    cfg = toy_config(steps=6, ckpt_every=3, ckpt_keep=1)
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "cut", progress=False, stop_after=3)
+    _damage(tmp_path / "cut" / "checkpoints" / "step_00000003", "truncate")
+    capsys.readouterr()
+    assert train(cfg, tmp_path / "cut", progress=False, resume=True)["resumed_from"] is None
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].endswith("no intact checkpoint is left, so the run starts from step 0")
+    np.testing.assert_array_equal(column(train_rows(tmp_path / "cut"), "loss"),
+                                  column(train_rows(tmp_path / "full"), "loss"))
+    assert same_weights(tmp_path / "full", tmp_path / "cut")
+
+
+def test_checkpoint_without_manifest_from_older_versions_still_resumes(tmp_path):
+    cfg = toy_config(steps=6, ckpt_every=3)
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "cut", progress=False, stop_after=3)
+    (tmp_path / "cut" / "checkpoints" / "step_00000003" / "manifest.json").unlink()
+    assert checkpoint_problem(tmp_path / "cut" / "checkpoints" / "step_00000003") is None
+    assert train(cfg, tmp_path / "cut", progress=False, resume=True)["resumed_from"] == 3
+    assert same_weights(tmp_path / "full", tmp_path / "cut")
+    (tmp_path / "x" / "step_00000001").mkdir(parents=True)
+    assert checkpoint_problem(tmp_path / "x" / "step_00000001") == (
+        "no manifest.json and model.pt, optim.pt, trainer.pt, rank_00000.pt missing")
+
+
+def test_token_counter_after_resume_from_a_checkpoint_between_log_rows(tmp_path):
+    cfg = toy_config(steps=12, log_every=5)
+    tokens_per_step = 8 * 16  # batch x sequence length
+    full = train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "cut", progress=False, stop_after=7)  # checkpoint at 7: not a log step
+    trainer = torch.load(tmp_path / "cut" / "checkpoints" / "step_00000007" / "trainer.pt", weights_only=True)
+    assert trainer["tokens"] == 7 * tokens_per_step
+    resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
+    rows = train_rows(tmp_path / "cut")
+    assert [r["step"] for r in rows] == [5, 7, 10, 12]
+    assert [r["tokens"] for r in rows] == [s * tokens_per_step for s in (5, 7, 10, 12)]
+    assert [r["tokens"] for r in train_rows(tmp_path / "full")] == [s * tokens_per_step for s in (5, 10, 12)]
+    assert resumed["tokens"] == full["tokens"] == 12 * tokens_per_step
+
+
+def test_diverging_loss_is_a_one_line_value_error(tmp_path):
+    cfg = apply_overrides(toy_config(steps=20), ["optim.lr=1e12", "optim.grad_clip=0"])
+    with pytest.raises(TrainingDiverged) as err:
+        train(cfg, tmp_path, progress=False)
+    assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
+    assert str(err.value).startswith("loss is nan at step ") and "lower optim.lr" in str(err.value)

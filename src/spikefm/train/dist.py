@@ -31,6 +31,7 @@ __all__ = [
     "all_reduce_mean",
     "all_reduce_sum",
     "broadcast_object",
+    "all_gather_object",
     "exit_worker",
     "shutdown",
 ]
@@ -196,6 +197,15 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's picklable `obj`, as a list indexed by rank (``[obj]`` for a single process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def exit_worker(code: int) -> None:

@@ -13,7 +13,9 @@ the lr schedule, restore the latest checkpoint when resuming, then for each opti
 all-reduce only on the last micro-step), clip, step, log, evaluate and checkpoint. At the end the
 full model is exported to RUN_DIR/model.safetensors.
 
-RUN_DIR contents: config.json (runinfo), metrics.jsonl, checkpoints/step_*/, model.safetensors.
+RUN_DIR contents: config.json (runinfo), metrics.jsonl, checkpoints/step_*/ (each verified by its
+manifest.json, see checkpoint.py), model.safetensors, and .spikefm.lock (the folder lock; empty
+while no process trains there).
 
 metrics.jsonl rows (rank 0, every log_every steps and at the last step):
     step          optimizer steps completed
@@ -33,12 +35,13 @@ Evaluation rows hold "step" and "eval/<name>" values instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +49,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikefm.fileio import write_bytes_atomic, write_json_atomic
+from spikefm.fileio import folder_lock, write_bytes_atomic, write_json_atomic
 from spikefm.train import dist as d
 from spikefm.train.checkpoint import (
+    CHECKPOINT_DIR,
+    EXPORT_NAME,
     export_model,
-    latest_checkpoint,
+    exported_step,
     list_checkpoints,
     load_checkpoint,
+    prune_checkpoints,
+    read_json_file,
+    read_safetensors_header,
     save_checkpoint,
+    select_checkpoint,
+    world_size_message,
 )
 from spikefm.train.config import RunConfig, config_to_dict
 from spikefm.train.family import Family, check_family_config
 from spikefm.train.optim import build_optimizer, build_scheduler
 from spikefm.train.runinfo import run_info
 
-__all__ = ["train", "PEAK_FLOPS", "device_peak_flops", "seed_everything", "build_model"]
+__all__ = ["train", "PEAK_FLOPS", "device_peak_flops", "seed_everything", "build_model",
+           "TrainingDiverged"]
+
+
+class TrainingDiverged(FloatingPointError, ValueError):
+    """The training loss became NaN or infinite (a ValueError too: the fix is in the config)."""
 
 # Dense (no sparsity) peak FLOP/s per device from vendor data sheets: (name substring,
 # bf16 tensor-core peak, fp32 non-tensor-core peak). Matched in order on
@@ -82,9 +97,9 @@ PEAK_FLOPS: list[tuple[str, float | None, float | None]] = [
 
 def device_peak_flops(device: torch.device, precision: str) -> float | None:
     """Peak dense FLOP/s of one device for `precision`, or None when unknown (CPU included)."""
-    override = os.environ.get("SPIKEFM_PEAK_FLOPS")
-    if override:
-        return float(override)
+    override = _peak_override()
+    if override is not None:
+        return override
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -92,6 +107,21 @@ def device_peak_flops(device: torch.device, precision: str) -> float | None:
         if key in name:
             return bf16 if precision == "bf16" else fp32
     return None
+
+
+def _peak_override() -> float | None:
+    """SPIKEFM_PEAK_FLOPS as a positive finite number, or None when unset."""
+    text = os.environ.get("SPIKEFM_PEAK_FLOPS", "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"SPIKEFM_PEAK_FLOPS must be a positive number of FLOP/s per device (e.g. "
+                         f"989e12), got {text!r}; fix or unset it")
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -159,25 +189,154 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _check_resume_config(cfg: RunConfig, ckpt: Path) -> None:
-    path = ckpt / "config.json"
+def _notice(message: str, *, warning: bool = True) -> None:
+    """One line on stderr (rank 0 calls it): what a user must know but that does not stop the run."""
+    prefix = "spikefm: warning: " if warning else "spikefm: "
+    print(prefix + " ".join(message.split()), file=sys.stderr, flush=True)
+
+
+#: Our files in RUN_DIR that are written under a temporary name (fileio.write_atomic).
+_ATOMIC_NAMES = ("config.json", "metrics.jsonl", EXPORT_NAME)
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporaries of our own files left by a killed process (the caller holds the folder lock,
+    so no other spikefm process is writing them)."""
+    for name in _ATOMIC_NAMES:
+        for tmp in out_dir.glob(f".{name}.tmp-*"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+
+
+def _check_resume_config(cfg: RunConfig, path: Path) -> None:
+    """Refuse to continue a run (its config.json at ``path``) with another family/model/data
+    config; note changed optim/train settings."""
     if not path.is_file():
         return
-    with open(path) as f:
-        saved = json.load(f)["config"]
+    saved = read_json_file(path, what="run description")
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ValueError(f"{path} is not a spikefm run description; {path.parent} is not a "
+                         "spikefm run folder: choose a new --out")
+    saved = saved["config"]
     now = config_to_dict(cfg)
+    where = path.parent
     for section in ("family", "model", "data"):
         if saved.get(section) != now.get(section):
             raise ValueError(
-                f"cannot resume from {ckpt}: '{section}' differs from the checkpoint's config; "
+                f"cannot resume from {where}: '{section}' differs from the checkpoint's config; "
                 "resume with the same family/model/data config or start a new run directory"
             )
     changed = [
         f"{s}.{k}" for s in ("optim", "train")
-        for k in now[s] if saved.get(s, {}).get(k) != now[s][k]
+        for k in now[s] if not isinstance(saved.get(s), dict) or saved[s].get(k) != now[s][k]
     ]
     if changed:
-        warnings.warn(f"resuming from {ckpt} with changed settings: {', '.join(changed)}", stacklevel=3)
+        _notice(f"resuming from {where} with changed settings: {', '.join(changed)}")
+
+
+def _make_run_dir(out_dir: Path) -> None:
+    """Create the run folder, or say in one line why it cannot be."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [out_dir, *out_dir.parents] if p.exists() and not p.is_dir()),
+                       out_dir)
+        raise ValueError(f"cannot create the run folder {out_dir}: {blocker} is a file, not a "
+                         "folder; choose another --out") from None
+
+
+def _metric_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.is_file():
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    return rows
+
+
+def _finished_summary(out_dir: Path, cfg: RunConfig, world_size: int, step: int | None) -> dict[str, Any]:
+    """The summary of a run that had finished before this call (from its metrics and export)."""
+    header, _ = read_safetensors_header(out_dir / EXPORT_NAME)
+    last = next((r for r in reversed(_metric_rows(out_dir / "metrics.jsonl")) if "loss" in r), {})
+    return {
+        "out_dir": str(out_dir),
+        "step": cfg.train.steps if step is None else step,
+        "loss": last.get("loss", math.nan),
+        "tokens": int(last.get("tokens", 0)),
+        "elapsed_s": float(last.get("elapsed_s", 0.0)),
+        "world_size": world_size,
+        "num_params": sum(math.prod(t["shape"]) for t in header.values()),
+        "resumed_from": cfg.train.steps if step is None else step,
+        "stopped_early": False,
+        "model_path": str(out_dir / EXPORT_NAME),
+        "already_finished": True,
+    }
+
+
+def _prepare_run_dir(out_dir: Path, cfg: RunConfig, resume: bool, world_size: int,
+                     stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Rank 0: create and lock the run folder, then decide what this call does.
+
+    Returns {"ckpt": checkpoint path or None, "notes": one-line warnings, "finished": the summary
+    of a run that is already finished (nothing to do) or None}.
+    """
+    _make_run_dir(out_dir)
+    stack.enter_context(folder_lock(out_dir, what="training run"))
+    _remove_stale_temporaries(out_dir)
+    export = out_dir / EXPORT_NAME
+    if export.exists():
+        if not resume:
+            raise ValueError(f"{out_dir} already holds a finished run ({EXPORT_NAME}); nothing is "
+                             "overwritten: use a new run directory (--out)")
+        step = exported_step(out_dir)
+        if step is not None and step != cfg.train.steps:
+            raise ValueError(f"{out_dir} is a run finished at step {step}; continuing it to "
+                             f"train.steps={cfg.train.steps} would replace its {EXPORT_NAME}: "
+                             "train in a new run directory (--out)")
+        _check_resume_config(cfg, out_dir / "config.json")
+        return {"ckpt": None, "notes": [], "finished": _finished_summary(out_dir, cfg, world_size, step)}
+    found = list_checkpoints(out_dir)
+    if not resume:
+        if found:
+            raise ValueError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) to "
+                             "continue that run, or use a new run directory (--out)")
+        held = [n for n in ("config.json", "metrics.jsonl", CHECKPOINT_DIR) if (out_dir / n).exists()]
+        if held:
+            raise ValueError(f"{out_dir} already holds a training run ({', '.join(held)}); pass "
+                             "--resume to continue it, or use a new run directory (--out)")
+        return {"ckpt": None, "notes": [], "finished": None}
+    ckpt, ckpt_world_size, notes = select_checkpoint(out_dir)
+    if ckpt is not None and ckpt_world_size != world_size:
+        raise ValueError(world_size_message(ckpt, ckpt_world_size, world_size))
+    _check_resume_config(cfg, (ckpt if ckpt is not None else out_dir) / "config.json")
+    # An interrupted save may have left one checkpoint too many (the newest, the one resumed
+    # from, is always kept).
+    prune_checkpoints(out_dir, cfg.train.ckpt_keep)
+    return {"ckpt": None if ckpt is None else str(ckpt), "notes": notes, "finished": None}
+
+
+def _check_train_arguments(cfg: RunConfig, out_dir: Any, family: Family, resume: Any,
+                           progress: Any, stop_after: Any) -> None:
+    check_family_config(family, cfg)
+    if cfg.train.eval_every and not hasattr(family, "validate"):
+        raise ValueError(
+            f"train.eval_every={cfg.train.eval_every} but family {cfg.family!r} has no validate(); "
+            "set train.eval_every=0"
+        )
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        raise ValueError(f"out_dir must be a non-empty path (the run folder), got {out_dir!r}")
+    for name, value in (("resume", resume), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool)
+                                   or stop_after < 1):
+        raise ValueError(f"stop_after must be a positive int or None, got {stop_after!r}")
+    _peak_override()
 
 
 def _rewrite_metrics(path: Path, keep_through_step: int) -> None:
@@ -253,48 +412,77 @@ def train(
     Run it directly for one process, or under `torchrun` for several (FSDP2, one process per
     GPU, or gloo on CPU). The process group, when one was created, is left alive for the caller.
 
+    The config and the data (``family.describe``) are checked before anything is written, so a
+    refused call leaves no folder behind. Rank 0 then holds :func:`spikefm.fileio.folder_lock` on
+    out_dir for the whole call: a second ``train`` into the same folder fails at once, naming the
+    holder's PID. Nothing in out_dir is overwritten unless resuming.
+
     Args:
         cfg: the run configuration.
         out_dir: run directory, created if missing.
         family: the model family (``spikefm.families.get(cfg.family)``); the loop knows nothing
             else about the model.
-        resume: continue from the newest checkpoint in out_dir (start fresh when there is none).
-            Without resume, an out_dir that already holds checkpoints is an error.
+        resume: continue from the newest intact checkpoint in out_dir (damaged ones are moved
+            aside to ``checkpoints/damaged-*`` with a one-line warning; start fresh when there is
+            none). The checkpoint must come from the same world size and family/model/data config
+            (refused in one line otherwise). A finished run (``model.safetensors`` exported) is
+            reported as finished and left as it is. Without resume, an out_dir that already holds
+            a run (checkpoints, config.json, metrics.jsonl or model.safetensors) is an error.
         progress: show a progress bar (plain log lines when stderr is not a terminal) on rank 0.
         stop_after: stop once this many steps are done, writing a checkpoint there and skipping
             the export, as a preemption would (used to test resumption).
 
     Returns:
         Summary: out_dir, step, loss (last logged), tokens, elapsed_s, world_size, num_params,
-        resumed_from (step or None), stopped_early, model_path (None when stopped early).
+        resumed_from (step or None), stopped_early, model_path (None when stopped early), and
+        already_finished=True when a finished run was resumed (nothing was done).
+
+    Raises:
+        ValueError: a refused input or folder (one line); TrainingDiverged (a ValueError) when the
+            loss becomes NaN or infinite.
     """
-    check_family_config(family, cfg)
-    if cfg.train.eval_every and not hasattr(family, "validate"):
-        raise ValueError(
-            f"train.eval_every={cfg.train.eval_every} but family {cfg.family!r} has no validate(); "
-            "set train.eval_every=0"
-        )
-    if stop_after is not None and stop_after < 1:
-        raise ValueError(f"stop_after must be a positive int or None, got {stop_after}")
+    _check_train_arguments(cfg, out_dir, family, resume, progress, stop_after)
+    with contextlib.ExitStack() as stack:  # holds the run folder's lock (rank 0) until the end
+        return _train(cfg, Path(out_dir), family, resume=resume, progress=progress,
+                      stop_after=stop_after, stack=stack)
+
+
+def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progress: bool,
+           stop_after: int | None, stack: contextlib.ExitStack) -> dict[str, Any]:
     tc = cfg.train
     info = d.init_distributed(tc.device)
     rank, world_size, device = info.rank, info.world_size, info.device
     tc.micro_batch_size(world_size)  # raises a clear error when the batch does not divide
-    out_dir = Path(out_dir)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    d.barrier()
+    # Everything that can be refused is checked before the run folder is created or locked: the
+    # family's description reads the data (a bad --data fails here and leaves nothing behind).
+    run_desc = run_info(cfg, family.describe(cfg), world_size)
 
-    ckpt = None
+    # Rank 0 creates and locks the folder and decides (fresh / resume from which checkpoint /
+    # already finished); the others learn the outcome, or the error, from one broadcast, so a
+    # refusal ends every rank at once instead of leaving them waiting in a collective.
+    plan: dict[str, Any] | None = None
+    failure: BaseException | None = None
     if rank == 0:
-        ckpt = latest_checkpoint(out_dir) if resume else None
-        if not resume and list_checkpoints(out_dir):
-            ckpt = "exists"
-    ckpt = d.broadcast_object(ckpt)
-    if ckpt == "exists":
-        raise ValueError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) or use a new run directory")
-    if ckpt is not None:
-        _check_resume_config(cfg, Path(ckpt))
+        try:
+            plan = _prepare_run_dir(out_dir, cfg, resume, world_size, stack)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            failure = exc
+            plan = {"error": " ".join(str(exc).split()) or type(exc).__name__}
+    plan = d.broadcast_object(plan)
+    if failure is not None:
+        raise failure
+    if "error" in plan:
+        raise ValueError(plan["error"])
+    if rank == 0:
+        for note in plan["notes"]:
+            _notice(note)
+    if plan["finished"] is not None:
+        if rank == 0:
+            done = plan["finished"]
+            _notice(f"{out_dir} is already finished (step {done['step']} of {tc.steps}, "
+                    f"{EXPORT_NAME} exported); nothing to do", warning=False)
+        return plan["finished"]
+    ckpt = plan["ckpt"]
 
     seed_everything(tc.seed)
     model = build_model(family, cfg, info)
@@ -303,7 +491,6 @@ def train(
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
     loader = family.train_loader(cfg, rank, world_size)
     seed_everything(tc.seed + rank)  # dropout etc. differ between ranks from here on
-    run_desc = run_info(cfg, family.describe(cfg), world_size)
 
     start_step, tokens_total, elapsed_before = 0, 0, 0.0
     if ckpt is not None:
@@ -314,7 +501,7 @@ def train(
     metrics_path = out_dir / "metrics.jsonl"
     if rank == 0:
         write_json_atomic(out_dir / "config.json", run_desc)
-        if ckpt is not None:
+        if ckpt is not None or resume:
             _rewrite_metrics(metrics_path, start_step)
         elif metrics_path.exists():
             metrics_path.unlink()
@@ -370,7 +557,9 @@ def train(
                 )
                 tokens_g, flops_g = d.all_reduce_sum([tokens_since, flops_since])
                 if not math.isfinite(loss_mean):
-                    raise FloatingPointError(f"loss is {loss_mean} at step {step}; lower optim.lr or check the data")
+                    raise TrainingDiverged(f"loss is {loss_mean} at step {step}; lower optim.lr or "
+                                           "check the data, then resume from the last checkpoint "
+                                           "(--resume) or start a new run directory")
                 now = time.perf_counter()
                 dt = max(now - t_last, 1e-9)
                 tokens_total += int(tokens_g)
@@ -413,7 +602,7 @@ def train(
             metrics_file.close()
 
     stopped_early = last_step < tc.steps
-    model_path = None if stopped_early else export_model(out_dir, model)
+    model_path = None if stopped_early else export_model(out_dir, model, step=last_step)
     return {
         "out_dir": str(out_dir),
         "step": max(last_step, start_step),

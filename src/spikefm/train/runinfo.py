@@ -15,7 +15,6 @@ config.json holds:
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import subprocess
@@ -94,16 +93,24 @@ def run_info(cfg: RunConfig, family_info: dict[str, Any], world_size: int) -> di
 
 
 def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """RUN_DIR/config.json as a dict (one-line ValueError when missing or not JSON)."""
+    """RUN_DIR/config.json as a dict (one-line ValueError when missing, not JSON, too large to be
+    a run description, or a symlink leading out of RUN_DIR)."""
+    from spikefm.train.checkpoint import confined_file, read_json_file
+
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"{run_dir} is not a folder; expected a spikefm run directory (spikefm "
+                         "train --out) or a Hugging Face Llama folder")
     if not path.is_file():
         raise ValueError(f"{path} not found; expected a spikefm run directory (spikefm train --out)")
     try:
-        with open(path) as f:
-            info = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON run description ({exc}); expected the "
-                         "config.json that spikefm train writes") from None
+        info = read_json_file(confined_file(run_dir, "config.json", what="run description"),
+                              what="run description")
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable JSON run description ({exc.strerror or exc}); "
+                         "expected the config.json that spikefm train writes") from None
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected the config.json that spikefm train writes") from None
     if not isinstance(info, dict):
         raise ValueError(f"{path}: expected a JSON object, found {type(info).__name__}")
     return info

@@ -47,9 +47,8 @@ class ARFamily:
     model_config_cls = LlamaConfig
     data_config_cls = ARDataConfig
 
-    @staticmethod
-    def preset(name: str) -> LlamaConfig:
-        return llama_preset(name)
+    #: ``preset(name)`` -> LlamaConfig (ValueError listing the presets for an unknown name).
+    preset = staticmethod(llama_preset)
 
     @staticmethod
     def presets() -> list[str]:

@@ -24,6 +24,7 @@ Only ``safetensors`` is needed; ``transformers`` is never imported here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -32,12 +33,16 @@ import torch
 
 from spikefm.fileio import write_atomic
 from spikefm.families.ar.model import Llama, LlamaConfig
+from spikefm.train.checkpoint import confined_file, read_json_file, read_safetensors_header
 
 __all__ = ["save_hf", "load_hf", "to_hf_config", "from_hf_config", "to_hf_key", "from_hf_key"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+#: Largest max_position_embeddings accepted (rotary tables are built for every position: 2**20
+#: positions of 128-wide heads take 1 GiB).
+MAX_POSITIONS = 1 << 20
 
 _LAYER_SUFFIXES = {  # spikefm suffix -> HF suffix, within layers.{i}
     "attention.wq.weight": "self_attn.q_proj.weight",
@@ -122,10 +127,35 @@ def _unsupported(what: str, got, fix: str) -> ValueError:
     return ValueError(f"unsupported Hugging Face Llama config: {what}, got {got!r}; {fix}")
 
 
+def _positive_int(config: dict, key: str, default: int | None = None) -> int:
+    """config[key] as an int >= 1 (a JSON integer, not a string, float or bool)."""
+    if key not in config or config[key] is None:
+        if default is not None:
+            return default
+        raise ValueError(f"Hugging Face Llama config lacks required key {key!r}")
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _unsupported(f"{key} must be a positive integer", value, "fix config.json")
+    return value
+
+
+def _positive_float(config: dict, key: str) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0:
+        raise _unsupported(f"{key} must be a positive finite number", value, "fix config.json")
+    return float(value)
+
+
 def _check_rope(config: dict) -> float:
     """Rotary base from a 4.x (rope_theta/rope_scaling) or 5.x (rope_parameters) config."""
     theta = config.get("rope_theta")
     scaling = config.get("rope_scaling")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise _unsupported("rope_scaling must be null or an object", scaling, "fix config.json")
+    params = config.get("rope_parameters")
+    if params is not None and not isinstance(params, dict):
+        raise _unsupported("rope_parameters must be null or an object", params, "fix config.json")
     if scaling is not None:
         rope_type = scaling.get("rope_type", scaling.get("type"))
         if rope_type not in (None, "default"):
@@ -140,7 +170,9 @@ def _check_rope(config: dict) -> float:
             raise _unsupported("rope_theta and rope_parameters.rope_theta disagree",
                                (theta, params.get("rope_theta")), "make them equal")
         theta = params.get("rope_theta", theta)
-    return 10000.0 if theta is None else float(theta)  # transformers' default base
+    if theta is None:
+        return 10000.0  # transformers' default base
+    return _positive_float({"rope_theta": theta}, "rope_theta")
 
 
 def from_hf_config(config: dict) -> LlamaConfig:
@@ -164,31 +196,34 @@ def from_hf_config(config: dict) -> LlamaConfig:
     if config.get("pretraining_tp", 1) not in (1, None):
         raise _unsupported("pretraining_tp must be 1", config.get("pretraining_tp"),
                            "re-save the model with pretraining_tp=1")
-    try:
-        dim = int(config["hidden_size"])
-        n_heads = int(config["num_attention_heads"])
-        kwargs = dict(
-            dim=dim,
-            n_layers=int(config["num_hidden_layers"]),
-            n_heads=n_heads,
-            n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
-            ffn_dim=int(config["intermediate_size"]),
-            vocab_size=int(config["vocab_size"]),
-        )
-    except KeyError as err:
-        raise ValueError(f"Hugging Face Llama config lacks required key {err.args[0]!r}") from None
+    dim = _positive_int(config, "hidden_size")
+    n_heads = _positive_int(config, "num_attention_heads")
+    kwargs = dict(
+        dim=dim,
+        n_layers=_positive_int(config, "num_hidden_layers"),
+        n_heads=n_heads,
+        n_kv_heads=_positive_int(config, "num_key_value_heads", default=n_heads),
+        ffn_dim=_positive_int(config, "intermediate_size"),
+        vocab_size=_positive_int(config, "vocab_size"),
+    )
     head_dim = config.get("head_dim")
-    if head_dim is not None and int(head_dim) * n_heads != dim:
+    if head_dim is not None and _positive_int(config, "head_dim") * n_heads != dim:
         raise _unsupported("head_dim must equal hidden_size / num_attention_heads", head_dim,
                            f"expected {dim // n_heads}")
     kwargs["rope_theta"] = _check_rope(config)
-    if config.get("rms_norm_eps") is not None:
-        kwargs["norm_eps"] = float(config["rms_norm_eps"])
+    for key, field in (("rms_norm_eps", "norm_eps"), ("initializer_range", "init_std")):
+        if config.get(key) is not None:
+            kwargs[field] = _positive_float(config, key)
     if config.get("max_position_embeddings") is not None:
-        kwargs["max_seq_len"] = int(config["max_position_embeddings"])
-    if config.get("initializer_range") is not None:
-        kwargs["init_std"] = float(config["initializer_range"])
-    return LlamaConfig(**kwargs)
+        kwargs["max_seq_len"] = _positive_int(config, "max_position_embeddings")
+        if kwargs["max_seq_len"] > MAX_POSITIONS:
+            raise _unsupported(f"max_position_embeddings must be at most {MAX_POSITIONS:,} (the "
+                               "rotary tables are built for every position)",
+                               kwargs["max_seq_len"], "lower it in config.json")
+    try:
+        return LlamaConfig(**kwargs)
+    except ValueError as exc:
+        raise ValueError(f"unsupported Hugging Face Llama config: {exc}") from None
 
 
 def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
@@ -223,17 +258,25 @@ def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
 
 
 def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a model folder, each confined to it (no path, '..' or symlink of
+    a shard index may lead outside)."""
     index = folder / INDEX_NAME
     single = folder / WEIGHTS_NAME
     if single.exists():
-        return [single]
+        return [confined_file(folder, WEIGHTS_NAME, what="weights file")]
     if index.exists():
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
+        data = read_json_file(confined_file(folder, INDEX_NAME, what="shard index"),
+                              what="shard index")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index} has no 'weight_map'; is it a safetensors index file?")
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        missing = [p.name for p in files if not p.exists()]
+        names = sorted(set(weight_map.values()), key=str)
+        bad = [n for n in names if not isinstance(n, str) or not n.endswith(".safetensors")]
+        if bad:
+            raise ValueError(f"{index} maps weights to {bad[0]!r}; expected names of .safetensors "
+                             "files in the same folder")
+        files = [confined_file(folder, name, what="shard") for name in names]
+        missing = [n for n, p in zip(names, files) if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{index} lists shards missing from {folder}: {missing}; "
                                     "download the complete model folder")
@@ -268,9 +311,16 @@ def load_hf(path: str | os.PathLike, device: torch.device | str = "cpu",
         The model, on ``device``, with its rotary tables built. With ``tie_word_embeddings``
         true and no ``lm_head.weight`` stored, the output projection is a copy of the embedding.
 
+    The folder may come from anywhere: config.json and any shard index are size-limited JSON;
+    every file they name must stay inside the folder (no '..', absolute path or symlink leading
+    out); the safetensors headers are read and compared with the config (layer count, every
+    name and shape) before any tensor is read or memory allocated, so absurd sizes or a malformed
+    file give one ValueError.
+
     Raises:
         FileNotFoundError: missing folder, config or weights.
-        ValueError: unsupported config, or weights missing / unexpected / of the wrong shape.
+        ValueError: unsupported config, malformed files, paths leading outside the folder, or
+            weights missing / unexpected / of the wrong shape.
     """
     from safetensors import safe_open
 
@@ -278,48 +328,71 @@ def load_hf(path: str | os.PathLike, device: torch.device | str = "cpu",
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; pass the directory holding "
                                 f"{CONFIG_NAME} and the safetensors weights")
-    config_path = folder / CONFIG_NAME
-    if not config_path.exists():
+    if not (folder / CONFIG_NAME).exists():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
-    with open(config_path) as f:
-        hf_config = json.load(f)
+    hf_config = read_json_file(confined_file(folder, CONFIG_NAME, what="config"),
+                               what="Hugging Face config")
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{folder / CONFIG_NAME} is a JSON {type(hf_config).__name__}, not an "
+                         "object; expected a Hugging Face Llama config")
     cfg = from_hf_config(hf_config)
     dtype = _as_dtype(dtype)
     device = torch.device(device)
 
-    state = {}
+    # Headers only (no tensor data): names, shapes and where each tensor lives.
+    where: dict[str, Path] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     unexpected = []
     for file in _weight_files(folder):
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
-            for hf_key in f.keys():
-                if hf_key.endswith("rotary_emb.inv_freq"):
-                    continue  # derived buffer stored by old transformers versions
-                try:
-                    key = from_hf_key(hf_key)
-                except KeyError:
-                    unexpected.append(hf_key)
-                    continue
-                tensor = f.get_tensor(hf_key)
-                state[key] = tensor.to(dtype) if dtype is not None else tensor
+        header, _ = read_safetensors_header(file)
+        for hf_key, entry in header.items():
+            if hf_key.endswith("rotary_emb.inv_freq"):
+                continue  # derived buffer stored by old transformers versions
+            try:
+                key = from_hf_key(hf_key)
+            except KeyError:
+                unexpected.append(hf_key)
+                continue
+            if key in where:
+                raise ValueError(f"{folder}: weight {hf_key} is stored twice ({where[key].name} and "
+                                 f"{file.name}); download the model folder again")
+            where[key], shapes[key] = file, entry["shape"]
     if unexpected:
         raise ValueError(f"{folder} holds weights spikefm's Llama does not have: "
                          f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    if "output.weight" not in state and "tok_embeddings.weight" in state:
-        if hf_config.get("tie_word_embeddings", False):
-            state["output.weight"] = state["tok_embeddings.weight"].clone()
-        else:
-            raise ValueError(f"{folder} has no lm_head.weight and tie_word_embeddings is false")
+    layers = {int(m.group(1)) for k in where if (m := _OURS_LAYER.fullmatch(k))}
+    if len(layers) != cfg.n_layers or (layers and max(layers) != cfg.n_layers - 1):
+        have = f"layers {min(layers)}..{max(layers)}" if layers else "no layers"
+        raise ValueError(f"{folder} lacks weights for the {cfg.n_layers} layers config.json declares "
+                         f"(num_hidden_layers) or holds others: the files have {have}; the config "
+                         "and the weights do not belong together")
+    tie = "output.weight" not in where and "tok_embeddings.weight" in where
+    if tie and not hf_config.get("tie_word_embeddings", False):
+        raise ValueError(f"{folder} has no lm_head.weight and tie_word_embeddings is false")
 
-    with torch.device("meta"):
+    with torch.device("meta"):  # safe now: the layer count matches the files
         model = Llama(cfg)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(where) - ({"output.weight"} if tie else set()))
     if missing:
         raise ValueError(f"{folder} lacks weights: {[to_hf_key(k) for k in missing][:8]}")
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ValueError(f"weight {to_hf_key(key)} has shape {tuple(tensor.shape)}, the "
+    for key in [k for k in expected if k in shapes]:  # in the model's order: embedding first
+        if shapes[key] != tuple(expected[key].shape):
+            raise ValueError(f"weight {to_hf_key(key)} has shape {shapes[key]}, the "
                              f"config implies {tuple(expected[key].shape)}")
+
+    state = {}
+    for file in sorted(set(where.values())):
+        try:
+            with safe_open(str(file), framework="pt", device=str(device)) as f:
+                for key in [k for k, v in where.items() if v == file]:
+                    tensor = f.get_tensor(to_hf_key(key))
+                    state[key] = tensor.to(dtype) if dtype is not None else tensor
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{file}: cannot read the tensors ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}); download the file again") from None
+    if tie:
+        state["output.weight"] = state["tok_embeddings.weight"].clone()
     model.load_state_dict(state, strict=True, assign=True)
     # The rotary tables are not stored; build them on the target device.
     model.rope_cos_PE = torch.empty(cfg.max_seq_len, cfg.head_dim, device=device)

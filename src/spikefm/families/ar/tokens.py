@@ -14,7 +14,15 @@ MAX_COUNT_TOKEN = 254
 
 
 def tokenize(counts: np.ndarray) -> np.ndarray:
-    """(num_units, num_bins) counts -> (num_bins * (num_units + 1),) uint8 tokens."""
+    """(num_units, num_bins) counts -> (num_bins * (num_units + 1),) uint8 tokens.
+
+    Counts must be whole numbers >= 0 (any integer or float dtype); a negative count would wrap
+    around to 255, the separator, so it is refused rather than cast. Counts above 254 become 254.
+
+    Raises:
+        ValueError: not 2-D, or a count that is negative, fractional, NaN or infinite.
+        TypeError: not a numeric array.
+    """
     counts = np.asarray(counts)
     if counts.ndim != 2:
         raise ValueError(f"counts must be a 2-D (units, bins) array, got shape {counts.shape}")
@@ -24,11 +32,24 @@ def tokenize(counts: np.ndarray) -> np.ndarray:
     if counts.dtype == np.uint8:
         np.minimum(counts.T, MAX_COUNT_TOKEN, out=out[:, 1:])
     else:
-        if np.issubdtype(counts.dtype, np.floating) and not np.all(np.isfinite(counts)):
-            raise ValueError("counts must be finite; found NaN or inf")
+        if counts.dtype.kind not in "biuf":
+            raise TypeError(f"counts must be a numeric array of spike counts, got dtype "
+                            f"{counts.dtype}; convert it with np.asarray(counts, dtype=np.int64)")
+        if counts.dtype.kind == "f":
+            if not np.all(np.isfinite(counts)):
+                raise ValueError("counts must be finite; found NaN or inf (check the data source)")
+            fractional = counts != np.floor(counts)
+            if np.any(fractional):
+                raise ValueError(f"counts must be whole numbers, found {float(counts[fractional][0])}; "
+                                 "round or bin the data into integer counts first")
         if counts.size and counts.min() < 0:
-            raise ValueError(f"counts must be >= 0, found {counts.min()}")
-        out[:, 1:] = np.minimum(counts.T, MAX_COUNT_TOKEN).astype(np.uint8)
+            raise ValueError(f"counts must be >= 0, found {counts.min().item()}: a negative count would "
+                             f"become the separator {SEPARATOR}; check the data source")
+        if counts.dtype.kind == "b" or (counts.dtype.kind in "iu"
+                                        and np.iinfo(counts.dtype).max <= MAX_COUNT_TOKEN):
+            out[:, 1:] = counts.T  # int8, bool: every value already fits (254 would not fit int8)
+        else:
+            out[:, 1:] = np.minimum(counts.T, MAX_COUNT_TOKEN)
     return out.reshape(-1)
 
 

@@ -94,17 +94,15 @@ def session_truth_rates(corpus, windows) -> np.ndarray | None:
 
     Looks for ``<stem>.truth.npz`` next to the NWB file named in the manifest's provenance.
     """
-    from spikefm.corpus.synth import load_truth, truth_path
+    from spikefm.corpus.synth import truth_path
     from spikefm.families.ndt.tasks import truth_windows
 
-    try:
-        nwb = corpus.session(windows.session_id).get("provenance", {}).get("path")
-    except KeyError:
+    truth = session_truth(corpus, windows)
+    if truth is None:
         return None
-    if not nwb or not truth_path(nwb).is_file():
-        return None
+    nwb = corpus.session(windows.session_id)["provenance"]["path"]
     try:
-        return truth_windows(load_truth(nwb), windows)
+        return truth_windows(truth, windows)
     except ValueError as exc:
         warnings.warn(f"ground truth at {truth_path(nwb)} does not fit the windows ({exc}); no oracle",
                       RuntimeWarning, stacklevel=2)

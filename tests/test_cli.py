@@ -1,0 +1,400 @@
+"""Every ``spikefm`` command run from its command line, on tiny synthetic data.
+
+In process (``spikefm.cli.main([...])``): what each command writes and prints is checked against
+an independent expectation (a hand computation, or the Python API called with the same inputs).
+As real subprocesses (``python -m spikefm.cli ...``): exit codes, and that a bad input gives
+exactly one ``spikefm: error: ...`` line on stderr and no traceback.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from spikefm import Corpus, families, load_model  # noqa: E402
+from spikefm.cli import main  # noqa: E402
+from spikefm.families.ar.tokens import tokenize  # noqa: E402
+from spikefm.fileio import folder_lock  # noqa: E402
+from test_train_stack import one_torch_thread, same_weights  # noqa: E402,F401  (autouse: one thread)
+
+AR_SETS = ["data.seq_len=64", "train.batch_size=4", "train.ckpt_every=3", "train.log_every=1",
+           "train.precision=fp32", "optim.warmup_steps=1", "train.device=cpu"]
+AR_STEPS = 6
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def ar_train_args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", "ar", "--preset", "tiny", "--data", str(corpus), "--out", str(out),
+            "--steps", str(AR_STEPS), *sets(AR_SETS), "--quiet", *extra]
+
+
+def rows_of(run: Path, key: str) -> list:
+    return [json.loads(x)[key] for x in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(x)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """`spikefm synth` (3 sessions) then `spikefm corpus build` (1 train, 2 test sessions)."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.set_num_threads(1)
+    assert main(["synth", str(root / "nwb"), "--sessions", "3", "--seed", "3", "--duration-s", "30",
+                 "--units", "20,24", "--quiet"]) == 0
+    assert main(["corpus", "build", str(root / "nwb"), "--out", str(root / "corpus"),
+                 "--test-fraction", "0.34", "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def ar_run(data):
+    torch.set_num_threads(1)
+    out = data / "run"
+    assert main(ar_train_args(data / "corpus", out)) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------ in process
+
+
+def test_synth_writes_what_the_python_api_writes(data, tmp_path, capsys):
+    import h5py
+
+    from spikefm.corpus.synth import synthesize
+
+    assert main(["synth", str(tmp_path / "cli"), "--sessions", "2", "--seed", "5", "--duration-s", "12",
+                 "--units", "20,22", "--preset", "motor", "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    paths = synthesize(tmp_path / "api", num_sessions=2, seed=5, preset="motor", duration_s=12.0,
+                       units_range=(20, 22), progress=False)
+    assert out[0] == f"wrote 2 NWB files (+ .truth.npz ground truth) under {tmp_path / 'cli'}"
+    assert [line.strip() for line in out[1:]] == [str(p).replace("/api/", "/cli/") for p in paths]
+    for p in paths:
+        cli = Path(str(p).replace("/api/", "/cli/"))
+        with h5py.File(p, "r") as a, h5py.File(cli, "r") as b:
+            np.testing.assert_array_equal(a["units/spike_times"][:], b["units/spike_times"][:])
+            np.testing.assert_array_equal(a["units/spike_times_index"][:], b["units/spike_times_index"][:])
+        ta, tb = np.load(p.with_suffix(".truth.npz")), np.load(cli.with_suffix(".truth.npz"))
+        assert ta.files == tb.files and all(np.array_equal(ta[k], tb[k]) for k in ta.files)
+
+
+def test_corpus_info_numbers_are_the_corpus_numbers(data, capsys):
+    from spikefm.corpus.info import corpus_info, format_info
+
+    corpus = Corpus(data / "corpus")
+    assert main(["corpus", "info", str(data / "corpus"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info == json.loads(json.dumps(corpus_info(corpus)))
+    counts = [r.spike_counts for split in ("train", "test") for r in corpus.iter_rows(split, with_extras=False)]
+    assert info["num_sessions"] == 3 and info["splits"]["train"]["sessions"] == 1
+    assert info["splits"]["test"]["sessions"] == 2
+    assert info["units"]["total"] == sum(s["num_units"] for s in corpus.sessions)
+    cells = sum(c.size for c in counts)
+    zeros = sum(int((c == 0).sum()) for c in counts)
+    assert info["count_stats"]["fraction_zero"] == pytest.approx(zeros / cells, rel=1e-12)
+    assert info["count_stats"]["mean_count"] == pytest.approx(
+        sum(int(c.sum(dtype=np.int64)) for c in counts) / cells, rel=1e-12)
+    assert main(["corpus", "info", str(data / "corpus")]) == 0
+    assert capsys.readouterr().out.strip() == format_info(corpus_info(corpus)).strip()
+
+
+def test_corpus_plot_writes_the_figures(data, tmp_path, capsys):
+    from spikefm.corpus.plots import plot_corpus
+
+    assert main(["corpus", "plot", str(data / "corpus"), "--out", str(tmp_path / "figs")]) == 0
+    printed = [Path(p) for p in capsys.readouterr().out.split()]
+    api = plot_corpus(Corpus(data / "corpus"), tmp_path / "api")
+    assert sorted(p.name for p in printed) == sorted(Path(p).name for p in api)
+    assert {"units_per_session.png", "session_length.png", "token_marginals.png"} <= {p.name for p in printed}
+    for p in printed:
+        assert p.parent == tmp_path / "figs" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_corpus_import_of_a_local_published_folder(tmp_path, capsys):
+    from test_import import published_rows, write_pyarrow
+
+    from spikefm.corpus.importer import import_neural_pile
+
+    rows = published_rows(seed=4)
+    folder = tmp_path / "pub"
+    write_pyarrow(rows[:-3], folder / "data" / "train-00000-of-00001.parquet")
+    write_pyarrow(rows[-3:], folder / "data" / "test-00000-of-00001.parquet")
+    assert main(["corpus", "import", str(folder), "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    line = capsys.readouterr().out.strip()
+    sessions = {(r["source_dataset"], r["session_id"]) for r in rows}
+    tokens = {"train": sum(r["spike_counts"].size for r in rows[:-3]),
+              "test": sum(r["spike_counts"].size for r in rows[-3:])}
+    corpus = Corpus(tmp_path / "cli")
+    m = corpus.manifest
+    assert m["num_sessions"] == len(sessions)
+    assert line == (f"imported {len(sessions)} sessions into {tmp_path / 'cli'}: " + ", ".join(
+        f"{k} {v['num_tokens']:,} tokens" for k, v in m["splits"].items()))
+    assert {k: v["num_tokens"] for k, v in m["splits"].items()} == tokens  # units x bins per row
+    import_neural_pile(str(folder), tmp_path / "api", progress=False)
+    api = Corpus(tmp_path / "api")
+    for split in ("train", "test"):
+        a = sorted((r.session_id, r.t_start_ms, r.spike_counts.tobytes()) for r in api.iter_rows(split))
+        b = sorted((r.session_id, r.t_start_ms, r.spike_counts.tobytes()) for r in corpus.iter_rows(split))
+        assert a == b and len(a) > 0
+
+
+def test_ngram_equals_a_hand_computed_unigram(data, tmp_path, capsys):
+    from spikefm.families.ar.evaluate import evaluate_oracle
+
+    alpha = 0.5
+    out = tmp_path / "ngram.json"
+    assert main(["ngram", "--data", str(data / "corpus"), "--order", "1", "--alpha", str(alpha),
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    corpus = Corpus(data / "corpus")
+    train = np.concatenate([tokenize(r.spike_counts) for r in corpus.iter_rows("train")])
+    freq = np.bincount(train, minlength=256)
+    logp = np.log((freq + alpha) / (train.size + alpha * 256))
+    scored = np.concatenate([tokenize(r.spike_counts)[1:] for r in corpus.iter_rows("test")])
+    bits = -logp[scored].sum() / scored.size / math.log(2)
+    got = res["results"]["1-gram"]["overall"]["all"]
+    assert got["num_tokens"] == scored.size and got["bits"] == pytest.approx(bits, rel=1e-12)
+    sep = scored == 255
+    assert res["results"]["1-gram"]["overall"]["separators"]["bits"] == pytest.approx(
+        -logp[255] / math.log(2), rel=1e-12)
+    assert res["results"]["1-gram"]["overall"]["counts"]["num_tokens"] == int((~sep).sum())
+    assert res["results"]["oracle"] == json.loads(json.dumps(evaluate_oracle(corpus, split="test")))
+    assert f"{bits:.4f}" in printed and res["order"] == 1 and res["alpha"] == alpha
+
+
+def test_train_prints_and_writes_the_run(ar_run, capsys):
+    rows = rows_of(ar_run, "loss")
+    assert rows_of(ar_run, "step") == list(range(1, AR_STEPS + 1))
+    assert rows_of(ar_run, "tokens")[-1] == AR_STEPS * 4 * 64
+    info = json.loads((ar_run / "config.json").read_text())
+    assert info["family"] == "ar" and info["config"]["train"]["steps"] == AR_STEPS
+    assert (ar_run / "model.safetensors").is_file() and len(rows) == AR_STEPS
+
+
+def test_train_resume_continues_exactly_and_refuses_to_overwrite(data, ar_run, tmp_path, capsys):
+    cfg = families.run_config("ar", preset="tiny", corpus=str(data / "corpus"),
+                              overrides=[*AR_SETS, f"train.steps={AR_STEPS}"])
+    families.train(cfg, tmp_path / "cut", progress=False, stop_after=4)  # checkpoints 3 and 4
+    capsys.readouterr()
+    assert main(ar_train_args(data / "corpus", tmp_path / "cut", "--resume")) == 0
+    out = capsys.readouterr().out.strip()
+    assert rows_of(tmp_path / "cut", "loss") == rows_of(ar_run, "loss")  # bit-identical
+    assert same_weights(ar_run, tmp_path / "cut")
+    assert out.startswith(f"trained {AR_STEPS} steps ({AR_STEPS * 4 * 64:,} tokens, ")
+    assert out.endswith(f"last loss {rows_of(ar_run, 'loss')[-1]:.4f}; run in {tmp_path / 'cut'}")
+
+    # resuming the finished run: says so, changes nothing, exit 0
+    before = {p: p.read_bytes() for p in (tmp_path / "cut").rglob("*") if p.is_file() and p.name != ".spikefm.lock"}
+    assert main(ar_train_args(data / "corpus", tmp_path / "cut", "--resume")) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"spikefm: {tmp_path / 'cut'} is already finished (step {AR_STEPS} of {AR_STEPS}, "
+        "model.safetensors exported); nothing to do"]
+    # a new run into it is refused
+    assert main(ar_train_args(data / "corpus", tmp_path / "cut")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "already holds a finished run (model.safetensors)" in err[0]
+    after = {p: p.read_bytes() for p in (tmp_path / "cut").rglob("*") if p.is_file() and p.name != ".spikefm.lock"}
+    assert after == before
+
+    # a damaged newest checkpoint: one warning line, the older one is used, the result is exact
+    families.train(cfg, tmp_path / "dmg", progress=False, stop_after=5)
+    model_pt = tmp_path / "dmg" / "checkpoints" / "step_00000005" / "model.pt"
+    model_pt.write_bytes(model_pt.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(ar_train_args(data / "corpus", tmp_path / "dmg", "--resume")) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("spikefm: warning: checkpoint step_00000005 is damaged "
+                                              "(model.pt has 1000 bytes, the manifest says ")
+    assert err[0].endswith("resuming from step_00000003")
+    assert rows_of(tmp_path / "dmg", "loss") == rows_of(ar_run, "loss")
+    assert same_weights(ar_run, tmp_path / "dmg")
+
+
+def test_eval_of_a_run_and_of_its_hugging_face_export_agree(data, ar_run, tmp_path, capsys):
+    from spikefm.families.ar.hf import save_hf
+
+    corpus = str(data / "corpus")
+    assert main(["eval", str(ar_run), "--data", corpus, "--max-tokens", "3000", "--ngram", "1",
+                 "--out", str(tmp_path / "run.json"), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    run_res = json.loads((tmp_path / "run.json").read_text())
+    api = families.evaluate(ar_run, corpus, max_tokens=3000, ngram=[1])
+    assert run_res == json.loads(json.dumps(api))
+    assert f"{run_res['results']['model']['overall']['all']['bits']:.4f}" in table
+
+    save_hf(load_model(ar_run), tmp_path / "hf")
+    assert main(["eval", str(tmp_path / "hf"), "--data", corpus, "--max-tokens", "3000",
+                 "--seq-len", "64", "--out", str(tmp_path / "hf.json"), "--quiet"]) == 0
+    hf_res = json.loads((tmp_path / "hf.json").read_text())
+    assert hf_res["family"] == "ar" and hf_res["seq_len"] == 64 and set(hf_res["results"]) == {"model", "oracle"}
+    assert hf_res["results"]["model"] == run_res["results"]["model"]  # same weights, same tokens
+    assert main(["eval", str(tmp_path / "hf"), "--data", corpus, "--tasks", "co-smoothing"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("spikefm: error: --tasks does not apply to a 'ar' run")
+
+
+@pytest.mark.filterwarnings("ignore:.*validation loss was still falling")
+def test_finetune_via_the_command_line_equals_the_python_api(data, tmp_path, capsys):
+    corpus = Corpus(data / "corpus")
+    session = corpus.session_ids("test")[0]
+    pre = tmp_path / "pre"
+    assert main(["train", "--model", "ndt", "--preset", "tiny", "--data", str(data / "corpus"),
+                 "--out", str(pre), "--steps", "6", *sets(["train.batch_size=4", "train.ckpt_every=6",
+                 "train.precision=fp32", "train.device=cpu", "optim.warmup_steps=1"]), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["finetune", str(pre), "--data", str(data / "corpus"), "--session", session,
+                 "--out", str(tmp_path / "ft"), "--steps", "6", "--eval-every", "2", "--patience", "2",
+                 "--freeze-core", "--quiet"]) == 0
+    line = capsys.readouterr().out.strip()
+    summary = json.loads((tmp_path / "ft" / "early_stopping.json").read_text())
+    api = families.finetune(pre, data / "corpus", session, tmp_path / "api", steps=6, eval_every=2,
+                            patience=2, freeze_core=True)
+    assert summary["history"] == api["history"] and summary["best_step"] == api["best_step"]
+    assert [h["step"] for h in summary["history"]][:1] == [2]
+    best = min(summary["history"], key=lambda h: h["val_loss"])
+    assert summary["best_val_loss"] == best["val_loss"] and summary["best_step"] == best["step"]
+    assert line.startswith(f"best val loss {summary['best_val_loss']:.4f} at step {summary['best_step']} "
+                           f"(stopped at step {summary['stopped_at']}")
+    assert line.endswith(f"; run in {tmp_path / 'ft'}")
+    assert same_weights(tmp_path / "ft", tmp_path / "api")
+    info = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert info["config"]["data"]["sessions"] == session and info["config"]["data"]["freeze_core"]
+
+
+def test_real_recording_is_found_through_spikefm_real_data(tmp_path, monkeypatch):
+    import conftest
+
+    nested = tmp_path / "000207" / "sub-4" / "sub-4_ses-4_ecephys+image.nwb"
+    nested.parent.mkdir(parents=True)
+    nested.write_bytes(b"")
+    monkeypatch.setenv("SPIKEFM_REAL_DATA", str(tmp_path))
+    assert conftest.find_real_nwb()[0] == nested
+    monkeypatch.setenv("SPIKEFM_REAL_DATA", str(nested))
+    assert conftest.find_real_nwb()[0] == nested
+
+
+# ------------------------------------------------------------------------------- as subprocesses
+
+
+def spikefm(*args: str, timeout: int = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    env.pop("SPIKEFM_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "spikefm.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def one_error_line(proc: subprocess.CompletedProcess, code: int, pattern: str) -> str:
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert re.search(pattern, lines[0]), lines[0]
+    assert lines[0].startswith("spikefm")
+    return lines[0]
+
+
+def test_bad_inputs_are_one_line_with_exit_codes(data, ar_run, tmp_path):
+    corpus = str(data / "corpus")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    cases = [
+        (["corpus", "info", str(tmp_path / "missing")], 2, r"^spikefm: error: .*missing: not a spikefm corpus"),
+        (["eval", str(tmp_path / "missing"), "--data", corpus], 2, r"missing is not a folder"),
+        (["train", "--data", corpus, "--out", str(tmp_path / "r"), "--set", "optim.lr=nan"], 2,
+         r"invalid value for 'optim.lr': expected a finite float"),
+        (["ngram", "--data", corpus, "--order", "1", "--alpha", "inf"], 2, r"argument --alpha: expected a number \(finite\)"),
+        (["train", "--data", corpus, "--out", str(tmp_path / "r"), "--bogus"], 2, r"unrecognized arguments: --bogus"),
+        (["train", "--data", corpus, "--out", str(blocker / "run"), "--steps", "2"], 2,
+         rf"cannot create the run folder {re.escape(str(blocker / 'run'))}: {re.escape(str(blocker))} is a file"),
+        (["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")], 2, r"not a spikefm corpus"),
+    ]
+    for args, code, pattern in cases:
+        one_error_line(spikefm(*args), code, pattern)
+    assert not (tmp_path / "r").exists()  # refused before anything was created
+    assert blocker.read_text() == "mine"
+
+    # wrong format: a run folder whose weights are not safetensors
+    bad = tmp_path / "bad_run"
+    bad.mkdir()
+    (bad / "config.json").write_bytes((ar_run / "config.json").read_bytes())
+    (bad / "model.safetensors").write_bytes(b"PK\x03\x04 a zip file, not safetensors" * 10)
+    one_error_line(spikefm("eval", str(bad), "--data", corpus), 2, r"is not a valid safetensors file")
+
+    # unreadable: a path the process cannot read (a folder where config.json should be, as root)
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        (bad / "model.safetensors").write_bytes((ar_run / "model.safetensors").read_bytes())
+        (bad / "config.json").chmod(0)
+        one_error_line(spikefm("eval", str(bad), "--data", corpus), 2, r"Permission denied|not a readable")
+    else:
+        (bad / "config.json").unlink()
+        (bad / "config.json").mkdir()
+        one_error_line(spikefm("eval", str(bad), "--data", corpus), 2, r"config.json not found")
+
+
+def test_hugging_face_folder_with_an_escaping_index_is_one_line(ar_run, data, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from spikefm.families.ar.hf import save_hf
+
+    folder = save_hf(load_model(ar_run), tmp_path / "hf")
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    save_file(tensors, str(tmp_path / "outside.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: "../outside.safetensors" for k in tensors}}))
+    one_error_line(spikefm("eval", str(folder), "--data", str(data / "corpus")), 2,
+                   r"'\.\./outside\.safetensors' is not a plain relative path")
+
+
+def test_locked_run_folder_and_finished_run_from_the_command_line(data, ar_run, tmp_path):
+    corpus = data / "corpus"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with folder_lock(locked, what="training run"):
+        one_error_line(spikefm(*ar_train_args(corpus, locked)), 2,
+                       rf"the training run is in use by another process \(PID {os.getpid()}: ")
+    assert [p.name for p in locked.iterdir()] == [".spikefm.lock"]
+
+    proc = spikefm(*ar_train_args(corpus, ar_run, "--resume"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"spikefm: {ar_run} is already finished (step {AR_STEPS} of "
+                                        f"{AR_STEPS}, model.safetensors exported); nothing to do"]
+
+
+def test_two_concurrent_trainings_into_one_folder(data, tmp_path):
+    """The reported bug, from the command line: the second `spikefm train` must fail at once,
+    naming the first's PID, and leave the folder to the first run."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "spikefm.cli", *ar_train_args(data / "corpus", run),
+                              "--steps", "100000", "--set", "train.seed=11"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-2000:]
+            time.sleep(0.05)
+        second = spikefm(*ar_train_args(data / "corpus", run), "--set", "train.seed=12")
+        running = first.poll() is None
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    assert running
+    one_error_line(second, 2, rf"the training run is in use by another process \(PID {first.pid}: ")
+    info = json.loads((run / "config.json").read_text())
+    assert info["seed"] == 11 and info["config"]["train"]["seed"] == 11

@@ -374,6 +374,9 @@ def test_exact_messages():
     with pytest.raises(ValueError) as err:
         model.fit(np.array([255, 1, 2], np.uint8))
     assert str(err.value) == "sequences must be an iterable of rows; wrap a single 1-D row as [row]"
+    with pytest.raises(ValueError) as err:
+        model.fit([np.array([], np.uint8)])
+    assert str(err.value) == "sequences held no tokens to count; pass at least one non-empty row"
     model.fit([np.array([255, 1, 2], np.uint8)])
     with pytest.raises(ValueError) as err:
         model.log_prob(np.zeros((2, 2), np.uint8))

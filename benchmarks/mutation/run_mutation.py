@@ -68,107 +68,160 @@ _DIV = ("the division here is 0 / 0 (invalid) or by a nonzero count, never nonze
         "has no effect")
 _NAN = 'float("NAN") is the same NaN as float("nan")'
 _THREADS = "threadpool limits change speed, not results"
+_COPY = "copy= changes memory sharing, not values"
+_EMPTY = "only reached for an empty row, whose windows and scores are empty either way"
+_FLUSH = "flush= changes the buffering of the progress line, not its text"
 _DIST = ("differs only with several processes; the two-process tests run the installed, unmutated "
          "package in torchrun subprocesses, so mutmut cannot reach it")
 _ZERO = "a 0-d float32 zero does not change the dtype of torch.where with float tensors"
 _CPU = ("device placement: equivalent on this CPU-only test machine (everything is on the CPU); a "
         "GPU test could tell it apart")
-EQUIVALENT_RULES: list[tuple[str, str, str, str]] = [
-    ("tokens", "detokenize", "reshape(-2", _NEG2),
-    ("tokens", "detokenize", ".reshape(None)", "reshape(None) keeps the shape and the next line's "
-     "reshape(-1, width) reads it in the same (C) order"),
-    ("tokens", "tokenize", "reshape(-2)", _NEG2),
-    ("tokens", "tokenize", '"XXbiufXX"', "dtype.kind is one character, never 'X': the same kinds"),
-    ("tokens", "tokenize", '"XXiuXX"', "dtype.kind is one character, never 'X': the same kinds"),
-    ("tokens", "tokenize", 'kind == "XXbXX"', "bool counts then take the np.minimum branch: same 0/1 tokens"),
-    ("tokens", "tokenize", 'kind == "B"', "bool counts then take the np.minimum branch: same 0/1 tokens"),
-    ("tokens", "tokenize", "max < MAX_COUNT_TOKEN", "no integer dtype has a maximum of exactly 254"),
-    ("metrics", "_as_rates_counts", "reshape(-2", _NEG2),
-    ("metrics", "_as_rates_counts", "rates = np.where(evaluated, rates, 1.0)", _MASKED),
-    ("metrics", "_ll_sums_per_neuron", "reshape(-2)", _NEG2),
-    ("metrics", "_ll_sums_per_neuron", "counts_RN.shape), 1.0)", _MASKED),
-    ("metrics", "_null_rates_per_neuron", "divide=None", _DIV),
-    ("metrics", "_null_rates_per_neuron", 'errstate(invalid="ignore", )', _DIV),
-    ("metrics", "bps_per_neuron_mean", 'float("NAN")', _NAN),
-    ("metrics", "bps_pooled", 'float("NAN")', _NAN),
-    ("metrics", "r2_score_pooled", 'float("NAN")', _NAN),
-    ("metrics", "r2_score_pooled", "reshape(-2", _NEG2),
-    ("metrics", "r2_score_pooled", "divide=None", _DIV),
-    ("metrics", "r2_score_pooled", 'errstate(invalid="ignore", )', _DIV),
-    ("metrics", "r2_score_pooled", "np.where(evaluated, pred, 1.0)", _MASKED),
-    ("metrics", "_drop_nan_rows", "arr is not None or", "differs only for arr=None, which no caller passes"),
-    ("metrics", "_drop_nan_rows", "-2)", _NEG2),
-    ("metrics", "decode_continuous", "-2)", _NEG2),
-    ("metrics", "decode_continuous", "splitter.split(X, None, groups)", "GroupKFold.split ignores y"),
-    ("metrics", "decode_continuous", "threadpool_limits(", _THREADS),
-    ("metrics", "decode_discrete", "threadpool_limits(", _THREADS),
-    ("metrics", "decode_discrete", "np.bincount(y_int[train_idx], )",
-     "every class has >= cv_folds samples (checked before), so every stratified training fold holds "
-     "every class and minlength never matters"),
-    ("metrics", "decode_discrete", "scoring=None", "scoring=None is the classifier's own score: accuracy"),
-    ("metrics", "decode_discrete", "max_iter=2001", "the fits converge long before 2000 iterations"),
-    ("binning", "bin_edges_s", "np.arange(num_bins + 1, ", "np.arange of Python ints is int64 on 64-bit Linux"),
-    ("binning", "bin_edges_s", "dtype=None", "np.arange of Python ints is int64 on 64-bit Linux"),
-    ("masking", "*", "device=None", _CPU),
-    ("masking", "*", ".to(None)", _CPU),
-    ("masking", "*", "device = None", _CPU),
-    ("masking", "*", "dtype=torch.bool, )", _CPU),
-    ("masking", "*", "dtype=torch.long, )", _CPU),
-    ("masking", "*", "dtype=nll_BTN.dtype, )", _CPU),
-    ("masking", "*", "dtype=log_rates_BTN.dtype, )", _CPU),
-    ("masking", "*", "generator=generator, )", _CPU),
-    ("masking", "*", "torch.arange(T, )", _CPU),
-    ("masking", "_as_causal_B", "causal, dtype=None", "torch.full infers bool from a bool fill value"),
-    ("masking", "_as_causal_B", "torch.full((B,), causal, device=device)", "torch.full infers bool from a bool fill value"),
-    ("masking", "_as_scheme_B", "dtype=None", "torch.full infers int64 from an int fill value"),
-    ("masking", "_as_scheme_B", "scheme_id(scheme), device=device)", "torch.full infers int64 from an int fill value"),
-    ("masking", "draw_schemes", "dtype=None)", "torch.tensor infers int64 from Python ints"),
-    ("masking", "draw_schemes", "_resolve_scheme_names(schemes)], )", "torch.tensor infers int64 from Python ints"),
-    ("masking", "_random_subset", "masked_fill(~candidates_BN, 3.0)", "any fill above 1 sorts non-candidates last"),
-    ("masking", "_pick_region", "masked_fill(~first_BN, -2.0)", "any negative fill is below every uniform score"),
-    ("masking", "*", "torch.zeros((), dtype=None", _ZERO),
-    ("masking", "*", "torch.zeros((), device=device)", _ZERO),
-    ("masking", "*", "gdev = None", _CPU),
-    ("masking", "apply_masks", "k_causal, dtype=None", "torch.full infers int64 from an int fill value"),
-    ("masking", "apply_masks", "torch.full((B,), k_causal, device=device)", "torch.full infers int64 from an int fill value"),
-    ("masking", "apply_masks", "if (T) or True else 0", "with T = 0 the expression gives 0 either way"),
-    ("masking", "apply_masks", "if T else 1", "only for T = 0 windows, where every causal mode selects no bin (or fails alike)"),
-    ("masking", "apply_masks", "clamp_max(max(k_causal + 1, 0))", "floor(u * k) <= k - 1 for u < 1: the clamp never acts"),
-    ("masking", "apply_masks", "clamp_max(max(k_causal - 1, 1))", "differs only for k = 1, where floor(u * 1) = 0 anyway"),
-    ("masking", "masked_poisson_loss", "targets_BTN.to(None)", "poisson_nll_loss promotes integer targets to the input's dtype"),
-    ("masking", "masked_poisson_loss", "{name: 2.0 for name in SCHEMES}", "scaling every weight alike cancels in sum(w L) / sum(w)"),
-    ("masking", "masked_poisson_loss", "targets_BTN, full=False", "log_input=True is poisson_nll_loss's default"),
-    ("masking", "masked_poisson_loss", "log_input=True, reduction=", "full=False is poisson_nll_loss's default"),
-    ("masking", "mask_units", "scheme=scheme, )", "causal=False is mask_entries' default"),
-    ("checkpoint", "_load", "map_location=None", _CPU),
-    ("checkpoint", "_load", 'torch.load(path, weights_only=True)', _CPU),
-    ("checkpoint", "_load", "weights_only=None", "weights_only=True is torch.load's default since torch 2.6"),
-    ("checkpoint", "_load", 'map_location="cpu", )', "weights_only=True is torch.load's default since torch 2.6"),
-    ("checkpoint", "_retire", "shutil.rmtree(dest, ", "deleting a folder this process has just renamed and owns does not fail here"),
-    ("checkpoint", "load_checkpoint", "distributed = None", _DIST),
-    ("checkpoint", "load_checkpoint", "if rank ", _DIST),
-    ("checkpoint", "load_checkpoint", "model_sd, optim_sd = None", _DIST),
-    ("checkpoint", "load_checkpoint", "options = None", _DIST),
-    ("checkpoint", "load_checkpoint", "broadcast_from_rank0=None", _DIST),
-    ("checkpoint", "load_checkpoint", "options=None)", _DIST),
-    ("checkpoint", "load_checkpoint", "model_sd, )", _DIST),
-    ("checkpoint", "load_checkpoint", "optim_sd, )", _DIST),
-    ("checkpoint", "load_exported_model", "strict=", "names and shapes were compared with the header first: strict cannot matter"),
-    ("checkpoint", "load_exported_model", "load_state_dict(_load_safetensors(path), )",
-     "names and shapes were compared with the header first: strict cannot matter"),
-    ("checkpoint", "load_exported_model", "model.to(None)", _CPU),
-    ("checkpoint", "set_rng_state", "cuda", _CPU),
-    ("checkpoint", "set_rng_state", "CUDA", _CPU),
-    ("checkpoint", "set_rng_state", "keys.numpy().astype(None)", "np.random.set_state accepts the int64 key array as it is"),
-]
+#: One rule a line: module | function ("*" = any) | text found in a changed line of the mutant
+#: (removed or added) | why (or =NAME of a note above). Parsed by :func:`_rules`.
+_RULES_TABLE = """
+tokens | detokenize | reshape(-2 | =_NEG2
+ngram | _as_token_row | vocab_size <= VOCAB_SIZE | a uint8 row always lies in 0..255: the range check only costs time
+ngram | * | copy=None | =_COPY
+ngram | * | copy=True | =_COPY
+ngram | * | np.uint8, ) | =_COPY
+ngram | * | np.int64, ) | =_COPY
+ngram | * | np.uint64, ) | =_COPY
+ngram | _count_order9_packed | for i in range(8) | bit 63 is never set by the 7-bit spread, so an 8th pass adds nothing
+ngram | _count_order9_packed | hi = hi.astype(None) | hi (< 256) only orders and buckets the table: its float copy is exact
+ngram | _count_windows | bounds = np.array([0, n] | np.array of Python ints is int64 on 64-bit Linux
+ngram | _count_windows | np.argsort(hi | each bucket is sorted afterwards: the order inside a bucket does not matter
+ngram | _count_windows | run_start = np.empty(n | a float 0/1 mask works like a bool one in flatnonzero
+ngram | _count_windows | run_start[0] = | run_start[0] is set again by the bucket starts (bounds[0] = 0)
+ngram | _count_windows | counts.astype(None) | float64 counts are exact below 2**53 and become int64 in _set_tables
+ngram | _subtract_windows | assert | an internal invariant whose assertion never fires
+ngram | _window_keys | if n < 0: | n = 0 gives empty windows either way
+ngram | _window_keys | np.empty( | =_EMPTY
+ngram | _window_keys | if (order == MAX_ORDER) | =_EMPTY
+ngram | _window_keys | if order != MAX_ORDER | =_EMPTY
+ngram | _window_keys | np.ascontiguousarray(stream, | every caller passes a uint8 stream
+ngram | _window_keys | if order <= 8 | for order 8 the mask is all ones
+ngram | _window_keys | if order < 9 | for order 8 the mask is all ones
+ngram | _lookup | keys.size + 1) | the all-separator context, the largest possible key, is in every fitted table, so searchsorted never returns keys.size
+ngram | _lookup | (ci <= keys.size) | ci == keys.size gives ci_safe = keys.size - 1, whose key differs from ctx
+ngram | _lookup | (pi <= codes.size) | pi == codes.size gives pi_safe = codes.size - 1, whose code differs
+ngram | _set_tables | np.arange(256, | hi only feeds .astype(np.uint64)
+ngram | _set_tables | new_ctx = np.empty(keys.size | a float 0/1 mask works in flatnonzero and cumsum
+ngram | fit | flush= | =_FLUSH
+ngram | fit | flush=True, | =_FLUSH
+ngram | fit | np.full(k, _PAD_TOKEN, | the padded stream is read as uint8 when windows are packed
+ngram | log_prob | np.full(k, _PAD_TOKEN, | the padded stream is read as uint8 when windows are packed
+ngram | get_params | deep: bool = False | deep is unused: the estimator holds no nested estimators
+ngram | load | allow_pickle=None | allow_pickle=False is np.load's default
+ngram | load | np.load(os.fspath(path), ) | allow_pickle=False is np.load's default
+ngram | next_token_log_probs | reshape(1, -2) | =_NEG2
+ngram | next_token_log_probs | np.arange(self.vocab_size, | the vocabulary only feeds .astype(np.uint64)
+tokens | detokenize | .reshape(None) | reshape(None) keeps the shape and the next line's reshape(-1, width) reads it in the same (C) order
+tokens | tokenize | reshape(-2) | =_NEG2
+tokens | tokenize | "XXbiufXX" | dtype.kind is one character, never 'X': the same kinds
+tokens | tokenize | "XXiuXX" | dtype.kind is one character, never 'X': the same kinds
+tokens | tokenize | kind == "XXbXX" | bool counts then take the np.minimum branch: same 0/1 tokens
+tokens | tokenize | kind == "B" | bool counts then take the np.minimum branch: same 0/1 tokens
+tokens | tokenize | max < MAX_COUNT_TOKEN | no integer dtype has a maximum of exactly 254
+metrics | _as_rates_counts | reshape(-2 | =_NEG2
+metrics | _as_rates_counts | rates = np.where(evaluated, rates, 1.0) | =_MASKED
+metrics | _ll_sums_per_neuron | reshape(-2) | =_NEG2
+metrics | _ll_sums_per_neuron | counts_RN.shape), 1.0) | =_MASKED
+metrics | _null_rates_per_neuron | divide=None | =_DIV
+metrics | _null_rates_per_neuron | errstate(invalid="ignore", ) | =_DIV
+metrics | bps_per_neuron_mean | float("NAN") | =_NAN
+metrics | bps_pooled | float("NAN") | =_NAN
+metrics | r2_score_pooled | float("NAN") | =_NAN
+metrics | r2_score_pooled | reshape(-2 | =_NEG2
+metrics | r2_score_pooled | divide=None | =_DIV
+metrics | r2_score_pooled | errstate(invalid="ignore", ) | =_DIV
+metrics | r2_score_pooled | np.where(evaluated, pred, 1.0) | =_MASKED
+metrics | _drop_nan_rows | arr is not None or | differs only for arr=None, which no caller passes
+metrics | _drop_nan_rows | -2) | =_NEG2
+metrics | decode_continuous | -2) | =_NEG2
+metrics | decode_continuous | splitter.split(X, None, groups) | GroupKFold.split ignores y
+metrics | decode_continuous | threadpool_limits( | =_THREADS
+metrics | decode_discrete | threadpool_limits( | =_THREADS
+metrics | decode_discrete | np.bincount(y_int[train_idx], ) | every class has >= cv_folds samples (checked before), so every stratified training fold holds every class and minlength never matters
+metrics | decode_discrete | scoring=None | scoring=None is the classifier's own score: accuracy
+metrics | decode_discrete | max_iter=2001 | the fits converge long before 2000 iterations
+binning | bin_edges_s | np.arange(num_bins + 1,  | np.arange of Python ints is int64 on 64-bit Linux
+binning | bin_edges_s | dtype=None | np.arange of Python ints is int64 on 64-bit Linux
+masking | * | device=None | =_CPU
+masking | * | .to(None) | =_CPU
+masking | * | device = None | =_CPU
+masking | * | dtype=torch.bool, ) | =_CPU
+masking | * | dtype=torch.long, ) | =_CPU
+masking | * | dtype=nll_BTN.dtype, ) | =_CPU
+masking | * | dtype=log_rates_BTN.dtype, ) | =_CPU
+masking | * | generator=generator, ) | =_CPU
+masking | * | torch.arange(T, ) | =_CPU
+masking | * | dtype=counts_BTN.dtype, )) | =_CPU
+masking | mask_entries | B, None), | =_CPU
+masking | mask_within_region | causal=False, | causal=False is mask_entries' default
+masking | _as_causal_B | causal, dtype=None | torch.full infers bool from a bool fill value
+masking | _as_causal_B | torch.full((B,), causal, device=device) | torch.full infers bool from a bool fill value
+masking | _as_scheme_B | dtype=None | torch.full infers int64 from an int fill value
+masking | _as_scheme_B | scheme_id(scheme), device=device) | torch.full infers int64 from an int fill value
+masking | draw_schemes | dtype=None) | torch.tensor infers int64 from Python ints
+masking | draw_schemes | _resolve_scheme_names(schemes)], ) | torch.tensor infers int64 from Python ints
+masking | _random_subset | masked_fill(~candidates_BN, 3.0) | any fill above 1 sorts non-candidates last
+masking | _pick_region | masked_fill(~first_BN, -2.0) | any negative fill is below every uniform score
+masking | * | torch.zeros((), dtype=None | =_ZERO
+masking | * | torch.zeros((), device=device) | =_ZERO
+masking | * | gdev = None | =_CPU
+masking | apply_masks | k_causal, dtype=None | torch.full infers int64 from an int fill value
+masking | apply_masks | torch.full((B,), k_causal, device=device) | torch.full infers int64 from an int fill value
+masking | apply_masks | if (T) or True else 0 | with T = 0 the expression gives 0 either way
+masking | apply_masks | if T else 1 | only for T = 0 windows, where every causal mode selects no bin (or fails alike)
+masking | apply_masks | clamp_max(max(k_causal + 1, 0)) | floor(u * k) <= k - 1 for u < 1: the clamp never acts
+masking | apply_masks | clamp_max(max(k_causal - 1, 1)) | differs only for k = 1, where floor(u * 1) = 0 anyway
+masking | masked_poisson_loss | targets_BTN.to(None) | poisson_nll_loss promotes integer targets to the input's dtype
+masking | masked_poisson_loss | {name: 2.0 for name in SCHEMES} | scaling every weight alike cancels in sum(w L) / sum(w)
+masking | masked_poisson_loss | targets_BTN, full=False | log_input=True is poisson_nll_loss's default
+masking | masked_poisson_loss | log_input=True, reduction= | full=False is poisson_nll_loss's default
+masking | mask_units | scheme=scheme, ) | causal=False is mask_entries' default
+checkpoint | _load | map_location=None | =_CPU
+checkpoint | _load | torch.load(path, weights_only=True) | =_CPU
+checkpoint | _load | weights_only=None | weights_only=True is torch.load's default since torch 2.6
+checkpoint | _load | map_location="cpu", ) | weights_only=True is torch.load's default since torch 2.6
+checkpoint | _retire | shutil.rmtree(dest,  | deleting a folder this process has just renamed and owns does not fail here
+checkpoint | load_checkpoint | distributed = None | =_DIST
+checkpoint | load_checkpoint | if rank  | =_DIST
+checkpoint | load_checkpoint | model_sd, optim_sd = None | =_DIST
+checkpoint | load_checkpoint | options = None | =_DIST
+checkpoint | load_checkpoint | broadcast_from_rank0=None | =_DIST
+checkpoint | load_checkpoint | options=None) | =_DIST
+checkpoint | load_checkpoint | model_sd, ) | =_DIST
+checkpoint | load_checkpoint | optim_sd, ) | =_DIST
+checkpoint | load_exported_model | strict= | names and shapes were compared with the header first: strict cannot matter
+checkpoint | load_exported_model | load_state_dict(_load_safetensors(path), ) | names and shapes were compared with the header first: strict cannot matter
+checkpoint | load_exported_model | model.to(None) | =_CPU
+checkpoint | set_rng_state | cuda | =_CPU
+checkpoint | set_rng_state | CUDA | =_CPU
+checkpoint | set_rng_state | keys.numpy().astype(None) | np.random.set_state accepts the int64 key array as it is
+"""
+
+
+def _rules() -> list[tuple[str, str, str, str]]:
+    notes = {name: value for name, value in globals().items() if name.isupper() and name.startswith("_")}
+    rules = []
+    for line in _RULES_TABLE.strip().splitlines():
+        module, function, text, note = (part.strip() for part in line.split(" | "))
+        rules.append((module, function, text, notes[note[1:]] if note.startswith("=") else note))
+    return rules
+
+
+EQUIVALENT_RULES = _rules()
 
 
 def equivalent_note(module: str, mutant: str, diff: list[str]) -> str | None:
-    """The note of the first rule that matches a surviving mutant, or None."""
-    function = mutant.rpartition(".")[2].removeprefix("x_").rpartition("__mutmut_")[0]
-    added = [ln[1:] for ln in diff if ln.startswith("+")]
+    """The note of the first rule that matches a surviving mutant (its function, and the rule's
+    text in a changed line, removed or added), or None."""
+    stem = mutant.rpartition(".")[2].rpartition("__mutmut_")[0]  # x_func or xǁClassǁmethod
+    function = stem.rpartition("ǁ")[2] if "ǁ" in stem else stem.removeprefix("x_")
+    changed = [ln[1:] for ln in diff if ln.startswith(("+", "-"))]
     for rule_module, rule_function, text, note in EQUIVALENT_RULES:
-        if rule_module == module and rule_function in ("*", function) and any(text in ln for ln in added):
+        if rule_module == module and rule_function in ("*", function) and any(text in ln for ln in changed):
             return note
     return None
 
@@ -303,26 +356,16 @@ def run_module(name: str, module: dict, work: Path, max_children: int, time_limi
     # "no tests": no selected test calls the mutated function, so nothing could kill it.
     surviving = sorted((k for k, v in statuses.items() if v in ("survived", "no tests")), key=_mutant_order)
     diffs = _diffs(work, env, module["path"], surviving)
-    survivors = []
-    for mutant in surviving:
-        note = equivalent_note(name, mutant, diffs.get(mutant, []))
-        survivors.append({"mutant": mutant, "status": statuses[mutant], "diff": diffs.get(mutant, []),
-                          "equivalent": note is not None, "note": note})
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
-    ran = killed + len(surviving)
-    equivalent = sum(1 for s in survivors if s["equivalent"])
-    return {
+    survivors = [{"mutant": m, "status": statuses[m], "diff": diffs.get(m, [])} for m in surviving]
+    result = {
         "path": module["path"],
         "tests": [t for t in module["tests"] if (ROOT / t).exists()],
         "pytest_k": module.get("k"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "counts": counts,
         "killed": counts.get("killed", 0),
         "survived": len(surviving),
         "timeout": counts.get("timeout", 0),
-        "score": killed / ran if ran else None,
-        "score_without_equivalent": killed / (ran - equivalent) if ran - equivalent else None,
-        "equivalent_survivors": equivalent,
-        "of_which_device_placement_only": sum(1 for s_ in survivors if s_["note"] == _CPU),
         "survivors": survivors,
         "seconds": round(seconds, 1),
         "survivors_rechecked": len(rechecked),
@@ -330,6 +373,37 @@ def run_module(name: str, module: dict, work: Path, max_children: int, time_limi
         "not_checked": counts.get("not checked", 0),
         "log_tail": None if code == 0 else log_tail,
     }
+    return score_module(name, result)
+
+
+def score_module(name: str, result: dict) -> dict:
+    """(Re)apply :data:`EQUIVALENT_RULES` to a module's survivors and compute its scores."""
+    for s_ in result["survivors"]:
+        s_["note"] = equivalent_note(name, s_["mutant"], s_["diff"])
+        s_["equivalent"] = s_["note"] is not None
+    killed = result["killed"] + result["timeout"]
+    ran = killed + result["survived"]
+    equivalent = sum(1 for s_ in result["survivors"] if s_["equivalent"])
+    result.update({
+        "score": killed / ran if ran else None,
+        "score_without_equivalent": killed / (ran - equivalent) if ran - equivalent else None,
+        "equivalent_survivors": equivalent,
+        "of_which_device_placement_only": sum(1 for s_ in result["survivors"] if s_["note"] == _CPU),
+    })
+    return result
+
+
+def summary(results: dict) -> dict:
+    totals = {k: sum(r[k] for r in results.values()) for k in ("killed", "survived", "timeout")}
+    equivalent = sum(r["equivalent_survivors"] for r in results.values())
+    killed = totals["killed"] + totals["timeout"]
+    ran = killed + totals["survived"]
+    return {**totals, "equivalent_survivors": equivalent,
+            "of_which_device_placement_only": sum(r["of_which_device_placement_only"] for r in results.values()),
+            "not_checked": sum(r["not_checked"] for r in results.values()),
+            "modules_incomplete": sorted(n for n, r in results.items() if not r["complete"]),
+            "score": killed / ran if ran else None,
+            "score_without_equivalent": killed / (ran - equivalent) if ran - equivalent else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recheck-survivors", action="store_true",
                         help="with --reuse: run the earlier survivors again (after adding tests)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mutation.json"))
+    parser.add_argument("--renote", action="store_true",
+                        help="only re-apply EQUIVALENT_RULES to the survivors already in --out")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.modules.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODULES]
@@ -359,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.exists() else {}
     results = dict(previous.get("modules", {}))
+    if args.renote:
+        names = []
+        results = {n: score_module(n, r) for n, r in results.items()}
     scratch = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="spikefm-mutation-"))
     for name in names:
         print(f"mutating {MODULES[name]['path']} ...", flush=True)
@@ -368,22 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {r['killed']} killed, {r['survived']} survived, {r['timeout']} timeout, "
               f"{r['not_checked']} not checked (score {r['score'] if r['score'] is None else round(r['score'], 3)}) "
               f"in {r['seconds']} s", flush=True)
-    totals = {k: sum(r[k] for r in results.values()) for k in ("killed", "survived", "timeout")}
-    equivalent = sum(1 for r in results.values() for s in r["survivors"] if s["equivalent"])
-    ran = sum(totals.values())
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "mutmut": mutmut_version,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version()},
         "modules": results,
-        "total": {**totals, "equivalent_survivors": equivalent,
-                  "of_which_device_placement_only": sum(r.get("of_which_device_placement_only", 0)
-                                                        for r in results.values()),
-                  "modules_incomplete": sorted(n for n, r in results.items() if not r["complete"]),
-                  "score": (totals["killed"] + totals["timeout"]) / ran if ran else None,
-                  "score_without_equivalent": ((totals["killed"] + totals["timeout"]) / (ran - equivalent)
-                                               if ran - equivalent else None)},
+        "total": summary(results),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -117,6 +117,16 @@ def test_walk_chunks_and_behaviour_decoding(pretrained, corpus_dir, tmp_path):
     for feat in ("hidden", "rates", "counts", "oracle"):
         for ch in beh["channels"]:
             assert math.isfinite(beh[feat][ch]["r2"]) and beh[feat][ch]["r2"] <= 1.0
+    # the saved traces are the test windows' behaviour and the hidden-state decoding the R² scores
+    with np.load(preds / "behavior-decoding.npz") as tr:
+        assert list(tr["channels"]) == beh["channels"]
+        true_KTC, pred_KTC = tr["true"].astype(np.float64), tr["predicted"].astype(np.float64)
+    assert true_KTC.shape == pred_KTC.shape and true_KTC.shape[0] == beh["n_test"]
+    for c, ch in enumerate(beh["channels"]):
+        ok = np.isfinite(true_KTC[..., c])
+        y, yhat = true_KTC[..., c][ok], pred_KTC[..., c][ok]
+        r2 = 1 - np.sum((y - yhat) ** 2) / np.sum((y - y.mean()) ** 2)
+        assert r2 == pytest.approx(beh["hidden"][ch]["r2"], abs=1e-5)
 
 
 def test_behaviour_ridge_recovers_a_linear_readout_of_counts(pretrained, corpus_dir):

@@ -434,3 +434,23 @@ def test_quickstart_report_shows_the_printed_numbers(tmp_path, capsys):
                 `table[data-table="task-${t}"] td, table[data-table="chunks-${t}"] td`)).map(c => c.textContent)""", task))
             assert set(values) <= cells, (row, sorted(cells))
         context.close()
+
+
+def test_decoded_behaviour_traces_are_the_saved_ones(built, browser):
+    with np.load(built["dir"] / "preds" / "behavior-decoding.npz") as z:
+        true_KTC, pred_KTC, channels = z["true"], z["predicted"], [str(c) for c in z["channels"]]
+    page = _open(browser, built["reports"]["eval_ndt"]).page
+    charts = page.evaluate("""() => Object.values(JSON.parse(document.getElementById('spikefm-data').textContent))
+        .filter(s => s.kind === 'xy' && s.link === 'behaviour')""")
+    assert [c["y_label"] for c in charts] == channels and channels
+    for c, chart in enumerate(charts):
+        shown = {s["name"]: s for s in chart["series"]}
+        assert set(shown) == {"true", "decoded"}
+        n = len(shown["true"]["y"])
+        assert n > 0 and n % true_KTC.shape[1] == 0 and len(shown["true"]["x"]) == n
+        for name, arr in (("true", true_KTC), ("decoded", pred_KTC)):
+            want = arr[: n // arr.shape[1], :, c].astype(np.float64).ravel()
+            got = np.array([np.nan if v is None else v for v in shown[name]["y"]], dtype=np.float64)
+            np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+    assert page.locator("figcaption", has_text="Decoded vs true").count() == len(channels)
+    page.close()

@@ -332,7 +332,7 @@ def test_incomplete_checkpoint_dirs_are_ignored(tmp_path):
 
 def test_resume_refuses_a_different_model_and_prints_plain_progress(tmp_path, capsys):
     train(toy_config(steps=4), tmp_path, progress=True, stop_after=2)
-    assert "step 2: loss" in capsys.readouterr().out  # not a terminal: plain lines
+    assert "train step 2/4 (50%, ETA " in capsys.readouterr().out  # not a terminal: plain lines
     with pytest.raises(ValueError, match="'model' differs from the checkpoint's config"):
         train(apply_overrides(toy_config(steps=4), ["model.dim=16"]), tmp_path, resume=True, progress=False)
     capsys.readouterr()

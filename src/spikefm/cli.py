@@ -99,6 +99,8 @@ def cmd_train(args) -> int:
         overrides.append(f"train.steps={args.steps}")
     if args.sessions:
         overrides.append(f"data.sessions={args.sessions}")
+    if args.tensorboard:
+        overrides.append("train.tensorboard=true")
     cfg = families.run_config(args.model or families.DEFAULT_FAMILY, preset=args.preset,
                               corpus=args.data, overrides=overrides, protocol=args.protocol)
     summary = families.train(cfg, args.out, resume=args.resume, progress=not args.quiet)
@@ -117,7 +119,8 @@ def cmd_finetune(args) -> int:
 
     s = families.finetune(args.run_dir, args.data, args.session, args.out, strategy=args.strategy,
                           freeze_core=args.freeze_core, from_scratch=args.from_scratch,
-                          steps=args.steps, overrides=args.set, patience=args.patience,
+                          steps=args.steps, patience=args.patience,
+                          overrides=list(args.set or []) + (["train.tensorboard=true"] if args.tensorboard else []),
                           eval_every=args.eval_every, progress=not args.quiet)
     if "candidates" in s:
         from spikefm.tables import render_table
@@ -281,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config field, e.g. optim.lr=1e-3 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to OUT/tensorboard (pip install 'spikefm[tensorboard]')")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -328,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between validation evaluations (early stopping)")
     f.add_argument("--patience", type=_positive_int, default=3,
                    help="evaluations without improvement before stopping")
+    f.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files in each candidate's run folder")
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config field, e.g. optim.lr=1e-3 (repeatable)")
     f.add_argument("--quiet", action="store_true")

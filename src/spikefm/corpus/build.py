@@ -548,7 +548,7 @@ def _check_replace(out_dir: Path, existing: Manifest | None, settings: BuildSett
                          "another --out")
 
 
-def build_corpus(inputs: list[str], out_dir: str | Path, cfg: BuildConfig | None = None,
+def build_corpus(inputs: list[str | os.PathLike], out_dir: str | Path, cfg: BuildConfig | None = None,
                  *, progress: bool = True) -> BuildReport:
     """Build (or resume, or refresh) a corpus from NWB inputs. See the module docstring.
 
@@ -562,6 +562,9 @@ def build_corpus(inputs: list[str], out_dir: str | Path, cfg: BuildConfig | None
     """
     cfg = cfg or BuildConfig()
     out_dir = Path(out_dir)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [os.fspath(x) if isinstance(x, os.PathLike) else x for x in inputs]
     try:
         return _build(inputs, out_dir, cfg, progress)
     except BuildError:

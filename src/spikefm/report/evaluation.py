@@ -373,7 +373,8 @@ def predictions_panel(sec: Section, ev: Evaluation, pred_dir: Path, windows: Tes
 
     model = next(iter(ev.models))
     bench = ev.models[model]
-    files = [(t, pred_dir / f"{t}.npz") for t in bench.get("tasks", {}) if (pred_dir / f"{t}.npz").is_file()]
+    files = [(t, pred_dir / f"{t}.npz") for t in bench.get("tasks", {})
+             if t != "behavior-decoding" and (pred_dir / f"{t}.npz").is_file()]  # traces: drawn below
     sec.heading(f"Saved predictions of {model} ({pred_dir})")
     if not files:
         sec.note(f"no <task>.npz predictions in {pred_dir} for the tasks of {model}", warn=True)

@@ -96,6 +96,9 @@ class TrainConfig:
         compile: torch.compile each block.
         activation_checkpointing: recompute each block's activations in the backward pass.
         device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
+        tensorboard: also write every metrics.jsonl row as TensorBoard scalars to
+            ``RUN/tensorboard/`` (rank 0; needs the ``tensorboard`` package:
+            ``pip install 'spikefm[tensorboard]'``).
     """
 
     steps: int = 1000
@@ -110,8 +113,12 @@ class TrainConfig:
     compile: bool = False
     activation_checkpointing: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("compile", "activation_checkpointing", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_keep"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -337,6 +337,37 @@ def _check_train_arguments(cfg: RunConfig, out_dir: Any, family: Family, resume:
                                    or stop_after < 1):
         raise ValueError(f"stop_after must be a positive int or None, got {stop_after!r}")
     _peak_override()
+    if cfg.train.tensorboard:
+        _tensorboard_writer_class()
+
+
+def _tensorboard_writer_class():
+    """torch's SummaryWriter, or a one-line error naming the missing package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("train.tensorboard=true needs the tensorboard package, which is not "
+                         "installed; pip install 'spikefm[tensorboard]' or drop --tensorboard") from None
+    return SummaryWriter
+
+
+class _TensorBoard:
+    """Mirrors metrics.jsonl rows as TensorBoard scalars (tag = the row's key, x = its step).
+    On resume, events after the checkpoint's step are purged, as metrics.jsonl rows are."""
+
+    def __init__(self, out_dir: Path, start_step: int) -> None:
+        self.writer = _tensorboard_writer_class()(log_dir=str(out_dir / "tensorboard"),
+                                                   purge_step=start_step + 1 if start_step else None)
+
+    def write(self, row: dict[str, Any]) -> None:
+        step = row["step"]
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _rewrite_metrics(path: Path, keep_through_step: int) -> None:
@@ -359,11 +390,18 @@ def _rewrite_metrics(path: Path, keep_through_step: int) -> None:
 
 
 class _Display:
-    """Rich progress bar on a terminal, plain lines otherwise, nothing when disabled."""
+    """Progress of a run on rank 0: a rich bar with ETA on a terminal; otherwise (logs, CI, pipes)
+    a plain line about every tenth of the run or every `plain_every_s` seconds, with ETA; nothing
+    when disabled. Every logged row still goes to metrics.jsonl."""
 
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
+    def __init__(self, enabled: bool, total: int, start: int, plain_every_s: float = 60.0) -> None:
         self.bar = None
         self.plain = False
+        self.total, self.start = total, start
+        self.plain_every_s = plain_every_s
+        self.t0 = self.t_printed = time.perf_counter()
+        self.next_fraction = 0.1 * (int(10 * start / total) + 1) if total else 1.0
+        self.text = ""
         if not enabled:
             return
         from rich.console import Console
@@ -382,20 +420,39 @@ class _Display:
         self.bar.start()
 
     def update(self, step: int, row: dict[str, Any] | None) -> None:
-        text = None
         if row is not None:
             mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
-            text = (f"loss {row['loss']:.4f} lr {row['lr']:.2e} gnorm {row['grad_norm']:.3f} "
-                    f"tok/s {row['tokens_per_s']:.3g} mfu {mfu}")
+            self.text = (f"loss {row['loss']:.4f} lr {row['lr']:.2e} gnorm {row['grad_norm']:.3f} "
+                         f"tok/s {row['tokens_per_s']:.3g} mfu {mfu}")
         if self.bar is not None:
-            kwargs = {"figures": text} if text is not None else {}
-            self.bar.update(self.task, completed=step, **kwargs)
-        elif self.plain and text is not None:
-            print(f"step {step}: {text}", flush=True)
+            self.bar.update(self.task, completed=step, figures=self.text)
+        elif self.plain and self.text:
+            now = time.perf_counter()
+            due = step / self.total >= self.next_fraction - 1e-9 or now - self.t_printed >= self.plain_every_s
+            if due or step == self.total:
+                while self.next_fraction <= step / self.total + 1e-9:
+                    self.next_fraction += 0.1
+                self.t_printed = now
+                done = step - self.start
+                eta = (now - self.t0) / done * (self.total - step) if done > 0 else math.nan
+                print(f"train step {step}/{self.total} ({100 * step / self.total:.0f}%, ETA "
+                      f"{format_duration(eta)}): {self.text}", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def format_duration(seconds: float) -> str:
+    """``"1h02m"``, ``"4m05s"``, ``"12s"``; ``"?"`` when unknown."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
 
 
 def train(
@@ -507,6 +564,7 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
             metrics_path.unlink()
     d.barrier()
     metrics_file = open(metrics_path, "a") if rank == 0 else None
+    board = _TensorBoard(out_dir, start_step) if rank == 0 and tc.tensorboard else None
 
     peak = device_peak_flops(device, tc.precision)
     fsdp = info.distributed
@@ -518,6 +576,8 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
         if metrics_file is not None:
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
+        if board is not None:
+            board.write(row)
 
     model.train()
     t_start = time.perf_counter()
@@ -600,6 +660,8 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
         display.close()
         if metrics_file is not None:
             metrics_file.close()
+        if board is not None:
+            board.close()
 
     stopped_early = last_step < tc.steps
     model_path = None if stopped_early else export_model(out_dir, model, step=last_step)

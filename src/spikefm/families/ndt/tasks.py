@@ -451,7 +451,8 @@ def _r2(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -1,
-                    truth_latents: np.ndarray | None = None, alphas=None, batch_size: int = 256) -> dict:
+                    truth_latents: np.ndarray | None = None, alphas=None, batch_size: int = 256,
+                    traces: dict | None = None) -> dict:
     """Decode every continuous behaviour channel, bin by bin, with cross-validated ridge regression.
 
     Feature sets per bin: the model's hidden states of ``layer`` and its predicted rates (one
@@ -462,6 +463,10 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
     (single trial) and ``psth_r2`` of the test-trial average at each bin. Bins with a missing
     behaviour value are left out. PSTHs are averaged per condition (the windows' ``choice`` or
     ``target_angle`` label when present) and ``psth_r2`` pools the conditions' bins.
+
+    With ``traces`` (a dict), it is filled with the test windows' ``true`` and ``predicted``
+    (decoded from the hidden states) behaviour, (K_test, T, C) float32 (NaN where a channel was
+    not decoded or a value is missing), and ``channels``.
 
     Returns:
         ``{"channels", "n_train", "n_test", "layer", <feature set>: {channel: {"r2", "psth_r2"},
@@ -496,6 +501,7 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
         groups = [g for g in groups if g.size] or [np.arange(test.size)]
     out: dict = {"channels": list(windows.behavior_names), "n_train": int(train.size),
                  "n_test": int(test.size), "layer": layer, "psth_condition": condition}
+    decoded_kTC = np.full((test.size, T, C), np.nan)
     with threadpool_limits(1):
         for name, X_KTF in features.items():
             entry: dict = {}
@@ -508,6 +514,8 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
                 reg.fit(X_KTF[train][tr_ok], y_KTC[train, :, c][tr_ok])
                 pred_kT = reg.predict(X_KTF[test].reshape(test.size * T, -1)).reshape(test.size, T)
                 true_kT = y_KTC[test, :, c]
+                if name == "hidden":
+                    decoded_kTC[:, :, c] = pred_kT
                 r2 = _r2(pred_kT[te_ok], true_kT[te_ok])
                 psth_pred, psth_true = [], []
                 with warnings.catch_warnings():
@@ -521,6 +529,9 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
             if entry:
                 entry["mean"] = {m: float(np.nanmean([v[m] for v in entry.values()])) for m in ("r2", "psth_r2")}
             out[name] = entry
+    if traces is not None:
+        traces.update(true=y_KTC[test].astype(np.float32), predicted=decoded_kTC.astype(np.float32),
+                      channels=np.array(windows.behavior_names, dtype=str))
     return out
 
 
@@ -631,7 +642,8 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
         baselines: fit the NLB smoothing baseline (leave-one-out Poisson GLMs on smoothed counts,
             :func:`spikefm.eval.baselines.cosmooth_leave_one_out`) on the train windows and score it
             on co-smoothing.
-        save_predictions: a folder: write ``<task>.npz`` with ``rates`` and ``counts`` (K, T, N),
+        save_predictions: a folder: write ``<task>.npz`` with ``rates`` and ``counts`` (K, T, N)
+            (``behavior-decoding.npz``: ``true`` and ``predicted`` (K, T, C) and ``channels``),
             NaN where not scored, for each prediction task (temporary name, then rename).
         forward_bins: bins predicted by ``forward-prediction`` and per step of the walk.
         layer: hidden layer used by decoding tasks.
@@ -671,11 +683,15 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             if windows.behavior is None or not windows.behavior_names:
                 out["skipped"][task] = "session has no continuous behaviour"
                 continue
+            traces: dict = {}
             try:
                 out["tasks"][task] = decode_behavior(model, windows, layer=layer, truth_latents=truth_latents,
-                                                     batch_size=batch_size)
+                                                     batch_size=batch_size, traces=traces)
             except ValueError as exc:
                 out["skipped"][task] = str(exc)
+                continue
+            if save_predictions is not None:
+                savez_atomic(Path(save_predictions) / f"{task}.npz", **traces)
             continue
         if task.endswith("-decoding"):
             label = task[: -len("-decoding")]

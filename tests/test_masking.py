@@ -280,6 +280,22 @@ def test_causal_modes_random_and_prefix():
     assert ((n_B >= 1) & (n_B <= round(0.5 * T))).all() and len(set(n_B.tolist())) > 5
     for b in range(B):  # a suffix: every bin from the start on
         assert bins_BT[b, T - int(n_B[b]):].all() and not bins_BT[b, : T - int(n_B[b])].any()
+    # mixed: per sample either exactly k random steps or a suffix, each with probability 1/2; the
+    # draw is the random / prefix draw of the same generator state (plus one (B,) tensor after it)
+    g = torch.Generator().manual_seed(3)
+    mix = apply_masks(counts, valid, region, scheme, g, causal_ratio=0.6, causal_mode="mixed")
+    g_rnd, g_pre = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    alone_rnd = apply_masks(counts, valid, region, scheme, g_rnd, causal_ratio=0.6, causal_mode="random")
+    alone_pre = apply_masks(counts, valid, region, scheme, g_pre, causal_ratio=0.6, causal_mode="prefix")
+    coin = torch.rand((B,), generator=g_rnd) < 0.5  # the draw that follows the common ones
+    assert torch.equal(g.get_state(), g_rnd.get_state())
+    want = torch.where(coin[:, None, None], alone_pre.loss_mask_BTN, alone_rnd.loss_mask_BTN)
+    assert torch.equal(mix.loss_mask_BTN, want) and 0 < int(coin.sum()) < B
+    mix_BT = mix.loss_mask_BTN[:, :, 1]
+    for b in range(B):
+        n = int(mix_BT[b].sum())
+        is_suffix = bool(mix_BT[b, T - n:].all())
+        assert is_suffix if coin[b] else n == k
     last = apply_masks(counts, valid, region, scheme, torch.Generator().manual_seed(2),
                        causal_ratio=0.25, causal_mode="last")
     assert last.loss_mask_BTN[:, -10:, 1].all() and not last.loss_mask_BTN[:, :-10].any()

@@ -177,3 +177,28 @@ def test_auto_finetune_keeps_the_best_candidate_on_validation(pretrained, corpus
     pre = load_file(str(pretrained / "model.safetensors"))
     frozen = load_file(str(out / "candidates" / "frozen" / "model.safetensors"))
     assert all(torch.equal(pre[k], frozen[k]) for k in pre if not k.startswith("sessions."))
+
+
+def test_eval_on_validation_windows_scores_exactly_those(pretrained, corpus_dir, tmp_path):
+    """``--split val`` scores the run's validation windows (to choose settings), never the test ones."""
+    from spikefm.families.ndt.evaluate import session_windows_for_run
+
+    model = families.load_model(pretrained)
+    sid = sorted(model.session_units)[0]
+    w = session_windows_for_run(pretrained, Corpus(corpus_dir), sid)
+    results = {}
+    for split in ("val", "test"):
+        preds = tmp_path / split
+        assert main(["eval", str(pretrained), "--data", str(corpus_dir), "--session", sid, "--split", split,
+                     "--tasks", "co-smoothing", "--save-predictions", str(preds),
+                     "--out", str(tmp_path / f"{split}.json"), "--quiet"]) == 0
+        results[split] = json.loads((tmp_path / f"{split}.json").read_text())
+        assert results[split]["split"] == split
+        with np.load(preds / "co-smoothing.npz") as z:
+            counts = z["counts"]
+        want = w.counts[w.indices(split)].astype(np.float64)
+        assert counts.shape == want.shape and results[split]["results"]["num_test_windows"] == len(want)
+        scored = ~np.isnan(counts)
+        assert scored.any() and np.array_equal(counts[scored], want[scored])
+    assert main(["eval", str(pretrained), "--data", str(corpus_dir), "--split", "train", "--session", sid,
+                 "--quiet"]) == 2

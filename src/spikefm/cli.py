@@ -293,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--data", required=True)
     e.add_argument("--out", default=None, help="results.json")
-    e.add_argument("--split", default=None, choices=["train", "test"],
-                   help="corpus split to score (token models; default test)")
+    e.add_argument("--split", default=None, choices=["train", "val", "test"],
+                   help="token models: corpus split to score (train or test; default test); masked "
+                        "models: the run's test windows (default) or val windows (to choose settings)")
     e.add_argument("--max-tokens", type=_positive_int, default=None,
                    help="token models: score only the first rows up to this many tokens")
     e.add_argument("--ngram", type=_int_list, default=None, metavar="ORDERS",

@@ -123,7 +123,9 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
         session: the session to score; None = the model's only session.
         save_predictions: a folder for ``<task>.npz`` predictions, or None.
         baselines: include the smoothing baseline.
-        split: only ``"test"``: NDT runs are scored on their held-out test windows.
+        split: ``"test"`` (the held-out test windows; headline numbers) or ``"val"`` (the run's
+            validation windows, for choosing settings without touching the test windows; the
+            smoothing baseline is still fitted on the train windows only).
         decode_layer: transformer block (1-based) read by the decoding tasks; 0 = the last.
         label_classes: label -> values its decoding keeps (e.g. ``{"choice": [-1.0, 1.0]}``).
 
@@ -133,9 +135,10 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
     """
     from spikefm.families.ndt.tasks import DEFAULT_TASKS, run_benchmark
 
-    if split != "test":
-        raise ValueError(f"NDT runs are scored on their held-out test windows; got split {split!r}, "
-                         "expected 'test' (the run's train/val windows are not held out)")
+    if split not in ("test", "val"):
+        raise ValueError(f"NDT runs are scored on their held-out test windows (split 'test') or, to "
+                         f"choose settings, their validation windows ('val'); got split {split!r} (the "
+                         "train windows are not held out)")
     session_id = pick_session(model, session)
     if tasks is None:
         task_list = list(DEFAULT_TASKS)
@@ -147,6 +150,11 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
     if isinstance(decode_layer, bool) or not isinstance(decode_layer, int) or not 0 <= decode_layer <= n_layers:
         raise ValueError(f"decode_layer must be a block number in 1..{n_layers} (0 = the last), got {decode_layer!r}")
     windows = session_windows_for_run(run_dir, corpus, session_id)
+    if split == "val":  # the tasks score "test": swap the labels of the val and test windows
+        import dataclasses
+
+        swapped = np.where(windows.split == "val", "test", np.where(windows.split == "test", "val", windows.split))
+        windows = dataclasses.replace(windows, split=swapped)
     truth = session_truth_rates(corpus, windows)
     latents = None
     if truth is not None:
@@ -160,7 +168,7 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
                            label_classes=label_classes, truth_latents=latents)
     return {"family": "ndt", "run_dir": str(run_dir), "corpus": str(corpus.path),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session_id,
-            "tasks": task_list, "oracle": truth is not None,
+            "tasks": task_list, "oracle": truth is not None, "split": split,
             "decode_layer": decode_layer or n_layers, "window_bins": windows.num_bins,
             "split_fractions": _split_shares(windows), "results": result}
 

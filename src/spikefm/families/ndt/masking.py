@@ -10,7 +10,9 @@ The four training schemes follow the multi-task masking recipe (Zhang et al. 202
   ``causal_ratio`` of the time steps, so every position of the window is trained to be predicted
   from the (partly visible) past, as the benchmark's forward-prediction walk scores it;
   ``prefix``: every bin from a random start on (the start uniform over the last ``causal_ratio``
-  of the window); ``last``: the final ``causal_ratio`` of the bins (the first NDT recipe, which
+  of the window); ``mixed``: ``random`` or ``prefix``, drawn per sample with equal odds (the
+  prefix half practises predicting several bins in a row, as the walk's chunks ask);
+  ``last``: the final ``causal_ratio`` of the bins (the first NDT recipe, which
   never trains the positions before them).
 - ``inter_region``: one brain region present in the sample is masked entirely; it is the target.
 - ``intra_region``: every unit outside one target region is masked in the input (context removed,
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 SCHEMES: tuple[str, ...] = ("neuron", "causal", "inter_region", "intra_region")
 NUM_SCHEMES = len(SCHEMES)
 #: How the ``causal`` scheme picks its masked bins (see the module docstring).
-CAUSAL_MODES: tuple[str, ...] = ("random", "prefix", "last")
+CAUSAL_MODES: tuple[str, ...] = ("random", "prefix", "last", "mixed")
 
 
 def _expect(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
@@ -211,12 +213,13 @@ def apply_masks(
         region_BN: int64 region id per unit (>= 0), -1 for padding or unknown region.
         scheme_B: int64 scheme ids (see :func:`draw_schemes`).
         generator: seeded generator; three (B, N) and then one (B, T) uniform tensors are drawn
-            from it on every call, whatever the schemes, so the stream advances identically for
-            equal shapes.
+            from it on every call, whatever the schemes (and one (B,) more with
+            ``causal_mode="mixed"``), so the stream advances identically for equal shapes.
         neuron_ratio: fraction of valid units masked by ``neuron`` (rounded, at least one unit).
         causal_ratio: ``causal`` masks this fraction of the bins (rounded, at least one bin): random
-            time steps (``causal_mode="random"``), the last ones (``"last"``), or every bin from a
-            start drawn uniformly over the last ``causal_ratio`` of the window (``"prefix"``).
+            time steps (``causal_mode="random"``), the last ones (``"last"``), every bin from a
+            start drawn uniformly over the last ``causal_ratio`` of the window (``"prefix"``), or
+            random / prefix drawn per sample (``"mixed"``).
         causal_mode: one of :data:`CAUSAL_MODES`.
         intra_ratio: fraction of the target region's units scored by ``intra_region``
             (rounded, at least one unit).
@@ -242,6 +245,8 @@ def apply_masks(
     region_scores_BN = torch.rand((B, N), generator=generator, device=gdev).to(device)
     intra_scores_BN = torch.rand((B, N), generator=generator, device=gdev).to(device)
     time_scores_BT = torch.rand((B, T), generator=generator, device=gdev).to(device)
+    prefix_B = (torch.rand((B,), generator=generator, device=gdev).to(device) < 0.5
+                if causal_mode == "mixed" else None)
 
     valid_BN = unit_valid_BN.to(device)
     region_BN = region_BN.to(device)
@@ -255,12 +260,18 @@ def apply_masks(
     pos_T = torch.arange(T, device=device)
     if causal_mode == "last":
         future_BT = (pos_T >= T - k_causal)[None, :].expand(B, T)
-    elif causal_mode == "random":
-        future_BT = _random_subset(torch.ones((B, T), dtype=torch.bool, device=device),
+    else:
+        random_BT = _random_subset(torch.ones((B, T), dtype=torch.bool, device=device),
                                    torch.full((B,), k_causal, dtype=torch.long, device=device), time_scores_BT)
-    else:  # prefix: start uniform over the last k bins
+        # prefix: every bin from a start uniform over the last k bins
         start_B = T - 1 - torch.floor(time_scores_BT[:, 0] * k_causal).long().clamp_max(max(k_causal - 1, 0))
-        future_BT = pos_T[None, :] >= start_B[:, None]
+        suffix_BT = pos_T[None, :] >= start_B[:, None]
+        if causal_mode == "random":
+            future_BT = random_BT
+        elif causal_mode == "prefix":
+            future_BT = suffix_BT
+        else:  # mixed
+            future_BT = torch.where(prefix_B[:, None], suffix_BT, random_BT)
 
     # region schemes, with the single-region fallback to neuron
     target_region_B, num_regions_B = _pick_region(valid_BN, region_BN, region_scores_BN)

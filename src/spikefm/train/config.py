@@ -183,6 +183,14 @@ class RunConfig:
             raise TypeError(f"RunConfig.optim must be OptimConfig, got {type(self.optim).__name__}")
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"RunConfig.train must be TrainConfig, got {type(self.train).__name__}")
+        seq_len, max_len = getattr(self.data, "seq_len", None), getattr(self.model, "max_seq_len", None)
+        if isinstance(seq_len, int) and isinstance(max_len, int) and seq_len > max_len:
+            # checked before anything is allocated: a loader would otherwise gather the windows
+            # of an impossible context for minutes before the model rejects them
+            raise ValueError(
+                f"data.seq_len ({seq_len}) must be <= model.max_seq_len ({max_len}), the longest "
+                "context the model supports; lower data.seq_len or raise model.max_seq_len"
+            )
         if self.optim.warmup_steps is not None and self.optim.warmup_steps > self.train.steps:
             raise ValueError(
                 f"optim.warmup_steps ({self.optim.warmup_steps}) must be <= train.steps "

@@ -140,3 +140,193 @@ def test_seq_len_beyond_the_model_context_is_refused_before_anything_is_written(
                                    "--steps", "2", "--quiet", "--set", "data.seq_len=1000000000"])
     assert "data.seq_len (1000000000) must be <= model.max_seq_len (8192)" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_truncated_shard_stops_training_before_the_run_folder_is_made(corpus, tmp_path, capsys):
+    shard = _shard(corpus)
+    shard.write_bytes(shard.read_bytes()[:-100])  # a copy cut short: the footer is gone
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(tmp_path / "r"),
+                                   "--steps", "2", "--quiet"])
+    assert f"{corpus / 'data' / shard.name}: not a readable Parquet shard" in line
+    assert "truncated" in line
+    assert not (tmp_path / "r").exists()
+
+
+# --- atomic writes: a folder in the way, or a file among the parents ------------------------------
+
+def test_results_path_that_is_a_folder_or_under_a_file_is_one_line(corpus, tmp_path, capsys):
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "keep.txt").write_text("mine")
+    (tmp_path / "f").write_text("mine")
+    before = snapshot(tmp_path)
+    base = ["ngram", "--data", str(corpus), "--order", "1", "--quiet", "--out"]
+    line = one_error_line(capsys, base + [str(tmp_path / "res")])
+    assert line == (f"spikefm: error: {tmp_path / 'res'} is a folder, not a file; give the path "
+                    "of a file to write (a new name, or a file to replace)")
+    line = one_error_line(capsys, base + [str(tmp_path / "f" / "sub" / "r.json")])
+    assert line == (f"spikefm: error: cannot write {tmp_path / 'f' / 'sub' / 'r.json'}: "
+                    f"{tmp_path / 'f'} is a file, not a folder; choose another path")
+    assert snapshot(tmp_path) == before
+
+
+# --- run folders: never someone else's folder, never another run's weights ------------------------
+
+@pytest.fixture
+def ndt_run(built, tmp_path):
+    """A finished NDT run folder as far as fine-tuning's checks read it (its config.json; the
+    weights file is a stand-in: every refusal below comes before any weight is read)."""
+    import json
+
+    from spikefm import families
+    from spikefm.train.config import config_to_dict
+
+    run = tmp_path / "pre"
+    run.mkdir()
+    cfg = families.run_config("ndt", corpus=str(built))
+    (run / "config.json").write_text(json.dumps({"family": "ndt", "config": config_to_dict(cfg)}))
+    (run / "model.safetensors").write_bytes(b"the user's pretrained weights")
+    (run / "metrics.jsonl").write_text("")
+    return run
+
+
+def test_training_into_a_project_or_corpus_folder_is_refused_untouched(corpus, tmp_path, capsys):
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    (proj / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(proj), "--steps", "2",
+                                   "--quiet"])
+    assert line == (f"spikefm: error: {proj}: folder has files and is not a spikefm run (found "
+                    "'data' and 1 more); nothing was written: give a new or empty folder (--out)")
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(corpus), "--steps",
+                                   "2", "--quiet", "--resume"])
+    assert f"{corpus}: folder has files and is not a spikefm run" in line
+    assert snapshot(tmp_path) == before  # no lock file either
+
+
+def test_finetune_into_the_pretrained_run_or_a_project_folder_keeps_them(ndt_run, built, tmp_path,
+                                                                         capsys):
+    """The default strategy (auto) copied the chosen candidate's weights over OUT: with OUT the
+    pretraining run, its model.safetensors was replaced (exit 0)."""
+    from spikefm import Corpus
+
+    session = Corpus(built).session_ids("test")[0]
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    base = ["finetune", str(ndt_run), "--data", str(built), "--session", session, "--steps", "2",
+            "--quiet", "--out"]
+    line = one_error_line(capsys, base + [str(ndt_run)])
+    assert line == (f"spikefm: error: {ndt_run} holds another training run, whose files "
+                    "fine-tuning would replace; nothing was written: use a new --out")
+    line = one_error_line(capsys, base + [str(proj)])
+    assert f"{proj}: folder has files and is not a spikefm run (found 'notes.txt')" in line
+    line = one_error_line(capsys, base + [str(proj), "--freeze-core"])
+    assert f"{proj}: folder has files and is not a spikefm run (found 'notes.txt')" in line
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "finetune.json").write_text("{}")
+    line = one_error_line(capsys, base + [str(tmp_path / "done")])
+    assert "already holds a finished fine-tuning (finetune.json)" in line
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("done")} == before
+
+
+# --- outputs that would replace a user's file ----------------------------------------------------
+
+def test_output_file_of_another_kind_or_of_a_run_is_refused(corpus, tmp_path, capsys):
+    """``--out session.nwb`` replaced the recording with an .npz / HTML (exit 0), and
+    ``--out RUN/config.json`` replaced the run's description."""
+    rec = tmp_path / "session.nwb"
+    rec.write_bytes(b"the user's recording")
+    before = snapshot(tmp_path)
+    line = one_error_line(capsys, ["generate", str(tmp_path / "run"), "--units", "4", "--bins", "4",
+                                   "--out", str(rec)])
+    assert line == (f"spikefm: error: --out {rec}: expected a file name ending in .npz, got .nwb; "
+                    "nothing was written (another ending could be one of your files): give e.g. "
+                    "session.npz")
+    line = one_error_line(capsys, ["report", str(corpus), "--out", str(rec)])
+    assert "expected a file name ending in .html or .htm, got .nwb" in line
+    line = one_error_line(capsys, ["ngram", "--data", str(corpus), "--order", "1", "--quiet",
+                                   "--out", str(corpus / "manifest.json")])
+    assert line == (f"spikefm: error: --out {corpus / 'manifest.json'}: that file belongs to the "
+                    f"spikefm run or corpus in {corpus}; writing it would damage that folder: give "
+                    "another name")
+    assert snapshot(tmp_path) == before
+
+
+# --- report: damaged inputs are one line naming the file ------------------------------------------
+
+def test_report_of_damaged_metrics_or_generated_file_is_one_line(corpus, tmp_path, capsys):
+    import json
+
+    from spikefm import families
+    from spikefm.train.config import config_to_dict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = families.run_config("ar", corpus=str(corpus))
+    (run / "config.json").write_text(json.dumps({"family": "ar", "config": config_to_dict(cfg)}))
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": null}\n')
+    out = tmp_path / "r.html"
+    assert cli_main(["report", str(run), "--out", str(out)]) == 0  # a null loss is drawn as missing
+    out.unlink()
+    capsys.readouterr()
+    (run / "metrics.jsonl").write_text('{"step": "x", "loss": 1.0}\n{"step": 2, "loss": 1.0}\n')
+    line = one_error_line(capsys, ["report", str(run), "--out", str(out)])
+    assert line == (f"spikefm: error: {run / 'metrics.jsonl'}: line 1 has step 'x'; expected an "
+                    "integer step (the metrics.jsonl that spikefm train writes)")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    (tmp_path / "g.npz").write_bytes(os.urandom(100))
+    line = one_error_line(capsys, ["report", str(run), "--out", str(out), "--generated",
+                                   str(tmp_path / "g.npz")])
+    assert line.startswith(f"spikefm: error: {tmp_path / 'g.npz'}: not a readable .npz (")
+    assert line.endswith("expected the .npz that spikefm generate writes")
+    assert not out.exists() and not list(tmp_path.glob(".r.html*"))
+
+
+# --- quickstart: never replaces a user's folder or run --------------------------------------------
+
+def test_quickstart_refuses_a_project_folder_and_a_users_run(corpus, tmp_path, capsys):
+    import json
+
+    proj = tmp_path / "proj"
+    (proj / "run_ar").mkdir(parents=True)
+    (proj / "notes.txt").write_text("mine")
+    line = one_error_line(capsys, ["quickstart", "--out", str(proj), "--fast"])
+    assert line.startswith(f"spikefm: error: {proj}: folder has files the quickstart did not write "
+                           "(found 'notes.txt')")
+    (proj / "notes.txt").unlink()
+    (proj / "run_ar" / "config.json").write_text(json.dumps({"corpus": str(corpus)}))
+    before = snapshot(tmp_path)
+    line = one_error_line(capsys, ["quickstart", "--out", str(proj), "--fast"])
+    assert line.startswith(f"spikefm: error: {proj / 'run_ar'} is not a run the quickstart made "
+                           f"(trained on {corpus}, not {proj / 'corpus'})")
+    assert snapshot(tmp_path) == before
+
+
+# --- experiment transfer: settings and folder checked before any data is synthesized --------------
+
+def test_transfer_study_checks_settings_and_folder_before_writing(tmp_path, capsys):
+    line = one_error_line(capsys, ["experiment", "transfer", "--out", str(tmp_path / "st"), "--seeds",
+                                   "1", "--set", "optim.lr=nan"])
+    assert "invalid value for 'optim.lr': expected a finite float" in line
+    assert not (tmp_path / "st").exists()
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "notes.txt").write_text("mine")
+    line = one_error_line(capsys, ["experiment", "transfer", "--out", str(proj), "--seeds", "1"])
+    assert line == (f"spikefm: error: {proj}: folder has files that are not a transfer study's "
+                    "(found 'notes.txt'); nothing was changed: give a new or empty folder (--out)")
+    assert sorted(p.name for p in proj.iterdir()) == ["notes.txt"]
+
+
+def test_a_failed_atomic_write_names_the_target_not_the_temporary(tmp_path):
+    from spikefm.fileio import write_atomic
+
+    def fail(tmp):
+        raise OSError(30, "Read-only file system", str(tmp))
+
+    with pytest.raises(OSError) as info:
+        write_atomic(tmp_path / "fig.png", fail)
+    assert info.value.filename == str(tmp_path / "fig.png")
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from spikefm.argtypes import int_list as _int_list
 from spikefm.argtypes import positive_float as _positive_float
 from spikefm.argtypes import positive_int as _positive_int
 from spikefm.argtypes import units_range as _units_range
+from spikefm.fileio import check_output_file
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -86,9 +87,48 @@ def cmd_corpus_import(args) -> int:
     return 0
 
 
+#: What ``spikefm quickstart`` writes into OUT, and the corpus each of its runs is trained on.
+QUICKSTART_NAMES = ("nwb", "corpus", "figures", "run_ar", "results_ar.json", "generated.npz",
+                    "generated.png", "nwb_ndt", "corpus_sessions", "run_ndt_pretrain",
+                    "run_ndt_finetune", "run_ndt_single", "results_ndt.json", "predictions_ndt",
+                    "report.html")
+QUICKSTART_RUNS = {"run_ar": "corpus", "run_ndt_pretrain": "corpus_sessions",
+                   "run_ndt_finetune": "corpus_sessions", "run_ndt_single": "corpus_sessions"}
+
+
+def check_quickstart_out(out: str | Path) -> None:
+    """The quickstart replaces its own runs when run again: refuse a folder holding anything it
+    did not write, or a run folder of the same name trained on another corpus (a user's run)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder; give a folder for the quickstart (--out)")
+    other = sorted(p.name for p in out.iterdir()
+                   if not p.name.startswith(".") and p.name not in QUICKSTART_NAMES)
+    if other:
+        raise ValueError(f"{out}: folder has files the quickstart did not write (found {other[0]!r}); "
+                         "nothing was changed: give a new or empty folder, or an earlier quickstart's (--out)")
+    for name, corpus in QUICKSTART_RUNS.items():
+        run = out / name
+        if not run.is_dir() or not [p for p in run.iterdir() if not p.name.startswith(".")]:
+            continue  # absent, or made by a quickstart killed before it wrote anything there
+        try:
+            info = json.loads((run / "config.json").read_text())
+            # the absolute path recorded at training time, else the configured (maybe relative) one
+            trained_on = info.get("corpus") or info["config"]["data"]["corpus"]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            trained_on = None
+        if trained_on is None or Path(trained_on).resolve() != (out / corpus).resolve():
+            raise ValueError(f"{run} is not a run the quickstart made (trained on "
+                             f"{trained_on or 'an unknown corpus'}, not {out / corpus}); the quickstart "
+                             "would replace it: nothing was changed, give another --out")
+
+
 def cmd_quickstart(args) -> int:
     from spikefm.quickstart import run_quickstart
 
+    check_quickstart_out(args.out)
     run_quickstart(args.out, fast=args.fast)
     return 0
 
@@ -150,6 +190,8 @@ def cmd_eval(args) -> int:
     from spikefm import families
     from spikefm.fileio import write_json_atomic
 
+    if args.out:
+        check_output_file(args.out, (".json",), "--out")
     fam = families.family_of_run(args.run_dir)
     options = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k) is not None}
     accepted = inspect.signature(fam.evaluate).parameters
@@ -175,6 +217,18 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _check_study_out(out: Path) -> None:
+    """A study folder is new, empty or an earlier study's (seed_<s>/ folders, transfer.json)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder; give a folder for the study (--out)")
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
+                   and not p.name.startswith("seed_") and p.name != "transfer.json") \
+        if out.is_dir() else []
+    if other:
+        raise ValueError(f"{out}: folder has files that are not a transfer study's (found "
+                         f"{other[0]!r}); nothing was changed: give a new or empty folder (--out)")
+
+
 def cmd_experiment_transfer(args) -> int:
     from spikefm.experiments.transfer import transfer_study
 
@@ -182,6 +236,12 @@ def cmd_experiment_transfer(args) -> int:
                                  ("protocol", args.protocol)) if v is not None}
     if args.tasks:
         options["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    _check_study_out(Path(args.out))
+    # the pretraining settings, checked before any data is synthesized
+    from spikefm import families
+
+    families.run_config(args.model or "ndt", preset=args.preset, corpus=str(Path(args.out)),
+                        overrides=list(args.set or []), protocol=args.protocol)
     transfer_study(args.out, seeds=args.seeds, sessions=args.sessions, duration_s=args.duration_s,
                    preset=args.preset, synth_preset=args.synth_preset,
                    finetune_steps=args.finetune_steps, strategy=args.strategy,
@@ -193,6 +253,8 @@ def cmd_experiment_transfer(args) -> int:
 
 def cmd_report(args) -> int:
     from spikefm.report import write_report
+
+    check_output_file(args.out, (".html", ".htm"), "--out")
 
     command = " ".join(["spikefm", "report", str(args.path), "--out", str(args.out)]
                        + (["--predictions", str(args.predictions)] if args.predictions else [])

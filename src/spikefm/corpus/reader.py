@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +33,21 @@ def shard_errors(shard: str | Path) -> Iterator[None]:
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ValueError(f"{shard}: not a readable Parquet shard ({detail}); the corpus is "
                          f"damaged: {rebuild}") from None
+
+
+def _check_shard(shard: Path) -> None:
+    """A listed shard exists and starts and ends with Parquet's magic bytes (two small reads),
+    so that a missing, empty or truncated shard is found when the corpus is opened, by every
+    reader, and not as a bare pyarrow error deep in training."""
+    with shard_errors(shard):
+        with open(shard, "rb") as f:
+            head = f.read(4)
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - 4, 0))
+            tail = f.read(4)
+        if size < 12 or head != b"PAR1" or tail != b"PAR1":
+            raise pa.ArrowInvalid(f"{size:,} bytes, no Parquet magic bytes at both ends: "
+                                  "empty, truncated or not Parquet")
 
 
 @dataclass
@@ -109,6 +125,9 @@ class Corpus:
         self.manifest_record: Manifest = read_manifest(self.path)
         #: The manifest as the JSON object on disk (a dict; ``manifest_record.to_dict()``).
         self.manifest: dict = self.manifest_record.to_dict()
+        for split in self.manifest["splits"]:
+            for shard in self.shards(split):
+                _check_shard(shard)
 
     def __repr__(self) -> str:
         s = self.manifest["splits"]

@@ -330,3 +330,43 @@ def test_a_failed_atomic_write_names_the_target_not_the_temporary(tmp_path):
         write_atomic(tmp_path / "fig.png", fail)
     assert info.value.filename == str(tmp_path / "fig.png")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the command line process: warnings are one line; Ctrl-C after the work is done --------------
+
+def _command_line(code: str, tmp_path) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+
+
+def test_command_line_warnings_are_one_line_each(corpus, tmp_path):
+    """Python's format is two lines (the message and the source line that warned)."""
+    p = _command_line(
+        "import sys, warnings; from spikefm import cli\n"
+        "def info(args):\n"
+        "    warnings.warn('c10 is not the corpus\\nthe run was trained on', RuntimeWarning)\n"
+        "    return 0\n"
+        "cli.cmd_corpus_info = info\n"
+        f"sys.argv = ['spikefm', 'corpus', 'info', {str(corpus)!r}]\n"
+        "sys.exit(cli.main())\n", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == ["spikefm: warning: c10 is not the corpus the run was trained on"]
+
+
+def test_ctrl_c_after_the_command_finished_keeps_its_exit_status(corpus, tmp_path):
+    """A Ctrl-C during interpreter teardown killed the process by SIGINT (status -2, no line)
+    although everything was written; it now leaves at once with the command's own status."""
+    p = _command_line(
+        "import os, signal, sys, time; from spikefm import cli\n"
+        f"sys.argv = ['spikefm', 'corpus', 'info', {str(corpus)!r}]\n"
+        "code = cli.main()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(30)\n"
+        "print('not reached')\n", tmp_path)
+    assert p.returncode == 0 and "not reached" not in p.stdout, (p.returncode, p.stderr)
+    assert "sessions" in p.stdout and p.stderr == ""

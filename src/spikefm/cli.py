@@ -510,15 +510,43 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one line (not the two of the default format, with a source line)."""
+    print(f"spikefm: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
+def _leave_on_ctrl_c(code: int) -> None:
+    """The command has finished and written everything: a Ctrl-C during interpreter teardown
+    (seconds with torch loaded) ends the process at once with the command's own exit status,
+    instead of killing it by SIGINT with no message."""
+    import os
+    import signal
+
+    def leave(*_):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    try:
+        signal.signal(signal.SIGINT, leave)
+    except ValueError:  # not the main thread (main() called from a library user's thread)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one ``spikefm`` command. Every failure prints one line ``spikefm: error: ...`` and
     returns 2 (bad input) or 1 (an operation failed: file system, memory, an internal error);
     ``--debug`` (anywhere on the line) or SPIKEFM_DEBUG=1 shows the traceback instead."""
     import os
 
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("SPIKEFM_DEBUG"))
     argv = [a for a in argv if a != "--debug"]
+    if from_command_line and not debug:
+        import warnings
+
+        warnings.showwarning = _warning_line
     try:
         args = build_parser().parse_args(argv)
         code = args.func(args)
@@ -542,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikefm: error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with "
               "--debug for the traceback and report it", file=sys.stderr)
         return 1
+    if from_command_line:
+        _leave_on_ctrl_c(code)
     if "torch" in sys.modules:  # a torchrun worker that finished: leave without C++ teardown
         from spikefm.train.dist import exit_worker
 

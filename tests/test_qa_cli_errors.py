@@ -155,13 +155,13 @@ def test_truncated_shard_stops_training_before_the_run_folder_is_made(corpus, tm
 # --- atomic writes: a folder in the way, or a file among the parents ------------------------------
 
 def test_results_path_that_is_a_folder_or_under_a_file_is_one_line(corpus, tmp_path, capsys):
-    (tmp_path / "res").mkdir()
-    (tmp_path / "res" / "keep.txt").write_text("mine")
+    (tmp_path / "res.json").mkdir()
+    (tmp_path / "res.json" / "keep.txt").write_text("mine")
     (tmp_path / "f").write_text("mine")
     before = snapshot(tmp_path)
     base = ["ngram", "--data", str(corpus), "--order", "1", "--quiet", "--out"]
-    line = one_error_line(capsys, base + [str(tmp_path / "res")])
-    assert line == (f"spikefm: error: {tmp_path / 'res'} is a folder, not a file; give the path "
+    line = one_error_line(capsys, base + [str(tmp_path / "res.json")])
+    assert line == (f"spikefm: error: {tmp_path / 'res.json'} is a folder, not a file; give the path "
                     "of a file to write (a new name, or a file to replace)")
     line = one_error_line(capsys, base + [str(tmp_path / "f" / "sub" / "r.json")])
     assert line == (f"spikefm: error: cannot write {tmp_path / 'f' / 'sub' / 'r.json'}: "
@@ -370,3 +370,15 @@ def test_ctrl_c_after_the_command_finished_keeps_its_exit_status(corpus, tmp_pat
         "print('not reached')\n", tmp_path)
     assert p.returncode == 0 and "not reached" not in p.stdout, (p.returncode, p.stderr)
     assert "sessions" in p.stdout and p.stderr == ""
+
+
+def test_absurd_bin_width_is_refused_by_the_parser(tmp_path, capsys):
+    """A 3-year bin overflowed a C integer deep in the build ('Value ... too large to fit')."""
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit
+        cli_main(["corpus", "build", str(tmp_path), "--out", str(tmp_path / "c"), "--bin-ms",
+                  "99999999999"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == ["spikefm corpus build: error: argument --bin-ms: expected a positive "
+                               "integer <= 60,000 ms (one minute), got 99,999,999,999 (see spikefm "
+                               "corpus build -h)"]
+    assert not (tmp_path / "c").exists()

@@ -12,6 +12,7 @@ from spikefm.argtypes import fraction as _fraction
 from spikefm.argtypes import int_list as _int_list
 from spikefm.argtypes import positive_float as _positive_float
 from spikefm.argtypes import positive_int as _positive_int
+from spikefm.argtypes import positive_int_at_most as _positive_int_at_most
 from spikefm.argtypes import units_range as _units_range
 from spikefm.fileio import check_output_file
 
@@ -297,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("inputs", nargs="+", metavar="INPUT",
                    help=".nwb file, folder (searched recursively), or dandi:ID[@VERSION][/GLOB]")
     b.add_argument("--out", required=True, help="corpus folder")
-    b.add_argument("--bin-ms", type=_positive_int, default=20)
+    b.add_argument("--bin-ms", type=_positive_int_at_most(60_000, " ms (one minute)"), default=20)
     b.add_argument("--max-row-tokens", type=_positive_int, default=10_000_000)
     b.add_argument("--test-fraction", type=_fraction, default=0.01)
     b.add_argument("--split", choices=["session", "row"], default="session",

@@ -382,3 +382,24 @@ def test_absurd_bin_width_is_refused_by_the_parser(tmp_path, capsys):
                                "integer <= 60,000 ms (one minute), got 99,999,999,999 (see spikefm "
                                "corpus build -h)"]
     assert not (tmp_path / "c").exists()
+
+
+def test_absurd_batch_size_is_refused_before_the_run_starts(corpus, tmp_path, capsys):
+    """It was accepted and the loader gathered windows until killed."""
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(tmp_path / "r"),
+                                   "--steps", "2", "--quiet", "--set",
+                                   "train.batch_size=99999999999999999999999"])
+    assert line == ("spikefm: error: train.batch_size must be at most 1,048,576 sequences per step "
+                    "(no machine holds more), got 99,999,999,999,999,999,999,999")
+    assert not (tmp_path / "r").exists()
+
+
+def test_manifest_with_a_non_finite_number_is_refused(corpus, capsys):
+    import json
+
+    path = (corpus / "manifest.json").resolve()
+    m = json.loads(path.read_text())
+    m["sessions"][0]["duration_s"] = float("nan")
+    path.write_text(json.dumps(m))
+    line = one_error_line(capsys, ["corpus", "info", str(corpus)])
+    assert "key 'sessions[0].duration_s' must be a finite number, found nan" in line

@@ -241,7 +241,12 @@ def cmd_experiment_transfer(args) -> int:
     # the pretraining settings, checked before any data is synthesized
     from spikefm import families
 
-    families.run_config(args.model or "ndt", preset=args.preset, corpus=str(Path(args.out)),
+    import inspect
+
+    from spikefm.experiments.transfer import transfer
+
+    family = args.model or inspect.signature(transfer).parameters["family"].default
+    families.run_config(family, preset=args.preset, corpus=str(Path(args.out)),
                         overrides=list(args.set or []), protocol=args.protocol)
     transfer_study(args.out, seeds=args.seeds, sessions=args.sessions, duration_s=args.duration_s,
                    preset=args.preset, synth_preset=args.synth_preset,

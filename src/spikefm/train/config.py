@@ -127,6 +127,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"train.{name} must be an int >= 0, got {value!r}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ValueError(f"train.batch_size must be at most {MAX_BATCH_SIZE:,} sequences per step "
+                             f"(no machine holds more), got {self.batch_size:,}")
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum "
@@ -149,6 +152,11 @@ class TrainConfig:
                 "train.grad_accum"
             )
         return self.batch_size // per_step
+
+
+#: Largest accepted global batch (sequences per optimizer step): beyond any machine, so a typo
+#: fails at once instead of gathering the batch's windows for hours.
+MAX_BATCH_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -403,3 +403,28 @@ def test_manifest_with_a_non_finite_number_is_refused(corpus, capsys):
     path.write_text(json.dumps(m))
     line = one_error_line(capsys, ["corpus", "info", str(corpus)])
     assert "key 'sessions[0].duration_s' must be a finite number, found nan" in line
+
+
+def test_ctrl_c_swallowed_by_a_garbage_collector_callback_still_interrupts(corpus, tmp_path):
+    """Python ignores an exception raised in a weakref/__del__ callback (a traceback, and the
+    command went on to exit 0); the command line delivers it again as one 'interrupted' line."""
+    p = _command_line(
+        "import gc, sys, time; from spikefm import cli\n"
+        "class Dropped:\n"
+        "    def __del__(self):\n"
+        "        raise KeyboardInterrupt  # as if Ctrl-C arrived while this ran\n"
+        "def info(args):\n"
+        "    Dropped()\n"
+        "    gc.collect()\n"
+        "    for _ in range(300):\n"
+        "        time.sleep(0.1)\n"
+        "    print('not interrupted')\n"
+        "    return 0\n"
+        "cli.cmd_corpus_info = info\n"
+        f"sys.argv = ['spikefm', 'corpus', 'info', {str(corpus)!r}]\n"
+        "sys.exit(cli.main())\n", tmp_path)
+    assert p.returncode == 130 and "not interrupted" not in p.stdout, (p.returncode, p.stderr)
+    assert p.stderr.splitlines() == ["spikefm: error: interrupted (Ctrl-C); nothing was "
+                                     "half-written (writes go to temporary names); run the command "
+                                     "again (builds reuse finished sessions, training continues "
+                                     "with --resume)"]

@@ -521,6 +521,20 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"spikefm: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
+def _unraisable(hook_args) -> None:
+    """A Ctrl-C that lands in a garbage-collector callback is swallowed by Python (a traceback
+    'Exception ignored in ...' and the command goes on); deliver it again to the main thread,
+    where it ends the command with the one 'interrupted' line."""
+    if hook_args.exc_type is not None and issubclass(hook_args.exc_type, KeyboardInterrupt):
+        import _thread
+        import threading
+
+        # from another thread, a moment later: raised here, it would be swallowed again
+        threading.Timer(0.05, _thread.interrupt_main).start()
+        return
+    sys.__unraisablehook__(hook_args)
+
+
 def _leave_on_ctrl_c(code: int) -> None:
     """The command has finished and written everything: a Ctrl-C during interpreter teardown
     (seconds with torch loaded) ends the process at once with the command's own exit status,
@@ -553,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         import warnings
 
         warnings.showwarning = _warning_line
+        sys.unraisablehook = _unraisable
     try:
         args = build_parser().parse_args(argv)
         code = args.func(args)

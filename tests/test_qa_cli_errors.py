@@ -318,6 +318,10 @@ def test_transfer_study_checks_settings_and_folder_before_writing(tmp_path, caps
     assert line == (f"spikefm: error: {proj}: folder has files that are not a transfer study's "
                     "(found 'notes.txt'); nothing was changed: give a new or empty folder (--out)")
     assert sorted(p.name for p in proj.iterdir()) == ["notes.txt"]
+    line = one_error_line(capsys, ["experiment", "transfer", "--out", str(tmp_path / "st"), "--seeds",
+                                   "1", "--model", "ar"])
+    assert "the 'ar' family does not support fine-tuning to a new session" in line
+    assert not (tmp_path / "st").exists()  # refused before data was synthesized for it
 
 
 def test_a_failed_atomic_write_names_the_target_not_the_temporary(tmp_path):

@@ -38,7 +38,7 @@ def test_stray_spike_is_dropped_counted_and_the_rest_binned_exactly(files, tmp_p
     rc = cli_main(["corpus", "build", str(tmp_path / "in"), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 0
-    assert err == [f"warning: {stray.resolve()}: left out 1 spike time(s) after the recording's "
+    assert err == [f"spikefm: warning: {stray.resolve()}: left out 1 spike time(s) after the recording's "
                    f"end ({max(u.max() for u in real):.6g} s) (--spikes-past-end drop)"]
     corpus = Corpus(out)
     s = corpus.session("stray")
@@ -61,7 +61,7 @@ def test_error_policy_skips_the_file_with_one_line_and_builds_the_others(files, 
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     (line,) = [e for e in err if "stray.nwb" in e]
-    assert line.startswith(f"skipped: {stray}: 1 spike time(s) lie after the recording's end")
+    assert line.startswith(f"spikefm: warning: skipped {stray}: 1 spike time(s) lie after the recording's end")
     assert "latest at 1e+09 s" in line and "--spikes-past-end drop" in line
     m = Corpus(out).manifest
     assert sorted(s["session_id"] for s in m["sessions"]) == ["good0", "good1"]
@@ -134,8 +134,8 @@ def test_memory_error_in_one_file_skips_it_with_one_line(files, tmp_path, monkey
                    "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
-    (line,) = [e for e in err if e.startswith("skipped:")]
-    assert line.startswith(f"skipped: {stray}: out of memory while reading or binning it "
+    (line,) = [e for e in err if e.startswith("spikefm: warning: skipped")]
+    assert line.startswith(f"spikefm: warning: skipped {stray}: out of memory while reading or binning it "
                            "(MemoryError: Unable to allocate 250. GiB")
     assert sorted(s["session_id"] for s in Corpus(tmp_path / "c").sessions) == ["good0", "good1"]
 
@@ -158,10 +158,11 @@ def test_a_worker_killed_while_building_a_file_skips_only_that_file(tmp_path, mo
                    "--workers", "2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
-    assert err[-2:] == [f"skipped: {folder / 'ses-2.nwb'}: the worker process building it died "
+    assert err[-2:] == [f"spikefm: warning: skipped {folder / 'ses-2.nwb'}: the worker process building it died "
                         "(killed by the system, most likely for running out of memory); skipped",
-                        f"1 input(s) skipped; listed under \"skipped\" in {tmp_path / 'c'}/"
-                        "manifest.json"]
+                        f"spikefm: error: 1 input(s) skipped; listed under \"skipped\" in "
+                        f"{tmp_path / 'c'}/manifest.json; the other 4 session(s) were built: fix "
+                        "or remove the skipped inputs and run again (built sessions are reused)"]
     got = Corpus(tmp_path / "c")
     assert sorted(s["session_id"] for s in got.sessions) == ["ses-0", "ses-1", "ses-3", "ses-4"]
     monkeypatch.setattr(build_mod, "session_rows", real_rows)

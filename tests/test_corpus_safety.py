@@ -261,7 +261,7 @@ def test_session_whose_units_have_no_spikes_is_skipped_with_one_line(inputs, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     skipped = [line for line in err if "silent.nwb" in line]
-    assert skipped == [f"skipped: {empty}: its 3 units have no spikes at all; a session needs "
+    assert skipped == [f"spikefm: warning: skipped {empty}: its 3 units have no spikes at all; a session needs "
                        "at least one spike to be binned (skipped)"]
     m = Corpus(out).manifest
     assert "silent" not in {s["session_id"] for s in m["sessions"]}

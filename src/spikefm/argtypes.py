@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_int", "finite_float", "positive_float", "fraction", "int_list", "units_range"]
+__all__ = ["positive_int", "positive_int_at_most", "finite_float", "positive_float", "fraction", "int_list", "units_range"]
 
 
 def positive_int(text: str) -> int:
@@ -17,6 +17,18 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def positive_int_at_most(limit: int, unit: str = ""):
+    """An argument type: a positive integer up to ``limit`` (e.g. a bin width in ms)."""
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"expected a positive integer <= {limit:,}{unit}, "
+                                             f"got {value:,}")
+        return value
+
+    return parse
 
 
 def _number(text: str, expected: str) -> float:

@@ -12,7 +12,9 @@ from spikefm.argtypes import fraction as _fraction
 from spikefm.argtypes import int_list as _int_list
 from spikefm.argtypes import positive_float as _positive_float
 from spikefm.argtypes import positive_int as _positive_int
+from spikefm.argtypes import positive_int_at_most as _positive_int_at_most
 from spikefm.argtypes import units_range as _units_range
+from spikefm.fileio import check_output_file
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -50,8 +52,10 @@ def cmd_corpus_build(args) -> int:
         print(f"  {m['num_human_sessions']} human session(s): check consent/licence terms "
               "before sharing")
     if report.skipped:
-        print(f"{len(report.skipped)} input(s) skipped; listed under \"skipped\" in "
-              f"{args.out}/manifest.json", file=sys.stderr)
+        print(f"spikefm: error: {len(report.skipped)} input(s) skipped; listed under \"skipped\" in "
+              f"{args.out}/manifest.json; the other {m['num_sessions']} session(s) were built: fix "
+              "or remove the skipped inputs and run again (built sessions are reused)",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -84,9 +88,48 @@ def cmd_corpus_import(args) -> int:
     return 0
 
 
+#: What ``spikefm quickstart`` writes into OUT, and the corpus each of its runs is trained on.
+QUICKSTART_NAMES = ("nwb", "corpus", "figures", "run_ar", "results_ar.json", "generated.npz",
+                    "generated.png", "nwb_ndt", "corpus_sessions", "run_ndt_pretrain",
+                    "run_ndt_finetune", "run_ndt_single", "results_ndt.json", "predictions_ndt",
+                    "report.html")
+QUICKSTART_RUNS = {"run_ar": "corpus", "run_ndt_pretrain": "corpus_sessions",
+                   "run_ndt_finetune": "corpus_sessions", "run_ndt_single": "corpus_sessions"}
+
+
+def check_quickstart_out(out: str | Path) -> None:
+    """The quickstart replaces its own runs when run again: refuse a folder holding anything it
+    did not write, or a run folder of the same name trained on another corpus (a user's run)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder; give a folder for the quickstart (--out)")
+    other = sorted(p.name for p in out.iterdir()
+                   if not p.name.startswith(".") and p.name not in QUICKSTART_NAMES)
+    if other:
+        raise ValueError(f"{out}: folder has files the quickstart did not write (found {other[0]!r}); "
+                         "nothing was changed: give a new or empty folder, or an earlier quickstart's (--out)")
+    for name, corpus in QUICKSTART_RUNS.items():
+        run = out / name
+        if not run.is_dir() or not [p for p in run.iterdir() if not p.name.startswith(".")]:
+            continue  # absent, or made by a quickstart killed before it wrote anything there
+        try:
+            info = json.loads((run / "config.json").read_text())
+            # the absolute path recorded at training time, else the configured (maybe relative) one
+            trained_on = info.get("corpus") or info["config"]["data"]["corpus"]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            trained_on = None
+        if trained_on is None or Path(trained_on).resolve() != (out / corpus).resolve():
+            raise ValueError(f"{run} is not a run the quickstart made (trained on "
+                             f"{trained_on or 'an unknown corpus'}, not {out / corpus}); the quickstart "
+                             "would replace it: nothing was changed, give another --out")
+
+
 def cmd_quickstart(args) -> int:
     from spikefm.quickstart import run_quickstart
 
+    check_quickstart_out(args.out)
     run_quickstart(args.out, fast=args.fast)
     return 0
 
@@ -148,6 +191,8 @@ def cmd_eval(args) -> int:
     from spikefm import families
     from spikefm.fileio import write_json_atomic
 
+    if args.out:
+        check_output_file(args.out, (".json",), "--out")
     fam = families.family_of_run(args.run_dir)
     options = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k) is not None}
     accepted = inspect.signature(fam.evaluate).parameters
@@ -173,6 +218,18 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _check_study_out(out: Path) -> None:
+    """A study folder is new, empty or an earlier study's (seed_<s>/ folders, transfer.json)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder; give a folder for the study (--out)")
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
+                   and not p.name.startswith("seed_") and p.name != "transfer.json") \
+        if out.is_dir() else []
+    if other:
+        raise ValueError(f"{out}: folder has files that are not a transfer study's (found "
+                         f"{other[0]!r}); nothing was changed: give a new or empty folder (--out)")
+
+
 def cmd_experiment_transfer(args) -> int:
     from spikefm.experiments.transfer import transfer_study
 
@@ -180,6 +237,21 @@ def cmd_experiment_transfer(args) -> int:
                                  ("protocol", args.protocol)) if v is not None}
     if args.tasks:
         options["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    _check_study_out(Path(args.out))
+    # the pretraining settings, checked before any data is synthesized
+    from spikefm import families
+
+    import inspect
+
+    from spikefm.experiments.transfer import transfer
+
+    family = args.model or inspect.signature(transfer).parameters["family"].default
+    families.run_config(family, preset=args.preset, corpus=str(Path(args.out)),
+                        overrides=list(args.set or []), protocol=args.protocol)
+    if not hasattr(families.get(family), "finetune_config"):
+        raise ValueError(f"the {family!r} family does not support fine-tuning to a new session, "
+                         "which a transfer study needs; choose a family with per-session "
+                         "parameters (--model)")
     transfer_study(args.out, seeds=args.seeds, sessions=args.sessions, duration_s=args.duration_s,
                    preset=args.preset, synth_preset=args.synth_preset,
                    finetune_steps=args.finetune_steps, strategy=args.strategy,
@@ -191,6 +263,8 @@ def cmd_experiment_transfer(args) -> int:
 
 def cmd_report(args) -> int:
     from spikefm.report import write_report
+
+    check_output_file(args.out, (".html", ".htm"), "--out")
 
     command = " ".join(["spikefm", "report", str(args.path), "--out", str(args.out)]
                        + (["--predictions", str(args.predictions)] if args.predictions else [])
@@ -233,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("inputs", nargs="+", metavar="INPUT",
                    help=".nwb file, folder (searched recursively), or dandi:ID[@VERSION][/GLOB]")
     b.add_argument("--out", required=True, help="corpus folder")
-    b.add_argument("--bin-ms", type=_positive_int, default=20)
+    b.add_argument("--bin-ms", type=_positive_int_at_most(60_000, " ms (one minute)"), default=20)
     b.add_argument("--max-row-tokens", type=_positive_int, default=10_000_000)
     b.add_argument("--test-fraction", type=_fraction, default=0.01)
     b.add_argument("--split", choices=["session", "row"], default="session",
@@ -400,19 +474,88 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
+#: What to do about an OS error the user's paths or machine can cause, by errno.
+_OS_HINTS = {
+    "ENOENT": "check the path",
+    "ENOTDIR": "a part of the path is a file, not a folder; choose another path",
+    "EEXIST": "something of that name is in the way; choose another path or move it",
+    "EISDIR": "that is a folder; give a file path",
+    "EACCES": "choose a folder you can read and write, or fix its permissions",
+    "EPERM": "choose a folder you can read and write, or fix its permissions",
+    "EROFS": "the file system is read-only; choose a writable folder",
+    "ELOOP": "a symbolic link points back to itself; fix or remove the link",
+    "ENAMETOOLONG": "use a shorter path",
+    "ENOSPC": "free space there (nothing was half-written: writes go to temporary names)",
+    "EDQUOT": "free space in your quota (nothing was half-written: writes go to temporary names)",
+}
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch reports a failed allocation as a RuntimeError (torch.OutOfMemoryError on GPUs)."""
+    text = str(exc)
+    return (type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError)
+                and ("can't allocate memory" in text or "out of memory" in text.lower())))
+
+
 def _one_line(exc: BaseException) -> str:
+    import errno
+
     if isinstance(exc, KeyError) and exc.args:
         msg = str(exc.args[0])
     elif isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         msg = f"{exc.strerror}{where}"
-        if exc.errno == 28:
-            msg += "; free space there (nothing was half-written: writes go to temporary names)"
-    elif isinstance(exc, MemoryError):
-        msg = "out of memory; use smaller sizes (e.g. --set train.batch_size=...) or a larger machine"
+        hint = _OS_HINTS.get(errno.errorcode.get(exc.errno or 0, ""))
+        if hint:
+            msg += f"; {hint}"
+    elif isinstance(exc, MemoryError) or _is_out_of_memory(exc):
+        import re
+
+        wanted = re.search(r"allocate (\d+) bytes", str(exc))
+        size = f" (tried to allocate {int(wanted.group(1)) / 1e9:.3g} GB)" if wanted else ""
+        msg = (f"out of memory{size}; use smaller sizes (fewer units, bins or sessions, a smaller model "
+               "or batch, e.g. --set train.batch_size=...) or a machine with more memory")
     else:
         msg = str(exc) or type(exc).__name__
     return " ".join(msg.split())
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one line (not the two of the default format, with a source line)."""
+    print(f"spikefm: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
+def _unraisable(hook_args) -> None:
+    """A Ctrl-C that lands in a garbage-collector callback is swallowed by Python (a traceback
+    'Exception ignored in ...' and the command goes on); deliver it again to the main thread,
+    where it ends the command with the one 'interrupted' line."""
+    if hook_args.exc_type is not None and issubclass(hook_args.exc_type, KeyboardInterrupt):
+        import _thread
+        import threading
+
+        # from another thread, a moment later: raised here, it would be swallowed again
+        threading.Timer(0.05, _thread.interrupt_main).start()
+        return
+    sys.__unraisablehook__(hook_args)
+
+
+def _leave_on_ctrl_c(code: int) -> None:
+    """The command has finished and written everything: a Ctrl-C during interpreter teardown
+    (seconds with torch loaded) ends the process at once with the command's own exit status,
+    instead of killing it by SIGINT with no message."""
+    import os
+    import signal
+
+    def leave(*_):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    try:
+        signal.signal(signal.SIGINT, leave)
+    except ValueError:  # not the main thread (main() called from a library user's thread)
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,14 +564,24 @@ def main(argv: list[str] | None = None) -> int:
     ``--debug`` (anywhere on the line) or SPIKEFM_DEBUG=1 shows the traceback instead."""
     import os
 
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("SPIKEFM_DEBUG"))
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
+    if from_command_line and not debug:
+        import warnings
+
+        warnings.showwarning = _warning_line
+        sys.unraisablehook = _unraisable
     try:
+        args = build_parser().parse_args(argv)
         code = args.func(args)
     except KeyboardInterrupt:
-        print("spikefm: interrupted", file=sys.stderr)
+        if debug:
+            raise
+        print("spikefm: error: interrupted (Ctrl-C); nothing was half-written (writes go to "
+              "temporary names); run the command again (builds reuse finished sessions, "
+              "training continues with --resume)", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns failures into one line
         if debug:
@@ -437,12 +590,14 @@ def main(argv: list[str] | None = None) -> int:
                             IsADirectoryError, PermissionError)):
             print(f"spikefm: error: {_one_line(exc)}", file=sys.stderr)
             return 2
-        if isinstance(exc, (OSError, MemoryError)):
+        if isinstance(exc, (OSError, MemoryError)) or _is_out_of_memory(exc):
             print(f"spikefm: error: {_one_line(exc)}", file=sys.stderr)
             return 1
         print(f"spikefm: error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with "
               "--debug for the traceback and report it", file=sys.stderr)
         return 1
+    if from_command_line:
+        _leave_on_ctrl_c(code)
     if "torch" in sys.modules:  # a torchrun worker that finished: leave without C++ teardown
         from spikefm.train.dist import exit_worker
 

@@ -24,7 +24,8 @@ LOCK_NAME = ".spikefm.lock"
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` to create a temporary file beside ``path``, fsync it and rename it over
-    ``path``; on failure the temporary file is removed and ``path`` is untouched.
+    ``path``; on failure the temporary file is removed and ``path`` is untouched. A folder at
+    ``path`` or a file among its parents is a ``ValueError`` naming it.
 
     The temporary name is hidden and ends in ``.tmp-PID``, so a file left by a killed process
     never matches a pattern such as ``*.json`` or ``*.nwb``. Writers must therefore not pick a
@@ -32,17 +33,60 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     file object (``np.savez(f, ...)``, which would otherwise append ``.npz``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, action=f"write {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file; give the path of a file to write "
+                         "(a new name, or a file to replace)")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename == str(tmp):  # name the file the user asked for, not our temporary
+            exc.filename = str(path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def make_folder(path: str | os.PathLike, *, action: str | None = None,
+                fix: str = "choose another path") -> None:
+    """Create the folder ``path`` and its parents; a regular file in the way is one ValueError:
+    ``cannot {action}: {file} is a file, not a folder; {fix}``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
+        raise ValueError(f"cannot {action or f'create {path}'}: {blocker} is a file, not a folder; "
+                         f"{fix}") from None
+
+
+#: Files that describe a spikefm run or corpus folder: an output file must never replace one.
+_FOLDER_FILES = ("config.json", "metrics.jsonl", "manifest.json", "finetune.json",
+                 "early_stopping.json", "transfer.json", "model.safetensors")
+
+
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str) -> None:
+    """Refuse an output file name that could be one of the user's other files: it must end in
+    one of ``suffixes`` (so a typo cannot replace a recording, say ``--out session.nwb``) and may
+    not be a file that describes a spikefm run or corpus (``--out RUN/config.json``).
+
+    Raises:
+        ValueError: naming the flag, the path and what to give instead.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: expected a file name ending in {' or '.join(suffixes)}, "
+                         f"got {path.suffix or 'no ending'}; nothing was written (another ending "
+                         f"could be one of your files): give e.g. {path.with_suffix(suffixes[0]).name}")
+    if path.name in _FOLDER_FILES and any((path.parent / n).is_file() for n in _FOLDER_FILES):
+        raise ValueError(f"{flag} {path}: that file belongs to the spikefm run or corpus in "
+                         f"{path.parent}; writing it would damage that folder: give another name")
 
 
 def savez_atomic(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> Path:

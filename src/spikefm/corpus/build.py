@@ -621,7 +621,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
                 else:
                     metas.append(res)
                     if res.get("spikes_past_end"):
-                        print(f"warning: {res['provenance'].get('path', res['session_id'])}: "
+                        print(f"spikefm: warning: {res['provenance'].get('path', res['session_id'])}: "
                               f"left out {res['spikes_past_end']} spike time(s) after the "
                               f"recording's end ({res['recording_end_s']:.6g} s) "
                               "(--spikes-past-end drop)", file=sys.stderr)
@@ -638,7 +638,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
             msg = "; ".join(p["error"] for p in problems[:3]) or "no sessions"
             raise BuildError(f"no input could be built: {msg}")
         for p in problems:
-            print(f"skipped: {p['error']}", file=sys.stderr)
+            print(f"spikefm: warning: skipped {p['error']}", file=sys.stderr)
         manifest = finalize(folder, metas, problems, cfg, settings)
     return BuildReport(out_dir=out_dir, manifest=manifest, skipped=problems,
                        num_staged_now=len(metas) - reused, num_reused=reused)

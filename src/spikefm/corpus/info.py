@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..tables import render_table
-from .reader import Corpus
+from .reader import Corpus, shard_errors
 from .session import is_human_species
 
 #: Number of possible count values (uint8).
@@ -70,15 +70,16 @@ def _iter_count_batches(corpus: Corpus, max_rows: int | None,
     seen = 0
     for split in corpus.manifest["splits"]:
         for shard in corpus.shards(split):
-            pf = pq.ParquetFile(shard)
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=["spike_counts"]):
-                if max_rows is not None:
-                    if seen >= max_rows:
-                        return
-                    if seen + batch.num_rows > max_rows:
-                        batch = batch.slice(0, max_rows - seen)
-                seen += batch.num_rows
-                yield split, batch.num_rows, flat_counts(batch.column(0))
+            with shard_errors(shard):
+                pf = pq.ParquetFile(shard)
+                for batch in pf.iter_batches(batch_size=batch_rows, columns=["spike_counts"]):
+                    if max_rows is not None:
+                        if seen >= max_rows:
+                            return
+                        if seen + batch.num_rows > max_rows:
+                            batch = batch.slice(0, max_rows - seen)
+                    seen += batch.num_rows
+                    yield split, batch.num_rows, flat_counts(batch.column(0))
 
 
 def count_histogram(corpus: Corpus, *, max_rows: int | None = None) -> dict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,8 @@ _KINDS: dict[str, tuple[Any, str]] = {
     "int": (_is_int, "an int"),
     "count": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
     "positive": (lambda v: _is_int(v) and v > 0, "an int > 0"),
-    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+               and math.isfinite(v), "a finite number"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "str_list": (_is_str_list, "a list of strings"),

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..fileio import write_atomic
 from .info import corpus_info, flat_counts
-from .reader import Corpus
+from .reader import Corpus, shard_errors
 
 #: Counts 0..NUM_MARGINALS_PLOTTED-1 appear in token_marginals.png.
 NUM_MARGINALS_PLOTTED = 10
@@ -109,31 +109,32 @@ def _example_rows(corpus: Corpus) -> dict[str, dict]:
         for shard in corpus.shards(split):
             if len(found) == len(wanted):
                 return found
-            pf = pq.ParquetFile(shard)
-            sources = pf.read(columns=["source_dataset"]).column(0)
-            uniques = pc.unique(sources).to_pylist()
-            todo = [s for s in uniques if (s or "") not in found]
-            if not todo:
-                continue
-            names = set(pf.schema_arrow.names)
-            cols = [c for c in ("spike_counts", "session_id", "source_dataset", "t_start_ms",
-                                "bin_ms") if c in names]
-            group_starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
-                                            for i in range(pf.num_row_groups)])
-            for src in todo:
-                mask = pc.is_null(sources) if src is None else pc.equal(sources, src)
-                row = int(pc.index(mask, True).as_py())
-                g = int(np.searchsorted(group_starts, row, side="right") - 1)
-                t = pf.read_row_group(g, columns=cols).slice(row - group_starts[g], 1)
-                col = t.column("spike_counts").combine_chunks()
-                num_units = int(col.value_lengths()[0].as_py())
-                flat = flat_counts(col)
-                found[src or ""] = {
-                    "counts": flat.reshape(num_units, flat.size // max(num_units, 1)),
-                    "session_id": t.column("session_id")[0].as_py(),
-                    "t_start_ms": t.column("t_start_ms")[0].as_py() if "t_start_ms" in cols else 0,
-                    "bin_ms": t.column("bin_ms")[0].as_py() if "bin_ms" in cols else corpus.bin_ms,
-                }
+            with shard_errors(shard):
+                pf = pq.ParquetFile(shard)
+                sources = pf.read(columns=["source_dataset"]).column(0)
+                uniques = pc.unique(sources).to_pylist()
+                todo = [s for s in uniques if (s or "") not in found]
+                if not todo:
+                    continue
+                names = set(pf.schema_arrow.names)
+                cols = [c for c in ("spike_counts", "session_id", "source_dataset", "t_start_ms",
+                                    "bin_ms") if c in names]
+                group_starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
+                                                for i in range(pf.num_row_groups)])
+                for src in todo:
+                    mask = pc.is_null(sources) if src is None else pc.equal(sources, src)
+                    row = int(pc.index(mask, True).as_py())
+                    g = int(np.searchsorted(group_starts, row, side="right") - 1)
+                    t = pf.read_row_group(g, columns=cols).slice(row - group_starts[g], 1)
+                    col = t.column("spike_counts").combine_chunks()
+                    num_units = int(col.value_lengths()[0].as_py())
+                    flat = flat_counts(col)
+                    found[src or ""] = {
+                        "counts": flat.reshape(num_units, flat.size // max(num_units, 1)),
+                        "session_id": t.column("session_id")[0].as_py(),
+                        "t_start_ms": t.column("t_start_ms")[0].as_py() if "t_start_ms" in cols else 0,
+                        "bin_ms": t.column("bin_ms")[0].as_py() if "bin_ms" in cols else corpus.bin_ms,
+                    }
     return found
 
 

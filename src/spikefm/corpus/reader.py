@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -14,6 +16,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .manifest import Manifest, read_manifest
+
+
+@contextmanager
+def shard_errors(shard: str | Path) -> Iterator[None]:
+    """Reading ``shard`` inside the block: a missing or damaged Parquet file becomes one
+    ``ValueError`` naming the file and the fix, instead of a bare pyarrow message."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as exc:
+        rebuild = ("rebuild the corpus (spikefm corpus build INPUTS --out DIR --overwrite, or "
+                   "spikefm corpus import)")
+        if not Path(shard).exists():
+            raise ValueError(f"{shard}: a shard listed in manifest.json is missing, so the corpus "
+                             f"is incomplete; {rebuild}") from None
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ValueError(f"{shard}: not a readable Parquet shard ({detail}); the corpus is "
+                         f"damaged: {rebuild}") from None
+
+
+def _check_shard(shard: Path) -> None:
+    """A listed shard exists and starts and ends with Parquet's magic bytes (two small reads),
+    so that a missing, empty or truncated shard is found when the corpus is opened, by every
+    reader, and not as a bare pyarrow error deep in training."""
+    with shard_errors(shard):
+        with open(shard, "rb") as f:
+            head = f.read(4)
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - 4, 0))
+            tail = f.read(4)
+        if size < 12 or head != b"PAR1" or tail != b"PAR1":
+            raise pa.ArrowInvalid(f"{size:,} bytes, no Parquet magic bytes at both ends: "
+                                  "empty, truncated or not Parquet")
 
 
 @dataclass
@@ -91,6 +125,9 @@ class Corpus:
         self.manifest_record: Manifest = read_manifest(self.path)
         #: The manifest as the JSON object on disk (a dict; ``manifest_record.to_dict()``).
         self.manifest: dict = self.manifest_record.to_dict()
+        for split in self.manifest["splits"]:
+            for shard in self.shards(split):
+                _check_shard(shard)
 
     def __repr__(self) -> str:
         s = self.manifest["splits"]
@@ -144,15 +181,16 @@ class Corpus:
         """
         wanted = set(sessions) if sessions is not None else None
         for shard in self.shards(split):
-            pf = pq.ParquetFile(shard)
-            cols = None if with_extras else ["spike_counts", "subject_id", "session_id",
-                                             "segment_id", "source_dataset", "bin_ms",
-                                             "t_start_ms"]
-            names = set(pf.schema_arrow.names)
-            if cols is not None:
-                cols = [c for c in cols if c in names]
-            for batch in pf.iter_batches(batch_size=8, columns=cols):
-                yield from _rows_from_batch(batch, wanted, self.bin_ms)
+            with shard_errors(shard):
+                pf = pq.ParquetFile(shard)
+                cols = None if with_extras else ["spike_counts", "subject_id", "session_id",
+                                                 "segment_id", "source_dataset", "bin_ms",
+                                                 "t_start_ms"]
+                names = set(pf.schema_arrow.names)
+                if cols is not None:
+                    cols = [c for c in cols if c in names]
+                for batch in pf.iter_batches(batch_size=8, columns=cols):
+                    yield from _rows_from_batch(batch, wanted, self.bin_ms)
 
 
 def _rows_from_batch(batch: pa.RecordBatch, wanted: set[str] | None, default_bin_ms: int):

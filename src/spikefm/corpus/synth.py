@@ -64,6 +64,9 @@ SPIKE_EDGE_MARGIN_S = 1e-6
 #: Cap on the expected count per 20 ms bin (250 Hz), so counts never approach uint8 clipping.
 MAX_EXPECTED_COUNT = 5.0
 MIN_DURATION_S = 10.0
+#: Most units x bins one synthetic session may have (its float arrays take ~40 bytes per cell):
+#: e.g. 1,000 units for 11 hours. Larger requests fail at once instead of allocating until killed.
+MAX_SESSION_CELLS = 200_000_000
 #: Default range of units per session (inclusive).
 UNITS_RANGE = (40, 200)
 #: Range from which each session's expected fraction of zero (unit, bin) cells is drawn.
@@ -159,6 +162,12 @@ def synthesize(
     _validate(num_sessions, seed, preset, num_families, duration_s)
     _validate_units(units_range, preset)
     num_bins = int(round(float(duration_s) * 1000.0 / BIN_MS))
+    if units_range[1] * num_bins > MAX_SESSION_CELLS:
+        raise ValueError(
+            f"a synthetic session may have at most {MAX_SESSION_CELLS:,} cells (units x {BIN_MS} ms "
+            f"bins, about {MAX_SESSION_CELLS * 40 / 1e9:.0f} GB of memory), got up to {units_range[1]:,} "
+            f"units x {num_bins:,} bins (--units {units_range[0]},{units_range[1]}, --duration-s "
+            f"{duration_s:g}); use fewer units (--units) or shorter sessions (--duration-s)")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -381,8 +381,8 @@ def predictions_panel(sec: Section, ev: Evaluation, pred_dir: Path, windows: Tes
         return
     rows, loaded = [], {}
     for task, path in files:
-        with np.load(path, allow_pickle=False) as z:
-            rates, counts = z["rates"].astype(np.float64), z["counts"].astype(np.float64)
+        z = read_npz(path, ("rates", "counts"), "the <task>.npz of spikefm eval --save-predictions")
+        rates, counts = z["rates"].astype(np.float64), z["counts"].astype(np.float64)
         loaded[task] = (rates, counts)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -502,6 +502,22 @@ def _color(i: int) -> str:
     return ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")[i % 6]
 
 
+def read_npz(path: Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles); a damaged file or a missing key is one ValueError."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ValueError(f"{path}: not a readable .npz ({detail}); expected {what}") from None
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(repr(k) for k in missing)} array; expected {what}")
+    return arrays
+
+
 def _nan_none(a: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
 
@@ -513,10 +529,11 @@ def _behavior_traces(sec: Section, pred_dir: Path, windows: TestWindows | None) 
             sec.note("decoded behaviour traces: not saved by this evaluation (no behavior-decoding.npz "
                      "among the predictions); the R\u00b2 tables above summarise them")
         return
-    with np.load(path, allow_pickle=False) as z:
-        true_KTC, pred_KTC = z["true"].astype(np.float64), z["predicted"].astype(np.float64)
-        names = [str(c) for c in z["channels"]] if "channels" in z.files else \
-            [f"channel {c}" for c in range(true_KTC.shape[2])]
+    z = read_npz(path, ("true", "predicted"), "the behavior-decoding.npz of spikefm eval "
+                 "--save-predictions")
+    true_KTC, pred_KTC = z["true"].astype(np.float64), z["predicted"].astype(np.float64)
+    names = [str(c) for c in z["channels"]] if "channels" in z else \
+        [f"channel {c}" for c in range(true_KTC.shape[2])]
     K, T, C = true_KTC.shape
     k_max = max(1, min(K, RASTER_MAX_BINS // max(T, 1)))
     dt = (windows.bin_ms if windows is not None else 20) / 1000
@@ -534,10 +551,7 @@ def _behavior_traces(sec: Section, pred_dir: Path, windows: TestWindows | None) 
 
 def generation_panel(sec: Section, path: Path, *, bin_ms: int = 20) -> None:
     """Generated next to real rasters (``spikefm generate``'s .npz) and their simple statistics."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: np.asarray(z[k]) for k in z.files}
-    if "counts" not in arrays:
-        raise ValueError(f"{path}: no 'counts' array; expected the .npz that spikefm generate writes")
+    arrays = read_npz(path, ("counts",), "the .npz that spikefm generate writes")
     gen = arrays["counts"].astype(np.float64)
     prompt = arrays.get("prompt")
     real = arrays.get("real")

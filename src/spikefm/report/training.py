@@ -44,6 +44,10 @@ def read_metrics(path: Path) -> list[dict]:
             raise ValueError(f"{path}: line {i + 1} is not JSON; expected one JSON object per line "
                              "(the metrics.jsonl that spikefm train writes)") from None
         if isinstance(row, dict):
+            step = row.get("step")
+            if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+                raise ValueError(f"{path}: line {i + 1} has step {step!r}; expected an integer step "
+                                 "(the metrics.jsonl that spikefm train writes)")
             rows.append(row)
     return rows
 
@@ -71,7 +75,7 @@ def training_section(page: Page, run_dir: str | Path, prov: Provenance, *, title
     speeds = [r["tokens_per_s"] for _, r in train_rows if _finite(r.get("tokens_per_s"))]
 
     def cell(key: str, spec: str = ".4f") -> Num | None:
-        if last_i is None or key not in last:
+        if last_i is None or not _finite(last.get(key)):
             return None
         return Num(last[key], spec, src=src, path=pointer(last_i, key))
 

@@ -81,6 +81,7 @@ __all__ = [
     "confined_file",
     "read_json_file",
     "world_size_message",
+    "check_run_folder",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -90,6 +91,29 @@ MANIFEST_FORMAT = 1
 DAMAGED_PREFIX = "damaged-"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _LEFTOVER_PREFIXES = (".tmp-", ".del-")
+
+#: Names whose presence makes a folder a spikefm run (started or finished).
+RUN_MARKERS = ("config.json", "metrics.jsonl", CHECKPOINT_DIR, EXPORT_NAME)
+
+
+def check_run_folder(out_dir: str | os.PathLike, *, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse to start a run in a folder that holds files of something else (a project folder, a
+    corpus, recordings): a run folder is new, empty, or a spikefm run. Hidden entries (locks,
+    temporaries) and the names in ``allowed`` do not count.
+
+    Raises:
+        ValueError: naming the folder and one of the files found.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir() or any((out_dir / n).exists() for n in RUN_MARKERS):
+        return
+    other = sorted(p.name for p in out_dir.iterdir()
+                   if not p.name.startswith(".") and p.name not in allowed)
+    if other:
+        raise ValueError(f"{out_dir}: folder has files and is not a spikefm run (found "
+                         f"{other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}); "
+                         "nothing was written: give a new or empty folder (--out)")
+
 
 # ----------------------------------------------------------------------------------------------
 # RNG

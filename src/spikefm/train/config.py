@@ -127,6 +127,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"train.{name} must be an int >= 0, got {value!r}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ValueError(f"train.batch_size must be at most {MAX_BATCH_SIZE:,} sequences per step "
+                             f"(no machine holds more), got {self.batch_size:,}")
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum "
@@ -149,6 +152,11 @@ class TrainConfig:
                 "train.grad_accum"
             )
         return self.batch_size // per_step
+
+
+#: Largest accepted global batch (sequences per optimizer step): beyond any machine, so a typo
+#: fails at once instead of gathering the batch's windows for hours.
+MAX_BATCH_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,14 @@ class RunConfig:
             raise TypeError(f"RunConfig.optim must be OptimConfig, got {type(self.optim).__name__}")
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"RunConfig.train must be TrainConfig, got {type(self.train).__name__}")
+        seq_len, max_len = getattr(self.data, "seq_len", None), getattr(self.model, "max_seq_len", None)
+        if isinstance(seq_len, int) and isinstance(max_len, int) and seq_len > max_len:
+            # checked before anything is allocated: a loader would otherwise gather the windows
+            # of an impossible context for minutes before the model rejects them
+            raise ValueError(
+                f"data.seq_len ({seq_len}) must be <= model.max_seq_len ({max_len}), the longest "
+                "context the model supports; lower data.seq_len or raise model.max_seq_len"
+            )
         if self.optim.warmup_steps is not None and self.optim.warmup_steps > self.train.steps:
             raise ValueError(
                 f"optim.warmup_steps ({self.optim.warmup_steps}) must be <= train.steps "

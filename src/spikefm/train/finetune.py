@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 import torch
 
-from spikefm.fileio import write_atomic
+from spikefm.fileio import folder_lock, make_folder, write_atomic
+from spikefm.train.checkpoint import RUN_MARKERS, check_run_folder
 
 __all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "STRATEGIES"]
 
@@ -228,6 +229,29 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         summary["strategy"] = strategy
         write_json_atomic(out_dir / "finetune.json", summary)
         return summary
+    _check_auto_out_dir(out_dir)
+    make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
+    with folder_lock(out_dir, what="fine-tuning run"):
+        return _auto(family, run_dir, corpus, session_id, out_dir, args)
+
+
+def _check_auto_out_dir(out_dir: Path) -> None:
+    """``auto`` writes OUT/candidates/ and then copies the chosen run's files into OUT: refuse a
+    folder of something else, another run (its weights would be replaced) or a finished
+    fine-tuning; a fine-tuning that was interrupted (only candidates/ so far) is run again."""
+    if (out_dir / "finetune.json").exists():
+        raise ValueError(f"{out_dir} already holds a finished fine-tuning (finetune.json); nothing "
+                         "is overwritten: use a new --out")
+    check_run_folder(out_dir, allowed=("candidates",))
+    if out_dir.is_dir() and not (out_dir / "candidates").is_dir() and any(
+            (out_dir / n).exists() for n in RUN_MARKERS):
+        raise ValueError(f"{out_dir} holds another training run, whose files fine-tuning would "
+                         "replace; nothing was written: use a new --out")
+
+
+def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict) -> dict[str, Any]:
+    from spikefm.fileio import write_json_atomic
+
     cand_dir = out_dir / "candidates"
     results = {}
     for name in ("frozen", "full", "unfreeze", "scratch"):

@@ -49,11 +49,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikefm.fileio import folder_lock, write_bytes_atomic, write_json_atomic
+from spikefm.fileio import folder_lock, make_folder, write_bytes_atomic, write_json_atomic
 from spikefm.train import dist as d
 from spikefm.train.checkpoint import (
     CHECKPOINT_DIR,
     EXPORT_NAME,
+    check_run_folder,
     export_model,
     exported_step,
     list_checkpoints,
@@ -236,13 +237,7 @@ def _check_resume_config(cfg: RunConfig, path: Path) -> None:
 
 def _make_run_dir(out_dir: Path) -> None:
     """Create the run folder, or say in one line why it cannot be."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in [out_dir, *out_dir.parents] if p.exists() and not p.is_dir()),
-                       out_dir)
-        raise ValueError(f"cannot create the run folder {out_dir}: {blocker} is a file, not a "
-                         "folder; choose another --out") from None
+    make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
 
 
 def _metric_rows(path: Path) -> list[dict[str, Any]]:
@@ -285,6 +280,7 @@ def _prepare_run_dir(out_dir: Path, cfg: RunConfig, resume: bool, world_size: in
     Returns {"ckpt": checkpoint path or None, "notes": one-line warnings, "finished": the summary
     of a run that is already finished (nothing to do) or None}.
     """
+    check_run_folder(out_dir)  # before the lock file is put into someone else's folder
     _make_run_dir(out_dir)
     stack.enter_context(folder_lock(out_dir, what="training run"))
     _remove_stale_temporaries(out_dir)

@@ -9,6 +9,7 @@ import argparse
 from spikefm.argtypes import finite_float as _finite_float
 from spikefm.argtypes import positive_int as _positive_int
 from spikefm.families import FamilyCommand
+from spikefm.fileio import check_output_file
 
 __all__ = ["COMMANDS"]
 
@@ -32,6 +33,8 @@ def _run_ngram(args) -> int:
 
     if args.alpha <= 0:
         raise ValueError(f"--alpha must be > 0 (Laplace smoothing), got {args.alpha}")
+    if args.out:
+        check_output_file(args.out, (".json",), "--out")
     corpus = Corpus(args.data)
     ng = fit_ngram(corpus, args.order, alpha=args.alpha, max_train_tokens=args.max_train_tokens,
                    progress=not args.quiet)
@@ -64,6 +67,7 @@ def _run_generate(args) -> int:
 
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    check_output_file(args.out, (".npz",), "--out")
     out = generate_to_file(args.run_dir, num_units=args.units, num_bins=args.bins,
                            prompt=args.prompt, prompt_bins=args.prompt_bins,
                            temperature=args.temperature, top_k=args.top_k, seed=args.seed,

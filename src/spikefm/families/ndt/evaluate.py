@@ -32,7 +32,8 @@ def pick_session(model: nn.Module, session: str | None) -> str:
     if session is not None:
         if session not in known:
             raise ValueError(f"the model has no session {session!r}; its sessions: {', '.join(known)}; "
-                             "fine-tune it on that session first (spikefm.train.finetune)")
+                             "fine-tune it on that session first (spikefm finetune RUN --data "
+                             "CORPUS --session ID --out NEW_RUN)")
         return session
     if len(known) != 1:
         raise ValueError(f"the model has {len(known)} sessions; pick one with --session: {', '.join(known)}")

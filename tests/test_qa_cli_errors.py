@@ -1,0 +1,434 @@
+"""QA of issue 12, round 2: bad inputs and faults found by trying the command line as a careless
+and a hostile user. Each test runs the CLI (in process) and checks the one ``spikefm: error:``
+line, the exit status, and that nothing the user had changed and nothing half-written is left."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from spikefm.cli import main as cli_main
+from spikefm.corpus.build import BuildConfig, build_corpus
+
+from test_corpus_support import one_error_line, snapshot, write_sessions
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qa_corpus")
+    write_sessions(root / "in", 3, seed=3)
+    build_corpus(str(root / "in"), root / "c", BuildConfig(test_fraction=0.34), progress=False)
+    return root / "c"
+
+
+@pytest.fixture
+def corpus(built, tmp_path):
+    """A copy of a small corpus that a test may damage (version links copied as links)."""
+    shutil.copytree(built, tmp_path / "c", symlinks=True)
+    return tmp_path / "c"
+
+
+def _shard(corpus: Path, split: str = "train") -> Path:
+    (name,) = [p for p in (corpus / "data").iterdir() if p.name.startswith(split)]
+    return name.resolve()  # the file behind the corpus's version links
+
+
+# --- synth: sizes that would allocate until killed ------------------------------------------------
+
+def test_synth_of_an_impossible_size_fails_at_once_and_writes_nothing(tmp_path, capsys):
+    line = one_error_line(capsys, ["synth", str(tmp_path / "s"), "--sessions", "1",
+                                   "--units", "100000000,100000000", "--duration-s", "10"])
+    assert "at most 200,000,000 cells" in line and "got up to 100,000,000 units x 500 bins" in line
+    assert "--units" in line and "--duration-s" in line
+    line = one_error_line(capsys, ["synth", str(tmp_path / "s"), "--duration-s", "1e12"])
+    assert "50,000,000,000,000 bins" in line
+    assert not (tmp_path / "s").exists()
+
+
+# --- damaged shards: the file and the fix, not a bare pyarrow message ------------------------------
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "missing"])
+def test_damaged_shard_is_named_with_the_fix(corpus, tmp_path, capsys, damage):
+    shard = _shard(corpus)
+    if damage == "empty":
+        shard.write_bytes(b"")
+    elif damage == "garbage":
+        shard.write_bytes(os.urandom(300))
+    else:
+        shard.unlink()
+    before = snapshot(tmp_path)
+    for argv in (["corpus", "info", str(corpus)],
+                 ["corpus", "plot", str(corpus), "--out", str(tmp_path / "figs")],
+                 ["ngram", "--data", str(corpus), "--order", "1", "--split", "train", "--quiet"]):
+        line = one_error_line(capsys, argv)
+        assert line.startswith(f"spikefm: error: {corpus / 'data' / shard.name}: "), line
+        want = "is missing" if damage == "missing" else "not a readable Parquet shard"
+        assert want in line and "--overwrite" in line, line
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("figs")} == before
+    assert not list((tmp_path / "figs").glob("*")) if (tmp_path / "figs").exists() else True
+
+
+# --- a mixed build ends in one error line after one warning per skipped input ---------------------
+
+def test_mixed_build_warns_per_file_and_ends_in_one_error_line(tmp_path, capsys):
+    good = write_sessions(tmp_path / "in", 2, seed=5)
+    (tmp_path / "in" / "trunc.nwb").write_bytes(good[1].read_bytes()[:30000])
+    rc = cli_main(["corpus", "build", str(tmp_path / "in"), "--out", str(tmp_path / "c"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert len(err) == 2, err
+    assert err[0].startswith(f"spikefm: warning: skipped {tmp_path / 'in' / 'trunc.nwb'}: ")
+    assert err[1].startswith("spikefm: error: 1 input(s) skipped; listed under \"skipped\"")
+    assert "the other 2 session(s) were built" in err[1]
+    from spikefm import Corpus
+
+    assert sorted(s["session_id"] for s in Corpus(tmp_path / "c").sessions) == ["ses-0", "ses-1"]
+
+
+# --- OS errors: the path and what to do ----------------------------------------------------------
+
+def test_output_under_a_regular_file_names_the_path_and_the_fix(tmp_path, capsys):
+    (tmp_path / "f").write_text("mine")
+    line = one_error_line(capsys, ["synth", str(tmp_path / "f" / "sub"), "--sessions", "1",
+                                   "--duration-s", "10"])
+    assert str(tmp_path / "f" / "sub") in line and "is a file, not a folder" in line
+    line = one_error_line(capsys, ["synth", str(tmp_path / "f"), "--sessions", "1",
+                                   "--duration-s", "10"])
+    assert str(tmp_path / "f") in line and "in the way" in line
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_torch_allocation_failure_is_out_of_memory_not_an_internal_error(monkeypatch, capsys,
+                                                                        tmp_path):
+    """torch reports a failed CPU allocation as a RuntimeError; the CLI must say what it is."""
+    import spikefm.corpus.synth as synth
+
+    def fail(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 102400000000 bytes. "
+                           "Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(synth, "synthesize", fail)
+    rc = cli_main(["synth", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert err[0].startswith("spikefm: error: out of memory (tried to allocate 102 GB); use smaller")
+    assert "internal error" not in err[0]
+
+
+def test_ctrl_c_is_one_error_line_with_status_130(monkeypatch, capsys, tmp_path):
+    import spikefm.corpus.synth as synth
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "synthesize", interrupted)
+    rc = cli_main(["synth", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 130
+    assert len(err) == 1 and err[0].startswith("spikefm: error: interrupted (Ctrl-C); ")
+
+
+# --- training: a context longer than the model's is refused before any data is read ---------------
+
+def test_seq_len_beyond_the_model_context_is_refused_before_anything_is_written(corpus, tmp_path,
+                                                                                capsys):
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(tmp_path / "r"),
+                                   "--steps", "2", "--quiet", "--set", "data.seq_len=1000000000"])
+    assert "data.seq_len (1000000000) must be <= model.max_seq_len (8192)" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_truncated_shard_stops_training_before_the_run_folder_is_made(corpus, tmp_path, capsys):
+    shard = _shard(corpus)
+    shard.write_bytes(shard.read_bytes()[:-100])  # a copy cut short: the footer is gone
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(tmp_path / "r"),
+                                   "--steps", "2", "--quiet"])
+    assert f"{corpus / 'data' / shard.name}: not a readable Parquet shard" in line
+    assert "truncated" in line
+    assert not (tmp_path / "r").exists()
+
+
+# --- atomic writes: a folder in the way, or a file among the parents ------------------------------
+
+def test_results_path_that_is_a_folder_or_under_a_file_is_one_line(corpus, tmp_path, capsys):
+    (tmp_path / "res.json").mkdir()
+    (tmp_path / "res.json" / "keep.txt").write_text("mine")
+    (tmp_path / "f").write_text("mine")
+    before = snapshot(tmp_path)
+    base = ["ngram", "--data", str(corpus), "--order", "1", "--quiet", "--out"]
+    line = one_error_line(capsys, base + [str(tmp_path / "res.json")])
+    assert line == (f"spikefm: error: {tmp_path / 'res.json'} is a folder, not a file; give the path "
+                    "of a file to write (a new name, or a file to replace)")
+    line = one_error_line(capsys, base + [str(tmp_path / "f" / "sub" / "r.json")])
+    assert line == (f"spikefm: error: cannot write {tmp_path / 'f' / 'sub' / 'r.json'}: "
+                    f"{tmp_path / 'f'} is a file, not a folder; choose another path")
+    assert snapshot(tmp_path) == before
+
+
+# --- run folders: never someone else's folder, never another run's weights ------------------------
+
+@pytest.fixture
+def ndt_run(built, tmp_path):
+    """A finished NDT run folder as far as fine-tuning's checks read it (its config.json; the
+    weights file is a stand-in: every refusal below comes before any weight is read)."""
+    import json
+
+    from spikefm import families
+    from spikefm.train.config import config_to_dict
+
+    run = tmp_path / "pre"
+    run.mkdir()
+    cfg = families.run_config("ndt", corpus=str(built))
+    (run / "config.json").write_text(json.dumps({"family": "ndt", "config": config_to_dict(cfg)}))
+    (run / "model.safetensors").write_bytes(b"the user's pretrained weights")
+    (run / "metrics.jsonl").write_text("")
+    return run
+
+
+def test_training_into_a_project_or_corpus_folder_is_refused_untouched(corpus, tmp_path, capsys):
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    (proj / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(proj), "--steps", "2",
+                                   "--quiet"])
+    assert line == (f"spikefm: error: {proj}: folder has files and is not a spikefm run (found "
+                    "'data' and 1 more); nothing was written: give a new or empty folder (--out)")
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(corpus), "--steps",
+                                   "2", "--quiet", "--resume"])
+    assert f"{corpus}: folder has files and is not a spikefm run" in line
+    assert snapshot(tmp_path) == before  # no lock file either
+
+
+def test_finetune_into_the_pretrained_run_or_a_project_folder_keeps_them(ndt_run, built, tmp_path,
+                                                                         capsys):
+    """The default strategy (auto) copied the chosen candidate's weights over OUT: with OUT the
+    pretraining run, its model.safetensors was replaced (exit 0)."""
+    from spikefm import Corpus
+
+    session = Corpus(built).session_ids("test")[0]
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    base = ["finetune", str(ndt_run), "--data", str(built), "--session", session, "--steps", "2",
+            "--quiet", "--out"]
+    line = one_error_line(capsys, base + [str(ndt_run)])
+    assert line == (f"spikefm: error: {ndt_run} holds another training run, whose files "
+                    "fine-tuning would replace; nothing was written: use a new --out")
+    line = one_error_line(capsys, base + [str(proj)])
+    assert f"{proj}: folder has files and is not a spikefm run (found 'notes.txt')" in line
+    line = one_error_line(capsys, base + [str(proj), "--freeze-core"])
+    assert f"{proj}: folder has files and is not a spikefm run (found 'notes.txt')" in line
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "finetune.json").write_text("{}")
+    line = one_error_line(capsys, base + [str(tmp_path / "done")])
+    assert "already holds a finished fine-tuning (finetune.json)" in line
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("done")} == before
+
+
+# --- outputs that would replace a user's file ----------------------------------------------------
+
+def test_output_file_of_another_kind_or_of_a_run_is_refused(corpus, tmp_path, capsys):
+    """``--out session.nwb`` replaced the recording with an .npz / HTML (exit 0), and
+    ``--out RUN/config.json`` replaced the run's description."""
+    rec = tmp_path / "session.nwb"
+    rec.write_bytes(b"the user's recording")
+    before = snapshot(tmp_path)
+    line = one_error_line(capsys, ["generate", str(tmp_path / "run"), "--units", "4", "--bins", "4",
+                                   "--out", str(rec)])
+    assert line == (f"spikefm: error: --out {rec}: expected a file name ending in .npz, got .nwb; "
+                    "nothing was written (another ending could be one of your files): give e.g. "
+                    "session.npz")
+    line = one_error_line(capsys, ["report", str(corpus), "--out", str(rec)])
+    assert "expected a file name ending in .html or .htm, got .nwb" in line
+    line = one_error_line(capsys, ["ngram", "--data", str(corpus), "--order", "1", "--quiet",
+                                   "--out", str(corpus / "manifest.json")])
+    assert line == (f"spikefm: error: --out {corpus / 'manifest.json'}: that file belongs to the "
+                    f"spikefm run or corpus in {corpus}; writing it would damage that folder: give "
+                    "another name")
+    assert snapshot(tmp_path) == before
+
+
+# --- report: damaged inputs are one line naming the file ------------------------------------------
+
+def test_report_of_damaged_metrics_or_generated_file_is_one_line(corpus, tmp_path, capsys):
+    import json
+
+    from spikefm import families
+    from spikefm.train.config import config_to_dict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = families.run_config("ar", corpus=str(corpus))
+    (run / "config.json").write_text(json.dumps({"family": "ar", "config": config_to_dict(cfg)}))
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": null}\n')
+    out = tmp_path / "r.html"
+    assert cli_main(["report", str(run), "--out", str(out)]) == 0  # a null loss is drawn as missing
+    out.unlink()
+    capsys.readouterr()
+    (run / "metrics.jsonl").write_text('{"step": "x", "loss": 1.0}\n{"step": 2, "loss": 1.0}\n')
+    line = one_error_line(capsys, ["report", str(run), "--out", str(out)])
+    assert line == (f"spikefm: error: {run / 'metrics.jsonl'}: line 1 has step 'x'; expected an "
+                    "integer step (the metrics.jsonl that spikefm train writes)")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    (tmp_path / "g.npz").write_bytes(os.urandom(100))
+    line = one_error_line(capsys, ["report", str(run), "--out", str(out), "--generated",
+                                   str(tmp_path / "g.npz")])
+    assert line.startswith(f"spikefm: error: {tmp_path / 'g.npz'}: not a readable .npz (")
+    assert line.endswith("expected the .npz that spikefm generate writes")
+    assert not out.exists() and not list(tmp_path.glob(".r.html*"))
+
+
+# --- quickstart: never replaces a user's folder or run --------------------------------------------
+
+def test_quickstart_refuses_a_project_folder_and_a_users_run(corpus, tmp_path, capsys):
+    import json
+
+    proj = tmp_path / "proj"
+    (proj / "run_ar").mkdir(parents=True)
+    (proj / "notes.txt").write_text("mine")
+    line = one_error_line(capsys, ["quickstart", "--out", str(proj), "--fast"])
+    assert line.startswith(f"spikefm: error: {proj}: folder has files the quickstart did not write "
+                           "(found 'notes.txt')")
+    (proj / "notes.txt").unlink()
+    (proj / "run_ar" / "config.json").write_text(json.dumps({"corpus": str(corpus)}))
+    before = snapshot(tmp_path)
+    line = one_error_line(capsys, ["quickstart", "--out", str(proj), "--fast"])
+    assert line.startswith(f"spikefm: error: {proj / 'run_ar'} is not a run the quickstart made "
+                           f"(trained on {corpus}, not {proj / 'corpus'})")
+    assert snapshot(tmp_path) == before
+
+
+# --- experiment transfer: settings and folder checked before any data is synthesized --------------
+
+def test_transfer_study_checks_settings_and_folder_before_writing(tmp_path, capsys):
+    line = one_error_line(capsys, ["experiment", "transfer", "--out", str(tmp_path / "st"), "--seeds",
+                                   "1", "--set", "optim.lr=nan"])
+    assert "invalid value for 'optim.lr': expected a finite float" in line
+    assert not (tmp_path / "st").exists()
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "notes.txt").write_text("mine")
+    line = one_error_line(capsys, ["experiment", "transfer", "--out", str(proj), "--seeds", "1"])
+    assert line == (f"spikefm: error: {proj}: folder has files that are not a transfer study's "
+                    "(found 'notes.txt'); nothing was changed: give a new or empty folder (--out)")
+    assert sorted(p.name for p in proj.iterdir()) == ["notes.txt"]
+    line = one_error_line(capsys, ["experiment", "transfer", "--out", str(tmp_path / "st"), "--seeds",
+                                   "1", "--model", "ar"])
+    assert "the 'ar' family does not support fine-tuning to a new session" in line
+    assert not (tmp_path / "st").exists()  # refused before data was synthesized for it
+
+
+def test_a_failed_atomic_write_names_the_target_not_the_temporary(tmp_path):
+    from spikefm.fileio import write_atomic
+
+    def fail(tmp):
+        raise OSError(30, "Read-only file system", str(tmp))
+
+    with pytest.raises(OSError) as info:
+        write_atomic(tmp_path / "fig.png", fail)
+    assert info.value.filename == str(tmp_path / "fig.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the command line process: warnings are one line; Ctrl-C after the work is done --------------
+
+def _command_line(code: str, tmp_path) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+
+
+def test_command_line_warnings_are_one_line_each(corpus, tmp_path):
+    """Python's format is two lines (the message and the source line that warned)."""
+    p = _command_line(
+        "import sys, warnings; from spikefm import cli\n"
+        "def info(args):\n"
+        "    warnings.warn('c10 is not the corpus\\nthe run was trained on', RuntimeWarning)\n"
+        "    return 0\n"
+        "cli.cmd_corpus_info = info\n"
+        f"sys.argv = ['spikefm', 'corpus', 'info', {str(corpus)!r}]\n"
+        "sys.exit(cli.main())\n", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == ["spikefm: warning: c10 is not the corpus the run was trained on"]
+
+
+def test_ctrl_c_after_the_command_finished_keeps_its_exit_status(corpus, tmp_path):
+    """A Ctrl-C during interpreter teardown killed the process by SIGINT (status -2, no line)
+    although everything was written; it now leaves at once with the command's own status."""
+    p = _command_line(
+        "import os, signal, sys, time; from spikefm import cli\n"
+        f"sys.argv = ['spikefm', 'corpus', 'info', {str(corpus)!r}]\n"
+        "code = cli.main()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(30)\n"
+        "print('not reached')\n", tmp_path)
+    assert p.returncode == 0 and "not reached" not in p.stdout, (p.returncode, p.stderr)
+    assert "sessions" in p.stdout and p.stderr == ""
+
+
+def test_absurd_bin_width_is_refused_by_the_parser(tmp_path, capsys):
+    """A 3-year bin overflowed a C integer deep in the build ('Value ... too large to fit')."""
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit
+        cli_main(["corpus", "build", str(tmp_path), "--out", str(tmp_path / "c"), "--bin-ms",
+                  "99999999999"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == ["spikefm corpus build: error: argument --bin-ms: expected a positive "
+                               "integer <= 60,000 ms (one minute), got 99,999,999,999 (see spikefm "
+                               "corpus build -h)"]
+    assert not (tmp_path / "c").exists()
+
+
+def test_absurd_batch_size_is_refused_before_the_run_starts(corpus, tmp_path, capsys):
+    """It was accepted and the loader gathered windows until killed."""
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(tmp_path / "r"),
+                                   "--steps", "2", "--quiet", "--set",
+                                   "train.batch_size=99999999999999999999999"])
+    assert line == ("spikefm: error: train.batch_size must be at most 1,048,576 sequences per step "
+                    "(no machine holds more), got 99,999,999,999,999,999,999,999")
+    assert not (tmp_path / "r").exists()
+
+
+def test_manifest_with_a_non_finite_number_is_refused(corpus, capsys):
+    import json
+
+    path = (corpus / "manifest.json").resolve()
+    m = json.loads(path.read_text())
+    m["sessions"][0]["duration_s"] = float("nan")
+    path.write_text(json.dumps(m))
+    line = one_error_line(capsys, ["corpus", "info", str(corpus)])
+    assert "key 'sessions[0].duration_s' must be a finite number, found nan" in line
+
+
+def test_ctrl_c_swallowed_by_a_garbage_collector_callback_still_interrupts(corpus, tmp_path):
+    """Python ignores an exception raised in a weakref/__del__ callback (a traceback, and the
+    command went on to exit 0); the command line delivers it again as one 'interrupted' line."""
+    p = _command_line(
+        "import gc, sys, time; from spikefm import cli\n"
+        "class Dropped:\n"
+        "    def __del__(self):\n"
+        "        raise KeyboardInterrupt  # as if Ctrl-C arrived while this ran\n"
+        "def info(args):\n"
+        "    Dropped()\n"
+        "    gc.collect()\n"
+        "    for _ in range(300):\n"
+        "        time.sleep(0.1)\n"
+        "    print('not interrupted')\n"
+        "    return 0\n"
+        "cli.cmd_corpus_info = info\n"
+        f"sys.argv = ['spikefm', 'corpus', 'info', {str(corpus)!r}]\n"
+        "sys.exit(cli.main())\n", tmp_path)
+    assert p.returncode == 130 and "not interrupted" not in p.stdout, (p.returncode, p.stderr)
+    assert p.stderr.splitlines() == ["spikefm: error: interrupted (Ctrl-C); nothing was "
+                                     "half-written (writes go to temporary names); run the command "
+                                     "again (builds reuse finished sessions, training continues "
+                                     "with --resume)"]

@@ -375,7 +375,9 @@ def test_two_concurrent_runs_into_one_folder_the_second_fails_naming_the_first(t
     weights. Now the second fails while the first is still running, and the folder is the first's."""
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sets = ["--set", "train.steps=40", "--set", "data.sleep_s=0.1"]
+    # 40 steps of 0.5 s: long enough that the second process (importing torch on a busy machine
+    # takes seconds) starts while the first still holds the lock
+    sets = ["--set", "train.steps=40", "--set", "data.sleep_s=0.5"]
     first = subprocess.Popen([sys.executable, str(TOY), str(run), *sets, "--set", "train.seed=1"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:

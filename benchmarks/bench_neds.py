@@ -64,18 +64,20 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     from spikefm.corpus.synth import synthesize
 
     root = tmp / f"seed{seed}"
-    synthesize(root / "nwb", num_sessions=args.sessions, seed=seed, duration_s=args.duration_s, preset="ibl")
+    synthesize(root / "nwb", num_sessions=args.sessions, seed=seed, duration_s=args.duration_s, preset="ibl",
+               region_tuning=args.region_tuning)
     build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=1.0 / args.sessions), progress=False)
     corpus = str(root / "corpus")
-    (held,) = Corpus(corpus).session_ids("test")
+    held = Corpus(corpus).session_ids("test")[0]
     window = [f"data.window_bins={args.window_bins}", f"data.pre_ms={args.pre_ms}"]
     loop = [f"train.batch_size={args.batch_size}", "train.ckpt_every=0", "train.log_every=50",
             f"train.seed={seed}", "train.eval_every=0", f"optim.lr={args.lr}"]
     timing = {}
     runs = {}
     for fam in ("neds", "ndt"):
+        extra = list(args.neds_set or []) if fam == "neds" else []
         cfg = families.run_config(fam, preset=args.preset, corpus=corpus,
-                                  overrides=[*window, *loop, f"train.steps={args.steps}"])
+                                  overrides=[*window, *loop, f"train.steps={args.steps}", *extra])
         t0 = time.perf_counter()
         families.train(cfg, root / f"{fam}_pre", progress=False)
         timing[fam] = args.steps * args.batch_size / (time.perf_counter() - t0)
@@ -136,6 +138,10 @@ def main():
     ap.add_argument("--window-bins", type=int, default=50)
     ap.add_argument("--pre-ms", type=int, default=200)
     ap.add_argument("--rank", type=int, default=3)
+    ap.add_argument("--region-tuning", type=float, default=1.0,
+                    help="spikefm.corpus.synth region_tuning: a region-specific mean readout")
+    ap.add_argument("--neds-set", action="append", default=None, metavar="KEY=VALUE",
+                    help="extra overrides of the NEDS runs, e.g. model.dropout=0.2 (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "neds.json"))
     args = ap.parse_args()

@@ -99,3 +99,32 @@ def test_encoding_and_decoding_scores_against_formulas():
     d = decoding_scores({"choice": pred}, {"choice": y}, {"choice": 2}, None, None, [], np.zeros(5, dtype=int))
     assert d["choice"]["accuracy"] == 0.75 and d["choice"]["chance"] == 0.75
     assert np.isclose(d["choice"]["balanced_accuracy"], (1.0 + 2 / 3) / 2)
+
+
+def test_synth_region_tuning_gives_linearly_decodable_regions_and_keeps_the_rest(tmp_path):
+    from spikefm.corpus.synth import load_truth, synthesize
+
+    plain = [load_truth(p) for p in synthesize(tmp_path / "a", num_sessions=3, seed=4, duration_s=20.0,
+                                               units_range=(25, 40))]
+    tuned = [load_truth(p) for p in synthesize(tmp_path / "b", num_sessions=3, seed=4, duration_s=20.0,
+                                               units_range=(25, 40), region_tuning=1.0)]
+    assert "region_mean_loadings" not in plain[0]
+    for a, b in zip(plain, tuned):
+        assert np.array_equal(a["latents"], b["latents"])  # same draws, only the readout differs
+        assert list(a["unit_regions"]) == list(b["unit_regions"])
+        assert not np.allclose(a["loadings"], b["loadings"])
+    # region means are shared by the sessions
+    means = {}
+    for t in tuned:
+        for r, m in zip(t["region_mean_names"], t["region_mean_loadings"]):
+            if r in means:
+                assert np.array_equal(means[r], m)
+            means[r] = m
+    scores = {}
+    for name, truths in (("plain", plain), ("tuned", tuned)):
+        feats = {t["session_id"]: t["loadings"] / np.linalg.norm(t["loadings"], axis=1, keepdims=True) for t in truths}
+        regions = {t["session_id"]: list(t["unit_regions"]) for t in truths}
+        scores[name] = classify_regions(feats, regions)["balanced_accuracy"]
+    assert scores["tuned"] > 0.8 and scores["tuned"] > scores["plain"] + 0.2
+    with pytest.raises(ValueError, match="region_tuning"):
+        synthesize(tmp_path / "c", num_sessions=1, duration_s=20.0, region_tuning=-1.0)

@@ -438,7 +438,7 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
                                         beh, raw_true, mods.channels, cond)
         results["decoding"] = dec
     if "region" in names:
-        results["region"] = region_task(model, windows)
+        results["region"] = region_task(model, windows, arrays)
     return {"family": "neds", "run_dir": str(run_dir), "corpus": str(corpus.path),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session, "tasks": names,
             "oracle": truth is not None, "rank": rank, "min_rate_hz": min_rate_hz,
@@ -446,19 +446,55 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
             "results": results}
 
 
-def region_task(model, windows: dict) -> dict:
-    """Region classification of every unit of the model's sessions: from the model's per-unit
-    vectors and, as the baseline, from firing statistics (same classifier and folds)."""
+def _psth_features(x_KTQ: np.ndarray, cond_K: np.ndarray) -> np.ndarray:
+    """(Q, conditions * T) per-column PSTHs per condition, z-scored per column."""
+    p = _psth(x_KTQ, cond_K).T
+    sd = p.std(1, keepdims=True)
+    return (p - p.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+
+
+def region_task(model, windows: dict, arrays: dict) -> dict:
+    """Region classification of every unit of the model's sessions, one linear classifier and
+    leave-one-session-out folds for every feature set:
+
+    * ``embedding``: the unit's read-in column and read-out row (:meth:`NEDS.unit_embeddings`);
+    * ``embedding_tuning``: the read-out row applied to the model's hidden states averaged per
+      condition (first label) and bin, i.e. the unit's model PSTH, z-scored per unit;
+    * ``firing_stats`` (baseline): mean rate, ISI CV, Fano factor;
+    * ``psth_counts`` (baseline): the unit's observed PSTH per condition, z-scored, smoothed.
+    """
     from spikefm.eval.probes import classify_regions, firing_statistics
+    from spikefm.families.neds.batches import collate
 
     sessions = [s for s in model.session_units if s in windows]
     regions = {s: list(windows[s].unit_regions) for s in sessions}
-    emb = {s: model.unit_embeddings(s).float().cpu().numpy() for s in sessions}
-    stats = {s: firing_statistics(windows[s].counts, windows[s].bin_ms) for s in sessions}
+    feats: dict[str, dict[str, np.ndarray]] = {k: {} for k in ("embedding", "embedding_tuning", "firing_stats",
+                                                               "psth_counts")}
+    device = next(model.parameters()).device
+    model.eval()
+    for s in sessions:
+        w, a = windows[s], arrays[s]
+        cond = _conditions(a.labels_KJ)
+        feats["embedding"][s] = model.unit_embeddings(s).float().cpu().numpy()
+        feats["firing_stats"][s] = firing_statistics(w.counts, w.bin_ms)
+        feats["psth_counts"][s] = _psth_features(_smooth(w.counts), cond)
+        hidden = []
+        with torch.no_grad():
+            for i in range(0, w.num_windows, 64):
+                b = collate(windows, arrays, [(s, k) for k in range(i, min(i + 64, w.num_windows))])
+                b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+                B, T = b["counts_BTN"].shape[:2]
+                out = model(b["counts_BTN"], torch.zeros(B, T, dtype=torch.bool, device=device), b["session_ids"],
+                            b["behavior_BTC"], ~b["behavior_valid_BTC"], b["labels_BJ"], ~b["label_valid_BJ"],
+                            return_hidden=True)
+                hidden.append(out["hidden_BTD"].float().cpu().numpy())
+        h_KTD = np.concatenate(hidden)
+        wout = model.stitcher(s).read_out.weight.detach().float().cpu().numpy()  # (n, D)
+        feats["embedding_tuning"][s] = _psth_features(h_KTD @ wout.T, cond)
     out = {}
-    for name, feats in (("embedding", emb), ("firing_stats", stats)):
+    for name, f in feats.items():
         try:
-            out[name] = classify_regions(feats, regions)
+            out[name] = classify_regions(f, regions)
         except ValueError as exc:
             out[name] = {"error": str(exc)}
     return out

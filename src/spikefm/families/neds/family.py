@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -243,7 +244,19 @@ class NEDSFamily:
         """Fresh initialisation; then the pretrained core if ``data.init_from``."""
         self.init_for_loading(model)
         data = self._data
-        if data is None or not data.init_from:
+        if data is None:
+            return
+        # Each unit's read-out bias starts at its log mean count on the train windows, so the
+        # first steps are not spent learning firing rates (a rate of 1 spike per bin, exp(0),
+        # is ~10x too high for 20 ms bins).
+        windows, _, _ = self.prepared(data)
+        with torch.no_grad():
+            for sid, w in windows.items():
+                if sid in model.session_units:
+                    tr = w.indices("train")
+                    mean = w.counts[tr].reshape(-1, w.num_units).mean(0) if tr.size else np.full(w.num_units, 0.1)
+                    model.stitcher(sid).read_out.bias.copy_(torch.as_tensor(np.log(mean + 1e-3)))
+        if not data.init_from:
             return
         load_pretrained_core(model, data.init_from)
         if data.freeze_core:

@@ -232,7 +232,7 @@ class NEDS(nn.Module):
     def forward(self, counts_BTN: torch.Tensor, spike_hidden_BT: torch.Tensor, session_ids: list[str],
                 behavior_BTC: torch.Tensor, behavior_hidden_BTC: torch.Tensor,
                 labels_BJ: torch.Tensor, label_hidden_BJ: torch.Tensor, *,
-                all_sessions_in_graph: bool = False) -> dict[str, torch.Tensor]:
+                all_sessions_in_graph: bool = False, return_hidden: bool = False) -> dict[str, torch.Tensor]:
         """Predict every token.
 
         Args:
@@ -244,6 +244,8 @@ class NEDS(nn.Module):
             labels_BJ: class index per label (anything where hidden).
             label_hidden_BJ: True = hidden (masked or missing).
             all_sessions_in_graph: add every session's parameters with weight 0 (data parallel).
+            return_hidden: also return ``"hidden_BTD"``, the final (normalised) states of the spike
+                tokens, which the session read-outs map to log rates.
 
         Returns:
             {"log_rates_BTN", "behavior_BTC", "label_logits": list of (B, classes_j)}.
@@ -301,6 +303,8 @@ class NEDS(nn.Module):
             zero = sum(p.sum() for p in self.sessions.parameters()) * 0.0
             log_rates = log_rates + zero
         out = {"log_rates_BTN": log_rates}
+        if return_hidden:
+            out["hidden_BTD"] = out_spike_BTD
         if C:
             h_BCTD = h[:, T:T + C * T].reshape(B, C, T, D)
             w = self.channel_head.weight[:C]  # (C, D)

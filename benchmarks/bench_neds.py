@@ -66,10 +66,11 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     root = tmp / f"seed{seed}"
     synthesize(root / "nwb", num_sessions=args.sessions, seed=seed, duration_s=args.duration_s, preset="ibl",
                region_tuning=args.region_tuning)
-    build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=1.0 / args.sessions), progress=False)
+    build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
     corpus = str(root / "corpus")
-    held = Corpus(corpus).session_ids("test")[0]
-    window = [f"data.window_bins={args.window_bins}", f"data.pre_ms={args.pre_ms}"]
+    *pre_ids, held = Corpus(corpus).session_ids()  # the last session is held out of pretraining
+    window = [f"data.window_bins={args.window_bins}", f"data.pre_ms={args.pre_ms}",
+              "data.sessions=" + ",".join(pre_ids)]
     loop = [f"train.batch_size={args.batch_size}", "train.ckpt_every=0", "train.log_every=50",
             f"train.seed={seed}", "train.eval_every=0", f"optim.lr={args.lr}"]
     timing = {}
@@ -125,12 +126,12 @@ def _ndt_decoding(ndt_results: dict) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="2,3,4")
-    ap.add_argument("--sessions", type=int, default=4)
-    ap.add_argument("--duration-s", type=float, default=400.0)
+    ap.add_argument("--sessions", type=int, default=5)
+    ap.add_argument("--duration-s", type=float, default=500.0)
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--finetune-steps", type=int, default=600)
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--strategy", default="full")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -140,7 +141,7 @@ def main():
     ap.add_argument("--rank", type=int, default=3)
     ap.add_argument("--region-tuning", type=float, default=1.0,
                     help="spikefm.corpus.synth region_tuning: a region-specific mean readout")
-    ap.add_argument("--neds-set", action="append", default=None, metavar="KEY=VALUE",
+    ap.add_argument("--neds-set", action="append", default=["model.dropout=0.2"], metavar="KEY=VALUE",
                     help="extra overrides of the NEDS runs, e.g. model.dropout=0.2 (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "neds.json"))

@@ -125,7 +125,7 @@ def test_eval_cli_scores_encoding_decoding_region_with_baselines(finetuned, corp
     assert "choice" in dec["neds"] and "wheel_speed" in dec["neds"]
     assert 0.0 <= dec["neds"]["choice"]["accuracy"] <= 1.0
     region = res["results"]["region"]
-    assert set(region) == {"embedding", "firing_stats"}
+    assert set(region) == {"embedding", "embedding_tuning", "firing_stats", "psth_counts"}
 
 
 def test_eval_of_multi_session_run_needs_session(pretrained, corpus_dir, capsys):

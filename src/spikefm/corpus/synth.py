@@ -133,6 +133,7 @@ def synthesize(
     duration_s: float = 300.0,
     units_range: tuple[int, int] = UNITS_RANGE,
     progress: bool = False,
+    region_tuning: float = 0.0,
 ) -> list[pathlib.Path]:
     """Write ``num_sessions`` synthetic NWB recordings and their truth files under ``out_dir``.
 
@@ -152,6 +153,14 @@ def synthesize(
         units_range: (min, max) units per session, drawn uniformly per session; each region gets
             at least 5 units, so min must be >= 5 x the preset's largest number of regions.
         progress: print one line per written session to stderr.
+        region_tuning: strength of a region-specific mean readout (0, the default, leaves the
+            output exactly as without it). Region profiles only scale each latent's loadings, and
+            signed loadings are symmetric about 0, so a region is then mostly told apart by the
+            loading magnitudes. With ``region_tuning=a > 0`` every unit's loadings get ``a * m_r``
+            (times the region profile) added, where ``m_r`` ~ N(0, I) over the latents is drawn
+            once per region from ``(seed, region)`` and shared by every session, so units of one
+            region share a tuning direction (linearly decodable ground truth for region
+            classification). ``m_r`` is stored in the truth file as ``region_mean_loadings``.
 
     Returns:
         The written ``.nwb`` paths, sorted.
@@ -161,6 +170,9 @@ def synthesize(
     """
     _validate(num_sessions, seed, preset, num_families, duration_s)
     _validate_units(units_range, preset)
+    if isinstance(region_tuning, bool) or not isinstance(region_tuning, (int, float)) \
+            or not math.isfinite(region_tuning) or region_tuning < 0:
+        raise ValueError(f"region_tuning must be a finite number >= 0, got {region_tuning!r}")
     num_bins = int(round(float(duration_s) * 1000.0 / BIN_MS))
     if units_range[1] * num_bins > MAX_SESSION_CELLS:
         raise ValueError(
@@ -184,7 +196,7 @@ def synthesize(
         nwb_path.parent.mkdir(parents=True, exist_ok=True)
         ses = _simulate_session(
             families[i % num_families], num_bins, np.random.default_rng(session_seeds[i]),
-            tuple(units_range)
+            tuple(units_range), region_tuning=float(region_tuning), seed=int(seed)
         )
         meta = dict(
             session_id=stem, subject_id=subject_id, preset=preset, seed=int(seed),
@@ -299,6 +311,9 @@ def _write_truth(path: pathlib.Path, ses: "_Session", meta: dict) -> None:
         family_param_names=np.array(list(fam.params), dtype=str),
         family_param_values=np.array(list(fam.params.values()), dtype=np.float64),
     )
+    if ses.region_means is not None:  # only with region_tuning > 0: default truth files unchanged
+        arrays["region_mean_loadings"] = ses.region_means.astype(np.float32)
+        arrays["region_mean_names"] = np.array(ses.regions, dtype=str)
     for name, (offset, kernel) in fam.kernels.items():
         arrays[f"kernel_{name}"] = kernel
         arrays[f"kernel_{name}_offset_bins"] = np.int64(offset)
@@ -547,6 +562,7 @@ class _Session:
     trials: dict[str, np.ndarray]
     blocks: dict[str, np.ndarray]
     behavior: list[dict]
+    region_means: np.ndarray | None = None  # (len(regions), num_latents), with region_tuning > 0
 
 
 def _simulate_var(fam: _Family, num_bins: int, rng: np.random.Generator) -> np.ndarray:
@@ -732,8 +748,15 @@ def _spontaneous_task(fam, num_bins, duration_s, rng):
     return {"ripple": _event_latent(num_bins, events, amp, fam.kernels["ripple"])}, {}, {}, []
 
 
+def _region_mean(seed: int, region: str, num_latents: int) -> np.ndarray:
+    """The region's mean readout direction (a separate stream: the main draws are untouched)."""
+    key = int.from_bytes(hashlib.sha256(f"region-tuning|{region}".encode()).digest()[:4], "little")
+    return np.random.default_rng([int(seed), key]).standard_normal(num_latents)
+
+
 def _simulate_session(fam: _Family, num_bins: int, rng: np.random.Generator,
-                      units_range: tuple[int, int] = UNITS_RANGE) -> _Session:
+                      units_range: tuple[int, int] = UNITS_RANGE, *, region_tuning: float = 0.0,
+                      seed: int = 0) -> _Session:
     preset = fam.preset
     duration_s = num_bins * _BIN_S
     state = _simulate_var(fam, num_bins, rng)
@@ -775,6 +798,10 @@ def _simulate_session(fam: _Family, num_bins: int, rng: np.random.Generator,
     unsigned = np.array([n in _UNSIGNED_LATENTS for n in latent_names])
     flip = np.where(rng.random((num_units, len(latent_names))) < 0.85, 1.0, -1.0)
     w = np.where(unsigned[None, :], np.abs(w) * flip, w) * profile[region_idx]
+    region_means = None
+    if region_tuning > 0:
+        region_means = np.stack([_region_mean(seed, reg, len(latent_names)) for reg in regions])
+        w = w + region_tuning * region_means[region_idx] * profile[region_idx]
     m_TU = z_TL @ w.T
     # Each unit's log-rate modulation gets its own depth (std 0.4-1.1 nats).
     depth = rng.uniform(0.4, 1.1, size=num_units)
@@ -813,5 +840,5 @@ def _simulate_session(fam: _Family, num_bins: int, rng: np.random.Generator,
         family=fam, regions=regions, unit_regions=unit_regions, unit_ids=unit_ids,
         latent_names=latent_names, latents=z_TL.astype(np.float32), loadings=w, biases=bias,
         expected=expected_UT, spike_times=spike_times[order], spike_units=spike_units[order],
-        trials=trials, blocks=blocks, behavior=behavior,
+        trials=trials, blocks=blocks, behavior=behavior, region_means=region_means,
     )

@@ -32,6 +32,7 @@ __all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_
 FAMILIES: dict[str, str] = {
     "ar": "spikefm.families.ar.family:ARFamily",
     "ndt": "spikefm.families.ndt.family:NDTFamily",
+    "neds": "spikefm.families.neds.family:NEDSFamily",
 }
 #: The family of `spikefm train` without --model.
 DEFAULT_FAMILY = "ar"

@@ -1,0 +1,183 @@
+"""Benchmark: NEDS encoding and decoding on synthetic IBL-like sessions, several seeds.
+
+Per seed: ``spikefm synth`` (ibl preset) -> corpus with one session held out -> NEDS pretrained on
+the others -> fine-tuned to the held-out session (strategy ``--strategy``, early stopping on its
+validation windows) and, beside it, the single-session NEDS trained on that session alone (same
+settings, from scratch). Both are scored by ``spikefm eval`` (the NEDS evaluation) on the held-out
+session's test windows, with the linear, reduced-rank (RRR) and oracle baselines on the same
+splits. The masked NDT gets the same pretraining and fine-tuning and its own decoding tasks on
+the same test windows (choice and behaviour decoded from its hidden states), and region
+classification is scored on the pretrained NEDS's sessions. Throughput (training windows/s) of
+NEDS and NDT on the same data and batch size is reported too.
+
+    python benchmarks/bench_neds.py                       # seeds 2,3,4; writes benchmarks/results/neds.json
+    python benchmarks/bench_neds.py --seeds 1 --out /tmp/tune.json   # the seed used for choosing settings
+
+Settings (steps, learning rate, window) were chosen on seed 1 only; headline numbers use other seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _mean_sd(values):
+    import numpy as np
+
+    v = np.array([x for x in values if x is not None], dtype=float)
+    return {"mean": float(np.mean(v)) if v.size else None, "sd": float(np.std(v, ddof=1)) if v.size > 1 else None,
+            "n": int(v.size)}
+
+
+def _flatten(seed_result: dict) -> dict[str, float]:
+    """metric name -> value for one seed (the rows of the README table)."""
+    out = {}
+    for model, s in seed_result["encoding"].items():
+        out[f"encoding/bps_pooled/{model}"] = s["bps_pooled"]
+        out[f"encoding/bps_per_neuron_mean/{model}"] = s["bps_per_neuron_mean"]
+        out[f"encoding/r2_psth/{model}"] = s["r2_psth"]
+    for model, s in seed_result["decoding"].items():
+        for target, v in s.items():
+            if "accuracy" in v:
+                out[f"decoding/{target}_accuracy/{model}"] = v["accuracy"]
+                out[f"decoding/{target}_balanced_accuracy/{model}"] = v["balanced_accuracy"]
+            else:
+                out[f"decoding/{target}_r2/{model}"] = v["r2_single_trial"]
+    for model, v in seed_result.get("region", {}).items():
+        if "accuracy" in v:
+            out[f"region/accuracy/{model}"] = v["accuracy"]
+            out[f"region/balanced_accuracy/{model}"] = v["balanced_accuracy"]
+            out[f"region/chance_balanced/{model}"] = v["chance_balanced"]
+    return out
+
+
+def run_seed(seed: int, args, tmp: Path) -> dict:
+    from spikefm import families
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.reader import Corpus
+    from spikefm.corpus.synth import synthesize
+
+    root = tmp / f"seed{seed}"
+    synthesize(root / "nwb", num_sessions=args.sessions, seed=seed, duration_s=args.duration_s, preset="ibl",
+               region_tuning=args.region_tuning)
+    build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
+    corpus = str(root / "corpus")
+    *pre_ids, held = Corpus(corpus).session_ids()  # the last session is held out of pretraining
+    window = [f"data.window_bins={args.window_bins}", f"data.pre_ms={args.pre_ms}",
+              "data.sessions=" + ",".join(pre_ids)]
+    loop = [f"train.batch_size={args.batch_size}", "train.ckpt_every=0", "train.log_every=50",
+            f"train.seed={seed}", "train.eval_every=0", f"optim.lr={args.lr}"]
+    timing = {}
+    runs = {}
+    for fam in ("neds", "ndt"):
+        extra = list(args.neds_set or []) if fam == "neds" else []
+        cfg = families.run_config(fam, preset=args.preset, corpus=corpus,
+                                  overrides=[*window, *loop, f"train.steps={args.steps}", *extra])
+        t0 = time.perf_counter()
+        families.train(cfg, root / f"{fam}_pre", progress=False)
+        timing[fam] = args.steps * args.batch_size / (time.perf_counter() - t0)
+        ft = dict(steps=args.finetune_steps, eval_every=args.eval_every, patience=args.patience)
+        families.finetune(root / f"{fam}_pre", corpus, held, root / f"{fam}_ft", strategy=args.strategy, **ft)
+        runs[fam] = root / f"{fam}_ft"
+    families.finetune(root / "neds_pre", corpus, held, root / "neds_single", strategy="scratch",
+                      steps=args.finetune_steps, eval_every=args.eval_every, patience=args.patience)
+    ft = families.evaluate(runs["neds"], corpus, tasks=["encoding", "decoding"], rank=args.rank)["results"]
+    single = families.evaluate(root / "neds_single", corpus, tasks=["encoding", "decoding"], baselines=False)["results"]
+    pre_sessions = list(json.loads((root / "neds_pre" / "config.json").read_text())["family_info"]["sessions"])
+    region = families.evaluate(root / "neds_pre", corpus, tasks=["region"], session=pre_sessions[0],
+                               baselines=False)["results"]["region"]
+    ndt = families.evaluate(runs["ndt"], corpus, tasks=["choice-decoding", "behavior-decoding"])["results"]
+    res = {"held_out_session": held, "encoding": {}, "decoding": {}, "region": region,
+           "throughput_windows_per_s": timing}
+    res["encoding"] = {"neds_finetuned": ft["encoding"]["neds"], "neds_single_session": single["encoding"]["neds"],
+                       **{k: v for k, v in ft["encoding"].items() if k != "neds"}}
+    res["decoding"] = {"neds_finetuned": ft["decoding"]["neds"], "neds_single_session": single["decoding"]["neds"],
+                       **{k: v for k, v in ft["decoding"].items() if k != "neds"}}
+    res["decoding"]["ndt"] = _ndt_decoding(ndt)
+    res["ndt_raw"] = ndt
+    return res
+
+
+def _ndt_decoding(ndt_results: dict) -> dict:
+    """NDT's decoding results in the NEDS layout (choice from hidden states; channels' R²)."""
+    out = {}
+    for key, val in ndt_results.get("tasks", ndt_results).items():
+        if not isinstance(val, dict):
+            continue
+        if key.endswith("-decoding") and key != "behavior-decoding":
+            hid = val.get("hidden") or {}
+            if "accuracy" in hid:
+                out[key.removesuffix("-decoding")] = {"accuracy": hid["accuracy"],
+                                                      "balanced_accuracy": hid.get("balanced_accuracy")}
+        if key == "behavior-decoding":
+            hid = val.get("hidden") or {}
+            for ch, v in hid.items():
+                if ch != "mean" and isinstance(v, dict) and "r2" in v:
+                    out[ch] = {"r2_single_trial": v["r2"], "r2_psth": v.get("psth_r2")}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="2,3,4")
+    ap.add_argument("--sessions", type=int, default=5)
+    ap.add_argument("--duration-s", type=float, default=500.0)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--strategy", default="full")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--window-bins", type=int, default=50)
+    ap.add_argument("--pre-ms", type=int, default=200)
+    ap.add_argument("--rank", type=int, default=3)
+    ap.add_argument("--region-tuning", type=float, default=1.0,
+                    help="spikefm.corpus.synth region_tuning: a region-specific mean readout")
+    ap.add_argument("--neds-set", action="append", default=["model.dropout=0.2"], metavar="KEY=VALUE",
+                    help="extra overrides of the NEDS runs, e.g. model.dropout=0.2 (repeatable)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "neds.json"))
+    args = ap.parse_args()
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from spikefm.fileio import write_json_atomic
+
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    per_seed = {}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, threadpool_limits(args.threads):
+        for seed in seeds:
+            t0 = time.perf_counter()
+            per_seed[seed] = run_seed(seed, args, Path(tmp))
+            print(f"[bench_neds] seed {seed} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    flat = {s: _flatten(r) for s, r in per_seed.items()}
+    keys = sorted(set().union(*flat.values()))
+    summary = {k: _mean_sd([flat[s].get(k) for s in seeds]) for k in keys}
+    for fam in ("neds", "ndt"):
+        summary[f"throughput_windows_per_s/{fam}"] = _mean_sd(
+            [per_seed[s]["throughput_windows_per_s"][fam] for s in seeds])
+    out = {"command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]), "seeds": seeds,
+           "settings": vars(args), "summary": summary, "per_seed": {str(k): v for k, v in per_seed.items()},
+           "wall_s": time.perf_counter() - t_start, "machine": platform.platform(),
+           "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    write_json_atomic(Path(args.out), out)
+    for k in keys:
+        s = summary[k]
+        print(f"{k:60s} {s['mean']:.3f} ± {s['sd'] if s['sd'] is not None else float('nan'):.3f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Linear probes on fixed train/test splits, unit firing statistics, and region classification
+from per-unit vectors (numpy / scikit-learn).
+
+Shape legend: K windows, T bins, N units, R rows (samples), F features.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["fit_predict_logistic", "fit_predict_ridge", "firing_statistics", "classify_regions",
+           "classification_scores"]
+
+
+def fit_predict_logistic(X_train, y_train, X_test, *, Cs=np.logspace(-4, 2, 7), folds: int = 3, seed: int = 0
+                         ) -> np.ndarray:
+    """L2 logistic regression, C chosen by stratified cross-validation on the training rows only;
+    returns (R_test, classes) probabilities in ``np.unique(y_train)`` order."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(y_train)
+    folds = int(min(folds, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
+    if folds < 2:
+        raise ValueError("every class needs at least 2 training samples for the logistic probe")
+    model = make_pipeline(StandardScaler(), LogisticRegressionCV(
+        Cs=list(Cs), cv=StratifiedKFold(folds, shuffle=True, random_state=seed), max_iter=2000))
+    with warnings.catch_warnings():  # scikit-learn 1.8+ announces API changes on every fit
+        warnings.simplefilter("ignore", FutureWarning)
+        model.fit(np.asarray(X_train, dtype=np.float64), y)
+    return model.predict_proba(np.asarray(X_test, dtype=np.float64))
+
+
+def fit_predict_ridge(X_train, Y_train, X_test, *, alphas=np.logspace(-2, 4, 7)) -> np.ndarray:
+    """Ridge regression, alpha by efficient leave-one-out on the training rows only."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=list(alphas)))
+    model.fit(np.asarray(X_train, dtype=np.float64), np.asarray(Y_train, dtype=np.float64))
+    return model.predict(np.asarray(X_test, dtype=np.float64))
+
+
+def firing_statistics(counts_KTN: np.ndarray, bin_ms: int, *, fano_bins: int = 5) -> np.ndarray:
+    """(N, 3) per unit: mean rate (Hz), inter-spike-interval CV, Fano factor.
+
+    Computed from binned counts: the ISI CV places the k spikes of a bin evenly inside it (so it
+    is coarse below one bin), concatenating windows; the Fano factor is var / mean of the counts
+    in ``fano_bins``-bin chunks. A unit with fewer than 3 spikes gets ISI CV 0; a silent unit
+    Fano factor 0.
+    """
+    c = np.asarray(counts_KTN)
+    K, T, N = c.shape
+    rate = c.reshape(-1, N).mean(0) * 1000.0 / bin_ms
+    flat = c.reshape(-1, N).astype(np.int64)
+    cv = np.zeros(N)
+    for u in range(N):
+        k = flat[:, u]
+        bins = np.repeat(np.arange(k.size), k)
+        within = np.concatenate([(np.arange(n) + 0.5) / n for n in k[k > 0]]) if k.sum() else np.zeros(0)
+        t = bins + within
+        if t.size >= 3:
+            isi = np.diff(t)
+            cv[u] = isi.std() / isi.mean() if isi.mean() > 0 else 0.0
+    m = T // fano_bins
+    chunks = c[:, :m * fano_bins].reshape(K, m, fano_bins, N).sum(2).reshape(-1, N).astype(np.float64)
+    mean = chunks.mean(0)
+    fano = np.where(mean > 0, chunks.var(0) / np.where(mean > 0, mean, 1.0), 0.0)
+    return np.stack([rate, cv, fano], axis=1)
+
+
+def classification_scores(y_true, y_pred, classes) -> dict:
+    """Accuracy, balanced accuracy, chance levels and the confusion matrix (rows = true)."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    counts = np.array([np.sum(y_true == c) for c in classes])
+    return {"accuracy": float(np.mean(y_true == y_pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "chance": float(counts.max() / counts.sum()), "chance_balanced": 1.0 / len(classes),
+            "n": int(len(y_true)), "classes": [str(c) for c in classes],
+            "confusion": confusion_matrix(y_true, y_pred, labels=list(classes)).tolist()}
+
+
+def classify_regions(features_by_session: dict[str, np.ndarray], regions_by_session: dict[str, list[str]], *,
+                     seed: int = 0, folds: int = 5) -> dict:
+    """Region of each unit from its feature vector: standardised L2 logistic regression (C by inner
+    cross-validation), outer cross-validation grouped by session (leave-one-session-out, so a
+    unit is never classified by a model that saw its session) when there are >= 2 sessions,
+    else stratified K-fold over the one session's units (reported as ``grouping``). Regions
+    present in a single session only cannot be learned across sessions and are left out when
+    grouping by session.
+
+    Returns:
+        :func:`classification_scores` plus ``grouping`` and ``num_units``.
+    """
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
+
+    sessions = sorted(features_by_session)
+    X = np.concatenate([np.asarray(features_by_session[s], dtype=np.float64) for s in sessions])
+    y = np.concatenate([np.asarray(regions_by_session[s], dtype=object) for s in sessions]).astype(str)
+    g = np.concatenate([[s] * len(regions_by_session[s]) for s in sessions])
+    if len(sessions) >= 2:
+        keep = np.array([len(set(g[y == r])) >= 2 for r in y])
+        X, y, g = X[keep], y[keep], g[keep]
+        splits = list(LeaveOneGroupOut().split(X, y, g))
+        grouping = "leave-one-session-out"
+    else:
+        n = int(min(folds, np.unique(y, return_counts=True)[1].min()))
+        if n < 2:
+            raise ValueError("region classification needs >= 2 units per region in a single session")
+        splits = list(StratifiedKFold(n, shuffle=True, random_state=seed).split(X, y))
+        grouping = f"stratified {n}-fold (one session)"
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise ValueError(f"region classification needs >= 2 regions shared by the sessions, got {classes.tolist()}")
+    pred = np.empty(len(y), dtype=object)
+    for tr, te in splits:
+        present = np.unique(y[tr])
+        if present.size < 2:
+            pred[te] = present[0]
+            continue
+        proba = fit_predict_logistic(X[tr], y[tr], X[te], seed=seed)
+        pred[te] = present[proba.argmax(1)]
+    out = classification_scores(y, pred.astype(str), classes)
+    out.update(grouping=grouping, num_units=int(len(y)))
+    return out

@@ -1,0 +1,191 @@
+"""NEDS inputs: the modalities of a run, per-session arrays (z-scored behaviour, label classes) and
+training batches with mask seeds.
+
+Shape legend: K windows of a session, B batch, T bins, N units, C channels, J labels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from spikefm.families.neds.model import Modalities
+
+__all__ = ["AUTO_LABELS", "resolve_modalities", "parse_label_spec", "SessionArrays", "session_arrays",
+           "collate", "NEDSLoader", "batch_seed"]
+
+#: Trial labels ``labels=auto`` uses where the sessions hold them: choice and block (IBL-style
+#: tasks), reach target (centre-out reaching).
+AUTO_LABELS = ("choice", "block_prior", "target_angle")
+
+
+def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
+    """``"choice=-1,1;block_prior"`` -> [("choice", (-1.0, 1.0)), ("block_prior", None)]."""
+    out = []
+    for part in [p.strip() for p in str(text).split(";") if p.strip()]:
+        name, sep, vals = part.partition("=")
+        values = None
+        if sep:
+            try:
+                values = tuple(sorted(float(v) for v in vals.split(",") if v.strip()))
+            except ValueError:
+                values = ()
+            if len(values) < 2:
+                raise ValueError(f"data.labels: {part!r} must list at least two numeric classes, e.g. "
+                                 "'choice=-1,1'")
+        if not name.strip():
+            raise ValueError(f"data.labels must look like 'choice;block_prior' or 'choice=-1,1', got {text!r}")
+        out.append((name.strip(), values))
+    return out
+
+
+def resolve_modalities(windows: dict, behavior: str, labels: str) -> Modalities:
+    """The channels and labels of a run from its windows and the ``data.behavior`` /
+    ``data.labels`` options (``auto``: every channel of the sessions; the :data:`AUTO_LABELS`
+    they hold; ``""``: none; or an explicit list)."""
+    have_channels = sorted({c for w in windows.values() for c in w.behavior_names})
+    if behavior == "auto":
+        channels = have_channels
+    else:
+        channels = [c.strip() for c in behavior.split(",") if c.strip()]
+        missing = [c for c in channels if c not in have_channels]
+        if missing:
+            raise ValueError(f"data.behavior names {missing}, which no session holds; channels in the "
+                             f"data: {', '.join(have_channels) or '(none)'}")
+    present = {name for w in windows.values() for name in w.labels}
+    spec = [(n, None) for n in AUTO_LABELS if n in present] if labels == "auto" else parse_label_spec(labels)
+    out = []
+    for name, values in spec:
+        if values is None:
+            seen = set()
+            for w in windows.values():
+                arr = w.labels.get(name)
+                if arr is not None:
+                    seen |= {float(v) for v in arr if isinstance(v, (int, float)) and not math.isnan(v)}
+            if len(seen) < 2:
+                raise ValueError(f"data.labels: label {name!r} has {len(seen)} numeric value(s) in the "
+                                 f"data; labels present: {', '.join(sorted(present)) or '(none)'}")
+            values = tuple(sorted(seen))
+        out.append((name, tuple(float(v) for v in values)))
+    return Modalities(channels=tuple(channels), labels=tuple(out))
+
+
+@dataclass
+class SessionArrays:
+    """One session's model inputs beside its :class:`~spikefm.data.windows.SessionWindows`.
+
+    Attributes:
+        behavior_KTC: float32 z-scored channels (NaN where not recorded or not in the session).
+        labels_KJ: int64 class index (-1 where the trial has no such label or its value is
+            not a known class).
+        mean_C, sd_C: the z-scoring of each channel (from the session's train windows).
+    """
+
+    behavior_KTC: np.ndarray
+    labels_KJ: np.ndarray
+    mean_C: np.ndarray
+    sd_C: np.ndarray
+
+
+def session_arrays(w, modalities: Modalities) -> SessionArrays:
+    """Behaviour and labels of a session's windows in the run's modality order."""
+    K, T = w.num_windows, w.num_bins
+    C = len(modalities.channels)
+    raw = np.full((K, T, C), np.nan, dtype=np.float64)
+    for c, name in enumerate(modalities.channels):
+        if w.behavior is not None and name in w.behavior_names:
+            raw[:, :, c] = w.behavior[:, :, w.behavior_names.index(name)]
+    train = w.indices("train")
+    ref = raw[train] if train.size else raw
+    with np.errstate(all="ignore"), _quiet():
+        mean = np.nanmean(ref.reshape(-1, C), axis=0) if C else np.zeros(0)
+        sd = np.nanstd(ref.reshape(-1, C), axis=0) if C else np.zeros(0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+    z = ((raw - mean) / sd).astype(np.float32)
+    labels = np.full((K, len(modalities.labels)), -1, dtype=np.int64)
+    for j, (name, values) in enumerate(modalities.labels):
+        arr = w.labels.get(name)
+        if arr is None:
+            continue
+        for k in range(K):
+            v = arr[k]
+            if isinstance(v, (int, float)) and not math.isnan(v):
+                hit = [i for i, c in enumerate(values) if math.isclose(float(v), c, rel_tol=1e-9, abs_tol=1e-9)]
+                if hit:
+                    labels[k, j] = hit[0]
+    return SessionArrays(behavior_KTC=z, labels_KJ=labels, mean_C=mean, sd_C=sd)
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._w.__exit__(*exc)
+
+
+def collate(windows: dict, arrays: dict[str, SessionArrays], items: list[tuple[str, int]]) -> dict:
+    """A batch of (session id, window index) pairs, spikes padded to the largest unit count.
+
+    Keys: ``counts_BTN`` float32, ``unit_valid_BN`` bool, ``behavior_BTC`` float32 (0 where
+    missing), ``behavior_valid_BTC`` bool, ``labels_BJ`` int64 (0 where missing),
+    ``label_valid_BJ`` bool, ``session_ids`` list, ``window_index_B`` int64.
+    """
+    ws = [windows[sid] for sid, _ in items]
+    B, T, N = len(items), ws[0].num_bins, max(w.num_units for w in ws)
+    counts = np.zeros((B, T, N), dtype=np.float32)
+    valid = np.zeros((B, N), dtype=bool)
+    beh = np.stack([arrays[sid].behavior_KTC[k] for sid, k in items])
+    lab = np.stack([arrays[sid].labels_KJ[k] for sid, k in items])
+    for b, (w, (_, k)) in enumerate(zip(ws, items)):
+        counts[b, :, :w.num_units] = w.counts[k]
+        valid[b, :w.num_units] = True
+    return {"counts_BTN": torch.from_numpy(counts), "unit_valid_BN": torch.from_numpy(valid),
+            "behavior_BTC": torch.from_numpy(np.nan_to_num(beh, nan=0.0)),
+            "behavior_valid_BTC": torch.from_numpy(~np.isnan(beh)),
+            "labels_BJ": torch.from_numpy(np.maximum(lab, 0)), "label_valid_BJ": torch.from_numpy(lab >= 0),
+            "session_ids": [sid for sid, _ in items],
+            "window_index_B": torch.tensor([k for _, k in items], dtype=torch.long)}
+
+
+def batch_seed(seed: int, rank: int, counter: int) -> int:
+    """Seed of the mask generator of one micro-batch of one rank (63 bits)."""
+    words = np.random.SeedSequence([int(seed), int(rank), int(counter), 0x4E454453]).generate_state(2, np.uint64)
+    return int(words[0] >> np.uint64(1))
+
+
+class NEDSLoader:
+    """Infinite training batches: a :class:`~spikefm.data.windows.WindowBatcher` for the order,
+    :func:`collate` for the content, and a ``mask_seed`` per batch (exact resume)."""
+
+    def __init__(self, batcher, windows: dict, arrays: dict[str, SessionArrays], seed: int, rank: int) -> None:
+        self.batcher, self.windows, self.arrays = batcher, windows, arrays
+        self.seed, self.rank, self.counter = int(seed), int(rank), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        b = next(self.batcher)
+        items = list(zip(b["session_ids"], b["window_index_B"].tolist()))
+        batch = collate(self.windows, self.arrays, items)
+        batch["mask_seed"] = torch.tensor(batch_seed(self.seed, self.rank, self.counter), dtype=torch.long)
+        self.counter += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batcher": self.batcher.state_dict(), "counter": self.counter, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has {self.seed}")
+        self.batcher.load_state_dict(state["batcher"])
+        self.counter = int(state["counter"])

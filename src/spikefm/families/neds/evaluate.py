@@ -1,0 +1,535 @@
+"""``spikefm eval RUN_DIR --data CORPUS`` of a NEDS run: encoding, decoding and region
+classification on one session's held-out test windows, with baselines on the same splits.
+
+Shape legend: K windows, T bins, N units, C channels, J labels, F features, Z true latents.
+
+Windows are cut again with the run's window options and given the splits saved in its
+``config.json`` (and, for a fine-tuned run, those of its pretrained run for the other sessions,
+which the multi-session baselines train on). Tasks:
+
+* ``encoding``: spikes predicted from behaviour and labels (every spike bin hidden):
+  ``bps_pooled``, ``bps_per_neuron_mean``, single-trial R² of rates against Gaussian-smoothed
+  counts (sd ``SMOOTH_SD_BINS`` bins) and PSTH R² (trial averages per class of the first label),
+  both averaged over units with a mean rate >= ``min_rate_hz`` on the train windows.
+* ``decoding``: behaviour predicted from spikes (every behaviour entry hidden): accuracy and
+  balanced accuracy per label with chance levels; single-trial and PSTH R² per channel.
+* ``region``: each unit's region from its vector in the model's session read-in / read-out, by a
+  linear classifier cross-validated by session, against the same classifier on firing
+  statistics (mean rate, ISI CV, Fano factor).
+
+Baselines: ``linear`` (single session: Poisson GLM encoder with L2 chosen on val windows;
+logistic / ridge decoders with cross-validated penalties), ``rrr`` (multi-session reduced-rank
+encoder and decoder, rank option), ``oracle`` on synthetic data (true rates; decoders on the true
+latents).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, r2_score_pooled
+
+__all__ = ["TASKS", "evaluate_run", "format_results", "run_windows", "neds_predict", "encoding_scores",
+           "decoding_scores"]
+
+TASKS = ("encoding", "decoding", "region")
+SMOOTH_SD_BINS = 2.0
+_LAGS = 2  # per-bin decoders read bins t-2 .. t+2
+_CHUNKS = 5  # label decoders read the counts summed in 5 chunks of the window
+
+
+def _info(run_dir) -> dict:
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())["family_info"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise ValueError(f"{path}: cannot read family_info ({exc}); expected a NEDS run directory") from None
+
+
+def run_windows(run_dir, corpus) -> dict:
+    """Session id -> windows with saved splits: the run's sessions and (fine-tuned runs) those of
+    its pretrained run."""
+    from spikefm.data.windows import apply_splits, load_all_windows
+
+    info = _info(run_dir)
+    splits = dict(info["window_splits"])
+    if info.get("init_from") and (Path(info["init_from"]) / "config.json").is_file():
+        for sid, s in _info(info["init_from"])["window_splits"].items():
+            splits.setdefault(sid, s)
+    opts = dict(info["window_options"])
+    opts["split_fractions"] = tuple(opts["split_fractions"])
+    if info.get("corpus_manifest_sha256") not in (None, corpus.manifest_hash):
+        warnings.warn(f"{corpus.path} is not the corpus the run was trained on; windows are matched to the "
+                      "saved splits by start time", RuntimeWarning, stacklevel=2)
+    ids = [s for s in splits if s in set(corpus.session_ids())]
+    return apply_splits(load_all_windows(corpus, ids, **opts), splits)
+
+
+def _truth(corpus, w) -> dict | None:
+    from spikefm.corpus.synth import load_truth, truth_path
+
+    try:
+        nwb = corpus.session(w.session_id).get("provenance", {}).get("path")
+    except KeyError:
+        return None
+    if not nwb or not truth_path(nwb).is_file():
+        return None
+    t = load_truth(nwb)
+    if int(t["bin_ms"]) != w.bin_ms:
+        return None
+    start_K = (w.t_start_ms - int(t["t_start_ms"])) // w.bin_ms
+    idx_KT = start_K[:, None] + np.arange(w.num_bins)[None, :]
+    exp_NG = np.asarray(t["expected_counts"])
+    if w.unit_index is not None and exp_NG.shape[0] != w.num_units:
+        exp_NG = exp_NG[w.unit_index]
+    if idx_KT.max() >= exp_NG.shape[1] or exp_NG.shape[0] != w.num_units:
+        return None
+    return {"rates_KTN": exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64),
+            "latents_KTZ": np.asarray(t["latents"], dtype=np.float64)[idx_KT]}
+
+
+# ---------------------------------------------------------------------------------------------
+# NEDS predictions
+
+
+def neds_predict(model, windows: dict, arrays: dict, session_id: str, index: np.ndarray, scheme: str,
+                 batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Predictions of every window in ``index`` with one scheme for all (``encoding`` or
+    ``decoding`` hide everything of one modality, so no randomness is involved).
+
+    Returns:
+        {"rates_KTN", "behavior_KTC" (z-scored), "label_proba": list of (K, classes)}.
+    """
+    from spikefm.families.neds.batches import collate
+    from spikefm.families.neds.masking import SCHEMES, make_masks
+
+    device = next(model.parameters()).device
+    rates, beh, probs = [], [], [[] for _ in model.modalities.labels]
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(index), batch_size):
+            items = [(session_id, int(k)) for k in index[i:i + batch_size]]
+            b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                 for k, v in collate(windows, arrays, items).items()}
+            scheme_B = torch.full((len(items),), SCHEMES.index(scheme), dtype=torch.long)
+            m = make_masks(scheme_B, num_bins=b["counts_BTN"].shape[1], unit_valid_BN=b["unit_valid_BN"],
+                           behavior_valid_BTC=b["behavior_valid_BTC"], label_valid_BJ=b["label_valid_BJ"],
+                           ratio=1.0, generator=torch.Generator().manual_seed(0))
+            out = model(b["counts_BTN"], m.spike_hidden_BT, b["session_ids"], b["behavior_BTC"],
+                        m.behavior_hidden_BTC, b["labels_BJ"], m.label_hidden_BJ)
+            rates.append(torch.exp(out["log_rates_BTN"].float()).cpu().numpy())
+            beh.append(out["behavior_BTC"].float().cpu().numpy())
+            for j, logits in enumerate(out["label_logits"]):
+                probs[j].append(torch.softmax(logits.float(), -1).cpu().numpy())
+    n = windows[session_id].num_units
+    return {"rates_KTN": np.concatenate(rates)[..., :n].astype(np.float64),
+            "behavior_KTC": np.concatenate(beh).astype(np.float64),
+            "label_proba": [np.concatenate(p) for p in probs]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+def _smooth(x_KTN: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(x_KTN.astype(np.float64), SMOOTH_SD_BINS, axis=1, mode="nearest")
+
+
+def _r2_per_column(pred_RQ: np.ndarray, true_RQ: np.ndarray) -> np.ndarray:
+    ss_res = ((true_RQ - pred_RQ) ** 2).sum(0)
+    ss_tot = ((true_RQ - true_RQ.mean(0)) ** 2).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
+
+
+def _conditions(labels_KJ: np.ndarray) -> np.ndarray:
+    """Condition of each window for PSTHs: the class of the first label (-1 missing), else 0."""
+    return labels_KJ[:, 0] if labels_KJ.shape[1] else np.zeros(len(labels_KJ), dtype=np.int64)
+
+
+def _psth(x_KTQ: np.ndarray, cond_K: np.ndarray) -> np.ndarray:
+    groups = [c for c in np.unique(cond_K) if c >= 0 or len(np.unique(cond_K)) == 1]
+    return np.concatenate([np.nanmean(x_KTQ[cond_K == c], axis=0) for c in groups])
+
+
+def encoding_scores(rates_KTN: np.ndarray, counts_KTN: np.ndarray, cond_K: np.ndarray, keep_N: np.ndarray) -> dict:
+    """bps (pooled, per-neuron mean) over every unit; R² (single trial vs smoothed counts, PSTH)
+    averaged over the ``keep_N`` units."""
+    counts = counts_KTN.astype(np.float64)
+    out = {"bps_pooled": bps_pooled(rates_KTN, counts), "bps_per_neuron_mean": bps_per_neuron_mean(rates_KTN, counts)}
+    N = counts.shape[-1]
+    r2_st = _r2_per_column(rates_KTN[..., keep_N].reshape(-1, keep_N.sum()),
+                           _smooth(counts)[..., keep_N].reshape(-1, keep_N.sum()))
+    r2_psth = _r2_per_column(_psth(rates_KTN[..., keep_N], cond_K), _psth(counts[..., keep_N], cond_K))
+    out.update(r2_single_trial=float(np.nanmean(r2_st)) if keep_N.any() else float("nan"),
+               r2_psth=float(np.nanmean(r2_psth)) if keep_N.any() else float("nan"),
+               units_scored_r2=int(keep_N.sum()), units=int(N))
+    return out
+
+
+def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.ndarray], num_classes: dict[str, int],
+                    beh_pred_KTC: np.ndarray | None, beh_true_KTC: np.ndarray | None, channels: Sequence[str],
+                    cond_K: np.ndarray) -> dict:
+    """Per label: accuracy, balanced accuracy, chance (majority class of the test windows) and
+    balanced chance (1 / classes present); per channel: single-trial R² (pooled over bins) and
+    PSTH R²."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    out: dict[str, Any] = {}
+    for name, y in label_true.items():
+        ok = y >= 0
+        if ok.sum() == 0:
+            continue
+        yt, yp = y[ok], label_pred[name][ok]
+        present = np.unique(yt)
+        out[name] = {"accuracy": float(np.mean(yt == yp)), "balanced_accuracy": float(balanced_accuracy_score(yt, yp))
+                     if present.size > 1 else float("nan"),
+                     "chance": float(np.bincount(yt).max() / yt.size), "chance_balanced": 1.0 / present.size,
+                     "n": int(yt.size), "classes": int(num_classes[name])}
+    if beh_pred_KTC is not None:
+        for c, name in enumerate(channels):
+            t = beh_true_KTC[..., c]
+            if np.isnan(t).all() or np.nanstd(t) == 0:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                st = r2_score_pooled(beh_pred_KTC[..., c].ravel(), t.ravel())
+                ps = r2_score_pooled(_psth(beh_pred_KTC[..., c:c + 1], cond_K).ravel(),
+                                     _psth(t[..., None], cond_K).ravel())
+            out[name] = {"r2_single_trial": st, "r2_psth": ps}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Baseline features
+
+
+def _enc_features(w, a, num_classes: Sequence[int]) -> np.ndarray:
+    """(K, T, F): z-scored channels (0 where missing), label one-hots, one-hot of the bin."""
+    K, T = w.num_windows, w.num_bins
+    parts = [np.nan_to_num(a.behavior_KTC.astype(np.float64))]
+    for j, k in enumerate(num_classes):
+        oh = np.zeros((K, k))
+        ok = a.labels_KJ[:, j] >= 0
+        oh[np.flatnonzero(ok), a.labels_KJ[ok, j]] = 1.0
+        parts.append(np.repeat(oh[:, None, :], T, axis=1))
+    parts.append(np.broadcast_to(np.eye(T)[None], (K, T, T)))
+    return np.concatenate(parts, axis=2)
+
+
+def _lagged(counts_KTN: np.ndarray) -> np.ndarray:
+    """(K, T, N * (2 * _LAGS + 1)) counts at bins t-_LAGS .. t+_LAGS (zeros beyond the window)."""
+    x = np.log1p(counts_KTN.astype(np.float64))
+    K, T, N = x.shape
+    pad = np.pad(x, ((0, 0), (_LAGS, _LAGS), (0, 0)))
+    return np.concatenate([pad[:, i:i + T] for i in range(2 * _LAGS + 1)], axis=2)
+
+
+def _chunked(counts_KTN: np.ndarray) -> np.ndarray:
+    """(K, N * _CHUNKS) counts summed in _CHUNKS consecutive stretches of the window."""
+    K, T, N = counts_KTN.shape
+    edges = np.linspace(0, T, _CHUNKS + 1).astype(int)
+    return np.concatenate([counts_KTN[:, a:b].sum(1) for a, b in zip(edges[:-1], edges[1:])], axis=1).astype(np.float64)
+
+
+def _rows(x_KT: np.ndarray) -> np.ndarray:
+    return x_KT.reshape(-1, x_KT.shape[-1])
+
+
+def _poisson_ll(rates, counts) -> float:
+    r = np.maximum(rates, 1e-12)
+    return float(np.sum(counts * np.log(r) - r))
+
+
+def _encoders(windows, arrays, sid, rank, idx, num_classes) -> dict[str, np.ndarray]:
+    """Predicted test rates (K_test, T, N) of the linear GLM and the multi-session RRR encoder,
+    each with its L2 penalty chosen by the validation log-likelihood of the target session."""
+    from spikefm.eval.rrr import MultiSessionRRR, select_alpha
+
+    w = windows[sid]
+    X = {s: _enc_features(windows[s], arrays[s], num_classes) for s in windows}
+    tr = {s: windows[s].indices("train") for s in windows}
+    Xtr = {s: _rows(X[s][tr[s]]) for s in windows if tr[s].size}
+    Ytr = {s: _rows(windows[s].counts[tr[s]].astype(np.float64)) for s in Xtr}
+    Xval, Yval = _rows(X[sid][idx["val"]]), _rows(w.counts[idx["val"]].astype(np.float64))
+    K, T, N = len(idx["test"]), w.num_bins, w.num_units
+    out = {}
+    score = (lambda m: _poisson_ll(m.predict(Xval, sid), Yval)) if len(Xval) else (lambda m: 0.0)
+    glm, _ = select_alpha(lambda a: MultiSessionRRR(rank=None, loss="poisson", alpha=a),
+                          ({sid: Xtr[sid]}, {sid: Ytr[sid]}), score)
+    out["linear"] = glm.predict(_rows(X[sid][idx["test"]]), sid).reshape(K, T, N)
+    rrr, _ = select_alpha(lambda a: MultiSessionRRR(rank=rank, loss="poisson", shared="input", alpha=a),
+                          (Xtr, Ytr), score)
+    out["rrr"] = rrr.predict(_rows(X[sid][idx["test"]]), sid).reshape(K, T, N)
+    return out
+
+
+def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[str, dict]:
+    """Test predictions of the linear, RRR and (with true latents) oracle decoders:
+    {model: {"labels": {name: class index (K,)}, "behavior_KTC": z-scored (K, T, C)}}."""
+    from spikefm.eval.probes import fit_predict_logistic, fit_predict_ridge
+    from spikefm.eval.rrr import MultiSessionRRR, select_alpha
+
+    w, a = windows[sid], arrays[sid]
+    fit_idx = np.concatenate([idx["train"], idx["val"]])
+    te = idx["test"]
+    K, T, C = len(te), w.num_bins, len(mods.channels)
+    feats = {"linear": (_chunked(w.counts), _lagged(w.counts))}
+    if latents_KTZ is not None:
+        feats["oracle"] = (_chunked(latents_KTZ), np.concatenate(
+            [np.pad(latents_KTZ, ((0, 0), (_LAGS, _LAGS), (0, 0)))[:, i:i + T] for i in range(2 * _LAGS + 1)], axis=2))
+    out = {}
+    for name, (Xlab, Xbin) in feats.items():
+        res = {"labels": {}, "behavior_KTC": None}
+        for j, (lab, _) in enumerate(mods.labels):
+            y = a.labels_KJ[:, j]
+            ok = fit_idx[y[fit_idx] >= 0]
+            if np.unique(y[ok]).size < 2 or np.bincount(y[ok]).min() < 2:
+                continue
+            classes = np.unique(y[ok])
+            res["labels"][lab] = classes[fit_predict_logistic(Xlab[ok], y[ok], Xlab[te]).argmax(1)]
+        if C:
+            Y = _rows(a.behavior_KTC[fit_idx])
+            Xf = _rows(Xbin[fit_idx])
+            ok = ~np.isnan(Y).any(1)
+            if ok.sum() > 10:
+                res["behavior_KTC"] = fit_predict_ridge(Xf[ok], Y[ok], _rows(Xbin[te])).reshape(K, T, C)
+        out[name] = res
+    # Multi-session RRR: per-session input maps, a shared output map, trained on every session's
+    # train windows; penalty chosen on the target session's val windows.
+    res = {"labels": {}, "behavior_KTC": None}
+    sessions = [s for s in windows if windows[s].indices("train").size]
+    val = idx["val"]
+    for j, (lab, values) in enumerate(mods.labels):
+        X, Y = {}, {}
+        for s in sessions:
+            t = windows[s].indices("train")
+            y = arrays[s].labels_KJ[t, j]
+            if (y >= 0).sum() >= 2:
+                X[s], Y[s] = _chunked(windows[s].counts[t][y >= 0]), y[y >= 0]
+        if sid not in X or np.unique(Y[sid]).size < 2:
+            continue
+        yv = a.labels_KJ[val, j]
+        Xv = _chunked(w.counts[val])
+
+        def score(m, yv=yv, Xv=Xv):
+            ok = yv >= 0
+            return float(np.mean(m.predict(Xv[ok], sid).argmax(1) == yv[ok])) if ok.any() else 0.0
+
+        m, _ = select_alpha(lambda al, k=len(values): MultiSessionRRR(rank=rank, loss="xent", shared="output",
+                                                                      num_outputs=k, alpha=al), (X, Y), score)
+        res["labels"][lab] = m.predict(_chunked(w.counts[te]), sid).argmax(1)
+    if C:
+        X, Y = {}, {}
+        for s in sessions:
+            t = windows[s].indices("train")
+            xs, ys = _rows(_lagged(windows[s].counts[t])), _rows(arrays[s].behavior_KTC[t])
+            ok = ~np.isnan(ys).any(1)
+            if ok.sum() > 10:
+                X[s], Y[s] = xs[ok], ys[ok]
+        if sid in X:
+            yv, xv = _rows(a.behavior_KTC[val]), _rows(_lagged(w.counts[val]))
+            okv = ~np.isnan(yv).any(1)
+
+            def score(m):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    return r2_score_pooled(m.predict(xv[okv], sid), yv[okv]) if okv.sum() > 1 else 0.0
+
+            m, _ = select_alpha(lambda al: MultiSessionRRR(rank=rank, loss="mse", shared="output", alpha=al),
+                                (X, Y), score)
+            res["behavior_KTC"] = m.predict(_rows(_lagged(w.counts[te])), sid).reshape(K, T, C)
+    out["rrr"] = res
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation
+
+
+def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None = None, session: str | None = None,
+                 baselines: bool = True, split: str = "test", min_rate_hz: float = 0.5, rank: int = 3
+                 ) -> dict[str, Any]:
+    """Score a finished NEDS run (see the module docstring).
+
+    Args:
+        run_dir: the run directory.
+        corpus: the corpus directory.
+        tasks: names from :data:`TASKS` (list or comma-separated); None = all.
+        session: the session to score; None = the run's only session.
+        baselines: include the linear, RRR and oracle baselines.
+        split: only ``"test"``.
+        min_rate_hz: units at or above this mean rate (train windows) enter the R² averages.
+        rank: rank of the RRR baselines.
+
+    Returns:
+        JSON-serialisable {"family": "neds", "session_id", "tasks", "results": {task: {model:
+        scores}}, ...}.
+    """
+    from spikefm.corpus.reader import Corpus
+    from spikefm.families import get
+    from spikefm.families.neds.batches import session_arrays
+    from spikefm.train.checkpoint import load_exported_model
+    from spikefm.train.runinfo import load_run_config
+
+    fam = get("neds")
+    if split != "test":
+        raise ValueError(f"NEDS runs are scored on their held-out test windows; got split {split!r}, expected 'test'")
+    names = list(TASKS) if tasks is None else [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)
+                                               if t.strip()]
+    bad = [t for t in names if t not in TASKS]
+    if bad or not names:
+        raise ValueError(f"unknown NEDS task(s) {bad or names}; tasks: {', '.join(TASKS)}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    cfg = load_run_config(run_dir, model_cls=fam.model_config_cls, data_cls=fam.data_config_cls)
+    model = load_exported_model(run_dir, fam, cfg)
+    known = list(model.session_units)
+    if session is None:
+        if len(known) != 1:
+            raise ValueError(f"the run has {len(known)} sessions; pick one with --session: {', '.join(known)}")
+        session = known[0]
+    if session not in known:
+        raise ValueError(f"the run has no session {session!r}; its sessions: {', '.join(known)}; fine-tune it on "
+                         "that session first (spikefm finetune)")
+    corpus = Corpus(corpus)
+    windows = run_windows(run_dir, corpus)
+    mods = model.modalities
+    arrays = {s: session_arrays(w, mods) for s, w in windows.items()}
+    w, a = windows[session], arrays[session]
+    idx = {s: w.indices(s) for s in ("train", "val", "test")}
+    te = idx["test"]
+    if te.size == 0:
+        raise ValueError(f"session {session!r} has no test windows; raise data.split_fractions' test share")
+    truth = _truth(corpus, w) if baselines else None
+    cond = _conditions(a.labels_KJ[te])
+    results: dict[str, Any] = {}
+    if "encoding" in names:
+        train_rate = w.counts[idx["train"]].reshape(-1, w.num_units).mean(0) * 1000.0 / w.bin_ms
+        keep = train_rate >= min_rate_hz
+        counts = w.counts[te]
+        preds = {"neds": neds_predict(model, windows, arrays, session, te, "encoding")["rates_KTN"]}
+        if baselines:
+            preds.update(_encoders(windows, arrays, session, rank, idx, mods.num_classes))
+            if truth is not None:
+                preds["oracle"] = truth["rates_KTN"][te]
+        results["encoding"] = {k: encoding_scores(v, counts, cond, keep) for k, v in preds.items()}
+    if "decoding" in names:
+        p = neds_predict(model, windows, arrays, session, te, "decoding")
+        label_true = {lab: a.labels_KJ[te, j] for j, (lab, _) in enumerate(mods.labels)}
+        ncls = dict(zip(mods.label_names, mods.num_classes))
+        raw_true = a.behavior_KTC[te] * a.sd_C + a.mean_C
+        models = {"neds": {"labels": {lab: p["label_proba"][j].argmax(1) for j, lab in enumerate(mods.label_names)},
+                           "behavior_KTC": p["behavior_KTC"]}}
+        if baselines:
+            models.update(_decoders(windows, arrays, session, rank, idx, mods,
+                                    None if truth is None else truth["latents_KTZ"]))
+        dec = {}
+        for name, m in models.items():
+            beh = None if m["behavior_KTC"] is None else m["behavior_KTC"] * a.sd_C + a.mean_C
+            dec[name] = decoding_scores(m["labels"], {k: v for k, v in label_true.items() if k in m["labels"]}, ncls,
+                                        beh, raw_true, mods.channels, cond)
+        results["decoding"] = dec
+    if "region" in names:
+        results["region"] = region_task(model, windows, arrays)
+    return {"family": "neds", "run_dir": str(run_dir), "corpus": str(corpus.path),
+            "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session, "tasks": names,
+            "oracle": truth is not None, "rank": rank, "min_rate_hz": min_rate_hz,
+            "modalities": mods.to_json(), "num_windows": {k: int(v.size) for k, v in idx.items()},
+            "results": results}
+
+
+def _psth_features(x_KTQ: np.ndarray, cond_K: np.ndarray) -> np.ndarray:
+    """(Q, conditions * T) per-column PSTHs per condition, z-scored per column."""
+    p = _psth(x_KTQ, cond_K).T
+    sd = p.std(1, keepdims=True)
+    return (p - p.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+
+
+def region_task(model, windows: dict, arrays: dict) -> dict:
+    """Region classification of every unit of the model's sessions, one linear classifier and
+    leave-one-session-out folds for every feature set:
+
+    * ``embedding``: the unit's read-in column and read-out row (:meth:`NEDS.unit_embeddings`);
+    * ``embedding_tuning``: the read-out row applied to the model's hidden states averaged per
+      condition (first label) and bin, i.e. the unit's model PSTH, z-scored per unit;
+    * ``firing_stats`` (baseline): mean rate, ISI CV, Fano factor;
+    * ``psth_counts`` (baseline): the unit's observed PSTH per condition, z-scored, smoothed.
+    """
+    from spikefm.eval.probes import classify_regions, firing_statistics
+    from spikefm.families.neds.batches import collate
+
+    sessions = [s for s in model.session_units if s in windows]
+    regions = {s: list(windows[s].unit_regions) for s in sessions}
+    feats: dict[str, dict[str, np.ndarray]] = {k: {} for k in ("embedding", "embedding_tuning", "firing_stats",
+                                                               "psth_counts")}
+    device = next(model.parameters()).device
+    model.eval()
+    for s in sessions:
+        w, a = windows[s], arrays[s]
+        cond = _conditions(a.labels_KJ)
+        feats["embedding"][s] = model.unit_embeddings(s).float().cpu().numpy()
+        feats["firing_stats"][s] = firing_statistics(w.counts, w.bin_ms)
+        feats["psth_counts"][s] = _psth_features(_smooth(w.counts), cond)
+        hidden = []
+        with torch.no_grad():
+            for i in range(0, w.num_windows, 64):
+                b = collate(windows, arrays, [(s, k) for k in range(i, min(i + 64, w.num_windows))])
+                b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+                B, T = b["counts_BTN"].shape[:2]
+                out = model(b["counts_BTN"], torch.zeros(B, T, dtype=torch.bool, device=device), b["session_ids"],
+                            b["behavior_BTC"], ~b["behavior_valid_BTC"], b["labels_BJ"], ~b["label_valid_BJ"],
+                            return_hidden=True)
+                hidden.append(out["hidden_BTD"].float().cpu().numpy())
+        h_KTD = np.concatenate(hidden)
+        wout = model.stitcher(s).read_out.weight.detach().float().cpu().numpy()  # (n, D)
+        feats["embedding_tuning"][s] = _psth_features(h_KTD @ wout.T, cond)
+    out = {}
+    for name, f in feats.items():
+        try:
+            out[name] = classify_regions(f, regions)
+        except ValueError as exc:
+            out[name] = {"error": str(exc)}
+    return out
+
+
+def _cell(x) -> str:
+    from spikefm.tables import fmt_number
+
+    return fmt_number(x, ".3f")
+
+
+def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
+    """Text tables of :func:`evaluate_run` results: one row per (run, model, metric)."""
+    from spikefm.tables import render_table
+
+    rows = []
+    for run, r in results_by_run.items():
+        res = r.get("results", r)
+        for model, s in res.get("encoding", {}).items():
+            rows.append([run, "encoding", model, "spikes", _cell(s["bps_pooled"]), _cell(s["bps_per_neuron_mean"]),
+                         _cell(s["r2_single_trial"]), _cell(s["r2_psth"])])
+        for model, s in res.get("decoding", {}).items():
+            for target, v in s.items():
+                if "accuracy" in v:
+                    rows.append([run, "decoding", model, target, f"acc {_cell(v['accuracy'])}",
+                                 f"bal {_cell(v['balanced_accuracy'])}", f"chance {_cell(v['chance'])}", ""])
+                else:
+                    rows.append([run, "decoding", model, target, "", "", _cell(v["r2_single_trial"]),
+                                 _cell(v["r2_psth"])])
+        for model, v in res.get("region", {}).items():
+            if "error" in v:
+                rows.append([run, "region", model, "units", v["error"][:40], "", "", ""])
+            else:
+                rows.append([run, "region", model, f"{v['num_units']} units", f"acc {_cell(v['accuracy'])}",
+                             f"bal {_cell(v['balanced_accuracy'])}", f"chance {_cell(v['chance'])}",
+                             f"bal. chance {_cell(v['chance_balanced'])}"])
+    return render_table(["run", "task", "model", "target", "bps / acc", "bps/neuron / bal", "R² single / chance",
+                         "R² PSTH"], rows, title="NEDS evaluation (test windows)")

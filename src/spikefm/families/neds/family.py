@@ -1,0 +1,428 @@
+"""NEDS as a training family (``spikefm train --model neds``).
+
+Model config: :class:`spikefm.families.neds.model.NEDSConfig` (``--preset tiny|small|base``).
+Data config: :class:`NEDSDataConfig`.
+
+Data: each session in ``data.sessions`` (default: the corpus's train-split sessions) is cut into
+windows (:func:`spikefm.data.windows.load_all_windows`; trial-aligned, or continuous with
+``data.align=``) with a seeded train/val/test split per session, written into the run's
+``config.json`` (``family_info.window_splits``) so evaluation scores exactly the held-out windows.
+Behaviour channels are z-scored per session with statistics of its train windows.
+
+Loss: a mask seed per micro-batch (from ``train.seed``, the rank and a counter saved in the loader
+state); one scheme per sample (:mod:`spikefm.families.neds.masking`); per-modality losses averaged
+over their scored entries then summed with ``data.spike_weight`` / ``behavior_weight`` /
+``label_weight``.
+
+Fine-tuning (``spikefm finetune``): a new run on the held-out session, with new session
+parameters, the shared core loaded from ``data.init_from`` (frozen with ``data.freeze_core``) and
+the pretrained run's modalities written out explicitly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from spikefm.families.neds.batches import (NEDSLoader, batch_seed, collate, parse_label_spec,
+                                           resolve_modalities, session_arrays)
+from spikefm.families.neds.masking import SCHEMES, draw_schemes, make_masks, neds_loss
+from spikefm.families.neds.model import NEDS, NEDS_PRESETS, Modalities, NEDSConfig, neds_preset
+from spikefm.train.config import RunConfig
+
+__all__ = ["NEDSDataConfig", "NEDSFamily", "RUN_DEFAULTS", "parse_schemes", "window_options", "masked_forward"]
+
+#: Optimizer and loop defaults of a NEDS run (before --set).
+RUN_DEFAULTS = ["optim.lr=2e-3", "train.batch_size=16", "train.steps=3000", "train.precision=fp32",
+                "train.log_every=100", "train.ckpt_every=1000", "train.eval_every=500"]
+
+
+def parse_schemes(text: str) -> list[str]:
+    """``"all"`` or comma-separated names of :data:`spikefm.families.neds.masking.SCHEMES`."""
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    if names == ["all"]:
+        return list(SCHEMES)
+    bad = [s for s in names if s not in SCHEMES]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"data.schemes must be 'all' or distinct comma-separated names from "
+                         f"{', '.join(SCHEMES)}; got {text!r}")
+    return names
+
+
+@dataclass(frozen=True)
+class NEDSDataConfig:
+    """Windows, modalities, masking and initialisation of a NEDS run.
+
+    Attributes:
+        corpus: corpus directory.
+        sessions: comma-separated session ids; ``""`` = the corpus's train-split sessions.
+        window_bins: T, bins per window (<= ``model.max_bins``).
+        align: trial column to align windows to; ``"auto"`` = the first of stimulus onset, go cue,
+            target onset, trial start the session holds; ``""`` = continuous windows (continuous
+            behaviour only: no trial labels).
+        pre_ms: window start before the event (ms).
+        event_rounding: ``"nearest"`` or ``"floor"`` (see :mod:`spikefm.data.windows`).
+        split_fractions: (train, val, test) fractions of each session's windows.
+        split_seed: seed of the per-session split.
+        min_rate_hz: leave out units below this mean rate (0 keeps all).
+        behavior: continuous channels: ``"auto"`` (all in the sessions), ``""`` or a comma list.
+        labels: trial labels: ``"auto"`` (choice, block_prior, target_angle where present), ``""``,
+            or ``"choice;block_prior"`` / ``"choice=-1,1;block_prior=0.2,0.5,0.8"``.
+        schemes: training masking schemes: ``"all"`` or comma-separated names.
+        mask_ratio: fraction of bins (and probability per label) the random schemes hide.
+        spike_weight, behavior_weight, label_weight: weights of the per-modality losses.
+        init_from: a pretrained NEDS run whose core initialises this run.
+        freeze_core: keep the loaded core fixed.
+    """
+
+    corpus: str = ""
+    sessions: str = ""
+    window_bins: int = 100
+    align: str = "auto"
+    pre_ms: int = 500
+    event_rounding: str = "nearest"
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_seed: int = 0
+    min_rate_hz: float = 0.0
+    behavior: str = "auto"
+    labels: str = "auto"
+    schemes: str = "all"
+    mask_ratio: float = 0.3
+    spike_weight: float = 1.0
+    behavior_weight: float = 1.0
+    label_weight: float = 1.0
+    init_from: str = ""
+    freeze_core: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("corpus", "sessions", "align", "event_rounding", "behavior", "labels", "schemes", "init_from"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"data.{name} must be a str, got {type(getattr(self, name)).__name__}")
+        for name, lo in (("window_bins", 1), ("pre_ms", 0), ("split_seed", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"data.{name} must be an int >= {lo}, got {v!r}")
+        r = self.mask_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r <= 1.0:
+            raise ValueError(f"data.mask_ratio must be a number in (0, 1], got {r!r}")
+        for name in ("spike_weight", "behavior_weight", "label_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"data.{name} must be a finite number >= 0, got {v!r}")
+        parse_schemes(self.schemes)
+        if self.labels != "auto":
+            parse_label_spec(self.labels)
+        from spikefm.data.windows import _check_fractions, _check_window_options
+
+        _check_fractions(self.split_fractions)
+        _check_window_options(self.event_rounding, None, self.min_rate_hz)
+        if not isinstance(self.freeze_core, bool):
+            raise TypeError(f"data.freeze_core must be a bool (true/false), got {self.freeze_core!r}")
+        if self.freeze_core and not self.init_from:
+            raise ValueError("data.freeze_core=true needs data.init_from=PRETRAINED_RUN_DIR; freezing a "
+                             "random core would train the session parameters on noise")
+
+
+def window_options(data: NEDSDataConfig) -> dict[str, Any]:
+    """Keyword arguments of :func:`spikefm.data.windows.load_all_windows` for this config."""
+    return {"window_bins": data.window_bins, "align": data.align or None, "pre_ms": data.pre_ms,
+            "table": "trials", "split_fractions": tuple(data.split_fractions), "seed": data.split_seed,
+            "event_rounding": data.event_rounding, "min_rate_hz": float(data.min_rate_hz)}
+
+
+def _ids(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _corpus(data: NEDSDataConfig):
+    from spikefm.corpus.reader import Corpus
+
+    if not data.corpus:
+        raise ValueError("data.corpus is empty; pass --data CORPUS_DIR")
+    return Corpus(data.corpus)
+
+
+def masked_forward(model: nn.Module, batch: dict, scheme_B: torch.Tensor, ratio: float,
+                   generator: torch.Generator, *, all_sessions_in_graph: bool = False):
+    """Masks of ``scheme_B`` for ``batch`` and the model's outputs on the masked inputs."""
+    masks = make_masks(scheme_B, num_bins=batch["counts_BTN"].shape[1], unit_valid_BN=batch["unit_valid_BN"],
+                       behavior_valid_BTC=batch["behavior_valid_BTC"], label_valid_BJ=batch["label_valid_BJ"],
+                       ratio=ratio, generator=generator)
+    out = model(batch["counts_BTN"], masks.spike_hidden_BT, list(batch["session_ids"]), batch["behavior_BTC"],
+                masks.behavior_hidden_BTC, batch["labels_BJ"], masks.label_hidden_BJ,
+                all_sessions_in_graph=all_sessions_in_graph)
+    return masks, out
+
+
+class NEDSFamily:
+    """Family protocol implementation for :class:`spikefm.families.neds.model.NEDS`."""
+
+    name = "neds"
+    model_config_cls = NEDSConfig
+    data_config_cls = NEDSDataConfig
+
+    def __init__(self) -> None:
+        self._data: NEDSDataConfig | None = None
+        self._cache: dict[tuple, tuple] = {}
+        self._num_params: dict[int, int] = {}
+
+    @staticmethod
+    def preset(name: str) -> NEDSConfig:
+        return neds_preset(name)
+
+    @staticmethod
+    def presets() -> list[str]:
+        return list(NEDS_PRESETS)
+
+    @staticmethod
+    def run_defaults() -> list[str]:
+        return list(RUN_DEFAULTS)
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def sessions(self, data: NEDSDataConfig) -> dict[str, int]:
+        """Session id -> unit count after the firing-rate filter, in training order."""
+        windows, _, _ = self.prepared(data)
+        return {sid: w.num_units for sid, w in windows.items()}
+
+    def prepared(self, data: NEDSDataConfig) -> tuple[dict, Modalities, dict]:
+        """(windows by session, modalities, :class:`SessionArrays` by session), cached per config."""
+        from spikefm.data.windows import load_all_windows
+
+        key = (str(Path(data.corpus).resolve()), data.sessions, data.behavior, data.labels,
+               tuple(sorted(window_options(data).items())))
+        if key not in self._cache:
+            corpus = _corpus(data)
+            ids = _ids(data.sessions) if data.sessions else corpus.session_ids("train")
+            if not ids:
+                raise ValueError(f"{corpus.path} has no session in its train split; pass data.sessions=ID,...")
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"data.sessions lists a session twice: {data.sessions!r}")
+            windows = load_all_windows(corpus, ids, **window_options(data))
+            mods = resolve_modalities(windows, data.behavior, data.labels)
+            arrays = {sid: session_arrays(w, mods) for sid, w in windows.items()}
+            self._cache[key] = (windows, mods, arrays)
+        return self._cache[key]
+
+    # -- model -----------------------------------------------------------------------------------
+
+    def build_model(self, cfg: RunConfig) -> nn.Module:
+        if cfg.data.window_bins > cfg.model.max_bins:
+            raise ValueError(f"data.window_bins ({cfg.data.window_bins}) exceeds model.max_bins "
+                             f"({cfg.model.max_bins}); lower data.window_bins or raise model.max_bins")
+        self._data = cfg.data
+        windows, mods, _ = self.prepared(cfg.data)
+        return NEDS(cfg.model, {sid: w.num_units for sid, w in windows.items()}, mods)
+
+    def init_for_loading(self, model: nn.Module) -> None:
+        """Fresh initialisation of every parameter and buffer from the global torch RNG."""
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") or name in ("mask_token",) or name.endswith(".embedding") \
+                        or p.ndim == 1 and "norm" in name:
+                    p.zero_()
+                else:
+                    p.normal_(0.0, 0.02)
+            for mod in model.modules():
+                if isinstance(mod, nn.LayerNorm):
+                    mod.weight.fill_(1.0)
+                    mod.bias.zero_()
+            offsets, acc = [], 0
+            for k in model.modalities.num_classes:
+                offsets.append(acc)
+                acc += k
+            model.label_offset.copy_(torch.tensor(offsets or [0], dtype=torch.long))
+
+    def init_weights(self, model: nn.Module) -> None:
+        """Fresh initialisation; then the pretrained core if ``data.init_from``."""
+        self.init_for_loading(model)
+        data = self._data
+        if data is None:
+            return
+        # Each unit's read-out bias starts at its log mean count on the train windows, so the
+        # first steps are not spent learning firing rates (a rate of 1 spike per bin, exp(0),
+        # is ~10x too high for 20 ms bins).
+        windows, _, _ = self.prepared(data)
+        with torch.no_grad():
+            for sid, w in windows.items():
+                if sid in model.session_units:
+                    tr = w.indices("train")
+                    mean = w.counts[tr].reshape(-1, w.num_units).mean(0) if tr.size else np.full(w.num_units, 0.1)
+                    model.stitcher(sid).read_out.bias.copy_(torch.as_tensor(np.log(mean + 1e-3)))
+        if not data.init_from:
+            return
+        load_pretrained_core(model, data.init_from)
+        if data.freeze_core:
+            model.freeze_core(True)
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.layers)
+
+    def train_loader(self, cfg: RunConfig, rank: int, world_size: int) -> NEDSLoader:
+        from spikefm.data.windows import WindowBatcher
+
+        windows, _, arrays = self.prepared(cfg.data)
+        batcher = WindowBatcher(windows, batch_size=cfg.train.micro_batch_size(world_size), seed=cfg.train.seed,
+                                split="train", rank=rank, world_size=world_size)
+        return NEDSLoader(batcher, windows, arrays, cfg.train.seed, rank)
+
+    # -- loss ------------------------------------------------------------------------------------
+
+    def _loss(self, model, batch, data: NEDSDataConfig, generator: torch.Generator):
+        scheme_B = draw_schemes(batch["counts_BTN"].shape[0], parse_schemes(data.schemes), generator)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1
+        masks, out = masked_forward(model, batch, scheme_B, data.mask_ratio, generator,
+                                    all_sessions_in_graph=distributed and model.training)
+        return neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], masks,
+                         spike_weight=data.spike_weight, behavior_weight=data.behavior_weight,
+                         label_weight=data.label_weight)
+
+    def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):
+        generator = torch.Generator().manual_seed(int(batch["mask_seed"]))
+        loss, stats = self._loss(model, batch, cfg.data, generator)
+        tokens = stats["count/spike"] + stats["count/behavior"] + stats["count/label"]
+        return loss, {"tokens": int(tokens), "loss_spike": stats["loss/spike"],
+                      "loss_behavior": stats["loss/behavior"], "loss_label": stats["loss/label"]}
+
+    def flops_per_batch(self, model: nn.Module, batch: Any, cfg: RunConfig) -> float:
+        key = id(model)
+        if key not in self._num_params:
+            self._num_params[key] = sum(p.numel() for p in model.parameters())
+        B, T, _ = batch["counts_BTN"].shape
+        L = T * (1 + batch["behavior_BTC"].shape[-1]) + batch["labels_BJ"].shape[-1]
+        return 6.0 * self._num_params[key] * B * L
+
+    def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
+                 ) -> dict[str, tuple[float, float]]:
+        """The training loss on this rank's share of the ``val`` windows, with fixed masks
+        (the same entries at every evaluation); ``val_loss`` averages it over windows."""
+        windows, _, arrays = self.prepared(cfg.data)
+        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
+        if not items:
+            raise ValueError("the sessions have no val windows; set train.eval_every=0 or raise "
+                             "data.split_fractions' val share")
+        bs = cfg.train.micro_batch_size(world_size)
+        mine = items[rank::world_size]
+        num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)
+        device = next(model.parameters()).device
+        num = den = 0.0
+        for i in range(num_batches):
+            chunk = mine[i * bs:(i + 1) * bs]
+            batch = _to(collate(windows, arrays, chunk or items[:1]), device)
+            gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, rank, 2**40 + i))
+            loss, _ = self._loss(model, batch, cfg.data, gen)
+            if chunk:
+                num += float(loss) * len(chunk)
+                den += len(chunk)
+        return {"val_loss": (num, den)}
+
+    def describe(self, cfg: RunConfig) -> dict[str, Any]:
+        corpus = _corpus(cfg.data)
+        windows, mods, arrays = self.prepared(cfg.data)
+        opts = window_options(cfg.data)
+        info = {
+            "corpus": str(corpus.path.resolve()),
+            "corpus_manifest_sha256": corpus.manifest_hash,
+            "sessions": {sid: w.num_units for sid, w in windows.items()},
+            "modalities": mods.to_json(),
+            "behavior_scaling": {sid: {"mean": a.mean_C.tolist(), "sd": a.sd_C.tolist()} for sid, a in arrays.items()},
+            "window_options": {**opts, "split_fractions": list(opts["split_fractions"])},
+            "num_windows": {sid: {s: int(w.indices(s).size) for s in ("train", "val", "test")}
+                            for sid, w in windows.items()},
+            "window_splits": {sid: {"bin_ms": int(w.bin_ms), "window_bins": w.num_bins, "align": w.align,
+                                    "t_start_ms": [int(x) for x in w.t_start_ms],
+                                    "split": [str(x) for x in w.split]} for sid, w in windows.items()},
+        }
+        if cfg.data.init_from:
+            info["init_from"] = str(Path(cfg.data.init_from).resolve())
+        return info
+
+    # -- outside the loop --------------------------------------------------------------------------
+
+    def finetune_config(self, run_dir: str, corpus: str, session_id: str, *, freeze_core: bool = False,
+                        from_scratch: bool = False, steps: int = 500) -> RunConfig:
+        """The run that adapts the finished NEDS run ``run_dir`` to ``session_id``: same model,
+        windows, masking and optimizer; the pretrained run's modalities written out; new session
+        parameters on the pretrained core (frozen with ``freeze_core``), or with ``from_scratch``
+        the single-session NEDS with the same settings. Warm-up is capped at a tenth of ``steps``."""
+        from spikefm.train.runinfo import load_run_config
+
+        pre = load_run_config(run_dir, model_cls=NEDSConfig, data_cls=NEDSDataConfig)
+        if pre.family != self.name:
+            raise ValueError(f"{run_dir} is a {pre.family!r} run; fine-tuning here needs a NEDS run")
+        if not from_scratch and not (Path(run_dir) / "model.safetensors").is_file():
+            raise ValueError(f"{run_dir}/model.safetensors not found; the pretraining run has not finished "
+                             "(resume it with spikefm train ... --resume)")
+        mods = _run_info(run_dir).get("modalities", {"channels": [], "labels": {}})
+        behavior = ",".join(mods["channels"])
+        labels = ";".join(f"{k}=" + ",".join(repr(float(v)) for v in vals) for k, vals in mods["labels"].items())
+        common = dict(corpus=str(corpus), sessions=session_id, behavior=behavior, labels=labels)
+        if from_scratch:
+            data = dataclasses.replace(pre.data, **common, init_from="", freeze_core=False)
+        else:
+            data = dataclasses.replace(pre.data, **common, init_from=str(Path(run_dir).resolve()),
+                                       freeze_core=bool(freeze_core))
+        warmup = pre.optim.warmup_steps
+        optim = dataclasses.replace(pre.optim, warmup_steps=None if warmup is None else min(warmup, steps // 10))
+        return RunConfig(family=self.name, model=pre.model, data=data, optim=optim,
+                         train=dataclasses.replace(pre.train, steps=steps))
+
+    def evaluate(self, run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None = None,
+                 session: str | None = None, baselines: bool = True, split: str = "test",
+                 min_rate_hz: float = 0.5, rank: int = 3) -> dict[str, Any]:
+        """Encoding, decoding and region classification of a finished run on one session's test
+        windows, with baselines (:func:`spikefm.families.neds.evaluate.evaluate_run`)."""
+        from spikefm.families.neds.evaluate import evaluate_run
+
+        return evaluate_run(run_dir, corpus, tasks=tasks, session=session, baselines=baselines, split=split,
+                            min_rate_hz=min_rate_hz, rank=rank)
+
+    def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
+        from spikefm.families.neds.evaluate import format_results
+
+        return format_results(results_by_run)
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _run_info(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())["family_info"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise ValueError(f"{path}: cannot read the run's family_info ({exc}); expected a NEDS run "
+                         "directory written by spikefm train") from None
+
+
+def load_pretrained_core(model: NEDS, run_dir: str | Path) -> list[str]:
+    """Copy the shared core (everything outside ``sessions.``) of RUN_DIR/model.safetensors into
+    ``model``, plus any session both hold with equal shapes. Returns the loaded names."""
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / "model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"data.init_from: {path} not found; expected a finished NEDS run directory")
+    state = load_file(str(path))
+    own = dict(model.named_parameters())
+    core = {k: v for k, v in state.items() if not k.startswith("sessions.")}
+    bad = sorted(k for k in set(core) ^ {k for k in own if not k.startswith("sessions.")})
+    bad += [k for k in core if k in own and tuple(core[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"{path} does not hold this model's core (differs at {bad[:5]}); use the "
+                         "pretrained run's model config and modalities")
+    same = {k: v for k, v in state.items() if k.startswith("sessions.") and k in own
+            and tuple(v.shape) == tuple(own[k].shape)}
+    with torch.no_grad():
+        for k, t in {**core, **same}.items():
+            own[k].copy_(t.to(own[k].device, own[k].dtype))
+    return sorted(core) + sorted(same)

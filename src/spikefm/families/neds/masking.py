@@ -1,0 +1,143 @@
+"""NEDS multi-task masks as pure functions, and the per-modality loss.
+
+Shape legend: B batch, T bins, N units, C continuous channels, J labels.
+
+Schemes (one drawn per sample, never one per batch):
+
+* ``encoding``: every spike bin hidden; behaviour and labels given (predict neurons from behaviour);
+* ``decoding``: every behaviour bin and label hidden; spikes given (predict behaviour);
+* ``spike``: ``round(ratio * T)`` random bins of the spike tokens hidden, behaviour given;
+* ``behavior``: per continuous channel ``round(ratio * T)`` random bins hidden, each label hidden
+  with probability ``ratio``; spikes given;
+* ``cross``: the same ``round(ratio * T)`` random bins hidden in the spikes and in every channel,
+  each label hidden with probability ``ratio``.
+
+Entries missing in the data (NaN behaviour, a trial without the label, continuous windows without
+labels) are hidden too but never scored. Nothing here modifies its inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SCHEMES", "NUM_SCHEMES", "draw_schemes", "Masks", "make_masks", "neds_loss"]
+
+SCHEMES: tuple[str, ...] = ("encoding", "decoding", "spike", "behavior", "cross")
+NUM_SCHEMES = len(SCHEMES)
+
+
+def draw_schemes(batch_size: int, allowed: list[str], generator: torch.Generator) -> torch.Tensor:
+    """(B,) int64 scheme ids (indices into :data:`SCHEMES`), drawn independently per sample."""
+    ids = torch.tensor([SCHEMES.index(s) for s in allowed], dtype=torch.long)
+    return ids[torch.randint(len(ids), (batch_size,), generator=generator)]
+
+
+@dataclass
+class Masks:
+    """Which entries the model does not see (``*_hidden``) and which the loss scores (``*_scored``).
+
+    Attributes:
+        scheme_B: scheme id per sample.
+        spike_hidden_BT, behavior_hidden_BTC, label_hidden_BJ: bool, hidden from the model.
+        spike_scored_BTN, behavior_scored_BTC, label_scored_BJ: bool, hidden by the mask AND present
+            in the data (valid unit / non-NaN value / label present).
+    """
+
+    scheme_B: torch.Tensor
+    spike_hidden_BT: torch.Tensor
+    behavior_hidden_BTC: torch.Tensor
+    label_hidden_BJ: torch.Tensor
+    spike_scored_BTN: torch.Tensor
+    behavior_scored_BTC: torch.Tensor
+    label_scored_BJ: torch.Tensor
+
+
+def _random_bins(B: int, T: int, ratio: float, generator: torch.Generator, extra: int = 1) -> torch.Tensor:
+    """(B, extra, T) bool: exactly max(1, round(ratio * T)) True bins per row, uniformly chosen."""
+    k = max(1, int(round(ratio * T)))
+    order = torch.rand(B, extra, T, generator=generator).argsort(dim=-1)
+    return order < k
+
+
+def make_masks(scheme_B: torch.Tensor, *, num_bins: int, unit_valid_BN: torch.Tensor,
+               behavior_valid_BTC: torch.Tensor, label_valid_BJ: torch.Tensor, ratio: float,
+               generator: torch.Generator) -> Masks:
+    """The masks of one batch (see the module docstring); a pure function of its arguments.
+
+    Args:
+        scheme_B: int64 scheme ids.
+        num_bins: T.
+        unit_valid_BN: bool, real (non-padding) units.
+        behavior_valid_BTC: bool, recorded behaviour values.
+        label_valid_BJ: bool, labels the trial has.
+        ratio: the mask ratio in (0, 1] of the random schemes.
+        generator: the random stream (CPU).
+    """
+    B, T = int(scheme_B.shape[0]), int(num_bins)
+    C, J = int(behavior_valid_BTC.shape[-1]), int(label_valid_BJ.shape[-1])
+    s = scheme_B.cpu()[:, None]
+    enc, dec, spk, beh, crs = (s == SCHEMES.index(n) for n in SCHEMES)
+    rand_spike_BT = _random_bins(B, T, ratio, generator)[:, 0]
+    rand_beh_BCT = _random_bins(B, T, ratio, generator, extra=max(C, 1))[:, :C]
+    rand_cross_BT = _random_bins(B, T, ratio, generator)[:, 0]
+    rand_label_BJ = torch.rand(B, J, generator=generator) < ratio
+    spike_mask_BT = enc | (spk & rand_spike_BT) | (crs & rand_cross_BT)
+    beh_mask_BTC = (dec[..., None] | (beh[..., None] & rand_beh_BCT.transpose(1, 2))
+                    | (crs[..., None] & rand_cross_BT[..., None]))
+    label_mask_BJ = dec | ((beh | crs) & rand_label_BJ)
+    dev = unit_valid_BN.device
+    spike_mask_BT, beh_mask_BTC, label_mask_BJ = (m.to(dev) for m in (spike_mask_BT, beh_mask_BTC, label_mask_BJ))
+    return Masks(
+        scheme_B=scheme_B,
+        spike_hidden_BT=spike_mask_BT,
+        behavior_hidden_BTC=beh_mask_BTC | ~behavior_valid_BTC,
+        label_hidden_BJ=label_mask_BJ | ~label_valid_BJ,
+        spike_scored_BTN=spike_mask_BT[..., None] & unit_valid_BN[:, None, :],
+        behavior_scored_BTC=beh_mask_BTC & behavior_valid_BTC,
+        label_scored_BJ=label_mask_BJ & label_valid_BJ,
+    )
+
+
+def neds_loss(out: dict, counts_BTN: torch.Tensor, behavior_BTC: torch.Tensor, labels_BJ: torch.Tensor,
+              masks: Masks, *, spike_weight: float = 1.0, behavior_weight: float = 1.0,
+              label_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-modality losses, each averaged over its scored entries, then summed with weights.
+
+    Spikes: Poisson NLL ``exp(r) - y r`` (without the constant ``log y!``) per scored (bin, unit).
+    Behaviour: mean squared error per scored entry of each channel, averaged over the channels
+    that have scored entries. Labels: cross-entropy per scored label, averaged over labels that
+    have scored entries. A modality with no scored entry contributes 0.
+
+    Returns:
+        (loss, stats) with ``loss/spike``, ``loss/behavior``, ``loss/label`` (floats, 0 when
+        nothing was scored) and ``count/...`` (the numbers of scored entries).
+    """
+    lr = out["log_rates_BTN"].float()
+    m = masks.spike_scored_BTN
+    nll = torch.exp(lr) - counts_BTN.float() * lr
+    n_spike = m.sum()
+    spike = torch.where(m, nll, 0.0).sum() / n_spike.clamp(min=1)
+    zero = lr.sum() * 0.0
+    beh_terms = []
+    mb = masks.behavior_scored_BTC
+    if mb.shape[-1]:
+        err = (out["behavior_BTC"].float() - torch.nan_to_num(behavior_BTC.float())) ** 2
+        per_c_num = torch.where(mb, err, 0.0).sum(dim=(0, 1))
+        per_c_den = mb.sum(dim=(0, 1))
+        have = per_c_den > 0
+        if have.any():
+            beh_terms.append((per_c_num[have] / per_c_den[have]).mean())
+    behavior = beh_terms[0] if beh_terms else zero
+    lab_terms = []
+    for j, logits in enumerate(out["label_logits"]):
+        sel = masks.label_scored_BJ[:, j]
+        if sel.any():
+            lab_terms.append(F.cross_entropy(logits[sel].float(), labels_BJ[sel, j].long()))
+    label = torch.stack(lab_terms).mean() if lab_terms else zero
+    loss = spike_weight * spike + behavior_weight * behavior + label_weight * label
+    stats = {"loss/spike": float(spike.detach()), "loss/behavior": float(behavior.detach()),
+             "loss/label": float(label.detach()), "count/spike": int(n_spike),
+             "count/behavior": int(mb.sum()), "count/label": int(masks.label_scored_BJ.sum())}
+    return loss, stats

@@ -1,0 +1,179 @@
+"""NEDS model and masking: per-sample masks, inputs untouched, no hidden entry reaches the model,
+the loss against an independent formula, presets."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spikefm.families.neds.masking import SCHEMES, draw_schemes, make_masks, neds_loss
+from spikefm.families.neds.model import NEDS, NEDS_PRESETS, Modalities, NEDSConfig, neds_preset
+from spikefm.families import get as get_family
+
+MODS = Modalities(channels=("wheel", "whisk"), labels=(("choice", (-1.0, 1.0)), ("block", (0.2, 0.5, 0.8))))
+SESSIONS = {"a": 7, "b": 5}
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = NEDS(NEDSConfig(dim=32, n_layers=2, n_heads=4, mlp_dim=64, max_bins=16), SESSIONS, MODS)
+    get_family("neds").init_for_loading(model)
+    return model.eval()
+
+
+def _batch(B=6, T=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sids = ["a", "b"] * (B // 2)
+    counts = torch.poisson(torch.full((B, T, 7), 0.5), generator=g)
+    valid = torch.zeros(B, 7, dtype=torch.bool)
+    for b, s in enumerate(sids):
+        valid[b, :SESSIONS[s]] = True
+    counts = counts * valid[:, None, :]
+    beh = torch.randn(B, T, 2, generator=g)
+    beh_valid = torch.ones(B, T, 2, dtype=torch.bool)
+    beh_valid[0, :3, 1] = False  # a missing stretch
+    labels = torch.stack([torch.randint(2, (B,), generator=g), torch.randint(3, (B,), generator=g)], 1)
+    lab_valid = torch.ones(B, 2, dtype=torch.bool)
+    lab_valid[1, 1] = False
+    return dict(counts_BTN=counts, unit_valid_BN=valid, behavior_BTC=beh, behavior_valid_BTC=beh_valid,
+                labels_BJ=labels, label_valid_BJ=lab_valid, session_ids=sids)
+
+
+def _masks(batch, scheme_B, seed=1, ratio=0.3):
+    return make_masks(scheme_B, num_bins=batch["counts_BTN"].shape[1], unit_valid_BN=batch["unit_valid_BN"],
+                      behavior_valid_BTC=batch["behavior_valid_BTC"], label_valid_BJ=batch["label_valid_BJ"],
+                      ratio=ratio, generator=torch.Generator().manual_seed(seed))
+
+
+def _forward(model, batch, m):
+    return model(batch["counts_BTN"], m.spike_hidden_BT, batch["session_ids"], batch["behavior_BTC"],
+                 m.behavior_hidden_BTC, batch["labels_BJ"], m.label_hidden_BJ)
+
+
+def test_schemes_are_drawn_per_sample_and_masks_differ_within_a_batch():
+    g = torch.Generator().manual_seed(0)
+    scheme_B = draw_schemes(64, list(SCHEMES), g)
+    assert len(set(scheme_B.tolist())) == len(SCHEMES)  # a batch mixes schemes
+    batch = _batch(B=4)
+    same = torch.full((4,), SCHEMES.index("spike"))
+    m = _masks(batch, same)
+    # Same scheme, different random bins per sample.
+    rows = {tuple(r.tolist()) for r in m.spike_hidden_BT}
+    assert len(rows) > 1
+    assert (m.spike_hidden_BT.sum(1) == round(0.3 * 10)).all()
+
+
+def test_each_scheme_hides_what_it_promises():
+    batch = _batch(B=5, T=10)
+    scheme_B = torch.arange(5)
+    m = _masks(batch, scheme_B, ratio=0.4)
+    enc, dec, spk, beh, crs = range(5)
+    assert m.spike_hidden_BT[enc].all() and not (m.behavior_hidden_BTC[enc] & batch["behavior_valid_BTC"][enc]).any()
+    assert not m.spike_hidden_BT[dec].any() and m.behavior_hidden_BTC[dec].all() and m.label_hidden_BJ[dec].all()
+    assert m.spike_hidden_BT[spk].sum() == 4 and not (m.behavior_hidden_BTC[spk] & batch["behavior_valid_BTC"][spk]).any()
+    assert not m.spike_hidden_BT[beh].any() and (m.behavior_hidden_BTC[beh].sum(0) == 4).all()
+    # cross-modal: the same bins in every modality
+    hidden_bins = m.spike_hidden_BT[crs]
+    assert hidden_bins.sum() == 4
+    for c in range(2):
+        assert torch.equal(m.behavior_hidden_BTC[crs, :, c], hidden_bins)
+    # missing data is hidden but never scored
+    assert m.behavior_hidden_BTC[0, :3, 1].all() and not m.behavior_scored_BTC[0, :3, 1].any()
+    assert m.label_hidden_BJ[1, 1] and not m.label_scored_BJ[1, 1]
+
+
+def test_inputs_unchanged_after_forward_and_loss():
+    model = _model().train()
+    batch = _batch()
+    before = {k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    m = _masks(batch, torch.arange(6) % 5)
+    out = _forward(model, batch, m)
+    loss, _ = neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], m)
+    loss.backward()
+    for k, v in before.items():
+        assert torch.equal(batch[k], v), k
+
+
+def test_no_hidden_entry_reaches_the_model():
+    model = _model()
+    batch = _batch()
+    m = _masks(batch, torch.arange(6) % 5, ratio=0.5)
+    out1 = _forward(model, batch, m)
+    g = torch.Generator().manual_seed(9)
+    changed = dict(batch)
+    changed["counts_BTN"] = torch.where(m.spike_hidden_BT[..., None], torch.randint(0, 9, batch["counts_BTN"].shape,
+                                        generator=g).float(), batch["counts_BTN"])
+    changed["behavior_BTC"] = torch.where(m.behavior_hidden_BTC, 100 * torch.randn(batch["behavior_BTC"].shape,
+                                          generator=g), batch["behavior_BTC"])
+    changed["labels_BJ"] = torch.where(m.label_hidden_BJ, 1 - batch["labels_BJ"].clamp(max=1), batch["labels_BJ"])
+    assert not torch.equal(changed["counts_BTN"], batch["counts_BTN"])
+    out2 = _forward(model, changed, m)
+    torch.testing.assert_close(out1["log_rates_BTN"], out2["log_rates_BTN"], rtol=0, atol=0)
+    torch.testing.assert_close(out1["behavior_BTC"], out2["behavior_BTC"], rtol=0, atol=0)
+    for a, b in zip(out1["label_logits"], out2["label_logits"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # ...while a visible entry does change the output (the test can fail).
+    visible = ~m.spike_hidden_BT[..., None] & batch["unit_valid_BN"][:, None, :]
+    changed["counts_BTN"] = batch["counts_BTN"] + 3.0 * visible
+    out3 = _forward(model, changed, m)
+    assert not torch.allclose(out1["log_rates_BTN"], out3["log_rates_BTN"])
+
+
+def test_mixed_batch_equals_each_session_alone():
+    model = _model()
+    batch = _batch()
+    m = _masks(batch, torch.arange(6) % 5)
+    out = _forward(model, batch, m)
+    rows = [i for i, s in enumerate(batch["session_ids"]) if s == "b"]
+    sub = {k: (v[rows] if isinstance(v, torch.Tensor) else [v[i] for i in rows]) for k, v in batch.items()}
+    sub["counts_BTN"] = sub["counts_BTN"][..., :5]
+    m_sub = type(m)(**{k: v[rows] for k, v in vars(m).items()})
+    out_sub = _forward(model, sub, m_sub)
+    torch.testing.assert_close(out["log_rates_BTN"][rows][..., :5], out_sub["log_rates_BTN"], rtol=1e-5, atol=1e-6)
+
+
+def test_loss_matches_an_independent_formula():
+    model = _model()
+    batch = _batch()
+    m = _masks(batch, torch.arange(6) % 5, ratio=0.5)
+    out = _forward(model, batch, m)
+    loss, stats = neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], m,
+                            spike_weight=0.7, behavior_weight=1.3, label_weight=0.4)
+    lr = out["log_rates_BTN"].detach().numpy().astype(np.float64)
+    y = batch["counts_BTN"].numpy()
+    sel = m.spike_scored_BTN.numpy()
+    spike = np.mean((np.exp(lr) - y * lr)[sel])
+    pred, beh = out["behavior_BTC"].detach().numpy(), batch["behavior_BTC"].numpy()
+    sel_b = m.behavior_scored_BTC.numpy()
+    per_c = [np.mean(((pred - beh) ** 2)[..., c][sel_b[..., c]]) for c in range(2) if sel_b[..., c].any()]
+    ce = []
+    for j, logits in enumerate(out["label_logits"]):
+        z = logits.detach().numpy().astype(np.float64)
+        rows = np.flatnonzero(m.label_scored_BJ[:, j].numpy())
+        if rows.size:
+            lse = np.log(np.exp(z[rows]).sum(1))
+            ce.append(np.mean(lse - z[rows, batch["labels_BJ"][rows, j].numpy()]))
+    expected = 0.7 * spike + 1.3 * np.mean(per_c) + 0.4 * np.mean(ce)
+    assert math.isclose(float(loss.detach()), expected, rel_tol=1e-5)
+    assert stats["count/spike"] == int(sel.sum())
+
+
+def test_presets_build_and_bad_config_is_rejected():
+    for name in NEDS_PRESETS:
+        cfg = neds_preset(name)
+        with torch.device("meta"):
+            NEDS(cfg, {"s": 10}, MODS)
+    with pytest.raises(ValueError, match="valid presets"):
+        neds_preset("huge")
+    with pytest.raises(ValueError, match="divisible"):
+        NEDSConfig(dim=30, n_heads=4)
+    from spikefm.families.neds.family import NEDSDataConfig
+
+    with pytest.raises(ValueError, match="mask_ratio"):
+        NEDSDataConfig(mask_ratio=0.0)
+    with pytest.raises(ValueError, match="data.schemes"):
+        NEDSDataConfig(schemes="encoding,nope")
+    with pytest.raises(ValueError, match="init_from"):
+        NEDSDataConfig(freeze_core=True)

@@ -1,0 +1,130 @@
+"""Baselines and probes of the NEDS evaluation against known ground truth: multi-session RRR,
+firing statistics, region classification, the encoding / decoding scores."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spikefm.eval.probes import classify_regions, firing_statistics
+from spikefm.eval.rrr import MultiSessionRRR, select_alpha
+from spikefm.families.neds.evaluate import decoding_scores, encoding_scores
+
+
+def _r2(pred, true):
+    return 1 - ((true - pred) ** 2).sum() / ((true - true.mean(0)) ** 2).sum()
+
+
+def test_rrr_encoder_recovers_a_shared_low_rank_map():
+    rng = np.random.default_rng(0)
+    F, r = 8, 2
+    U = rng.normal(size=(F, r))
+    X, Y, truth = {}, {}, {}
+    for s, n in (("a", 6), ("b", 9)):
+        V = rng.normal(size=(r, n))
+        x = rng.normal(size=(400, F))
+        truth[s] = x @ U @ V
+        X[s], Y[s] = x, truth[s] + 0.05 * rng.normal(size=truth[s].shape)
+    full = MultiSessionRRR(rank=2, loss="mse", shared="input", alpha=0.0).fit(X, Y)
+    one = MultiSessionRRR(rank=1, loss="mse", shared="input", alpha=0.0).fit(X, Y)
+    for s in X:
+        assert _r2(full.predict(X[s], s), truth[s]) > 0.99
+        assert _r2(one.predict(X[s], s), truth[s]) < 0.95  # rank matters: the test can fail
+
+
+def test_rrr_poisson_and_decoder_layouts():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 3))
+    w = np.array([[0.5, -0.3], [0.2, 0.4], [-0.4, 0.1]])
+    rate = np.exp(x @ w - 1.0)
+    glm = MultiSessionRRR(rank=None, loss="poisson", alpha=0.0).fit({"s": x}, {"s": rng.poisson(rate)})
+    assert np.corrcoef(np.log(glm.predict(x, "s")).ravel(), np.log(rate).ravel())[0, 1] > 0.98
+    # decoder: per-session inputs of different widths, a shared output map; classes
+    V = rng.normal(size=(2, 3)) * 3
+    X, Y = {}, {}
+    for s, f in (("a", 5), ("b", 7)):
+        X[s] = rng.normal(size=(500, f))
+        Y[s] = (X[s] @ rng.normal(size=(f, 2)) @ V).argmax(1)
+    dec = MultiSessionRRR(rank=2, loss="xent", shared="output", num_outputs=3, alpha=1e-4).fit(X, Y)
+    for s in X:
+        assert np.mean(dec.predict(X[s], s).argmax(1) == Y[s]) > 0.9
+    with pytest.raises(ValueError, match="rank"):
+        MultiSessionRRR(rank=0).fit(X, Y)
+    with pytest.raises(ValueError, match="session 'c' was not fitted"):
+        dec.predict(X["a"], "c")
+    best, alpha = select_alpha(lambda a: MultiSessionRRR(rank=2, loss="xent", shared="output", num_outputs=3, alpha=a),
+                               (X, Y), lambda m: -m.alpha, alphas=(1e-3, 1e-1))
+    assert alpha == 1e-3 and best.alpha == 1e-3
+
+
+def test_firing_statistics_match_poisson_and_regular_trains():
+    rng = np.random.default_rng(2)
+    K, T = 200, 50
+    poisson = rng.poisson(0.1, size=(K, T, 1))
+    regular = np.zeros((K, T, 1), dtype=np.int64)
+    regular[:, ::5] = 1
+    stats = firing_statistics(np.concatenate([poisson, regular], axis=2), bin_ms=20)
+    assert np.isclose(stats[0, 0], poisson.mean() * 50) and np.isclose(stats[1, 0], 10.0)
+    assert abs(stats[0, 2] - 1.0) < 0.1 and abs(stats[0, 1] - 1.0) < 0.15  # Poisson: Fano 1, ISI CV ~1
+    assert stats[1, 2] < 1e-9 and stats[1, 1] < 1e-9  # perfectly regular
+
+
+def test_region_classification_grouped_by_session():
+    rng = np.random.default_rng(3)
+    centres = {"CA1": np.array([2.0, 0.0]), "VISp": np.array([0.0, 2.0]), "LP": np.array([-2.0, -2.0])}
+    feats, regions = {}, {}
+    for s in ("s0", "s1", "s2"):
+        regs = list(rng.choice(["CA1", "VISp"], size=40)) + (["LP"] * 5 if s == "s0" else [])
+        regions[s] = regs
+        feats[s] = np.stack([centres[r] for r in regs]) + 0.5 * rng.normal(size=(len(regs), 2))
+    res = classify_regions(feats, regions)
+    assert res["grouping"] == "leave-one-session-out"
+    assert res["classes"] == ["CA1", "VISp"] and res["num_units"] == 120  # LP only in one session
+    assert res["accuracy"] > 0.95 and np.array(res["confusion"]).sum() == 120
+    noise = {s: rng.normal(size=f.shape) for s, f in feats.items()}
+    res0 = classify_regions(noise, regions)
+    assert res0["balanced_accuracy"] < 0.7
+
+
+def test_encoding_and_decoding_scores_against_formulas():
+    rng = np.random.default_rng(4)
+    rates = rng.uniform(0.05, 0.5, size=(10, 20, 4))
+    counts = rng.poisson(rates)
+    s = encoding_scores(rates, counts, np.zeros(10, dtype=int), np.array([True, True, False, True]))
+    null = counts.reshape(-1, 4).mean(0)
+    ll = lambda r: np.sum(counts * np.log(np.maximum(r, 1e-300)) - r)  # noqa: E731
+    expected = (ll(rates) - ll(np.broadcast_to(null, rates.shape))) / (np.log(2) * counts.sum())
+    assert np.isclose(s["bps_pooled"], expected) and s["units_scored_r2"] == 3
+    y = np.array([0, 1, 1, 1, -1])
+    pred = np.array([0, 1, 0, 1, 1])
+    d = decoding_scores({"choice": pred}, {"choice": y}, {"choice": 2}, None, None, [], np.zeros(5, dtype=int))
+    assert d["choice"]["accuracy"] == 0.75 and d["choice"]["chance"] == 0.75
+    assert np.isclose(d["choice"]["balanced_accuracy"], (1.0 + 2 / 3) / 2)
+
+
+def test_synth_region_tuning_gives_linearly_decodable_regions_and_keeps_the_rest(tmp_path):
+    from spikefm.corpus.synth import load_truth, synthesize
+
+    plain = [load_truth(p) for p in synthesize(tmp_path / "a", num_sessions=3, seed=4, duration_s=20.0,
+                                               units_range=(25, 40))]
+    tuned = [load_truth(p) for p in synthesize(tmp_path / "b", num_sessions=3, seed=4, duration_s=20.0,
+                                               units_range=(25, 40), region_tuning=1.0)]
+    assert "region_mean_loadings" not in plain[0]
+    for a, b in zip(plain, tuned):
+        assert np.array_equal(a["latents"], b["latents"])  # same draws, only the readout differs
+        assert list(a["unit_regions"]) == list(b["unit_regions"])
+        assert not np.allclose(a["loadings"], b["loadings"])
+    # region means are shared by the sessions
+    means = {}
+    for t in tuned:
+        for r, m in zip(t["region_mean_names"], t["region_mean_loadings"]):
+            if r in means:
+                assert np.array_equal(means[r], m)
+            means[r] = m
+    scores = {}
+    for name, truths in (("plain", plain), ("tuned", tuned)):
+        feats = {t["session_id"]: t["loadings"] / np.linalg.norm(t["loadings"], axis=1, keepdims=True) for t in truths}
+        regions = {t["session_id"]: list(t["unit_regions"]) for t in truths}
+        scores[name] = classify_regions(feats, regions)["balanced_accuracy"]
+    assert scores["tuned"] > 0.8 and scores["tuned"] > scores["plain"] + 0.2
+    with pytest.raises(ValueError, match="region_tuning"):
+        synthesize(tmp_path / "c", num_sessions=1, duration_s=20.0, region_tuning=-1.0)

@@ -1,0 +1,161 @@
+"""End to end for the NEDS family: synthesize -> corpus (one session held out) -> pretrain via the
+CLI -> fine-tune on the held-out session -> `spikefm eval` (encoding, decoding, region)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spikefm.cli import main
+from spikefm.corpus.build import BuildConfig, build_corpus
+from spikefm.corpus.reader import Corpus
+from spikefm.corpus.synth import synthesize
+from spikefm.eval.metrics import bps_pooled
+from spikefm.families import get as get_family, load_run_config
+
+STEPS = 24
+TRAIN_ARGS = ["--set", "train.batch_size=4", "--set", "optim.warmup_steps=2", "--set", "train.ckpt_every=0",
+              "--set", "train.log_every=4", "--set", "train.eval_every=12", "--set", "data.window_bins=50",
+              "--set", "data.pre_ms=200", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("neds_pipeline")
+    synthesize(root / "nwb", num_sessions=3, seed=1, duration_s=60.0)
+    build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.2), progress=False)
+    return root / "corpus"
+
+
+@pytest.fixture(scope="module")
+def held_out(corpus_dir):
+    (sid,) = Corpus(corpus_dir).session_ids("test")
+    return sid
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "pre"
+    assert main(["train", "--model", "neds", "--preset", "tiny", "--data", str(corpus_dir), "--out", str(out),
+                 "--steps", str(STEPS), *TRAIN_ARGS]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained, corpus_dir, held_out, tmp_path_factory):
+    from spikefm.families import finetune
+
+    out = tmp_path_factory.mktemp("runs") / "ft"
+    summary = finetune(pretrained, corpus_dir, held_out, out, freeze_core=True, steps=16, eval_every=8, patience=2)
+    return out, summary
+
+
+def test_pretraining_records_modalities_and_holds_out_the_test_session(pretrained, held_out):
+    info = json.loads((pretrained / "config.json").read_text())["family_info"]
+    assert held_out not in info["sessions"] and len(info["sessions"]) == 2
+    assert info["modalities"]["channels"] == ["wheel_speed", "whisker_motion_energy"]
+    assert "choice" in info["modalities"]["labels"]
+    assert info["modalities"]["labels"]["choice"] == [-1.0, 1.0]
+    rows = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/val_loss" in r for r in rows)
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+def test_loader_resumes_with_identical_batches_and_masks(pretrained):
+    fam = get_family("neds")
+    cfg = load_run_config(pretrained)
+    a = fam.train_loader(cfg, 0, 1)
+    for _ in range(3):
+        next(a)
+    state = a.state_dict()
+    expected = [next(a) for _ in range(2)]
+    b = fam.train_loader(cfg, 0, 1)
+    b.load_state_dict(state)
+    for want in expected:
+        got = next(b)
+        assert got["session_ids"] == want["session_ids"] and int(got["mask_seed"]) == int(want["mask_seed"])
+        for k in ("counts_BTN", "behavior_BTC", "labels_BJ", "label_valid_BJ"):
+            assert torch.equal(got[k], want[k]), k
+
+
+def test_finetune_frozen_core_changes_only_session_parameters(pretrained, finetuned, held_out):
+    out, summary = finetuned
+    pre, ft = load_file(str(pretrained / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    core = [k for k in pre if not k.startswith("sessions.")]
+    assert core and all(torch.equal(pre[k], ft[k]) for k in core)
+    new = [k for k in ft if k.startswith("sessions.")]
+    assert new and not any(k in pre for k in new)  # the held-out session's own parameters
+    cfg = load_run_config(out)
+    assert cfg.data.sessions == held_out and cfg.data.labels.startswith("choice=")
+    assert summary["best_step"] >= 1
+
+
+def test_eval_cli_scores_encoding_decoding_region_with_baselines(finetuned, corpus_dir, held_out, tmp_path):
+    out, _ = finetuned
+    res_path = tmp_path / "eval.json"
+    assert main(["eval", str(out), "--data", str(corpus_dir), "--out", str(res_path), "--quiet"]) == 0
+    res = json.loads(res_path.read_text())
+    assert res["family"] == "neds" and res["session_id"] == held_out and res["oracle"]
+    enc = res["results"]["encoding"]
+    assert set(enc) == {"neds", "linear", "rrr", "oracle"}
+    # The oracle's bps equals bps_pooled of the true rates on the run's saved test windows.
+    from spikefm.families.neds.evaluate import _truth, run_windows
+
+    corpus = Corpus(corpus_dir)
+    w = run_windows(out, corpus)[held_out]
+    te = w.indices("test")
+    saved = json.loads((out / "config.json").read_text())["family_info"]["window_splits"][held_out]
+    assert te.size == saved["split"].count("test")
+    truth = _truth(corpus, w)
+    assert np.isclose(enc["oracle"]["bps_pooled"], bps_pooled(truth["rates_KTN"][te], w.counts[te].astype(float)))
+    assert enc["oracle"]["bps_pooled"] > 0
+    dec = res["results"]["decoding"]
+    assert {"neds", "linear", "rrr", "oracle"} <= set(dec)
+    assert "choice" in dec["neds"] and "wheel_speed" in dec["neds"]
+    assert 0.0 <= dec["neds"]["choice"]["accuracy"] <= 1.0
+    region = res["results"]["region"]
+    assert set(region) == {"embedding", "embedding_tuning", "firing_stats", "psth_counts"}
+
+
+def test_eval_of_multi_session_run_needs_session(pretrained, corpus_dir, capsys):
+    assert main(["eval", str(pretrained), "--data", str(corpus_dir), "--quiet"]) != 0
+    assert "--session" in capsys.readouterr().err
+
+
+def test_continuous_windows_and_motor_preset_modalities(tmp_path):
+    synthesize(tmp_path / "nwb", num_sessions=2, seed=3, duration_s=30.0, preset="motor", units_range=(20, 30))
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "corpus", BuildConfig(test_fraction=0.0), progress=False)
+    fam = get_family("neds")
+    from spikefm.families import run_config
+
+    cfg = run_config("neds", preset="tiny", corpus=str(tmp_path / "corpus"),
+                     overrides=["data.window_bins=25", "data.pre_ms=200"])
+    _, mods, arrays = fam.prepared(cfg.data)
+    assert mods.channels == ("hand_position_0", "hand_position_1", "hand_velocity_0", "hand_velocity_1")
+    assert mods.label_names == ["target_angle"] and 2 <= mods.num_classes[0] <= 8
+    assert np.allclose(np.array(mods.labels[0][1]) / (np.pi / 4), np.round(np.array(mods.labels[0][1]) / (np.pi / 4)))
+    cont = run_config("neds", preset="tiny", corpus=str(tmp_path / "corpus"),
+                      overrides=["data.window_bins=25", "data.align=", "train.steps=4", "train.batch_size=4",
+                                 "train.eval_every=0", "train.ckpt_every=0", "data.labels="])
+    _, mods_c, arr_c = fam.prepared(cont.data)
+    assert mods_c.labels == () and len(mods_c.channels) == 4
+    # z-scoring uses the train windows: mean 0, sd 1 there
+    for a in arr_c.values():
+        z = a.behavior_KTC.reshape(-1, 4)
+        assert np.allclose(np.nanmean(z, 0), 0, atol=0.2)
+    from spikefm.families import train
+
+    summary = train(cont, tmp_path / "run", progress=False)
+    assert summary["step"] == 4 and np.isfinite(summary["loss"])
+

@@ -198,7 +198,7 @@ def test_corpus_build_under_ray_equals_local(tmp_path, local_ray):
     from spikefm.corpus.reader import Corpus
     from spikefm.corpus.synth import synthesize
 
-    synthesize(tmp_path / "nwb", num_sessions=3, seed=3, duration_s=20.0, units_range=(5, 8))
+    synthesize(tmp_path / "nwb", num_sessions=3, seed=3, duration_s=20.0, units_range=(20, 22))
     local = build_corpus([str(tmp_path / "nwb")], tmp_path / "local", BuildConfig(workers=2), progress=False)
     rayed = build_corpus([str(tmp_path / "nwb")], tmp_path / "ray", BuildConfig(executor="ray"), progress=False)
     assert rayed.num_staged_now == 3 and not rayed.skipped

@@ -21,6 +21,14 @@ def _pyplot():
     return plt
 
 
+def _log_x(ax) -> None:
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, path: Path) -> Path:
     from spikefm.fileio import write_atomic
 
@@ -91,7 +99,7 @@ def plot_scaling(summary: dict[str, Any], path: str | Path) -> Path:
                 _curve_points(ax, curves[axis], _ORDER_COLORS.get(order, "tab:purple"), order)
             if entry.get("baseline") is not None:
                 ax.axhline(entry["baseline"], color="gray", linestyle=":", label="single-session")
-            ax.set_xscale("log")
+            _log_x(ax)
             ax.set_xlabel("pretraining sessions" if axis == "sessions" else "pretraining trials (train windows)")
             ax.set_ylabel(summary["metric"])
             ax.set_title(f"held out {h}", fontsize=9)
@@ -112,7 +120,7 @@ def plot_task_curves(summary: dict[str, Any], path: str | Path) -> Path:
     for task, c in curves.items():
         ax.errorbar(c["x"], c["y"], yerr=c.get("sd"), marker="o", capsize=3, label=task)
     ax.axhline(0.0, color="gray", linestyle=":")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel(f"pretraining sessions ({summary['more_sessions']['order']} order)")
     ax.set_ylabel("improvement over single-session (%)")
     ax.legend(fontsize=7)

@@ -219,3 +219,16 @@ def test_cli_corpus_build_refuses_unknown_executor(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "--executor" in err and err.count("\n") == 1
+
+
+def test_executor_is_reentrant_across_phases(tmp_path):
+    ex = LocalExecutor(2, threads=1)
+    chain = _chain(tmp_path / "c")
+    with ex:
+        pool = ex._pool
+        first = run_jobs(chain[2:], tmp_path / "jobs", ex, progress=False, log=lambda s: None)
+        assert ex._pool is pool  # the inner run_jobs did not shut the study's pool down
+        both = run_jobs(chain, tmp_path / "jobs", ex, progress=False, log=lambda s: None)
+        assert ex._pool is pool
+    assert ex._pool is None
+    assert {k: both[k] for k in first} == first and both[chain[0].id]["result"]["value"] == 30

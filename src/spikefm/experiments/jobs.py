@@ -239,9 +239,11 @@ class LocalExecutor:
         self.workers = workers
         self.threads = threads or default_threads(workers)
         self._pool = None
+        self._depth = 0
 
     def __enter__(self) -> "LocalExecutor":
-        if self.workers > 1:
+        self._depth += 1  # re-entrant: a study holds one pool across its phases
+        if self.workers > 1 and self._pool is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
@@ -252,7 +254,8 @@ class LocalExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._pool is not None:
+        self._depth -= 1
+        if self._depth == 0 and self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
@@ -319,17 +322,22 @@ class RayExecutor:
         self.num_cpus, self._max = num_cpus, max_in_flight
         self._session = None
         self._ray = None
+        self._depth = 0
 
     def __enter__(self) -> "RayExecutor":
         from spikefm.corpus.build import ray_session
 
+        self._depth += 1  # re-entrant: a study holds one Ray session across its phases
+        if self._depth > 1:
+            return self
         self._session = ray_session(self.address, self.num_cpus)
         ray = self._ray = self._session.__enter__()
         self._remote = ray.remote(_ray_run_job)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._session is not None:
+        self._depth -= 1
+        if self._depth == 0 and self._session is not None:
             self._session.__exit__(*exc)
             self._session = None
 

@@ -329,7 +329,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     session_orders({h: list(pool) for h in held}, pool, orders, seeds[0])  # checks the names early
     executor = executor or LocalExecutor(1)
     t0 = time.perf_counter()
-    with folder_lock(out, what="study"):
+    with folder_lock(out, what="study"), executor:
         rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0])
         records = run_jobs(rjobs, out / "jobs", executor, progress=progress, description="ranking sessions")
         families = session_families(corpus, [*held, *pool])

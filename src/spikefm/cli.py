@@ -40,7 +40,7 @@ def cmd_corpus_build(args) -> int:
                       test_fraction=args.test_fraction, split=args.split, seed=args.seed,
                       workers=args.workers, strict=args.strict, source_dataset=args.source,
                       cache_dir=args.cache_dir, spikes_past_end=args.spikes_past_end,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, executor=args.executor, ray_address=args.address)
     report = build_corpus(args.inputs, args.out, cfg, progress=not args.quiet)
     m = report.manifest
     print(f"corpus at {args.out}: {m['num_sessions']} sessions "
@@ -323,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "manifest (drop), or skip the file (error)")
     b.add_argument("--overwrite", action="store_true",
                    help="replace a corpus in --out that was built from other inputs or settings")
+    b.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: --workers processes here; ray: one Ray task per file on a cluster "
+                        "(--address) or a local Ray instance (pip install 'spikefm[ray]')")
+    b.add_argument("--address", default=None, help="Ray cluster address (--executor ray)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_corpus_build)
 
@@ -422,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_arguments(c_parser)
         c_parser.set_defaults(func=command.run)
 
-    x = sub.add_parser("experiment", help="multi-run studies (transfer to a held-out session)")
+    x = sub.add_parser("experiment", help="multi-run studies (transfer, session ranking, data scaling)")
     xsub = x.add_subparsers(dest="experiment", required=True, metavar="STUDY")
     from spikefm.experiments.transfer import QUICKSTART_SIZES as qs
 
@@ -446,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a setting of the pretraining run (repeatable)")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_experiment_transfer)
+    from spikefm.experiments.commands import add_parsers as add_study_parsers
+
+    add_study_parsers(xsub)  # rank-sessions, scaling
 
     r = sub.add_parser("report", help="one self-contained HTML report of a corpus, run, evaluation "
                        "results JSON or study folder")

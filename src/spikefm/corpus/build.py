@@ -26,6 +26,7 @@ worker process killed for it) is skipped with one line and listed under ``"skipp
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -75,6 +76,11 @@ class BuildConfig:
     spikes_past_end: Literal["drop", "error"] = "drop"
     #: Replace an existing corpus built from other inputs or settings.
     overwrite: bool = False
+    #: Where files are staged: "local" (``workers`` processes here) or "ray" (one Ray task per
+    #: file on the cluster at ``ray_address``, or on a local Ray instance when it is None; every
+    #: node must see the inputs and the corpus folder at the same paths).
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.bin_ms, int) or isinstance(self.bin_ms, bool) or self.bin_ms <= 0:
@@ -89,6 +95,10 @@ class BuildConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.shard_max_tokens < 1:
             raise ValueError(f"shard_max_tokens must be >= 1, got {self.shard_max_tokens}")
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor must be 'local' or 'ray', got {self.executor!r}")
+        if self.ray_address and self.executor != "ray":
+            raise ValueError("ray_address (--address) applies to executor 'ray' only; add --executor ray")
         if self.spikes_past_end not in SPIKES_PAST_END:
             raise ValueError(f"spikes_past_end must be one of {', '.join(SPIKES_PAST_END)}, got "
                              f"{self.spikes_past_end!r}")
@@ -691,6 +701,8 @@ def _run_jobs(jobs, staging: Path, cfg: BuildConfig, progress: bool) -> list[dic
 
     results = []
     with progress_bar(total=len(jobs), description="building sessions", enabled=progress) as bar:
+        if cfg.executor == "ray" and jobs:
+            return _run_ray(jobs, staging, cfg, bar)
         if cfg.workers == 1 or len(jobs) <= 1:
             for item, key in jobs:
                 results.append(_stage_one(item, key, str(staging), cfg))
@@ -708,4 +720,53 @@ def _run_jobs(jobs, staging: Path, cfg: BuildConfig, progress: bool) -> list[dic
                     "most likely for running out of memory); skipped")})
                 bar.advance(1)
             one_at_a_time = bool(pending) and not one_at_a_time
+    return results
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None):
+    """Ray, connected to the cluster at ``address`` or to a local instance started here (and
+    shut down at the end); a session already open in this process is used as it is. Workers
+    import spikefm from where this process does (an uninstalled checkout too)."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--executor ray needs Ray; install it with: pip install 'spikefm[ray]'") from None
+    if ray.is_initialized():
+        yield ray
+        return
+    src = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    kwargs = {"include_dashboard": False, "log_to_driver": False,
+              "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
+    if address:
+        kwargs["address"] = address
+    elif num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(**kwargs)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _run_ray(jobs, staging: Path, cfg: BuildConfig, bar) -> list[dict]:
+    """Stage every job as a Ray task (one CPU each); a task that dies (its worker killed, e.g.
+    for memory) skips its file with one line, like a dead pool worker."""
+    results = []
+    with ray_session(cfg.ray_address) as ray:
+        stage = ray.remote(_stage_one).options(num_cpus=1, max_retries=0)
+        items = {stage.remote(item, key, str(staging), cfg): item for item, key in jobs}
+        pending = list(items)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    results.append(ray.get(ref))
+                except Exception as exc:  # noqa: BLE001 - the task died; its file is skipped
+                    item = items[ref]
+                    results.append({"input": str(item.path), "error": (
+                        f"{item.path}: the Ray task building it failed ({type(exc).__name__}: "
+                        f"{_first_line(exc)}); skipped")})
+                bar.advance(1)
     return results

@@ -1,0 +1,470 @@
+"""Jobs: every run of a study is a pure function of a JSON spec that writes its result JSON.
+
+A :class:`Job` is ``(kind, spec, deps)``: ``kind`` names the function (``"module:function"``,
+or a short name from :data:`KINDS`), ``spec`` is a JSON object holding everything the run
+depends on (corpus path, sessions, steps, seed...), ``deps`` are the ids of the jobs whose
+folders it reads (a fine-tuning job reads its pretraining job's model). The job id is
+``<kind>-<hash of kind + spec>``, so the same spec is the same job in every study that asks for
+it (a single-session model of the ranking is the size-1 model of the scaling study) and a
+changed setting is a new job, never a stale result.
+
+On disk (``ROOT`` is a study's ``jobs/`` folder)::
+
+    ROOT/<job id>/spec.json      the spec, written when the job starts
+    ROOT/<job id>/...            whatever the function writes (run folders, evaluation JSON)
+    ROOT/<job id>/result.json    written last, atomically: the job is done iff this file exists
+
+``result.json`` holds ``{"job", "kind", "label", "spec", "seed", "result", "versions",
+"timings"}``; ``result`` is what the function returned and depends only on the spec (and on the
+number of threads a job uses: keep ``threads`` fixed to reproduce results bit for bit).
+
+:func:`run_jobs` runs the jobs that have no result yet, each once its dependencies are done, on
+an executor: :class:`LocalExecutor` (a process pool of ``workers`` processes; each job uses
+``threads`` torch/BLAS threads, by default ``cores // workers`` so jobs do not oversubscribe the
+machine; the workers die with the driver, ``kill -9`` included) or :class:`RayExecutor` (a Ray
+cluster or a local Ray instance; each job asks for ``threads`` CPUs and an optional GPU
+fraction; ``pip install 'spikefm[ray]'``). Killing a study loses only its running jobs: their
+folders have no ``result.json`` and are cleared and run again by the next call.
+
+This module imports neither torch nor Ray at import time.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = ["Job", "make_job", "KINDS", "RESULT", "SPEC", "job_result", "is_done", "run_job",
+           "run_jobs", "LocalExecutor", "RayExecutor", "make_executor", "default_threads",
+           "JobsFailed", "EXECUTORS"]
+
+RESULT = "result.json"
+SPEC = "spec.json"
+ERROR = "error.txt"
+#: Executors ``make_executor`` knows.
+EXECUTORS = ("local", "ray")
+#: Short names of the study functions (``kind`` may also be any ``"module:function"``).
+KINDS: dict[str, str] = {
+    "pretrain": "spikefm.experiments.runs:pretrain",
+    "finetune": "spikefm.experiments.runs:finetune",
+    "single": "spikefm.experiments.runs:single_session",
+}
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a study (see the module docstring). Build it with :func:`make_job`."""
+
+    id: str
+    kind: str
+    spec: dict
+    deps: tuple[str, ...] = ()
+    label: str = ""
+    #: Resources a job asks a Ray cluster for beyond its threads, e.g. ``{"num_gpus": 0.25}``.
+    resources: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "spec": self.spec, "deps": list(self.deps),
+                "label": self.label}
+
+
+def make_job(kind: str, spec: dict, deps: Iterable[str] = (), label: str = "",
+             resources: dict | None = None) -> Job:
+    """A job whose id is ``<short kind>-<12 hex digits of sha256(kind, spec)>``.
+
+    Raises:
+        ValueError: ``spec`` is not JSON (NaN, infinities and non-string keys included) or
+            ``kind`` is neither a short name nor ``module:function``.
+    """
+    if kind not in KINDS and ":" not in kind:
+        raise ValueError(f"job kind must be one of {', '.join(KINDS)} or 'module:function', got {kind!r}")
+    try:
+        text = _canonical({"kind": kind, "spec": spec})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"job spec must be plain JSON (no NaN or infinities), got {spec!r} ({exc})") from None
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    short = kind.rsplit(":", 1)[-1].replace("_", "-")
+    return Job(id=f"{short}-{digest}", kind=kind, spec=json.loads(text)["spec"], deps=tuple(deps),
+               label=label or short, resources=dict(resources or {}))
+
+
+def job_result(root: str | os.PathLike, job_id: str) -> dict | None:
+    """The ``result.json`` record of a finished job, or None when it has not finished."""
+    path = Path(root) / job_id / RESULT
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:  # cannot happen with atomic writes; say so if it does
+        raise ValueError(f"{path} is not valid JSON ({exc}); delete it to run the job again") from None
+
+
+def is_done(root: str | os.PathLike, job_id: str) -> bool:
+    return (Path(root) / job_id / RESULT).is_file()
+
+
+def _function(kind: str) -> Callable[[dict, Path, Path], dict]:
+    target = KINDS.get(kind, kind)
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    from spikefm._version import __version__
+
+    out: dict[str, str | None] = {"spikefm": __version__, "python": sys.version.split()[0]}
+    for pkg in ("torch", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _set_threads(threads: int) -> Callable[[], None]:
+    """Limit torch and BLAS/OpenMP to ``threads``; returns the function that restores them.
+    Before torch is imported the environment variables are enough (torch reads them when it
+    starts), so a job that does not use torch never pays for importing it here."""
+    restore: list[Callable[[], None]] = []
+    env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({v: str(threads) for v in env})
+    restore.append(lambda: [os.environ.pop(v, None) if old is None else os.environ.__setitem__(v, old)
+                            for v, old in env.items()])
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        restore.append(lambda: torch.set_num_threads(before))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(threads)
+        restore.append(limits.restore_original_limits)
+    except ImportError:
+        pass
+    return lambda: [r() for r in reversed(restore)]
+
+
+def run_job(job: dict, root: str, threads: int = 1, executor: str = "inline") -> dict:
+    """Run one job (a :meth:`Job.to_dict`) in this process and write its ``result.json``.
+
+    A finished job is not run again (its record is returned). Anything left in the job's folder
+    by an interrupted attempt is removed first, so every result comes from one clean run.
+    Failures write ``error.txt`` (the traceback) in the job's folder and re-raise.
+    """
+    from spikefm.fileio import write_json_atomic
+
+    root_path = Path(root)
+    job_dir = root_path / job["id"]
+    done = job_result(root_path, job["id"])
+    if done is not None:
+        return done
+    if job_dir.exists():
+        shutil.rmtree(job_dir)
+    job_dir.mkdir(parents=True)
+    write_json_atomic(job_dir / SPEC, {k: job[k] for k in ("id", "kind", "label", "spec", "deps")})
+    restore = _set_threads(threads)
+    started = time.time()
+    try:
+        result = _function(job["kind"])(job["spec"], job_dir, root_path)
+    except BaseException:
+        (job_dir / ERROR).write_text(traceback.format_exc())
+        raise
+    finally:
+        restore()
+    wall = time.time() - started
+    record = {"job": job["id"], "kind": job["kind"], "label": job["label"], "spec": job["spec"],
+              "seed": job["spec"].get("seed"), "result": result, "versions": _versions(),
+              "timings": {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                          "wall_s": round(wall, 3), "threads": threads, "executor": executor,
+                          "host": os.uname().nodename if hasattr(os, "uname") else None}}
+    write_json_atomic(job_dir / RESULT, record)
+    return record
+
+
+def default_threads(workers: int) -> int:
+    """Threads per job so that ``workers`` jobs fill the machine's cores without oversubscribing."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
+# --- executors ---------------------------------------------------------------------------------
+
+
+def _worker_init(parent_pid: int, threads: int) -> None:
+    """Start of a pool worker: thread limits before torch is imported, and die with the driver
+    (Linux: the kernel sends SIGKILL to the worker when its parent exits, ``kill -9`` included)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class LocalExecutor:
+    """Jobs in a pool of ``workers`` processes on this machine (``workers=1``: in this process).
+
+    Args:
+        workers: processes running jobs at once.
+        threads: torch/BLAS threads per job (default :func:`default_threads`).
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int = 1, threads: int | None = None) -> None:
+        for nm, v in (("workers", workers), ("threads", threads)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{nm} must be a positive int, got {v!r}")
+        self.workers = workers
+        self.threads = threads or default_threads(workers)
+        self._pool = None
+        self._depth = 0
+
+    def __enter__(self) -> "LocalExecutor":
+        self._depth += 1  # re-entrant: a study holds one pool across its phases
+        if self.workers > 1 and self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a forked child would inherit the driver's threads and torch state
+            self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_worker_init, initargs=(os.getpid(), self.threads))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    @property
+    def slots(self) -> int:
+        return self.workers
+
+    def submit(self, job: Job, root: Path):
+        from concurrent.futures import Future
+
+        if self._pool is None:  # one worker: run now, in this process
+            fut: Future = Future()
+            try:
+                fut.set_result(run_job(job.to_dict(), str(root), self.threads, "local"))
+            except Exception as exc:  # noqa: BLE001 - reported by run_jobs with the job's name
+                fut.set_exception(exc)
+            return fut
+        return self._pool.submit(run_job, job.to_dict(), str(root), self.threads, "local")
+
+    def wait(self, handles: list) -> list:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    @staticmethod
+    def outcome(handle) -> tuple[dict | None, BaseException | None]:
+        exc = handle.exception()
+        return (None, exc) if exc is not None else (handle.result(), None)
+
+
+def _ray_run_job(job: dict, root: str, threads: int) -> dict:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    return run_job(job, root, threads, "ray")
+
+
+class RayExecutor:
+    """Jobs as Ray tasks: on the cluster at ``address`` (``"auto"`` = the one this machine is
+    part of), or on a local Ray instance started here when ``address`` is None.
+
+    Every node must see the study folder and the corpus at the same paths (a shared file system)
+    and have spikefm installed. Each job asks for ``threads`` CPUs (it also uses that many
+    threads) and ``gpus`` GPUs (a fraction shares one GPU between jobs); a job's own
+    ``resources`` add to these.
+
+    Args:
+        address: Ray cluster address, or None for a local instance.
+        threads: CPUs (and torch threads) per job.
+        gpus: GPUs per job (0 = none).
+        num_cpus: CPUs of a local instance (None = all of this machine's).
+        max_in_flight: most jobs submitted at once (None = twice the cluster's CPUs / threads).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, threads: int = 1, gpus: float = 0.0,
+                 num_cpus: int | None = None, max_in_flight: int | None = None) -> None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads per job must be a positive int, got {threads!r}")
+        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus:
+            raise ValueError(f"gpus per job must be a number >= 0 (a fraction shares a GPU), got {gpus!r}")
+        self.address, self.threads, self.gpus = address, threads, float(gpus)
+        self.num_cpus, self._max = num_cpus, max_in_flight
+        self._session = None
+        self._ray = None
+        self._depth = 0
+
+    def __enter__(self) -> "RayExecutor":
+        from spikefm.corpus.build import ray_session
+
+        self._depth += 1  # re-entrant: a study holds one Ray session across its phases
+        if self._depth > 1:
+            return self
+        self._session = ray_session(self.address, self.num_cpus)
+        ray = self._ray = self._session.__enter__()
+        self._remote = ray.remote(_ray_run_job)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._session is not None:
+            self._session.__exit__(*exc)
+            self._session = None
+
+    @property
+    def slots(self) -> int:
+        if self._max is not None:
+            return self._max
+        cpus = int(self._ray.cluster_resources().get("CPU", 1)) if self._ray else 1
+        return max(1, 2 * cpus // self.threads)
+
+    def submit(self, job: Job, root: Path):
+        res = dict(job.resources)
+        opts: dict[str, Any] = {"num_cpus": self.threads, "max_retries": 0}
+        gpus = float(res.pop("num_gpus", self.gpus))
+        if gpus:
+            opts["num_gpus"] = gpus
+        if res:
+            opts["resources"] = res
+        return self._remote.options(**opts).remote(job.to_dict(), str(root), self.threads)
+
+    def wait(self, handles: list) -> list:
+        done, _ = self._ray.wait(handles, num_returns=1)
+        return done
+
+    def outcome(self, handle) -> tuple[dict | None, BaseException | None]:
+        try:
+            return self._ray.get(handle), None
+        except Exception as exc:  # noqa: BLE001 - a failed task; its traceback is in the job's error.txt
+            return None, getattr(exc, "cause", None) or exc  # the job's own exception, not Ray's wrapper
+
+
+def make_executor(executor: str = "local", *, workers: int = 1, threads: int | None = None,
+                  address: str | None = None, gpus: float = 0.0, num_cpus: int | None = None):
+    """``"local"`` -> :class:`LocalExecutor`; ``"ray"`` -> :class:`RayExecutor` (``workers`` is
+    ignored there: the cluster's CPUs decide how many jobs run at once)."""
+    if executor == "local":
+        if address or gpus:
+            raise ValueError("--address and --gpus-per-job apply to --executor ray only")
+        return LocalExecutor(workers, threads)
+    if executor == "ray":
+        return RayExecutor(address, threads or 1, gpus, num_cpus)
+    raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+
+
+class JobsFailed(RuntimeError):
+    """Some jobs failed; the others finished (their results are kept). ``failed``: id -> line."""
+
+    def __init__(self, failed: dict[str, str], root: Path) -> None:
+        self.failed = failed
+        first, msg = next(iter(failed.items()))
+        super().__init__(f"{len(failed)} job(s) failed, first {first}: {msg} (traceback in "
+                         f"{root / first / ERROR}); fix the cause and run the same command again: "
+                         "finished jobs are kept")
+
+
+def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress: bool = True,
+             description: str = "jobs", log: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Run every job of ``jobs`` that has no result yet (dependencies first) on ``executor``.
+
+    Args:
+        jobs: the study's jobs; duplicates (same id) are run once.
+        root: the jobs folder.
+        executor: a :class:`LocalExecutor` or :class:`RayExecutor` (not yet entered).
+        progress: show a progress bar.
+        description: the bar's label.
+        log: called with one line per finished job (None: print to stderr when not quiet).
+
+    Returns:
+        Job id -> its ``result.json`` record, for every job of ``jobs``.
+
+    Raises:
+        JobsFailed: a job raised; the jobs that do not depend on it still ran.
+        ValueError: a dependency is not among ``jobs`` and has no result.
+    """
+    from spikefm.progress import progress_bar
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    by_id: dict[str, Job] = {}
+    for job in jobs:
+        by_id.setdefault(job.id, job)
+    records = {jid: r for jid in by_id if (r := job_result(root, jid)) is not None}
+    for job in by_id.values():
+        for dep in job.deps:
+            if dep not in by_id and not is_done(root, dep):
+                raise ValueError(f"job {job.id} needs job {dep}, which is neither in the study nor finished")
+    todo = [jid for jid in by_id if jid not in records]
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if not todo:
+        return records
+    failed: dict[str, str] = {}
+    running: dict[Any, str] = {}
+    waiting = list(todo)
+    finished_now, stuck = 0, -1
+    with executor as ex, progress_bar(total=len(todo), description=description, enabled=progress) as bar:
+        while waiting or running:
+            for jid in list(waiting):
+                if len(running) >= ex.slots:
+                    break
+                deps = by_id[jid].deps
+                if any(d in failed for d in deps):
+                    failed[jid] = f"not run: a job it needs failed ({next(d for d in deps if d in failed)})"
+                    waiting.remove(jid)
+                    bar.advance(1)
+                elif all(d in records or is_done(root, d) for d in deps):
+                    running[ex.submit(by_id[jid], root)] = jid
+                    waiting.remove(jid)
+            if not running:
+                if waiting and len(waiting) == stuck:  # nothing ran and nothing was marked failed
+                    raise ValueError(f"jobs {', '.join(waiting[:3])} wait for each other (a dependency cycle)")
+                stuck = len(waiting)
+                if waiting:
+                    continue
+                break
+            for handle in ex.wait(list(running)):
+                jid = running.pop(handle)
+                record, exc = ex.outcome(handle)
+                bar.advance(1)
+                finished_now += 1
+                if exc is not None:
+                    failed[jid] = " ".join((str(exc) or type(exc).__name__).split())[:300]
+                    say(f"job {by_id[jid].label} ({jid}) failed: {failed[jid]}")
+                    continue
+                records[jid] = record
+                if not progress or not sys.stderr.isatty():
+                    say(f"[{finished_now}/{len(todo)}] {by_id[jid].label} done in "
+                        f"{record['timings']['wall_s']:.0f} s ({jid})")
+    if failed:
+        raise JobsFailed(failed, root)
+    return records

@@ -1,0 +1,129 @@
+"""PNG figures of the ranking and scaling studies (matplotlib, Agg; written atomically).
+
+``spikefm report STUDY_DIR`` draws the same numbers interactively from the study JSON.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_ranking", "plot_scaling", "plot_task_curves"]
+
+_ORDER_COLORS = {"ranked": "tab:blue", "random": "tab:orange", "reverse": "tab:green"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _log_x(ax) -> None:
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _save(fig, path: Path) -> Path:
+    from spikefm.fileio import write_atomic
+
+    plt = _pyplot()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def plot_ranking(summary: dict[str, Any], path: str | Path) -> Path:
+    """One panel per held-out session: each pretraining session's score (minus the best
+    validation loss after fine-tuning its frozen core), best first; colour = ground-truth
+    family when known, own family outlined."""
+    plt = _pyplot()
+    rankings = summary["rankings"]
+    n = len(rankings)
+    fig, axes = plt.subplots(n, 1, figsize=(max(6.0, 0.45 * max(len(r) for r in rankings.values()) + 2), 2.6 * n),
+                             squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (h, rows) in zip(axes[:, 0], rankings.items()):
+        scores = [r["score"] for r in rows]
+        base = min(scores)
+        colors = [cmap(r["family"] % 10) if "family" in r else "tab:gray" for r in rows]
+        edges = ["black" if r.get("same_family") else "none" for r in rows]
+        ax.bar(range(len(rows)), [s - base for s in scores], color=colors, edgecolor=edges, linewidth=1.5)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["session"] for r in rows], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(f"score - {base:.4f}")
+        title = f"held out: {h}"
+        gt = summary.get("ground_truth")
+        if gt:
+            p = gt["precision"][h]
+            k = summary["top_k"]
+            title += f" (family {p['family']}; precision@{k} {p['precision_at_' + str(k)]:.2f})"
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("pretraining sessions ranked by validation loss of the frozen core (higher = better)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def _curve_points(ax, curve: dict, color: str, label: str) -> None:
+    ax.errorbar(curve["x"], curve["y"], yerr=curve.get("sd"), fmt="o", color=color, label=label, capsize=3)
+    fit = curve.get("fit")
+    if fit:
+        ax.plot(fit["x"], fit["y"], "-", color=color, alpha=0.7)
+    ext = curve.get("extrapolation")
+    if ext:
+        ax.plot(ext["x"], ext["y"], "--", color=color, alpha=0.7)
+    full = curve.get("full")
+    if full:
+        ax.plot([full["x"]], [full["y"]], marker="*", markersize=14, color=color, markeredgecolor="black",
+                linestyle="none")
+
+
+def plot_scaling(summary: dict[str, Any], path: str | Path) -> Path:
+    """Figure 4 analogue: the chosen metric vs number of pretraining sessions (left) and vs their
+    total training trials (right), per held-out session (rows) and order (colours); mean ± s.d.
+    over seeds, the linear fit on log x (solid), its extrapolation to the full set (dashed) and
+    the full-set model (star); the single-session baseline as a grey line."""
+    plt = _pyplot()
+    per_held = summary["figure4"]
+    n = len(per_held)
+    fig, axes = plt.subplots(n, 2, figsize=(11, 3.4 * n), squeeze=False)
+    for row, (h, entry) in enumerate(per_held.items()):
+        for col, axis in enumerate(("sessions", "trials")):
+            ax = axes[row, col]
+            for order, curves in entry["orders"].items():
+                _curve_points(ax, curves[axis], _ORDER_COLORS.get(order, "tab:purple"), order)
+            if entry.get("baseline") is not None:
+                ax.axhline(entry["baseline"], color="gray", linestyle=":", label="single-session")
+            _log_x(ax)
+            ax.set_xlabel("pretraining sessions" if axis == "sessions" else "pretraining trials (train windows)")
+            ax.set_ylabel(summary["metric"])
+            ax.set_title(f"held out {h}", fontsize=9)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle("score vs pretraining data: fit on log x (solid), extrapolation (dashed), full set (star)",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_task_curves(summary: dict[str, Any], path: str | Path) -> Path:
+    """The "more sessions" curves: every task's score (percent improvement over the
+    single-session model, mean over held-out sessions and seeds) vs sessions in random order."""
+    plt = _pyplot()
+    curves = summary["more_sessions"]["curves"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task, c in curves.items():
+        ax.errorbar(c["x"], c["y"], yerr=c.get("sd"), marker="o", capsize=3, label=task)
+    ax.axhline(0.0, color="gray", linestyle=":")
+    _log_x(ax)
+    ax.set_xlabel(f"pretraining sessions ({summary['more_sessions']['order']} order)")
+    ax.set_ylabel("improvement over single-session (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("more sessions: every task", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(path))

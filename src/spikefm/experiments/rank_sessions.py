@@ -1,0 +1,313 @@
+"""Session ranking (Jiang et al. 2025): which pretraining sessions help a held-out session most?
+
+For every pretraining session one single-session model is pretrained (masking scheme
+``settings.schemes``; the paper uses forward-prediction masking, here the NDT ``causal`` scheme).
+Then, for each held-out session and each of those models, the core is frozen and new session
+parameters (read-in, read-out, session embedding) are trained on the held-out session's train
+windows with early stopping on its validation windows. A pretraining session's score for a
+held-out session is minus the best validation loss (the family's masked Poisson NLL per scored
+entry, the same entries and masks for every core, so the order is that of bits per spike on those
+entries). Test windows are never looked at.
+
+    spikefm experiment rank-sessions --data CORPUS --held-out S1,S2 --out DIR
+
+writes ``DIR/ranking.json`` (study JSON: per held-out session the ranked sessions with scores,
+the top-k overlap between held-out sessions, and, for ``spikefm synth`` corpora, each session's
+ground-truth family and the precision@k of own-family sessions), ``DIR/ranking_<session>.csv``,
+``DIR/topk_overlap.csv`` and ``DIR/ranking.png``. Every model is a job
+(:mod:`spikefm.experiments.jobs`) under ``DIR/jobs``: re-running resumes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from spikefm.experiments.jobs import Job, make_job, run_jobs
+
+__all__ = ["StudySettings", "LAPTOP", "study_sessions", "pretrain_job", "adapt_job", "ranking_jobs",
+           "summarize_ranking", "rank_sessions", "session_families", "precision_at_k", "write_csv"]
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Settings shared by the ranking and scaling studies (each run's spec holds them).
+
+    Attributes:
+        family: a masked family with per-session parameters (``ndt``).
+        preset: model size preset of the family.
+        schemes: masking schemes of every pretraining run (``data.schemes``).
+        pretrain_steps: optimizer steps of each pretraining run.
+        finetune_steps, eval_every, patience: fine-tuning maximum steps, steps between validations,
+            validations without improvement before stopping.
+        finetune_lr: learning rate of fine-tuning (only the new session parameters train, so a
+            higher rate than pretraining's converges sooner); None = the pretraining run's.
+        overrides: further ``section.key=value`` settings of the pretraining runs.
+        protocol: a named protocol of the family (e.g. ``jiang2025``), applied before ``overrides``.
+        device: ``cpu`` or ``cuda``.
+    """
+
+    family: str = "ndt"
+    preset: str = "tiny"
+    schemes: str = "causal"
+    pretrain_steps: int = 600
+    finetune_steps: int = 300
+    eval_every: int = 50
+    patience: int = 3
+    finetune_lr: float | None = 1e-2
+    overrides: tuple[str, ...] = ()
+    protocol: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("pretrain_steps", "finetune_steps", "eval_every", "patience"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        lr = self.finetune_lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1):
+            raise ValueError(f"finetune_lr must be a number in (0, 1) or None, got {lr!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        if not isinstance(self.overrides, tuple):
+            object.__setattr__(self, "overrides", tuple(self.overrides))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["overrides"] = list(self.overrides)
+        return d
+
+
+#: The laptop-scale defaults (tiny models, CPU), what the commands run without flags.
+LAPTOP = StudySettings()
+
+
+def study_sessions(corpus_dir: str | Path, held_out: Sequence[str] | None,
+                   pool: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """(held-out sessions, pretraining sessions) of a corpus.
+
+    ``held_out`` None = the corpus's test-split sessions. ``pool`` None = every other session of
+    the corpus, in the manifest's order.
+
+    Raises:
+        ValueError: an unknown session, a session in both lists, or an empty list.
+    """
+    from spikefm.corpus.reader import Corpus
+
+    corpus = Corpus(corpus_dir)
+    everything = corpus.session_ids()
+    held = list(held_out) if held_out else corpus.session_ids("test")
+    if not held:
+        raise ValueError(f"{corpus_dir} has no test-split session to hold out; pass --held-out SESSION,... "
+                         f"(sessions: {', '.join(everything[:6])}{'...' if len(everything) > 6 else ''})")
+    pretrain = list(pool) if pool else [s for s in everything if s not in held]
+    for name, ids in (("--held-out", held), ("--pretrain-sessions", pretrain)):
+        unknown = [s for s in ids if s not in everything]
+        if unknown:
+            raise ValueError(f"{name}: session {unknown[0]!r} is not in {corpus_dir} (sessions: "
+                             f"{', '.join(everything[:6])}{'...' if len(everything) > 6 else ''})")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{name} lists a session twice: {','.join(ids)}")
+    both = sorted(set(held) & set(pretrain))
+    if both:
+        raise ValueError(f"session {both[0]!r} is both held out and a pretraining session; a held-out "
+                         "session must never be pretrained on")
+    if not pretrain:
+        raise ValueError(f"{corpus_dir} has no session left to pretrain on after holding out {','.join(held)}")
+    return held, pretrain
+
+
+def pretrain_job(settings: StudySettings, corpus: str, sessions: Sequence[str], seed: int) -> Job:
+    """The pretraining run on ``sessions`` (sorted: the order of a set does not matter)."""
+    sessions = sorted(sessions)
+    spec = {"family": settings.family, "corpus": str(Path(corpus).resolve()), "sessions": sessions,
+            "preset": settings.preset, "steps": settings.pretrain_steps, "seed": int(seed),
+            "overrides": [f"data.schemes={settings.schemes}", *settings.overrides],
+            "protocol": settings.protocol, "device": settings.device}
+    label = f"pretrain {sessions[0]}" if len(sessions) == 1 else f"pretrain {len(sessions)} sessions"
+    return make_job("pretrain", spec, label=f"{label} seed {seed}")
+
+
+def adapt_job(settings: StudySettings, pre: Job, session: str, *, evaluate: bool = False,
+              tasks: Sequence[str] | None = None, baselines: bool = False, scratch: bool = False) -> Job:
+    """Fine-tuning of ``pre``'s core (frozen) to ``session`` or, with ``scratch``, the
+    single-session model with ``pre``'s settings and seed; ``evaluate`` adds the test benchmark."""
+    spec = {"pretrain": pre.id, "corpus": pre.spec["corpus"], "session": session,
+            "steps": settings.finetune_steps, "eval_every": settings.eval_every, "patience": settings.patience,
+            # the single-session model trains everything: the pretraining run's learning rate
+            "lr": None if scratch else settings.finetune_lr, "seed": pre.spec["seed"],
+            "evaluate": bool(evaluate), "tasks": list(tasks) if tasks else None,
+            "baselines": bool(baselines)}
+    if scratch:
+        return make_job("single", spec, deps=[pre.id], label=f"single-session {session} seed {pre.spec['seed']}")
+    spec["strategy"] = "frozen"
+    return make_job("finetune", spec, deps=[pre.id], label=f"frozen core of {pre.label} -> {session}")
+
+
+def ranking_jobs(settings: StudySettings, corpus: str, held: Sequence[str], pool: Sequence[str],
+                 seed: int) -> tuple[list[Job], dict[tuple[str, str], Job]]:
+    """Every job of a ranking, and (held-out, pretraining session) -> its fine-tuning job."""
+    jobs: list[Job] = []
+    adapt: dict[tuple[str, str], Job] = {}
+    for s in pool:
+        pre = pretrain_job(settings, corpus, [s], seed)
+        jobs.append(pre)
+        for h in held:
+            adapt[(h, s)] = adapt_job(settings, pre, h)
+            jobs.append(adapt[(h, s)])
+    return jobs, adapt
+
+
+def session_families(corpus_dir: str | Path, sessions: Sequence[str]) -> dict[str, int] | None:
+    """Ground-truth family of each session of a ``spikefm synth`` corpus (its ``.truth.npz``
+    beside the NWB file the manifest names), or None when any session has no truth file."""
+    import numpy as np
+
+    from spikefm.corpus.reader import Corpus
+    from spikefm.corpus.synth import truth_path
+
+    corpus = Corpus(corpus_dir)
+    out = {}
+    for s in sessions:
+        nwb = (corpus.session(s).get("provenance") or {}).get("path")
+        if not nwb or not truth_path(nwb).is_file():
+            return None
+        with np.load(truth_path(nwb)) as z:
+            out[s] = int(z["family"])
+    return out
+
+
+def precision_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
+    """Fraction of the first ``k`` of ``ranked`` that are in ``relevant`` (k capped at the list)."""
+    top = list(ranked)[:k]
+    if not top:
+        raise ValueError("precision_at_k needs a non-empty ranking")
+    return sum(1 for s in top if s in relevant) / len(top)
+
+
+def summarize_ranking(records: dict[str, dict], adapt: dict[tuple[str, str], Job], held: Sequence[str],
+                      pool: Sequence[str], families: dict[str, int] | None, top_k: int = 3) -> dict[str, Any]:
+    """Rankings from the fine-tuning jobs' results: per held-out session, the pretraining sessions
+    by score (minus best validation loss; ties by session id), the top-k overlap between held-out
+    sessions and, with ground-truth families, the precision@k of own-family sessions."""
+    rankings: dict[str, list[dict]] = {}
+    for h in held:
+        rows = [{"session": s, "score": -records[adapt[(h, s)].id]["result"]["best_val_loss"],
+                 "val_loss": records[adapt[(h, s)].id]["result"]["best_val_loss"],
+                 "best_step": records[adapt[(h, s)].id]["result"]["best_step"]} for s in pool]
+        rows.sort(key=lambda r: (-r["score"], r["session"]))
+        for i, r in enumerate(rows, 1):
+            r["rank"] = i
+            if families is not None:
+                r["family"] = families[r["session"]]
+                r["same_family"] = families[r["session"]] == families[h]
+        rankings[h] = [{k: r[k] for k in ("rank", "session", "score", "val_loss", "best_step", "family",
+                                          "same_family") if k in r} for r in rows]
+    k = min(top_k, len(pool))
+    overlap = {}
+    for i, a in enumerate(held):
+        for b in held[i + 1:]:
+            ta = {r["session"] for r in rankings[a][:k]}
+            tb = {r["session"] for r in rankings[b][:k]}
+            overlap[f"{a} | {b}"] = {"shared": len(ta & tb), "k": k, "jaccard": len(ta & tb) / len(ta | tb)}
+    out: dict[str, Any] = {"top_k": k, "rankings": rankings, "top_k_overlap": overlap}
+    if families is not None:
+        prec = {}
+        for h in held:
+            own = {s for s in pool if families[s] == families[h]}
+            ranked = [r["session"] for r in rankings[h]]
+            # the best possible precision@k when fewer than k sessions share the family
+            prec[h] = {"family": families[h], "own_family_sessions": len(own),
+                       f"precision_at_{k}": precision_at_k(ranked, own, k),
+                       "ceiling": min(len(own), k) / k}
+        out["ground_truth"] = {"families": families, "precision": prec,
+                               f"mean_precision_at_{k}": sum(p[f"precision_at_{k}"] for p in prec.values()) / len(prec)}
+    return out
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A CSV file written atomically."""
+    from spikefm.fileio import write_atomic
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    text = buf.getvalue()
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_ranking_files(out: Path, summary: dict) -> None:
+    for h, rows in summary["rankings"].items():
+        cols = [c for c in ("rank", "session", "score", "val_loss", "best_step", "family", "same_family")
+                if c in rows[0]]
+        write_csv(out / f"ranking_{h}.csv", cols, [[r[c] for c in cols] for r in rows])
+    write_csv(out / "topk_overlap.csv", ["held_out_pair", "shared", "k", "jaccard"],
+              [[pair, v["shared"], v["k"], v["jaccard"]] for pair, v in summary["top_k_overlap"].items()])
+
+
+def print_ranking(summary: dict) -> None:
+    from spikefm.tables import render_table
+
+    k = summary["top_k"]
+    for h, rows in summary["rankings"].items():
+        cols = ["rank", "session", "score"] + (["family"] if "family" in rows[0] else [])
+        print(render_table(cols, [[r[c] for c in cols] for r in rows], title=f"pretraining sessions ranked for {h}"))
+    gt = summary.get("ground_truth")
+    if gt:
+        rows = [[h, p["family"], p["own_family_sessions"], p[f"precision_at_{k}"], p["ceiling"]]
+                for h, p in gt["precision"].items()]
+        print(render_table(["held out", "family", "own-family sessions", f"precision@{k}", "ceiling"], rows,
+                           title="ground truth: own-family sessions ranked first"))
+
+
+def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] | None = None, *,
+                  pool: Sequence[str] | None = None, settings: StudySettings = LAPTOP, seed: int = 0,
+                  top_k: int = 3, executor=None, progress: bool = True, command: str | None = None
+                  ) -> dict[str, Any]:
+    """Run (or resume) a session ranking and write its files (module docstring).
+
+    Args:
+        out: study folder.
+        corpus: corpus folder.
+        held_out: held-out sessions (None: the corpus's test split).
+        pool: pretraining sessions (None: every other session).
+        settings: model, masking and step settings.
+        seed: training seed of every run.
+        top_k: k of the top-k overlap and precision@k.
+        executor: from :func:`spikefm.experiments.jobs.make_executor` (None: one local worker).
+        progress: progress display.
+        command: the command line to record.
+
+    Returns:
+        The study JSON written to ``OUT/ranking.json``.
+    """
+    from spikefm.experiments.jobs import LocalExecutor
+    from spikefm.experiments.plots import plot_ranking
+    from spikefm.fileio import folder_lock, write_json_atomic
+    from spikefm.train.runinfo import machine_info
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    held, pool = study_sessions(corpus, held_out, pool)
+    jobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seed)
+    t0 = time.perf_counter()
+    with folder_lock(out, what="study"):
+        records = run_jobs(jobs, out / "jobs", executor or LocalExecutor(1), progress=progress,
+                           description="ranking sessions")
+        families = session_families(corpus, [*held, *pool])
+        summary = summarize_ranking(records, adapt, held, pool, families, top_k)
+        study = {"study": "rank-sessions", "command": command or " ".join(sys.argv),
+                 "settings": {**settings.to_dict(), "seed": seed, "top_k": top_k,
+                              "corpus": str(Path(corpus).resolve()), "held_out": held, "pretraining_sessions": pool},
+                 **summary, "jobs": len({j.id for j in jobs}),
+                 "job_wall_s": round(sum(records[j.id]["timings"]["wall_s"] for j in jobs), 1),
+                 "wall_s": round(time.perf_counter() - t0, 1), "machine": machine_info()}
+        write_ranking_files(out, summary)
+        plot_ranking(summary, out / "ranking.png")
+        write_json_atomic(out / "ranking.json", study)
+    return study

@@ -1,0 +1,98 @@
+"""The job functions of the ranking and scaling studies (see :mod:`spikefm.experiments.jobs`).
+
+Each takes ``(spec, job_dir, root)``, trains or evaluates through the family registry
+(:mod:`spikefm.families`), writes its run folder under ``job_dir`` and returns a JSON-able dict
+that depends only on ``spec``. ``root`` is the study's jobs folder, where the folders of the jobs
+it depends on lie.
+
+- :func:`pretrain`: a model of a masked family on a list of sessions
+  (spec ``family, corpus, sessions, preset, steps, seed, overrides``).
+- :func:`finetune`: a pretrained job's core adapted to a held-out session (frozen core by default:
+  new session parameters only), early stopping on that session's validation windows, and
+  optionally the benchmark on its test windows (spec ``pretrain, corpus, session, steps,
+  eval_every, patience, lr, strategy, evaluate, tasks, baselines``).
+- :func:`single_session`: the same model trained on the held-out session alone, with the settings
+  (and seed) of a pretraining job (spec as :func:`finetune`; the pretraining weights are not used).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["pretrain", "finetune", "single_session", "task_scores", "RUN"]
+
+#: Name of the run folder inside a job's folder.
+RUN = "run"
+
+
+def pretrain(spec: dict, job_dir: Path, root: Path) -> dict[str, Any]:
+    from spikefm import families
+
+    sessions = list(spec["sessions"])
+    overrides = [*spec.get("overrides", []), f"train.steps={int(spec['steps'])}", f"train.seed={int(spec['seed'])}",
+                 f"data.sessions={','.join(sessions)}", f"train.device={spec.get('device', 'cpu')}",
+                 "train.eval_every=0", "train.ckpt_every=0"]
+    cfg = families.run_config(spec["family"], preset=spec["preset"], corpus=spec["corpus"], overrides=overrides,
+                              protocol=spec.get("protocol"))
+    summary = families.train(cfg, job_dir / RUN, progress=False)
+    info = json.loads((job_dir / RUN / "config.json").read_text())
+    windows = (info.get("family_info") or {}).get("num_windows") or {}
+    return {"run": RUN, "sessions": sessions, "steps": int(summary["step"]), "final_loss": float(summary["loss"]),
+            "train_windows": {s: int(w.get("train", 0)) for s, w in windows.items()},
+            "total_train_windows": int(sum(int(w.get("train", 0)) for w in windows.values()))}
+
+
+def _adapt(spec: dict, job_dir: Path, root: Path, strategy: str) -> dict[str, Any]:
+    from spikefm import families
+
+    source = root / spec["pretrain"] / RUN
+    ft = families.finetune(source, spec["corpus"], spec["session"], job_dir / RUN, strategy=strategy,
+                           steps=int(spec["steps"]), eval_every=int(spec["eval_every"]),
+                           patience=int(spec["patience"]),
+                           overrides=[f"optim.lr={spec['lr']}"] if spec.get("lr") else [])
+    out: dict[str, Any] = {"run": RUN, "session": spec["session"], "strategy": strategy,
+                           "best_val_loss": float(ft["best_val_loss"]), "best_step": int(ft["best_step"]),
+                           "stopped_at": int(ft["stopped_at"])}
+    if spec.get("evaluate"):
+        ev = families.evaluate(job_dir / RUN, spec["corpus"], tasks=spec.get("tasks"), session=spec["session"],
+                               baselines=bool(spec.get("baselines", False)))
+        from spikefm.fileio import write_json_atomic
+
+        write_json_atomic(job_dir / "results.json", ev)
+        res = ev["results"]
+        out.update(num_test_windows=int(res["num_test_windows"]), num_units=int(res["num_units"]),
+                   scores=task_scores(res, "model"))
+        if spec.get("baselines"):
+            out["reference"] = {name: task_scores(res, name) for name in ("smoothing", "oracle")}
+    return out
+
+
+def finetune(spec: dict, job_dir: Path, root: Path) -> dict[str, Any]:
+    return _adapt(spec, job_dir, root, spec.get("strategy", "frozen"))
+
+
+def single_session(spec: dict, job_dir: Path, root: Path) -> dict[str, Any]:
+    return _adapt(spec, job_dir, root, "scratch")
+
+
+def task_scores(results: dict, who: str = "model") -> dict[str, float]:
+    """One number per task of a benchmark result (``run_benchmark``'s dict): ``bps_pooled`` of
+    prediction tasks, accuracy from hidden states of label decoding, mean single-trial R² from
+    hidden states of behaviour decoding. ``who``: ``model``, or a reference (``smoothing``,
+    ``oracle``) where the task has one."""
+    out: dict[str, float] = {}
+    for task, e in results.get("tasks", {}).items():
+        if "model" in e:
+            if isinstance(e.get(who), dict) and e[who].get("bps_pooled") is not None:
+                out[task] = float(e[who]["bps_pooled"])
+        elif who == "model" and isinstance(e.get("hidden"), dict):
+            if "accuracy" in e["hidden"]:
+                out[task] = float(e["hidden"]["accuracy"])
+            elif isinstance(e["hidden"].get("mean"), dict) and e["hidden"]["mean"].get("r2") is not None:
+                out[task] = float(e["hidden"]["mean"]["r2"])
+        elif who == "oracle" and isinstance(e.get("oracle"), dict):
+            v = e["oracle"].get("accuracy", (e["oracle"].get("mean") or {}).get("r2"))
+            if v is not None:
+                out[task] = float(v)
+    return out

@@ -1,0 +1,234 @@
+"""Jobs and executors (spikefm.experiments.jobs): ids, dependencies, resume, failures, the process
+pool, kill -9 of the driver, and a local Ray instance giving the same results."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from spikefm.experiments.jobs import (JobsFailed, LocalExecutor, default_threads, is_done, job_result,  # noqa: E402
+                                      make_executor, make_job, run_job, run_jobs)
+
+SQUARE = "_study_jobs:square_plus_deps"
+FAIL = "_study_jobs:fail"
+GATE = "_study_jobs:wait_for_gate"
+
+
+def _calls(calls: Path, job_id: str) -> int:
+    return len(list(calls.glob(f"{job_id}.*"))) if calls.exists() else 0
+
+
+def _chain(calls: Path) -> list:
+    """a=1, b=2, c = 3**2 + a + b, d = 4**2 + c: values 1, 4, 14, 30."""
+    a = make_job(SQUARE, {"x": 1, "calls": str(calls)})
+    b = make_job(SQUARE, {"x": 2, "calls": str(calls)})
+    c = make_job(SQUARE, {"x": 3, "calls": str(calls), "deps": [a.id, b.id]}, deps=[a.id, b.id])
+    d = make_job(SQUARE, {"x": 4, "calls": str(calls), "deps": [c.id]}, deps=[c.id])
+    return [d, c, b, a]  # listed before their dependencies on purpose
+
+
+def test_job_ids_follow_the_spec():
+    a = make_job("pretrain", {"x": 1, "y": [1, 2]})
+    assert a.id == make_job("pretrain", {"y": [1, 2], "x": 1}).id  # key order does not matter
+    assert a.id != make_job("pretrain", {"x": 2, "y": [1, 2]}).id
+    assert a.id != make_job("finetune", {"x": 1, "y": [1, 2]}).id
+    assert a.id.startswith("pretrain-") and len(a.id) == len("pretrain-") + 12
+    with pytest.raises(ValueError, match="plain JSON"):
+        make_job("pretrain", {"x": float("nan")})
+    with pytest.raises(ValueError, match="job kind"):
+        make_job("nonsense", {})
+
+
+def test_dependencies_resume_and_no_rerun(tmp_path):
+    calls, root = tmp_path / "calls", tmp_path / "jobs"
+    jobs = _chain(calls)
+    records = run_jobs(jobs, root, LocalExecutor(1), progress=False, log=lambda s: None)
+    values = {j.spec["x"]: records[j.id]["result"]["value"] for j in jobs}
+    assert values == {1: 1, 2: 4, 3: 9 + 1 + 4, 4: 16 + 14}
+    rec = job_result(root, jobs[0].id)
+    assert rec["spec"] == jobs[0].spec and rec["kind"] == SQUARE
+    assert set(rec["versions"]) >= {"spikefm", "python", "torch", "numpy"}
+    assert rec["timings"]["wall_s"] >= 0 and rec["timings"]["threads"] >= 1
+    # a second call runs nothing and returns the same records
+    again = run_jobs(jobs, root, LocalExecutor(1), progress=False, log=lambda s: None)
+    assert again == records
+    assert all(_calls(calls, j.id) == 1 for j in jobs)
+    # a job interrupted before its result (folder with partial files): cleared and run again
+    (root / jobs[0].id / "result.json").unlink()
+    (root / jobs[0].id / "stale.txt").write_text("left by a killed run")
+    third = run_jobs(jobs, root, LocalExecutor(1), progress=False, log=lambda s: None)
+    assert _calls(calls, jobs[0].id) == 2 and all(_calls(calls, j.id) == 1 for j in jobs[1:])
+    assert not (root / jobs[0].id / "stale.txt").exists()
+    assert third[jobs[0].id]["result"] == records[jobs[0].id]["result"]
+
+
+def test_failure_keeps_independent_jobs_and_skips_dependents(tmp_path):
+    calls, root = tmp_path / "calls", tmp_path / "jobs"
+    bad = make_job(FAIL, {"x": 7, "calls": str(calls)})
+    after = make_job(SQUARE, {"x": 2, "calls": str(calls)}, deps=[bad.id])
+    other = make_job(SQUARE, {"x": 3, "calls": str(calls)})
+    with pytest.raises(JobsFailed) as info:
+        run_jobs([bad, after, other], root, LocalExecutor(1), progress=False, log=lambda s: None)
+    assert set(info.value.failed) == {bad.id, after.id}
+    assert "fails on purpose" in str(info.value) and "\n" not in str(info.value)
+    assert "fails on purpose" in (root / bad.id / "error.txt").read_text()
+    assert is_done(root, other.id) and not is_done(root, bad.id) and _calls(calls, after.id) == 0
+
+
+def test_unknown_dependency_is_refused(tmp_path):
+    orphan = make_job(SQUARE, {"x": 1, "calls": str(tmp_path)}, deps=["pretrain-000000000000"])
+    with pytest.raises(ValueError, match="needs job pretrain-000000000000"):
+        run_jobs([orphan], tmp_path / "jobs", LocalExecutor(1), progress=False)
+
+
+def test_process_pool_equals_inline_and_sets_threads(tmp_path):
+    inline = run_jobs(_chain(tmp_path / "c1"), tmp_path / "a", LocalExecutor(1, threads=1), progress=False,
+                      log=lambda s: None)
+    pooled = run_jobs(_chain(tmp_path / "c1"), tmp_path / "b", LocalExecutor(2, threads=1), progress=False,
+                      log=lambda s: None)
+    assert {k: v["result"]["value"] for k, v in inline.items()} == {k: v["result"]["value"] for k, v in pooled.items()}
+    assert all(v["result"]["threads_env"] == "1" for v in pooled.values())  # set in the pool worker
+    pids = {p.name.split(".")[1] for p in (tmp_path / "c1").iterdir()}
+    assert str(os.getpid()) in pids and len(pids) >= 2  # inline ran here, the pool elsewhere
+
+
+def test_threads_and_executor_arguments():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_threads(1) == cores and default_threads(cores * 4) == 1
+    assert LocalExecutor(2).threads == max(1, cores // 2)
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        LocalExecutor(0)
+    with pytest.raises(ValueError, match="apply to --executor ray only"):
+        make_executor("local", address="10.0.0.1:6379")
+    with pytest.raises(ValueError, match="executor must be one of"):
+        make_executor("dask")
+
+
+_DRIVER = textwrap.dedent("""
+    import sys
+    sys.path[:0] = [sys.argv[1], sys.argv[2]]
+    from spikefm.experiments.jobs import LocalExecutor, make_job, run_jobs
+    calls, root, gate, pid_file = sys.argv[3:7]
+    quick = make_job("_study_jobs:square_plus_deps", {"x": 5, "calls": calls})
+    slow = make_job("_study_jobs:wait_for_gate", {"x": 6, "calls": calls, "gate": gate, "pid_file": pid_file})
+    run_jobs([quick, slow], root, LocalExecutor(2, threads=1), progress=False, log=lambda s: None)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def _wait(cond, what: str, limit_s: float = 120.0) -> None:
+    end = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with the driver through PDEATHSIG (Linux)")
+def test_kill_9_loses_only_running_jobs(tmp_path):
+    calls, root, gate, pid_file = tmp_path / "calls", tmp_path / "jobs", tmp_path / "gate", tmp_path / "worker.pid"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    args = [sys.executable, "-c", _DRIVER, src, str(Path(__file__).resolve().parent), str(calls), str(root),
+            str(gate), str(pid_file)]
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    quick = make_job(SQUARE, {"x": 5, "calls": str(calls)})
+    slow = make_job(GATE, {"x": 6, "calls": str(calls), "gate": str(gate), "pid_file": str(pid_file)})
+    try:
+        _wait(lambda: is_done(root, quick.id) and pid_file.exists() or driver.poll() is not None, "the jobs to start")
+        assert driver.poll() is None, driver.stderr.read().decode()
+        worker = int(pid_file.read_text())
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        _wait(lambda: not _alive(worker), "the pool worker to die with the driver")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert is_done(root, quick.id) and not is_done(root, slow.id)
+    gate.write_text("open")
+    records = run_jobs([quick, slow], root, LocalExecutor(1), progress=False, log=lambda s: None)
+    assert records[slow.id]["result"] == {"value": 6}
+    assert _calls(calls, quick.id) == 1 and _calls(calls, slow.id) == 2
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    tests_dir = str(Path(__file__).resolve().parent)
+    old = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, old) if p)
+    from spikefm.corpus.build import ray_session
+
+    with ray_session(num_cpus=2) as r:
+        yield r
+    os.environ["PYTHONPATH"] = old
+    assert not ray.is_initialized()
+
+
+def test_ray_executor_equals_the_process_pool(tmp_path, local_ray):
+    pooled = run_jobs(_chain(tmp_path / "c"), tmp_path / "pool", LocalExecutor(2, threads=1), progress=False,
+                      log=lambda s: None)
+    rayed = run_jobs(_chain(tmp_path / "c"), tmp_path / "ray", make_executor("ray", threads=1), progress=False,
+                     log=lambda s: None)
+    assert {k: v["result"] for k, v in rayed.items()} == {k: v["result"] for k, v in pooled.items()}
+    assert all(v["timings"]["executor"] == "ray" for v in rayed.values())
+    assert local_ray.is_initialized()  # an open session is used, not shut down by the executor
+    bad = make_job(FAIL, {"x": 1, "calls": str(tmp_path / "c")})
+    with pytest.raises(JobsFailed, match="fails on purpose"):
+        run_jobs([bad], tmp_path / "ray", make_executor("ray"), progress=False, log=lambda s: None)
+
+
+def test_corpus_build_under_ray_equals_local(tmp_path, local_ray):
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.reader import Corpus
+    from spikefm.corpus.synth import synthesize
+
+    synthesize(tmp_path / "nwb", num_sessions=3, seed=3, duration_s=20.0, units_range=(20, 22))
+    local = build_corpus([str(tmp_path / "nwb")], tmp_path / "local", BuildConfig(workers=2), progress=False)
+    rayed = build_corpus([str(tmp_path / "nwb")], tmp_path / "ray", BuildConfig(executor="ray"), progress=False)
+    assert rayed.num_staged_now == 3 and not rayed.skipped
+    a, b = Corpus(tmp_path / "local"), Corpus(tmp_path / "ray")
+    assert a.session_ids() == b.session_ids()
+    for split in ("train", "test"):
+        assert [(r.session_id, r.spike_counts.tobytes()) for r in a.iter_rows(split)] == \
+            [(r.session_id, r.spike_counts.tobytes()) for r in b.iter_rows(split)]
+    with pytest.raises(ValueError, match="executor 'ray' only"):
+        BuildConfig(ray_address="10.0.0.1:6379")
+
+
+def test_cli_corpus_build_refuses_unknown_executor(tmp_path, capsys):
+    from spikefm.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["corpus", "build", str(tmp_path), "--out", str(tmp_path / "c"), "--executor", "dask"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--executor" in err and err.count("\n") == 1
+
+
+def test_executor_is_reentrant_across_phases(tmp_path):
+    ex = LocalExecutor(2, threads=1)
+    chain = _chain(tmp_path / "c")
+    with ex:
+        pool = ex._pool
+        first = run_jobs(chain[2:], tmp_path / "jobs", ex, progress=False, log=lambda s: None)
+        assert ex._pool is pool  # the inner run_jobs did not shut the study's pool down
+        both = run_jobs(chain, tmp_path / "jobs", ex, progress=False, log=lambda s: None)
+        assert ex._pool is pool
+    assert ex._pool is None
+    assert {k: both[k] for k in first} == first and both[chain[0].id]["result"]["value"] == 30

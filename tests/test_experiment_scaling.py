@@ -1,0 +1,224 @@
+"""Session ranking and data-scaling studies (spikefm.experiments.rank_sessions / scaling): the pure
+parts against hand-computed expectations, one tiny real study end to end (files, fits, resume
+without re-running), the CLI's one-line errors, and (slow) the same study under a local Ray
+instance giving the same numbers."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spikefm.experiments.jobs import Job, LocalExecutor, make_job
+from spikefm.experiments.rank_sessions import StudySettings, precision_at_k, summarize_ranking
+from spikefm.experiments.scaling import log_linear_fit, parse_sizes, session_orders
+
+
+def test_parse_sizes():
+    assert parse_sizes("1,2,3,6,all", 12) == [1, 2, 3, 6, 12]
+    assert parse_sizes("20,all,1", 12) == [1, 12]  # above the pool = the whole pool
+    for bad in ("0", "1,x", "-2", ""):
+        with pytest.raises(ValueError, match="--sizes"):
+            parse_sizes(bad, 12)
+
+
+def test_session_orders():
+    pool = [f"s{i}" for i in range(8)]
+    ranked = {"h1": pool[::-1], "h2": pool[2:] + pool[:2]}
+    o = session_orders(ranked, pool, ["ranked", "random", "reverse"], seed=3)
+    assert o["ranked"] == ranked
+    assert o["reverse"]["h1"] == pool and o["reverse"]["h2"] == list(reversed(ranked["h2"]))
+    assert sorted(o["random"]["h1"]) == sorted(pool) and o["random"]["h1"] == o["random"]["h2"]
+    assert o["random"]["h1"] == session_orders(ranked, pool, ["random"], seed=3)["random"]["h1"]
+    assert o["random"]["h1"] != session_orders(ranked, pool, ["random"], seed=4)["random"]["h1"]
+    with pytest.raises(ValueError, match="--orders"):
+        session_orders(ranked, pool, ["sorted"], seed=0)
+
+
+def test_log_linear_fit_recovers_a_line_and_extrapolates():
+    x = [1, 2, 3, 6]
+    y = [0.1 + 0.05 * math.log10(v) for v in x]
+    fit = log_linear_fit(x, y, 12)
+    assert fit["slope_per_log10"] == pytest.approx(0.05) and fit["intercept"] == pytest.approx(0.1)
+    assert fit["r2"] == pytest.approx(1.0) and fit["predicted_full"] == pytest.approx(0.1 + 0.05 * math.log10(12))
+    # noisy points: the same numbers as an ordinary least-squares line on ln x, rescaled
+    rng = np.random.default_rng(0)
+    xs = np.array([1, 1, 2, 2, 4, 4, 8, 8], float)
+    ys = 0.2 + 0.1 * np.log(xs) + rng.normal(0, 0.01, xs.size)
+    A = np.stack([np.ones_like(xs), np.log(xs)], 1)
+    b0, b1 = np.linalg.lstsq(A, ys, rcond=None)[0]
+    fit = log_linear_fit(xs, ys, 16)
+    assert fit["slope_per_log10"] == pytest.approx(b1 * math.log(10)) and fit["intercept"] == pytest.approx(b0)
+    assert fit["predicted_full"] == pytest.approx(b0 + b1 * math.log(16))
+    assert log_linear_fit([2, 2], [0.1, 0.2], 4) is None
+
+
+def test_ranking_summary_precision_and_overlap():
+    pool = ["a", "b", "c", "d", "e"]
+    families = {"a": 0, "b": 1, "c": 0, "d": 1, "e": 0, "h0": 0, "h1": 1}
+    val = {("h0", "a"): 0.30, ("h0", "b"): 0.35, ("h0", "c"): 0.31, ("h0", "d"): 0.33, ("h0", "e"): 0.30,
+           ("h1", "a"): 0.50, ("h1", "b"): 0.41, ("h1", "c"): 0.45, ("h1", "d"): 0.47, ("h1", "e"): 0.44}
+    adapt, records = {}, {}
+    for (h, s), v in val.items():
+        job = make_job("finetune", {"h": h, "s": s})
+        adapt[(h, s)] = job
+        records[job.id] = {"result": {"best_val_loss": v, "best_step": 10}}
+    out = summarize_ranking(records, adapt, ["h0", "h1"], pool, families, top_k=3)
+    assert [r["session"] for r in out["rankings"]["h0"]] == ["a", "e", "c", "d", "b"]  # tie a/e by id
+    assert [r["session"] for r in out["rankings"]["h1"]] == ["b", "e", "c", "d", "a"]
+    assert out["rankings"]["h0"][0]["score"] == -0.30 and out["rankings"]["h0"][0]["rank"] == 1
+    gt = out["ground_truth"]["precision"]
+    assert gt["h0"]["precision_at_3"] == 1.0 and gt["h0"]["ceiling"] == 1.0
+    assert gt["h1"]["precision_at_3"] == pytest.approx(1 / 3) and gt["h1"]["ceiling"] == pytest.approx(2 / 3)
+    assert out["ground_truth"]["mean_precision_at_3"] == pytest.approx((1 + 1 / 3) / 2)
+    ov = out["top_k_overlap"]["h0 | h1"]
+    assert ov["shared"] == 2 and ov["jaccard"] == pytest.approx(2 / 4)  # {a,e,c} vs {b,e,c}
+    assert precision_at_k(["x", "y"], {"y"}, 5) == 0.5
+    none = summarize_ranking(records, adapt, ["h0"], pool, None, top_k=3)
+    assert "ground_truth" not in none and "family" not in none["rankings"]["h0"][0]
+
+
+# --- one tiny real study ---------------------------------------------------------------------
+
+TINY = StudySettings(pretrain_steps=12, finetune_steps=10, eval_every=5, patience=2,
+                     overrides=("train.batch_size=8",))
+TASKS = ["co-smoothing", "forward-prediction-walk"]
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.synth import synthesize
+
+    root = tmp_path_factory.mktemp("scaling")
+    synthesize(root / "nwb", num_sessions=4, seed=4, num_families=2, duration_s=40.0, units_range=(20, 24))
+    build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
+    return root / "corpus"
+
+
+def _study(out, corpus, executor=None):
+    from spikefm.experiments.scaling import scaling_study
+
+    return scaling_study(out, corpus, ["sub-ibl02_ses-003"], settings=TINY, sizes="1,2,all",
+                         orders=["ranked", "random"], seeds=[0], tasks=TASKS, metric="co-smoothing", top_k=2,
+                         executor=executor or LocalExecutor(1, threads=1), progress=False, command="test")
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "s"
+    return out, _study(out, tiny_corpus)
+
+
+def test_tiny_study_writes_tables_figures_and_fits(tiny_study, tiny_corpus):
+    out, study = tiny_study
+    for name in ("scaling.json", "ranking.json", "scores.csv", "table1.csv", "table3.csv", "figure4_fits.csv",
+                 "figure4.png", "more_sessions.png", "ranking.png", "topk_overlap.csv",
+                 "ranking_sub-ibl02_ses-003.csv"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "figure4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((out / "scaling.json").read_text())
+    assert on_disk["study"] == "scaling" and on_disk["settings"]["sizes"] == [1, 2, 3]
+    ranking = json.loads((out / "ranking.json").read_text())
+    ranked = [r["session"] for r in ranking["rankings"]["sub-ibl02_ses-003"]]
+    assert sorted(ranked) == ["sub-ibl01_ses-000", "sub-ibl01_ses-001", "sub-ibl02_ses-002"]
+    # ground truth from the synthetic truth files: family = index % 2
+    assert ranking["ground_truth"]["families"]["sub-ibl02_ses-002"] == 0
+    # every score row: improvement = 100 (score - baseline) / |baseline|, baseline = single-session
+    scores = json.loads((out / "scores.json").read_text())
+    assert {s["task"] for s in scores} == set(TASKS)
+    for s in scores:
+        assert s["improvement_pct"] == pytest.approx(100 * (s["score"] - s["baseline"]) / abs(s["baseline"]))
+    # ranked order's k sessions are the ranking's first k; the full-set job is shared by the orders
+    for s in scores:
+        if s["order"] == "ranked":
+            assert s["sessions"].split() == ranked[:s["size"]]
+    full = {s["score"] for s in scores if s["size"] == 3 and s["task"] == "co-smoothing"}
+    assert len(full) == 1
+    # Figure 4: the fit's coefficients are those of the per-seed points below the full set
+    curve = study["figure4"]["sub-ibl02_ses-003"]["orders"]["ranked"]["sessions"]
+    below = [(s["size"], s["score"]) for s in scores if s["order"] == "ranked" and s["size"] < 3
+             and s["task"] == "co-smoothing"]
+    expect = log_linear_fit([x for x, _ in below], [y for _, y in below], 3)
+    for key in ("intercept", "slope_per_log10", "predicted_full"):
+        assert curve["fit"][key] == pytest.approx(expect[key])
+    assert curve["fit"]["actual_full"] == pytest.approx(full.pop())
+    assert curve["extrapolation"]["x"][-1] == 3
+    # Table 1: the best size per order is the size with the highest mean improvement
+    row = next(r for r in study["table1"] if r["model"] == "ranked (best size)")
+    ranked_imp = {s["size"]: s["improvement_pct"] for s in scores if s["order"] == "ranked"
+                  and s["task"] == "co-smoothing"}
+    assert row["improvement_pct"] == pytest.approx(max(ranked_imp.values()))
+    t3 = {(r["task"]): r for r in study["table3"]}
+    assert set(t3) == set(TASKS) and t3["co-smoothing"]["smoothing"] is not None
+    assert "oracle" in t3["co-smoothing"]  # synthetic data: the truth files give the oracle
+
+
+def test_rerun_resumes_without_running_and_gives_identical_results(tiny_study, tiny_corpus):
+    out, study = tiny_study
+    results = sorted((out / "jobs").glob("*/result.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in results}
+    again = _study(out, tiny_corpus)
+    assert {p: p.stat().st_mtime_ns for p in results} == stamps  # no job re-ran
+    for key in ("table1", "table3", "figure4", "more_sessions"):
+        assert again[key] == study[key]
+    # a job whose result is gone (a killed run) is run again and reproduces the same numbers
+    victim = next(p for p in results if p.parent.name.startswith("finetune-")
+                  and json.loads(p.read_text())["spec"]["evaluate"])
+    before = json.loads(victim.read_text())["result"]
+    victim.unlink()
+    third = _study(out, tiny_corpus)
+    assert json.loads(victim.read_text())["result"] == before
+    assert third["table1"] == study["table1"]
+
+
+def test_cli_errors_are_one_line(tiny_corpus, tmp_path, capsys):
+    from spikefm.cli import main
+
+    code = main(["experiment", "scaling", "--data", str(tiny_corpus), "--held-out", "nope", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("spikefm: error: --held-out: session 'nope'") and err.count("\n") == 1
+    code = main(["experiment", "rank-sessions", "--data", str(tiny_corpus), "--held-out",
+                 "sub-ibl02_ses-003", "--pretrain-sessions", "sub-ibl02_ses-003,sub-ibl01_ses-000",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "both held out and a pretraining session" in err
+    code = main(["experiment", "scaling", "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003",
+                 "--out", str(tmp_path), "--sizes", "0,1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--sizes" in err
+    with pytest.raises(SystemExit) as info:
+        main(["experiment", "scaling", "--data", str(tiny_corpus), "--out", str(tmp_path), "--seeds", "0"])
+    assert info.value.code == 2 and "--seeds" in capsys.readouterr().err
+    code = main(["experiment", "scaling", "--data", str(tiny_corpus), "--out", str(tmp_path), "--executor", "ray",
+                 "--workers", "2"])
+    assert code == 2 and "--workers applies to --executor local" in capsys.readouterr().err
+
+
+def test_job_specs_do_not_depend_on_the_study_folder(tiny_corpus):
+    from spikefm.experiments.rank_sessions import pretrain_job, ranking_jobs
+
+    jobs, adapt = ranking_jobs(TINY, str(tiny_corpus), ["sub-ibl02_ses-003"], ["sub-ibl01_ses-000"], seed=0)
+    assert isinstance(jobs[0], Job) and jobs[0].id == pretrain_job(TINY, str(tiny_corpus), ["sub-ibl01_ses-000"], 0).id
+    # a pretraining set is a set: the order of its sessions does not make a new job
+    a = pretrain_job(TINY, str(tiny_corpus), ["sub-ibl01_ses-000", "sub-ibl02_ses-002"], 1)
+    b = pretrain_job(TINY, str(tiny_corpus), ["sub-ibl02_ses-002", "sub-ibl01_ses-000"], 1)
+    assert a.id == b.id and adapt[("sub-ibl02_ses-003", "sub-ibl01_ses-000")].deps == (jobs[0].id,)
+
+
+@pytest.mark.slow
+def test_tiny_study_under_ray_equals_the_process_pool(tiny_study, tiny_corpus, tmp_path):
+    pytest.importorskip("ray")
+    from spikefm.experiments.jobs import make_executor
+
+    out, study = tiny_study
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    rayed = _study(tmp_path / "ray", tiny_corpus, make_executor("ray", threads=1, num_cpus=2))
+    for key in ("table1", "table3", "figure4", "more_sessions"):
+        assert rayed[key] == study[key]
+    a = json.loads((out / "scores.json").read_text())
+    b = json.loads((Path(tmp_path) / "ray" / "scores.json").read_text())
+    assert a == b

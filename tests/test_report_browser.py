@@ -454,3 +454,26 @@ def test_decoded_behaviour_traces_are_the_saved_ones(built, browser):
             np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
     assert page.locator("figcaption", has_text="Decoded vs true").count() == len(channels)
     page.close()
+
+
+def test_scaling_study_folder_shows_scaling_and_ranking(browser, tmp_path):
+    """The laptop-scale study committed in docs/results: both study JSONs of the folder, every
+    curve drawn, and the fitted extrapolation shown with the numbers of scaling.json."""
+    folder = REPO / "docs" / "results" / "scaling_synth11"
+    out = tmp_path / "scaling.html"
+    assert main(["report", str(folder), "--out", str(out)]) == 0
+    loaded = _open(browser, out)
+    page = loaded.page
+    assert loaded.errors == []
+    titles = page.eval_on_selector_all("section[data-section] h2", "els => els.map(e => e.textContent)")
+    assert titles[:2] == ["Study: scaling", "Study: rank-sessions"]
+    figures = page.evaluate(FIGURES_JS, list(MARGINS))
+    scaling = json.loads((folder / "scaling.json").read_text())
+    assert len([f for f in figures if f["kind"] == "xy"]) >= len(scaling["curves"])
+    for f in figures:
+        assert f["drawn"] == "1" and (f["marks"] > 0 or f["ink"] > 0), f
+    data = page.evaluate("() => JSON.parse(document.getElementById('spikefm-data').textContent)")
+    shown_y = [s["y"] for spec in data.values() if spec.get("kind") == "xy" for s in spec["series"]]
+    for curve in scaling["curves"]:
+        assert any(y == pytest.approx(curve["y"]) for y in shown_y if len(y) == len(curve["y"])), curve["name"]
+    page.close()

@@ -54,17 +54,28 @@ def report_kind(path: str | Path) -> str:
     raise ValueError(f"{p} holds no evaluation results or study (found {keys}); {_EXPECTED}")
 
 
-def _study_json(folder: Path) -> Path | None:
-    if (folder / "transfer.json").is_file():
-        return folder / "transfer.json"
-    for p in sorted(folder.glob("*.json")):
+#: Study files shown first, in this order, when a folder holds several (a scaling study's folder
+#: holds its ranking too); any other study JSON follows alphabetically.
+_STUDY_ORDER = ("transfer.json", "scaling.json", "ranking.json")
+
+
+def _study_jsons(folder: Path) -> list[Path]:
+    """Every study JSON (an object with a ``"study"`` name) directly in ``folder``."""
+    rank = {name: i for i, name in enumerate(_STUDY_ORDER)}
+    found = []
+    for p in sorted(folder.glob("*.json"), key=lambda q: (rank.get(q.name, len(rank)), q.name)):
         try:
             obj = read_json(p, "a study JSON")
         except ValueError:
             continue
         if isinstance(obj, dict) and "study" in obj:
-            return p
-    return None
+            found.append(p)
+    return found
+
+
+def _study_json(folder: Path) -> Path | None:
+    found = _study_jsons(folder)
+    return found[0] if found else None
 
 
 def _find_predictions(results: Path) -> Path | None:
@@ -160,8 +171,10 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
     elif kind == "evaluation":
         add_evaluation(page, path, prov, predictions=predictions, generated=generated)
     else:
-        study_file = _study_json(path) if path.is_dir() else path
-        study_section(page, read_json(study_file, "a study JSON"), prov, src=study_file.name)
+        study_files = _study_jsons(path) if path.is_dir() else [path]
+        for study_file in study_files:
+            study_section(page, read_json(study_file, "a study JSON"), prov, src=study_file.name)
+        study_file = study_files[0]
         for seed, results in study_seed_results(study_file.parent):
             try:
                 add_evaluation(page, results, prov, title=f"Evaluation, {seed}: {results.name}",

@@ -86,8 +86,10 @@ class ARFamily:
         return loss, {"tokens": int(y_BL.numel())}
 
     def flops_per_batch(self, model: nn.Module, batch: Any, cfg: RunConfig) -> float:
+        """Training FLOPs of the batch, attention counted causally (the keys each query sees),
+        so ``mfu`` in metrics.jsonl is the honest figure; see :func:`flops_per_token`."""
         x_BL, _ = batch
-        return flops_per_token(cfg.model, x_BL.shape[1]) * x_BL.numel()
+        return flops_per_token(cfg.model, x_BL.shape[1], causal=True) * x_BL.numel()
 
     def describe(self, cfg: RunConfig) -> dict[str, Any]:
         corpus = _corpus(cfg)

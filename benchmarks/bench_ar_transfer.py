@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seq-len", type=int, default=384)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--max-eval-tokens", type=int, default=60_000)
+    ap.add_argument("--permutations", type=int, default=1,
+                    help="also score each model with the held-out units in this many random orders")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None, help="keep corpus and runs here")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_ar_transfer.json")
@@ -111,9 +113,11 @@ def main(argv: list[str] | None = None) -> dict:
                     tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
                     tps = tps[1:] if len(tps) > 1 else tps  # the first interval holds start-up
                     res = family.evaluate(str(run_dir), str(corpus_dir), baselines=baselines,
-                                          max_tokens=args.max_eval_tokens)
+                                          max_tokens=args.max_eval_tokens,
+                                          permutations=args.permutations)
                     runs.append({"name": name, "layout": layout, "permute_units": permute,
                                  "seed": seed, "model": res["results"]["model"],
+                                 "model_units_permuted": res["results"].get("model-permuted"),
                                  "final_train_loss": rows[-1].get("loss"),
                                  "train_tokens_per_s_median": statistics.median(tps) if tps else None})
                     bar.advance(1)
@@ -130,6 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
                                       "per_seed": bits}
             summary[key]["train_tokens_per_s"] = statistics.mean(
                 r["train_tokens_per_s_median"] for r in mine)
+            if args.permutations:
+                summary[f"{key} (units permuted)"] = {}
+                for kind in ("all", "counts", "separators"):
+                    bits = [r["model_units_permuted"]["overall"][kind]["bits"] for r in mine]
+                    summary[f"{key} (units permuted)"][kind] = {
+                        "mean": statistics.mean(bits),
+                        "sd": statistics.stdev(bits) if len(bits) > 1 else 0.0, "per_seed": bits}
         for name, res in baselines.items():
             summary[name] = {kind: {"mean": res["overall"][kind]["bits"], "sd": 0.0}
                              for kind in ("all", "counts", "separators")}

@@ -80,3 +80,24 @@ def test_permuted_evaluation_scores_permuted_rows(corpus):
     plain = evaluate_model(model, corpus, split="test", seq_len=100)
     assert plain["overall"]["all"]["num_tokens"] * 2 == got["overall"]["all"]["num_tokens"]
     assert plain["overall"]["counts"]["bits"] != pytest.approx(got["overall"]["counts"]["bits"])
+
+
+def test_eval_command_reports_permuted_units(corpus, tmp_path, capsys):
+    from spikefm.cli import main as cli_main
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    assert cli_main(["train", "--model", "ar", "--preset", "tiny", "--data", str(corpus.path),
+                     "--out", str(run), "--steps", "3", "--set", "data.seq_len=64",
+                     "--set", "data.permute_units=true", "--set", "model.positions=bin",
+                     "--set", "model.n_layers=1", "--set", "train.batch_size=2",
+                     "--set", "train.precision=fp32", "--quiet"]) == 0
+    out = tmp_path / "res.json"
+    assert cli_main(["eval", str(run), "--data", str(corpus.path), "--permutations", "2",
+                     "--max-tokens", "400", "--out", str(out), "--quiet"]) == 0
+    assert "(units permuted)" in capsys.readouterr().out
+    import json
+
+    res = json.loads(out.read_text())["results"]
+    assert res["model-permuted"]["overall"]["all"]["num_tokens"] == \
+        2 * res["model"]["overall"]["all"]["num_tokens"]

@@ -4,7 +4,9 @@ logits, KV-cache generation. Writes JSON to benchmarks/results/ and prints a tab
     python benchmarks/gpu_check.py                         # one CUDA GPU, full sizes, <= 8 min
     python benchmarks/gpu_check.py --device cpu --tiny     # smoke test of every branch (CPU)
 
-What it measures, in priority order (each section is timed against --budget-s; a section that
+What it measures (run order: environment, flash, the first two 1b variants, logits, FSDP2,
+generation, NDT/NEDS, 125m, the other two 1b variants, so that a short budget still covers every
+kind of check; each section is timed against --budget-s; a section that
 would start after the budget is spent is recorded as skipped, and an exception in one section is
 recorded and the next one runs, so a single GPU session always yields a JSON file):
 
@@ -16,8 +18,8 @@ recorded and the next one runs, so a single GPU session always yields a JSON fil
    the same context, so their attention is flash or they fail. (If flash rejects ``enable_gqa``
    but accepts expanded heads, the model's GQA fallback is switched on and the JSON says so.)
 3. AR training at the ``1b`` preset (then ``125m``), context 8,192 (--seq-len), bf16 autocast,
-   activation checkpointing off/on x ``torch.compile`` off/on, built through the training loop's
-   own ``build_model``: tokens/s, MFU with causal attention FLOPs (``flops_per_token(causal=True)``)
+   activation checkpointing off/on x ``torch.compile`` off/on, built the way the training loop's
+   ``build_model`` builds it: tokens/s, MFU with causal attention FLOPs (``flops_per_token(causal=True)``)
    and with the non-causal count used by most published figures, peak memory.
 4. FSDP2: the same step with ``fully_shard`` per block and root (``spikefm.train.dist.apply_fsdp``)
    over a one-process NCCL group (gloo on CPU) with bf16 mixed precision.
@@ -193,13 +195,28 @@ def _ar_train(ctx: dict, preset: str, *, ckpt: bool, compile_: bool, fsdp: bool 
     from spikefm.families import get
     from spikefm.families.ar.model import count_parameters, flops_per_token
     from spikefm.train import dist as d
-    from spikefm.train.loop import _checkpoint_block, build_model
+    from spikefm.train.loop import _checkpoint_block
     from spikefm.train.optim import build_optimizer
 
     device, seq_len, batch = ctx["device"], ctx["seq_len"], ctx["batch_size"]
     family = get("ar")
     cfg = _ar_run_config(preset, seq_len, ckpt=ckpt, compile_=compile_, tiny=ctx["tiny"])
     _reset_memory(device)
+    # Built as the training loop's build_model does (meta, init, checkpointing, compile, FSDP2),
+    # but initialised on the device when unsharded: a 1b model's fp32 init on the host would
+    # cost seconds of the budget in every section.
+    with torch.device("meta"):
+        model = family.build_model(cfg)
+    model.to_empty(device="cpu" if fsdp else device)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        family.init_weights(model)
+    blocks = family.blocks(model)
+    for block in blocks:
+        if ckpt:
+            _checkpoint_block(block)
+        if compile_:
+            block.compile()
     if fsdp:
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
@@ -211,23 +228,7 @@ def _ar_train(ctx: dict, preset: str, *, ckpt: bool, compile_: bool, fsdp: bool 
             kwargs = {"device_id": device} if backend == "nccl" else {}
             dist.init_process_group(backend=backend, rank=0, world_size=1, **kwargs)
         mesh = init_device_mesh(device.type, (1,), mesh_dim_names=("dp",))
-        with torch.device("meta"):
-            model = family.build_model(cfg)
-        model.to_empty(device="cpu")
-        torch.manual_seed(0)
-        with torch.no_grad():
-            family.init_weights(model)
-        blocks = family.blocks(model)
-        if ckpt:
-            for block in blocks:
-                _checkpoint_block(block)
-        if compile_:
-            for block in blocks:
-                block.compile()
         d.apply_fsdp(model, blocks, mesh, d.default_mp_policy("bf16", device))  # moves to device
-    else:
-        info = d.DistInfo(0, 1, 0, device, None)
-        model = build_model(family, cfg, info)
     optimizer = build_optimizer(model, cfg.optim)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 256, (batch, seq_len + 1), generator=gen).to(device)
@@ -386,17 +387,19 @@ def _sections(ctx: dict) -> list[tuple[str, Callable[[dict], dict]]]:
         ("environment", section_environment),
         ("flash", section_flash),
     ]
-    for i, (ckpt, comp) in enumerate(variants):
-        out.append((f"ar_{big}_ckpt{int(ckpt)}_compile{int(comp)}",
-                    lambda c, ckpt=ckpt, comp=comp: _ar_train(c, big, ckpt=ckpt, compile_=comp)))
-        if i == 0:
-            out.append(("logits", section_logits))
-    out.append(("ar_tiny_again" if tiny else "ar_125m_ckpt0_compile1",
-                lambda c: _ar_train(c, small, ckpt=False, compile_=not c["tiny"])))
-    out.append((f"ar_{big}_fsdp2",
-                lambda c: _ar_train(c, big, ckpt=False, compile_=not c["tiny"], fsdp=True)))
+    train = [(f"ar_{big}_ckpt{int(ckpt)}_compile{int(comp)}",
+              lambda c, ckpt=ckpt, comp=comp: _ar_train(c, big, ckpt=ckpt, compile_=comp))
+             for ckpt, comp in variants]
+    # Every kind of check runs once before the remaining variants, so a short budget still
+    # covers each of them.
+    out += train[:2] + [("logits", section_logits)]
+    out.append((f"ar_{big}_fsdp2", lambda c: _ar_train(c, big, ckpt=False, compile_=False,
+                                                       fsdp=True)))
     out.append(("generation", section_generation))
     out.append(("masked_families", section_masked_families))
+    out.append(("ar_tiny_again" if tiny else "ar_125m_ckpt0_compile1",
+                lambda c: _ar_train(c, small, ckpt=False, compile_=not c["tiny"])))
+    out += train[2:]
     return out
 
 
@@ -429,7 +432,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 5; tiny 2)")
     ap.add_argument("--variants", type=int, default=None, choices=[1, 2, 3, 4],
                     help="how many of the checkpointing x compile variants (default 4; tiny 2)")
-    ap.add_argument("--budget-s", type=float, default=360.0,
+    ap.add_argument("--budget-s", type=float, default=380.0,
                     help="start no new section after this many seconds")
     ap.add_argument("--xent-tol", type=float, default=0.02, help="nats/token")
     ap.add_argument("--logp-tol", type=float, default=0.5,

@@ -3,8 +3,10 @@
 Each step is forward + next-token cross-entropy + backward + AdamW on one fixed batch of random
 spike tokens. Both models start from the same weights (ours copied into the HF key layout), so the
 first-step losses must agree; steps of the two models are interleaved so that background load on
-the machine hits both alike, and tokens/s come from the median step time. Writes
-benchmarks/results/bench_ar_train.json.
+the machine hits both alike, and tokens/s come from the median step time. The process CPU time
+of each step is recorded too: on a machine shared with other jobs, wall-clock time mostly measures
+the neighbours, while CPU seconds per step (with --threads 1) measure the work each model does;
+both ratios are reported. Writes benchmarks/results/bench_ar_train.json.
 
     python benchmarks/bench_ar_train.py                                  # CPU, preset small
     python benchmarks/bench_ar_train.py --device cuda --dtype bf16 --preset 125m \
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                         help="bf16 = autocast mixed precision (float32 master weights)")
     parser.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each spikefm block (as train.compile does) and the "
+                             "transformers decoder layers alike")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_ar_train.json")
     args = parser.parse_args(argv)
@@ -76,6 +81,12 @@ def main(argv: list[str] | None = None) -> dict:
                                       attn_implementation=args.hf_attn)
     theirs = transformers.LlamaForCausalLM(hf_cfg).to(device)
     theirs.load_state_dict({to_hf_key(k): v for k, v in ours.state_dict().items()}, strict=True)
+
+    if args.compile:
+        for block in ours.layers:
+            block.compile()
+        for layer in theirs.model.layers:
+            layer.compile()
 
     gen = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len + 1), generator=gen)
@@ -109,17 +120,21 @@ def main(argv: list[str] | None = None) -> dict:
             if i == 0:
                 first_loss[name] = loss
     step_seconds = {name: [] for name in steps}
-    for _ in range(args.steps):
-        for name, step in steps.items():
+    step_cpu_seconds = {name: [] for name in steps}
+    order = list(steps)
+    for i in range(args.steps):
+        for name in (order if i % 2 == 0 else order[::-1]):  # alternate who goes first
             _sync(device)
-            t0 = time.perf_counter()
-            step()
+            t0, c0 = time.perf_counter(), time.process_time()
+            steps[name]()
             _sync(device)
             step_seconds[name].append(time.perf_counter() - t0)
+            step_cpu_seconds[name].append(time.process_time() - c0)
 
     tokens_per_step = args.batch_size * args.seq_len
     # Median step time: robust to bursts of load from other processes on a shared machine.
     tps = {name: tokens_per_step / statistics.median(s) for name, s in step_seconds.items()}
+    tps_cpu = {name: tokens_per_step / statistics.median(s) for name, s in step_cpu_seconds.items()}
     flops = ours.flops_per_token(args.seq_len)
     result = {
         "benchmark": "bench_ar_train",
@@ -136,17 +151,24 @@ def main(argv: list[str] | None = None) -> dict:
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "first_step_loss": first_loss,
+        "compile": args.compile,
+        "threads": torch.get_num_threads(),
         "step_seconds": step_seconds,
+        "step_cpu_seconds": step_cpu_seconds,
         "tokens_per_s": tps,
+        "tokens_per_cpu_s": tps_cpu,
         "achieved_tflops": {name: v * flops / 1e12 for name, v in tps.items()},
         "flops_per_token": flops,
         "ratio_spikefm_over_transformers": tps["spikefm"] / tps["transformers"],
+        "cpu_time_ratio_spikefm_over_transformers": tps_cpu["spikefm"] / tps_cpu["transformers"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, args.out)
     print(json.dumps({k: result[k] for k in ("tokens_per_s", "ratio_spikefm_over_transformers",
+                                              "tokens_per_cpu_s",
+                                              "cpu_time_ratio_spikefm_over_transformers",
                                               "first_step_loss")}, indent=2))
     print(f"wrote {args.out}")
     return result

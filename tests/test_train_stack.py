@@ -191,7 +191,11 @@ def test_short_bf16_run_loss_falls_and_run_dir_describes_itself(tmp_path):
     assert [r["step"] for r in rows] == list(range(5, 41, 5))
     assert all(METRIC_FIELDS <= set(r) for r in rows)
     assert rows[-1]["loss"] < 0.5 * math.log(16) < rows[0]["loss"]
-    assert rows[-1]["tokens"] == 40 * 8 * 16 and rows[-1]["mfu"] is None  # CPU: no peak
+    assert rows[-1]["tokens"] == 40 * 8 * 16
+    # CPU: the peak is a matmul probe written into config.json, and mfu is relative to it
+    peak = json.loads((tmp_path / "config.json").read_text())["peak_flops"]
+    assert peak["source"] == "probe" and peak["value"] == peak["probe"]["bf16"] > 0
+    assert all(r["mfu"] > 0 for r in rows)
     assert rows[-1]["lr"] == 0.0  # the last update uses min_lr_ratio * lr
     evals = [r for r in read_metrics(tmp_path) if "eval/loss" in r]
     assert [r["step"] for r in evals] == [20, 40] and evals[1]["eval/loss"] < math.log(16)

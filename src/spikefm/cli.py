@@ -182,7 +182,7 @@ def cmd_finetune(args) -> int:
 
 #: `spikefm eval` options passed to the family's evaluate() when given (None = not given).
 EVAL_OPTIONS = ("split", "ngram", "max_tokens", "max_train_tokens", "seq_len", "tasks", "session",
-                "save_predictions", "decode_layer")
+                "save_predictions", "decode_layer", "permutations")
 
 
 def cmd_eval(args) -> int:
@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--decode-layer", type=int, default=None, metavar="BLOCK",
                    help="masked models: transformer block (1-based) the decoding tasks read "
                         "(default: the run's data.decode_layer; 0 = the last)")
+    e.add_argument("--permutations", type=_positive_int, default=None, metavar="K",
+                   help="autoregressive models: also score the data with its units in K random "
+                        "orders (did the model learn a unit order?)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 

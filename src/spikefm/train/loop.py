@@ -25,9 +25,11 @@ metrics.jsonl rows (rank 0, every log_every steps and at the last step):
     tokens        cumulative tokens trained on (all ranks), from the family's stats["tokens"]
     tokens_per_s  tokens / second over the steps since the previous row (all ranks)
     mfu           model FLOP utilisation: achieved FLOP/s (family.flops_per_batch summed over
-                  micro-steps and ranks) / (peak FLOP/s of one device * world size). null when
-                  the peak is unknown: always on CPU (no meaningful dense peak), and on GPUs that
-                  are not in PEAK_FLOPS. Set SPIKEFM_PEAK_FLOPS (FLOP/s per device) to override.
+                  micro-steps and ranks) / (peak FLOP/s of one device * world size). The peak
+                  is SPIKEFM_PEAK_FLOPS (FLOP/s per device) when set, else the data-sheet figure
+                  of a GPU in PEAK_FLOPS, else a matmul probe measured at start-up in the run's
+                  precision (always on CPU; see train/mfu.py); config.json's "peak_flops" says
+                  which, so mfu is a number on every device.
     elapsed_s     wall-clock seconds of training so far (summed over resumed segments)
     + the family's extra stats (mean over micro-steps and ranks)
 Evaluation rows hold "step" and "eval/<name>" values instead.
@@ -71,7 +73,7 @@ from spikefm.train.family import Family, check_family_config
 from spikefm.train.optim import build_optimizer, build_scheduler
 from spikefm.train.runinfo import run_info
 
-__all__ = ["train", "PEAK_FLOPS", "device_peak_flops", "seed_everything", "build_model",
+__all__ = ["train", "PEAK_FLOPS", "device_peak_flops", "resolve_peak_flops", "seed_everything", "build_model",
            "TrainingDiverged"]
 
 
@@ -108,6 +110,25 @@ def device_peak_flops(device: torch.device, precision: str) -> float | None:
         if key in name:
             return bf16 if precision == "bf16" else fp32
     return None
+
+
+def resolve_peak_flops(device: torch.device, precision: str) -> dict[str, Any]:
+    """The peak FLOP/s that MFU divides by, and where it came from.
+
+    Returns ``{"value": FLOP/s per device, "precision", "source": "override" | "datasheet" |
+    "probe", "probe": probe_peak_flops(...) (only for "probe")}``; the probe's averaged over
+    ranks so every rank divides by the same number.
+    """
+    peak = device_peak_flops(device, precision)
+    if peak is not None:
+        source = "override" if _peak_override() is not None else "datasheet"
+        return {"value": peak, "precision": precision, "source": source}
+    from spikefm.train.mfu import probe_peak_flops
+
+    probe = probe_peak_flops(device)
+    value = probe.get(precision) or probe["fp32"]
+    value = d.all_reduce_mean([value])[0]
+    return {"value": value, "precision": precision, "source": "probe", "probe": probe}
 
 
 def _peak_override() -> float | None:
@@ -551,6 +572,9 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
         start_step, tokens_total = state["step"], state.get("tokens", 0)
         elapsed_before = state.get("elapsed_s", 0.0)
 
+    peak_info = resolve_peak_flops(device, tc.precision)
+    peak = peak_info["value"]
+    run_desc = {**run_desc, "peak_flops": peak_info}
     metrics_path = out_dir / "metrics.jsonl"
     if rank == 0:
         write_json_atomic(out_dir / "config.json", run_desc)
@@ -562,7 +586,6 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     metrics_file = open(metrics_path, "a") if rank == 0 else None
     board = _TensorBoard(out_dir, start_step) if rank == 0 and tc.tensorboard else None
 
-    peak = device_peak_flops(device, tc.precision)
     fsdp = info.distributed
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     last_step = tc.steps if stop_after is None else min(tc.steps, stop_after)

@@ -53,19 +53,29 @@ def _rows(corpus: Corpus, split: str, max_tokens: int | None):
 
 
 def evaluate_model(model, corpus: Corpus, *, split: str = "test", seq_len: int = 512,
-                   max_tokens: int | None = None, device="cpu", progress: bool = False) -> dict:
-    """Mean cross-entropy of an AR model over a split (see :class:`CrossEntropyAccumulator`)."""
+                   max_tokens: int | None = None, device="cpu", progress: bool = False,
+                   unit_permutations: int = 0) -> dict:
+    """Mean cross-entropy of an AR model over a split (see :class:`CrossEntropyAccumulator`).
+
+    With ``unit_permutations`` = K > 0 every row is scored K times, its units (count matrix
+    rows) reordered by permutation k drawn from ``default_rng([k, row index])``, and all K
+    scorings pooled: the model's cross-entropy when the unit order carries no information.
+    """
     from spikefm.progress import progress_bar
 
     model.eval()
     acc = CrossEntropyAccumulator()
     rows = list(_rows(corpus, split, max_tokens))
-    with progress_bar(len(rows), f"scoring {split}", enabled=progress) as bar:
-        for row, counts in rows:
-            tokens = tokenize(counts)
-            acc.add(score_tokens(model, tokens, seq_len, device=device), tokens[1:],
-                    row.source_dataset)
-            bar.advance(1)
+    orders = range(unit_permutations) if unit_permutations else [None]
+    with progress_bar(len(rows) * len(orders), f"scoring {split}", enabled=progress) as bar:
+        for i, (row, counts) in enumerate(rows):
+            for k in orders:
+                c = counts if k is None else counts[np.random.default_rng([k, i]).permutation(
+                    counts.shape[0])]
+                tokens = tokenize(c)
+                acc.add(score_tokens(model, tokens, seq_len, device=device), tokens[1:],
+                        row.source_dataset)
+                bar.advance(1)
     return acc.result()
 
 

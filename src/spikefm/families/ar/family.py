@@ -28,12 +28,15 @@ class ARDataConfig:
         split: corpus split to train on.
         token_cache: read through the memory-mapped token cache in CORPUS_DIR/.cache (built on
             first use, one byte per token); false for read-only corpus folders.
+        permute_units: augmentation: every row's units in a random order (one permutation per
+            row and epoch, the same in all its bins).
     """
 
     corpus: str = ""
     seq_len: int = 512
     split: str = "train"
     token_cache: bool = True
+    permute_units: bool = False
 
     def __post_init__(self):
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 2:
@@ -71,7 +74,8 @@ class ARFamily:
             return ARTokenLoader(_corpus(cfg), seq_len=cfg.data.seq_len,
                                  batch_size=cfg.train.micro_batch_size(world_size),
                                  seed=cfg.train.seed, rank=rank, world_size=world_size,
-                                 split=cfg.data.split, token_cache=cfg.data.token_cache)
+                                 split=cfg.data.split, token_cache=cfg.data.token_cache,
+                                 permute_units=cfg.data.permute_units)
 
         # Rank 0 builds the token cache (if missing) while the others wait, so it is built once.
         loader = make() if rank == 0 else None
@@ -86,8 +90,10 @@ class ARFamily:
         return loss, {"tokens": int(y_BL.numel())}
 
     def flops_per_batch(self, model: nn.Module, batch: Any, cfg: RunConfig) -> float:
+        """Training FLOPs of the batch, attention counted causally (the keys each query sees),
+        so ``mfu`` in metrics.jsonl is the honest figure; see :func:`flops_per_token`."""
         x_BL, _ = batch
-        return flops_per_token(cfg.model, x_BL.shape[1]) * x_BL.numel()
+        return flops_per_token(cfg.model, x_BL.shape[1], causal=True) * x_BL.numel()
 
     def describe(self, cfg: RunConfig) -> dict[str, Any]:
         corpus = _corpus(cfg)
@@ -151,7 +157,7 @@ class ARFamily:
     def evaluate(self, run_dir: str, corpus: str, *, split: str = "test", ngram: Sequence[int] = (),
                  max_tokens: int | None = None, max_train_tokens: int | None = None,
                  seq_len: int | None = None, baselines: dict[str, Any] | None = None,
-                 progress: bool = False) -> dict[str, Any]:
+                 permutations: int = 0, progress: bool = False) -> dict[str, Any]:
         """Cross-entropy of the model, the n-gram baselines and (on synthetic corpora) the oracle,
         on exactly the same tokens (:mod:`spikefm.families.ar.evaluate`).
 
@@ -164,6 +170,9 @@ class ARFamily:
             seq_len: context of a Hugging Face model (runs use their own; default 512).
             baselines: results of :meth:`evaluate_baselines` on the same split and tokens, to
                 reuse instead of ``ngram`` (the oracle is then not recomputed either).
+            permutations: also score the model on the same rows with their units in this many
+                random orders (permutation k of row i drawn from (k, i)), pooled as
+                ``"model-permuted"``: close to ``"model"`` when the model learned no unit order.
             progress: progress bar.
 
         Returns:
@@ -184,8 +193,15 @@ class ARFamily:
             seq_len = cfg.data.seq_len
         elif seq_len is None:
             seq_len = 512
+        if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
+            raise ValueError(f"permutations must be an int >= 0, got {permutations!r}")
         results = {"model": evaluate_model(model, data, split=split, seq_len=seq_len, max_tokens=max_tokens,
-                                           progress=progress), **baselines}
+                                           progress=progress)}
+        if permutations:
+            results["model-permuted"] = evaluate_model(
+                model, data, split=split, seq_len=seq_len, max_tokens=max_tokens, progress=progress,
+                unit_permutations=permutations)
+        results.update(baselines)
         return {"family": self.name, "run_dir": str(run_dir), "corpus": str(corpus), "split": split,
                 "seq_len": seq_len, "results": results}
 
@@ -196,6 +212,8 @@ class ARFamily:
         columns: dict[str, dict] = {}
         for name, res in results_by_run.items():
             columns[name] = res["results"]["model"]
+            if "model-permuted" in res["results"]:
+                columns[f"{name} (units permuted)"] = res["results"]["model-permuted"]
         first = next(iter(results_by_run.values()))
         for name, r in first["results"].items():
             if name != "model":

@@ -95,7 +95,17 @@ def to_hf_config(cfg: LlamaConfig, dtype: torch.dtype = torch.float32) -> dict:
 
     Writes the rotary base both the transformers 4.x way (``rope_theta``, ``rope_scaling``) and
     the 5.x way (``rope_parameters``) so that either version reads it.
+
+    Raises:
+        ValueError: for a layout other than ``positions="plain"``: ``LlamaForCausalLM`` has no
+            unit/bin rotary axes nor a state embedding, so the export would silently compute
+            something else.
     """
+    if cfg.positions != "plain":
+        raise ValueError(f"a model with positions={cfg.positions!r} has no Hugging Face "
+                         "LlamaForCausalLM equivalent (its unit/bin positions and state embedding "
+                         "would be dropped); keep its spikefm run folder (model.safetensors + "
+                         "config.json), or train with positions='plain' to export")
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -240,6 +250,7 @@ def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
 
     if not isinstance(model, Llama):
         raise TypeError(f"save_hf expects a spikefm Llama, got {type(model).__name__}")
+    to_hf_config(model.cfg)  # refuses layouts that LlamaForCausalLM cannot express
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}

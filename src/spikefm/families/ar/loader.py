@@ -25,7 +25,7 @@ import torch
 
 from spikefm.corpus.reader import Corpus, _matrices
 from spikefm.fileio import write_atomic, write_json_atomic
-from spikefm.families.ar.tokens import tokenize
+from spikefm.families.ar.tokens import SEPARATOR, tokenize
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,16 @@ class ARTokenLoader:
         sessions: only rows of these sessions.
         token_cache: read through a memory-mapped :class:`TokenCache` (built on first use) instead
             of decoding and tokenizing Parquet row groups every epoch.
+        permute_units: augmentation: reorder the units of every row by a random permutation,
+            the same for all bins of the row and drawn from (seed, epoch, group, row), so it is
+            reproducible and resumes exactly. Units within a bin have no natural order; a model
+            trained this way cannot learn one.
     """
 
     def __init__(self, corpus: Corpus | str | Path, *, seq_len: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, split: str = "train",
-                 sessions: list[str] | None = None, token_cache: bool = True):
+                 sessions: list[str] | None = None, token_cache: bool = True,
+                 permute_units: bool = False):
         self.corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
@@ -129,6 +134,8 @@ class ARTokenLoader:
                              "larger corpus")
         self.epoch, self.group_cursor, self.row_cursor, self.token_offset = 0, 0, 0, 0
         self._rows: list[np.ndarray] | None = None
+        self.permute_units = bool(permute_units)
+        self._permuted: tuple[tuple[int, int, int], np.ndarray] | None = None
         self._cache = TokenCache(self.corpus, split, self.groups) if token_cache else None
 
     # --- position --------------------------------------------------------------------------
@@ -179,6 +186,8 @@ class ARTokenLoader:
                 self._rows = None
                 continue
             row = self._rows[self.row_cursor]
+            if self.permute_units:
+                row = self._permuted_row(groups[self.group_cursor], row)
             piece = row[self.token_offset:self.token_offset + (n - got)]
             out.append(piece)
             got += piece.size
@@ -186,6 +195,14 @@ class ARTokenLoader:
             if self.token_offset >= row.size:
                 self.row_cursor, self.token_offset = self.row_cursor + 1, 0
         return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def _permuted_row(self, group: int, row: np.ndarray) -> np.ndarray:
+        """``row`` with its units reordered by the permutation of (seed, epoch, group, row)."""
+        key = (self.epoch, group, self.row_cursor)
+        if self._permuted is None or self._permuted[0] != key:
+            rng = np.random.default_rng([self.seed, *key])
+            self._permuted = (key, permute_row_units(row, rng))
+        return self._permuted[1]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
@@ -205,3 +222,23 @@ def iter_eval_windows(tokens: np.ndarray, seq_len: int) -> Iterator[tuple[int, n
     token but the first is scored once."""
     for start in range(0, max(tokens.size - 1, 0), seq_len):
         yield start, tokens[start:start + seq_len + 1]
+
+
+def row_num_units(tokens: np.ndarray) -> int:
+    """Units per bin of one tokenized row (it starts with a separator and holds whole bins)."""
+    tokens = np.asarray(tokens)
+    if tokens.size == 0 or tokens[0] != SEPARATOR:
+        raise ValueError("a tokenized row must start with the separator 255")
+    later = np.flatnonzero(tokens[1:] == SEPARATOR)
+    return int(later[0]) if later.size else int(tokens.size - 1)
+
+
+def permute_row_units(tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of one tokenized row with its units reordered by one random permutation (the same
+    in every bin): the tokens of ``counts[perm]`` for the row's ``counts``."""
+    n = row_num_units(tokens)
+    grid = np.asarray(tokens).reshape(-1, n + 1)
+    perm = rng.permutation(n)
+    out = grid.copy()
+    out[:, 1:] = grid[:, 1:][:, perm]
+    return out.reshape(-1)

@@ -33,6 +33,7 @@ Typical use::
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikefm.families.ar.positions import (NUM_STATES, POSITION_LAYOUTS, bin_positions,
+                                           rope_angles)
 from spikefm.families.ar.tokens import SEPARATOR
 
 __all__ = [
@@ -73,6 +76,10 @@ class LlamaConfig:
         norm_eps: RMSNorm epsilon.
         max_seq_len: longest context in tokens (size of the rotary table and default cache).
         init_std: standard deviation of the normal initialization of embeddings and projections.
+        positions: ``"plain"`` (token positions only; a Hugging Face ``LlamaForCausalLM``) or
+            ``"bin"`` (unit-in-bin and bin index rotary axes plus a remaining-units embedding,
+            derived from the separators; see :mod:`spikefm.families.ar.positions`; no Hugging
+            Face equivalent).
     """
 
     dim: int
@@ -85,8 +92,12 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     max_seq_len: int = 8192
     init_std: float = 0.02
+    positions: str = "plain"
 
     def __post_init__(self) -> None:
+        if self.positions not in POSITION_LAYOUTS:
+            raise ValueError(f"LlamaConfig.positions must be one of {', '.join(POSITION_LAYOUTS)}, "
+                             f"got {self.positions!r}")
         for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size",
                      "max_seq_len"):
             value = getattr(self, name)
@@ -150,9 +161,21 @@ def _preset_8b() -> LlamaConfig:
                        rope_theta=500000.0)
 
 
+def _preset_tiny_bin() -> LlamaConfig:
+    # tiny with within-bin positions: lower held-out-session cross-entropy than tiny on all three
+    # seeds of benchmarks/bench_ar_transfer.py (README); no Hugging Face export.
+    return dataclasses.replace(_preset_tiny(), positions="bin")
+
+
+def _preset_small_bin() -> LlamaConfig:
+    return dataclasses.replace(_preset_small(), positions="bin")
+
+
 LLAMA_PRESETS = {
     "tiny": _preset_tiny,
+    "tiny-bin": _preset_tiny_bin,
     "small": _preset_small,
+    "small-bin": _preset_small_bin,
     "125m": _preset_125m,
     "1b": _preset_1b,
     "3b": _preset_3b,
@@ -184,10 +207,11 @@ def count_parameters(cfg: LlamaConfig) -> int:
     attention = 2 * d * cfg.n_heads * e + 2 * d * cfg.n_kv_heads * e
     mlp = 3 * d * cfg.ffn_dim
     block = attention + mlp + 2 * d
-    return 2 * cfg.vocab_size * d + cfg.n_layers * block + d
+    extra = NUM_STATES * d if cfg.positions == "bin" else 0  # the state embedding (a lookup)
+    return 2 * cfg.vocab_size * d + cfg.n_layers * block + d + extra
 
 
-def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
+def flops_per_token(cfg: LlamaConfig, seq_len: int, *, causal: bool = False) -> float:
     """Training FLOPs per token (forward + backward) for model FLOPs utilization (MFU).
 
     ``6 * N + 12 * n_layers * dim * seq_len`` (Kaplan et al. 2020; PaLM appendix B), where
@@ -195,12 +219,17 @@ def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
     matmul) but keeps the output projection. The first term is 2 FLOPs per multiply-add in the
     forward pass and twice that in the backward pass. The second counts the score (Q K^T) and
     weighted-sum (A V) matmuls: 2 * 2 * seq_len * (H * E = dim) FLOPs per token and layer forward,
-    times 3 for forward + backward; causal masking is not discounted (the usual MFU convention).
+    times 3 for forward + backward. By default causal masking is not discounted (the convention of
+    most published MFU figures); ``causal=True`` counts only the keys a query attends to, on average
+    (seq_len + 1) / 2 per query, which is the work a causal (flash) kernel does.
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
         raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
     n_matmul = count_parameters(cfg) - cfg.vocab_size * cfg.dim
-    return float(6 * n_matmul + 12 * cfg.n_layers * cfg.dim * seq_len)
+    if cfg.positions == "bin":
+        n_matmul -= NUM_STATES * cfg.dim
+    keys = (seq_len + 1) / 2 if causal else seq_len
+    return float(6 * n_matmul + 12 * cfg.n_layers * cfg.dim * keys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +268,9 @@ class KVCache:
         self.batch_size = batch_size
         self.max_seq_len = max_seq_len
         self.pos = 0
+        #: (B, max_seq_len) tokens fed so far; allocated by models whose positions depend on
+        #: earlier tokens (``positions="bin"``), None otherwise.
+        self.tokens_BP: torch.Tensor | None = None
 
     @classmethod
     def for_model(cls, model: "Llama", batch_size: int,
@@ -295,15 +327,22 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _apply_rope(x_BHLE: torch.Tensor, cos_LE: torch.Tensor, sin_LE: torch.Tensor) -> torch.Tensor:
-    return x_BHLE * cos_LE + _rotate_half(x_BHLE) * sin_LE
+def _apply_rope(x_BHLE: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary embedding (pair i is (x_i, x_{i + E/2})) of (B, heads, L, E) by
+    full-width tables that broadcast against it: (L, E), or (B, 1, L, E) per row."""
+    return x_BHLE * cos + _rotate_half(x_BHLE) * sin
 
 
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with rotary positions, via ``scaled_dot_product_attention``."""
+    """Grouped-query self-attention with rotary positions, via ``scaled_dot_product_attention``.
+
+    The rotary tables arrive already cast to the compute dtype (once per forward, not per layer).
+    A fused q|k|v matmul over concatenated weights was measured and was not faster on the CPU
+    (see benchmarks/bench_ar_train.py), so the projections stay separate.
+    """
 
     def __init__(self, cfg: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
@@ -314,15 +353,13 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x_BLD: torch.Tensor, cos_LE: torch.Tensor, sin_LE: torch.Tensor,
+    def forward(self, x_BLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
         B, L, _ = x_BLD.shape
-        q_BHLE = self.wq(x_BLD).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BJLE = self.wk(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v_BJLE = self.wv(x_BLD).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        cos_LE, sin_LE = cos_LE.to(q_BHLE.dtype), sin_LE.to(q_BHLE.dtype)
-        q_BHLE = _apply_rope(q_BHLE, cos_LE, sin_LE)
-        k_BJLE = _apply_rope(k_BJLE, cos_LE, sin_LE)
+        H, J, E = self.n_heads, self.n_kv_heads, self.head_dim
+        q_BHLE = _apply_rope(self.wq(x_BLD).view(B, L, H, E).transpose(1, 2), cos, sin)
+        k_BJLE = _apply_rope(self.wk(x_BLD).view(B, L, J, E).transpose(1, 2), cos, sin)
+        v_BJLE = self.wv(x_BLD).view(B, L, J, E).transpose(1, 2)
 
         start = 0
         if kv_cache is None:
@@ -341,18 +378,21 @@ class Attention(nn.Module):
             k_pos_P = torch.arange(start + L, device=x_BLD.device)
             mask_LP = k_pos_P[None, :] <= q_pos_L[:, None]
 
-        if self.n_kv_heads != self.n_heads and not _SDPA_HAS_GQA:
-            repeat = self.n_heads // self.n_kv_heads
+        if J != H and not _SDPA_HAS_GQA:
+            repeat = H // J
             k_BJPE = k_BJPE.repeat_interleave(repeat, dim=1)
             v_BJPE = v_BJPE.repeat_interleave(repeat, dim=1)
-        gqa = {"enable_gqa": True} if (self.n_kv_heads != self.n_heads and _SDPA_HAS_GQA) else {}
+        gqa = {"enable_gqa": True} if (J != H and _SDPA_HAS_GQA) else {}
         o_BHLE = F.scaled_dot_product_attention(q_BHLE, k_BJPE, v_BJPE, attn_mask=mask_LP,
                                                 is_causal=is_causal, **gqa)
-        return self.wo(o_BHLE.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+        return self.wo(o_BHLE.transpose(1, 2).reshape(B, L, H * E))
 
 
 class FeedForward(nn.Module):
-    """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)`` (w1 = HF gate_proj, w3 = up_proj, w2 = down_proj)."""
+    """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)`` (w1 = HF gate_proj, w3 = up_proj, w2 = down_proj).
+
+    w1 and w3 are deliberately not fused into one matmul: measured in CPU time per training step
+    (preset small, 4 x 256 tokens, one thread) the fused form was no faster (ratio 1.00)."""
 
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
@@ -374,10 +414,18 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, h_BLD: torch.Tensor, cos_LE: torch.Tensor, sin_LE: torch.Tensor,
+    def forward(self, h_BLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
-        h_BLD = h_BLD + self.attention(self.attention_norm(h_BLD), cos_LE, sin_LE, kv_cache)
+        h_BLD = h_BLD + self.attention(self.attention_norm(h_BLD), cos, sin, kv_cache)
         return h_BLD + self.feed_forward(self.ffn_norm(h_BLD))
+
+
+def _compute_dtype(param: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls run in: the autocast dtype when autocast is on, else the weights'."""
+    device_type = param.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return param.dtype
 
 
 class Llama(nn.Module):
@@ -389,6 +437,10 @@ class Llama(nn.Module):
     Construction runs :meth:`init_weights`; under ``torch.device("meta")`` that allocates nothing,
     and after ``to_empty(device=...)`` a second :meth:`init_weights` call materializes the weights
     and the (non-persistent) rotary tables.
+
+    With ``cfg.positions == "bin"`` the model also has ``bin_state`` (an embedding of the
+    remaining-units state) and turns a third of its rotary pairs by the unit index and a third by
+    the bin index (:mod:`spikefm.families.ar.positions`).
     """
 
     def __init__(self, cfg: LlamaConfig) -> None:
@@ -398,6 +450,8 @@ class Llama(nn.Module):
                             "use llama_preset(name) or LlamaConfig(...)")
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if cfg.positions == "bin":
+            self.bin_state = nn.Embedding(NUM_STATES, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -406,6 +460,7 @@ class Llama(nn.Module):
                              persistent=False)
         self.register_buffer("rope_sin_PE", torch.empty(cfg.max_seq_len, cfg.head_dim),
                              persistent=False)
+        self.register_buffer("rope_inv_freq", torch.empty(cfg.head_dim // 2), persistent=False)
         self.init_weights()
 
     @torch.no_grad()
@@ -419,6 +474,7 @@ class Llama(nn.Module):
         freqs_PE = torch.outer(pos_P, inv_freq).repeat(1, 2)
         self.rope_cos_PE = freqs_PE.cos()
         self.rope_sin_PE = freqs_PE.sin()
+        self.rope_inv_freq = inv_freq
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -441,11 +497,37 @@ class Llama(nn.Module):
                 nn.init.normal_(lin.weight, mean=0.0, std=residual_std)
         self.norm.reset_parameters()
         nn.init.normal_(self.output.weight, mean=0.0, std=std)
+        if self.cfg.positions == "bin":
+            nn.init.normal_(self.bin_state.weight, mean=0.0, std=std)
         self.init_rope()
 
-    def flops_per_token(self, seq_len: int) -> float:
+    def flops_per_token(self, seq_len: int, *, causal: bool = False) -> float:
         """Training FLOPs per token at context ``seq_len``; see :func:`flops_per_token`."""
-        return flops_per_token(self.cfg, seq_len)
+        return flops_per_token(self.cfg, seq_len, causal=causal)
+
+    def _rotary(self, tokens_BL: torch.Tensor, start: int, kv_cache: KVCache | None,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """cos/sin tables broadcasting against (B, heads, L, E), in ``dtype``, and the (B, L)
+        bin states (None for the plain layout)."""
+        B, L = tokens_BL.shape
+        if self.cfg.positions == "plain":
+            cos = self.rope_cos_PE[start:start + L]
+            sin = self.rope_sin_PE[start:start + L]
+            return cos.to(dtype), sin.to(dtype), None
+        if kv_cache is None:
+            history_BP = tokens_BL
+        else:  # positions depend on every earlier token, so the cache keeps them
+            if kv_cache.tokens_BP is None:
+                kv_cache.tokens_BP = torch.zeros(B, kv_cache.max_seq_len, dtype=torch.long,
+                                                 device=tokens_BL.device)
+            kv_cache.tokens_BP[:, start:start + L] = tokens_BL
+            history_BP = kv_cache.tokens_BP[:, :start + L]
+        pos = bin_positions(history_BP)
+        pos = type(pos)(*(t[:, -L:] for t in pos))
+        token_pos_L = torch.arange(start, start + L, device=tokens_BL.device)
+        half_B1LE = rope_angles(self.rope_inv_freq, token_pos_L, pos)[:, None]
+        angles_B1LE = torch.cat((half_B1LE, half_B1LE), dim=-1)
+        return angles_B1LE.cos().to(dtype), angles_B1LE.sin().to(dtype), pos.state_BL
 
     def forward(self, tokens_BL: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Next-token logits.
@@ -475,11 +557,14 @@ class Llama(nn.Module):
         if kv_cache is not None and kv_cache.batch_size != B:
             raise ValueError(f"kv_cache was allocated for batch {kv_cache.batch_size}, "
                              f"got tokens of batch {B}")
-        cos_LE = self.rope_cos_PE[start:start + L]
-        sin_LE = self.rope_sin_PE[start:start + L]
         h_BLD = self.tok_embeddings(tokens_BL)
+        # The rotary tables are cast once here, not in every layer.
+        cos, sin, state_BL = self._rotary(tokens_BL, start, kv_cache,
+                                          _compute_dtype(self.tok_embeddings.weight))
+        if state_BL is not None:
+            h_BLD = h_BLD + self.bin_state(state_BL)
         for block in self.layers:
-            h_BLD = block(h_BLD, cos_LE, sin_LE, kv_cache)
+            h_BLD = block(h_BLD, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += L
         return self.output(self.norm(h_BLD)).float()

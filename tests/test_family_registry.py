@@ -80,3 +80,17 @@ def test_unknown_model_is_one_line(tmp_path, capsys):
     assert main(["train", "--model", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown model family 'nope'" in err[0]
+
+
+def test_unknown_tasks_are_refused_before_a_study_makes_anything(tmp_path, capsys):
+    from spikefm import families
+    from spikefm.cli import main
+
+    with pytest.raises(ValueError, match="^unknown task 'teleport'; valid: co-smoothing"):
+        families.check_tasks("ndt", "co-smoothing, teleport")
+    families.check_tasks("ndt", ["co-smoothing", "choice-decoding"])  # known: no error
+    families.check_tasks("ar", ["anything"])  # a family without the optional method accepts names
+    out = tmp_path / "study"
+    assert main(["experiment", "transfer", "--out", str(out), "--seeds", "1", "--tasks", "teleport"]) == 2
+    assert capsys.readouterr().err.strip().startswith("spikefm: error: unknown task 'teleport'")
+    assert not out.exists() or not any(out.rglob("*.nwb"))

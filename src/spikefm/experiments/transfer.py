@@ -80,6 +80,7 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = 12, durati
     if pretrain_steps is not None:
         _check_int("pretrain_steps", pretrain_steps, 1)
     _check_int("finetune_steps", finetune_steps, 1)
+    families.check_tasks(family, tasks)  # before anything is synthesized or trained
     out = Path(out)
     nwb_dir = out / "nwb_ndt"
     if not nwb_dir.exists() or not any(nwb_dir.rglob("*.nwb")):

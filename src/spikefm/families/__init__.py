@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run",
            "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
-           "finetune", "evaluate", "format_results", "commands", "FamilyCommand"]
+           "finetune", "evaluate", "check_tasks", "format_results", "commands", "FamilyCommand"]
 
 #: name -> "module:attribute" of the family class (instantiated with no arguments).
 FAMILIES: dict[str, str] = {
@@ -243,6 +243,17 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
 def evaluate(run_dir: str | os.PathLike, corpus: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """The family's benchmark of a finished run (or claimed foreign folder) on ``corpus``."""
     return family_of_run(run_dir).evaluate(str(run_dir), str(corpus), **options)
+
+
+def check_tasks(family: str, tasks: Sequence[str] | str | None) -> None:
+    """Refuse unknown evaluation task names of ``family`` before any work (one-line ValueError);
+    families without the optional ``check_tasks`` method accept any names here."""
+    if tasks is None:
+        return
+    names_ = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    fam = get(family)
+    if hasattr(fam, "check_tasks"):
+        fam.check_tasks(names_)
 
 
 def format_results(results_by_run: dict[str, dict[str, Any]], family: str | None = None) -> str:

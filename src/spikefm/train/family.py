@@ -58,6 +58,8 @@ Members used outside the loop (by `spikefm.families`, the CLI and the experiment
                                        JSON-serialisable data (unknown options: ValueError).
     format_results(results_by_run: dict[str, dict]) -> str
                                        text table of one or more `evaluate` results.
+    check_tasks(tasks: list[str])      optional: ValueError (one line) for a task name `evaluate`
+                                       would refuse, so studies fail before training anything.
     claims_folder(config: dict) -> bool
                                        optional: True for a foreign model folder this family can
                                        load (e.g. a Hugging Face Llama folder for the AR family).

@@ -442,6 +442,12 @@ class NDTFamily:
                             save_predictions=save_predictions, baselines=baselines, split=split,
                             decode_layer=layer, label_classes=parse_label_classes(cfg.data.label_classes))
 
+    def check_tasks(self, tasks: Sequence[str]) -> None:
+        """One-line ValueError for a name that is no NDT task (before anything is trained)."""
+        from spikefm.families.ndt.tasks import check_task_names
+
+        check_task_names(tasks)
+
     def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
         """One table of several runs' :meth:`evaluate` results (baselines from the first)."""
         from spikefm.families.ndt.tasks import format_benchmark_table

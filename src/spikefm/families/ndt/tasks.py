@@ -450,6 +450,14 @@ def _r2(pred: np.ndarray, true: np.ndarray) -> float:
     return 1.0 - float(((true - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else math.nan
 
 
+def check_task_names(tasks: Sequence[str]) -> None:
+    """Raise a one-line ValueError for a name that is no task (before any work is done)."""
+    for t in tasks:
+        if t not in _TASK_FUNCS and not t.endswith("-decoding"):
+            raise ValueError(f"unknown task {t!r}; valid: {', '.join(PREDICTION_TASKS)} or "
+                             "'<label>-decoding' with a label of the windows")
+
+
 def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -1,
                     truth_latents: np.ndarray | None = None, alphas=None, batch_size: int = 256,
                     traces: dict | None = None) -> dict:
@@ -664,10 +672,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
     """
     if isinstance(tasks, str):
         tasks = [tasks]
-    for t in tasks:
-        if t not in _TASK_FUNCS and not t.endswith("-decoding"):
-            raise ValueError(f"unknown task {t!r}; valid: {', '.join(PREDICTION_TASKS)} or "
-                             "'<label>-decoding' with a label of the windows")
+    check_task_names(tasks)
     K_all = windows.num_windows
     if truth_rates is not None:
         truth_rates = np.asarray(truth_rates, dtype=np.float64)

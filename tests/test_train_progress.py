@@ -142,3 +142,15 @@ def test_cli_train_tensorboard_flag_writes_events(tmp_path, monkeypatch):
                      "--set", "data.seq_len=64", "--tensorboard", "--quiet"]) == 0
     assert json.loads((run / "config.json").read_text())["config"]["train"]["tensorboard"] is True
     assert [s for s, _ in _scalars(run / "tensorboard")["loss"]] == [2, 4]
+
+
+def test_plain_lines_fall_on_logging_steps_and_show_that_steps_row(tmp_path, capsys):
+    train(toy_config(steps=40, log_every=6), tmp_path, progress=True)
+    out = [LINE.match(line) for line in capsys.readouterr().out.splitlines() if line.startswith("train step")]
+    rows = {r["step"]: r for r in rows_of(tmp_path) if "loss" in r}
+    steps = [int(m.group(1)) for m in out]
+    assert steps and set(steps) <= set(rows) and steps[-1] == 40
+    # the first logging step at or past each tenth: 6 (>= 4), 12 (>= 8, 12), 18 (>= 16), 24, 30, 36, 40
+    assert steps == [6, 12, 18, 24, 30, 36, 40]
+    for m in out:
+        assert float(m.group(5)) == pytest.approx(rows[int(m.group(1))]["loss"], abs=5e-5)

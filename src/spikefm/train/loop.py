@@ -408,8 +408,9 @@ def _rewrite_metrics(path: Path, keep_through_step: int) -> None:
 
 class _Display:
     """Progress of a run on rank 0: a rich bar with ETA on a terminal; otherwise (logs, CI, pipes)
-    a plain line about every tenth of the run or every `plain_every_s` seconds, with ETA; nothing
-    when disabled. Every logged row still goes to metrics.jsonl."""
+    a plain line on the first logging step past each tenth of the run, or `plain_every_s` seconds
+    after the last line, with ETA; nothing when disabled. Every logged row still goes to
+    metrics.jsonl."""
 
     def __init__(self, enabled: bool, total: int, start: int, plain_every_s: float = 60.0) -> None:
         self.bar = None
@@ -443,7 +444,7 @@ class _Display:
                          f"tok/s {row['tokens_per_s']:.3g} mfu {mfu}")
         if self.bar is not None:
             self.bar.update(self.task, completed=step, figures=self.text)
-        elif self.plain and self.text:
+        elif self.plain and row is not None:  # only on logging steps, so the figures are this step's
             now = time.perf_counter()
             due = step / self.total >= self.next_fraction - 1e-9 or now - self.t_printed >= self.plain_every_s
             if due or step == self.total:

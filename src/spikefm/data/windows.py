@@ -51,6 +51,7 @@ __all__ = [
     "load_splits",
     "apply_splits",
     "WindowBatcher",
+    "SeededBatchLoader",
 ]
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -710,3 +711,37 @@ class WindowBatcher:
         return {"counts_BTN": torch.from_numpy(counts), "unit_valid_BN": torch.from_numpy(valid),
                 "region_BN": torch.from_numpy(region), "session_ids": [w.session_id for w in ws],
                 "window_index_B": torch.tensor(ks, dtype=torch.long)}
+
+
+class SeededBatchLoader:
+    """Wraps a batch iterator with ``state_dict`` / ``load_state_dict`` (a :class:`WindowBatcher`):
+    each batch, passed through ``transform``, gets a ``mask_seed`` (int64 tensor) of
+    ``seed_fn(seed, rank, counter)``, so every micro-batch of every rank has its own mask stream.
+    ``state_dict`` holds the wrapped position and the batch counter: a resumed run draws the same
+    windows with the same masks. The masked families' training loaders are this class.
+    """
+
+    def __init__(self, batcher, seed: int, rank: int, seed_fn, transform=None) -> None:
+        self.batcher, self.seed, self.rank = batcher, int(seed), int(rank)
+        self.seed_fn, self.transform = seed_fn, transform
+        self.counter = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.batcher)
+        if self.transform is not None:
+            batch = self.transform(batch)
+        batch["mask_seed"] = torch.tensor(self.seed_fn(self.seed, self.rank, self.counter), dtype=torch.long)
+        self.counter += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"batcher": self.batcher.state_dict(), "counter": self.counter, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has {self.seed}")
+        self.batcher.load_state_dict(state["batcher"])
+        self.counter = int(state["counter"])

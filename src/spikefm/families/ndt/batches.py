@@ -4,10 +4,11 @@ Shape legend: B batch, T bins per window, N units (padded to the batch maximum).
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
+
+from spikefm.data.windows import SeededBatchLoader
 
 __all__ = ["mask_seed", "MaskedWindowLoader", "collate_windows", "move_batch"]
 
@@ -18,34 +19,12 @@ def mask_seed(seed: int, rank: int, counter: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-class MaskedWindowLoader:
-    """Wraps a :class:`~spikefm.data.windows.WindowBatcher`; adds ``mask_seed`` to every batch.
-
-    ``state_dict`` holds the batcher position and the batch counter, so a resumed run draws the
-    same windows with the same masks.
-    """
+class MaskedWindowLoader(SeededBatchLoader):
+    """A :class:`~spikefm.data.windows.WindowBatcher` whose batches carry a ``mask_seed``
+    (:func:`mask_seed`); resumes exactly (see :class:`~spikefm.data.windows.SeededBatchLoader`)."""
 
     def __init__(self, batcher, seed: int, rank: int) -> None:
-        self.batcher, self.seed, self.rank = batcher, int(seed), int(rank)
-        self.counter = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        batch = next(self.batcher)
-        batch["mask_seed"] = torch.tensor(mask_seed(self.seed, self.rank, self.counter), dtype=torch.long)
-        self.counter += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"batcher": self.batcher.state_dict(), "counter": self.counter, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has {self.seed}")
-        self.batcher.load_state_dict(state["batcher"])
-        self.counter = int(state["counter"])
+        super().__init__(batcher, seed, rank, seed_fn=mask_seed)
 
 
 def collate_windows(windows: dict, items: list[tuple[str, int]]) -> dict:

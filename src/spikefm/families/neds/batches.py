@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
+
+from spikefm.data.windows import SeededBatchLoader
 
 from spikefm.families.neds.model import Modalities
 
@@ -162,30 +163,14 @@ def batch_seed(seed: int, rank: int, counter: int) -> int:
     return int(words[0] >> np.uint64(1))
 
 
-class NEDSLoader:
+class NEDSLoader(SeededBatchLoader):
     """Infinite training batches: a :class:`~spikefm.data.windows.WindowBatcher` for the order,
-    :func:`collate` for the content, and a ``mask_seed`` per batch (exact resume)."""
+    :func:`collate` for the content, and a ``mask_seed`` per batch (:func:`batch_seed`; exact
+    resume, see :class:`~spikefm.data.windows.SeededBatchLoader`)."""
 
     def __init__(self, batcher, windows: dict, arrays: dict[str, SessionArrays], seed: int, rank: int) -> None:
-        self.batcher, self.windows, self.arrays = batcher, windows, arrays
-        self.seed, self.rank, self.counter = int(seed), int(rank), 0
+        self.windows, self.arrays = windows, arrays
+        super().__init__(batcher, seed, rank, seed_fn=batch_seed, transform=self._collate)
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        b = next(self.batcher)
-        items = list(zip(b["session_ids"], b["window_index_B"].tolist()))
-        batch = collate(self.windows, self.arrays, items)
-        batch["mask_seed"] = torch.tensor(batch_seed(self.seed, self.rank, self.counter), dtype=torch.long)
-        self.counter += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"batcher": self.batcher.state_dict(), "counter": self.counter, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has {self.seed}")
-        self.batcher.load_state_dict(state["batcher"])
-        self.counter = int(state["counter"])
+    def _collate(self, b: dict) -> dict:
+        return collate(self.windows, self.arrays, list(zip(b["session_ids"], b["window_index_B"].tolist())))

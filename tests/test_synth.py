@@ -384,3 +384,48 @@ def test_load_truth_accepts_either_path_and_rejects_others(written, tmp_path):
         synth.load_truth(tmp_path / "counts.csv")
     with pytest.raises(FileNotFoundError):
         synth.load_truth(tmp_path / "missing.nwb")
+
+
+def _osc_hz(A):
+    """The oscillator's frequency (Hz) from the rotation in its 2x2 block of the VAR matrix."""
+    return math.atan2(A[1, 0], A[0, 0]) / (2 * math.pi * synth.BIN_MS / 1000)
+
+
+def _onset_lag_bins(fam, name):
+    """The first bin lag at which the family's event kernel is non-zero (its response latency)."""
+    offset, k = fam.kernels[name]
+    return offset + int(np.argmax(k > 0))
+
+
+@pytest.mark.parametrize("preset", ["ibl", "motor", "spontaneous"])
+def test_several_families_are_separated_not_left_to_chance(preset):
+    # Whatever the seed, family f's oscillator lies in the f-th of K disjoint log bands: frequencies
+    # strictly increase with the family index, and consecutive ones differ by a clear factor.
+    for seed in range(6):
+        fams = [synth._make_family(preset, f, ss, 3, seed)
+                for f, ss in enumerate(np.random.SeedSequence(seed).spawn(3))]
+        hz = [_osc_hz(f.A) for f in fams]
+        lo, hi = synth._FAMILY_OSC_HZ[preset]
+        assert all(lo <= h <= hi for h in hz)
+        assert all(b / a > (hi / lo) ** (0.3 / 3) for a, b in zip(hz, hz[1:])), hz
+        if preset != "spontaneous":
+            name = {"ibl": "stim", "motor": "go"}[preset]
+            lags = [_onset_lag_bins(f, name) for f in fams]
+            assert lags == sorted(lags) and lags[0] < lags[-1], lags
+        regions = [set(f.regions) for f in fams]
+        if preset == "ibl":  # three of five regions each; neighbours share exactly one
+            assert all(len(r) == 3 for r in regions)
+            assert len(regions[0] & regions[1]) == 1 and len(regions[1] & regions[2]) == 1
+        else:
+            assert all(r == set(synth.REGIONS[preset]) for r in regions)
+    # One family keeps the preset's narrower range and every region.
+    one = synth._make_family("ibl", 0, np.random.SeedSequence(0), 1, 0)
+    assert 1.5 <= _osc_hz(one.A) <= 3.0 and one.regions == synth.REGIONS["ibl"]
+
+
+def test_ibl_sessions_record_their_familys_regions(written):
+    for p in written["ibl"][1]:
+        t = synth.load_truth(p)
+        assert len(t["family_regions"]) == 3
+        assert set(t["unit_regions"]) <= set(t["family_regions"])
+        assert 2 <= len(set(t["unit_regions"])) <= 3

@@ -16,7 +16,12 @@ Generative model (per session, 20 ms bins on edges ``k * 20 ms`` from the sessio
   private latents that form one coupled VAR(1), so each region is partly predictable from the
   others), and a slow AR(1) drift. Sessions of one *family* (session ``i`` is in family
   ``i % num_families``) share every dynamics parameter: the VAR matrix and noise, the task kernels
-  and the behaviour-to-neural lags; their unit counts and readouts differ.
+  and the behaviour-to-neural lags; their unit counts and readouts differ. With several families
+  the families are made to differ, not left to chance draws from one range: family ``f`` of ``K``
+  takes its oscillator frequency and its stimulus (``ibl``) or go-cue (``motor``) response latency
+  from the ``f``-th of ``K`` log-spaced bands of a wider range, and ``ibl`` sessions record two or
+  three regions of their family's three (a seeded rotation over the five, so neighbouring families
+  share one region). One family (the default) draws exactly as before.
 * Each unit belongs to one region and reads out the shared latents (weighted by a region profile)
   plus its own region's private latents: ``log lambda_u(t) = bias_u + loadings_u @ z(t)``, where
   ``lambda`` is the expected count in the bin. The rate is constant inside each bin. Biases are
@@ -35,7 +40,8 @@ num_latents), ``biases`` (num_units,), ``session_id``, ``subject_id``, ``preset`
 ``session_index``, ``dynamics_A`` / ``dynamics_noise_sd`` / ``dynamics_names`` (the family's VAR(1)
 over the autonomous latents), ``kernel_<name>`` and ``kernel_<name>_offset_bins`` (the family's
 event kernels, sampled per 20 ms bin starting at that lag), ``family_param_names`` /
-``family_param_values`` (other family scalars, e.g. behaviour lags).
+``family_param_values`` (other family scalars, e.g. behaviour lags), ``family_regions`` (the regions
+the family's sessions record from).
 
 This module uses numpy, pynwb and h5py only (corpus/ never imports torch).
 """
@@ -79,6 +85,9 @@ REGIONS = {
 }
 SPECIES = {"ibl": "Mus musculus", "motor": "Macaca mulatta", "spontaneous": "Mus musculus"}
 _PRIVATE_PER_REGION = 2
+#: With several families, family f's oscillator frequency is drawn from the f-th of K log-spaced
+#: bands of this range (Hz), so that families differ in their dynamics, not only by chance.
+_FAMILY_OSC_HZ = {"ibl": (1.0, 6.0), "motor": (0.7, 4.0), "spontaneous": (4.0, 12.0)}
 _SHARED_AR_NAME = {"ibl": "whisk", "motor": "engagement", "spontaneous": "state"}
 _TASK_LATENTS = {
     "ibl": ("stim", "choice", "move", "reward"),
@@ -184,7 +193,8 @@ def synthesize(
     out.mkdir(parents=True, exist_ok=True)
 
     family_ss, session_ss = np.random.SeedSequence(seed).spawn(2)
-    families = [_make_family(preset, f, ss) for f, ss in enumerate(family_ss.spawn(num_families))]
+    families = [_make_family(preset, f, ss, num_families, seed)
+                for f, ss in enumerate(family_ss.spawn(num_families))]
     session_seeds = session_ss.spawn(num_sessions)
     width = max(3, len(str(num_sessions - 1)))
 
@@ -310,6 +320,7 @@ def _write_truth(path: pathlib.Path, ses: "_Session", meta: dict) -> None:
         dynamics_names=np.array(fam.state_names, dtype=str),
         family_param_names=np.array(list(fam.params), dtype=str),
         family_param_values=np.array(list(fam.params.values()), dtype=np.float64),
+        family_regions=np.array(fam.regions, dtype=str),
     )
     if ses.region_means is not None:  # only with region_tuning > 0: default truth files unchanged
         arrays["region_mean_loadings"] = ses.region_means.astype(np.float32)
@@ -457,6 +468,7 @@ class _Family:
     noise_sd: np.ndarray  # (D,)
     kernels: dict[str, tuple[int, np.ndarray]]  # name -> (offset in bins, kernel per bin)
     params: dict[str, float] = field(default_factory=dict)
+    regions: tuple[str, ...] = ()  # the regions its sessions record from
 
 
 def _ar_coef(tau_s: float) -> float:
@@ -476,7 +488,13 @@ def _alpha(t, latency, tau):
     return x * np.exp(1.0 - x)
 
 
-def _make_family(preset: str, index: int, ss: np.random.SeedSequence) -> _Family:
+def _band(lo: float, hi: float, index: int, num_families: int, u: float) -> float:
+    """A value in the ``index``-th of ``num_families`` equal log-spaced bands of [lo, hi]."""
+    return lo * (hi / lo) ** ((index + u) / num_families)
+
+
+def _make_family(preset: str, index: int, ss: np.random.SeedSequence, num_families: int = 1,
+                 seed: int = 0) -> _Family:
     rng = np.random.default_rng(ss)
     regions = REGIONS[preset]
     names = ["osc_0", "osc_1", "drift", _SHARED_AR_NAME[preset]]
@@ -487,7 +505,10 @@ def _make_family(preset: str, index: int, ss: np.random.SeedSequence) -> _Family
 
     osc_hz = {"ibl": (1.5, 3.0), "motor": (1.0, 2.0), "spontaneous": (6.0, 8.0)}[preset]
     rho = _ar_coef(rng.uniform(0.3, 1.0))
-    w = 2 * math.pi * rng.uniform(*osc_hz) * _BIN_S
+    osc_f = rng.uniform(*osc_hz)
+    if num_families > 1:  # separated families: the f-th of K log bands of a wider range
+        osc_f = _band(*_FAMILY_OSC_HZ[preset], index, num_families, rng.uniform(0.15, 0.85))
+    w = 2 * math.pi * osc_f * _BIN_S
     A[:2, :2] = rho * np.array([[math.cos(w), -math.sin(w)], [math.sin(w), math.cos(w)]])
     noise[:2] = math.sqrt(1 - rho**2)
     a = _ar_coef(rng.uniform(40.0, 120.0))  # slow drift
@@ -514,6 +535,8 @@ def _make_family(preset: str, index: int, ss: np.random.SeedSequence) -> _Family
     params: dict[str, float] = {}
     if preset == "ibl":
         lat, tau = rng.uniform(0.04, 0.08), rng.uniform(0.05, 0.12)
+        if num_families > 1:
+            lat = _band(0.03, 0.16, index, num_families, rng.uniform(0.15, 0.85))
         sustain = rng.uniform(0.2, 0.4)
         kernels["stim"] = _kernel(
             0.0, 0.6, lambda t: _alpha(t, lat, tau) + sustain * (t > lat) * np.exp(-t / 0.4)
@@ -532,6 +555,8 @@ def _make_family(preset: str, index: int, ss: np.random.SeedSequence) -> _Family
         params["prior_bias"] = rng.uniform(1.0, 2.5)
     elif preset == "motor":
         lat, tau = rng.uniform(0.08, 0.15), rng.uniform(0.06, 0.15)
+        if num_families > 1:
+            lat = _band(0.05, 0.25, index, num_families, rng.uniform(0.15, 0.85))
         kernels["go"] = _kernel(0.0, 0.6, lambda t: _alpha(t, lat, tau))
         params["velocity_lead_s"] = rng.uniform(0.06, 0.14)
         params["prep_rise_s"] = rng.uniform(0.1, 0.3)
@@ -540,7 +565,20 @@ def _make_family(preset: str, index: int, ss: np.random.SeedSequence) -> _Family
         width = rng.uniform(0.02, 0.04)
         kernels["ripple"] = _kernel(-0.1, 0.2, lambda t: np.exp(-0.5 * (t / width) ** 2))
         params["ripple_rate_hz"] = rng.uniform(0.2, 0.5)
-    return _Family(preset, index, names, A, noise, kernels, params)
+    regions = _family_regions(preset, index, num_families, seed)
+    return _Family(preset, index, names, A, noise, kernels, params, regions)
+
+
+def _family_regions(preset: str, index: int, num_families: int, seed: int) -> tuple[str, ...]:
+    """Regions a family's sessions record from: all of the preset's, or with several ``ibl``
+    families, three of the five per family (a seeded rotation, so neighbouring families share one)."""
+    all_regions = REGIONS[preset]
+    if num_families == 1 or preset != "ibl":
+        return tuple(all_regions)
+    key = int.from_bytes(hashlib.sha256(b"family-regions").digest()[:4], "little")
+    perm = np.random.default_rng([int(seed), key]).permutation(len(all_regions))
+    picked = sorted(int(perm[(2 * index + j) % len(all_regions)]) for j in range(3))
+    return tuple(all_regions[j] for j in picked)
 
 
 # --------------------------------------------------------------------------------------------
@@ -774,8 +812,9 @@ def _simulate_session(fam: _Family, num_bins: int, rng: np.random.Generator,
     # Regions and units.
     all_regions = REGIONS[preset]
     if preset == "ibl":
-        r = int(rng.integers(2, 5))
-        regions = [all_regions[j] for j in sorted(rng.choice(len(all_regions), size=r, replace=False))]
+        pool = fam.regions or all_regions
+        r = int(rng.integers(2, min(4, len(pool)) + 1))
+        regions = [pool[j] for j in sorted(rng.choice(len(pool), size=r, replace=False))]
     else:
         regions = list(all_regions)
     num_units = int(rng.integers(units_range[0], units_range[1] + 1))

@@ -314,3 +314,44 @@ def test_torchrun_two_process_fsdp_ndt_run(corpus_dir, tmp_path):
     assert info["world_size"] == 2 and (out / "model.safetensors").exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/val_loss" in r for r in rows)
+
+
+def _fresh(cfg):
+    family = get_family("ndt")
+    with torch.device("meta"):
+        model = family.build_model(cfg)
+    model.to_empty(device="cpu")
+    family.init_weights(model)
+    return model
+
+
+def test_new_session_read_out_starts_at_its_train_windows_log_mean_rate(pretrained, corpus_dir, held_out):
+    pre = load_run_config(pretrained)
+    cfg = dataclasses.replace(pre, data=dataclasses.replace(pre.data, sessions=held_out,
+                                                            init_from=str(pretrained), freeze_core=True))
+    model = _fresh(cfg)
+    # Independently: the held-out session's train windows, counted by the corpus reader and the
+    # saved-splits machinery rather than by the family.
+    w = load_all_windows(Corpus(corpus_dir), [held_out], **window_options(cfg.data))[held_out]
+    train = w.counts[w.split == "train"].astype(np.float64)
+    expected = np.log(np.maximum(train.sum(axis=(0, 1)) / (train.shape[0] * train.shape[1]), 1e-3))
+    bias = model.sessions[session_key(held_out)].read_out.bias.detach().numpy()
+    np.testing.assert_allclose(bias, expected, rtol=1e-6, atol=1e-6)
+    # The loaded core is untouched, and with rate_init off the bias is PyTorch's small random one.
+    saved = load_file(str(pretrained / "model.safetensors"))
+    for k, v in _core(saved).items():
+        assert torch.equal(model.state_dict()[k], v), k
+    off = _fresh(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, rate_init=False)))
+    b_off = off.sessions[session_key(held_out)].read_out.bias.detach().numpy()
+    assert np.abs(b_off).max() <= 1 / np.sqrt(cfg.model.dim) < np.abs(expected).max()
+
+
+def test_rate_init_never_overwrites_session_parameters_from_a_checkpoint(pretrained):
+    # Resuming from / fine-tuning on a run that already holds the session keeps its trained bias.
+    pre = load_run_config(pretrained)
+    cfg = dataclasses.replace(pre, data=dataclasses.replace(pre.data, init_from=str(pretrained)))
+    model = _fresh(cfg)
+    saved = load_file(str(pretrained / "model.safetensors"))
+    for sid in model.session_units:
+        key = f"sessions.{session_key(sid)}.read_out.bias"
+        assert torch.equal(model.state_dict()[key], saved[key]), sid

@@ -88,6 +88,8 @@ _PRIVATE_PER_REGION = 2
 #: With several families, family f's oscillator frequency is drawn from the f-th of K log-spaced
 #: bands of this range (Hz), so that families differ in their dynamics, not only by chance.
 _FAMILY_OSC_HZ = {"ibl": (1.0, 6.0), "motor": (0.7, 4.0), "spontaneous": (4.0, 12.0)}
+#: ... and every region reads the oscillator out this many times more strongly than one family does.
+_FAMILY_OSC_GAIN = 3.0
 _SHARED_AR_NAME = {"ibl": "whisk", "motor": "engagement", "spontaneous": "state"}
 _TASK_LATENTS = {
     "ibl": ("stim", "choice", "move", "reward"),
@@ -469,6 +471,7 @@ class _Family:
     kernels: dict[str, tuple[int, np.ndarray]]  # name -> (offset in bins, kernel per bin)
     params: dict[str, float] = field(default_factory=dict)
     regions: tuple[str, ...] = ()  # the regions its sessions record from
+    osc_gain: float = 1.0  # multiplies every region's readout weight of the oscillator
 
 
 def _ar_coef(tau_s: float) -> float:
@@ -506,8 +509,10 @@ def _make_family(preset: str, index: int, ss: np.random.SeedSequence, num_famili
     osc_hz = {"ibl": (1.5, 3.0), "motor": (1.0, 2.0), "spontaneous": (6.0, 8.0)}[preset]
     rho = _ar_coef(rng.uniform(0.3, 1.0))
     osc_f = rng.uniform(*osc_hz)
-    if num_families > 1:  # separated families: the f-th of K log bands of a wider range
+    if num_families > 1:  # separated families: the f-th of K log bands of a wider range, and a
+        # coherent oscillator (damping time 1.5-3 s) that every region reads out strongly
         osc_f = _band(*_FAMILY_OSC_HZ[preset], index, num_families, rng.uniform(0.15, 0.85))
+        rho = _ar_coef(rng.uniform(1.5, 3.0))
     w = 2 * math.pi * osc_f * _BIN_S
     A[:2, :2] = rho * np.array([[math.cos(w), -math.sin(w)], [math.sin(w), math.cos(w)]])
     noise[:2] = math.sqrt(1 - rho**2)
@@ -566,7 +571,8 @@ def _make_family(preset: str, index: int, ss: np.random.SeedSequence, num_famili
         kernels["ripple"] = _kernel(-0.1, 0.2, lambda t: np.exp(-0.5 * (t / width) ** 2))
         params["ripple_rate_hz"] = rng.uniform(0.2, 0.5)
     regions = _family_regions(preset, index, num_families, seed)
-    return _Family(preset, index, names, A, noise, kernels, params, regions)
+    osc_gain = _FAMILY_OSC_GAIN if num_families > 1 else 1.0
+    return _Family(preset, index, names, A, noise, kernels, params, regions, osc_gain)
 
 
 def _family_regions(preset: str, index: int, num_families: int, seed: int) -> tuple[str, ...]:
@@ -832,6 +838,8 @@ def _simulate_session(fam: _Family, num_bins: int, rng: np.random.Generator,
                 profile[ri, li] = 1.0 if owner == reg else 0.0
             else:
                 profile[ri, li] = _REGION_PROFILES[preset][reg].get(name, _DEFAULT_WEIGHT)
+                if name in ("osc_0", "osc_1"):
+                    profile[ri, li] *= fam.osc_gain
     region_idx = np.repeat(np.arange(len(regions)), per_region)
     w = rng.standard_normal((num_units, len(latent_names)))
     unsigned = np.array([n in _UNSIGNED_LATENTS for n in latent_names])

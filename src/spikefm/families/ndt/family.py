@@ -42,7 +42,7 @@ from spikefm.families.ndt.model import NDT, NDT_PRESETS, NDTConfig, ndt_preset
 from spikefm.train.config import RunConfig
 
 __all__ = ["NDTDataConfig", "NDTFamily", "parse_schemes", "parse_label_classes", "window_options",
-           "load_pretrained_core", "PROTOCOLS", "RUN_DEFAULTS"]
+           "load_pretrained_core", "init_session_rates", "PROTOCOLS", "RUN_DEFAULTS"]
 
 #: Optimizer and loop defaults of an NDT run (before --protocol and --set): the recipe measured in
 #: the README (learning rate 3e-3, batches of 16 windows, 8,000 steps; fp32, since bf16 autocast
@@ -100,6 +100,10 @@ class NDTDataConfig:
             are left out); empty keeps every value.
         init_from: a pretrained NDT run directory whose core weights initialise this run.
         freeze_core: keep the loaded core fixed (train the session parameters only).
+        rate_init: start each new session's read-out bias at the log of its units' mean count per
+            bin over the session's train windows (so a fresh stitcher starts at the right firing
+            rates instead of spending its first steps finding them); ``false`` keeps PyTorch's
+            random bias. Session parameters loaded from a checkpoint are never touched.
     """
 
     corpus: str = ""
@@ -122,6 +126,7 @@ class NDTDataConfig:
     label_classes: str = ""
     init_from: str = ""
     freeze_core: bool = False
+    rate_init: bool = True
 
     def __post_init__(self) -> None:
         for name in ("corpus", "sessions", "align", "schemes", "init_from", "label_classes", "causal_mode",
@@ -143,7 +148,7 @@ class NDTDataConfig:
 
         _check_fractions(self.split_fractions)
         _check_window_options(self.event_rounding, self.rt_range_ms, self.min_rate_hz)
-        for flag in ("drop_nogo", "freeze_core"):
+        for flag in ("drop_nogo", "freeze_core", "rate_init"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"data.{flag} must be a bool (true/false), got {getattr(self, flag)!r}")
         parse_label_classes(self.label_classes)
@@ -273,11 +278,15 @@ class NDTFamily:
         """Fresh NDT initialisation from the global RNG; then the pretrained core if ``init_from``."""
         self.init_for_loading(model)
         data = self._data
-        if data is None or not data.init_from:
+        if data is None:
             return
-        load_pretrained_core(model, data.init_from)
-        if data.freeze_core:
-            model.freeze_core(True)
+        loaded: list[str] = []
+        if data.init_from:
+            loaded = load_pretrained_core(model, data.init_from)
+            if data.freeze_core:
+                model.freeze_core(True)
+        if data.rate_init:
+            init_session_rates(model, self.windows(data), loaded=loaded)
 
     def init_for_loading(self, model: nn.Module) -> None:
         """Fresh initialisation only (buffers included), before a saved state dict overwrites the
@@ -453,6 +462,48 @@ class NDTFamily:
         from spikefm.families.ndt.tasks import format_benchmark_table
 
         return format_benchmark_table({name: r.get("results", r) for name, r in results_by_run.items()})
+
+
+#: Floor of the mean count per bin that sets a unit's initial log rate (a unit silent in every train
+#: window would otherwise start at log 0 = -inf).
+MIN_INIT_RATE = 1e-3
+
+
+def init_session_rates(model: NDT, windows_by_session: dict, *, loaded: Sequence[str] = ()) -> list[str]:
+    """Set each session's read-out bias to log(mean count per bin) of its units on its train windows.
+
+    Args:
+        model: an NDT whose sessions include those of ``windows_by_session``.
+        windows_by_session: session id -> :class:`~spikefm.data.windows.SessionWindows`.
+        loaded: names of tensors loaded from a checkpoint (:func:`load_pretrained_core`); sessions
+            whose read-out bias is among them keep it.
+
+    Returns:
+        The session ids that were set.
+    """
+    from spikefm.families.ndt.model import session_key
+
+    done = []
+    units = model.session_units
+    for sid, w in windows_by_session.items():
+        if sid not in units:
+            continue
+        key = session_key(sid)
+        if f"sessions.{key}.read_out.bias" in set(loaded):
+            continue
+        train = np.asarray(w.counts)[np.asarray(w.split) == "train"]
+        if train.size == 0:
+            continue
+        mean_N = train.reshape(-1, train.shape[-1]).astype(np.float64).mean(axis=0)
+        n = mean_N.shape[0]
+        if n > units[sid]:  # fewer is fine: a firing-rate filter keeps the first n columns in use
+            raise ValueError(f"session {sid!r}: the model has {units[sid]} units, its windows {n}; "
+                             "build the model from the same corpus and data config")
+        bias = model.sessions[key].read_out.bias
+        with torch.no_grad():
+            bias[:n] = torch.as_tensor(np.log(np.maximum(mean_N, MIN_INIT_RATE)), dtype=bias.dtype)
+        done.append(sid)
+    return done
 
 
 def load_pretrained_core(model: NDT, run_dir: str | Path) -> list[str]:

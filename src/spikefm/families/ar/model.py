@@ -181,11 +181,22 @@ def _preset_small_bin() -> LlamaConfig:
     return dataclasses.replace(_preset_small(), positions="bin")
 
 
+def _preset_tiny_bin_prefix() -> LlamaConfig:
+    # tiny-bin plus the unit-count prefix (README: held-out sessions); no Hugging Face export.
+    return dataclasses.replace(_preset_tiny_bin(), unit_count_prefix=True)
+
+
+def _preset_small_bin_prefix() -> LlamaConfig:
+    return dataclasses.replace(_preset_small_bin(), unit_count_prefix=True)
+
+
 LLAMA_PRESETS = {
     "tiny": _preset_tiny,
     "tiny-bin": _preset_tiny_bin,
     "small": _preset_small,
     "small-bin": _preset_small_bin,
+    "tiny-bin-prefix": _preset_tiny_bin_prefix,
+    "small-bin-prefix": _preset_small_bin_prefix,
     "125m": _preset_125m,
     "1b": _preset_1b,
     "3b": _preset_3b,

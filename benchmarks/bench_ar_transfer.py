@@ -6,7 +6,9 @@ seed and every variant (position layout ``plain`` or ``bin``, see spikefm/famili
 ``+prefix``: a unit-count prefix, ``model.unit_count_prefix``; ``+perm``: unit-permutation
 augmentation) a model is trained with the same recipe and scored on the held-out sessions beside
 the n-gram baselines (fitted on the training sessions) and the ground-truth oracle, per token kind
-(all, counts, separators). Training tokens/s of each variant come from its metrics.jsonl. Writes
+(all, counts, separators). Training tokens/s of each variant come from its metrics.jsonl (wall
+clock, so they follow the machine's load) and, comparably, from training steps of all variants
+interleaved on one batch and timed in process CPU seconds (``--speed-steps``). Writes
 benchmarks/results/bench_ar_transfer.json and prints a table. Runs already in ``--work`` are
 scored again, not retrained.
 
@@ -47,6 +49,37 @@ def _variants(text: str) -> list[str]:
             raise argparse.ArgumentTypeError(
                 f"variant {v!r}: expected LAYOUT[+prefix][+perm] with LAYOUT plain or bin")
     return out
+
+
+def _cpu_throughput(family, corpus_dir: Path, variants: list[str], args) -> dict[str, float]:
+    """Training tokens per process-CPU second of each variant: forward, loss, backward and AdamW on
+    one fixed batch, the variants' steps interleaved so that background load hits all alike."""
+    import torch.nn.functional as F
+
+    from spikefm.families.ar.loader import ARTokenLoader
+    from spikefm.families.ar.model import Llama
+
+    x, y, prefix = next(ARTokenLoader(corpus_dir, seq_len=args.seq_len, batch_size=args.batch_size,
+                                      seed=0, unit_count_prefix=True))
+    x, y = x.long(), y.long()
+    models, times = {}, {v: [] for v in variants}
+    for v in variants:
+        layout, *flags = v.split("+")
+        cfg = family.preset(args.preset)
+        torch.manual_seed(0)
+        model = Llama(type(cfg)(**{**cfg.__dict__, "positions": layout,
+                                   "unit_count_prefix": "prefix" in flags}))
+        models[v] = (model, torch.optim.AdamW(model.parameters(), lr=args.lr), "prefix" in flags)
+    for step in range(2 + args.speed_steps):  # two untimed steps each
+        for v, (model, opt, with_prefix) in models.items():
+            t0 = time.process_time()
+            logits = model(x, prefix_B2=prefix) if with_prefix else model(x)
+            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step >= 2:
+                times[v].append(time.process_time() - t0)
+    return {v: x.numel() / statistics.median(t) for v, t in times.items()}
 
 
 _RECIPE = ("sessions", "families", "units", "duration_s", "test_fraction", "data_seed", "preset",
@@ -93,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None, help="keep corpus and runs here")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_ar_transfer.json")
+    ap.add_argument("--speed-steps", type=int, default=5,
+                    help="timed training steps per variant for the CPU-time throughput (0: skip)")
     ap.add_argument("--merge", type=Path, default=None, metavar="JSON",
                     help="also report the runs of an earlier result of this benchmark with the "
                          "same corpus and recipe (variants and seeds not run now), marked as such")
@@ -165,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
             earlier = _earlier_runs(args, baselines, {(r["variant"], r["seed"]) for r in runs})
             runs += earlier
             variants += [v for v in dict.fromkeys(r["variant"] for r in earlier) if v not in variants]
+        cpu_tps = (_cpu_throughput(family, corpus_dir, variants, args) if args.speed_steps > 0
+                   else {})
         summary = {}
         for key in variants:
             mine = [r for r in runs if r["variant"] == key]
@@ -176,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
                                       "per_seed": bits}
             summary[key]["train_tokens_per_s"] = statistics.mean(
                 r["train_tokens_per_s_median"] for r in mine)
+            if key in cpu_tps:
+                summary[key]["train_tokens_per_cpu_s"] = cpu_tps[key]
             if all(r["model_units_permuted"] for r in mine):
                 summary[f"{key} (units permuted)"] = {}
                 for kind in ("all", "counts", "separators"):

@@ -2,14 +2,18 @@
 
 A synthetic corpus of many sessions (several latent families, a spread of unit counts) is split by
 SESSION, so every test token comes from a recording no model was trained on. For every training
-seed and every position layout (``plain``, ``bin``; see spikefm/families/ar/positions.py) a model
-is trained with the same recipe and scored on the held-out sessions beside the n-gram baselines
-(fitted on the training sessions) and the ground-truth oracle, per token kind (all, counts,
-separators). Training tokens/s of each layout come from its metrics.jsonl. Writes
-benchmarks/results/bench_ar_transfer.json and prints a table.
+seed and every variant (position layout ``plain`` or ``bin``, see spikefm/families/ar/positions.py;
+``+prefix``: a unit-count prefix, ``model.unit_count_prefix``; ``+perm``: unit-permutation
+augmentation) a model is trained with the same recipe and scored on the held-out sessions beside
+the n-gram baselines (fitted on the training sessions) and the ground-truth oracle, per token kind
+(all, counts, separators). Training tokens/s of each variant come from its metrics.jsonl (wall
+clock, so they follow the machine's load) and, comparably, from training steps of all variants
+interleaved on one batch and timed in process CPU seconds (``--speed-steps``). Writes
+benchmarks/results/bench_ar_transfer.json and prints a table. Runs already in ``--work`` are
+scored again, not retrained.
 
-    python benchmarks/bench_ar_transfer.py                       # defaults below (CPU, ~1 h)
-    python benchmarks/bench_ar_transfer.py --sessions 24 --units 40,200 --steps 1000 --seeds 1,2,3
+    python benchmarks/bench_ar_transfer.py                       # defaults below (CPU, hours)
+    python benchmarks/bench_ar_transfer.py --variants plain,bin+prefix --steps 1000 --seeds 4,5,6
 
 No setting here was tuned on the held-out sessions: the recipe (lr 3e-3, warm-up 20) is the one the
 AR pipeline tests already used, and the same one serves every layout and seed.
@@ -36,6 +40,70 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def _variants(text: str) -> list[str]:
+    out = [v.strip() for v in text.split(",") if v.strip()]
+    for v in out:
+        layout, *flags = v.split("+")
+        if layout not in ("plain", "bin") or any(f not in ("prefix", "perm") for f in flags) \
+                or len(set(flags)) != len(flags):
+            raise argparse.ArgumentTypeError(
+                f"variant {v!r}: expected LAYOUT[+prefix][+perm] with LAYOUT plain or bin")
+    return out
+
+
+def _cpu_throughput(family, corpus_dir: Path, variants: list[str], args) -> dict[str, float]:
+    """Training tokens per process-CPU second of each variant: forward, loss, backward and AdamW on
+    one fixed batch, the variants' steps interleaved so that background load hits all alike."""
+    import torch.nn.functional as F
+
+    from spikefm.families.ar.loader import ARTokenLoader
+    from spikefm.families.ar.model import Llama
+
+    x, y, prefix = next(ARTokenLoader(corpus_dir, seq_len=args.seq_len, batch_size=args.batch_size,
+                                      seed=0, unit_count_prefix=True))
+    x, y = x.long(), y.long()
+    models, times = {}, {v: [] for v in variants}
+    for v in variants:
+        layout, *flags = v.split("+")
+        cfg = family.preset(args.preset)
+        torch.manual_seed(0)
+        model = Llama(type(cfg)(**{**cfg.__dict__, "positions": layout,
+                                   "unit_count_prefix": "prefix" in flags}))
+        models[v] = (model, torch.optim.AdamW(model.parameters(), lr=args.lr), "prefix" in flags)
+    for step in range(2 + args.speed_steps):  # two untimed steps each
+        for v, (model, opt, with_prefix) in models.items():
+            t0 = time.process_time()
+            logits = model(x, prefix_B2=prefix) if with_prefix else model(x)
+            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step >= 2:
+                times[v].append(time.process_time() - t0)
+    return {v: x.numel() / statistics.median(t) for v, t in times.items()}
+
+
+_RECIPE = ("sessions", "families", "units", "duration_s", "test_fraction", "data_seed", "preset",
+           "steps", "batch_size", "seq_len", "lr", "max_eval_tokens")
+
+
+def _earlier_runs(args, baselines: dict, have: set) -> list[dict]:
+    """Runs of ``args.merge`` (an earlier result) whose (variant, seed) was not run now; refuses a
+    result of another corpus or recipe (settings, or n-gram scores that differ)."""
+    earlier = json.loads(args.merge.read_text())
+    differ = [k for k in _RECIPE if earlier["settings"].get(k) != vars(args)[k]]
+    if differ or earlier["baselines"] != baselines:
+        what = ", ".join(differ) or "its n-gram scores differ, so another corpus"
+        raise ValueError(f"{args.merge} was run with other settings ({what}); merge only results "
+                         "of the same corpus and recipe")
+    out = []
+    for r in earlier["runs"]:
+        variant = r.get("variant") or r["name"].rsplit("-seed", 1)[0]
+        if (variant, r["seed"]) not in have:
+            out.append({**r, "variant": variant, "unit_count_prefix": "+prefix" in variant,
+                        "from": {"file": str(args.merge), "command": earlier["command"]}})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=20)
@@ -45,9 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="training seeds")
-    ap.add_argument("--layouts", default="plain,bin")
-    ap.add_argument("--permute", action="store_true",
-                    help="also train each layout with unit-permutation augmentation")
+    ap.add_argument("--variants", type=_variants, default="plain,bin,plain+prefix,bin+prefix",
+                    help="comma-separated LAYOUT[+prefix][+perm], LAYOUT plain or bin")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -59,6 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None, help="keep corpus and runs here")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_ar_transfer.json")
+    ap.add_argument("--speed-steps", type=int, default=5,
+                    help="timed training steps per variant for the CPU-time throughput (0: skip)")
+    ap.add_argument("--merge", type=Path, default=None, metavar="JSON",
+                    help="also report the runs of an earlier result of this benchmark with the "
+                         "same corpus and recipe (variants and seeds not run now), marked as such")
     args = ap.parse_args(argv)
 
     from spikefm.corpus.build import BuildConfig, build_corpus
@@ -73,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     family = get("ar")
-    variants = [(layout, False) for layout in args.layouts.split(",")]
-    if args.permute:
-        variants += [(layout, True) for layout in args.layouts.split(",")]
+    variants = args.variants if isinstance(args.variants, list) else _variants(args.variants)
     with tempfile.TemporaryDirectory() as tmp_name:
         work = args.work or Path(tmp_name)
         corpus_dir = work / "corpus"
@@ -94,10 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
         runs = []
         with progress_bar(len(variants) * len(args.seeds), "train + eval") as bar:
             for seed in args.seeds:
-                for layout, permute in variants:
-                    name = f"{layout}{'+perm' if permute else ''}-seed{seed}"
+                for variant in variants:
+                    layout, *flags = variant.split("+")
+                    permute, prefix = "perm" in flags, "prefix" in flags
+                    name = f"{variant}-seed{seed}"
                     model_cfg = family.preset(args.preset)
-                    model_cfg = type(model_cfg)(**{**model_cfg.__dict__, "positions": layout})
+                    model_cfg = type(model_cfg)(**{**model_cfg.__dict__, "positions": layout,
+                                                   "unit_count_prefix": prefix})
                     data_kwargs = {"corpus": str(corpus_dir), "seq_len": args.seq_len}
                     if permute:
                         data_kwargs["permute_units"] = True
@@ -115,17 +188,23 @@ def main(argv: list[str] | None = None) -> dict:
                     res = family.evaluate(str(run_dir), str(corpus_dir), baselines=baselines,
                                           max_tokens=args.max_eval_tokens,
                                           permutations=args.permutations)
-                    runs.append({"name": name, "layout": layout, "permute_units": permute,
+                    runs.append({"name": name, "variant": variant, "layout": layout,
+                                 "unit_count_prefix": prefix, "permute_units": permute,
                                  "seed": seed, "model": res["results"]["model"],
                                  "model_units_permuted": res["results"].get("model-permuted"),
                                  "final_train_loss": rows[-1].get("loss"),
                                  "train_tokens_per_s_median": statistics.median(tps) if tps else None})
                     bar.advance(1)
 
+        if args.merge:
+            earlier = _earlier_runs(args, baselines, {(r["variant"], r["seed"]) for r in runs})
+            runs += earlier
+            variants += [v for v in dict.fromkeys(r["variant"] for r in earlier) if v not in variants]
+        cpu_tps = (_cpu_throughput(family, corpus_dir, variants, args) if args.speed_steps > 0
+                   else {})
         summary = {}
-        for layout, permute in variants:
-            key = f"{layout}{'+perm' if permute else ''}"
-            mine = [r for r in runs if r["layout"] == layout and r["permute_units"] == permute]
+        for key in variants:
+            mine = [r for r in runs if r["variant"] == key]
             summary[key] = {}
             for kind in ("all", "counts", "separators"):
                 bits = [r["model"]["overall"][kind]["bits"] for r in mine]
@@ -134,7 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
                                       "per_seed": bits}
             summary[key]["train_tokens_per_s"] = statistics.mean(
                 r["train_tokens_per_s_median"] for r in mine)
-            if args.permutations:
+            if key in cpu_tps:
+                summary[key]["train_tokens_per_cpu_s"] = cpu_tps[key]
+            if all(r["model_units_permuted"] for r in mine):
                 summary[f"{key} (units permuted)"] = {}
                 for kind in ("all", "counts", "separators"):
                     bits = [r["model_units_permuted"]["overall"][kind]["bits"] for r in mine]
@@ -165,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
                for k, v in summary.items()}
     try:
         print(format_table(columns, title="held-out sessions, bits/token (model: mean over seeds "
-                                          f"{','.join(map(str, args.seeds))})"))
+                                          f"{','.join(map(str, sorted({r['seed'] for r in runs})))})"))
     except Exception:  # noqa: BLE001 - the JSON is what matters
         print(json.dumps({k: {kind: v[kind]["mean"] for kind in ("all", "counts", "separators")}
                           for k, v in summary.items()}, indent=2))

@@ -182,7 +182,7 @@ def cmd_finetune(args) -> int:
 
 #: `spikefm eval` options passed to the family's evaluate() when given (None = not given).
 EVAL_OPTIONS = ("split", "ngram", "max_tokens", "max_train_tokens", "seq_len", "tasks", "session",
-                "save_predictions", "decode_layer", "permutations")
+                "save_predictions", "decode_layer", "permutations", "compare_run", "compare_data")
 
 
 def cmd_eval(args) -> int:
@@ -394,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--permutations", type=_positive_int, default=None, metavar="K",
                    help="autoregressive models: also score the data with its units in K random "
                         "orders (did the model learn a unit order?)")
+    e.add_argument("--compare-run", default=None, metavar="RUN_DIR",
+                   help="autoregressive models: also score this run (e.g. the same recipe trained "
+                        "on a corpus built with --split row) and print both side by side")
+    e.add_argument("--compare-data", default=None, metavar="CORPUS_DIR",
+                   help="the corpus for --compare-run (default: the one it was trained on)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 

@@ -3,7 +3,9 @@
 
 Every row of the evaluated split is tokenized (``[255, c1..cn]`` per bin) and scored separately, so
 contexts never cross rows. The scored tokens are all tokens of each row but its first (a separator
-that nothing precedes); the model, the n-grams and the oracle score exactly these.
+that nothing precedes); the model, the n-grams and the oracle score exactly these. A model with
+a unit-count prefix gets each window's (num_units, phase) in front of it; the prefix is never
+scored.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 
 from spikefm.corpus.reader import Corpus
-from spikefm.families.ar.loader import iter_eval_windows
+from spikefm.families.ar.loader import iter_eval_windows, row_num_units
+from spikefm.families.ar.positions import window_prefix
 from spikefm.families.ar.tokens import tokenize
 from spikefm.families.ar.xent import CrossEntropyAccumulator
 
@@ -24,15 +27,27 @@ from spikefm.families.ar.xent import CrossEntropyAccumulator
 def score_tokens(model, tokens: np.ndarray, seq_len: int, *, device="cpu",
                  batch_windows: int = 8) -> np.ndarray:
     """Log-probabilities (nats) the model gives to ``tokens[1:]`` of one row, scored in
-    consecutive windows of ``seq_len`` tokens. Returns a float64 array of ``len(tokens) - 1``."""
-    windows = [w for _, w in iter_eval_windows(np.asarray(tokens), seq_len)]
-    full = [w for w in windows if w.size == seq_len + 1]
-    rest = [w for w in windows if w.size != seq_len + 1]  # only the last window can be short
+    consecutive windows of ``seq_len`` tokens. Returns a float64 array of ``len(tokens) - 1``.
+
+    A model with ``cfg.unit_count_prefix`` gets every window's (num_units, phase), derived from
+    the row (which starts with a separator) and the window's start."""
+    tokens = np.asarray(tokens)
+    cfg = getattr(model, "cfg", None)
+    num_units = row_num_units(tokens) if getattr(cfg, "unit_count_prefix", False) else None
+    windows = list(iter_eval_windows(tokens, seq_len))
+    full = [sw for sw in windows if sw[1].size == seq_len + 1]
+    rest = [sw for sw in windows if sw[1].size != seq_len + 1]  # only the last can be short
     out = []
     for group in [full[i:i + batch_windows] for i in range(0, len(full), batch_windows)] + \
-            [[w] for w in rest]:
-        t = torch.from_numpy(np.stack(group).astype(np.int64)).to(device)
-        logp = torch.log_softmax(model(t[:, :-1]).float(), dim=-1)
+            [[sw] for sw in rest]:
+        t = torch.from_numpy(np.stack([w for _, w in group]).astype(np.int64)).to(device)
+        if num_units is None:
+            logits = model(t[:, :-1])
+        else:
+            prefix_B2 = torch.tensor([window_prefix(num_units, start) for start, _ in group],
+                                     device=device)
+            logits = model(t[:, :-1], prefix_B2=prefix_B2)
+        logp = torch.log_softmax(logits.float(), dim=-1)
         out.append(logp.gather(-1, t[:, 1:, None])[..., 0].double().cpu().numpy().reshape(-1))
     return np.concatenate(out) if out else np.zeros(0)
 

@@ -3,7 +3,8 @@
 Model config: :class:`spikefm.families.ar.model.LlamaConfig` (``--preset`` picks one of
 ``LLAMA_PRESETS``; ``--set model.n_layers=2`` overrides a field). Data config:
 :class:`ARDataConfig`. Batches are (inputs, targets) token windows from
-:class:`spikefm.families.ar.loader.ARTokenLoader`; the loss is the mean next-token cross-entropy in nats.
+:class:`spikefm.families.ar.loader.ARTokenLoader` (plus each window's (num_units, phase) when the
+model has ``unit_count_prefix``); the loss is the mean next-token cross-entropy in nats.
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ class ARFamily:
                                  batch_size=cfg.train.micro_batch_size(world_size),
                                  seed=cfg.train.seed, rank=rank, world_size=world_size,
                                  split=cfg.data.split, token_cache=cfg.data.token_cache,
-                                 permute_units=cfg.data.permute_units)
+                                 permute_units=cfg.data.permute_units,
+                                 unit_count_prefix=cfg.model.unit_count_prefix)
 
         # Rank 0 builds the token cache (if missing) while the others wait, so it is built once.
         loader = make() if rank == 0 else None
@@ -84,7 +86,8 @@ class ARFamily:
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):
         x_BL, y_BL = batch[0].long(), batch[1].long()  # the loader sends uint8 tokens
-        logits_BLV = model(x_BL)
+        # (num_units, phase) of each window when the model has a unit-count prefix
+        logits_BLV = model(x_BL, prefix_B2=batch[2]) if len(batch) > 2 else model(x_BL)
         loss = F.cross_entropy(logits_BLV.float().reshape(-1, logits_BLV.shape[-1]),
                                y_BL.reshape(-1))
         return loss, {"tokens": int(y_BL.numel())}
@@ -92,7 +95,7 @@ class ARFamily:
     def flops_per_batch(self, model: nn.Module, batch: Any, cfg: RunConfig) -> float:
         """Training FLOPs of the batch, attention counted causally (the keys each query sees),
         so ``mfu`` in metrics.jsonl is the honest figure; see :func:`flops_per_token`."""
-        x_BL, _ = batch
+        x_BL = batch[0]
         return flops_per_token(cfg.model, x_BL.shape[1], causal=True) * x_BL.numel()
 
     def describe(self, cfg: RunConfig) -> dict[str, Any]:
@@ -157,7 +160,8 @@ class ARFamily:
     def evaluate(self, run_dir: str, corpus: str, *, split: str = "test", ngram: Sequence[int] = (),
                  max_tokens: int | None = None, max_train_tokens: int | None = None,
                  seq_len: int | None = None, baselines: dict[str, Any] | None = None,
-                 permutations: int = 0, progress: bool = False) -> dict[str, Any]:
+                 permutations: int = 0, compare_run: str | None = None,
+                 compare_data: str | None = None, progress: bool = False) -> dict[str, Any]:
         """Cross-entropy of the model, the n-gram baselines and (on synthetic corpora) the oracle,
         on exactly the same tokens (:mod:`spikefm.families.ar.evaluate`).
 
@@ -173,17 +177,32 @@ class ARFamily:
             permutations: also score the model on the same rows with their units in this many
                 random orders (permutation k of row i drawn from (k, i)), pooled as
                 ``"model-permuted"``: close to ``"model"`` when the model learned no unit order.
+            compare_run: a second run, scored the same way on ``compare_data`` (default: the
+                corpus it was trained on), reported under ``"compare"``: e.g. the same recipe
+                trained on a corpus built with ``--split row`` from the same recordings, so that
+                held-out-session and held-out-row scores sit side by side (each corpus's split
+                kind is recorded as ``"held_out"``).
+            compare_data: the corpus to score ``compare_run`` on.
             progress: progress bar.
 
         Returns:
-            ``{"family": "ar", "run_dir", "corpus", "split", "seq_len", "results": {"model": ...,
-            "<n>-gram": ..., "oracle": ...}}`` (each a cross-entropy summary, bits and nats per token).
+            ``{"family": "ar", "run_dir", "corpus", "split", "held_out", "seq_len", "results":
+            {"model": ..., "<n>-gram": ..., "oracle": ...}}`` (each a cross-entropy summary, bits
+            and nats per token), plus ``"compare"`` (the same for ``compare_run``) when given.
         """
         from spikefm.corpus.reader import Corpus
         from spikefm.families.ar.evaluate import evaluate_model
 
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if compare_data is not None and compare_run is None:
+            raise ValueError("compare_data (--compare-data) names the corpus of compare_run "
+                             "(--compare-run); pass the run to compare too")
+        if compare_run is not None:
+            compare_data = compare_data or _trained_on(compare_run)
+            other = self.evaluate(compare_run, compare_data, split=split, ngram=ngram,
+                                  max_tokens=max_tokens, max_train_tokens=max_train_tokens,
+                                  seq_len=seq_len, permutations=permutations, progress=progress)
         data = Corpus(corpus)
         model, cfg = self.load(run_dir)
         if baselines is None:
@@ -202,23 +221,79 @@ class ARFamily:
                 model, data, split=split, seq_len=seq_len, max_tokens=max_tokens, progress=progress,
                 unit_permutations=permutations)
         results.update(baselines)
-        return {"family": self.name, "run_dir": str(run_dir), "corpus": str(corpus), "split": split,
-                "seq_len": seq_len, "results": results}
+        out = {"family": self.name, "run_dir": str(run_dir), "corpus": str(corpus), "split": split,
+               "held_out": _held_out(data, split), "seq_len": seq_len, "results": results}
+        if compare_run is not None:
+            _check_comparable(data, Corpus(compare_data))
+            out["compare"] = other
+        return out
 
     def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
-        """Bits per token of each run's model, then the baselines (n-grams, oracle) of the first."""
+        """Bits per token of each run's model, then the baselines (n-grams, oracle) of the first;
+        for a result with ``"compare"``, one table of both (one row per held-out kind and scorer)."""
         from spikefm.families.ar.xent import format_table
 
+        first = next(iter(results_by_run.values()))
+        if "compare" in first:
+            return _format_comparison(first, first["compare"])
         columns: dict[str, dict] = {}
         for name, res in results_by_run.items():
             columns[name] = res["results"]["model"]
             if "model-permuted" in res["results"]:
                 columns[f"{name} (units permuted)"] = res["results"]["model-permuted"]
-        first = next(iter(results_by_run.values()))
         for name, r in first["results"].items():
             if name != "model":
                 columns.setdefault(name, r)
         return format_table(columns, title=f"cross-entropy on the {first.get('split', 'test')} split (bits/token)")
+
+
+def _held_out(corpus, split: str) -> str:
+    """What the scored rows are to a model trained on the corpus's train split."""
+    if split == "train":
+        return "training rows"
+    kind = corpus.manifest.get("build", {}).get("split")
+    return {"session": "held-out sessions", "row": "held-out rows"}.get(kind, "held-out (split "
+                                                                        "kind not recorded)")
+
+
+def _trained_on(run_dir: str) -> str:
+    """The corpus a spikefm run was trained on (its config.json), for --compare-run."""
+    from spikefm.train.runinfo import read_run_info
+
+    corpus = read_run_info(run_dir).get("config", {}).get("data", {}).get("corpus")
+    if not corpus:
+        raise ValueError(f"{run_dir} records no training corpus (not a spikefm run folder?); "
+                         "pass --compare-data CORPUS_DIR")
+    return corpus
+
+
+def _check_comparable(a, b) -> None:
+    """Warn when two corpora cannot show the session-vs-row gap of the same recordings."""
+    import warnings
+
+    kinds = [c.manifest.get("build", {}).get("split") for c in (a, b)]
+    if kinds[0] == kinds[1]:
+        warnings.warn(f"both corpora are split by {kinds[0]!r}; build one with --split session and "
+                      "one with --split row from the same recordings to compare held-out sessions "
+                      "with held-out rows", stacklevel=3)
+    if set(a.session_ids()) != set(b.session_ids()):
+        warnings.warn(f"the two corpora hold different sessions ({len(a.session_ids())} and "
+                      f"{len(b.session_ids())}); the difference mixes the split with the data",
+                      stacklevel=3)
+
+
+def _format_comparison(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Rows (held-out kind, scorer), columns all / counts / separators, bits per token."""
+    from spikefm.families.ar.xent import KINDS
+    from spikefm.tables import render_table
+
+    rows = []
+    for res in (a, b):
+        for name, r in res["results"].items():
+            rows.append([res["held_out"], name, *(r["overall"][k]["bits"] for k in KINDS)])
+    return render_table(["scored on", "", *KINDS], rows, align="<<>>>",
+                        title=f"cross-entropy (bits/token): {a['run_dir']} on {a['corpus']} vs "
+                              f"{b['run_dir']} on {b['corpus']}")
 
 
 def _corpus(cfg: RunConfig):

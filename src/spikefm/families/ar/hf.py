@@ -96,16 +96,25 @@ def to_hf_config(cfg: LlamaConfig, dtype: torch.dtype = torch.float32) -> dict:
     Writes the rotary base both the transformers 4.x way (``rope_theta``, ``rope_scaling``) and
     the 5.x way (``rope_parameters``) so that either version reads it.
 
+    The config also says which spikefm input layout the weights expect (``spikefm_layout``:
+    plain token positions, no unit-count prefix); :func:`from_hf_config` refuses a config whose
+    ``spikefm_layout`` names anything else.
+
     Raises:
-        ValueError: for a layout other than ``positions="plain"``: ``LlamaForCausalLM`` has no
-            unit/bin rotary axes nor a state embedding, so the export would silently compute
-            something else.
+        ValueError: for a layout other than ``positions="plain"`` or a model with a unit-count
+            prefix: ``LlamaForCausalLM`` has no unit/bin rotary axes, state embedding or prefix
+            projection, so the export would silently compute something else.
     """
     if cfg.positions != "plain":
         raise ValueError(f"a model with positions={cfg.positions!r} has no Hugging Face "
                          "LlamaForCausalLM equivalent (its unit/bin positions and state embedding "
                          "would be dropped); keep its spikefm run folder (model.safetensors + "
                          "config.json), or train with positions='plain' to export")
+    if cfg.unit_count_prefix:
+        raise ValueError("a model with unit_count_prefix has no Hugging Face LlamaForCausalLM "
+                         "equivalent (its unit-count prefix position would be dropped); keep its "
+                         "spikefm run folder (model.safetensors + config.json), or train with "
+                         "model.unit_count_prefix=false to export")
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -130,7 +139,12 @@ def to_hf_config(cfg: LlamaConfig, dtype: torch.dtype = torch.float32) -> dict:
         "use_cache": True,
         "torch_dtype": _dtype_name(dtype),
         "dtype": _dtype_name(dtype),
+        "spikefm_layout": dict(_PLAIN_LAYOUT),
     }
+
+
+#: The only input layout a LlamaForCausalLM folder can hold (see to_hf_config).
+_PLAIN_LAYOUT = {"positions": "plain", "unit_count_prefix": False}
 
 
 def _unsupported(what: str, got, fix: str) -> ValueError:
@@ -203,6 +217,11 @@ def from_hf_config(config: dict) -> LlamaConfig:
         if config.get(flag, False):
             raise _unsupported(f"{flag} must be false", config[flag],
                                "projections without bias only")
+    layout = config.get("spikefm_layout")
+    if layout is not None and layout != _PLAIN_LAYOUT:
+        raise _unsupported(f"spikefm_layout must be {_PLAIN_LAYOUT} (or absent)", layout,
+                           "this folder claims weights for another spikefm input layout, which "
+                           "a LlamaForCausalLM cannot run; load the spikefm run folder instead")
     if config.get("pretraining_tp", 1) not in (1, None):
         raise _unsupported("pretraining_tp must be 1", config.get("pretraining_tp"),
                            "re-save the model with pretraining_tp=1")

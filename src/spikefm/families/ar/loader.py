@@ -7,6 +7,9 @@ shifted targets). The order of row groups is a seeded permutation per epoch; ran
 ``world_size`` takes every ``world_size``-th group of that permutation, so ranks read distinct
 data and the global order depends only on the seed. ``state_dict()`` records (epoch, group cursor,
 row cursor, token offset) so a restored loader yields exactly the batches that would have come next.
+With ``unit_count_prefix`` every window lies inside one row (the last window of a row ends at the
+row's end, overlapping the one before) and the loader also yields each window's (num_units, phase)
+prefix (:func:`spikefm.families.ar.positions.window_prefix`).
 
 Evaluation (:func:`iter_eval_windows`): every row is scored separately (contexts never cross rows)
 in consecutive windows; every token but the first of each row is predicted exactly once, the
@@ -15,6 +18,7 @@ same tokens the n-gram baselines and the oracle are scored on.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +29,7 @@ import torch
 
 from spikefm.corpus.reader import Corpus, _matrices
 from spikefm.fileio import write_atomic, write_json_atomic
+from spikefm.families.ar.positions import window_prefix
 from spikefm.families.ar.tokens import SEPARATOR, tokenize
 
 
@@ -113,12 +118,16 @@ class ARTokenLoader:
             the same for all bins of the row and drawn from (seed, epoch, group, row), so it is
             reproducible and resumes exactly. Units within a bin have no natural order; a model
             trained this way cannot learn one.
+        unit_count_prefix: windows never cross a row boundary, and batches are ``(inputs_BL,
+            targets_BL, prefix_B2)`` with ``prefix_B2`` the (num_units, phase) of each window's
+            first input token. Rows shorter than ``seq_len + 1`` tokens are skipped (with a
+            warning).
     """
 
     def __init__(self, corpus: Corpus | str | Path, *, seq_len: int, batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, split: str = "train",
                  sessions: list[str] | None = None, token_cache: bool = True,
-                 permute_units: bool = False):
+                 permute_units: bool = False, unit_count_prefix: bool = False):
         self.corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
@@ -135,6 +144,8 @@ class ARTokenLoader:
         self.epoch, self.group_cursor, self.row_cursor, self.token_offset = 0, 0, 0, 0
         self._rows: list[np.ndarray] | None = None
         self.permute_units = bool(permute_units)
+        self.unit_count_prefix = bool(unit_count_prefix)
+        self._short_rows_warned = False
         self._permuted: tuple[tuple[int, int, int], np.ndarray] | None = None
         self._cache = TokenCache(self.corpus, split, self.groups) if token_cache else None
 
@@ -167,27 +178,35 @@ class ARTokenLoader:
 
     # --- iteration -------------------------------------------------------------------------
 
-    def _take(self, n: int) -> np.ndarray:
-        """The next n tokens of this rank's stream, advancing the cursors."""
-        out, got, empty_epochs = [], 0, 0
-        while got < n:
+    def _current_row(self) -> tuple[np.ndarray, int] | None:
+        """The row under the cursors and its group index, moving past finished groups; None
+        (after starting the next epoch) when this rank's groups of the epoch are used up."""
+        while True:
             groups = self._my_groups(self.epoch)
             if self.group_cursor >= len(groups):
                 self.epoch, self.group_cursor, self.row_cursor, self.token_offset = \
                     self.epoch + 1, 0, 0, 0
+                return None
+            if self._rows is None:
+                self._rows = self._read_group(groups[self.group_cursor])
+            if self.row_cursor < len(self._rows):
+                return self._rows[self.row_cursor], groups[self.group_cursor]
+            self.group_cursor, self.row_cursor, self.token_offset = self.group_cursor + 1, 0, 0
+            self._rows = None
+
+    def _take(self, n: int) -> np.ndarray:
+        """The next n tokens of this rank's stream, advancing the cursors."""
+        out, got, empty_epochs = [], 0, 0
+        while got < n:
+            current = self._current_row()
+            if current is None:
                 empty_epochs = empty_epochs + 1 if got == 0 else 0
                 if empty_epochs > 1:
                     raise ValueError("no tokens to read: the selected split/sessions are empty")
                 continue
-            if self._rows is None:
-                self._rows = self._read_group(groups[self.group_cursor])
-            if self.row_cursor >= len(self._rows):
-                self.group_cursor, self.row_cursor, self.token_offset = self.group_cursor + 1, 0, 0
-                self._rows = None
-                continue
-            row = self._rows[self.row_cursor]
+            row, group = current
             if self.permute_units:
-                row = self._permuted_row(groups[self.group_cursor], row)
+                row = self._permuted_row(group, row)
             piece = row[self.token_offset:self.token_offset + (n - got)]
             out.append(piece)
             got += piece.size
@@ -195,6 +214,36 @@ class ARTokenLoader:
             if self.token_offset >= row.size:
                 self.row_cursor, self.token_offset = self.row_cursor + 1, 0
         return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def _take_window(self, n: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """The next n tokens of one row and their (num_units, phase) prefix, advancing the cursors;
+        a row's last window ends at the row's end (it may overlap the window before)."""
+        empty_epochs = 0
+        while True:
+            current = self._current_row()
+            if current is None:
+                empty_epochs += 1
+                if empty_epochs > 1:
+                    raise ValueError(f"no row of the selected split/sessions has the seq_len + 1 = "
+                                     f"{n} tokens a unit-count-prefix window needs; lower "
+                                     "data.seq_len")
+                continue
+            row, group = current
+            if row.size < n:
+                if not self._short_rows_warned:
+                    warnings.warn(f"unit-count prefix: skipping rows shorter than seq_len + 1 = {n} "
+                                  "tokens (windows never cross rows); lower data.seq_len to use them",
+                                  stacklevel=2)
+                    self._short_rows_warned = True
+                self.row_cursor, self.token_offset = self.row_cursor + 1, 0
+                continue
+            if self.permute_units:
+                row = self._permuted_row(group, row)
+            start = min(self.token_offset, row.size - n)
+            self.token_offset = start + n
+            if self.token_offset >= row.size:
+                self.row_cursor, self.token_offset = self.row_cursor + 1, 0
+            return row[start:start + n], window_prefix(row_num_units(row), start)
 
     def _permuted_row(self, group: int, row: np.ndarray) -> np.ndarray:
         """``row`` with its units reordered by the permutation of (seed, epoch, group, row)."""
@@ -211,6 +260,10 @@ class ARTokenLoader:
         # Windows are consecutive, non-overlapping stretches of L + 1 tokens. They stay uint8 (one
         # byte a token) until the model's device widens them, so the loader moves 8x less data.
         L = self.seq_len
+        if self.unit_count_prefix:
+            windows = [self._take_window(L + 1) for _ in range(self.batch_size)]
+            t = torch.from_numpy(np.stack([w for w, _ in windows]).astype(np.uint8))
+            return t[:, :-1], t[:, 1:], torch.tensor([p for _, p in windows], dtype=torch.int64)
         tokens = np.array(self._take(self.batch_size * (L + 1)), dtype=np.uint8, copy=True)
         t = torch.from_numpy(tokens.reshape(self.batch_size, L + 1))
         return t[:, :-1], t[:, 1:]

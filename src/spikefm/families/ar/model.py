@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikefm.families.ar.positions import (NUM_STATES, POSITION_LAYOUTS, bin_positions,
+from spikefm.families.ar.positions import (NUM_STATES, POSITION_LAYOUTS, PREFIX_FEATURES,
+                                           bin_positions, check_prefix, prefix_features,
                                            rope_angles)
 from spikefm.families.ar.tokens import SEPARATOR
 
@@ -80,6 +81,11 @@ class LlamaConfig:
             ``"bin"`` (unit-in-bin and bin index rotary axes plus a remaining-units embedding,
             derived from the separators; see :mod:`spikefm.families.ar.positions`; no Hugging
             Face equivalent).
+        unit_count_prefix: one extra position in front of every sequence, an embedding of the
+            row's unit count and of the phase of the sequence's first token inside its bin
+            (``forward(..., prefix_B2=...)``; see :mod:`spikefm.families.ar.positions`); the
+            loader and the evaluator derive it from the rows, so they stay Neural-Pile
+            compatible. No Hugging Face equivalent.
     """
 
     dim: int
@@ -93,8 +99,12 @@ class LlamaConfig:
     max_seq_len: int = 8192
     init_std: float = 0.02
     positions: str = "plain"
+    unit_count_prefix: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.unit_count_prefix, bool):
+            raise ValueError(f"LlamaConfig.unit_count_prefix must be true or false, got "
+                             f"{self.unit_count_prefix!r}")
         if self.positions not in POSITION_LAYOUTS:
             raise ValueError(f"LlamaConfig.positions must be one of {', '.join(POSITION_LAYOUTS)}, "
                              f"got {self.positions!r}")
@@ -171,11 +181,22 @@ def _preset_small_bin() -> LlamaConfig:
     return dataclasses.replace(_preset_small(), positions="bin")
 
 
+def _preset_tiny_bin_prefix() -> LlamaConfig:
+    # tiny-bin plus the unit-count prefix (README: held-out sessions); no Hugging Face export.
+    return dataclasses.replace(_preset_tiny_bin(), unit_count_prefix=True)
+
+
+def _preset_small_bin_prefix() -> LlamaConfig:
+    return dataclasses.replace(_preset_small_bin(), unit_count_prefix=True)
+
+
 LLAMA_PRESETS = {
     "tiny": _preset_tiny,
     "tiny-bin": _preset_tiny_bin,
     "small": _preset_small,
     "small-bin": _preset_small_bin,
+    "tiny-bin-prefix": _preset_tiny_bin_prefix,
+    "small-bin-prefix": _preset_small_bin_prefix,
     "125m": _preset_125m,
     "1b": _preset_1b,
     "3b": _preset_3b,
@@ -208,6 +229,7 @@ def count_parameters(cfg: LlamaConfig) -> int:
     mlp = 3 * d * cfg.ffn_dim
     block = attention + mlp + 2 * d
     extra = NUM_STATES * d if cfg.positions == "bin" else 0  # the state embedding (a lookup)
+    extra += (PREFIX_FEATURES + 1) * d if cfg.unit_count_prefix else 0  # prefix projection
     return 2 * cfg.vocab_size * d + cfg.n_layers * block + d + extra
 
 
@@ -228,6 +250,8 @@ def flops_per_token(cfg: LlamaConfig, seq_len: int, *, causal: bool = False) -> 
     n_matmul = count_parameters(cfg) - cfg.vocab_size * cfg.dim
     if cfg.positions == "bin":
         n_matmul -= NUM_STATES * cfg.dim
+    if cfg.unit_count_prefix:  # one small matmul per sequence, not per token
+        n_matmul -= (PREFIX_FEATURES + 1) * cfg.dim
     keys = (seq_len + 1) / 2 if causal else seq_len
     return float(6 * n_matmul + 12 * cfg.n_layers * cfg.dim * keys)
 
@@ -271,6 +295,8 @@ class KVCache:
         #: (B, max_seq_len) tokens fed so far; allocated by models whose positions depend on
         #: earlier tokens (``positions="bin"``), None otherwise.
         self.tokens_BP: torch.Tensor | None = None
+        #: (B, 2) unit-count prefix of the cached sequences (models with ``unit_count_prefix``).
+        self.prefix_B2: torch.Tensor | None = None
 
     @classmethod
     def for_model(cls, model: "Llama", batch_size: int,
@@ -291,6 +317,7 @@ class KVCache:
     def reset(self) -> None:
         """Forget all positions (the buffers are reused, not cleared)."""
         self.pos = 0
+        self.prefix_B2 = None
 
     def update(self, layer: int, k_BJLE: torch.Tensor,
                v_BJLE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -452,6 +479,8 @@ class Llama(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         if cfg.positions == "bin":
             self.bin_state = nn.Embedding(NUM_STATES, cfg.dim)
+        if cfg.unit_count_prefix:
+            self.prefix_proj = nn.Linear(PREFIX_FEATURES, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -499,6 +528,9 @@ class Llama(nn.Module):
         nn.init.normal_(self.output.weight, mean=0.0, std=std)
         if self.cfg.positions == "bin":
             nn.init.normal_(self.bin_state.weight, mean=0.0, std=std)
+        if self.cfg.unit_count_prefix:
+            nn.init.normal_(self.prefix_proj.weight, mean=0.0, std=std)
+            nn.init.zeros_(self.prefix_proj.bias)
         self.init_rope()
 
     def flops_per_token(self, seq_len: int, *, causal: bool = False) -> float:
@@ -506,39 +538,51 @@ class Llama(nn.Module):
         return flops_per_token(self.cfg, seq_len, causal=causal)
 
     def _rotary(self, tokens_BL: torch.Tensor, start: int, kv_cache: KVCache | None,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """cos/sin tables broadcasting against (B, heads, L, E), in ``dtype``, and the (B, L)
-        bin states (None for the plain layout)."""
+                dtype: torch.dtype, prefix_B2: torch.Tensor | None, new_prefix: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """cos/sin tables broadcasting against (B, heads, L', E), in ``dtype``, and the (B, L)
+        bin states (None for the plain layout). L' = L + 1 when this call also feeds the prefix
+        position (``new_prefix``; it sits at position 0 and turns by nothing but its position)."""
         B, L = tokens_BL.shape
         if self.cfg.positions == "plain":
-            cos = self.rope_cos_PE[start:start + L]
-            sin = self.rope_sin_PE[start:start + L]
-            return cos.to(dtype), sin.to(dtype), None
+            end = start + L + int(new_prefix)
+            return self.rope_cos_PE[start:end].to(dtype), self.rope_sin_PE[start:end].to(dtype), None
+        # token index of the first new token (the prefix position is not a token)
+        first = start - int(self.cfg.unit_count_prefix and not new_prefix)
         if kv_cache is None:
             history_BP = tokens_BL
         else:  # positions depend on every earlier token, so the cache keeps them
             if kv_cache.tokens_BP is None:
                 kv_cache.tokens_BP = torch.zeros(B, kv_cache.max_seq_len, dtype=torch.long,
                                                  device=tokens_BL.device)
-            kv_cache.tokens_BP[:, start:start + L] = tokens_BL
-            history_BP = kv_cache.tokens_BP[:, :start + L]
-        pos = bin_positions(history_BP)
+            kv_cache.tokens_BP[:, first:first + L] = tokens_BL
+            history_BP = kv_cache.tokens_BP[:, :first + L]
+        pos = bin_positions(history_BP, prefix_B2)
         pos = type(pos)(*(t[:, -L:] for t in pos))
-        token_pos_L = torch.arange(start, start + L, device=tokens_BL.device)
+        token_pos_L = torch.arange(start, start + L, device=tokens_BL.device) + int(new_prefix)
         half_B1LE = rope_angles(self.rope_inv_freq, token_pos_L, pos)[:, None]
+        if new_prefix:  # the prefix: token position 0, unit 0, bin 0
+            half_B1LE = torch.cat((torch.zeros_like(half_B1LE[:, :, :1]), half_B1LE), dim=2)
         angles_B1LE = torch.cat((half_B1LE, half_B1LE), dim=-1)
         return angles_B1LE.cos().to(dtype), angles_B1LE.sin().to(dtype), pos.state_BL
 
-    def forward(self, tokens_BL: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, tokens_BL: torch.Tensor, kv_cache: KVCache | None = None,
+                prefix_B2: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits.
 
         Args:
             tokens_BL: (B, L) integer tokens in ``[0, vocab_size)``.
             kv_cache: if given, ``tokens_BL`` continue the cached sequence at position
-                ``kv_cache.pos``; the cache is updated and advanced by L.
+                ``kv_cache.pos``; the cache is updated and advanced by L (L + 1 when the prefix
+                position is fed too).
+            prefix_B2: models with ``cfg.unit_count_prefix`` only, and only when the sequence
+                starts (no cache, or an empty one): (B, 2) integer (num_units, phase) per
+                sequence, phase being the first token's index within its bin
+                (:func:`~spikefm.families.ar.positions.window_prefix`).
 
         Returns:
-            (B, L, V) float32 logits; position l predicts token l + 1.
+            (B, L, V) float32 logits; position l predicts token l + 1 (the prefix position's
+            output, a prediction of the first token, is not returned).
         """
         if not isinstance(tokens_BL, torch.Tensor) or tokens_BL.ndim != 2:
             raise ValueError("tokens_BL must be a 2-D (batch, length) tensor, got "
@@ -548,9 +592,25 @@ class Llama(nn.Module):
                             "convert with tokens.long()")
         B, L = tokens_BL.shape
         start = 0 if kv_cache is None else kv_cache.pos
+        new_prefix = self.cfg.unit_count_prefix and start == 0
+        if new_prefix:
+            if prefix_B2 is None:
+                raise ValueError("this model was trained with a unit-count prefix "
+                                 "(model.unit_count_prefix); pass prefix_B2 = (num_units, phase) "
+                                 "per sequence with the first tokens")
+            prefix_B2 = check_prefix(prefix_B2, B).to(tokens_BL.device)
+            if kv_cache is not None:
+                kv_cache.prefix_B2 = prefix_B2
+        elif prefix_B2 is not None:
+            raise ValueError("prefix_B2 is for models with model.unit_count_prefix, with the first "
+                             "tokens of a sequence only; drop it" if not self.cfg.unit_count_prefix
+                             else "prefix_B2 was already given with the first tokens of this "
+                             "cached sequence; drop it")
+        elif self.cfg.unit_count_prefix:
+            prefix_B2 = kv_cache.prefix_B2
         limit = self.cfg.max_seq_len if kv_cache is None else min(kv_cache.max_seq_len,
                                                                    self.cfg.max_seq_len)
-        if start + L > limit:
+        if start + L + int(new_prefix) > limit:
             raise ValueError(f"sequence positions {start}..{start + L - 1} exceed the limit of "
                              f"{limit} tokens (max_seq_len of the model or cache); "
                              "shorten the input or raise max_seq_len")
@@ -560,13 +620,20 @@ class Llama(nn.Module):
         h_BLD = self.tok_embeddings(tokens_BL)
         # The rotary tables are cast once here, not in every layer.
         cos, sin, state_BL = self._rotary(tokens_BL, start, kv_cache,
-                                          _compute_dtype(self.tok_embeddings.weight))
+                                          _compute_dtype(self.tok_embeddings.weight), prefix_B2,
+                                          new_prefix)
         if state_BL is not None:
             h_BLD = h_BLD + self.bin_state(state_BL)
+        if new_prefix:
+            w = self.prefix_proj.weight
+            prefix_BD = self.prefix_proj(prefix_features(prefix_B2).to(w.device, w.dtype))
+            h_BLD = torch.cat((prefix_BD[:, None].to(h_BLD.dtype), h_BLD), dim=1)
         for block in self.layers:
             h_BLD = block(h_BLD, cos, sin, kv_cache)
         if kv_cache is not None:
-            kv_cache.pos += L
+            kv_cache.pos += L + int(new_prefix)
+        if new_prefix:
+            h_BLD = h_BLD[:, 1:]
         return self.output(self.norm(h_BLD)).float()
 
 
@@ -658,12 +725,18 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
     width = num_units + 1
     num_new = num_bins * width
     total = prompt_len + num_new
-    # The last generated token is never fed back, so the model sees total - 1 positions.
-    if total - 1 > model.cfg.max_seq_len:
+    # The last generated token is never fed back, so the model sees total - 1 positions, plus the
+    # unit-count prefix (the sequence starts at a bin boundary: phase 0).
+    extra = int(model.cfg.unit_count_prefix)
+    prefix_B2 = (torch.tensor([[num_units, 0]], device=device).expand(batch_size, 2)
+                 if extra else None)
+    if total - 1 + extra > model.cfg.max_seq_len:
         raise ValueError(f"prompt ({prompt_len}) plus generated ({num_new}) tokens exceed the "
                          f"model's max_seq_len {model.cfg.max_seq_len}; generate fewer bins")
 
-    cache = KVCache.for_model(model, batch_size, max_seq_len=total - 1) if use_kv_cache else None
+    cache = (KVCache.for_model(model, batch_size, max_seq_len=total - 1 + extra)
+             if use_kv_cache else None)
+    fed = 0  # tokens already in the cache
     seq_BT = torch.empty(batch_size, total, dtype=torch.long, device=device)
     if prompt_tokens is not None:
         seq_BT[:, :prompt_len] = prompt_tokens
@@ -676,9 +749,11 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
         if cache is not None:
             # Feeds every token not yet cached: the whole prompt (prefill) the first time, then
             # the previous token, or two tokens right after a forced separator.
-            logits_BV = model(seq_BT[:, cache.pos:pos], kv_cache=cache)[:, -1]
+            logits_BV = model(seq_BT[:, fed:pos], kv_cache=cache,
+                              prefix_B2=prefix_B2 if fed == 0 else None)[:, -1]
+            fed = pos
         else:
-            logits_BV = model(seq_BT[:, :pos])[:, -1]
+            logits_BV = model(seq_BT[:, :pos], prefix_B2=prefix_B2)[:, -1]
         seq_BT[:, pos] = _sample(logits_BV, allowed_V, temperature, top_k, generator)
     return seq_BT[:, prompt_len:].clone()
 

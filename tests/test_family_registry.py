@@ -36,10 +36,14 @@ def test_registry_lists_and_rejects():
         families.get("nope")
     with pytest.raises(ValueError, match="family name must be a non-empty word"):
         families.register("bad name", "x:y")
-    for name in ("ar", "ndt"):
+    for name, default in (("ar", "tiny-bin-prefix"), ("ndt", "tiny")):
         fam = families.get(name)
         assert fam.name == name and fam.presets()[0] == "tiny"
-        assert families.run_config(name).model == fam.preset("tiny")
+        # Without --preset a family runs its default preset (AR: the layout that wins on held-out
+        # sessions), else its smallest.
+        assert families.default_preset(name) == default and default in fam.presets()
+        assert families.run_config(name).model == fam.preset(default)
+        assert families.run_config(name, preset="tiny").model == fam.preset("tiny")
 
 
 def test_toy_family_trains_finetunes_and_evaluates_through_the_cli(toy_registered, tmp_path, capsys):

@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model family on a corpus (torchrun for many GPUs)")
     t.add_argument("--model", default=None, metavar="FAMILY",
                    help="model family (spikefm.families.names(); default: the registry's default)")
-    t.add_argument("--preset", default=None, help="model size preset of the family (default: its smallest)")
+    t.add_argument("--preset", default=None, help="model size preset of the family (default: the family's default, e.g. "
+                   "tiny-bin-prefix for ar, tiny for ndt and neds)")
     t.add_argument("--protocol", default=None, metavar="NAME",
                    help="a family's named protocol of published settings (e.g. jiang2025), "
                         "applied before --set")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run",
+__all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run", "default_preset",
            "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
            "finetune", "evaluate", "check_tasks", "format_results", "commands", "FamilyCommand"]
 
@@ -142,7 +142,8 @@ def family_of_run(run_dir: str | os.PathLike):
 
 def run_config(family: str, *, preset: str | None = None, corpus: str = "",
                overrides: Sequence[str] = (), protocol: str | None = None):
-    """A RunConfig of ``family``: its preset (default: the protocol's, else the smallest), the
+    """A RunConfig of ``family``: its preset (default: the protocol's, else the family's
+    ``default_preset()``, else its smallest), the
     family's run defaults (``run_defaults()``, e.g. a learning rate and step count that work for
     it), the named ``protocol``'s settings, then ``section.key=value`` overrides, in that order."""
     from spikefm.train.config import RunConfig, apply_overrides
@@ -153,10 +154,16 @@ def run_config(family: str, *, preset: str | None = None, corpus: str = "",
         if not hasattr(fam, "protocol"):
             raise ValueError(f"the {family!r} family has no named protocols; drop --protocol")
         proto = fam.protocol(protocol)
-    model = fam.preset(preset or proto["preset"] or fam.presets()[0])
+    model = fam.preset(preset or proto["preset"] or default_preset(family))
     cfg = RunConfig(family=family, model=model, data=fam.data_config_cls(corpus=str(corpus)))
     defaults = list(fam.run_defaults()) if hasattr(fam, "run_defaults") else []
     return apply_overrides(cfg, [*defaults, *proto["overrides"], *overrides])
+
+
+def default_preset(family: str) -> str:
+    """The preset ``spikefm train --model FAMILY`` uses without ``--preset``."""
+    fam = get(family)
+    return fam.default_preset() if hasattr(fam, "default_preset") else fam.presets()[0]
 
 
 def run_config_from_dict(data: dict[str, Any]):

@@ -144,7 +144,8 @@ class Family(Protocol):
         ...
 
     def presets(self) -> list[str]:
-        """Names accepted by `preset`, smallest first."""
+        """Names accepted by `preset`, smallest first. A family may also define
+        ``default_preset() -> str``, the preset a run gets without ``--preset`` (else the first)."""
         ...
 
     def finetune_config(self, run_dir: str, corpus: str, session_id: str, *, freeze_core: bool,

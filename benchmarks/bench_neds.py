@@ -1,19 +1,24 @@
 """Benchmark: NEDS encoding and decoding on synthetic IBL-like sessions, several seeds.
 
 Per seed: ``spikefm synth`` (ibl preset) -> corpus with one session held out -> NEDS pretrained on
-the others -> fine-tuned to the held-out session (strategy ``--strategy``, early stopping on its
-validation windows) and, beside it, the single-session NEDS trained on that session alone (same
-settings, from scratch). Both are scored by ``spikefm eval`` (the NEDS evaluation) on the held-out
-session's test windows, with the linear, reduced-rank (RRR) and oracle baselines on the same
-splits. The masked NDT gets the same pretraining and fine-tuning and its own decoding tasks on
-the same test windows (choice and behaviour decoded from its hidden states), and region
-classification is scored on the pretrained NEDS's sessions. Throughput (training windows/s) of
-NEDS and NDT on the same data and batch size is reported too.
+the others -> fine-tuned to the held-out session (strategy ``--strategy``, default ``frozen``: new
+session read-in / read-out on the frozen core, early stopping on its validation windows) and,
+beside it, the single-session NEDS trained on that session alone (same settings, from scratch).
+Both are scored by ``spikefm eval`` (the NEDS evaluation) on the held-out session's test windows,
+with the linear, reduced-rank (RRR) and oracle baselines on the same splits. The masked NDT gets
+the same pretraining, is fine-tuned with ``--ndt-strategy`` (``full``) and scored on its own
+decoding tasks on the same test windows (choice and behaviour decoded from its hidden states);
+region classification is scored on the pretrained NEDS's sessions. Throughput (training
+windows/s) of NEDS and NDT on the same data and batch size is reported too.
 
-    python benchmarks/bench_neds.py                       # seeds 2,3,4; writes benchmarks/results/neds.json
+    python benchmarks/bench_neds.py --workers 3           # seeds 2,3,4 in parallel; writes benchmarks/results/neds.json
     python benchmarks/bench_neds.py --seeds 1 --out /tmp/tune.json   # the seed used for choosing settings
 
-Settings (steps, learning rate, window) were chosen on seed 1 only; headline numbers use other seeds.
+Settings were chosen on seed 1's validation windows only (headline numbers use other seeds):
+steps, learning rate and window by a first look; then the NEDS defaults ``data.spike_weight=20``
+and ``data.scheme_weights`` (encoding / decoding 0.35, random schemes 0.1) and the ``frozen``
+fine-tuning strategy, each compared with the previous recipe on the held-out session's validation
+windows against the linear and RRR baselines fitted on the same splits.
 """
 from __future__ import annotations
 

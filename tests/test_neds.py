@@ -65,6 +65,30 @@ def test_schemes_are_drawn_per_sample_and_masks_differ_within_a_batch():
     assert (m.spike_hidden_BT.sum(1) == round(0.3 * 10)).all()
 
 
+def test_scheme_weights_set_the_drawing_probabilities():
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    scheme_B = draw_schemes(n, ["encoding", "decoding", "spike"], g, weights=(3.0, 1.0, 0.0))
+    counts = torch.bincount(scheme_B, minlength=len(SCHEMES))
+    assert counts[SCHEMES.index("spike")] == 0 and counts[SCHEMES.index("cross")] == 0
+    frac = counts[SCHEMES.index("encoding")].item() / n
+    assert abs(frac - 0.75) < 4 * math.sqrt(0.75 * 0.25 / n)  # binomial, 4 s.d.
+    with pytest.raises(ValueError, match="scheme weights"):
+        draw_schemes(4, ["encoding", "decoding"], g, weights=(1.0,))
+    with pytest.raises(ValueError, match="scheme weights"):
+        draw_schemes(4, ["encoding", "decoding"], g, weights=(0.0, 0.0))
+    from spikefm.families.neds.family import NEDSDataConfig, scheme_weights
+
+    assert scheme_weights(NEDSDataConfig(schemes="encoding,decoding", scheme_weights=(2.0, 1.0))) == (2.0, 1.0)
+    # The default: encoding and decoding drawn 3.5x as often as each random scheme.
+    assert scheme_weights(NEDSDataConfig()) == (0.35, 0.35, 0.1, 0.1, 0.1)
+    assert scheme_weights(NEDSDataConfig(schemes="cross,encoding")) == (0.1, 0.35)
+    with pytest.raises(ValueError, match="data.scheme_weights"):
+        NEDSDataConfig(schemes="all", scheme_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match="data.scheme_weights"):
+        NEDSDataConfig(schemes="encoding,decoding", scheme_weights=(-1.0, 1.0))
+
+
 def test_each_scheme_hides_what_it_promises():
     batch = _batch(B=5, T=10)
     scheme_B = torch.arange(5)

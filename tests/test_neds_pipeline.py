@@ -72,6 +72,20 @@ def test_pretraining_records_modalities_and_holds_out_the_test_session(pretraine
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
+def test_readout_bias_starts_at_each_units_log_mean_train_count(corpus_dir):
+    from spikefm.families import run_config
+
+    fam = get_family("neds")
+    cfg = run_config("neds", preset="tiny", corpus=str(corpus_dir), overrides=["data.window_bins=50", "data.pre_ms=200"])
+    model = fam.build_model(cfg)
+    fam.init_weights(model)
+    windows, _, _ = fam.prepared(cfg.data)
+    for sid, w in windows.items():
+        train = w.counts[w.indices("train")].astype(np.float64)
+        expected = np.log(train.reshape(-1, w.num_units).mean(axis=0) + 1e-3)
+        np.testing.assert_allclose(model.stitcher(sid).read_out.bias.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_loader_resumes_with_identical_batches_and_masks(pretrained):
     fam = get_family("neds")
     cfg = load_run_config(pretrained)

@@ -33,11 +33,11 @@ from torch import nn
 
 from spikefm.families.neds.batches import (NEDSLoader, batch_seed, collate, parse_label_spec,
                                            resolve_modalities, session_arrays)
-from spikefm.families.neds.masking import SCHEMES, draw_schemes, make_masks, neds_loss
+from spikefm.families.neds.masking import DEFAULT_SCHEME_WEIGHTS, SCHEMES, draw_schemes, make_masks, neds_loss
 from spikefm.families.neds.model import NEDS, NEDS_PRESETS, Modalities, NEDSConfig, neds_preset
 from spikefm.train.config import RunConfig
 
-__all__ = ["NEDSDataConfig", "NEDSFamily", "RUN_DEFAULTS", "parse_schemes", "window_options", "masked_forward"]
+__all__ = ["NEDSDataConfig", "NEDSFamily", "RUN_DEFAULTS", "parse_schemes", "scheme_weights", "window_options", "masked_forward"]
 
 #: Optimizer and loop defaults of a NEDS run (before --set).
 RUN_DEFAULTS = ["optim.lr=2e-3", "train.batch_size=16", "train.steps=3000", "train.precision=fp32",
@@ -54,6 +54,12 @@ def parse_schemes(text: str) -> list[str]:
         raise ValueError(f"data.schemes must be 'all' or distinct comma-separated names from "
                          f"{', '.join(SCHEMES)}; got {text!r}")
     return names
+
+
+def scheme_weights(data: "NEDSDataConfig") -> tuple[float, ...]:
+    """Relative probability of each scheme of ``data.schemes`` (see ``NEDSDataConfig.scheme_weights``)."""
+    names = parse_schemes(data.schemes)
+    return tuple(float(x) for x in data.scheme_weights) or tuple(DEFAULT_SCHEME_WEIGHTS[n] for n in names)
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,16 @@ class NEDSDataConfig:
         labels: trial labels: ``"auto"`` (choice, block_prior, target_angle where present), ``""``,
             or ``"choice;block_prior"`` / ``"choice=-1,1;block_prior=0.2,0.5,0.8"``.
         schemes: training masking schemes: ``"all"`` or comma-separated names.
+        scheme_weights: relative probability of each scheme in ``schemes`` (in that order; for
+            ``"all"`` the order of :data:`~spikefm.families.neds.masking.SCHEMES`); ``()`` = the
+            :data:`~spikefm.families.neds.masking.DEFAULT_SCHEME_WEIGHTS` of the listed schemes
+            (``1,1,1,1,1`` draws uniformly).
         mask_ratio: fraction of bins (and probability per label) the random schemes hide.
-        spike_weight, behavior_weight, label_weight: weights of the per-modality losses.
+        spike_weight, behavior_weight, label_weight: weights of the per-modality losses. The
+            spike loss is a mean over (bin, unit) entries of ~0.1 expected spikes, so what behaviour
+            adds to it is ~1e-3 nats per entry against behaviour / label losses of order 1; at
+            weight 1 the shared core hardly learned encoding (bps ~0 on seed 1's validation
+            windows), hence the default 20.
         init_from: a pretrained NEDS run whose core initialises this run.
         freeze_core: keep the loaded core fixed.
     """
@@ -94,8 +108,9 @@ class NEDSDataConfig:
     behavior: str = "auto"
     labels: str = "auto"
     schemes: str = "all"
+    scheme_weights: tuple[float, ...] = ()
     mask_ratio: float = 0.3
-    spike_weight: float = 1.0
+    spike_weight: float = 20.0
     behavior_weight: float = 1.0
     label_weight: float = 1.0
     init_from: str = ""
@@ -116,7 +131,12 @@ class NEDSDataConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"data.{name} must be a finite number >= 0, got {v!r}")
-        parse_schemes(self.schemes)
+        names = parse_schemes(self.schemes)
+        w = tuple(self.scheme_weights)
+        if w and (len(w) != len(names) or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                              or not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0):
+            raise ValueError(f"data.scheme_weights must be {len(names)} numbers >= 0 with a positive sum, one per "
+                             f"scheme of data.schemes ({', '.join(names)}), or empty for uniform; got {w}")
         if self.labels != "auto":
             parse_label_spec(self.labels)
         from spikefm.data.windows import _check_fractions, _check_window_options
@@ -276,7 +296,8 @@ class NEDSFamily:
     # -- loss ------------------------------------------------------------------------------------
 
     def _loss(self, model, batch, data: NEDSDataConfig, generator: torch.Generator):
-        scheme_B = draw_schemes(batch["counts_BTN"].shape[0], parse_schemes(data.schemes), generator)
+        scheme_B = draw_schemes(batch["counts_BTN"].shape[0], parse_schemes(data.schemes), generator,
+                                scheme_weights(data))
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         masks, out = masked_forward(model, batch, scheme_B, data.mask_ratio, generator,

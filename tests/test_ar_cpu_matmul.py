@@ -49,6 +49,19 @@ def test_openblas_linear_matches_torch_forward_and_backward(monkeypatch, transpo
 
 
 @needs_openblas
+def test_openblas_leaves_storages_resizable(monkeypatch):
+    """FSDP2 frees an unsharded parameter by resizing its storage to zero after the forward pass;
+    Tensor.numpy() would have marked it non-resizable (a crash of two-process training)."""
+    monkeypatch.setattr(cpu_matmul, "_MIN_OPENBLAS_MACS", 0)
+    cpu_matmul.set_cpu_matmul(gemm="openblas")
+    x, w, g = _inputs(4)
+    y = cpu_matmul.linear(x, w)
+    y.backward(g)
+    for t in (w, x, y, w.grad, x.grad):
+        t.detach().untyped_storage().resize_(0)  # raises if not resizable
+
+
+@needs_openblas
 def test_openblas_leaves_small_products_and_other_dtypes_to_torch():
     cpu_matmul.set_cpu_matmul(gemm="openblas")
     x, w, _ = _inputs(shape=(1, 1, 48))  # one decoded token: below the size threshold

@@ -133,8 +133,14 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     before = [lib.get_num_threads() for lib in libs]
     for lib in libs:
         lib.set_num_threads(threads)
+    # numpy sees the tensors through DLPack, not Tensor.numpy(): that one marks the storage
+    # non-resizable, and FSDP2 frees unsharded parameters by resizing their storage to zero.
+    # torch allocates the product and numpy writes into it, for the same reason.
+    out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
     try:
-        return torch.from_numpy(np.matmul(a.detach().numpy(), b.detach().numpy()))
+        np.matmul(np.from_dlpack(a.detach()), np.from_dlpack(b.detach()),
+                  out=np.from_dlpack(out))
+        return out
     finally:
         for lib, n in zip(libs, before):
             lib.set_num_threads(n)

@@ -2,13 +2,20 @@
 
 Each step is forward + next-token cross-entropy + backward + AdamW on one fixed batch of random
 spike tokens. Both models start from the same weights (ours copied into the HF key layout), so the
-first-step losses must agree; steps of the two models are interleaved so that background load on
-the machine hits both alike, and tokens/s come from the median step time. The process CPU time
+first-step losses must agree; both use the same optimizer, the one both trainers use by default
+(fused AdamW, weight decay on matrices only: spikefm's ``build_optimizer`` and ``transformers``'
+Trainer with torch >= 2.8); steps of the models are interleaved so that background load on the
+machine hits them alike, and tokens/s come from the median step time. spikefm's CPU matmul kernels
+(:mod:`spikefm.families.ar.cpu_matmul`) are chosen by ``--cpu-gemm`` / ``--cpu-bf16`` (default
+``auto``) and recorded; ``--torch-kernels-too`` adds a third contender in the same run, spikefm on
+torch's own kernels (``gemm="torch"``, ``bf16="native"``), to show what the kernel choice gives. The process CPU time
 of each step is recorded too: on a machine shared with other jobs, wall-clock time mostly measures
 the neighbours, while CPU seconds per step (with --threads 1) measure the work each model does;
 both ratios are reported. Writes benchmarks/results/bench_ar_train.json.
 
     python benchmarks/bench_ar_train.py                                  # CPU, preset small
+    python benchmarks/bench_ar_train.py --dtype bf16 --warmup 1 --steps 3 \
+        --out benchmarks/results/bench_ar_train_bf16.json
     python benchmarks/bench_ar_train.py --device cuda --dtype bf16 --preset 125m \
         --batch-size 16 --seq-len 2048
 """
@@ -26,8 +33,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from spikefm.families.ar import cpu_matmul
 from spikefm.families.ar.hf import to_hf_config, to_hf_key
 from spikefm.families.ar.model import LLAMA_PRESETS, Llama, llama_preset
+from spikefm.train.config import OptimConfig
+from spikefm.train.optim import build_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
@@ -57,6 +67,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile each spikefm block (as train.compile does) and the "
                              "transformers decoder layers alike")
+    parser.add_argument("--cpu-gemm", default="auto", choices=cpu_matmul.GEMM_MODES,
+                        help="GEMM library of spikefm's float32 CPU matmuls")
+    parser.add_argument("--cpu-bf16", default="auto", choices=cpu_matmul.BF16_MODES,
+                        help="how spikefm's bf16 autocast matmuls run on the CPU")
+    parser.add_argument("--torch-kernels-too", action="store_true",
+                        help="also time spikefm on torch's own kernels (gemm=torch, bf16=native)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_ar_train.json")
     args = parser.parse_args(argv)
@@ -68,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    cpu_matmul.set_cpu_matmul(gemm=args.cpu_gemm, bf16=args.cpu_bf16)
     device = torch.device(args.device)
     cfg = llama_preset(args.preset)
     if args.seq_len > cfg.max_seq_len:
@@ -94,25 +111,40 @@ def main(argv: list[str] | None = None) -> dict:
     inputs_BL, targets_BL = tokens[:, :-1], tokens[:, 1:]
     autocast_dtype = torch.bfloat16 if args.dtype == "bf16" else None
 
-    def make_step(model, get_logits):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    optim_cfg = OptimConfig(lr=1e-4, weight_decay=0.1)
+
+    def make_step(model, get_logits, kernels=None):
+        opt = build_optimizer(model, optim_cfg)
 
         def step() -> float:
-            with torch.autocast(device.type, dtype=autocast_dtype,
-                                enabled=autocast_dtype is not None):
-                logits_BLV = get_logits(model, inputs_BL)
-                loss = F.cross_entropy(logits_BLV.float().reshape(-1, cfg.vocab_size),
-                                       targets_BL.reshape(-1))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.item()  # also synchronizes
+            saved = cpu_matmul.cpu_matmul_choice()
+            if kernels:
+                cpu_matmul.set_cpu_matmul(**kernels)
+            try:
+                with torch.autocast(device.type, dtype=autocast_dtype,
+                                    enabled=autocast_dtype is not None):
+                    logits_BLV = get_logits(model, inputs_BL)
+                    loss = F.cross_entropy(logits_BLV.float().reshape(-1, cfg.vocab_size),
+                                           targets_BL.reshape(-1))
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss.item()  # also synchronizes
+            finally:
+                cpu_matmul.set_cpu_matmul(gemm=saved["gemm_setting"], bf16=saved["bf16_setting"])
         return step
 
-    steps = {
-        "spikefm": make_step(ours, lambda m, x: m(x)),
-        "transformers": make_step(theirs, lambda m, x: m(input_ids=x, use_cache=False).logits),
-    }
+    steps = {"spikefm": make_step(ours, lambda m, x: m(x))}
+    if args.torch_kernels_too:
+        twin = Llama(cfg).to(device)
+        twin.load_state_dict(ours.state_dict())
+        if args.compile:
+            for block in twin.layers:
+                block.compile()
+        steps["spikefm_torch_kernels"] = make_step(twin, lambda m, x: m(x),
+                                                   {"gemm": "torch", "bf16": "native"})
+    steps["transformers"] = make_step(theirs,
+                                      lambda m, x: m(input_ids=x, use_cache=False).logits)
     first_loss = {}
     for i in range(args.warmup):
         for name, step in steps.items():
@@ -138,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     flops = ours.flops_per_token(args.seq_len)
     result = {
         "benchmark": "bench_ar_train",
+        "command": "python benchmarks/bench_ar_train.py "
+                   + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(device),
         "transformers": transformers.__version__,
         "device": str(device),
@@ -152,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
         "timed_steps": args.steps,
         "first_step_loss": first_loss,
         "compile": args.compile,
+        "optimizer": "AdamW fused (spikefm.train.optim.build_optimizer), lr 1e-4, "
+                     "weight decay 0.1 on matrices",
+        "cpu_matmul": cpu_matmul.cpu_matmul_choice(),
         "threads": torch.get_num_threads(),
         "step_seconds": step_seconds,
         "step_cpu_seconds": step_cpu_seconds,
@@ -162,14 +199,18 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_spikefm_over_transformers": tps["spikefm"] / tps["transformers"],
         "cpu_time_ratio_spikefm_over_transformers": tps_cpu["spikefm"] / tps_cpu["transformers"],
     }
+    if args.torch_kernels_too:
+        result["ratio_spikefm_torch_kernels_over_transformers"] = (
+            tps["spikefm_torch_kernels"] / tps["transformers"])
+        result["cpu_time_ratio_spikefm_torch_kernels_over_transformers"] = (
+            tps_cpu["spikefm_torch_kernels"] / tps_cpu["transformers"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, args.out)
-    print(json.dumps({k: result[k] for k in ("tokens_per_s", "ratio_spikefm_over_transformers",
-                                              "tokens_per_cpu_s",
-                                              "cpu_time_ratio_spikefm_over_transformers",
-                                              "first_step_loss")}, indent=2))
+    print(json.dumps({k: v for k, v in result.items()
+                      if k in ("tokens_per_s", "tokens_per_cpu_s", "first_step_loss", "cpu_matmul")
+                      or k.startswith(("ratio_", "cpu_time_ratio_"))}, indent=2))
     print(f"wrote {args.out}")
     return result
 

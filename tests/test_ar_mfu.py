@@ -46,7 +46,9 @@ def test_peak_override_beats_probe(monkeypatch):
         "value": 2e12, "precision": "fp32", "source": "override"}
     monkeypatch.delenv("SPIKEFM_PEAK_FLOPS")
     info = resolve_peak_flops(torch.device("cpu"), "bf16")
-    assert info["source"] == "probe" and info["value"] == info["probe"]["bf16"]
+    assert info["source"] == "probe"
+    # the faster GEMM of the two: bf16 runs may multiply in float32 kernels (ar.cpu_matmul)
+    assert info["value"] == max(info["probe"]["bf16"], info["probe"]["fp32"])
 
 
 def test_causal_flops_formula():

@@ -28,8 +28,8 @@ metrics.jsonl rows (rank 0, every log_every steps and at the last step):
                   micro-steps and ranks) / (peak FLOP/s of one device * world size). The peak
                   is SPIKEFM_PEAK_FLOPS (FLOP/s per device) when set, else the data-sheet figure
                   of a GPU in PEAK_FLOPS, else a matmul probe measured at start-up in the run's
-                  precision (always on CPU; see train/mfu.py); config.json's "peak_flops" says
-                  which, so mfu is a number on every device.
+                  precision or float32, whichever is faster (always on CPU; see train/mfu.py);
+                  config.json's "peak_flops" says which, so mfu is a number on every device.
     elapsed_s     wall-clock seconds of training so far (summed over resumed segments)
     + the family's extra stats (mean over micro-steps and ranks)
 Evaluation rows hold "step" and "eval/<name>" values instead.
@@ -126,7 +126,10 @@ def resolve_peak_flops(device: torch.device, precision: str) -> dict[str, Any]:
     from spikefm.train.mfu import probe_peak_flops
 
     probe = probe_peak_flops(device)
-    value = probe.get(precision) or probe["fp32"]
+    # The faster of the run's precision and float32: a bf16 run on a CPU without bf16
+    # instructions may do its matmuls in float32 kernels (spikefm.families.ar.cpu_matmul), and
+    # MFU against the slow emulated bf16 GEMM would then exceed 100 %.
+    value = max(v for v in (probe.get(precision), probe["fp32"]) if v)
     value = d.all_reduce_mean([value])[0]
     return {"value": value, "precision": precision, "source": "probe", "probe": probe}
 

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikefm.families.ar import cpu_matmul
 from spikefm.families.ar.positions import (NUM_STATES, POSITION_LAYOUTS, PREFIX_FEATURES,
                                            bin_positions, check_prefix, prefix_features,
                                            rope_angles)
@@ -360,6 +361,17 @@ def _apply_rope(x_BHLE: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return x_BHLE * cos + _rotate_half(x_BHLE) * sin
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` without bias on the CPU kernels of :mod:`spikefm.families.ar.cpu_matmul`
+    (same parameter, same state-dict key ``weight``)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_matmul.linear(x, self.weight)
+
+
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
@@ -368,17 +380,19 @@ class Attention(nn.Module):
 
     The rotary tables arrive already cast to the compute dtype (once per forward, not per layer).
     A fused q|k|v matmul over concatenated weights was measured and was not faster on the CPU
-    (see benchmarks/bench_ar_train.py), so the projections stay separate.
+    (see benchmarks/bench_ar_train.py), so the projections stay separate. On the CPU the
+    projections and attention run on the kernels :mod:`spikefm.families.ar.cpu_matmul` chooses
+    (speed only: the same products up to float rounding).
     """
 
     def __init__(self, cfg: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.wq = Linear(cfg.dim, cfg.n_heads * cfg.head_dim)
+        self.wk = Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim)
+        self.wv = Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim)
+        self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.dim)
 
     def forward(self, x_BLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -410,8 +424,8 @@ class Attention(nn.Module):
             k_BJPE = k_BJPE.repeat_interleave(repeat, dim=1)
             v_BJPE = v_BJPE.repeat_interleave(repeat, dim=1)
         gqa = {"enable_gqa": True} if (J != H and _SDPA_HAS_GQA) else {}
-        o_BHLE = F.scaled_dot_product_attention(q_BHLE, k_BJPE, v_BJPE, attn_mask=mask_LP,
-                                                is_causal=is_causal, **gqa)
+        o_BHLE = cpu_matmul.attention(q_BHLE, k_BJPE, v_BJPE, self.wq.weight, attn_mask=mask_LP,
+                                      is_causal=is_causal, **gqa)
         return self.wo(o_BHLE.transpose(1, 2).reshape(B, L, H * E))
 
 
@@ -423,9 +437,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.w1 = Linear(cfg.dim, cfg.ffn_dim)
+        self.w2 = Linear(cfg.ffn_dim, cfg.dim)
+        self.w3 = Linear(cfg.dim, cfg.ffn_dim)
 
     def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x_BLD)) * self.w3(x_BLD))
@@ -483,7 +497,7 @@ class Llama(nn.Module):
             self.prefix_proj = nn.Linear(PREFIX_FEATURES, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output = Linear(cfg.dim, cfg.vocab_size)
         # float32 rotary tables, rebuilt by init_weights (not saved: derived from the config).
         self.register_buffer("rope_cos_PE", torch.empty(cfg.max_seq_len, cfg.head_dim),
                              persistent=False)

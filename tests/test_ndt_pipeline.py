@@ -27,7 +27,9 @@ from spikefm.families.ndt.family import NDTDataConfig, window_options
 from conftest import torchrun_failure_report
 
 STEPS = 24
-TRAIN_ARGS = ["--set", "train.batch_size=4", "--set", "optim.warmup_steps=2", "--set", "optim.lr=2e-3",
+# data.rate_init=false: these runs check that training moves the loss from a random start.
+TRAIN_ARGS = ["--set", "data.rate_init=false",
+              "--set", "train.batch_size=4", "--set", "optim.warmup_steps=2", "--set", "optim.lr=2e-3",
               "--set", "train.precision=fp32", "--set", "train.ckpt_every=0", "--set", "train.log_every=4",
               "--set", "train.eval_every=12", "--set", "data.window_bins=50", "--set", "data.pre_ms=200",
               "--quiet"]
@@ -327,7 +329,7 @@ def _fresh(cfg):
 
 def test_new_session_read_out_starts_at_its_train_windows_log_mean_rate(pretrained, corpus_dir, held_out):
     pre = load_run_config(pretrained)
-    cfg = dataclasses.replace(pre, data=dataclasses.replace(pre.data, sessions=held_out,
+    cfg = dataclasses.replace(pre, data=dataclasses.replace(pre.data, sessions=held_out, rate_init=True,
                                                             init_from=str(pretrained), freeze_core=True))
     model = _fresh(cfg)
     # Independently: the held-out session's train windows, counted by the corpus reader and the
@@ -349,7 +351,8 @@ def test_new_session_read_out_starts_at_its_train_windows_log_mean_rate(pretrain
 def test_rate_init_never_overwrites_session_parameters_from_a_checkpoint(pretrained):
     # Resuming from / fine-tuning on a run that already holds the session keeps its trained bias.
     pre = load_run_config(pretrained)
-    cfg = dataclasses.replace(pre, data=dataclasses.replace(pre.data, init_from=str(pretrained)))
+    cfg = dataclasses.replace(pre, data=dataclasses.replace(pre.data, init_from=str(pretrained),
+                                                            rate_init=True))
     model = _fresh(cfg)
     saved = load_file(str(pretrained / "model.safetensors"))
     for sid in model.session_units:

@@ -485,11 +485,12 @@ def init_session_rates(model: NDT, windows_by_session: dict, *, loaded: Sequence
 
     done = []
     units = model.session_units
+    loaded = set(loaded)
     for sid, w in windows_by_session.items():
         if sid not in units:
             continue
         key = session_key(sid)
-        if f"sessions.{key}.read_out.bias" in set(loaded):
+        if f"sessions.{key}.read_out.bias" in loaded:
             continue
         train = np.asarray(w.counts)[np.asarray(w.split) == "train"]
         if train.size == 0:

@@ -351,6 +351,8 @@ def test_workers_give_the_same_corpus(six_sessions, tmp_path):
     assert _corpus_content(tmp_path / "a") == _corpus_content(tmp_path / "b")
 
 
+# slow (11 s): tests/test_corpus_atomic.py faults every file operation of a build in the default run
+@pytest.mark.slow
 def test_kill_9_mid_build_leaves_no_partial_shard_and_resumes(tmp_path):
     rng = np.random.default_rng(5)
     folder = tmp_path / "in"

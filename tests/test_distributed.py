@@ -140,6 +140,8 @@ def test_fsdp2_gloo_two_ranks_checkpoint_resume_matches_single_process(tmp_path)
         torch.testing.assert_close(sharded[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+# slow (14 s): the two-rank FSDP2 runs of the default suite start torchrun
+@pytest.mark.slow
 def test_torchrun_refusals_end_every_rank_at_once(tmp_path):
     """Rank 0 decides (lock, checkpoint, world size) and tells the others: a refusal on rank 0
     must not leave rank 1 waiting in a collective until a timeout."""

@@ -46,6 +46,27 @@ def test_registry_lists_and_rejects():
         assert families.run_config(name, preset="tiny").model == fam.preset("tiny")
 
 
+def test_ar_cpu_presets_default_to_the_measured_cpu_recipe_and_flags_win():
+    # The tiny presets get the recipe measured on held-out sessions (README token budgets); the
+    # GPU-sized presets keep the loop's generic defaults; --set overrides either.
+    from spikefm.families.ar.family import CPU_RUN_DEFAULTS
+    from spikefm.train.config import OptimConfig, TrainConfig
+
+    expected = {"optim.lr": 3e-3, "train.steps": 250, "train.batch_size": 8, "train.precision": "fp32"}
+    assert {s.split("=")[0] for s in CPU_RUN_DEFAULTS} == set(expected)
+    for preset in ("tiny", "tiny-bin", "tiny-bin-prefix", None):
+        cfg = families.run_config("ar", preset=preset)
+        assert cfg.optim.warmup_steps is None  # a tenth of the run, so any --steps is valid
+        got = {"optim.lr": cfg.optim.lr, "train.steps": cfg.train.steps, "train.batch_size": cfg.train.batch_size,
+               "train.precision": cfg.train.precision}
+        assert got == expected, preset
+    for preset in ("small", "small-bin-prefix", "125m"):
+        cfg = families.run_config("ar", preset=preset)
+        assert cfg.optim == OptimConfig() and cfg.train == TrainConfig(), preset
+    cfg = families.run_config("ar", preset="tiny", overrides=["optim.lr=1e-3", "train.steps=7"])
+    assert (cfg.optim.lr, cfg.train.steps, cfg.train.precision) == (1e-3, 7, "fp32")
+
+
 def test_toy_family_trains_finetunes_and_evaluates_through_the_cli(toy_registered, tmp_path, capsys):
     common = ["--set", "train.device=cpu", "--set", "train.precision=fp32", "--set", "train.ckpt_every=0"]
     run, ft = tmp_path / "run", tmp_path / "ft"

@@ -211,6 +211,8 @@ def _kill_points(log) -> dict[str, int]:
     }
 
 
+# slow (27 s): test_fault_at_every_file_operation_then_resume_is_exact covers the default run
+@pytest.mark.slow
 def test_kill_9_at_file_operations_then_resume_is_exact(tmp_path, reference):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for what, k in _kill_points(reference["log"]).items():

@@ -293,6 +293,8 @@ def test_finetuned_run_loads_without_its_pretrained_run(finetuned, tmp_path):
             assert torch.equal(v, saved[k]), k
 
 
+# slow (11 s): the AR and gloo FSDP2 runs of the default suite cover the shared train/ path
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_torchrun_two_process_fsdp_ndt_run(corpus_dir, tmp_path):
     import os
@@ -346,6 +348,23 @@ def test_new_session_read_out_starts_at_its_train_windows_log_mean_rate(pretrain
     off = _fresh(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, rate_init=False)))
     b_off = off.sessions[session_key(held_out)].read_out.bias.detach().numpy()
     assert np.abs(b_off).max() <= 1 / np.sqrt(cfg.model.dim) < np.abs(expected).max()
+
+
+def test_rate_init_refuses_windows_with_more_units_than_the_model(pretrained, corpus_dir, held_out):
+    # Windows of another corpus (more units than the model's read-out) are a mistake to name,
+    # not a silent partial initialisation.
+    from spikefm.families.ndt.family import init_session_rates
+
+    pre = load_run_config(pretrained)
+    cfg = dataclasses.replace(pre, data=dataclasses.replace(pre.data, sessions=held_out, rate_init=False))
+    model = _fresh(cfg)
+    w = load_all_windows(Corpus(corpus_dir), [held_out], **window_options(cfg.data))[held_out]
+    n = model.session_units[held_out]
+    wider = dataclasses.replace(w, counts=np.concatenate([w.counts, w.counts[..., :1]], axis=-1))
+    before = model.sessions[session_key(held_out)].read_out.bias.detach().clone()
+    with pytest.raises(ValueError, match=rf"session '{held_out}': the model has {n} units, its windows {n + 1}"):
+        init_session_rates(model, {held_out: wider})
+    assert torch.equal(model.sessions[session_key(held_out)].read_out.bias, before)
 
 
 def test_rate_init_never_overwrites_session_parameters_from_a_checkpoint(pretrained):

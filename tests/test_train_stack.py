@@ -376,6 +376,8 @@ def test_a_locked_run_folder_is_refused_at_once_naming_the_holder(tmp_path):
     assert train(toy_config(steps=4), run, progress=False)["step"] == 4  # released: it runs
 
 
+# slow (27 s): tests/test_cli.py::test_two_concurrent_trainings_into_one_folder covers the default run
+@pytest.mark.slow
 def test_two_concurrent_runs_into_one_folder_the_second_fails_naming_the_first(tmp_path):
     """The reported bug: both exited 0 and the folder mixed one run's config with the other's
     weights. Now the second fails while the first is still running, and the folder is the first's."""

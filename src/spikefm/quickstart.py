@@ -80,7 +80,7 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
     cfg = families.run_config("ar", preset="tiny", corpus=str(corpus_dir), overrides=[
         "data.seq_len=256", "optim.lr=3e-3", "optim.warmup_steps=20", f"train.steps={sizes['steps']}",
         "train.batch_size=8", "train.log_every=50", f"train.ckpt_every={sizes['steps']}",
-        "train.device=cpu"])
+        "train.device=cpu", "train.precision=bf16"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is faster than two on a 2-core laptop
     try:

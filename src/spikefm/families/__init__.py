@@ -144,8 +144,8 @@ def run_config(family: str, *, preset: str | None = None, corpus: str = "",
                overrides: Sequence[str] = (), protocol: str | None = None):
     """A RunConfig of ``family``: its preset (default: the protocol's, else the family's
     ``default_preset()``, else its smallest), the
-    family's run defaults (``run_defaults()``, e.g. a learning rate and step count that work for
-    it), the named ``protocol``'s settings, then ``section.key=value`` overrides, in that order."""
+    family's run defaults for that preset (``run_defaults(preset)``, e.g. a learning rate and step
+    count that work for it), the named ``protocol``'s settings, then ``section.key=value`` overrides, in that order."""
     from spikefm.train.config import RunConfig, apply_overrides
 
     fam = get(family)
@@ -154,9 +154,10 @@ def run_config(family: str, *, preset: str | None = None, corpus: str = "",
         if not hasattr(fam, "protocol"):
             raise ValueError(f"the {family!r} family has no named protocols; drop --protocol")
         proto = fam.protocol(protocol)
-    model = fam.preset(preset or proto["preset"] or default_preset(family))
+    preset_name = preset or proto["preset"] or default_preset(family)
+    model = fam.preset(preset_name)
     cfg = RunConfig(family=family, model=model, data=fam.data_config_cls(corpus=str(corpus)))
-    defaults = list(fam.run_defaults()) if hasattr(fam, "run_defaults") else []
+    defaults = list(fam.run_defaults(preset_name)) if hasattr(fam, "run_defaults") else []
     return apply_overrides(cfg, [*defaults, *proto["overrides"], *overrides])
 
 

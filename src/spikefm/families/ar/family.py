@@ -21,6 +21,15 @@ from spikefm.train.config import RunConfig
 #: The preset of ``spikefm train --model ar`` without ``--preset`` (see ``ARFamily.default_preset``).
 DEFAULT_PRESET = "tiny-bin-prefix"
 
+#: Loop and optimizer defaults of the CPU-sized presets (``tiny``, ``tiny-bin``,
+#: ``tiny-bin-prefix``): the recipe measured on held-out synthetic sessions in
+#: ``benchmarks/bench_ar_transfer.py`` (README, "AR on held-out sessions"): 250 steps of 8
+#: sequences (1M tokens at ``data.seq_len=512``), peak lr 3e-3, fp32 (torch's bf16 matmuls are slow
+#: on CPUs without bf16 instructions). Warm-up is left at the loop's default, a tenth of the run
+#: (25 steps here; the benchmark used 20), so that a shorter ``--steps`` stays valid. The other
+#: presets keep the loop's defaults (lr 3e-4, 1,000 steps, bf16), sized for GPUs.
+CPU_RUN_DEFAULTS = ["optim.lr=3e-3", "train.steps=250", "train.batch_size=8", "train.precision=fp32"]
+
 
 @dataclass(frozen=True)
 class ARDataConfig:
@@ -67,6 +76,11 @@ class ARFamily:
         the 1-gram and the 9-gram (README, AR section); ``--preset tiny`` is the plain,
         Hugging Face-exportable layout."""
         return DEFAULT_PRESET
+
+    @staticmethod
+    def run_defaults(preset: str = "") -> list[str]:
+        """:data:`CPU_RUN_DEFAULTS` for the ``tiny*`` presets; none (the loop's) for the others."""
+        return list(CPU_RUN_DEFAULTS) if preset.startswith("tiny") else []
 
     def build_model(self, cfg: RunConfig) -> nn.Module:
         return Llama(cfg.model)

@@ -227,7 +227,8 @@ class NDTFamily:
         return list(NDT_PRESETS)
 
     @staticmethod
-    def run_defaults() -> list[str]:
+    def run_defaults(preset: str = "") -> list[str]:
+        """Loop and optimizer defaults of every preset (before --set)."""
         return list(RUN_DEFAULTS)
 
     @staticmethod

@@ -202,7 +202,8 @@ class NEDSFamily:
         return list(NEDS_PRESETS)
 
     @staticmethod
-    def run_defaults() -> list[str]:
+    def run_defaults(preset: str = "") -> list[str]:
+        """Loop and optimizer defaults of every preset (before --set)."""
         return list(RUN_DEFAULTS)
 
     # -- data ------------------------------------------------------------------------------------

@@ -142,6 +142,9 @@ def _headline(res: dict) -> dict:
                     row[base] = e[base]["bps_pooled"]
             if e.get("chunks"):
                 row["fine-tuned min chunk"] = min(c["model"]["bps_pooled"] for c in e["chunks"])
+                if all("model_vs_train_null" in c for c in e["chunks"]):
+                    row["fine-tuned min chunk, train-fitted null"] = min(
+                        c["model_vs_train_null"]["bps_pooled"] for c in e["chunks"])
                 s_chunks = ss.get(task, {}).get("chunks") or []
                 if s_chunks:
                     row["single-session min chunk"] = min(c["model"]["bps_pooled"] for c in s_chunks)

@@ -616,16 +616,33 @@ def _fraction(model: dict, oracle: dict) -> dict[str, float]:
 def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward_bins: int,
                truth_KTN: np.ndarray | None) -> list[dict]:
     """bps of each scored chunk of a forward-prediction task: ``[{"start_bin", "end_bin",
-    "model": {...}, "oracle": {...}}]`` (oracle with ground truth)."""
+    "model": {...}, "model_vs_train_null": {"bps_pooled"}, "oracle": {...}}]`` (oracle with
+    ground truth).
+
+    ``model`` follows the NLB convention: the null is each neuron's mean count over the scored
+    entries themselves, a rate fitted on the test data. On a chunk of a few bins of a few test
+    trials that in-sample fit is worth several hundredths of a bit per spike (about
+    ``0.5 * N / (ln 2 * spikes)`` for N neurons by Wilks' theorem, more when trials vary), so a
+    model can score below 0 there while beating every rate learned from other trials.
+    ``model_vs_train_null`` scores the same predictions against each neuron's mean count in the
+    same bins of the train and val windows (what the model was fitted and selected on): an
+    out-of-sample null, the time-locked mean rate of the chunk."""
     T = windows.num_bins
     if task == "forward-prediction":
         starts = [T - forward_bins]
     else:
         starts = list(range(walk_start_bin(windows, forward_bins), T, forward_bins))
+    fit = np.concatenate([windows.indices("train"), windows.indices("val")])
     chunks = []
     for s0 in starts:
         sl = slice(s0, min(s0 + forward_bins, T))
         chunk = {"start_bin": s0, "end_bin": sl.stop, "model": _bps(pred.rates[:, sl], pred.counts[:, sl])}
+        if fit.size:
+            null_N = windows.counts[fit, sl].astype(np.float64).mean(axis=(0, 1))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                chunk["model_vs_train_null"] = {
+                    "bps_pooled": bps_pooled(pred.rates[:, sl], pred.counts[:, sl], null_rates=null_N)}
         if truth_KTN is not None:
             oracle = np.where(np.isnan(pred.counts[:, sl]), np.nan, truth_KTN[:, sl])
             chunk["oracle"] = _bps(oracle, pred.counts[:, sl])
@@ -815,6 +832,13 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
             row += [_fmt(chunk["oracle"]["bps_pooled"]) if c == "oracle" and "oracle" in chunk else "-"
                     for c in columns[len(models):]]
             rows.append(row)
+        for i, chunk in enumerate(first["chunks"] if first else []):
+            if "model_vs_train_null" not in chunk:
+                continue
+            row = [task, f"bps_pooled bins {chunk['start_bin']}-{chunk['end_bin'] - 1}, train-fitted null"]
+            row += [_fmt(e["chunks"][i].get("model_vs_train_null", {}).get("bps_pooled"))
+                    if e and len(e.get("chunks", [])) > i else "-" for e in entries.values()]
+            rows.append(row + ["-"] * (len(columns) - len(models)))
     skipped = {t: r for res in results_by_model.values() for t, r in res.get("skipped", {}).items()}
     return render_table(["task", "metric"] + columns, rows, align="<<" + ">" * len(columns),
                         footer=[f"skipped {t}: {reason}" for t, reason in skipped.items()])

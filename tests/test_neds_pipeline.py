@@ -142,6 +142,33 @@ def test_eval_cli_scores_encoding_decoding_region_with_baselines(finetuned, corp
     assert set(region) == {"embedding", "embedding_tuning", "firing_stats", "psth_counts"}
 
 
+def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetuned, corpus_dir, held_out,
+                                                                        monkeypatch):
+    # For choosing settings: --split val scores the val windows, and no baseline is fitted on them.
+    from spikefm.families.neds import evaluate as ev
+
+    out, _ = finetuned
+    seen = {}
+    real = ev._decoders
+
+    def spy(windows, arrays, sid, rank, idx, *a, **k):
+        seen.update({key: np.asarray(v).copy() for key, v in idx.items()})
+        return real(windows, arrays, sid, rank, idx, *a, **k)
+
+    monkeypatch.setattr(ev, "_decoders", spy)
+    res = ev.evaluate_run(str(out), str(corpus_dir), tasks=["encoding", "decoding"], split="val")
+    w = ev.run_windows(out, Corpus(corpus_dir))[held_out]
+    val, train = w.indices("val"), w.indices("train")
+    assert res["split"] == "val" and res["num_windows"]["val"] == val.size > 0
+    np.testing.assert_array_equal(seen["test"], val)
+    assert set(seen["train"]) | set(seen["val"]) == set(train) and not set(seen["train"]) & set(seen["val"])
+    truth = ev._truth(Corpus(corpus_dir), w)
+    assert np.isclose(res["results"]["encoding"]["oracle"]["bps_pooled"],
+                      bps_pooled(truth["rates_KTN"][val], w.counts[val].astype(float)))
+    with pytest.raises(ValueError, match="expected 'test' or 'val'"):
+        ev.evaluate_run(str(out), str(corpus_dir), tasks=["encoding"], split="train")
+
+
 def test_eval_of_multi_session_run_needs_session(pretrained, corpus_dir, capsys):
     assert main(["eval", str(pretrained), "--data", str(corpus_dir), "--quiet"]) != 0
     assert "--session" in capsys.readouterr().err

@@ -365,7 +365,9 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
         tasks: names from :data:`TASKS` (list or comma-separated); None = all.
         session: the session to score; None = the run's only session.
         baselines: include the linear, RRR and oracle baselines.
-        split: only ``"test"``.
+        split: ``"test"`` (the headline) or ``"val"`` (for choosing settings: the val windows are
+            scored, and the baselines are fitted on train windows only, their penalties chosen on
+            the last eighth of them).
         min_rate_hz: units at or above this mean rate (train windows) enter the R² averages.
         rank: rank of the RRR baselines.
 
@@ -380,8 +382,9 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
     from spikefm.train.runinfo import load_run_config
 
     fam = get("neds")
-    if split != "test":
-        raise ValueError(f"NEDS runs are scored on their held-out test windows; got split {split!r}, expected 'test'")
+    if split not in ("test", "val"):
+        raise ValueError(f"NEDS runs are scored on their test (or, to choose settings, val) windows; got split "
+                         f"{split!r}, expected 'test' or 'val'")
     names = list(TASKS) if tasks is None else [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)
                                                if t.strip()]
     bad = [t for t in names if t not in TASKS]
@@ -405,9 +408,14 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
     arrays = {s: session_arrays(w, mods) for s, w in windows.items()}
     w, a = windows[session], arrays[session]
     idx = {s: w.indices(s) for s in ("train", "val", "test")}
+    num_windows = {k: int(v.size) for k, v in idx.items()}
+    if split == "val":  # score val; nothing fitted here sees it (the baselines' own val: train's last eighth)
+        tr = idx["train"]
+        cut = tr.size - max(1, tr.size // 8)
+        idx = {"train": tr[:cut], "val": tr[cut:], "test": idx["val"]}
     te = idx["test"]
     if te.size == 0:
-        raise ValueError(f"session {session!r} has no test windows; raise data.split_fractions' test share")
+        raise ValueError(f"session {session!r} has no {split} windows; raise data.split_fractions' {split} share")
     truth = _truth(corpus, w) if baselines else None
     cond = _conditions(a.labels_KJ[te])
     results: dict[str, Any] = {}
@@ -442,7 +450,7 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
     return {"family": "neds", "run_dir": str(run_dir), "corpus": str(corpus.path),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session, "tasks": names,
             "oracle": truth is not None, "rank": rank, "min_rate_hz": min_rate_hz,
-            "modalities": mods.to_json(), "num_windows": {k: int(v.size) for k, v in idx.items()},
+            "modalities": mods.to_json(), "num_windows": num_windows, "split": split,
             "results": results}
 
 

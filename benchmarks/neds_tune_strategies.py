@@ -1,0 +1,74 @@
+"""Choosing the NEDS fine-tuning strategy on VALIDATION windows (never test): one synthetic seed,
+the ``bench_neds.py`` recipe, ``spikefm finetune --strategy auto`` (which trains the ``frozen``,
+``full``, ``unfreeze`` and single-session ``scratch`` candidates), each candidate scored on the
+held-out session's val windows (``spikefm eval --split val``) beside the linear, RRR and oracle
+baselines fitted on train windows only.
+
+    python benchmarks/neds_tune_strategies.py --seed 1 --duration-s 1000 --work /tmp/neds_tune
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--duration-s", type=float, default=1000.0, help="session length (longer: more val windows)")
+    ap.add_argument("--work", type=Path, required=True, help="folder for data and runs (reused when present)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="JSON of every candidate's val scores")
+    args = ap.parse_args()
+
+    import torch
+
+    from spikefm import families
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.reader import Corpus
+    from spikefm.corpus.synth import synthesize
+    from spikefm.fileio import write_json_atomic
+
+    torch.set_num_threads(args.threads)
+    root = args.work
+    if not (root / "corpus" / "manifest.json").exists():
+        synthesize(root / "nwb", num_sessions=5, seed=args.seed, duration_s=args.duration_s, preset="ibl",
+                   region_tuning=1.0)
+        build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
+    corpus = str(root / "corpus")
+    *pre_ids, held = Corpus(corpus).session_ids()
+    overrides = ["data.window_bins=50", "data.pre_ms=200", "data.sessions=" + ",".join(pre_ids),
+                 "train.batch_size=16", "train.ckpt_every=0", "train.log_every=50", f"train.seed={args.seed}",
+                 "train.eval_every=0", "optim.lr=2e-3", "train.steps=600", "model.dropout=0.2"]
+    t0 = time.perf_counter()
+    if not (root / "pre" / "model.safetensors").exists():
+        families.train(families.run_config("neds", preset="tiny", corpus=corpus, overrides=overrides),
+                       root / "pre", progress=False)
+    if not (root / "ft" / "finetune.json").exists():
+        families.finetune(root / "pre", corpus, held, root / "ft", strategy="auto", steps=300, eval_every=50,
+                          patience=3)
+    summary = json.loads((root / "ft" / "finetune.json").read_text())
+    print(f"auto chose {summary['strategy']}; validation losses: "
+          + ", ".join(f"{k} {v['best_val_loss']:.4f}" for k, v in summary["candidates"].items())
+          + f", single-session {summary['single_session']['best_val_loss']:.4f}")
+    scores = {}
+    for name in ("frozen", "full", "unfreeze", "scratch"):
+        res = families.evaluate(root / "ft" / "candidates" / name, corpus, tasks=["encoding", "decoding"],
+                                split="val", baselines=name == "frozen")["results"]
+        scores[name] = res
+        for model, enc in res["encoding"].items():
+            dec = res["decoding"].get(model, {})
+            cells = [f"encoding bps {enc['bps_pooled']:.4f}"] + [
+                f"{t} {v['accuracy']:.3f}" if "accuracy" in v else f"{t} R2 {v['r2_single_trial']:.3f}"
+                for t, v in dec.items()]
+            print(f"{name if model == 'neds' else model:10s} " + "  ".join(cells))
+    if args.out:
+        write_json_atomic(args.out, {"seed": args.seed, "duration_s": args.duration_s, "split": "val",
+                                     "chosen": summary["strategy"], "finetune": summary, "scores": scores,
+                                     "wall_s": time.perf_counter() - t0})
+
+
+if __name__ == "__main__":
+    main()

@@ -138,6 +138,14 @@ def test_eval_cli_scores_encoding_decoding_region_with_baselines(finetuned, corp
     assert {"neds", "linear", "rrr", "oracle"} <= set(dec)
     assert "choice" in dec["neds"] and "wheel_speed" in dec["neds"]
     assert 0.0 <= dec["neds"]["choice"]["accuracy"] <= 1.0
+    # Small test sets: every accuracy carries its 95 % Wilson interval (scipy's, computed apart).
+    from scipy.stats import binomtest
+
+    for model in ("neds", "linear"):
+        c = dec[model]["choice"]
+        k = int(round(c["accuracy"] * c["n"]))
+        ci = binomtest(k, c["n"]).proportion_ci(confidence_level=0.95, method="wilson")
+        np.testing.assert_allclose(c["accuracy_ci95"], [ci.low, ci.high], atol=1e-6)
     region = res["results"]["region"]
     assert set(region) == {"embedding", "embedding_tuning", "firing_stats", "psth_counts"}
 

@@ -33,6 +33,7 @@ __all__ = [
     "r2_score_pooled",
     "decode_discrete",
     "decode_continuous",
+    "wilson_interval",
 ]
 
 _LN2 = math.log(2.0)
@@ -429,3 +430,14 @@ def decode_continuous(
     r2_per_target = np.array([r2_score_pooled(pred[:, d], Y2[:, d]) for d in range(Y2.shape[1])])
     return {"r2": r2_score_pooled(pred, Y2), "r2_per_target": r2_per_target,
             "alpha_": np.asarray(chosen)}
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (e.g. decoding accuracy on ``n`` windows);
+    ``(nan, nan)`` for ``n <= 0``."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))

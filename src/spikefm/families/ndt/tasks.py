@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from spikefm.eval.metrics import wilson_interval
 from spikefm.families.ndt.masking import mask_entries, scheme_id
 from spikefm.data.windows import SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
@@ -370,16 +371,6 @@ def _decode_features(features: dict[str, np.ndarray], y: np.ndarray, train: np.n
                 out[name] = {"accuracy": r["accuracy"], "balanced_accuracy": r["balanced_accuracy"],
                              "C": [float(c) for c in r["C_"]]}
     return out
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion (accuracy on ``n`` windows)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice", *, layer: int = -1,

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, r2_score_pooled
+from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, r2_score_pooled, wilson_interval
 
 __all__ = ["TASKS", "evaluate_run", "format_results", "run_windows", "neds_predict", "encoding_scores",
            "decoding_scores"]
@@ -177,9 +177,9 @@ def encoding_scores(rates_KTN: np.ndarray, counts_KTN: np.ndarray, cond_K: np.nd
 def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.ndarray], num_classes: dict[str, int],
                     beh_pred_KTC: np.ndarray | None, beh_true_KTC: np.ndarray | None, channels: Sequence[str],
                     cond_K: np.ndarray) -> dict:
-    """Per label: accuracy, balanced accuracy, chance (majority class of the test windows) and
-    balanced chance (1 / classes present); per channel: single-trial R² (pooled over bins) and
-    PSTH R²."""
+    """Per label: accuracy (with its 95 % Wilson interval: test sets are small), balanced accuracy,
+    chance (majority class of the test windows) and balanced chance (1 / classes present); per
+    channel: single-trial R² (pooled over bins) and PSTH R²."""
     from sklearn.metrics import balanced_accuracy_score
 
     out: dict[str, Any] = {}
@@ -189,7 +189,9 @@ def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.
             continue
         yt, yp = y[ok], label_pred[name][ok]
         present = np.unique(yt)
-        out[name] = {"accuracy": float(np.mean(yt == yp)), "balanced_accuracy": float(balanced_accuracy_score(yt, yp))
+        out[name] = {"accuracy": float(np.mean(yt == yp)),
+                     "accuracy_ci95": list(wilson_interval(int(np.sum(yt == yp)), int(yt.size))),
+                     "balanced_accuracy": float(balanced_accuracy_score(yt, yp))
                      if present.size > 1 else float("nan"),
                      "chance": float(np.bincount(yt).max() / yt.size), "chance_balanced": 1.0 / present.size,
                      "n": int(yt.size), "classes": int(num_classes[name])}

@@ -143,9 +143,9 @@ def family_of_run(run_dir: str | os.PathLike):
 def run_config(family: str, *, preset: str | None = None, corpus: str = "",
                overrides: Sequence[str] = (), protocol: str | None = None):
     """A RunConfig of ``family``: its preset (default: the protocol's, else the family's
-    ``default_preset()``, else its smallest), the
-    family's run defaults for that preset (``run_defaults(preset)``, e.g. a learning rate and step
-    count that work for it), the named ``protocol``'s settings, then ``section.key=value`` overrides, in that order."""
+    ``default_preset()``, else its smallest), the family's run defaults for that preset
+    (``run_defaults(preset)``, e.g. a learning rate and step count that work for it), the named
+    ``protocol``'s settings, then ``section.key=value`` overrides, in that order."""
     from spikefm.train.config import RunConfig, apply_overrides
 
     fam = get(family)

@@ -43,11 +43,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from spikefm.eval.metrics import wilson_interval
 from spikefm.families.ndt.masking import mask_entries, scheme_id
 from spikefm.data.windows import SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
-from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, decode_discrete
+from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, decode_discrete, wilson_interval
 from spikefm.fileio import savez_atomic
 
 __all__ = [

@@ -189,8 +189,8 @@ def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.
             continue
         yt, yp = y[ok], label_pred[name][ok]
         present = np.unique(yt)
-        out[name] = {"accuracy": float(np.mean(yt == yp)),
-                     "accuracy_ci95": list(wilson_interval(int(np.sum(yt == yp)), int(yt.size))),
+        hits = int(np.sum(yt == yp))
+        out[name] = {"accuracy": hits / yt.size, "accuracy_ci95": list(wilson_interval(hits, int(yt.size))),
                      "balanced_accuracy": float(balanced_accuracy_score(yt, yp))
                      if present.size > 1 else float("nan"),
                      "chance": float(np.bincount(yt).max() / yt.size), "chance_balanced": 1.0 / present.size,

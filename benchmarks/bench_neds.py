@@ -72,7 +72,7 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
 
     root = tmp / f"seed{seed}"
     synthesize(root / "nwb", num_sessions=args.sessions, seed=seed, duration_s=args.duration_s, preset="ibl",
-               region_tuning=args.region_tuning)
+               region_tuning=args.region_tuning, choice_signal=args.choice_signal)
     build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
     corpus = str(root / "corpus")
     *pre_ids, held = Corpus(corpus).session_ids()  # the last session is held out of pretraining
@@ -170,6 +170,8 @@ def main():
     ap.add_argument("--rank", type=int, default=3)
     ap.add_argument("--region-tuning", type=float, default=1.0,
                     help="spikefm.corpus.synth region_tuning: a region-specific mean readout")
+    ap.add_argument("--choice-signal", type=float, default=1.0,
+                    help="spikefm.corpus.synth choice_signal: amplitude of the choice latent")
     ap.add_argument("--neds-set", action="append", default=["model.dropout=0.2"], metavar="KEY=VALUE",
                     help="extra overrides of the NEDS runs, e.g. model.dropout=0.2 (repeatable)")
     ap.add_argument("--threads", type=int, default=1)

@@ -19,6 +19,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duration-s", type=float, default=1000.0, help="session length (longer: more val windows)")
     ap.add_argument("--work", type=Path, required=True, help="folder for data and runs (reused when present)")
+    ap.add_argument("--choice-signal", type=float, default=1.0,
+                    help="spikefm.corpus.synth choice_signal (amplitude of the choice latent)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON of every candidate's val scores")
     args = ap.parse_args()
@@ -35,7 +37,7 @@ def main() -> None:
     root = args.work
     if not (root / "corpus" / "manifest.json").exists():
         synthesize(root / "nwb", num_sessions=5, seed=args.seed, duration_s=args.duration_s, preset="ibl",
-                   region_tuning=1.0)
+                   region_tuning=1.0, choice_signal=args.choice_signal)
         build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
     corpus = str(root / "corpus")
     *pre_ids, held = Corpus(corpus).session_ids()

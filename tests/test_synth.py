@@ -316,6 +316,38 @@ def test_choice_is_decodable_from_spikes(tmp_path):
     assert acc > max(0.75, majority + 0.1)
 
 
+def test_choice_signal_scales_only_the_choice_latent_and_its_decodability(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    kw = dict(num_sessions=1, seed=4, preset="ibl", duration_s=240.0)
+    (p1,) = synth.synthesize(tmp_path / "full", **kw)
+    (p0,) = synth.synthesize(tmp_path / "none", choice_signal=0.0, **kw)
+    (ph,) = synth.synthesize(tmp_path / "half", choice_signal=0.5, **kw)
+    t1, t0, th = (synth.load_truth(p) for p in (p1, p0, ph))
+    c = list(t1["latent_names"]).index("choice")
+    assert np.abs(t1["latents"][:, c]).max() > 0.5
+    np.testing.assert_allclose(th["latents"][:, c], 0.5 * t1["latents"][:, c])
+    assert not np.any(t0["latents"][:, c])
+    others = np.arange(t1["latents"].shape[1]) != c
+    assert np.array_equal(t1["latents"][:, others], t0["latents"][:, others])  # same draws otherwise
+    accs = {}
+    for name, p in (("full", p1), ("none", p0)):
+        _, spikes, trials = read(p)
+        assert np.array_equal(trials.choice.values, read(p1)[2].choice.values)
+        counts = histogram_counts(spikes, t1["expected_counts"].shape[1])
+        bins = (trials.first_movement_time.values / 0.02).astype(int)
+        X = np.log1p(np.stack([counts[:, b - 10:b + 15].sum(axis=1) for b in bins]))
+        y = trials.choice.values
+        accs[name] = cross_val_score(LogisticRegression(C=0.1, max_iter=2000), X, y, cv=5).mean()
+    majority = max(np.mean(y == 1), np.mean(y == -1))
+    assert accs["full"] > max(0.75, majority + 0.1)
+    assert accs["none"] < majority + 0.1  # nothing in the spikes tells the choice apart
+    with pytest.raises(ValueError, match="choice_signal"):
+        synth.synthesize(tmp_path / "bad", num_sessions=1, duration_s=20.0, choice_signal=float("nan"))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_hand_velocity_is_decodable_from_spikes(written):
     from sklearn.linear_model import Ridge
     from sklearn.model_selection import cross_val_predict

@@ -145,6 +145,7 @@ def synthesize(
     units_range: tuple[int, int] = UNITS_RANGE,
     progress: bool = False,
     region_tuning: float = 0.0,
+    choice_signal: float = 1.0,
 ) -> list[pathlib.Path]:
     """Write ``num_sessions`` synthetic NWB recordings and their truth files under ``out_dir``.
 
@@ -172,6 +173,13 @@ def synthesize(
             once per region from ``(seed, region)`` and shared by every session, so units of one
             region share a tuning direction (linearly decodable ground truth for region
             classification). ``m_r`` is stored in the truth file as ``region_mean_loadings``.
+        choice_signal: ``ibl`` only: amplitude of the choice latent (the neural correlate of the
+            animal's actual choice, +-``choice_signal`` around the first movement); 1.0, the default,
+            leaves the output exactly as without it. Every unit's modulation depth is normalised
+            afterwards, so a smaller value gives the choice a smaller share of each unit's
+            modulation: choice is then decodable from spikes on fewer trials (at 1.0 a linear
+            decoder on a session of 100+ units is close to 100 % correct, well above real IBL
+            recordings). The wheel's sign follows the choice, so signed wheel decoding is harder too.
 
     Returns:
         The written ``.nwb`` paths, sorted.
@@ -184,6 +192,10 @@ def synthesize(
     if isinstance(region_tuning, bool) or not isinstance(region_tuning, (int, float)) \
             or not math.isfinite(region_tuning) or region_tuning < 0:
         raise ValueError(f"region_tuning must be a finite number >= 0, got {region_tuning!r}")
+    if isinstance(choice_signal, bool) or not isinstance(choice_signal, (int, float)) \
+            or not math.isfinite(choice_signal) or choice_signal < 0:
+        raise ValueError(f"choice_signal must be a finite number >= 0, got {choice_signal!r}; "
+                         "1.0 is the default strength")
     num_bins = int(round(float(duration_s) * 1000.0 / BIN_MS))
     if units_range[1] * num_bins > MAX_SESSION_CELLS:
         raise ValueError(
@@ -208,7 +220,8 @@ def synthesize(
         nwb_path.parent.mkdir(parents=True, exist_ok=True)
         ses = _simulate_session(
             families[i % num_families], num_bins, np.random.default_rng(session_seeds[i]),
-            tuple(units_range), region_tuning=float(region_tuning), seed=int(seed)
+            tuple(units_range), region_tuning=float(region_tuning), seed=int(seed),
+            choice_signal=float(choice_signal),
         )
         meta = dict(
             session_id=stem, subject_id=subject_id, preset=preset, seed=int(seed),
@@ -655,7 +668,7 @@ def _trial_starts(duration_s: float, rng: np.random.Generator) -> tuple[np.ndarr
     return bounds[:num_trials], bounds[1:num_trials + 1]
 
 
-def _ibl_task(fam, num_bins, duration_s, rng, state, state_names):
+def _ibl_task(fam, num_bins, duration_s, rng, state, state_names, choice_signal: float = 1.0):
     p = fam.params
     start, stop = _trial_starts(duration_s, rng)
     n = len(start)
@@ -695,7 +708,7 @@ def _ibl_task(fam, num_bins, duration_s, rng, state, state_names):
     centers = (np.arange(num_bins) + 0.5) * _BIN_S
     z = {
         "stim": _event_latent(num_bins, stim_on, 2.0 * np.sqrt(contrast) + 0.1, fam.kernels["stim"]),
-        "choice": _event_latent(num_bins, move, 1.0 * choice, fam.kernels["choice"]),
+        "choice": _event_latent(num_bins, move, choice_signal * choice, fam.kernels["choice"]),
         "move": np.abs(wheel(centers + p["move_lead_s"])) / 4.0,
         "reward": _event_latent(num_bins, feedback, 2 * reward - 1.0, fam.kernels["reward"]),
     }
@@ -800,13 +813,13 @@ def _region_mean(seed: int, region: str, num_latents: int) -> np.ndarray:
 
 def _simulate_session(fam: _Family, num_bins: int, rng: np.random.Generator,
                       units_range: tuple[int, int] = UNITS_RANGE, *, region_tuning: float = 0.0,
-                      seed: int = 0) -> _Session:
+                      seed: int = 0, choice_signal: float = 1.0) -> _Session:
     preset = fam.preset
     duration_s = num_bins * _BIN_S
     state = _simulate_var(fam, num_bins, rng)
     if preset == "ibl":
         task, trials, blocks, behavior = _ibl_task(
-            fam, num_bins, duration_s, rng, state, fam.state_names
+            fam, num_bins, duration_s, rng, state, fam.state_names, choice_signal=choice_signal
         )
     elif preset == "motor":
         task, trials, blocks, behavior = _motor_task(fam, num_bins, duration_s, rng)

@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+#: Floor of the mean count per bin behind :meth:`SessionWindows.train_log_rates` (a unit silent in
+#: every train window would otherwise start at log 0 = -inf).
+MIN_INIT_RATE = 1e-3
 #: A trial column becomes a label when it has between 2 and this many distinct values.
 MAX_LABEL_VALUES = 10
 _SPLITS_FORMAT_VERSION = 1
@@ -131,6 +134,17 @@ class SessionWindows:
             if s not in SPLIT_NAMES:
                 raise ValueError(f"split must be one of {SPLIT_NAMES} (or None for all), got {s!r}")
         return np.flatnonzero(np.isin(self.split, names)).astype(np.int64)
+
+    def train_log_rates(self) -> np.ndarray | None:
+        """(N,) float64 log of each unit's mean count per bin over the train windows, floored at
+        :data:`MIN_INIT_RATE`; None when the session has no train windows. The masked families
+        start a new session's read-out bias here, so their first steps are not spent finding
+        firing rates."""
+        train = self.indices("train")
+        if train.size == 0:
+            return None
+        mean_N = np.asarray(self.counts[train], dtype=np.float64).reshape(-1, self.num_units).mean(axis=0)
+        return np.log(np.maximum(mean_N, MIN_INIT_RATE))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -465,13 +464,9 @@ class NDTFamily:
         return format_benchmark_table({name: r.get("results", r) for name, r in results_by_run.items()})
 
 
-#: Floor of the mean count per bin that sets a unit's initial log rate (a unit silent in every train
-#: window would otherwise start at log 0 = -inf).
-MIN_INIT_RATE = 1e-3
-
-
 def init_session_rates(model: NDT, windows_by_session: dict, *, loaded: Sequence[str] = ()) -> list[str]:
-    """Set each session's read-out bias to log(mean count per bin) of its units on its train windows.
+    """Set each session's read-out bias to log(mean count per bin) of its units on its train windows
+    (:meth:`~spikefm.data.windows.SessionWindows.train_log_rates`).
 
     Args:
         model: an NDT whose sessions include those of ``windows_by_session``.
@@ -493,17 +488,16 @@ def init_session_rates(model: NDT, windows_by_session: dict, *, loaded: Sequence
         key = session_key(sid)
         if f"sessions.{key}.read_out.bias" in loaded:
             continue
-        train = np.asarray(w.counts)[np.asarray(w.split) == "train"]
-        if train.size == 0:
+        log_rate_N = w.train_log_rates()
+        if log_rate_N is None:
             continue
-        mean_N = train.reshape(-1, train.shape[-1]).astype(np.float64).mean(axis=0)
-        n = mean_N.shape[0]
+        n = log_rate_N.shape[0]
         if n > units[sid]:  # fewer is fine: a firing-rate filter keeps the first n columns in use
             raise ValueError(f"session {sid!r}: the model has {units[sid]} units, its windows {n}; "
                              "build the model from the same corpus and data config")
         bias = model.sessions[key].read_out.bias
         with torch.no_grad():
-            bias[:n] = torch.as_tensor(np.log(np.maximum(mean_N, MIN_INIT_RATE)), dtype=bias.dtype)
+            bias[:n] = torch.as_tensor(log_rate_N, dtype=bias.dtype)
         done.append(sid)
     return done
 

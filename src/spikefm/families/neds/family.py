@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -267,16 +266,16 @@ class NEDSFamily:
         data = self._data
         if data is None:
             return
-        # Each unit's read-out bias starts at its log mean count on the train windows, so the
-        # first steps are not spent learning firing rates (a rate of 1 spike per bin, exp(0),
-        # is ~10x too high for 20 ms bins).
+        # Each unit's read-out bias starts at its log mean count on the train windows (as in the
+        # NDT), so the first steps are not spent learning firing rates (a rate of 1 spike per bin,
+        # exp(0), is ~10x too high for 20 ms bins).
         windows, _, _ = self.prepared(data)
         with torch.no_grad():
             for sid, w in windows.items():
-                if sid in model.session_units:
-                    tr = w.indices("train")
-                    mean = w.counts[tr].reshape(-1, w.num_units).mean(0) if tr.size else np.full(w.num_units, 0.1)
-                    model.stitcher(sid).read_out.bias.copy_(torch.as_tensor(np.log(mean + 1e-3)))
+                log_rate_N = w.train_log_rates() if sid in model.session_units else None
+                if log_rate_N is not None:
+                    bias = model.stitcher(sid).read_out.bias
+                    bias.copy_(torch.as_tensor(log_rate_N, dtype=bias.dtype))
         if not data.init_from:
             return
         load_pretrained_core(model, data.init_from)

@@ -19,6 +19,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duration-s", type=float, default=1000.0, help="session length (longer: more val windows)")
     ap.add_argument("--work", type=Path, required=True, help="folder for data and runs (reused when present)")
+    ap.add_argument("--sessions", type=int, default=5, help="synthetic sessions (the last is held out)")
+    ap.add_argument("--steps", type=int, default=600, help="pretraining steps")
     ap.add_argument("--choice-signal", type=float, default=1.0,
                     help="spikefm.corpus.synth choice_signal (amplitude of the choice latent)")
     ap.add_argument("--threads", type=int, default=1)
@@ -36,14 +38,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     root = args.work
     if not (root / "corpus" / "manifest.json").exists():
-        synthesize(root / "nwb", num_sessions=5, seed=args.seed, duration_s=args.duration_s, preset="ibl",
+        synthesize(root / "nwb", num_sessions=args.sessions, seed=args.seed, duration_s=args.duration_s, preset="ibl",
                    region_tuning=1.0, choice_signal=args.choice_signal)
         build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
     corpus = str(root / "corpus")
     *pre_ids, held = Corpus(corpus).session_ids()
     overrides = ["data.window_bins=50", "data.pre_ms=200", "data.sessions=" + ",".join(pre_ids),
                  "train.batch_size=16", "train.ckpt_every=0", "train.log_every=50", f"train.seed={args.seed}",
-                 "train.eval_every=0", "optim.lr=2e-3", "train.steps=600", "model.dropout=0.2"]
+                 "train.eval_every=0", "optim.lr=2e-3", f"train.steps={args.steps}", "model.dropout=0.2"]
     t0 = time.perf_counter()
     if not (root / "pre" / "model.safetensors").exists():
         families.train(families.run_config("neds", preset="tiny", corpus=corpus, overrides=overrides),
@@ -67,7 +69,8 @@ def main() -> None:
                 for t, v in dec.items()]
             print(f"{name if model == 'neds' else model:10s} " + "  ".join(cells))
     if args.out:
-        write_json_atomic(args.out, {"seed": args.seed, "duration_s": args.duration_s, "split": "val",
+        write_json_atomic(args.out, {"seed": args.seed, "duration_s": args.duration_s, "sessions": args.sessions,
+                                     "steps": args.steps, "choice_signal": args.choice_signal, "split": "val",
                                      "chosen": summary["strategy"], "finetune": summary, "scores": scores,
                                      "wall_s": time.perf_counter() - t0})
 

@@ -153,9 +153,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="2,3,4")
     ap.add_argument("--sessions", type=int, default=5)
-    ap.add_argument("--duration-s", type=float, default=500.0)
+    ap.add_argument("--duration-s", type=float, default=1000.0)
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--finetune-steps", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--patience", type=int, default=3)
@@ -170,7 +170,7 @@ def main():
     ap.add_argument("--rank", type=int, default=3)
     ap.add_argument("--region-tuning", type=float, default=1.0,
                     help="spikefm.corpus.synth region_tuning: a region-specific mean readout")
-    ap.add_argument("--choice-signal", type=float, default=1.0,
+    ap.add_argument("--choice-signal", type=float, default=0.5,
                     help="spikefm.corpus.synth choice_signal: amplitude of the choice latent")
     ap.add_argument("--neds-set", action="append", default=["model.dropout=0.2"], metavar="KEY=VALUE",
                     help="extra overrides of the NEDS runs, e.g. model.dropout=0.2 (repeatable)")

@@ -92,6 +92,26 @@ def test_synth_writes_what_the_python_api_writes(data, tmp_path, capsys):
         assert ta.files == tb.files and all(np.array_equal(ta[k], tb[k]) for k in ta.files)
 
 
+def test_synth_region_tuning_and_choice_signal_flags_reach_the_generator(tmp_path, capsys):
+    from spikefm.corpus.synth import load_truth, synthesize
+
+    assert main(["synth", str(tmp_path / "cli"), "--sessions", "1", "--seed", "3", "--duration-s", "12",
+                 "--units", "20,22", "--region-tuning", "1", "--choice-signal", "0.5", "--quiet"]) == 0
+    (p,) = synthesize(tmp_path / "api", num_sessions=1, seed=3, duration_s=12.0, units_range=(20, 22),
+                      region_tuning=1.0, choice_signal=0.5)
+    (plain,) = synthesize(tmp_path / "plain", num_sessions=1, seed=3, duration_s=12.0, units_range=(20, 22))
+    cli, api, base = (load_truth(x) for x in (Path(str(p).replace("/api/", "/cli/")), p, plain))
+    assert all(np.array_equal(cli[k], api[k]) for k in api) and "region_mean_loadings" in cli
+    c = list(base["latent_names"]).index("choice")
+    np.testing.assert_allclose(cli["latents"][:, c], 0.5 * base["latents"][:, c])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["synth", str(tmp_path / "bad"), "--choice-signal", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--choice-signal" in err and "expected a number >= 0, got '-1'" in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_corpus_info_numbers_are_the_corpus_numbers(data, capsys):
     from spikefm.corpus.info import corpus_info, format_info
 

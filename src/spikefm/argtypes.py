@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_int", "positive_int_at_most", "finite_float", "positive_float", "fraction", "int_list", "units_range"]
+__all__ = ["positive_int", "positive_int_at_most", "finite_float", "positive_float", "nonnegative_float", "fraction",
+           "int_list", "units_range"]
 
 
 def positive_int(text: str) -> int:
@@ -49,6 +50,13 @@ def positive_float(text: str) -> float:
     value = _number(text, "a positive number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = _number(text, "a number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
 

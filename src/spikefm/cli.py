@@ -10,6 +10,7 @@ from pathlib import Path
 from spikefm.argtypes import finite_float as _finite_float  # noqa: F401  (used by parsers below)
 from spikefm.argtypes import fraction as _fraction
 from spikefm.argtypes import int_list as _int_list
+from spikefm.argtypes import nonnegative_float as _nonnegative_float
 from spikefm.argtypes import positive_float as _positive_float
 from spikefm.argtypes import positive_int as _positive_int
 from spikefm.argtypes import positive_int_at_most as _positive_int_at_most
@@ -26,6 +27,7 @@ def cmd_synth(args) -> int:
     paths = synthesize(args.out_dir, num_sessions=args.sessions, seed=args.seed,
                        preset=args.preset, num_families=args.families,
                        duration_s=args.duration_s, units_range=args.units,
+                       region_tuning=args.region_tuning, choice_signal=args.choice_signal,
                        progress=not args.quiet)
     print(f"wrote {len(paths)} NWB files (+ .truth.npz ground truth) under {args.out_dir}")
     for p in paths:
@@ -298,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration-s", type=float, default=300.0, help="length of each session")
     s.add_argument("--units", type=_units_range, default=(40, 200), metavar="MIN,MAX",
                    help="units per session, drawn uniformly (default 40,200)")
+    s.add_argument("--region-tuning", type=_nonnegative_float, default=0.0, metavar="A",
+                   help="strength of a region-specific mean readout shared by the sessions (0, the "
+                        "default, leaves the output unchanged; the NEDS benchmark uses 1)")
+    s.add_argument("--choice-signal", type=_nonnegative_float, default=1.0, metavar="C",
+                   help="ibl: amplitude of the choice latent (1.0, the default, leaves the output "
+                        "unchanged; the NEDS benchmark uses 0.5, where a linear decoder is ~80%% correct)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
 

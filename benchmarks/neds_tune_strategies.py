@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600, help="pretraining steps")
     ap.add_argument("--choice-signal", type=float, default=1.0,
                     help="spikefm.corpus.synth choice_signal (amplitude of the choice latent)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="extra overrides of the pretraining run, e.g. data.label_weight=5 (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON of every candidate's val scores")
     args = ap.parse_args()
@@ -45,7 +47,8 @@ def main() -> None:
     *pre_ids, held = Corpus(corpus).session_ids()
     overrides = ["data.window_bins=50", "data.pre_ms=200", "data.sessions=" + ",".join(pre_ids),
                  "train.batch_size=16", "train.ckpt_every=0", "train.log_every=50", f"train.seed={args.seed}",
-                 "train.eval_every=0", "optim.lr=2e-3", f"train.steps={args.steps}", "model.dropout=0.2"]
+                 "train.eval_every=0", "optim.lr=2e-3", f"train.steps={args.steps}", "model.dropout=0.2",
+                 *args.overrides]
     t0 = time.perf_counter()
     if not (root / "pre" / "model.safetensors").exists():
         families.train(families.run_config("neds", preset="tiny", corpus=corpus, overrides=overrides),
@@ -70,7 +73,8 @@ def main() -> None:
             print(f"{name if model == 'neds' else model:10s} " + "  ".join(cells))
     if args.out:
         write_json_atomic(args.out, {"seed": args.seed, "duration_s": args.duration_s, "sessions": args.sessions,
-                                     "steps": args.steps, "choice_signal": args.choice_signal, "split": "val",
+                                     "steps": args.steps, "choice_signal": args.choice_signal,
+                                     "overrides": args.overrides, "split": "val",
                                      "chosen": summary["strategy"], "finetune": summary, "scores": scores,
                                      "wall_s": time.perf_counter() - t0})
 

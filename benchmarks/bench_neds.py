@@ -1,9 +1,10 @@
 """Benchmark: NEDS encoding and decoding on synthetic IBL-like sessions, several seeds.
 
-Per seed: ``spikefm synth`` (ibl preset) -> corpus with one session held out -> NEDS pretrained on
-the others -> fine-tuned to the held-out session (strategy ``--strategy``, default ``frozen``: new
-session read-in / read-out on the frozen core, early stopping on its validation windows) and,
-beside it, the single-session NEDS trained on that session alone (same settings, from scratch).
+Per seed: ``spikefm synth`` (ibl preset, ``--region-tuning 1 --choice-signal 0.5``) -> corpus with
+one session held out -> NEDS pretrained on the others -> fine-tuned to the held-out session
+(strategy ``--strategy``, default ``auto``: the ``frozen``, ``full`` and ``unfreeze`` candidates
+with early stopping on its validation windows, the lowest validation loss kept) and, beside it,
+the single-session NEDS trained on that session alone (same settings, from scratch).
 Both are scored by ``spikefm eval`` (the NEDS evaluation) on the held-out session's test windows,
 with the linear, reduced-rank (RRR) and oracle baselines on the same splits. The masked NDT gets
 the same pretraining, is fine-tuned with ``--ndt-strategy`` (``full``) and scored on its own

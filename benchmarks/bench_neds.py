@@ -77,7 +77,7 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     from spikefm.corpus.synth import synthesize
 
     root = tmp / f"seed{seed}"
-    synthesize(root / "nwb", num_sessions=args.sessions, seed=seed, duration_s=args.duration_s, preset="ibl",
+    synthesize(root / "nwb", num_sessions=args.sessions, seed=seed, duration_s=args.duration_s, preset=args.synth_preset,
                region_tuning=args.region_tuning, choice_signal=args.choice_signal)
     build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
     corpus = str(root / "corpus")
@@ -111,7 +111,8 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     pre_sessions = list(json.loads((root / "neds_pre" / "config.json").read_text())["family_info"]["sessions"])
     region = families.evaluate(root / "neds_pre", corpus, tasks=["region"], session=pre_sessions[0],
                                baselines=False)["results"]["region"]
-    ndt = families.evaluate(runs["ndt"], corpus, tasks=["choice-decoding", "behavior-decoding"])["results"]
+    label = "choice" if args.synth_preset == "ibl" else "target_angle"  # the task's per-trial label
+    ndt = families.evaluate(runs["ndt"], corpus, tasks=[f"{label}-decoding", "behavior-decoding"])["results"]
     res = {"held_out_session": held, "neds_strategy": chosen, "encoding": {}, "decoding": {}, "region": region,
            "throughput_windows_per_s": timing}
     res["encoding"] = {"neds_finetuned": ft["encoding"]["neds"], "neds_single_session": single["encoding"]["neds"],
@@ -158,6 +159,9 @@ def _ndt_decoding(ndt_results: dict) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="2,3,4")
+    ap.add_argument("--synth-preset", choices=["ibl", "motor"], default="ibl",
+                    help="synthetic task: ibl (choice, block, wheel, whisker) or motor (reach target, "
+                         "hand velocity); the recipe was chosen on ibl")
     ap.add_argument("--sessions", type=int, default=5)
     ap.add_argument("--duration-s", type=float, default=1000.0)
     ap.add_argument("--preset", default="tiny")

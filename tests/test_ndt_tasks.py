@@ -392,3 +392,31 @@ def test_format_benchmark_table_has_every_column():
                                f"{cs['oracle']['bps_pooled']:.4f}"]
     with pytest.raises(ValueError, match="empty"):
         format_benchmark_table({})
+
+
+def test_train_fitted_null_is_floored_where_a_neuron_never_fired_in_train_and_val():
+    """A neuron silent in a chunk's bins in every train and val window but firing there in a test
+    window: the unfloored null has rate 0 where a spike occurred (log-likelihood -inf, score inf).
+    The score uses the models' rate floor instead and stays finite."""
+    from scipy.stats import poisson
+
+    from spikefm.data.windows import MIN_INIT_RATE
+
+    w = synthetic_windows(K=25, seed=7)
+    s0 = EVENT_BIN
+    sl = slice(s0, s0 + 10)
+    fit = np.flatnonzero(w.split != "test")
+    test = np.flatnonzero(w.split == "test")
+    w.counts[fit, sl, 0] = 0
+    w.counts[test[0], s0 + 2, 0] = 3
+    model = tiny_ndt(w)
+    res = run_benchmark(model, w, tasks=["forward-prediction-walk"], baselines=False)
+    chunk = res["tasks"]["forward-prediction-walk"]["chunks"][0]
+    assert chunk["start_bin"] == s0 and np.isfinite(chunk["model_vs_train_null"]["bps_pooled"])
+    pred = forward_prediction_walk(model, w)
+    r, k = pred.rates[:, sl], pred.counts[:, sl]
+    null_N = w.counts[fit, sl].mean(axis=(0, 1))
+    assert null_N[0] == 0
+    null_N[0] = MIN_INIT_RATE
+    gain = (poisson.logpmf(k, r) - poisson.logpmf(k, np.broadcast_to(null_N, k.shape))).sum()
+    assert chunk["model_vs_train_null"]["bps_pooled"] == pytest.approx(gain / (np.log(2) * k.sum()), rel=1e-9)

@@ -133,6 +133,32 @@ def test_results_json_numbers_nonfinite_values_and_offline_html(tmp_path, capsys
     assert "session has 1 region(s)" in text  # skipped tasks are listed
 
 
+def test_walk_chunk_table_shows_both_nulls_and_the_oracle(tmp_path):
+    def walk(shift):
+        chunks = [{"start_bin": s, "end_bin": s + 10, "model": {"bps_pooled": 0.01 * i - shift},
+                   "model_vs_train_null": {"bps_pooled": 0.02 * i + 0.003 - shift},
+                   "oracle": {"bps_pooled": 0.3 + 0.01 * i}} for i, s in enumerate((25, 35, 45))]
+        bench = _bench(0.2)
+        bench["tasks"]["forward-prediction-walk"] = {
+            "model": {"bps_pooled": 0.1 - shift, "bps_per_neuron_mean": 0.05}, "num_evaluated": 600,
+            "chunks": chunks}
+        return bench
+
+    obj = {"fine-tuned": walk(0.0), "single-session": walk(0.1)}
+    path = tmp_path / "results_ndt.json"
+    path.write_text(json.dumps(obj))
+    text = build_report(path).html()
+    parsed = _parse(text)
+    cells = {c[1]: c[3] for c in parsed.cells}
+    for name in obj:
+        for i, chunk in enumerate(obj[name]["tasks"]["forward-prediction-walk"]["chunks"]):
+            base = f"/{name}/tasks/forward-prediction-walk/chunks/{i}"
+            assert cells[f"{base}/model/bps_pooled"] == f"{chunk['model']['bps_pooled']:.4f}"
+            assert cells[f"{base}/model_vs_train_null/bps_pooled"] == f"{chunk['model_vs_train_null']['bps_pooled']:.4f}"
+    assert cells["/fine-tuned/tasks/forward-prediction-walk/chunks/2/oracle/bps_pooled"] == "0.3200"
+    assert "fine-tuned (train-fitted null)" in text
+
+
 def test_generic_study_curves_and_ranking(tmp_path):
     study = {"study": "scaling", "command": "spikefm experiment scaling", "num_runs": 3,
              "curves": [{"name": "loss vs tokens", "x": [1e6, 1e7, 1e8], "y": [1.0, 0.8, 0.65],

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from spikefm.families.ndt.masking import mask_entries, scheme_id
-from spikefm.data.windows import SessionWindows
+from spikefm.data.windows import MIN_INIT_RATE, SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, decode_discrete, wilson_interval
 from spikefm.fileio import savez_atomic
@@ -616,7 +616,10 @@ def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward
     model can score below 0 there while beating every rate learned from other trials.
     ``model_vs_train_null`` scores the same predictions against each neuron's mean count in the
     same bins of the train and val windows (what the model was fitted and selected on): an
-    out-of-sample null, the time-locked mean rate of the chunk."""
+    out-of-sample null, the time-locked mean rate of the chunk, floored at
+    :data:`~spikefm.data.windows.MIN_INIT_RATE` (the floor the models' rates start from) so a neuron
+    silent in those bins of every train window but firing in a test window gives a finite score,
+    not ``inf``."""
     T = windows.num_bins
     if task == "forward-prediction":
         starts = [T - forward_bins]
@@ -628,7 +631,7 @@ def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward
         sl = slice(s0, min(s0 + forward_bins, T))
         chunk = {"start_bin": s0, "end_bin": sl.stop, "model": _bps(pred.rates[:, sl], pred.counts[:, sl])}
         if fit.size:
-            null_N = windows.counts[fit, sl].astype(np.float64).mean(axis=(0, 1))
+            null_N = np.maximum(windows.counts[fit, sl].astype(np.float64).mean(axis=(0, 1)), MIN_INIT_RATE)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 chunk["model_vs_train_null"] = {

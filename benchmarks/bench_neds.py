@@ -6,7 +6,9 @@ one session held out -> NEDS pretrained on the others -> fine-tuned to the held-
 with early stopping on its validation windows, the lowest validation loss kept) and, beside it,
 the single-session NEDS trained on that session alone (same settings, from scratch).
 Both are scored by ``spikefm eval`` (the NEDS evaluation) on the held-out session's test windows,
-with the linear, reduced-rank (RRR) and oracle baselines on the same splits. The masked NDT gets
+with the linear, reduced-rank (RRR) and oracle baselines on the same splits. Decoding reports two
+read-outs of the fine-tuned NEDS: its own heads (``neds_finetuned``) and linear decoders of its
+hidden states fitted on the train and val windows like the linear baseline (``neds_finetuned_probe``). The masked NDT gets
 the same pretraining, is fine-tuned with ``--ndt-strategy`` (``full``) and scored on its own
 decoding tasks on the same test windows (choice and behaviour decoded from its hidden states);
 region classification is scored on the pretrained NEDS's sessions. Throughput (training
@@ -117,8 +119,10 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
            "throughput_windows_per_s": timing}
     res["encoding"] = {"neds_finetuned": ft["encoding"]["neds"], "neds_single_session": single["encoding"]["neds"],
                        **{k: v for k, v in ft["encoding"].items() if k != "neds"}}
-    res["decoding"] = {"neds_finetuned": ft["decoding"]["neds"], "neds_single_session": single["decoding"]["neds"],
-                       **{k: v for k, v in ft["decoding"].items() if k != "neds"}}
+    res["decoding"] = {"neds_finetuned": ft["decoding"]["neds"],
+                       "neds_finetuned_probe": ft["decoding"]["neds_probe"],
+                       "neds_single_session": single["decoding"]["neds"],
+                       **{k: v for k, v in ft["decoding"].items() if k not in ("neds", "neds_probe")}}
     res["decoding"]["ndt"] = _ndt_decoding(ndt)
     res["ndt_raw"] = ndt
     return res

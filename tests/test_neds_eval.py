@@ -128,3 +128,30 @@ def test_synth_region_tuning_gives_linearly_decodable_regions_and_keeps_the_rest
     assert scores["tuned"] > 0.8 and scores["tuned"] > scores["plain"] + 0.2
     with pytest.raises(ValueError, match="region_tuning"):
         synthesize(tmp_path / "c", num_sessions=1, duration_s=20.0, region_tuning=-1.0)
+
+
+def test_hidden_state_probe_reads_labels_and_channels_from_the_fit_windows_only():
+    """``neds_probe``: a label carried by the mean state of one stretch of the window and a
+    channel that is a linear map of the state at the same bin are both recovered; the test
+    windows' labels and behaviour never enter the fit (scrambling them changes nothing)."""
+    from types import SimpleNamespace
+
+    from spikefm.families.neds.evaluate import neds_probe
+
+    rng = np.random.default_rng(0)
+    K, T, D = 160, 20, 6
+    y = rng.integers(0, 2, size=K)
+    h = rng.normal(size=(K, T, D))
+    h[:, 8:12, 2] += np.where(y == 1, 1.5, -1.5)[:, None]  # the label lives in bins 8-11 of dim 2
+    beh = (h @ np.array([0.5, -1.0, 0.0, 0.3, 0.0, 0.0]))[..., None]  # (K, T, 1)
+    mods = SimpleNamespace(labels=[("choice", [-1, 1])], channels=["wheel"])
+    fit, te = np.arange(120), np.arange(120, K)
+    a = SimpleNamespace(labels_KJ=y[:, None].copy(), behavior_KTC=beh.copy())
+    res = neds_probe(h, a, fit, te, mods)
+    assert np.mean(res["labels"]["choice"] == y[te]) >= 0.95
+    assert _r2(res["behavior_KTC"].reshape(-1), beh[te].reshape(-1)) > 0.99
+    a.labels_KJ[te] = 1 - a.labels_KJ[te]
+    a.behavior_KTC[te] = rng.normal(size=a.behavior_KTC[te].shape)
+    again = neds_probe(h, a, fit, te, mods)
+    np.testing.assert_array_equal(again["labels"]["choice"], res["labels"]["choice"])
+    np.testing.assert_array_equal(again["behavior_KTC"], res["behavior_KTC"])

@@ -136,8 +136,9 @@ def test_eval_cli_scores_encoding_decoding_region_with_baselines(finetuned, corp
     assert np.isclose(enc["oracle"]["bps_pooled"], bps_pooled(truth["rates_KTN"][te], w.counts[te].astype(float)))
     assert enc["oracle"]["bps_pooled"] > 0
     dec = res["results"]["decoding"]
-    assert {"neds", "linear", "rrr", "oracle"} <= set(dec)
-    assert "choice" in dec["neds"] and "wheel_speed" in dec["neds"]
+    assert {"neds", "neds_probe", "linear", "rrr", "oracle"} <= set(dec)
+    for model in ("neds", "neds_probe"):
+        assert "choice" in dec[model] and "wheel_speed" in dec[model]
     assert 0.0 <= dec["neds"]["choice"]["accuracy"] <= 1.0
     # Small test sets: every accuracy carries its 95 % Wilson interval (scipy's, computed apart).
     from scipy.stats import binomtest
@@ -164,12 +165,21 @@ def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetun
         seen.update({key: np.asarray(v).copy() for key, v in idx.items()})
         return real(windows, arrays, sid, rank, idx, *a, **k)
 
+    real_probe = ev.neds_probe
+
+    def spy_probe(hidden, a, fit_idx, te, mods):
+        seen.update(probe_fit=np.asarray(fit_idx).copy(), probe_test=np.asarray(te).copy())
+        return real_probe(hidden, a, fit_idx, te, mods)
+
     monkeypatch.setattr(ev, "_decoders", spy)
+    monkeypatch.setattr(ev, "neds_probe", spy_probe)
     res = ev.evaluate_run(str(out), str(corpus_dir), tasks=["encoding", "decoding"], split="val")
     w = ev.run_windows(out, Corpus(corpus_dir))[held_out]
     val, train = w.indices("val"), w.indices("train")
     assert res["split"] == "val" and res["num_windows"]["val"] == val.size > 0
     np.testing.assert_array_equal(seen["test"], val)
+    np.testing.assert_array_equal(seen["probe_test"], val)
+    assert set(seen["probe_fit"]) == set(train)  # the hidden-state probe never sees a val window either
     assert set(seen["train"]) | set(seen["val"]) == set(train) and not set(seen["train"]) & set(seen["val"])
     truth = ev._truth(Corpus(corpus_dir), w)
     assert np.isclose(res["results"]["encoding"]["oracle"]["bps_pooled"],

@@ -12,7 +12,11 @@ which the multi-session baselines train on). Tasks:
   counts (sd ``SMOOTH_SD_BINS`` bins) and PSTH R² (trial averages per class of the first label),
   both averaged over units with a mean rate >= ``min_rate_hz`` on the train windows.
 * ``decoding``: behaviour predicted from spikes (every behaviour entry hidden): accuracy and
-  balanced accuracy per label with chance levels; single-trial and PSTH R² per channel.
+  balanced accuracy per label with chance levels; single-trial and PSTH R² per channel. Two
+  NEDS read-outs: ``neds``, the model's own label heads and channel outputs (the NEDS paper's),
+  and ``neds_probe``, linear decoders of its spike-token hidden states fitted on the train and
+  val windows exactly as the ``linear`` baseline is fitted on counts (the hidden-state protocol
+  of Jiang et al. 2025).
 * ``region``: each unit's region from its vector in the model's session read-in / read-out, by a
   linear classifier cross-validated by session, against the same classifier on firing
   statistics (mean rate, ISI CV, Fano factor).
@@ -34,8 +38,8 @@ import torch
 
 from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, r2_score_pooled, wilson_interval
 
-__all__ = ["TASKS", "evaluate_run", "format_results", "run_windows", "neds_predict", "encoding_scores",
-           "decoding_scores"]
+__all__ = ["TASKS", "evaluate_run", "format_results", "run_windows", "neds_predict", "neds_probe",
+           "encoding_scores", "decoding_scores"]
 
 TASKS = ("encoding", "decoding", "region")
 SMOOTH_SD_BINS = 2.0
@@ -98,18 +102,19 @@ def _truth(corpus, w) -> dict | None:
 
 
 def neds_predict(model, windows: dict, arrays: dict, session_id: str, index: np.ndarray, scheme: str,
-                 batch_size: int = 64) -> dict[str, np.ndarray]:
+                 batch_size: int = 64, return_hidden: bool = False) -> dict[str, np.ndarray]:
     """Predictions of every window in ``index`` with one scheme for all (``encoding`` or
     ``decoding`` hide everything of one modality, so no randomness is involved).
 
     Returns:
-        {"rates_KTN", "behavior_KTC" (z-scored), "label_proba": list of (K, classes)}.
+        {"rates_KTN", "behavior_KTC" (z-scored), "label_proba": list of (K, classes)}, and with
+        ``return_hidden`` ``"hidden_KTD"``, the final states of the spike tokens.
     """
     from spikefm.families.neds.batches import collate
     from spikefm.families.neds.masking import SCHEMES, make_masks
 
     device = next(model.parameters()).device
-    rates, beh, probs = [], [], [[] for _ in model.modalities.labels]
+    rates, beh, hidden, probs = [], [], [], [[] for _ in model.modalities.labels]
     model.eval()
     with torch.no_grad():
         for i in range(0, len(index), batch_size):
@@ -121,15 +126,20 @@ def neds_predict(model, windows: dict, arrays: dict, session_id: str, index: np.
                            behavior_valid_BTC=b["behavior_valid_BTC"], label_valid_BJ=b["label_valid_BJ"],
                            ratio=1.0, generator=torch.Generator().manual_seed(0))
             out = model(b["counts_BTN"], m.spike_hidden_BT, b["session_ids"], b["behavior_BTC"],
-                        m.behavior_hidden_BTC, b["labels_BJ"], m.label_hidden_BJ)
+                        m.behavior_hidden_BTC, b["labels_BJ"], m.label_hidden_BJ, return_hidden=return_hidden)
             rates.append(torch.exp(out["log_rates_BTN"].float()).cpu().numpy())
+            if return_hidden:
+                hidden.append(out["hidden_BTD"].float().cpu().numpy())
             beh.append(out["behavior_BTC"].float().cpu().numpy())
             for j, logits in enumerate(out["label_logits"]):
                 probs[j].append(torch.softmax(logits.float(), -1).cpu().numpy())
     n = windows[session_id].num_units
-    return {"rates_KTN": np.concatenate(rates)[..., :n].astype(np.float64),
-            "behavior_KTC": np.concatenate(beh).astype(np.float64),
-            "label_proba": [np.concatenate(p) for p in probs]}
+    out = {"rates_KTN": np.concatenate(rates)[..., :n].astype(np.float64),
+           "behavior_KTC": np.concatenate(beh).astype(np.float64),
+           "label_proba": [np.concatenate(p) for p in probs]}
+    if return_hidden:
+        out["hidden_KTD"] = np.concatenate(hidden).astype(np.float64)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,12 +236,16 @@ def _enc_features(w, a, num_classes: Sequence[int]) -> np.ndarray:
     return np.concatenate(parts, axis=2)
 
 
-def _lagged(counts_KTN: np.ndarray) -> np.ndarray:
-    """(K, T, N * (2 * _LAGS + 1)) counts at bins t-_LAGS .. t+_LAGS (zeros beyond the window)."""
-    x = np.log1p(counts_KTN.astype(np.float64))
-    K, T, N = x.shape
-    pad = np.pad(x, ((0, 0), (_LAGS, _LAGS), (0, 0)))
+def _lag(x_KTF: np.ndarray) -> np.ndarray:
+    """(K, T, F * (2 * _LAGS + 1)): features at bins t-_LAGS .. t+_LAGS (zeros beyond the window)."""
+    T = x_KTF.shape[1]
+    pad = np.pad(x_KTF, ((0, 0), (_LAGS, _LAGS), (0, 0)))
     return np.concatenate([pad[:, i:i + T] for i in range(2 * _LAGS + 1)], axis=2)
+
+
+def _lagged(counts_KTN: np.ndarray) -> np.ndarray:
+    """(K, T, N * (2 * _LAGS + 1)) log1p counts at bins t-_LAGS .. t+_LAGS."""
+    return _lag(np.log1p(counts_KTN.astype(np.float64)))
 
 
 def _chunked(counts_KTN: np.ndarray) -> np.ndarray:
@@ -273,10 +287,46 @@ def _encoders(windows, arrays, sid, rank, idx, num_classes) -> dict[str, np.ndar
     return out
 
 
+def _linear_readout(Xlab_KF: np.ndarray, Xbin_KTF: np.ndarray, a, fit_idx: np.ndarray, te: np.ndarray, mods
+                    ) -> dict[str, Any]:
+    """Linear read-outs fitted on the ``fit_idx`` windows, predicted on ``te``: a logistic
+    regression per label on the per-window features ``Xlab_KF`` and a ridge regression of every
+    channel on the per-bin features ``Xbin_KTF`` (penalties cross-validated on the fit windows).
+    Returns {"labels": {name: class index (K_te,)}, "behavior_KTC": z-scored (K_te, T, C) or None}."""
+    from spikefm.eval.probes import fit_predict_logistic, fit_predict_ridge
+
+    res: dict[str, Any] = {"labels": {}, "behavior_KTC": None}
+    for j, (lab, _) in enumerate(mods.labels):
+        y = a.labels_KJ[:, j]
+        ok = fit_idx[y[fit_idx] >= 0]
+        if np.unique(y[ok]).size < 2 or np.bincount(y[ok]).min() < 2:
+            continue
+        classes = np.unique(y[ok])
+        res["labels"][lab] = classes[fit_predict_logistic(Xlab_KF[ok], y[ok], Xlab_KF[te]).argmax(1)]
+    C = len(mods.channels)
+    if C:
+        Y = _rows(a.behavior_KTC[fit_idx])
+        ok = ~np.isnan(Y).any(1)
+        if ok.sum() > 10:
+            K, T = len(te), Xbin_KTF.shape[1]
+            res["behavior_KTC"] = fit_predict_ridge(_rows(Xbin_KTF[fit_idx])[ok], Y[ok],
+                                                    _rows(Xbin_KTF[te])).reshape(K, T, C)
+    return res
+
+
+def neds_probe(hidden_KTD: np.ndarray, a, fit_idx: np.ndarray, te: np.ndarray, mods) -> dict[str, Any]:
+    """The ``neds_probe`` read-out (the hidden-state protocol of Jiang et al. 2025): linear
+    decoders of NEDS's final spike-token states under the decoding scheme, fitted on the
+    ``fit_idx`` windows like the ``linear`` baseline is on counts: labels from the states
+    averaged in ``_CHUNKS`` stretches of the window, channels from the states at bins
+    t-``_LAGS`` .. t+``_LAGS``. ``hidden_KTD`` covers every window of the session (index K)."""
+    return _linear_readout(_chunked(hidden_KTD) / (hidden_KTD.shape[1] / _CHUNKS), _lag(hidden_KTD), a, fit_idx,
+                           te, mods)
+
+
 def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[str, dict]:
     """Test predictions of the linear, RRR and (with true latents) oracle decoders:
     {model: {"labels": {name: class index (K,)}, "behavior_KTC": z-scored (K, T, C)}}."""
-    from spikefm.eval.probes import fit_predict_logistic, fit_predict_ridge
     from spikefm.eval.rrr import MultiSessionRRR, select_alpha
 
     w, a = windows[sid], arrays[sid]
@@ -285,25 +335,8 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
     K, T, C = len(te), w.num_bins, len(mods.channels)
     feats = {"linear": (_chunked(w.counts), _lagged(w.counts))}
     if latents_KTZ is not None:
-        feats["oracle"] = (_chunked(latents_KTZ), np.concatenate(
-            [np.pad(latents_KTZ, ((0, 0), (_LAGS, _LAGS), (0, 0)))[:, i:i + T] for i in range(2 * _LAGS + 1)], axis=2))
-    out = {}
-    for name, (Xlab, Xbin) in feats.items():
-        res = {"labels": {}, "behavior_KTC": None}
-        for j, (lab, _) in enumerate(mods.labels):
-            y = a.labels_KJ[:, j]
-            ok = fit_idx[y[fit_idx] >= 0]
-            if np.unique(y[ok]).size < 2 or np.bincount(y[ok]).min() < 2:
-                continue
-            classes = np.unique(y[ok])
-            res["labels"][lab] = classes[fit_predict_logistic(Xlab[ok], y[ok], Xlab[te]).argmax(1)]
-        if C:
-            Y = _rows(a.behavior_KTC[fit_idx])
-            Xf = _rows(Xbin[fit_idx])
-            ok = ~np.isnan(Y).any(1)
-            if ok.sum() > 10:
-                res["behavior_KTC"] = fit_predict_ridge(Xf[ok], Y[ok], _rows(Xbin[te])).reshape(K, T, C)
-        out[name] = res
+        feats["oracle"] = (_chunked(latents_KTZ), _lag(latents_KTZ))
+    out = {name: _linear_readout(Xlab, Xbin, a, fit_idx, te, mods) for name, (Xlab, Xbin) in feats.items()}
     # Multi-session RRR: per-session input maps, a shared output map, trained on every session's
     # train windows; penalty chosen on the target session's val windows.
     res = {"labels": {}, "behavior_KTC": None}
@@ -438,6 +471,12 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
         raw_true = a.behavior_KTC[te] * a.sd_C + a.mean_C
         models = {"neds": {"labels": {lab: p["label_proba"][j].argmax(1) for j, lab in enumerate(mods.label_names)},
                            "behavior_KTC": p["behavior_KTC"]}}
+        fit_idx = np.concatenate([idx["train"], idx["val"]])
+        hidden = np.zeros((w.num_windows, w.num_bins, model.cfg.dim))
+        scored = np.concatenate([fit_idx, te])
+        hidden[scored] = neds_predict(model, windows, arrays, session, scored, "decoding",
+                                      return_hidden=True)["hidden_KTD"]
+        models["neds_probe"] = neds_probe(hidden, a, fit_idx, te, mods)
         if baselines:
             models.update(_decoders(windows, arrays, session, rank, idx, mods,
                                     None if truth is None else truth["latents_KTZ"]))

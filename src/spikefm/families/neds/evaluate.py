@@ -318,10 +318,10 @@ def neds_probe(hidden_KTD: np.ndarray, a, fit_idx: np.ndarray, te: np.ndarray, m
     """The ``neds_probe`` read-out (the hidden-state protocol of Jiang et al. 2025): linear
     decoders of NEDS's final spike-token states under the decoding scheme, fitted on the
     ``fit_idx`` windows like the ``linear`` baseline is on counts: labels from the states
-    averaged in ``_CHUNKS`` stretches of the window, channels from the states at bins
-    t-``_LAGS`` .. t+``_LAGS``. ``hidden_KTD`` covers every window of the session (index K)."""
-    return _linear_readout(_chunked(hidden_KTD) / (hidden_KTD.shape[1] / _CHUNKS), _lag(hidden_KTD), a, fit_idx,
-                           te, mods)
+    summed in ``_CHUNKS`` stretches of the window (standardised before the fit, so sums and
+    means are the same features), channels from the states at bins t-``_LAGS`` .. t+``_LAGS``.
+    ``hidden_KTD`` covers every window of the session (index K)."""
+    return _linear_readout(_chunked(hidden_KTD), _lag(hidden_KTD), a, fit_idx, te, mods)
 
 
 def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[str, dict]:
@@ -465,17 +465,20 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
                 preds["oracle"] = truth["rates_KTN"][te]
         results["encoding"] = {k: encoding_scores(v, counts, cond, keep) for k, v in preds.items()}
     if "decoding" in names:
-        p = neds_predict(model, windows, arrays, session, te, "decoding")
+        # One pass over the fit and test windows: the heads' test outputs, and every hidden state
+        # the probe is fitted on (fit windows) and scored on (test windows).
+        fit_idx = np.concatenate([idx["train"], idx["val"]])
+        scored = np.concatenate([fit_idx, te])
+        p = neds_predict(model, windows, arrays, session, scored, "decoding", return_hidden=True)
+        on_te = slice(fit_idx.size, None)
         label_true = {lab: a.labels_KJ[te, j] for j, (lab, _) in enumerate(mods.labels)}
         ncls = dict(zip(mods.label_names, mods.num_classes))
         raw_true = a.behavior_KTC[te] * a.sd_C + a.mean_C
-        models = {"neds": {"labels": {lab: p["label_proba"][j].argmax(1) for j, lab in enumerate(mods.label_names)},
-                           "behavior_KTC": p["behavior_KTC"]}}
-        fit_idx = np.concatenate([idx["train"], idx["val"]])
+        models = {"neds": {"labels": {lab: p["label_proba"][j][on_te].argmax(1)
+                                      for j, lab in enumerate(mods.label_names)},
+                           "behavior_KTC": p["behavior_KTC"][on_te]}}
         hidden = np.zeros((w.num_windows, w.num_bins, model.cfg.dim))
-        scored = np.concatenate([fit_idx, te])
-        hidden[scored] = neds_predict(model, windows, arrays, session, scored, "decoding",
-                                      return_hidden=True)["hidden_KTD"]
+        hidden[scored] = p["hidden_KTD"]
         models["neds_probe"] = neds_probe(hidden, a, fit_idx, te, mods)
         if baselines:
             models.update(_decoders(windows, arrays, session, rank, idx, mods,

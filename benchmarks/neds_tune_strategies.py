@@ -5,6 +5,9 @@ held-out session's val windows (``spikefm eval --split val``) beside the linear,
 baselines fitted on train windows only.
 
     python benchmarks/neds_tune_strategies.py --seed 1 --duration-s 1000 --work /tmp/neds_tune
+    # a fine-tuning variant of the same pretrained run, in its own folder:
+    python benchmarks/neds_tune_strategies.py --seed 1 --duration-s 1000 --work /tmp/neds_tune \
+        --finetune-set data.label_weight=0 --finetune-dir ft_lw0
 """
 from __future__ import annotations
 
@@ -25,6 +28,11 @@ def main() -> None:
                     help="spikefm.corpus.synth choice_signal (amplitude of the choice latent)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="extra overrides of the pretraining run, e.g. data.label_weight=5 (repeatable)")
+    ap.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE", dest="ft_overrides",
+                    help="overrides of the fine-tuning runs only, e.g. data.label_weight=0 (repeatable)")
+    ap.add_argument("--finetune-dir", default="ft",
+                    help="folder under --work for the fine-tuning (another name keeps several variants of one "
+                         "pretrained run side by side)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON of every candidate's val scores")
     args = ap.parse_args()
@@ -53,16 +61,17 @@ def main() -> None:
     if not (root / "pre" / "model.safetensors").exists():
         families.train(families.run_config("neds", preset="tiny", corpus=corpus, overrides=overrides),
                        root / "pre", progress=False)
-    if not (root / "ft" / "finetune.json").exists():
-        families.finetune(root / "pre", corpus, held, root / "ft", strategy="auto", steps=300, eval_every=50,
-                          patience=3)
-    summary = json.loads((root / "ft" / "finetune.json").read_text())
+    ft = root / args.finetune_dir
+    if not (ft / "finetune.json").exists():
+        families.finetune(root / "pre", corpus, held, ft, strategy="auto", steps=300, eval_every=50,
+                          patience=3, overrides=args.ft_overrides)
+    summary = json.loads((ft / "finetune.json").read_text())
     print(f"auto chose {summary['strategy']}; validation losses: "
           + ", ".join(f"{k} {v['best_val_loss']:.4f}" for k, v in summary["candidates"].items())
           + f", single-session {summary['single_session']['best_val_loss']:.4f}")
     scores = {}
     for name in ("frozen", "full", "unfreeze", "scratch"):
-        res = families.evaluate(root / "ft" / "candidates" / name, corpus, tasks=["encoding", "decoding"],
+        res = families.evaluate(ft / "candidates" / name, corpus, tasks=["encoding", "decoding"],
                                 split="val", baselines=name == "frozen")["results"]
         scores[name] = res
         for model, enc in res["encoding"].items():
@@ -74,7 +83,8 @@ def main() -> None:
     if args.out:
         write_json_atomic(args.out, {"seed": args.seed, "duration_s": args.duration_s, "sessions": args.sessions,
                                      "steps": args.steps, "choice_signal": args.choice_signal,
-                                     "overrides": args.overrides, "split": "val",
+                                     "overrides": args.overrides, "finetune_overrides": args.ft_overrides,
+                                     "split": "val",
                                      "chosen": summary["strategy"], "finetune": summary, "scores": scores,
                                      "wall_s": time.perf_counter() - t0})
 

@@ -292,12 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write synthetic NWB recordings with ground-truth rates")
     s.add_argument("out_dir")
-    s.add_argument("--sessions", type=_positive_int, default=4)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--preset", choices=["ibl", "motor", "spontaneous"], default="ibl")
+    s.add_argument("--sessions", type=_positive_int, default=4, help="number of sessions (default 4)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--preset", choices=["ibl", "motor", "spontaneous"], default="ibl",
+                   help="task structure and behaviour (default ibl)")
     s.add_argument("--families", type=_positive_int, default=1,
-                   help="sessions drawn from K groups sharing latent dynamics")
-    s.add_argument("--duration-s", type=float, default=300.0, help="length of each session")
+                   help="sessions drawn from K groups sharing latent dynamics (default 1)")
+    s.add_argument("--duration-s", type=float, default=300.0,
+                   help="length of each session in seconds (default 300: about 100 trials)")
     s.add_argument("--units", type=_units_range, default=(40, 200), metavar="MIN,MAX",
                    help="units per session, drawn uniformly (default 40,200)")
     s.add_argument("--region-tuning", type=_nonnegative_float, default=0.0, metavar="A",

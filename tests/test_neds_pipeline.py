@@ -87,6 +87,36 @@ def test_readout_bias_starts_at_each_units_log_mean_train_count(corpus_dir):
         np.testing.assert_allclose(model.stitcher(sid).read_out.bias.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_validation_loss_scores_the_task_schemes_on_every_val_window(pretrained):
+    import dataclasses
+
+    from spikefm.train.checkpoint import load_exported_model
+
+    fam = get_family("neds")
+    cfg = load_run_config(pretrained)
+    model = load_exported_model(pretrained, fam, cfg).eval()
+
+    def val(seed=None, **data):
+        c = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+        if seed is not None:
+            c = dataclasses.replace(c, train=dataclasses.replace(c.train, seed=seed))
+        with torch.no_grad():
+            num, den = fam.validate(model, c, 0, 1)["val_loss"]
+        return num / den
+
+    enc, dec = val(val_schemes="encoding"), val(val_schemes="decoding")
+    assert val() == pytest.approx(enc + dec, rel=1e-6)  # the default: both task schemes, summed
+    # the task schemes hide fixed entries: no draw, so the seed does not move them
+    assert val(seed=123, val_schemes="encoding") == pytest.approx(enc, rel=1e-6)
+    # "train" is the training mixture (one scheme drawn per window), another number
+    assert val(val_schemes="train") != pytest.approx(enc + dec, rel=1e-3)
+    # a run that trains neither task scheme is validated on its own mixture
+    own = dict(schemes="spike,behavior", scheme_weights=())
+    assert val(**own) == pytest.approx(val(val_schemes="train", **own), rel=1e-6)
+    with pytest.raises(ValueError, match="data.val_schemes"):
+        dataclasses.replace(cfg.data, val_schemes="encodign")
+
+
 def test_loader_resumes_with_identical_batches_and_masks(pretrained):
     fam = get_family("neds")
     cfg = load_run_config(pretrained)

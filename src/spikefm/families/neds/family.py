@@ -36,7 +36,8 @@ from spikefm.families.neds.masking import DEFAULT_SCHEME_WEIGHTS, SCHEMES, draw_
 from spikefm.families.neds.model import NEDS, NEDS_PRESETS, Modalities, NEDSConfig, neds_preset
 from spikefm.train.config import RunConfig
 
-__all__ = ["NEDSDataConfig", "NEDSFamily", "RUN_DEFAULTS", "parse_schemes", "scheme_weights", "window_options", "masked_forward"]
+__all__ = ["NEDSDataConfig", "NEDSFamily", "RUN_DEFAULTS", "parse_schemes", "scheme_weights", "validation_schemes",
+           "window_options", "masked_forward"]
 
 #: Optimizer and loop defaults of a NEDS run (before --set).
 RUN_DEFAULTS = ["optim.lr=2e-3", "train.batch_size=16", "train.steps=3000", "train.precision=fp32",
@@ -59,6 +60,20 @@ def scheme_weights(data: "NEDSDataConfig") -> tuple[float, ...]:
     """Relative probability of each scheme of ``data.schemes`` (see ``NEDSDataConfig.scheme_weights``)."""
     names = parse_schemes(data.schemes)
     return tuple(float(x) for x in data.scheme_weights) or tuple(DEFAULT_SCHEME_WEIGHTS[n] for n in names)
+
+
+def validation_schemes(data: "NEDSDataConfig") -> list[str] | None:
+    """The schemes ``validate`` scores every val window under (``None``: the training mixture).
+
+    ``data.val_schemes``: ``""`` (default) = the task schemes ``encoding`` and ``decoding`` that
+    ``data.schemes`` trains (the training mixture if it trains neither); ``"train"`` = the training
+    mixture, one scheme drawn per window; or comma-separated scheme names."""
+    if data.val_schemes == "train":
+        return None
+    if data.val_schemes:
+        return parse_schemes(data.val_schemes)
+    trained = parse_schemes(data.schemes)
+    return [n for n in ("encoding", "decoding") if n in trained] or None
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,16 @@ class NEDSDataConfig:
             :data:`~spikefm.families.neds.masking.DEFAULT_SCHEME_WEIGHTS` of the listed schemes
             (``1,1,1,1,1`` draws uniformly).
         mask_ratio: fraction of bins (and probability per label) the random schemes hide.
+        val_schemes: what the validation loss (early stopping, ``finetune --strategy auto``'s
+            choice) scores: ``""`` = every val window under each task scheme (``encoding``:
+            spikes from behaviour; ``decoding``: behaviour and labels from spikes) that
+            ``schemes`` trains, the per-scheme losses summed with the modality weights; ``"train"``
+            = the training loss (one scheme drawn per window with ``scheme_weights``); or
+            comma-separated scheme names. The default scores what ``spikefm eval`` measures (with
+            the training mixture 30 % of the val windows scored auxiliary schemes): on tuning
+            seed 6 auto then chose ``frozen`` over ``full``, better on that session's val windows
+            (encoding 0.112 vs 0.093 bps, choice 0.697 vs 0.636), and the same candidate on the
+            other five tuning seeds (``benchmarks/results/neds_tune/*_ft_valtask.json``).
         spike_weight, behavior_weight, label_weight: weights of the per-modality losses. The
             spike loss is a mean over (bin, unit) entries of ~0.1 expected spikes, so what behaviour
             adds to it is ~1e-3 nats per entry against behaviour / label losses of order 1; at
@@ -109,6 +134,7 @@ class NEDSDataConfig:
     schemes: str = "all"
     scheme_weights: tuple[float, ...] = ()
     mask_ratio: float = 0.3
+    val_schemes: str = ""
     spike_weight: float = 20.0
     behavior_weight: float = 1.0
     label_weight: float = 1.0
@@ -116,7 +142,8 @@ class NEDSDataConfig:
     freeze_core: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("corpus", "sessions", "align", "event_rounding", "behavior", "labels", "schemes", "init_from"):
+        for name in ("corpus", "sessions", "align", "event_rounding", "behavior", "labels", "schemes", "val_schemes",
+                     "init_from"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"data.{name} must be a str, got {type(getattr(self, name)).__name__}")
         for name, lo in (("window_bins", 1), ("pre_ms", 0), ("split_seed", 0)):
@@ -136,6 +163,11 @@ class NEDSDataConfig:
                                               or not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0):
             raise ValueError(f"data.scheme_weights must be {len(names)} numbers >= 0 with a positive sum, one per "
                              f"scheme of data.schemes ({', '.join(names)}), or empty for uniform; got {w}")
+        if self.val_schemes not in ("", "train"):
+            try:
+                parse_schemes(self.val_schemes)
+            except ValueError as e:
+                raise ValueError(f"data.val_schemes must be '', 'train' or scheme names; {e}") from None
         if self.labels != "auto":
             parse_label_spec(self.labels)
         from spikefm.data.windows import _check_fractions, _check_window_options
@@ -295,9 +327,12 @@ class NEDSFamily:
 
     # -- loss ------------------------------------------------------------------------------------
 
-    def _loss(self, model, batch, data: NEDSDataConfig, generator: torch.Generator):
-        scheme_B = draw_schemes(batch["counts_BTN"].shape[0], parse_schemes(data.schemes), generator,
-                                scheme_weights(data))
+    def _loss(self, model, batch, data: NEDSDataConfig, generator: torch.Generator, scheme: str | None = None):
+        B = batch["counts_BTN"].shape[0]
+        if scheme is None:
+            scheme_B = draw_schemes(B, parse_schemes(data.schemes), generator, scheme_weights(data))
+        else:
+            scheme_B = torch.full((B,), SCHEMES.index(scheme), dtype=torch.long)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         masks, out = masked_forward(model, batch, scheme_B, data.mask_ratio, generator,
@@ -323,8 +358,9 @@ class NEDSFamily:
 
     def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
                  ) -> dict[str, tuple[float, float]]:
-        """The training loss on this rank's share of the ``val`` windows, with fixed masks
-        (the same entries at every evaluation); ``val_loss`` averages it over windows."""
+        """The loss on this rank's share of the ``val`` windows, with fixed masks (the same entries
+        at every evaluation): ``val_loss`` is the mean over windows of the loss under each of
+        :func:`validation_schemes` (summed over those schemes), or of the training loss."""
         windows, _, arrays = self.prepared(cfg.data)
         items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
         if not items:
@@ -334,14 +370,17 @@ class NEDSFamily:
         mine = items[rank::world_size]
         num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)
         device = next(model.parameters()).device
+        schemes = validation_schemes(cfg.data) or [None]
         num = den = 0.0
         for i in range(num_batches):
             chunk = mine[i * bs:(i + 1) * bs]
             batch = _to(collate(windows, arrays, chunk or items[:1]), device)
-            gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, rank, 2**40 + i))
-            loss, _ = self._loss(model, batch, cfg.data, gen)
+            total = 0.0
+            for scheme in schemes:
+                gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, rank, 2**40 + i))
+                total += float(self._loss(model, batch, cfg.data, gen, scheme)[0])
             if chunk:
-                num += float(loss) * len(chunk)
+                num += total * len(chunk)
                 den += len(chunk)
         return {"val_loss": (num, den)}
 

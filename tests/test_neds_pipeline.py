@@ -117,6 +117,26 @@ def test_validation_loss_scores_the_task_schemes_on_every_val_window(pretrained)
         dataclasses.replace(cfg.data, val_schemes="encodign")
 
 
+def test_unfreeze_run_windows_include_the_pretraining_sessions(pretrained, corpus_dir, held_out, tmp_path):
+    """`unfreeze` starts from its frozen stage, which starts from the pretrained run: the multi-session
+    baselines (RRR) must still see the pretraining sessions, as they do for `frozen` and `full`."""
+    from pathlib import Path
+
+    from spikefm.families import finetune
+    from spikefm.families.neds.evaluate import run_windows
+
+    out = tmp_path / "uf"
+    finetune(pretrained, corpus_dir, held_out, out, strategy="unfreeze", steps=8, eval_every=4, patience=2)
+    info = json.loads((out / "config.json").read_text())["family_info"]
+    assert Path(info["init_from"]).resolve() != Path(pretrained).resolve()  # one step removed
+    pre = set(json.loads((pretrained / "config.json").read_text())["family_info"]["sessions"])
+    windows = run_windows(out, Corpus(corpus_dir))
+    assert set(windows) == pre | {held_out}
+    for sid in pre:  # the pretrained run's own splits
+        split = json.loads((pretrained / "config.json").read_text())["family_info"]["window_splits"][sid]["split"]
+        assert [str(x) for x in windows[sid].split] == split
+
+
 def test_loader_resumes_with_identical_batches_and_masks(pretrained):
     fam = get_family("neds")
     cfg = load_run_config(pretrained)

@@ -57,14 +57,24 @@ def _info(run_dir) -> dict:
 
 def run_windows(run_dir, corpus) -> dict:
     """Session id -> windows with saved splits: the run's sessions and (fine-tuned runs) those of
-    its pretrained run."""
+    every run up its ``init_from`` chain, recorded in its config (``inherited_window_splits``) or,
+    for runs saved before that, read from the runs still on disk; so the multi-session baselines
+    see the pretraining sessions whichever fine-tuning strategy was chosen (``unfreeze`` starts
+    from a frozen stage that is deleted afterwards)."""
     from spikefm.data.windows import apply_splits, load_all_windows
 
     info = _info(run_dir)
     splits = dict(info["window_splits"])
-    if info.get("init_from") and (Path(info["init_from"]) / "config.json").is_file():
-        for sid, s in _info(info["init_from"])["window_splits"].items():
+    for sid, s in info.get("inherited_window_splits", {}).items():
+        splits.setdefault(sid, s)
+    seen = {Path(run_dir).resolve()}
+    parent = info.get("init_from")
+    while parent and (Path(parent) / "config.json").is_file() and Path(parent).resolve() not in seen:
+        seen.add(Path(parent).resolve())
+        up = _info(parent)
+        for sid, s in up["window_splits"].items():
             splits.setdefault(sid, s)
+        parent = up.get("init_from")
     opts = dict(info["window_options"])
     opts["split_fractions"] = tuple(opts["split_fractions"])
     if info.get("corpus_manifest_sha256") not in (None, corpus.manifest_hash):

@@ -62,6 +62,19 @@ def scheme_weights(data: "NEDSDataConfig") -> tuple[float, ...]:
     return tuple(float(x) for x in data.scheme_weights) or tuple(DEFAULT_SCHEME_WEIGHTS[n] for n in names)
 
 
+def _inherited_splits(init_from: str, own: dict) -> dict:
+    """The saved window splits of the sessions of the run ``init_from`` and of the runs it came
+    from, except the sessions in ``own``: written into a fine-tuned run's config so the evaluation's
+    multi-session baselines find the pretraining sessions even after an intermediate run (the
+    ``unfreeze`` strategy's frozen stage) is deleted."""
+    try:
+        up = json.loads((Path(init_from) / "config.json").read_text())["family_info"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return {}
+    merged = {**up.get("inherited_window_splits", {}), **up.get("window_splits", {})}
+    return {sid: s for sid, s in merged.items() if sid not in own}
+
+
 def validation_schemes(data: "NEDSDataConfig") -> list[str] | None:
     """The schemes ``validate`` scores every val window under (``None``: the training mixture).
 
@@ -403,6 +416,7 @@ class NEDSFamily:
         }
         if cfg.data.init_from:
             info["init_from"] = str(Path(cfg.data.init_from).resolve())
+            info["inherited_window_splits"] = _inherited_splits(cfg.data.init_from, info["window_splits"])
         return info
 
     # -- outside the loop --------------------------------------------------------------------------

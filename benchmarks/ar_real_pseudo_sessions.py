@@ -105,10 +105,9 @@ def main() -> None:
                     "--max-tokens", "60000", "--out", str(scores)], check=True)
     res = json.loads(scores.read_text())
     if args.out:
+        from spikefm.corpus.reader import Corpus
         from spikefm.fileio import write_json_atomic
         from spikefm.train.runinfo import machine_info
-
-        from spikefm.corpus.reader import Corpus
 
         corpus = Corpus(w / "corpus")
         write_json_atomic(args.out, {"source": str(args.nwb.name), "pieces": pieces, "seed": args.seed,

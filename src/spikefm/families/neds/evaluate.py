@@ -28,15 +28,14 @@ latents).
 """
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, r2_score_pooled, wilson_interval
+from spikefm.families.neds.family import _inherited_splits, _run_info
 
 __all__ = ["TASKS", "evaluate_run", "format_results", "run_windows", "neds_predict", "neds_probe",
            "encoding_scores", "decoding_scores"]
@@ -47,34 +46,21 @@ _LAGS = 2  # per-bin decoders read bins t-2 .. t+2
 _CHUNKS = 5  # label decoders read the counts summed in 5 chunks of the window
 
 
-def _info(run_dir) -> dict:
-    path = Path(run_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())["family_info"]
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise ValueError(f"{path}: cannot read family_info ({exc}); expected a NEDS run directory") from None
-
-
 def run_windows(run_dir, corpus) -> dict:
     """Session id -> windows with saved splits: the run's sessions and (fine-tuned runs) those of
-    every run up its ``init_from`` chain, recorded in its config (``inherited_window_splits``) or,
-    for runs saved before that, read from the runs still on disk; so the multi-session baselines
-    see the pretraining sessions whichever fine-tuning strategy was chosen (``unfreeze`` starts
-    from a frozen stage that is deleted afterwards)."""
+    the runs it was initialised from (``inherited_window_splits`` in its config; for runs saved
+    before that field, read from its ``init_from`` run), so the multi-session baselines see the
+    pretraining sessions whichever fine-tuning strategy was chosen (``unfreeze`` starts from a
+    frozen stage that is deleted afterwards)."""
     from spikefm.data.windows import apply_splits, load_all_windows
 
-    info = _info(run_dir)
+    info = _run_info(run_dir)
     splits = dict(info["window_splits"])
-    for sid, s in info.get("inherited_window_splits", {}).items():
+    inherited = info.get("inherited_window_splits")
+    if inherited is None and info.get("init_from"):
+        inherited = _inherited_splits(info["init_from"], splits)
+    for sid, s in (inherited or {}).items():
         splits.setdefault(sid, s)
-    seen = {Path(run_dir).resolve()}
-    parent = info.get("init_from")
-    while parent and (Path(parent) / "config.json").is_file() and Path(parent).resolve() not in seen:
-        seen.add(Path(parent).resolve())
-        up = _info(parent)
-        for sid, s in up["window_splits"].items():
-            splits.setdefault(sid, s)
-        parent = up.get("init_from")
     opts = dict(info["window_options"])
     opts["split_fractions"] = tuple(opts["split_fractions"])
     if info.get("corpus_manifest_sha256") not in (None, corpus.manifest_hash):

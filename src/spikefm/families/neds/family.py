@@ -68,8 +68,8 @@ def _inherited_splits(init_from: str, own: dict) -> dict:
     multi-session baselines find the pretraining sessions even after an intermediate run (the
     ``unfreeze`` strategy's frozen stage) is deleted."""
     try:
-        up = json.loads((Path(init_from) / "config.json").read_text())["family_info"]
-    except (OSError, json.JSONDecodeError, KeyError):
+        up = _run_info(init_from)
+    except ValueError:
         return {}
     merged = {**up.get("inherited_window_splits", {}), **up.get("window_splits", {})}
     return {sid: s for sid, s in merged.items() if sid not in own}

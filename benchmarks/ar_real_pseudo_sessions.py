@@ -34,7 +34,10 @@ def _spikefm() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from spikefm.cli import main; main()"]
 
 
-def write_pieces(src: Path, out: Path, pieces: int, units: tuple[int, int], seed: int) -> list[dict]:
+def write_pieces(src: Path, out: Path, pieces: int, units: tuple[int, int], seed: int, *,
+                 write: bool = True) -> list[dict]:
+    """Cut ``src`` into ``pieces`` NWB files under ``out``; return what each holds. With
+    ``write=False`` only the (seeded, deterministic) description is returned."""
     import numpy as np
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.file import Subject
@@ -53,6 +56,10 @@ def write_pieces(src: Path, out: Path, pieces: int, units: tuple[int, int], seed
     for k in range(pieces):
         n = int(rng.integers(units[0], min(units[1], len(trains)) + 1))
         chosen = rng.permutation(len(trains))[:n]
+        rows.append({"piece": k, "t_start_s": float(edges[k]), "t_stop_s": float(edges[k + 1]),
+                     "units": [int(u) for u in chosen]})
+        if not write:
+            continue
         start = datetime(2020, 1, 1, tzinfo=timezone.utc)
         f = NWBFile(session_description=f"piece {k} of {src.name}: {edges[k]:.1f}-{edges[k + 1]:.1f} s, "
                                         f"{n} of its {len(trains)} units",
@@ -73,8 +80,6 @@ def write_pieces(src: Path, out: Path, pieces: int, units: tuple[int, int], seed
             with NWBHDF5IO(str(tmp), "w") as io:
                 io.write(f)
         os.replace(tmp, out / f"piece{k}.nwb")
-        rows.append({"piece": k, "t_start_s": float(edges[k]), "t_stop_s": float(edges[k + 1]),
-                     "units": [int(u) for u in chosen]})
     return rows
 
 
@@ -93,8 +98,9 @@ def main() -> None:
     lo, hi = (int(x) for x in args.units.split(","))
     w = args.work
     cli = _spikefm()
-    pieces = write_pieces(args.nwb, w / "nwb", args.pieces, (lo, hi), args.seed)
-    if not (w / "corpus" / "manifest.json").exists():
+    built = (w / "corpus" / "manifest.json").exists()  # the pieces were written before it
+    pieces = write_pieces(args.nwb, w / "nwb", args.pieces, (lo, hi), args.seed, write=not built)
+    if not built:
         subprocess.run([*cli, "corpus", "build", str(w / "nwb"), "--out", str(w / "corpus"), "--test-fraction",
                         str(args.test_fraction), "--split", "session", "--seed", str(args.seed)], check=True)
     if not (w / "run" / "model.safetensors").exists():

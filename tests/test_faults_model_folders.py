@@ -286,3 +286,22 @@ def test_hf_weights_stored_twice_or_malformed(hf_folder):
     data = (hf_folder / "model.safetensors").read_bytes()
     (hf_folder / "model.safetensors").write_bytes(data[:-10])
     refused(lambda: load_hf(hf_folder), "is not a valid safetensors file")
+
+
+def test_family_info_reader_says_which_run_was_expected(tmp_path):
+    """Both families' evaluators read RUN_DIR/config.json's family_info through one reader."""
+    from spikefm.families.ndt.evaluate import _family_info
+    from spikefm.families.neds.family import _run_info
+
+    with pytest.raises(ValueError, match="config.json not found; expected a spikefm run directory"):
+        _family_info(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"config": {}}))
+    with pytest.raises(ValueError, match="no 'family_info' object; expected an NDT run directory"):
+        _family_info(tmp_path)
+    with pytest.raises(ValueError, match="no 'family_info' object; expected a NEDS run directory"):
+        _run_info(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="expected the config.json that spikefm train writes"):
+        _run_info(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"family_info": {"sessions": ["a"]}}))
+    assert _family_info(tmp_path) == _run_info(tmp_path) == {"sessions": ["a"]}

@@ -201,3 +201,25 @@ def test_presets_build_and_bad_config_is_rejected():
         NEDSDataConfig(schemes="encoding,nope")
     with pytest.raises(ValueError, match="init_from"):
         NEDSDataConfig(freeze_core=True)
+
+
+@pytest.mark.parametrize("except_heads", [False, True])
+def test_freeze_core_then_step_changes_only_the_free_parameters(except_heads):
+    model = _model().train()
+    model.freeze_core(True, except_heads=except_heads)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = _batch()
+    m = _masks(batch, torch.tensor([SCHEMES.index("decoding"), SCHEMES.index("encoding")] * 3))
+    out = _forward(model, batch, m)
+    loss, _ = neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], m)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss.backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    heads = {n for n in before if n.startswith(("channel_head.", "label_heads."))}
+    assert changed & {n for n in before if n.startswith("sessions.")}
+    assert changed <= {n for n in before if n.startswith("sessions.")} | (heads if except_heads else set())
+    if except_heads:
+        assert heads <= changed
+    model.freeze_core(False)
+    assert all(p.requires_grad for p in model.parameters())

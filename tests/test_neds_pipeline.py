@@ -127,8 +127,15 @@ def test_unfreeze_run_windows_include_the_pretraining_sessions(pretrained, corpu
 
     out = tmp_path / "uf"
     finetune(pretrained, corpus_dir, held_out, out, strategy="unfreeze", steps=8, eval_every=4, patience=2)
-    info = json.loads((out / "config.json").read_text())["family_info"]
-    assert Path(info["init_from"]).resolve() != Path(pretrained).resolve()  # one step removed
+    run = json.loads((out / "config.json").read_text())
+    info = run["family_info"]
+    # trained from the deleted frozen stage; the recorded provenance names the pretrained run
+    assert Path(info["init_from"]) == Path(pretrained).resolve()
+    assert Path(run["config"]["data"]["init_from"]) == Path(pretrained).resolve()
+    stage1 = run["finetune_stage1"]
+    assert stage1["strategy"] == "frozen" and not Path(stage1["deleted_folder"]).exists()
+    assert 1 <= stage1["best_step"] <= 4 and stage1["best_val_loss"] > 0
+    assert load_run_config(out).data.init_from == str(Path(pretrained).resolve())
     pre = set(json.loads((pretrained / "config.json").read_text())["family_info"]["sessions"])
     windows = run_windows(out, Corpus(corpus_dir))
     assert set(windows) == pre | {held_out}

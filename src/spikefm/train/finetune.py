@@ -196,9 +196,32 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
                                    out_dir, family, **kw)
     shutil.rmtree(stage1, ignore_errors=True)
     s2["stage1"] = {k: s1[k] for k in ("best_step", "best_val_loss", "stopped_at")}
+    _record_unfreeze_provenance(out_dir, run_dir, stage1, s2["stage1"])
     if s1["best_val_loss"] < s2["best_val_loss"]:
         s2["note"] = "unfreezing did not improve on the frozen stage's validation loss"
     return s2
+
+
+def _record_unfreeze_provenance(out_dir: Path, run_dir: str, stage1: Path, stage1_summary: dict) -> None:
+    """Stage 2 of ``unfreeze`` was initialised from the frozen stage's folder, which is deleted
+    once it is done; point the run's recorded ``init_from`` (config and family info) at the
+    pretrained run instead and keep what stage 1 did under ``finetune_stage1``, so the
+    provenance of the weights never names a folder that does not exist."""
+    from spikefm.fileio import write_json_atomic
+    from spikefm.train.runinfo import read_run_info
+
+    info = read_run_info(out_dir)
+    pretrained = str(Path(run_dir).resolve())
+    data = info.get("config", {}).get("data", {})
+    if "init_from" in data:
+        data["init_from"] = pretrained
+    fam = info.get("family_info")
+    if isinstance(fam, dict) and "init_from" in fam:
+        fam["init_from"] = pretrained
+    info["finetune_stage1"] = {"strategy": "frozen", "deleted_folder": str(stage1.resolve()), **stage1_summary,
+                               "note": "stage 2 (everything trainable) started from this stage's weights: "
+                                       "the pretrained core and the session parameters trained on it"}
+    write_json_atomic(out_dir / "config.json", info)
 
 
 def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,

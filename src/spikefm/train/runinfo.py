@@ -116,6 +116,17 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+def read_family_info(run_dir: str | os.PathLike, *, what: str = "a spikefm") -> dict[str, Any]:
+    """The ``family_info`` object of RUN_DIR/config.json (what the family recorded about the run:
+    sessions, window options and splits, ...); a one-line ValueError when the file or the object
+    is missing, saying that ``what`` run directory (``"an NDT"``, ``"a NEDS"``) was expected."""
+    fam = read_run_info(run_dir).get("family_info")
+    if not isinstance(fam, dict):
+        raise ValueError(f"{Path(run_dir) / 'config.json'}: no 'family_info' object; expected {what} run "
+                         "directory written by spikefm train")
+    return fam
+
+
 def load_run_config(run_dir: str | os.PathLike, *, model_cls: type, data_cls: type) -> RunConfig:
     """The RunConfig recorded in RUN_DIR/config.json, read with the family's config classes.
 

@@ -14,7 +14,6 @@ Example::
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,12 +40,9 @@ def pick_session(model: nn.Module, session: str | None) -> str:
 
 
 def _family_info(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())["family_info"]
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise ValueError(f"{path}: cannot read the run's family_info ({exc}); expected an NDT run "
-                         "directory written by spikefm train") from None
+    from spikefm.train.runinfo import read_family_info
+
+    return read_family_info(run_dir, what="an NDT")
 
 
 def session_windows_for_run(run_dir: str | Path, corpus, session_id: str):

@@ -21,7 +21,6 @@ the pretrained run's modalities written out explicitly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +130,8 @@ class NEDSDataConfig:
             windows), hence the default 20.
         init_from: a pretrained NEDS run whose core initialises this run.
         freeze_core: keep the loaded core fixed.
+        free_heads: with ``freeze_core``, the behaviour and label output heads still train (the
+            rest of the core stays fixed).
     """
 
     corpus: str = ""
@@ -153,6 +154,7 @@ class NEDSDataConfig:
     label_weight: float = 1.0
     init_from: str = ""
     freeze_core: bool = False
+    free_heads: bool = False
 
     def __post_init__(self) -> None:
         for name in ("corpus", "sessions", "align", "event_rounding", "behavior", "labels", "schemes", "val_schemes",
@@ -187,8 +189,9 @@ class NEDSDataConfig:
 
         _check_fractions(self.split_fractions)
         _check_window_options(self.event_rounding, None, self.min_rate_hz)
-        if not isinstance(self.freeze_core, bool):
-            raise TypeError(f"data.freeze_core must be a bool (true/false), got {self.freeze_core!r}")
+        for name in ("freeze_core", "free_heads"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"data.{name} must be a bool (true/false), got {getattr(self, name)!r}")
         if self.freeze_core and not self.init_from:
             raise ValueError("data.freeze_core=true needs data.init_from=PRETRAINED_RUN_DIR; freezing a "
                              "random core would train the session parameters on noise")
@@ -325,7 +328,7 @@ class NEDSFamily:
             return
         load_pretrained_core(model, data.init_from)
         if data.freeze_core:
-            model.freeze_core(True)
+            model.freeze_core(True, except_heads=data.free_heads)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.layers)
@@ -470,12 +473,9 @@ def _to(batch: dict, device) -> dict:
 
 
 def _run_info(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())["family_info"]
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise ValueError(f"{path}: cannot read the run's family_info ({exc}); expected a NEDS run "
-                         "directory written by spikefm train") from None
+    from spikefm.train.runinfo import read_family_info
+
+    return read_family_info(run_dir, what="a NEDS")
 
 
 def load_pretrained_core(model: NEDS, run_dir: str | Path) -> list[str]:

@@ -8,6 +8,9 @@ baselines fitted on train windows only.
     # a fine-tuning variant of the same pretrained run, in its own folder:
     python benchmarks/neds_tune_strategies.py --seed 1 --duration-s 1000 --work /tmp/neds_tune \
         --finetune-set data.label_weight=0 --finetune-dir ft_lw0
+    # the fine-tuning step budget of `spikefm finetune` (1500) instead of the benchmark's 300:
+    python benchmarks/neds_tune_strategies.py --seed 1 --steps 1500 --choice-signal 0.5 --work /tmp/neds_tune \
+        --finetune-steps 1500 --finetune-dir ft1500
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ def main() -> None:
     ap.add_argument("--finetune-dir", default="ft",
                     help="folder under --work for the fine-tuning (another name keeps several variants of one "
                          "pretrained run side by side)")
+    ap.add_argument("--finetune-steps", type=int, default=300, help="maximum steps of each fine-tuning candidate")
+    ap.add_argument("--eval-every", type=int, default=50, help="fine-tuning: steps between validation evaluations")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON of every candidate's val scores")
     args = ap.parse_args()
@@ -63,8 +68,8 @@ def main() -> None:
                        root / "pre", progress=False)
     ft = root / args.finetune_dir
     if not (ft / "finetune.json").exists():
-        families.finetune(root / "pre", corpus, held, ft, strategy="auto", steps=300, eval_every=50,
-                          patience=3, overrides=args.ft_overrides)
+        families.finetune(root / "pre", corpus, held, ft, strategy="auto", steps=args.finetune_steps,
+                          eval_every=args.eval_every, patience=3, overrides=args.ft_overrides)
     summary = json.loads((ft / "finetune.json").read_text())
     print(f"auto chose {summary['strategy']}; validation losses: "
           + ", ".join(f"{k} {v['best_val_loss']:.4f}" for k, v in summary["candidates"].items())
@@ -84,6 +89,7 @@ def main() -> None:
         write_json_atomic(args.out, {"seed": args.seed, "duration_s": args.duration_s, "sessions": args.sessions,
                                      "steps": args.steps, "choice_signal": args.choice_signal,
                                      "overrides": args.overrides, "finetune_overrides": args.ft_overrides,
+                                     "finetune_steps": args.finetune_steps, "eval_every": args.eval_every,
                                      "split": "val",
                                      "chosen": summary["strategy"], "finetune": summary, "scores": scores,
                                      "wall_s": time.perf_counter() - t0})

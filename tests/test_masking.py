@@ -301,3 +301,36 @@ def test_causal_modes_random_and_prefix():
     assert last.loss_mask_BTN[:, -10:, 1].all() and not last.loss_mask_BTN[:, :-10].any()
     with pytest.raises(ValueError, match="causal_mode must be one of"):
         apply_masks(counts, valid, region, scheme, torch.Generator(), causal_mode="sideways")
+
+
+def test_causal_mode_spans_hides_whole_runs_on_a_shifted_grid():
+    from spikefm.families.ndt.masking import SPAN_BINS, apply_masks, scheme_id
+
+    B, T, N = 200, 100, 3
+    counts = torch.ones(B, T, N)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    region = torch.zeros(B, N, dtype=torch.long)
+    scheme = torch.full((B,), scheme_id("causal"), dtype=torch.long)
+    m = apply_masks(counts, valid, region, scheme, torch.Generator().manual_seed(0), causal_ratio=0.6,
+                    causal_mode="spans")
+    bins_BT = m.loss_mask_BTN[:, :, 0]
+    assert torch.equal(m.loss_mask_BTN, bins_BT[:, :, None].expand(B, T, N))
+    offsets = set()
+    for row in bins_BT.tolist():
+        # the grid: the first boundary at 1..L bins (offset), then every L bins; each run is all
+        # hidden or all visible, and the count of hidden runs is round(0.6 * runs)
+        for off in range(SPAN_BINS):
+            edges = [0] + list(range((SPAN_BINS - off) % SPAN_BINS or SPAN_BINS, T, SPAN_BINS)) + [T]
+            runs = [row[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+            if all(len(set(r)) == 1 for r in runs) and sum(r[0] for r in runs) == round(0.6 * len(runs)):
+                offsets.add(off)
+                break
+        else:
+            raise AssertionError(f"not whole runs of {SPAN_BINS} bins on one grid: {row}")
+    assert len(offsets) > SPAN_BINS // 2  # the grid offset is drawn per sample
+    assert len({tuple(r) for r in bins_BT.tolist()}) > B // 2
+    assert bins_BT.float().mean(0).min() > 0.3  # every position is trained
+    one = apply_masks(torch.ones(4, 3, 2), torch.ones(4, 2, dtype=torch.bool), torch.zeros(4, 2, dtype=torch.long),
+                      torch.full((4,), scheme_id("causal"), dtype=torch.long), torch.Generator().manual_seed(1),
+                      causal_ratio=0.1, causal_mode="spans")
+    assert (one.loss_mask_BTN[:, :, 0].sum(1) >= 1).all()  # short windows: at least one run

@@ -13,7 +13,9 @@ The four training schemes follow the multi-task masking recipe (Zhang et al. 202
   of the window); ``mixed``: ``random`` or ``prefix``, drawn per sample with equal odds (the
   prefix half practises predicting several bins in a row, as the walk's chunks ask);
   ``last``: the final ``causal_ratio`` of the bins (the first NDT recipe, which
-  never trains the positions before them).
+  never trains the positions before them); ``spans``: runs of :data:`SPAN_BINS` bins on a grid
+  with a random offset, a random ``causal_ratio`` of the runs hidden, so each hidden run is
+  predicted from the visible past before it, as a walk chunk is.
 - ``inter_region``: one brain region present in the sample is masked entirely; it is the target.
 - ``intra_region``: every unit outside one target region is masked in the input (context removed,
   not scored) and a random ``intra_ratio`` of the target region's units is masked and scored.
@@ -45,7 +47,9 @@ import torch.nn.functional as F
 SCHEMES: tuple[str, ...] = ("neuron", "causal", "inter_region", "intra_region")
 NUM_SCHEMES = len(SCHEMES)
 #: How the ``causal`` scheme picks its masked bins (see the module docstring).
-CAUSAL_MODES: tuple[str, ...] = ("random", "prefix", "last", "mixed")
+CAUSAL_MODES: tuple[str, ...] = ("random", "prefix", "last", "mixed", "spans")
+#: Length (bins) of the hidden runs of ``causal_mode="spans"``: the forward-prediction walk's chunk.
+SPAN_BINS = 10
 
 
 def _expect(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
@@ -168,6 +172,23 @@ def _random_subset(
     return candidates_BN & (rank_BN < k_B[:, None])
 
 
+def _span_mask(time_scores_BT: torch.Tensor, ratio: float, pos_T: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the bins of a random ``ratio`` of the runs of :data:`SPAN_BINS` bins (grid offset
+    from the last score of each row, runs chosen by the first scores), at least one run."""
+    B, T = time_scores_BT.shape
+    L = SPAN_BINS
+    offset_B = torch.floor(time_scores_BT[:, -1] * L).long().clamp(0, L - 1)
+    run_BT = (pos_T[None, :] + offset_B[:, None]) // L  # run index of each bin, 0 .. T // L + 1
+    n_runs = int(run_BT.max()) + 1 if T else 0
+    # runs present in each row (the first run may be cut short by the offset; every row has them all
+    # but possibly an empty last one)
+    present_BR = torch.zeros((B, n_runs), dtype=torch.bool, device=pos_T.device)
+    present_BR.scatter_(1, run_BT, True)
+    scores_BR = time_scores_BT[:, torch.arange(n_runs, device=pos_T.device) % T]
+    chosen_BR = _random_subset(present_BR, _num_to_mask(present_BR.sum(1), ratio), scores_BR)
+    return chosen_BR.gather(1, run_BT)
+
+
 def _num_to_mask(total_B: torch.Tensor, ratio: float) -> torch.Tensor:
     """round(ratio * total), at least 1 and at most total (0 when total is 0)."""
     k_B = torch.round(total_B.to(torch.float64) * ratio).long()
@@ -219,7 +240,9 @@ def apply_masks(
         causal_ratio: ``causal`` masks this fraction of the bins (rounded, at least one bin): random
             time steps (``causal_mode="random"``), the last ones (``"last"``), every bin from a
             start drawn uniformly over the last ``causal_ratio`` of the window (``"prefix"``), or
-            random / prefix drawn per sample (``"mixed"``).
+            random / prefix drawn per sample (``"mixed"``), or runs of :data:`SPAN_BINS` bins
+            (``"spans"``: the window cut into runs at a random offset, ``round(causal_ratio *
+            runs)`` of them hidden, at least one).
         causal_mode: one of :data:`CAUSAL_MODES`.
         intra_ratio: fraction of the target region's units scored by ``intra_region``
             (rounded, at least one unit).
@@ -268,6 +291,8 @@ def apply_masks(
         suffix_BT = pos_T[None, :] >= start_B[:, None]
         if causal_mode == "random":
             future_BT = random_BT
+        elif causal_mode == "spans":
+            future_BT = _span_mask(time_scores_BT, causal_ratio, pos_T)
         elif causal_mode == "prefix":
             future_BT = suffix_BT
         else:  # mixed

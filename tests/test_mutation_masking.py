@@ -203,7 +203,7 @@ def test_apply_masks_and_helpers_messages_are_exact():
             assert message(ValueError, apply, **{name: bad}) == f"{name} must be a float in (0, 1], got {bad!r}"
         apply(**{name: 1.0})  # 1 is allowed
     assert message(ValueError, apply, causal_mode="first") == (
-        "causal_mode must be one of random, prefix, last, mixed, got 'first'")
+        "causal_mode must be one of random, prefix, last, mixed, spans, got 'first'")
     assert message(ValueError, apply, counts_BTN=[[[1.0]]]) == (
         "counts_BTN must be a 3-D (batch, bins, units) tensor, got <class 'list'>")
     assert message(ValueError, apply, counts_BTN=counts[0]) == (

@@ -170,7 +170,9 @@ def main():
     ap.add_argument("--duration-s", type=float, default=1000.0)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--finetune-steps", type=int, default=1500,
+                    help="maximum steps of each fine-tuning candidate (spikefm finetune's default; the "
+                         "tables run before 2026-12-03 used 300)")
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--strategy", default="auto",

@@ -178,8 +178,8 @@ def _span_mask(time_scores_BT: torch.Tensor, ratio: float, pos_T: torch.Tensor) 
     B, T = time_scores_BT.shape
     L = SPAN_BINS
     offset_B = torch.floor(time_scores_BT[:, -1] * L).long().clamp(0, L - 1)
-    run_BT = (pos_T[None, :] + offset_B[:, None]) // L  # run index of each bin, 0 .. T // L + 1
-    n_runs = int(run_BT.max()) + 1 if T else 0
+    run_BT = (pos_T[None, :] + offset_B[:, None]) // L  # run index of each bin
+    n_runs = (T + L - 2) // L + 1 if T else 0  # runs of the largest offset, L - 1 (no device sync)
     # runs present in each row (the first run may be cut short by the offset; every row has them all
     # but possibly an empty last one)
     present_BR = torch.zeros((B, n_runs), dtype=torch.bool, device=pos_T.device)

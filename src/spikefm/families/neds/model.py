@@ -221,11 +221,9 @@ class NEDS(nn.Module):
     def freeze_core(self, frozen: bool = True, *, except_heads: bool = False) -> None:
         """Fix (or free) the shared core; ``except_heads`` leaves the behaviour and label output
         heads (``channel_head``, ``label_heads``) trainable while the rest stays fixed."""
-        for name, p in self.named_parameters():
-            if name.startswith("sessions."):
-                continue
-            head = name.startswith(("channel_head.", "label_heads."))
-            p.requires_grad_(not frozen or (except_heads and head))
+        heads = {id(p) for m in (self.channel_head, self.label_heads) for p in m.parameters()}
+        for p in self.core_parameters():
+            p.requires_grad_(not frozen or (except_heads and id(p) in heads))
 
     def unit_embeddings(self, session_id: str) -> torch.Tensor:
         """(n, 2D) per-unit vectors: read-in column and read-out row of each unit."""

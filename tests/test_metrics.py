@@ -320,3 +320,56 @@ def test_poisson_token_logprob_zero_rate_and_dtype():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         poisson_token_logprob(np.zeros((2, 3), dtype=np.uint8), np.ones((2, 3)))
+
+
+# ----------------------------------------------------------------------------- bootstrap interval
+
+
+def _loop_bootstrap(rates, counts, seed, R, level, null_rates=None):
+    """The same resamples drawn again, each scored by bps_pooled on the re-indexed arrays."""
+    K = counts.shape[0]
+    idx = np.random.default_rng(seed).integers(0, K, size=(R, K))
+    vals = [bps_pooled(rates[i], counts[i], null_rates=null_rates) for i in idx]
+    tail = 100 * (1 - level) / 2
+    return tuple(np.percentile(vals, [tail, 100 - tail]))
+
+
+@pytest.mark.parametrize("null", [False, True])
+def test_bps_bootstrap_interval_matches_resampled_bps_pooled(null):
+    from spikefm.eval.metrics import bps_pooled_bootstrap_interval
+
+    rng = np.random.default_rng(3)
+    K, T, N = 12, 10, 7
+    truth = rng.gamma(2.0, 0.2, size=(K, T, N))
+    counts = rng.poisson(truth).astype(float)
+    counts[0, :3, 2] = np.nan  # not evaluated: left out of every sum
+    rates = truth * rng.uniform(0.7, 1.3, size=truth.shape)
+    null_rates = counts[1:].mean(axis=(0, 1)) + 0.01 if null else None
+    got = bps_pooled_bootstrap_interval(rates, counts, null_rates=null_rates, num_resamples=300,
+                                        level=0.9, seed=5)
+    want = _loop_bootstrap(rates, counts, 5, 300, 0.9, null_rates)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    point = bps_pooled(rates, counts, null_rates=null_rates)
+    assert got[0] < point < got[1]
+
+
+def test_bps_bootstrap_interval_narrows_with_trials_and_handles_zero_rates():
+    from spikefm.eval.metrics import bps_pooled_bootstrap_interval
+
+    rng = np.random.default_rng(0)
+
+    def width(K):
+        truth = rng.gamma(2.0, 0.3, size=(K, 10, 5))
+        lo, hi = bps_pooled_bootstrap_interval(truth, rng.poisson(truth).astype(float), seed=1)
+        return hi - lo
+
+    assert width(400) < 0.5 * width(25)
+    counts = np.ones((4, 3, 2))
+    rates = np.ones((4, 3, 2))
+    rates[0, 0, 0] = 0.0  # a spike at rate 0 in trial 0: every resample holding it is -inf
+    lo, hi = bps_pooled_bootstrap_interval(rates, counts, seed=0)
+    assert lo == -np.inf and np.isfinite(hi)
+    with pytest.raises(ValueError, match="at least 2 trials"):
+        bps_pooled_bootstrap_interval(np.ones((1, 3, 2)), np.ones((1, 3, 2)))
+    with pytest.raises(ValueError, match="num_resamples"):
+        bps_pooled_bootstrap_interval(rates, counts, num_resamples=10)

@@ -137,6 +137,7 @@ def test_walk_chunk_table_shows_both_nulls_and_the_oracle(tmp_path):
     def walk(shift):
         chunks = [{"start_bin": s, "end_bin": s + 10, "model": {"bps_pooled": 0.01 * i - shift},
                    "model_vs_train_null": {"bps_pooled": 0.02 * i + 0.003 - shift},
+                   "model_ci95": {"bps_pooled": [0.01 * i - shift - 0.05, 0.01 * i - shift + 0.04]},
                    "oracle": {"bps_pooled": 0.3 + 0.01 * i}} for i, s in enumerate((25, 35, 45))]
         bench = _bench(0.2)
         bench["tasks"]["forward-prediction-walk"] = {
@@ -155,8 +156,11 @@ def test_walk_chunk_table_shows_both_nulls_and_the_oracle(tmp_path):
             base = f"/{name}/tasks/forward-prediction-walk/chunks/{i}"
             assert cells[f"{base}/model/bps_pooled"] == f"{chunk['model']['bps_pooled']:.4f}"
             assert cells[f"{base}/model_vs_train_null/bps_pooled"] == f"{chunk['model_vs_train_null']['bps_pooled']:.4f}"
+            lo, hi = chunk["model_ci95"]["bps_pooled"]
+            assert (cells[f"{base}/model_ci95/bps_pooled/0"], cells[f"{base}/model_ci95/bps_pooled/1"]) == \
+                (f"{lo:.4f}", f"{hi:.4f}")
     assert cells["/fine-tuned/tasks/forward-prediction-walk/chunks/2/oracle/bps_pooled"] == "0.3200"
-    assert "fine-tuned (train-fitted null)" in text
+    assert "fine-tuned (train-fitted null)" in text and "fine-tuned 95 % high" in text
 
 
 def test_generic_study_curves_and_ranking(tmp_path):

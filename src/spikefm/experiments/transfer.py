@@ -141,7 +141,11 @@ def _headline(res: dict) -> dict:
                 if base in e:
                     row[base] = e[base]["bps_pooled"]
             if e.get("chunks"):
-                row["fine-tuned min chunk"] = min(c["model"]["bps_pooled"] for c in e["chunks"])
+                low = min(e["chunks"], key=lambda c: c["model"]["bps_pooled"])
+                row["fine-tuned min chunk"] = low["model"]["bps_pooled"]
+                ci = low.get("model_ci95", {}).get("bps_pooled")
+                if ci:  # that chunk's 95 % trial-bootstrap interval
+                    row["fine-tuned min chunk, 95 % CI low"], row["fine-tuned min chunk, 95 % CI high"] = ci
                 if all("model_vs_train_null" in c for c in e["chunks"]):
                     row["fine-tuned min chunk, train-fitted null"] = min(
                         c["model_vs_train_null"]["bps_pooled"] for c in e["chunks"])

@@ -227,11 +227,18 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
         # val windows (an out-of-sample null; the headline columns use the NLB in-sample null)
         null_fitted = {n: e for n, e in entries.items()
                        if e and any("model_vs_train_null" in c for c in e.get("chunks", []))}
+        # each chunk's 95 % bootstrap interval over the test trials (NLB null re-fitted per resample)
+        with_ci = {n: e for n, e in entries.items()
+                   if e and any(c.get("model_ci95", {}).get("bps_pooled") for c in e.get("chunks", []))}
         for i, ch in enumerate(first["chunks"]):
             row = [f"bins {ch['start_bin']}-{ch['end_bin'] - 1}"]
             row += [Num(e["chunks"][i]["model"]["bps_pooled"], src=ev.src,
                         path=ev.ptr(n, "tasks", task, "chunks", i, "model", "bps_pooled"))
                     if e and len(e.get("chunks", [])) > i else None for n, e in entries.items()]
+            for n, e in with_ci.items():
+                ci = e["chunks"][i].get("model_ci95", {}).get("bps_pooled") if len(e["chunks"]) > i else None
+                row += [Num(ci[j], src=ev.src, path=ev.ptr(n, "tasks", task, "chunks", i, "model_ci95",
+                                                           "bps_pooled", j)) if ci else None for j in (0, 1)]
             row += [Num(e["chunks"][i]["model_vs_train_null"]["bps_pooled"], src=ev.src,
                         path=ev.ptr(n, "tasks", task, "chunks", i, "model_vs_train_null", "bps_pooled"))
                     if len(e.get("chunks", [])) > i and "model_vs_train_null" in e["chunks"][i] else None
@@ -248,9 +255,13 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
         if "oracle" in first["chunks"][0]:
             lines.append(charts.series("oracle", [c["start_bin"] * bin_ms / 1000 for c in first["chunks"]],
                                        [c["oracle"]["bps_pooled"] for c in first["chunks"]], style="dash"))
-        sec.table(["chunk", *names, *(f"{n} (train-fitted null)" for n in null_fitted), "oracle"], chunk_rows,
+        ci_cols = [f"{n} 95 % {side}" for n in with_ci for side in ("low", "high")]
+        sec.table(["chunk", *names, *ci_cols, *(f"{n} (train-fitted null)" for n in null_fitted), "oracle"],
+                  chunk_rows,
                   caption=f"{task}: bps_pooled per chunk (NLB null: each neuron's mean count over the scored "
-                          "entries; train-fitted null: its mean count in the same bins of the train and val windows)",
+                          "entries; 95 % low / high: bootstrap interval over the test trials, the NLB null "
+                          "re-fitted on each resample; train-fitted null: its mean count in the same bins of "
+                          "the train and val windows)",
                   key=f"chunks-{task}")
         sec.figure(charts.xy(lines, x_label="chunk start (s into the window)", y_label="bps_pooled"),
                    f"{task}: bits per spike of each predicted chunk, given all earlier true activity.")

@@ -46,7 +46,8 @@ import torch.nn as nn
 from spikefm.families.ndt.masking import mask_entries, scheme_id
 from spikefm.data.windows import MIN_INIT_RATE, SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
-from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, decode_discrete, wilson_interval
+from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_bootstrap_interval, decode_discrete,
+                                  wilson_interval)
 from spikefm.fileio import savez_atomic
 
 __all__ = [
@@ -603,11 +604,22 @@ def _fraction(model: dict, oracle: dict) -> dict[str, float]:
     return out
 
 
+def _ci95(rates, counts, seed: int) -> dict[str, list[float]]:
+    """``{"bps_pooled": [low, high]}``: 95 % trial-bootstrap interval (empty with under 2 trials)."""
+    if counts.shape[0] < 2:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {"bps_pooled": list(bps_pooled_bootstrap_interval(rates, counts, seed=seed))}
+
+
 def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward_bins: int,
-               truth_KTN: np.ndarray | None) -> list[dict]:
+               truth_KTN: np.ndarray | None, seed: int = 0) -> list[dict]:
     """bps of each scored chunk of a forward-prediction task: ``[{"start_bin", "end_bin",
-    "model": {...}, "model_vs_train_null": {"bps_pooled"}, "oracle": {...}}]`` (oracle with
-    ground truth).
+    "model": {...}, "model_ci95": {"bps_pooled": [low, high]}, "model_vs_train_null":
+    {"bps_pooled"}, "oracle": {...}}]`` (oracle with ground truth). ``model_ci95`` is the 95 %
+    bootstrap interval over the scored trials (:func:`~spikefm.eval.metrics.bps_pooled_bootstrap_interval`,
+    the NLB null re-fitted on each resample).
 
     ``model`` follows the NLB convention: the null is each neuron's mean count over the scored
     entries themselves, a rate fitted on the test data. On a chunk of a few bins of a few test
@@ -629,7 +641,8 @@ def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward
     chunks = []
     for s0 in starts:
         sl = slice(s0, min(s0 + forward_bins, T))
-        chunk = {"start_bin": s0, "end_bin": sl.stop, "model": _bps(pred.rates[:, sl], pred.counts[:, sl])}
+        chunk = {"start_bin": s0, "end_bin": sl.stop, "model": _bps(pred.rates[:, sl], pred.counts[:, sl]),
+                 "model_ci95": _ci95(pred.rates[:, sl], pred.counts[:, sl], seed)}
         if fit.size:
             null_N = np.maximum(windows.counts[fit, sl].astype(np.float64).mean(axis=(0, 1)), MIN_INIT_RATE)
             with warnings.catch_warnings():
@@ -725,7 +738,8 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             continue
         kw = {"forward_bins": forward_bins} if task.startswith("forward") else {}
         pred = _TASK_FUNCS[task](model, windows, split="test", batch_size=batch_size, **kw)
-        entry = {"model": _bps(pred.rates, pred.counts), "num_evaluated": pred.num_evaluated}
+        entry = {"model": _bps(pred.rates, pred.counts), "model_ci95": _ci95(pred.rates, pred.counts, seed),
+                 "num_evaluated": pred.num_evaluated}
         if baselines and task == "co-smoothing":
             train = windows.indices("train")
             if train.size and windows.num_units >= 2:
@@ -738,11 +752,20 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             entry["fraction_of_oracle"] = _fraction(entry["model"], entry["oracle"])
         if task.startswith("forward"):
             entry["chunks"] = _chunk_bps(pred, windows, task, forward_bins,
-                                         None if truth_rates is None else truth_rates[test])
+                                         None if truth_rates is None else truth_rates[test], seed)
         if save_predictions is not None:
             savez_atomic(Path(save_predictions) / f"{task}.npz", rates=pred.rates, counts=pred.counts)
         out["tasks"][task] = entry
     return out
+
+
+def _fmt_ci(chunk: dict) -> str:
+    """A chunk's ``bps_pooled`` and, where recorded, its bootstrap interval: ``0.115 [0.052, 0.180]``."""
+    from spikefm.tables import fmt_number
+
+    ci = chunk.get("model_ci95", {}).get("bps_pooled")
+    text = fmt_number(chunk["model"]["bps_pooled"])
+    return f"{text} [{fmt_number(ci[0], '.3f')}, {fmt_number(ci[1], '.3f')}]" if ci else text
 
 
 def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
@@ -820,7 +843,7 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
         first = next((e for e in entries.values() if e and len(e.get("chunks", [])) > 1), None)
         for i, chunk in enumerate(first["chunks"] if first else []):
             row = [task, f"bps_pooled bins {chunk['start_bin']}-{chunk['end_bin'] - 1}"]
-            row += [_fmt(e["chunks"][i]["model"]["bps_pooled"]) if e and len(e.get("chunks", [])) > i else "-"
+            row += [_fmt_ci(e["chunks"][i]) if e and len(e.get("chunks", [])) > i else "-"
                     for e in entries.values()]
             row += [_fmt(chunk["oracle"]["bps_pooled"]) if c == "oracle" and "oracle" in chunk else "-"
                     for c in columns[len(models):]]
@@ -833,5 +856,8 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
                     if e and len(e.get("chunks", [])) > i else "-" for e in entries.values()]
             rows.append(row + ["-"] * (len(columns) - len(models)))
     skipped = {t: r for res in results_by_model.values() for t, r in res.get("skipped", {}).items()}
+    footer = [f"skipped {t}: {reason}" for t, reason in skipped.items()]
+    if any(e.get("chunks") for res in results_by_model.values() for e in res.get("tasks", {}).values()):
+        footer.append("bins a-b: each chunk's bps_pooled [95 % bootstrap interval over the test trials]")
     return render_table(["task", "metric"] + columns, rows, align="<<" + ">" * len(columns),
-                        footer=[f"skipped {t}: {reason}" for t, reason in skipped.items()])
+                        footer=footer)

@@ -325,51 +325,66 @@ def test_poisson_token_logprob_zero_rate_and_dtype():
 # ----------------------------------------------------------------------------- bootstrap interval
 
 
-def _loop_bootstrap(rates, counts, seed, R, level, null_rates=None):
-    """The same resamples drawn again, each scored by bps_pooled on the re-indexed arrays."""
-    K = counts.shape[0]
-    idx = np.random.default_rng(seed).integers(0, K, size=(R, K))
-    vals = [bps_pooled(rates[i], counts[i], null_rates=null_rates) for i in idx]
-    tail = 100 * (1 - level) / 2
-    return tuple(np.percentile(vals, [tail, 100 - tail]))
-
-
-@pytest.mark.parametrize("null", [False, True])
-def test_bps_bootstrap_interval_matches_resampled_bps_pooled(null):
-    from spikefm.eval.metrics import bps_pooled_bootstrap_interval
-
-    rng = np.random.default_rng(3)
-    K, T, N = 12, 10, 7
-    truth = rng.gamma(2.0, 0.2, size=(K, T, N))
+def _walk_like(K, seed=3, T=10, N=7):
+    rng = np.random.default_rng(seed)
+    truth = rng.gamma(2.0, 0.2, size=(K, T, N)) * rng.lognormal(0.0, 0.3, size=(K, 1, 1))
     counts = rng.poisson(truth).astype(float)
     counts[0, :3, 2] = np.nan  # not evaluated: left out of every sum
-    rates = truth * rng.uniform(0.7, 1.3, size=truth.shape)
-    null_rates = counts[1:].mean(axis=(0, 1)) + 0.01 if null else None
-    got = bps_pooled_bootstrap_interval(rates, counts, null_rates=null_rates, num_resamples=300,
-                                        level=0.9, seed=5)
-    want = _loop_bootstrap(rates, counts, 5, 300, 0.9, null_rates)
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
-    point = bps_pooled(rates, counts, null_rates=null_rates)
-    assert got[0] < point < got[1]
+    rates = truth.mean(axis=0, keepdims=True) * rng.uniform(0.7, 1.3, size=truth.shape)
+    return rates, counts
 
 
-def test_bps_bootstrap_interval_narrows_with_trials_and_handles_zero_rates():
-    from spikefm.eval.metrics import bps_pooled_bootstrap_interval
+def test_trial_weights_score_resamples_and_jackknife_as_bps_pooled_does():
+    from spikefm.eval.metrics import _trial_weighted_bps
+
+    rates, counts = _walk_like(9)
+    null = counts[1:].mean(axis=(0, 1)) + 0.01
+    for null_rates in (None, null):
+        score = _trial_weighted_bps(rates, counts, null_rates)
+        idx = np.random.default_rng(0).integers(0, 9, size=(5, 9))
+        w = np.stack([np.bincount(i, minlength=9) for i in idx]).astype(float)
+        want = [bps_pooled(rates[i], counts[i], null_rates=null_rates) for i in idx]
+        np.testing.assert_allclose(score(w), want, rtol=1e-10)
+        keep = [np.delete(np.arange(9), k) for k in range(9)]
+        np.testing.assert_allclose(score(1.0 - np.eye(9)),
+                                   [bps_pooled(rates[i], counts[i], null_rates=null_rates) for i in keep], rtol=1e-10)
+        assert score(np.ones((1, 9)))[0] == pytest.approx(bps_pooled(rates, counts, null_rates=null_rates), rel=1e-10)
+
+
+def test_bps_interval_is_the_jackknife_t_interval_of_leave_one_trial_out_scores():
+    from scipy.stats import t as student_t
+
+    from spikefm.eval.metrics import bps_pooled_interval
+
+    rates, counts = _walk_like(20)
+    null = counts[1:].mean(axis=(0, 1)) + 0.01
+    for null_rates in (None, null):
+        point = bps_pooled(rates, counts, null_rates=null_rates)
+        loo = np.array([bps_pooled(np.delete(rates, k, 0), np.delete(counts, k, 0), null_rates=null_rates)
+                        for k in range(20)])
+        se = np.sqrt(19 / 20 * np.sum((loo - loo.mean()) ** 2))  # the jackknife standard error
+        for level in (0.95, 0.8):
+            q = student_t.ppf(0.5 + level / 2, 19)
+            got = bps_pooled_interval(rates, counts, null_rates=null_rates, level=level)
+            np.testing.assert_allclose(got, [point - q * se, point + q * se], rtol=1e-9)
+
+
+def test_bps_interval_narrows_with_trials_and_handles_zero_rates():
+    from spikefm.eval.metrics import bps_pooled_interval
 
     rng = np.random.default_rng(0)
 
     def width(K):
         truth = rng.gamma(2.0, 0.3, size=(K, 10, 5))
-        lo, hi = bps_pooled_bootstrap_interval(truth, rng.poisson(truth).astype(float), seed=1)
+        lo, hi = bps_pooled_interval(truth, rng.poisson(truth).astype(float))
         return hi - lo
 
     assert width(400) < 0.5 * width(25)
     counts = np.ones((4, 3, 2))
     rates = np.ones((4, 3, 2))
-    rates[0, 0, 0] = 0.0  # a spike at rate 0 in trial 0: every resample holding it is -inf
-    lo, hi = bps_pooled_bootstrap_interval(rates, counts, seed=0)
-    assert lo == -np.inf and np.isfinite(hi)
-    with pytest.raises(ValueError, match="at least 2 trials"):
-        bps_pooled_bootstrap_interval(np.ones((1, 3, 2)), np.ones((1, 3, 2)))
-    with pytest.raises(ValueError, match="num_resamples"):
-        bps_pooled_bootstrap_interval(rates, counts, num_resamples=10)
+    rates[0, 0, 0] = 0.0  # a spike at rate 0 in trial 0: the score is -inf
+    assert bps_pooled_interval(rates, counts) == (-np.inf, -np.inf)
+    with pytest.raises(ValueError, match="at least 3 trials"):
+        bps_pooled_interval(np.ones((2, 3, 2)), np.ones((2, 3, 2)))
+    with pytest.raises(ValueError, match="level"):
+        bps_pooled_interval(rates, counts, level=95)

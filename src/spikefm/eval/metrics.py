@@ -30,7 +30,7 @@ __all__ = [
     "bps_pooled",
     "bps_per_neuron",
     "bps_per_neuron_mean",
-    "bps_pooled_bootstrap_interval",
+    "bps_pooled_interval",
     "r2_score_pooled",
     "decode_discrete",
     "decode_continuous",
@@ -226,71 +226,84 @@ def bps_per_neuron_mean(rates, counts, *, null_rates=None) -> float:
     return float(per_neuron_N[active].mean())
 
 
-def bps_pooled_bootstrap_interval(rates, counts, *, null_rates=None, num_resamples: int = 2000,
-                                  level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of :func:`bps_pooled` over trials (the first axis).
+def bps_pooled_interval(rates, counts, *, null_rates=None, level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of :func:`bps_pooled` over trials (the first axis): the jackknife
+    standard error with a Student-t quantile, ``bps +- t_{K-1} * se``.
 
-    Each resample draws ``K`` of the ``K`` trials (windows) with replacement and scores them exactly
-    as :func:`bps_pooled` scores the originals; in particular the NLB null is re-fitted on every
-    resample (each neuron's mean over the resampled entries), so the interval includes the null's
+    The leave-one-trial-out scores are computed exactly as :func:`bps_pooled` computes the full
+    one, the NLB null re-fitted on the K - 1 remaining trials, so the interval includes the null's
     own in-sample noise. On a few test trials (a forward-prediction chunk of 10 bins of 20 trials,
-    say) it says whether a score below 0 is distinguishable from 0.
+    say) it says whether a score below 0 is distinguishable from 0. Chosen over percentile and BCa
+    bootstrap intervals, which cover less on few trials (the in-sample null fits a resample's
+    repeated trials too well): in ``python benchmarks/interval_coverage.py`` (simulated test sets,
+    500 per K) it covered the expected score of K fresh trials 94 % / 94 % / 92 % of the time at
+    K = 10 / 20 / 60 trials, the percentile bootstrap 72 / 80 / 89 %, BCa 73 / 85 / 92 %.
 
     Args:
-        rates, counts: (K, ..., N) as for :func:`bps_pooled`, trials on the first axis (K >= 2).
+        rates, counts: (K, ..., N) as for :func:`bps_pooled`, trials on the first axis (K >= 3).
         null_rates: optional fixed (N,) null, as for :func:`bps_pooled` (not re-fitted).
-        num_resamples: bootstrap resamples (>= 100).
         level: coverage of the interval, in (0, 1).
-        seed: seed of the resampling.
 
     Returns:
-        ``(low, high)``; ``-inf`` bounds where resamples contain a zero rate at a spike, NaN bounds
-        when more than half the resamples have no spike.
+        ``(low, high)``; ``(-inf, ...)`` when some trial has a spike at a zero predicted rate;
+        ``(nan, nan)`` when a leave-one-out subset has no spike.
     """
-    if not isinstance(num_resamples, int) or isinstance(num_resamples, bool) or num_resamples < 100:
-        raise ValueError(f"num_resamples must be an int >= 100, got {num_resamples!r}")
+    from scipy.stats import t as student_t
+
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ValueError(f"level must be a float in (0, 1), got {level!r}")
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim < 2 or counts.shape[0] < 3:
+        raise ValueError(f"rates and counts must be (trials, ..., neurons) with at least 3 trials, got "
+                         f"shape {counts.shape}; put the trials on the first axis")
+    K = counts.shape[0]
+    score = _trial_weighted_bps(rates, counts, null_rates)
+    theta = float(score(np.ones((1, K)))[0])
+    jack_K = score(1.0 - np.eye(K))
+    if np.isnan(jack_K).any() or math.isnan(theta):
+        return (math.nan, math.nan)
+    if not (np.isfinite(jack_K).all() and math.isfinite(theta)):
+        return (-math.inf, theta if math.isfinite(theta) else -math.inf)
+    se = math.sqrt((K - 1) / K * float(np.sum((jack_K - jack_K.mean()) ** 2)))
+    half = float(student_t.ppf(0.5 + level / 2.0, K - 1)) * se
+    return (theta - half, theta + half)
+
+
+def _trial_weighted_bps(rates, counts, null_rates):
+    """``score(W)``: :func:`bps_pooled` of trial-weighted data for each row of W (R, K), where
+    ``W[r, k]`` copies of trial ``k`` are scored (0 / 1 for a jackknife, counts for a resample)."""
     rates = np.asarray(rates, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim < 2 or counts.shape[0] < 2:
-        raise ValueError(f"rates and counts must be (trials, ..., neurons) with at least 2 trials, got "
-                         f"shape {counts.shape}; put the trials on the first axis")
     K, N = counts.shape[0], counts.shape[-1]
     rates_RN, counts_RN, evaluated_RN = _as_rates_counts(rates, counts)
     per_trial = rates_RN.shape[0] // K
-    ll = np.where(evaluated_RN, _poisson_logpmf(rates_RN, counts_RN), 0.0).reshape(K, per_trial, N)
+    ll = np.where(evaluated_RN, xlogy(counts_RN, rates_RN) - rates_RN, 0.0).reshape(K, per_trial, N)
     c = counts_RN.reshape(K, per_trial, N)
-    ev = evaluated_RN.reshape(K, per_trial, N)
-    # Sums per trial and neuron; log(k!) is left out of both models (it cancels in the difference).
-    g = gammaln(c + 1.0) * ev
-    minus_inf_KN = np.isneginf(ll).any(axis=1)
-    model_KN = np.where(np.isneginf(ll), 0.0, ll + g).sum(axis=1)
-    spikes_KN, bins_KN = c.sum(axis=1), ev.sum(axis=1).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, K, size=(num_resamples, K))
-    w = np.stack([np.bincount(row, minlength=K) for row in idx]).astype(np.float64)  # (R, K)
-    model_RN, spikes_RN, bins_RN = w @ model_KN, w @ spikes_KN, w @ bins_KN
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if null_rates is None:
-            null_RN = np.where(bins_RN > 0, spikes_RN / np.where(bins_RN > 0, bins_RN, 1.0), 0.0)
-        else:
-            null_N = np.asarray(null_rates, dtype=np.float64).reshape(-1)
-            if null_N.shape != (N,) or np.isnan(null_N).any() or (null_N < 0).any():
-                raise ValueError(f"null_rates must be ({N},) non-negative, not NaN; got shape {null_N.shape}")
-            null_RN = np.broadcast_to(null_N, spikes_RN.shape)
-        null_ll_RN = xlogy(spikes_RN, null_RN) - null_RN * bins_RN
-        total = spikes_RN.sum(axis=1)
-        bps_R = (model_RN.sum(axis=1) - null_ll_RN.sum(axis=1)) / (total * _LN2)
-    bps_R[(w @ minus_inf_KN.astype(np.float64)).sum(axis=1) > 0] = -np.inf
-    bps_R[total == 0] = np.nan
-    if np.isnan(bps_R).mean() > 0.5:
-        return (math.nan, math.nan)
-    tail = 100.0 * (1.0 - level) / 2.0
-    # Linear interpolation between -inf and a finite value is NaN; take order statistics then.
-    method = "inverted_cdf" if np.isneginf(bps_R).any() else "linear"
-    lo, hi = np.nanpercentile(bps_R, [tail, 100.0 - tail], method=method)
-    return (float(lo), float(hi))
+    # log(k!) is left out of both models (it cancels in the difference).
+    minus_inf_K = np.isneginf(ll).any(axis=(1, 2)).astype(np.float64)
+    model_KN = np.where(np.isneginf(ll), 0.0, ll).sum(axis=1)
+    spikes_KN = c.sum(axis=1)
+    bins_KN = evaluated_RN.reshape(K, per_trial, N).sum(axis=1).astype(np.float64)
+    if null_rates is not None:
+        null_N = np.asarray(null_rates, dtype=np.float64).reshape(-1)
+        if null_N.shape != (N,) or np.isnan(null_N).any() or (null_N < 0).any():
+            raise ValueError(f"null_rates must be ({N},) non-negative and not NaN, got shape {null_N.shape}")
+
+    def score(w_RK: np.ndarray) -> np.ndarray:
+        model_RN, spikes_RN, bins_RN = w_RK @ model_KN, w_RK @ spikes_KN, w_RK @ bins_KN
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if null_rates is None:
+                null_RN = np.where(bins_RN > 0, spikes_RN / np.where(bins_RN > 0, bins_RN, 1.0), 0.0)
+            else:
+                null_RN = np.broadcast_to(null_N, spikes_RN.shape)
+            null_ll_RN = xlogy(spikes_RN, null_RN) - null_RN * bins_RN
+            total_R = spikes_RN.sum(axis=1)
+            bps_R = (model_RN.sum(axis=1) - null_ll_RN.sum(axis=1)) / (total_R * _LN2)
+        bps_R[w_RK @ minus_inf_K > 0] = -np.inf
+        bps_R[total_R == 0] = np.nan
+        return bps_R
+
+    return score
 
 
 # ----------------------------------------------------------------------------- regression scores

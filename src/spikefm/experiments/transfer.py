@@ -144,7 +144,7 @@ def _headline(res: dict) -> dict:
                 low = min(e["chunks"], key=lambda c: c["model"]["bps_pooled"])
                 row["fine-tuned min chunk"] = low["model"]["bps_pooled"]
                 ci = low.get("model_ci95", {}).get("bps_pooled")
-                if ci:  # that chunk's 95 % trial-bootstrap interval
+                if ci:  # that chunk's 95 % interval over the test trials
                     row["fine-tuned min chunk, 95 % CI low"], row["fine-tuned min chunk, 95 % CI high"] = ci
                 if all("model_vs_train_null" in c for c in e["chunks"]):
                     row["fine-tuned min chunk, train-fitted null"] = min(

@@ -46,7 +46,7 @@ import torch.nn as nn
 from spikefm.families.ndt.masking import mask_entries, scheme_id
 from spikefm.data.windows import MIN_INIT_RATE, SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
-from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_bootstrap_interval, decode_discrete,
+from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_interval, decode_discrete,
                                   wilson_interval)
 from spikefm.fileio import savez_atomic
 
@@ -604,22 +604,22 @@ def _fraction(model: dict, oracle: dict) -> dict[str, float]:
     return out
 
 
-def _ci95(rates, counts, seed: int) -> dict[str, list[float]]:
-    """``{"bps_pooled": [low, high]}``: 95 % trial-bootstrap interval (empty with under 2 trials)."""
-    if counts.shape[0] < 2:
+def _ci95(rates, counts) -> dict[str, list[float]]:
+    """``{"bps_pooled": [low, high]}``: 95 % interval over the trials (empty with under 3 trials)."""
+    if counts.shape[0] < 3:
         return {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return {"bps_pooled": list(bps_pooled_bootstrap_interval(rates, counts, seed=seed))}
+        return {"bps_pooled": list(bps_pooled_interval(rates, counts))}
 
 
 def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward_bins: int,
-               truth_KTN: np.ndarray | None, seed: int = 0) -> list[dict]:
+               truth_KTN: np.ndarray | None) -> list[dict]:
     """bps of each scored chunk of a forward-prediction task: ``[{"start_bin", "end_bin",
     "model": {...}, "model_ci95": {"bps_pooled": [low, high]}, "model_vs_train_null":
     {"bps_pooled"}, "oracle": {...}}]`` (oracle with ground truth). ``model_ci95`` is the 95 %
-    bootstrap interval over the scored trials (:func:`~spikefm.eval.metrics.bps_pooled_bootstrap_interval`,
-    the NLB null re-fitted on each resample).
+    interval over the scored trials (jackknife with a t quantile,
+    :func:`~spikefm.eval.metrics.bps_pooled_interval`, the NLB null re-fitted without each trial).
 
     ``model`` follows the NLB convention: the null is each neuron's mean count over the scored
     entries themselves, a rate fitted on the test data. On a chunk of a few bins of a few test
@@ -642,7 +642,7 @@ def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward
     for s0 in starts:
         sl = slice(s0, min(s0 + forward_bins, T))
         chunk = {"start_bin": s0, "end_bin": sl.stop, "model": _bps(pred.rates[:, sl], pred.counts[:, sl]),
-                 "model_ci95": _ci95(pred.rates[:, sl], pred.counts[:, sl], seed)}
+                 "model_ci95": _ci95(pred.rates[:, sl], pred.counts[:, sl])}
         if fit.size:
             null_N = np.maximum(windows.counts[fit, sl].astype(np.float64).mean(axis=(0, 1)), MIN_INIT_RATE)
             with warnings.catch_warnings():
@@ -738,7 +738,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             continue
         kw = {"forward_bins": forward_bins} if task.startswith("forward") else {}
         pred = _TASK_FUNCS[task](model, windows, split="test", batch_size=batch_size, **kw)
-        entry = {"model": _bps(pred.rates, pred.counts), "model_ci95": _ci95(pred.rates, pred.counts, seed),
+        entry = {"model": _bps(pred.rates, pred.counts), "model_ci95": _ci95(pred.rates, pred.counts),
                  "num_evaluated": pred.num_evaluated}
         if baselines and task == "co-smoothing":
             train = windows.indices("train")
@@ -752,7 +752,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             entry["fraction_of_oracle"] = _fraction(entry["model"], entry["oracle"])
         if task.startswith("forward"):
             entry["chunks"] = _chunk_bps(pred, windows, task, forward_bins,
-                                         None if truth_rates is None else truth_rates[test], seed)
+                                         None if truth_rates is None else truth_rates[test])
         if save_predictions is not None:
             savez_atomic(Path(save_predictions) / f"{task}.npz", rates=pred.rates, counts=pred.counts)
         out["tasks"][task] = entry
@@ -760,7 +760,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
 
 
 def _fmt_ci(chunk: dict) -> str:
-    """A chunk's ``bps_pooled`` and, where recorded, its bootstrap interval: ``0.115 [0.052, 0.180]``."""
+    """A chunk's ``bps_pooled`` and, where recorded, its 95 % interval: ``0.115 [0.052, 0.180]``."""
     from spikefm.tables import fmt_number
 
     ci = chunk.get("model_ci95", {}).get("bps_pooled")
@@ -858,6 +858,6 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
     skipped = {t: r for res in results_by_model.values() for t, r in res.get("skipped", {}).items()}
     footer = [f"skipped {t}: {reason}" for t, reason in skipped.items()]
     if any(e.get("chunks") for res in results_by_model.values() for e in res.get("tasks", {}).values()):
-        footer.append("bins a-b: each chunk's bps_pooled [95 % bootstrap interval over the test trials]")
+        footer.append("bins a-b: each chunk's bps_pooled [95 % interval over the test trials (jackknife)]")
     return render_table(["task", "metric"] + columns, rows, align="<<" + ">" * len(columns),
                         footer=footer)

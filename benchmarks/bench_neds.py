@@ -124,6 +124,8 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
                        "neds_single_session": single["decoding"]["neds"],
                        **{k: v for k, v in ft["decoding"].items() if k not in ("neds", "neds_probe")}}
     res["decoding"]["ndt"] = _ndt_decoding(ndt)
+    # fine-tuned NEDS minus each baseline on the same test windows, with jackknife intervals
+    res["comparisons"] = ft.get("comparisons", {})
     res["ndt_raw"] = ndt
     return res
 

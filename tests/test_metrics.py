@@ -388,3 +388,18 @@ def test_bps_interval_narrows_with_trials_and_handles_zero_rates():
         bps_pooled_interval(np.ones((2, 3, 2)), np.ones((2, 3, 2)))
     with pytest.raises(ValueError, match="level"):
         bps_pooled_interval(rates, counts, level=95)
+
+
+def test_jackknife_interval_of_a_mean_is_the_t_interval():
+    from scipy.stats import ttest_1samp
+
+    from spikefm.eval.metrics import jackknife_interval
+
+    d = np.random.default_rng(4).choice([-1.0, 0.0, 0.0, 1.0, 1.0], size=40)  # paired hit differences
+    got = jackknife_interval(lambda i: d[i].mean(), d.size)
+    ci = ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert got["value"] == pytest.approx(d.mean())
+    np.testing.assert_allclose(got["ci95"], [ci.low, ci.high], rtol=1e-9)
+    assert np.isnan(jackknife_interval(lambda i: d[i].mean(), 2)["ci95"]).all()
+    with pytest.raises(ValueError, match="num_trials"):
+        jackknife_interval(lambda i: 0.0, 0)

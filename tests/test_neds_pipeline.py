@@ -207,6 +207,21 @@ def test_eval_cli_scores_encoding_decoding_region_with_baselines(finetuned, corp
         np.testing.assert_allclose(c["accuracy_ci95"], [ci.low, ci.high], atol=1e-6)
     region = res["results"]["region"]
     assert set(region) == {"embedding", "embedding_tuning", "firing_stats", "psth_counts"}
+    # Paired differences on the same test windows: the value is the difference of the two scores.
+    comp = res["results"]["comparisons"]
+    assert set(comp["encoding"]) == set(comp["decoding"]) == {"neds - linear", "neds - rrr"}
+    for base in ("linear", "rrr"):
+        e = comp["encoding"][f"neds - {base}"]["bps_pooled"]
+        assert e["value"] == pytest.approx(enc["neds"]["bps_pooled"] - enc[base]["bps_pooled"], rel=1e-9)
+        assert e["ci95"][0] < e["value"] < e["ci95"][1]
+        d = comp["decoding"][f"neds - {base}"]
+        assert d["choice"]["accuracy"]["value"] == pytest.approx(
+            dec["neds"]["choice"]["accuracy"] - dec[base]["choice"]["accuracy"], abs=1e-12)
+        assert d["wheel_speed"]["r2_single_trial"]["value"] == pytest.approx(
+            dec["neds"]["wheel_speed"]["r2_single_trial"] - dec[base]["wheel_speed"]["r2_single_trial"], abs=1e-9)
+    from spikefm.families.neds.evaluate import format_results
+
+    assert "neds - linear" in format_results({"ft": res}) and "encoding difference" in format_results({"ft": res})
 
 
 def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetuned, corpus_dir, held_out,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 from scipy.special import gammaln, xlogy
@@ -31,6 +32,7 @@ __all__ = [
     "bps_per_neuron",
     "bps_per_neuron_mean",
     "bps_pooled_interval",
+    "jackknife_interval",
     "r2_score_pooled",
     "decode_discrete",
     "decode_continuous",
@@ -248,8 +250,6 @@ def bps_pooled_interval(rates, counts, *, null_rates=None, level: float = 0.95) 
         ``(low, high)``; ``(-inf, ...)`` when some trial has a spike at a zero predicted rate;
         ``(nan, nan)`` when a leave-one-out subset has no spike.
     """
-    from scipy.stats import t as student_t
-
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ValueError(f"level must be a float in (0, 1), got {level!r}")
     counts = np.asarray(counts, dtype=np.float64)
@@ -264,9 +264,42 @@ def bps_pooled_interval(rates, counts, *, null_rates=None, level: float = 0.95) 
         return (math.nan, math.nan)
     if not (np.isfinite(jack_K).all() and math.isfinite(theta)):
         return (-math.inf, theta if math.isfinite(theta) else -math.inf)
+    return _jackknife_t(theta, jack_K, level)
+
+
+def _jackknife_t(theta: float, jack_K: np.ndarray, level: float) -> tuple[float, float]:
+    """``theta +- t_{K-1} * se``, se the jackknife standard error of the leave-one-out values."""
+    from scipy.stats import t as student_t
+
+    K = jack_K.size
     se = math.sqrt((K - 1) / K * float(np.sum((jack_K - jack_K.mean()) ** 2)))
     half = float(student_t.ppf(0.5 + level / 2.0, K - 1)) * se
     return (theta - half, theta + half)
+
+
+def jackknife_interval(statistic, num_trials: int, *, level: float = 0.95) -> dict[str, Any]:
+    """A statistic of K trials and its jackknife-t interval: ``{"value", "ci95": [low, high]}``.
+
+    ``statistic(index)`` scores the trials ``index`` (an int array); it is called on all K trials and
+    on each leave-one-out subset (K + 1 calls). Use it for paired comparisons on the same test
+    trials (the difference of two models' scores), where the trial-to-trial variation both share
+    cancels; see :func:`bps_pooled_interval` for why the jackknife and not the bootstrap.
+    ``ci95`` is ``[nan, nan]`` when any value is not finite or K < 3; ``level`` other than 0.95
+    changes the coverage, not the key.
+    """
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
+    if not isinstance(num_trials, (int, np.integer)) or num_trials < 1:
+        raise ValueError(f"num_trials must be a positive int, got {num_trials!r}")
+    K = int(num_trials)
+    everything = np.arange(K)
+    theta = float(statistic(everything))
+    if K < 3:
+        return {"value": theta, "ci95": [math.nan, math.nan]}
+    jack_K = np.array([float(statistic(np.delete(everything, k))) for k in range(K)])
+    if not (np.isfinite(jack_K).all() and math.isfinite(theta)):
+        return {"value": theta, "ci95": [math.nan, math.nan]}
+    return {"value": theta, "ci95": list(_jackknife_t(theta, jack_K, level))}
 
 
 def _trial_weighted_bps(rates, counts, null_rates):

@@ -21,6 +21,12 @@ which the multi-session baselines train on). Tasks:
   linear classifier cross-validated by session, against the same classifier on firing
   statistics (mean rate, ISI CV, Fano factor).
 
+``comparisons`` (with baselines): the model's own read-out minus each baseline on the same test
+windows, ``{"value", "ci95"}`` with a jackknife-t interval over the windows (paired, so the
+windows' shared difficulty cancels): encoding ``bps_pooled``, and per label ``accuracy`` and per
+channel ``r2_single_trial``. An interval that holds 0 means the test windows cannot tell the two
+apart.
+
 Baselines: ``linear`` (single session: Poisson GLM encoder with L2 chosen on val windows;
 logistic / ridge decoders with cross-validated penalties), ``rrr`` (multi-session reduced-rank
 encoder and decoder, rank option), ``oracle`` on synthetic data (true rates; decoders on the true
@@ -34,7 +40,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean, r2_score_pooled, wilson_interval
+from spikefm.eval.metrics import (bps_pooled, bps_per_neuron_mean, jackknife_interval, r2_score_pooled,
+                                  wilson_interval)
 from spikefm.families.neds.family import _inherited_splits, _run_info
 
 __all__ = ["TASKS", "evaluate_run", "format_results", "run_windows", "neds_predict", "neds_probe",
@@ -450,6 +457,7 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
     truth = _truth(corpus, w) if baselines else None
     cond = _conditions(a.labels_KJ[te])
     results: dict[str, Any] = {}
+    comparisons: dict[str, Any] = {}
     if "encoding" in names:
         train_rate = w.counts[idx["train"]].reshape(-1, w.num_units).mean(0) * 1000.0 / w.bin_ms
         keep = train_rate >= min_rate_hz
@@ -460,6 +468,9 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
             if truth is not None:
                 preds["oracle"] = truth["rates_KTN"][te]
         results["encoding"] = {k: encoding_scores(v, counts, cond, keep) for k, v in preds.items()}
+        if baselines:
+            comparisons["encoding"] = {f"neds - {k}": {"bps_pooled": _paired_bps(preds["neds"], v, counts)}
+                                       for k, v in preds.items() if k not in ("neds", "oracle")}
     if "decoding" in names:
         # One pass over the fit and test windows: the heads' test outputs, and every hidden state
         # the probe is fitted on (fit windows) and scored on (test windows).
@@ -485,13 +496,60 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
             dec[name] = decoding_scores(m["labels"], {k: v for k, v in label_true.items() if k in m["labels"]}, ncls,
                                         beh, raw_true, mods.channels, cond)
         results["decoding"] = dec
+        if baselines:
+            comparisons["decoding"] = {f"neds - {k}": _paired_decoding(models["neds"], m, label_true, raw_true, a,
+                                                                       mods.channels)
+                                       for k, m in models.items() if k not in ("neds", "neds_probe", "oracle")}
     if "region" in names:
         results["region"] = region_task(model, windows, arrays)
+    if comparisons:
+        results["comparisons"] = comparisons
     return {"family": "neds", "run_dir": str(run_dir), "corpus": str(corpus.path),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session, "tasks": names,
             "oracle": truth is not None, "rank": rank, "min_rate_hz": min_rate_hz,
             "modalities": mods.to_json(), "num_windows": num_windows, "split": split,
             "results": results}
+
+
+def _paired_bps(rates_a_KTN: np.ndarray, rates_b_KTN: np.ndarray, counts_KTN: np.ndarray) -> dict[str, Any]:
+    """bps_pooled of ``a`` minus that of ``b`` on the same windows, with its jackknife interval
+    (the NLB null is the same for both, so it cancels from the difference)."""
+    c = counts_KTN.astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return jackknife_interval(lambda i: bps_pooled(rates_a_KTN[i], c[i]) - bps_pooled(rates_b_KTN[i], c[i]),
+                                  c.shape[0])
+
+
+def _paired_decoding(a_model: dict, b_model: dict, label_true: dict, raw_true_KTC: np.ndarray, arrays,
+                     channels: Sequence[str]) -> dict[str, Any]:
+    """Per label: accuracy of ``a`` minus ``b`` on the same windows; per channel: single-trial R²
+    of ``a`` minus ``b``; each ``{"value", "ci95"}`` (jackknife over the windows)."""
+    out: dict[str, Any] = {}
+    for name, y in label_true.items():
+        if name not in a_model["labels"] or name not in b_model["labels"]:
+            continue
+        ok = y >= 0
+        d = (a_model["labels"][name][ok] == y[ok]).astype(float) - (b_model["labels"][name][ok] == y[ok])
+        if d.size:
+            out[name] = {"accuracy": jackknife_interval(lambda i, d=d: d[i].mean(), d.size)}
+    if a_model["behavior_KTC"] is None or b_model["behavior_KTC"] is None:
+        return out
+    pa = a_model["behavior_KTC"] * arrays.sd_C + arrays.mean_C
+    pb = b_model["behavior_KTC"] * arrays.sd_C + arrays.mean_C
+    for c, name in enumerate(channels):
+        t = raw_true_KTC[..., c]
+        if np.isnan(t).all() or np.nanstd(t) == 0:
+            continue
+
+        def diff(i, c=c, t=t):
+            return (r2_score_pooled(pa[i, :, c].ravel(), t[i].ravel())
+                    - r2_score_pooled(pb[i, :, c].ravel(), t[i].ravel()))
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[name] = {"r2_single_trial": jackknife_interval(diff, t.shape[0])}
+    return out
 
 
 def _psth_features(x_KTQ: np.ndarray, cond_K: np.ndarray) -> np.ndarray:
@@ -572,6 +630,13 @@ def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
                 else:
                     rows.append([run, "decoding", model, target, "", "", _cell(v["r2_single_trial"]),
                                  _cell(v["r2_psth"])])
+        for task in ("encoding", "decoding"):
+            for pair, targets in res.get("comparisons", {}).get(task, {}).items():
+                for target, metrics in ({"spikes": targets} if task == "encoding" else targets).items():
+                    for metric, v in metrics.items():
+                        lo, hi = v["ci95"]
+                        rows.append([run, f"{task} difference", pair, target,
+                                     f"{metric} {_cell(v['value'])}", f"95 % [{_cell(lo)}, {_cell(hi)}]", "", ""])
         for model, v in res.get("region", {}).items():
             if "error" in v:
                 rows.append([run, "region", model, "units", v["error"][:40], "", "", ""])

@@ -252,6 +252,21 @@ def test_smoothing_baseline_is_fitted_on_train_windows_only():
     direct = cosmooth_leave_one_out(w.counts[train], w.counts[test], bin_ms=20)
     assert res["tasks"]["co-smoothing"]["smoothing"]["bps_pooled"] == pytest.approx(
         bps_pooled(direct, w.counts[test].astype(float)), rel=1e-12)
+    # The paired difference on the same test windows: the difference of the two scores, and its
+    # interval from leave-one-window-out differences (jackknife standard error, t quantile).
+    from scipy.stats import t as student_t
+
+    e = res["tasks"]["co-smoothing"]
+    diff = e["model_minus_smoothing"]["bps_pooled"]
+    assert diff["value"] == pytest.approx(e["model"]["bps_pooled"] - e["smoothing"]["bps_pooled"], rel=1e-9)
+    counts = w.counts[test].astype(float)
+    model_rates = np.broadcast_to(np.full((T, 4), 0.3), counts.shape)
+    K = counts.shape[0]
+    loo = [bps_pooled(np.delete(model_rates, k, 0), np.delete(counts, k, 0))
+           - bps_pooled(np.delete(direct, k, 0), np.delete(counts, k, 0)) for k in range(K)]
+    half = student_t.ppf(0.975, K - 1) * np.sqrt((K - 1) / K * np.sum((np.array(loo) - np.mean(loo)) ** 2))
+    np.testing.assert_allclose(diff["ci95"], [diff["value"] - half, diff["value"] + half], rtol=1e-9)
+    assert "bps_pooled minus smoothing [95 % interval]" in format_benchmark_table({"m": res})
     # a different train set gives a different baseline (val windows are not used)
     w2 = dataclasses.replace(w, split=np.where(w.split == "val", "train", w.split))
     res2 = run_benchmark(OracleStandIn(np.full((T, 4), 0.3), w.session_id), w2, tasks=["co-smoothing"])

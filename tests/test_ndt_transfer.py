@@ -1,4 +1,5 @@
-"""The masked-NDT claim of the quickstart, at its full size (about 5 minutes on one CPU core).
+"""The masked-NDT claim of the quickstart, at its full size (about 5 minutes on one CPU core), and
+the transfer study's headline rows.
 
 Opt in with ``python -m pytest -m slow tests/test_ndt_transfer.py``. The default suite runs the
 same code path at the smallest sizes (tests/test_quickstart.py); this test checks the numbers:
@@ -22,3 +23,21 @@ def test_fine_tuned_beats_smoothing_and_single_session_at_co_smoothing(tmp_path)
     assert model > single, (model, single)
     assert 0 < model < oracle
     np.testing.assert_allclose(ft["fraction_of_oracle"]["bps_pooled"], model / oracle)
+
+
+def test_headline_rows_carry_the_lowest_chunks_interval_and_the_paired_smoothing_difference():
+    from spikefm.experiments.transfer import _headline
+
+    chunks = [{"start_bin": s, "end_bin": s + 10, "model": {"bps_pooled": b},
+               "model_ci95": {"bps_pooled": [b - 0.1, b + 0.1]}} for s, b in ((25, 0.2), (35, -0.03), (45, 0.1))]
+    ft = {"co-smoothing": {"model": {"bps_pooled": 0.3}, "smoothing": {"bps_pooled": 0.2},
+                           "model_minus_smoothing": {"bps_pooled": {"value": 0.1, "ci95": [0.04, 0.16]}}},
+          "forward-prediction-walk": {"model": {"bps_pooled": 0.1}, "chunks": chunks}}
+    rows = _headline({"fine-tuned": {"tasks": ft}, "single-session": {"tasks": {}}})
+    walk = rows["forward-prediction-walk bps_pooled"]
+    assert walk["fine-tuned min chunk"] == -0.03
+    assert (walk["fine-tuned min chunk, 95 % CI low"], walk["fine-tuned min chunk, 95 % CI high"]) == \
+        pytest.approx((-0.13, 0.07))
+    cos = rows["co-smoothing bps_pooled"]
+    assert (cos["fine-tuned minus smoothing, 95 % CI low"], cos["fine-tuned minus smoothing, 95 % CI high"]) == \
+        (0.04, 0.16)

@@ -140,6 +140,10 @@ def _headline(res: dict) -> dict:
             for base in ("smoothing", "oracle"):
                 if base in e:
                     row[base] = e[base]["bps_pooled"]
+            diff = e.get("model_minus_smoothing", {}).get("bps_pooled")
+            if diff:  # paired on the same test windows, jackknife interval
+                row["fine-tuned minus smoothing, 95 % CI low"], row["fine-tuned minus smoothing, 95 % CI high"] = \
+                    diff["ci95"]
             if e.get("chunks"):
                 low = min(e["chunks"], key=lambda c: c["model"]["bps_pooled"])
                 row["fine-tuned min chunk"] = low["model"]["bps_pooled"]

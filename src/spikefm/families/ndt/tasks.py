@@ -47,6 +47,7 @@ from spikefm.families.ndt.masking import mask_entries, scheme_id
 from spikefm.data.windows import MIN_INIT_RATE, SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_interval, decode_discrete,
+                                  jackknife_interval,
                                   wilson_interval)
 from spikefm.fileio import savez_atomic
 
@@ -613,6 +614,15 @@ def _ci95(rates, counts) -> dict[str, list[float]]:
         return {"bps_pooled": list(bps_pooled_interval(rates, counts))}
 
 
+def _paired_bps(rates_a, rates_b, counts) -> dict:
+    """bps_pooled of ``a`` minus ``b`` on the same entries (the null cancels), ``{"value", "ci95"}``
+    with a jackknife-t interval over the windows."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return jackknife_interval(lambda i: bps_pooled(rates_a[i], counts[i]) - bps_pooled(rates_b[i], counts[i]),
+                                  counts.shape[0])
+
+
 def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward_bins: int,
                truth_KTN: np.ndarray | None) -> list[dict]:
     """bps of each scored chunk of a forward-prediction task: ``[{"start_bin", "end_bin",
@@ -746,6 +756,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
                 smooth_KTN = cosmooth_leave_one_out(windows.counts[train], windows.counts[test],
                                                     kernel_sd_ms=smoothing_kernel_sd_ms, bin_ms=windows.bin_ms)
                 entry["smoothing"] = _bps(smooth_KTN, pred.counts)
+                entry["model_minus_smoothing"] = {"bps_pooled": _paired_bps(pred.rates, smooth_KTN, pred.counts)}
         if truth_rates is not None:
             oracle_KTN = np.where(np.isnan(pred.counts), np.nan, truth_rates[test])
             entry["oracle"] = _bps(oracle_KTN, pred.counts)
@@ -766,6 +777,14 @@ def _fmt_ci(chunk: dict) -> str:
     ci = chunk.get("model_ci95", {}).get("bps_pooled")
     text = fmt_number(chunk["model"]["bps_pooled"])
     return f"{text} [{fmt_number(ci[0], '.3f')}, {fmt_number(ci[1], '.3f')}]" if ci else text
+
+
+def _fmt_diff(d: dict) -> str:
+    """``0.066 [0.031, 0.101]`` from ``{"value", "ci95"}``."""
+    from spikefm.tables import fmt_number
+
+    lo, hi = d["ci95"]
+    return f"{fmt_number(d['value'])} [{fmt_number(lo, '.3f')}, {fmt_number(hi, '.3f')}]"
 
 
 def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
@@ -834,6 +853,11 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
             row = [task, metric] + [_fmt(e["model"][metric]) if e else "-" for e in entries.values()]
             row += [_fmt(baseline(task, c, metric)) for c in columns[len(models):]]
             rows.append(row)
+        if any(e and "model_minus_smoothing" in e for e in entries.values()):
+            row = [task, "bps_pooled minus smoothing [95 % interval]"]
+            row += [_fmt_diff(e["model_minus_smoothing"]["bps_pooled"]) if e and "model_minus_smoothing" in e else "-"
+                    for e in entries.values()]
+            rows.append(row + ["-"] * (len(columns) - len(models)))
         if any(e and "fraction_of_oracle" in e for e in entries.values()):
             for metric in BPS_METRICS:
                 row = [task, f"{metric} / oracle"]

@@ -403,3 +403,15 @@ def test_jackknife_interval_of_a_mean_is_the_t_interval():
     assert np.isnan(jackknife_interval(lambda i: d[i].mean(), 2)["ci95"]).all()
     with pytest.raises(ValueError, match="num_trials"):
         jackknife_interval(lambda i: 0.0, 0)
+
+
+def test_bps_difference_is_paired_and_narrower_than_either_score():
+    from spikefm.eval.metrics import bps_pooled_difference, bps_pooled_interval
+
+    rates, counts = _walk_like(20)
+    other = rates * np.random.default_rng(9).uniform(0.8, 1.2, size=rates.shape)
+    d = bps_pooled_difference(rates, other, counts)
+    assert d["value"] == pytest.approx(bps_pooled(rates, counts) - bps_pooled(other, counts), rel=1e-9)
+    # Both scores move together with the trials' shared difficulty; their difference does not.
+    lo, hi = bps_pooled_interval(rates, counts)
+    assert d["ci95"][1] - d["ci95"][0] < 0.5 * (hi - lo)

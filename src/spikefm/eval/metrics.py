@@ -33,6 +33,7 @@ __all__ = [
     "bps_per_neuron_mean",
     "bps_pooled_interval",
     "jackknife_interval",
+    "bps_pooled_difference",
     "r2_score_pooled",
     "decode_discrete",
     "decode_continuous",
@@ -300,6 +301,20 @@ def jackknife_interval(statistic, num_trials: int, *, level: float = 0.95) -> di
     if not (np.isfinite(jack_K).all() and math.isfinite(theta)):
         return {"value": theta, "ci95": [math.nan, math.nan]}
     return {"value": theta, "ci95": list(_jackknife_t(theta, jack_K, level))}
+
+
+def bps_pooled_difference(rates_a, rates_b, counts, *, level: float = 0.95) -> dict[str, Any]:
+    """:func:`bps_pooled` of ``rates_a`` minus that of ``rates_b`` on the same (K, ..., N) counts,
+    ``{"value", "ci95"}`` with a jackknife-t interval over the K trials (:func:`jackknife_interval`).
+    The NLB null is the same for both models, so it cancels from the difference: a paired
+    comparison, narrower than either score's own interval."""
+    counts = np.asarray(counts, dtype=np.float64)
+    rates_a = np.asarray(rates_a, dtype=np.float64)
+    rates_b = np.asarray(rates_b, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return jackknife_interval(lambda i: bps_pooled(rates_a[i], counts[i]) - bps_pooled(rates_b[i], counts[i]),
+                                  counts.shape[0], level=level)
 
 
 def _trial_weighted_bps(rates, counts, null_rates):

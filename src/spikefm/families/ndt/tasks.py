@@ -46,9 +46,8 @@ import torch.nn as nn
 from spikefm.families.ndt.masking import mask_entries, scheme_id
 from spikefm.data.windows import MIN_INIT_RATE, SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
-from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_interval, decode_discrete,
-                                  jackknife_interval,
-                                  wilson_interval)
+from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, bps_pooled_interval,
+                                  decode_discrete, wilson_interval)
 from spikefm.fileio import savez_atomic
 
 __all__ = [
@@ -614,15 +613,6 @@ def _ci95(rates, counts) -> dict[str, list[float]]:
         return {"bps_pooled": list(bps_pooled_interval(rates, counts))}
 
 
-def _paired_bps(rates_a, rates_b, counts) -> dict:
-    """bps_pooled of ``a`` minus ``b`` on the same entries (the null cancels), ``{"value", "ci95"}``
-    with a jackknife-t interval over the windows."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return jackknife_interval(lambda i: bps_pooled(rates_a[i], counts[i]) - bps_pooled(rates_b[i], counts[i]),
-                                  counts.shape[0])
-
-
 def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward_bins: int,
                truth_KTN: np.ndarray | None) -> list[dict]:
     """bps of each scored chunk of a forward-prediction task: ``[{"start_bin", "end_bin",
@@ -756,7 +746,8 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
                 smooth_KTN = cosmooth_leave_one_out(windows.counts[train], windows.counts[test],
                                                     kernel_sd_ms=smoothing_kernel_sd_ms, bin_ms=windows.bin_ms)
                 entry["smoothing"] = _bps(smooth_KTN, pred.counts)
-                entry["model_minus_smoothing"] = {"bps_pooled": _paired_bps(pred.rates, smooth_KTN, pred.counts)}
+                entry["model_minus_smoothing"] = {
+                    "bps_pooled": bps_pooled_difference(pred.rates, smooth_KTN, pred.counts)}
         if truth_rates is not None:
             oracle_KTN = np.where(np.isnan(pred.counts), np.nan, truth_rates[test])
             entry["oracle"] = _bps(oracle_KTN, pred.counts)

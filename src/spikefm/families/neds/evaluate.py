@@ -40,8 +40,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from spikefm.eval.metrics import (bps_pooled, bps_per_neuron_mean, jackknife_interval, r2_score_pooled,
-                                  wilson_interval)
+from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, jackknife_interval,
+                                  r2_score_pooled, wilson_interval)
 from spikefm.families.neds.family import _inherited_splits, _run_info
 
 __all__ = ["TASKS", "evaluate_run", "format_results", "run_windows", "neds_predict", "neds_probe",
@@ -469,8 +469,9 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
                 preds["oracle"] = truth["rates_KTN"][te]
         results["encoding"] = {k: encoding_scores(v, counts, cond, keep) for k, v in preds.items()}
         if baselines:
-            comparisons["encoding"] = {f"neds - {k}": {"bps_pooled": _paired_bps(preds["neds"], v, counts)}
-                                       for k, v in preds.items() if k not in ("neds", "oracle")}
+            comparisons["encoding"] = {
+                f"neds - {k}": {"bps_pooled": bps_pooled_difference(preds["neds"], v, counts)}
+                for k, v in preds.items() if k not in ("neds", "oracle")}
     if "decoding" in names:
         # One pass over the fit and test windows: the heads' test outputs, and every hidden state
         # the probe is fitted on (fit windows) and scored on (test windows).
@@ -509,16 +510,6 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
             "oracle": truth is not None, "rank": rank, "min_rate_hz": min_rate_hz,
             "modalities": mods.to_json(), "num_windows": num_windows, "split": split,
             "results": results}
-
-
-def _paired_bps(rates_a_KTN: np.ndarray, rates_b_KTN: np.ndarray, counts_KTN: np.ndarray) -> dict[str, Any]:
-    """bps_pooled of ``a`` minus that of ``b`` on the same windows, with its jackknife interval
-    (the NLB null is the same for both, so it cancels from the difference)."""
-    c = counts_KTN.astype(np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return jackknife_interval(lambda i: bps_pooled(rates_a_KTN[i], c[i]) - bps_pooled(rates_b_KTN[i], c[i]),
-                                  c.shape[0])
 
 
 def _paired_decoding(a_model: dict, b_model: dict, label_true: dict, raw_true_KTC: np.ndarray, arrays,

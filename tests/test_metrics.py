@@ -415,3 +415,21 @@ def test_bps_difference_is_paired_and_narrower_than_either_score():
     # Both scores move together with the trials' shared difficulty; their difference does not.
     lo, hi = bps_pooled_interval(rates, counts)
     assert d["ci95"][1] - d["ci95"][0] < 0.5 * (hi - lo)
+
+
+def test_ideal_observer_log_ratio_is_the_poisson_likelihood_ratio_per_trial():
+    from spikefm.eval.oracle import ideal_observer_log_ratio
+
+    rng = np.random.default_rng(2)
+    a = rng.gamma(2.0, 0.3, size=(6, 5, 4))
+    b = a * rng.uniform(0.5, 1.5, size=a.shape)
+    c = rng.poisson(a).astype(float)
+    c[1, 2, 3] = np.nan  # not evaluated
+    want = [np.nansum(poisson.logpmf(c[k], a[k]) - poisson.logpmf(c[k], b[k])) for k in range(6)]
+    np.testing.assert_allclose(ideal_observer_log_ratio(c, a, b), want, rtol=1e-10)
+    # Spikes drawn from a are on average better explained by a (the ratio's mean is the KL divergence).
+    many = rng.poisson(np.broadcast_to(a[0], (4000, 5, 4))).astype(float)
+    assert np.mean(ideal_observer_log_ratio(many, np.broadcast_to(a[0], many.shape),
+                                            np.broadcast_to(b[0], many.shape)) > 0) > 0.5
+    with pytest.raises(ValueError, match="share one shape"):
+        ideal_observer_log_ratio(c, a, b[:3])

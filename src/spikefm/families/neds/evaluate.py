@@ -30,7 +30,9 @@ apart.
 Baselines: ``linear`` (single session: Poisson GLM encoder with L2 chosen on val windows;
 logistic / ridge decoders with cross-validated penalties), ``rrr`` (multi-session reduced-rank
 encoder and decoder, rank option), ``oracle`` on synthetic data (true rates; decoders on the true
-latents).
+latents) and ``ideal_observer`` (two-class labels with a latent of their name, ``choice``: the
+likelihood-ratio observer of the spikes given every other true latent, the bound Poisson noise sets
+on any spike decoder, where the latent decoder's 1.0 ignores that noise).
 """
 from __future__ import annotations
 
@@ -92,12 +94,42 @@ def _truth(corpus, w) -> dict | None:
     start_K = (w.t_start_ms - int(t["t_start_ms"])) // w.bin_ms
     idx_KT = start_K[:, None] + np.arange(w.num_bins)[None, :]
     exp_NG = np.asarray(t["expected_counts"])
+    load_NZ, bias_N = np.asarray(t["loadings"], dtype=np.float64), np.asarray(t["biases"], dtype=np.float64)
     if w.unit_index is not None and exp_NG.shape[0] != w.num_units:
-        exp_NG = exp_NG[w.unit_index]
+        exp_NG, load_NZ, bias_N = exp_NG[w.unit_index], load_NZ[w.unit_index], bias_N[w.unit_index]
     if idx_KT.max() >= exp_NG.shape[1] or exp_NG.shape[0] != w.num_units:
         return None
     return {"rates_KTN": exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64),
-            "latents_KTZ": np.asarray(t["latents"], dtype=np.float64)[idx_KT]}
+            "latents_KTZ": np.asarray(t["latents"], dtype=np.float64)[idx_KT],
+            "latent_names": [str(x) for x in t["latent_names"]], "loadings_NZ": load_NZ, "biases_N": bias_N}
+
+
+def _ideal_observer(truth: dict, te: np.ndarray, counts_KTN: np.ndarray, label_true: dict, mods) -> dict | None:
+    """Test predictions of the ideal observer of every two-class label that has a signed latent of
+    the same name in the synthetic truth (``choice``): the class whose rates, the label's latent
+    flipped or not and every other latent at its true value, give the counts the higher Poisson
+    likelihood (:func:`spikefm.eval.oracle.ideal_observer_log_ratio`; ties by a seeded coin)."""
+    from spikefm.corpus.synth import MAX_EXPECTED_COUNT
+    from spikefm.eval.oracle import ideal_observer_log_ratio
+
+    z_KTZ = truth["latents_KTZ"][te]
+    labels = {}
+    for name, values in mods.labels:
+        if len(values) != 2 or name not in truth["latent_names"] or name not in label_true:
+            continue
+        j = truth["latent_names"].index(name)
+        flipped = z_KTZ.copy()
+        flipped[..., j] *= -1.0
+
+        def rates(z):
+            return np.minimum(np.exp(z @ truth["loadings_NZ"].T + truth["biases_N"]), MAX_EXPECTED_COUNT)
+
+        llr_K = ideal_observer_log_ratio(counts_KTN, rates(z_KTZ), rates(flipped))
+        y = label_true[name]
+        coin = np.random.default_rng(0).random(y.size) < 0.5
+        favour_true = np.where(llr_K == 0, coin, llr_K > 0)
+        labels[name] = np.where(y < 0, y, np.where(favour_true, y, 1 - y))
+    return {"labels": labels, "behavior_KTC": None} if labels else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,6 +523,9 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
         if baselines:
             models.update(_decoders(windows, arrays, session, rank, idx, mods,
                                     None if truth is None else truth["latents_KTZ"]))
+            ideal = None if truth is None else _ideal_observer(truth, te, w.counts[te], label_true, mods)
+            if ideal is not None:
+                models["ideal_observer"] = ideal
         dec = {}
         for name, m in models.items():
             beh = None if m["behavior_KTC"] is None else m["behavior_KTC"] * a.sd_C + a.mean_C
@@ -498,9 +533,9 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
                                         beh, raw_true, mods.channels, cond)
         results["decoding"] = dec
         if baselines:
-            comparisons["decoding"] = {f"neds - {k}": _paired_decoding(models["neds"], m, label_true, raw_true, a,
-                                                                       mods.channels)
-                                       for k, m in models.items() if k not in ("neds", "neds_probe", "oracle")}
+            comparisons["decoding"] = {
+                f"neds - {k}": _paired_decoding(models["neds"], m, label_true, raw_true, a, mods.channels)
+                for k, m in models.items() if k not in ("neds", "neds_probe", "oracle", "ideal_observer")}
     if "region" in names:
         results["region"] = region_task(model, windows, arrays)
     if comparisons:

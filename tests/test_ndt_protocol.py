@@ -202,3 +202,28 @@ def test_eval_on_validation_windows_scores_exactly_those(pretrained, corpus_dir,
         assert scored.any() and np.array_equal(counts[scored], want[scored])
     assert main(["eval", str(pretrained), "--data", str(corpus_dir), "--split", "train", "--session", sid,
                  "--quiet"]) == 2
+
+
+def test_choice_decoding_reports_the_ideal_observer_of_the_spikes(pretrained, corpus_dir):
+    """Recomputed from the truth file with scipy's Poisson pmf: for each scored window, the spikes'
+    likelihood with the choice latent as it is against the same with it flipped."""
+    from _ideal_observer import ideal_observer_hits
+
+    from spikefm.corpus.synth import load_truth
+    from spikefm.families.ndt.evaluate import session_windows_for_run
+
+    model = families.load_model(pretrained)
+    sid = next(iter(model.session_units))
+    res = families.evaluate(pretrained, corpus_dir, tasks=["choice-decoding"], session=sid)
+    choice = res["results"]["tasks"]["choice-decoding"]
+    corpus = Corpus(corpus_dir)
+    w = session_windows_for_run(pretrained, corpus, sid)
+    t = load_truth(corpus.session(sid)["provenance"]["path"])
+    scored = np.flatnonzero(w.split == "test") if choice["method"] == "holdout" else np.arange(w.num_windows)
+    hits = ideal_observer_hits(t, w, scored)
+    assert choice["ideal_observer"]["accuracy"] == pytest.approx(hits / scored.size)
+    lo, hi = choice["ideal_observer"]["accuracy_ci95"]
+    assert lo <= choice["ideal_observer"]["accuracy"] <= hi
+    from spikefm.families.ndt.tasks import format_benchmark_table
+
+    assert "accuracy (ideal observer of the spikes)" in format_benchmark_table({"m": res["results"]})

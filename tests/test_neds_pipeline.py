@@ -209,24 +209,11 @@ def test_eval_cli_scores_encoding_decoding_region_with_baselines(finetuned, corp
     assert set(region) == {"embedding", "embedding_tuning", "firing_stats", "psth_counts"}
     # The ideal observer of choice, recomputed from the truth file with scipy's Poisson pmf: per test
     # window, the choice latent flipped or not, every other latent at its true value.
-    from scipy.stats import poisson
+    from _ideal_observer import ideal_observer_hits
 
-    from spikefm.corpus.synth import MAX_EXPECTED_COUNT, load_truth
+    from spikefm.corpus.synth import load_truth
 
-    t = load_truth(corpus.session(held_out)["provenance"]["path"])
-    j = [str(x) for x in t["latent_names"]].index("choice")
-    idx_KT = (w.t_start_ms[te] - int(t["t_start_ms"]))[:, None] // w.bin_ms + np.arange(w.num_bins)
-    hits = 0
-    for k in range(te.size):
-        z = np.asarray(t["latents"], dtype=np.float64)[idx_KT[k]]
-        ll = []
-        for sign in (1.0, -1.0):
-            zz = z.copy()
-            zz[:, j] *= sign
-            lam = np.minimum(np.exp(zz @ np.asarray(t["loadings"], dtype=np.float64).T + t["biases"]),
-                             MAX_EXPECTED_COUNT)
-            ll.append(poisson.logpmf(w.counts[te[k]], lam).sum())
-        hits += ll[0] > ll[1]
+    hits = ideal_observer_hits(load_truth(corpus.session(held_out)["provenance"]["path"]), w, te)
     assert dec["ideal_observer"]["choice"]["accuracy"] == pytest.approx(hits / te.size)
     # Paired differences on the same test windows: the value is the difference of the two scores.
     comp = res["results"]["comparisons"]

@@ -12,7 +12,8 @@ from scipy.special import xlogy
 
 from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean
 
-__all__ = ["oracle_bps_pooled", "oracle_bps_per_neuron_mean", "ideal_observer_log_ratio"]
+__all__ = ["oracle_bps_pooled", "oracle_bps_per_neuron_mean", "ideal_observer_log_ratio",
+           "ideal_observer_favours_truth"]
 
 
 def oracle_bps_pooled(expected, counts, *, null_rates=None) -> float:
@@ -49,3 +50,27 @@ def ideal_observer_log_ratio(counts, rates_a, rates_b) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         term = np.where(ok, xlogy(np.where(ok, c, 0.0), a) - xlogy(np.where(ok, c, 0.0), b) - (a - b), 0.0)
     return term.reshape(c.shape[0], -1).sum(axis=1)
+
+
+def ideal_observer_favours_truth(counts_KTN, latents_KTZ, loadings_NZ, biases_N, latent: int, *,
+                                 max_count: float = np.inf, seed: int = 0) -> np.ndarray:
+    """(K,) bool: on each trial, does the ideal observer of a signed two-way latent (the synthetic
+    ``choice``) favour its true sign? Rates follow the generator's readout,
+    ``min(exp(latents @ loadings.T + biases), max_count)``, once with the latents as they are and once
+    with latent ``latent`` negated; the spikes' :func:`ideal_observer_log_ratio` decides (a tie,
+    e.g. a trial whose latent is 0 throughout, by a coin seeded with ``seed``). Its mean is the
+    ideal observer's accuracy."""
+    z = np.asarray(latents_KTZ, dtype=np.float64)
+    w = np.asarray(loadings_NZ, dtype=np.float64)
+    b = np.asarray(biases_N, dtype=np.float64)
+    if z.ndim != 3 or w.ndim != 2 or w.shape[1] != z.shape[2] or b.shape != (w.shape[0],):
+        raise ValueError(f"latents must be (K, T, Z), loadings (N, Z) and biases (N,), got {z.shape}, "
+                         f"{w.shape} and {b.shape}")
+    if not 0 <= latent < z.shape[2]:
+        raise ValueError(f"latent must index one of the {z.shape[2]} latents, got {latent}")
+    flipped = z.copy()
+    flipped[..., latent] *= -1.0
+    llr_K = ideal_observer_log_ratio(counts_KTN, np.minimum(np.exp(z @ w.T + b), max_count),
+                                     np.minimum(np.exp(flipped @ w.T + b), max_count))
+    coin = np.random.default_rng(seed).random(llr_K.size) < 0.5
+    return np.where(llr_K == 0, coin, llr_K > 0)

@@ -163,6 +163,8 @@ def _headline(res: dict) -> dict:
                    "chance": e["chance"], "n_scored": e["n_test"] if e["method"] == "holdout" else None}
             if "oracle" in e:
                 row["oracle"] = e["oracle"]["accuracy"]
+            if "ideal_observer" in e:
+                row["ideal observer"] = e["ideal_observer"]["accuracy"]
             rows[f"{task} accuracy (hidden)"] = row
         elif "channels" in e:  # behaviour decoding: mean R2 over channels
             for metric in ("r2", "psth_r2"):

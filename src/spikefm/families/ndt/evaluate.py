@@ -153,16 +153,18 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
         swapped = np.where(windows.split == "val", "test", np.where(windows.split == "test", "val", windows.split))
         windows = dataclasses.replace(windows, split=swapped)
     truth = session_truth_rates(corpus, windows)
-    latents = None
+    latents = readout = None
     if truth is not None:
-        from spikefm.families.ndt.tasks import truth_latent_windows
+        from spikefm.families.ndt.tasks import truth_latent_windows, truth_readout
 
-        latents = truth_latent_windows(session_truth(corpus, windows), windows)
+        full = session_truth(corpus, windows)
+        latents = truth_latent_windows(full, windows)
+        readout = truth_readout(full, windows)
     if torch.cuda.is_available():
         model = model.cuda()
     result = run_benchmark(model, windows, tasks=task_list, truth_rates=truth, baselines=baselines,
                            save_predictions=save_predictions, layer=decode_layer - 1 if decode_layer else -1,
-                           label_classes=label_classes, truth_latents=latents)
+                           label_classes=label_classes, truth_latents=latents, truth_readout=readout)
     return {"family": "ndt", "run_dir": str(run_dir), "corpus": str(corpus.path),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session_id,
             "tasks": task_list, "oracle": truth is not None, "split": split,

@@ -48,6 +48,7 @@ from spikefm.data.windows import MIN_INIT_RATE, SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, bps_pooled_interval,
                                   decode_discrete, wilson_interval)
+from spikefm.eval.oracle import ideal_observer_favours_truth
 from spikefm.fileio import savez_atomic
 
 __all__ = [
@@ -375,7 +376,8 @@ def _decode_features(features: dict[str, np.ndarray], y: np.ndarray, train: np.n
 
 def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice", *, layer: int = -1,
                  truth_rates: np.ndarray | None = None, min_test_windows: int = 10, cv_folds: int = 5,
-                 Cs=None, seed: int = 0, batch_size: int = 256, classes: Sequence | None = None) -> dict:
+                 Cs=None, seed: int = 0, batch_size: int = 256, classes: Sequence | None = None,
+                 ideal_favours: np.ndarray | None = None) -> dict:
     """Decode a discrete window label from the model's hidden states and predicted rates.
 
     Protocol: when the test windows number at least ``min_test_windows`` and every class has at
@@ -391,6 +393,9 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
         truth_rates: optional (K_all, T, N) true expected counts for every window: adds an
             ``oracle`` feature set (true rates averaged over bins).
         classes: label values to keep (e.g. ``[-1, 1]`` leaves no-go choices out); None keeps all.
+        ideal_favours: optional (K_all,) bool per window, whether the ideal observer of a two-class
+            label favours the true class (:func:`spikefm.eval.oracle.ideal_observer_favours_truth`):
+            adds ``ideal_observer`` (its accuracy on the scored windows, with a Wilson interval).
 
     Returns:
         dict with ``label``, ``method``, ``n_train``, ``n_test``, ``n_classes``, ``chance`` (most
@@ -431,6 +436,10 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
         n = int(scored.size)
         entry["accuracy_ci95"] = list(wilson_interval(int(round(entry["accuracy"] * n)), n))
     _, sc = np.unique(scored, return_counts=True)
+    if ideal_favours is not None and sc.size == 2:
+        hits = int(np.asarray(ideal_favours, dtype=bool)[test if method == "holdout" else allk].sum())
+        n = int(scored.size)
+        res["ideal_observer"] = {"accuracy": hits / n, "accuracy_ci95": list(wilson_interval(hits, n))}
     return {"label": label, "method": method, "n_train": int(train.size), "n_test": int(test.size),
             "n_classes": int(sc.size), "chance": float(sc.max() / sc.sum()), "layer": layer,
             "cv_folds": cv_folds if method == "nested-cv" else None, **res}
@@ -575,6 +584,23 @@ def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:
     return exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64)
 
 
+def truth_readout(truth: dict, windows: SessionWindows) -> dict | None:
+    """The synthetic generator's readout for the windows' units, for
+    :func:`run_benchmark`'s ``truth_readout`` (None when the truth holds no loadings)."""
+    from spikefm.corpus.synth import MAX_EXPECTED_COUNT
+
+    if "loadings" not in truth or "latent_names" not in truth:
+        return None
+    w_NZ, b_N = np.asarray(truth["loadings"], dtype=np.float64), np.asarray(truth["biases"], dtype=np.float64)
+    index = windows.unit_index
+    if index is not None and w_NZ.shape[0] != windows.num_units and index.size == windows.num_units:
+        w_NZ, b_N = w_NZ[index], b_N[index]
+    if w_NZ.shape[0] != windows.num_units:
+        return None
+    return {"latent_names": [str(x) for x in truth["latent_names"]], "loadings_NZ": w_NZ, "biases_N": b_N,
+            "max_count": MAX_EXPECTED_COUNT}
+
+
 def truth_latent_windows(truth: dict, windows: SessionWindows) -> np.ndarray | None:
     """(K, T, Z) true latents on the windows' bins (None when the truth holds no latents)."""
     if "latents" not in truth:
@@ -661,7 +687,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
                   save_predictions: str | Path | None = None, forward_bins: int = 10, layer: int = -1,
                   smoothing_kernel_sd_ms: float = 50.0, batch_size: int = 256, seed: int = 0,
                   decode_options: dict | None = None, label_classes: dict | None = None,
-                  truth_latents: np.ndarray | None = None) -> dict:
+                  truth_latents: np.ndarray | None = None, truth_readout: dict | None = None) -> dict:
     """Run benchmark tasks on one session's test windows.
 
     Args:
@@ -685,6 +711,9 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             ``cv_folds``, ``Cs``).
         label_classes: label -> values kept by its decoding task (e.g. ``{"choice": [-1, 1]}``).
         truth_latents: optional (K_all, T, Z) true latents: the oracle of behaviour decoding.
+        truth_readout: optional ``{"latent_names", "loadings_NZ", "biases_N", "max_count"}``, the
+            synthetic generator's readout (with ``truth_latents``): a ``<label>-decoding`` task whose
+            label is a two-class latent (``choice``) reports the ideal observer's accuracy too.
 
     Returns:
         ``{"session_id", "num_test_windows", "num_units", "bin_ms", "tasks": {task: entry},
@@ -723,10 +752,15 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             continue
         if task.endswith("-decoding"):
             label = task[: -len("-decoding")]
+            favours = None
+            if truth_latents is not None and truth_readout and label in truth_readout["latent_names"]:
+                favours = ideal_observer_favours_truth(
+                    windows.counts, truth_latents, truth_readout["loadings_NZ"], truth_readout["biases_N"],
+                    list(truth_readout["latent_names"]).index(label), max_count=truth_readout["max_count"])
             try:
                 out["tasks"][task] = decode_label(model, windows, label, layer=layer, truth_rates=truth_rates,
                                                   seed=seed, batch_size=batch_size,
-                                                  classes=(label_classes or {}).get(label),
+                                                  classes=(label_classes or {}).get(label), ideal_favours=favours,
                                                   **(decode_options or {}))
             except ValueError as exc:
                 if label in windows.labels and "too few windows" not in str(exc):
@@ -839,6 +873,11 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
                     rows.append(row)
             row = [task, "chance"] + [_fmt(e["chance"]) if e else "-" for e in entries.values()]
             rows.append(row + ["-"] * (len(columns) - len(models)))
+            ideal = next((e["ideal_observer"] for e in entries.values() if e and "ideal_observer" in e), None)
+            if ideal is not None:  # the bound the spikes' Poisson noise sets, shown in the oracle column
+                row = [task, "accuracy (ideal observer of the spikes)"] + ["-"] * len(models)
+                row += [_fmt(ideal["accuracy"]) if c == "oracle" else "-" for c in columns[len(models):]]
+                rows.append(row)
             continue
         for metric in BPS_METRICS:
             row = [task, metric] + [_fmt(e["model"][metric]) if e else "-" for e in entries.values()]

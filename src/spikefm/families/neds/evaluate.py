@@ -108,27 +108,19 @@ def _ideal_observer(truth: dict, te: np.ndarray, counts_KTN: np.ndarray, label_t
     """Test predictions of the ideal observer of every two-class label that has a signed latent of
     the same name in the synthetic truth (``choice``): the class whose rates, the label's latent
     flipped or not and every other latent at its true value, give the counts the higher Poisson
-    likelihood (:func:`spikefm.eval.oracle.ideal_observer_log_ratio`; ties by a seeded coin)."""
+    likelihood (:func:`spikefm.eval.oracle.ideal_observer_favours_truth`)."""
     from spikefm.corpus.synth import MAX_EXPECTED_COUNT
-    from spikefm.eval.oracle import ideal_observer_log_ratio
+    from spikefm.eval.oracle import ideal_observer_favours_truth
 
-    z_KTZ = truth["latents_KTZ"][te]
     labels = {}
     for name, values in mods.labels:
         if len(values) != 2 or name not in truth["latent_names"] or name not in label_true:
             continue
-        j = truth["latent_names"].index(name)
-        flipped = z_KTZ.copy()
-        flipped[..., j] *= -1.0
-
-        def rates(z):
-            return np.minimum(np.exp(z @ truth["loadings_NZ"].T + truth["biases_N"]), MAX_EXPECTED_COUNT)
-
-        llr_K = ideal_observer_log_ratio(counts_KTN, rates(z_KTZ), rates(flipped))
+        favours = ideal_observer_favours_truth(counts_KTN, truth["latents_KTZ"][te], truth["loadings_NZ"],
+                                               truth["biases_N"], truth["latent_names"].index(name),
+                                               max_count=MAX_EXPECTED_COUNT)
         y = label_true[name]
-        coin = np.random.default_rng(0).random(y.size) < 0.5
-        favour_true = np.where(llr_K == 0, coin, llr_K > 0)
-        labels[name] = np.where(y < 0, y, np.where(favour_true, y, 1 - y))
+        labels[name] = np.where(y < 0, y, np.where(favours, y, 1 - y))
     return {"labels": labels, "behavior_KTC": None} if labels else None
 
 

@@ -240,7 +240,7 @@ def test_walk_chunks_are_also_scored_against_a_null_fitted_on_train_and_val_wind
     lo, hi = chunks[0]["model_ci95"]["bps_pooled"]
     table = format_benchmark_table({"ndt": res})
     assert f"bins {EVENT_BIN}-{EVENT_BIN + 9}, train-fitted null" in table
-    assert f"[{lo:.3f}, {hi:.3f}]" in table and "95 % interval over the test trials (jackknife)" in table
+    assert f"[{lo:.4f}, {hi:.4f}]" in table and "95 % interval over the test trials (jackknife)" in table
     total = res["tasks"]["forward-prediction-walk"]
     assert total["model_ci95"]["bps_pooled"][0] < total["model"]["bps_pooled"] < total["model_ci95"]["bps_pooled"][1]
 

@@ -215,6 +215,21 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
                         path=ev.ptr(n, "tasks", task, "fraction_of_oracle", metric))
                     if e and "fraction_of_oracle" in e else None for n, e in entries.items()]
             rows.append(row + [None] * len(bases))
+    if any(e and "model_minus_smoothing" in e for e in entries.values()):
+        # paired on the same test windows; jackknife interval over the windows
+        for label, key in (("bps_pooled minus smoothing", "value"), ("  95 % low", 0), ("  95 % high", 1)):
+            row = [label]
+            for n, e in entries.items():
+                d = (e or {}).get("model_minus_smoothing", {}).get("bps_pooled")
+                if not d:
+                    row.append(None)
+                elif key == "value":
+                    row.append(Num(d["value"], src=ev.src,
+                                   path=ev.ptr(n, "tasks", task, "model_minus_smoothing", "bps_pooled", "value")))
+                else:
+                    row.append(Num(d["ci95"][key], src=ev.src,
+                                   path=ev.ptr(n, "tasks", task, "model_minus_smoothing", "bps_pooled", "ci95", key)))
+            rows.append(row + [None] * len(bases))
     rows.append(["entries scored"] + [Num(e.get("num_evaluated"), src=ev.src,
                                           path=ev.ptr(n, "tasks", task, "num_evaluated")) if e else None
                                       for n, e in entries.items()] + [None] * len(bases))
@@ -290,6 +305,11 @@ def _decoding_task(sec: Section, ev: Evaluation, task: str, present: dict) -> No
             rows.append(row)
     rows.append(["chance"] + [Num(e.get("chance"), src=ev.src, path=ev.ptr(n, "tasks", task, "chance"))
                               for n, e in present.items()] + ([None] if oracle_owner else []))
+    ideal_owner = next((n for n, e in present.items() if isinstance(e.get("ideal_observer"), dict)), None)
+    if ideal_owner and oracle_owner:  # the bound the spikes' Poisson noise sets, in the oracle column
+        rows.append(["accuracy (ideal observer of the spikes)"] + [None] * len(names) + [
+            Num(present[ideal_owner]["ideal_observer"].get("accuracy"), src=ev.src,
+                path=ev.ptr(ideal_owner, "tasks", task, "ideal_observer", "accuracy"))])
     rows.append(["test windows scored"] + [e.get("n_test") for e in present.values()] + ([None] if oracle_owner else []))
     rows.append(["method"] + [e.get("method") for e in present.values()] + ([None] if oracle_owner else []))
     sec.table(header, rows, caption=f"{task}: accuracy of a logistic regression (label "

@@ -801,7 +801,7 @@ def _fmt_ci(chunk: dict) -> str:
 
     ci = chunk.get("model_ci95", {}).get("bps_pooled")
     text = fmt_number(chunk["model"]["bps_pooled"])
-    return f"{text} [{fmt_number(ci[0], '.3f')}, {fmt_number(ci[1], '.3f')}]" if ci else text
+    return f"{text} [{fmt_number(ci[0])}, {fmt_number(ci[1])}]" if ci else text
 
 
 def _fmt_diff(d: dict) -> str:
@@ -809,7 +809,7 @@ def _fmt_diff(d: dict) -> str:
     from spikefm.tables import fmt_number
 
     lo, hi = d["ci95"]
-    return f"{fmt_number(d['value'])} [{fmt_number(lo, '.3f')}, {fmt_number(hi, '.3f')}]"
+    return f"{fmt_number(d['value'])} [{fmt_number(lo)}, {fmt_number(hi)}]"
 
 
 def format_benchmark_table(results_by_model: dict[str, dict]) -> str:

@@ -305,16 +305,24 @@ def jackknife_interval(statistic, num_trials: int, *, level: float = 0.95) -> di
 
 def bps_pooled_difference(rates_a, rates_b, counts, *, level: float = 0.95) -> dict[str, Any]:
     """:func:`bps_pooled` of ``rates_a`` minus that of ``rates_b`` on the same (K, ..., N) counts,
-    ``{"value", "ci95"}`` with a jackknife-t interval over the K trials (:func:`jackknife_interval`).
-    The NLB null is the same for both models, so it cancels from the difference: a paired
-    comparison, narrower than either score's own interval."""
+    ``{"value", "ci95"}`` with a jackknife-t interval over the K trials (as :func:`jackknife_interval`,
+    with the leave-one-out scores of :func:`bps_pooled_interval`). The NLB null is the same for both
+    models, so it cancels from the difference: a paired comparison, narrower than either score's
+    own interval."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
     counts = np.asarray(counts, dtype=np.float64)
-    rates_a = np.asarray(rates_a, dtype=np.float64)
-    rates_b = np.asarray(rates_b, dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return jackknife_interval(lambda i: bps_pooled(rates_a[i], counts[i]) - bps_pooled(rates_b[i], counts[i]),
-                                  counts.shape[0], level=level)
+    K = counts.shape[0]
+    score_a, score_b = _trial_weighted_bps(rates_a, counts, None), _trial_weighted_bps(rates_b, counts, None)
+    with np.errstate(invalid="ignore"):
+        theta = float(score_a(np.ones((1, K)))[0] - score_b(np.ones((1, K)))[0])
+        if K < 3:
+            return {"value": theta, "ci95": [math.nan, math.nan]}
+        leave_one_out = 1.0 - np.eye(K)
+        jack_K = score_a(leave_one_out) - score_b(leave_one_out)
+    if not (np.isfinite(jack_K).all() and math.isfinite(theta)):
+        return {"value": theta, "ci95": [math.nan, math.nan]}
+    return {"value": theta, "ci95": list(_jackknife_t(theta, jack_K, level))}
 
 
 def _trial_weighted_bps(rates, counts, null_rates):

@@ -461,3 +461,18 @@ def test_ibl_sessions_record_their_familys_regions(written):
         assert len(t["family_regions"]) == 3
         assert set(t["unit_regions"]) <= set(t["family_regions"])
         assert 2 <= len(set(t["unit_regions"])) <= 3
+
+
+def test_truth_readout_reproduces_the_expected_counts_for_kept_units(written):
+    d, paths = next(iter(written.values()))
+    t = synth.load_truth(paths[0])
+    r = synth.truth_readout(t)
+    lam = np.minimum(np.exp(np.asarray(t["latents"], dtype=np.float64) @ r["loadings_NZ"].T + r["biases_N"]),
+                     r["max_count"])
+    np.testing.assert_allclose(lam.T, t["expected_counts"], rtol=1e-4)  # float32 storage
+    keep = np.array([0, 2])
+    sub = synth.truth_readout(t, keep, 2)
+    np.testing.assert_array_equal(sub["loadings_NZ"], r["loadings_NZ"][keep])
+    np.testing.assert_array_equal(sub["biases_N"], r["biases_N"][keep])
+    assert synth.truth_readout(t, None, 2) is None  # 2 units asked, the truth has more, none picked
+    assert synth.truth_readout({"latents": t["latents"]}) is None

@@ -271,6 +271,24 @@ def load_truth(nwb_or_truth_path: str | os.PathLike) -> dict:
     return out
 
 
+def truth_readout(truth: dict, unit_index=None, num_units: int | None = None) -> dict | None:
+    """The generator's readout for a corpus's units: ``{"latent_names", "loadings_NZ", "biases_N",
+    "max_count"}``, where the expected counts are ``min(exp(latents @ loadings.T + biases),
+    max_count)``. ``unit_index`` picks the units a firing-rate filter kept when ``num_units`` of them
+    remain; None when the truth holds no readout or its units do not match ``num_units``."""
+    if "loadings" not in truth or "latent_names" not in truth or "biases" not in truth:
+        return None
+    w_NZ = np.asarray(truth["loadings"], dtype=np.float64)
+    b_N = np.asarray(truth["biases"], dtype=np.float64)
+    if num_units is not None and unit_index is not None and w_NZ.shape[0] != num_units \
+            and len(unit_index) == num_units:
+        w_NZ, b_N = w_NZ[unit_index], b_N[unit_index]
+    if num_units is not None and w_NZ.shape[0] != num_units:
+        return None
+    return {"latent_names": [str(x) for x in truth["latent_names"]], "loadings_NZ": w_NZ, "biases_N": b_N,
+            "max_count": MAX_EXPECTED_COUNT}
+
+
 # --------------------------------------------------------------------------------------------
 # Validation and file writing
 # --------------------------------------------------------------------------------------------

@@ -155,11 +155,12 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
     truth = session_truth_rates(corpus, windows)
     latents = readout = None
     if truth is not None:
-        from spikefm.families.ndt.tasks import truth_latent_windows, truth_readout
+        from spikefm.corpus.synth import truth_readout
+        from spikefm.families.ndt.tasks import truth_latent_windows
 
         full = session_truth(corpus, windows)
         latents = truth_latent_windows(full, windows)
-        readout = truth_readout(full, windows)
+        readout = truth_readout(full, windows.unit_index, windows.num_units)
     if torch.cuda.is_available():
         model = model.cuda()
     result = run_benchmark(model, windows, tasks=task_list, truth_rates=truth, baselines=baselines,

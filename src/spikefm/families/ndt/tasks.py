@@ -584,23 +584,6 @@ def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:
     return exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64)
 
 
-def truth_readout(truth: dict, windows: SessionWindows) -> dict | None:
-    """The synthetic generator's readout for the windows' units, for
-    :func:`run_benchmark`'s ``truth_readout`` (None when the truth holds no loadings)."""
-    from spikefm.corpus.synth import MAX_EXPECTED_COUNT
-
-    if "loadings" not in truth or "latent_names" not in truth:
-        return None
-    w_NZ, b_N = np.asarray(truth["loadings"], dtype=np.float64), np.asarray(truth["biases"], dtype=np.float64)
-    index = windows.unit_index
-    if index is not None and w_NZ.shape[0] != windows.num_units and index.size == windows.num_units:
-        w_NZ, b_N = w_NZ[index], b_N[index]
-    if w_NZ.shape[0] != windows.num_units:
-        return None
-    return {"latent_names": [str(x) for x in truth["latent_names"]], "loadings_NZ": w_NZ, "biases_N": b_N,
-            "max_count": MAX_EXPECTED_COUNT}
-
-
 def truth_latent_windows(truth: dict, windows: SessionWindows) -> np.ndarray | None:
     """(K, T, Z) true latents on the windows' bins (None when the truth holds no latents)."""
     if "latents" not in truth:
@@ -712,7 +695,8 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
         label_classes: label -> values kept by its decoding task (e.g. ``{"choice": [-1, 1]}``).
         truth_latents: optional (K_all, T, Z) true latents: the oracle of behaviour decoding.
         truth_readout: optional ``{"latent_names", "loadings_NZ", "biases_N", "max_count"}``, the
-            synthetic generator's readout (with ``truth_latents``): a ``<label>-decoding`` task whose
+            synthetic generator's readout (:func:`spikefm.corpus.synth.truth_readout`; with
+            ``truth_latents``): a ``<label>-decoding`` task whose
             label is a two-class latent (``choice``) reports the ideal observer's accuracy too.
 
     Returns:

@@ -80,7 +80,7 @@ def run_windows(run_dir, corpus) -> dict:
 
 
 def _truth(corpus, w) -> dict | None:
-    from spikefm.corpus.synth import load_truth, truth_path
+    from spikefm.corpus.synth import load_truth, truth_path, truth_readout
 
     try:
         nwb = corpus.session(w.session_id).get("provenance", {}).get("path")
@@ -94,14 +94,13 @@ def _truth(corpus, w) -> dict | None:
     start_K = (w.t_start_ms - int(t["t_start_ms"])) // w.bin_ms
     idx_KT = start_K[:, None] + np.arange(w.num_bins)[None, :]
     exp_NG = np.asarray(t["expected_counts"])
-    load_NZ, bias_N = np.asarray(t["loadings"], dtype=np.float64), np.asarray(t["biases"], dtype=np.float64)
     if w.unit_index is not None and exp_NG.shape[0] != w.num_units:
-        exp_NG, load_NZ, bias_N = exp_NG[w.unit_index], load_NZ[w.unit_index], bias_N[w.unit_index]
+        exp_NG = exp_NG[w.unit_index]
     if idx_KT.max() >= exp_NG.shape[1] or exp_NG.shape[0] != w.num_units:
         return None
     return {"rates_KTN": exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64),
             "latents_KTZ": np.asarray(t["latents"], dtype=np.float64)[idx_KT],
-            "latent_names": [str(x) for x in t["latent_names"]], "loadings_NZ": load_NZ, "biases_N": bias_N}
+            "readout": truth_readout(t, w.unit_index, w.num_units)}
 
 
 def _ideal_observer(truth: dict, te: np.ndarray, counts_KTN: np.ndarray, label_true: dict, mods) -> dict | None:
@@ -109,16 +108,18 @@ def _ideal_observer(truth: dict, te: np.ndarray, counts_KTN: np.ndarray, label_t
     the same name in the synthetic truth (``choice``): the class whose rates, the label's latent
     flipped or not and every other latent at its true value, give the counts the higher Poisson
     likelihood (:func:`spikefm.eval.oracle.ideal_observer_favours_truth`)."""
-    from spikefm.corpus.synth import MAX_EXPECTED_COUNT
     from spikefm.eval.oracle import ideal_observer_favours_truth
 
+    readout = truth["readout"]
+    if readout is None:
+        return None
     labels = {}
     for name, values in mods.labels:
-        if len(values) != 2 or name not in truth["latent_names"] or name not in label_true:
+        if len(values) != 2 or name not in readout["latent_names"] or name not in label_true:
             continue
-        favours = ideal_observer_favours_truth(counts_KTN, truth["latents_KTZ"][te], truth["loadings_NZ"],
-                                               truth["biases_N"], truth["latent_names"].index(name),
-                                               max_count=MAX_EXPECTED_COUNT)
+        favours = ideal_observer_favours_truth(counts_KTN, truth["latents_KTZ"][te], readout["loadings_NZ"],
+                                               readout["biases_N"], readout["latent_names"].index(name),
+                                               max_count=readout["max_count"])
         y = label_true[name]
         labels[name] = np.where(y < 0, y, np.where(favours, y, 1 - y))
     return {"labels": labels, "behavior_KTC": None} if labels else None
@@ -518,15 +519,16 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
             ideal = None if truth is None else _ideal_observer(truth, te, w.counts[te], label_true, mods)
             if ideal is not None:
                 models["ideal_observer"] = ideal
-        dec = {}
-        for name, m in models.items():
-            beh = None if m["behavior_KTC"] is None else m["behavior_KTC"] * a.sd_C + a.mean_C
-            dec[name] = decoding_scores(m["labels"], {k: v for k, v in label_true.items() if k in m["labels"]}, ncls,
-                                        beh, raw_true, mods.channels, cond)
-        results["decoding"] = dec
+        # behaviour back in its own units (the models predict it z-scored per session)
+        beh = {name: None if m["behavior_KTC"] is None else m["behavior_KTC"] * a.sd_C + a.mean_C
+               for name, m in models.items()}
+        results["decoding"] = {
+            name: decoding_scores(m["labels"], {k: v for k, v in label_true.items() if k in m["labels"]}, ncls,
+                                  beh[name], raw_true, mods.channels, cond) for name, m in models.items()}
         if baselines:
             comparisons["decoding"] = {
-                f"neds - {k}": _paired_decoding(models["neds"], m, label_true, raw_true, a, mods.channels)
+                f"neds - {k}": _paired_decoding(models["neds"]["labels"], m["labels"], beh["neds"], beh[k],
+                                                label_true, raw_true, mods.channels)
                 for k, m in models.items() if k not in ("neds", "neds_probe", "oracle", "ideal_observer")}
     if "region" in names:
         results["region"] = region_task(model, windows, arrays)
@@ -539,22 +541,21 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
             "results": results}
 
 
-def _paired_decoding(a_model: dict, b_model: dict, label_true: dict, raw_true_KTC: np.ndarray, arrays,
-                     channels: Sequence[str]) -> dict[str, Any]:
+def _paired_decoding(labels_a: dict, labels_b: dict, pa: np.ndarray | None, pb: np.ndarray | None,
+                     label_true: dict, raw_true_KTC: np.ndarray, channels: Sequence[str]) -> dict[str, Any]:
     """Per label: accuracy of ``a`` minus ``b`` on the same windows; per channel: single-trial R²
-    of ``a`` minus ``b``; each ``{"value", "ci95"}`` (jackknife over the windows)."""
+    of ``a`` minus ``b`` (``pa``, ``pb``: (K, T, C) behaviour in its own units, or None); each
+    ``{"value", "ci95"}`` (jackknife over the windows)."""
     out: dict[str, Any] = {}
     for name, y in label_true.items():
-        if name not in a_model["labels"] or name not in b_model["labels"]:
+        if name not in labels_a or name not in labels_b:
             continue
         ok = y >= 0
-        d = (a_model["labels"][name][ok] == y[ok]).astype(float) - (b_model["labels"][name][ok] == y[ok])
+        d = (labels_a[name][ok] == y[ok]).astype(float) - (labels_b[name][ok] == y[ok])
         if d.size:
             out[name] = {"accuracy": jackknife_interval(lambda i, d=d: d[i].mean(), d.size)}
-    if a_model["behavior_KTC"] is None or b_model["behavior_KTC"] is None:
+    if pa is None or pb is None:
         return out
-    pa = a_model["behavior_KTC"] * arrays.sd_C + arrays.mean_C
-    pb = b_model["behavior_KTC"] * arrays.sd_C + arrays.mean_C
     for c, name in enumerate(channels):
         t = raw_true_KTC[..., c]
         if np.isnan(t).all() or np.nanstd(t) == 0:

@@ -433,3 +433,17 @@ def test_ideal_observer_log_ratio_is_the_poisson_likelihood_ratio_per_trial():
                                             np.broadcast_to(b[0], many.shape)) > 0) > 0.5
     with pytest.raises(ValueError, match="share one shape"):
         ideal_observer_log_ratio(c, a, b[:3])
+
+
+def test_ideal_observer_rejects_mismatched_readouts():
+    from spikefm.eval.oracle import ideal_observer_favours_truth
+
+    z, w, b = np.zeros((2, 3, 4)), np.zeros((5, 4)), np.zeros(5)
+    c = np.zeros((2, 3, 5))
+    with pytest.raises(ValueError, match=r"latents must be \(K, T, Z\), loadings \(N, Z\)"):
+        ideal_observer_favours_truth(c, z, w[:, :3], b, 0)
+    with pytest.raises(ValueError, match="latent must index one of the 4 latents, got 4"):
+        ideal_observer_favours_truth(c, z, w, b, 4)
+    # every latent 0: no evidence either way, so the seeded coin decides each trial
+    assert ideal_observer_favours_truth(c, z, w, b, 0, seed=1).tolist() == \
+        (np.random.default_rng(1).random(2) < 0.5).tolist()

@@ -126,7 +126,7 @@ def test_unfreeze_run_windows_include_the_pretraining_sessions(pretrained, corpu
     from spikefm.families.neds.evaluate import run_windows
 
     out = tmp_path / "uf"
-    finetune(pretrained, corpus_dir, held_out, out, strategy="unfreeze", steps=8, eval_every=4, patience=2)
+    finetune(pretrained, corpus_dir, held_out, out, strategy="unfreeze", steps=8, eval_every=2, patience=2)
     run = json.loads((out / "config.json").read_text())
     info = run["family_info"]
     # trained from the deleted frozen stage; the recorded provenance names the pretrained run
@@ -136,6 +136,16 @@ def test_unfreeze_run_windows_include_the_pretraining_sessions(pretrained, corpu
     assert stage1["strategy"] == "frozen" and not Path(stage1["deleted_folder"]).exists()
     assert 1 <= stage1["best_step"] <= 4 and stage1["best_val_loss"] > 0
     assert load_run_config(out).data.init_from == str(Path(pretrained).resolve())
+    # so do the checkpoints' copies of the config, and each still passes its manifest's checksums
+    from spikefm.train.checkpoint import checkpoint_problem, list_checkpoints
+
+    ckpts = list_checkpoints(out)
+    assert ckpts
+    for _, ck in ckpts:
+        copy = json.loads((ck / "config.json").read_text())
+        assert Path(copy["config"]["data"]["init_from"]) == Path(pretrained).resolve()
+        assert copy["finetune_stage1"] == stage1
+        assert checkpoint_problem(ck) is None
     pre = set(json.loads((pretrained / "config.json").read_text())["family_info"]["sessions"])
     windows = run_windows(out, Corpus(corpus_dir))
     assert set(windows) == pre | {held_out}

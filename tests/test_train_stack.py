@@ -254,6 +254,50 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_with_a_parameter_no_batch_had_reached_at_the_checkpoint(tmp_path, monkeypatch):
+    """A parameter without a gradient before the checkpoint (a session's stitcher or a label head
+    no batch has reached yet) has no optimizer state there; resuming must accept that (it raised
+    "Missing optimizer state" before) and its first update after the checkpoint must be the
+    uninterrupted run's (a fresh Adam state, not one already counted a step)."""
+    import _toy_family
+
+    init = _toy_family.ToyModel.__init__
+    loss = _toy_family.ToyFamily.loss
+    calls = {"n": 0}
+
+    def with_late(self, cfg):
+        init(self, cfg)
+        self.late = torch.nn.Parameter(torch.ones(3))
+
+    family_init = _toy_family.ToyFamily._init
+
+    def init_late(self, model):  # models are built on the meta device: initialise it here
+        family_init(self, model)
+        with torch.no_grad():
+            model.late.fill_(1.0)
+
+    def late_loss(self, model, batch, cfg):
+        value, extra = loss(self, model, batch, cfg)
+        calls["n"] += 1
+        if calls["n"] > 6:  # reached from step 7 on, after the checkpoint at step 4
+            value = value + 0.1 * (model.late - 0.5).square().sum()
+        return value, extra
+
+    monkeypatch.setattr(_toy_family.ToyModel, "__init__", with_late)
+    monkeypatch.setattr(_toy_family.ToyFamily, "loss", late_loss)
+    monkeypatch.setattr(_toy_family.ToyFamily, "_init", init_late)
+    cfg = toy_config(steps=10, ckpt_every=4, ckpt_keep=2)
+    train(cfg, tmp_path / "full", progress=False)
+    calls["n"] = 0
+    train(cfg, tmp_path / "cut", progress=False, stop_after=4)
+    assert train(cfg, tmp_path / "cut", progress=False, resume=True)["resumed_from"] == 4
+    np.testing.assert_array_equal(column(train_rows(tmp_path / "cut"), "loss"),
+                                  column(train_rows(tmp_path / "full"), "loss"))
+    full, cut = load_model(tmp_path / "full").state_dict(), load_model(tmp_path / "cut").state_dict()
+    assert not torch.equal(full["late"], torch.ones(3))  # it did train after the checkpoint
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
 def test_sigkill_after_checkpoint_then_resume_matches(tmp_path):
     """A real preemption: a subprocess is SIGKILLed right after checkpoint 5 appears."""
     steps, overrides = 30, ["train.ckpt_every=5", "train.steps=30", "model.dropout=0.2"]
@@ -541,6 +585,29 @@ def test_resume_falls_back_from_a_damaged_checkpoint_and_still_matches(tmp_path,
     assert same_weights(tmp_path / "full", tmp_path / "cut")
     assert sorted(p.name for p in ckpts.iterdir()) == [
         "damaged-step_00000010", "step_00000004", "step_00000008", "step_00000012"]
+
+
+def test_rewriting_checkpoint_configs_keeps_them_verified_and_skips_damaged_ones(tmp_path):
+    from spikefm.train.checkpoint import rewrite_checkpoint_configs
+
+    cfg = toy_config(steps=12, ckpt_every=4, ckpt_keep=3)
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "cut", progress=False, stop_after=10)
+    ckpts = tmp_path / "cut" / "checkpoints"
+    _damage(ckpts / "step_00000004", "flip")
+    before = (ckpts / "step_00000004" / "config.json").read_bytes()
+    n = rewrite_checkpoint_configs(tmp_path / "cut", lambda info: {**info, "note": "edited"})
+    assert n == 2  # steps 8 and 10; the damaged step 4 untouched
+    assert (ckpts / "step_00000004" / "config.json").read_bytes() == before
+    for step in (8, 10):
+        ck = ckpts / f"step_{step:08d}"
+        assert json.loads((ck / "config.json").read_text())["note"] == "edited"
+        assert checkpoint_problem(ck) is None  # the manifest records the new file
+    # a resumed run from the rewritten checkpoint is still the uninterrupted run
+    resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
+    assert resumed["resumed_from"] == 10
+    np.testing.assert_array_equal(column(train_rows(tmp_path / "cut"), "loss"),
+                                  column(train_rows(tmp_path / "full"), "loss"))
 
 
 def test_no_intact_checkpoint_left_restarts_from_zero(tmp_path, capsys):

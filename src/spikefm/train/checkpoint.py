@@ -365,6 +365,9 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINT_DIR
     name = f"step_{step:08d}"
     final, tmp = root / name, root / f".tmp-{name}"
+    # trainable parameters no gradient has reached yet have no optimizer state; loading must leave
+    # them without (see load_checkpoint), or their first update would differ from the unbroken run
+    stateless = [n for n, p in model.named_parameters() if p.requires_grad and p not in optimizer.state]
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options(cpu_offload=True))
     rank, world_size = d.get_rank(), d.get_world_size()
     if rank == 0:
@@ -382,7 +385,8 @@ def save_checkpoint(
         files["model.pt"] = _save(model_sd, tmp / "model.pt")
         files["optim.pt"] = _save(optim_sd, tmp / "optim.pt")
         files["trainer.pt"] = _save({**trainer_state, "step": step, "world_size": world_size,
-                                     "scheduler": scheduler.state_dict()}, tmp / "trainer.pt")
+                                     "scheduler": scheduler.state_dict(),
+                                     "params_without_optimizer_state": stateless}, tmp / "trainer.pt")
         write_json_atomic(tmp / "config.json", info)
         files["config.json"] = _digest(tmp / "config.json")
         write_json_atomic(tmp / MANIFEST_NAME, {"format": MANIFEST_FORMAT, "step": step,
@@ -404,6 +408,26 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
         raise ValueError(f"keep must be a positive int, got {keep!r}")
     for _, old in list_checkpoints(run_dir)[:-keep]:
         _retire(old)
+
+
+def rewrite_checkpoint_configs(run_dir: str | os.PathLike, edit) -> int:
+    """Apply ``edit(info) -> info`` to the ``config.json`` of every checkpoint of ``run_dir`` and
+    record the new file's size and sha256 in that checkpoint's manifest (each file written to a
+    temporary name, then renamed; a crash between the two leaves a checkpoint that
+    :func:`checkpoint_problem` reports as damaged, never a silently wrong one). Checkpoints that
+    are already damaged are left as they are. Returns how many were rewritten."""
+    from spikefm.fileio import write_json_atomic
+
+    done = 0
+    for _, path in list_checkpoints(run_dir):
+        if checkpoint_problem(path) is not None or not (path / "config.json").is_file():
+            continue
+        manifest = _read_manifest(path)
+        write_json_atomic(path / "config.json", edit(read_json_file(path / "config.json", what="checkpoint config")))
+        manifest["files"]["config.json"] = _digest(path / "config.json")
+        write_json_atomic(path / MANIFEST_NAME, manifest)
+        done += 1
+    return done
 
 
 def load_checkpoint(
@@ -441,7 +465,16 @@ def load_checkpoint(
     # ranks skip the model broadcast that rank 0 waits in, and the job deadlocks (torch 2.13).
     options = _state_dict_options(broadcast_from_rank0=distributed)
     set_model_state_dict(model, model_sd, options=options)
-    set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
+    # strict=False: a parameter that had no gradient before the save (a session or a label head no
+    # batch reached yet) has no optimizer state in the checkpoint. Loading gives every parameter a
+    # fresh state (one zero-gradient step at lr 0); drop it again for those, so that their first
+    # real update is the one the uninterrupted run makes.
+    set_optimizer_state_dict(model, optimizer, optim_sd,
+                             options=_state_dict_options(broadcast_from_rank0=distributed, strict=False))
+    stateless = set(trainer.get("params_without_optimizer_state", ()))
+    for name, param in model.named_parameters():
+        if name in stateless:
+            optimizer.state.pop(param, None)
     optimizer.zero_grad(set_to_none=True)
     scheduler.load_state_dict(trainer["scheduler"])
     per_rank = _load(path / f"rank_{rank:05d}.pt")

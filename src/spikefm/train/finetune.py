@@ -208,20 +208,26 @@ def _record_unfreeze_provenance(out_dir: Path, run_dir: str, stage1: Path, stage
     pretrained run instead and keep what stage 1 did under ``finetune_stage1``, so the
     provenance of the weights never names a folder that does not exist."""
     from spikefm.fileio import write_json_atomic
+    from spikefm.train.checkpoint import rewrite_checkpoint_configs
     from spikefm.train.runinfo import read_run_info
 
-    info = read_run_info(out_dir)
     pretrained = str(Path(run_dir).resolve())
-    data = info.get("config", {}).get("data", {})
-    if "init_from" in data:
-        data["init_from"] = pretrained
-    fam = info.get("family_info")
-    if isinstance(fam, dict) and "init_from" in fam:
-        fam["init_from"] = pretrained
-    info["finetune_stage1"] = {"strategy": "frozen", "deleted_folder": str(stage1.resolve()), **stage1_summary,
-                               "note": "stage 2 (everything trainable) started from this stage's weights: "
-                                       "the pretrained core and the session parameters trained on it"}
-    write_json_atomic(out_dir / "config.json", info)
+
+    def repoint(info: dict) -> dict:
+        data = info.get("config", {}).get("data", {})
+        if isinstance(data, dict) and "init_from" in data:
+            data["init_from"] = pretrained
+        fam = info.get("family_info")
+        if isinstance(fam, dict) and "init_from" in fam:
+            fam["init_from"] = pretrained
+        info["finetune_stage1"] = {"strategy": "frozen", "deleted_folder": str(stage1.resolve()), **stage1_summary,
+                                   "note": "stage 2 (everything trainable) started from this stage's weights: "
+                                           "the pretrained core and the session parameters trained on it"}
+        return info
+
+    write_json_atomic(out_dir / "config.json", repoint(read_run_info(out_dir)))
+    # the checkpoints keep a copy of the run's config (for resuming): the same provenance there
+    rewrite_checkpoint_configs(out_dir, repoint)
 
 
 def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,

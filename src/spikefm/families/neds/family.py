@@ -131,7 +131,9 @@ class NEDSDataConfig:
         init_from: a pretrained NEDS run whose core initialises this run.
         freeze_core: keep the loaded core fixed.
         free_heads: with ``freeze_core``, the behaviour and label output heads still train (the
-            rest of the core stays fixed).
+            rest of the core stays fixed). Without ``freeze_core`` every parameter trains anyway
+            and it has no effect, so that one ``--set data.free_heads=true`` serves every
+            candidate of ``finetune --strategy auto`` (``frozen``, ``unfreeze``'s first stage).
     """
 
     corpus: str = ""

@@ -26,7 +26,7 @@ from spikefm.families.ndt.tasks import (
     inter_region,
     intra_region,
     run_benchmark,
-    truth_windows,
+    truth_windows,  # re-exported from spikefm.eval.oracle
 )
 from spikefm.families.ndt.model import NDT, NDTConfig
 

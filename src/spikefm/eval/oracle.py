@@ -1,5 +1,8 @@
 """Ground-truth oracle of rate-predicting models on synthetic data (numpy/scipy, no torch).
 
+Also the synthetic truth of a corpus session (:func:`session_truth`) sliced onto windows
+(:func:`truth_windows`, :func:`truth_latent_windows`), shared by every family's evaluation.
+
 When counts are sampled from known Poisson expected counts, the oracle bits per spike is
 :func:`spikefm.eval.metrics.bps_pooled` (or ``bps_per_neuron_mean``) evaluated with the true
 expected counts as ``rates``: the ceiling a learned model can approach. Shapes as in
@@ -7,13 +10,18 @@ expected counts as ``rates``: the ceiling a learned model can approach. Shapes a
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.special import xlogy
 
 from spikefm.eval.metrics import bps_pooled, bps_per_neuron_mean
 
+if TYPE_CHECKING:
+    from spikefm.data.windows import SessionWindows
+
 __all__ = ["oracle_bps_pooled", "oracle_bps_per_neuron_mean", "ideal_observer_log_ratio",
-           "ideal_observer_favours_truth"]
+           "ideal_observer_favours_truth", "session_truth", "truth_windows", "truth_latent_windows"]
 
 
 def oracle_bps_pooled(expected, counts, *, null_rates=None) -> float:
@@ -74,3 +82,70 @@ def ideal_observer_favours_truth(counts_KTN, latents_KTZ, loadings_NZ, biases_N,
                                      np.minimum(np.exp(flipped @ w.T + b), max_count))
     coin = np.random.default_rng(seed).random(llr_K.size) < 0.5
     return np.where(llr_K == 0, coin, llr_K > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic truth on windows
+
+
+def session_truth(corpus, session_id: str) -> dict | None:
+    """The synthetic truth dict (:func:`spikefm.corpus.synth.load_truth`) of a corpus session:
+    ``<stem>.truth.npz`` next to the NWB file its manifest names; None when there is none (real
+    data)."""
+    from spikefm.corpus.synth import load_truth, truth_path
+
+    try:
+        nwb = corpus.session(session_id).get("provenance", {}).get("path")
+    except KeyError:
+        return None
+    if not nwb or not truth_path(nwb).is_file():
+        return None
+    return load_truth(nwb)
+
+
+def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:
+    """Slice synthetic ground truth onto windows.
+
+    Args:
+        truth: a synthetic truth dict (``spikefm.corpus.synth.load_truth``) with
+            ``expected_counts`` (units, bins), ``t_start_ms`` and ``bin_ms``.
+        windows: windows of the same session.
+
+    Returns:
+        (K, T, N) float64 true expected counts per bin, aligned with ``windows.counts``.
+    """
+    for key in ("expected_counts", "t_start_ms", "bin_ms"):
+        if key not in truth:
+            raise ValueError(f"truth must hold {key!r} (a synthetic truth file's contents), got keys "
+                             f"{sorted(truth)[:20]}")
+    exp_NG = np.asarray(truth["expected_counts"])
+    t0, bin_ms = int(truth["t_start_ms"]), int(truth["bin_ms"])
+    index = windows.unit_index
+    if exp_NG.ndim == 2 and index is not None and index.size == windows.num_units and \
+            exp_NG.shape[0] != windows.num_units and index.size and exp_NG.shape[0] > index.max():
+        exp_NG = exp_NG[index]  # a firing-rate filter kept these units
+    if exp_NG.ndim != 2 or exp_NG.shape[0] != windows.num_units:
+        raise ValueError(f"truth expected_counts must be (units, bins) with {windows.num_units} units, "
+                         f"got shape {exp_NG.shape}")
+    if bin_ms != windows.bin_ms:
+        raise ValueError(f"truth has {bin_ms} ms bins, the windows {windows.bin_ms} ms; cut windows "
+                         "from a corpus built with the truth's bin width")
+    off = windows.t_start_ms - t0
+    if np.any(off % bin_ms):
+        raise ValueError("window starts are off the truth's bin grid")
+    start_K = off // bin_ms
+    if windows.num_windows and (start_K.min() < 0 or start_K.max() + windows.num_bins > exp_NG.shape[1]):
+        raise ValueError(f"windows reach outside the truth's {exp_NG.shape[1]} bins starting at {t0} ms")
+    idx_KT = start_K[:, None] + np.arange(windows.num_bins)[None, :]
+    return exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64)
+
+
+def truth_latent_windows(truth: dict, windows: SessionWindows) -> np.ndarray | None:
+    """(K, T, Z) true latents on the windows' bins (None when the truth holds no latents)."""
+    if "latents" not in truth:
+        return None
+    z_GZ = np.asarray(truth["latents"], dtype=np.float64)
+    start_K = (windows.t_start_ms - int(truth["t_start_ms"])) // int(truth["bin_ms"])
+    if windows.num_windows and (start_K.min() < 0 or start_K.max() + windows.num_bins > z_GZ.shape[0]):
+        raise ValueError(f"windows reach outside the truth's {z_GZ.shape[0]} latent bins")
+    return z_GZ[start_K[:, None] + np.arange(windows.num_bins)[None, :]]

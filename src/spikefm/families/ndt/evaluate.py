@@ -74,16 +74,11 @@ def session_windows_for_run(run_dir: str | Path, corpus, session_id: str):
 
 
 def session_truth(corpus, windows) -> dict | None:
-    """The synthetic truth dict of the session (``load_truth``), or None when no truth file is found."""
-    from spikefm.corpus.synth import load_truth, truth_path
+    """The synthetic truth dict of the windows' session, or None when no truth file is found
+    (:func:`spikefm.eval.oracle.session_truth`)."""
+    from spikefm.eval.oracle import session_truth as truth_of
 
-    try:
-        nwb = corpus.session(windows.session_id).get("provenance", {}).get("path")
-    except KeyError:
-        return None
-    if not nwb or not truth_path(nwb).is_file():
-        return None
-    return load_truth(nwb)
+    return truth_of(corpus, windows.session_id)
 
 
 def session_truth_rates(corpus, windows) -> np.ndarray | None:
@@ -92,7 +87,7 @@ def session_truth_rates(corpus, windows) -> np.ndarray | None:
     Looks for ``<stem>.truth.npz`` next to the NWB file named in the manifest's provenance.
     """
     from spikefm.corpus.synth import truth_path
-    from spikefm.families.ndt.tasks import truth_windows
+    from spikefm.eval.oracle import truth_windows
 
     truth = session_truth(corpus, windows)
     if truth is None:
@@ -156,7 +151,7 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
     latents = readout = None
     if truth is not None:
         from spikefm.corpus.synth import truth_readout
-        from spikefm.families.ndt.tasks import truth_latent_windows
+        from spikefm.eval.oracle import truth_latent_windows
 
         full = session_truth(corpus, windows)
         latents = truth_latent_windows(full, windows)

@@ -48,7 +48,7 @@ from spikefm.data.windows import MIN_INIT_RATE, SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, bps_pooled_interval,
                                   decode_discrete, wilson_interval)
-from spikefm.eval.oracle import ideal_observer_favours_truth
+from spikefm.eval.oracle import ideal_observer_favours_truth, truth_latent_windows, truth_windows
 from spikefm.fileio import savez_atomic
 
 __all__ = [
@@ -545,54 +545,6 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
 
 # ---------------------------------------------------------------------------------------------
 # Ground truth
-
-
-def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:
-    """Slice synthetic ground truth onto windows.
-
-    Args:
-        truth: a synthetic truth dict (``spikefm.corpus.synth.load_truth``) with
-            ``expected_counts`` (units, bins), ``t_start_ms`` and ``bin_ms``.
-        windows: windows of the same session.
-
-    Returns:
-        (K, T, N) float64 true expected counts per bin, aligned with ``windows.counts``.
-    """
-    for key in ("expected_counts", "t_start_ms", "bin_ms"):
-        if key not in truth:
-            raise ValueError(f"truth must hold {key!r} (a synthetic truth file's contents), got keys "
-                             f"{sorted(truth)[:20]}")
-    exp_NG = np.asarray(truth["expected_counts"])
-    t0, bin_ms = int(truth["t_start_ms"]), int(truth["bin_ms"])
-    index = windows.unit_index
-    if exp_NG.ndim == 2 and index is not None and index.size == windows.num_units and \
-            exp_NG.shape[0] != windows.num_units and index.size and exp_NG.shape[0] > index.max():
-        exp_NG = exp_NG[index]  # a firing-rate filter kept these units
-    if exp_NG.ndim != 2 or exp_NG.shape[0] != windows.num_units:
-        raise ValueError(f"truth expected_counts must be (units, bins) with {windows.num_units} units, "
-                         f"got shape {exp_NG.shape}")
-    if bin_ms != windows.bin_ms:
-        raise ValueError(f"truth has {bin_ms} ms bins, the windows {windows.bin_ms} ms; cut windows "
-                         "from a corpus built with the truth's bin width")
-    off = windows.t_start_ms - t0
-    if np.any(off % bin_ms):
-        raise ValueError("window starts are off the truth's bin grid")
-    start_K = off // bin_ms
-    if windows.num_windows and (start_K.min() < 0 or start_K.max() + windows.num_bins > exp_NG.shape[1]):
-        raise ValueError(f"windows reach outside the truth's {exp_NG.shape[1]} bins starting at {t0} ms")
-    idx_KT = start_K[:, None] + np.arange(windows.num_bins)[None, :]
-    return exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64)
-
-
-def truth_latent_windows(truth: dict, windows: SessionWindows) -> np.ndarray | None:
-    """(K, T, Z) true latents on the windows' bins (None when the truth holds no latents)."""
-    if "latents" not in truth:
-        return None
-    z_GZ = np.asarray(truth["latents"], dtype=np.float64)
-    start_K = (windows.t_start_ms - int(truth["t_start_ms"])) // int(truth["bin_ms"])
-    if windows.num_windows and (start_K.min() < 0 or start_K.max() + windows.num_bins > z_GZ.shape[0]):
-        raise ValueError(f"windows reach outside the truth's {z_GZ.shape[0]} latent bins")
-    return z_GZ[start_K[:, None] + np.arange(windows.num_bins)[None, :]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,27 +80,19 @@ def run_windows(run_dir, corpus) -> dict:
 
 
 def _truth(corpus, w) -> dict | None:
-    from spikefm.corpus.synth import load_truth, truth_path, truth_readout
+    """The session's synthetic truth on the windows ``w`` (true expected counts, latents and the
+    readout of the kept units), or None for real data or a truth that does not fit the windows."""
+    from spikefm.corpus.synth import truth_readout
+    from spikefm.eval.oracle import session_truth, truth_latent_windows, truth_windows
 
+    t = session_truth(corpus, w.session_id)
+    if t is None:
+        return None
     try:
-        nwb = corpus.session(w.session_id).get("provenance", {}).get("path")
-    except KeyError:
+        rates, latents = truth_windows(t, w), truth_latent_windows(t, w)
+    except ValueError:
         return None
-    if not nwb or not truth_path(nwb).is_file():
-        return None
-    t = load_truth(nwb)
-    if int(t["bin_ms"]) != w.bin_ms:
-        return None
-    start_K = (w.t_start_ms - int(t["t_start_ms"])) // w.bin_ms
-    idx_KT = start_K[:, None] + np.arange(w.num_bins)[None, :]
-    exp_NG = np.asarray(t["expected_counts"])
-    if w.unit_index is not None and exp_NG.shape[0] != w.num_units:
-        exp_NG = exp_NG[w.unit_index]
-    if idx_KT.max() >= exp_NG.shape[1] or exp_NG.shape[0] != w.num_units:
-        return None
-    return {"rates_KTN": exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64),
-            "latents_KTZ": np.asarray(t["latents"], dtype=np.float64)[idx_KT],
-            "readout": truth_readout(t, w.unit_index, w.num_units)}
+    return {"rates_KTN": rates, "latents_KTZ": latents, "readout": truth_readout(t, w.unit_index, w.num_units)}
 
 
 def _ideal_observer(truth: dict, te: np.ndarray, counts_KTN: np.ndarray, label_true: dict, mods) -> dict | None:
@@ -111,7 +103,7 @@ def _ideal_observer(truth: dict, te: np.ndarray, counts_KTN: np.ndarray, label_t
     from spikefm.eval.oracle import ideal_observer_favours_truth
 
     readout = truth["readout"]
-    if readout is None:
+    if readout is None or truth["latents_KTZ"] is None:
         return None
     labels = {}
     for name, values in mods.labels:

@@ -3,20 +3,18 @@ the VAR(1) prior precision against the inverse of the joint covariance built fro
 solution, and the Laplace log marginal likelihood against numerical quadrature for one latent."""
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import integrate, stats
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _benchmark_script import load_benchmark  # noqa: E402
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("choice_observers", ROOT / "benchmarks" / "choice_observers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("choice_observers")
 
 
 def test_var1_fit_and_prior_precision_match_the_joint_covariance():

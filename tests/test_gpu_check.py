@@ -2,8 +2,8 @@
 between GPU sessions), and its GPU-sized configurations are shape-checked on the meta device."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,14 +11,14 @@ import torch
 
 from spikefm.families.ar.model import Llama, count_parameters, flops_per_token
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _benchmark_script import load_benchmark  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ from spikefm.families.ar.model import Llama, count_parameters, flops_per_token
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchmark_script import load_benchmark  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _load_script():
     return load_benchmark("gpu_check")

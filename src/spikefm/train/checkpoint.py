@@ -5,7 +5,9 @@ Layout of one checkpoint (all `torch.save` files, readable with `torch.load(weig
     RUN_DIR/checkpoints/step_00000200/
         model.pt        full (unsharded) model state dict, fp32, CPU          -- written by rank 0
         optim.pt        full optimizer state dict keyed by parameter name     -- rank 0
-        trainer.pt      {"step", "tokens", "world_size", "scheduler"}          -- rank 0
+        trainer.pt      {"step", "tokens", "world_size", "scheduler",           -- rank 0
+                         "params_without_optimizer_state": names of trainable
+                         parameters no gradient had reached (no Adam state yet)}
         rank_00000.pt   {"loader": loader.state_dict(), "rng": rng_state()}    -- one per rank
         config.json     the run's self-description (see runinfo)               -- rank 0
         manifest.json   {"format", "step", "world_size", "files": {name: {"bytes", "sha256"}}}

@@ -83,19 +83,33 @@ def write_pieces(src: Path, out: Path, pieces: int, units: tuple[int, int], seed
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def piece_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every pseudo-session benchmark shares (the recording, the pieces, the output)."""
     ap.add_argument("--nwb", type=Path, default=REAL, help="the real recording (default: the shared DANDI 000207 file)")
-    ap.add_argument("--work", type=Path, required=True, help="folder for pieces, corpus and run (reused when present)")
+    ap.add_argument("--work", type=Path, required=True, help="folder for pieces, corpus and runs (reused when present)")
     ap.add_argument("--pieces", type=int, default=8)
     ap.add_argument("--units", default="12,35", help="MIN,MAX units per piece")
-    ap.add_argument("--test-fraction", type=float, default=0.25)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="which units each piece keeps")
     ap.add_argument("--out", type=Path, default=None, help="JSON of the scores")
-    args = ap.parse_args()
+
+
+def parse_piece_arguments(args) -> tuple[int, int]:
+    """Check the shared options; returns the (MIN, MAX) units per piece."""
     if not args.nwb.is_file():
         raise SystemExit(f"expected the real NWB file at {args.nwb}; pass --nwb PATH")
-    lo, hi = (int(x) for x in args.units.split(","))
+    try:
+        lo, hi = (int(x) for x in args.units.split(","))
+    except ValueError:
+        raise SystemExit(f"--units must be MIN,MAX (two ints), got {args.units!r}") from None
+    return lo, hi
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    piece_arguments(ap)
+    ap.add_argument("--test-fraction", type=float, default=0.25)
+    args = ap.parse_args()
+    lo, hi = parse_piece_arguments(args)
     w = args.work
     cli = _spikefm()
     built = (w / "corpus" / "manifest.json").exists()  # the pieces were written before it

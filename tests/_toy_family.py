@@ -43,6 +43,9 @@ class ToyModelConfig:
     num_layers: int = 2
     hidden_dim: int | None = None  # None: 4 * dim
     dropout: float = 0.0
+    # > 0: a parameter ``late`` that the loss reaches only from this optimizer step on (a stand-in
+    # for a session's stitcher or a label head no batch has reached yet: no optimizer state before)
+    late_from_step: int = 0
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.num_layers < 1 or self.vocab_size < 2:
@@ -81,6 +84,8 @@ class ToyModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.dim, hidden, cfg.dropout) for _ in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size)
+        if cfg.late_from_step > 0:
+            self.late = nn.Parameter(torch.ones(3))
 
     def forward(self, x_BT: torch.Tensor) -> torch.Tensor:
         h_BTD = self.embed(x_BT)
@@ -122,7 +127,7 @@ class ToyLoader:
         rows = np.arange(start, start + self.micro_batch) % len(self.data)
         self.micro_index += 1
         x = torch.from_numpy(self.data[rows])
-        return {"input": x[:, :-1], "target": x[:, 1:]}
+        return {"input": x[:, :-1], "target": x[:, 1:], "first_sample": int(start)}
 
     def state_dict(self) -> dict:
         return {"micro_index": self.micro_index}
@@ -180,6 +185,9 @@ class ToyFamily:
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if hasattr(model, "late"):
+            with torch.no_grad():
+                model.late.fill_(1.0)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.blocks)
@@ -192,6 +200,9 @@ class ToyFamily:
         logits_BTV = model(batch["input"])
         target_BT = batch["target"]
         loss = F.cross_entropy(logits_BTV.float().flatten(0, 1), target_BT.flatten())
+        late = cfg.model.late_from_step
+        if late > 0 and batch.get("first_sample", 0) >= (late - 1) * cfg.train.batch_size:
+            loss = loss + 0.1 * (model.late - 0.5).square().sum()
         return loss, {"tokens": target_BT.numel()}
 
     def flops_per_batch(self, model: nn.Module, batch: dict, cfg: RunConfig) -> float:

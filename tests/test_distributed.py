@@ -5,6 +5,7 @@ Runs by default wherever torch has gloo and localhost sockets work; skipped othe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _toy_family import toy_config  # noqa: E402
+from _toy_family import ToyModelConfig, toy_config  # noqa: E402
 
 from spikefm.families import load_model, train  # noqa: E402
 from spikefm.fileio import folder_lock  # noqa: E402
@@ -136,6 +137,30 @@ def test_fsdp2_gloo_two_ranks_checkpoint_resume_matches_single_process(tmp_path)
     sharded = load_model(run_dir).state_dict()
     single = load_model(tmp_path / "single").state_dict()
     assert sharded.keys() == single.keys()
+    for key in single:
+        torch.testing.assert_close(sharded[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_fsdp2_resume_with_a_parameter_no_batch_had_reached_matches_single_process(tmp_path):
+    """Two ranks, checkpoint at step 4 where the toy's ``late`` parameter (in the loss from step 6)
+    has no optimizer state on any rank; the resumed two-rank run equals one process throughout."""
+    steps, sets = 8, ["--set", "train.steps=8", "--set", "model.late_from_step=6"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(dataclasses.replace(toy_config(steps=steps), model=ToyModelConfig(late_from_step=6)),
+              tmp_path / "single", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    run_dir = tmp_path / "fsdp"
+    torchrun(run_dir, "--stop-after", "4", *sets)
+    (_, ckpt), = list_checkpoints(run_dir)
+    assert torch.load(ckpt / "trainer.pt", weights_only=True)["params_without_optimizer_state"] == ["late"]
+    out = torchrun(run_dir, "--resume", *sets)
+    assert json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])["resumed_from"] == 4
+    np.testing.assert_allclose(losses(run_dir), losses(tmp_path / "single"), rtol=0, atol=1e-5)
+    sharded, single = load_model(run_dir).state_dict(), load_model(tmp_path / "single").state_dict()
+    assert not torch.equal(single["late"], torch.ones(3))
     for key in single:
         torch.testing.assert_close(sharded[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
 

@@ -109,6 +109,7 @@ def observers(seed: int, choice_signal: float, work: Path) -> dict:
     from spikefm.eval.oracle import ideal_observer_favours_truth, session_truth, truth_latent_windows
     from spikefm.eval.probes import fit_predict_logistic
     from spikefm.families.neds.evaluate import _chunked
+    from spikefm.families.neds.family import NEDSDataConfig, window_options
 
     root = work / f"seed{seed}_choice{choice_signal}"
     synthesize(root / "nwb", num_sessions=5, seed=seed, duration_s=1000.0, preset="ibl", region_tuning=1.0,
@@ -117,9 +118,9 @@ def observers(seed: int, choice_signal: float, work: Path) -> dict:
     corpus = Corpus(str(root / "corpus"))
     held = corpus.session_ids()[-1]
 
-    def windows(align: str):  # the NEDS family's options: nearest rounding, 70/10/20 split, seed 0
-        return load_all_windows(corpus, [held], window_bins=50, pre_ms=200, align=align, event_rounding="nearest",
-                                split_fractions=(0.7, 0.1, 0.2), seed=0)[held]
+    def windows(align: str):  # as the NEDS runs of bench_neds.py cut them (the family's own options)
+        return load_all_windows(corpus, [held], **window_options(NEDSDataConfig(window_bins=50, pre_ms=200,
+                                                                                align=align)))[held]
 
     w = windows("stim_on_time")
     truth = session_truth(corpus, held)

@@ -23,24 +23,21 @@ from _common import machine_info  # noqa: E402
 
 
 def walk_chunks(run_dir: str, corpus_dir: str, session: str | None, split: str) -> dict:
-    import dataclasses
-
     from spikefm.corpus.reader import Corpus
+    from spikefm.data.windows import MIN_INIT_RATE
     from spikefm.eval.metrics import bps_pooled
     from spikefm.families import load_model
-    from spikefm.families.ndt.evaluate import pick_session, session_truth_rates, session_windows_for_run
+    from spikefm.families.ndt.evaluate import (pick_session, scored_as_test, session_truth_rates,
+                                               session_windows_for_run)
     from spikefm.families.ndt.tasks import forward_prediction_walk, walk_start_bin
 
     model = load_model(run_dir)
     corpus = Corpus(corpus_dir)
     sid = pick_session(model, session)
-    w = session_windows_for_run(run_dir, corpus, sid)
-    if split == "val":  # the walk scores "test": swap the labels, as `spikefm eval --split val` does
-        w = dataclasses.replace(w, split=np.where(w.split == "val", "test",
-                                                  np.where(w.split == "test", "val", w.split)))
+    w = scored_as_test(session_windows_for_run(run_dir, corpus, sid), split)  # as `spikefm eval --split`
     pred = forward_prediction_walk(model, w)
     truth = session_truth_rates(corpus, w)
-    psth_TN = np.maximum(w.counts[w.indices("train")].astype(np.float64).mean(0), 1e-3)
+    psth_TN = np.maximum(w.counts[w.indices("train")].astype(np.float64).mean(0), MIN_INIT_RATE)
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

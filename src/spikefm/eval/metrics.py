@@ -251,8 +251,7 @@ def bps_pooled_interval(rates, counts, *, null_rates=None, level: float = 0.95) 
         ``(low, high)``; ``(-inf, ...)`` when some trial has a spike at a zero predicted rate;
         ``(nan, nan)`` when a leave-one-out subset has no spike.
     """
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
-        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
+    _check_level(level)
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim < 2 or counts.shape[0] < 3:
         raise ValueError(f"rates and counts must be (trials, ..., neurons) with at least 3 trials, got "
@@ -266,6 +265,18 @@ def bps_pooled_interval(rates, counts, *, null_rates=None, level: float = 0.95) 
     if not (np.isfinite(jack_K).all() and math.isfinite(theta)):
         return (-math.inf, theta if math.isfinite(theta) else -math.inf)
     return _jackknife_t(theta, jack_K, level)
+
+
+def _check_level(level) -> None:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
+
+
+def _jackknife_result(theta: float, jack_K: np.ndarray, level: float) -> dict[str, Any]:
+    """``{"value": theta, "ci95": [low, high]}``, the interval nan when a value is not finite."""
+    if not (np.isfinite(jack_K).all() and math.isfinite(theta)):
+        return {"value": theta, "ci95": [math.nan, math.nan]}
+    return {"value": theta, "ci95": list(_jackknife_t(theta, jack_K, level))}
 
 
 def _jackknife_t(theta: float, jack_K: np.ndarray, level: float) -> tuple[float, float]:
@@ -288,8 +299,7 @@ def jackknife_interval(statistic, num_trials: int, *, level: float = 0.95) -> di
     ``ci95`` is ``[nan, nan]`` when any value is not finite or K < 3; ``level`` other than 0.95
     changes the coverage, not the key.
     """
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
-        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
+    _check_level(level)
     if not isinstance(num_trials, (int, np.integer)) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive int, got {num_trials!r}")
     K = int(num_trials)
@@ -298,9 +308,7 @@ def jackknife_interval(statistic, num_trials: int, *, level: float = 0.95) -> di
     if K < 3:
         return {"value": theta, "ci95": [math.nan, math.nan]}
     jack_K = np.array([float(statistic(np.delete(everything, k))) for k in range(K)])
-    if not (np.isfinite(jack_K).all() and math.isfinite(theta)):
-        return {"value": theta, "ci95": [math.nan, math.nan]}
-    return {"value": theta, "ci95": list(_jackknife_t(theta, jack_K, level))}
+    return _jackknife_result(theta, jack_K, level)
 
 
 def bps_pooled_difference(rates_a, rates_b, counts, *, level: float = 0.95) -> dict[str, Any]:
@@ -309,8 +317,7 @@ def bps_pooled_difference(rates_a, rates_b, counts, *, level: float = 0.95) -> d
     with the leave-one-out scores of :func:`bps_pooled_interval`). The NLB null is the same for both
     models, so it cancels from the difference: a paired comparison, narrower than either score's
     own interval."""
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
-        raise ValueError(f"level must be a float in (0, 1), got {level!r}")
+    _check_level(level)
     counts = np.asarray(counts, dtype=np.float64)
     K = counts.shape[0]
     score_a, score_b = _trial_weighted_bps(rates_a, counts, None), _trial_weighted_bps(rates_b, counts, None)
@@ -320,9 +327,7 @@ def bps_pooled_difference(rates_a, rates_b, counts, *, level: float = 0.95) -> d
             return {"value": theta, "ci95": [math.nan, math.nan]}
         leave_one_out = 1.0 - np.eye(K)
         jack_K = score_a(leave_one_out) - score_b(leave_one_out)
-    if not (np.isfinite(jack_K).all() and math.isfinite(theta)):
-        return {"value": theta, "ci95": [math.nan, math.nan]}
-    return {"value": theta, "ci95": list(_jackknife_t(theta, jack_K, level))}
+    return _jackknife_result(theta, jack_K, level)
 
 
 def _trial_weighted_bps(rates, counts, null_rates):

@@ -119,7 +119,7 @@ def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:
             raise ValueError(f"truth must hold {key!r} (a synthetic truth file's contents), got keys "
                              f"{sorted(truth)[:20]}")
     exp_NG = np.asarray(truth["expected_counts"])
-    t0, bin_ms = int(truth["t_start_ms"]), int(truth["bin_ms"])
+    bin_ms = int(truth["bin_ms"])
     index = windows.unit_index
     if exp_NG.ndim == 2 and index is not None and index.size == windows.num_units and \
             exp_NG.shape[0] != windows.num_units and index.size and exp_NG.shape[0] > index.max():
@@ -130,13 +130,7 @@ def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:
     if bin_ms != windows.bin_ms:
         raise ValueError(f"truth has {bin_ms} ms bins, the windows {windows.bin_ms} ms; cut windows "
                          "from a corpus built with the truth's bin width")
-    off = windows.t_start_ms - t0
-    if np.any(off % bin_ms):
-        raise ValueError("window starts are off the truth's bin grid")
-    start_K = off // bin_ms
-    if windows.num_windows and (start_K.min() < 0 or start_K.max() + windows.num_bins > exp_NG.shape[1]):
-        raise ValueError(f"windows reach outside the truth's {exp_NG.shape[1]} bins starting at {t0} ms")
-    idx_KT = start_K[:, None] + np.arange(windows.num_bins)[None, :]
+    idx_KT = _truth_bins(truth, windows, exp_NG.shape[1])
     return exp_NG[:, idx_KT].transpose(1, 2, 0).astype(np.float64)
 
 
@@ -145,7 +139,17 @@ def truth_latent_windows(truth: dict, windows: SessionWindows) -> np.ndarray | N
     if "latents" not in truth:
         return None
     z_GZ = np.asarray(truth["latents"], dtype=np.float64)
-    start_K = (windows.t_start_ms - int(truth["t_start_ms"])) // int(truth["bin_ms"])
-    if windows.num_windows and (start_K.min() < 0 or start_K.max() + windows.num_bins > z_GZ.shape[0]):
-        raise ValueError(f"windows reach outside the truth's {z_GZ.shape[0]} latent bins")
-    return z_GZ[start_K[:, None] + np.arange(windows.num_bins)[None, :]]
+    return z_GZ[_truth_bins(truth, windows, z_GZ.shape[0])]
+
+
+def _truth_bins(truth: dict, windows: SessionWindows, total_bins: int) -> np.ndarray:
+    """(K, T) indices of the windows' bins in the truth's ``total_bins`` bins (ValueError when a
+    window starts off the truth's bin grid or reaches outside it)."""
+    t0, bin_ms = int(truth["t_start_ms"]), int(truth["bin_ms"])
+    off = windows.t_start_ms - t0
+    if np.any(off % bin_ms):
+        raise ValueError("window starts are off the truth's bin grid")
+    start_K = off // bin_ms
+    if windows.num_windows and (start_K.min() < 0 or start_K.max() + windows.num_bins > total_bins):
+        raise ValueError(f"windows reach outside the truth's {total_bins} bins starting at {t0} ms")
+    return start_K[:, None] + np.arange(windows.num_bins)[None, :]

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["evaluate_run", "session_windows_for_run", "session_truth", "session_truth_rates", "pick_session"]
+__all__ = ["evaluate_run", "session_windows_for_run", "scored_as_test", "session_truth", "session_truth_rates",
+           "pick_session"]
 
 
 def pick_session(model: nn.Module, session: str | None) -> str:
@@ -73,6 +74,17 @@ def session_windows_for_run(run_dir: str | Path, corpus, session_id: str):
     return apply_splits(windows, {session_id: splits[session_id]})[session_id]
 
 
+def scored_as_test(windows, split: str):
+    """The windows with ``split``'s windows labelled "test" (what the tasks score): for ``"val"``
+    the val and test labels are swapped; ``"test"`` returns them unchanged."""
+    if split != "val":
+        return windows
+    import dataclasses
+
+    swapped = np.where(windows.split == "val", "test", np.where(windows.split == "test", "val", windows.split))
+    return dataclasses.replace(windows, split=swapped)
+
+
 def session_truth(corpus, windows) -> dict | None:
     """The synthetic truth dict of the windows' session, or None when no truth file is found
     (:func:`spikefm.eval.oracle.session_truth`)."""
@@ -81,15 +93,16 @@ def session_truth(corpus, windows) -> dict | None:
     return truth_of(corpus, windows.session_id)
 
 
-def session_truth_rates(corpus, windows) -> np.ndarray | None:
+def session_truth_rates(corpus, windows, truth: dict | None = None) -> np.ndarray | None:
     """(K, T, N) true expected counts for every window, or None when no truth file is found.
 
-    Looks for ``<stem>.truth.npz`` next to the NWB file named in the manifest's provenance.
+    Looks for ``<stem>.truth.npz`` next to the NWB file named in the manifest's provenance, or
+    slices ``truth`` (the session's truth dict, already loaded).
     """
     from spikefm.corpus.synth import truth_path
     from spikefm.eval.oracle import truth_windows
 
-    truth = session_truth(corpus, windows)
+    truth = session_truth(corpus, windows) if truth is None else truth
     if truth is None:
         return None
     nwb = corpus.session(windows.session_id)["provenance"]["path"]
@@ -141,19 +154,14 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
     n_layers = len(getattr(model, "layers", [])) or 1
     if isinstance(decode_layer, bool) or not isinstance(decode_layer, int) or not 0 <= decode_layer <= n_layers:
         raise ValueError(f"decode_layer must be a block number in 1..{n_layers} (0 = the last), got {decode_layer!r}")
-    windows = session_windows_for_run(run_dir, corpus, session_id)
-    if split == "val":  # the tasks score "test": swap the labels of the val and test windows
-        import dataclasses
-
-        swapped = np.where(windows.split == "val", "test", np.where(windows.split == "test", "val", windows.split))
-        windows = dataclasses.replace(windows, split=swapped)
-    truth = session_truth_rates(corpus, windows)
+    windows = scored_as_test(session_windows_for_run(run_dir, corpus, session_id), split)
+    full = session_truth(corpus, windows)  # read once: every slice below comes from it
+    truth = None if full is None else session_truth_rates(corpus, windows, full)
     latents = readout = None
     if truth is not None:
         from spikefm.corpus.synth import truth_readout
         from spikefm.eval.oracle import truth_latent_windows
 
-        full = session_truth(corpus, windows)
         latents = truth_latent_windows(full, windows)
         readout = truth_readout(full, windows.unit_index, windows.num_units)
     if torch.cuda.is_available():

@@ -37,6 +37,7 @@ __all__ = [
     "r2_score_pooled",
     "decode_discrete",
     "decode_continuous",
+    "canonical_row_order",
     "wilson_interval",
 ]
 
@@ -416,6 +417,18 @@ def r2_score_pooled(predictions, targets) -> float:
 # ----------------------------------------------------------------------------- decoding probes
 
 
+def canonical_row_order(X, *others) -> np.ndarray:
+    """The permutation that sorts samples by their values (the columns of ``X``, then those of
+    ``others``, lexicographically). Cross-validation folds drawn on the sorted samples depend on
+    the set of samples only, not on the order the caller stacked them in, so a decoder's score
+    cannot change when its training rows are permuted. Identical samples stay in their order
+    (they are interchangeable)."""
+    cols = [np.asarray(X, dtype=np.float64).reshape(len(X), -1)]
+    cols += [np.asarray(o).reshape(len(X), -1).astype(np.float64) for o in others]
+    keys = np.concatenate(cols, axis=1)
+    return np.lexsort(keys.T[::-1]) if keys.size else np.arange(len(X))
+
+
 def _drop_nan_rows(features, *others, what: str):
     """Drop samples with a NaN feature or NaN target (warning how many)."""
     keep = ~np.isnan(features).any(axis=1)
@@ -473,6 +486,8 @@ def decode_discrete(
     keep = _drop_nan_rows(X, y, what="decode_discrete")
     X, y = X[keep], y[keep]
     classes, y_int = np.unique(y, return_inverse=True)
+    order = canonical_row_order(X, y_int)  # folds independent of the samples' order
+    X, y_int = X[order], y_int[order]
     class_counts = np.bincount(y_int)
     if len(classes) < 2:
         raise ValueError(f"need at least 2 classes to decode, got {len(classes)}")
@@ -554,8 +569,10 @@ def decode_continuous(
     Y2 = Y.reshape(len(Y), -1)
     keep = _drop_nan_rows(X, Y2, what="decode_continuous")
     X, Y2 = X[keep], Y2[keep]
+    order = canonical_row_order(X, Y2)  # folds independent of the samples' order
+    X, Y2 = X[order], Y2[order]
     if groups is not None:
-        groups = np.asarray(groups)[keep]
+        groups = np.asarray(groups)[keep][order]
         splitter = GroupKFold(n_splits=cv_folds)
         splits = splitter.split(X, Y2, groups)
     else:

@@ -15,14 +15,21 @@ __all__ = ["fit_predict_logistic", "fit_predict_ridge", "firing_statistics", "cl
 
 def fit_predict_logistic(X_train, y_train, X_test, *, Cs=np.logspace(-4, 2, 7), folds: int = 3, seed: int = 0
                          ) -> np.ndarray:
-    """L2 logistic regression, C chosen by stratified cross-validation on the training rows only;
-    returns (R_test, classes) probabilities in ``np.unique(y_train)`` order."""
+    """L2 logistic regression, C chosen by stratified cross-validation on the training rows only
+    (folds drawn on the rows in :func:`~spikefm.eval.metrics.canonical_row_order`, so the result
+    does not depend on the order of the training rows); returns (R_test, classes) probabilities
+    in ``np.unique(y_train)`` order."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from spikefm.eval.metrics import canonical_row_order
+
+    X = np.asarray(X_train, dtype=np.float64)
     y = np.asarray(y_train)
+    order = canonical_row_order(X, np.unique(y, return_inverse=True)[1])  # folds independent of row order
+    X, y = X[order], y[order]
     folds = int(min(folds, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
     if folds < 2:
         raise ValueError("every class needs at least 2 training samples for the logistic probe")
@@ -30,7 +37,7 @@ def fit_predict_logistic(X_train, y_train, X_test, *, Cs=np.logspace(-4, 2, 7), 
         Cs=list(Cs), cv=StratifiedKFold(folds, shuffle=True, random_state=seed), max_iter=2000))
     with warnings.catch_warnings():  # scikit-learn 1.8+ announces API changes on every fit
         warnings.simplefilter("ignore", FutureWarning)
-        model.fit(np.asarray(X_train, dtype=np.float64), y)
+        model.fit(X, y)
     return model.predict_proba(np.asarray(X_test, dtype=np.float64))
 
 

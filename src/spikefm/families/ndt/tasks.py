@@ -47,7 +47,7 @@ from spikefm.families.ndt.masking import mask_entries, scheme_id
 from spikefm.data.windows import MIN_INIT_RATE, SessionWindows
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, bps_pooled_interval,
-                                  decode_discrete, wilson_interval)
+                                  canonical_row_order, decode_discrete, wilson_interval)
 from spikefm.eval.oracle import ideal_observer_favours_truth, truth_latent_windows, truth_windows
 from spikefm.fileio import savez_atomic
 
@@ -340,6 +340,8 @@ def _fit_predict_logistic(X_train, y_train, X_test, *, Cs, inner_cv_folds, seed)
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    order = canonical_row_order(X_train, np.unique(y_train, return_inverse=True)[1])  # folds independent of row order
+    X_train, y_train = np.asarray(X_train)[order], np.asarray(y_train)[order]
     _, cls_counts = np.unique(y_train, return_counts=True)
     n_inner = int(min(inner_cv_folds, cls_counts.min()))
     search = GridSearchCV(

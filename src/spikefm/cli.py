@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default, leaves the output unchanged; the NEDS benchmark uses 1)")
     s.add_argument("--choice-signal", type=_nonnegative_float, default=1.0, metavar="C",
                    help="ibl: amplitude of the choice latent (1.0, the default, leaves the output "
-                        "unchanged; the NEDS benchmark uses 0.5, where a linear decoder is 50-81%% correct)")
+                        "unchanged; the NEDS benchmark uses 0.5, where a linear decoder is 58-82%% correct)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
 

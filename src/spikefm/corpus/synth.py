@@ -178,7 +178,7 @@ def synthesize(
             leaves the output exactly as without it. Every unit's modulation depth is normalised
             afterwards, so a smaller value gives the choice a smaller share of each unit's
             modulation: choice is then decodable from spikes on fewer trials (in the NEDS
-            benchmark's held-out sessions a linear decoder is 87-100 % correct at 1.0 and 50-81 % at
+            benchmark's held-out sessions a linear decoder is 79-96 % correct at 1.0 and 58-82 % at
             0.5). The wheel's sign follows the choice, so signed wheel decoding is harder too.
 
     Returns:

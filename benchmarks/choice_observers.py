@@ -42,63 +42,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
+from _laplace import laplace_log_marginal, prior_precision, var1  # noqa: E402
 
 EVENT_LATENTS = ("stim", "choice", "move", "reward")
-
-
-def _var1(x_GD: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least-squares VAR(1) x_t = A x_(t-1) + e, e ~ N(0, Q), and its stationary covariance P."""
-    from scipy.linalg import solve_discrete_lyapunov
-
-    A = np.linalg.lstsq(x_GD[:-1], x_GD[1:], rcond=None)[0].T
-    Q = np.cov((x_GD[1:] - x_GD[:-1] @ A.T).T)
-    return A, Q, solve_discrete_lyapunov(A, Q)
-
-
-def _prior_precision(A: np.ndarray, Q: np.ndarray, P: np.ndarray, T: int) -> np.ndarray:
-    """(T*D, T*D) precision of T consecutive states of the VAR(1), the first one stationary."""
-    D = A.shape[0]
-    Qi, Pi = np.linalg.inv(Q), np.linalg.inv(P)
-    J = np.zeros((T * D, T * D))
-    for t in range(T):
-        s = slice(t * D, (t + 1) * D)
-        J[s, s] += Pi if t == 0 else Qi
-        if t < T - 1:
-            n = slice((t + 1) * D, (t + 2) * D)
-            J[s, s] += A.T @ Qi @ A
-            J[s, n] -= A.T @ Qi
-            J[n, s] -= Qi @ A
-    return J
-
-
-def _laplace_log_marginal(y_KTN: np.ndarray, c_KTN: np.ndarray, W_ND: np.ndarray, J: np.ndarray,
-                          iters: int = 50) -> np.ndarray:
-    """(K,) Laplace approximation of log p(y | c) (up to terms equal for every c) for
-    y ~ Poisson(exp(c + x W')), x ~ N(0, J^-1): Newton's method to the posterior mode, then the
-    log-likelihood + log-prior there - 1/2 log det of the posterior precision. (The generator caps
-    expected counts at its ``max_count``; this ignores the cap.)"""
-    K, T, _ = y_KTN.shape
-    D = W_ND.shape[1]
-    x = np.zeros((K, T * D))
-
-    def precision(lam_KTN):
-        H = np.repeat(J[None], K, axis=0)
-        blocks = np.einsum("ktn,nd,ne->ktde", lam_KTN, W_ND, W_ND)
-        for t in range(T):
-            H[:, t * D:(t + 1) * D, t * D:(t + 1) * D] += blocks[:, t]
-        return H
-
-    for _ in range(iters):
-        lam = np.exp(np.minimum(c_KTN + x.reshape(K, T, D) @ W_ND.T, 30.0))  # no overflow on the way
-        grad = ((lam - y_KTN) @ W_ND).reshape(K, T * D) + x @ J
-        step = np.linalg.solve(precision(lam), grad[..., None])[..., 0]
-        x -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    eta = c_KTN + x.reshape(K, T, D) @ W_ND.T
-    lam = np.exp(eta)
-    return ((y_KTN * eta - lam).sum((1, 2)) - 0.5 * np.einsum("ki,ij,kj->k", x, J, x)
-            - 0.5 * np.linalg.slogdet(precision(lam))[1])
 
 
 def observers(seed: int, choice_signal: float, work: Path) -> dict:
@@ -135,8 +81,8 @@ def observers(seed: int, choice_signal: float, work: Path) -> dict:
     counts = w.counts.astype(np.float64)
     out = {"seed": seed, "choice_signal": choice_signal, "session": held, "units": w.num_units,
            "latents": names, "accuracy": {}}
-    A, Q, P = _var1(np.asarray(truth["latents"], dtype=np.float64)[:, internal])
-    J = _prior_precision(A, Q, P, w.num_bins)
+    A, Q, P = var1(np.asarray(truth["latents"], dtype=np.float64)[:, internal])
+    J = prior_precision(A, Q, P, w.num_bins)
     for split in ("test", "all"):
         keep = np.isin(y, (-1, 1)) & ((w.split == "test") if split == "test" else True)
         z, n = z_KTZ[keep], counts[keep]
@@ -149,7 +95,7 @@ def observers(seed: int, choice_signal: float, work: Path) -> dict:
                                                             max_count=readout["max_count"]).mean())
         flipped = z.copy()
         flipped[..., choice] *= -1.0
-        logml = [_laplace_log_marginal(n, zz[..., events] @ W_NZ[:, events].T + b_N, W_NZ[:, internal], J)
+        logml = [laplace_log_marginal(n, zz[..., events] @ W_NZ[:, events].T + b_N, W_NZ[:, internal], J)
                  for zz in (z, flipped)]
         row["events true, internal inferred"] = float(np.mean(np.where(logml[0] == logml[1], 0.5,
                                                                        logml[0] > logml[1])))

@@ -201,6 +201,30 @@ def test_eval_cli_writes_bps_and_predictions_that_recompute(finetuned, corpus_di
     assert "smoothing" in tasks["co-smoothing"]
 
 
+def test_cosmoothing_ceiling_benchmark_scores_what_eval_scores(finetuned, corpus_dir, held_out, tmp_path):
+    """benchmarks/ndt_cosmoothing_ceiling.py scores the model and the oracle exactly as spikefm eval
+    does (same windows, entries and null), and its Laplace observer lands between the barely
+    trained model and a little above the oracle."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _benchmark_script import load_benchmark
+
+    out, _ = finetuned
+    results_path = tmp_path / "res.json"
+    assert main(["eval", str(out), "--data", str(corpus_dir), "--tasks", "co-smoothing", "--out",
+                 str(results_path), "--quiet"]) == 0
+    want = json.loads(results_path.read_text())["results"]["tasks"]["co-smoothing"]
+    got = load_benchmark("ndt_cosmoothing_ceiling").ceiling(str(out), str(corpus_dir), progress=False)
+    assert got["session"] == held_out
+    for name in ("model", "oracle"):
+        assert got[name]["bps_pooled"] == pytest.approx(want[name]["bps_pooled"], rel=1e-9, abs=1e-12)
+    assert got["model"]["bps_pooled"] < got["laplace"]["bps_pooled"] < got["oracle"]["bps_pooled"] + 0.05
+    assert got["model_minus_laplace"]["value"] == pytest.approx(
+        got["model"]["bps_pooled"] - got["laplace"]["bps_pooled"], abs=1e-12)
+
+
 def test_eval_multi_session_run_needs_session(pretrained, corpus_dir, capsys):
     rc = main(["eval", str(pretrained), "--data", str(corpus_dir), "--tasks", "co-smoothing", "--quiet"])
     assert rc == 2

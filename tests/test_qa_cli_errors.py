@@ -342,10 +342,16 @@ def _command_line(code: str, tmp_path) -> "subprocess.CompletedProcess":
     import subprocess
     import sys
 
+    import signal
+
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # A user's command starts with SIGINT at its default, so Python turns Ctrl-C into
+    # KeyboardInterrupt; a test run started in the background of a non-interactive shell ignores
+    # SIGINT, and a child inheriting that would ignore the simulated Ctrl-C of the tests below.
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)
+                          cwd=tmp_path, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_command_line_warnings_are_one_line_each(corpus, tmp_path):

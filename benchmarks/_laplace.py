@@ -77,19 +77,19 @@ def _banded_upper(H: np.ndarray, u: int) -> np.ndarray:
     return ab
 
 
-def _mode(y_TN, c_TN, W_ND, J, keep_N, x0, iters):
-    """Posterior mode of the window's internal latents given the counts of the units in keep_N,
-    Newton's method with banded solves (the posterior precision is block-tridiagonal); returns the
-    mode (T, D) and the banded posterior precision there."""
+def _mode(y_TN, c_TN, W_ND, J, obs_TN, x0, iters):
+    """Posterior mode of the window's internal latents given the counts at the entries where
+    ``obs_TN`` is True, Newton's method with banded solves (the posterior precision is
+    block-tridiagonal); returns the mode (T, D) and the banded posterior precision there."""
     from scipy.linalg import solveh_banded
 
     T, D = y_TN.shape[0], W_ND.shape[1]
-    Wk, yk, ck = W_ND[keep_N], y_TN[:, keep_N], c_TN[:, keep_N]
+    m_TN = obs_TN.astype(np.float64)
 
     def rates_and_precision(x):
-        lam = np.exp(np.minimum(ck + x @ Wk.T, 30.0))  # no overflow on the way to the mode
+        lam = np.exp(np.minimum(c_TN + x @ W_ND.T, 30.0)) * m_TN  # no overflow on the way to the mode
         H = J.copy()
-        blocks = np.einsum("tn,nd,ne->tde", lam, Wk, Wk)
+        blocks = np.einsum("tn,nd,ne->tde", lam, W_ND, W_ND)
         for t in range(T):
             H[t * D:(t + 1) * D, t * D:(t + 1) * D] += blocks[t]
         return lam, _banded_upper(H, min(2 * D - 1, T * D - 1))
@@ -97,11 +97,47 @@ def _mode(y_TN, c_TN, W_ND, J, keep_N, x0, iters):
     x = x0.copy()
     for _ in range(iters):
         lam, ab = rates_and_precision(x)
-        step = solveh_banded(ab, ((lam - yk) @ Wk).reshape(-1) + J @ x.reshape(-1))
+        step = solveh_banded(ab, ((lam - y_TN * m_TN) @ W_ND).reshape(-1) + J @ x.reshape(-1))
         x = x - step.reshape(T, D)
         if np.abs(step).max() < 1e-8:
             break
     return x, rates_and_precision(x)[1]
+
+
+def _predict(x, ab, c_TN, W_ND, bins, units):
+    """E[exp(c + W_n x_t)] under the Gaussian (mode x, precision ab) for t in bins, n in units."""
+    from scipy.linalg import solveh_banded
+
+    T, D = x.shape
+    W = W_ND[units]
+    if len(units) == 1:  # one unit: project on its loadings first (len(bins) right-hand sides)
+        R = np.zeros((T * D, len(bins)))
+        for i, t in enumerate(bins):
+            R[t * D:(t + 1) * D, i] = W[0]
+        var = np.einsum("it,it->t", R, solveh_banded(ab, R))[:, None]
+    else:  # the bins' own D x D covariance blocks (len(bins) * D right-hand sides)
+        R = np.zeros((T * D, len(bins) * D))
+        for i, t in enumerate(bins):
+            R[t * D:(t + 1) * D, i * D:(i + 1) * D] = np.eye(D)
+        S = (R.T @ solveh_banded(ab, R)).reshape(len(bins), D, len(bins), D)
+        S_tDD = S[np.arange(len(bins)), :, np.arange(len(bins)), :]
+        var = np.einsum("nd,tde,ne->tn", W, S_tDD, W)
+    return np.exp(c_TN[np.ix_(bins, units)] + x[bins] @ W.T + 0.5 * var)
+
+
+def forward_rates(y_TN: np.ndarray, c_TN: np.ndarray, W_ND: np.ndarray, J: np.ndarray, start: int, stop: int,
+                  *, iters: int = 50) -> np.ndarray:
+    """(stop - start, N) expected counts of every unit in bins start..stop-1 predicted from every
+    unit's counts in the bins before ``start`` (forward prediction, as the walk's chunks are
+    scored): the Laplace posterior of the internal latents given those counts, the dynamics
+    carrying it forward, E[exp(c + W_n x_t)] under it."""
+    T, N = y_TN.shape
+    if not 0 < start < stop <= T:
+        raise ValueError(f"need 0 < start < stop <= {T}, got start={start}, stop={stop}")
+    obs = np.zeros((T, N), dtype=bool)
+    obs[:start] = True
+    x, ab = _mode(y_TN, c_TN, W_ND, J, obs, np.zeros((T, W_ND.shape[1])), iters)
+    return _predict(x, ab, c_TN, W_ND, list(range(start, stop)), np.arange(N))
 
 
 def leave_one_out_rates(y_TN: np.ndarray, c_TN: np.ndarray, W_ND: np.ndarray, J: np.ndarray, *,
@@ -114,23 +150,16 @@ def leave_one_out_rates(y_TN: np.ndarray, c_TN: np.ndarray, W_ND: np.ndarray, J:
     generator: its readout, the known part ``c`` and the latents' dynamics (``J``, from
     :func:`prior_precision`). Units without internal loadings are predicted as exp(c) exactly.
     """
-    from scipy.linalg import solveh_banded
-
     T, N = y_TN.shape
     D = W_ND.shape[1]
-    everyone = np.ones(N, dtype=bool)
-    x_all, _ = _mode(y_TN, c_TN, W_ND, J, everyone, np.zeros((T, D)), iters)
+    x_all, _ = _mode(y_TN, c_TN, W_ND, J, np.ones((T, N), dtype=bool), np.zeros((T, D)), iters)
     out = np.empty((T, N))
-    eye_T = np.eye(T)
     for n in range(N):
-        w = W_ND[n]
-        if not np.any(w):
+        if not np.any(W_ND[n]):
             out[:, n] = np.exp(c_TN[:, n])
             continue
-        keep = everyone.copy()
-        keep[n] = False
-        x, ab = _mode(y_TN, c_TN, W_ND, J, keep, x_all, iters)  # warm start from everyone's mode
-        R = np.kron(eye_T, w[:, None])  # (T*D, T): column t selects w at state t
-        var_T = np.einsum("it,it->t", R, solveh_banded(ab, R))
-        out[:, n] = np.exp(c_TN[:, n] + x @ w + 0.5 * var_T)
+        obs = np.ones((T, N), dtype=bool)
+        obs[:, n] = False
+        x, ab = _mode(y_TN, c_TN, W_ND, J, obs, x_all, iters)  # warm start from everyone's mode
+        out[:, n] = _predict(x, ab, c_TN, W_ND, list(range(T)), [n])[:, 0]
     return out

@@ -17,6 +17,11 @@ generator and infers the rest from the other units' spikes exactly as co-smoothi
 * ``oracle``: the true expected counts (what ``spikefm eval`` reports);
 * ``model``: the run's own co-smoothing predictions on the same windows.
 
+The same for the forward-prediction walk (``--no-walk`` skips it): each 10-bin chunk from the
+event bin on, the observer given every unit's counts in the earlier bins (the posterior carried
+forward by the dynamics), scored per chunk as ``spikefm eval`` scores the model's (the NLB null
+fitted on the scored entries, and a null fitted on the train and val windows).
+
 Every score is ``bps_pooled`` with the NLB null on the same entries, with a 95 % jackknife
 interval over the trials for the model minus the Laplace observer. Usage (after ``spikefm
 quickstart --out Q`` or ``spikefm experiment transfer --out T``)::
@@ -37,19 +42,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
-from _laplace import leave_one_out_rates, prior_precision, var1  # noqa: E402
+from _laplace import forward_rates, leave_one_out_rates, prior_precision, var1  # noqa: E402
 
 
-def ceiling(run_dir: str, corpus_dir: str, split: str = "test", progress: bool = True) -> dict:
+def ceiling(run_dir: str, corpus_dir: str, split: str = "test", progress: bool = True, walk: bool = True) -> dict:
     """Co-smoothing bps of the run, the Laplace observer and the oracle on the run's held-out
-    session (its ``split`` windows)."""
+    session (its ``split`` windows); with ``walk``, the forward-prediction walk's chunks too."""
     from spikefm.corpus.reader import Corpus
     from spikefm.corpus.synth import truth_readout
     from spikefm.eval.metrics import bps_pooled, bps_pooled_difference, bps_per_neuron_mean
     from spikefm.eval.oracle import truth_latent_windows, truth_windows
     from spikefm.families import load_model
     from spikefm.families.ndt.evaluate import pick_session, scored_as_test, session_truth, session_windows_for_run
-    from spikefm.families.ndt.tasks import co_smoothing
+    from spikefm.families.ndt.tasks import TaskPrediction, _chunk_bps, co_smoothing, forward_prediction_walk, walk_start_bin
 
     if split not in ("test", "val"):
         raise SystemExit(f"--split must be 'test' or 'val', got {split!r}")
@@ -94,6 +99,31 @@ def ceiling(run_dir: str, corpus_dir: str, split: str = "test", progress: bool =
                      "bps_per_neuron_mean": float(bps_per_neuron_mean(rates, pred.counts))}
     diff = bps_pooled_difference(pred.rates, np.where(scored, lap, np.nan), pred.counts)
     out["model_minus_laplace"] = diff
+    if walk:  # each 10-bin chunk from the event bin on, predicted from every unit's earlier bins
+        wpred = forward_prediction_walk(model, windows)
+        T, F = windows.num_bins, 10
+        lap_walk = np.full_like(counts_KTN, np.nan)
+        for k in range(len(idx)):
+            for s in range(walk_start_bin(windows, F), T, F):
+                lap_walk[k, s:min(s + F, T)] = forward_rates(counts_KTN[k], c_KTN[k], W_NZ[:, internal], J, s,
+                                                             min(s + F, T))
+        wscored = ~np.isnan(wpred.counts)
+        lap_pred = TaskPrediction(rates=np.where(wscored, lap_walk, np.nan), counts=wpred.counts,
+                                  window_index=wpred.window_index)
+        truth_all = truth_windows(truth, windows)
+        chunks_model = _chunk_bps(wpred, windows, "forward-prediction-walk", F, truth_all[wpred.window_index])
+        chunks_lap = _chunk_bps(lap_pred, windows, "forward-prediction-walk", F, None)
+        out["walk"] = {"model": {"bps_pooled": float(bps_pooled(wpred.rates, wpred.counts))},
+                       "laplace": {"bps_pooled": float(bps_pooled(lap_pred.rates, wpred.counts))},
+                       "oracle": {"bps_pooled": float(bps_pooled(np.where(wscored, truth_all[wpred.window_index], np.nan),
+                                                                 wpred.counts))},
+                       "chunks": [{"start_bin": a["start_bin"], "end_bin": a["end_bin"],
+                                   "model": a["model"]["bps_pooled"], "model_ci95": a["model_ci95"]["bps_pooled"],
+                                   "model_vs_train_null": a.get("model_vs_train_null", {}).get("bps_pooled"),
+                                   "laplace": b["model"]["bps_pooled"], "laplace_ci95": b["model_ci95"]["bps_pooled"],
+                                   "laplace_vs_train_null": b.get("model_vs_train_null", {}).get("bps_pooled"),
+                                   "oracle": a["oracle"]["bps_pooled"]}
+                                  for a, b in zip(chunks_model, chunks_lap)]}
     out["model_over_laplace"] = out["model"]["bps_pooled"] / out["laplace"]["bps_pooled"]
     out["model_over_oracle"] = out["model"]["bps_pooled"] / out["oracle"]["bps_pooled"]
     out["laplace_over_oracle"] = out["laplace"]["bps_pooled"] / out["oracle"]["bps_pooled"]
@@ -105,6 +135,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="fine-tuned NDT run directories (one held-out session each)")
     ap.add_argument("--corpus", nargs="+", required=True, help="the corpus of each run (one, or one per run)")
     ap.add_argument("--split", default="test", choices=("test", "val"))
+    ap.add_argument("--no-walk", action="store_true", help="skip the forward-prediction walk")
     ap.add_argument("--out", default=None, help="JSON to write (default: print only)")
     args = ap.parse_args()
     if len(args.corpus) not in (1, len(args.runs)):
@@ -114,7 +145,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = []
     for run, corpus in zip(args.runs, corpora):
-        rows.append(ceiling(run, corpus, args.split))
+        rows.append(ceiling(run, corpus, args.split, walk=not args.no_walk))
         r = rows[-1]
         print(f"{run}: {r['session']} ({r['split']}, {r['windows']} windows, {r['units']} units): co-smoothing "
               f"bps_pooled model {r['model']['bps_pooled']:.4f}, laplace observer {r['laplace']['bps_pooled']:.4f}, "
@@ -122,6 +153,15 @@ def main() -> None:
               f"model / oracle {r['model_over_oracle']:.3f}, laplace / oracle {r['laplace_over_oracle']:.3f}; "
               f"model - laplace {r['model_minus_laplace']['value']:+.4f} "
               f"[{r['model_minus_laplace']['ci95'][0]:.4f}, {r['model_minus_laplace']['ci95'][1]:.4f}]")
+        if "walk" in r:
+            w = r["walk"]
+            print(f"  walk bps_pooled: model {w['model']['bps_pooled']:.4f}, laplace observer "
+                  f"{w['laplace']['bps_pooled']:.4f}, oracle {w['oracle']['bps_pooled']:.4f}; per chunk "
+                  "(NLB null; train-fitted null in brackets):")
+            for ch in w["chunks"]:
+                print(f"    bins {ch['start_bin']}-{ch['end_bin'] - 1}: model {ch['model']:+.4f} "
+                      f"({ch['model_vs_train_null']:+.4f}), laplace {ch['laplace']:+.4f} "
+                      f"({ch['laplace_vs_train_null']:+.4f}), oracle {ch['oracle']:+.4f}")
     out = {"command": "python benchmarks/ndt_cosmoothing_ceiling.py " + " ".join(sys.argv[1:]), "runs": rows,
            "wall_s": round(time.perf_counter() - t0, 1), "machine": machine_info()}
     if len(rows) > 1:

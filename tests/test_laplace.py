@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy import integrate, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -133,3 +134,40 @@ def test_leave_one_out_rate_of_a_unit_without_internal_loadings_is_its_known_rat
     m, J, W, c, y = _toy(4)
     W[2] = 0.0
     np.testing.assert_allclose(m.leave_one_out_rates(y, c, W, J)[:, 2], np.exp(c[:, 2]), rtol=0, atol=0)
+
+
+def test_forward_rates_match_a_dense_optimisation_and_ignore_the_predicted_bins():
+    """Forward prediction of bins start..stop-1 from every unit's counts before start: the banded
+    Newton against scipy.optimize on the dense log posterior (data term on the earlier bins only),
+    predictive variances from the dense inverse Hessian; the predicted bins' own counts never enter."""
+    from scipy.optimize import minimize
+
+    m, J, W, c, y = _toy(5, T=6)
+    T, N = y.shape
+    D = W.shape[1]
+    start, stop = 3, 5
+    got = m.forward_rates(y, c, W, J, start, stop)
+    obs = (np.arange(T) < start)[:, None]
+
+    def neg_log_post(xf):
+        eta = c + xf.reshape(T, D) @ W.T
+        return -(obs * (y * eta - np.exp(eta))).sum() + 0.5 * xf @ J @ xf
+
+    def grad(xf):
+        lam = np.exp(c + xf.reshape(T, D) @ W.T)
+        return ((obs * (lam - y)) @ W).reshape(-1) + J @ xf
+
+    x = minimize(neg_log_post, np.zeros(T * D), jac=grad, method="BFGS", options={"gtol": 1e-10}).x.reshape(T, D)
+    lam = obs * np.exp(c + x @ W.T)
+    H = J.copy()
+    for t in range(T):
+        H[t * D:(t + 1) * D, t * D:(t + 1) * D] += (W.T * lam[t]) @ W
+    S = np.linalg.inv(H)
+    want = np.array([[np.exp(c[t, n] + x[t] @ W[n] + 0.5 * W[n] @ S[t * D:(t + 1) * D, t * D:(t + 1) * D] @ W[n])
+                      for n in range(N)] for t in range(start, stop)])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    y2 = y.copy()
+    y2[start:] += 5.0
+    np.testing.assert_array_equal(m.forward_rates(y2, c, W, J, start, stop), got)
+    with pytest.raises(ValueError, match="start"):
+        m.forward_rates(y, c, W, J, 0, 2)

@@ -213,13 +213,20 @@ def test_cosmoothing_ceiling_benchmark_scores_what_eval_scores(finetuned, corpus
 
     out, _ = finetuned
     results_path = tmp_path / "res.json"
-    assert main(["eval", str(out), "--data", str(corpus_dir), "--tasks", "co-smoothing", "--out",
-                 str(results_path), "--quiet"]) == 0
-    want = json.loads(results_path.read_text())["results"]["tasks"]["co-smoothing"]
+    assert main(["eval", str(out), "--data", str(corpus_dir), "--tasks", "co-smoothing,forward-prediction-walk",
+                 "--out", str(results_path), "--quiet"]) == 0
+    tasks = json.loads(results_path.read_text())["results"]["tasks"]
+    want, want_walk = tasks["co-smoothing"], tasks["forward-prediction-walk"]
     got = load_benchmark("ndt_cosmoothing_ceiling").ceiling(str(out), str(corpus_dir), progress=False)
     assert got["session"] == held_out
     for name in ("model", "oracle"):
         assert got[name]["bps_pooled"] == pytest.approx(want[name]["bps_pooled"], rel=1e-9, abs=1e-12)
+        assert got["walk"][name]["bps_pooled"] == pytest.approx(want_walk[name]["bps_pooled"], rel=1e-9, abs=1e-12)
+    assert len(got["walk"]["chunks"]) == len(want_walk["chunks"])
+    for g, w in zip(got["walk"]["chunks"], want_walk["chunks"]):
+        assert (g["start_bin"], g["end_bin"]) == (w["start_bin"], w["end_bin"])
+        assert g["model"] == pytest.approx(w["model"]["bps_pooled"], rel=1e-9, abs=1e-12)
+        assert np.isfinite(g["laplace"])
     assert got["model"]["bps_pooled"] < got["laplace"]["bps_pooled"] < got["oracle"]["bps_pooled"] + 0.05
     assert got["model_minus_laplace"]["value"] == pytest.approx(
         got["model"]["bps_pooled"] - got["laplace"]["bps_pooled"], abs=1e-12)

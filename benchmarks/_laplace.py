@@ -85,14 +85,16 @@ def _mode(y_TN, c_TN, W_ND, J, obs_TN, x0, iters):
 
     T, D = y_TN.shape[0], W_ND.shape[1]
     m_TN = obs_TN.astype(np.float64)
+    J_ab = _banded_upper(J, min(2 * D - 1, T * D - 1))  # the prior's band, once per call
+    u = J_ab.shape[0] - 1
+    a, b = np.triu_indices(D)  # upper triangle of each D x D block: band row u + a - b, column t*D + b
+    rows, cols = u + a - b, np.arange(T)[:, None] * D + b[None, :]
 
     def rates_and_precision(x):
         lam = np.exp(np.minimum(c_TN + x @ W_ND.T, 30.0)) * m_TN  # no overflow on the way to the mode
-        H = J.copy()
-        blocks = np.einsum("tn,nd,ne->tde", lam, W_ND, W_ND)
-        for t in range(T):
-            H[t * D:(t + 1) * D, t * D:(t + 1) * D] += blocks[t]
-        return lam, _banded_upper(H, min(2 * D - 1, T * D - 1))
+        ab = J_ab.copy()
+        ab[rows[None, :], cols] += np.einsum("tn,nd,ne->tde", lam, W_ND, W_ND)[:, a, b]
+        return lam, ab
 
     x = x0.copy()
     for _ in range(iters):

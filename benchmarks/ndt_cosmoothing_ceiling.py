@@ -80,7 +80,8 @@ def ceiling(run_dir: str, corpus_dir: str, split: str = "test", progress: bool =
     A, Q, P = var1(np.asarray(truth["latents"], dtype=np.float64)[:, internal])
     J = prior_precision(A, Q, P, windows.num_bins)
     c_KTN = z_KTZ[..., known] @ W_NZ[:, known].T + b_N
-    oracle_KTN = truth_windows(truth, windows)[idx]  # what spikefm eval's oracle scores
+    truth_all = truth_windows(truth, windows)  # what spikefm eval's oracle scores
+    oracle_KTN = truth_all[idx]
     lap = np.empty_like(counts_KTN)
     t0 = time.perf_counter()
     for k in range(len(idx)):
@@ -110,7 +111,6 @@ def ceiling(run_dir: str, corpus_dir: str, split: str = "test", progress: bool =
         wscored = ~np.isnan(wpred.counts)
         lap_pred = TaskPrediction(rates=np.where(wscored, lap_walk, np.nan), counts=wpred.counts,
                                   window_index=wpred.window_index)
-        truth_all = truth_windows(truth, windows)
         chunks_model = _chunk_bps(wpred, windows, "forward-prediction-walk", F, truth_all[wpred.window_index])
         chunks_lap = _chunk_bps(lap_pred, windows, "forward-prediction-walk", F, None)
         out["walk"] = {"model": {"bps_pooled": float(bps_pooled(wpred.rates, wpred.counts))},

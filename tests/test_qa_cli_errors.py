@@ -339,10 +339,9 @@ def test_a_failed_atomic_write_names_the_target_not_the_temporary(tmp_path):
 # --- the command line process: warnings are one line; Ctrl-C after the work is done --------------
 
 def _command_line(code: str, tmp_path) -> "subprocess.CompletedProcess":
+    import signal
     import subprocess
     import sys
-
-    import signal
 
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}

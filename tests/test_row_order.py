@@ -29,6 +29,9 @@ def test_canonical_row_order_sorts_by_values_and_ignores_the_stacking_order():
     y = np.array([1, 0, 1, 0])
     Xd = np.zeros((4, 2))  # identical features: the labels decide
     np.testing.assert_array_equal(y[canonical_row_order(Xd, y)], [0, 0, 1, 1])
+    names = np.array(["right", "left", "right", "left"])  # strings sort as their np.unique codes
+    np.testing.assert_array_equal(canonical_row_order(Xd, names),
+                                  canonical_row_order(Xd, np.unique(names, return_inverse=True)[1]))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

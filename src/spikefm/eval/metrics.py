@@ -422,9 +422,15 @@ def canonical_row_order(X, *others) -> np.ndarray:
     ``others``, lexicographically). Cross-validation folds drawn on the sorted samples depend on
     the set of samples only, not on the order the caller stacked them in, so a decoder's score
     cannot change when its training rows are permuted. Identical samples stay in their order
-    (they are interchangeable)."""
+    (they are interchangeable). Labels that are not numbers (strings) sort as their
+    ``np.unique`` codes."""
+
+    def numeric(o):
+        o = np.asarray(o)
+        return o if o.dtype.kind in "biuf" else np.unique(o, return_inverse=True)[1].reshape(o.shape)
+
     cols = [np.asarray(X, dtype=np.float64).reshape(len(X), -1)]
-    cols += [np.asarray(o).reshape(len(X), -1).astype(np.float64) for o in others]
+    cols += [numeric(o).reshape(len(X), -1).astype(np.float64) for o in others]
     keys = np.concatenate(cols, axis=1)
     return np.lexsort(keys.T[::-1]) if keys.size else np.arange(len(X))
 

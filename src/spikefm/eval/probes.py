@@ -28,7 +28,7 @@ def fit_predict_logistic(X_train, y_train, X_test, *, Cs=np.logspace(-4, 2, 7), 
 
     X = np.asarray(X_train, dtype=np.float64)
     y = np.asarray(y_train)
-    order = canonical_row_order(X, np.unique(y, return_inverse=True)[1])  # folds independent of row order
+    order = canonical_row_order(X, y)  # folds independent of row order
     X, y = X[order], y[order]
     folds = int(min(folds, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
     if folds < 2:

@@ -340,7 +340,7 @@ def _fit_predict_logistic(X_train, y_train, X_test, *, Cs, inner_cv_folds, seed)
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    order = canonical_row_order(X_train, np.unique(y_train, return_inverse=True)[1])  # folds independent of row order
+    order = canonical_row_order(X_train, y_train)  # folds independent of row order
     X_train, y_train = np.asarray(X_train)[order], np.asarray(y_train)[order]
     _, cls_counts = np.unique(y_train, return_counts=True)
     n_inner = int(min(inner_cv_folds, cls_counts.min()))

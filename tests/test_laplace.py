@@ -171,3 +171,13 @@ def test_forward_rates_match_a_dense_optimisation_and_ignore_the_predicted_bins(
     np.testing.assert_array_equal(m.forward_rates(y2, c, W, J, start, stop), got)
     with pytest.raises(ValueError, match="start"):
         m.forward_rates(y, c, W, J, 0, 2)
+
+
+def test_ceiling_benchmark_refuses_mismatched_corpora_and_a_bad_split(monkeypatch, capsys):
+    ceiling = load_benchmark("ndt_cosmoothing_ceiling")
+    monkeypatch.setattr(sys, "argv", ["ndt_cosmoothing_ceiling.py", "RUN_A", "RUN_B", "RUN_C",
+                                      "--corpus", "C1", "C2"])
+    with pytest.raises(SystemExit, match="--corpus takes one directory or one per run; got 2 for 3 runs"):
+        ceiling.main()
+    with pytest.raises(SystemExit, match="--split must be 'test' or 'val', got 'train'"):
+        ceiling.ceiling("RUN", "CORPUS", split="train")

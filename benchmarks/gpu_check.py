@@ -438,6 +438,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--logp-tol", type=float, default=0.5,
                     help="largest |log p| difference of any token")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated section names not to run (e.g. generation)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -448,8 +450,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
+        # set_device needs an index on some torch versions (2.11 refuses a bare "cuda").
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
-        device = torch.device("cuda", torch.cuda.current_device())
     tiny = args.tiny
     ctx = {"device": device, "tiny": tiny,
            "seq_len": args.seq_len or (128 if tiny else 8192),
@@ -467,7 +471,11 @@ def main(argv: list[str] | None = None) -> dict:
                               "settings": {k: v for k, v in ctx.items() if k != "device"},
                               "sections": {}}
     t_start = time.perf_counter()
+    skip = {n.strip() for n in args.skip.split(",") if n.strip()}
     for name, fn in _sections(ctx):
+        if name in skip:
+            result["sections"][name] = {"status": "skipped: --skip"}
+            continue
         elapsed = time.perf_counter() - t_start
         if elapsed > args.budget_s:
             result["sections"][name] = {"status": f"skipped: budget of {args.budget_s:.0f} s spent"}

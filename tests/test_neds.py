@@ -158,6 +158,34 @@ def test_mixed_batch_equals_each_session_alone():
     torch.testing.assert_close(out["log_rates_BTN"][rows][..., :5], out_sub["log_rates_BTN"], rtol=1e-5, atol=1e-6)
 
 
+class _ToBf16(torch.nn.Module):
+    def forward(self, x):
+        return x.to(torch.bfloat16)
+
+
+def test_bf16_stitcher_outputs_are_accepted_and_match_fp32():
+    # On CUDA, autocast returns the stitchers' read-in/read-out in bf16 and index_copy refuses a
+    # bf16 source for a float32 destination (the GPU check found it); CPU autocast promotes
+    # index_copy instead, so here the read-in/read-out outputs are cast to bf16 by hand.
+    model = _model()
+    batch = _batch()
+    m = _masks(batch, torch.arange(6) % 5, ratio=0.5)
+    ref = _forward(model, batch, m)["log_rates_BTN"]
+    for sid in SESSIONS:
+        st = model.stitcher(sid)
+        st.read_in = torch.nn.Sequential(st.read_in, _ToBf16())
+        st.read_out = torch.nn.Sequential(st.read_out, _ToBf16())
+    out = _forward(model, batch, m)
+    assert out["log_rates_BTN"].dtype == torch.float32
+    loss, _ = neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], m)
+    loss.backward()
+    assert math.isfinite(float(loss)) and model.mask_token.grad is not None
+    # bf16 keeps ~3 significant digits; the log-rates agree to that precision
+    torch.testing.assert_close(out["log_rates_BTN"].detach(), ref.detach(), rtol=0.05, atol=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # and the CPU autocast path runs too
+        assert torch.isfinite(_forward(model, batch, m)["log_rates_BTN"]).all()
+
+
 def test_loss_matches_an_independent_formula():
     model = _model()
     batch = _batch()

@@ -276,7 +276,9 @@ class NEDS(nn.Module):
             st = self.stitcher(sid)
             idx = torch.tensor(rows, device=x_BTN.device)
             n = st.num_units
-            spike_BTD = spike_BTD.index_copy(0, idx, st.read_in(torch.log1p(x_BTN[idx, :, :n])))
+            # Under autocast the read-in is bf16; the token stream stays in the input's dtype.
+            read_BTD = st.read_in(torch.log1p(x_BTN[idx, :, :n])).to(spike_BTD.dtype)
+            spike_BTD = spike_BTD.index_copy(0, idx, read_BTD)
             sess_BD = sess_BD.index_copy(0, idx, st.embedding.expand(len(rows), D))
         spike_BTD = torch.where(spike_hidden_BT[..., None], mask, spike_BTD)
         pos_TD = self.pos_emb[:T]
@@ -301,7 +303,8 @@ class NEDS(nn.Module):
             st = self.stitcher(sid)
             idx = torch.tensor(rows, device=h.device)
             pred = st.read_out(out_spike_BTD[idx])
-            log_rates = log_rates.index_copy(0, idx, F.pad(pred, (0, N - st.num_units)))
+            log_rates = log_rates.index_copy(0, idx, F.pad(pred.to(log_rates.dtype),
+                                                             (0, N - st.num_units)))
         if all_sessions_in_graph:
             zero = sum(p.sum() for p in self.sessions.parameters()) * 0.0
             log_rates = log_rates + zero

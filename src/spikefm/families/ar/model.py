@@ -298,6 +298,12 @@ class KVCache:
         self.tokens_BP: torch.Tensor | None = None
         #: (B, 2) unit-count prefix of the cached sequences (models with ``unit_count_prefix``).
         self.prefix_B2: torch.Tensor | None = None
+        #: One-token steps of fixed shapes (:meth:`start_steps`, :meth:`Llama.decode_step`): the
+        #: position the next token is written at, as a 0-d int64 tensor on the cache's device, and
+        #: the (1, 1, 1, max_seq_len) mask of the positions it may attend to. None otherwise.
+        self.step_pos: torch.Tensor | None = None
+        self.step_mask_11P: torch.Tensor | None = None
+        self._positions_P: torch.Tensor | None = None
 
     @classmethod
     def for_model(cls, model: "Llama", batch_size: int,
@@ -319,6 +325,37 @@ class KVCache:
         """Forget all positions (the buffers are reused, not cleared)."""
         self.pos = 0
         self.prefix_B2 = None
+        self.step_pos = self.step_mask_11P = None
+
+    def start_steps(self) -> None:
+        """Switch to one-token steps of fixed shapes from the current position on.
+
+        Every later :meth:`Llama.decode_step` writes at ``step_pos`` and attends over the whole
+        buffer under a mask, so all steps have the same shapes (one CUDA graph replays them);
+        :meth:`advance_step` moves on by one. The ordinary forward (``model(tokens,
+        kv_cache=...)``) is not used on this cache afterwards.
+        """
+        device = self.k_BJPE[0].device
+        self.step_pos = torch.tensor(self.pos, dtype=torch.long, device=device)
+        self._positions_P = torch.arange(self.max_seq_len, device=device)
+        self.step_mask_11P = torch.zeros(1, 1, 1, self.max_seq_len, dtype=torch.bool,
+                                         device=device)
+
+    def advance_step(self) -> None:
+        """After a :meth:`Llama.decode_step`: the next token goes one position further."""
+        if self.step_pos is None:
+            raise RuntimeError("advance_step needs start_steps() first")
+        self.step_pos.add_(1)
+        self.pos += 1
+
+    def update_step(self, layer: int, k_BJ1E: torch.Tensor,
+                    v_BJ1E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``layer``'s key/value of one token at ``step_pos``; return the whole buffers
+        (B, K, max_seq_len, E), to be read under ``step_mask_11P``."""
+        at = self.step_pos.view(1)
+        self.k_BJPE[layer].index_copy_(2, at, k_BJ1E.to(self.k_BJPE[layer].dtype))
+        self.v_BJPE[layer].index_copy_(2, at, v_BJ1E.to(self.v_BJPE[layer].dtype))
+        return self.k_BJPE[layer], self.v_BJPE[layer]
 
     def update(self, layer: int, k_BJLE: torch.Tensor,
                v_BJLE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -403,17 +440,21 @@ class Attention(nn.Module):
         v_BJLE = self.wv(x_BLD).view(B, L, J, E).transpose(1, 2)
 
         start = 0
+        step = kv_cache is not None and kv_cache.step_mask_11P is not None
         if kv_cache is None:
             k_BJPE, v_BJPE = k_BJLE, v_BJLE
+        elif step:  # one token of a fixed-shape step (Llama.decode_step)
+            k_BJPE, v_BJPE = kv_cache.update_step(self.layer_idx, k_BJLE, v_BJLE)
         else:
             start = kv_cache.pos
             k_BJPE, v_BJPE = kv_cache.update(self.layer_idx, k_BJLE, v_BJLE)
 
         # Causal structure: without earlier context, the is_causal fast path (flash kernels on
         # GPU); one new query sees the whole prefix, so no mask; a chunk after a prefix needs an
-        # explicit mask because is_causal aligns the triangle to the top-left corner.
-        mask_LP = None
-        is_causal = start == 0 and L > 1
+        # explicit mask because is_causal aligns the triangle to the top-left corner. A fixed-shape
+        # step reads the whole cache buffer under the mask of the positions written so far.
+        mask_LP = kv_cache.step_mask_11P if step else None
+        is_causal = start == 0 and L > 1 and not step
         if start > 0 and L > 1:
             q_pos_L = torch.arange(start, start + L, device=x_BLD.device)
             k_pos_P = torch.arange(start + L, device=x_BLD.device)
@@ -650,6 +691,43 @@ class Llama(nn.Module):
             h_BLD = h_BLD[:, 1:]
         return self.output(self.norm(h_BLD)).float()
 
+    def decode_step(self, tokens_B1: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        """Next-token logits (B, V) after one more token, in fixed shapes (CUDA-graph safe).
+
+        ``kv_cache`` must have had :meth:`KVCache.start_steps` called (after a prefill through
+        :meth:`forward`); the token is written at ``kv_cache.step_pos`` and attention reads the
+        whole buffer under a mask, so no shape or Python value depends on the position. The
+        caller advances the cache with :meth:`KVCache.advance_step`. Gives the logits of
+        ``forward(tokens_B1, kv_cache=...)[:, -1]`` up to float rounding.
+        """
+        if kv_cache.step_pos is None:
+            raise ValueError("decode_step needs kv_cache.start_steps() after the prefill")
+        pos_t = kv_cache.step_pos
+        # the positions this token may attend to: everything written so far and itself
+        torch.le(kv_cache._positions_P, pos_t, out=kv_cache.step_mask_11P.view(-1))
+        h_BLD = self.tok_embeddings(tokens_B1)
+        dtype = _compute_dtype(self.tok_embeddings.weight)
+        at_1 = pos_t.view(1)
+        if self.cfg.positions == "plain":
+            cos = self.rope_cos_PE.index_select(0, at_1).to(dtype)
+            sin = self.rope_sin_PE.index_select(0, at_1).to(dtype)
+        else:
+            # token index (the prefix position, if any, is not a token); positions depend on
+            # every earlier token, and bin_positions is causal, so the unwritten tail is harmless
+            first_1 = at_1 - int(self.cfg.unit_count_prefix)
+            if kv_cache.tokens_BP is None:
+                raise ValueError("this cache holds no token history; prefill it through forward()")
+            kv_cache.tokens_BP.index_copy_(1, first_1, tokens_B1.long())
+            pos = bin_positions(kv_cache.tokens_BP, kv_cache.prefix_B2)
+            pos = type(pos)(*(t.index_select(1, first_1) for t in pos))
+            half_B1LE = rope_angles(self.rope_inv_freq, at_1, pos)[:, None]
+            angles_B1LE = torch.cat((half_B1LE, half_B1LE), dim=-1)
+            cos, sin = angles_B1LE.cos().to(dtype), angles_B1LE.sin().to(dtype)
+            h_BLD = h_BLD + self.bin_state(pos.state_BL)
+        for block in self.layers:
+            h_BLD = block(h_BLD, cos, sin, kv_cache)
+        return self.output(self.norm(h_BLD))[:, -1].float()
+
 
 # --------------------------------------------------------------------------------------------
 # Generation
@@ -680,7 +758,8 @@ def _check_prompt(prompt_tokens: torch.Tensor, num_units: int) -> None:
 def generate(model: Llama, num_units: int, num_bins: int, *,
              prompt_tokens: torch.Tensor | None = None, batch_size: int | None = None,
              temperature: float = 1.0, top_k: int | None = None,
-             generator: torch.Generator | None = None, use_kv_cache: bool = True) -> torch.Tensor:
+             generator: torch.Generator | None = None, use_kv_cache: bool = True,
+             cuda_graph: bool | None = None) -> torch.Tensor:
     """Sample ``num_bins`` bins of spike-count tokens for ``num_units`` units.
 
     The separator (255) is forced at every bin boundary (every ``num_units + 1`` tokens,
@@ -703,6 +782,10 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
         generator: torch.Generator on the model's device, for reproducible sampling.
         use_kv_cache: False recomputes the whole context for every token (slow; for checks and
             benchmarks).
+        cuda_graph: with the KV cache on a CUDA model, decode one token at a time as a single
+            captured CUDA graph (:meth:`Llama.decode_step`) instead of a few hundred kernel
+            launches; None (default) = on for CUDA models, off elsewhere. The same tokens up to
+            float rounding of the logits.
 
     Returns:
         (B, num_bins * (num_units + 1)) int64 generated tokens (the prompt is not included), on
@@ -750,6 +833,8 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
 
     cache = (KVCache.for_model(model, batch_size, max_seq_len=total - 1 + extra)
              if use_kv_cache else None)
+    mode = _decode_mode(device, use_kv_cache, cuda_graph)
+    stepper: _StepDecoder | None = None
     fed = 0  # tokens already in the cache
     seq_BT = torch.empty(batch_size, total, dtype=torch.long, device=device)
     if prompt_tokens is not None:
@@ -760,16 +845,72 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
         if (pos - prompt_len) % width == 0:
             seq_BT[:, pos] = SEPARATOR  # forced: no model call needed for this position
             continue
-        if cache is not None:
+        if stepper is not None:
+            # one fixed-shape step per token not yet cached (two right after a forced separator)
+            for p in range(fed, pos):
+                logits_BV = stepper(seq_BT[:, p:p + 1])
+            fed = pos
+        elif cache is not None:
             # Feeds every token not yet cached: the whole prompt (prefill) the first time, then
             # the previous token, or two tokens right after a forced separator.
             logits_BV = model(seq_BT[:, fed:pos], kv_cache=cache,
                               prefix_B2=prefix_B2 if fed == 0 else None)[:, -1]
             fed = pos
+            if mode != "dynamic" and pos < total - 1:  # after the prefill: fixed-shape steps
+                stepper = _StepDecoder(model, cache, graph=mode == "graph")
         else:
             logits_BV = model(seq_BT[:, :pos], prefix_B2=prefix_B2)[:, -1]
         seq_BT[:, pos] = _sample(logits_BV, allowed_V, temperature, top_k, generator)
     return seq_BT[:, prompt_len:].clone()
+
+
+def _decode_mode(device: torch.device, use_kv_cache: bool, cuda_graph: bool | None) -> str:
+    """'graph' (fixed-shape steps replayed as a CUDA graph), 'steps' (the same steps run
+    eagerly) or 'dynamic' (the ordinary cached forward)."""
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a model on a CUDA device, got {device}; "
+                         "leave cuda_graph=None")
+    if cuda_graph and not use_kv_cache:
+        raise ValueError("cuda_graph=True needs use_kv_cache=True")
+    if use_kv_cache and device.type == "cuda" and cuda_graph is not False:
+        return "graph"
+    return "dynamic"
+
+
+class _StepDecoder:
+    """One-token steps of :meth:`Llama.decode_step` on a prefilled cache; with ``graph`` the
+    step is captured once as a CUDA graph and replayed (one launch per token instead of a few
+    hundred: decoding a small model is launch-bound)."""
+
+    def __init__(self, model: Llama, cache: KVCache, *, graph: bool) -> None:
+        self.model, self.cache = model, cache
+        cache.start_steps()
+        device = cache.k_BJPE[0].device
+        self.tokens_B1 = torch.full((cache.batch_size, 1), SEPARATOR, dtype=torch.long,
+                                    device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if graph:
+            # Warm-up on a side stream (as torch.cuda.graphs asks); it writes the current
+            # position only, which the first real step overwrites.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    model.decode_step(self.tokens_B1, cache)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits_BV = model.decode_step(self.tokens_B1, cache)
+
+    def __call__(self, tokens_B1: torch.Tensor) -> torch.Tensor:
+        self.tokens_B1.copy_(tokens_B1)
+        if self.graph is None:
+            logits_BV = self.model.decode_step(self.tokens_B1, self.cache)
+        else:
+            self.graph.replay()
+            logits_BV = self.logits_BV
+        self.cache.advance_step()
+        return logits_BV
 
 
 def _sample(logits_BV: torch.Tensor, allowed_V: torch.Tensor, temperature: float,

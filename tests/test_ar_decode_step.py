@@ -84,6 +84,11 @@ def test_cuda_graph_refuses_a_cpu_model_and_decode_step_needs_start_steps():
     assert ar_model._decode_mode(torch.device("cuda"), True, None) == "graph"
     assert ar_model._decode_mode(torch.device("cuda"), True, False) == "dynamic"
     assert ar_model._decode_mode(torch.device("cpu"), True, None) == "dynamic"
+    # under CUDA autocast the graph would read weight casts autocast frees: not by default,
+    # refused when asked for
+    assert ar_model._decode_mode(torch.device("cuda"), True, None, autocast=True) == "dynamic"
+    with pytest.raises(ValueError, match="cannot run under torch.autocast"):
+        ar_model._decode_mode(torch.device("cuda"), True, True, autocast=True)
     cache = KVCache.for_model(model, 1, max_seq_len=16)
     with pytest.raises(ValueError, match="start_steps"):
         model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)

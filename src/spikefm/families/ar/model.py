@@ -784,8 +784,8 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
             benchmarks).
         cuda_graph: with the KV cache on a CUDA model, decode one token at a time as a single
             captured CUDA graph (:meth:`Llama.decode_step`) instead of a few hundred kernel
-            launches; None (default) = on for CUDA models, off elsewhere. The same tokens up to
-            float rounding of the logits.
+            launches; None (default) = on for CUDA models outside ``torch.autocast``, off
+            elsewhere. The same tokens up to float rounding of the logits.
 
     Returns:
         (B, num_bins * (num_units + 1)) int64 generated tokens (the prompt is not included), on
@@ -864,15 +864,24 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
     return seq_BT[:, prompt_len:].clone()
 
 
-def _decode_mode(device: torch.device, use_kv_cache: bool, cuda_graph: bool | None) -> str:
+def _decode_mode(device: torch.device, use_kv_cache: bool, cuda_graph: bool | None,
+                 autocast: bool | None = None) -> str:
     """'graph' (fixed-shape steps replayed as a CUDA graph), 'steps' (the same steps run
-    eagerly) or 'dynamic' (the ordinary cached forward)."""
+    eagerly) or 'dynamic' (the ordinary cached forward).
+
+    Not under CUDA autocast (``autocast`` None = ask torch): autocast caches its casts of the
+    weights and frees them on leaving its context, which a captured graph would still read."""
+    if autocast is None:
+        autocast = device.type == "cuda" and torch.is_autocast_enabled("cuda")
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a model on a CUDA device, got {device}; "
                          "leave cuda_graph=None")
     if cuda_graph and not use_kv_cache:
         raise ValueError("cuda_graph=True needs use_kv_cache=True")
-    if use_kv_cache and device.type == "cuda" and cuda_graph is not False:
+    if cuda_graph and autocast:
+        raise ValueError("cuda_graph=True cannot run under torch.autocast; cast the model "
+                         "instead (model.to(torch.bfloat16)) or leave cuda_graph=None")
+    if use_kv_cache and device.type == "cuda" and cuda_graph is not False and not autocast:
         return "graph"
     return "dynamic"
 

@@ -40,6 +40,24 @@ def test_every_section_runs_on_cpu(tiny_result):
     assert sections["masked_families"]["ndt"]["windows_per_s"] > 0
 
 
+def test_skip_leaves_the_named_sections_out(tmp_path):
+    gpu_check = _load_script()
+    names = [n for n, _ in gpu_check._sections({"tiny": True, "variants": 2})]
+    keep = {"environment", "logits"}
+    result = gpu_check.main(["--device", "cpu", "--tiny", "--threads", "1", "--skip",
+                             ",".join(n for n in names if n not in keep),
+                             "--out", str(tmp_path / "g.json")])
+    sections = result["sections"]
+    assert list(sections) == names  # every section is listed, in order
+    for name in names:
+        if name in keep:
+            assert "status" not in sections[name], sections[name]
+        else:
+            assert sections[name]["status"] == "skipped: --skip"
+    assert sections["logits"]["within_tolerance"]
+    assert result["settings"]["batch_size"] == 1  # --tiny's default (4 on a GPU)
+
+
 def test_mfu_follows_the_flop_counts(tiny_result):
     peak = tiny_result["sections"]["environment"]["peak_bf16_used"]
     assert peak > 0

@@ -116,6 +116,16 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     rc = cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--prompt",
                    f"{synth_corpus}:{session['session_id']}:0", "--out", str(tmp_path / "x.npz")])
     assert rc == 2  # unit count of the prompt session does not match
+    # --device auto on a machine without CUDA samples on the CPU: the default's spikes, exactly
+    auto = tmp_path / "auto.npz"
+    assert cli_main(["generate", str(trained_run), "--units", str(session["num_units"]),
+                     "--bins", "6", "--prompt", f"{synth_corpus}:{session['session_id']}:10",
+                     "--prompt-bins", "2", "--device", "auto", "--out", str(auto)]) == 0
+    if not torch.cuda.is_available():
+        np.testing.assert_array_equal(np.load(auto)["counts"], z["counts"])
+        rc = cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2",
+                       "--device", "cuda", "--out", str(tmp_path / "c.npz")])
+        assert rc == 2 and not (tmp_path / "c.npz").exists()
 
 
 def test_bad_train_config_gives_one_line_errors(synth_corpus, tmp_path, capsys):

@@ -33,10 +33,15 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
 
 def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
                      prompt: str | None = None, prompt_bins: int = 25, temperature: float = 1.0,
-                     top_k: int | None = None, seed: int = 0, out: str | Path) -> list[Path]:
+                     top_k: int | None = None, seed: int = 0, device: str = "cpu",
+                     out: str | Path) -> list[Path]:
     """Sample (num_units, num_bins) counts and write ``out`` (.npz with ``counts`` and, when
     prompted, ``prompt`` and ``real``), plus ``out`` with .png: a raster of real next to generated
     bins when prompted, else of the generated bins.
+
+    ``device``: "cpu" (default; the same seed gives the same spikes on every machine), "cuda"
+    (decoding through one CUDA graph per token, see :func:`~spikefm.families.ar.model.generate`)
+    or "auto" (cuda when available). The random stream differs between devices.
 
     Returns the written paths.
     """
@@ -44,7 +49,14 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     from spikefm.families.ar.model import Llama, generate
     from spikefm.families.ar.tokens import detokenize, tokenize
 
-    model, _ = ARFamily().load(str(run_dir))
+    if device not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available to torch here; use "
+                         "--device cpu (the default) or auto")
+    model, _ = ARFamily().load(str(run_dir), device=device)
     if not isinstance(model, Llama):
         raise ValueError(f"{run_dir}: generation needs an autoregressive (ar) model")
     prompt_tokens, arrays = None, {}
@@ -55,7 +67,7 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
                              f"{p_counts.shape[0]} units; pass --units {p_counts.shape[0]}")
         prompt_tokens = torch.from_numpy(tokenize(p_counts).astype(np.int64))[None]
         arrays.update(prompt=p_counts, real=real)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     tokens = generate(model, num_units, num_bins, prompt_tokens=prompt_tokens,
                       temperature=temperature, top_k=top_k, generator=gen)
     counts = detokenize(tokens[0].cpu().numpy().astype(np.uint8), num_units)

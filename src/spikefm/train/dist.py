@@ -68,6 +68,18 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an int, got {value!r}") from None
 
 
+def resolve_device_type(device: str, *, option: str = "train.device") -> str:
+    """"cpu" or "cuda" for a device option of "auto" (CUDA when available, else CPU), "cpu" or
+    "cuda"; ValueError naming ``option`` for "cuda" without a CUDA device or any other value."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{option}='cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"{option} must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Initialise the process group from torchrun's environment (reusing one that exists).
 
@@ -81,17 +93,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    if resolve_device_type(device) == "cuda":
         torch.cuda.set_device(local_rank)
         torch_device = torch.device("cuda", local_rank)
-    elif device == "cpu":
-        torch_device = torch.device("cpu")
     else:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        torch_device = torch.device("cpu")
 
     if world_size <= 1:
         return DistInfo(0, 1, 0, torch_device, None)

@@ -48,14 +48,9 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     from spikefm.families.ar.family import ARFamily
     from spikefm.families.ar.model import Llama, generate
     from spikefm.families.ar.tokens import detokenize, tokenize
+    from spikefm.train.dist import resolve_device_type
 
-    if device not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available to torch here; use "
-                         "--device cpu (the default) or auto")
+    device = resolve_device_type(device, option="--device")
     model, _ = ARFamily().load(str(run_dir), device=device)
     if not isinstance(model, Llama):
         raise ValueError(f"{run_dir}: generation needs an autoregressive (ar) model")

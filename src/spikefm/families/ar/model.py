@@ -502,6 +502,13 @@ class Block(nn.Module):
         return h_BLD + self.feed_forward(self.ffn_norm(h_BLD))
 
 
+def _rope_tables(half_B1LE: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (B, 1, L, E) in ``dtype`` from the (B, 1, L, E/2) rotary angles (each
+    angle turns the pair at i and i + E/2, as ``_rotate_half`` pairs them)."""
+    angles_B1LE = torch.cat((half_B1LE, half_B1LE), dim=-1)
+    return angles_B1LE.cos().to(dtype), angles_B1LE.sin().to(dtype)
+
+
 def _compute_dtype(param: torch.Tensor) -> torch.dtype:
     """The dtype matmuls run in: the autocast dtype when autocast is on, else the weights'."""
     device_type = param.device.type
@@ -618,8 +625,7 @@ class Llama(nn.Module):
         half_B1LE = rope_angles(self.rope_inv_freq, token_pos_L, pos)[:, None]
         if new_prefix:  # the prefix: token position 0, unit 0, bin 0
             half_B1LE = torch.cat((torch.zeros_like(half_B1LE[:, :, :1]), half_B1LE), dim=2)
-        angles_B1LE = torch.cat((half_B1LE, half_B1LE), dim=-1)
-        return angles_B1LE.cos().to(dtype), angles_B1LE.sin().to(dtype), pos.state_BL
+        return (*_rope_tables(half_B1LE, dtype), pos.state_BL)
 
     def forward(self, tokens_BL: torch.Tensor, kv_cache: KVCache | None = None,
                 prefix_B2: torch.Tensor | None = None) -> torch.Tensor:
@@ -720,9 +726,7 @@ class Llama(nn.Module):
             kv_cache.tokens_BP.index_copy_(1, first_1, tokens_B1.long())
             pos = bin_positions(kv_cache.tokens_BP, kv_cache.prefix_B2)
             pos = type(pos)(*(t.index_select(1, first_1) for t in pos))
-            half_B1LE = rope_angles(self.rope_inv_freq, at_1, pos)[:, None]
-            angles_B1LE = torch.cat((half_B1LE, half_B1LE), dim=-1)
-            cos, sin = angles_B1LE.cos().to(dtype), angles_B1LE.sin().to(dtype)
+            cos, sin = _rope_tables(rope_angles(self.rope_inv_freq, at_1, pos)[:, None], dtype)
             h_BLD = h_BLD + self.bin_state(pos.state_BL)
         for block in self.layers:
             h_BLD = block(h_BLD, cos, sin, kv_cache)

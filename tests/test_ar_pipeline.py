@@ -101,7 +101,7 @@ def test_scoring_is_causal_and_matches_full_forward(trained_run):
     np.testing.assert_allclose(lp2[:99], lp[:99], atol=1e-6)
 
 
-def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_corpus, tmp_path):
+def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_corpus, tmp_path, capsys):
     corpus = Corpus(synth_corpus)
     session = corpus.sessions[0]
     out = tmp_path / "gen.npz"
@@ -123,9 +123,15 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
                      "--prompt-bins", "2", "--device", "auto", "--out", str(auto)]) == 0
     if not torch.cuda.is_available():
         np.testing.assert_array_equal(np.load(auto)["counts"], z["counts"])
+        kept = tmp_path / "c.npz"
+        kept.write_bytes(b"an earlier result")
+        capsys.readouterr()
         rc = cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2",
-                       "--device", "cuda", "--out", str(tmp_path / "c.npz")])
-        assert rc == 2 and not (tmp_path / "c.npz").exists()
+                       "--device", "cuda", "--out", str(kept)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1, err
+        assert "--device='cuda' but no CUDA device is available; use 'cpu' or 'auto'" in err
+        assert kept.read_bytes() == b"an earlier result"  # nothing written over
 
 
 def test_bad_train_config_gives_one_line_errors(synth_corpus, tmp_path, capsys):

@@ -91,7 +91,7 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     timing = {}
     runs = {}
     for fam in ("neds", "ndt"):
-        extra = list(args.neds_set or []) if fam == "neds" else []
+        extra = list(args.neds_set or []) if fam == "neds" else list(args.ndt_set or [])
         cfg = families.run_config(fam, preset=args.preset, corpus=corpus,
                                   overrides=[*window, *loop, f"train.steps={args.steps}", *extra])
         t0 = time.perf_counter()
@@ -192,6 +192,9 @@ def main():
                     help="spikefm.corpus.synth choice_signal: amplitude of the choice latent")
     ap.add_argument("--neds-set", action="append", default=["model.dropout=0.2"], metavar="KEY=VALUE",
                     help="extra overrides of the NEDS runs, e.g. model.dropout=0.2 (repeatable)")
+    ap.add_argument("--ndt-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra overrides of the NDT runs, e.g. model.position=learned (the tables measured "
+                         "before the tiny NDT took rotary positions on 2026-12-04)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1,
                     help="seeds run in parallel processes (each with --threads threads); results are the "

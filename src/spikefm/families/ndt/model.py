@@ -109,7 +109,11 @@ class NDTConfig:
 
 
 def _tiny() -> NDTConfig:
-    return NDTConfig(dim=64, n_layers=2, n_heads=4, mlp_dim=128, token_dim=64, max_bins=128, dropout=0.0)
+    # Rotary positions: on tuning seeds (validation windows) they beat the learned embedding at
+    # co-smoothing on every seed tried (README "Masked NDT"); the larger presets keep the learned
+    # embedding of the published NDT1, not measured against rotary here.
+    return NDTConfig(dim=64, n_layers=2, n_heads=4, mlp_dim=128, token_dim=64, max_bins=128, dropout=0.0,
+                     position="rotary")
 
 
 def _small() -> NDTConfig:

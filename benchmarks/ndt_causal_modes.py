@@ -7,6 +7,7 @@ bits/spike (and its minimum over chunks) and co-smoothing. Writes
 ``benchmarks/results/ndt_causal_modes.json`` and prints a table.
 
     nice python benchmarks/ndt_causal_modes.py --seeds 1,4 --steps 2000 --duration-s 1800
+    python benchmarks/ndt_causal_modes.py --seeds 1,4 --modes model.position=learned,model.position=rotary --out X.json
 """
 from __future__ import annotations
 
@@ -29,10 +30,20 @@ from spikefm.tables import render_table
 MODES = ("random", "prefix", "mixed")
 
 
+def _mode_overrides(mode: str) -> list[str]:
+    """A causal mode name, or a variant spelled as ``KEY=VALUE[+KEY=VALUE...]`` (bare keys are
+    ``data.`` keys; ``model.`` / ``train.`` / ``optim.`` keys as given)."""
+    if "=" not in mode:
+        return [f"data.causal_mode={mode}"]
+    return [kv if kv.split(".")[0] in ("model", "train", "optim") else f"data.{kv}" for kv in mode.split("+")]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="1,4", help="synthetic data seeds (tuning seeds: not the headline ones)")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="comma-separated causal modes, or variants as KEY=VALUE[+KEY=VALUE] "
+                         "(e.g. model.position=learned,model.position=rotary)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--duration-s", type=float, default=1800.0)
     ap.add_argument("--work", default="/tmp/ndt_causal_modes")
@@ -52,7 +63,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             if not (run / "model.safetensors").exists():
                 cfg = families.run_config("ndt", preset="tiny", corpus=str(corpus),
-                                          overrides=[f"data.causal_mode={mode}", f"train.steps={args.steps}",
+                                          overrides=[*_mode_overrides(mode), f"train.steps={args.steps}",
                                                      f"train.eval_every={max(args.steps // 4, 1)}"])
                 families.train(cfg, run, progress=False)
             res = families.evaluate(run, corpus, tasks=["co-smoothing", "forward-prediction-walk"], split="val")

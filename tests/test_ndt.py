@@ -328,3 +328,19 @@ def test_all_sessions_in_graph_gives_zero_grads_and_same_outputs():
     absent = list(model.session_parameters("b"))
     assert absent and all(p.grad is not None and torch.count_nonzero(p.grad) == 0 for p in absent)
     assert any(torch.count_nonzero(p.grad) > 0 for p in model.session_parameters("a"))
+
+
+def test_cli_default_ndt_uses_rotary_positions_and_set_restores_learned():
+    # The README's defaults: `spikefm train --model ndt` builds the tiny preset with rotary
+    # positions (no learned position table); `--set model.position=learned` gives the earlier model.
+    from spikefm import families
+
+    cfg = families.run_config("ndt", corpus="corpus")
+    assert cfg.model.position == "rotary"
+    model = NDT(cfg.model, {"s": 7})
+    assert model.pos_emb is None and model.rope_cos.shape[0] == cfg.model.max_bins + 2
+    learned = families.run_config("ndt", corpus="corpus", overrides=["model.position=learned"])
+    assert learned.model.position == "learned"
+    assert NDT(learned.model, {"s": 7}).pos_emb.shape == (learned.model.max_bins, learned.model.dim)
+    # the published-size presets keep the learned embedding
+    assert ndt_preset("base").position == "learned" and ndt_preset("small").position == "learned"

@@ -102,10 +102,11 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
     session = corpus.session_ids("test")[0]
     units = corpus.session(session)["num_units"]
     generate = {c.name: c for c in families.commands()}["generate"]
-    generate.run(argparse.Namespace(run_dir=str(run_dir), units=units, bins=10 if fast else 25,
-                                    prompt=f"{corpus_dir}:{session}:0", prompt_bins=5,
-                                    temperature=1.0, top_k=None, seed=0, device="cpu",
-                                    out=str(out / "generated.npz")))
+    parser = argparse.ArgumentParser(prog="spikefm generate")
+    generate.add_arguments(parser)  # the CLI's own options and defaults, so none is restated here
+    generate.run(parser.parse_args([str(run_dir), "--units", str(units), "--bins", "10" if fast else "25",
+                                    "--prompt", f"{corpus_dir}:{session}:0", "--prompt-bins", "5",
+                                    "--out", str(out / "generated.npz")]))
     ndt_results = _ndt_step(out, fast)
     from spikefm.report import write_quickstart_report
 

@@ -16,6 +16,8 @@ windows/s) of NEDS and NDT on the same data and batch size is reported too.
 
     python benchmarks/bench_neds.py --workers 3           # seeds 2,3,4 in parallel; writes benchmarks/results/neds.json
     python benchmarks/bench_neds.py --seeds 1 --out /tmp/tune.json   # the seed used for choosing settings
+    python benchmarks/bench_neds.py --workers 3 --cli-defaults --choice-signal 1.0 --out benchmarks/results/neds_cli_defaults.json
+        # both families as `spikefm train` / `spikefm finetune` run them without flags, on the generator's default choice signal
 
 Settings were chosen on seed 1's validation windows only (headline numbers use other seeds):
 steps, learning rate and window by a first look; then the NEDS defaults ``data.spike_weight=20``
@@ -84,19 +86,22 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
     corpus = str(root / "corpus")
     *pre_ids, held = Corpus(corpus).session_ids()  # the last session is held out of pretraining
-    window = [f"data.window_bins={args.window_bins}", f"data.pre_ms={args.pre_ms}",
-              "data.sessions=" + ",".join(pre_ids)]
-    loop = [f"train.batch_size={args.batch_size}", "train.ckpt_every=0", "train.log_every=50",
-            f"train.seed={seed}", "train.eval_every=0", f"optim.lr={args.lr}"]
+    held_out = ["data.sessions=" + ",".join(pre_ids)]
+    if args.cli_defaults:  # spikefm train / finetune without flags: only the held-out session left out
+        window, loop = [], ["train.ckpt_every=0"]
+    else:
+        window = [f"data.window_bins={args.window_bins}", f"data.pre_ms={args.pre_ms}"]
+        loop = [f"train.batch_size={args.batch_size}", "train.ckpt_every=0", "train.log_every=50",
+                f"train.seed={seed}", "train.eval_every=0", f"optim.lr={args.lr}", f"train.steps={args.steps}"]
     timing = {}
     runs = {}
     for fam in ("neds", "ndt"):
         extra = list(args.neds_set or []) if fam == "neds" else list(args.ndt_set or [])
         cfg = families.run_config(fam, preset=args.preset, corpus=corpus,
-                                  overrides=[*window, *loop, f"train.steps={args.steps}", *extra])
+                                  overrides=[*window, *held_out, *loop, *extra])
         t0 = time.perf_counter()
         families.train(cfg, root / f"{fam}_pre", progress=False)
-        timing[fam] = args.steps * args.batch_size / (time.perf_counter() - t0)
+        timing[fam] = cfg.train.steps * cfg.train.batch_size / (time.perf_counter() - t0)
         ft = dict(steps=args.finetune_steps, eval_every=args.eval_every, patience=args.patience)
         strategy = args.strategy if fam == "neds" else args.ndt_strategy
         families.finetune(root / f"{fam}_pre", corpus, held, root / f"{fam}_ft", strategy=strategy, **ft)
@@ -162,6 +167,22 @@ def _ndt_decoding(ndt_results: dict) -> dict:
     return out
 
 
+def _use_cli_defaults(ap, args) -> None:
+    """Set the fine-tuning options to ``spikefm finetune``'s own defaults (read from its parser) and
+    refuse recipe options given beside ``--cli-defaults``, which would be ignored."""
+    from spikefm.cli import build_parser
+
+    recipe = ("steps", "batch_size", "lr", "window_bins", "pre_ms", "finetune_steps", "eval_every", "patience",
+              "strategy", "ndt_strategy", "neds_set", "ndt_set", "preset")
+    given = [f"--{k.replace('_', '-')}" for k in recipe if getattr(args, k) != ap.get_default(k)]
+    if given:
+        ap.error(f"--cli-defaults runs the commands without flags; drop {', '.join(given)}")
+    finetune = build_parser().parse_args(["finetune", "RUN", "--data", "C", "--session", "S", "--out", "O"])
+    args.finetune_steps, args.eval_every, args.patience = finetune.steps, finetune.eval_every, finetune.patience
+    args.strategy = args.ndt_strategy = "auto" if finetune.strategy is None else finetune.strategy
+    args.neds_set, args.ndt_set, args.preset = [], [], None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="2,3,4")
@@ -200,7 +221,13 @@ def main():
                     help="seeds run in parallel processes (each with --threads threads); results are the "
                          "same as one by one, throughputs are measured under the shared load")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "neds.json"))
+    ap.add_argument("--cli-defaults", action="store_true",
+                    help="train and fine-tune both families exactly as `spikefm train --model M` and `spikefm "
+                         "finetune` do without flags (every recipe option above but the data's is ignored; "
+                         "NDT fine-tuned with auto too)")
     args = ap.parse_args()
+    if args.cli_defaults:
+        _use_cli_defaults(ap, args)
 
     import torch
 

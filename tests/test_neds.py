@@ -251,3 +251,21 @@ def test_freeze_core_then_step_changes_only_the_free_parameters(except_heads):
         assert heads <= changed
     model.freeze_core(False)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_cli_default_neds_run_is_the_benchmarked_recipe():
+    """`spikefm train --model neds` without flags runs the recipe the README's NEDS tables measure
+    (tiny, dropout 0.2, 50-bin windows from 200 ms before the event, 1,500 steps at lr 2e-3, batch
+    16); before 2026-12-04 it ran an unmeasured setup (100 bins, no dropout, 3,000 steps) whose
+    `finetune --strategy auto` kept its worst candidate on tuning seeds."""
+    from spikefm.cli import build_parser
+    from spikefm.families import run_config
+
+    args = build_parser().parse_args(["train", "--model", "neds", "--data", "C", "--out", "O"])
+    cfg = run_config("neds", preset=args.preset, corpus="C", overrides=args.set)
+    got = (cfg.model.dim, cfg.model.dropout, cfg.data.window_bins, cfg.data.pre_ms, cfg.train.steps,
+           cfg.optim.lr, cfg.train.batch_size)
+    assert got == (64, 0.2, 50, 200, 1500, 2e-3, 16)
+    # a documented option still reaches the run
+    cfg = run_config("neds", preset=None, corpus="C", overrides=["data.window_bins=100", "data.pre_ms=500"])
+    assert (cfg.data.window_bins, cfg.data.pre_ms) == (100, 500)

@@ -73,7 +73,8 @@ class NEDSConfig:
 #: Presets, smallest first. ``base`` is width 256, 5 blocks, 8 heads: our reading of the size of
 #: the published model; its released configuration was not checked, so treat it as approximate.
 NEDS_PRESETS = {
-    "tiny": lambda: NEDSConfig(dim=64, n_layers=2, n_heads=4, mlp_dim=128, max_bins=128),
+    # tiny: dropout 0.2, the benchmark's recipe (0 before 2026-12-04; see the README's NEDS section)
+    "tiny": lambda: NEDSConfig(dim=64, n_layers=2, n_heads=4, mlp_dim=128, max_bins=128, dropout=0.2),
     "small": lambda: NEDSConfig(dim=128, n_layers=4, n_heads=4, mlp_dim=256, max_bins=128, dropout=0.1),
     "base": lambda: NEDSConfig(dim=256, n_layers=5, n_heads=8, mlp_dim=1024, max_bins=128, dropout=0.2),
 }

@@ -183,7 +183,8 @@ def _use_cli_defaults(ap, args) -> None:
     args.neds_set, args.ndt_set, args.preset = [], [], None
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
+    """The benchmark's options (``argv`` None: the command line), with ``--cli-defaults`` applied."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="2,3,4")
     ap.add_argument("--synth-preset", choices=["ibl", "motor"], default="ibl",
@@ -225,9 +226,14 @@ def main():
                     help="train and fine-tune both families exactly as `spikefm train --model M` and `spikefm "
                          "finetune` do without flags (every recipe option above but the data's is ignored; "
                          "NDT fine-tuned with auto too)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.cli_defaults:
         _use_cli_defaults(ap, args)
+    return args
+
+
+def main():
+    args = parse_args()
 
     import torch
 

@@ -55,11 +55,11 @@ def _mean_sd(values):
 def _flatten(seed_result: dict) -> dict[str, float]:
     """metric name -> value for one seed (the rows of the README table)."""
     out = {}
-    for model, s in seed_result["encoding"].items():
+    for model, s in seed_result.get("encoding", {}).items():
         out[f"encoding/bps_pooled/{model}"] = s["bps_pooled"]
         out[f"encoding/bps_per_neuron_mean/{model}"] = s["bps_per_neuron_mean"]
         out[f"encoding/r2_psth/{model}"] = s["r2_psth"]
-    for model, s in seed_result["decoding"].items():
+    for model, s in seed_result.get("decoding", {}).items():
         for target, v in s.items():
             if "accuracy" in v:
                 out[f"decoding/{target}_accuracy/{model}"] = v["accuracy"]
@@ -95,6 +95,11 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
                 f"train.seed={seed}", "train.eval_every=0", f"optim.lr={args.lr}", f"train.steps={args.steps}"]
     timing = {}
     runs = {}
+    if args.region_only:  # the pretrained NEDS and its region task only (same pretraining as below)
+        cfg = families.run_config("neds", preset=args.preset, corpus=corpus,
+                                  overrides=[*window, *held_out, *loop, *(args.neds_set or [])])
+        families.train(cfg, root / "neds_pre", progress=False)
+        return {"held_out_session": held, "region": _region(root, corpus)}
     for fam in ("neds", "ndt"):
         extra = list(args.neds_set or []) if fam == "neds" else list(args.ndt_set or [])
         cfg = families.run_config(fam, preset=args.preset, corpus=corpus,
@@ -115,9 +120,7 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
                           steps=args.finetune_steps, eval_every=args.eval_every, patience=args.patience)
     ft = families.evaluate(runs["neds"], corpus, tasks=["encoding", "decoding"], rank=args.rank)["results"]
     single = families.evaluate(single_dir, corpus, tasks=["encoding", "decoding"], baselines=False)["results"]
-    pre_sessions = list(json.loads((root / "neds_pre" / "config.json").read_text())["family_info"]["sessions"])
-    region = families.evaluate(root / "neds_pre", corpus, tasks=["region"], session=pre_sessions[0],
-                               baselines=False)["results"]["region"]
+    region = _region(root, corpus)
     label = "choice" if args.synth_preset == "ibl" else "target_angle"  # the task's per-trial label
     ndt = families.evaluate(runs["ndt"], corpus, tasks=[f"{label}-decoding", "behavior-decoding"])["results"]
     res = {"held_out_session": held, "neds_strategy": chosen, "encoding": {}, "decoding": {}, "region": region,
@@ -133,6 +136,15 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
     res["comparisons"] = ft.get("comparisons", {})
     res["ndt_raw"] = ndt
     return res
+
+
+def _region(root: Path, corpus: str) -> dict:
+    """Region classification from the pretrained NEDS's sessions (``spikefm eval --tasks region``)."""
+    from spikefm import families
+
+    pre_sessions = list(json.loads((root / "neds_pre" / "config.json").read_text())["family_info"]["sessions"])
+    return families.evaluate(root / "neds_pre", corpus, tasks=["region"], session=pre_sessions[0],
+                             baselines=False)["results"]["region"]
 
 
 def _run_seed_timed(seed: int, args, tmp: str) -> dict:
@@ -226,6 +238,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="train and fine-tune both families exactly as `spikefm train --model M` and `spikefm "
                          "finetune` do without flags (every recipe option above but the data's is ignored; "
                          "NDT fine-tuned with auto too)")
+    ap.add_argument("--region-only", action="store_true",
+                    help="only pretrain the NEDS and score region classification (the table's region rows; "
+                         "the same pretraining as the full run, so the same numbers, in a fraction of the time)")
     args = ap.parse_args(argv)
     if args.cli_defaults:
         _use_cli_defaults(ap, args)
@@ -255,7 +270,7 @@ def main():
     flat = {s: _flatten(r) for s, r in per_seed.items()}
     keys = sorted(set().union(*flat.values()))
     summary = {k: _mean_sd([flat[s].get(k) for s in seeds]) for k in keys}
-    for fam in ("neds", "ndt"):
+    for fam in () if args.region_only else ("neds", "ndt"):
         summary[f"throughput_windows_per_s/{fam}"] = _mean_sd(
             [per_seed[s]["throughput_windows_per_s"][fam] for s in seeds])
     out = {"command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]), "seeds": seeds,

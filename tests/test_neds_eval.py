@@ -85,6 +85,27 @@ def test_region_classification_grouped_by_session():
     assert res0["balanced_accuracy"] < 0.7
 
 
+def test_region_classification_of_uninformative_features_sits_at_chance_whatever_the_session_mix():
+    """Sessions with different mixes of regions: leaving one out under-represents its regions in
+    the training fold. Features that carry no region information must score near balanced
+    chance, not below it (the unweighted fit predicts the held-out session's missing regions),
+    and informative features must still be read."""
+    rng = np.random.default_rng(11)
+    names = ["CA1", "LP", "PO", "VISp"]
+    mixes = [(0.7, 0.1, 0.1, 0.1), (0.1, 0.7, 0.1, 0.1), (0.1, 0.1, 0.7, 0.1), (0.1, 0.1, 0.1, 0.7),
+             (0.4, 0.4, 0.1, 0.1), (0.1, 0.1, 0.4, 0.4)]
+    null, weak = [], []
+    for rep in range(6):
+        regions = {f"s{i}": list(rng.choice(names, size=80, p=m)) for i, m in enumerate(mixes)}
+        noise = {s: rng.normal(size=(len(r), 3)) for s, r in regions.items()}
+        null.append(classify_regions(noise, regions, seed=rep)["balanced_accuracy"])
+        centre = {r: rng.normal(size=3) for r in names}
+        signal = {s: np.stack([centre[x] for x in r]) + 1.5 * rng.normal(size=(len(r), 3)) for s, r in regions.items()}
+        weak.append(classify_regions(signal, regions, seed=rep)["balanced_accuracy"])
+    assert abs(np.mean(null) - 0.25) < 0.06, null  # the unweighted fit: 0.09 here
+    assert np.mean(weak) > 0.4, weak
+
+
 def test_encoding_and_decoding_scores_against_formulas():
     rng = np.random.default_rng(4)
     rates = rng.uniform(0.05, 0.5, size=(10, 20, 4))

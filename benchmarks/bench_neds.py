@@ -18,6 +18,7 @@ windows/s) of NEDS and NDT on the same data and batch size is reported too.
     python benchmarks/bench_neds.py --seeds 1 --out /tmp/tune.json   # the seed used for choosing settings
     python benchmarks/bench_neds.py --workers 3 --cli-defaults --choice-signal 1.0 --out benchmarks/results/neds_cli_defaults.json
         # both families as `spikefm train` / `spikefm finetune` run them without flags, on the generator's default choice signal
+    python benchmarks/bench_neds.py --region-only ...   # the same pretraining, then only the region task (minutes)
 
 Settings were chosen on seed 1's validation windows only (headline numbers use other seeds):
 steps, learning rate and window by a first look; then the NEDS defaults ``data.spike_weight=20``

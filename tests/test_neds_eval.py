@@ -98,7 +98,9 @@ def test_region_classification_of_uninformative_features_sits_at_chance_whatever
     for rep in range(6):
         regions = {f"s{i}": list(rng.choice(names, size=80, p=m)) for i, m in enumerate(mixes)}
         noise = {s: rng.normal(size=(len(r), 3)) for s, r in regions.items()}
-        null.append(classify_regions(noise, regions, seed=rep)["balanced_accuracy"])
+        res = classify_regions(noise, regions, seed=rep)
+        assert res["class_weight"] == "balanced"  # recorded with the scores
+        null.append(res["balanced_accuracy"])
         centre = {r: rng.normal(size=3) for r in names}
         signal = {s: np.stack([centre[x] for x in r]) + 1.5 * rng.normal(size=(len(r), 3)) for s, r in regions.items()}
         weak.append(classify_regions(signal, regions, seed=rep)["balanced_accuracy"])

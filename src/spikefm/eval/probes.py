@@ -112,7 +112,7 @@ def classify_regions(features_by_session: dict[str, np.ndarray], regions_by_sess
     sessions before 2026-12-05). ``None`` restores the unweighted fit.
 
     Returns:
-        :func:`classification_scores` plus ``grouping`` and ``num_units``.
+        :func:`classification_scores` plus ``grouping``, ``num_units`` and ``class_weight``.
     """
     from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 
@@ -143,5 +143,5 @@ def classify_regions(features_by_session: dict[str, np.ndarray], regions_by_sess
         proba = fit_predict_logistic(X[tr], y[tr], X[te], seed=seed, class_weight=class_weight)
         pred[te] = present[proba.argmax(1)]
     out = classification_scores(y, pred.astype(str), classes)
-    out.update(grouping=grouping, num_units=int(len(y)))
+    out.update(grouping=grouping, num_units=int(len(y)), class_weight=class_weight)
     return out

@@ -96,11 +96,6 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
                 f"train.seed={seed}", "train.eval_every=0", f"optim.lr={args.lr}", f"train.steps={args.steps}"]
     timing = {}
     runs = {}
-    if args.region_only:  # the pretrained NEDS and its region task only (same pretraining as below)
-        cfg = families.run_config("neds", preset=args.preset, corpus=corpus,
-                                  overrides=[*window, *held_out, *loop, *(args.neds_set or [])])
-        families.train(cfg, root / "neds_pre", progress=False)
-        return {"held_out_session": held, "region": _region(root, corpus)}
     for fam in ("neds", "ndt"):
         extra = list(args.neds_set or []) if fam == "neds" else list(args.ndt_set or [])
         cfg = families.run_config(fam, preset=args.preset, corpus=corpus,
@@ -108,6 +103,8 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
         t0 = time.perf_counter()
         families.train(cfg, root / f"{fam}_pre", progress=False)
         timing[fam] = cfg.train.steps * cfg.train.batch_size / (time.perf_counter() - t0)
+        if args.region_only:  # the pretrained NEDS (trained first, as in the full run) and its region task only
+            return {"held_out_session": held, "region": _region(root, corpus)}
         ft = dict(steps=args.finetune_steps, eval_every=args.eval_every, patience=args.patience)
         strategy = args.strategy if fam == "neds" else args.ndt_strategy
         families.finetune(root / f"{fam}_pre", corpus, held, root / f"{fam}_ft", strategy=strategy, **ft)

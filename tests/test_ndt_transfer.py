@@ -41,3 +41,19 @@ def test_headline_rows_carry_the_lowest_chunks_interval_and_the_paired_smoothing
     cos = rows["co-smoothing bps_pooled"]
     assert (cos["fine-tuned minus smoothing, 95 % CI low"], cos["fine-tuned minus smoothing, 95 % CI high"]) == \
         (0.04, 0.16)
+
+
+def test_the_transfer_commands_defaults_are_the_quickstarts_sizes():
+    """``spikefm experiment transfer`` without flags, ``transfer()`` without arguments and the
+    quickstart's NDT step run one setting: the one the README's headline table was measured on."""
+    import inspect
+
+    from spikefm.cli import build_parser
+    from spikefm.experiments.transfer import QUICKSTART_SIZES, transfer
+
+    args = build_parser().parse_args(["experiment", "transfer", "--out", "T"])
+    params = inspect.signature(transfer).parameters
+    for key, value in QUICKSTART_SIZES.items():
+        assert getattr(args, key) == value, key
+        assert params[key].default == value, key
+    assert QUICKSTART_SIZES["duration_s"] == 1200.0  # the README's table: 12 sessions of 1,200 s

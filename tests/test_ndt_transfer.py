@@ -56,4 +56,4 @@ def test_the_transfer_commands_defaults_are_the_quickstarts_sizes():
     for key, value in QUICKSTART_SIZES.items():
         assert getattr(args, key) == value, key
         assert params[key].default == value, key
-    assert QUICKSTART_SIZES["duration_s"] == 1200.0  # the README's table: 12 sessions of 1,200 s
+    assert (QUICKSTART_SIZES["sessions"], QUICKSTART_SIZES["duration_s"]) == (12, 300.0)  # the README's table

@@ -300,4 +300,10 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict) -
                    single_session={k: results["scratch"][k] for k in ("best_val_loss", "best_step", "out_dir")},
                    pretraining_gain=results["scratch"]["best_val_loss"] - results[chosen]["best_val_loss"])
     write_json_atomic(out_dir / "finetune.json", summary)
+    if summary["pretraining_gain"] <= 0:
+        warnings.warn(f"{out_dir}: pretraining did not help this session: the single-session model's validation "
+                      f"loss ({results['scratch']['best_val_loss']:.4f}) is at or below the best pretrained "
+                      f"candidate's ({chosen}, {results[chosen]['best_val_loss']:.4f}); the single-session model "
+                      f"is in {cand_dir / 'scratch'}; pretraining on more sessions may help (README: the NDT "
+                      "transfer study)", RuntimeWarning, stacklevel=2)
     return summary

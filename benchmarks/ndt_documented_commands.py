@@ -35,6 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
 
+from spikefm.fileio import write_json_atomic  # noqa: E402
+
 
 def _cli(*args: str, cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -127,9 +129,7 @@ def main() -> None:
            "sessions": args.sessions, "held_out": args.held_out, "split": args.split,
            "per_seed": {str(k): v for k, v in per_seed.items()}, "machine": machine_info()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(args.out)
+    write_json_atomic(args.out, out)
     for s, r in per_seed.items():
         f, g = r["fine-tuned"], r["single-session"]
         print(f"seed {s} ({r['held_out_session']}, {r['strategy']}): co-smoothing {f['co_smoothing']:.3f} vs "

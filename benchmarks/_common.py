@@ -1,6 +1,30 @@
-"""What every benchmark records about the machine it ran on."""
+"""What every benchmark records about the machine it ran on, and how the ones that run the
+README's commands literally call them."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from spikefm.train.runinfo import machine_info
 
-__all__ = ["machine_info"]
+__all__ = ["add_literal_options", "machine_info", "spikefm_cli"]
+
+
+def spikefm_cli(*args: str, cwd: Path) -> None:
+    """``spikefm ARGS`` in ``cwd``, one thread, output discarded (errors raise)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "spikefm.cli", *args], cwd=cwd, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def add_literal_options(ap, *, seeds: str) -> None:
+    """The options of every benchmark that runs the README's commands on ``spikefm synth`` data."""
+    ap.add_argument("--seeds", default=seeds, help="comma-separated synthetic seeds")
+    ap.add_argument("--sessions", type=int, default=12, help="spikefm synth --sessions")
+    ap.add_argument("--split", choices=["val", "test"], default="test",
+                    help="the windows scored (val: for choosing settings)")
+    ap.add_argument("--work", type=Path, required=True, help="folder for data and runs (reused when present)")
+    ap.add_argument("--workers", type=int, default=0, help="parallel seeds (default: all)")
+    ap.add_argument("--out", type=Path, required=True)

@@ -25,23 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info  # noqa: E402
+from _common import add_literal_options, machine_info, spikefm_cli as _cli  # noqa: E402
 
 from spikefm.fileio import write_json_atomic  # noqa: E402
-
-
-def _cli(*args: str, cwd: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "spikefm.cli", *args], cwd=cwd, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
 
 
 def _scores(path: Path) -> dict:
@@ -109,15 +101,9 @@ def run_seed(seed: int, sessions: int, work: Path, split: str, held_out: str | N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="2,3,101", help="comma-separated synthetic seeds")
-    ap.add_argument("--sessions", type=int, default=12, help="spikefm synth --sessions")
+    add_literal_options(ap, seeds="2,3,101")
     ap.add_argument("--held-out", default=None, metavar="SESSION_ID",
                     help="hold out this session (no corpus test split; pretraining on all the others)")
-    ap.add_argument("--split", choices=["val", "test"], default="test",
-                    help="the windows scored (val: for choosing settings)")
-    ap.add_argument("--work", type=Path, required=True, help="folder for data and runs (reused when present)")
-    ap.add_argument("--workers", type=int, default=0, help="parallel seeds (default: all)")
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     with ThreadPoolExecutor(args.workers or len(seeds)) as pool:

@@ -39,3 +39,67 @@ def test_auto_chooses_a_pretrained_candidate_and_says_when_the_single_session_mo
     if warned:
         msg = str(said[0].message)
         assert f"{scratch:.4f}" in msg and "unfreeze, 0.3100" in msg and str(tmp_path / "ft" / "candidates" / "scratch") in msg
+
+
+def _fake_segments(monkeypatch, losses: list[float]) -> None:
+    """train_with_early_stopping over a fake loop: segment k ends at the requested step and
+    validates to losses[k]; the weights are a tensor holding k."""
+    import torch
+
+    import spikefm.train.loop as loop
+
+    seen = []
+
+    def train(cfg, out_dir, family, *, resume, stop_after, progress):
+        return {"step": stop_after if stop_after is not None else cfg.train.steps}
+
+    monkeypatch.setattr(loop, "train", train)
+    monkeypatch.setattr(ftmod, "_current_state", lambda out_dir, finished: {"k": torch.tensor([len(seen)])})
+    monkeypatch.setattr(ftmod, "_validation_loss", lambda family, cfg, state: seen.append(1) or losses[len(seen) - 1])
+
+
+def _cfg(steps: int):
+    import dataclasses
+
+    from spikefm.train.config import RunConfig, TrainConfig
+
+    @dataclasses.dataclass
+    class Empty:
+        pass
+
+    return RunConfig(family="fake", model=Empty(), data=Empty(), train=TrainConfig(steps=steps))
+
+
+@pytest.mark.parametrize("losses, best_step, flagged", [
+    ([1.0, 1.2, 1.3, 1.4], 5, True),     # lowest first, every later one higher: said
+    ([1.2, 1.0, 1.3, 1.4, 1.5], 10, False),
+    ([1.0, 0.9, 0.8, 0.7], 20, False),   # still falling at the end: the other warning
+])
+def test_early_stopping_flags_a_best_at_the_first_evaluation(monkeypatch, tmp_path, losses, best_step, flagged):
+    _fake_segments(monkeypatch, losses)
+    family = types.SimpleNamespace(name="fake", validate=lambda *a: None)
+    s = ftmod.train_with_early_stopping(_cfg(20), tmp_path / "run", family, eval_every=5, patience=3)
+    assert s["best_step"] == best_step and s["best_at_first_evaluation"] is flagged
+    assert [h["step"] for h in s["history"]] == [5 * (i + 1) for i in range(len(s["history"]))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ftmod._say_best_at_first(tmp_path / "run", "frozen", s)
+    said = [str(w.message) for w in caught if "first evaluation" in str(w.message)]
+    assert bool(said) == flagged
+    if flagged:
+        assert "step 5" in said[0] and "--eval-every (now 5)" in said[0]
+
+
+def test_auto_says_when_the_kept_candidate_was_best_at_its_first_evaluation(monkeypatch, tmp_path):
+    def one(family, name, run_dir, corpus, session_id, path, **kw):
+        path.mkdir(parents=True)
+        return {"best_val_loss": {"frozen": 0.3, "full": 0.4, "unfreeze": 0.5, "scratch": 0.6}[name],
+                "best_step": 250, "stopped_at": 1000, "out_dir": str(path), "eval_every": 250,
+                "best_at_first_evaluation": name != "full"}
+
+    monkeypatch.setattr(ftmod, "_one_strategy", one)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft")
+    said = [str(w.message) for w in caught if "first evaluation" in str(w.message)]
+    assert len(said) == 1 and "the frozen run's" in said[0] and "step 250" in said[0]

@@ -92,7 +92,9 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
 
     Returns:
         {"out_dir", "best_step", "best_val_loss", "stopped_at", "history": [{"step", "val_loss"}],
-        "model_path"}.
+        "model_path", "still_improving" (lowest at the last step: more steps may help),
+        "best_at_first_evaluation" (lowest at the first evaluation, every later one higher: better
+        weights may lie before it; :func:`finetune_strategies` warns)}.
     """
     from spikefm.train.loop import train
     from spikefm.fileio import write_json_atomic
@@ -130,9 +132,13 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     if still_improving:
         warnings.warn(f"{out_dir}: the validation loss was still falling at the last step ({steps}); "
                       "more steps may help (raise --steps)", RuntimeWarning, stacklevel=2)
+    # The lowest loss at the first evaluation, with later ones higher: the best weights may lie
+    # before it, where nothing was evaluated (said once per fine-tuning, by _say_best_at_first).
+    best_at_first = len(history) >= 2 and best_step == history[0]["step"] and history[0]["step"] > 1
     result = {"out_dir": str(out_dir), "best_step": best_step, "best_val_loss": best_loss,
               "stopped_at": step, "max_steps": steps, "eval_every": eval_every, "patience": patience,
-              "still_improving": still_improving, "history": history, "model_path": str(model_path)}
+              "still_improving": still_improving, "best_at_first_evaluation": best_at_first,
+              "history": history, "model_path": str(model_path)}
     write_json_atomic(out_dir / "early_stopping.json", result)
     return result
 
@@ -257,11 +263,22 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         summary = _one_strategy(family, strategy, str(run_dir), str(corpus), session_id, out_dir, **args)
         summary["strategy"] = strategy
         write_json_atomic(out_dir / "finetune.json", summary)
+        _say_best_at_first(out_dir, strategy, summary)
         return summary
     _check_auto_out_dir(out_dir)
     make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
     with folder_lock(out_dir, what="fine-tuning run"):
         return _auto(family, run_dir, corpus, session_id, out_dir, args)
+
+
+def _say_best_at_first(out_dir: Path, strategy: str, summary: dict) -> None:
+    """Warn when the kept run's lowest validation loss came at its first evaluation (every later
+    one higher): the best weights may lie before it, which was never evaluated."""
+    if summary.get("best_at_first_evaluation"):
+        warnings.warn(f"{out_dir}: the {strategy} run's lowest validation loss came at its first evaluation "
+                      f"(step {summary['best_step']}; every later one was higher), so better weights may lie "
+                      f"before it; a smaller --eval-every (now {summary['eval_every']}) evaluates earlier steps",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _check_auto_out_dir(out_dir: Path) -> None:
@@ -300,6 +317,7 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict) -
                    single_session={k: results["scratch"][k] for k in ("best_val_loss", "best_step", "out_dir")},
                    pretraining_gain=results["scratch"]["best_val_loss"] - results[chosen]["best_val_loss"])
     write_json_atomic(out_dir / "finetune.json", summary)
+    _say_best_at_first(out_dir, chosen, summary)
     if summary["pretraining_gain"] <= 0:
         warnings.warn(f"{out_dir}: pretraining did not help this session: the single-session model's validation "
                       f"loss ({results['scratch']['best_val_loss']:.4f}) is at or below the best pretrained "

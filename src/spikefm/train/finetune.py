@@ -93,7 +93,7 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     Returns:
         {"out_dir", "best_step", "best_val_loss", "stopped_at", "history": [{"step", "val_loss"}],
         "model_path", "still_improving" (lowest at the last step: more steps may help),
-        "best_at_first_evaluation" (lowest at the first evaluation, every later one higher: better
+        "best_at_first_evaluation" (lowest at the first evaluation, no later one lower: better
         weights may lie before it; :func:`finetune_strategies` warns)}.
     """
     from spikefm.train.loop import train
@@ -132,7 +132,7 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     if still_improving:
         warnings.warn(f"{out_dir}: the validation loss was still falling at the last step ({steps}); "
                       "more steps may help (raise --steps)", RuntimeWarning, stacklevel=2)
-    # The lowest loss at the first evaluation, with later ones higher: the best weights may lie
+    # The lowest loss at the first evaluation, no later one lower: the best weights may lie
     # before it, where nothing was evaluated (said once per fine-tuning, by _say_best_at_first).
     best_at_first = len(history) >= 2 and best_step == history[0]["step"] and history[0]["step"] > 1
     result = {"out_dir": str(out_dir), "best_step": best_step, "best_val_loss": best_loss,
@@ -272,11 +272,11 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
 
 
 def _say_best_at_first(out_dir: Path, strategy: str, summary: dict) -> None:
-    """Warn when the kept run's lowest validation loss came at its first evaluation (every later
-    one higher): the best weights may lie before it, which was never evaluated."""
+    """Warn when the kept run's lowest validation loss came at its first evaluation (no later
+    one lower): the best weights may lie before it, which was never evaluated."""
     if summary.get("best_at_first_evaluation"):
         warnings.warn(f"{out_dir}: the {strategy} run's lowest validation loss came at its first evaluation "
-                      f"(step {summary['best_step']}; every later one was higher), so better weights may lie "
+                      f"(step {summary['best_step']}; no later one was lower), so better weights may lie "
                       f"before it; a smaller --eval-every (now {summary['eval_every']}) evaluates earlier steps",
                       RuntimeWarning, stacklevel=3)
 

@@ -1,9 +1,10 @@
-"""Per-label cross-entropy and accuracy of NEDS runs' label heads under the decoding scheme (all
-behaviour hidden, spikes given), on each split of the run's own windows: which label drives the
+"""The decoding parts of NEDS runs' losses, per split of each run's own windows: every label's
+cross-entropy and accuracy and the behaviour channels' mean squared error (z-scored, as the loss
+has it) under the decoding scheme (all behaviour hidden, spikes given). Which part drives the
 validation loss that early stopping and ``finetune --strategy auto`` choose by, and whether a head
 memorised its training windows.
 
-    python benchmarks/neds_label_losses.py --data CORPUS --out JSON RUN_DIR [RUN_DIR ...]
+    python benchmarks/neds_validation_parts.py --data CORPUS --out JSON RUN_DIR [RUN_DIR ...]
 
 A diagnostic, not a score: ``spikefm eval`` is what scores a run.
 """
@@ -21,8 +22,9 @@ from _common import machine_info  # noqa: E402
 from spikefm.fileio import write_json_atomic  # noqa: E402
 
 
-def label_losses(run_dir: str, corpus) -> dict:
-    """{split: {label: {"cross_entropy", "accuracy", "n"}}} for the run's only session."""
+def decoding_parts(run_dir: str, corpus) -> dict:
+    """{"splits": {split: {label: {"cross_entropy", "accuracy", "n"}, "behavior_mse": float}}} for
+    the run's only session."""
     from spikefm.families import get
     from spikefm.families.neds.batches import session_arrays
     from spikefm.families.neds.evaluate import neds_predict, run_windows
@@ -41,8 +43,12 @@ def label_losses(run_dir: str, corpus) -> dict:
         idx = w.indices(split)
         if idx.size == 0:
             continue
-        proba = neds_predict(model, windows, arrays, sid, idx, "decoding")["label_proba"]
+        pred = neds_predict(model, windows, arrays, sid, idx, "decoding")
+        proba = pred["label_proba"]
         out[split] = {}
+        if pred["behavior_KTC"] is not None:
+            err = pred["behavior_KTC"] - a.behavior_KTC[idx]
+            out[split]["behavior_mse"] = float(np.nanmean(err ** 2))
         for j, lab in enumerate(model.modalities.label_names):
             y = a.labels_KJ[idx, j]
             ok = y >= 0
@@ -62,12 +68,12 @@ def main() -> None:
     from spikefm.corpus.reader import Corpus
 
     corpus = Corpus(args.data)
-    res = {run: label_losses(run, corpus) for run in args.runs}
-    write_json_atomic(args.out, {"what": __doc__.splitlines()[0], "command": "python benchmarks/neds_label_losses.py "
+    res = {run: decoding_parts(run, corpus) for run in args.runs}
+    write_json_atomic(args.out, {"what": __doc__.splitlines()[0], "command": "python benchmarks/neds_validation_parts.py "
                                  + " ".join(sys.argv[1:]), "runs": res, "machine": machine_info()})
     for run, r in res.items():
-        cells = [f"{split} {lab} CE {v['cross_entropy']:.3f} acc {v['accuracy']:.3f}"
-                 for split, labs in r["splits"].items() for lab, v in labs.items()]
+        cells = [f"{split} {lab} CE {v['cross_entropy']:.3f} acc {v['accuracy']:.3f}" if isinstance(v, dict)
+                 else f"{split} behaviour MSE {v:.3f}" for split, labs in r["splits"].items() for lab, v in labs.items()]
         print(f"{run}: " + "; ".join(cells))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from spikefm.train.runinfo import machine_info
 
-__all__ = ["add_literal_options", "machine_info", "spikefm_cli"]
+__all__ = ["add_literal_options", "machine_info", "spikefm_cli", "synth_corpus"]
 
 
 def spikefm_cli(*args: str, cwd: Path) -> None:
@@ -28,3 +28,16 @@ def add_literal_options(ap, *, seeds: str) -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for data and runs (reused when present)")
     ap.add_argument("--workers", type=int, default=0, help="parallel seeds (default: all)")
     ap.add_argument("--out", type=Path, required=True)
+
+
+def synth_corpus(root: Path, *, seed: int, sessions: int, synth_args=(), build_args=()):
+    """``spikefm synth nwb`` and ``spikefm corpus build nwb --out corpus`` in ``root`` (each skipped
+    when its output is already there); returns the corpus."""
+    from spikefm.corpus.reader import Corpus
+
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "nwb").is_dir():
+        spikefm_cli("synth", "nwb", "--sessions", str(sessions), "--seed", str(seed), *synth_args, cwd=root)
+    if not (root / "corpus" / "manifest.json").is_file():
+        spikefm_cli("corpus", "build", "nwb", "--out", "corpus", "--quiet", *build_args, cwd=root)
+    return Corpus(root / "corpus")

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_literal_options, machine_info, spikefm_cli as _cli  # noqa: E402
+from _common import add_literal_options, machine_info, spikefm_cli as _cli, synth_corpus  # noqa: E402
 
 from spikefm.fileio import write_json_atomic  # noqa: E402
 
@@ -56,17 +56,10 @@ def _scores(path: Path) -> dict:
 
 
 def run_seed(seed: int, sessions: int, work: Path, split: str, held_out: str | None) -> dict:
-    from spikefm.corpus.reader import Corpus
-
     t0 = time.time()
     root = work / f"seed_{seed}"
-    root.mkdir(parents=True, exist_ok=True)
-    if not (root / "nwb").is_dir():
-        _cli("synth", "nwb", "--sessions", str(sessions), "--seed", str(seed), cwd=root)
-    if not (root / "corpus" / "manifest.json").is_file():
-        _cli("corpus", "build", "nwb", "--out", "corpus", "--quiet",
-             *(["--test-fraction", "0"] if held_out else []), cwd=root)
-    corpus = Corpus(root / "corpus")
+    corpus = synth_corpus(root, seed=seed, sessions=sessions,
+                          build_args=["--test-fraction", "0"] if held_out else [])
     train_opts: list[str] = []
     if held_out:
         if held_out not in corpus.session_ids():

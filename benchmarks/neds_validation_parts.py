@@ -11,6 +11,7 @@ A diagnostic, not a score: ``spikefm eval`` is what scores a run.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from spikefm.fileio import write_json_atomic  # noqa: E402
 
 
 def decoding_parts(run_dir: str, corpus) -> dict:
-    """{"splits": {split: {label: {"cross_entropy", "accuracy", "n"}, "behavior_mse": float}}} for
-    the run's only session."""
+    """{"session_id", "splits": {split: {"behavior_mse": float or None, "labels": {label:
+    {"cross_entropy", "accuracy", "n"}}}}} for the run's only session."""
     from spikefm.families import get
     from spikefm.families.neds.batches import session_arrays
     from spikefm.families.neds.evaluate import neds_predict, run_windows
@@ -44,18 +45,17 @@ def decoding_parts(run_dir: str, corpus) -> dict:
         if idx.size == 0:
             continue
         pred = neds_predict(model, windows, arrays, sid, idx, "decoding")
-        proba = pred["label_proba"]
-        out[split] = {}
-        if pred["behavior_KTC"] is not None:
-            err = pred["behavior_KTC"] - a.behavior_KTC[idx]
-            out[split]["behavior_mse"] = float(np.nanmean(err ** 2))
+        beh = pred["behavior_KTC"]
+        labels = {}
         for j, lab in enumerate(model.modalities.label_names):
             y = a.labels_KJ[idx, j]
             ok = y >= 0
-            p = proba[j][ok]
+            p = pred["label_proba"][j][ok]
             picked = np.maximum(p[np.arange(ok.sum()), y[ok]], 1e-12)
-            out[split][lab] = {"cross_entropy": float(-np.log(picked).mean()),
-                               "accuracy": float((p.argmax(1) == y[ok]).mean()), "n": int(ok.sum())}
+            labels[lab] = {"cross_entropy": float(-np.log(picked).mean()),
+                           "accuracy": float((p.argmax(1) == y[ok]).mean()), "n": int(ok.sum())}
+        out[split] = {"behavior_mse": None if beh is None else float(np.nanmean((beh - a.behavior_KTC[idx]) ** 2)),
+                      "labels": labels}
     return {"session_id": sid, "splits": out}
 
 
@@ -70,10 +70,14 @@ def main() -> None:
     corpus = Corpus(args.data)
     res = {run: decoding_parts(run, corpus) for run in args.runs}
     write_json_atomic(args.out, {"what": __doc__.splitlines()[0], "command": "python benchmarks/neds_validation_parts.py "
-                                 + " ".join(sys.argv[1:]), "runs": res, "machine": machine_info()})
+                                 + shlex.join(sys.argv[1:]), "runs": res, "machine": machine_info()})
     for run, r in res.items():
-        cells = [f"{split} {lab} CE {v['cross_entropy']:.3f} acc {v['accuracy']:.3f}" if isinstance(v, dict)
-                 else f"{split} behaviour MSE {v:.3f}" for split, labs in r["splits"].items() for lab, v in labs.items()]
+        cells = []
+        for split, parts in r["splits"].items():
+            if parts["behavior_mse"] is not None:
+                cells.append(f"{split} behaviour MSE {parts['behavior_mse']:.3f}")
+            cells += [f"{split} {lab} CE {v['cross_entropy']:.3f} acc {v['accuracy']:.3f}"
+                      for lab, v in parts["labels"].items()]
         print(f"{run}: " + "; ".join(cells))
 
 

@@ -43,19 +43,18 @@ def test_auto_chooses_a_pretrained_candidate_and_says_when_the_single_session_mo
 
 def _fake_segments(monkeypatch, losses: list[float]) -> None:
     """train_with_early_stopping over a fake loop: segment k ends at the requested step and
-    validates to losses[k]; the weights are a tensor holding k."""
+    validates to losses[k]; the weights are one constant tensor."""
     import torch
 
     import spikefm.train.loop as loop
 
-    seen = []
-
     def train(cfg, out_dir, family, *, resume, stop_after, progress):
         return {"step": stop_after if stop_after is not None else cfg.train.steps}
 
+    validated = iter(losses)
     monkeypatch.setattr(loop, "train", train)
-    monkeypatch.setattr(ftmod, "_current_state", lambda out_dir, finished: {"k": torch.tensor([len(seen)])})
-    monkeypatch.setattr(ftmod, "_validation_loss", lambda family, cfg, state: seen.append(1) or losses[len(seen) - 1])
+    monkeypatch.setattr(ftmod, "_current_state", lambda out_dir, finished: {"w": torch.zeros(1)})
+    monkeypatch.setattr(ftmod, "_validation_loss", lambda family, cfg, state: next(validated))
 
 
 def _cfg(steps: int):

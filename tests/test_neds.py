@@ -212,6 +212,31 @@ def test_loss_matches_an_independent_formula():
     assert stats["count/spike"] == int(sel.sum())
 
 
+def test_capped_label_loss_is_the_smaller_of_the_heads_and_the_priors_cross_entropy():
+    """data.val_label_cap: each label's cross-entropy is min(model, class-prior predictor) on the
+    same scored windows; the spike and behaviour terms are untouched."""
+    model = _model()
+    batch = _batch()
+    m = _masks(batch, torch.full((6,), SCHEMES.index("decoding")))  # every valid label scored
+    out = _forward(model, batch, m)
+    # make the choice head confidently wrong (worse than any prior) and leave block as it is
+    out["label_logits"][0] = 8.0 * (1 - 2 * torch.nn.functional.one_hot(batch["labels_BJ"][:, 0], 2).float())
+    # a prior that puts 0.9 on each window's true choice and 0.05 on its true block class
+    logp = torch.stack([torch.full((6,), math.log(0.9)), torch.full((6,), math.log(0.05))], 1)
+    _, plain = neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], m)
+    _, capped = neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], m,
+                          label_prior_logp_BJ=logp)
+    ce = []
+    for j, logits in enumerate(out["label_logits"]):
+        z = logits.detach().numpy().astype(np.float64)
+        rows = np.flatnonzero(m.label_scored_BJ[:, j].numpy())
+        ce.append(np.mean(np.log(np.exp(z[rows]).sum(1)) - z[rows, batch["labels_BJ"][rows, j].numpy()]))
+    assert ce[0] > -math.log(0.9) and ce[1] < -math.log(0.05)  # the premise
+    assert math.isclose(plain["loss/label"], np.mean(ce), rel_tol=1e-5)
+    assert math.isclose(capped["loss/label"], np.mean([-math.log(0.9), ce[1]]), rel_tol=1e-5)
+    assert capped["loss/spike"] == plain["loss/spike"] and capped["loss/behavior"] == plain["loss/behavior"]
+
+
 def test_presets_build_and_bad_config_is_rejected():
     for name in NEDS_PRESETS:
         cfg = neds_preset(name)

@@ -117,6 +117,65 @@ def test_validation_loss_scores_the_task_schemes_on_every_val_window(pretrained)
         dataclasses.replace(cfg.data, val_schemes="encodign")
 
 
+def test_capped_validation_labels_use_each_sessions_train_class_frequencies(pretrained):
+    """data.val_label_cap: the label part of the validation loss is each label's cross-entropy capped
+    at that of the session's train-window class frequencies (one added per class), recomputed here
+    from the windows by hand."""
+    import dataclasses
+
+    from spikefm.families.neds.family import masked_forward
+    from spikefm.families.neds.batches import collate
+    from spikefm.families.neds.masking import SCHEMES
+    from spikefm.train.checkpoint import load_exported_model
+
+    fam = get_family("neds")
+    cfg = load_run_config(pretrained)
+    cap = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_label_cap=True, val_schemes="decoding"))
+    plain = dataclasses.replace(cap, data=dataclasses.replace(cap.data, val_label_cap=False))
+    model = load_exported_model(pretrained, fam, cfg).eval()
+    windows, mods, arrays = fam.prepared(cfg.data)
+    items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
+    batch = collate(windows, arrays, items)
+    # a confidently wrong choice head (it favours the val windows' rarer class), so the cap binds
+    y0 = batch["labels_BJ"][:, 0][batch["label_valid_BJ"][:, 0]]
+    rare = int(torch.bincount(y0, minlength=2).argmin())
+    with torch.no_grad():
+        model.label_heads[0].bias.copy_(torch.tensor([12.0, -12.0]) * (1 if rare == 0 else -1))
+        masks, out = masked_forward(model, batch, torch.full((len(items),), SCHEMES.index("decoding")), 0.3,
+                                    torch.Generator().manual_seed(0))
+        got_cap = fam.validate(model, cap, 0, 1)["val_loss"]
+        got_plain = fam.validate(model, plain, 0, 1)["val_loss"]
+    # by hand: per label, the model's and the prior's cross-entropy over the scored val windows
+    diff_expected = 0.0
+    bs = cfg.train.micro_batch_size(1)
+    for i in range(0, len(items), bs):
+        chunk = slice(i, i + bs)
+        terms_model, terms_cap = [], []
+        for j, (name, values) in enumerate(mods.labels):
+            rows = np.flatnonzero(masks.label_scored_BJ[chunk, j].numpy())
+            if not rows.size:
+                continue
+            z = out["label_logits"][j][chunk].double().numpy()[rows]
+            y = batch["labels_BJ"][chunk, j].numpy()[rows]
+            ce = np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(rows.size), y])
+            prior_ce = []
+            for r, label in zip(rows, y):
+                sid, _ = items[i + r]
+                w = windows[sid]
+                train = arrays[sid].labels_KJ[w.indices("train"), j]
+                freq = (np.array([(train == c).sum() for c in range(len(values))]) + 1.0)
+                prior_ce.append(-np.log(freq[label] / freq.sum()))
+            terms_model.append(ce)
+            terms_cap.append(min(ce, float(np.mean(prior_ce))))
+        n = len(items[chunk])
+        diff_expected += (np.mean(terms_cap) - np.mean(terms_model)) * cfg.data.label_weight * n
+    assert diff_expected < -0.1  # the premise: the wrong head costs more than its prior
+    assert got_cap[1] == got_plain[1] == len(items)
+    assert got_cap[0] - got_plain[0] == pytest.approx(diff_expected, rel=1e-4, abs=1e-6)
+    with pytest.raises(TypeError, match="data.val_label_cap"):
+        dataclasses.replace(cfg.data, val_label_cap="yes")
+
+
 def test_unfreeze_run_windows_include_the_pretraining_sessions(pretrained, corpus_dir, held_out, tmp_path):
     """`unfreeze` starts from its frozen stage, which starts from the pretrained run: the multi-session
     baselines (RRR) must still see the pretraining sessions, as they do for `frozen` and `full`."""

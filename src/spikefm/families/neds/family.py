@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,6 +130,13 @@ class NEDSDataConfig:
             seed 6 auto then chose ``frozen`` over ``full``, better on that session's val windows
             (encoding 0.112 vs 0.093 bps, choice 0.697 vs 0.636), and the same candidate on the
             other five tuning seeds (``benchmarks/results/neds_tune/*_ft_valtask.json``).
+        val_label_cap: in the validation loss, cap each label's cross-entropy at that of a
+            class-prior predictor (each session's class frequencies on its train windows, plus one
+            per class) on the same windows. Label heads that memorise a few training windows' labels
+            (the synthetic ``block_prior``, which the spikes carry only through the choice it biases)
+            can score cross-entropies of 2-3 nats on 10 validation windows and decide early stopping
+            and ``finetune --strategy auto``'s choice alone; capped, such a label costs what knowing
+            nothing costs, the same for every candidate. Training is unchanged.
         spike_weight, behavior_weight, label_weight: weights of the per-modality losses. The
             spike loss is a mean over (bin, unit) entries of ~0.1 expected spikes, so what behaviour
             adds to it is ~1e-3 nats per entry against behaviour / label losses of order 1; at
@@ -157,6 +165,7 @@ class NEDSDataConfig:
     scheme_weights: tuple[float, ...] = ()
     mask_ratio: float = 0.3
     val_schemes: str = ""
+    val_label_cap: bool = False
     spike_weight: float = 20.0
     behavior_weight: float = 1.0
     label_weight: float = 1.0
@@ -197,7 +206,7 @@ class NEDSDataConfig:
 
         _check_fractions(self.split_fractions)
         _check_window_options(self.event_rounding, None, self.min_rate_hz)
-        for name in ("freeze_core", "free_heads"):
+        for name in ("freeze_core", "free_heads", "val_label_cap"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"data.{name} must be a bool (true/false), got {getattr(self, name)!r}")
         if self.freeze_core and not self.init_from:
@@ -351,7 +360,8 @@ class NEDSFamily:
 
     # -- loss ------------------------------------------------------------------------------------
 
-    def _loss(self, model, batch, data: NEDSDataConfig, generator: torch.Generator, scheme: str | None = None):
+    def _loss(self, model, batch, data: NEDSDataConfig, generator: torch.Generator, scheme: str | None = None,
+              label_prior_logp_BJ: torch.Tensor | None = None):
         B = batch["counts_BTN"].shape[0]
         if scheme is None:
             scheme_B = draw_schemes(B, parse_schemes(data.schemes), generator, scheme_weights(data))
@@ -363,7 +373,24 @@ class NEDSFamily:
                                     all_sessions_in_graph=distributed and model.training)
         return neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], masks,
                          spike_weight=data.spike_weight, behavior_weight=data.behavior_weight,
-                         label_weight=data.label_weight)
+                         label_weight=data.label_weight, label_prior_logp_BJ=label_prior_logp_BJ)
+
+    def label_log_priors(self, data: NEDSDataConfig) -> dict[str, np.ndarray]:
+        """Per session, the log class frequencies of each label on its train windows (one added
+        per class, so no class has probability 0): ``{sid: (J, max classes)}``, -inf past a
+        label's classes."""
+        windows, mods, arrays = self.prepared(data)
+        sizes = mods.num_classes
+        out = {}
+        for sid, w in windows.items():
+            lab_KJ = arrays[sid].labels_KJ[w.indices("train")]
+            logp = np.full((len(sizes), max(sizes, default=0)), -np.inf)
+            for j, k in enumerate(sizes):
+                y = lab_KJ[:, j]
+                counts = np.bincount(y[y >= 0], minlength=k)[:k] + 1.0
+                logp[j, :k] = np.log(counts / counts.sum())
+            out[sid] = logp
+        return out
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):
         generator = torch.Generator().manual_seed(int(batch["mask_seed"]))
@@ -395,14 +422,21 @@ class NEDSFamily:
         num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)
         device = next(model.parameters()).device
         schemes = validation_schemes(cfg.data) or [None]
+        priors = self.label_log_priors(cfg.data) if cfg.data.val_label_cap else None
         num = den = 0.0
         for i in range(num_batches):
             chunk = mine[i * bs:(i + 1) * bs]
             batch = _to(collate(windows, arrays, chunk or items[:1]), device)
+            prior_BJ = None
+            if priors is not None and batch["labels_BJ"].shape[1]:
+                lab_BJ = batch["labels_BJ"].cpu().numpy()
+                prior_BJ = torch.as_tensor(np.stack([priors[sid][np.arange(lab_BJ.shape[1]), row]
+                                                     for sid, row in zip(batch["session_ids"], lab_BJ)]),
+                                           dtype=torch.float32, device=device)
             total = 0.0
             for scheme in schemes:
                 gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, rank, 2**40 + i))
-                total += float(self._loss(model, batch, cfg.data, gen, scheme)[0])
+                total += float(self._loss(model, batch, cfg.data, gen, scheme, prior_BJ)[0])
             if chunk:
                 num += total * len(chunk)
                 den += len(chunk)

@@ -124,13 +124,19 @@ def make_masks(scheme_B: torch.Tensor, *, num_bins: int, unit_valid_BN: torch.Te
 
 def neds_loss(out: dict, counts_BTN: torch.Tensor, behavior_BTC: torch.Tensor, labels_BJ: torch.Tensor,
               masks: Masks, *, spike_weight: float = 1.0, behavior_weight: float = 1.0,
-              label_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+              label_weight: float = 1.0, label_prior_logp_BJ: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-modality losses, each averaged over its scored entries, then summed with weights.
 
     Spikes: Poisson NLL ``exp(r) - y r`` (without the constant ``log y!``) per scored (bin, unit).
     Behaviour: mean squared error per scored entry of each channel, averaged over the channels
     that have scored entries. Labels: cross-entropy per scored label, averaged over labels that
     have scored entries. A modality with no scored entry contributes 0.
+
+    ``label_prior_logp_BJ`` (validation only, ``data.val_label_cap``): the log probability a
+    class-prior predictor gives each window's true label; each label's cross-entropy is then capped
+    at that predictor's cross-entropy on the same scored entries, so a label the model predicts
+    worse than its class frequencies costs what knowing nothing costs, and no more.
 
     Returns:
         (loss, stats) with ``loss/spike``, ``loss/behavior``, ``loss/label`` (floats, 0 when
@@ -156,7 +162,10 @@ def neds_loss(out: dict, counts_BTN: torch.Tensor, behavior_BTC: torch.Tensor, l
     for j, logits in enumerate(out["label_logits"]):
         sel = masks.label_scored_BJ[:, j]
         if sel.any():
-            lab_terms.append(F.cross_entropy(logits[sel].float(), labels_BJ[sel, j].long()))
+            ce = F.cross_entropy(logits[sel].float(), labels_BJ[sel, j].long())
+            if label_prior_logp_BJ is not None:
+                ce = torch.minimum(ce, -label_prior_logp_BJ[sel, j].float().mean())
+            lab_terms.append(ce)
     label = torch.stack(lab_terms).mean() if lab_terms else zero
     loss = spike_weight * spike + behavior_weight * behavior + label_weight * label
     stats = {"loss/spike": float(spike.detach()), "loss/behavior": float(behavior.detach()),

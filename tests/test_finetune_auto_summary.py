@@ -102,3 +102,53 @@ def test_auto_says_when_the_kept_candidate_was_best_at_its_first_evaluation(monk
         ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft")
     said = [str(w.message) for w in caught if "first evaluation" in str(w.message)]
     assert len(said) == 1 and "the frozen run's" in said[0] and "step 250" in said[0]
+
+
+def test_one_se_rule_keeps_the_most_constrained_candidate_the_windows_cannot_tell_apart():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(8.0, 1.0, size=10)
+    # full lowest by 0.05, with paired differences spread far wider: frozen is kept
+    noisy = {"frozen": base + 0.05 + rng.normal(0, 0.5, 10), "unfreeze": base + 0.2, "full": base.copy()}
+    noisy["frozen"] += 0.05 - (noisy["frozen"] - base).mean()  # exact mean gap 0.05
+    chosen, info = ftmod.one_se_choice(noisy)
+    d = noisy["frozen"] - noisy["full"]
+    se = d.std(ddof=1) / np.sqrt(10)  # computed here, independently
+    assert 0.05 <= se and chosen == "frozen" and info["lowest"] == "full"
+    assert info["se_of_difference"]["frozen"] == pytest.approx(se) and info["num_windows"] == 10
+    # the same mean gap on every window (s.e. 0): the lowest is kept
+    tight = {"frozen": base + 0.05, "unfreeze": base + 0.2, "full": base.copy()}
+    assert ftmod.one_se_choice(tight)[0] == "full"
+    # frozen far off, unfreeze within its s.e.: unfreeze (the order is frozen, unfreeze, full)
+    mid = {"frozen": base + 3.0, "unfreeze": noisy["frozen"], "full": base.copy()}
+    assert ftmod.one_se_choice(mid)[0] == "unfreeze"
+    with pytest.raises(ValueError, match="same length"):
+        ftmod.one_se_choice({"frozen": base, "unfreeze": base[:5], "full": base})
+    with pytest.raises(ValueError, match="not finite"):
+        ftmod.one_se_choice({"frozen": base, "unfreeze": base, "full": np.full(10, np.nan)})
+
+
+def test_auto_with_one_se_keeps_frozen_within_noise_and_records_how(monkeypatch, tmp_path):
+    import numpy as np
+
+    _fake_candidates(monkeypatch, {"frozen": 8.05, "full": 8.0, "unfreeze": 8.2, "scratch": 9.0})
+    per_window = {"frozen": np.array([7.0, 9.1, 8.0, 8.1]), "full": np.array([8.0, 8.0, 8.0, 8.0]),
+                  "unfreeze": np.full(4, 8.2)}
+    monkeypatch.setattr(ftmod, "_window_losses", lambda family, run: per_window[run.name])
+    fam = types.SimpleNamespace(name="fake", finetune_config=lambda *a, **k: None, validate_windows=None,
+                                finetune_select="one-se")
+    s = ftmod.finetune_strategies(fam, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft")
+    assert s["strategy"] == "frozen" and s["selection"]["rule"] == "one-se"
+    assert s["selection"]["lowest"] == "full" and s["selection"]["lowest_per_window"] == "full"
+    saved = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert saved["strategy"] == "frozen" and saved["pretraining_gain"] == pytest.approx(9.0 - 8.05)
+    # the same candidates under "lowest" (the default of a family without finetune_select)
+    s2 = ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft2")
+    assert s2["strategy"] == "full" and s2["selection"] == {"rule": "lowest", "lowest": "full"}
+    with pytest.raises(ValueError, match="validate_windows"):
+        ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft3",
+                                  select="one-se")
+    with pytest.raises(ValueError, match="select must be one of"):
+        ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft3",
+                                  select="best")

@@ -176,6 +176,24 @@ def test_capped_validation_labels_use_each_sessions_train_class_frequencies(pret
         dataclasses.replace(cfg.data, val_label_cap="yes")
 
 
+def test_per_window_validation_losses_average_to_the_validation_loss(finetuned):
+    """`validate_windows` (finetune's one-se rule) scores each val window alone; on one session,
+    whose windows score the same number of entries, their mean is `validate`'s loss."""
+    from spikefm.train.checkpoint import load_exported_model
+
+    out, _ = finetuned
+    fam = get_family("neds")
+    cfg = load_run_config(out)
+    model = load_exported_model(out, fam, cfg).eval()
+    with torch.no_grad():
+        per = fam.validate_windows(model, cfg)
+        num, den = fam.validate(model, cfg, 0, 1)["val_loss"]
+    windows, _, _ = fam.prepared(cfg.data)
+    assert per.shape == (sum(w.indices("val").size for w in windows.values()),) == (den,)
+    assert per.mean() == pytest.approx(num / den, rel=1e-5)
+    assert per.std() > 0  # windows differ: a constant would not be per-window
+
+
 def test_unfreeze_run_windows_include_the_pretraining_sessions(pretrained, corpus_dir, held_out, tmp_path):
     """`unfreeze` starts from its frozen stage, which starts from the pretrained run: the multi-session
     baselines (RRR) must still see the pretraining sessions, as they do for `frozen` and `full`."""

@@ -166,7 +166,7 @@ def cmd_finetune(args) -> int:
                           freeze_core=args.freeze_core, from_scratch=args.from_scratch,
                           steps=args.steps, patience=args.patience,
                           overrides=list(args.set or []) + (["train.tensorboard=true"] if args.tensorboard else []),
-                          eval_every=args.eval_every, progress=not args.quiet)
+                          eval_every=args.eval_every, progress=not args.quiet, select=args.select)
     if "candidates" in s:
         from spikefm.tables import render_table
 
@@ -176,6 +176,11 @@ def cmd_finetune(args) -> int:
                      "baseline"])
         print(render_table(["strategy", "val loss", "best step", ""], rows, align="<>><",
                            title="fine-tuning candidates (validation windows)"))
+        sel = s.get("selection", {})
+        if sel.get("rule") == "one-se":
+            print(f"chosen by the one-standard-error rule: the most constrained candidate whose mean validation "
+                  f"loss over {sel['num_windows']} windows is within one standard error of the lowest "
+                  f"({sel['lowest_per_window']})")
         print(f"pretraining gain over the single-session model: {s['pretraining_gain']:+.4f} val loss")
     print(f"best val loss {s['best_val_loss']:.4f} at step {s['best_step']} "
           f"(stopped at step {s['stopped_at']}, strategy {s['strategy']}); run in {args.out}")
@@ -433,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between validation evaluations (early stopping)")
     f.add_argument("--patience", type=_positive_int, default=3,
                    help="evaluations without improvement before stopping")
+    f.add_argument("--select", default=None, choices=["lowest", "one-se"],
+                   help="how auto picks its candidate: the lowest validation loss, or one-se: the most "
+                        "constrained (frozen, unfreeze, full) within one standard error of it "
+                        "(default: the family's; NEDS one-se, the others lowest)")
     f.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files in each candidate's run folder")
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

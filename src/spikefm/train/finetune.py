@@ -36,7 +36,8 @@ import torch
 from spikefm.fileio import folder_lock, make_folder, write_atomic
 from spikefm.train.checkpoint import RUN_MARKERS, check_run_folder
 
-__all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "STRATEGIES"]
+__all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "one_se_choice",
+           "STRATEGIES", "SELECT_RULES"]
 
 
 def _best_path(out_dir: Path) -> Path:
@@ -167,6 +168,14 @@ def validation_still_falling(run_dir: str | os.PathLike, key: str = "eval/val_lo
 #: keeps the one with the lowest validation loss and trains ``scratch`` beside them for comparison.
 STRATEGIES = ("auto", "frozen", "full", "unfreeze", "scratch")
 FULL_LR_SCALE = 0.1
+#: How ``auto`` picks among its pretrained candidates: ``lowest`` validation loss, or ``one-se``:
+#: the most constrained candidate (``frozen``, then ``unfreeze``, then ``full``) whose mean
+#: validation loss per window is within one standard error of the lowest (the standard error of
+#: the paired per-window difference; needs the family's ``validate_windows``). A family's
+#: ``finetune_select`` attribute sets its default (``lowest`` where it has none).
+SELECT_RULES = ("lowest", "one-se")
+#: ``auto``'s pretrained candidates, from the most to the least constrained.
+PRETRAINED_CANDIDATES = ("frozen", "unfreeze", "full")
 
 
 def _lower_lr(cfg, scale: float):
@@ -236,16 +245,59 @@ def _record_unfreeze_provenance(out_dir: Path, run_dir: str, stage1: Path, stage
     rewrite_checkpoint_configs(out_dir, repoint)
 
 
+def one_se_choice(losses: dict[str, Any], order: Sequence[str] = PRETRAINED_CANDIDATES
+                  ) -> tuple[str, dict[str, Any]]:
+    """The one-standard-error rule: the first candidate of ``order`` whose mean per-window
+    validation loss is within one standard error of the lowest mean, the standard error being that
+    of the paired per-window difference from the lowest candidate (a small validation set ranks
+    candidates noisily; among those it cannot tell apart, keep the most constrained).
+
+    Args:
+        losses: candidate -> per-window validation losses (the same windows, in the same order).
+
+    Returns:
+        (chosen, {"lowest", "val_loss_mean_per_window", "se_of_difference", "num_windows"}).
+    """
+    import numpy as np
+
+    arrs = {n: np.asarray(losses[n], dtype=np.float64) for n in order}
+    sizes = {a.shape for a in arrs.values()}
+    if len(sizes) != 1 or not next(iter(sizes)) or len(next(iter(sizes))) != 1:
+        raise ValueError(f"one_se_choice needs one non-empty 1-D array of per-window losses of the same length "
+                         f"per candidate; got shapes {({n: a.shape for n, a in arrs.items()})}")
+    if not all(np.isfinite(a).all() for a in arrs.values()):
+        raise ValueError("one_se_choice: a per-window validation loss is not finite")
+    mean = {n: float(a.mean()) for n, a in arrs.items()}
+    lowest = min(order, key=lambda n: mean[n])
+    k = arrs[lowest].size
+    se = {n: float(np.std(arrs[n] - arrs[lowest], ddof=1) / math.sqrt(k)) if k > 1 else 0.0 for n in order}
+    chosen = next(n for n in order if mean[n] - mean[lowest] <= se[n])
+    return chosen, {"lowest": lowest, "val_loss_mean_per_window": mean, "se_of_difference": se, "num_windows": k}
+
+
+def _window_losses(family, run_dir: Path) -> Any:
+    """Per-window validation losses of a finished candidate's kept weights."""
+    from spikefm.train.checkpoint import load_exported_model
+    from spikefm.train.runinfo import load_run_config
+
+    cfg = load_run_config(run_dir, model_cls=family.model_config_cls, data_cls=family.data_config_cls)
+    model = load_exported_model(run_dir, family, cfg).eval()
+    with torch.no_grad():
+        return family.validate_windows(model, cfg)
+
+
 def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,
                         out_dir: str | os.PathLike, *, strategy: str = "auto", steps: int = 500,
                         overrides: Sequence[str] = (), eval_every: int = 50, patience: int = 3,
-                        progress: bool = False) -> dict[str, Any]:
+                        progress: bool = False, select: str | None = None) -> dict[str, Any]:
     """Fine-tune a finished run to a new session with one strategy (:data:`STRATEGIES`).
 
-    With ``auto`` the candidates train in ``OUT_DIR/candidates/<strategy>/``, the one with the
-    lowest validation loss is copied to ``OUT_DIR`` (its config, weights, metrics and history),
-    and ``OUT_DIR/finetune.json`` lists every candidate and the single-session model's validation
-    loss, so what pretraining bought is always in view. Choices use validation windows only.
+    With ``auto`` the candidates train in ``OUT_DIR/candidates/<strategy>/``, the one ``select``
+    picks (:data:`SELECT_RULES`; default the family's ``finetune_select``, else ``lowest``) is
+    copied to ``OUT_DIR`` (its config, weights, metrics and history), and ``OUT_DIR/finetune.json``
+    lists every candidate, how the choice was made (``selection``) and the single-session model's
+    validation loss, so what pretraining bought is always in view. Choices use validation windows
+    only.
 
     Returns:
         The chosen run's early-stopping summary, with ``strategy`` and (``auto``) ``candidates``,
@@ -257,6 +309,12 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if not hasattr(family, "finetune_config"):
         raise ValueError(f"the {family.name!r} family does not support fine-tuning to a new session")
+    select = select or getattr(family, "finetune_select", "lowest")
+    if select not in SELECT_RULES:
+        raise ValueError(f"select must be one of {', '.join(SELECT_RULES)}, got {select!r}")
+    if select == "one-se" and not hasattr(family, "validate_windows"):
+        raise ValueError(f"select='one-se' needs per-window validation losses, which the {family.name!r} family "
+                         "does not provide (no validate_windows); use select='lowest'")
     out_dir = Path(out_dir)
     args = dict(steps=steps, overrides=overrides, eval_every=eval_every, patience=patience, progress=progress)
     if strategy != "auto":
@@ -268,7 +326,7 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     _check_auto_out_dir(out_dir)
     make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
     with folder_lock(out_dir, what="fine-tuning run"):
-        return _auto(family, run_dir, corpus, session_id, out_dir, args)
+        return _auto(family, run_dir, corpus, session_id, out_dir, args, select)
 
 
 def _say_best_at_first(out_dir: Path, strategy: str, summary: dict) -> None:
@@ -295,7 +353,8 @@ def _check_auto_out_dir(out_dir: Path) -> None:
                          "replace; nothing was written: use a new --out")
 
 
-def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict) -> dict[str, Any]:
+def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, select: str = "lowest"
+          ) -> dict[str, Any]:
     from spikefm.fileio import write_json_atomic
 
     cand_dir = out_dir / "candidates"
@@ -305,7 +364,11 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict) -
         if path.exists():
             shutil.rmtree(path)
         results[name] = _one_strategy(family, name, str(run_dir), str(corpus), session_id, path, **args)
-    chosen = min(("frozen", "full", "unfreeze"), key=lambda n: results[n]["best_val_loss"])
+    lowest = min(("frozen", "full", "unfreeze"), key=lambda n: results[n]["best_val_loss"])
+    chosen, selection = lowest, {"rule": select, "lowest": lowest}
+    if select == "one-se":
+        chosen, info = one_se_choice({n: _window_losses(family, cand_dir / n) for n in PRETRAINED_CANDIDATES})
+        selection.update({k: v for k, v in info.items() if k != "lowest"}, lowest_per_window=info["lowest"])
     for fname in ("config.json", "model.safetensors", "metrics.jsonl", "early_stopping.json"):
         src = cand_dir / chosen / fname
         if src.is_file():
@@ -314,6 +377,7 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict) -
     summary.update(strategy=chosen, out_dir=str(out_dir), model_path=str(out_dir / "model.safetensors"),
                    candidates={n: {k: results[n][k] for k in ("best_val_loss", "best_step", "stopped_at",
                                                              "out_dir")} for n in ("frozen", "full", "unfreeze")},
+                   selection=selection,
                    single_session={k: results["scratch"][k] for k in ("best_val_loss", "best_step", "out_dir")},
                    pretraining_gain=results["scratch"]["best_val_loss"] - results[chosen]["best_val_loss"])
     write_json_atomic(out_dir / "finetune.json", summary)

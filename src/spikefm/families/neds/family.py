@@ -245,6 +245,16 @@ def masked_forward(model: nn.Module, batch: dict, scheme_B: torch.Tensor, ratio:
     return masks, out
 
 
+def _prior_logp(priors: dict[str, np.ndarray] | None, batch: dict, device) -> torch.Tensor | None:
+    """(B, J) log class-prior probability of each window's label (``data.val_label_cap``), or None."""
+    if priors is None or not batch["labels_BJ"].shape[1]:
+        return None
+    lab_BJ = batch["labels_BJ"].cpu().numpy()
+    return torch.as_tensor(np.stack([priors[sid][np.arange(lab_BJ.shape[1]), row]
+                                     for sid, row in zip(batch["session_ids"], lab_BJ)]),
+                           dtype=torch.float32, device=device)
+
+
 class NEDSFamily:
     """Family protocol implementation for :class:`spikefm.families.neds.model.NEDS`."""
 
@@ -427,12 +437,7 @@ class NEDSFamily:
         for i in range(num_batches):
             chunk = mine[i * bs:(i + 1) * bs]
             batch = _to(collate(windows, arrays, chunk or items[:1]), device)
-            prior_BJ = None
-            if priors is not None and batch["labels_BJ"].shape[1]:
-                lab_BJ = batch["labels_BJ"].cpu().numpy()
-                prior_BJ = torch.as_tensor(np.stack([priors[sid][np.arange(lab_BJ.shape[1]), row]
-                                                     for sid, row in zip(batch["session_ids"], lab_BJ)]),
-                                           dtype=torch.float32, device=device)
+            prior_BJ = _prior_logp(priors, batch, device)
             total = 0.0
             for scheme in schemes:
                 gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, rank, 2**40 + i))
@@ -441,6 +446,25 @@ class NEDSFamily:
                 num += total * len(chunk)
                 den += len(chunk)
         return {"val_loss": (num, den)}
+
+    def validate_windows(self, model: nn.Module, cfg: RunConfig) -> np.ndarray:
+        """The validation loss of :meth:`validate` on each val window alone (one process), in
+        :meth:`validate`'s window order: what ``finetune``'s ``one-se`` rule compares."""
+        windows, _, arrays = self.prepared(cfg.data)
+        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
+        if not items:
+            raise ValueError("the sessions have no val windows; raise data.split_fractions' val share")
+        device = next(model.parameters()).device
+        schemes = validation_schemes(cfg.data) or [None]
+        priors = self.label_log_priors(cfg.data) if cfg.data.val_label_cap else None
+        out = np.zeros(len(items))
+        for i, item in enumerate(items):
+            batch = _to(collate(windows, arrays, [item]), device)
+            prior_BJ = _prior_logp(priors, batch, device)
+            for scheme in schemes:
+                gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, 0, 2**40 + i))
+                out[i] += float(self._loss(model, batch, cfg.data, gen, scheme, prior_BJ)[0])
+        return out
 
     def describe(self, cfg: RunConfig) -> dict[str, Any]:
         corpus = _corpus(cfg.data)

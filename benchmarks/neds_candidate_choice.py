@@ -12,7 +12,8 @@ weights, one window at a time), then reports:
   mean validation loss is within one standard error of the paired per-window difference from the
   lowest one (Breiman's rule for choosing among models on a small validation set);
 * each candidate's ``spikefm eval`` scores on ``--split`` (encoding bps, choice accuracy, wheel /
-  hand-velocity R²), running ``spikefm eval RUN --tasks encoding,decoding`` where missing.
+  hand-velocity R²) from ``FT/candidates/C/candidate_eval_SPLIT.json``, running ``spikefm eval RUN
+  --tasks encoding,decoding`` to write it where missing (``--no-eval``: left out instead).
 
     python benchmarks/neds_candidate_choice.py FT --data CORPUS [--split test] --out JSON
 
@@ -66,6 +67,8 @@ def main() -> None:
     ap.add_argument("ft", type=Path, help="a `spikefm finetune --strategy auto` folder of a NEDS run")
     ap.add_argument("--data", required=True, help="the corpus it was fine-tuned on")
     ap.add_argument("--split", choices=["val", "test"], default="test")
+    ap.add_argument("--no-eval", action="store_true",
+                    help="score only candidates already evaluated (no new spikefm eval runs)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     summary = json.loads((args.ft / "finetune.json").read_text())
@@ -74,6 +77,9 @@ def main() -> None:
         run = args.ft / "candidates" / name
         losses[name] = per_window_val_loss(run)
         ev = run / f"candidate_eval_{args.split}.json"
+        if not ev.is_file() and args.no_eval:
+            test[name] = None
+            continue
         if not ev.is_file():
             spikefm_cli("eval", str(run), "--data", args.data, "--split", args.split, "--tasks", "encoding,decoding",
                         "--out", str(ev.resolve()), "--quiet", cwd=Path.cwd())
@@ -89,7 +95,7 @@ def main() -> None:
     write_json_atomic(args.out, res)
     print(f"finetune kept {summary['strategy']}; lowest mean val loss {auto}; one-SE rule {one_se}")
     for n in (*PRETRAINED, "scratch"):
-        cells = ", ".join(f"{k} {v:.3f}" for k, v in test[n].items())
+        cells = ", ".join(f"{k} {v:.3f}" for k, v in test[n].items()) if test[n] else "not evaluated"
         print(f"  {n:9s} val {losses[n].mean():.3f} (se of diff {se.get(n, float('nan')):.3f}); {args.split}: {cells}")
 
 

@@ -149,6 +149,9 @@ def test_auto_with_one_se_keeps_frozen_within_noise_and_records_how(monkeypatch,
     with pytest.raises(ValueError, match="validate_windows"):
         ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft3",
                                   select="one-se")
+    with pytest.raises(ValueError, match="chooses among auto's candidates"):
+        ftmod.finetune_strategies(fam, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft4",
+                                  strategy="frozen", select="one-se")
     with pytest.raises(ValueError, match="select must be one of"):
         ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft3",
                                   select="best")

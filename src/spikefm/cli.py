@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--select", default=None, choices=["lowest", "one-se"],
                    help="how auto picks its candidate: the lowest validation loss, or one-se: the most "
                         "constrained (frozen, unfreeze, full) within one standard error of it "
-                        "(default: the family's; NEDS one-se, the others lowest)")
+                        "(default: the family's default, lowest for every family today)")
     f.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files in each candidate's run folder")
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

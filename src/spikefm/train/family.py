@@ -46,6 +46,10 @@ by `spikefm.train.finetune.train_with_early_stopping` after every segment, which
 "val_loss" entry). It returns (numerator, denominator) sums for this rank's share of the
 validation data; the loop sums both over ranks and logs numerator / denominator as "eval/<name>".
 
+Optional member: `validate_windows(model, cfg) -> np.ndarray`, the same validation loss on each
+validation window alone (one process), for `finetune --select one-se`, which compares candidates
+by the standard error of their per-window differences.
+
 Members used outside the loop (by `spikefm.families`, the CLI and the experiments):
 
     preset(name) -> model config       `--preset NAME`; `presets()` lists the names.

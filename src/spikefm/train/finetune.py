@@ -309,6 +309,9 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if not hasattr(family, "finetune_config"):
         raise ValueError(f"the {family.name!r} family does not support fine-tuning to a new session")
+    if select is not None and strategy != "auto":
+        raise ValueError(f"select={select!r} chooses among auto's candidates; strategy {strategy!r} trains one "
+                         "candidate: drop the selection rule or use strategy 'auto'")
     select = select or getattr(family, "finetune_select", "lowest")
     if select not in SELECT_RULES:
         raise ValueError(f"select must be one of {', '.join(SELECT_RULES)}, got {select!r}")

@@ -35,22 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, spikefm_cli  # noqa: E402
 
 from spikefm.fileio import write_json_atomic  # noqa: E402
-from spikefm.train.finetune import PRETRAINED_CANDIDATES as PRETRAINED, one_se_choice  # noqa: E402
+from spikefm.train.finetune import (PRETRAINED_CANDIDATES as PRETRAINED, one_se_choice,  # noqa: E402
+                                    window_losses)
 
 
 def per_window_val_loss(run_dir: Path) -> np.ndarray:
     """The validation loss of ``run_dir``'s kept weights on each of its val windows."""
-    import torch
-
     from spikefm.families import get
-    from spikefm.train.checkpoint import load_exported_model
-    from spikefm.train.runinfo import load_run_config
 
-    fam = get("neds")
-    cfg = load_run_config(run_dir, model_cls=fam.model_config_cls, data_cls=fam.data_config_cls)
-    model = load_exported_model(run_dir, fam, cfg).eval()
-    with torch.no_grad():
-        return fam.validate_windows(model, cfg)
+    return window_losses(get("neds"), run_dir)
 
 
 def scores(eval_json: Path) -> dict:

@@ -135,7 +135,7 @@ def test_auto_with_one_se_keeps_frozen_within_noise_and_records_how(monkeypatch,
     _fake_candidates(monkeypatch, {"frozen": 8.05, "full": 8.0, "unfreeze": 8.2, "scratch": 9.0})
     per_window = {"frozen": np.array([7.0, 9.1, 8.0, 8.1]), "full": np.array([8.0, 8.0, 8.0, 8.0]),
                   "unfreeze": np.full(4, 8.2)}
-    monkeypatch.setattr(ftmod, "_window_losses", lambda family, run: per_window[run.name])
+    monkeypatch.setattr(ftmod, "window_losses", lambda family, run: per_window[run.name])
     fam = types.SimpleNamespace(name="fake", finetune_config=lambda *a, **k: None, validate_windows=None,
                                 finetune_select="one-se")
     s = ftmod.finetune_strategies(fam, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft")

@@ -37,7 +37,7 @@ from spikefm.fileio import folder_lock, make_folder, write_atomic
 from spikefm.train.checkpoint import RUN_MARKERS, check_run_folder
 
 __all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "one_se_choice",
-           "STRATEGIES", "SELECT_RULES"]
+           "window_losses", "STRATEGIES", "SELECT_RULES"]
 
 
 def _best_path(out_dir: Path) -> Path:
@@ -275,7 +275,7 @@ def one_se_choice(losses: dict[str, Any], order: Sequence[str] = PRETRAINED_CAND
     return chosen, {"lowest": lowest, "val_loss_mean_per_window": mean, "se_of_difference": se, "num_windows": k}
 
 
-def _window_losses(family, run_dir: Path) -> Any:
+def window_losses(family, run_dir: str | os.PathLike) -> Any:
     """Per-window validation losses of a finished candidate's kept weights."""
     from spikefm.train.checkpoint import load_exported_model
     from spikefm.train.runinfo import load_run_config
@@ -370,7 +370,7 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
     lowest = min(("frozen", "full", "unfreeze"), key=lambda n: results[n]["best_val_loss"])
     chosen, selection = lowest, {"rule": select, "lowest": lowest}
     if select == "one-se":
-        chosen, info = one_se_choice({n: _window_losses(family, cand_dir / n) for n in PRETRAINED_CANDIDATES})
+        chosen, info = one_se_choice({n: window_losses(family, cand_dir / n) for n in PRETRAINED_CANDIDATES})
         selection.update({k: v for k, v in info.items() if k != "lowest"}, lowest_per_window=info["lowest"])
     for fname in ("config.json", "model.safetensors", "metrics.jsonl", "early_stopping.json"):
         src = cand_dir / chosen / fname

@@ -417,31 +417,42 @@ class NEDSFamily:
         L = T * (1 + batch["behavior_BTC"].shape[-1]) + batch["labels_BJ"].shape[-1]
         return 6.0 * self._num_params[key] * B * L
 
+    def _val_items(self, data: NEDSDataConfig) -> list[tuple[str, int]]:
+        windows, _, _ = self.prepared(data)
+        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
+        if not items:
+            raise ValueError("the sessions have no val windows; set train.eval_every=0 or raise "
+                             "data.split_fractions' val share")
+        return items
+
+    def _val_loss(self, model, items: list[tuple[str, int]], cfg: RunConfig, rank: int, counter: int,
+                  priors: dict[str, np.ndarray] | None) -> float:
+        """The validation loss of one batch of val windows: the loss under each of
+        :func:`validation_schemes` (or the training mixture), summed, with fixed masks."""
+        windows, _, arrays = self.prepared(cfg.data)
+        device = next(model.parameters()).device
+        batch = _to(collate(windows, arrays, items), device)
+        prior_BJ = _prior_logp(priors, batch, device)
+        total = 0.0
+        for scheme in validation_schemes(cfg.data) or [None]:
+            gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, rank, 2**40 + counter))
+            total += float(self._loss(model, batch, cfg.data, gen, scheme, prior_BJ)[0])
+        return total
+
     def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
                  ) -> dict[str, tuple[float, float]]:
         """The loss on this rank's share of the ``val`` windows, with fixed masks (the same entries
         at every evaluation): ``val_loss`` is the mean over windows of the loss under each of
         :func:`validation_schemes` (summed over those schemes), or of the training loss."""
-        windows, _, arrays = self.prepared(cfg.data)
-        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
-        if not items:
-            raise ValueError("the sessions have no val windows; set train.eval_every=0 or raise "
-                             "data.split_fractions' val share")
+        items = self._val_items(cfg.data)
         bs = cfg.train.micro_batch_size(world_size)
         mine = items[rank::world_size]
         num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)
-        device = next(model.parameters()).device
-        schemes = validation_schemes(cfg.data) or [None]
         priors = self.label_log_priors(cfg.data) if cfg.data.val_label_cap else None
         num = den = 0.0
         for i in range(num_batches):
             chunk = mine[i * bs:(i + 1) * bs]
-            batch = _to(collate(windows, arrays, chunk or items[:1]), device)
-            prior_BJ = _prior_logp(priors, batch, device)
-            total = 0.0
-            for scheme in schemes:
-                gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, rank, 2**40 + i))
-                total += float(self._loss(model, batch, cfg.data, gen, scheme, prior_BJ)[0])
+            total = self._val_loss(model, chunk or items[:1], cfg, rank, i, priors)
             if chunk:
                 num += total * len(chunk)
                 den += len(chunk)
@@ -450,21 +461,9 @@ class NEDSFamily:
     def validate_windows(self, model: nn.Module, cfg: RunConfig) -> np.ndarray:
         """The validation loss of :meth:`validate` on each val window alone (one process), in
         :meth:`validate`'s window order: what ``finetune``'s ``one-se`` rule compares."""
-        windows, _, arrays = self.prepared(cfg.data)
-        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
-        if not items:
-            raise ValueError("the sessions have no val windows; raise data.split_fractions' val share")
-        device = next(model.parameters()).device
-        schemes = validation_schemes(cfg.data) or [None]
         priors = self.label_log_priors(cfg.data) if cfg.data.val_label_cap else None
-        out = np.zeros(len(items))
-        for i, item in enumerate(items):
-            batch = _to(collate(windows, arrays, [item]), device)
-            prior_BJ = _prior_logp(priors, batch, device)
-            for scheme in schemes:
-                gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, 0, 2**40 + i))
-                out[i] += float(self._loss(model, batch, cfg.data, gen, scheme, prior_BJ)[0])
-        return out
+        return np.array([self._val_loss(model, [item], cfg, 0, i, priors)
+                         for i, item in enumerate(self._val_items(cfg.data))])
 
     def describe(self, cfg: RunConfig) -> dict[str, Any]:
         corpus = _corpus(cfg.data)

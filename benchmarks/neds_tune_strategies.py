@@ -61,7 +61,8 @@ def main() -> None:
     overrides = ["data.window_bins=50", "data.pre_ms=200", "data.sessions=" + ",".join(pre_ids),
                  "train.batch_size=16", "train.ckpt_every=0", "train.log_every=50", f"train.seed={args.seed}",
                  "train.eval_every=0", "optim.lr=2e-3", f"train.steps={args.steps}", "model.dropout=0.2",
-                 *args.overrides]
+                 # the README's tuning runs predate this default (2026-12-05); --set data.val_label_cap=true
+                 "data.val_label_cap=false", *args.overrides]
     t0 = time.perf_counter()
     if not (root / "pre" / "model.safetensors").exists():
         families.train(families.run_config("neds", preset="tiny", corpus=corpus, overrides=overrides),

@@ -17,6 +17,11 @@ def test_cli_defaults_take_finetunes_defaults_and_drop_the_recipe():
     assert (args.finetune_steps, args.eval_every, args.patience) == (1500, 250, 3)
     assert (args.strategy, args.ndt_strategy, args.neds_set, args.ndt_set, args.preset) == ("auto", "auto", [], [], None)
     assert (args.seeds, args.choice_signal) == ("7", 1.0)  # data options are kept
+    # the tables were measured before data.val_label_cap became the default: pinned false in both modes,
+    # and `true` (today's finetune default) is not a recipe option, so --cli-defaults takes it
+    assert recipe.neds_val_label_cap == args.neds_val_label_cap == "false"
+    now = bench.parse_args(["--cli-defaults", "--neds-val-label-cap", "true"])
+    assert (now.neds_val_label_cap, now.neds_set, now.eval_every) == ("true", [], 250)
 
 
 def test_cli_defaults_refuse_recipe_options_before_writing(tmp_path, capsys):

@@ -235,6 +235,45 @@ def test_capped_label_loss_is_the_smaller_of_the_heads_and_the_priors_cross_entr
     assert math.isclose(plain["loss/label"], np.mean(ce), rel_tol=1e-5)
     assert math.isclose(capped["loss/label"], np.mean([-math.log(0.9), ce[1]]), rel_tol=1e-5)
     assert capped["loss/spike"] == plain["loss/spike"] and capped["loss/behavior"] == plain["loss/behavior"]
+    assert capped["label_capped"] == [True, False] and plain["label_capped"] == [False, False]
+
+
+def test_windows_scored_alone_with_the_batchs_cap_decisions_average_to_the_batch_loss():
+    """label_capped_J: scoring each window alone with the batch's per-label cap decisions gives
+    losses whose mean is the batch's capped label loss; a per-window minimum would be lower, since
+    it caps only the windows the head gets wrong."""
+    model = _model()
+    batch = _batch()
+    # every window has both labels, so each window's label loss is a mean over the same two labels
+    batch["labels_BJ"] = batch["labels_BJ"].clamp(min=0)
+    batch["label_valid_BJ"] = torch.ones_like(batch["label_valid_BJ"])
+    m = _masks(batch, torch.full((6,), SCHEMES.index("decoding")))
+    out = _forward(model, batch, m)
+    # choice head: confidently right on windows 0-2, confidently wrong on 3-5 (worse than the prior overall)
+    sign = torch.tensor([1.0, 1, 1, -1, -1, -1])[:, None]
+    onehot = torch.nn.functional.one_hot(batch["labels_BJ"][:, 0], 2).float()
+    out["label_logits"][0] = 8.0 * sign * (2 * onehot - 1)
+    logp = torch.full((6, 2), math.log(0.5))
+    args = (batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"])
+    _, whole = neds_loss(out, *args, m, label_prior_logp_BJ=logp)
+    assert whole["label_capped"][0]  # the premise: overall the head is worse than the prior
+    assert bool(m.label_scored_BJ.all())
+
+    def one(i, capped):
+        sub = {k: v[i:i + 1] for k, v in out.items() if k != "label_logits"}
+        sub["label_logits"] = [z[i:i + 1] for z in out["label_logits"]]
+        mi = type(m)(**{f: getattr(m, f)[i:i + 1] for f in m.__dataclass_fields__})
+        return neds_loss(sub, *(a[i:i + 1] for a in args), mi, label_prior_logp_BJ=logp[i:i + 1],
+                         label_capped_J=capped)[1]["loss/label"]
+
+    shared = [one(i, whole["label_capped"]) for i in range(6)]
+    alone = [one(i, None) for i in range(6)]
+    assert math.isclose(np.mean(shared), whole["loss/label"], rel_tol=1e-5)
+    assert np.mean(alone) < whole["loss/label"] - 0.1
+    with pytest.raises(ValueError, match="one entry per label"):
+        neds_loss(out, *args, m, label_prior_logp_BJ=logp, label_capped_J=[True])
+    with pytest.raises(ValueError, match="without priors"):
+        neds_loss(out, *args, m, label_capped_J=[True, False])
 
 
 def test_presets_build_and_bad_config_is_rejected():

@@ -176,18 +176,27 @@ def test_capped_validation_labels_use_each_sessions_train_class_frequencies(pret
         dataclasses.replace(cfg.data, val_label_cap="yes")
 
 
-def test_per_window_validation_losses_average_to_the_validation_loss(finetuned):
+@pytest.mark.parametrize("cap", [True, False])
+def test_per_window_validation_losses_average_to_the_validation_loss(finetuned, cap):
     """`validate_windows` (finetune's one-se rule) scores each val window alone; on one session,
-    whose windows score the same number of entries, their mean is `validate`'s loss."""
+    whose windows score the same number of entries, their mean is `validate`'s loss, with the
+    label cap (the default, which binds here) and without it."""
+    import dataclasses
+
     from spikefm.train.checkpoint import load_exported_model
 
     out, _ = finetuned
     fam = get_family("neds")
     cfg = load_run_config(out)
+    assert cfg.data.val_label_cap  # the default
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_label_cap=cap))
     model = load_exported_model(out, fam, cfg).eval()
     with torch.no_grad():
         per = fam.validate_windows(model, cfg)
         num, den = fam.validate(model, cfg, 0, 1)["val_loss"]
+        other = fam.validate(model, dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_label_cap=not cap)),
+                             0, 1)["val_loss"]
+    assert other[0] != pytest.approx(num, rel=1e-4)  # the premise: the cap binds on these windows
     windows, _, _ = fam.prepared(cfg.data)
     assert per.shape == (sum(w.indices("val").size for w in windows.values()),) == (den,)
     assert per.mean() == pytest.approx(num / den, rel=1e-5)

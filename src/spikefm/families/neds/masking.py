@@ -17,7 +17,9 @@ labels) are hidden too but never scored. Nothing here modifies its inputs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -124,8 +126,8 @@ def make_masks(scheme_B: torch.Tensor, *, num_bins: int, unit_valid_BN: torch.Te
 
 def neds_loss(out: dict, counts_BTN: torch.Tensor, behavior_BTC: torch.Tensor, labels_BJ: torch.Tensor,
               masks: Masks, *, spike_weight: float = 1.0, behavior_weight: float = 1.0,
-              label_weight: float = 1.0, label_prior_logp_BJ: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict[str, float]]:
+              label_weight: float = 1.0, label_prior_logp_BJ: torch.Tensor | None = None,
+              label_capped_J: Sequence[bool] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Per-modality losses, each averaged over its scored entries, then summed with weights.
 
     Spikes: Poisson NLL ``exp(r) - y r`` (without the constant ``log y!``) per scored (bin, unit).
@@ -137,10 +139,16 @@ def neds_loss(out: dict, counts_BTN: torch.Tensor, behavior_BTC: torch.Tensor, l
     class-prior predictor gives each window's true label; each label's cross-entropy is then capped
     at that predictor's cross-entropy on the same scored entries, so a label the model predicts
     worse than its class frequencies costs what knowing nothing costs, and no more.
+    ``label_capped_J`` (with ``label_prior_logp_BJ``) takes that decision from outside instead: label
+    ``j`` costs the predictor's cross-entropy where it is true and the model's where false, whichever
+    is lower. Scoring the windows of a batch one at a time with the batch's decisions gives per-window
+    losses whose mean is the batch's capped loss (a per-window minimum would instead reward a head
+    that is confidently right on some windows and confidently wrong on the others).
 
     Returns:
         (loss, stats) with ``loss/spike``, ``loss/behavior``, ``loss/label`` (floats, 0 when
-        nothing was scored) and ``count/...`` (the numbers of scored entries).
+        nothing was scored), ``count/...`` (the numbers of scored entries) and ``label_capped``
+        (per label, whether the predictor's cross-entropy was used; all false without priors).
     """
     lr = out["log_rates_BTN"].float()
     m = masks.spike_scored_BTN
@@ -159,16 +167,24 @@ def neds_loss(out: dict, counts_BTN: torch.Tensor, behavior_BTC: torch.Tensor, l
             beh_terms.append((per_c_num[have] / per_c_den[have]).mean())
     behavior = beh_terms[0] if beh_terms else zero
     lab_terms = []
+    capped = [False] * len(out["label_logits"])
+    if label_capped_J is not None and (label_prior_logp_BJ is None or len(label_capped_J) != len(capped)):
+        raise ValueError(f"label_capped_J needs label_prior_logp_BJ and one entry per label ({len(capped)}); "
+                         f"got {None if label_capped_J is None else len(label_capped_J)} entries"
+                         f"{' without priors' if label_prior_logp_BJ is None else ''}")
     for j, logits in enumerate(out["label_logits"]):
         sel = masks.label_scored_BJ[:, j]
         if sel.any():
             ce = F.cross_entropy(logits[sel].float(), labels_BJ[sel, j].long())
             if label_prior_logp_BJ is not None:
-                ce = torch.minimum(ce, -label_prior_logp_BJ[sel, j].float().mean())
+                prior_ce = -label_prior_logp_BJ[sel, j].float().mean()
+                capped[j] = bool(prior_ce < ce) if label_capped_J is None else bool(label_capped_J[j])
+                ce = prior_ce if capped[j] else ce
             lab_terms.append(ce)
     label = torch.stack(lab_terms).mean() if lab_terms else zero
     loss = spike_weight * spike + behavior_weight * behavior + label_weight * label
     stats = {"loss/spike": float(spike.detach()), "loss/behavior": float(behavior.detach()),
              "loss/label": float(label.detach()), "count/spike": int(n_spike),
-             "count/behavior": int(mb.sum()), "count/label": int(masks.label_scored_BJ.sum())}
+             "count/behavior": int(mb.sum()), "count/label": int(masks.label_scored_BJ.sum()),
+             "label_capped": capped}
     return loss, stats

@@ -140,9 +140,10 @@ def neds_loss(out: dict, counts_BTN: torch.Tensor, behavior_BTC: torch.Tensor, l
     at that predictor's cross-entropy on the same scored entries, so a label the model predicts
     worse than its class frequencies costs what knowing nothing costs, and no more.
     ``label_capped_J`` (with ``label_prior_logp_BJ``) takes that decision from outside instead: label
-    ``j`` costs the predictor's cross-entropy where it is true and the model's where false. Scoring the windows of a batch one at a time with the batch's decisions gives per-window
-    losses whose mean is the batch's capped loss (a per-window minimum would instead reward a head
-    that is confidently right on some windows and confidently wrong on the others).
+    ``j`` costs the predictor's cross-entropy where it is true and the model's where false. Scoring
+    the windows of a batch one at a time with the batch's decisions gives per-window losses whose
+    mean is the batch's capped loss (a per-window minimum would instead reward a head that is
+    confidently right on some windows and confidently wrong on the others).
 
     Returns:
         (loss, stats) with ``loss/spike``, ``loss/behavior``, ``loss/label`` (floats, 0 when

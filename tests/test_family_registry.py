@@ -101,6 +101,63 @@ def test_toy_family_trains_finetunes_and_evaluates_through_the_cli(toy_registere
     assert err == "spikefm: error: --ngram does not apply to a 'toy' run; its options: --split"
 
 
+def test_toy_family_soup_through_the_cli_is_the_average_of_its_ingredients(toy_registered, tmp_path, capsys):
+    """``finetune --soup`` on real (toy) training: the soup folder holds the mean of the weights of
+    the candidates it names, its recorded validation loss is the family's validation of those
+    weights, and ``auto`` keeps it exactly when that loss is the lowest."""
+    import torch
+    from safetensors.torch import load_file
+
+    from spikefm import families
+    from spikefm.train.finetune import _validation_loss
+    from spikefm.train.runinfo import load_run_config
+
+    common = ["--set", "train.device=cpu", "--set", "train.precision=fp32", "--set", "train.ckpt_every=0"]
+    run, ft = tmp_path / "run", tmp_path / "ft"
+    assert main(["train", "--model", "toy", "--data", str(tmp_path), "--out", str(run), "--steps", "40",
+                 "--set", "optim.lr=3e-3", *common, "--quiet"]) == 0
+    assert main(["finetune", str(run), "--data", str(tmp_path), "--session", "s1", "--out", str(ft),
+                 "--steps", "20", "--eval-every", "5", "--soup", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    s = json.loads((ft / "finetune.json").read_text())
+    assert "soup (greedy weight average)" in printed
+    losses = {n: s["candidates"][n]["best_val_loss"] for n in ("frozen", "unfreeze", "full")}
+    order = sorted(losses, key=losses.get)
+    fam = families.get("toy")
+    weights = {n: load_file(str(ft / "candidates" / n / "model.safetensors")) for n in order}
+    cfg = load_run_config(ft / "candidates" / order[0], model_cls=fam.model_config_cls, data_cls=fam.data_config_cls)
+
+    def mean(names):
+        return {k: sum(weights[n][k] for n in names) / len(names) for k in weights[order[0]]}
+
+    # every average tried, recomputed here from the candidates' saved weights and validated
+    ingredients, best = [order[0]], losses[order[0]]
+    for n, tried in zip(order[1:], s["soup"]["tried"]):
+        assert tried["add"] == n
+        loss = _validation_loss(fam, cfg, mean(ingredients + [n]))
+        assert loss == pytest.approx(tried["val_loss"], rel=1e-5) and tried["kept"] == (loss < best)
+        if loss < best:
+            ingredients, best = ingredients + [n], loss
+    assert s["soup"]["ingredients"] == ingredients and s["soup"]["val_loss"] == pytest.approx(best, rel=1e-5)
+    # the benchmark that measured soups builds the same one from the finished candidates
+    from _benchmark_script import load_benchmark
+
+    again = load_benchmark("finetune_soup").soups(ft, tmp_path)
+    assert again["greedy"]["ingredients"] == ingredients
+    assert again["greedy"]["val_loss"] == pytest.approx(best, rel=1e-5)
+    assert again["candidate_val_loss"] == pytest.approx(losses, rel=1e-5)
+    if len(ingredients) == 1:  # no average validated lower: no soup candidate, the lowest kept
+        assert "soup" not in s["candidates"] and s["strategy"] == order[0]
+        assert not (ft / "candidates" / "soup").exists()
+        return
+    soup = load_file(str(ft / "candidates" / "soup" / "model.safetensors"))
+    for k, v in mean(ingredients).items():
+        assert torch.allclose(soup[k], v, atol=1e-6), k
+    assert s["strategy"] == "soup" and s["candidates"]["soup"]["best_val_loss"] == pytest.approx(best, rel=1e-5)
+    kept = load_file(str(ft / "model.safetensors"))
+    assert all(torch.equal(kept[k], soup[k]) for k in soup)
+
+
 def test_unknown_model_is_one_line(tmp_path, capsys):
     assert main(["train", "--model", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

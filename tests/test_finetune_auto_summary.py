@@ -155,3 +155,104 @@ def test_auto_with_one_se_keeps_frozen_within_noise_and_records_how(monkeypatch,
     with pytest.raises(ValueError, match="select must be one of"):
         ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft3",
                                   select="best")
+
+
+def test_average_weights_is_the_elementwise_mean_and_refuses_mismatches():
+    import torch
+
+    a = {"w": torch.tensor([1.0, 2.0], dtype=torch.float32), "n": torch.tensor([3])}
+    b = {"w": torch.tensor([3.0, 6.0], dtype=torch.float32), "n": torch.tensor([3])}
+    c = {"w": torch.tensor([2.0, 1.0], dtype=torch.float32), "n": torch.tensor([3])}
+    avg = ftmod.average_weights([a, b, c])
+    assert torch.allclose(avg["w"], torch.tensor([2.0, 3.0])) and avg["w"].dtype == torch.float32
+    assert torch.equal(avg["n"], torch.tensor([3]))
+    with pytest.raises(ValueError, match="different parameter names"):
+        ftmod.average_weights([a, {"w": a["w"], "m": a["n"]}])
+    with pytest.raises(ValueError, match=r"different shapes: w is \(2,\) in model 0 and \(3,\)"):
+        ftmod.average_weights([a, {"w": torch.zeros(3), "n": a["n"]}])
+    with pytest.raises(ValueError, match="disagree"):
+        ftmod.average_weights([a, {"w": a["w"], "n": torch.tensor([4])}])
+    with pytest.raises(ValueError, match="at least one"):
+        ftmod.average_weights([])
+
+
+def test_greedy_soup_adds_a_model_only_where_the_average_validates_lower():
+    import torch
+
+    # validation loss = squared distance to a target; the models sit around it
+    target = torch.tensor([0.0, 0.0])
+    states = {"a": {"w": torch.tensor([1.0, 0.0])}, "b": {"w": torch.tensor([-1.2, 0.0])},
+              "c": {"w": torch.tensor([5.0, 5.0])}}
+
+    def loss(state):
+        return float(((state["w"] - target) ** 2).sum())
+
+    losses = {n: loss(s) for n, s in states.items()}
+    soup = ftmod.greedy_soup(states, losses, loss)
+    # a first (1.0); a+b at (-0.1, 0) -> 0.01: kept; a+b+c at (1.6, 1.67) -> worse: not kept
+    assert soup["ingredients"] == ["a", "b"]
+    assert soup["val_loss"] == pytest.approx(0.01)
+    assert torch.allclose(soup["state"]["w"], torch.tensor([-0.1, 0.0]))
+    assert [t["kept"] for t in soup["tried"]] == [True, False]
+    # nothing helps: the lowest model alone, its own weights
+    far = {"a": states["a"], "c": states["c"]}
+    alone = ftmod.greedy_soup(far, {n: losses[n] for n in far}, loss)
+    assert alone["ingredients"] == ["a"] and alone["state"] is states["a"]
+
+
+def _fake_trained_candidates(monkeypatch, weights: dict[str, float], losses: dict[str, float]):
+    """Candidates that write real one-tensor weights and a config; validation of any weights
+    is their distance to 0.5."""
+    import torch
+    from safetensors.torch import save_file
+
+    def one(family, name, run_dir, corpus, session_id, path, **kw):
+        path.mkdir(parents=True)
+        save_file({"w": torch.full((2,), weights[name])}, str(path / "model.safetensors"))
+        (path / "config.json").write_text(json.dumps({"family": "fake", "name": name}))
+        return {"best_val_loss": losses[name], "best_step": 10, "stopped_at": 20, "out_dir": str(path),
+                "eval_every": 10}
+
+    monkeypatch.setattr(ftmod, "_one_strategy", one)
+    monkeypatch.setattr("spikefm.train.runinfo.load_run_config", lambda path, **kw: path.name)
+    monkeypatch.setattr(ftmod, "_validation_loss",
+                        lambda family, cfg, state: abs(float(state["w"][0]) - 0.5))
+
+
+SOUP_FAMILY = types.SimpleNamespace(name="fake", finetune_config=lambda *a, **k: None, model_config_cls=None,
+                                    data_config_cls=None, finetune_soup=True)
+
+
+def test_auto_with_soup_keeps_the_average_when_it_validates_lowest(monkeypatch, tmp_path):
+    from safetensors.torch import load_file
+
+    # frozen at 0.0 (loss 0.5), unfreeze at 1.2 (0.7), full at 3.0 (2.5): frozen+unfreeze
+    # average 0.6 -> 0.1 (kept), adding full -> 1.4 -> 0.9 (not kept)
+    w = {"frozen": 0.0, "unfreeze": 1.2, "full": 3.0, "scratch": 9.0}
+    losses = {n: abs(v - 0.5) for n, v in w.items()}
+    _fake_trained_candidates(monkeypatch, w, losses)
+    s = ftmod.finetune_strategies(SOUP_FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft")
+    assert s["strategy"] == "soup" and s["best_val_loss"] == pytest.approx(0.1)
+    assert s["soup"]["ingredients"] == ["frozen", "unfreeze"]
+    assert set(s["candidates"]) == {"frozen", "unfreeze", "full", "soup"}
+    kept = load_file(str(tmp_path / "ft" / "model.safetensors"))["w"]
+    assert kept.tolist() == pytest.approx([0.6, 0.6])
+    # the soup's folder is a run folder: the lowest candidate's config beside the averaged weights
+    assert json.loads((tmp_path / "ft" / "candidates" / "soup" / "config.json").read_text())["name"] == "frozen"
+    saved = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert saved["strategy"] == "soup" and saved["pretraining_gain"] == pytest.approx(8.5 - 0.1)
+    # off (the default of a family without finetune_soup, or --no-soup): the lowest candidate
+    off = ftmod.finetune_strategies(SOUP_FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft2",
+                                    soup=False)
+    assert off["strategy"] == "frozen" and "soup" not in off and "soup" not in off["candidates"]
+    with pytest.raises(ValueError, match="soup averages auto's candidates"):
+        ftmod.finetune_strategies(SOUP_FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft3",
+                                  strategy="frozen", soup=True)
+
+
+def test_auto_with_soup_keeps_a_candidate_when_no_average_validates_lower(monkeypatch, tmp_path):
+    w = {"frozen": 0.5, "unfreeze": 2.0, "full": 3.0, "scratch": 9.0}
+    _fake_trained_candidates(monkeypatch, w, {n: abs(v - 0.5) for n, v in w.items()})
+    s = ftmod.finetune_strategies(SOUP_FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft")
+    assert s["strategy"] == "frozen" and s["soup"]["ingredients"] == ["frozen"]
+    assert "soup" not in s["candidates"] and not (tmp_path / "ft" / "candidates" / "soup").exists()

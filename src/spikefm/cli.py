@@ -166,7 +166,8 @@ def cmd_finetune(args) -> int:
                           freeze_core=args.freeze_core, from_scratch=args.from_scratch,
                           steps=args.steps, patience=args.patience,
                           overrides=list(args.set or []) + (["train.tensorboard=true"] if args.tensorboard else []),
-                          eval_every=args.eval_every, progress=not args.quiet, select=args.select)
+                          eval_every=args.eval_every, progress=not args.quiet, select=args.select,
+                          soup=args.soup)
     if "candidates" in s:
         from spikefm.tables import render_table
 
@@ -176,14 +177,22 @@ def cmd_finetune(args) -> int:
                      "baseline"])
         print(render_table(["strategy", "val loss", "best step", ""], rows, align="<>><",
                            title="fine-tuning candidates (validation windows)"))
+        if s.get("soup"):
+            print(f"soup (greedy weight average): {' + '.join(s['soup']['ingredients'])}, val loss "
+                  f"{s['soup']['val_loss']:.4f}" + ("" if len(s["soup"]["ingredients"]) > 1 else
+                                                     " (no average validated lower; not a candidate)"))
         sel = s.get("selection", {})
         if sel.get("rule") == "one-se":
             print(f"chosen by the one-standard-error rule: the most constrained candidate whose mean validation "
                   f"loss over {sel['num_windows']} windows is within one standard error of the lowest "
                   f"({sel['lowest_per_window']})")
         print(f"pretraining gain over the single-session model: {s['pretraining_gain']:+.4f} val loss")
-    print(f"best val loss {s['best_val_loss']:.4f} at step {s['best_step']} "
-          f"(stopped at step {s['stopped_at']}, strategy {s['strategy']}); run in {args.out}")
+    if s["strategy"] == "soup":
+        print(f"best val loss {s['best_val_loss']:.4f}: the weight average of {', '.join(s['ingredients'])} "
+              f"(strategy soup); run in {args.out}")
+    else:
+        print(f"best val loss {s['best_val_loss']:.4f} at step {s['best_step']} "
+              f"(stopped at step {s['stopped_at']}, strategy {s['strategy']}); run in {args.out}")
     return 0
 
 
@@ -442,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how auto picks its candidate: the lowest validation loss, or one-se: the most "
                         "constrained (frozen, unfreeze, full) within one standard error of it "
                         "(default: the family's default, lowest for every family today)")
+    f.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,
+                   help="auto also ranks the greedy weight average of its pretrained candidates "
+                        "(candidates/soup; default: the family's, off for every family today)")
     f.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files in each candidate's run folder")
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

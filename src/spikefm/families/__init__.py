@@ -221,7 +221,7 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
              out_dir: str | os.PathLike, *, strategy: str | None = None, freeze_core: bool = False,
              from_scratch: bool = False, steps: int = 500, overrides: Sequence[str] = (),
              eval_every: int = 50, patience: int = 3, progress: bool = False,
-             select: str | None = None) -> dict[str, Any]:
+             select: str | None = None, soup: bool | None = None) -> dict[str, Any]:
     """Adapt the finished run ``run_dir`` to ``session_id`` (early stopping on validation data).
 
     The family prepares each run (:meth:`Family.finetune_config`: new session parameters on the
@@ -230,7 +230,9 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
     default: frozen core, full fine-tuning at a lower learning rate and an unfreezing schedule,
     the best on validation kept, the single-session model beside them). ``freeze_core`` and
     ``from_scratch`` are the ``frozen`` and ``scratch`` strategies. ``select`` is how ``auto``
-    picks (:data:`spikefm.train.finetune.SELECT_RULES`; default the family's).
+    picks (:data:`spikefm.train.finetune.SELECT_RULES`; default the family's); ``soup`` whether
+    ``auto`` also ranks the greedy weight average of its pretrained candidates (default the
+    family's ``finetune_soup``).
 
     Returns:
         The chosen run's early-stopping summary (best step, best validation loss, history, ...).
@@ -247,7 +249,8 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
         raise ValueError(f"strategy {strategy!r} contradicts {'freeze_core' if freeze_core else 'from_scratch'}")
     return finetune_strategies(family_of_run(run_dir), run_dir, corpus, session_id, out_dir,
                                strategy=strategy or implied or "auto", steps=steps, overrides=overrides,
-                               eval_every=eval_every, patience=patience, progress=progress, select=select)
+                               eval_every=eval_every, patience=patience, progress=progress, select=select,
+                               soup=soup)
 
 
 def evaluate(run_dir: str | os.PathLike, corpus: str | os.PathLike, **options: Any) -> dict[str, Any]:

@@ -33,11 +33,11 @@ from typing import Any, Sequence
 
 import torch
 
-from spikefm.fileio import folder_lock, make_folder, write_atomic
+from spikefm.fileio import folder_lock, make_folder, write_atomic, write_json_atomic
 from spikefm.train.checkpoint import RUN_MARKERS, check_run_folder
 
 __all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "one_se_choice",
-           "window_losses", "STRATEGIES", "SELECT_RULES"]
+           "window_losses", "average_weights", "greedy_soup", "STRATEGIES", "SELECT_RULES"]
 
 
 def _best_path(out_dir: Path) -> Path:
@@ -178,6 +178,64 @@ SELECT_RULES = ("lowest", "one-se")
 PRETRAINED_CANDIDATES = ("frozen", "unfreeze", "full")
 
 
+def average_weights(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of models' weights (floating-point tensors, averaged in float64 and
+    cast back; any other tensor taken from the first model, where all must agree).
+
+    Raises:
+        ValueError: no states, or states with different parameter names or shapes (one line).
+    """
+    if not states:
+        raise ValueError("average_weights needs at least one set of weights, got none")
+    keys = set(states[0])
+    for i, s in enumerate(states[1:], 1):
+        if set(s) != keys:
+            diff = sorted(keys.symmetric_difference(s))[:3]
+            raise ValueError(f"cannot average weights with different parameter names: model 0 and model {i} "
+                             f"differ in {diff}; the models must share one architecture")
+        bad = [k for k in keys if s[k].shape != states[0][k].shape]
+        if bad:
+            raise ValueError(f"cannot average weights of different shapes: {bad[0]} is "
+                             f"{tuple(states[0][bad[0]].shape)} in model 0 and {tuple(s[bad[0]].shape)} in model {i}")
+    out = {}
+    for k in states[0]:
+        t0 = states[0][k]
+        if t0.is_floating_point():
+            out[k] = (sum(s[k].double() for s in states) / len(states)).to(t0.dtype)
+        else:
+            if any(not torch.equal(s[k], t0) for s in states[1:]):
+                raise ValueError(f"cannot average the non-floating-point tensor {k}: the models disagree on it")
+            out[k] = t0.clone()
+    return out
+
+
+def greedy_soup(states: dict[str, dict[str, torch.Tensor]], losses: dict[str, float], val_loss) -> dict[str, Any]:
+    """A greedy weight average ("model soup", Wortsman et al. 2022) of models fine-tuned from one
+    start: the models in order of validation loss, each added to the average only where the
+    average's validation loss falls below the current one's.
+
+    Args:
+        states: name -> weights (one architecture).
+        losses: name -> that model's validation loss.
+        val_loss: weights -> validation loss (the same measure as ``losses``).
+
+    Returns:
+        {"ingredients": names averaged (the lowest first), "val_loss", "state" (averaged weights),
+        "tried": [{"add", "val_loss", "kept"}]}; one ingredient means no average was better.
+    """
+    order = sorted(states, key=lambda n: losses[n])
+    ingredients, state, best = [order[0]], states[order[0]], float(losses[order[0]])
+    tried = []
+    for name in order[1:]:
+        trial = average_weights([states[n] for n in ingredients + [name]])
+        loss = float(val_loss(trial))
+        kept = loss < best
+        tried.append({"add": name, "val_loss": loss, "kept": kept})
+        if kept:
+            ingredients, state, best = ingredients + [name], trial, loss
+    return {"ingredients": ingredients, "val_loss": best, "state": state, "tried": tried}
+
+
 def _lower_lr(cfg, scale: float):
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * scale))
 
@@ -289,15 +347,19 @@ def window_losses(family, run_dir: str | os.PathLike) -> Any:
 def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,
                         out_dir: str | os.PathLike, *, strategy: str = "auto", steps: int = 500,
                         overrides: Sequence[str] = (), eval_every: int = 50, patience: int = 3,
-                        progress: bool = False, select: str | None = None) -> dict[str, Any]:
+                        progress: bool = False, select: str | None = None, soup: bool | None = None
+                        ) -> dict[str, Any]:
     """Fine-tune a finished run to a new session with one strategy (:data:`STRATEGIES`).
 
     With ``auto`` the candidates train in ``OUT_DIR/candidates/<strategy>/``, the one ``select``
     picks (:data:`SELECT_RULES`; default the family's ``finetune_select``, else ``lowest``) is
     copied to ``OUT_DIR`` (its config, weights, metrics and history), and ``OUT_DIR/finetune.json``
     lists every candidate, how the choice was made (``selection``) and the single-session model's
-    validation loss, so what pretraining bought is always in view. Choices use validation windows
-    only.
+    validation loss, so what pretraining bought is always in view. With ``soup`` (default the
+    family's ``finetune_soup``, else off) ``auto`` also builds the greedy weight average of its
+    pretrained candidates (:func:`greedy_soup`; ``OUT_DIR/candidates/soup/`` when it averages two
+    or more) and ranks it with them: the candidates start from the same weights, so their average
+    is one model of the same shape. Choices use validation windows only.
 
     Returns:
         The chosen run's early-stopping summary, with ``strategy`` and (``auto``) ``candidates``,
@@ -312,6 +374,10 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     if select is not None and strategy != "auto":
         raise ValueError(f"select={select!r} chooses among auto's candidates; strategy {strategy!r} trains one "
                          "candidate: drop the selection rule or use strategy 'auto'")
+    if soup and strategy != "auto":
+        raise ValueError(f"soup averages auto's candidates; strategy {strategy!r} trains one candidate: "
+                         "drop --soup or use strategy 'auto'")
+    soup = getattr(family, "finetune_soup", False) if soup is None else bool(soup)
     select = select or getattr(family, "finetune_select", "lowest")
     if select not in SELECT_RULES:
         raise ValueError(f"select must be one of {', '.join(SELECT_RULES)}, got {select!r}")
@@ -329,7 +395,7 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     _check_auto_out_dir(out_dir)
     make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
     with folder_lock(out_dir, what="fine-tuning run"):
-        return _auto(family, run_dir, corpus, session_id, out_dir, args, select)
+        return _auto(family, run_dir, corpus, session_id, out_dir, args, select, soup)
 
 
 def _say_best_at_first(out_dir: Path, strategy: str, summary: dict) -> None:
@@ -356,8 +422,46 @@ def _check_auto_out_dir(out_dir: Path) -> None:
                          "replace; nothing was written: use a new --out")
 
 
-def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, select: str = "lowest"
-          ) -> dict[str, Any]:
+def _soup_candidate(family, cand_dir: Path, results: dict) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The greedy soup of ``auto``'s pretrained candidates (:func:`greedy_soup`, their kept
+    weights, validated like them): written as the run folder ``cand_dir/soup`` (the lowest
+    candidate's config and history, the averaged weights) when it averages two or more of them.
+
+    Returns:
+        (its candidate summary, or None when no average validated lower than the lowest
+        candidate; {"ingredients", "val_loss", "tried"} either way).
+    """
+    from safetensors.torch import load_file
+
+    from spikefm.train.runinfo import load_run_config
+
+    names = PRETRAINED_CANDIDATES
+    losses = {n: results[n]["best_val_loss"] for n in names}
+    base = min(names, key=lambda n: losses[n])
+    cfg = load_run_config(cand_dir / base, model_cls=family.model_config_cls, data_cls=family.data_config_cls)
+    states = {n: load_file(str(cand_dir / n / "model.safetensors")) for n in names}
+    soup = greedy_soup(states, losses, lambda state: _validation_loss(family, cfg, state))
+    info = {k: soup[k] for k in ("ingredients", "val_loss", "tried")}
+    path = cand_dir / "soup"
+    if path.exists():
+        shutil.rmtree(path)
+    if len(soup["ingredients"]) < 2:
+        return None, info
+    path.mkdir(parents=True)
+    for fname in ("config.json", "metrics.jsonl", "early_stopping.json"):
+        src = cand_dir / base / fname
+        if src.is_file():
+            write_atomic(path / fname, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    _save_safetensors_atomic(soup["state"], path / "model.safetensors")
+    write_json_atomic(path / "soup.json", {**info, "config_and_history_of": base})
+    summary = {"best_val_loss": soup["val_loss"], "best_step": results[base]["best_step"],
+               "stopped_at": results[base]["stopped_at"], "out_dir": str(path), "ingredients": soup["ingredients"],
+               "eval_every": results[base].get("eval_every")}
+    return summary, info
+
+
+def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, select: str = "lowest",
+          soup: bool = False) -> dict[str, Any]:
     from spikefm.fileio import write_json_atomic
 
     cand_dir = out_dir / "candidates"
@@ -367,10 +471,17 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
         if path.exists():
             shutil.rmtree(path)
         results[name] = _one_strategy(family, name, str(run_dir), str(corpus), session_id, path, **args)
-    lowest = min(("frozen", "full", "unfreeze"), key=lambda n: results[n]["best_val_loss"])
+    names = list(PRETRAINED_CANDIDATES)
+    soup_info = None
+    if soup:
+        results_soup, soup_info = _soup_candidate(family, cand_dir, results)
+        if results_soup is not None:
+            results["soup"] = results_soup
+            names.append("soup")
+    lowest = min(names, key=lambda n: results[n]["best_val_loss"])
     chosen, selection = lowest, {"rule": select, "lowest": lowest}
     if select == "one-se":
-        chosen, info = one_se_choice({n: window_losses(family, cand_dir / n) for n in PRETRAINED_CANDIDATES})
+        chosen, info = one_se_choice({n: window_losses(family, cand_dir / n) for n in names}, order=names)
         selection.update({k: v for k, v in info.items() if k != "lowest"}, lowest_per_window=info["lowest"])
     for fname in ("config.json", "model.safetensors", "metrics.jsonl", "early_stopping.json"):
         src = cand_dir / chosen / fname
@@ -379,10 +490,13 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
     summary = dict(results[chosen])
     summary.update(strategy=chosen, out_dir=str(out_dir), model_path=str(out_dir / "model.safetensors"),
                    candidates={n: {k: results[n][k] for k in ("best_val_loss", "best_step", "stopped_at",
-                                                             "out_dir")} for n in ("frozen", "full", "unfreeze")},
+                                                             "out_dir")} for n in ("frozen", "full", "unfreeze", "soup")
+                               if n in results},
                    selection=selection,
                    single_session={k: results["scratch"][k] for k in ("best_val_loss", "best_step", "out_dir")},
                    pretraining_gain=results["scratch"]["best_val_loss"] - results[chosen]["best_val_loss"])
+    if soup_info is not None:
+        summary["soup"] = soup_info
     write_json_atomic(out_dir / "finetune.json", summary)
     _say_best_at_first(out_dir, chosen, summary)
     if summary["pretraining_gain"] <= 0:

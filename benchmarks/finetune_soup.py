@@ -9,18 +9,25 @@ parameters:
 
 * ``uniform``: the mean of the three candidates' weights;
 * ``greedy``: the candidates in order of validation loss, each added to the average only if the
-  validation loss of the average falls.
+  validation loss of the average falls (what ``spikefm finetune --soup`` builds).
 
 Each soup is written as a run folder next to the candidates (``FT/soups/<name>/``: the lowest
 candidate's config and files, the averaged weights), so ``spikefm eval FT/soups/NAME`` scores it
 exactly as the fine-tuned run is scored. Choices use validation windows only; ``--split`` picks
-the windows ``spikefm eval`` scores afterwards (test for the measurement on tuning seeds).
+the windows ``spikefm eval`` scores afterwards (test for the measurement on tuning seeds),
+``--models`` which runs (default: the kept run, the three candidates and both soups; an
+evaluation already in ``FT/soups/eval_NAME_SPLIT.json`` is reused), ``--tasks`` the evaluation's
+tasks. The JSON has each fine-tuning's validation losses, soups and scores, and ``summary``: mean
+± s.d. over the fine-tunings of the kept run's and the greedy soup's headline numbers (NEDS:
+encoding, decoding; NDT: co-smoothing, the walk and its weakest chunk).
 
     python benchmarks/finetune_soup.py FT_DIR [FT_DIR ...] --data CORPUS --out JSON [--split test]
+    python benchmarks/finetune_soup.py SEED1/corpus::SEED1/ft_documented SEED5/corpus::SEED5/ft_documented \\
+        --models kept,greedy --out JSON
 
-FT_DIR may be given as ``CORPUS::FT_DIR`` pairs when the fine-tunings used different corpora. Run it
-from the folder the fine-tuning ran in when the run's config names its corpus by a relative path
-(``benchmarks/neds_documented_commands.py``'s seed folders).
+``CORPUS::FT_DIR`` pairs give each fine-tuning its own corpus (the seed folders of
+``benchmarks/neds_documented_commands.py``); the corpus given is used wherever the run's config
+says its corpus was.
 """
 from __future__ import annotations
 
@@ -91,12 +98,13 @@ def soups(ft_dir: Path, corpus: Path) -> dict:
     return out
 
 
-def _eval(run: Path, corpus: Path, split: str, out: Path, cwd: Path) -> dict:
+def _eval(run: Path, corpus: Path, split: str, out: Path, cwd: Path, tasks: str | None = None) -> dict:
     """``spikefm eval RUN --data CORPUS --split SPLIT`` (skipped when ``out`` is there), run in the
     folder the fine-tuning ran in."""
     if not out.is_file():
         subprocess.run([sys.executable, "-m", "spikefm.cli", "eval", str(run.resolve()), "--data",
-                        str(corpus.resolve()), "--split", split, "--out", str(out.resolve()), "--quiet"],
+                        str(corpus.resolve()), "--split", split, "--out", str(out.resolve()), "--quiet",
+                        *(["--tasks", tasks] if tasks else [])],
                        check=True, stdout=subprocess.DEVNULL, cwd=cwd)
     return json.loads(out.read_text())["results"]
 
@@ -108,6 +116,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="the corpus the fine-tunings used")
     ap.add_argument("--split", choices=["val", "test"], default="test", help="windows spikefm eval scores")
     ap.add_argument("--no-eval", action="store_true", help="build and validate the soups only")
+    ap.add_argument("--tasks", default=None, help="spikefm eval --tasks (default: the family's own)")
     ap.add_argument("--models", default="kept,frozen,unfreeze,full,uniform,greedy",
                     help="what spikefm eval scores (comma-separated; default all): kept (auto's choice), "
                          "the candidates, the soups")
@@ -131,46 +140,60 @@ def main() -> None:
                     r["scores"][name] = f"the weights of {r['greedy']['ingredients'][0]} (no average validated lower)"
                     continue
                 r["scores"][name] = _eval(runs[name], corpus, args.split,
-                                          ft / "soups" / f"eval_{name}_{args.split}.json", ft.resolve().parent)
+                                          ft / "soups" / f"eval_{name}_{args.split}.json", ft.resolve().parent,
+                                          args.tasks)
         results[str(ft)] = r
         print(ft, json.dumps({k: r[k] for k in ("kept_by_auto", "candidate_val_loss")}),
               "uniform", round(r["uniform"]["val_loss"], 4), "greedy", r["greedy"]["ingredients"],
               round(r["greedy"]["val_loss"], 4), flush=True)
-    summary = _neds_summary(results)
+    summary = _summary(results)
     if summary:
         for k, v in summary.items():
             print(f"{k}: kept {v['kept_mean']:.4f} ± {v['kept_sd']:.4f}, greedy soup {v['greedy_mean']:.4f} ± "
                   f"{v['greedy_sd']:.4f} (mean change {v['mean_change']:+.4f} over {v['n']} fine-tunings)")
     write_json_atomic(args.out, {"what": __doc__.splitlines()[0], "split": args.split,
                                  "command": "python benchmarks/finetune_soup.py " + " ".join(sys.argv[1:]),
-                                 "results": results, "neds_summary": summary, "machine": machine_info()})
+                                 "results": results, "summary": summary, "machine": machine_info()})
 
 
-def _neds_summary(results: dict) -> dict:
-    """Mean ± s.d. over the fine-tunings of the kept run's and the greedy soup's NEDS scores
-    (encoding bits/spike, choice accuracy, each continuous channel's single-trial R²); a greedy
-    soup of one ingredient has its weights, so its scores. Empty for other families."""
+def _headline(res: dict) -> dict | None:
+    """The headline numbers of one ``spikefm eval`` result: NEDS (encoding bits/spike, each label's
+    accuracy, each continuous channel's single-trial R²) or NDT (co-smoothing and the walk's
+    bits/spike, its weakest chunk); None for anything else."""
+    if "encoding" in res and "decoding" in res:
+        out = {"encoding_bps": res["encoding"]["neds"]["bps_pooled"]}
+        for name, v in res["decoding"]["neds"].items():
+            out[name] = v["accuracy"] if "accuracy" in v else v["r2_single_trial"]
+        return out
+    tasks = res.get("tasks", {})
+    if "co-smoothing" in tasks:
+        out = {"co_smoothing_bps": tasks["co-smoothing"]["model"]["bps_pooled"]}
+        walk = tasks.get("forward-prediction-walk")
+        if walk:
+            out["walk_bps"] = walk["model"]["bps_pooled"]
+            out["walk_min_chunk_bps"] = min(c["model"]["bps_pooled"] for c in walk["chunks"])
+        return out
+    return None
+
+
+def _summary(results: dict) -> dict:
+    """Mean ± s.d. over the fine-tunings of the kept run's and the greedy soup's headline numbers
+    (:func:`_headline`); a greedy soup of one ingredient has its weights, so its scores. Empty
+    when a result was not scored or is of another kind."""
     import numpy as np
 
     rows = []
     for r in results.values():
         sc = r.get("scores", {})
-        if not isinstance(sc.get("kept"), dict) or "encoding" not in sc["kept"]:
+        kept = sc.get("kept")
+        if not isinstance(kept, dict) or _headline(kept) is None:
             return {}
-        g = sc.get("greedy", sc["kept"])
-        rows.append((sc["kept"], sc["kept"] if isinstance(g, str) else g))
-
-    def values(res: dict) -> dict:
-        out = {"encoding_bps": res["encoding"]["neds"]["bps_pooled"]}
-        for name, v in res["decoding"]["neds"].items():
-            out[name] = v["accuracy"] if "accuracy" in v else v["r2_single_trial"]
-        return out
-
-    keys = values(rows[0][0]).keys()
+        g = sc.get("greedy", kept)
+        rows.append((_headline(kept), _headline(kept if isinstance(g, str) else g)))
     out = {}
-    for k in keys:
-        a = np.array([values(kept)[k] for kept, _ in rows])
-        b = np.array([values(g)[k] for _, g in rows])
+    for k in rows[0][0]:
+        a = np.array([kept[k] for kept, _ in rows])
+        b = np.array([g[k] for _, g in rows])
         out[k] = {"n": len(a), "kept_mean": float(a.mean()), "kept_sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
                   "greedy_mean": float(b.mean()), "greedy_sd": float(b.std(ddof=1)) if len(b) > 1 else 0.0,
                   "mean_change": float((b - a).mean())}

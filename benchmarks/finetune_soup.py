@@ -122,6 +122,10 @@ def main() -> None:
                          "the candidates, the soups")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    known = ("kept", *CANDIDATES, "uniform", "greedy")
+    unknown = [m for m in args.models.split(",") if m not in known]
+    if unknown:
+        ap.error(f"--models: unknown {unknown[0]!r}; expected some of {', '.join(known)}")
     results = {}
     for item in args.ft_dirs:
         corpus, sep, ft = item.partition("::")
@@ -134,8 +138,6 @@ def main() -> None:
             runs = {"kept": ft, **{n: ft / "candidates" / n for n in CANDIDATES},
                     "uniform": ft / "soups" / "uniform", "greedy": ft / "soups" / "greedy"}
             for name in args.models.split(","):
-                if name not in runs:
-                    ap.error(f"--models: unknown {name!r}; expected some of {', '.join(runs)}")
                 if name == "greedy" and len(r["greedy"]["ingredients"]) == 1:
                     r["scores"][name] = f"the weights of {r['greedy']['ingredients'][0]} (no average validated lower)"
                     continue

@@ -34,12 +34,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info  # noqa: E402
@@ -49,31 +47,14 @@ from spikefm.fileio import write_json_atomic  # noqa: E402
 CANDIDATES = ("frozen", "unfreeze", "full")
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def _write_run(src: Path, dst: Path, state: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    for f in ("config.json", "metrics.jsonl", "early_stopping.json"):
-        if (src / f).is_file():
-            shutil.copyfile(src / f, dst / f)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dst / "model.safetensors"),
-              metadata={"format": "pt"})
-
-
 def soups(ft_dir: Path, corpus: Path) -> dict:
     """Build the uniform and greedy soups of one finished ``auto`` fine-tuning (the greedy one is
     what ``spikefm finetune --soup`` builds: :func:`spikefm.train.finetune.greedy_soup`); their
     validation losses beside the candidates'."""
+    from safetensors.torch import load_file
+
     from spikefm import families
-    from spikefm.train.finetune import _validation_loss, average_weights, greedy_soup
+    from spikefm.train.finetune import _validation_loss, average_weights, greedy_soup, write_averaged_run
     from spikefm.train.runinfo import load_run_config
 
     ft = json.loads((ft_dir / "finetune.json").read_text())
@@ -84,17 +65,17 @@ def soups(ft_dir: Path, corpus: Path) -> dict:
     # the corpus given here, wherever the run's config says it was (it may be a relative path)
     cfgs = {n: dataclasses.replace(c, data=dataclasses.replace(c.data, corpus=str(corpus.resolve())))
             for n, c in cfgs.items()}
-    states = {n: _load(p / "model.safetensors") for n, p in cand.items()}
+    states = {n: load_file(str(p / "model.safetensors")) for n, p in cand.items()}
     val = {n: _validation_loss(family, cfgs[n], states[n]) for n in CANDIDATES}
     best = min(CANDIDATES, key=val.get)
     out = {"kept_by_auto": ft["strategy"], "candidate_val_loss": val,
            "recorded_val_loss": {n: ft["candidates"][n]["best_val_loss"] for n in CANDIDATES}}
     uniform = average_weights([states[n] for n in CANDIDATES])
     out["uniform"] = {"ingredients": list(CANDIDATES), "val_loss": _validation_loss(family, cfgs[best], uniform)}
-    _write_run(cand[best], ft_dir / "soups" / "uniform", uniform)
+    write_averaged_run(cand[best], ft_dir / "soups" / "uniform", uniform)
     soup = greedy_soup(states, val, lambda st: _validation_loss(family, cfgs[best], st))
     out["greedy"] = {k: soup[k] for k in ("ingredients", "val_loss", "tried")}
-    _write_run(cand[best], ft_dir / "soups" / "greedy", soup["state"])
+    write_averaged_run(cand[best], ft_dir / "soups" / "greedy", soup["state"])
     return out
 
 

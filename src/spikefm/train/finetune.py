@@ -37,7 +37,7 @@ from spikefm.fileio import folder_lock, make_folder, write_atomic, write_json_at
 from spikefm.train.checkpoint import RUN_MARKERS, check_run_folder
 
 __all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "one_se_choice",
-           "window_losses", "average_weights", "greedy_soup", "STRATEGIES", "SELECT_RULES"]
+           "window_losses", "average_weights", "greedy_soup", "write_averaged_run", "STRATEGIES", "SELECT_RULES"]
 
 
 def _best_path(out_dir: Path) -> Path:
@@ -98,7 +98,6 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
         weights may lie before it; :func:`finetune_strategies` warns)}.
     """
     from spikefm.train.loop import train
-    from spikefm.fileio import write_json_atomic
 
     for name, v in (("eval_every", eval_every), ("patience", patience)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -280,7 +279,6 @@ def _record_unfreeze_provenance(out_dir: Path, run_dir: str, stage1: Path, stage
     once it is done; point the run's recorded ``init_from`` (config and family info) at the
     pretrained run instead and keep what stage 1 did under ``finetune_stage1``, so the
     provenance of the weights never names a folder that does not exist."""
-    from spikefm.fileio import write_json_atomic
     from spikefm.train.checkpoint import rewrite_checkpoint_configs
     from spikefm.train.runinfo import read_run_info
 
@@ -365,8 +363,6 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         The chosen run's early-stopping summary, with ``strategy`` and (``auto``) ``candidates``,
         ``single_session`` and ``pretraining_gain`` (single-session minus chosen validation loss).
     """
-    from spikefm.fileio import write_json_atomic
-
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if not hasattr(family, "finetune_config"):
@@ -422,6 +418,29 @@ def _check_auto_out_dir(out_dir: Path) -> None:
                          "replace; nothing was written: use a new --out")
 
 
+#: The files of a run folder that ``auto`` copies from the chosen candidate (with its weights).
+RUN_HISTORY_FILES = ("config.json", "metrics.jsonl", "early_stopping.json")
+
+
+def _copy_run_files(src: Path, dst: Path, names: Sequence[str]) -> None:
+    """Copy those of ``names`` that ``src`` has into ``dst``, each atomically."""
+    for fname in names:
+        if (src / fname).is_file():
+            write_atomic(dst / fname, lambda tmp, f=src / fname: shutil.copyfile(f, tmp))
+
+
+def write_averaged_run(base: str | os.PathLike, out: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:
+    """A run folder ``out`` (replaced if there) holding ``state`` as its weights beside the config
+    and history of the run ``base``: how a weight average is saved so ``spikefm eval`` scores it
+    like any run."""
+    base, out = Path(base), Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    _copy_run_files(base, out, RUN_HISTORY_FILES)
+    _save_safetensors_atomic(state, out / "model.safetensors")
+
+
 def _soup_candidate(family, cand_dir: Path, results: dict) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The greedy soup of ``auto``'s pretrained candidates (:func:`greedy_soup`, their kept
     weights, validated like them): written as the run folder ``cand_dir/soup`` (the lowest
@@ -443,16 +462,11 @@ def _soup_candidate(family, cand_dir: Path, results: dict) -> tuple[dict[str, An
     soup = greedy_soup(states, losses, lambda state: _validation_loss(family, cfg, state))
     info = {k: soup[k] for k in ("ingredients", "val_loss", "tried")}
     path = cand_dir / "soup"
-    if path.exists():
-        shutil.rmtree(path)
     if len(soup["ingredients"]) < 2:
+        if path.exists():
+            shutil.rmtree(path)
         return None, info
-    path.mkdir(parents=True)
-    for fname in ("config.json", "metrics.jsonl", "early_stopping.json"):
-        src = cand_dir / base / fname
-        if src.is_file():
-            write_atomic(path / fname, lambda tmp, src=src: shutil.copyfile(src, tmp))
-    _save_safetensors_atomic(soup["state"], path / "model.safetensors")
+    write_averaged_run(cand_dir / base, path, soup["state"])
     write_json_atomic(path / "soup.json", {**info, "config_and_history_of": base})
     summary = {"best_val_loss": soup["val_loss"], "best_step": results[base]["best_step"],
                "stopped_at": results[base]["stopped_at"], "out_dir": str(path), "ingredients": soup["ingredients"],
@@ -462,8 +476,6 @@ def _soup_candidate(family, cand_dir: Path, results: dict) -> tuple[dict[str, An
 
 def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, select: str = "lowest",
           soup: bool = False) -> dict[str, Any]:
-    from spikefm.fileio import write_json_atomic
-
     cand_dir = out_dir / "candidates"
     results = {}
     for name in ("frozen", "full", "unfreeze", "scratch"):
@@ -483,10 +495,7 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
     if select == "one-se":
         chosen, info = one_se_choice({n: window_losses(family, cand_dir / n) for n in names}, order=names)
         selection.update({k: v for k, v in info.items() if k != "lowest"}, lowest_per_window=info["lowest"])
-    for fname in ("config.json", "model.safetensors", "metrics.jsonl", "early_stopping.json"):
-        src = cand_dir / chosen / fname
-        if src.is_file():
-            write_atomic(out_dir / fname, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    _copy_run_files(cand_dir / chosen, out_dir, ("model.safetensors", *RUN_HISTORY_FILES))
     summary = dict(results[chosen])
     summary.update(strategy=chosen, out_dir=str(out_dir), model_path=str(out_dir / "model.safetensors"),
                    candidates={n: {k: results[n][k] for k in ("best_val_loss", "best_step", "stopped_at",

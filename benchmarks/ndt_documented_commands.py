@@ -55,7 +55,8 @@ def _scores(path: Path) -> dict:
     }
 
 
-def run_seed(seed: int, sessions: int, work: Path, split: str, held_out: str | None) -> dict:
+def run_seed(seed: int, sessions: int, work: Path, split: str, held_out: str | None,
+             finetune_opts: tuple[str, ...] = ()) -> dict:
     t0 = time.time()
     root = work / f"seed_{seed}"
     corpus = synth_corpus(root, seed=seed, sessions=sessions,
@@ -73,7 +74,8 @@ def run_seed(seed: int, sessions: int, work: Path, split: str, held_out: str | N
     if not (root / "pre" / "model.safetensors").is_file():
         _cli("train", "--model", "ndt", "--data", "corpus", "--out", "pre", "--quiet", *train_opts, cwd=root)
     if not (root / "ft" / "finetune.json").is_file():
-        _cli("finetune", "pre", "--data", "corpus", "--session", sid, "--out", "ft", "--quiet", cwd=root)
+        _cli("finetune", "pre", "--data", "corpus", "--session", sid, "--out", "ft", "--quiet", *finetune_opts,
+             cwd=root)
     ft = json.loads((root / "ft" / "finetune.json").read_text())
     tasks = ["--tasks", "co-smoothing,forward-prediction-walk"]
     for name, run in (("fine-tuned", "ft"), ("single-session", "ft/candidates/scratch")):
@@ -86,6 +88,7 @@ def run_seed(seed: int, sessions: int, work: Path, split: str, held_out: str | N
         "val_loss": {**{k: c["best_val_loss"] for k, c in ft["candidates"].items()},
                      "single-session": ft["single_session"]["best_val_loss"]},
         "val_pretraining_gain": ft["pretraining_gain"],
+        "soup": ft.get("soup"),
         "fine-tuned": _scores(root / f"fine-tuned_{split}.json"),
         "single-session": _scores(root / f"single-session_{split}.json"),
         "wall_s": round(time.time() - t0, 1),
@@ -97,15 +100,20 @@ def main() -> None:
     add_literal_options(ap, seeds="2,3,101")
     ap.add_argument("--held-out", default=None, metavar="SESSION_ID",
                     help="hold out this session (no corpus test split; pretraining on all the others)")
+    ap.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,
+                    help="spikefm finetune --soup / --no-soup (default: neither, finetune's own default; "
+                         "the tables measured before 2026-12-06 ran without the soup: --no-soup)")
     args = ap.parse_args()
+    finetune_opts = () if args.soup is None else ("--soup",) if args.soup else ("--no-soup",)
     seeds = [int(s) for s in args.seeds.split(",")]
     with ThreadPoolExecutor(args.workers or len(seeds)) as pool:
         per_seed = dict(zip(seeds, pool.map(
             lambda s: run_seed(s, args.sessions, args.work / f"sessions_{args.sessions}", args.split,
-                               args.held_out), seeds)))
+                               args.held_out, finetune_opts), seeds)))
     out = {"what": "the README's NDT commands, literally, on spikefm synth --sessions N --seed S",
            "command": "python benchmarks/ndt_documented_commands.py " + " ".join(sys.argv[1:]),
            "sessions": args.sessions, "held_out": args.held_out, "split": args.split,
+           "finetune_options": list(finetune_opts),
            "per_seed": {str(k): v for k, v in per_seed.items()}, "machine": machine_info()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, out)

@@ -60,7 +60,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     piece_arguments(ap)
     ap.add_argument("--held-out", type=int, default=-1, help="index of the held-out piece (default: the last)")
+    ap.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,
+                    help="spikefm finetune --soup / --no-soup (default: neither, finetune's own default; "
+                         "the results measured before 2026-12-06 ran without the soup: --no-soup)")
     args = ap.parse_args()
+    soup_opt = [] if args.soup is None else ["--soup" if args.soup else "--no-soup"]
     lo, hi = parse_piece_arguments(args)
     from spikefm.corpus.reader import Corpus
 
@@ -79,14 +83,15 @@ def main() -> None:
                         "--set", "data.sessions=" + ",".join(pre)], check=True)
     if not (w / "ft" / "finetune.json").exists():
         subprocess.run([*cli, "finetune", str(w / "pre"), "--data", str(w / "corpus"), "--session", held,
-                        "--out", str(w / "ft")], check=True)
+                        "--out", str(w / "ft"), *soup_opt], check=True)
     for name, run in (("ft", w / "ft"), ("scratch", w / "ft" / "candidates" / "scratch")):
         subprocess.run([*cli, "eval", str(run), "--data", str(w / "corpus"), "--out", str(w / f"eval_{name}.json")],
                        check=True)
     ft = json.loads((w / "ft" / "finetune.json").read_text())
     res = {"command": "python benchmarks/ndt_real_pseudo_sessions.py " + " ".join(sys.argv[1:]),
            "source": args.nwb.name, "pieces": pieces, "seed": args.seed, "held_out_session": held,
-           "pretraining_sessions": pre, "strategy": ft.get("strategy"),
+           "pretraining_sessions": pre, "strategy": ft.get("strategy"), "finetune_options": soup_opt,
+           "soup": ft.get("soup"),
            "fine_tuned": _scores(w / "eval_ft.json"), "single_session": _scores(w / "eval_scratch.json"),
            "wall_s": round(time.perf_counter() - t0, 1), "machine": machine_info()}
     for name in ("fine_tuned", "single_session"):

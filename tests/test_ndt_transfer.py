@@ -57,3 +57,35 @@ def test_the_transfer_commands_defaults_are_the_quickstarts_sizes():
         assert getattr(args, key) == value, key
         assert params[key].default == value, key
     assert (QUICKSTART_SIZES["sessions"], QUICKSTART_SIZES["duration_s"]) == (12, 300.0)  # the README's table
+
+
+def test_transfer_refuses_soup_with_one_strategy_before_any_data_is_written(tmp_path, capsys):
+    from spikefm.cli import main
+
+    out = tmp_path / "study"
+    assert main(["experiment", "transfer", "--out", str(out), "--seeds", "1", "--strategy", "frozen",
+                 "--soup", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "soup averages auto's candidates" in err and "--strategy auto" in err
+    assert not any(out.rglob("*.nwb"))
+
+
+def test_transfer_passes_soup_to_finetune_and_the_ndt_default_is_on(tmp_path, monkeypatch):
+    """``experiment transfer --no-soup`` reaches ``families.finetune`` as ``soup=False``; without the
+    flag ``None`` (the family's default), which for the NDT is on."""
+    from spikefm import families
+    from spikefm.cli import main
+    from spikefm.experiments import transfer as tr
+
+    seen = []
+
+    def fake_transfer(out, *, family="ndt", **options):
+        seen.append(options.get("soup"))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(tr, "transfer", fake_transfer)
+    for flags, want in ((["--no-soup"], False), (["--soup"], True), ([], None)):
+        assert main(["experiment", "transfer", "--out", str(tmp_path / "s"), "--seeds", "1", *flags]) != 0  # the stand-in stops it
+        assert seen[-1] is want
+    assert families.get("ndt").finetune_soup is True
+    assert getattr(families.get("neds"), "finetune_soup", False) is False

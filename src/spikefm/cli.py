@@ -250,7 +250,7 @@ def cmd_experiment_transfer(args) -> int:
     from spikefm.experiments.transfer import transfer_study
 
     options = {k: v for k, v in (("family", args.model), ("pretrain_steps", args.pretrain_steps),
-                                 ("protocol", args.protocol)) if v is not None}
+                                 ("protocol", args.protocol), ("soup", args.soup)) if v is not None}
     if args.tasks:
         options["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
     _check_study_out(Path(args.out))
@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the family's default, lowest for every family today)")
     f.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,
                    help="auto also ranks the greedy weight average of its pretrained candidates "
-                        "(candidates/soup; default: the family's, off for every family today)")
+                        "(candidates/soup; default: the family's: on for ndt, off for neds)")
     f.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files in each candidate's run folder")
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -487,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--finetune-steps", type=_positive_int, default=qs["finetune_steps"])
     tr.add_argument("--strategy", default="auto", choices=["auto", "frozen", "full", "unfreeze"],
                     help="fine-tuning strategy (auto: chosen on validation windows)")
+    tr.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,
+                    help="auto fine-tuning also ranks the greedy weight average of its pretrained "
+                         "candidates (default: the family's, as spikefm finetune)")
     tr.add_argument("--tasks", default=None, help="benchmark tasks (default: the family's)")
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a setting of the pretraining run (repeatable)")

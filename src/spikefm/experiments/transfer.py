@@ -43,7 +43,7 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
              preset: str = "tiny", synth_preset: str = "ibl", pretrain_steps: int | None = None,
              finetune_steps: int = QUICKSTART_SIZES["finetune_steps"], eval_every: int | None = None, seed: int = 1,
              strategy: str = "auto", protocol: str | None = None, overrides: Sequence[str] = (),
-             tasks: Sequence[str] | None = None, quiet: bool = False) -> dict:
+             tasks: Sequence[str] | None = None, quiet: bool = False, soup: bool | None = None) -> dict:
     """Pretrain on synthetic sessions, fine-tune on a held-out one, benchmark it (module docstring).
 
     Every setting not given here is the family's default, so this is what a user gets from
@@ -66,6 +66,8 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
         overrides: ``section.key=value`` settings of the pretraining run (kept by fine-tuning).
         tasks: benchmark tasks (None = the family's default tasks).
         quiet: no progress bar.
+        soup: whether ``auto`` also ranks the greedy weight average of its pretrained candidates
+            (None = the family's ``finetune_soup``; ``spikefm finetune --soup/--no-soup``).
 
     Returns:
         ``{"fine-tuned": benchmark, "single-session": benchmark, "finetune": summary}``; the two
@@ -85,6 +87,9 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
         _check_int("pretrain_steps", pretrain_steps, 1)
     _check_int("finetune_steps", finetune_steps, 1)
     families.check_tasks(family, tasks)  # before anything is synthesized or trained
+    if soup and strategy != "auto":
+        raise ValueError(f"soup averages auto's candidates; strategy {strategy!r} trains one candidate: "
+                         "drop --soup or use --strategy auto")
     out = Path(out)
     nwb_dir = out / "nwb_ndt"
     if not nwb_dir.exists() or not any(nwb_dir.rglob("*.nwb")):
@@ -111,7 +116,8 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
             families.train(cfg, runs["pretrain"], progress=not quiet)
             every = eval_every or max(10, finetune_steps // 6)
             ft = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],
-                                   strategy=strategy, steps=finetune_steps, eval_every=every, patience=3)
+                                   strategy=strategy, steps=finetune_steps, eval_every=every, patience=3,
+                                   soup=soup)
             single = Path(ft.get("single_session", {}).get("out_dir", out / "run_ndt_single"))
             if "single_session" not in ft:
                 if single.exists():

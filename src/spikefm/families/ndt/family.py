@@ -211,6 +211,10 @@ class NDTFamily:
     name = "ndt"
     model_config_cls = NDTConfig
     data_config_cls = NDTDataConfig
+    #: ``spikefm finetune``'s ``auto`` also ranks the greedy weight average of its pretrained
+    #: candidates (``--no-soup`` turns it off); chosen on tuning seeds 7, 8, 9 of the literal path,
+    #: where it raised co-smoothing and the forward-prediction walk on each (README, NDT section).
+    finetune_soup = True
 
     def __init__(self) -> None:
         self._data: NDTDataConfig | None = None

@@ -246,3 +246,20 @@ def test_write_report_of_a_corpus(tmp_path):
     assert cells["/num_sessions"] == "2"
     assert cells["/units/total"] == f"{sum(s['num_units'] for s in manifest['sessions']):,}"
     assert text.count('data-kind="raster"') == 2
+
+
+def test_finetuning_table_names_the_soups_ingredients_and_the_chosen_candidate(tmp_path):
+    run = tmp_path / "ft"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"family": "ndt", "config": {"train": {"steps": 3}}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.4}) + "\n")
+    cands = {"frozen": {"best_val_loss": 0.3516, "best_step": 250}, "full": {"best_val_loss": 0.3562, "best_step": 500},
+             "unfreeze": {"best_val_loss": 0.3515, "best_step": 250}, "soup": {"best_val_loss": 0.3513, "best_step": 250}}
+    (run / "finetune.json").write_text(json.dumps({
+        "strategy": "soup", "candidates": cands, "single_session": {"best_val_loss": 0.3557, "best_step": 750},
+        "soup": {"ingredients": ["unfreeze", "frozen"], "val_loss": 0.3513, "tried": []}}))
+    text = re.sub(r"<[^>]+>", " ", build_report(run).html())
+    rows = {name: " ".join(text.split(name, 1)[1].split()[:6]) for name in ("frozen", "soup", "single-session")}
+    assert "average of unfreeze + frozen chosen" in " ".join(text.split())
+    assert rows["frozen"].startswith("0.3516 250")
+    assert rows["single-session"].startswith("0.3557 750")

@@ -148,9 +148,13 @@ def _finetuning(sec, run_dir: Path) -> None:
         if cands:
             src = f"finetune:{run_dir.name}"
             sec.heading("Fine-tuning strategies (validation windows)")
+            soup = ft.get("soup") if isinstance(ft.get("soup"), dict) else {}
             rows = []
             for name, c in cands.items():
                 where = ("single_session",) if name == "single-session" else ("candidates", name)
+                # the soup trained no steps of its own: it is the weight average of its ingredients
+                step = ("average of " + " + ".join(map(str, soup.get("ingredients") or [])) if name == "soup"
+                        else c.get("best_step"))
                 rows.append([name, Num(c.get("best_val_loss"), src=src, path=pointer(*where, "best_val_loss")),
-                             c.get("best_step"), "chosen" if name == ft.get("strategy") else ""])
+                             step, "chosen" if name == ft.get("strategy") else ""])
             sec.table(["strategy", "best val loss", "best step", ""], rows, key="finetune-candidates")

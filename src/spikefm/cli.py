@@ -171,8 +171,8 @@ def cmd_finetune(args) -> int:
     if "candidates" in s:
         from spikefm.tables import render_table
 
-        rows = [[name, c["best_val_loss"], c["best_step"], "<- chosen" if name == s["strategy"] else ""]
-                for name, c in s["candidates"].items()]
+        rows = [[name, c["best_val_loss"], "-" if name == "soup" else c["best_step"],  # an average: no steps
+                 "<- chosen" if name == s["strategy"] else ""] for name, c in s["candidates"].items()]
         rows.append(["single-session", s["single_session"]["best_val_loss"], s["single_session"]["best_step"],
                      "baseline"])
         print(render_table(["strategy", "val loss", "best step", ""], rows, align="<>><",

@@ -18,6 +18,7 @@ walk with each chunk's bps under the NLB null and a train-fitted null.
 
     python benchmarks/ndt_documented_commands.py --seeds 2,3,101 --work DIR --out JSON [--split val]
     python benchmarks/ndt_documented_commands.py --seeds 7 --sessions 4 --work DIR --out JSON --split val
+    python benchmarks/ndt_documented_commands.py --seeds 2,3,101 --work DIR --out JSON --no-soup   # tables before 2026-12-06
 
 Seeds run in parallel processes, one thread each (``--workers``, default: one per seed).
 """

@@ -65,6 +65,12 @@ def test_jiang2025_protocol_is_recorded_in_config_and_results(corpus_dir, held_o
     assert families.run_config("ndt", protocol="jiang2025").model.dim == 512  # the base preset by default
     with pytest.raises(ValueError, match="unknown protocol 'nope'.*jiang2025"):
         families.run_config("ndt", protocol="nope")
+    # a decoding block the model does not have is refused when the config is made, not after training
+    with pytest.raises(ValueError, match=r"data.decode_layer=3 .*model.n_layers=2.*1\.\.2"):
+        families.run_config("ndt", preset="tiny", protocol="jiang2025", overrides=["model.n_layers=2"])
+    assert main(["train", "--model", "ndt", "--data", str(corpus_dir), "--out", str(tmp_path / "bad"),
+                 "--set", "data.decode_layer=4", "--quiet"]) == 2
+    assert not (tmp_path / "bad").exists()
     run = tmp_path / "jiang"
     assert main(["train", "--model", "ndt", "--protocol", "jiang2025", "--preset", "tiny", "--data",
                  str(corpus_dir), "--out", str(run), "--steps", "2", "--sessions", held_out,

@@ -158,7 +158,10 @@ def run_config(family: str, *, preset: str | None = None, corpus: str = "",
     model = fam.preset(preset_name)
     cfg = RunConfig(family=family, model=model, data=fam.data_config_cls(corpus=str(corpus)))
     defaults = list(fam.run_defaults(preset_name)) if hasattr(fam, "run_defaults") else []
-    return apply_overrides(cfg, [*defaults, *proto["overrides"], *overrides])
+    cfg = apply_overrides(cfg, [*defaults, *proto["overrides"], *overrides])
+    if hasattr(fam, "check_config"):  # settings of one section the other cannot serve
+        fam.check_config(cfg)
+    return cfg
 
 
 def default_preset(family: str) -> str:

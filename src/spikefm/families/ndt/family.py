@@ -271,10 +271,20 @@ class NDTFamily:
 
     # -- model -----------------------------------------------------------------------------------
 
-    def build_model(self, cfg: RunConfig) -> nn.Module:
+    @staticmethod
+    def check_config(cfg: RunConfig) -> None:
+        """One-line errors for data settings the model cannot serve (checked by ``run_config``, so
+        before any data is made or any step trained, and again when the model is built)."""
         if cfg.data.window_bins > cfg.model.max_bins:
             raise ValueError(f"data.window_bins ({cfg.data.window_bins}) exceeds model.max_bins "
                              f"({cfg.model.max_bins}); lower data.window_bins or raise model.max_bins")
+        if cfg.data.decode_layer > cfg.model.n_layers:
+            raise ValueError(f"data.decode_layer={cfg.data.decode_layer} names a block the model does not have "
+                             f"(model.n_layers={cfg.model.n_layers}); set data.decode_layer to 1..{cfg.model.n_layers} "
+                             "(0 = the last) or raise model.n_layers")
+
+    def build_model(self, cfg: RunConfig) -> nn.Module:
+        self.check_config(cfg)
         self._data = cfg.data
         return NDT(cfg.model, self.sessions(cfg.data))
 

@@ -64,6 +64,10 @@ Members used outside the loop (by `spikefm.families`, the CLI and the experiment
                                        text table of one or more `evaluate` results.
     check_tasks(tasks: list[str])      optional: ValueError (one line) for a task name `evaluate`
                                        would refuse, so studies fail before training anything.
+    check_config(cfg)                  optional: ValueError (one line) for model and data settings
+                                       that cannot work together; `families.run_config` calls it.
+    finetune_select, finetune_soup     optional attributes: `finetune --strategy auto`'s default
+                                       selection rule (`lowest`) and whether it ranks the soup (False).
     claims_folder(config: dict) -> bool
                                        optional: True for a foreign model folder this family can
                                        load (e.g. a Hugging Face Llama folder for the AR family).

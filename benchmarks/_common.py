@@ -9,7 +9,7 @@ from pathlib import Path
 
 from spikefm.train.runinfo import machine_info
 
-__all__ = ["add_literal_options", "machine_info", "spikefm_cli", "synth_corpus"]
+__all__ = ["add_literal_options", "add_soup_option", "soup_flags", "machine_info", "spikefm_cli", "synth_corpus"]
 
 
 def spikefm_cli(*args: str, cwd: Path) -> None:
@@ -28,6 +28,20 @@ def add_literal_options(ap, *, seeds: str) -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for data and runs (reused when present)")
     ap.add_argument("--workers", type=int, default=0, help="parallel seeds (default: all)")
     ap.add_argument("--out", type=Path, required=True)
+
+
+def add_soup_option(ap) -> None:
+    """``--soup / --no-soup``, passed on to ``spikefm finetune`` (neither: finetune's own default)."""
+    import argparse
+
+    ap.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,
+                    help="spikefm finetune --soup / --no-soup (default: neither, finetune's own default; "
+                         "results measured before 2026-12-06 ran without the soup: --no-soup)")
+
+
+def soup_flags(soup: bool | None) -> list[str]:
+    """The ``spikefm finetune`` flags of :func:`add_soup_option`'s value."""
+    return [] if soup is None else ["--soup" if soup else "--no-soup"]
 
 
 def synth_corpus(root: Path, *, seed: int, sessions: int, synth_args=(), build_args=()):

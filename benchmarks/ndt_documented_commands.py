@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_literal_options, machine_info, spikefm_cli as _cli, synth_corpus  # noqa: E402
+from _common import add_literal_options, add_soup_option, machine_info, soup_flags, spikefm_cli as _cli, synth_corpus  # noqa: E402
 
 from spikefm.fileio import write_json_atomic  # noqa: E402
 
@@ -101,11 +101,9 @@ def main() -> None:
     add_literal_options(ap, seeds="2,3,101")
     ap.add_argument("--held-out", default=None, metavar="SESSION_ID",
                     help="hold out this session (no corpus test split; pretraining on all the others)")
-    ap.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,
-                    help="spikefm finetune --soup / --no-soup (default: neither, finetune's own default; "
-                         "the tables measured before 2026-12-06 ran without the soup: --no-soup)")
+    add_soup_option(ap)
     args = ap.parse_args()
-    finetune_opts = () if args.soup is None else ("--soup",) if args.soup else ("--no-soup",)
+    finetune_opts = tuple(soup_flags(args.soup))
     seeds = [int(s) for s in args.seeds.split(",")]
     with ThreadPoolExecutor(args.workers or len(seeds)) as pool:
         per_seed = dict(zip(seeds, pool.map(

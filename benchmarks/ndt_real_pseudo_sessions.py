@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info  # noqa: E402
+from _common import add_soup_option, machine_info, soup_flags  # noqa: E402
 from ar_real_pseudo_sessions import _spikefm, parse_piece_arguments, piece_arguments, write_pieces  # noqa: E402
 
 
@@ -60,11 +60,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     piece_arguments(ap)
     ap.add_argument("--held-out", type=int, default=-1, help="index of the held-out piece (default: the last)")
-    ap.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,
-                    help="spikefm finetune --soup / --no-soup (default: neither, finetune's own default; "
-                         "the results measured before 2026-12-06 ran without the soup: --no-soup)")
+    add_soup_option(ap)
     args = ap.parse_args()
-    soup_opt = [] if args.soup is None else ["--soup" if args.soup else "--no-soup"]
+    soup_opt = soup_flags(args.soup)
     lo, hi = parse_piece_arguments(args)
     from spikefm.corpus.reader import Corpus
 

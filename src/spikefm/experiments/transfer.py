@@ -81,15 +81,14 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
     from spikefm.corpus.reader import Corpus
     from spikefm.corpus.synth import synthesize
     from spikefm.fileio import write_json_atomic
+    from spikefm.train.finetune import check_auto_options
 
     _check_int("sessions", sessions, 2)
     if pretrain_steps is not None:
         _check_int("pretrain_steps", pretrain_steps, 1)
     _check_int("finetune_steps", finetune_steps, 1)
     families.check_tasks(family, tasks)  # before anything is synthesized or trained
-    if soup and strategy != "auto":
-        raise ValueError(f"soup averages auto's candidates; strategy {strategy!r} trains one candidate: "
-                         "drop --soup or use --strategy auto")
+    check_auto_options(strategy, soup=soup)  # before anything is synthesized or trained
     out = Path(out)
     nwb_dir = out / "nwb_ndt"
     if not nwb_dir.exists() or not any(nwb_dir.rglob("*.nwb")):

@@ -36,7 +36,8 @@ import torch
 from spikefm.fileio import folder_lock, make_folder, write_atomic, write_json_atomic
 from spikefm.train.checkpoint import RUN_MARKERS, check_run_folder
 
-__all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "one_se_choice",
+__all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "check_auto_options",
+           "one_se_choice",
            "window_losses", "average_weights", "greedy_soup", "write_averaged_run", "STRATEGIES", "SELECT_RULES"]
 
 
@@ -342,6 +343,17 @@ def window_losses(family, run_dir: str | os.PathLike) -> Any:
         return family.validate_windows(model, cfg)
 
 
+def check_auto_options(strategy: str, *, select: str | None = None, soup: bool | None = None) -> None:
+    """ValueError (one line) for options that only ``auto`` uses (``select``, ``soup``) given with a
+    strategy that trains one candidate; callers that do work before fine-tuning check first."""
+    if select is not None and strategy != "auto":
+        raise ValueError(f"select={select!r} chooses among auto's candidates; strategy {strategy!r} trains one "
+                         "candidate: drop the selection rule or use strategy 'auto'")
+    if soup and strategy != "auto":
+        raise ValueError(f"soup averages auto's candidates; strategy {strategy!r} trains one candidate: "
+                         "drop --soup or use --strategy auto")
+
+
 def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,
                         out_dir: str | os.PathLike, *, strategy: str = "auto", steps: int = 500,
                         overrides: Sequence[str] = (), eval_every: int = 50, patience: int = 3,
@@ -367,12 +379,7 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if not hasattr(family, "finetune_config"):
         raise ValueError(f"the {family.name!r} family does not support fine-tuning to a new session")
-    if select is not None and strategy != "auto":
-        raise ValueError(f"select={select!r} chooses among auto's candidates; strategy {strategy!r} trains one "
-                         "candidate: drop the selection rule or use strategy 'auto'")
-    if soup and strategy != "auto":
-        raise ValueError(f"soup averages auto's candidates; strategy {strategy!r} trains one candidate: "
-                         "drop --soup or use strategy 'auto'")
+    check_auto_options(strategy, select=select, soup=soup)
     soup = getattr(family, "finetune_soup", False) if soup is None else bool(soup)
     select = select or getattr(family, "finetune_select", "lowest")
     if select not in SELECT_RULES:

@@ -43,6 +43,26 @@ def test_headline_rows_carry_the_lowest_chunks_interval_and_the_paired_smoothing
         (0.04, 0.16)
 
 
+def test_seed_aggregate_is_the_sample_mean_and_sd_leaving_out_missing_values():
+    import statistics
+
+    from spikefm.experiments.transfer import aggregate_seeds
+
+    per_seed = {2: {"metrics": {"co-smoothing bps_pooled": {"fine-tuned": 0.31, "single-session": 0.25}}},
+                3: {"metrics": {"co-smoothing bps_pooled": {"fine-tuned": 0.27, "single-session": None},
+                                "choice-decoding accuracy (hidden)": {"fine-tuned": 0.8}}},
+                101: {"metrics": {"co-smoothing bps_pooled": {"fine-tuned": 0.36, "single-session": 0.30}}}}
+    agg = aggregate_seeds(per_seed)
+    ft = agg["co-smoothing bps_pooled"]["fine-tuned"]
+    assert ft["n"] == 3
+    assert ft["mean"] == pytest.approx(statistics.mean([0.31, 0.27, 0.36]))
+    assert ft["sd"] == pytest.approx(statistics.stdev([0.31, 0.27, 0.36]))
+    single = agg["co-smoothing bps_pooled"]["single-session"]  # seed 3's None is left out
+    assert single["n"] == 2 and single["mean"] == pytest.approx(0.275)
+    assert single["sd"] == pytest.approx(statistics.stdev([0.25, 0.30]))
+    assert agg["choice-decoding accuracy (hidden)"]["fine-tuned"] == {"mean": 0.8, "sd": 0.0, "n": 1}
+
+
 def test_the_transfer_commands_defaults_are_the_quickstarts_sizes():
     """``spikefm experiment transfer`` without flags, ``transfer()`` without arguments and the
     quickstart's NDT step run one setting: the one the README's headline table was measured on."""

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["transfer", "transfer_study", "QUICKSTART_SIZES", "FAST_SIZES"]
+__all__ = ["transfer", "transfer_study", "aggregate_seeds", "QUICKSTART_SIZES", "FAST_SIZES"]
 
 #: Sizes of the quickstart's transfer step (pretraining steps: the family's default). Sessions of
 #: 300 s (about 100 trials, 20 test trials on the held-out session); longer sessions were measured
@@ -197,6 +197,18 @@ def _mean_sd(values: list) -> dict | None:
             "n": len(vals)}
 
 
+def aggregate_seeds(per_seed: dict) -> dict:
+    """Mean ± s.d. over seeds of every headline metric of :func:`transfer_study`'s ``per_seed``
+    (``{seed: {"metrics": {metric: {model: value}}}}``): ``{metric: {model: {"mean", "sd", "n"}}}``,
+    the sample s.d. (ddof 1), values that are None left out (a model without that metric on a seed)."""
+    names = list(dict.fromkeys(m for r in per_seed.values() for m in r["metrics"]))
+    aggregate = {}
+    for m in names:
+        cols = list(dict.fromkeys(c for r in per_seed.values() for c in r["metrics"].get(m, {})))
+        aggregate[m] = {c: _mean_sd([r["metrics"].get(m, {}).get(c) for r in per_seed.values()]) for c in cols}
+    return aggregate
+
+
 def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command: str | None = None,
                    **options) -> dict:
     """:func:`transfer` on several synthetic datasets (one per seed), summarised in
@@ -229,11 +241,7 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
                           "num_test_windows": res["fine-tuned"]["num_test_windows"],
                           "strategy": res["finetune"].get("strategy"),
                           "metrics": _headline(res), "wall_s": round(time.perf_counter() - t0, 1)}
-    names = list(dict.fromkeys(m for r in per_seed.values() for m in r["metrics"]))
-    aggregate = {}
-    for m in names:
-        cols = list(dict.fromkeys(c for r in per_seed.values() for c in r["metrics"].get(m, {})))
-        aggregate[m] = {c: _mean_sd([r["metrics"].get(m, {}).get(c) for r in per_seed.values()]) for c in cols}
+    aggregate = aggregate_seeds(per_seed)
     rows = []
     for m, cols in aggregate.items():
         for c, v in cols.items():

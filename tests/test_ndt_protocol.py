@@ -83,6 +83,7 @@ def test_jiang2025_protocol_is_recorded_in_config_and_results(corpus_dir, held_o
     assert n["val"] == round(0.1 * total) and n["test"] == round(0.1 * total)
     res = families.evaluate(run, corpus_dir, tasks=["co-smoothing", "choice-decoding"])
     assert res["decode_layer"] == 3 and res["window_bins"] == 150
+    assert res["split_fractions"] == [0.8, 0.1, 0.1] and res["windows_per_split"] == n
     choice = res["results"]["tasks"].get("choice-decoding")
     if choice is not None:
         assert choice["layer"] == 2  # 0-based index of block 3

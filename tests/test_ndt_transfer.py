@@ -63,6 +63,30 @@ def test_seed_aggregate_is_the_sample_mean_and_sd_leaving_out_missing_values():
     assert agg["choice-decoding accuracy (hidden)"]["fine-tuned"] == {"mean": 0.8, "sd": 0.0, "n": 1}
 
 
+def test_a_protocol_study_records_its_windows_split_and_decoding_block(tmp_path):
+    """``spikefm experiment transfer --protocol jiang2025``: both benchmarks in ``results_ndt.json``
+    and the seed's row of ``transfer.json`` say they were computed on 150-bin windows split 8:1:1,
+    decoding from block 3 (the smallest sizes that run every stage)."""
+    import json
+
+    from spikefm.experiments.transfer import transfer_study
+
+    summary = transfer_study(tmp_path / "study", seeds=[5], sessions=2, duration_s=60.0, pretrain_steps=2,
+                             finetune_steps=2, eval_every=1, strategy="frozen", protocol="jiang2025",
+                             tasks=["co-smoothing", "choice-decoding"], overrides=["train.batch_size=2"],
+                             quiet=True)
+    ev = summary["per_seed"][5]["evaluation"]
+    counts = ev.pop("windows_per_split")
+    assert ev == {"split": "test", "window_bins": 150, "decode_layer": 3, "split_fractions": [0.8, 0.1, 0.1]}
+    total = sum(counts.values())
+    assert counts["val"] == round(0.1 * total) and counts["test"] == round(0.1 * total) > 0
+    results = json.loads((tmp_path / "study" / "seed_5" / "results_ndt.json").read_text())
+    assert set(results) == {"fine-tuned", "single-session"}
+    for bench in results.values():
+        assert (bench["window_bins"], bench["decode_layer"], bench["split_fractions"]) == (150, 3, [0.8, 0.1, 0.1])
+        assert bench["windows_per_split"] == counts and bench["num_test_windows"] == counts["test"]
+
+
 def test_the_transfer_commands_defaults_are_the_quickstarts_sizes():
     """``spikefm experiment transfer`` without flags, ``transfer()`` without arguments and the
     quickstart's NDT step run one setting: the one the README's headline table was measured on."""

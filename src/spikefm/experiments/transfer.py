@@ -33,6 +33,11 @@ QUICKSTART_SIZES = dict(sessions=12, duration_s=300.0, finetune_steps=1500)
 FAST_SIZES = dict(sessions=3, duration_s=40.0, pretrain_steps=60, finetune_steps=40)
 
 
+#: What ``families.evaluate`` says about the windows it scored, kept beside each benchmark in
+#: ``results_ndt.json`` and in ``transfer.json``'s ``per_seed`` (a protocol's settings as run).
+EVALUATION_KEYS = ("split", "window_bins", "decode_layer", "split_fractions", "windows_per_split")
+
+
 def _check_int(name: str, value, lo: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < lo:
         raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
@@ -133,7 +138,9 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
     print(f"fine-tuning strategy {ft['strategy']}: best val loss {ft['best_val_loss']:.4f} at step "
           f"{ft['best_step']}")
     print(families.format_results(evaluated))
-    results = {name: ev["results"] for name, ev in evaluated.items()}
+    # each benchmark with what it was computed on (window bins, decoding block, windows per split)
+    results = {name: {**ev["results"], **{k: ev[k] for k in EVALUATION_KEYS if k in ev}}
+               for name, ev in evaluated.items()}
     write_json_atomic(out / "results_ndt.json", results)  # the strategy summary: run_ndt_finetune/finetune.json
     return {**results, "finetune": {k: v for k, v in ft.items() if k != "history"}}
 
@@ -240,6 +247,7 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
                           "num_units": res["fine-tuned"]["num_units"],
                           "num_test_windows": res["fine-tuned"]["num_test_windows"],
                           "strategy": res["finetune"].get("strategy"),
+                          "evaluation": {k: res["fine-tuned"][k] for k in EVALUATION_KEYS if k in res["fine-tuned"]},
                           "metrics": _headline(res), "wall_s": round(time.perf_counter() - t0, 1)}
     aggregate = aggregate_seeds(per_seed)
     rows = []

@@ -136,7 +136,9 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
 
     Returns:
         ``{"family": "ndt", "run_dir", "corpus", "corpus_manifest_sha256", "session_id", "tasks",
-        "oracle": bool, "results": run_benchmark(...)}``.
+        "oracle": bool, "split", "decode_layer" (1-based), "window_bins", "split_fractions" (the
+        run's train/val/test fractions), "windows_per_split" (this session's windows in each, named
+        by the role they were scored in), "results": run_benchmark(...)}``.
     """
     from spikefm.families.ndt.tasks import DEFAULT_TASKS, run_benchmark
 
@@ -173,7 +175,8 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session_id,
             "tasks": task_list, "oracle": truth is not None, "split": split,
             "decode_layer": decode_layer or n_layers, "window_bins": windows.num_bins,
-            "split_fractions": _split_shares(windows), "results": result}
+            "split_fractions": _family_info(run_dir).get("window_options", {}).get("split_fractions"),
+            "windows_per_split": _split_shares(windows), "results": result}
 
 
 def _split_shares(windows) -> dict[str, int]:

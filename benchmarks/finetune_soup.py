@@ -72,10 +72,12 @@ def soups(ft_dir: Path, corpus: Path) -> dict:
            "recorded_val_loss": {n: ft["candidates"][n]["best_val_loss"] for n in CANDIDATES}}
     uniform = average_weights([states[n] for n in CANDIDATES])
     out["uniform"] = {"ingredients": list(CANDIDATES), "val_loss": _validation_loss(family, cfgs[best], uniform)}
-    write_averaged_run(cand[best], ft_dir / "soups" / "uniform", uniform)
+    write_averaged_run(cand[best], ft_dir / "soups" / "uniform", uniform,
+                       {"best_val_loss": out["uniform"]["val_loss"], "weights_average_of": list(CANDIDATES)})
     soup = greedy_soup(states, val, lambda st: _validation_loss(family, cfgs[best], st))
     out["greedy"] = {k: soup[k] for k in ("ingredients", "val_loss", "tried")}
-    write_averaged_run(cand[best], ft_dir / "soups" / "greedy", soup["state"])
+    write_averaged_run(cand[best], ft_dir / "soups" / "greedy", soup["state"],
+                       {"best_val_loss": soup["val_loss"], "weights_average_of": soup["ingredients"]})
     return out
 
 

@@ -59,9 +59,11 @@ def run_seed(protocol: str, preset: str, seed: int, work: Path) -> dict:
         log = work / f"seed{seed}.log"
         work.mkdir(parents=True, exist_ok=True)
         with log.open("w") as fh:  # the study's own output, kept for reading later
-            subprocess.run([sys.executable, "-m", "spikefm.cli", *_command(protocol, preset, seed, out)],
-                           env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=fh, stderr=subprocess.STDOUT,
-                           check=True)
+            done = subprocess.run([sys.executable, "-m", "spikefm.cli", *_command(protocol, preset, seed, out)],
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=fh, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise SystemExit(f"seed {seed}: spikefm experiment transfer failed (exit {done.returncode}); "
+                             f"its output is in {log}")
         summary = _done(out, protocol, preset, seed)
     return summary
 
@@ -73,10 +75,14 @@ def recorded_protocol(seed_dir: Path, session_id: str) -> dict:
     counts = info.get("family_info", {}).get("num_windows", {}).get(session_id, {})
     results = json.loads((seed_dir / "results_ndt.json").read_text())
     choice = results["fine-tuned"]["tasks"].get("choice-decoding", {})
+    layer = choice.get("layer")  # 0-based; -1 = the last block
+    block = None if layer is None else (model["n_layers"] if layer < 0 else layer + 1)
+    finetune = json.loads((seed_dir / "run_ndt_finetune" / "finetune.json").read_text())
     return {"window_bins": data["window_bins"], "window_start_ms": -data["pre_ms"], "align": data["align"],
             "split_fractions": data["split_fractions"], "held_out_windows": counts,
             "decode_layer": data["decode_layer"],
-            "choice_decoder_block": None if "layer" not in choice else choice["layer"] + 1,
+            "choice_decoder_block": block, "finetune_strategy": finetune.get("strategy"),
+            "soup_tried": "soup" in finetune,
             "intra_ratio": data["intra_ratio"], "label_classes": data["label_classes"],
             "drop_nogo": data["drop_nogo"], "n_layers": model["n_layers"], "dim": model["dim"],
             "dropout": model["dropout"], "max_bins": model["max_bins"]}
@@ -89,7 +95,9 @@ _ORACLES = ("oracle", "ideal observer")
 def markdown(aggregate: dict, seeds: list[int]) -> str:
     """The README table: one row per metric, mean ± s.d. over the seeds."""
     def cell(v):
-        return "-" if v is None else f"{v['mean']:.3f} ± {v['sd']:.3f}"
+        if v is None:
+            return "-"
+        return f"{v['mean']:.3f} ± {v['sd']:.3f}" if v["n"] > 1 else f"{v['mean']:.3f} (1 seed)"
 
     lines = [f"| metric (mean ± s.d., seeds {', '.join(map(str, seeds))}) | fine-tuned | single-session "
              "| baseline | oracle |", "|---|---|---|---|---|"]
@@ -114,8 +122,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if not seeds:
-        raise SystemExit(f"--seeds must name at least one seed, e.g. 2,3,101; got {args.seeds!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds must name distinct seeds, e.g. 2,3,101; got {args.seeds!r}")
     with ThreadPoolExecutor(args.workers or len(seeds)) as pool:
         summaries = list(pool.map(lambda s: run_seed(args.protocol, args.preset, s, args.work), seeds))
     per_seed, recorded = {}, {}

@@ -127,6 +127,14 @@ def test_one_se_rule_keeps_the_most_constrained_candidate_the_windows_cannot_tel
         ftmod.one_se_choice({"frozen": base, "unfreeze": base[:5], "full": base})
     with pytest.raises(ValueError, match="not finite"):
         ftmod.one_se_choice({"frozen": base, "unfreeze": base, "full": np.full(10, np.nan)})
+    with pytest.raises(ValueError, match="no validation windows.*select='lowest'"):
+        ftmod.one_se_choice({"frozen": [], "unfreeze": [], "full": []})
+
+
+def test_a_strategy_name_is_checked_with_the_auto_options():
+    with pytest.raises(ValueError, match="strategy must be one of auto, frozen.*got 'fulll'"):
+        ftmod.check_auto_options("fulll")
+    ftmod.check_auto_options("full")  # a known strategy with no auto-only option passes
 
 
 def test_auto_with_one_se_keeps_frozen_within_noise_and_records_how(monkeypatch, tmp_path):
@@ -210,6 +218,8 @@ def _fake_trained_candidates(monkeypatch, weights: dict[str, float], losses: dic
         path.mkdir(parents=True)
         save_file({"w": torch.full((2,), weights[name])}, str(path / "model.safetensors"))
         (path / "config.json").write_text(json.dumps({"family": "fake", "name": name}))
+        (path / "early_stopping.json").write_text(json.dumps(
+            {"best_val_loss": losses[name], "best_step": 10, "history": [{"step": 10, "val_loss": losses[name]}]}))
         return {"best_val_loss": losses[name], "best_step": 10, "stopped_at": 20, "out_dir": str(path),
                 "eval_every": 10}
 
@@ -241,6 +251,15 @@ def test_auto_with_soup_keeps_the_average_when_it_validates_lowest(monkeypatch, 
     assert json.loads((tmp_path / "ft" / "candidates" / "soup" / "config.json").read_text())["name"] == "frozen"
     saved = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert saved["strategy"] == "soup" and saved["pretraining_gain"] == pytest.approx(8.5 - 0.1)
+    # the kept run's early_stopping.json is the average's (its own loss), not frozen's, whose
+    # history it keeps; no half-written sibling folder is left
+    for folder in (tmp_path / "ft", tmp_path / "ft" / "candidates" / "soup"):
+        es = json.loads((folder / "early_stopping.json").read_text())
+        assert es["best_val_loss"] == pytest.approx(0.1) and es["weights_average_of"] == ["frozen", "unfreeze"]
+        assert es["history_of"] == "frozen" and es["history"] == [{"step": 10, "val_loss": 0.5}]
+        assert es["model_path"] == str(tmp_path / "ft" / "candidates" / "soup" / "model.safetensors")
+    assert sorted(p.name for p in (tmp_path / "ft" / "candidates").iterdir()) == [
+        "frozen", "full", "scratch", "soup", "unfreeze"]
     # off (the default of a family without finetune_soup, or --no-soup): the lowest candidate
     off = ftmod.finetune_strategies(SOUP_FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft2",
                                     soup=False)

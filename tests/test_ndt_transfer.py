@@ -75,6 +75,7 @@ def test_a_protocol_study_records_its_windows_split_and_decoding_block(tmp_path)
                              finetune_steps=2, eval_every=1, strategy="frozen", protocol="jiang2025",
                              tasks=["co-smoothing", "choice-decoding"], overrides=["train.batch_size=2"],
                              quiet=True)
+    assert summary["per_seed"][5]["soup_tried"] is False  # one strategy: nothing to average
     ev = summary["per_seed"][5]["evaluation"]
     counts = ev.pop("windows_per_split")
     assert ev == {"split": "test", "window_bins": 150, "decode_layer": 3, "split_fractions": [0.8, 0.1, 0.1]}

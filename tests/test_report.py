@@ -258,8 +258,16 @@ def test_finetuning_table_names_the_soups_ingredients_and_the_chosen_candidate(t
     (run / "finetune.json").write_text(json.dumps({
         "strategy": "soup", "candidates": cands, "single_session": {"best_val_loss": 0.3557, "best_step": 750},
         "soup": {"ingredients": ["unfreeze", "frozen"], "val_loss": 0.3513, "tried": []}}))
+    # the kept average's early_stopping.json (finetune writes it): its own loss, unfreeze's history
+    (run / "early_stopping.json").write_text(json.dumps({
+        "best_val_loss": 0.3513, "best_step": 250, "stopped_at": 1000, "weights_average_of": ["unfreeze", "frozen"],
+        "history_of": "unfreeze", "history": [{"step": 250, "val_loss": 0.3515}, {"step": 500, "val_loss": 0.352}]}))
     text = re.sub(r"<[^>]+>", " ", build_report(run).html())
-    rows = {name: " ".join(text.split(name, 1)[1].split()[:6]) for name in ("frozen", "soup", "single-session")}
+    flat = " ".join(text.split())
+    assert "best validation loss 0.3513 weights average of unfreeze + frozen best step (of unfreeze) 250" in flat
+    assert "Validation loss at each evaluation of unfreeze; the kept weights average it" in flat
+    table = text.split("Fine-tuning strategies", 1)[1]
+    rows = {name: " ".join(table.split(name, 1)[1].split()[:6]) for name in ("frozen", "soup", "single-session")}
     assert "average of unfreeze + frozen chosen" in " ".join(text.split())
     assert rows["frozen"].startswith("0.3516 250")
     assert rows["single-session"].startswith("0.3557 750")

@@ -207,7 +207,8 @@ def _mean_sd(values: list) -> dict | None:
 def aggregate_seeds(per_seed: dict) -> dict:
     """Mean ± s.d. over seeds of every headline metric of :func:`transfer_study`'s ``per_seed``
     (``{seed: {"metrics": {metric: {model: value}}}}``): ``{metric: {model: {"mean", "sd", "n"}}}``,
-    the sample s.d. (ddof 1), values that are None left out (a model without that metric on a seed)."""
+    the sample s.d. (ddof 1; 0.0 where ``n`` is 1, which tables show as "(1 seed)"), values that are
+    None left out (a model without that metric on a seed)."""
     names = list(dict.fromkeys(m for r in per_seed.values() for m in r["metrics"]))
     aggregate = {}
     for m in names:
@@ -247,6 +248,7 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
                           "num_units": res["fine-tuned"]["num_units"],
                           "num_test_windows": res["fine-tuned"]["num_test_windows"],
                           "strategy": res["finetune"].get("strategy"),
+                          "soup_tried": "soup" in res["finetune"],  # auto ranked the weight average
                           "evaluation": {k: res["fine-tuned"][k] for k in EVALUATION_KEYS if k in res["fine-tuned"]},
                           "metrics": _headline(res), "wall_s": round(time.perf_counter() - t0, 1)}
     aggregate = aggregate_seeds(per_seed)
@@ -254,7 +256,7 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
     for m, cols in aggregate.items():
         for c, v in cols.items():
             if v is not None and c != "n_scored":
-                rows.append([m, c, f"{v['mean']:.4f} ± {v['sd']:.4f}"])
+                rows.append([m, c, f"{v['mean']:.4f} ± {v['sd']:.4f}" if v["n"] > 1 else f"{v['mean']:.4f} (1 seed)"])
     print(render_table(["metric", "model", f"mean ± s.d. over seeds {','.join(map(str, seeds))}"], rows,
                        align="<<>"))
     summary = {"study": "transfer", "command": command or " ".join(sys.argv),

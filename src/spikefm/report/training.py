@@ -127,8 +127,12 @@ def _finetuning(sec, run_dir: Path) -> None:
         hist = [h for h in es.get("history", []) if _finite(h.get("val_loss"))]
         sec.heading("Fine-tuning: validation loss and early stopping")
         src = f"early_stopping:{run_dir.name}"
+        # a weight average (the soup) trained no steps: its loss is its own, the history its base's
+        avg = es.get("weights_average_of")
+        of = f" (of {es.get('history_of')})" if avg else ""
         sec.kv([("best validation loss", Num(es.get("best_val_loss"), src=src, path="/best_val_loss")),
-                ("best step", es.get("best_step")), ("stopped at step", es.get("stopped_at")),
+                *([("weights", "average of " + " + ".join(map(str, avg)))] if avg else []),
+                ("best step" + of, es.get("best_step")), ("stopped at step" + of, es.get("stopped_at")),
                 ("maximum steps", es.get("max_steps")), ("patience", es.get("patience"))],
                key="early-stopping")
         if hist:
@@ -137,6 +141,8 @@ def _finetuning(sec, run_dir: Path) -> None:
                                  x_label="step", y_label="validation loss",
                                  vlines=[{"x": es.get("best_step"), "name": "best"}]
                                  if _finite(es.get("best_step")) else []),
+                       f"Validation loss at each evaluation of {es.get('history_of')}; the kept weights average "
+                       "it with the other ingredients." if avg else
                        "Validation loss at each evaluation; the kept checkpoint is the best.")
             sec.end_figures()
     ft_path = run_dir / "finetune.json"

@@ -164,8 +164,10 @@ def validation_still_falling(run_dir: str | os.PathLike, key: str = "eval/val_lo
 #: Fine-tuning strategies: ``frozen`` trains the new session's parameters on the frozen pretrained
 #: core; ``full`` trains everything at ``FULL_LR_SCALE`` times the run's learning rate;
 #: ``unfreeze`` does ``frozen`` for half the steps, then ``full`` from there; ``scratch`` trains the
-#: same model on the session alone (the single-session baseline); ``auto`` trains the first three,
-#: keeps the one with the lowest validation loss and trains ``scratch`` beside them for comparison.
+#: same model on the session alone (the single-session baseline); ``auto`` trains the first three
+#: (and, with ``soup``, ranks their greedy weight average beside them), keeps the one its selection
+#: rule picks on validation windows (:data:`SELECT_RULES`) and trains ``scratch`` beside them for
+#: comparison.
 STRATEGIES = ("auto", "frozen", "full", "unfreeze", "scratch")
 FULL_LR_SCALE = 0.1
 #: How ``auto`` picks among its pretrained candidates: ``lowest`` validation loss, or ``one-se``:
@@ -319,7 +321,13 @@ def one_se_choice(losses: dict[str, Any], order: Sequence[str] = PRETRAINED_CAND
 
     arrs = {n: np.asarray(losses[n], dtype=np.float64) for n in order}
     sizes = {a.shape for a in arrs.values()}
-    if len(sizes) != 1 or not next(iter(sizes)) or len(next(iter(sizes))) != 1:
+    shape = next(iter(sizes)) if len(sizes) == 1 else None
+    if shape is None and arrs and all(a.size == 0 for a in arrs.values()):
+        shape = (0,)
+    if shape is not None and shape == (0,):
+        raise ValueError("one_se_choice: the session has no validation windows to compare the candidates on; "
+                         "use select='lowest' or give the session a validation share (data.split_fractions)")
+    if shape is None or len(shape) != 1:
         raise ValueError(f"one_se_choice needs one non-empty 1-D array of per-window losses of the same length "
                          f"per candidate; got shapes {({n: a.shape for n, a in arrs.items()})}")
     if not all(np.isfinite(a).all() for a in arrs.values()):
@@ -344,8 +352,11 @@ def window_losses(family, run_dir: str | os.PathLike) -> Any:
 
 
 def check_auto_options(strategy: str, *, select: str | None = None, soup: bool | None = None) -> None:
-    """ValueError (one line) for options that only ``auto`` uses (``select``, ``soup``) given with a
-    strategy that trains one candidate; callers that do work before fine-tuning check first."""
+    """ValueError (one line) for a strategy not in :data:`STRATEGIES` and for options that only
+    ``auto`` uses (``select``, ``soup``) given with a strategy that trains one candidate; callers
+    that do work before fine-tuning check first."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if select is not None and strategy != "auto":
         raise ValueError(f"select={select!r} chooses among auto's candidates; strategy {strategy!r} trains one "
                          "candidate: drop the selection rule or use strategy 'auto'")
@@ -372,8 +383,10 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     is one model of the same shape. Choices use validation windows only.
 
     Returns:
-        The chosen run's early-stopping summary, with ``strategy`` and (``auto``) ``candidates``,
-        ``single_session`` and ``pretraining_gain`` (single-session minus chosen validation loss).
+        The chosen run's early-stopping summary (for the soup, which trained no steps of its own:
+        its validation loss, ``ingredients`` and the steps of the candidate whose config it keeps),
+        with ``strategy`` and (``auto``) ``candidates``, ``selection``, ``single_session`` and
+        ``pretraining_gain`` (single-session minus chosen validation loss).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -436,16 +449,32 @@ def _copy_run_files(src: Path, dst: Path, names: Sequence[str]) -> None:
             write_atomic(dst / fname, lambda tmp, f=src / fname: shutil.copyfile(f, tmp))
 
 
-def write_averaged_run(base: str | os.PathLike, out: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:
+def write_averaged_run(base: str | os.PathLike, out: str | os.PathLike, state: dict[str, torch.Tensor],
+                       record: dict[str, Any] | None = None) -> None:
     """A run folder ``out`` (replaced if there) holding ``state`` as its weights beside the config
-    and history of the run ``base``: how a weight average is saved so ``spikefm eval`` scores it
-    like any run."""
+    and training metrics of the run ``base``: how a weight average is saved so ``spikefm eval``
+    scores it like any run. Its ``early_stopping.json`` is ``base``'s with ``record`` laid over it
+    (the average's own validation loss, ``weights_average_of``, ``model_path``), so nothing reads
+    ``base``'s best loss as the average's. Built in a sibling folder, then swapped in: an
+    interrupted write leaves the earlier folder or none, never a folder without weights."""
     base, out = Path(base), Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    _copy_run_files(base, out, RUN_HISTORY_FILES)
-    _save_safetensors_atomic(state, out / "model.safetensors")
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        _copy_run_files(base, tmp, [n for n in RUN_HISTORY_FILES if n != "early_stopping.json"])
+        es_path = base / "early_stopping.json"
+        es = json.loads(es_path.read_text()) if es_path.is_file() else {}
+        write_json_atomic(tmp / "early_stopping.json", {**es, **(record or {}), "history_of": base.name,
+                                                        "model_path": str(out / "model.safetensors")})
+        _save_safetensors_atomic(state, tmp / "model.safetensors")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def _soup_candidate(family, cand_dir: Path, results: dict) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -473,7 +502,8 @@ def _soup_candidate(family, cand_dir: Path, results: dict) -> tuple[dict[str, An
         if path.exists():
             shutil.rmtree(path)
         return None, info
-    write_averaged_run(cand_dir / base, path, soup["state"])
+    write_averaged_run(cand_dir / base, path, soup["state"],
+                       {"best_val_loss": soup["val_loss"], "weights_average_of": soup["ingredients"]})
     write_json_atomic(path / "soup.json", {**info, "config_and_history_of": base})
     summary = {"best_val_loss": soup["val_loss"], "best_step": results[base]["best_step"],
                "stopped_at": results[base]["stopped_at"], "out_dir": str(path), "ingredients": soup["ingredients"],
@@ -517,7 +547,7 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
     _say_best_at_first(out_dir, chosen, summary)
     if summary["pretraining_gain"] <= 0:
         warnings.warn(f"{out_dir}: pretraining did not help this session: the single-session model's validation "
-                      f"loss ({results['scratch']['best_val_loss']:.4f}) is at or below the best pretrained "
+                      f"loss ({results['scratch']['best_val_loss']:.4f}) is at or below the chosen pretrained "
                       f"candidate's ({chosen}, {results[chosen]['best_val_loss']:.4f}); the single-session model "
                       f"is in {cand_dir / 'scratch'}; pretraining on more sessions may help (README: the NDT "
                       "transfer study)", RuntimeWarning, stacklevel=2)

@@ -271,3 +271,19 @@ def test_finetuning_table_names_the_soups_ingredients_and_the_chosen_candidate(t
     assert "average of unfreeze + frozen chosen" in " ".join(text.split())
     assert rows["frozen"].startswith("0.3516 250")
     assert rows["single-session"].startswith("0.3557 750")
+
+
+def test_transfer_study_seeds_table_says_what_each_seed_was_scored_on(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    row = {"session_id": "sub-ibl02_ses-002", "num_units": 58, "num_test_windows": 9, "strategy": "frozen",
+           "wall_s": 12.5, "metrics": {"co-smoothing bps_pooled": {"fine-tuned": 0.2, "smoothing": 0.1}},
+           "evaluation": {"split": "test", "window_bins": 150, "decode_layer": 3, "split_fractions": [0.8, 0.1, 0.1],
+                          "windows_per_split": {"train": 70, "val": 9, "test": 9}}}
+    (study / "transfer.json").write_text(json.dumps({
+        "study": "transfer", "command": "spikefm experiment transfer --protocol jiang2025", "settings": {},
+        "per_seed": {"2": row, "3": {k: v for k, v in row.items() if k != "evaluation"}},  # 3: written before
+        "mean_sd": {}}))
+    text = " ".join(re.sub(r"<[^>]+>", " ", build_report(study).html()).split())
+    assert "2 sub-ibl02_ses-002 58 9 frozen 150 bins, split 0.8:0.1:0.1, decoding block 3 12.5" in text
+    assert "3 sub-ibl02_ses-002 58 9 frozen - 12.5" in text

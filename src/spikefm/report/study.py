@@ -49,9 +49,17 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
                                                for k, v in settings.items()], key="study-settings")
     per_seed: dict = obj["per_seed"]
     seeds = list(per_seed)
-    sec.table(["seed", "held-out session", "units", "test windows", "strategy", "wall (s)"],
+    def scored_on(r: dict) -> str | None:  # what the benchmarks were computed on (transfer.json since 2026-12-06)
+        ev = r.get("evaluation") or {}
+        if not ev:
+            return None
+        fr = ev.get("split_fractions")
+        return (f"{ev.get('window_bins')} bins, split {':'.join(f'{f:g}' for f in fr) if fr else '?'}, "
+                f"decoding block {ev.get('decode_layer')}")
+
+    sec.table(["seed", "held-out session", "units", "test windows", "strategy", "scored on", "wall (s)"],
               [[s, r.get("session_id"), r.get("num_units"), r.get("num_test_windows"), r.get("strategy"),
-                Num(r.get("wall_s"), ",.1f", src=src, path=pointer("per_seed", s, "wall_s"))]
+                scored_on(r), Num(r.get("wall_s"), ",.1f", src=src, path=pointer("per_seed", s, "wall_s"))]
                for s, r in per_seed.items()], caption="seeds (one synthetic dataset each)", key="study-seeds")
     metrics = list(dict.fromkeys(m for r in per_seed.values() for m in r.get("metrics", {})))
     mean_sd = obj.get("mean_sd") or {}

@@ -16,6 +16,8 @@ split, and the block the choice decoder read in ``results_ndt.json``.
         --work DIR --out benchmarks/results/ndt_protocol_jiang2025_tiny_seeds2_3_101.json
 
 ``--preset base`` is the published size (a GPU's work); ``tiny`` is the protocol at the CPU width.
+``--protocol none`` runs the family's defaults (the command without ``--protocol``), for the same
+table of the documented defaults.
 """
 from __future__ import annotations
 
@@ -34,9 +36,9 @@ from spikefm.experiments.transfer import aggregate_seeds  # noqa: E402
 from spikefm.fileio import write_json_atomic  # noqa: E402
 
 
-def _command(protocol: str, preset: str, seed: int, out: Path) -> list[str]:
-    return ["experiment", "transfer", "--protocol", protocol, "--preset", preset, "--seeds", str(seed),
-            "--out", str(out), "--quiet"]
+def _command(protocol: str | None, preset: str, seed: int, out: Path) -> list[str]:
+    flag = [] if protocol is None else ["--protocol", protocol]
+    return ["experiment", "transfer", *flag, "--preset", preset, "--seeds", str(seed), "--out", str(out), "--quiet"]
 
 
 def _done(out: Path, protocol: str, preset: str, seed: int) -> dict | None:
@@ -114,18 +116,19 @@ def markdown(aggregate: dict, seeds: list[int]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", default="jiang2025")
+    ap.add_argument("--protocol", default="jiang2025", help="a named protocol, or none: the defaults")
     ap.add_argument("--preset", default="tiny", help="model size (base: the published size)")
     ap.add_argument("--seeds", default="2,3,101", help="comma-separated synthetic seeds")
     ap.add_argument("--work", type=Path, required=True, help="folder for the per-seed studies (reused when present)")
     ap.add_argument("--workers", type=int, default=0, help="seeds at once (default: all)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    protocol = None if args.protocol.lower() == "none" else args.protocol
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not seeds or len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seeds must name distinct seeds, e.g. 2,3,101; got {args.seeds!r}")
     with ThreadPoolExecutor(args.workers or len(seeds)) as pool:
-        summaries = list(pool.map(lambda s: run_seed(args.protocol, args.preset, s, args.work), seeds))
+        summaries = list(pool.map(lambda s: run_seed(protocol, args.preset, s, args.work), seeds))
     per_seed, recorded = {}, {}
     for seed, summary in zip(seeds, summaries):
         (key, row), = summary["per_seed"].items()
@@ -135,9 +138,9 @@ def main() -> None:
     table = markdown(aggregate, seeds)
     print(table)
     write_json_atomic(args.out, {
-        "benchmark": "ndt_protocol_transfer", "protocol": args.protocol, "preset": args.preset, "seeds": seeds,
-        "command_per_seed": f"spikefm experiment transfer --protocol {args.protocol} --preset {args.preset} "
-                            "--seeds S --out WORK/seedS --quiet",
+        "benchmark": "ndt_protocol_transfer", "protocol": protocol, "preset": args.preset, "seeds": seeds,
+        "command_per_seed": "spikefm " + " ".join(_command(protocol, args.preset, 0, Path("WORK/seedS"))).replace(
+            "--seeds 0", "--seeds S"),
         "per_seed": per_seed, "mean_sd": aggregate, "recorded_protocol": recorded,
         "markdown_table": table, "machine": machine_info()})
     print(f"wrote {args.out}")

@@ -321,13 +321,10 @@ def one_se_choice(losses: dict[str, Any], order: Sequence[str] = PRETRAINED_CAND
 
     arrs = {n: np.asarray(losses[n], dtype=np.float64) for n in order}
     sizes = {a.shape for a in arrs.values()}
-    shape = next(iter(sizes)) if len(sizes) == 1 else None
-    if shape is None and arrs and all(a.size == 0 for a in arrs.values()):
-        shape = (0,)
-    if shape is not None and shape == (0,):
+    if sizes == {(0,)}:
         raise ValueError("one_se_choice: the session has no validation windows to compare the candidates on; "
                          "use select='lowest' or give the session a validation share (data.split_fractions)")
-    if shape is None or len(shape) != 1:
+    if len(sizes) != 1 or len(next(iter(sizes))) != 1:
         raise ValueError(f"one_se_choice needs one non-empty 1-D array of per-window losses of the same length "
                          f"per candidate; got shapes {({n: a.shape for n, a in arrs.items()})}")
     if not all(np.isfinite(a).all() for a in arrs.values()):
@@ -388,11 +385,9 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         with ``strategy`` and (``auto``) ``candidates``, ``selection``, ``single_session`` and
         ``pretraining_gain`` (single-session minus chosen validation loss).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    check_auto_options(strategy, select=select, soup=soup)  # the strategy's name too
     if not hasattr(family, "finetune_config"):
         raise ValueError(f"the {family.name!r} family does not support fine-tuning to a new session")
-    check_auto_options(strategy, select=select, soup=soup)
     soup = getattr(family, "finetune_soup", False) if soup is None else bool(soup)
     select = select or getattr(family, "finetune_select", "lowest")
     if select not in SELECT_RULES:

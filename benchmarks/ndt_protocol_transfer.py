@@ -36,12 +36,12 @@ from spikefm.experiments.transfer import aggregate_seeds  # noqa: E402
 from spikefm.fileio import write_json_atomic  # noqa: E402
 
 
-def _command(protocol: str | None, preset: str, seed: int, out: Path) -> list[str]:
+def _command(protocol: str | None, preset: str, seed: int | str, out: Path) -> list[str]:
     flag = [] if protocol is None else ["--protocol", protocol]
     return ["experiment", "transfer", *flag, "--preset", preset, "--seeds", str(seed), "--out", str(out), "--quiet"]
 
 
-def _done(out: Path, protocol: str, preset: str, seed: int) -> dict | None:
+def _done(out: Path, protocol: str | None, preset: str, seed: int) -> dict | None:
     """The seed's transfer.json if it was written with these settings, else None."""
     path = out / "transfer.json"
     if not path.is_file():
@@ -49,12 +49,12 @@ def _done(out: Path, protocol: str, preset: str, seed: int) -> dict | None:
     summary = json.loads(path.read_text())
     s = summary.get("settings", {})
     if (s.get("protocol"), s.get("preset"), s.get("seeds")) != (protocol, preset, [seed]):
-        raise SystemExit(f"{path} was written by another study ({s}); expected --protocol {protocol} "
+        raise SystemExit(f"{path} was written by another study ({s}); expected --protocol {protocol or 'none'} "
                          f"--preset {preset} --seeds {seed}; give another --work")
     return summary
 
 
-def run_seed(protocol: str, preset: str, seed: int, work: Path) -> dict:
+def run_seed(protocol: str | None, preset: str, seed: int, work: Path) -> dict:
     out = work / f"seed{seed}"
     summary = _done(out, protocol, preset, seed)
     if summary is None:
@@ -139,8 +139,7 @@ def main() -> None:
     print(table)
     write_json_atomic(args.out, {
         "benchmark": "ndt_protocol_transfer", "protocol": protocol, "preset": args.preset, "seeds": seeds,
-        "command_per_seed": "spikefm " + " ".join(_command(protocol, args.preset, 0, Path("WORK/seedS"))).replace(
-            "--seeds 0", "--seeds S"),
+        "command_per_seed": "spikefm " + " ".join(_command(protocol, args.preset, "S", Path("WORK/seedS"))),
         "per_seed": per_seed, "mean_sd": aggregate, "recorded_protocol": recorded,
         "markdown_table": table, "machine": machine_info()})
     print(f"wrote {args.out}")

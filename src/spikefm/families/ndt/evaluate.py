@@ -46,20 +46,21 @@ def _family_info(run_dir: str | Path) -> dict[str, Any]:
     return read_family_info(run_dir, what="an NDT")
 
 
-def session_windows_for_run(run_dir: str | Path, corpus, session_id: str):
+def session_windows_for_run(run_dir: str | Path, corpus, session_id: str, info: dict[str, Any] | None = None):
     """The session's windows, cut with the run's options and carrying the run's saved splits.
 
     Args:
         run_dir: NDT run directory (its ``config.json`` holds the window options and splits).
         corpus: a :class:`spikefm.corpus.reader.Corpus` holding the session.
         session_id: the session.
+        info: the run's family info, when the caller has already read it (None: read it here).
 
     Returns:
         :class:`spikefm.data.windows.SessionWindows`.
     """
     from spikefm.data.windows import apply_splits, load_all_windows
 
-    info = _family_info(run_dir)
+    info = _family_info(run_dir) if info is None else info
     splits = info.get("window_splits", {})
     opts = dict(info.get("window_options", {}))
     if session_id not in splits or not opts:
@@ -156,7 +157,8 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
     n_layers = len(getattr(model, "layers", [])) or 1
     if isinstance(decode_layer, bool) or not isinstance(decode_layer, int) or not 0 <= decode_layer <= n_layers:
         raise ValueError(f"decode_layer must be a block number in 1..{n_layers} (0 = the last), got {decode_layer!r}")
-    windows = scored_as_test(session_windows_for_run(run_dir, corpus, session_id), split)
+    info = _family_info(run_dir)  # read once: the windows and the recorded split fractions
+    windows = scored_as_test(session_windows_for_run(run_dir, corpus, session_id, info), split)
     full = session_truth(corpus, windows)  # read once: every slice below comes from it
     truth = None if full is None else session_truth_rates(corpus, windows, full)
     latents = readout = None
@@ -175,7 +177,7 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session_id,
             "tasks": task_list, "oracle": truth is not None, "split": split,
             "decode_layer": decode_layer or n_layers, "window_bins": windows.num_bins,
-            "split_fractions": _family_info(run_dir).get("window_options", {}).get("split_fractions"),
+            "split_fractions": info.get("window_options", {}).get("split_fractions"),
             "windows_per_split": _split_shares(windows), "results": result}
 
 

@@ -326,6 +326,28 @@ def test_eval_cli_scores_encoding_decoding_region_with_baselines(finetuned, corp
     from spikefm.families.neds.evaluate import format_results
 
     assert "neds - linear" in format_results({"ft": res}) and "encoding difference" in format_results({"ft": res})
+    # spikefm report renders every table of the results JSON; each number points back into it.
+    from test_report import _parse, _resolve
+
+    html_path = tmp_path / "neds_report.html"
+    assert main(["report", str(res_path), "--out", str(html_path)]) == 0
+    cells = {c[1]: c for c in _parse(html_path.read_text()).cells}
+    for ptr in ("/results/encoding/neds/bps_pooled", "/results/encoding/oracle/r2_psth",
+                "/results/decoding/linear/choice/accuracy", "/results/decoding/neds/wheel_speed/r2_single_trial",
+                "/results/comparisons/encoding/neds - rrr/bps_pooled/value",
+                "/results/comparisons/decoding/neds - linear/choice/accuracy/ci95/1",
+                "/results/region/embedding/balanced_accuracy", "/results/region/firing_stats/confusion/0/0"):
+        assert ptr in cells, ptr
+    for src, ptr, exact, shown in cells.values():
+        value = _resolve(res, ptr)
+        if isinstance(value, float) and np.isfinite(value):
+            assert float(exact) == value
+    # the confusion matrix shown is the whole matrix: its cells add up to the units classified
+    emb = res["results"]["region"]["embedding"]
+    shown = [int(c[2]) for p, c in cells.items() if p.startswith("/results/region/embedding/confusion/")]
+    assert len(shown) == len(emb["classes"]) ** 2 and sum(shown) == emb["num_units"]
+    assert main(["report", str(res_path), "--predictions", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 2
+    assert not (tmp_path / "x.html").exists()
 
 
 def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetuned, corpus_dir, held_out,

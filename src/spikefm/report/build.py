@@ -118,18 +118,22 @@ def add_evaluation(page: Page, results: str | Path, prov: Provenance, *, predict
     ev = parse_evaluation(obj, src=src or results.name)
     if ev is None:
         raise ValueError(f"{results} holds no evaluation results; {_EXPECTED}")
-    if predictions is None and ev.family != "ar":
+    if predictions is not None and ev.family != "ndt":
+        raise ValueError(f"--predictions applies to an NDT evaluation (spikefm eval --save-predictions DIR); "
+                         f"{results} is a {ev.family!r} evaluation, which saves none: leave --predictions out")
+    if predictions is None and ev.family == "ndt":  # spikefm eval --save-predictions: NDT runs
         predictions = _find_predictions(results)
     if generated is None and ev.family == "ar" and (results.parent / "generated.npz").is_file():
         generated = results.parent / "generated.npz"
-    label = {"ar": "cross-entropy", "ndt": "neural prediction"}.get(ev.family, ev.family)
+    label = {"ar": "cross-entropy", "ndt": "neural prediction", "neds": "encoding and decoding"}.get(ev.family,
+                                                                                                   ev.family)
     sec = evaluation_section(page, ev, title=title or f"Evaluation ({label}): {results.name}")
     if predictions is not None:
         from spikefm.report.evaluation import predictions_panel
 
         windows = _windows_or_note(sec, ev.meta, *(windows_from or ()))
         predictions_panel(sec, ev, Path(predictions), windows)
-    elif ev.family != "ar":
+    elif ev.family == "ndt":
         sec.note("per-neuron histograms, rasters and PSTHs need saved predictions: spikefm eval "
                  "--save-predictions DIR, then spikefm report RESULTS.json --predictions DIR")
     if generated is not None:

@@ -8,7 +8,10 @@ Accepted JSON shapes (all that spikefm writes):
   ``{name: xent}``;
 - ``spikefm eval --out`` of a masked run: ``{"family": "ndt", "run_dir", "corpus",
   "session_id", "results": benchmark}`` (benchmark = ``run_benchmark``'s ``{"tasks", "skipped",
-  ...}``), a bare benchmark, and the quickstart's ``results_ndt.json``, ``{name: benchmark}``.
+  ...}``), a bare benchmark, and the quickstart's ``results_ndt.json``, ``{name: benchmark}``;
+- ``spikefm eval --out`` of a NEDS run: ``{"family": "neds", "run_dir", "corpus", "session_id",
+  "results": {"encoding": {model: scores}, "decoding": {model: {target: scores}}, "region":
+  {features: scores}, "comparisons": ...}}`` (:func:`spikefm.families.neds.evaluate.evaluate_run`).
 
 Saved predictions (``spikefm eval --save-predictions DIR``: ``DIR/<task>.npz`` with ``rates`` and
 ``counts``, K x T x N, NaN where not scored) add per-neuron bits-per-spike histograms, true rasters
@@ -34,6 +37,7 @@ from spikefm.report.page import Num, Page, Section, pointer
 AR_KINDS = ("all", "counts", "separators")
 BPS_METRICS = ("bps_pooled", "bps_per_neuron_mean")
 BASELINES = ("smoothing", "oracle")
+NEDS_TASKS = ("encoding", "decoding", "region")
 #: Units drawn as single-unit PSTHs (the most active ones), and test bins drawn in rasters.
 PSTH_UNITS = 4
 RASTER_MAX_BINS = 2000
@@ -70,6 +74,8 @@ def parse_evaluation(obj: Any, *, src: str = "results") -> Evaluation | None:
     results = obj.get("results")
     if isinstance(results, dict) and results:
         run_name = Path(str(obj.get("run_dir") or "model")).name or "model"
+        if obj.get("family") == "neds" and any(isinstance(results.get(t), dict) for t in NEDS_TASKS):
+            return Evaluation("neds", {run_name: results}, {run_name: ("results",)}, meta, src)
         if all(_is_xent(v) for v in results.values()):
             names = {k: (run_name if k == "model" else k) for k in results}
             return Evaluation("ar", {names[k]: v for k, v in results.items()},
@@ -95,6 +101,8 @@ def evaluation_section(page: Page, ev: Evaluation, *, title: str = "Evaluation")
         sec.note(where)
     if ev.family == "ar":
         _ar_tables(sec, ev)
+    elif ev.family == "neds":
+        _neds_tables(sec, ev)
     else:
         _ndt_tables(sec, ev)
     return sec
@@ -128,6 +136,126 @@ def _ar_tables(sec: Section, ev: Evaluation) -> None:
                "Cross-entropy of the model and the baselines on the same tokens (lower is better; "
                "the oracle scores the true rates).")
     sec.end_figures()
+
+
+# --- NEDS: encoding, decoding and region identity -----------------------------------------------
+
+
+def _neds_tables(sec: Section, ev: Evaluation) -> None:
+    """Every table ``spikefm eval`` prints for a NEDS run, one per task, with its figures."""
+    (run, res), meta = next(iter(ev.models.items())), ev.meta
+    split = meta.get("split", "test")
+    windows = meta.get("num_windows") or {}
+    sec.kv([("session", meta.get("session_id")), ("scored windows", f"{split} ({windows.get(split)} windows)"
+                                                   if windows.get(split) is not None else split),
+            ("windows (train / val / test)", " / ".join(str(windows.get(k, "?")) for k in ("train", "val", "test"))
+             if windows else None),
+            ("RRR rank", meta.get("rank")), ("R² units: mean rate at least (Hz)", meta.get("min_rate_hz")),
+            ("oracle (ground truth)", meta.get("oracle"))], key="neds-setup")
+
+    def num(value, *keys, spec=".4f"):
+        return Num(value, spec, src=ev.src, path=ev.ptr(run, *keys))
+
+    enc = res.get("encoding") or {}
+    if enc:
+        sec.heading("encoding (spikes given behaviour)")
+        metrics = ("bps_pooled", "bps_per_neuron_mean", "r2_single_trial", "r2_psth")
+        sec.table(["model", *metrics, "units in R²"],
+                  [[m, *(num(v.get(k), "encoding", m, k) for k in metrics),
+                    num(v.get("units_scored_r2"), "encoding", m, "units_scored_r2", spec=",d")] for m, v in enc.items()],
+                  caption=f"encoding on the {split} windows (bits per spike; R² of rates against smoothed counts "
+                          "and of PSTHs per condition)", key="neds-encoding")
+        sec.figure(charts.bars(list(enc), [charts.bar_series("bps_pooled", [v.get("bps_pooled") for v in enc.values()])],
+                               y_label="bits per spike (pooled)", x_label="model"),
+                   "Encoding: spikes predicted from behaviour alone, by each model (higher is better; the oracle "
+                   "scores the true rates).")
+        sec.end_figures()
+    dec = res.get("decoding") or {}
+    targets: list[str] = []
+    for v in dec.values():
+        targets += [t for t in v if t not in targets]
+    labels = [t for t in targets if any("accuracy" in dec[m].get(t, {}) for m in dec)]
+    channels = [t for t in targets if t not in labels]
+    if labels:
+        sec.heading("decoding: trial labels (behaviour hidden, spikes given)")
+    for t in labels:
+        rows = [[m, num(e.get("accuracy"), "decoding", m, t, "accuracy"),
+                 num((e.get("accuracy_ci95") or [None, None])[0], "decoding", m, t, "accuracy_ci95", 0),
+                 num((e.get("accuracy_ci95") or [None, None])[1], "decoding", m, t, "accuracy_ci95", 1),
+                 num(e.get("balanced_accuracy"), "decoding", m, t, "balanced_accuracy"),
+                 num(e.get("chance"), "decoding", m, t, "chance"), num(e.get("n"), "decoding", m, t, "n", spec=",d")]
+                for m, v in dec.items() if (e := v.get(t))]
+        sec.table(["model", "accuracy", "95 % low", "95 % high", "balanced accuracy", "chance", "trials"], rows,
+                  caption=f"{t}: accuracy with its 95 % Wilson interval; chance = the test windows' majority class",
+                  key=f"neds-label-{t}")
+        have = [m for m in dec if dec[m].get(t)]
+        ci = [dec[m][t].get("accuracy_ci95") or [None, None] for m in have]
+        chance = dec[have[0]][t].get("chance")
+        sec.figure(charts.bars(have, [charts.bar_series("accuracy", [dec[m][t].get("accuracy") for m in have],
+                                                        lo=[c[0] for c in ci], hi=[c[1] for c in ci])],
+                               y_label="accuracy", x_label="model",
+                               hlines=[{"y": chance, "name": "chance"}] if chance is not None else []),
+                   f"{t}: accuracy of each decoder with its 95 % Wilson interval; the dashed line is chance.")
+    if labels:
+        sec.end_figures()
+    if channels:
+        sec.heading("decoding: continuous behaviour")
+        have = [m for m in dec if any(dec[m].get(c) for c in channels)]
+        for kind in ("r2_single_trial", "r2_psth"):
+            sec.table(["model", *channels],
+                      [[m, *(num((dec[m].get(c) or {}).get(kind), "decoding", m, c, kind) for c in channels)]
+                       for m in have], caption=f"{kind.replace('_', ' ')} of each channel", key=f"neds-{kind}")
+        sec.figure(charts.bars(channels, [charts.bar_series(m, [(dec[m].get(c) or {}).get("r2_single_trial")
+                                                                for c in channels]) for m in have],
+                               y_label="R² (single trial)", x_label="channel"),
+                   "Continuous behaviour decoded from the spikes: single-trial R² of each channel, per model.",
+                   wide=True)
+        sec.end_figures()
+    comps = res.get("comparisons") or {}
+    rows = []
+    for task, pairs in comps.items():
+        for pair, targets_ in pairs.items():
+            for target, metrics in ({"spikes": targets_} if task == "encoding" else targets_).items():
+                for metric, v in metrics.items():
+                    keys = ("comparisons", task, pair) + (() if task == "encoding" else (target,)) + (metric,)
+                    ci = v.get("ci95") or [None, None]
+                    rows.append([task, pair, target, metric, num(v.get("value"), *keys, "value"),
+                                 num(ci[0], *keys, "ci95", 0), num(ci[1], *keys, "ci95", 1)])
+    if rows:
+        sec.heading("paired differences (NEDS minus each baseline, same test windows)")
+        sec.table(["task", "pair", "target", "metric", "difference", "95 % low", "95 % high"], rows,
+                  caption="differences with 95 % intervals over the test windows (an interval that excludes 0 is "
+                          "a resolved difference)", key="neds-comparisons")
+    reg = {k: v for k, v in (res.get("region") or {}).items() if isinstance(v, dict)}
+    if reg:
+        sec.heading("region classification from per-unit features")
+        ok = {k: v for k, v in reg.items() if "error" not in v}
+        sec.table(["features", "units", "accuracy", "balanced accuracy", "chance", "balanced chance"],
+                  [[k, num(v.get("num_units"), "region", k, "num_units", spec=",d"),
+                    num(v.get("accuracy"), "region", k, "accuracy"),
+                    num(v.get("balanced_accuracy"), "region", k, "balanced_accuracy"),
+                    num(v.get("chance"), "region", k, "chance"),
+                    num(v.get("chance_balanced"), "region", k, "chance_balanced")] for k, v in ok.items()],
+                  caption="a linear classifier per feature set, folds grouped by session", key="neds-region")
+        for k, v in reg.items():
+            if "error" in v:
+                sec.note(f"{k}: not scored ({v['error']})")
+        if ok:
+            first = next(iter(ok.values()))
+            sec.figure(charts.bars(list(ok), [charts.bar_series("balanced accuracy",
+                                                                [v.get("balanced_accuracy") for v in ok.values()])],
+                                   y_label="balanced accuracy", x_label="features",
+                                   hlines=[{"y": first.get("chance_balanced"), "name": "chance"}]
+                                   if first.get("chance_balanced") is not None else []),
+                       "Region of each unit from each feature set: balanced accuracy; the dashed line is chance.")
+            sec.end_figures()
+        for k, v in ok.items():
+            classes, conf = v.get("classes"), v.get("confusion")
+            if classes and conf:
+                sec.table(["true \\ predicted", *classes],
+                          [[c, *(num(x, "region", k, "confusion", i, j, spec=",d") for j, x in enumerate(row))]
+                           for i, (c, row) in enumerate(zip(classes, conf))],
+                          caption=f"{k}: confusion matrix (units; rows are the true regions)", key=f"neds-confusion-{k}")
 
 
 # --- masked models: the neural-prediction benchmark --------------------------------------------

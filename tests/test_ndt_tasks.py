@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -441,3 +442,14 @@ def test_train_fitted_null_is_floored_where_a_neuron_never_fired_in_train_and_va
     null_N[0] = MIN_INIT_RATE
     gain = (poisson.logpmf(k, r) - poisson.logpmf(k, np.broadcast_to(null_N, k.shape))).sum()
     assert chunk["model_vs_train_null"]["bps_pooled"] == pytest.approx(gain / (np.log(2) * k.sum()), rel=1e-9)
+
+
+def test_fraction_of_oracle_is_nan_unless_the_oracle_beats_the_null():
+    from spikefm.families.ndt.tasks import _fraction
+
+    model = {"bps_pooled": -0.2123, "bps_per_neuron_mean": 0.1}
+    # a negative or zero ceiling: no ratio (a bad model would read as 2.9 "times the oracle")
+    out = _fraction(model, {"bps_pooled": -0.0731, "bps_per_neuron_mean": 0.0})
+    assert math.isnan(out["bps_pooled"]) and math.isnan(out["bps_per_neuron_mean"])
+    out = _fraction(model, {"bps_pooled": 0.4, "bps_per_neuron_mean": math.inf})
+    assert out["bps_pooled"] == pytest.approx(-0.2123 / 0.4) and math.isnan(out["bps_per_neuron_mean"])

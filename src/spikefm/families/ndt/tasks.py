@@ -560,10 +560,13 @@ def _bps(rates, counts) -> dict[str, float]:
 
 
 def _fraction(model: dict, oracle: dict) -> dict[str, float]:
+    """model / oracle per metric; NaN unless the oracle's bps is positive and finite (over a
+    zero or negative ceiling the ratio has no meaning: a model worse than a negative oracle
+    would show as a multiple of it)."""
     out = {}
     for m in BPS_METRICS:
         a, b = model.get(m, math.nan), oracle.get(m, math.nan)
-        out[m] = a / b if b and not math.isnan(b) else math.nan
+        out[m] = a / b if math.isfinite(b) and b > 0 else math.nan
     return out
 
 

@@ -7,6 +7,7 @@ exactly one ``spikefm: error: ...`` line on stderr and no traceback.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -243,6 +244,15 @@ def test_train_resume_continues_exactly_and_refuses_to_overwrite(data, ar_run, t
                                               "(model.pt has 1000 bytes, the manifest says ")
     assert err[0].endswith("resuming from step_00000003")
     assert rows_of(tmp_path / "dmg", "loss") == rows_of(ar_run, "loss")
+
+    # --resume into a folder with no checkpoint (a requeued job's first start, or a mistyped
+    # --out): trains from step 0, exactly the plain run, and says so in one warning line
+    capsys.readouterr()
+    assert main(ar_train_args(data / "corpus", tmp_path / "typo", "--resume")) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"spikefm: warning: --resume: {tmp_path / 'typo'} holds no checkpoint to continue, so training "
+                   "starts at step 0 (if you meant to continue another run, check --out)"]
+    assert rows_of(tmp_path / "typo", "loss") == rows_of(ar_run, "loss")
     assert same_weights(ar_run, tmp_path / "dmg")
 
 
@@ -418,3 +428,19 @@ def test_two_concurrent_trainings_into_one_folder(data, tmp_path):
     one_error_line(second, 2, rf"the training run is in use by another process \(PID {first.pid}: ")
     info = json.loads((run / "config.json").read_text())
     assert info["seed"] == 11 and info["config"]["train"]["seed"] == 11
+
+
+def test_eval_help_names_each_familys_default_tasks():
+    """`spikefm eval --help` lists the tasks a plain `spikefm eval` runs (it once left one out)."""
+    import re
+
+    from spikefm.cli import build_parser
+    from spikefm.families.ndt.tasks import DEFAULT_TASKS
+    from spikefm.families.neds.evaluate import TASKS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = re.sub(r"-\s+", "-", " ".join(sub.choices["eval"].format_help().split()))  # undo wrapping at hyphens
+    ndt = re.search(r"ndt default: ([^;]+);", help_text).group(1)
+    neds = re.search(r"neds default: ([^)]+)\)", help_text).group(1)
+    assert [t.strip() for t in ndt.split(",")] == list(DEFAULT_TASKS)
+    assert [t.strip() for t in neds.split(",")] == list(TASKS)

@@ -94,6 +94,9 @@ def test_overrides_change_values_and_keep_types():
     ("optim.lrr=1", "unknown key 'optim.lrr'; valid keys in optim: lr, betas, weight_decay, eps, "
                     "warmup_steps, min_lr_ratio, grad_clip"),
     ("optm.lr=1", "unknown section 'optm'; valid sections in config: family, model, data, optim, train"),
+    ("lr=1e-3", "'lr' names no section: overrides are section.key=value; did you mean optim.lr?"),
+    ("speed=2", "'speed' names no section: overrides are section.key=value; sections: family, model, data, "
+                "optim, train"),
     ("train.steps=abc", "invalid value for 'train.steps': expected int, got 'abc'"),
     ("train.steps=2.5", "invalid value for 'train.steps': expected int, got '2.5'"),
     ("optim.lr=fast", "invalid value for 'optim.lr': expected float, got 'fast'"),
@@ -634,3 +637,4 @@ def test_diverging_loss_is_a_one_line_value_error(tmp_path):
         train(cfg, tmp_path, progress=False)
     assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
     assert str(err.value).startswith("loss is nan at step ") and "lower optim.lr" in str(err.value)
+

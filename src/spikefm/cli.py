@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -148,6 +149,15 @@ def cmd_train(args) -> int:
         overrides.append("train.tensorboard=true")
     cfg = families.run_config(args.model or families.DEFAULT_FAMILY, preset=args.preset,
                               corpus=args.data, overrides=overrides, protocol=args.protocol)
+    if args.resume and os.environ.get("RANK", "0") == "0":
+        from spikefm.train.checkpoint import EXPORT_NAME, list_checkpoints
+
+        out = Path(args.out)
+        runnable = not out.exists() or (out.is_dir() and (not any(out.iterdir()) or (out / "config.json").is_file()))
+        if runnable and not list_checkpoints(out) and not (out / EXPORT_NAME).exists():  # a requeued job's
+            # first start, or a mistyped --out (other folders are refused by train itself)
+            print(f"spikefm: warning: --resume: {out} holds no checkpoint to continue, so training starts at "
+                  "step 0 (if you meant to continue another run, check --out)", file=sys.stderr)
     summary = families.train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     print(f"trained {summary['step']} steps ({summary['tokens']:,} tokens, "
           f"{summary['elapsed_s']:.0f} s), last loss {summary['loss']:.4f}; run in {args.out}")
@@ -409,9 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seq-len", type=_positive_int, default=None,
                    help="context of a Hugging Face model (runs use their own; default 512)")
     e.add_argument("--tasks", default=None,
-                   help="masked models: comma-separated benchmark tasks (default: co-smoothing, "
+                   help="masked models: comma-separated benchmark tasks (ndt default: co-smoothing, "
                         "forward-prediction, forward-prediction-walk, inter-region, intra-region, "
-                        "choice-decoding)")
+                        "choice-decoding, behavior-decoding; neds default: encoding, decoding, region)")
     e.add_argument("--session", default=None, help="masked models: the session to evaluate")
     e.add_argument("--save-predictions", default=None, metavar="DIR",
                    help="masked models: write DIR/<task>.npz with rates and counts")

@@ -294,6 +294,11 @@ def _set_path(obj: Any, path: list[str], text: str, full_key: str, where: str) -
     names = {f.name for f in dataclasses.fields(obj)}
     head = path[0]
     if head not in names:
+        if where == "config" and len(path) == 1:  # a key without its section (lr=1e-3)
+            owners = [f"{n}.{head}" for n in sorted(names) if dataclasses.is_dataclass(getattr(obj, n))
+                      and head in {f.name for f in dataclasses.fields(getattr(obj, n))}]
+            hint = f"did you mean {' or '.join(owners)}?" if owners else f"sections: {_valid(obj)}"
+            raise ValueError(f"'{head}' names no section: overrides are section.key=value; {hint}")
         kind = "key" if len(path) == 1 else "section"
         name = head if where == "config" else f"{where}.{head}"
         raise ValueError(f"unknown {kind} '{name}'; valid {kind}s in {where}: {_valid(obj)}")

@@ -348,6 +348,33 @@ def test_eval_cli_scores_encoding_decoding_region_with_baselines(finetuned, corp
     assert len(shown) == len(emb["classes"]) ** 2 and sum(shown) == emb["num_units"]
     assert main(["report", str(res_path), "--predictions", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 2
     assert not (tmp_path / "x.html").exists()
+    _check_in_browser(html_path, res)
+
+
+def _check_in_browser(html_path, res):
+    """The NEDS report in the system's headless Chromium (as tests/test_report_browser.py opens
+    the other reports): no script error, every figure drawn, every cell's text is its JSON value."""
+    import tempfile
+
+    import test_report_browser as rb
+
+    if not rb.CHROMIUM.exists():
+        return  # the browser tests are skipped without the system's Chromium; so is this part
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(profile, executable_path=str(rb.CHROMIUM), headless=True,
+                                                       args=rb.LAUNCH_ARGS, viewport={"width": 1280, "height": 900})
+        context.set_offline(True)
+        loaded = rb._open(context, html_path)
+        assert loaded.errors == []
+        figures = loaded.page.evaluate(rb.FIGURES_JS, list(rb.MARGINS))
+        assert len(figures) >= 4 and all(f["drawn"] == "1" and f["marks"] > 0 for f in figures), figures
+        cells = loaded.page.evaluate(rb.CELLS_JS)
+        context.close()
+    assert len(cells) >= 50
+    for src, ptr, exact, text in cells:
+        assert rb._shown_as(text, rb._resolve(res, ptr)), (ptr, text)
 
 
 def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetuned, corpus_dir, held_out,

@@ -287,3 +287,19 @@ def test_transfer_study_seeds_table_says_what_each_seed_was_scored_on(tmp_path):
     text = " ".join(re.sub(r"<[^>]+>", " ", build_report(study).html()).split())
     assert "2 sub-ibl02_ses-002 58 9 frozen 150 bins, split 0.8:0.1:0.1, decoding block 3 12.5" in text
     assert "3 sub-ibl02_ses-002 58 9 frozen - 12.5" in text
+
+
+def test_docstring_examples_run(tmp_path, monkeypatch):
+    """The examples in spikefm.tables (a doctest) and spikefm.report.page (an ``Example::`` block)
+    run as written."""
+    import doctest
+    import textwrap
+
+    import spikefm.tables
+
+    assert doctest.testmod(spikefm.tables).failed == 0
+    doc = page_mod.__doc__
+    block = doc.split("Example::", 1)[1].split("\n\n", 2)[1]
+    monkeypatch.chdir(tmp_path)
+    exec(textwrap.dedent(block), {"Page": page_mod.Page, "Num": page_mod.Num, "charts": charts})
+    assert "two bars" in (tmp_path / "report.html").read_text()

@@ -6,7 +6,7 @@ and returned as a string, so callers decide where to print them and tests can re
 Example::
 
     >>> print(render_table(["model", "bits"], [["1-gram", "0.7432"]], align="<>"))
-    model    bits
+    model     bits
     --------------
     1-gram  0.7432
 """

@@ -14,7 +14,7 @@ Example::
     page = Page("my report")
     sec = page.section("evaluation", "Evaluation")
     sec.table(["model", "bits"], [["1-gram", Num(0.7432, src="results", path="/1-gram/bits")]])
-    sec.figure(charts.bars(["a", "b"], [charts.bar_series("x", [1, 2])]), "two bars")
+    sec.figure(charts.bars(["a", "b"], [charts.bar_series("x", [1, 2])], y_label="value"), "two bars")
     page.write("report.html")
 """
 from __future__ import annotations

@@ -360,3 +360,37 @@ def test_refuses_a_folder_that_is_not_a_corpus(published, tmp_path):
     one_line_error(lambda: import_neural_pile(str(published[0]), tmp_path / "c",
                                               progress=False), "not a spikefm corpus")
     assert (tmp_path / "c" / "notes.txt").read_text() == "mine"
+
+
+def test_another_corpus_in_out_is_refused_untouched_unless_overwrite(published, imported, tmp_path, capsys):
+    """A re-import of the same source replaces its corpus; a corpus imported from elsewhere (or
+    built from NWB files) is refused untouched, and replaced with --overwrite."""
+    from spikefm.cli import main
+
+    root = published[0]
+    other = tmp_path / "other_pile"
+    shutil.copytree(root, other)
+    out = tmp_path / "c"
+    import_neural_pile(str(root), out, progress=False)
+    before = (out / "manifest.json").read_bytes()
+    msg = one_line_error(lambda: import_neural_pile(str(other), out, progress=False), "pass --overwrite")
+    assert msg == (f"{out}: holds a corpus imported from {root}; pass --overwrite to replace it with this "
+                   f"import of {other}, or give another --out")
+    assert (out / "manifest.json").read_bytes() == before
+    assert main(["corpus", "import", str(other), "--out", str(out), "--quiet"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and (out / "manifest.json").read_bytes() == before
+    assert main(["corpus", "import", str(other), "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["build"]["source"] == str(other)
+
+
+def test_a_spikefm_corpus_folder_imports_through_its_data_link(imported, tmp_path):
+    """A spikefm corpus is itself in the published layout: its ``data`` link into the hidden
+    ``.versions/`` is followed, and the rows come back equal."""
+    src, manifest, _ = imported
+    assert (src / "data").is_symlink()
+    m = import_neural_pile(str(src), tmp_path / "again", progress=False)
+    assert {k: v["num_tokens"] for k, v in m["splits"].items()} == \
+        {k: v["num_tokens"] for k, v in manifest["splits"].items()}
+    a = sorted((r.session_id, r.t_start_ms, r.spike_counts.tobytes()) for r in Corpus(src).iter_rows("train"))
+    b = sorted((r.session_id, r.t_start_ms, r.spike_counts.tobytes()) for r in Corpus(tmp_path / "again").iter_rows("train"))
+    assert a == b

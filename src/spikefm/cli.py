@@ -85,7 +85,7 @@ def cmd_corpus_import(args) -> int:
     from spikefm.corpus.importer import import_neural_pile
 
     m = import_neural_pile(args.source, args.out, cache_dir=args.cache_dir,
-                           progress=not args.quiet)
+                           progress=not args.quiet, overwrite=args.overwrite)
     print(f"imported {m['num_sessions']} sessions into {args.out}: "
           + ", ".join(f"{k} {v['num_tokens']:,} tokens" for k, v in m["splits"].items()))
     return 0
@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("source", help="e.g. eminorhan/neural-pile-primate, or a local folder")
     im.add_argument("--out", required=True)
     im.add_argument("--cache-dir", default=None)
+    im.add_argument("--overwrite", action="store_true",
+                    help="replace a corpus in --out that was built from NWB files or imported from another source")
     im.add_argument("--quiet", action="store_true")
     im.set_defaults(func=cmd_corpus_import)
 

@@ -29,6 +29,7 @@ Example::
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -168,14 +169,28 @@ def _split_of(path: Path, root: Path) -> str | None:
     return None
 
 
+def _visible_files(root: Path) -> list[Path]:
+    """Every file under ``root`` outside hidden folders, following folder links (a spikefm
+    corpus's ``data`` is a link into its hidden ``.versions/``), each real folder once."""
+    seen, out = set(), []
+    for here, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # a link cycle or a second link to the same folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [Path(here) / n for n in names if not n.startswith(".") and (Path(here) / n).is_file()]
+    return out
+
+
 def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
     if root.is_file():
         files = [root]
         base = root.parent
     else:
         base = root
-        files = sorted(f for f in root.rglob("*") if f.is_file()
-                       and not any(q.startswith(".") for q in f.relative_to(root).parts))
+        files = sorted(_visible_files(root))
     parquet = [f for f in files if f.suffix == ".parquet"]
     # datasets' cache also holds cache-*.arrow files of map/filter results: not the dataset.
     arrow = [f for f in files if f.suffix == ".arrow" and not f.name.startswith("cache-")]
@@ -474,7 +489,7 @@ def _write(files: list[_DataFile], rows: _Rows, sessions: dict[tuple, _Session],
 
 def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | None = None,
                        progress: bool = True, revision: str | None = None, bin_ms: int = 20,
-                       shard_max_tokens: int = 250_000_000) -> dict:
+                       shard_max_tokens: int = 250_000_000, overwrite: bool = False) -> dict:
     """Import a published Neural Pile dataset as a spikefm corpus (see the module docstring).
 
     Args:
@@ -482,19 +497,23 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
             ``@REVISION`` or an ``hf:`` prefix), or a local folder holding its Parquet shards
             (``data/train-*.parquet``, ``data/test-*.parquet``) or ``datasets``' Arrow cache files
             (``*-train*.arrow``), or one such file. A local path wins over a repo id.
-        out_dir: corpus folder to write (created; an existing spikefm corpus there is replaced).
+        out_dir: corpus folder to write (created). A corpus already there is replaced when it was
+            imported from the same ``source`` (a re-import) or with ``overwrite``; otherwise (a
+            corpus built from NWB files, or imported from elsewhere) it is refused untouched.
         cache_dir: Hugging Face cache folder for the download (default: the hub's own).
         progress: show progress bars (only on a terminal).
         revision: Hub branch, tag or commit to download (default: main).
         bin_ms: bin width of the published counts in ms (the Neural Pile uses 20).
         shard_max_tokens: start a new output shard before one would exceed this many cells.
+        overwrite: replace whatever corpus ``out_dir`` holds (``spikefm corpus import --overwrite``).
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
 
     Raises:
         ValueError: the source does not exist, holds no Parquet/Arrow file, its rows are not
-            Neural Pile rows, or ``out_dir`` is a non-corpus folder with files in it.
+            Neural Pile rows, ``out_dir`` is a non-corpus folder with files in it, or it holds
+            another corpus and ``overwrite`` is not set.
         ImportError: a repo id was given and huggingface_hub is not installed.
     """
     if not isinstance(bin_ms, int) or isinstance(bin_ms, bool) or bin_ms <= 0:
@@ -502,7 +521,13 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     if shard_max_tokens < 1:
         raise ValueError(f"shard_max_tokens must be >= 1, got {shard_max_tokens}")
     out_dir = Path(out_dir)
-    inspect_out_dir(out_dir)  # a non-corpus folder is refused before any download
+    existing = inspect_out_dir(out_dir)  # a non-corpus folder is refused before any download
+    old = None if existing is None else existing.build
+    if existing is not None and not overwrite and not (old is not None and old.importer == "neural_pile"
+                                                       and old.source == source):
+        what = f"imported from {old.source}" if old is not None and old.importer else "built from NWB files"
+        raise ValueError(f"{out_dir}: holds a corpus {what}; pass --overwrite to replace it with this import "
+                         f"of {source}, or give another --out")
 
     root, provenance, default_source = _resolve_source(source, cache_dir, revision)
     skipped: list[dict] = []

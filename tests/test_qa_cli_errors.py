@@ -437,3 +437,26 @@ def test_ctrl_c_swallowed_by_a_garbage_collector_callback_still_interrupts(corpu
                                      "half-written (writes go to temporary names); run the command "
                                      "again (builds reuse finished sessions, training continues "
                                      "with --resume)"]
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["corpus", "build", "IN", "--out", "OUT", "--seed=-1"], "spikefm corpus build"),
+    (["synth", "OUT", "--seed=-1"], "spikefm synth"),
+])
+def test_negative_seed_is_refused_by_the_parser_before_any_work(tmp_path, capsys, argv, prog):
+    """A negative --seed failed only after every session was staged, with a message that named no
+    flag, and left the staging folder behind."""
+    argv = [str(tmp_path / a) if a in ("IN", "OUT") else a for a in argv]
+    with pytest.raises(SystemExit) as stop:
+        cli_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == [f"{prog}: error: argument --seed: expected an integer >= 0, got -1 "
+                                            f"(see {prog} -h)"]
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_build_config_refuses_a_negative_seed_before_any_work():
+    from spikefm.corpus.build import BuildConfig
+
+    with pytest.raises(ValueError, match=r"seed must be an int >= 0 \(it seeds the train/test split\), got -1"):
+        BuildConfig(seed=-1)

@@ -12,6 +12,7 @@ from spikefm.argtypes import finite_float as _finite_float  # noqa: F401  (used 
 from spikefm.argtypes import fraction as _fraction
 from spikefm.argtypes import int_list as _int_list
 from spikefm.argtypes import nonnegative_float as _nonnegative_float
+from spikefm.argtypes import nonnegative_int as _nonnegative_int
 from spikefm.argtypes import positive_float as _positive_float
 from spikefm.argtypes import positive_int as _positive_int
 from spikefm.argtypes import positive_int_at_most as _positive_int_at_most
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sessions", type=_positive_int, default=12,
                    help="number of sessions (default 12: enough for NDT pretraining on the corpus's train "
                         "split to beat a single-session model on the held-out one; with 4 it did not, README)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     s.add_argument("--preset", choices=["ibl", "motor", "spontaneous"], default="ibl",
                    help="task structure and behaviour (default ibl)")
     s.add_argument("--families", type=_positive_int, default=1,
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--test-fraction", type=_fraction, default=0.01)
     b.add_argument("--split", choices=["session", "row"], default="session",
                    help="session: no session in both splits; row: the Neural Pile's row split")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the train/test split (default 0)")
     b.add_argument("--workers", type=_positive_int, default=1)
     b.add_argument("--strict", action="store_true", help="any bad input: write nothing, fail")
     b.add_argument("--source", default=None, help="source_dataset name for every input")

@@ -91,6 +91,8 @@ class BuildConfig:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.split not in ("session", "row"):
             raise ValueError(f"split must be 'session' or 'row', got {self.split!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0 (it seeds the train/test split), got {self.seed!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.shard_max_tokens < 1:

@@ -342,6 +342,25 @@ def test_rebuild_is_idempotent_and_reuses_staged_sessions(six_sessions, tmp_path
     assert _corpus_content(tmp_path / "c") == first
 
 
+
+def test_a_damaged_staged_session_is_staged_again(six_sessions, tmp_path, capsys):
+    """A truncated staged Arrow file made every rebuild with the same settings fail ("Not an
+    Arrow file", naming no file); it is now staged again from its input, with one warning."""
+    folder, _ = six_sessions
+    cfg = BuildConfig(max_row_tokens=500, test_fraction=0.3)
+    build_corpus([str(folder)], tmp_path / "c", cfg, progress=False)
+    first = _corpus_content(tmp_path / "c")
+    arrow = sorted((tmp_path / "c" / ".staging").glob("*.arrow"))[2]
+    arrow.write_bytes(arrow.read_bytes()[:1000])
+    capsys.readouterr()
+    report = build_corpus([str(folder)], tmp_path / "c", cfg, progress=False)
+    err = capsys.readouterr().err.splitlines()
+    assert report.num_reused == 5 and report.num_staged_now == 1
+    assert len(err) == 1 and err[0].startswith("spikefm: warning: ")
+    assert f".staging/{arrow.stem}) is damaged (" in err[0] and err[0].endswith("; staging it again")
+    assert _corpus_content(tmp_path / "c") == first
+
+
 def test_workers_give_the_same_corpus(six_sessions, tmp_path):
     folder, _ = six_sessions
     cfg = BuildConfig(max_row_tokens=500, test_fraction=0.3)

@@ -190,7 +190,7 @@ def test_a_second_build_into_a_locked_corpus_fails_at_once(inputs, tmp_path, cap
         assert f"the corpus is in use by another process (PID {holder.pid}" in line
         assert snapshot(out) == before
         line = one_error_line(capsys, ["corpus", "import", str(make_pile(tmp_path / "pile")),
-                                       "--out", str(out), "--quiet"])
+                                       "--out", str(out), "--quiet", "--overwrite"])
         assert f"the corpus is in use by another process (PID {holder.pid}" in line
         assert snapshot(out) == before
     finally:

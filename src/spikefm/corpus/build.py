@@ -621,10 +621,16 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
                 continue
             key = _staging_key(item, cfg)
             done = staged / f"{key}.json"
-            if done.exists() and (staged / f"{key}.arrow").exists():
+            problem = _staged_problem(staged, key) if done.exists() else "not staged"
+            if problem is None:
                 metas.append(json.loads(done.read_text()))
                 reused += 1
             else:
+                if done.exists():  # damaged: staged again from its input (the corpus is untouched)
+                    print(f"spikefm: warning: {item.path}: its staged copy ({STAGING}/{key}) is damaged "
+                          f"({problem}); staging it again", file=sys.stderr)
+                    for suffix in (".json", ".arrow"):
+                        (staged / f"{key}{suffix}").unlink(missing_ok=True)
                 jobs.append((item, key))
         try:
             for res in _run_jobs(jobs, staging, cfg, progress):
@@ -654,6 +660,22 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
         manifest = finalize(folder, metas, problems, cfg, settings)
     return BuildReport(out_dir=out_dir, manifest=manifest, skipped=problems,
                        num_staged_now=len(metas) - reused, num_reused=reused)
+
+
+def _staged_problem(staged: Path, key: str) -> str | None:
+    """Why a finished staged session cannot be reused (None when it can): its marker must be a
+    JSON object naming the key, and its Arrow file must open (a truncated file has no footer)."""
+    try:
+        meta = json.loads((staged / f"{key}.json").read_text())
+        if not isinstance(meta, dict) or meta.get("staging_key") != key:
+            return "its .json is not this session's record"
+        with pa.memory_map(str(staged / f"{key}.arrow")) as src:
+            pa.ipc.open_file(src)
+    except FileNotFoundError:
+        return "its .arrow file is missing"
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
+        return " ".join(str(exc).split())[:120] or type(exc).__name__
+    return None
 
 
 def _worker_init(parent_pid: int) -> None:

@@ -521,13 +521,8 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     if shard_max_tokens < 1:
         raise ValueError(f"shard_max_tokens must be >= 1, got {shard_max_tokens}")
     out_dir = Path(out_dir)
-    existing = inspect_out_dir(out_dir)  # a non-corpus folder is refused before any download
-    old = None if existing is None else existing.build
-    if existing is not None and not overwrite and not (old is not None and old.importer == "neural_pile"
-                                                       and old.source == source):
-        what = f"imported from {old.source}" if old is not None and old.importer else "built from NWB files"
-        raise ValueError(f"{out_dir}: holds a corpus {what}; pass --overwrite to replace it with this import "
-                         f"of {source}, or give another --out")
+    # a non-corpus folder, or another corpus without overwrite, is refused before any download
+    _check_replace(out_dir, inspect_out_dir(out_dir), source, overwrite)
 
     root, provenance, default_source = _resolve_source(source, cache_dir, revision)
     skipped: list[dict] = []
@@ -543,6 +538,7 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     try:
         with open_corpus_dir(out_dir) as folder, \
                 folder.new_version(shard_max_tokens) as version:
+            _check_replace(out_dir, folder.existing, source, overwrite)  # as found under the lock
             shards, stats = _write(files, rows, sessions, bin_ms, version, progress)
             manifest = _manifest(source, rows, sessions, stats, shards, provenance, skipped,
                                  bin_ms, shard_max_tokens)
@@ -554,6 +550,16 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
         raise ValueError(f"{exc.filename or out_dir}: {exc.strerror or exc} while writing the "
                          "corpus; fix the cause (space, permissions) and run again") from None
     return manifest.to_dict()
+
+
+def _check_replace(out_dir: Path, existing, source: str, overwrite: bool) -> None:
+    """Refuse to replace a corpus that is not an import of ``source`` unless ``overwrite``."""
+    old = None if existing is None else existing.build
+    if existing is None or overwrite or (old is not None and old.importer == "neural_pile" and old.source == source):
+        return
+    what = f"imported from {old.source}" if old is not None and old.importer else "built from NWB files"
+    raise ValueError(f"{out_dir}: holds a corpus {what}; pass --overwrite to replace it with this import "
+                     f"of {source}, or give another --out")
 
 
 def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped, bin_ms,

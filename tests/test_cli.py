@@ -444,3 +444,30 @@ def test_eval_help_names_each_familys_default_tasks():
     neds = re.search(r"neds default: ([^)]+)\)", help_text).group(1)
     assert [t.strip() for t in ndt.split(",")] == list(DEFAULT_TASKS)
     assert [t.strip() for t in neds.split(",")] == list(TASKS)
+
+
+def test_synth_refuses_to_overwrite_other_recordings_unless_overwrite(tmp_path, capsys):
+    """`spikefm synth` over recordings of another seed replaced them silently; a rerun of the same
+    command is still allowed (identical files), other settings need --overwrite."""
+    args = ["synth", str(tmp_path / "nwb"), "--sessions", "1", "--duration-s", "12", "--units", "20,22", "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 0  # the same settings: allowed (NWB files carry their creation time)
+    files = sorted(p for p in (tmp_path / "nwb").rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    capsys.readouterr()
+    assert main([*args, "--seed", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"spikefm: error: {tmp_path / 'nwb'}: already holds 2 recording "
+                                               "file(s) written by other settings (e.g. ")
+    assert err[0].endswith("nothing was changed: pass --overwrite to replace them, or give another folder")
+    assert {p: p.read_bytes() for p in files} == before
+    assert main([*args, "--seed", "1", "--overwrite"]) == 0
+    assert {p: p.read_bytes() for p in files} != before
+    # recordings that spikefm synth did not write (no record) are refused too
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "rec.nwb").write_bytes(b"mine")
+    assert main(["synth", str(tmp_path / "mine"), "--sessions", "1", "--duration-s", "12", "--quiet"]) == 2
+    assert "written by something other than spikefm synth (e.g. rec.nwb)" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "rec.nwb").read_bytes() == b"mine"
+    # the record does not disturb a corpus build of the folder
+    assert main(["corpus", "build", str(tmp_path / "nwb"), "--out", str(tmp_path / "c"), "--quiet"]) == 0

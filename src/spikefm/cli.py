@@ -23,14 +23,45 @@ from spikefm.fileio import check_output_file
 # --- commands ----------------------------------------------------------------------------------
 
 
+#: What `spikefm synth` records in OUT_DIR: the settings of the recordings it wrote there.
+SYNTH_RECORD = ".spikefm-synth.json"
+
+
+def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to overwrite recordings in ``out`` that the same settings did not write (a rerun of
+    the same command rewrites identical files and is allowed)."""
+    if overwrite or not out.is_dir():
+        return
+    existing = sorted(p for p in out.rglob("*") if p.suffix == ".nwb" or p.name.endswith(".truth.npz"))
+    if not existing:
+        return
+    record = out / SYNTH_RECORD
+    try:
+        same = json.loads(record.read_text()) == settings
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        what = "other settings" if record.is_file() else "something other than spikefm synth"
+        raise ValueError(f"{out}: already holds {len(existing)} recording file(s) written by {what} (e.g. "
+                         f"{existing[0].relative_to(out)}); nothing was changed: pass --overwrite to replace "
+                         "them, or give another folder")
+
+
 def cmd_synth(args) -> int:
     from spikefm.corpus.synth import synthesize
+    from spikefm.fileio import write_json_atomic
 
+    out = Path(args.out_dir)
+    settings = {"sessions": args.sessions, "seed": args.seed, "preset": args.preset, "families": args.families,
+                "duration_s": args.duration_s, "units": list(args.units), "region_tuning": args.region_tuning,
+                "choice_signal": args.choice_signal}
+    check_synth_out(out, settings, args.overwrite)
     paths = synthesize(args.out_dir, num_sessions=args.sessions, seed=args.seed,
                        preset=args.preset, num_families=args.families,
                        duration_s=args.duration_s, units_range=args.units,
                        region_tuning=args.region_tuning, choice_signal=args.choice_signal,
                        progress=not args.quiet)
+    write_json_atomic(out / SYNTH_RECORD, settings)
     print(f"wrote {len(paths)} NWB files (+ .truth.npz ground truth) under {args.out_dir}")
     for p in paths:
         print(f"  {p}")
@@ -335,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--choice-signal", type=_nonnegative_float, default=1.0, metavar="C",
                    help="ibl: amplitude of the choice latent (1.0, the default, leaves the output "
                         "unchanged; the NEDS benchmark uses 0.5, where a linear decoder is 58-82%% correct)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace recordings in OUT_DIR written by other settings (a rerun of the same command "
+                        "needs no flag)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
 

@@ -186,6 +186,27 @@ def six_sessions(tmp_path):
     return tmp_path / "in", units_of
 
 
+def test_copies_of_one_recording_become_one_session(six_sessions, tmp_path, capsys):
+    """Byte-identical copies of a recording (same sha256) were built as separate sessions and
+    could land in both train and test; the later copies are left out and listed as skipped."""
+    import shutil
+
+    folder, _ = six_sessions
+    src = folder / "sub-0" / "sub-0_ses-0.nwb"
+    shutil.copy(src, folder / "sub-0" / "sub-0_ses-0-copy.nwb")
+    shutil.copy(src, folder / "sub-9_copy.nwb")
+    report = build_corpus([str(folder)], tmp_path / "c", BuildConfig(test_fraction=0.3), progress=False)
+    m = report.manifest
+    from spikefm.corpus.nwb import sha256_file
+
+    digests = [s["provenance"]["sha256"] for s in m["sessions"]]
+    assert m["num_sessions"] == 6 and len(set(digests)) == 6 and sha256_file(src) in digests
+    kept = next(s["provenance"]["path"] for s in m["sessions"] if s["provenance"]["sha256"] == sha256_file(src))
+    skipped = sorted(Path(x["input"]).name for x in m["skipped"])
+    assert len(skipped) == 2 and all("the same recording as" in x["error"] for x in m["skipped"])
+    assert sorted([Path(kept).name, *skipped]) == ["sub-0_ses-0-copy.nwb", "sub-0_ses-0.nwb", "sub-9_copy.nwb"]
+
+
 def test_folder_build_counts_equal_independent_binning_file_by_file(six_sessions, tmp_path):
     folder, units_of = six_sessions
     build_corpus([str(folder)], tmp_path / "c", BuildConfig(max_row_tokens=500, test_fraction=0.3),

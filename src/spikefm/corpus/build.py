@@ -448,7 +448,7 @@ def _dedupe_session_ids(metas: list[dict]) -> list[dict]:
         by_id.setdefault(m["session_id"], []).append(m)
     for sid, group in by_id.items():
         if len(group) > 1:
-            print(f"warning: {len(group)} inputs share session id '{sid}'; renamed with -2, -3... "
+            print(f"spikefm: warning: {len(group)} inputs share session id '{sid}'; renamed with -2, -3... "
                   f"({', '.join(g['provenance'].get('path', '?') for g in group)})", file=sys.stderr)
             for k, m in enumerate(group[1:], start=2):
                 m["original_session_id"] = sid
@@ -652,6 +652,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
             if cfg.strict:
                 shutil.rmtree(staging, ignore_errors=True)
 
+        metas = _drop_duplicate_recordings(metas, problems)
         if not metas:
             msg = "; ".join(p["error"] for p in problems[:3]) or "no sessions"
             raise BuildError(f"no input could be built: {msg}")
@@ -660,6 +661,26 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
         manifest = finalize(folder, metas, problems, cfg, settings)
     return BuildReport(out_dir=out_dir, manifest=manifest, skipped=problems,
                        num_staged_now=len(metas) - reused, num_reused=reused)
+
+
+def _drop_duplicate_recordings(metas: list[dict], problems: list[dict]) -> list[dict]:
+    """Keep one session per recording: inputs with the same content (sha256) as an earlier one
+    (by path order) are left out and listed with the skipped inputs, since two copies of one
+    recording would be counted twice and could land in both train and test."""
+    first: dict[str, str] = {}
+    kept = []
+    for m in sorted(metas, key=lambda m: str((m.get("provenance") or {}).get("path", ""))):
+        prov = m.get("provenance") or {}
+        digest, path = prov.get("sha256"), str(prov.get("path", m.get("session_id")))
+        if digest and digest in first:
+            problems.append({"input": path, "error": f"{path}: the same recording as {first[digest]} (sha256 "
+                                                     f"{digest[:12]}...); left out: give each recording once"})
+            continue
+        if digest:
+            first[digest] = path
+        kept.append(m)
+    order = {id(m): i for i, m in enumerate(metas)}
+    return sorted(kept, key=lambda m: order[id(m)])
 
 
 def _staged_problem(staged: Path, key: str) -> str | None:

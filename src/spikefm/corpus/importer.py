@@ -76,7 +76,7 @@ _BATCH_ROWS = 8
 
 
 def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
+    print(f"spikefm: warning: {msg}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------

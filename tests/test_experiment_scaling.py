@@ -222,3 +222,30 @@ def test_tiny_study_under_ray_equals_the_process_pool(tiny_study, tiny_corpus, t
     a = json.loads((out / "scores.json").read_text())
     b = json.loads((Path(tmp_path) / "ray" / "scores.json").read_text())
     assert a == b
+
+
+def test_study_inputs_are_checked_before_any_job_runs(tiny_corpus, tmp_path, capsys):
+    """A folder of someone else's files, --metric outside --tasks and a negative --seed were
+    accepted (files written beside the user's; every job run first, then the error)."""
+    from spikefm.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for cmd in ("rank-sessions", "scaling"):
+        code = main(["experiment", cmd, "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003",
+                     "--out", str(mine)])
+        err = capsys.readouterr().err
+        assert code == 2 and err == (f"spikefm: error: {mine}: folder has files that are not a study's (found "
+                                     "'notes.txt'); nothing was changed: give a new or empty folder (--out), or "
+                                     "the folder of an earlier run to resume it\n")
+        assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    code = main(["experiment", "scaling", "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003",
+                 "--out", str(tmp_path / "s"), "--tasks", "co-smoothing"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--metric 'forward-prediction-walk' is not one of the scored tasks (co-smoothing)" in err
+    assert not (tmp_path / "s" / "jobs").exists()
+    with pytest.raises(SystemExit) as info:
+        main(["experiment", "rank-sessions", "--data", str(tiny_corpus), "--out", str(tmp_path / "r"), "--seed=-1"])
+    assert info.value.code == 2 and "argument --seed: expected an integer >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

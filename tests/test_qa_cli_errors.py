@@ -460,3 +460,18 @@ def test_build_config_refuses_a_negative_seed_before_any_work():
 
     with pytest.raises(ValueError, match=r"seed must be an int >= 0 \(it seeds the train/test split\), got -1"):
         BuildConfig(seed=-1)
+
+
+def test_transfer_refuses_a_repeated_seed(tmp_path, capsys):
+    """--seeds 1,1 ran seed 1 twice and reported 'mean ± s.d. over seeds 1,1' of one dataset."""
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["experiment", "transfer", "--out", str(tmp_path / "t"), "--seeds", "1,1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert "argument --seeds: seeds must be distinct integers >= 0, got '1,1'" in err[0]
+    assert not (tmp_path / "t").exists()
+    from spikefm.experiments.transfer import transfer_study
+
+    with pytest.raises(ValueError, match=r"seeds must be distinct \(each is one synthetic dataset\), got \[1, 1\]"):
+        transfer_study(tmp_path / "t", seeds=[1, 1])
+    assert not (tmp_path / "t").exists()

@@ -271,8 +271,8 @@ def cmd_eval(args) -> int:
 
 def _seed_list(text: str) -> list[int]:
     seeds = _int_list(text)
-    if any(v < 0 for v in seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0, got {text!r}")
+    if any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct integers >= 0, got {text!r}")
     return seeds
 
 

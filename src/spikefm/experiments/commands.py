@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spikefm.argtypes import positive_int
+from spikefm.argtypes import nonnegative_int, positive_int
 
 __all__ = ["add_parsers", "seeds_arg"]
 
@@ -157,7 +157,7 @@ def add_parsers(xsub) -> None:
     r = xsub.add_parser("rank-sessions", help="rank pretraining sessions for held-out sessions (frozen "
                         "single-session cores, validation loss)")
     _common(r)
-    r.add_argument("--seed", type=int, default=0, help="training seed of every run")
+    r.add_argument("--seed", type=nonnegative_int, default=0, help="training seed of every run")
     r.add_argument("--top-k", type=positive_int, default=3, help="k of the top-k overlap and precision@k")
     r.set_defaults(func=cmd_rank_sessions)
 

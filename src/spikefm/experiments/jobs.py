@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 __all__ = ["Job", "make_job", "KINDS", "RESULT", "SPEC", "job_result", "is_done", "run_job",
            "run_jobs", "LocalExecutor", "RayExecutor", "make_executor", "default_threads",
-           "JobsFailed", "EXECUTORS"]
+           "JobsFailed", "EXECUTORS", "check_study_folder"]
 
 RESULT = "result.json"
 SPEC = "spec.json"
@@ -468,3 +468,26 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
     if failed:
         raise JobsFailed(failed, root)
     return records
+
+
+#: What a ranking or scaling study writes in its folder (glob patterns); anything else there that
+#: is not hidden means the folder is not a study's.
+STUDY_FILES = ("jobs", "ranking.json", "ranking.png", "ranking_*.csv", "topk_overlap.csv", "scaling.json",
+               "scores.json", "scores.csv", "table1.csv", "table3.csv", "figure4.png", "figure4_fits.csv",
+               "more_sessions.png")
+
+
+def check_study_folder(out: Path) -> None:
+    """Refuse a study folder (``--out``) that holds files no ranking or scaling study writes, before
+    anything is written there (a study folder of an earlier run is resumed)."""
+    import fnmatch
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder; give a folder for the study (--out)")
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
+                   and not any(fnmatch.fnmatch(p.name, pat) for pat in STUDY_FILES))
+    if other:
+        raise ValueError(f"{out}: folder has files that are not a study's (found {other[0]!r}); nothing was "
+                         "changed: give a new or empty folder (--out), or the folder of an earlier run to resume it")

@@ -286,12 +286,13 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     Returns:
         The study JSON written to ``OUT/ranking.json``.
     """
-    from spikefm.experiments.jobs import LocalExecutor
+    from spikefm.experiments.jobs import LocalExecutor, check_study_folder
     from spikefm.experiments.plots import plot_ranking
     from spikefm.fileio import folder_lock, write_json_atomic
     from spikefm.train.runinfo import machine_info
 
     out = Path(out)
+    check_study_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     held, pool = study_sessions(corpus, held_out, pool)
     jobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seed)

@@ -313,7 +313,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
         rank_top_k: k of the ranking's overlap and precision@k.
         executor: :func:`spikefm.experiments.jobs.make_executor`'s executor (None: one local worker).
     """
-    from spikefm.experiments.jobs import LocalExecutor
+    from spikefm.experiments.jobs import LocalExecutor, check_study_folder
     from spikefm.experiments.plots import plot_ranking, plot_scaling, plot_task_curves
     from spikefm.fileio import folder_lock, write_json_atomic
     from spikefm.train.runinfo import machine_info
@@ -322,7 +322,11 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
     orders = list(orders)
+    if tasks is not None and metric not in tasks:  # before any job runs (it was found at the end)
+        raise ValueError(f"--metric {metric!r} is not one of the scored tasks ({', '.join(tasks)}); add it to "
+                         "--tasks or choose --metric among them")
     out = Path(out)
+    check_study_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     held, pool = study_sessions(corpus, held_out, pool)
     size_list = parse_sizes(sizes, len(pool))

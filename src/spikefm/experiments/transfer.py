@@ -239,6 +239,8 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must name at least one synthetic-data seed, e.g. 1,2,3")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct (each is one synthetic dataset), got {seeds}")
     out = Path(out)
     per_seed = {}
     for seed in seeds:

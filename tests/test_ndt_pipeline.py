@@ -408,3 +408,22 @@ def test_rate_init_never_overwrites_session_parameters_from_a_checkpoint(pretrai
     for sid in model.session_units:
         key = f"sessions.{session_key(sid)}.read_out.bias"
         assert torch.equal(model.state_dict()[key], saved[key]), sid
+
+
+def test_finetune_on_a_pretraining_session_warns(pretrained, corpus_dir, held_out, tmp_path):
+    """Fine-tuning to a session the run was pretrained on ran silently; its scores would read as
+    transfer to a new session. It warns (the held-out session, above, does not)."""
+    import warnings
+
+    from spikefm.families import _warn_if_pretrained_on
+
+    own = Corpus(corpus_dir).session_ids("train")[0]
+    with pytest.warns(RuntimeWarning, match=rf"session '{own}' is one of the sessions .* was trained on"):
+        _warn_if_pretrained_on(pretrained, own)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_pretrained_on(pretrained, held_out)
+    with pytest.warns(RuntimeWarning, match=rf"session '{own}' is one of the sessions"):  # the CLI path
+        rc = main(["finetune", str(pretrained), "--data", str(corpus_dir), "--session", own, "--out",
+                   str(tmp_path / "ft"), "--strategy", "frozen", "--steps", "2", "--eval-every", "2", "--quiet"])
+    assert rc == 0

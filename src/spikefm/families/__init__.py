@@ -250,10 +250,29 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
     implied = "frozen" if freeze_core else "scratch" if from_scratch else None
     if strategy is not None and implied is not None and strategy != implied:
         raise ValueError(f"strategy {strategy!r} contradicts {'freeze_core' if freeze_core else 'from_scratch'}")
+    _warn_if_pretrained_on(run_dir, session_id)
     return finetune_strategies(family_of_run(run_dir), run_dir, corpus, session_id, out_dir,
                                strategy=strategy or implied or "auto", steps=steps, overrides=overrides,
                                eval_every=eval_every, patience=patience, progress=progress, select=select,
                                soup=soup)
+
+
+def _warn_if_pretrained_on(run_dir: str | os.PathLike, session_id: str) -> None:
+    """A RuntimeWarning when ``session_id`` is one of the run's own (pretraining) sessions: the
+    fine-tuned model then measures no transfer to a new session."""
+    import warnings
+
+    from spikefm.train.runinfo import read_family_info
+
+    try:
+        info = read_family_info(run_dir, what="a")
+    except (ValueError, OSError):
+        return  # the family's own checks report an unreadable run
+    own = set(info.get("sessions") or ()) | set(info.get("window_splits") or {})
+    if session_id in own:
+        warnings.warn(f"session {session_id!r} is one of the sessions {run_dir} was trained on: the fine-tuned "
+                      "model has seen its recordings, so its scores measure no transfer to a new session "
+                      "(fine-tune to a held-out one, e.g. of the corpus's test split)", RuntimeWarning, stacklevel=3)
 
 
 def evaluate(run_dir: str | os.PathLike, corpus: str | os.PathLike, **options: Any) -> dict[str, Any]:

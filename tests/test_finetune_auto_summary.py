@@ -275,3 +275,27 @@ def test_auto_with_soup_keeps_a_candidate_when_no_average_validates_lower(monkey
     s = ftmod.finetune_strategies(SOUP_FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft")
     assert s["strategy"] == "frozen" and s["soup"]["ingredients"] == ["frozen"]
     assert "soup" not in s["candidates"] and not (tmp_path / "ft" / "candidates" / "soup").exists()
+
+
+def test_a_kept_soup_carries_its_base_candidates_first_evaluation_flag(monkeypatch, tmp_path):
+    """The soup's folder carries its lowest candidate's history (early_stopping.json), but its
+    summary dropped best_at_first_evaluation, so finetune.json lacked it and no warning came."""
+    import torch
+
+    results = {n: {"best_val_loss": v, "best_step": 10, "stopped_at": 40, "eval_every": 10,
+                   "still_improving": False, "best_at_first_evaluation": n == "frozen"}
+               for n, v in (("frozen", 0.30), ("full", 0.40), ("unfreeze", 0.50))}
+    monkeypatch.setattr("spikefm.train.runinfo.load_run_config", lambda *a, **k: None)
+    monkeypatch.setattr("safetensors.torch.load_file", lambda path: {"w": torch.zeros(1)})
+    monkeypatch.setattr(ftmod, "greedy_soup", lambda states, losses, f: {
+        "ingredients": ["frozen", "full"], "val_loss": 0.25, "tried": [], "state": {"w": torch.zeros(1)}})
+    monkeypatch.setattr(ftmod, "write_averaged_run", lambda *a, **k: (tmp_path / "soup").mkdir())
+    family = types.SimpleNamespace(model_config_cls=None, data_config_cls=None)
+    summary, info = ftmod._soup_candidate(family, tmp_path, results)
+    assert summary["best_at_first_evaluation"] is True and summary["still_improving"] is False
+    assert json.loads((tmp_path / "soup" / "soup.json").read_text())["config_and_history_of"] == "frozen"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ftmod._say_best_at_first(tmp_path, "soup", summary)
+    assert any("the soup run's lowest validation loss came at its first evaluation" in str(w.message)
+               for w in caught)

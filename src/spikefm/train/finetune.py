@@ -502,7 +502,9 @@ def _soup_candidate(family, cand_dir: Path, results: dict) -> tuple[dict[str, An
     write_json_atomic(path / "soup.json", {**info, "config_and_history_of": base})
     summary = {"best_val_loss": soup["val_loss"], "best_step": results[base]["best_step"],
                "stopped_at": results[base]["stopped_at"], "out_dir": str(path), "ingredients": soup["ingredients"],
-               "eval_every": results[base].get("eval_every")}
+               "eval_every": results[base].get("eval_every"),
+               # the history (and early_stopping.json) the soup's folder carries is its lowest candidate's
+               **{k: results[base][k] for k in ("still_improving", "best_at_first_evaluation") if k in results[base]}}
     return summary, info
 
 

@@ -189,3 +189,34 @@ def test_torchrun_refusals_end_every_rank_at_once(tmp_path):
     assert f"in use by another process (PID {os.getpid()}" in proc.stderr, proc.stderr[-3000:]
     assert folder_state(tmp_path / "one") == state
     assert time.monotonic() - t0 < 120  # not a collective timeout (30 min by default)
+
+
+def _spikefm_torchrun(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "spikefm.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_spikefm_train_under_torchrun_prints_once_and_refuses_a_small_corpus_on_every_rank(tmp_path):
+    """`torchrun -m spikefm.cli train` printed its summary once per process; and with fewer row
+    groups than processes rank 0 refused while rank 1, left waiting, died asking for a bug report."""
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.synth import synthesize
+
+    synthesize(tmp_path / "nwb", num_sessions=2, seed=0, duration_s=30.0, units_range=(20, 22), progress=False)
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "corpus", BuildConfig(test_fraction=0.0, max_row_tokens=1000),
+                 progress=False)  # rows of <= 1,000 tokens: more than 16 rows, so several row groups
+    common = ["train", "--model", "ar", "--preset", "tiny", "--data", str(tmp_path / "corpus"), "--steps", "2",
+              "--set", "train.batch_size=2", "--set", "data.seq_len=64", "--set", "train.precision=fp32",
+              "--set", "train.device=cpu", "--quiet"]
+    ok = _spikefm_torchrun(*common, "--out", str(tmp_path / "run"))
+    assert ok.returncode == 0, torchrun_failure_report(ok)
+    assert ok.stdout.count("trained 2 steps") == 1, ok.stdout
+    build_corpus([str(tmp_path / "nwb" / "sub-ibl01")], tmp_path / "one", BuildConfig(test_fraction=0.0),
+                 progress=False)  # one session: one row group
+    bad = _spikefm_torchrun(*[a if a != str(tmp_path / "corpus") else str(tmp_path / "one") for a in common],
+                            "--out", str(tmp_path / "run1"))
+    assert bad.returncode != 0
+    assert "fewer than world_size=2; use fewer ranks or a larger corpus" in bad.stderr, bad.stderr[-3000:]
+    assert "internal error" not in bad.stderr and "report it" not in bad.stderr, bad.stderr[-3000:]

@@ -191,6 +191,8 @@ def cmd_train(args) -> int:
             print(f"spikefm: warning: --resume: {out} holds no checkpoint to continue, so training starts at "
                   "step 0 (if you meant to continue another run, check --out)", file=sys.stderr)
     summary = families.train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun the summary is rank 0's to print
+        return 0
     print(f"trained {summary['step']} steps ({summary['tokens']:,} tokens, "
           f"{summary['elapsed_s']:.0f} s), last loss {summary['loss']:.4f}; run in {args.out}")
     from spikefm.train.finetune import validation_still_falling

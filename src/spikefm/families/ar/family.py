@@ -93,7 +93,7 @@ class ARFamily:
 
     def train_loader(self, cfg: RunConfig, rank: int, world_size: int):
         from spikefm.families.ar.loader import ARTokenLoader
-        from spikefm.train.dist import barrier
+        from spikefm.train.dist import broadcast_object
 
         def make():
             return ARTokenLoader(_corpus(cfg), seq_len=cfg.data.seq_len,
@@ -103,9 +103,18 @@ class ARFamily:
                                  permute_units=cfg.data.permute_units,
                                  unit_count_prefix=cfg.model.unit_count_prefix)
 
-        # Rank 0 builds the token cache (if missing) while the others wait, so it is built once.
-        loader = make() if rank == 0 else None
-        barrier()
+        # Rank 0 builds the token cache (if missing) while the others wait, so it is built once; a
+        # refusal there (e.g. fewer row groups than ranks) reaches every rank as the same one-line
+        # error instead of leaving the others waiting until the connection breaks.
+        loader, error = None, None
+        if rank == 0:
+            try:
+                loader = make()
+            except ValueError as exc:
+                error = str(exc)
+        error = broadcast_object(error)
+        if error is not None:
+            raise ValueError(error)
         return loader if loader is not None else make()
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):

@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token models: corpus split to score (train or test; default test); masked "
                         "models: the run's test windows (default) or val windows (to choose settings)")
     e.add_argument("--max-tokens", type=_positive_int, default=None,
-                   help="token models: score only the first rows up to this many tokens")
+                   help="token models: score only the first rows, cut at whole bins once this many tokens "
+                        "are reached (up to one bin, units + 1 tokens, more)")
     e.add_argument("--ngram", type=_int_list, default=None, metavar="ORDERS",
                    help="token models: also fit and score these n-gram baselines, e.g. 1,9")
     e.add_argument("--max-train-tokens", type=_positive_int, default=None)

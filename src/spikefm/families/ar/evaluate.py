@@ -54,7 +54,8 @@ def score_tokens(model, tokens: np.ndarray, seq_len: int, *, device="cpu",
 
 def _rows(corpus: Corpus, split: str, max_tokens: int | None):
     """(row, counts) pairs of a split; with ``max_tokens``, rows are taken in order and the last
-    one is cut to the whole bins that fit, so every scorer sees the same tokens."""
+    one is cut to whole bins covering the remaining tokens (rounded up: up to one bin, n units +
+    1 tokens, beyond ``max_tokens``), so every scorer sees the same tokens."""
     seen = 0
     for row in corpus.iter_rows(split, with_extras=False):
         counts = row.spike_counts

@@ -275,7 +275,7 @@ class ARFamily:
             if "model-permuted" in res["results"]:
                 columns[f"{name} (units permuted)"] = res["results"]["model-permuted"]
         for name, r in first["results"].items():
-            if name != "model":
+            if name not in ("model", "model-permuted"):  # the model's columns are named after its run, above
                 columns.setdefault(name, r)
         return format_table(columns, title=f"cross-entropy on the {first.get('split', 'test')} split (bits/token)")
 

@@ -318,3 +318,36 @@ def test_trial_filters_and_unit_rate_filter(corpus_info):
     np.testing.assert_array_equal(f.counts, full.counts[:, :, kept])
     with pytest.raises(ValueError, match="no unit fires"):
         make_session_windows(corpus, "sesB", window_bins=50, pre_ms=200, min_rate_hz=1e6)
+
+
+def test_real_recording_aligns_to_a_named_trial_table(real_nwb, tmp_path):
+    """The DANDI file keeps its trials in encoding/recognition/timediscrimination tables, none
+    named 'trials': windows fell back to continuous ones with no way to choose a table. Now the
+    warning names the tables, and data.trial_table (NDT, NEDS) aligns to one of them."""
+    import h5py
+    import warnings
+
+    from spikefm.families import run_config
+    from spikefm.families.ndt.family import window_options
+
+    build_corpus([str(real_nwb)], tmp_path / "c", BuildConfig(), progress=False)
+    corpus = Corpus(tmp_path / "c")
+    (sid,) = corpus.session_ids()
+    with pytest.warns(RuntimeWarning, match=r"has no 'trials' trial table \(its trial tables: encoding_table, "
+                                            r"recognition_table, timediscrimination_table; name one with "
+                                            r"data.trial_table=NAME\)"):
+        load_all_windows(corpus, [sid], window_bins=50, align="auto", pre_ms=200)
+    cfg = run_config("ndt", preset="tiny", corpus=str(tmp_path / "c"),
+                     overrides=["data.trial_table=recognition_table", "data.window_bins=50", "data.pre_ms=200"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the table is found
+        w = load_all_windows(corpus, [sid], **window_options(cfg.data))[sid]
+    with h5py.File(real_nwb, "r") as f:  # the table's own events, read independently
+        table = f["intervals/recognition_table"]
+        column = next(c for c in ("stim_on_time", "go_cue_time", "target_on_time", "start_time") if c in table)
+        events = table[column][:]
+    assert w.align == column and w.num_windows + sum(w.skipped.values()) == len(events)
+    assert w.num_windows > 0.9 * len(events)
+    # each window starts pre_ms before its trial's event, on the session's 20 ms grid
+    start = events[w.trial_index] * 1000.0 - 200.0
+    assert np.all(np.abs(w.t_start_ms - start) <= 20.0), np.abs(w.t_start_ms - start).max()

@@ -377,7 +377,9 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
     event_bin = None
     trials = grid.trials.get(table) if align is not None else None
     if align is not None and trials is None:
-        warnings.warn(f"session {session_id!r} has no {table!r} trial table; cutting continuous "
+        others = sorted(grid.trials)
+        hint = f" (its trial tables: {', '.join(others)}; name one with data.trial_table=NAME)" if others else ""
+        warnings.warn(f"session {session_id!r} has no {table!r} trial table{hint}; cutting continuous "
                       f"windows of {window_bins} bins instead of windows aligned to {align!r}",
                       RuntimeWarning, stacklevel=3)
         align = None
@@ -389,7 +391,8 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
     if align is not None:
         if align not in trials:
             raise ValueError(f"session {session_id!r}: trial table {table!r} has no column {align!r}; "
-                             f"columns: {sorted(trials)}; pass align=<one of them> or align=None")
+                             f"columns: {sorted(trials)}; pass align=<one of them>, or an empty align (data.align=) "
+                             "for continuous windows")
         if pre_ms % bin_ms:
             raise ValueError(f"pre_ms must be a multiple of bin_ms={bin_ms}, got {pre_ms}")
         event_bin = pre_ms // bin_ms

@@ -48,7 +48,6 @@ __all__ = ["NDTDataConfig", "NDTFamily", "parse_schemes", "parse_label_classes",
 #: does not pay off for models this small on a CPU; pass train.precision=bf16 on a GPU).
 RUN_DEFAULTS = ["optim.lr=3e-3", "train.batch_size=16", "train.steps=8000", "train.precision=fp32",
                 "train.log_every=100", "train.ckpt_every=1000", "train.eval_every=1000"]
-TRIAL_TABLE = "trials"
 
 
 def parse_schemes(text: str) -> list[str]:
@@ -79,6 +78,8 @@ class NDTDataConfig:
         align: trial column (in the ``trials`` table) to align windows to; ``"auto"`` = the first
             of stimulus onset, go cue, target onset, trial start the table holds (continuous
             windows without trials); ``""`` = continuous, non-overlapping windows.
+        trial_table: the session's trial table whose events ``align`` names (``trials``, the NWB
+            default; recordings with other interval tables, e.g. ``encoding_table``, name theirs).
         pre_ms: window start before the event (ms, a multiple of the corpus bin width); the
             window spans ``-pre_ms .. window_bins * bin_ms - pre_ms`` around the event.
         event_rounding: ``"nearest"`` puts the window edges on the bin edge nearest the event
@@ -109,6 +110,7 @@ class NDTDataConfig:
     sessions: str = ""
     window_bins: int = 100
     align: str = "auto"
+    trial_table: str = "trials"
     pre_ms: int = 500
     event_rounding: str = "nearest"
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -128,8 +130,8 @@ class NDTDataConfig:
     rate_init: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("corpus", "sessions", "align", "schemes", "init_from", "label_classes", "causal_mode",
-                     "event_rounding"):
+        for name in ("corpus", "sessions", "align", "trial_table", "schemes", "init_from", "label_classes",
+                     "causal_mode", "event_rounding"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"data.{name} must be a str, got {type(getattr(self, name)).__name__}")
         for name, lo in (("window_bins", 1), ("pre_ms", 0), ("split_seed", 0), ("decode_layer", 0)):
@@ -182,7 +184,7 @@ def parse_label_classes(text: str) -> dict[str, list[float | str]]:
 def window_options(data: NDTDataConfig) -> dict[str, Any]:
     """Keyword arguments of :func:`spikefm.data.windows.load_all_windows` for this config."""
     return {"window_bins": data.window_bins, "align": data.align or None, "pre_ms": data.pre_ms,
-            "table": TRIAL_TABLE, "split_fractions": tuple(data.split_fractions), "seed": data.split_seed,
+            "table": data.trial_table, "split_fractions": tuple(data.split_fractions), "seed": data.split_seed,
             "event_rounding": data.event_rounding, "drop_nogo": data.drop_nogo,
             "rt_range_ms": None if data.rt_range_ms is None else tuple(data.rt_range_ms),
             "min_rate_hz": float(data.min_rate_hz)}

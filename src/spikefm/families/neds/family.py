@@ -106,6 +106,8 @@ class NEDSDataConfig:
         align: trial column to align windows to; ``"auto"`` = the first of stimulus onset, go cue,
             target onset, trial start the session holds; ``""`` = continuous windows (continuous
             behaviour only: no trial labels).
+        trial_table: the session's trial table whose events ``align`` names (``trials``, the NWB
+            default; recordings with other interval tables name theirs).
         pre_ms: window start before the event (ms).
         event_rounding: ``"nearest"`` or ``"floor"`` (see :mod:`spikefm.data.windows`).
         split_fractions: (train, val, test) fractions of each session's windows.
@@ -157,6 +159,7 @@ class NEDSDataConfig:
     sessions: str = ""
     window_bins: int = 50
     align: str = "auto"
+    trial_table: str = "trials"
     pre_ms: int = 200
     event_rounding: str = "nearest"
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -177,8 +180,8 @@ class NEDSDataConfig:
     free_heads: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("corpus", "sessions", "align", "event_rounding", "behavior", "labels", "schemes", "val_schemes",
-                     "init_from"):
+        for name in ("corpus", "sessions", "align", "trial_table", "event_rounding", "behavior", "labels", "schemes",
+                     "val_schemes", "init_from"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"data.{name} must be a str, got {type(getattr(self, name)).__name__}")
         for name, lo in (("window_bins", 1), ("pre_ms", 0), ("split_seed", 0)):
@@ -220,7 +223,7 @@ class NEDSDataConfig:
 def window_options(data: NEDSDataConfig) -> dict[str, Any]:
     """Keyword arguments of :func:`spikefm.data.windows.load_all_windows` for this config."""
     return {"window_bins": data.window_bins, "align": data.align or None, "pre_ms": data.pre_ms,
-            "table": "trials", "split_fractions": tuple(data.split_fractions), "seed": data.split_seed,
+            "table": data.trial_table, "split_fractions": tuple(data.split_fractions), "seed": data.split_seed,
             "event_rounding": data.event_rounding, "min_rate_hz": float(data.min_rate_hz)}
 
 

@@ -411,6 +411,12 @@ def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetun
                       bps_pooled(truth["rates_KTN"][val], w.counts[val].astype(float)))
     with pytest.raises(ValueError, match="expected 'test' or 'val'"):
         ev.evaluate_run(str(out), str(corpus_dir), tasks=["encoding"], split="train")
+    # what is printed and rendered says which windows were scored (both said "test")
+    assert ev.format_results({"ft": res}).splitlines()[0].strip() == "NEDS evaluation (val windows)"
+    from spikefm.report import build_report
+
+    html = build_report(_write_json(out.parent / "val.json", res)).html()
+    assert "same val windows" in html and "same test windows" not in html
 
 
 def test_eval_of_multi_session_run_needs_session(pretrained, corpus_dir, capsys):
@@ -444,3 +450,26 @@ def test_continuous_windows_and_motor_preset_modalities(tmp_path):
     summary = train(cont, tmp_path / "run", progress=False)
     assert summary["step"] == 4 and np.isfinite(summary["loss"])
 
+
+def _write_json(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_decoding_a_run_with_nothing_to_decode_is_skipped_with_the_reason(tmp_path):
+    """A corpus without behaviour or trial labels (the spontaneous preset, or the real DANDI
+    file) gave an empty decoding table, exit 0 and no reason."""
+    from spikefm.families import run_config, train
+    from spikefm.families.neds.evaluate import evaluate_run, format_results
+
+    synthesize(tmp_path / "nwb", num_sessions=2, seed=4, duration_s=30.0, preset="spontaneous", units_range=(20, 24))
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "corpus", BuildConfig(test_fraction=0.0), progress=False)
+    sid = Corpus(tmp_path / "corpus").session_ids()[0]
+    cfg = run_config("neds", preset="tiny", corpus=str(tmp_path / "corpus"),
+                     overrides=[f"data.sessions={sid}", "data.align=", "train.steps=2", "train.batch_size=4",
+                                "train.precision=fp32", "train.device=cpu"])
+    train(cfg, tmp_path / "run", progress=False)
+    res = evaluate_run(str(tmp_path / "run"), str(tmp_path / "corpus"), tasks=["encoding", "decoding"])
+    assert "decoding" not in res["results"] and res["tasks"] == ["encoding"]
+    assert res["results"]["skipped"]["decoding"].startswith("the run has no behaviour channels or trial labels")
+    assert "skipped" in format_results({"run": res}) and "no behaviour channels" in format_results({"run": res})

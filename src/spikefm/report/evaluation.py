@@ -138,6 +138,11 @@ def _ar_tables(sec: Section, ev: Evaluation) -> None:
     sec.end_figures()
 
 
+def _scored(ev: Evaluation) -> str:
+    """The windows an evaluation scored: ``test`` (the headline) or ``val`` (choosing settings)."""
+    return str(ev.meta.get("split") or "test")
+
+
 # --- NEDS: encoding, decoding and region identity -----------------------------------------------
 
 
@@ -186,7 +191,7 @@ def _neds_tables(sec: Section, ev: Evaluation) -> None:
                  num(e.get("chance"), "decoding", m, t, "chance"), num(e.get("n"), "decoding", m, t, "n", spec=",d")]
                 for m, v in dec.items() if (e := v.get(t))]
         sec.table(["model", "accuracy", "95 % low", "95 % high", "balanced accuracy", "chance", "trials"], rows,
-                  caption=f"{t}: accuracy with its 95 % Wilson interval; chance = the test windows' majority class",
+                  caption=f"{t}: accuracy with its 95 % Wilson interval; chance = the {split} windows' majority class",
                   key=f"neds-label-{t}")
         have = [m for m in dec if dec[m].get(t)]
         ci = [dec[m][t].get("accuracy_ci95") or [None, None] for m in have]
@@ -222,10 +227,12 @@ def _neds_tables(sec: Section, ev: Evaluation) -> None:
                     rows.append([task, pair, target, metric, num(v.get("value"), *keys, "value"),
                                  num(ci[0], *keys, "ci95", 0), num(ci[1], *keys, "ci95", 1)])
     if rows:
-        sec.heading("paired differences (NEDS minus each baseline, same test windows)")
+        sec.heading(f"paired differences (NEDS minus each baseline, same {split} windows)")
         sec.table(["task", "pair", "target", "metric", "difference", "95 % low", "95 % high"], rows,
-                  caption="differences with 95 % intervals over the test windows (an interval that excludes 0 is "
+                  caption=f"differences with 95 % intervals over the {split} windows (an interval that excludes 0 is "
                           "a resolved difference)", key="neds-comparisons")
+    for task, why in (res.get("skipped") or {}).items():
+        sec.note(f"{task}: skipped ({why})")
     reg = {k: v for k, v in (res.get("region") or {}).items() if isinstance(v, dict)}
     if reg:
         sec.heading("region classification from per-unit features")
@@ -283,7 +290,7 @@ def _ndt_tables(sec: Section, ev: Evaluation) -> None:
     names = list(ev.models)
     first = next(iter(ev.models.values()))
     sec.kv([("session", first.get("session_id")), ("units", first.get("num_units")),
-            ("test windows", first.get("num_test_windows")), ("windows in all", first.get("num_windows")),
+            (f"{_scored(ev)} windows", first.get("num_test_windows")), ("windows in all", first.get("num_windows")),
             ("bin (ms)", first.get("bin_ms")), ("oracle (ground truth)", ev.meta.get("oracle"))],
            key="benchmark-setup")
     summary_tasks = [t for t in _task_order(ev) if any("model" in r.get("tasks", {}).get(t, {})
@@ -361,7 +368,7 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
     rows.append(["entries scored"] + [Num(e.get("num_evaluated"), src=ev.src,
                                           path=ev.ptr(n, "tasks", task, "num_evaluated")) if e else None
                                       for n, e in entries.items()] + [None] * len(bases))
-    sec.table(header, rows, caption=f"{task}: bits per spike on the test windows", key=f"task-{task}")
+    sec.table(header, rows, caption=f"{task}: bits per spike on the {_scored(ev)} windows", key=f"task-{task}")
     first = next((e for e in entries.values() if e and len(e.get("chunks", [])) > 1), None)
     bin_ms = next(iter(ev.models.values())).get("bin_ms") or 20
     if first:
@@ -438,7 +445,8 @@ def _decoding_task(sec: Section, ev: Evaluation, task: str, present: dict) -> No
         rows.append(["accuracy (ideal observer of the spikes)"] + [None] * len(names) + [
             Num(present[ideal_owner]["ideal_observer"].get("accuracy"), src=ev.src,
                 path=ev.ptr(ideal_owner, "tasks", task, "ideal_observer", "accuracy"))])
-    rows.append(["test windows scored"] + [e.get("n_test") for e in present.values()] + ([None] if oracle_owner else []))
+    rows.append([f"{_scored(ev)} windows scored"] + [e.get("n_test") for e in present.values()]
+                + ([None] if oracle_owner else []))
     rows.append(["method"] + [e.get("method") for e in present.values()] + ([None] if oracle_owner else []))
     sec.table(header, rows, caption=f"{task}: accuracy of a logistic regression (label "
               f"{next(iter(present.values())).get('label')})", key=f"task-{task}")

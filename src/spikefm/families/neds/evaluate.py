@@ -489,6 +489,11 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
             comparisons["encoding"] = {
                 f"neds - {k}": {"bps_pooled": bps_pooled_difference(preds["neds"], v, counts)}
                 for k, v in preds.items() if k not in ("neds", "oracle")}
+    skipped: dict[str, str] = {}
+    if "decoding" in names and not (mods.channels or mods.labels):
+        names = [t for t in names if t != "decoding"]
+        skipped["decoding"] = ("the run has no behaviour channels or trial labels to decode (the corpus "
+                               "records none for its sessions)")
     if "decoding" in names:
         # One pass over the fit and test windows: the heads' test outputs, and every hidden state
         # the probe is fitted on (fit windows) and scored on (test windows).
@@ -526,6 +531,8 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
         results["region"] = region_task(model, windows, arrays)
     if comparisons:
         results["comparisons"] = comparisons
+    if skipped:
+        results["skipped"] = skipped
     return {"family": "neds", "run_dir": str(run_dir), "corpus": str(corpus.path),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session, "tasks": names,
             "oracle": truth is not None, "rank": rank, "min_rate_hz": min_rate_hz,
@@ -646,8 +653,10 @@ def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
                 for target, metrics in ({"spikes": targets} if task == "encoding" else targets).items():
                     for metric, v in metrics.items():
                         lo, hi = v["ci95"]
+                        ci = f"95 % [{_cell(lo)}, {_cell(hi)}]" if np.isfinite([lo, hi]).all() else \
+                            "95 %: too few windows"
                         rows.append([run, f"{task} difference", pair, target,
-                                     f"{metric} {_cell(v['value'])}", f"95 % [{_cell(lo)}, {_cell(hi)}]", "", ""])
+                                     f"{metric} {_cell(v['value'])}", ci, "", ""])
         for model, v in res.get("region", {}).items():
             if "error" in v:
                 rows.append([run, "region", model, "units", v["error"][:40], "", "", ""])
@@ -655,5 +664,8 @@ def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
                 rows.append([run, "region", model, f"{v['num_units']} units", f"acc {_cell(v['accuracy'])}",
                              f"bal {_cell(v['balanced_accuracy'])}", f"chance {_cell(v['chance'])}",
                              f"bal. chance {_cell(v['chance_balanced'])}"])
+        for task, why in res.get("skipped", {}).items():
+            rows.append([run, task, "skipped", why, "", "", "", ""])
+    splits = sorted({r.get("split", "test") for r in results_by_run.values()})
     return render_table(["run", "task", "model", "target", "bps / acc", "bps/neuron / bal", "R² single / chance",
-                         "R² PSTH"], rows, title="NEDS evaluation (test windows)")
+                         "R² PSTH"], rows, title=f"NEDS evaluation ({' and '.join(splits)} windows)")

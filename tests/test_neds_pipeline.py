@@ -468,7 +468,15 @@ def test_decoding_a_run_with_nothing_to_decode_is_skipped_with_the_reason(tmp_pa
     cfg = run_config("neds", preset="tiny", corpus=str(tmp_path / "corpus"),
                      overrides=[f"data.sessions={sid}", "data.align=", "train.steps=2", "train.batch_size=4",
                                 "train.precision=fp32", "train.device=cpu"])
-    train(cfg, tmp_path / "run", progress=False)
+    # with nothing but spikes, the behaviour-only schemes score nothing: said when training
+    with pytest.warns(RuntimeWarning, match=r"schemes decoding, behavior score nothing \(45% of the training "
+                                            r"draws\); set data.schemes=encoding,spike,cross"):
+        train(cfg, tmp_path / "run", progress=False)
+    from spikefm.train.config import apply_overrides
+
+    with pytest.raises(ValueError, match="data.schemes='decoding' scores only behaviour"):
+        train(apply_overrides(cfg, ["data.schemes=decoding"]), tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run2" / "model.safetensors").exists()
     res = evaluate_run(str(tmp_path / "run"), str(tmp_path / "corpus"), tasks=["encoding", "decoding"])
     assert "decoding" not in res["results"] and res["tasks"] == ["encoding"]
     assert res["results"]["skipped"]["decoding"].startswith("the run has no behaviour channels or trial labels")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -227,6 +228,30 @@ def window_options(data: NEDSDataConfig) -> dict[str, Any]:
             "event_rounding": data.event_rounding, "min_rate_hz": float(data.min_rate_hz)}
 
 
+#: Schemes that hide (and so score) spikes; ``decoding`` and ``behavior`` score behaviour only.
+SPIKE_SCORING_SCHEMES = ("encoding", "spike", "cross")
+
+
+def _check_schemes_have_targets(data: "NEDSDataConfig", mods) -> None:
+    """Without behaviour channels or labels, the behaviour-only schemes score nothing: refuse a
+    run made only of them, and warn when some training draws go to them."""
+    if mods.channels or mods.labels:
+        return
+    names = parse_schemes(data.schemes)
+    idle = [n for n in names if n not in SPIKE_SCORING_SCHEMES]
+    if not idle:
+        return
+    if len(idle) == len(names):
+        raise ValueError(f"data.schemes={data.schemes!r} scores only behaviour, and these sessions have no behaviour "
+                         f"channels or trial labels; include a spike scheme ({', '.join(SPIKE_SCORING_SCHEMES)})")
+    w = dict(zip(names, scheme_weights(data)))
+    share = sum(w[n] for n in idle) / sum(w.values())
+    warnings.warn(f"the sessions have no behaviour channels or trial labels, so schemes {', '.join(idle)} score "
+                  f"nothing ({share:.0%} of the training draws); set data.schemes="
+                  f"{','.join(n for n in names if n not in idle)} to spend every draw on the spikes",
+                  RuntimeWarning, stacklevel=4)
+
+
 def _ids(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
@@ -310,6 +335,7 @@ class NEDSFamily:
             mods = resolve_modalities(windows, data.behavior, data.labels)
             arrays = {sid: session_arrays(w, mods) for sid, w in windows.items()}
             self._cache[key] = (windows, mods, arrays)
+        _check_schemes_have_targets(data, self._cache[key][1])  # the schemes are not part of the key
         return self._cache[key]
 
     # -- model -----------------------------------------------------------------------------------

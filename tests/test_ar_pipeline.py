@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,6 +84,43 @@ def test_oracle_matches_an_independent_poisson_computation(synth_corpus):
     expected_bits = -lp.sum() / np.log(2) / (row.num_bins * (row.num_units + 1) - 1)
     assert res["overall"]["all"]["bits"] == pytest.approx(expected_bits, rel=1e-9)
     assert res["overall"]["separators"]["bits"] == 0.0
+
+
+def test_oracle_on_a_40_ms_corpus_sums_pairs_of_truth_bins(synth_corpus, tmp_path):
+    """A 40 ms corpus of the synthetic recordings made eval and ngram fail ("ground truth is on
+    20 ms bins"); its oracle is the true rate summed over each pair of 20 ms bins (computed here
+    from the truth file with scipy), and a width that is not a multiple gives no oracle, with a
+    warning, instead of an error."""
+    from scipy.stats import poisson
+
+    nwb = Path(Corpus(synth_corpus).sessions[0]["provenance"]["path"]).parents[1]
+    build_corpus([str(nwb)], tmp_path / "c40", BuildConfig(bin_ms=40, test_fraction=0.2, split="row",
+                                                           max_row_tokens=10_000), progress=False)
+    corpus = Corpus(tmp_path / "c40")
+    row = next(corpus.iter_rows("test"))
+    res = evaluate_oracle(corpus, max_tokens=row.num_bins * (row.num_units + 1))  # first row only
+    with np.load(Path(corpus.session(row.session_id)["provenance"]["path"][:-4] + ".truth.npz")) as z:
+        fine, t0 = z["expected_counts"], int(z["t_start_ms"])
+    a = (row.t_start_ms - t0) // 20
+    exp = fine[:, a:a + 2 * row.num_bins:2] + fine[:, a + 1:a + 2 * row.num_bins:2]
+    c = np.minimum(row.spike_counts.astype(int), 254)
+    lp = np.where(c < 254, poisson.logpmf(c, exp), poisson.logsf(253, exp))
+    assert res["overall"]["all"]["bits"] == pytest.approx(-lp.sum() / np.log(2) / (c.size + row.num_bins - 1),
+                                                          rel=1e-9)
+    build_corpus([str(nwb)], tmp_path / "c30", BuildConfig(bin_ms=30, test_fraction=0.2), progress=False)
+    with pytest.warns(RuntimeWarning, match="no oracle: ground truth is on 20 ms bins, the corpus on 30 ms"):
+        assert evaluate_oracle(Corpus(tmp_path / "c30")) is None
+
+
+def test_eval_refuses_a_corpus_of_another_bin_width(trained_run, synth_corpus, tmp_path, capsys):
+    """A run trained on 20 ms bins was scored on a 40 ms corpus without a word."""
+    nwb = Path(Corpus(synth_corpus).sessions[0]["provenance"]["path"]).parents[1]
+    build_corpus([str(nwb)], tmp_path / "c40", BuildConfig(bin_ms=40, test_fraction=0.2), progress=False)
+    assert cli_main(["eval", str(trained_run), "--data", str(tmp_path / "c40"), "--max-tokens", "2000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == (f"spikefm: error: {trained_run} was trained on 20 ms bins ({synth_corpus}), "
+                                        f"{tmp_path / 'c40'} is binned at 40 ms: its counts per bin are not what the "
+                                        "model read; score it on a corpus built with --bin-ms 20")
 
 
 def test_scoring_is_causal_and_matches_full_forward(trained_run):

@@ -238,6 +238,8 @@ class ARFamily:
                                   seq_len=seq_len, permutations=permutations, progress=progress)
         data = Corpus(corpus)
         model, cfg = self.load(run_dir)
+        if cfg is not None:
+            _check_bin_width(run_dir, cfg.data.corpus, data)
         if baselines is None:
             baselines = self.evaluate_baselines(corpus, split=split, ngram=ngram, max_tokens=max_tokens,
                                                 max_train_tokens=max_train_tokens)
@@ -287,6 +289,21 @@ def _held_out(corpus, split: str) -> str:
     kind = corpus.manifest.get("build", {}).get("split")
     return {"session": "held-out sessions", "row": "held-out rows"}.get(kind, "held-out (split "
                                                                         "kind not recorded)")
+
+
+def _check_bin_width(run_dir, trained_on: str, data) -> None:
+    """A token model reads one count per unit per bin: refuse a corpus binned at another width
+    than its training corpus (when that corpus is still readable; its manifest records it)."""
+    from spikefm.corpus.reader import Corpus
+
+    try:
+        trained_bin = Corpus(trained_on).manifest.get("bin_ms") if trained_on else None
+    except (ValueError, OSError):
+        return
+    if trained_bin is not None and trained_bin != data.manifest.get("bin_ms"):
+        raise ValueError(f"{run_dir} was trained on {trained_bin} ms bins ({trained_on}), {data.path} is binned at "
+                         f"{data.manifest.get('bin_ms')} ms: its counts per bin are not what the model read; "
+                         f"score it on a corpus built with --bin-ms {trained_bin}")
 
 
 def _trained_on(run_dir: str) -> str:

@@ -154,6 +154,17 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     rc = cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--prompt",
                    f"{synth_corpus}:{session['session_id']}:0", "--out", str(tmp_path / "x.npz")])
     assert rc == 2  # unit count of the prompt session does not match
+    # a .png of the user's where the raster would go is kept (it was replaced); an earlier
+    # generate's own pair is rewritten
+    (tmp_path / "mine.png").write_bytes(b"my figure")
+    capsys.readouterr()
+    assert cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2",
+                     "--out", str(tmp_path / "mine.npz")]) == 2
+    assert "mine.png exists and is not the raster of an earlier spikefm generate" in capsys.readouterr().err
+    assert (tmp_path / "mine.png").read_bytes() == b"my figure" and not (tmp_path / "mine.npz").exists()
+    for _ in range(2):
+        assert cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2",
+                         "--out", str(tmp_path / "pair.npz")]) == 0
     # --device auto on a machine without CUDA samples on the CPU: the default's spikes, exactly
     auto = tmp_path / "auto.npz"
     assert cli_main(["generate", str(trained_run), "--units", str(session["num_units"]),

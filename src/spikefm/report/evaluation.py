@@ -119,10 +119,13 @@ def _ar_tables(sec: Section, ev: Evaluation) -> None:
         rows = [[kind] + [Num(ev.models[n]["overall"].get(kind, {}).get(unit), src=ev.src,
                               path=ev.ptr(n, "overall", kind, unit)) for n in names] for kind in AR_KINDS]
         sec.table(["", *names], rows, caption=title, key=f"xent-{unit}")
+    counts = {ev.models[n]["overall"].get("all", {}).get("num_tokens") for n in names}
     sec.table(["", *names], [[kind] + [Num(ev.models[n]["overall"].get(kind, {}).get("num_tokens"), src=ev.src,
                                            path=ev.ptr(n, "overall", kind, "num_tokens")) for n in names]
-                             for kind in AR_KINDS], caption="tokens scored (the same for every model)",
-              key="xent-tokens")
+                             for kind in AR_KINDS],
+              caption="tokens scored (the same for every model)" if len(counts) == 1 else
+              "tokens scored (the same tokens for every model; a units-permuted column scores them once per "
+              "permutation)", key="xent-tokens")
     sources = sorted({s for r in ev.models.values() for s in r.get("per_source", {})})
     if len(sources) > 1:
         for source in sources:

@@ -50,6 +50,10 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     from spikefm.families.ar.tokens import detokenize, tokenize
     from spikefm.train.dist import resolve_device_type
 
+    png = Path(out).with_suffix(".png")
+    if png.exists() and not Path(out).with_suffix(".npz").exists():  # not an earlier generate's pair
+        raise ValueError(f"{png} exists and is not the raster of an earlier spikefm generate (no "
+                         f"{png.with_suffix('.npz').name} beside it); nothing was written: move it or choose another --out")
     device = resolve_device_type(device, option="--device")
     model, _ = ARFamily().load(str(run_dir), device=device)
     if not isinstance(model, Llama):

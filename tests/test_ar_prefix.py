@@ -195,6 +195,14 @@ def test_train_with_prefix_then_compare_session_and_row_splits(corpora, tmp_path
                                max_tokens=600)
     assert res["compare"]["results"]["model"] == alone["results"]["model"]
     assert res["compare"]["results"]["1-gram"] == alone["results"]["1-gram"]
+    # the report shows the compared run's table too, each cell pointing into "compare"
+    from test_report import _parse, _resolve
+
+    assert cli_main(["report", str(out), "--out", str(tmp_path / "cmp.html")]) == 0
+    cells = {c[1]: c for c in _parse((tmp_path / "cmp.html").read_text()).cells}
+    ptr = "/compare/results/model/overall/all/bits"
+    assert ptr in cells and float(cells[ptr][2]) == _resolve(res, ptr)
+    assert "/results/model/overall/all/bits" in cells
     with pytest.warns(UserWarning, match="both corpora are split by 'session'"):
         get("ar").evaluate(str(runs["session"]), str(corpora["session"].path),
                            compare_run=str(runs["session"]), max_tokens=300)

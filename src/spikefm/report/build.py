@@ -140,6 +140,15 @@ def add_evaluation(page: Page, results: str | Path, prov: Provenance, *, predict
         from spikefm.report.evaluation import generation_panel
 
         generation_panel(sec, Path(generated))
+    other = obj.get("compare") if isinstance(obj, dict) else None
+    if ev.family == "ar" and isinstance(other, dict):  # spikefm eval --compare-run: the second run's table
+        ev2 = parse_evaluation(other, src=src or results.name)
+        if ev2 is not None:
+            ev2.where = {k: ("compare", *v) for k, v in ev2.where.items()}
+            sec2 = evaluation_section(page, ev2, title=f"Evaluation (cross-entropy), compared run: "
+                                                       f"{other.get('run_dir', '?')}")
+            sec2.note(f"scored on {other.get('held_out', 'its split')} of {other.get('corpus', '?')}, beside "
+                      f"{ev.meta.get('held_out', 'the split')} of {ev.meta.get('corpus', '?')} above")
     prov.add(f"results {results}", [(k, ev.meta.get(k)) for k in
                                     ("family", "run_dir", "corpus", "corpus_manifest_sha256", "session_id",
                                      "split", "seq_len", "decode_layer", "window_bins")])

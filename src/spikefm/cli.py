@@ -464,9 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "choice-decoding, behavior-decoding; neds default: encoding, decoding, region)")
     e.add_argument("--session", default=None, help="masked models: the session to evaluate")
     e.add_argument("--save-predictions", default=None, metavar="DIR",
-                   help="masked models: write DIR/<task>.npz with rates and counts")
+                   help="ndt runs: write DIR/<task>.npz with rates and counts")
     e.add_argument("--decode-layer", type=int, default=None, metavar="BLOCK",
-                   help="masked models: transformer block (1-based) the decoding tasks read "
+                   help="ndt runs: transformer block (1-based) the decoding tasks read "
                         "(default: the run's data.decode_layer; 0 = the last)")
     e.add_argument("--permutations", type=_positive_int, default=None, metavar="K",
                    help="autoregressive models: also score the data with its units in K random "

@@ -201,7 +201,8 @@ class NEDSDataConfig:
         if w and (len(w) != len(names) or any(isinstance(x, bool) or not isinstance(x, (int, float))
                                               or not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0):
             raise ValueError(f"data.scheme_weights must be {len(names)} numbers >= 0 with a positive sum, one per "
-                             f"scheme of data.schemes ({', '.join(names)}), or empty for uniform; got {w}")
+                             f"scheme of data.schemes ({', '.join(names)}), or empty for the defaults ("
+                             f"{', '.join(f'{n} {DEFAULT_SCHEME_WEIGHTS[n]:g}' for n in names)}); got {w}")
         if self.val_schemes not in ("", "train"):
             try:
                 parse_schemes(self.val_schemes)

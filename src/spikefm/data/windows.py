@@ -455,13 +455,15 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
     unit_regions = [grid.unit_regions[i] for i in unit_index]
     names = sorted(set(unit_regions))
     region_ids = np.array([names.index(r) for r in unit_regions], dtype=np.int64)
+    split = _assign_split(starts.size, split_fractions, seed, session_id)
+    _warn_cross_split_overlap(session_id, starts, split, window_bins, bin_ms, continuous=align is None)
     return SessionWindows(
         session_id=session_id,
         counts=counts_KTN,
         unit_regions=unit_regions,
         region_ids=region_ids,
         t_start_ms=(grid.t0_ms + starts * bin_ms).astype(np.int64),
-        split=_assign_split(starts.size, split_fractions, seed, session_id),
+        split=split,
         bin_ms=bin_ms,
         labels=labels,
         behavior=behavior,
@@ -473,6 +475,27 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
         unit_index=unit_index,
         units_dropped=int(grid.counts_NG.shape[0] - unit_index.size),
     )
+
+
+def _warn_cross_split_overlap(session_id: str, starts: np.ndarray, split: np.ndarray, window_bins: int,
+                              bin_ms: int, *, continuous: bool) -> None:
+    """Warn when held-out (val / test) windows share bins with train windows: trials closer than
+    the window length (or a continuous stride below it) put some held-out spikes in training."""
+    order = np.argsort(starts, kind="stable")
+    s, sp = starts[order], split[order]
+    shared = set()
+    for i in range(s.size):
+        j = i + 1
+        while j < s.size and s[j] < s[i] + window_bins:
+            if (sp[i] == "train") != (sp[j] == "train"):
+                shared.add(int(order[i] if sp[i] != "train" else order[j]))
+            j += 1
+    if shared:
+        fix = "a stride of at least window_bins" if continuous else "fewer bins per window (data.window_bins)"
+        why = "a stride shorter than" if continuous else "events closer than"
+        warnings.warn(f"session {session_id!r}: {len(shared)} val/test window(s) share bins with train windows "
+                      f"({why} the {window_bins * bin_ms / 1000:g} s window), so part of their spikes is "
+                      f"trained on; use {fix}", RuntimeWarning, stacklevel=4)
 
 
 def _check_window_args(window_bins, pre_ms):

@@ -457,8 +457,8 @@ def test_synth_refuses_to_overwrite_other_recordings_unless_overwrite(tmp_path, 
     capsys.readouterr()
     assert main([*args, "--seed", "1"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(f"spikefm: error: {tmp_path / 'nwb'}: already holds 2 recording "
-                                               "file(s) written by other settings (e.g. ")
+    assert len(err) == 1 and err[0].startswith(f"spikefm: error: {tmp_path / 'nwb'}: already holds 1 NWB "
+                                               "recording(s) with other settings (e.g. ")
     assert err[0].endswith("nothing was changed: pass --overwrite to replace them, or give another folder")
     assert {p: p.read_bytes() for p in files} == before
     assert main([*args, "--seed", "1", "--overwrite"]) == 0
@@ -467,7 +467,14 @@ def test_synth_refuses_to_overwrite_other_recordings_unless_overwrite(tmp_path, 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "rec.nwb").write_bytes(b"mine")
     assert main(["synth", str(tmp_path / "mine"), "--sessions", "1", "--duration-s", "12", "--quiet"]) == 2
-    assert "written by something other than spikefm synth (e.g. rec.nwb)" in capsys.readouterr().err
+    assert "with no spikefm synth record of its settings" in capsys.readouterr().err
     assert (tmp_path / "mine" / "rec.nwb").read_bytes() == b"mine"
+    # more sessions with the same settings only add recordings: allowed
+    assert main([*args[:3], "2", *args[4:], "--seed", "1"]) == 0
+    assert len(list((tmp_path / "nwb").rglob("*.nwb"))) == 2
+    # a bad value leaves the record as it was (a rerun of the last command is still allowed)
+    capsys.readouterr()
+    assert main([*args, "--seed", "1", "--duration-s", "nan"]) == 2
+    assert main([*args[:3], "2", *args[4:], "--seed", "1"]) == 0
     # the record does not disturb a corpus build of the folder
     assert main(["corpus", "build", str(tmp_path / "nwb"), "--out", str(tmp_path / "c"), "--quiet"]) == 0

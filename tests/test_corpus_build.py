@@ -205,6 +205,12 @@ def test_copies_of_one_recording_become_one_session(six_sessions, tmp_path, caps
     skipped = sorted(Path(x["input"]).name for x in m["skipped"])
     assert len(skipped) == 2 and all("the same recording as" in x["error"] for x in m["skipped"])
     assert sorted([Path(kept).name, *skipped]) == ["sub-0_ses-0-copy.nwb", "sub-0_ses-0.nwb", "sub-9_copy.nwb"]
+    assert report.num_staged_now == 6 and report.num_reused == 0
+    again = build_corpus([str(folder)], tmp_path / "c", BuildConfig(test_fraction=0.3), progress=False)
+    assert again.num_staged_now == 0 and again.num_reused == 6  # counts of the sessions kept
+    with pytest.raises(ValueError, match=r"the same recording as .* \(--strict: nothing was written\)"):
+        build_corpus([str(folder)], tmp_path / "strict", BuildConfig(test_fraction=0.3, strict=True), progress=False)
+    assert not (tmp_path / "strict" / "manifest.json").exists()
 
 
 def test_folder_build_counts_equal_independent_binning_file_by_file(six_sessions, tmp_path):

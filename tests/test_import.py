@@ -394,3 +394,12 @@ def test_a_spikefm_corpus_folder_imports_through_its_data_link(imported, tmp_pat
     a = sorted((r.session_id, r.t_start_ms, r.spike_counts.tobytes()) for r in Corpus(src).iter_rows("train"))
     b = sorted((r.session_id, r.t_start_ms, r.spike_counts.tobytes()) for r in Corpus(tmp_path / "again").iter_rows("train"))
     assert a == b
+
+
+def test_a_reimport_of_the_same_folder_written_otherwise_is_not_refused(published, tmp_path, monkeypatch):
+    root = published[0]
+    out = tmp_path / "c"
+    import_neural_pile(str(root), out, progress=False)
+    monkeypatch.chdir(root.parent)
+    for spelling in (f"./{root.name}", f"{root.name}/", str(root.resolve())):
+        import_neural_pile(spelling, out, progress=False)  # the same folder: replaced, not refused

@@ -28,21 +28,26 @@ SYNTH_RECORD = ".spikefm-synth.json"
 
 
 def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse to overwrite recordings in ``out`` that the same settings did not write (a rerun of
-    the same command rewrites identical files and is allowed)."""
+    """Refuse to overwrite recordings in ``out`` that the same settings did not write. A rerun of
+    the same command (also after an interruption) rewrites identical files, and more ``sessions``
+    with the same other settings only add files: both are allowed."""
     if overwrite or not out.is_dir():
         return
-    existing = sorted(p for p in out.rglob("*") if p.suffix == ".nwb" or p.name.endswith(".truth.npz"))
+    existing = sorted(p for p in out.rglob("*.nwb"))
     if not existing:
         return
     record = out / SYNTH_RECORD
     try:
-        same = json.loads(record.read_text()) == settings
+        old = json.loads(record.read_text())
     except (OSError, ValueError):
-        same = False
-    if not same:
-        what = "other settings" if record.is_file() else "something other than spikefm synth"
-        raise ValueError(f"{out}: already holds {len(existing)} recording file(s) written by {what} (e.g. "
+        old = None
+    def same(d):
+        return isinstance(d, dict) and {k: v for k, v in d.items() if k != "sessions"} == \
+            {k: v for k, v in settings.items() if k != "sessions"}
+    if not same(old):
+        what = "other settings" if old is not None else \
+            "no spikefm synth record of its settings (another program, or a spikefm before 2026-12-06)"
+        raise ValueError(f"{out}: already holds {len(existing)} NWB recording(s) with {what} (e.g. "
                          f"{existing[0].relative_to(out)}); nothing was changed: pass --overwrite to replace "
                          "them, or give another folder")
 
@@ -56,12 +61,22 @@ def cmd_synth(args) -> int:
                 "duration_s": args.duration_s, "units": list(args.units), "region_tuning": args.region_tuning,
                 "choice_signal": args.choice_signal}
     check_synth_out(out, settings, args.overwrite)
-    paths = synthesize(args.out_dir, num_sessions=args.sessions, seed=args.seed,
-                       preset=args.preset, num_families=args.families,
-                       duration_s=args.duration_s, units_range=args.units,
-                       region_tuning=args.region_tuning, choice_signal=args.choice_signal,
-                       progress=not args.quiet)
-    write_json_atomic(out / SYNTH_RECORD, settings)
+    record = out / SYNTH_RECORD
+    previous = record.read_bytes() if record.is_file() else None
+    try:  # the record first, so that an interrupted run can be run again as it was
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, settings)
+        paths = synthesize(args.out_dir, num_sessions=args.sessions, seed=args.seed,
+                           preset=args.preset, num_families=args.families,
+                           duration_s=args.duration_s, units_range=args.units,
+                           region_tuning=args.region_tuning, choice_signal=args.choice_signal,
+                           progress=not args.quiet)
+    except ValueError:  # bad arguments: nothing was synthesized, the record goes back to what it was
+        if previous is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.write_bytes(previous)
+        raise
     print(f"wrote {len(paths)} NWB files (+ .truth.npz ground truth) under {args.out_dir}")
     for p in paths:
         print(f"  {p}")

@@ -613,7 +613,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
         # In strict mode stage into a scratch folder and only move results in when all pass.
         staging = Path(tempfile.mkdtemp(prefix=".tmp-strict-", dir=folder.path)) \
             if cfg.strict else staged
-        jobs, metas, reused = [], [], 0
+        jobs, metas, reused_keys = [], [], set()
         for item in files:
             if not item.path.exists():
                 problems.append({"input": str(item.path),
@@ -624,7 +624,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
             problem = _staged_problem(staged, key) if done.exists() else "not staged"
             if problem is None:
                 metas.append(json.loads(done.read_text()))
-                reused += 1
+                reused_keys.add(key)
             else:
                 if done.exists():  # damaged: staged again from its input (the corpus is untouched)
                     print(f"spikefm: warning: {item.path}: its staged copy ({STAGING}/{key}) is damaged "
@@ -643,6 +643,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
                               f"left out {res['spikes_past_end']} spike time(s) after the "
                               f"recording's end ({res['recording_end_s']:.6g} s) "
                               "(--spikes-past-end drop)", file=sys.stderr)
+            metas = _drop_duplicate_recordings(metas, problems)  # a copy is a skipped input (--strict too)
             if cfg.strict and problems:
                 raise BuildError(problems[0]["error"] + " (--strict: nothing was written)")
             if cfg.strict:
@@ -652,13 +653,13 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
             if cfg.strict:
                 shutil.rmtree(staging, ignore_errors=True)
 
-        metas = _drop_duplicate_recordings(metas, problems)
         if not metas:
             msg = "; ".join(p["error"] for p in problems[:3]) or "no sessions"
             raise BuildError(f"no input could be built: {msg}")
         for p in problems:
             print(f"spikefm: warning: skipped {p['error']}", file=sys.stderr)
         manifest = finalize(folder, metas, problems, cfg, settings)
+    reused = sum(1 for m in metas if m.get("staging_key") in reused_keys)  # of the sessions kept
     return BuildReport(out_dir=out_dir, manifest=manifest, skipped=problems,
                        num_staged_now=len(metas) - reused, num_reused=reused)
 

@@ -552,11 +552,25 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     return manifest.to_dict()
 
 
+def _source_key(source: str) -> str:
+    """What a source names, however it is written: a local path resolved, or a Hub repo id
+    (with its revision) without the ``hf:`` prefix."""
+    p = Path(source).expanduser()
+    if not source.startswith("hf:") and p.exists():
+        return f"path:{p.resolve()}"
+    return f"hf:{source[3:] if source.startswith('hf:') else source}"
+
+
 def _check_replace(out_dir: Path, existing, source: str, overwrite: bool) -> None:
     """Refuse to replace a corpus that is not an import of ``source`` unless ``overwrite``."""
     old = None if existing is None else existing.build
-    if existing is None or overwrite or (old is not None and old.importer == "neural_pile" and old.source == source):
+    if existing is None or overwrite:
         return
+    if old is not None and old.importer == "neural_pile":
+        prov = existing.provenance if isinstance(existing.provenance, dict) else {}
+        old_key = f"path:{prov['path']}" if prov.get("path") else _source_key(old.source or "")
+        if old_key == _source_key(source):  # a re-import of the same source
+            return
     what = f"imported from {old.source}" if old is not None and old.importer else "built from NWB files"
     raise ValueError(f"{out_dir}: holds a corpus {what}; pass --overwrite to replace it with this import "
                      f"of {source}, or give another --out")

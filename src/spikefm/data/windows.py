@@ -481,19 +481,15 @@ def _warn_cross_split_overlap(session_id: str, starts: np.ndarray, split: np.nda
                               bin_ms: int, *, continuous: bool) -> None:
     """Warn when held-out (val / test) windows share bins with train windows: trials closer than
     the window length (or a continuous stride below it) put some held-out spikes in training."""
-    order = np.argsort(starts, kind="stable")
-    s, sp = starts[order], split[order]
-    shared = set()
-    for i in range(s.size):
-        j = i + 1
-        while j < s.size and s[j] < s[i] + window_bins:
-            if (sp[i] == "train") != (sp[j] == "train"):
-                shared.add(int(order[i] if sp[i] != "train" else order[j]))
-            j += 1
-    if shared:
+    train = np.sort(starts[split == "train"])
+    held = starts[split != "train"]
+    # a held-out window shares bins with a train window starting within window_bins of it
+    n_near = np.searchsorted(train, held + window_bins, "left") - np.searchsorted(train, held - window_bins, "right")
+    shared = np.flatnonzero(n_near > 0)
+    if shared.size:
         fix = "a stride of at least window_bins" if continuous else "fewer bins per window (data.window_bins)"
         why = "a stride shorter than" if continuous else "events closer than"
-        warnings.warn(f"session {session_id!r}: {len(shared)} val/test window(s) share bins with train windows "
+        warnings.warn(f"session {session_id!r}: {shared.size} val/test window(s) share bins with train windows "
                       f"({why} the {window_bins * bin_ms / 1000:g} s window), so part of their spikes is "
                       f"trained on; use {fix}", RuntimeWarning, stacklevel=4)
 

@@ -295,11 +295,16 @@ def _check_bin_width(run_dir, trained_on: str, data) -> None:
     """A token model reads one count per unit per bin: refuse a corpus binned at another width
     than its training corpus (when that corpus is still readable; its manifest records it)."""
     from spikefm.corpus.reader import Corpus
+    from spikefm.train.runinfo import read_run_info
 
     try:
-        trained_bin = Corpus(trained_on).manifest.get("bin_ms") if trained_on else None
+        train_corpus = Corpus(trained_on)
+        recorded = (read_run_info(run_dir).get("family_info") or {}).get("corpus_manifest_sha256")
     except (ValueError, OSError):
         return
+    if recorded is None or train_corpus.manifest_hash != recorded:
+        return  # a relative path read from elsewhere, or a rebuilt corpus: not surely the training corpus
+    trained_bin = train_corpus.manifest.get("bin_ms")
     if trained_bin is not None and trained_bin != data.manifest.get("bin_ms"):
         raise ValueError(f"{run_dir} was trained on {trained_bin} ms bins ({trained_on}), {data.path} is binned at "
                          f"{data.manifest.get('bin_ms')} ms: its counts per bin are not what the model read; "

@@ -123,6 +123,14 @@ def test_eval_refuses_a_corpus_of_another_bin_width(trained_run, synth_corpus, t
                                         "model read; score it on a corpus built with --bin-ms 20")
 
 
+def test_seq_len_for_a_run_is_said_to_be_ignored(trained_run, synth_corpus):
+    from spikefm.families import get
+
+    with pytest.warns(RuntimeWarning, match=r"--seq-len 64 applies to a Hugging Face folder; .* data.seq_len=256"):
+        res = get("ar").evaluate(str(trained_run), str(synth_corpus), seq_len=64, max_tokens=500)
+    assert res["seq_len"] == 256
+
+
 def test_scoring_is_causal_and_matches_full_forward(trained_run):
     model = load_model(trained_run)
     rng = np.random.default_rng(0)

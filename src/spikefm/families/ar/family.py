@@ -8,6 +8,7 @@ model has ``unit_count_prefix``); the loss is the mean next-token cross-entropy 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -244,6 +245,9 @@ class ARFamily:
             baselines = self.evaluate_baselines(corpus, split=split, ngram=ngram, max_tokens=max_tokens,
                                                 max_train_tokens=max_train_tokens)
         if cfg is not None:
+            if seq_len is not None and seq_len != cfg.data.seq_len:
+                warnings.warn(f"--seq-len {seq_len} applies to a Hugging Face folder; {run_dir} is scored with its own "
+                              f"data.seq_len={cfg.data.seq_len}", RuntimeWarning, stacklevel=2)
             seq_len = cfg.data.seq_len
         elif seq_len is None:
             seq_len = 512

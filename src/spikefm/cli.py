@@ -63,6 +63,7 @@ def cmd_synth(args) -> int:
     check_synth_out(out, settings, args.overwrite)
     record = out / SYNTH_RECORD
     previous = record.read_bytes() if record.is_file() else None
+    created = not out.exists()
     try:  # the record first, so that an interrupted run can be run again as it was
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(record, settings)
@@ -76,6 +77,8 @@ def cmd_synth(args) -> int:
             record.unlink(missing_ok=True)
         else:
             record.write_bytes(previous)
+        if created and not any(out.iterdir()):
+            out.rmdir()  # nothing written, nothing left
         raise
     print(f"wrote {len(paths)} NWB files (+ .truth.npz ground truth) under {args.out_dir}")
     for p in paths:

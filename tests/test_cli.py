@@ -472,9 +472,24 @@ def test_synth_refuses_to_overwrite_other_recordings_unless_overwrite(tmp_path, 
     # more sessions with the same settings only add recordings: allowed
     assert main([*args[:3], "2", *args[4:], "--seed", "1"]) == 0
     assert len(list((tmp_path / "nwb").rglob("*.nwb"))) == 2
-    # a bad value leaves the record as it was (a rerun of the last command is still allowed)
+    # a value only the generator refuses: the record goes back to what it was; a folder made for
+    # it (parents included) is removed again
+    record = (tmp_path / "nwb" / ".spikefm-synth.json").read_bytes()
+    for p in (tmp_path / "nwb").rglob("*.nwb"):
+        p.unlink()  # no recordings left: the settings check lets the command through
     capsys.readouterr()
-    assert main([*args, "--seed", "1", "--duration-s", "nan"]) == 2
+    assert main([*args, "--units", "5,6"]) == 2
+    assert "units_range" in capsys.readouterr().err
+    assert (tmp_path / "nwb" / ".spikefm-synth.json").read_bytes() == record
+    assert main(["synth", str(tmp_path / "a" / "b" / "c"), "--units", "5,6", "--quiet"]) == 2
+    assert not (tmp_path / "a").exists()
     assert main([*args[:3], "2", *args[4:], "--seed", "1"]) == 0
+    # growing past the file names' digits (ses-000..ses-999, then ses-0000..) needs --overwrite
+    rec = json.loads((tmp_path / "nwb" / ".spikefm-synth.json").read_text())
+    from spikefm.cli import check_synth_out
+
+    with pytest.raises(ValueError, match="with other settings"):
+        check_synth_out(tmp_path / "nwb", {**rec, "sessions": 1001}, overwrite=False)
+    check_synth_out(tmp_path / "nwb", {**rec, "sessions": 1000}, overwrite=False)  # ses-000..ses-999
     # the record does not disturb a corpus build of the folder
     assert main(["corpus", "build", str(tmp_path / "nwb"), "--out", str(tmp_path / "c"), "--quiet"]) == 0

@@ -403,3 +403,21 @@ def test_a_reimport_of_the_same_folder_written_otherwise_is_not_refused(publishe
     monkeypatch.chdir(root.parent)
     for spelling in (f"./{root.name}", f"{root.name}/", str(root.resolve())):
         import_neural_pile(spelling, out, progress=False)  # the same folder: replaced, not refused
+
+
+def test_a_hub_import_is_not_taken_for_a_local_folder_of_the_same_name(tmp_path, monkeypatch):
+    """The corpus imported from the Hub repo org/name records no path; with a local folder
+    ./org/name present, importing 'org/name' (the folder) passed as a re-import, and
+    'hf:org/name' (the same repo) was refused."""
+    from types import SimpleNamespace
+
+    from spikefm.corpus.importer import _check_replace
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    hub = SimpleNamespace(build=SimpleNamespace(importer="neural_pile", source="org/name"),
+                          provenance={"hf_repo": "org/name", "revision": "abc"})
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        _check_replace(tmp_path / "c", hub, "org/name", False)  # the local folder: other data
+    _check_replace(tmp_path / "c", hub, "hf:org/name", False)  # the same repo
+    _check_replace(tmp_path / "c", hub, "hf:org/name@v2", False)  # another revision of it

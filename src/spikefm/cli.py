@@ -27,6 +27,11 @@ from spikefm.fileio import check_output_file
 SYNTH_RECORD = ".spikefm-synth.json"
 
 
+def _synth_name_width(sessions: int) -> int:
+    """Digits of the session numbers in synth's file names (``spikefm.corpus.synth.synthesize``)."""
+    return max(3, len(str(sessions - 1)))
+
+
 def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
     """Refuse to overwrite recordings in ``out`` that the same settings did not write. A rerun of
     the same command (also after an interruption) rewrites identical files, and more ``sessions``
@@ -41,9 +46,10 @@ def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
         old = json.loads(record.read_text())
     except (OSError, ValueError):
         old = None
-    def same(d):
+    def same(d):  # more sessions only add files while their names keep the same number of digits
         return isinstance(d, dict) and {k: v for k, v in d.items() if k != "sessions"} == \
-            {k: v for k, v in settings.items() if k != "sessions"}
+            {k: v for k, v in settings.items() if k != "sessions"} and isinstance(d.get("sessions"), int) and \
+            _synth_name_width(d["sessions"]) == _synth_name_width(settings["sessions"])
     if not same(old):
         what = "other settings" if old is not None else \
             "no spikefm synth record of its settings (another program, or a spikefm before 2026-12-06)"
@@ -63,6 +69,9 @@ def cmd_synth(args) -> int:
     check_synth_out(out, settings, args.overwrite)
     record = out / SYNTH_RECORD
     previous = record.read_bytes() if record.is_file() else None
+    top = out  # the highest folder this command creates, removed again if nothing is synthesized
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
     created = not out.exists()
     try:  # the record first, so that an interrupted run can be run again as it was
         out.mkdir(parents=True, exist_ok=True)
@@ -77,8 +86,13 @@ def cmd_synth(args) -> int:
             record.unlink(missing_ok=True)
         else:
             record.write_bytes(previous)
-        if created and not any(out.iterdir()):
-            out.rmdir()  # nothing written, nothing left
+        if created:  # nothing written, nothing left: the empty folders this command made
+            for d in [out, *out.parents]:
+                if not d.exists() or any(d.iterdir()):
+                    break
+                d.rmdir()
+                if d == top:
+                    break
         raise
     print(f"wrote {len(paths)} NWB files (+ .truth.npz ground truth) under {args.out_dir}")
     for p in paths:

@@ -558,7 +558,8 @@ def _source_key(source: str) -> str:
     p = Path(source).expanduser()
     if not source.startswith("hf:") and p.exists():
         return f"path:{p.resolve()}"
-    return f"hf:{source[3:] if source.startswith('hf:') else source}"
+    repo = source[3:] if source.startswith("hf:") else source
+    return f"hf:{repo.split('@', 1)[0]}"  # another revision of the same repo is a re-import
 
 
 def _check_replace(out_dir: Path, existing, source: str, overwrite: bool) -> None:
@@ -568,7 +569,8 @@ def _check_replace(out_dir: Path, existing, source: str, overwrite: bool) -> Non
         return
     if old is not None and old.importer == "neural_pile":
         prov = existing.provenance if isinstance(existing.provenance, dict) else {}
-        old_key = f"path:{prov['path']}" if prov.get("path") else _source_key(old.source or "")
+        old_key = f"path:{prov['path']}" if prov.get("path") else \
+            f"hf:{prov['hf_repo']}" if prov.get("hf_repo") else _source_key(old.source or "")
         if old_key == _source_key(source):  # a re-import of the same source
             return
     what = f"imported from {old.source}" if old is not None and old.importer else "built from NWB files"

@@ -69,10 +69,7 @@ def cmd_synth(args) -> int:
     check_synth_out(out, settings, args.overwrite)
     record = out / SYNTH_RECORD
     previous = record.read_bytes() if record.is_file() else None
-    top = out  # the highest folder this command creates, removed again if nothing is synthesized
-    while not top.parent.exists() and top.parent != top:
-        top = top.parent
-    created = not out.exists()
+    made = [d for d in (out, *out.parents) if not d.exists()]  # removed again if nothing is synthesized
     try:  # the record first, so that an interrupted run can be run again as it was
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(record, settings)
@@ -86,13 +83,10 @@ def cmd_synth(args) -> int:
             record.unlink(missing_ok=True)
         else:
             record.write_bytes(previous)
-        if created:  # nothing written, nothing left: the empty folders this command made
-            for d in [out, *out.parents]:
-                if not d.exists() or any(d.iterdir()):
-                    break
-                d.rmdir()
-                if d == top:
-                    break
+        for d in made:  # nothing written, nothing left: the empty folders this command made
+            if any(d.iterdir()):
+                break
+            d.rmdir()
         raise
     print(f"wrote {len(paths)} NWB files (+ .truth.npz ground truth) under {args.out_dir}")
     for p in paths:
@@ -311,15 +305,11 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _check_study_out(out: Path) -> None:
-    """A study folder is new, empty or an earlier study's (seed_<s>/ folders, transfer.json)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder; give a folder for the study (--out)")
-    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
-                   and not p.name.startswith("seed_") and p.name != "transfer.json") \
-        if out.is_dir() else []
-    if other:
-        raise ValueError(f"{out}: folder has files that are not a transfer study's (found "
-                         f"{other[0]!r}); nothing was changed: give a new or empty folder (--out)")
+    """A transfer study folder is new, empty or an earlier study's (seed_<s>/ folders, transfer.json)."""
+    from spikefm.experiments.jobs import check_study_folder
+
+    check_study_folder(out, ("seed_*", "transfer.json"), kind="a transfer study's",
+                       fix="give a new or empty folder (--out)")
 
 
 def cmd_experiment_transfer(args) -> int:

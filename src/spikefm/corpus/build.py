@@ -669,19 +669,17 @@ def _drop_duplicate_recordings(metas: list[dict], problems: list[dict]) -> list[
     (by path order) are left out and listed with the skipped inputs, since two copies of one
     recording would be counted twice and could land in both train and test."""
     first: dict[str, str] = {}
-    kept = []
+    dropped = set()
     for m in sorted(metas, key=lambda m: str((m.get("provenance") or {}).get("path", ""))):
         prov = m.get("provenance") or {}
         digest, path = prov.get("sha256"), str(prov.get("path", m.get("session_id")))
         if digest and digest in first:
             problems.append({"input": path, "error": f"{path}: the same recording as {first[digest]} (sha256 "
                                                      f"{digest[:12]}...); left out: give each recording once"})
-            continue
-        if digest:
+            dropped.add(id(m))
+        elif digest:
             first[digest] = path
-        kept.append(m)
-    order = {id(m): i for i, m in enumerate(metas)}
-    return sorted(kept, key=lambda m: order[id(m)])
+    return [m for m in metas if id(m) not in dropped]
 
 
 def _staged_problem(staged: Path, key: str) -> str | None:

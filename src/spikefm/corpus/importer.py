@@ -554,12 +554,12 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
 
 def _source_key(source: str) -> str:
     """What a source names, however it is written: a local path resolved, or a Hub repo id
-    (with its revision) without the ``hf:`` prefix."""
+    without the ``hf:`` prefix and the ``@REVISION`` (another revision is a re-import)."""
     p = Path(source).expanduser()
     if not source.startswith("hf:") and p.exists():
         return f"path:{p.resolve()}"
     repo = source[3:] if source.startswith("hf:") else source
-    return f"hf:{repo.split('@', 1)[0]}"  # another revision of the same repo is a re-import
+    return f"hf:{repo.split('@', 1)[0]}"
 
 
 def _check_replace(out_dir: Path, existing, source: str, overwrite: bool) -> None:

@@ -477,9 +477,12 @@ STUDY_FILES = ("jobs", "ranking.json", "ranking.png", "ranking_*.csv", "topk_ove
                "more_sessions.png")
 
 
-def check_study_folder(out: Path) -> None:
-    """Refuse a study folder (``--out``) that holds files no ranking or scaling study writes, before
-    anything is written there (a study folder of an earlier run is resumed)."""
+def check_study_folder(out: Path, patterns: Sequence[str] = STUDY_FILES, *, kind: str = "a study's",
+                       fix: str = "give a new or empty folder (--out), or the folder of an earlier run to resume "
+                                  "it") -> None:
+    """Refuse a study folder (``--out``) that holds files the study does not write (``patterns``,
+    glob patterns of its own entries; hidden ones are ignored), before anything is written there
+    (a study folder of an earlier run is resumed). ``kind`` and ``fix`` word the message."""
     import fnmatch
 
     if not out.exists():
@@ -487,7 +490,7 @@ def check_study_folder(out: Path) -> None:
     if not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder; give a folder for the study (--out)")
     other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
-                   and not any(fnmatch.fnmatch(p.name, pat) for pat in STUDY_FILES))
+                   and not any(fnmatch.fnmatch(p.name, pat) for pat in patterns))
     if other:
-        raise ValueError(f"{out}: folder has files that are not a study's (found {other[0]!r}); nothing was "
-                         "changed: give a new or empty folder (--out), or the folder of an earlier run to resume it")
+        raise ValueError(f"{out}: folder has files that are not {kind} (found {other[0]!r}); nothing was "
+                         f"changed: {fix}")

@@ -242,6 +242,9 @@ def test_walk_chunks_are_also_scored_against_a_null_fitted_on_train_and_val_wind
     table = format_benchmark_table({"ndt": res})
     assert f"bins {EVENT_BIN}-{EVENT_BIN + 9}, train-fitted null" in table
     assert f"[{lo:.4f}, {hi:.4f}]" in table and "95 % interval over the test trials (jackknife)" in table
+    # Windows cut from continuous recording are not trials, and the footer says so.
+    continuous = format_benchmark_table({"ndt": {**res, "align": None}})
+    assert "95 % interval over the test windows (jackknife)" in continuous and "test trials" not in continuous
     total = res["tasks"]["forward-prediction-walk"]
     assert total["model_ci95"]["bps_pooled"][0] < total["model"]["bps_pooled"] < total["model_ci95"]["bps_pooled"][1]
 

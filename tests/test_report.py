@@ -161,6 +161,13 @@ def test_walk_chunk_table_shows_both_nulls_and_the_oracle(tmp_path):
                 (f"{lo:.4f}", f"{hi:.4f}")
     assert cells["/fine-tuned/tasks/forward-prediction-walk/chunks/2/oracle/bps_pooled"] == "0.3200"
     assert "fine-tuned (train-fitted null)" in text and "fine-tuned 95 % high" in text
+    # No align record (continuous windows, or results from before it was kept): windows, not trials.
+    assert "jackknife interval over the test windows, the NLB null re-fitted without each window" in text
+    for bench in obj.values():
+        bench["align"] = "stim_on_time"
+    path.write_text(json.dumps(obj))
+    assert "jackknife interval over the test trials, the NLB null re-fitted without each trial" in \
+        build_report(path).html()
 
 
 def test_generic_study_curves_and_ranking(tmp_path):

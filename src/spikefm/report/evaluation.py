@@ -380,7 +380,9 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
         # val windows (an out-of-sample null; the headline columns use the NLB in-sample null)
         null_fitted = {n: e for n, e in entries.items()
                        if e and any("model_vs_train_null" in c for c in e.get("chunks", []))}
-        # each chunk's 95 % interval over the test trials (jackknife, NLB null re-fitted without each trial)
+        # each chunk's 95 % interval over the scored trials, or windows when they were cut from
+        # continuous recording (jackknife, NLB null re-fitted without each one)
+        unit = "trials" if any(m.get("align") for m in ev.models.values()) else "windows"
         with_ci = {n: e for n, e in entries.items()
                    if e and any(c.get("model_ci95", {}).get("bps_pooled") for c in e.get("chunks", []))}
         for i, ch in enumerate(first["chunks"]):
@@ -412,8 +414,8 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
         sec.table(["chunk", *names, *ci_cols, *(f"{n} (train-fitted null)" for n in null_fitted), "oracle"],
                   chunk_rows,
                   caption=f"{task}: bps_pooled per chunk (NLB null: each neuron's mean count over the scored "
-                          "entries; 95 % low / high: jackknife interval over the test trials, the NLB null "
-                          "re-fitted without each trial; train-fitted null: its mean count in the same bins of "
+                          f"entries; 95 % low / high: jackknife interval over the {_scored(ev)} {unit}, the NLB null "
+                          f"re-fitted without each {unit[:-1]}; train-fitted null: its mean count in the same bins of "
                           "the train and val windows)",
                   key=f"chunks-{task}")
         sec.figure(charts.xy(lines, x_label="chunk start (s into the window)", y_label="bps_pooled"),

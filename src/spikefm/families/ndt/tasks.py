@@ -37,7 +37,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -622,6 +622,15 @@ def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward
     return chunks
 
 
+def scored_unit(results: Iterable[dict]) -> str:
+    """What one test window is, in words, for results of :func:`run_benchmark`.
+
+    ``"test trials"`` when the windows were aligned to a trial column, ``"test windows"`` when they
+    were cut from continuous recording or the results predate the ``align`` record.
+    """
+    return "test trials" if any(r.get("align") for r in results) else "test windows"
+
+
 def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[str] = DEFAULT_TASKS,
                   truth_rates: np.ndarray | None = None, baselines: bool = True,
                   save_predictions: str | Path | None = None, forward_bins: int = 10, layer: int = -1,
@@ -675,7 +684,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
     test = _select(windows, "test")
     out = {"session_id": windows.session_id, "num_test_windows": int(test.size),
            "num_units": windows.num_units, "bin_ms": windows.bin_ms, "num_windows": K_all,
-           "tasks": {}, "skipped": {}}
+           "align": windows.align, "tasks": {}, "skipped": {}}
     for task in tasks:
         if task == BEHAVIOR_TASK:
             if windows.behavior is None or not windows.behavior_names:
@@ -853,6 +862,7 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
     skipped = {t: r for res in results_by_model.values() for t, r in res.get("skipped", {}).items()}
     footer = [f"skipped {t}: {reason}" for t, reason in skipped.items()]
     if any(e.get("chunks") for res in results_by_model.values() for e in res.get("tasks", {}).values()):
-        footer.append("bins a-b: each chunk's bps_pooled [95 % interval over the test trials (jackknife)]")
+        footer.append(f"bins a-b: each chunk's bps_pooled [95 % interval over the "
+                      f"{scored_unit(results_by_model.values())} (jackknife)]")
     return render_table(["task", "metric"] + columns, rows, align="<<" + ">" * len(columns),
                         footer=footer)

@@ -150,3 +150,71 @@ def test_the_folder_layout_is_readable_by_datasets_and_pyarrow(built, tmp_path):
     for row in ds["train"]:
         np.testing.assert_array_equal(np.asarray(row["spike_counts"], np.uint8),
                                       ours[(row["session_id"], row["segment_id"])])
+
+
+def _copy(built, dst):
+    """An independent copy of a built corpus (its links are relative, so they follow)."""
+    import shutil
+    shutil.copytree(built, dst, symlinks=True)
+    return dst
+
+
+def test_shards_that_do_not_match_the_manifest_are_refused(built, tmp_path):
+    """A shard copied over another one (rows of the wrong split) is found when the corpus is
+    opened, by row counts from the Parquet footers, instead of training on the wrong split."""
+    c = _copy(built, tmp_path / "c")
+    raw = json.loads((c / "manifest.json").read_text())
+    train = (c / raw["splits"]["train"]["shards"][0]).resolve()
+    test = (c / raw["splits"]["test"]["shards"][0]).resolve()
+    assert pq.read_metadata(train).num_rows != pq.read_metadata(test).num_rows
+    train.write_bytes(test.read_bytes())
+    with pytest.raises(ValueError) as exc:
+        Corpus(c)
+    msg = str(exc.value)
+    assert "\n" not in msg and f"the train shards hold {pq.read_metadata(test).num_rows:,} rows" in msg
+    assert f"manifest.json lists {raw['splits']['train']['num_rows']:,}" in msg and "rebuild" in msg
+
+
+def test_a_session_in_a_split_the_manifest_does_not_list_is_refused(built, tmp_path):
+    raw = json.loads((built / "manifest.json").read_text())
+    i = next(i for i, s in enumerate(raw["sessions"]) if s["split"] == "test")
+    del raw["splits"]["test"]
+    folder = write_manifest(tmp_path / "c", raw)
+    with pytest.raises(ManifestError) as exc:
+        Manifest.from_dict(raw, source=str(folder / "manifest.json"))
+    assert str(exc.value).startswith(f"{folder / 'manifest.json'}: key 'sessions[{i}].split' must be "
+                                      "a split listed under splits (train), found 'test' (str)")
+
+
+@pytest.mark.parametrize("key", ["num_units", "num_bins"])
+def test_corpus_info_on_a_session_without_sizes_names_the_key(built, tmp_path, key):
+    """The layout lets minimal manifests omit a session's sizes; info and plots need them and say
+    which key of which session is missing (it was a bare KeyError)."""
+    from spikefm.corpus.info import corpus_info
+    c = _copy(built, tmp_path / "c")
+    target = (c / "manifest.json").resolve()
+    raw = json.loads(target.read_text())
+    del raw["sessions"][1][key]
+    target.write_text(json.dumps(raw))
+    with pytest.raises(ManifestError) as exc:
+        corpus_info(Corpus(c))
+    assert str(exc.value).startswith(f"{c / 'manifest.json'}: key 'sessions[1].{key}' must be an "
+                                      "int >= 0 (corpus info reads it), found nothing")
+
+
+def test_ar_loader_on_a_damaged_shard_is_a_one_line_error_naming_it(built, tmp_path):
+    """Bytes damaged inside a shard (its magic bytes and footer intact) surface when the AR
+    loader reads the row group: one line naming the shard and the fix, not pyarrow's message."""
+    from spikefm.families.ar.loader import ARTokenLoader
+    c = _copy(built, tmp_path / "c")
+    raw = json.loads((c / "manifest.json").read_text())
+    shard = c / raw["splits"]["train"]["shards"][0]
+    real = shard.resolve()
+    data = bytearray(real.read_bytes())
+    data[200:300] = bytes(255 - b for b in data[200:300])  # inside the first column chunk
+    real.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as exc:
+        next(iter(ARTokenLoader(c, seq_len=16, batch_size=2, token_cache=False)))
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{shard}: not a readable Parquet shard (")
+    assert "the corpus is damaged: rebuild the corpus" in msg

@@ -141,6 +141,7 @@ def corpus_info(corpus: Corpus, *, max_rows: int | None = None) -> dict:
     m = corpus.manifest
     bin_ms = int(m["bin_ms"])
     sessions = m["sessions"]
+    corpus.require_session_keys("num_units", "num_bins", "num_tokens", needed_by="corpus info")
 
     def hours(s: dict) -> float:
         return int(s["num_bins"]) * int(s.get("bin_ms", bin_ms)) / 3.6e6

@@ -292,6 +292,12 @@ class Manifest:
             dup = next(s for s in ids if ids.count(s) > 1)
             raise _fail(source, "sessions", "sessions with distinct session_id values",
                         f"{dup!r} twice")
+        for i, sess in enumerate(kw["sessions"]):
+            needed = ("train", "test") if sess.split == "both" else (sess.split,)
+            missing = [name for name in needed if name not in kw["splits"]]
+            if missing:
+                raise _fail(source, f"sessions[{i}].split", "a split listed under splits "
+                            f"({', '.join(sorted(kw['splits'])) or 'none listed'})", sess.split)
         return cls(**kw)
 
     def to_dict(self) -> dict:

@@ -188,6 +188,7 @@ def plot_corpus(corpus: Corpus, out_dir: str | Path, *, max_raster_units: int = 
     sessions = corpus.sessions
     if not sessions:
         raise ValueError(f"{corpus.path}: the corpus has no sessions; nothing to plot")
+    corpus.require_session_keys("num_units", "num_bins", needed_by="corpus plot")
     info = info if info is not None else corpus_info(corpus, max_rows=max_rows)
 
     written = [

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest, _fail, read_manifest
 
 
 @contextmanager
@@ -125,9 +125,18 @@ class Corpus:
         self.manifest_record: Manifest = read_manifest(self.path)
         #: The manifest as the JSON object on disk (a dict; ``manifest_record.to_dict()``).
         self.manifest: dict = self.manifest_record.to_dict()
-        for split in self.manifest["splits"]:
+        for split, info in self.manifest["splits"].items():
+            rows = 0
             for shard in self.shards(split):
                 _check_shard(shard)
+                with shard_errors(shard):
+                    rows += pq.read_metadata(shard).num_rows  # the footer only
+            if rows != info["num_rows"]:  # a shard replaced or copied over by another
+                raise ValueError(
+                    f"{self.path}: the {split} shards hold {rows:,} rows but manifest.json lists "
+                    f"{info['num_rows']:,}; shards and manifest come from different builds, so the "
+                    "corpus is damaged: rebuild it (spikefm corpus build INPUTS --out DIR "
+                    "--overwrite, or spikefm corpus import)")
 
     def __repr__(self) -> str:
         s = self.manifest["splits"]
@@ -150,6 +159,15 @@ class Corpus:
         raise KeyError(f"session {session_id!r} is not in {self.path}; known sessions: "
                        + ", ".join(s["session_id"] for s in self.sessions[:10])
                        + (" ..." if len(self.sessions) > 10 else ""))
+
+    def require_session_keys(self, *keys: str, needed_by: str) -> None:
+        """Raise the manifest's one-line error (file, key, fix) when a session lacks one of
+        ``keys``: the layout leaves them optional (minimal manifests), ``needed_by`` does not."""
+        for i, s in enumerate(self.sessions):
+            for key in keys:
+                if s.get(key) is None:
+                    raise _fail(str(self.path / "manifest.json"), f"sessions[{i}].{key}",
+                                f"an int >= 0 ({needed_by} reads it)")
 
     def session_ids(self, split: str | None = None) -> list[str]:
         """Session ids, optionally only those with rows in ``split``."""

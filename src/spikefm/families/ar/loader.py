@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from spikefm.corpus.reader import Corpus, _matrices
+from spikefm.corpus.reader import Corpus, _matrices, shard_errors
 from spikefm.fileio import write_atomic, write_json_atomic
 from spikefm.families.ar.positions import window_prefix
 from spikefm.families.ar.tokens import SEPARATOR, tokenize
@@ -42,15 +42,17 @@ class _Group:
 def _row_groups(corpus: Corpus, split: str) -> list[_Group]:
     groups = []
     for shard in corpus.shards(split):
-        n = pq.ParquetFile(shard).metadata.num_row_groups
+        with shard_errors(shard):
+            n = pq.ParquetFile(shard).metadata.num_row_groups
         groups += [_Group(shard, g) for g in range(n)]
     return groups
 
 
 def _group_rows(group: _Group) -> list[tuple[np.ndarray, str]]:
     """(tokens, session_id) of every row of one Parquet row group."""
-    table = pq.ParquetFile(group.shard).read_row_group(group.row_group,
-                                                       columns=["spike_counts", "session_id"])
+    with shard_errors(group.shard):  # a damaged shard: one line naming it and the fix
+        table = pq.ParquetFile(group.shard).read_row_group(group.row_group,
+                                                           columns=["spike_counts", "session_id"])
     ids = table.column("session_id").to_pylist()
     return [(tokenize(m), s) for m, s in zip(_matrices(table.column("spike_counts")), ids)]
 

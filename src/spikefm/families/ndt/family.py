@@ -253,6 +253,7 @@ class NDTFamily:
             raise ValueError(f"{corpus.path} has no session in its train split; pass data.sessions=ID,...")
         if len(set(ids)) != len(ids):
             raise ValueError(f"data.sessions lists a session twice: {data.sessions!r}")
+        corpus.require_session_keys("num_units", needed_by="the per-session stitchers")
         out = {}
         for sid in ids:
             try:

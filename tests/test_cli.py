@@ -233,6 +233,16 @@ def test_train_resume_continues_exactly_and_refuses_to_overwrite(data, ar_run, t
     after = {p: p.read_bytes() for p in (tmp_path / "cut").rglob("*") if p.is_file() and p.name != ".spikefm.lock"}
     assert after == before
 
+    # killed after the last checkpoint, before the export: the resume only exports (exit 0; the
+    # summary line formatted a missing loss and failed with exit 2)
+    import shutil
+    shutil.copytree(tmp_path / "cut", tmp_path / "noexport")
+    (tmp_path / "noexport" / "model.safetensors").unlink()
+    assert main(ar_train_args(data / "corpus", tmp_path / "noexport", "--resume")) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.endswith(f"no step was left to run (exported the last checkpoint); run in {tmp_path / 'noexport'}")
+    assert out.startswith(f"trained {AR_STEPS} steps") and same_weights(ar_run, tmp_path / "noexport")
+
     # a damaged newest checkpoint: one warning line, the older one is used, the result is exact
     families.train(cfg, tmp_path / "dmg", progress=False, stop_after=5)
     model_pt = tmp_path / "dmg" / "checkpoints" / "step_00000005" / "model.pt"

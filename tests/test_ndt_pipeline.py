@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -427,3 +428,39 @@ def test_finetune_on_a_pretraining_session_warns(pretrained, corpus_dir, held_ou
         rc = main(["finetune", str(pretrained), "--data", str(corpus_dir), "--session", own, "--out",
                    str(tmp_path / "ft"), "--strategy", "frozen", "--steps", "2", "--eval-every", "2", "--quiet"])
     assert rc == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing"])
+def test_finetune_from_a_damaged_or_missing_export_is_one_line_and_writes_nothing(
+        pretrained, corpus_dir, held_out, tmp_path, capsys, damage):
+    """A truncated model.safetensors was an internal error (safetensors' own exception) raised
+    inside the first candidate, with OUT/candidates/frozen left behind; a missing one left an empty
+    OUT. Both are now refused before anything is written; ``data.init_from`` names the file too."""
+    import shutil
+
+    run = tmp_path / "pre"
+    shutil.copytree(pretrained, run)
+    export = run / "model.safetensors"
+    if damage == "truncate":
+        export.write_bytes(export.read_bytes()[:5000])
+    else:
+        export.unlink()
+    out = tmp_path / "ft"
+    rc = main(["finetune", str(run), "--data", str(corpus_dir), "--session", held_out, "--out", str(out),
+               "--steps", "2", "--eval-every", "2", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and not out.exists()
+    if damage == "missing":
+        assert err[0] == (f"spikefm: error: {export} not found; the pretraining run has not finished (resume "
+                          "it with spikefm train ... --resume); nothing was written")
+        return
+    assert err[0].startswith(f"spikefm: error: {export} is not a valid safetensors file: ")
+    assert err[0].endswith("copy or export it again")
+    pre = load_run_config(run)
+    cfg = dataclasses.replace(pre, data=dataclasses.replace(pre.data, sessions=held_out, init_from=str(run)))
+    family = get_family("ndt")
+    with torch.device("meta"):
+        model = family.build_model(cfg)
+    model.to_empty(device="cpu")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(export))} is not a valid safetensors file"):
+        family.init_weights(model)

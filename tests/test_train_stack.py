@@ -31,7 +31,7 @@ from spikefm.train.config import (  # noqa: E402
 )
 from spikefm.train.loop import TrainingDiverged, device_peak_flops  # noqa: E402
 from spikefm.train.loop import train as loop_train  # noqa: E402
-from spikefm.train.optim import build_optimizer, build_scheduler, param_groups  # noqa: E402
+from spikefm.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups  # noqa: E402
 
 TOY = Path(__file__).resolve().parent / "_toy_family.py"
 METRIC_FIELDS = {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "elapsed_s"}
@@ -368,7 +368,35 @@ def test_resume_refuses_a_different_model_and_prints_plain_progress(tmp_path, ca
     train(apply_overrides(toy_config(steps=4), ["optim.lr=1e-3"]), tmp_path, resume=True, progress=False)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("spikefm: warning: resuming from ")
-    assert err[0].endswith("with changed settings: optim.lr")
+    assert "with changed settings: optim.lr; they apply from the checkpoint's step on" in err[0]
+
+
+def test_resume_with_new_optimizer_settings_applies_them_from_the_checkpoint(tmp_path):
+    """Settings changed on resume take effect (they were read back from the checkpoint's
+    optimizer and schedule, so a larger ``train.steps`` trained its extra steps at lr 0 and a new
+    lr was ignored while config.json recorded it): the lr after the checkpoint is the schedule of
+    the new settings at each step, computed here from the formula."""
+    train(toy_config(steps=8, ckpt_every=4), tmp_path, progress=False, stop_after=4)
+    longer = apply_overrides(toy_config(steps=12, ckpt_every=4),
+                             ["optim.lr=1e-3", "optim.weight_decay=0.5", "optim.warmup_steps=2"])
+    train(longer, tmp_path, resume=True, progress=False)
+    rows = train_rows(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    first = toy_config(steps=8).optim
+    np.testing.assert_allclose(  # steps 1-4: the first run's schedule (8 steps, warm-up 0)
+        column(rows, "lr")[:4], [first.lr * lr_factor(s, first.warmup_for(8), 8, 0.0) for s in range(4)],
+        rtol=1e-12)
+    np.testing.assert_allclose(  # steps 5-12: 1e-3 peak, warm-up 2, decay to 0 at step 12
+        column(rows, "lr")[4:], [1e-3 * (12 - n) / 10 for n in range(5, 13)], rtol=1e-12)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["optim"]["lr"] == 1e-3
+    # The decay group really decays at 0.5 from the checkpoint: continuing with the old weight
+    # decay gives other weights.
+    train(toy_config(steps=8, ckpt_every=4), tmp_path / "b", progress=False, stop_after=4)
+    train(apply_overrides(toy_config(steps=12, ckpt_every=4), ["optim.lr=1e-3", "optim.warmup_steps=2"]),
+          tmp_path / "b", resume=True, progress=False)
+    a, b = load_model(tmp_path).state_dict(), load_model(tmp_path / "b").state_dict()
+    decayed = [k for k, v in a.items() if v.ndim >= 2]
+    assert decayed and any(not torch.equal(a[k], b[k]) for k in decayed)
 
 
 @pytest.mark.slow

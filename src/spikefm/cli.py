@@ -219,8 +219,10 @@ def cmd_train(args) -> int:
     summary = families.train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun the summary is rank 0's to print
         return 0
+    loss = summary.get("loss")  # None: resumed from a checkpoint at the last step, only exported
+    last = f"last loss {loss:.4f}" if loss is not None else "no step was left to run (exported the last checkpoint)"
     print(f"trained {summary['step']} steps ({summary['tokens']:,} tokens, "
-          f"{summary['elapsed_s']:.0f} s), last loss {summary['loss']:.4f}; run in {args.out}")
+          f"{summary['elapsed_s']:.0f} s), {last}; run in {args.out}")
     from spikefm.train.finetune import validation_still_falling
 
     if summary.get("model_path") and validation_still_falling(args.out):

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 
 from spikefm.fileio import folder_lock, make_folder, write_atomic, write_json_atomic
-from spikefm.train.checkpoint import RUN_MARKERS, check_run_folder
+from spikefm.train.checkpoint import EXPORT_NAME, RUN_MARKERS, check_run_folder, read_safetensors_header
 
 __all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "check_auto_options",
            "one_se_choice",
@@ -396,6 +396,7 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         raise ValueError(f"select='one-se' needs per-window validation losses, which the {family.name!r} family "
                          "does not provide (no validate_windows); use select='lowest'")
     out_dir = Path(out_dir)
+    _check_pretrained_export(Path(run_dir), strategy)
     args = dict(steps=steps, overrides=overrides, eval_every=eval_every, patience=patience, progress=progress)
     if strategy != "auto":
         summary = _one_strategy(family, strategy, str(run_dir), str(corpus), session_id, out_dir, **args)
@@ -407,6 +408,18 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
     with folder_lock(out_dir, what="fine-tuning run"):
         return _auto(family, run_dir, corpus, session_id, out_dir, args, select, soup)
+
+
+def _check_pretrained_export(run_dir: Path, strategy: str) -> None:
+    """Before anything is written: the pretrained run's export is there and readable (a damaged
+    file was found only inside the first candidate, as an internal error, with folders left)."""
+    export = run_dir / EXPORT_NAME
+    if strategy == "scratch" or not (run_dir / "config.json").is_file():
+        return  # scratch needs no weights; the family says what a folder that is no run lacks
+    if not export.is_file():
+        raise ValueError(f"{export} not found; the pretraining run has not finished (resume it with "
+                         "spikefm train ... --resume); nothing was written")
+    read_safetensors_header(export)  # one line naming the file and its problem
 
 
 def _say_best_at_first(out_dir: Path, strategy: str, summary: dict) -> None:

@@ -70,7 +70,7 @@ from spikefm.train.checkpoint import (
 )
 from spikefm.train.config import RunConfig, config_to_dict
 from spikefm.train.family import Family, check_family_config
-from spikefm.train.optim import build_optimizer, build_scheduler
+from spikefm.train.optim import apply_settings, build_optimizer, build_scheduler
 from spikefm.train.runinfo import run_info
 
 __all__ = ["train", "PEAK_FLOPS", "device_peak_flops", "resolve_peak_flops", "seed_everything", "build_model",
@@ -235,7 +235,7 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 def _check_resume_config(cfg: RunConfig, path: Path) -> None:
     """Refuse to continue a run (its config.json at ``path``) with another family/model/data
-    config; note changed optim/train settings."""
+    config; note changed optim/train settings (``apply_settings`` puts them into effect)."""
     if not path.is_file():
         return
     saved = read_json_file(path, what="run description")
@@ -256,7 +256,8 @@ def _check_resume_config(cfg: RunConfig, path: Path) -> None:
         for k in now[s] if not isinstance(saved.get(s), dict) or saved[s].get(k) != now[s][k]
     ]
     if changed:
-        _notice(f"resuming from {where} with changed settings: {', '.join(changed)}")
+        _notice(f"resuming from {where} with changed settings: {', '.join(changed)}; they apply "
+                "from the checkpoint's step on (the lr is the one their schedule gives there)")
 
 
 def _make_run_dir(out_dir: Path) -> None:
@@ -573,6 +574,7 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     start_step, tokens_total, elapsed_before = 0, 0, 0.0
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader)
+        apply_settings(optimizer, scheduler, cfg.optim, tc.steps)  # this run's lr, schedule, decay
         start_step, tokens_total = state["step"], state.get("tokens", 0)
         elapsed_before = state.get("elapsed_s", 0.0)
 

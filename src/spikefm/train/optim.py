@@ -19,7 +19,8 @@ from torch import nn
 
 from spikefm.train.config import OptimConfig
 
-__all__ = ["lr_factor", "LinearWarmupDecay", "build_optimizer", "build_scheduler", "param_groups"]
+__all__ = ["lr_factor", "LinearWarmupDecay", "apply_settings", "build_optimizer", "build_scheduler",
+           "param_groups"]
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -78,3 +79,25 @@ def build_scheduler(
     """LambdaLR implementing `lr_factor`; call `.step()` once after each optimizer step."""
     schedule = LinearWarmupDecay(cfg.warmup_for(total_steps), total_steps, cfg.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def apply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                   cfg: OptimConfig, total_steps: int) -> None:
+    """Give a restored optimizer and scheduler the settings of ``cfg`` at their restored step.
+
+    A checkpoint saves the lr, weight decay, betas and eps with the optimizer's moments, and the
+    schedule (warm-up, total steps, floor) with the scheduler; loading them would silently keep
+    the old values when a resumed run was given new ones (a larger ``train.steps`` then trained
+    its extra steps at lr 0). Here the moments and the step count stay, and everything else comes
+    from ``cfg``: the same settings continue the run exactly, changed ones follow the schedule a
+    fresh run with them has at that step. Groups are those of :func:`param_groups` (decayed first).
+    """
+    schedule = LinearWarmupDecay(cfg.warmup_for(total_steps), total_steps, cfg.min_lr_ratio)
+    groups = optimizer.param_groups
+    scheduler.lr_lambdas = [schedule] * len(groups)
+    scheduler.base_lrs = [cfg.lr] * len(groups)
+    step = scheduler.last_epoch
+    for i, group in enumerate(groups):
+        group.update(initial_lr=cfg.lr, lr=cfg.lr * schedule(step), betas=cfg.betas, eps=cfg.eps,
+                     weight_decay=cfg.weight_decay if i == 0 else 0.0)
+    scheduler._last_lr = [group["lr"] for group in groups]

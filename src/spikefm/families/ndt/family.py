@@ -532,9 +532,12 @@ def load_pretrained_core(model: NDT, run_dir: str | Path) -> list[str]:
     """
     from safetensors.torch import load_file
 
+    from spikefm.train.checkpoint import read_safetensors_header
+
     path = Path(run_dir) / "model.safetensors"
     if not path.is_file():
         raise ValueError(f"data.init_from: {path} not found; expected a finished NDT run directory")
+    read_safetensors_header(path)  # a damaged file: one line naming it (load_file's error is not)
     state = load_file(str(path))
     saved = {k: v for k, v in state.items() if not k.startswith("sessions.")}
     everything = dict(list(model.named_parameters()) + list(model.named_buffers()))

@@ -596,9 +596,12 @@ def load_pretrained_core(model: NEDS, run_dir: str | Path) -> list[str]:
     ``model``, plus any session both hold with equal shapes. Returns the loaded names."""
     from safetensors.torch import load_file
 
+    from spikefm.train.checkpoint import read_safetensors_header
+
     path = Path(run_dir) / "model.safetensors"
     if not path.is_file():
         raise ValueError(f"data.init_from: {path} not found; expected a finished NEDS run directory")
+    read_safetensors_header(path)  # a damaged file: one line naming it (load_file's error is not)
     state = load_file(str(path))
     own = dict(model.named_parameters())
     core = {k: v for k, v in state.items() if not k.startswith("sessions.")}

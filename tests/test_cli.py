@@ -266,6 +266,28 @@ def test_train_resume_continues_exactly_and_refuses_to_overwrite(data, ar_run, t
     assert same_weights(ar_run, tmp_path / "dmg")
 
 
+def test_resume_after_the_corpus_was_rebuilt_says_so(data, tmp_path, capsys):
+    """A corpus rebuilt in place between a checkpoint and the resume (other sessions in train)
+    was continued silently; the resume now names the change of its manifest in one warning."""
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(data / "corpus", corpus, symlinks=True)
+    cfg = families.run_config("ar", preset="tiny", corpus=str(corpus), overrides=[*AR_SETS, f"train.steps={AR_STEPS}"])
+    families.train(cfg, tmp_path / "cut", progress=False, stop_after=3)
+    before = json.loads((tmp_path / "cut" / "config.json").read_text())["family_info"]["corpus_manifest_sha256"]
+    assert main(["corpus", "build", str(data / "nwb"), "--out", str(corpus), "--test-fraction", "0.34",
+                 "--seed", "1", "--overwrite", "--quiet"]) == 0
+    after = Corpus(corpus).manifest_hash
+    assert after != before
+    capsys.readouterr()
+    assert main(ar_train_args(corpus, tmp_path / "cut", "--resume")) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"spikefm: warning: resuming from {tmp_path / 'cut' / 'checkpoints' / 'step_00000003'}: the corpus "
+                   f"at {corpus.resolve()} changed since the run started (manifest sha256 {before[:12]}... -> "
+                   f"{after[:12]}...; rebuilt or re-imported): training continues on its current contents"]
+
+
 def test_eval_of_a_run_and_of_its_hugging_face_export_agree(data, ar_run, tmp_path, capsys):
     from spikefm.families.ar.hf import save_hf
 

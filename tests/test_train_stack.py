@@ -666,3 +666,10 @@ def test_diverging_loss_is_a_one_line_value_error(tmp_path):
     assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
     assert str(err.value).startswith("loss is nan at step ") and "lower optim.lr" in str(err.value)
 
+
+
+def test_resume_from_a_checkpoint_past_the_new_steps_is_refused(tmp_path):
+    train(toy_config(steps=8, ckpt_every=3), tmp_path, progress=False, stop_after=6)
+    with pytest.raises(ValueError, match=r"step_00000006: it is at step 6, past train.steps=4; give --steps 6 or more$"):
+        train(toy_config(steps=4, ckpt_every=3), tmp_path, resume=True, progress=False)
+    assert train(toy_config(steps=8, ckpt_every=3), tmp_path, resume=True, progress=False)["step"] == 8

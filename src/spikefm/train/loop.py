@@ -233,7 +233,7 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
                 tmp.unlink()
 
 
-def _check_resume_config(cfg: RunConfig, path: Path) -> None:
+def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = None) -> None:
     """Refuse to continue a run (its config.json at ``path``) with another family/model/data
     config; note changed optim/train settings (``apply_settings`` puts them into effect)."""
     if not path.is_file():
@@ -242,15 +242,21 @@ def _check_resume_config(cfg: RunConfig, path: Path) -> None:
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise ValueError(f"{path} is not a spikefm run description; {path.parent} is not a "
                          "spikefm run folder: choose a new --out")
+    where = path.parent
+    fam_info = saved.get("family_info") if isinstance(saved.get("family_info"), dict) else {}
+    before = fam_info.get("corpus_manifest_sha256")
     saved = saved["config"]
     now = config_to_dict(cfg)
-    where = path.parent
     for section in ("family", "model", "data"):
         if saved.get(section) != now.get(section):
             raise ValueError(
                 f"cannot resume from {where}: '{section}' differs from the checkpoint's config; "
                 "resume with the same family/model/data config or start a new run directory"
             )
+    if corpus_hash and isinstance(before, str) and before != corpus_hash:
+        _notice(f"resuming from {where}: the corpus at {fam_info.get('corpus')} changed since the run "
+                f"started (manifest sha256 {before[:12]}... -> {corpus_hash[:12]}...; rebuilt or "
+                "re-imported): training continues on its current contents")
     changed = [
         f"{s}.{k}" for s in ("optim", "train")
         for k in now[s] if not isinstance(saved.get(s), dict) or saved[s].get(k) != now[s][k]
@@ -299,7 +305,7 @@ def _finished_summary(out_dir: Path, cfg: RunConfig, world_size: int, step: int 
 
 
 def _prepare_run_dir(out_dir: Path, cfg: RunConfig, resume: bool, world_size: int,
-                     stack: contextlib.ExitStack) -> dict[str, Any]:
+                     stack: contextlib.ExitStack, corpus_hash: str | None = None) -> dict[str, Any]:
     """Rank 0: create and lock the run folder, then decide what this call does.
 
     Returns {"ckpt": checkpoint path or None, "notes": one-line warnings, "finished": the summary
@@ -319,7 +325,7 @@ def _prepare_run_dir(out_dir: Path, cfg: RunConfig, resume: bool, world_size: in
             raise ValueError(f"{out_dir} is a run finished at step {step}; continuing it to "
                              f"train.steps={cfg.train.steps} would replace its {EXPORT_NAME}: "
                              "train in a new run directory (--out)")
-        _check_resume_config(cfg, out_dir / "config.json")
+        _check_resume_config(cfg, out_dir / "config.json", corpus_hash)
         return {"ckpt": None, "notes": [], "finished": _finished_summary(out_dir, cfg, world_size, step)}
     found = list_checkpoints(out_dir)
     if not resume:
@@ -334,7 +340,11 @@ def _prepare_run_dir(out_dir: Path, cfg: RunConfig, resume: bool, world_size: in
     ckpt, ckpt_world_size, notes = select_checkpoint(out_dir)
     if ckpt is not None and ckpt_world_size != world_size:
         raise ValueError(world_size_message(ckpt, ckpt_world_size, world_size))
-    _check_resume_config(cfg, (ckpt if ckpt is not None else out_dir) / "config.json")
+    at = next((s for s, p in found if Path(p) == Path(ckpt)), None) if ckpt is not None else None
+    if at is not None and at > cfg.train.steps:
+        raise ValueError(f"cannot resume from {ckpt}: it is at step {at}, past train.steps="
+                         f"{cfg.train.steps}; give --steps {at} or more")
+    _check_resume_config(cfg, (ckpt if ckpt is not None else out_dir) / "config.json", corpus_hash)
     # An interrupted save may have left one checkpoint too many (the newest, the one resumed
     # from, is always kept).
     prune_checkpoints(out_dir, cfg.train.ckpt_keep)
@@ -543,7 +553,8 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     failure: BaseException | None = None
     if rank == 0:
         try:
-            plan = _prepare_run_dir(out_dir, cfg, resume, world_size, stack)
+            plan = _prepare_run_dir(out_dir, cfg, resume, world_size, stack,
+                                    (run_desc.get("family_info") or {}).get("corpus_manifest_sha256"))
         except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks are told
             failure = exc
             plan = {"error": " ".join(str(exc).split()) or type(exc).__name__}

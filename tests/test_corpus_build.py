@@ -370,21 +370,30 @@ def test_rebuild_is_idempotent_and_reuses_staged_sessions(six_sessions, tmp_path
 
 
 
-def test_a_damaged_staged_session_is_staged_again(six_sessions, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["truncated", "changed in place"])
+def test_a_damaged_staged_session_is_staged_again(six_sessions, tmp_path, capsys, damage):
     """A truncated staged Arrow file made every rebuild with the same settings fail ("Not an
-    Arrow file", naming no file); it is now staged again from its input, with one warning."""
+    Arrow file", naming no file); bytes changed in the middle (footer intact) were reused, and
+    the corpus held wrong counts. Either is now staged again from its input, with one warning."""
     folder, _ = six_sessions
     cfg = BuildConfig(max_row_tokens=500, test_fraction=0.3)
     build_corpus([str(folder)], tmp_path / "c", cfg, progress=False)
     first = _corpus_content(tmp_path / "c")
     arrow = sorted((tmp_path / "c" / ".staging").glob("*.arrow"))[2]
-    arrow.write_bytes(arrow.read_bytes()[:1000])
+    data = arrow.read_bytes()
+    if damage == "truncated":
+        arrow.write_bytes(data[:1000])
+    else:
+        mid = len(data) // 2
+        arrow.write_bytes(data[:mid] + bytes(255 - b for b in data[mid:mid + 100]) + data[mid + 100:])
     capsys.readouterr()
     report = build_corpus([str(folder)], tmp_path / "c", cfg, progress=False)
     err = capsys.readouterr().err.splitlines()
     assert report.num_reused == 5 and report.num_staged_now == 1
     assert len(err) == 1 and err[0].startswith("spikefm: warning: ")
     assert f".staging/{arrow.stem}) is damaged (" in err[0] and err[0].endswith("; staging it again")
+    if damage == "changed in place":
+        assert "sha256 differs from the one recorded when it was staged" in err[0]
     assert _corpus_content(tmp_path / "c") == first
 
 

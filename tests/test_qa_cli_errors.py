@@ -475,3 +475,20 @@ def test_transfer_refuses_a_repeated_seed(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"seeds must be distinct \(each is one synthetic dataset\), got \[1, 1\]"):
         transfer_study(tmp_path / "t", seeds=[1, 1])
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["corpus", "build", "IN", "--out", ""], "--out"),
+    (["synth", " ", "--sessions", "1"], "OUT_DIR"),
+    (["train", "--data", "", "--out", "run"], "--data"),
+    (["corpus", "build", "", "--out", "c"], "INPUT"),
+])
+def test_an_empty_path_is_refused_and_nothing_is_written(tmp_path, capsys, monkeypatch, argv, flag):
+    """``--out ""`` (an unset shell variable) wrote the corpus or recordings into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    write_sessions(tmp_path / "IN", 1, seed=1)
+    before = snapshot(tmp_path)
+    line = one_error_line(capsys, argv)
+    assert line.startswith(f"spikefm: error: {flag}: an empty path (")
+    assert line.endswith("give a file or folder name ('.' for the current folder)")
+    assert snapshot(tmp_path) == before

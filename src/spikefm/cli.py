@@ -684,6 +684,24 @@ def _leave_on_ctrl_c(code: int) -> None:
         pass
 
 
+#: Parsed attributes that name files or folders, and how the command line spells them.
+_PATH_ARGS = {"out": "--out", "out_dir": "OUT_DIR", "data": "--data", "run_dir": "RUN_DIR",
+              "corpus_dir": "CORPUS_DIR", "inputs": "INPUT", "path": "PATH", "source": "SOURCE",
+              "cache_dir": "--cache-dir", "save_predictions": "--save-predictions",
+              "compare_run": "--compare-run", "compare_data": "--compare-data"}
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """An empty path (``--out ""``, a shell variable that was not set) is refused: the file
+    system reads it as the current folder, where a corpus or run would land among other files."""
+    for name, flag in _PATH_ARGS.items():
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and not v.strip():
+                raise ValueError(f"{flag}: an empty path ({v!r}); give a file or folder name "
+                                 "('.' for the current folder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one ``spikefm`` command. Every failure prints one line ``spikefm: error: ...`` and
     returns 2 (bad input) or 1 (an operation failed: file system, memory, an internal error);
@@ -701,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.unraisablehook = _unraisable
     try:
         args = build_parser().parse_args(argv)
+        _check_paths(args)
         code = args.func(args)
     except KeyboardInterrupt:
         if debug:

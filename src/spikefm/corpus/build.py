@@ -48,7 +48,7 @@ import pyarrow as pa
 from ..fileio import write_atomic, write_json_atomic
 from .binning import bin_spikes
 from .manifest import BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, new_manifest
-from .nwb import read_nwb, resample_behavior
+from .nwb import read_nwb, resample_behavior, sha256_file
 from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS
 from .session import SessionRecord, recording_end_s
 from .store import STAGING, CorpusDir, check_inputs_outside, inspect_out_dir, open_corpus_dir
@@ -388,6 +388,7 @@ def _stage_one(item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dic
 
         write_atomic(staging / f"{key}.arrow", write_arrow)
         meta["staging_key"] = key
+        meta["staged_sha256"] = sha256_file(staging / f"{key}.arrow")  # checked before reuse
         write_json_atomic(staging / f"{key}.json", meta)  # last: marks the session finished
         return meta
     except MemoryError as exc:
@@ -491,7 +492,7 @@ def finalize(folder: CorpusDir, metas: list[dict], skipped: list[dict], cfg: Bui
         sessions = []
         for m in metas:
             row_splits = sorted({split_of[(m["session_id"], r)] for r in range(m["num_rows"])})
-            entry = {k: v for k, v in m.items() if k != "staging_key"}
+            entry = {k: v for k, v in m.items() if k not in _STAGING_KEYS}
             entry["split"] = row_splits[0] if len(row_splits) == 1 else "both"
             sessions.append(SessionEntry.from_dict(
                 entry, where=f"session {m['session_id']}",
@@ -682,15 +683,23 @@ def _drop_duplicate_recordings(metas: list[dict], problems: list[dict]) -> list[
     return [m for m in metas if id(m) not in dropped]
 
 
+#: Keys of a staged session's record that only the staging uses (not copied to the manifest).
+_STAGING_KEYS = ("staging_key", "staged_sha256")
+
+
 def _staged_problem(staged: Path, key: str) -> str | None:
     """Why a finished staged session cannot be reused (None when it can): its marker must be a
-    JSON object naming the key, and its Arrow file must open (a truncated file has no footer)."""
+    JSON object naming the key, its Arrow file must open (a truncated file has no footer) and
+    have the sha256 recorded when it was written (bytes changed in place keep the footer)."""
     try:
         meta = json.loads((staged / f"{key}.json").read_text())
         if not isinstance(meta, dict) or meta.get("staging_key") != key:
             return "its .json is not this session's record"
         with pa.memory_map(str(staged / f"{key}.arrow")) as src:
             pa.ipc.open_file(src)
+        recorded = meta.get("staged_sha256")  # absent in folders staged before it was recorded
+        if recorded is not None and sha256_file(staged / f"{key}.arrow") != recorded:
+            return "its .arrow file's sha256 differs from the one recorded when it was staged"
     except FileNotFoundError:
         return "its .arrow file is missing"
     except (OSError, ValueError, pa.ArrowInvalid) as exc:

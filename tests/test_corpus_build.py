@@ -507,3 +507,23 @@ def test_dandi_input_downloads_into_cache_and_records_version(real_nwb, tmp_path
     assert assets[0].downloads == 1  # cached
     with pytest.raises(ValueError, match="expected dandi:DANDISET_ID"):
         dandi_mod.parse_dandi_spec("dandi:abc")
+
+
+def test_behaviour_series_left_out_are_named_in_warnings(tmp_path, capsys):
+    """A series spikefm cannot bin (a (samples, 2, 3) array; more than 16 dimensions per sample)
+    was dropped without a word; each now gets one warning line naming the file, the series and why,
+    and the usable series is still read."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0.0, 6.0, 121)
+    path = write_nwb(tmp_path / "in" / "x.nwb", random_units(rng, 3, 6.0), ["A"] * 3, behavior={
+        "speed": (t, np.sin(t)), "frames": (t, np.zeros((t.size, 2, 3))), "wide": (t, np.zeros((t.size, 20)))})
+    assert cli_main(["corpus", "build", str(tmp_path / "in"), "--out", str(tmp_path / "c"),
+                     "--test-fraction", "0", "--quiet"]) == 0
+    err = sorted(capsys.readouterr().err.strip().splitlines())
+    assert err == [
+        f"spikefm: warning: {path}: behaviour series 'frames' left out: its data have shape (121, 2, 3); "
+        "spikefm reads (samples,) or (samples, dims)",
+        f"spikefm: warning: {path}: behaviour series 'wide' left out: it has 20 dimensions per sample, more "
+        "than 16 (an image or a many-channel signal, not a behavioural variable)"]
+    (session,) = Corpus(tmp_path / "c").sessions
+    assert session["behavior_names"] == ["speed"] and "read_notes" not in session

@@ -97,7 +97,7 @@ def test_output_under_a_regular_file_names_the_path_and_the_fix(tmp_path, capsys
     assert str(tmp_path / "f" / "sub") in line and "is a file, not a folder" in line
     line = one_error_line(capsys, ["synth", str(tmp_path / "f"), "--sessions", "1",
                                    "--duration-s", "10"])
-    assert str(tmp_path / "f") in line and "in the way" in line
+    assert str(tmp_path / "f") in line and "is a file, not a folder" in line
     assert (tmp_path / "f").read_text() == "mine"
 
 
@@ -492,3 +492,16 @@ def test_an_empty_path_is_refused_and_nothing_is_written(tmp_path, capsys, monke
     assert line.startswith(f"spikefm: error: {flag}: an empty path (")
     assert line.endswith("give a file or folder name ('.' for the current folder)")
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("out", ["f.nwb", "f.nwb/sub"])
+def test_synth_into_a_file_is_bad_input(tmp_path, capsys, out):
+    """OUT_DIR naming a file (or a path through one) exited 1 with "File exists ... in the way",
+    the status of an operation that failed; it is bad input: exit 2, one line, the file kept."""
+    (tmp_path / "f.nwb").write_bytes(b"mine")
+    line = one_error_line(capsys, ["synth", str(tmp_path / out), "--sessions", "1"])
+    where = f"{tmp_path / 'f.nwb'}" if out == "f.nwb" else f"{tmp_path / out}: {tmp_path / 'f.nwb'}"
+    assert line == (f"spikefm: error: {where} is a file, not a folder; give OUT_DIR a folder "
+                    "(new or one that holds synthetic recordings)")
+    assert cli_main(["synth", str(tmp_path / out), "--sessions", "1"]) == 2
+    assert (tmp_path / "f.nwb").read_bytes() == b"mine" and sorted(p.name for p in tmp_path.iterdir()) == ["f.nwb"]

@@ -476,3 +476,25 @@ def test_truth_readout_reproduces_the_expected_counts_for_kept_units(written):
     np.testing.assert_array_equal(sub["biases_N"], r["biases_N"][keep])
     assert synth.truth_readout(t, None, 2) is None  # 2 units asked, the truth has more, none picked
     assert synth.truth_readout({"latents": t["latents"]}) is None
+
+
+def test_a_rerun_removes_temporaries_left_by_a_killed_run(tmp_path):
+    """A synth killed mid-write left ``.NAME.nwb.tmp-PID`` (MBs) that reruns never removed. A rerun
+    removes those of processes that no longer run and keeps a live writer's."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    folder = tmp_path / "sub-spontaneous01"
+    folder.mkdir()
+    stale = [folder / f".sub-spontaneous01_ses-000.nwb.tmp-{dead}",
+             folder / f".sub-spontaneous01_ses-000.truth.npz.tmp-{dead}"]
+    live = folder / f".sub-spontaneous01_ses-000.nwb.tmp-{os.getppid()}"  # a running process
+    for p in (*stale, live):
+        p.write_bytes(b"partial")
+    paths = synth.synthesize(tmp_path, num_sessions=1, seed=0, preset="spontaneous", duration_s=10.0,
+                             units_range=(15, 16), progress=False)
+    assert [p.name for p in paths] == ["sub-spontaneous01_ses-000.nwb"]
+    assert not any(p.exists() for p in stale) and live.read_bytes() == b"partial"

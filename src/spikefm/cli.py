@@ -36,6 +36,11 @@ def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
     """Refuse to overwrite recordings in ``out`` that the same settings did not write. A rerun of
     the same command (also after an interruption) rewrites identical files, and more ``sessions``
     with the same other settings only add files: both are allowed."""
+    for d in (out, *out.parents):  # a file where the folder (or one above it) would be
+        if d.exists() and not d.is_dir():
+            where = f"{d}" if d == out else f"{out}: {d}"
+            raise ValueError(f"{where} is a file, not a folder; give OUT_DIR a folder (new or one "
+                             "that holds synthetic recordings)")
     if overwrite or not out.is_dir():
         return
     existing = sorted(p for p in out.rglob("*.nwb"))

@@ -53,6 +53,31 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of :func:`write_atomic` for ``path`` (``.NAME.tmp-PID`` beside it)
+    left by processes that no longer run (a killed earlier run); a live writer's are kept.
+
+    Returns:
+        The removed files.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not tmp.is_file() or tmp.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that process still runs (or is another user's): not ours to remove
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, OSError):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def make_folder(path: str | os.PathLike, *, action: str | None = None,
                 fix: str = "choose another path") -> None:
     """Create the folder ``path`` and its parents; a regular file in the way is one ValueError:

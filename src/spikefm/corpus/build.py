@@ -380,6 +380,8 @@ def _stage_one(item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dic
         rec = read_nwb(item.path, source_dataset=item.source_dataset,
                        provenance=item.provenance, license=item.license)
         table, meta = session_rows(rec, cfg)
+        if rec.notes:  # things of the file left out, shown as warnings by the build
+            meta["read_notes"] = list(rec.notes)
         del rec
 
         def write_arrow(tmp: Path) -> None:
@@ -639,6 +641,9 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
                     problems.append({"input": res["input"], "error": res["error"]})
                 else:
                     metas.append(res)
+                    for note in res.get("read_notes", []):
+                        print(f"spikefm: warning: {res['provenance'].get('path', res['session_id'])}: "
+                              f"{note}", file=sys.stderr)
                     if res.get("spikes_past_end"):
                         print(f"spikefm: warning: {res['provenance'].get('path', res['session_id'])}: "
                               f"left out {res['spikes_past_end']} spike time(s) after the "
@@ -683,8 +688,8 @@ def _drop_duplicate_recordings(metas: list[dict], problems: list[dict]) -> list[
     return [m for m in metas if id(m) not in dropped]
 
 
-#: Keys of a staged session's record that only the staging uses (not copied to the manifest).
-_STAGING_KEYS = ("staging_key", "staged_sha256")
+#: Keys of a staged session's record that only the build uses (not copied to the manifest).
+_STAGING_KEYS = ("staging_key", "staged_sha256", "read_notes")
 
 
 def _staged_problem(staged: Path, key: str) -> str | None:

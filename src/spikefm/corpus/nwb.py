@@ -150,6 +150,8 @@ def _read_open_file(nwb, path, session_id, subject_id, source_dataset, provenanc
     if compute_sha256:
         prov["sha256"] = sha256_file(path)
     prov.update(provenance or {})
+    notes: list[str] = []
+    behavior = _read_behavior(nwb, path, notes)
     return SessionRecord(
         session_id=session_id,
         subject_id=subject_id,
@@ -160,9 +162,10 @@ def _read_open_file(nwb, path, session_id, subject_id, source_dataset, provenanc
         unit_ids=unit_ids,
         unit_regions=regions,
         trials=_read_intervals(nwb),
-        behavior=_read_behavior(nwb, path),
+        behavior=behavior,
         provenance=prov,
         license=license,
+        notes=notes,
     )
 
 
@@ -287,22 +290,33 @@ def _iter_behavior_series(nwb):
             yield from walk(obj, True)
 
 
-def _read_behavior(nwb, path) -> list[BehaviorSeries]:
+def _read_behavior(nwb, path, notes: list[str] | None = None) -> list[BehaviorSeries]:
+    """The behaviour series spikefm can bin; each one left out adds a line to ``notes``."""
     out, seen = [], set()
+    notes = [] if notes is None else notes
     for ts in _iter_behavior_series(nwb):
         data = np.asarray(ts.data[:])
-        if data.dtype.kind not in "biuf" or data.ndim not in (1, 2) or data.shape[0] == 0:
-            continue
-        if data.ndim == 2 and data.shape[1] > _MAX_BEHAVIOR_DIMS:
+        name = ts.name
+        why = None
+        if data.dtype.kind not in "biuf":
+            why = f"its data are {data.dtype} values, not numbers"
+        elif data.ndim not in (1, 2):
+            why = f"its data have shape {data.shape}; spikefm reads (samples,) or (samples, dims)"
+        elif data.shape[0] == 0:
+            why = "it has no samples"
+        elif data.ndim == 2 and data.shape[1] > _MAX_BEHAVIOR_DIMS:
+            why = (f"it has {data.shape[1]} dimensions per sample, more than {_MAX_BEHAVIOR_DIMS} "
+                   "(an image or a many-channel signal, not a behavioural variable)")
+        elif ts.timestamps is None and not ts.rate:
+            why = "it has neither timestamps nor a sampling rate"
+        if why is not None:
+            notes.append(f"behaviour series '{name}' left out: {why}")
             continue
         if ts.timestamps is not None:
             t = np.asarray(ts.timestamps[:] if not isinstance(ts.timestamps, np.ndarray)
                            else ts.timestamps, dtype=np.float64).reshape(-1)
-        elif ts.rate:
-            t = float(ts.starting_time or 0.0) + np.arange(data.shape[0]) / float(ts.rate)
         else:
-            continue
-        name = ts.name
+            t = float(ts.starting_time or 0.0) + np.arange(data.shape[0]) / float(ts.rate)
         if t.shape[0] != data.shape[0]:
             raise NWBInputError(
                 f"{path}: behaviour series '{name}' has {t.shape[0]} timestamps for "

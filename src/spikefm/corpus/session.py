@@ -36,6 +36,8 @@ class SessionRecord:
         behavior: behavioural time series found in the file.
         provenance: where the data came from (path, sha256, dandiset, version, asset path).
         license: licence string when known, else ``""``.
+        notes: one line per thing of the file that was left out (a behaviour series of an
+            unusable shape or type), for the build to show as warnings.
     """
 
     session_id: str
@@ -50,6 +52,7 @@ class SessionRecord:
     behavior: list[BehaviorSeries] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     license: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_units(self) -> int:

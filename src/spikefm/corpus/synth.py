@@ -59,7 +59,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from ..fileio import write_atomic
+from ..fileio import remove_stale_temporaries, write_atomic
 
 PRESETS = ("ibl", "motor", "spontaneous")
 
@@ -227,6 +227,8 @@ def synthesize(
             session_id=stem, subject_id=subject_id, preset=preset, seed=int(seed),
             session_index=i, num_families=num_families, duration_s=float(duration_s),
         )
+        for target in (truth_path(nwb_path), nwb_path):  # left by an interrupted earlier run
+            remove_stale_temporaries(target)
         # Truth first: an .nwb that exists always has its truth file beside it.
         write_atomic(truth_path(nwb_path), lambda p: _write_truth(p, ses, meta))
         write_atomic(nwb_path, lambda p: _write_nwb(p, ses, meta))

@@ -396,15 +396,17 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         raise ValueError(f"select='one-se' needs per-window validation losses, which the {family.name!r} family "
                          "does not provide (no validate_windows); use select='lowest'")
     out_dir = Path(out_dir)
-    _check_pretrained_export(Path(run_dir), strategy)
     args = dict(steps=steps, overrides=overrides, eval_every=eval_every, patience=patience, progress=progress)
     if strategy != "auto":
+        check_run_folder(out_dir)  # what the loop checks first, before the export's check
+        _check_pretrained_export(Path(run_dir), strategy)
         summary = _one_strategy(family, strategy, str(run_dir), str(corpus), session_id, out_dir, **args)
         summary["strategy"] = strategy
         write_json_atomic(out_dir / "finetune.json", summary)
         _say_best_at_first(out_dir, strategy, summary)
         return summary
     _check_auto_out_dir(out_dir)
+    _check_pretrained_export(Path(run_dir), strategy)
     make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
     with folder_lock(out_dir, what="fine-tuning run"):
         return _auto(family, run_dir, corpus, session_id, out_dir, args, select, soup)

@@ -124,6 +124,31 @@ def test_encoding_and_decoding_scores_against_formulas():
     assert np.isclose(d["choice"]["balanced_accuracy"], (1.0 + 2 / 3) / 2)
 
 
+def test_behaviour_psth_r2_averages_the_prediction_over_the_recorded_trials_only():
+    """Where a channel was not recorded (NaN) in some bins of some trials, the true PSTH averages the
+    other trials; the predicted PSTH averaged every trial, so the two compared different trial
+    sets. Checked against a loop over conditions and bins, and against sklearn's r2_score."""
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(7)
+    K, T = 12, 15
+    cond = np.array([0, 1] * 6)
+    truth = rng.normal(size=(K, T, 1)) + cond[:, None, None]
+    pred = truth + rng.normal(scale=0.8, size=(K, T, 1))
+    truth[3, 4:9, 0] = np.nan  # one trial of condition 1 unrecorded for five bins
+    truth[0, :2, 0] = np.nan
+    d = decoding_scores({}, {}, {}, pred, truth, ["wheel"], cond)
+    ok = ~np.isnan(truth[..., 0])
+    psth_t, psth_p = [], []
+    for c in (0, 1):
+        for b in range(T):
+            rows = (cond == c) & ok[:, b]
+            psth_t.append(truth[rows, b, 0].mean())
+            psth_p.append(pred[rows, b, 0].mean())
+    assert d["wheel"]["r2_psth"] == pytest.approx(r2_score(psth_t, psth_p), rel=1e-12)
+    assert d["wheel"]["r2_single_trial"] == pytest.approx(r2_score(truth[ok, 0], pred[ok, 0]), rel=1e-12)
+
+
 def test_synth_region_tuning_gives_linearly_decodable_regions_and_keeps_the_rest(tmp_path):
     from spikefm.corpus.synth import load_truth, synthesize
 

@@ -38,7 +38,10 @@ def smooth_counts(counts_KTN, *, kernel_sd_ms: float, bin_ms: float) -> np.ndarr
     The kernel has standard deviation ``kernel_sd_ms / bin_ms`` bins and is truncated at 3 SD.
     Outside each trial the counts are taken as zero (as in the NLB baseline's ``np.convolve(...,
     'same')``), so the first and last ~3 SD of bins are biased low. Each trial is smoothed
-    separately. Output keeps units of counts per bin.
+    separately. Output keeps units of counts per bin. NLB's script builds its window with
+    ``signal.gaussian(int(6 * sd_bins), int(sd_bins))``, truncating the SD to whole bins (and an
+    even-length window shifts its output by half a bin); here the SD is exact, so at 20 ms bins and
+    a 30 ms kernel this is 1.5 bins where NLB's script uses 1.
 
     Args:
         counts_KTN: (K, T, N) counts.

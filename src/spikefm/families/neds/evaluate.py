@@ -230,11 +230,13 @@ def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.
             t = beh_true_KTC[..., c]
             if np.isnan(t).all() or np.nanstd(t) == 0:
                 continue
+            # Both PSTHs average the same entries: the prediction where the truth was recorded
+            # (averaging it over every trial compared two different sets of trials).
+            p = np.where(np.isnan(t), np.nan, beh_pred_KTC[..., c])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                st = r2_score_pooled(beh_pred_KTC[..., c].ravel(), t.ravel())
-                ps = r2_score_pooled(_psth(beh_pred_KTC[..., c:c + 1], cond_K).ravel(),
-                                     _psth(t[..., None], cond_K).ravel())
+                st = r2_score_pooled(p.ravel(), t.ravel())
+                ps = r2_score_pooled(_psth(p[..., None], cond_K).ravel(), _psth(t[..., None], cond_K).ravel())
             out[name] = {"r2_single_trial": st, "r2_psth": ps}
     return out
 

@@ -162,6 +162,14 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     rc = cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--prompt",
                    f"{synth_corpus}:{session['session_id']}:0", "--out", str(tmp_path / "x.npz")])
     assert rc == 2  # unit count of the prompt session does not match
+    # --prompt-bins without a --prompt was ignored silently (exit 0)
+    capsys.readouterr()
+    assert cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--prompt-bins", "5",
+                     "--out", str(tmp_path / "np.npz")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "spikefm: error: --prompt-bins 5 applies to a --prompt (CORPUS_DIR:SESSION_ID:START_BIN, the recording "
+        "that starts the generation); give one, or drop --prompt-bins to generate from nothing")
+    assert not (tmp_path / "np.npz").exists()
     # a .png of the user's where the raster would go is kept (it was replaced); an earlier
     # generate's own pair is rewritten
     (tmp_path / "mine.png").write_bytes(b"my figure")

@@ -525,3 +525,14 @@ def test_synth_refuses_to_overwrite_other_recordings_unless_overwrite(tmp_path, 
     check_synth_out(tmp_path / "nwb", {**rec, "sessions": 1000}, overwrite=False)  # ses-000..ses-999
     # the record does not disturb a corpus build of the folder
     assert main(["corpus", "build", str(tmp_path / "nwb"), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+
+
+def test_train_refuses_a_vocabulary_smaller_than_the_spike_tokens(data, tmp_path, capsys):
+    """model.vocab_size=10 crashed in step 1 (IndexError, an internal error) after writing the run
+    folder; it is refused before anything is written."""
+    out = tmp_path / "run"
+    assert main(ar_train_args(data / "corpus", out, "--set", "model.vocab_size=10")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["spikefm: error: model.vocab_size must be at least 256 (spike tokens are counts 0-254 and "
+                   "the bin separator 255), got 10; drop the --set or give 256"]
+    assert not out.exists()

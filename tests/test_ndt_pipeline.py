@@ -464,3 +464,23 @@ def test_finetune_from_a_damaged_or_missing_export_is_one_line_and_writes_nothin
     model.to_empty(device="cpu")
     with pytest.raises(ValueError, match=rf"^{re.escape(str(export))} is not a valid safetensors file"):
         family.init_weights(model)
+
+
+def test_save_predictions_refuses_corpus_run_and_recording_folders(finetuned, corpus_dir, held_out, tmp_path, capsys):
+    """``--save-predictions corpus/data`` wrote .npz files among the shards (the next build then
+    refused the corpus), and a run folder or a folder of recordings were written into too."""
+    run, _ = finetuned
+    recordings = tmp_path / "nwb"
+    recordings.mkdir()
+    (recordings / "ses-0.nwb").write_bytes(b"mine")
+    before = {p: p.stat().st_mtime_ns for d in (corpus_dir, run, recordings) for p in d.rglob("*")}
+    for target, says in [(corpus_dir / "data", f"that is inside the corpus {corpus_dir}"),
+                         (corpus_dir, f"that is inside the corpus {corpus_dir}"),
+                         (run, "that is a run folder"),
+                         (recordings, "the folder holds other files (found 'ses-0.nwb')")]:
+        rc = main(["eval", str(run), "--data", str(corpus_dir), "--session", held_out, "--tasks", "co-smoothing",
+                   "--save-predictions", str(target), "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert err[0].startswith(f"spikefm: error: --save-predictions {target}: {says}")
+    assert {p: p.stat().st_mtime_ns for d in (corpus_dir, run, recordings) for p in d.rglob("*")} == before

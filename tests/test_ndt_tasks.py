@@ -456,3 +456,17 @@ def test_fraction_of_oracle_is_nan_unless_the_oracle_beats_the_null():
     assert math.isnan(out["bps_pooled"]) and math.isnan(out["bps_per_neuron_mean"])
     out = _fraction(model, {"bps_pooled": 0.4, "bps_per_neuron_mean": math.inf})
     assert out["bps_pooled"] == pytest.approx(-0.2123 / 0.4) and math.isnan(out["bps_per_neuron_mean"])
+
+
+def test_a_label_too_rare_to_cross_validate_is_skipped_not_fatal():
+    """On short sessions a class of the choice had too few trials for the decoder's folds, and the
+    ValueError ended the whole evaluation (every other task's results lost, after a study's
+    training); the task is skipped with the reason and the others are scored."""
+    labels = {"choice": np.array([0] * 18 + [1] * 2, dtype=float)}
+    w = synthetic_windows(K=20, labels=labels)
+    res = run_benchmark(tiny_ndt(w), w, tasks=["co-smoothing", "choice-decoding"], baselines=False)
+    assert "co-smoothing" in res["tasks"] and "choice-decoding" not in res["tasks"]
+    reason = res["skipped"]["choice-decoding"]
+    assert reason.startswith("too few trials of some choice class in this session's windows to cross-validate")
+    assert reason.endswith("longer sessions give more")
+    assert "skipped choice-decoding: too few trials" in format_benchmark_table({"ndt": res})

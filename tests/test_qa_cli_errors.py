@@ -217,9 +217,10 @@ def test_finetune_into_the_pretrained_run_or_a_project_folder_keeps_them(ndt_run
     before = snapshot(tmp_path)
     base = ["finetune", str(ndt_run), "--data", str(built), "--session", session, "--steps", "2",
             "--quiet", "--out"]
-    line = one_error_line(capsys, base + [str(ndt_run)])
-    assert line == (f"spikefm: error: {ndt_run} holds another training run, whose files "
-                    "fine-tuning would replace; nothing was written: use a new --out")
+    for strategy in ("auto", "frozen"):  # frozen said "a run finished at step N; continuing it ..."
+        line = one_error_line(capsys, base + [str(ndt_run), "--strategy", strategy])
+        assert line == (f"spikefm: error: {ndt_run} is the pretrained run itself; fine-tuning writes a new "
+                        "run: give a new folder (--out); nothing was written")
     line = one_error_line(capsys, base + [str(proj)])
     assert f"{proj}: folder has files and is not a spikefm run (found 'notes.txt')" in line
     line = one_error_line(capsys, base + [str(proj), "--freeze-core"])
@@ -505,3 +506,16 @@ def test_synth_into_a_file_is_bad_input(tmp_path, capsys, out):
                     "(new or one that holds synthetic recordings)")
     assert cli_main(["synth", str(tmp_path / out), "--sessions", "1"]) == 2
     assert (tmp_path / "f.nwb").read_bytes() == b"mine" and sorted(p.name for p in tmp_path.iterdir()) == ["f.nwb"]
+
+
+@pytest.mark.parametrize("argv", [["experiment", "transfer", "--out", "t", "--seeds", "1,,2"],
+                                  ["eval", "run", "--data", "c", "--ngram", "1,"]])
+def test_a_list_with_an_empty_item_is_refused(tmp_path, capsys, monkeypatch, argv):
+    """``--seeds 1,,2`` and ``--ngram 1,`` dropped the empty item silently (a value the user
+    meant to type was lost); argparse now refuses them in one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "(an empty item)" in err[0]
+    assert list(tmp_path.iterdir()) == []

@@ -673,3 +673,28 @@ def test_resume_from_a_checkpoint_past_the_new_steps_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"step_00000006: it is at step 6, past train.steps=4; give --steps 6 or more$"):
         train(toy_config(steps=4, ckpt_every=3), tmp_path, resume=True, progress=False)
     assert train(toy_config(steps=8, ckpt_every=3), tmp_path, resume=True, progress=False)["step"] == 8
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_that_stopped_before_its_first_step_does_not_lock_its_folder(tmp_path, capsys, resume):
+    """A run that failed in step 1 (e.g. a bad model setting) left config.json and an empty
+    metrics.jsonl; the corrected command was then refused ("already holds a training run"), and
+    with --resume too ("'model' differs"): only deleting the folder by hand helped."""
+    train(toy_config(steps=4), tmp_path / "done", progress=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_bytes((tmp_path / "done" / "config.json").read_bytes())
+    (run / "metrics.jsonl").write_text("")
+    capsys.readouterr()
+    fixed = apply_overrides(toy_config(steps=4), ["model.dim=16"])
+    assert train(fixed, run, resume=resume, progress=False)["step"] == 4
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"spikefm: warning: {run} holds a run that stopped before its first step; starting anew"]
+    assert json.loads((run / "config.json").read_text())["config"]["model"]["dim"] == 16
+    # someone else's config.json is not taken for one: the folder is still refused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError):
+        train(fixed, other, resume=resume, progress=False)
+    assert (other / "config.json").read_text() == '{"model_type": "bert"}'

@@ -81,13 +81,14 @@ def fraction(text: str) -> float:
 
 def int_list(text: str) -> list[int]:
     """Comma-separated integers, at least one (e.g. ``1,9``)."""
+    items = text.split(",")
+    if any(not x.strip() for x in items):  # "1,,2" or "1,": a value left out by mistake
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,9, got {text!r} "
+                                         "(an empty item)")
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
+        return [int(x) for x in items]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,9, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,9, got {text!r}")
-    return values
 
 
 def units_range(text: str) -> tuple[int, int]:

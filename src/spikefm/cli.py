@@ -278,6 +278,32 @@ EVAL_OPTIONS = ("split", "ngram", "max_tokens", "max_train_tokens", "seq_len", "
                 "save_predictions", "decode_layer", "permutations", "compare_run", "compare_data")
 
 
+def check_predictions_folder(path: Path) -> None:
+    """``--save-predictions DIR`` writes ``<task>.npz`` files: DIR must be new or hold only such
+    files (and results JSON), and may not be a corpus's folder or its ``data/`` (a rebuild refuses
+    foreign files there), a run folder or a folder of recordings."""
+    flag = f"--save-predictions {path}"
+    for d in (path, path.parent):
+        if (d / "manifest.json").exists():
+            raise ValueError(f"{flag}: that is inside the corpus {d}; files written there would break its "
+                             "next build: give a folder of its own, e.g. predictions/")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag}: is a file, not a folder; give a folder for the <task>.npz files")
+    if path.is_dir():
+        from spikefm.train.checkpoint import RUN_MARKERS
+
+        if any((path / n).exists() for n in RUN_MARKERS):
+            raise ValueError(f"{flag}: that is a run folder; predictions go into a folder of their own, "
+                             "e.g. predictions/; nothing was written")
+        other = sorted(p.name for p in path.iterdir()
+                       if not p.name.startswith(".") and p.suffix not in (".npz", ".json"))
+        if other:
+            raise ValueError(f"{flag}: the folder holds other files (found {other[0]!r}"
+                             f"{f' and {len(other) - 1} more' if len(other) > 1 else ''}); give a new folder "
+                             "or one holding only earlier predictions (*.npz) and results (*.json); nothing "
+                             "was written")
+
+
 def cmd_eval(args) -> int:
     import inspect
 
@@ -286,6 +312,8 @@ def cmd_eval(args) -> int:
 
     if args.out:
         check_output_file(args.out, (".json",), "--out")
+    if args.save_predictions:
+        check_predictions_folder(Path(args.save_predictions))
     fam = families.family_of_run(args.run_dir)
     options = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k) is not None}
     accepted = inspect.signature(fam.evaluate).parameters

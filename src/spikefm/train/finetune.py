@@ -396,6 +396,9 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         raise ValueError(f"select='one-se' needs per-window validation losses, which the {family.name!r} family "
                          "does not provide (no validate_windows); use select='lowest'")
     out_dir = Path(out_dir)
+    if out_dir.exists() and out_dir.resolve() == Path(run_dir).resolve():
+        raise ValueError(f"{out_dir} is the pretrained run itself; fine-tuning writes a new run: give "
+                         "a new folder (--out); nothing was written")
     args = dict(steps=steps, overrides=overrides, eval_every=eval_every, patience=patience, progress=progress)
     if strategy != "auto":
         check_run_folder(out_dir)  # what the loop checks first, before the export's check

@@ -271,6 +271,15 @@ def _make_run_dir(out_dir: Path) -> None:
     make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
 
 
+def _is_run_description(path: Path) -> bool:
+    """``path`` is a config.json that spikefm's training wrote (not some other program's)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and isinstance(saved.get("config"), dict) and "family" in saved
+
+
 def _metric_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     if path.is_file():
@@ -328,6 +337,11 @@ def _prepare_run_dir(out_dir: Path, cfg: RunConfig, resume: bool, world_size: in
         _check_resume_config(cfg, out_dir / "config.json", corpus_hash)
         return {"ckpt": None, "notes": [], "finished": _finished_summary(out_dir, cfg, world_size, step)}
     found = list_checkpoints(out_dir)
+    if not found and _is_run_description(out_dir / "config.json") and not _metric_rows(out_dir / "metrics.jsonl"):
+        # A run that failed before its first step (bad settings met in step 1): nothing to keep,
+        # and refusing it would lock the folder against the corrected command.
+        return {"ckpt": None, "finished": None,
+                "notes": [f"{out_dir} holds a run that stopped before its first step; starting anew"]}
     if not resume:
         if found:
             raise ValueError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) to "

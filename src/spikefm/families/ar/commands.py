@@ -55,7 +55,8 @@ def _generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--units", type=_positive_int, required=True)
     g.add_argument("--bins", type=_positive_int, required=True)
     g.add_argument("--prompt", default=None, metavar="CORPUS_DIR:SESSION_ID:START_BIN")
-    g.add_argument("--prompt-bins", type=_positive_int, default=25)
+    g.add_argument("--prompt-bins", type=_positive_int, default=None,
+                   help="bins of --prompt that start the generation (default 25)")
     g.add_argument("--temperature", type=_finite_float, default=1.0)
     g.add_argument("--top-k", type=_positive_int, default=None)
     g.add_argument("--seed", type=int, default=0)
@@ -71,9 +72,13 @@ def _run_generate(args) -> int:
 
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.prompt_bins is not None and args.prompt is None:
+        raise ValueError(f"--prompt-bins {args.prompt_bins} applies to a --prompt "
+                         "(CORPUS_DIR:SESSION_ID:START_BIN, the recording that starts the generation); "
+                         "give one, or drop --prompt-bins to generate from nothing")
     check_output_file(args.out, (".npz",), "--out")
     out = generate_to_file(args.run_dir, num_units=args.units, num_bins=args.bins,
-                           prompt=args.prompt, prompt_bins=args.prompt_bins,
+                           prompt=args.prompt, prompt_bins=25 if args.prompt_bins is None else args.prompt_bins,
                            temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                            device=args.device, out=args.out)
     for p in out:

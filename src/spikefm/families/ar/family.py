@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikefm.families.ar.model import LLAMA_PRESETS, Llama, LlamaConfig, flops_per_token, llama_preset
+from spikefm.families.ar.tokens import VOCAB_SIZE
 from spikefm.train.config import RunConfig
 
 #: The preset of ``spikefm train --model ar`` without ``--preset`` (see ``ARFamily.default_preset``).
@@ -133,6 +134,10 @@ class ARFamily:
         return flops_per_token(cfg.model, x_BL.shape[1], causal=True) * x_BL.numel()
 
     def describe(self, cfg: RunConfig) -> dict[str, Any]:
+        if cfg.model.vocab_size < VOCAB_SIZE:  # before the run folder is made (it crashed in step 1)
+            raise ValueError(f"model.vocab_size must be at least {VOCAB_SIZE} (spike tokens are counts "
+                             f"0-254 and the bin separator 255), got {cfg.model.vocab_size}; drop the "
+                             "--set or give 256")
         corpus = _corpus(cfg)
         return {"corpus": str(corpus.path.resolve()), "corpus_manifest_sha256": corpus.manifest_hash,
                 "train_tokens": corpus.num_tokens(cfg.data.split),

@@ -713,9 +713,14 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
                                                   classes=(label_classes or {}).get(label), ideal_favours=favours,
                                                   **(decode_options or {}))
             except ValueError as exc:
-                if label in windows.labels and "too few windows" not in str(exc):
+                text = str(exc)
+                rare = any(k in text for k in ("fewer than 2 samples", "smallest class has"))
+                if label in windows.labels and not rare and "too few windows" not in text:
                     raise
-                out["skipped"][task] = str(exc)
+                # One task without enough trials per class is skipped, not every task's results lost.
+                out["skipped"][task] = (f"too few trials of some {label} class in this session's windows "
+                                        f"to cross-validate a decoder ({text}); longer sessions give more"
+                                        if rare else text)
             continue
         if task in ("inter-region", "intra-region") and _num_regions(windows) < 2:
             out["skipped"][task] = f"session has {_num_regions(windows)} region(s); needs at least 2"

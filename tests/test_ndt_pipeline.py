@@ -476,6 +476,7 @@ def test_save_predictions_refuses_corpus_run_and_recording_folders(finetuned, co
     before = {p: p.stat().st_mtime_ns for d in (corpus_dir, run, recordings) for p in d.rglob("*")}
     for target, says in [(corpus_dir / "data", f"that is inside the corpus {corpus_dir}"),
                          (corpus_dir, f"that is inside the corpus {corpus_dir}"),
+                         (corpus_dir / "data" / "sub", f"that is inside the corpus {corpus_dir}"),
                          (run, "that is a run folder"),
                          (recordings, "the folder holds other files (found 'ses-0.nwb')")]:
         rc = main(["eval", str(run), "--data", str(corpus_dir), "--session", held_out, "--tasks", "co-smoothing",
@@ -484,3 +485,13 @@ def test_save_predictions_refuses_corpus_run_and_recording_folders(finetuned, co
         assert rc == 2 and len(err) == 1, err
         assert err[0].startswith(f"spikefm: error: --save-predictions {target}: {says}")
     assert {p: p.stat().st_mtime_ns for d in (corpus_dir, run, recordings) for p in d.rglob("*")} == before
+    # the documented use stays allowed: a folder of earlier predictions, results and a report, beside
+    # a manifest.json of another program
+    preds = tmp_path / "work" / "preds"
+    preds.mkdir(parents=True)
+    (tmp_path / "work" / "manifest.json").write_text('{"name": "some other tool"}')
+    (preds / "eval.html").write_text("<html></html>")
+    (preds / "results.json").write_text("{}")
+    assert main(["eval", str(run), "--data", str(corpus_dir), "--session", held_out, "--tasks", "co-smoothing",
+                 "--save-predictions", str(preds), "--quiet"]) == 0
+    assert (preds / "co-smoothing.npz").is_file()

@@ -483,6 +483,7 @@ def test_transfer_refuses_a_repeated_seed(tmp_path, capsys):
     (["synth", " ", "--sessions", "1"], "OUT_DIR"),
     (["train", "--data", "", "--out", "run"], "--data"),
     (["corpus", "build", "", "--out", "c"], "INPUT"),
+    (["report", "IN", "--predictions", ""], "--predictions"),
 ])
 def test_an_empty_path_is_refused_and_nothing_is_written(tmp_path, capsys, monkeypatch, argv, flag):
     """``--out ""`` (an unset shell variable) wrote the corpus or recordings into the current folder."""

@@ -698,3 +698,28 @@ def test_a_run_that_stopped_before_its_first_step_does_not_lock_its_folder(tmp_p
     with pytest.raises(ValueError):
         train(fixed, other, resume=resume, progress=False)
     assert (other / "config.json").read_text() == '{"model_type": "bert"}'
+
+
+def test_resuming_a_finished_run_with_other_settings_says_they_change_nothing(tmp_path, capsys):
+    """A finished run resumed with another lr printed "they apply from the checkpoint's step on"
+    next to "nothing to do"; it now says the settings change nothing."""
+    train(toy_config(steps=4), tmp_path, progress=False)
+    capsys.readouterr()
+    summary = train(apply_overrides(toy_config(steps=4), ["optim.lr=1e-3"]), tmp_path, resume=True, progress=False)
+    assert summary["step"] == 4
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"spikefm: warning: {tmp_path} is finished; the changed settings (optim.lr) change nothing, "
+                   "since no step is left to train",
+                   f"spikefm: {tmp_path} is already finished (step 4 of 4, model.safetensors exported); nothing to do"]
+
+
+def test_a_longer_resume_with_the_default_warm_up_says_the_warm_up_changed(tmp_path, capsys):
+    cfg = apply_overrides(toy_config(steps=20, ckpt_every=5), ["optim.warmup_steps=none"])
+    train(cfg, tmp_path, progress=False, stop_after=5)
+    capsys.readouterr()
+    train(apply_overrides(cfg, ["train.steps=40"]), tmp_path, resume=True, progress=False)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("with changed settings: train.steps; they apply from the checkpoint's step on (the lr "
+                         "is the one their schedule gives there; the warm-up is now a tenth of 40 steps)")
+    lr = column(train_rows(tmp_path), "lr")
+    np.testing.assert_allclose(lr[5:], [3e-3 * lr_factor(s, 4, 40, 0.0) for s in range(5, 40)], rtol=1e-12)

@@ -282,9 +282,15 @@ def check_predictions_folder(path: Path) -> None:
     """``--save-predictions DIR`` writes ``<task>.npz`` files: DIR must be new or hold only such
     files (and results JSON), and may not be a corpus's folder or its ``data/`` (a rebuild refuses
     foreign files there), a run folder or a folder of recordings."""
+    from spikefm.corpus.manifest import read_manifest
+
     flag = f"--save-predictions {path}"
-    for d in (path, path.parent):
-        if (d / "manifest.json").exists():
+    for d in (path.absolute(), *path.absolute().parents):
+        if (d / "manifest.json").is_file():
+            try:
+                read_manifest(d)  # a spikefm corpus (a checkpoint's manifest.json is not one)
+            except ValueError:
+                continue
             raise ValueError(f"{flag}: that is inside the corpus {d}; files written there would break its "
                              "next build: give a folder of its own, e.g. predictions/")
     if path.exists() and not path.is_dir():
@@ -295,13 +301,13 @@ def check_predictions_folder(path: Path) -> None:
         if any((path / n).exists() for n in RUN_MARKERS):
             raise ValueError(f"{flag}: that is a run folder; predictions go into a folder of their own, "
                              "e.g. predictions/; nothing was written")
-        other = sorted(p.name for p in path.iterdir()
-                       if not p.name.startswith(".") and p.suffix not in (".npz", ".json"))
+        other = sorted(p.name for p in path.iterdir()  # earlier predictions, results and reports
+                       if not p.name.startswith(".") and p.suffix not in (".npz", ".json", ".html", ".htm"))
         if other:
             raise ValueError(f"{flag}: the folder holds other files (found {other[0]!r}"
                              f"{f' and {len(other) - 1} more' if len(other) > 1 else ''}); give a new folder "
-                             "or one holding only earlier predictions (*.npz) and results (*.json); nothing "
-                             "was written")
+                             "or one holding only earlier predictions (*.npz), results (*.json) and reports "
+                             "(*.html); nothing was written")
 
 
 def cmd_eval(args) -> int:
@@ -721,7 +727,8 @@ def _leave_on_ctrl_c(code: int) -> None:
 _PATH_ARGS = {"out": "--out", "out_dir": "OUT_DIR", "data": "--data", "run_dir": "RUN_DIR",
               "corpus_dir": "CORPUS_DIR", "inputs": "INPUT", "path": "PATH", "source": "SOURCE",
               "cache_dir": "--cache-dir", "save_predictions": "--save-predictions",
-              "compare_run": "--compare-run", "compare_data": "--compare-data"}
+              "compare_run": "--compare-run", "compare_data": "--compare-data",
+              "predictions": "--predictions", "generated": "--generated"}
 
 
 def _check_paths(args: argparse.Namespace) -> None:

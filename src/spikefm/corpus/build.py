@@ -390,7 +390,10 @@ def _stage_one(item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dic
 
         write_atomic(staging / f"{key}.arrow", write_arrow)
         meta["staging_key"] = key
-        meta["staged_sha256"] = sha256_file(staging / f"{key}.arrow")  # checked before reuse
+        arrow = staging / f"{key}.arrow"
+        st = arrow.stat()  # size and mtime: a reuse hashes the file again only when these differ
+        meta["staged_sha256"] = {"sha256": sha256_file(arrow), "size": st.st_size,
+                                 "mtime_ns": st.st_mtime_ns}
         write_json_atomic(staging / f"{key}.json", meta)  # last: marks the session finished
         return meta
     except MemoryError as exc:
@@ -628,6 +631,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
             if problem is None:
                 metas.append(json.loads(done.read_text()))
                 reused_keys.add(key)
+                _say_what_was_left_out(metas[-1])  # each build says it, not only the first
             else:
                 if done.exists():  # damaged: staged again from its input (the corpus is untouched)
                     print(f"spikefm: warning: {item.path}: its staged copy ({STAGING}/{key}) is damaged "
@@ -641,14 +645,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
                     problems.append({"input": res["input"], "error": res["error"]})
                 else:
                     metas.append(res)
-                    for note in res.get("read_notes", []):
-                        print(f"spikefm: warning: {res['provenance'].get('path', res['session_id'])}: "
-                              f"{note}", file=sys.stderr)
-                    if res.get("spikes_past_end"):
-                        print(f"spikefm: warning: {res['provenance'].get('path', res['session_id'])}: "
-                              f"left out {res['spikes_past_end']} spike time(s) after the "
-                              f"recording's end ({res['recording_end_s']:.6g} s) "
-                              "(--spikes-past-end drop)", file=sys.stderr)
+                    _say_what_was_left_out(res)
             metas = _drop_duplicate_recordings(metas, problems)  # a copy is a skipped input (--strict too)
             if cfg.strict and problems:
                 raise BuildError(problems[0]["error"] + " (--strict: nothing was written)")
@@ -688,6 +685,17 @@ def _drop_duplicate_recordings(metas: list[dict], problems: list[dict]) -> list[
     return [m for m in metas if id(m) not in dropped]
 
 
+def _say_what_was_left_out(meta: dict) -> None:
+    """Warnings for what of a session's file is not in the corpus (behaviour series it cannot
+    bin, spikes after the recording's end), for sessions staged now and reused alike."""
+    where = meta.get("provenance", {}).get("path", meta["session_id"])
+    for note in meta.get("read_notes", []):
+        print(f"spikefm: warning: {where}: {note}", file=sys.stderr)
+    if meta.get("spikes_past_end"):
+        print(f"spikefm: warning: {where}: left out {meta['spikes_past_end']} spike time(s) after the "
+              f"recording's end ({meta['recording_end_s']:.6g} s) (--spikes-past-end drop)", file=sys.stderr)
+
+
 #: Keys of a staged session's record that only the build uses (not copied to the manifest).
 _STAGING_KEYS = ("staging_key", "staged_sha256", "read_notes")
 
@@ -703,8 +711,14 @@ def _staged_problem(staged: Path, key: str) -> str | None:
         with pa.memory_map(str(staged / f"{key}.arrow")) as src:
             pa.ipc.open_file(src)
         recorded = meta.get("staged_sha256")  # absent in folders staged before it was recorded
-        if recorded is not None and sha256_file(staged / f"{key}.arrow") != recorded:
-            return "its .arrow file's sha256 differs from the one recorded when it was staged"
+        if isinstance(recorded, dict):
+            arrow = staged / f"{key}.arrow"
+            st = arrow.stat()
+            if st.st_size != recorded.get("size"):
+                return (f"its .arrow file has {st.st_size:,} bytes, {recorded.get('size')} when it "
+                        "was staged")
+            if st.st_mtime_ns != recorded.get("mtime_ns") and sha256_file(arrow) != recorded.get("sha256"):
+                return "its .arrow file was changed after it was staged (its sha256 differs)"
     except FileNotFoundError:
         return "its .arrow file is missing"
     except (OSError, ValueError, pa.ArrowInvalid) as exc:

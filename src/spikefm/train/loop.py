@@ -233,7 +233,8 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
                 tmp.unlink()
 
 
-def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = None) -> None:
+def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = None, *,
+                         finished: bool = False) -> None:
     """Refuse to continue a run (its config.json at ``path``) with another family/model/data
     config; note changed optim/train settings (``apply_settings`` puts them into effect)."""
     if not path.is_file():
@@ -253,7 +254,7 @@ def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = N
                 f"cannot resume from {where}: '{section}' differs from the checkpoint's config; "
                 "resume with the same family/model/data config or start a new run directory"
             )
-    if corpus_hash and isinstance(before, str) and before != corpus_hash:
+    if corpus_hash and isinstance(before, str) and before != corpus_hash and not finished:
         _notice(f"resuming from {where}: the corpus at {fam_info.get('corpus')} changed since the run "
                 f"started (manifest sha256 {before[:12]}... -> {corpus_hash[:12]}...; rebuilt or "
                 "re-imported): training continues on its current contents")
@@ -261,9 +262,15 @@ def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = N
         f"{s}.{k}" for s in ("optim", "train")
         for k in now[s] if not isinstance(saved.get(s), dict) or saved[s].get(k) != now[s][k]
     ]
-    if changed:
+    if changed and finished:
+        _notice(f"{where} is finished; the changed settings ({', '.join(changed)}) change nothing, "
+                "since no step is left to train")
+    elif changed:
+        warmup = ""
+        if now["optim"].get("warmup_steps") is None and saved.get("train", {}).get("steps") != now["train"]["steps"]:
+            warmup = f"; the warm-up is now a tenth of {now['train']['steps']} steps"
         _notice(f"resuming from {where} with changed settings: {', '.join(changed)}; they apply "
-                "from the checkpoint's step on (the lr is the one their schedule gives there)")
+                f"from the checkpoint's step on (the lr is the one their schedule gives there{warmup})")
 
 
 def _make_run_dir(out_dir: Path) -> None:
@@ -334,7 +341,7 @@ def _prepare_run_dir(out_dir: Path, cfg: RunConfig, resume: bool, world_size: in
             raise ValueError(f"{out_dir} is a run finished at step {step}; continuing it to "
                              f"train.steps={cfg.train.steps} would replace its {EXPORT_NAME}: "
                              "train in a new run directory (--out)")
-        _check_resume_config(cfg, out_dir / "config.json", corpus_hash)
+        _check_resume_config(cfg, out_dir / "config.json", corpus_hash, finished=True)
         return {"ckpt": None, "notes": [], "finished": _finished_summary(out_dir, cfg, world_size, step)}
     found = list_checkpoints(out_dir)
     if not found and _is_run_description(out_dir / "config.json") and not _metric_rows(out_dir / "metrics.jsonl"):

@@ -718,9 +718,9 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
                 if label in windows.labels and not rare and "too few windows" not in text:
                     raise
                 # One task without enough trials per class is skipped, not every task's results lost.
-                out["skipped"][task] = (f"too few trials of some {label} class in this session's windows "
-                                        f"to cross-validate a decoder ({text}); longer sessions give more"
-                                        if rare else text)
+                what = "trials" if windows.align else "windows"
+                out["skipped"][task] = (f"too few {what} of some {label} class in this session to "
+                                        f"cross-validate a decoder; longer sessions give more" if rare else text)
             continue
         if task in ("inter-region", "intra-region") and _num_regions(windows) < 2:
             out["skipped"][task] = f"session has {_num_regions(windows)} region(s); needs at least 2"

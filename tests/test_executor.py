@@ -232,3 +232,23 @@ def test_executor_is_reentrant_across_phases(tmp_path):
         assert ex._pool is pool
     assert ex._pool is None
     assert {k: both[k] for k in first} == first and both[chain[0].id]["result"]["value"] == 30
+
+
+def _warn_in_worker(text: str) -> int:
+    import warnings
+
+    warnings.warn(text, RuntimeWarning)
+    return os.getpid()
+
+
+def test_pool_workers_print_warnings_as_the_driver_does(capfd):
+    """Under the command line (one-line warnings) pool workers printed Python's two-line format
+    with a source line; they now print what the driver prints."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from spikefm.experiments.jobs import _worker_init
+
+    with ProcessPoolExecutor(1, initializer=_worker_init, initargs=(os.getpid(), 1, True)) as pool:
+        pid = pool.submit(_warn_in_worker, "a  note\nfrom a job").result()
+    assert pid != os.getpid()
+    assert capfd.readouterr().err == "spikefm: warning: a note from a job\n"

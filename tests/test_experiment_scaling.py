@@ -19,7 +19,8 @@ from spikefm.experiments.scaling import log_linear_fit, parse_sizes, session_ord
 
 def test_parse_sizes():
     assert parse_sizes("1,2,3,6,all", 12) == [1, 2, 3, 6, 12]
-    assert parse_sizes("20,all,1", 12) == [1, 12]  # above the pool = the whole pool
+    with pytest.warns(RuntimeWarning, match=r"--sizes 20: only 12 pretraining session\(s\); size 20 is run as 12"):
+        assert parse_sizes("20,all,1", 12) == [1, 12]  # above the pool = the whole pool, said
     for bad in ("0", "1,x", "-2", ""):
         with pytest.raises(ValueError, match="--sizes"):
             parse_sizes(bad, 12)
@@ -249,3 +250,39 @@ def test_study_inputs_are_checked_before_any_job_runs(tiny_corpus, tmp_path, cap
         main(["experiment", "rank-sessions", "--data", str(tiny_corpus), "--out", str(tmp_path / "r"), "--seed=-1"])
     assert info.value.code == 2 and "argument --seed: expected an integer >= 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_study_settings_and_job_settings_are_checked_before_any_job(tiny_study, tiny_corpus, tmp_path, capsys):
+    """A rerun with another setting replaced the study's results (exit 0); an unknown --set key,
+    --device cuda without a GPU and an unknown --metric failed inside the jobs (exit 1, after a
+    folder was made and, for the metric, after every job had run)."""
+    import torch
+
+    from spikefm.cli import main
+    from spikefm.experiments.scaling import scaling_study
+
+    out, _ = tiny_study
+    files = lambda: {p: p.stat().st_mtime_ns for p in out.rglob("*")  # noqa: E731
+                     if p.is_file() and p.name != ".spikefm.lock"}
+    before = files()
+    with pytest.raises(ValueError) as exc:
+        scaling_study(out, tiny_corpus, ["sub-ibl02_ses-003"], settings=TINY, sizes="1,2,all",
+                      orders=["ranked", "random"], seeds=[0], tasks=TASKS, metric="co-smoothing", top_k=3,
+                      executor=LocalExecutor(1, threads=1), progress=False, command="test")
+    assert str(exc.value) == (f"{out} holds a study made with other settings (top_k; top_k: 2 there, 3 now); its "
+                              "results would be replaced: give a new --out (a rerun with the same settings "
+                              "resumes it)")
+    assert files() == before
+    base = ["experiment", "rank-sessions", "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003"]
+    checks = [(["--set", "model.foo=1"], "unknown key 'model.foo'")]
+    if not torch.cuda.is_available():
+        checks.append((["--device", "cuda"], "--device cuda: no CUDA device is available on this machine"))
+    for extra, says in checks:
+        code = main([*base, "--out", str(tmp_path / "r"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and says in err[0], err
+        assert not (tmp_path / "r").exists()
+    code = main(["experiment", "scaling", "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003",
+                 "--out", str(tmp_path / "s"), "--metric", "foo"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "foo" in err[0] and not (tmp_path / "s").exists()

@@ -206,11 +206,21 @@ def default_threads(workers: int) -> int:
 # --- executors ---------------------------------------------------------------------------------
 
 
-def _worker_init(parent_pid: int, threads: int) -> None:
-    """Start of a pool worker: thread limits before torch is imported, and die with the driver
-    (Linux: the kernel sends SIGKILL to the worker when its parent exits, ``kill -9`` included)."""
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the command line prints it: one ``spikefm: warning:`` line, no source."""
+    print(f"spikefm: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
+def _worker_init(parent_pid: int, threads: int, one_line_warnings: bool = False) -> None:
+    """Start of a pool worker: thread limits before torch is imported, warnings printed as the
+    driver prints them, and die with the driver (Linux: the kernel sends SIGKILL to the worker
+    when its parent exits, ``kill -9`` included)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    if one_line_warnings:
+        import warnings
+
+        warnings.showwarning = _warning_line
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -220,6 +230,13 @@ def _worker_init(parent_pid: int, threads: int) -> None:
             pass
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def _one_line_warnings() -> bool:
+    """Whether this process prints warnings as one line (the command line sets that up)."""
+    import warnings
+
+    return getattr(warnings.showwarning, "__name__", "") == "_warning_line"
 
 
 class LocalExecutor:
@@ -250,7 +267,8 @@ class LocalExecutor:
             # spawn: a forked child would inherit the driver's threads and torch state
             self._pool = ProcessPoolExecutor(max_workers=self.workers,
                                              mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init, initargs=(os.getpid(), self.threads))
+                                             initializer=_worker_init,
+                                             initargs=(os.getpid(), self.threads, _one_line_warnings()))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -494,3 +512,24 @@ def check_study_folder(out: Path, patterns: Sequence[str] = STUDY_FILES, *, kind
     if other:
         raise ValueError(f"{out}: folder has files that are not {kind} (found {other[0]!r}); nothing was "
                          f"changed: {fix}")
+
+
+def check_study_settings(summary: Path, settings: dict) -> None:
+    """Refuse to rerun a study into a folder whose summary (``summary``, e.g. ``ranking.json``)
+    was made with other settings: its results would be replaced by the new ones (a rerun with the
+    same settings resumes it and does no finished work again)."""
+    if not summary.is_file():
+        return
+    try:
+        old = json.loads(summary.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return  # a damaged summary is rewritten from the jobs' results
+    if not isinstance(old, dict):
+        return
+    new = json.loads(json.dumps(settings))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        first = changed[0]
+        raise ValueError(f"{summary.parent} holds a study made with other settings ({', '.join(changed)}; "
+                         f"{first}: {old.get(first)!r} there, {new.get(first)!r} now); its results would be "
+                         "replaced: give a new --out (a rerun with the same settings resumes it)")

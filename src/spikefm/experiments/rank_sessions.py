@@ -286,16 +286,21 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     Returns:
         The study JSON written to ``OUT/ranking.json``.
     """
-    from spikefm.experiments.jobs import LocalExecutor, check_study_folder
+    from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings
     from spikefm.experiments.plots import plot_ranking
+    from spikefm.experiments.runs import check_pretrain_spec
     from spikefm.fileio import folder_lock, write_json_atomic
     from spikefm.train.runinfo import machine_info
 
     out = Path(out)
     check_study_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
     held, pool = study_sessions(corpus, held_out, pool)
     jobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seed)
+    check_pretrain_spec(jobs[0].spec)  # before any folder is made or job runs
+    study_settings = {**settings.to_dict(), "seed": seed, "top_k": top_k,
+                      "corpus": str(Path(corpus).resolve()), "held_out": held, "pretraining_sessions": pool}
+    check_study_settings(out / "ranking.json", study_settings)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with folder_lock(out, what="study"):
         records = run_jobs(jobs, out / "jobs", executor or LocalExecutor(1), progress=progress,
@@ -303,8 +308,7 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
         families = session_families(corpus, [*held, *pool])
         summary = summarize_ranking(records, adapt, held, pool, families, top_k)
         study = {"study": "rank-sessions", "command": command or " ".join(sys.argv),
-                 "settings": {**settings.to_dict(), "seed": seed, "top_k": top_k,
-                              "corpus": str(Path(corpus).resolve()), "held_out": held, "pretraining_sessions": pool},
+                 "settings": study_settings,
                  **summary, "jobs": len({j.id for j in jobs}),
                  "job_wall_s": round(sum(records[j.id]["timings"]["wall_s"] for j in jobs), 1),
                  "wall_s": round(time.perf_counter() - t0, 1), "machine": machine_info()}

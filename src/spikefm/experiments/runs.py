@@ -26,15 +26,33 @@ __all__ = ["pretrain", "finetune", "single_session", "task_scores", "RUN"]
 RUN = "run"
 
 
-def pretrain(spec: dict, job_dir: Path, root: Path) -> dict[str, Any]:
+def _pretrain_config(spec: dict):
     from spikefm import families
 
     sessions = list(spec["sessions"])
     overrides = [*spec.get("overrides", []), f"train.steps={int(spec['steps'])}", f"train.seed={int(spec['seed'])}",
                  f"data.sessions={','.join(sessions)}", f"train.device={spec.get('device', 'cpu')}",
                  "train.eval_every=0", "train.ckpt_every=0"]
-    cfg = families.run_config(spec["family"], preset=spec["preset"], corpus=spec["corpus"], overrides=overrides,
-                              protocol=spec.get("protocol"))
+    return families.run_config(spec["family"], preset=spec["preset"], corpus=spec["corpus"], overrides=overrides,
+                               protocol=spec.get("protocol"))
+
+
+def check_pretrain_spec(spec: dict) -> None:
+    """The settings of a pretraining job, checked in the calling process before any job runs
+    (an unknown ``--set`` key or ``--device cuda`` without a GPU failed inside every job)."""
+    cfg = _pretrain_config(spec)
+    if cfg.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available on this machine; use --device cpu")
+
+
+def pretrain(spec: dict, job_dir: Path, root: Path) -> dict[str, Any]:
+    from spikefm import families
+
+    sessions = list(spec["sessions"])
+    cfg = _pretrain_config(spec)
     summary = families.train(cfg, job_dir / RUN, progress=False)
     info = json.loads((job_dir / RUN / "config.json").read_text())
     windows = (info.get("family_info") or {}).get("num_windows") or {}

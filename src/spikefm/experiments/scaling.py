@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -66,6 +67,9 @@ def parse_sizes(text: str | Sequence[Any], num_sessions: int) -> list[int]:
         if k < 1:
             raise ValueError(f"--sizes must be positive integers or 'all', comma-separated (e.g. 1,2,3,6,all); "
                              f"got {item!r} in {text!r}")
+        if k > num_sessions:
+            warnings.warn(f"--sizes {k}: only {num_sessions} pretraining session(s); size {k} is run as "
+                          f"{num_sessions} (all of them)", RuntimeWarning, stacklevel=2)
         out.add(min(k, num_sessions))
     if not out:
         raise ValueError("--sizes names no size; e.g. --sizes 1,2,3,6,all")
@@ -313,8 +317,10 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
         rank_top_k: k of the ranking's overlap and precision@k.
         executor: :func:`spikefm.experiments.jobs.make_executor`'s executor (None: one local worker).
     """
-    from spikefm.experiments.jobs import LocalExecutor, check_study_folder
+    from spikefm import families
+    from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings
     from spikefm.experiments.plots import plot_ranking, plot_scaling, plot_task_curves
+    from spikefm.experiments.runs import check_pretrain_spec
     from spikefm.fileio import folder_lock, write_json_atomic
     from spikefm.train.runinfo import machine_info
 
@@ -325,16 +331,24 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     if tasks is not None and metric not in tasks:  # before any job runs (it was found at the end)
         raise ValueError(f"--metric {metric!r} is not one of the scored tasks ({', '.join(tasks)}); add it to "
                          "--tasks or choose --metric among them")
+    if tasks is None:  # the family's default tasks: an unknown metric is no task of the family
+        families.check_tasks(settings.family, [metric])
     out = Path(out)
     check_study_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
     held, pool = study_sessions(corpus, held_out, pool)
     size_list = parse_sizes(sizes, len(pool))
     session_orders({h: list(pool) for h in held}, pool, orders, seeds[0])  # checks the names early
+    rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0])
+    check_pretrain_spec(rjobs[0].spec)  # before any folder is made or job runs
+    study_settings = {**settings.to_dict(), "seeds": seeds, "sizes": size_list, "orders": orders,
+                      "tasks": list(tasks) if tasks else None, "metric": metric, "top_k": top_k,
+                      "corpus": str(Path(corpus).resolve()), "held_out": held,
+                      "pretraining_sessions": pool, "ranking_seed": seeds[0]}
+    check_study_settings(out / "scaling.json", study_settings)
+    out.mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor(1)
     t0 = time.perf_counter()
     with folder_lock(out, what="study"), executor:
-        rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0])
         records = run_jobs(rjobs, out / "jobs", executor, progress=progress, description="ranking sessions")
         families = session_families(corpus, [*held, *pool])
         ranking = summarize_ranking(records, adapt, held, pool, families, rank_top_k)
@@ -347,10 +361,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
                                     top_k=top_k)
         all_jobs = {j.id for j in [*rjobs, *sjobs]}
         common = {"command": command or " ".join(sys.argv),
-                  "settings": {**settings.to_dict(), "seeds": seeds, "sizes": size_list, "orders": orders,
-                               "tasks": list(tasks) if tasks else None, "metric": metric, "top_k": top_k,
-                               "corpus": str(Path(corpus).resolve()), "held_out": held,
-                               "pretraining_sessions": pool, "ranking_seed": seeds[0]},
+                  "settings": study_settings,
                   "jobs": len(all_jobs),
                   "job_wall_s": round(sum(records[j]["timings"]["wall_s"] for j in all_jobs), 1),
                   "wall_s": round(time.perf_counter() - t0, 1), "machine": machine_info()}

@@ -132,7 +132,7 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     still_improving = len(history) >= 2 and best_step == step and step >= steps
     if still_improving:
         warnings.warn(f"{out_dir}: the validation loss was still falling at the last step ({steps}); "
-                      "more steps may help (raise --steps)", RuntimeWarning, stacklevel=2)
+                      "more steps may help (raise --steps; --finetune-steps in a study)", RuntimeWarning, stacklevel=2)
     # The lowest loss at the first evaluation, no later one lower: the best weights may lie
     # before it, where nothing was evaluated (said once per fine-tuning, by _say_best_at_first).
     best_at_first = len(history) >= 2 and best_step == history[0]["step"] and history[0]["step"] > 1

@@ -134,3 +134,36 @@ def test_transfer_passes_soup_to_finetune_and_the_ndt_default_is_on(tmp_path, mo
         assert seen[-1] is want
     assert families.get("ndt").finetune_soup is True
     assert getattr(families.get("neds"), "finetune_soup", False) is False
+
+
+def test_a_rerun_reuses_finished_seeds_and_refuses_other_settings(tmp_path, monkeypatch):
+    """A finished transfer study run again retrained every model (same scores); finished seeds are
+    now reused, a new seed adds to the study, and other settings are refused (their runs would
+    replace the seeds' runs)."""
+    import json
+
+    from spikefm.experiments import transfer as tr
+
+    calls = []
+
+    def fake_transfer(out, *, seed, **options):
+        calls.append(seed)
+        out.mkdir(parents=True, exist_ok=True)
+        bench = {"session_id": f"s{seed}", "num_units": 7, "num_test_windows": 4,
+                 "tasks": {"co-smoothing": {"model": {"bps_pooled": 0.1 * seed}}}}
+        (out / "results_ndt.json").write_text("{}")
+        return {"fine-tuned": bench, "single-session": {"tasks": {}}, "finetune": {"strategy": "frozen"}}
+
+    monkeypatch.setattr(tr, "transfer", fake_transfer)
+    first = tr.transfer_study(tmp_path, seeds=[1, 2], finetune_steps=5)
+    assert calls == [1, 2]
+    again = tr.transfer_study(tmp_path, seeds=[1, 2], finetune_steps=5)
+    assert calls == [1, 2] and again["mean_sd"] == first["mean_sd"]
+    more = tr.transfer_study(tmp_path, seeds=[1, 2, 3], finetune_steps=5)
+    assert calls == [1, 2, 3]
+    assert more["mean_sd"]["co-smoothing bps_pooled"]["fine-tuned"]["mean"] == pytest.approx(0.2)
+    assert json.loads((tmp_path / "transfer.json").read_text())["settings"]["seeds"] == [1, 2, 3]
+    with pytest.raises(ValueError, match=r"holds a transfer study made with other settings \(finetune_steps; "
+                                         r"finetune_steps: 5 there, 6 now\)"):
+        tr.transfer_study(tmp_path, seeds=[1], finetune_steps=6)
+    assert calls == [1, 2, 3]

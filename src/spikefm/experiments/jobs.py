@@ -524,12 +524,18 @@ def check_study_settings(summary: Path, settings: dict) -> None:
         old = json.loads(summary.read_text()).get("settings")
     except (OSError, ValueError, AttributeError):
         return  # a damaged summary is rewritten from the jobs' results
-    if not isinstance(old, dict):
-        return
-    new = json.loads(json.dumps(settings))
+    if isinstance(old, dict):
+        refuse_other_settings(summary.parent, old, settings, kind="a study",
+                              lost="its results", rerun="resumes it")
+
+
+def refuse_other_settings(out: Path, old: dict, new: dict, *, kind: str, lost: str, rerun: str) -> None:
+    """One line naming the settings where ``new`` differs from the ``old`` ones a study folder
+    was made with (compared as JSON), and what a new ``--out`` avoids; nothing when they agree."""
+    new = json.loads(json.dumps(new))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         first = changed[0]
-        raise ValueError(f"{summary.parent} holds a study made with other settings ({', '.join(changed)}; "
-                         f"{first}: {old.get(first)!r} there, {new.get(first)!r} now); its results would be "
-                         "replaced: give a new --out (a rerun with the same settings resumes it)")
+        raise ValueError(f"{out} holds {kind} made with other settings ({', '.join(changed)}; {first}: "
+                         f"{old.get(first)!r} there, {new.get(first)!r} now); {lost} would be replaced: give a "
+                         f"new --out (a rerun with the same settings {rerun})")

@@ -16,6 +16,7 @@ they were chosen.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -217,6 +218,25 @@ def aggregate_seeds(per_seed: dict) -> dict:
     return aggregate
 
 
+def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
+    """Seeds an earlier run of this study finished (``OUT/transfer.json`` and the seed's
+    ``results_ndt.json``), as their ``per_seed`` entries; a study made with other settings is
+    refused, since its seeds' runs would be replaced."""
+    from spikefm.experiments.jobs import refuse_other_settings
+
+    path = out / "transfer.json"
+    try:
+        old = json.loads(path.read_text())
+        old_settings = {k: v for k, v in old["settings"].items() if k != "seeds"}
+        per_seed = old["per_seed"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # none, or a damaged summary: every seed runs
+    refuse_other_settings(out, old_settings, settings, kind="a transfer study", lost="its runs",
+                          rerun="reuses its finished seeds")
+    return {int(s): entry for s, entry in per_seed.items()
+            if (out / f"seed_{s}" / "results_ndt.json").is_file()}
+
+
 def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command: str | None = None,
                    **options) -> dict:
     """:func:`transfer` on several synthetic datasets (one per seed), summarised in
@@ -242,8 +262,14 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct (each is one synthetic dataset), got {seeds}")
     out = Path(out)
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
+    done = _finished_seeds(out, settings)
     per_seed = {}
     for seed in seeds:
+        if seed in done:  # a rerun does no finished work again (a new seed adds to the study)
+            per_seed[seed] = done[seed]
+            print(f"seed {seed}: finished in an earlier run of this study ({out / f'seed_{seed}'}); reused")
+            continue
         t0 = time.perf_counter()
         res = transfer(out / f"seed_{seed}", seed=seed, **options)
         per_seed[seed] = {"session_id": res["fine-tuned"]["session_id"],
@@ -262,8 +288,7 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
     print(render_table(["metric", "model", f"mean ± s.d. over seeds {','.join(map(str, seeds))}"], rows,
                        align="<<>"))
     summary = {"study": "transfer", "command": command or " ".join(sys.argv),
-               "settings": {"seeds": seeds, **{k: (list(v) if isinstance(v, tuple) else v)
-                                               for k, v in options.items()}},
+               "settings": {"seeds": seeds, **settings},
                "per_seed": per_seed, "mean_sd": aggregate, "machine": machine_info()}
     write_json_atomic(out / "transfer.json", summary)
     return summary

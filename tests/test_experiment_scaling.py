@@ -267,12 +267,19 @@ def test_study_settings_and_job_settings_are_checked_before_any_job(tiny_study, 
     before = files()
     with pytest.raises(ValueError) as exc:
         scaling_study(out, tiny_corpus, ["sub-ibl02_ses-003"], settings=TINY, sizes="1,2,all",
-                      orders=["ranked", "random"], seeds=[0], tasks=TASKS, metric="co-smoothing", top_k=3,
+                      orders=["ranked", "random"], seeds=[1], tasks=TASKS, metric="co-smoothing", top_k=2,
                       executor=LocalExecutor(1, threads=1), progress=False, command="test")
-    assert str(exc.value) == (f"{out} holds a study made with other settings (top_k; top_k: 2 there, 3 now); its "
-                              "results would be replaced: give a new --out (a rerun with the same settings "
-                              "resumes it)")
+    assert str(exc.value) == (f"{out} holds a study made with other settings (ranking_seed, seeds; ranking_seed: "
+                              "0 there, 1 now); its results would be replaced: give a new --out (a rerun with the "
+                              "same settings resumes it)")
     assert files() == before
+    # another metric only summarises the same jobs another way: allowed, and no job runs again
+    jobs_before = {p: t for p, t in before.items() if p.name == "result.json"}
+    other = scaling_study(out, tiny_corpus, ["sub-ibl02_ses-003"], settings=TINY, sizes="1,2,all",
+                          orders=["ranked", "random"], seeds=[0], tasks=TASKS, metric="forward-prediction-walk",
+                          top_k=2, executor=LocalExecutor(1, threads=1), progress=False, command="test")
+    assert other["metric"] == "forward-prediction-walk"
+    assert {p: p.stat().st_mtime_ns for p in jobs_before} == jobs_before
     base = ["experiment", "rank-sessions", "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003"]
     checks = [(["--set", "model.foo=1"], "unknown key 'model.foo'")]
     if not torch.cuda.is_available():

@@ -157,7 +157,7 @@ def test_a_rerun_reuses_finished_seeds_and_refuses_other_settings(tmp_path, monk
     monkeypatch.setattr(tr, "transfer", fake_transfer)
     first = tr.transfer_study(tmp_path, seeds=[1, 2], finetune_steps=5)
     assert calls == [1, 2]
-    again = tr.transfer_study(tmp_path, seeds=[1, 2], finetune_steps=5)
+    again = tr.transfer_study(tmp_path, seeds=[1, 2], finetune_steps=5, quiet=True)  # output only: same study
     assert calls == [1, 2] and again["mean_sd"] == first["mean_sd"]
     more = tr.transfer_study(tmp_path, seeds=[1, 2, 3], finetune_steps=5)
     assert calls == [1, 2, 3]

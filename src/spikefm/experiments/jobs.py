@@ -514,10 +514,12 @@ def check_study_folder(out: Path, patterns: Sequence[str] = STUDY_FILES, *, kind
                          f"changed: {fix}")
 
 
-def check_study_settings(summary: Path, settings: dict) -> None:
+def check_study_settings(summary: Path, settings: dict, *, views: Sequence[str] = ()) -> None:
     """Refuse to rerun a study into a folder whose summary (``summary``, e.g. ``ranking.json``)
     was made with other settings: its results would be replaced by the new ones (a rerun with the
-    same settings resumes it and does no finished work again)."""
+    same settings resumes it and does no finished work again). ``views`` name settings that only
+    choose how the same jobs' results are summarised (a scaling study's ``metric``): they may
+    differ."""
     if not summary.is_file():
         return
     try:
@@ -525,7 +527,8 @@ def check_study_settings(summary: Path, settings: dict) -> None:
     except (OSError, ValueError, AttributeError):
         return  # a damaged summary is rewritten from the jobs' results
     if isinstance(old, dict):
-        refuse_other_settings(summary.parent, old, settings, kind="a study",
+        keep = lambda d: {k: v for k, v in d.items() if k not in views}  # noqa: E731
+        refuse_other_settings(summary.parent, keep(old), keep(settings), kind="a study",
                               lost="its results", rerun="resumes it")
 
 

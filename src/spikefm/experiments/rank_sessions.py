@@ -299,7 +299,7 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     check_pretrain_spec(jobs[0].spec)  # before any folder is made or job runs
     study_settings = {**settings.to_dict(), "seed": seed, "top_k": top_k,
                       "corpus": str(Path(corpus).resolve()), "held_out": held, "pretraining_sessions": pool}
-    check_study_settings(out / "ranking.json", study_settings)
+    check_study_settings(out / "ranking.json", study_settings, views=("top_k",))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with folder_lock(out, what="study"):

@@ -344,7 +344,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
                       "tasks": list(tasks) if tasks else None, "metric": metric, "top_k": top_k,
                       "corpus": str(Path(corpus).resolve()), "held_out": held,
                       "pretraining_sessions": pool, "ranking_seed": seeds[0]}
-    check_study_settings(out / "scaling.json", study_settings)
+    check_study_settings(out / "scaling.json", study_settings, views=("metric", "top_k"))
     out.mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor(1)
     t0 = time.perf_counter()

@@ -218,6 +218,10 @@ def aggregate_seeds(per_seed: dict) -> dict:
     return aggregate
 
 
+#: Settings of a transfer study that do not change its results (a rerun may differ in them).
+_NOT_RESULTS = ("seeds", "quiet")
+
+
 def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
     """Seeds an earlier run of this study finished (``OUT/transfer.json`` and the seed's
     ``results_ndt.json``), as their ``per_seed`` entries; a study made with other settings is
@@ -227,10 +231,11 @@ def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
     path = out / "transfer.json"
     try:
         old = json.loads(path.read_text())
-        old_settings = {k: v for k, v in old["settings"].items() if k != "seeds"}
+        old_settings = {k: v for k, v in old["settings"].items() if k not in _NOT_RESULTS}
         per_seed = old["per_seed"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # none, or a damaged summary: every seed runs
+    settings = {k: v for k, v in settings.items() if k not in _NOT_RESULTS}
     refuse_other_settings(out, old_settings, settings, kind="a transfer study", lost="its runs",
                           rerun="reuses its finished seeds")
     return {int(s): entry for s, entry in per_seed.items()

@@ -689,7 +689,7 @@ def test_a_run_that_stopped_before_its_first_step_does_not_lock_its_folder(tmp_p
     fixed = apply_overrides(toy_config(steps=4), ["model.dim=16"])
     assert train(fixed, run, resume=resume, progress=False)["step"] == 4
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"spikefm: warning: {run} holds a run that stopped before its first step; starting anew"]
+    assert err == [f"spikefm: warning: {run} holds a run that stopped before logging a step or saving a checkpoint; starting anew"]
     assert json.loads((run / "config.json").read_text())["config"]["model"]["dim"] == 16
     # someone else's config.json is not taken for one: the folder is still refused
     other = tmp_path / "other"

@@ -345,10 +345,11 @@ def _prepare_run_dir(out_dir: Path, cfg: RunConfig, resume: bool, world_size: in
         return {"ckpt": None, "notes": [], "finished": _finished_summary(out_dir, cfg, world_size, step)}
     found = list_checkpoints(out_dir)
     if not found and _is_run_description(out_dir / "config.json") and not _metric_rows(out_dir / "metrics.jsonl"):
-        # A run that failed before its first step (bad settings met in step 1): nothing to keep,
-        # and refusing it would lock the folder against the corrected command.
+        # A run that stopped before logging a step or saving a checkpoint (bad settings met in
+        # step 1): nothing to keep, and refusing it would lock the folder against the corrected command.
         return {"ckpt": None, "finished": None,
-                "notes": [f"{out_dir} holds a run that stopped before its first step; starting anew"]}
+                "notes": [f"{out_dir} holds a run that stopped before logging a step or saving a "
+                          "checkpoint; starting anew"]}
     if not resume:
         if found:
             raise ValueError(f"{out_dir} already holds checkpoints; pass resume=True (--resume) to "

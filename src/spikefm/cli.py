@@ -686,11 +686,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """A Python warning as one line (not the two of the default format, with a source line)."""
-    print(f"spikefm: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
-
-
 def _unraisable(hook_args) -> None:
     """A Ctrl-C that lands in a garbage-collector callback is swallowed by Python (a traceback
     'Exception ignored in ...' and the command goes on); deliver it again to the main thread,
@@ -755,7 +750,9 @@ def main(argv: list[str] | None = None) -> int:
     if from_command_line and not debug:
         import warnings
 
-        warnings.showwarning = _warning_line
+        from spikefm.progress import warning_line
+
+        warnings.showwarning = warning_line
         sys.unraisablehook = _unraisable
     try:
         args = build_parser().parse_args(argv)

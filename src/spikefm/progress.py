@@ -41,3 +41,10 @@ def progress_bar(total: float | None, description: str, enabled: bool = True, ex
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield _RichBar(progress, task)
+
+
+def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one line, ``spikefm: warning: ...`` (not the two of the default format,
+    with a source line): the command line sets it as ``warnings.showwarning``, and the workers of
+    a study's process pool follow it."""
+    print(f"spikefm: warning: {' '.join(str(message).split())}", file=file or sys.stderr)

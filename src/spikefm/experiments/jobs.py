@@ -206,11 +206,6 @@ def default_threads(workers: int) -> int:
 # --- executors ---------------------------------------------------------------------------------
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning as the command line prints it: one ``spikefm: warning:`` line, no source."""
-    print(f"spikefm: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
-
-
 def _worker_init(parent_pid: int, threads: int, one_line_warnings: bool = False) -> None:
     """Start of a pool worker: thread limits before torch is imported, warnings printed as the
     driver prints them, and die with the driver (Linux: the kernel sends SIGKILL to the worker
@@ -220,7 +215,9 @@ def _worker_init(parent_pid: int, threads: int, one_line_warnings: bool = False)
     if one_line_warnings:
         import warnings
 
-        warnings.showwarning = _warning_line
+        from spikefm.progress import warning_line
+
+        warnings.showwarning = warning_line
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -236,7 +233,9 @@ def _one_line_warnings() -> bool:
     """Whether this process prints warnings as one line (the command line sets that up)."""
     import warnings
 
-    return getattr(warnings.showwarning, "__name__", "") == "_warning_line"
+    from spikefm.progress import warning_line
+
+    return warnings.showwarning is warning_line
 
 
 class LocalExecutor:

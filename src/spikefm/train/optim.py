@@ -77,8 +77,12 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR implementing `lr_factor`; call `.step()` once after each optimizer step."""
-    schedule = LinearWarmupDecay(cfg.warmup_for(total_steps), total_steps, cfg.min_lr_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps))
+
+
+def _schedule(cfg: OptimConfig, total_steps: int) -> LinearWarmupDecay:
+    """The lr multiplier of a run of ``total_steps`` with ``cfg``'s warm-up and floor."""
+    return LinearWarmupDecay(cfg.warmup_for(total_steps), total_steps, cfg.min_lr_ratio)
 
 
 def apply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
@@ -92,7 +96,7 @@ def apply_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_s
     from ``cfg``: the same settings continue the run exactly, changed ones follow the schedule a
     fresh run with them has at that step. Groups are those of :func:`param_groups` (decayed first).
     """
-    schedule = LinearWarmupDecay(cfg.warmup_for(total_steps), total_steps, cfg.min_lr_ratio)
+    schedule = _schedule(cfg, total_steps)
     groups = optimizer.param_groups
     scheduler.lr_lambdas = [schedule] * len(groups)
     scheduler.base_lrs = [cfg.lr] * len(groups)

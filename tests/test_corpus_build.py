@@ -532,3 +532,93 @@ def test_behaviour_series_left_out_are_named_in_warnings(tmp_path, capsys):
     assert cli_main(["corpus", "build", str(tmp_path / "in"), "--out", str(tmp_path / "c"),
                      "--test-fraction", "0", "--quiet"]) == 0
     assert sorted(capsys.readouterr().err.strip().splitlines()) == err
+
+
+def test_dandi_client_errors_name_the_spec_and_other_inputs_are_built(tmp_path, monkeypatch,
+                                                                     nwb_factory, capsys):
+    """An unknown dandiset / version (dandi-cli raises its NotFoundError, a RuntimeError) and a
+    network failure are one-line problems naming the spec; the other inputs are still built."""
+    from spikefm.corpus import dandi as dandi_mod
+
+    class NotFoundError(RuntimeError):  # dandi.exceptions.NotFoundError's base
+        pass
+
+    class Missing:
+        def get_dandiset(self, dandiset_id, version_id=None):
+            raise NotFoundError(f"No such version: {version_id!r} of Dandiset {dandiset_id}")
+
+    class Offline:
+        def get_dandiset(self, dandiset_id, version_id=None):
+            raise ConnectionError("connection reset by peer")
+
+    good, _ = nwb_factory("sub-1_ses-1")
+    monkeypatch.setattr(dandi_mod, "_client", lambda: Missing())
+    report = build_corpus([str(good), "dandi:000999@9.9.9"], tmp_path / "c",
+                          BuildConfig(cache_dir=str(tmp_path / "cache")), progress=False)
+    assert [s["session_id"] for s in report.manifest["sessions"]] == ["sub-1_ses-1"]
+    (skipped,) = report.manifest["skipped"]
+    assert skipped["input"] == "dandi:000999@9.9.9"
+    assert skipped["error"].startswith("dandi:000999@9.9.9: ") and "No such version" in skipped["error"]
+    assert "dandiarchive.org/dandiset/000999" in skipped["error"] and "\n" not in skipped["error"]
+    with pytest.raises(ValueError, match=r"^dandi:000123: download from DANDI failed "
+                                         r"\(connection reset by peer\); check your network"):
+        dandi_mod.resolve_dandi("dandi:000123", cache_dir=tmp_path / "cache", client=Offline())
+
+
+def test_dandi_downloads_and_cached_copies_are_checked_against_the_published_sha256(
+        tmp_path, nwb_factory, capsys, monkeypatch):
+    from spikefm.corpus import dandi as dandi_mod
+
+    src, _ = nwb_factory("sub-2_ses-1")
+    original = Path(src).read_bytes()
+    asset = _FakeAsset("sub-2/sub-2_ses-1.nwb", src)
+    client = _FakeClient([asset])
+    cache = tmp_path / "cache"
+    (item,) = dandi_mod.resolve_dandi("dandi:000207@0.220216.0", cache_dir=cache, client=client)
+    assert asset.downloads == 1 and item.path.read_bytes() == original
+
+    # the second use trusts the remembered digest: no re-hash while size and mtime are unchanged
+    hashed = []
+    real_sha = dandi_mod.sha256_file
+    monkeypatch.setattr(dandi_mod, "sha256_file", lambda p: hashed.append(p) or real_sha(p))
+    dandi_mod.resolve_dandi("dandi:000207@0.220216.0", cache_dir=cache, client=client)
+    assert asset.downloads == 1 and hashed == []
+
+    # a cached copy of the right size but other bytes (a damaged disk, an interrupted copy) is
+    # downloaded again, with a warning
+    item.path.write_bytes(b"\0" * len(original))
+    capsys.readouterr()
+    dandi_mod.resolve_dandi("dandi:000207@0.220216.0", cache_dir=cache, client=client)
+    assert asset.downloads == 2 and item.path.read_bytes() == original
+    assert "does not match the sha256 DANDI publishes" in capsys.readouterr().err
+
+    # a download whose bytes are not the published ones is refused and nothing is kept
+    class Corrupt(_FakeAsset):
+        def download(self, filepath):
+            Path(filepath).write_bytes(b"\1" * 100)
+
+    bad = Corrupt("sub-3/sub-3_ses-1.nwb", src)
+    with pytest.raises(ValueError, match=r"^dandi:000207@0.220216.0: the download of "
+                                         r"sub-3/sub-3_ses-1.nwb does not match"):
+        dandi_mod.resolve_dandi("dandi:000207@0.220216.0", cache_dir=cache,
+                                client=_FakeClient([bad]))
+    assert not (cache / "000207" / "0.220216.0" / "sub-3").exists() or \
+        not any((cache / "000207" / "0.220216.0" / "sub-3").iterdir())
+
+
+def test_dandi_input_without_the_client_names_the_spec(tmp_path, monkeypatch):
+    import builtins
+
+    from spikefm.corpus import dandi as dandi_mod
+
+    real_import = builtins.__import__
+
+    def no_dandi(name, *a, **k):
+        if name.startswith("dandi"):
+            raise ImportError("No module named 'dandi'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_dandi)
+    with pytest.raises(ValueError, match=r"^dandi:000207: DANDI inputs need the dandi client, "
+                                         r"which is not installed; pip install"):
+        dandi_mod.resolve_dandi("dandi:000207", cache_dir=tmp_path / "cache")

@@ -1,9 +1,16 @@
 """DANDI inputs: ``dandi:DANDISET_ID[@VERSION][/GLOB]`` -> local NWB files with provenance.
 
 Assets are downloaded with the official ``dandi`` client (``pip install 'spikefm[dandi]'``) into a
-cache laid out as ``CACHE/<dandiset>/<version>/<asset path>``; an asset already in the cache with
-the right size is not downloaded again. The version actually used (the most recent published one
-when none is given, else the draft) and the asset's sha256 digest are recorded in the manifest.
+cache laid out as ``CACHE/<dandiset>/<version>/<asset path>``. Each download is checked against the
+sha256 digest DANDI publishes for the asset (a mismatch is refused, nothing is kept). An asset
+already in the cache with the right size and digest is not downloaded again (the digest of a
+cached file is computed once and remembered in a hidden ``.NAME.sha256.json`` beside it while its
+size and modification time stay the same); a cached copy whose digest differs is downloaded again,
+with a warning. The version actually used (the most recent published one when none is given, else
+the draft) and the asset's sha256 digest are recorded in the manifest.
+
+Errors of the DANDI client (an unknown dandiset or version, a network failure) become one-line
+``ValueError``s naming the spec and the fix.
 
 Examples: ``dandi:000207``, ``dandi:000207@0.220216.0``, ``dandi:000207/sub-4/*.nwb``.
 
@@ -13,12 +20,15 @@ anything is downloaded.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import check_relative_path, write_atomic
+from ..fileio import check_relative_path, write_atomic, write_json_atomic
+from .nwb import sha256_file
 
 _SPEC = re.compile(r"^dandi:(?P<id>\d{6})(?:@(?P<version>[^/]+))?(?:/(?P<glob>.+))?$")
 #: A version is one plain path component: "draft" or "0.220216.0".
@@ -68,8 +78,61 @@ def _client():
     try:
         from dandi.dandiapi import DandiAPIClient
     except ImportError:
-        raise ValueError("DANDI inputs need the dandi client: pip install 'spikefm[dandi]'") from None
+        raise ValueError("DANDI inputs need the dandi client, which is not installed; "
+                         "pip install 'spikefm[dandi]'") from None
     return DandiAPIClient()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _sidecar(local: Path) -> Path:
+    return local.with_name(f".{local.name}.sha256.json")
+
+
+def _remember_digest(local: Path, digest: str) -> None:
+    st = local.stat()
+    write_json_atomic(_sidecar(local), {"sha256": digest, "size": st.st_size,
+                                        "mtime_ns": st.st_mtime_ns})
+
+
+def _cached_copy_ok(local: Path, size, digest: str, spec: str, asset_path: str) -> bool:
+    """Whether the cached file can be used: right size and, when DANDI publishes one, right
+    sha256 (hashed once, then remembered while the file's size and mtime stay the same)."""
+    if not local.is_file() or (size is not None and local.stat().st_size != size):
+        return False
+    if not digest:
+        return True
+    st = local.stat()
+    try:
+        seen = json.loads(_sidecar(local).read_text())
+        if seen == {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}:
+            return True
+    except (OSError, ValueError):
+        pass
+    if sha256_file(local) == digest:
+        _remember_digest(local, digest)
+        return True
+    print(f"spikefm: warning: {spec}: the cached copy of {asset_path} ({local}) does not match the "
+          "sha256 DANDI publishes for it; downloading it again", file=sys.stderr)
+    return False
+
+
+def _download(asset, local: Path, digest: str, spec: str) -> None:
+    """Download ``asset`` to ``local`` atomically, refusing a file whose sha256 is not DANDI's."""
+    def write(tmp: Path) -> None:
+        asset.download(tmp)
+        if digest:
+            got = sha256_file(tmp)
+            if got != digest:
+                raise ValueError(f"{spec}: the download of {asset.path} does not match the sha256 "
+                                 f"DANDI publishes for it ({got[:12]}... vs {digest[:12]}...); "
+                                 "nothing was kept: run the build again (a transfer error)")
+
+    write_atomic(local, write)
+    if digest:
+        _remember_digest(local, digest)
 
 
 def _license(dandiset) -> str:
@@ -104,7 +167,10 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
     cache = Path(os.path.expanduser(str(cache_dir or os.environ.get("SPIKEFM_DANDI_CACHE")
                                         or DEFAULT_CACHE)))
     own_client = client is None
-    client = client or _client()
+    try:
+        client = client or _client()
+    except ValueError as exc:
+        raise ValueError(f"{spec}: {exc}") from None
     try:
         dandiset = client.get_dandiset(parsed.dandiset_id, parsed.version)
         if parsed.version is None:
@@ -125,18 +191,34 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
         items = []
         for asset, local in zip(assets, locals_):
             size = getattr(asset, "size", None)
-            if not (local.exists() and (size is None or local.stat().st_size == size)):
-                write_atomic(local, asset.download)
+            digest = _sha256(asset)
+            if not _cached_copy_ok(local, size, digest, spec, asset.path):
+                _download(asset, local, digest, spec)
             items.append(InputFile(
                 path=local,
                 source_dataset=f"dandi-{parsed.dandiset_id}",
                 provenance={"dandiset_id": parsed.dandiset_id, "dandiset_version": version,
-                            "asset_path": asset.path, "asset_sha256": _sha256(asset),
+                            "asset_path": asset.path, "asset_sha256": digest,
                             "url": f"https://dandiarchive.org/dandiset/{parsed.dandiset_id}/"
                                    f"{version}"},
                 license=license,
             ))
         return items
+    except ValueError:
+        raise
+    except OSError as exc:
+        if exc.filename:  # writing into the cache: space, permissions
+            raise ValueError(f"{spec}: {exc.filename}: {exc.strerror or _first_line(exc)} while "
+                             "writing the DANDI cache; fix the cause or choose another cache "
+                             "folder (SPIKEFM_DANDI_CACHE)") from exc
+        raise ValueError(f"{spec}: download from DANDI failed ({_first_line(exc)}); check your "
+                         "network and run the build again (finished downloads are kept in the "
+                         "cache)") from exc
+    except Exception as exc:  # the client's own errors, e.g. dandi.exceptions.NotFoundError
+        where = parsed.dandiset_id + (f" version {parsed.version}" if parsed.version else "")
+        raise ValueError(f"{spec}: the DANDI archive did not give dandiset {where} "
+                         f"({type(exc).__name__}: {_first_line(exc)}); check the id and version "
+                         f"at https://dandiarchive.org/dandiset/{parsed.dandiset_id}") from exc
     finally:
         if own_client and hasattr(client, "__exit__"):
             client.__exit__(None, None, None)

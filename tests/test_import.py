@@ -421,3 +421,167 @@ def test_a_hub_import_is_not_taken_for_a_local_folder_of_the_same_name(tmp_path,
         _check_replace(tmp_path / "c", hub, "org/name", False)  # the local folder: other data
     _check_replace(tmp_path / "c", hub, "hf:org/name", False)  # the same repo
     _check_replace(tmp_path / "c", hub, "hf:org/name@v2", False)  # another revision of it
+
+
+# --- a spikefm corpus round-trips; partial downloads, bad rows, --out placement ----------------
+
+@pytest.fixture(scope="module")
+def spikefm_corpus_10ms(tmp_path_factory):
+    """A corpus built from synthetic NWB sessions (behaviour, trials, regions) at 10 ms bins,
+    each session cut into several rows, one session in the test split."""
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.synth import synthesize
+
+    tmp = tmp_path_factory.mktemp("sf10")
+    synthesize(tmp / "nwb", num_sessions=3, seed=4, duration_s=20.0, units_range=(20, 24))
+    build_corpus([str(tmp / "nwb")], tmp / "c", BuildConfig(bin_ms=10, max_row_tokens=20_000,
+                                                             test_fraction=0.3), progress=False)
+    return tmp / "c"
+
+
+def _all_rows(corpus_dir: Path) -> dict:
+    """Every column of every row, keyed by (split, session, segment), read with pyarrow alone."""
+    out = {}
+    for split in ("train", "test"):
+        for f in sorted((corpus_dir / "data").glob(f"{split}-*.parquet")):
+            for row in pq.read_table(f).to_pylist():
+                out[(split, row["session_id"], row["segment_id"])] = row
+    return out
+
+
+def test_a_spikefm_corpus_round_trips_with_every_column(spikefm_corpus_10ms, tmp_path):
+    """Its own bin width, start times, unit ids / regions, species, behaviour and trials are
+    kept (they were replaced by the Neural Pile defaults: 20 ms bins, doubled start times,
+    regions 'unknown', no behaviour), and the manifest's sessions say what the original's say."""
+    src = spikefm_corpus_10ms
+    m = import_neural_pile(str(src), tmp_path / "again", progress=False)
+    before, after = _all_rows(src), _all_rows(tmp_path / "again")
+    assert before.keys() == after.keys() and len(before) > 3
+    assert {k[0] for k in before} == {"train", "test"}
+    for k in before:
+        a, b = dict(after[k]), dict(before[k])
+        np.testing.assert_array_equal(np.array(a.pop("behavior"), dtype=np.float32),
+                                      np.array(b.pop("behavior"), dtype=np.float32))  # NaN == NaN
+        assert a == b, k
+    assert {r["bin_ms"] for r in after.values()} == {10} and m["bin_ms"] == 10
+    assert any(r["behavior_names"] for r in after.values())
+    assert any(json.loads(r["trials_json"]) for r in after.values())
+    orig = {s["session_id"]: s for s in json.loads((src / "manifest.json").read_text())["sessions"]}
+    for s in m["sessions"]:
+        o = orig[s["session_id"]]
+        for field in ("num_units", "num_bins", "bin_ms", "t_start_ms", "duration_s", "regions",
+                      "behavior_names", "trial_tables", "species", "is_human", "num_rows",
+                      "num_tokens", "num_spikes", "split"):
+            assert s[field] == o[field], (s["session_id"], field, s[field], o[field])
+    # a bin width the rows contradict is refused, before anything is written
+    with pytest.raises(ValueError, match=r"the rows give bin_ms 10, but bin_ms 20 was asked for"):
+        import_neural_pile(str(src), tmp_path / "other", progress=False, bin_ms=20)
+    assert not (tmp_path / "other").exists()
+
+
+def test_rows_of_two_bin_widths_are_refused(spikefm_corpus_10ms, published, tmp_path):
+    mixed = tmp_path / "mixed" / "data"
+    mixed.mkdir(parents=True)
+    shutil.copy(next((spikefm_corpus_10ms / "data").glob("train-*.parquet")),
+                mixed / "train-00000-of-00002.parquet")
+    shutil.copy(published[0] / "data" / "train-00001-of-00002.parquet",
+                mixed / "train-00001-of-00002.parquet")
+    msg = one_line_error(lambda: import_neural_pile(str(mixed.parent), tmp_path / "c",
+                                                    progress=False), "one bin width")
+    assert "no bin_ms column" in msg and "10 ms" in msg
+    assert not (tmp_path / "c").exists()
+
+
+def test_missing_shards_are_named_and_broken_links_refused(published, tmp_path, capsys):
+    """A partial download: the -of-N names say which shards are absent (imported with a warning,
+    listed as skipped); a link to a file that never arrived is refused."""
+    root = published[0]
+    part = tmp_path / "part" / "data"
+    part.mkdir(parents=True)
+    shutil.copy(root / "data" / "train-00000-of-00002.parquet", part)
+    shutil.copy(root / "data" / "test-00000-of-00001.parquet", part)
+    m = import_neural_pile(str(part.parent), tmp_path / "c", progress=False)
+    err = capsys.readouterr().err
+    assert "1 shard(s) missing" in err and "train-00001-of-00002.parquet" in err
+    assert [s["input"] for s in m["skipped"]] == [str(part / "train-00001-of-00002.parquet")]
+    os.symlink(tmp_path / "nowhere.parquet", part / "train-00001-of-00002.parquet")
+    msg = one_line_error(lambda: import_neural_pile(str(part.parent), tmp_path / "c2",
+                                                    progress=False), "point to nothing")
+    assert "train-00001-of-00002.parquet" in msg and "download again" in msg
+    assert not (tmp_path / "c2").exists()
+
+
+def test_out_inside_the_source_folder_is_refused(published, tmp_path):
+    src = tmp_path / "pub"
+    shutil.copytree(published[0], src)
+    msg = one_line_error(lambda: import_neural_pile(str(src), src / "data" / "sub",
+                                                    progress=False), "inside the source folder")
+    assert "--out outside" in msg and not (src / "data" / "sub").exists()
+
+
+def test_repeated_rows_warn_and_rows_without_session_or_counts(published, tmp_path, capsys):
+    root = published[0]
+    twice = tmp_path / "twice"
+    shutil.copytree(root, twice / "a")
+    shutil.copytree(root / "data", twice / "b" / "data")
+    m = import_neural_pile(str(twice), tmp_path / "c", progress=False)
+    assert "rows repeat the (source, subject, session, segment)" in capsys.readouterr().err
+    assert sum(sp["num_rows"] for sp in m["splits"].values()) == 2 * len(published[1])
+
+    def table(sessions, counts):
+        return pa.table({"spike_counts": pa.array(counts, COUNTS_TYPE),
+                         "subject_id": ["S"] * len(counts), "session_id": sessions,
+                         "segment_id": ["segment_0"] * len(counts)})
+
+    (tmp_path / "nul" / "data").mkdir(parents=True)
+    pq.write_table(table([None], [[[1, 2]]]), tmp_path / "nul" / "data" / "train-00000-of-00001.parquet")
+    msg = one_line_error(lambda: import_neural_pile(str(tmp_path / "nul"), tmp_path / "c3",
+                                                    progress=False), "no session_id")
+    assert "row 0" in msg
+    (tmp_path / "empty" / "data").mkdir(parents=True)
+    pq.write_table(table(["a", "b", "c"], [[[1, 2]], [], [[], []]]),
+                   tmp_path / "empty" / "data" / "train-00000-of-00001.parquet")
+    m = import_neural_pile(str(tmp_path / "empty"), tmp_path / "c4", progress=False)
+    assert "2 rows have no units or no bins; left out" in capsys.readouterr().err
+    assert [s["session_id"] for s in m["sessions"]] == ["a"]
+    assert [r.session_id for r in Corpus(tmp_path / "c4").iter_rows("train")] == ["a"]
+
+
+def test_a_hub_repo_already_in_the_cache_imports_offline(published, tmp_path, monkeypatch, capsys):
+    """With the Hub unreachable, the snapshot a download left in the cache is imported (found by
+    huggingface_hub itself, local_files_only), with a warning."""
+    from spikefm.corpus import importer
+
+    cache = tmp_path / "hubcache"
+    repo = cache / "datasets--eminorhan--neural-pile-primate"
+    shutil.copytree(published[0] / "data", repo / "snapshots" / SHA / "data")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SHA)
+
+    def offline(*a, **k):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(importer, "_hub_listing", offline)
+    m = import_neural_pile("eminorhan/neural-pile-primate", tmp_path / "c", progress=False,
+                           cache_dir=str(cache))
+    assert "could not be reached" in capsys.readouterr().err
+    assert m["provenance"] == {"hf_repo": "eminorhan/neural-pile-primate", "revision": SHA}
+    assert sum(sp["num_rows"] for sp in m["splits"].values()) == len(published[1])
+    msg = one_line_error(lambda: import_neural_pile("eminorhan/neural-pile-rodent", tmp_path / "c2",
+                                                    progress=False, cache_dir=str(cache)),
+                         "download from the Hugging Face Hub failed")
+    assert "resolve" in msg
+
+
+def test_the_readmes_upload_recipe_selects_every_shard(imported):
+    """The README uploads CORPUS_DIR/data and manifest.json by their own paths because the Hub
+    client's folder walk does not follow the data link; check the selection the client makes."""
+    from huggingface_hub import HfApi
+
+    out = imported[0]
+    prepare = getattr(HfApi, "_prepare_upload_folder_additions", None)
+    if prepare is None:
+        pytest.skip("this huggingface_hub has no _prepare_upload_folder_additions")
+    ops = prepare(HfApi(token=False), out / "data", "data", repo_type="dataset")
+    shards = sorted(str(p.relative_to(out)) for p in (out / "data").glob("*.parquet"))
+    assert sorted(op.path_in_repo for op in ops) == shards and len(shards) >= 2

@@ -12,6 +12,19 @@ train/test split, and adds spikefm's columns with defaults (see :data:`schema.RO
 - unit ids ``"0".."n-1"``, regions ``"unknown"``, no behaviour, no trials;
 - ``species`` from :data:`NEURAL_PILE_SPECIES` by source name, else ``""``.
 
+Files that carry spikefm's own columns (a spikefm corpus's shards, e.g. one uploaded to the Hub and
+downloaded again) keep them instead of the defaults: bin width, start times, unit ids and
+regions, species, behaviour and trials, so such a corpus round-trips. One corpus has one bin
+width: files whose rows give different ``bin_ms`` (or a ``bin_ms`` other than the Neural Pile's
+20 beside rows without one) are refused.
+
+Rows without a ``session_id`` are refused; rows with no units or no bins are left out (counted in
+a warning). A folder whose Hugging Face shard names (``train-00001-of-00003.parquet``) show missing
+shards is imported with a warning naming them (they are listed under ``skipped`` in the
+manifest); a link to a missing file (an interrupted download) is refused. Rows that repeat the
+(source, subject, session, segment) of an earlier row are imported as they are, with a warning
+(two copies of the same files in the folder?). ``--out`` may not lie inside the source folder.
+
 Counts are kept as published; cells equal to 255 (the uint8 ceiling, where larger counts were
 clipped) are counted into each session's ``clipped_bins``. Rows are streamed one record batch at a
 time in two passes (the first reads segment lengths for ``t_start_ms``, the second writes) into a
@@ -29,6 +42,7 @@ Example::
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -72,6 +86,9 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 _SPLIT_WORD = re.compile(r"(?:^|[-_.])(train|test|validation|valid|val|dev)(?=[-_.]|$)")
 _SEGMENT_INDEX = re.compile(r"(\d+)$")
 _REQUIRED = ("spike_counts", "subject_id", "session_id", "segment_id")
+#: spikefm's columns beyond the Neural Pile's five: kept when a file has them.
+_EXTRAS = tuple(n for n in ROW_SCHEMA.names if n not in NEURAL_PILE_COLUMNS)
+_SHARD_NAME = re.compile(r"^(?P<prefix>.*)-(?P<index>\d+)-of-(?P<total>\d+)\.(?:parquet|arrow)$")
 _BATCH_ROWS = 8
 
 
@@ -124,7 +141,13 @@ def _resolve_source(source: str, cache_dir: str | None, revision: str | None
     try:  # list first: every name must be a plain relative path before anything is written
         names, commit = _hub_listing(repo_id, revision, cache_dir)
     except Exception as exc:
-        raise failed(exc) from exc
+        cached = _cached_snapshot(repo_id, revision, cache_dir)
+        if cached is None:
+            raise failed(exc) from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _warn(f"{repo_id}: the Hugging Face Hub could not be reached ({first}); importing the "
+              f"copy already downloaded to {cached}")
+        return cached, {"hf_repo": repo_id, "revision": cached.name}, repo_id.split("/")[-1]
     for name in names:
         check_relative_path(name, what=f"{repo_id}: repo file name")
     try:
@@ -136,6 +159,19 @@ def _resolve_source(source: str, cache_dir: str | None, revision: str | None
     # Hub snapshots live in .../snapshots/<commit sha>: that is the exact revision imported.
     resolved = local.name if re.fullmatch(r"[0-9a-f]{40}", local.name) else (commit or "main")
     return local, {"hf_repo": repo_id, "revision": resolved}, repo_id.split("/")[-1]
+
+
+def _cached_snapshot(repo_id: str, revision: str | None, cache_dir: str | None) -> Path | None:
+    """The snapshot of ``repo_id`` a download already put in the Hub cache (offline), or None."""
+    import huggingface_hub
+
+    try:
+        local = Path(huggingface_hub.snapshot_download(
+            repo_id, repo_type="dataset", revision=revision, cache_dir=cache_dir,
+            allow_patterns=HF_ALLOW_PATTERNS, local_files_only=True))
+    except Exception:  # nothing cached for this repo / revision
+        return None
+    return local if local.is_dir() else None
 
 
 def _hub_listing(repo_id: str, revision: str | None, cache_dir: str | None
@@ -171,8 +207,9 @@ def _split_of(path: Path, root: Path) -> str | None:
 
 def _visible_files(root: Path) -> list[Path]:
     """Every file under ``root`` outside hidden folders, following folder links (a spikefm
-    corpus's ``data`` is a link into its hidden ``.versions/``), each real folder once."""
-    seen, out = set(), []
+    corpus's ``data`` is a link into its hidden ``.versions/``), each real folder once. A link to
+    a data file that does not exist (a Hub snapshot whose download never finished) is refused."""
+    seen, out, dangling = set(), [], []
     for here, dirs, names in os.walk(root, followlinks=True):
         real = os.path.realpath(here)
         if real in seen:  # a link cycle or a second link to the same folder
@@ -180,8 +217,36 @@ def _visible_files(root: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out += [Path(here) / n for n in names if not n.startswith(".") and (Path(here) / n).is_file()]
+        for n in names:
+            f = Path(here) / n
+            if n.startswith("."):
+                continue
+            if f.is_file():
+                out.append(f)
+            elif f.is_symlink() and not f.exists() and f.suffix in (".parquet", ".arrow"):
+                dangling.append(f)
+    if dangling:
+        raise ValueError(f"{root}: {len(dangling)} data file link(s) point to nothing (first: "
+                         f"{sorted(dangling)[0]}), as after an interrupted download; download "
+                         "again (the Hub client resumes) or remove the broken links")
     return out
+
+
+def _missing_shards(files: list[Path]) -> list[str]:
+    """Hugging Face shard names (``train-00001-of-00003.parquet``) absent beside their siblings."""
+    groups: dict[tuple, set[int]] = {}
+    for f in files:
+        m = _SHARD_NAME.match(f.name)
+        if m:
+            ext = f.suffix
+            groups.setdefault((f.parent, m["prefix"], m["total"], ext, len(m["index"])),
+                              set()).add(int(m["index"]))
+    missing = []
+    for (parent, prefix, total, ext, width), have in sorted(groups.items(), key=str):
+        for i in range(int(total)):
+            if i not in have:
+                missing.append(str(parent / f"{prefix}-{i:0{width}d}-of-{total}{ext}"))
+    return missing
 
 
 def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
@@ -199,6 +264,12 @@ def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
         raise ValueError(f"{root}: holds no Parquet (data/train-*.parquet) or Arrow (*.arrow) "
                          "files; give the folder of a downloaded Neural Pile dataset or its "
                          "Hugging Face repo id")
+    missing = _missing_shards(chosen)
+    if missing:
+        _warn(f"{len(missing)} shard(s) missing beside their siblings (first: {missing[0]}); the "
+              "files found are imported; download the rest to import the whole dataset")
+        skipped += [{"input": m, "error": "shard not found (an incomplete download?)"}
+                    for m in missing]
     out = []
     for f in chosen:
         split = _split_of(f, base)
@@ -270,6 +341,11 @@ class _Session:
     rows: list[int] = field(default_factory=list)  # global row indices
     session_id: str = ""  # after de-duplication
     t_start_known: bool = False
+    # from spikefm's own columns, when the rows carry them
+    species: str = ""
+    regions: dict[str, int] | None = None
+    behavior_names: tuple[str, ...] = ()
+    trial_starts: dict[str, set] = field(default_factory=dict)  # table -> its trials' start times
 
 
 @dataclass
@@ -282,6 +358,13 @@ class _Rows:
     num_bins: list[int] = field(default_factory=list)
     split: list[str] = field(default_factory=list)
     t_start_ms: list[int] = field(default_factory=list)
+    keep: list[bool] = field(default_factory=list)  # False: no units or no bins, left out
+    bin_ms: list[int | None] = field(default_factory=list)  # the row's own bin_ms column
+    given_t_start: list[int | None] = field(default_factory=list)  # its own t_start_ms
+
+    @property
+    def kept(self) -> list[int]:
+        return [r for r, k in enumerate(self.keep) if k]
 
 
 def _check_counts_column(col: pa.Array, where: str) -> None:
@@ -318,13 +401,45 @@ def _strings(batch: pa.RecordBatch, name: str) -> list[str | None]:
     return batch.column(name).cast(pa.string()).to_pylist()
 
 
+def _column(batch: pa.RecordBatch, name: str) -> list:
+    return batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
+
+
+def _check_extras(where: str, row: int, n_units: int, n_bins: int, ex: dict) -> None:
+    """The spikefm columns of one row must describe its units x bins matrix."""
+    for name in ("unit_ids", "unit_regions"):
+        if ex[name] is not None and len(ex[name]) != n_units:
+            raise ValueError(f"{where}: row {row} has {len(ex[name])} {name} for {n_units} units; "
+                             "each unit needs one")
+    if ex["behavior"] is not None:
+        names = ex["behavior_names"] or []
+        shapes = {len(b or []) for b in ex["behavior"]}
+        if len(ex["behavior"]) != len(names) or (shapes and shapes != {n_bins}):
+            raise ValueError(f"{where}: row {row} has behavior of {len(ex['behavior'])} channel(s) x "
+                             f"{sorted(shapes)} bins for {len(names)} behavior_names and {n_bins} "
+                             "bins; expected one series of the row's length per name")
+    b = ex["bin_ms"]
+    if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b <= 0):
+        raise ValueError(f"{where}: row {row} has bin_ms {b!r}; expected a positive number of ms")
+    if ex["trials_json"] is not None:
+        try:
+            tables = json.loads(ex["trials_json"])
+            if not isinstance(tables, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise ValueError(f"{where}: row {row}'s trials_json is not a JSON object of trial "
+                             f"tables ({exc})") from None
+
+
 def _scan(files: list[_DataFile], default_source: str, progress: bool
           ) -> tuple[_Rows, dict[tuple, _Session]]:
     from ..progress import progress_bar
 
     rows = _Rows()
     sessions: dict[tuple[str, str, str], _Session] = {}
-    missing_source = 0
+    missing_source = empty = 0
+    first_copy: dict[tuple, str] = {}
+    repeated: list[str] = []
     with progress_bar(total=len(files), description="scanning files", enabled=progress) as bar:
         for f in files:
             names = _file_schema(f).names
@@ -333,34 +448,96 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
                 raise ValueError(f"{f.path}: missing column(s) {', '.join(absent)}; a Neural Pile "
                                  f"file has {', '.join(NEURAL_PILE_COLUMNS)} (found "
                                  f"{', '.join(names) or 'none'})")
-            for batch in _iter_batches(f, list(NEURAL_PILE_COLUMNS)):
-                where = str(f.path)
+            where = str(f.path)
+            in_file = 0
+            for batch in _iter_batches(f, [*NEURAL_PILE_COLUMNS, *_EXTRAS]):
                 col = batch.column("spike_counts")
                 _check_counts_column(col, where)
                 shapes = _row_shapes(col, where)
-                sources = _strings(batch, "source_dataset")
-                for (n_units, n_bins), subj, sess, seg, src in zip(
+                extras = {name: _column(batch, name) for name in _EXTRAS}
+                for i, ((n_units, n_bins), subj, sess, seg, src) in enumerate(zip(
                         shapes, _strings(batch, "subject_id"), _strings(batch, "session_id"),
-                        _strings(batch, "segment_id"), sources):
+                        _strings(batch, "segment_id"), _strings(batch, "source_dataset"))):
+                    row_in_file = in_file + i
+                    if not sess:
+                        raise ValueError(f"{where}: row {row_in_file} has no session_id (found "
+                                         f"{sess!r}); every Neural Pile row names its session")
                     if not src:
                         missing_source += 1
                         src = default_source
-                    key = (src, subj or "", sess or "")
-                    s = sessions.get(key)
-                    if s is None:
-                        s = sessions[key] = _Session(*key)
-                    s.rows.append(len(rows.segment_id))
+                    ex = {name: extras[name][i] for name in _EXTRAS}
+                    _check_extras(where, row_in_file, n_units, n_bins, ex)
+                    key = (src, subj or "", sess)
                     rows.session_key.append(key)
                     rows.segment_id.append(seg or "")
                     rows.num_units.append(n_units)
                     rows.num_bins.append(n_bins)
                     rows.split.append(f.split)
+                    rows.bin_ms.append(ex["bin_ms"])
+                    rows.given_t_start.append(ex["t_start_ms"])
+                    rows.keep.append(n_units > 0 and n_bins > 0)
+                    if not rows.keep[-1]:
+                        empty += 1
+                        continue
+                    if seg:
+                        k4 = (*key, seg)
+                        if k4 in first_copy:
+                            repeated.append(f"{where} row {row_in_file} repeats {first_copy[k4]}")
+                        else:
+                            first_copy[k4] = f"{where} row {row_in_file}"
+                    s = sessions.get(key)
+                    if s is None:
+                        s = sessions[key] = _Session(*key)
+                        s.regions = _count(ex["unit_regions"])
+                        s.behavior_names = tuple(ex["behavior_names"] or ())
+                    s.species = s.species or (ex["species"] or "")
+                    s.rows.append(len(rows.segment_id) - 1)
+                    for table, cols in (json.loads(ex["trials_json"]) if ex["trials_json"] else {}).items():
+                        starts = cols.get("start_time", []) if isinstance(cols, dict) else []
+                        s.trial_starts.setdefault(table, set()).update(
+                            x for x in starts if isinstance(x, (int, float)))
+                in_file += batch.num_rows
             bar.advance(1)
     if missing_source:
         _warn(f"{missing_source} rows have no source_dataset; they get '{default_source}'")
-    if not rows.segment_id:
-        raise ValueError(f"{files[0].path.parent}: the files hold no rows; nothing to import")
+    if empty:
+        _warn(f"{empty} rows have no units or no bins; left out")
+    if repeated:
+        _warn(f"{len(repeated)} rows repeat the (source, subject, session, segment) of an earlier "
+              f"row ({repeated[0]}): two copies of the same files in the folder? Imported as they are")
+    if not sessions:
+        raise ValueError(f"{files[0].path.parent}: the files hold no rows with spike counts; "
+                         "nothing to import")
     return rows, sessions
+
+
+def _count(values) -> dict[str, int] | None:
+    if values is None:
+        return None
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _resolve_bin_ms(rows: _Rows, asked: int | None) -> int:
+    """The corpus's one bin width: the rows' own ``bin_ms`` where they carry it, else ``asked``
+    (default 20, the Neural Pile's)."""
+    given = {b for b, k in zip(rows.bin_ms, rows.keep) if k and b is not None}
+    without = sum(1 for b, k in zip(rows.bin_ms, rows.keep) if k and b is None)
+    if len(given) > 1:
+        raise ValueError(f"the rows give bin widths {sorted(given)} ms; a corpus has one bin width: "
+                         "import the files of each width into their own corpus")
+    if not given:
+        return 20 if asked is None else asked
+    (b,) = given
+    if asked is not None and asked != b:
+        raise ValueError(f"the rows give bin_ms {b}, but bin_ms {asked} was asked for; leave it "
+                         "out (the rows' own width is used) or import other files")
+    if without and b != (20 if asked is None else asked):
+        raise ValueError(f"{without} rows have no bin_ms column (the Neural Pile's 20 ms) and the "
+                         f"others give {b} ms; a corpus has one bin width: import them separately")
+    return b
 
 
 def _assign_session_ids(sessions: dict[tuple, _Session]) -> None:
@@ -390,6 +567,12 @@ def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -
     rows.t_start_ms = [0] * len(rows.segment_id)
     unknown = 0
     for s in sessions.values():
+        given = [rows.given_t_start[r] for r in s.rows]
+        if all(t is not None for t in given):  # the rows' own t_start_ms (a spikefm corpus's)
+            for r, t in zip(s.rows, given):
+                rows.t_start_ms[r] = int(t)
+            s.t_start_known = True
+            continue
         idx = []
         for r in s.rows:
             m = _SEGMENT_INDEX.search(rows.segment_id[r])
@@ -440,34 +623,45 @@ def _write(files: list[_DataFile], rows: _Rows, sessions: dict[tuple, _Session],
 
     stats = {k: {"num_spikes": 0, "clipped_bins": 0} for k in sessions}
     clipped_now = 0
-    species_of = {k: NEURAL_PILE_SPECIES.get(k[0], "") for k in sessions}
+    species_of = {k: s.species or NEURAL_PILE_SPECIES.get(k[0], "") for k, s in sessions.items()}
     r = 0
     with progress_bar(total=len(rows.segment_id), description="importing rows",
                       enabled=progress) as bar:
         for f in files:
-            for batch in _iter_batches(f, list(NEURAL_PILE_COLUMNS)):
+            for batch in _iter_batches(f, [*NEURAL_PILE_COLUMNS, *_EXTRAS]):
                 n = batch.num_rows
                 counts, clipped = _uint8_counts(batch.column("spike_counts"), str(f.path))
                 clipped_now += clipped
                 keys = rows.session_key[r:r + n]
                 units = rows.num_units[r:r + n]
+                own = {name: _column(batch, name) for name in
+                       ("unit_ids", "unit_regions", "behavior_names", "behavior", "trials_json")}
+
+                def pick(name, default):  # the row's own value where it has one
+                    return [default(i) if own[name][i] is None else own[name][i] for i in range(n)]
+
                 table = pa.Table.from_arrays([
                     counts,
                     pa.array([k[1] for k in keys], pa.string()),
-                    pa.array([sessions[k].session_id for k in keys], pa.string()),
+                    pa.array([sessions[k].session_id if k in sessions else "" for k in keys],
+                             pa.string()),
                     pa.array(rows.segment_id[r:r + n], pa.string()),
                     pa.array([k[0] for k in keys], pa.string()),
                     pa.array([bin_ms] * n, pa.int32()),
                     pa.array(rows.t_start_ms[r:r + n], pa.int64()),
-                    pa.array([[str(u) for u in range(nu)] for nu in units],
+                    pa.array([[str(x) for x in v] for v in
+                              pick("unit_ids", lambda i: range(units[i]))], pa.list_(pa.string())),
+                    pa.array([[str(x) for x in v] for v in
+                              pick("unit_regions", lambda i: ["unknown"] * units[i])],
                              pa.list_(pa.string())),
-                    pa.array([["unknown"] * nu for nu in units], pa.list_(pa.string())),
-                    pa.array([species_of[k] for k in keys], pa.string()),
-                    pa.array([[]] * n, pa.list_(pa.string())),
-                    pa.array([[]] * n, pa.list_(pa.list_(pa.float32()))),
-                    pa.array(["{}"] * n, pa.string()),
+                    pa.array([species_of.get(k, "") for k in keys], pa.string()),
+                    pa.array(pick("behavior_names", lambda i: []), pa.list_(pa.string())),
+                    pa.array(pick("behavior", lambda i: []), pa.list_(pa.list_(pa.float32()))),
+                    pa.array(pick("trials_json", lambda i: "{}"), pa.string()),
                 ], schema=ROW_SCHEMA)
                 for i in range(n):
+                    if not rows.keep[r + i]:
+                        continue
                     key, split = keys[i], rows.split[r + i]
                     one = table.slice(i, 1)
                     flat = flat_counts(one.column("spike_counts").chunk(0))
@@ -488,7 +682,7 @@ def _write(files: list[_DataFile], rows: _Rows, sessions: dict[tuple, _Session],
 
 
 def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | None = None,
-                       progress: bool = True, revision: str | None = None, bin_ms: int = 20,
+                       progress: bool = True, revision: str | None = None, bin_ms: int | None = None,
                        shard_max_tokens: int = 250_000_000, overwrite: bool = False) -> dict:
     """Import a published Neural Pile dataset as a spikefm corpus (see the module docstring).
 
@@ -503,7 +697,9 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
         cache_dir: Hugging Face cache folder for the download (default: the hub's own).
         progress: show progress bars (only on a terminal).
         revision: Hub branch, tag or commit to download (default: main).
-        bin_ms: bin width of the published counts in ms (the Neural Pile uses 20).
+        bin_ms: bin width of the counts in ms; default: the rows' own ``bin_ms`` column where
+            they have one (a spikefm corpus's files), else 20 (the Neural Pile's). A value that
+            the rows contradict is refused.
         shard_max_tokens: start a new output shard before one would exceed this many cells.
         overwrite: replace whatever corpus ``out_dir`` holds (``spikefm corpus import --overwrite``).
 
@@ -516,7 +712,7 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
             another corpus and ``overwrite`` is not set.
         ImportError: a repo id was given and huggingface_hub is not installed.
     """
-    if not isinstance(bin_ms, int) or isinstance(bin_ms, bool) or bin_ms <= 0:
+    if bin_ms is not None and (not isinstance(bin_ms, int) or isinstance(bin_ms, bool) or bin_ms <= 0):
         raise ValueError(f"bin_ms must be a positive int (milliseconds), got {bin_ms!r}")
     if shard_max_tokens < 1:
         raise ValueError(f"shard_max_tokens must be >= 1, got {shard_max_tokens}")
@@ -525,10 +721,14 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     _check_replace(out_dir, inspect_out_dir(out_dir), source, overwrite)
 
     root, provenance, default_source = _resolve_source(source, cache_dir, revision)
+    if root.is_dir() and out_dir.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{out_dir}: lies inside the source folder {root}, so a later import of "
+                         "that folder would read the corpus too; give an --out outside it")
     skipped: list[dict] = []
     files = _find_files(root, skipped)
     check_inputs_outside(out_dir, [f.path for f in files])
     rows, sessions = _scan(files, default_source, progress)
+    bin_ms = _resolve_bin_ms(rows, bin_ms)
     _assign_session_ids(sessions)
     unknown = _assign_t_start(rows, sessions, bin_ms)
     if unknown:
@@ -583,7 +783,7 @@ def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped,
     tokens = [u * b for u, b in zip(rows.num_units, rows.num_bins)]
     split_info = {}
     for split in SPLITS:
-        idx = [i for i, s in enumerate(rows.split) if s == split]
+        idx = [i for i in rows.kept if rows.split[i] == split]
         split_info[split] = SplitInfo(
             num_rows=len(idx),
             num_tokens=int(sum(tokens[i] for i in idx)),
@@ -595,7 +795,7 @@ def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped,
         splits = sorted({rows.split[r] for r in s.rows})
         units = [rows.num_units[r] for r in s.rows]
         num_bins = sum(rows.num_bins[r] for r in s.rows)
-        species = NEURAL_PILE_SPECIES.get(s.source, "")
+        species = s.species or NEURAL_PILE_SPECIES.get(s.source, "")
         entries.append(SessionEntry(
             session_id=s.session_id,
             subject_id=s.subject,
@@ -605,15 +805,15 @@ def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped,
             num_units=max(units),
             num_bins=int(num_bins),
             bin_ms=bin_ms,
-            t_start_ms=0,
+            t_start_ms=min(rows.t_start_ms[r] for r in s.rows),
             duration_s=num_bins * bin_ms / 1000.0,
             num_rows=len(s.rows),
             num_tokens=int(sum(tokens[r] for r in s.rows)),
             num_spikes=stats[key]["num_spikes"],
             clipped_bins=stats[key]["clipped_bins"],
-            regions={"unknown": max(units)},
-            behavior_names=(),
-            trial_tables={},
+            regions=s.regions or {"unknown": max(units)},
+            behavior_names=s.behavior_names,
+            trial_tables={t: len(v) for t, v in sorted(s.trial_starts.items())},
             segments_ordered=s.t_start_known,
             provenance=provenance,
             license="",
@@ -623,6 +823,7 @@ def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped,
     return new_manifest(
         bin_ms=bin_ms,
         build=BuildSettings(importer="neural_pile", source=source, split="published",
-                            max_row_tokens=int(max(tokens)), shard_max_tokens=shard_max_tokens),
+                            max_row_tokens=int(max(tokens[i] for i in rows.kept)),
+                            shard_max_tokens=shard_max_tokens),
         provenance=provenance, splits=split_info, sessions=entries,
         skipped=[SkippedInput(input=x["input"], error=x["error"]) for x in skipped])

@@ -536,3 +536,18 @@ def test_train_refuses_a_vocabulary_smaller_than_the_spike_tokens(data, tmp_path
     assert err == ["spikefm: error: model.vocab_size must be at least 256 (spike tokens are counts 0-254 and "
                    "the bin separator 255), got 10; drop the --set or give 256"]
     assert not out.exists()
+
+
+def test_eval_of_a_run_folder_named_like_a_baseline_prints_both_columns(data, ar_run, tmp_path, capsys):
+    """A run folder called "oracle" printed the model under "oracle" and lost the oracle's column."""
+    import shutil
+
+    run = tmp_path / "oracle"
+    shutil.copytree(ar_run, run)
+    assert main(["eval", str(run), "--data", str(data / "corpus"), "--max-tokens", "3000",
+                 "--out", str(tmp_path / "r.json"), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    res = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert "oracle (model)" in table
+    for name in ("model", "oracle"):
+        assert f"{res[name]['overall']['all']['bits']:.4f}" in table

@@ -310,3 +310,34 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(textwrap.dedent(block), {"Page": page_mod.Page, "Num": page_mod.Num, "charts": charts})
     assert "two bars" in (tmp_path / "report.html").read_text()
+
+
+def test_a_run_folder_named_like_a_baseline_keeps_its_own_column(tmp_path, capsys):
+    """A run folder called "oracle" (or "1-gram") got the baseline's column: the NDT summary
+    bars labelled "oracle" held the model's number, the AR table dropped the model."""
+    from spikefm.report.evaluation import parse_evaluation
+
+    ar = {"run_dir": str(tmp_path / "oracle"), "split": "test",
+          "results": {"model": _xent(0.9), "oracle": _xent(0.45), "1-gram": _xent(1.1)}}
+    ev = parse_evaluation(ar)
+    assert ev.models["oracle (model)"]["overall"]["all"]["bits"] == 0.9
+    assert ev.models["oracle"]["overall"]["all"]["bits"] == 0.45
+    path = tmp_path / "ar.json"
+    path.write_text(json.dumps(ar))
+    assert main(["report", str(path), "--out", str(tmp_path / "ar.html")]) == 0
+    shown = {c[1]: c[3] for c in _parse((tmp_path / "ar.html").read_text()).cells}
+    assert shown["/results/model/overall/all/bits"] == "0.9000"
+    assert shown["/results/oracle/overall/all/bits"] == "0.4500"
+
+    ndt = {"run_dir": str(tmp_path / "oracle"), "results": _bench(0.25)}
+    ev = parse_evaluation(ndt)
+    assert list(ev.models) == ["oracle (model)"]
+    path = tmp_path / "ndt.json"
+    path.write_text(json.dumps(ndt))
+    assert main(["report", str(path), "--out", str(tmp_path / "ndt.html")]) == 0
+    parsed = _parse((tmp_path / "ndt.html").read_text())
+    data = json.loads(parsed.data_json.replace("<\\/", "</"))
+    series = {s["name"]: s for spec in data.values() if spec["kind"] == "bars"
+              for s in spec.get("series", [])}
+    assert "oracle (model)" in series and "oracle" in series, series.keys()
+    assert 0.4 in series["oracle"]["values"] and 0.4 not in series["oracle (model)"]["values"]

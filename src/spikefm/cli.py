@@ -332,6 +332,9 @@ def cmd_eval(args) -> int:
                          f"its options: {', '.join(valid) or '(none)'}")
     results = fam.evaluate(str(args.run_dir), str(args.data), **options)
     name = Path(args.run_dir).name or "model"
+    # a run folder named like a baseline column ("oracle", "1-gram") keeps its own column
+    if name in {"smoothing", "oracle"} | (set(results.get("results") or {}) - {"model", "model-permuted"}):
+        name = f"{name} (model)"
     print(fam.format_results({name: results}))
     if args.out:
         write_json_atomic(Path(args.out), results)

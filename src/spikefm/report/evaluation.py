@@ -74,6 +74,10 @@ def parse_evaluation(obj: Any, *, src: str = "results") -> Evaluation | None:
     results = obj.get("results")
     if isinstance(results, dict) and results:
         run_name = Path(str(obj.get("run_dir") or "model")).name or "model"
+        # a run folder named like a baseline ("oracle", "smoothing", "1-gram") keeps its own column
+        taken = set(BASELINES) | {k for k in results if k != "model"}
+        if run_name in taken:
+            run_name = f"{run_name} (model)"
         if obj.get("family") == "neds" and any(isinstance(results.get(t), dict) for t in NEDS_TASKS):
             return Evaluation("neds", {run_name: results}, {run_name: ("results",)}, meta, src)
         if all(_is_xent(v) for v in results.values()):

@@ -158,6 +158,7 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     z = np.load(out)
     assert z["counts"].shape == (session["num_units"], 6) and z["counts"].dtype == np.uint8
     assert z["real"].shape == (session["num_units"], 6) and z["prompt"].shape[1] == 2
+    assert int(z["bin_ms"]) == corpus.manifest["bin_ms"]  # the report's time axis reads it
     assert out.with_suffix(".png").stat().st_size > 1000
     rc = cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--prompt",
                    f"{synth_corpus}:{session['session_id']}:0", "--out", str(tmp_path / "x.npz")])
@@ -181,6 +182,7 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     for _ in range(2):
         assert cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2",
                          "--out", str(tmp_path / "pair.npz")]) == 0
+    assert int(np.load(tmp_path / "pair.npz")["bin_ms"]) == corpus.manifest["bin_ms"]  # the run's corpus
     # --device auto on a machine without CUDA samples on the CPU: the default's spikes, exactly
     auto = tmp_path / "auto.npz"
     assert cli_main(["generate", str(trained_run), "--units", str(session["num_units"]),

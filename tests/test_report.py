@@ -341,3 +341,62 @@ def test_a_run_folder_named_like_a_baseline_keeps_its_own_column(tmp_path, capsy
               for s in spec.get("series", [])}
     assert "oracle (model)" in series and "oracle" in series, series.keys()
     assert 0.4 in series["oracle"]["values"] and 0.4 not in series["oracle (model)"]["values"]
+
+
+def test_generated_rasters_use_the_recorded_bin_width_and_one_grey_scale(tmp_path):
+    """The time axis came from a fixed 20 ms (a 10 ms corpus drew 'prompt ends' at twice its
+    time) and each raster scaled grey to its own maximum (a count of 2 nearly black in one panel,
+    nearly white in the other)."""
+    import base64
+
+    from spikefm.report.evaluation import generation_panel
+    from spikefm.report.page import Page
+
+    rng = np.random.default_rng(0)
+    prompt = rng.poisson(0.5, (4, 6)).astype(np.uint8)
+    real = rng.poisson(0.5, (4, 8)).astype(np.uint8)
+    gen = rng.poisson(0.5, (4, 8)).astype(np.uint8)
+    real[0, 0], real[1, 1], gen[2, 2] = 3, 2, 40
+    np.savez(tmp_path / "g.npz", counts=gen, prompt=prompt, real=real, bin_ms=np.int32(10))
+    page = Page("t")
+    generation_panel(page.section("gen", "Generated"), tmp_path / "g.npz")
+    rasters = [s for s in page.data.values() if s["kind"] == "raster"]
+    assert len(rasters) == 2
+    for spec in rasters:
+        assert spec["dx"] == pytest.approx(0.010)
+        assert spec["vlines"] == [{"x": pytest.approx(0.06), "name": "prompt ends"}]
+    levels = [np.frombuffer(base64.b64decode(s["data"]), np.uint8).reshape(s["rows"], s["cols"])
+              for s in rasters]
+    real_full, gen_full = (np.concatenate([prompt, a], axis=1) for a in (real, gen))
+    # one scale: the same count has the same grey in both panels, black = 40
+    for count in (1, 2):
+        shades = {int(l[m == count][0]) for l, m in zip(levels, (real_full, gen_full)) if (m == count).any()}
+        assert len(shades) == 1, (count, shades)
+    assert int(levels[1][gen_full == 40][0]) == 255 and int(levels[0][real_full == 3][0]) < 100
+
+    np.savez(tmp_path / "old.npz", counts=gen)  # written before generate recorded bin_ms
+    page = Page("t")
+    generation_panel(page.section("gen", "Generated"), tmp_path / "old.npz")
+    (spec,) = [s for s in page.data.values() if s["kind"] == "raster"]
+    assert spec["dx"] == 1.0 and "bins" in spec["x_label"]
+
+
+def test_a_damaged_study_file_and_a_left_out_seed_are_said(tmp_path, capsys):
+    """A torn transfer.json was reported as 'a folder holding transfer.json; expected ... a study
+    folder'; a seed whose results could not be read vanished from the page (stderr only)."""
+    study = tmp_path / "study"
+    (study / "seed_1").mkdir(parents=True)
+    (study / "seed_2").mkdir()
+    (study / "seed_1" / "results_ndt.json").write_text(json.dumps({"fine-tuned": _bench(0.25)}))
+    (study / "seed_2" / "results_ndt.json").write_text('{"fine-tuned": {"session_id": ')  # torn
+    full = json.dumps({"study": "transfer", "command": "spikefm experiment transfer", "settings": {},
+                       "per_seed": {}, "mean_sd": {}})
+    (study / "transfer.json").write_text(full[:40])
+    assert main(["report", str(study), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "transfer.json" in err and "is a folder holding" not in err
+    (study / "transfer.json").write_text(full)
+    with pytest.warns(RuntimeWarning, match="seed_2.*left out of the report"):
+        text = build_report(study).html()
+    assert "Results left out of this report" in text and "seed_2/results_ndt.json" in text
+    assert "Evaluation, seed_1" in text

@@ -67,6 +67,8 @@ def _study_jsons(folder: Path) -> list[Path]:
         try:
             obj = read_json(p, "a study JSON")
         except ValueError:
+            if p.name in rank:  # the study's own file, damaged: say so (not "no study here")
+                raise
             continue
         if isinstance(obj, dict) and "study" in obj:
             found.append(p)
@@ -188,12 +190,16 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
         for study_file in study_files:
             study_section(page, read_json(study_file, "a study JSON"), prov, src=study_file.name)
         study_file = study_files[0]
+        left_out = None
         for seed, results in study_seed_results(study_file.parent):
             try:
                 add_evaluation(page, results, prov, title=f"Evaluation, {seed}: {results.name}",
                                src=f"{seed}/{results.name}")
             except ValueError as exc:
                 warnings.warn(f"{results}: left out of the report ({exc})", RuntimeWarning, stacklevel=2)
+                if left_out is None:  # the page says so too, not only the terminal
+                    left_out = page.section("left-out", "Results left out of this report")
+                left_out.note(f"{seed}/{results.name}: {exc}", warn=True)
     prov.section(page, command)
     return page
 

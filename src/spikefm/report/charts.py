@@ -115,9 +115,10 @@ def raster(matrix_NT: np.ndarray, *, dt_s: float, x0_s: float = 0.0, x_label: st
            row_labels: Sequence[str] | None = None, vlines: Sequence[dict] = (),
            link: str | None = None, value_name: str | None = None, height: int | None = None,
            max_cells: int = MAX_RASTER_CELLS) -> dict:
-    """A rows x bins matrix as a raster (``kind="counts"``: white for 0, grey to black up to the
-    largest count) or a heat map (``kind="rates"``: a colour ramp from 0 to ``vmax``, default the
-    99.5th percentile).
+    """A rows x bins matrix as a raster (``kind="counts"``: white for 0, grey to black up to
+    ``vmax``, default the largest count; pass one ``vmax`` to rasters shown side by side so equal
+    counts look alike) or a heat map (``kind="rates"``: a colour ramp from 0 to ``vmax``, default
+    the 99.5th percentile).
 
     Neighbouring bins are summed when rows x bins exceeds ``max_cells`` (``dx`` grows to match).
     NaN shows as 0. Integer counts up to 255 are stored exactly for the hover read-out; other
@@ -143,7 +144,8 @@ def raster(matrix_NT: np.ndarray, *, dt_s: float, x0_s: float = 0.0, x_label: st
     top = float(m.max())
     if kind == "counts" and top <= 255 and np.all(m == np.round(m)):
         spec["values"] = _b64(m)  # exact counts for the read-out
-        spec["data"] = _b64(np.where(m > 0, 60 + 195 * m / max(top, 1.0), 0))
+        black = max(top if vmax is None else float(vmax) * group, 1.0)  # summed bins sum vmax too
+        spec["data"] = _b64(np.where(m > 0, np.minimum(60 + 195 * m / black, 255), 0))
         spec["scale"] = 1.0
     else:
         if vmax is None:

@@ -28,14 +28,27 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
         raise ValueError(f"session {session_id} has {counts.shape[1]} bins; START_BIN {start} + "
                          f"{prompt_bins} prompt bins does not fit")
     real = counts[:, start + prompt_bins:start + prompt_bins + num_bins]
-    return counts[:, start:start + prompt_bins], real
+    return counts[:, start:start + prompt_bins], real, int(corpus.manifest.get("bin_ms") or 0)
+
+
+def _run_bin_ms(run_dir) -> int:
+    """The bin width of the corpus the run was trained on, 0 when it cannot be read."""
+    from spikefm.corpus.reader import Corpus
+    from spikefm.train.runinfo import read_run_info
+
+    try:
+        corpus = read_run_info(run_dir).get("config", {}).get("data", {}).get("corpus")
+        return int(Corpus(corpus).manifest.get("bin_ms") or 0) if corpus else 0
+    except (ValueError, OSError, TypeError):
+        return 0
 
 
 def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
                      prompt: str | None = None, prompt_bins: int = 25, temperature: float = 1.0,
                      top_k: int | None = None, seed: int = 0, device: str = "cpu",
                      out: str | Path) -> list[Path]:
-    """Sample (num_units, num_bins) counts and write ``out`` (.npz with ``counts`` and, when
+    """Sample (num_units, num_bins) counts and write ``out`` (.npz with ``counts``, ``bin_ms``
+    (the prompt corpus's bin width, else the training corpus's, when readable) and, when
     prompted, ``prompt`` and ``real``), plus ``out`` with .png: a raster of real next to generated
     bins when prompted, else of the generated bins.
 
@@ -59,8 +72,9 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     if not isinstance(model, Llama):
         raise ValueError(f"{run_dir}: generation needs an autoregressive (ar) model")
     prompt_tokens, arrays = None, {}
+    bin_ms = 0
     if prompt:
-        p_counts, real = _prompt_counts(prompt, prompt_bins, num_bins)
+        p_counts, real, bin_ms = _prompt_counts(prompt, prompt_bins, num_bins)
         if p_counts.shape[0] != num_units:
             raise ValueError(f"--units {num_units} does not match the prompt session's "
                              f"{p_counts.shape[0]} units; pass --units {p_counts.shape[0]}")
@@ -71,6 +85,9 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
                       temperature=temperature, top_k=top_k, generator=gen)
     counts = detokenize(tokens[0].cpu().numpy().astype(np.uint8), num_units)
     arrays["counts"] = counts
+    bin_ms = bin_ms or _run_bin_ms(run_dir)
+    if bin_ms:  # the bin width of the counts, for the report's time axis
+        arrays["bin_ms"] = np.asarray(bin_ms, dtype=np.int32)
     out = savez_atomic(out, compressed=True, **arrays)
     png = out.with_suffix(".png")
     _raster(arrays, png)

@@ -476,3 +476,23 @@ def test_scaling_study_folder_shows_scaling_and_ranking(browser, tmp_path):
     for curve in scaling["curves"]:
         assert any(y == pytest.approx(curve["y"]) for y in shown_y if len(y) == len(curve["y"])), curve["name"]
     page.close()
+
+
+def test_a_long_study_command_wraps_inside_the_page(browser, tmp_path):
+    """The settings table took the command on one line: the page grew past a 1280 px window and
+    the numbers sat far from their names; floats showed as 4-decimal cells (60.0 -> 60.0000)."""
+    study = tmp_path / "study"
+    study.mkdir()
+    command = "spikefm experiment transfer " + " ".join(f"--set model.option_{i}=value_{i}" for i in range(40))
+    (study / "transfer.json").write_text(json.dumps({
+        "study": "transfer", "command": command, "per_seed": {}, "mean_sd": {},
+        "settings": {"sessions": 3, "duration_s": 60.0, "pretrain_steps": 20}}))
+    out = tmp_path / "study.html"
+    assert main(["report", str(study), "--out", str(out)]) == 0
+    loaded = _open(browser, out)
+    widths = loaded.page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], widths
+    cells = loaded.page.evaluate("""() => Array.from(document.querySelectorAll(
+        'table[data-table="study-settings"] tr')).map(tr => tr.textContent)""")
+    assert "duration_s60.0" in cells and "sessions3" in cells
+    loaded.page.close()

@@ -45,6 +45,7 @@ table.data th { text-align: left; background: #f3f5f7; font-weight: 600; }
 table.data td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.data tr:hover td { background: #f7fafc; }
 table.kv th { background: none; color: var(--muted); font-weight: 500; }
+table.kv td, table.kv td.num { white-space: normal; overflow-wrap: anywhere; text-align: left; }
 .figs { display: flex; flex-wrap: wrap; gap: 12px 20px; }
 figure { margin: 6px 0; flex: 0 1 calc(50% - 10px); min-width: 320px; max-width: 100%; }
 figure.wide { flex-basis: 100%; }

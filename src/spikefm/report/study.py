@@ -45,7 +45,9 @@ def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study"
 
 def _transfer(sec: Section, obj: dict, src: str) -> None:
     settings = obj.get("settings") or {}
-    sec.kv([("command", obj.get("command"))] + [(k, v if isinstance(v, (int, float, str)) else json.dumps(v))
+    # settings as written (60.0 s, not a 4-decimal number cell); long values wrap (the kv CSS)
+    sec.kv([("command", obj.get("command"))] + [(k, v if isinstance(v, (int, str)) else repr(v)
+                                                 if isinstance(v, float) else json.dumps(v))
                                                for k, v in settings.items()], key="study-settings")
     per_seed: dict = obj["per_seed"]
     seeds = list(per_seed)

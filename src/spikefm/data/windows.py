@@ -16,7 +16,9 @@ A session's rows (chunks of at most ``max_row_tokens``, possibly spread over the
   whose event is missing (NaN) or whose window leaves the recording are skipped, counted in
   ``SessionWindows.skipped`` and reported with a warning.
 * **continuous** (``align=None``, or when the session has no trial table): windows every
-  ``stride_bins`` bins (default ``window_bins``: non-overlapping) over the recording.
+  ``stride_bins`` bins (default ``window_bins``: non-overlapping) over the recording, from its
+  first bin; bins after the last whole window are not used (fewer than ``window_bins``; a
+  session of 3,000 bins cut into 70-bin windows gives 42 and leaves its last 60 bins out).
 
 Each session's windows get a seeded train/val/test split (seed derived from ``seed`` and the
 session id, so adding a session does not reshuffle the others). :func:`save_splits` writes which

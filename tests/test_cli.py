@@ -551,3 +551,22 @@ def test_eval_of_a_run_folder_named_like_a_baseline_prints_both_columns(data, ar
     assert "oracle (model)" in table
     for name in ("model", "oracle"):
         assert f"{res[name]['overall']['all']['bits']:.4f}" in table
+
+
+def test_ar_scores_of_an_empty_split_are_refused(ar_run, tmp_path, nwb_factory, capsys):
+    """A one-recording corpus (the README's real-file example) has no test rows: eval printed a
+    table of dashes and exited 0."""
+    from spikefm.corpus.build import BuildConfig, build_corpus
+
+    path, _ = nwb_factory("sub-1_ses-1", num_units=4, duration_s=10.0)
+    build_corpus([str(path)], tmp_path / "one", BuildConfig(), progress=False)
+    for argv in (["eval", str(ar_run), "--data", str(tmp_path / "one"), "--out", str(tmp_path / "r.json")],
+                 ["ngram", "--data", str(tmp_path / "one"), "--order", "2"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err == (f"spikefm: error: {tmp_path / 'one'}: its test split has no rows (its 1 session(s) are all "
+                       "in train); score --split train, or rebuild the corpus so that test gets some (more "
+                       "sessions, a larger --test-fraction, or --split row)"), err
+    assert not (tmp_path / "r.json").exists()
+    assert main(["ngram", "--data", str(tmp_path / "one"), "--order", "2", "--split", "train", "--quiet"]) == 0

@@ -218,5 +218,7 @@ def test_spikefm_train_under_torchrun_prints_once_and_refuses_a_small_corpus_on_
     bad = _spikefm_torchrun(*[a if a != str(tmp_path / "corpus") else str(tmp_path / "one") for a in common],
                             "--out", str(tmp_path / "run1"))
     assert bad.returncode != 0
-    assert "fewer than world_size=2; use fewer ranks or a larger corpus" in bad.stderr, bad.stderr[-3000:]
+    assert "fewer than world_size=2 (each rank reads its own; a row group holds up to 16 rows); use fewer " \
+           "ranks, or rebuild the corpus with more, shorter rows (a smaller --max-row-tokens)" in bad.stderr, \
+        bad.stderr[-3000:]
     assert "internal error" not in bad.stderr and "report it" not in bad.stderr, bad.stderr[-3000:]

@@ -252,3 +252,61 @@ def test_pool_workers_print_warnings_as_the_driver_does(capfd):
         pid = pool.submit(_warn_in_worker, "a  note\nfrom a job").result()
     assert pid != os.getpid()
     assert capfd.readouterr().err == "spikefm: warning: a note from a job\n"
+
+
+def test_ray_addresses_that_cannot_work_fail_in_one_line(tmp_path, capsys, monkeypatch):
+    """An address nothing listens at hung for minutes with only Ray's own log lines; --address
+    auto without a cluster was reported as a disk error ('fix the cause (space, permissions)');
+    --workers with a cluster address was ignored."""
+    ray = pytest.importorskip("ray")
+    from spikefm.corpus import build
+    from spikefm.corpus.build import BuildConfig
+
+    nwb = tmp_path / "nwb"
+    nwb.mkdir()
+    (nwb / "a.nwb").write_bytes(b"not read: the address is checked first")
+    start = time.monotonic()  # a fresh process: this one may hold the module's local Ray session
+    proc = subprocess.run([sys.executable, "-m", "spikefm.cli", "corpus", "build", str(nwb), "--out",
+                           str(tmp_path / "c"), "--executor", "ray", "--address", "127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=120)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err
+    assert err.startswith("spikefm: error: --address 127.0.0.1:1: nothing answers there") and "\n" not in err
+    assert time.monotonic() - start < 60 and not (tmp_path / "c").exists()
+
+    def no_cluster(**kw):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    monkeypatch.setattr(ray, "init", no_cluster)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(ValueError, match=r"^--address auto: no Ray cluster to connect to \(Could not find any "
+                                         r"running Ray instance\.[^)]*\); start one \(ray start --head\)"):
+        with build.ray_session("auto"):
+            pass
+    with pytest.raises(ValueError, match=r"a Ray cluster \(--address\) uses its own CPUs"):
+        BuildConfig(executor="ray", ray_address="auto", workers=4)
+
+
+def test_workers_size_a_local_ray_instance(tmp_path, monkeypatch):
+    import contextlib
+
+    from spikefm.corpus import build
+    from spikefm.corpus.build import BuildConfig, build_corpus
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def fake_session(address=None, num_cpus=None):
+        seen.update(address=address, num_cpus=num_cpus)
+        raise ValueError("stopped here")
+        yield
+
+    monkeypatch.setattr(build, "ray_session", fake_session)
+    (tmp_path / "nwb").mkdir()
+    (tmp_path / "nwb" / "a.nwb").write_bytes(b"never read")
+    with pytest.raises(ValueError, match="stopped here"):
+        build_corpus([str(tmp_path / "nwb")], tmp_path / "c", BuildConfig(executor="ray", workers=3), progress=False)
+    assert seen == {"address": None, "num_cpus": 3}
+    with pytest.raises(ValueError, match="stopped here"):
+        build_corpus([str(tmp_path / "nwb")], tmp_path / "c", BuildConfig(executor="ray"), progress=False)
+    assert seen == {"address": None, "num_cpus": None}  # Ray's default: every core

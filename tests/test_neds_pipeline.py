@@ -477,7 +477,36 @@ def test_decoding_a_run_with_nothing_to_decode_is_skipped_with_the_reason(tmp_pa
     with pytest.raises(ValueError, match="data.schemes='decoding' scores only behaviour"):
         train(apply_overrides(cfg, ["data.schemes=decoding"]), tmp_path / "run2", progress=False)
     assert not (tmp_path / "run2" / "model.safetensors").exists()
-    res = evaluate_run(str(tmp_path / "run"), str(tmp_path / "corpus"), tasks=["encoding", "decoding"])
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # evaluation trains nothing: not said again
+        warnings.simplefilter("always")
+        res = evaluate_run(str(tmp_path / "run"), str(tmp_path / "corpus"), tasks=["encoding", "decoding"])
+    assert not [w for w in caught if "score nothing" in str(w.message)]
     assert "decoding" not in res["results"] and res["tasks"] == ["encoding"]
     assert res["results"]["skipped"]["decoding"].startswith("the run has no behaviour channels or trial labels")
     assert "skipped" in format_results({"run": res}) and "no behaviour channels" in format_results({"run": res})
+
+
+def test_finetuning_to_a_session_without_the_pretrained_channels(pretrained, tmp_path, nwb_factory, recwarn):
+    """A session without behaviour (the real DANDI file) could not be fine-tuned: the pretrained
+    run's channels were refused ('which no session holds'), and leaving them out broke the core's
+    heads. It fine-tunes encoding-only now, with one warning; the single-session model of the
+    same settings gets the channels the session holds (none)."""
+    from spikefm.families import finetune
+    from spikefm.families.neds.evaluate import evaluate_run
+
+    path, _ = nwb_factory("sub-x_ses-1", num_units=20, duration_s=40.0)
+    build_corpus([str(path)], tmp_path / "c", BuildConfig(test_fraction=0.0), progress=False)
+    (sid,) = Corpus(tmp_path / "c").session_ids()
+    assert not Corpus(tmp_path / "c").session(sid)["behavior_names"]
+    fam = get_family("neds")
+    scratch = fam.finetune_config(str(pretrained), str(tmp_path / "c"), sid, from_scratch=True, steps=8)
+    assert scratch.data.behavior == ""
+    out = tmp_path / "ft"
+    summary = finetune(pretrained, tmp_path / "c", sid, out, freeze_core=True, steps=8, eval_every=4, patience=2)
+    assert (out / "model.safetensors").is_file() and summary
+    said = [str(w.message) for w in recwarn if "hold none of the pretrained run's channel" in str(w.message)]
+    assert said and "wheel_speed, whisker_motion_energy" in said[0]
+    res = evaluate_run(str(out), str(tmp_path / "c"), tasks=["encoding"], baselines=False)
+    assert np.isfinite(res["results"]["encoding"]["neds"]["bps_pooled"])

@@ -101,6 +101,9 @@ class BuildConfig:
             raise ValueError(f"executor must be 'local' or 'ray', got {self.executor!r}")
         if self.ray_address and self.executor != "ray":
             raise ValueError("ray_address (--address) applies to executor 'ray' only; add --executor ray")
+        if self.ray_address and self.workers > 1:
+            raise ValueError(f"workers (--workers {self.workers}) sizes a local Ray instance or process "
+                             "pool; a Ray cluster (--address) uses its own CPUs: drop one of the two")
         if self.spikes_past_end not in SPIKES_PAST_END:
             raise ValueError(f"spikes_past_end must be one of {', '.join(SPIKES_PAST_END)}, got "
                              f"{self.spikes_past_end!r}")
@@ -795,6 +798,23 @@ def _run_jobs(jobs, staging: Path, cfg: BuildConfig, progress: bool) -> list[dic
     return results
 
 
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Refuse, in one line and within ``timeout_s``, a ``HOST:PORT`` (or ``ray://HOST:PORT``)
+    nothing listens at: Ray itself retries for minutes, printing only its own log lines."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return  # "auto" (found by Ray) or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ValueError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+                         "check the head node's address and port (ray status on the head node), "
+                         "or leave out --address for a local instance") from None
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None):
     """Ray, connected to the cluster at ``address`` or to a local instance started here (and
@@ -812,10 +832,16 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     kwargs = {"include_dashboard": False, "log_to_driver": False,
               "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
     if address:
+        _check_reachable(address)
         kwargs["address"] = address
     elif num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:  # "auto" with no cluster running, a cluster gone
+        raise ValueError(f"--address {address}: no Ray cluster to connect to ({_first_line(exc)}); "
+                         "start one (ray start --head) or leave out --address for a local "
+                         "instance") from None
     try:
         yield ray
     finally:
@@ -826,7 +852,10 @@ def _run_ray(jobs, staging: Path, cfg: BuildConfig, bar) -> list[dict]:
     """Stage every job as a Ray task (one CPU each); a task that dies (its worker killed, e.g.
     for memory) skips its file with one line, like a dead pool worker."""
     results = []
-    with ray_session(cfg.ray_address) as ray:
+    # --workers sizes a local instance (default 1: every core, Ray's own default); a cluster's
+    # size is its own
+    num_cpus = cfg.workers if cfg.workers > 1 and not cfg.ray_address else None
+    with ray_session(cfg.ray_address, num_cpus) as ray:
         stage = ray.remote(_stage_one).options(num_cpus=1, max_retries=0)
         items = {stage.remote(item, key, str(staging), cfg): item for item, key in jobs}
         pending = list(items)

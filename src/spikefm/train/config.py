@@ -8,7 +8,14 @@ Batch semantics (used by every family loader and by the loop):
     `TrainConfig.batch_size` is the GLOBAL batch: sequences per optimizer step, summed over all
     ranks and all accumulation micro-steps. Each forward pass on each rank sees
     `micro_batch_size(world_size) = batch_size // (grad_accum * world_size)` sequences, so the
-    same config trains the same model (up to float rounding) on 1 process or on N.
+    same config takes optimizer steps of the same size, on the same schedule, on 1 process or
+    on N. Whether a step sees the same windows depends on the family's loader: the windowed
+    families' :class:`~spikefm.data.windows.WindowBatcher` deals one global order of windows out
+    to the ranks (the same model up to float rounding; tests/test_distributed.py), while the
+    autoregressive :class:`~spikefm.families.ar.loader.ARTokenLoader` gives each rank its own
+    Parquet row groups (each rank reads 1/N of the corpus, not all of it), so an AR run on N
+    processes sees the data in another order than on one and ends at another model of the same
+    quality, not at the same weights.
 """
 
 from __future__ import annotations

@@ -139,8 +139,16 @@ def apply_fsdp(model: nn.Module, blocks: list[nn.Module], mesh: Any, mp_policy: 
     Returns:
         `model` itself (sharded in place).
     """
+    import warnings
+
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # FSDP2 warns when a wrapped module returns a view (F.linear on a 3-D input does) because an
+    # in-place op on it would skip the all-gather; the families' losses only read the outputs
+    # (tests/test_distributed.py: the same losses and weights as one process), so the warning,
+    # printed on every rank of every run, says nothing true here.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor",
+                            category=UserWarning)
     kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
     for i, block in enumerate(blocks):
         fully_shard(block, reshard_after_forward=i < len(blocks) - 1, **kwargs)

@@ -28,7 +28,8 @@ def _ngram_arguments(n: argparse.ArgumentParser) -> None:
 
 def _run_ngram(args) -> int:
     from spikefm.corpus.reader import Corpus
-    from spikefm.families.ar.evaluate import evaluate_ngram, evaluate_oracle, fit_ngram, write_results
+    from spikefm.families.ar.evaluate import (evaluate_ngram, evaluate_oracle, fit_ngram, require_rows,
+                                              write_results)
     from spikefm.families.ar.xent import format_table
 
     if args.alpha <= 0:
@@ -36,6 +37,7 @@ def _run_ngram(args) -> int:
     if args.out:
         check_output_file(args.out, (".json",), "--out")
     corpus = Corpus(args.data)
+    require_rows(corpus, args.split)  # before the fit, which can take long
     ng = fit_ngram(corpus, args.order, alpha=args.alpha, max_train_tokens=args.max_train_tokens,
                    progress=not args.quiet)
     results = {f"{args.order}-gram": evaluate_ngram(ng, corpus, split=args.split,

@@ -53,6 +53,18 @@ def score_tokens(model, tokens: np.ndarray, seq_len: int, *, device="cpu",
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def require_rows(corpus: Corpus, split: str) -> None:
+    """Refuse a split with no rows (it would score nothing: a table of dashes, exit 0)."""
+    splits = corpus.manifest.get("splits") or {}
+    if int((splits.get(split) or {}).get("num_rows", 0)) > 0:
+        return
+    other = "train" if split == "test" else "test"
+    n = len(corpus.sessions)
+    raise ValueError(f"{corpus.path}: its {split} split has no rows (its {n} session(s) are all in "
+                     f"{other}); score --split {other}, or rebuild the corpus so that {split} gets "
+                     "some (more sessions, a larger --test-fraction, or --split row)")
+
+
 def _rows(corpus: Corpus, split: str, max_tokens: int | None):
     """(row, counts) pairs of a split; with ``max_tokens``, rows are taken in order and the last
     one is cut to whole bins covering the remaining tokens (rounded up: up to one bin, n units +
@@ -80,6 +92,7 @@ def evaluate_model(model, corpus: Corpus, *, split: str = "test", seq_len: int =
     """
     from spikefm.progress import progress_bar
 
+    require_rows(corpus, split)
     model.eval()
     acc = CrossEntropyAccumulator()
     rows = list(_rows(corpus, split, max_tokens))
@@ -100,6 +113,7 @@ def fit_ngram(corpus: Corpus, order: int, *, alpha: float = 1.0,
               max_train_tokens: int | None = None, progress: bool = False):
     from spikefm.families.ar.ngram import NGramModel
 
+    require_rows(corpus, "train")
     rows = (tokenize(r.spike_counts) for r in corpus.iter_rows("train", with_extras=False))
     return NGramModel(order=order, alpha=alpha).fit(rows, max_tokens=max_train_tokens,
                                                     progress=progress)
@@ -107,6 +121,7 @@ def fit_ngram(corpus: Corpus, order: int, *, alpha: float = 1.0,
 
 def evaluate_ngram(ngram, corpus: Corpus, *, split: str = "test",
                    max_tokens: int | None = None) -> dict:
+    require_rows(corpus, split)
     acc = CrossEntropyAccumulator()
     for row, counts in _rows(corpus, split, max_tokens):
         tokens = tokenize(counts)

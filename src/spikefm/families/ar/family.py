@@ -179,7 +179,7 @@ class ARFamily:
         """Cross-entropy of the n-gram baselines (fitted on the train split) and, on synthetic
         corpora, the oracle, on the tokens :meth:`evaluate` scores: ``{"<n>-gram": ..., "oracle": ...}``."""
         from spikefm.corpus.reader import Corpus
-        from spikefm.families.ar.evaluate import evaluate_ngram, evaluate_oracle, fit_ngram
+        from spikefm.families.ar.evaluate import evaluate_ngram, evaluate_oracle, fit_ngram, require_rows
 
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -187,6 +187,7 @@ class ARFamily:
         if any(not 1 <= o <= 9 for o in orders):
             raise ValueError(f"n-gram orders must be in 1..9, got {list(ngram)!r}")
         data = Corpus(corpus)
+        require_rows(data, split)
         results = {}
         for order in orders:
             ng = fit_ngram(data, order, max_train_tokens=max_train_tokens)
@@ -230,7 +231,7 @@ class ARFamily:
             and nats per token), plus ``"compare"`` (the same for ``compare_run``) when given.
         """
         from spikefm.corpus.reader import Corpus
-        from spikefm.families.ar.evaluate import evaluate_model
+        from spikefm.families.ar.evaluate import evaluate_model, require_rows
 
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -243,6 +244,7 @@ class ARFamily:
                                   max_tokens=max_tokens, max_train_tokens=max_train_tokens,
                                   seq_len=seq_len, permutations=permutations, progress=progress)
         data = Corpus(corpus)
+        require_rows(data, split)  # before the model and the baselines are loaded or fitted
         model, cfg = self.load(run_dir)
         if cfg is not None:
             _check_bin_width(run_dir, cfg.data.corpus, data)

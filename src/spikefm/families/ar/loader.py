@@ -141,8 +141,9 @@ class ARTokenLoader:
         self.groups = _row_groups(self.corpus, split)
         if len(self.groups) < world_size:
             raise ValueError(f"split {split!r} of {self.corpus.path} has {len(self.groups)} row "
-                             f"groups, fewer than world_size={world_size}; use fewer ranks or a "
-                             "larger corpus")
+                             f"groups, fewer than world_size={world_size} (each rank reads its own; a "
+                             "row group holds up to 16 rows); use fewer ranks, or rebuild the corpus "
+                             "with more, shorter rows (a smaller --max-row-tokens)")
         self.epoch, self.group_cursor, self.row_cursor, self.token_offset = 0, 0, 0, 0
         self._rows: list[np.ndarray] | None = None
         self.permute_units = bool(permute_units)

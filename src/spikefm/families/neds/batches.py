@@ -6,6 +6,7 @@ Shape legend: K windows of a session, B batch, T bins, N units, C channels, J la
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,19 +44,28 @@ def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
     return out
 
 
-def resolve_modalities(windows: dict, behavior: str, labels: str) -> Modalities:
+def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok: bool = False) -> Modalities:
     """The channels and labels of a run from its windows and the ``data.behavior`` /
     ``data.labels`` options (``auto``: every channel of the sessions; the :data:`AUTO_LABELS`
-    they hold; ``""``: none; or an explicit list)."""
+    they hold; ``""``: none; or an explicit list).
+
+    An explicit channel that no session holds is an error, or with ``missing_ok`` (a run that
+    starts from a pretrained one, which must keep its channels) a warning: the channel's entries
+    are then missing everywhere, so nothing of it is scored or measured."""
     have_channels = sorted({c for w in windows.values() for c in w.behavior_names})
     if behavior == "auto":
         channels = have_channels
     else:
         channels = [c.strip() for c in behavior.split(",") if c.strip()]
         missing = [c for c in channels if c not in have_channels]
-        if missing:
+        if missing and not missing_ok:
             raise ValueError(f"data.behavior names {missing}, which no session holds; channels in the "
                              f"data: {', '.join(have_channels) or '(none)'}")
+        if missing:
+            warnings.warn(f"the session(s) {', '.join(sorted(windows))} hold none of the pretrained run's "
+                          f"channel(s) {', '.join(missing)}: they stay in the model but are never scored, "
+                          "so fine-tuning learns from the spikes (and any labels present) and nothing of "
+                          "them is decoded", RuntimeWarning, stacklevel=3)
     present = {name for w in windows.values() for name in w.labels}
     spec = [(n, None) for n in AUTO_LABELS if n in present] if labels == "auto" else parse_label_spec(labels)
     out = []

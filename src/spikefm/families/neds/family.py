@@ -233,9 +233,21 @@ def window_options(data: NEDSDataConfig) -> dict[str, Any]:
 SPIKE_SCORING_SCHEMES = ("encoding", "spike", "cross")
 
 
-def _check_schemes_have_targets(data: "NEDSDataConfig", mods) -> None:
+#: Warnings already given in this process (a fine-tuning's candidates and a later evaluation
+#: prepare the same data again: say it once).
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(message: str, about: str, stacklevel: int = 3) -> None:
+    """Warn ``message`` once per process for ``about`` (the data it concerns)."""
+    if (message, about) not in _WARNED:
+        _WARNED.add((message, about))
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def _check_schemes_have_targets(data: "NEDSDataConfig", mods, *, warn: bool = True) -> None:
     """Without behaviour channels or labels, the behaviour-only schemes score nothing: refuse a
-    run made only of them, and warn when some training draws go to them."""
+    run made only of them, and (``warn``: when training) warn when some training draws go to them."""
     if mods.channels or mods.labels:
         return
     names = parse_schemes(data.schemes)
@@ -245,12 +257,14 @@ def _check_schemes_have_targets(data: "NEDSDataConfig", mods) -> None:
     if len(idle) == len(names):
         raise ValueError(f"data.schemes={data.schemes!r} scores only behaviour, and these sessions have no behaviour "
                          f"channels or trial labels; include a spike scheme ({', '.join(SPIKE_SCORING_SCHEMES)})")
+    if not warn:
+        return
     w = dict(zip(names, scheme_weights(data)))
     share = sum(w[n] for n in idle) / sum(w.values())
-    warnings.warn(f"the sessions have no behaviour channels or trial labels, so schemes {', '.join(idle)} score "
+    _warn_once(f"the sessions have no behaviour channels or trial labels, so schemes {', '.join(idle)} score "
                   f"nothing ({share:.0%} of the training draws); set data.schemes="
                   f"{','.join(n for n in names if n not in idle)} to spend every draw on the spikes",
-                  RuntimeWarning, stacklevel=4)
+                  about=f"{Path(data.corpus).resolve()}|{data.sessions}")
 
 
 def _ids(text: str) -> list[str]:
@@ -333,10 +347,13 @@ class NEDSFamily:
             if len(set(ids)) != len(ids):
                 raise ValueError(f"data.sessions lists a session twice: {data.sessions!r}")
             windows = load_all_windows(corpus, ids, **window_options(data))
-            mods = resolve_modalities(windows, data.behavior, data.labels)
+            # a run that starts from a pretrained one keeps its modalities (the core's heads),
+            # also those the new sessions lack: their entries are unscored
+            mods = resolve_modalities(windows, data.behavior, data.labels, missing_ok=bool(data.init_from))
             arrays = {sid: session_arrays(w, mods) for sid, w in windows.items()}
             self._cache[key] = (windows, mods, arrays)
-        _check_schemes_have_targets(data, self._cache[key][1])  # the schemes are not part of the key
+        # the schemes are not part of the key; the warning is the training's (train_loader)
+        _check_schemes_have_targets(data, self._cache[key][1], warn=False)
         return self._cache[key]
 
     # -- model -----------------------------------------------------------------------------------
@@ -396,7 +413,8 @@ class NEDSFamily:
     def train_loader(self, cfg: RunConfig, rank: int, world_size: int) -> NEDSLoader:
         from spikefm.data.windows import WindowBatcher
 
-        windows, _, arrays = self.prepared(cfg.data)
+        windows, mods, arrays = self.prepared(cfg.data)
+        _check_schemes_have_targets(cfg.data, mods)
         batcher = WindowBatcher(windows, batch_size=cfg.train.micro_batch_size(world_size), seed=cfg.train.seed,
                                 split="train", rank=rank, world_size=world_size)
         return NEDSLoader(batcher, windows, arrays, cfg.train.seed, rank)
@@ -556,6 +574,11 @@ class NEDSFamily:
         labels = ";".join(f"{k}=" + ",".join(repr(float(v)) for v in vals) for k, vals in mods["labels"].items())
         common = dict(corpus=str(corpus), sessions=session_id, behavior=behavior, labels=labels)
         if from_scratch:
+            # a new model: only the pretrained run's channels the session holds (a fine-tuned one
+            # keeps them all, for the core's heads; resolve_modalities warns about the others)
+            held = set(_corpus(dataclasses.replace(pre.data, corpus=str(corpus))).session(session_id)
+                       .get("behavior_names") or ())
+            common["behavior"] = ",".join(c for c in mods["channels"] if c in held)
             data = dataclasses.replace(pre.data, **common, init_from="", freeze_core=False)
         else:
             data = dataclasses.replace(pre.data, **common, init_from=str(Path(run_dir).resolve()),

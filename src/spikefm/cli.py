@@ -514,8 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--out", default=None, help="results.json")
     e.add_argument("--split", default=None, choices=["train", "val", "test"],
-                   help="token models: corpus split to score (train or test; default test); masked "
-                        "models: the run's test windows (default) or val windows (to choose settings)")
+                   help="token models (ar): the corpus split to score, train or test (default test; "
+                        "a corpus has no val split); masked models (ndt, neds): the run's test windows "
+                        "(default) or val windows (to choose settings)")
     e.add_argument("--max-tokens", type=_positive_int, default=None,
                    help="token models: score only the first rows, cut at whole bins once this many tokens "
                         "are reached (up to one bin, units + 1 tokens, more)")
@@ -558,11 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--freeze-core", action="store_true", help="train the session parameters only")
     mode.add_argument("--from-scratch", action="store_true",
                       help="single-session baseline: RUN_DIR's settings, random initialisation")
-    f.add_argument("--steps", type=_positive_int, default=1500, help="maximum optimizer steps of each candidate")
+    f.add_argument("--steps", type=_positive_int, default=1500,
+                   help="maximum optimizer steps of each candidate (default %(default)s)")
     f.add_argument("--eval-every", type=_positive_int, default=250,
-                   help="steps between validation evaluations (early stopping)")
+                   help="steps between validation evaluations (early stopping; default %(default)s)")
     f.add_argument("--patience", type=_positive_int, default=3,
-                   help="evaluations without improvement before stopping")
+                   help="evaluations without improvement before stopping (default %(default)s)")
     f.add_argument("--select", default=None, choices=["lowest", "one-se"],
                    help="how auto picks its candidate: the lowest validation loss, or one-se: the most "
                         "constrained (frozen, unfreeze, full) within one standard error of it "

@@ -237,6 +237,10 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
     ``auto`` also ranks the greedy weight average of its pretrained candidates (default the
     family's ``finetune_soup``).
 
+    The budget defaults here (``steps=500``, ``eval_every=50``, ``patience=3``) are this
+    function's, which the studies call with their own values; ``spikefm finetune`` passes 1,500 /
+    250 / 3, the budget its README tables measure: pass those for the same result as the command.
+
     Returns:
         The chosen run's early-stopping summary (best step, best validation loss, history, ...).
     """

@@ -159,6 +159,15 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     assert z["counts"].shape == (session["num_units"], 6) and z["counts"].dtype == np.uint8
     assert z["real"].shape == (session["num_units"], 6) and z["prompt"].shape[1] == 2
     assert int(z["bin_ms"]) == corpus.manifest["bin_ms"]  # the report's time axis reads it
+    # a prompt that ends at (or near) the session's end: said, and the .npz holds what real bins there are
+    end = session["num_bins"]
+    for start, real_bins in ((end - 4, 2), (end - 2, 0)):
+        with pytest.warns(RuntimeWarning, match=f"ends {real_bins} bin"):
+            assert cli_main(["generate", str(trained_run), "--units", str(session["num_units"]), "--bins", "6",
+                             "--prompt", f"{synth_corpus}:{session['session_id']}:{start}", "--prompt-bins", "2",
+                             "--out", str(tmp_path / "end.npz")]) == 0
+        with np.load(tmp_path / "end.npz") as e:
+            assert ("real" in e) == bool(real_bins) and (not real_bins or e["real"].shape[1] == real_bins)
     assert out.with_suffix(".png").stat().st_size > 1000
     rc = cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--prompt",
                    f"{synth_corpus}:{session['session_id']}:0", "--out", str(tmp_path / "x.npz")])

@@ -306,6 +306,23 @@ def test_eval_of_a_run_and_of_its_hugging_face_export_agree(data, ar_run, tmp_pa
     hf_res = json.loads((tmp_path / "hf.json").read_text())
     assert hf_res["family"] == "ar" and hf_res["seq_len"] == 64 and set(hf_res["results"]) == {"model", "oracle"}
     assert hf_res["results"]["model"] == run_res["results"]["model"]  # same weights, same tokens
+    # without --seq-len the folder is scored with the context save_hf recorded (it was 512: other
+    # windows, other numbers than the run's)
+    assert main(["eval", str(tmp_path / "hf"), "--data", corpus, "--max-tokens", "3000",
+                 "--out", str(tmp_path / "hf2.json"), "--quiet"]) == 0
+    hf2 = json.loads((tmp_path / "hf2.json").read_text())
+    assert hf2["seq_len"] == run_res["seq_len"] and hf2["results"]["model"] == run_res["results"]["model"]
+    # a folder from elsewhere (no recorded context) with fewer positions than 512: scored within them
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config.pop("spikefm_train_seq_len")
+    config["max_position_embeddings"] = 48
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert main(["eval", str(tmp_path / "hf"), "--data", corpus, "--max-tokens", "3000",
+                 "--out", str(tmp_path / "hf3.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "hf3.json").read_text())["seq_len"] == 48
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "hf"), "--data", corpus, "--seq-len", "64", "--quiet"]) == 2
+    assert "--seq-len 64 exceeds" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "hf"), "--data", corpus, "--tasks", "co-smoothing"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("spikefm: error: --tasks does not apply to a 'ar' run")
@@ -570,3 +587,24 @@ def test_ar_scores_of_an_empty_split_are_refused(ar_run, tmp_path, nwb_factory, 
                        "sessions, a larger --test-fraction, or --split row)"), err
     assert not (tmp_path / "r.json").exists()
     assert main(["ngram", "--data", str(tmp_path / "one"), "--order", "2", "--split", "train", "--quiet"]) == 0
+
+
+def test_generate_names_a_foreign_model_folder_and_refuses_an_oversized_seed(ar_run, tmp_path, capsys):
+    """A Hugging Face folder of another model type read 'is a None run'; a seed beyond a torch
+    generator's range was a bare 'Overflow when unpacking long long'."""
+    from spikefm.families.ar.hf import save_hf
+
+    save_hf(load_model(ar_run), tmp_path / "gpt2")
+    config = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+    config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "gpt2"), "--units", "3", "--bins", "2",
+                 "--out", str(tmp_path / "g.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a model of type 'gpt2', not a spikefm run or a Hugging Face Llama folder" in err, err
+    with pytest.raises(SystemExit) as info:
+        main(["generate", str(ar_run), "--units", "3", "--bins", "2", "--seed", str(2**70),
+              "--out", str(tmp_path / "g.npz")])
+    assert info.value.code == 2 and "a torch generator's seed" in capsys.readouterr().err
+    assert not (tmp_path / "g.npz").exists()

@@ -338,6 +338,19 @@ def test_generate_rejects_bad_arguments():
         generate(model, NUM_UNITS, 1, prompt_tokens=prompt_BL, batch_size=4)
 
 
+@pytest.mark.parametrize("use_kv_cache", [True, False])
+def test_generate_refuses_a_model_whose_logits_are_not_finite(use_kv_cache):
+    """NaN weights gave NaN logits, which sampling turned into token 0 at every position: a
+    'generated' matrix of zeros, written without a word (eval refuses such a model)."""
+    model = Llama(CFG).eval()
+    with torch.no_grad():
+        model.norm.weight.fill_(float("nan"))
+    for temperature, top_k in ((1.0, None), (0.0, None), (1.0, 3)):
+        with pytest.raises(ValueError, match="logits were not finite"):
+            generate(model, NUM_UNITS, 2, temperature=temperature, top_k=top_k,
+                     generator=torch.Generator().manual_seed(0), use_kv_cache=use_kv_cache)
+
+
 # ------------------------------------------------------------------ configuration errors
 
 

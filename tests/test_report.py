@@ -374,6 +374,11 @@ def test_generated_rasters_use_the_recorded_bin_width_and_one_grey_scale(tmp_pat
         assert len(shades) == 1, (count, shades)
     assert int(levels[1][gen_full == 40][0]) == 255 and int(levels[0][real_full == 3][0]) < 100
 
+    np.savez(tmp_path / "empty.npz", counts=gen, prompt=prompt, real=real[:, :0])  # prompt at the end
+    page = Page("t")
+    generation_panel(page.section("gen", "Generated"), tmp_path / "empty.npz")
+    assert len([s for s in page.data.values() if s["kind"] == "raster"]) == 1  # the generated one
+
     np.savez(tmp_path / "old.npz", counts=gen)  # written before generate recorded bin_ms
     page = Page("t")
     generation_panel(page.section("gen", "Generated"), tmp_path / "old.npz")

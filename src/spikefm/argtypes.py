@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_int", "nonnegative_int", "positive_int_at_most", "finite_float", "positive_float", "nonnegative_float", "fraction",
+__all__ = ["positive_int", "nonnegative_int", "torch_seed", "positive_int_at_most", "finite_float", "positive_float", "nonnegative_float", "fraction",
            "int_list", "units_range"]
 
 
@@ -28,6 +28,14 @@ def nonnegative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def torch_seed(text: str) -> int:
+    """A seed for a torch random generator: an integer in [0, 2**63)."""
+    value = nonnegative_int(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63) (a torch generator's seed), got {value}")
     return value
 
 

@@ -524,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token models: also fit and score these n-gram baselines, e.g. 1,9")
     e.add_argument("--max-train-tokens", type=_positive_int, default=None)
     e.add_argument("--seq-len", type=_positive_int, default=None,
-                   help="context of a Hugging Face model (runs use their own; default 512)")
+                   help="context of a Hugging Face model (runs use their own; default: the training "
+                        "context save_hf recorded in its config.json, else 512 within the model's limit)")
     e.add_argument("--tasks", default=None,
                    help="masked models: comma-separated benchmark tasks (ndt default: co-smoothing, "
                         "forward-prediction, forward-prediction-walk, inter-region, intra-region, "

@@ -747,6 +747,8 @@ def generation_panel(sec: Section, path: Path, *, bin_ms: int | None = None) -> 
     gen = arrays["counts"].astype(np.float64)
     prompt = arrays.get("prompt")
     real = arrays.get("real")
+    if real is not None and real.size == 0:  # a prompt at the session's end: nothing followed it
+        real = None
     P = 0 if prompt is None else prompt.shape[1]
     sec.heading(f"Generated activity ({path.name})")
     dt, x_label = (bin_ms / 1000, "time (s)") if bin_ms else (1.0, "time (bins; width not recorded)")

@@ -8,6 +8,7 @@ import argparse
 
 from spikefm.argtypes import finite_float as _finite_float
 from spikefm.argtypes import positive_int as _positive_int
+from spikefm.argtypes import torch_seed
 from spikefm.families import FamilyCommand
 from spikefm.fileio import check_output_file
 
@@ -61,7 +62,7 @@ def _generate_arguments(g: argparse.ArgumentParser) -> None:
                    help="bins of --prompt that start the generation (default 25)")
     g.add_argument("--temperature", type=_finite_float, default=1.0)
     g.add_argument("--top-k", type=_positive_int, default=None)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=torch_seed, default=0, help="sampling seed (default 0)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="where to sample (default cpu: the same seed gives the same spikes on "
                         "every machine; cuda decodes through one CUDA graph per token, much "

@@ -165,6 +165,10 @@ class ARFamily:
         info = read_run_info(path)
         if "family" not in info and self.claims_folder(info):
             return self.load_foreign(path, device=device).eval(), None
+        if "family" not in info:  # a model folder from elsewhere, not a Llama
+            kind = info.get("model_type") or ", ".join(map(str, info.get("architectures") or [])) or "unknown"
+            raise ValueError(f"{path} holds a model of type {kind!r}, not a spikefm run or a Hugging Face "
+                             f"Llama folder (model_type 'llama'); generation and scoring need one of those")
         if info.get("family") != self.name:
             raise ValueError(f"{path} is a {info.get('family')!r} run; expected an autoregressive "
                              f"({self.name}) run or a Hugging Face Llama folder")
@@ -256,8 +260,11 @@ class ARFamily:
                 warnings.warn(f"--seq-len {seq_len} applies to a Hugging Face folder; {run_dir} is scored with its own "
                               f"data.seq_len={cfg.data.seq_len}", RuntimeWarning, stacklevel=2)
             seq_len = cfg.data.seq_len
-        elif seq_len is None:
-            seq_len = 512
+        elif seq_len is None:  # a Hugging Face folder: the context save_hf recorded, else 512 (within its limit)
+            seq_len = getattr(model, "train_seq_len", None) or min(512, model.cfg.max_seq_len)
+        elif seq_len > model.cfg.max_seq_len:
+            raise ValueError(f"--seq-len {seq_len} exceeds {run_dir}'s max_position_embeddings "
+                             f"({model.cfg.max_seq_len}); pass --seq-len {model.cfg.max_seq_len} or less")
         if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
             raise ValueError(f"permutations must be an int >= 0, got {permutations!r}")
         results = {"model": evaluate_model(model, data, split=split, seq_len=seq_len, max_tokens=max_tokens,

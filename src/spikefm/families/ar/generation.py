@@ -28,7 +28,16 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
         raise ValueError(f"session {session_id} has {counts.shape[1]} bins; START_BIN {start} + "
                          f"{prompt_bins} prompt bins does not fit")
     real = counts[:, start + prompt_bins:start + prompt_bins + num_bins]
-    return counts[:, start:start + prompt_bins], real, int(corpus.manifest.get("bin_ms") or 0)
+    if real.shape[1] < num_bins:  # the session ends: compare with what there is, and say so
+        import warnings
+
+        warnings.warn(f"session {session_id} ends {real.shape[1]} bin(s) after the prompt, fewer than "
+                      f"--bins {num_bins}: " + ("no real bins to compare with (the .npz holds no "
+                      "'real')" if real.shape[1] == 0 else f"the real-vs-generated comparison uses "
+                      f"those {real.shape[1]}") + "; start the prompt earlier for a full comparison",
+                      RuntimeWarning, stacklevel=2)
+    return (counts[:, start:start + prompt_bins], real if real.shape[1] else None,
+            int(corpus.manifest.get("bin_ms") or 0))
 
 
 def _run_bin_ms(run_dir) -> int:
@@ -79,7 +88,9 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
             raise ValueError(f"--units {num_units} does not match the prompt session's "
                              f"{p_counts.shape[0]} units; pass --units {p_counts.shape[0]}")
         prompt_tokens = torch.from_numpy(tokenize(p_counts).astype(np.int64))[None]
-        arrays.update(prompt=p_counts, real=real)
+        arrays["prompt"] = p_counts
+        if real is not None:
+            arrays["real"] = real
     gen = torch.Generator(device=device).manual_seed(seed)
     tokens = generate(model, num_units, num_bins, prompt_tokens=prompt_tokens,
                       temperature=temperature, top_k=top_k, generator=gen)

@@ -255,8 +255,17 @@ def from_hf_config(config: dict) -> LlamaConfig:
         raise ValueError(f"unsupported Hugging Face Llama config: {exc}") from None
 
 
+#: config.json key (spikefm's own; transformers ignores it) holding the context length the model
+#: was trained with, which ``spikefm eval`` uses for the folder as it does for the run.
+TRAIN_SEQ_LEN_KEY = "spikefm_train_seq_len"
+
+
 def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
     """Write ``model`` as a Hugging Face ``LlamaForCausalLM`` folder.
+
+    A model loaded from a spikefm run (``ARFamily().load(run)``) also records its training
+    context (``data.seq_len``) under :data:`TRAIN_SEQ_LEN_KEY`, so ``spikefm eval`` scores the
+    folder with the windows it scores the run with (same numbers).
 
     Creates ``out_dir`` if needed and writes ``model.safetensors`` (HF key names, the model's
     parameter dtype) and then ``config.json``, each under a temporary name renamed into place,
@@ -281,7 +290,12 @@ def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
     dtype = model.tok_embeddings.weight.dtype
     write_atomic(out / WEIGHTS_NAME,
                  lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    text = json.dumps(to_hf_config(model.cfg, dtype), indent=2, sort_keys=True) + "\n"
+    config = to_hf_config(model.cfg, dtype)
+    run = getattr(model, "run_config", None)  # a model loaded from a spikefm run knows its context
+    context = getattr(getattr(run, "data", None), "seq_len", None) or getattr(model, "train_seq_len", None)
+    if isinstance(context, int) and 0 < context <= model.cfg.max_seq_len:
+        config[TRAIN_SEQ_LEN_KEY] = context  # spikefm eval scores the folder with it
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     write_atomic(out / CONFIG_NAME, lambda tmp: tmp.write_text(text))
     return out
@@ -428,4 +442,7 @@ def load_hf(path: str | os.PathLike, device: torch.device | str = "cpu",
     model.rope_cos_PE = torch.empty(cfg.max_seq_len, cfg.head_dim, device=device)
     model.rope_sin_PE = torch.empty(cfg.max_seq_len, cfg.head_dim, device=device)
     model.init_rope()
+    context = hf_config.get(TRAIN_SEQ_LEN_KEY)
+    if isinstance(context, int) and not isinstance(context, bool) and 0 < context <= cfg.max_seq_len:
+        model.train_seq_len = context  # written by save_hf: the context the model was trained with
     return model

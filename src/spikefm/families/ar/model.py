@@ -845,6 +845,9 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
         seq_BT[:, :prompt_len] = prompt_tokens
     allowed_V = torch.ones(vocab_size, dtype=torch.bool, device=device)
     allowed_V[SEPARATOR] = False
+    # rows whose logits were ever not finite (NaN weights sample token 0 forever); checked once at
+    # the end, so no step waits on the device
+    broken_B = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for pos in range(prompt_len, total):
         if (pos - prompt_len) % width == 0:
             seq_BT[:, pos] = SEPARATOR  # forced: no model call needed for this position
@@ -864,7 +867,12 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
                 stepper = _StepDecoder(model, cache, graph=mode == "graph")
         else:
             logits_BV = model(seq_BT[:, :pos], prefix_B2=prefix_B2)[:, -1]
+        broken_B |= ~(torch.isfinite(logits_BV) | ~allowed_V).all(dim=-1)
         seq_BT[:, pos] = _sample(logits_BV, allowed_V, temperature, top_k, generator)
+    if bool(broken_B.any()):
+        raise ValueError("the model's next-token logits were not finite (NaN or infinite) while "
+                         "sampling: its weights are damaged or its training diverged; nothing "
+                         "usable was generated (check the run's loss, or load another checkpoint)")
     return seq_BT[:, prompt_len:].clone()
 
 

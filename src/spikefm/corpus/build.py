@@ -251,6 +251,35 @@ def _list_of_lists(matrices: list[np.ndarray], value_type: pa.DataType) -> pa.Ch
     return pa.chunked_array(chunks, type=pa.list_(pa.list_(value_type)))
 
 
+def _note_what_the_grid_misses(rec: SessionRecord, t_start_ms: int, t_stop_ms: int, bin_ms: int) -> None:
+    """Notes (the build's warnings) for what the bin grid cannot show as recorded: unit-bins
+    outside their unit's ``obs_intervals`` (stored as 0 counts) and trials that start outside
+    the binned span (first to last spike; they are in no row)."""
+    num_bins = (t_stop_ms - t_start_ms) // bin_ms
+    if rec.obs_intervals is not None:
+        centres = (t_start_ms + bin_ms * (np.arange(num_bins) + 0.5)) / 1000.0
+        unobserved = 0
+        for iv in rec.obs_intervals:
+            seen = np.zeros(num_bins, dtype=bool)
+            for a, b in iv:
+                seen |= (centres >= a) & (centres < b)
+            unobserved += int(num_bins - np.count_nonzero(seen)) if len(iv) else 0
+        if unobserved:
+            total = num_bins * rec.num_units
+            rec.notes.append(f"{unobserved:,} of {total:,} unit-bins ({unobserved / total:.1%}) lie outside "
+                             "their unit's obs_intervals (not recorded) and hold 0 counts in the corpus, "
+                             "which has no 'unobserved' value; select units or times observed throughout")
+    t0, t1 = t_start_ms / 1000.0, t_stop_ms / 1000.0
+    for name, cols in rec.trials.items():
+        start = np.asarray(cols["start_time"], dtype=np.float64)
+        stop = np.asarray(cols.get("stop_time", start), dtype=np.float64)
+        stop = np.where(np.isfinite(stop), stop, start)
+        out = np.isfinite(start) & ((start >= t1) | (stop < t0))
+        if out.any():
+            rec.notes.append(f"interval table '{name}': {int(out.sum())} of {start.size} row(s) lie outside "
+                             f"the binned span {t0:.6g}-{t1:.6g} s (first to last spike) and are in no row")
+
+
 def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
     """Bin one session and cut it into rows. Returns (table with ROW_SCHEMA, session metadata).
 
@@ -279,6 +308,7 @@ def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
     counts, num_clipped = bin_spikes(t, unit_index, rec.num_units, t_start_ms / 1000.0,
                                      t_stop_ms / 1000.0, bin_ms, return_num_clipped=True)
     num_units, num_bins = counts.shape
+    _note_what_the_grid_misses(rec, t_start_ms, t_stop_ms, bin_ms)
     beh_names, beh_rows = [], []
     for series in rec.behavior:
         names, values = resample_behavior(series, t_start_ms, num_bins, bin_ms)

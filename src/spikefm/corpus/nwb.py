@@ -4,18 +4,25 @@ What is read, and from where:
 
 - spikes: ``units.spike_times`` (the flat ragged array and its index, read in one go, no per-unit
   Python loop). Spike times must be finite and >= 0 (seconds from the session reference time).
-- each unit's brain region: the first units column among ``brain_region``, ``location``,
-  ``region``, ``brain_area``; otherwise the ``location`` of the unit's first electrode
-  (``units.electrodes`` -> ``electrodes.location``); otherwise its electrode group's location;
-  otherwise ``"unknown"``.
+  Times repeated within a unit are counted as stored, with a note (a sorter's duplicates?).
+  ``units.obs_intervals`` is read: bins outside a unit's observation intervals hold 0 counts in
+  the corpus (it has no "unobserved" value), and the build says how many there are.
+- each unit's brain region, unit by unit: the first units column among ``brain_region``,
+  ``location``, ``region``, ``brain_area`` that names one; otherwise the ``location`` of the
+  unit's first electrode (``units.electrodes`` -> ``electrodes.location``); otherwise its
+  electrode group's location; otherwise ``"unknown"`` (empty and ``"unknown"`` values fall
+  through to the next source).
 - subject and species: ``nwbfile.subject`` (``subject_id``, ``species``); the subject id falls back
   to the name of the folder holding the file, as the Neural Pile does.
 - session id: the file name without ``.nwb`` (the Neural Pile's convention), unless given.
-- trial tables: every table under ``intervals/`` (``trials`` included), numeric and string columns.
+- trial tables: every table under ``intervals/`` (``trials`` included), numeric and string columns
+  (ragged columns are left out, with a note; rows without a finite ``start_time`` too).
 - behaviour: ``TimeSeries`` found in processing modules named ``behavior``/``behaviour`` (any case,
   including those nested in BehavioralTimeSeries, Position, PupilTracking... containers) and
   behaviour containers in ``acquisition``. Raw voltage, images and event-code series are not
-  behaviour and are ignored. 2-D series become ``name_0``, ``name_1``...
+  behaviour and are ignored. 2-D series become ``name_0``, ``name_1``... Values are in the series'
+  unit: ``data * conversion + offset`` (times ``channel_conversion`` per column when given). A
+  second series of an existing name is kept as ``<container>_<name>``, with a note.
 """
 from __future__ import annotations
 
@@ -131,9 +138,11 @@ def _read_open_file(nwb, path, session_id, subject_id, source_dataset, provenanc
             f"{path}: no units table with spike_times; spikefm needs spike-sorted units "
             "(nwbfile.units) to build a corpus"
         )
-    spike_times, unit_index, num_units = _read_spikes(units, path)
+    notes: list[str] = []
+    spike_times, unit_index, num_units = _read_spikes(units, path, notes)
     unit_ids = [str(x) for x in np.asarray(units.id.data[:])]
     regions = _unit_regions(units, num_units)
+    obs_intervals = _obs_intervals(units, num_units)
 
     subject = nwb.subject
     species = _text(getattr(subject, "species", None)) if subject is not None else ""
@@ -150,7 +159,6 @@ def _read_open_file(nwb, path, session_id, subject_id, source_dataset, provenanc
     if compute_sha256:
         prov["sha256"] = sha256_file(path)
     prov.update(provenance or {})
-    notes: list[str] = []
     behavior = _read_behavior(nwb, path, notes)
     return SessionRecord(
         session_id=session_id,
@@ -161,15 +169,27 @@ def _read_open_file(nwb, path, session_id, subject_id, source_dataset, provenanc
         unit_index=unit_index,
         unit_ids=unit_ids,
         unit_regions=regions,
-        trials=_read_intervals(nwb),
+        trials=_read_intervals(nwb, notes),
         behavior=behavior,
         provenance=prov,
         license=license,
         notes=notes,
+        obs_intervals=obs_intervals,
     )
 
 
-def _read_spikes(units, path) -> tuple[np.ndarray, np.ndarray, int]:
+def _obs_intervals(units, num_units: int) -> list[np.ndarray] | None:
+    """Each unit's (k, 2) observation intervals in seconds, or None without the column."""
+    if "obs_intervals" not in units.colnames:
+        return None
+    out = []
+    for i in range(num_units):
+        iv = np.asarray(units["obs_intervals"][i], dtype=np.float64).reshape(-1, 2)
+        out.append(iv[np.all(np.isfinite(iv), axis=1)])
+    return out
+
+
+def _read_spikes(units, path, notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     times = np.asarray(units.spike_times.data[:], dtype=np.float64).reshape(-1)
     index = getattr(units, "spike_times_index", None)
     if index is None:
@@ -196,38 +216,55 @@ def _read_spikes(units, path) -> tuple[np.ndarray, np.ndarray, int]:
         )
     counts = np.diff(np.concatenate([[0], ends]))
     unit_index = np.repeat(np.arange(num_units, dtype=np.int64), counts)
+    if notes is not None and times.size > 1:
+        order = np.lexsort((times, unit_index))
+        same = (np.diff(times[order]) == 0) & (np.diff(unit_index[order]) == 0)
+        if same.any():
+            units_hit = np.unique(unit_index[order][1:][same]).size
+            notes.append(f"{int(same.sum())} spike time(s) repeat an earlier time of the same unit "
+                         f"({units_hit} unit(s)), a spike sorter's duplicates?; each is counted as stored")
     return times, unit_index, num_units
 
 
+def _named(value) -> str:
+    text = _text(value).strip()
+    return "" if text.lower() in ("", "unknown", "none", "nan", "n/a") else text
+
+
 def _unit_regions(units, num_units: int) -> list[str]:
+    """Each unit's region from the first source that names one (see the module docstring)."""
+    sources: list[list[str]] = []
     for col in UNIT_REGION_COLUMNS:
         if col in units.colnames:
-            values = [_text(v) for v in units[col].data[:]]
+            values = [_named(v) for v in units[col].data[:]]
             if len(values) == num_units:
-                return [v or "unknown" for v in values]
+                sources.append(values)
     if "electrodes" in units.colnames:
         try:
             # The column object itself: units["electrodes"] is its index when the column is ragged.
             region = units.electrodes
             table = region.table
-            if "location" in table.colnames:
-                locs = np.asarray([_text(v) for v in table["location"].data[:]], dtype=object)
-                rows = np.asarray(region.data[:], dtype=np.int64)
-                idx = getattr(units, "electrodes_index", None)
-                if idx is not None:  # ragged: several electrodes per unit, take the first
-                    ends = np.asarray(idx.data[:], dtype=np.int64)
-                    starts = np.concatenate([[0], ends[:-1]])
-                    first = np.where(ends > starts, rows[np.minimum(starts, len(rows) - 1)], -1)
-                else:
-                    first = rows
-                return [locs[i] if 0 <= i < len(locs) and locs[i] else "unknown" for i in first]
+            rows = np.asarray(region.data[:], dtype=np.int64)
+            idx = getattr(units, "electrodes_index", None)
+            if idx is not None:  # ragged: several electrodes per unit, take the first
+                ends = np.asarray(idx.data[:], dtype=np.int64)
+                starts = np.concatenate([[0], ends[:-1]])
+                first = np.where(ends > starts, rows[np.minimum(starts, len(rows) - 1)], -1)
+            else:
+                first = rows
+            # the electrode's location, then its group's
+            for locs in ([_named(v) for v in table["location"].data[:]] if "location" in table.colnames else None,
+                         [_named(getattr(g, "location", "")) for g in table["group"].data[:]]
+                         if "group" in table.colnames else None):
+                if locs is not None:
+                    sources.append([locs[i] if 0 <= i < len(locs) else "" for i in first])
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
             warnings.warn(f"could not read unit regions from units.electrodes ({exc}); "
                           "trying electrode groups")
     if "electrode_group" in units.colnames:
-        groups = units["electrode_group"].data[:]
-        return [_text(getattr(g, "location", "")) or "unknown" for g in groups]
-    return ["unknown"] * num_units
+        sources.append([_named(getattr(g, "location", "")) for g in units["electrode_group"].data[:]])
+    return [next((src[i] for src in sources if i < len(src) and src[i]), "unknown")
+            for i in range(num_units)]
 
 
 def _column_values(col) -> np.ndarray | None:
@@ -251,19 +288,29 @@ def _column_values(col) -> np.ndarray | None:
     return None
 
 
-def _read_intervals(nwb) -> dict[str, dict[str, np.ndarray]]:
+def _read_intervals(nwb, notes: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
     tables = {}
+    notes = [] if notes is None else notes
     for name, table in (nwb.intervals or {}).items():
-        cols = {}
-        ragged = {c for c in table.colnames if f"{c}_index" in table.colnames}
+        cols, left = {}, []
         for c in table.colnames:
-            if c in ragged or c.endswith("_index"):
+            if c.endswith("_index"):
                 continue
             values = _column_values(table[c])
             if values is not None:
                 cols[c] = values
-        if "start_time" in cols:
-            tables[name] = cols
+            else:
+                left.append(c)
+        if "start_time" not in cols:
+            continue
+        tables[name] = cols
+        if left:
+            notes.append(f"interval table '{name}': column(s) {', '.join(left)} left out (ragged or "
+                         "not numbers / text: the corpus keeps one value per trial)")
+        no_start = int(np.count_nonzero(~np.isfinite(np.asarray(cols["start_time"], dtype=np.float64))))
+        if no_start:
+            notes.append(f"interval table '{name}': {no_start} row(s) without a finite start_time are "
+                         "not in any corpus row")
     return tables
 
 
@@ -332,16 +379,36 @@ def _read_behavior(nwb, path, notes: list[str] | None = None) -> list[BehaviorSe
                 f"{path}: behaviour series '{name}' has decreasing timestamps; "
                 "timestamps must be sorted in time"
             )
-        if name in seen:
-            continue
+        if name in seen:  # e.g. Position/position and BehavioralTimeSeries/position
+            parent = getattr(getattr(ts, "parent", None), "name", "") or "series"
+            new, k = f"{parent}_{name}", 2
+            while new in seen:
+                new, k = f"{parent}_{name}_{k}", k + 1
+            notes.append(f"behaviour series '{name}' of {parent} kept as '{new}' (another series "
+                         f"is called '{name}')")
+            name = new
         seen.add(name)
-        out.append(BehaviorSeries(name=name, timestamps_s=t, values=data.astype(np.float64)))
+        values = data.astype(np.float64)
+        channel = getattr(ts, "channel_conversion", None)
+        if channel is not None and values.ndim == 2:
+            channel = np.asarray(channel[:], dtype=np.float64).reshape(-1)
+            if channel.size == values.shape[1]:
+                values = values * channel[None, :]
+        values = values * float(getattr(ts, "conversion", 1.0) or 1.0) + float(getattr(ts, "offset", 0.0) or 0.0)
+        out.append(BehaviorSeries(name=name, timestamps_s=t, values=values))
     return out
+
+
+#: A stretch between two finite samples longer than this many times the series' median sampling
+#: interval is a gap (no samples, or NaN samples): bins whose centre falls in it are NaN.
+GAP_FACTOR = 5.0
 
 
 def resample_behavior(series: BehaviorSeries, t_start_ms: int, num_bins: int,
                       bin_ms: int) -> tuple[list[str], np.ndarray]:
-    """Linear interpolation of a series at the bin centres; NaN outside its recorded range.
+    """Linear interpolation of a series at the bin centres, between its finite samples; NaN
+    outside the span of its finite samples and inside gaps (two consecutive finite samples more
+    than :data:`GAP_FACTOR` x the median interval apart: missing or NaN samples are not filled in).
 
     Returns:
         names (one per dimension) and a (num_dims, num_bins) float32 array.
@@ -349,16 +416,22 @@ def resample_behavior(series: BehaviorSeries, t_start_ms: int, num_bins: int,
     centres = (t_start_ms + bin_ms * (np.arange(num_bins) + 0.5)) / 1000.0
     values = series.values if series.values.ndim == 2 else series.values[:, None]
     t = series.timestamps_s
-    outside = (centres < t[0]) | (centres > t[-1])
     rows = []
     for d in range(values.shape[1]):
         v = values[:, d]
         ok = np.isfinite(v)
         if ok.sum() == 0:
-            row = np.full(num_bins, np.nan)
-        else:
-            row = np.interp(centres, t[ok], v[ok])
-            row[outside] = np.nan
+            rows.append(np.full(num_bins, np.nan))
+            continue
+        tf, vf = t[ok], v[ok]
+        row = np.interp(centres, tf, vf)
+        hidden = (centres < tf[0]) | (centres > tf[-1])
+        if tf.size > 2:
+            steps = np.diff(tf)
+            limit = GAP_FACTOR * float(np.median(steps))
+            left = np.clip(np.searchsorted(tf, centres, side="right") - 1, 0, steps.size - 1)
+            hidden |= (steps[left] > limit) & (centres > tf[left]) & (centres < tf[left + 1])
+        row[hidden] = np.nan
         rows.append(row)
     names = [series.name] if series.values.ndim == 1 else [
         f"{series.name}_{d}" for d in range(values.shape[1])]

@@ -38,6 +38,8 @@ class SessionRecord:
         license: licence string when known, else ``""``.
         notes: one line per thing of the file that was left out (a behaviour series of an
             unusable shape or type), for the build to show as warnings.
+        obs_intervals: per unit, the (k, 2) [start, stop) seconds it was observed
+            (``units.obs_intervals``), or None when the file does not say (observed throughout).
     """
 
     session_id: str
@@ -53,6 +55,7 @@ class SessionRecord:
     provenance: dict = field(default_factory=dict)
     license: str = ""
     notes: list[str] = field(default_factory=list)
+    obs_intervals: list[np.ndarray] | None = None
 
     @property
     def num_units(self) -> int:

@@ -379,6 +379,10 @@ def test_run_benchmark_end_to_end_on_corpus_windows(corpus_windows, tmp_path):
     assert res["tasks"]["forward-prediction"]["num_evaluated"] == res["num_test_windows"] * 10 * 6
     assert res["tasks"]["forward-prediction-walk"]["num_evaluated"] == res["num_test_windows"] * 75 * 6
     assert res["tasks"]["choice-decoding"]["method"] == "nested-cv"
+    e = res["tasks"]["choice-decoding"]
+    table = format_benchmark_table({"m": res})  # the fallback is said beside the numbers
+    assert (f"choice-decoding: only {e['n_test']} test window(s), so the decoder is scored by {e['cv_folds']}-fold "
+            f"cross-validation over all {e['n_train'] + e['n_test']} windows") in table
     json.dumps(res)  # results go into run directories as JSON
     # single-region sessions skip the region tasks
     one = dataclasses.replace(w, unit_regions=["CA1"] * 6, region_ids=np.zeros(6, dtype=np.int64))

@@ -866,6 +866,12 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
             rows.append(row + ["-"] * (len(columns) - len(models)))
     skipped = {t: r for res in results_by_model.values() for t, r in res.get("skipped", {}).items()}
     footer = [f"skipped {t}: {reason}" for t, reason in skipped.items()]
+    nested = {t: e for res in results_by_model.values() for t, e in res.get("tasks", {}).items()
+              if isinstance(e, dict) and e.get("method") == "nested-cv"}
+    for t, e in nested.items():  # not a held-out test: say so beside the numbers
+        footer.append(f"{t}: only {e.get('n_test')} test window(s), so the decoder is scored by "
+                      f"{e.get('cv_folds')}-fold cross-validation over all {e.get('n_train', 0) + e.get('n_test', 0)} "
+                      "windows, the model's training windows among them (not a held-out test)")
     if any(e.get("chunks") for res in results_by_model.values() for e in res.get("tasks", {}).values()):
         footer.append(f"bins a-b: each chunk's bps_pooled [95 % interval over the "
                       f"{scored_unit(results_by_model.values())} (jackknife)]")

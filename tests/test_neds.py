@@ -333,3 +333,22 @@ def test_cli_default_neds_run_is_the_benchmarked_recipe():
     # a documented option still reaches the run
     cfg = run_config("neds", preset=None, corpus="C", overrides=["data.window_bins=100", "data.pre_ms=500"])
     assert (cfg.data.window_bins, cfg.data.pre_ms) == (100, 500)
+
+
+def test_label_values_outside_the_runs_classes_are_said():
+    """A held-out session's block prior 0.2, which the pretraining sessions never had, was
+    dropped from fine-tuning and from the scores without a word (chance 0.5 over 2 classes where
+    the test windows held 3)."""
+    from types import SimpleNamespace
+
+    from spikefm.families.neds.batches import session_arrays
+
+    split = np.array(["train"] * 6 + ["test"] * 2)
+    w = SimpleNamespace(num_windows=8, num_bins=4, behavior=None, behavior_names=[], session_id="ses",
+                        labels={"block_prior": np.array([0.5, 0.8, 0.2, 0.5, 0.2, 0.8, 0.2, 0.5])},
+                        indices=lambda s: np.flatnonzero(split == s))
+    mods = Modalities(channels=(), labels=(("block_prior", (0.5, 0.8)),))
+    with pytest.warns(RuntimeWarning, match=r"session 'ses': 3 of 8 window\(s\) have block_prior 0.2, not "
+                                            r"among the run's classes 0.5, 0.8"):
+        a = session_arrays(w, mods)
+    np.testing.assert_array_equal(a.labels_KJ[:, 0], [0, 1, -1, 0, -1, 1, -1, 0])

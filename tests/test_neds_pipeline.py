@@ -396,8 +396,18 @@ def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetun
         seen.update(probe_fit=np.asarray(fit_idx).copy(), probe_test=np.asarray(te).copy())
         return real_probe(hidden, a, fit_idx, te, mods)
 
+    from spikefm.eval import rrr
+
+    fitted_rows = []  # rows of the held-out session in every GLM / RRR fit (encoders and decoders)
+    real_fit = rrr.MultiSessionRRR.fit
+
+    def spy_fit(self, X, Y, *a, **k):
+        fitted_rows.append(len(X[held_out]) if held_out in X else None)
+        return real_fit(self, X, Y, *a, **k)
+
     monkeypatch.setattr(ev, "_decoders", spy)
     monkeypatch.setattr(ev, "neds_probe", spy_probe)
+    monkeypatch.setattr(rrr.MultiSessionRRR, "fit", spy_fit)
     res = ev.evaluate_run(str(out), str(corpus_dir), tasks=["encoding", "decoding"], split="val")
     w = ev.run_windows(out, Corpus(corpus_dir))[held_out]
     val, train = w.indices("val"), w.indices("train")
@@ -406,6 +416,11 @@ def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetun
     np.testing.assert_array_equal(seen["probe_test"], val)
     assert set(seen["probe_fit"]) == set(train)  # the hidden-state probe never sees a val window either
     assert set(seen["train"]) | set(seen["val"]) == set(train) and not set(seen["train"]) & set(seen["val"])
+    # the penalty-choosing windows (train's last eighth) are never among the fitted ones: a fit on
+    # all train windows chose the smallest penalty every time (linear encoding -0.224 vs 0.001 bps)
+    # (encoders and behaviour decoders fit one row per bin, label decoders one per window)
+    assert fitted_rows and None not in fitted_rows
+    assert max(fitted_rows) <= len(seen["train"]) * w.num_bins, (fitted_rows, len(seen["train"]))
     truth = ev._truth(Corpus(corpus_dir), w)
     assert np.isclose(res["results"]["encoding"]["oracle"]["bps_pooled"],
                       bps_pooled(truth["rates_KTN"][val], w.counts[val].astype(float)))

@@ -122,12 +122,21 @@ def session_arrays(w, modalities: Modalities) -> SessionArrays:
         arr = w.labels.get(name)
         if arr is None:
             continue
+        other: dict[float, int] = {}
         for k in range(K):
             v = arr[k]
             if isinstance(v, (int, float)) and not math.isnan(v):
                 hit = [i for i, c in enumerate(values) if math.isclose(float(v), c, rel_tol=1e-9, abs_tol=1e-9)]
                 if hit:
                     labels[k, j] = hit[0]
+                else:
+                    other[float(v)] = other.get(float(v), 0) + 1
+        if other:  # e.g. a block prior the pretraining sessions never had
+            warnings.warn(f"session {w.session_id!r}: {sum(other.values())} of {K} window(s) have {name} "
+                          f"{', '.join(f'{v:g}' for v in sorted(other))}, not among the run's classes "
+                          f"{', '.join(f'{c:g}' for c in values)}: they are left out of training and of the "
+                          f"{name} scores (set data.labels={name}=... when pretraining to include them)",
+                          RuntimeWarning, stacklevel=2)
     return SessionArrays(behavior_KTC=z, labels_KJ=labels, mean_C=mean, sd_C=sd)
 
 

@@ -294,6 +294,7 @@ def _encoders(windows, arrays, sid, rank, idx, num_classes) -> dict[str, np.ndar
     w = windows[sid]
     X = {s: _enc_features(windows[s], arrays[s], num_classes) for s in windows}
     tr = {s: windows[s].indices("train") for s in windows}
+    tr[sid] = idx["train"]  # with --split val, the train windows less those that choose the penalty
     Xtr = {s: _rows(X[s][tr[s]]) for s in windows if tr[s].size}
     Ytr = {s: _rows(windows[s].counts[tr[s]].astype(np.float64)) for s in Xtr}
     Xval, Yval = _rows(X[sid][idx["val"]]), _rows(w.counts[idx["val"]].astype(np.float64))
@@ -362,12 +363,15 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
     # Multi-session RRR: per-session input maps, a shared output map, trained on every session's
     # train windows; penalty chosen on the target session's val windows.
     res = {"labels": {}, "behavior_KTC": None}
-    sessions = [s for s in windows if windows[s].indices("train").size]
+    # the target session fits on idx["train"]: with --split val, the train windows less those
+    # that choose the penalty (fitting on them too chose the smallest penalty every time)
+    fit_windows = {s: idx["train"] if s == sid else windows[s].indices("train") for s in windows}
+    sessions = [s for s in windows if fit_windows[s].size]
     val = idx["val"]
     for j, (lab, values) in enumerate(mods.labels):
         X, Y = {}, {}
         for s in sessions:
-            t = windows[s].indices("train")
+            t = fit_windows[s]
             y = arrays[s].labels_KJ[t, j]
             if (y >= 0).sum() >= 2:
                 X[s], Y[s] = _chunked(windows[s].counts[t][y >= 0]), y[y >= 0]
@@ -386,7 +390,7 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
     if C:
         X, Y = {}, {}
         for s in sessions:
-            t = windows[s].indices("train")
+            t = fit_windows[s]
             xs, ys = _rows(_lagged(windows[s].counts[t])), _rows(arrays[s].behavior_KTC[t])
             ok = ~np.isnan(ys).any(1)
             if ok.sum() > 10:

@@ -261,6 +261,9 @@ def test_deterministic_and_seed_sensitive(written, tmp_path):
         assert ia["identifier"] == ib["identifier"]
         assert all(np.array_equal(x, y) for x, y in zip(sa, sb)) and len(sa) == len(sb)
         assert ta.equals(tb)
+        # byte-identical too (hdmf's object ids were random uuid4s: every rerun changed the
+        # files' sha256, recorded in the corpus manifest)
+        assert p.read_bytes() == q.read_bytes()
     other = synth.synthesize(
         tmp_path / "other", **{**IBL, "num_sessions": 1, "num_families": 1, "seed": 12}
     )

@@ -20,8 +20,8 @@ Generative model (per session, 20 ms bins on edges ``k * 20 ms`` from the sessio
   the families are made to differ, not left to chance draws from one range: family ``f`` of ``K``
   takes its oscillator frequency and its stimulus (``ibl``) or go-cue (``motor``) response latency
   from the ``f``-th of ``K`` log-spaced bands of a wider range, and ``ibl`` sessions record two or
-  three regions of their family's three (a seeded rotation over the five, so neighbouring families
-  share one region). One family (the default) draws exactly as before.
+  three regions of their family's three (a seeded rotation over the five by two, so families f
+  and f+1 share one region; with three families it wraps and the third shares two with the first). One family (the default) draws exactly as before.
 * Each unit belongs to one region and reads out the shared latents (weighted by a region profile)
   plus its own region's private latents: ``log lambda_u(t) = bias_u + loadings_u @ z(t)``, where
   ``lambda`` is the expected count in the bin. The rate is constant inside each bin. Biases are
@@ -464,11 +464,23 @@ def _write_nwb(path: pathlib.Path, ses: "_Session", meta: dict) -> None:
                 kwargs["rate"] = b["rate"]
             module.add(TimeSeries(**kwargs))
 
+    _deterministic_object_ids(nwb)
     with warnings.catch_warnings():
         # `path` is write_atomic's temporary name; the file is renamed to *.nwb right after.
         warnings.filterwarnings("ignore", message=".*does not end in '.nwb'")
         with NWBHDF5IO(str(path), "w") as io:
             io.write(nwb)
+
+
+def _deterministic_object_ids(nwb) -> None:
+    """Give every container an object id derived from the file's identifier and the container's
+    place in the file (hdmf draws random uuid4s), so that a seed gives byte-identical files."""
+    import uuid
+
+    for i, obj in enumerate(nwb.all_children()):
+        ident = uuid.uuid5(uuid.NAMESPACE_URL, f"spikefm-synth/{nwb.identifier}/{i}/{type(obj).__name__}/{obj.name}")
+        obj._AbstractContainer__object_id = str(ident)  # hdmf keeps it in this private attribute
+    nwb.all_children()  # rebuild hdmf's id index with the new ids
 
 
 def _py(v):
@@ -610,7 +622,8 @@ def _make_family(preset: str, index: int, ss: np.random.SeedSequence, num_famili
 
 def _family_regions(preset: str, index: int, num_families: int, seed: int) -> tuple[str, ...]:
     """Regions a family's sessions record from: all of the preset's, or with several ``ibl``
-    families, three of the five per family (a seeded rotation, so neighbouring families share one)."""
+    families, three of the five per family (a seeded rotation by two: families f and f+1 share one
+    region; with three families the third wraps round and shares two with the first)."""
     all_regions = REGIONS[preset]
     if num_families == 1 or preset != "ibl":
         return tuple(all_regions)

@@ -166,6 +166,16 @@ def test_rerun_resumes_without_running_and_gives_identical_results(tiny_study, t
     assert {p: p.stat().st_mtime_ns for p in results} == stamps  # no job re-ran
     for key in ("table1", "table3", "figure4", "more_sessions"):
         assert again[key] == study[key]
+    # the ranking it made is the one rank-sessions makes: the same rank-sessions command resumes
+    # here without running a job (the scaling's settings were recorded, so it was refused)
+    from spikefm.experiments.rank_sessions import rank_sessions
+
+    before_rank = json.loads((out / "ranking.json").read_text())
+    ranked_again = rank_sessions(out, tiny_corpus, ["sub-ibl02_ses-003"], settings=TINY, seed=0,
+                                 executor=LocalExecutor(1, threads=1), progress=False, command="test")
+    assert {p: p.stat().st_mtime_ns for p in results} == stamps
+    assert ranked_again["rankings"] == before_rank["rankings"]
+    assert before_rank["settings"]["top_k"] == 3 and "sizes" not in before_rank["settings"]
     # a job whose result is gone (a killed run) is run again and reproduces the same numbers
     victim = next(p for p in results if p.parent.name.startswith("finetune-")
                   and json.loads(p.read_text())["spec"]["evaluate"])

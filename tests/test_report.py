@@ -405,3 +405,23 @@ def test_a_damaged_study_file_and_a_left_out_seed_are_said(tmp_path, capsys):
         text = build_report(study).html()
     assert "Results left out of this report" in text and "seed_2/results_ndt.json" in text
     assert "Evaluation, seed_1" in text
+
+
+def test_scaling_curves_show_their_sd_and_n_and_the_more_sessions_curves(tmp_path):
+    """The curves' s.d. (and, since 2026-12-06, n) were in a collapsed JSON block only, and the
+    more-sessions curves were never drawn, though the report is said to show mean ± s.d."""
+    study = {"study": "scaling", "command": "spikefm experiment scaling",
+             "curves": [{"name": "h ranked vs sessions", "x": [1, 2, 4], "y": [0.1, 0.2, 0.25],
+                         "sd": [0.01, 0.02, 0.03], "n": [3, 3, 2], "x_label": "pretraining sessions",
+                         "y_label": "co-smoothing", "log_x": True}],
+             "more_sessions": {"order": "random", "y": "improvement over single-session (%)",
+                               "curves": {"co-smoothing": {"x": [1, 2], "y": [5.0, 7.5], "sd": [1.5, 2.5],
+                                                           "n": [6, 6]}}}}
+    path = tmp_path / "scaling.json"
+    path.write_text(json.dumps(study))
+    page = build_report(path)
+    shown = {c[1]: c[3] for c in _parse(page.html()).cells}
+    assert shown["/curves/0/sd/2"] == "0.0300" and shown["/curves/0/n/2"] == "2"
+    assert shown["/more_sessions/curves/co-smoothing/y/1"] == "7.5000"
+    assert shown["/more_sessions/curves/co-smoothing/sd/1"] == "2.5000"
+    assert len([s for s in page.data.values() if s["kind"] == "xy"]) == 2

@@ -146,6 +146,11 @@ def log_linear_fit(x: Sequence[float], y: Sequence[float], x_full: float) -> dic
             "x_full": float(x_full), "predicted_full": float(intercept + slope * math.log10(x_full))}
 
 
+def _count(values: Sequence[float]) -> int:
+    """How many values :func:`_mean_sd` averages (finite ones): the n beside each mean ± s.d."""
+    return sum(1 for x in values if x is not None and math.isfinite(x))
+
+
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     import numpy as np
 
@@ -230,7 +235,7 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
                 full_pts = [p for p in pts if p["size"] == full_k]
                 x_full = _mean_sd([p[xkey] for p in full_pts])[0] if full_pts else (
                     float(full_k) if axis == "sessions" else float("nan"))
-                xs, ys, sds = [], [], []
+                xs, ys, sds, ns = [], [], [], []
                 for k in sizes:
                     at = [p for p in pts if p["size"] == k]
                     if at:
@@ -238,9 +243,10 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
                         m, s = _mean_sd([p["score"] for p in at])
                         ys.append(_clean(m))
                         sds.append(_clean(s))
+                        ns.append(_count([p["score"] for p in at]))
                 fit = log_linear_fit([p[xkey] for p in below], [p["score"] for p in below], x_full) \
                     if math.isfinite(x_full) else None
-                curve: dict[str, Any] = {"name": f"{h} {order} vs {axis}", "x": xs, "y": ys, "sd": sds,
+                curve: dict[str, Any] = {"name": f"{h} {order} vs {axis}", "x": xs, "y": ys, "sd": sds, "n": ns,
                                          "x_label": "pretraining sessions" if axis == "sessions" else
                                          "pretraining trials", "y_label": metric, "log_x": True}
                 if fit is not None:
@@ -280,7 +286,7 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
     order_ms = "random" if "random" in orders else orders[0]
     ms_curves = {}
     for t in tasks:
-        xs, ys, sds = [], [], []
+        xs, ys, sds, ns = [], [], [], []
         for k in sizes:
             vals = [s["improvement_pct"] for s in scores if s["order"] == order_ms and s["size"] == k
                     and s["task"] == t]
@@ -289,7 +295,8 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
                 xs.append(k)
                 ys.append(_clean(m))
                 sds.append(_clean(sd))
-        ms_curves[t] = {"x": xs, "y": ys, "sd": sds}
+                ns.append(_count(vals))
+        ms_curves[t] = {"x": xs, "y": ys, "sd": sds, "n": ns}
     return {"metric": metric, "full_size": full_k, "top_k": k_top, "table1": table1, "figure4": figure4,
             "curves": curves, "table3": table3,
             "more_sessions": {"order": order_ms, "y": "improvement over single-session (%)", "curves": ms_curves},
@@ -366,7 +373,14 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
                   "job_wall_s": round(sum(records[j]["timings"]["wall_s"] for j in all_jobs), 1),
                   "wall_s": round(time.perf_counter() - t0, 1), "machine": machine_info()}
         study = {"study": "scaling", **common, **{k: v for k, v in summary.items() if k != "scores"}}
-        write_json_atomic(out / "ranking.json", {"study": "rank-sessions", **common, **ranking})
+        # the ranking's own settings, as rank-sessions writes them: the same rank-sessions command
+        # then resumes in this folder (it was refused: the scaling's settings were recorded)
+        rank_settings = {**settings.to_dict(), "seed": seeds[0], "top_k": rank_top_k,
+                         "corpus": str(Path(corpus).resolve()), "held_out": held, "pretraining_sessions": pool}
+        rank_ids = {j.id for j in rjobs}
+        write_json_atomic(out / "ranking.json", {
+            "study": "rank-sessions", **common, "settings": rank_settings, "jobs": len(rank_ids),
+            "job_wall_s": round(sum(records[j]["timings"]["wall_s"] for j in rank_ids), 1), **ranking})
         _write_scaling_files(out, summary)
         plot_scaling(summary, out / "figure4.png")
         plot_task_curves(summary, out / "more_sessions.png")

@@ -107,6 +107,11 @@ def _generic(sec: Section, obj: dict, src: str, keys: tuple = ()) -> None:
         if k == "curves" and isinstance(v, list) and all(isinstance(c, dict) and "x" in c and "y" in c for c in v):
             for i, c in enumerate(v):
                 _curve(sec, c, src, (*keys, k, i))
+        elif k == "curves" and isinstance(v, dict) and v and \
+                all(isinstance(c, dict) and "x" in c and "y" in c for c in v.values()):
+            for name, c in v.items():  # named curves (scaling's more_sessions: one per task)
+                _curve(sec, {"x_label": "pretraining sessions", "y_label": str(obj.get("y", "y")),
+                             "log_x": True, **c, "name": str(name)}, src, (*keys, k, name))
         elif isinstance(v, list) and v and all(_flat(r) for r in v):
             _records(sec, str(k), v, src, (*keys, k))
         elif isinstance(v, dict) and v and all(_flat(r) for r in v.values()):
@@ -146,9 +151,14 @@ def _curve(sec: Section, c: dict, src: str, keys: tuple) -> None:
                          log_x=bool(c.get("log_x")), log_y=bool(c.get("log_y"))),
                f"{name}: measured points, the fit and its extrapolation (dashed).")
     sec.end_figures()
-    sec.table([str(c.get("x_label", "x")), str(c.get("y_label", "y"))],
-              [[Num(x, ".4g", src=src, path=pointer(*keys, "x", i)), Num(y, src=src, path=pointer(*keys, "y", i))]
-               for i, (x, y) in enumerate(zip(c["x"], c["y"]))], caption=name, key=f"curve-{name}")
+    # the spread and the count beside each mean, when the study records them (scaling curves)
+    extra = [k for k in ("sd", "n") if isinstance(c.get(k), list) and len(c[k]) == len(c["y"])]
+    sec.table([str(c.get("x_label", "x")), str(c.get("y_label", "y")),
+               *({"sd": "s.d.", "n": "n"}[k] for k in extra)],
+              [[Num(x, ".4g", src=src, path=pointer(*keys, "x", i)), Num(y, src=src, path=pointer(*keys, "y", i)),
+                *(Num(c[k][i], ".4g" if k == "n" else ".4f", src=src, path=pointer(*keys, k, i)) for k in extra)]
+               for i, (x, y) in enumerate(zip(c["x"], c["y"]))],
+              caption=name + (" (mean, s.d. and n over seeds)" if extra else ""), key=f"curve-{name}")
     if isinstance(c.get("fit"), dict):
         params = {k: v for k, v in c["fit"].items() if k not in ("x", "y", "label")}
         if params:

@@ -608,3 +608,17 @@ def test_generate_names_a_foreign_model_folder_and_refuses_an_oversized_seed(ar_
               "--out", str(tmp_path / "g.npz")])
     assert info.value.code == 2 and "a torch generator's seed" in capsys.readouterr().err
     assert not (tmp_path / "g.npz").exists()
+
+
+def test_an_empty_train_split_is_refused_for_fitting_with_advice_for_fitting():
+    from types import SimpleNamespace
+
+    from spikefm.families.ar.evaluate import require_rows
+
+    corpus = SimpleNamespace(path="c", sessions=[{}], manifest={"splits": {"train": {"num_rows": 0},
+                                                                           "test": {"num_rows": 3}}})
+    with pytest.raises(ValueError, match=r"^c: its train split has no rows \(its 1 session\(s\) are all in test\); "
+                                         r"the n-gram baselines are fitted on the train split: rebuild the corpus "
+                                         r"with a smaller --test-fraction"):
+        require_rows(corpus, "train", to="fit")
+    require_rows(corpus, "test")  # rows: nothing said

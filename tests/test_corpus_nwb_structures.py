@@ -141,3 +141,17 @@ def test_trials_outside_the_span_without_start_and_ragged_columns_are_said(tmp_p
     assert "interval table 'trials': 2 of 5 row(s) lie outside the binned span" in err
     (row,) = corpus.iter_rows("train")
     assert row.trials["trials"]["start_time"] == [12.0, 20.0]
+
+
+def test_repeated_timestamps_do_not_make_every_step_a_gap():
+    """With most steps 0 (each timestamp twice), the median interval was 0 and every real step a
+    'gap': 44 of 50 bins went NaN."""
+    from spikefm.corpus.nwb import resample_behavior
+    from spikefm.corpus.session import BehaviorSeries
+
+    t = np.repeat(np.arange(0, 2, 0.05), 2)
+    series = BehaviorSeries(name="x", timestamps_s=t, values=np.sin(t))
+    _, row = resample_behavior(series, 0, 50, 20)
+    centres = (20 * (np.arange(50) + 0.5)) / 1000.0
+    inside = centres <= t[-1]
+    assert np.isfinite(row[0][inside]).all() and np.isnan(row[0][~inside]).all()

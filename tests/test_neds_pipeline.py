@@ -522,6 +522,9 @@ def test_finetuning_to_a_session_without_the_pretrained_channels(pretrained, tmp
     summary = finetune(pretrained, tmp_path / "c", sid, out, freeze_core=True, steps=8, eval_every=4, patience=2)
     assert (out / "model.safetensors").is_file() and summary
     said = [str(w.message) for w in recwarn if "hold none of the pretrained run's channel" in str(w.message)]
-    assert said and "wheel_speed, whisker_motion_energy" in said[0]
-    res = evaluate_run(str(out), str(tmp_path / "c"), tasks=["encoding"], baselines=False)
+    assert len(said) == 1 and "wheel_speed, whisker_motion_energy" in said[0]
+    res = evaluate_run(str(out), str(tmp_path / "c"), tasks=["encoding", "decoding"], baselines=False)
     assert np.isfinite(res["results"]["encoding"]["neds"]["bps_pooled"])
+    # nothing of the session to decode: skipped with the reason (it was an empty table, exit 0)
+    assert "decoding" not in res["results"] and res["tasks"] == ["encoding"]
+    assert "holds none of the run's behaviour channels or trial labels" in res["results"]["skipped"]["decoding"]

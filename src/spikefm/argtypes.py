@@ -32,10 +32,10 @@ def nonnegative_int(text: str) -> int:
 
 
 def torch_seed(text: str) -> int:
-    """A seed for a torch random generator: an integer in [0, 2**63)."""
+    """A seed for a torch random generator: an integer in [0, 2**64)."""
     value = nonnegative_int(text)
-    if value >= 2**63:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63) (a torch generator's seed), got {value}")
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64) (a torch generator's seed), got {value}")
     return value
 
 

@@ -217,10 +217,14 @@ def _read_spikes(units, path, notes: list[str] | None = None) -> tuple[np.ndarra
     counts = np.diff(np.concatenate([[0], ends]))
     unit_index = np.repeat(np.arange(num_units, dtype=np.int64), counts)
     if notes is not None and times.size > 1:
-        order = np.lexsort((times, unit_index))
-        same = (np.diff(times[order]) == 0) & (np.diff(unit_index[order]) == 0)
+        same_unit = np.diff(unit_index) == 0  # unit_index is sorted: one run per unit
+        step = np.diff(times)
+        if (step[same_unit] < 0).any():  # some unit's times are not sorted: sort within units
+            order = np.lexsort((times, unit_index))
+            step = np.diff(times[order])
+        same = (step == 0) & same_unit
         if same.any():
-            units_hit = np.unique(unit_index[order][1:][same]).size
+            units_hit = np.unique(unit_index[1:][same]).size
             notes.append(f"{int(same.sum())} spike time(s) repeat an earlier time of the same unit "
                          f"({units_hit} unit(s)), a spike sorter's duplicates?; each is counted as stored")
     return times, unit_index, num_units
@@ -426,9 +430,9 @@ def resample_behavior(series: BehaviorSeries, t_start_ms: int, num_bins: int,
         tf, vf = t[ok], v[ok]
         row = np.interp(centres, tf, vf)
         hidden = (centres < tf[0]) | (centres > tf[-1])
-        if tf.size > 2:
-            steps = np.diff(tf)
-            limit = GAP_FACTOR * float(np.median(steps))
+        steps = np.diff(tf)
+        if (steps > 0).sum() >= 2:  # repeated timestamps (steps of 0) do not set the interval
+            limit = GAP_FACTOR * float(np.median(steps[steps > 0]))
             left = np.clip(np.searchsorted(tf, centres, side="right") - 1, 0, steps.size - 1)
             hidden |= (steps[left] > limit) & (centres > tf[left]) & (centres < tf[left + 1])
         row[hidden] = np.nan

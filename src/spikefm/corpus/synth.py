@@ -48,6 +48,7 @@ This module uses numpy, pynwb and h5py only (corpus/ never imports torch).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import pathlib
@@ -464,7 +465,10 @@ def _write_nwb(path: pathlib.Path, ses: "_Session", meta: dict) -> None:
                 kwargs["rate"] = b["rate"]
             module.add(TimeSeries(**kwargs))
 
-    _deterministic_object_ids(nwb)
+    # the settings the identifier names, and the spikes themselves (which every other option,
+    # --units, region tuning, choice signal, changes)
+    content = hashlib.sha256(np.ascontiguousarray(ses.spike_times).tobytes()).hexdigest()
+    _deterministic_object_ids(nwb, json.dumps(meta, sort_keys=True, default=str) + content)
     with warnings.catch_warnings():
         # `path` is write_atomic's temporary name; the file is renamed to *.nwb right after.
         warnings.filterwarnings("ignore", message=".*does not end in '.nwb'")
@@ -472,13 +476,13 @@ def _write_nwb(path: pathlib.Path, ses: "_Session", meta: dict) -> None:
             io.write(nwb)
 
 
-def _deterministic_object_ids(nwb) -> None:
-    """Give every container an object id derived from the file's identifier and the container's
-    place in the file (hdmf draws random uuid4s), so that a seed gives byte-identical files."""
-    import uuid
-
+def _deterministic_object_ids(nwb, settings: str) -> None:
+    """Give every container an object id derived from ``settings`` (the file's generator settings
+    and a digest of its spikes) and the container's place in the file (hdmf draws random uuid4s),
+    so that a seed gives byte-identical files and other settings other ids."""
+    base = uuid.uuid5(uuid.NAMESPACE_URL, f"spikefm-synth/{nwb.identifier}/{settings}")
     for i, obj in enumerate(nwb.all_children()):
-        ident = uuid.uuid5(uuid.NAMESPACE_URL, f"spikefm-synth/{nwb.identifier}/{i}/{type(obj).__name__}/{obj.name}")
+        ident = uuid.uuid5(base, f"{i}/{type(obj).__name__}/{obj.name}")
         obj._AbstractContainer__object_id = str(ident)  # hdmf keeps it in this private attribute
     nwb.all_children()  # rebuild hdmf's id index with the new ids
 

@@ -111,7 +111,8 @@ def _generic(sec: Section, obj: dict, src: str, keys: tuple = ()) -> None:
                 all(isinstance(c, dict) and "x" in c and "y" in c for c in v.values()):
             for name, c in v.items():  # named curves (scaling's more_sessions: one per task)
                 _curve(sec, {"x_label": "pretraining sessions", "y_label": str(obj.get("y", "y")),
-                             "log_x": True, **c, "name": str(name)}, src, (*keys, k, name))
+                             "log_x": True, "over": "held-out sessions and seeds", **c, "name": str(name)},
+                       src, (*keys, k, name))
         elif isinstance(v, list) and v and all(_flat(r) for r in v):
             _records(sec, str(k), v, src, (*keys, k))
         elif isinstance(v, dict) and v and all(_flat(r) for r in v.values()):
@@ -158,7 +159,8 @@ def _curve(sec: Section, c: dict, src: str, keys: tuple) -> None:
               [[Num(x, ".4g", src=src, path=pointer(*keys, "x", i)), Num(y, src=src, path=pointer(*keys, "y", i)),
                 *(Num(c[k][i], ".4g" if k == "n" else ".4f", src=src, path=pointer(*keys, k, i)) for k in extra)]
                for i, (x, y) in enumerate(zip(c["x"], c["y"]))],
-              caption=name + (" (mean, s.d. and n over seeds)" if extra else ""), key=f"curve-{name}")
+              caption=name + (f" (mean, s.d. and n over {c.get('over', 'seeds')})" if extra else ""),
+              key=f"curve-{name}")
     if isinstance(c.get("fit"), dict):
         params = {k: v for k, v in c["fit"].items() if k not in ("x", "y", "label")}
         if params:

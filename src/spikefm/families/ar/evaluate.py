@@ -53,15 +53,19 @@ def score_tokens(model, tokens: np.ndarray, seq_len: int, *, device="cpu",
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def require_rows(corpus: Corpus, split: str) -> None:
-    """Refuse a split with no rows (it would score nothing: a table of dashes, exit 0)."""
+def require_rows(corpus: Corpus, split: str, *, to: str = "score") -> None:
+    """Refuse a split with no rows: scoring it would give a table of dashes (exit 0), fitting
+    the n-grams on an empty train split would give nothing to score with."""
     splits = corpus.manifest.get("splits") or {}
     if int((splits.get(split) or {}).get("num_rows", 0)) > 0:
         return
     other = "train" if split == "test" else "test"
     n = len(corpus.sessions)
-    raise ValueError(f"{corpus.path}: its {split} split has no rows (its {n} session(s) are all in "
-                     f"{other}); score --split {other}, or rebuild the corpus so that {split} gets "
+    found = f"{corpus.path}: its {split} split has no rows (its {n} session(s) are all in {other})"
+    if to == "fit":
+        raise ValueError(f"{found}; the n-gram baselines are fitted on the train split: rebuild the "
+                         "corpus with a smaller --test-fraction or more sessions")
+    raise ValueError(f"{found}; score --split {other}, or rebuild the corpus so that {split} gets "
                      "some (more sessions, a larger --test-fraction, or --split row)")
 
 
@@ -113,7 +117,7 @@ def fit_ngram(corpus: Corpus, order: int, *, alpha: float = 1.0,
               max_train_tokens: int | None = None, progress: bool = False):
     from spikefm.families.ar.ngram import NGramModel
 
-    require_rows(corpus, "train")
+    require_rows(corpus, "train", to="fit")
     rows = (tokenize(r.spike_counts) for r in corpus.iter_rows("train", with_extras=False))
     return NGramModel(order=order, alpha=alpha).fit(rows, max_tokens=max_train_tokens,
                                                     progress=progress)

@@ -500,6 +500,11 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
         names = [t for t in names if t != "decoding"]
         skipped["decoding"] = ("the run has no behaviour channels or trial labels to decode (the corpus "
                                "records none for its sessions)")
+    elif "decoding" in names and not (np.isfinite(a.behavior_KTC).any() or (a.labels_KJ >= 0).any()):
+        # a run fine-tuned to a session without the pretrained run's channels and labels keeps them
+        names = [t for t in names if t != "decoding"]
+        skipped["decoding"] = (f"session {session!r} holds none of the run's behaviour channels or trial "
+                               "labels, so there is nothing of it to decode")
     if "decoding" in names:
         # One pass over the fit and test windows: the heads' test outputs, and every hidden state
         # the probe is fitted on (fit windows) and scored on (test windows).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,29 @@ def test_unknown_tasks_are_refused_before_a_study_makes_anything(tmp_path, capsy
     assert main(["experiment", "transfer", "--out", str(out), "--seeds", "1", "--tasks", "teleport"]) == 2
     assert capsys.readouterr().err.strip().startswith("spikefm: error: unknown task 'teleport'")
     assert not out.exists() or not any(out.rglob("*.nwb"))
+
+
+def test_a_plugin_family_missing_members_or_taking_a_built_in_name_is_refused(monkeypatch, recwarn):
+    """A family without loss (or any member the loop calls) failed as an internal error after
+    config.json and metrics.jsonl were written; register('ndt', ...) silently replaced the NDT
+    for every existing ndt run; an entry point named like a built-in was silently ignored."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _toy_family import ToyFamily
+
+    del_loss = type("NoLoss2", (ToyFamily,), {"name": "noloss"})
+    monkeypatch.delattr(ToyFamily, "flops_per_batch")  # the base class loses a member for this test
+    families.register("noloss", del_loss)
+    try:
+        with pytest.raises(ValueError, match=r"family 'noloss' \(.*NoLoss2\) lacks flops_per_batch, which the "
+                                             r"train loop and the commands call"):
+            families.get("noloss")
+    finally:
+        families._EXTRA.pop("noloss", None)
+        families._INSTANCES.pop("noloss", None)
+    with pytest.raises(ValueError, match="'ndt' is a built-in family; register yours under another name"):
+        families.register("ndt", "x:y")
+    monkeypatch.setattr(families, "_entry_points", lambda: {"ndt": "plugin.mod:Fake", "mine": "plugin:Mine"})
+    families._CLASHES_SAID.discard("ndt")
+    targets = families._targets()
+    assert targets["ndt"] == families.FAMILIES["ndt"] and targets["mine"] == "plugin:Mine"
+    assert any("entry point 'ndt' = plugin.mod:Fake is ignored" in str(w.message) for w in recwarn)

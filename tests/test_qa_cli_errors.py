@@ -323,6 +323,18 @@ def test_transfer_study_checks_settings_and_folder_before_writing(tmp_path, caps
                                    "1", "--model", "ar"])
     assert "the 'ar' family does not support fine-tuning to a new session" in line
     assert not (tmp_path / "st").exists()  # refused before data was synthesized for it
+    # a family that fine-tunes but whose evaluate() takes none of the study's options: refused
+    # before any work (it failed after pretraining, fine-tuning and the single-session run)
+    import sys
+
+    from spikefm import families
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    families.register("toy", "_toy_family:ToyFamily")
+    line = one_error_line(capsys, ["experiment", "transfer", "--out", str(tmp_path / "st"), "--seeds",
+                                   "1", "--model", "toy"])
+    assert "the 'toy' family's evaluate() takes no tasks, session, baselines" in line, line
+    assert not (tmp_path / "st").exists()
 
 
 def test_a_failed_atomic_write_names_the_target_not_the_temporary(tmp_path):

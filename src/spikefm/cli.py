@@ -374,10 +374,17 @@ def cmd_experiment_transfer(args) -> int:
     family = args.model or inspect.signature(transfer).parameters["family"].default
     families.run_config(family, preset=args.preset, corpus=str(Path(args.out)),
                         overrides=list(args.set or []), protocol=args.protocol)
-    if not hasattr(families.get(family), "finetune_config"):
+    fam = families.get(family)
+    if not hasattr(fam, "finetune_config"):
         raise ValueError(f"the {family!r} family does not support fine-tuning to a new session, "
                          "which a transfer study needs; choose a family with per-session "
                          "parameters (--model)")
+    params = inspect.signature(fam.evaluate).parameters
+    lacking = [k for k in ("tasks", "session", "baselines") if k not in params]
+    if lacking and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"the {family!r} family's evaluate() takes no {', '.join(lacking)}, which a transfer "
+                         "study passes to score its runs (the masked families' benchmark options); choose "
+                         "a family that takes them (--model)")
     transfer_study(args.out, seeds=args.seeds, sessions=args.sessions, duration_s=args.duration_s,
                    preset=args.preset, synth_preset=args.synth_preset,
                    finetune_steps=args.finetune_steps, strategy=args.strategy,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -61,16 +62,27 @@ _EXTRA: dict[str, str | Callable[[], Any]] = {}
 _INSTANCES: dict[str, Any] = {}
 
 
+#: What the train loop and the commands call on every family (train/family.py documents each);
+#: a family without one is refused by :func:`get` in one line naming them.
+REQUIRED_MEMBERS = ("name", "model_config_cls", "data_config_cls", "preset", "presets", "build_model",
+                    "init_weights", "blocks", "train_loader", "loss", "flops_per_batch", "describe",
+                    "evaluate", "format_results")
+
+
 def register(name: str, target: str | Callable[[], Any]) -> None:
-    """Register a family defined outside this package.
+    """Register a family defined outside this package, in this Python process (the ``spikefm``
+    command finds a plugin through its ``spikefm.families`` entry point instead).
 
     Args:
-        name: the name used by ``--model NAME`` and written into the run's config.
+        name: the name used by ``--model NAME`` and written into the run's config; not a built-in
+            family's name (its runs would be read by another family).
         target: ``"module:attribute"`` of a zero-argument callable (usually the family class), or
-            the callable itself. Re-registering a name replaces it.
+            the callable itself. Re-registering a name of one's own replaces it.
     """
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"family name must be a non-empty word (letters, digits, - or _), got {name!r}")
+    if name in FAMILIES:
+        raise ValueError(f"{name!r} is a built-in family; register yours under another name")
     if not (callable(target) or (isinstance(target, str) and ":" in target)):
         raise TypeError(f"family {name!r}: target must be 'module:attribute' or a callable, got {target!r}")
     _EXTRA[name] = target
@@ -88,7 +100,16 @@ def _entry_points() -> dict[str, str]:
 
 
 def _targets() -> dict[str, str | Callable[[], Any]]:
-    return {**_entry_points(), **FAMILIES, **_EXTRA}
+    eps = _entry_points()
+    for name in sorted(set(eps) & set(FAMILIES)):  # the built-in wins: say so, once per process
+        if name not in _CLASHES_SAID:
+            _CLASHES_SAID.add(name)
+            warnings.warn(f"the spikefm.families entry point {name!r} = {eps[name]} is ignored: {name!r} is a "
+                          "built-in family; give the plugin another name", RuntimeWarning, stacklevel=3)
+    return {**eps, **FAMILIES, **_EXTRA}
+
+
+_CLASHES_SAID: set[str] = set()
 
 
 def names() -> list[str]:
@@ -107,12 +128,18 @@ def get(name: str):
     targets = _targets()
     if name not in targets:
         raise ValueError(f"unknown model family {name!r}; registered families: {', '.join(names())} "
-                         "(add one with spikefm.families.register)")
+                         "(a plugin reaches the spikefm command through a 'spikefm.families' entry point "
+                         "of its installed package; spikefm.families.register adds one in a Python process)")
     target = targets[name]
     if isinstance(target, str):
         module, _, attr = target.partition(":")
         target = getattr(importlib.import_module(module), attr)
     family = target()
+    missing = [m for m in REQUIRED_MEMBERS if not hasattr(family, m)]
+    if missing:
+        raise ValueError(f"family {name!r} ({type(family).__module__}.{type(family).__name__}) lacks "
+                         f"{', '.join(missing)}, which the train loop and the commands call; add them "
+                         "(spikefm/train/family.py documents each)")
     if getattr(family, "name", name) != name:
         raise ValueError(f"family registered as {name!r} calls itself {family.name!r}; use one name")
     _INSTANCES[name] = family

@@ -154,3 +154,20 @@ def test_plain_lines_fall_on_logging_steps_and_show_that_steps_row(tmp_path, cap
     assert steps == [6, 12, 18, 24, 30, 36, 40]
     for m in out:
         assert float(m.group(5)) == pytest.approx(rows[int(m.group(1))]["loss"], abs=5e-5)
+
+
+def test_tensorboard_resume_without_a_checkpoint_drops_the_killed_runs_events(tmp_path):
+    """A run killed before its first checkpoint, resumed (it starts at step 0): metrics.jsonl
+    was rewritten but the killed run's events stayed beside the new ones (every tag twice)."""
+    import shutil
+
+    pytest.importorskip("tensorboard")
+    cfg = apply_overrides(toy_config(steps=8, log_every=2, eval_every=0, ckpt_every=0),
+                          ["train.tensorboard=true"])
+    train(cfg, tmp_path / "run", progress=False, stop_after=4)
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if killed before a checkpoint was written
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    got = _scalars(tmp_path / "run" / "tensorboard")
+    steps = [row["step"] for row in rows_of(tmp_path / "run")]
+    assert steps == [2, 4, 6, 8]
+    assert [s for s, _ in got["loss"]] == steps

@@ -408,9 +408,11 @@ class _TensorBoard:
     """Mirrors metrics.jsonl rows as TensorBoard scalars (tag = the row's key, x = its step).
     On resume, events after the checkpoint's step are purged, as metrics.jsonl rows are."""
 
-    def __init__(self, out_dir: Path, start_step: int) -> None:
-        self.writer = _tensorboard_writer_class()(log_dir=str(out_dir / "tensorboard"),
-                                                   purge_step=start_step + 1 if start_step else None)
+    def __init__(self, out_dir: Path, start_step: int, resumed: bool = False) -> None:
+        # a resume drops what was logged after its step, from step 1 on when no checkpoint was
+        # reached (the killed run's events stayed beside the new ones: every tag twice)
+        purge = start_step + 1 if (start_step or resumed) else None
+        self.writer = _tensorboard_writer_class()(log_dir=str(out_dir / "tensorboard"), purge_step=purge)
 
     def write(self, row: dict[str, Any]) -> None:
         step = row["step"]
@@ -623,7 +625,8 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
             metrics_path.unlink()
     d.barrier()
     metrics_file = open(metrics_path, "a") if rank == 0 else None
-    board = _TensorBoard(out_dir, start_step) if rank == 0 and tc.tensorboard else None
+    board = _TensorBoard(out_dir, start_step, resumed=ckpt is not None or resume) \
+        if rank == 0 and tc.tensorboard else None
 
     fsdp = info.distributed
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")

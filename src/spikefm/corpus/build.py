@@ -223,13 +223,19 @@ def _json_value(v):
     return v
 
 
+def _overlapping(cols: dict[str, np.ndarray], t0_s: float, t1_s: float) -> np.ndarray:
+    """Which rows of a trial table overlap [t0_s, t1_s) (a row without a finite stop_time ends
+    at its start; a row without a finite start_time overlaps nothing)."""
+    start = np.asarray(cols["start_time"], dtype=np.float64)
+    stop = np.asarray(cols.get("stop_time", start), dtype=np.float64)
+    return (start < t1_s) & (np.where(np.isfinite(stop), stop, start) >= t0_s)
+
+
 def _trials_json(trials: dict[str, dict[str, np.ndarray]], t0_s: float, t1_s: float) -> str:
     """Trial-table rows overlapping [t0_s, t1_s), as JSON {table: {column: [...]}}."""
     out = {}
     for name, cols in trials.items():
-        start = np.asarray(cols["start_time"], dtype=np.float64)
-        stop = np.asarray(cols.get("stop_time", start), dtype=np.float64)
-        keep = (start < t1_s) & (np.where(np.isfinite(stop), stop, start) >= t0_s)
+        keep = _overlapping(cols, t0_s, t1_s)
         if not keep.any():
             continue
         out[name] = {c: [_json_value(x) for x in np.asarray(v)[keep].tolist()]
@@ -272,9 +278,7 @@ def _note_what_the_grid_misses(rec: SessionRecord, t_start_ms: int, t_stop_ms: i
     t0, t1 = t_start_ms / 1000.0, t_stop_ms / 1000.0
     for name, cols in rec.trials.items():
         start = np.asarray(cols["start_time"], dtype=np.float64)
-        stop = np.asarray(cols.get("stop_time", start), dtype=np.float64)
-        stop = np.where(np.isfinite(stop), stop, start)
-        out = np.isfinite(start) & ((start >= t1) | (stop < t0))
+        out = np.isfinite(start) & ~_overlapping(cols, t0, t1)
         if out.any():
             rec.notes.append(f"interval table '{name}': {int(out.sum())} of {start.size} row(s) lie outside "
                              f"the binned span {t0:.6g}-{t1:.6g} s (first to last spike) and are in no row")

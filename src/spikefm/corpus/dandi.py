@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fileio import check_relative_path, write_atomic, write_json_atomic
+from .build import _first_line
 from .nwb import sha256_file
 
 _SPEC = re.compile(r"^dandi:(?P<id>\d{6})(?:@(?P<version>[^/]+))?(?:/(?P<glob>.+))?$")
@@ -83,10 +84,6 @@ def _client():
     return DandiAPIClient()
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _sidecar(local: Path) -> Path:
     return local.with_name(f".{local.name}.sha256.json")
 
@@ -100,11 +97,13 @@ def _remember_digest(local: Path, digest: str) -> None:
 def _cached_copy_ok(local: Path, size, digest: str, spec: str, asset_path: str) -> bool:
     """Whether the cached file can be used: right size and, when DANDI publishes one, right
     sha256 (hashed once, then remembered while the file's size and mtime stay the same)."""
-    if not local.is_file() or (size is not None and local.stat().st_size != size):
+    if not local.is_file():
+        return False
+    st = local.stat()
+    if size is not None and st.st_size != size:
         return False
     if not digest:
         return True
-    st = local.stat()
     try:
         seen = json.loads(_sidecar(local).read_text())
         if seen == {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}:

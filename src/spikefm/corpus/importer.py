@@ -46,6 +46,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -55,6 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..fileio import check_relative_path
+from .build import _first_line
 from .info import flat_counts
 from .manifest import (BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo,
                        new_manifest)
@@ -134,8 +136,7 @@ def _resolve_source(source: str, cache_dir: str | None, revision: str | None
         raise ImportError("importing from the Hugging Face Hub needs huggingface_hub: "
                           "pip install 'spikefm[hf]'") from None
     def failed(exc: Exception) -> ValueError:  # network, auth, missing repo: one line, the fix
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return ValueError(f"{repo_id}: download from the Hugging Face Hub failed ({first}); check "
+        return ValueError(f"{repo_id}: download from the Hugging Face Hub failed ({_first_line(exc)}); check "
                           "the repo id, your network and HF_TOKEN, or give a local folder")
 
     try:  # list first: every name must be a plain relative path before anything is written
@@ -144,8 +145,7 @@ def _resolve_source(source: str, cache_dir: str | None, revision: str | None
         cached = _cached_snapshot(repo_id, revision, cache_dir)
         if cached is None:
             raise failed(exc) from exc
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        _warn(f"{repo_id}: the Hugging Face Hub could not be reached ({first}); importing the "
+        _warn(f"{repo_id}: the Hugging Face Hub could not be reached ({_first_line(exc)}); importing the "
               f"copy already downloaded to {cached}")
         return cached, {"hf_repo": repo_id, "revision": cached.name}, repo_id.split("/")[-1]
     for name in names:
@@ -405,8 +405,9 @@ def _column(batch: pa.RecordBatch, name: str) -> list:
     return batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
 
 
-def _check_extras(where: str, row: int, n_units: int, n_bins: int, ex: dict) -> None:
-    """The spikefm columns of one row must describe its units x bins matrix."""
+def _check_extras(where: str, row: int, n_units: int, n_bins: int, ex: dict) -> dict:
+    """The spikefm columns of one row must describe its units x bins matrix. Returns its trial
+    tables (parsed ``trials_json``; ``{}`` without one)."""
     for name in ("unit_ids", "unit_regions"):
         if ex[name] is not None and len(ex[name]) != n_units:
             raise ValueError(f"{where}: row {row} has {len(ex[name])} {name} for {n_units} units; "
@@ -421,14 +422,16 @@ def _check_extras(where: str, row: int, n_units: int, n_bins: int, ex: dict) -> 
     b = ex["bin_ms"]
     if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b <= 0):
         raise ValueError(f"{where}: row {row} has bin_ms {b!r}; expected a positive number of ms")
-    if ex["trials_json"] is not None:
-        try:
-            tables = json.loads(ex["trials_json"])
-            if not isinstance(tables, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            raise ValueError(f"{where}: row {row}'s trials_json is not a JSON object of trial "
-                             f"tables ({exc})") from None
+    if ex["trials_json"] is None:
+        return {}
+    try:
+        tables = json.loads(ex["trials_json"])
+        if not isinstance(tables, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise ValueError(f"{where}: row {row}'s trials_json is not a JSON object of trial "
+                         f"tables ({exc})") from None
+    return tables
 
 
 def _scan(files: list[_DataFile], default_source: str, progress: bool
@@ -466,7 +469,7 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
                         missing_source += 1
                         src = default_source
                     ex = {name: extras[name][i] for name in _EXTRAS}
-                    _check_extras(where, row_in_file, n_units, n_bins, ex)
+                    trial_tables = _check_extras(where, row_in_file, n_units, n_bins, ex)
                     key = (src, subj or "", sess)
                     rows.session_key.append(key)
                     rows.segment_id.append(seg or "")
@@ -492,7 +495,7 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
                         s.behavior_names = tuple(ex["behavior_names"] or ())
                     s.species = s.species or (ex["species"] or "")
                     s.rows.append(len(rows.segment_id) - 1)
-                    for table, cols in (json.loads(ex["trials_json"]) if ex["trials_json"] else {}).items():
+                    for table, cols in trial_tables.items():
                         starts = cols.get("start_time", []) if isinstance(cols, dict) else []
                         s.trial_starts.setdefault(table, set()).update(
                             x for x in starts if isinstance(x, (int, float)))
@@ -512,12 +515,7 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
 
 
 def _count(values) -> dict[str, int] | None:
-    if values is None:
-        return None
-    out: dict[str, int] = {}
-    for v in values:
-        out[str(v)] = out.get(str(v), 0) + 1
-    return dict(sorted(out.items()))
+    return None if values is None else dict(sorted(Counter(map(str, values)).items()))
 
 
 def _resolve_bin_ms(rows: _Rows, asked: int | None) -> int:
@@ -525,16 +523,17 @@ def _resolve_bin_ms(rows: _Rows, asked: int | None) -> int:
     (default 20, the Neural Pile's)."""
     given = {b for b, k in zip(rows.bin_ms, rows.keep) if k and b is not None}
     without = sum(1 for b, k in zip(rows.bin_ms, rows.keep) if k and b is None)
+    default = 20 if asked is None else asked
     if len(given) > 1:
         raise ValueError(f"the rows give bin widths {sorted(given)} ms; a corpus has one bin width: "
                          "import the files of each width into their own corpus")
     if not given:
-        return 20 if asked is None else asked
+        return default
     (b,) = given
     if asked is not None and asked != b:
         raise ValueError(f"the rows give bin_ms {b}, but bin_ms {asked} was asked for; leave it "
                          "out (the rows' own width is used) or import other files")
-    if without and b != (20 if asked is None else asked):
+    if without and b != default:
         raise ValueError(f"{without} rows have no bin_ms column (the Neural Pile's 20 ms) and the "
                          f"others give {b} ms; a corpus has one bin width: import them separately")
     return b

@@ -21,7 +21,8 @@ Generative model (per session, 20 ms bins on edges ``k * 20 ms`` from the sessio
   takes its oscillator frequency and its stimulus (``ibl``) or go-cue (``motor``) response latency
   from the ``f``-th of ``K`` log-spaced bands of a wider range, and ``ibl`` sessions record two or
   three regions of their family's three (a seeded rotation over the five by two, so families f
-  and f+1 share one region; with three families it wraps and the third shares two with the first). One family (the default) draws exactly as before.
+  and f+1 share one region; with three families it wraps and the third shares two with the first).
+  One family (the default) draws exactly as before.
 * Each unit belongs to one region and reads out the shared latents (weighted by a region profile)
   plus its own region's private latents: ``log lambda_u(t) = bias_u + loadings_u @ z(t)``, where
   ``lambda`` is the expected count in the bin. The rate is constant inside each bin. Biases are

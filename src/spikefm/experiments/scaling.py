@@ -146,15 +146,19 @@ def log_linear_fit(x: Sequence[float], y: Sequence[float], x_full: float) -> dic
             "x_full": float(x_full), "predicted_full": float(intercept + slope * math.log10(x_full))}
 
 
+def _finite(values: Sequence[float]) -> list[float]:
+    return [x for x in values if x is not None and math.isfinite(x)]
+
+
 def _count(values: Sequence[float]) -> int:
     """How many values :func:`_mean_sd` averages (finite ones): the n beside each mean ± s.d."""
-    return sum(1 for x in values if x is not None and math.isfinite(x))
+    return len(_finite(values))
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     import numpy as np
 
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    v = np.asarray(_finite(values), dtype=float)
     if v.size == 0:
         return float("nan"), float("nan")
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0

@@ -2,6 +2,7 @@
 real bins from a corpus, and draw generated next to real activity."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,6 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
                          f"{prompt_bins} prompt bins does not fit")
     real = counts[:, start + prompt_bins:start + prompt_bins + num_bins]
     if real.shape[1] < num_bins:  # the session ends: compare with what there is, and say so
-        import warnings
-
         warnings.warn(f"session {session_id} ends {real.shape[1]} bin(s) after the prompt, fewer than "
                       f"--bins {num_bins}: " + ("no real bins to compare with (the .npz holds no "
                       "'real')" if real.shape[1] == 0 else f"the real-vs-generated comparison uses "
@@ -43,11 +42,10 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
 def _run_bin_ms(run_dir) -> int:
     """The bin width of the corpus the run was trained on, 0 when it cannot be read."""
     from spikefm.corpus.reader import Corpus
-    from spikefm.train.runinfo import read_run_info
+    from spikefm.families.ar.family import _trained_on
 
     try:
-        corpus = read_run_info(run_dir).get("config", {}).get("data", {}).get("corpus")
-        return int(Corpus(corpus).manifest.get("bin_ms") or 0) if corpus else 0
+        return int(Corpus(_trained_on(run_dir)).manifest.get("bin_ms") or 0)
     except (ValueError, OSError, TypeError):
         return 0
 

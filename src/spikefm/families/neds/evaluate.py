@@ -286,6 +286,13 @@ def _poisson_ll(rates, counts) -> float:
     return float(np.sum(counts * np.log(r) - r))
 
 
+def _fit_windows(windows, sid, idx) -> dict[str, np.ndarray]:
+    """The windows each session's multi-session baseline is fitted on: the train windows, and for
+    the target session ``idx["train"]`` (with --split val, the train windows less those that
+    choose the penalty: fitting on them too chose the smallest penalty every time)."""
+    return {s: idx["train"] if s == sid else windows[s].indices("train") for s in windows}
+
+
 def _encoders(windows, arrays, sid, rank, idx, num_classes) -> dict[str, np.ndarray]:
     """Predicted test rates (K_test, T, N) of the linear GLM and the multi-session RRR encoder,
     each with its L2 penalty chosen by the validation log-likelihood of the target session."""
@@ -293,8 +300,7 @@ def _encoders(windows, arrays, sid, rank, idx, num_classes) -> dict[str, np.ndar
 
     w = windows[sid]
     X = {s: _enc_features(windows[s], arrays[s], num_classes) for s in windows}
-    tr = {s: windows[s].indices("train") for s in windows}
-    tr[sid] = idx["train"]  # with --split val, the train windows less those that choose the penalty
+    tr = _fit_windows(windows, sid, idx)
     Xtr = {s: _rows(X[s][tr[s]]) for s in windows if tr[s].size}
     Ytr = {s: _rows(windows[s].counts[tr[s]].astype(np.float64)) for s in Xtr}
     Xval, Yval = _rows(X[sid][idx["val"]]), _rows(w.counts[idx["val"]].astype(np.float64))
@@ -363,9 +369,7 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
     # Multi-session RRR: per-session input maps, a shared output map, trained on every session's
     # train windows; penalty chosen on the target session's val windows.
     res = {"labels": {}, "behavior_KTC": None}
-    # the target session fits on idx["train"]: with --split val, the train windows less those
-    # that choose the penalty (fitting on them too chose the smallest penalty every time)
-    fit_windows = {s: idx["train"] if s == sid else windows[s].indices("train") for s in windows}
+    fit_windows = _fit_windows(windows, sid, idx)
     sessions = [s for s in windows if fit_windows[s].size]
     val = idx["val"]
     for j, (lab, values) in enumerate(mods.labels):

@@ -576,8 +576,9 @@ class NEDSFamily:
         if from_scratch:
             # a new model: only the pretrained run's channels the session holds (a fine-tuned one
             # keeps them all, for the core's heads; resolve_modalities warns about the others)
-            held = set(_corpus(dataclasses.replace(pre.data, corpus=str(corpus))).session(session_id)
-                       .get("behavior_names") or ())
+            from spikefm.corpus.reader import Corpus
+
+            held = set(Corpus(corpus).session(session_id).get("behavior_names") or ())
             common["behavior"] = ",".join(c for c in mods["channels"] if c in held)
             data = dataclasses.replace(pre.data, **common, init_from="", freeze_core=False)
         else:

@@ -266,6 +266,27 @@ def test_train_resume_continues_exactly_and_refuses_to_overwrite(data, ar_run, t
     assert same_weights(ar_run, tmp_path / "dmg")
 
 
+def test_a_bare_resume_continues_with_the_runs_own_settings(data, ar_run, tmp_path, capsys):
+    """``spikefm train --data C --out RUN --resume`` without the original flags: the run's recorded
+    settings, not the family's defaults (which changed train.steps and the lr schedule, and trained
+    to the default step count), so the result is the uninterrupted run's."""
+    cfg = families.run_config("ar", preset="tiny", corpus=str(data / "corpus"),
+                              overrides=[*AR_SETS, f"train.steps={AR_STEPS}"])
+    families.train(cfg, tmp_path / "cut", progress=False, stop_after=4)
+    capsys.readouterr()
+    assert main(["train", "--data", str(data / "corpus"), "--out", str(tmp_path / "cut"), "--resume", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "changed settings" not in captured.err, captured.err
+    assert rows_of(tmp_path / "cut", "loss") == rows_of(ar_run, "loss") and same_weights(ar_run, tmp_path / "cut")
+    # a flag given with the bare resume changes that setting (and the loop names it)
+    families.train(cfg, tmp_path / "cut2", progress=False, stop_after=4)
+    capsys.readouterr()
+    assert main(["train", "--data", str(data / "corpus"), "--out", str(tmp_path / "cut2"), "--resume",
+                 "--steps", str(AR_STEPS + 2), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "with changed settings: train.steps" in err and len(rows_of(tmp_path / "cut2", "loss")) == AR_STEPS + 2
+
+
 def test_resume_after_the_corpus_was_rebuilt_says_so(data, tmp_path, capsys):
     """A corpus rebuilt in place between a checkpoint and the resume (other sessions in train)
     was continued silently; the resume now names the change of its manifest in one warning."""

@@ -26,7 +26,7 @@ def test_fine_tuned_beats_smoothing_and_single_session_at_co_smoothing(tmp_path)
 
 
 def test_headline_rows_carry_the_lowest_chunks_interval_and_the_paired_smoothing_difference():
-    from spikefm.experiments.transfer import _headline
+    from spikefm.families.ndt.evaluate import transfer_headline as _headline
 
     chunks = [{"start_bin": s, "end_bin": s + 10, "model": {"bps_pooled": b},
                "model_ci95": {"bps_pooled": [b - 0.1, b + 0.1]}} for s, b in ((25, 0.2), (35, -0.03), (45, 0.1))]

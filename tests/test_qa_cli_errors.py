@@ -232,6 +232,39 @@ def test_finetune_into_the_pretrained_run_or_a_project_folder_keeps_them(ndt_run
     assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("done")} == before
 
 
+def test_finetune_to_a_session_the_corpus_lacks_writes_nothing(ndt_run, built, tmp_path, capsys):
+    """An unknown --session was refused after OUT was created, which then held only a lock file."""
+    from spikefm import Corpus
+
+    before = snapshot(tmp_path)
+    for extra in ([], ["--freeze-core"]):
+        line = one_error_line(capsys, ["finetune", str(ndt_run), "--data", str(built), "--session", "nope",
+                                       "--out", str(tmp_path / "ft"), "--steps", "2", "--quiet", *extra])
+        listed = ", ".join(Corpus(built).session_ids())
+        assert line == (f"spikefm: error: session 'nope' is not in the corpus {built}; its sessions: {listed}; "
+                        "nothing was written: give one of them (--session)")
+        assert snapshot(tmp_path) == before and not (tmp_path / "ft").exists()
+
+
+def test_finetuning_an_ar_run_names_the_families_that_fine_tune(built, tmp_path, capsys):
+    import json
+
+    from spikefm import families
+    from spikefm.train.config import config_to_dict
+
+    run = tmp_path / "ar"
+    run.mkdir()
+    cfg = families.run_config("ar", corpus=str(built))
+    (run / "config.json").write_text(json.dumps({"family": "ar", "config": config_to_dict(cfg)}))
+    line = one_error_line(capsys, ["finetune", str(run), "--data", str(built), "--session", "s", "--out",
+                                   str(tmp_path / "ft"), "--quiet"])
+    able = [n for n in families.names() if hasattr(families.get(n), "finetune_config")]
+    assert {"ndt", "neds"} <= set(able) and "ar" not in able
+    assert line == ("spikefm: error: the 'ar' family does not support fine-tuning to a new session (it has no "
+                    f"per-session parameters); fine-tune a run of a family that does: {', '.join(able)}")
+    assert not (tmp_path / "ft").exists()
+
+
 # --- outputs that would replace a user's file ----------------------------------------------------
 
 def test_output_file_of_another_kind_or_of_a_run_is_refused(corpus, tmp_path, capsys):
@@ -335,6 +368,21 @@ def test_transfer_study_checks_settings_and_folder_before_writing(tmp_path, caps
                                    "1", "--model", "toy"])
     assert "the 'toy' family's evaluate() takes no tasks, session, baselines" in line, line
     assert not (tmp_path / "st").exists()
+    # one that takes them but has no transfer_headline(): refused before any work too (it failed
+    # after every run was trained and scored, with a bare KeyError)
+    import _toy_family
+
+    class Scored(_toy_family.ToyFamily):
+        name = "toy_scored"
+
+        def evaluate(self, run_dir, corpus, *, tasks=None, session=None, baselines=True, split="test"):
+            return super().evaluate(run_dir, corpus, split=split)
+
+    families.register("toy_scored", Scored)
+    line = one_error_line(capsys, ["experiment", "transfer", "--out", str(tmp_path / "st"), "--seeds",
+                                   "1", "--model", "toy_scored"])
+    assert "the 'toy_scored' family has no transfer_headline(), which a transfer study needs" in line, line
+    assert not (tmp_path / "st").exists()
 
 
 def test_a_failed_atomic_write_names_the_target_not_the_temporary(tmp_path):
@@ -427,29 +475,38 @@ def test_manifest_with_a_non_finite_number_is_refused(corpus, capsys):
     assert "key 'sessions[0].duration_s' must be a finite number, found nan" in line
 
 
-def test_ctrl_c_swallowed_by_a_garbage_collector_callback_still_interrupts(corpus, tmp_path):
+@pytest.mark.parametrize("command, again", [
+    ("corpus", "run the command again (builds reuse finished sessions)"),
+    ("train", "continue it with the same command and --resume"),
+    ("finetune", "run the same command again (fine-tuning and studies continue where they stopped)"),
+])
+def test_ctrl_c_swallowed_by_a_garbage_collector_callback_still_interrupts(corpus, tmp_path, command, again):
     """Python ignores an exception raised in a weakref/__del__ callback (a traceback, and the
-    command went on to exit 0); the command line delivers it again as one 'interrupted' line."""
+    command went on to exit 0); the command line delivers it again as one 'interrupted' line,
+    whose advice fits the command (``finetune`` has no --resume: it told the user to pass one)."""
+    argv = {"corpus": ["corpus", "info", str(corpus)],
+            "train": ["train", "--data", str(corpus), "--out", str(tmp_path / "run")],
+            "finetune": ["finetune", str(tmp_path), "--data", str(corpus), "--session", "s", "--out",
+                         str(tmp_path / "ft")]}[command]
+    handler = {"corpus": "cmd_corpus_info", "train": "cmd_train", "finetune": "cmd_finetune"}[command]
     p = _command_line(
         "import gc, sys, time; from spikefm import cli\n"
         "class Dropped:\n"
         "    def __del__(self):\n"
         "        raise KeyboardInterrupt  # as if Ctrl-C arrived while this ran\n"
-        "def info(args):\n"
+        "def run(args):\n"
         "    Dropped()\n"
         "    gc.collect()\n"
         "    for _ in range(300):\n"
         "        time.sleep(0.1)\n"
         "    print('not interrupted')\n"
         "    return 0\n"
-        "cli.cmd_corpus_info = info\n"
-        f"sys.argv = ['spikefm', 'corpus', 'info', {str(corpus)!r}]\n"
+        f"cli.{handler} = run\n"
+        f"sys.argv = ['spikefm', *{argv!r}]\n"
         "sys.exit(cli.main())\n", tmp_path)
     assert p.returncode == 130 and "not interrupted" not in p.stdout, (p.returncode, p.stderr)
     assert p.stderr.splitlines() == ["spikefm: error: interrupted (Ctrl-C); nothing was "
-                                     "half-written (writes go to temporary names); run the command "
-                                     "again (builds reuse finished sessions, training continues "
-                                     "with --resume)"]
+                                     f"half-written (writes go to temporary names); {again}"]
 
 
 @pytest.mark.parametrize("argv, prog", [

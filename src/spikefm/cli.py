@@ -210,8 +210,21 @@ def cmd_train(args) -> int:
         overrides.append(f"data.sessions={args.sessions}")
     if args.tensorboard:
         overrides.append("train.tensorboard=true")
-    cfg = families.run_config(args.model or families.DEFAULT_FAMILY, preset=args.preset,
-                              corpus=args.data, overrides=overrides, protocol=args.protocol)
+    recorded = None
+    if args.resume and args.preset is None and args.protocol is None and (Path(args.out) / "config.json").is_file():
+        try:
+            recorded = families.load_run_config(args.out)
+        except (ValueError, OSError):
+            recorded = None  # not a run's description: train's own checks say what the folder is
+    if recorded is not None and args.model in (None, recorded.family):
+        # continue with the run's own settings (a bare --resume must not fall back to the
+        # defaults); the flags given change them, and the loop names what changed
+        from spikefm.train.config import apply_overrides
+
+        cfg = apply_overrides(recorded, [f"data.corpus={args.data}", *overrides])
+    else:
+        cfg = families.run_config(args.model or families.DEFAULT_FAMILY, preset=args.preset,
+                                  corpus=args.data, overrides=overrides, protocol=args.protocol)
     if args.resume and os.environ.get("RANK", "0") == "0":
         from spikefm.train.checkpoint import EXPORT_NAME, list_checkpoints
 
@@ -330,7 +343,7 @@ def cmd_eval(args) -> int:
         valid = [f"--{k.replace('_', '-')}" for k in EVAL_OPTIONS if k in accepted]
         raise ValueError(f"--{unknown[0].replace('_', '-')} does not apply to a {fam.name!r} run; "
                          f"its options: {', '.join(valid) or '(none)'}")
-    results = fam.evaluate(str(args.run_dir), str(args.data), **options)
+    results = families.stamp_family(fam, fam.evaluate(str(args.run_dir), str(args.data), **options))
     name = Path(args.run_dir).name or "model"
     # a run folder named like a baseline column ("oracle", "1-gram") keeps its own column
     if name in {"smoothing", "oracle"} | (set(results.get("results") or {}) - {"model", "model-permuted"}):
@@ -385,6 +398,8 @@ def cmd_experiment_transfer(args) -> int:
         raise ValueError(f"the {family!r} family's evaluate() takes no {', '.join(lacking)}, which a transfer "
                          "study passes to score its runs (the masked families' benchmark options); choose "
                          "a family that takes them (--model)")
+    if not callable(getattr(fam, "transfer_headline", None)):
+        families.transfer_headline(family, {})  # the one-line refusal, before any data is synthesized
     transfer_study(args.out, seeds=args.seeds, sessions=args.sessions, duration_s=args.duration_s,
                    preset=args.preset, synth_preset=args.synth_preset,
                    finetune_steps=args.finetune_steps, strategy=args.strategy,
@@ -767,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.showwarning = warning_line
         sys.unraisablehook = _unraisable
+    args = None
     try:
         args = build_parser().parse_args(argv)
         _check_paths(args)
@@ -774,9 +790,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
+        again = {"train": "continue it with the same command and --resume",
+                 "corpus": "run the command again (builds reuse finished sessions)"}.get(
+            getattr(args, "command", None),
+            "run the same command again (fine-tuning and studies continue where they stopped)")
         print("spikefm: error: interrupted (Ctrl-C); nothing was half-written (writes go to "
-              "temporary names); run the command again (builds reuse finished sessions, "
-              "training continues with --resume)", file=sys.stderr)
+              f"temporary names); {again}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns failures into one line
         if debug:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["transfer", "transfer_study", "aggregate_seeds", "QUICKSTART_SIZES", "FAST_SIZES"]
+__all__ = ["transfer", "transfer_study", "seed_paths", "aggregate_seeds", "QUICKSTART_SIZES", "FAST_SIZES"]
 
 #: Sizes of the quickstart's transfer step (pretraining steps: the family's default). Sessions of
 #: 300 s (about 100 trials, 20 test trials on the held-out session); longer sessions were measured
@@ -44,6 +44,15 @@ def _check_int(name: str, value, lo: int) -> None:
         raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
 
 
+def seed_paths(out: str | Path, family: str = "ndt") -> dict[str, Path]:
+    """Where :func:`transfer` writes, each name carrying the family's (``run_ndt_finetune``,
+    ``results_ndt.json`` for the NDT; ``run_neds_finetune`` ... for NEDS): ``nwb`` (the synthetic
+    sessions), ``pretrain``, ``finetune``, ``single`` (the runs) and ``results``."""
+    out = Path(out)
+    return {"nwb": out / f"nwb_{family}", **{k: out / f"run_{family}_{k}" for k in ("pretrain", "finetune", "single")},
+            "results": out / f"results_{family}.json"}
+
+
 def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART_SIZES["sessions"],
              duration_s: float = QUICKSTART_SIZES["duration_s"],
              preset: str = "tiny", synth_preset: str = "ibl", pretrain_steps: int | None = None,
@@ -53,9 +62,9 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
     """Pretrain on synthetic sessions, fine-tune on a held-out one, benchmark it (module docstring).
 
     Every setting not given here is the family's default, so this is what a user gets from
-    ``spikefm train --model ndt`` + ``spikefm finetune`` + ``spikefm eval``. Writes ``OUT/nwb_ndt``
-    (reused if present), ``OUT/corpus_sessions``, the runs ``OUT/run_ndt_{pretrain,finetune,single}``
-    and ``OUT/results_ndt.json``.
+    ``spikefm train --model ndt`` + ``spikefm finetune`` + ``spikefm eval``. Writes, named after the
+    family (``ndt`` here): ``OUT/nwb_ndt`` (reused if present), ``OUT/corpus_sessions``, the runs
+    ``OUT/run_ndt_{pretrain,finetune,single}`` and ``OUT/results_ndt.json`` (:func:`seed_paths`).
 
     Args:
         out: study folder.
@@ -77,7 +86,7 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
 
     Returns:
         ``{"fine-tuned": benchmark, "single-session": benchmark, "finetune": summary}``; the two
-        benchmarks are written to ``OUT/results_ndt.json``; the table is printed.
+        benchmarks are written to ``OUT/results_<family>.json``; the table is printed.
     """
     import torch
     from threadpoolctl import threadpool_limits
@@ -96,7 +105,8 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
     families.check_tasks(family, tasks)  # before anything is synthesized or trained
     check_auto_options(strategy, soup=soup)  # before anything is synthesized or trained
     out = Path(out)
-    nwb_dir = out / "nwb_ndt"
+    paths = seed_paths(out, family)
+    nwb_dir = paths["nwb"]
     if not nwb_dir.exists() or not any(nwb_dir.rglob("*.nwb")):
         synthesize(nwb_dir, num_sessions=sessions, seed=seed, duration_s=duration_s,
                    units_range=(30, 80), preset=synth_preset)
@@ -107,7 +117,7 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
     corpus = Corpus(corpus_dir)
     held_out = corpus.session_ids("test")[0]
     print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}")
-    runs = {name: out / f"run_ndt_{name}" for name in ("pretrain", "finetune")}
+    runs = {name: paths[name] for name in ("pretrain", "finetune")}
     for path in runs.values():
         if path.exists():
             shutil.rmtree(path)
@@ -123,7 +133,7 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
             ft = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],
                                    strategy=strategy, steps=finetune_steps, eval_every=every, patience=3,
                                    soup=soup)
-            single = Path(ft.get("single_session", {}).get("out_dir", out / "run_ndt_single"))
+            single = Path(ft.get("single_session", {}).get("out_dir", paths["single"]))
             if "single_session" not in ft:
                 if single.exists():
                     shutil.rmtree(single)
@@ -139,60 +149,13 @@ def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART
     print(f"fine-tuning strategy {ft['strategy']}: best val loss {ft['best_val_loss']:.4f} at step "
           f"{ft['best_step']}")
     print(families.format_results(evaluated))
-    # each benchmark with what it was computed on (window bins, decoding block, windows per split)
-    results = {name: {**ev["results"], **{k: ev[k] for k in EVALUATION_KEYS if k in ev}}
+    # each benchmark with what it was computed on (session, window bins, decoding block, windows
+    # per split), where the family's results do not already say it
+    results = {name: {**ev["results"], **{k: ev[k] for k in ("session_id", "num_units", "num_windows", *EVALUATION_KEYS)
+                                          if k in ev and k not in ev["results"]}}
                for name, ev in evaluated.items()}
-    write_json_atomic(out / "results_ndt.json", results)  # the strategy summary: run_ndt_finetune/finetune.json
+    write_json_atomic(paths["results"], results)  # the strategy summary: run_<family>_finetune/finetune.json
     return {**results, "finetune": {k: v for k, v in ft.items() if k != "history"}}
-
-
-def _headline(res: dict) -> dict:
-    """The numbers of one seed: for each task and model, the metric a table would show."""
-    rows: dict[str, dict] = {}
-    ft, ss = res["fine-tuned"]["tasks"], res["single-session"]["tasks"]
-    for task, e in ft.items():
-        if "model" in e:  # prediction tasks: bps_pooled
-            row = {"fine-tuned": e["model"]["bps_pooled"],
-                   "single-session": ss.get(task, {}).get("model", {}).get("bps_pooled")}
-            for base in ("smoothing", "oracle"):
-                if base in e:
-                    row[base] = e[base]["bps_pooled"]
-            diff = e.get("model_minus_smoothing", {}).get("bps_pooled")
-            if diff:  # paired on the same test windows, jackknife interval
-                row["fine-tuned minus smoothing, 95 % CI low"], row["fine-tuned minus smoothing, 95 % CI high"] = \
-                    diff["ci95"]
-            if e.get("chunks"):
-                low = min(e["chunks"], key=lambda c: c["model"]["bps_pooled"])
-                row["fine-tuned min chunk"] = low["model"]["bps_pooled"]
-                ci = low.get("model_ci95", {}).get("bps_pooled")
-                if ci:  # that chunk's 95 % interval over the test trials
-                    row["fine-tuned min chunk, 95 % CI low"], row["fine-tuned min chunk, 95 % CI high"] = ci
-                if all("model_vs_train_null" in c for c in e["chunks"]):
-                    row["fine-tuned min chunk, train-fitted null"] = min(
-                        c["model_vs_train_null"]["bps_pooled"] for c in e["chunks"])
-                s_chunks = ss.get(task, {}).get("chunks") or []
-                if s_chunks:
-                    row["single-session min chunk"] = min(c["model"]["bps_pooled"] for c in s_chunks)
-            rows[f"{task} bps_pooled"] = row
-        elif "hidden" in e and "accuracy" in e.get("hidden", {}):  # label decoding
-            row = {"fine-tuned": e["hidden"]["accuracy"],
-                   "single-session": ss.get(task, {}).get("hidden", {}).get("accuracy"),
-                   "chance": e["chance"], "n_scored": e["n_test"] if e["method"] == "holdout" else None}
-            if "oracle" in e:
-                row["oracle"] = e["oracle"]["accuracy"]
-            if "ideal_observer" in e:
-                row["ideal observer"] = e["ideal_observer"]["accuracy"]
-            rows[f"{task} accuracy (hidden)"] = row
-        elif "channels" in e:  # behaviour decoding: mean R2 over channels
-            for metric in ("r2", "psth_r2"):
-                row = {"fine-tuned": e["hidden"].get("mean", {}).get(metric),
-                       "single-session": ss.get(task, {}).get("hidden", {}).get("mean", {}).get(metric),
-                       "fine-tuned rates": e["rates"].get("mean", {}).get(metric),
-                       "raw-count ridge": e["counts"].get("mean", {}).get(metric)}
-                if "oracle" in e:
-                    row["oracle"] = e["oracle"].get("mean", {}).get(metric)
-                rows[f"{task} {metric} (hidden)"] = row
-    return rows
 
 
 def _mean_sd(values: list) -> dict | None:
@@ -224,7 +187,7 @@ _NOT_RESULTS = ("seeds", "quiet")
 
 def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
     """Seeds an earlier run of this study finished (``OUT/transfer.json`` and the seed's
-    ``results_ndt.json``), as their ``per_seed`` entries; a study made with other settings is
+    ``results_<family>.json``), as their ``per_seed`` entries; a study made with other settings is
     refused, since its seeds' runs would be replaced."""
     from spikefm.experiments.jobs import refuse_other_settings
 
@@ -238,8 +201,9 @@ def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
     settings = {k: v for k, v in settings.items() if k not in _NOT_RESULTS}
     refuse_other_settings(out, old_settings, settings, kind="a transfer study", lost="its runs",
                           rerun="reuses its finished seeds")
+    family = settings.get("family", "ndt")
     return {int(s): entry for s, entry in per_seed.items()
-            if (out / f"seed_{s}" / "results_ndt.json").is_file()}
+            if seed_paths(out / f"seed_{s}", family)["results"].is_file()}
 
 
 def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command: str | None = None,
@@ -257,10 +221,12 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
     Returns:
         The summary written to ``OUT/transfer.json``.
     """
+    from spikefm import families
     from spikefm.fileio import write_json_atomic
     from spikefm.tables import render_table
     from spikefm.train.runinfo import machine_info
 
+    family = options.get("family", "ndt")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must name at least one synthetic-data seed, e.g. 1,2,3")
@@ -277,13 +243,15 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
             continue
         t0 = time.perf_counter()
         res = transfer(out / f"seed_{seed}", seed=seed, **options)
-        per_seed[seed] = {"session_id": res["fine-tuned"]["session_id"],
-                          "num_units": res["fine-tuned"]["num_units"],
-                          "num_test_windows": res["fine-tuned"]["num_test_windows"],
-                          "strategy": res["finetune"].get("strategy"),
+        ft = res["fine-tuned"]
+        tests = ft.get("num_test_windows")
+        if tests is None and isinstance(ft.get("num_windows"), dict):  # a family that counts per split
+            tests = ft["num_windows"].get("test")
+        per_seed[seed] = {"session_id": ft.get("session_id"), "num_units": ft.get("num_units"),
+                          "num_test_windows": tests, "strategy": res["finetune"].get("strategy"),
                           "soup_tried": "soup" in res["finetune"],  # auto ranked the weight average
                           "evaluation": {k: res["fine-tuned"][k] for k in EVALUATION_KEYS if k in res["fine-tuned"]},
-                          "metrics": _headline(res), "wall_s": round(time.perf_counter() - t0, 1)}
+                          "metrics": families.transfer_headline(family, res), "wall_s": round(time.perf_counter() - t0, 1)}
     aggregate = aggregate_seeds(per_seed)
     rows = []
     for m, cols in aggregate.items():

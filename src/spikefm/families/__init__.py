@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run", "default_preset",
            "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
-           "finetune", "evaluate", "check_tasks", "format_results", "commands", "FamilyCommand"]
+           "finetune", "evaluate", "check_tasks", "format_results", "transfer_headline", "stamp_family", "commands", "FamilyCommand"]
 
 #: name -> "module:attribute" of the family class (instantiated with no arguments).
 FAMILIES: dict[str, str] = {
@@ -281,16 +281,32 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
     implied = "frozen" if freeze_core else "scratch" if from_scratch else None
     if strategy is not None and implied is not None and strategy != implied:
         raise ValueError(f"strategy {strategy!r} contradicts {'freeze_core' if freeze_core else 'from_scratch'}")
-    _warn_if_pretrained_on(run_dir, session_id)
-    return finetune_strategies(family_of_run(run_dir), run_dir, corpus, session_id, out_dir,
+    fam = family_of_run(run_dir)
+    if not hasattr(fam, "finetune_config"):
+        able = [n for n in names() if n != fam.name and hasattr(_try_get(n), "finetune_config")]
+        raise ValueError(f"the {fam.name!r} family does not support fine-tuning to a new session (it has no "
+                         f"per-session parameters); fine-tune a run of a family that does: "
+                         f"{', '.join(able) or 'none is registered'}")
+    _warn_if_pretrained_on(run_dir, session_id, corpus)
+    return finetune_strategies(fam, run_dir, corpus, session_id, out_dir,
                                strategy=strategy or implied or "auto", steps=steps, overrides=overrides,
                                eval_every=eval_every, patience=patience, progress=progress, select=select,
                                soup=soup)
 
 
-def _warn_if_pretrained_on(run_dir: str | os.PathLike, session_id: str) -> None:
-    """A RuntimeWarning when ``session_id`` is one of the run's own (pretraining) sessions: the
-    fine-tuned model then measures no transfer to a new session."""
+def _try_get(name: str) -> Any:
+    """The family ``name``, or None where it cannot be loaded (a broken plugin is no suggestion)."""
+    try:
+        return get(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _warn_if_pretrained_on(run_dir: str | os.PathLike, session_id: str, corpus: str | os.PathLike | None = None) -> None:
+    """RuntimeWarnings before fine-tuning: ``corpus`` is not the one the run was trained on (its
+    manifest hash differs), and ``session_id`` is one of the run's own (pretraining) sessions, so
+    the fine-tuned model measures no transfer to a new session (only claimed as the same recording
+    when the corpus is the same)."""
     import warnings
 
     from spikefm.train.runinfo import read_family_info
@@ -299,16 +315,43 @@ def _warn_if_pretrained_on(run_dir: str | os.PathLike, session_id: str) -> None:
         info = read_family_info(run_dir, what="a")
     except (ValueError, OSError):
         return  # the family's own checks report an unreadable run
+    trained_hash, same_corpus = info.get("corpus_manifest_sha256"), True
+    if corpus is not None and isinstance(trained_hash, str):
+        import hashlib
+
+        try:  # as spikefm.corpus.reader.Corpus.manifest_hash, which training records
+            now_hash = hashlib.sha256((Path(corpus) / "manifest.json").read_bytes()).hexdigest()
+        except OSError:
+            now_hash = None  # the fine-tuning's own checks report an unreadable corpus
+        if now_hash is not None and now_hash != trained_hash:
+            same_corpus = False
+            warnings.warn(f"{corpus} is not the corpus {run_dir} was trained on (manifest sha256 "
+                          f"{trained_hash[:12]}... there, {now_hash[:12]}... here): fine-tuning goes on with "
+                          "this corpus's session", RuntimeWarning, stacklevel=3)
     own = set(info.get("sessions") or ()) | set(info.get("window_splits") or {})
-    if session_id in own:
+    if session_id in own and same_corpus:
         warnings.warn(f"session {session_id!r} is one of the sessions {run_dir} was trained on: the fine-tuned "
                       "model has seen its recordings, so its scores measure no transfer to a new session "
                       "(fine-tune to a held-out one, e.g. of the corpus's test split)", RuntimeWarning, stacklevel=3)
+    elif session_id in own:
+        warnings.warn(f"{run_dir} was trained on a session also named {session_id!r} (in its own corpus): if it "
+                      "is the same recording, the fine-tuned model's scores measure no transfer to a new "
+                      "session", RuntimeWarning, stacklevel=3)
 
 
 def evaluate(run_dir: str | os.PathLike, corpus: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """The family's benchmark of a finished run (or claimed foreign folder) on ``corpus``."""
-    return family_of_run(run_dir).evaluate(str(run_dir), str(corpus), **options)
+    fam = family_of_run(run_dir)
+    return stamp_family(fam, fam.evaluate(str(run_dir), str(corpus), **options))
+
+
+def stamp_family(fam: Any, results: Any) -> Any:
+    """``results`` naming the family that computed them (``fam.name``): a family built on another
+    one's evaluation (a plugin subclassing the NDT) writes its own name, not the built-in's, so
+    :func:`format_results` and the run's records agree."""
+    if isinstance(results, dict) and isinstance(results.get("family"), str):
+        results["family"] = fam.name
+    return results
 
 
 def check_tasks(family: str, tasks: Sequence[str] | str | None) -> None:
@@ -330,6 +373,22 @@ def format_results(results_by_run: dict[str, dict[str, Any]], family: str | None
     if not isinstance(name, str):
         raise ValueError("results carry no 'family' name; pass family=NAME")
     return get(name).format_results(results_by_run)
+
+
+def transfer_headline(family: str, benchmarks: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """The headline numbers of one seed of ``spikefm experiment transfer``: ``benchmarks`` is
+    ``{"fine-tuned": results, "single-session": results}`` (each the ``results`` of the family's
+    :func:`evaluate`); returns ``{metric: {model or reference: value or None}}``.
+
+    Raises:
+        ValueError: the family has no ``transfer_headline`` (a transfer study cannot summarise it).
+    """
+    fam = get(family)
+    if not callable(getattr(fam, "transfer_headline", None)):
+        raise ValueError(f"the {family!r} family has no transfer_headline(), which a transfer study needs to "
+                         "summarise its benchmark; add one (spikefm.train.family documents it) or choose "
+                         "another family (--model)")
+    return fam.transfer_headline(benchmarks)
 
 
 def commands() -> list:

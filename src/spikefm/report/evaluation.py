@@ -11,7 +11,8 @@ Accepted JSON shapes (all that spikefm writes):
   ...}``), a bare benchmark, and the quickstart's ``results_ndt.json``, ``{name: benchmark}``;
 - ``spikefm eval --out`` of a NEDS run: ``{"family": "neds", "run_dir", "corpus", "session_id",
   "results": {"encoding": {model: scores}, "decoding": {model: {target: scores}}, "region":
-  {features: scores}, "comparisons": ...}}`` (:func:`spikefm.families.neds.evaluate.evaluate_run`).
+  {features: scores}, "comparisons": ...}}`` (:func:`spikefm.families.neds.evaluate.evaluate_run`),
+  and a NEDS transfer study's ``results_neds.json``, ``{name: results}``.
 
 Saved predictions (``spikefm eval --save-predictions DIR``: ``DIR/<task>.npz`` with ``rates`` and
 ``counts``, K x T x N, NaN where not scored) add per-neuron bits-per-spike histograms, true rasters
@@ -66,6 +67,10 @@ def _is_bench(v: Any) -> bool:
     return isinstance(v, dict) and isinstance(v.get("tasks"), dict)
 
 
+def _is_neds(v: Any) -> bool:
+    return isinstance(v, dict) and not _is_bench(v) and any(isinstance(v.get(t), dict) for t in NEDS_TASKS)
+
+
 def parse_evaluation(obj: Any, *, src: str = "results") -> Evaluation | None:
     """The :class:`Evaluation` in a results JSON, or None when ``obj`` holds none."""
     if not isinstance(obj, dict) or not obj:
@@ -78,7 +83,7 @@ def parse_evaluation(obj: Any, *, src: str = "results") -> Evaluation | None:
         taken = set(BASELINES) | {k for k in results if k != "model"}
         if run_name in taken:
             run_name = f"{run_name} (model)"
-        if obj.get("family") == "neds" and any(isinstance(results.get(t), dict) for t in NEDS_TASKS):
+        if _is_neds(results):  # by its shape: a plugin built on NEDS names itself in "family"
             return Evaluation("neds", {run_name: results}, {run_name: ("results",)}, meta, src)
         if all(_is_xent(v) for v in results.values()):
             names = {k: (run_name if k == "model" else k) for k in results}
@@ -92,6 +97,8 @@ def parse_evaluation(obj: Any, *, src: str = "results") -> Evaluation | None:
         return Evaluation("ar", dict(obj), {k: (k,) for k in obj}, {}, src)
     if all(_is_bench(v) for v in obj.values()):
         return Evaluation("ndt", dict(obj), {k: (k,) for k in obj}, {}, src)
+    if all(_is_neds(v) for v in obj.values()):  # a NEDS transfer study's results_neds.json
+        return Evaluation("neds", dict(obj), {k: (k,) for k in obj}, {}, src)
     return None
 
 
@@ -154,8 +161,19 @@ def _scored(ev: Evaluation) -> str:
 
 
 def _neds_tables(sec: Section, ev: Evaluation) -> None:
-    """Every table ``spikefm eval`` prints for a NEDS run, one per task, with its figures."""
-    (run, res), meta = next(iter(ev.models.items())), ev.meta
+    """Every table ``spikefm eval`` prints for a NEDS run, one per task, with its figures; a file
+    of several runs (a transfer study's ``results_neds.json``: fine-tuned and single-session) gets
+    them for each run, under its name."""
+    several = len(ev.models) > 1
+    for run, res in ev.models.items():
+        if several:
+            sec.heading(run)
+        # a results file of several runs keeps each run's setup beside its results
+        meta = ev.meta or {k: v for k, v in res.items() if k not in (*NEDS_TASKS, "comparisons", "skipped")}
+        _neds_run(sec, ev, run, res, meta, f"-{run}" if several else "")
+
+
+def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suffix: str) -> None:
     split = meta.get("split", "test")
     windows = meta.get("num_windows") or {}
     sec.kv([("session", meta.get("session_id")), ("scored windows", f"{split} ({windows.get(split)} windows)"
@@ -163,7 +181,7 @@ def _neds_tables(sec: Section, ev: Evaluation) -> None:
             ("windows (train / val / test)", " / ".join(str(windows.get(k, "?")) for k in ("train", "val", "test"))
              if windows else None),
             ("RRR rank", meta.get("rank")), ("R² units: mean rate at least (Hz)", meta.get("min_rate_hz")),
-            ("oracle (ground truth)", meta.get("oracle"))], key="neds-setup")
+            ("oracle (ground truth)", meta.get("oracle"))], key="neds-setup" + suffix)
 
     def num(value, *keys, spec=".4f"):
         return Num(value, spec, src=ev.src, path=ev.ptr(run, *keys))
@@ -176,7 +194,7 @@ def _neds_tables(sec: Section, ev: Evaluation) -> None:
                   [[m, *(num(v.get(k), "encoding", m, k) for k in metrics),
                     num(v.get("units_scored_r2"), "encoding", m, "units_scored_r2", spec=",d")] for m, v in enc.items()],
                   caption=f"encoding on the {split} windows (bits per spike; R² of rates against smoothed counts "
-                          "and of PSTHs per condition)", key="neds-encoding")
+                          "and of PSTHs per condition)", key="neds-encoding" + suffix)
         sec.figure(charts.bars(list(enc), [charts.bar_series("bps_pooled", [v.get("bps_pooled") for v in enc.values()])],
                                y_label="bits per spike (pooled)", x_label="model"),
                    "Encoding: spikes predicted from behaviour alone, by each model (higher is better; the oracle "
@@ -199,7 +217,7 @@ def _neds_tables(sec: Section, ev: Evaluation) -> None:
                 for m, v in dec.items() if (e := v.get(t))]
         sec.table(["model", "accuracy", "95 % low", "95 % high", "balanced accuracy", "chance", "trials"], rows,
                   caption=f"{t}: accuracy with its 95 % Wilson interval; chance = the {split} windows' majority class",
-                  key=f"neds-label-{t}")
+                  key=f"neds-label-{t}{suffix}")
         have = [m for m in dec if dec[m].get(t)]
         ci = [dec[m][t].get("accuracy_ci95") or [None, None] for m in have]
         chance = dec[have[0]][t].get("chance")
@@ -216,7 +234,7 @@ def _neds_tables(sec: Section, ev: Evaluation) -> None:
         for kind in ("r2_single_trial", "r2_psth"):
             sec.table(["model", *channels],
                       [[m, *(num((dec[m].get(c) or {}).get(kind), "decoding", m, c, kind) for c in channels)]
-                       for m in have], caption=f"{kind.replace('_', ' ')} of each channel", key=f"neds-{kind}")
+                       for m in have], caption=f"{kind.replace('_', ' ')} of each channel", key=f"neds-{kind}{suffix}")
         sec.figure(charts.bars(channels, [charts.bar_series(m, [(dec[m].get(c) or {}).get("r2_single_trial")
                                                                 for c in channels]) for m in have],
                                y_label="R² (single trial)", x_label="channel"),
@@ -237,7 +255,7 @@ def _neds_tables(sec: Section, ev: Evaluation) -> None:
         sec.heading(f"paired differences (NEDS minus each baseline, same {split} windows)")
         sec.table(["task", "pair", "target", "metric", "difference", "95 % low", "95 % high"], rows,
                   caption=f"differences with 95 % intervals over the {split} windows (an interval that excludes 0 is "
-                          "a resolved difference)", key="neds-comparisons")
+                          "a resolved difference)", key="neds-comparisons" + suffix)
     for task, why in (res.get("skipped") or {}).items():
         sec.note(f"{task}: skipped ({why})")
     reg = {k: v for k, v in (res.get("region") or {}).items() if isinstance(v, dict)}
@@ -250,7 +268,7 @@ def _neds_tables(sec: Section, ev: Evaluation) -> None:
                     num(v.get("balanced_accuracy"), "region", k, "balanced_accuracy"),
                     num(v.get("chance"), "region", k, "chance"),
                     num(v.get("chance_balanced"), "region", k, "chance_balanced")] for k, v in ok.items()],
-                  caption="a linear classifier per feature set, folds grouped by session", key="neds-region")
+                  caption="a linear classifier per feature set, folds grouped by session", key="neds-region" + suffix)
         for k, v in reg.items():
             if "error" in v:
                 sec.note(f"{k}: not scored ({v['error']})")
@@ -269,7 +287,7 @@ def _neds_tables(sec: Section, ev: Evaluation) -> None:
                 sec.table(["true \\ predicted", *classes],
                           [[c, *(num(x, "region", k, "confusion", i, j, spec=",d") for j, x in enumerate(row))]
                            for i, (c, row) in enumerate(zip(classes, conf))],
-                          caption=f"{k}: confusion matrix (units; rows are the true regions)", key=f"neds-confusion-{k}")
+                          caption=f"{k}: confusion matrix (units; rows are the true regions)", key=f"neds-confusion-{k}{suffix}")
 
 
 # --- masked models: the neural-prediction benchmark --------------------------------------------

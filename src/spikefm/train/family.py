@@ -62,6 +62,10 @@ Members used outside the loop (by `spikefm.families`, the CLI and the experiment
                                        JSON-serialisable data (unknown options: ValueError).
     format_results(results_by_run: dict[str, dict]) -> str
                                        text table of one or more `evaluate` results.
+    transfer_headline(benchmarks) -> dict
+                                       optional: `{metric: {model: value}}` of one seed of
+                                       `spikefm experiment transfer` (benchmarks: {"fine-tuned":
+                                       results, "single-session": results}); the study needs it.
     check_tasks(tasks: list[str])      optional: ValueError (one line) for a task name `evaluate`
                                        would refuse, so studies fail before training anything.
     check_config(cfg)                  optional: ValueError (one line) for model and data settings

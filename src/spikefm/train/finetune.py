@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
-from spikefm.fileio import folder_lock, make_folder, write_atomic, write_json_atomic
+from spikefm.fileio import LOCK_NAME, folder_lock, make_folder, write_atomic, write_json_atomic
 from spikefm.train.checkpoint import EXPORT_NAME, RUN_MARKERS, check_run_folder, read_safetensors_header
 
 __all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "check_auto_options",
@@ -109,6 +109,20 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ckpt_every=0, eval_every=0))
     out_dir = Path(out_dir)
     steps = cfg.train.steps
+    _check_same_finetune(cfg, out_dir)
+    done = _finished_record(out_dir)
+    if done is not None:  # the same command again: the kept weights and history stay as they are
+        budget = {"max_steps": steps, "eval_every": eval_every, "patience": patience}
+        before = {k: done.get(k) for k in budget}
+        if before != budget:
+            raise ValueError(f"{out_dir} already holds a finished fine-tuning ({_budget_text(before)}; it stopped "
+                             f"at step {done.get('stopped_at')}); nothing is overwritten: use a new --out for "
+                             f"{_budget_text(budget)}")
+        from spikefm.train.loop import _notice
+
+        _notice(f"{out_dir} is already finished (stopped at step {done.get('stopped_at')} of at most {steps}, "
+                f"best at step {done.get('best_step')}); nothing to do", warning=False)
+        return done
     history: list[dict[str, float]] = []
     best_loss, best_step, since_best, step = math.inf, 0, 0, 0
     while step < steps:
@@ -240,6 +254,45 @@ def greedy_soup(states: dict[str, dict[str, torch.Tensor]], losses: dict[str, fl
 
 def _lower_lr(cfg, scale: float):
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * scale))
+
+
+def _budget_text(b: dict) -> str:
+    return f"at most {b['max_steps']} steps, validated every {b['eval_every']}, patience {b['patience']}"
+
+
+def _finished_record(out_dir: Path) -> dict[str, Any] | None:
+    """The early-stopping record of a fine-tuning finished in ``out_dir`` (its best weights
+    exported beside it), or None."""
+    path = out_dir / "early_stopping.json"
+    if not ((out_dir / EXPORT_NAME).is_file() and path.is_file()):
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # damaged: the loop's checks decide what the folder is
+    return record if isinstance(record, dict) and "history" in record else None
+
+
+def _check_same_finetune(cfg, out_dir: Path) -> None:
+    """Refuse, in fine-tuning's words, a folder that holds a fine-tuning with other settings
+    (another strategy, session or pretrained run): continuing it would mix two runs."""
+    from spikefm.train.config import config_to_dict
+
+    try:
+        saved = json.loads((out_dir / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # none yet, or not a run: the loop's own checks say what the folder is
+    now = config_to_dict(cfg)
+    for section in ("family", "model", "data", "optim"):
+        a, b = saved.get(section), now.get(section)
+        if a == b:
+            continue
+        keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k)) if isinstance(a, dict) and isinstance(b, dict) \
+            else []
+        what = ", ".join(f"{section}.{k}" for k in keys[:4]) or section
+        raise ValueError(f"{out_dir} holds a fine-tuning made with other settings ({what} differ: another "
+                         "strategy, session or pretrained run?); nothing is overwritten: use a new --out, or "
+                         "run the command that made it again to continue it")
 
 
 def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: str, out_dir: Path, *,
@@ -399,6 +452,7 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     if out_dir.exists() and out_dir.resolve() == Path(run_dir).resolve():
         raise ValueError(f"{out_dir} is the pretrained run itself; fine-tuning writes a new run: give "
                          "a new folder (--out); nothing was written")
+    _check_session(corpus, session_id)  # before any folder is made for it
     args = dict(steps=steps, overrides=overrides, eval_every=eval_every, patience=patience, progress=progress)
     if strategy != "auto":
         check_run_folder(out_dir)  # what the loop checks first, before the export's check
@@ -410,9 +464,30 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         return summary
     _check_auto_out_dir(out_dir)
     _check_pretrained_export(Path(run_dir), strategy)
+    created = not out_dir.exists()
     make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
-    with folder_lock(out_dir, what="fine-tuning run"):
-        return _auto(family, run_dir, corpus, session_id, out_dir, args, select, soup)
+    try:
+        with folder_lock(out_dir, what="fine-tuning run"):
+            return _auto(family, run_dir, corpus, session_id, out_dir, args, select, soup)
+    except Exception:
+        # refused before anything was trained: leave no folder holding only the lock file
+        if created and {p.name for p in out_dir.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _check_session(corpus: str | os.PathLike, session_id: str) -> None:
+    """A one-line error when a spikefm corpus (one with a manifest) holds no ``session_id``;
+    other data folders (a family's own format) are left to the family."""
+    if not (Path(corpus) / "manifest.json").is_file():
+        return
+    from spikefm.corpus.reader import Corpus
+
+    known = Corpus(corpus).session_ids()
+    if session_id not in known:
+        listed = ", ".join(known[:10]) + (f" ... ({len(known)} in all)" if len(known) > 10 else "")
+        raise ValueError(f"session {session_id!r} is not in the corpus {corpus}; its sessions: {listed}; nothing "
+                         "was written: give one of them (--session)")
 
 
 def _check_pretrained_export(run_dir: Path, strategy: str) -> None:

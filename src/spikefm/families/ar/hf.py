@@ -263,7 +263,7 @@ TRAIN_SEQ_LEN_KEY = "spikefm_train_seq_len"
 def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
     """Write ``model`` as a Hugging Face ``LlamaForCausalLM`` folder.
 
-    A model loaded from a spikefm run (``ARFamily().load(run)``) also records its training
+    A model loaded from a spikefm run (``spikefm.families.load_model(run)``) also records its training
     context (``data.seq_len``) under :data:`TRAIN_SEQ_LEN_KEY`, so ``spikefm eval`` scores the
     folder with the windows it scores the run with (same numbers).
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 __all__ = ["evaluate_run", "session_windows_for_run", "scored_as_test", "session_truth", "session_truth_rates",
-           "pick_session"]
+           "pick_session", "transfer_headline"]
 
 
 def pick_session(model: nn.Module, session: str | None) -> str:
@@ -183,3 +183,54 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
 
 def _split_shares(windows) -> dict[str, int]:
     return {name: int(windows.indices(name).size) for name in ("train", "val", "test")}
+
+
+def transfer_headline(res: dict) -> dict:
+    """The numbers of one seed of a transfer study (``res``: ``{"fine-tuned": benchmark,
+    "single-session": benchmark}`` of :func:`evaluate_run`'s ``results``): for each task, the
+    metric a table would show, per model and reference (``{metric: {column: value or None}}``)."""
+    rows: dict[str, dict] = {}
+    ft, ss = res["fine-tuned"]["tasks"], res["single-session"]["tasks"]
+    for task, e in ft.items():
+        if "model" in e:  # prediction tasks: bps_pooled
+            row = {"fine-tuned": e["model"]["bps_pooled"],
+                   "single-session": ss.get(task, {}).get("model", {}).get("bps_pooled")}
+            for base in ("smoothing", "oracle"):
+                if base in e:
+                    row[base] = e[base]["bps_pooled"]
+            diff = e.get("model_minus_smoothing", {}).get("bps_pooled")
+            if diff:  # paired on the same test windows, jackknife interval
+                row["fine-tuned minus smoothing, 95 % CI low"], row["fine-tuned minus smoothing, 95 % CI high"] = \
+                    diff["ci95"]
+            if e.get("chunks"):
+                low = min(e["chunks"], key=lambda c: c["model"]["bps_pooled"])
+                row["fine-tuned min chunk"] = low["model"]["bps_pooled"]
+                ci = low.get("model_ci95", {}).get("bps_pooled")
+                if ci:  # that chunk's 95 % interval over the test trials
+                    row["fine-tuned min chunk, 95 % CI low"], row["fine-tuned min chunk, 95 % CI high"] = ci
+                if all("model_vs_train_null" in c for c in e["chunks"]):
+                    row["fine-tuned min chunk, train-fitted null"] = min(
+                        c["model_vs_train_null"]["bps_pooled"] for c in e["chunks"])
+                s_chunks = ss.get(task, {}).get("chunks") or []
+                if s_chunks:
+                    row["single-session min chunk"] = min(c["model"]["bps_pooled"] for c in s_chunks)
+            rows[f"{task} bps_pooled"] = row
+        elif "hidden" in e and "accuracy" in e.get("hidden", {}):  # label decoding
+            row = {"fine-tuned": e["hidden"]["accuracy"],
+                   "single-session": ss.get(task, {}).get("hidden", {}).get("accuracy"),
+                   "chance": e["chance"], "n_scored": e["n_test"] if e["method"] == "holdout" else None}
+            if "oracle" in e:
+                row["oracle"] = e["oracle"]["accuracy"]
+            if "ideal_observer" in e:
+                row["ideal observer"] = e["ideal_observer"]["accuracy"]
+            rows[f"{task} accuracy (hidden)"] = row
+        elif "channels" in e:  # behaviour decoding: mean R2 over channels
+            for metric in ("r2", "psth_r2"):
+                row = {"fine-tuned": e["hidden"].get("mean", {}).get(metric),
+                       "single-session": ss.get(task, {}).get("hidden", {}).get("mean", {}).get(metric),
+                       "fine-tuned rates": e["rates"].get("mean", {}).get(metric),
+                       "raw-count ridge": e["counts"].get("mean", {}).get(metric)}
+                if "oracle" in e:
+                    row["oracle"] = e["oracle"].get("mean", {}).get(metric)
+                rows[f"{task} {metric} (hidden)"] = row
+    return rows

@@ -474,6 +474,13 @@ class NDTFamily:
 
         check_task_names(tasks)
 
+    @staticmethod
+    def transfer_headline(benchmarks: dict[str, dict]) -> dict[str, dict[str, Any]]:
+        """A transfer study's numbers of one seed (:func:`spikefm.families.ndt.evaluate.transfer_headline`)."""
+        from spikefm.families.ndt.evaluate import transfer_headline
+
+        return transfer_headline(benchmarks)
+
     def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
         """One table of several runs' :meth:`evaluate` results (baselines from the first)."""
         from spikefm.families.ndt.tasks import format_benchmark_table

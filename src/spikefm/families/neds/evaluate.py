@@ -46,7 +46,7 @@ from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_di
                                   r2_score_pooled, wilson_interval)
 from spikefm.families.neds.family import _inherited_splits, _run_info
 
-__all__ = ["TASKS", "evaluate_run", "format_results", "run_windows", "neds_predict", "neds_probe",
+__all__ = ["TASKS", "evaluate_run", "format_results", "transfer_headline", "run_windows", "neds_predict", "neds_probe",
            "encoding_scores", "decoding_scores"]
 
 TASKS = ("encoding", "decoding", "region")
@@ -549,7 +549,8 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
     if skipped:
         results["skipped"] = skipped
     return {"family": "neds", "run_dir": str(run_dir), "corpus": str(corpus.path),
-            "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session, "tasks": names,
+            "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session,
+            "num_units": int(model.session_units[session]), "tasks": names,
             "oracle": truth is not None, "rank": rank, "min_rate_hz": min_rate_hz,
             "modalities": mods.to_json(), "num_windows": num_windows, "split": split,
             "results": results}
@@ -684,3 +685,59 @@ def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
     splits = sorted({r.get("split", "test") for r in results_by_run.values()})
     return render_table(["run", "task", "model", "target", "bps / acc", "bps/neuron / bal", "R² single / chance",
                          "R² PSTH"], rows, title=f"NEDS evaluation ({' and '.join(splits)} windows)")
+
+
+#: Column names of :func:`transfer_headline` for the models of :func:`evaluate_run`'s results.
+_HEADLINE_COLUMNS = {"neds_probe": "probe", "ideal_observer": "ideal observer"}
+
+
+def transfer_headline(res: dict) -> dict[str, dict[str, Any]]:
+    """The numbers of one seed of a transfer study (``res``: ``{"fine-tuned": results,
+    "single-session": results}``, each :func:`evaluate_run`'s ``results``): encoding bits per
+    spike, each label's accuracy, each behaviour channel's single-trial R² and the region
+    classifiers' balanced accuracy, per model and baseline (``{metric: {column: value or None}}``;
+    the baselines and references come from the fine-tuned run's benchmark, on the same windows)."""
+    ft, ss = res["fine-tuned"], res.get("single-session", {})
+    rows: dict[str, dict[str, Any]] = {}
+
+    def columns(section: str, pick) -> dict[str, Any]:
+        row = {"fine-tuned": pick(ft.get(section, {}).get("neds")),
+               "single-session": pick(ss.get(section, {}).get("neds"))}
+        for name, scores in ft.get(section, {}).items():
+            if name != "neds" and pick(scores) is not None:  # a baseline without this metric: no column
+                row[_HEADLINE_COLUMNS.get(name, name)] = pick(scores)
+        return row
+
+    def get(*keys):
+        def pick(d):
+            for k in keys:
+                if not isinstance(d, dict) or d.get(k) is None:
+                    return None
+                d = d[k]
+            return d
+        return pick
+
+    for metric in ("bps_pooled", "bps_per_neuron_mean"):
+        if "encoding" in ft:
+            row = columns("encoding", get(metric))
+            diff = ft.get("comparisons", {}).get("encoding", {}).get("neds - linear", {}).get(metric)
+            if metric == "bps_pooled" and diff:  # paired on the same test windows, jackknife interval
+                row["fine-tuned minus linear, 95 % CI low"], row["fine-tuned minus linear, 95 % CI high"] = \
+                    diff["ci95"]
+            rows[f"encoding {metric}"] = row
+    for target, scores in ft.get("decoding", {}).get("neds", {}).items():
+        if "accuracy" in scores:
+            row = columns("decoding", get(target, "accuracy"))
+            row.update(chance=scores.get("chance"), n_scored=scores.get("n"))
+            rows[f"{target} accuracy"] = row
+        else:
+            rows[f"{target} R² (single trial)"] = columns("decoding", get(target, "r2_single_trial"))
+    if "region" in ft:
+        row = {"fine-tuned": get("embedding", "balanced_accuracy")(ft["region"]),
+               "single-session": get("embedding", "balanced_accuracy")(ss.get("region", {}))}
+        for name, scores in ft["region"].items():
+            if name != "embedding":
+                row[name.replace("_", " ")] = get("balanced_accuracy")(scores)
+        row["chance"] = get("embedding", "chance_balanced")(ft["region"])
+        rows["region balanced accuracy"] = row
+    return rows

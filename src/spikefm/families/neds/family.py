@@ -599,6 +599,13 @@ class NEDSFamily:
         return evaluate_run(run_dir, corpus, tasks=tasks, session=session, baselines=baselines, split=split,
                             min_rate_hz=min_rate_hz, rank=rank)
 
+    @staticmethod
+    def transfer_headline(benchmarks: dict[str, dict]) -> dict[str, dict[str, Any]]:
+        """A transfer study's numbers of one seed (:func:`spikefm.families.neds.evaluate.transfer_headline`)."""
+        from spikefm.families.neds.evaluate import transfer_headline
+
+        return transfer_headline(benchmarks)
+
     def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
         from spikefm.families.neds.evaluate import format_results
 

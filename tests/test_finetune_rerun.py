@@ -1,0 +1,64 @@
+"""Running ``spikefm finetune`` into a folder that already holds a fine-tuning: the same command
+again changes nothing; another budget or strategy is refused in fine-tuning's words, and nothing
+is overwritten (a finished run's records were rewritten with the new arguments, its history
+cut, after a "nothing to do" message)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from spikefm import families
+from spikefm.cli import main
+
+COMMON = ["--set", "train.device=cpu", "--set", "train.precision=fp32", "--set", "train.ckpt_every=0"]
+
+
+@pytest.fixture()
+def pretrained(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    families.register("toy", "_toy_family:ToyFamily")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "toy", "--data", str(tmp_path), "--out", str(run), "--steps", "30",
+                 "--set", "optim.lr=3e-3", *COMMON, "--quiet"]) == 0
+    return run
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_finished_finetune_run_again_is_left_as_it_is(pretrained, tmp_path, capsys):
+    ft = tmp_path / "ft"
+    cmd = ["finetune", str(pretrained), "--data", str(tmp_path), "--session", "s1", "--out", str(ft),
+           "--freeze-core", "--steps", "30", "--eval-every", "10", "--patience", "5", "--quiet"]
+    assert main(cmd) == 0
+    before = _files(ft)
+    capsys.readouterr()
+    assert main(cmd) == 0  # the same command: nothing to do, nothing rewritten
+    err = capsys.readouterr().err
+    assert f"{ft} is already finished (stopped at step 30 of at most 30" in err and "nothing to do" in err
+    assert _files(ft) == before
+    # another budget: refused in one line, the records untouched
+    assert main([*cmd[:-7], "--steps", "10", "--quiet"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (f"spikefm: error: {ft} already holds a finished fine-tuning (at most 30 steps, validated "
+                    "every 10, patience 5; it stopped at step 30); nothing is overwritten: use a new --out for "
+                    "at most 10 steps, validated every 250, patience 3")
+    assert _files(ft) == before
+
+
+def test_another_strategy_into_a_fine_tunings_folder_is_refused_as_such(pretrained, tmp_path, capsys):
+    ft = tmp_path / "ft"
+    assert main(["finetune", str(pretrained), "--data", str(tmp_path), "--session", "s1", "--out", str(ft),
+                 "--strategy", "full", "--steps", "10", "--eval-every", "5", "--quiet"]) == 0
+    before = _files(ft)
+    capsys.readouterr()
+    assert main(["finetune", str(pretrained), "--data", str(tmp_path), "--session", "s1", "--out", str(ft),
+                 "--freeze-core", "--steps", "10", "--eval-every", "5", "--quiet"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"spikefm: error: {ft} holds a fine-tuning made with other settings (data.freeze_core")
+    assert line.endswith("nothing is overwritten: use a new --out, or run the command that made it again to "
+                         "continue it")
+    assert _files(ft) == before

@@ -1,0 +1,174 @@
+"""``spikefm experiment transfer`` with a family other than the NDT: its folders carry the
+family's name, its per-seed summary comes from the family's ``transfer_headline`` and
+``spikefm report`` renders its results file. The end-to-end NEDS study is ``slow`` (about 40 s);
+the default suite checks each part on results built by hand."""
+import json
+
+import pytest
+
+
+def _neds_results(scale: float) -> dict:
+    """A NEDS ``evaluate_run`` ``results`` dict in the shape that function writes."""
+    enc = {m: {"bps_pooled": scale * v, "bps_per_neuron_mean": scale * v / 2, "r2_single_trial": 0.1,
+               "r2_psth": 0.2, "units_scored_r2": 9, "units": 10}
+           for m, v in (("neds", 0.05), ("linear", 0.03), ("rrr", 0.04), ("oracle", 0.4))}
+    label = {"accuracy": 0.8, "balanced_accuracy": 0.75, "chance": 0.5, "chance_balanced": 0.5, "n": 20,
+             "accuracy_ci95": [0.6, 0.9], "classes": 2}
+    dec = {m: {"choice": {**label, "accuracy": a}, "wheel_speed": {"r2_single_trial": r, "r2_psth": r}}
+           for m, a, r in (("neds", 0.85, 0.5), ("neds_probe", 0.8, 0.45), ("linear", 0.7, 0.2),
+                           ("rrr", 0.65, 0.25), ("oracle", 1.0, 0.9))}
+    dec["ideal_observer"] = {"choice": {**label, "accuracy": 0.95}}  # labels only: no R² column
+    region = {k: {"accuracy": a, "balanced_accuracy": a, "chance": 0.3, "chance_balanced": 0.25,
+                  "num_units": 10, "classes": ["CA1", "LP"], "confusion": [[3, 2], [1, 4]]}
+              for k, a in (("embedding", 0.6 * scale), ("firing_stats", 0.35), ("psth_counts", 0.5))}
+    return {"encoding": enc, "decoding": dec, "region": region,
+            "comparisons": {"encoding": {"neds - linear": {"bps_pooled": {"value": 0.02, "ci95": [0.01, 0.03]}}}}}
+
+
+def test_neds_headline_reads_each_model_and_baseline_from_the_results():
+    from spikefm import families
+
+    ft, ss = _neds_results(1.0), _neds_results(0.5)
+    rows = families.transfer_headline("neds", {"fine-tuned": ft, "single-session": ss})
+    enc = rows["encoding bps_pooled"]
+    assert enc["fine-tuned"] == ft["encoding"]["neds"]["bps_pooled"]
+    assert enc["single-session"] == ss["encoding"]["neds"]["bps_pooled"]
+    assert (enc["linear"], enc["rrr"], enc["oracle"]) == (0.03, 0.04, 0.4)
+    assert (enc["fine-tuned minus linear, 95 % CI low"], enc["fine-tuned minus linear, 95 % CI high"]) == (0.01, 0.03)
+    choice = rows["choice accuracy"]
+    assert choice == {"fine-tuned": 0.85, "single-session": 0.85, "probe": 0.8, "linear": 0.7, "rrr": 0.65,
+                      "oracle": 1.0, "ideal observer": 0.95, "chance": 0.5, "n_scored": 20}
+    wheel = rows["wheel_speed R² (single trial)"]
+    assert "ideal observer" not in wheel and wheel["fine-tuned"] == 0.5 and wheel["linear"] == 0.2
+    region = rows["region balanced accuracy"]
+    assert region["fine-tuned"] == pytest.approx(0.6) and region["single-session"] == pytest.approx(0.3)
+    assert (region["firing stats"], region["psth counts"], region["chance"]) == (0.35, 0.5, 0.25)
+
+
+def test_a_family_without_transfer_headline_is_refused_in_one_line(monkeypatch):
+    from spikefm import families
+
+    class Bare:
+        pass
+
+    monkeypatch.setattr(families, "get", lambda name: Bare())
+    with pytest.raises(ValueError, match=r"^the 'mine' family has no transfer_headline\(\), .*\(--model\)$"):
+        families.transfer_headline("mine", {})
+
+
+def test_a_neds_study_resumes_from_its_own_results_files(tmp_path, monkeypatch):
+    """A rerun reuses the seeds whose ``results_neds.json`` is there (the file a NEDS study writes)."""
+    from spikefm.experiments import transfer as tr
+
+    calls = []
+
+    def fake_transfer(out, *, seed, **options):
+        calls.append(seed)
+        out.mkdir(parents=True, exist_ok=True)
+        res = {"fine-tuned": {**_neds_results(1.0), "session_id": f"s{seed}", "num_units": 10,
+                              "num_windows": {"train": 8, "val": 1, "test": 3}},
+               "single-session": _neds_results(0.5)}
+        (out / "results_neds.json").write_text(json.dumps(res))
+        return {**res, "finetune": {"strategy": "frozen"}}
+
+    monkeypatch.setattr(tr, "transfer", fake_transfer)
+    first = tr.transfer_study(tmp_path, seeds=[1, 2], family="neds", finetune_steps=5)
+    assert first["per_seed"][1]["num_test_windows"] == 3 and first["per_seed"][2]["session_id"] == "s2"
+    assert first["mean_sd"]["choice accuracy"]["fine-tuned"] == {"mean": 0.85, "sd": 0.0, "n": 2}
+    tr.transfer_study(tmp_path, seeds=[1, 2], family="neds", finetune_steps=5)
+    assert calls == [1, 2]  # both reused
+
+
+def test_the_report_renders_a_neds_studys_results_file(tmp_path):
+    from spikefm.report.evaluation import parse_evaluation
+
+    obj = {"fine-tuned": {**_neds_results(1.0), "session_id": "s1", "split": "test",
+                          "num_windows": {"train": 8, "val": 1, "test": 3}},
+           "single-session": _neds_results(0.5)}
+    ev = parse_evaluation(obj)
+    assert ev.family == "neds" and list(ev.models) == ["fine-tuned", "single-session"]
+    path = tmp_path / "results_neds.json"
+    path.write_text(json.dumps(obj))
+    from spikefm.cli import main
+
+    assert main(["report", str(path), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    for run in ("fine-tuned", "single-session"):
+        assert f'data-table="neds-encoding-{run}"' in page and f'data-table="neds-region-{run}"' in page
+
+
+@pytest.mark.slow
+def test_a_neds_transfer_study_runs_end_to_end(tmp_path):
+    """The smallest NEDS study: folders named after the family, the per-seed row read from the
+    family's results file, the report renders it."""
+    from spikefm.cli import main
+    from spikefm.corpus.reader import Corpus
+
+    out = tmp_path / "study"
+    assert main(["experiment", "transfer", "--model", "neds", "--out", str(out), "--seeds", "5", "--sessions", "2",
+                 "--duration-s", "60", "--pretrain-steps", "2", "--finetune-steps", "2", "--strategy", "frozen",
+                 "--set", "train.batch_size=2", "--quiet"]) == 0
+    seed = out / "seed_5"
+    assert {p.name for p in seed.iterdir()} >= {"nwb_neds", "corpus_sessions", "run_neds_pretrain",
+                                                "run_neds_finetune", "run_neds_single", "results_neds.json"}
+    results = json.loads((seed / "results_neds.json").read_text())
+    row = json.loads((out / "transfer.json").read_text())["per_seed"]["5"]
+    ft = results["fine-tuned"]
+    assert row["session_id"] == ft["session_id"] == Corpus(seed / "corpus_sessions").session_ids("test")[0]
+    assert row["num_units"] == ft["num_units"] == ft["encoding"]["neds"]["units"]
+    assert row["num_test_windows"] == ft["num_windows"]["test"]
+    assert row["metrics"]["encoding bps_pooled"]["fine-tuned"] == ft["encoding"]["neds"]["bps_pooled"]
+    assert row["metrics"]["encoding bps_pooled"]["single-session"] == \
+        results["single-session"]["encoding"]["neds"]["bps_pooled"]
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    assert 'data-table="neds-encoding-single-session"' in (tmp_path / "r.html").read_text()
+
+
+def test_results_name_the_family_that_computed_them(monkeypatch):
+    """A plugin built on a built-in family's evaluation (``class Mine(NDTFamily)``) writes its own
+    name into the results, so ``format_results`` and ``spikefm report`` read them as its own."""
+    from spikefm import families
+
+    class Built:
+        name = "ndt"
+
+        def evaluate(self, run_dir, corpus, **options):
+            return {"family": "ndt", "results": {"tasks": {}}}
+
+    class Mine(Built):
+        name = "myndt"
+
+    monkeypatch.setattr(families, "family_of_run", lambda run_dir: Mine())
+    assert families.evaluate("run", "corpus")["family"] == "myndt"
+    assert families.stamp_family(Built(), [1, 2]) == [1, 2]  # not a results dict: unchanged
+
+
+def test_fine_tuning_on_another_corpus_says_so_and_does_not_claim_the_session_was_seen(tmp_path, recwarn):
+    """A session id of the pretraining run in another corpus was said to be one the model "has seen"
+    (ids repeat across corpora), and the other corpus itself went unmentioned."""
+    import hashlib
+    import warnings
+
+    from spikefm import families
+
+    run, trained_on, other = tmp_path / "run", tmp_path / "c1", tmp_path / "c2"
+    for folder, text in ((trained_on, '{"v": 1}'), (other, '{"v": 2}')):
+        folder.mkdir()
+        (folder / "manifest.json").write_text(text)
+    run.mkdir()
+    h1, h2 = (hashlib.sha256(t).hexdigest() for t in (b'{"v": 1}', b'{"v": 2}'))
+    (run / "config.json").write_text(json.dumps({"family": "ndt", "family_info": {
+        "sessions": {"s1": 10}, "corpus_manifest_sha256": h1}}))
+    warnings.simplefilter("always")
+    families._warn_if_pretrained_on(run, "s1", trained_on)
+    assert [str(w.message).split(":")[0] for w in recwarn] == [f"session 's1' is one of the sessions {run} was trained on"]
+    recwarn.clear()
+    families._warn_if_pretrained_on(run, "s1", other)
+    messages = [str(w.message) for w in recwarn]
+    assert messages[0].startswith(f"{other} is not the corpus {run} was trained on (manifest sha256 {h1[:12]}... "
+                                  f"there, {h2[:12]}... here)")
+    assert messages[1].startswith(f"{run} was trained on a session also named 's1' (in its own corpus)")
+    assert len(messages) == 2
+    recwarn.clear()
+    families._warn_if_pretrained_on(run, "s9", other)  # a new session id: only the corpus is said
+    assert len(recwarn) == 1 and "is not the corpus" in str(recwarn[0].message)

@@ -8,7 +8,10 @@ as Parquet shards ``data/{train,test}-NNNNN-of-NNNNN.parquet`` whose rows have f
 train/test split, and adds spikefm's columns with defaults (see :data:`schema.ROW_SCHEMA`):
 
 - ``bin_ms`` = 20; ``t_start_ms`` from the segment order when a session's segments are numbered
-  0..k-1 with the same units (start = bins of the earlier segments x bin_ms), else 0;
+  0..k-1 with the same units (start = bins of the earlier segments x bin_ms), else 0 for every
+  row of the session, recorded as ``segments_ordered: false`` in its manifest entry and named in
+  a warning: ``generate --prompt`` then takes a prompt from inside one row, and the windows of
+  the masked families (ndt, neds) refuse the session (leave it out with ``--sessions``);
 - unit ids ``"0".."n-1"``, regions ``"unknown"``, no behaviour, no trials;
 - ``species`` from :data:`NEURAL_PILE_SPECIES` by source name, else ``""``.
 
@@ -561,10 +564,11 @@ def _assign_session_ids(sessions: dict[tuple, _Session]) -> None:
               "subject; renamed with -2, -3... (original_session_id in the manifest)")
 
 
-def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -> int:
-    """Fill rows.t_start_ms; returns the number of multi-row sessions whose order is unknown."""
+def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -> list[str]:
+    """Fill rows.t_start_ms; returns the ids of the multi-row sessions whose rows cannot be put
+    on one timeline (segments not numbered 0..k-1, or different unit counts)."""
     rows.t_start_ms = [0] * len(rows.segment_id)
-    unknown = 0
+    unknown: list[str] = []
     for s in sessions.values():
         given = [rows.given_t_start[r] for r in s.rows]
         if all(t is not None for t in given):  # the rows' own t_start_ms (a spikefm corpus's)
@@ -584,10 +588,22 @@ def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -
                 rows.t_start_ms[r] = start * bin_ms
                 start += rows.num_bins[r]
         elif len(s.rows) > 1:
-            unknown += 1
+            unknown.append(s.session_id)
         else:
             s.t_start_known = True  # a lone row starts the session
     return unknown
+
+
+def _unordered_warning(session_ids: list[str]) -> str:
+    """The one-line warning about sessions whose rows cannot be put on one timeline: what it
+    means for ``spikefm generate --prompt`` (a prompt from inside one row) and ndt / neds training
+    (:mod:`spikefm.data.windows` refuses them)."""
+    names = ", ".join(sorted(session_ids)[:5]) + (" ..." if len(session_ids) > 5 else "")
+    return (f"{len(session_ids)} session(s) ({names}) have segments not numbered 0..k-1 or rows of "
+            "different unit counts, so their rows cannot be put on one timeline: each row gets "
+            "t_start_ms 0 (manifest: segments_ordered false); generate --prompt takes its prompt "
+            "from inside one of their rows, and ndt / neds training refuses them: leave them out "
+            "with --sessions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,8 +747,7 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     _assign_session_ids(sessions)
     unknown = _assign_t_start(rows, sessions, bin_ms)
     if unknown:
-        _warn(f"{unknown} sessions have segments not numbered 0..k-1 with equal units; their "
-              "rows get t_start_ms = 0")
+        _warn(_unordered_warning(unknown))
 
     try:
         with open_corpus_dir(out_dir) as folder, \

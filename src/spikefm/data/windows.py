@@ -5,7 +5,12 @@ N units of a session (padded to the batch maximum in batches), C behaviour chann
 session's whole grid, B batch.
 
 A session's rows (chunks of at most ``max_row_tokens``, possibly spread over the corpus's
-``train`` and ``test`` splits) are put back on the session's bin grid, then cut into windows:
+``train`` and ``test`` splits) are put back on the session's bin grid, then cut into windows.
+A session that ``spikefm corpus import`` could not put on one timeline (its manifest entry has
+``segments_ordered: false``: segments not numbered 0..k-1, or rows of different unit counts, all
+starting at 0 ms) is refused, naming it and the ``--sessions`` fix: cutting each of its rows
+alone was left out, since rows of different units cannot share one session's read-out and rows
+of unknown order would give windows the same start times, which saved splits match by.
 
 * **trial-aligned** (``align="stim_on_time"``): one window per trial, starting ``pre_ms`` before
   the trial's event. The event time (seconds, float) is converted once to integer microseconds
@@ -216,9 +221,49 @@ def _float_or_nan(v) -> float:
     return x
 
 
-def _assemble(session_id: str, rows: list[CorpusRow]) -> _SessionGrid:
+def _imported(corpus: Corpus) -> bool:
+    """Whether the corpus came from ``spikefm corpus import`` (not built from NWB files)."""
+    return bool((corpus.manifest.get("build") or {}).get("importer"))
+
+
+def _usable_hint(corpus: Corpus, refused: set[str]) -> str:
+    """``--sessions`` with a few train sessions whose rows are on one timeline, for a fix."""
+    ok = [s["session_id"] for s in corpus.sessions
+          if s.get("segments_ordered") is not False and s["session_id"] not in refused
+          and s["split"] in ("train", "both")]
+    if not ok:
+        return "no session of its train split is usable"
+    return "e.g. --sessions " + ",".join(ok[:5]) + (f" ({len(ok)} usable in all)" if len(ok) > 5 else "")
+
+
+def _check_one_timeline(corpus: Corpus, rows: dict[str, list[CorpusRow]]) -> None:
+    """Refuse sessions whose rows the import could not put on one timeline (the manifest's
+    ``segments_ordered`` is false: segments not numbered 0..k-1, or rows of different unit
+    counts; every such row starts at 0 ms). Windows are cut on one bin grid per session, and
+    these rows' order and units do not fit one, so such a session is named, with the fix."""
+    unordered = {s["session_id"] for s in corpus.sessions if s.get("segments_ordered") is False}
+    bad = [sid for sid in rows if len(rows[sid]) > 1 and sid in unordered]
+    if not bad:
+        return
+    sid = bad[0]
+    units = sorted({r.num_units for r in rows[sid]})
+    what = (f"units {'/'.join(map(str, units))} differ across them" if len(units) > 1
+            else "their order is unknown")
+    others = f" (and {', '.join(bad[1:4])}{' ...' if len(bad) > 4 else ''}, the same)" if len(bad) > 1 else ""
+    raise ValueError(f"session {sid!r}: its {len(rows[sid])} rows cannot be joined on one timeline "
+                     f"({what}): it was imported with segments not numbered 0..k-1 or with different "
+                     "unit counts across rows, so manifest.json records segments_ordered false and "
+                     "every row starts at 0 ms; windows need one timeline per session: leave it out"
+                     f"{others} with --sessions (data.sessions), {_usable_hint(corpus, set(bad))}")
+
+
+def _assemble(session_id: str, rows: list[CorpusRow], *, imported: bool = False) -> _SessionGrid:
+    """Put a session's rows back on its bin grid. ``imported``: the corpus came from ``corpus
+    import`` (a rebuild is not the fix there: the rows are the published ones)."""
     if not rows:
         raise ValueError(f"session {session_id!r} has no rows in the corpus")
+    fix = ("the corpus was imported, so importing again gives the same rows: leave this session "
+           "out with --sessions (data.sessions)") if imported else "rebuild the corpus"
     rows = sorted(rows, key=lambda r: r.t_start_ms)
     bin_ms = int(rows[0].bin_ms)
     num_units = rows[0].num_units
@@ -226,10 +271,10 @@ def _assemble(session_id: str, rows: list[CorpusRow]) -> _SessionGrid:
         if int(r.bin_ms) != bin_ms or r.num_units != num_units:
             raise ValueError(f"session {session_id!r}: rows disagree on bin_ms/num_units "
                              f"({r.bin_ms} ms, {r.num_units} units vs {bin_ms} ms, {num_units} units); "
-                             "rebuild the corpus")
+                             f"{fix}")
         if (int(r.t_start_ms) - int(rows[0].t_start_ms)) % bin_ms:
             raise ValueError(f"session {session_id!r}: row starting at {r.t_start_ms} ms is off the "
-                             f"{bin_ms} ms bin grid; rebuild the corpus")
+                             f"{bin_ms} ms bin grid; {fix}")
     t0_ms = int(rows[0].t_start_ms)
     end_ms = max(int(r.t_start_ms) + r.num_bins * bin_ms for r in rows)
     G = (end_ms - t0_ms) // bin_ms
@@ -244,7 +289,10 @@ def _assemble(session_id: str, rows: list[CorpusRow]) -> _SessionGrid:
         b = a + r.num_bins
         if valid_G[a:b].any():
             raise ValueError(f"session {session_id!r}: rows overlap at {r.t_start_ms} ms; the corpus "
-                             "holds this session twice? Rebuild it")
+                             + ("holds rows of this session twice (two copies of a file in the "
+                                "imported folder?); leave this session out with --sessions "
+                                "(data.sessions) or import the folder without the copies" if imported
+                                else "holds this session twice? Rebuild it"))
         counts_NG[:, a:b] = r.spike_counts
         valid_G[a:b] = True
         if behavior_CG is not None:
@@ -537,8 +585,10 @@ def make_session_windows(corpus: Corpus | str | Path, session_id: str, *, window
     _check_window_args(window_bins, pre_ms)
     fr = _check_fractions(split_fractions)
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
-    rows = _collect_rows(corpus, [session_id])[session_id]
-    return _windows_from_grid(_assemble(session_id, rows), session_id, window_bins=window_bins,
+    rows = _collect_rows(corpus, [session_id])
+    _check_one_timeline(corpus, rows)
+    grid = _assemble(session_id, rows[session_id], imported=_imported(corpus))
+    return _windows_from_grid(grid, session_id, window_bins=window_bins,
                               align=align, pre_ms=pre_ms, table=table, stride_bins=stride_bins,
                               split_fractions=fr, seed=seed, event_rounding=event_rounding,
                               drop_nogo=drop_nogo, rt_range_ms=None if rt_range_ms is None else tuple(rt_range_ms),
@@ -567,7 +617,9 @@ def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | N
     _check_window_args(opts["window_bins"], opts["pre_ms"])
     opts["split_fractions"] = _check_fractions(opts["split_fractions"])
     rows = _collect_rows(corpus, list(session_ids))
-    return {s: _windows_from_grid(_assemble(s, rows[s]), s, **opts) for s in session_ids}
+    _check_one_timeline(corpus, rows)
+    imported = _imported(corpus)
+    return {s: _windows_from_grid(_assemble(s, rows[s], imported=imported), s, **opts) for s in session_ids}
 
 
 # ---------------------------------------------------------------------------------------------

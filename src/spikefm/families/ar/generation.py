@@ -11,8 +11,41 @@ import torch
 from spikefm.fileio import savez_atomic, write_atomic
 
 
+def _segment_key(segment_id: str) -> tuple[int, str]:
+    """Sort key of a row's segment id: its trailing number (``segment_10`` after ``segment_9``)."""
+    digits = len(segment_id) - len(segment_id.rstrip("0123456789"))
+    return (int(segment_id[-digits:]) if digits else -1, segment_id)
+
+
+def _session_stretches(rows: list, ordered: bool) -> list[list]:
+    """Rows of one session (sorted) -> runs of rows that lie back to back on one timeline.
+
+    Two neighbouring rows are joined only when the session's rows are on one clock (``ordered``:
+    the manifest's ``segments_ordered`` is not false), have the same units, and the second starts
+    where the first ends; otherwise a stretch ends there (an imported session whose segment order
+    is unknown, or whose segments have different unit counts: one stretch per row).
+    """
+    stretches = [[rows[0]]]
+    for prev, r in zip(rows, rows[1:]):
+        joined = ordered and r.num_units == prev.num_units and \
+            int(r.t_start_ms) == int(prev.t_start_ms) + prev.num_bins * int(prev.bin_ms)
+        if joined:
+            stretches[-1].append(r)
+        else:
+            stretches.append([r])
+    return stretches
+
+
 def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
-    """``CORPUS_DIR:SESSION_ID:START_BIN`` -> (prompt counts, the real bins that follow)."""
+    """``CORPUS_DIR:SESSION_ID:START_BIN`` -> (prompt counts, the real bins that follow, bin_ms).
+
+    START_BIN counts the session's bins: its rows one after another, in time order (rows of an
+    imported session whose order is unknown all start at 0 ms: then in segment order). The prompt
+    and the real bins that follow it never cross from one row into another that does not continue
+    it on the same timeline (see :func:`_session_stretches`): such a prompt is refused, naming
+    the rows' bins, and the real bins stop at the row's end (with a warning). So a session whose
+    rows have different unit counts still gives a prompt, of the units of the row that holds it.
+    """
     from spikefm.corpus.reader import Corpus
 
     try:
@@ -21,21 +54,54 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
     except ValueError:
         raise ValueError(f"--prompt must be CORPUS_DIR:SESSION_ID:START_BIN, got {spec!r}") from None
     corpus = Corpus(corpus_dir)
-    corpus.session(session_id)  # a clear error for an unknown session
+    meta = corpus.session(session_id)  # a clear error for an unknown session
+    ordered = meta.get("segments_ordered") is not False
     rows = sorted((r for split in ("train", "test") for r in corpus.iter_rows(split,
-                   sessions=[session_id], with_extras=False)), key=lambda r: r.t_start_ms)
-    counts = np.concatenate([r.spike_counts for r in rows], axis=1)
-    if start < 0 or start + prompt_bins > counts.shape[1]:
-        raise ValueError(f"session {session_id} has {counts.shape[1]} bins; START_BIN {start} + "
+                   sessions=[session_id], with_extras=False)),
+                  key=lambda r: (int(r.t_start_ms), _segment_key(r.segment_id or "")))
+    if not rows:
+        raise ValueError(f"session {session_id} has no rows in {corpus_dir}; the corpus is damaged: "
+                         "rebuild or re-import it")
+    stretches = _session_stretches(rows, ordered)
+    total = sum(r.num_bins for r in rows)
+    if start < 0 or start + prompt_bins > total:
+        raise ValueError(f"session {session_id} has {total} bins; START_BIN {start} + "
                          f"{prompt_bins} prompt bins does not fit")
-    real = counts[:, start + prompt_bins:start + prompt_bins + num_bins]
+    first = 0  # session bin where the stretch that holds START_BIN starts
+    for stretch in stretches:
+        size = sum(r.num_bins for r in stretch)
+        if start < first + size or stretch is stretches[-1]:
+            break
+        first += size
+    if start + prompt_bins > first + size:
+        units = sorted({r.num_units for r in rows})
+        why = (f"units {'/'.join(map(str, units))} differ across them" if len(units) > 1 else
+               "their order is unknown: imported with segments not numbered 0..k-1" if not ordered
+               else "they are not back to back in time")
+        if not ordered:
+            why += "; the manifest records segments_ordered false"
+        spans, b = [], 0
+        for r in rows[:6]:
+            spans.append(f"{b}-{b + r.num_bins - 1} ({r.segment_id or 'row'}, {r.num_units} units)")
+            b += r.num_bins
+        raise ValueError(f"session {session_id}: START_BIN {start} + {prompt_bins} prompt bins crosses "
+                         f"from one row into the next, and its rows cannot be joined on one timeline "
+                         f"({why}); start the prompt and end it inside one row, session bins: "
+                         + ", ".join(spans) + (" ..." if len(rows) > 6 else ""))
+    counts = stretch[0].spike_counts if len(stretch) == 1 else \
+        np.concatenate([r.spike_counts for r in stretch], axis=1)
+    a = start - first
+    real = counts[:, a + prompt_bins:a + prompt_bins + num_bins]
     if real.shape[1] < num_bins:  # the session ends: compare with what there is, and say so
-        warnings.warn(f"session {session_id} ends {real.shape[1]} bin(s) after the prompt, fewer than "
+        where = f"session {session_id}" if stretch is stretches[-1] else (
+            f"session {session_id}'s row {stretch[-1].segment_id or ''} (its rows cannot be joined on "
+            "one timeline, so the real bins stop there)")
+        warnings.warn(f"{where} ends {real.shape[1]} bin(s) after the prompt, fewer than "
                       f"--bins {num_bins}: " + ("no real bins to compare with (the .npz holds no "
                       "'real')" if real.shape[1] == 0 else f"the real-vs-generated comparison uses "
                       f"those {real.shape[1]}") + "; start the prompt earlier for a full comparison",
                       RuntimeWarning, stacklevel=2)
-    return (counts[:, start:start + prompt_bins], real if real.shape[1] else None,
+    return (counts[:, a:a + prompt_bins], real if real.shape[1] else None,
             int(corpus.manifest.get("bin_ms") or 0))
 
 
@@ -83,8 +149,8 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     if prompt:
         p_counts, real, bin_ms = _prompt_counts(prompt, prompt_bins, num_bins)
         if p_counts.shape[0] != num_units:
-            raise ValueError(f"--units {num_units} does not match the prompt session's "
-                             f"{p_counts.shape[0]} units; pass --units {p_counts.shape[0]}")
+            raise ValueError(f"--units {num_units} does not match the {p_counts.shape[0]} units of the prompt "
+                             f"({':'.join(prompt.rsplit(':', 2)[1:])}); pass --units {p_counts.shape[0]}")
         prompt_tokens = torch.from_numpy(tokenize(p_counts).astype(np.int64))[None]
         arrays["prompt"] = p_counts
         if real is not None:

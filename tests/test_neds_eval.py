@@ -203,3 +203,67 @@ def test_hidden_state_probe_reads_labels_and_channels_from_the_fit_windows_only(
     again = neds_probe(h, a, fit, te, mods)
     np.testing.assert_array_equal(again["labels"]["choice"], res["labels"]["choice"])
     np.testing.assert_array_equal(again["behavior_KTC"], res["behavior_KTC"])
+
+
+def test_a_label_a_decoder_cannot_fit_is_named_with_the_reason():
+    """A label whose fit windows hold one class (or a class of one window) had no row for that
+    decoder and no word why (``--split val`` on short sessions)."""
+    from types import SimpleNamespace
+
+    from spikefm.families.neds.evaluate import neds_probe
+
+    K, T, D = 40, 5, 3
+    h = np.random.default_rng(0).normal(size=(K, T, D))
+    y = np.zeros(K, dtype=np.int64)
+    y[:2] = 1  # class 1: one fit window only (window 1); window 0 is a test window
+    mods = SimpleNamespace(labels=[("choice", [-1, 1])], channels=[])
+    a = SimpleNamespace(labels_KJ=y[:, None], behavior_KTC=np.zeros((K, T, 0)))
+    res = neds_probe(h, a, np.arange(1, K), np.arange(1), mods)
+    assert "choice" not in res["labels"]
+    assert res["skipped"]["choice"] == ("its fit windows hold 2 choice class(es), some with fewer than 2 "
+                                        "windows: a classifier needs 2 classes of at least 2 windows each")
+    y[2] = 1  # now two fit windows of class 1: fitted
+    assert "choice" in neds_probe(h, a, np.arange(1, K), np.arange(1), mods)["labels"]
+
+
+def test_decoding_scores_quietly_count_a_class_the_test_windows_lack(recwarn):
+    yt = np.array([0, 0, 0, 1])
+    yp = np.array([0, 2, 0, 1])  # class 2 predicted, absent from the test windows
+    out = decoding_scores({"block": yp}, {"block": yt}, {"block": 3}, None, None, [], np.zeros(4))
+    assert out["block"]["accuracy"] == 0.75
+    # balanced accuracy over the classes present: class 0 2/3 right, class 1 1/1
+    assert out["block"]["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert not [w for w in recwarn if "y_pred contains classes" in str(w.message)]
+
+
+def test_an_accuracy_difference_interval_stays_within_minus_one_and_one():
+    from spikefm.families.neds.evaluate import _paired_decoding
+
+    y = np.array([0, 1, 0, 1])
+    a = {"choice": np.array([1, 0, 1, 1])}  # 1 of 4 right
+    b = {"choice": np.array([0, 1, 0, 1])}  # 4 of 4 right
+    d = _paired_decoding(a, b, None, None, {"choice": y}, np.zeros((4, 1, 0)), [])["choice"]["accuracy"]
+    assert d["value"] == -0.75
+    assert -1.0 <= d["ci95"][0] <= d["value"] <= d["ci95"][1] <= 1.0
+    diffs = (a["choice"] == y).astype(float) - (b["choice"] == y)
+    from spikefm.eval.metrics import jackknife_interval
+
+    raw = jackknife_interval(lambda i: diffs[i].mean(), 4)["ci95"]
+    assert raw[0] < -1.0 and d["ci95"][0] == -1.0 and d["ci95"][1] == pytest.approx(raw[1])
+
+
+def test_psth_features_of_sessions_with_different_conditions_have_one_size():
+    """Region features from sessions whose windows hold different trial conditions failed inside
+    numpy ("all the input array dimensions ... must match"); a condition a session lacks now
+    gets that session's mean over all its windows."""
+    from spikefm.families.neds.evaluate import _psth
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 4, 2))
+    cond = np.array([0, 0, 1, 1, 1, 0])
+    both = _psth(x, cond, [0, 1, 2])
+    assert both.shape == (12, 2)
+    np.testing.assert_allclose(both[:4], x[cond == 0].mean(0))
+    np.testing.assert_allclose(both[4:8], x[cond == 1].mean(0))
+    np.testing.assert_allclose(both[8:], x.mean(0))  # condition 2: none of these windows
+    np.testing.assert_array_equal(_psth(x, cond), both[:8])  # default: the conditions present

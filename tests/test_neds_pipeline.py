@@ -427,7 +427,8 @@ def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetun
     with pytest.raises(ValueError, match="expected 'test' or 'val'"):
         ev.evaluate_run(str(out), str(corpus_dir), tasks=["encoding"], split="train")
     # what is printed and rendered says which windows were scored (both said "test")
-    assert ev.format_results({"ft": res}).splitlines()[0].strip() == "NEDS evaluation (val windows)"
+    assert ev.format_results({"ft": res}).splitlines()[0].strip() == \
+        f"NEDS evaluation (ft: session {held_out}, val windows ({val.size}))"
     from spikefm.report import build_report
 
     html = build_report(_write_json(out.parent / "val.json", res)).html()
@@ -499,8 +500,8 @@ def test_decoding_a_run_with_nothing_to_decode_is_skipped_with_the_reason(tmp_pa
         res = evaluate_run(str(tmp_path / "run"), str(tmp_path / "corpus"), tasks=["encoding", "decoding"])
     assert not [w for w in caught if "score nothing" in str(w.message)]
     assert "decoding" not in res["results"] and res["tasks"] == ["encoding"]
-    assert res["results"]["skipped"]["decoding"].startswith("the run has no behaviour channels or trial labels")
-    assert "skipped" in format_results({"run": res}) and "no behaviour channels" in format_results({"run": res})
+    assert res["results"]["skipped"]["decoding"].startswith("the run decodes no behaviour channel or trial label")
+    assert format_results({"run": res}).splitlines()[-1] == f"run: decoding skipped: {res['results']['skipped']['decoding']}"
 
 
 def test_finetuning_to_a_session_without_the_pretrained_channels(pretrained, tmp_path, nwb_factory, recwarn):
@@ -528,3 +529,33 @@ def test_finetuning_to_a_session_without_the_pretrained_channels(pretrained, tmp
     # nothing of the session to decode: skipped with the reason (it was an empty table, exit 0)
     assert "decoding" not in res["results"] and res["tasks"] == ["encoding"]
     assert "holds none of the run's behaviour channels or trial labels" in res["results"]["skipped"]["decoding"]
+
+
+def test_a_session_too_short_for_the_baselines_is_warned_and_every_task_reports(tmp_path, capsys):
+    """Sessions of 15 s (3 train, 0 validation windows): the baselines' numbers were absurd with no
+    word, a label left out of decoding had no reason, and region features of sessions with
+    different trial conditions failed inside numpy."""
+    from spikefm.families.neds import evaluate as ev
+
+    synthesize(tmp_path / "nwb", num_sessions=3, seed=3, duration_s=15.0)
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "c", BuildConfig(test_fraction=0.2), progress=False)
+    run = tmp_path / "pre"
+    assert main(["train", "--model", "neds", "--preset", "tiny", "--data", str(tmp_path / "c"), "--out", str(run),
+                 "--steps", "2", *TRAIN_ARGS]) == 0
+    session = sorted(json.loads((run / "config.json").read_text())["family_info"]["sessions"])[0]
+    capsys.readouterr()
+    with pytest.warns(RuntimeWarning, match=r"has \d+ train and \d+ validation windows for the baselines "
+                                            r"\(fewer than 5\)"):
+        res = ev.evaluate_run(str(run), str(tmp_path / "c"), session=session)
+    region = res["results"]["region"]
+    for name, v in region.items():  # scored, or a reason in words, never a numpy message
+        assert "error" not in v or "input array dimensions" not in v["error"], (name, v)
+    text = ev.format_results({"pre": res})
+    skipped = res["results"].get("skipped", {})
+    for task, why in skipped.items():
+        assert f"pre: {task} skipped: {why}" in text.splitlines()
+    decoded = {t for m in res["results"].get("decoding", {}).values() for t in m}
+    for label in res["modalities"]["labels"]:
+        name = label[0] if isinstance(label, (list, tuple)) else label
+        if "decoding" in res["results"] and name not in decoded:  # left out: said why
+            assert any(k.startswith(f"decoding {name}") for k in skipped), (name, skipped)

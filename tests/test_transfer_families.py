@@ -19,7 +19,8 @@ def _neds_results(scale: float) -> dict:
                            ("rrr", 0.65, 0.25), ("oracle", 1.0, 0.9))}
     dec["ideal_observer"] = {"choice": {**label, "accuracy": 0.95}}  # labels only: no R² column
     region = {k: {"accuracy": a, "balanced_accuracy": a, "chance": 0.3, "chance_balanced": 0.25,
-                  "num_units": 10, "classes": ["CA1", "LP"], "confusion": [[3, 2], [1, 4]]}
+                  "num_units": 10, "classes": ["CA1", "LP"], "confusion": [[3, 2], [1, 4]],
+                  "grouping": "stratified 5-fold (one session)"}
               for k, a in (("embedding", 0.6 * scale), ("firing_stats", 0.35), ("psth_counts", 0.5))}
     return {"encoding": enc, "decoding": dec, "region": region,
             "comparisons": {"encoding": {"neds - linear": {"bps_pooled": {"value": 0.02, "ci95": [0.01, 0.03]}}}}}
@@ -95,6 +96,8 @@ def test_the_report_renders_a_neds_studys_results_file(tmp_path):
     page = (tmp_path / "r.html").read_text()
     for run in ("fine-tuned", "single-session"):
         assert f'data-table="neds-encoding-{run}"' in page and f'data-table="neds-region-{run}"' in page
+    # the region table says how its folds were made (it said "grouped by session" for one session)
+    assert "folds: stratified 5-fold (one session)" in page and "folds grouped by session" not in page
 
 
 @pytest.mark.slow

@@ -426,6 +426,10 @@ def cmd_report(args) -> int:
 # --- parser ------------------------------------------------------------------------------------
 
 
+#: `--quiet` of every command: what it hides and what stays.
+QUIET_HELP = "no progress display (the result lines, warnings and errors are still printed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from spikefm import __version__
 
@@ -459,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true",
                    help="replace recordings in OUT_DIR written by other settings (a rerun of the same command "
                         "needs no flag)")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     s.set_defaults(func=cmd_synth)
 
     c = sub.add_parser("corpus", help="build, inspect, plot or import corpora")
@@ -488,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: --workers processes here; ray: one Ray task per file on a cluster "
                         "(--address) or a local Ray instance (pip install 'spikefm[ray]')")
     b.add_argument("--address", default=None, help="Ray cluster address (--executor ray)")
-    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     b.set_defaults(func=cmd_corpus_build)
 
     i = csub.add_parser("info", help="summary statistics of a corpus")
@@ -507,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--cache-dir", default=None)
     im.add_argument("--overwrite", action="store_true",
                     help="replace a corpus in --out that was built from NWB files or imported from another source")
-    im.add_argument("--quiet", action="store_true")
+    im.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     im.set_defaults(func=cmd_corpus_import)
 
     t = sub.add_parser("train", help="train a model family on a corpus (torchrun for many GPUs)")
@@ -528,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     t.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files to OUT/tensorboard (pip install 'spikefm[tensorboard]')")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run (or a Hugging Face Llama folder) on a corpus")
@@ -566,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on a corpus built with --split row) and print both side by side")
     e.add_argument("--compare-data", default=None, metavar="CORPUS_DIR",
                    help="the corpus for --compare-run (default: the one it was trained on)")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     e.set_defaults(func=cmd_eval)
 
     f = sub.add_parser("finetune", help="adapt a pretrained run to a held-out session")
@@ -599,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write TensorBoard event files in each candidate's run folder")
     f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config field, e.g. optim.lr=1e-3 (repeatable)")
-    f.add_argument("--quiet", action="store_true")
+    f.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     f.set_defaults(func=cmd_finetune)
 
     from spikefm.families import commands
@@ -634,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--tasks", default=None, help="benchmark tasks (default: the family's)")
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="a setting of the pretraining run (repeatable)")
-    tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     tr.set_defaults(func=cmd_experiment_transfer)
     from spikefm.experiments.commands import add_parsers as add_study_parsers
 

@@ -87,7 +87,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="torch threads (Ray: CPUs) per job (default: cores // workers; Ray: 1)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     p.add_argument("--gpus-per-job", type=_gpus, default=0.0, help="Ray: GPUs per job (e.g. 0.25)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress display (the result lines, warnings and errors are still printed)")
 
 
 def _settings(args):

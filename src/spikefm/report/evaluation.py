@@ -268,7 +268,9 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
                     num(v.get("balanced_accuracy"), "region", k, "balanced_accuracy"),
                     num(v.get("chance"), "region", k, "chance"),
                     num(v.get("chance_balanced"), "region", k, "chance_balanced")] for k, v in ok.items()],
-                  caption="a linear classifier per feature set, folds grouped by session", key="neds-region" + suffix)
+                  caption="a linear classifier per feature set; folds: "
+                          + (", ".join(dict.fromkeys(str(v.get("grouping")) for v in ok.values() if v.get("grouping")))
+                             or "grouped by session"), key="neds-region" + suffix)
         for k, v in reg.items():
             if "error" in v:
                 sec.note(f"{k}: not scored ({v['error']})")

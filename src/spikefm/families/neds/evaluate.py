@@ -50,6 +50,8 @@ __all__ = ["TASKS", "evaluate_run", "format_results", "transfer_headline", "run_
            "encoding_scores", "decoding_scores"]
 
 TASKS = ("encoding", "decoding", "region")
+#: Fewer train or validation windows than this for the baselines: ``evaluate_run`` warns.
+FEW_WINDOWS = 5
 SMOOTH_SD_BINS = 2.0
 _LAGS = 2  # per-bin decoders read bins t-2 .. t+2
 _CHUNKS = 5  # label decoders read the counts summed in 5 chunks of the window
@@ -184,9 +186,14 @@ def _conditions(labels_KJ: np.ndarray) -> np.ndarray:
     return labels_KJ[:, 0] if labels_KJ.shape[1] else np.zeros(len(labels_KJ), dtype=np.int64)
 
 
-def _psth(x_KTQ: np.ndarray, cond_K: np.ndarray) -> np.ndarray:
-    groups = [c for c in np.unique(cond_K) if c >= 0 or len(np.unique(cond_K)) == 1]
-    return np.concatenate([np.nanmean(x_KTQ[cond_K == c], axis=0) for c in groups])
+def _psth(x_KTQ: np.ndarray, cond_K: np.ndarray, groups: Sequence[int] | None = None) -> np.ndarray:
+    """Per-condition means over windows, stacked along bins; ``groups``: the conditions, in order
+    (default the labelled ones present); one the windows lack gets the mean over all windows, so
+    sessions with different conditions give features of one size."""
+    if groups is None:
+        groups = [c for c in np.unique(cond_K) if c >= 0 or len(np.unique(cond_K)) == 1]
+    return np.concatenate([np.nanmean(x_KTQ[cond_K == c] if (cond_K == c).any() else x_KTQ, axis=0)
+                           for c in groups])
 
 
 def encoding_scores(rates_KTN: np.ndarray, counts_KTN: np.ndarray, cond_K: np.ndarray, keep_N: np.ndarray) -> dict:
@@ -220,9 +227,11 @@ def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.
         yt, yp = y[ok], label_pred[name][ok]
         present = np.unique(yt)
         hits = int(np.sum(yt == yp))
+        with warnings.catch_warnings():  # a prediction of a class the test windows lack is counted, not news
+            warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+            balanced = float(balanced_accuracy_score(yt, yp)) if present.size > 1 else float("nan")
         out[name] = {"accuracy": hits / yt.size, "accuracy_ci95": list(wilson_interval(hits, int(yt.size))),
-                     "balanced_accuracy": float(balanced_accuracy_score(yt, yp))
-                     if present.size > 1 else float("nan"),
+                     "balanced_accuracy": balanced,
                      "chance": float(np.bincount(yt).max() / yt.size), "chance_balanced": 1.0 / present.size,
                      "n": int(yt.size), "classes": int(num_classes[name])}
     if beh_pred_KTC is not None:
@@ -324,11 +333,15 @@ def _linear_readout(Xlab_KF: np.ndarray, Xbin_KTF: np.ndarray, a, fit_idx: np.nd
     Returns {"labels": {name: class index (K_te,)}, "behavior_KTC": z-scored (K_te, T, C) or None}."""
     from spikefm.eval.probes import fit_predict_logistic, fit_predict_ridge
 
-    res: dict[str, Any] = {"labels": {}, "behavior_KTC": None}
+    res: dict[str, Any] = {"labels": {}, "behavior_KTC": None, "skipped": {}}
     for j, (lab, _) in enumerate(mods.labels):
         y = a.labels_KJ[:, j]
         ok = fit_idx[y[fit_idx] >= 0]
-        if np.unique(y[ok]).size < 2 or np.bincount(y[ok]).min() < 2:
+        present = np.unique(y[ok])
+        if present.size < 2 or np.bincount(y[ok])[present].min() < 2:
+            res["skipped"][lab] = (f"its fit windows hold {present.size} {lab} class(es), "
+                                   f"{'some' if present.size else 'none'} with fewer than 2 windows: a classifier "
+                                   "needs 2 classes of at least 2 windows each")
             continue
         classes = np.unique(y[ok])
         res["labels"][lab] = classes[fit_predict_logistic(Xlab_KF[ok], y[ok], Xlab_KF[te]).argmax(1)]
@@ -380,6 +393,8 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
             if (y >= 0).sum() >= 2:
                 X[s], Y[s] = _chunked(windows[s].counts[t][y >= 0]), y[y >= 0]
         if sid not in X or np.unique(Y[sid]).size < 2:
+            res.setdefault("skipped", {})[lab] = (f"the session's fit windows hold fewer than 2 {lab} classes "
+                                                  "with labels")
             continue
         yv = a.labels_KJ[val, j]
         Xv = _chunked(w.counts[val])
@@ -481,6 +496,11 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
     te = idx["test"]
     if te.size == 0:
         raise ValueError(f"session {session!r} has no {split} windows; raise data.split_fractions' {split} share")
+    if baselines and min(idx["train"].size, idx["val"].size) < FEW_WINDOWS:
+        warnings.warn(f"session {session!r} has {idx['train'].size} train and {idx['val'].size} validation windows "
+                      f"for the baselines (fewer than {FEW_WINDOWS}): their fits and penalties rest on too few "
+                      "windows to be trusted (a longer session, or more trials, gives more)", RuntimeWarning,
+                      stacklevel=2)
     truth = _truth(corpus, w) if baselines else None
     cond = _conditions(a.labels_KJ[te])
     results: dict[str, Any] = {}
@@ -502,8 +522,9 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
     skipped: dict[str, str] = {}
     if "decoding" in names and not (mods.channels or mods.labels):
         names = [t for t in names if t != "decoding"]
-        skipped["decoding"] = ("the run has no behaviour channels or trial labels to decode (the corpus "
-                               "records none for its sessions)")
+        skipped["decoding"] = ("the run decodes no behaviour channel or trial label: its data.behavior and "
+                               "data.labels select none (the corpus records none for its sessions, or those "
+                               "settings left them out)")
     elif "decoding" in names and not (np.isfinite(a.behavior_KTC).any() or (a.labels_KJ >= 0).any()):
         # a run fine-tuned to a session without the pretrained run's channels and labels keeps them
         names = [t for t in names if t != "decoding"]
@@ -537,6 +558,14 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
         results["decoding"] = {
             name: decoding_scores(m["labels"], {k: v for k, v in label_true.items() if k in m["labels"]}, ncls,
                                   beh[name], raw_true, mods.channels, cond) for name, m in models.items()}
+        for lab, y in label_true.items():  # why a label has no row, for every model or for one
+            if not (y >= 0).any():
+                skipped[f"decoding {lab}"] = f"none of the {te.size} {split} windows has a {lab} label"
+                continue
+            for name, m in models.items():
+                why = m.get("skipped", {}).get(lab)
+                if why:
+                    skipped[f"decoding {lab} ({name})"] = why
         if baselines:
             comparisons["decoding"] = {
                 f"neds - {k}": _paired_decoding(models["neds"]["labels"], m["labels"], beh["neds"], beh[k],
@@ -567,8 +596,9 @@ def _paired_decoding(labels_a: dict, labels_b: dict, pa: np.ndarray | None, pb: 
             continue
         ok = y >= 0
         d = (labels_a[name][ok] == y[ok]).astype(float) - (labels_b[name][ok] == y[ok])
-        if d.size:
-            out[name] = {"accuracy": jackknife_interval(lambda i, d=d: d[i].mean(), d.size)}
+        if d.size:  # a difference of accuracies lies in [-1, 1]; the t interval on few windows can overshoot
+            r = jackknife_interval(lambda i, d=d: d[i].mean(), d.size)
+            out[name] = {"accuracy": {**r, "ci95": [float(np.clip(v, -1.0, 1.0)) for v in r["ci95"]]}}
     if pa is None or pb is None:
         return out
     for c, name in enumerate(channels):
@@ -586,9 +616,10 @@ def _paired_decoding(labels_a: dict, labels_b: dict, pa: np.ndarray | None, pb: 
     return out
 
 
-def _psth_features(x_KTQ: np.ndarray, cond_K: np.ndarray) -> np.ndarray:
-    """(Q, conditions * T) per-column PSTHs per condition, z-scored per column."""
-    p = _psth(x_KTQ, cond_K).T
+def _psth_features(x_KTQ: np.ndarray, cond_K: np.ndarray, groups: Sequence[int] | None = None) -> np.ndarray:
+    """(Q, conditions * T) per-column PSTHs per condition (``groups``, see :func:`_psth`), z-scored
+    per column."""
+    p = _psth(x_KTQ, cond_K, groups).T
     sd = p.std(1, keepdims=True)
     return (p - p.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
 
@@ -612,12 +643,16 @@ def region_task(model, windows: dict, arrays: dict) -> dict:
                                                                "psth_counts")}
     device = next(model.parameters()).device
     model.eval()
+    # one condition list for every session, so their PSTH features have one size
+    conds = {s: _conditions(arrays[s].labels_KJ) for s in sessions}
+    seen = {int(c) for s in sessions for c in np.unique(conds[s])}
+    groups = sorted(c for c in seen if c >= 0) or sorted(seen)
     for s in sessions:
         w, a = windows[s], arrays[s]
-        cond = _conditions(a.labels_KJ)
+        cond = conds[s]
         feats["embedding"][s] = model.unit_embeddings(s).float().cpu().numpy()
         feats["firing_stats"][s] = firing_statistics(w.counts, w.bin_ms)
-        feats["psth_counts"][s] = _psth_features(_smooth(w.counts), cond)
+        feats["psth_counts"][s] = _psth_features(_smooth(w.counts), cond, groups)
         hidden = []
         with torch.no_grad():
             for i in range(0, w.num_windows, 64):
@@ -630,7 +665,7 @@ def region_task(model, windows: dict, arrays: dict) -> dict:
                 hidden.append(out["hidden_BTD"].float().cpu().numpy())
         h_KTD = np.concatenate(hidden)
         wout = model.stitcher(s).read_out.weight.detach().float().cpu().numpy()  # (n, D)
-        feats["embedding_tuning"][s] = _psth_features(h_KTD @ wout.T, cond)
+        feats["embedding_tuning"][s] = _psth_features(h_KTD @ wout.T, cond, groups)
     out = {}
     for name, f in feats.items():
         try:
@@ -680,11 +715,16 @@ def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
                 rows.append([run, "region", model, f"{v['num_units']} units", f"acc {_cell(v['accuracy'])}",
                              f"bal {_cell(v['balanced_accuracy'])}", f"chance {_cell(v['chance'])}",
                              f"bal. chance {_cell(v['chance_balanced'])}"])
-        for task, why in res.get("skipped", {}).items():
-            rows.append([run, task, "skipped", why, "", "", "", ""])
-    splits = sorted({r.get("split", "test") for r in results_by_run.values()})
-    return render_table(["run", "task", "model", "target", "bps / acc", "bps/neuron / bal", "R² single / chance",
-                         "R² PSTH"], rows, title=f"NEDS evaluation ({' and '.join(splits)} windows)")
+    notes = [f"{run}: {task} skipped: {why}" for run, r in results_by_run.items()
+             for task, why in r.get("results", r).get("skipped", {}).items()]
+    scored = []
+    for run, r in results_by_run.items():
+        split, n = r.get("split", "test"), (r.get("num_windows") or {}).get(r.get("split", "test"))
+        where = f"session {r['session_id']}, " if r.get("session_id") else ""
+        scored.append(f"{run}: {where}{split} windows" + (f" ({n})" if n is not None else ""))
+    table = render_table(["run", "task", "model", "target", "bps / acc", "bps/neuron / bal", "R² single / chance",
+                          "R² PSTH"], rows, title=f"NEDS evaluation ({'; '.join(scored)})")
+    return "\n".join([table, *notes])
 
 
 #: Column names of :func:`transfer_headline` for the models of :func:`evaluate_run`'s results.

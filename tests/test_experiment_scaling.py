@@ -153,6 +153,9 @@ def test_tiny_study_writes_tables_figures_and_fits(tiny_study, tiny_corpus):
     ranked_imp = {s["size"]: s["improvement_pct"] for s in scores if s["order"] == "ranked"
                   and s["task"] == "co-smoothing"}
     assert row["improvement_pct"] == pytest.approx(max(ranked_imp.values()))
+    # one seed: no spread, so no s.d. (it read 0.0), in the JSON and in table1.csv
+    assert all(r["sd"] is None for r in study["table1"])
+    assert all(line.rstrip("\r").endswith(",") for line in (out / "table1.csv").read_text().splitlines()[1:])
     t3 = {(r["task"]): r for r in study["table3"]}
     assert set(t3) == set(TASKS) and t3["co-smoothing"]["smoothing"] is not None
     assert "oracle" in t3["co-smoothing"]  # synthetic data: the truth files give the oracle
@@ -256,6 +259,15 @@ def test_study_inputs_are_checked_before_any_job_runs(tiny_corpus, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and "--metric 'forward-prediction-walk' is not one of the scored tasks (co-smoothing)" in err
     assert not (tmp_path / "s" / "jobs").exists()
+    # an unknown task failed every fine-tuning job after the pretraining; a family the study cannot
+    # score (NEDS: no task_scores) failed them with a bare KeyError
+    for extra, expect in ((["--tasks", "co-smoothing,bogus", "--metric", "co-smoothing"], "unknown task 'bogus'"),
+                          (["--model", "neds"], "the 'neds' family has no task_scores(), which the scaling study")):
+        code = main(["experiment", "scaling", "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003",
+                     "--out", str(tmp_path / "s"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and expect in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "s" / "jobs").exists()
     with pytest.raises(SystemExit) as info:
         main(["experiment", "rank-sessions", "--data", str(tiny_corpus), "--out", str(tmp_path / "r"), "--seed=-1"])
     assert info.value.code == 2 and "argument --seed: expected an integer >= 0, got -1" in capsys.readouterr().err
@@ -303,3 +315,41 @@ def test_study_settings_and_job_settings_are_checked_before_any_job(tiny_study, 
                  "--out", str(tmp_path / "s"), "--metric", "foo"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "foo" in err[0] and not (tmp_path / "s").exists()
+
+
+def test_a_study_without_a_fit_says_so_and_keeps_the_full_sets_score(capsys):
+    """``--sizes 1,all``: no line can be fitted; the console said nothing of Figure 4."""
+    from spikefm.experiments.scaling import _print_summary
+
+    study = {"metric": "co-smoothing", "settings": {"seeds": [0], "sizes": [1, 3]}, "full_size": 3,
+             "table1": [{"held_out": "h", "model": "random (best size)", "size": 1, "improvement_pct": 5.0,
+                         "sd": None}],
+             "figure4": {"h": {"orders": {"random": {"sessions": {"x": [1, 3], "y": [0.1, 0.2],
+                                                                  "full": {"x": 3, "y": 0.2}}}}}}}
+    _print_summary(study)
+    out = capsys.readouterr().out
+    assert ("Figure 4: no fit (a line on log(number of sessions) needs two or more sizes below the full set; "
+            "--sizes gave 1: 1)") in out
+
+
+def test_the_report_charts_a_studys_result_column_not_its_first_number():
+    """Table 1's chart plotted the ``size`` column (the first number) with bars named only by the
+    held-out session; Table 3 (scores of different tasks in one column) got a chart mixing units."""
+    from spikefm.report.page import Page
+    from spikefm.report.provenance import Provenance
+    from spikefm.report.study import study_section
+
+    page = Page("t")
+    study = {"study": "scaling",
+             "table1": [{"held_out": "h1", "model": "random (best size)", "size": 2, "improvement_pct": 4.0, "sd": None},
+                        {"held_out": "h1", "model": "all sessions", "size": 3, "improvement_pct": 6.0, "sd": None}],
+             "table3": [{"held_out": "h1", "task": "co-smoothing", "single-session": 0.2},
+                        {"held_out": "h1", "task": "choice-decoding", "single-session": 0.9}]}
+    study_section(page, study, Provenance())
+    html = page.html()
+    assert "table1: improvement_pct of each entry, in order." in html
+    assert "h1 / random (best size)" in html and "h1 / all sessions" in html
+    import re
+
+    captions = re.findall(r"<figcaption[^>]*>(.*?)</figcaption>", html, re.S)
+    assert any("table1" in c for c in captions) and not any("table3" in c for c in captions), captions

@@ -53,7 +53,8 @@ def test_a_family_without_transfer_headline_is_refused_in_one_line(monkeypatch):
         pass
 
     monkeypatch.setattr(families, "get", lambda name: Bare())
-    with pytest.raises(ValueError, match=r"^the 'mine' family has no transfer_headline\(\), .*\(--model\)$"):
+    with pytest.raises(ValueError, match=r"^the 'mine' family has no transfer_headline\(\), which a transfer study needs to summarise its "
+                                         r"benchmark; .*\(spikefm.train.family documents it\)$"):
         families.transfer_headline("mine", {})
 
 

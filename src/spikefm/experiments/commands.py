@@ -66,9 +66,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=LAPTOP.family, metavar="FAMILY", help="a masked family (default ndt)")
     p.add_argument("--preset", default=LAPTOP.preset, help=f"model size (default {LAPTOP.preset}; the paper: base)")
     p.add_argument("--protocol", default=None, help="a named protocol of the family, e.g. jiang2025")
-    p.add_argument("--schemes", default=LAPTOP.schemes,
-                   help=f"pretraining masking schemes (default {LAPTOP.schemes}: forward-prediction masking, as "
-                        "the paper)")
+    p.add_argument("--schemes", default=None,
+                   help=f"pretraining masking schemes (default for {LAPTOP.family}: {LAPTOP.schemes}, "
+                        "forward-prediction masking, as the paper; for another --model: its own default)")
     p.add_argument("--pretrain-steps", type=positive_int, default=LAPTOP.pretrain_steps)
     p.add_argument("--finetune-steps", type=positive_int, default=LAPTOP.finetune_steps,
                    help="most fine-tuning steps (early stopping on validation windows)")
@@ -92,9 +92,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args):
-    from spikefm.experiments.rank_sessions import StudySettings
+    from spikefm.experiments.rank_sessions import LAPTOP, StudySettings
 
-    return StudySettings(family=args.model, preset=args.preset, schemes=args.schemes,
+    schemes = args.schemes if args.schemes is not None else (LAPTOP.schemes if args.model == LAPTOP.family else "")
+    return StudySettings(family=args.model, preset=args.preset, schemes=schemes,
                          pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
                          eval_every=args.eval_every, patience=args.patience, finetune_lr=args.finetune_lr,
                          overrides=tuple(args.set or ()),

@@ -69,8 +69,13 @@ def plot_ranking(summary: dict[str, Any], path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
+def _spread(sd: list | None) -> list | None:
+    """Error bars from a curve's s.d. list; a point of one value (s.d. None) gets none."""
+    return None if sd is None else [float("nan") if v is None else v for v in sd]
+
+
 def _curve_points(ax, curve: dict, color: str, label: str) -> None:
-    ax.errorbar(curve["x"], curve["y"], yerr=curve.get("sd"), fmt="o", color=color, label=label, capsize=3)
+    ax.errorbar(curve["x"], curve["y"], yerr=_spread(curve.get("sd")), fmt="o", color=color, label=label, capsize=3)
     fit = curve.get("fit")
     if fit:
         ax.plot(fit["x"], fit["y"], "-", color=color, alpha=0.7)
@@ -78,7 +83,7 @@ def _curve_points(ax, curve: dict, color: str, label: str) -> None:
     if ext:
         ax.plot(ext["x"], ext["y"], "--", color=color, alpha=0.7)
     full = curve.get("full")
-    if full:
+    if full and full.get("y") is not None:
         ax.plot([full["x"]], [full["y"]], marker="*", markersize=14, color=color, markeredgecolor="black",
                 linestyle="none")
 
@@ -118,7 +123,7 @@ def plot_task_curves(summary: dict[str, Any], path: str | Path) -> Path:
     curves = summary["more_sessions"]["curves"]
     fig, ax = plt.subplots(figsize=(7, 4))
     for task, c in curves.items():
-        ax.errorbar(c["x"], c["y"], yerr=c.get("sd"), marker="o", capsize=3, label=task)
+        ax.errorbar(c["x"], c["y"], yerr=_spread(c.get("sd")), marker="o", capsize=3, label=task)
     ax.axhline(0.0, color="gray", linestyle=":")
     _log_x(ax)
     ax.set_xlabel(f"pretraining sessions ({summary['more_sessions']['order']} order)")

@@ -40,7 +40,7 @@ class StudySettings:
     Attributes:
         family: a masked family with per-session parameters (``ndt``).
         preset: model size preset of the family.
-        schemes: masking schemes of every pretraining run (``data.schemes``).
+        schemes: masking schemes of every pretraining run (``data.schemes``; empty: the family's default).
         pretrain_steps: optimizer steps of each pretraining run.
         finetune_steps, eval_every, patience: fine-tuning maximum steps, steps between validations,
             validations without improvement before stopping.
@@ -126,7 +126,7 @@ def pretrain_job(settings: StudySettings, corpus: str, sessions: Sequence[str], 
     sessions = sorted(sessions)
     spec = {"family": settings.family, "corpus": str(Path(corpus).resolve()), "sessions": sessions,
             "preset": settings.preset, "steps": settings.pretrain_steps, "seed": int(seed),
-            "overrides": [f"data.schemes={settings.schemes}", *settings.overrides],
+            "overrides": [*([f"data.schemes={settings.schemes}"] if settings.schemes else []), *settings.overrides],
             "protocol": settings.protocol, "device": settings.device}
     label = f"pretrain {sessions[0]}" if len(sessions) == 1 else f"pretrain {len(sessions)} sessions"
     return make_job("pretrain", spec, label=f"{label} seed {seed}")

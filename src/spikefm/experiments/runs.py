@@ -78,11 +78,11 @@ def _adapt(spec: dict, job_dir: Path, root: Path, strategy: str) -> dict[str, An
         from spikefm.fileio import write_json_atomic
 
         write_json_atomic(job_dir / "results.json", ev)
-        res = ev["results"]
+        res, family = ev["results"], ev.get("family", "ndt")
         out.update(num_test_windows=int(res["num_test_windows"]), num_units=int(res["num_units"]),
-                   scores=task_scores(res, "model"))
+                   scores=task_scores(res, "model", family))
         if spec.get("baselines"):
-            out["reference"] = {name: task_scores(res, name) for name in ("smoothing", "oracle")}
+            out["reference"] = {name: task_scores(res, name, family) for name in ("smoothing", "oracle")}
     return out
 
 
@@ -94,23 +94,8 @@ def single_session(spec: dict, job_dir: Path, root: Path) -> dict[str, Any]:
     return _adapt(spec, job_dir, root, "scratch")
 
 
-def task_scores(results: dict, who: str = "model") -> dict[str, float]:
-    """One number per task of a benchmark result (``run_benchmark``'s dict): ``bps_pooled`` of
-    prediction tasks, accuracy from hidden states of label decoding, mean single-trial R² from
-    hidden states of behaviour decoding. ``who``: ``model``, or a reference (``smoothing``,
-    ``oracle``) where the task has one."""
-    out: dict[str, float] = {}
-    for task, e in results.get("tasks", {}).items():
-        if "model" in e:
-            if isinstance(e.get(who), dict) and e[who].get("bps_pooled") is not None:
-                out[task] = float(e[who]["bps_pooled"])
-        elif who == "model" and isinstance(e.get("hidden"), dict):
-            if "accuracy" in e["hidden"]:
-                out[task] = float(e["hidden"]["accuracy"])
-            elif isinstance(e["hidden"].get("mean"), dict) and e["hidden"]["mean"].get("r2") is not None:
-                out[task] = float(e["hidden"]["mean"]["r2"])
-        elif who == "oracle" and isinstance(e.get("oracle"), dict):
-            v = e["oracle"].get("accuracy", (e["oracle"].get("mean") or {}).get("r2"))
-            if v is not None:
-                out[task] = float(v)
-    return out
+def task_scores(results: dict, who: str = "model", family: str = "ndt") -> dict[str, float]:
+    """One number per task of ``family``'s benchmark result (:func:`spikefm.families.task_scores`)."""
+    from spikefm import families
+
+    return families.task_scores(family, results, who)

@@ -161,7 +161,8 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     v = np.asarray(_finite(values), dtype=float)
     if v.size == 0:
         return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    # one value has no spread: its s.d. is undefined (null in the JSON, blank in tables), not 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")
 
 
 def _improvement(score: float, base: float) -> float | None:
@@ -190,7 +191,9 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
     base = {(r["seed"], r["held_out"]): r for r in rows if r["order"] == "single-session"}
     tasks = list(dict.fromkeys(t for r in rows for t in r["scores"]))
     if metric not in tasks:
-        raise ValueError(f"--metric {metric!r} was not scored; scored tasks: {', '.join(tasks)} (add it to --tasks)")
+        raise ValueError(f"--metric {metric!r} was not scored by any fine-tuned run; scored tasks: "
+                         f"{', '.join(tasks) or 'none'} (a decoding task of a label the held-out sessions lack "
+                         "scores nothing: check the label's name in spikefm corpus info, or add the task to --tasks)")
     held = list(dict.fromkeys(r["held_out"] for r in rows))
     seeds = list(dict.fromkeys(r["seed"] for r in rows))
     scores = []
@@ -253,6 +256,8 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
                 curve: dict[str, Any] = {"name": f"{h} {order} vs {axis}", "x": xs, "y": ys, "sd": sds, "n": ns,
                                          "x_label": "pretraining sessions" if axis == "sessions" else
                                          "pretraining trials", "y_label": metric, "log_x": True}
+                if full_pts:  # the measured full set, whether or not a fit extrapolates to it
+                    curve["full"] = {"x": x_full, "y": _clean(_mean_sd([p["score"] for p in full_pts])[0])}
                 if fit is not None:
                     lo = min(p[xkey] for p in below)
                     hi = max(p[xkey] for p in below)
@@ -264,8 +269,6 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
                     curve["fit"] = {"x": grid, "y": line, "label": "linear fit on log x", **fit}
                     curve["extrapolation"] = {"x": [hi, x_full], "y": [line[-1], fit["predicted_full"]],
                                               "label": "extrapolation to the full set"}
-                    if full_pts:
-                        curve["full"] = {"x": x_full, "y": _clean(actual)}
                 entry["orders"][order][axis] = curve
                 curves.append(curve)
         figure4[h] = entry
@@ -339,6 +342,10 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
     orders = list(orders)
+    if not callable(getattr(families.get(settings.family), "task_scores", None)):
+        families.task_scores(settings.family, {})  # its one-line refusal, before any job runs
+    if tasks is not None:  # an unknown task failed every fine-tuning job, after the pretraining
+        families.check_tasks(settings.family, tasks)
     if tasks is not None and metric not in tasks:  # before any job runs (it was found at the end)
         raise ValueError(f"--metric {metric!r} is not one of the scored tasks ({', '.join(tasks)}); add it to "
                          "--tasks or choose --metric among them")
@@ -406,8 +413,10 @@ def _write_scaling_files(out: Path, summary: dict) -> None:
         for order, axes in entry["orders"].items():
             for axis, c in axes.items():
                 f = c.get("fit") or {}
+                full = c.get("full") or {}
                 rows.append([h, order, axis, f.get("intercept"), f.get("slope_per_log10"), f.get("r2"),
-                             f.get("x_full"), f.get("predicted_full"), f.get("actual_full")])
+                             f.get("x_full", full.get("x")), f.get("predicted_full"),
+                             f.get("actual_full", full.get("y"))])
     write_csv(out / "figure4_fits.csv", ["held_out", "order", "x", "intercept", "slope_per_log10", "r2", "x_full",
                                          "predicted_full", "actual_full"], rows)
 
@@ -428,3 +437,7 @@ def _print_summary(study: dict) -> None:
     if rows:
         print(render_table(["held out", "order", "slope / decade", "extrapolated full", "actual full"], rows,
                            title="Figure 4: linear fit on log(number of sessions)"))
+    else:
+        below = [k for k in study["settings"]["sizes"] if k < study["full_size"]]
+        print(f"Figure 4: no fit (a line on log(number of sessions) needs two or more sizes below the full "
+              f"set; --sizes gave {len(below)}: {', '.join(map(str, below)) or 'none'})")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run", "default_preset",
            "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
-           "finetune", "evaluate", "check_tasks", "format_results", "transfer_headline", "stamp_family", "commands", "FamilyCommand"]
+           "finetune", "evaluate", "check_tasks", "format_results", "transfer_headline", "task_scores", "stamp_family", "commands", "FamilyCommand"]
 
 #: name -> "module:attribute" of the family class (instantiated with no arguments).
 FAMILIES: dict[str, str] = {
@@ -375,6 +375,18 @@ def format_results(results_by_run: dict[str, dict[str, Any]], family: str | None
     return get(name).format_results(results_by_run)
 
 
+def _study_member(family: str, member: str, needed_for: str) -> Callable:
+    """The family's optional ``member`` that a study calls, or a one-line ValueError naming the
+    families that have it."""
+    fn = getattr(get(family), member, None)
+    if not callable(fn):
+        able = [n for n in names() if callable(getattr(_try_get(n), member, None))]
+        raise ValueError(f"the {family!r} family has no {member}(), which {needed_for}; run the study with a "
+                         f"family that has one ({', '.join(able) or 'none is registered'}; --model), or add it "
+                         "(spikefm.train.family documents it)")
+    return fn
+
+
 def transfer_headline(family: str, benchmarks: dict[str, dict]) -> dict[str, dict[str, Any]]:
     """The headline numbers of one seed of ``spikefm experiment transfer``: ``benchmarks`` is
     ``{"fine-tuned": results, "single-session": results}`` (each the ``results`` of the family's
@@ -383,12 +395,19 @@ def transfer_headline(family: str, benchmarks: dict[str, dict]) -> dict[str, dic
     Raises:
         ValueError: the family has no ``transfer_headline`` (a transfer study cannot summarise it).
     """
-    fam = get(family)
-    if not callable(getattr(fam, "transfer_headline", None)):
-        raise ValueError(f"the {family!r} family has no transfer_headline(), which a transfer study needs to "
-                         "summarise its benchmark; add one (spikefm.train.family documents it) or choose "
-                         "another family (--model)")
-    return fam.transfer_headline(benchmarks)
+    return _study_member(family, "transfer_headline", "a transfer study needs to summarise its benchmark")(benchmarks)
+
+
+def task_scores(family: str, results: dict, who: str = "model") -> dict[str, float]:
+    """One number per task of ``family``'s benchmark ``results`` (the ``results`` of
+    :func:`evaluate`), for ``who`` (``model`` or a reference such as ``oracle``): what the scaling
+    study compares across pretraining sets.
+
+    Raises:
+        ValueError: the family has no ``task_scores`` (the study cannot read its benchmark).
+    """
+    return _study_member(family, "task_scores", "the scaling study needs to compare its fine-tuned runs by one "
+                                                "number per task")(results, who)
 
 
 def commands() -> list:

@@ -12,7 +12,7 @@ gets a report by writing these conventions:
   "fit": {"x", "y", "label"}, "extrapolation": {"x", "y", "label"}}`` (scaling curves: points,
   the fitted curve, its extrapolation dashed), each also shown as a table;
 - a list of flat objects (e.g. a session ranking): a table, and a bar chart of ``"score"`` (or
-  the first numeric field) in list order;
+  ``"improvement_pct"``) in list order, each bar named by the records' text fields;
 - an object of flat objects: a table (one row per key);
 - anything else: collapsed JSON.
 """
@@ -27,6 +27,8 @@ from spikefm.report.page import Num, Page, Section, json_safe, pointer
 from spikefm.report.provenance import Provenance
 
 _SCALAR = (str, int, float, bool, type(None))
+#: The columns of a list of records that are its result, charted in this order of preference.
+_CHARTED = ("score", "improvement_pct")
 
 
 def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study",
@@ -131,13 +133,15 @@ def _records(sec: Section, name: str, records: list[dict], src: str, keys: tuple
     cols = list(dict.fromkeys(c for r in records for c in r))
     sec.table(cols, [[Num(r.get(c), src=src, path=pointer(*keys, i, c)) if _numeric(r.get(c)) else r.get(c)
                       for c in cols] for i, r in enumerate(records)], caption=name, key=f"study-{name}")
-    value = "score" if "score" in cols else next((c for c in cols if all(_numeric(r.get(c)) for r in records)
-                                                  and c not in ("rank", "seed")), None)
-    label = next((c for c in cols if all(isinstance(r.get(c), str) for r in records)), None)
+    # a chart only of a column that is the records' result (a ranking's score, an improvement):
+    # the first numeric column may be a size, and rows of different tasks mix units
+    value = next((c for c in _CHARTED if c in cols and any(_numeric(r.get(c)) for r in records)), None)
+    labels = [c for c in cols if all(isinstance(r.get(c), str) for r in records)]
     if value and len(records) <= 200:
-        cats = [r.get(label) if label else str(i + 1) for i, r in enumerate(records)]
+        cats = [" / ".join(str(r.get(c)) for c in labels) if labels else str(i + 1) for i, r in enumerate(records)]
         sec.figure(charts.bars(cats, [charts.bar_series(value, [r.get(value) for r in records])],
-                               y_label=value, x_label=label or "rank"), f"{name}: {value} of each entry, in order.")
+                               y_label=value, x_label=" / ".join(labels) or "rank"),
+                   f"{name}: {value} of each entry, in order.")
         sec.end_figures()
 
 
@@ -150,7 +154,8 @@ def _curve(sec: Section, c: dict, src: str, keys: tuple) -> None:
             lines.append(charts.series(str(p.get("label") or part), p["x"], p["y"], style=style))
     sec.figure(charts.xy(lines, x_label=str(c.get("x_label", "x")), y_label=str(c.get("y_label", "y")),
                          log_x=bool(c.get("log_x")), log_y=bool(c.get("log_y"))),
-               f"{name}: measured points, the fit and its extrapolation (dashed).")
+               f"{name}: measured points" + (", the fit and its extrapolation (dashed)." if len(lines) > 1
+                                             else " (no fitted line)."))
     sec.end_figures()
     # the spread and the count beside each mean, when the study records them (scaling curves)
     extra = [k for k in ("sd", "n") if isinstance(c.get(k), list) and len(c[k]) == len(c["y"])]

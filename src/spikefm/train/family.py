@@ -62,6 +62,9 @@ Members used outside the loop (by `spikefm.families`, the CLI and the experiment
                                        JSON-serialisable data (unknown options: ValueError).
     format_results(results_by_run: dict[str, dict]) -> str
                                        text table of one or more `evaluate` results.
+    task_scores(results, who="model") -> dict[str, float]
+                                       optional: one number per task of an `evaluate` result
+                                       (`who`: the model or a reference); the scaling study needs it.
     transfer_headline(benchmarks) -> dict
                                        optional: `{metric: {model: value}}` of one seed of
                                        `spikefm experiment transfer` (benchmarks: {"fine-tuned":

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 __all__ = ["evaluate_run", "session_windows_for_run", "scored_as_test", "session_truth", "session_truth_rates",
-           "pick_session", "transfer_headline"]
+           "pick_session", "transfer_headline", "task_scores"]
 
 
 def pick_session(model: nn.Module, session: str | None) -> str:
@@ -234,3 +234,25 @@ def transfer_headline(res: dict) -> dict:
                     row["oracle"] = e["oracle"].get("mean", {}).get(metric)
                 rows[f"{task} {metric} (hidden)"] = row
     return rows
+
+
+def task_scores(results: dict, who: str = "model") -> dict[str, float]:
+    """One number per task of a benchmark result (``run_benchmark``'s dict): ``bps_pooled`` of
+    prediction tasks, accuracy from hidden states of label decoding, mean single-trial R² from
+    hidden states of behaviour decoding. ``who``: ``model``, or a reference (``smoothing``,
+    ``oracle``) where the task has one."""
+    out: dict[str, float] = {}
+    for task, e in results.get("tasks", {}).items():
+        if "model" in e:
+            if isinstance(e.get(who), dict) and e[who].get("bps_pooled") is not None:
+                out[task] = float(e[who]["bps_pooled"])
+        elif who == "model" and isinstance(e.get("hidden"), dict):
+            if "accuracy" in e["hidden"]:
+                out[task] = float(e["hidden"]["accuracy"])
+            elif isinstance(e["hidden"].get("mean"), dict) and e["hidden"]["mean"].get("r2") is not None:
+                out[task] = float(e["hidden"]["mean"]["r2"])
+        elif who == "oracle" and isinstance(e.get("oracle"), dict):
+            v = e["oracle"].get("accuracy", (e["oracle"].get("mean") or {}).get("r2"))
+            if v is not None:
+                out[task] = float(v)
+    return out

@@ -475,6 +475,13 @@ class NDTFamily:
         check_task_names(tasks)
 
     @staticmethod
+    def task_scores(results: dict, who: str = "model") -> dict[str, float]:
+        """One number per task of a benchmark (:func:`spikefm.families.ndt.evaluate.task_scores`)."""
+        from spikefm.families.ndt.evaluate import task_scores
+
+        return task_scores(results, who)
+
+    @staticmethod
     def transfer_headline(benchmarks: dict[str, dict]) -> dict[str, dict[str, Any]]:
         """A transfer study's numbers of one seed (:func:`spikefm.families.ndt.evaluate.transfer_headline`)."""
         from spikefm.families.ndt.evaluate import transfer_headline

@@ -330,12 +330,90 @@ def test_quickstart_refuses_a_project_folder_and_a_users_run(corpus, tmp_path, c
     assert line.startswith(f"spikefm: error: {proj}: folder has files the quickstart did not write "
                            "(found 'notes.txt')")
     (proj / "notes.txt").unlink()
-    (proj / "run_ar" / "config.json").write_text(json.dumps({"corpus": str(corpus)}))
+    (proj / "run_ar" / "config.json").write_text(json.dumps({"family_info": {"corpus": str(corpus)}}))
     before = snapshot(tmp_path)
     line = one_error_line(capsys, ["quickstart", "--out", str(proj), "--fast"])
     assert line.startswith(f"spikefm: error: {proj / 'run_ar'} is not a run the quickstart made "
                            f"(trained on {corpus}, not {proj / 'corpus'})")
     assert snapshot(tmp_path) == before
+
+
+def _quickstart_folder(root, corpus_sha="abc"):
+    """A quickstart folder as far as check_quickstart_out reads it: its corpora (a manifest each)
+    and run descriptions naming them as training records them (absolute, in family_info)."""
+    import json
+
+    for name in ("corpus", "corpus_sessions"):
+        (root / name).mkdir(parents=True)
+        (root / name / "manifest.json").write_text(json.dumps({"name": name, "sha": corpus_sha}))
+    for run, corpus in (("run_ar", "corpus"), ("run_ndt_pretrain", "corpus_sessions")):
+        (root / run).mkdir()
+        (root / run / "config.json").write_text(json.dumps({
+            "family_info": {"corpus": str((root / corpus).resolve())},
+            "config": {"data": {"corpus": f"{root.name}/{corpus}"}}}))  # as given: relative to where it ran
+    return root
+
+
+def test_quickstart_accepts_its_own_folder_from_anywhere_and_a_copy(tmp_path, monkeypatch):
+    """A finished quickstart folder was refused when the command ran from another directory (the
+    check resolved the run's relative corpus path against the current one), and after a copy."""
+    import hashlib
+    import json
+    import shutil
+
+    from spikefm.cli import check_quickstart_out
+
+    qs = _quickstart_folder(tmp_path / "qs")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    check_quickstart_out(qs)  # from another directory: accepted
+    # a copy: its runs name the original's corpus, whose manifest the copy's corpus has
+    shutil.copytree(qs, tmp_path / "copy")
+    for run, corpus in (("run_ar", "corpus"), ("run_ndt_pretrain", "corpus_sessions")):
+        path = tmp_path / "copy" / run / "config.json"
+        info = json.loads(path.read_text())
+        info["family_info"]["corpus_manifest_sha256"] = hashlib.sha256(
+            (tmp_path / "copy" / corpus / "manifest.json").read_bytes()).hexdigest()
+        path.write_text(json.dumps(info))
+    check_quickstart_out(tmp_path / "copy")
+    # ... but not a run of another corpus (another manifest)
+    (tmp_path / "copy" / "corpus" / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"run_ar is not a run the quickstart made \(trained on .*qs/corpus, not"):
+        check_quickstart_out(tmp_path / "copy")
+
+
+def test_quickstart_accepts_a_fine_tuning_it_stopped_before_choosing(tmp_path):
+    """Ctrl-C during the NDT fine-tuning left run_ndt_finetune holding only candidates/; the rerun
+    that the interruption message advised was refused ('trained on an unknown corpus')."""
+    import json
+
+    from spikefm.cli import check_quickstart_out
+
+    qs = _quickstart_folder(tmp_path / "qs")
+    cand = qs / "run_ndt_finetune" / "candidates" / "frozen"
+    cand.mkdir(parents=True)
+    (cand / "config.json").write_text(json.dumps({"family_info": {"corpus": str(qs / "corpus_sessions")}}))
+    check_quickstart_out(qs)
+    (cand / "config.json").write_text(json.dumps({"family_info": {"corpus": str(tmp_path / "mine")}}))
+    with pytest.raises(ValueError, match="run_ndt_finetune is not a run the quickstart made"):
+        check_quickstart_out(qs)
+
+
+def test_the_full_quickstart_does_not_reuse_the_fast_ones_recordings(tmp_path, capsys):
+    """A --fast run's 3 short sessions were reused by the full quickstart, which built and reported
+    on them; they (and the corpus built from them) are made again now, and said so."""
+    from spikefm.quickstart import check_recordings
+
+    qs = tmp_path / "qs"
+    (qs / "nwb" / "sub-1").mkdir(parents=True)
+    for i in range(3):
+        (qs / "nwb" / "sub-1" / f"s{i}.nwb").write_bytes(b"fast")
+    (qs / "corpus").mkdir()
+    assert check_recordings(qs, fast=True) == [] and (qs / "nwb").is_dir()  # the same mode: reused
+    assert check_recordings(qs, fast=False) == ["nwb"]
+    assert not (qs / "nwb").exists() and not (qs / "corpus").exists()
+    assert f"{qs / 'nwb'} holds 3 recordings, not the 4 this run makes" in capsys.readouterr().out
 
 
 # --- experiment transfer: settings and folder checked before any data is synthesized --------------

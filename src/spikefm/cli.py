@@ -180,16 +180,36 @@ def check_quickstart_out(out: str | Path) -> None:
         run = out / name
         if not run.is_dir() or not [p for p in run.iterdir() if not p.name.startswith(".")]:
             continue  # absent, or made by a quickstart killed before it wrote anything there
-        try:
-            info = json.loads((run / "config.json").read_text())
-            # the absolute path recorded at training time, else the configured (maybe relative) one
-            trained_on = info.get("corpus") or info["config"]["data"]["corpus"]
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            trained_on = None
-        if trained_on is None or Path(trained_on).resolve() != (out / corpus).resolve():
-            raise ValueError(f"{run} is not a run the quickstart made (trained on "
-                             f"{trained_on or 'an unknown corpus'}, not {out / corpus}); the quickstart "
-                             "would replace it: nothing was changed, give another --out")
+        # a finished run's description, or (a fine-tuning stopped before it chose) its candidates'
+        described = [run / "config.json"] if (run / "config.json").is_file() else \
+            sorted(run.glob("candidates/*/config.json"))
+        for path in described or [run / "config.json"]:
+            trained_on = _quickstart_corpus_of(path, out / corpus)
+            if trained_on is not True:
+                raise ValueError(f"{run} is not a run the quickstart made (trained on "
+                                 f"{trained_on or 'an unknown corpus'}, not {out / corpus}); the quickstart "
+                                 "would replace it: nothing was changed, give another --out")
+
+
+def _quickstart_corpus_of(config: Path, corpus: Path) -> str | bool | None:
+    """True when the run described by ``config`` was trained on ``corpus`` (the absolute path
+    recorded at training time, or a copy of that corpus: the same manifest); else the corpus it
+    names (None: unknown)."""
+    import hashlib
+
+    try:
+        info = json.loads(config.read_text())
+        fam = info.get("family_info") or {}
+        trained_on = fam.get("corpus") or info["config"]["data"]["corpus"]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if Path(trained_on).resolve() == corpus.resolve():
+        return True
+    try:  # a quickstart folder copied or moved: its runs name the old place of the same corpus
+        same = fam.get("corpus_manifest_sha256") == hashlib.sha256((corpus / "manifest.json").read_bytes()).hexdigest()
+    except OSError:
+        same = False
+    return True if same else str(trained_on)
 
 
 def cmd_quickstart(args) -> int:
@@ -472,13 +492,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("inputs", nargs="+", metavar="INPUT",
                    help=".nwb file, folder (searched recursively), or dandi:ID[@VERSION][/GLOB]")
     b.add_argument("--out", required=True, help="corpus folder")
-    b.add_argument("--bin-ms", type=_positive_int_at_most(60_000, " ms (one minute)"), default=20)
-    b.add_argument("--max-row-tokens", type=_positive_int, default=10_000_000)
-    b.add_argument("--test-fraction", type=_fraction, default=0.01)
+    b.add_argument("--bin-ms", type=_positive_int_at_most(60_000, " ms (one minute)"), default=20,
+                   help="bin width in ms (default 20, the Neural Pile's)")
+    b.add_argument("--max-row-tokens", type=_positive_int, default=10_000_000,
+                   help="most tokens (units x bins) per corpus row; longer sessions are chunked (default 10,000,000)")
+    b.add_argument("--test-fraction", type=_fraction, default=0.01,
+                   help="share of tokens held out as the test split (default 0.01; at least one session or row)")
     b.add_argument("--split", choices=["session", "row"], default="session",
                    help="session: no session in both splits; row: the Neural Pile's row split")
     b.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the train/test split (default 0)")
-    b.add_argument("--workers", type=_positive_int, default=1)
+    b.add_argument("--workers", type=_positive_int, default=1,
+                   help="files converted at once by local processes (default 1); with --executor ray and no "
+                        "--address, the local Ray instance's CPUs (default 1: every core)")
     b.add_argument("--strict", action="store_true", help="any bad input: write nothing, fail")
     b.add_argument("--source", default=None, help="source_dataset name for every input")
     b.add_argument("--cache-dir", default=None, help="DANDI download cache")
@@ -658,8 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     q = sub.add_parser("quickstart", help="synthesize, build, inspect, train and evaluate")
-    q.add_argument("--out", default="quickstart")
-    q.add_argument("--fast", action="store_true", help="smallest sizes (used by the tests)")
+    q.add_argument("--out", default="quickstart", help="folder for everything it writes (default ./quickstart); "
+                   "running it again replaces its runs")
+    q.add_argument("--fast", action="store_true", help="smallest sizes that run every step (seconds; used by the "
+                   "tests): its numbers say nothing about the models")
     q.set_defaults(func=cmd_quickstart)
     return p
 

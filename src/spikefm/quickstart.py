@@ -22,6 +22,42 @@ import time
 from pathlib import Path
 
 
+#: Said at the start and end of ``--fast``: its sizes only check that every step runs.
+FAST_NOTE = ("(--fast: every size is the smallest that runs each step, so its numbers, negative bits "
+             "per spike and nan included, say nothing about the models; the full quickstart's are "
+             "in the README)")
+
+
+#: Each recording folder of the quickstart and the corpus built from it.
+_BUILT_FROM = {"nwb": "corpus", "nwb_ndt": "corpus_sessions"}
+
+
+def _recordings(fast: bool) -> dict[str, int]:
+    """The synthetic sessions each of the quickstart's recording folders holds in this mode."""
+    from spikefm.experiments.transfer import FAST_SIZES, QUICKSTART_SIZES
+
+    return {"nwb": 3 if fast else 4, "nwb_ndt": (FAST_SIZES if fast else QUICKSTART_SIZES)["sessions"]}
+
+
+def check_recordings(out: str | Path, fast: bool) -> list[str]:
+    """Recording folders of OUT that this mode cannot reuse (another mode's, e.g. a ``--fast``
+    run's 3 short sessions, which the full quickstart reused and reported on; or a synthesis
+    that was interrupted) are removed with the corpus built from them, so they are made again.
+    Returns what was removed (each said in one line)."""
+    out = Path(out)
+    removed = []
+    for folder, expected in _recordings(fast).items():
+        found = len(list((out / folder).rglob("*.nwb"))) if (out / folder).is_dir() else 0
+        if found and found != expected:
+            print(f"spikefm: {out / folder} holds {found} recordings, not the {expected} this run makes (another "
+                  f"mode's, or an interrupted synthesis): made again, with {out / _BUILT_FROM[folder]}",
+                  flush=True)
+            for name in (folder, _BUILT_FROM[folder]):
+                shutil.rmtree(out / name, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _say(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
@@ -42,6 +78,9 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
     out = Path(out)
     sizes = dict(sessions=3, duration_s=40.0, steps=40, eval_tokens=30_000) if fast else \
         dict(sessions=4, duration_s=120.0, steps=400, eval_tokens=300_000)
+    check_recordings(out, fast)
+    if fast:
+        print(FAST_NOTE, flush=True)
 
     _say(f"1/8 synthesizing {sizes['sessions']} NWB sessions ({sizes['duration_s']:.0f} s each)")
     nwb_dir = out / "nwb"
@@ -112,6 +151,8 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
 
     print(f"\nreport (open it in a browser): {write_quickstart_report(out)}")
     print(f"\nquickstart finished in {time.time() - t0:.0f} s; everything is under {out}/")
+    if fast:
+        print(FAST_NOTE)
     return {"results": results, "ndt_results": ndt_results, "report": report, "figures": figs}
 
 
@@ -119,6 +160,7 @@ def _ndt_step(out: Path, fast: bool) -> dict:
     from spikefm.experiments.transfer import FAST_SIZES, QUICKSTART_SIZES, transfer
 
     sizes = FAST_SIZES if fast else QUICKSTART_SIZES
-    _say(f"8/8 masked NDT: pretrain on {sizes['sessions']} synthetic sessions but the held-out "
-         "one(s), fine-tune on a held-out one")
+    _say(f"8/8 masked NDT: {sizes['sessions']} more synthetic sessions ({out / 'nwb_ndt'}, {sizes['duration_s']:.0f} s "
+         "each); pretrain on all but the held-out one(s), fine-tune to a held-out one, compare with the same "
+         "model trained on it alone")
     return transfer(out, **sizes)

@@ -319,7 +319,9 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
     stage1 = out_dir.parent / f".{out_dir.name}.stage1"
     if stage1.exists():
         shutil.rmtree(stage1)
-    s1 = train_with_early_stopping(config(run_dir, True, False, first), stage1, family, **kw)
+    with warnings.catch_warnings():  # stage 2 goes on from stage 1: its "still falling" is not advice
+        warnings.filterwarnings("ignore", message=".*the validation loss was still falling", category=RuntimeWarning)
+        s1 = train_with_early_stopping(config(run_dir, True, False, first), stage1, family, **kw)
     s2 = train_with_early_stopping(config(str(stage1), False, False, max(1, steps - first), FULL_LR_SCALE),
                                    out_dir, family, **kw)
     shutil.rmtree(stage1, ignore_errors=True)

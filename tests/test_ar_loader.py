@@ -85,3 +85,58 @@ def test_eval_windows_score_every_token_but_the_first_once():
     tokens = np.arange(23, dtype=np.uint8)
     scored = np.concatenate([w[1:] for _, w in iter_eval_windows(tokens, 5)])
     np.testing.assert_array_equal(scored, tokens[1:])
+
+
+@pytest.fixture(scope="module")
+def one_group_corpus(tmp_path_factory):
+    """A split of one Parquet row group (a small corpus at the default --max-row-tokens: one row
+    per session), which torchrun with 2 ranks refused ('fewer row groups than world_size')."""
+    tmp = tmp_path_factory.mktemp("arc1")
+    rng = np.random.default_rng(1)
+    for k in range(5):
+        write_nwb(tmp / "in" / f"s{k}.nwb", random_units(rng, 3 + k, 6.0), ["A"] * (3 + k))
+    build_corpus([str(tmp / "in")], tmp / "c", BuildConfig(test_fraction=0.0), progress=False)
+    return Corpus(tmp / "c")
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_fewer_row_groups_than_ranks_shards_rows_disjointly(one_group_corpus, cache):
+    import pyarrow.parquet as pq
+    from spikefm.corpus.reader import _matrices
+
+    world = 3
+    loaders = [ARTokenLoader(one_group_corpus, seq_len=8, batch_size=1, seed=2, rank=r, world_size=world,
+                             token_cache=cache) for r in range(world)]
+    assert len(loaders[0].groups) < world and all(ld.row_sharded for ld in loaders)
+    # the epoch's rows in order (the group order is the same permutation on every rank), dealt out
+    # round robin: rank r keeps rows r, r + 3, ...
+    rows = []
+    for i in loaders[0]._my_groups(0):
+        g = loaders[0].groups[i]
+        rows += [tokenize(m) for m in _matrices(pq.ParquetFile(g.shard).read_row_group(g.row_group)
+                                                .column("spike_counts"))]
+    assert len(rows) == 5
+    for r, ld in enumerate(loaders):
+        mine = np.concatenate(rows[r::world])
+        x, y = next(ld)
+        stream = [torch.cat([x, y[:, -1:]], 1).reshape(-1).numpy()]
+        while sum(s.size for s in stream) < mine.size:
+            x, y = next(ld)
+            stream.append(torch.cat([x, y[:, -1:]], 1).reshape(-1).numpy())
+        got = np.concatenate(stream)[:mine.size // 9 * 9]
+        np.testing.assert_array_equal(got, mine[:got.size])
+    # resume: a restored loader continues with the same batches
+    a = ARTokenLoader(one_group_corpus, seq_len=8, batch_size=2, seed=2, rank=1, world_size=world, token_cache=cache)
+    for _ in range(7):
+        next(a)
+    state = a.state_dict()
+    expect = [next(a) for _ in range(5)]
+    b = ARTokenLoader(one_group_corpus, seq_len=8, batch_size=2, seed=2, rank=1, world_size=world, token_cache=cache)
+    b.load_state_dict(state)
+    for (xe, ye), (xb, yb) in zip(expect, (next(b) for _ in range(5))):
+        assert torch.equal(xe, xb) and torch.equal(ye, yb)
+
+
+def test_fewer_rows_than_ranks_is_refused_in_one_line(one_group_corpus):
+    with pytest.raises(ValueError, match=r"has 5 rows, fewer than world_size=6 \(each rank reads rows of its own\)"):
+        ARTokenLoader(one_group_corpus, seq_len=8, batch_size=1, rank=0, world_size=6)

@@ -123,6 +123,14 @@ def test_eval_refuses_a_corpus_of_another_bin_width(trained_run, synth_corpus, t
                                         "model read; score it on a corpus built with --bin-ms 20")
 
 
+def test_max_train_tokens_without_an_ngram_is_refused(trained_run, synth_corpus, capsys):
+    """It was ignored silently (the same table as without it)."""
+    assert cli_main(["eval", str(trained_run), "--data", str(synth_corpus), "--max-train-tokens", "10"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "spikefm: error: max_train_tokens (--max-train-tokens) caps the n-gram baselines' training tokens, and no "
+        "n-gram is fitted; give the orders too (--ngram 1,9) or drop it")
+
+
 def test_seq_len_for_a_run_is_said_to_be_ignored(trained_run, synth_corpus):
     from spikefm.families import get
 
@@ -172,6 +180,19 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     rc = cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--prompt",
                    f"{synth_corpus}:{session['session_id']}:0", "--out", str(tmp_path / "x.npz")])
     assert rc == 2  # unit count of the prompt session does not match
+    # a negative START_BIN, a prompt past the session's end, a prompt longer than the context:
+    # each refused with the fix that applies (it said "generate fewer bins" for a prompt alone
+    # over the model's max_seq_len, and "-1 + 2 prompt bins does not fit" for a negative start)
+    sid, units = session["session_id"], str(session["num_units"])
+    for prompt, bins, expect in (
+            (f"{synth_corpus}:{sid}:-1", "2", "START_BIN must be >= 0 (a bin of the session, 0.."),
+            (f"{synth_corpus}:{sid}:{end - 1}", "2", f"start at most at bin {end - 2}, or give fewer --prompt-bins"),
+            (f"{synth_corpus}:{sid}:0", str(end), "generate with a shorter prompt (fewer prompt bins)")):
+        capsys.readouterr()
+        assert cli_main(["generate", str(trained_run), "--units", units, "--bins", "2", "--prompt", prompt,
+                         "--prompt-bins", bins, "--out", str(tmp_path / "p.npz")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expect in err and len(err.splitlines()) == 1, err
     # --prompt-bins without a --prompt was ignored silently (exit 0)
     capsys.readouterr()
     assert cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--prompt-bins", "5",

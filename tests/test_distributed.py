@@ -200,7 +200,8 @@ def _spikefm_torchrun(*args: str, timeout: int = 180) -> subprocess.CompletedPro
 
 def test_spikefm_train_under_torchrun_prints_once_and_refuses_a_small_corpus_on_every_rank(tmp_path):
     """`torchrun -m spikefm.cli train` printed its summary once per process; and with fewer row
-    groups than processes rank 0 refused while rank 1, left waiting, died asking for a bug report."""
+    groups than processes rank 0 refused while rank 1, left waiting, died asking for a bug report
+    (now: fewer rows than processes is refused on every rank; fewer row groups shares rows)."""
     from spikefm.corpus.build import BuildConfig, build_corpus
     from spikefm.corpus.synth import synthesize
 
@@ -213,12 +214,19 @@ def test_spikefm_train_under_torchrun_prints_once_and_refuses_a_small_corpus_on_
     ok = _spikefm_torchrun(*common, "--out", str(tmp_path / "run"))
     assert ok.returncode == 0, torchrun_failure_report(ok)
     assert ok.stdout.count("trained 2 steps") == 1, ok.stdout
-    build_corpus([str(tmp_path / "nwb" / "sub-ibl01")], tmp_path / "one", BuildConfig(test_fraction=0.0),
-                 progress=False)  # one session: one row group
+    build_corpus([str(tmp_path / "nwb" / "sub-ibl01" / "sub-ibl01_ses-000.nwb")], tmp_path / "one",
+                 BuildConfig(test_fraction=0.0), progress=False)  # one session: one row
     bad = _spikefm_torchrun(*[a if a != str(tmp_path / "corpus") else str(tmp_path / "one") for a in common],
                             "--out", str(tmp_path / "run1"))
     assert bad.returncode != 0
-    assert "fewer than world_size=2 (each rank reads its own; a row group holds up to 16 rows); use fewer " \
+    assert "has 1 rows, fewer than world_size=2 (each rank reads rows of its own); use fewer " \
            "ranks, or rebuild the corpus with more, shorter rows (a smaller --max-row-tokens)" in bad.stderr, \
         bad.stderr[-3000:]
     assert "internal error" not in bad.stderr and "report it" not in bad.stderr, bad.stderr[-3000:]
+    # two sessions at the default --max-row-tokens: two rows in one row group, which was refused
+    # (each rank read whole row groups); the ranks now share its rows
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "two", BuildConfig(test_fraction=0.0), progress=False)
+    two = _spikefm_torchrun(*[a if a != str(tmp_path / "corpus") else str(tmp_path / "two") for a in common],
+                            "--out", str(tmp_path / "run2"))
+    assert two.returncode == 0, torchrun_failure_report(two)
+    assert two.stdout.count("trained 2 steps") == 1, two.stdout

@@ -667,3 +667,41 @@ def test_a_list_with_an_empty_item_is_refused(tmp_path, capsys, monkeypatch, arg
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "(an empty item)" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+# --- torchrun: one error line per job, and a lost peer named as such ------------------------------
+
+def test_torchrun_ranks_say_a_bad_argument_once_and_label_their_own_errors(monkeypatch, capsys):
+    """Every rank printed the same bad-argument error (3 copies with 3 ranks), and two ranks'
+    lines ran together when each wrote its newline separately."""
+    from spikefm import cli
+
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["train", "--data", "nowhere", "--out", "x"]) == 2
+    assert capsys.readouterr().err == ""  # rank 0 says it; no process group was started
+    with pytest.raises(SystemExit) as info:  # a bad flag value: the parser's line, by rank 0 only
+        cli.main(["train", "--data", "nowhere", "--out", "x", "--steps", "0"])
+    assert info.value.code == 2 and capsys.readouterr().err == ""
+    cli._error_line("its own trouble")
+    assert capsys.readouterr().err == "spikefm: error: (rank 1) its own trouble\n"
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["train", "--data", "nowhere", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spikefm: error: ") and "(rank" not in err and err.count("\n") == 1
+
+
+def test_a_rank_whose_peer_died_says_so_not_internal_error(monkeypatch, capsys):
+    from spikefm import cli
+
+    def lost(args):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:64185: Connection reset by peer")
+
+    monkeypatch.setattr(cli, "cmd_corpus_info", lost)
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["corpus", "info", "."]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("spikefm: error: another process of this torchrun job stopped, so this one cannot go on")
+    assert "internal error" not in err and err.rstrip().endswith("run the same command with --resume")
+    monkeypatch.delenv("RANK")  # outside torchrun the same exception is an internal error
+    assert cli.main(["corpus", "info", "."]) == 1
+    assert "internal error (RuntimeError" in capsys.readouterr().err

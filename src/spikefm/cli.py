@@ -695,7 +695,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag or value is one line (no usage block): ``spikefm CMD: error: ...``."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+        import os
+
+        # under torchrun every rank parses the same line: rank 0 says what is wrong with it
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n"
+                  if os.environ.get("RANK", "0") == "0" else None)
 
 
 #: What to do about an OS error the user's paths or machine can cause, by errno.
@@ -825,21 +829,27 @@ def main(argv: list[str] | None = None) -> int:
                  "corpus": "run the command again (builds reuse finished sessions)"}.get(
             getattr(args, "command", None),
             "run the same command again (fine-tuning and studies continue where they stopped)")
-        print("spikefm: error: interrupted (Ctrl-C); nothing was half-written (writes go to "
-              f"temporary names); {again}", file=sys.stderr)
+        _error_line(f"interrupted (Ctrl-C); nothing was half-written (writes go to temporary names); {again}",
+                    every_rank=False)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns failures into one line
         if debug:
             raise
         if isinstance(exc, (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError,
                             IsADirectoryError, PermissionError)):
-            print(f"spikefm: error: {_one_line(exc)}", file=sys.stderr)
+            # bad input is the same on every rank of a torchrun job: said once, by rank 0
+            _error_line(_one_line(exc), every_rank=False)
             return 2
         if isinstance(exc, (OSError, MemoryError)) or _is_out_of_memory(exc):
-            print(f"spikefm: error: {_one_line(exc)}", file=sys.stderr)
+            _error_line(_one_line(exc))
             return 1
-        print(f"spikefm: error: internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with "
-              "--debug for the traceback and report it", file=sys.stderr)
+        if _is_peer_lost(exc):
+            _error_line(f"another process of this torchrun job stopped, so this one cannot go on "
+                        f"({_one_line(exc)[:160]}); its error line, or torchrun's summary of how it ended, says "
+                        "why: fix that and run the same command with --resume")
+            return 1
+        _error_line(f"internal error ({type(exc).__name__}: {_one_line(exc)}); rerun with --debug for the "
+                    "traceback and report it")
         return 1
     if from_command_line:
         _leave_on_ctrl_c(code)
@@ -848,6 +858,41 @@ def main(argv: list[str] | None = None) -> int:
 
         exit_worker(code)
     return code
+
+
+def _error_line(message: str, *, every_rank: bool = True) -> None:
+    """``spikefm: error: MESSAGE`` on stderr in one write (the lines of several torchrun ranks ran
+    together when the newline was a write of its own). A torchrun rank other than 0 says it with
+    its rank, or not at all when ``every_rank`` is False and its process group was never started
+    (bad arguments or settings: every rank meets the same error, which rank 0 says)."""
+    import os
+
+    rank = os.environ.get("RANK", "0")
+    if rank != "0" and not every_rank and not _group_started():
+        return
+    where = f"(rank {rank}) " if rank != "0" else ""
+    sys.stderr.write(f"spikefm: error: {where}{message}\n")
+    sys.stderr.flush()
+
+
+def _group_started() -> bool:
+    if "torch.distributed" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _is_peer_lost(exc: BaseException) -> bool:
+    """A collective failed because another rank of the job died (gloo: connection reset or
+    closed by peer; NCCL: a remote process exited / the communicator was aborted)."""
+    import os
+
+    if "RANK" not in os.environ:
+        return False
+    text = str(exc).lower()
+    return any(k in text for k in ("connection reset by peer", "connection closed by peer",
+                                    "remote process exited", "communicator was aborted", "broken pipe"))
 
 
 if __name__ == "__main__":

@@ -242,6 +242,9 @@ class ARFamily:
         if compare_data is not None and compare_run is None:
             raise ValueError("compare_data (--compare-data) names the corpus of compare_run "
                              "(--compare-run); pass the run to compare too")
+        if max_train_tokens is not None and not ngram and baselines is None:
+            raise ValueError("max_train_tokens (--max-train-tokens) caps the n-gram baselines' training tokens, "
+                             "and no n-gram is fitted; give the orders too (--ngram 1,9) or drop it")
         if compare_run is not None:
             compare_data = compare_data or _trained_on(compare_run)
             other = self.evaluate(compare_run, compare_data, split=split, ngram=ngram,

@@ -64,9 +64,12 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
                          "rebuild or re-import it")
     stretches = _session_stretches(rows, ordered)
     total = sum(r.num_bins for r in rows)
-    if start < 0 or start + prompt_bins > total:
+    if start < 0:
+        raise ValueError(f"--prompt {spec}: START_BIN must be >= 0 (a bin of the session, 0..{total - 1}), got {start}")
+    if start + prompt_bins > total:
         raise ValueError(f"session {session_id} has {total} bins; START_BIN {start} + "
-                         f"{prompt_bins} prompt bins does not fit")
+                         f"{prompt_bins} prompt bins does not fit: start at most at bin {max(total - prompt_bins, 0)}, "
+                         "or give fewer --prompt-bins")
     first = 0  # session bin where the stretch that holds START_BIN starts
     for stretch in stretches:
         size = sum(r.num_bins for r in stretch)

@@ -97,10 +97,6 @@ class TokenCache:
         write_atomic(self.path, write_tokens)
         write_json_atomic(index_path, {"groups": index})
 
-    def group_tokens(self, i: int, sessions: set[str] | None) -> list[np.ndarray]:
-        return [self.tokens[a:b] for a, b, sid in self.groups[i]
-                if sessions is None or sid in sessions]
-
 
 class ARTokenLoader:
     """Infinite iterator of ``(inputs_BL, targets_BL)`` uint8 token batches from a corpus split
@@ -139,11 +135,19 @@ class ARTokenLoader:
         self.rank, self.world_size = rank, world_size
         self.sessions = set(sessions) if sessions is not None else None
         self.groups = _row_groups(self.corpus, split)
-        if len(self.groups) < world_size:
-            raise ValueError(f"split {split!r} of {self.corpus.path} has {len(self.groups)} row "
-                             f"groups, fewer than world_size={world_size} (each rank reads its own; a "
-                             "row group holds up to 16 rows); use fewer ranks, or rebuild the corpus "
-                             "with more, shorter rows (a smaller --max-row-tokens)")
+        # Fewer row groups than ranks (a small corpus: 16 rows a group): every rank reads every
+        # group and keeps the rows whose place in the epoch's order is its own (row r of the
+        # epoch goes to rank r % world_size), so ranks still read distinct data.
+        self.row_sharded = len(self.groups) < world_size
+        self._rows_in_group: list[int] = []
+        if self.row_sharded:
+            self._rows_in_group = [pq.ParquetFile(g.shard).metadata.row_group(g.row_group).num_rows
+                                   for g in self.groups]
+            if sum(self._rows_in_group) < world_size:
+                raise ValueError(f"split {split!r} of {self.corpus.path} has {sum(self._rows_in_group)} rows, "
+                                 f"fewer than world_size={world_size} (each rank reads rows of its own); use "
+                                 "fewer ranks, or rebuild the corpus with more, shorter rows (a smaller "
+                                 "--max-row-tokens)")
         self.epoch, self.group_cursor, self.row_cursor, self.token_offset = 0, 0, 0, 0
         self._rows: list[np.ndarray] | None = None
         self.permute_units = bool(permute_units)
@@ -155,15 +159,21 @@ class ARTokenLoader:
     # --- position --------------------------------------------------------------------------
 
     def _my_groups(self, epoch: int) -> list[int]:
-        """Indices into ``self.groups`` that this rank reads in ``epoch``, in order."""
+        """Indices into ``self.groups`` that this rank reads in ``epoch``, in order (all of them
+        when rows are sharded instead of groups)."""
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.groups))
-        return perm[self.rank::self.world_size].tolist()
+        return perm.tolist() if self.row_sharded else perm[self.rank::self.world_size].tolist()
 
-    def _read_group(self, i: int) -> list[np.ndarray]:
+    def _read_group(self, i: int, first_row: int = 0) -> list[np.ndarray]:
+        """The rows of group ``i`` this rank reads; ``first_row``: the epoch-order place of the
+        group's first row (used when rows are sharded)."""
         if self._cache is not None:
-            return self._cache.group_tokens(i, self.sessions)
-        return [t for t, sid in _group_rows(self.groups[i])
-                if self.sessions is None or sid in self.sessions]
+            rows = [(self._cache.tokens[a:b], sid) for a, b, sid in self._cache.groups[i]]
+        else:
+            rows = _group_rows(self.groups[i])
+        if self.row_sharded:
+            rows = [r for j, r in enumerate(rows) if (first_row + j) % self.world_size == self.rank]
+        return [t for t, sid in rows if self.sessions is None or sid in self.sessions]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "group_cursor": self.group_cursor,
@@ -191,7 +201,8 @@ class ARTokenLoader:
                     self.epoch + 1, 0, 0, 0
                 return None
             if self._rows is None:
-                self._rows = self._read_group(groups[self.group_cursor])
+                first = sum(self._rows_in_group[g] for g in groups[:self.group_cursor]) if self.row_sharded else 0
+                self._rows = self._read_group(groups[self.group_cursor], first)
             if self.row_cursor < len(self._rows):
                 return self._rows[self.row_cursor], groups[self.group_cursor]
             self.group_cursor, self.row_cursor, self.token_offset = self.group_cursor + 1, 0, 0

@@ -832,8 +832,10 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
     prefix_B2 = (torch.tensor([[num_units, 0]], device=device).expand(batch_size, 2)
                  if extra else None)
     if total - 1 + extra > model.cfg.max_seq_len:
+        fix = ("a shorter prompt (fewer prompt bins)" if prompt_len + extra >= model.cfg.max_seq_len
+               else "fewer bins, or a shorter prompt")
         raise ValueError(f"prompt ({prompt_len}) plus generated ({num_new}) tokens exceed the "
-                         f"model's max_seq_len {model.cfg.max_seq_len}; generate fewer bins")
+                         f"model's max_seq_len {model.cfg.max_seq_len}; generate with {fix}")
 
     cache = (KVCache.for_model(model, batch_size, max_seq_len=total - 1 + extra)
              if use_kv_cache else None)

@@ -140,3 +140,19 @@ def test_fewer_row_groups_than_ranks_shards_rows_disjointly(one_group_corpus, ca
 def test_fewer_rows_than_ranks_is_refused_in_one_line(one_group_corpus):
     with pytest.raises(ValueError, match=r"has 5 rows, fewer than world_size=6 \(each rank reads rows of its own\)"):
         ARTokenLoader(one_group_corpus, seq_len=8, batch_size=1, rank=0, world_size=6)
+
+
+def test_row_sharding_deals_out_the_selected_sessions_rows(one_group_corpus):
+    """With --sessions, rows were dealt out before the filter, so a rank could be left with none
+    ('no tokens to read') although enough rows were selected."""
+    sessions = one_group_corpus.session_ids()
+    for picked in (sessions[:2], sessions[1:3], [sessions[0], sessions[4]]):
+        a, b = (ARTokenLoader(one_group_corpus, seq_len=8, batch_size=1, seed=s, rank=r, world_size=2,
+                              sessions=picked) for r, s in ((0, 4), (1, 4)))
+        ta, tb = (np.concatenate(ld._read_group(0)) for ld in (a, b))
+        rows = {sid: tokenize(m) for sid, m in ((r.session_id, r.spike_counts)
+                                                  for r in one_group_corpus.iter_rows("train", sessions=picked))}
+        assert sorted([ta.size, tb.size]) == sorted(v.size for v in rows.values())  # one row each
+        next(a), next(b)  # both read
+    with pytest.raises(ValueError, match="has 1 rows of the selected sessions, fewer than world_size=2"):
+        ARTokenLoader(one_group_corpus, seq_len=8, batch_size=1, rank=0, world_size=2, sessions=sessions[:1])

@@ -328,8 +328,8 @@ def test_a_study_without_a_fit_says_so_and_keeps_the_full_sets_score(capsys):
                                                                   "full": {"x": 3, "y": 0.2}}}}}}}
     _print_summary(study)
     out = capsys.readouterr().out
-    assert ("Figure 4: no fit (a line on log(number of sessions) needs two or more sizes below the full set; "
-            "--sizes gave 1: 1)") in out
+    assert ("Figure 4: no fit (a line on log(number of sessions) needs scores at two or more sizes below the "
+            "full set; --sizes gave 1: 1)") in out
 
 
 def test_the_report_charts_a_studys_result_column_not_its_first_number():

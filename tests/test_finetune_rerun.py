@@ -62,3 +62,40 @@ def test_another_strategy_into_a_fine_tunings_folder_is_refused_as_such(pretrain
     assert line.endswith("nothing is overwritten: use a new --out, or run the command that made it again to "
                          "continue it")
     assert _files(ft) == before
+
+
+def test_a_finished_unfreeze_run_again_is_left_as_it_is(pretrained, tmp_path, capsys):
+    """It was refused ('made with other settings (data.init_from ...)') after its stage 1 had
+    been trained again, leaving the stage-1 folder behind."""
+    ft = tmp_path / "ft"
+    cmd = ["finetune", str(pretrained), "--data", str(tmp_path), "--session", "s1", "--out", str(ft),
+           "--strategy", "unfreeze", "--steps", "20", "--eval-every", "5", "--quiet"]
+    assert main(cmd) == 0
+    before = _files(ft)
+    capsys.readouterr()
+    assert main(cmd) == 0
+    assert "is already finished" in capsys.readouterr().err
+    assert _files(ft) == before and not list(tmp_path.glob(".ft.stage1*"))
+
+
+def test_auto_run_again_after_an_interruption_keeps_its_finished_candidates(pretrained, tmp_path, capsys):
+    """``auto`` deleted and retrained every candidate when run again (the Ctrl-C line says to run
+    the same command again); its finished candidates are kept now and the choice is the same."""
+    import json
+
+    ft = tmp_path / "ft"
+    cmd = ["finetune", str(pretrained), "--data", str(tmp_path), "--session", "s1", "--out", str(ft),
+           "--steps", "20", "--eval-every", "5", "--quiet"]
+    assert main(cmd) == 0
+    first = json.loads((ft / "finetune.json").read_text())
+    candidates = {n: _files(ft / "candidates" / n) for n in ("frozen", "full", "unfreeze", "scratch")}
+    # as if interrupted after the candidates, before the choice was written
+    for p in ft.iterdir():
+        if p.is_file() and not p.name.startswith("."):
+            p.unlink()
+    capsys.readouterr()
+    assert main(cmd) == 0
+    assert capsys.readouterr().err.count("is already finished") == 4
+    assert {n: _files(ft / "candidates" / n) for n in candidates} == candidates
+    again = json.loads((ft / "finetune.json").read_text())
+    assert again["strategy"] == first["strategy"] and again["best_val_loss"] == first["best_val_loss"]

@@ -403,13 +403,19 @@ def test_quickstart_accepts_a_fine_tuning_it_stopped_before_choosing(tmp_path):
 def test_the_full_quickstart_does_not_reuse_the_fast_ones_recordings(tmp_path, capsys):
     """A --fast run's 3 short sessions were reused by the full quickstart, which built and reported
     on them; they (and the corpus built from them) are made again now, and said so."""
-    from spikefm.quickstart import check_recordings
+    from spikefm.quickstart import check_recordings, mark_recordings
 
     qs = tmp_path / "qs"
     (qs / "nwb" / "sub-1").mkdir(parents=True)
     for i in range(3):
         (qs / "nwb" / "sub-1" / f"s{i}.nwb").write_bytes(b"fast")
     (qs / "corpus").mkdir()
+    # recordings the quickstart did not make (a user's nwb/ and corpus/): refused, kept
+    with pytest.raises(ValueError, match=r"holds 3 recordings the quickstart did not make \(it makes 4\); "
+                                         r"nothing was changed: give another --out"):
+        check_recordings(qs, fast=False)
+    assert (qs / "nwb" / "sub-1" / "s0.nwb").is_file() and (qs / "corpus").is_dir()
+    mark_recordings(qs / "nwb", fast=True)  # what the quickstart writes before it synthesizes
     assert check_recordings(qs, fast=True) == [] and (qs / "nwb").is_dir()  # the same mode: reused
     assert check_recordings(qs, fast=False) == ["nwb"]
     assert not (qs / "nwb").exists() and not (qs / "corpus").exists()
@@ -556,7 +562,7 @@ def test_manifest_with_a_non_finite_number_is_refused(corpus, capsys):
 @pytest.mark.parametrize("command, again", [
     ("corpus", "run the command again (builds reuse finished sessions)"),
     ("train", "continue it with the same command and --resume"),
-    ("finetune", "run the same command again (fine-tuning and studies continue where they stopped)"),
+    ("finetune", "run the same command again (studies and fine-tuning continue where they stopped)"),
 ])
 def test_ctrl_c_swallowed_by_a_garbage_collector_callback_still_interrupts(corpus, tmp_path, command, again):
     """Python ignores an exception raised in a weakref/__del__ callback (a traceback, and the
@@ -677,8 +683,13 @@ def test_torchrun_ranks_say_a_bad_argument_once_and_label_their_own_errors(monke
     from spikefm import cli
 
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert cli.main(["train", "--data", "nowhere", "--out", "x"]) == 2  # another launcher's rank 1: said
+    assert capsys.readouterr().err.startswith("spikefm: error: (rank 1) ")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     assert cli.main(["train", "--data", "nowhere", "--out", "x"]) == 2
-    assert capsys.readouterr().err == ""  # rank 0 says it; no process group was started
+    assert capsys.readouterr().err == ""  # torchrun: rank 0 says it; no process group was started
     with pytest.raises(SystemExit) as info:  # a bad flag value: the parser's line, by rank 0 only
         cli.main(["train", "--data", "nowhere", "--out", "x", "--steps", "0"])
     assert info.value.code == 2 and capsys.readouterr().err == ""

@@ -699,7 +699,7 @@ class _Parser(argparse.ArgumentParser):
 
         # under torchrun every rank parses the same line: rank 0 says what is wrong with it
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n"
-                  if os.environ.get("RANK", "0") == "0" else None)
+                  if os.environ.get("RANK", "0") == "0" or not _under_torchrun() else None)
 
 
 #: What to do about an OS error the user's paths or machine can cause, by errno.
@@ -828,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         again = {"train": "continue it with the same command and --resume",
                  "corpus": "run the command again (builds reuse finished sessions)"}.get(
             getattr(args, "command", None),
-            "run the same command again (fine-tuning and studies continue where they stopped)")
+            "run the same command again (studies and fine-tuning continue where they stopped)")
         _error_line(f"interrupted (Ctrl-C); nothing was half-written (writes go to temporary names); {again}",
                     every_rank=False)
         return 130
@@ -868,11 +868,19 @@ def _error_line(message: str, *, every_rank: bool = True) -> None:
     import os
 
     rank = os.environ.get("RANK", "0")
-    if rank != "0" and not every_rank and not _group_started():
+    if rank != "0" and not every_rank and _under_torchrun() and not _group_started():
         return
     where = f"(rank {rank}) " if rank != "0" else ""
     sys.stderr.write(f"spikefm: error: {where}{message}\n")
     sys.stderr.flush()
+
+
+def _under_torchrun() -> bool:
+    """A worker of a multi-process torchrun job (other launchers set RANK too, and their ranks may
+    meet different errors: those say theirs)."""
+    import os
+
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
 
 
 def _group_started() -> bool:

@@ -39,22 +39,38 @@ def _recordings(fast: bool) -> dict[str, int]:
     return {"nwb": 3 if fast else 4, "nwb_ndt": (FAST_SIZES if fast else QUICKSTART_SIZES)["sessions"]}
 
 
+#: Written into a recording folder before the quickstart synthesizes into it: the folder is its own.
+MADE_HERE = ".quickstart-synth.json"
+
+
+def mark_recordings(folder: Path, fast: bool) -> None:
+    """Say (before synthesizing) that the quickstart makes ``folder``, so a later run may replace it."""
+    from spikefm.fileio import write_json_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / MADE_HERE, {"fast": fast})
+
+
 def check_recordings(out: str | Path, fast: bool) -> list[str]:
     """Recording folders of OUT that this mode cannot reuse (another mode's, e.g. a ``--fast``
     run's 3 short sessions, which the full quickstart reused and reported on; or a synthesis
-    that was interrupted) are removed with the corpus built from them, so they are made again.
+    that was interrupted) are removed with the corpus built from them, so they are made again,
+    when the quickstart made them (:data:`MADE_HERE`); anything else is refused in one line.
     Returns what was removed (each said in one line)."""
     out = Path(out)
     removed = []
     for folder, expected in _recordings(fast).items():
         found = len(list((out / folder).rglob("*.nwb"))) if (out / folder).is_dir() else 0
-        if found and found != expected:
-            print(f"spikefm: {out / folder} holds {found} recordings, not the {expected} this run makes (another "
-                  f"mode's, or an interrupted synthesis): made again, with {out / _BUILT_FROM[folder]}",
-                  flush=True)
-            for name in (folder, _BUILT_FROM[folder]):
-                shutil.rmtree(out / name, ignore_errors=True)
-            removed.append(folder)
+        if not found or found == expected:
+            continue
+        if not (out / folder / MADE_HERE).is_file():
+            raise ValueError(f"{out / folder} holds {found} recordings the quickstart did not make (it makes "
+                             f"{expected}); nothing was changed: give another --out")
+        print(f"spikefm: {out / folder} holds {found} recordings, not the {expected} this run makes (another "
+              f"mode's, or an interrupted synthesis): made again, with {out / _BUILT_FROM[folder]}", flush=True)
+        for name in (folder, _BUILT_FROM[folder]):
+            shutil.rmtree(out / name, ignore_errors=True)
+        removed.append(folder)
     return removed
 
 
@@ -85,6 +101,7 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
     _say(f"1/8 synthesizing {sizes['sessions']} NWB sessions ({sizes['duration_s']:.0f} s each)")
     nwb_dir = out / "nwb"
     if not (nwb_dir.exists() and any(nwb_dir.rglob("*.nwb"))):
+        mark_recordings(nwb_dir, fast)
         # 20-60 units: a tiny model sees several bins per 256-token context and learns in minutes.
         synthesize(nwb_dir, num_sessions=sizes["sessions"], seed=0,
                    duration_s=sizes["duration_s"], units_range=(20, 60))
@@ -160,6 +177,8 @@ def _ndt_step(out: Path, fast: bool) -> dict:
     from spikefm.experiments.transfer import FAST_SIZES, QUICKSTART_SIZES, transfer
 
     sizes = FAST_SIZES if fast else QUICKSTART_SIZES
+    if not any((out / "nwb_ndt").rglob("*.nwb")):
+        mark_recordings(out / "nwb_ndt", fast)  # transfer() synthesizes into it
     _say(f"8/8 masked NDT: {sizes['sessions']} more synthetic sessions ({out / 'nwb_ndt'}, {sizes['duration_s']:.0f} s "
          "each); pretrain on all but the held-out one(s), fine-tune to a held-out one, compare with the same "
          "model trained on it alone")

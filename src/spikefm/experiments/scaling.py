@@ -439,5 +439,5 @@ def _print_summary(study: dict) -> None:
                            title="Figure 4: linear fit on log(number of sessions)"))
     else:
         below = [k for k in study["settings"]["sizes"] if k < study["full_size"]]
-        print(f"Figure 4: no fit (a line on log(number of sessions) needs two or more sizes below the full "
-              f"set; --sizes gave {len(below)}: {', '.join(map(str, below)) or 'none'})")
+        print(f"Figure 4: no fit (a line on log(number of sessions) needs scores at two or more sizes below "
+              f"the full set; --sizes gave {len(below)}: {', '.join(map(str, below)) or 'none'})")

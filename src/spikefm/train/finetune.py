@@ -110,18 +110,8 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     out_dir = Path(out_dir)
     steps = cfg.train.steps
     _check_same_finetune(cfg, out_dir)
-    done = _finished_record(out_dir)
+    done = _reuse_finished(out_dir, {"max_steps": steps, "eval_every": eval_every, "patience": patience})
     if done is not None:  # the same command again: the kept weights and history stay as they are
-        budget = {"max_steps": steps, "eval_every": eval_every, "patience": patience}
-        before = {k: done.get(k) for k in budget}
-        if before != budget:
-            raise ValueError(f"{out_dir} already holds a finished fine-tuning ({_budget_text(before)}; it stopped "
-                             f"at step {done.get('stopped_at')}); nothing is overwritten: use a new --out for "
-                             f"{_budget_text(budget)}")
-        from spikefm.train.loop import _notice
-
-        _notice(f"{out_dir} is already finished (stopped at step {done.get('stopped_at')} of at most {steps}, "
-                f"best at step {done.get('best_step')}); nothing to do", warning=False)
         return done
     history: list[dict[str, float]] = []
     best_loss, best_step, since_best, step = math.inf, 0, 0, 0
@@ -256,6 +246,24 @@ def _lower_lr(cfg, scale: float):
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * scale))
 
 
+def _reuse_finished(out_dir: Path, budget: dict[str, int], need: str = "history") -> dict[str, Any] | None:
+    """The record of a fine-tuning finished in ``out_dir`` with this ``budget`` (said in one
+    line: nothing to do), None when none is finished there; another budget is refused."""
+    done = _finished_record(out_dir)
+    if done is None or need not in done:
+        return None
+    before = {k: done.get(k) for k in budget}
+    if before != budget:
+        raise ValueError(f"{out_dir} already holds a finished fine-tuning ({_budget_text(before)}; it stopped "
+                         f"at step {done.get('stopped_at')}); nothing is overwritten: use a new --out for "
+                         f"{_budget_text(budget)}")
+    from spikefm.train.loop import _notice
+
+    _notice(f"{out_dir} is already finished (stopped at step {done.get('stopped_at')} of at most "
+            f"{budget['max_steps']}, best at step {done.get('best_step')}); nothing to do", warning=False)
+    return done
+
+
 def _budget_text(b: dict) -> str:
     return f"at most {b['max_steps']} steps, validated every {b['eval_every']}, patience {b['patience']}"
 
@@ -316,6 +324,10 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
                                          family, **kw)
     # unfreeze: the session parameters first, on the frozen core; then everything, from there
     first = max(1, steps // 2)
+    done = _reuse_finished(out_dir, {"max_steps": max(1, steps - first), "eval_every": eval_every,
+                                     "patience": patience}, need="stage1")
+    if done is not None:  # finished: stage 1 is not trained again
+        return done
     stage1 = out_dir.parent / f".{out_dir.name}.stage1"
     if stage1.exists():
         shutil.rmtree(stage1)
@@ -329,6 +341,7 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
     _record_unfreeze_provenance(out_dir, run_dir, stage1, s2["stage1"])
     if s1["best_val_loss"] < s2["best_val_loss"]:
         s2["note"] = "unfreezing did not improve on the frozen stage's validation loss"
+    write_json_atomic(out_dir / "early_stopping.json", s2)  # with its stage 1: a rerun finds it finished
     return s2
 
 
@@ -608,10 +621,8 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
     cand_dir = out_dir / "candidates"
     results = {}
     for name in ("frozen", "full", "unfreeze", "scratch"):
-        path = cand_dir / name
-        if path.exists():
-            shutil.rmtree(path)
-        results[name] = _one_strategy(family, name, str(run_dir), str(corpus), session_id, path, **args)
+        # a candidate of an interrupted run of this command continues, a finished one is kept
+        results[name] = _one_strategy(family, name, str(run_dir), str(corpus), session_id, cand_dir / name, **args)
     names = list(PRETRAINED_CANDIDATES)
     soup_info = None
     if soup:

@@ -139,15 +139,18 @@ class ARTokenLoader:
         # group and keeps the rows whose place in the epoch's order is its own (row r of the
         # epoch goes to rank r % world_size), so ranks still read distinct data.
         self.row_sharded = len(self.groups) < world_size
-        self._rows_in_group: list[int] = []
+        self._rows_in_group: list[int] = []  # rows of the selected sessions, per group (row sharding)
         if self.row_sharded:
-            self._rows_in_group = [pq.ParquetFile(g.shard).metadata.row_group(g.row_group).num_rows
-                                   for g in self.groups]
+            for g in self.groups:
+                with shard_errors(g.shard):
+                    ids = pq.ParquetFile(g.shard).read_row_group(g.row_group, columns=["session_id"])
+                self._rows_in_group.append(sum(self.sessions is None or sid in self.sessions
+                                               for sid in ids.column("session_id").to_pylist()))
             if sum(self._rows_in_group) < world_size:
-                raise ValueError(f"split {split!r} of {self.corpus.path} has {sum(self._rows_in_group)} rows, "
-                                 f"fewer than world_size={world_size} (each rank reads rows of its own); use "
-                                 "fewer ranks, or rebuild the corpus with more, shorter rows (a smaller "
-                                 "--max-row-tokens)")
+                raise ValueError(f"split {split!r} of {self.corpus.path} has {sum(self._rows_in_group)} rows"
+                                 f"{' of the selected sessions' if self.sessions is not None else ''}, fewer than "
+                                 f"world_size={world_size} (each rank reads rows of its own); use fewer ranks, or "
+                                 "rebuild the corpus with more, shorter rows (a smaller --max-row-tokens)")
         self.epoch, self.group_cursor, self.row_cursor, self.token_offset = 0, 0, 0, 0
         self._rows: list[np.ndarray] | None = None
         self.permute_units = bool(permute_units)
@@ -165,15 +168,16 @@ class ARTokenLoader:
         return perm.tolist() if self.row_sharded else perm[self.rank::self.world_size].tolist()
 
     def _read_group(self, i: int, first_row: int = 0) -> list[np.ndarray]:
-        """The rows of group ``i`` this rank reads; ``first_row``: the epoch-order place of the
-        group's first row (used when rows are sharded)."""
+        """The rows of group ``i`` (of the selected sessions) this rank reads; ``first_row``: the
+        epoch-order place of the group's first selected row (used when rows are sharded)."""
         if self._cache is not None:
             rows = [(self._cache.tokens[a:b], sid) for a, b, sid in self._cache.groups[i]]
         else:
             rows = _group_rows(self.groups[i])
-        if self.row_sharded:
+        rows = [(t, sid) for t, sid in rows if self.sessions is None or sid in self.sessions]
+        if self.row_sharded:  # dealt out among the selected rows, so every rank gets some
             rows = [r for j, r in enumerate(rows) if (first_row + j) % self.world_size == self.rank]
-        return [t for t, sid in rows if self.sessions is None or sid in self.sessions]
+        return [t for t, _ in rows]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "group_cursor": self.group_cursor,

@@ -339,9 +339,9 @@ def _linear_readout(Xlab_KF: np.ndarray, Xbin_KTF: np.ndarray, a, fit_idx: np.nd
         ok = fit_idx[y[fit_idx] >= 0]
         present = np.unique(y[ok])
         if present.size < 2 or np.bincount(y[ok])[present].min() < 2:
-            res["skipped"][lab] = (f"its fit windows hold {present.size} {lab} class(es), "
-                                   f"{'some' if present.size else 'none'} with fewer than 2 windows: a classifier "
-                                   "needs 2 classes of at least 2 windows each")
+            held = ("no labelled window" if present.size == 0 else f"one {lab} class only" if present.size == 1
+                    else f"a {lab} class in fewer than 2 windows")
+            res["skipped"][lab] = f"its fit windows hold {held}: a classifier needs 2 classes of 2 or more windows each"
             continue
         classes = np.unique(y[ok])
         res["labels"][lab] = classes[fit_predict_logistic(Xlab_KF[ok], y[ok], Xlab_KF[te]).argmax(1)]
@@ -596,9 +596,8 @@ def _paired_decoding(labels_a: dict, labels_b: dict, pa: np.ndarray | None, pb: 
             continue
         ok = y >= 0
         d = (labels_a[name][ok] == y[ok]).astype(float) - (labels_b[name][ok] == y[ok])
-        if d.size:  # a difference of accuracies lies in [-1, 1]; the t interval on few windows can overshoot
-            r = jackknife_interval(lambda i, d=d: d[i].mean(), d.size)
-            out[name] = {"accuracy": {**r, "ci95": [float(np.clip(v, -1.0, 1.0)) for v in r["ci95"]]}}
+        if d.size:  # not clipped to [-1, 1]: an interval past it says how few the windows are
+            out[name] = {"accuracy": jackknife_interval(lambda i, d=d: d[i].mean(), d.size)}
     if pa is None or pb is None:
         return out
     for c, name in enumerate(channels):

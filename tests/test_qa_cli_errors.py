@@ -684,9 +684,12 @@ def test_torchrun_ranks_say_a_bad_argument_once_and_label_their_own_errors(monke
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    for name in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"):  # no rank 0 to wait for
+        monkeypatch.delenv(name, raising=False)
     assert cli.main(["train", "--data", "nowhere", "--out", "x"]) == 2  # another launcher's rank 1: said
-    assert capsys.readouterr().err.startswith("spikefm: error: (rank 1) ")
+    assert capsys.readouterr().err == ("spikefm: error: (rank 1) --data nowhere: no such folder, so not a spikefm "
+                                       "corpus; give the corpus folder (spikefm corpus build ... --out DIR, or "
+                                       "spikefm corpus import)\n")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     assert cli.main(["train", "--data", "nowhere", "--out", "x"]) == 2
     assert capsys.readouterr().err == ""  # torchrun: rank 0 says it; no process group was started

@@ -223,6 +223,10 @@ def cmd_quickstart(args) -> int:
 def cmd_train(args) -> int:
     from spikefm import families
 
+    if not Path(args.data).is_dir():  # before torchrun's ranks connect (a missing corpus made rank 1 wait)
+        raise ValueError(f"--data {args.data}: no such folder, so not a spikefm corpus; give the corpus "
+                         "folder (spikefm corpus build ... --out DIR, or spikefm corpus import)")
+
     overrides = list(args.set or [])
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")

@@ -332,6 +332,10 @@ def test_generate_rejects_bad_arguments():
         generate(model, NUM_UNITS, 1, temperature=-1.0)
     with pytest.raises(ValueError, match="top_k"):
         generate(model, NUM_UNITS, 1, top_k=0)
+    # above the vocabulary it limited nothing, silently
+    with pytest.raises(ValueError, match=rf"top_k 300 exceeds the vocabulary \({model.cfg.vocab_size} tokens\)"):
+        generate(model, NUM_UNITS, 1, top_k=300)
+    assert generate(model, NUM_UNITS, 1, top_k=model.cfg.vocab_size).shape[1] == NUM_UNITS + 1
     with pytest.raises(ValueError, match="max_seq_len"):
         generate(model, 99, 6)
     with pytest.raises(ValueError, match="batch_size"):

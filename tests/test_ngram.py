@@ -281,7 +281,7 @@ def test_progress_reports_each_chunk(capsys):
     model = NGramModel(order=3, memory_budget_mb=0.002).fit(rows, progress=True)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == -(-model.num_tokens_ // model.chunk_tokens)
-    assert lines[-1].startswith(f"ngram fit (order 3): {model.num_tokens_:,} tokens")
+    assert lines[-1].startswith(f"ngram fit (order 3): {model.num_tokens_:,} tokens (separators included)")
 
 
 # --- counts at the 7-bit boundary of the packed order-9 path ------------------------------------

@@ -805,6 +805,9 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
     vocab_size = model.cfg.vocab_size
+    if top_k is not None and top_k > vocab_size:  # it would keep every token, which None says plainly
+        raise ValueError(f"top_k {top_k} exceeds the vocabulary ({vocab_size} tokens), so it limits nothing; "
+                         f"give at most {vocab_size} (--top-k), or none to sample from every token")
     if vocab_size <= SEPARATOR:
         raise ValueError(f"generate needs vocab_size > {SEPARATOR} for the separator token, "
                          f"model has {vocab_size}")

@@ -393,7 +393,8 @@ class NGramModel:
             parts, buffered = [], 0
             if progress:
                 print(
-                    f"ngram fit (order {order}): {counted:,} tokens, {table.keys.size:,} distinct n-grams",
+                    f"ngram fit (order {order}): {counted:,} tokens (separators included), "
+                    f"{table.keys.size:,} distinct n-grams",
                     file=sys.stderr,
                     flush=True,
                 )

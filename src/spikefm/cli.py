@@ -195,7 +195,7 @@ def _quickstart_corpus_of(config: Path, corpus: Path) -> str | bool | None:
     """True when the run described by ``config`` was trained on ``corpus`` (the absolute path
     recorded at training time, or a copy of that corpus: the same manifest); else the corpus it
     names (None: unknown)."""
-    import hashlib
+    from spikefm.corpus.reader import manifest_sha256
 
     try:
         info = json.loads(config.read_text())
@@ -206,7 +206,7 @@ def _quickstart_corpus_of(config: Path, corpus: Path) -> str | bool | None:
     if Path(trained_on).resolve() == corpus.resolve():
         return True
     try:  # a quickstart folder copied or moved: its runs name the old place of the same corpus
-        same = fam.get("corpus_manifest_sha256") == hashlib.sha256((corpus / "manifest.json").read_bytes()).hexdigest()
+        same = fam.get("corpus_manifest_sha256") == manifest_sha256(corpus)
     except OSError:
         same = False
     return True if same else str(trained_on)
@@ -699,8 +699,6 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag or value is one line (no usage block): ``spikefm CMD: error: ...``."""
 
     def error(self, message: str):
-        import os
-
         # under torchrun every rank parses the same line: rank 0 says what is wrong with it
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n"
                   if os.environ.get("RANK", "0") == "0" or not _under_torchrun() else None)
@@ -869,8 +867,6 @@ def _error_line(message: str, *, every_rank: bool = True) -> None:
     together when the newline was a write of its own). A torchrun rank other than 0 says it with
     its rank, or not at all when ``every_rank`` is False and its process group was never started
     (bad arguments or settings: every rank meets the same error, which rank 0 says)."""
-    import os
-
     rank = os.environ.get("RANK", "0")
     if rank != "0" and not every_rank and _under_torchrun() and not _group_started():
         return
@@ -882,8 +878,6 @@ def _error_line(message: str, *, every_rank: bool = True) -> None:
 def _under_torchrun() -> bool:
     """A worker of a multi-process torchrun job (other launchers set RANK too, and their ranks may
     meet different errors: those say theirs)."""
-    import os
-
     return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
 
 
@@ -898,8 +892,6 @@ def _group_started() -> bool:
 def _is_peer_lost(exc: BaseException) -> bool:
     """A collective failed because another rank of the job died (gloo: connection reset or
     closed by peer; NCCL: a remote process exited / the communicator was aborted)."""
-    import os
-
     if "RANK" not in os.environ:
         return False
     text = str(exc).lower()

@@ -32,11 +32,16 @@ FAST_NOTE = ("(--fast: every size is the smallest that runs each step, so its nu
 _BUILT_FROM = {"nwb": "corpus", "nwb_ndt": "corpus_sessions"}
 
 
+#: Sizes of steps 1-7 (step 8's are the transfer study's), by ``fast``.
+SIZES = {True: dict(sessions=3, duration_s=40.0, steps=40, eval_tokens=30_000),
+         False: dict(sessions=4, duration_s=120.0, steps=400, eval_tokens=300_000)}
+
+
 def _recordings(fast: bool) -> dict[str, int]:
     """The synthetic sessions each of the quickstart's recording folders holds in this mode."""
     from spikefm.experiments.transfer import FAST_SIZES, QUICKSTART_SIZES
 
-    return {"nwb": 3 if fast else 4, "nwb_ndt": (FAST_SIZES if fast else QUICKSTART_SIZES)["sessions"]}
+    return {"nwb": SIZES[fast]["sessions"], "nwb_ndt": (FAST_SIZES if fast else QUICKSTART_SIZES)["sessions"]}
 
 
 #: Written into a recording folder before the quickstart synthesizes into it: the folder is its own.
@@ -92,8 +97,7 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
 
     t0 = time.time()
     out = Path(out)
-    sizes = dict(sessions=3, duration_s=40.0, steps=40, eval_tokens=30_000) if fast else \
-        dict(sessions=4, duration_s=120.0, steps=400, eval_tokens=300_000)
+    sizes = SIZES[bool(fast)]
     check_recordings(out, fast)
     if fast:
         print(FAST_NOTE, flush=True)

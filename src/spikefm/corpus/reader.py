@@ -50,6 +50,12 @@ def _check_shard(shard: Path) -> None:
                                   "empty, truncated or not Parquet")
 
 
+def manifest_sha256(corpus_dir: str | Path) -> str:
+    """sha256 of ``corpus_dir/manifest.json`` (what training records as the corpus it read), without
+    opening the corpus; OSError when there is none."""
+    return hashlib.sha256((Path(corpus_dir) / "manifest.json").read_bytes()).hexdigest()
+
+
 @dataclass
 class CorpusRow:
     """One row: a chunk of one session.
@@ -185,7 +191,7 @@ class Corpus:
     @cached_property
     def manifest_hash(self) -> str:
         """sha256 of manifest.json, recorded by training runs to pin their data."""
-        return hashlib.sha256((self.path / "manifest.json").read_bytes()).hexdigest()
+        return manifest_sha256(self.path)
 
     def iter_rows(self, split: str = "train", *, sessions: list[str] | set[str] | None = None,
                   with_extras: bool = True) -> Iterator[CorpusRow]:

@@ -283,7 +283,7 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
         raise ValueError(f"strategy {strategy!r} contradicts {'freeze_core' if freeze_core else 'from_scratch'}")
     fam = family_of_run(run_dir)
     if not hasattr(fam, "finetune_config"):
-        able = [n for n in names() if n != fam.name and hasattr(_try_get(n), "finetune_config")]
+        able = [n for n in _families_with("finetune_config") if n != fam.name]
         raise ValueError(f"the {fam.name!r} family does not support fine-tuning to a new session (it has no "
                          f"per-session parameters); fine-tune a run of a family that does: "
                          f"{', '.join(able) or 'none is registered'}")
@@ -294,12 +294,16 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
                                soup=soup)
 
 
-def _try_get(name: str) -> Any:
-    """The family ``name``, or None where it cannot be loaded (a broken plugin is no suggestion)."""
-    try:
-        return get(name)
-    except Exception:  # noqa: BLE001
-        return None
+def _families_with(member: str) -> list[str]:
+    """Names of the families that have ``member`` (a broken plugin, which cannot be loaded, is no
+    suggestion)."""
+    def has(name: str) -> bool:
+        try:
+            return callable(getattr(get(name), member, None))
+        except Exception:  # noqa: BLE001
+            return False
+
+    return [n for n in names() if has(n)]
 
 
 def _warn_if_pretrained_on(run_dir: str | os.PathLike, session_id: str, corpus: str | os.PathLike | None = None) -> None:
@@ -317,10 +321,10 @@ def _warn_if_pretrained_on(run_dir: str | os.PathLike, session_id: str, corpus: 
         return  # the family's own checks report an unreadable run
     trained_hash, same_corpus = info.get("corpus_manifest_sha256"), True
     if corpus is not None and isinstance(trained_hash, str):
-        import hashlib
+        from spikefm.corpus.reader import manifest_sha256
 
-        try:  # as spikefm.corpus.reader.Corpus.manifest_hash, which training records
-            now_hash = hashlib.sha256((Path(corpus) / "manifest.json").read_bytes()).hexdigest()
+        try:  # what training records (spikefm.corpus.reader.Corpus.manifest_hash)
+            now_hash = manifest_sha256(corpus)
         except OSError:
             now_hash = None  # the fine-tuning's own checks report an unreadable corpus
         if now_hash is not None and now_hash != trained_hash:
@@ -380,7 +384,7 @@ def _study_member(family: str, member: str, needed_for: str) -> Callable:
     families that have it."""
     fn = getattr(get(family), member, None)
     if not callable(fn):
-        able = [n for n in names() if callable(getattr(_try_get(n), member, None))]
+        able = _families_with(member)
         raise ValueError(f"the {family!r} family has no {member}(), which {needed_for}; run the study with a "
                          f"family that has one ({', '.join(able) or 'none is registered'}; --model), or add it "
                          "(spikefm.train.family documents it)")

@@ -27,6 +27,7 @@ from spikefm.train.config import (  # noqa: E402
     RunConfig,
     TrainConfig,
     apply_overrides,
+    config_differences,
     config_to_dict,
 )
 from spikefm.train.loop import TrainingDiverged, device_peak_flops  # noqa: E402
@@ -127,6 +128,22 @@ def test_config_json_round_trip_and_strictness():
     bad["train"]["stepz"] = 3
     with pytest.raises(ValueError, match="unknown key 'train.stepz'.*valid keys: steps, batch_size"):
         run_config_from_dict(bad)
+
+
+def test_config_differences_names_each_changed_setting_and_only_those():
+    base = toy_config()
+    changed = apply_overrides(base, ["optim.lr=0.5", "train.steps=7", "model.hidden_dim=12"])
+    a, b = config_to_dict(base), config_to_dict(changed)
+    assert config_differences(a, a, ("family", "model", "data", "optim", "train")) == []
+    # the expected list, computed key by key from the dataclasses themselves
+    expected = [f"{s}.{k}" for s in ("model", "optim", "train") for k in sorted(a[s])
+                if getattr(getattr(base, s), k) != getattr(getattr(changed, s), k)]
+    assert expected == ["model.hidden_dim", "optim.lr", "train.steps"]
+    assert config_differences(a, b, ("family", "model", "data", "optim", "train")) == expected
+    assert config_differences(a, b, ("data", "family")) == []
+    # a section that is missing or not a dict on one side is named whole
+    assert config_differences({"optim": 3}, b, ("optim",)) == ["optim"]
+    assert config_differences({}, b, ("train",)) == ["train"]
 
 
 def test_validation_in_post_init():

@@ -394,7 +394,9 @@ def _check_study_out(out: Path) -> None:
 
 
 def cmd_experiment_transfer(args) -> int:
-    from spikefm.experiments.transfer import transfer_study
+    import inspect
+
+    from spikefm.experiments.transfer import DEFAULT_FAMILY, transfer_study
 
     options = {k: v for k, v in (("family", args.model), ("pretrain_steps", args.pretrain_steps),
                                  ("protocol", args.protocol), ("soup", args.soup)) if v is not None}
@@ -404,11 +406,7 @@ def cmd_experiment_transfer(args) -> int:
     # the pretraining settings, checked before any data is synthesized
     from spikefm import families
 
-    import inspect
-
-    from spikefm.experiments.transfer import transfer
-
-    family = args.model or inspect.signature(transfer).parameters["family"].default
+    family = args.model or DEFAULT_FAMILY
     families.run_config(family, preset=args.preset, corpus=str(Path(args.out)),
                         overrides=list(args.set or []), protocol=args.protocol)
     fam = families.get(family)

@@ -78,7 +78,7 @@ def _adapt(spec: dict, job_dir: Path, root: Path, strategy: str) -> dict[str, An
         from spikefm.fileio import write_json_atomic
 
         write_json_atomic(job_dir / "results.json", ev)
-        res, family = ev["results"], ev.get("family", "ndt")
+        res, family = ev["results"], ev["family"]
         out.update(num_test_windows=int(res["num_test_windows"]), num_units=int(res["num_units"]),
                    scores=task_scores(res, "model", family))
         if spec.get("baselines"):
@@ -94,7 +94,7 @@ def single_session(spec: dict, job_dir: Path, root: Path) -> dict[str, Any]:
     return _adapt(spec, job_dir, root, "scratch")
 
 
-def task_scores(results: dict, who: str = "model", family: str = "ndt") -> dict[str, float]:
+def task_scores(results: dict, who: str, family: str) -> dict[str, float]:
     """One number per task of ``family``'s benchmark result (:func:`spikefm.families.task_scores`)."""
     from spikefm import families
 

@@ -39,12 +39,15 @@ FAST_SIZES = dict(sessions=3, duration_s=40.0, pretrain_steps=60, finetune_steps
 EVALUATION_KEYS = ("split", "window_bins", "decode_layer", "split_fractions", "windows_per_split")
 
 
+DEFAULT_FAMILY = "ndt"  # the study's family when none is named (``--model``)
+
+
 def _check_int(name: str, value, lo: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < lo:
         raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
 
 
-def seed_paths(out: str | Path, family: str = "ndt") -> dict[str, Path]:
+def seed_paths(out: str | Path, family: str = DEFAULT_FAMILY) -> dict[str, Path]:
     """Where :func:`transfer` writes, each name carrying the family's (``run_ndt_finetune``,
     ``results_ndt.json`` for the NDT; ``run_neds_finetune`` ... for NEDS): ``nwb`` (the synthetic
     sessions), ``pretrain``, ``finetune``, ``single`` (the runs) and ``results``."""
@@ -53,7 +56,7 @@ def seed_paths(out: str | Path, family: str = "ndt") -> dict[str, Path]:
             "results": out / f"results_{family}.json"}
 
 
-def transfer(out: str | Path, *, family: str = "ndt", sessions: int = QUICKSTART_SIZES["sessions"],
+def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = QUICKSTART_SIZES["sessions"],
              duration_s: float = QUICKSTART_SIZES["duration_s"],
              preset: str = "tiny", synth_preset: str = "ibl", pretrain_steps: int | None = None,
              finetune_steps: int = QUICKSTART_SIZES["finetune_steps"], eval_every: int | None = None, seed: int = 1,
@@ -201,7 +204,7 @@ def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
     settings = {k: v for k, v in settings.items() if k not in _NOT_RESULTS}
     refuse_other_settings(out, old_settings, settings, kind="a transfer study", lost="its runs",
                           rerun="reuses its finished seeds")
-    family = settings.get("family", "ndt")
+    family = settings.get("family", DEFAULT_FAMILY)
     return {int(s): entry for s, entry in per_seed.items()
             if seed_paths(out / f"seed_{s}", family)["results"].is_file()}
 
@@ -226,7 +229,7 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
     from spikefm.tables import render_table
     from spikefm.train.runinfo import machine_info
 
-    family = options.get("family", "ndt")
+    family = options.get("family", DEFAULT_FAMILY)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must name at least one synthetic-data seed, e.g. 1,2,3")

@@ -34,6 +34,7 @@ __all__ = [
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
+    "config_differences",
 ]
 
 
@@ -371,6 +372,21 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
         return value
 
     return convert(cfg)
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any], sections: tuple[str, ...]) -> list[str]:
+    """The settings of ``sections`` that differ between two :func:`config_to_dict` dicts, as
+    ``section.key`` (sorted within a section; the bare ``section`` where either side is not a dict)."""
+    out: list[str] = []
+    for section in sections:
+        a, b = saved.get(section), now.get(section)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{section}.{k}" for k in sorted({*a, *b}) if a.get(k) != b.get(k)]
+        else:
+            out.append(section)
+    return out
 
 
 def _from_value(value: Any, tp: Any, key: str) -> Any:

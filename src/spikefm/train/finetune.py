@@ -284,20 +284,18 @@ def _finished_record(out_dir: Path) -> dict[str, Any] | None:
 def _check_same_finetune(cfg, out_dir: Path) -> None:
     """Refuse, in fine-tuning's words, a folder that holds a fine-tuning with other settings
     (another strategy, session or pretrained run): continuing it would mix two runs."""
-    from spikefm.train.config import config_to_dict
+    from spikefm.train.config import config_differences, config_to_dict
 
     try:
         saved = json.loads((out_dir / "config.json").read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # none yet, or not a run: the loop's own checks say what the folder is
-    now = config_to_dict(cfg)
-    for section in ("family", "model", "data", "optim"):
-        a, b = saved.get(section), now.get(section)
-        if a == b:
-            continue
-        keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k)) if isinstance(a, dict) and isinstance(b, dict) \
-            else []
-        what = ", ".join(f"{section}.{k}" for k in keys[:4]) or section
+    if not isinstance(saved, dict):
+        return
+    differs = config_differences(saved, config_to_dict(cfg), ("family", "model", "data", "optim"))
+    if differs:
+        section = differs[0].split(".")[0]
+        what = ", ".join([d for d in differs if d.split(".")[0] == section][:4])
         raise ValueError(f"{out_dir} holds a fine-tuning made with other settings ({what} differ: another "
                          "strategy, session or pretrained run?); nothing is overwritten: use a new --out, or "
                          "run the command that made it again to continue it")

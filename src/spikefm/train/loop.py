@@ -68,7 +68,7 @@ from spikefm.train.checkpoint import (
     select_checkpoint,
     world_size_message,
 )
-from spikefm.train.config import RunConfig, config_to_dict
+from spikefm.train.config import RunConfig, config_differences, config_to_dict
 from spikefm.train.family import Family, check_family_config
 from spikefm.train.optim import apply_settings, build_optimizer, build_scheduler
 from spikefm.train.runinfo import run_info
@@ -248,20 +248,18 @@ def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = N
     before = fam_info.get("corpus_manifest_sha256")
     saved = saved["config"]
     now = config_to_dict(cfg)
-    for section in ("family", "model", "data"):
-        if saved.get(section) != now.get(section):
-            raise ValueError(
-                f"cannot resume from {where}: '{section}' differs from the checkpoint's config; "
-                "resume with the same family/model/data config or start a new run directory"
-            )
+    differs = config_differences(saved, now, ("family", "model", "data"))
+    if differs:
+        section = differs[0].split(".")[0]
+        raise ValueError(
+            f"cannot resume from {where}: '{section}' differs from the checkpoint's config; "
+            "resume with the same family/model/data config or start a new run directory"
+        )
     if corpus_hash and isinstance(before, str) and before != corpus_hash and not finished:
         _notice(f"resuming from {where}: the corpus at {fam_info.get('corpus')} changed since the run "
                 f"started (manifest sha256 {before[:12]}... -> {corpus_hash[:12]}...; rebuilt or "
                 "re-imported): training continues on its current contents")
-    changed = [
-        f"{s}.{k}" for s in ("optim", "train")
-        for k in now[s] if not isinstance(saved.get(s), dict) or saved[s].get(k) != now[s][k]
-    ]
+    changed = config_differences(saved, now, ("optim", "train"))
     if changed and finished:
         _notice(f"{where} is finished; the changed settings ({', '.join(changed)}) change nothing, "
                 "since no step is left to train")

@@ -413,7 +413,7 @@ def test_bad_inputs_are_one_line_with_exit_codes(data, ar_run, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("mine")
     cases = [
-        (["corpus", "info", str(tmp_path / "missing")], 2, r"^spikefm: error: .*missing: not a spikefm corpus"),
+        (["corpus", "info", str(tmp_path / "missing")], 2, r"^spikefm: error: .*missing: no such file or folder; give a spikefm corpus folder"),
         (["eval", str(tmp_path / "missing"), "--data", corpus], 2, r"missing is not a folder"),
         (["train", "--data", corpus, "--out", str(tmp_path / "r"), "--set", "optim.lr=nan"], 2,
          r"invalid value for 'optim.lr': expected a finite float"),
@@ -643,3 +643,94 @@ def test_an_empty_train_split_is_refused_for_fitting_with_advice_for_fitting():
                                          r"with a smaller --test-fraction"):
         require_rows(corpus, "train", to="fit")
     require_rows(corpus, "test")  # rows: nothing said
+
+
+def test_synth_with_fewer_sessions_or_into_a_corpus_or_run_folder(data, tmp_path, capsys):
+    """Fewer --sessions over a folder of more left the others behind (a later corpus build read
+    them all) and recorded the smaller count; synth wrote recordings into a corpus or run folder."""
+    args = ["synth", str(tmp_path / "nwb"), "--duration-s", "12", "--units", "20,22", "--quiet"]
+    assert main([*args, "--sessions", "3"]) == 0
+    files = {p: p.read_bytes() for p in (tmp_path / "nwb").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main([*args, "--sessions", "2"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "already holds the recordings of --sessions 3" in err[0] \
+        and "--overwrite to keep only 2" in err[0]
+    assert {p: p.read_bytes() for p in (tmp_path / "nwb").rglob("*") if p.is_file()} == files
+    # --overwrite: exactly the requested recordings remain, ground truth included
+    (tmp_path / "nwb" / "mine.nwb").write_bytes(b"mine")
+    with pytest.warns(UserWarning, match="1 other NWB file"):
+        assert main([*args, "--sessions", "2", "--overwrite"]) == 0
+    nwb = sorted(p.name for p in (tmp_path / "nwb").rglob("*.nwb"))
+    truth = sorted(p.name for p in (tmp_path / "nwb").rglob("*.truth.npz"))
+    assert nwb == ["mine.nwb", "sub-ibl01_ses-000.nwb", "sub-ibl01_ses-001.nwb"]
+    assert truth == ["sub-ibl01_ses-000.truth.npz", "sub-ibl01_ses-001.truth.npz"]
+    # a corpus folder or a run folder is never a place for recordings, --overwrite or not
+    capsys.readouterr()
+    for folder, what in ((data / "corpus", "a spikefm corpus (manifest.json)"),
+                         (data / "run", "a training run or model (config.json)")):
+        before = sorted(folder.rglob("*"))
+        for extra in ([], ["--overwrite"]):
+            assert main(["synth", str(folder), "--sessions", "1", "--duration-s", "12", "--quiet", *extra]) == 2
+            line = capsys.readouterr().err.strip()
+            assert line == (f"spikefm: error: {folder}: holds {what}; synth writes recordings into a folder of "
+                            "their own (corpus build would refuse the mix): give another OUT_DIR")
+        assert sorted(folder.rglob("*")) == before
+
+
+def test_synth_help_states_the_minimums_the_generator_enforces(tmp_path, capsys):
+    from spikefm.corpus.synth import MIN_DURATION_S, PRESETS, min_units, synthesize
+
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"at least {MIN_DURATION_S:g})" in text
+    for preset in PRESETS:
+        assert f"{min_units(preset)} for {preset}" in text
+        with pytest.raises(ValueError, match="units_range"):  # one below the stated minimum is refused
+            synthesize(tmp_path / preset, num_sessions=1, preset=preset, duration_s=MIN_DURATION_S,
+                       units_range=(min_units(preset) - 1, min_units(preset)), progress=False)
+    paths = synthesize(tmp_path / "ok", num_sessions=1, preset="motor", duration_s=MIN_DURATION_S,
+                       units_range=(min_units("motor"),) * 2, progress=False)
+    assert len(paths) == 1
+
+
+def test_corpus_build_source_is_a_name_not_a_path(data, tmp_path, capsys):
+    nwb = data / "nwb"
+    with pytest.raises(SystemExit) as ended:
+        main(["corpus", "build", str(nwb), "--out", str(tmp_path / "c"), "--source", " ", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert ended.value.code == 2 and err == ("spikefm corpus build: error: argument --source: expected a "
+                                             "non-empty name, got ' ' (see spikefm corpus build -h)")
+    assert not (tmp_path / "c").exists()
+    assert main(["corpus", "build", str(nwb), "--out", str(tmp_path / "c"), "--source", "lab-x", "--quiet"]) == 0
+    assert {s["source_dataset"] for s in Corpus(tmp_path / "c").sessions} == {"lab-x"}
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(data):
+    """`spikefm corpus info C --json | head -1` printed 'spikefm: error: Broken pipe' and exited 1."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SPIKEFM_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "spikefm.cli", "corpus", "info", str(data / "corpus"), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the command writes (it takes a second to start)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_corpus_plot_replaces_its_own_figures_only(data, tmp_path, capsys):
+    figs = tmp_path / "figs"
+    assert main(["corpus", "plot", str(data / "corpus"), "--out", str(figs)]) == 0
+    assert main(["corpus", "plot", str(data / "corpus"), "--out", str(figs)]) == 0  # its own: replaced
+    capsys.readouterr()
+    (figs / "session_length.png").write_bytes(b"my own figure")
+    before = {p.name: p.read_bytes() for p in figs.iterdir()}
+    assert main(["corpus", "plot", str(data / "corpus"), "--out", str(figs)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"spikefm: error: {figs / 'session_length.png'} exists and is not a figure of spikefm corpus plot; "
+        "nothing was written: move it or give another --out")
+    assert {p.name: p.read_bytes() for p in figs.iterdir()} == before
+    before = sorted((data / "corpus").rglob("*"))
+    assert main(["corpus", "plot", str(data / "corpus"), "--out", str(data / "corpus")]) == 2
+    assert "holds a spikefm corpus (manifest.json); figures go into a folder of their own" in capsys.readouterr().err
+    assert sorted((data / "corpus").rglob("*")) == before

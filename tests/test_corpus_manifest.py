@@ -116,6 +116,27 @@ def test_damaged_manifest_is_a_one_line_error(built, tmp_path, edit, key, expect
     assert f", found {found}" in msg and msg.endswith("`spikefm corpus import`")
 
 
+def test_a_wrong_path_is_told_what_it_is_and_what_to_give(tmp_path):
+    def message(path):
+        with pytest.raises(ValueError) as err:
+            Corpus(path)
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    assert "no such file or folder" in message(tmp_path / "missing")
+    rec = tmp_path / "rec" / "sub-a"
+    rec.mkdir(parents=True)
+    (rec / "sub-a_ses-0.nwb").write_bytes(b"x")
+    for path in (tmp_path / "rec", rec, rec / "sub-a_ses-0.nwb"):  # its folder, sub-folder, a file
+        assert f"spikefm corpus build {path} --out CORPUS_DIR" in message(path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert "training run" in message(run) and "the corpus folder the run was trained on" in message(run)
+    (tmp_path / "other").mkdir()
+    assert "not a spikefm corpus (no manifest.json)" in message(tmp_path / "other")
+
+
 def test_not_a_corpus_bad_json_and_other_schema_versions(tmp_path):
     with pytest.raises(ValueError, match="not a spikefm corpus"):
         Corpus(tmp_path)

@@ -260,7 +260,9 @@ def _assert_layout(tokens_BN: torch.Tensor, batch: int) -> None:
 
 
 def _separator_loving_model() -> Llama:
-    # Output row 255 dominates, so an unconstrained sampler would emit 255 almost everywhere.
+    # Output row 255 dominates, so an unconstrained sampler would emit 255 almost everywhere
+    # (a fixed seed: the control below held or not depending on the tests run before).
+    torch.manual_seed(1)
     model = _sharpen(Llama(CFG)).eval()
     with torch.no_grad():
         model.output.weight[SEPARATOR] = 0
@@ -380,3 +382,17 @@ def test_bad_config_messages(kwargs, message):
 def test_forward_rejects_float_tokens():
     with pytest.raises(TypeError, match="integer"):
         Llama(CFG)(torch.zeros(1, 4))
+
+
+def test_generate_too_long_names_the_largest_units_or_bins_that_fit():
+    """--units 100000 --bins 1 was told to generate fewer bins; the limit it names now fits."""
+    torch.manual_seed(0)
+    model = Llama(dataclasses.replace(CFG, max_seq_len=64)).eval()
+    L = model.cfg.max_seq_len
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=rf"generate with fewer units \(at most {L} fit one bin\)$"):
+        generate(model, L + 1, 1, generator=gen)
+    assert generate(model, L, 1, generator=gen).shape[1] == L + 1
+    with pytest.raises(ValueError, match=rf"generate with fewer bins \(at most {L // 10}\)$"):
+        generate(model, 9, L // 10 + 1, generator=gen)
+    assert generate(model, 9, L // 10, generator=gen).shape[1] == 10 * (L // 10)

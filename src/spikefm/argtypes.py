@@ -108,3 +108,10 @@ def units_range(text: str) -> tuple[int, int]:
     if not 1 <= lo <= hi:
         raise argparse.ArgumentTypeError(f"expected MIN,MAX with 1 <= MIN <= MAX, got {text!r}")
     return lo, hi
+
+
+def name(text: str) -> str:
+    """A non-empty name (not a path), spaces around it removed."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a non-empty name, got {text!r}")
+    return text.strip()

@@ -11,6 +11,7 @@ from pathlib import Path
 from spikefm.argtypes import finite_float as _finite_float  # noqa: F401  (used by parsers below)
 from spikefm.argtypes import fraction as _fraction
 from spikefm.argtypes import int_list as _int_list
+from spikefm.argtypes import name as _name
 from spikefm.argtypes import nonnegative_float as _nonnegative_float
 from spikefm.argtypes import nonnegative_int as _nonnegative_int
 from spikefm.argtypes import positive_float as _positive_float
@@ -41,7 +42,13 @@ def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
             where = f"{d}" if d == out else f"{out}: {d}"
             raise ValueError(f"{where} is a file, not a folder; give OUT_DIR a folder (new or one "
                              "that holds synthetic recordings)")
-    if overwrite or not out.is_dir():
+    if not out.is_dir():
+        return
+    for name, what in (("manifest.json", "a spikefm corpus"), ("config.json", "a training run or model")):
+        if (out / name).is_file():
+            raise ValueError(f"{out}: holds {what} ({name}); synth writes recordings into a folder of their "
+                             "own (corpus build would refuse the mix): give another OUT_DIR")
+    if overwrite:
         return
     existing = sorted(p for p in out.rglob("*.nwb"))
     if not existing:
@@ -55,12 +62,43 @@ def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
         return isinstance(d, dict) and {k: v for k, v in d.items() if k != "sessions"} == \
             {k: v for k, v in settings.items() if k != "sessions"} and isinstance(d.get("sessions"), int) and \
             _synth_name_width(d["sessions"]) == _synth_name_width(settings["sessions"])
+    if same(old) and settings["sessions"] < old["sessions"]:
+        raise ValueError(f"{out}: already holds the recordings of --sessions {old['sessions']} with these settings; "
+                         f"--sessions {settings['sessions']} would leave the other {old['sessions'] - settings['sessions']} "
+                         "beside them (corpus build reads every NWB file in the folder); nothing was changed: use "
+                         f"another folder, or --overwrite to keep only {settings['sessions']}")
     if not same(old):
         what = "other settings" if old is not None else \
             "no spikefm synth record of its settings (another program, or a spikefm before 2026-12-06)"
         raise ValueError(f"{out}: already holds {len(existing)} NWB recording(s) with {what} (e.g. "
                          f"{existing[0].relative_to(out)}); nothing was changed: pass --overwrite to replace "
                          "them, or give another folder")
+
+
+def _remove_stale_synth(out: Path, kept: list) -> None:
+    """After ``synth --overwrite``: remove the recordings (``sub-*/sub-*_ses-*.nwb`` and their
+    ``.truth.npz``) that synth names but this run did not write, so the folder holds exactly the
+    requested sessions; any other NWB file is named in a warning (corpus build would read it)."""
+    import re
+    import warnings
+
+    kept = {Path(p).resolve() for p in kept}
+    ours = re.compile(r"^sub-[^/]+_ses-\d+\.nwb$")
+    others = []
+    for nwb in sorted(out.rglob("*.nwb")):
+        if nwb.resolve() in kept:
+            continue
+        if ours.match(nwb.name) and nwb.parent.parent == out:
+            nwb.unlink()
+            nwb.with_suffix(".truth.npz").unlink(missing_ok=True)
+            if nwb.parent.is_dir() and not any(nwb.parent.iterdir()):
+                nwb.parent.rmdir()
+        else:
+            others.append(nwb)
+    if others:
+        warnings.warn(f"{out}: {len(others)} other NWB file(s) stay beside the new recordings (e.g. "
+                      f"{others[0].relative_to(out)}); corpus build reads every NWB file in the folder: move "
+                      "them if they are not meant to be in the corpus", stacklevel=2)
 
 
 def cmd_synth(args) -> int:
@@ -93,6 +131,8 @@ def cmd_synth(args) -> int:
                 break
             d.rmdir()
         raise
+    if args.overwrite:  # the recordings an earlier synth wrote here beyond these are stale
+        _remove_stale_synth(out, paths)
     print(f"wrote {len(paths)} NWB files (+ .truth.npz ground truth) under {args.out_dir}")
     for p in paths:
         print(f"  {p}")
@@ -104,7 +144,7 @@ def cmd_corpus_build(args) -> int:
 
     cfg = BuildConfig(bin_ms=args.bin_ms, max_row_tokens=args.max_row_tokens,
                       test_fraction=args.test_fraction, split=args.split, seed=args.seed,
-                      workers=args.workers, strict=args.strict, source_dataset=args.source,
+                      workers=args.workers, strict=args.strict, source_dataset=args.source_dataset,
                       cache_dir=args.cache_dir, spikes_past_end=args.spikes_past_end,
                       overwrite=args.overwrite, executor=args.executor, ray_address=args.address)
     report = build_corpus(args.inputs, args.out, cfg, progress=not args.quiet)
@@ -472,10 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task structure and behaviour (default ibl)")
     s.add_argument("--families", type=_positive_int, default=1,
                    help="sessions drawn from K groups sharing latent dynamics (default 1)")
+    from spikefm.corpus import synth as _synth
+
     s.add_argument("--duration-s", type=float, default=300.0,
-                   help="length of each session in seconds (default 300: about 100 trials)")
-    s.add_argument("--units", type=_units_range, default=(40, 200), metavar="MIN,MAX",
-                   help="units per session, drawn uniformly (default 40,200)")
+                   help=f"length of each session in seconds (default 300: about 100 trials; at least "
+                        f"{_synth.MIN_DURATION_S:g})")
+    s.add_argument("--units", type=_units_range, default=_synth.UNITS_RANGE, metavar="MIN,MAX",
+                   help="units per session, drawn uniformly (default %s; MIN at least %s)" % (
+                       ",".join(map(str, _synth.UNITS_RANGE)),
+                       ", ".join(f"{_synth.min_units(p)} for {p}" for p in _synth.PRESETS)))
     s.add_argument("--region-tuning", type=_nonnegative_float, default=0.0, metavar="A",
                    help="strength of a region-specific mean readout shared by the sessions (0, the "
                         "default, leaves the output unchanged; the NEDS benchmark uses 1)")
@@ -505,9 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the train/test split (default 0)")
     b.add_argument("--workers", type=_positive_int, default=1,
                    help="files converted at once by local processes (default 1); with --executor ray and no "
-                        "--address, the local Ray instance's CPUs (default 1: every core)")
+                        "--address, the CPUs of the local Ray instance (left at 1, Ray takes every core)")
     b.add_argument("--strict", action="store_true", help="any bad input: write nothing, fail")
-    b.add_argument("--source", default=None, help="source_dataset name for every input")
+    b.add_argument("--source", dest="source_dataset", type=_name, default=None,
+                   help="source_dataset name for every input (default: each input's folder name)")
     b.add_argument("--cache-dir", default=None, help="DANDI download cache")
     b.add_argument("--spikes-past-end", choices=["drop", "error"], default="drop",
                    help="spike times after the recording's end (its trials, behaviour and a "
@@ -833,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
                     every_rank=False)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns failures into one line
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return 141  # the reader of our output left (spikefm ... | head): quietly, as shell tools do
         if debug:
             raise
         if isinstance(exc, (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError,
@@ -858,6 +906,23 @@ def main(argv: list[str] | None = None) -> int:
 
         exit_worker(code)
     return code
+
+
+def _stdout_closed() -> bool:
+    """Standard output is a pipe whose reader has gone; if so, it is pointed at /dev/null (so the
+    interpreter's final flush raises nothing more)."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poll.poll(0))  # a pipe without its reader
+        if closed:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        return closed
+    except (OSError, ValueError, AttributeError):  # no file descriptor, or no poll on this system
+        return False
 
 
 def _error_line(message: str, *, every_rank: bool = True) -> None:

@@ -344,6 +344,22 @@ def new_manifest(*, bin_ms: int, build: BuildSettings, splits: dict[str, SplitIn
     )
 
 
+def _what_instead(path: Path) -> str:
+    """Why ``path`` is not a corpus, and what to give instead (for a user who passed the wrong path)."""
+    build = "build one with `spikefm corpus build INPUT --out DIR` or `spikefm corpus import`"
+    if not path.exists():
+        return f"no such file or folder; give a spikefm corpus folder ({build})"
+    nwb = path.suffix.lower() == ".nwb" or (path.is_dir() and any(  # the folder or its sub-folders (as synth and DANDI lay them out)
+        next(path.glob(pattern), None) is not None for pattern in ("*.nwb", "*/*.nwb")))
+    if nwb:
+        return (f"NWB recordings, not a spikefm corpus; make a corpus of them first: spikefm corpus build "
+                f"{path} --out CORPUS_DIR")
+    if path.is_dir() and (path / "config.json").is_file():
+        return ("a folder with a config.json (a training run?), not a spikefm corpus (no "
+                f"{MANIFEST_NAME}); give the corpus folder the run was trained on")
+    return f"not a spikefm corpus (no {MANIFEST_NAME}); {build}"
+
+
 def read_manifest(corpus_dir: str | Path) -> Manifest:
     """Read and check ``corpus_dir/manifest.json``.
 
@@ -354,8 +370,7 @@ def read_manifest(corpus_dir: str | Path) -> Manifest:
     corpus_dir = Path(corpus_dir)
     path = corpus_dir / MANIFEST_NAME
     if not path.is_file():
-        raise ValueError(f"{corpus_dir}: not a spikefm corpus (no {MANIFEST_NAME}); build one "
-                         "with `spikefm corpus build INPUT --out DIR` or `spikefm corpus import`")
+        raise ValueError(f"{corpus_dir}: {_what_instead(corpus_dir)}")
     try:
         data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -38,9 +38,39 @@ def _new_figure(width_in: float = 6.4, height_in: float = 4.0):
     return fig
 
 
+#: The PNG ``Software`` text these figures carry, so a later run knows which files it may replace.
+PNG_SOFTWARE = "spikefm corpus plot"
+
+
 def _save(fig, path: Path) -> Path:
     """Write the figure to ``path`` atomically (temporary name, then rename)."""
-    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE}))
+
+
+def _made_by_plotting(path: Path) -> bool:
+    """``path`` is a PNG written by this module (or by matplotlib, as its figures were before they
+    were marked): one that may be replaced."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            software = str(im.info.get("Software", ""))
+    except Exception:  # noqa: BLE001 - not an image PIL can read: not one of ours
+        return False
+    return software == PNG_SOFTWARE or software.startswith("Matplotlib")
+
+
+def _check_targets(out_dir: Path, names: list[str]) -> None:
+    """Refuse a folder of a corpus or run, and files of the figures' names that plotting did not write."""
+    for marker, what in (("manifest.json", "a spikefm corpus"), ("config.json", "a training run")):
+        if (out_dir / marker).is_file():
+            raise ValueError(f"{out_dir}: holds {what} ({marker}); figures go into a folder of their own: "
+                             "give another --out (e.g. figures)")
+    foreign = [n for n in names if (out_dir / n).exists() and not _made_by_plotting(out_dir / n)]
+    if foreign:
+        raise ValueError(f"{out_dir / foreign[0]} exists and is not a figure of spikefm corpus plot"
+                         f"{f' (nor are {len(foreign) - 1} more)' if len(foreign) > 1 else ''}; nothing was "
+                         "written: move it or give another --out")
 
 
 def _slug(name: str) -> str:
@@ -167,8 +197,8 @@ def plot_corpus(corpus: Corpus, out_dir: str | Path, *, max_raster_units: int = 
 
     Args:
         corpus: an opened :class:`spikefm.Corpus`.
-        out_dir: folder for the PNGs (created if missing); existing files of the same names are
-            replaced atomically.
+        out_dir: folder for the PNGs (created if missing); earlier figures of the same names are
+            replaced atomically; other files of those names, or a corpus or run folder, are refused.
         max_raster_units: at most this many units (the first ones) in each example raster.
         max_raster_bins: at most this many time bins (from the row's start) in each raster.
         max_rows: rows scanned for the token marginals (see :func:`corpus_info`); ignored when
@@ -184,12 +214,25 @@ def plot_corpus(corpus: Corpus, out_dir: str | Path, *, max_raster_units: int = 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder; give a folder for the figures")
-    out_dir.mkdir(parents=True, exist_ok=True)
     sessions = corpus.sessions
     if not sessions:
         raise ValueError(f"{corpus.path}: the corpus has no sessions; nothing to plot")
     corpus.require_session_keys("num_units", "num_bins", needed_by="corpus plot")
+    examples: list[tuple[str, dict, str]] = []  # (source, example row, file name)
+    used: set[str] = set()
+    for source, ex in sorted(_example_rows(corpus).items()):
+        if ex["counts"].size == 0:
+            continue
+        name = _slug(source)
+        while name in used:  # two sources that differ only in odd characters
+            name += "_"
+        used.add(name)
+        examples.append((source, ex, f"raster_{name}.png"))
+    if out_dir.is_dir():
+        _check_targets(out_dir, ["units_per_session.png", "session_length.png", "token_marginals.png",
+                                 *(name for _, _, name in examples)])
     info = info if info is not None else corpus_info(corpus, max_rows=max_rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     written = [
         _histogram(np.array([s["num_units"] for s in sessions]), "units per session",
@@ -203,15 +246,7 @@ def plot_corpus(corpus: Corpus, out_dir: str | Path, *, max_raster_units: int = 
         written.append(_marginals(cs["token_probabilities"], out_dir / "token_marginals.png",
                                   cs["sampled"]))
     units_of = {s["session_id"]: int(s["num_units"]) for s in sessions}
-    used: set[str] = set()
-    for source, ex in sorted(_example_rows(corpus).items()):
-        if ex["counts"].size == 0:
-            continue
-        name = _slug(source)
-        while name in used:  # two sources that differ only in odd characters
-            name += "_"
-        used.add(name)
+    for source, ex, name in examples:
         written.append(_raster(source, ex, units_of.get(ex["session_id"], ex["counts"].shape[0]),
-                               out_dir / f"raster_{name}.png", max_raster_units,
-                               max_raster_bins))
+                               out_dir / name, max_raster_units, max_raster_bins))
     return written

@@ -300,12 +300,17 @@ def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
+def min_units(preset: str) -> int:
+    """The fewest units a session of ``preset`` may have (5 per region it samples)."""
+    return 5 * (4 if preset == "ibl" else len(REGIONS[preset]))
+
+
 def _validate_units(units_range, preset: str) -> None:
-    min_units = 5 * (4 if preset == "ibl" else len(REGIONS[preset]))
+    min_units_ = min_units(preset)
     ok = (isinstance(units_range, (tuple, list)) and len(units_range) == 2
-          and all(_is_int(x) for x in units_range) and min_units <= units_range[0] <= units_range[1])
+          and all(_is_int(x) for x in units_range) and min_units_ <= units_range[0] <= units_range[1])
     if not ok:
-        raise ValueError(f"units_range (--units) must be two ints MIN,MAX with {min_units} <= MIN <= "
+        raise ValueError(f"units_range (--units) must be two ints MIN,MAX with {min_units_} <= MIN <= "
                          f"MAX for preset {preset!r} (5 units per region at least), got {units_range!r}")
 
 

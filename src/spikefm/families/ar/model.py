@@ -835,8 +835,13 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
     prefix_B2 = (torch.tensor([[num_units, 0]], device=device).expand(batch_size, 2)
                  if extra else None)
     if total - 1 + extra > model.cfg.max_seq_len:
-        fix = ("a shorter prompt (fewer prompt bins)" if prompt_len + extra >= model.cfg.max_seq_len
-               else "fewer bins, or a shorter prompt")
+        room = model.cfg.max_seq_len + 1 - extra - prompt_len  # tokens left for new bins
+        if prompt_len + extra >= model.cfg.max_seq_len:
+            fix = "a shorter prompt (fewer prompt bins)"
+        elif room < width:  # not even one bin of this many units fits
+            fix = (f"fewer units (at most {room - 1} fit one bin" + (" after this prompt)" if prompt_len else ")"))
+        else:
+            fix = f"fewer bins (at most {room // width})" + (", or a shorter prompt" if prompt_len else "")
         raise ValueError(f"prompt ({prompt_len}) plus generated ({num_new}) tokens exceed the "
                          f"model's max_seq_len {model.cfg.max_seq_len}; generate with {fix}")
 

@@ -425,3 +425,81 @@ def test_scaling_curves_show_their_sd_and_n_and_the_more_sessions_curves(tmp_pat
     assert shown["/more_sessions/curves/co-smoothing/y/1"] == "7.5000"
     assert shown["/more_sessions/curves/co-smoothing/sd/1"] == "2.5000"
     assert len([s for s in page.data.values() if s["kind"] == "xy"]) == 2
+
+
+def _text(page) -> str:
+    """The page's visible text, one space apart (no stylesheet, script or figure data)."""
+    body = re.sub(r"<(style|script)\b.*?</\1>", " ", page.html(), flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", body).split())
+
+
+def test_mfu_note_only_with_training_rows_and_without_a_false_cpu_claim(tmp_path):
+    """An empty metrics.jsonl showed 'no training rows yet' and an MFU note claiming the peak is
+    unknown, 'always so on CPU' (CPU runs log MFU from a probed peak)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"family": "toy", "config": {"train": {"steps": 3}}}))
+    (run / "metrics.jsonl").write_text("")
+    text = _text(build_report(run))
+    assert "metrics.jsonl holds no training rows yet" in text and "MFU" not in text
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5, "mfu": None}) + "\n")
+    text = _text(build_report(run))
+    assert "MFU: not measured" in text and "SPIKEFM_PEAK_FLOPS" in text and "this run" in text
+    assert "always so on CPU" not in text
+
+
+def test_a_nan_cell_gets_a_note_saying_why_and_no_nan_no_note(tmp_path):
+    """'bps_per_neuron_mean / oracle: nan' and a study's '95 % CI low / high: nan' had no word of why."""
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"fine-tuned": _bench(0.25)}))  # its fraction of the oracle is nan
+    text = build_report(path).html()
+    assert text.count('class="note nan-note"') == 1
+    assert "Why nan: a fraction of the oracle is nan when the oracle&#x27;s bits per spike is not positive" in text
+    clean = _bench(0.25)
+    clean["tasks"]["co-smoothing"]["fraction_of_oracle"]["bps_per_neuron_mean"] = 0.5
+    path.write_text(json.dumps({"fine-tuned": clean}))
+    assert "nan-note" not in build_report(path).html()
+
+    page = page_mod.Page("t")
+    sec = page.section("s", "S")
+    sec.table(["", "a", "b 95 % low"], [["x", 1.0, math.nan]], nan_why=[("95 % ", "too few windows")])
+    sec.table(["", "a"], [["y", math.nan]], nan_why=[("95 % ", "too few windows")])  # no reason applies
+    sec.table(["", "a"], [["z", 1.0]], nan_why=[("", "never shown")])
+    html_text = page.html()
+    assert html_text.count("nan-note") == 1 and "Why nan: too few windows." in html_text
+
+
+def test_transfer_study_charts_leave_out_all_nan_columns_and_explain_the_nan_cells(tmp_path):
+    """Two seeds of 2 test windows: their CI columns were nan everywhere and got empty bar slots,
+    both labelled 'fine-tuned…'."""
+    study = tmp_path / "study"
+    study.mkdir()
+    cols = {"fine-tuned": (0.2, 0.3), "single-session": (0.1, 0.15),
+            "fine-tuned minus smoothing, 95 % CI low": (math.nan, math.nan),
+            "fine-tuned minus smoothing, 95 % CI high": (math.nan, math.nan)}
+    per_seed = {s: {"metrics": {"co-smoothing bps_pooled": {c: v[i] for c, v in cols.items()}}, "num_test_windows": 2}
+                for i, s in enumerate(("1", "2"))}
+    mean_sd = {"co-smoothing bps_pooled": {c: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)), "n": 2}
+                                           for c, v in cols.items()}}
+    (study / "transfer.json").write_text(json.dumps({"study": "transfer", "command": "spikefm experiment transfer",
+                                                     "settings": {}, "per_seed": per_seed, "mean_sd": mean_sd}))
+    page = build_report(study)
+    (bars,) = [s for s in page.data.values() if s["kind"] == "bars"]
+    assert bars["categories"] == ["fine-tuned", "single-session"]
+    assert "Why nan: a 95 % CI is nan on a seed with fewer than 3 test windows" in _text(page)
+
+
+def test_the_predicted_rate_heat_map_says_what_its_colours_mean():
+    from spikefm.report.evaluation import _prediction_rasters
+    from spikefm.report.page import Page
+
+    rates = np.random.default_rng(0).gamma(2.0, 0.5, size=(3, 10, 4))
+    counts = np.random.default_rng(1).poisson(rates).astype(np.float64)
+    page = Page("t")
+    _prediction_rasters(page.section("p", "P"), "co-smoothing", rates, counts, None, 20)
+    (heat,) = [s for s in page.data.values() if s["colors"] == "rates"]
+    top = float(np.percentile(rates.transpose(2, 0, 1).reshape(4, -1), 99.5))
+    assert heat["vmax"] == pytest.approx(top) and heat["vmax_is"] == "the 99.5th percentile"
+    assert f"dark purple = 0, yellow = {top:.5g} predicted count per bin (the 99.5th percentile" in _text(page)
+    counts_spec = charts.raster(counts[0].T, dt_s=0.02)  # exact counts: a grey scale, no colour bar
+    assert "vmax" not in counts_spec

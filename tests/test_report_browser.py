@@ -4,7 +4,8 @@ Reports are built from a tiny synthetic corpus, a 4-step run of each family (AR 
 evaluations (the NDT one with saved predictions), a transfer study and a quickstart-shaped folder.
 Each page must load with the network off and no console error, draw every figure, show the
 numbers of its JSON files (checked cell by cell, and against values the test computes itself),
-respond to hover and zoom, and stay under 5 MB. A screenshot goes to docs/report.png when
+respond to hover and zoom, never scroll sideways (at 420 and 1280 px: wide tables scroll in their
+own box), draw distinct bar labels, and stay under 5 MB. A screenshot goes to docs/report.png when
 SPIKEFM_WRITE_SCREENSHOT=1, else to the test's temporary folder.
 
 Needs /usr/bin/chromium (Debian: apt-get install -y chromium chromium-driver; another binary with
@@ -146,8 +147,10 @@ class Loaded:
         self.page, self.errors, self.requests = page, errors, requests
 
 
-def _open(context, path: Path) -> Loaded:
+def _open(context, path: Path, width: int | None = None) -> Loaded:
     page = context.new_page()
+    if width:  # before loading: figures take their width when drawn
+        page.set_viewport_size({"width": width, "height": 900})
     errors, requests = [], []
     page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
@@ -496,3 +499,107 @@ def test_a_long_study_command_wraps_inside_the_page(browser, tmp_path):
         'table[data-table="study-settings"] tr')).map(tr => tr.textContent)""")
     assert "duration_s60.0" in cells and "sessions3" in cells
     loaded.page.close()
+
+
+@pytest.mark.parametrize("width", [420, 1280])
+@pytest.mark.parametrize("name", list(EXPECTED_SECTIONS))
+def test_the_page_never_scrolls_sideways_wide_tables_scroll_in_their_box(built, browser, name, width):
+    """Tables were inline-table with nowrap cells and captions and no scrolling box: the walk's
+    chunk table (10 columns, a 300-character caption) made a 1280 px page scroll sideways, and
+    every page with a table did at 420 px."""
+    loaded = _open(browser, built["reports"][name], width)
+    page = loaded.page
+    assert loaded.errors == []
+    widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], widths
+    boxes = page.evaluate("""() => Array.from(document.querySelectorAll('.table-wrap')).map(w => {
+        const s = w.querySelector('.table-scroll'), c = w.querySelector('.table-caption');
+        return {key: w.querySelector('table').dataset.table || '', wrap: w.getBoundingClientRect().right,
+                section: w.closest('section').getBoundingClientRect().right, scrolls: s.scrollWidth > s.clientWidth,
+                overflow: getComputedStyle(s).overflowX, caption: c ? c.scrollWidth <= c.clientWidth : true}; })""")
+    assert boxes
+    for b in boxes:
+        assert b["wrap"] <= b["section"] + 0.5 and b["caption"] and b["overflow"] == "auto", b
+    if name == "eval_ndt":  # the chunk table is wider than a phone: it scrolls inside its box
+        chunks = [b for b in boxes if b["key"].startswith("chunks-")]
+        assert chunks and (width > 420 or all(b["scrolls"] for b in chunks)), chunks
+    page.close()
+
+
+LABELS_JS = """() => Array.from(document.querySelectorAll('.fig[data-kind="bars"]')).map(f => ({
+  id: f.id,
+  labels: Array.from(f.querySelectorAll('.axis text')).filter(t => t.querySelector('title')).map(t => {
+    const r = t.getBoundingClientRect(), lines = Array.from(t.querySelectorAll('tspan'));
+    return {full: t.querySelector('title').textContent, left: r.left, right: r.right, lines: lines.length,
+            shown: lines.length ? lines.map(s => s.textContent).join(' ') : t.firstChild.textContent}; }),
+  bars: Array.from(f.querySelectorAll('svg > rect')).map(r => r.getBoundingClientRect().toJSON()),
+  refs: Array.from(f.querySelectorAll('svg > text')).map(t => t.getBoundingClientRect().toJSON()),
+}))"""
+
+
+@pytest.mark.parametrize("width", [420, 1280])
+@pytest.mark.parametrize("name", ["eval_ndt", "study", "quickstart"])
+def test_bar_labels_are_distinct_and_the_chance_label_clears_the_bars(built, browser, name, width):
+    """Category names were cut to their first characters: "fine-tuned (hidden)" and "fine-tuned
+    (rates)" both showed "fine-tuned (h…" / "fine-tuned…"; the "chance" label sat on the last bar."""
+    page = _open(browser, built["reports"][name], width).page
+    figs = page.evaluate(LABELS_JS)
+    page.close()
+    assert figs
+    wrapped = seen_ref = False
+    for f in figs:
+        labels = f["labels"]
+        shown = [lab["shown"] for lab in labels]
+        assert len(set(shown)) == len({lab["full"] for lab in labels}), (f["id"], shown)
+        for lab in labels:  # wrapped at spaces and hyphens; a long one keeps its start and end
+            shown, full = (t.replace("- ", "-").replace("_ ", "_").replace(" ", "") for t in (lab["shown"], lab["full"]))
+            head, _, tail = shown.partition("\u2026")
+            assert shown == full or (full.startswith(head) and full.endswith(tail) and len(head) >= 8), lab
+            wrapped |= lab["lines"] > 1
+        for a, b in zip(labels, labels[1:]):
+            assert a["right"] <= b["left"] + 0.5, (f["id"], a, b)
+        for r in f["refs"]:
+            seen_ref = True
+            for bar in f["bars"]:
+                apart = r["left"] >= bar["right"] or r["right"] <= bar["left"] or \
+                    r["top"] >= bar["bottom"] or r["bottom"] <= bar["top"]
+                assert apart, (f["id"], r, bar)
+    assert wrapped or name == "eval_ndt"  # names longer than their band (two models' "... (hidden)")
+    assert seen_ref  # choice decoding draws chance
+
+
+def test_the_heat_map_of_predicted_rates_has_a_colour_scale(built, browser):
+    page = _open(browser, built["reports"]["eval_ndt"]).page
+    scales = page.evaluate("""() => { const d = JSON.parse(document.getElementById('spikefm-data').textContent);
+        return Array.from(document.querySelectorAll('.fig[data-kind="raster"]')).map(f => ({
+            colors: d[f.id].colors, vmax: d[f.id].vmax, caption: f.closest('figure').querySelector('figcaption').textContent,
+            bar: f.querySelector('.colorbar canvas') !== null,
+            max: f.querySelector('.colorbar-max') && f.querySelector('.colorbar-max').textContent})); }""")
+    page.close()
+    rates = [s for s in scales if s["colors"] == "rates"]
+    assert rates and all(not s["bar"] for s in scales if s["colors"] == "counts")
+    for s in rates:
+        assert s["bar"] and float(s["max"]) == pytest.approx(s["vmax"], rel=1e-4)
+        assert f"yellow = {s['vmax']:.5g} predicted count per bin (the 99.5th percentile" in s["caption"]
+
+
+def test_long_bar_labels_are_shortened_but_stay_distinct(browser, tmp_path):
+    """Names too long for six lines keep their start and last words; two that would still look
+    alike are drawn in full."""
+    from spikefm.report import charts
+    from spikefm.report.page import Page
+
+    cats = [f"model trained on every session of the corpus with {w} weights and {end}"
+            for w, end in (("frozen", "a small head"), ("frozen", "a large head"), ("all", "a large head"))]
+    cats += ["same long start of a name that differs only in the middle: alpha, then the same end",
+             "same long start of a name that differs only in the middle: beta, then the same end"]
+    page = Page("labels")
+    page.section("s", "S").figure(charts.bars(cats, [charts.bar_series("v", [1, 2, 3, 4, 5])], y_label="v",
+                                              hlines=[{"y": 2.5, "name": "chance"}]), "long names")
+    loaded = _open(browser, page.write(tmp_path / "labels.html"))  # 1280 px: every name drawn
+    figs = loaded.page.evaluate(LABELS_JS)
+    assert loaded.errors == []
+    loaded.page.close()
+    shown = [lab["shown"] for lab in figs[0]["labels"]]
+    assert len(shown) == 5 and len(set(shown)) == 5, shown
+    assert "\u2026" in shown[0] and "\u2026" not in shown[1] + shown[3], shown  # [1], [2] and [3], [4] alike

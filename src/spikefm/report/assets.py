@@ -5,12 +5,18 @@ The script reads the figure specs from ``<script type="application/json" id="spi
 
 - ``xy``: lines and points on linear or log axes; hover shows the nearest point, drag selects an
   x-range to zoom, double-click resets;
-- ``bars``: grouped bars with optional error bars, per-category points and reference lines;
-  hover shows the value;
+- ``bars``: grouped bars with optional error bars, per-category points and reference lines
+  (their names right of the plot, clear of the bars); category names wrap onto up to six lines
+  (a longer one keeps its start and its last words, unless that would look like another); hover shows the value;
 - ``hist``: a histogram from precomputed edges and counts, with marked values;
 - ``raster``: a units x bins matrix of uint8 levels (base64) drawn on a canvas, counts in grey or
-  rates in a colour map; hover shows unit, time and value, drag zooms in time, double-click
-  resets. Figures with the same ``link`` zoom together.
+  rates in a colour map with a colour bar under it (0 to the spec's ``vmax``); hover shows unit,
+  time and value, drag zooms in time, double-click resets. Figures with the same ``link`` zoom
+  together.
+
+Tables (:meth:`spikefm.report.page.Section.table`) sit in a ``div.table-wrap`` no wider than their
+section: the caption wraps above the table, and a table wider than the section scrolls sideways
+in its own ``div.table-scroll``, so the page itself never does.
 
 A drawn figure gets ``data-drawn="1"``; a figure that fails shows the error in place and logs
 it with ``console.error`` (the browser tests fail on any console error).
@@ -36,10 +42,11 @@ h3 { font-size: 15px; margin: 18px 0 6px; }
 h4 { font-size: 13px; margin: 12px 0 4px; color: var(--muted); }
 p.note { color: var(--muted); margin: 4px 0 8px; }
 p.warn { color: #8a4b00; background: #fff4e0; padding: 4px 8px; border-radius: 4px; }
-table.data { border-collapse: collapse; margin: 6px 28px 10px 0; font-size: 13px; display: inline-table;
-             vertical-align: top; }
-table.data caption { text-align: left; color: var(--muted); padding-bottom: 3px; font-size: 12px;
-                     white-space: nowrap; }
+.table-wrap { display: inline-block; vertical-align: top; max-width: 100%; margin: 6px 28px 10px 0; }
+.table-scroll { overflow-x: auto; }
+.table-caption { color: var(--muted); padding-bottom: 3px; font-size: 12px; overflow-wrap: anywhere; }
+.table-wrap p.note { font-size: 12px; margin: 3px 0 0; }
+table.data { border-collapse: collapse; font-size: 13px; }
 table.data th, table.data td { padding: 3px 10px; border-bottom: 1px solid #eceff2; white-space: nowrap; }
 table.data th { text-align: left; background: #f3f5f7; font-weight: 600; }
 table.data td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -54,6 +61,9 @@ figcaption b { color: var(--fg); }
 .fig { position: relative; width: 100%; min-height: 60px; user-select: none; }
 .fig svg, .fig canvas { display: block; }
 .fig .err { color: #b00020; font-size: 12px; }
+.colorbar { display: flex; flex-wrap: wrap; align-items: center; gap: 2px 6px; font-size: 11px;
+            color: var(--muted); margin: 2px 0 0 64px; }
+.colorbar canvas { border: 1px solid #9aa5b1; }
 .legend { font-size: 12px; color: var(--muted); margin: 2px 0 0 56px; }
 .legend span { margin-right: 12px; white-space: nowrap; }
 .legend i { display: inline-block; width: 10px; height: 10px; margin-right: 4px; border-radius: 2px;
@@ -79,7 +89,7 @@ SCRIPT = r"""
   var NS = "http://www.w3.org/2000/svg";
   var COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                 "#7f7f7f", "#bcbd22", "#17becf"];
-  var M = { l: 64, r: 14, t: 10, b: 40 };
+  var M = { l: 64, r: 14, t: 10, b: 40 }, MARGINS = M;
   var LINKS = {};
   var tip = document.createElement("div");
   tip.className = "tip";
@@ -160,8 +170,8 @@ SCRIPT = r"""
     var w = Math.max(320, Math.min(fig.clientWidth || 640, 1140));
     return { W: w, H: spec.height || 260 };
   }
-  function axes(g, x, y, xt, yt, W, H, spec) {
-    var grid = el("g", { "class": "grid" }, g);
+  function axes(g, x, y, xt, yt, W, H, spec, m) {  // m: the chart's margins (default M)
+    var M = m || MARGINS, grid = el("g", { "class": "grid" }, g);
     yt.forEach(function (t) { el("line", { x1: M.l, x2: W - M.r, y1: y(t), y2: y(t) }, grid); });
     var ax = el("g", { "class": "axis" }, g);
     el("line", { x1: M.l, x2: W - M.r, y1: H - M.b, y2: H - M.b }, ax);
@@ -196,12 +206,19 @@ SCRIPT = r"""
     });
     fig.appendChild(d);
   }
-  function refLines(g, spec, x, y, W, H) {
+  // Dashed reference lines; with `outside`, a horizontal line's name goes right of the plot area
+  // (the caller leaves room in m.r), where no bar or point can be under it.
+  function refLines(g, spec, x, y, W, H, m, outside) {
+    var M = m || MARGINS;
     (spec.hlines || []).forEach(function (h) {
       var py = y(num(h.y));
       if (!fin(py) || py < M.t || py > H - M.b) return;
       el("line", { x1: M.l, x2: W - M.r, y1: py, y2: py, stroke: h.color || "#555", "stroke-dasharray": "5 4" }, g);
-      el("text", { x: W - M.r - 2, y: py - 3, "text-anchor": "end", "font-size": 11, fill: h.color || "#555" }, g).textContent = h.name || "";
+      var at = outside ? { x: W - M.r + 4, y: py + 4, "text-anchor": "start" } : { x: W - M.r - 2, y: py - 3, "text-anchor": "end" };
+      at["font-size"] = 11;
+      at.fill = h.color || "#555";
+      at["class"] = "ref-label";
+      el("text", at, g).textContent = h.name || "";
     });
     (spec.vlines || []).forEach(function (v) {
       var px = x(num(v.x));
@@ -320,9 +337,44 @@ SCRIPT = r"""
     legend(fig, series.map(function (s) { return { name: s.name, color: s.color, style: s.style }; }));
   }
 
+  // A category name as lines of at most `chars` characters, broken at spaces and after - _ /
+  // (a longer word is cut), so that names that differ anywhere are drawn differently.
+  function wrapLabel(label, chars) {
+    var re = /(\s*)([^\s\-_\/]+[\-_\/]*|[\-_\/]+)/g, lines = [], line = "", mt;
+    while ((mt = re.exec(label))) {
+      var sep = line && mt[1] ? " " : "", piece = mt[2];
+      if (line && (line + sep + piece).length > chars) { lines.push(line); line = ""; sep = ""; }
+      while (piece.length > chars) { lines.push(piece.slice(0, chars)); piece = piece.slice(chars); }
+      line += sep + piece;
+    }
+    if (line) lines.push(line);
+    return lines.length ? lines : [label];
+  }
+  var LABEL_LINES = 6, LINE_PX = 12;
   function drawBars(fig, spec) {
-    var sz = size(fig, spec), W = sz.W, H = sz.H;
+    var sz = size(fig, spec), W = sz.W;
     var cats = spec.categories, series = spec.series;
+    var names = (spec.hlines || []).map(function (h) { return String(h.name || ""); });
+    var room = Math.max.apply(null, names.map(function (n) { return n ? n.length * 6.5 + 8 : 0; }).concat([0]));
+    var m = { l: M.l, r: M.r + room, t: M.t, b: M.b };
+    var band = (W - m.l - m.r) / cats.length;
+    var every = Math.max(1, Math.ceil(cats.length / Math.floor((W - m.l - m.r) / 60)));
+    var chars = Math.max(6, Math.floor(band * every / 6.5));
+    var full = cats.map(function (c) { return wrapLabel(String(c), chars); });
+    var short = full.map(function (lines, i) {  // too long: keep the start and the last words
+      if (lines.length <= LABEL_LINES) return lines;
+      var tail = String(cats[i]).slice(1 - chars), cut = tail.search(/[\s\-_\/]/);
+      if (cut >= 0 && cut < tail.length - 1) tail = tail.slice(cut + 1).replace(/^\s+/, "");
+      return lines.slice(0, LABEL_LINES - 1).concat(["\u2026" + tail]);
+    });
+    var labels = short.map(function (lines, i) {  // never two shortened names alike
+      var text = lines.join(" ");
+      return short.some(function (o, j) { return j !== i && o.join(" ") === text; }) ? full[i] : lines;
+    });
+    var rowsUsed = Math.max.apply(null, labels.filter(function (l, i) { return !(i % every); })
+                                              .map(function (l) { return l.length; }).concat([1]));
+    m.b += (rowsUsed - 1) * LINE_PX;  // the plot keeps its height; the figure grows
+    var H = sz.H + (rowsUsed - 1) * LINE_PX;
     var vals = [];
     series.forEach(function (s) {
       s.values.forEach(function (v, i) {
@@ -336,30 +388,29 @@ SCRIPT = r"""
     (spec.hlines || []).forEach(function (h) { vals.push(num(h.y)); });
     if (!spec.log_y) vals.push(0);
     var yd = domain(vals, spec.log_y);
-    var y = (spec.log_y ? logScale : linear)(yd[0], yd[1], H - M.b, M.t);
+    var y = (spec.log_y ? logScale : linear)(yd[0], yd[1], H - m.b, m.t);
     var base = spec.log_y ? yd[0] : 0;
-    var band = (W - M.l - M.r) / cats.length;
     var bw = Math.max(1, band * 0.8 / series.length);
     var svg = el("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H }, null);
     fig.appendChild(svg);
-    var x = linear(0, cats.length, M.l, W - M.r);
-    axes(svg, x, y, [], spec.log_y ? logTicks(yd[0], yd[1]) : niceTicks(yd[0], yd[1], 5), W, H, spec);
+    var x = linear(0, cats.length, m.l, W - m.r);
+    axes(svg, x, y, [], spec.log_y ? logTicks(yd[0], yd[1]) : niceTicks(yd[0], yd[1], 5), W, H, spec, m);
     var ax = svg.querySelector(".axis");
-    var every = Math.max(1, Math.ceil(cats.length / Math.floor((W - M.l - M.r) / 60)));
-    var chars = Math.max(6, Math.floor(band * every / 6.5));
     cats.forEach(function (c, i) {
       if (i % every) return;
-      var t = el("text", { x: M.l + band * (i + 0.5), y: H - M.b + 15, "text-anchor": "middle" }, ax);
-      var label = String(c);
-      t.textContent = label.length > chars ? label.slice(0, chars - 1) + "\u2026" : label;
-      el("title", {}, t).textContent = label;
+      var cx = m.l + band * (i + 0.5);
+      var t = el("text", { x: cx, y: H - m.b + 15, "text-anchor": "middle", "class": "cat" }, ax);
+      labels[i].forEach(function (line, k) {
+        el("tspan", { x: cx, dy: k ? LINE_PX : 0 }, t).textContent = line;
+      });
+      el("title", {}, t).textContent = String(c);
     });
     series.forEach(function (s, j) {
       var color = s.color || COLORS[j % COLORS.length];
       s.values.forEach(function (v, i) {
         v = num(v);
         if (!fin(v) || (spec.log_y && v <= 0)) return;
-        var x0 = M.l + band * i + band * 0.1 + bw * j;
+        var x0 = m.l + band * i + band * 0.1 + bw * j;
         var y0 = y(v), yb = y(base);
         var r = el("rect", { x: x0, y: Math.min(y0, yb), width: Math.max(bw - 1, 1),
                              height: Math.max(Math.abs(yb - y0), 1), fill: color }, svg);
@@ -385,8 +436,8 @@ SCRIPT = r"""
         r.addEventListener("mouseleave", hideTip);
       });
     });
-    if (!spec.log_y && yd[0] < 0) el("line", { x1: M.l, x2: W - M.r, y1: y(0), y2: y(0), stroke: "#666" }, svg);
-    refLines(svg, spec, x, y, W, H);
+    if (!spec.log_y && yd[0] < 0) el("line", { x1: m.l, x2: W - m.r, y1: y(0), y2: y(0), stroke: "#666" }, svg);
+    refLines(svg, spec, x, y, W, H, m, true);
     legend(fig, series.map(function (s, j) { return { name: s.name, color: s.color || COLORS[j % COLORS.length] }; }));
   }
 
@@ -421,6 +472,24 @@ SCRIPT = r"""
     if (kind === "counts") { var g = 255 - v; return [g, g, g]; }
     var t = v / 255 * (RAMP.length - 1), i = Math.min(Math.floor(t), RAMP.length - 2), f = t - i;
     return [0, 1, 2].map(function (k) { return Math.round(RAMP[i][k] + (RAMP[i + 1][k] - RAMP[i][k]) * f); });
+  }
+  // The ramp of a rates raster from 0 to spec.vmax (values above vmax share its colour).
+  function colourBar(fig, spec) {
+    var d = document.createElement("div"), ramp = document.createElement("canvas");
+    d.className = "colorbar";
+    ramp.width = 160; ramp.height = 10;
+    var rctx = ramp.getContext("2d");
+    for (var k = 0; k < ramp.width; k++) {
+      var c = colour(Math.round(k / (ramp.width - 1) * 255), "rates");
+      rctx.fillStyle = "rgb(" + c.join(",") + ")";
+      rctx.fillRect(k, 0, 1, ramp.height);
+    }
+    function span(text) { var s = document.createElement("span"); s.textContent = text; d.appendChild(s); return s; }
+    span("0");
+    d.appendChild(ramp);
+    span(fmt(spec.vmax)).className = "colorbar-max";
+    span((spec.value_name || "") + (spec.vmax_is ? " (top colour: " + spec.vmax_is + " and above)" : ""));
+    fig.appendChild(d);
   }
   function drawRaster(fig, spec) {
     var rows = spec.rows, cols = spec.cols;
@@ -470,6 +539,7 @@ SCRIPT = r"""
     }
     var apply = linked(spec, render);
     render(null);
+    if (spec.colors === "rates") colourBar(fig, spec);
     canvas.addEventListener("mousemove", function (ev) {
       var b = canvas.getBoundingClientRect(), mx = ev.clientX - b.left, my = ev.clientY - b.top;
       if (mx < M.l || mx >= M.l + pw || my < M.t || my >= M.t + ph) { hideTip(); return; }

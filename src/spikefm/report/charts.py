@@ -122,7 +122,9 @@ def raster(matrix_NT: np.ndarray, *, dt_s: float, x0_s: float = 0.0, x_label: st
 
     Neighbouring bins are summed when rows x bins exceeds ``max_cells`` (``dx`` grows to match).
     NaN shows as 0. Integer counts up to 255 are stored exactly for the hover read-out; other
-    values as uint8 levels ``round(value / vmax * 255)`` with ``scale = vmax / 255``.
+    values as uint8 levels ``round(value / vmax * 255)`` with ``scale = vmax / 255``, and the spec
+    keeps ``vmax`` (the value of the top colour, per summed bin) and, when it was not given,
+    ``vmax_is`` (how it was chosen) for the colour bar and the figure's caption.
     """
     if kind not in ("counts", "rates"):
         raise ValueError(f"kind must be 'counts' or 'rates', got {kind!r}")
@@ -150,9 +152,11 @@ def raster(matrix_NT: np.ndarray, *, dt_s: float, x0_s: float = 0.0, x_label: st
     else:
         if vmax is None:
             vmax = float(np.percentile(m, 99.5)) if kind == "rates" else top
+            spec["vmax_is"] = "the 99.5th percentile" if kind == "rates" else "the largest value"
         vmax = max(float(vmax), 1e-12)
         spec["data"] = _b64(np.clip(np.round(m / vmax * 255), 0, 255))
         spec["scale"] = vmax / 255
+        spec["vmax"] = vmax
     if row_labels is not None:
         spec["row_labels"] = [str(r) for r in row_labels]
     if link:

@@ -42,6 +42,12 @@ NEDS_TASKS = ("encoding", "decoding", "region")
 #: Units drawn as single-unit PSTHs (the most active ones), and test bins drawn in rasters.
 PSTH_UNITS = 4
 RASTER_MAX_BINS = 2000
+#: Why a results table shows nan, by the row name or column header of the cell (Section.table).
+ORACLE_NAN = ("/ oracle", "a fraction of the oracle is nan when the oracle's bits per spike is not positive (a "
+              "fraction of a zero or negative ceiling has no meaning)")
+CI_NAN = ("95 % ", "a 95 % interval is nan with fewer than 3 scored windows (the jackknife needs 3) or when a "
+          "leave-one-out subset has no spike")
+BPS_NAN = ("", "bits per spike are nan where no spike was scored")
 
 
 @dataclass
@@ -255,7 +261,7 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
         sec.heading(f"paired differences (NEDS minus each baseline, same {split} windows)")
         sec.table(["task", "pair", "target", "metric", "difference", "95 % low", "95 % high"], rows,
                   caption=f"differences with 95 % intervals over the {split} windows (an interval that excludes 0 is "
-                          "a resolved difference)", key="neds-comparisons" + suffix)
+                          "a resolved difference)", key="neds-comparisons" + suffix, nan_why=[CI_NAN])
     for task, why in (res.get("skipped") or {}).items():
         sec.note(f"{task}: skipped ({why})")
     reg = {k: v for k, v in (res.get("region") or {}).items() if isinstance(v, dict)}
@@ -395,7 +401,8 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
     rows.append(["entries scored"] + [Num(e.get("num_evaluated"), src=ev.src,
                                           path=ev.ptr(n, "tasks", task, "num_evaluated")) if e else None
                                       for n, e in entries.items()] + [None] * len(bases))
-    sec.table(header, rows, caption=f"{task}: bits per spike on the {_scored(ev)} windows", key=f"task-{task}")
+    sec.table(header, rows, caption=f"{task}: bits per spike on the {_scored(ev)} windows", key=f"task-{task}",
+              nan_why=[ORACLE_NAN, CI_NAN, BPS_NAN])
     first = next((e for e in entries.values() if e and len(e.get("chunks", [])) > 1), None)
     bin_ms = next(iter(ev.models.values())).get("bin_ms") or 20
     if first:
@@ -441,7 +448,7 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
                           f"entries; 95 % low / high: jackknife interval over the {_scored(ev)} {unit}, the NLB null "
                           f"re-fitted without each {unit[:-1]}; train-fitted null: its mean count in the same bins of "
                           "the train and val windows)",
-                  key=f"chunks-{task}")
+                  key=f"chunks-{task}", nan_why=[CI_NAN, BPS_NAN])
         sec.figure(charts.xy(lines, x_label="chunk start (s into the window)", y_label="bps_pooled"),
                    f"{task}: bits per spike of each predicted chunk, given all earlier true activity.")
     series = [charts.bar_series(n, [e["model"].get(m) for m in BPS_METRICS])
@@ -647,10 +654,12 @@ def _prediction_rasters(sec: Section, task: str, rates_KTN, counts_KTN, windows,
                              row_labels=labels, vlines=edges, link=link),
                f"{task}: true spike counts of the held-out entries, {k_max} of {K} test windows "
                "(units sorted by region).", wide=True)
-    sec.figure(charts.raster(pred_NX[order], dt_s=bin_ms / 1000, x_label="time (s), test windows end to end",
-                             kind="rates", row_labels=labels, vlines=edges, link=link,
-                             value_name="predicted count / bin"),
-               f"{task}: the model's predicted rates for the same entries (zoom is shared).", wide=True)
+    heat = charts.raster(pred_NX[order], dt_s=bin_ms / 1000, x_label="time (s), test windows end to end",
+                         kind="rates", row_labels=labels, vlines=edges, link=link, value_name="predicted count / bin")
+    per = "bin" if heat["bins_summed"] == 1 else f"{heat['bins_summed']} summed bins"
+    sec.figure(heat, f"{task}: the model's predicted rates for the same entries (zoom is shared). Colour: dark "
+                     f"purple = 0, yellow = {heat['vmax']:.5g} predicted count per {per} ({heat['vmax_is']} of "
+                     "the shown rates; higher rates are yellow too).", wide=True)
     sec.end_figures()
 
 

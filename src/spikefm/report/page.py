@@ -91,6 +91,19 @@ class Num:
         return f'<td class="num"{attrs}>{html.escape(text)}</td>'
 
 
+def _is_nan(c: Any) -> bool:
+    v = c.value if isinstance(c, Num) else c
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _wrap(table: str, caption: str | None = None, note: str | None = None) -> str:
+    """A table in its box (see :mod:`spikefm.report.assets`): the caption above, which wraps, the
+    table in a box that scrolls sideways when it is wider than the section, a note under it."""
+    cap = f'<div class="table-caption">{html.escape(caption)}</div>' if caption else ""
+    below = f'<p class="note nan-note">{html.escape(note)}</p>' if note else ""
+    return f'<div class="table-wrap">{cap}<div class="table-scroll">{table}</div>{below}</div>'
+
+
 def _cell(c: Any) -> str:
     if isinstance(c, Num):
         return c.html()
@@ -119,14 +132,24 @@ class Section:
         self._add(f'<p class="{"warn" if warn else "note"}">{html.escape(text)}</p>')
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None,
-              key: str | None = None) -> None:
-        """A table; cells are :class:`Num`, numbers (shown with ``.4f`` / thousands) or text."""
-        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+              key: str | None = None, nan_why: Sequence[tuple[str, str]] = ()) -> None:
+        """A table; cells are :class:`Num`, numbers (shown with ``.4f`` / thousands) or text.
+
+        ``nan_why``: ``(text, reason)`` pairs; for each cell shown as ``nan``, the first pair whose
+        ``text`` is part of the cell's row name (first cell) or column header gives its reason in a
+        note under the table (no note when no cell is nan)."""
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
         body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
         data_key = f' data-table="{html.escape(key)}"' if key else ""
-        self._add(f'<table class="data"{data_key}>{cap}<thead><tr>{head}</tr></thead>'
-                  f"<tbody>{body}</tbody></table>")
+        why = []  # each nan cell's reason: the first pair that names its row or its column
+        for row in rows:
+            for j, c in enumerate(row):
+                if _is_nan(c):
+                    names = (str(row[0]), str(header[j]) if j < len(header) else "")
+                    why.append(next((r for text, r in nan_why if any(text in n for n in names)), ""))
+        why = [r for r in dict.fromkeys(why) if r]
+        self._add(_wrap(f'<table class="data"{data_key}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',
+                        caption, "Why nan: " + "; ".join(why).rstrip(".") + "." if why else None))
 
     def kv(self, pairs: Sequence[tuple[str, Any]], *, key: str | None = None) -> None:
         """A two-column table of names and values (None values are left out)."""
@@ -135,7 +158,7 @@ class Section:
         if not rows:
             return
         data_key = f' data-table="{html.escape(key)}"' if key else ""
-        self._add(f'<table class="data kv"{data_key}><tbody>{rows}</tbody></table>')
+        self._add(_wrap(f'<table class="data kv"{data_key}><tbody>{rows}</tbody></table>'))
 
     def details(self, summary: str, text: str) -> None:
         """Collapsed preformatted text (configs, manifests)."""

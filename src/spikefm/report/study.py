@@ -19,6 +19,7 @@ gets a report by writing these conventions:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,12 @@ from spikefm.report.provenance import Provenance
 _SCALAR = (str, int, float, bool, type(None))
 #: The columns of a list of records that are its result, charted in this order of preference.
 _CHARTED = ("score", "improvement_pct")
+#: Why a transfer study's table shows nan, by row name or column header (Section.table's nan_why).
+_TRANSFER_NAN = (("95 % CI", "a 95 % CI is nan on a seed with fewer than 3 test windows (the jackknife needs "
+                  "3) or with a leave-one-out subset without spikes, and then so are its mean and s.d."),
+                 ("seed", "a seed's value is nan when its evaluation gave nan (its section below says more)"),
+                 ("mean", "a mean or s.d. over seeds is nan when a seed's value is nan"),
+                 ("sd", "a mean or s.d. over seeds is nan when a seed's value is nan"))
 
 
 def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study",
@@ -79,8 +86,11 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
                                   if (mean_sd.get(metric) or {}).get(c) else None for c in cols])
         sec.heading(metric)
         sec.table(["", *cols], rows, caption=f"{metric}: per seed, mean and s.d. over seeds "
-                  f"{', '.join(seeds)}", key=f"study-{metric}")
-        shown = [c for c in cols if c != "n_scored" and (mean_sd.get(metric) or {}).get(c)]
+                  f"{', '.join(seeds)}", key=f"study-{metric}", nan_why=_TRANSFER_NAN)
+        # a column with no finite value (a CI on seeds of 2 test windows) would be an empty slot
+        shown = [c for c in cols if c != "n_scored" and (mean_sd.get(metric) or {}).get(c)
+                 and any(_finite(v) for v in [mean_sd[metric][c].get("mean")] +
+                         [per_seed[s].get("metrics", {}).get(metric, {}).get(c) for s in seeds])]
         if shown:
             sec.figure(charts.bars(shown, [charts.bar_series(
                 "mean over seeds", [mean_sd[metric][c]["mean"] for c in shown],
@@ -93,6 +103,10 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
 
 def _numeric(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return _numeric(v) and math.isfinite(v)
 
 
 def _flat(v: Any) -> bool:

@@ -99,9 +99,10 @@ def training_section(page: Page, run_dir: str | Path, prov: Provenance, *, title
     link = f"train-{run_dir.name}"
     for key, label, log_y in TRAIN_CURVES:
         pts = [(r["step"], r[key]) for _, r in train_rows if _finite(r.get(key)) and _finite(r.get("step"))]
-        if key == "mfu" and not pts:
-            sec.note("MFU: not measured (null in metrics.jsonl: the device's peak FLOP/s is unknown, "
-                     "always so on CPU; set SPIKEFM_PEAK_FLOPS to measure it).")
+        if key == "mfu" and not pts and train_rows:  # no rows at all: nothing was measured yet
+            sec.note("MFU: not measured (null in metrics.jsonl: the peak FLOP/s of this run's device was "
+                     "unknown; set SPIKEFM_PEAK_FLOPS to the FLOP/s of one device, e.g. 989e12, before "
+                     "training to measure it).")
             continue
         if not pts:
             continue

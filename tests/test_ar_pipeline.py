@@ -161,7 +161,7 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     out = tmp_path / "gen.npz"
     rc = cli_main(["generate", str(trained_run), "--units", str(session["num_units"]),
                    "--bins", "6", "--prompt", f"{synth_corpus}:{session['session_id']}:10",
-                   "--prompt-bins", "2", "--out", str(out)])
+                   "--prompt-bins", "2", "--out", str(out), "--quiet"])
     assert rc == 0
     z = np.load(out)
     assert z["counts"].shape == (session["num_units"], 6) and z["counts"].dtype == np.uint8

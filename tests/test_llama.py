@@ -396,3 +396,17 @@ def test_generate_too_long_names_the_largest_units_or_bins_that_fit():
     with pytest.raises(ValueError, match=rf"generate with fewer bins \(at most {L // 10}\)$"):
         generate(model, 9, L // 10 + 1, generator=gen)
     assert generate(model, 9, L // 10, generator=gen).shape[1] == 10 * (L // 10)
+
+
+def test_generate_reports_each_finished_bin_once():
+    """on_bin (the progress bar of `spikefm generate`) is called once per generated bin, after the
+    bin's last token, with and without a prompt and with and without the cache."""
+    torch.manual_seed(0)
+    model = Llama(dataclasses.replace(CFG, max_seq_len=128)).eval()
+    counts = np.random.default_rng(0).poisson(1.0, size=(1, 4, 2))
+    prompt_BL = torch.from_numpy(np.stack([tokenize(c) for c in counts]).astype(np.int64))
+    for prompt, cached in ((None, True), (prompt_BL, True), (prompt_BL, False)):
+        seen: list[int] = []
+        out = generate(model, 4, 6, prompt_tokens=prompt, use_kv_cache=cached,
+                       generator=torch.Generator().manual_seed(0), on_bin=lambda: seen.append(1))
+        assert len(seen) == 6 and out.shape[1] == 6 * 5

@@ -19,6 +19,7 @@ from spikefm.argtypes import positive_int as _positive_int
 from spikefm.argtypes import positive_int_at_most as _positive_int_at_most
 from spikefm.argtypes import units_range as _units_range
 from spikefm.fileio import check_output_file
+from spikefm.progress import QUIET_HELP
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -486,10 +487,6 @@ def cmd_report(args) -> int:
 
 
 # --- parser ------------------------------------------------------------------------------------
-
-
-#: `--quiet` of every command: what it hides and what stays.
-QUIET_HELP = "no progress display (the result lines, warnings and errors are still printed)"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,9 @@ from __future__ import annotations
 import contextlib
 import sys
 
+#: The help text of every command's ``--quiet``.
+QUIET_HELP = "no progress display (the result lines, warnings and errors are still printed)"
+
 
 class _NoBar:
     def advance(self, n: float = 1, **fields) -> None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from spikefm.argtypes import nonnegative_int, positive_int
+from spikefm.progress import QUIET_HELP
 
 __all__ = ["add_parsers", "seeds_arg"]
 
@@ -87,8 +88,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="torch threads (Ray: CPUs) per job (default: cores // workers; Ray: 1)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     p.add_argument("--gpus-per-job", type=_gpus, default=0.0, help="Ray: GPUs per job (e.g. 0.25)")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress display (the result lines, warnings and errors are still printed)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def _settings(args):

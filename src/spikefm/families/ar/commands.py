@@ -11,6 +11,7 @@ from spikefm.argtypes import positive_int as _positive_int
 from spikefm.argtypes import torch_seed
 from spikefm.families import FamilyCommand
 from spikefm.fileio import check_output_file
+from spikefm.progress import QUIET_HELP
 
 __all__ = ["COMMANDS"]
 
@@ -24,7 +25,7 @@ def _ngram_arguments(n: argparse.ArgumentParser) -> None:
     n.add_argument("--max-train-tokens", type=_positive_int, default=None)
     n.add_argument("--max-tokens", type=_positive_int, default=None)
     n.add_argument("--out", default=None, help="results.json")
-    n.add_argument("--quiet", action="store_true")
+    n.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def _run_ngram(args) -> int:
@@ -67,7 +68,8 @@ def _generate_arguments(g: argparse.ArgumentParser) -> None:
                    help="where to sample (default cpu: the same seed gives the same spikes on "
                         "every machine; cuda decodes through one CUDA graph per token, much "
                         "faster for large models; auto = cuda when available)")
-    g.add_argument("--out", required=True, help="FILE.npz")
+    g.add_argument("--out", required=True, help="FILE.npz (a raster FILE.png is written beside it)")
+    g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def _run_generate(args) -> int:
@@ -83,7 +85,7 @@ def _run_generate(args) -> int:
     out = generate_to_file(args.run_dir, num_units=args.units, num_bins=args.bins,
                            prompt=args.prompt, prompt_bins=25 if args.prompt_bins is None else args.prompt_bins,
                            temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                           device=args.device, out=args.out)
+                           device=args.device, out=args.out, progress=not args.quiet)
     for p in out:
         print(f"wrote {p}")
     return 0

@@ -122,7 +122,7 @@ def _run_bin_ms(run_dir) -> int:
 def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
                      prompt: str | None = None, prompt_bins: int = 25, temperature: float = 1.0,
                      top_k: int | None = None, seed: int = 0, device: str = "cpu",
-                     out: str | Path) -> list[Path]:
+                     out: str | Path, progress: bool = False) -> list[Path]:
     """Sample (num_units, num_bins) counts and write ``out`` (.npz with ``counts``, ``bin_ms``
     (the prompt corpus's bin width, else the training corpus's, when readable) and, when
     prompted, ``prompt`` and ``real``), plus ``out`` with .png: a raster of real next to generated
@@ -132,9 +132,12 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     (decoding through one CUDA graph per token, see :func:`~spikefm.families.ar.model.generate`)
     or "auto" (cuda when available). The random stream differs between devices.
 
+    ``progress``: a progress bar of the bins generated (on a terminal).
+
     Returns the written paths.
     """
     from spikefm.families.ar.family import ARFamily
+    from spikefm.progress import progress_bar
     from spikefm.families.ar.model import Llama, generate
     from spikefm.families.ar.tokens import detokenize, tokenize
     from spikefm.train.dist import resolve_device_type
@@ -159,8 +162,9 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
         if real is not None:
             arrays["real"] = real
     gen = torch.Generator(device=device).manual_seed(seed)
-    tokens = generate(model, num_units, num_bins, prompt_tokens=prompt_tokens,
-                      temperature=temperature, top_k=top_k, generator=gen)
+    with progress_bar(num_bins, "generating bins", enabled=progress) as bar:
+        tokens = generate(model, num_units, num_bins, prompt_tokens=prompt_tokens,
+                          temperature=temperature, top_k=top_k, generator=gen, on_bin=bar.advance)
     counts = detokenize(tokens[0].cpu().numpy().astype(np.uint8), num_units)
     arrays["counts"] = counts
     bin_ms = bin_ms or _run_bin_ms(run_dir)

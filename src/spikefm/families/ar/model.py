@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -763,7 +764,7 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
              prompt_tokens: torch.Tensor | None = None, batch_size: int | None = None,
              temperature: float = 1.0, top_k: int | None = None,
              generator: torch.Generator | None = None, use_kv_cache: bool = True,
-             cuda_graph: bool | None = None) -> torch.Tensor:
+             cuda_graph: bool | None = None, on_bin: Callable[[], None] | None = None) -> torch.Tensor:
     """Sample ``num_bins`` bins of spike-count tokens for ``num_units`` units.
 
     The separator (255) is forced at every bin boundary (every ``num_units + 1`` tokens,
@@ -790,6 +791,7 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
             captured CUDA graph (:meth:`Llama.decode_step`) instead of a few hundred kernel
             launches; None (default) = on for CUDA models outside ``torch.autocast``, off
             elsewhere. The same tokens up to float rounding of the logits.
+        on_bin: called once each time a bin is complete (e.g. to advance a progress bar).
 
     Returns:
         (B, num_bins * (num_units + 1)) int64 generated tokens (the prompt is not included), on
@@ -860,6 +862,8 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
     broken_B = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for pos in range(prompt_len, total):
         if (pos - prompt_len) % width == 0:
+            if on_bin is not None and pos > prompt_len:
+                on_bin()
             seq_BT[:, pos] = SEPARATOR  # forced: no model call needed for this position
             continue
         if stepper is not None:
@@ -879,6 +883,8 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
             logits_BV = model(seq_BT[:, :pos], prefix_B2=prefix_B2)[:, -1]
         broken_B |= ~(torch.isfinite(logits_BV) | ~allowed_V).all(dim=-1)
         seq_BT[:, pos] = _sample(logits_BV, allowed_V, temperature, top_k, generator)
+    if on_bin is not None:
+        on_bin()
     if bool(broken_B.any()):
         raise ValueError("the model's next-token logits were not finite (NaN or infinite) while "
                          "sampling: its weights are damaged or its training diverged; nothing "

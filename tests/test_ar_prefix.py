@@ -209,3 +209,6 @@ def test_train_with_prefix_then_compare_session_and_row_splits(corpora, tmp_path
     with pytest.raises(ValueError, match="--compare-run"):
         get("ar").evaluate(str(runs["session"]), str(corpora["session"].path),
                            compare_data=str(corpora["row"].path))
+    # a corpus where the second run belongs: named as --compare-run's mistake (it said config.json not found)
+    with pytest.raises(ValueError, match=rf"^--compare-run {corpora['row'].path}: not a run folder \(no config.json\)"):
+        get("ar").evaluate(str(runs["session"]), str(corpora["session"].path), compare_run=str(corpora["row"].path))

@@ -100,6 +100,10 @@ def test_same_command_refreshes_other_settings_or_inputs_need_overwrite(inputs, 
     line = one_error_line(capsys, ["corpus", "build", str(inputs / "ses-0.nwb"), "--out",
                                    str(out), "--quiet", "--test-fraction", "0.3"])
     assert f"inputs ({inputs} no longer given)" in line
+    extra = tmp_path / "extra.nwb"
+    extra.write_bytes(b"not yet looked at")
+    line = one_error_line(capsys, cmd[:3] + [str(extra)] + cmd[3:])  # an input added: named (it said "new ones")
+    assert f"inputs (1 new, e.g. {extra}; the corpus records the INPUTs it was built from)" in line
     assert snapshot(out) == before
     # --overwrite replaces it; staged sessions are still reused (same files, same binning)
     assert cli_main(cmd + ["--seed", "5", "--overwrite"]) == 0

@@ -590,7 +590,9 @@ def _check_replace(out_dir: Path, existing: Manifest | None, settings: BuildSett
     if recorded:
         if old.inputs != settings.inputs:
             gone = sorted(set(old.inputs) - set(settings.inputs))
-            diffs.append("inputs " + (f"({gone[0]} no longer given)" if gone else "(new ones)"))
+            new = sorted(set(settings.inputs) - set(old.inputs))
+            diffs.append("inputs " + (f"({gone[0]} no longer given)" if gone else
+                                      f"({len(new)} new, e.g. {new[0]}; the corpus records the INPUTs it was built from)"))
     else:  # older manifests: the inputs must still cover every session
         given = {str(f.path.resolve()) for f in files}
         gone = sorted(str((s.provenance or {}).get("path")) for s in existing.sessions

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -336,6 +337,9 @@ def _trained_on(run_dir: str) -> str:
     """The corpus a spikefm run was trained on (its config.json), for --compare-run."""
     from spikefm.train.runinfo import read_run_info
 
+    if not (Path(run_dir) / "config.json").is_file():
+        raise ValueError(f"--compare-run {run_dir}: not a run folder (no config.json); give the folder of the "
+                         "second run (spikefm train --out), e.g. one trained on a --split row corpus")
     corpus = read_run_info(run_dir).get("config", {}).get("data", {}).get("corpus")
     if not corpus:
         raise ValueError(f"{run_dir} records no training corpus (not a spikefm run folder?); "

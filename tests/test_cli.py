@@ -730,6 +730,18 @@ def test_corpus_plot_replaces_its_own_figures_only(data, tmp_path, capsys):
         f"spikefm: error: {figs / 'session_length.png'} exists and is not a figure of spikefm corpus plot; "
         "nothing was written: move it or give another --out")
     assert {p.name: p.read_bytes() for p in figs.iterdir()} == before
+    # another corpus's raster (an earlier plot into this folder) goes; a file of the user's stays
+    (figs / "session_length.png").unlink()
+    assert main(["corpus", "build", str(data / "nwb"), "--out", str(tmp_path / "other"), "--source", "lab-x",
+                 "--quiet"]) == 0
+    assert main(["corpus", "plot", str(tmp_path / "other"), "--out", str(figs)]) == 0
+    assert (figs / "raster_lab-x.png").is_file()
+    (figs / "raster_mine.png").write_bytes(b"mine")
+    assert main(["corpus", "plot", str(data / "corpus"), "--out", str(figs)]) == 0
+    rasters = sorted(p.name for p in figs.glob("raster_*.png"))
+    expected = sorted(f"raster_{s}.png" for s in {s["source_dataset"] for s in Corpus(data / "corpus").sessions})
+    assert rasters == sorted([*expected, "raster_mine.png"])
+    capsys.readouterr()
     before = sorted((data / "corpus").rglob("*"))
     assert main(["corpus", "plot", str(data / "corpus"), "--out", str(data / "corpus")]) == 2
     assert "holds a spikefm corpus (manifest.json); figures go into a folder of their own" in capsys.readouterr().err

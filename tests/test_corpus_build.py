@@ -622,3 +622,63 @@ def test_dandi_input_without_the_client_names_the_spec(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"^dandi:000207: DANDI inputs need the dandi client, "
                                          r"which is not installed; pip install"):
         dandi_mod.resolve_dandi("dandi:000207", cache_dir=tmp_path / "cache")
+
+
+def test_a_killed_downloads_temporary_is_removed_and_the_clients_log_stays_quiet(tmp_path, nwb_factory):
+    """A killed DANDI download left its partial .tmp file in the cache for good; the dandi
+    client's own log records (a connection traceback before each retry) printed dozens of lines
+    before spikefm's one-line error."""
+    import subprocess
+    import sys
+
+    from spikefm.corpus import dandi as dandi_mod
+
+    src, _ = nwb_factory("sub-2_ses-1")
+    cache = tmp_path / "cache"
+    target = cache / "000207" / "0.220216.0" / "sub-2" / "sub-2_ses-1.nwb"
+    target.parent.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs: the killed downloader's
+    stale = target.with_name(f".{target.name}.tmp-{gone.pid}")
+    stale.write_bytes(b"partial")
+    (item,) = dandi_mod.resolve_dandi("dandi:000207@0.220216.0", cache_dir=cache,
+                                      client=_FakeClient([_FakeAsset("sub-2/sub-2_ses-1.nwb", src)]))
+    assert item.path == target and not stale.exists()
+    assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".")) == \
+        [f".{target.name}.sha256.json"]
+    # the client module's logger: a stand-in dandi package that logs as dandi-cli does when offline
+    fake = tmp_path / "fake"
+    (fake / "dandi").mkdir(parents=True)
+    (fake / "dandi" / "__init__.py").write_text("")
+    (fake / "dandi" / "dandiapi.py").write_text(
+        "import logging\n"
+        "class DandiAPIClient:\n"
+        "    def __init__(self):\n"
+        "        lgr = logging.getLogger('dandi')\n"
+        "        lgr.warning('Using hard-coded URLs')\n"
+        "        try:\n"
+        "            raise ConnectionError('offline')\n"
+        "        except ConnectionError:\n"
+        "            lgr.exception('HTTP connection failed')\n")
+    code = "from spikefm.corpus.dandi import _client; _client(); print('made')"
+    env = {**os.environ, "PYTHONPATH": str(fake)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "made" and done.stderr == ""
+    # a program that configures logging still gets the records
+    code = "import logging; logging.basicConfig(); " + code
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "HTTP connection failed" in done.stderr and "ConnectionError: offline" in done.stderr
+
+
+def test_folder_inputs_take_any_case_of_nwb_and_name_dangling_links(tmp_path, nwb_factory):
+    src, _ = nwb_factory("sub-1_ses-1")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "B.NWB").write_bytes(Path(src).read_bytes())
+    (folder / "a.nwb").symlink_to(tmp_path / "nowhere" / "x.nwb")
+    report = build_corpus([str(folder)], tmp_path / "c", BuildConfig(test_fraction=0.0), progress=False)
+    assert [s["provenance"]["path"] for s in report.manifest["sessions"]] == [str((folder / "B.NWB").resolve())]
+    (skipped,) = report.manifest["skipped"]
+    assert skipped["input"] == str(folder / "a.nwb")
+    assert skipped["error"] == (f"{folder / 'a.nwb'}: a link to {tmp_path / 'nowhere' / 'x.nwb'}, which does not "
+                                "exist; fix or remove the link")

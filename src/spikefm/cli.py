@@ -551,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--strict", action="store_true", help="any bad input: write nothing, fail")
     b.add_argument("--source", dest="source_dataset", type=_name, default=None,
                    help="source_dataset name for every input (default: each input's folder name)")
-    b.add_argument("--cache-dir", default=None, help="DANDI download cache")
+    b.add_argument("--cache-dir", default=None,
+                   help="DANDI download cache (default $SPIKEFM_DANDI_CACHE or ~/.cache/spikefm/dandi)")
     b.add_argument("--spikes-past-end", choices=["drop", "error"], default="drop",
                    help="spike times after the recording's end (its trials, behaviour and a "
                         "robust spike-time bound): leave them out and count them in the "

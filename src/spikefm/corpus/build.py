@@ -157,9 +157,15 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig) -> tuple[list[InputFile]
             continue
         p = Path(spec)
         if p.is_dir():
-            # Hidden files are other tools' temporaries (e.g. a killed writer's), not recordings.
-            found = sorted(x for x in p.rglob("*.nwb") if x.is_file() and not x.name.startswith("."))
-            if not found:
+            # Hidden files are other tools' temporaries (e.g. a killed writer's), not recordings;
+            # the suffix in any case (.NWB), as file systems that ignore case show it.
+            named = [x for x in p.rglob("*") if x.suffix.lower() == ".nwb" and not x.name.startswith(".")]
+            found = sorted(x for x in named if x.is_file())
+            dangling = sorted(x for x in named if x.is_symlink() and not x.exists())
+            for link in dangling:
+                problems.append({"input": str(link), "error": f"{link}: a link to {os.readlink(link)}, which does "
+                                 "not exist; fix or remove the link"})
+            if not found and not dangling:
                 problems.append({"input": spec, "error": f"{spec}: folder holds no *.nwb file"})
             files.extend(InputFile(path=f, source_dataset=p.resolve().name) for f in found)
         elif p.exists() or spec.endswith(".nwb"):

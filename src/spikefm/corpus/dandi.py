@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import check_relative_path, write_atomic, write_json_atomic
+from ..fileio import check_relative_path, remove_stale_temporaries, write_atomic, write_json_atomic
 from .build import _first_line
 from .nwb import sha256_file
 
@@ -76,11 +76,19 @@ def _cache_path(cache: Path, dandiset_id: str, version: str, asset_path: str, sp
 
 
 def _client():
+    import logging
+
     try:
         from dandi.dandiapi import DandiAPIClient
     except ImportError:
         raise ValueError("DANDI inputs need the dandi client, which is not installed; "
                          "pip install 'spikefm[dandi]'") from None
+    # Without a handler of its own, the client's records (e.g. a connection traceback before each
+    # retry) reach Python's last-resort handler and print dozens of lines before spikefm's one
+    # line; a program that configures logging still receives them through the root logger.
+    lgr = logging.getLogger("dandi")
+    if not lgr.handlers:
+        lgr.addHandler(logging.NullHandler())
     return DandiAPIClient()
 
 
@@ -119,7 +127,10 @@ def _cached_copy_ok(local: Path, size, digest: str, spec: str, asset_path: str) 
 
 
 def _download(asset, local: Path, digest: str, spec: str) -> None:
-    """Download ``asset`` to ``local`` atomically, refusing a file whose sha256 is not DANDI's."""
+    """Download ``asset`` to ``local`` atomically, refusing a file whose sha256 is not DANDI's.
+    A killed earlier download's partial temporary beside ``local`` is removed first."""
+    remove_stale_temporaries(local)
+
     def write(tmp: Path) -> None:
         asset.download(tmp)
         if digest:

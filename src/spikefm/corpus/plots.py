@@ -47,16 +47,21 @@ def _save(fig, path: Path) -> Path:
     return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE}))
 
 
-def _made_by_plotting(path: Path) -> bool:
-    """``path`` is a PNG written by this module (or by matplotlib, as its figures were before they
-    were marked): one that may be replaced."""
+def _software(path: Path) -> str:
+    """The PNG's ``Software`` text ("" for a file PIL cannot read as an image)."""
     try:
         from PIL import Image
 
         with Image.open(path) as im:
-            software = str(im.info.get("Software", ""))
+            return str(im.info.get("Software", ""))
     except Exception:  # noqa: BLE001 - not an image PIL can read: not one of ours
-        return False
+        return ""
+
+
+def _made_by_plotting(path: Path) -> bool:
+    """``path`` is a PNG written by this module (or by matplotlib, as its figures were before they
+    were marked): one that may be replaced."""
+    software = _software(path)
     return software == PNG_SOFTWARE or software.startswith("Matplotlib")
 
 
@@ -198,7 +203,8 @@ def plot_corpus(corpus: Corpus, out_dir: str | Path, *, max_raster_units: int = 
     Args:
         corpus: an opened :class:`spikefm.Corpus`.
         out_dir: folder for the PNGs (created if missing); earlier figures of the same names are
-            replaced atomically; other files of those names, or a corpus or run folder, are refused.
+            replaced atomically, an earlier plot's rasters of sources this corpus lacks removed;
+            other files of those names, or a corpus or run folder, are refused.
         max_raster_units: at most this many units (the first ones) in each example raster.
         max_raster_bins: at most this many time bins (from the row's start) in each raster.
         max_rows: rows scanned for the token marginals (see :func:`corpus_info`); ignored when
@@ -249,4 +255,7 @@ def plot_corpus(corpus: Corpus, out_dir: str | Path, *, max_raster_units: int = 
     for source, ex, name in examples:
         written.append(_raster(source, ex, units_of.get(ex["session_id"], ex["counts"].shape[0]),
                                out_dir / name, max_raster_units, max_raster_bins))
+    for old in out_dir.glob("raster_*.png"):  # an earlier plot's source that this corpus lacks
+        if old not in written and _software(old) == PNG_SOFTWARE:
+            old.unlink()
     return written

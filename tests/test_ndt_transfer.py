@@ -129,8 +129,10 @@ def test_transfer_passes_soup_to_finetune_and_the_ndt_default_is_on(tmp_path, mo
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(tr, "transfer", fake_transfer)
-    for flags, want in ((["--no-soup"], False), (["--soup"], True), ([], None)):
-        assert main(["experiment", "transfer", "--out", str(tmp_path / "s"), "--seeds", "1", *flags]) != 0  # the stand-in stops it
+    for i, (flags, want) in enumerate(((["--no-soup"], False), (["--soup"], True), ([], None))):
+        # a folder each: the settings are recorded before the stand-in stops the study
+        out = tmp_path / f"s{i}"
+        assert main(["experiment", "transfer", "--out", str(out), "--seeds", "1", *flags]) != 0  # the stand-in stops it
         assert seen[-1] is want
     assert families.get("ndt").finetune_soup is True
     assert getattr(families.get("neds"), "finetune_soup", False) is False
@@ -167,3 +169,119 @@ def test_a_rerun_reuses_finished_seeds_and_refuses_other_settings(tmp_path, monk
                                          r"finetune_steps: 5 there, 6 now\)"):
         tr.transfer_study(tmp_path, seeds=[1], finetune_steps=6)
     assert calls == [1, 2, 3]
+
+
+def _study_files(out) -> dict:
+    """Every file under ``out`` with its bytes and modification time (what "nothing changed" means)."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_study_reuses_its_finished_seeds_and_refuses_other_settings(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during seed 2 after seed 1 had finished: the rerun trained seed 1 again (only a
+    finished study's transfer.json recorded seeds), and a rerun with other data settings reused
+    seed 2's recordings and then wrote the new settings into transfer.json. The settings are now
+    recorded before any seed runs and each seed as soon as it finishes."""
+    import json
+
+    from spikefm.cli import main
+    from spikefm.experiments import transfer as tr
+
+    calls, interrupt = [], {2}
+
+    def fake_transfer(out, *, seed, **options):
+        calls.append(seed)
+        (out / "nwb_ndt").mkdir(parents=True, exist_ok=True)  # what a real seed reuses on a rerun
+        (out / "nwb_ndt" / "s.nwb").write_text(f"{options['sessions']} sessions of {options['duration_s']} s")
+        if seed in interrupt:
+            interrupt.discard(seed)
+            raise KeyboardInterrupt  # Ctrl-C in the middle of seed 2
+        bench = {"session_id": f"s{seed}", "num_units": 7, "num_test_windows": 4,
+                 "tasks": {"co-smoothing": {"model": {"bps_pooled": 0.1 * seed}}}}
+        (out / "results_ndt.json").write_text(json.dumps(bench))
+        return {"fine-tuned": bench, "single-session": {"tasks": {}}, "finetune": {"strategy": "frozen"}}
+
+    monkeypatch.setattr(tr, "transfer", fake_transfer)
+    out = tmp_path / "study"
+    command = ["experiment", "transfer", "--out", str(out), "--seeds", "1,2", "--pretrain-steps", "60",
+               "--finetune-steps", "40", "--quiet"]
+    assert main([*command, "--sessions", "4", "--duration-s", "60"]) == 130
+    assert calls == [1, 2]
+    assert not (out / "transfer.json").exists()  # only a finished study has a summary (the report reads it)
+    before = _study_files(out)
+    capsys.readouterr()
+
+    assert main([*command, "--sessions", "6", "--duration-s", "30"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "holds a transfer study made with other settings (duration_s, sessions; duration_s: 60.0 there, " \
+           "30.0 now)" in err
+    assert calls == [1, 2] and _study_files(out) == before  # nothing ran, nothing changed
+
+    assert main([*command, "--sessions", "4", "--duration-s", "60"]) == 0
+    assert calls == [1, 2, 2]  # seed 1 reused, seed 2 continued
+    seed_1 = out / "seed_1" / "results_ndt.json"
+    assert (seed_1.read_bytes(), seed_1.stat().st_mtime_ns) == before[seed_1]
+    summary = json.loads((out / "transfer.json").read_text())
+    assert list(summary["per_seed"]) == ["1", "2"]
+    assert (summary["settings"]["sessions"], summary["settings"]["duration_s"]) == (4, 60.0)
+    assert summary["mean_sd"]["co-smoothing bps_pooled"]["fine-tuned"]["mean"] == pytest.approx(0.15)
+    assert main([*command, "--sessions", "6", "--duration-s", "30"]) == 2  # a finished study: refused as before
+    assert calls == [1, 2, 2]
+
+
+def test_a_rerun_with_fewer_seeds_keeps_the_others_finished(tmp_path, monkeypatch):
+    """transfer.json summarises the seeds asked for; a seed finished earlier but left out of one
+    rerun is still reused by the next."""
+    import json
+
+    from spikefm.experiments import transfer as tr
+
+    calls = []
+
+    def fake_transfer(out, *, seed, **options):
+        calls.append(seed)
+        out.mkdir(parents=True, exist_ok=True)
+        bench = {"session_id": f"s{seed}", "tasks": {"co-smoothing": {"model": {"bps_pooled": 0.1 * seed}}}}
+        (out / "results_ndt.json").write_text(json.dumps(bench))
+        return {"fine-tuned": bench, "single-session": {"tasks": {}}, "finetune": {"strategy": "frozen"}}
+
+    monkeypatch.setattr(tr, "transfer", fake_transfer)
+    tr.transfer_study(tmp_path, seeds=[1, 2], finetune_steps=5)
+    assert list(tr.transfer_study(tmp_path, seeds=[1], finetune_steps=5)["per_seed"]) == [1]
+    assert list(tr.transfer_study(tmp_path, seeds=[1, 2], finetune_steps=5)["per_seed"]) == [1, 2]
+    assert calls == [1, 2]
+
+
+def test_a_real_interrupted_study_continues_without_redoing_its_finished_seed(tmp_path, monkeypatch):
+    """The smallest real study, interrupted while fine-tuning seed 6: other data settings are
+    refused (seed 6's recordings and corpus would have been reused), the same command reuses seed
+    5 untouched and continues seed 6, and the report renders only the finished study."""
+    import json
+
+    from spikefm import families
+    from spikefm.cli import main
+
+    finetune, interrupted = families.finetune, []
+
+    def ctrl_c_in_seed_6(run, corpus, session, out, **options):
+        if "seed_6" in str(out) and not interrupted:
+            interrupted.append(out)
+            raise KeyboardInterrupt
+        return finetune(run, corpus, session, out, **options)
+
+    monkeypatch.setattr(families, "finetune", ctrl_c_in_seed_6)
+    out = tmp_path / "study"
+    command = ["experiment", "transfer", "--out", str(out), "--seeds", "5,6", "--pretrain-steps", "2",
+               "--finetune-steps", "2", "--strategy", "frozen", "--set", "train.batch_size=2", "--quiet"]
+    assert main([*command, "--sessions", "2", "--duration-s", "60"]) == 130
+    assert interrupted and (out / "seed_6" / "nwb_ndt").is_dir() and not (out / "transfer.json").exists()
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 2  # no finished study to show
+    before = _study_files(out)
+    assert main([*command, "--sessions", "3", "--duration-s", "60"]) == 2
+    assert _study_files(out) == before
+    assert main([*command, "--sessions", "2", "--duration-s", "60"]) == 0
+    seed_5 = out / "seed_5" / "results_ndt.json"
+    assert (seed_5.read_bytes(), seed_5.stat().st_mtime_ns) == before[seed_5]
+    summary = json.loads((out / "transfer.json").read_text())
+    assert list(summary["per_seed"]) == ["5", "6"] and (out / "seed_6" / "results_ndt.json").is_file()
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["transfer", "transfer_study", "seed_paths", "aggregate_seeds", "QUICKSTART_SIZES", "FAST_SIZES"]
+__all__ = ["transfer", "transfer_study", "seed_paths", "aggregate_seeds", "QUICKSTART_SIZES", "FAST_SIZES",
+           "PROGRESS_FILE"]
 
 #: Sizes of the quickstart's transfer step (pretraining steps: the family's default). Sessions of
 #: 300 s (about 100 trials, 20 test trials on the held-out session); longer sessions were measured
@@ -186,24 +187,34 @@ def aggregate_seeds(per_seed: dict) -> dict:
 
 #: Settings of a transfer study that do not change its results (a rerun may differ in them).
 _NOT_RESULTS = ("seeds", "quiet")
+#: The study's record while it runs: its settings, written before any seed runs, and the
+#: ``per_seed`` entry of every seed it finished, added as soon as the seed finishes, so that a rerun
+#: after an interruption reuses finished seeds and refuses other settings. ``transfer.json`` is
+#: only written complete (the report takes it for a finished study); this file is hidden
+#: (``spikefm experiment transfer`` accepts a folder of seed_<s>/ folders and transfer.json) and
+#: has no ``"study"`` name (the report does not take it for one).
+PROGRESS_FILE = ".transfer_progress.json"
 
 
 def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
-    """Seeds an earlier run of this study finished (``OUT/transfer.json`` and the seed's
-    ``results_<family>.json``), as their ``per_seed`` entries; a study made with other settings is
-    refused, since its seeds' runs would be replaced."""
+    """Seeds an earlier run of this study finished (in ``OUT/transfer.json`` or, when it was
+    interrupted, ``OUT/.transfer_progress.json``, and with the seed's ``results_<family>.json``),
+    as their ``per_seed`` entries; a study made with other settings, finished or not, is refused,
+    since its seeds' runs would be replaced or, worse, reused (recordings and corpora are)."""
     from spikefm.experiments.jobs import refuse_other_settings
 
-    path = out / "transfer.json"
-    try:
-        old = json.loads(path.read_text())
-        old_settings = {k: v for k, v in old["settings"].items() if k not in _NOT_RESULTS}
-        per_seed = old["per_seed"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}  # none, or a damaged summary: every seed runs
     settings = {k: v for k, v in settings.items() if k not in _NOT_RESULTS}
-    refuse_other_settings(out, old_settings, settings, kind="a transfer study", lost="its runs",
-                          rerun="reuses its finished seeds")
+    per_seed = {}
+    for name in ("transfer.json", PROGRESS_FILE):  # every record is checked before one is used
+        try:
+            old = json.loads((out / name).read_text())
+            old_settings = {k: v for k, v in old["settings"].items() if k not in _NOT_RESULTS}
+            entries = dict(old["per_seed"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # none, or a damaged record: its seeds run again
+        refuse_other_settings(out, old_settings, settings, kind="a transfer study", lost="its runs",
+                              rerun="reuses its finished seeds")
+        per_seed.update(entries)
     family = settings.get("family", DEFAULT_FAMILY)
     return {int(s): entry for s, entry in per_seed.items()
             if seed_paths(out / f"seed_{s}", family)["results"].is_file()}
@@ -213,7 +224,10 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
                    **options) -> dict:
     """:func:`transfer` on several synthetic datasets (one per seed), summarised in
     ``OUT/transfer.json``: per seed and as mean ± s.d. over seeds, every task's headline metric
-    for the fine-tuned model, the single-session model and the baselines.
+    for the fine-tuned model, the single-session model and the baselines. The settings are
+    recorded in ``OUT/.transfer_progress.json`` before any seed runs and each seed's entry as soon
+    as it finishes (:data:`PROGRESS_FILE`), so a rerun of an interrupted study reuses its finished
+    seeds and continues the others, and a rerun with other settings is refused, changing nothing.
 
     Args:
         out: study folder; seed ``s`` runs in ``OUT/seed_<s>``.
@@ -237,7 +251,13 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
         raise ValueError(f"seeds must be distinct (each is one synthetic dataset), got {seeds}")
     out = Path(out)
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
+    command = command or " ".join(sys.argv)
     done = _finished_seeds(out, settings)
+    # the settings before any seed runs; every finished seed stays recorded (a rerun with fewer
+    # seeds does not forget the others)
+    progress = {"command": command, "settings": {"seeds": seeds, **settings},
+                "per_seed": {str(s): entry for s, entry in done.items()}}
+    write_json_atomic(out / PROGRESS_FILE, progress)
     per_seed = {}
     for seed in seeds:
         if seed in done:  # a rerun does no finished work again (a new seed adds to the study)
@@ -255,6 +275,8 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
                           "soup_tried": "soup" in res["finetune"],  # auto ranked the weight average
                           "evaluation": {k: res["fine-tuned"][k] for k in EVALUATION_KEYS if k in res["fine-tuned"]},
                           "metrics": families.transfer_headline(family, res), "wall_s": round(time.perf_counter() - t0, 1)}
+        progress["per_seed"][str(seed)] = per_seed[seed]
+        write_json_atomic(out / PROGRESS_FILE, progress)  # an interruption after this reuses the seed
     aggregate = aggregate_seeds(per_seed)
     rows = []
     for m, cols in aggregate.items():
@@ -263,7 +285,7 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
                 rows.append([m, c, f"{v['mean']:.4f} ± {v['sd']:.4f}" if v["n"] > 1 else f"{v['mean']:.4f} (1 seed)"])
     print(render_table(["metric", "model", f"mean ± s.d. over seeds {','.join(map(str, seeds))}"], rows,
                        align="<<>"))
-    summary = {"study": "transfer", "command": command or " ".join(sys.argv),
+    summary = {"study": "transfer", "command": command,
                "settings": {"seeds": seeds, **settings},
                "per_seed": per_seed, "mean_sd": aggregate, "machine": machine_info()}
     write_json_atomic(out / "transfer.json", summary)

@@ -682,3 +682,27 @@ def test_folder_inputs_take_any_case_of_nwb_and_name_dangling_links(tmp_path, nw
     assert skipped["input"] == str(folder / "a.nwb")
     assert skipped["error"] == (f"{folder / 'a.nwb'}: a link to {tmp_path / 'nowhere' / 'x.nwb'}, which does not "
                                 "exist; fix or remove the link")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"workers": 2.5}, "workers must be an int >= 1, got 2.5"),
+    ({"workers": float("nan")}, "workers must be an int >= 1, got nan"),
+    ({"shard_max_tokens": float("nan")}, "shard_max_tokens must be an int >= 1, got nan"),
+    ({"max_row_tokens": 100.5}, "max_row_tokens must be an int >= 1, got 100.5"),
+    ({"test_fraction": "0.1"}, r"test_fraction must be a number in \[0, 1\), got '0.1'"),
+    ({"test_fraction": float("nan")}, r"test_fraction must be a number in \[0, 1\), got nan"),
+    ({"seed": True}, "seed must be an int >= 0, got True"),
+    ({"source_dataset": 3}, "source_dataset must be a string or None, got 3"),
+])
+def test_build_config_refuses_wrong_types_at_once(kwargs, match):
+    """BuildConfig(workers=2.5) failed inside the process pool, NaN token limits were accepted and
+    a build with shard_max_tokens=nan succeeded; each is refused in one line when made."""
+    with pytest.raises(ValueError, match=f"^{match}$"):
+        BuildConfig(**kwargs)
+
+
+def test_build_config_takes_numpy_ints_and_build_corpus_refuses_a_dict(tmp_path):
+    cfg = BuildConfig(workers=np.int64(2), seed=np.uint8(3))
+    assert (cfg.workers, cfg.seed) == (2, 3) and type(cfg.workers) is int
+    with pytest.raises(ValueError, match=r"^cfg must be a BuildConfig \(e.g. BuildConfig\(bin_ms=10\)\), got a dict$"):
+        build_corpus([str(tmp_path)], tmp_path / "c", {"bin_ms": 10}, progress=False)

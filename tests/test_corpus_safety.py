@@ -251,8 +251,8 @@ def test_stale_temporaries_of_killed_writers_are_cleaned(inputs, tmp_path):
     assert content(out) == want
     hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
     assert hidden == [".current", LOCK_NAME, ".staging", ".versions"]
-    assert [p.name for p in (out / ".versions").iterdir()] == \
-        [(out / ".current").resolve().name] != [current]
+    # only the current version is left, and it is the first build's (the same corpus is not rewritten)
+    assert [p.name for p in (out / ".versions").iterdir()] == [(out / ".current").resolve().name] == [current]
     assert not [p for p in (out / ".staging").iterdir() if ".tmp-" in p.name]
 
 
@@ -385,3 +385,21 @@ def test_older_hubs_without_dry_run_are_listed_with_the_api(tmp_path, monkeypatc
     with pytest.raises(ValueError, match=r"repo file name 'data/\.\./\.\./x/train"):
         import_neural_pile("someone/pile", tmp_path / "c", progress=False)
     assert not downloads and not (tmp_path / "c").exists()
+
+
+def test_rebuilding_the_same_corpus_keeps_its_version_and_hash(inputs, tmp_path):
+    """A second identical build wrote a new version whose manifest differed only in created_utc:
+    the corpus's hash changed and runs trained on it warned that it was another corpus."""
+    from spikefm.corpus.reader import manifest_sha256
+
+    out = tmp_path / "c"
+    build_corpus([str(inputs)], out, BuildConfig(test_fraction=0.3), progress=False)
+    manifest, versions = (out / "manifest.json").read_bytes(), sorted((out / ".versions").iterdir())
+    time.sleep(1.1)  # created_utc has one-second resolution: a rewrite would show
+    report = build_corpus([str(inputs)], out, BuildConfig(test_fraction=0.3), progress=False)
+    assert (out / "manifest.json").read_bytes() == manifest and sorted((out / ".versions").iterdir()) == versions
+    assert report.manifest == json.loads(manifest)  # what the build reports is what the folder holds
+    # another setting is another corpus: a new version, a new hash
+    before = manifest_sha256(out)
+    build_corpus([str(inputs)], out, BuildConfig(test_fraction=0.3, seed=4, overwrite=True), progress=False)
+    assert manifest_sha256(out) != before and sorted((out / ".versions").iterdir()) != versions

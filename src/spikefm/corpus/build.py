@@ -83,20 +83,26 @@ class BuildConfig:
     ray_address: str | None = None
 
     def __post_init__(self):
-        if not isinstance(self.bin_ms, int) or isinstance(self.bin_ms, bool) or self.bin_ms <= 0:
-            raise ValueError(f"bin_ms must be a positive int (milliseconds), got {self.bin_ms!r}")
-        if not 1 <= self.max_row_tokens < 2**31:
+        def whole(name: str, lo: int) -> None:  # an int (numpy's too), not a bool or a float
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+            object.__setattr__(self, name, int(v))
+
+        for name, lo in (("bin_ms", 1), ("max_row_tokens", 1), ("seed", 0), ("workers", 1),
+                         ("shard_max_tokens", 1)):
+            whole(name, lo)
+        if not self.max_row_tokens < 2**31:
             raise ValueError(f"max_row_tokens must be in [1, 2**31), got {self.max_row_tokens}")
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, (int, float, np.floating, np.integer)) \
+                or not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be a number in [0, 1), got {self.test_fraction!r}")
+        for name in ("source_dataset", "cache_dir", "ray_address"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (str, os.PathLike)):
+                raise ValueError(f"{name} must be a string or None, got {v!r}")
         if self.split not in ("session", "row"):
             raise ValueError(f"split must be 'session' or 'row', got {self.split!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0 (it seeds the train/test split), got {self.seed!r}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.shard_max_tokens < 1:
-            raise ValueError(f"shard_max_tokens must be >= 1, got {self.shard_max_tokens}")
         if self.executor not in ("local", "ray"):
             raise ValueError(f"executor must be 'local' or 'ray', got {self.executor!r}")
         if self.ray_address and self.executor != "ray":
@@ -548,6 +554,9 @@ def finalize(folder: CorpusDir, metas: list[dict], skipped: list[dict], cfg: Bui
         manifest = new_manifest(
             bin_ms=cfg.bin_ms, build=settings, splits=splits, sessions=sessions,
             skipped=[SkippedInput(input=p["input"], error=p["error"]) for p in skipped])
+        kept = version.current_created_utc(manifest)
+        if kept is not None:  # the same corpus again: the current version stays (and its hash)
+            return dataclasses.replace(manifest, created_utc=kept).to_dict()
         version.commit(manifest)
     return manifest.to_dict()
 
@@ -623,7 +632,9 @@ def build_corpus(inputs: list[str | os.PathLike], out_dir: str | Path, cfg: Buil
             (disk full, permissions) and running out of memory outside a single file's work are
             reported this way too, naming the folder.
     """
-    cfg = cfg or BuildConfig()
+    cfg = BuildConfig() if cfg is None else cfg
+    if not isinstance(cfg, BuildConfig):
+        raise ValueError(f"cfg must be a BuildConfig (e.g. BuildConfig(bin_ms=10)), got a {type(cfg).__name__}")
     out_dir = Path(out_dir)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]

@@ -362,6 +362,32 @@ class VersionWriter:
         self._shards = {s: self._splits[s].close() if s in self._splits else [] for s in splits}
         return self._shards
 
+    def current_created_utc(self, manifest: Manifest) -> str | None:
+        """The creation time of the corpus's current version when that version already holds
+        exactly this one (its manifest equal to ``manifest`` but for ``created_utc``, its shards
+        byte for byte these), so that a build of the same inputs and settings can keep it (the
+        corpus's identity, its manifest hash, stays); None when it differs. After :meth:`finish`."""
+        import filecmp
+        import json
+
+        assert self._shards is not None, "finish() before current_created_utc()"
+        current = self.folder.current_version()
+        if current is None:
+            return None
+        try:
+            old = json.loads((current / MANIFEST_NAME).read_bytes())
+            new = json.loads(manifest.to_json())
+            theirs = sorted(p.name for p in (current / DATA).iterdir())
+        except (OSError, ValueError):
+            return None
+        when = old.pop("created_utc", None) if isinstance(old, dict) else None
+        new.pop("created_utc", None)
+        mine = sorted(p.name for p in (self.dir / DATA).iterdir())
+        if old != new or mine != theirs or not isinstance(when, str):
+            return None
+        same = all(filecmp.cmp(self.dir / DATA / n, current / DATA / n, shallow=False) for n in mine)
+        return when if same else None
+
     def commit(self, manifest: Manifest) -> None:
         """Write the manifest into the version and make the version the corpus, atomically."""
         assert self._shards is not None, "finish() before commit()"

@@ -231,6 +231,26 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
         assert kept.read_bytes() == b"an earlier result"  # nothing written over
 
 
+def test_generate_to_file_keeps_the_notebook_backend(trained_run, synth_corpus, tmp_path):
+    """generate_to_file switched matplotlib's global backend to Agg (a notebook's 'svg' was lost)."""
+    import matplotlib
+
+    from spikefm.families.ar.generation import generate_to_file
+
+    session = Corpus(synth_corpus).sessions[0]
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("svg")
+        paths = generate_to_file(trained_run, num_units=session["num_units"], num_bins=3,
+                                 prompt=f"{synth_corpus}:{session['session_id']}:10", prompt_bins=2,
+                                 out=tmp_path / "nb.npz")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert [p.name for p in paths] == ["nb.npz", "nb.png"]
+    assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].stat().st_size > 1000
+
+
 def test_bad_train_config_gives_one_line_errors(synth_corpus, tmp_path, capsys):
     cases = [(["--preset", "huge"], "valid"), (["--set", "optim.lrr=1"], "valid keys"),
              (["--set", "train.steps=abc"], "int"), (["--model", "gpt"], "registered")]

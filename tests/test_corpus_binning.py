@@ -249,3 +249,21 @@ def test_session_rows_bin_the_spikes_up_to_the_recording_end(units, stray, trial
     assert meta["t_start_ms"] <= all_kept.min() * 1000 < meta["t_start_ms"] + bin_ms
     assert meta["num_bins"] == math.floor(all_kept.max() * 1000 / bin_ms) + 1 - \
         meta["t_start_ms"] // bin_ms
+
+
+@pytest.mark.parametrize("name, start, stop", [
+    ("t_stop_s", 0, None), ("t_start_s", None, 1.0), ("t_start_s", "0", 1.0), ("t_stop_s", 0.0, [1.0]),
+    ("t_start_s", True, 1.0), ("t_stop_s", 0.0, np.nan), ("t_start_s", -np.inf, 1.0)])
+def test_scalar_time_arguments_are_named_one_line_value_errors(name, start, stop):
+    """bin_spikes(t, u, 2, 0, None) raised numpy's TypeError from np.isfinite(None)."""
+    t, u = np.array([0.01, 0.5]), np.array([0, 1])
+    with pytest.raises(ValueError, match=rf"^{name} must be finite seconds \(a number\), got ") as exc:
+        bin_spikes(t, u, 2, start, stop)
+    assert "\n" not in str(exc.value)
+
+
+def test_numpy_scalars_and_0d_arrays_are_accepted_as_times():
+    t, u = np.array([0.01, 0.5]), np.array([0, 1])
+    expected = bin_spikes(t, u, 2, 0.0, 1.0)
+    for start, stop in ((np.float32(0.0), np.float64(1.0)), (np.int64(0), np.array(1.0)), (0, 1)):
+        np.testing.assert_array_equal(bin_spikes(t, u, 2, start, stop), expected)

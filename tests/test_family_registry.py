@@ -203,3 +203,35 @@ def test_a_plugin_family_missing_members_or_taking_a_built_in_name_is_refused(mo
     targets = families._targets()
     assert targets["ndt"] == families.FAMILIES["ndt"] and targets["mine"] == "plugin:Mine"
     assert any("entry point 'ndt' = plugin.mod:Fake is ignored" in str(w.message) for w in recwarn)
+
+
+def test_python_evaluate_refuses_options_the_family_does_not_take_in_one_line(tmp_path):
+    """families.evaluate(ar_run, corpus, tasks=...) raised "TypeError: ARFamily.evaluate() got an
+    unexpected keyword argument 'tasks'"; the CLI already refused it in one line."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"family": "ar"}))  # refused before anything else is read
+    with pytest.raises(ValueError) as err:
+        families.evaluate(run, tmp_path / "corpus", tasks="co-smoothing")
+    assert str(err.value) == (
+        "option 'tasks' does not apply to a 'ar' run; its options: split, ngram, max_tokens, max_train_tokens, "
+        "seq_len, baselines, permutations, compare_run, compare_data, progress")
+    with pytest.raises(ValueError, match=r"^options 'tasks', 'session' do not apply to a 'ar' run; its options: split"):
+        families.evaluate(run, tmp_path / "corpus", tasks="co-smoothing", session="s")
+    # the CLI's spelling: only the command's options, as flags
+    with pytest.raises(ValueError, match=r"^--tasks does not apply to a 'ar' run; its options: --split, --ngram$"):
+        families.check_evaluate_options(families.get("ar"), {"tasks": "x"}, flags=("split", "ngram", "tasks"))
+    families.check_evaluate_options(families.get("ndt"), {"tasks": "x", "session": "s"})  # takes them
+
+    class Anything:
+        name = "anything"
+
+        def evaluate(self, run_dir, corpus, **options):
+            return options
+
+    families.check_evaluate_options(Anything(), {"whatever": 1})  # **options: any option is the family's
+
+
+def test_load_model_documents_its_device_parameter():
+    doc = families.load_model.__doc__
+    assert "device:" in doc and '``"cpu"`` (default)' in doc and '``"cuda"``' in doc

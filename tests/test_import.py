@@ -585,3 +585,25 @@ def test_the_readmes_upload_recipe_selects_every_shard(imported):
     ops = prepare(HfApi(token=False), out / "data", "data", repo_type="dataset")
     shards = sorted(str(p.relative_to(out)) for p in (out / "data").glob("*.parquet"))
     assert sorted(op.path_in_repo for op in ops) == shards and len(shards) >= 2
+
+
+def test_dir_of_the_packages_lists_their_lazy_names_without_importing_them():
+    """dir(spikefm) and dir(spikefm.corpus) left out Corpus, load_model, build_corpus, ...: tab
+    completion did not offer them."""
+    import subprocess
+    import sys
+
+    import spikefm
+    import spikefm.corpus
+
+    for module in (spikefm, spikefm.corpus):
+        names = dir(module)
+        assert set(module.__all__) <= set(names), module.__name__
+        assert "__version__" in dir(spikefm) and names == sorted(names)
+        for name in module.__all__:
+            getattr(module, name)  # every listed name resolves
+    # listing the names imports nothing heavy (import spikefm stays torch-free)
+    code = ("import sys, spikefm, spikefm.corpus; dir(spikefm); dir(spikefm.corpus); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

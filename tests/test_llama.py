@@ -410,3 +410,38 @@ def test_generate_reports_each_finished_bin_once():
         out = generate(model, 4, 6, prompt_tokens=prompt, use_kv_cache=cached,
                        generator=torch.Generator().manual_seed(0), on_bin=lambda: seen.append(1))
         assert len(seen) == 6 and out.shape[1] == 6 * 5
+
+
+def test_generate_accepts_numpy_integers_and_refuses_bools():
+    """generate(model, np.int64(10), 5) said 'num_units must be a positive int, got np.int64(10)'."""
+    model = _sharpen(Llama(CFG)).eval()
+    ref = generate(model, NUM_UNITS, 2, batch_size=2, top_k=20, generator=torch.Generator().manual_seed(3))
+    out = generate(model, np.int64(NUM_UNITS), np.int32(2), batch_size=np.int64(2), top_k=np.int16(20),
+                   temperature=np.float32(1.0), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, ref)
+    for kwargs, name in (({"num_units": True}, "num_units"), ({"num_bins": np.bool_(True)}, "num_bins"),
+                         ({"num_bins": 2.0}, "num_bins"), ({"top_k": True}, "top_k"),
+                         ({"temperature": np.inf}, "temperature"), ({"temperature": np.nan}, "temperature")):
+        args = {"num_units": NUM_UNITS, "num_bins": 1, **kwargs}
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            generate(model, args.pop("num_units"), args.pop("num_bins"), **args)
+
+
+@pytest.mark.parametrize("with_real", [False, True])
+def test_raster_leaves_the_global_matplotlib_backend_alone(tmp_path, with_real):
+    """_raster called matplotlib.use('Agg'), switching a notebook's backend (e.g. 'svg')."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from spikefm.families.ar.generation import _raster
+
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("svg")
+        arrays = {"counts": np.random.default_rng(0).poisson(1.0, (5, 8)).astype(np.uint8)}
+        if with_real:
+            arrays["real"] = arrays["counts"][:, ::-1].copy()
+        png = tmp_path / "raster.png"
+        _raster(arrays, png)
+        assert matplotlib.get_backend() == "svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    finally:
+        matplotlib.use(before)

@@ -447,3 +447,74 @@ def test_ideal_observer_rejects_mismatched_readouts():
     # every latent 0: no evidence either way, so the seeded coin decides each trial
     assert ideal_observer_favours_truth(c, z, w, b, 0, seed=1).tolist() == \
         (np.random.default_rng(1).random(2) < 0.5).tolist()
+
+
+def test_infinite_rates_and_null_rates_are_refused_like_nan():
+    """An infinite rate (or null rate) gave NaN with a numpy warning instead of an error."""
+    from spikefm.eval.metrics import bps_pooled_difference, bps_pooled_interval
+
+    counts = np.ones((5, 3))
+    for rates in (np.full((5, 3), np.inf), np.full((5, 3), -np.inf)):
+        for fn in (bps_pooled, bps_per_neuron, poisson_log_likelihood):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no numpy RuntimeWarning on the way
+                with pytest.raises(ValueError, match=r"rates must be finite expected counts per bin, got 15 "
+                                                     r"infinite at evaluated entries"):
+                    fn(rates, counts)
+    with pytest.raises(ValueError, match="rates must be finite"):
+        bps_pooled_interval(np.full((5, 3), np.inf), counts)
+    # an infinite rate where the count is not evaluated is left out, as a NaN rate there is
+    masked = counts.copy()
+    masked[0, 0] = np.nan
+    rates = np.ones((5, 3))
+    rates[0, 0] = np.inf
+    assert np.isfinite(poisson_log_likelihood(rates, masked))
+    for null in ([1.0, np.inf, 1.0], [1.0, 1.0, -np.inf]):
+        with pytest.raises(ValueError, match="null_rates must be finite expected counts per bin >= 0"):
+            bps_pooled(np.ones((5, 3)), counts, null_rates=null)
+        with pytest.raises(ValueError, match="null_rates must be finite expected counts per bin >= 0"):
+            bps_pooled_interval(np.ones((5, 3)), counts, null_rates=null)
+
+
+def test_bps_difference_refuses_arrays_without_a_trial_axis_in_one_line():
+    """1-D or scalar input raised numpy's IndexError / a broadcasting error."""
+    from spikefm.eval.metrics import bps_pooled_difference
+
+    for arr in (np.ones(5), 1.0):
+        with pytest.raises(ValueError) as err:
+            bps_pooled_difference(arr, arr, arr)
+        msg = str(err.value)
+        assert "must be (trials, ..., neurons)" in msg and "put the trials on the first axis" in msg
+        assert len(msg.splitlines()) == 1
+    assert math.isfinite(bps_pooled_difference(np.ones((4, 2)), np.full((4, 2), 0.5),
+                                               np.ones((4, 2)))["value"])
+
+
+def test_wilson_interval_validates_its_counts():
+    """wilson_interval(5, 3) and (-1, 3) raised 'math domain error'."""
+    from spikefm.eval.metrics import wilson_interval
+
+    for k, n, what in ((5, 3, "successes must lie in [0, n] = [0, 3], got 5"),
+                       (-1, 3, "successes must lie in [0, n] = [0, 3], got -1"),
+                       (1, -2, "n must be the number of trials, >= 0, got -2"),
+                       (1.5, 3, "successes must be a whole number, got 1.5"),
+                       (1, math.nan, "n must be a whole number, got nan"),
+                       (1, math.inf, "n must be a whole number, got inf"),
+                       (True, 3, "successes must be a whole number, got True"),
+                       ("2", 3, "successes must be a whole number, got '2'")):
+        with pytest.raises(ValueError) as err:
+            wilson_interval(k, n)
+        assert str(err.value).startswith(what) and len(str(err.value).splitlines()) == 1
+    for z in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="z must be a finite number > 0"):
+            wilson_interval(1, 3, z)
+    assert wilson_interval(np.int64(2), 3.0) == wilson_interval(2, 3)  # numpy ints, integral floats
+    assert wilson_interval(0, 3)[0] == 0.0 and wilson_interval(3, 3)[1] == 1.0
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))  # no trial, no interval (documented)
+
+
+def test_metric_docstrings_state_the_axis_convention():
+    import spikefm.eval.metrics as metrics
+
+    for doc in (metrics.__doc__, bps_pooled.__doc__, bps_per_neuron.__doc__):
+        assert ".T" in doc and "units x bins" in doc

@@ -51,9 +51,10 @@ def test_validation_messages_are_exact():
         "null_rates must have one expected count per bin per neuron, shape (2,), got shape (3,)")
     assert message(m.bps_pooled, np.ones((3, 2)), np.ones((3, 2)), null_rates=[[1.0, 1.0, 1.0]]) == (
         "null_rates must have one expected count per bin per neuron, shape (2,), got shape (1, 3)")
-    for null in ([np.nan, 1.0], [-1.0, 1.0]):  # each condition on its own
+    for null, bad in (([np.nan, 1.0], "nan"), ([-1.0, 1.0], "-1.0"), ([np.inf, 1.0], "inf")):  # each on its own
         assert message(m.bps_pooled, np.ones((3, 2)), np.ones((3, 2)), null_rates=null) == (
-            "null_rates must be non-negative and not NaN")
+            f"null_rates must be finite expected counts per bin >= 0, got {bad} at neuron 0; give each "
+            "neuron's finite mean count per bin")
     assert message(m.r2_score_pooled, np.ones(2), np.ones(3)) == (
         "predictions and targets must have the same shape (..., channels), got (2,) and (3,)")
     assert message(m.r2_score_pooled, 1.0, 1.0) == "predictions and targets must be arrays, got scalars"

@@ -370,3 +370,44 @@ def test_held_out_windows_sharing_bins_with_train_windows_are_counted_in_a_warni
     expected = sum(1 for k in np.flatnonzero(~train)  # computed here: any train window within 200 bins
                    if np.any(np.abs(starts[train] - starts[k]) < 200))
     assert said == expected > 0
+
+
+def test_numpy_integer_window_options_are_accepted(corpus_info):
+    """make_session_windows(..., window_bins=np.int64(50)) said 'window_bins must be a positive
+    int, got np.int64(50)'."""
+    corpus, _ = corpus_info
+    with pytest.warns(RuntimeWarning, match="share bins with train windows"):  # overlapping windows
+        ref = make_session_windows(corpus, "sesA", window_bins=50, align=None, stride_bins=25)
+    with pytest.warns(RuntimeWarning, match="share bins with train windows"):
+        w = make_session_windows(corpus, "sesA", window_bins=np.int64(50), align=None, stride_bins=np.int32(25))
+    np.testing.assert_array_equal(w.counts, ref.counts)
+    np.testing.assert_array_equal(w.t_start_ms, ref.t_start_ms)
+    ws = load_all_windows(corpus, ["sesA"], window_bins=np.int64(50), align=None, pre_ms=np.int64(0))
+    np.testing.assert_array_equal(ws["sesA"].counts, make_session_windows(corpus, "sesA", window_bins=50,
+                                                                          align=None).counts)
+    for kw, match in (({"window_bins": True}, "window_bins must be a positive int, got True"),
+                      ({"window_bins": np.bool_(True)}, "window_bins must be a positive int"),
+                      ({"window_bins": 50.0}, "window_bins must be a positive int, got 50.0"),
+                      ({"pre_ms": np.int64(-20)}, "pre_ms must be a non-negative int"),
+                      ({"stride_bins": True}, "stride_bins must be a positive int, got True")):
+        with pytest.raises(ValueError, match=match):
+            make_session_windows(corpus, "sesA", align=None, **{"window_bins": 50, **kw})
+
+
+def test_a_single_session_id_string_is_refused_in_one_line(corpus_info):
+    """Corpus.iter_rows(sessions="sesA") silently gave no rows (a set of characters); it is now
+    refused at the call, as load_all_windows refuses a string."""
+    corpus, _ = corpus_info
+    for call, name in ((lambda: corpus.iter_rows("train", sessions="sesA"), "sessions"),
+                       (lambda: load_all_windows(corpus, "sesA"), "session_ids")):
+        with pytest.raises(TypeError) as err:
+            call()
+        assert str(err.value) == (f"{name} must be a list of session ids, got the string 'sesA'; for one "
+                                  "session pass ['sesA']")
+    with pytest.raises(TypeError, match=r"sessions must be a list of session ids \(str\), got 1 \(int\)"):
+        corpus.iter_rows("train", sessions=["sesA", 1])
+    with pytest.raises(TypeError, match="sessions must be a list of session ids, got int 5"):
+        corpus.iter_rows("train", sessions=5)
+    rows = list(corpus.iter_rows("train", sessions=["sesA"], with_extras=False))
+    assert rows and {r.session_id for r in rows} == {"sesA"}
+    assert {r.session_id for r in corpus.iter_rows("train", sessions=("sesA",))} == {"sesA"}

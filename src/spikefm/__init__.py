@@ -20,3 +20,7 @@ def __getattr__(name):  # lazy: `import spikefm` must not import torch or pynwb
 
         return load_model
     raise AttributeError(f"module 'spikefm' has no attribute {name!r}")
+
+
+def __dir__():  # the lazy names too, for tab completion
+    return sorted(set(globals()) | set(__all__))

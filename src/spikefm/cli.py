@@ -400,14 +400,9 @@ def cmd_eval(args) -> int:
         check_predictions_folder(Path(args.save_predictions))
     fam = families.family_of_run(args.run_dir)
     options = {k: getattr(args, k) for k in EVAL_OPTIONS if getattr(args, k) is not None}
-    accepted = inspect.signature(fam.evaluate).parameters
-    if "progress" in accepted:
+    if "progress" in inspect.signature(fam.evaluate).parameters:
         options["progress"] = not args.quiet
-    unknown = [k for k in options if k not in accepted]
-    if unknown:
-        valid = [f"--{k.replace('_', '-')}" for k in EVAL_OPTIONS if k in accepted]
-        raise ValueError(f"--{unknown[0].replace('_', '-')} does not apply to a {fam.name!r} run; "
-                         f"its options: {', '.join(valid) or '(none)'}")
+    families.check_evaluate_options(fam, options, flags=EVAL_OPTIONS)
     results = families.stamp_family(fam, fam.evaluate(str(args.run_dir), str(args.data), **options))
     name = Path(args.run_dir).name or "model"
     # a run folder named like a baseline column ("oracle", "1-gram") keeps its own column

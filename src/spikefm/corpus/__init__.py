@@ -17,3 +17,7 @@ def __getattr__(name):
 
         return getattr(build, name)
     raise AttributeError(name)
+
+
+def __dir__():  # the lazy names too, for tab completion
+    return sorted(set(globals()) | set(__all__))

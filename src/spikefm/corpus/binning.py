@@ -1,6 +1,9 @@
 """Binning spike times into uint8 count matrices, vectorized over all units at once."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 #: Spikes per chunk of work; small enough that temporaries stay in cache.
@@ -16,6 +19,17 @@ def _not_finite_error(spike_times: np.ndarray) -> ValueError:
     bad = int(np.count_nonzero(~np.isfinite(spike_times)))
     return ValueError(f"spike_times must be finite seconds; {bad} of {spike_times.size} are NaN "
                       "or infinite: remove them before binning")
+
+
+def _finite_seconds(name: str, value) -> float:
+    """``value`` as float seconds: a real number (Python or numpy, or a 0-d numpy array), finite."""
+    ok = not isinstance(value, (bool, np.bool_)) and (
+        isinstance(value, numbers.Real)
+        or (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"))
+    if ok and math.isfinite(float(value)):
+        return float(value)
+    raise ValueError(f"{name} must be finite seconds (a number), got {value!r}; pass the time "
+                     f"range's {'start' if name == 't_start_s' else 'end'} in seconds")
 
 
 def bin_edges_s(t_start_ms: int, num_bins: int, bin_ms: int) -> np.ndarray:
@@ -46,7 +60,7 @@ def bin_spikes(
         spike_times: (num_spikes,) finite float seconds, all units together, any order.
         unit_index: (num_spikes,) int unit number of each spike, in ``[0, num_units)``.
         num_units: number of rows of the output.
-        t_start_s, t_stop_s: time range in seconds.
+        t_start_s, t_stop_s: time range in seconds, finite numbers.
         bin_ms: bin width in whole milliseconds.
         return_num_clipped: also return how many (unit, bin) cells held more than 255 spikes.
 
@@ -71,9 +85,8 @@ def bin_spikes(
         raise TypeError(f"unit_index must hold integers, got dtype {unit_index.dtype}")
     if not isinstance(num_units, (int, np.integer)) or isinstance(num_units, bool) or num_units < 0:
         raise ValueError(f"num_units must be an int >= 0, got {num_units!r}")
-    if not (np.isfinite(t_start_s) and np.isfinite(t_stop_s)):
-        raise ValueError(f"t_start_s and t_stop_s must be finite seconds, got {t_start_s} and "
-                         f"{t_stop_s}")
+    t_start_s = _finite_seconds("t_start_s", t_start_s)
+    t_stop_s = _finite_seconds("t_stop_s", t_stop_s)
     start_ms = int(round(t_start_s * 1000))
     stop_ms = int(round(t_stop_s * 1000))
     if stop_ms < start_ms:

@@ -199,12 +199,23 @@ class Corpus:
 
         Args:
             split: ``"train"`` or ``"test"``.
-            sessions: only rows of these session ids.
+            sessions: only rows of these session ids (a list or set of str; one id is
+                ``[session_id]``, a bare str is refused).
             with_extras: also read behaviour, regions and trials (skip them for speed when only
                 spike counts are needed).
+
+        Raises:
+            ValueError: an unknown split.
+            TypeError: ``sessions`` is a str or not a collection of str (raised at the call, not at
+                the first row).
         """
-        wanted = set(sessions) if sessions is not None else None
-        for shard in self.shards(split):
+        wanted = _session_set(sessions, "sessions")
+        shards = self.shards(split)
+        return self._iter_rows(shards, wanted, with_extras)
+
+    def _iter_rows(self, shards: list[Path], wanted: set[str] | None,
+                   with_extras: bool) -> Iterator[CorpusRow]:
+        for shard in shards:
             with shard_errors(shard):
                 pf = pq.ParquetFile(shard)
                 cols = None if with_extras else ["spike_counts", "subject_id", "session_id",
@@ -215,6 +226,26 @@ class Corpus:
                     cols = [c for c in cols if c in names]
                 for batch in pf.iter_batches(batch_size=8, columns=cols):
                     yield from _rows_from_batch(batch, wanted, self.bin_ms)
+
+
+def _session_set(sessions, name: str) -> set[str] | None:
+    """``sessions`` (None, or a collection of session ids) as a set; a one-line TypeError for a
+    bare str (a set of its characters would silently match nothing) or a non-str id."""
+    if sessions is None:
+        return None
+    if isinstance(sessions, (str, bytes)):
+        raise TypeError(f"{name} must be a list of session ids, got the string {sessions!r}; "
+                        f"for one session pass [{sessions!r}]")
+    try:
+        wanted = set(sessions)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of session ids, got {type(sessions).__name__} {sessions!r}; "
+                        "pass e.g. ['sub-01_ses-01']") from None
+    bad = sorted((s for s in wanted if not isinstance(s, str)), key=repr)
+    if bad:
+        raise TypeError(f"{name} must be a list of session ids (str), got {bad[0]!r} "
+                        f"({type(bad[0]).__name__}) among them; pass the ids as strings")
+    return wanted
 
 
 def _rows_from_batch(batch: pa.RecordBatch, wanted: set[str] | None, default_bin_ms: int):

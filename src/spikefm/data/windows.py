@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -473,8 +474,9 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
         labels = _discrete_labels(trials, trial_index)
     else:
         stride = window_bins if stride_bins is None else stride_bins
-        if not isinstance(stride, int) or stride < 1:
+        if not _is_int(stride) or stride < 1:
             raise ValueError(f"stride_bins must be a positive int, got {stride_bins!r}")
+        stride = int(stride)
         cand = np.arange(0, G - window_bins + 1, stride, dtype=np.int64)
         ok = np.array([grid.valid_G[s:s + window_bins].all() for s in cand], dtype=bool)
         skipped = {"gap_in_recording": int((~ok).sum())}
@@ -544,11 +546,18 @@ def _warn_cross_split_overlap(session_id: str, starts: np.ndarray, split: np.nda
                       f"trained on; use {fix}", RuntimeWarning, stacklevel=4)
 
 
-def _check_window_args(window_bins, pre_ms):
-    if not isinstance(window_bins, int) or isinstance(window_bins, bool) or window_bins < 1:
+def _is_int(value) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_window_args(window_bins, pre_ms) -> tuple[int, int]:
+    """``(window_bins, pre_ms)`` as Python ints (numpy integers accepted), or a one-line ValueError."""
+    if not _is_int(window_bins) or window_bins < 1:
         raise ValueError(f"window_bins must be a positive int, got {window_bins!r}")
-    if not isinstance(pre_ms, int) or isinstance(pre_ms, bool) or pre_ms < 0:
+    if not _is_int(pre_ms) or pre_ms < 0:
         raise ValueError(f"pre_ms must be a non-negative int (milliseconds), got {pre_ms!r}")
+    return int(window_bins), int(pre_ms)
 
 
 def make_session_windows(corpus: Corpus | str | Path, session_id: str, *, window_bins: int = 100,
@@ -582,7 +591,7 @@ def make_session_windows(corpus: Corpus | str | Path, session_id: str, *, window
     Returns:
         :class:`SessionWindows`.
     """
-    _check_window_args(window_bins, pre_ms)
+    window_bins, pre_ms = _check_window_args(window_bins, pre_ms)
     fr = _check_fractions(split_fractions)
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
     rows = _collect_rows(corpus, [session_id])
@@ -606,7 +615,8 @@ def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | N
     if session_ids is None:
         session_ids = corpus.session_ids()
     if isinstance(session_ids, str):
-        raise TypeError(f"session_ids must be a list of session ids, got the string {session_ids!r}")
+        raise TypeError(f"session_ids must be a list of session ids, got the string {session_ids!r}; "
+                        f"for one session pass [{session_ids!r}]")
     opts = dict(WINDOW_DEFAULTS)
     unknown = set(kw) - set(opts)
     if unknown:
@@ -614,7 +624,7 @@ def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | N
     opts.update(kw)
     if opts["rt_range_ms"] is not None:
         opts["rt_range_ms"] = tuple(opts["rt_range_ms"])
-    _check_window_args(opts["window_bins"], opts["pre_ms"])
+    opts["window_bins"], opts["pre_ms"] = _check_window_args(opts["window_bins"], opts["pre_ms"])
     opts["split_fractions"] = _check_fractions(opts["split_fractions"])
     rows = _collect_rows(corpus, list(session_ids))
     _check_one_timeline(corpus, rows)

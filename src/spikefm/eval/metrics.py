@@ -5,11 +5,14 @@ Conventions shared by every function here:
 * ``rates`` are EXPECTED SPIKE COUNTS PER BIN (what a Poisson model predicts for one bin), not Hz.
   Convert with ``rate_hz * bin_size_ms / 1000``.
 * ``rates`` and ``counts`` have the same shape ``(..., N)``: any leading axes (typically
-  ``trials x bins``) and neurons on the LAST axis. A 1-D array is one neuron.
+  ``trials x bins``) and neurons on the LAST axis. A 1-D array is one neuron. Corpus arrays are
+  the other way round (``CorpusRow.spike_counts`` and the synthetic truth files are
+  ``units x bins``): pass their transpose, ``counts.T``.
 * NaN in ``counts`` means "not evaluated" (e.g. padding, bins outside the scored window): that entry
   is left out of every sum, of the spike totals and of the null model's mean. ``rates`` may be NaN
-  at those entries too; a NaN rate where ``counts`` is evaluated raises ``ValueError`` (a model
-  that silently fails on some bins must not get a better score; mark the bin in ``counts``).
+  at those entries too; a NaN or infinite rate where ``counts`` is evaluated raises
+  ``ValueError`` (a model that silently fails on some bins must not get a better score; mark the
+  bin in ``counts``). Null rates (``null_rates``) must be finite too.
 * Metrics sum numerators and denominators and divide once. They never clip: a predicted rate of 0
   where a spike occurred has log-likelihood ``-inf``, so the score is ``-inf``. (The Neural Latents
   Benchmark's ``nlb_tools`` instead replaces zero rates by 1e-9 with a warning; give strictly
@@ -19,6 +22,7 @@ Conventions shared by every function here:
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -75,6 +79,13 @@ def _as_rates_counts(rates, counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             f"rates are NaN at {int(bad_rate.sum())} evaluated entries (counts not NaN there); "
             "predict a rate everywhere counts are given, or set counts to NaN to exclude an entry"
         )
+    inf_rate = evaluated & np.isinf(rates)
+    if inf_rate.any():
+        raise ValueError(
+            f"rates must be finite expected counts per bin, got {int(inf_rate.sum())} infinite at "
+            "evaluated entries (counts not NaN there); predict finite rates (overflowing exp of "
+            "log-rates?), or set counts to NaN to exclude an entry"
+        )
     c = counts[evaluated]
     r = rates[evaluated]
     if c.size:
@@ -92,6 +103,13 @@ def _as_rates_counts(rates, counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     counts = np.where(evaluated, counts, 0.0)
     rates = np.where(evaluated, rates, 0.0)
     return rates, counts, evaluated
+
+
+def _check_null_rates(null_N: np.ndarray) -> None:
+    bad = ~np.isfinite(null_N) | (null_N < 0)
+    if bad.any():
+        raise ValueError(f"null_rates must be finite expected counts per bin >= 0, got {null_N[bad][0]} at "
+                         f"neuron {int(np.flatnonzero(bad)[0])}; give each neuron's finite mean count per bin")
 
 
 def _poisson_logpmf(rates: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -120,8 +138,7 @@ def _ll_sums_per_neuron(rates, counts, null_rates):
                 f"null_rates must have one expected count per bin per neuron, shape ({num_neurons},), "
                 f"got shape {np.shape(null_rates)}"
             )
-        if np.isnan(null_N).any() or (null_N < 0).any():
-            raise ValueError("null_rates must be non-negative and not NaN")
+        _check_null_rates(null_N)
     null_RN = np.where(evaluated_RN, np.broadcast_to(null_N, counts_RN.shape), 0.0)
     ll_model_RN = np.where(evaluated_RN, _poisson_logpmf(rates_RN, counts_RN), 0.0)
     ll_null_RN = np.where(evaluated_RN, _poisson_logpmf(null_RN, counts_RN), 0.0)
@@ -175,8 +192,9 @@ def bps_pooled(rates, counts, *, null_rates=None) -> float:
     ``+inf`` (or NaN if the model is ``-inf`` too).
 
     Args:
-        rates: (..., N) expected counts per bin, >= 0, neurons on the last axis.
-        counts: (..., N) observed counts, NaN = not evaluated.
+        rates: (..., N) finite expected counts per bin, >= 0, neurons on the last axis.
+        counts: (..., N) observed counts, NaN = not evaluated. Neurons go LAST: a corpus row's
+            ``spike_counts`` (or a truth file's rates) is units x bins, so pass ``.T``.
         null_rates: optional (N,) expected counts per bin for the null model (e.g. each neuron's
             mean on training data) instead of the mean over the evaluated data.
 
@@ -200,7 +218,8 @@ def bps_per_neuron(rates, counts, *, null_rates=None) -> np.ndarray:
     count per bin over its evaluated entries (or ``null_rates[n]``). Silent neurons (no evaluated
     spike) and neurons with no evaluated entry get NaN. Zero rates are not clipped (a zero rate
     where neuron n spiked gives ``-inf`` for that neuron). Shapes and NaN conventions as in
-    :func:`bps_pooled`.
+    :func:`bps_pooled`: ``rates`` and ``counts`` are (..., N), neurons on the LAST axis, so a
+    corpus row's units x bins ``spike_counts`` (or a truth file's rates) is passed as ``.T``.
     """
     ll_model_N, ll_null_N, spikes_N = _ll_sums_per_neuron(rates, counts, null_rates)
     out_N = np.full(spikes_N.shape, np.nan)
@@ -320,6 +339,9 @@ def bps_pooled_difference(rates_a, rates_b, counts, *, level: float = 0.95) -> d
     own interval."""
     _check_level(level)
     counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim < 2 or counts.shape[0] < 1:
+        raise ValueError(f"rates_a, rates_b and counts must be (trials, ..., neurons) with at least 1 trial, got "
+                         f"counts of shape {counts.shape}; put the trials on the first axis")
     K = counts.shape[0]
     score_a, score_b = _trial_weighted_bps(rates_a, counts, None), _trial_weighted_bps(rates_b, counts, None)
     with np.errstate(invalid="ignore"):
@@ -348,8 +370,10 @@ def _trial_weighted_bps(rates, counts, null_rates):
     bins_KN = evaluated_RN.reshape(K, per_trial, N).sum(axis=1).astype(np.float64)
     if null_rates is not None:
         null_N = np.asarray(null_rates, dtype=np.float64).reshape(-1)
-        if null_N.shape != (N,) or np.isnan(null_N).any() or (null_N < 0).any():
-            raise ValueError(f"null_rates must be ({N},) non-negative and not NaN, got shape {null_N.shape}")
+        if null_N.shape != (N,):
+            raise ValueError(f"null_rates must have one expected count per bin per neuron, shape ({N},), got "
+                             f"shape {np.shape(null_rates)}")
+        _check_null_rates(null_N)
 
     def score(w_RK: np.ndarray) -> np.ndarray:
         model_RN, spikes_RN, bins_RN = w_RK @ model_KN, w_RK @ spikes_KN, w_RK @ bins_KN
@@ -597,10 +621,39 @@ def decode_continuous(
             "alpha_": np.asarray(chosen)}
 
 
+def _whole_number(name: str, value) -> int:
+    """``value`` as an int: an int, a numpy integer or an integral float (5.0); one-line ValueError
+    otherwise (bools, NaN, infinities, fractions, non-numbers)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and \
+            math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{name} must be a whole number, got {value!r}; pass a count such as {name}=5")
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion (e.g. decoding accuracy on ``n`` windows);
-    ``(nan, nan)`` for ``n <= 0``."""
-    if n <= 0:
+    """95 % Wilson score interval of a proportion (e.g. decoding accuracy on ``n`` windows).
+
+    Args:
+        successes: whole number in ``[0, n]`` (ints, numpy integers or integral floats).
+        n: number of trials, a whole number >= 0; ``(nan, nan)`` for ``n == 0`` (no trial, no
+            interval).
+        z: the normal quantile of the coverage (1.959964 for 95 %), finite and > 0.
+
+    Raises:
+        ValueError: a count that is not a whole number, ``n < 0``, ``successes`` outside
+            ``[0, n]``, or a ``z`` that is not a finite positive number.
+    """
+    successes, n = _whole_number("successes", successes), _whole_number("n", n)
+    if isinstance(z, (bool, np.bool_)) or not isinstance(z, numbers.Real) or not (math.isfinite(z) and z > 0):
+        raise ValueError(f"z must be a finite number > 0 (1.959964 for a 95 % interval), got {z!r}")
+    if n < 0:
+        raise ValueError(f"n must be the number of trials, >= 0, got {n}; pass the count of scored trials")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in [0, n] = [0, {n}], got {successes}; pass the number of hits "
+                         f"among the n trials")
+    if n == 0:
         return (math.nan, math.nan)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)

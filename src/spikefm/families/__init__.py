@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run", "default_preset",
            "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
-           "finetune", "evaluate", "check_tasks", "format_results", "transfer_headline", "task_scores", "stamp_family", "commands", "FamilyCommand"]
+           "finetune", "evaluate", "check_evaluate_options", "check_tasks", "format_results", "transfer_headline", "task_scores", "stamp_family", "commands", "FamilyCommand"]
 
 #: name -> "module:attribute" of the family class (instantiated with no arguments).
 FAMILIES: dict[str, str] = {
@@ -224,6 +224,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
             or a foreign folder a family claims, such as a Hugging Face Llama folder
             (``config.json`` with ``model_type: llama`` + ``model.safetensors``), e.g. the
             published Neural Pile models.
+        device: the torch device the returned model lives on: ``"cpu"`` (default), ``"cuda"``,
+            ``"cuda:1"``, ``"mps"``, ... (any ``torch.device`` or its name). ``"auto"`` is not
+            resolved here: pass ``"cuda" if torch.cuda.is_available() else "cpu"``.
 
     Returns:
         The model in eval mode. For run directories ``model.run_config`` holds the RunConfig.
@@ -344,9 +347,48 @@ def _warn_if_pretrained_on(run_dir: str | os.PathLike, session_id: str, corpus: 
 
 
 def evaluate(run_dir: str | os.PathLike, corpus: str | os.PathLike, **options: Any) -> dict[str, Any]:
-    """The family's benchmark of a finished run (or claimed foreign folder) on ``corpus``."""
+    """The family's benchmark of a finished run (or claimed foreign folder) on ``corpus``.
+
+    ``options`` go to the family's ``evaluate``; one it does not take is refused before any work
+    (:func:`check_evaluate_options`: a one-line ValueError naming the options it takes).
+    """
     fam = family_of_run(run_dir)
+    check_evaluate_options(fam, options)
     return stamp_family(fam, fam.evaluate(str(run_dir), str(corpus), **options))
+
+
+def check_evaluate_options(fam: Any, options: Any, *, flags: Sequence[str] | None = None) -> None:
+    """Refuse the options ``fam.evaluate`` does not take, in one line naming those it does (the
+    keyword parameters after ``run_dir`` and ``corpus``); a family whose ``evaluate`` takes
+    ``**options`` accepts any.
+
+    Args:
+        fam: a family (:func:`get`, :func:`family_of_run`).
+        options: the names of the options to be passed (a dict's keys count).
+        flags: the option names a command offers (``spikefm eval``): the message then spells them
+            ``--flag`` and lists only those of them the family takes.
+
+    Raises:
+        ValueError: e.g. ``option 'tasks' does not apply to a 'ar' run; its options: split, ngram, ...``.
+    """
+    import inspect
+
+    params = list(inspect.signature(fam.evaluate).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes = [p.name for p in params[2:] if p.kind in keyword]  # after run_dir and corpus
+    unknown = [k for k in options if k not in takes]
+    if not unknown:
+        return
+    if flags is None:
+        what = ", ".join(map(repr, unknown))
+        what = f"option {what} does" if len(unknown) == 1 else f"options {what} do"
+        valid = takes
+    else:
+        what = ", ".join(f"--{k.replace('_', '-')}" for k in unknown) + (" does" if len(unknown) == 1 else " do")
+        valid = [f"--{k.replace('_', '-')}" for k in flags if k in takes]
+    raise ValueError(f"{what} not apply to a {fam.name!r} run; its options: {', '.join(valid) or '(none)'}")
 
 
 def stamp_family(fam: Any, results: Any) -> Any:

@@ -177,16 +177,21 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
 
 
 def _raster(arrays: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Draw the raster with matplotlib's object API on an Agg canvas: the global backend (a
+    notebook's, say) is left as it is."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("drawing the raster needs matplotlib: pip install matplotlib") from None
 
     panels = [("generated", arrays["counts"])]
     if "real" in arrays:
         panels.insert(0, ("real (after the prompt)", arrays["real"]))
     vmax = max(1, max(int(a.max()) if a.size else 1 for _, a in panels))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    fig = Figure(figsize=(5 * len(panels), 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, a) in zip(axes[0], panels):
         im = ax.imshow(a, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=vmax)
         ax.set_title(title)
@@ -194,4 +199,3 @@ def _raster(arrays: dict, png: Path) -> None:
         ax.set_ylabel("unit")
     fig.colorbar(im, ax=axes[0].tolist(), label="spike count")
     write_atomic(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)

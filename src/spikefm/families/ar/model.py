@@ -797,15 +797,25 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
         (B, num_bins * (num_units + 1)) int64 generated tokens (the prompt is not included), on
         the model's device.
     """
+    import numbers
+
+    def is_int(value) -> bool:  # Python or numpy integers (np.bool_ is not Integral), not bools
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
     for name, value in (("num_units", num_units), ("num_bins", num_bins)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if not is_int(value) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+    num_units, num_bins = int(num_units), int(num_bins)
+    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
             or not math.isfinite(temperature) or temperature < 0):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), "
                          f"got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    temperature = float(temperature)
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+    top_k = None if top_k is None else int(top_k)
+    if batch_size is not None and is_int(batch_size):
+        batch_size = int(batch_size)
     vocab_size = model.cfg.vocab_size
     if top_k is not None and top_k > vocab_size:  # it would keep every token, which None says plainly
         raise ValueError(f"top_k {top_k} exceeds the vocabulary ({vocab_size} tokens), so it limits nothing; "

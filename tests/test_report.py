@@ -3,6 +3,7 @@ figure budgets, strict JSON, offline-only HTML, atomic writes. (The pages are op
 by tests/test_report_browser.py.)"""
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -503,3 +504,203 @@ def test_the_predicted_rate_heat_map_says_what_its_colours_mean():
     assert f"dark purple = 0, yellow = {top:.5g} predicted count per bin (the 99.5th percentile" in _text(page)
     counts_spec = charts.raster(counts[0].T, dt_s=0.02)  # exact counts: a grey scale, no colour bar
     assert "vmax" not in counts_spec
+
+
+def _notes_by_table(html_text: str) -> dict[str, str]:
+    """The notes under each keyed table (its 'Why nan' and 'Why -' lines), by its data-table key."""
+    out = {}
+    for m in re.finditer(r'<div class="table-wrap">(?:(?!<div class="table-wrap">).)*?data-table="([^"]+)"'
+                         r'.*?</table></div>((?:<p class="note [a-z-]+">[^<]*</p>)*)</div>', html_text, flags=re.S):
+        out[m.group(1)] = html.unescape(" ".join(re.findall(r">([^<]*)</p>", m.group(2))))
+    return out
+
+
+def _neds_results(nan: bool = True) -> dict:
+    bad = math.nan if nan else 0.1
+    label = {"accuracy": 0.375, "accuracy_ci95": [0.14, 0.69], "balanced_accuracy": bad, "chance": 0.625,
+             "chance_balanced": 0.5, "n": 8, "classes": 2}
+    return {"family": "neds", "run_dir": "ft", "corpus": "corpus", "session_id": "s1", "split": "test",
+            "results": {"encoding": {"neds": {"bps_pooled": 0.1, "bps_per_neuron_mean": 0.05, "r2_single_trial": 0.2,
+                                              "r2_psth": bad, "units_scored_r2": 25, "units": 25}},
+                        "decoding": {"neds": {"choice": label, "wheel_speed": {"r2_single_trial": bad, "r2_psth": bad}}},
+                        "region": {"embedding": {"accuracy": bad, "balanced_accuracy": 0.3, "chance": 0.48,
+                                                 "chance_balanced": 1 / 3, "n": 25, "num_units": 25,
+                                                 "classes": ["CA1", "PO", "VISp"]}}}}
+
+
+def test_neds_tables_say_why_a_cell_is_nan(tmp_path):
+    """NaN in the NEDS encoding, label, channel and region tables had no word of why (only the
+    paired-differences table passed its reasons)."""
+    path = tmp_path / "neds.json"
+    path.write_text(json.dumps(_neds_results()))
+    notes = _notes_by_table(build_report(path).html())
+    assert "Why nan: R² is nan when no unit reaches the R² rate threshold" in notes["neds-encoding"]
+    assert "balanced accuracy is nan when the test windows hold one class of the label" in notes["neds-label-choice"]
+    assert "single-trial R² is nan when the channel is constant" in notes["neds-r2_single_trial"]
+    assert "PSTH R² is nan when the channel's per-condition mean trace is constant" in notes["neds-r2_psth"]
+    assert "Why nan: a region score is nan" in notes["neds-region"]
+    path.write_text(json.dumps(_neds_results(nan=False)))
+    assert "nan-note" not in build_report(path).html()
+
+
+def test_neds_label_table_shows_the_balanced_chance_beside_balanced_accuracy(tmp_path):
+    """Balanced accuracy 0.5 at chance sat beside 'chance 0.6250' (the majority class), looking
+    below chance: its chance, 1 / classes (chance_balanced), has a column of its own."""
+    path = tmp_path / "neds.json"
+    obj = _neds_results(nan=False)
+    path.write_text(json.dumps(obj))
+    text = build_report(path).html()
+    table = re.search(r'<table class="data" data-table="neds-label-choice">.*?</table>', text, flags=re.S).group(0)
+    assert "<th>balanced accuracy</th><th>chance</th><th>balanced chance</th>" in table
+    cells = {c[1]: c[3] for c in _parse(table).cells}
+    assert cells["/results/decoding/neds/choice/chance_balanced"] == "0.5000"
+    assert cells["/results/decoding/neds/choice/chance"] == "0.6250"
+    assert "balanced chance = 1 / the classes present" in text
+
+
+def test_page_titles_and_the_neds_section_title_say_what_the_report_is(tmp_path):
+    """Every page was titled 'spikefm report: <name>', and the NEDS section 'Evaluation (encoding
+    and decoding)' though it holds region classification too."""
+    path = tmp_path / "neds.json"
+    path.write_text(json.dumps(_neds_results(nan=False)))
+    page = build_report(path)
+    assert page.title == "NEDS evaluation: neds.json" and "<title>NEDS evaluation: neds.json</title>" in page.html()
+    assert page.sections[0].title == "Evaluation (encoding, decoding and regions): neds.json"
+    (tmp_path / "ndt.json").write_text(json.dumps({"fine-tuned": _bench(0.2)}))
+    assert build_report(tmp_path / "ndt.json").title == "NDT evaluation: ndt.json"
+    rank = tmp_path / "rank"
+    rank.mkdir()
+    (rank / "ranking.json").write_text(json.dumps(_rank_study()))
+    assert build_report(rank).title == "rank-sessions study: rank"
+    assert build_report(_finetuning_run(tmp_path / "ft")).title == "fine-tuning: ft"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"family": "toy", "config": {"train": {"steps": 3}}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    assert build_report(run).title == "training run: run"
+
+
+def _finetuning_run(folder, best_at_first: bool = True):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"family": "neds", "config": {"train": {"steps": 20}},
+                                                    "family_info": {"init_from": "/runs/run_neds",
+                                                                    "sessions": {"sub-02": 25}}}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 9.4}) + "\n")
+    es = {"best_step": 5, "best_val_loss": 9.93, "stopped_at": 20, "max_steps": 20, "eval_every": 5, "patience": 3,
+          "best_at_first_evaluation": best_at_first, "history": [{"step": 5, "val_loss": 9.93}, {"step": 10, "val_loss": 9.95}]}
+    (folder / "early_stopping.json").write_text(json.dumps(es))
+    (folder / "finetune.json").write_text(json.dumps({
+        **es, "strategy": "frozen", "selection": {"rule": "lowest", "lowest": "frozen"},
+        "candidates": {"frozen": {"best_val_loss": 9.93, "best_step": 5}, "full": {"best_val_loss": 9.95, "best_step": 20}}}))
+    return folder
+
+
+def test_a_finetuning_page_says_what_it_is_and_warns_when_the_best_was_the_first_evaluation(tmp_path):
+    """A fine-tuning folder read as a plain training run (no word of the run it started from, the
+    session, the strategy kept, or whose curves these are), and best_at_first_evaluation, which
+    spikefm finetune warns of, was not shown."""
+    text = html.unescape(_text(build_report(_finetuning_run(tmp_path / "ft"))))
+    assert "Fine-tuning: ft (neds)" in text
+    assert "A fine-tuning of the pretrained run /runs/run_neds to session sub-02." in text
+    assert "Strategy chosen: frozen of the candidates frozen, full (selection rule: lowest)." in text
+    assert "The curves and the early stopping below are the chosen candidate's (frozen" in text
+    assert "The lowest validation loss came at the first evaluation (step 5" in text and "--eval-every (now 5)" in text
+    assert 'class="warn">The lowest validation loss' in build_report(tmp_path / "ft").html()
+    text = _text(build_report(_finetuning_run(tmp_path / "ft2", best_at_first=False)))
+    assert "A fine-tuning of the pretrained run" in text and "came at the first evaluation" not in text
+
+
+def _rank_study(top_k: int = 2, asked: int = 3) -> dict:
+    rows = [{"rank": 1, "session": "s0", "score": -0.3638, "val_loss": 0.3638, "best_step": 10, "family": 0,
+             "same_family": True},
+            {"rank": 2, "session": "s1", "score": -0.3664, "val_loss": 0.3664, "best_step": 10, "family": 1,
+             "same_family": False}]
+    return {"study": "rank-sessions", "command": "spikefm experiment rank-sessions", "top_k": top_k,
+            "settings": {"seed": 0, "top_k": asked, "pretraining_sessions": ["s0", "s1"]}, "rankings": {"h0": rows}}
+
+
+def test_a_ranking_chart_spans_close_scores_colours_families_and_says_what_the_score_is(tmp_path):
+    """Bars from 0 made -0.3638 and -0.3664 look identical, one colour for every session, under the
+    caption 'h0: score of each entry, in order.'"""
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps(_rank_study()))
+    page = build_report(path)
+    (bars,) = [s for s in page.data.values() if s["kind"] == "bars"]
+    assert bars["zero"] is False and bars["series"][0]["values"] == [-0.3638, -0.3664]
+    assert bars["series"][0]["colors"][0] != bars["series"][0]["colors"][1]
+    assert [item["name"] for item in bars["legend"]] == ["own family (same_family true)", "other family"]
+    text = _text(page)
+    assert "minus the best validation loss" in text and "higher is better" in text
+    assert "The value axis spans the scores, not 0" in text
+    assert not charts.far_from_zero([0.1, 0.3]) and not charts.far_from_zero([-0.2, 0.3])
+    assert charts.far_from_zero([-0.3638, -0.3664]) and charts.far_from_zero([0.81, 0.8])
+    improvement = {"study": "x", "table1": [{"model": "a", "improvement_pct": -30.0}, {"model": "b", "improvement_pct": -31.0}]}
+    path.write_text(json.dumps(improvement))  # an improvement over a baseline keeps its 0
+    (bars,) = [s for s in build_report(path).data.values() if s["kind"] == "bars"]
+    assert "zero" not in bars and "legend" not in bars
+
+
+def test_top_k_requested_and_top_k_used_are_named_and_the_difference_explained(tmp_path):
+    """The page showed 'top_k 2' at the top and 'top_k 3' under settings, with no word of which the
+    study used or why."""
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps(_rank_study()))
+    text = _text(build_report(path))
+    assert "top_k used 2" in text and "top_k requested 3" in text and "top_k 2" not in text
+    assert "top_k: 3 requested (settings), 2 used: only 2 pretraining sessions exist, so precision@2 and the " \
+           "top-2 overlap are reported." in text
+    path.write_text(json.dumps(_scaling_study()))
+    text = _text(build_report(path))
+    assert "top_k: 5 requested (settings), 2 used: the top-k ranked model uses the largest number of sessions in " \
+           "sizes (1, 2) that is at most 5; only 2 pretraining sessions exist." in text
+    path.write_text(json.dumps(_rank_study(top_k=3, asked=3)))
+    text = _text(build_report(path))
+    assert "top_k 3" in text and "top_k requested" not in text and "top_k used" not in text
+
+
+def _scaling_study() -> dict:
+    curve = {"name": "h0 ranked vs sessions", "x": [1.0, 2.0], "y": [-0.069, -0.089], "sd": [None, None], "n": [1, 1],
+             "x_label": "pretraining sessions", "y_label": "forward-prediction-walk", "log_x": True}
+    return {"study": "scaling", "settings": {"family": "ndt", "seeds": [0], "sizes": [1, 2], "top_k": 5,
+                                             "pretraining_sessions": ["s0", "s1"]},
+            "metric": "forward-prediction-walk", "top_k": 2,
+            "table1": [{"held_out": "h0", "model": "ranked (best size)", "size": 1, "improvement_pct": -30.7, "sd": None}],
+            "figure4": {"h0": {"baseline": -0.053, "orders": {"ranked": {"sessions": curve}}}}, "curves": [curve],
+            "table3": [{"held_out": "h0", "task": "co-smoothing", "single-session": -0.03, "single-session sd": None,
+                        "smoothing": 0.24, "oracle": 0.62},
+                       {"held_out": "h0", "task": "forward-prediction", "single-session": -0.17,
+                        "single-session sd": None, "oracle": 0.38}]}
+
+
+def test_scaling_curves_name_the_metric_and_unit_draw_the_baseline_and_tick_whole_sessions(tmp_path):
+    """Figure 4's y axis read 'forward-prediction-walk', the single-session baseline was only a
+    number in a collapsed block, and a log axis over 1-2 sessions ticked 1, 1.2, 1.4 ..."""
+    path = tmp_path / "scaling.json"
+    path.write_text(json.dumps(_scaling_study()))
+    page = build_report(path)
+    (xy,) = [s for s in page.data.values() if s["kind"] == "xy"]
+    assert xy["y_label"] == "forward-prediction-walk (bps_pooled, bits per spike)"
+    assert xy["hlines"] == [{"y": -0.053, "name": "single-session baseline"}]
+    assert xy["x_ticks"] == [1.0, 2.0]
+    assert "the dashed horizontal line: single-session baseline (-0.053)" in _text(page)
+    assert charts.xy([], x_label="x", y_label="y").get("x_ticks") is None
+
+
+def test_dash_cells_get_a_note_saying_why(tmp_path):
+    """'-' cells (None: a s.d. of one seed, smoothing scored for co-smoothing only) had no word of
+    why, unlike nan cells."""
+    path = tmp_path / "scaling.json"
+    path.write_text(json.dumps(_scaling_study()))
+    notes = _notes_by_table(build_report(path).html())
+    assert notes["study-table1"] == ("Why -: a s.d. is - where fewer than 2 values were averaged (n = 1); this "
+                                     "study ran 1 seed (0).")
+    assert "smoothing is - for a task without a smoothing baseline (only co-smoothing has one)" in notes["study-table3"]
+    assert "Why -: a s.d. is -" in notes["curve-h0 ranked vs sessions"]
+
+    page = page_mod.Page("t")
+    sec = page.section("s", "S")
+    sec.table(["", "a", "b sd"], [["x", None, page_mod.Num(None)], ["y", math.nan, 1.0]],
+              nan_why=[("", "no spike")], blank_why=[("sd", "one seed"), ("", "not computed")], key="t1")
+    sec.table(["", "a"], [["z", 1.0]], blank_why=[("", "never shown")], key="t2")
+    notes = _notes_by_table(page.html())
+    assert notes == {"t1": "Why nan: no spike. Why -: not computed; one seed.", "t2": ""}

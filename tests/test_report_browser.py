@@ -526,15 +526,27 @@ def test_the_page_never_scrolls_sideways_wide_tables_scroll_in_their_box(built, 
     page.close()
 
 
-LABELS_JS = """() => Array.from(document.querySelectorAll('.fig[data-kind="bars"]')).map(f => ({
-  id: f.id,
+LABELS_JS = """() => { const d = JSON.parse(document.getElementById('spikefm-data').textContent);
+  return Array.from(document.querySelectorAll('.fig[data-kind="bars"]')).map(f => ({
+  id: f.id, categories: d[f.id].categories, layout: f.querySelector('svg').dataset.layout,
+  svg: f.querySelector('svg').getBoundingClientRect().toJSON(),
   labels: Array.from(f.querySelectorAll('.axis text')).filter(t => t.querySelector('title')).map(t => {
-    const r = t.getBoundingClientRect(), lines = Array.from(t.querySelectorAll('tspan'));
-    return {full: t.querySelector('title').textContent, left: r.left, right: r.right, lines: lines.length,
+    const r = t.getBoundingClientRect(), lines = Array.from(t.querySelectorAll('tspan')), st = getComputedStyle(t);
+    return {full: t.querySelector('title').textContent, left: r.left, right: r.right, top: r.top, bottom: r.bottom,
+            lines: lines.length, cat: t.dataset.cat === undefined ? null : Number(t.dataset.cat),
+            visible: st.visibility !== 'hidden' && st.display !== 'none' && Number(st.opacity) > 0,
             shown: lines.length ? lines.map(s => s.textContent).join(' ') : t.firstChild.textContent}; }),
-  bars: Array.from(f.querySelectorAll('svg > rect')).map(r => r.getBoundingClientRect().toJSON()),
+  bars: Array.from(f.querySelectorAll('svg > rect')).map(r => ({...r.getBoundingClientRect().toJSON(),
+                                                                 cat: Number(r.dataset.cat), fill: r.getAttribute('fill')})),
   refs: Array.from(f.querySelectorAll('svg > text')).map(t => t.getBoundingClientRect().toJSON()),
-}))"""
+  legend: Array.from(f.querySelectorAll('.legend span')).map(s => s.textContent),
+})); }"""
+
+
+def _apart(a: dict, b: dict) -> bool:
+    """Two boxes (client rects) that do not overlap."""
+    return a["right"] <= b["left"] + 0.5 or b["right"] <= a["left"] + 0.5 or \
+        a["bottom"] <= b["top"] + 0.5 or b["bottom"] <= a["top"] + 0.5
 
 
 @pytest.mark.parametrize("width", [420, 1280])
@@ -556,8 +568,8 @@ def test_bar_labels_are_distinct_and_the_chance_label_clears_the_bars(built, bro
             head, _, tail = shown.partition("\u2026")
             assert shown == full or (full.startswith(head) and full.endswith(tail) and len(head) >= 8), lab
             wrapped |= lab["lines"] > 1
-        for a, b in zip(labels, labels[1:]):
-            assert a["right"] <= b["left"] + 0.5, (f["id"], a, b)
+        for a, b in zip(labels, labels[1:]):  # side by side under upright bars, stacked beside bars across
+            assert _apart(a, b), (f["id"], a, b)
         for r in f["refs"]:
             seen_ref = True
             for bar in f["bars"]:
@@ -603,3 +615,123 @@ def test_long_bar_labels_are_shortened_but_stay_distinct(browser, tmp_path):
     shown = [lab["shown"] for lab in figs[0]["labels"]]
     assert len(shown) == 5 and len(set(shown)) == 5, shown
     assert "\u2026" in shown[0] and "\u2026" not in shown[1] + shown[3], shown  # [1], [2] and [3], [4] alike
+
+
+def _bars_page(tmp_path: Path) -> Path:
+    """Bar charts of 3 to 40 categories named like sessions, one with two series and a chance line."""
+    from spikefm.report import charts
+    from spikefm.report.page import Page
+
+    page = Page("bars")
+    sec = page.section("s", "S")
+    for n in (3, 8, 14, 40):
+        cats = [f"sub-ibl{i // 2 + 1:02d}_ses-{i:03d}" for i in range(n)]
+        sec.figure(charts.bars(cats, [charts.bar_series("score", [-0.30 - 0.01 * i for i in range(n)])],
+                               y_label="score", x_label="session"), f"{n} sessions")
+    sec.figure(charts.bars([f"model {c}" for c in "abcdefgh"],
+                           [charts.bar_series("accuracy", [0.5 + 0.05 * i for i in range(8)]),
+                            charts.bar_series("balanced accuracy", [0.45 + 0.05 * i for i in range(8)])],
+                           y_label="accuracy", hlines=[{"y": 0.5, "name": "chance"}]), "two series")
+    return page.write(tmp_path / "bars.html")
+
+
+@pytest.mark.parametrize("width", [420, 1280])
+def test_every_bar_is_named_by_a_visible_label(built, browser, tmp_path, width):
+    """drawBars named only every other category even at 1280 px (``every = ceil(cats / floor(width /
+    60))``): a ranking of 8 sessions showed 4 names. Every category with a bar now has its own visible
+    label inside the page, next to its bars (under upright bars, or left of bars lying across when
+    there are too many to name upright), and no two labels overlap."""
+    out = tmp_path / "scaling.html"
+    assert main(["report", str(REPO / "docs" / "results" / "scaling_synth11"), "--out", str(out)]) == 0
+    pages = [_bars_page(tmp_path), out] + [built["reports"][n] for n in ("eval_ndt", "study", "quickstart")]
+    checked = 0
+    for path in pages:
+        loaded = _open(browser, path, width)
+        figs = loaded.page.evaluate(LABELS_JS)
+        assert loaded.errors == []
+        loaded.page.close()
+        for f in figs:  # as many names as categories (the names were thinned to every other one)
+            assert [lab["full"] for lab in f["labels"]] == f["categories"], (path.name, width, f["id"])
+        for f in figs:
+            labels = {lab["cat"]: lab for lab in f["labels"]}
+            assert sorted(labels) == list(range(len(f["categories"]))), (path.name, f["id"], f["categories"])
+            for i, lab in labels.items():
+                assert lab["full"] == f["categories"][i] and lab["shown"].strip() and lab["visible"], lab
+                assert lab["right"] > lab["left"] and lab["bottom"] > lab["top"], lab
+                assert 0 <= lab["left"] and lab["right"] <= width, (path.name, width, lab)  # on the page
+            ordered = [labels[i] for i in sorted(labels)]
+            for a, b in zip(ordered, ordered[1:]):
+                assert _apart(a, b), (path.name, f["id"], a, b)
+            # each label sits beside its own bars: nearer their middle than any other category's
+            axis = ("left", "right") if f["layout"] == "upright" else ("top", "bottom")
+            mid = {}
+            for bar in f["bars"]:
+                mid.setdefault(bar["cat"], []).append((bar[axis[0]] + bar[axis[1]]) / 2)
+            mid = {c: sum(v) / len(v) for c, v in mid.items()}
+            for c, m in mid.items():
+                at = (labels[c][axis[0]] + labels[c][axis[1]]) / 2
+                assert min(mid, key=lambda o: abs(mid[o] - at)) == c, (path.name, f["id"], c, at, mid)
+            checked += 1
+    assert checked >= 12
+
+
+def _rank_study(folder: Path) -> Path:
+    """A rank-sessions study of two held-out sessions whose two scores differ in the third decimal."""
+    folder.mkdir()
+    rows = lambda a, b: [{"rank": 1, "session": a, "score": -0.3638, "val_loss": 0.3638, "best_step": 10,  # noqa: E731
+                          "family": 0, "same_family": True},
+                         {"rank": 2, "session": b, "score": -0.3664, "val_loss": 0.3664, "best_step": 10,
+                          "family": 1, "same_family": False}]
+    (folder / "ranking.json").write_text(json.dumps({
+        "study": "rank-sessions", "command": "spikefm experiment rank-sessions --held-out h0,h1",
+        "settings": {"top_k": 3, "seed": 0, "pretraining_sessions": ["s0", "s1"]}, "top_k": 2,
+        "rankings": {"h0": rows("s0", "s1"), "h1": rows("s1", "s0")}}))
+    return folder
+
+
+@pytest.mark.parametrize("width", [420, 1280])
+def test_close_ranking_scores_look_different_and_families_are_coloured(browser, tmp_path, width):
+    """Bars from a y axis forced through 0 drew scores -0.3638 and -0.3664 as equal bars, all one
+    colour: the axis now spans the scores, and own-family sessions differ in colour, with a legend."""
+    out = tmp_path / "rank.html"
+    assert main(["report", str(_rank_study(tmp_path / "rank")), "--out", str(out)]) == 0
+    loaded = _open(browser, out, width)
+    figs = loaded.page.evaluate(LABELS_JS)
+    assert loaded.errors == [] and len(figs) == 2
+    loaded.page.close()
+    for f in figs:
+        first, second = sorted(f["bars"], key=lambda b: b["cat"])
+        extent = ("height", "top") if f["layout"] == "upright" else ("width", "left")
+        assert first[extent[0]] > 3 * second[extent[0]], (first, second)  # the better score, plainly longer
+        assert first["fill"] != second["fill"]
+        assert any("own family" in t for t in f["legend"]) and any("other family" in t for t in f["legend"])
+
+
+@pytest.mark.parametrize("width", [420, 1280])
+def test_scaling_curves_tick_whole_sessions_and_draw_the_baseline(browser, tmp_path, width):
+    """Figure 4's y axis said only 'forward-prediction-walk', its x axis had ticks at 1.2, 1.4 ...
+    sessions, and the single-session baseline was a number in a table only."""
+    study = tmp_path / "scaling"
+    study.mkdir()
+    curve = {"name": "h0 ranked vs sessions", "x": [1.0, 2.0], "y": [-0.069, -0.089], "sd": [None, None], "n": [1, 1],
+             "x_label": "pretraining sessions", "y_label": "forward-prediction-walk", "log_x": True}
+    (study / "scaling.json").write_text(json.dumps({
+        "study": "scaling", "settings": {"family": "ndt", "seeds": [0], "sizes": [1, 2], "top_k": 5},
+        "metric": "forward-prediction-walk", "top_k": 2,
+        "figure4": {"h0": {"baseline": -0.053, "orders": {"ranked": {"sessions": curve}}}}, "curves": [curve]}))
+    out = tmp_path / "scaling.html"
+    assert main(["report", str(study), "--out", str(out)]) == 0
+    loaded = _open(browser, out, width)
+    axis = loaded.page.evaluate("""() => { const f = document.querySelector('.fig[data-kind="xy"]');
+        const svg = f.querySelector('svg'), H = svg.getBoundingClientRect().height;
+        const texts = Array.from(svg.querySelectorAll('.axis > text'));
+        return {ticks: texts.filter(t => t.getAttribute('text-anchor') === 'middle' && !t.getAttribute('transform')
+                                     && Number(t.getAttribute('y')) < H - 10).map(t => t.textContent),
+                y_label: Array.from(svg.querySelectorAll('.axis .y-label')).map(t => t.textContent).join(' '),
+                refs: Array.from(svg.querySelectorAll('text.ref-label')).map(t => t.textContent),
+                lines: svg.querySelectorAll('line[stroke-dasharray]').length}; }""")
+    assert loaded.errors == []
+    loaded.page.close()
+    assert axis["ticks"] == ["1", "2"], axis
+    assert axis["refs"] == ["single-session baseline"] and axis["lines"] >= 1, axis
+    assert "bps_pooled" in axis["y_label"] and "bits per spike" in axis["y_label"], axis

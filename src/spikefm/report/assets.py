@@ -3,11 +3,14 @@
 The script reads the figure specs from ``<script type="application/json" id="spikefm-data">``
 (written by :mod:`spikefm.report.page`) and draws each ``<div class="fig" data-fig=ID>``:
 
-- ``xy``: lines and points on linear or log axes; hover shows the nearest point, drag selects an
-  x-range to zoom, double-click resets;
-- ``bars``: grouped bars with optional error bars, per-category points and reference lines
-  (their names right of the plot, clear of the bars); category names wrap onto up to six lines
-  (a longer one keeps its start and its last words, unless that would look like another); hover shows the value;
+- ``xy``: lines and points on linear or log axes (x ticks at the spec's ``x_ticks`` when given);
+  hover shows the nearest point, drag selects an x-range to zoom, double-click resets;
+- ``bars``: grouped bars with optional error bars, per-category points, per-bar colours (with the
+  spec's ``legend``) and reference lines (their names right of the plot, clear of the bars); the
+  value axis holds 0 unless the spec says ``zero: false``. Every category is named: names wrap
+  onto up to six lines (a longer one keeps its start and its last words, unless that would look
+  like another), and when upright bars would leave a name under 72 px the bars lie across, one
+  row per category named on its left, the figure growing in height; hover shows the value;
 - ``hist``: a histogram from precomputed edges and counts, with marked values;
 - ``raster``: a units x bins matrix of uint8 levels (base64) drawn on a canvas, counts in grey or
   rates in a colour map with a colour bar under it (0 to the spec's ``vmax``); hover shows unit,
@@ -90,6 +93,7 @@ SCRIPT = r"""
   var COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                 "#7f7f7f", "#bcbd22", "#17becf"];
   var M = { l: 64, r: 14, t: 10, b: 40 }, MARGINS = M;
+  var CHAR_PX = 6.5;  // the width of one character of the 11 px axis text, about
   var LINKS = {};
   var tip = document.createElement("div");
   tip.className = "tip";
@@ -186,11 +190,31 @@ SCRIPT = r"""
       el("text", { x: M.l - 6, y: y(t) + 4, "text-anchor": "end" }, ax).textContent = fmt(t);
     });
     if (spec.x_label) el("text", { x: (M.l + W - M.r) / 2, y: H - 6, "text-anchor": "middle" }, ax).textContent = spec.x_label;
-    if (spec.y_label) el("text", { x: 12, y: (M.t + H - M.b) / 2, "text-anchor": "middle",
-      transform: "rotate(-90 12 " + (M.t + H - M.b) / 2 + ")" }, ax).textContent = spec.y_label;
+    yLabelLines(spec, H - M.t - M.b).forEach(function (line, k) {  // a long one wraps (see yRoom)
+      var lx = 12 + k * 13, cy = (M.t + H - M.b) / 2;
+      el("text", { x: lx, y: cy, "text-anchor": "middle", "class": "y-label", transform: "rotate(-90 " + lx + " " + cy + ")" },
+         ax).textContent = line;
+    });
   }
-  function legend(fig, items) {
-    if (items.length < 2) return;
+  // The y axis's name in lines no longer than the plot is high, broken at spaces only (at most
+  // three lines; a longer word stays whole).
+  function yLabelLines(spec, plotH) {
+    if (!spec.y_label) return [];
+    var chars = Math.max(8, Math.floor(plotH / CHAR_PX)), lines = [], line = "";
+    String(spec.y_label).split(/\s+/).forEach(function (word) {
+      if (line && (line + " " + word).length > chars) { lines.push(line); line = word; }
+      else line = line ? line + " " + word : word;
+    });
+    if (line) lines.push(line);
+    return lines.length > 3 ? lines.slice(0, 2).concat([lines.slice(2).join(" ")]) : lines;
+  }
+  // Margins `m` with room on the left for each further line of the y axis's name.
+  function yRoom(m, spec, H) {
+    var extra = Math.max(0, yLabelLines(spec, H - m.t - m.b).length - 1) * 13;
+    return { l: m.l + extra, r: m.r, t: m.t, b: m.b };
+  }
+  function legend(fig, items, always) {  // always: even of one item (a legend of colours)
+    if (items.length < (always ? 1 : 2)) return;
     var d = document.createElement("div");
     d.className = "legend";
     items.forEach(function (it) {
@@ -260,8 +284,22 @@ SCRIPT = r"""
     return function (z) { LINKS[spec.link].forEach(function (f) { f(z); }); };
   }
 
+  // The x ticks of an xy chart: the spec's `x_ticks` (the values plotted, e.g. whole numbers of
+  // sessions: no tick at 1.2 sessions) inside the view, each clear of the one before, else nice ones.
+  function xTicks(spec, xd, x) {
+    if (spec.x_ticks) {
+      var last = -Infinity, out = spec.x_ticks.map(num).filter(function (t) {
+        var px = x(t), w = fmt(t).length * CHAR_PX + 8;
+        if (!(t >= xd[0] && t <= xd[1]) || px - last < w) return false;
+        last = px;
+        return true;
+      });
+      if (out.length) return out;
+    }
+    return spec.log_x ? logTicks(xd[0], xd[1]) : niceTicks(xd[0], xd[1], 6);
+  }
   function drawXY(fig, spec) {
-    var sz = size(fig, spec), W = sz.W, H = sz.H, cur = null;
+    var sz = size(fig, spec), W = sz.W, H = sz.H, cur = null, M = yRoom(MARGINS, spec, H);
     var series = spec.series.map(function (s, i) {
       return { name: s.name, style: s.style || "line", color: s.color || COLORS[i % COLORS.length],
                x: s.x.map(num), y: s.y.map(num) };
@@ -281,8 +319,7 @@ SCRIPT = r"""
       var x = (spec.log_x ? logScale : linear)(xd[0], xd[1], M.l, W - M.r);
       var y = (spec.log_y ? logScale : linear)(yd[0], yd[1], H - M.b, M.t);
       var svg = el("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H }, null);
-      axes(svg, x, y, spec.log_x ? logTicks(xd[0], xd[1]) : niceTicks(xd[0], xd[1], 6),
-           spec.log_y ? logTicks(yd[0], yd[1]) : niceTicks(yd[0], yd[1], 5), W, H, spec);
+      axes(svg, x, y, xTicks(spec, xd, x), spec.log_y ? logTicks(yd[0], yd[1]) : niceTicks(yd[0], yd[1], 5), W, H, spec, M);
       el("clipPath", { id: fig.id + "-clip" }, svg).appendChild(
         el("rect", { x: M.l, y: M.t, width: W - M.l - M.r, height: H - M.t - M.b }, null));
       var g = el("g", { "clip-path": "url(#" + fig.id + "-clip)" }, svg);
@@ -308,7 +345,7 @@ SCRIPT = r"""
           el("circle", { cx: p.px, cy: p.py, r: p.s.style === "points" ? 3.2 : 2.2, fill: p.s.color }, g);
         }
       });
-      refLines(svg, spec, x, y, W, H);
+      refLines(svg, spec, x, y, W, H, M);
       var mark = el("circle", { r: 5, fill: "none", stroke: "#000", "stroke-width": 1.5, visibility: "hidden" }, svg);
       if (cur) holder.replaceChild(svg, cur.svg); else holder.appendChild(svg);
       cur = { svg: svg, x: x, pts: pts, mark: mark };
@@ -351,32 +388,29 @@ SCRIPT = r"""
     return lines.length ? lines : [label];
   }
   var LABEL_LINES = 6, LINE_PX = 12;
-  function drawBars(fig, spec) {
-    var sz = size(fig, spec), W = sz.W;
-    var cats = spec.categories, series = spec.series;
-    var names = (spec.hlines || []).map(function (h) { return String(h.name || ""); });
-    var room = Math.max.apply(null, names.map(function (n) { return n ? n.length * 6.5 + 8 : 0; }).concat([0]));
-    var m = { l: M.l, r: M.r + room, t: M.t, b: M.b };
-    var band = (W - m.l - m.r) / cats.length;
-    var every = Math.max(1, Math.ceil(cats.length / Math.floor((W - m.l - m.r) / 60)));
-    var chars = Math.max(6, Math.floor(band * every / 6.5));
+  // Upright bars need this many pixels per category to name it (11 characters a line); below it the
+  // bars lie across, one row per category named on its left, and the figure grows in height.
+  var MIN_BAND = 72;
+  // The drawn name of each category: wrapped to `chars` characters a line; one longer than
+  // LABEL_LINES lines keeps its start and its last words, unless that would look like another.
+  function barLabels(cats, chars) {
     var full = cats.map(function (c) { return wrapLabel(String(c), chars); });
-    var short = full.map(function (lines, i) {  // too long: keep the start and the last words
+    var short = full.map(function (lines, i) {
       if (lines.length <= LABEL_LINES) return lines;
       var tail = String(cats[i]).slice(1 - chars), cut = tail.search(/[\s\-_\/]/);
       if (cut >= 0 && cut < tail.length - 1) tail = tail.slice(cut + 1).replace(/^\s+/, "");
       return lines.slice(0, LABEL_LINES - 1).concat(["\u2026" + tail]);
     });
-    var labels = short.map(function (lines, i) {  // never two shortened names alike
+    return short.map(function (lines, i) {  // never two shortened names alike
       var text = lines.join(" ");
       return short.some(function (o, j) { return j !== i && o.join(" ") === text; }) ? full[i] : lines;
     });
-    var rowsUsed = Math.max.apply(null, labels.filter(function (l, i) { return !(i % every); })
-                                              .map(function (l) { return l.length; }).concat([1]));
-    m.b += (rowsUsed - 1) * LINE_PX;  // the plot keeps its height; the figure grows
-    var H = sz.H + (rowsUsed - 1) * LINE_PX;
+  }
+  // Every value the value axis must show; 0 too, unless the spec says `zero: false` (scores far
+  // from 0, whose differences bars from 0 would hide: the bars then grow from the axis's start).
+  function barValues(spec) {
     var vals = [];
-    series.forEach(function (s) {
+    spec.series.forEach(function (s) {
       s.values.forEach(function (v, i) {
         vals.push(num(v));
         if (s.err) { vals.push(num(v) - num(s.err[i])); vals.push(num(v) + num(s.err[i])); }
@@ -386,43 +420,73 @@ SCRIPT = r"""
       });
     });
     (spec.hlines || []).forEach(function (h) { vals.push(num(h.y)); });
-    if (!spec.log_y) vals.push(0);
-    var yd = domain(vals, spec.log_y);
+    if (!spec.log_y && spec.zero !== false) vals.push(0);
+    return vals;
+  }
+  function barBase(spec, d) { return spec.log_y || spec.zero === false ? d[0] : 0; }
+  function barColor(s, j, i) { return (s.colors && s.colors[i]) || s.color || COLORS[j % COLORS.length]; }
+  function barLegend(fig, spec) {  // the spec's own legend (bars coloured one by one) or the series
+    if (spec.legend) legend(fig, spec.legend, true);
+    else legend(fig, spec.series.map(function (s, j) { return { name: s.name, color: s.color || COLORS[j % COLORS.length] }; }));
+  }
+  // A bar's hover text and its interval (lo, hi: null without one).
+  function barInfo(spec, s, i, v) {
+    var series = spec.series, cats = spec.categories;
+    var text = String(cats[i]) + (series.length > 1 || s.name ? "\n" + s.name : "") + ": " + fmt(v);
+    var lo = s.err ? v - num(s.err[i]) : (s.lo ? num(s.lo[i]) : null);
+    var hi = s.err ? v + num(s.err[i]) : (s.hi ? num(s.hi[i]) : null);
+    if (s.err) text += " \u00b1 " + fmt(s.err[i]);
+    else if (s.lo && fin(lo) && fin(hi)) text += " [" + fmt(lo) + ", " + fmt(hi) + "]";
+    if (s.points && s.points[i] && s.points[i].length) {
+      text += "\n" + (spec.points_label || "points") + ": " + s.points[i].map(fmt).join(", ");
+    }
+    return { text: text, lo: lo, hi: hi };
+  }
+  function hover(r, text) {
+    r.addEventListener("mousemove", function (ev) { showTip(text, ev); });
+    r.addEventListener("mouseleave", hideTip);
+  }
+  function drawBars(fig, spec) {
+    var sz = size(fig, spec), W = sz.W;
+    var cats = spec.categories, series = spec.series;
+    var names = (spec.hlines || []).map(function (h) { return String(h.name || ""); });
+    var room = Math.max.apply(null, names.map(function (n) { return n ? n.length * CHAR_PX + 8 : 0; }).concat([0]));
+    var m = yRoom({ l: M.l, r: M.r + room, t: M.t, b: M.b }, spec, sz.H);
+    var band = (W - m.l - m.r) / cats.length;
+    if (band < MIN_BAND) return drawBarsAcross(fig, spec, W);
+    var labels = barLabels(cats, Math.max(6, Math.floor(band / CHAR_PX)));  // every category is named
+    var rowsUsed = Math.max.apply(null, labels.map(function (l) { return l.length; }).concat([1]));
+    m.b += (rowsUsed - 1) * LINE_PX;  // the plot keeps its height; the figure grows
+    var H = sz.H + (rowsUsed - 1) * LINE_PX;
+    var yd = domain(barValues(spec), spec.log_y);
     var y = (spec.log_y ? logScale : linear)(yd[0], yd[1], H - m.b, m.t);
-    var base = spec.log_y ? yd[0] : 0;
+    var base = barBase(spec, yd);
     var bw = Math.max(1, band * 0.8 / series.length);
-    var svg = el("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H }, null);
+    var svg = el("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, "data-layout": "upright" }, null);
     fig.appendChild(svg);
     var x = linear(0, cats.length, m.l, W - m.r);
     axes(svg, x, y, [], spec.log_y ? logTicks(yd[0], yd[1]) : niceTicks(yd[0], yd[1], 5), W, H, spec, m);
     var ax = svg.querySelector(".axis");
     cats.forEach(function (c, i) {
-      if (i % every) return;
       var cx = m.l + band * (i + 0.5);
-      var t = el("text", { x: cx, y: H - m.b + 15, "text-anchor": "middle", "class": "cat" }, ax);
+      var t = el("text", { x: cx, y: H - m.b + 15, "text-anchor": "middle", "class": "cat", "data-cat": i }, ax);
       labels[i].forEach(function (line, k) {
         el("tspan", { x: cx, dy: k ? LINE_PX : 0 }, t).textContent = line;
       });
       el("title", {}, t).textContent = String(c);
     });
     series.forEach(function (s, j) {
-      var color = s.color || COLORS[j % COLORS.length];
       s.values.forEach(function (v, i) {
         v = num(v);
         if (!fin(v) || (spec.log_y && v <= 0)) return;
         var x0 = m.l + band * i + band * 0.1 + bw * j;
-        var y0 = y(v), yb = y(base);
-        var r = el("rect", { x: x0, y: Math.min(y0, yb), width: Math.max(bw - 1, 1),
-                             height: Math.max(Math.abs(yb - y0), 1), fill: color }, svg);
-        var text = String(cats[i]) + (series.length > 1 || s.name ? "\n" + s.name : "") + ": " + fmt(v);
-        var lo = s.err ? v - num(s.err[i]) : (s.lo ? num(s.lo[i]) : null);
-        var hi = s.err ? v + num(s.err[i]) : (s.hi ? num(s.hi[i]) : null);
-        if (s.err) text += " \u00b1 " + fmt(s.err[i]);
-        else if (s.lo && fin(lo) && fin(hi)) text += " [" + fmt(lo) + ", " + fmt(hi) + "]";
-        if (fin(lo) && fin(hi)) {
+        var y0 = y(v), yb = y(base), info = barInfo(spec, s, i, v);
+        var r = el("rect", { x: x0, y: Math.min(y0, yb), width: Math.max(bw - 1, 1), "data-cat": i,
+                             height: Math.max(Math.abs(yb - y0), 1), fill: barColor(s, j, i) }, svg);
+        if (fin(info.lo) && fin(info.hi)) {
           var cx = x0 + bw / 2;
-          el("path", { d: "M" + cx + " " + y(lo) + "V" + y(hi) + "M" + (cx - 4) + " " + y(lo) + "h8M" + (cx - 4) + " " + y(hi) + "h8",
-                       stroke: "#222", fill: "none" }, svg);
+          el("path", { d: "M" + cx + " " + y(info.lo) + "V" + y(info.hi) + "M" + (cx - 4) + " " + y(info.lo) + "h8M" +
+                       (cx - 4) + " " + y(info.hi) + "h8", stroke: "#222", fill: "none" }, svg);
         }
         if (s.points && s.points[i]) {
           s.points[i].forEach(function (p, k) {
@@ -430,19 +494,93 @@ SCRIPT = r"""
             if (fin(p)) el("circle", { cx: x0 + bw / 2 + (k - (s.points[i].length - 1) / 2) * 3, cy: y(p), r: 2.6,
                                         fill: "#fff", stroke: "#222" }, svg);
           });
-          if (s.points[i].length) text += "\n" + (spec.points_label || "points") + ": " + s.points[i].map(fmt).join(", ");
         }
-        r.addEventListener("mousemove", function (ev) { showTip(text, ev); });
-        r.addEventListener("mouseleave", hideTip);
+        hover(r, info.text);
       });
     });
-    if (!spec.log_y && yd[0] < 0) el("line", { x1: m.l, x2: W - m.r, y1: y(0), y2: y(0), stroke: "#666" }, svg);
+    if (!spec.log_y && yd[0] < 0 && yd[1] > 0) el("line", { x1: m.l, x2: W - m.r, y1: y(0), y2: y(0), stroke: "#666" }, svg);
     refLines(svg, spec, x, y, W, H, m, true);
-    legend(fig, series.map(function (s, j) { return { name: s.name, color: s.color || COLORS[j % COLORS.length] }; }));
+    barLegend(fig, spec);
+  }
+  // Bars lying across, one row per category named left of it (at most 40 % of the width, wrapped
+  // as upright names are): for more categories than upright bars can name; the figure grows in
+  // height. Reference values (`hlines`) are vertical dashed lines, named above the plot.
+  function drawBarsAcross(fig, spec, W) {
+    var cats = spec.categories, series = spec.series;
+    var longest = Math.max.apply(null, cats.map(function (c) { return String(c).length; }).concat([1]));
+    var labels = barLabels(cats, Math.max(8, Math.min(longest, Math.floor(W * 0.4 / CHAR_PX))));
+    var widest = 1, lines = 1;
+    labels.forEach(function (l) {
+      lines = Math.max(lines, l.length);
+      l.forEach(function (s) { widest = Math.max(widest, s.length); });
+    });
+    var named = (spec.hlines || []).some(function (h) { return h.name; });
+    var m = { l: Math.ceil(widest * CHAR_PX) + 16, r: M.r + 10, t: M.t + (named ? 16 : 0), b: M.b };
+    var rowH = Math.max(lines * LINE_PX + 6, series.length * 8 + 6, 22);
+    var H = m.t + m.b + rowH * cats.length;
+    var xd = domain(barValues(spec), spec.log_y);
+    var x = (spec.log_y ? logScale : linear)(xd[0], xd[1], m.l, W - m.r);
+    var base = barBase(spec, xd);
+    var svg = el("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, "data-layout": "across" }, null);
+    fig.appendChild(svg);
+    var ticks = spec.log_y ? logTicks(xd[0], xd[1]) : niceTicks(xd[0], xd[1], Math.max(2, Math.floor((W - m.l - m.r) / 90)));
+    var grid = el("g", { "class": "grid" }, svg);
+    ticks.forEach(function (t) { el("line", { x1: x(t), x2: x(t), y1: m.t, y2: H - m.b }, grid); });
+    var ax = el("g", { "class": "axis" }, svg);
+    el("line", { x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }, ax);
+    el("line", { x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }, ax);
+    ticks.forEach(function (t) {
+      el("line", { x1: x(t), x2: x(t), y1: H - m.b, y2: H - m.b + 4 }, ax);
+      el("text", { x: x(t), y: H - m.b + 16, "text-anchor": "middle" }, ax).textContent = fmt(t);
+    });
+    if (spec.y_label) el("text", { x: (m.l + W - m.r) / 2, y: H - 6, "text-anchor": "middle" }, ax).textContent = spec.y_label;
+    if (spec.x_label) el("text", { x: m.l - 8, y: H - m.b + 16, "text-anchor": "end" }, ax).textContent = spec.x_label;
+    cats.forEach(function (c, i) {
+      var cy = m.t + rowH * (i + 0.5), n = labels[i].length;
+      var t = el("text", { x: m.l - 8, y: cy - (n - 1) * LINE_PX / 2 + 4, "text-anchor": "end", "class": "cat",
+                           "data-cat": i }, ax);
+      labels[i].forEach(function (line, k) {
+        el("tspan", { x: m.l - 8, dy: k ? LINE_PX : 0 }, t).textContent = line;
+      });
+      el("title", {}, t).textContent = String(c);
+    });
+    var bh = Math.max(1, rowH * 0.8 / series.length);
+    series.forEach(function (s, j) {
+      s.values.forEach(function (v, i) {
+        v = num(v);
+        if (!fin(v) || (spec.log_y && v <= 0)) return;
+        var y0 = m.t + rowH * i + rowH * 0.1 + bh * j, cy = y0 + bh / 2;
+        var x0 = x(v), xb = x(base), info = barInfo(spec, s, i, v);
+        var r = el("rect", { x: Math.min(x0, xb), y: y0, width: Math.max(Math.abs(x0 - xb), 1), "data-cat": i,
+                             height: Math.max(bh - 1, 1), fill: barColor(s, j, i) }, svg);
+        if (fin(info.lo) && fin(info.hi)) {
+          el("path", { d: "M" + x(info.lo) + " " + cy + "H" + x(info.hi) + "M" + x(info.lo) + " " + (cy - 4) + "v8M" +
+                       x(info.hi) + " " + (cy - 4) + "v8", stroke: "#222", fill: "none" }, svg);
+        }
+        if (s.points && s.points[i]) {
+          s.points[i].forEach(function (p, k) {
+            p = num(p);
+            if (fin(p)) el("circle", { cx: x(p), cy: cy + (k - (s.points[i].length - 1) / 2) * 3, r: 2.6,
+                                        fill: "#fff", stroke: "#222" }, svg);
+          });
+        }
+        hover(r, info.text);
+      });
+    });
+    if (!spec.log_y && xd[0] < 0 && xd[1] > 0) el("line", { x1: x(0), x2: x(0), y1: m.t, y2: H - m.b, stroke: "#666" }, svg);
+    (spec.hlines || []).forEach(function (h) {
+      var px = x(num(h.y)), color = h.color || "#555", name = String(h.name || "");
+      if (!fin(px) || px < m.l || px > W - m.r) return;
+      el("line", { x1: px, x2: px, y1: m.t, y2: H - m.b, stroke: color, "stroke-dasharray": "5 4" }, svg);
+      var at = Math.max(name.length * CHAR_PX / 2 + 2, Math.min(px, W - name.length * CHAR_PX / 2 - 2));
+      el("text", { x: at, y: m.t - 5, "text-anchor": "middle", "font-size": 11, fill: color, "class": "ref-label" },
+         svg).textContent = name;
+    });
+    barLegend(fig, spec);
   }
 
   function drawHist(fig, spec) {
-    var sz = size(fig, spec), W = sz.W, H = sz.H;
+    var sz = size(fig, spec), W = sz.W, H = sz.H, M = yRoom(MARGINS, spec, H);
     var e = spec.edges.map(num), c = spec.counts;
     var xv = e.slice();
     (spec.vlines || []).forEach(function (v) { xv.push(num(v.x)); });
@@ -450,7 +588,7 @@ SCRIPT = r"""
     var x = linear(xd[0], xd[1], M.l, W - M.r), y = linear(yd[0], yd[1], H - M.b, M.t);
     var svg = el("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H }, null);
     fig.appendChild(svg);
-    axes(svg, x, y, niceTicks(xd[0], xd[1], 6), niceTicks(yd[0], yd[1], 5), W, H, spec);
+    axes(svg, x, y, niceTicks(xd[0], xd[1], 6), niceTicks(yd[0], yd[1], 5), W, H, spec, M);
     c.forEach(function (n, i) {
       var x0 = x(e[i]), x1 = x(e[i + 1]);
       var r = el("rect", { x: x0, y: y(n), width: Math.max(x1 - x0 - 1, 1), height: Math.max(y(0) - y(n), n ? 1 : 0),
@@ -459,7 +597,7 @@ SCRIPT = r"""
       r.addEventListener("mousemove", function (ev) { showTip(text, ev); });
       r.addEventListener("mouseleave", hideTip);
     });
-    refLines(svg, spec, x, y, W, H);
+    refLines(svg, spec, x, y, W, H, M);
   }
 
   function decode(b64) {

@@ -127,8 +127,8 @@ def add_evaluation(page: Page, results: str | Path, prov: Provenance, *, predict
         predictions = _find_predictions(results)
     if generated is None and ev.family == "ar" and (results.parent / "generated.npz").is_file():
         generated = results.parent / "generated.npz"
-    label = {"ar": "cross-entropy", "ndt": "neural prediction", "neds": "encoding and decoding"}.get(ev.family,
-                                                                                                   ev.family)
+    label = {"ar": "cross-entropy", "ndt": "neural prediction",
+             "neds": "encoding, decoding and regions"}.get(ev.family, ev.family)
     sec = evaluation_section(page, ev, title=title or f"Evaluation ({label}): {results.name}")
     if predictions is not None:
         from spikefm.report.evaluation import predictions_panel
@@ -156,6 +156,31 @@ def add_evaluation(page: Page, results: str | Path, prov: Provenance, *, predict
                                      "split", "seq_len", "decode_layer", "window_bins")])
 
 
+#: What an evaluation of each family is called in a page's title.
+_FAMILY_TITLES = {"ar": "autoregressive", "ndt": "NDT", "neds": "NEDS"}
+
+
+def page_title(path: Path, kind: str) -> str:
+    """What the report is, then the path's name: ``NEDS evaluation: neds.json``, ``rank-sessions
+    study: rank``, ``fine-tuning: ft``, ``training run: run_ndt``, ``corpus: corpus``."""
+    from spikefm.report.evaluation import parse_evaluation
+
+    name = path.name or str(path)
+    if kind == "evaluation":
+        ev = parse_evaluation(read_json(path, "an evaluation results JSON"))
+        family = ev.family if ev is not None else ""
+        return f"{_FAMILY_TITLES.get(family, family)} evaluation: {name}".strip()
+    if kind == "study":
+        files = _study_jsons(path) if path.is_dir() else [path]
+        study = read_json(files[0], "a study JSON").get("study") if files else None
+        return f"{study} study: {name}" if study else f"study: {name}"
+    if kind == "run":
+        from spikefm.report.training import is_finetuning
+
+        return f"{'fine-tuning' if is_finetuning(path) else 'training run'}: {name}"
+    return f"{kind}: {name}"
+
+
 def build_report(path: str | Path, *, predictions: str | Path | None = None,
                  generated: str | Path | None = None, command: str | None = None) -> Page:
     """The report of ``path`` (a corpus, run, results JSON or study; see the module docstring)."""
@@ -171,7 +196,7 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
     if generated is not None and not Path(generated).is_file():
         raise ValueError(f"--generated {generated} not found; expected the .npz of spikefm generate --out")
     prov = Provenance()
-    page = Page(f"spikefm report: {path.name or path}", f"{kind} at {path.resolve()}")
+    page = Page(page_title(path, kind), f"spikefm report of the {kind} at {path.resolve()}")
     if kind == "corpus":
         corpus_section(page, path, prov)
     elif kind == "run":

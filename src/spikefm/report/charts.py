@@ -46,10 +46,14 @@ def series(name: str, x: Sequence[Any], y: Sequence[Any], *, style: str = "line"
 
 def xy(series_list: Sequence[dict], *, x_label: str, y_label: str, log_x: bool = False,
        log_y: bool = False, hlines: Sequence[dict] = (), vlines: Sequence[dict] = (),
-       link: str | None = None, height: int | None = None) -> dict:
-    """Lines/points on linear or log axes. ``hlines``/``vlines``: ``{"y"|"x", "name"}``."""
+       link: str | None = None, height: int | None = None, x_ticks: Sequence[float] | None = None) -> dict:
+    """Lines/points on linear or log axes. ``hlines``/``vlines``: ``{"y"|"x", "name"}``.
+    ``x_ticks``: the x values to mark (e.g. the numbers of sessions plotted, so that no tick
+    falls between two whole numbers); default: evenly spaced ticks."""
     spec = {"kind": "xy", "series": list(series_list), "x_label": x_label, "y_label": y_label,
             "log_x": log_x, "log_y": log_y, "hlines": list(hlines), "vlines": list(vlines)}
+    if x_ticks is not None:
+        spec["x_ticks"] = sorted({float(t) for t in x_ticks})
     if link:
         spec["link"] = link
     if height:
@@ -59,9 +63,11 @@ def xy(series_list: Sequence[dict], *, x_label: str, y_label: str, log_x: bool =
 
 def bar_series(name: str, values: Sequence[Any], *, err: Sequence[Any] | None = None,
                lo: Sequence[Any] | None = None, hi: Sequence[Any] | None = None,
-               points: Sequence[Sequence[Any]] | None = None, color: str | None = None) -> dict:
+               points: Sequence[Sequence[Any]] | None = None, color: str | None = None,
+               colors: Sequence[str | None] | None = None) -> dict:
     """One series of a :func:`bars` chart: a value per category, optional symmetric errors
-    (``err``) or intervals (``lo``, ``hi``), and optional individual points per category."""
+    (``err``) or intervals (``lo``, ``hi``), optional individual points per category, and
+    optional ``colors`` of its bars one by one (say what they mean with :func:`bars`' ``legend``)."""
     out: dict = {"name": name, "values": _floats(values)}
     if err is not None:
         out["err"] = _floats(err)
@@ -71,13 +77,32 @@ def bar_series(name: str, values: Sequence[Any], *, err: Sequence[Any] | None = 
         out["points"] = [_floats(p) for p in points]
     if color:
         out["color"] = color
+    if colors is not None:
+        if len(colors) != len(values):
+            raise ValueError(f"bar series {name!r} has {len(values)} values and {len(colors)} colours")
+        out["colors"] = list(colors)
     return out
+
+
+def far_from_zero(values: Sequence[Any]) -> bool:
+    """True when the finite ``values`` share a sign and lie further from 0 than they spread (as
+    scores of -0.3638 and -0.3664 do): bars drawn from 0 would make them look equal, so chart them
+    with ``bars(..., zero=False)``."""
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    if len(v) < 2 or not (all(x > 0 for x in v) or all(x < 0 for x in v)):
+        return False
+    return min(abs(x) for x in v) > max(v) - min(v)
 
 
 def bars(categories: Sequence[Any], series_list: Sequence[dict], *, y_label: str,
          x_label: str = "", hlines: Sequence[dict] = (), log_y: bool = False,
-         points_label: str = "points", height: int | None = None) -> dict:
-    """Grouped bars: one group per category, one bar per series."""
+         points_label: str = "points", height: int | None = None, zero: bool = True,
+         legend: Sequence[dict] | None = None) -> dict:
+    """Grouped bars: one group per category, one bar per series.
+
+    ``zero=False``: the value axis spans the values only (bars grow from its start, not from 0;
+    say so in the caption). ``legend``: ``[{"name", "color"}]`` shown instead of the series' names
+    (for bars coloured one by one, :func:`bar_series`' ``colors``)."""
     for s in series_list:
         if len(s["values"]) != len(categories):
             raise ValueError(f"bar series {s['name']!r} has {len(s['values'])} values for "
@@ -85,6 +110,10 @@ def bars(categories: Sequence[Any], series_list: Sequence[dict], *, y_label: str
     spec = {"kind": "bars", "categories": [str(c) for c in categories], "series": list(series_list),
             "y_label": y_label, "x_label": x_label, "hlines": list(hlines), "log_y": log_y,
             "points_label": points_label}
+    if not zero:
+        spec["zero"] = False
+    if legend is not None:
+        spec["legend"] = [dict(item) for item in legend]
     if height:
         spec["height"] = height
     return spec

@@ -50,6 +50,28 @@ CI_NAN = ("95 % ", "a 95 % interval is nan with fewer than 3 scored windows (the
 BPS_NAN = ("", "bits per spike are nan where no spike was scored")
 
 
+def neds_nan_why(split: str) -> dict[str, list[tuple[str, str]]]:
+    """Why each NEDS table may show nan (``spikefm eval`` writes NaN where a score is undefined),
+    by table: ``encoding``, ``label``, ``r2_single_trial``, ``r2_psth``, ``region``, ``comparisons``."""
+    return {
+        "encoding": [("bps", f"bits per spike are nan where no spike was scored in the {split} windows"),
+                     ("r2", "R² is nan when no unit reaches the R² rate threshold on the train windows (units in "
+                            "R² 0) or every such unit's target is constant over the scored windows (smoothed "
+                            f"counts for single-trial R², per-condition means for PSTH R²: R² of a constant target "
+                            "is undefined; scikit-learn would give 0 or 1)")],
+        "label": [("balanced accuracy", f"balanced accuracy is nan when the {split} windows hold one class of the "
+                                        "label (scikit-learn would return that class's recall)"),
+                  ("95 % ", "a Wilson interval is nan with no scored trial")],
+        "r2_single_trial": [("", "single-trial R² is nan when the channel is constant over the scored "
+                                 f"{split} bins (R² of a constant target is undefined; scikit-learn would give 0 or 1)")],
+        "r2_psth": [("", "PSTH R² is nan when the channel's per-condition mean trace is constant (R² of a "
+                         "constant target is undefined; scikit-learn would give 0 or 1)")],
+        "region": [("", "a region score is nan when no unit was classified")],
+        "comparisons": [CI_NAN, ("difference", "a difference is nan when either of its two scores is nan (see the "
+                                               "tables above)")],
+    }
+
+
 @dataclass
 class Evaluation:
     """Results of one JSON file, normalized: ``models`` maps a column name to its result and
@@ -192,6 +214,8 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
     def num(value, *keys, spec=".4f"):
         return Num(value, spec, src=ev.src, path=ev.ptr(run, *keys))
 
+    why = neds_nan_why(split)
+
     enc = res.get("encoding") or {}
     if enc:
         sec.heading("encoding (spikes given behaviour)")
@@ -200,7 +224,7 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
                   [[m, *(num(v.get(k), "encoding", m, k) for k in metrics),
                     num(v.get("units_scored_r2"), "encoding", m, "units_scored_r2", spec=",d")] for m, v in enc.items()],
                   caption=f"encoding on the {split} windows (bits per spike; R² of rates against smoothed counts "
-                          "and of PSTHs per condition)", key="neds-encoding" + suffix)
+                          "and of PSTHs per condition)", key="neds-encoding" + suffix, nan_why=why["encoding"])
         sec.figure(charts.bars(list(enc), [charts.bar_series("bps_pooled", [v.get("bps_pooled") for v in enc.values()])],
                                y_label="bits per spike (pooled)", x_label="model"),
                    "Encoding: spikes predicted from behaviour alone, by each model (higher is better; the oracle "
@@ -219,11 +243,16 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
                  num((e.get("accuracy_ci95") or [None, None])[0], "decoding", m, t, "accuracy_ci95", 0),
                  num((e.get("accuracy_ci95") or [None, None])[1], "decoding", m, t, "accuracy_ci95", 1),
                  num(e.get("balanced_accuracy"), "decoding", m, t, "balanced_accuracy"),
-                 num(e.get("chance"), "decoding", m, t, "chance"), num(e.get("n"), "decoding", m, t, "n", spec=",d")]
+                 num(e.get("chance"), "decoding", m, t, "chance"),
+                 num(e.get("chance_balanced"), "decoding", m, t, "chance_balanced"),
+                 num(e.get("n"), "decoding", m, t, "n", spec=",d")]
                 for m, v in dec.items() if (e := v.get(t))]
-        sec.table(["model", "accuracy", "95 % low", "95 % high", "balanced accuracy", "chance", "trials"], rows,
-                  caption=f"{t}: accuracy with its 95 % Wilson interval; chance = the {split} windows' majority class",
-                  key=f"neds-label-{t}{suffix}")
+        # balanced accuracy is at chance at 1 / classes, not at the majority class's share
+        sec.table(["model", "accuracy", "95 % low", "95 % high", "balanced accuracy", "chance", "balanced chance",
+                   "trials"], rows,
+                  caption=f"{t}: accuracy with its 95 % Wilson interval; chance = the {split} windows' majority class "
+                          "(compare accuracy with it), balanced chance = 1 / the classes present (compare balanced "
+                          "accuracy with it)", key=f"neds-label-{t}{suffix}", nan_why=why["label"])
         have = [m for m in dec if dec[m].get(t)]
         ci = [dec[m][t].get("accuracy_ci95") or [None, None] for m in have]
         chance = dec[have[0]][t].get("chance")
@@ -240,7 +269,8 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
         for kind in ("r2_single_trial", "r2_psth"):
             sec.table(["model", *channels],
                       [[m, *(num((dec[m].get(c) or {}).get(kind), "decoding", m, c, kind) for c in channels)]
-                       for m in have], caption=f"{kind.replace('_', ' ')} of each channel", key=f"neds-{kind}{suffix}")
+                       for m in have], caption=f"{kind.replace('_', ' ')} of each channel", key=f"neds-{kind}{suffix}",
+                      nan_why=why[kind])
         sec.figure(charts.bars(channels, [charts.bar_series(m, [(dec[m].get(c) or {}).get("r2_single_trial")
                                                                 for c in channels]) for m in have],
                                y_label="R² (single trial)", x_label="channel"),
@@ -261,7 +291,7 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
         sec.heading(f"paired differences (NEDS minus each baseline, same {split} windows)")
         sec.table(["task", "pair", "target", "metric", "difference", "95 % low", "95 % high"], rows,
                   caption=f"differences with 95 % intervals over the {split} windows (an interval that excludes 0 is "
-                          "a resolved difference)", key="neds-comparisons" + suffix, nan_why=[CI_NAN])
+                          "a resolved difference)", key="neds-comparisons" + suffix, nan_why=why["comparisons"])
     for task, why in (res.get("skipped") or {}).items():
         sec.note(f"{task}: skipped ({why})")
     reg = {k: v for k, v in (res.get("region") or {}).items() if isinstance(v, dict)}
@@ -276,7 +306,7 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
                     num(v.get("chance_balanced"), "region", k, "chance_balanced")] for k, v in ok.items()],
                   caption="a linear classifier per feature set; folds: "
                           + (", ".join(dict.fromkeys(str(v.get("grouping")) for v in ok.values() if v.get("grouping")))
-                             or "grouped by session"), key="neds-region" + suffix)
+                             or "grouped by session"), key="neds-region" + suffix, nan_why=why["region"])
         for k, v in reg.items():
             if "error" in v:
                 sec.note(f"{k}: not scored ({v['error']})")

@@ -96,12 +96,29 @@ def _is_nan(c: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
-def _wrap(table: str, caption: str | None = None, note: str | None = None) -> str:
+def _is_blank(c: Any) -> bool:
+    return c is None or (isinstance(c, Num) and c.value is None)
+
+
+def _wrap(table: str, caption: str | None = None, notes: Sequence[tuple[str, str]] = ()) -> str:
     """A table in its box (see :mod:`spikefm.report.assets`): the caption above, which wraps, the
-    table in a box that scrolls sideways when it is wider than the section, a note under it."""
+    table in a box that scrolls sideways when it is wider than the section, notes under it
+    (``(css class, text)`` pairs)."""
     cap = f'<div class="table-caption">{html.escape(caption)}</div>' if caption else ""
-    below = f'<p class="note nan-note">{html.escape(note)}</p>' if note else ""
+    below = "".join(f'<p class="note {cls}">{html.escape(text)}</p>' for cls, text in notes)
     return f'<div class="table-wrap">{cap}<div class="table-scroll">{table}</div>{below}</div>'
+
+
+def _reasons(header: Sequence[Any], rows: Sequence[Sequence[Any]], hit, why: Sequence[tuple[str, str]]) -> list[str]:
+    """The reasons of the cells for which ``hit(cell)`` holds: for each, the first ``(text, reason)``
+    pair whose text is part of the cell's row name (first cell) or column header; each reason once."""
+    out = []
+    for row in rows:
+        for j, c in enumerate(row):
+            if hit(c):
+                names = (str(row[0]), str(header[j]) if j < len(header) else "")
+                out.append(next((r for text, r in why if any(text in n for n in names)), ""))
+    return [r for r in dict.fromkeys(out) if r]
 
 
 def _cell(c: Any) -> str:
@@ -132,24 +149,25 @@ class Section:
         self._add(f'<p class="{"warn" if warn else "note"}">{html.escape(text)}</p>')
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None,
-              key: str | None = None, nan_why: Sequence[tuple[str, str]] = ()) -> None:
+              key: str | None = None, nan_why: Sequence[tuple[str, str]] = (),
+              blank_why: Sequence[tuple[str, str]] = ()) -> None:
         """A table; cells are :class:`Num`, numbers (shown with ``.4f`` / thousands) or text.
 
         ``nan_why``: ``(text, reason)`` pairs; for each cell shown as ``nan``, the first pair whose
         ``text`` is part of the cell's row name (first cell) or column header gives its reason in a
-        note under the table (no note when no cell is nan)."""
+        note under the table (no note when no cell is nan). ``blank_why``: the same for cells
+        shown as ``-`` (None: a value not computed), in a note of its own."""
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
         body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
         data_key = f' data-table="{html.escape(key)}"' if key else ""
-        why = []  # each nan cell's reason: the first pair that names its row or its column
-        for row in rows:
-            for j, c in enumerate(row):
-                if _is_nan(c):
-                    names = (str(row[0]), str(header[j]) if j < len(header) else "")
-                    why.append(next((r for text, r in nan_why if any(text in n for n in names)), ""))
-        why = [r for r in dict.fromkeys(why) if r]
+        notes = []
+        for cls, label, hit, why in (("nan-note", "Why nan", _is_nan, nan_why),
+                                     ("blank-note", "Why -", _is_blank, blank_why)):
+            reasons = _reasons(header, rows, hit, why) if why else []
+            if reasons:
+                notes.append((cls, f"{label}: " + "; ".join(reasons).rstrip(".") + "."))
         self._add(_wrap(f'<table class="data"{data_key}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',
-                        caption, "Why nan: " + "; ".join(why).rstrip(".") + "." if why else None))
+                        caption, notes))
 
     def kv(self, pairs: Sequence[tuple[str, Any]], *, key: str | None = None) -> None:
         """A two-column table of names and values (None values are left out)."""

@@ -11,17 +11,25 @@ gets a report by writing these conventions:
 - ``"curves"``: a list of ``{"name", "x", "y", "x_label", "y_label", "log_x", "log_y",
   "fit": {"x", "y", "label"}, "extrapolation": {"x", "y", "label"}}`` (scaling curves: points,
   the fitted curve, its extrapolation dashed), each also shown as a table;
+- a curve's ``"hlines"``: ``[{"y", "name"}]`` reference values drawn as horizontal lines (a
+  scaling study's single-session baseline, added from its ``figure4``); x ticks are the plotted
+  x values when they are whole numbers (numbers of sessions);
 - a list of flat objects (e.g. a session ranking): a table, and a bar chart of ``"score"`` (or
-  ``"improvement_pct"``) in list order, each bar named by the records' text fields;
+  ``"improvement_pct"``) in list order, each bar named by the records' text fields, coloured by
+  ``"same_family"`` when the records hold it; scores that share a sign far from 0 are charted on
+  an axis that spans them only, so that close scores do not look equal;
 - an object of flat objects: a table (one row per key);
 - anything else: collapsed JSON.
+
+A top-level ``"top_k"`` that differs from ``settings.top_k`` is shown as the top_k used beside the
+one requested, with why; cells shown as ``-`` (null: not computed) get a note saying why.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from spikefm.report import charts
 from spikefm.report.page import Num, Page, Section, json_safe, pointer
@@ -36,6 +44,13 @@ _TRANSFER_NAN = (("95 % CI", "a 95 % CI is nan on a seed with fewer than 3 test 
                  ("seed", "a seed's value is nan when its evaluation gave nan (its section below says more)"),
                  ("mean", "a mean or s.d. over seeds is nan when a seed's value is nan"),
                  ("sd", "a mean or s.d. over seeds is nan when a seed's value is nan"))
+#: Why a transfer study's table shows - (None), by row name or column header (Section.table's blank_why).
+_TRANSFER_BLANK = (("seed", "a seed's value is - where its evaluation did not score that column (a task or "
+                    "baseline it skipped: its section below says why)"),
+                   ("mean", "a mean and s.d. over seeds are - where no seed has a value"),
+                   ("sd", "a mean and s.d. over seeds are - where no seed has a value"))
+#: Colours of a ranking's bars by ``same_family`` (own family of the held-out session, other, unknown).
+_FAMILY_COLORS = {True: "#2ca02c", False: "#ff7f0e", None: "#9aa5b1"}
 
 
 def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study",
@@ -46,7 +61,9 @@ def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study"
     if name == "transfer" and isinstance(obj.get("per_seed"), dict):
         _transfer(sec, obj, src)
     else:
-        _generic(sec, obj, src)
+        names, note = _top_k(obj)
+        ctx = {"study": name, "names": names, "notes": [note] if note else [], "blank_why": _blank_why(obj)}
+        _generic(sec, _scaling_curves(obj) if name == "scaling" else obj, src, ctx=ctx)
     prov.add(f"study {name}", [("command", obj.get("command"))],
              details={"settings": obj.get("settings"), "machine": obj.get("machine")})
     return sec
@@ -86,7 +103,7 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
                                   if (mean_sd.get(metric) or {}).get(c) else None for c in cols])
         sec.heading(metric)
         sec.table(["", *cols], rows, caption=f"{metric}: per seed, mean and s.d. over seeds "
-                  f"{', '.join(seeds)}", key=f"study-{metric}", nan_why=_TRANSFER_NAN)
+                  f"{', '.join(seeds)}", key=f"study-{metric}", nan_why=_TRANSFER_NAN, blank_why=_TRANSFER_BLANK)
         # a column with no finite value (a CI on seeds of 2 test windows) would be an empty slot
         shown = [c for c in cols if c != "n_scored" and (mean_sd.get(metric) or {}).get(c)
                  and any(_finite(v) for v in [mean_sd[metric][c].get("mean")] +
@@ -113,63 +130,168 @@ def _flat(v: Any) -> bool:
     return isinstance(v, dict) and all(isinstance(x, _SCALAR) for x in v.values())
 
 
-def _generic(sec: Section, obj: dict, src: str, keys: tuple = ()) -> None:
+def _top_k(obj: dict) -> tuple[dict[tuple, str], str | None]:
+    """Names for a study's ``top_k`` and ``settings.top_k`` when they differ (the k used and the k
+    requested), and a note saying why they differ; ``({}, None)`` when they agree."""
+    settings = obj.get("settings") if isinstance(obj.get("settings"), dict) else {}
+    used, asked = obj.get("top_k"), settings.get("top_k")
+    if not (_numeric(used) and _numeric(asked)) or used == asked:
+        return {}, None
+    pool = settings.get("pretraining_sessions")
+    n = len(pool) if isinstance(pool, list) else None
+    few = f"only {n} pretraining session{'' if n == 1 else 's'} exist" if n is not None and n < asked else ""
+    sizes = settings.get("sizes")
+    if obj.get("study") == "scaling" and isinstance(sizes, list):
+        why = (f"the top-k ranked model uses the largest number of sessions in sizes ({', '.join(map(str, sizes))}) "
+               f"that is at most {asked}" + (f"; {few}" if few else ""))
+    elif few:
+        why = f"{few}, so precision@{used} and the top-{used} overlap are reported"
+    else:
+        why = "the study capped it"
+    return ({("top_k",): "top_k used", ("settings", "top_k"): "top_k requested"},
+            f"top_k: {asked} requested (settings), {used} used: {why}.")
+
+
+def _blank_why(obj: dict) -> list[tuple[str, str]]:
+    """Why a generic study's table shows ``-`` (a null: not computed), by column header or row name."""
+    settings = obj.get("settings") if isinstance(obj.get("settings"), dict) else {}
+    seeds = settings.get("seeds", [settings["seed"]] if "seed" in settings else None)
+    ran = (f"; this study ran {len(seeds)} seed{'' if len(seeds) == 1 else 's'} ({', '.join(map(str, seeds))})"
+           if isinstance(seeds, list) and seeds else "")
+    sd = f"a s.d. is - where fewer than 2 values were averaged (n = 1){ran}"
+    return [("sd", sd), ("s.d.", sd),
+            ("smoothing", "smoothing is - for a task without a smoothing baseline (only co-smoothing has one)"),
+            ("oracle", "oracle is - for a task the corpus's ground truth does not score"),
+            ("", "- is a value the study did not compute (null in its file)")]
+
+
+def _metric_unit(task: str) -> str:
+    """What an NDT scaling study's score of ``task`` is (:func:`spikefm.families.ndt.evaluate.task_scores`)."""
+    if task.endswith("-decoding"):
+        return "mean single-trial R²" if task.startswith("behavior") else "accuracy"
+    return "bps_pooled, bits per spike"
+
+
+def _scaling_curves(obj: dict) -> dict:
+    """A scaling study whose Figure 4 curves say what they show: the metric with its unit on the y
+    axis, and the held-out session's single-session baseline (``figure4[held_out]["baseline"]``)
+    as a horizontal line."""
+    curves, fig4 = obj.get("curves"), obj.get("figure4")
+    metric = obj.get("metric")
+    if not isinstance(curves, list) or not isinstance(fig4, dict):
+        return obj
+    family = (obj.get("settings") or {}).get("family", "ndt") if isinstance(obj.get("settings"), dict) else "ndt"
+    out = []
+    for c in curves:
+        if isinstance(c, dict):
+            c = dict(c)
+            if family == "ndt" and metric and c.get("y_label") == metric:
+                c["y_label"] = f"{metric} ({_metric_unit(str(metric))})"
+            held = next((h for h in sorted(fig4, key=len, reverse=True) if str(c.get("name", "")).startswith(f"{h} ")),
+                        None)
+            base = (fig4.get(held) or {}).get("baseline") if held is not None else None
+            if _finite(base):
+                c["hlines"] = [{"y": base, "name": "single-session baseline"}]
+        out.append(c)
+    return {**obj, "curves": out}
+
+
+def _generic(sec: Section, obj: dict, src: str, keys: tuple = (), *, ctx: dict | None = None) -> None:
+    ctx = ctx or {}
+    names = ctx.get("names") or {}
     scalars = [(k, v) for k, v in obj.items() if isinstance(v, _SCALAR)]
     if scalars:
-        sec.kv([(k, Num(v, src=src, path=pointer(*keys, k)) if _numeric(v) else v) for k, v in scalars])
+        sec.kv([(names.get((*keys, k), k), Num(v, src=src, path=pointer(*keys, k)) if _numeric(v) else v)
+                for k, v in scalars])
+    if not keys:
+        for note in ctx.get("notes") or []:
+            sec.note(note)
+    blank = ctx.get("blank_why") or ()
     for k, v in obj.items():
         if isinstance(v, _SCALAR):
             continue
         if k == "curves" and isinstance(v, list) and all(isinstance(c, dict) and "x" in c and "y" in c for c in v):
             for i, c in enumerate(v):
-                _curve(sec, c, src, (*keys, k, i))
+                _curve(sec, c, src, (*keys, k, i), blank)
         elif k == "curves" and isinstance(v, dict) and v and \
                 all(isinstance(c, dict) and "x" in c and "y" in c for c in v.values()):
+            y = str(obj.get("y", "y"))
+            # improvement over the single-session model: that model is at 0 %
+            zero = [{"y": 0, "name": "single-session model"}] if y.startswith("improvement over single-session") else []
             for name, c in v.items():  # named curves (scaling's more_sessions: one per task)
-                _curve(sec, {"x_label": "pretraining sessions", "y_label": str(obj.get("y", "y")),
+                _curve(sec, {"x_label": "pretraining sessions", "y_label": y, "hlines": zero,
                              "log_x": True, "over": "held-out sessions and seeds", **c, "name": str(name)},
-                       src, (*keys, k, name))
+                       src, (*keys, k, name), blank)
         elif isinstance(v, list) and v and all(_flat(r) for r in v):
-            _records(sec, str(k), v, src, (*keys, k))
+            _records(sec, str(k), v, src, (*keys, k), ctx)
         elif isinstance(v, dict) and v and all(_flat(r) for r in v.values()):
             cols = list(dict.fromkeys(c for r in v.values() for c in r))
             sec.table(["", *cols], [[name] + [Num(r.get(c), src=src, path=pointer(*keys, k, name, c))
                                               if _numeric(r.get(c)) else r.get(c) for c in cols]
-                                    for name, r in v.items()], caption=str(k), key=f"study-{k}")
+                                    for name, r in v.items()], caption=str(k), key=f"study-{k}", blank_why=blank)
         elif isinstance(v, dict) and len(keys) < 2:
             sec.heading(str(k), 4)
-            _generic(sec, v, src, (*keys, k))
+            _generic(sec, v, src, (*keys, k), ctx=ctx)
         else:
             sec.details(str(k), json.dumps(json_safe(v), indent=2))
 
 
-def _records(sec: Section, name: str, records: list[dict], src: str, keys: tuple) -> None:
+def _records(sec: Section, name: str, records: list[dict], src: str, keys: tuple, ctx: dict | None = None) -> None:
+    ctx = ctx or {}
     cols = list(dict.fromkeys(c for r in records for c in r))
     sec.table(cols, [[Num(r.get(c), src=src, path=pointer(*keys, i, c)) if _numeric(r.get(c)) else r.get(c)
-                      for c in cols] for i, r in enumerate(records)], caption=name, key=f"study-{name}")
+                      for c in cols] for i, r in enumerate(records)], caption=name, key=f"study-{name}",
+              blank_why=ctx.get("blank_why") or ())
     # a chart only of a column that is the records' result (a ranking's score, an improvement):
     # the first numeric column may be a size, and rows of different tasks mix units
     value = next((c for c in _CHARTED if c in cols and any(_numeric(r.get(c)) for r in records)), None)
     labels = [c for c in cols if all(isinstance(r.get(c), str) for r in records)]
     if value and len(records) <= 200:
         cats = [" / ".join(str(r.get(c)) for c in labels) if labels else str(i + 1) for i, r in enumerate(records)]
-        sec.figure(charts.bars(cats, [charts.bar_series(value, [r.get(value) for r in records])],
-                               y_label=value, x_label=" / ".join(labels) or "rank"),
-                   f"{name}: {value} of each entry, in order.")
+        values = [r.get(value) for r in records]
+        caption = f"{name}: {value} of each entry, in order."
+        if value == "score" and ctx.get("study") == "rank-sessions":
+            caption = (f"{name}: the score of each pretraining session for the held-out session {name}, in rank order: "
+                       "minus the best validation loss (the masked Poisson NLL per scored entry on the held-out "
+                       "session's validation windows) of that session's pretrained core, frozen, with new session "
+                       "parameters fitted to the held-out session; higher is better.")
+        zero = not (value == "score" and charts.far_from_zero(values))
+        if not zero:
+            caption += (" The value axis spans the scores, not 0: each bar grows from the axis's start, so compare "
+                        "where the bars end.")
+        colors, legend = None, None
+        if "same_family" in cols:
+            fam = [r.get("same_family") if isinstance(r.get("same_family"), bool) else None for r in records]
+            colors = [_FAMILY_COLORS[f] for f in fam]
+            legend = [{"name": "own family (same_family true)", "color": _FAMILY_COLORS[True]},
+                      {"name": "other family", "color": _FAMILY_COLORS[False]}]
+            if None in fam:
+                legend.append({"name": "family unknown", "color": _FAMILY_COLORS[None]})
+            caption += " Colour: whether the session is of the held-out session's ground-truth family (same_family)."
+        sec.figure(charts.bars(cats, [charts.bar_series(value, values, colors=colors)],
+                               y_label=value, x_label=" / ".join(labels) or "rank", zero=zero, legend=legend),
+                   caption)
         sec.end_figures()
 
 
-def _curve(sec: Section, c: dict, src: str, keys: tuple) -> None:
+def _curve(sec: Section, c: dict, src: str, keys: tuple, blank_why: Sequence[tuple[str, str]] = ()) -> None:
     name = str(c.get("name") or f"curve {keys[-1] + 1}")
     lines = [charts.series(name, c["x"], c["y"], style="points")]
     for part, style in (("fit", "line"), ("extrapolation", "dash")):
         p = c.get(part)
         if isinstance(p, dict) and "x" in p and "y" in p:
             lines.append(charts.series(str(p.get("label") or part), p["x"], p["y"], style=style))
+    hlines = [h for h in c.get("hlines") or [] if isinstance(h, dict) and _finite(h.get("y"))]
+    # whole numbers of sessions (or trials): ticks at the values plotted, none at 1.2 sessions
+    xs = [x for x in c["x"] if _finite(x)]
+    whole = bool(xs) and all(float(x).is_integer() for x in xs)
     sec.figure(charts.xy(lines, x_label=str(c.get("x_label", "x")), y_label=str(c.get("y_label", "y")),
-                         log_x=bool(c.get("log_x")), log_y=bool(c.get("log_y"))),
-               f"{name}: measured points" + (", the fit and its extrapolation (dashed)." if len(lines) > 1
-                                             else " (no fitted line)."))
+                         log_x=bool(c.get("log_x")), log_y=bool(c.get("log_y")), hlines=hlines,
+                         x_ticks=xs if whole else None),
+               f"{name}: measured points" + (", the fit and its extrapolation (dashed)" if len(lines) > 1
+                                             else " (no fitted line)")
+               + "".join(f"; the dashed horizontal line: {h.get('name', 'reference')} ({h['y']:.4g})" for h in hlines)
+               + ".")
     sec.end_figures()
     # the spread and the count beside each mean, when the study records them (scaling curves)
     extra = [k for k in ("sd", "n") if isinstance(c.get(k), list) and len(c[k]) == len(c["y"])]
@@ -179,7 +301,7 @@ def _curve(sec: Section, c: dict, src: str, keys: tuple) -> None:
                 *(Num(c[k][i], ".4g" if k == "n" else ".4f", src=src, path=pointer(*keys, k, i)) for k in extra)]
                for i, (x, y) in enumerate(zip(c["x"], c["y"]))],
               caption=name + (f" (mean, s.d. and n over {c.get('over', 'seeds')})" if extra else ""),
-              key=f"curve-{name}")
+              key=f"curve-{name}", blank_why=blank_why)
     if isinstance(c.get("fit"), dict):
         params = {k: v for k, v in c["fit"].items() if k not in ("x", "y", "label")}
         if params:

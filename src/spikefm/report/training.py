@@ -56,6 +56,34 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def is_finetuning(run_dir: str | Path) -> bool:
+    """True for a folder that ``spikefm finetune`` wrote (its ``finetune.json`` or
+    ``early_stopping.json``)."""
+    return any((Path(run_dir) / n).is_file() for n in ("finetune.json", "early_stopping.json"))
+
+
+def _finetuning_intro(sec, run_dir: Path, info: dict) -> None:
+    """What a fine-tuning folder is: the run it started from, the session, the strategy kept, and
+    that the curves are that candidate's (``auto`` copies the chosen run's files into OUT)."""
+    fam = info.get("family_info") or {}
+    sessions = list(fam.get("sessions") or {})
+    ft_path = run_dir / "finetune.json"
+    ft = read_json(ft_path, "the finetune.json that spikefm finetune writes") if ft_path.is_file() else {}
+    strategy = ft.get("strategy") if isinstance(ft, dict) else None
+    text = ("A fine-tuning" + (f" of the pretrained run {fam['init_from']}" if fam.get("init_from") else "")
+            + (f" to session {', '.join(map(str, sessions))}" if sessions else "") + ".")
+    if strategy:
+        cands = list(ft.get("candidates") or {})
+        rule = (ft.get("selection") or {}).get("rule")
+        of = f" of the candidates {', '.join(cands)}" if len(cands) > 1 else ""
+        by = f" (selection rule: {rule})" if rule else ""
+        text += f" Strategy chosen: {strategy}{of}{by}."
+        if cands:
+            text += (f" The curves and the early stopping below are the chosen candidate's ({strategy}: its files, "
+                     f"copied from candidates/{strategy}); every candidate's best validation loss is in the last table.")
+    sec.note(text)
+
+
 def training_section(page: Page, run_dir: str | Path, prov: Provenance, *, title: str | None = None) -> dict:
     """Add a section for the run in ``run_dir``; returns ``{"info", "rows"}`` (config.json's dict
     and the metrics rows)."""
@@ -67,7 +95,10 @@ def training_section(page: Page, run_dir: str | Path, prov: Provenance, *, title
     cfg = info.get("config") or {}
     family = info.get("family") or cfg.get("family") or "?"
     src = f"metrics:{run_dir.name}"
-    sec = page.section("training", title or f"Training: {run_dir.name} ({family})")
+    finetuning = is_finetuning(run_dir)
+    sec = page.section("training", title or f"{'Fine-tuning' if finetuning else 'Training'}: {run_dir.name} ({family})")
+    if finetuning:
+        _finetuning_intro(sec, run_dir, info)
     train_rows = [(i, r) for i, r in enumerate(rows) if "loss" in r]
     eval_rows = [(i, r) for i, r in enumerate(rows) if any(k.startswith("eval/") for k in r)]
     steps_total = (cfg.get("train") or {}).get("steps")
@@ -127,6 +158,10 @@ def _finetuning(sec, run_dir: Path) -> None:
         es = read_json(es_path, "the early_stopping.json that spikefm finetune writes")
         hist = [h for h in es.get("history", []) if _finite(h.get("val_loss"))]
         sec.heading("Fine-tuning: validation loss and early stopping")
+        if es.get("best_at_first_evaluation"):  # spikefm finetune warns of it too
+            sec.note(f"The lowest validation loss came at the first evaluation (step {es.get('best_step')}; no later "
+                     "one was lower), so better weights may lie before it, which was never evaluated; a smaller "
+                     f"--eval-every (now {es.get('eval_every', '?')}) evaluates earlier steps.", warn=True)
         src = f"early_stopping:{run_dir.name}"
         # a weight average (the soup) trained no steps: its loss is its own, the history its base's
         avg = es.get("weights_average_of")

@@ -37,3 +37,17 @@ def wait_for_gate(spec: dict, job_dir: Path, root: Path) -> dict:
     while not Path(spec["gate"]).exists():
         time.sleep(0.05)
     return {"value": spec["x"]}
+
+
+def warn_then_square(spec: dict, job_dir: Path, root: Path) -> dict:
+    """Warns ``spec["text"]`` (a RuntimeWarning), then returns x**2."""
+    import warnings
+
+    warnings.warn(spec["text"], RuntimeWarning)
+    return {"value": spec["x"] ** 2}
+
+
+def interrupted(spec: dict, job_dir: Path, root: Path) -> dict:
+    """Stopped by Ctrl-C while it runs (in the driver's process: one local worker)."""
+    (job_dir / "work.txt").write_text("partial")
+    raise KeyboardInterrupt

@@ -691,7 +691,7 @@ def test_folder_inputs_take_any_case_of_nwb_and_name_dangling_links(tmp_path, nw
     ({"max_row_tokens": 100.5}, "max_row_tokens must be an int >= 1, got 100.5"),
     ({"test_fraction": "0.1"}, r"test_fraction must be a number in \[0, 1\), got '0.1'"),
     ({"test_fraction": float("nan")}, r"test_fraction must be a number in \[0, 1\), got nan"),
-    ({"seed": True}, "seed must be an int >= 0, got True"),
+    ({"seed": True}, r"seed must be an int >= 0 \(it seeds the train/test split\), got True"),
     ({"source_dataset": 3}, "source_dataset must be a string or None, got 3"),
 ])
 def test_build_config_refuses_wrong_types_at_once(kwargs, match):

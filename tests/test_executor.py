@@ -310,3 +310,85 @@ def test_workers_size_a_local_ray_instance(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="stopped here"):
         build_corpus([str(tmp_path / "nwb")], tmp_path / "c", BuildConfig(executor="ray"), progress=False)
     assert seen == {"address": None, "num_cpus": None}  # Ray's default: every core
+
+
+_INTERRUPTED_DRIVER = textwrap.dedent("""
+    import sys
+    sys.path[:0] = [sys.argv[1], sys.argv[2]]
+    from spikefm.experiments.jobs import LocalExecutor, make_job, run_jobs
+    calls, root, gate, pid_file = sys.argv[3:7]
+    slow = make_job("_study_jobs:wait_for_gate", {"x": 6, "calls": calls, "gate": gate, "pid_file": pid_file})
+    try:
+        run_jobs([slow], root, LocalExecutor(2, threads=1), progress=False, log=lambda s: None)
+    except KeyboardInterrupt:
+        sys.exit(130)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc (Linux)")
+def test_ctrl_c_stops_the_pool_without_tracebacks_or_failed_jobs(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) with a pool: every worker printed a
+    'Process SpawnProcess-1: Traceback ... KeyboardInterrupt' and the running job was left with an
+    error.txt as if it had failed. Workers now ignore SIGINT and the driver stops them."""
+    calls, root, gate, pid_file = tmp_path / "calls", tmp_path / "jobs", tmp_path / "gate", tmp_path / "worker.pid"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    args = [sys.executable, "-c", _INTERRUPTED_DRIVER, src, str(Path(__file__).resolve().parent), str(calls),
+            str(root), str(gate), str(pid_file)]
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # its own process group, as a terminal's job
+    slow = make_job(GATE, {"x": 6, "calls": str(calls), "gate": str(gate), "pid_file": str(pid_file)})
+    try:
+        _wait(lambda: pid_file.exists() or driver.poll() is not None, "the job to start")
+        assert driver.poll() is None, driver.stderr.read()
+        worker = int(pid_file.read_text())
+        os.killpg(driver.pid, signal.SIGINT)
+        err = driver.communicate(timeout=60)[1]
+        _wait(lambda: not _alive(worker), "the pool worker to stop", limit_s=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert not (root / slow.id / "error.txt").exists() and not is_done(root, slow.id)
+
+
+def test_an_interrupted_job_is_not_recorded_as_failed(tmp_path):
+    """With one worker a job runs in the driver: Ctrl-C during it wrote error.txt."""
+    job = make_job("_study_jobs:interrupted", {"x": 1})
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job.to_dict(), str(tmp_path))
+    assert not (tmp_path / job.id / "error.txt").exists() and not is_done(tmp_path, job.id)
+
+
+def test_ray_jobs_warnings_reach_the_driver(tmp_path, local_ray):
+    """Under Ray every warning a job raised was lost (log_to_driver=False); the process pool
+    printed them. They are issued in the driver now, named by their job, each once."""
+    import warnings
+
+    jobs = [make_job("_study_jobs:warn_then_square", {"x": x, "text": "a note from a job"}, label=f"noisy {x}")
+            for x in (2, 3)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = run_jobs(jobs, tmp_path / "jobs", make_executor("ray", threads=1), progress=False,
+                           log=lambda s: None)
+    assert sorted(r["result"]["value"] for r in records.values()) == [4, 9]
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(said) == 1 and said[0] in ("job noisy 2: a note from a job", "job noisy 3: a note from a job"), said
+
+
+def test_ray_refuses_jobs_larger_than_the_cluster(tmp_path, local_ray):
+    """A job asking for more CPUs or GPUs than any node has waited forever (Ray queues it)."""
+    calls = tmp_path / "calls"
+    job = make_job(SQUARE, {"x": 1, "calls": str(calls)})
+    cpus = local_ray.cluster_resources().get("CPU")
+    gpus = local_ray.cluster_resources().get("GPU", 0)
+    with pytest.raises(ValueError, match=rf"^--threads-per-job 4: each job asks Ray for 4 CPUs, but the Ray cluster "
+                                         rf"has {cpus:g} CPU\(s\) and {gpus:g} GPU\(s\), so no job would ever start; "
+                                         rf"use --threads-per-job {int(cpus)} or fewer"):
+        run_jobs([job], tmp_path / "jobs", make_executor("ray", threads=4), progress=False, log=lambda s: None)
+    ask = gpus + 0.5
+    with pytest.raises(ValueError, match=rf"^--gpus-per-job {ask:g}: each job asks Ray for {ask:g} GPU\(s\), but "
+                                         rf"the Ray cluster has .*; use --gpus-per-job"):
+        run_jobs([job], tmp_path / "jobs", make_executor("ray", threads=1, gpus=ask), progress=False,
+                 log=lambda s: None)
+    assert _calls(calls, job.id) == 0 and local_ray.is_initialized()

@@ -353,3 +353,211 @@ def test_the_report_charts_a_studys_result_column_not_its_first_number():
 
     captions = re.findall(r"<figcaption[^>]*>(.*?)</figcaption>", html, re.S)
     assert any("table1" in c for c in captions) and not any("table3" in c for c in captions), captions
+
+
+# --- defects of the multi-run studies (each test failed before its fix) -------------------------
+
+#: The smallest real ranking: one held-out session, one pretraining session (two jobs).
+MINI = StudySettings(pretrain_steps=2, finetune_steps=2, eval_every=1, patience=1, overrides=("train.batch_size=8",))
+HELD, POOL = "sub-ibl02_ses-003", "sub-ibl01_ses-000"
+
+
+def _rank(out, corpus, **kw):
+    from spikefm.experiments.rank_sessions import rank_sessions
+
+    kw.setdefault("pool", [POOL])
+    kw.setdefault("top_k", 1)
+    kw.setdefault("executor", LocalExecutor(1, threads=1))
+    return rank_sessions(out, corpus, [HELD], settings=MINI, progress=False, command="test", **kw)
+
+
+def _files(folder: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".spikefm.lock"}
+
+
+@pytest.fixture(scope="module")
+def mini_ranking(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mini") / "rank"
+    return out, _rank(out, tiny_corpus)
+
+
+def test_a_corpus_rebuilt_at_the_same_path_is_another_study(tiny_corpus, tmp_path):
+    """The same command after ``corpus build --overwrite`` of other data into the corpus folder ran
+    no job and printed the old scores: specs and settings recorded only the corpus path."""
+    import shutil
+
+    from spikefm.corpus.reader import manifest_sha256
+    from spikefm.experiments.rank_sessions import pretrain_job
+
+    corpus, out = tmp_path / "corpus", tmp_path / "rank"
+    shutil.copytree(tiny_corpus, corpus)
+    study = _rank(out, corpus)
+    old_hash = manifest_sha256(corpus)
+    assert study["settings"]["corpus_sha256"] == old_hash
+    specs = [json.loads(p.read_text())["spec"] for p in (out / "jobs").glob("*/spec.json")]
+    assert len(specs) == 2 and all(s["corpus_sha256"] == old_hash for s in specs)
+    old_job = pretrain_job(MINI, str(corpus), [POOL], 0)
+    with open(corpus / "manifest.json", "a") as f:  # a rebuilt corpus: another manifest
+        f.write("\n")
+    new_hash = manifest_sha256(corpus)
+    assert pretrain_job(MINI, str(corpus), [POOL], 0).id != old_job.id  # a new job, never a stale result
+    before = _files(out)
+    with pytest.raises(ValueError) as exc:
+        _rank(out, corpus)
+    assert str(exc.value).startswith(f"{out} holds a study made with other settings (corpus_sha256; corpus_sha256: "
+                                     f"'{old_hash}' there, '{new_hash}' now); its results would be replaced: give a "
+                                     "new --out")
+    assert _files(out) == before
+    # a job made on the old corpus refuses to run on the new one (a corpus rebuilt during a study)
+    from spikefm.experiments.runs import pretrain
+
+    with pytest.raises(ValueError, match="changed since this study's jobs were made"):
+        pretrain(old_job.spec, tmp_path / "job", tmp_path)
+    # an older study folder records no hash: unknown, not different; its jobs are made again
+    ranking = json.loads((out / "ranking.json").read_text())
+    del ranking["settings"]["corpus_sha256"]
+    (out / "ranking.json").write_text(json.dumps(ranking))
+    again = _rank(out, corpus)
+    assert again["settings"]["corpus_sha256"] == new_hash and again["rankings"][HELD][0]["session"] == POOL
+
+
+def test_scaling_refuses_a_folder_of_a_ranking_with_other_settings(mini_ranking, tiny_corpus):
+    """scaling --out into a rank-sessions study with other settings replaced its ranking.json,
+    ranking.png and CSVs (a stale ranking_<other>.csv stayed); the other way round was refused."""
+    from spikefm.experiments.scaling import scaling_study
+
+    out, _ = mini_ranking
+    before = _files(out)
+    with pytest.raises(ValueError) as exc:
+        scaling_study(out, tiny_corpus, [HELD], pool=[POOL, "sub-ibl02_ses-002"], settings=MINI, sizes="1,all",
+                      orders=["random"], seeds=[0], tasks=TASKS, metric="co-smoothing", rank_top_k=1,
+                      executor=LocalExecutor(1, threads=1), progress=False, command="test")
+    assert str(exc.value).startswith(f"{out} holds a study made with other settings (pretraining_sessions; "
+                                     f"pretraining_sessions: ['{POOL}'] there, ['{POOL}', 'sub-ibl02_ses-002'] now)")
+    assert _files(out) == before
+
+
+def test_top_k_above_the_pool_says_so(mini_ranking, tiny_corpus):
+    """--top-k 10 with fewer pretraining sessions silently reported precision@<pool size>."""
+    out, _ = mini_ranking
+    results = {p: t for p, t in _files(out).items() if p.name == "result.json"}
+    with pytest.warns(RuntimeWarning, match=r"^--top-k 10: only 1 pretraining session\(s\); precision@1 and the "
+                                            r"top-1 overlap are reported instead$"):
+        study = _rank(out, tiny_corpus, top_k=10)
+    assert study["top_k"] == 1 and {p: p.stat().st_mtime_ns for p in results} == results
+
+
+def test_rank_sessions_refuses_a_family_without_session_parameters(tiny_corpus, tmp_path, capsys):
+    """--model ar failed with "unknown key 'data.sessions'" (the AR config has no such key)."""
+    from spikefm.cli import main
+
+    code = main(["experiment", "rank-sessions", "--data", str(tiny_corpus), "--held-out", HELD,
+                 "--out", str(tmp_path / "r"), "--model", "ar"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("spikefm: error: the 'ar' family does not support fine-tuning to a new session (it has no "
+                          "per-session parameters), which a session ranking needs; run it with a family that does (")
+    assert "ndt" in err and not (tmp_path / "r").exists()
+
+
+def test_families_of_different_synth_runs_are_different(tmp_path):
+    """Sessions of two synth runs (another seed) that both had family 0 counted as one family in
+    precision@k; truth files without preset and seed (older ones) still read."""
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.synth import synthesize, truth_path
+    from spikefm.experiments.rank_sessions import session_families
+
+    synthesize(tmp_path / "a", num_sessions=2, seed=1, duration_s=10.0, units_range=(20, 22))
+    b = synthesize(tmp_path / "b", num_sessions=4, seed=2, duration_s=10.0, units_range=(20, 22))
+    for nwb in b[:2]:  # the same names as run a's sessions
+        nwb.unlink()
+        truth_path(nwb).unlink()
+    build_corpus([str(tmp_path / "a"), str(tmp_path / "b")], tmp_path / "c", BuildConfig(test_fraction=0.0),
+                 progress=False)
+    ids = ["sub-ibl01_ses-000", "sub-ibl01_ses-001", "sub-ibl02_ses-002", "sub-ibl02_ses-003"]
+    fam = session_families(tmp_path / "c", ids)
+    assert fam["sub-ibl01_ses-000"] == fam["sub-ibl01_ses-001"] == "ibl seed 1 family 0 of 1"
+    assert fam["sub-ibl02_ses-002"] == fam["sub-ibl02_ses-003"] == "ibl seed 2 family 0 of 1"
+    adapt, records = {}, {}
+    for s, v in zip(ids[1:], (0.3, 0.2, 0.1)):
+        adapt[(ids[0], s)] = job = make_job("finetune", {"s": s})
+        records[job.id] = {"result": {"best_val_loss": v, "best_step": 1}}
+    gt = summarize_ranking(records, adapt, ids[:1], ids[1:], fam, top_k=1)["ground_truth"]["precision"][ids[0]]
+    assert gt["own_family_sessions"] == 1 and gt["precision_at_1"] == 0.0  # ses-003 ranks first, run b
+    for p in (tmp_path / "a").rglob("*.truth.npz"):  # older truth files: no preset, seed, num_families
+        with np.load(p) as z:
+            kept = {k: z[k] for k in z.files if k not in ("preset", "seed", "num_families")}
+        with open(p, "wb") as f:
+            np.savez(f, **kept)
+    assert session_families(tmp_path / "c", ids[:2]) == {ids[0]: 0, ids[1]: 0}
+
+
+def test_scaling_figures_label_the_sizes_plotted(monkeypatch):
+    """On the log x axes sizes 1, 2, 3 showed one label ('1') and a trials axis between two powers
+    of ten none: a log locator labels powers of ten only."""
+    from spikefm.experiments import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    curve = lambda x: {"x": x, "y": [0.1, 0.2, 0.3], "sd": [None] * 3}  # noqa: E731
+    summary = {"metric": "co-smoothing",
+               "figure4": {"h": {"baseline": 0.1, "orders": {"random": {"sessions": curve([1, 2, 3]),
+                                                                        "trials": curve([310, 620, 930])}}}},
+               "more_sessions": {"order": "random", "curves": {"co-smoothing": curve([1, 2, 3])}}}
+    plots.plot_scaling(summary, "unused.png")
+    plots.plot_task_curves(summary, "unused.png")
+
+    def labels(ax):
+        ax.figure.canvas.draw()
+        lo, hi = ax.get_xlim()
+        return [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi and t.get_text()]
+
+    sessions, trials = figures[0].axes[:2]
+    assert labels(sessions) == ["1", "2", "3"] and labels(trials) == ["310", "620", "930"]
+    assert labels(figures[1].axes[0]) == ["1", "2", "3"]
+
+
+def test_study_figures_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """The study plots called matplotlib.use("Agg"), switching a notebook's inline backend."""
+    import matplotlib
+
+    from spikefm.experiments import plots
+
+    curve = lambda x: {"x": x, "y": [0.1, 0.2], "sd": [0.01, 0.02]}  # noqa: E731
+    summary = {"metric": "co-smoothing",
+               "figure4": {"h": {"baseline": 0.1, "orders": {"random": {"sessions": curve([1, 2]),
+                                                                        "trials": curve([300, 600])}}}},
+               "more_sessions": {"order": "random", "curves": {"co-smoothing": curve([1, 2])}}}
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        for name, plot in (("figure4.png", plots.plot_scaling), ("more.png", plots.plot_task_curves)):
+            plot(summary, tmp_path / name)
+            assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+
+
+def test_an_unreachable_ray_address_leaves_no_study_folder(tiny_corpus, tmp_path, monkeypatch):
+    """A refused --address left an empty --out folder holding only .spikefm.lock."""
+    import contextlib
+
+    from spikefm.corpus import build
+    from spikefm.experiments.jobs import make_executor
+    from spikefm.experiments.scaling import scaling_study
+
+    @contextlib.contextmanager
+    def refused(address=None, num_cpus=None):  # what ray_session says of a port nothing answers at
+        raise ValueError(f"--address {address}: nothing answers there")
+        yield
+
+    monkeypatch.setattr(build, "ray_session", refused)
+    for name, run in (("rank", lambda out, ex: _rank(out, tiny_corpus, executor=ex)),
+                      ("scaling", lambda out, ex: scaling_study(out, tiny_corpus, [HELD], pool=[POOL], settings=MINI,
+                                                                sizes="1", orders=["random"], seeds=[0], tasks=TASKS,
+                                                                metric="co-smoothing", rank_top_k=1, executor=ex,
+                                                                progress=False))):
+        with pytest.raises(ValueError, match="--address 127.0.0.1:1: nothing answers there"):
+            run(tmp_path / name, make_executor("ray", address="127.0.0.1:1"))
+        assert not (tmp_path / name).exists()

@@ -445,11 +445,8 @@ def cmd_experiment_transfer(args) -> int:
     family = args.model or DEFAULT_FAMILY
     families.run_config(family, preset=args.preset, corpus=str(Path(args.out)),
                         overrides=list(args.set or []), protocol=args.protocol)
+    families.require_finetuning(family, "a transfer study needs")
     fam = families.get(family)
-    if not hasattr(fam, "finetune_config"):
-        raise ValueError(f"the {family!r} family does not support fine-tuning to a new session, "
-                         "which a transfer study needs; choose a family with per-session "
-                         "parameters (--model)")
     params = inspect.signature(fam.evaluate).parameters
     lacking = [k for k in ("tasks", "session", "baselines") if k not in params]
     if lacking and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):

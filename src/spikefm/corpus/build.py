@@ -86,7 +86,8 @@ class BuildConfig:
         def whole(name: str, lo: int) -> None:  # an int (numpy's too), not a bool or a float
             v = getattr(self, name)
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+                why = " (it seeds the train/test split)" if name == "seed" else ""
+                raise ValueError(f"{name} must be an int >= {lo}{why}, got {v!r}")
             object.__setattr__(self, name, int(v))
 
         for name, lo in (("bin_ms", 1), ("max_row_tokens", 1), ("seed", 0), ("workers", 1),
@@ -882,6 +883,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
         return
     src = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    # log_to_driver=False: Ray would print every line a worker writes, prefixed with its pid;
+    # study jobs send their warnings back with their results (experiments.jobs._ray_run_job)
     kwargs = {"include_dashboard": False, "log_to_driver": False,
               "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
     if address:

@@ -23,8 +23,11 @@ an executor: :class:`LocalExecutor` (a process pool of ``workers`` processes; ea
 ``threads`` torch/BLAS threads, by default ``cores // workers`` so jobs do not oversubscribe the
 machine; the workers die with the driver, ``kill -9`` included) or :class:`RayExecutor` (a Ray
 cluster or a local Ray instance; each job asks for ``threads`` CPUs and an optional GPU
-fraction; ``pip install 'spikefm[ray]'``). Killing a study loses only its running jobs: their
-folders have no ``result.json`` and are cleared and run again by the next call.
+fraction; ``pip install 'spikefm[ray]'``; a job's warnings are printed by the driver, with the
+job's name). Killing a study loses only its running jobs: their folders have no ``result.json``
+and are cleared and run again by the next call. Ctrl-C stops the driver, which stops its pool
+workers (they ignore SIGINT, so no worker prints a traceback); an interrupted job is not a
+failed one (no ``error.txt``).
 
 This module imports neither torch nor Ray at import time.
 """
@@ -39,9 +42,10 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 __all__ = ["Job", "make_job", "KINDS", "RESULT", "SPEC", "job_result", "is_done", "run_job",
            "run_jobs", "LocalExecutor", "RayExecutor", "make_executor", "default_threads",
@@ -182,6 +186,8 @@ def run_job(job: dict, root: str, threads: int = 1, executor: str = "inline") ->
     started = time.time()
     try:
         result = _function(job["kind"])(job["spec"], job_dir, root_path)
+    except KeyboardInterrupt:
+        raise  # interrupted, not failed: the next call clears the folder and runs the job again
     except BaseException:
         (job_dir / ERROR).write_text(traceback.format_exc())
         raise
@@ -208,8 +214,10 @@ def default_threads(workers: int) -> int:
 
 def _worker_init(parent_pid: int, threads: int, one_line_warnings: bool = False) -> None:
     """Start of a pool worker: thread limits before torch is imported, warnings printed as the
-    driver prints them, and die with the driver (Linux: the kernel sends SIGKILL to the worker
-    when its parent exits, ``kill -9`` included)."""
+    driver prints them, Ctrl-C left to the driver (it stops the pool; a worker interrupted too
+    printed a traceback and recorded its job as failed), and die with the driver (Linux: the
+    kernel sends SIGKILL to the worker when its parent exits, ``kill -9`` included)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     if one_line_warnings:
@@ -270,9 +278,11 @@ class LocalExecutor:
                                              initargs=(os.getpid(), self.threads, _one_line_warnings()))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._depth -= 1
         if self._depth == 0 and self._pool is not None:
+            if exc_type is not None:  # Ctrl-C or an error in the driver: the running jobs are lost
+                _terminate_workers(self._pool)  # (workers ignore SIGINT: waiting would wait for them)
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
@@ -304,10 +314,50 @@ class LocalExecutor:
         return (None, exc) if exc is not None else (handle.result(), None)
 
 
+def _terminate_workers(pool) -> None:
+    """SIGTERM to every worker of a ``ProcessPoolExecutor`` (``terminate_workers`` from Python 3.14)."""
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
+
+
 def _ray_run_job(job: dict, root: str, threads: int) -> dict:
+    """:func:`run_job` in a Ray worker: ``{"record", "warnings"}``, the warnings the job raised
+    (Ray does not forward a worker's output to the driver: ``log_to_driver=False``)."""
+    import warnings
+
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    return run_job(job, root, threads, "ray")
+    with warnings.catch_warnings(record=True) as caught:
+        record = run_job(job, root, threads, "ray")
+    said = [{"message": str(w.message), "category": w.category, "filename": w.filename, "lineno": w.lineno}
+            for w in caught]
+    return {"record": record, "warnings": said}
+
+
+def _check_ray_fits(ray, threads: int, gpus: float) -> None:
+    """Refuse a job that no node of the Ray cluster can run (Ray would wait for it forever)."""
+    total = ray.cluster_resources()
+    try:
+        nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive", True)]
+    except Exception:  # noqa: BLE001 - an old or partial API: the cluster's totals bound a node's
+        nodes = []
+    has = {r: max((n.get(r, 0.0) for n in nodes), default=total.get(r, 0.0)) for r in ("CPU", "GPU")}
+    sizes = f"{total.get('CPU', 0):g} CPU(s) and {total.get('GPU', 0):g} GPU(s)"
+    if len(nodes) > 1:
+        sizes += f", at most {has['CPU']:g} CPU(s) and {has['GPU']:g} GPU(s) on one node"
+    if threads > has["CPU"]:
+        raise ValueError(f"--threads-per-job {threads}: each job asks Ray for {threads} CPUs, but the Ray cluster "
+                         f"has {sizes}, so no job would ever start; use --threads-per-job "
+                         f"{max(1, int(has['CPU']))} or fewer, or a cluster with larger nodes (--address)")
+    if gpus > has["GPU"]:
+        fix = (f"--gpus-per-job {has['GPU']:g} or less" if has["GPU"] else
+               "--gpus-per-job 0 (and --device cpu), or a cluster with GPUs (--address)")
+        raise ValueError(f"--gpus-per-job {gpus:g}: each job asks Ray for {gpus:g} GPU(s), but the Ray cluster "
+                         f"has {sizes}, so no job would ever start; use {fix}")
 
 
 class RayExecutor:
@@ -317,7 +367,9 @@ class RayExecutor:
     Every node must see the study folder and the corpus at the same paths (a shared file system)
     and have spikefm installed. Each job asks for ``threads`` CPUs (it also uses that many
     threads) and ``gpus`` GPUs (a fraction shares one GPU between jobs); a job's own
-    ``resources`` add to these.
+    ``resources`` add to these. Asking for more than the largest node has is refused when the
+    executor is entered (Ray would queue the jobs forever). The warnings a job raises are issued
+    in the driver, prefixed ``job <label>:``, each (message, place) once per study.
 
     Args:
         address: Ray cluster address, or None for a local instance.
@@ -349,7 +401,14 @@ class RayExecutor:
             return self
         self._session = ray_session(self.address, self.num_cpus)
         ray = self._ray = self._session.__enter__()
+        try:
+            _check_ray_fits(ray, self.threads, self.gpus)  # before any job is submitted
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
         self._remote = ray.remote(_ray_run_job)
+        self._said: set = set()
+        self._labels: dict = {}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -373,17 +432,36 @@ class RayExecutor:
             opts["num_gpus"] = gpus
         if res:
             opts["resources"] = res
-        return self._remote.options(**opts).remote(job.to_dict(), str(root), self.threads)
+        handle = self._remote.options(**opts).remote(job.to_dict(), str(root), self.threads)
+        self._labels[handle] = job.label
+        return handle
 
     def wait(self, handles: list) -> list:
         done, _ = self._ray.wait(handles, num_returns=1)
         return done
 
     def outcome(self, handle) -> tuple[dict | None, BaseException | None]:
+        label = self._labels.pop(handle, "?")
         try:
-            return self._ray.get(handle), None
+            out = self._ray.get(handle)
         except Exception as exc:  # noqa: BLE001 - a failed task; its traceback is in the job's error.txt
             return None, getattr(exc, "cause", None) or exc  # the job's own exception, not Ray's wrapper
+        self._warn(label, out["warnings"])
+        return out["record"], None
+
+    def _warn(self, label: str, caught: list[dict]) -> None:
+        """Issue a job's warnings here, named by the job, each once per study (as a pool worker
+        prints a warning once)."""
+        import warnings
+
+        for w in caught:
+            key = (w["message"], w["category"], w["filename"], w["lineno"])
+            if key in self._said:
+                continue
+            self._said.add(key)
+            category = w["category"] if isinstance(w["category"], type) and issubclass(w["category"], Warning) \
+                else UserWarning
+            warnings.warn_explicit(f"job {label}: {w['message']}", category, w["filename"], w["lineno"])
 
 
 def make_executor(executor: str = "local", *, workers: int = 1, threads: int | None = None,
@@ -408,6 +486,19 @@ class JobsFailed(RuntimeError):
         super().__init__(f"{len(failed)} job(s) failed, first {first}: {msg} (traceback in "
                          f"{root / first / ERROR}); fix the cause and run the same command again: "
                          "finished jobs are kept")
+
+
+@contextmanager
+def study_folder(out: Path, executor) -> Iterator[None]:
+    """Start ``executor``, then create and lock the study folder ``out`` for the block: in that
+    order, so that an executor that cannot start (a Ray address nothing answers at) leaves no
+    folder behind."""
+    from spikefm.fileio import folder_lock
+
+    with executor:
+        out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(out, what="study"):
+            yield
 
 
 def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress: bool = True,
@@ -513,12 +604,17 @@ def check_study_folder(out: Path, patterns: Sequence[str] = STUDY_FILES, *, kind
                          f"changed: {fix}")
 
 
+#: Settings a study summary records since a later version: one without them (an older study
+#: folder) is compared on the others (unknown there, not different).
+RECORDED_LATER = ("corpus_sha256",)
+
+
 def check_study_settings(summary: Path, settings: dict, *, views: Sequence[str] = ()) -> None:
     """Refuse to rerun a study into a folder whose summary (``summary``, e.g. ``ranking.json``)
     was made with other settings: its results would be replaced by the new ones (a rerun with the
     same settings resumes it and does no finished work again). ``views`` name settings that only
     choose how the same jobs' results are summarised (a scaling study's ``metric``): they may
-    differ."""
+    differ. A setting of :data:`RECORDED_LATER` that the summary lacks is not compared."""
     if not summary.is_file():
         return
     try:
@@ -526,7 +622,8 @@ def check_study_settings(summary: Path, settings: dict, *, views: Sequence[str] 
     except (OSError, ValueError, AttributeError):
         return  # a damaged summary is rewritten from the jobs' results
     if isinstance(old, dict):
-        keep = lambda d: {k: v for k, v in d.items() if k not in views}  # noqa: E731
+        skip = {*views, *(k for k in RECORDED_LATER if k not in old)}
+        keep = lambda d: {k: v for k, v in d.items() if k not in skip}  # noqa: E731
         refuse_other_settings(summary.parent, keep(old), keep(settings), kind="a study",
                               lost="its results", rerun="resumes it")
 

@@ -12,29 +12,40 @@ __all__ = ["plot_ranking", "plot_scaling", "plot_task_curves"]
 _ORDER_COLORS = {"ranked": "tab:blue", "random": "tab:orange", "reverse": "tab:green"}
 
 
-def _pyplot():
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    """A figure on its own Agg canvas (object API: the caller's pyplot backend, a notebook's
+    inline one say, is left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
-    return plt
 
+def _log_x(ax, xs) -> None:
+    """A log x axis with a tick, labelled as a plain integer, at each x value ``xs`` plotted (a log
+    locator put a labelled tick only at powers of ten: sizes 1, 2, 3 showed "1.0" alone and a
+    trials axis between two powers of ten none)."""
+    import math
 
-def _log_x(ax) -> None:
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ticks = sorted({float(x) for x in xs if x is not None and math.isfinite(x) and x > 0})
+    if not ticks:
+        return
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FixedFormatter([f"{round(x):d}" for x in ticks]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    if len(ticks) > 6:
+        ax.tick_params(axis="x", labelrotation=45)
 
 
 def _save(fig, path: Path) -> Path:
     from spikefm.fileio import write_atomic
 
-    plt = _pyplot()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
     return path
 
 
@@ -42,16 +53,21 @@ def plot_ranking(summary: dict[str, Any], path: str | Path) -> Path:
     """One panel per held-out session: each pretraining session's score (minus the best
     validation loss after fine-tuning its frozen core), best first; colour = ground-truth
     family when known, own family outlined."""
-    plt = _pyplot()
+    from matplotlib import colormaps
+
     rankings = summary["rankings"]
     n = len(rankings)
-    fig, axes = plt.subplots(n, 1, figsize=(max(6.0, 0.45 * max(len(r) for r in rankings.values()) + 2), 2.6 * n),
-                             squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    fig = _figure((max(6.0, 0.45 * max(len(r) for r in rankings.values()) + 2), 2.6 * n))
+    axes = fig.subplots(n, 1, squeeze=False)
+    cmap = colormaps["tab10"]
+    # an int family is its colour's index; the str labels of several synth runs are numbered
+    labels = sorted({r["family"] for rows in rankings.values() for r in rows
+                     if isinstance(r.get("family"), str)})
+    index = lambda f: f if isinstance(f, int) else labels.index(f)  # noqa: E731
     for ax, (h, rows) in zip(axes[:, 0], rankings.items()):
         scores = [r["score"] for r in rows]
         base = min(scores)
-        colors = [cmap(r["family"] % 10) if "family" in r else "tab:gray" for r in rows]
+        colors = [cmap(index(r["family"]) % 10) if "family" in r else "tab:gray" for r in rows]
         edges = ["black" if r.get("same_family") else "none" for r in rows]
         ax.bar(range(len(rows)), [s - base for s in scores], color=colors, edgecolor=edges, linewidth=1.5)
         ax.set_xticks(range(len(rows)))
@@ -93,18 +109,20 @@ def plot_scaling(summary: dict[str, Any], path: str | Path) -> Path:
     total training trials (right), per held-out session (rows) and order (colours); mean ± s.d.
     over seeds, the linear fit on log x (solid), its extrapolation to the full set (dashed) and
     the full-set model (star); the single-session baseline as a grey line."""
-    plt = _pyplot()
     per_held = summary["figure4"]
     n = len(per_held)
-    fig, axes = plt.subplots(n, 2, figsize=(11, 3.4 * n), squeeze=False)
+    fig = _figure((11, 3.4 * n))
+    axes = fig.subplots(n, 2, squeeze=False)
     for row, (h, entry) in enumerate(per_held.items()):
         for col, axis in enumerate(("sessions", "trials")):
             ax = axes[row, col]
+            xs = []
             for order, curves in entry["orders"].items():
                 _curve_points(ax, curves[axis], _ORDER_COLORS.get(order, "tab:purple"), order)
+                xs += [*curves[axis]["x"], (curves[axis].get("full") or {}).get("x")]
             if entry.get("baseline") is not None:
                 ax.axhline(entry["baseline"], color="gray", linestyle=":", label="single-session")
-            _log_x(ax)
+            _log_x(ax, xs)
             ax.set_xlabel("pretraining sessions" if axis == "sessions" else "pretraining trials (train windows)")
             ax.set_ylabel(summary["metric"])
             ax.set_title(f"held out {h}", fontsize=9)
@@ -119,13 +137,13 @@ def plot_scaling(summary: dict[str, Any], path: str | Path) -> Path:
 def plot_task_curves(summary: dict[str, Any], path: str | Path) -> Path:
     """The "more sessions" curves: every task's score (percent improvement over the
     single-session model, mean over held-out sessions and seeds) vs sessions in random order."""
-    plt = _pyplot()
     curves = summary["more_sessions"]["curves"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = _figure((7, 4))
+    ax = fig.subplots()
     for task, c in curves.items():
         ax.errorbar(c["x"], c["y"], yerr=_spread(c.get("sd")), marker="o", capsize=3, label=task)
     ax.axhline(0.0, color="gray", linestyle=":")
-    _log_x(ax)
+    _log_x(ax, [x for c in curves.values() for x in c["x"]])
     ax.set_xlabel(f"pretraining sessions ({summary['more_sessions']['order']} order)")
     ax.set_ylabel("improvement over single-session (%)")
     ax.legend(fontsize=7)

@@ -15,7 +15,9 @@ writes ``DIR/ranking.json`` (study JSON: per held-out session the ranked session
 the top-k overlap between held-out sessions, and, for ``spikefm synth`` corpora, each session's
 ground-truth family and the precision@k of own-family sessions), ``DIR/ranking_<session>.csv``,
 ``DIR/topk_overlap.csv`` and ``DIR/ranking.png``. Every model is a job
-(:mod:`spikefm.experiments.jobs`) under ``DIR/jobs``: re-running resumes.
+(:mod:`spikefm.experiments.jobs`) under ``DIR/jobs``: re-running resumes. Job specs and the study
+settings record the sha256 of the corpus's ``manifest.json``: a corpus rebuilt at the same path is
+new jobs, and a study folder made on the old one is refused.
 """
 from __future__ import annotations
 
@@ -23,14 +25,16 @@ import csv
 import io
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from spikefm.experiments.jobs import Job, make_job, run_jobs
+from spikefm.experiments.jobs import Job, make_job, run_jobs, study_folder
 
 __all__ = ["StudySettings", "LAPTOP", "study_sessions", "pretrain_job", "adapt_job", "ranking_jobs",
-           "summarize_ranking", "rank_sessions", "session_families", "precision_at_k", "write_csv"]
+           "summarize_ranking", "rank_sessions", "session_families", "precision_at_k", "write_csv",
+           "check_family", "capped_top_k"]
 
 
 @dataclass(frozen=True)
@@ -121,10 +125,36 @@ def study_sessions(corpus_dir: str | Path, held_out: Sequence[str] | None,
     return held, pretrain
 
 
-def pretrain_job(settings: StudySettings, corpus: str, sessions: Sequence[str], seed: int) -> Job:
-    """The pretraining run on ``sessions`` (sorted: the order of a set does not matter)."""
+def check_family(family: str, study: str) -> None:
+    """Refuse, before any job, a family whose runs cannot be fine-tuned to a held-out session (no
+    per-session parameters): every fine-tuning job of the ``study`` would fail.
+
+    Raises:
+        ValueError: one line naming the families that can.
+    """
+    from spikefm import families
+
+    families.require_finetuning(family, f"{study} needs")
+
+
+def capped_top_k(top_k: int, num_pool: int, flag: str) -> int:
+    """``top_k`` capped at the number of pretraining sessions, with a warning when it is."""
+    if top_k > num_pool:
+        warnings.warn(f"{flag} {top_k}: only {num_pool} pretraining session(s); precision@{num_pool} and the "
+                      f"top-{num_pool} overlap are reported instead", RuntimeWarning, stacklevel=2)
+    return min(top_k, num_pool)
+
+
+def pretrain_job(settings: StudySettings, corpus: str, sessions: Sequence[str], seed: int, *,
+                 corpus_sha256: str | None = None) -> Job:
+    """The pretraining run on ``sessions`` (sorted: the order of a set does not matter).
+    ``corpus_sha256``: of the corpus's ``manifest.json`` (None: read it now), in the spec so that
+    a corpus rebuilt at the same path makes new jobs."""
+    from spikefm.corpus.reader import manifest_sha256
+
     sessions = sorted(sessions)
-    spec = {"family": settings.family, "corpus": str(Path(corpus).resolve()), "sessions": sessions,
+    spec = {"family": settings.family, "corpus": str(Path(corpus).resolve()),
+            "corpus_sha256": corpus_sha256 or manifest_sha256(corpus), "sessions": sessions,
             "preset": settings.preset, "steps": settings.pretrain_steps, "seed": int(seed),
             "overrides": [*([f"data.schemes={settings.schemes}"] if settings.schemes else []), *settings.overrides],
             "protocol": settings.protocol, "device": settings.device}
@@ -136,7 +166,8 @@ def adapt_job(settings: StudySettings, pre: Job, session: str, *, evaluate: bool
               tasks: Sequence[str] | None = None, baselines: bool = False, scratch: bool = False) -> Job:
     """Fine-tuning of ``pre``'s core (frozen) to ``session`` or, with ``scratch``, the
     single-session model with ``pre``'s settings and seed; ``evaluate`` adds the test benchmark."""
-    spec = {"pretrain": pre.id, "corpus": pre.spec["corpus"], "session": session,
+    spec = {"pretrain": pre.id, "corpus": pre.spec["corpus"], "corpus_sha256": pre.spec["corpus_sha256"],
+            "session": session,
             "steps": settings.finetune_steps, "eval_every": settings.eval_every, "patience": settings.patience,
             # the single-session model trains everything: the pretraining run's learning rate
             "lr": None if scratch else settings.finetune_lr, "seed": pre.spec["seed"],
@@ -149,12 +180,15 @@ def adapt_job(settings: StudySettings, pre: Job, session: str, *, evaluate: bool
 
 
 def ranking_jobs(settings: StudySettings, corpus: str, held: Sequence[str], pool: Sequence[str],
-                 seed: int) -> tuple[list[Job], dict[tuple[str, str], Job]]:
+                 seed: int, *, corpus_sha256: str | None = None) -> tuple[list[Job], dict[tuple[str, str], Job]]:
     """Every job of a ranking, and (held-out, pretraining session) -> its fine-tuning job."""
+    from spikefm.corpus.reader import manifest_sha256
+
+    digest = corpus_sha256 or manifest_sha256(corpus)
     jobs: list[Job] = []
     adapt: dict[tuple[str, str], Job] = {}
     for s in pool:
-        pre = pretrain_job(settings, corpus, [s], seed)
+        pre = pretrain_job(settings, corpus, [s], seed, corpus_sha256=digest)
         jobs.append(pre)
         for h in held:
             adapt[(h, s)] = adapt_job(settings, pre, h)
@@ -162,23 +196,34 @@ def ranking_jobs(settings: StudySettings, corpus: str, held: Sequence[str], pool
     return jobs, adapt
 
 
-def session_families(corpus_dir: str | Path, sessions: Sequence[str]) -> dict[str, int] | None:
+def session_families(corpus_dir: str | Path, sessions: Sequence[str]) -> dict[str, int | str] | None:
     """Ground-truth family of each session of a ``spikefm synth`` corpus (its ``.truth.npz``
-    beside the NWB file the manifest names), or None when any session has no truth file."""
+    beside the NWB file the manifest names), or None when any session has no truth file.
+
+    A family is one of one ``spikefm synth`` run: family 0 of another preset, seed or number of
+    families has other dynamics. Sessions of one run: the family's number (an int). Sessions of
+    several runs: ``"<preset> seed <seed> family <f> of <K>"`` (a str), so that equal labels are
+    equal families. A truth file without preset, seed or number of families (an older one) counts
+    those as unknown, i.e. the same as any other's unknown."""
     import numpy as np
 
     from spikefm.corpus.reader import Corpus
     from spikefm.corpus.synth import truth_path
 
+    def item(z, name: str):
+        return z[name].item() if name in z.files else None
+
     corpus = Corpus(corpus_dir)
-    out = {}
+    keys = {}
     for s in sessions:
         nwb = (corpus.session(s).get("provenance") or {}).get("path")
         if not nwb or not truth_path(nwb).is_file():
             return None
         with np.load(truth_path(nwb)) as z:
-            out[s] = int(z["family"])
-    return out
+            keys[s] = (item(z, "preset"), item(z, "seed"), item(z, "num_families"), int(z["family"]))
+    if len({k[:3] for k in keys.values()}) == 1:
+        return {s: k[3] for s, k in keys.items()}
+    return {s: f"{p} seed {seed} family {f} of {n}" for s, (p, seed, n, f) in keys.items()}
 
 
 def precision_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
@@ -190,7 +235,7 @@ def precision_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
 
 
 def summarize_ranking(records: dict[str, dict], adapt: dict[tuple[str, str], Job], held: Sequence[str],
-                      pool: Sequence[str], families: dict[str, int] | None, top_k: int = 3) -> dict[str, Any]:
+                      pool: Sequence[str], families: dict[str, int | str] | None, top_k: int = 3) -> dict[str, Any]:
     """Rankings from the fine-tuning jobs' results: per held-out session, the pretraining sessions
     by score (minus best validation loss; ties by session id), the top-k overlap between held-out
     sessions and, with ground-truth families, the precision@k of own-family sessions."""
@@ -286,25 +331,28 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     Returns:
         The study JSON written to ``OUT/ranking.json``.
     """
+    from spikefm.corpus.reader import manifest_sha256
     from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings
     from spikefm.experiments.plots import plot_ranking
     from spikefm.experiments.runs import check_pretrain_spec
-    from spikefm.fileio import folder_lock, write_json_atomic
+    from spikefm.fileio import write_json_atomic
     from spikefm.train.runinfo import machine_info
 
     out = Path(out)
     check_study_folder(out)
+    check_family(settings.family, "a session ranking")  # before its settings are read as the family's
     held, pool = study_sessions(corpus, held_out, pool)
-    jobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seed)
+    capped_top_k(top_k, len(pool), "--top-k")
+    digest = manifest_sha256(corpus)
+    jobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seed, corpus_sha256=digest)
     check_pretrain_spec(jobs[0].spec)  # before any folder is made or job runs
-    study_settings = {**settings.to_dict(), "seed": seed, "top_k": top_k,
-                      "corpus": str(Path(corpus).resolve()), "held_out": held, "pretraining_sessions": pool}
+    study_settings = {**settings.to_dict(), "seed": seed, "top_k": top_k, "corpus": str(Path(corpus).resolve()),
+                      "corpus_sha256": digest, "held_out": held, "pretraining_sessions": pool}
     check_study_settings(out / "ranking.json", study_settings, views=("top_k",))
-    out.mkdir(parents=True, exist_ok=True)
+    executor = executor or LocalExecutor(1)
     t0 = time.perf_counter()
-    with folder_lock(out, what="study"):
-        records = run_jobs(jobs, out / "jobs", executor or LocalExecutor(1), progress=progress,
-                           description="ranking sessions")
+    with study_folder(out, executor):  # the executor first, then the folder
+        records = run_jobs(jobs, out / "jobs", executor, progress=progress, description="ranking sessions")
         families = session_families(corpus, [*held, *pool])
         summary = summarize_ranking(records, adapt, held, pool, families, top_k)
         study = {"study": "rank-sessions", "command": command or " ".join(sys.argv),

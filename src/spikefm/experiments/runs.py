@@ -6,13 +6,17 @@ that depends only on ``spec``. ``root`` is the study's jobs folder, where the fo
 it depends on lie.
 
 - :func:`pretrain`: a model of a masked family on a list of sessions
-  (spec ``family, corpus, sessions, preset, steps, seed, overrides``).
+  (spec ``family, corpus, corpus_sha256, sessions, preset, steps, seed, overrides``).
 - :func:`finetune`: a pretrained job's core adapted to a held-out session (frozen core by default:
   new session parameters only), early stopping on that session's validation windows, and
-  optionally the benchmark on its test windows (spec ``pretrain, corpus, session, steps,
-  eval_every, patience, lr, strategy, evaluate, tasks, baselines``).
+  optionally the benchmark on its test windows (spec ``pretrain, corpus, corpus_sha256, session,
+  steps, eval_every, patience, lr, strategy, evaluate, tasks, baselines``).
 - :func:`single_session`: the same model trained on the held-out session alone, with the settings
   (and seed) of a pretraining job (spec as :func:`finetune`; the pretraining weights are not used).
+
+``corpus_sha256`` (the sha256 of the corpus's ``manifest.json``; absent in specs of older studies)
+is checked before a job reads the corpus: a corpus rebuilt at the same path while a study runs
+fails its remaining jobs instead of mixing two corpora in one study.
 """
 from __future__ import annotations
 
@@ -48,9 +52,20 @@ def check_pretrain_spec(spec: dict) -> None:
             raise ValueError("--device cuda: no CUDA device is available on this machine; use --device cpu")
 
 
+def _check_corpus(spec: dict) -> None:
+    from spikefm.corpus.reader import manifest_sha256
+
+    want = spec.get("corpus_sha256")
+    if want is not None and manifest_sha256(spec["corpus"]) != want:
+        raise ValueError(f"the corpus {spec['corpus']} changed since this study's jobs were made (its manifest.json "
+                         f"sha256 is no longer {want[:12]}...); run the study command again: it makes the jobs "
+                         "of the corpus as it is now (give a new --out)")
+
+
 def pretrain(spec: dict, job_dir: Path, root: Path) -> dict[str, Any]:
     from spikefm import families
 
+    _check_corpus(spec)
     sessions = list(spec["sessions"])
     cfg = _pretrain_config(spec)
     summary = families.train(cfg, job_dir / RUN, progress=False)
@@ -64,6 +79,7 @@ def pretrain(spec: dict, job_dir: Path, root: Path) -> dict[str, Any]:
 def _adapt(spec: dict, job_dir: Path, root: Path, strategy: str) -> dict[str, Any]:
     from spikefm import families
 
+    _check_corpus(spec)
     source = root / spec["pretrain"] / RUN
     ft = families.finetune(source, spec["corpus"], spec["session"], job_dir / RUN, strategy=strategy,
                            steps=int(spec["steps"]), eval_every=int(spec["eval_every"]),

@@ -33,10 +33,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from spikefm.experiments.jobs import Job, run_jobs
-from spikefm.experiments.rank_sessions import (LAPTOP, StudySettings, adapt_job, pretrain_job, ranking_jobs,
-                                               session_families, study_sessions, summarize_ranking, write_csv,
-                                               write_ranking_files)
+from spikefm.experiments.jobs import Job, run_jobs, study_folder
+from spikefm.experiments.rank_sessions import (LAPTOP, StudySettings, adapt_job, capped_top_k, check_family,
+                                               pretrain_job, ranking_jobs, session_families, study_sessions,
+                                               summarize_ranking, write_csv, write_ranking_files)
 
 __all__ = ["ORDERS", "parse_sizes", "session_orders", "scaling_jobs", "log_linear_fit", "summarize_scaling",
            "scaling_study", "DEFAULT_SIZES", "DEFAULT_METRIC"]
@@ -100,15 +100,19 @@ def session_orders(ranked: dict[str, list[str]], pool: Sequence[str], orders: Se
 
 
 def scaling_jobs(settings: StudySettings, corpus: str, ranked: dict[str, list[str]], pool: Sequence[str],
-                 sizes: Sequence[int], orders: Sequence[str], seeds: Sequence[int], tasks: Sequence[str] | None
-                 ) -> tuple[list[Job], list[dict]]:
+                 sizes: Sequence[int], orders: Sequence[str], seeds: Sequence[int], tasks: Sequence[str] | None,
+                 *, corpus_sha256: str | None = None) -> tuple[list[Job], list[dict]]:
     """The scaling jobs and one cell per (seed, held-out, order, size) or baseline:
-    ``{"seed", "held_out", "order", "size", "sessions", "pretrain", "job"}``."""
+    ``{"seed", "held_out", "order", "size", "sessions", "pretrain", "job"}``. ``corpus_sha256``:
+    of the corpus's ``manifest.json`` (None: read it now)."""
+    from spikefm.corpus.reader import manifest_sha256
+
+    digest = corpus_sha256 or manifest_sha256(corpus)
     jobs: list[Job] = []
     cells: list[dict] = []
     for seed in seeds:
         orders_s = session_orders(ranked, pool, orders, seed)
-        full = pretrain_job(settings, corpus, pool, seed)
+        full = pretrain_job(settings, corpus, pool, seed, corpus_sha256=digest)
         for h in ranked:
             base = adapt_job(settings, full, h, evaluate=True, tasks=tasks, baselines=True, scratch=True)
             jobs += [full, base]
@@ -117,7 +121,7 @@ def scaling_jobs(settings: StudySettings, corpus: str, ranked: dict[str, list[st
             for order in orders:
                 for k in sizes:
                     sessions = orders_s[order][h][:k]
-                    pre = pretrain_job(settings, corpus, sessions, seed)
+                    pre = pretrain_job(settings, corpus, sessions, seed, corpus_sha256=digest)
                     ft = adapt_job(settings, pre, h, evaluate=True, tasks=tasks)
                     jobs += [pre, ft]
                     cells.append({"seed": seed, "held_out": h, "order": order, "size": k, "sessions": sessions,
@@ -332,16 +336,18 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
         executor: :func:`spikefm.experiments.jobs.make_executor`'s executor (None: one local worker).
     """
     from spikefm import families
+    from spikefm.corpus.reader import manifest_sha256
     from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings
     from spikefm.experiments.plots import plot_ranking, plot_scaling, plot_task_curves
     from spikefm.experiments.runs import check_pretrain_spec
-    from spikefm.fileio import folder_lock, write_json_atomic
+    from spikefm.fileio import write_json_atomic
     from spikefm.train.runinfo import machine_info
 
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
     orders = list(orders)
+    check_family(settings.family, "a scaling study")
     if not callable(getattr(families.get(settings.family), "task_scores", None)):
         families.task_scores(settings.family, {})  # its one-line refusal, before any job runs
     if tasks is not None:  # an unknown task failed every fine-tuning job, after the pretraining
@@ -355,25 +361,34 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     check_study_folder(out)
     held, pool = study_sessions(corpus, held_out, pool)
     size_list = parse_sizes(sizes, len(pool))
+    capped_top_k(rank_top_k, len(pool), "--rank-top-k")
     session_orders({h: list(pool) for h in held}, pool, orders, seeds[0])  # checks the names early
-    rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0])
+    digest = manifest_sha256(corpus)
+    rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0], corpus_sha256=digest)
     check_pretrain_spec(rjobs[0].spec)  # before any folder is made or job runs
     study_settings = {**settings.to_dict(), "seeds": seeds, "sizes": size_list, "orders": orders,
                       "tasks": list(tasks) if tasks else None, "metric": metric, "top_k": top_k,
-                      "corpus": str(Path(corpus).resolve()), "held_out": held,
+                      "corpus": str(Path(corpus).resolve()), "corpus_sha256": digest, "held_out": held,
                       "pretraining_sessions": pool, "ranking_seed": seeds[0]}
+    # the ranking's own settings, as rank-sessions writes them: the same rank-sessions command
+    # then resumes in this folder (it was refused: the scaling's settings were recorded)
+    rank_settings = {**settings.to_dict(), "seed": seeds[0], "top_k": rank_top_k,
+                     "corpus": str(Path(corpus).resolve()), "corpus_sha256": digest, "held_out": held,
+                     "pretraining_sessions": pool}
     check_study_settings(out / "scaling.json", study_settings, views=("metric", "top_k"))
-    out.mkdir(parents=True, exist_ok=True)
+    # a rank-sessions study in the folder: its files would be replaced by this ranking's
+    check_study_settings(out / "ranking.json", rank_settings, views=("top_k",))
     executor = executor or LocalExecutor(1)
     t0 = time.perf_counter()
-    with folder_lock(out, what="study"), executor:
+    with study_folder(out, executor):  # the executor first, then the folder
         records = run_jobs(rjobs, out / "jobs", executor, progress=progress, description="ranking sessions")
         families = session_families(corpus, [*held, *pool])
         ranking = summarize_ranking(records, adapt, held, pool, families, rank_top_k)
         write_ranking_files(out, ranking)
         plot_ranking(ranking, out / "ranking.png")
         ranked = {h: [r["session"] for r in rows] for h, rows in ranking["rankings"].items()}
-        sjobs, cells = scaling_jobs(settings, str(corpus), ranked, pool, size_list, orders, seeds, tasks)
+        sjobs, cells = scaling_jobs(settings, str(corpus), ranked, pool, size_list, orders, seeds, tasks,
+                                    corpus_sha256=digest)
         records.update(run_jobs(sjobs, out / "jobs", executor, progress=progress, description="scaling runs"))
         summary = summarize_scaling(cells, records, metric=metric, pool=pool, orders=orders, sizes=size_list,
                                     top_k=top_k)
@@ -384,10 +399,6 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
                   "job_wall_s": round(sum(records[j]["timings"]["wall_s"] for j in all_jobs), 1),
                   "wall_s": round(time.perf_counter() - t0, 1), "machine": machine_info()}
         study = {"study": "scaling", **common, **{k: v for k, v in summary.items() if k != "scores"}}
-        # the ranking's own settings, as rank-sessions writes them: the same rank-sessions command
-        # then resumes in this folder (it was refused: the scaling's settings were recorded)
-        rank_settings = {**settings.to_dict(), "seed": seeds[0], "top_k": rank_top_k,
-                         "corpus": str(Path(corpus).resolve()), "held_out": held, "pretraining_sessions": pool}
         rank_ids = {j.id for j in rjobs}
         write_json_atomic(out / "ranking.json", {
             "study": "rank-sessions", **common, "settings": rank_settings, "jobs": len(rank_ids),

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run", "default_preset",
            "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
-           "finetune", "evaluate", "check_evaluate_options", "check_tasks", "format_results", "transfer_headline", "task_scores", "stamp_family", "commands", "FamilyCommand"]
+           "finetune", "require_finetuning", "evaluate", "check_evaluate_options", "check_tasks", "format_results", "transfer_headline", "task_scores", "stamp_family", "commands", "FamilyCommand"]
 
 #: name -> "module:attribute" of the family class (instantiated with no arguments).
 FAMILIES: dict[str, str] = {
@@ -295,6 +295,18 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
                                strategy=strategy or implied or "auto", steps=steps, overrides=overrides,
                                eval_every=eval_every, patience=patience, progress=progress, select=select,
                                soup=soup)
+
+
+def require_finetuning(family: str, needed_for: str) -> None:
+    """A one-line ValueError, naming the families that can, when ``family`` cannot fine-tune a run
+    to a new session (it has no ``finetune_config``: no per-session parameters); ``needed_for``
+    completes "which ..." (e.g. "a session ranking needs")."""
+    if hasattr(get(family), "finetune_config"):
+        return
+    able = _families_with("finetune_config")
+    raise ValueError(f"the {family!r} family does not support fine-tuning to a new session (it has no per-session "
+                     f"parameters), which {needed_for}; run it with a family that does "
+                     f"({', '.join(able) or 'none is registered'}; --model)")
 
 
 def _families_with(member: str) -> list[str]:

@@ -62,7 +62,8 @@ def test_argument_messages_are_exact():
         assert message(ValueError, t, u, bad, 0.0, 1.0) == f"num_units must be an int >= 0, got {bad!r}"
     assert message(ValueError, t, u, 2, 0.0, 1.0, 0) == "bin_ms must be a positive int (milliseconds), got 0"
     assert message(ValueError, t, u, 2, 1.0, 0.5) == "t_stop_s must be >= t_start_s, got 1.0 and 0.5"
-    assert message(ValueError, t, u, 2, 0.0, float("inf")) == "t_start_s and t_stop_s must be finite seconds, got 0.0 and inf"
+    assert message(ValueError, t, u, 2, 0.0, float("inf")) == ("t_stop_s must be finite seconds (a number), got inf; "
+                                                                "pass the time range's end in seconds")
     assert message(ValueError, t, u, 1, 0.0, 1.0) == "unit_index values must lie in [0, 1), got range [0, 1]"
     assert message(ValueError, np.array([0.1, np.nan]), u, 2, 0.0, 1.0) == (
         "spike_times must be finite seconds; 1 of 2 are NaN or infinite: remove them before binning")

@@ -659,11 +659,14 @@ def test_synth_with_fewer_sessions_or_into_a_corpus_or_run_folder(data, tmp_path
     assert {p: p.read_bytes() for p in (tmp_path / "nwb").rglob("*") if p.is_file()} == files
     # --overwrite: exactly the requested recordings remain, ground truth included
     (tmp_path / "nwb" / "mine.nwb").write_bytes(b"mine")
-    with pytest.warns(UserWarning, match="1 other NWB file"):
+    (tmp_path / "nwb" / "LAB.NWB").write_bytes(b"mine too")
+    (tmp_path / "nwb" / "sub-lab").mkdir()  # a user's recording named as synth names them, no ground truth
+    (tmp_path / "nwb" / "sub-lab" / "sub-lab_ses-9.nwb").write_bytes(b"a real one")
+    with pytest.warns(UserWarning, match="3 other NWB file"):
         assert main([*args, "--sessions", "2", "--overwrite"]) == 0
-    nwb = sorted(p.name for p in (tmp_path / "nwb").rglob("*.nwb"))
+    nwb = sorted(p.name for p in (tmp_path / "nwb").rglob("*") if p.suffix.lower() == ".nwb")
     truth = sorted(p.name for p in (tmp_path / "nwb").rglob("*.truth.npz"))
-    assert nwb == ["mine.nwb", "sub-ibl01_ses-000.nwb", "sub-ibl01_ses-001.nwb"]
+    assert nwb == ["LAB.NWB", "mine.nwb", "sub-ibl01_ses-000.nwb", "sub-ibl01_ses-001.nwb", "sub-lab_ses-9.nwb"]
     assert truth == ["sub-ibl01_ses-000.truth.npz", "sub-ibl01_ses-001.truth.npz"]
     # a corpus folder or a run folder is never a place for recordings, --overwrite or not
     capsys.readouterr()

@@ -641,9 +641,15 @@ def test_a_killed_downloads_temporary_is_removed_and_the_clients_log_stays_quiet
     gone.wait()  # a process id that no longer runs: the killed downloader's
     stale = target.with_name(f".{target.name}.tmp-{gone.pid}")
     stale.write_bytes(b"partial")
+    old = time.time() - dandi_mod.STALE_DOWNLOAD_S - 60
+    os.utime(stale, (old, old))
+    # a fresh one may be a live download on another machine sharing the cache (its pid means nothing here)
+    fresh = target.with_name(f".{target.name}.tmp-{gone.pid + 1000000}")
+    fresh.write_bytes(b"still coming")
     (item,) = dandi_mod.resolve_dandi("dandi:000207@0.220216.0", cache_dir=cache,
                                       client=_FakeClient([_FakeAsset("sub-2/sub-2_ses-1.nwb", src)]))
-    assert item.path == target and not stale.exists()
+    assert item.path == target and not stale.exists() and fresh.read_bytes() == b"still coming"
+    fresh.unlink()
     assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".")) == \
         [f".{target.name}.sha256.json"]
     # the client module's logger: a stand-in dandi package that logs as dandi-cli does when offline
@@ -702,7 +708,10 @@ def test_build_config_refuses_wrong_types_at_once(kwargs, match):
 
 
 def test_build_config_takes_numpy_ints_and_build_corpus_refuses_a_dict(tmp_path):
-    cfg = BuildConfig(workers=np.int64(2), seed=np.uint8(3))
+    cfg = BuildConfig(workers=np.int64(2), seed=np.uint8(3), test_fraction=np.float32(0.25), cache_dir=tmp_path)
     assert (cfg.workers, cfg.seed) == (2, 3) and type(cfg.workers) is int
+    assert type(cfg.test_fraction) is float and cfg.cache_dir == str(tmp_path)  # what the manifest's JSON takes
+    with pytest.raises(ValueError, match="^source_dataset must be a string or None, got PosixPath"):
+        BuildConfig(source_dataset=tmp_path)
     with pytest.raises(ValueError, match=r"^cfg must be a BuildConfig \(e.g. BuildConfig\(bin_ms=10\)\), got a dict$"):
         build_corpus([str(tmp_path)], tmp_path / "c", {"bin_ms": 10}, progress=False)

@@ -129,6 +129,10 @@ def test_a_wrong_path_is_told_what_it_is_and_what_to_give(tmp_path):
     (rec / "sub-a_ses-0.nwb").write_bytes(b"x")
     for path in (tmp_path / "rec", rec, rec / "sub-a_ses-0.nwb"):  # its folder, sub-folder, a file
         assert f"spikefm corpus build {path} --out CORPUS_DIR" in message(path)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "S.NWB").write_bytes(b"x")  # the suffix in another case is an NWB file too
+    assert f"spikefm corpus build {upper} --out CORPUS_DIR" in message(upper)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")

@@ -129,9 +129,10 @@ def test_transfer_passes_soup_to_finetune_and_the_ndt_default_is_on(tmp_path, mo
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(tr, "transfer", fake_transfer)
-    for i, (flags, want) in enumerate(((["--no-soup"], False), (["--soup"], True), ([], None))):
-        # a folder each: the settings are recorded before the stand-in stops the study
-        out = tmp_path / f"s{i}"
+    out = tmp_path / "s"
+    for flags, want in ((["--no-soup"], False), (["--soup"], True), ([], None)):
+        # one folder: the stand-in stopped each study before a seed made anything, so the next
+        # command, with other settings, is not refused
         assert main(["experiment", "transfer", "--out", str(out), "--seeds", "1", *flags]) != 0  # the stand-in stops it
         assert seen[-1] is want
     assert families.get("ndt").finetune_soup is True
@@ -173,7 +174,11 @@ def test_a_rerun_reuses_finished_seeds_and_refuses_other_settings(tmp_path, monk
 
 def _study_files(out) -> dict:
     """Every file under ``out`` with its bytes and modification time (what "nothing changed" means)."""
-    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+    from spikefm.fileio import LOCK_NAME
+
+    # the folder lock's file is touched by every command that takes the lock: not the study's content
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 def test_an_interrupted_study_reuses_its_finished_seeds_and_refuses_other_settings(tmp_path, monkeypatch, capsys):
@@ -285,3 +290,15 @@ def test_a_real_interrupted_study_continues_without_redoing_its_finished_seed(tm
     summary = json.loads((out / "transfer.json").read_text())
     assert list(summary["per_seed"]) == ["5", "6"] and (out / "seed_6" / "results_ndt.json").is_file()
     assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+
+
+def test_a_study_stopped_by_its_own_checks_leaves_its_folder_usable(tmp_path, capsys):
+    """--tasks bogus stopped the study before any seed made anything, yet its recorded settings
+    refused the corrected command ('holds a transfer study made with other settings')."""
+    from spikefm.experiments import transfer as tr
+
+    with pytest.raises(ValueError, match="bogus"):
+        tr.transfer_study(tmp_path, seeds=[1], tasks=["bogus"])
+    with pytest.raises(ValueError, match="sessions must be an int >= 2"):  # not "made with other settings"
+        tr.transfer_study(tmp_path, seeds=[1], sessions=1)
+    assert not list(tmp_path.glob("seed_*")) or not any(any(p.iterdir()) for p in tmp_path.glob("seed_*"))

@@ -18,7 +18,7 @@ from spikefm.argtypes import positive_float as _positive_float
 from spikefm.argtypes import positive_int as _positive_int
 from spikefm.argtypes import positive_int_at_most as _positive_int_at_most
 from spikefm.argtypes import units_range as _units_range
-from spikefm.fileio import check_output_file
+from spikefm.fileio import check_output_file, spikefm_folder_kind
 from spikefm.progress import QUIET_HELP
 
 
@@ -45,13 +45,15 @@ def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
                              "that holds synthetic recordings)")
     if not out.is_dir():
         return
-    for name, what in (("manifest.json", "a spikefm corpus"), ("config.json", "a training run or model")):
-        if (out / name).is_file():
-            raise ValueError(f"{out}: holds {what} ({name}); synth writes recordings into a folder of their "
-                             "own (corpus build would refuse the mix): give another OUT_DIR")
+    kind = spikefm_folder_kind(out)
+    if kind:
+        raise ValueError(f"{out}: holds {kind}; synth writes recordings into a folder of their "
+                         "own (corpus build would refuse the mix): give another OUT_DIR")
     if overwrite:
         return
-    existing = sorted(p for p in out.rglob("*.nwb"))
+    from spikefm.corpus.nwb import is_nwb_name
+
+    existing = sorted(p for p in out.rglob("*") if is_nwb_name(p))
     if not existing:
         return
     record = out / SYNTH_RECORD
@@ -77,19 +79,23 @@ def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
 
 
 def _remove_stale_synth(out: Path, kept: list) -> None:
-    """After ``synth --overwrite``: remove the recordings (``sub-*/sub-*_ses-*.nwb`` and their
-    ``.truth.npz``) that synth names but this run did not write, so the folder holds exactly the
-    requested sessions; any other NWB file is named in a warning (corpus build would read it)."""
+    """After ``synth --overwrite``: remove the recordings synth wrote (``sub-*/sub-*_ses-*.nwb``
+    with their ``.truth.npz`` beside them) that this run did not write again, so the folder holds
+    exactly the requested sessions; any other NWB file is named in a warning (corpus build would
+    read it)."""
     import re
     import warnings
+
+    from spikefm.corpus.nwb import is_nwb_name
 
     kept = {Path(p).resolve() for p in kept}
     ours = re.compile(r"^sub-[^/]+_ses-\d+\.nwb$")
     others = []
-    for nwb in sorted(out.rglob("*.nwb")):
+    for nwb in sorted(p for p in out.rglob("*") if is_nwb_name(p)):
         if nwb.resolve() in kept:
             continue
-        if ours.match(nwb.name) and nwb.parent.parent == out:
+        # synth's: its name, its place and its ground truth beside it (a user's recording has none)
+        if ours.match(nwb.name) and nwb.parent.parent == out and nwb.with_suffix(".truth.npz").is_file():
             nwb.unlink()
             nwb.with_suffix(".truth.npz").unlink(missing_ok=True)
             if nwb.parent.is_dir() and not any(nwb.parent.iterdir()):

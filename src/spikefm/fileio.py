@@ -53,9 +53,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     return path
 
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(path: str | os.PathLike, *, min_age_s: float = 0.0) -> list[Path]:
     """Remove the temporaries of :func:`write_atomic` for ``path`` (``.NAME.tmp-PID`` beside it)
     left by processes that no longer run (a killed earlier run); a live writer's are kept.
+
+    ``min_age_s``: keep temporaries written to less than this long ago, for folders that other
+    machines share (a cache on a network file system): there a process id says nothing about a
+    writer on another host, but a live writer keeps its file's modification time fresh.
 
     Returns:
         The removed files.
@@ -65,6 +69,8 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not tmp.is_file() or tmp.is_symlink():
+            continue
+        if min_age_s > 0 and time.time() - tmp.stat().st_mtime < min_age_s:
             continue
         try:
             os.kill(int(pid), 0)
@@ -89,6 +95,16 @@ def make_folder(path: str | os.PathLike, *, action: str | None = None,
         blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
         raise ValueError(f"cannot {action or f'create {path}'}: {blocker} is a file, not a folder; "
                          f"{fix}") from None
+
+
+def spikefm_folder_kind(path: str | os.PathLike) -> str | None:
+    """What spikefm folder ``path`` is, in words with the file that tells (``"a spikefm corpus
+    (manifest.json)"``, ``"a training run or model (config.json)"``), or None: for commands that
+    must not write their own files into one."""
+    for marker, what in (("manifest.json", "a spikefm corpus"), ("config.json", "a training run or model")):
+        if (Path(path) / marker).is_file():
+            return f"{what} ({marker})"
+    return None
 
 
 #: Files that describe a spikefm run or corpus folder: an output file must never replace one.

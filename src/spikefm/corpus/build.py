@@ -48,7 +48,7 @@ import pyarrow as pa
 from ..fileio import write_atomic, write_json_atomic
 from .binning import bin_spikes
 from .manifest import BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, new_manifest
-from .nwb import read_nwb, resample_behavior, sha256_file
+from .nwb import is_nwb_name, read_nwb, resample_behavior, sha256_file
 from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS
 from .session import SessionRecord, recording_end_s
 from .store import STAGING, CorpusDir, check_inputs_outside, inspect_out_dir, open_corpus_dir
@@ -98,10 +98,15 @@ class BuildConfig:
         if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, (int, float, np.floating, np.integer)) \
                 or not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be a number in [0, 1), got {self.test_fraction!r}")
-        for name in ("source_dataset", "cache_dir", "ray_address"):
+        object.__setattr__(self, "test_fraction", float(self.test_fraction))  # the manifest is JSON
+        for name in ("source_dataset", "ray_address"):
             v = getattr(self, name)
-            if v is not None and not isinstance(v, (str, os.PathLike)):
+            if v is not None and not isinstance(v, str):
                 raise ValueError(f"{name} must be a string or None, got {v!r}")
+        if self.cache_dir is not None:
+            if not isinstance(self.cache_dir, (str, os.PathLike)):
+                raise ValueError(f"cache_dir must be a folder path or None, got {self.cache_dir!r}")
+            object.__setattr__(self, "cache_dir", os.fspath(self.cache_dir))
         if self.split not in ("session", "row"):
             raise ValueError(f"split must be 'session' or 'row', got {self.split!r}")
         if self.executor not in ("local", "ray"):
@@ -166,7 +171,7 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig) -> tuple[list[InputFile]
         if p.is_dir():
             # Hidden files are other tools' temporaries (e.g. a killed writer's), not recordings;
             # the suffix in any case (.NWB), as file systems that ignore case show it.
-            named = [x for x in p.rglob("*") if x.suffix.lower() == ".nwb" and not x.name.startswith(".")]
+            named = [x for x in p.rglob("*") if is_nwb_name(x)]
             found = sorted(x for x in named if x.is_file())
             dangling = sorted(x for x in named if x.is_symlink() and not x.exists())
             for link in dangling:
@@ -604,7 +609,7 @@ def _check_replace(out_dir: Path, existing: Manifest | None, settings: BuildSett
         if was != now and (recorded or was is not None):
             diffs.append(f"{name} {was!r} -> {now!r}")
     if recorded:
-        if old.inputs != settings.inputs:
+        if set(old.inputs) != set(settings.inputs):  # as sets: an older manifest's order or repeats do not count
             gone = sorted(set(old.inputs) - set(settings.inputs))
             new = sorted(set(settings.inputs) - set(old.inputs))
             diffs.append("inputs " + (f"({gone[0]} no longer given)" if gone else

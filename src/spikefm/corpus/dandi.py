@@ -75,6 +75,10 @@ def _cache_path(cache: Path, dandiset_id: str, version: str, asset_path: str, sp
     return local
 
 
+#: A partial download unchanged this long (seconds) is a killed one's, also in a shared cache.
+STALE_DOWNLOAD_S = 600.0
+
+
 def _client():
     import logging
 
@@ -128,8 +132,9 @@ def _cached_copy_ok(local: Path, size, digest: str, spec: str, asset_path: str) 
 
 def _download(asset, local: Path, digest: str, spec: str) -> None:
     """Download ``asset`` to ``local`` atomically, refusing a file whose sha256 is not DANDI's.
-    A killed earlier download's partial temporary beside ``local`` is removed first."""
-    remove_stale_temporaries(local)
+    A killed earlier download's partial temporary beside ``local`` is removed first (one unchanged
+    for ``STALE_DOWNLOAD_S``: the cache may be shared by machines whose process ids say nothing)."""
+    remove_stale_temporaries(local, min_age_s=STALE_DOWNLOAD_S)
 
     def write(tmp: Path) -> None:
         asset.download(tmp)

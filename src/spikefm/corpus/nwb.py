@@ -34,6 +34,12 @@ import numpy as np
 
 from .session import BehaviorSeries, SessionRecord
 
+
+def is_nwb_name(path: Path) -> bool:
+    """``path`` is named like an NWB file: ``.nwb`` in any case (file systems that ignore case
+    show ``.NWB``), not hidden (other tools' temporaries are)."""
+    return path.suffix.lower() == ".nwb" and not path.name.startswith(".")
+
 UNIT_REGION_COLUMNS = ("brain_region", "location", "region", "brain_area")
 BEHAVIOR_MODULE_NAMES = {"behavior", "behaviour"}
 BEHAVIOR_CONTAINERS = {

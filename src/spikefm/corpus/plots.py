@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..fileio import write_atomic
+from ..fileio import spikefm_folder_kind, write_atomic
 from .info import corpus_info, flat_counts
 from .reader import Corpus, shard_errors
 
@@ -27,15 +27,19 @@ from .reader import Corpus, shard_errors
 NUM_MARGINALS_PLOTTED = 10
 
 
-def _new_figure(width_in: float = 6.4, height_in: float = 4.0):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
-    fig = Figure(figsize=(width_in, height_in), dpi=120, layout="constrained")
+def new_figure(width_in: float = 6.4, height_in: float = 4.0, *, dpi: float = 100.0, layout: str | None = None):
+    """A matplotlib figure on its own Agg canvas, drawn through the object API: the caller's pyplot
+    backend (a notebook's inline one, say) is left as it is. Every spikefm figure is made here."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _new_figure(width_in: float = 6.4, height_in: float = 4.0):
+    return new_figure(width_in, height_in, dpi=120, layout="constrained")
 
 
 #: The PNG ``Software`` text these figures carry, so a later run knows which files it may replace.
@@ -67,10 +71,10 @@ def _made_by_plotting(path: Path) -> bool:
 
 def _check_targets(out_dir: Path, names: list[str]) -> None:
     """Refuse a folder of a corpus or run, and files of the figures' names that plotting did not write."""
-    for marker, what in (("manifest.json", "a spikefm corpus"), ("config.json", "a training run")):
-        if (out_dir / marker).is_file():
-            raise ValueError(f"{out_dir}: holds {what} ({marker}); figures go into a folder of their own: "
-                             "give another --out (e.g. figures)")
+    kind = spikefm_folder_kind(out_dir)
+    if kind:
+        raise ValueError(f"{out_dir}: holds {kind}; figures go into a folder of their own: "
+                         "give another --out (e.g. figures)")
     foreign = [n for n in names if (out_dir / n).exists() and not _made_by_plotting(out_dir / n)]
     if foreign:
         raise ValueError(f"{out_dir / foreign[0]} exists and is not a figure of spikefm corpus plot"

@@ -13,14 +13,9 @@ _ORDER_COLORS = {"ranked": "tab:blue", "random": "tab:orange", "reverse": "tab:g
 
 
 def _figure(figsize: tuple[float, float]):
-    """A figure on its own Agg canvas (object API: the caller's pyplot backend, a notebook's
-    inline one say, is left alone)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from spikefm.corpus.plots import new_figure  # its own canvas: the caller's backend is left alone
 
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(*figsize)
 
 
 def _log_x(ax, xs) -> None:

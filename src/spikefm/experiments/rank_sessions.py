@@ -34,7 +34,7 @@ from spikefm.experiments.jobs import Job, make_job, run_jobs, study_folder
 
 __all__ = ["StudySettings", "LAPTOP", "study_sessions", "pretrain_job", "adapt_job", "ranking_jobs",
            "summarize_ranking", "rank_sessions", "session_families", "precision_at_k", "write_csv",
-           "check_family", "capped_top_k"]
+           "check_family", "warn_top_k"]
 
 
 @dataclass(frozen=True)
@@ -137,12 +137,12 @@ def check_family(family: str, study: str) -> None:
     families.require_finetuning(family, f"{study} needs")
 
 
-def capped_top_k(top_k: int, num_pool: int, flag: str) -> int:
-    """``top_k`` capped at the number of pretraining sessions, with a warning when it is."""
+def warn_top_k(top_k: int, num_pool: int, flag: str) -> None:
+    """Warn when ``top_k`` exceeds the pretraining sessions (:func:`summarize_ranking` reports
+    precision at the pool's size then); ``flag`` names the option in the warning."""
     if top_k > num_pool:
         warnings.warn(f"{flag} {top_k}: only {num_pool} pretraining session(s); precision@{num_pool} and the "
                       f"top-{num_pool} overlap are reported instead", RuntimeWarning, stacklevel=2)
-    return min(top_k, num_pool)
 
 
 def pretrain_job(settings: StudySettings, corpus: str, sessions: Sequence[str], seed: int, *,
@@ -342,7 +342,7 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     check_study_folder(out)
     check_family(settings.family, "a session ranking")  # before its settings are read as the family's
     held, pool = study_sessions(corpus, held_out, pool)
-    capped_top_k(top_k, len(pool), "--top-k")
+    warn_top_k(top_k, len(pool), "--top-k")
     digest = manifest_sha256(corpus)
     jobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seed, corpus_sha256=digest)
     check_pretrain_spec(jobs[0].spec)  # before any folder is made or job runs

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from spikefm.experiments.jobs import Job, run_jobs, study_folder
-from spikefm.experiments.rank_sessions import (LAPTOP, StudySettings, adapt_job, capped_top_k, check_family,
+from spikefm.experiments.rank_sessions import (LAPTOP, StudySettings, adapt_job, warn_top_k, check_family,
                                                pretrain_job, ranking_jobs, session_families, study_sessions,
                                                summarize_ranking, write_csv, write_ranking_files)
 
@@ -361,7 +361,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     check_study_folder(out)
     held, pool = study_sessions(corpus, held_out, pool)
     size_list = parse_sizes(sizes, len(pool))
-    capped_top_k(rank_top_k, len(pool), "--rank-top-k")
+    warn_top_k(rank_top_k, len(pool), "--rank-top-k")
     session_orders({h: list(pool) for h in held}, pool, orders, seeds[0])  # checks the names early
     digest = manifest_sha256(corpus)
     rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0], corpus_sha256=digest)

@@ -205,7 +205,12 @@ def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
 
     settings = {k: v for k, v in settings.items() if k not in _NOT_RESULTS}
     per_seed = {}
+    # the progress record binds only once a seed has made something (a study stopped by its own
+    # checks, e.g. an unknown task, made nothing: the corrected command must not be refused)
+    started = any(p.is_dir() and any(p.iterdir()) for p in out.glob("seed_*"))
     for name in ("transfer.json", PROGRESS_FILE):  # every record is checked before one is used
+        if name == PROGRESS_FILE and not started:
+            continue
         try:
             old = json.loads((out / name).read_text())
             old_settings = {k: v for k, v in old["settings"].items() if k not in _NOT_RESULTS}
@@ -238,10 +243,7 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
     Returns:
         The summary written to ``OUT/transfer.json``.
     """
-    from spikefm import families
-    from spikefm.fileio import write_json_atomic
-    from spikefm.tables import render_table
-    from spikefm.train.runinfo import machine_info
+    from spikefm.fileio import folder_lock
 
     family = options.get("family", DEFAULT_FAMILY)
     seeds = [int(s) for s in seeds]
@@ -252,6 +254,17 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
     out = Path(out)
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
     command = command or " ".join(sys.argv)
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, what="study"):  # a second study into the same folder would lose seeds
+        return _run_study(out, seeds, settings, command, options, family)
+
+
+def _run_study(out: Path, seeds: list[int], settings: dict, command: str, options: dict, family: str) -> dict:
+    from spikefm import families
+    from spikefm.fileio import write_json_atomic
+    from spikefm.tables import render_table
+    from spikefm.train.runinfo import machine_info
+
     done = _finished_seeds(out, settings)
     # the settings before any seed runs; every finished seed stays recorded (a rerun with fewer
     # seeds does not forget the others)

@@ -292,8 +292,8 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
         sec.table(["task", "pair", "target", "metric", "difference", "95 % low", "95 % high"], rows,
                   caption=f"differences with 95 % intervals over the {split} windows (an interval that excludes 0 is "
                           "a resolved difference)", key="neds-comparisons" + suffix, nan_why=why["comparisons"])
-    for task, why in (res.get("skipped") or {}).items():
-        sec.note(f"{task}: skipped ({why})")
+    for task, reason in (res.get("skipped") or {}).items():
+        sec.note(f"{task}: skipped ({reason})")
     reg = {k: v for k, v in (res.get("region") or {}).items() if isinstance(v, dict)}
     if reg:
         sec.heading("region classification from per-unit features")

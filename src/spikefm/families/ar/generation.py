@@ -179,18 +179,13 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
 def _raster(arrays: dict, png: Path) -> None:
     """Draw the raster with matplotlib's object API on an Agg canvas: the global backend (a
     notebook's, say) is left as it is."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("drawing the raster needs matplotlib: pip install matplotlib") from None
+    from spikefm.corpus.plots import new_figure
 
     panels = [("generated", arrays["counts"])]
     if "real" in arrays:
         panels.insert(0, ("real (after the prompt)", arrays["real"]))
     vmax = max(1, max(int(a.max()) if a.size else 1 for _, a in panels))
-    fig = Figure(figsize=(5 * len(panels), 4))
-    FigureCanvasAgg(fig)
+    fig = new_figure(5 * len(panels), 4)
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, a) in zip(axes[0], panels):
         im = ax.imshow(a, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=vmax)

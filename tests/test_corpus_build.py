@@ -715,3 +715,44 @@ def test_build_config_takes_numpy_ints_and_build_corpus_refuses_a_dict(tmp_path)
         BuildConfig(source_dataset=tmp_path)
     with pytest.raises(ValueError, match=r"^cfg must be a BuildConfig \(e.g. BuildConfig\(bin_ms=10\)\), got a dict$"):
         build_corpus([str(tmp_path)], tmp_path / "c", {"bin_ms": 10}, progress=False)
+
+
+def test_a_full_disk_stops_the_build_as_an_operation_failure_not_bad_inputs(tmp_path, nwb_factory, monkeypatch,
+                                                                           capsys):
+    """With the disk full every healthy input was skipped as bad ('No space left on device') and the
+    command exited 2 (bad input); it is the machine's problem: exit 1, no input blamed."""
+    import errno
+
+    from spikefm.cli import main as cli_main
+    from spikefm.corpus import build as build_mod
+
+    src, _ = nwb_factory("sub-1_ses-1")
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(build_mod, "write_atomic", full)
+    assert cli_main(["corpus", "build", str(src), "--out", str(tmp_path / "c"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spikefm: error: No space left on device while writing the corpus in ")
+    assert "skipped" not in err[0] and err[0].endswith("free space there (nothing was half-written: writes go to "
+                                                       "temporary names)")
+
+
+def test_a_librarys_out_of_space_error_is_not_called_an_internal_error(tmp_path, monkeypatch, capsys):
+    """safetensors reports a full disk as its own SafetensorError: it was 'internal error ... report it'."""
+    from spikefm import cli
+
+    class SafetensorError(Exception):
+        pass
+
+    def full(args):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                              "\"No space left on device\" })")
+
+    monkeypatch.setattr(cli, "cmd_corpus_info", full)
+    assert cli.main(["corpus", "info", str(tmp_path)]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("spikefm: error: no space left on the device (Error while serializing")
+    assert "internal error" not in line and line.endswith("free space there (nothing was half-written: writes go "
+                                                          "to temporary names)")

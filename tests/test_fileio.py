@@ -34,3 +34,19 @@ def test_folder_scan_skips_hidden_leftovers(tmp_path):
     (tmp_path / ".ses.tmp-123.nwb").write_bytes(b"x")  # e.g. left by an older killed writer
     files, problems = resolve_inputs([str(tmp_path)], BuildConfig())
     assert [f.path.name for f in files] == ["ses.nwb"] and not problems
+
+
+def test_output_files_never_replace_synthetic_recordings_files(tmp_path):
+    """generate --out REC/x.truth.npz replaced a recording's ground truth (the oracle reads it) and
+    eval --out REC/.spikefm-synth.json the folder's settings record, silently."""
+    import pytest
+
+    from spikefm.fileio import check_output_file
+
+    (tmp_path / "sub-a_ses-000.nwb").write_bytes(b"recording")
+    for name, suffixes in (("sub-a_ses-000.truth.npz", (".npz",)), (".spikefm-synth.json", (".json",)),
+                           (".quickstart-synth.json", (".json",))):
+        with pytest.raises(ValueError, match="belongs to the synthetic recordings"):
+            check_output_file(tmp_path / name, suffixes, "--out")
+    check_output_file(tmp_path / "other.truth.npz", (".npz",), "--out")  # no recording of that name: allowed
+    check_output_file(tmp_path / "gen.npz", (".npz",), "--out")

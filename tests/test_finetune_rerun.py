@@ -4,10 +4,12 @@ is overwritten (a finished run's records were rewritten with the new arguments, 
 cut, after a "nothing to do" message)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from spikefm import families
 from spikefm.cli import main
@@ -99,3 +101,45 @@ def test_auto_run_again_after_an_interruption_keeps_its_finished_candidates(pret
     assert {n: _files(ft / "candidates" / n) for n in candidates} == candidates
     again = json.loads((ft / "finetune.json").read_text())
     assert again["strategy"] == first["strategy"] and again["best_val_loss"] == first["best_val_loss"]
+
+
+def test_an_interrupted_finetune_continues_its_early_stopping_exactly(pretrained, tmp_path, capsys, monkeypatch):
+    """The same command after an interruption restarted early stopping from nothing: the earlier
+    validations were lost, the first new one overwrote the best weights, patience began again, and
+    the result differed from an uninterrupted run. Now it is the uninterrupted run's, and another
+    --steps into the unfinished folder is refused."""
+    from safetensors.torch import load_file
+
+    from spikefm.train import finetune as ft_mod
+
+    def cmd(out, *extra):
+        return ["finetune", str(pretrained), "--data", str(tmp_path), "--session", "s1", "--out", str(out),
+                "--strategy", "full", "--steps", "40", "--eval-every", "5", "--patience", "3", *extra, "--quiet"]
+
+    assert main(cmd(tmp_path / "whole")) == 0
+    whole = json.loads((tmp_path / "whole" / "early_stopping.json").read_text())
+    assert len(whole["history"]) >= 4  # enough validations for the interruption to land in the middle
+
+    real, calls = ft_mod._validation_loss, []
+
+    def stop_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ft_mod, "_validation_loss", stop_at_the_third)
+    assert main(cmd(tmp_path / "cut")) == 130  # Ctrl-C after the third segment's checkpoint
+    monkeypatch.setattr(ft_mod, "_validation_loss", real)
+    assert (tmp_path / "cut" / ft_mod.PROGRESS_NAME).is_file()
+    capsys.readouterr()
+    assert main(cmd(tmp_path / "cut", "--steps", "60")) == 2  # another budget (the last --steps counts): refused
+    assert "holds a fine-tuning made with other settings (train.steps differ: another --steps?)" in \
+        capsys.readouterr().err
+    assert main(cmd(tmp_path / "cut")) == 0
+    cut = json.loads((tmp_path / "cut" / "early_stopping.json").read_text())
+    for key in ("history", "best_step", "best_val_loss", "stopped_at", "best_at_first_evaluation"):
+        assert cut[key] == whole[key], key
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "cut" / ft_mod.PROGRESS_NAME).exists()

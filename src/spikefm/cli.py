@@ -760,6 +760,12 @@ _OS_HINTS = {
 }
 
 
+def _is_out_of_space(exc: BaseException) -> bool:
+    """A failed write for want of space that a library reports as its own error type."""
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     """torch reports a failed allocation as a RuntimeError (torch.OutOfMemoryError on GPUs)."""
     text = str(exc)
@@ -886,6 +892,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if isinstance(exc, (OSError, MemoryError)) or _is_out_of_memory(exc):
             _error_line(_one_line(exc))
+            return 1
+        if _is_out_of_space(exc):  # a library's own error type for a full disk (safetensors')
+            _error_line(f"no space left on the device ({_one_line(exc)[:160]}); {_OS_HINTS['ENOSPC']}")
             return 1
         if _is_peer_lost(exc):
             _error_line(f"another process of this torchrun job stopped, so this one cannot go on "

@@ -107,6 +107,8 @@ def spikefm_folder_kind(path: str | os.PathLike) -> str | None:
     return None
 
 
+#: Files that describe a folder of synthetic recordings (``spikefm synth``, the quickstart's).
+_RECORDING_FILES = (".spikefm-synth.json", ".quickstart-synth.json")
 #: Files that describe a spikefm run or corpus folder: an output file must never replace one.
 _FOLDER_FILES = ("config.json", "metrics.jsonl", "manifest.json", "finetune.json",
                  "early_stopping.json", "transfer.json", "model.safetensors")
@@ -128,6 +130,10 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: 
     if path.name in _FOLDER_FILES and any((path.parent / n).is_file() for n in _FOLDER_FILES):
         raise ValueError(f"{flag} {path}: that file belongs to the spikefm run or corpus in "
                          f"{path.parent}; writing it would damage that folder: give another name")
+    truth_of = path.with_name(path.name[:-len(".truth.npz")] + ".nwb") if path.name.endswith(".truth.npz") else None
+    if path.name in _RECORDING_FILES or (truth_of is not None and truth_of.is_file()):
+        raise ValueError(f"{flag} {path}: that file belongs to the synthetic recordings in {path.parent} (their "
+                         "settings or a recording's ground truth); writing it would damage them: give another name")
 
 
 def savez_atomic(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> Path:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -456,12 +457,19 @@ def _stage_one(item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dic
                f"{_first_line(exc)}); build it on a machine with more memory, or check its spike "
                "times (see --spikes-past-end)")
     except (ValueError, OSError) as exc:  # NWBInputError is a ValueError
+        if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRNOS:
+            raise  # a full disk or a read-only folder is the machine's problem, not this input's
         msg = _first_line(exc)
     except Exception as exc:  # a file that trips up a library: skip it, say what happened
         msg = f"failed while building it ({type(exc).__name__}: {_first_line(exc)})"
     if str(item.path) not in msg:
         msg = f"{item.path}: {msg}"
     return {"error": msg, "input": str(item.path)}
+
+
+#: OS errors of the machine (no space, quota, read-only file system): they stop the build, exit 1,
+#: instead of skipping each input as if it were bad.
+_MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -654,11 +662,10 @@ def build_corpus(inputs: list[str | os.PathLike], out_dir: str | Path, cfg: Buil
     except MemoryError as exc:
         raise BuildError(f"{out_dir}: out of memory while writing the corpus ({_first_line(exc)}); "
                          "use a machine with more memory or a smaller --max-row-tokens") from None
-    except OSError as exc:
-        where = exc.filename or out_dir
-        raise BuildError(f"{where}: {exc.strerror or _first_line(exc)} while writing the corpus; "
-                         "fix the cause (space, permissions) and run again: finished sessions "
-                         "are reused") from None
+    except OSError as exc:  # an operation failed (exit 1 on the command line), not bad input
+        raise OSError(exc.errno, f"{exc.strerror or _first_line(exc)} while writing the corpus in {out_dir}; "
+                      "fix the cause (space, permissions) and run again: finished sessions are reused",
+                      exc.filename) from None
 
 
 def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -> BuildReport:

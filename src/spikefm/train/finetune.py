@@ -109,13 +109,21 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ckpt_every=0, eval_every=0))
     out_dir = Path(out_dir)
     steps = cfg.train.steps
+    budget = {"max_steps": steps, "eval_every": eval_every, "patience": patience}
     _check_same_finetune(cfg, out_dir)
-    done = _reuse_finished(out_dir, {"max_steps": steps, "eval_every": eval_every, "patience": patience})
+    done = _reuse_finished(out_dir, budget)
     if done is not None:  # the same command again: the kept weights and history stay as they are
         return done
+    # an unfinished one continues only with its own budget (another --steps would mix two runs)
+    _check_same_finetune(cfg, out_dir, sections=("train",))
     history: list[dict[str, float]] = []
     best_loss, best_step, since_best, step = math.inf, 0, 0, 0
-    while step < steps:
+    kept = _read_progress(out_dir, budget)
+    if kept is not None:  # interrupted: its validations, best weights and patience count go on
+        history, best_step, since_best = kept["history"], kept["best_step"], kept["since_best"]
+        best_loss = kept["best_val_loss"] if kept["best_val_loss"] is not None else math.inf
+        step = history[-1]["step"]
+    while step < steps and since_best < patience:
         target = min(step + eval_every, steps)
         finished = target >= steps
         summary = train(cfg, out_dir, family, resume=True, stop_after=None if finished else target,
@@ -129,8 +137,9 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
             _save_safetensors_atomic(state, _best_path(out_dir))
         else:
             since_best += 1
-            if since_best >= patience:
-                break
+        write_json_atomic(out_dir / PROGRESS_NAME, {  # after the best weights: both say the same
+            **budget, "history": history, "best_step": best_step, "since_best": since_best,
+            "best_val_loss": best_loss if math.isfinite(best_loss) else None})
     model_path = out_dir / "model.safetensors"
     os.replace(_best_path(out_dir), model_path)
     still_improving = len(history) >= 2 and best_step == step and step >= steps
@@ -145,7 +154,34 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
               "still_improving": still_improving, "best_at_first_evaluation": best_at_first,
               "history": history, "model_path": str(model_path)}
     write_json_atomic(out_dir / "early_stopping.json", result)
+    (out_dir / PROGRESS_NAME).unlink(missing_ok=True)
     return result
+
+
+#: An unfinished fine-tuning's early-stopping state (budget, validations, best step, patience
+#: count), rewritten after every validation so that the same command continues it exactly.
+PROGRESS_NAME = "early_stopping_progress.json"
+
+
+def _read_progress(out_dir: Path, budget: dict[str, int]) -> dict[str, Any] | None:
+    """The early-stopping state an interrupted fine-tuning left in ``out_dir``, or None (none, a
+    damaged one, or best weights missing: it starts again from the checkpoint, evaluating anew).
+    Another budget is refused: continuing would mix two fine-tunings."""
+    try:
+        rec = json.loads((out_dir / PROGRESS_NAME).read_text())
+        history = [{"step": int(h["step"]), "val_loss": float(h["val_loss"])} for h in rec["history"]]
+        kept = {"history": history, "best_step": int(rec["best_step"]), "since_best": int(rec["since_best"]),
+                "best_val_loss": None if rec["best_val_loss"] is None else float(rec["best_val_loss"])}
+        before = {k: rec[k] for k in budget}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if before != budget:
+        raise ValueError(f"{out_dir} holds an unfinished fine-tuning ({_budget_text(before)}); nothing is overwritten: "
+                         "run the command that made it again to continue it, or use a new --out for "
+                         f"{_budget_text(budget)}")
+    if not history or (kept["best_val_loss"] is not None and not _best_path(out_dir).is_file()):
+        return None
+    return kept
 
 
 def validation_still_falling(run_dir: str | os.PathLike, key: str = "eval/val_loss") -> bool:
@@ -281,9 +317,10 @@ def _finished_record(out_dir: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "history" in record else None
 
 
-def _check_same_finetune(cfg, out_dir: Path) -> None:
+def _check_same_finetune(cfg, out_dir: Path, sections: tuple[str, ...] = ("family", "model", "data", "optim")) -> None:
     """Refuse, in fine-tuning's words, a folder that holds a fine-tuning with other settings
-    (another strategy, session or pretrained run): continuing it would mix two runs."""
+    (another strategy, session or pretrained run; with ``sections=("train",)`` another budget of
+    an unfinished one): continuing it would mix two runs."""
     from spikefm.train.config import config_differences, config_to_dict
 
     try:
@@ -292,13 +329,14 @@ def _check_same_finetune(cfg, out_dir: Path) -> None:
         return  # none yet, or not a run: the loop's own checks say what the folder is
     if not isinstance(saved, dict):
         return
-    differs = config_differences(saved, config_to_dict(cfg), ("family", "model", "data", "optim"))
+    differs = config_differences(saved, config_to_dict(cfg), sections)
     if differs:
         section = differs[0].split(".")[0]
         what = ", ".join([d for d in differs if d.split(".")[0] == section][:4])
-        raise ValueError(f"{out_dir} holds a fine-tuning made with other settings ({what} differ: another "
-                         "strategy, session or pretrained run?); nothing is overwritten: use a new --out, or "
-                         "run the command that made it again to continue it")
+        guess = "another --steps?" if section == "train" else "another strategy, session or pretrained run?"
+        raise ValueError(f"{out_dir} holds a fine-tuning made with other settings ({what} differ: {guess}); "
+                         "nothing is overwritten: use a new --out, or run the command that made it again to "
+                         "continue it")
 
 
 def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: str, out_dir: Path, *,

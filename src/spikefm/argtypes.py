@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 
 __all__ = ["positive_int", "nonnegative_int", "torch_seed", "positive_int_at_most", "finite_float", "positive_float", "nonnegative_float", "fraction",
            "int_list", "units_range"]
@@ -115,3 +116,9 @@ def name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a non-empty name, got {text!r}")
     return text.strip()
+
+
+def is_int(value) -> bool:
+    """A Python or numpy integer, not a bool (numpy's bool is not ``numbers.Integral``): what the
+    API accepts wherever a count, size or seed is asked for."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

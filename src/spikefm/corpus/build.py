@@ -46,6 +46,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from ..argtypes import is_int
 from ..fileio import write_atomic, write_json_atomic
 from .binning import bin_spikes
 from .manifest import BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, new_manifest
@@ -86,7 +87,7 @@ class BuildConfig:
     def __post_init__(self):
         def whole(name: str, lo: int) -> None:  # an int (numpy's too), not a bool or a float
             v = getattr(self, name)
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo:
+            if not is_int(v) or v < lo:
                 why = " (it seeds the train/test split)" if name == "seed" else ""
                 raise ValueError(f"{name} must be an int >= {lo}{why}, got {v!r}")
             object.__setattr__(self, name, int(v))

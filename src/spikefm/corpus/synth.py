@@ -61,6 +61,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
+from ..argtypes import is_int
 from ..fileio import remove_stale_temporaries, write_atomic
 
 PRESETS = ("ibl", "motor", "spontaneous")
@@ -296,8 +297,6 @@ def truth_readout(truth: dict, unit_index=None, num_units: int | None = None) ->
 # --------------------------------------------------------------------------------------------
 # Validation and file writing
 # --------------------------------------------------------------------------------------------
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def min_units(preset: str) -> int:
@@ -308,7 +307,7 @@ def min_units(preset: str) -> int:
 def _validate_units(units_range, preset: str) -> None:
     min_units_ = min_units(preset)
     ok = (isinstance(units_range, (tuple, list)) and len(units_range) == 2
-          and all(_is_int(x) for x in units_range) and min_units_ <= units_range[0] <= units_range[1])
+          and all(is_int(x) for x in units_range) and min_units_ <= units_range[0] <= units_range[1])
     if not ok:
         raise ValueError(f"units_range (--units) must be two ints MIN,MAX with {min_units_} <= MIN <= "
                          f"MAX for preset {preset!r} (5 units per region at least), got {units_range!r}")
@@ -317,11 +316,11 @@ def _validate_units(units_range, preset: str) -> None:
 def _validate(num_sessions, seed, preset, num_families, duration_s) -> None:
     if not isinstance(preset, str) or preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
-    if not _is_int(num_sessions) or num_sessions < 1:
+    if not is_int(num_sessions) or num_sessions < 1:
         raise ValueError(f"num_sessions (--sessions) must be an int >= 1, got {num_sessions!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if not _is_int(num_families) or not 1 <= num_families <= num_sessions:
+    if not is_int(num_families) or not 1 <= num_families <= num_sessions:
         raise ValueError(
             f"num_families (--families) must be an int in [1, num_sessions={num_sessions}] so that "
             f"every family gets a session, got {num_families!r}"

@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from spikefm.argtypes import is_int
 import torch
 
 from spikefm.corpus.reader import Corpus, CorpusRow
@@ -474,7 +475,7 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
         labels = _discrete_labels(trials, trial_index)
     else:
         stride = window_bins if stride_bins is None else stride_bins
-        if not _is_int(stride) or stride < 1:
+        if not is_int(stride) or stride < 1:
             raise ValueError(f"stride_bins must be a positive int, got {stride_bins!r}")
         stride = int(stride)
         cand = np.arange(0, G - window_bins + 1, stride, dtype=np.int64)
@@ -546,16 +547,13 @@ def _warn_cross_split_overlap(session_id: str, starts: np.ndarray, split: np.nda
                       f"trained on; use {fix}", RuntimeWarning, stacklevel=4)
 
 
-def _is_int(value) -> bool:
-    """A Python or numpy integer, not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_window_args(window_bins, pre_ms) -> tuple[int, int]:
     """``(window_bins, pre_ms)`` as Python ints (numpy integers accepted), or a one-line ValueError."""
-    if not _is_int(window_bins) or window_bins < 1:
+    if not is_int(window_bins) or window_bins < 1:
         raise ValueError(f"window_bins must be a positive int, got {window_bins!r}")
-    if not _is_int(pre_ms) or pre_ms < 0:
+    if not is_int(pre_ms) or pre_ms < 0:
         raise ValueError(f"pre_ms must be a non-negative int (milliseconds), got {pre_ms!r}")
     return int(window_bins), int(pre_ms)
 

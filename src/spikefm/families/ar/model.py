@@ -799,8 +799,7 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
     """
     import numbers
 
-    def is_int(value) -> bool:  # Python or numpy integers (np.bool_ is not Integral), not bools
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    from spikefm.argtypes import is_int  # Python or numpy integers, not bools
 
     for name, value in (("num_units", num_units), ("num_bins", num_bins)):
         if not is_int(value) or value <= 0:

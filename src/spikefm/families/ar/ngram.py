@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from spikefm.argtypes import is_int
 from spikefm.families.ar.tokens import SEPARATOR, VOCAB_SIZE
 from spikefm.fileio import savez_atomic
 
@@ -270,10 +271,6 @@ def _as_token_row(row: Any, vocab_size: int, name: str) -> np.ndarray:
     return arr.astype(np.uint8, copy=False)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -328,7 +325,7 @@ class NGramModel:
         return f"{type(self).__name__}({args})"
 
     def _check_params(self) -> None:
-        if not _is_int(self.order) or not 1 <= self.order <= MAX_ORDER:
+        if not is_int(self.order) or not 1 <= self.order <= MAX_ORDER:
             raise ValueError(
                 f"order must be an int in 1..{MAX_ORDER} (an (order-1)-token context must fit in a "
                 f"uint64 key), got {self.order!r}"
@@ -337,7 +334,7 @@ class NGramModel:
             raise ValueError(
                 f"alpha must be a finite number > 0 (1.0 = Laplace smoothing), got {self.alpha!r}"
             )
-        if not _is_int(self.vocab_size) or not 1 <= self.vocab_size <= VOCAB_SIZE:
+        if not is_int(self.vocab_size) or not 1 <= self.vocab_size <= VOCAB_SIZE:
             raise ValueError(f"vocab_size must be an int in 1..{VOCAB_SIZE}, got {self.vocab_size!r}")
         if not _is_real(self.memory_budget_mb) or not self.memory_budget_mb > 0:
             raise ValueError(f"memory_budget_mb must be a number > 0, got {self.memory_budget_mb!r}")
@@ -372,7 +369,7 @@ class NGramModel:
             self, with the fitted attributes set.
         """
         self._check_params()
-        if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+        if max_tokens is not None and (not is_int(max_tokens) or max_tokens < 1):
             raise ValueError(f"max_tokens must be None or an int >= 1, got {max_tokens!r}")
         if isinstance(sequences, np.ndarray) and sequences.ndim == 1 and sequences.dtype != object:
             raise ValueError("sequences must be an iterable of rows; wrap a single 1-D row as [row]")

@@ -51,9 +51,9 @@ def check_synth_out(out: Path, settings: dict, overwrite: bool) -> None:
                          "own (corpus build would refuse the mix): give another OUT_DIR")
     if overwrite:
         return
-    from spikefm.corpus.nwb import is_nwb_name
+    from spikefm.corpus.nwb import nwb_paths
 
-    existing = sorted(p for p in out.rglob("*") if is_nwb_name(p))
+    existing = nwb_paths(out)
     if not existing:
         return
     record = out / SYNTH_RECORD
@@ -86,12 +86,12 @@ def _remove_stale_synth(out: Path, kept: list) -> None:
     import re
     import warnings
 
-    from spikefm.corpus.nwb import is_nwb_name
+    from spikefm.corpus.nwb import nwb_paths
 
     kept = {Path(p).resolve() for p in kept}
     ours = re.compile(r"^sub-[^/]+_ses-\d+\.nwb$")
     others = []
-    for nwb in sorted(p for p in out.rglob("*") if is_nwb_name(p)):
+    for nwb in nwb_paths(out):
         if nwb.resolve() in kept:
             continue
         # synth's: its name, its place and its ground truth beside it (a user's recording has none)

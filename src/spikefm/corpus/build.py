@@ -50,7 +50,7 @@ from ..argtypes import is_int
 from ..fileio import write_atomic, write_json_atomic
 from .binning import bin_spikes
 from .manifest import BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, new_manifest
-from .nwb import is_nwb_name, read_nwb, resample_behavior, sha256_file
+from .nwb import nwb_paths, read_nwb, resample_behavior, sha256_file
 from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS
 from .session import SessionRecord, recording_end_s
 from .store import STAGING, CorpusDir, check_inputs_outside, inspect_out_dir, open_corpus_dir
@@ -173,9 +173,9 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig) -> tuple[list[InputFile]
         if p.is_dir():
             # Hidden files are other tools' temporaries (e.g. a killed writer's), not recordings;
             # the suffix in any case (.NWB), as file systems that ignore case show it.
-            named = [x for x in p.rglob("*") if is_nwb_name(x)]
-            found = sorted(x for x in named if x.is_file())
-            dangling = sorted(x for x in named if x.is_symlink() and not x.exists())
+            named = nwb_paths(p)
+            found = [x for x in named if x.is_file()]
+            dangling = [x for x in named if x.is_symlink() and not x.exists()]
             for link in dangling:
                 problems.append({"input": str(link), "error": f"{link}: a link to {os.readlink(link)}, which does "
                                  "not exist; fix or remove the link"})

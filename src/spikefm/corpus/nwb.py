@@ -40,6 +40,13 @@ def is_nwb_name(path: Path) -> bool:
     show ``.NWB``), not hidden (other tools' temporaries are)."""
     return path.suffix.lower() == ".nwb" and not path.name.startswith(".")
 
+
+def nwb_paths(folder: Path) -> list[Path]:
+    """Everything under ``folder`` (recursively, sorted) named like an NWB file
+    (:func:`is_nwb_name`): files, and links whatever they point at (a caller names dangling ones)."""
+    return sorted(p for p in Path(folder).rglob("*") if is_nwb_name(p))
+
+
 UNIT_REGION_COLUMNS = ("brain_region", "location", "region", "brain_area")
 BEHAVIOR_MODULE_NAMES = {"behavior", "behaviour"}
 BEHAVIOR_CONTAINERS = {

@@ -34,7 +34,7 @@ from spikefm.experiments.jobs import Job, make_job, run_jobs, study_folder
 
 __all__ = ["StudySettings", "LAPTOP", "study_sessions", "pretrain_job", "adapt_job", "ranking_jobs",
            "summarize_ranking", "rank_sessions", "session_families", "precision_at_k", "write_csv",
-           "check_family", "warn_top_k"]
+           "ranking_settings", "warn_top_k"]
 
 
 @dataclass(frozen=True)
@@ -125,16 +125,12 @@ def study_sessions(corpus_dir: str | Path, held_out: Sequence[str] | None,
     return held, pretrain
 
 
-def check_family(family: str, study: str) -> None:
-    """Refuse, before any job, a family whose runs cannot be fine-tuned to a held-out session (no
-    per-session parameters): every fine-tuning job of the ``study`` would fail.
-
-    Raises:
-        ValueError: one line naming the families that can.
-    """
-    from spikefm import families
-
-    families.require_finetuning(family, f"{study} needs")
+def ranking_settings(settings: StudySettings, corpus: str | Path, corpus_sha256: str, held: Sequence[str],
+                     pool: Sequence[str], seed: int, top_k: int) -> dict[str, Any]:
+    """The settings a ranking records in ``ranking.json`` (``rank-sessions``, and ``scaling``'s own
+    ranking: the same rank-sessions command then resumes in a scaling study's folder)."""
+    return {**settings.to_dict(), "seed": seed, "top_k": top_k, "corpus": str(Path(corpus).resolve()),
+            "corpus_sha256": corpus_sha256, "held_out": held, "pretraining_sessions": pool}
 
 
 def warn_top_k(top_k: int, num_pool: int, flag: str) -> None:
@@ -340,14 +336,15 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
 
     out = Path(out)
     check_study_folder(out)
-    check_family(settings.family, "a session ranking")  # before its settings are read as the family's
+    from spikefm.families import require_finetuning
+
+    require_finetuning(settings.family, "a session ranking needs")  # before its settings are read as the family's
     held, pool = study_sessions(corpus, held_out, pool)
     warn_top_k(top_k, len(pool), "--top-k")
     digest = manifest_sha256(corpus)
     jobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seed, corpus_sha256=digest)
     check_pretrain_spec(jobs[0].spec)  # before any folder is made or job runs
-    study_settings = {**settings.to_dict(), "seed": seed, "top_k": top_k, "corpus": str(Path(corpus).resolve()),
-                      "corpus_sha256": digest, "held_out": held, "pretraining_sessions": pool}
+    study_settings = ranking_settings(settings, corpus, digest, held, pool, seed, top_k)
     check_study_settings(out / "ranking.json", study_settings, views=("top_k",))
     executor = executor or LocalExecutor(1)
     t0 = time.perf_counter()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from spikefm.experiments.jobs import Job, run_jobs, study_folder
-from spikefm.experiments.rank_sessions import (LAPTOP, StudySettings, adapt_job, warn_top_k, check_family,
+from spikefm.experiments.rank_sessions import (LAPTOP, StudySettings, adapt_job, ranking_settings, warn_top_k,
                                                pretrain_job, ranking_jobs, session_families, study_sessions,
                                                summarize_ranking, write_csv, write_ranking_files)
 
@@ -347,7 +347,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
     orders = list(orders)
-    check_family(settings.family, "a scaling study")
+    families.require_finetuning(settings.family, "a scaling study needs")
     if not callable(getattr(families.get(settings.family), "task_scores", None)):
         families.task_scores(settings.family, {})  # its one-line refusal, before any job runs
     if tasks is not None:  # an unknown task failed every fine-tuning job, after the pretraining
@@ -372,9 +372,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
                       "pretraining_sessions": pool, "ranking_seed": seeds[0]}
     # the ranking's own settings, as rank-sessions writes them: the same rank-sessions command
     # then resumes in this folder (it was refused: the scaling's settings were recorded)
-    rank_settings = {**settings.to_dict(), "seed": seeds[0], "top_k": rank_top_k,
-                     "corpus": str(Path(corpus).resolve()), "corpus_sha256": digest, "held_out": held,
-                     "pretraining_sessions": pool}
+    rank_settings = ranking_settings(settings, corpus, digest, held, pool, seeds[0], rank_top_k)
     check_study_settings(out / "scaling.json", study_settings, views=("metric", "top_k"))
     # a rank-sessions study in the folder: its files would be replaced by this ranking's
     check_study_settings(out / "ranking.json", rank_settings, views=("top_k",))

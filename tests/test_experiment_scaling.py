@@ -141,6 +141,9 @@ def test_tiny_study_writes_tables_figures_and_fits(tiny_study, tiny_corpus):
     assert len(full) == 1
     # Figure 4: the fit's coefficients are those of the per-seed points below the full set
     curve = study["figure4"]["sub-ibl02_ses-003"]["orders"]["ranked"]["sessions"]
+    # the y axis names the metric and its unit, as the NDT family reports it
+    assert study["metric_unit"] == "bps_pooled, bits per spike"
+    assert curve["y_label"] == "co-smoothing (bps_pooled, bits per spike)"
     below = [(s["size"], s["score"]) for s in scores if s["order"] == "ranked" and s["size"] < 3
              and s["task"] == "co-smoothing"]
     expect = log_linear_fit([x for x, _ in below], [y for _, y in below], 3)

@@ -235,3 +235,19 @@ def test_python_evaluate_refuses_options_the_family_does_not_take_in_one_line(tm
 def test_load_model_documents_its_device_parameter():
     doc = families.load_model.__doc__
     assert "device:" in doc and '``"cpu"`` (default)' in doc and '``"cuda"``' in doc
+
+
+def test_task_score_unit_says_what_task_scores_reads():
+    """The scaling study labels Figure 4 with the family's unit of each task's score: it must name
+    the field task_scores takes (bits per spike of a prediction, accuracy of a label, R² of
+    behaviour); a family without task_score_unit gives no unit."""
+    results = {"tasks": {"co-smoothing": {"model": {"bps_pooled": 0.125}},
+                         "choice-decoding": {"hidden": {"accuracy": 0.75}},
+                         "behavior-decoding": {"hidden": {"mean": {"r2": 0.5}}}}}
+    scores = families.task_scores("ndt", results)
+    assert scores == {"co-smoothing": 0.125, "choice-decoding": 0.75, "behavior-decoding": 0.5}
+    expect = {"co-smoothing": "bits per spike", "choice-decoding": "accuracy", "behavior-decoding": "R²"}
+    for task, word in expect.items():
+        assert word in families.task_score_unit("ndt", task)
+    assert families.task_score_unit("ndt", "no-such-task") == ""
+    assert families.task_score_unit("ar", "co-smoothing") == ""

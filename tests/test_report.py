@@ -660,7 +660,8 @@ def test_top_k_requested_and_top_k_used_are_named_and_the_difference_explained(t
 
 def _scaling_study() -> dict:
     curve = {"name": "h0 ranked vs sessions", "x": [1.0, 2.0], "y": [-0.069, -0.089], "sd": [None, None], "n": [1, 1],
-             "x_label": "pretraining sessions", "y_label": "forward-prediction-walk", "log_x": True}
+             "x_label": "pretraining sessions", "y_label": "forward-prediction-walk (bps_pooled, bits per spike)",
+             "log_x": True}
     return {"study": "scaling", "settings": {"family": "ndt", "seeds": [0], "sizes": [1, 2], "top_k": 5,
                                              "pretraining_sessions": ["s0", "s1"]},
             "metric": "forward-prediction-walk", "top_k": 2,
@@ -672,9 +673,10 @@ def _scaling_study() -> dict:
                         "single-session sd": None, "oracle": 0.38}]}
 
 
-def test_scaling_curves_name_the_metric_and_unit_draw_the_baseline_and_tick_whole_sessions(tmp_path):
-    """Figure 4's y axis read 'forward-prediction-walk', the single-session baseline was only a
-    number in a collapsed block, and a log axis over 1-2 sessions ticked 1, 1.2, 1.4 ..."""
+def test_scaling_curves_keep_the_studys_label_draw_the_baseline_and_tick_whole_sessions(tmp_path):
+    """The single-session baseline was only a number in a collapsed block, and a log axis over 1-2
+    sessions ticked 1, 1.2, 1.4 ... (the y label with its unit is written by the study, from the
+    family: tests/test_experiment_scaling.py)"""
     path = tmp_path / "scaling.json"
     path.write_text(json.dumps(_scaling_study()))
     page = build_report(path)

@@ -119,7 +119,8 @@ def plot_scaling(summary: dict[str, Any], path: str | Path) -> Path:
                 ax.axhline(entry["baseline"], color="gray", linestyle=":", label="single-session")
             _log_x(ax, xs)
             ax.set_xlabel("pretraining sessions" if axis == "sessions" else "pretraining trials (train windows)")
-            ax.set_ylabel(summary["metric"])
+            unit = summary.get("metric_unit")
+            ax.set_ylabel(f"{summary['metric']} ({unit})" if unit else summary["metric"])
             ax.set_title(f"held out {h}", fontsize=9)
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)

@@ -180,8 +180,11 @@ def _clean(v):
 
 
 def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: str, pool: Sequence[str],
-                      orders: Sequence[str], sizes: Sequence[int], top_k: int) -> dict[str, Any]:
-    """Scores, improvements, Tables 1 and 3, Figure 4 and the more-sessions curves (module docstring)."""
+                      orders: Sequence[str], sizes: Sequence[int], top_k: int,
+                      metric_unit: str = "") -> dict[str, Any]:
+    """Scores, improvements, Tables 1 and 3, Figure 4 and the more-sessions curves (module
+    docstring). ``metric_unit`` (the family's ``task_score_unit``; empty when it has none) goes
+    beside the metric on Figure 4's y axis."""
     full_k = len(pool)
     rows = []
     pre_trials: dict[str, int] = {}
@@ -234,6 +237,7 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
     # Figure 4: per held-out session and order, the metric vs sessions and vs trials
     figure4: dict[str, Any] = {}
     curves = []
+    y_label = f"{metric} ({metric_unit})" if metric_unit else metric
     for h in held:
         b_m, _ = _mean_sd([base[(s, h)]["scores"].get(metric) for s in seeds])
         entry: dict[str, Any] = {"baseline": _clean(b_m), "orders": {}}
@@ -259,7 +263,7 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
                     if math.isfinite(x_full) else None
                 curve: dict[str, Any] = {"name": f"{h} {order} vs {axis}", "x": xs, "y": ys, "sd": sds, "n": ns,
                                          "x_label": "pretraining sessions" if axis == "sessions" else
-                                         "pretraining trials", "y_label": metric, "log_x": True}
+                                         "pretraining trials", "y_label": y_label, "log_x": True}
                 if full_pts:  # the measured full set, whether or not a fit extrapolates to it
                     curve["full"] = {"x": x_full, "y": _clean(_mean_sd([p["score"] for p in full_pts])[0])}
                 if fit is not None:
@@ -308,7 +312,7 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
                 sds.append(_clean(sd))
                 ns.append(_count(vals))
         ms_curves[t] = {"x": xs, "y": ys, "sd": sds, "n": ns}
-    return {"metric": metric, "full_size": full_k, "top_k": k_top, "table1": table1, "figure4": figure4,
+    return {"metric": metric, "metric_unit": metric_unit or None, "full_size": full_k, "top_k": k_top, "table1": table1, "figure4": figure4,
             "curves": curves, "table3": table3,
             "more_sessions": {"order": order_ms, "y": "improvement over single-session (%)", "curves": ms_curves},
             "scores": scores}
@@ -380,8 +384,8 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     t0 = time.perf_counter()
     with study_folder(out, executor):  # the executor first, then the folder
         records = run_jobs(rjobs, out / "jobs", executor, progress=progress, description="ranking sessions")
-        families = session_families(corpus, [*held, *pool])
-        ranking = summarize_ranking(records, adapt, held, pool, families, rank_top_k)
+        truth_families = session_families(corpus, [*held, *pool])
+        ranking = summarize_ranking(records, adapt, held, pool, truth_families, rank_top_k)
         write_ranking_files(out, ranking)
         plot_ranking(ranking, out / "ranking.png")
         ranked = {h: [r["session"] for r in rows] for h, rows in ranking["rankings"].items()}
@@ -389,7 +393,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
                                     corpus_sha256=digest)
         records.update(run_jobs(sjobs, out / "jobs", executor, progress=progress, description="scaling runs"))
         summary = summarize_scaling(cells, records, metric=metric, pool=pool, orders=orders, sizes=size_list,
-                                    top_k=top_k)
+                                    top_k=top_k, metric_unit=families.task_score_unit(settings.family, metric))
         all_jobs = {j.id for j in [*rjobs, *sjobs]}
         common = {"command": command or " ".join(sys.argv),
                   "settings": study_settings,

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run", "default_preset",
            "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
-           "finetune", "require_finetuning", "evaluate", "check_evaluate_options", "check_tasks", "format_results", "transfer_headline", "task_scores", "stamp_family", "commands", "FamilyCommand"]
+           "finetune", "require_finetuning", "evaluate", "check_evaluate_options", "check_tasks", "format_results", "transfer_headline", "task_scores", "task_score_unit", "stamp_family", "commands", "FamilyCommand"]
 
 #: name -> "module:attribute" of the family class (instantiated with no arguments).
 FAMILIES: dict[str, str] = {
@@ -466,6 +466,13 @@ def task_scores(family: str, results: dict, who: str = "model") -> dict[str, flo
     """
     return _study_member(family, "task_scores", "the scaling study needs to compare its fine-tuned runs by one "
                                                 "number per task")(results, who)
+
+
+def task_score_unit(family: str, task: str) -> str:
+    """What ``family``'s :func:`task_scores` number of ``task`` is (its unit, e.g. ``bps_pooled,
+    bits per spike``), for axis labels; empty when the family does not say (it is optional)."""
+    fn = getattr(get(family), "task_score_unit", None)
+    return str(fn(task)) if callable(fn) else ""
 
 
 def commands() -> list:

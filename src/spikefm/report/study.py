@@ -165,28 +165,17 @@ def _blank_why(obj: dict) -> list[tuple[str, str]]:
             ("", "- is a value the study did not compute (null in its file)")]
 
 
-def _metric_unit(task: str) -> str:
-    """What an NDT scaling study's score of ``task`` is (:func:`spikefm.families.ndt.evaluate.task_scores`)."""
-    if task.endswith("-decoding"):
-        return "mean single-trial R²" if task.startswith("behavior") else "accuracy"
-    return "bps_pooled, bits per spike"
-
-
 def _scaling_curves(obj: dict) -> dict:
-    """A scaling study whose Figure 4 curves say what they show: the metric with its unit on the y
-    axis, and the held-out session's single-session baseline (``figure4[held_out]["baseline"]``)
-    as a horizontal line."""
+    """A scaling study whose Figure 4 curves draw the held-out session's single-session baseline
+    (``figure4[held_out]["baseline"]``) as a horizontal line (the y label, with the metric's unit,
+    is the study's own)."""
     curves, fig4 = obj.get("curves"), obj.get("figure4")
-    metric = obj.get("metric")
     if not isinstance(curves, list) or not isinstance(fig4, dict):
         return obj
-    family = (obj.get("settings") or {}).get("family", "ndt") if isinstance(obj.get("settings"), dict) else "ndt"
     out = []
     for c in curves:
         if isinstance(c, dict):
             c = dict(c)
-            if family == "ndt" and metric and c.get("y_label") == metric:
-                c["y_label"] = f"{metric} ({_metric_unit(str(metric))})"
             held = next((h for h in sorted(fig4, key=len, reverse=True) if str(c.get("name", "")).startswith(f"{h} ")),
                         None)
             base = (fig4.get(held) or {}).get("baseline") if held is not None else None

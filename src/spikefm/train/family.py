@@ -65,6 +65,8 @@ Members used outside the loop (by `spikefm.families`, the CLI and the experiment
     task_scores(results, who="model") -> dict[str, float]
                                        optional: one number per task of an `evaluate` result
                                        (`who`: the model or a reference); the scaling study needs it.
+    task_score_unit(task) -> str       optional: what that number of `task` is ("accuracy"), for
+                                       the scaling study's axis labels.
     transfer_headline(benchmarks) -> dict
                                        optional: `{metric: {model: value}}` of one seed of
                                        `spikefm experiment transfer` (benchmarks: {"fine-tuned":

@@ -482,6 +482,18 @@ class NDTFamily:
         return task_scores(results, who)
 
     @staticmethod
+    def task_score_unit(task: str) -> str:
+        """What :meth:`task_scores`' number of ``task`` is: bits per spike of a prediction task,
+        accuracy of label decoding, mean single-trial R² of behaviour decoding."""
+        from spikefm.families.ndt.tasks import BEHAVIOR_TASK, PREDICTION_TASKS
+
+        if task in PREDICTION_TASKS:
+            return "bps_pooled, bits per spike"
+        if task == BEHAVIOR_TASK:
+            return "mean single-trial R²"
+        return "accuracy" if task.endswith("-decoding") else ""
+
+    @staticmethod
     def transfer_headline(benchmarks: dict[str, dict]) -> dict[str, dict[str, Any]]:
         """A transfer study's numbers of one seed (:func:`spikefm.families.ndt.evaluate.transfer_headline`)."""
         from spikefm.families.ndt.evaluate import transfer_headline

@@ -251,3 +251,63 @@ def test_task_score_unit_says_what_task_scores_reads():
         assert word in families.task_score_unit("ndt", task)
     assert families.task_score_unit("ndt", "no-such-task") == ""
     assert families.task_score_unit("ar", "co-smoothing") == ""
+
+
+def test_a_plugin_that_cannot_be_loaded_is_named_in_one_line_and_claims_no_folder(monkeypatch, tmp_path, capsys):
+    """An entry point naming a missing class or module (or a plugin whose own import fails) was
+    'internal error (AttributeError: ...) ... report it', and one broken plugin turned
+    'spikefm eval' of any foreign folder into that internal error too."""
+    monkeypatch.setattr(families, "_entry_points", lambda: {"broken": "json:NoSuchFamily",
+                                                            "gone": "spikefm_no_such_module_xyz:Fam"})
+    with pytest.raises(ValueError) as err:
+        families.get("broken")
+    assert str(err.value) == ("the spikefm.families entry point 'broken' = json:NoSuchFamily could not be loaded "
+                              "(AttributeError: module 'json' has no attribute 'NoSuchFamily'); fix or reinstall "
+                              "the package that provides it, or uninstall it")
+    assert main(["train", "--model", "gone", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spikefm: error: the spikefm.families entry point 'gone' = spikefm_no_such_module_xyz:Fam "
+                          "could not be loaded (ModuleNotFoundError: ") and "\n" not in err
+    assert not (tmp_path / "r").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="names no model family and no family can load it"):
+        families.family_of_run(foreign)
+
+
+def test_evaluate_and_format_results_of_the_wrong_kind_are_refused_before_printing(toy_registered, tmp_path,
+                                                                                   capsys, monkeypatch):
+    """A family's evaluate() returning a list was an internal error ('list' object has no attribute
+    'get'); numpy scalars failed only after the table was printed ('Object of type float32 is not
+    JSON serializable', no word of where); a format_results() returning None printed 'None'."""
+    import numpy as np
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "toy", "--data", str(tmp_path), "--out", str(run), "--steps", "2",
+                 "--set", "train.device=cpu", "--set", "train.ckpt_every=0", "--quiet"]) == 0
+    toy = families.get("toy")
+    good = toy.evaluate(str(run), str(tmp_path))
+    assert families.checked_results(toy, good) is good  # the real result passes unchanged
+    out = tmp_path / "res.json"
+    cases = [([1, 2, 3], "the 'toy' family's evaluate() returned a list; it must return a dict of JSON data "
+                         "(spikefm.train.family documents it)"),
+             ({**good, "extra": {"bits": [0.5, np.float32(1.5)]}},
+              "the 'toy' family's evaluate() returned data JSON cannot write: results['extra']['bits'][1] is a "
+              "numpy.float32 (np.float32(1.5)); convert it to a plain Python value (float(x), x.tolist())"),
+             ({**good, "by_step": {3: 0.5}}, "the 'toy' family's evaluate() returned data JSON cannot write: "
+                                             "results['by_step'] has the key 3 (int, not str); convert it to a plain Python "
+                                             "value (float(x), x.tolist())")]
+    capsys.readouterr()
+    for value, message in cases:
+        monkeypatch.setattr(toy, "evaluate", lambda run_dir, corpus, split="test", value=value: value)
+        assert main(["eval", str(run), "--data", str(tmp_path), "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.strip() == f"spikefm: error: {message}" and captured.out == "" and not out.exists()
+    monkeypatch.setattr(toy, "evaluate", lambda run_dir, corpus, split="test": good)
+    monkeypatch.setattr(toy, "format_results", lambda results_by_run: None)
+    assert main(["eval", str(run), "--data", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == ("spikefm: error: the 'toy' family's format_results() returned a NoneType; it "
+                                    "must return the table as a str (spikefm.train.family documents it)")
+    assert "None" not in captured.out

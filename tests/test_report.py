@@ -568,6 +568,10 @@ def test_page_titles_and_the_neds_section_title_say_what_the_report_is(tmp_path)
     assert page.sections[0].title == "Evaluation (encoding, decoding and regions): neds.json"
     (tmp_path / "ndt.json").write_text(json.dumps({"fine-tuned": _bench(0.2)}))
     assert build_report(tmp_path / "ndt.json").title == "NDT evaluation: ndt.json"
+    # a plugin built on the NDT writes NDT-shaped results under its own name: the title keeps it
+    (tmp_path / "mine.json").write_text(json.dumps({"family": "mine", "run_dir": "runs/mine",
+                                                    "results": _bench(0.2)}))
+    assert build_report(tmp_path / "mine.json").title == "mine evaluation: mine.json"
     rank = tmp_path / "rank"
     rank.mkdir()
     (rank / "ranking.json").write_text(json.dumps(_rank_study()))

@@ -176,3 +176,26 @@ def test_fine_tuning_on_another_corpus_says_so_and_does_not_claim_the_session_wa
     recwarn.clear()
     families._warn_if_pretrained_on(run, "s9", other)  # a new session id: only the corpus is said
     assert len(recwarn) == 1 and "is not the corpus" in str(recwarn[0].message)
+
+
+def test_the_families_a_refusal_suggests_can_run_the_study(monkeypatch):
+    """A family with transfer_headline() but no fine-tuning was suggested, though the study then
+    refuses it for not fine-tuning."""
+    from spikefm import families
+
+    class Bare:
+        pass
+
+    class HeadlineOnly:
+        def transfer_headline(self, benchmarks):
+            return {}
+
+    class Full(HeadlineOnly):
+        def finetune_config(self, *args):
+            return None
+
+    kinds = {"mine": Bare(), "nofinetune": HeadlineOnly(), "full": Full()}
+    monkeypatch.setattr(families, "names", lambda: sorted(kinds))
+    monkeypatch.setattr(families, "get", lambda name: kinds[name])
+    with pytest.raises(ValueError, match=r"run the study with a family that has one \(full; --model\)"):
+        families.transfer_headline("mine", {})

@@ -409,12 +409,13 @@ def cmd_eval(args) -> int:
     if "progress" in inspect.signature(fam.evaluate).parameters:
         options["progress"] = not args.quiet
     families.check_evaluate_options(fam, options, flags=EVAL_OPTIONS)
-    results = families.stamp_family(fam, fam.evaluate(str(args.run_dir), str(args.data), **options))
+    results = families.stamp_family(fam, families.checked_results(
+        fam, fam.evaluate(str(args.run_dir), str(args.data), **options)))
     name = Path(args.run_dir).name or "model"
     # a run folder named like a baseline column ("oracle", "1-gram") keeps its own column
     if name in {"smoothing", "oracle"} | (set(results.get("results") or {}) - {"model", "model-permuted"}):
         name = f"{name} (model)"
-    print(fam.format_results({name: results}))
+    print(families.format_results({name: results}, fam.name))
     if args.out:
         write_json_atomic(Path(args.out), results)
     return 0

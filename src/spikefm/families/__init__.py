@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run", "default_preset",
            "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
-           "finetune", "require_finetuning", "evaluate", "check_evaluate_options", "check_tasks", "format_results", "transfer_headline", "task_scores", "task_score_unit", "stamp_family", "commands", "FamilyCommand"]
+           "finetune", "require_finetuning", "evaluate", "checked_results", "check_evaluate_options", "check_tasks", "format_results", "transfer_headline", "task_scores", "task_score_unit", "stamp_family", "commands", "FamilyCommand"]
 
 #: name -> "module:attribute" of the family class (instantiated with no arguments).
 FAMILIES: dict[str, str] = {
@@ -131,10 +131,11 @@ def get(name: str):
                          "(a plugin reaches the spikefm command through a 'spikefm.families' entry point "
                          "of its installed package; spikefm.families.register adds one in a Python process)")
     target = targets[name]
-    if isinstance(target, str):
+    if name in FAMILIES:  # a built-in that fails to load is spikefm's own error
         module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-    family = target()
+        family = getattr(importlib.import_module(module), attr)()
+    else:
+        family = _load_plugin(name, target)
     missing = [m for m in REQUIRED_MEMBERS if not hasattr(family, m)]
     if missing:
         raise ValueError(f"family {name!r} ({type(family).__module__}.{type(family).__name__}) lacks "
@@ -144,6 +145,22 @@ def get(name: str):
         raise ValueError(f"family registered as {name!r} calls itself {family.name!r}; use one name")
     _INSTANCES[name] = family
     return family
+
+
+def _load_plugin(name: str, target: str | Callable[[], Any]):
+    """A plugin family's instance; a target that cannot be imported, found or called is a one-line
+    ValueError naming the entry point (or registration) and its package, not an internal error."""
+    where = (f"the spikefm.families entry point {name!r} = {target}" if isinstance(target, str)
+             and name not in _EXTRA else f"the family registered as {name!r} ({target!r})")
+    try:
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            target = getattr(importlib.import_module(module), attr)
+        return target()
+    except Exception as exc:  # noqa: BLE001 - any failure of foreign code at import or construction
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"{where} could not be loaded ({type(exc).__name__}: {first}); fix or reinstall the "
+                         "package that provides it, or uninstall it") from exc
 
 
 def _read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -159,7 +176,10 @@ def family_of_run(run_dir: str | os.PathLike):
     if isinstance(info.get("family"), str):
         return get(info["family"])
     for name in names():
-        fam = get(name)
+        try:
+            fam = get(name)
+        except ValueError:  # a broken plugin claims nothing (it says why when asked for by name)
+            continue
         if getattr(fam, "claims_folder", None) and fam.claims_folder(info):
             return fam
     raise ValueError(f"{Path(run_dir) / 'config.json'} names no model family and no family can load "
@@ -366,7 +386,41 @@ def evaluate(run_dir: str | os.PathLike, corpus: str | os.PathLike, **options: A
     """
     fam = family_of_run(run_dir)
     check_evaluate_options(fam, options)
-    return stamp_family(fam, fam.evaluate(str(run_dir), str(corpus), **options))
+    return stamp_family(fam, checked_results(fam, fam.evaluate(str(run_dir), str(corpus), **options)))
+
+
+def checked_results(fam: Any, results: Any) -> dict[str, Any]:
+    """``results``, the return value of ``fam.evaluate``, if it is what every caller needs: a dict
+    that JSON can write (plain str keys; str, int, float, bool, None, lists and dicts as values);
+    else a one-line ValueError naming the family and the first offending entry."""
+    import json
+
+    who = f"the {getattr(fam, 'name', '?')!r} family's evaluate()"
+    if not isinstance(results, dict):
+        raise ValueError(f"{who} returned a {type(results).__name__}; it must return a dict of JSON data "
+                         "(spikefm.train.family documents it)")
+
+    def bad(obj: Any, path: str) -> str | None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if not isinstance(k, str):
+                    return f"{path} has the key {k!r} ({type(k).__name__}, not str)"
+                found = bad(v, f"{path}[{k!r}]")
+                if found:
+                    return found
+            return None
+        if isinstance(obj, (list, tuple)):
+            return next((f for i, v in enumerate(obj) if (f := bad(v, f"{path}[{i}]"))), None)
+        if obj is None or isinstance(obj, (str, bool, int, float)):
+            return None
+        return f"{path} is a {type(obj).__module__}.{type(obj).__name__} ({obj!r:.40})"
+
+    found = bad(results, "results")
+    if found:
+        raise ValueError(f"{who} returned data JSON cannot write: {found}; convert it to a plain Python "
+                         "value (float(x), x.tolist())")
+    json.dumps(results, allow_nan=True)  # anything the walk above missed fails here, before any printing
+    return results
 
 
 def check_evaluate_options(fam: Any, options: Any, *, flags: Sequence[str] | None = None) -> None:
@@ -430,7 +484,11 @@ def format_results(results_by_run: dict[str, dict[str, Any]], family: str | None
     name = family or next(iter(results_by_run.values())).get("family")
     if not isinstance(name, str):
         raise ValueError("results carry no 'family' name; pass family=NAME")
-    return get(name).format_results(results_by_run)
+    text = get(name).format_results(results_by_run)
+    if not isinstance(text, str):
+        raise ValueError(f"the {name!r} family's format_results() returned a {type(text).__name__}; it must "
+                         "return the table as a str (spikefm.train.family documents it)")
+    return text
 
 
 def _study_member(family: str, member: str, needed_for: str) -> Callable:
@@ -438,7 +496,8 @@ def _study_member(family: str, member: str, needed_for: str) -> Callable:
     families that have it."""
     fn = getattr(get(family), member, None)
     if not callable(fn):
-        able = _families_with(member)
+        tunable = set(_families_with("finetune_config"))  # every study fine-tunes
+        able = [n for n in _families_with(member) if n in tunable]
         raise ValueError(f"the {family!r} family has no {member}(), which {needed_for}; run the study with a "
                          f"family that has one ({', '.join(able) or 'none is registered'}; --model), or add it "
                          "(spikefm.train.family documents it)")

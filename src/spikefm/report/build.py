@@ -169,6 +169,8 @@ def page_title(path: Path, kind: str) -> str:
     if kind == "evaluation":
         ev = parse_evaluation(read_json(path, "an evaluation results JSON"))
         family = ev.family if ev is not None else ""
+        if ev is not None and isinstance(ev.meta.get("family"), str):  # a plugin's results in a built-in's shape
+            family = ev.meta["family"]
         return f"{_FAMILY_TITLES.get(family, family)} evaluation: {name}".strip()
     if kind == "study":
         files = _study_jsons(path) if path.is_dir() else [path]

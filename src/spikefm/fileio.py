@@ -251,15 +251,27 @@ def folder_lock(path: str | os.PathLike, what: str = "folder", *,
                   "command": " ".join(command.split()) if command else
                   " ".join(" ".join(sys.argv).split())[:500],
                   "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        try:
+        with holding_lock(fd, json.dumps(holder) + "\n"):
             yield lock_path
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def holding_lock(fd: int, holder: str) -> Iterator[None]:
+    """For the ``with`` block, with the ``fcntl.flock`` on the lock file ``fd`` already taken:
+    ``holder`` (who holds it, for a waiting or refused process to quote) is the file's content;
+    afterwards the file is emptied and the lock released (the file is never deleted: see
+    :func:`folder_lock`)."""
+    import fcntl
+
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, holder.encode(), 0)
+    try:
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")

@@ -27,22 +27,48 @@ class _RichBar:
         self._progress.update(self._task, **fields)
 
 
+#: What a bar counts: ``"count"`` shows ``M/N`` (items), ``"bytes"`` shows sizes (``1.2/4.5 GB``)
+#: and the transfer speed.
+UNITS = ("count", "bytes")
+
+
 @contextlib.contextmanager
-def progress_bar(total: float | None, description: str, enabled: bool = True, extra: str = ""):
+def progress_bar(total: float | None, description: str, enabled: bool = True, extra: str = "", *,
+                 unit: str = "count", completed: float = 0):
     """Yields an object with ``advance(n, **fields)``; ``extra`` is a rich format string over the
-    task's fields (e.g. ``"loss {task.fields[loss]:.3f}"``), set with ``update(loss=...)``."""
+    task's fields (e.g. ``"loss {task.fields[loss]:.3f}"``), set with ``update(loss=...)``.
+
+    Args:
+        total: the count (or bytes) at the end; None when unknown.
+        description: the bar's label, plain text (a file name may hold ``[``: it is shown as is).
+        enabled: False for no display; there is none either when stderr is not a terminal.
+        extra: see above.
+        unit: one of :data:`UNITS`.
+        completed: where the bar starts, e.g. the bytes a resumed download already has (counted
+            as done before this bar, so they do not inflate the transfer speed).
+    """
+    if unit not in UNITS:
+        raise ValueError(f"progress_bar unit must be one of {', '.join(UNITS)}, got {unit!r}")
     if not enabled or not sys.stderr.isatty():
         yield _NoBar()
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
+                               TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
 
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn()]
+    if unit == "bytes":
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn()]
+    else:
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn()]
     if extra:
         columns.append(TextColumn(extra))
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(description, total=total)
+    # on stderr, the stream whose terminal was checked: a command's output piped to a file stays clean
+    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+        task = progress.add_task(escape(description), total=total, completed=completed)
         yield _RichBar(progress, task)
 
 

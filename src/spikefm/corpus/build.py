@@ -155,8 +155,10 @@ class BuildError(ValueError):
 # Inputs
 
 
-def resolve_inputs(inputs: list[str], cfg: BuildConfig) -> tuple[list[InputFile], list[dict]]:
-    """Expand INPUT arguments into files. Returns (files, problems) where problems are
+def resolve_inputs(inputs: list[str], cfg: BuildConfig, *,
+                   progress: bool = True) -> tuple[list[InputFile], list[dict]]:
+    """Expand INPUT arguments into files (downloading DANDI assets, with a byte progress bar
+    unless ``progress`` is False). Returns (files, problems) where problems are
     ``{"input": str, "error": str}`` for inputs that do not exist or hold no NWB file."""
     files: list[InputFile] = []
     problems: list[dict] = []
@@ -165,7 +167,7 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig) -> tuple[list[InputFile]
             from .dandi import resolve_dandi
 
             try:
-                files.extend(resolve_dandi(spec, cache_dir=cfg.cache_dir))
+                files.extend(resolve_dandi(spec, cache_dir=cfg.cache_dir, progress=progress))
             except (ValueError, OSError) as exc:
                 problems.append({"input": spec, "error": str(exc)})
             continue
@@ -671,7 +673,7 @@ def build_corpus(inputs: list[str | os.PathLike], out_dir: str | Path, cfg: Buil
 
 def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -> BuildReport:
     existing = inspect_out_dir(out_dir)  # refuse a non-corpus folder before any download
-    files, problems = resolve_inputs(inputs, cfg)
+    files, problems = resolve_inputs(inputs, cfg, progress=progress)
     if cfg.strict and problems:
         raise BuildError(problems[0]["error"] + " (--strict: nothing was written)")
     if not files:

@@ -9,6 +9,15 @@ size and modification time stay the same); a cached copy whose digest differs is
 with a warning. The version actually used (the most recent published one when none is given, else
 the draft) and the asset's sha256 digest are recorded in the manifest.
 
+Downloads resume and show progress: bytes stream into a hidden partial file beside the final one
+(``.NAME.partial-<sha256 prefix>``, so a partial of another version of the asset is never
+continued) under a byte progress bar. A download stopped by a network error, Ctrl-C or a kill
+keeps its partial file, and the next build asks the server for the rest only (an HTTP Range
+request); the whole file is still checked against DANDI's size and sha256 before it is renamed
+into place. Two processes sharing the cache take turns per asset (a lock file ``.NAME.lock``): the
+second waits, with one line saying so, then uses the first one's download. Assets of a client
+without ``get_download_file_iter`` (dandi < 0.60) are downloaded whole, as before.
+
 Errors of the DANDI client (an unknown dandiset or version, a network failure) become one-line
 ``ValueError``s naming the spec and the fix.
 
@@ -20,14 +29,21 @@ anything is downloaded.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
 import json
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from ..fileio import check_relative_path, remove_stale_temporaries, write_atomic, write_json_atomic
+from ..fileio import (check_relative_path, fsync_dir, holding_lock, make_folder,
+                      remove_stale_temporaries, write_atomic, write_json_atomic)
+from ..progress import progress_bar
 from .build import _first_line
 from .nwb import sha256_file
 
@@ -75,8 +91,15 @@ def _cache_path(cache: Path, dandiset_id: str, version: str, asset_path: str, sp
     return local
 
 
-#: A partial download unchanged this long (seconds) is a killed one's, also in a shared cache.
+#: A whole-file download's temporary (``.NAME.tmp-PID``: the fallback for clients without
+#: ``get_download_file_iter``, and spikefm before resumable downloads) unchanged this long (seconds)
+#: is a killed one's, also in a shared cache; it is removed. Resumable partials are never removed
+#: for their age: the next build continues them.
 STALE_DOWNLOAD_S = 600.0
+
+#: Bytes per chunk asked of the dandi client: fine enough for a smooth progress bar and little
+#: lost work, large enough that the per-chunk Python work is nothing next to the transfer.
+DOWNLOAD_CHUNK_BYTES = 1 << 20
 
 
 def _client():
@@ -130,24 +153,225 @@ def _cached_copy_ok(local: Path, size, digest: str, spec: str, asset_path: str) 
     return False
 
 
-def _download(asset, local: Path, digest: str, spec: str) -> None:
-    """Download ``asset`` to ``local`` atomically, refusing a file whose sha256 is not DANDI's.
-    A killed earlier download's partial temporary beside ``local`` is removed first (one unchanged
-    for ``STALE_DOWNLOAD_S``: the cache may be shared by machines whose process ids say nothing)."""
-    remove_stale_temporaries(local, min_age_s=STALE_DOWNLOAD_S)
+def _download(asset, local: Path, digest: str, spec: str, *, progress: bool = True) -> None:
+    """Download ``asset`` to ``local``, refusing a file whose size or sha256 is not DANDI's.
 
+    With the client's streaming API (``asset.get_download_file_iter``, dandi >= 0.60) the bytes go
+    into a hidden partial file beside ``local`` (:func:`_partial_path`, named after the published
+    digest) under a byte progress bar (``progress``; none when stderr is not a terminal). A partial
+    left by an interrupted earlier download is resumed from its size (an HTTP Range request);
+    partials of the same asset name with another digest are removed. A network error or Ctrl-C
+    keeps the partial, for the next build to resume. Finished, the file is checked (size, then
+    sha256) and renamed into place atomically; a resumed file that does not add up (a server that
+    ignored the Range request and sent the whole file again, a damaged partial) is downloaded once
+    more from byte 0, and a fresh download that does not match is deleted and refused. The
+    download holds a per-asset lock: another process downloading the same asset into the same
+    cache is waited for (one line on stderr says so), then its finished copy is used.
+
+    Without the streaming API, ``asset.download`` writes a temporary that is renamed into place
+    (:func:`~spikefm.fileio.write_atomic`; an interrupted download starts again from byte 0).
+
+    Either way, a whole-file temporary of a killed earlier download beside ``local`` is removed
+    first (one unchanged for ``STALE_DOWNLOAD_S``: the cache may be shared by machines whose
+    process ids say nothing).
+
+    Raises:
+        ValueError: one line naming ``spec`` and the asset: a mismatch (nothing is kept), or a
+            transfer that failed part-way (its partial is kept and the next build resumes it).
+        OSError: writing into the cache failed (``filename`` names the file).
+    """
+    remove_stale_temporaries(local, min_age_s=STALE_DOWNLOAD_S)
+    if hasattr(asset, "get_download_file_iter"):
+        make_folder(local.parent, action=f"write {local}")
+        with _asset_lock(local, spec, asset.path) as waited:
+            if waited is not None:
+                if waited and _cached_copy_ok(local, getattr(asset, "size", None), digest, spec,
+                                              asset.path):
+                    return  # the process we waited for downloaded it
+                _stream(asset, local, digest, spec, progress)
+                return
+    _download_whole(asset, local, digest, spec)
+
+
+def _download_whole(asset, local: Path, digest: str, spec: str) -> None:
     def write(tmp: Path) -> None:
         asset.download(tmp)
         if digest:
             got = sha256_file(tmp)
             if got != digest:
-                raise ValueError(f"{spec}: the download of {asset.path} does not match the sha256 "
-                                 f"DANDI publishes for it ({got[:12]}... vs {digest[:12]}...); "
-                                 "nothing was kept: run the build again (a transfer error)")
+                raise _mismatch(spec, asset.path, got, digest)
 
     write_atomic(local, write)
     if digest:
         _remember_digest(local, digest)
+
+
+def _mismatch(spec: str, asset_path: str, got: str, digest: str) -> ValueError:
+    return ValueError(f"{spec}: the download of {asset_path} does not match the sha256 DANDI "
+                      f"publishes for it ({got[:12]}... vs {digest[:12]}...); nothing was kept: run "
+                      "the build again (a transfer error)")
+
+
+def _partial_path(local: Path, digest: str) -> Path:
+    """The resumable partial download of ``local``; the digest prefix ties it to one version of
+    the asset's bytes ("unverified" where DANDI publishes no digest: such a partial is never
+    resumed)."""
+    return local.with_name(f".{local.name}.partial-{digest[:16] if digest else 'unverified'}")
+
+
+def _lock_path(local: Path) -> Path:
+    return local.with_name(f".{local.name}.lock")
+
+
+@contextlib.contextmanager
+def _asset_lock(local: Path, spec: str, asset_path: str) -> Iterator[bool | None]:
+    """Hold the download lock of one cached asset; yields whether another process had to be
+    waited for, or None where the OS or file system has no file locks (then nothing is held: the
+    caller downloads whole, to a temporary of its own, as before resumable downloads).
+
+    Why not :func:`~spikefm.fileio.folder_lock`: it locks a whole folder and fails at once, so two
+    builds sharing a cache would refuse each other even for different assets of one folder, and
+    the refused build would skip the whole dandiset. A lock per asset lets them work side by side,
+    and for the same asset the second one waits: what a user wants, since it then reuses the first
+    one's download instead of failing or fetching it twice. An OS lock (``fcntl.flock``) is
+    released when its holder exits however it exits, so it is never stale; its file is never
+    deleted (a process still holding the old file open could lock it while a third locks a new
+    one) and holds the holder's process id and host while locked, for the waiting line.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield None
+        return
+    lock = _lock_path(local)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        waited = False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "its id unknown"
+            print(f"spikefm: {spec}: waiting for another process ({holder}) that is downloading "
+                  f"{asset_path} into {local.parent}; its download is then used", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = True
+        except OSError:  # a file system without locks (some network mounts)
+            yield None
+            return
+        with holding_lock(fd, f"PID {os.getpid()} on {socket.gethostname()}"):
+            yield waited
+    finally:
+        os.close(fd)
+
+
+def _stream(asset, local: Path, digest: str, spec: str, progress: bool) -> None:
+    """The streaming half of :func:`_download` (the caller holds the asset's lock)."""
+    size = getattr(asset, "size", None)
+    size = size if isinstance(size, int) and size >= 0 else None
+    part = _partial_path(local, digest)
+    for other in local.parent.glob(f".{glob.escape(local.name)}.partial-*"):
+        if other != part and other.is_file() and not other.is_symlink():
+            other.unlink(missing_ok=True)  # another version's bytes: never to be continued
+    # Without a digest and a size nothing could tell that a partial's bytes are this asset's.
+    resumable = bool(digest) and size is not None
+    start = part.stat().st_size if resumable and part.is_file() else 0
+    if size is not None and start > size:
+        start = 0  # longer than the asset: not a prefix of it
+    try:
+        downloader = asset.get_download_file_iter(DOWNLOAD_CHUNK_BYTES)
+    except ValueError as exc:  # e.g. a Zarr asset, which is not one file
+        raise ValueError(f"{spec}: cannot download {asset.path} ({_first_line(exc)})") from None
+    try:
+        with open(part, "r+b" if start else "wb") as f, \
+                progress_bar(size, f"downloading {asset.path}", enabled=progress, unit="bytes",
+                             completed=start) as bar:
+            got = _fetch(downloader, f, start, size, bar, spec, asset.path, resumable)
+            if start and (got is None or (digest and got != digest)):
+                # A resumed download that does not add up: a server that ignored the Range request
+                # and sent the whole file again after the partial's bytes, or a damaged partial.
+                bar.update(completed=0)
+                got = _fetch(downloader, f, 0, size, bar, spec, asset.path, resumable)
+            ok = got is not None and (not digest or got == digest)
+            if ok:
+                f.flush()
+                os.fsync(f.fileno())
+    except ValueError:
+        if not resumable:  # nothing could continue it
+            part.unlink(missing_ok=True)
+        raise
+    if not ok:
+        part.unlink(missing_ok=True)
+        if got is None:
+            raise ValueError(f"{spec}: the download of {asset.path} is longer than the {size:,} "
+                             "bytes DANDI publishes for it; nothing was kept: run the build again "
+                             "(a transfer error)")
+        raise _mismatch(spec, asset.path, got, digest)
+    os.replace(part, local)
+    fsync_dir(local.parent)
+    if digest:
+        _remember_digest(local, digest)
+
+
+def _fetch(downloader, f, start: int, size: int | None, bar, spec: str, asset_path: str,
+           resumable: bool) -> str | None:
+    """Write the asset's bytes from ``start`` on into ``f``, which holds bytes ``[0, start)``.
+
+    Returns:
+        The sha256 of the whole file, or None where the bytes do not add up: more than ``size``
+        (a server that ignored the Range request), or a partial shorter than ``start``.
+
+    Raises:
+        ValueError: the transfer failed or ended before ``size`` bytes; the partial file is kept.
+        OSError: writing ``f`` failed (its ``filename`` is set).
+    """
+    sha = hashlib.sha256()
+    f.seek(0)
+    left = start
+    while left:
+        block = f.read(min(left, DOWNLOAD_CHUNK_BYTES))
+        if not block:
+            return None
+        sha.update(block)
+        left -= len(block)
+    f.seek(start)
+    f.truncate()
+    have = start
+    chunks = downloader(start) if have != size else iter(())
+    try:
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            except OSError as exc:  # requests' errors are OSErrors too
+                raise ValueError(_failed(spec, asset_path, exc, have, size, resumable)) from exc
+            if size is not None and have + len(chunk) > size:
+                return None
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                exc.filename = exc.filename or f.name  # for resolve_dandi's "writing the cache" line
+                raise
+            sha.update(chunk)
+            have += len(chunk)
+            bar.advance(len(chunk))
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()  # an abandoned response releases its connection now, not at collection
+    if size is not None and have < size:
+        raise ValueError(_failed(spec, asset_path, "the transfer ended early", have, size,
+                                 resumable))
+    return sha.hexdigest()
+
+
+def _failed(spec: str, asset_path: str, why: BaseException | str, have: int, size: int | None,
+            resumable: bool) -> str:
+    why = why if isinstance(why, str) else _first_line(why)
+    of = f" of {size:,}" if size is not None else ""
+    then = ("the next build resumes it (the partial file is kept in the cache)"
+            if resumable and have else "run the build again")
+    return (f"{spec}: download from DANDI failed ({why}) after {have:,}{of} bytes of {asset_path}; "
+            f"check your network and {then}")
 
 
 def _license(dandiset) -> str:
@@ -167,14 +391,22 @@ def _sha256(asset) -> str:
     return digests.get("dandi:sha2-256", "")
 
 
-def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None) -> list:
+def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None,
+                  progress: bool = True) -> list:
     """Resolve a DANDI spec to :class:`~spikefm.corpus.build.InputFile` items, downloading NWB
-    assets into the cache.
+    assets into the cache (resumably, see :func:`_download`).
 
     Args:
         spec: ``dandi:ID[@VERSION][/GLOB]``.
         cache_dir: download cache (default ``$SPIKEFM_DANDI_CACHE`` or ``~/.cache/spikefm/dandi``).
         client: a ``dandi.dandiapi.DandiAPIClient``-like object (tests pass an offline stand-in).
+        progress: a byte progress bar per download (on stderr's terminal; never when stderr is
+            not a terminal).
+
+    Raises:
+        ValueError: one line naming ``spec``: an unknown dandiset or version, a refused asset
+            name, a download that failed (a partial one is resumed by the next call) or does not
+            match DANDI's sha256.
     """
     from .build import InputFile
 
@@ -208,7 +440,7 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
             size = getattr(asset, "size", None)
             digest = _sha256(asset)
             if not _cached_copy_ok(local, size, digest, spec, asset.path):
-                _download(asset, local, digest, spec)
+                _download(asset, local, digest, spec, progress=progress)
             items.append(InputFile(
                 path=local,
                 source_dataset=f"dandi-{parsed.dandiset_id}",

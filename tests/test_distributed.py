@@ -165,6 +165,39 @@ def test_fsdp2_resume_with_a_parameter_no_batch_had_reached_matches_single_proce
         torch.testing.assert_close(sharded[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_fsdp2_resume_from_a_checkpoint_saved_after_validation_matches_single_process(tmp_path):
+    """Validation's no-grad forward left FSDP2's root and last block unsharded; the checkpoint then
+    found their parameters (the unsharded tensors) missing from the optimizer's state, recorded
+    them as never updated, and the resumed run dropped their Adam moments: losses drifted from
+    the first step after the resume. Validating at the checkpoint step must change nothing."""
+    steps, sets = 8, ["--set", "train.steps=8", "--set", "train.eval_every=4"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(toy_config(steps=steps, eval_every=4), tmp_path / "single", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    run_dir = tmp_path / "fsdp"
+    torchrun(run_dir, "--stop-after", "4", *sets)
+    (_, ckpt), = list_checkpoints(run_dir)
+    assert torch.load(ckpt / "trainer.pt", weights_only=True)["params_without_optimizer_state"] == []
+    torchrun(run_dir, "--resume", *sets)
+
+    def rows(run, key):
+        return [(r["step"], r[key]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if key in r]
+
+    # validation ran at steps 4 and 8 (each rank scores its own share, so its value is not one
+    # process's); training is the same as one process's throughout
+    assert [s for s, _ in rows(run_dir, "eval/val_loss")] == [4, 8]
+    got, want = rows(run_dir, "loss"), rows(tmp_path / "single", "loss")
+    assert [s for s, _ in got] == [s for s, _ in want] == list(range(1, steps + 1))
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=0, atol=1e-5)
+    sharded, single = load_model(run_dir).state_dict(), load_model(tmp_path / "single").state_dict()
+    for key in single:
+        torch.testing.assert_close(sharded[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
 # slow (14 s): the two-rank FSDP2 runs of the default suite start torchrun
 @pytest.mark.slow
 def test_torchrun_refusals_end_every_rank_at_once(tmp_path):
@@ -223,6 +256,22 @@ def test_spikefm_train_under_torchrun_prints_once_and_refuses_a_small_corpus_on_
            "ranks, or rebuild the corpus with more, shorter rows (a smaller --max-row-tokens)" in bad.stderr, \
         bad.stderr[-3000:]
     assert "internal error" not in bad.stderr and "report it" not in bad.stderr, bad.stderr[-3000:]
+    # said once for the job (rank 1 printed the same line with its rank), and the run folder this
+    # call made is gone again (it was left holding only its lock file)
+    assert bad.stderr.count("spikefm: error:") == 1 and "(rank 1)" not in bad.stderr, bad.stderr[-3000:]
+    assert not (tmp_path / "run1").exists()
+    # checked before the ranks connect: a batch the ranks do not divide, once
+    odd = _spikefm_torchrun(*[a if a != "train.batch_size=2" else "train.batch_size=3" for a in common],
+                            "--out", str(tmp_path / "odd"))
+    assert odd.returncode != 0 and odd.stderr.count("spikefm: error: train.batch_size (3) must be divisible") == 1, \
+        odd.stderr[-3000:]
+    assert odd.stderr.count("spikefm: error:") == 1 and not (tmp_path / "odd").exists()
+    # commands that do not shard are refused under torchrun (eval printed its table once per rank)
+    ev = _spikefm_torchrun("eval", str(tmp_path / "run"), "--data", str(tmp_path / "corpus"), "--out",
+                           str(tmp_path / "ev.json"))
+    assert ev.returncode != 0 and ev.stdout.count("cross-entropy") == 0 and not (tmp_path / "ev.json").exists()
+    assert ev.stderr.count("spikefm: error: spikefm eval runs in one process, and this is one of the 2 processes "
+                           "of a torchrun job; run it without torchrun") == 1, ev.stderr[-3000:]
     # two sessions at the default --max-row-tokens: two rows in one row group, which was refused
     # (each rank read whole row groups); the ranks now share its rows
     build_corpus([str(tmp_path / "nwb")], tmp_path / "two", BuildConfig(test_fraction=0.0), progress=False)

@@ -352,3 +352,35 @@ def test_label_values_outside_the_runs_classes_are_said():
                                             r"among the run's classes 0.5, 0.8"):
         a = session_arrays(w, mods)
     np.testing.assert_array_equal(a.labels_KJ[:, 0], [0, 1, -1, 0, -1, 1, -1, 0])
+
+
+def test_every_parameter_outside_the_blocks_gets_a_gradient_when_data_parallel():
+    """Under FSDP2 a batch that scored no behaviour or label (every sample drew 'encoding') left the
+    heads without a gradient on that rank only; the ranks then reduced different parameters and
+    gloo aborted ('Received data size doesn't match expected size'). With all_sessions_in_graph
+    every trainable parameter takes part, with gradient 0 where nothing scored it, and the outputs
+    are unchanged."""
+    model = _model().train()
+    batch = _batch()
+    m = _masks(batch, torch.full((6,), SCHEMES.index("encoding")))
+    assert not m.behavior_scored_BTC.any() and not m.label_scored_BJ.any()
+
+    def grads(in_graph: bool):
+        torch.manual_seed(3)  # the same dropout draws both times
+        model.zero_grad(set_to_none=True)
+        out = model(batch["counts_BTN"], m.spike_hidden_BT, batch["session_ids"], batch["behavior_BTC"],
+                    m.behavior_hidden_BTC, batch["labels_BJ"], m.label_hidden_BJ, all_sessions_in_graph=in_graph)
+        loss, _ = neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], m)
+        loss.backward()
+        return out, loss, {n: p.grad for n, p in model.named_parameters()}
+
+    out0, loss0, plain = grads(False)
+    out1, loss1, touched = grads(True)
+    assert torch.equal(out0["log_rates_BTN"], out1["log_rates_BTN"]) and torch.equal(loss0, loss1)
+    heads = [n for n in plain if n.startswith(("label_heads.", "channel_head."))]
+    assert heads and all(plain[n] is None for n in heads)  # the failure: no gradient at all
+    assert all(g is not None for g in touched.values()), [n for n, g in touched.items() if g is None]
+    assert all(torch.count_nonzero(touched[n]) == 0 for n in heads)
+    for n, g in plain.items():  # every gradient the loss gave is unchanged
+        if g is not None:
+            torch.testing.assert_close(touched[n], g, rtol=0, atol=0, msg=n)

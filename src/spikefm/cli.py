@@ -870,10 +870,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _check_paths(args)
+        _check_torchrun(args)
         code = args.func(args)
     except KeyboardInterrupt:
         if debug:
             raise
+        if os.environ.get("RANK", "0") != "0" and _under_torchrun():
+            return 130  # Ctrl-C reaches every rank of the job: rank 0 says it
         again = {"train": "continue it with the same command and --resume",
                  "corpus": "run the command again (builds reuse finished sessions)"}.get(
             getattr(args, "command", None),
@@ -886,6 +889,8 @@ def main(argv: list[str] | None = None) -> int:
             return 141  # the reader of our output left (spikefm ... | head): quietly, as shell tools do
         if debug:
             raise
+        if _said_by_rank_zero(exc):
+            return 2  # rank 0 prints it: one line for the torchrun job
         if isinstance(exc, (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError,
                             IsADirectoryError, PermissionError)):
             # bad input is the same on every rank of a torchrun job: said once, by rank 0
@@ -942,6 +947,22 @@ def _error_line(message: str, *, every_rank: bool = True) -> None:
     where = f"(rank {rank}) " if rank != "0" else ""
     sys.stderr.write(f"spikefm: error: {where}{message}\n")
     sys.stderr.flush()
+
+
+def _check_torchrun(args) -> None:
+    """Only ``spikefm train`` shards over the processes of a torchrun job; any other command there
+    would run once per process (eval printed its table twice, finetune's ranks raced for one file)."""
+    command = getattr(args, "command", None)
+    if _under_torchrun() and command != "train":
+        raise ValueError(f"spikefm {command} runs in one process, and this is one of the "
+                         f"{os.environ.get('WORLD_SIZE')} processes of a torchrun job; run it without torchrun "
+                         "(only spikefm train shards a model over processes)")
+
+
+def _said_by_rank_zero(exc: BaseException) -> bool:
+    """A refusal rank 0 met and sent to this rank (``spikefm.train.dist.SaidByRankZero``)."""
+    dist_module = sys.modules.get("spikefm.train.dist")  # loaded by whatever raised it
+    return dist_module is not None and isinstance(exc, dist_module.SaidByRankZero)
 
 
 def _under_torchrun() -> bool:

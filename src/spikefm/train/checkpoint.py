@@ -367,10 +367,13 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINT_DIR
     name = f"step_{step:08d}"
     final, tmp = root / name, root / f".tmp-{name}"
-    # trainable parameters no gradient has reached yet have no optimizer state; loading must leave
-    # them without (see load_checkpoint), or their first update would differ from the unbroken run
-    stateless = [n for n, p in model.named_parameters() if p.requires_grad and p not in optimizer.state]
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options(cpu_offload=True))
+    # trainable parameters no gradient has reached yet have no optimizer state; loading must leave
+    # them without (see load_checkpoint), or their first update would differ from the unbroken run.
+    # Found by name in the full optimizer state (rank 0 holds it), not by tensor: under FSDP2 a
+    # module a no-grad forward left unsharded lists tensors that are not the optimizer's.
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    stateless = [n for n in trainable if n not in optim_sd.get("state", {})]
     rank, world_size = d.get_rank(), d.get_world_size()
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)

@@ -156,6 +156,36 @@ def apply_fsdp(model: nn.Module, blocks: list[nn.Module], mesh: Any, mp_policy: 
     return model
 
 
+class SaidByRankZero(ValueError):
+    """A refusal that rank 0 met and sent to the other ranks (:func:`raise_rank_zero_error`):
+    every rank stops with it, and only rank 0 prints it (the command line stays silent on the
+    others), so a torchrun job says it once."""
+
+
+def raise_rank_zero_error(error: str | None) -> None:
+    """Every rank's half of a decision rank 0 made alone: ``error`` is rank 0's refusal (``None``:
+    none), as :func:`broadcast_object` delivered it. Rank 0 raises it as a ValueError, the other
+    ranks as :class:`SaidByRankZero`."""
+    if error is None:
+        return
+    raise (ValueError if get_rank() == 0 else SaidByRankZero)(error)
+
+
+def env_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment, before any process group exists."""
+    return _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the gathered parameters of every FSDP2 unit of ``model`` (a no-grad forward leaves the
+    root and the last block gathered until the next backward); nothing for an unsharded model."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

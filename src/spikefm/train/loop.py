@@ -42,6 +42,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikefm.fileio import folder_lock, make_folder, write_bytes_atomic, write_json_atomic
+from spikefm.fileio import LOCK_NAME, folder_lock, make_folder, write_bytes_atomic, write_json_atomic
 from spikefm.train import dist as d
 from spikefm.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -323,11 +324,26 @@ def _prepare_run_dir(out_dir: Path, cfg: RunConfig, resume: bool, world_size: in
     """Rank 0: create and lock the run folder, then decide what this call does.
 
     Returns {"ckpt": checkpoint path or None, "notes": one-line warnings, "finished": the summary
-    of a run that is already finished (nothing to do) or None}.
+    of a run that is already finished (nothing to do) or None, "created": whether this call made
+    the folder (a refusal before anything is written removes it again)}.
     """
     check_run_folder(out_dir)  # before the lock file is put into someone else's folder
+    created = not out_dir.exists()
     _make_run_dir(out_dir)
     stack.enter_context(folder_lock(out_dir, what="training run"))
+    plan = _plan_run(out_dir, cfg, resume, world_size, corpus_hash)
+    return {**plan, "created": created and plan["finished"] is None and plan["ckpt"] is None}
+
+
+def _remove_new_run_dir(out_dir: Path) -> None:
+    """Remove the run folder this call created, if it holds nothing but its lock file."""
+    if {p.name for p in out_dir.iterdir()} <= {LOCK_NAME}:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _plan_run(out_dir: Path, cfg: RunConfig, resume: bool, world_size: int,
+              corpus_hash: str | None) -> dict[str, Any]:
+    """:func:`_prepare_run_dir`'s decision, in the locked folder."""
     _remove_stale_temporaries(out_dir)
     export = out_dir / EXPORT_NAME
     if export.exists():
@@ -561,12 +577,14 @@ def train(
 def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progress: bool,
            stop_after: int | None, stack: contextlib.ExitStack) -> dict[str, Any]:
     tc = cfg.train
+    # Everything that can be refused is checked before the ranks connect (each meets the same
+    # error, which rank 0 alone prints) and before the run folder is created or locked: the
+    # family's description reads the data (a bad --data fails here and leaves nothing behind).
+    _, world_size = d.env_rank_world()
+    tc.micro_batch_size(world_size)  # raises a clear error when the batch does not divide
+    run_desc = run_info(cfg, family.describe(cfg), world_size)
     info = d.init_distributed(tc.device)
     rank, world_size, device = info.rank, info.world_size, info.device
-    tc.micro_batch_size(world_size)  # raises a clear error when the batch does not divide
-    # Everything that can be refused is checked before the run folder is created or locked: the
-    # family's description reads the data (a bad --data fails here and leaves nothing behind).
-    run_desc = run_info(cfg, family.describe(cfg), world_size)
 
     # Rank 0 creates and locks the folder and decides (fresh / resume from which checkpoint /
     # already finished); the others learn the outcome, or the error, from one broadcast, so a
@@ -583,8 +601,7 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     plan = d.broadcast_object(plan)
     if failure is not None:
         raise failure
-    if "error" in plan:
-        raise ValueError(plan["error"])
+    d.raise_rank_zero_error(plan.get("error"))
     if rank == 0:
         for note in plan["notes"]:
             _notice(note)
@@ -601,7 +618,21 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     num_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
-    loader = family.train_loader(cfg, rank, world_size)
+    loader, refusal = None, None
+    try:
+        loader = family.train_loader(cfg, rank, world_size)
+    except ValueError as exc:  # e.g. data that cannot feed these ranks
+        if world_size == 1:
+            if plan.get("created"):
+                _remove_new_run_dir(out_dir)  # leave no folder behind that this call made
+            raise
+        refusal = " ".join(str(exc).split()) or type(exc).__name__
+    refusals = d.all_gather_object(refusal)  # one line for the job, not one per rank
+    if any(refusals):
+        if rank == 0 and plan.get("created"):
+            _remove_new_run_dir(out_dir)  # leave no folder behind that this call made
+        first = next(r for r, e in enumerate(refusals) if e)
+        d.raise_rank_zero_error(refusals[first] if first == 0 else f"(rank {first}) {refusals[first]}")
     seed_everything(tc.seed + rank)  # dropout etc. differ between ranks from here on
 
     start_step, tokens_total, elapsed_before = 0, 0, 0.0
@@ -703,6 +734,7 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
                 with torch.no_grad(), autocast:
                     sums = family.validate(model, cfg, rank, world_size)
                 model.train()
+                d.reshard(model)  # as after a training step: validation leaves FSDP2 units gathered
                 names = sorted(sums)
                 flat = d.all_reduce_sum([v for n in names for v in sums[n]])
                 log({"step": step, **{f"eval/{n}": flat[2 * i] / flat[2 * i + 1] for i, n in enumerate(names)}})

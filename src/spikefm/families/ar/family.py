@@ -96,7 +96,7 @@ class ARFamily:
 
     def train_loader(self, cfg: RunConfig, rank: int, world_size: int):
         from spikefm.families.ar.loader import ARTokenLoader
-        from spikefm.train.dist import broadcast_object
+        from spikefm.train.dist import broadcast_object, raise_rank_zero_error
 
         def make():
             return ARTokenLoader(_corpus(cfg), seq_len=cfg.data.seq_len,
@@ -115,9 +115,7 @@ class ARFamily:
                 loader = make()
             except ValueError as exc:
                 error = str(exc)
-        error = broadcast_object(error)
-        if error is not None:
-            raise ValueError(error)
+        raise_rank_zero_error(broadcast_object(error))  # printed once, by rank 0
         return loader if loader is not None else make()
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):

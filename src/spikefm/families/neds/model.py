@@ -247,7 +247,8 @@ class NEDS(nn.Module):
             behavior_hidden_BTC: True = hidden (masked or missing).
             labels_BJ: class index per label (anything where hidden).
             label_hidden_BJ: True = hidden (masked or missing).
-            all_sessions_in_graph: add every session's parameters with weight 0 (data parallel).
+            all_sessions_in_graph: add every parameter outside the blocks (sessions, heads) with
+                weight 0, so that each gets a gradient on every rank (data parallel).
             return_hidden: also return ``"hidden_BTD"``, the final (normalised) states of the spike
                 tokens, which the session read-outs map to log rates.
 
@@ -307,7 +308,11 @@ class NEDS(nn.Module):
             log_rates = log_rates.index_copy(0, idx, F.pad(pred.to(log_rates.dtype),
                                                              (0, N - st.num_units)))
         if all_sessions_in_graph:
-            zero = sum(p.sum() for p in self.sessions.parameters()) * 0.0
+            # every parameter outside the blocks (each session's stitcher, the behaviour and label
+            # heads, which a batch scoring no behaviour or label leaves out of the loss) gets a
+            # gradient on every rank: FSDP2 reduces the same parameters everywhere or aborts
+            zero = sum(p.sum() for n, p in self.named_parameters()
+                       if p.requires_grad and not n.startswith("layers.")) * 0.0
             log_rates = log_rates + zero
         out = {"log_rates_BTN": log_rates}
         if return_hidden:

@@ -280,7 +280,8 @@ def test_evaluate_and_format_results_of_the_wrong_kind_are_refused_before_printi
                                                                                    capsys, monkeypatch):
     """A family's evaluate() returning a list was an internal error ('list' object has no attribute
     'get'); numpy scalars failed only after the table was printed ('Object of type float32 is not
-    JSON serializable', no word of where); a format_results() returning None printed 'None'."""
+    JSON serializable', no word of where: now written as numbers), other objects the same (now
+    refused first, naming the entry); a format_results() returning None printed 'None'."""
     import numpy as np
 
     run = tmp_path / "run"
@@ -288,22 +289,30 @@ def test_evaluate_and_format_results_of_the_wrong_kind_are_refused_before_printi
                  "--set", "train.device=cpu", "--set", "train.ckpt_every=0", "--quiet"]) == 0
     toy = families.get("toy")
     good = toy.evaluate(str(run), str(tmp_path))
-    assert families.checked_results(toy, good) is good  # the real result passes unchanged
+    assert families.checked_results(toy, good) == good  # the real result passes unchanged
     out = tmp_path / "res.json"
     cases = [([1, 2, 3], "the 'toy' family's evaluate() returned a list; it must return a dict of JSON data "
                          "(spikefm.train.family documents it)"),
-             ({**good, "extra": {"bits": [0.5, np.float32(1.5)]}},
-              "the 'toy' family's evaluate() returned data JSON cannot write: results['extra']['bits'][1] is a "
-              "numpy.float32 (np.float32(1.5)); convert it to a plain Python value (float(x), x.tolist())"),
+             ({**good, "extra": {"runs": [0.5, Path("runs/x")]}},
+              "the 'toy' family's evaluate() returned data JSON cannot write: results['extra']['runs'][1] is a "
+              f"pathlib.{type(Path('.')).__name__} ({Path('runs/x')!r}); convert it to a plain Python value "
+              "(x.tolist(), str(x))"),
              ({**good, "by_step": {3: 0.5}}, "the 'toy' family's evaluate() returned data JSON cannot write: "
-                                             "results['by_step'] has the key 3 (int, not str); convert it to a plain Python "
-                                             "value (float(x), x.tolist())")]
+                                             "results['by_step'] has the key 3 (int, not str); use str keys")]
     capsys.readouterr()
     for value, message in cases:
         monkeypatch.setattr(toy, "evaluate", lambda run_dir, corpus, split="test", value=value: value)
         assert main(["eval", str(run), "--data", str(tmp_path), "--out", str(out)]) == 2
         captured = capsys.readouterr()
         assert captured.err.strip() == f"spikefm: error: {message}" and captured.out == "" and not out.exists()
+    # numpy scalars (what numpy arithmetic returns) are written as the numbers they hold
+    numbers = {**good, "extra": {"bits": [np.float32(1.5), np.int64(3), np.bool_(True), np.array(2.0)],
+                                 "pair": (1, 2)}}
+    monkeypatch.setattr(toy, "evaluate", lambda run_dir, corpus, split="test": numbers)
+    assert main(["eval", str(run), "--data", str(tmp_path), "--out", str(out)]) == 0
+    written = json.loads(out.read_text())["extra"]
+    assert written == {"bits": [1.5, 3, True, 2.0], "pair": [1, 2]}
+    assert [type(v) for v in written["bits"]] == [float, int, bool, float]
     monkeypatch.setattr(toy, "evaluate", lambda run_dir, corpus, split="test": good)
     monkeypatch.setattr(toy, "format_results", lambda results_by_run: None)
     assert main(["eval", str(run), "--data", str(tmp_path)]) == 2

@@ -390,37 +390,40 @@ def evaluate(run_dir: str | os.PathLike, corpus: str | os.PathLike, **options: A
 
 
 def checked_results(fam: Any, results: Any) -> dict[str, Any]:
-    """``results``, the return value of ``fam.evaluate``, if it is what every caller needs: a dict
-    that JSON can write (plain str keys; str, int, float, bool, None, lists and dicts as values);
-    else a one-line ValueError naming the family and the first offending entry."""
-    import json
+    """``results``, the return value of ``fam.evaluate``, as every caller needs it: a dict that
+    JSON can write. Numpy scalars and 0-d arrays become the Python numbers they hold and tuples
+    lists; anything else that is not str, int, float, bool, None, a list or a dict with str keys
+    is refused in one ValueError line naming the family and the first offending entry, before
+    anything is printed or written."""
+    import numpy as np
 
     who = f"the {getattr(fam, 'name', '?')!r} family's evaluate()"
     if not isinstance(results, dict):
         raise ValueError(f"{who} returned a {type(results).__name__}; it must return a dict of JSON data "
                          "(spikefm.train.family documents it)")
 
-    def bad(obj: Any, path: str) -> str | None:
+    def plain(obj: Any, path: str) -> Any:
         if isinstance(obj, dict):
+            out = {}
             for k, v in obj.items():
                 if not isinstance(k, str):
-                    return f"{path} has the key {k!r} ({type(k).__name__}, not str)"
-                found = bad(v, f"{path}[{k!r}]")
-                if found:
-                    return found
-            return None
+                    raise ValueError(f"{who} returned data JSON cannot write: {path} has the key {k!r} "
+                                     f"({type(k).__name__}, not str); use str keys")
+                out[k] = plain(v, f"{path}[{k!r}]")
+            return out
         if isinstance(obj, (list, tuple)):
-            return next((f for i, v in enumerate(obj) if (f := bad(v, f"{path}[{i}]"))), None)
+            return [plain(v, f"{path}[{i}]") for i, v in enumerate(obj)]
         if obj is None or isinstance(obj, (str, bool, int, float)):
-            return None
-        return f"{path} is a {type(obj).__module__}.{type(obj).__name__} ({obj!r:.40})"
+            return obj
+        if isinstance(obj, np.generic) or (isinstance(obj, np.ndarray) and obj.ndim == 0):
+            value = obj.item()
+            if value is None or isinstance(value, (str, bool, int, float)):
+                return value
+        raise ValueError(f"{who} returned data JSON cannot write: {path} is a {type(obj).__module__}."
+                         f"{type(obj).__name__} ({obj!r:.40}); convert it to a plain Python value "
+                         "(x.tolist(), str(x))")
 
-    found = bad(results, "results")
-    if found:
-        raise ValueError(f"{who} returned data JSON cannot write: {found}; convert it to a plain Python "
-                         "value (float(x), x.tolist())")
-    json.dumps(results, allow_nan=True)  # anything the walk above missed fails here, before any printing
-    return results
+    return plain(results, "results")
 
 
 def check_evaluate_options(fam: Any, options: Any, *, flags: Sequence[str] | None = None) -> None:

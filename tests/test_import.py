@@ -271,7 +271,7 @@ def test_hub_failure_and_missing_huggingface_hub_give_the_fix(tmp_path, monkeypa
                                                     progress=False), "download")
     assert "404" in msg and "local folder" in msg
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
-    with pytest.raises(ImportError, match=r"pip install 'spikefm\[hf\]'"):
+    with pytest.raises(ValueError, match=r"pip install 'spikefm\[hf\]'"):
         import_neural_pile("hf:someone/pile", tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists()
 

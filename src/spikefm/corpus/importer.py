@@ -21,12 +21,28 @@ regions, species, behaviour and trials, so such a corpus round-trips. One corpus
 width: files whose rows give different ``bin_ms`` (or a ``bin_ms`` other than the Neural Pile's
 20 beside rows without one) are refused.
 
-Rows without a ``session_id`` are refused; rows with no units or no bins are left out (counted in
-a warning). A folder whose Hugging Face shard names (``train-00001-of-00003.parquet``) show missing
-shards is imported with a warning naming them (they are listed under ``skipped`` in the
-manifest); a link to a missing file (an interrupted download) is refused. Rows that repeat the
-(source, subject, session, segment) of an earlier row are imported as they are, with a warning
-(two copies of the same files in the folder?). ``--out`` may not lie inside the source folder.
+Splits: a folder with a dataset card (``README.md`` whose YAML front matter has ``configs``)
+gets them from the ``data_files`` of its default config (marked ``default: true``, else named
+``default``, else the only one; paths may be globs), as ``datasets.load_dataset`` does; data
+files the card does not list are left out with a warning (listed under ``skipped``), and a card
+of several configs and no default is refused. Without a card, the split is the last split word
+(train, test, validation) of the file name, else of its folders; files naming none are imported
+as train, with a warning. Only train and test are imported.
+
+Before anything is written, each file's known columns are checked against the Arrow types the
+import reads (ids: string, or integer read as its text; ``unit_ids``: list of strings or
+integers; ``unit_regions`` / ``behavior_names``: list<string>; ``species`` / ``source_dataset`` /
+``trials_json``: string; ``behavior``: list<list<number>>; ``bin_ms`` / ``t_start_ms``: integer,
+or floats holding whole numbers); another type is refused naming the file, column and both types.
+Rows without a ``session_id`` or ``subject_id`` are refused (a row without a subject would split
+its session); rows with no units or no bins are left out (counted in a warning). Rows whose own
+``t_start_ms`` make two rows of a session overlap are refused. A folder whose Hugging Face shard
+names (``train-00001-of-00003.parquet``) show missing shards is imported with a warning naming
+them (they are listed under ``skipped`` in the manifest); one file named as the source is
+imported alone, without that check. A link to a missing file (an interrupted download) is
+refused. Rows that repeat the (source, subject, session, segment) of an earlier row are imported
+as they are, with a warning (two copies of the same files in the folder?). ``--out`` may not lie
+inside the source folder.
 
 Counts are kept as published; cells equal to 255 (the uint8 ceiling, where larger counts were
 clipped) are counted into each session's ``clipped_bins``. Rows are streamed one record batch at a
@@ -48,6 +64,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import reprlib
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -84,8 +101,9 @@ NEURAL_PILE_SPECIES: dict[str, str] = {
         "steinmetz-2", "jaramillo", "mehrotra", "iurilli", "li")},
 }
 
-#: Files fetched from a Hugging Face dataset repo.
-HF_ALLOW_PATTERNS = ["*.parquet"]
+#: Files fetched from a Hugging Face dataset repo: the data, and the dataset card (its YAML
+#: ``configs`` can map files to splits).
+HF_ALLOW_PATTERNS = ["*.parquet", "README.md"]
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 _SPLIT_WORD = re.compile(r"(?:^|[-_.])(train|test|validation|valid|val|dev)(?=[-_.]|$)")
@@ -136,7 +154,7 @@ def _resolve_source(source: str, cache_dir: str | None, revision: str | None
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ImportError("importing from the Hugging Face Hub needs huggingface_hub: "
+        raise ValueError("importing from the Hugging Face Hub needs huggingface_hub: "
                           "pip install 'spikefm[hf]'") from None
     def failed(exc: Exception) -> ValueError:  # network, auth, missing repo: one line, the fix
         return ValueError(f"{repo_id}: download from the Hugging Face Hub failed ({_first_line(exc)}); check "
@@ -252,8 +270,144 @@ def _missing_shards(files: list[Path]) -> list[str]:
     return missing
 
 
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A dataset card's path pattern (Hugging Face's fsspec globs) as a regex to fullmatch a
+    ``/``-separated path: ``*`` and ``?`` stay inside one folder, ``**`` spans folders,
+    ``[...]`` is a set of characters."""
+    out, i = [], 0
+    pattern = pattern[2:] if pattern.startswith("./") else pattern
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and pattern.find("]", i + 2) != -1:
+            j = pattern.find("]", i + 2)
+            body = pattern[i + 1:j]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def _card_data_files(root: Path) -> tuple[Path, list[tuple[str, str]]] | None:
+    """The (split, path pattern) pairs of the dataset card ``root/README.md``: the ``data_files``
+    of its YAML front matter's default config (the one marked ``default: true``, else the one
+    named ``default``, else the only one), as ``datasets.load_dataset`` reads them. None without
+    a card, front matter, ``configs`` or ``data_files`` (file and folder names then decide).
+    Raises ValueError for a card that cannot be read that way, or several configs and no default."""
+    card = root / "README.md"
+    if not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8", errors="replace").lstrip("\ufeff")
+    m = re.match(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$", text, re.S | re.M)
+    if not m:
+        return None
+    try:
+        import yaml
+    except ImportError:
+        raise ValueError(f"{card}: reading the dataset card's configs (which files are train and "
+                          "which test) needs PyYAML: pip install pyyaml") from None
+    try:
+        meta = yaml.safe_load(m.group(1))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{card}: its YAML front matter does not parse ({_first_line(exc)}); fix "
+                         "it, or move the README.md out of the folder to take the splits from the "
+                         "file names") from None
+    configs = meta.get("configs") if isinstance(meta, dict) else None
+    if not configs:
+        return None
+
+    def bad_card(got) -> ValueError:
+        return ValueError(f"{card}: the dataset card's configs must be a list of mappings with "
+                          "config_name and data_files (split and path), as Hugging Face reads "
+                          f"them; got {reprlib.repr(got)}; fix the card, or move it out of the "
+                          "folder to take the splits from the file names")
+
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise bad_card(configs)
+    chosen = ([c for c in configs if c.get("default") is True]
+              or [c for c in configs if c.get("config_name") == "default"]
+              or (configs if len(configs) == 1 else []))
+    if len(chosen) != 1:
+        names = ", ".join(str(c.get("config_name")) for c in configs)
+        raise ValueError(f"{card}: the dataset card defines {len(configs)} configs ({names}) and "
+                         "no single default; spikefm imports one: mark the one to import "
+                         "`default: true` in the card (of a downloaded copy), or import a folder "
+                         "holding only its files")
+    files = chosen[0].get("data_files")
+    if files is None:
+        return None
+    if isinstance(files, dict):
+        entries = [{"split": k, "path": v} for k, v in files.items()]
+    elif isinstance(files, (str, list)):
+        entries = [e if isinstance(e, dict) else {"split": "train", "path": e}
+                   for e in ([files] if isinstance(files, str) else files)]
+    else:
+        raise bad_card(files)
+    pairs = []
+    for e in entries:
+        paths = e.get("path")
+        paths = [paths] if isinstance(paths, str) else paths
+        if not isinstance(paths, list) or not paths or \
+                not all(isinstance(x, str) for x in paths) or not isinstance(e.get("split", "train"), str):
+            raise bad_card(e)
+        pairs += [(e.get("split", "train"), x) for x in paths]
+    return card, pairs
+
+
+def _splits_from_card(card: Path, pairs: list[tuple[str, str]], files: list[Path], root: Path,
+                      skipped: list[dict]) -> list[tuple[Path, str]]:
+    """(file, split) for the files the card's patterns match; the others are left out (with a
+    warning, as ``datasets.load_dataset`` leaves them out)."""
+    compiled = [(split, pat, _glob_regex(pat)) for split, pat in pairs]
+    used: set[str] = set()
+    out, unlisted = [], []
+    for f in files:
+        rel = f.relative_to(root).as_posix()
+        hits = {}
+        for split, pat, rx in compiled:
+            if rx.fullmatch(rel):
+                hits.setdefault(split, pat)
+                used.add(pat)
+        if len(hits) > 1:
+            raise ValueError(f"{card}: {rel} is matched by the patterns of splits "
+                             + ", ".join(f"{k} ({v})" for k, v in hits.items())
+                             + "; a file belongs to one split: fix the card's data_files")
+        if hits:
+            out.append((f, next(iter(hits))))
+        else:
+            unlisted.append(f)
+    for split, pat, _ in compiled:
+        if pat not in used:
+            _warn(f"{card}: the dataset card's {split} pattern {pat} matches no data file here; "
+                  "imported without it (download its files to import them too)")
+    if unlisted:
+        _warn(f"{len(unlisted)} data file(s) are not in the data_files of the dataset card {card} "
+              f"(first: {unlisted[0]}); left out, as datasets.load_dataset leaves them out (add "
+              "them to the card's data_files to import them)")
+        skipped += [{"input": str(f), "error": "not in the dataset card's data_files"}
+                    for f in unlisted]
+    return out
+
+
 def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
-    if root.is_file():
+    """The data files to import and their splits: from the dataset card's ``configs`` when
+    ``root`` is a folder with one (``README.md`` with YAML front matter), else from file and
+    folder names (:func:`_split_of`), files naming no split going to train."""
+    single = root.is_file()
+    if single:
         files = [root]
         base = root.parent
     else:
@@ -267,18 +421,26 @@ def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
         raise ValueError(f"{root}: holds no Parquet (data/train-*.parquet) or Arrow (*.arrow) "
                          "files; give the folder of a downloaded Neural Pile dataset or its "
                          "Hugging Face repo id")
-    missing = _missing_shards(chosen)
+    # one file named by the user is imported alone: its sister shards are not looked for
+    missing = [] if single else _missing_shards(chosen)
     if missing:
         _warn(f"{len(missing)} shard(s) missing beside their siblings (first: {missing[0]}); the "
               "files found are imported; download the rest to import the whole dataset")
         skipped += [{"input": m, "error": "shard not found (an incomplete download?)"}
                     for m in missing]
+    card = None if single else _card_data_files(root)
+    if card is not None:
+        split_of = _splits_from_card(*card, chosen, root, skipped)
+    else:
+        split_of = [(f, _split_of(f, base)) for f in chosen]
+        unnamed = [f for f, split in split_of if split is None]
+        if unnamed:
+            _warn(f"{len(unnamed)} file(s) name no split (train, test, validation) in their file "
+                  f"or folder names, and no dataset card (README.md with configs) maps them "
+                  f"(first: {unnamed[0]}); spikefm imported them as train")
     out = []
-    for f in chosen:
-        split = _split_of(f, base)
-        if split is None:
-            _warn(f"{f}: no split in its name; imported as train (Hugging Face's rule)")
-            split = "train"
+    for f, split in split_of:
+        split = split or "train"
         if split not in SPLITS:
             _warn(f"{f}: split '{split}' is not one of {SPLITS}; skipped")
             skipped.append({"input": str(f), "error": f"split '{split}' not imported"})
@@ -364,6 +526,7 @@ class _Rows:
     keep: list[bool] = field(default_factory=list)  # False: no units or no bins, left out
     bin_ms: list[int | None] = field(default_factory=list)  # the row's own bin_ms column
     given_t_start: list[int | None] = field(default_factory=list)  # its own t_start_ms
+    origin: list[str] = field(default_factory=list)  # "FILE row N", for messages
 
     @property
     def kept(self) -> list[int]:
@@ -398,6 +561,69 @@ def _row_shapes(col: pa.Array, where: str) -> list[tuple[int, int]]:
     return out
 
 
+def _is_text(t: pa.DataType) -> bool:
+    """string, large_string, or dictionary-encoded strings (pandas categoricals)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_list_of(t: pa.DataType, item) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+        and (pa.types.is_null(t.value_type) or item(t.value_type))
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+#: What each known column must hold: (test of its Arrow type, the type expected in words, what
+#: to do instead). Ids may be integers (imported as their decimal text, as ``datasets`` shows
+#: them); ``bin_ms`` and ``t_start_ms`` may be floats holding whole numbers (as pandas writes an
+#: integer column with gaps), checked value by value in :func:`_check_extras`.
+_COLUMN_TYPES: dict[str, tuple] = {
+    **{name: (lambda t: _is_text(t) or pa.types.is_integer(t), "string (or integer)",
+              "write one id string per row")
+       for name in ("subject_id", "session_id", "segment_id")},
+    **{name: (_is_text, "string", "write one string per row") for name in ("source_dataset", "species")},
+    "trials_json": (_is_text, "string (a JSON object of trial tables)",
+                    "write each row's trial tables as one JSON string"),
+    "unit_ids": (lambda t: _is_list_of(t, lambda v: _is_text(v) or pa.types.is_integer(v)),
+                 "list<string> (or list<integer>)", "write a list of one id per unit"),
+    "unit_regions": (lambda t: _is_list_of(t, _is_text), "list<string>",
+                     "write a list of one region name per unit"),
+    "behavior_names": (lambda t: _is_list_of(t, _is_text), "list<string>",
+                       "write a list of one name per behaviour channel"),
+    "behavior": (lambda t: _is_list_of(t, lambda v: _is_list_of(v, _is_number)),
+                 "list<list<float32>>", "write channels x bins numbers per row"),
+    "bin_ms": (lambda t: _is_number(t), "integer (ms)", "write whole milliseconds"),
+    "t_start_ms": (lambda t: _is_number(t), "integer (ms)", "write whole milliseconds"),
+}
+
+
+#: What the import does for a row without a spikefm column (see the module docstring).
+_DEFAULTS = {
+    "source_dataset": "the folder or repo name", "bin_ms": "20 ms, the Neural Pile's",
+    "t_start_ms": "start times then come from the segment numbers", "unit_ids": 'ids "0".."n-1"',
+    "unit_regions": 'regions "unknown"', "species": "species then come from the source name",
+    "behavior_names": "no behaviour", "behavior": "no behaviour", "trials_json": "no trials",
+}
+
+
+def _check_column_types(schema: pa.Schema, path: Path) -> None:
+    """Refuse a file whose known columns (other than ``spike_counts``, checked with its values)
+    are not of the types the import reads, before anything is written. A column of nulls only
+    (Arrow's null type) passes: its rows have no value."""
+    for name, (ok, expected, fix) in _COLUMN_TYPES.items():
+        if name not in schema.names:
+            continue
+        t = schema.field(name).type
+        if pa.types.is_null(t) or ok(t):
+            continue
+        drop = "" if name not in _DEFAULTS else f", or leave the column out ({_DEFAULTS[name]})"
+        raise ValueError(f"{path}: column {name} is {t}, expected {expected}; {fix}{drop}")
+
+
 def _strings(batch: pa.RecordBatch, name: str) -> list[str | None]:
     if name not in batch.schema.names:
         return [None] * batch.num_rows
@@ -422,6 +648,14 @@ def _check_extras(where: str, row: int, n_units: int, n_bins: int, ex: dict) -> 
             raise ValueError(f"{where}: row {row} has behavior of {len(ex['behavior'])} channel(s) x "
                              f"{sorted(shapes)} bins for {len(names)} behavior_names and {n_bins} "
                              "bins; expected one series of the row's length per name")
+    for name in ("bin_ms", "t_start_ms"):  # a float column: whole numbers only
+        v = ex[name]
+        if isinstance(v, float):
+            if not v.is_integer():
+                raise ValueError(f"{where}: row {row} has {name} {v!r} in a float column; "
+                                 f"expected whole milliseconds: round the column to int64 ms, or "
+                                 f"leave it out ({_DEFAULTS[name]})")
+            ex[name] = int(v)
     b = ex["bin_ms"]
     if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b <= 0):
         raise ValueError(f"{where}: row {row} has bin_ms {b!r}; expected a positive number of ms")
@@ -448,12 +682,14 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
     repeated: list[str] = []
     with progress_bar(total=len(files), description="scanning files", enabled=progress) as bar:
         for f in files:
-            names = _file_schema(f).names
+            schema = _file_schema(f)
+            names = schema.names
             absent = [c for c in _REQUIRED if c not in names]
             if absent:
                 raise ValueError(f"{f.path}: missing column(s) {', '.join(absent)}; a Neural Pile "
                                  f"file has {', '.join(NEURAL_PILE_COLUMNS)} (found "
                                  f"{', '.join(names) or 'none'})")
+            _check_column_types(schema, f.path)
             where = str(f.path)
             in_file = 0
             for batch in _iter_batches(f, [*NEURAL_PILE_COLUMNS, *_EXTRAS]):
@@ -468,13 +704,19 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
                     if not sess:
                         raise ValueError(f"{where}: row {row_in_file} has no session_id (found "
                                          f"{sess!r}); every Neural Pile row names its session")
+                    if not subj:  # else one session's rows would be split into two sessions
+                        raise ValueError(f"{where}: row {row_in_file} (session {sess}) has no "
+                                         f"subject_id (found {subj!r}); every Neural Pile row names "
+                                         "its subject: fill it in (the subject of the session's "
+                                         "other rows)")
                     if not src:
                         missing_source += 1
                         src = default_source
                     ex = {name: extras[name][i] for name in _EXTRAS}
                     trial_tables = _check_extras(where, row_in_file, n_units, n_bins, ex)
-                    key = (src, subj or "", sess)
+                    key = (src, subj, sess)
                     rows.session_key.append(key)
+                    rows.origin.append(f"{where} row {row_in_file}")
                     rows.segment_id.append(seg or "")
                     rows.num_units.append(n_units)
                     rows.num_bins.append(n_bins)
@@ -574,6 +816,7 @@ def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -
         if all(t is not None for t in given):  # the rows' own t_start_ms (a spikefm corpus's)
             for r, t in zip(s.rows, given):
                 rows.t_start_ms[r] = int(t)
+            _check_no_overlap(rows, s, bin_ms)
             s.t_start_known = True
             continue
         idx = []
@@ -592,6 +835,24 @@ def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -
         else:
             s.t_start_known = True  # a lone row starts the session
     return unknown
+
+
+def _check_no_overlap(rows: _Rows, s: _Session, bin_ms: int) -> None:
+    """Refuse a session whose rows' own start times put two rows over the same time: the
+    session would hold those bins twice, so its timeline (``segments_ordered``) is false."""
+    order = sorted(s.rows, key=lambda r: rows.t_start_ms[r])
+    for a, b in zip(order, order[1:]):
+        a_end = rows.t_start_ms[a] + rows.num_bins[a] * bin_ms
+        if rows.t_start_ms[b] < a_end:
+            def span(r):
+                return (f"{rows.segment_id[r] or 'a row'} at [{rows.t_start_ms[r]}, "
+                        f"{rows.t_start_ms[r] + rows.num_bins[r] * bin_ms}) ms ({rows.origin[r]})")
+            raise ValueError(f"session {s.session} (source {s.source}, subject {s.subject}): the "
+                             f"rows' own t_start_ms make two of them overlap: {span(a)} and "
+                             f"{span(b)}; a session's rows must not cover the same time: remove "
+                             "the copy (two copies of one file?) or fix their t_start_ms, or leave "
+                             "the t_start_ms column out (start times then come from the segment "
+                             "numbers)")
 
 
 def _unordered_warning(session_ids: list[str]) -> str:
@@ -704,7 +965,8 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     Args:
         source: a Hugging Face dataset repo id (``eminorhan/neural-pile-primate``, optionally
             ``@REVISION`` or an ``hf:`` prefix), or a local folder holding its Parquet shards
-            (``data/train-*.parquet``, ``data/test-*.parquet``) or ``datasets``' Arrow cache files
+            (``data/train-*.parquet``, ``data/test-*.parquet``, and its dataset card
+            ``README.md`` when it has one) or ``datasets``' Arrow cache files
             (``*-train*.arrow``), or one such file. A local path wins over a repo id.
         out_dir: corpus folder to write (created). A corpus already there is replaced when it was
             imported from the same ``source`` (a re-import) or with ``overwrite``; otherwise (a
@@ -722,10 +984,12 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
         The manifest written to ``out_dir/manifest.json``.
 
     Raises:
-        ValueError: the source does not exist, holds no Parquet/Arrow file, its rows are not
-            Neural Pile rows, ``out_dir`` is a non-corpus folder with files in it, or it holds
-            another corpus and ``overwrite`` is not set.
-        ImportError: a repo id was given and huggingface_hub is not installed.
+        ValueError: the source does not exist, holds no Parquet/Arrow file, its dataset card
+            cannot be read or names no default config, its columns or rows are not Neural Pile
+            rows, ``out_dir`` is a non-corpus folder with files in it, or it holds another
+            corpus and ``overwrite`` is not set.
+        ImportError: a repo id was given and huggingface_hub is not installed, or the folder
+            has a dataset card and PyYAML is not installed.
     """
     if bin_ms is not None and (not isinstance(bin_ms, int) or isinstance(bin_ms, bool) or bin_ms <= 0):
         raise ValueError(f"bin_ms must be a positive int (milliseconds), got {bin_ms!r}")

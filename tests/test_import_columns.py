@@ -1,0 +1,317 @@
+"""``import_neural_pile`` on files that do not hold what it reads: columns of the wrong Arrow type,
+rows without a subject, rows whose own start times overlap; splits from a dataset card; one shard
+named alone. Each refusal is one line, before anything is written."""
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spikefm import Corpus
+from spikefm.corpus.importer import import_neural_pile
+
+COUNTS_TYPE = pa.list_(pa.list_(pa.uint8()))
+SHA = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+def pile_table(segments: list[tuple[str, str, int, int]], seed: int = 0, subject="M",
+               **extra: pa.Array) -> tuple[pa.Table, dict]:
+    """A Neural Pile table of ``segments`` (session, segment, units, bins) plus ``extra`` columns.
+    Returns (table, {(session, segment): counts})."""
+    rng = np.random.default_rng(seed)
+    counts = {(s, g): rng.integers(0, 5, size=(u, b)).astype(np.uint8) for s, g, u, b in segments}
+    keys = [(s, g) for s, g, _, _ in segments]
+    table = pa.table({
+        "spike_counts": pa.array([counts[k].tolist() for k in keys], COUNTS_TYPE),
+        "subject_id": pa.array([subject] * len(keys) if isinstance(subject, str) else subject,
+                               pa.string()),
+        "session_id": pa.array([k[0] for k in keys], pa.string()),
+        "segment_id": pa.array([k[1] for k in keys], pa.string()),
+        "source_dataset": pa.array(["xiao"] * len(keys), pa.string()),
+        **extra,
+    })
+    return table, counts
+
+
+def write(table: pa.Table, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def refused(source: Path, out: Path, match: str) -> str:
+    with pytest.raises(ValueError, match=match) as exc:
+        import_neural_pile(str(source), out, progress=False)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert not out.exists()  # refused before anything was written
+    return msg
+
+
+TWO = [("s", "segment_0", 3, 30), ("s", "segment_1", 3, 20)]
+
+
+# --- 1. columns of the wrong type ---------------------------------------------------------------
+
+@pytest.mark.parametrize("column, values, expected, found", [
+    # a plain string was split into characters ("CA1" -> C, A, 1: one per unit of a 3-unit row)
+    ("unit_regions", pa.array(["CA1", "CA1"]), "expected list<string>", "is string"),
+    ("behavior_names", pa.array(["xyz", "xyz"]), "expected list<string>", "is string"),
+    ("t_start_ms", pa.array(["0", "600"]), "expected integer (ms)", "is string"),
+    ("species", pa.array([3, 3]), "expected string", "is int64"),
+    ("trials_json", pa.array([5, 5]), "expected string (a JSON object of trial tables)", "is int64"),
+    ("subject_id", pa.array([["a", "b"], ["a", "b"]]), "expected string (or integer)",
+     "is list<element: string>"),
+    ("unit_ids", pa.array([[0.5] * 3, [0.5] * 3]), "expected list<string> (or list<integer>)",
+     "is list<element: double>"),
+])
+def test_a_column_of_the_wrong_type_is_refused_naming_file_column_and_types(
+        tmp_path, column, values, expected, found):
+    table, _ = pile_table(TWO)
+    if column in table.column_names:
+        table = table.set_column(table.column_names.index(column), column, values)
+    else:
+        table = table.append_column(column, values)
+    f = write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    msg = refused(tmp_path / "pile", tmp_path / "c", f"column {column} ")
+    assert msg.startswith(f"{f}: column {column} {found}, {expected}; ")
+    if column != "subject_id":  # spikefm's own columns have a default: leaving them out is a fix
+        assert "or leave the column out (" in msg
+
+
+def test_start_times_must_be_whole_ms_and_whole_floats_are_read_as_ints(tmp_path):
+    """A non-integral float t_start_ms (0.5) was truncated to 0 silently; whole-number floats (as
+    pandas writes an integer column with gaps) are the integers they hold."""
+    table, _ = pile_table(TWO, t_start_ms=pa.array([0.5, 600.5]))
+    f = write(table, tmp_path / "half" / "data" / "train-00000-of-00001.parquet")
+    msg = refused(tmp_path / "half", tmp_path / "c", "whole milliseconds")
+    assert msg.startswith(f"{f}: row 0 has t_start_ms 0.5 in a float column")
+    assert "round the column to int64 ms" in msg
+
+    # segment_1 starts 400 ms after segment_0's end (a gap), and its start is held as a float
+    table, counts = pile_table(TWO, t_start_ms=pa.array([1000.0, 2000.0]),
+                               bin_ms=pa.array([20.0, 20.0]))
+    write(table, tmp_path / "whole" / "data" / "train-00000-of-00001.parquet")
+    m = import_neural_pile(str(tmp_path / "whole"), tmp_path / "c2", progress=False)
+    rows = {r.segment_id: r for r in Corpus(tmp_path / "c2").iter_rows("train")}
+    assert {k: (r.t_start_ms, r.bin_ms) for k, r in rows.items()} == \
+        {"segment_0": (1000, 20), "segment_1": (2000, 20)}
+    np.testing.assert_array_equal(rows["segment_1"].spike_counts, counts["s", "segment_1"])
+    assert m["bin_ms"] == 20 and m["sessions"][0]["segments_ordered"] is True
+
+
+def test_ids_as_large_or_dictionary_strings_and_integers_import_as_their_text(tmp_path):
+    table, counts = pile_table(TWO)
+    table = table.set_column(1, "subject_id", table.column("subject_id").cast(pa.large_string()))
+    table = table.set_column(2, "session_id", table.column("session_id").dictionary_encode())
+    table = table.append_column("unit_ids", pa.array([[7, 8, 9]] * 2))
+    table = table.append_column("unit_regions", pa.array([["CA1", "CA1", "DG"]] * 2,
+                                                         pa.list_(pa.large_string())))
+    write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    m = import_neural_pile(str(tmp_path / "pile"), tmp_path / "c", progress=False)
+    (s,) = m["sessions"]
+    assert (s["session_id"], s["subject_id"], s["regions"]) == ("s", "M", {"CA1": 2, "DG": 1})
+    for r in Corpus(tmp_path / "c").iter_rows("train"):
+        assert r.unit_ids == ["7", "8", "9"] and r.unit_regions == ["CA1", "CA1", "DG"]
+        np.testing.assert_array_equal(r.spike_counts, counts["s", r.segment_id])
+
+
+# --- 5. a row without a subject -----------------------------------------------------------------
+
+@pytest.mark.parametrize("missing", [None, ""])
+def test_a_row_without_subject_id_is_refused_like_one_without_session_id(tmp_path, missing):
+    """It used to split its session in two: the row without a subject kept the session's id and
+    the subject's rows were renamed s-2, with only the generic rename warning."""
+    table, _ = pile_table(TWO, subject=["M", missing])
+    f = write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    msg = refused(tmp_path / "pile", tmp_path / "c", "has no subject_id")
+    assert msg.startswith(f"{f}: row 1 (session s) has no subject_id (found {missing!r}); ")
+    assert "fill it in" in msg
+
+
+# --- 4. rows whose own start times overlap ------------------------------------------------------
+
+def test_rows_whose_own_start_times_overlap_are_refused(tmp_path):
+    """Two segments of one session with t_start_ms 0 each were imported as segments_ordered: two
+    rows over the same 0-600 ms."""
+    table, _ = pile_table(TWO, t_start_ms=pa.array([0, 0], pa.int64()))
+    f = write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    msg = refused(tmp_path / "pile", tmp_path / "c", "overlap")
+    assert msg.startswith("session s (source xiao, subject M): the rows' own t_start_ms make two "
+                          "of them overlap: ")
+    assert f"segment_1 at [0, 400) ms ({f} row 1)" in msg and f"segment_0 at [0, 600) ms ({f} row 0)" in msg
+    assert "leave the t_start_ms column out" in msg
+    # back to back is one timeline: segment_1 starts where segment_0 (30 bins x 20 ms) ends
+    table, _ = pile_table(TWO, t_start_ms=pa.array([0, 600], pa.int64()))
+    write(table, tmp_path / "ok" / "data" / "train-00000-of-00001.parquet")
+    m = import_neural_pile(str(tmp_path / "ok"), tmp_path / "c2", progress=False)
+    assert m["sessions"][0]["segments_ordered"] is True
+    # one ms into segment_0's last bin overlaps
+    table, _ = pile_table(TWO, t_start_ms=pa.array([0, 599], pa.int64()))
+    write(table, tmp_path / "one" / "data" / "train-00000-of-00001.parquet")
+    refused(tmp_path / "one", tmp_path / "c3",
+            r"segment_0 at \[0, 600\) ms .* and segment_1 at \[599, 999\) ms")
+
+
+# --- 3. one shard named alone -------------------------------------------------------------------
+
+def test_a_shard_named_alone_is_imported_without_looking_for_its_sisters(tmp_path, capsys):
+    """Its sisters (present here) were reported missing and listed as skipped."""
+    for i in range(3):
+        table, _ = pile_table([(f"s{i}", "segment_0", 2, 10)], seed=i)
+        write(table, tmp_path / "pile" / "data" / f"train-{i:05d}-of-00003.parquet")
+    one = tmp_path / "pile" / "data" / "train-00001-of-00003.parquet"
+    m = import_neural_pile(str(one), tmp_path / "c", progress=False)
+    err = capsys.readouterr().err
+    assert "missing" not in err and m["skipped"] == []
+    assert [s["session_id"] for s in m["sessions"]] == ["s1"]
+    # alone in its folder, the same
+    shutil.copy(one, tmp_path / "train-00001-of-00003.parquet")
+    m = import_neural_pile(str(tmp_path / "train-00001-of-00003.parquet"), tmp_path / "c2", progress=False)
+    assert "missing" not in capsys.readouterr().err and m["skipped"] == []
+
+
+# --- 2. splits from a dataset card --------------------------------------------------------------
+
+def card(configs: str) -> str:
+    return f"---\nlicense: cc-by-4.0\nconfigs:\n{configs}---\n# A dataset\n\ntext\n"
+
+
+PARTS = """- config_name: default
+  data_files:
+  - split: train
+    path: data/part-a.parquet
+  - split: test
+    path: data/part-b.parquet
+"""
+
+
+def card_folder(root: Path, text: str) -> dict[str, pa.Table]:
+    """data/part-a.parquet and data/part-b.parquet (no split in their names) and README.md."""
+    tables = {}
+    for i, name in enumerate(("part-a", "part-b")):
+        tables[name], _ = pile_table([(f"{name}-s", "segment_0", 2, 10 + i),
+                                      (f"{name}-s", "segment_1", 2, 5)], seed=i)
+        write(tables[name], root / "data" / f"{name}.parquet")
+    (root / "README.md").write_text(text)
+    return tables
+
+
+def split_rows(corpus_dir: Path) -> dict[str, list]:
+    corpus = Corpus(corpus_dir)
+    return {split: sorted((r.session_id, r.segment_id, r.spike_counts.tobytes())
+                          for r in corpus.iter_rows(split)) for split in ("train", "test")}
+
+
+def table_rows(table: pa.Table) -> list:
+    return sorted((r["session_id"], r["segment_id"], np.array(r["spike_counts"], np.uint8).tobytes())
+                  for r in table.to_pylist())
+
+
+def test_a_dataset_cards_split_is_the_split_datasets_loads(tmp_path, capsys):
+    """Both files were imported as train, with a warning citing Hugging Face's rule."""
+    datasets = pytest.importorskip("datasets")
+    root = tmp_path / "pile"
+    tables = card_folder(root, card(PARTS))
+    m = import_neural_pile(str(root), tmp_path / "c", progress=False)
+    assert "split" not in capsys.readouterr().err
+    got = split_rows(tmp_path / "c")
+    assert got == {"train": table_rows(tables["part-a"]), "test": table_rows(tables["part-b"])}
+    datasets.disable_progress_bars()
+    loaded = datasets.load_dataset(str(root), cache_dir=str(tmp_path / "hfc"))
+    assert {k: table_rows(v.data.table) for k, v in loaded.items()} == got
+    assert m["splits"]["test"]["num_rows"] == 2 and m["skipped"] == []
+
+
+def test_a_cards_globs_leave_unlisted_files_out_and_its_default_config_is_used(tmp_path, capsys):
+    root = tmp_path / "pile"
+    two_configs = """- config_name: other
+  data_files: data/part-b.parquet
+- config_name: mine
+  default: true
+  data_files:
+    train: ["data/part-?.parquet"]
+    test: data/**/extra-*.parquet
+"""
+    tables = card_folder(root, card(two_configs))
+    extra, _ = pile_table([("x", "segment_0", 2, 4)], seed=9)
+    write(extra, root / "data" / "more" / "extra-0.parquet")
+    write(extra, root / "stray.parquet")  # in no pattern of the config
+    m = import_neural_pile(str(root), tmp_path / "c", progress=False)
+    err = capsys.readouterr().err
+    assert f"1 data file(s) are not in the data_files of the dataset card {root / 'README.md'} " \
+           f"(first: {root / 'stray.parquet'}); left out" in err
+    assert m["skipped"] == [{"input": str(root / "stray.parquet"),
+                             "error": "not in the dataset card's data_files"}]
+    assert split_rows(tmp_path / "c") == {
+        "train": sorted(table_rows(tables["part-a"]) + table_rows(tables["part-b"])),
+        "test": table_rows(extra)}
+
+
+def test_a_card_of_several_configs_and_no_default_is_refused_naming_them(tmp_path):
+    root = tmp_path / "pile"
+    card_folder(root, card(PARTS.replace("config_name: default", "config_name: first")
+                           + "- config_name: second\n  data_files: data/part-b.parquet\n"))
+    msg = refused(root, tmp_path / "c", "2 configs")
+    assert msg == (f"{root / 'README.md'}: the dataset card defines 2 configs (first, second) and "
+                   "no single default; spikefm imports one: mark the one to import `default: true` "
+                   "in the card (of a downloaded copy), or import a folder holding only its files")
+
+
+def test_files_without_a_split_or_a_card_are_named_as_imported_as_train(tmp_path, capsys):
+    root = tmp_path / "pile"
+    tables = card_folder(root, "# no front matter\n")
+    import_neural_pile(str(root), tmp_path / "c", progress=False)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "split" in x]
+    assert line == ("spikefm: warning: 2 file(s) name no split (train, test, validation) in their "
+                    "file or folder names, and no dataset card (README.md with configs) maps them "
+                    f"(first: {root / 'data' / 'part-a.parquet'}); spikefm imported them as train")
+    assert split_rows(tmp_path / "c")["train"] == sorted(
+        table_rows(tables["part-a"]) + table_rows(tables["part-b"]))
+
+
+def test_a_hub_repos_card_is_downloaded_and_decides_the_splits(tmp_path, monkeypatch):
+    """The download fetches what allow_patterns selects (matched as huggingface_hub matches them):
+    the card must be among them."""
+    import huggingface_hub
+
+    repo = tmp_path / "repo"
+    tables = card_folder(repo, card(PARTS))
+    (repo / "notes.txt").write_text("not data")
+    names = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+
+    def fake_snapshot_download(repo_id, allow_patterns, **kw):
+        chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in allow_patterns)]
+        if kw.get("dry_run"):
+            return [SimpleNamespace(filename=n, commit_hash=SHA) for n in chosen]
+        snap = tmp_path / "hub" / "snapshots" / SHA
+        for n in chosen:
+            (snap / n).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(repo / n, snap / n)
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    m = import_neural_pile("someone/carded", tmp_path / "c", progress=False)
+    assert split_rows(tmp_path / "c") == {"train": table_rows(tables["part-a"]),
+                                          "test": table_rows(tables["part-b"])}
+    assert not (tmp_path / "hub" / "snapshots" / SHA / "notes.txt").exists()
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text()) == m
+
+
+def test_a_card_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    root = tmp_path / "pile"
+    card_folder(root, card(PARTS))
+    monkeypatch.setitem(sys.modules, "yaml", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"README.md: reading the dataset card's configs .* needs "
+                                          r"PyYAML: pip install pyyaml$"):
+        import_neural_pile(str(root), tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()

@@ -714,10 +714,11 @@ def test_scaling_curves_tick_whole_sessions_and_draw_the_baseline(browser, tmp_p
     study = tmp_path / "scaling"
     study.mkdir()
     curve = {"name": "h0 ranked vs sessions", "x": [1.0, 2.0], "y": [-0.069, -0.089], "sd": [None, None], "n": [1, 1],
-             "x_label": "pretraining sessions", "y_label": "forward-prediction-walk", "log_x": True}
+             "x_label": "pretraining sessions", "y_label": "forward-prediction-walk (bps_pooled, bits per spike)",
+             "log_x": True}  # the label with its unit, as the study writes it (the family's task_score_unit)
     (study / "scaling.json").write_text(json.dumps({
         "study": "scaling", "settings": {"family": "ndt", "seeds": [0], "sizes": [1, 2], "top_k": 5},
-        "metric": "forward-prediction-walk", "top_k": 2,
+        "metric": "forward-prediction-walk", "metric_unit": "bps_pooled, bits per spike", "top_k": 2,
         "figure4": {"h0": {"baseline": -0.053, "orders": {"ranked": {"sessions": curve}}}}, "curves": [curve]}))
     out = tmp_path / "scaling.html"
     assert main(["report", str(study), "--out", str(out)]) == 0

@@ -598,6 +598,18 @@ def test_ar_scores_of_an_empty_split_are_refused(ar_run, tmp_path, nwb_factory, 
 
     path, _ = nwb_factory("sub-1_ses-1", num_units=4, duration_s=10.0)
     build_corpus([str(path)], tmp_path / "one", BuildConfig(), progress=False)
+    # the build said so (it printed each split's tokens, test 0, and nothing else)
+    assert capsys.readouterr().err.strip() == (
+        "spikefm: warning: --test-fraction 0.01 put nothing in the test split: the session split needs at "
+        "least 2 sessions and the corpus has 1; give more sessions, or --split row with rows shorter than a "
+        "session (a smaller --max-row-tokens)")
+    build_corpus([str(path)], tmp_path / "row", BuildConfig(split="row", test_fraction=0.3), progress=False)
+    assert capsys.readouterr().err.strip() == (
+        "spikefm: warning: --test-fraction 0.3 put nothing in the test split: the row split needs at least 2 "
+        "rows and the corpus has 1; cut the sessions into more rows with a smaller --max-row-tokens")
+    build_corpus([str(path)], tmp_path / "rows", BuildConfig(split="row", test_fraction=0.3, max_row_tokens=500),
+                 progress=False)  # several rows: some go to test, no warning
+    assert "warning" not in capsys.readouterr().err
     for argv in (["eval", str(ar_run), "--data", str(tmp_path / "one"), "--out", str(tmp_path / "r.json")],
                  ["ngram", "--data", str(tmp_path / "one"), "--order", "2"]):
         capsys.readouterr()
@@ -605,7 +617,8 @@ def test_ar_scores_of_an_empty_split_are_refused(ar_run, tmp_path, nwb_factory, 
         err = capsys.readouterr().err.strip()
         assert err == (f"spikefm: error: {tmp_path / 'one'}: its test split has no rows (its 1 session(s) are all "
                        "in train); score --split train, or rebuild the corpus so that test gets some (more "
-                       "sessions, a larger --test-fraction, or --split row)"), err
+                       "sessions, a larger --test-fraction, or --split row with a --max-row-tokens that cuts "
+                       "each session into several rows)"), err
     assert not (tmp_path / "r.json").exists()
     assert main(["ngram", "--data", str(tmp_path / "one"), "--order", "2", "--split", "train", "--quiet"]) == 0
 

@@ -518,3 +518,17 @@ def test_metric_docstrings_state_the_axis_convention():
 
     for doc in (metrics.__doc__, bps_pooled.__doc__, bps_per_neuron.__doc__):
         assert ".T" in doc and "units x bins" in doc
+
+
+def test_balanced_accuracy_is_the_mean_recall_over_true_classes_without_sklearns_warning():
+    """A decoder predicting a class the test windows lack leaked scikit-learn's bare 'y_pred
+    contains classes not in y_true' from spikefm eval, naming no task."""
+    import warnings
+
+    from spikefm.eval.metrics import balanced_accuracy
+
+    y_true, y_pred = [0, 0, 0, 1, 1], [0, 2, 0, 1, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        got = balanced_accuracy(y_true, y_pred)
+    assert got == pytest.approx((2 / 3 + 1 / 2) / 2)  # recall of class 0, of class 1; class 2 only costs

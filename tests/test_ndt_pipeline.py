@@ -495,3 +495,28 @@ def test_save_predictions_refuses_corpus_run_and_recording_folders(finetuned, co
     assert main(["eval", str(run), "--data", str(corpus_dir), "--session", held_out, "--tasks", "co-smoothing",
                  "--save-predictions", str(preds), "--quiet"]) == 0
     assert (preds / "co-smoothing.npz").is_file()
+
+
+def test_a_run_trained_with_a_relative_corpus_path_evaluates_and_reports_from_anywhere(
+        pretrained, corpus_dir, held_out, tmp_path, monkeypatch):
+    """`--data corpus` is recorded as given; eval built the model from that path relative to the
+    folder eval ran in ('corpus: no such file or folder', or another folder named corpus), and a
+    report of the results from elsewhere lost its conditions and regions (run_dir relative)."""
+    from spikefm.report.build import build_report
+
+    monkeypatch.chdir(corpus_dir.parent)
+    ft = tmp_path / "ft_rel"
+    assert main(["finetune", str(pretrained), "--data", corpus_dir.name, "--session", held_out, "--out", str(ft),
+                 "--strategy", "frozen", "--steps", "4", "--eval-every", "2", "--quiet"]) == 0
+    assert json.loads((ft / "config.json").read_text())["config"]["data"]["corpus"] == corpus_dir.name
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / corpus_dir.name).mkdir(parents=True)  # a folder of the same name that is no corpus
+    monkeypatch.chdir(elsewhere)
+    res_path, preds = tmp_path / "res.json", tmp_path / "preds"
+    assert main(["eval", str(ft), "--data", str(corpus_dir), "--tasks", "co-smoothing", "--out", str(res_path),
+                 "--save-predictions", str(preds), "--quiet"]) == 0
+    res = json.loads(res_path.read_text())
+    assert res["run_dir"] == str(ft.resolve()) and res["corpus"] == str(corpus_dir.resolve())
+    monkeypatch.chdir(tmp_path / "elsewhere" / corpus_dir.name)
+    text = build_report(res_path, predictions=preds).html()
+    assert "conditions and regions unavailable" not in text

@@ -559,3 +559,19 @@ def test_a_session_too_short_for_the_baselines_is_warned_and_every_task_reports(
         name = label[0] if isinstance(label, (list, tuple)) else label
         if "decoding" in res["results"] and name not in decoded:  # left out: said why
             assert any(k.startswith(f"decoding {name}") for k in skipped), (name, skipped)
+
+
+def test_the_no_targets_warning_names_the_trial_columns_data_labels_can_use(real_nwb, tmp_path):
+    """On the real DANDI file's encoding_table NEDS finds no choice / block labels and said only
+    'no behaviour channels or trial labels', though the table's stimCategory trains and decodes
+    with data.labels=stimCategory."""
+    from spikefm.families import run_config, train
+
+    build_corpus([str(real_nwb)], tmp_path / "corpus", BuildConfig(test_fraction=0.0), progress=False)
+    cfg = run_config("neds", preset="tiny", corpus=str(tmp_path / "corpus"),
+                     overrides=["data.trial_table=encoding_table", "train.steps=1", "train.batch_size=4",
+                                "train.precision=fp32", "train.device=cpu"])
+    with pytest.warns(RuntimeWarning, match=r"score nothing .* to spend every draw on the spikes; or name trial "
+                                            r"columns as labels: data.labels=stimCategory \(the sessions' trial "
+                                            r"columns: stimCategory\)"):
+        train(cfg, tmp_path / "run", progress=False)

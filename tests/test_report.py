@@ -710,3 +710,20 @@ def test_dash_cells_get_a_note_saying_why(tmp_path):
     sec.table(["", "a"], [["z", 1.0]], blank_why=[("", "never shown")], key="t2")
     notes = _notes_by_table(page.html())
     assert notes == {"t1": "Why nan: no spike. Why -: not computed; one seed.", "t2": ""}
+
+
+def test_neds_encoding_of_a_run_without_behaviour_says_what_the_spikes_were_given(tmp_path):
+    """A NEDS run with no behaviour channels or labels (the real DANDI file in continuous windows)
+    predicts spikes from the time in the window only; its section said 'spikes given behaviour'."""
+    path = tmp_path / "neds.json"
+    obj = _neds_results(nan=False)
+    obj["modalities"] = {"channels": [], "labels": {}}
+    path.write_text(json.dumps(obj))
+    text = _text(build_report(path))
+    assert "encoding (spikes given time in window only)" in text
+    assert "spikes predicted from the time in the window alone: the run has no behaviour channels" in text
+    assert "given behaviour" not in text
+    obj["modalities"] = {"channels": ["wheel_speed"], "labels": {"choice": [-1.0, 1.0]}}
+    path.write_text(json.dumps(obj))
+    text = _text(build_report(path))
+    assert "encoding (spikes given behaviour)" in text and "spikes predicted from behaviour alone, by each model" in text

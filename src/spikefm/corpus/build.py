@@ -510,6 +510,15 @@ def assign_splits(metas: list[dict], cfg: BuildConfig) -> dict[tuple[str, int], 
             n_test = min(len(rows) - 1, max(1, round(cfg.test_fraction * len(rows))))
         test_idx = set(rng.choice(len(rows), size=n_test, replace=False).tolist()) if n_test else set()
         out = {row: ("test" if i in test_idx else "train") for i, row in enumerate(rows)}
+    if cfg.test_fraction > 0 and metas and "test" not in out.values():
+        # one session (--split session) or one row (--split row): everything stays in train
+        rows_total = sum(m["num_rows"] for m in metas)
+        how = ("give more sessions, or --split row with rows shorter than a session (a smaller "
+               "--max-row-tokens)" if cfg.split == "session" else
+               "cut the sessions into more rows with a smaller --max-row-tokens")
+        print(f"spikefm: warning: --test-fraction {cfg.test_fraction:g} put nothing in the test split: "
+              f"the {cfg.split} split needs at least 2 {cfg.split}s and the corpus has "
+              f"{len(metas) if cfg.split == 'session' else rows_total}; {how}", file=sys.stderr)
     return out
 
 

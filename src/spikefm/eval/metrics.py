@@ -30,6 +30,7 @@ import numpy as np
 from scipy.special import gammaln, xlogy
 
 __all__ = [
+    "balanced_accuracy",
     "poisson_log_likelihood",
     "poisson_log_likelihood_per_neuron",
     "bps_pooled",
@@ -471,6 +472,20 @@ def _drop_nan_rows(features, *others, what: str):
     return keep
 
 
+def balanced_accuracy(y_true, y_pred) -> float:
+    """Balanced accuracy: the mean over the classes present in ``y_true`` of the share of their
+    samples predicted right (scikit-learn's ``balanced_accuracy_score``). A predicted class that
+    ``y_true`` lacks only counts as wrong; scikit-learn's warning about it ('y_pred contains
+    classes not in y_true', with no word of which task) is not passed on."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(np.asarray(y_true), np.asarray(y_pred)))
+
+
 def decode_discrete(
     features_KF,
     labels_K,
@@ -503,7 +518,6 @@ def decode_discrete(
         ``n_classes`` and ``C_`` (np.ndarray, the C chosen in each outer fold).
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -549,7 +563,7 @@ def decode_discrete(
             chosen_C.append(search.best_params_["logisticregression__C"])
     return {
         "accuracy": float(np.mean(pred == y_int)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_int, pred)),
+        "balanced_accuracy": balanced_accuracy(y_int, pred),
         "chance": float(class_counts.max() / class_counts.sum()),
         "n_classes": int(len(classes)),
         "C_": np.asarray(chosen_C),

@@ -84,12 +84,14 @@ def firing_statistics(counts_KTN: np.ndarray, bin_ms: int, *, fano_bins: int = 5
 
 def classification_scores(y_true, y_pred, classes) -> dict:
     """Accuracy, balanced accuracy, chance levels and the confusion matrix (rows = true)."""
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+    from sklearn.metrics import confusion_matrix
+
+    from spikefm.eval.metrics import balanced_accuracy
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     counts = np.array([np.sum(y_true == c) for c in classes])
     return {"accuracy": float(np.mean(y_true == y_pred)),
-            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": balanced_accuracy(y_true, y_pred),
             "chance": float(counts.max() / counts.sum()), "chance_balanced": 1.0 / len(classes),
             "n": int(len(y_true)), "classes": [str(c) for c in classes],
             "confusion": confusion_matrix(y_true, y_pred, labels=list(classes)).tolist()}

@@ -217,8 +217,13 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
     why = neds_nan_why(split)
 
     enc = res.get("encoding") or {}
+    mods = meta.get("modalities") if isinstance(meta.get("modalities"), dict) else None
+    # a run without behaviour channels or labels predicts spikes from the time in the window alone
+    has_behaviour = mods is None or bool(mods.get("channels") or mods.get("labels"))
+    given = ("behaviour alone" if has_behaviour else
+             "the time in the window alone: the run has no behaviour channels or trial labels")
     if enc:
-        sec.heading("encoding (spikes given behaviour)")
+        sec.heading(f"encoding (spikes given {'behaviour' if has_behaviour else 'time in window only'})")
         metrics = ("bps_pooled", "bps_per_neuron_mean", "r2_single_trial", "r2_psth")
         sec.table(["model", *metrics, "units in R²"],
                   [[m, *(num(v.get(k), "encoding", m, k) for k in metrics),
@@ -227,7 +232,7 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
                           "and of PSTHs per condition)", key="neds-encoding" + suffix, nan_why=why["encoding"])
         sec.figure(charts.bars(list(enc), [charts.bar_series("bps_pooled", [v.get("bps_pooled") for v in enc.values()])],
                                y_label="bits per spike (pooled)", x_label="model"),
-                   "Encoding: spikes predicted from behaviour alone, by each model (higher is better; the oracle "
+                   f"Encoding: spikes predicted from {given}, by each model (higher is better; the oracle "
                    "scores the true rates).")
         sec.end_figures()
     dec = res.get("decoding") or {}

@@ -130,10 +130,22 @@ def read_family_info(run_dir: str | os.PathLike, *, what: str = "a spikefm") -> 
 def load_run_config(run_dir: str | os.PathLike, *, model_cls: type, data_cls: type) -> RunConfig:
     """The RunConfig recorded in RUN_DIR/config.json, read with the family's config classes.
 
+    A corpus recorded as a relative path (``--data corpus``: relative to the folder training ran
+    in) is replaced by the absolute path the family recorded (``family_info.corpus``) when that
+    folder exists, so a run is read the same from any working directory.
+
     :func:`spikefm.families.load_run_config` finds the classes in the family registry.
     """
+    import dataclasses
+
     info = read_run_info(run_dir)
     if not isinstance(info.get("config"), dict):
         raise ValueError(f"{Path(run_dir) / 'config.json'} has no 'config' object; expected a run "
                          "directory written by spikefm train")
-    return config_from_dict(info["config"], model_cls=model_cls, data_cls=data_cls)
+    cfg = config_from_dict(info["config"], model_cls=model_cls, data_cls=data_cls)
+    corpus = getattr(cfg.data, "corpus", None)
+    recorded = (info.get("family_info") or {}).get("corpus") if isinstance(info.get("family_info"), dict) else None
+    if isinstance(corpus, str) and corpus and not os.path.isabs(corpus) and isinstance(recorded, str) \
+            and os.path.isabs(recorded) and Path(recorded).is_dir() and dataclasses.is_dataclass(cfg.data):
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, corpus=recorded))
+    return cfg

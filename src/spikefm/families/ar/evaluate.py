@@ -66,7 +66,8 @@ def require_rows(corpus: Corpus, split: str, *, to: str = "score") -> None:
         raise ValueError(f"{found}; the n-gram baselines are fitted on the train split: rebuild the "
                          "corpus with a smaller --test-fraction or more sessions")
     raise ValueError(f"{found}; score --split {other}, or rebuild the corpus so that {split} gets "
-                     "some (more sessions, a larger --test-fraction, or --split row)")
+                     "some (more sessions, a larger --test-fraction, or --split row with a --max-row-tokens "
+                     "that cuts each session into several rows)")
 
 
 def _rows(corpus: Corpus, split: str, max_tokens: int | None):

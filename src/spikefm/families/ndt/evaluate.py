@@ -173,7 +173,7 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
     result = run_benchmark(model, windows, tasks=task_list, truth_rates=truth, baselines=baselines,
                            save_predictions=save_predictions, layer=decode_layer - 1 if decode_layer else -1,
                            label_classes=label_classes, truth_latents=latents, truth_readout=readout)
-    return {"family": "ndt", "run_dir": str(run_dir), "corpus": str(corpus.path),
+    return {"family": "ndt", "run_dir": str(Path(run_dir).resolve()), "corpus": str(corpus.path.resolve()),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session_id,
             "tasks": task_list, "oracle": truth is not None, "split": split,
             "decode_layer": decode_layer or n_layers, "window_bins": windows.num_bins,

@@ -37,13 +37,14 @@ on any spike decoder, where the latent decoder's 1.0 ignores that noise).
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, jackknife_interval,
-                                  r2_score_pooled, wilson_interval)
+from spikefm.eval.metrics import (balanced_accuracy, bps_per_neuron_mean, bps_pooled, bps_pooled_difference,
+                                  jackknife_interval, r2_score_pooled, wilson_interval)
 from spikefm.families.neds.family import _inherited_splits, _run_info
 
 __all__ = ["TASKS", "evaluate_run", "format_results", "transfer_headline", "run_windows", "neds_predict", "neds_probe",
@@ -217,7 +218,6 @@ def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.
     """Per label: accuracy (with its 95 % Wilson interval: test sets are small), balanced accuracy,
     chance (majority class of the test windows) and balanced chance (1 / classes present); per
     channel: single-trial R² (pooled over bins) and PSTH R²."""
-    from sklearn.metrics import balanced_accuracy_score
 
     out: dict[str, Any] = {}
     for name, y in label_true.items():
@@ -227,9 +227,7 @@ def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.
         yt, yp = y[ok], label_pred[name][ok]
         present = np.unique(yt)
         hits = int(np.sum(yt == yp))
-        with warnings.catch_warnings():  # a prediction of a class the test windows lack is counted, not news
-            warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-            balanced = float(balanced_accuracy_score(yt, yp)) if present.size > 1 else float("nan")
+        balanced = balanced_accuracy(yt, yp) if present.size > 1 else float("nan")
         out[name] = {"accuracy": hits / yt.size, "accuracy_ci95": list(wilson_interval(hits, int(yt.size))),
                      "balanced_accuracy": balanced,
                      "chance": float(np.bincount(yt).max() / yt.size), "chance_balanced": 1.0 / present.size,
@@ -577,7 +575,7 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
         results["comparisons"] = comparisons
     if skipped:
         results["skipped"] = skipped
-    return {"family": "neds", "run_dir": str(run_dir), "corpus": str(corpus.path),
+    return {"family": "neds", "run_dir": str(Path(run_dir).resolve()), "corpus": str(corpus.path.resolve()),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session,
             "num_units": int(model.session_units[session]), "tasks": names,
             "oracle": truth is not None, "rank": rank, "min_rate_hz": min_rate_hz,

@@ -245,7 +245,7 @@ def _warn_once(message: str, about: str, stacklevel: int = 3) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
 
 
-def _check_schemes_have_targets(data: "NEDSDataConfig", mods, *, warn: bool = True) -> None:
+def _check_schemes_have_targets(data: "NEDSDataConfig", mods, *, warn: bool = True, windows=None) -> None:
     """Without behaviour channels or labels, the behaviour-only schemes score nothing: refuse a
     run made only of them, and (``warn``: when training) warn when some training draws go to them."""
     if mods.channels or mods.labels:
@@ -261,9 +261,14 @@ def _check_schemes_have_targets(data: "NEDSDataConfig", mods, *, warn: bool = Tr
         return
     w = dict(zip(names, scheme_weights(data)))
     share = sum(w[n] for n in idle) / sum(w.values())
+    # trial columns the sessions do have, which data.labels=auto does not take (only choice,
+    # block_prior, target_angle): a user's own label, e.g. stimCategory
+    columns = sorted({k for w in (windows or {}).values() for k in (getattr(w, "labels", None) or {})})
+    offer = (f"; or name trial columns as labels: data.labels={','.join(columns[:3])} (the sessions' trial "
+             f"columns: {', '.join(columns[:12])}{' ...' if len(columns) > 12 else ''})" if columns else "")
     _warn_once(f"the sessions have no behaviour channels or trial labels, so schemes {', '.join(idle)} score "
                   f"nothing ({share:.0%} of the training draws); set data.schemes="
-                  f"{','.join(n for n in names if n not in idle)} to spend every draw on the spikes",
+                  f"{','.join(n for n in names if n not in idle)} to spend every draw on the spikes{offer}",
                   about=f"{Path(data.corpus).resolve()}|{data.sessions}")
 
 
@@ -414,7 +419,7 @@ class NEDSFamily:
         from spikefm.data.windows import WindowBatcher
 
         windows, mods, arrays = self.prepared(cfg.data)
-        _check_schemes_have_targets(cfg.data, mods)
+        _check_schemes_have_targets(cfg.data, mods, windows=windows)
         batcher = WindowBatcher(windows, batch_size=cfg.train.micro_batch_size(world_size), seed=cfg.train.seed,
                                 split="train", rank=rank, world_size=world_size)
         return NEDSLoader(batcher, windows, arrays, cfg.train.seed, rank)

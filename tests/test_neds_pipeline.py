@@ -575,3 +575,26 @@ def test_the_no_targets_warning_names_the_trial_columns_data_labels_can_use(real
                                             r"columns as labels: data.labels=stimCategory \(the sessions' trial "
                                             r"columns: stimCategory\)"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.slow  # about a minute: the encoding baselines over the 47-minute file's windows
+def test_eval_says_a_missing_trial_table_once(real_nwb, tmp_path):
+    """The run's windows are read twice in evaluation (to build the model, then with the saved
+    splits); the warning that the session has no 'trials' table came twice."""
+    import warnings
+
+    from spikefm.families import run_config, train
+    from spikefm.families.neds.evaluate import evaluate_run
+
+    build_corpus([str(real_nwb)], tmp_path / "corpus", BuildConfig(test_fraction=0.0), progress=False)
+    cfg = run_config("neds", preset="tiny", corpus=str(tmp_path / "corpus"),
+                     overrides=["train.steps=1", "train.batch_size=4", "train.precision=fp32", "train.device=cpu",
+                                "data.schemes=encoding,spike,cross"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(cfg, tmp_path / "run", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate_run(str(tmp_path / "run"), str(tmp_path / "corpus"), tasks=["encoding"])
+    said = [str(w.message) for w in caught if "trial table" in str(w.message)]
+    assert len(said) == 1 and "has no 'trials' trial table (its trial tables: encoding_table" in said[0], said

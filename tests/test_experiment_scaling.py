@@ -305,6 +305,9 @@ def test_study_settings_and_job_settings_are_checked_before_any_job(tiny_study, 
                           top_k=2, executor=LocalExecutor(1, threads=1), progress=False, command="test")
     assert other["metric"] == "forward-prediction-walk"
     assert {p: p.stat().st_mtime_ns for p in jobs_before} == jobs_before
+    said = capsys.readouterr().err  # the rerun says what it reused (it was silent)
+    assert "ranking sessions: 6 of 6 jobs finished in an earlier run; reused" in said
+    assert "scaling runs: 11 of 11 jobs finished in an earlier run; reused" in said
     base = ["experiment", "rank-sessions", "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003"]
     checks = [(["--set", "model.foo=1"], "unknown key 'model.foo'")]
     if not torch.cuda.is_available():
@@ -317,7 +320,8 @@ def test_study_settings_and_job_settings_are_checked_before_any_job(tiny_study, 
     code = main(["experiment", "scaling", "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003",
                  "--out", str(tmp_path / "s"), "--metric", "foo"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "foo" in err[0] and not (tmp_path / "s").exists()
+    assert code == 2 and len(err) == 1 and not (tmp_path / "s").exists()
+    assert err[0].startswith("spikefm: error: --metric: unknown task 'foo'"), err  # the flag that gave the name
 
 
 def test_a_study_without_a_fit_says_so_and_keeps_the_full_sets_score(capsys):
@@ -461,6 +465,12 @@ def test_rank_sessions_refuses_a_family_without_session_parameters(tiny_corpus, 
     assert err.startswith("spikefm: error: the 'ar' family does not support fine-tuning to a new session (it has no "
                           "per-session parameters), which a session ranking needs; run it with a family that does (")
     assert "ndt" in err and not (tmp_path / "r").exists()
+    # scaling also needs task_scores: only families having it are suggested (neds was, then refused)
+    code = main(["experiment", "scaling", "--data", str(tiny_corpus), "--held-out", HELD,
+                 "--out", str(tmp_path / "s"), "--model", "ar"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().endswith("which a scaling study needs; run it with a family that does (ndt; "
+                                              "--model)"), err
 
 
 def test_families_of_different_synth_runs_are_different(tmp_path):

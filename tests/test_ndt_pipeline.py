@@ -520,3 +520,14 @@ def test_a_run_trained_with_a_relative_corpus_path_evaluates_and_reports_from_an
     monkeypatch.chdir(tmp_path / "elsewhere" / corpus_dir.name)
     text = build_report(res_path, predictions=preds).html()
     assert "conditions and regions unavailable" not in text
+
+
+def test_no_val_windows_says_every_fix_including_the_one_for_fine_tuning(corpus_dir, tmp_path, capsys):
+    """'set train.eval_every=0' was the only advice, which a transfer study's fine-tuning (it always
+    validates) cannot take: sessions too short for a val window need more data."""
+    assert main(["train", "--model", "ndt", "--data", str(corpus_dir), "--out", str(tmp_path / "r"), "--steps", "2",
+                 *TRAIN_ARGS, "--set", "data.split_fractions=0.9,0,0.1", "--set", "train.eval_every=1"]) == 2
+    from spikefm.data.windows import NO_VAL_WINDOWS
+
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"spikefm: error: {NO_VAL_WINDOWS}"
+    assert "use longer sessions" in NO_VAL_WINDOWS and "fine-tuning always validates" in NO_VAL_WINDOWS

@@ -60,7 +60,12 @@ def test_seed_aggregate_is_the_sample_mean_and_sd_leaving_out_missing_values():
     single = agg["co-smoothing bps_pooled"]["single-session"]  # seed 3's None is left out
     assert single["n"] == 2 and single["mean"] == pytest.approx(0.275)
     assert single["sd"] == pytest.approx(statistics.stdev([0.25, 0.30]))
-    assert agg["choice-decoding accuracy (hidden)"]["fine-tuned"] == {"mean": 0.8, "sd": 0.0, "n": 1}
+    # one value has no spread: no s.d. (it read 0.0)
+    assert agg["choice-decoding accuracy (hidden)"]["fine-tuned"] == {"mean": 0.8, "sd": None, "n": 1}
+    # an undefined value on one seed (NaN: an interval on too few test windows) is left out like a
+    # missing one; the mean was NaN and transfer.json held the bare token NaN
+    agg = aggregate_seeds({1: {"metrics": {"m": {"ci low": -0.5159}}}, 2: {"metrics": {"m": {"ci low": float("nan")}}}})
+    assert agg["m"]["ci low"] == {"mean": -0.5159, "sd": None, "n": 1}
 
 
 def test_a_protocol_study_records_its_windows_split_and_decoding_block(tmp_path):

@@ -290,11 +290,14 @@ def test_transfer_study_seeds_table_says_what_each_seed_was_scored_on(tmp_path):
                           "windows_per_split": {"train": 70, "val": 9, "test": 9}}}
     (study / "transfer.json").write_text(json.dumps({
         "study": "transfer", "command": "spikefm experiment transfer --protocol jiang2025", "settings": {},
-        "per_seed": {"2": row, "3": {k: v for k, v in row.items() if k != "evaluation"}},  # 3: written before
+        "per_seed": {"2": row, "3": {k: v for k, v in row.items() if k != "evaluation"},  # 3: written before
+                     # 4: a NEDS seed records only its split (it read "None bins, split ?, decoding block None")
+                     "4": {**row, "evaluation": {"split": "test"}}},
         "mean_sd": {}}))
     text = " ".join(re.sub(r"<[^>]+>", " ", build_report(study).html()).split())
-    assert "2 sub-ibl02_ses-002 58 9 frozen 150 bins, split 0.8:0.1:0.1, decoding block 3 12.5" in text
+    assert "2 sub-ibl02_ses-002 58 9 frozen 150 bins, split 0.8:0.1:0.1, decoding block 3, test windows 12.5" in text
     assert "3 sub-ibl02_ses-002 58 9 frozen - 12.5" in text
+    assert "4 sub-ibl02_ses-002 58 9 frozen test windows 12.5" in text and "None" not in text
 
 
 def test_docstring_examples_run(tmp_path, monkeypatch):
@@ -488,6 +491,25 @@ def test_transfer_study_charts_leave_out_all_nan_columns_and_explain_the_nan_cel
     (bars,) = [s for s in page.data.values() if s["kind"] == "bars"]
     assert bars["categories"] == ["fine-tuned", "single-session"]
     assert "Why nan: a 95 % CI is nan on a seed with fewer than 3 test windows" in _text(page)
+
+
+def test_a_one_seed_mean_shows_no_sd(tmp_path):
+    """With one seed (or one seed with a value) the printed table said '(1 seed)' and the HTML an
+    s.d. of 0.0000, as if measured."""
+    study = tmp_path / "study"
+    study.mkdir()
+    per_seed = {"1": {"metrics": {"co-smoothing bps_pooled": {"fine-tuned": 0.2}}}}
+    for sd in (None, 0.0):  # today's files, and those written before (sd 0.0 beside n 1)
+        mean_sd = {"co-smoothing bps_pooled": {"fine-tuned": {"mean": 0.2, "sd": sd, "n": 1}}}
+        (study / "transfer.json").write_text(json.dumps({"study": "transfer", "command": "c", "settings": {},
+                                                         "per_seed": per_seed, "mean_sd": mean_sd}))
+        page = build_report(study)
+        cells = {c[1]: c[3] for c in _parse(page.html()).cells if c[1]}
+        assert cells["/mean_sd/co-smoothing bps_pooled/fine-tuned/mean"] == "0.2000"
+        assert "/mean_sd/co-smoothing bps_pooled/fine-tuned/sd" not in cells
+        assert "an s.d. over seeds is - where fewer than two seeds have a value" in _text(page)
+        (bars,) = [s for s in page.data.values() if s["kind"] == "bars"]
+        assert bars["series"][0].get("err") == [None]
 
 
 def test_the_predicted_rate_heat_map_says_what_its_colours_mean():

@@ -199,3 +199,16 @@ def test_the_families_a_refusal_suggests_can_run_the_study(monkeypatch):
     monkeypatch.setattr(families, "get", lambda name: kinds[name])
     with pytest.raises(ValueError, match=r"run the study with a family that has one \(full; --model\)"):
         families.transfer_headline("mine", {})
+
+
+def test_a_neds_study_refuses_an_unknown_task_before_any_work(tmp_path, capsys):
+    """NEDS had no check_tasks: '--tasks co-smoothing' pretrained first, then failed, and the
+    corrected command was refused for the folder's other settings."""
+    from spikefm.cli import main
+
+    out = tmp_path / "study"
+    assert main(["experiment", "transfer", "--model", "neds", "--tasks", "co-smoothing", "--out", str(out),
+                 "--seeds", "1", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == ("spikefm: error: unknown NEDS task(s) ['co-smoothing']; tasks: "
+                                               "encoding, decoding, region")
+    assert not out.exists()

@@ -452,7 +452,7 @@ def cmd_experiment_transfer(args) -> int:
     family = args.model or DEFAULT_FAMILY
     families.run_config(family, preset=args.preset, corpus=str(Path(args.out)),
                         overrides=list(args.set or []), protocol=args.protocol)
-    families.require_finetuning(family, "a transfer study needs")
+    families.require_finetuning(family, "a transfer study needs", also=("transfer_headline",))
     fam = families.get(family)
     params = inspect.signature(fam.evaluate).parameters
     lacking = [k for k in ("tasks", "session", "baselines") if k not in params]

@@ -174,6 +174,13 @@ class _SessionGrid:
     trials: dict[str, dict[str, list]]
 
 
+#: Why a family's validation cannot run on windows that hold no val window, and the fixes (train:
+#: the option to skip validation; fine-tuning always validates, so only more data helps there).
+NO_VAL_WINDOWS = ("the sessions have no val windows (too few windows for the val share of "
+                  "data.split_fractions); use longer sessions (or more trials), raise that val share, or, "
+                  "when pretraining, set train.eval_every=0 (fine-tuning always validates)")
+
+
 def _collect_rows(corpus: Corpus, session_ids: Sequence[str]) -> dict[str, list[CorpusRow]]:
     """Rows of the given sessions from every split of the corpus, one pass over the shards."""
     wanted = set(session_ids)

@@ -534,6 +534,8 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                 raise ValueError(f"job {job.id} needs job {dep}, which is neither in the study nor finished")
     todo = [jid for jid in by_id if jid not in records]
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if records:  # a rerun that found finished work says so (it was silent, and fast for no stated reason)
+        say(f"{description}: {len(records)} of {len(by_id)} jobs finished in an earlier run; reused")
     if not todo:
         return records
     failed: dict[str, str] = {}

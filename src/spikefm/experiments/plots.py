@@ -44,30 +44,35 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+#: A ranking bar's colour by its session's ``same_family`` (own family of the held-out session,
+#: another, unknown): the colours and words of the HTML report's ranking chart.
+RANKING_COLORS = {True: ("#2ca02c", "own family"), False: ("#ff7f0e", "other family"),
+                  None: ("#9aa5b1", "family unknown")}
+
+
 def plot_ranking(summary: dict[str, Any], path: str | Path) -> Path:
     """One panel per held-out session: each pretraining session's score (minus the best
-    validation loss after fine-tuning its frozen core), best first; colour = ground-truth
-    family when known, own family outlined."""
-    from matplotlib import colormaps
+    validation loss after fine-tuning its frozen core), best first, drawn from a little below the
+    lowest score;
+    colour = whether the session shares the held-out session's ground-truth family (as in the
+    HTML report), with a legend."""
+    from matplotlib.patches import Patch
 
     rankings = summary["rankings"]
     n = len(rankings)
     fig = _figure((max(6.0, 0.45 * max(len(r) for r in rankings.values()) + 2), 2.6 * n))
     axes = fig.subplots(n, 1, squeeze=False)
-    cmap = colormaps["tab10"]
-    # an int family is its colour's index; the str labels of several synth runs are numbered
-    labels = sorted({r["family"] for rows in rankings.values() for r in rows
-                     if isinstance(r.get("family"), str)})
-    index = lambda f: f if isinstance(f, int) else labels.index(f)  # noqa: E731
     for ax, (h, rows) in zip(axes[:, 0], rankings.items()):
         scores = [r["score"] for r in rows]
-        base = min(scores)
-        colors = [cmap(index(r["family"]) % 10) if "family" in r else "tab:gray" for r in rows]
-        edges = ["black" if r.get("same_family") else "none" for r in rows]
-        ax.bar(range(len(rows)), [s - base for s in scores], color=colors, edgecolor=edges, linewidth=1.5)
+        span = max(scores) - min(scores)
+        base = min(scores) - 0.05 * (span or abs(min(scores)) or 1.0)  # the lowest bar stays visible
+        kinds = [r.get("same_family") if "family" in r else None for r in rows]
+        ax.bar(range(len(rows)), [s - base for s in scores], color=[RANKING_COLORS[k][0] for k in kinds])
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([r["session"] for r in rows], rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel(f"score - {base:.4f}")
+        ax.set_ylabel(f"score above {base:.4g}\n(score: minus val. loss)", fontsize=8)
+        ax.legend(handles=[Patch(color=RANKING_COLORS[k][0], label=RANKING_COLORS[k][1])
+                           for k in dict.fromkeys(kinds)], fontsize=7, loc="upper right")
         title = f"held out: {h}"
         gt = summary.get("ground_truth")
         if gt:
@@ -75,7 +80,8 @@ def plot_ranking(summary: dict[str, Any], path: str | Path) -> Path:
             k = summary["top_k"]
             title += f" (family {p['family']}; precision@{k} {p['precision_at_' + str(k)]:.2f})"
         ax.set_title(title, fontsize=9)
-    fig.suptitle("pretraining sessions ranked by validation loss of the frozen core (higher = better)", fontsize=10)
+    fig.suptitle("pretraining sessions ranked by validation loss of the frozen core (score = minus that loss; "
+                 "higher = better)", fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(path))
 
@@ -119,8 +125,8 @@ def plot_scaling(summary: dict[str, Any], path: str | Path) -> Path:
                 ax.axhline(entry["baseline"], color="gray", linestyle=":", label="single-session")
             _log_x(ax, xs)
             ax.set_xlabel("pretraining sessions" if axis == "sessions" else "pretraining trials (train windows)")
-            unit = summary.get("metric_unit")
-            ax.set_ylabel(f"{summary['metric']} ({unit})" if unit else summary["metric"])
+            unit = summary.get("metric_unit")  # on a line of its own: one line overran the panel
+            ax.set_ylabel(f"{summary['metric']}\n({unit})" if unit else summary["metric"], fontsize=8)
             ax.set_title(f"held out {h}", fontsize=9)
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)

@@ -351,7 +351,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
     orders = list(orders)
-    families.require_finetuning(settings.family, "a scaling study needs")
+    families.require_finetuning(settings.family, "a scaling study needs", also=("task_scores",))
     if not callable(getattr(families.get(settings.family), "task_scores", None)):
         families.task_scores(settings.family, {})  # its one-line refusal, before any job runs
     if tasks is not None:  # an unknown task failed every fine-tuning job, after the pretraining
@@ -360,7 +360,10 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
         raise ValueError(f"--metric {metric!r} is not one of the scored tasks ({', '.join(tasks)}); add it to "
                          "--tasks or choose --metric among them")
     if tasks is None:  # the family's default tasks: an unknown metric is no task of the family
-        families.check_tasks(settings.family, [metric])
+        try:
+            families.check_tasks(settings.family, [metric])
+        except ValueError as exc:  # the family's words, with the flag that gave the name
+            raise ValueError(f"--metric: {exc}") from None
     out = Path(out)
     check_study_folder(out)
     held, pool = study_sessions(corpus, held_out, pool)

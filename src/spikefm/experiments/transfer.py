@@ -165,18 +165,21 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
 def _mean_sd(values: list) -> dict | None:
     import numpy as np
 
-    vals = [float(v) for v in values if v is not None]
+    # a seed whose value is undefined (NaN: an interval on too few test windows) has no value,
+    # like one without the metric; the mean of the others is still a mean
+    vals = [float(v) for v in values if v is not None and np.isfinite(float(v))]
     if not vals:
         return None
-    return {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+    return {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
             "n": len(vals)}
 
 
 def aggregate_seeds(per_seed: dict) -> dict:
     """Mean ± s.d. over seeds of every headline metric of :func:`transfer_study`'s ``per_seed``
     (``{seed: {"metrics": {metric: {model: value}}}}``): ``{metric: {model: {"mean", "sd", "n"}}}``,
-    the sample s.d. (ddof 1; 0.0 where ``n`` is 1, which tables show as "(1 seed)"), values that are
-    None left out (a model without that metric on a seed)."""
+    the sample s.d. (ddof 1; None where ``n`` is 1: one value has no spread, and tables show
+    "(1 seed)"), values that are None or not finite left out (a model without that metric on a
+    seed, an interval a seed's few test windows leave undefined) and ``n`` counting the rest."""
     names = list(dict.fromkeys(m for r in per_seed.values() for m in r["metrics"]))
     aggregate = {}
     for m in names:
@@ -251,6 +254,9 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
         raise ValueError("seeds must name at least one synthetic-data seed, e.g. 1,2,3")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct (each is one synthetic dataset), got {seeds}")
+    from spikefm import families
+
+    families.check_tasks(family, options.get("tasks"))  # before the folder is made (and its settings bound)
     out = Path(out)
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
     command = command or " ".join(sys.argv)

@@ -317,13 +317,14 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
                                soup=soup)
 
 
-def require_finetuning(family: str, needed_for: str) -> None:
+def require_finetuning(family: str, needed_for: str, *, also: Sequence[str] = ()) -> None:
     """A one-line ValueError, naming the families that can, when ``family`` cannot fine-tune a run
     to a new session (it has no ``finetune_config``: no per-session parameters); ``needed_for``
-    completes "which ..." (e.g. "a session ranking needs")."""
+    completes "which ..." (e.g. "a session ranking needs"); ``also``: other members the caller
+    needs (``task_scores`` for scaling), so that only families having them are suggested."""
     if hasattr(get(family), "finetune_config"):
         return
-    able = _families_with("finetune_config")
+    able = [n for n in _families_with("finetune_config") if all(n in _families_with(m) for m in also)]
     raise ValueError(f"the {family!r} family does not support fine-tuning to a new session (it has no per-session "
                      f"parameters), which {needed_for}; run it with a family that does "
                      f"({', '.join(able) or 'none is registered'}; --model)")

@@ -31,6 +31,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from spikefm.experiments.plots import RANKING_COLORS
 from spikefm.report import charts
 from spikefm.report.page import Num, Page, Section, json_safe, pointer
 from spikefm.report.provenance import Provenance
@@ -48,9 +49,11 @@ _TRANSFER_NAN = (("95 % CI", "a 95 % CI is nan on a seed with fewer than 3 test 
 _TRANSFER_BLANK = (("seed", "a seed's value is - where its evaluation did not score that column (a task or "
                     "baseline it skipped: its section below says why)"),
                    ("mean", "a mean and s.d. over seeds are - where no seed has a value"),
-                   ("sd", "a mean and s.d. over seeds are - where no seed has a value"))
-#: Colours of a ranking's bars by ``same_family`` (own family of the held-out session, other, unknown).
-_FAMILY_COLORS = {True: "#2ca02c", False: "#ff7f0e", None: "#9aa5b1"}
+                   ("sd", "an s.d. over seeds is - where fewer than two seeds have a value (one value has no "
+                          "spread)"))
+#: Colours of a ranking's bars by ``same_family`` (own family of the held-out session, other,
+#: unknown): the study's own PNG's (spikefm.experiments.plots.RANKING_COLORS).
+_FAMILY_COLORS = {k: color for k, (color, _) in RANKING_COLORS.items()}
 
 
 def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study",
@@ -79,11 +82,12 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
     seeds = list(per_seed)
     def scored_on(r: dict) -> str | None:  # what the benchmarks were computed on (transfer.json since 2026-12-06)
         ev = r.get("evaluation") or {}
-        if not ev:
-            return None
         fr = ev.get("split_fractions")
-        return (f"{ev.get('window_bins')} bins, split {':'.join(f'{f:g}' for f in fr) if fr else '?'}, "
-                f"decoding block {ev.get('decode_layer')}")
+        parts = [f"{ev['window_bins']} bins" if ev.get("window_bins") is not None else None,
+                 f"split {':'.join(f'{f:g}' for f in fr)}" if fr else None,
+                 f"decoding block {ev['decode_layer']}" if ev.get("decode_layer") is not None else None,
+                 f"{ev['split']} windows" if ev.get("split") else None]  # what a family records, no more
+        return ", ".join(p for p in parts if p) or None
 
     sec.table(["seed", "held-out session", "units", "test windows", "strategy", "scored on", "wall (s)"],
               [[s, r.get("session_id"), r.get("num_units"), r.get("num_test_windows"), r.get("strategy"),
@@ -100,7 +104,9 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
                                          if vals.get(c) is not None else None for c in cols])
         for stat in ("mean", "sd"):
             rows.append([stat] + [Num(mean_sd[metric][c][stat], src=src, path=pointer("mean_sd", metric, c, stat))
-                                  if (mean_sd.get(metric) or {}).get(c) else None for c in cols])
+                                  if ((mean_sd.get(metric) or {}).get(c) or {}).get(stat) is not None
+                                  and not (stat == "sd" and mean_sd[metric][c].get("n") == 1) else None
+                                  for c in cols])
         sec.heading(metric)
         sec.table(["", *cols], rows, caption=f"{metric}: per seed, mean and s.d. over seeds "
                   f"{', '.join(seeds)}", key=f"study-{metric}", nan_why=_TRANSFER_NAN, blank_why=_TRANSFER_BLANK)
@@ -111,7 +117,7 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
         if shown:
             sec.figure(charts.bars(shown, [charts.bar_series(
                 "mean over seeds", [mean_sd[metric][c]["mean"] for c in shown],
-                err=[mean_sd[metric][c]["sd"] for c in shown],
+                err=[mean_sd[metric][c]["sd"] if mean_sd[metric][c].get("n", 2) > 1 else None for c in shown],
                 points=[[per_seed[s].get("metrics", {}).get(metric, {}).get(c) for s in seeds] for c in shown])],
                 y_label=metric.split(" ", 1)[-1], points_label="seeds"),
                 f"{metric}: mean ± s.d. over seeds (bars), each seed a point.")

@@ -371,7 +371,9 @@ class NDTFamily:
         windows = self.windows(cfg.data)
         items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
         if not items:
-            raise ValueError("the sessions have no val windows; set train.eval_every=0")
+            from spikefm.data.windows import NO_VAL_WINDOWS
+
+            raise ValueError(NO_VAL_WINDOWS)
         bs = cfg.train.micro_batch_size(world_size)
         mine = items[rank::world_size]
         num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)

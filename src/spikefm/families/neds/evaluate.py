@@ -47,7 +47,7 @@ from spikefm.eval.metrics import (balanced_accuracy, bps_per_neuron_mean, bps_po
                                   jackknife_interval, r2_score_pooled, wilson_interval)
 from spikefm.families.neds.family import _inherited_splits, _run_info
 
-__all__ = ["TASKS", "evaluate_run", "format_results", "transfer_headline", "run_windows", "neds_predict", "neds_probe",
+__all__ = ["TASKS", "check_task_names", "evaluate_run", "format_results", "transfer_headline", "run_windows", "neds_predict", "neds_probe",
            "encoding_scores", "decoding_scores"]
 
 TASKS = ("encoding", "decoding", "region")
@@ -56,6 +56,17 @@ FEW_WINDOWS = 5
 SMOOTH_SD_BINS = 2.0
 _LAGS = 2  # per-bin decoders read bins t-2 .. t+2
 _CHUNKS = 5  # label decoders read the counts summed in 5 chunks of the window
+
+
+def check_task_names(tasks: Sequence[str] | str | None) -> list[str]:
+    """The task names of ``tasks`` (a comma list or a sequence; None: all of :data:`TASKS`), or a
+    one-line ValueError naming those that are no NEDS task."""
+    names = list(TASKS) if tasks is None else [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)
+                                               if t.strip()]
+    bad = [t for t in names if t not in TASKS]
+    if bad or not names:
+        raise ValueError(f"unknown NEDS task(s) {bad or names}; tasks: {', '.join(TASKS)}")
+    return names
 
 
 def run_windows(run_dir, corpus) -> dict:
@@ -463,11 +474,7 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
     if split not in ("test", "val"):
         raise ValueError(f"NEDS runs are scored on their test (or, to choose settings, val) windows; got split "
                          f"{split!r}, expected 'test' or 'val'")
-    names = list(TASKS) if tasks is None else [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)
-                                               if t.strip()]
-    bad = [t for t in names if t not in TASKS]
-    if bad or not names:
-        raise ValueError(f"unknown NEDS task(s) {bad or names}; tasks: {', '.join(TASKS)}")
+    names = check_task_names(tasks)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
     cfg = load_run_config(run_dir, model_cls=fam.model_config_cls, data_cls=fam.data_config_cls)

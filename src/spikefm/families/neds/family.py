@@ -478,8 +478,9 @@ class NEDSFamily:
         windows, _, _ = self.prepared(data)
         items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
         if not items:
-            raise ValueError("the sessions have no val windows; set train.eval_every=0 or raise "
-                             "data.split_fractions' val share")
+            from spikefm.data.windows import NO_VAL_WINDOWS
+
+            raise ValueError(NO_VAL_WINDOWS)
         return items
 
     def _val_loss(self, model, items: list[tuple[str, int]], cfg: RunConfig, rank: int, counter: int,
@@ -603,6 +604,13 @@ class NEDSFamily:
 
         return evaluate_run(run_dir, corpus, tasks=tasks, session=session, baselines=baselines, split=split,
                             min_rate_hz=min_rate_hz, rank=rank)
+
+    @staticmethod
+    def check_tasks(tasks) -> None:
+        """One-line ValueError for a name that is no NEDS task (studies check before any training)."""
+        from spikefm.families.neds.evaluate import check_task_names
+
+        check_task_names(tasks)
 
     @staticmethod
     def transfer_headline(benchmarks: dict[str, dict]) -> dict[str, dict[str, Any]]:

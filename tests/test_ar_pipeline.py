@@ -86,6 +86,20 @@ def test_oracle_matches_an_independent_poisson_computation(synth_corpus):
     assert res["overall"]["separators"]["bits"] == 0.0
 
 
+def test_oracle_reads_the_truth_of_the_scored_rows_sessions_only(synth_corpus, monkeypatch):
+    """Every session's expected counts were loaded (about 20 MB each) to score a few tokens."""
+    from spikefm.families.ar import evaluate as ev
+
+    corpus = Corpus(synth_corpus)
+    row = next(corpus.iter_rows("test"))
+    read = []
+    real = ev._truth_for
+    monkeypatch.setattr(ev, "_truth_for", lambda s: read.append(s.get("session_id")) or real(s))
+    res = ev.evaluate_oracle(corpus, max_tokens=row.num_bins * (row.num_units + 1))  # first row only
+    assert read == [row.session_id] and res is not None
+    assert len(corpus.sessions) > 1
+
+
 def test_oracle_on_a_40_ms_corpus_sums_pairs_of_truth_bins(synth_corpus, tmp_path):
     """A 40 ms corpus of the synthetic recordings made eval and ngram fail ("ground truth is on
     20 ms bins"); its oracle is the true rate summed over each pair of 20 ms bins (computed here

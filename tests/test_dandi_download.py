@@ -307,3 +307,33 @@ def test_corpus_build_passes_its_progress_setting_to_the_downloads(tmp_path, mon
     for progress in (False, True):
         assert resolve_inputs([SPEC], BuildConfig(), progress=progress) == ([], [])
     assert seen == [False, True]
+
+
+def test_off_a_terminal_progress_is_a_plain_line_per_tenth_after_a_few_seconds(monkeypatch, capsys):
+    """In a log file or pipe the build, the import, AR eval and downloads said nothing for minutes
+    (the bar is drawn on terminals only); train already wrote a line per tenth."""
+    import spikefm.progress as pr
+
+    clock = [100.0]
+    monkeypatch.setattr(pr.time, "monotonic", lambda: clock[0])
+    assert not sys.stderr.isatty()
+    with progress_bar(40, "building sessions") as bar:
+        for _ in range(40):
+            clock[0] += 1.0  # one second per item
+            bar.advance(1)
+    lines = capsys.readouterr().err.strip().splitlines()
+    # nothing in the first 5 s (the tenth passed at item 4 is said at item 5), then one line per
+    # tenth: at 8, 12, ..., 40 items
+    assert lines[0] == "spikefm: building sessions: 5/40 (12%), 5s elapsed, about 35s left", lines
+    assert lines[1] == "spikefm: building sessions: 8/40 (20%), 8s elapsed, about 32s left", lines
+    assert len(lines) == 10 and lines[-1] == "spikefm: building sessions: 40/40 (100%), 40s elapsed, about 0s left"
+    with progress_bar(4_000_000_000, "downloading a.nwb", unit="bytes", completed=1_000_000_000) as bar:
+        clock[0] += 61.0
+        bar.advance(1_000_000_000)
+    assert capsys.readouterr().err.strip() == ("spikefm: downloading a.nwb: 2.0 GB/4.0 GB (50%), 1m01s elapsed, "
+                                               "about 2m02s left")
+    with progress_bar(10, "jobs", plain=False) as bar, progress_bar(10, "quiet", enabled=False) as quiet:
+        clock[0] += 100.0
+        bar.advance(10)
+        quiet.advance(10)
+    assert capsys.readouterr().err == ""

@@ -384,3 +384,14 @@ def test_every_parameter_outside_the_blocks_gets_a_gradient_when_data_parallel()
     for n, g in plain.items():  # every gradient the loss gave is unchanged
         if g is not None:
             torch.testing.assert_close(touched[n], g, rtol=0, atol=0, msg=n)
+
+
+def test_flops_count_the_core_on_every_token_and_a_stitcher_on_its_sessions_spike_tokens():
+    model = _model()
+    batch = _batch(B=4, T=10)  # sessions a, b, a, b; 2 channels, 2 labels
+    core = sum(p.numel() for p in model.core_parameters())
+    own = {s: sum(p.numel() for p in model.stitcher(s).parameters()) for s in SESSIONS}
+    assert core + sum(own.values()) == sum(p.numel() for p in model.parameters())
+    L = 10 * (1 + 2) + 2
+    flops = get_family("neds").flops_per_batch(model, batch, None)
+    assert flops == 6.0 * (core * 4 * L + 10 * (2 * own["a"] + 2 * own["b"]))

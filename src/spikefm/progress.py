@@ -1,8 +1,10 @@
-"""A progress bar (rich) that turns itself off when asked or when output is not a terminal."""
+"""A progress display: a bar (rich) on a terminal; in a log file or pipe a plain line per tenth of
+the work (or per minute) once the work has run a few seconds; nothing when asked (``--quiet``)."""
 from __future__ import annotations
 
 import contextlib
 import sys
+import time
 
 #: The help text of every command's ``--quiet``.
 QUIET_HELP = "no progress display (the result lines, warnings and errors are still printed)"
@@ -27,6 +29,64 @@ class _RichBar:
         self._progress.update(self._task, **fields)
 
 
+#: Seconds of work before a log gets its first progress line (short work stays silent there), and
+#: the most seconds between two lines.
+PLAIN_AFTER_S, PLAIN_EVERY_S = 5.0, 60.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+class _PlainBar:
+    """Progress as plain lines on stderr, for a log file or pipe: one on the first update past
+    each tenth of ``total`` (or :data:`PLAIN_EVERY_S` after the last line), none in the first
+    :data:`PLAIN_AFTER_S` seconds, each with the elapsed time and an estimate of the rest."""
+
+    def __init__(self, total: float | None, description: str, unit: str, completed: float) -> None:
+        self.total, self.description, self.unit = total, description, unit
+        self.start_done = self.done = float(completed)
+        self.t0 = self.t_line = time.monotonic()
+        self.tenth = self._tenth()
+
+    def _tenth(self) -> int:
+        return int(10 * self.done / self.total) if self.total else 0
+
+    def advance(self, n: float = 1, **fields) -> None:
+        self.done += n
+        self._maybe_say()
+
+    def update(self, **fields) -> None:
+        if "completed" in fields:
+            self.done = float(fields["completed"])
+            self._maybe_say()
+
+    def _maybe_say(self) -> None:
+        now = time.monotonic()
+        tenth = self._tenth()
+        if now - self.t0 < PLAIN_AFTER_S or not (tenth > self.tenth or now - self.t_line >= PLAIN_EVERY_S):
+            return
+        self.tenth, self.t_line = tenth, now
+        fmt = _size if self.unit == "bytes" else (lambda v: f"{v:,.0f}")
+        line = f"spikefm: {self.description}: {fmt(self.done)}"
+        if self.total:
+            line += f"/{fmt(self.total)} ({self.done / self.total:.0%})"
+        line += f", {_duration(now - self.t0)} elapsed"
+        rate = (self.done - self.start_done) / (now - self.t0)
+        if self.total and rate > 0:
+            line += f", about {_duration(max(self.total - self.done, 0.0) / rate)} left"
+        print(line, file=sys.stderr, flush=True)
+
+
 #: What a bar counts: ``"count"`` shows ``M/N`` (items), ``"bytes"`` shows sizes (``1.2/4.5 GB``)
 #: and the transfer speed.
 UNITS = ("count", "bytes")
@@ -34,23 +94,28 @@ UNITS = ("count", "bytes")
 
 @contextlib.contextmanager
 def progress_bar(total: float | None, description: str, enabled: bool = True, extra: str = "", *,
-                 unit: str = "count", completed: float = 0):
+                 unit: str = "count", completed: float = 0, plain: bool = True):
     """Yields an object with ``advance(n, **fields)``; ``extra`` is a rich format string over the
     task's fields (e.g. ``"loss {task.fields[loss]:.3f}"``), set with ``update(loss=...)``.
 
     Args:
         total: the count (or bytes) at the end; None when unknown.
         description: the bar's label, plain text (a file name may hold ``[``: it is shown as is).
-        enabled: False for no display; there is none either when stderr is not a terminal.
+        enabled: False for no display; when stderr is not a terminal (a log file, a pipe), plain
+            lines instead of a bar (:class:`_PlainBar`).
         extra: see above.
         unit: one of :data:`UNITS`.
         completed: where the bar starts, e.g. the bytes a resumed download already has (counted
             as done before this bar, so they do not inflate the transfer speed).
+        plain: False for no plain lines off a terminal (a caller that logs each item itself).
     """
     if unit not in UNITS:
         raise ValueError(f"progress_bar unit must be one of {', '.join(UNITS)}, got {unit!r}")
-    if not enabled or not sys.stderr.isatty():
+    if not enabled or (not plain and not sys.stderr.isatty()):
         yield _NoBar()
+        return
+    if not sys.stderr.isatty():
+        yield _PlainBar(total, description, unit, completed)
         return
     from rich.console import Console
     from rich.markup import escape

@@ -542,7 +542,8 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
     running: dict[Any, str] = {}
     waiting = list(todo)
     finished_now, stuck = 0, -1
-    with executor as ex, progress_bar(total=len(todo), description=description, enabled=progress) as bar:
+    with executor as ex, progress_bar(total=len(todo), description=description, enabled=progress,
+                                                  plain=False) as bar:  # off a terminal each job has its line
         while waiting or running:
             for jid in list(waiting):
                 if len(running) >= ex.slots:

@@ -32,7 +32,9 @@ How the loop uses a family, in order:
        required: the number of tokens/targets in the micro-batch, used for throughput. Other
        entries (floats) are averaged over micro-steps and ranks and logged as they are.
     6. `family.flops_per_batch(model, batch, cfg)` -- training FLOPs (forward + backward, e.g.
-       6 * params * tokens plus attention) of one micro-batch, used for MFU.
+       6 * params * tokens plus attention) of one micro-batch, used for MFU; count only the
+       parameters each sample uses (a session's own stitcher on its samples only:
+       `spikefm.train.mfu.params_by_session`).
     7. `family.describe(cfg)` -- JSON-serialisable facts about the inputs (corpus manifest hash,
        session list, ...) written into the run directory's config.json.
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["probe_peak_flops", "matmul_flops", "PROBE_SIZES"]
+__all__ = ["probe_peak_flops", "matmul_flops", "params_by_session", "PROBE_SIZES"]
 
 #: Matrix side of the probe per device type: large enough to reach the dense-GEMM regime, small
 #: enough that the probe costs well under a second at start-up.
@@ -102,3 +102,16 @@ def probe_peak_flops(device: torch.device | str = "cpu", *, size: int | None = N
         result[f"{name}_repeats"] = repeats
     _CACHE[key] = dict(result)
     return result
+
+
+def params_by_session(model: torch.nn.Module) -> tuple[int, dict[str, int]]:
+    """(parameters shared by every sample, {key of ``model.sessions``: that session's parameters})
+    of a model whose per-session modules live in the ``nn.ModuleDict`` ``model.sessions`` (the
+    masked families' stitchers; none: all shared). A batch runs the shared parameters on every
+    sample and a session's own only on that session's samples, so counting every session's
+    parameters for every sample overstates the work (MFU above 100 % on a 60-session corpus)."""
+    sessions = getattr(model, "sessions", None)
+    per = ({str(k): sum(p.numel() for p in m.parameters()) for k, m in sessions.items()}
+           if isinstance(sessions, torch.nn.ModuleDict) else {})
+    total = sum(p.numel() for p in model.parameters())
+    return total - sum(per.values()), per

@@ -351,11 +351,16 @@ class NDTFamily:
         return loss, {"tokens": int(mb.loss_mask_BTN.sum())}
 
     def flops_per_batch(self, model: nn.Module, batch: Any, cfg: RunConfig) -> float:
+        from spikefm.families.ndt.model import session_key
+        from spikefm.train.mfu import params_by_session
+
         key = id(model)
         if key not in self._num_params:
-            self._num_params[key] = sum(p.numel() for p in model.parameters())
+            self._num_params[key] = params_by_session(model)
+        shared, per_session = self._num_params[key]
         B, T, _ = batch["counts_BTN"].shape
-        return 6.0 * self._num_params[key] * B * T
+        own = sum(per_session.get(session_key(s), 0) for s in batch["session_ids"])  # each sample its own
+        return 6.0 * T * (shared * B + own)
 
     def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
                  ) -> dict[str, tuple[float, float]]:

@@ -467,12 +467,18 @@ class NEDSFamily:
                       "loss_behavior": stats["loss/behavior"], "loss_label": stats["loss/label"]}
 
     def flops_per_batch(self, model: nn.Module, batch: Any, cfg: RunConfig) -> float:
+        from spikefm.families.neds.model import session_key
+        from spikefm.train.mfu import params_by_session
+
         key = id(model)
         if key not in self._num_params:
-            self._num_params[key] = sum(p.numel() for p in model.parameters())
+            self._num_params[key] = params_by_session(model)
+        shared, per_session = self._num_params[key]
         B, T, _ = batch["counts_BTN"].shape
         L = T * (1 + batch["behavior_BTC"].shape[-1]) + batch["labels_BJ"].shape[-1]
-        return 6.0 * self._num_params[key] * B * L
+        # the shared core on every token; a session's stitcher only on its samples' spike tokens
+        own = sum(per_session.get(session_key(s), 0) for s in batch["session_ids"])
+        return 6.0 * (shared * B * L + own * T)
 
     def _val_items(self, data: NEDSDataConfig) -> list[tuple[str, int]]:
         windows, _, _ = self.prepared(data)

@@ -618,19 +618,17 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     num_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
-    loader, refusal = None, None
+    loader, error = None, None
     try:
         loader = family.train_loader(cfg, rank, world_size)
     except ValueError as exc:  # e.g. data that cannot feed these ranks
-        if world_size == 1:
-            if plan.get("created"):
-                _remove_new_run_dir(out_dir)  # leave no folder behind that this call made
-            raise
-        refusal = " ".join(str(exc).split()) or type(exc).__name__
-    refusals = d.all_gather_object(refusal)  # one line for the job, not one per rank
-    if any(refusals):
+        error = exc
+    refusals = d.all_gather_object(None if error is None else " ".join(str(error).split()) or type(error).__name__)
+    if any(refusals):  # one line for the job, not one per rank
         if rank == 0 and plan.get("created"):
             _remove_new_run_dir(out_dir)  # leave no folder behind that this call made
+        if world_size == 1:
+            raise error
         first = next(r for r, e in enumerate(refusals) if e)
         d.raise_rank_zero_error(refusals[first] if first == 0 else f"(rank {first}) {refusals[first]}")
     seed_everything(tc.seed + rank)  # dropout etc. differ between ranks from here on

@@ -532,3 +532,13 @@ def test_balanced_accuracy_is_the_mean_recall_over_true_classes_without_sklearns
         warnings.simplefilter("error")  # any warning fails the test
         got = balanced_accuracy(y_true, y_pred)
     assert got == pytest.approx((2 / 3 + 1 / 2) / 2)  # recall of class 0, of class 1; class 2 only costs
+
+
+def test_mean_sd_leaves_out_missing_and_undefined_values_and_has_no_sd_for_one():
+    import statistics
+
+    from spikefm.eval.metrics import mean_sd
+
+    assert mean_sd([1.0, None, float("nan"), 3.0, float("inf")]) == (2.0, statistics.stdev([1.0, 3.0]), 2)
+    assert mean_sd([5]) == (5.0, None, 1)
+    assert mean_sd([None, float("nan")]) == (None, None, 0) == mean_sd([])

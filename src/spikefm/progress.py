@@ -3,6 +3,7 @@ the work (or per minute) once the work has run a few seconds; nothing when asked
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 
@@ -34,10 +35,16 @@ class _RichBar:
 PLAIN_AFTER_S, PLAIN_EVERY_S = 5.0, 60.0
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def format_duration(seconds: float) -> str:
+    """``"1h02m"``, ``"4m05s"``, ``"12s"``; ``"?"`` when unknown (training's lines use it too)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
 
 
 def _size(n: float) -> str:
@@ -80,15 +87,15 @@ class _PlainBar:
         line = f"spikefm: {self.description}: {fmt(self.done)}"
         if self.total:
             line += f"/{fmt(self.total)} ({self.done / self.total:.0%})"
-        line += f", {_duration(now - self.t0)} elapsed"
+        line += f", {format_duration(now - self.t0)} elapsed"
         rate = (self.done - self.start_done) / (now - self.t0)
         if self.total and rate > 0:
-            line += f", about {_duration(max(self.total - self.done, 0.0) / rate)} left"
+            line += f", about {format_duration(max(self.total - self.done, 0.0) / rate)} left"
         print(line, file=sys.stderr, flush=True)
 
 
-#: What a bar counts: ``"count"`` shows ``M/N`` (items), ``"bytes"`` shows sizes (``1.2/4.5 GB``)
-#: and the transfer speed.
+#: What a bar counts: ``"count"`` shows ``M/N`` (items), ``"bytes"`` shows sizes (``1.2/4.5 GB``;
+#: the terminal bar also the transfer speed).
 UNITS = ("count", "bytes")
 
 

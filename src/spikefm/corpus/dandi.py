@@ -158,7 +158,7 @@ def _download(asset, local: Path, digest: str, spec: str, *, progress: bool = Tr
 
     With the client's streaming API (``asset.get_download_file_iter``, dandi >= 0.60) the bytes go
     into a hidden partial file beside ``local`` (:func:`_partial_path`, named after the published
-    digest) under a byte progress bar (``progress``; none when stderr is not a terminal). A partial
+    digest) under a byte progress bar (``progress``; plain lines when stderr is not a terminal). A partial
     left by an interrupted earlier download is resumed from its size (an HTTP Range request);
     partials of the same asset name with another digest are removed. A network error or Ctrl-C
     keeps the partial, for the next build to resume. Finished, the file is checked (size, then
@@ -400,8 +400,8 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
         spec: ``dandi:ID[@VERSION][/GLOB]``.
         cache_dir: download cache (default ``$SPIKEFM_DANDI_CACHE`` or ``~/.cache/spikefm/dandi``).
         client: a ``dandi.dandiapi.DandiAPIClient``-like object (tests pass an offline stand-in).
-        progress: a byte progress bar per download (on stderr's terminal; never when stderr is
-            not a terminal).
+        progress: a byte progress bar per download on stderr's terminal (plain progress lines in
+            a log or pipe, once a download has run 5 s); False: none.
 
     Raises:
         ValueError: one line naming ``spec``: an unknown dandiset or version, a refused asset

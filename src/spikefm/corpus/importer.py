@@ -41,7 +41,8 @@ names (``train-00001-of-00003.parquet``) show missing shards is imported with a 
 them (they are listed under ``skipped`` in the manifest); one file named as the source is
 imported alone, without that check. A link to a missing file (an interrupted download) is
 refused. Rows that repeat the (source, subject, session, segment) of an earlier row are imported
-as they are, with a warning (two copies of the same files in the folder?). ``--out`` may not lie
+as they are, with a warning (two copies of the same files in the folder?), unless their own
+``t_start_ms`` make them overlap: then the import is refused (see above). ``--out`` may not lie
 inside the source folder.
 
 Counts are kept as published; cells equal to 255 (the uint8 ceiling, where larger counts were
@@ -752,7 +753,8 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
         _warn(f"{empty} rows have no units or no bins; left out")
     if repeated:
         _warn(f"{len(repeated)} rows repeat the (source, subject, session, segment) of an earlier "
-              f"row ({repeated[0]}): two copies of the same files in the folder? Imported as they are")
+              f"row ({repeated[0]}): two copies of the same files in the folder? Kept as they are, unless "
+              "their own t_start_ms make them overlap (then refused)")
     if not sessions:
         raise ValueError(f"{files[0].path.parent}: the files hold no rows with spike counts; "
                          "nothing to import")
@@ -987,9 +989,8 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
         ValueError: the source does not exist, holds no Parquet/Arrow file, its dataset card
             cannot be read or names no default config, its columns or rows are not Neural Pile
             rows, ``out_dir`` is a non-corpus folder with files in it, or it holds another
-            corpus and ``overwrite`` is not set.
-        ImportError: a repo id was given and huggingface_hub is not installed, or the folder
-            has a dataset card and PyYAML is not installed.
+            corpus and ``overwrite`` is not set; a repo id was given and huggingface_hub is not
+            installed, or the folder has a dataset card and PyYAML is not installed.
     """
     if bin_ms is not None and (not isinstance(bin_ms, int) or isinstance(bin_ms, bool) or bin_ms <= 0):
         raise ValueError(f"bin_ms must be a positive int (milliseconds), got {bin_ms!r}")

@@ -31,6 +31,7 @@ from scipy.special import gammaln, xlogy
 
 __all__ = [
     "balanced_accuracy",
+    "mean_sd",
     "poisson_log_likelihood",
     "poisson_log_likelihood_per_neuron",
     "bps_pooled",
@@ -470,6 +471,17 @@ def _drop_nan_rows(features, *others, what: str):
         warnings.warn(f"{what}: skipping {int((~keep).sum())} of {keep.size} samples with NaN "
                       "features or targets", RuntimeWarning, stacklevel=3)
     return keep
+
+
+def mean_sd(values) -> tuple[float | None, float | None, int]:
+    """(mean, sample s.d. (ddof 1), n) over the finite numbers of ``values``: None and NaN / inf
+    entries (a seed without that score, an interval too few windows leave undefined) are left out
+    and not counted; the mean is None with no value left, the s.d. None with fewer than two (one
+    value has no spread)."""
+    vals = np.asarray([float(v) for v in values if v is not None and np.isfinite(float(v))], dtype=float)
+    if vals.size == 0:
+        return None, None, 0
+    return float(vals.mean()), (float(vals.std(ddof=1)) if vals.size > 1 else None), int(vals.size)
 
 
 def balanced_accuracy(y_true, y_pred) -> float:

@@ -150,23 +150,20 @@ def log_linear_fit(x: Sequence[float], y: Sequence[float], x_full: float) -> dic
             "x_full": float(x_full), "predicted_full": float(intercept + slope * math.log10(x_full))}
 
 
-def _finite(values: Sequence[float]) -> list[float]:
-    return [x for x in values if x is not None and math.isfinite(x)]
-
-
 def _count(values: Sequence[float]) -> int:
     """How many values :func:`_mean_sd` averages (finite ones): the n beside each mean ± s.d."""
-    return len(_finite(values))
+    from spikefm.eval.metrics import mean_sd
+
+    return mean_sd(values)[2]
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    import numpy as np
+    """:func:`spikefm.eval.metrics.mean_sd` with NaN for what is undefined (``_clean`` makes it
+    null in the JSON, blank in tables): one value has no spread, its s.d. is not 0."""
+    from spikefm.eval.metrics import mean_sd
 
-    v = np.asarray(_finite(values), dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    # one value has no spread: its s.d. is undefined (null in the JSON, blank in tables), not 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")
+    mean, sd, _ = mean_sd(values)
+    return (float("nan") if mean is None else mean), (float("nan") if sd is None else sd)
 
 
 def _improvement(score: float, base: float) -> float | None:

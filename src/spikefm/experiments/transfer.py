@@ -163,15 +163,11 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
 
 
 def _mean_sd(values: list) -> dict | None:
-    import numpy as np
+    """{"mean", "sd", "n"} of :func:`spikefm.eval.metrics.mean_sd` (None with no finite value)."""
+    from spikefm.eval.metrics import mean_sd
 
-    # a seed whose value is undefined (NaN: an interval on too few test windows) has no value,
-    # like one without the metric; the mean of the others is still a mean
-    vals = [float(v) for v in values if v is not None and np.isfinite(float(v))]
-    if not vals:
-        return None
-    return {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
-            "n": len(vals)}
+    mean, sd, n = mean_sd(values)
+    return None if mean is None else {"mean": mean, "sd": sd, "n": n}
 
 
 def aggregate_seeds(per_seed: dict) -> dict:

@@ -324,20 +324,21 @@ def require_finetuning(family: str, needed_for: str, *, also: Sequence[str] = ()
     needs (``task_scores`` for scaling), so that only families having them are suggested."""
     if hasattr(get(family), "finetune_config"):
         return
-    able = [n for n in _families_with("finetune_config") if all(n in _families_with(m) for m in also)]
+    able = _families_with("finetune_config", *also)
     raise ValueError(f"the {family!r} family does not support fine-tuning to a new session (it has no per-session "
                      f"parameters), which {needed_for}; run it with a family that does "
                      f"({', '.join(able) or 'none is registered'}; --model)")
 
 
-def _families_with(member: str) -> list[str]:
-    """Names of the families that have ``member`` (a broken plugin, which cannot be loaded, is no
-    suggestion)."""
+def _families_with(*members: str) -> list[str]:
+    """Names of the families that have every one of ``members`` (a broken plugin, which cannot
+    be loaded, is no suggestion)."""
     def has(name: str) -> bool:
         try:
-            return callable(getattr(get(name), member, None))
+            fam = get(name)
         except Exception:  # noqa: BLE001
             return False
+        return all(callable(getattr(fam, m, None)) for m in members)
 
     return [n for n in names() if has(n)]
 
@@ -500,8 +501,7 @@ def _study_member(family: str, member: str, needed_for: str) -> Callable:
     families that have it."""
     fn = getattr(get(family), member, None)
     if not callable(fn):
-        tunable = set(_families_with("finetune_config"))  # every study fine-tunes
-        able = [n for n in _families_with(member) if n in tunable]
+        able = _families_with(member, "finetune_config")  # every study fine-tunes
         raise ValueError(f"the {family!r} family has no {member}(), which {needed_for}; run the study with a "
                          f"family that has one ({', '.join(able) or 'none is registered'}; --model), or add it "
                          "(spikefm.train.family documents it)")

@@ -34,6 +34,10 @@ __all__ = [
     "all_gather_object",
     "exit_worker",
     "shutdown",
+    "SaidByRankZero",
+    "raise_rank_zero_error",
+    "env_rank_world",
+    "reshard",
 ]
 
 

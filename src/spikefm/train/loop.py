@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spikefm.progress import format_duration
 from spikefm.fileio import LOCK_NAME, folder_lock, make_folder, write_bytes_atomic, write_json_atomic
 from spikefm.train import dist as d
 from spikefm.train.checkpoint import (
@@ -512,17 +513,6 @@ class _Display:
         if self.bar is not None:
             self.bar.stop()
 
-
-def format_duration(seconds: float) -> str:
-    """``"1h02m"``, ``"4m05s"``, ``"12s"``; ``"?"`` when unknown."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 def train(

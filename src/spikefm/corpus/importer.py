@@ -597,8 +597,8 @@ _COLUMN_TYPES: dict[str, tuple] = {
                        "write a list of one name per behaviour channel"),
     "behavior": (lambda t: _is_list_of(t, lambda v: _is_list_of(v, _is_number)),
                  "list<list<float32>>", "write channels x bins numbers per row"),
-    "bin_ms": (lambda t: _is_number(t), "integer (ms)", "write whole milliseconds"),
-    "t_start_ms": (lambda t: _is_number(t), "integer (ms)", "write whole milliseconds"),
+    "bin_ms": (_is_number, "integer (ms)", "write whole milliseconds"),
+    "t_start_ms": (_is_number, "integer (ms)", "write whole milliseconds"),
 }
 
 
@@ -842,13 +842,15 @@ def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -
 def _check_no_overlap(rows: _Rows, s: _Session, bin_ms: int) -> None:
     """Refuse a session whose rows' own start times put two rows over the same time: the
     session would hold those bins twice, so its timeline (``segments_ordered``) is false."""
+    def end(r: int) -> int:
+        return rows.t_start_ms[r] + rows.num_bins[r] * bin_ms
+
+    def span(r: int) -> str:
+        return f"{rows.segment_id[r] or 'a row'} at [{rows.t_start_ms[r]}, {end(r)}) ms ({rows.origin[r]})"
+
     order = sorted(s.rows, key=lambda r: rows.t_start_ms[r])
     for a, b in zip(order, order[1:]):
-        a_end = rows.t_start_ms[a] + rows.num_bins[a] * bin_ms
-        if rows.t_start_ms[b] < a_end:
-            def span(r):
-                return (f"{rows.segment_id[r] or 'a row'} at [{rows.t_start_ms[r]}, "
-                        f"{rows.t_start_ms[r] + rows.num_bins[r] * bin_ms}) ms ({rows.origin[r]})")
+        if rows.t_start_ms[b] < end(a):
             raise ValueError(f"session {s.session} (source {s.source}, subject {s.subject}): the "
                              f"rows' own t_start_ms make two of them overlap: {span(a)} and "
                              f"{span(b)}; a session's rows must not cover the same time: remove "

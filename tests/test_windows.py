@@ -411,3 +411,19 @@ def test_a_single_session_id_string_is_refused_in_one_line(corpus_info):
     rows = list(corpus.iter_rows("train", sessions=["sesA"], with_extras=False))
     assert rows and {r.session_id for r in rows} == {"sesA"}
     assert {r.session_id for r in corpus.iter_rows("train", sessions=("sesA",))} == {"sesA"}
+
+
+def test_a_trial_table_no_session_has_is_refused_not_replaced_by_continuous_windows(corpus_info):
+    """data.trial_table=TYPO warned per session and cut continuous windows: a run trained on
+    something else than asked. A named table none of the sessions holds is refused in one line
+    naming the tables they have; the default table keeps its per-session fallback."""
+    corpus, _ = corpus_info
+    sids = corpus.session_ids()
+    with pytest.raises(ValueError, match=r"trial table 'trails': none of the 2 sessions has it \(their trial "
+                                         r"tables: trials\); name one of them with data.trial_table=NAME"):
+        load_all_windows(corpus, sids, table="trails", window_bins=50, pre_ms=200)
+    w = load_all_windows(corpus, sids, table="trials", window_bins=50, pre_ms=200)
+    assert all(x.align == "stim_on_time" for x in w.values())
+    # continuous windows need no table, whatever its name
+    w = load_all_windows(corpus, sids, table="trails", align=None, window_bins=50)
+    assert all(x.align is None and x.num_windows > 0 for x in w.values())

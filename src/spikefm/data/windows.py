@@ -609,6 +609,20 @@ def make_session_windows(corpus: Corpus | str | Path, session_id: str, *, window
                               min_rate_hz=min_rate_hz)
 
 
+def _check_table_named(rows: dict[str, list[CorpusRow]], table: str, align: str | None) -> None:
+    """A trial table named other than the default that none of the sessions has is a typo, not a
+    request for continuous windows: refused in one line naming the tables the sessions do have.
+    (The default table missing from some or all sessions keeps the per-session fallback.)"""
+    if align is None or table == WINDOW_DEFAULTS["table"] or \
+            any(table in row.trials for rs in rows.values() for row in rs):
+        return
+    present = sorted({t for rs in rows.values() for row in rs for t in row.trials})
+    have = f"their trial tables: {', '.join(present)}" if present else "they have no trial table"
+    fix = "name one of them with data.trial_table=NAME" if present else "leave data.trial_table unset"
+    raise ValueError(f"trial table {table!r}: none of the {len(rows)} sessions has it ({have}); {fix}, "
+                     "or pass an empty align (data.align=) for continuous windows")
+
+
 def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | None = None,
                      **kw) -> dict[str, SessionWindows]:
     """:func:`make_session_windows` for several sessions (default: all), reading the shards once.
@@ -633,6 +647,7 @@ def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | N
     opts["split_fractions"] = _check_fractions(opts["split_fractions"])
     rows = _collect_rows(corpus, list(session_ids))
     _check_one_timeline(corpus, rows)
+    _check_table_named(rows, opts["table"], opts["align"])
     imported = _imported(corpus)
     return {s: _windows_from_grid(_assemble(s, rows[s], imported=imported), s, **opts) for s in session_ids}
 

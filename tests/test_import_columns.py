@@ -153,11 +153,44 @@ def test_rows_whose_own_start_times_overlap_are_refused(tmp_path):
     write(table, tmp_path / "ok" / "data" / "train-00000-of-00001.parquet")
     m = import_neural_pile(str(tmp_path / "ok"), tmp_path / "c2", progress=False)
     assert m["sessions"][0]["segments_ordered"] is True
-    # one ms into segment_0's last bin overlaps
-    table, _ = pile_table(TWO, t_start_ms=pa.array([0, 599], pa.int64()))
+    # one bin into segment_0's last bin overlaps
+    table, _ = pile_table(TWO, t_start_ms=pa.array([0, 580], pa.int64()))
     write(table, tmp_path / "one" / "data" / "train-00000-of-00001.parquet")
     refused(tmp_path / "one", tmp_path / "c3",
-            r"segment_0 at \[0, 600\) ms .* and segment_1 at \[599, 999\) ms")
+            r"segment_0 at \[0, 600\) ms .* and segment_1 at \[580, 980\) ms")
+
+
+def test_rows_whose_own_start_times_are_off_one_bin_grid_are_refused(tmp_path):
+    """t_start_ms 0 and 610 (20 ms bins) were imported as one timeline; cutting windows then
+    refused the corpus with 'rebuild it', which an imported corpus cannot do."""
+    table, _ = pile_table(TWO, t_start_ms=pa.array([0, 610], pa.int64()))
+    f = write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    msg = refused(tmp_path / "pile", tmp_path / "c", "off one 20 ms bin grid")
+    assert msg == (f"session s (source xiao, subject M): the rows' own t_start_ms are off one 20 ms bin grid: "
+                   f"segment_1 starts at 610 ms, 610 ms after segment_0 ({f} row 1); expected start times "
+                   "a multiple of 20 ms apart: fix their t_start_ms, or leave the t_start_ms column out "
+                   "(start times then come from the segment numbers)")
+    # a grid that does not start at 0 is one grid: 10 ms and 610 ms are 30 bins apart
+    table, _ = pile_table(TWO, t_start_ms=pa.array([10, 610], pa.int64()))
+    write(table, tmp_path / "ok" / "data" / "train-00000-of-00001.parquet")
+    m = import_neural_pile(str(tmp_path / "ok"), tmp_path / "c2", progress=False)
+    assert m["sessions"][0]["segments_ordered"] is True
+    rows = sorted(Corpus(tmp_path / "c2").iter_rows("train"), key=lambda r: r.t_start_ms)
+    assert [r.t_start_ms for r in rows] == [10, 610]
+
+
+@pytest.mark.parametrize("tables, found", [
+    ({"trials": [[0.0, 1.0]]}, "a list"),
+    ({"trials": {"start_time": [0.0, 1.0], "stop_time": [0.5]}}, r"columns of lengths \[1, 2\]"),
+    ({"trials": {"start_time": 0.0}}, "a column that is not a list"),
+])
+def test_trial_tables_that_are_not_columns_of_one_length_are_refused(tmp_path, tables, found):
+    """Such tables were imported silently; windows then failed far from the cause (or read
+    a trial's values from other trials)."""
+    table, _ = pile_table(TWO, trials_json=pa.array([json.dumps(tables), None], pa.string()))
+    f = write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    msg = refused(tmp_path / "pile", tmp_path / "c", f"trials_json table 'trials' holds {found}; expected")
+    assert msg.startswith(f"{f}: row 0's trials_json table 'trials' holds ")
 
 
 # --- 3. one shard named alone -------------------------------------------------------------------

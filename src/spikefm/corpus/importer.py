@@ -36,7 +36,8 @@ integers; ``unit_regions`` / ``behavior_names``: list<string>; ``species`` / ``s
 or floats holding whole numbers); another type is refused naming the file, column and both types.
 Rows without a ``session_id`` or ``subject_id`` are refused (a row without a subject would split
 its session); rows with no units or no bins are left out (counted in a warning). Rows whose own
-``t_start_ms`` make two rows of a session overlap are refused. A folder whose Hugging Face shard
+``t_start_ms`` make two rows of a session overlap, or are not a whole number of bins apart, are
+refused, and so are ``trials_json`` tables that are not columns of one length. A folder whose Hugging Face shard
 names (``train-00001-of-00003.parquet``) show missing shards is imported with a warning naming
 them (they are listed under ``skipped`` in the manifest); one file named as the source is
 imported alone, without that check. A link to a missing file (an interrupted download) is
@@ -669,6 +670,15 @@ def _check_extras(where: str, row: int, n_units: int, n_bins: int, ex: dict) -> 
     except ValueError as exc:
         raise ValueError(f"{where}: row {row}'s trials_json is not a JSON object of trial "
                          f"tables ({exc})") from None
+    for name, cols in tables.items():
+        lengths = {len(v) for v in cols.values() if isinstance(v, list)} if isinstance(cols, dict) else set()
+        if not isinstance(cols, dict) or not all(isinstance(v, list) for v in cols.values()) or len(lengths) > 1:
+            found = (f"a {type(cols).__name__}" if not isinstance(cols, dict) else
+                     f"columns of lengths {sorted(lengths)}" if len(lengths) > 1 else
+                     "a column that is not a list")
+            raise ValueError(f"{where}: row {row}'s trials_json table {name!r} holds {found}; expected "
+                             'each table as {"column": [one value per trial], ...} with columns of one '
+                             "length (as spikefm corpus build writes it)")
     return tables
 
 
@@ -818,6 +828,7 @@ def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -
         if all(t is not None for t in given):  # the rows' own t_start_ms (a spikefm corpus's)
             for r, t in zip(s.rows, given):
                 rows.t_start_ms[r] = int(t)
+            _check_on_one_grid(rows, s, bin_ms)
             _check_no_overlap(rows, s, bin_ms)
             s.t_start_known = True
             continue
@@ -837,6 +848,22 @@ def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -
         else:
             s.t_start_known = True  # a lone row starts the session
     return unknown
+
+
+def _check_on_one_grid(rows: _Rows, s: _Session, bin_ms: int) -> None:
+    """Refuse a session whose rows' own start times are not a whole number of bins apart: their
+    bins cannot be put on one grid (windows across rows would be cut between bins)."""
+    first = min(s.rows, key=lambda r: rows.t_start_ms[r])
+    for r in s.rows:
+        if (rows.t_start_ms[r] - rows.t_start_ms[first]) % bin_ms:
+            raise ValueError(f"session {s.session} (source {s.source}, subject {s.subject}): the "
+                             f"rows' own t_start_ms are off one {bin_ms} ms bin grid: "
+                             f"{rows.segment_id[r] or 'a row'} starts at {rows.t_start_ms[r]} ms, "
+                             f"{rows.t_start_ms[r] - rows.t_start_ms[first]} ms after "
+                             f"{rows.segment_id[first] or 'the first row'} ({rows.origin[r]}); expected "
+                             f"start times a multiple of {bin_ms} ms apart: fix their t_start_ms, or "
+                             "leave the t_start_ms column out (start times then come from the segment "
+                             "numbers)")
 
 
 def _check_no_overlap(rows: _Rows, s: _Session, bin_ms: int) -> None:

@@ -70,6 +70,25 @@ def test_dependencies_resume_and_no_rerun(tmp_path):
     assert third[jobs[0].id]["result"] == records[jobs[0].id]["result"]
 
 
+def test_quiet_prints_no_job_lines_but_failures_and_reuse(tmp_path):
+    """--quiet (progress=False) printed a line per finished job; off a terminal those lines stand
+    in for the bar, so only a run with progress prints them."""
+    calls = tmp_path / "calls"
+    lines: list[str] = []
+    run_jobs(_chain(calls), tmp_path / "quiet", LocalExecutor(1), progress=False, log=lines.append)
+    assert lines == []
+    run_jobs(_chain(calls), tmp_path / "shown", LocalExecutor(1), progress=True, log=lines.append)
+    assert [ln.split(" done in ")[0][:5] for ln in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    lines.clear()
+    run_jobs(_chain(calls), tmp_path / "quiet", LocalExecutor(1), progress=False, log=lines.append)
+    assert lines == ["jobs: 4 of 4 jobs finished in an earlier run; reused"]
+    lines.clear()
+    with pytest.raises(JobsFailed):
+        run_jobs([make_job(FAIL, {"x": 7, "calls": str(calls)})], tmp_path / "f", LocalExecutor(1),
+                 progress=False, log=lines.append)
+    assert len(lines) == 1 and "failed: " in lines[0] and "fails on purpose" in lines[0]
+
+
 def test_failure_keeps_independent_jobs_and_skips_dependents(tmp_path):
     calls, root = tmp_path / "calls", tmp_path / "jobs"
     bad = make_job(FAIL, {"x": 7, "calls": str(calls)})

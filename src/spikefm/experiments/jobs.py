@@ -509,9 +509,10 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
         jobs: the study's jobs; duplicates (same id) are run once.
         root: the jobs folder.
         executor: a :class:`LocalExecutor` or :class:`RayExecutor` (not yet entered).
-        progress: show a progress bar.
+        progress: show a progress bar (off a terminal: one line per finished job); False
+            (``--quiet``) shows neither, failed jobs and reused work are still said.
         description: the bar's label.
-        log: called with one line per finished job (None: print to stderr when not quiet).
+        log: called with each line (None: print to stderr).
 
     Returns:
         Job id -> its ``result.json`` record, for every job of ``jobs``.
@@ -573,7 +574,7 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                     say(f"job {by_id[jid].label} ({jid}) failed: {failed[jid]}")
                     continue
                 records[jid] = record
-                if not progress or not sys.stderr.isatty():
+                if progress and not sys.stderr.isatty():  # the bar's stand-in; --quiet prints none
                     say(f"[{finished_now}/{len(todo)}] {by_id[jid].label} done in "
                         f"{record['timings']['wall_s']:.0f} s ({jid})")
     if failed:

@@ -274,6 +274,23 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_with_another_world_size_names_it_before_the_batch_it_breaks(tmp_path, monkeypatch):
+    """A one-process run resumed by 4 ranks with batch 6 was refused for 'batch_size (6) must be
+    divisible by grad_accum * world_size': the world-size change, the cause, came second. The
+    check runs before any process group (WORLD_SIZE alone is enough to reach it)."""
+    cfg = toy_config(steps=6, batch_size=6, ckpt_every=2)
+    train(cfg, tmp_path / "run", progress=False, stop_after=2)
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()}
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ValueError) as err:
+        train(cfg, tmp_path / "run", progress=False, resume=True)
+    assert str(err.value).startswith("checkpoint step_00000002 was written by 1 process(es) and this run has 4")
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "run").rglob("*")) if p.is_file()} == before
+    with pytest.raises(ValueError, match=r"train.batch_size \(6\) must be divisible"):  # a new run: the batch
+        train(cfg, tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
 def test_resume_with_a_parameter_no_batch_had_reached_at_the_checkpoint(tmp_path):
     """A parameter without a gradient before the checkpoint (a session's stitcher or a label head
     no batch has reached yet) has no optimizer state there; resuming must accept that (it raised

@@ -72,6 +72,7 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "checkpoint_problem",
+    "newest_world_size",
     "select_checkpoint",
     "save_checkpoint",
     "prune_checkpoints",
@@ -290,6 +291,20 @@ def _checkpoint_world_size(path: Path) -> int:
     if (path / MANIFEST_NAME).exists():
         return int(_read_manifest(path)["world_size"])
     return int(_load(path / "trainer.pt")["world_size"])
+
+
+def newest_world_size(run_dir: str | os.PathLike) -> tuple[Path, int] | None:
+    """The newest checkpoint of a run and the world size it records, read without the run's lock
+    and without verifying it (for an early, clearer refusal; :func:`select_checkpoint` decides);
+    None when there is none or it cannot be read."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        return None
+    path = found[-1][1]
+    try:
+        return path, _checkpoint_world_size(path)
+    except Exception:  # noqa: BLE001 - damaged: select_checkpoint passes over it and says so
+        return None
 
 
 def select_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, int | None, list[str]]:

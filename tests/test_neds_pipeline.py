@@ -579,8 +579,9 @@ def test_the_no_targets_warning_names_the_trial_columns_data_labels_can_use(real
 
 @pytest.mark.slow  # about a minute: the encoding baselines over the 47-minute file's windows
 def test_eval_says_a_missing_trial_table_once(real_nwb, tmp_path):
-    """The run's windows are read twice in evaluation (to build the model, then with the saved
-    splits); the warning that the session has no 'trials' table came twice."""
+    """The run's windows were read twice in evaluation (to build the model, then with the saved
+    splits); the warning that the session has no 'trials' table came twice. The model is now
+    built from the run's record, and the windows read once."""
     import warnings
 
     from spikefm.families import run_config, train
@@ -598,3 +599,37 @@ def test_eval_says_a_missing_trial_table_once(real_nwb, tmp_path):
         evaluate_run(str(tmp_path / "run"), str(tmp_path / "corpus"), tasks=["encoding"])
     said = [str(w.message) for w in caught if "trial table" in str(w.message)]
     assert len(said) == 1 and "has no 'trials' trial table (its trial tables: encoding_table" in said[0], said
+
+
+def test_a_run_folder_loads_and_evaluates_without_the_corpus_it_names(finetuned, corpus_dir, held_out, tmp_path,
+                                                                        monkeypatch):
+    """Loading a NEDS run rebuilt it from the corpus its config names (to count units and find
+    modalities): a run folder shared without that corpus, or with the corpus moved, could not be
+    loaded. It is built from what the run recorded; evaluation reads the corpus given to it."""
+    import shutil
+
+    import spikefm.data.windows as windows_module
+    from spikefm import load_model
+    from spikefm.families.neds.evaluate import evaluate_run
+
+    out, _ = finetuned
+    copy = tmp_path / "ft_copy"
+    shutil.copytree(out, copy)
+    rec = json.loads((copy / "config.json").read_text())
+    rec["config"]["data"]["corpus"] = rec["family_info"]["corpus"] = str(tmp_path / "moved")
+    (copy / "config.json").write_text(json.dumps(rec))
+    original = load_model(out)
+
+    def no_windows(*a, **k):
+        raise AssertionError("loading a run read the corpus")
+
+    with monkeypatch.context() as m:
+        m.setattr(windows_module, "load_all_windows", no_windows)
+        loaded = load_model(copy)
+    assert loaded.session_units == original.session_units == {held_out: Corpus(corpus_dir).session(held_out)["num_units"]}
+    assert loaded.modalities == original.modalities and loaded.modalities.label_names == ["choice", "block_prior"]
+    a, b = original.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    got = evaluate_run(str(copy), str(corpus_dir), tasks=["encoding"], baselines=False)
+    want = evaluate_run(str(out), str(corpus_dir), tasks=["encoding"], baselines=False)
+    assert got["results"] == want["results"] and got["results"]["encoding"]["neds"]["bps_pooled"] is not None

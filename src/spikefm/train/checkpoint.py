@@ -727,6 +727,20 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
                          "copy it again") from None
 
 
+def _build_for_loading(run_dir: str | os.PathLike, family: Any, cfg: Any) -> nn.Module:
+    """The family's ``build_recorded_model`` from what RUN_DIR/config.json records (no data read),
+    else its ``build_model`` (which may read the run's data)."""
+    from spikefm.train.runinfo import read_run_info
+
+    recorded = getattr(family, "build_recorded_model", None)
+    if recorded is not None:
+        info = read_run_info(run_dir).get("family_info")
+        model = recorded(cfg, info) if isinstance(info, dict) else None
+        if model is not None:
+            return model
+    return family.build_model(cfg)
+
+
 def load_exported_model(run_dir: str | os.PathLike, family: Any, cfg: Any,
                         device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a trained model from its RunConfig and RUN_DIR/model.safetensors.
@@ -734,7 +748,9 @@ def load_exported_model(run_dir: str | os.PathLike, family: Any, cfg: Any,
     The file's header is read and checked first; the model is built on the meta device (stopped
     early if it grows past what the file holds), its parameter names and shapes are compared with
     the header, and only then is memory allocated and the data read. Works on run folders from
-    elsewhere: nothing outside the folder is read (symlinks leading out are refused).
+    elsewhere: nothing outside the folder is read (symlinks leading out are refused) when the
+    family builds the model from what the run recorded (its optional ``build_recorded_model``, as
+    the NDT and NEDS do; otherwise ``build_model`` may read the run's data).
 
     Args:
         run_dir: a finished run directory.
@@ -756,7 +772,7 @@ def load_exported_model(run_dir: str | os.PathLike, family: Any, cfg: Any,
     what = f"{Path(run_dir) / 'config.json'}"
     with _allocation_guard(2 * file_numel + (1 << 20), 2 * len(header) + 64,
                            MAX_DERIVED_BUFFER_BYTES // 4, what), torch.device("meta"):
-        model = family.build_model(cfg)
+        model = _build_for_loading(run_dir, family, cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))

@@ -38,6 +38,11 @@ How the loop uses a family, in order:
     7. `family.describe(cfg)` -- JSON-serialisable facts about the inputs (corpus manifest hash,
        session list, ...) written into the run directory's config.json.
 
+Optional member: `build_recorded_model(cfg, family_info) -> nn.Module | None`, the model of a
+finished run built from what `describe` recorded in its config.json (`family_info`), without
+reading the data (None when the record lacks it: `build_model` is used). `load_exported_model`
+prefers it, so a run folder loads where its corpus is not (a model shared without its data).
+
 Optional member: `init_for_loading(model)`, used instead of `init_weights` when a finished run is
 loaded from its `model.safetensors` (e.g. a fine-tuning family whose `init_weights` reads a
 pretrained run must not need that run to load its own result).

@@ -27,7 +27,8 @@ import torch
 
 from spikefm.train.config import RunConfig, config_from_dict, config_to_dict
 
-__all__ = ["run_info", "read_run_info", "load_run_config", "git_commit", "machine_info"]
+__all__ = ["run_info", "read_run_info", "read_family_info", "recorded_session_units", "load_run_config", "git_commit",
+           "machine_info"]
 
 
 def _version(package: str) -> str | None:
@@ -125,6 +126,18 @@ def read_family_info(run_dir: str | os.PathLike, *, what: str = "a spikefm") -> 
         raise ValueError(f"{Path(run_dir) / 'config.json'}: no 'family_info' object; expected {what} run "
                          "directory written by spikefm train")
     return fam
+
+
+def recorded_session_units(family_info: dict[str, Any]) -> dict[str, int] | None:
+    """Session id -> unit count as a run's ``family_info["sessions"]`` records it (the NDT and
+    NEDS runs do), or None when that record is missing or malformed."""
+    from spikefm.argtypes import is_int
+
+    units = family_info.get("sessions")
+    if not isinstance(units, dict) or not units or not all(
+            isinstance(k, str) and is_int(v) and v > 0 for k, v in units.items()):
+        return None
+    return {k: int(v) for k, v in units.items()}
 
 
 def load_run_config(run_dir: str | os.PathLike, *, model_cls: type, data_cls: type) -> RunConfig:

@@ -291,6 +291,16 @@ class NDTFamily:
         self._data = cfg.data
         return NDT(cfg.model, self.sessions(cfg.data))
 
+    def build_recorded_model(self, cfg: RunConfig, family_info: dict[str, Any]) -> nn.Module | None:
+        """The finished run's model from its recorded sessions and unit counts (no data read)."""
+        from spikefm.train.runinfo import recorded_session_units
+
+        units = recorded_session_units(family_info)
+        if units is None:
+            return None
+        self.check_config(cfg)
+        return NDT(cfg.model, units)
+
     def init_weights(self, model: nn.Module) -> None:
         """Fresh NDT initialisation from the global RNG; then the pretrained core if ``init_from``."""
         self.init_for_loading(model)

@@ -478,9 +478,7 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
     cfg = load_run_config(run_dir, model_cls=fam.model_config_cls, data_cls=fam.data_config_cls)
-    with warnings.catch_warnings():  # the windows' warnings are said once, by run_windows below
-        warnings.filterwarnings("ignore", message=r".*trial table", category=RuntimeWarning)
-        model = load_exported_model(run_dir, fam, cfg)
+    model = load_exported_model(run_dir, fam, cfg)  # built from the run's record: no windows read
     known = list(model.session_units)
     if session is None:
         if len(known) != 1:

@@ -371,6 +371,20 @@ class NEDSFamily:
         windows, mods, _ = self.prepared(cfg.data)
         return NEDS(cfg.model, {sid: w.num_units for sid, w in windows.items()}, mods)
 
+    def build_recorded_model(self, cfg: RunConfig, family_info: dict[str, Any]) -> nn.Module | None:
+        """The finished run's model from its recorded sessions, unit counts and modalities (no
+        data read)."""
+        from spikefm.train.runinfo import recorded_session_units
+
+        units = recorded_session_units(family_info)
+        mods = Modalities.from_json(family_info.get("modalities"))
+        if units is None or mods is None:
+            return None
+        if cfg.data.window_bins > cfg.model.max_bins:
+            raise ValueError(f"data.window_bins ({cfg.data.window_bins}) exceeds model.max_bins "
+                             f"({cfg.model.max_bins}); lower data.window_bins or raise model.max_bins")
+        return NEDS(cfg.model, units, mods)
+
     def init_for_loading(self, model: nn.Module) -> None:
         """Fresh initialisation of every parameter and buffer from the global torch RNG."""
         with torch.no_grad():

@@ -25,6 +25,7 @@ Per-unit embeddings (region classification): column ``u`` of the session's read-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -109,6 +110,19 @@ class Modalities:
 
     def to_json(self) -> dict:
         return {"channels": list(self.channels), "labels": {k: list(v) for k, v in self.labels}}
+
+    @classmethod
+    def from_json(cls, record: Any) -> "Modalities | None":
+        """The inverse of :meth:`to_json`; None for anything else (a record of another version)."""
+        if not isinstance(record, dict) or not isinstance(record.get("channels"), list) \
+                or not isinstance(record.get("labels"), dict):
+            return None
+        channels, labels = record["channels"], record["labels"]
+        if not all(isinstance(c, str) for c in channels) or not all(
+                isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                for v in labels.values()):
+            return None
+        return cls(channels=tuple(channels), labels=tuple((k, tuple(float(x) for x in v)) for k, v in labels.items()))
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")

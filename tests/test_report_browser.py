@@ -736,3 +736,58 @@ def test_scaling_curves_tick_whole_sessions_and_draw_the_baseline(browser, tmp_p
     assert axis["ticks"] == ["1", "2"], axis
     assert axis["refs"] == ["single-session baseline"] and axis["lines"] >= 1, axis
     assert "bps_pooled" in axis["y_label"] and "bits per spike" in axis["y_label"], axis
+
+
+FIT_JS = """() => ({page: [document.documentElement.scrollWidth, window.innerWidth],
+  figs: Array.from(document.querySelectorAll('.fig[data-fig]')).map(f => {
+    const box = f.getBoundingClientRect(), g = f.querySelector('svg, canvas');
+    return {id: f.id, drawn: f.dataset.drawn || null, width: Number(f.dataset.width), box: box.width,
+            right: g ? g.getBoundingClientRect().right : null, boxRight: box.right}; }),
+  names: Array.from(document.querySelectorAll('svg text.cat-name')).map(t => {
+    const r = t.getBoundingClientRect(), s = t.closest('svg').getBoundingClientRect();
+    return {text: t.textContent, left: r.left, right: r.right, svgLeft: s.left, svgRight: s.right}; })})"""
+
+
+def _fits(state: dict, width: int) -> None:
+    assert state["page"][0] <= state["page"][1] == width, state["page"]
+    for f in state["figs"]:
+        assert f["drawn"] == "1" and f["right"] is not None and f["right"] <= f["boxRight"] + 0.5, f
+
+
+@pytest.mark.parametrize("name", ["corpus", "quickstart"])
+def test_figures_fit_a_phone_and_are_drawn_again_when_the_window_narrows(built, browser, name):
+    """Figures were sized once, at load, to at least 320 px: loaded at 1280 px and narrowed to a
+    phone's 390 px they stayed 539 and 1098 px wide and the page scrolled sideways; loaded at
+    360 px they stuck out of their boxes by 21 px."""
+    loaded = _open(browser, built["reports"][name], 360)
+    _fits(loaded.page.evaluate(FIT_JS), 360)
+    loaded.page.close()
+    loaded = _open(browser, built["reports"][name], 1280)
+    page = loaded.page
+    wide = page.evaluate(FIT_JS)
+    _fits(wide, 1280)
+    page.set_viewport_size({"width": 390, "height": 900})
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.fig[data-fig]')).every("
+                           "f => f.dataset.width === String(f.clientWidth))", timeout=5000)
+    narrow = page.evaluate(FIT_JS)
+    _fits(narrow, 390)
+    assert [f["id"] for f in narrow["figs"]] == [f["id"] for f in wide["figs"]]
+    assert all(n["width"] < w["width"] for n, w in zip(narrow["figs"], wide["figs"]))  # drawn again, narrower
+    page.set_viewport_size({"width": 1280, "height": 900})  # and back: hover and zoom still work
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.fig[data-fig]')).every("
+                           "f => f.dataset.width === String(f.clientWidth))", timeout=5000)
+    assert [f["width"] for f in page.evaluate(FIT_JS)["figs"]] == [f["width"] for f in wide["figs"]]
+    assert loaded.errors == []
+    page.close()
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_the_name_of_bars_lying_across_is_shown_whole(built, browser, width):
+    """The token-count chart's category name ("spike count in a bin") ended at the left edge of a
+    column as narrow as its names ("0".."4"): the page showed "n a bin"."""
+    loaded = _open(browser, built["reports"]["corpus"], width)
+    names = loaded.page.evaluate(FIT_JS)["names"]
+    loaded.page.close()
+    assert names and any(n["text"] == "spike count in a bin" for n in names), names
+    for n in names:
+        assert n["svgLeft"] - 0.5 <= n["left"] < n["right"] <= n["svgRight"] + 0.5, n

@@ -10,7 +10,8 @@ The script reads the figure specs from ``<script type="application/json" id="spi
   value axis holds 0 unless the spec says ``zero: false``. Every category is named: names wrap
   onto up to six lines (a longer one keeps its start and its last words, unless that would look
   like another), and when upright bars would leave a name under 72 px the bars lie across, one
-  row per category named on its left, the figure growing in height; hover shows the value;
+  row per category named on its left under the categories' name (``x_label``), the figure
+  growing in height; hover shows the value;
 - ``hist``: a histogram from precomputed edges and counts, with marked values;
 - ``raster``: a units x bins matrix of uint8 levels (base64) drawn on a canvas, counts in grey or
   rates in a colour map with a colour bar under it (0 to the spec's ``vmax``); hover shows unit,
@@ -21,7 +22,9 @@ Tables (:meth:`spikefm.report.page.Section.table`) sit in a ``div.table-wrap`` n
 section: the caption wraps above the table, and a table wider than the section scrolls sideways
 in its own ``div.table-scroll``, so the page itself never does.
 
-A drawn figure gets ``data-drawn="1"``; a figure that fails shows the error in place and logs
+Figures take the width of their box when drawn (at least 240 px, so a phone's width fits) and are
+drawn again when the window's width changes (a zoom is reset). A drawn figure gets
+``data-drawn="1"`` and ``data-width`` (the width it was drawn for); a figure that fails shows the error in place and logs
 it with ``console.error`` (the browser tests fail on any console error).
 """
 from __future__ import annotations
@@ -57,7 +60,7 @@ table.data tr:hover td { background: #f7fafc; }
 table.kv th { background: none; color: var(--muted); font-weight: 500; }
 table.kv td, table.kv td.num { white-space: normal; overflow-wrap: anywhere; text-align: left; }
 .figs { display: flex; flex-wrap: wrap; gap: 12px 20px; }
-figure { margin: 6px 0; flex: 0 1 calc(50% - 10px); min-width: 320px; max-width: 100%; }
+figure { margin: 6px 0; flex: 0 1 calc(50% - 10px); min-width: min(320px, 100%); max-width: 100%; }
 figure.wide { flex-basis: 100%; }
 figcaption { font-size: 12px; color: var(--muted); margin-top: 2px; }
 figcaption b { color: var(--fg); }
@@ -171,7 +174,7 @@ SCRIPT = r"""
     return [lo - pad, hi + pad];
   }
   function size(fig, spec) {
-    var w = Math.max(320, Math.min(fig.clientWidth || 640, 1140));
+    var w = Math.max(240, Math.min(fig.clientWidth || 640, 1140));  // a phone's width fits
     return { W: w, H: spec.height || 260 };
   }
   function axes(g, x, y, xt, yt, W, H, spec, m) {  // m: the chart's margins (default M)
@@ -515,7 +518,10 @@ SCRIPT = r"""
       l.forEach(function (s) { widest = Math.max(widest, s.length); });
     });
     var named = (spec.hlines || []).some(function (h) { return h.name; });
-    var m = { l: Math.ceil(widest * CHAR_PX) + 16, r: M.r + 10, t: M.t + (named ? 16 : 0), b: M.b };
+    // the categories' own name (x_label) heads their column, above the plot: at the foot of a
+    // column as narrow as its names it was cut off on the left
+    var head = spec.x_label ? LINE_PX + 6 : 0;
+    var m = { l: Math.ceil(widest * CHAR_PX) + 16, r: M.r + 10, t: M.t + head + (named ? 16 : 0), b: M.b };
     var rowH = Math.max(lines * LINE_PX + 6, series.length * 8 + 6, 22);
     var H = m.t + m.b + rowH * cats.length;
     var xd = domain(barValues(spec), spec.log_y);
@@ -534,7 +540,8 @@ SCRIPT = r"""
       el("text", { x: x(t), y: H - m.b + 16, "text-anchor": "middle" }, ax).textContent = fmt(t);
     });
     if (spec.y_label) el("text", { x: (m.l + W - m.r) / 2, y: H - 6, "text-anchor": "middle" }, ax).textContent = spec.y_label;
-    if (spec.x_label) el("text", { x: m.l - 8, y: H - m.b + 16, "text-anchor": "end" }, ax).textContent = spec.x_label;
+    if (spec.x_label) el("text", { x: 2, y: M.t + LINE_PX - 2, "text-anchor": "start", "class": "cat-name" },
+                         ax).textContent = spec.x_label;
     cats.forEach(function (c, i) {
       var cy = m.t + rowH * (i + 0.5), n = labels[i].length;
       var t = el("text", { x: m.l - 8, y: cy - (n - 1) * LINE_PX / 2 + 4, "text-anchor": "end", "class": "cat",
@@ -700,21 +707,38 @@ SCRIPT = r"""
   }
 
   var DRAW = { xy: drawXY, bars: drawBars, hist: drawHist, raster: drawRaster };
-  function drawAll() {
-    Array.prototype.forEach.call(document.querySelectorAll(".fig[data-fig]"), function (fig) {
-      var spec = DATA[fig.getAttribute("data-fig")];
-      try {
-        DRAW[spec.kind](fig, spec);
-        fig.setAttribute("data-drawn", "1");
-      } catch (err) {
-        var d = document.createElement("div");
-        d.className = "err";
-        d.textContent = "figure failed: " + err;
-        fig.appendChild(d);
-        console.error("spikefm report: figure " + fig.id + " failed: " + err);
-      }
-    });
+  function drawOne(fig) {
+    while (fig.firstChild) fig.removeChild(fig.firstChild);
+    var spec = DATA[fig.getAttribute("data-fig")];
+    try {
+      DRAW[spec.kind](fig, spec);
+      fig.setAttribute("data-drawn", "1");
+    } catch (err) {
+      var d = document.createElement("div");
+      d.className = "err";
+      d.textContent = "figure failed: " + err;
+      fig.appendChild(d);
+      console.error("spikefm report: figure " + fig.id + " failed: " + err);
+    }
+    fig.setAttribute("data-width", String(fig.clientWidth));
   }
+  function figures() { return Array.prototype.slice.call(document.querySelectorAll(".fig[data-fig]")); }
+  function drawAll() {
+    Object.keys(LINKS).forEach(function (k) { delete LINKS[k]; });  // linked zooms of the figures drawn now
+    figures().forEach(drawOne);
+  }
+  // Figures take their width when drawn: a resized window or a turned phone draws them again (a
+  // zoom is reset), once the resizing pauses.
+  var resizing = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizing);
+    resizing = setTimeout(function () {
+      if (figures().some(function (f) { return String(f.clientWidth) !== f.getAttribute("data-width"); })) {
+        hideTip();
+        drawAll();
+      }
+    }, 150);
+  });
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", drawAll);
   else drawAll();
 })();

@@ -246,6 +246,55 @@ def test_session_split_is_disjoint_seeded_and_rows_shuffled(six_sessions, tmp_pa
     assert order != sorted(order)  # rows shuffled within the split
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 4])
+def test_a_corpus_grown_by_new_sessions_keeps_its_test_sessions(six_sessions, tmp_path, capsys, seed):
+    """Sessions added to an input folder and built into the same corpus redrew the test split over
+    all sessions: seed 2 moved the only test session into train (a model trained on the new
+    version would see what the old version's results were measured on). The earlier test
+    sessions now stay in test, new ones join until the share is reached; --split row, which
+    draws rows afresh, says so."""
+    import shutil
+
+    folder, _ = six_sessions
+    files = sorted(folder.rglob("*.nwb"))
+    grow = tmp_path / f"grow{seed}"
+    grow.mkdir()
+    for f in files[:3]:
+        shutil.copy(f, grow / f.name)
+    cfg = BuildConfig(test_fraction=0.2, seed=seed)
+
+    def test_sessions(out):
+        return {s["session_id"] for s in Corpus(out).sessions if s["split"] == "test"}
+
+    build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
+    before = test_sessions(tmp_path / "c")
+    assert len(before) == 1
+    for f in files[3:]:
+        shutil.copy(f, grow / f.name)
+    build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
+    grown = Corpus(tmp_path / "c")
+    after = test_sessions(tmp_path / "c")
+    assert len(grown.sessions) == 6 and before <= after and len(after) < 6
+    tokens = {s["session_id"]: s["num_tokens"] for s in grown.sessions}
+    assert sum(tokens[s] for s in after) >= 0.2 * sum(tokens.values())  # the share is a floor
+    # the draw adds sessions only while the share is not reached: without the last one it was not
+    assert all(sum(tokens[s] for s in after - {x}) < 0.2 * sum(tokens.values()) for x in after - before)
+    # the same sessions again: the same split
+    build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
+    assert test_sessions(tmp_path / "c") == after
+
+    row = BuildConfig(test_fraction=0.3, seed=seed, split="row", max_row_tokens=200)
+    shutil.rmtree(grow)
+    grow.mkdir()
+    for f in files[:3]:
+        shutil.copy(f, grow / f.name)
+    build_corpus([str(grow)], tmp_path / "r", row, progress=False)
+    capsys.readouterr()
+    shutil.copy(files[3], grow / files[3].name)
+    build_corpus([str(grow)], tmp_path / "r", row, progress=False)
+    assert "so --split row drew the test rows again over all rows" in capsys.readouterr().err
+
+
 def test_row_split_mode_mixes_sessions_across_splits(six_sessions, tmp_path):
     folder, _ = six_sessions
     build_corpus([str(folder)], tmp_path / "c",

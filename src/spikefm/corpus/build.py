@@ -7,7 +7,8 @@ The build runs in two stages so that it is resumable and idempotent:
    The key hashes the file's resolved path, size and mtime and the build parameters, so a re-run
    skips finished sessions and an interrupted one (even ``kill -9``) resumes where it stopped.
    Files are staged in parallel with ``workers`` processes, which die with the build.
-2. **Finalize**: assign splits (seeded), shuffle rows within each split, and write zstd Parquet
+2. **Finalize**: assign splits (seeded; :func:`assign_splits`: a corpus rebuilt with the same split
+   settings keeps its earlier test sessions in test), shuffle rows within each split, and write zstd Parquet
    shards ``data/{split}-{i:05d}-of-{n:05d}.parquet`` and ``manifest.json`` as a new version of
    the folder, switched in by one rename (:mod:`spikefm.corpus.store`).
 
@@ -41,7 +42,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -484,8 +485,14 @@ def _first_line(exc: BaseException) -> str:
 # Stage 2: splits and shards
 
 
-def assign_splits(metas: list[dict], cfg: BuildConfig) -> dict[tuple[str, int], str]:
-    """Map (session_id, row index) -> split. Seeded; sessions are considered in sorted order."""
+def assign_splits(metas: list[dict], cfg: BuildConfig, *, keep_test: Iterable[str] = ()
+                  ) -> dict[tuple[str, int], str]:
+    """Map (session_id, row index) -> split. Seeded; sessions are considered in sorted order.
+
+    ``keep_test`` (``--split session``): sessions that stay in test whatever the draw (the test
+    sessions of the corpus a build grows); further sessions are drawn, in the seeded order, until
+    the test share is reached. Kept sessions that already reach it make the draw add none, so a
+    corpus rebuilt from the same sessions keeps the same split."""
     metas = sorted(metas, key=lambda m: m["session_id"])
     rng = np.random.default_rng(cfg.seed)
     out: dict[tuple[str, int], str] = {}
@@ -494,10 +501,17 @@ def assign_splits(metas: list[dict], cfg: BuildConfig) -> dict[tuple[str, int], 
         total = sum(m["num_tokens"] for m in metas)
         if cfg.test_fraction > 0 and len(metas) >= 2:
             target = cfg.test_fraction * total
+            kept = set(keep_test)
             got = 0
+            for m in metas:
+                if m["session_id"] in kept and len(test) < len(metas) - 1:
+                    test.add(m["session_id"])
+                    got += m["num_tokens"]
             for i in rng.permutation(len(metas)):
                 if got >= target or len(test) == len(metas) - 1:
                     break
+                if metas[i]["session_id"] in test:
+                    continue
                 test.add(metas[i]["session_id"])
                 got += metas[i]["num_tokens"]
         for m in metas:
@@ -522,6 +536,31 @@ def assign_splits(metas: list[dict], cfg: BuildConfig) -> dict[tuple[str, int], 
     return out
 
 
+def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: BuildConfig) -> set[str]:
+    """The test sessions of the corpus this build replaces, when it was split the same way (same
+    bin width, split kind, seed and test share): a corpus grown by new sessions keeps them held
+    out (a fresh draw over all sessions moved some into train, where a model trained on the new
+    version would see what the old version's results were measured on). ``--split row`` draws
+    rows afresh; a grown row-split corpus says so when its earlier test rows may have moved."""
+    if existing is None:
+        return set()
+    old = existing.build or BuildSettings()
+    same = existing.bin_ms == cfg.bin_ms and old.split == cfg.split and old.seed == cfg.seed \
+        and old.test_fraction == cfg.test_fraction
+    before = {s.session_id: s.split for s in existing.sessions}
+    now = {m["session_id"] for m in metas}
+    if not same:
+        return set()
+    if cfg.split == "session":  # also when the sessions are the same: a grown corpus's test stays so
+        return {sid for sid, split in before.items() if split == "test"}
+    if set(before) != now and any(split != "train" for split in before.values()):
+        print(f"spikefm: warning: the sessions changed ({len(set(before) - now)} gone, {len(now - set(before))} "
+              "new), so --split row drew the test rows again over all rows: rows of the earlier test split may "
+              "now be in train (a model trained on this version has seen them); --split session keeps a grown "
+              "corpus's test sessions", file=sys.stderr)
+    return set()
+
+
 def _dedupe_session_ids(metas: list[dict]) -> list[dict]:
     """Give colliding session ids a ``-2``, ``-3``... suffix (by input path order), warning once."""
     by_id: dict[str, list[dict]] = {}
@@ -543,7 +582,7 @@ def finalize(folder: CorpusDir, metas: list[dict], skipped: list[dict], cfg: Bui
     manifest (a dict)."""
     staging = folder.path / STAGING
     metas = _dedupe_session_ids([dict(m) for m in metas])
-    split_of = assign_splits(metas, cfg)
+    split_of = assign_splits(metas, cfg, keep_test=_earlier_test_sessions(folder.existing, metas, cfg))
     rng = np.random.default_rng([cfg.seed, 1])
 
     tables, row_tokens = {}, {}

@@ -162,3 +162,44 @@ def test_plot_corpus_writes_pngs(corpus_and_rows, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a folder"):
         plot_corpus(corpus, tmp_path / "file")
+
+
+def test_info_lists_regions_trial_tables_behaviour_and_skipped_inputs(tmp_path):
+    """corpus info said nothing of what the sessions hold beyond counts (regions, trials,
+    behaviour) nor of the inputs the build left out; checked here against the shards' own rows
+    and the NWB files read with h5py."""
+    from collections import Counter
+
+    import h5py
+
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.synth import synthesize
+
+    synthesize(tmp_path / "nwb", num_sessions=2, seed=3, duration_s=20.0)
+    (tmp_path / "nwb" / "notes.nwb").write_text("not an NWB file")
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "c", BuildConfig(), progress=False)
+    corpus = Corpus(tmp_path / "c")
+    info = json.loads(json.dumps(corpus_info(corpus)))
+    regions, behavior, first_row = Counter(), Counter(), {}
+    for split in ("train", "test"):
+        for r in corpus.iter_rows(split):
+            first_row.setdefault(r.session_id, r)
+    for r in first_row.values():
+        regions.update(str(x) for x in r.unit_regions)
+        behavior.update(r.behavior_names)
+    assert info["regions"] == dict(regions) and list(info["regions"].values()) == sorted(regions.values(), reverse=True)
+    assert info["behavior"] == dict(behavior) and set(behavior) == {"wheel_speed", "whisker_motion_energy"}
+    tables: dict = {}
+    for path in sorted((tmp_path / "nwb").rglob("sub-*.nwb")):
+        with h5py.File(path, "r") as f:
+            for name, group in f["intervals"].items():
+                t = tables.setdefault(name, {"sessions": 0, "trials": 0})
+                t["sessions"] += 1
+                t["trials"] += len(group["start_time"])
+    assert info["trial_tables"] == tables and "trials" in tables
+    assert len(info["skipped"]) == 1 and info["skipped"][0]["input"].endswith("notes.nwb")
+    text = format_info(info)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    top = next(iter(info["regions"]))
+    assert f"{top} {info['regions'][top]:,}" in text and "1 input(s), e.g. " in text
+    assert f"trials ({tables['trials']['trials']:,} trials in 2 sessions)" in text

@@ -13,6 +13,7 @@ Example::
 """
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from typing import Iterator
 
@@ -136,7 +137,11 @@ def corpus_info(corpus: Corpus, *, max_rows: int | None = None) -> dict:
         - ``count_stats``: {rows_scanned, cells_scanned, sampled, fraction_zero, mean_count,
           token_counts (256 ints), token_probabilities (256 floats, sum 1),
           by_split: {split: {cells, fraction_zero}}};
-        - ``clipped_bins``: cells clipped at 255, summed from the manifest's sessions.
+        - ``clipped_bins``: cells clipped at 255, summed from the manifest's sessions;
+        - ``regions``: {region: units} summed over sessions (largest first);
+        - ``trial_tables``: {table: {sessions, trials}}; ``behavior``: {channel: sessions};
+        - ``skipped``: the inputs the build or import left out ({input, error}, as the manifest
+          lists them).
     """
     m = corpus.manifest
     bin_ms = int(m["bin_ms"])
@@ -205,7 +210,28 @@ def corpus_info(corpus: Corpus, *, max_rows: int | None = None) -> dict:
         "num_tokens": int(sum(sp["tokens"] for sp in splits.values())),
         "count_stats": count_stats,
         "clipped_bins": int(sum(int(s.get("clipped_bins", 0)) for s in sessions)),
+        **_contents(sessions),
+        "skipped": [{"input": str(k.get("input", "")), "error": str(k.get("error", ""))}
+                    for k in m.get("skipped") or [] if isinstance(k, dict)],
     }
+
+
+def _contents(sessions: list[dict]) -> dict:
+    """What the sessions hold beyond counts: units per region, trial tables and behaviour channels."""
+    regions: Counter = Counter()
+    tables: dict[str, dict[str, int]] = {}
+    behavior: Counter = Counter()
+    for s in sessions:
+        for region, n in (s.get("regions") or {}).items():
+            regions[str(region)] += int(n)
+        for table, n in (s.get("trial_tables") or {}).items():
+            t = tables.setdefault(str(table), {"sessions": 0, "trials": 0})
+            t["sessions"] += 1
+            t["trials"] += int(n)
+        behavior.update(str(c) for c in s.get("behavior_names") or [])
+    return {"regions": dict(sorted(regions.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "trial_tables": dict(sorted(tables.items())),
+            "behavior": dict(sorted(behavior.items()))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +240,15 @@ def corpus_info(corpus: Corpus, *, max_rows: int | None = None) -> dict:
 
 def _num(x: float | None, fmt: str = ",.1f") -> str:
     return "-" if x is None else format(x, fmt)
+
+
+def _listed(entries: dict | None, show, most: int = 8) -> str:
+    """The first ``most`` entries, each as ``show(name, value)`` says, then how many more."""
+    if not entries:
+        return "none"
+    items = list(entries.items())
+    more = f", and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(show(k, v) for k, v in items[:most]) + more
 
 
 def format_info(info: dict, *, max_sources: int = 30) -> str:
@@ -243,9 +278,17 @@ def format_info(info: dict, *, max_sources: int = 30) -> str:
          + (f" (first {cs['rows_scanned']:,} rows)" if cs["sampled"] else "")),
         ("mean count", _num(cs["mean_count"], ".4f") + " spikes per bin"),
         ("clipped bins", f"{info['clipped_bins']:,} (counts > 255 stored as 255)"),
+        ("regions", _listed(info.get("regions"), lambda k, n: f"{k} {n:,}") + " (units)"),
+        ("trial tables", _listed(info.get("trial_tables"),
+                                 lambda k, t: f"{k} ({t['trials']:,} trials in {t['sessions']:,} sessions)")),
+        ("behaviour", _listed(info.get("behavior"), lambda k, n: f"{k} ({n:,} sessions)")),
+        ("skipped", f"{len(info.get('skipped') or [])} input(s)"
+                    + (f", e.g. {info['skipped'][0]['error'][:120]}" if info.get("skipped") else "")),
     ]
     width = max(len(k) for k, _ in overview)
-    out += [f"  {k:<{width}}  {v}" for k, v in overview]
+    for k, v in overview:  # long lists wrap under their value
+        lines = textwrap.wrap(v, 100 - width - 4, break_long_words=False) or [v]
+        out += [f"  {k:<{width}}  {lines[0]}"] + [" " * (width + 4) + line for line in lines[1:]]
 
     out += [""]
     out.append(render_table(["split", "rows", "sessions", "tokens"],

@@ -54,6 +54,11 @@ def test_run_directory_describes_itself(trained_run, synth_corpus):
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "lr", "tokens_per_s", "mfu"} <= set(rows[-1])
     assert rows[-1]["loss"] < rows[0]["loss"]
+    # the weights get the permissions of the run's other files (safetensors wrote them 0600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (trained_run / "config.json", trained_run / "model.safetensors")}
+    assert modes == {"config.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask}
 
 
 def test_model_beats_unigram_and_oracle_beats_model(trained_run, synth_corpus, tmp_path, capsys):
@@ -63,7 +68,13 @@ def test_model_beats_unigram_and_oracle_beats_model(trained_run, synth_corpus, t
     assert rc == 0
     table = capsys.readouterr().out
     assert "oracle" in table and "1-gram" in table
-    res = json.loads(out.read_text())["results"]
+    written = json.loads(out.read_text())
+    # the options that chose the scored tokens, and where run and corpus are (as typed, they were
+    # relative to a working directory the file does not record)
+    assert {k: written[k] for k in ("max_tokens", "max_train_tokens", "permutations", "run_dir", "corpus")} == {
+        "max_tokens": 60000, "max_train_tokens": None, "permutations": 0,
+        "run_dir": str(trained_run.resolve()), "corpus": str(synth_corpus.resolve())}
+    res = written["results"]
     bits = {k: v["overall"]["all"]["bits"] for k, v in res.items()}
     assert res["model"]["overall"]["all"]["num_tokens"] == res["oracle"]["overall"]["all"]["num_tokens"]
     assert bits["oracle"] < bits["model"] < min(bits["1-gram"], bits["9-gram"])
@@ -135,6 +146,16 @@ def test_eval_refuses_a_corpus_of_another_bin_width(trained_run, synth_corpus, t
     assert len(err) == 1 and err[0] == (f"spikefm: error: {trained_run} was trained on 20 ms bins ({synth_corpus}), "
                                         f"{tmp_path / 'c40'} is binned at 40 ms: its counts per bin are not what the "
                                         "model read; score it on a corpus built with --bin-ms 20")
+    # a prompt from it was accepted, and 40 ms bins continued by a model of 20 ms bins
+    session = Corpus(tmp_path / "c40").sessions[0]
+    assert cli_main(["generate", str(trained_run), "--units", str(session["num_units"]), "--bins", "2",
+                     "--prompt", f"{tmp_path / 'c40'}:{session['session_id']}:0", "--prompt-bins", "2",
+                     "--out", str(tmp_path / "g40.npz"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == (f"spikefm: error: {trained_run} was trained on 20 ms bins ({synth_corpus}), "
+                                        f"{tmp_path / 'c40'} is binned at 40 ms: its counts per bin are not what the "
+                                        "model read; prompt it from a corpus built with --bin-ms 20")
+    assert not (tmp_path / "g40.npz").exists() and not (tmp_path / "g40.png").exists()
 
 
 def test_max_train_tokens_without_an_ngram_is_refused(trained_run, synth_corpus, capsys):
@@ -201,7 +222,9 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     for prompt, bins, expect in (
             (f"{synth_corpus}:{sid}:-1", "2", "START_BIN must be >= 0 (a bin of the session, 0.."),
             (f"{synth_corpus}:{sid}:{end - 1}", "2", f"start at most at bin {end - 2}, or give fewer --prompt-bins"),
-            (f"{synth_corpus}:{sid}:0", str(end), "generate with a shorter prompt (fewer prompt bins)")):
+            (f"{synth_corpus}:{sid}:0", str(end),  # the prompt alone overflows: the most prompt bins that fit
+             f"generate with a shorter prompt: at most {8193 // (session['num_units'] + 1) - 2} prompt bin(s) "
+             "fit before 2 generated bins")):
         capsys.readouterr()
         assert cli_main(["generate", str(trained_run), "--units", units, "--bins", "2", "--prompt", prompt,
                          "--prompt-bins", bins, "--out", str(tmp_path / "p.npz")]) == 2
@@ -245,6 +268,149 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
         assert kept.read_bytes() == b"an earlier result"  # nothing written over
 
 
+def test_generate_past_the_trained_context_warns_and_a_prompt_too_long_names_what_fits(trained_run, synth_corpus,
+                                                                                         tmp_path):
+    """Generation ran far past the 256 tokens the model was trained on (data.seq_len) without a word;
+    a prompt over the model's max_seq_len was told "fewer prompt bins" without how many."""
+    import warnings
+
+    from spikefm.families.ar.generation import generate_to_file
+
+    session = Corpus(synth_corpus).sessions[0]
+    units, width = session["num_units"], session["num_units"] + 1
+    prompt = f"{synth_corpus}:{session['session_id']}:0"
+    with pytest.warns(RuntimeWarning) as caught:
+        generate_to_file(trained_run, num_units=units, num_bins=20, prompt=prompt, prompt_bins=2,
+                         out=tmp_path / "long.npz")
+    said = [str(w.message) for w in caught if "context" in str(w.message)]
+    fed = 22 * width - 1  # every token but the last generated one is read
+    assert said == [f"generation reads {fed:,} tokens of context, more than the 256 the model was trained on "
+                    f"(data.seq_len): bins past that are sampled at positions it never saw; --bins "
+                    f"{257 // width - 2} or fewer stay within it"]
+    assert np.load(tmp_path / "long.npz")["counts"].shape == (units, 20)  # warned, not refused
+    within = 257 // width - 2  # (2 + within) * width - 1 <= 256 < (3 + within) * width - 1
+    assert (2 + within) * width - 1 <= 256 < (3 + within) * width - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all within the trained context
+        generate_to_file(trained_run, num_units=units, num_bins=within, prompt=prompt, prompt_bins=2,
+                         out=tmp_path / "within.npz")
+    fit = 8193 // width  # bins, prompt and generated, within max_seq_len 8192
+    with pytest.raises(ValueError, match=rf"shorter prompt: at most {fit - 3} prompt bin\(s\) fit before 3 generated"):
+        generate_to_file(trained_run, num_units=units, num_bins=3, prompt=prompt, prompt_bins=fit,
+                         out=tmp_path / "p.npz")
+    with pytest.raises(ValueError, match=rf"generate with fewer bins \(at most {fit - 3}\), or a shorter prompt "
+                                         rf"\(at most 2 prompt bin\(s\) before {fit - 2} bins\)$"):
+        generate_to_file(trained_run, num_units=units, num_bins=fit - 2, prompt=prompt, prompt_bins=3,
+                         out=tmp_path / "p.npz")
+    assert not (tmp_path / "p.npz").exists()
+
+
+def test_generate_checks_both_outputs_before_writing_either(trained_run, tmp_path, capsys, monkeypatch):
+    """With gen.png a folder, generate sampled, replaced gen.npz and only then failed on the .png;
+    an --out below a file was found after sampling."""
+    from spikefm.families.ar import model as ar_model
+
+    sampled = []
+    real = ar_model.generate
+    monkeypatch.setattr(ar_model, "generate", lambda *a, **k: sampled.append(1) or real(*a, **k))
+    (tmp_path / "gen.npz").write_bytes(b"an earlier result")
+    (tmp_path / "gen.png").mkdir()
+    (tmp_path / "e1.json").write_text("{}")
+    for out, line in ((tmp_path / "gen.npz", f"{tmp_path / 'gen.png'} is a folder, not a file; give the path of a "
+                                             "file to write (a new name, or a file to replace)"),
+                      (tmp_path / "e1.json" / "x.npz", f"cannot write {tmp_path / 'e1.json' / 'x.npz'}: "
+                                                       f"{tmp_path / 'e1.json'} is a file, not a folder; choose "
+                                                       "another path")):
+        capsys.readouterr()
+        assert cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"spikefm: error: {line}"]
+    assert not sampled
+    assert (tmp_path / "gen.npz").read_bytes() == b"an earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e1.json", "gen.npz", "gen.png"]
+
+
+def _run_trained_elsewhere(trained_run, where):
+    """A copy of ``trained_run`` whose config.json records its corpus as typed in the folder
+    training ran in (``--data corpus``): relative, beside the absolute path in family_info."""
+    import shutil
+
+    run = where / "run2"
+    shutil.copytree(trained_run, run)
+    info = json.loads((run / "config.json").read_text())
+    info["config"]["data"]["corpus"] = "corpus"
+    (run / "config.json").write_text(json.dumps(info))
+    return run
+
+
+def test_compare_run_and_generate_find_a_relative_training_corpus_from_any_folder(trained_run, synth_corpus,
+                                                                                   tmp_path, monkeypatch, capsys):
+    """From another working directory, --compare-run failed 'corpus: no such file or folder' and
+    generate's .npz got no bin_ms, though the run records its corpus's absolute path; with
+    --split train both blocks of the comparison said 'training rows' and named no run."""
+    run2 = _run_trained_elsewhere(trained_run, tmp_path / "elsewhere")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # no ./corpus here
+    out = tmp_path / "cmp.json"
+    capsys.readouterr()
+    assert cli_main(["eval", str(trained_run), "--data", str(synth_corpus), "--compare-run", str(run2),
+                     "--split", "train", "--max-tokens", "200", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["compare"]["corpus"] == str(synth_corpus.resolve()) == res["corpus"]
+    assert res["compare"]["run_dir"] == str(run2.resolve())
+    labels = {line.split("  ")[0] for line in printed.splitlines() if line.startswith("training rows")}
+    assert labels == {f"training rows of {synth_corpus.name} (run)", f"training rows of {synth_corpus.name} (run2)"}
+    assert cli_main(["generate", str(run2), "--units", "3", "--bins", "2", "--out", "g.npz", "--quiet"]) == 0
+    assert int(np.load(work / "g.npz")["bin_ms"]) == Corpus(synth_corpus).manifest["bin_ms"]
+
+
+def test_compare_run_of_another_family_or_with_damaged_weights_is_refused_before_scoring(
+        trained_run, synth_corpus, tmp_path, monkeypatch, capsys):
+    """An NDT --compare-run failed on its corpus path; a bad --data or --compare-data, an --out that
+    is a folder or below a file, or a second run that cannot be loaded was found after scoring."""
+    from spikefm.families.ar import evaluate as ev
+
+    scored = []
+    for name in ("evaluate_model", "fit_ngram"):
+        real = getattr(ev, name)
+        monkeypatch.setattr(ev, name, lambda *a, _real=real, _name=name, **k: scored.append(_name) or _real(*a, **k))
+    ndt = tmp_path / "ndt_run"
+    ndt.mkdir()
+    (ndt / "config.json").write_text(json.dumps({"family": "ndt", "config": {"data": {"corpus": "corpus"}}}))
+    broken = _run_trained_elsewhere(trained_run, tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # a torn header
+    (tmp_path / "res_dir.json").mkdir()
+    (tmp_path / "e1.json").write_text("{}")
+    base = ["eval", str(trained_run), "--ngram", "1", "--max-tokens", "200"]
+    cases = [
+        (["--data", str(synth_corpus), "--compare-run", str(ndt)],
+         f"--compare-run {ndt} is an ndt run, not an autoregressive (ar) run; compare two ar runs (spikefm train "
+         "--model ar)"),
+        (["--data", str(synth_corpus), "--compare-run", str(ndt), "--compare-data", str(synth_corpus)],
+         f"--compare-run {ndt} is an ndt run"),
+        (["--data", str(tmp_path / "nope"), "--compare-run", str(trained_run)], f"{tmp_path / 'nope'}: no such file"),
+        (["--data", str(synth_corpus), "--compare-run", str(trained_run), "--compare-data", str(tmp_path / "nope")],
+         f"--compare-data {tmp_path / 'nope'}: no such file"),
+        (["--data", str(synth_corpus), "--compare-run", str(broken)],
+         f"{(broken / 'model.safetensors').resolve()} is not a valid safetensors file"),
+        (["--data", str(synth_corpus), "--out", str(tmp_path / "res_dir.json")],
+         f"{tmp_path / 'res_dir.json'} is a folder, not a file"),
+        (["--data", str(synth_corpus), "--out", str(tmp_path / "e1.json" / "x.json")],
+         f"cannot write {tmp_path / 'e1.json' / 'x.json'}: {tmp_path / 'e1.json'} is a file, not a folder"),
+    ]
+    for extra, start in cases:
+        capsys.readouterr()
+        assert cli_main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"spikefm: error: {start}"), (extra, err)
+        assert scored == [], extra
+    # ngram: an --out that cannot be written is refused before the fit
+    for out in (tmp_path / "res_dir.json", tmp_path / "e1.json" / "x.json"):
+        assert cli_main(["ngram", "--data", str(synth_corpus), "--order", "1", "--out", str(out), "--quiet"]) == 2
+    assert scored == [] and (tmp_path / "e1.json").read_text() == "{}"
+
+
 def test_generate_to_file_keeps_the_notebook_backend(trained_run, synth_corpus, tmp_path):
     """generate_to_file switched matplotlib's global backend to Agg (a notebook's 'svg' was lost)."""
     import matplotlib
@@ -283,6 +449,8 @@ def test_hf_export_of_a_run_loads_in_transformers(trained_run, tmp_path):
 
     model = load_model(trained_run)
     save_hf(model, tmp_path / "hf")
+    modes = {(tmp_path / "hf" / n).stat().st_mode & 0o777 for n in ("config.json", "model.safetensors")}
+    assert len(modes) == 1  # the weights are not 0600 beside a 0644 config.json
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     x = torch.randint(0, 256, (1, 40))
     with torch.no_grad():

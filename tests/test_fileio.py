@@ -50,3 +50,28 @@ def test_output_files_never_replace_synthetic_recordings_files(tmp_path):
             check_output_file(tmp_path / name, suffixes, "--out")
     check_output_file(tmp_path / "other.truth.npz", (".npz",), "--out")  # no recording of that name: allowed
     check_output_file(tmp_path / "gen.npz", (".npz",), "--out")
+
+
+def test_output_file_that_is_a_folder_or_below_a_file_is_refused_before_any_work(tmp_path):
+    """eval, ngram and generate checked only the ending of --out, so a folder named res.json or a
+    path below a file (e1.json/x.json) was refused by the write, after all the work."""
+    from spikefm.fileio import check_file_target, check_output_file
+
+    (tmp_path / "res.json").mkdir()
+    (tmp_path / "e1.json").write_text("mine")
+    with pytest.raises(ValueError) as exc:
+        check_output_file(tmp_path / "res.json", (".json",), "--out")
+    assert str(exc.value) == (f"{tmp_path / 'res.json'} is a folder, not a file; give the path of a file to write "
+                              "(a new name, or a file to replace)")
+    for below in (tmp_path / "e1.json" / "x.json", tmp_path / "e1.json" / "a" / "b" / "x.json"):
+        with pytest.raises(ValueError) as exc:
+            check_output_file(below, (".json",), "--out")
+        assert str(exc.value) == (f"cannot write {below}: {tmp_path / 'e1.json'} is a file, not a folder; "
+                                  "choose another path")
+    # the same refusals as the write itself would give, and nothing is made by the check
+    with pytest.raises(ValueError, match="is a folder, not a file"):
+        write_json_atomic(tmp_path / "res.json", {})
+    check_file_target(tmp_path / "new" / "deeper" / "x.png")  # missing folders are fine: the write makes them
+    check_output_file(tmp_path / "e1.json", (".json",), "--out")  # a file to replace is fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e1.json", "res.json"]
+    assert (tmp_path / "e1.json").read_text() == "mine" and not any((tmp_path / "res.json").iterdir())

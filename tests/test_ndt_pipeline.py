@@ -312,6 +312,9 @@ def test_finetuned_run_loads_without_its_pretrained_run(finetuned, tmp_path):
     from spikefm import load_model
 
     ft_dir, _ = finetuned
+    # the weights are as readable as the files beside them (safetensors wrote 0600)
+    weights = [p for p in ft_dir.rglob("*.safetensors")]
+    assert weights and {p.stat().st_mode & 0o777 for p in weights} == {(ft_dir / "config.json").stat().st_mode & 0o777}
     copy = tmp_path / "ft_copy"
     shutil.copytree(ft_dir, copy)
     cfg = json.loads((copy / "config.json").read_text())

@@ -451,3 +451,26 @@ def test_load_keeps_every_parameter_and_refuses_pickles(tmp_path):
         NGramModel.load(tmp_path / "old.npz")
     assert str(err.value) == (f"{tmp_path / 'old.npz'} is not an NGramModel file of format 1 (found 0); "
                               "re-fit and save the model with this version of spikefm")
+
+
+def test_ngram_results_json_records_its_options_and_the_absolute_corpus(tmp_path, monkeypatch, capsys):
+    """results.json held the corpus as typed (relative to a working directory it does not record)
+    and no word of --max-tokens or --max-train-tokens, which choose the tokens fitted and scored."""
+    import json
+
+    from spikefm.cli import main
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.synth import synthesize
+
+    synthesize(tmp_path / "nwb", num_sessions=2, seed=0, duration_s=10.0, units_range=(20, 22))
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "corpus", BuildConfig(test_fraction=0.5), progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["ngram", "--data", "corpus", "--order", "2", "--max-tokens", "300", "--max-train-tokens", "900",
+                 "--out", "res.json", "--quiet"]) == 0
+    res = json.loads((tmp_path / "res.json").read_text())
+    assert {k: res[k] for k in ("corpus", "order", "split", "max_tokens", "max_train_tokens")} == {
+        "corpus": str((tmp_path / "corpus").resolve()), "order": 2, "split": "test", "max_tokens": 300,
+        "max_train_tokens": 900}
+    # the scored tokens are the ones max_tokens chose: whole bins, up to one bin beyond it
+    scored = res["results"]["2-gram"]["overall"]["all"]["num_tokens"]
+    assert 300 - 1 <= scored < 300 + 23

@@ -749,3 +749,28 @@ def test_neds_encoding_of_a_run_without_behaviour_says_what_the_spikes_were_give
     path.write_text(json.dumps(obj))
     text = _text(build_report(path))
     assert "encoding (spikes given behaviour)" in text and "spikes predicted from behaviour alone, by each model" in text
+
+
+def test_ar_dash_cells_say_why_and_generated_must_be_the_npz_of_generate(tmp_path, capsys):
+    """eval --max-tokens 100 scores no separator (a row's first token is never scored): its '-'
+    cells had no note, unlike every other table's; --generated naming a folder said 'not found'."""
+    model = _xent(1.5)
+    model["overall"] = {**model["overall"], "separators": {"nats": None, "bits": None, "num_tokens": 0}}
+    gram = _xent(2.0)
+    gram["overall"] = {**gram["overall"], "separators": {"nats": None, "bits": None, "num_tokens": 0}}
+    path = tmp_path / "e1.json"
+    path.write_text(json.dumps({"family": "ar", "run_dir": "run", "corpus": "corpus", "split": "test",
+                                "results": {"model": model, "1-gram": gram}}))
+    notes = _notes_by_table(build_report(path).html())
+    why = ("Why -: separators is - where no separator was scored: a row's first token (its first bin's separator) "
+           "is never scored, so rows cut to one bin (a small --max-tokens) score none.")
+    assert notes["xent-bits"] == notes["xent-nats"] == why
+    assert notes["xent-tokens"] == ""  # 0 tokens is a number, not a blank
+    (tmp_path / "corpus").mkdir()
+    for generated, found in ((tmp_path / "corpus", "is a folder"), (tmp_path / "gone.npz", "not found")):
+        capsys.readouterr()
+        assert main(["report", str(path), "--generated", str(generated), "--out", str(tmp_path / "r.html")]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"spikefm: error: --generated {generated} {found}, not an .npz of spikefm generate; give the file "
+            "spikefm generate --out wrote (e.g. gen.npz)"]
+    assert not (tmp_path / "r.html").exists()

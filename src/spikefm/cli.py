@@ -611,14 +611,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="results.json")
     e.add_argument("--split", default=None, choices=["train", "val", "test"],
                    help="token models (ar): the corpus split to score, train or test (default test; "
-                        "a corpus has no val split); masked models (ndt, neds): the run's test windows "
-                        "(default) or val windows (to choose settings)")
+                        "a corpus has no val split, so ar refuses val); masked models (ndt, neds), the "
+                        "only ones that accept val: the run's test windows (default) or val windows "
+                        "(to choose settings)")
     e.add_argument("--max-tokens", type=_positive_int, default=None,
                    help="token models: score only the first rows, cut at whole bins once this many tokens "
                         "are reached (up to one bin, units + 1 tokens, more)")
     e.add_argument("--ngram", type=_int_list, default=None, metavar="ORDERS",
                    help="token models: also fit and score these n-gram baselines, e.g. 1,9")
-    e.add_argument("--max-train-tokens", type=_positive_int, default=None)
+    e.add_argument("--max-train-tokens", type=_positive_int, default=None,
+                   help="token models, with --ngram: fit the n-grams on the train split's first rows up to "
+                        "this many tokens (default: all of it)")
     e.add_argument("--seq-len", type=_positive_int, default=None,
                    help="context of a Hugging Face model (runs use their own; default: the training "
                         "context save_hf recorded in its config.json, else 512 within the model's limit)")

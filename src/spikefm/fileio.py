@@ -33,10 +33,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     file object (``np.savez(f, ...)``, which would otherwise append ``.npz``).
     """
     path = Path(path)
+    check_file_target(path)
     make_folder(path.parent, action=f"write {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a file; give the path of a file to write "
-                         "(a new name, or a file to replace)")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -51,6 +49,22 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file here: ``0o666`` less the process's umask. For files a
+    library creates with a mode of its own (safetensors' ``save_file`` writes ``0o600``), so that
+    they get the same permissions as the files beside them."""
+    try:  # Linux: read it without changing it (os.umask sets it, for a moment, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def remove_stale_temporaries(path: str | os.PathLike, *, min_age_s: float = 0.0) -> list[Path]:
@@ -114,10 +128,29 @@ _FOLDER_FILES = ("config.json", "metrics.jsonl", "manifest.json", "finetune.json
                  "early_stopping.json", "transfer.json", "model.safetensors")
 
 
+def check_file_target(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a file path that :func:`write_atomic` would refuse only when it
+    writes (it calls this first): a folder at ``path``, or a file among its parents
+    (``e1.json/x.json``).
+
+    Raises:
+        ValueError: naming the folder or the file in the way.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file; give the path of a file to write "
+                         "(a new name, or a file to replace)")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"cannot write {path}: {blocker} is a file, not a folder; choose another path")
+
+
 def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str) -> None:
     """Refuse an output file name that could be one of the user's other files: it must end in
     one of ``suffixes`` (so a typo cannot replace a recording, say ``--out session.nwb``) and may
-    not be a file that describes a spikefm run or corpus (``--out RUN/config.json``).
+    not be a file that describes a spikefm run or corpus (``--out RUN/config.json``), a folder,
+    or a path below a file (:func:`check_file_target`), so that a command refuses it before its
+    work rather than when it writes.
 
     Raises:
         ValueError: naming the flag, the path and what to give instead.
@@ -134,6 +167,7 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: 
     if path.name in _RECORDING_FILES or (truth_of is not None and truth_of.is_file()):
         raise ValueError(f"{flag} {path}: that file belongs to the synthetic recordings in {path.parent} (their "
                          "settings or a recording's ground truth); writing it would damage them: give another name")
+    check_file_target(path)
 
 
 def savez_atomic(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> Path:

@@ -196,7 +196,10 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
         raise ValueError(f"--predictions {predictions} is not a folder; expected the DIR of "
                          "spikefm eval --save-predictions DIR")
     if generated is not None and not Path(generated).is_file():
-        raise ValueError(f"--generated {generated} not found; expected the .npz of spikefm generate --out")
+        found = "is a folder" if Path(generated).is_dir() else "not found" if not Path(generated).exists() \
+            else "is not a regular file"
+        raise ValueError(f"--generated {generated} {found}, not an .npz of spikefm generate; give the file "
+                         "spikefm generate --out wrote (e.g. gen.npz)")
     prov = Provenance()
     page = Page(page_title(path, kind), f"spikefm report of the {kind} at {path.resolve()}")
     if kind == "corpus":

@@ -150,6 +150,13 @@ def evaluation_section(page: Page, ev: Evaluation, *, title: str = "Evaluation")
 # --- autoregressive: cross-entropy -------------------------------------------------------------
 
 
+#: Why an AR table shows - (a null: no token of that kind was scored), by row name (Section.table's blank_why).
+_AR_BLANK = (("separators", "separators is - where no separator was scored: a row's first token (its first bin's "
+                            "separator) is never scored, so rows cut to one bin (a small --max-tokens) score none"),
+             ("counts", "counts is - where no count token was scored"),
+             ("all", "all is - where no token was scored"))
+
+
 def _ar_tables(sec: Section, ev: Evaluation) -> None:
     names = list(ev.models)
     split = ev.meta.get("split", "test")
@@ -157,7 +164,7 @@ def _ar_tables(sec: Section, ev: Evaluation) -> None:
                         ("nats", "cross-entropy (nats/token)")):
         rows = [[kind] + [Num(ev.models[n]["overall"].get(kind, {}).get(unit), src=ev.src,
                               path=ev.ptr(n, "overall", kind, unit)) for n in names] for kind in AR_KINDS]
-        sec.table(["", *names], rows, caption=title, key=f"xent-{unit}")
+        sec.table(["", *names], rows, caption=title, key=f"xent-{unit}", blank_why=_AR_BLANK)
     counts = {ev.models[n]["overall"].get("all", {}).get("num_tokens") for n in names}
     sec.table(["", *names], [[kind] + [Num(ev.models[n]["overall"].get(kind, {}).get("num_tokens"), src=ev.src,
                                            path=ev.ptr(n, "overall", kind, "num_tokens")) for n in names]
@@ -171,7 +178,8 @@ def _ar_tables(sec: Section, ev: Evaluation) -> None:
             rows = [[kind] + [Num(ev.models[n].get("per_source", {}).get(source, {}).get(kind, {}).get("bits"),
                                   src=ev.src, path=ev.ptr(n, "per_source", source, kind, "bits")) for n in names]
                     for kind in AR_KINDS]
-            sec.table(["", *names], rows, caption=f"bits/token, source {source}", key=f"xent-source-{source}")
+            sec.table(["", *names], rows, caption=f"bits/token, source {source}", key=f"xent-source-{source}",
+                      blank_why=_AR_BLANK)
     sec.figure(charts.bars(list(AR_KINDS), [charts.bar_series(n, [ev.models[n]["overall"].get(k, {}).get("bits")
                                                                    for k in AR_KINDS]) for n in names],
                            y_label="bits / token", x_label="tokens"),

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikefm.fileio import check_relative_path, fsync_dir, write_atomic, write_json_atomic
+from spikefm.fileio import check_relative_path, default_file_mode, fsync_dir, write_atomic, write_json_atomic
 from spikefm.train import dist as d
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "prune_checkpoints",
     "load_checkpoint",
     "export_model",
+    "write_safetensors",
     "exported_step",
     "load_exported_model",
     "read_safetensors_header",
@@ -518,13 +519,26 @@ def world_size_message(path: str | os.PathLike, saved: int, now: int) -> str:
 # final export
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors`` ``save_file`` to ``path`` atomically (:func:`spikefm.fileio.write_atomic`),
+    with the permissions of the files beside it (``save_file`` writes ``0o600``, so colleagues
+    sharing a run folder could read every file of it but the weights)."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, default_file_mode())
+
+    return write_atomic(path, write)
+
+
 def export_model(run_dir: str | os.PathLike, model: nn.Module, *, step: int | None = None) -> Path:
     """Write the full fp32 state dict to RUN_DIR/model.safetensors (collective; rank 0 writes).
 
     Tensors that share storage (tied weights) are stored as separate copies. ``step`` (the
     optimizer steps the weights have had) goes into the file's metadata as ``spikefm_step``.
     """
-    from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     sd = get_model_state_dict(model, options=_state_dict_options(cpu_offload=True))
@@ -540,7 +554,7 @@ def export_model(run_dir: str | os.PathLike, model: nn.Module, *, step: int | No
         metadata = {"format": "pt"}
         if step is not None:
             metadata["spikefm_step"] = str(int(step))
-        write_atomic(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        write_safetensors(out, tensors, metadata)
     d.barrier()
     return out
 

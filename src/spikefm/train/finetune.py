@@ -34,7 +34,8 @@ from typing import Any, Sequence
 import torch
 
 from spikefm.fileio import LOCK_NAME, folder_lock, make_folder, write_atomic, write_json_atomic
-from spikefm.train.checkpoint import EXPORT_NAME, RUN_MARKERS, check_run_folder, read_safetensors_header
+from spikefm.train.checkpoint import (EXPORT_NAME, RUN_MARKERS, check_run_folder, read_safetensors_header,
+                                      write_safetensors)
 
 __all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "check_auto_options",
            "one_se_choice",
@@ -46,10 +47,7 @@ def _best_path(out_dir: Path) -> Path:
 
 
 def _save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    write_safetensors(path, {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, {"format": "pt"})
 
 
 def _current_state(out_dir: Path, finished: bool) -> dict[str, torch.Tensor]:

@@ -22,8 +22,11 @@ def _ngram_arguments(n: argparse.ArgumentParser) -> None:
                    help="n-gram order, 1..9")
     n.add_argument("--alpha", type=_finite_float, default=1.0, help="Laplace smoothing constant")
     n.add_argument("--split", default="test", choices=["train", "test"])
-    n.add_argument("--max-train-tokens", type=_positive_int, default=None)
-    n.add_argument("--max-tokens", type=_positive_int, default=None)
+    n.add_argument("--max-train-tokens", type=_positive_int, default=None,
+                   help="fit on the train split's first rows up to this many tokens (default: all of it)")
+    n.add_argument("--max-tokens", type=_positive_int, default=None,
+                   help="score only the split's first rows, cut at whole bins once this many tokens are "
+                        "reached (default: all of it)")
     n.add_argument("--out", default=None, help="results.json")
     n.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
@@ -37,7 +40,7 @@ def _run_ngram(args) -> int:
     if args.alpha <= 0:
         raise ValueError(f"--alpha must be > 0 (Laplace smoothing), got {args.alpha}")
     if args.out:
-        check_output_file(args.out, (".json",), "--out")
+        check_output_file(args.out, (".json",), "--out")  # before the fit, which can take long
     corpus = Corpus(args.data)
     require_rows(corpus, args.split)  # before the fit, which can take long
     ng = fit_ngram(corpus, args.order, alpha=args.alpha, max_train_tokens=args.max_train_tokens,
@@ -49,20 +52,28 @@ def _run_ngram(args) -> int:
         results["oracle"] = oracle
     print(format_table(results, title=f"cross-entropy on {args.split} (bits/token)"))
     if args.out:
-        write_results(args.out, {"corpus": str(args.data), "order": args.order,
-                                 "alpha": args.alpha, "split": args.split, "results": results})
+        write_results(args.out, {"corpus": str(corpus.path.resolve()), "order": args.order,
+                                 "alpha": args.alpha, "split": args.split, "max_tokens": args.max_tokens,
+                                 "max_train_tokens": args.max_train_tokens, "results": results})
     return 0
 
 
 def _generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("run_dir", help="autoregressive run folder or Hugging Face Llama folder")
-    g.add_argument("--units", type=_positive_int, required=True)
-    g.add_argument("--bins", type=_positive_int, required=True)
-    g.add_argument("--prompt", default=None, metavar="CORPUS_DIR:SESSION_ID:START_BIN")
+    g.add_argument("--units", type=_positive_int, required=True,
+                   help="units per bin (with --prompt: that session's unit count)")
+    g.add_argument("--bins", type=_positive_int, required=True,
+                   help="bins to generate; each is units + 1 tokens, and prompt and generated tokens "
+                        "together must fit the model's max_seq_len (8192 for every preset)")
+    g.add_argument("--prompt", default=None, metavar="CORPUS_DIR:SESSION_ID:START_BIN",
+                   help="real bins to start from: a session of a corpus binned like the run's, from its bin "
+                        "START_BIN (default: generate from nothing)")
     g.add_argument("--prompt-bins", type=_positive_int, default=None,
                    help="bins of --prompt that start the generation (default 25)")
-    g.add_argument("--temperature", type=_finite_float, default=1.0)
-    g.add_argument("--top-k", type=_positive_int, default=None)
+    g.add_argument("--temperature", type=_finite_float, default=1.0,
+                   help="softmax temperature (default 1.0; 0 = greedy: always the most likely count)")
+    g.add_argument("--top-k", type=_positive_int, default=None,
+                   help="sample only among the K most likely counts (default: all of them)")
     g.add_argument("--seed", type=torch_seed, default=0, help="sampling seed (default 0)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
                    help="where to sample (default cpu: the same seed gives the same spikes on "

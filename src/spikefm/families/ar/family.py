@@ -229,58 +229,69 @@ class ARFamily:
             progress: progress bar.
 
         Returns:
-            ``{"family": "ar", "run_dir", "corpus", "split", "held_out", "seq_len", "results":
-            {"model": ..., "<n>-gram": ..., "oracle": ...}}`` (each a cross-entropy summary, bits
-            and nats per token), plus ``"compare"`` (the same for ``compare_run``) when given.
+            ``{"family": "ar", "run_dir", "corpus", "split", "held_out", "seq_len", "max_tokens",
+            "max_train_tokens", "permutations", "results": {"model": ..., "<n>-gram": ...,
+            "oracle": ...}}`` (``run_dir`` and ``corpus`` as absolute paths; each result a
+            cross-entropy summary, bits and nats per token), plus ``"compare"`` (the same for
+            ``compare_run``) when given.
+
+        Raises:
+            ValueError: a bad option or input, before anything is scored (one line).
         """
         from spikefm.corpus.reader import Corpus
         from spikefm.families.ar.evaluate import evaluate_model, require_rows
 
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise ValueError(f"split must be 'train' or 'test' (the corpus's splits; --split val is for the "
+                             f"masked families, ndt and neds), got {split!r}")
         if compare_data is not None and compare_run is None:
             raise ValueError("compare_data (--compare-data) names the corpus of compare_run "
                              "(--compare-run); pass the run to compare too")
         if max_train_tokens is not None and not ngram and baselines is None:
             raise ValueError("max_train_tokens (--max-train-tokens) caps the n-gram baselines' training tokens, "
                              "and no n-gram is fitted; give the orders too (--ngram 1,9) or drop it")
-        if compare_run is not None:
-            compare_data = compare_data or _trained_on(compare_run)
-            other = self.evaluate(compare_run, compare_data, split=split, ngram=ngram,
-                                  max_tokens=max_tokens, max_train_tokens=max_train_tokens,
-                                  seq_len=seq_len, permutations=permutations, progress=progress)
+        if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
+            raise ValueError(f"permutations must be an int >= 0, got {permutations!r}")
+        # Every input is checked before anything is scored (a bad --data or a second run that cannot
+        # be scored was found only after minutes of scoring): this corpus and run, then the compared
+        # run and its corpus; the compared run's weights are loaded when its turn comes.
         data = Corpus(corpus)
         require_rows(data, split)  # before the model and the baselines are loaded or fitted
         model, cfg = self.load(run_dir)
         if cfg is not None:
             _check_bin_width(run_dir, cfg.data.corpus, data)
+        scored_len = _scoring_seq_len(run_dir, model, cfg, seq_len)
+        if compare_run is not None:
+            compare_cfg = _compare_run_config(compare_run, compare_data)
+            named = "--compare-data" if compare_data else f"--compare-run {compare_run}'s corpus"
+            compare_data = compare_data or compare_cfg.data.corpus
+            try:
+                other_data = Corpus(compare_data)
+            except ValueError as exc:
+                raise ValueError(f"{named} {exc}") from None
+            require_rows(other_data, split)
+            if compare_cfg is not None:
+                _check_bin_width(compare_run, compare_cfg.data.corpus, other_data)
         if baselines is None:
             baselines = self.evaluate_baselines(corpus, split=split, ngram=ngram, max_tokens=max_tokens,
                                                 max_train_tokens=max_train_tokens)
-        if cfg is not None:
-            if seq_len is not None and seq_len != cfg.data.seq_len:
-                warnings.warn(f"--seq-len {seq_len} applies to a Hugging Face folder; {run_dir} is scored with its own "
-                              f"data.seq_len={cfg.data.seq_len}", RuntimeWarning, stacklevel=2)
-            seq_len = cfg.data.seq_len
-        elif seq_len is None:  # a Hugging Face folder: the context save_hf recorded, else 512 (within its limit)
-            seq_len = getattr(model, "train_seq_len", None) or min(512, model.cfg.max_seq_len)
-        elif seq_len > model.cfg.max_seq_len:
-            raise ValueError(f"--seq-len {seq_len} exceeds {run_dir}'s max_position_embeddings "
-                             f"({model.cfg.max_seq_len}); pass --seq-len {model.cfg.max_seq_len} or less")
-        if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 0:
-            raise ValueError(f"permutations must be an int >= 0, got {permutations!r}")
-        results = {"model": evaluate_model(model, data, split=split, seq_len=seq_len, max_tokens=max_tokens,
+        results = {"model": evaluate_model(model, data, split=split, seq_len=scored_len, max_tokens=max_tokens,
                                            progress=progress)}
         if permutations:
             results["model-permuted"] = evaluate_model(
-                model, data, split=split, seq_len=seq_len, max_tokens=max_tokens, progress=progress,
+                model, data, split=split, seq_len=scored_len, max_tokens=max_tokens, progress=progress,
                 unit_permutations=permutations)
         results.update(baselines)
-        out = {"family": self.name, "run_dir": str(run_dir), "corpus": str(corpus), "split": split,
-               "held_out": _held_out(data, split), "seq_len": seq_len, "results": results}
+        out = {"family": self.name, "run_dir": str(Path(run_dir).resolve()), "corpus": str(data.path.resolve()),
+               "split": split, "held_out": _held_out(data, split), "seq_len": scored_len,
+               "max_tokens": max_tokens, "max_train_tokens": max_train_tokens, "permutations": permutations,
+               "results": results}
         if compare_run is not None:
-            _check_comparable(data, Corpus(compare_data))
-            out["compare"] = other
+            del model  # one model in memory at a time
+            _check_comparable(data, other_data)
+            out["compare"] = self.evaluate(compare_run, compare_data, split=split, ngram=ngram,
+                                           max_tokens=max_tokens, max_train_tokens=max_train_tokens,
+                                           seq_len=seq_len, permutations=permutations, progress=progress)
         return out
 
     def format_results(self, results_by_run: dict[str, dict[str, Any]]) -> str:
@@ -302,18 +313,11 @@ class ARFamily:
         return format_table(columns, title=f"cross-entropy on the {first.get('split', 'test')} split (bits/token)")
 
 
-def _held_out(corpus, split: str) -> str:
-    """What the scored rows are to a model trained on the corpus's train split."""
-    if split == "train":
-        return "training rows"
-    kind = corpus.manifest.get("build", {}).get("split")
-    return {"session": "held-out sessions", "row": "held-out rows"}.get(kind, "held-out (split "
-                                                                        "kind not recorded)")
-
-
-def _check_bin_width(run_dir, trained_on: str, data) -> None:
+def _check_bin_width(run_dir, trained_on: str, data, *, fix: str | None = None) -> None:
     """A token model reads one count per unit per bin: refuse a corpus binned at another width
-    than its training corpus (when that corpus is still readable; its manifest records it)."""
+    than its training corpus (when that corpus is still readable; its manifest records it).
+    ``fix``: what to do instead, ``{bin_ms}`` standing for the training width (default: score a
+    corpus of that width)."""
     from spikefm.corpus.reader import Corpus
     from spikefm.train.runinfo import read_run_info
 
@@ -328,21 +332,97 @@ def _check_bin_width(run_dir, trained_on: str, data) -> None:
     if trained_bin is not None and trained_bin != data.manifest.get("bin_ms"):
         raise ValueError(f"{run_dir} was trained on {trained_bin} ms bins ({trained_on}), {data.path} is binned at "
                          f"{data.manifest.get('bin_ms')} ms: its counts per bin are not what the model read; "
-                         f"score it on a corpus built with --bin-ms {trained_bin}")
+                         + (fix or "score it on a corpus built with --bin-ms {bin_ms}").format(bin_ms=trained_bin))
 
 
-def _trained_on(run_dir: str) -> str:
-    """The corpus a spikefm run was trained on (its config.json), for --compare-run."""
-    from spikefm.train.runinfo import read_run_info
+def _scoring_seq_len(run_dir, model, cfg: RunConfig | None, seq_len: int | None) -> int:
+    """The context windows are scored with: a run's own ``data.seq_len`` (a ``seq_len`` given for
+    it is said to be ignored); for a Hugging Face folder ``seq_len``, else the context save_hf
+    recorded, else 512 (within the model's limit)."""
+    if cfg is not None:
+        if seq_len is not None and seq_len != cfg.data.seq_len:
+            warnings.warn(f"--seq-len {seq_len} applies to a Hugging Face folder; {run_dir} is scored with its own "
+                          f"data.seq_len={cfg.data.seq_len}", RuntimeWarning, stacklevel=3)
+        return cfg.data.seq_len
+    if seq_len is None:
+        return getattr(model, "train_seq_len", None) or min(512, model.cfg.max_seq_len)
+    if seq_len > model.cfg.max_seq_len:
+        raise ValueError(f"--seq-len {seq_len} exceeds {run_dir}'s max_position_embeddings "
+                         f"({model.cfg.max_seq_len}); pass --seq-len {model.cfg.max_seq_len} or less")
+    return seq_len
+
+
+def _held_out(corpus, split: str) -> str:
+    """What the scored rows are to a model trained on the corpus's train split."""
+    if split == "train":
+        return "training rows"
+    kind = corpus.manifest.get("build", {}).get("split")
+    return {"session": "held-out sessions", "row": "held-out rows"}.get(kind, "held-out (split "
+                                                                        "kind not recorded)")
+
+
+def _trained_on(run_dir: str | Path) -> str:
+    """The corpus a spikefm AR run was trained on, read as :func:`spikefm.train.runinfo.load_run_config`
+    reads it everywhere (a corpus recorded relative to the folder training ran in is replaced by
+    the absolute path the run recorded in ``family_info.corpus``, so the answer does not depend on
+    the working directory). ValueError (one line) when the folder is not an AR run, records no
+    corpus, or the corpus is not found from here."""
+    from spikefm.train.runinfo import load_run_config, read_run_info
 
     if not (Path(run_dir) / "config.json").is_file():
-        raise ValueError(f"--compare-run {run_dir}: not a run folder (no config.json); give the folder of the "
-                         "second run (spikefm train --out), e.g. one trained on a --split row corpus")
-    corpus = read_run_info(run_dir).get("config", {}).get("data", {}).get("corpus")
-    if not corpus:
-        raise ValueError(f"{run_dir} records no training corpus (not a spikefm run folder?); "
+        raise ValueError(f"{run_dir}: not a run folder (no config.json); give the folder of a spikefm train --out")
+    info = read_run_info(run_dir)
+    family = info.get("family")
+    if family is None:
+        raise ValueError(f"{run_dir} records no training corpus (a model folder, not a spikefm run); "
                          "pass --compare-data CORPUS_DIR")
+    if family != ARFamily.name:
+        article = "an" if str(family)[:1].lower() in "aeiou" or family == "ndt" else "a"
+        raise ValueError(f"{run_dir} is {article} {family} run, not an autoregressive (ar) run; compare two ar "
+                         "runs (spikefm train --model ar)")
+    corpus = load_run_config(run_dir, model_cls=LlamaConfig, data_cls=ARDataConfig).data.corpus
+    if not corpus:
+        raise ValueError(f"{run_dir} records no training corpus; pass --compare-data CORPUS_DIR")
+    if not Path(corpus).is_dir():
+        recorded = (info.get("family_info") or {}).get("corpus") if isinstance(info.get("family_info"), dict) else None
+        raise ValueError(f"{run_dir} was trained on {recorded or corpus}, which is not found from here; pass "
+                         "--compare-data CORPUS_DIR (that corpus, moved, or another to score it on)")
     return corpus
+
+
+def _compare_run_config(compare_run: str, compare_data: str | None) -> RunConfig | None:
+    """Check ``--compare-run`` before anything is scored: an AR run with its weights (then its
+    RunConfig, whose corpus is found from any working directory, see :func:`_trained_on`) or a
+    Hugging Face Llama folder with ``--compare-data`` (then None). One-line ValueError otherwise."""
+    from spikefm.train.checkpoint import EXPORT_NAME, confined_file, read_safetensors_header
+    from spikefm.train.runinfo import load_run_config, read_run_info
+
+    flag = f"--compare-run {compare_run}"
+    if not (Path(compare_run) / "config.json").is_file():
+        raise ValueError(f"{flag}: not a run folder (no config.json); give the folder of the "
+                         "second run (spikefm train --out), e.g. one trained on a --split row corpus")
+    info = read_run_info(compare_run)
+    if "family" not in info and ARFamily.claims_folder(info):
+        if compare_data is None:
+            raise ValueError(f"{flag}: a Hugging Face Llama folder, which records no training corpus; pass "
+                             "--compare-data CORPUS_DIR")
+        return None
+    if "family" not in info:
+        kind = info.get("model_type") or "unknown"
+        raise ValueError(f"{flag}: holds a model of type {kind!r}, neither a spikefm run nor a Hugging Face "
+                         "Llama folder; give an autoregressive run folder (spikefm train --model ar --out)")
+    if compare_data is None or info["family"] != ARFamily.name:
+        try:  # its corpus, found from any working directory; or the refusal of another family's run
+            _trained_on(compare_run)
+        except ValueError as exc:
+            raise ValueError(f"--compare-run {exc}") from None
+    cfg = load_run_config(compare_run, model_cls=LlamaConfig, data_cls=ARDataConfig)
+    weights = confined_file(compare_run, EXPORT_NAME, what="weights file")
+    if not weights.is_file():
+        raise ValueError(f"{flag}: {weights.name} not found; the run has not finished (or was not exported): "
+                         "resume it with spikefm train --resume")
+    read_safetensors_header(weights)  # a damaged file is refused now, not after the first run is scored
+    return cfg
 
 
 def _check_comparable(a, b) -> None:
@@ -361,15 +441,21 @@ def _check_comparable(a, b) -> None:
 
 
 def _format_comparison(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """Rows (held-out kind, scorer), columns all / counts / separators, bits per token."""
+    """Rows (what was scored, whose run, scorer), columns all / counts / separators, bits per
+    token. Each block names its run, so two blocks of the same kind (``--split train`` gives
+    "training rows" twice; two corpora of one split kind) stay apart."""
     from spikefm.families.ar.xent import KINDS
     from spikefm.tables import render_table
 
+    names = [Path(str(r["run_dir"])).name or str(r["run_dir"]) for r in (a, b)]
+    if names[0] == names[1]:  # two runs of the same folder name: their paths tell them apart
+        names = [str(r["run_dir"]) for r in (a, b)]
     rows = []
-    for res in (a, b):
-        for name, r in res["results"].items():
-            rows.append([res["held_out"], name, *(r["overall"][k]["bits"] for k in KINDS)])
-    return render_table(["scored on", "", *KINDS], rows, align="<<>>>",
+    for res, name in zip((a, b), names):
+        for scorer, r in res["results"].items():
+            rows.append([f"{res['held_out']} of {Path(str(res['corpus'])).name} ({name})", scorer,
+                         *(r["overall"][k]["bits"] for k in KINDS)])
+    return render_table(["scored on (run)", "", *KINDS], rows, align="<<>>>",
                         title=f"cross-entropy (bits/token): {a['run_dir']} on {a['corpus']} vs "
                               f"{b['run_dir']} on {b['corpus']}")
 

@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spikefm.fileio import savez_atomic, write_atomic
+from spikefm.fileio import check_file_target, savez_atomic, write_atomic
+
+
+class PastTrainedContext(RuntimeWarning):
+    """A generation reads more tokens of context than the model was trained on."""
 
 
 def _segment_key(segment_id: str) -> tuple[int, str]:
@@ -36,7 +40,7 @@ def _session_stretches(rows: list, ordered: bool) -> list[list]:
     return stretches
 
 
-def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
+def _prompt_counts(spec: str, prompt_bins: int, num_bins: int, check_corpus=None):
     """``CORPUS_DIR:SESSION_ID:START_BIN`` -> (prompt counts, the real bins that follow, bin_ms).
 
     START_BIN counts the session's bins: its rows one after another, in time order (rows of an
@@ -45,6 +49,9 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
     it on the same timeline (see :func:`_session_stretches`): such a prompt is refused, naming
     the rows' bins, and the real bins stop at the row's end (with a warning). So a session whose
     rows have different unit counts still gives a prompt, of the units of the row that holds it.
+
+    ``check_corpus``: called with the prompt's corpus before any row is read (e.g. to refuse
+    another bin width than the model's).
     """
     from spikefm.corpus.reader import Corpus
 
@@ -54,6 +61,8 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
     except ValueError:
         raise ValueError(f"--prompt must be CORPUS_DIR:SESSION_ID:START_BIN, got {spec!r}") from None
     corpus = Corpus(corpus_dir)
+    if check_corpus is not None:
+        check_corpus(corpus)
     meta = corpus.session(session_id)  # a clear error for an unknown session
     ordered = meta.get("segments_ordered") is not False
     rows = sorted((r for split in ("train", "test") for r in corpus.iter_rows(split,
@@ -109,7 +118,9 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int):
 
 
 def _run_bin_ms(run_dir) -> int:
-    """The bin width of the corpus the run was trained on, 0 when it cannot be read."""
+    """The bin width of the corpus the run was trained on, found as every command finds it
+    (:func:`spikefm.families.ar.family._trained_on`: from any working directory); 0 when it
+    cannot be read (a Hugging Face folder, a corpus moved away)."""
     from spikefm.corpus.reader import Corpus
     from spikefm.families.ar.family import _trained_on
 
@@ -128,6 +139,14 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     prompted, ``prompt`` and ``real``), plus ``out`` with .png: a raster of real next to generated
     bins when prompted, else of the generated bins.
 
+    Both outputs, the run and the prompt are checked before anything is sampled or written: a
+    folder or a file in the way of either output, a prompt corpus binned at another width than
+    the run's training corpus, or more prompt and generated tokens than the model's
+    ``max_seq_len`` (naming the most that fit) is refused in one line. A generation longer than
+    the context the model was trained on (``data.seq_len``; a Hugging Face folder's recorded
+    training context) is allowed, with a warning: the later bins are sampled at positions the
+    model never saw in training.
+
     ``device``: "cpu" (default; the same seed gives the same spikes on every machine), "cuda"
     (decoding through one CUDA graph per token, see :func:`~spikefm.families.ar.model.generate`)
     or "auto" (cuda when available). The random stream differs between devices.
@@ -136,24 +155,31 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
 
     Returns the written paths.
     """
-    from spikefm.families.ar.family import ARFamily
+    from spikefm.families.ar.family import ARFamily, _check_bin_width
     from spikefm.progress import progress_bar
-    from spikefm.families.ar.model import Llama, generate
+    from spikefm.families.ar.model import Llama, check_generation_context, generate
     from spikefm.families.ar.tokens import detokenize, tokenize
     from spikefm.train.dist import resolve_device_type
 
-    png = Path(out).with_suffix(".png")
-    if png.exists() and not Path(out).with_suffix(".npz").exists():  # not an earlier generate's pair
+    out, png = Path(out), Path(out).with_suffix(".png")
+    for path in (out, png):  # both, before either is written (a refused .png left a new .npz)
+        check_file_target(path)
+    if png.exists() and not out.with_suffix(".npz").exists():  # not an earlier generate's pair
         raise ValueError(f"{png} exists and is not the raster of an earlier spikefm generate (no "
                          f"{png.with_suffix('.npz').name} beside it); nothing was written: move it or choose another --out")
     device = resolve_device_type(device, option="--device")
-    model, _ = ARFamily().load(str(run_dir), device=device)
+    model, cfg = ARFamily().load(str(run_dir), device=device)
     if not isinstance(model, Llama):
         raise ValueError(f"{run_dir}: generation needs an autoregressive (ar) model")
     prompt_tokens, arrays = None, {}
     bin_ms = 0
     if prompt:
-        p_counts, real, bin_ms = _prompt_counts(prompt, prompt_bins, num_bins)
+        def same_bins(corpus):  # as eval refuses it: the model read counts of its training width
+            if cfg is not None:
+                _check_bin_width(run_dir, cfg.data.corpus, corpus,
+                                 fix="prompt it from a corpus built with --bin-ms {bin_ms}")
+
+        p_counts, real, bin_ms = _prompt_counts(prompt, prompt_bins, num_bins, check_corpus=same_bins)
         if p_counts.shape[0] != num_units:
             raise ValueError(f"--units {num_units} does not match the {p_counts.shape[0]} units of the prompt "
                              f"({':'.join(prompt.rsplit(':', 2)[1:])}); pass --units {p_counts.shape[0]}")
@@ -161,6 +187,18 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
         arrays["prompt"] = p_counts
         if real is not None:
             arrays["real"] = real
+    fed = check_generation_context(model.cfg, num_units, num_bins,
+                                   0 if prompt_tokens is None else prompt_tokens.shape[1])
+    trained = cfg.data.seq_len if cfg is not None else getattr(model, "train_seq_len", None)
+    if trained and fed > trained:
+        width = num_units + 1
+        within = (trained + 1) // width - (0 if prompt_tokens is None else prompt_tokens.shape[1] // width)
+        what = "data.seq_len" if cfg is not None else "the training context its config.json records"
+        warnings.warn(f"generation reads {fed:,} tokens of context, more than the {trained:,} the model was trained "
+                      f"on ({what}): bins past that are sampled at positions it never saw"
+                      + (f"; --bins {within} or fewer stay within it" if within >= 1 else
+                         "; a shorter prompt and fewer bins stay within it"),
+                      PastTrainedContext, stacklevel=2)
     gen = torch.Generator(device=device).manual_seed(seed)
     with progress_bar(num_bins, "generating bins", enabled=progress) as bar:
         tokens = generate(model, num_units, num_bins, prompt_tokens=prompt_tokens,
@@ -171,7 +209,6 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     if bin_ms:  # the bin width of the counts, for the report's time axis
         arrays["bin_ms"] = np.asarray(bin_ms, dtype=np.int32)
     out = savez_atomic(out, compressed=True, **arrays)
-    png = out.with_suffix(".png")
     _raster(arrays, png)
     return [out, png]
 

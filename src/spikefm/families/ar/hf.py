@@ -33,7 +33,7 @@ import torch
 
 from spikefm.fileio import write_atomic
 from spikefm.families.ar.model import Llama, LlamaConfig
-from spikefm.train.checkpoint import confined_file, read_json_file, read_safetensors_header
+from spikefm.train.checkpoint import confined_file, read_json_file, read_safetensors_header, write_safetensors
 
 __all__ = ["save_hf", "load_hf", "to_hf_config", "from_hf_config", "to_hf_key", "from_hf_key"]
 
@@ -274,8 +274,6 @@ def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
     Returns:
         The output folder as a ``Path``.
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, Llama):
         raise TypeError(f"save_hf expects a spikefm Llama, got {type(model).__name__}")
     to_hf_config(model.cfg)  # refuses layouts that LlamaForCausalLM cannot express
@@ -288,8 +286,7 @@ def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
                              "(to_empty + init_weights, or load weights) before saving")
         tensors[to_hf_key(key)] = tensor.detach().to("cpu").contiguous()
     dtype = model.tok_embeddings.weight.dtype
-    write_atomic(out / WEIGHTS_NAME,
-                 lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    write_safetensors(out / WEIGHTS_NAME, tensors, {"format": "pt"})
     config = to_hf_config(model.cfg, dtype)
     run = getattr(model, "run_config", None)  # a model loaded from a spikefm run knows its context
     context = getattr(getattr(run, "data", None), "seq_len", None) or getattr(model, "train_seq_len", None)

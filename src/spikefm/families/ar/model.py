@@ -738,6 +738,44 @@ class Llama(nn.Module):
 # Generation
 # --------------------------------------------------------------------------------------------
 
+def check_generation_context(cfg: LlamaConfig, num_units: int, num_bins: int, prompt_len: int = 0) -> int:
+    """Refuse a generation longer than the model's context, naming the most that fits; returns
+    the tokens the model then reads (prompt and generated, less the last generated one, which is
+    never fed back; the unit-count prefix not counted).
+
+    Args:
+        cfg: the model's config (``max_seq_len``, ``unit_count_prefix``).
+        num_units: units per bin; num_bins: bins to generate; prompt_len: prompt tokens (whole
+            bins of ``num_units + 1``).
+
+    Raises:
+        ValueError: one line saying what fits: fewer units (not one bin fits), fewer prompt
+            bins (the prompt leaves no room for ``num_bins``), or fewer bins.
+    """
+    width = num_units + 1
+    extra = int(cfg.unit_count_prefix)
+    fed = prompt_len + num_bins * width - 1
+    if fed + extra <= cfg.max_seq_len:
+        return fed
+    limit = cfg.max_seq_len
+    fit_bins = (limit + 1 - extra) // width  # bins, prompt and generated together, that fit
+    prompt_bins = prompt_len // width
+    if fit_bins < 1 or (prompt_len and fit_bins < 2):  # not one bin (prompt and one generated bin) fits
+        fix = f"fewer units (at most {limit - extra} fit one bin)" if fit_bins < 1 else \
+            f"fewer units or no prompt (with a prompt, at most {(limit + 1 - extra) // 2 - 1} units fit)"
+    elif prompt_bins >= fit_bins:  # the prompt alone fills the context
+        most = fit_bins - num_bins
+        fix = (f"a shorter prompt: at most {most} prompt bin(s) fit before {num_bins} generated bins" if most >= 1
+               else f"a shorter prompt and fewer bins: at most {fit_bins} bins of {num_units} units fit, prompt and "
+                    f"generated together (at most {fit_bins - 1} prompt bins)")
+    else:
+        fix = f"fewer bins (at most {fit_bins - prompt_bins})" + (
+            f", or a shorter prompt (at most {fit_bins - num_bins} prompt bin(s) before {num_bins} bins)"
+            if prompt_len and fit_bins - num_bins >= 1 else "")
+    raise ValueError(f"prompt ({prompt_len}) plus generated ({num_bins * width}) tokens exceed the "
+                     f"model's max_seq_len {limit}; generate with {fix}")
+
+
 def _check_prompt(prompt_tokens: torch.Tensor, num_units: int) -> None:
     if not isinstance(prompt_tokens, torch.Tensor) or prompt_tokens.ndim != 2:
         raise ValueError("prompt_tokens must be a 2-D (batch, length) tensor, got "
@@ -845,16 +883,7 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
     extra = int(model.cfg.unit_count_prefix)
     prefix_B2 = (torch.tensor([[num_units, 0]], device=device).expand(batch_size, 2)
                  if extra else None)
-    if total - 1 + extra > model.cfg.max_seq_len:
-        room = model.cfg.max_seq_len + 1 - extra - prompt_len  # tokens left for new bins
-        if prompt_len + extra >= model.cfg.max_seq_len:
-            fix = "a shorter prompt (fewer prompt bins)"
-        elif room < width:  # not even one bin of this many units fits
-            fix = (f"fewer units (at most {room - 1} fit one bin" + (" after this prompt)" if prompt_len else ")"))
-        else:
-            fix = f"fewer bins (at most {room // width})" + (", or a shorter prompt" if prompt_len else "")
-        raise ValueError(f"prompt ({prompt_len}) plus generated ({num_new}) tokens exceed the "
-                         f"model's max_seq_len {model.cfg.max_seq_len}; generate with {fix}")
+    check_generation_context(model.cfg, num_units, num_bins, prompt_len)
 
     cache = (KVCache.for_model(model, batch_size, max_seq_len=total - 1 + extra)
              if use_kv_cache else None)

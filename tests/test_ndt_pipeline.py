@@ -566,3 +566,24 @@ def test_no_val_windows_says_every_fix_including_the_one_for_fine_tuning(corpus_
 
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"spikefm: error: {NO_VAL_WINDOWS}"
     assert "use longer sessions" in NO_VAL_WINDOWS and "fine-tuning always validates" in NO_VAL_WINDOWS
+
+
+def test_decoding_tasks_name_the_block_as_the_results_do(finetuned, corpus_dir):
+    """--decode-layer 0 and 2 (of 2 blocks) read the same block, yet the tasks recorded 'layer'
+    -1 and 1 (and 0 for block 1, where 0 means the last everywhere else): each task now records
+    the 1-based block, as the results' top level does."""
+    from spikefm import families
+
+    ft_dir, _ = finetuned
+    tasks = ["choice-decoding", "behavior-decoding"]
+    got = {}
+    for layer in (0, 1, 2):
+        res = families.evaluate(str(ft_dir), str(corpus_dir), tasks=tasks, baselines=False, decode_layer=layer)
+        blocks = {t: res["results"]["tasks"][t]["decode_layer"] for t in tasks if t in res["results"]["tasks"]}
+        assert blocks and set(blocks.values()) == {res["decode_layer"]}, (layer, blocks, res["decode_layer"])
+        got[layer] = res
+    assert got[0]["decode_layer"] == got[2]["decode_layer"] == 2 and got[1]["decode_layer"] == 1
+    for t in tasks:
+        if t in got[0]["results"]["tasks"]:  # the same block: the same scores
+            assert json.dumps(got[0]["results"]["tasks"][t], sort_keys=True) == \
+                json.dumps(got[2]["results"]["tasks"][t], sort_keys=True)

@@ -86,7 +86,7 @@ def test_jiang2025_protocol_is_recorded_in_config_and_results(corpus_dir, held_o
     assert res["split_fractions"] == [0.8, 0.1, 0.1] and res["windows_per_split"] == n
     choice = res["results"]["tasks"].get("choice-decoding")
     if choice is not None:
-        assert choice["layer"] == 2  # 0-based index of block 3
+        assert choice["decode_layer"] == 3  # the block the results' top level names (it said 2, the index)
 
 
 def test_validation_loss_is_balanced_across_schemes(pretrained):

@@ -317,6 +317,13 @@ def _unmasked_features(model: nn.Module, windows: SessionWindows, layer: int, ba
     return np.concatenate(hid), np.concatenate(rates)
 
 
+def _block(model: nn.Module, layer: int) -> int:
+    """The 1-based block number of the index ``layer`` into the model's per-block hidden states
+    (``-1``: the last), as ``data.decode_layer`` and the results name blocks."""
+    n = int(model.cfg.n_layers)
+    return layer + 1 if layer >= 0 else n + layer + 1
+
+
 def _label_array(windows: SessionWindows, label: str) -> tuple[np.ndarray, np.ndarray]:
     """(labels as str, present mask) for a label of the windows."""
     if label not in windows.labels:
@@ -402,7 +409,8 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
 
     Returns:
         dict with ``label``, ``method``, ``n_train``, ``n_test``, ``n_classes``, ``chance`` (most
-        frequent class share among the scored windows), ``layer``, and per feature set
+        frequent class share among the scored windows), ``decode_layer`` (the block read, 1-based,
+        as the results' top level names it), and per feature set
         (``hidden``, ``rates``, maybe ``oracle``): ``accuracy``, ``accuracy_ci95`` (Wilson
         interval over the scored windows), ``balanced_accuracy``, ``C``.
     """
@@ -444,7 +452,7 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
         n = int(scored.size)
         res["ideal_observer"] = {"accuracy": hits / n, "accuracy_ci95": list(wilson_interval(hits, n))}
     return {"label": label, "method": method, "n_train": int(train.size), "n_test": int(test.size),
-            "n_classes": int(sc.size), "chance": float(sc.max() / sc.sum()), "layer": layer,
+            "n_classes": int(sc.size), "chance": float(sc.max() / sc.sum()), "decode_layer": _block(model, layer),
             "cv_folds": cv_folds if method == "nested-cv" else None, **res}
 
 
@@ -480,7 +488,7 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
     not decoded or a value is missing), and ``channels``.
 
     Returns:
-        ``{"channels", "n_train", "n_test", "layer", <feature set>: {channel: {"r2", "psth_r2"},
+        ``{"channels", "n_train", "n_test", "decode_layer" (1-based block), <feature set>: {channel: {"r2", "psth_r2"},
         "mean": {"r2", "psth_r2"}}}``.
     """
     from sklearn.linear_model import RidgeCV
@@ -511,7 +519,7 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
         groups = [np.flatnonzero(present[test] & (values[test] == v)) for v in np.unique(values[test][present[test]])]
         groups = [g for g in groups if g.size] or [np.arange(test.size)]
     out: dict = {"channels": list(windows.behavior_names), "n_train": int(train.size),
-                 "n_test": int(test.size), "layer": layer, "psth_condition": condition}
+                 "n_test": int(test.size), "decode_layer": _block(model, layer), "psth_condition": condition}
     decoded_kTC = np.full((test.size, T, C), np.nan)
     with threadpool_limits(1):
         for name, X_KTF in features.items():

@@ -414,7 +414,7 @@ def test_bad_inputs_are_one_line_with_exit_codes(data, ar_run, tmp_path):
     blocker.write_text("mine")
     cases = [
         (["corpus", "info", str(tmp_path / "missing")], 2, r"^spikefm: error: .*missing: no such file or folder; give a spikefm corpus folder"),
-        (["eval", str(tmp_path / "missing"), "--data", corpus], 2, r"missing is not a folder"),
+        (["eval", str(tmp_path / "missing"), "--data", corpus], 2, r"missing does not exist; expected a spikefm run directory"),
         (["train", "--data", corpus, "--out", str(tmp_path / "r"), "--set", "optim.lr=nan"], 2,
          r"invalid value for 'optim.lr': expected a finite float"),
         (["ngram", "--data", corpus, "--order", "1", "--alpha", "inf"], 2, r"argument --alpha: expected a number \(finite\)"),

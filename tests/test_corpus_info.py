@@ -203,3 +203,18 @@ def test_info_lists_regions_trial_tables_behaviour_and_skipped_inputs(tmp_path):
     top = next(iter(info["regions"]))
     assert f"{top} {info['regions'][top]:,}" in text and "1 input(s), e.g. " in text
     assert f"trials ({tables['trials']['trials']:,} trials in 2 sessions)" in text
+
+
+def test_cli_reads_a_sample_of_rows_with_max_rows(corpus_and_rows, capsys):
+    """A whole published corpus takes minutes to count: --max-rows N reads its first N rows (the
+    command had no way to; the Python function did)."""
+    from spikefm.cli import main
+
+    corpus, _ = corpus_and_rows
+    assert main(["corpus", "info", str(corpus.path), "--max-rows", "3", "--json", "--quiet"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count_stats"]["rows_scanned"] == 3 and info["count_stats"]["sampled"]
+    assert info["count_stats"] == json.loads(json.dumps(corpus_info(corpus, max_rows=3)))["count_stats"]
+    with pytest.raises(SystemExit) as exit_:  # argparse's one line, exit status 2
+        main(["corpus", "info", str(corpus.path), "--max-rows", "0"])
+    assert exit_.value.code == 2 and "--max-rows: expected a positive integer, got 0" in capsys.readouterr().err

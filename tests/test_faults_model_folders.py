@@ -180,7 +180,7 @@ def test_oversized_or_broken_config_json_is_refused(toy_run, tmp_path):
     refused(lambda: load_model(run), "has 17,825,792 bytes, more than the")
     (run / "config.json").write_bytes(b"\xff\xfe not json")
     refused(lambda: load_model(run), "is not valid JSON")
-    refused(lambda: load_model(tmp_path / "missing"), "is not a folder")
+    refused(lambda: load_model(tmp_path / "missing"), "does not exist")
 
 
 # ------------------------------------------------------------------------ Hugging Face folders

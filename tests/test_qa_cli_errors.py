@@ -200,7 +200,8 @@ def test_training_into_a_project_or_corpus_folder_is_refused_untouched(corpus, t
                     "'data' and 1 more); nothing was written: give a new or empty folder (--out)")
     line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(corpus), "--steps",
                                    "2", "--quiet", "--resume"])
-    assert f"{corpus}: folder has files and is not a spikefm run" in line
+    assert line == (f"spikefm: error: {corpus} is a spikefm corpus (manifest.json), not a run folder; nothing "
+                    "was written: give a new run folder (--out), e.g. runs/NAME, and the corpus as --data")
     assert snapshot(tmp_path) == before  # no lock file either
 
 

@@ -9,13 +9,23 @@ from spikefm.cli import main
 
 
 def test_quickstart_fast_runs_end_to_end(tmp_path, capsys):
+    import warnings
+
     threads = torch.get_num_threads()
     try:
-        assert main(["quickstart", "--out", str(tmp_path / "qs"), "--fast"]) == 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["quickstart", "--out", str(tmp_path / "qs"), "--fast"]) == 0
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     qs = tmp_path / "qs"
+    # advice to raise flags the quickstart does not take (--steps, --eval-every) is said as a note
+    # on its fixed budgets; the tiny model's short training context too
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "raise --steps" in m or "--eval-every (now" in m or "trained on (" in m], said
+    assert "fine-tuning run(s) of the quickstart might have used more steps" in out
+    assert "note: the raster runs past the 256 tokens of context" in out
     assert "cross-entropy on the test split" in out and "co-smoothing" in out
     assert {p.name for p in (qs / "figures").glob("*.png")} >= {
         "units_per_session.png", "session_length.png", "token_marginals.png"}

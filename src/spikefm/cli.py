@@ -177,7 +177,7 @@ def cmd_corpus_info(args) -> int:
     from spikefm.corpus.info import corpus_info, format_info
     from spikefm.corpus.reader import Corpus
 
-    info = corpus_info(Corpus(args.corpus_dir))
+    info = corpus_info(Corpus(args.corpus_dir), max_rows=args.max_rows, progress=not args.quiet)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -540,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-row-tokens", type=_positive_int, default=10_000_000,
                    help="most tokens (units x bins) per corpus row; longer sessions are chunked (default 10,000,000)")
     b.add_argument("--test-fraction", type=_fraction, default=0.01,
-                   help="share of tokens held out as the test split (default 0.01; at least one session or row)")
+                   help="test share (default 0.01): with --split session, of the tokens, whole sessions until it is "
+                        "reached (a floor); with --split row, of the rows; at least one session or row")
     b.add_argument("--split", choices=["session", "row"], default="session",
                    help="session: no session in both splits; row: the Neural Pile's row split")
     b.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the train/test split (default 0)")
@@ -567,7 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = csub.add_parser("info", help="summary statistics of a corpus")
     i.add_argument("corpus_dir")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    i.add_argument("--max-rows", type=_positive_int, default=None, metavar="N",
+                   help="read only the first N rows (shuffled at build time: a sample) for the zero fraction "
+                        "and token marginals (default: all; a large corpus takes minutes); the rest comes "
+                        "from the manifest")
+    i.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     i.set_defaults(func=cmd_corpus_info)
 
     pl = csub.add_parser("plot", help="PNG figures of a corpus")
@@ -585,8 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.set_defaults(func=cmd_corpus_import)
 
     t = sub.add_parser("train", help="train a model family on a corpus (torchrun for many GPUs)")
+    from spikefm import families as _families  # the registry (plugins included), torch-free
+
     t.add_argument("--model", default=None, metavar="FAMILY",
-                   help="model family (spikefm.families.names(); default: the registry's default)")
+                   help=f"model family: {', '.join(_families.names())} (default {_families.DEFAULT_FAMILY})")
     t.add_argument("--preset", default=None, help="model size preset of the family (default: the family's default, e.g. "
                    "tiny-bin-prefix for ar, tiny for ndt and neds)")
     t.add_argument("--protocol", default=None, metavar="NAME",
@@ -594,7 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "applied before --set")
     t.add_argument("--data", required=True, help="corpus folder")
     t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--steps", type=_positive_int, default=None)
+    t.add_argument("--steps", type=_positive_int, default=None,
+                   help="optimizer steps of the whole run, as --set train.steps=N (default: the family's for "
+                        "the preset: 250 for ar's tiny presets, 1000 for its larger ones, 8000 for ndt, 1500 "
+                        "for neds)")
     t.add_argument("--sessions", default=None,
                    help="comma-separated session ids, for families trained per session")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -606,8 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run (or a Hugging Face Llama folder) on a corpus")
-    e.add_argument("run_dir")
-    e.add_argument("--data", required=True)
+    e.add_argument("run_dir", metavar="RUN_DIR",
+                   help="run folder (spikefm train --out or spikefm finetune --out) or a Hugging Face Llama folder")
+    e.add_argument("--data", required=True, metavar="CORPUS_DIR",
+                   help="corpus folder to score on (spikefm corpus build --out); masked models (ndt, neds): the "
+                        "corpus holding the run's session")
     e.add_argument("--out", default=None, help="results.json")
     e.add_argument("--split", default=None, choices=["train", "val", "test"],
                    help="token models (ar): the corpus split to score, train or test (default test; "
@@ -667,7 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluations without improvement before stopping (default %(default)s)")
     f.add_argument("--select", default=None, choices=["lowest", "one-se"],
                    help="how auto picks its candidate: the lowest validation loss, or one-se: the most "
-                        "constrained (frozen, unfreeze, full) within one standard error of it "
+                        "constrained (frozen, unfreeze, full) within one standard error of it, which needs "
+                        "per-window validation losses: neds has them, ndt refuses one-se "
                         "(default: the family's default, lowest for every family today)")
     f.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,
                    help="auto also ranks the greedy weight average of its pretrained candidates "

@@ -189,6 +189,7 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
 
 def _ndt_step(out: Path, fast: bool) -> dict:
     from spikefm.experiments.transfer import FAST_SIZES, QUICKSTART_SIZES, transfer
+    from spikefm.train.finetune import FinetuneBudget
 
     sizes = FAST_SIZES if fast else QUICKSTART_SIZES
     if not any((out / "nwb_ndt").rglob("*.nwb")):
@@ -196,4 +197,17 @@ def _ndt_step(out: Path, fast: bool) -> dict:
     _say(f"8/8 masked NDT: {sizes['sessions']} more synthetic sessions ({out / 'nwb_ndt'}, {sizes['duration_s']:.0f} s "
          "each); pretrain on all but the held-out one(s), fine-tune to a held-out one, compare with the same "
          "model trained on it alone")
-    return transfer(out, **sizes)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        results = transfer(out, **sizes)
+    budget = [w for w in said if issubclass(w.category, FinetuneBudget)]
+    for w in said:
+        if w not in budget:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if budget:  # their advice names flags of spikefm finetune, which the quickstart does not take
+        first = str(budget[0].message).split("; ")[0]
+        print(f"note: {len(budget)} fine-tuning run(s) of the quickstart might have used more steps or earlier "
+              f"evaluations (e.g. {first}); its budgets are fixed"
+              + (" (--fast: the smallest that run)" if fast else "")
+              + ": spikefm finetune RUN --data CORPUS --session ID --out DIR --steps N trains longer")
+    return results

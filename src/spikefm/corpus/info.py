@@ -83,13 +83,14 @@ def _iter_count_batches(corpus: Corpus, max_rows: int | None,
                     yield split, batch.num_rows, flat_counts(batch.column(0))
 
 
-def count_histogram(corpus: Corpus, *, max_rows: int | None = None) -> dict:
+def count_histogram(corpus: Corpus, *, max_rows: int | None = None, progress: bool = False) -> dict:
     """Histogram of count values over the corpus' cells.
 
     Args:
         corpus: the corpus to scan.
         max_rows: scan at most this many rows (train shards first, in shard order; rows were
             shuffled at build time, so this is a sample of rows). ``None`` scans everything.
+        progress: a progress bar over the rows (a whole published corpus takes minutes).
 
     Returns:
         ``{"total": int64[256], "by_split": {split: int64[256]}, "rows_scanned": int}`` where
@@ -97,11 +98,17 @@ def count_histogram(corpus: Corpus, *, max_rows: int | None = None) -> dict:
     """
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be a positive int or None, got {max_rows!r}")
+    from ..progress import progress_bar
+
     by_split = {s: np.zeros(NUM_COUNT_VALUES, np.int64) for s in corpus.manifest["splits"]}
     rows = 0
-    for split, n, flat in _iter_count_batches(corpus, max_rows):
-        by_split[split] += count_values(flat)
-        rows += n
+    total_rows = sum(int(sp.get("num_rows", 0)) for sp in corpus.manifest["splits"].values())
+    with progress_bar(total_rows if max_rows is None else min(max_rows, total_rows), "counting spikes",
+                      enabled=progress) as bar:
+        for split, n, flat in _iter_count_batches(corpus, max_rows):
+            by_split[split] += count_values(flat)
+            rows += n
+            bar.advance(n)
     total = sum(by_split.values(), np.zeros(NUM_COUNT_VALUES, np.int64))
     return {"total": total, "by_split": by_split, "rows_scanned": rows}
 
@@ -114,13 +121,14 @@ def _summary(values: list[float]) -> dict:
             "min": float(a.min()), "max": float(a.max())}
 
 
-def corpus_info(corpus: Corpus, *, max_rows: int | None = None) -> dict:
+def corpus_info(corpus: Corpus, *, max_rows: int | None = None, progress: bool = False) -> dict:
     """Summary statistics of a corpus, JSON-serializable.
 
     Args:
         corpus: an opened :class:`spikefm.Corpus`.
         max_rows: read at most this many rows for the count statistics (fraction of zero bins,
             token marginals); ``None`` reads all. Manifest numbers always cover the whole corpus.
+        progress: a progress bar while the counts are read.
 
     Returns:
         A dict with keys
@@ -175,7 +183,7 @@ def corpus_info(corpus: Corpus, *, max_rows: int | None = None) -> dict:
                      "sessions": int(sp["num_sessions"])}
               for name, sp in m["splits"].items()}
 
-    hist = count_histogram(corpus, max_rows=max_rows)
+    hist = count_histogram(corpus, max_rows=max_rows, progress=progress)
     total = hist["total"]
     cells = int(total.sum())
     probs = (total / cells) if cells else np.zeros(NUM_COUNT_VALUES)

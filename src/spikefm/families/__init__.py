@@ -294,7 +294,7 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
     Returns:
         The chosen run's early-stopping summary (best step, best validation loss, history, ...).
     """
-    from spikefm.train.finetune import finetune_strategies
+    from spikefm.train.finetune import check_finetune_overrides, finetune_strategies
 
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -310,6 +310,7 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
         raise ValueError(f"the {fam.name!r} family does not support fine-tuning to a new session (it has no "
                          f"per-session parameters); fine-tune a run of a family that does: "
                          f"{', '.join(able) or 'none is registered'}")
+    check_finetune_overrides(overrides, run_dir)  # before the warnings about the session
     _warn_if_pretrained_on(run_dir, session_id, corpus)
     return finetune_strategies(fam, run_dir, corpus, session_id, out_dir,
                                strategy=strategy or implied or "auto", steps=steps, overrides=overrides,

@@ -113,6 +113,13 @@ def check_run_folder(out_dir: str | os.PathLike, *, allowed: tuple[str, ...] = (
         return
     other = sorted(p.name for p in out_dir.iterdir()
                    if not p.name.startswith(".") and p.name not in allowed)
+    if other and (out_dir / "manifest.json").is_file():  # --data and --out swapped, or a corpus given twice
+        raise ValueError(f"{out_dir} is a spikefm corpus (manifest.json), not a run folder; nothing was written: "
+                         "give a new run folder (--out), e.g. runs/NAME, and the corpus as --data")
+    if other and any(p.suffix.lower() == ".nwb" and not p.name.startswith(".")
+                     for pattern in ("*", "*/*") for p in out_dir.glob(pattern)):
+        raise ValueError(f"{out_dir} holds NWB recordings, not a spikefm run; nothing was written: give a new "
+                         "run folder (--out), e.g. runs/NAME")
     if other:
         raise ValueError(f"{out_dir}: folder has files and is not a spikefm run (found "
                          f"{other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}); "

@@ -326,7 +326,19 @@ def _set_path(obj: Any, path: list[str], text: str, full_key: str, where: str) -
         value = _parse_scalar(text, tp)
     except ValueError as err:
         raise ValueError(f"invalid value for '{full_key}': expected {err}, got {text!r}") from None
-    return dataclasses.replace(obj, **{head: value})
+    try:
+        return dataclasses.replace(obj, **{head: value})
+    except (ValueError, TypeError) as err:
+        raise _in_key_words(err, type(obj), where) from None
+
+
+def _in_key_words(err: Exception, cls: type, where: str) -> Exception:
+    """``err``, raised by the ``__post_init__`` of a family's config class, with the class's name
+    (``NDTConfig.dim must be ...``) replaced by the section the user typed (``model.dim``), as the
+    shared sections word their own messages (``train.steps must be ...``)."""
+    if where != "config" and err.args and isinstance(err.args[0], str) and f"{cls.__name__}." in err.args[0]:
+        err.args = (err.args[0].replace(f"{cls.__name__}.", f"{where}."), *err.args[1:])
+    return err
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
@@ -415,7 +427,11 @@ def _dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
             f"unknown key '{where}.{unknown[0]}' for {cls.__name__}; valid keys: {', '.join(names)}"
         )
     hints = typing.get_type_hints(cls)
-    return cls(**{k: _from_value(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+    values = {k: _from_value(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as err:
+        raise _in_key_words(err, cls, where) from None
 
 
 def config_from_dict(data: dict[str, Any], *, model_cls: type, data_cls: type) -> RunConfig:

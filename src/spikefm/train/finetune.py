@@ -37,10 +37,15 @@ from spikefm.fileio import LOCK_NAME, folder_lock, make_folder, write_atomic, wr
 from spikefm.train.checkpoint import (EXPORT_NAME, RUN_MARKERS, check_run_folder, read_safetensors_header,
                                       write_safetensors)
 
-__all__ = ["train_with_early_stopping", "validation_still_falling", "finetune_strategies", "check_auto_options",
+__all__ = ["FinetuneBudget", "train_with_early_stopping", "validation_still_falling", "finetune_strategies", "check_auto_options",
            "one_se_choice",
            "window_losses", "average_weights", "greedy_soup", "write_averaged_run", "STRATEGIES", "SELECT_RULES"]
 
+
+
+class FinetuneBudget(RuntimeWarning):
+    """A fine-tuning's steps or evaluation cadence may have been too few (the validation loss
+    still fell at the end, or was lowest at the first evaluation); the advice names flags."""
 
 def _best_path(out_dir: Path) -> Path:
     return out_dir / "best_model.safetensors"
@@ -143,7 +148,7 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     still_improving = len(history) >= 2 and best_step == step and step >= steps
     if still_improving:
         warnings.warn(f"{out_dir}: the validation loss was still falling at the last step ({steps}); "
-                      "more steps may help (raise --steps; --finetune-steps in a study)", RuntimeWarning, stacklevel=2)
+                      "more steps may help (raise --steps; --finetune-steps in a study)", FinetuneBudget, stacklevel=2)
     # The lowest loss at the first evaluation, no later one lower: the best weights may lie
     # before it, where nothing was evaluated (said once per fine-tuning, by _say_best_at_first).
     best_at_first = len(history) >= 2 and best_step == history[0]["step"] and history[0]["step"] > 1
@@ -424,8 +429,9 @@ def one_se_choice(losses: dict[str, Any], order: Sequence[str] = PRETRAINED_CAND
     arrs = {n: np.asarray(losses[n], dtype=np.float64) for n in order}
     sizes = {a.shape for a in arrs.values()}
     if sizes == {(0,)}:
-        raise ValueError("one_se_choice: the session has no validation windows to compare the candidates on; "
-                         "use select='lowest' or give the session a validation share (data.split_fractions)")
+        raise ValueError("--select one-se: the session has no validation windows to compare the candidates on; "
+                         "use --select lowest (select='lowest' in Python) or give the session a validation share "
+                         "(--set data.split_fractions=...)")
     if len(sizes) != 1 or len(next(iter(sizes))) != 1:
         raise ValueError(f"one_se_choice needs one non-empty 1-D array of per-window losses of the same length "
                          f"per candidate; got shapes {({n: a.shape for n, a in arrs.items()})}")
@@ -457,11 +463,30 @@ def check_auto_options(strategy: str, *, select: str | None = None, soup: bool |
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if select is not None and strategy != "auto":
-        raise ValueError(f"select={select!r} chooses among auto's candidates; strategy {strategy!r} trains one "
-                         "candidate: drop the selection rule or use strategy 'auto'")
+        raise ValueError(f"--select {select} (select={select!r} in Python) chooses among auto's candidates; "
+                         f"--strategy {strategy} trains one candidate: drop --select or use --strategy auto")
     if soup and strategy != "auto":
         raise ValueError(f"soup averages auto's candidates; strategy {strategy!r} trains one candidate: "
                          "drop --soup or use --strategy auto")
+
+
+def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLike) -> None:
+    """Refuse ``model.*`` settings (``--set model.dim=128``) in a fine-tuning, in one line naming
+    them: the model is the pretrained run's (its weights have that shape, and the single-session
+    baseline is the same model to compare with), so they cannot change. Found before any work
+    (they failed only when the pretrained core was loaded into a model of another shape).
+    Dropout rates (``model.dropout``, any ``model.*dropout*``) shape no weight and may change."""
+    def is_model_shape(o: str) -> bool:
+        key = str(o).partition("=")[0].strip()
+        return (key == "model" or key.startswith("model.")) and "dropout" not in key.partition(".")[2]
+
+    given = [str(o).strip() for o in overrides if is_model_shape(o)]
+    if given:
+        sets = " ".join(f"--set {o}" for o in given)
+        raise ValueError(f"{sets}: the model settings of a fine-tuning come from the pretrained run {run_dir} "
+                         f"(its config.json) and cannot change (its weights have that shape; only dropout may); drop the model.* "
+                         f"setting{'s' if len(given) > 1 else ''}, or pretrain a run with "
+                         f"{'them' if len(given) > 1 else 'it'} (spikefm train ... {sets})")
 
 
 def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,
@@ -488,6 +513,7 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         ``pretraining_gain`` (single-session minus chosen validation loss).
     """
     check_auto_options(strategy, select=select, soup=soup)  # the strategy's name too
+    check_finetune_overrides(overrides, run_dir)
     if not hasattr(family, "finetune_config"):
         raise ValueError(f"the {family.name!r} family does not support fine-tuning to a new session")
     soup = getattr(family, "finetune_soup", False) if soup is None else bool(soup)
@@ -495,8 +521,9 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     if select not in SELECT_RULES:
         raise ValueError(f"select must be one of {', '.join(SELECT_RULES)}, got {select!r}")
     if select == "one-se" and not hasattr(family, "validate_windows"):
-        raise ValueError(f"select='one-se' needs per-window validation losses, which the {family.name!r} family "
-                         "does not provide (no validate_windows); use select='lowest'")
+        raise ValueError(f"--select one-se needs per-window validation losses, which the {family.name!r} family "
+                         "does not compute (it has no validate_windows); use --select lowest (select='lowest' in "
+                         "Python)")
     out_dir = Path(out_dir)
     if out_dir.exists() and out_dir.resolve() == Path(run_dir).resolve():
         raise ValueError(f"{out_dir} is the pretrained run itself; fine-tuning writes a new run: give "
@@ -558,7 +585,7 @@ def _say_best_at_first(out_dir: Path, strategy: str, summary: dict) -> None:
         warnings.warn(f"{out_dir}: the {strategy} run's lowest validation loss came at its first evaluation "
                       f"(step {summary['best_step']}; no later one was lower), so better weights may lie "
                       f"before it; a smaller --eval-every (now {summary['eval_every']}) evaluates earlier steps",
-                      RuntimeWarning, stacklevel=3)
+                      FinetuneBudget, stacklevel=3)
 
 
 def _check_auto_out_dir(out_dir: Path) -> None:

@@ -100,10 +100,11 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(run_dir) / "config.json"
     if not Path(run_dir).is_dir():
-        raise ValueError(f"{run_dir} is not a folder; expected a spikefm run directory (spikefm "
-                         "train --out) or a Hugging Face Llama folder")
+        what = "is a file, not a folder" if Path(run_dir).exists() else "does not exist"
+        raise ValueError(f"{run_dir} {what}; expected a spikefm run directory (spikefm train --out) or a "
+                         "Hugging Face Llama folder: check the path")
     if not path.is_file():
-        raise ValueError(f"{path} not found; expected a spikefm run directory (spikefm train --out)")
+        raise ValueError(_not_a_run(Path(run_dir), path))
     try:
         info = read_json_file(confined_file(run_dir, "config.json", what="run description"),
                               what="run description")
@@ -115,6 +116,23 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise ValueError(f"{path}: expected a JSON object, found {type(info).__name__}")
     return info
+
+
+def _not_a_run(run_dir: Path, path: Path) -> str:
+    """Why the folder ``run_dir`` (without a config.json) is not a run, in the user's words: a
+    corpus or a folder of recordings given where the run goes is said to be one."""
+    if (run_dir / "manifest.json").is_file():
+        return (f"{run_dir} is a spikefm corpus (manifest.json), not a run folder; give the run folder (spikefm "
+                f"train --out) first, and the corpus as --data {run_dir} where the command takes one")
+    from spikefm.corpus.nwb import is_nwb_name
+
+    # the folder or its sub-folders, as synth and DANDI lay recordings out
+    nwb = next((p for pattern in ("*", "*/*") for p in sorted(run_dir.glob(pattern)) if is_nwb_name(p)), None)
+    if nwb is not None:
+        return (f"{run_dir} holds NWB recordings (e.g. {nwb.relative_to(run_dir)}), not a spikefm run folder; "
+                f"give the run folder (spikefm train --out) first (to train on the recordings, build a corpus: "
+                f"spikefm corpus build {run_dir} --out CORPUS_DIR)")
+    return f"{path} not found; expected a spikefm run directory (spikefm train --out)"
 
 
 def read_family_info(run_dir: str | os.PathLike, *, what: str = "a spikefm") -> dict[str, Any]:

@@ -591,8 +591,10 @@ def load_pretrained_core(model: NDT, run_dir: str | Path) -> list[str]:
     extra = sorted(set(saved) - set(own))
     bad = [k for k in saved if k in own and tuple(saved[k].shape) != tuple(own[k].shape)]
     if missing or extra or bad:
-        raise ValueError(f"{path} does not hold this model's core (missing {missing[:5]}, unexpected "
-                         f"{extra[:5]}, shape mismatch {bad[:5]}); use the pretrained run's model config")
+        raise ValueError(f"data.init_from: {path} holds a model of other settings than this run's (its core "
+                         f"differs: missing {missing[:5]}, unexpected {extra[:5]}, other shapes {bad[:5]}); give "
+                         "this run the model settings of that one (its config.json: the same --preset, no --set "
+                         "model.*), or another data.init_from")
     with torch.no_grad():
         for k, t in saved.items():
             own[k].copy_(t.to(own[k].device, own[k].dtype))

@@ -672,8 +672,10 @@ def load_pretrained_core(model: NEDS, run_dir: str | Path) -> list[str]:
     bad = sorted(k for k in set(core) ^ {k for k in own if not k.startswith("sessions.")})
     bad += [k for k in core if k in own and tuple(core[k].shape) != tuple(own[k].shape)]
     if bad:
-        raise ValueError(f"{path} does not hold this model's core (differs at {bad[:5]}); use the "
-                         "pretrained run's model config and modalities")
+        raise ValueError(f"data.init_from: {path} holds a model of other settings than this run's (its core "
+                         f"differs at {bad[:5]}); give this run the model settings and modalities of that one "
+                         "(its config.json: the same --preset, no --set model.*, the same data.behavior and "
+                         "data.labels), or another data.init_from")
     same = {k: v for k, v in state.items() if k.startswith("sessions.") and k in own
             and tuple(v.shape) == tuple(own[k].shape)}
     with torch.no_grad():

@@ -290,10 +290,11 @@ _TASK_FUNCS = {
 
 
 def _unmasked_features(model: nn.Module, windows: SessionWindows, layer: int, batch_size: int,
-                       per_bin: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                       per_bin: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """(K, D) hidden states of ``layer`` and (K, N) predicted rates, both averaged over bins (or
     (K, T, D) and (K, T, N) per bin with ``per_bin``), for every window, from an unmasked forward
-    pass with the ``neuron`` prompt."""
+    pass with the ``neuron`` prompt; and the 1-based number of the block ``layer`` indexes
+    (``-1``: the last), as ``data.decode_layer`` and the results name blocks."""
     _check_model_session(model, windows)
     counts_KTN = torch.from_numpy(windows.counts.astype(np.float32))
     K, T, N = counts_KTN.shape
@@ -309,19 +310,13 @@ def _unmasked_features(model: nn.Module, windows: SessionWindows, layer: int, ba
                                           torch.zeros(B, dtype=torch.bool, device=device), return_hidden=True)
             try:
                 h_BTD = hidden[layer]
+                block = range(1, len(hidden) + 1)[layer]
             except IndexError:
                 raise ValueError(f"layer={layer} is out of range for a model with {len(hidden)} layers") from None
             h_BTD, r_BTN = h_BTD.double(), torch.exp(log_rates_BTN.double())
             hid.append((h_BTD if per_bin else h_BTD.mean(1)).cpu().numpy())
             rates.append((r_BTN if per_bin else r_BTN.mean(1)).cpu().numpy())
-    return np.concatenate(hid), np.concatenate(rates)
-
-
-def _block(model: nn.Module, layer: int) -> int:
-    """The 1-based block number of the index ``layer`` into the model's per-block hidden states
-    (``-1``: the last), as ``data.decode_layer`` and the results name blocks."""
-    n = int(model.cfg.n_layers)
-    return layer + 1 if layer >= 0 else n + layer + 1
+    return np.concatenate(hid), np.concatenate(rates), block
 
 
 def _label_array(windows: SessionWindows, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -438,7 +433,7 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
                              f"class counts {counts_all.tolist()}; need 2 classes with >= 2 windows each")
         cv_folds = int(min(cv_folds, counts_all.min()))
         scored = y[allk]
-    hidden_KD, rates_KN = _unmasked_features(model, windows, layer, batch_size)
+    hidden_KD, rates_KN, block = _unmasked_features(model, windows, layer, batch_size)
     features = {"hidden": hidden_KD, "rates": rates_KN}
     if truth_rates is not None:
         features["oracle"] = np.asarray(truth_rates, dtype=np.float64).mean(1)
@@ -452,7 +447,7 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
         n = int(scored.size)
         res["ideal_observer"] = {"accuracy": hits / n, "accuracy_ci95": list(wilson_interval(hits, n))}
     return {"label": label, "method": method, "n_train": int(train.size), "n_test": int(test.size),
-            "n_classes": int(sc.size), "chance": float(sc.max() / sc.sum()), "decode_layer": _block(model, layer),
+            "n_classes": int(sc.size), "chance": float(sc.max() / sc.sum()), "decode_layer": block,
             "cv_folds": cv_folds if method == "nested-cv" else None, **res}
 
 
@@ -503,7 +498,7 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
         raise ValueError(f"too few windows to decode behaviour in session {windows.session_id!r}: "
                          f"{train.size} train+val and {test.size} test; need 5 and 2")
     alphas = np.logspace(-2, 5, 8) if alphas is None else np.asarray(alphas, dtype=np.float64)
-    hidden_KTD, rates_KTN = _unmasked_features(model, windows, layer, batch_size, per_bin=True)
+    hidden_KTD, rates_KTN, block = _unmasked_features(model, windows, layer, batch_size, per_bin=True)
     features = {"hidden": hidden_KTD, "rates": rates_KTN, "counts": windows.counts.astype(np.float64)}
     if truth_latents is not None:
         features["oracle"] = np.asarray(truth_latents, dtype=np.float64)
@@ -519,7 +514,7 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
         groups = [np.flatnonzero(present[test] & (values[test] == v)) for v in np.unique(values[test][present[test]])]
         groups = [g for g in groups if g.size] or [np.arange(test.size)]
     out: dict = {"channels": list(windows.behavior_names), "n_train": int(train.size),
-                 "n_test": int(test.size), "decode_layer": _block(model, layer), "psth_condition": condition}
+                 "n_test": int(test.size), "decode_layer": block, "psth_condition": condition}
     decoded_kTC = np.full((test.size, T, C), np.nan)
     with threadpool_limits(1):
         for name, X_KTF in features.items():

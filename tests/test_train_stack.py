@@ -289,6 +289,18 @@ def test_resume_with_another_world_size_names_it_before_the_batch_it_breaks(tmp_
     with pytest.raises(ValueError, match=r"train.batch_size \(6\) must be divisible"):  # a new run: the batch
         train(cfg, tmp_path / "new", progress=False)
     assert not (tmp_path / "new").exists()
+    monkeypatch.delenv("WORLD_SIZE")
+    from spikefm.train.checkpoint import other_world_size
+
+    assert other_world_size(tmp_path / "run", 4)[1] == 1 and other_world_size(tmp_path / "run", 1) is None
+    # a damaged newest checkpoint is not the one a resume continues: no early refusal from it
+    train(cfg, tmp_path / "two", progress=False, stop_after=4)
+    (step4, newest), = [c for c in list_checkpoints(tmp_path / "two") if c[0] == 4]
+    (newest / "model.pt").write_bytes(b"damaged")
+    assert other_world_size(tmp_path / "two", 4) is None  # its manifest says 1, but it fails verification
+    # a finished run: a resume says it has finished, whatever the world size
+    train(cfg, tmp_path / "done", progress=False)
+    assert list_checkpoints(tmp_path / "done") and other_world_size(tmp_path / "done", 4) is None
 
 
 def test_resume_with_a_parameter_no_batch_had_reached_at_the_checkpoint(tmp_path):

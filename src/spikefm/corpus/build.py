@@ -552,7 +552,12 @@ def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: Bu
     if not same:
         return set()
     if cfg.split == "session":  # also when the sessions are the same: a grown corpus's test stays so
-        return {sid for sid, split in before.items() if split == "test"}
+        # matched by recording (its path), not by id: a new input sharing an id can take the plain id
+        # (ids are de-duplicated in path order) and the earlier session become id-2
+        test = [s for s in existing.sessions if s.split == "test"]
+        paths = {(s.provenance or {}).get("path") for s in test} - {None}
+        return {m["session_id"] for m in metas if (m.get("provenance") or {}).get("path") in paths} | \
+            {s.session_id for s in test if not (s.provenance or {}).get("path")}
     if set(before) != now and any(split != "train" for split in before.values()):
         print(f"spikefm: warning: the sessions changed ({len(set(before) - now)} gone, {len(now - set(before))} "
               "new), so --split row drew the test rows again over all rows: rows of the earlier test split may "

@@ -72,7 +72,7 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "checkpoint_problem",
-    "newest_world_size",
+    "other_world_size",
     "select_checkpoint",
     "save_checkpoint",
     "prune_checkpoints",
@@ -301,18 +301,23 @@ def _checkpoint_world_size(path: Path) -> int:
     return int(_load(path / "trainer.pt")["world_size"])
 
 
-def newest_world_size(run_dir: str | os.PathLike) -> tuple[Path, int] | None:
-    """The newest checkpoint of a run and the world size it records, read without the run's lock
-    and without verifying it (for an early, clearer refusal; :func:`select_checkpoint` decides);
-    None when there is none or it cannot be read."""
+def other_world_size(run_dir: str | os.PathLike, world_size: int) -> tuple[Path, int] | None:
+    """The checkpoint a resume of an unfinished run would continue and the world size it records,
+    when that differs from ``world_size`` (for an early, clearer refusal, read without the run's
+    lock); None when they agree, the run has finished (its export is there: a resume reports
+    that), or the newest checkpoint is damaged (:func:`select_checkpoint` passes over it, and an
+    older one may agree)."""
     found = list_checkpoints(run_dir)
-    if not found:
+    if not found or (Path(run_dir) / EXPORT_NAME).exists():
         return None
     path = found[-1][1]
     try:
-        return path, _checkpoint_world_size(path)
+        saved = _checkpoint_world_size(path)
     except Exception:  # noqa: BLE001 - damaged: select_checkpoint passes over it and says so
         return None
+    if saved == world_size or checkpoint_problem(path) is not None:  # verified only when it would refuse
+        return None
+    return path, saved
 
 
 def select_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, int | None, list[str]]:

@@ -63,7 +63,7 @@ from spikefm.train.checkpoint import (
     exported_step,
     list_checkpoints,
     load_checkpoint,
-    newest_world_size,
+    other_world_size,
     prune_checkpoints,
     read_json_file,
     read_safetensors_header,
@@ -572,9 +572,9 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     # error, which rank 0 alone prints) and before the run folder is created or locked: the
     # family's description reads the data (a bad --data fails here and leaves nothing behind).
     _, world_size = d.env_rank_world()
-    saved = newest_world_size(out_dir) if resume else None
-    if saved is not None and saved[1] != world_size:  # the cause, before the batch it makes indivisible
-        raise ValueError(world_size_message(saved[0], saved[1], world_size))
+    other = other_world_size(out_dir, world_size) if resume else None
+    if other is not None:  # the cause, before the batch it makes indivisible
+        raise ValueError(world_size_message(*other, world_size))
     tc.micro_batch_size(world_size)  # raises a clear error when the batch does not divide
     run_desc = run_info(cfg, family.describe(cfg), world_size)
     info = d.init_distributed(tc.device)

@@ -203,6 +203,10 @@ def test_info_lists_regions_trial_tables_behaviour_and_skipped_inputs(tmp_path):
     top = next(iter(info["regions"]))
     assert f"{top} {info['regions'][top]:,}" in text and "1 input(s), e.g. " in text
     assert f"trials ({tables['trials']['trials']:,} trials in 2 sessions)" in text
+    # a long input path (a deep temporary folder) stays within the 100 columns
+    deep = {**info, "skipped": [{"input": "/" + "x" * 120 + "/notes.nwb", "error": "/" + "x" * 120 + "/notes.nwb: not HDF5"}]}
+    text = format_info(deep)
+    assert max(len(line) for line in text.splitlines()) <= 100 and "e.g. notes.nwb: not HDF5" in text
 
 
 def test_cli_reads_a_sample_of_rows_with_max_rows(corpus_and_rows, capsys):

@@ -17,10 +17,12 @@ Everything lands under ``OUT`` (default ``./quickstart``); re-running reuses the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import time
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 
 #: Said at the start and end of ``--fast``: its sizes only check that every step runs.
@@ -166,17 +168,13 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
     generate = {c.name: c for c in families.commands()}["generate"]
     parser = argparse.ArgumentParser(prog="spikefm generate")
     generate.add_arguments(parser)  # the CLI's own options and defaults, so none is restated here
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
+    with _held_back(PastTrainedContext) as past:
         generate.run(parser.parse_args([str(run_dir), "--units", str(units), "--bins", "10" if fast else "25",
                                         "--prompt", f"{corpus_dir}:{session}:0", "--prompt-bins", "5",
                                         "--out", str(out / "generated.npz")]))
-    for w in said:  # the tiny model's short training windows are the quickstart's choice, said as such
-        if issubclass(w.category, PastTrainedContext):
-            print(f"note: the raster runs past the {cfg.data.seq_len} tokens of context the tiny model was trained "
-                  "on (the quickstart trains on short windows to be quick): its later bins show how it extrapolates")
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if past:  # the tiny model's short training windows are the quickstart's choice, said as such
+        print(f"note: the raster runs past the {cfg.data.seq_len} tokens of context the tiny model was trained "
+              "on (the quickstart trains on short windows to be quick): its later bins show how it extrapolates")
     ndt_results = _ndt_step(out, fast)
     from spikefm.report import write_quickstart_report
 
@@ -185,6 +183,27 @@ def run_quickstart(out: str | Path = "quickstart", *, fast: bool = False) -> dic
     if fast:
         print(FAST_NOTE)
     return {"results": results, "ndt_results": ndt_results, "report": report, "figures": figs}
+
+
+@contextlib.contextmanager
+def _held_back(category: type[Warning]) -> Iterator[list[Warning]]:
+    """Warnings of ``category`` are collected (the caller says them its own way) instead of shown;
+    every other warning is shown as usual, when it happens (the filters, and their de-duplication,
+    apply as before)."""
+    held: list[Warning] = []
+    show = warnings.showwarning
+
+    def showwarning(message, cat, filename, lineno, file=None, line=None):
+        if issubclass(cat, category):
+            held.append(message)
+        else:
+            show(message, cat, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+    try:
+        yield held
+    finally:
+        warnings.showwarning = show
 
 
 def _ndt_step(out: Path, fast: bool) -> dict:
@@ -197,15 +216,10 @@ def _ndt_step(out: Path, fast: bool) -> dict:
     _say(f"8/8 masked NDT: {sizes['sessions']} more synthetic sessions ({out / 'nwb_ndt'}, {sizes['duration_s']:.0f} s "
          "each); pretrain on all but the held-out one(s), fine-tune to a held-out one, compare with the same "
          "model trained on it alone")
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
+    with _held_back(FinetuneBudget) as budget:
         results = transfer(out, **sizes)
-    budget = [w for w in said if issubclass(w.category, FinetuneBudget)]
-    for w in said:
-        if w not in budget:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if budget:  # their advice names flags of spikefm finetune, which the quickstart does not take
-        first = str(budget[0].message).split("; ")[0]
+        first = str(budget[0]).split("; ")[0]
         print(f"note: {len(budget)} fine-tuning run(s) of the quickstart might have used more steps or earlier "
               f"evaluations (e.g. {first}); its budgets are fixed"
               + (" (--fast: the smallest that run)" if fast else "")

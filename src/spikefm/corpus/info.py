@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -259,6 +260,13 @@ def _listed(entries: dict | None, show, most: int = 8) -> str:
     return ", ".join(show(k, v) for k, v in items[:most]) + more
 
 
+def _skipped(item: dict) -> str:
+    """A skipped input's error with the input named by its file name (its folders are in --json)."""
+    path, error = item.get("input", ""), item.get("error", "")
+    text = error.replace(path, Path(path).name) if path else error
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def format_info(info: dict, *, max_sources: int = 30) -> str:
     """A plain-text report of :func:`corpus_info`'s dict (fixed-width, fits 100 columns).
 
@@ -290,12 +298,12 @@ def format_info(info: dict, *, max_sources: int = 30) -> str:
         ("trial tables", _listed(info.get("trial_tables"),
                                  lambda k, t: f"{k} ({t['trials']:,} trials in {t['sessions']:,} sessions)")),
         ("behaviour", _listed(info.get("behavior"), lambda k, n: f"{k} ({n:,} sessions)")),
-        ("skipped", f"{len(info.get('skipped') or [])} input(s)"
-                    + (f", e.g. {info['skipped'][0]['error'][:120]}" if info.get("skipped") else "")),
+        ("skipped", f"{len(info.get('skipped') or [])} input(s)" + (f", e.g. {_skipped(info['skipped'][0])}"
+                                                                  if info.get("skipped") else "")),
     ]
     width = max(len(k) for k, _ in overview)
     for k, v in overview:  # long lists wrap under their value
-        lines = textwrap.wrap(v, 100 - width - 4, break_long_words=False) or [v]
+        lines = textwrap.wrap(v, 100 - width - 4, break_on_hyphens=False) or [v]  # a long path is cut too
         out += [f"  {k:<{width}}  {lines[0]}"] + [" " * (width + 4) + line for line in lines[1:]]
 
     out += [""]

@@ -349,11 +349,9 @@ def _what_instead(path: Path) -> str:
     build = "build one with `spikefm corpus build INPUT --out DIR` or `spikefm corpus import`"
     if not path.exists():
         return f"no such file or folder; give a spikefm corpus folder ({build})"
-    from .nwb import is_nwb_name
+    from .nwb import is_nwb_name, nwb_in_folder
 
-    nwb = is_nwb_name(path) or (path.is_dir() and any(  # the folder or its sub-folders (as synth and DANDI lay them out)
-        is_nwb_name(p) for pattern in ("*", "*/*") for p in path.glob(pattern)))
-    if nwb:
+    if is_nwb_name(path) or nwb_in_folder(path) is not None:
         return (f"NWB recordings, not a spikefm corpus; make a corpus of them first: spikefm corpus build "
                 f"{path} --out CORPUS_DIR")
     if path.is_dir() and (path / "config.json").is_file():

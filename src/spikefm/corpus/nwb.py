@@ -41,6 +41,15 @@ def is_nwb_name(path: Path) -> bool:
     return path.suffix.lower() == ".nwb" and not path.name.startswith(".")
 
 
+def nwb_in_folder(folder: Path) -> Path | None:
+    """The first NWB file (:func:`is_nwb_name`) in ``folder`` or its sub-folders (as synth and
+    DANDI lay recordings out), or None: for telling a user who gave a folder of recordings where
+    a corpus or a run goes what it is."""
+    if not folder.is_dir():
+        return None
+    return next((p for pattern in ("*", "*/*") for p in sorted(folder.glob(pattern)) if is_nwb_name(p)), None)
+
+
 def nwb_paths(folder: Path) -> list[Path]:
     """Everything under ``folder`` (recursively, sorted) named like an NWB file
     (:func:`is_nwb_name`): files, and links whatever they point at (a caller names dangling ones)."""

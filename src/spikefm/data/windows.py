@@ -623,9 +623,13 @@ def _check_table_named(rows: dict[str, list[CorpusRow]], table: str, align: str 
                      "or pass an empty align (data.align=) for continuous windows")
 
 
-def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | None = None,
-                     **kw) -> dict[str, SessionWindows]:
+def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | None = None, *,
+                     require_table: bool = True, **kw) -> dict[str, SessionWindows]:
     """:func:`make_session_windows` for several sessions (default: all), reading the shards once.
+
+    ``require_table``: a ``table`` other than the default that none of the sessions holds is
+    refused (a typo would train on continuous windows); False to cut a finished run's windows
+    again as its training did (its sessions then fell back to continuous windows, with a warning).
 
     Returns:
         session id -> :class:`SessionWindows`, in the order of ``session_ids``.
@@ -647,7 +651,8 @@ def load_all_windows(corpus: Corpus | str | Path, session_ids: Sequence[str] | N
     opts["split_fractions"] = _check_fractions(opts["split_fractions"])
     rows = _collect_rows(corpus, list(session_ids))
     _check_one_timeline(corpus, rows)
-    _check_table_named(rows, opts["table"], opts["align"])
+    if require_table:
+        _check_table_named(rows, opts["table"], opts["align"])
     imported = _imported(corpus)
     return {s: _windows_from_grid(_assemble(s, rows[s], imported=imported), s, **opts) for s in session_ids}
 

@@ -254,30 +254,31 @@ SCRIPT = r"""
       el("text", { x: px + 3, y: M.t + 10, "font-size": 11, fill: v.color || "#555" }, g).textContent = v.name || "";
     });
   }
-  // Drag across the plot to select a horizontal range; calls done(p0, p1) in pixels.
+  // Drag across the plot to select a horizontal range; calls done(p0, p1) in pixels. One pair of
+  // window handlers serves every chart (a chart drawn again on resize adds none).
+  var dragging = null;  // the drag under way: {target, left, right, start, rect, done}
+  function dragAt(ev) {
+    var d = dragging, b = d.target.getBoundingClientRect();
+    return Math.max(d.left, Math.min(d.right, ev.clientX - b.left));
+  }
+  window.addEventListener("mousemove", function (ev) {
+    if (!dragging) return;
+    var px = dragAt(ev);
+    dragging.rect.update(Math.min(dragging.start, px), Math.abs(px - dragging.start));
+  });
+  window.addEventListener("mouseup", function (ev) {
+    if (!dragging) return;
+    var d = dragging, px = dragAt(ev);
+    dragging = null;
+    d.rect.remove();
+    if (Math.abs(px - d.start) > 4) d.done(Math.min(d.start, px), Math.max(d.start, px));
+  });
   function brush(target, overlay, left, right, done, reset) {
-    var start = null, rect = null;
     target.addEventListener("mousedown", function (ev) {
       var b = target.getBoundingClientRect(), px = ev.clientX - b.left;
       if (px < left || px > right) return;
-      start = px;
-      rect = overlay(px);
+      dragging = { target: target, left: left, right: right, start: px, rect: overlay(px), done: done };
       ev.preventDefault();
-    });
-    window.addEventListener("mousemove", function (ev) {
-      if (start === null) return;
-      var b = target.getBoundingClientRect();
-      var px = Math.max(left, Math.min(right, ev.clientX - b.left));
-      rect.update(Math.min(start, px), Math.abs(px - start));
-    });
-    window.addEventListener("mouseup", function (ev) {
-      if (start === null) return;
-      var b = target.getBoundingClientRect();
-      var px = Math.max(left, Math.min(right, ev.clientX - b.left));
-      var s = start;
-      start = null;
-      rect.remove();
-      if (Math.abs(px - s) > 4) done(Math.min(s, px), Math.max(s, px));
     });
     target.addEventListener("dblclick", function () { reset(); });
   }

@@ -614,7 +614,7 @@ def load_test_windows(run_dir: str | Path, corpus_dir: str | Path, session_id: s
         raise ValueError(f"{run_dir}/config.json records no window split for session {session_id!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        w = apply_splits(load_all_windows(Corpus(corpus_dir), [session_id], **opts),
+        w = apply_splits(load_all_windows(Corpus(corpus_dir), [session_id], require_table=False, **opts),
                          {session_id: splits[session_id]})[session_id]
     test = w.indices("test")
     return TestWindows(labels={k: np.asarray(v)[test] for k, v in w.labels.items()}, event_bin=w.event_bin,

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spikefm.corpus.nwb import nwb_in_folder
 from spikefm.fileio import check_relative_path, default_file_mode, fsync_dir, write_atomic, write_json_atomic
 from spikefm.train import dist as d
 
@@ -116,8 +117,7 @@ def check_run_folder(out_dir: str | os.PathLike, *, allowed: tuple[str, ...] = (
     if other and (out_dir / "manifest.json").is_file():  # --data and --out swapped, or a corpus given twice
         raise ValueError(f"{out_dir} is a spikefm corpus (manifest.json), not a run folder; nothing was written: "
                          "give a new run folder (--out), e.g. runs/NAME, and the corpus as --data")
-    if other and any(p.suffix.lower() == ".nwb" and not p.name.startswith(".")
-                     for pattern in ("*", "*/*") for p in out_dir.glob(pattern)):
+    if other and nwb_in_folder(out_dir) is not None:
         raise ValueError(f"{out_dir} holds NWB recordings, not a spikefm run; nothing was written: give a new "
                          "run folder (--out), e.g. runs/NAME")
     if other:

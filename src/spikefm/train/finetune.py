@@ -475,7 +475,8 @@ def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLik
     them: the model is the pretrained run's (its weights have that shape, and the single-session
     baseline is the same model to compare with), so they cannot change. Found before any work
     (they failed only when the pretrained core was loaded into a model of another shape).
-    Dropout rates (``model.dropout``, any ``model.*dropout*``) shape no weight and may change."""
+    Only dropout rates (``model.dropout``, any ``model.*dropout*``), which shape no weight, may
+    change; every other model setting is the pretrained model's."""
     def is_model_shape(o: str) -> bool:
         key = str(o).partition("=")[0].strip()
         return (key == "model" or key.startswith("model.")) and "dropout" not in key.partition(".")[2]
@@ -513,7 +514,6 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         ``pretraining_gain`` (single-session minus chosen validation loss).
     """
     check_auto_options(strategy, select=select, soup=soup)  # the strategy's name too
-    check_finetune_overrides(overrides, run_dir)
     if not hasattr(family, "finetune_config"):
         raise ValueError(f"the {family.name!r} family does not support fine-tuning to a new session")
     soup = getattr(family, "finetune_soup", False) if soup is None else bool(soup)

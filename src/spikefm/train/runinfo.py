@@ -124,10 +124,9 @@ def _not_a_run(run_dir: Path, path: Path) -> str:
     if (run_dir / "manifest.json").is_file():
         return (f"{run_dir} is a spikefm corpus (manifest.json), not a run folder; give the run folder (spikefm "
                 f"train --out) first, and the corpus as --data {run_dir} where the command takes one")
-    from spikefm.corpus.nwb import is_nwb_name
+    from spikefm.corpus.nwb import nwb_in_folder
 
-    # the folder or its sub-folders, as synth and DANDI lay recordings out
-    nwb = next((p for pattern in ("*", "*/*") for p in sorted(run_dir.glob(pattern)) if is_nwb_name(p)), None)
+    nwb = nwb_in_folder(run_dir)
     if nwb is not None:
         return (f"{run_dir} holds NWB recordings (e.g. {nwb.relative_to(run_dir)}), not a spikefm run folder; "
                 f"give the run folder (spikefm train --out) first (to train on the recordings, build a corpus: "

@@ -105,36 +105,36 @@ class LlamaConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.unit_count_prefix, bool):
-            raise ValueError(f"model.unit_count_prefix must be true or false, got "
+            raise ValueError(f"LlamaConfig.unit_count_prefix must be true or false, got "
                              f"{self.unit_count_prefix!r}")
         if self.positions not in POSITION_LAYOUTS:
-            raise ValueError(f"model.positions must be one of {', '.join(POSITION_LAYOUTS)}, "
+            raise ValueError(f"LlamaConfig.positions must be one of {', '.join(POSITION_LAYOUTS)}, "
                              f"got {self.positions!r}")
         for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size",
                      "max_seq_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model.{name} must be a positive int, got {value!r}")
+                raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
         for name in ("rope_theta", "norm_eps", "init_std"):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, (int, float))
                     or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"model.{name} must be a positive finite number, "
+                raise ValueError(f"LlamaConfig.{name} must be a positive finite number, "
                                  f"got {value!r}")
         if self.dim % self.n_heads:
             raise ValueError(
-                f"model.dim ({self.dim}) must be divisible by n_heads ({self.n_heads}); "
+                f"LlamaConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads}); "
                 f"choose n_heads among the divisors of dim, e.g. {self.dim // 64 or 1} "
                 "for 64-wide heads")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
-                f"model.n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                f"LlamaConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
                 f"({self.n_kv_heads}) for grouped-query attention; pick n_kv_heads dividing "
                 f"n_heads")
         if self.head_dim % 2:
             raise ValueError(
-                f"the head width model.dim // model.n_heads = {self.head_dim} must be even for "
-                "rotary embeddings; change model.dim or model.n_heads")
+                f"the head width LlamaConfig.dim // LlamaConfig.n_heads = {self.head_dim} must be even for "
+                "rotary embeddings; change LlamaConfig.dim or LlamaConfig.n_heads")
 
     @property
     def head_dim(self) -> int:

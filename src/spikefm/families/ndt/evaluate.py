@@ -71,7 +71,7 @@ def session_windows_for_run(run_dir: str | Path, corpus, session_id: str, info: 
     if info.get("corpus_manifest_sha256") not in (None, corpus.manifest_hash):
         warnings.warn(f"{corpus.path} is not the corpus the run was trained on (manifest hash differs); "
                       "windows are matched to the saved splits by start time", RuntimeWarning, stacklevel=2)
-    windows = load_all_windows(corpus, [session_id], **opts)
+    windows = load_all_windows(corpus, [session_id], require_table=False, **opts)  # as training cut them
     return apply_splits(windows, {session_id: splits[session_id]})[session_id]
 
 

@@ -90,7 +90,7 @@ def run_windows(run_dir, corpus) -> dict:
         warnings.warn(f"{corpus.path} is not the corpus the run was trained on; windows are matched to the "
                       "saved splits by start time", RuntimeWarning, stacklevel=2)
     ids = [s for s in splits if s in set(corpus.session_ids())]
-    return apply_splits(load_all_windows(corpus, ids, **opts), splits)
+    return apply_splits(load_all_windows(corpus, ids, require_table=False, **opts), splits)  # as training cut them
 
 
 def _truth(corpus, w) -> dict | None:

@@ -363,10 +363,16 @@ class NEDSFamily:
 
     # -- model -----------------------------------------------------------------------------------
 
-    def build_model(self, cfg: RunConfig) -> nn.Module:
+    @staticmethod
+    def check_config(cfg: RunConfig) -> None:
+        """One-line error for data settings the model cannot serve (checked by ``run_config``,
+        before any data is read, and again when the model is built)."""
         if cfg.data.window_bins > cfg.model.max_bins:
             raise ValueError(f"data.window_bins ({cfg.data.window_bins}) exceeds model.max_bins "
                              f"({cfg.model.max_bins}); lower data.window_bins or raise model.max_bins")
+
+    def build_model(self, cfg: RunConfig) -> nn.Module:
+        self.check_config(cfg)
         self._data = cfg.data
         windows, mods, _ = self.prepared(cfg.data)
         return NEDS(cfg.model, {sid: w.num_units for sid, w in windows.items()}, mods)
@@ -380,9 +386,7 @@ class NEDSFamily:
         mods = Modalities.from_json(family_info.get("modalities"))
         if units is None or mods is None:
             return None
-        if cfg.data.window_bins > cfg.model.max_bins:
-            raise ValueError(f"data.window_bins ({cfg.data.window_bins}) exceeds model.max_bins "
-                             f"({cfg.model.max_bins}); lower data.window_bins or raise model.max_bins")
+        self.check_config(cfg)
         return NEDS(cfg.model, units, mods)
 
     def init_for_loading(self, model: nn.Module) -> None:

@@ -572,10 +572,13 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     # error, which rank 0 alone prints) and before the run folder is created or locked: the
     # family's description reads the data (a bad --data fails here and leaves nothing behind).
     _, world_size = d.env_rank_world()
-    other = other_world_size(out_dir, world_size) if resume else None
-    if other is not None:  # the cause, before the batch it makes indivisible
-        raise ValueError(world_size_message(*other, world_size))
-    tc.micro_batch_size(world_size)  # raises a clear error when the batch does not divide
+    try:
+        tc.micro_batch_size(world_size)  # raises a clear error when the batch does not divide
+    except ValueError:
+        other = other_world_size(out_dir, world_size) if resume else None
+        if other is not None:  # the cause, not the batch it makes indivisible (else, under the lock, below)
+            raise ValueError(world_size_message(*other, world_size)) from None
+        raise
     run_desc = run_info(cfg, family.describe(cfg), world_size)
     info = d.init_distributed(tc.device)
     rank, world_size, device = info.rank, info.world_size, info.device

@@ -633,3 +633,17 @@ def test_a_run_folder_loads_and_evaluates_without_the_corpus_it_names(finetuned,
     got = evaluate_run(str(copy), str(corpus_dir), tasks=["encoding"], baselines=False)
     want = evaluate_run(str(out), str(corpus_dir), tasks=["encoding"], baselines=False)
     assert got["results"] == want["results"] and got["results"]["encoding"]["neds"]["bps_pooled"] is not None
+
+
+def test_windows_longer_than_the_model_are_refused_before_any_data_is_read(tmp_path):
+    """NEDS checked data.window_bins against model.max_bins only when the model was built, after
+    every session's windows were cut; it is now its check_config, run by run_config (the NDT's
+    rule, one function for both)."""
+    from spikefm.families import run_config
+
+    for fam in ("neds", "ndt"):
+        with pytest.raises(ValueError) as err:
+            run_config(fam, preset="tiny", corpus=str(tmp_path / "no_corpus_here"),
+                       overrides=["data.window_bins=129", "model.max_bins=128"])
+        assert str(err.value) == ("data.window_bins (129) exceeds model.max_bins (128); lower data.window_bins "
+                                  "or raise model.max_bins")

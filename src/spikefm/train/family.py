@@ -103,7 +103,7 @@ from torch import nn
 if TYPE_CHECKING:
     from spikefm.train.config import RunConfig
 
-__all__ = ["Family", "StatefulIterator", "check_family_config"]
+__all__ = ["Family", "StatefulIterator", "check_family_config", "check_window_fits"]
 
 
 @runtime_checkable
@@ -194,3 +194,11 @@ def check_family_config(family: Family, cfg: RunConfig) -> None:
                 f"cfg.{name} must be {expected.__name__} for family {cfg.family!r}, "
                 f"got {type(getattr(cfg, name)).__name__}"
             )
+
+
+def check_window_fits(cfg: RunConfig) -> None:
+    """One-line ValueError when the data's windows (``data.window_bins``) are longer than the
+    model's position table (``model.max_bins``), for the window families' ``check_config``."""
+    if cfg.data.window_bins > cfg.model.max_bins:
+        raise ValueError(f"data.window_bins ({cfg.data.window_bins}) exceeds model.max_bins "
+                         f"({cfg.model.max_bins}); lower data.window_bins or raise model.max_bins")

@@ -39,6 +39,7 @@ from spikefm.families.ndt.batches import MaskedWindowLoader, collate_windows, ma
 from spikefm.families.ndt.masking import CAUSAL_MODES, SCHEMES, apply_masks, draw_schemes, masked_poisson_loss
 from spikefm.families.ndt.model import NDT, NDT_PRESETS, NDTConfig, ndt_preset
 from spikefm.train.config import RunConfig
+from spikefm.train.family import check_window_fits
 
 __all__ = ["NDTDataConfig", "NDTFamily", "parse_schemes", "parse_label_classes", "window_options",
            "load_pretrained_core", "init_session_rates", "PROTOCOLS", "RUN_DEFAULTS"]
@@ -278,9 +279,7 @@ class NDTFamily:
     def check_config(cfg: RunConfig) -> None:
         """One-line errors for data settings the model cannot serve (checked by ``run_config``, so
         before any data is made or any step trained, and again when the model is built)."""
-        if cfg.data.window_bins > cfg.model.max_bins:
-            raise ValueError(f"data.window_bins ({cfg.data.window_bins}) exceeds model.max_bins "
-                             f"({cfg.model.max_bins}); lower data.window_bins or raise model.max_bins")
+        check_window_fits(cfg)
         if cfg.data.decode_layer > cfg.model.n_layers:
             raise ValueError(f"data.decode_layer={cfg.data.decode_layer} names a block the model does not have "
                              f"(model.n_layers={cfg.model.n_layers}); set data.decode_layer to 1..{cfg.model.n_layers} "

@@ -36,6 +36,7 @@ from spikefm.families.neds.batches import (NEDSLoader, batch_seed, collate, pars
 from spikefm.families.neds.masking import DEFAULT_SCHEME_WEIGHTS, SCHEMES, draw_schemes, make_masks, neds_loss
 from spikefm.families.neds.model import NEDS, NEDS_PRESETS, Modalities, NEDSConfig, neds_preset
 from spikefm.train.config import RunConfig
+from spikefm.train.family import check_window_fits
 
 __all__ = ["NEDSDataConfig", "NEDSFamily", "RUN_DEFAULTS", "parse_schemes", "scheme_weights", "validation_schemes",
            "window_options", "masked_forward"]
@@ -367,9 +368,7 @@ class NEDSFamily:
     def check_config(cfg: RunConfig) -> None:
         """One-line error for data settings the model cannot serve (checked by ``run_config``,
         before any data is read, and again when the model is built)."""
-        if cfg.data.window_bins > cfg.model.max_bins:
-            raise ValueError(f"data.window_bins ({cfg.data.window_bins}) exceeds model.max_bins "
-                             f"({cfg.model.max_bins}); lower data.window_bins or raise model.max_bins")
+        check_window_fits(cfg)
 
     def build_model(self, cfg: RunConfig) -> nn.Module:
         self.check_config(cfg)

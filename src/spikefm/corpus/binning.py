@@ -81,6 +81,8 @@ def bin_spikes(
             "spike_times and unit_index must be 1-D arrays of the same length, got shapes "
             f"{spike_times.shape} and {unit_index.shape}"
         )
+    if unit_index.size == 0:  # no spikes at all ([] reads as float): every count is 0
+        unit_index = unit_index.astype(np.int64)
     if not np.issubdtype(unit_index.dtype, np.integer):
         raise TypeError(f"unit_index must hold integers, got dtype {unit_index.dtype}")
     if not isinstance(num_units, (int, np.integer)) or isinstance(num_units, bool) or num_units < 0:

@@ -349,6 +349,8 @@ def _what_instead(path: Path) -> str:
     build = "build one with `spikefm corpus build INPUT --out DIR` or `spikefm corpus import`"
     if not path.exists():
         return f"no such file or folder; give a spikefm corpus folder ({build})"
+    if path.is_file() and path.name == MANIFEST_NAME:
+        return f"the manifest file of a corpus; give the corpus folder, {path.parent}"
     from .nwb import is_nwb_name, nwb_in_folder
 
     if is_nwb_name(path) or nwb_in_folder(path) is not None:

@@ -181,6 +181,9 @@ class Corpus:
                 if split is None or s["split"] in (split, "both")]
 
     def shards(self, split: str) -> list[Path]:
+        if not isinstance(split, str):
+            raise TypeError(f"split must be one split name, one of {sorted(self.manifest['splits'])}, got "
+                            f"{type(split).__name__} {split!r}; read the splits one after another")
         if split not in self.manifest["splits"]:
             raise ValueError(f"split must be one of {sorted(self.manifest['splits'])}, got {split!r}")
         return [self.path / p for p in self.manifest["splits"][split]["shards"]]
@@ -205,11 +208,16 @@ class Corpus:
                 spike counts are needed).
 
         Raises:
-            ValueError: an unknown split.
+            ValueError: an unknown split, or a session id the corpus does not hold (a session of
+                the other split gives no rows, silently: its rows are there).
             TypeError: ``sessions`` is a str or not a collection of str (raised at the call, not at
                 the first row).
         """
         wanted = _session_set(sessions, "sessions")
+        unknown = sorted(wanted - set(self.session_ids())) if wanted else []
+        if unknown:
+            raise ValueError(f"sessions not in {self.path}: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
+                             f"its sessions: {self.session_ids()[:10]}")
         shards = self.shards(split)
         return self._iter_rows(shards, wanted, with_extras)
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from spikefm.argtypes import is_int
+
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "register", "get", "names", "family_of_run", "default_preset",
            "run_config", "run_config_from_dict", "load_run_config", "load_model", "train",
            "finetune", "require_finetuning", "evaluate", "checked_results", "check_evaluate_options", "check_tasks", "format_results", "transfer_headline", "task_scores", "task_score_unit", "stamp_family", "commands", "FamilyCommand"]
@@ -193,7 +195,7 @@ def run_config(family: str, *, preset: str | None = None, corpus: str = "",
     ``default_preset()``, else its smallest), the family's run defaults for that preset
     (``run_defaults(preset)``, e.g. a learning rate and step count that work for it), the named
     ``protocol``'s settings, then ``section.key=value`` overrides, in that order."""
-    from spikefm.train.config import RunConfig, apply_overrides
+    from spikefm.train.config import RunConfig, apply_overrides, check_override_list
 
     fam = get(family)
     proto = {"preset": None, "overrides": []}
@@ -205,7 +207,7 @@ def run_config(family: str, *, preset: str | None = None, corpus: str = "",
     model = fam.preset(preset_name)
     cfg = RunConfig(family=family, model=model, data=fam.data_config_cls(corpus=str(corpus)))
     defaults = list(fam.run_defaults(preset_name)) if hasattr(fam, "run_defaults") else []
-    cfg = apply_overrides(cfg, [*defaults, *proto["overrides"], *overrides])
+    cfg = apply_overrides(cfg, [*defaults, *proto["overrides"], *check_override_list(overrides)])
     if hasattr(fam, "check_config"):  # settings of one section the other cannot serve
         fam.check_config(cfg)
     return cfg
@@ -245,14 +247,18 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
             (``config.json`` with ``model_type: llama`` + ``model.safetensors``), e.g. the
             published Neural Pile models.
         device: the torch device the returned model lives on: ``"cpu"`` (default), ``"cuda"``,
-            ``"cuda:1"``, ``"mps"``, ... (any ``torch.device`` or its name). ``"auto"`` is not
-            resolved here: pass ``"cuda" if torch.cuda.is_available() else "cpu"``.
+            ``"cuda:1"``, ``"mps"``, ... (any ``torch.device`` or its name), or ``"auto"``
+            (``"cuda"`` when available, else ``"cpu"``).
 
     Returns:
         The model in eval mode. For run directories ``model.run_config`` holds the RunConfig.
     """
+    import torch
+
     from spikefm.train.checkpoint import load_exported_model
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     fam = family_of_run(path)
     info = _read_config(path)
     if not isinstance(info.get("family"), str):
@@ -264,9 +270,18 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
 
 
 def train(cfg, out_dir: str | os.PathLike, **kwargs) -> dict[str, Any]:
-    """:func:`spikefm.train.loop.train` with ``cfg.family`` looked up in the registry."""
+    """:func:`spikefm.train.loop.train` with ``cfg.family`` looked up in the registry.
+
+    ``cfg``: a :class:`~spikefm.train.config.RunConfig` (from :func:`run_config`, or a run's
+    :func:`load_run_config`). Keyword arguments go to the loop: ``resume``, ``progress`` (a
+    progress display, default True), ``stop_after`` (steps)."""
+    from spikefm.train.config import RunConfig
     from spikefm.train.loop import train as train_loop
 
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"cfg must be a RunConfig, got {type(cfg).__name__}; make one with "
+                        "spikefm.families.run_config(FAMILY, preset=..., corpus=..., overrides=[...]), or "
+                        "read a run's with spikefm.families.load_run_config(RUN_DIR)")
     return train_loop(cfg, out_dir, get(cfg.family), **kwargs)
 
 
@@ -296,8 +311,15 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
     """
     from spikefm.train.finetune import check_finetune_overrides, finetune_strategies
 
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = int(steps)
+    from spikefm.train.config import check_override_list
+
+    overrides = check_override_list(overrides)
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be one session id (a str), got {type(session_id).__name__} "
+                        f"{session_id!r}; fine-tune one session per call")
     if freeze_core and from_scratch:
         raise ValueError("freeze_core and from_scratch exclude each other: a from-scratch core is "
                          "random, freezing it would train the session parameters on noise")

@@ -341,6 +341,20 @@ def _in_key_words(err: Exception, cls: type, where: str) -> Exception:
     return err
 
 
+def check_override_list(overrides: Any) -> list[str]:
+    """``overrides`` as a list of strings; a one-line TypeError for a bare string (it was split
+    into characters: "override must look like section.key=value, got 't'") or a non-str item."""
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides must be a list of 'section.key=value' strings, got the string "
+                        f"{overrides!r}; for one override pass [{overrides!r}]")
+    items = list(overrides)
+    bad = next((o for o in items if not isinstance(o, str)), None)
+    if bad is not None:
+        raise TypeError(f"overrides must be a list of 'section.key=value' strings, got an item of type "
+                        f"{type(bad).__name__}: {bad!r}")
+    return items
+
+
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """Return a copy of `cfg` with `section.key=value` overrides applied, in order.
 
@@ -359,7 +373,7 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     Raises:
         ValueError: with a one-line message naming the valid sections/keys or the expected type.
     """
-    for item in overrides:
+    for item in check_override_list(overrides):
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:

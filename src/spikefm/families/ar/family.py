@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikefm.argtypes import is_int
 from spikefm.families.ar.model import LLAMA_PRESETS, Llama, LlamaConfig, flops_per_token, llama_preset
 from spikefm.families.ar.tokens import VOCAB_SIZE
 from spikefm.train.config import RunConfig
@@ -186,6 +187,10 @@ class ARFamily:
 
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if is_int(ngram):  # one order (ngram=2), as a list of one
+            ngram = [ngram]
+        if isinstance(ngram, str) or not all(is_int(o) for o in ngram):
+            raise TypeError(f"ngram must be n-gram orders, e.g. [1, 9], got {ngram!r}")
         orders = [int(o) for o in ngram]
         if any(not 1 <= o <= 9 for o in orders):
             raise ValueError(f"n-gram orders must be in 1..9, got {list(ngram)!r}")

@@ -646,12 +646,17 @@ class Llama(nn.Module):
             (B, L, V) float32 logits; position l predicts token l + 1 (the prefix position's
             output, a prediction of the first token, is not returned).
         """
-        if not isinstance(tokens_BL, torch.Tensor) or tokens_BL.ndim != 2:
-            raise ValueError("tokens_BL must be a 2-D (batch, length) tensor, got "
-                             f"{getattr(tokens_BL, 'shape', type(tokens_BL).__name__)}")
-        if tokens_BL.dtype.is_floating_point or tokens_BL.dtype == torch.bool:
+        if not isinstance(tokens_BL, torch.Tensor):
+            raise TypeError(f"tokens_BL must be a torch tensor, got {type(tokens_BL).__module__}."
+                            f"{type(tokens_BL).__name__}; convert with torch.as_tensor(tokens)")
+        if tokens_BL.ndim != 2:
+            raise ValueError(f"tokens_BL must be a 2-D (batch, length) tensor, got shape {tuple(tokens_BL.shape)}; "
+                             "one sequence is tokens[None]")
+        if tokens_BL.dtype.is_floating_point or tokens_BL.dtype == torch.bool or tokens_BL.dtype.is_complex:
             raise TypeError(f"tokens_BL must be an integer tensor, got {tokens_BL.dtype}; "
                             "convert with tokens.long()")
+        if tokens_BL.dtype not in (torch.int64, torch.int32):  # uint8 (what tokenize returns), int16...
+            tokens_BL = tokens_BL.long()
         B, L = tokens_BL.shape
         start = 0 if kv_cache is None else kv_cache.pos
         new_prefix = self.cfg.unit_count_prefix and start == 0

@@ -343,7 +343,9 @@ class NDT(nn.Module):
             unit_valid_BN: bool; invalid units inside a session's range are zeroed on input.
                 A valid unit beyond the session's unit count is an error.
             session_ids: length-B list of registered session ids.
-            scheme_B: int64 scheme id per sample (selects the prompt token).
+            scheme_B: int64 scheme id per sample (selects the prompt token):
+                ``spikefm.families.ndt.masking.scheme_id(name)`` of a name in ``SCHEMES``
+                (``"neuron"``, ``"causal"``, ``"inter_region"``, ``"intra_region"``).
             causal_B: bool per sample; True restricts bin t to attend to bins <= t (and the two
                 prefix tokens, which carry no data).
             all_sessions_in_graph: add every session's parameters to the output with weight
@@ -376,6 +378,9 @@ class NDT(nn.Module):
         if isinstance(session_ids, str) or len(session_ids) != B:
             raise ValueError(f"session_ids must be a list of {B} session ids, got {session_ids!r:.200}")
         _expect("scheme_B", scheme_B, (B,), torch.long)
+        if not self.training and bool(((scheme_B < 0) | (scheme_B >= NUM_SCHEMES)).any()):  # no sync in training
+            raise ValueError(f"scheme_B holds ids outside 0..{NUM_SCHEMES - 1}: {sorted(set(scheme_B.tolist()))}; "
+                             "use spikefm.families.ndt.masking.scheme_id(name) of a name in SCHEMES")
         _expect("causal_B", causal_B, (B,), torch.bool)
         if input_mask_BTN is not None:
             _expect("input_mask_BTN", input_mask_BTN, (B, T, N), torch.bool)

@@ -253,12 +253,11 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     Returns:
         The model in eval mode. For run directories ``model.run_config`` holds the RunConfig.
     """
-    import torch
-
     from spikefm.train.checkpoint import load_exported_model
+    from spikefm.train.dist import resolve_device_type
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # the one rule of every device option (other names, "cuda:1" say, pass as given)
+        device = resolve_device_type(device)
     fam = family_of_run(path)
     info = _read_config(path)
     if not isinstance(info.get("family"), str):

@@ -106,9 +106,16 @@ def make_folder(path: str | os.PathLike, *, action: str | None = None,
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
-        raise ValueError(f"cannot {action or f'create {path}'}: {blocker} is a file, not a folder; "
-                         f"{fix}") from None
+        raise _in_the_way(action or f"create {path}", _file_among([path, *path.parents]) or path, fix) from None
+
+
+def _file_among(paths) -> Path | None:
+    """The first of ``paths`` that exists and is not a folder (a file where a folder must be)."""
+    return next((p for p in paths if p.exists() and not p.is_dir()), None)
+
+
+def _in_the_way(action: str, blocker: Path, fix: str = "choose another path") -> ValueError:
+    return ValueError(f"cannot {action}: {blocker} is a file, not a folder; {fix}")
 
 
 def spikefm_folder_kind(path: str | os.PathLike) -> str | None:
@@ -140,9 +147,9 @@ def check_file_target(path: str | os.PathLike) -> None:
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a file; give the path of a file to write "
                          "(a new name, or a file to replace)")
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    blocker = _file_among(path.parents)
     if blocker is not None:
-        raise ValueError(f"cannot write {path}: {blocker} is a file, not a folder; choose another path")
+        raise _in_the_way(f"write {path}", blocker)
 
 
 def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str) -> None:

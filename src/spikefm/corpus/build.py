@@ -547,8 +547,6 @@ def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: Bu
     old = existing.build or BuildSettings()
     same = existing.bin_ms == cfg.bin_ms and old.split == cfg.split and old.seed == cfg.seed \
         and old.test_fraction == cfg.test_fraction
-    before = {s.session_id: s.split for s in existing.sessions}
-    now = {m["session_id"] for m in metas}
     if not same:
         return set()
     if cfg.split == "session":  # also when the sessions are the same: a grown corpus's test stays so
@@ -558,6 +556,8 @@ def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: Bu
         paths = {(s.provenance or {}).get("path") for s in test} - {None}
         return {m["session_id"] for m in metas if (m.get("provenance") or {}).get("path") in paths} | \
             {s.session_id for s in test if not (s.provenance or {}).get("path")}
+    before = {s.session_id: s.split for s in existing.sessions}
+    now = {m["session_id"] for m in metas}
     if set(before) != now and any(split != "train" for split in before.values()):
         print(f"spikefm: warning: the sessions changed ({len(set(before) - now)} gone, {len(now - set(before))} "
               "new), so --split row drew the test rows again over all rows: rows of the earlier test split may "

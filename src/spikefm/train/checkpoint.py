@@ -60,7 +60,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikefm.corpus.nwb import nwb_in_folder
 from spikefm.fileio import check_relative_path, default_file_mode, fsync_dir, write_atomic, write_json_atomic
 from spikefm.train import dist as d
 
@@ -114,16 +113,19 @@ def check_run_folder(out_dir: str | os.PathLike, *, allowed: tuple[str, ...] = (
         return
     other = sorted(p.name for p in out_dir.iterdir()
                    if not p.name.startswith(".") and p.name not in allowed)
-    if other and (out_dir / "manifest.json").is_file():  # --data and --out swapped, or a corpus given twice
+    if not other:
+        return
+    if (out_dir / "manifest.json").is_file():  # --data and --out swapped, or a corpus given twice
         raise ValueError(f"{out_dir} is a spikefm corpus (manifest.json), not a run folder; nothing was written: "
                          "give a new run folder (--out), e.g. runs/NAME, and the corpus as --data")
-    if other and nwb_in_folder(out_dir) is not None:
+    from spikefm.corpus.nwb import nwb_in_folder  # on the way to a refusal only (it imports pyarrow)
+
+    if nwb_in_folder(out_dir) is not None:
         raise ValueError(f"{out_dir} holds NWB recordings, not a spikefm run; nothing was written: give a new "
                          "run folder (--out), e.g. runs/NAME")
-    if other:
-        raise ValueError(f"{out_dir}: folder has files and is not a spikefm run (found "
-                         f"{other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}); "
-                         "nothing was written: give a new or empty folder (--out)")
+    raise ValueError(f"{out_dir}: folder has files and is not a spikefm run (found "
+                     f"{other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}); "
+                     "nothing was written: give a new or empty folder (--out)")
 
 
 # ----------------------------------------------------------------------------------------------

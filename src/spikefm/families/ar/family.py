@@ -366,39 +366,12 @@ def _held_out(corpus, split: str) -> str:
                                                                         "kind not recorded)")
 
 
-def _trained_on(run_dir: str | Path) -> str:
-    """The corpus a spikefm AR run was trained on, read as :func:`spikefm.train.runinfo.load_run_config`
-    reads it everywhere (a corpus recorded relative to the folder training ran in is replaced by
-    the absolute path the run recorded in ``family_info.corpus``, so the answer does not depend on
-    the working directory). ValueError (one line) when the folder is not an AR run, records no
-    corpus, or the corpus is not found from here."""
-    from spikefm.train.runinfo import load_run_config, read_run_info
-
-    if not (Path(run_dir) / "config.json").is_file():
-        raise ValueError(f"{run_dir}: not a run folder (no config.json); give the folder of a spikefm train --out")
-    info = read_run_info(run_dir)
-    family = info.get("family")
-    if family is None:
-        raise ValueError(f"{run_dir} records no training corpus (a model folder, not a spikefm run); "
-                         "pass --compare-data CORPUS_DIR")
-    if family != ARFamily.name:
-        article = "an" if str(family)[:1].lower() in "aeiou" or family == "ndt" else "a"
-        raise ValueError(f"{run_dir} is {article} {family} run, not an autoregressive (ar) run; compare two ar "
-                         "runs (spikefm train --model ar)")
-    corpus = load_run_config(run_dir, model_cls=LlamaConfig, data_cls=ARDataConfig).data.corpus
-    if not corpus:
-        raise ValueError(f"{run_dir} records no training corpus; pass --compare-data CORPUS_DIR")
-    if not Path(corpus).is_dir():
-        recorded = (info.get("family_info") or {}).get("corpus") if isinstance(info.get("family_info"), dict) else None
-        raise ValueError(f"{run_dir} was trained on {recorded or corpus}, which is not found from here; pass "
-                         "--compare-data CORPUS_DIR (that corpus, moved, or another to score it on)")
-    return corpus
-
-
 def _compare_run_config(compare_run: str, compare_data: str | None) -> RunConfig | None:
     """Check ``--compare-run`` before anything is scored: an AR run with its weights (then its
-    RunConfig, whose corpus is found from any working directory, see :func:`_trained_on`) or a
-    Hugging Face Llama folder with ``--compare-data`` (then None). One-line ValueError otherwise."""
+    RunConfig, read by :func:`spikefm.train.runinfo.load_run_config`: a corpus recorded relative
+    to the folder training ran in is the absolute one of ``family_info.corpus``, so it is found
+    from any working directory) or a Hugging Face Llama folder with ``--compare-data`` (then
+    None). One-line ValueError otherwise."""
     from spikefm.train.checkpoint import EXPORT_NAME, confined_file, read_safetensors_header
     from spikefm.train.runinfo import load_run_config, read_run_info
 
@@ -416,12 +389,19 @@ def _compare_run_config(compare_run: str, compare_data: str | None) -> RunConfig
         kind = info.get("model_type") or "unknown"
         raise ValueError(f"{flag}: holds a model of type {kind!r}, neither a spikefm run nor a Hugging Face "
                          "Llama folder; give an autoregressive run folder (spikefm train --model ar --out)")
-    if compare_data is None or info["family"] != ARFamily.name:
-        try:  # its corpus, found from any working directory; or the refusal of another family's run
-            _trained_on(compare_run)
-        except ValueError as exc:
-            raise ValueError(f"--compare-run {exc}") from None
+    family = info["family"]
+    if family != ARFamily.name:
+        article = "an" if str(family)[:1].lower() in "aeiou" or family == "ndt" else "a"
+        raise ValueError(f"{flag} is {article} {family} run, not an autoregressive (ar) run; compare two ar "
+                         "runs (spikefm train --model ar)")
     cfg = load_run_config(compare_run, model_cls=LlamaConfig, data_cls=ARDataConfig)
+    corpus = cfg.data.corpus
+    if compare_data is None and not corpus:
+        raise ValueError(f"{flag} records no training corpus; pass --compare-data CORPUS_DIR")
+    if compare_data is None and not Path(corpus).is_dir():
+        recorded = (info.get("family_info") or {}).get("corpus") if isinstance(info.get("family_info"), dict) else None
+        raise ValueError(f"{flag} was trained on {recorded or corpus}, which is not found from here; pass "
+                         "--compare-data CORPUS_DIR (that corpus, moved, or another to score it on)")
     weights = confined_file(compare_run, EXPORT_NAME, what="weights file")
     if not weights.is_file():
         raise ValueError(f"{flag}: {weights.name} not found; the run has not finished (or was not exported): "

@@ -117,15 +117,16 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int, check_corpus=None
             int(corpus.manifest.get("bin_ms") or 0))
 
 
-def _run_bin_ms(run_dir) -> int:
-    """The bin width of the corpus the run was trained on, found as every command finds it
-    (:func:`spikefm.families.ar.family._trained_on`: from any working directory); 0 when it
-    cannot be read (a Hugging Face folder, a corpus moved away)."""
+def _run_bin_ms(cfg) -> int:
+    """The bin width of the corpus a run was trained on (``cfg``: its RunConfig, whose corpus
+    :func:`spikefm.train.runinfo.load_run_config` found from any working directory); 0 when it
+    cannot be read (None: a Hugging Face folder; a corpus moved away)."""
     from spikefm.corpus.reader import Corpus
-    from spikefm.families.ar.family import _trained_on
 
+    if cfg is None or not cfg.data.corpus:
+        return 0
     try:
-        return int(Corpus(_trained_on(run_dir)).manifest.get("bin_ms") or 0)
+        return int(Corpus(cfg.data.corpus).manifest.get("bin_ms") or 0)
     except (ValueError, OSError, TypeError):
         return 0
 
@@ -205,7 +206,7 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
                           temperature=temperature, top_k=top_k, generator=gen, on_bin=bar.advance)
     counts = detokenize(tokens[0].cpu().numpy().astype(np.uint8), num_units)
     arrays["counts"] = counts
-    bin_ms = bin_ms or _run_bin_ms(run_dir)
+    bin_ms = bin_ms or _run_bin_ms(cfg)
     if bin_ms:  # the bin width of the counts, for the report's time axis
         arrays["bin_ms"] = np.asarray(bin_ms, dtype=np.int32)
     out = savez_atomic(out, compressed=True, **arrays)

@@ -122,3 +122,30 @@ def torchrun_failure_report(proc, tail: int = 2000) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if any(k in ln for k in keys)]
     return (f"torchrun exited with {proc.returncode}; error lines:\n" + "\n".join(lines[:60])
             + f"\n--- end of stderr ---\n{proc.stderr[-tail:]}")
+
+
+def copy_run_naming_a_gone_corpus(run: Path, dest: Path) -> dict:
+    """Copy the run folder ``run`` to ``dest`` with its config.json naming a corpus that does not
+    exist (as a run shared without its data, or whose corpus was moved); returns that config.json."""
+    import json
+    import shutil
+
+    shutil.copytree(run, dest)
+    rec = json.loads((dest / "config.json").read_text())
+    rec["config"]["data"]["corpus"] = rec["family_info"]["corpus"] = str(dest.parent / "moved")
+    (dest / "config.json").write_text(json.dumps(rec))
+    return rec
+
+
+def load_model_reading_no_windows(path: Path, monkeypatch):
+    """``spikefm.load_model(path)`` with the window reader made to fail: the model must come from
+    what the run recorded, not from its data."""
+    import spikefm.data.windows as windows_module
+    from spikefm import load_model
+
+    def no_windows(*a, **k):
+        raise AssertionError("loading a run read the corpus")
+
+    with monkeypatch.context() as m:
+        m.setattr(windows_module, "load_all_windows", no_windows)
+        return load_model(path)

@@ -332,30 +332,19 @@ def test_a_run_folder_loads_without_the_corpus_it_names(pretrained, tmp_path, mo
     """load_model rebuilt an NDT from the corpus its config names (to count each session's units):
     with that corpus moved it failed with 'no such file or folder'. It is built from the run's
     record now, and reads no data."""
-    import shutil
-
-    import spikefm.data.windows as windows_module
+    from conftest import copy_run_naming_a_gone_corpus, load_model_reading_no_windows
     from spikefm import load_model
 
     copy = tmp_path / "pre_copy"
-    shutil.copytree(pretrained, copy)
-    rec = json.loads((copy / "config.json").read_text())
-    rec["config"]["data"]["corpus"] = rec["family_info"]["corpus"] = str(tmp_path / "moved")
-    (copy / "config.json").write_text(json.dumps(rec))
+    rec = copy_run_naming_a_gone_corpus(pretrained, copy)
     original = load_model(pretrained)
-
-    def no_windows(*a, **k):
-        raise AssertionError("loading a run read the corpus")
-
-    monkeypatch.setattr(windows_module, "load_all_windows", no_windows)
-    loaded = load_model(copy)
+    loaded = load_model_reading_no_windows(copy, monkeypatch)
     assert loaded.session_units == original.session_units == rec["family_info"]["sessions"]
     a, b = original.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a record without the sessions (older or edited): built from the data as before, which is gone
     del rec["family_info"]["sessions"]
     (copy / "config.json").write_text(json.dumps(rec))
-    monkeypatch.undo()
     with pytest.raises(ValueError, match="moved: no such file or folder"):
         load_model(copy)
 

@@ -606,26 +606,15 @@ def test_a_run_folder_loads_and_evaluates_without_the_corpus_it_names(finetuned,
     """Loading a NEDS run rebuilt it from the corpus its config names (to count units and find
     modalities): a run folder shared without that corpus, or with the corpus moved, could not be
     loaded. It is built from what the run recorded; evaluation reads the corpus given to it."""
-    import shutil
-
-    import spikefm.data.windows as windows_module
+    from conftest import copy_run_naming_a_gone_corpus, load_model_reading_no_windows
     from spikefm import load_model
     from spikefm.families.neds.evaluate import evaluate_run
 
     out, _ = finetuned
     copy = tmp_path / "ft_copy"
-    shutil.copytree(out, copy)
-    rec = json.loads((copy / "config.json").read_text())
-    rec["config"]["data"]["corpus"] = rec["family_info"]["corpus"] = str(tmp_path / "moved")
-    (copy / "config.json").write_text(json.dumps(rec))
+    copy_run_naming_a_gone_corpus(out, copy)
     original = load_model(out)
-
-    def no_windows(*a, **k):
-        raise AssertionError("loading a run read the corpus")
-
-    with monkeypatch.context() as m:
-        m.setattr(windows_module, "load_all_windows", no_windows)
-        loaded = load_model(copy)
+    loaded = load_model_reading_no_windows(copy, monkeypatch)
     assert loaded.session_units == original.session_units == {held_out: Corpus(corpus_dir).session(held_out)["num_units"]}
     assert loaded.modalities == original.modalities and loaded.modalities.label_names == ["choice", "block_prior"]
     a, b = original.state_dict(), loaded.state_dict()

@@ -49,6 +49,12 @@ def test_the_ar_model_reads_the_tokens_tokenize_returns(ar_run, corpus_dir):
     with pytest.raises(ValueError, match=r"must be a 2-D \(batch, length\) tensor, got shape \(\d+,\); one sequence "
                                          r"is tokens\[None\]"):
         model(torch.as_tensor(toks))
+    # int16 / int64 tokens outside the vocabulary failed inside torch's embedding ('index out of range')
+    with pytest.raises(ValueError, match=r"^tokens_BL must lie in \[0, 256\) \(the model's vocabulary\), found "
+                                         r"values from 0 to 300; tokenize counts with spikefm.families.ar.tokens"):
+        model(torch.tensor([[255, 300, 0]]))
+    with pytest.raises(ValueError, match=r"found values from -1 to 255"):
+        model(torch.tensor([[255, -1]], dtype=torch.int16))
 
 
 def test_wrong_kinds_of_argument_are_refused_in_one_line(ar_run, corpus_dir, tmp_path):

@@ -633,7 +633,8 @@ class Llama(nn.Module):
         """Next-token logits.
 
         Args:
-            tokens_BL: (B, L) integer tokens in ``[0, vocab_size)``.
+            tokens_BL: (B, L) integer tokens in ``[0, vocab_size)`` (ValueError otherwise, for
+                tokens on the CPU).
             kv_cache: if given, ``tokens_BL`` continue the cached sequence at position
                 ``kv_cache.pos``; the cache is updated and advanced by L (L + 1 when the prefix
                 position is fed too).
@@ -658,6 +659,14 @@ class Llama(nn.Module):
         if tokens_BL.dtype not in (torch.int64, torch.int32):  # uint8 (what tokenize returns), int16...
             tokens_BL = tokens_BL.long()
         B, L = tokens_BL.shape
+        # Checked on the CPU only: on an accelerator reading the range back would stall every step
+        # (there, an out-of-range token fails in the embedding's own device-side check).
+        if tokens_BL.device.type == "cpu" and tokens_BL.numel() and not torch.compiler.is_compiling():
+            lo, hi = (int(v) for v in tokens_BL.aminmax())
+            if lo < 0 or hi >= self.cfg.vocab_size:
+                raise ValueError(f"tokens_BL must lie in [0, {self.cfg.vocab_size}) (the model's vocabulary), "
+                                 f"found values from {lo} to {hi}; tokenize counts with "
+                                 "spikefm.families.ar.tokens (counts above 254 are clipped there)")
         start = 0 if kv_cache is None else kv_cache.pos
         new_prefix = self.cfg.unit_count_prefix and start == 0
         if new_prefix:

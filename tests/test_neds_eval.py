@@ -85,6 +85,40 @@ def test_region_classification_grouped_by_session():
     assert res0["balanced_accuracy"] < 0.7
 
 
+def test_regions_with_too_few_units_are_left_out_with_the_reason_not_fatal():
+    """A region of 2 units in one session made every feature set fail ('every class needs at least
+    2 training samples'); one of 1 unit in one session and many in another sank the cross-session
+    fit. Such regions are left out, named with the reason, and the rest is scored as it would be
+    without them."""
+    rng = np.random.default_rng(5)
+    centres = {"CA1": [2.0, 0.0], "VISp": [0.0, 2.0], "PO": [-2.0, 0.0], "MOs": [0.0, -2.0]}
+    regions = {"s0": ["CA1"] * 6 + ["VISp"] * 6 + ["MOs"] * 2}
+    feats = {"s0": np.array([centres[r] for r in regions["s0"]]) + 0.3 * rng.normal(size=(14, 2))}
+    res = classify_regions(feats, regions)
+    assert res["regions_left_out"] == {"MOs": "2 units in the one session (cross-validation needs >= 3)"}
+    assert res["classes"] == ["CA1", "VISp"] and res["num_units"] == 12
+    same = classify_regions({"s0": feats["s0"][:12]}, {"s0": regions["s0"][:12]})
+    assert same["accuracy"] == res["accuracy"] and same["confusion"] == res["confusion"]
+    # across sessions: PO has 1 unit in s0 and 5 in s1, so holding s1 out leaves 1 to learn from
+    regions = {"s0": ["CA1"] * 5 + ["VISp"] * 5 + ["PO"], "s1": ["CA1"] * 5 + ["VISp"] * 5 + ["PO"] * 5}
+    feats = {s: np.array([centres[r] for r in regs]) + 0.3 * rng.normal(size=(len(regs), 2))
+             for s, regs in regions.items()}
+    res = classify_regions(feats, regions)
+    assert res["regions_left_out"] == {"PO": "6 units; 1 left to learn from when session s1 is held out (needs >= 2)"}
+    assert res["classes"] == ["CA1", "VISp"] and res["num_units"] == 20 and res["accuracy"] > 0.9
+    # nothing learnable: one line naming what was left out and why
+    with pytest.raises(ValueError, match=r"^region classification needs >= 2 regions it can learn, found 1 \(CA1\); "
+                                         r"left out: MOs: 2 units in the one session"):
+        classify_regions({"s0": np.zeros((7, 2))}, {"s0": ["CA1"] * 5 + ["MOs"] * 2})
+    with pytest.raises(ValueError, match=r"folds must be an int >= 2, got 1"):
+        classify_regions(feats, regions, folds=1)
+    # two folds over 3-unit classes: a fold may keep 1 unit of a class; that class sits the fold out
+    regions = {"s0": ["CA1"] * 3 + ["VISp"] * 3 + ["PO"] * 3}
+    feats = {"s0": np.array([centres[r] for r in regions["s0"]]) + 0.1 * rng.normal(size=(9, 2))}
+    res = classify_regions(feats, regions, folds=2)
+    assert res["grouping"] == "stratified 2-fold (one session)" and np.array(res["confusion"]).sum() == 9
+
+
 def test_region_classification_of_uninformative_features_sits_at_chance_whatever_the_session_mix():
     """Sessions with different mixes of regions: leaving one out under-represents its regions in
     the training fold. Features that carry no region information must score near balanced

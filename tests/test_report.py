@@ -565,6 +565,32 @@ def test_neds_tables_say_why_a_cell_is_nan(tmp_path):
     assert "nan-note" not in build_report(path).html()
 
 
+def test_neds_region_notes_name_left_out_regions_and_draw_no_empty_table(tmp_path):
+    """Regions the folds could not learn were dropped without a word; a results file where every
+    feature set failed drew an empty table captioned 'grouped by session' for a one-session run."""
+    from spikefm.families.neds.evaluate import format_results
+
+    obj = _neds_results(nan=False)
+    obj["results"]["region"]["embedding"]["regions_left_out"] = {"MOs": "2 units in the one session (cross-"
+                                                                          "validation needs >= 3)"}
+    obj["results"]["region"]["firing_stats"] = {"error": "region classification needs >= 2 regions it can learn, "
+                                                         "found 1 (CA1); give it more sessions"}
+    path = tmp_path / "neds.json"
+    path.write_text(json.dumps(obj))
+    text = html.unescape(build_report(path).html())
+    assert "regions left out (the folds cannot learn them): MOs (2 units in the one session" in text
+    assert "firing_stats: not scored (region classification needs >= 2 regions it can learn, found 1 (CA1)" in text
+    printed = format_results({"ft": obj})
+    assert "ft: region firing_stats not scored: region classification needs >= 2 regions it can learn, found 1 " \
+           "(CA1); give it more sessions" in printed  # whole, not cut at 40 characters
+    assert "ft: regions left out of region classification: MOs (2 units in the one session" in printed
+    obj["results"]["region"] = {"embedding": {"error": "no"}}
+    path.write_text(json.dumps(obj))
+    text = build_report(path).html()
+    assert 'data-table="neds-region"' not in text and "grouped by session" not in text
+    assert "embedding: not scored (no)" in text
+
+
 def test_neds_label_table_shows_the_balanced_chance_beside_balanced_accuracy(tmp_path):
     """Balanced accuracy 0.5 at chance sat beside 'chance 0.6250' (the majority class), looking
     below chance: its chance, 1 / classes (chance_balanced), has a column of its own."""

@@ -102,9 +102,11 @@ def classify_regions(features_by_session: dict[str, np.ndarray], regions_by_sess
     """Region of each unit from its feature vector: standardised L2 logistic regression (C by inner
     cross-validation), outer cross-validation grouped by session (leave-one-session-out, so a
     unit is never classified by a model that saw its session) when there are >= 2 sessions,
-    else stratified K-fold over the one session's units (reported as ``grouping``). Regions
-    present in a single session only cannot be learned across sessions and are left out when
-    grouping by session.
+    else stratified K-fold over the one session's units (reported as ``grouping``). A region the
+    folds cannot learn is left out, with the reason in ``regions_left_out`` (region -> reason):
+    across sessions, one recorded in a single session only, or with fewer than 2 units left to
+    learn from when one of its sessions is held out; in one session, one with fewer than 3 units
+    (each of >= 2 folds must keep 2 of them to learn from).
 
     Classes are weighted by the inverse of their share of the training units
     (``class_weight="balanced"``, the default): sessions record different mixes of regions, so
@@ -114,36 +116,67 @@ def classify_regions(features_by_session: dict[str, np.ndarray], regions_by_sess
     sessions before 2026-12-05). ``None`` restores the unweighted fit.
 
     Returns:
-        :func:`classification_scores` plus ``grouping``, ``num_units`` and ``class_weight``.
+        :func:`classification_scores` plus ``grouping``, ``num_units`` (the units scored),
+        ``class_weight`` and ``regions_left_out``.
     """
     from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
+
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
 
     sessions = sorted(features_by_session)
     X = np.concatenate([np.asarray(features_by_session[s], dtype=np.float64) for s in sessions])
     y = np.concatenate([np.asarray(regions_by_session[s], dtype=object) for s in sessions]).astype(str)
     g = np.concatenate([[s] * len(regions_by_session[s]) for s in sessions])
+    left_out = _unlearnable_regions(y, g, several_sessions=len(sessions) >= 2)
+    keep = ~np.isin(y, list(left_out))
+    X, y, g = X[keep], y[keep], g[keep]
+    classes = np.unique(y)
+    if classes.size < 2:
+        why = "; ".join(f"{r}: {reason}" for r, reason in sorted(left_out.items()))
+        raise ValueError(f"region classification needs >= 2 regions it can learn, found {classes.size} "
+                         f"({', '.join(classes.tolist()) or 'none'})" + (f"; left out: {why}" if why else "")
+                         + "; give it more sessions or units per region (e.g. a lower data.min_rate_hz)")
     if len(sessions) >= 2:
-        keep = np.array([len(set(g[y == r])) >= 2 for r in y])
-        X, y, g = X[keep], y[keep], g[keep]
         splits = list(LeaveOneGroupOut().split(X, y, g))
         grouping = "leave-one-session-out"
     else:
         n = int(min(folds, np.unique(y, return_counts=True)[1].min()))
-        if n < 2:
-            raise ValueError("region classification needs >= 2 units per region in a single session")
         splits = list(StratifiedKFold(n, shuffle=True, random_state=seed).split(X, y))
         grouping = f"stratified {n}-fold (one session)"
-    classes = np.unique(y)
-    if classes.size < 2:
-        raise ValueError(f"region classification needs >= 2 regions shared by the sessions, got {classes.tolist()}")
     pred = np.empty(len(y), dtype=object)
     for tr, te in splits:
+        # a class with < 2 training units in this fold cannot be fitted (possible with folds < 3)
+        names, counts = np.unique(y[tr], return_counts=True)
+        tr = tr[np.isin(y[tr], names[counts >= 2])]
         present = np.unique(y[tr])
         if present.size < 2:
-            pred[te] = present[0]
+            pred[te] = present[0] if present.size else names[counts.argmax()]
             continue
         proba = fit_predict_logistic(X[tr], y[tr], X[te], seed=seed, class_weight=class_weight)
         pred[te] = present[proba.argmax(1)]
     out = classification_scores(y, pred.astype(str), classes)
-    out.update(grouping=grouping, num_units=int(len(y)), class_weight=class_weight)
+    out.update(grouping=grouping, num_units=int(len(y)), class_weight=class_weight,
+               regions_left_out=dict(sorted(left_out.items())))
+    return out
+
+
+def _unlearnable_regions(y: np.ndarray, g: np.ndarray, *, several_sessions: bool) -> dict[str, str]:
+    """Region -> why :func:`classify_regions` cannot learn it (see there)."""
+    out = {}
+    for r in np.unique(y):
+        in_r = y == r
+        total = int(in_r.sum())
+        if not several_sessions:
+            if total < 3:
+                out[r] = f"{total} unit{'s' if total != 1 else ''} in the one session (cross-validation needs >= 3)"
+            continue
+        held = {s: int((in_r & (g == s)).sum()) for s in np.unique(g[in_r])}
+        if len(held) < 2:
+            out[r] = f"recorded in one session only ({next(iter(held))}, {total} units)"
+            continue
+        s_worst = max(held, key=lambda s: (held[s], s))
+        if total - held[s_worst] < 2:
+            out[r] = (f"{total} units; {total - held[s_worst]} left to learn from when session {s_worst} "
+                      "is held out (needs >= 2)")
     return out

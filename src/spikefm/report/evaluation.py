@@ -311,18 +311,24 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
     if reg:
         sec.heading("region classification from per-unit features")
         ok = {k: v for k, v in reg.items() if "error" not in v}
-        sec.table(["features", "units", "accuracy", "balanced accuracy", "chance", "balanced chance"],
-                  [[k, num(v.get("num_units"), "region", k, "num_units", spec=",d"),
-                    num(v.get("accuracy"), "region", k, "accuracy"),
-                    num(v.get("balanced_accuracy"), "region", k, "balanced_accuracy"),
-                    num(v.get("chance"), "region", k, "chance"),
-                    num(v.get("chance_balanced"), "region", k, "chance_balanced")] for k, v in ok.items()],
-                  caption="a linear classifier per feature set; folds: "
-                          + (", ".join(dict.fromkeys(str(v.get("grouping")) for v in ok.values() if v.get("grouping")))
-                             or "grouped by session"), key="neds-region" + suffix, nan_why=why["region"])
+        if ok:
+            sec.table(["features", "units", "accuracy", "balanced accuracy", "chance", "balanced chance"],
+                      [[k, num(v.get("num_units"), "region", k, "num_units", spec=",d"),
+                        num(v.get("accuracy"), "region", k, "accuracy"),
+                        num(v.get("balanced_accuracy"), "region", k, "balanced_accuracy"),
+                        num(v.get("chance"), "region", k, "chance"),
+                        num(v.get("chance_balanced"), "region", k, "chance_balanced")] for k, v in ok.items()],
+                      caption="a linear classifier per feature set; folds: "
+                              + (", ".join(dict.fromkeys(str(v.get("grouping")) for v in ok.values()
+                                                         if v.get("grouping"))) or "not recorded"),
+                      key="neds-region" + suffix, nan_why=why["region"])
         for k, v in reg.items():
             if "error" in v:
                 sec.note(f"{k}: not scored ({v['error']})")
+        left = dict(item for v in ok.values() for item in (v.get("regions_left_out") or {}).items())
+        if left:
+            sec.note("regions left out (the folds cannot learn them): "
+                     + "; ".join(f"{k} ({reason})" for k, reason in left.items()))
         if ok:
             first = next(iter(ok.values()))
             sec.figure(charts.bars(list(ok), [charts.bar_series("balanced accuracy",

@@ -714,13 +714,20 @@ def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
                                      f"{metric} {_cell(v['value'])}", ci, "", ""])
         for model, v in res.get("region", {}).items():
             if "error" in v:
-                rows.append([run, "region", model, "units", v["error"][:40], "", "", ""])
+                rows.append([run, "region", model, "units", "not scored (below)", "", "", ""])
             else:
                 rows.append([run, "region", model, f"{v['num_units']} units", f"acc {_cell(v['accuracy'])}",
                              f"bal {_cell(v['balanced_accuracy'])}", f"chance {_cell(v['chance'])}",
                              f"bal. chance {_cell(v['chance_balanced'])}"])
     notes = [f"{run}: {task} skipped: {why}" for run, r in results_by_run.items()
              for task, why in r.get("results", r).get("skipped", {}).items()]
+    for run, r in results_by_run.items():
+        region = r.get("results", r).get("region", {})
+        notes += [f"{run}: region {model} not scored: {v['error']}" for model, v in region.items() if "error" in v]
+        left = dict(item for v in region.values() for item in (v.get("regions_left_out") or {}).items())
+        if left:
+            notes.append(f"{run}: regions left out of region classification: "
+                         + "; ".join(f"{k} ({why})" for k, why in left.items()))
     scored = []
     for run, r in results_by_run.items():
         split, n = r.get("split", "test"), (r.get("num_windows") or {}).get(r.get("split", "test"))

@@ -111,6 +111,14 @@ def test_synth_region_tuning_and_choice_signal_flags_reach_the_generator(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--choice-signal" in err and "expected a number >= 0, got '-1'" in err
     assert not (tmp_path / "bad").exists()
+    # another preset has no choice latent: the flag changed nothing but was recorded as if it had
+    for preset in ("motor", "spontaneous"):
+        assert main(["synth", str(tmp_path / "bad"), "--preset", preset, "--choice-signal", "0.5", "--quiet"]) != 0
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == (f"spikefm: error: choice_signal applies to the 'ibl' preset only (its choice latent); the "
+                       f"'{preset}' preset has no choice, got choice_signal=0.5: leave it at 1.0 (drop --choice-signal) "
+                       "or use --preset ibl")
+        assert not (tmp_path / "bad").exists()
 
 
 def test_corpus_info_numbers_are_the_corpus_numbers(data, capsys):

@@ -288,3 +288,14 @@ def test_psth_features_of_sessions_with_different_conditions_have_one_size():
     np.testing.assert_allclose(both[4:8], x[cond == 1].mean(0))
     np.testing.assert_allclose(both[8:], x.mean(0))  # condition 2: none of these windows
     np.testing.assert_array_equal(_psth(x, cond), both[:8])  # default: the conditions present
+
+
+def test_an_empty_task_list_is_said_to_be_empty():
+    """--tasks "" said "unknown NEDS task(s) []"."""
+    from spikefm.families.neds.evaluate import check_task_names
+
+    for empty in ("", " , ", []):
+        with pytest.raises(ValueError, match=r"^no NEDS task given \(.*\); name one or more of: encoding, decoding, "
+                                             r"region \(or leave --tasks out for all\)$"):
+            check_task_names(empty)
+    assert check_task_names(None) == ["encoding", "decoding", "region"]

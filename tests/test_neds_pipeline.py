@@ -636,3 +636,69 @@ def test_windows_longer_than_the_model_are_refused_before_any_data_is_read(tmp_p
                        overrides=["data.window_bins=129", "model.max_bins=128"])
         assert str(err.value) == ("data.window_bins (129) exceeds model.max_bins (128); lower data.window_bins "
                                   "or raise model.max_bins")
+
+
+def test_a_finetuning_keeps_the_pretrained_window_settings(pretrained, corpus_dir, held_out, tmp_path):
+    """--set data.window_bins=40 (or data.pre_ms=100) fine-tuned, then eval failed: it cuts the
+    pretraining sessions with the fine-tuned run's settings ('splits were saved for 50-bin
+    windows ...'). Refused up front now, in one line; the same value is accepted."""
+    from spikefm.families import finetune
+
+    with pytest.raises(ValueError) as err:
+        finetune(pretrained, corpus_dir, held_out, tmp_path / "ft", strategy="frozen", steps=2,
+                 overrides=["data.window_bins=40", "data.pre_ms=100"])
+    assert str(err.value) == (
+        "data.window_bins=40 (the pretrained run's: 50), data.pre_ms=100 (the pretrained run's: 200): a fine-tuning "
+        "of this family keeps the pretrained run's data.window_bins, data.align, data.trial_table, data.pre_ms, "
+        "data.event_rounding, data.min_rate_hz (its evaluation cuts the pretraining sessions' windows with the "
+        "fine-tuned run's settings); drop the --set, or pretrain a run with that setting")
+    assert not (tmp_path / "ft").exists()
+    finetune(pretrained, corpus_dir, held_out, tmp_path / "ft", strategy="frozen", steps=2, eval_every=1,
+             overrides=["data.window_bins=50"])
+    assert (tmp_path / "ft" / "model.safetensors").is_file()
+
+
+def test_a_finetuning_of_a_finetuned_run_warns_about_the_sessions_its_core_learnt(finetuned, corpus_dir, tmp_path):
+    """Fine-tuning a fine-tuned run to one of the sessions its frozen core was pretrained on gave
+    no warning (only the run's own session was counted, not its inherited ones)."""
+    from spikefm.families import finetune
+
+    out, _ = finetuned
+    inherited = json.loads((out / "config.json").read_text())["family_info"]["inherited_window_splits"]
+    first = sorted(inherited)[0]
+    with pytest.warns(RuntimeWarning, match=rf"session '{first}' is one of the sessions {out} was trained on"):
+        finetune(out, corpus_dir, first, tmp_path / "ft2", strategy="frozen", steps=1, eval_every=1)
+
+
+def test_eval_on_a_corpus_without_the_runs_session_says_so(finetuned, held_out, tmp_path):
+    """It printed a bare KeyError: 'spikefm: error: <session id>'."""
+    from spikefm.families.neds.evaluate import evaluate_run
+
+    out, _ = finetuned
+    synthesize(tmp_path / "nwb", num_sessions=2, seed=9, duration_s=30.0, progress=False, preset="motor")
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "other", BuildConfig(test_fraction=0.5), progress=False)
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'other'} holds no session '{held_out}' \(the run's\); "
+                                         r"evaluate the run on the corpus it was trained on \(--data; its config.json "
+                                         r"names it: "):
+        evaluate_run(str(out), str(tmp_path / "other"), tasks=["encoding"])
+
+
+def test_the_sessions_the_rrr_baseline_was_fitted_on_are_recorded(finetuned, pretrained, corpus_dir, held_out,
+                                                                    tmp_path):
+    """A single-session run's `rrr` (README: multi-session RRR) was fitted on its one session with
+    no word of it; the results now list the sessions (`baseline_sessions`) and the printout says
+    when there is only one."""
+    from spikefm.families import finetune
+    from spikefm.families.neds.evaluate import evaluate_run, format_results
+
+    out, _ = finetuned
+    pre_sessions = json.loads((pretrained / "config.json").read_text())["family_info"]["sessions"]
+    res = evaluate_run(str(out), str(corpus_dir), tasks=["encoding"])
+    assert res["baseline_sessions"] == sorted([held_out, *pre_sessions])
+    assert "single-session baseline here" not in format_results({"ft": res})
+    finetune(pretrained, corpus_dir, held_out, tmp_path / "scratch", strategy="scratch", steps=2, eval_every=1)
+    res = evaluate_run(str(tmp_path / "scratch"), str(corpus_dir), tasks=["encoding"])
+    assert res["baseline_sessions"] == [held_out] and "rrr" in res["results"]["encoding"]
+    assert ("ss: rrr was fitted on this one session (the run inherits no pretraining sessions), so it is a "
+            "single-session baseline here") in format_results({"ss": res}).splitlines()
+    assert evaluate_run(str(out), str(corpus_dir), tasks=["encoding"], baselines=False)["baseline_sessions"] == []

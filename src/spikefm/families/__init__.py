@@ -331,7 +331,9 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
         raise ValueError(f"the {fam.name!r} family does not support fine-tuning to a new session (it has no "
                          f"per-session parameters); fine-tune a run of a family that does: "
                          f"{', '.join(able) or 'none is registered'}")
-    check_finetune_overrides(overrides, run_dir)  # before the warnings about the session
+    fixed = tuple(getattr(fam, "finetune_fixed_data", ()))
+    check_finetune_overrides(overrides, run_dir, fixed_data=fixed,  # before the warnings about the session
+                             pretrained=load_run_config(run_dir) if fixed else None)
     _warn_if_pretrained_on(run_dir, session_id, corpus)
     return finetune_strategies(fam, run_dir, corpus, session_id, out_dir,
                                strategy=strategy or implied or "auto", steps=steps, overrides=overrides,
@@ -391,7 +393,9 @@ def _warn_if_pretrained_on(run_dir: str | os.PathLike, session_id: str, corpus: 
             warnings.warn(f"{corpus} is not the corpus {run_dir} was trained on (manifest sha256 "
                           f"{trained_hash[:12]}... there, {now_hash[:12]}... here): fine-tuning goes on with "
                           "this corpus's session", RuntimeWarning, stacklevel=3)
-    own = set(info.get("sessions") or ()) | set(info.get("window_splits") or {})
+    # a fine-tuned run's core learnt the sessions of the run it started from too
+    own = (set(info.get("sessions") or ()) | set(info.get("window_splits") or {})
+           | set(info.get("inherited_window_splits") or {}))
     if session_id in own and same_corpus:
         warnings.warn(f"session {session_id!r} is one of the sessions {run_dir} was trained on: the fine-tuned "
                       "model has seen its recordings, so its scores measure no transfer to a new session "

@@ -84,6 +84,10 @@ Members used outside the loop (by `spikefm.families`, the CLI and the experiment
                                        that cannot work together; `families.run_config` calls it.
     finetune_select, finetune_soup     optional attributes: `finetune --strategy auto`'s default
                                        selection rule (`lowest`) and whether it ranks the soup (False).
+    finetune_fixed_data                optional attribute: names of `data` settings a fine-tuning
+                                       keeps from the pretrained run (`--set` may not change them;
+                                       e.g. how windows are cut, where evaluation cuts the
+                                       pretraining sessions with the fine-tuned run's settings).
     claims_folder(config: dict) -> bool
                                        optional: True for a foreign model folder this family can
                                        load (e.g. a Hugging Face Llama folder for the AR family).

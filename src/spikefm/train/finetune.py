@@ -470,13 +470,18 @@ def check_auto_options(strategy: str, *, select: str | None = None, soup: bool |
                          "drop --soup or use --strategy auto")
 
 
-def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLike) -> None:
+def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLike, *,
+                             pretrained: Any = None, fixed_data: Sequence[str] = ()) -> None:
     """Refuse ``model.*`` settings (``--set model.dim=128``) in a fine-tuning, in one line naming
     them: the model is the pretrained run's (its weights have that shape, and the single-session
     baseline is the same model to compare with), so they cannot change. Found before any work
     (they failed only when the pretrained core was loaded into a model of another shape).
     Only dropout rates (``model.dropout``, any ``model.*dropout*``), which shape no weight, may
-    change; every other model setting is the pretrained model's."""
+    change; every other model setting is the pretrained model's.
+
+    ``fixed_data`` (the family's ``finetune_fixed_data``) names ``data`` settings that must stay
+    the pretrained run's (``pretrained``, its RunConfig): an override giving one of them another
+    value is refused too (the same value is accepted)."""
     def is_model_shape(o: str) -> bool:
         key = str(o).partition("=")[0].strip()
         return (key == "model" or key.startswith("model.")) and "dropout" not in key.partition(".")[2]
@@ -488,6 +493,18 @@ def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLik
                          f"(its config.json) and cannot change (its weights have that shape; only dropout may); drop the model.* "
                          f"setting{'s' if len(given) > 1 else ''}, or pretrain a run with "
                          f"{'them' if len(given) > 1 else 'it'} (spikefm train ... {sets})")
+    if not fixed_data or pretrained is None:
+        return
+    from spikefm.train.config import apply_overrides
+
+    after = apply_overrides(pretrained, list(overrides))
+    changed = [f"data.{k}={getattr(after.data, k)!r} (the pretrained run's: {getattr(pretrained.data, k)!r})"
+               for k in fixed_data if getattr(after.data, k) != getattr(pretrained.data, k)]
+    if changed:
+        raise ValueError(f"{', '.join(changed)}: a fine-tuning of this family keeps the pretrained run's "
+                         f"{', '.join(f'data.{k}' for k in fixed_data)} (its evaluation cuts the pretraining "
+                         f"sessions' windows with the fine-tuned run's settings); drop the --set, or pretrain a "
+                         "run with that setting")
 
 
 def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: str,

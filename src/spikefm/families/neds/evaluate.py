@@ -63,9 +63,12 @@ def check_task_names(tasks: Sequence[str] | str | None) -> list[str]:
     one-line ValueError naming those that are no NEDS task."""
     names = list(TASKS) if tasks is None else [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)
                                                if t.strip()]
+    if not names:
+        raise ValueError(f"no NEDS task given ({tasks!r}); name one or more of: {', '.join(TASKS)} (or leave "
+                         "--tasks out for all)")
     bad = [t for t in names if t not in TASKS]
-    if bad or not names:
-        raise ValueError(f"unknown NEDS task(s) {bad or names}; tasks: {', '.join(TASKS)}")
+    if bad:
+        raise ValueError(f"unknown NEDS task(s) {bad}; tasks: {', '.join(TASKS)}")
     return names
 
 
@@ -489,6 +492,9 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
                          "that session first (spikefm finetune)")
     corpus = Corpus(corpus)
     windows = run_windows(run_dir, corpus)
+    if session not in windows:
+        raise ValueError(f"{corpus.path} holds no session {session!r} (the run's); evaluate the run on the corpus it "
+                         f"was trained on (--data; its config.json names it: {cfg.data.corpus})")
     mods = model.modalities
     arrays = {s: session_arrays(w, mods) for s, w in windows.items()}
     w, a = windows[session], arrays[session]
@@ -587,6 +593,9 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
             "num_units": int(model.session_units[session]), "tasks": names,
             "oracle": truth is not None, "rank": rank, "min_rate_hz": min_rate_hz,
             "modalities": mods.to_json(), "num_windows": num_windows, "split": split,
+            # the sessions the multi-session baselines (rrr) were fitted on: the run's and those it was
+            # initialised from; a single-session run (no init_from) has its own only
+            "baseline_sessions": sorted(windows) if baselines else [],
             "results": results}
 
 
@@ -719,8 +728,12 @@ def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
                 rows.append([run, "region", model, f"{v['num_units']} units", f"acc {_cell(v['accuracy'])}",
                              f"bal {_cell(v['balanced_accuracy'])}", f"chance {_cell(v['chance'])}",
                              f"bal. chance {_cell(v['chance_balanced'])}"])
-    notes = [f"{run}: {task} skipped: {why}" for run, r in results_by_run.items()
-             for task, why in r.get("results", r).get("skipped", {}).items()]
+    notes = [f"{run}: rrr was fitted on this one session (the run inherits no pretraining sessions), so it is a "
+             "single-session baseline here" for run, r in results_by_run.items()
+             if len(r.get("baseline_sessions") or []) == 1
+             and any("rrr" in r.get("results", r).get(t, {}) for t in ("encoding", "decoding"))]
+    notes += [f"{run}: {task} skipped: {why}" for run, r in results_by_run.items()
+              for task, why in r.get("results", r).get("skipped", {}).items()]
     for run, r in results_by_run.items():
         region = r.get("results", r).get("region", {})
         notes += [f"{run}: region {model} not scored: {v['error']}" for model, v in region.items() if "error" in v]

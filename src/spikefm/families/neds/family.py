@@ -313,6 +313,10 @@ class NEDSFamily:
     name = "neds"
     model_config_cls = NEDSConfig
     data_config_cls = NEDSDataConfig
+    #: how the windows are cut and which units are kept: the evaluation of a fine-tuned run cuts
+    #: the pretraining sessions (for the multi-session baselines and the region task) with the
+    #: fine-tuned run's settings and matches them to the splits saved in pretraining
+    finetune_fixed_data = ("window_bins", "align", "trial_table", "pre_ms", "event_rounding", "min_rate_hz")
 
     def __init__(self) -> None:
         self._data: NEDSDataConfig | None = None

@@ -399,7 +399,7 @@ def test_a_damaged_study_file_and_a_left_out_seed_are_said(tmp_path, capsys):
     (study / "seed_1" / "results_ndt.json").write_text(json.dumps({"fine-tuned": _bench(0.25)}))
     (study / "seed_2" / "results_ndt.json").write_text('{"fine-tuned": {"session_id": ')  # torn
     full = json.dumps({"study": "transfer", "command": "spikefm experiment transfer", "settings": {},
-                       "per_seed": {}, "mean_sd": {}})
+                       "per_seed": {"1": {"metrics": {}}, "2": {"metrics": {}}}, "mean_sd": {}})
     (study / "transfer.json").write_text(full[:40])
     assert main(["report", str(study), "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err.strip()
@@ -409,6 +409,28 @@ def test_a_damaged_study_file_and_a_left_out_seed_are_said(tmp_path, capsys):
         text = build_report(study).html()
     assert "Results left out of this report" in text and "seed_2/results_ndt.json" in text
     assert "Evaluation, seed_1" in text
+
+
+def test_a_study_report_shows_the_seeds_its_summary_is_over(tmp_path):
+    """A study rerun with --seeds 2 summarised seed 2 only, but the report showed the evaluations
+    of seeds 1, 2 and 3 (every seed_* folder) under tables saying 'over seeds 2'."""
+    study = tmp_path / "study"
+    for s, v in (("1", 0.1), ("2", 0.2), ("3", 0.3)):
+        (study / f"seed_{s}").mkdir(parents=True)
+        (study / f"seed_{s}" / "results_ndt.json").write_text(json.dumps({"fine-tuned": _bench(v)}))
+    per_seed = {"2": {"metrics": {"co-smoothing bps_pooled": {"fine-tuned": 0.2}}}}
+    mean_sd = {"co-smoothing bps_pooled": {"fine-tuned": {"mean": 0.2, "sd": None, "n": 1}}}
+    (study / "transfer.json").write_text(json.dumps({"study": "transfer", "command": "c", "settings": {"seeds": [2]},
+                                                     "per_seed": per_seed, "mean_sd": mean_sd}))
+    text = html.unescape(build_report(study).html())
+    assert "Evaluation, seed_2" in text and "Evaluation, seed_1" not in text and "Evaluation, seed_3" not in text
+    assert ("seed_1, seed_3: results of an earlier run of this study, not in this summary (over seeds 2) and not "
+            "shown; rerun the study with every seed in --seeds to summarise them together") in text
+    per_seed.update({"1": per_seed["2"], "3": per_seed["2"]})
+    (study / "transfer.json").write_text(json.dumps({"study": "transfer", "command": "c", "settings": {},
+                                                     "per_seed": per_seed, "mean_sd": mean_sd}))
+    text = build_report(study).html()
+    assert all(f"Evaluation, seed_{s}" in text for s in "123") and "earlier run of this study" not in text
 
 
 def test_scaling_curves_show_their_sd_and_n_and_the_more_sessions_curves(tmp_path):
@@ -684,6 +706,15 @@ def test_a_ranking_chart_spans_close_scores_colours_families_and_says_what_the_s
     text = _text(page)
     assert "minus the best validation loss" in text and "higher is better" in text
     assert "The value axis spans the scores, not 0" in text
+    assert "(the masked Poisson NLL per scored entry on the held-out session" in html.unescape(text)
+    # a NEDS ranking's loss is no Poisson NLL (spike NLL + behaviour MSE + label cross-entropy)
+    obj = _rank_study()
+    obj["settings"]["family"] = "neds"
+    path.write_text(json.dumps(obj))
+    text = html.unescape(_text(build_report(path)))
+    assert "Poisson NLL per scored entry" not in text and "NEDS's weighted sum of the spike Poisson NLL, the " \
+        "behaviour MSE and the label cross-entropy over its validation schemes" in text
+    path.write_text(json.dumps(_rank_study()))
     assert not charts.far_from_zero([0.1, 0.3]) and not charts.far_from_zero([-0.2, 0.3])
     assert charts.far_from_zero([-0.3638, -0.3664]) and charts.far_from_zero([0.81, 0.8])
     improvement = {"study": "x", "table1": [{"model": "a", "improvement_pct": -30.0}, {"model": "b", "improvement_pct": -31.0}]}

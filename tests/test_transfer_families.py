@@ -212,3 +212,53 @@ def test_a_neds_study_refuses_an_unknown_task_before_any_work(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == ("spikefm: error: unknown NEDS task(s) ['co-smoothing']; tasks: "
                                                "encoding, decoding, region")
     assert not out.exists()
+
+
+def test_a_rerun_giving_a_default_explicitly_is_the_same_study(tmp_path, monkeypatch):
+    """Rerunning an NDT study with --soup (the NDT's default, which the first run used) was refused
+    as 'other settings (soup; soup: None there, True now)'; the same for the pretraining steps or
+    the validation interval given as their defaults. Another value is still refused."""
+    from spikefm import families
+    from spikefm.experiments import transfer as tr
+
+    calls = []
+
+    def fake_transfer(out, *, seed, **options):
+        calls.append(seed)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results_ndt.json").write_text("{}")
+        return {"fine-tuned": {"session_id": "s"}, "single-session": {}, "finetune": {"strategy": "frozen"}}
+
+    monkeypatch.setattr(tr, "transfer", fake_transfer)
+    monkeypatch.setattr(families, "transfer_headline", lambda family, res: {})
+    tr.transfer_study(tmp_path, seeds=[1], family="ndt", finetune_steps=60, soup=None, pretrain_steps=None)
+    steps = families.run_config("ndt", preset="tiny").train.steps
+    tr.transfer_study(tmp_path, seeds=[1], family="ndt", finetune_steps=60, soup=True, pretrain_steps=steps,
+                      eval_every=10)
+    assert calls == [1]  # reused: the same study
+    for other in ({"soup": False}, {"pretrain_steps": steps + 1}, {"eval_every": 20}):
+        with pytest.raises(ValueError, match="holds a transfer study made with other settings"):
+            tr.transfer_study(tmp_path, seeds=[1], family="ndt", finetune_steps=60, **other)
+    assert calls == [1]
+
+
+def test_a_study_shows_the_progress_of_its_fine_tunings(tmp_path, monkeypatch):
+    """Fine-tuning (most of a study's time) ran without a progress display; --quiet still has none."""
+    from spikefm import families
+    from spikefm.experiments import transfer as tr
+
+    seen = []
+
+    def fake_finetune(*args, progress=False, **kwargs):
+        seen.append(progress)
+        return {"strategy": "frozen", "best_val_loss": 1.0, "best_step": 1,
+                "single_session": {"out_dir": str(tmp_path / "ss")}}
+
+    monkeypatch.setattr(families, "train", lambda cfg, out, progress=False: seen.append(progress))
+    monkeypatch.setattr(families, "finetune", fake_finetune)
+    monkeypatch.setattr(families, "evaluate", lambda *a, **k: {"results": {}})
+    monkeypatch.setattr(families, "format_results", lambda *a, **k: "")
+    for quiet in (False, True):
+        seen.clear()
+        tr.transfer(tmp_path / "s", sessions=2, duration_s=20.0, quiet=quiet)
+        assert seen == [not quiet, not quiet]

@@ -5,9 +5,10 @@ For every pretraining session one single-session model is pretrained (masking sc
 Then, for each held-out session and each of those models, the core is frozen and new session
 parameters (read-in, read-out, session embedding) are trained on the held-out session's train
 windows with early stopping on its validation windows. A pretraining session's score for a
-held-out session is minus the best validation loss (the family's masked Poisson NLL per scored
+held-out session is minus the best validation loss (for the NDT the masked Poisson NLL per scored
 entry, the same entries and masks for every core, so the order is that of bits per spike on those
-entries). Test windows are never looked at.
+entries; for NEDS its validation loss, the weighted sum of spike Poisson NLL, behaviour MSE and label
+cross-entropy over its validation schemes). Test windows are never looked at.
 
     spikefm experiment rank-sessions --data CORPUS --held-out S1,S2 --out DIR
 

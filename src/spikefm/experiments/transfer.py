@@ -1,9 +1,11 @@
 """Transfer study: does pretraining on many sessions help a session the model has never seen?
 
 :func:`transfer` writes ``sessions`` synthetic NWB sessions (one family, so they share latent
-dynamics; 30-80 units), builds a corpus whose test split (about one session in ``sessions``) is
-held out, pretrains a model of a masked family on the train split, fine-tunes it on the first
-held-out session's train trials (early stopping on its validation trials; only the session
+dynamics; 30-80 units), builds a corpus whose test split (a 1/``sessions`` share of the tokens,
+drawn whole sessions at a time: one session, or two when the first drawn holds fewer tokens than
+the share) is held out, pretrains a model of a masked family on the train split, fine-tunes it on
+the first held-out session (by id; a second one is in neither pretraining nor scoring, and the
+study prints it) on its train trials (early stopping on its validation trials; only the session
 parameters when ``freeze_core``), trains the same model from scratch on that session alone (the
 single-session baseline) and benchmarks both on the held-out session's test trials beside the
 smoothing baseline and the oracle (true rates). :func:`transfer_study` repeats it over seeds.
@@ -16,6 +18,7 @@ they were chosen.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import sys
@@ -73,7 +76,7 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     Args:
         out: study folder.
         family: a masked family with per-session parameters.
-        sessions: synthetic sessions (pretraining sessions plus about one held out), >= 2.
+        sessions: synthetic sessions (pretraining sessions plus one or two held out), >= 2.
         duration_s: length of each session.
         preset: model size preset; synth_preset: the synthetic task (``ibl`` or ``motor``).
         pretrain_steps: None = the family's default.
@@ -119,8 +122,9 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
         build_corpus([str(nwb_dir)], corpus_dir,
                      BuildConfig(test_fraction=1.0 / sessions - 1e-9, seed=0), progress=False)
     corpus = Corpus(corpus_dir)
-    held_out = corpus.session_ids("test")[0]
-    print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}")
+    held_out, *unused = corpus.session_ids("test")
+    print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}"
+          + (f" (also in the test split, in neither pretraining nor scoring: {', '.join(unused)})" if unused else ""))
     runs = {name: paths[name] for name in ("pretrain", "finetune")}
     for path in runs.values():
         if path.exists():
@@ -136,13 +140,13 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
             every = eval_every or max(10, finetune_steps // 6)
             ft = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],
                                    strategy=strategy, steps=finetune_steps, eval_every=every, patience=3,
-                                   soup=soup)
+                                   soup=soup, progress=not quiet)
             single = Path(ft.get("single_session", {}).get("out_dir", paths["single"]))
             if "single_session" not in ft:
                 if single.exists():
                     shutil.rmtree(single)
                 families.finetune(runs["pretrain"], corpus_dir, held_out, single, strategy="scratch",
-                                  steps=finetune_steps, eval_every=every, patience=3)
+                                  steps=finetune_steps, eval_every=every, patience=3, progress=not quiet)
             evaluated = {
                 "fine-tuned": families.evaluate(runs["finetune"], corpus_dir, tasks=tasks, session=held_out),
                 "single-session": families.evaluate(single, corpus_dir, tasks=tasks, session=held_out,
@@ -160,6 +164,11 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
                for name, ev in evaluated.items()}
     write_json_atomic(paths["results"], results)  # the strategy summary: run_<family>_finetune/finetune.json
     return {**results, "finetune": {k: v for k, v in ft.items() if k != "history"}}
+
+
+#: :func:`transfer`'s keyword defaults (what a study's settings leave out means).
+_TRANSFER_DEFAULTS = {k: p.default for k, p in inspect.signature(transfer).parameters.items()
+                      if p.default is not inspect.Parameter.empty}
 
 
 def _mean_sd(values: list) -> dict | None:
@@ -195,6 +204,31 @@ _NOT_RESULTS = ("seeds", "quiet")
 PROGRESS_FILE = ".transfer_progress.json"
 
 
+def _as_run(settings: dict) -> dict:
+    """``settings`` with every default :func:`transfer` resolves written out (for comparing two
+    studies' settings only): a setting left out, or None where the family's default applies
+    (``soup``, ``pretrain_steps``, ``eval_every``), equals the same value given explicitly."""
+    from spikefm import families
+
+    out = {k: v for k, v in _TRANSFER_DEFAULTS.items() if k not in _NOT_RESULTS}
+    out.update(settings)
+    try:
+        fam = families.get(out["family"])
+    except Exception:  # noqa: BLE001  (an unknown family is refused by the study itself)
+        return json.loads(json.dumps(out))
+    if out.get("soup") is None:
+        out["soup"] = bool(getattr(fam, "finetune_soup", False))
+    if out.get("eval_every") is None and isinstance(out.get("finetune_steps"), int):
+        out["eval_every"] = max(10, out["finetune_steps"] // 6)
+    if out.get("pretrain_steps") is None:
+        try:
+            out["pretrain_steps"] = families.run_config(out["family"], preset=out["preset"], protocol=out["protocol"],
+                                                        overrides=list(out.get("overrides") or [])).train.steps
+        except Exception:  # noqa: BLE001  (bad settings are refused by the study itself)
+            pass
+    return json.loads(json.dumps(out))  # compared as JSON (tuples are lists there)
+
+
 def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
     """Seeds an earlier run of this study finished (in ``OUT/transfer.json`` or, when it was
     interrupted, ``OUT/.transfer_progress.json``, and with the seed's ``results_<family>.json``),
@@ -202,7 +236,7 @@ def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
     since its seeds' runs would be replaced or, worse, reused (recordings and corpora are)."""
     from spikefm.experiments.jobs import refuse_other_settings
 
-    settings = {k: v for k, v in settings.items() if k not in _NOT_RESULTS}
+    settings = _as_run({k: v for k, v in settings.items() if k not in _NOT_RESULTS})
     per_seed = {}
     # the progress record binds only once a seed has made something (a study stopped by its own
     # checks, e.g. an unknown task, made nothing: the corrected command must not be refused)
@@ -212,7 +246,7 @@ def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
             continue
         try:
             old = json.loads((out / name).read_text())
-            old_settings = {k: v for k, v in old["settings"].items() if k not in _NOT_RESULTS}
+            old_settings = _as_run({k: v for k, v in old["settings"].items() if k not in _NOT_RESULTS})
             entries = dict(old["per_seed"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # none, or a damaged record: its seeds run again

@@ -217,11 +217,22 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
         add_evaluation(page, path, prov, predictions=predictions, generated=generated)
     else:
         study_files = _study_jsons(path) if path.is_dir() else [path]
-        for study_file in study_files:
-            study_section(page, read_json(study_file, "a study JSON"), prov, src=study_file.name)
+        studies = [read_json(f, "a study JSON") for f in study_files]
+        for study_file, study in zip(study_files, studies):
+            study_section(page, study, prov, src=study_file.name)
         study_file = study_files[0]
+        # the seeds the summary is over: a rerun with fewer seeds summarises only those, and other
+        # seeds' folders left from an earlier run would contradict its tables
+        summarised = studies[0].get("per_seed") if isinstance(studies[0].get("per_seed"), dict) else None
+        others = sorted(set(n for n, _ in study_seed_results(study_file.parent))
+                        - set(n for n, _ in study_seed_results(study_file.parent, summarised))) \
+            if summarised is not None else []
+        if others:
+            page.sections[0].note(f"{', '.join(others)}: results of an earlier run of this study, not in this "
+                                  f"summary (over seeds {', '.join(map(str, summarised))}) and not shown; rerun the "
+                                  "study with every seed in --seeds to summarise them together")
         left_out = None
-        for seed, results in study_seed_results(study_file.parent):
+        for seed, results in study_seed_results(study_file.parent, summarised):
             try:
                 add_evaluation(page, results, prov, title=f"Evaluation, {seed}: {results.name}",
                                src=f"{seed}/{results.name}")

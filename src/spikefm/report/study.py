@@ -56,6 +56,15 @@ _TRANSFER_BLANK = (("seed", "a seed's value is - where its evaluation did not sc
 _FAMILY_COLORS = {k: color for k, (color, _) in RANKING_COLORS.items()}
 
 
+#: What a session ranking's validation loss is, per family (a ranking.json without a family is
+#: the NDT's: the only family before NEDS could rank).
+_RANKING_LOSS = {
+    "ndt": "the masked Poisson NLL per scored entry on the held-out session's validation windows",
+    "neds": ("on the held-out session's validation windows, NEDS's weighted sum of the spike Poisson NLL, the "
+             "behaviour MSE and the label cross-entropy over its validation schemes, so it mixes the modalities"),
+}
+
+
 def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study",
                   title: str | None = None) -> Section:
     """Add the section of one study JSON object."""
@@ -65,7 +74,9 @@ def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study"
         _transfer(sec, obj, src)
     else:
         names, note = _top_k(obj)
-        ctx = {"study": name, "names": names, "notes": [note] if note else [], "blank_why": _blank_why(obj)}
+        settings = obj.get("settings") if isinstance(obj.get("settings"), dict) else {}
+        ctx = {"study": name, "names": names, "notes": [note] if note else [], "blank_why": _blank_why(obj),
+               "family": settings.get("family")}
         _generic(sec, _scaling_curves(obj) if name == "scaling" else obj, src, ctx=ctx)
     prov.add(f"study {name}", [("command", obj.get("command"))],
              details={"settings": obj.get("settings"), "machine": obj.get("machine")})
@@ -246,10 +257,12 @@ def _records(sec: Section, name: str, records: list[dict], src: str, keys: tuple
         values = [r.get(value) for r in records]
         caption = f"{name}: {value} of each entry, in order."
         if value == "score" and ctx.get("study") == "rank-sessions":
+            loss = _RANKING_LOSS.get(ctx.get("family") or "ndt",
+                                     f"the {ctx.get('family')} family's validation loss on the held-out session's "
+                                     "validation windows")
             caption = (f"{name}: the score of each pretraining session for the held-out session {name}, in rank order: "
-                       "minus the best validation loss (the masked Poisson NLL per scored entry on the held-out "
-                       "session's validation windows) of that session's pretrained core, frozen, with new session "
-                       "parameters fitted to the held-out session; higher is better.")
+                       f"minus the best validation loss ({loss}) of that session's pretrained core, frozen, with new "
+                       "session parameters fitted to the held-out session; higher is better.")
         zero = not (value == "score" and charts.far_from_zero(values))
         if not zero:
             caption += (" The value axis spans the scores, not 0: each bar grows from the axis's start, so compare "
@@ -304,6 +317,11 @@ def _curve(sec: Section, c: dict, src: str, keys: tuple, blank_why: Sequence[tup
                     for k, v in params.items()])
 
 
-def study_seed_results(study_dir: Path) -> list[tuple[str, Path]]:
-    """(seed name, results JSON) of each ``seed_*/results_ndt.json`` under a study folder."""
-    return [(p.parent.name, p) for p in sorted(study_dir.glob("seed_*/results_*.json"))]
+def study_seed_results(study_dir: Path, seeds=None) -> list[tuple[str, Path]]:
+    """(seed name, results JSON) of each ``seed_*/results_<family>.json`` under a study folder;
+    with ``seeds`` (the study JSON's ``per_seed`` keys) only those seeds' folders."""
+    found = [(p.parent.name, p) for p in sorted(study_dir.glob("seed_*/results_*.json"))]
+    if seeds is None:
+        return found
+    wanted = {f"seed_{s}" for s in seeds}
+    return [(name, p) for name, p in found if name in wanted]

@@ -831,3 +831,24 @@ def test_ar_dash_cells_say_why_and_generated_must_be_the_npz_of_generate(tmp_pat
             f"spikefm: error: --generated {generated} {found}, not an .npz of spikefm generate; give the file "
             "spikefm generate --out wrote (e.g. gen.npz)"]
     assert not (tmp_path / "r.html").exists()
+
+
+def test_an_unfinished_study_folder_is_named_as_such(tmp_path, capsys):
+    """An interrupted study's folder was 'a folder holding .spikefm.lock, jobs; expected ... a study
+    folder or JSON (spikefm experiment transfer --out DIR: DIR/transfer.json)'."""
+    tr = tmp_path / "tr"
+    (tr / "seed_1").mkdir(parents=True)
+    (tr / ".transfer_progress.json").write_text(json.dumps({"command": "spikefm experiment transfer --out tr",
+                                                             "settings": {}, "per_seed": {}}))
+    assert main(["report", str(tr), "--out", str(tmp_path / "r.html")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"spikefm: error: {tr} is a transfer study that has not finished (no transfer.json yet): rerun the command "
+        "that made it (spikefm experiment transfer --out tr), which reuses its finished seeds, then report the folder")
+    sc = tmp_path / "sc"
+    (sc / "jobs").mkdir(parents=True)
+    (sc / ".spikefm.lock").write_text("")
+    assert main(["report", str(sc), "--out", str(tmp_path / "r.html")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"spikefm: error: {sc} is a rank-sessions or scaling study that has not finished (no ranking.json or "
+        "scaling.json yet): rerun the command that made it, which reuses its finished jobs, then report the folder")
+    assert not (tmp_path / "r.html").exists()

@@ -3,6 +3,7 @@ family's name, its per-seed summary comes from the family's ``transfer_headline`
 ``spikefm report`` renders its results file. The end-to-end NEDS study is ``slow`` (about 40 s);
 the default suite checks each part on results built by hand."""
 import json
+import re
 
 import pytest
 
@@ -79,6 +80,13 @@ def test_a_neds_study_resumes_from_its_own_results_files(tmp_path, monkeypatch):
     assert first["mean_sd"]["choice accuracy"]["fine-tuned"] == {"mean": 0.85, "sd": 0.0, "n": 2}
     tr.transfer_study(tmp_path, seeds=[1, 2], family="neds", finetune_steps=5)
     assert calls == [1, 2]  # both reused
+    # the report's per-seed tables hold models only: the count of scored windows was a column
+    # with a 'mean' (the printed table leaves it out)
+    from spikefm.report.build import build_report
+
+    text = build_report(tmp_path).html()
+    table = re.search(r'<table class="data" data-table="study-choice accuracy">.*?</table>', text, flags=re.S).group(0)
+    assert "fine-tuned" in table and "n_scored" not in table
 
 
 def test_the_report_renders_a_neds_studys_results_file(tmp_path):

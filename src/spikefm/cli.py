@@ -735,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="one self-contained HTML report of a corpus, run, evaluation "
                        "results JSON or study folder")
     r.add_argument("path", metavar="PATH", help="corpus folder, run folder, results JSON (spikefm eval "
-                   "--out) or study folder (spikefm experiment transfer --out)")
+                   "--out) or study folder (spikefm experiment transfer / rank-sessions / scaling --out)")
     r.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
     r.add_argument("--predictions", default=None, metavar="DIR",
                    help="saved predictions of the evaluation (spikefm eval --save-predictions DIR); "

@@ -15,6 +15,8 @@ Every report ends with a provenance section.
 """
 from __future__ import annotations
 
+import json
+
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,8 @@ from spikefm.report.training import read_json
 KINDS = ("corpus", "run", "evaluation", "study")
 _EXPECTED = ("expected a corpus folder (manifest.json), a run folder (config.json + metrics.jsonl), "
              "an evaluation results JSON (spikefm eval --out) or a study folder or JSON "
-             "(spikefm experiment transfer --out DIR: DIR/transfer.json)")
+             "(spikefm experiment transfer / rank-sessions / scaling --out DIR: DIR/transfer.json, "
+             "ranking.json, scaling.json)")
 
 
 def report_kind(path: str | Path) -> str:
@@ -43,6 +46,7 @@ def report_kind(path: str | Path) -> str:
             return "run"
         if _study_json(p) is not None:
             return "study"
+        _refuse_unfinished_study(p)
         found = ", ".join(sorted(c.name for c in p.iterdir())[:8]) or "nothing"
         raise ValueError(f"{p} is a folder holding {found}; {_EXPECTED}")
     obj = read_json(p, "a results or study JSON")
@@ -52,6 +56,24 @@ def report_kind(path: str | Path) -> str:
         return "evaluation"
     keys = ", ".join(list(obj)[:6]) if isinstance(obj, dict) else type(obj).__name__
     raise ValueError(f"{p} holds no evaluation results or study (found {keys}); {_EXPECTED}")
+
+
+def _refuse_unfinished_study(p: Path) -> None:
+    """A one-line error for a study folder whose study has not finished (interrupted, or still
+    running): its summary JSON is written last, so there is nothing to report yet."""
+    progress = p / ".transfer_progress.json"
+    if progress.is_file():
+        try:
+            command = json.loads(progress.read_text()).get("command")
+        except (OSError, ValueError, AttributeError):
+            command = None
+        run = f" ({command})" if isinstance(command, str) and command else ""
+        raise ValueError(f"{p} is a transfer study that has not finished (no transfer.json yet): rerun the command "
+                         f"that made it{run}, which reuses its finished seeds, then report the folder")
+    if (p / "jobs").is_dir():
+        raise ValueError(f"{p} is a rank-sessions or scaling study that has not finished (no ranking.json or "
+                         "scaling.json yet): rerun the command that made it, which reuses its finished jobs, then "
+                         "report the folder")
 
 
 #: Study files shown first, in this order, when a folder holds several (a scaling study's folder

@@ -107,7 +107,9 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
     metrics = list(dict.fromkeys(m for r in per_seed.values() for m in r.get("metrics", {})))
     mean_sd = obj.get("mean_sd") or {}
     for metric in metrics:
-        cols = list(dict.fromkeys(c for r in per_seed.values() for c in r.get("metrics", {}).get(metric, {})))
+        # n_scored is a count of windows, not a model: left out as in the printed table
+        cols = list(dict.fromkeys(c for r in per_seed.values() for c in r.get("metrics", {}).get(metric, {})
+                                  if c != "n_scored"))
         rows = []
         for s in seeds:
             vals = per_seed[s].get("metrics", {}).get(metric, {})
@@ -122,7 +124,7 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
         sec.table(["", *cols], rows, caption=f"{metric}: per seed, mean and s.d. over seeds "
                   f"{', '.join(seeds)}", key=f"study-{metric}", nan_why=_TRANSFER_NAN, blank_why=_TRANSFER_BLANK)
         # a column with no finite value (a CI on seeds of 2 test windows) would be an empty slot
-        shown = [c for c in cols if c != "n_scored" and (mean_sd.get(metric) or {}).get(c)
+        shown = [c for c in cols if (mean_sd.get(metric) or {}).get(c)
                  and any(_finite(v) for v in [mean_sd[metric][c].get("mean")] +
                          [per_seed[s].get("metrics", {}).get(metric, {}).get(c) for s in seeds])]
         if shown:

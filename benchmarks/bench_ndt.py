@@ -51,7 +51,7 @@ def main():
         corpus = Corpus(tmp / "corpus")
         cfg = RunConfig(family="ndt", model=ndt_preset(args.preset),
                         data=NDTDataConfig(corpus=str(tmp / "corpus")),
-                        optim=OptimConfig(warmup_steps=10),
+                        optim=OptimConfig(warmup_steps=min(10, args.steps)),
                         train=TrainConfig(steps=args.steps, batch_size=args.batch_size,
                                           log_every=args.steps, ckpt_every=args.steps,
                                           device="cpu"))

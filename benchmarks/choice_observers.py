@@ -26,7 +26,7 @@ of the window) on stimulus-aligned windows, and the same on windows aligned to t
 (``data.align=first_movement_time``, 200 ms before it), where the choice signal sits at a fixed
 bin. Nothing else is trained.
 
-    python benchmarks/choice_observers.py                          # seeds 2,3,4; choice signal 0.5 and 1.0; 13 min on 2 cores
+    python benchmarks/choice_observers.py                          # seeds 2,3,4; choice signal 0.5 and 1.0; 24 min on 2 cores (wall_s 1462)
 
 Writes benchmarks/results/choice_observers.json.
 """

@@ -16,8 +16,9 @@ import argparse
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="fine-tuned NEDS run directories (one session each)")
-    ap.add_argument("--corpus", required=True, action="append",
-                    help="the corpus of the runs (once for all, or once per run in the same order)")
+    ap.add_argument("--corpus", required=True, action="extend", nargs="+",
+                    help="the corpus of the runs (one for all, or one per run in the same order; "
+                         "--corpus C1 C2 or --corpus C1 --corpus C2)")
     ap.add_argument("--label", default="choice")
     ap.add_argument("--out", default=None, help="also write the accuracies to this JSON")
     args = ap.parse_args()

@@ -19,6 +19,9 @@ from spikefm.eval import probes
 
 
 def main() -> None:
+    if not any(a == "--out" or a.startswith("--out=") for a in sys.argv[1:]):
+        raise SystemExit("neds_region_unweighted.py: give --out JSON: bench_neds.py's default output is the "
+                         "headline benchmarks/results/neds.json, which this re-check must not replace")
     probes.classify_regions.__kwdefaults__["class_weight"] = None
     sys.argv = ["bench_neds.py", *sys.argv[1:]]
     runpy.run_path(str(Path(__file__).with_name("bench_neds.py")), run_name="__main__")

@@ -379,8 +379,11 @@ def test_another_corpus_in_out_is_refused_untouched_unless_overwrite(published, 
     assert (out / "manifest.json").read_bytes() == before
     assert main(["corpus", "import", str(other), "--out", str(out), "--quiet"]) == 2
     assert "pass --overwrite" in capsys.readouterr().err and (out / "manifest.json").read_bytes() == before
+    (out / ".staging").mkdir()  # a build's per-session cache (a corpus built there before)
+    (out / ".staging" / "key.arrow").write_bytes(b"staged")
     assert main(["corpus", "import", str(other), "--out", str(out), "--quiet", "--overwrite"]) == 0
     assert json.loads((out / "manifest.json").read_text())["build"]["source"] == str(other)
+    assert not (out / ".staging").exists()  # stale: it was left, and copied with the corpus
 
 
 def test_a_spikefm_corpus_folder_imports_through_its_data_link(imported, tmp_path):
@@ -489,6 +492,9 @@ def test_rows_of_two_bin_widths_are_refused(spikefm_corpus_10ms, published, tmp_
     msg = one_line_error(lambda: import_neural_pile(str(mixed.parent), tmp_path / "c",
                                                     progress=False), "one bin width")
     assert "no bin_ms column" in msg and "10 ms" in msg
+    # each width named with a row that has it: with many shards the files to separate are found
+    assert "e.g. " + str(mixed / "train-00001-of-00002.parquet") in msg
+    assert "e.g. " + str(mixed / "train-00000-of-00002.parquet") in msg
     assert not (tmp_path / "c").exists()
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spikefm import Corpus
-from spikefm.corpus.importer import import_neural_pile
+from spikefm.corpus.importer import HF_ALLOW_PATTERNS, import_neural_pile
 
 COUNTS_TYPE = pa.list_(pa.list_(pa.uint8()))
 SHA = "89abcdef0123456789abcdef0123456789abcdef"
@@ -123,6 +123,19 @@ def test_ids_as_large_or_dictionary_strings_and_integers_import_as_their_text(tm
         np.testing.assert_array_equal(r.spike_counts, counts["s", r.segment_id])
 
 
+def test_null_unit_ids_and_regions_import_as_the_defaults_not_the_text_none(tmp_path):
+    """A null entry in unit_regions or unit_ids was stored as the text 'None' (a region 'None' in
+    the manifest and corpus info)."""
+    table, _ = pile_table(TWO)
+    table = table.append_column("unit_ids", pa.array([[7, None, 9]] * 2, pa.list_(pa.int64())))
+    table = table.append_column("unit_regions", pa.array([["CA1", None, "DG"]] * 2))
+    write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    m = import_neural_pile(str(tmp_path / "pile"), tmp_path / "c", progress=False)
+    assert m["sessions"][0]["regions"] == {"CA1": 1, "DG": 1, "unknown": 1}
+    for r in Corpus(tmp_path / "c").iter_rows("train"):
+        assert r.unit_ids == ["7", "1", "9"] and r.unit_regions == ["CA1", "unknown", "DG"]
+
+
 # --- 5. a row without a subject -----------------------------------------------------------------
 
 @pytest.mark.parametrize("missing", [None, ""])
@@ -138,15 +151,22 @@ def test_a_row_without_subject_id_is_refused_like_one_without_session_id(tmp_pat
 
 # --- 4. rows whose own start times overlap ------------------------------------------------------
 
-def test_rows_whose_own_start_times_overlap_are_refused(tmp_path):
+def test_rows_whose_own_start_times_overlap_are_refused(tmp_path, capsys):
     """Two segments of one session with t_start_ms 0 each were imported as segments_ordered: two
-    rows over the same 0-600 ms."""
+    rows over the same 0-600 ms. Every row at 0 ms is how a spikefm corpus stores a session without
+    one timeline, so that imports as one (segments_ordered false, warned; refusing it made such a
+    corpus impossible to import again); other overlaps are refused."""
     table, _ = pile_table(TWO, t_start_ms=pa.array([0, 0], pa.int64()))
-    f = write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
-    msg = refused(tmp_path / "pile", tmp_path / "c", "overlap")
+    write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    m = import_neural_pile(str(tmp_path / "pile"), tmp_path / "c", progress=False)
+    assert m["sessions"][0]["segments_ordered"] is False
+    assert "every row at t_start_ms 0 (how a spikefm corpus stores such sessions)" in capsys.readouterr().err
+    table, _ = pile_table(TWO, t_start_ms=pa.array([0, 300], pa.int64()))
+    f = write(table, tmp_path / "over" / "data" / "train-00000-of-00001.parquet")
+    msg = refused(tmp_path / "over", tmp_path / "c0", "overlap")
     assert msg.startswith("session s (source xiao, subject M): the rows' own t_start_ms make two "
                           "of them overlap: ")
-    assert f"segment_1 at [0, 400) ms ({f} row 1)" in msg and f"segment_0 at [0, 600) ms ({f} row 0)" in msg
+    assert f"segment_0 at [0, 600) ms ({f} row 0)" in msg and f"segment_1 at [300, 700) ms ({f} row 1)" in msg
     assert "leave the t_start_ms column out" in msg
     # back to back is one timeline: segment_1 starts where segment_0 (30 bins x 20 ms) ends
     table, _ = pile_table(TWO, t_start_ms=pa.array([0, 600], pa.int64()))
@@ -348,3 +368,36 @@ def test_a_card_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):
                                           r"PyYAML: pip install pyyaml$"):
         import_neural_pile(str(root), tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_licence_and_provenance_travel_with_the_manifest_beside_the_shards(tmp_path, capsys):
+    """Shards plus manifest.json, uploaded as the README shows and imported again, lost each
+    session's licence and provenance (the rows do not carry them; the download skipped the
+    manifest): they come from the manifest now; without one, as before."""
+    table, _ = pile_table(TWO)
+    write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    import_neural_pile(str(tmp_path / "pile"), tmp_path / "c", progress=False)
+    share = tmp_path / "share"
+    shutil.copytree(tmp_path / "c" / "data", share / "data")
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["sessions"][0]["license"] == ""
+    m["sessions"][0]["license"] = "spdx:CC-BY-4.0"
+    m["sessions"][0]["provenance"] = {"dandiset_id": "000207", "asset_sha256": "ab" * 32}
+    (share / "manifest.json").write_text(json.dumps(m))
+    again = import_neural_pile(str(share), tmp_path / "again", progress=False)
+    (entry,) = again["sessions"]
+    assert entry["license"] == "spdx:CC-BY-4.0"
+    assert entry["provenance"] == {"dandiset_id": "000207", "asset_sha256": "ab" * 32}
+    (share / "manifest.json").write_text("{not json")  # a damaged one: the rows are still the corpus
+    again = import_neural_pile(str(share), tmp_path / "third", progress=False)
+    assert again["sessions"][0]["license"] == "" and "manifest.json: not read" in capsys.readouterr().err
+    assert "manifest.json" in HF_ALLOW_PATTERNS  # fetched with the shards from the Hub
+
+
+def test_a_broken_card_says_what_and_where(tmp_path):
+    """The YAML error kept PyYAML's first line only ('while parsing a block mapping'), without what
+    was found or the line and column."""
+    card_folder(tmp_path / "pile", "---\nconfigs:\n\t- config_name: default\n---\n")
+    msg = refused(tmp_path / "pile", tmp_path / "c", "does not parse")
+    assert "found character '\\t' that cannot start any token" in msg and "line 2, column 1" in msg
+    assert "\n" not in msg

@@ -50,6 +50,24 @@ def imported(tmp_path_factory):
     return out, counts, err.getvalue()
 
 
+def test_a_corpus_holding_sessions_off_one_timeline_imports_again_whole(imported, tmp_path):
+    """Importing such a corpus again (its folder, as the README allows) failed: every row of those
+    sessions is stored at t_start_ms 0, which the import took for overlapping rows."""
+    out, counts, _ = imported
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        import_neural_pile(str(out), tmp_path / "again", progress=False)
+    assert "2 session(s) (sess-8, sess-9)" in err.getvalue()
+    first, again = Corpus(out), Corpus(tmp_path / "again")
+    assert {s["session_id"]: s["segments_ordered"] for s in again.sessions} == \
+        {s["session_id"]: s["segments_ordered"] for s in first.sessions}
+    rows = {(r.session_id, r.segment_id): r for r in again.iter_rows("train")}
+    assert rows.keys() == counts.keys()
+    for key, row in rows.items():
+        assert np.array_equal(row.spike_counts, counts[key]) and row.t_start_ms == \
+            next(r.t_start_ms for r in first.iter_rows("train") if (r.session_id, r.segment_id) == key)
+
+
 def test_import_records_and_explains_sessions_off_one_timeline(imported):
     out, _, err = imported
     corpus = Corpus(out)

@@ -130,6 +130,14 @@ def test_ctrl_c_is_one_error_line_with_status_130(monkeypatch, capsys, tmp_path)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 130
     assert len(err) == 1 and err[0].startswith("spikefm: error: interrupted (Ctrl-C); ")
+    # an import reuses nothing (the advice was the build's, "builds reuse finished sessions")
+    import spikefm.corpus.importer as importer
+
+    monkeypatch.setattr(importer, "import_neural_pile", interrupted)
+    (tmp_path / "pile").mkdir()
+    assert cli_main(["corpus", "import", str(tmp_path / "pile"), "--out", str(tmp_path / "c")]) == 130
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("run the command again (an import starts over; a corpus that was there is kept as it was)")
 
 
 # --- training: a context longer than the model's is refused before any data is read ---------------

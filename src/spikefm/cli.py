@@ -899,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
                  "corpus": "run the command again (builds reuse finished sessions)"}.get(
             getattr(args, "command", None),
             "run the same command again (studies and fine-tuning continue where they stopped)")
+        if getattr(args, "corpus_command", None) == "import":  # an import starts over
+            again = "run the command again (an import starts over; a corpus that was there is kept as it was)"
         _error_line(f"interrupted (Ctrl-C); nothing was half-written (writes go to temporary names); {again}",
                     every_rank=False)
         return 130

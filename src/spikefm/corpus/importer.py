@@ -17,7 +17,9 @@ train/test split, and adds spikefm's columns with defaults (see :data:`schema.RO
 
 Files that carry spikefm's own columns (a spikefm corpus's shards, e.g. one uploaded to the Hub and
 downloaded again) keep them instead of the defaults: bin width, start times, unit ids and
-regions, species, behaviour and trials, so such a corpus round-trips. One corpus has one bin
+regions, species, behaviour and trials, so such a corpus round-trips (a null unit id becomes the
+unit's index, a null region ``"unknown"``; the manifest's per-session licence and provenance are not
+in the rows and do not travel). One corpus has one bin
 width: files whose rows give different ``bin_ms`` (or a ``bin_ms`` other than the Neural Pile's
 20 beside rows without one) are refused.
 
@@ -67,6 +69,7 @@ import json
 import os
 import re
 import reprlib
+import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -84,7 +87,7 @@ from .manifest import (BuildSettings, Manifest, SessionEntry, SkippedInput, Spli
                        new_manifest)
 from .schema import NEURAL_PILE_COLUMNS, ROW_SCHEMA, SPLITS
 from .session import is_human_species
-from .store import VersionWriter, check_inputs_outside, inspect_out_dir, open_corpus_dir
+from .store import STAGING, VersionWriter, check_inputs_outside, inspect_out_dir, open_corpus_dir
 
 #: Species of the Neural Pile's component datasets (``source_dataset`` values, which are the
 #: component Hugging Face repo names), from the dataset cards of neural-pile-primate and
@@ -105,7 +108,7 @@ NEURAL_PILE_SPECIES: dict[str, str] = {
 
 #: Files fetched from a Hugging Face dataset repo: the data, and the dataset card (its YAML
 #: ``configs`` can map files to splits).
-HF_ALLOW_PATTERNS = ["*.parquet", "README.md"]
+HF_ALLOW_PATTERNS = ["*.parquet", "README.md", "manifest.json"]
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 _SPLIT_WORD = re.compile(r"(?:^|[-_.])(train|test|validation|valid|val|dev)(?=[-_.]|$)")
@@ -324,7 +327,8 @@ def _card_data_files(root: Path) -> tuple[Path, list[tuple[str, str]]] | None:
     try:
         meta = yaml.safe_load(m.group(1))
     except yaml.YAMLError as exc:
-        raise ValueError(f"{card}: its YAML front matter does not parse ({_first_line(exc)}); fix "
+        where = " ".join(str(exc).split())  # PyYAML's first line omits what and where (line, column)
+        raise ValueError(f"{card}: its YAML front matter does not parse ({where[:300]}); fix "
                          "it, or move the README.md out of the folder to take the splits from the "
                          "file names") from None
     configs = meta.get("configs") if isinstance(meta, dict) else None
@@ -772,7 +776,14 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
 
 
 def _count(values) -> dict[str, int] | None:
-    return None if values is None else dict(sorted(Counter(map(str, values)).items()))
+    """Units per region (a null region is ``"unknown"``, as in :func:`_unit_strings`)."""
+    return None if values is None else dict(sorted(Counter(_unit_strings(values, "unknown")).items()))
+
+
+def _unit_strings(values, missing) -> list[str]:
+    """A row's unit ids or regions as strings; a null entry becomes ``missing`` (a str, or a
+    function of the unit's index), not the text "None"."""
+    return [(missing(j) if callable(missing) else missing) if x is None else str(x) for j, x in enumerate(values)]
 
 
 def _resolve_bin_ms(rows: _Rows, asked: int | None) -> int:
@@ -781,8 +792,13 @@ def _resolve_bin_ms(rows: _Rows, asked: int | None) -> int:
     given = {b for b, k in zip(rows.bin_ms, rows.keep) if k and b is not None}
     without = sum(1 for b, k in zip(rows.bin_ms, rows.keep) if k and b is None)
     default = 20 if asked is None else asked
+
+    def first_of(width) -> str:  # where a row of that width (None: without bin_ms) is
+        return next(o for b, k, o in zip(rows.bin_ms, rows.keep, rows.origin) if k and b == width)
+
     if len(given) > 1:
-        raise ValueError(f"the rows give bin widths {sorted(given)} ms; a corpus has one bin width: "
+        where = "; ".join(f"{b} ms e.g. {first_of(b)}" for b in sorted(given))
+        raise ValueError(f"the rows give bin widths {sorted(given)} ms ({where}); a corpus has one bin width: "
                          "import the files of each width into their own corpus")
     if not given:
         return default
@@ -791,8 +807,9 @@ def _resolve_bin_ms(rows: _Rows, asked: int | None) -> int:
         raise ValueError(f"the rows give bin_ms {b}, but bin_ms {asked} was asked for; leave it "
                          "out (the rows' own width is used) or import other files")
     if without and b != default:
-        raise ValueError(f"{without} rows have no bin_ms column (the Neural Pile's 20 ms) and the "
-                         f"others give {b} ms; a corpus has one bin width: import them separately")
+        raise ValueError(f"{without} rows have no bin_ms column (the Neural Pile's 20 ms; e.g. {first_of(None)}) "
+                         f"and the others give {b} ms (e.g. {first_of(b)}); a corpus has one bin width: import "
+                         "them separately")
     return b
 
 
@@ -825,6 +842,13 @@ def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -
     unknown: list[str] = []
     for s in sessions.values():
         given = [rows.given_t_start[r] for r in s.rows]
+        if len(given) > 1 and all(t == 0 for t in given):
+            # every row of a multi-row session at 0 ms: what a spikefm corpus stores for a session
+            # without one timeline (segments_ordered false), so it stays one (not refused as an
+            # overlap, which made such a corpus impossible to import again; nor reordered by
+            # segment numbers, which the rows' own start times do not say)
+            unknown.append(s.session_id)
+            continue
         if all(t is not None for t in given):  # the rows' own t_start_ms (a spikefm corpus's)
             for r, t in zip(s.rows, given):
                 rows.t_start_ms[r] = int(t)
@@ -891,8 +915,9 @@ def _unordered_warning(session_ids: list[str]) -> str:
     means for ``spikefm generate --prompt`` (a prompt from inside one row) and ndt / neds training
     (:mod:`spikefm.data.windows` refuses them)."""
     names = ", ".join(sorted(session_ids)[:5]) + (" ..." if len(session_ids) > 5 else "")
-    return (f"{len(session_ids)} session(s) ({names}) have segments not numbered 0..k-1 or rows of "
-            "different unit counts, so their rows cannot be put on one timeline: each row gets "
+    return (f"{len(session_ids)} session(s) ({names}) have segments not numbered 0..k-1, rows of "
+            "different unit counts or every row at t_start_ms 0 (how a spikefm corpus stores such "
+            "sessions), so their rows cannot be put on one timeline: each row gets "
             "t_start_ms 0 (manifest: segments_ordered false); generate --prompt takes its prompt "
             "from inside one of their rows, and ndt / neds training refuses them: leave them out "
             "with --sessions")
@@ -956,9 +981,9 @@ def _write(files: list[_DataFile], rows: _Rows, sessions: dict[tuple, _Session],
                     pa.array([k[0] for k in keys], pa.string()),
                     pa.array([bin_ms] * n, pa.int32()),
                     pa.array(rows.t_start_ms[r:r + n], pa.int64()),
-                    pa.array([[str(x) for x in v] for v in
+                    pa.array([_unit_strings(v, str) for v in
                               pick("unit_ids", lambda i: range(units[i]))], pa.list_(pa.string())),
-                    pa.array([[str(x) for x in v] for v in
+                    pa.array([_unit_strings(v, "unknown") for v in
                               pick("unit_regions", lambda i: ["unknown"] * units[i])],
                              pa.list_(pa.string())),
                     pa.array([species_of.get(k, "") for k in keys], pa.string()),
@@ -1049,8 +1074,10 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
             _check_replace(out_dir, folder.existing, source, overwrite)  # as found under the lock
             shards, stats = _write(files, rows, sessions, bin_ms, version, progress)
             manifest = _manifest(source, rows, sessions, stats, shards, provenance, skipped,
-                                 bin_ms, shard_max_tokens)
+                                 bin_ms, shard_max_tokens, earlier=_source_manifest_sessions(root))
             version.commit(manifest)
+            # a build's per-session cache, from the corpus this import replaced: stale now
+            shutil.rmtree(Path(out_dir) / STAGING, ignore_errors=True)
     except MemoryError as exc:
         raise ValueError(f"{out_dir}: out of memory while importing ({exc}); use a machine "
                          "with more memory") from None
@@ -1086,8 +1113,28 @@ def _check_replace(out_dir: Path, existing, source: str, overwrite: bool) -> Non
                      f"of {source}, or give another --out")
 
 
+def _source_manifest_sessions(root: Path) -> dict[tuple[str, str, str], dict]:
+    """(source, subject, session) -> ``{"license", "provenance"}`` of each session in the
+    ``manifest.json`` beside the shards of a spikefm corpus (its folder, or one uploaded with it as
+    the README shows): what the rows do not carry. Empty without one (the published Neural Pile);
+    a manifest that cannot be read is passed over with a warning (the rows are the corpus)."""
+    path = (root if root.is_dir() else root.parent) / "manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        sessions = json.loads(path.read_text())["sessions"]
+        return {(str(e["source_dataset"]), str(e["subject_id"]), str(e["session_id"])):
+                {"license": e.get("license") if isinstance(e.get("license"), str) else "",
+                 "provenance": e.get("provenance") if isinstance(e.get("provenance"), dict) else None}
+                for e in sessions}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _warn(f"{path}: not read ({type(exc).__name__}: {_first_line(exc)}); the sessions' licences and "
+              "provenance it records are not carried over")
+        return {}
+
+
 def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped, bin_ms,
-              shard_max_tokens) -> Manifest:
+              shard_max_tokens, earlier: dict | None = None) -> Manifest:
     tokens = [u * b for u, b in zip(rows.num_units, rows.num_bins)]
     split_info = {}
     for split in SPLITS:
@@ -1104,6 +1151,7 @@ def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped,
         units = [rows.num_units[r] for r in s.rows]
         num_bins = sum(rows.num_bins[r] for r in s.rows)
         species = s.species or NEURAL_PILE_SPECIES.get(s.source, "")
+        was = (earlier or {}).get((s.source, s.subject, s.session_id), {})
         entries.append(SessionEntry(
             session_id=s.session_id,
             subject_id=s.subject,
@@ -1123,8 +1171,8 @@ def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped,
             behavior_names=s.behavior_names,
             trial_tables={t: len(v) for t, v in sorted(s.trial_starts.items())},
             segments_ordered=s.t_start_known,
-            provenance=provenance,
-            license="",
+            provenance=was.get("provenance") or provenance,  # the recording's, where a manifest says it
+            license=was.get("license", ""),
             original_session_id=s.session if s.session_id != s.session else None,
             split=splits[0] if len(splits) == 1 else "both",
         ))

@@ -611,3 +611,21 @@ def test_tensors_the_header_admits_but_safetensors_cannot_read(tmp_path):
     assert text == (f"{tmp_path / 'model.safetensors'}: cannot read the tensors ({type(raw_err.value).__name__}: "
                     f"{detail[:200]}); the file is damaged: export or copy it again")
     assert type(raw_err.value).__name__ == "SafetensorError" and "\n" not in text
+
+
+def test_an_interrupted_save_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    """Ctrl-C inside a save left checkpoints/.tmp-step_* behind until the next save or resume,
+    though the interrupted line says nothing was half-written; the earlier checkpoint stays."""
+    save(tmp_path, 1)
+    real = ck._save
+
+    def interrupted(obj, path):
+        if Path(path).name == "optim.pt":
+            raise KeyboardInterrupt
+        return real(obj, path)
+
+    monkeypatch.setattr(ck, "_save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 2)
+    assert sorted(p.name for p in (tmp_path / ck.CHECKPOINT_DIR).iterdir()) == ["step_00000001"]
+    assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [1]

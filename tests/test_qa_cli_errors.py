@@ -130,6 +130,18 @@ def test_ctrl_c_is_one_error_line_with_status_130(monkeypatch, capsys, tmp_path)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 130
     assert len(err) == 1 and err[0].startswith("spikefm: error: interrupted (Ctrl-C); ")
+    # an error raised while Ctrl-C unwound (torch.save's zip writer: 'unexpected pos ...') was an
+    # "internal error", exit 1
+    def writer_failed_on_ctrl_c(*a, **k):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 22656 vs 22608")
+
+    monkeypatch.setattr(synth, "synthesize", writer_failed_on_ctrl_c)
+    assert cli_main(["synth", str(tmp_path / "s")]) == 130
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("spikefm: error: interrupted (Ctrl-C); ") and "internal error" not in line
     # an import reuses nothing (the advice was the build's, "builds reuse finished sessions")
     import spikefm.corpus.importer as importer
 

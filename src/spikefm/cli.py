@@ -871,6 +871,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run one ``spikefm`` command. Every failure prints one line ``spikefm: error: ...`` and
     returns 2 (bad input) or 1 (an operation failed: file system, memory, an internal error);
     ``--debug`` (anywhere on the line) or SPIKEFM_DEBUG=1 shows the traceback instead."""
+    code = _main(argv)
+    if argv is None and "torch" in sys.modules:
+        # a torchrun worker that failed or was interrupted, its process group still open: leave now
+        # (interpreter teardown with a live gloo group aborted the rank, SIGABRT, in place of this
+        # status); a finished command has already left through exit_worker
+        from spikefm.train.dist import abandon_worker
+
+        abandon_worker(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     import os
 
     from_command_line = argv is None
@@ -893,22 +905,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        if os.environ.get("RANK", "0") != "0" and _under_torchrun():
-            return 130  # Ctrl-C reaches every rank of the job: rank 0 says it
-        again = {"train": "continue it with the same command and --resume",
-                 "corpus": "run the command again (builds reuse finished sessions)"}.get(
-            getattr(args, "command", None),
-            "run the same command again (studies and fine-tuning continue where they stopped)")
-        if getattr(args, "corpus_command", None) == "import":  # an import starts over
-            again = "run the command again (an import starts over; a corpus that was there is kept as it was)"
-        _error_line(f"interrupted (Ctrl-C); nothing was half-written (writes go to temporary names); {again}",
-                    every_rank=False)
-        return 130
+        return _interrupted(args)
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns failures into one line
         if isinstance(exc, BrokenPipeError) and _stdout_closed():
             return 141  # the reader of our output left (spikefm ... | head): quietly, as shell tools do
         if debug:
             raise
+        if _caused_by_ctrl_c(exc):  # e.g. torch.save's writer failing as Ctrl-C unwound it
+            return _interrupted(args)
         if _said_by_rank_zero(exc):
             return 2  # rank 0 prints it: one line for the torchrun job
         if isinstance(exc, (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError,
@@ -937,6 +941,37 @@ def main(argv: list[str] | None = None) -> int:
 
         exit_worker(code)
     return code
+
+
+def _interrupted(args) -> int:
+    """Ctrl-C: the one line saying how to go on (rank 0 of a torchrun job only: Ctrl-C reaches
+    every rank); exit status 130."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0" and _under_torchrun():
+        return 130
+    again = {"train": "continue it with the same command and --resume",
+             "corpus": "run the command again (builds reuse finished sessions)"}.get(
+        getattr(args, "command", None),
+        "run the same command again (studies and fine-tuning continue where they stopped)")
+    if getattr(args, "corpus_command", None) == "import":  # an import starts over
+        again = "run the command again (an import starts over; a corpus that was there is kept as it was)"
+    _error_line(f"interrupted (Ctrl-C); nothing was half-written (writes go to temporary names); {again}",
+                every_rank=False)
+    return 130
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    """An error raised while a KeyboardInterrupt was being handled or unwound (its context or
+    cause chain holds one): the interrupt, not the error, is what happened."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _stdout_closed() -> bool:

@@ -409,6 +409,21 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(root)
         tmp.mkdir()
+    try:
+        _write_checkpoint(tmp, final, root, run_dir, step, rank, world_size, keep, model_sd, optim_sd, stateless,
+                          loader, trainer_state, scheduler, info)
+    except BaseException:
+        # an interruption (Ctrl-C) or a failure mid-save: the temporary folder goes at once (it was
+        # left for the next save or resume to remove)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_checkpoint(tmp, final, root, run_dir, step, rank, world_size, keep, model_sd, optim_sd, stateless,
+                      loader, trainer_state, scheduler, info) -> None:
+    """The body of :func:`save_checkpoint` after its temporary folder exists (every rank)."""
     d.barrier()
     rank_file = f"rank_{rank:05d}.pt"
     mine = {rank_file: _save({"loader": loader.state_dict(), "rng": rng_state()}, tmp / rank_file)}
@@ -433,7 +448,6 @@ def save_checkpoint(
         fsync_dir(root)
         prune_checkpoints(run_dir, keep)
     d.barrier()
-    return final
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:

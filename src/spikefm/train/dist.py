@@ -33,6 +33,7 @@ __all__ = [
     "broadcast_object",
     "all_gather_object",
     "exit_worker",
+    "abandon_worker",
     "shutdown",
     "SaidByRankZero",
     "raise_rank_zero_error",
@@ -269,6 +270,19 @@ def exit_worker(code: int) -> None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
         return
     dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def abandon_worker(code: int) -> None:
+    """End a torchrun worker whose command failed or was interrupted: flush, ``os._exit(code)``,
+    without the barrier of :func:`exit_worker` (another rank may have stopped) and without the
+    interpreter's teardown, which with a live gloo group could abort the rank (SIGABRT) so that
+    torchrun reported that in place of the command's exit status. Does nothing (returns) outside
+    a multi-process group. Only for the end of a command-line run, never inside a library call."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

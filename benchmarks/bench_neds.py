@@ -85,7 +85,8 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
 
     root = tmp / f"seed{seed}"
     synthesize(root / "nwb", num_sessions=args.sessions, seed=seed, duration_s=args.duration_s, preset=args.synth_preset,
-               region_tuning=args.region_tuning, choice_signal=args.choice_signal)
+               region_tuning=args.region_tuning,
+               choice_signal=args.choice_signal if args.synth_preset == "ibl" else 1.0)  # no choice elsewhere
     build_corpus([str(root / "nwb")], root / "corpus", BuildConfig(test_fraction=0.0), progress=False)
     corpus = str(root / "corpus")
     *pre_ids, held = Corpus(corpus).session_ids()  # the last session is held out of pretraining

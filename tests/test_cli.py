@@ -115,10 +115,18 @@ def test_synth_region_tuning_and_choice_signal_flags_reach_the_generator(tmp_pat
     for preset in ("motor", "spontaneous"):
         assert main(["synth", str(tmp_path / "bad"), "--preset", preset, "--choice-signal", "0.5", "--quiet"]) != 0
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert err == (f"spikefm: error: choice_signal applies to the 'ibl' preset only (its choice latent); the "
-                       f"'{preset}' preset has no choice, got choice_signal=0.5: leave it at 1.0 (drop --choice-signal) "
-                       "or use --preset ibl")
+        assert err == (f"spikefm: error: --choice-signal applies to --preset ibl only (its choice latent); the "
+                       f"'{preset}' preset has no choice, got --choice-signal 0.5: drop the flag or use --preset ibl")
         assert not (tmp_path / "bad").exists()
+    # from Python (a benchmark passing its default to every preset): a warning, and the output unchanged
+    from spikefm.corpus.synth import synthesize
+
+    kw = dict(num_sessions=1, duration_s=20.0, preset="motor", units_range=(20, 22))
+    with pytest.warns(RuntimeWarning, match=r"choice_signal=0.5 has no effect on the 'motor' preset"):
+        (half,) = synthesize(tmp_path / "m_half", choice_signal=0.5, **kw)
+    (plain,) = synthesize(tmp_path / "m_plain", **kw)
+    a, b = load_truth(half), load_truth(plain)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_corpus_info_numbers_are_the_corpus_numbers(data, capsys):

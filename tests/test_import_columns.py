@@ -161,6 +161,12 @@ def test_rows_whose_own_start_times_overlap_are_refused(tmp_path, capsys):
     m = import_neural_pile(str(tmp_path / "pile"), tmp_path / "c", progress=False)
     assert m["sessions"][0]["segments_ordered"] is False
     assert "every row at t_start_ms 0 (how a spikefm corpus stores such sessions)" in capsys.readouterr().err
+    # two copies of one single-row session's file (the same segment twice, both at 0 ms) stay refused
+    one = [("s", "segment_0", 3, 30)]
+    table, _ = pile_table(one, t_start_ms=pa.array([0], pa.int64()))
+    write(table, tmp_path / "copies" / "data" / "train-00000-of-00002.parquet")
+    write(table, tmp_path / "copies" / "data" / "train-00001-of-00002.parquet")
+    refused(tmp_path / "copies", tmp_path / "c1", r"overlap: segment_0 at \[0, 600\) ms")
     table, _ = pile_table(TWO, t_start_ms=pa.array([0, 300], pa.int64()))
     f = write(table, tmp_path / "over" / "data" / "train-00000-of-00001.parquet")
     msg = refused(tmp_path / "over", tmp_path / "c0", "overlap")

@@ -397,22 +397,20 @@ def test_flops_count_the_core_on_every_token_and_a_stitcher_on_its_sessions_spik
     assert flops == 6.0 * (core * 4 * L + 10 * (2 * own["a"] + 2 * own["b"]))
 
 
-def test_explicit_label_classes_of_a_label_no_session_holds_are_refused():
+def test_explicit_label_classes_of_a_label_no_session_holds_are_warned_about():
     """data.labels=choice=-1,1 on sessions without a choice column trained with no word (the
-    label was never scored) and only eval said 'none of the test windows has a choice label';
-    without classes the same label was refused. Refused either way now; a fine-tuning (whose
-    labels come from the pretrained run) is warned instead, as for channels."""
+    label was never scored) and only eval said 'none of the test windows has a choice label'.
+    Warned now (not refused: a fine-tuning's single-session model keeps the pretrained run's
+    labels, which its one session may lack); without classes the label is refused, as before."""
     from types import SimpleNamespace
 
     from spikefm.families.neds.batches import resolve_modalities
 
     windows = {"m1": SimpleNamespace(behavior_names=["hand_vel_x"], labels={"target_angle": np.array([0.0, 90.0])})}
-    with pytest.raises(ValueError, match=r"^data.labels names 'choice', which no session's trials hold; labels "
-                                         r"present: target_angle$"):
-        resolve_modalities(windows, "auto", "choice=-1,1")
+    with pytest.warns(RuntimeWarning, match=r"^data.labels names 'choice', which none of the session\(s\) m1 hold: "
+                                            r"kept in the model but never scored or decoded \(labels present: "
+                                            r"target_angle\)$"):
+        mods = resolve_modalities(windows, "auto", "choice=-1,1;target_angle=0,90")
+    assert mods.labels == (("choice", (-1.0, 1.0)), ("target_angle", (0.0, 90.0)))
     with pytest.raises(ValueError, match=r"label 'choice' has 0 numeric value"):
         resolve_modalities(windows, "auto", "choice")
-    with pytest.warns(RuntimeWarning, match=r"hold none of the pretrained run's label\(s\) choice: they stay in the "
-                                            r"model but are never scored or decoded"):
-        mods = resolve_modalities(windows, "auto", "choice=-1,1;target_angle=0,90", missing_ok=True)
-    assert mods.labels == (("choice", (-1.0, 1.0)), ("target_angle", (0.0, 90.0)))

@@ -656,6 +656,10 @@ def test_a_finetuning_keeps_the_pretrained_window_settings(pretrained, corpus_di
     finetune(pretrained, corpus_dir, held_out, tmp_path / "ft", strategy="frozen", steps=2, eval_every=1,
              overrides=["data.window_bins=50"])
     assert (tmp_path / "ft" / "model.safetensors").is_file()
+    # the single-session model starts from nothing of the pretrained run's: its windows may differ
+    finetune(pretrained, corpus_dir, held_out, tmp_path / "ss", strategy="scratch", steps=1, eval_every=1,
+             overrides=["data.window_bins=40"])
+    assert json.loads((tmp_path / "ss" / "config.json").read_text())["config"]["data"]["window_bins"] == 40
 
 
 def test_a_finetuning_of_a_finetuned_run_warns_about_the_sessions_its_core_learnt(finetuned, corpus_dir, tmp_path):
@@ -699,6 +703,6 @@ def test_the_sessions_the_rrr_baseline_was_fitted_on_are_recorded(finetuned, pre
     finetune(pretrained, corpus_dir, held_out, tmp_path / "scratch", strategy="scratch", steps=2, eval_every=1)
     res = evaluate_run(str(tmp_path / "scratch"), str(corpus_dir), tasks=["encoding"])
     assert res["baseline_sessions"] == [held_out] and "rrr" in res["results"]["encoding"]
-    assert ("ss: rrr was fitted on this one session (the run inherits no pretraining sessions), so it is a "
-            "single-session baseline here") in format_results({"ss": res}).splitlines()
+    assert ("ss: rrr was fitted on this one session (the corpus holds no other session of the run or of the run it "
+            "was fine-tuned from), so it is a single-session baseline here") in format_results({"ss": res}).splitlines()
     assert evaluate_run(str(out), str(corpus_dir), tasks=["encoding"], baselines=False)["baseline_sessions"] == []

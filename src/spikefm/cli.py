@@ -116,6 +116,10 @@ def cmd_synth(args) -> int:
     settings = {"sessions": args.sessions, "seed": args.seed, "preset": args.preset, "families": args.families,
                 "duration_s": args.duration_s, "units": list(args.units), "region_tuning": args.region_tuning,
                 "choice_signal": args.choice_signal}
+    if args.choice_signal != 1.0 and args.preset != "ibl":  # the flag would change nothing
+        raise ValueError(f"--choice-signal applies to --preset ibl only (its choice latent); the {args.preset!r} "
+                         f"preset has no choice, got --choice-signal {args.choice_signal:g}: drop the flag or use "
+                         "--preset ibl")
     check_synth_out(out, settings, args.overwrite)
     record = out / SYNTH_RECORD
     previous = record.read_bytes() if record.is_file() else None
@@ -876,9 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         # a torchrun worker that failed or was interrupted, its process group still open: leave now
         # (interpreter teardown with a live gloo group aborted the rank, SIGABRT, in place of this
         # status); a finished command has already left through exit_worker
-        from spikefm.train.dist import abandon_worker
+        from spikefm.train.dist import exit_worker
 
-        abandon_worker(code)
+        exit_worker(code, barrier=False)
     return code
 
 

@@ -18,8 +18,8 @@ train/test split, and adds spikefm's columns with defaults (see :data:`schema.RO
 Files that carry spikefm's own columns (a spikefm corpus's shards, e.g. one uploaded to the Hub and
 downloaded again) keep them instead of the defaults: bin width, start times, unit ids and
 regions, species, behaviour and trials, so such a corpus round-trips (a null unit id becomes the
-unit's index, a null region ``"unknown"``; the manifest's per-session licence and provenance are not
-in the rows and do not travel). One corpus has one bin
+unit's index, a null region ``"unknown"``; each session's licence and provenance, which the rows do
+not carry, come from the ``manifest.json`` beside the shards when there is one). One corpus has one bin
 width: files whose rows give different ``bin_ms`` (or a ``bin_ms`` other than the Neural Pile's
 20 beside rows without one) are refused.
 
@@ -837,16 +837,19 @@ def _assign_session_ids(sessions: dict[tuple, _Session]) -> None:
 
 def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -> list[str]:
     """Fill rows.t_start_ms; returns the ids of the multi-row sessions whose rows cannot be put
-    on one timeline (segments not numbered 0..k-1, or different unit counts)."""
+    on one timeline (segments not numbered 0..k-1, different unit counts, or rows of distinct
+    segments all at t_start_ms 0: how a spikefm corpus stores such a session)."""
     rows.t_start_ms = [0] * len(rows.segment_id)
     unknown: list[str] = []
     for s in sessions.values():
         given = [rows.given_t_start[r] for r in s.rows]
-        if len(given) > 1 and all(t == 0 for t in given):
+        segments = [rows.segment_id[r] for r in s.rows]
+        if len(given) > 1 and all(t == 0 for t in given) and len(set(segments)) == len(segments):
             # every row of a multi-row session at 0 ms: what a spikefm corpus stores for a session
             # without one timeline (segments_ordered false), so it stays one (not refused as an
             # overlap, which made such a corpus impossible to import again; nor reordered by
-            # segment numbers, which the rows' own start times do not say)
+            # segment numbers, which the rows' own start times do not say). Rows repeating one
+            # segment id (two copies of a file) are refused as overlapping, below.
             unknown.append(s.session_id)
             continue
         if all(t is not None for t in given):  # the rows' own t_start_ms (a spikefm corpus's)
@@ -1117,7 +1120,9 @@ def _source_manifest_sessions(root: Path) -> dict[tuple[str, str, str], dict]:
     """(source, subject, session) -> ``{"license", "provenance"}`` of each session in the
     ``manifest.json`` beside the shards of a spikefm corpus (its folder, or one uploaded with it as
     the README shows): what the rows do not carry. Empty without one (the published Neural Pile);
-    a manifest that cannot be read is passed over with a warning (the rows are the corpus)."""
+    a manifest that cannot be read is passed over with a warning (the rows are the corpus). Read
+    leniently, not through :class:`~spikefm.corpus.manifest.Manifest`: a manifest of another version
+    still gives what it has of these two fields."""
     path = (root if root.is_dir() else root.parent) / "manifest.json"
     if not path.is_file():
         return {}

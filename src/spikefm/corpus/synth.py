@@ -176,7 +176,8 @@ def synthesize(
             once per region from ``(seed, region)`` and shared by every session, so units of one
             region share a tuning direction (linearly decodable ground truth for region
             classification). ``m_r`` is stored in the truth file as ``region_mean_loadings``.
-        choice_signal: ``ibl`` only (another value with another preset is refused): amplitude of the choice latent (the neural correlate of the
+        choice_signal: ``ibl`` only (another value with another preset is warned about and has no
+            effect): amplitude of the choice latent (the neural correlate of the
             animal's actual choice, +-``choice_signal`` around the first movement); 1.0, the default,
             leaves the output exactly as without it. Every unit's modulation depth is normalised
             afterwards, so a smaller value gives the choice a smaller share of each unit's
@@ -200,9 +201,8 @@ def synthesize(
         raise ValueError(f"choice_signal must be a finite number >= 0, got {choice_signal!r}; "
                          "1.0 is the default strength")
     if choice_signal != 1.0 and preset != "ibl":
-        raise ValueError(f"choice_signal applies to the 'ibl' preset only (its choice latent); the {preset!r} "
-                         f"preset has no choice, got choice_signal={choice_signal!r}: leave it at 1.0 (drop "
-                         "--choice-signal) or use --preset ibl")
+        warnings.warn(f"choice_signal={choice_signal!r} has no effect on the {preset!r} preset (it scales the "
+                      "'ibl' preset's choice latent; the others have no choice)", RuntimeWarning, stacklevel=2)
     num_bins = int(round(float(duration_s) * 1000.0 / BIN_MS))
     if units_range[1] * num_bins > MAX_SESSION_CELLS:
         raise ValueError(

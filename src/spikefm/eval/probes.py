@@ -136,7 +136,7 @@ def classify_regions(features_by_session: dict[str, np.ndarray], regions_by_sess
         why = "; ".join(f"{r}: {reason}" for r, reason in sorted(left_out.items()))
         raise ValueError(f"region classification needs >= 2 regions it can learn, found {classes.size} "
                          f"({', '.join(classes.tolist()) or 'none'})" + (f"; left out: {why}" if why else "")
-                         + "; give it more sessions or units per region (e.g. a lower data.min_rate_hz)")
+                         + "; give it more sessions, or more units per region")
     if len(sessions) >= 2:
         splits = list(LeaveOneGroupOut().split(X, y, g))
         grouping = "leave-one-session-out"

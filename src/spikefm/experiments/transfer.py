@@ -137,7 +137,7 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     try:
         with threadpool_limits(1):
             families.train(cfg, runs["pretrain"], progress=not quiet)
-            every = eval_every or max(10, finetune_steps // 6)
+            every = eval_every or _default_eval_every(finetune_steps)
             ft = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],
                                    strategy=strategy, steps=finetune_steps, eval_every=every, patience=3,
                                    soup=soup, progress=not quiet)
@@ -164,6 +164,11 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
                for name, ev in evaluated.items()}
     write_json_atomic(paths["results"], results)  # the strategy summary: run_<family>_finetune/finetune.json
     return {**results, "finetune": {k: v for k, v in ft.items() if k != "history"}}
+
+
+def _default_eval_every(finetune_steps: int) -> int:
+    """Steps between validations of a study's fine-tuning when not given: a sixth, at least 10."""
+    return max(10, finetune_steps // 6)
 
 
 #: :func:`transfer`'s keyword defaults (what a study's settings leave out means).
@@ -219,7 +224,7 @@ def _as_run(settings: dict) -> dict:
     if out.get("soup") is None:
         out["soup"] = bool(getattr(fam, "finetune_soup", False))
     if out.get("eval_every") is None and isinstance(out.get("finetune_steps"), int):
-        out["eval_every"] = max(10, out["finetune_steps"] // 6)
+        out["eval_every"] = _default_eval_every(out["finetune_steps"])
     if out.get("pretrain_steps") is None:
         try:
             out["pretrain_steps"] = families.run_config(out["family"], preset=out["preset"], protocol=out["protocol"],

@@ -331,7 +331,8 @@ def finetune(run_dir: str | os.PathLike, corpus: str | os.PathLike, session_id: 
         raise ValueError(f"the {fam.name!r} family does not support fine-tuning to a new session (it has no "
                          f"per-session parameters); fine-tune a run of a family that does: "
                          f"{', '.join(able) or 'none is registered'}")
-    fixed = tuple(getattr(fam, "finetune_fixed_data", ()))
+    # a from-scratch run (the single-session model) starts from nothing of the pretrained run's
+    fixed = () if (strategy or implied) == "scratch" else tuple(getattr(fam, "finetune_fixed_data", ()))
     check_finetune_overrides(overrides, run_dir, fixed_data=fixed,  # before the warnings about the session
                              pretrained=load_run_config(run_dir) if fixed else None)
     _warn_if_pretrained_on(run_dir, session_id, corpus)

@@ -61,7 +61,9 @@ def report_kind(path: str | Path) -> str:
 def _refuse_unfinished_study(p: Path) -> None:
     """A one-line error for a study folder whose study has not finished (interrupted, or still
     running): its summary JSON is written last, so there is nothing to report yet."""
-    progress = p / ".transfer_progress.json"
+    from spikefm.experiments.transfer import PROGRESS_FILE
+
+    progress = p / PROGRESS_FILE
     if progress.is_file():
         try:
             command = json.loads(progress.read_text()).get("command")

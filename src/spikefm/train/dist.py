@@ -33,7 +33,6 @@ __all__ = [
     "broadcast_object",
     "all_gather_object",
     "exit_worker",
-    "abandon_worker",
     "shutdown",
     "SaidByRankZero",
     "raise_rank_zero_error",
@@ -257,8 +256,12 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def exit_worker(code: int) -> None:
+def exit_worker(code: int, *, barrier: bool = True) -> None:
     """End a torchrun worker of a finished run: barrier, flush, ``os._exit(code)``.
+
+    ``barrier=False`` ends a worker whose command failed or was interrupted: another rank may
+    have stopped, so nothing is waited for; leaving at once also keeps its exit status (the
+    teardown could abort it, SIGABRT, and torchrun then reported that instead).
 
     Does nothing (returns) outside a multi-process group. Interpreter shutdown with a live gloo
     group sometimes aborted a rank after all its work was done ("terminate called without an
@@ -269,20 +272,8 @@ def exit_worker(code: int) -> None:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
         return
-    dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def abandon_worker(code: int) -> None:
-    """End a torchrun worker whose command failed or was interrupted: flush, ``os._exit(code)``,
-    without the barrier of :func:`exit_worker` (another rank may have stopped) and without the
-    interpreter's teardown, which with a live gloo group could abort the rank (SIGABRT) so that
-    torchrun reported that in place of the command's exit status. Does nothing (returns) outside
-    a multi-process group. Only for the end of a command-line run, never inside a library call."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
-        return
+    if barrier:
+        dist.barrier()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

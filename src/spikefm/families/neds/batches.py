@@ -49,9 +49,10 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
     ``data.labels`` options (``auto``: every channel of the sessions; the :data:`AUTO_LABELS`
     they hold; ``""``: none; or an explicit list).
 
-    An explicit channel or label that no session holds is an error, or with ``missing_ok`` (a run
-    that starts from a pretrained one, which must keep its channels and labels) a warning: the
-    entries are then missing everywhere, so nothing of them is scored or measured."""
+    An explicit channel that no session holds is an error, or with ``missing_ok`` (a run that
+    starts from a pretrained one, which must keep its channels) a warning; a label given with its
+    classes that no session holds is warned about. Such entries are missing everywhere, so nothing
+    of them is scored or measured; a label named without classes must be present."""
     have_channels = sorted({c for w in windows.values() for c in w.behavior_names})
     if behavior == "auto":
         channels = have_channels
@@ -69,14 +70,13 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
     present = {name for w in windows.values() for name in w.labels}
     spec = [(n, None) for n in AUTO_LABELS if n in present] if labels == "auto" else parse_label_spec(labels)
     out = []
+    # a label given with its classes that no session holds: warned (not refused: a fine-tuning's
+    # single-session model keeps the pretrained run's labels, which its one session may lack)
     absent = [name for name, values in spec if values is not None and name not in present]
-    if absent and not missing_ok:
-        raise ValueError(f"data.labels names {', '.join(repr(n) for n in absent)}, which no session's trials hold; "
-                         f"labels present: {', '.join(sorted(present)) or '(none)'}")
     if absent:
-        warnings.warn(f"the session(s) {', '.join(sorted(windows))} hold none of the pretrained run's label(s) "
-                      f"{', '.join(absent)}: they stay in the model but are never scored or decoded",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"data.labels names {', '.join(repr(n) for n in absent)}, which none of the session(s) "
+                      f"{', '.join(sorted(windows))} hold: kept in the model but never scored or decoded (labels "
+                      f"present: {', '.join(sorted(present)) or '(none)'})", RuntimeWarning, stacklevel=3)
     for name, values in spec:
         if values is None:
             seen = set()

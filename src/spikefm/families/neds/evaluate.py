@@ -728,8 +728,8 @@ def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
                 rows.append([run, "region", model, f"{v['num_units']} units", f"acc {_cell(v['accuracy'])}",
                              f"bal {_cell(v['balanced_accuracy'])}", f"chance {_cell(v['chance'])}",
                              f"bal. chance {_cell(v['chance_balanced'])}"])
-    notes = [f"{run}: rrr was fitted on this one session (the run inherits no pretraining sessions), so it is a "
-             "single-session baseline here" for run, r in results_by_run.items()
+    notes = [f"{run}: rrr was fitted on this one session (the corpus holds no other session of the run or of the "
+             "run it was fine-tuned from), so it is a single-session baseline here" for run, r in results_by_run.items()
              if len(r.get("baseline_sessions") or []) == 1
              and any("rrr" in r.get("results", r).get(t, {}) for t in ("encoding", "decoding"))]
     notes += [f"{run}: {task} skipped: {why}" for run, r in results_by_run.items()

@@ -75,3 +75,22 @@ def test_output_file_that_is_a_folder_or_below_a_file_is_refused_before_any_work
     check_output_file(tmp_path / "e1.json", (".json",), "--out")  # a file to replace is fine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e1.json", "res.json"]
     assert (tmp_path / "e1.json").read_text() == "mine" and not any((tmp_path / "res.json").iterdir())
+
+
+def test_a_results_file_may_not_replace_a_fine_tunings_or_a_studys_own_file(tmp_path):
+    """eval --out FT/early_stopping_progress.json (or a candidate's soup.json, a study's
+    ranking.json) was accepted though a config.json sat beside it: only some of a folder's own
+    files were protected."""
+    import pytest
+
+    from spikefm.fileio import check_output_file
+
+    (tmp_path / "config.json").write_text("{}")
+    for name in ("early_stopping_progress.json", "soup.json", "ranking.json", "scaling.json", "scores.json",
+                 "early_stopping.json", "finetune.json"):
+        with pytest.raises(ValueError, match=r"belongs to the spikefm run or corpus in .*writing it would damage"):
+            check_output_file(tmp_path / name, (".json",), "--out")
+    check_output_file(tmp_path / "results.json", (".json",), "--out")  # a name of its own: fine
+    # in a folder of no run, corpus or study those names are the user's
+    (tmp_path / "mine").mkdir()
+    check_output_file(tmp_path / "mine" / "ranking.json", (".json",), "--out")

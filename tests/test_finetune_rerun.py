@@ -143,3 +143,43 @@ def test_an_interrupted_finetune_continues_its_early_stopping_exactly(pretrained
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "cut" / ft_mod.PROGRESS_NAME).exists()
+
+
+@pytest.mark.parametrize("patience", [5, 1])  # ended at the budget, or by early stopping
+def test_a_finetune_stopped_between_its_best_weights_and_its_record_finishes_as_it_would_have(
+        pretrained, tmp_path, monkeypatch, patience):
+    """Killed after the best weights became model.safetensors but before early_stopping.json was
+    written, the same command started over from the last checkpoint and kept its weights (not the
+    best), with a one-entry history."""
+    from spikefm.train import finetune as ft_module
+
+    args = dict(strategy="frozen", steps=30, eval_every=10, patience=patience)
+    families.finetune(pretrained, tmp_path, "s1", tmp_path / "whole", **args)
+    real = ft_module.write_json_atomic
+
+    def stop_at_the_record(path, obj, *a, **k):
+        if Path(path).name == "early_stopping.json":
+            raise KeyboardInterrupt
+        return real(path, obj, *a, **k)
+
+    monkeypatch.setattr(ft_module, "write_json_atomic", stop_at_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        families.finetune(pretrained, tmp_path, "s1", tmp_path / "cut", **args)
+    monkeypatch.setattr(ft_module, "write_json_atomic", real)
+    assert not (tmp_path / "cut" / "early_stopping.json").exists()
+    families.finetune(pretrained, tmp_path, "s1", tmp_path / "cut", **args)
+    whole, cut = (json.loads((tmp_path / d / "early_stopping.json").read_text()) for d in ("whole", "cut"))
+    assert cut["history"] == whole["history"] and cut["best_step"] == whole["best_step"]
+    assert (tmp_path / "cut" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+
+
+def test_one_strategy_into_a_finished_auto_folder_is_refused(pretrained, tmp_path, capsys):
+    """--strategy frozen into a finished auto folder that chose frozen was 'already finished' and
+    rewrote finetune.json without its candidates, selection and pretraining gain."""
+    ft = tmp_path / "ft"
+    families.finetune(pretrained, tmp_path, "s1", ft, strategy="auto", steps=20, eval_every=10, patience=2)
+    before = _files(ft)
+    with pytest.raises(ValueError, match=r"holds a --strategy auto fine-tuning \(candidates/\); --strategy frozen "
+                                         r"would replace its record; nothing was written"):
+        families.finetune(pretrained, tmp_path, "s1", ft, strategy="frozen", steps=20, eval_every=10, patience=2)
+    assert _files(ft) == before and "candidates" in json.loads((ft / "finetune.json").read_text())

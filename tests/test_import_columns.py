@@ -407,3 +407,25 @@ def test_a_broken_card_says_what_and_where(tmp_path):
     msg = refused(tmp_path / "pile", tmp_path / "c", "does not parse")
     assert "found character '\\t' that cannot start any token" in msg and "line 2, column 1" in msg
     assert "\n" not in msg
+
+
+def test_a_full_disk_during_an_import_exits_1_as_a_build_does(tmp_path, monkeypatch, capsys):
+    """The import turned OSError into ValueError, so a full disk exited 2 ('bad input') where a
+    build exits 1 ('an operation failed')."""
+    import errno
+
+    from spikefm.cli import main
+    from spikefm.corpus import importer
+
+    table, _ = pile_table(TWO)
+    write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "c" / "x.parquet"))
+
+    monkeypatch.setattr(importer, "_write", full)
+    assert main(["corpus", "import", str(tmp_path / "pile"), "--out", str(tmp_path / "c"), "--quiet"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"spikefm: error: No space left on device while writing the corpus in {tmp_path / 'c'}; "
+                           "fix the cause (space, permissions) and run again")
+    assert not (tmp_path / "c" / "manifest.json").exists()

@@ -583,7 +583,8 @@ def test_manifest_with_a_non_finite_number_is_refused(corpus, capsys):
 @pytest.mark.parametrize("command, again", [
     ("corpus", "run the command again (builds reuse finished sessions)"),
     ("train", "continue it with the same command and --resume"),
-    ("finetune", "run the same command again (studies and fine-tuning continue where they stopped)"),
+    ("finetune", "run the same command again (fine-tuning continues from its last validation; studies reuse "
+                 "their finished seeds or jobs)"),
 ])
 def test_ctrl_c_swallowed_by_a_garbage_collector_callback_still_interrupts(corpus, tmp_path, command, again):
     """Python ignores an exception raised in a weakref/__del__ callback (a traceback, and the

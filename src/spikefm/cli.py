@@ -957,7 +957,8 @@ def _interrupted(args) -> int:
     again = {"train": "continue it with the same command and --resume",
              "corpus": "run the command again (builds reuse finished sessions)"}.get(
         getattr(args, "command", None),
-        "run the same command again (studies and fine-tuning continue where they stopped)")
+        "run the same command again (fine-tuning continues from its last validation; studies reuse their "
+        "finished seeds or jobs)")
     if getattr(args, "corpus_command", None) == "import":  # an import starts over
         again = "run the command again (an import starts over; a corpus that was there is kept as it was)"
     _error_line(f"interrupted (Ctrl-C); nothing was half-written (writes go to temporary names); {again}",

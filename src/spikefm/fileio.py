@@ -132,7 +132,8 @@ def spikefm_folder_kind(path: str | os.PathLike) -> str | None:
 _RECORDING_FILES = (".spikefm-synth.json", ".quickstart-synth.json")
 #: Files that describe a spikefm run or corpus folder: an output file must never replace one.
 _FOLDER_FILES = ("config.json", "metrics.jsonl", "manifest.json", "finetune.json",
-                 "early_stopping.json", "transfer.json", "model.safetensors")
+                 "early_stopping.json", "early_stopping_progress.json", "best_model.safetensors", "soup.json",
+                 "transfer.json", "ranking.json", "scaling.json", "scores.json", "model.safetensors")
 
 
 def check_file_target(path: str | os.PathLike) -> None:

@@ -1084,9 +1084,9 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     except MemoryError as exc:
         raise ValueError(f"{out_dir}: out of memory while importing ({exc}); use a machine "
                          "with more memory") from None
-    except OSError as exc:
-        raise ValueError(f"{exc.filename or out_dir}: {exc.strerror or exc} while writing the "
-                         "corpus; fix the cause (space, permissions) and run again") from None
+    except OSError as exc:  # an operation failed (exit 1 on the command line, as a build's), not bad input
+        raise OSError(exc.errno, f"{exc.strerror or _first_line(exc)} while writing the corpus in {out_dir}; "
+                      "fix the cause (space, permissions) and run again", exc.filename) from None
     return manifest.to_dict()
 
 

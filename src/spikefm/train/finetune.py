@@ -144,7 +144,8 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
             **budget, "history": history, "best_step": best_step, "since_best": since_best,
             "best_val_loss": best_loss if math.isfinite(best_loss) else None})
     model_path = out_dir / "model.safetensors"
-    os.replace(_best_path(out_dir), model_path)
+    if _best_path(out_dir).is_file():  # else moved already (a rerun finishing an interrupted end)
+        os.replace(_best_path(out_dir), model_path)
     still_improving = len(history) >= 2 and best_step == step and step >= steps
     if still_improving:
         warnings.warn(f"{out_dir}: the validation loss was still falling at the last step ({steps}); "
@@ -182,8 +183,15 @@ def _read_progress(out_dir: Path, budget: dict[str, int]) -> dict[str, Any] | No
         raise ValueError(f"{out_dir} holds an unfinished fine-tuning ({_budget_text(before)}); nothing is overwritten: "
                          "run the command that made it again to continue it, or use a new --out for "
                          f"{_budget_text(budget)}")
-    if not history or (kept["best_val_loss"] is not None and not _best_path(out_dir).is_file()):
+    if not history:
         return None
+    if kept["best_val_loss"] is not None and not _best_path(out_dir).is_file():
+        # the best weights gone: either lost (start again from the checkpoint) or already moved to
+        # model.safetensors by a fine-tuning stopped before its record was written (it had ended:
+        # its last validation at the budget, or patience spent); that one is finished from here
+        ended = history[-1]["step"] >= budget["max_steps"] or kept["since_best"] >= budget["patience"]
+        if not (ended and (out_dir / EXPORT_NAME).is_file()):
+            return None
     return kept
 
 
@@ -548,6 +556,10 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     _check_session(corpus, session_id)  # before any folder is made for it
     args = dict(steps=steps, overrides=overrides, eval_every=eval_every, patience=patience, progress=progress)
     if strategy != "auto":
+        if (out_dir / "candidates").is_dir():  # its finetune.json (candidates, selection) would be replaced
+            raise ValueError(f"{out_dir} holds a --strategy auto fine-tuning (candidates/); --strategy {strategy} "
+                             "would replace its record; nothing was written: use a new --out, or run --strategy "
+                             "auto again (the same command continues or reuses it)")
         check_run_folder(out_dir)  # what the loop checks first, before the export's check
         _check_pretrained_export(Path(run_dir), strategy)
         summary = _one_strategy(family, strategy, str(run_dir), str(corpus), session_id, out_dir, **args)

@@ -163,8 +163,8 @@ def classify_regions(features_by_session: dict[str, np.ndarray], regions_by_sess
 
 def _unlearnable_regions(y: np.ndarray, g: np.ndarray, *, several_sessions: bool) -> dict[str, str]:
     """Region -> why :func:`classify_regions` cannot learn it (see there)."""
-    out = {}
-    for r in np.unique(y):
+    out: dict[str, str] = {}
+    for r in map(str, np.unique(y)):
         in_r = y == r
         total = int(in_r.sum())
         if not several_sessions:

@@ -918,6 +918,7 @@ def _main(argv: list[str] | None) -> int:
         if _caused_by_ctrl_c(exc):  # e.g. torch.save's writer failing as Ctrl-C unwound it
             return _interrupted(args)
         if _said_by_rank_zero(exc):
+            _wait_for_rank_zero()
             return 2  # rank 0 prints it: one line for the torchrun job
         if isinstance(exc, (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError,
                             IsADirectoryError, PermissionError)):
@@ -996,6 +997,19 @@ def _stdout_closed() -> bool:
         return False
 
 
+#: How long a torchrun rank that leaves an error for rank 0 to say waits before it exits itself.
+SILENT_RANK_WAIT_S = 10.0
+
+
+def _wait_for_rank_zero() -> None:
+    """A rank that leaves its error for rank 0 to say waits for rank 0 to say it and exit
+    (torchrun then ends this rank). Leaving first, its failure made torchrun stop rank 0 before
+    rank 0's line was written (seen under load: a refusal with no error line at all)."""
+    import time
+
+    time.sleep(SILENT_RANK_WAIT_S)
+
+
 def _error_line(message: str, *, every_rank: bool = True) -> None:
     """``spikefm: error: MESSAGE`` on stderr in one write (the lines of several torchrun ranks ran
     together when the newline was a write of its own). A torchrun rank other than 0 says it with
@@ -1003,6 +1017,7 @@ def _error_line(message: str, *, every_rank: bool = True) -> None:
     (bad arguments or settings: every rank meets the same error, which rank 0 says)."""
     rank = os.environ.get("RANK", "0")
     if rank != "0" and not every_rank and _under_torchrun() and not _group_started():
+        _wait_for_rank_zero()
         return
     where = f"(rank {rank}) " if rank != "0" else ""
     sys.stderr.write(f"spikefm: error: {where}{message}\n")

@@ -94,3 +94,19 @@ def test_a_results_file_may_not_replace_a_fine_tunings_or_a_studys_own_file(tmp_
     # in a folder of no run, corpus or study those names are the user's
     (tmp_path / "mine").mkdir()
     check_output_file(tmp_path / "mine" / "ranking.json", (".json",), "--out")
+
+
+def test_an_output_files_stale_temporaries_go_when_it_is_accepted(tmp_path):
+    """A killed earlier `eval --out res.json` (or ngram, generate, report) left .res.json.tmp-PID
+    beside it for good; a live writer's temporary stays."""
+    import os
+
+    from spikefm.fileio import check_output_file
+
+    dead = tmp_path / ".res.json.tmp-99999999"  # no such process
+    live = tmp_path / f".res.json.tmp-{os.getpid()}"
+    other = tmp_path / ".other.json.tmp-99999999"
+    for p in (dead, live, other):
+        p.write_text("partial")
+    check_output_file(tmp_path / "res.json", (".json",), "--out")
+    assert not dead.exists() and live.exists() and other.exists()

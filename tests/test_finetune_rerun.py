@@ -183,3 +183,17 @@ def test_one_strategy_into_a_finished_auto_folder_is_refused(pretrained, tmp_pat
                                          r"would replace its record; nothing was written"):
         families.finetune(pretrained, tmp_path, "s1", ft, strategy="frozen", steps=20, eval_every=10, patience=2)
     assert _files(ft) == before and "candidates" in json.loads((ft / "finetune.json").read_text())
+
+
+def test_a_rerun_removes_the_temporaries_a_killed_finetune_left(pretrained, tmp_path):
+    """After kill -9, .best_model.safetensors.tmp-PID (the size of the model) and the records'
+    temporaries stayed in the fine-tuning folder for good."""
+    args = dict(strategy="frozen", steps=20, eval_every=10, patience=2)
+    ft = tmp_path / "ft"
+    families.finetune(pretrained, tmp_path, "s1", ft, **args)
+    left = [ft / f".{n}.tmp-99999999" for n in ("best_model.safetensors", "early_stopping_progress.json",
+                                                 "early_stopping.json", "finetune.json")]
+    for p in left:
+        p.write_bytes(b"partial")
+    families.finetune(pretrained, tmp_path, "s1", ft, **args)  # the same command: finished, nothing to do
+    assert not any(p.exists() for p in left)

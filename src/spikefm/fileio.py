@@ -158,7 +158,8 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: 
     one of ``suffixes`` (so a typo cannot replace a recording, say ``--out session.nwb``) and may
     not be a file that describes a spikefm run or corpus (``--out RUN/config.json``), a folder,
     or a path below a file (:func:`check_file_target`), so that a command refuses it before its
-    work rather than when it writes.
+    work rather than when it writes. An accepted path's temporaries that a killed earlier write
+    left beside it are removed (:func:`remove_stale_temporaries`).
 
     Raises:
         ValueError: naming the flag, the path and what to give instead.
@@ -176,6 +177,7 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: 
         raise ValueError(f"{flag} {path}: that file belongs to the synthetic recordings in {path.parent} (their "
                          "settings or a recording's ground truth); writing it would damage them: give another name")
     check_file_target(path)
+    remove_stale_temporaries(path)
 
 
 def savez_atomic(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> Path:

@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 import torch
 
-from spikefm.fileio import LOCK_NAME, folder_lock, make_folder, write_atomic, write_json_atomic
+from spikefm.fileio import (LOCK_NAME, folder_lock, make_folder, remove_stale_temporaries, write_atomic,
+                            write_json_atomic)
 from spikefm.train.checkpoint import (EXPORT_NAME, RUN_MARKERS, check_run_folder, read_safetensors_header,
                                       write_safetensors)
 
@@ -114,6 +115,8 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     steps = cfg.train.steps
     budget = {"max_steps": steps, "eval_every": eval_every, "patience": patience}
     _check_same_finetune(cfg, out_dir)
+    for name in ("best_model.safetensors", PROGRESS_NAME, "early_stopping.json", "finetune.json"):
+        remove_stale_temporaries(out_dir / name)  # a killed earlier run's (the loop removes its own files')
     done = _reuse_finished(out_dir, budget)
     if done is not None:  # the same command again: the kept weights and history stay as they are
         return done

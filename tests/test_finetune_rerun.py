@@ -197,3 +197,57 @@ def test_a_rerun_removes_the_temporaries_a_killed_finetune_left(pretrained, tmp_
         p.write_bytes(b"partial")
     families.finetune(pretrained, tmp_path, "s1", ft, **args)  # the same command: finished, nothing to do
     assert not any(p.exists() for p in left)
+
+
+def test_an_unfreeze_stopped_anywhere_ends_as_an_uninterrupted_one(pretrained, tmp_path, monkeypatch):
+    """Stopped between rewriting its provenance and writing its record, every rerun refused the
+    folder ('made with other settings (data.init_from ...)'); stopped in stage 2, a rerun deleted
+    the finished frozen stage and trained it again."""
+    from spikefm.train import finetune as ft_module
+    from spikefm.train import loop
+
+    args = dict(strategy="unfreeze", steps=20, eval_every=5, patience=3)
+    families.finetune(pretrained, tmp_path, "s1", tmp_path / "whole", **args)
+    want = json.loads((tmp_path / "whole" / "early_stopping.json").read_text())
+
+    # 1. stopped after the record, before the provenance and the stage-1 folder were dealt with
+    real_finish = ft_module._finish_unfreeze
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft_module, "_finish_unfreeze", stop)
+    with pytest.raises(KeyboardInterrupt):
+        families.finetune(pretrained, tmp_path, "s1", tmp_path / "a", **args)
+    monkeypatch.setattr(ft_module, "_finish_unfreeze", real_finish)
+    assert (tmp_path / ".a.stage1").is_dir()
+    families.finetune(pretrained, tmp_path, "s1", tmp_path / "a", **args)
+    assert not (tmp_path / ".a.stage1").exists()
+    info = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert info["config"]["data"]["init_from"] == str(pretrained.resolve()) and "finetune_stage1" in info
+
+    # 2. stopped in stage 2: the finished frozen stage is reused, not trained again
+    real_train = loop.train
+    trained = []
+
+    def stage2_stops(cfg, out_dir, *a, **k):
+        trained.append(Path(out_dir).name)
+        if Path(out_dir).name == "b":
+            raise KeyboardInterrupt
+        return real_train(cfg, out_dir, *a, **k)
+
+    monkeypatch.setattr(loop, "train", stage2_stops)
+    with pytest.raises(KeyboardInterrupt):
+        families.finetune(pretrained, tmp_path, "s1", tmp_path / "b", **args)
+    monkeypatch.setattr(loop, "train", real_train)
+    assert ".b.stage1" in trained
+    trained.clear()
+    monkeypatch.setattr(loop, "train", lambda cfg, out_dir, *a, **k: trained.append(Path(out_dir).name)
+                        or real_train(cfg, out_dir, *a, **k))
+    families.finetune(pretrained, tmp_path, "s1", tmp_path / "b", **args)
+    assert ".b.stage1" not in trained and "b" in trained
+    for name in ("a", "b"):
+        got = json.loads((tmp_path / name / "early_stopping.json").read_text())
+        assert got["history"] == want["history"] and got["stage1"] == want["stage1"], name
+        assert (tmp_path / name / "model.safetensors").read_bytes() == \
+            (tmp_path / "whole" / "model.safetensors").read_bytes(), name

@@ -376,23 +376,41 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
     first = max(1, steps // 2)
     done = _reuse_finished(out_dir, {"max_steps": max(1, steps - first), "eval_every": eval_every,
                                      "patience": patience}, need="stage1")
-    if done is not None:  # finished: stage 1 is not trained again
-        return done
     stage1 = out_dir.parent / f".{out_dir.name}.stage1"
+    if done is not None:  # finished: stage 1 is not trained again
+        if stage1.exists():  # stopped after its record, before the tidy-up below: finish that
+            _finish_unfreeze(out_dir, run_dir, stage1, done["stage1"])
+        return done
+    cfg1 = config(run_dir, True, False, first)
     if stage1.exists():
-        shutil.rmtree(stage1)
+        # an interrupted run's frozen stage: continued (or reused, when finished) with the same
+        # settings, else it is this strategy's own scratch folder of another run: started again
+        try:
+            _check_same_finetune(cfg1, stage1)
+            _check_same_finetune(cfg1, stage1, sections=("train",))
+        except ValueError:
+            shutil.rmtree(stage1)
     with warnings.catch_warnings():  # stage 2 goes on from stage 1: its "still falling" is not advice
         warnings.filterwarnings("ignore", message=".*the validation loss was still falling", category=RuntimeWarning)
-        s1 = train_with_early_stopping(config(run_dir, True, False, first), stage1, family, **kw)
+        s1 = train_with_early_stopping(cfg1, stage1, family, **kw)
     s2 = train_with_early_stopping(config(str(stage1), False, False, max(1, steps - first), FULL_LR_SCALE),
                                    out_dir, family, **kw)
-    shutil.rmtree(stage1, ignore_errors=True)
     s2["stage1"] = {k: s1[k] for k in ("best_step", "best_val_loss", "stopped_at")}
-    _record_unfreeze_provenance(out_dir, run_dir, stage1, s2["stage1"])
     if s1["best_val_loss"] < s2["best_val_loss"]:
         s2["note"] = "unfreezing did not improve on the frozen stage's validation loss"
-    write_json_atomic(out_dir / "early_stopping.json", s2)  # with its stage 1: a rerun finds it finished
+    # the record first (a rerun finds it finished), then the provenance and the stage-1 folder: a
+    # stop between the two (config.json repointed, the record not yet written) made every rerun
+    # refuse the folder as 'made with other settings (data.init_from)'
+    write_json_atomic(out_dir / "early_stopping.json", s2)
+    _finish_unfreeze(out_dir, run_dir, stage1, s2["stage1"])
     return s2
+
+
+def _finish_unfreeze(out_dir: Path, run_dir: str, stage1: Path, stage1_summary: dict) -> None:
+    """The end of a finished ``unfreeze``: its recorded provenance points at the pretrained run,
+    and the frozen stage's folder goes."""
+    _record_unfreeze_provenance(out_dir, run_dir, stage1, stage1_summary)
+    shutil.rmtree(stage1, ignore_errors=True)
 
 
 def _record_unfreeze_provenance(out_dir: Path, run_dir: str, stage1: Path, stage1_summary: dict) -> None:

@@ -248,15 +248,17 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
         # the seeds the summary is over: a rerun with fewer seeds summarises only those, and other
         # seeds' folders left from an earlier run would contradict its tables
         summarised = studies[0].get("per_seed") if isinstance(studies[0].get("per_seed"), dict) else None
-        others = sorted(set(n for n, _ in study_seed_results(study_file.parent))
-                        - set(n for n, _ in study_seed_results(study_file.parent, summarised))) \
-            if summarised is not None else []
+        seed_results, others = study_seed_results(study_file.parent), []
+        if summarised is not None:
+            wanted = {f"seed_{s}" for s in summarised}
+            others = [n for n, _ in seed_results if n not in wanted]
+            seed_results = [(n, p) for n, p in seed_results if n in wanted]
         if others:
             page.sections[0].note(f"{', '.join(others)}: results of an earlier run of this study, not in this "
                                   f"summary (over seeds {', '.join(map(str, summarised))}) and not shown; rerun the "
                                   "study with every seed in --seeds to summarise them together")
         left_out = None
-        for seed, results in study_seed_results(study_file.parent, summarised):
+        for seed, results in seed_results:
             try:
                 add_evaluation(page, results, prov, title=f"Evaluation, {seed}: {results.name}",
                                src=f"{seed}/{results.name}")

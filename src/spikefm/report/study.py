@@ -319,11 +319,6 @@ def _curve(sec: Section, c: dict, src: str, keys: tuple, blank_why: Sequence[tup
                     for k, v in params.items()])
 
 
-def study_seed_results(study_dir: Path, seeds=None) -> list[tuple[str, Path]]:
-    """(seed name, results JSON) of each ``seed_*/results_<family>.json`` under a study folder;
-    with ``seeds`` (the study JSON's ``per_seed`` keys) only those seeds' folders."""
-    found = [(p.parent.name, p) for p in sorted(study_dir.glob("seed_*/results_*.json"))]
-    if seeds is None:
-        return found
-    wanted = {f"seed_{s}" for s in seeds}
-    return [(name, p) for name, p in found if name in wanted]
+def study_seed_results(study_dir: Path) -> list[tuple[str, Path]]:
+    """(seed name, results JSON) of each ``seed_*/results_<family>.json`` under a study folder."""
+    return [(p.parent.name, p) for p in sorted(study_dir.glob("seed_*/results_*.json"))]

@@ -206,7 +206,10 @@ def test_an_unfreeze_stopped_anywhere_ends_as_an_uninterrupted_one(pretrained, t
     from spikefm.train import finetune as ft_module
     from spikefm.train import loop
 
-    args = dict(strategy="unfreeze", steps=20, eval_every=5, patience=3)
+    # train.eval_every / ckpt_every as a family's defaults set them (the fine-tuning records 0s): the
+    # frozen stage must still be recognised as the same
+    args = dict(strategy="unfreeze", steps=20, eval_every=5, patience=3,
+                overrides=["train.eval_every=7", "train.ckpt_every=9"])
     families.finetune(pretrained, tmp_path, "s1", tmp_path / "whole", **args)
     want = json.loads((tmp_path / "whole" / "early_stopping.json").read_text())
 

@@ -109,14 +109,14 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not hasattr(family, "validate"):
         raise ValueError(f"family {cfg.family!r} has no validate(); early stopping needs validation data")
-    # Checkpoints come from stop_after at each segment end; the loop's own eval is not needed.
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ckpt_every=0, eval_every=0))
+    cfg = _segmented(cfg)
     out_dir = Path(out_dir)
     steps = cfg.train.steps
     budget = {"max_steps": steps, "eval_every": eval_every, "patience": patience}
     _check_same_finetune(cfg, out_dir)
-    for name in ("best_model.safetensors", PROGRESS_NAME, "early_stopping.json", "finetune.json"):
-        remove_stale_temporaries(out_dir / name)  # a killed earlier run's (the loop removes its own files')
+    for path in (_best_path(out_dir), out_dir / PROGRESS_NAME, out_dir / "early_stopping.json",
+                 out_dir / "finetune.json"):
+        remove_stale_temporaries(path)  # a killed earlier run's (the loop removes its own files')
     done = _reuse_finished(out_dir, budget)
     if done is not None:  # the same command again: the kept weights and history stay as they are
         return done
@@ -331,6 +331,12 @@ def _finished_record(out_dir: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "history" in record else None
 
 
+def _segmented(cfg):
+    """``cfg`` as :func:`train_with_early_stopping` trains (and records) it: checkpoints come from
+    ``stop_after`` at each segment end, and the loop's own evaluation is not needed."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ckpt_every=0, eval_every=0))
+
+
 def _check_same_finetune(cfg, out_dir: Path, sections: tuple[str, ...] = ("family", "model", "data", "optim")) -> None:
     """Refuse, in fine-tuning's words, a folder that holds a fine-tuning with other settings
     (another strategy, session or pretrained run; with ``sections=("train",)`` another budget of
@@ -386,8 +392,7 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
         # an interrupted run's frozen stage: continued (or reused, when finished) with the same
         # settings, else it is this strategy's own scratch folder of another run: started again
         try:
-            _check_same_finetune(cfg1, stage1)
-            _check_same_finetune(cfg1, stage1, sections=("train",))
+            _check_same_finetune(_segmented(cfg1), stage1, sections=("family", "model", "data", "optim", "train"))
         except ValueError:
             shutil.rmtree(stage1)
     with warnings.catch_warnings():  # stage 2 goes on from stage 1: its "still falling" is not advice

@@ -254,3 +254,39 @@ def test_an_unfreeze_stopped_anywhere_ends_as_an_uninterrupted_one(pretrained, t
         assert got["history"] == want["history"] and got["stage1"] == want["stage1"], name
         assert (tmp_path / name / "model.safetensors").read_bytes() == \
             (tmp_path / "whole" / "model.safetensors").read_bytes(), name
+
+
+def test_a_one_strategy_finetune_holds_its_folder_for_its_whole_length(pretrained, tmp_path, monkeypatch):
+    """The training loop locks the folder per segment only, so a second fine-tuning into the same
+    folder could start between two segments (while the first validated or wrote its best weights)
+    and interleave its records with the first's."""
+    from spikefm.fileio import folder_lock
+    from spikefm.train import finetune as ft_mod
+
+    ft = tmp_path / "ft"
+    args = dict(strategy="frozen", steps=20, eval_every=10, patience=2)
+    seen = []
+    real = ft_mod._validation_loss
+
+    def validating(*a, **k):  # between two segments: the loop's own lock is released here
+        with pytest.raises(ValueError, match=rf"^{ft}: the fine-tuning run is in use by another process \(PID "):
+            with folder_lock(ft, what="fine-tuning run", name=ft_mod.FINETUNE_LOCK_NAME):
+                pass
+        seen.append(True)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ft_mod, "_validation_loss", validating)
+    families.finetune(pretrained, tmp_path, "s1", ft, **args)
+    assert len(seen) == 2
+    # and a second process finds it held: refused in one line, the folder it would make not left behind
+    monkeypatch.setattr(ft_mod, "_validation_loss", real)
+    other = tmp_path / "other"
+    other.mkdir()
+    with folder_lock(other, what="fine-tuning run", name=ft_mod.FINETUNE_LOCK_NAME):
+        with pytest.raises(ValueError, match=r"the fine-tuning run is in use by another process"):
+            families.finetune(pretrained, tmp_path, "s1", other, **args)
+    assert sorted(p.name for p in other.iterdir()) == [ft_mod.FINETUNE_LOCK_NAME]  # its folder, not made here
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="steps"):
+        families.finetune(pretrained, tmp_path, "s1", fresh, **{**args, "steps": 0})
+    assert not fresh.exists()

@@ -239,7 +239,7 @@ def _lock_holder(fd: int) -> str:
 
 @contextmanager
 def folder_lock(path: str | os.PathLike, what: str = "folder", *,
-                command: str | None = None) -> Iterator[Path]:
+                command: str | None = None, name: str = LOCK_NAME) -> Iterator[Path]:
     """Hold an exclusive lock on the folder ``path`` for the ``with`` block; fail at once if
     another process holds it.
 
@@ -261,6 +261,8 @@ def folder_lock(path: str | os.PathLike, what: str = "folder", *,
         path: an existing folder.
         what: what the folder is, for the error message ("corpus", "training run").
         command: recorded as the holder's command (default: the process's command line).
+        name: the lock file's name in the folder (another name is another lock: fine-tuning holds
+            its own around the training loop's, which locks the same folder per segment).
 
     Yields:
         The lock file's path.
@@ -275,7 +277,7 @@ def folder_lock(path: str | os.PathLike, what: str = "folder", *,
         raise ValueError(f"{path}: cannot lock the {what}: file locks need a POSIX system "
                          "(Linux, macOS)") from None
     path = Path(path)
-    lock_path = path / LOCK_NAME
+    lock_path = path / name
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:

@@ -588,9 +588,18 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
                              "auto again (the same command continues or reuses it)")
         check_run_folder(out_dir)  # what the loop checks first, before the export's check
         _check_pretrained_export(Path(run_dir), strategy)
-        summary = _one_strategy(family, strategy, str(run_dir), str(corpus), session_id, out_dir, **args)
-        summary["strategy"] = strategy
-        write_json_atomic(out_dir / "finetune.json", summary)
+        created = not out_dir.exists()
+        make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
+        try:
+            # the loop locks the folder per segment only: between segments (validation, best
+            # weights, records) a second fine-tuning of the same folder would interleave with it
+            with folder_lock(out_dir, what="fine-tuning run", name=FINETUNE_LOCK_NAME):
+                summary = _one_strategy(family, strategy, str(run_dir), str(corpus), session_id, out_dir, **args)
+                summary["strategy"] = strategy
+                write_json_atomic(out_dir / "finetune.json", summary)
+        except BaseException:
+            _remove_if_only_locks(out_dir, created)
+            raise
         _say_best_at_first(out_dir, strategy, summary)
         return summary
     _check_auto_out_dir(out_dir)
@@ -600,11 +609,21 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     try:
         with folder_lock(out_dir, what="fine-tuning run"):
             return _auto(family, run_dir, corpus, session_id, out_dir, args, select, soup)
-    except Exception:
-        # refused before anything was trained: leave no folder holding only the lock file
-        if created and {p.name for p in out_dir.iterdir()} <= {LOCK_NAME}:
-            shutil.rmtree(out_dir, ignore_errors=True)
+    except BaseException:
+        _remove_if_only_locks(out_dir, created)
         raise
+
+
+#: The lock a one-strategy fine-tuning holds on its folder for its whole length (the training
+#: loop's own lock, :data:`~spikefm.fileio.LOCK_NAME`, is held per segment).
+FINETUNE_LOCK_NAME = ".spikefm.finetune.lock"
+
+
+def _remove_if_only_locks(out_dir: Path, created: bool) -> None:
+    """Refused (or stopped) before anything was trained: leave no folder this call made that holds
+    only lock files."""
+    if created and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {LOCK_NAME, FINETUNE_LOCK_NAME}:
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _check_session(corpus: str | os.PathLike, session_id: str) -> None:

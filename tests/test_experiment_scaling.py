@@ -574,3 +574,28 @@ def test_an_unreachable_ray_address_leaves_no_study_folder(tiny_corpus, tmp_path
         with pytest.raises(ValueError, match="--address 127.0.0.1:1: nothing answers there"):
             run(tmp_path / name, make_executor("ray", address="127.0.0.1:1"))
         assert not (tmp_path / name).exists()
+
+
+def test_sizes_without_all_give_no_all_sessions_row_and_say_why(capsys):
+    """``--sizes 1,2``: Table 1 had an 'all sessions' row of dashes (no run pretrained on the full
+    set), and Table 3 'all sessions' columns of nothing, with no word of why."""
+    from spikefm.experiments.scaling import _print_summary, summarize_scaling
+
+    cells, records = [], {}
+    for order in ("single-session", "random"):
+        for k in ((0,) if order == "single-session" else (1, 2)):
+            job = f"{order}-{k}"
+            pre = f"pre-{k}" if k else None
+            cells.append({"job": job, "pretrain": pre, "seed": 0, "held_out": "h", "order": order, "size": k,
+                          "sessions": ["a", "b"][:k]})
+            records[job] = {"result": {"scores": {"co-smoothing": 0.1 + 0.05 * k}, "best_val_loss": 1.0}}
+            if pre:
+                records[pre] = {"result": {"total_train_windows": 10 * k}}
+    study = summarize_scaling(cells, records, metric="co-smoothing", pool=["a", "b", "c"], orders=["random"],
+                              sizes=[1, 2], top_k=2)
+    assert [r["model"] for r in study["table1"]] == ["random (best size)"]
+    assert study["table1"][0]["size"] == 2 and study["table1"][0]["improvement_pct"] == pytest.approx(100.0)
+    assert "all sessions" not in study["table3"][0]
+    _print_summary({**study, "settings": {"seeds": [0], "sizes": [1, 2]}})
+    out = capsys.readouterr().out
+    assert "Table 1 has no 'all sessions' row: --sizes did not include all (3 sessions)" in out

@@ -227,9 +227,10 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
             m, s = _mean_sd(pick(h, "ranked", k_top, metric, "improvement_pct"))
             table1.append({"held_out": h, "model": f"top-{k_top} ranked", "size": k_top,
                            "improvement_pct": _clean(m), "sd": _clean(s)})
-        m, s = _mean_sd(pick(h, orders[0], full_k, metric, "improvement_pct"))
-        table1.append({"held_out": h, "model": "all sessions", "size": full_k, "improvement_pct": _clean(m),
-                       "sd": _clean(s)})
+        if full_k in sizes:  # else no run pretrained on the full set (--sizes without 'all')
+            m, s = _mean_sd(pick(h, orders[0], full_k, metric, "improvement_pct"))
+            table1.append({"held_out": h, "model": "all sessions", "size": full_k, "improvement_pct": _clean(m),
+                           "sd": _clean(s)})
 
     # Figure 4: per held-out session and order, the metric vs sessions and vs trials
     figure4: dict[str, Any] = {}
@@ -286,7 +287,7 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
             ref = base[(seeds[0], h)].get("reference") or {}
             rec = {"held_out": h, "task": t, "single-session": _clean(b[0]), "single-session sd": _clean(b[1])}
             for name, order, k in (("all sessions", orders[0], full_k), (f"top-{k_top} ranked", "ranked", k_top)):
-                if order in orders:
+                if order in orders and k in sizes:
                     m, s = _mean_sd(pick(h, order, k, t))
                     rec[name], rec[f"{name} sd"] = _clean(m), _clean(s)
             for name in ("smoothing", "oracle"):
@@ -441,6 +442,9 @@ def _print_summary(study: dict) -> None:
                        [[r["held_out"], r["model"], r["size"], r["improvement_pct"], r["sd"]] for r in study["table1"]],
                        title=f"Table 1: {study['metric']} improvement over the single-session model "
                              f"(mean, s.d. over seeds {','.join(map(str, study['settings']['seeds']))})"))
+    if study["full_size"] not in study["settings"]["sizes"]:
+        print(f"Table 1 has no 'all sessions' row: --sizes did not include all ({study['full_size']} sessions); "
+              "add it to pretrain on the full set")
     rows = []
     for h, entry in study["figure4"].items():
         for order, axes in entry["orders"].items():

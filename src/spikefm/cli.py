@@ -110,7 +110,7 @@ def _remove_stale_synth(out: Path, kept: list) -> None:
 
 def cmd_synth(args) -> int:
     from spikefm.corpus.synth import synthesize
-    from spikefm.fileio import write_json_atomic
+    from spikefm.fileio import write_bytes_atomic, write_json_atomic
 
     out = Path(args.out_dir)
     settings = {"sessions": args.sessions, "seed": args.seed, "preset": args.preset, "families": args.families,
@@ -136,7 +136,7 @@ def cmd_synth(args) -> int:
         if previous is None:
             record.unlink(missing_ok=True)
         else:
-            record.write_bytes(previous)
+            write_bytes_atomic(record, previous)
         for d in made:  # nothing written, nothing left: the empty folders this command made
             if any(d.iterdir()):
                 break

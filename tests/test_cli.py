@@ -674,7 +674,7 @@ def test_an_empty_train_split_is_refused_for_fitting_with_advice_for_fitting():
     require_rows(corpus, "test")  # rows: nothing said
 
 
-def test_synth_with_fewer_sessions_or_into_a_corpus_or_run_folder(data, tmp_path, capsys):
+def test_synth_with_fewer_sessions_or_into_a_corpus_or_run_folder(data, ar_run, tmp_path, capsys):
     """Fewer --sessions over a folder of more left the others behind (a later corpus build read
     them all) and recorded the smaller count; synth wrote recordings into a corpus or run folder."""
     args = ["synth", str(tmp_path / "nwb"), "--duration-s", "12", "--units", "20,22", "--quiet"]
@@ -700,7 +700,7 @@ def test_synth_with_fewer_sessions_or_into_a_corpus_or_run_folder(data, tmp_path
     # a corpus folder or a run folder is never a place for recordings, --overwrite or not
     capsys.readouterr()
     for folder, what in ((data / "corpus", "a spikefm corpus (manifest.json)"),
-                         (data / "run", "a training run or model (config.json)")):
+                         (ar_run, "a training run or model (config.json)")):
         before = sorted(folder.rglob("*"))
         for extra in ([], ["--overwrite"]):
             assert main(["synth", str(folder), "--sessions", "1", "--duration-s", "12", "--quiet", *extra]) == 2

@@ -6,6 +6,8 @@ same code path at the smallest sizes (tests/test_quickstart.py); this test check
 on synthetic data the fine-tuned model's co-smoothing ``bps_pooled`` is above the NLB smoothing
 baseline and above the single-session model, and the fraction of the oracle is model / oracle.
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -180,10 +182,11 @@ def test_a_rerun_reuses_finished_seeds_and_refuses_other_settings(tmp_path, monk
 def _study_files(out) -> dict:
     """Every file under ``out`` with its bytes and modification time (what "nothing changed" means)."""
     from spikefm.fileio import LOCK_NAME
+    from spikefm.train.finetune import FINETUNE_LOCK_NAME
 
-    # the folder lock's file is touched by every command that takes the lock: not the study's content
+    # the folder locks' files are touched by every command that takes the lock: not the study's content
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != LOCK_NAME}
+            if p.is_file() and p.name not in (LOCK_NAME, FINETUNE_LOCK_NAME)}
 
 
 def test_an_interrupted_study_reuses_its_finished_seeds_and_refuses_other_settings(tmp_path, monkeypatch, capsys):
@@ -292,6 +295,9 @@ def test_a_real_interrupted_study_continues_without_redoing_its_finished_seed(tm
     assert main([*command, "--sessions", "2", "--duration-s", "60"]) == 0
     seed_5 = out / "seed_5" / "results_ndt.json"
     assert (seed_5.read_bytes(), seed_5.stat().st_mtime_ns) == before[seed_5]
+    # seed 6's pretraining had finished before the interruption: continued, not trained again
+    pretrained = out / "seed_6" / "run_ndt_pretrain" / "model.safetensors"
+    assert (pretrained.read_bytes(), pretrained.stat().st_mtime_ns) == before[pretrained]
     summary = json.loads((out / "transfer.json").read_text())
     assert list(summary["per_seed"]) == ["5", "6"] and (out / "seed_6" / "results_ndt.json").is_file()
     assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
@@ -307,3 +313,25 @@ def test_a_study_stopped_by_its_own_checks_leaves_its_folder_usable(tmp_path, ca
     with pytest.raises(ValueError, match="sessions must be an int >= 2"):  # not "made with other settings"
         tr.transfer_study(tmp_path, seeds=[1], sessions=1)
     assert not list(tmp_path.glob("seed_*")) or not any(any(p.iterdir()) for p in tmp_path.glob("seed_*"))
+
+
+def test_a_seeds_runs_made_with_other_settings_are_started_again(tmp_path):
+    """transfer() into a seed folder that holds runs of other settings (called directly: a study
+    refuses other settings) trains them anew, and what was fine-tuned from the old pretraining
+    goes with it; the same settings again leave every run as it is."""
+    from spikefm.experiments.transfer import transfer
+    from spikefm.train.checkpoint import exported_step
+
+    def run(steps):
+        return transfer(tmp_path, sessions=2, duration_s=60.0, pretrain_steps=steps, finetune_steps=2,
+                        strategy="frozen", overrides=["train.batch_size=2"], quiet=True)
+
+    run(2)
+    pre, ft = tmp_path / "run_ndt_pretrain", tmp_path / "run_ndt_finetune"
+    stamps = {p: p.stat().st_mtime_ns for p in (pre / "model.safetensors", ft / "model.safetensors")}
+    run(2)  # the same settings: nothing trained again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    run(3)
+    assert exported_step(pre) == 3
+    assert ft.stat().st_mtime_ns != 0 and (ft / "model.safetensors").stat().st_mtime_ns != stamps[ft / "model.safetensors"]
+    assert json.loads((ft / "config.json").read_text())["config"]["data"]["init_from"] == str(pre)

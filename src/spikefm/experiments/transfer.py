@@ -72,6 +72,9 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     ``spikefm train --model ndt`` + ``spikefm finetune`` + ``spikefm eval``. Writes, named after the
     family (``ndt`` here): ``OUT/nwb_ndt`` (reused if present), ``OUT/corpus_sessions``, the runs
     ``OUT/run_ndt_{pretrain,finetune,single}`` and ``OUT/results_ndt.json`` (:func:`seed_paths`).
+    Runs an interrupted call with the same settings left are continued (a finished pretraining
+    is kept; fine-tunings go on from their last validation); runs made with other settings, and
+    what was fine-tuned from a pretraining trained again, are trained anew.
 
     Args:
         out: study folder.
@@ -126,27 +129,30 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}"
           + (f" (also in the test split, in neither pretraining nor scoring: {', '.join(unused)})" if unused else ""))
     runs = {name: paths[name] for name in ("pretrain", "finetune")}
-    for path in runs.values():
-        if path.exists():
-            shutil.rmtree(path)
     steps = [f"train.steps={pretrain_steps}"] if pretrain_steps is not None else []
     cfg = families.run_config(family, preset=preset, corpus=str(corpus_dir), protocol=protocol,
                               overrides=[*steps, "train.device=cpu", *overrides])
+    # runs an interrupted call with these settings left are continued (the pretraining from its
+    # last checkpoint, fine-tunings from their last validation); any other is started again, and
+    # so is everything made from a pretraining that is started again
+    kept = _same_run(runs["pretrain"], cfg)
+    for path in ((paths["pretrain"],) if kept is None else ()) + ((runs["finetune"], paths["single"]) if not kept else ()):
+        if path.exists():
+            shutil.rmtree(path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is faster than two on a 2-core laptop
     try:
         with threadpool_limits(1):
-            families.train(cfg, runs["pretrain"], progress=not quiet)
+            families.train(cfg, runs["pretrain"], progress=not quiet, resume=runs["pretrain"].exists())
             every = eval_every or _default_eval_every(finetune_steps)
-            ft = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],
-                                   strategy=strategy, steps=finetune_steps, eval_every=every, patience=3,
-                                   soup=soup, progress=not quiet)
+            ft = _continued_or_again(runs["finetune"], lambda: families.finetune(
+                runs["pretrain"], corpus_dir, held_out, runs["finetune"], strategy=strategy, steps=finetune_steps,
+                eval_every=every, patience=3, soup=soup, progress=not quiet))
             single = Path(ft.get("single_session", {}).get("out_dir", paths["single"]))
             if "single_session" not in ft:
-                if single.exists():
-                    shutil.rmtree(single)
-                families.finetune(runs["pretrain"], corpus_dir, held_out, single, strategy="scratch",
-                                  steps=finetune_steps, eval_every=every, patience=3, progress=not quiet)
+                _continued_or_again(single, lambda: families.finetune(
+                    runs["pretrain"], corpus_dir, held_out, single, strategy="scratch", steps=finetune_steps,
+                    eval_every=every, patience=3, progress=not quiet))
             evaluated = {
                 "fine-tuned": families.evaluate(runs["finetune"], corpus_dir, tasks=tasks, session=held_out),
                 "single-session": families.evaluate(single, corpus_dir, tasks=tasks, session=held_out,
@@ -164,6 +170,34 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
                for name, ev in evaluated.items()}
     write_json_atomic(paths["results"], results)  # the strategy summary: run_<family>_finetune/finetune.json
     return {**results, "finetune": {k: v for k, v in ft.items() if k != "history"}}
+
+
+def _same_run(path: Path, cfg) -> bool | None:
+    """Whether the run folder ``path`` holds a finished (True) or unfinished (False) run made with
+    exactly ``cfg``'s settings, to be continued; None when it holds none (or another run's)."""
+    from spikefm.train.checkpoint import EXPORT_NAME
+    from spikefm.train.config import config_differences, config_to_dict
+
+    try:
+        saved = json.loads((path / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    now = config_to_dict(cfg)
+    if config_differences(saved, now, tuple(dict.fromkeys([*saved, *now]))):
+        return None
+    return (path / EXPORT_NAME).is_file()
+
+
+def _continued_or_again(path: Path, run):
+    """``run()`` (a fine-tuning into ``path``), which continues what an interrupted call left
+    there; a folder it refuses (made with other settings) is removed and ``run()`` starts anew."""
+    if path.exists():
+        try:
+            return run()
+        except ValueError as exc:
+            print(f"{path}: {exc}; started again")
+            shutil.rmtree(path)
+    return run()
 
 
 def _default_eval_every(finetune_steps: int) -> int:

@@ -262,7 +262,7 @@ def test_a_study_shows_the_progress_of_its_fine_tunings(tmp_path, monkeypatch):
         return {"strategy": "frozen", "best_val_loss": 1.0, "best_step": 1,
                 "single_session": {"out_dir": str(tmp_path / "ss")}}
 
-    monkeypatch.setattr(families, "train", lambda cfg, out, progress=False: seen.append(progress))
+    monkeypatch.setattr(families, "train", lambda cfg, out, progress=False, resume=False: seen.append(progress))
     monkeypatch.setattr(families, "finetune", fake_finetune)
     monkeypatch.setattr(families, "evaluate", lambda *a, **k: {"results": {}})
     monkeypatch.setattr(families, "format_results", lambda *a, **k: "")

@@ -817,3 +817,27 @@ def test_a_librarys_out_of_space_error_is_not_called_an_internal_error(tmp_path,
     assert line.startswith("spikefm: error: no space left on the device (Error while serializing")
     assert "internal error" not in line and line.endswith("free space there (nothing was half-written: writes go "
                                                           "to temporary names)")
+
+
+def test_counts_clipped_at_255_are_warned_about_and_the_spikes_left_out_recorded(tmp_path, capsys):
+    """The build clipped bins above 255 spikes to 255 without a word: a 60 s --bin-ms on a real
+    recording left 21 % of its spikes out of the corpus, and num_spikes still counted them."""
+    rng = np.random.default_rng(0)
+    burst = np.sort(np.concatenate([0.5 + 0.019 * rng.random(300), 1.0 + 0.019 * rng.random(270)]))
+    quiet = np.sort(rng.uniform(0.0, 2.0, 40))
+    path = write_nwb(tmp_path / "nwb" / "a.nwb", [burst, quiet], ["CA1", "CA1"])
+    assert cli_main(["corpus", "build", str(path), "--out", str(tmp_path / "c"), "--test-fraction", "0",
+                     "--quiet"]) == 0
+    corpus = Corpus(tmp_path / "c")
+    (s,) = corpus.sessions
+    got, _ = corpus_session_matrix(corpus, s["session_id"])
+    lost = burst.size + quiet.size - int(got.sum())
+    assert lost == (300 - 255) + (270 - 255) and s["clipped_bins"] == 2 and s["clipped_spikes"] == lost
+    assert s["num_spikes"] == burst.size + quiet.size  # the file's spikes, as before
+    err = capsys.readouterr().err
+    assert (f"{path}: 2 unit-bin(s) held more than 255 spikes and were clipped to 255 (uint8), 60 of its 610 "
+            "spikes not in the corpus; a smaller --bin-ms (now 20) keeps them") in err
+    # a session without clipped bins records no clipped_spikes and says nothing of it
+    assert cli_main(["corpus", "build", str(write_nwb(tmp_path / "n2" / "b.nwb", [quiet], ["CA1"])), "--out",
+                     str(tmp_path / "c2"), "--test-fraction", "0", "--quiet"]) == 0
+    assert "clipped_spikes" not in Corpus(tmp_path / "c2").sessions[0] and "clipped" not in capsys.readouterr().err

@@ -222,3 +222,37 @@ def test_cli_reads_a_sample_of_rows_with_max_rows(corpus_and_rows, capsys):
     with pytest.raises(SystemExit) as exit_:  # argparse's one line, exit status 2
         main(["corpus", "info", str(corpus.path), "--max-rows", "0"])
     assert exit_.value.code == 2 and "--max-rows: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_the_marginals_figure_has_a_bar_for_the_counts_past_its_last(corpus_and_rows):
+    """At coarse bins most cells hold 10 or more spikes, and the figure drew counts 0..9 only:
+    its bars summed to 0.03 under a title of 'marginal token probabilities'."""
+    from spikefm.corpus.plots import NUM_MARGINALS_PLOTTED, marginal_bars
+
+    probs = np.r_[np.full(NUM_MARGINALS_PLOTTED, 0.003), np.full(246, 0.97 / 246)]
+    labels, values = marginal_bars(probs)
+    assert labels[-1] == f">={NUM_MARGINALS_PLOTTED}" and labels[:3] == ["0", "1", "2"]
+    assert values.sum() == pytest.approx(1.0) and values[-1] == pytest.approx(0.97)
+    labels, values = marginal_bars([0.9, 0.1])  # fewer counts than bars: zeros, nothing past them
+    assert values.tolist() == [0.9, 0.1] + [0.0] * (NUM_MARGINALS_PLOTTED - 1)
+    corpus, _ = corpus_and_rows  # the corpus's own marginals: every cell in some bar
+    from spikefm.corpus.info import corpus_info
+    assert marginal_bars(corpus_info(corpus)["count_stats"]["token_probabilities"])[1].sum() == pytest.approx(1.0)
+
+
+def test_plot_refuses_a_folder_inside_a_corpuss_own_entries(corpus_and_rows, tmp_path):
+    """--out CORPUS/data was accepted: the figures went into the corpus's shard folder (its
+    immutable version), and the next build refused the corpus ('not a shard of this corpus')."""
+    corpus, _ = corpus_and_rows
+    before = sorted(p.name for p in (corpus.path / "data").iterdir())
+    for inside in (corpus.path / "data", corpus.path / "data" / "figs", corpus.path / ".versions" / "x"):
+        with pytest.raises(ValueError, match=rf"^{inside}: is inside the corpus {corpus.path} \((data|\.versions)/, "
+                                             r"which its builds replace and which holds its shards only\); give a "
+                                             rf"folder of its own for the figures, e.g. {corpus.path / 'figures'}$"):
+            plot_corpus(corpus, inside)
+    assert sorted(p.name for p in (corpus.path / "data").iterdir()) == before
+    assert not (corpus.path / ".versions" / "x").exists()
+    figs = plot_corpus(corpus, corpus.path / "figures", max_raster_units=4, max_raster_bins=10)  # beside: fine
+    assert figs and all(p.parent == corpus.path / "figures" for p in figs)
+    import shutil
+    shutil.rmtree(corpus.path / "figures")  # the module's corpus as it was

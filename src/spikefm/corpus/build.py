@@ -282,7 +282,7 @@ def _list_of_lists(matrices: list[np.ndarray], value_type: pa.DataType) -> pa.Ch
 
 def _note_what_the_grid_misses(rec: SessionRecord, t_start_ms: int, t_stop_ms: int, bin_ms: int) -> None:
     """Notes (the build's warnings) for what the bin grid cannot show as recorded: unit-bins
-    outside their unit's ``obs_intervals`` (stored as 0 counts) and trials that start outside
+    outside their unit's ``obs_intervals`` (stored as recorded bins) and trials that start outside
     the binned span (first to last spike; they are in no row)."""
     num_bins = (t_stop_ms - t_start_ms) // bin_ms
     if rec.obs_intervals is not None:
@@ -296,8 +296,9 @@ def _note_what_the_grid_misses(rec: SessionRecord, t_start_ms: int, t_stop_ms: i
         if unobserved:
             total = num_bins * rec.num_units
             rec.notes.append(f"{unobserved:,} of {total:,} unit-bins ({unobserved / total:.1%}) lie outside "
-                             "their unit's obs_intervals (not recorded) and hold 0 counts in the corpus, "
-                             "which has no 'unobserved' value; select units or times observed throughout")
+                             "their unit's obs_intervals (not recorded) and are stored as recorded bins (0 "
+                             "counts, or the spikes the file has there): the corpus has no 'unobserved' "
+                             "value; select units or times observed throughout")
     t0, t1 = t_start_ms / 1000.0, t_stop_ms / 1000.0
     for name, cols in rec.trials.items():
         start = np.asarray(cols["start_time"], dtype=np.float64)
@@ -385,6 +386,7 @@ def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
         "num_tokens": int(num_units * num_bins),
         "num_spikes": int(t.size),
         "clipped_bins": int(num_clipped),
+        **({"clipped_spikes": int(t.size) - int(counts.sum(dtype=np.int64))} if num_clipped else {}),
         **({"spikes_past_end": num_past_end, "recording_end_s": end_s} if num_past_end else {}),
         "regions": {str(r): int(c) for r, c in zip(regions, region_counts)},
         "behavior_names": beh_names,
@@ -816,6 +818,12 @@ def _say_what_was_left_out(meta: dict) -> None:
     where = meta.get("provenance", {}).get("path", meta["session_id"])
     for note in meta.get("read_notes", []):
         print(f"spikefm: warning: {where}: {note}", file=sys.stderr)
+    if meta.get("clipped_bins"):
+        lost = meta.get("clipped_spikes")
+        print(f"spikefm: warning: {where}: {meta['clipped_bins']:,} unit-bin(s) held more than 255 spikes and "
+              f"were clipped to 255 (uint8)" + (f", {lost:,} of its {meta['num_spikes']:,} spikes not in the "
+                                                 "corpus" if lost else "")
+              + f"; a smaller --bin-ms (now {meta['bin_ms']}) keeps them", file=sys.stderr)
     if meta.get("spikes_past_end"):
         print(f"spikefm: warning: {where}: left out {meta['spikes_past_end']} spike time(s) after the "
               f"recording's end ({meta['recording_end_s']:.6g} s) (--spikes-past-end drop)", file=sys.stderr)

@@ -206,7 +206,9 @@ class SessionEntry(_Record):
 
     ``spikes_past_end`` / ``recording_end_s`` appear only for sessions whose spikes after the
     recording's end were dropped (``--spikes-past-end drop``); ``segments_ordered`` only for
-    imported sessions; ``original_session_id`` only for renamed ones.
+    imported sessions; ``original_session_id`` only for renamed ones; ``clipped_spikes`` (spikes
+    of the file not in the corpus: ``num_spikes`` minus the stored counts' sum) only for built
+    sessions with ``clipped_bins``.
     """
 
     session_id: str = _spec("str", required=True)
@@ -223,6 +225,7 @@ class SessionEntry(_Record):
     num_tokens: int | None = _spec("count")
     num_spikes: int | None = _spec("count")
     clipped_bins: int | None = _spec("count")
+    clipped_spikes: int | None = _spec("count")
     spikes_past_end: int | None = _spec("count")
     recording_end_s: float | None = _spec("number")
     regions: dict | None = _spec("count_dict")

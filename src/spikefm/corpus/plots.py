@@ -4,7 +4,7 @@ Writes PNGs into a folder:
 
 - ``units_per_session.png``: histogram of the number of units per session, mean marked;
 - ``session_length.png``: histogram of session durations (minutes), mean marked;
-- ``token_marginals.png``: probability of counts 0..9 (log scale);
+- ``token_marginals.png``: probability of counts 0..9 and of 10 or more together (log scale);
 - ``raster_<source>.png``: one example raster per source dataset (units x a window of bins).
 
 matplotlib is imported lazily and used through its object API with the Agg canvas, so plotting
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow.compute as pc
@@ -23,7 +24,7 @@ from ..fileio import spikefm_folder_kind, write_atomic
 from .info import corpus_info, flat_counts
 from .reader import Corpus, shard_errors
 
-#: Counts 0..NUM_MARGINALS_PLOTTED-1 appear in token_marginals.png.
+#: Counts 0..NUM_MARGINALS_PLOTTED-1 appear one by one in token_marginals.png, the rest in one bar.
 NUM_MARGINALS_PLOTTED = 10
 
 
@@ -82,6 +83,22 @@ def _check_targets(out_dir: Path, names: list[str]) -> None:
                          "written: move it or give another --out")
 
 
+def _refuse_corpus_internals(out_dir: Path) -> None:
+    """Refuse a folder inside a corpus's own entries (``data/``, ``.versions/``...): the next
+    build replaces them (figures in ``data/`` made it refuse to), and ``data/`` is what is shared."""
+    from spikefm.corpus.store import MANIFEST_NAME, OWNED_NAMES
+
+    for path in dict.fromkeys((out_dir.absolute(), out_dir.resolve())):
+        for corpus in path.parents:
+            if (corpus / MANIFEST_NAME).is_file():
+                entry = path.relative_to(corpus).parts[0]
+                if entry in OWNED_NAMES:
+                    raise ValueError(f"{out_dir}: is inside the corpus {corpus} ({entry}/, which its builds "
+                                     "replace and which holds its shards only); give a folder of its own for "
+                                     f"the figures, e.g. {corpus / 'figures'}")
+                break
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "unknown"
 
@@ -116,11 +133,23 @@ def _histogram(values: np.ndarray, xlabel: str, title: str, unit: str, path: Pat
     return _save(fig, path)
 
 
+def marginal_bars(probs: Sequence[float]) -> tuple[list[str], np.ndarray]:
+    """The token-marginals figure's bars: counts 0 .. ``NUM_MARGINALS_PLOTTED - 1`` one by one,
+    then one bar ``>=NUM_MARGINALS_PLOTTED`` for the rest (at coarse bins most of the mass), so
+    the bars hold every cell. Returns (labels, probabilities)."""
+    n = NUM_MARGINALS_PLOTTED
+    probs = np.asarray(probs, dtype=np.float64)
+    values = np.zeros(n + 1)
+    values[:min(n, probs.size)] = probs[:n]
+    values[n] = probs[n:].sum()
+    return [str(i) for i in range(n)] + [f">={n}"], values
+
+
 def _marginals(probs: list[float], path: Path, sampled: bool) -> Path:
     fig = _new_figure()
     ax = fig.add_subplot()
-    k = np.arange(NUM_MARGINALS_PLOTTED)
-    p = np.asarray(probs[:NUM_MARGINALS_PLOTTED], dtype=np.float64)
+    labels, p = marginal_bars(probs)
+    k = np.arange(len(labels))
     ax.bar(k, np.where(p > 0, p, np.nan), color="#4C72B0")
     ax.set_yscale("log")
     for x, y in zip(k, p):
@@ -131,7 +160,7 @@ def _marginals(probs: list[float], path: Path, sampled: bool) -> Path:
         ax.set_ylim(positive.min() / 3, 3.0)
         for x in k[p == 0]:  # log scale cannot show zero; say it
             ax.text(x, positive.min() / 2.5, "0", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(k)
+    ax.set_xticks(k, labels)
     ax.set_xlabel("spike count in a bin (token)")
     ax.set_ylabel("probability")
     ax.set_title("Marginal token probabilities" + (" (sampled rows)" if sampled else ""))
@@ -224,6 +253,7 @@ def plot_corpus(corpus: Corpus, out_dir: str | Path, *, max_raster_units: int = 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder; give a folder for the figures")
+    _refuse_corpus_internals(out_dir)
     sessions = corpus.sessions
     if not sessions:
         raise ValueError(f"{corpus.path}: the corpus has no sessions; nothing to plot")

@@ -290,3 +290,20 @@ def test_a_one_strategy_finetune_holds_its_folder_for_its_whole_length(pretraine
     with pytest.raises(ValueError, match="steps"):
         families.finetune(pretrained, tmp_path, "s1", fresh, **{**args, "steps": 0})
     assert not fresh.exists()
+
+
+def test_a_fine_tuning_without_its_weights_is_not_sent_to_train_resume(pretrained, tmp_path):
+    """eval of a fine-tuning folder whose model.safetensors is missing said 'resume it with
+    spikefm train --resume', which retrained it to its last step (not its best) under the old
+    finetune.json, with no word of it."""
+    ft = tmp_path / "ft"
+    families.finetune(pretrained, tmp_path, "s1", ft, strategy="frozen", steps=20, eval_every=10, patience=2)
+    (ft / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=rf"^{ft / 'model.safetensors'} not found; {ft} is a fine-tuning "
+                                         r"\(finetune.json\) that has not finished or lost its weights: run its "
+                                         r"spikefm finetune command again"):
+        families.load_model(ft)
+    with pytest.raises(ValueError, match=r"resume it with spikefm train --resume"):  # a training run: as before
+        (pretrained / "model.safetensors").rename(tmp_path / "kept.safetensors")
+        families.load_model(pretrained)
+    (tmp_path / "kept.safetensors").rename(pretrained / "model.safetensors")

@@ -335,3 +335,77 @@ def test_a_seeds_runs_made_with_other_settings_are_started_again(tmp_path):
     assert exported_step(pre) == 3
     assert ft.stat().st_mtime_ns != 0 and (ft / "model.safetensors").stat().st_mtime_ns != stamps[ft / "model.safetensors"]
     assert json.loads((ft / "config.json").read_text())["config"]["data"]["init_from"] == str(pre)
+
+
+@pytest.mark.parametrize("options,error,match", [
+    (dict(preset="huge"), ValueError, "unknown NDT preset 'huge'"),
+    (dict(overrides=["bogus.x=1"]), ValueError, "bogus"),
+    (dict(family="ar"), ValueError, "a transfer study needs"),
+    (dict(synth_preset="mice"), ValueError, r"synth_preset must be one of ibl, motor, spontaneous"),
+    (dict(finetune_step=3), TypeError, r"transfer_study\(\) got an unexpected option 'finetune_step'"),
+])
+def test_a_python_study_checks_every_setting_before_its_folder_is_bound(tmp_path, options, error, match):
+    """From Python (the CLI checked these itself) a bad preset, override or family was found after
+    the first seed's data were synthesized (an AR model was even pretrained), and the folder then
+    refused the corrected call as 'a transfer study made with other settings'."""
+    from spikefm.experiments.transfer import FAST_SIZES, transfer_study
+
+    out = tmp_path / "t"
+    with pytest.raises(error, match=match):
+        transfer_study(out, seeds=[1], **{**FAST_SIZES, **options})
+    assert not out.exists() or not any(out.rglob("*.nwb"))
+    mine = tmp_path / "mine"  # a folder of someone else's: refused as from the CLI
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"folder has files that are not a transfer study's \(found 'notes.txt'\)"):
+        transfer_study(mine, seeds=[1], **FAST_SIZES)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_study_arguments_as_strings_or_one_int_are_read_or_refused_clearly(tmp_path):
+    """seeds=2 failed with a bare "'int' object is not iterable"; tasks='co-smoothing' passed the
+    checks and then failed every job on task 'c'."""
+    from spikefm.experiments.jobs import name_list, seed_list
+    from spikefm.experiments.transfer import transfer_study
+
+    assert seed_list("1, 2,3") == [1, 2, 3] and seed_list((4, 5)) == [4, 5] and seed_list(range(2)) == [0, 1]
+    for bad in (2, 2.0, {1, 2}, None):
+        with pytest.raises(TypeError, match=r"seeds must be a list of ints \(one per seed\), e\.g\. \[1, 2, 3\]"):
+            seed_list(bad)
+    for bad in ([1, 1], [-1], [], ["x"], [1.5], [True]):
+        with pytest.raises(ValueError, match="seeds must be distinct integers >= 0"):
+            seed_list(bad)
+    assert name_list("co-smoothing", "--tasks", "a,b") == ["co-smoothing"]
+    assert name_list(" a, b ", "--orders", "a,b") == ["a", "b"] and name_list(("a",), "--orders", "a") == ["a"]
+    assert name_list(None, "--tasks", "a") is None
+    with pytest.raises(ValueError, match=r"^--orders names 'ranked' twice \(ranked,random,ranked\); give each once$"):
+        name_list(["ranked", "random", "ranked"], "--orders", "ranked,random")
+    with pytest.raises(TypeError, match=r"^--orders must be a list of names or one comma-separated string"):
+        name_list(3, "--orders", "ranked,random")
+    with pytest.raises(ValueError, match="names nothing"):
+        name_list(" , ", "--tasks", "a")
+    with pytest.raises(TypeError, match="seeds must be a list of ints"):
+        transfer_study(tmp_path / "t", seeds=2)
+    assert not (tmp_path / "t").exists()
+
+
+def test_an_interrupted_synthesis_or_build_is_not_taken_for_the_study_data(tmp_path):
+    """A study killed after 2 of its 3 recordings were written pretrained, when run again, on 1
+    session (the folder counted as synthesized once any .nwb was there), and after 1 of 3 every
+    rerun failed (a 1-session corpus was kept)."""
+    from spikefm.experiments.transfer import transfer
+
+    kw = dict(sessions=3, duration_s=40.0, pretrain_steps=2, finetune_steps=2, strategy="frozen",
+              overrides=["train.batch_size=2"], quiet=True)
+    transfer(tmp_path / "whole", **kw)
+    part = tmp_path / "part"
+    from spikefm.corpus.synth import synthesize
+    from spikefm.corpus.build import BuildConfig, build_corpus
+
+    synthesize(part / "nwb_ndt", num_sessions=1, seed=1, duration_s=40.0, units_range=(30, 80))
+    build_corpus([str(part / "nwb_ndt")], part / "corpus_sessions", BuildConfig(test_fraction=0.0), progress=False)
+    transfer(part, **kw)
+    manifests = [json.loads((d / "corpus_sessions" / "manifest.json").read_text()) for d in (tmp_path / "whole", part)]
+    assert [len(m["sessions"]) for m in manifests] == [3, 3]
+    assert [s["split"] for s in manifests[0]["sessions"]] == [s["split"] for s in manifests[1]["sessions"]]
+    assert len(list((part / "nwb_ndt").rglob("*.nwb"))) == 3

@@ -648,7 +648,8 @@ def test_transfer_refuses_a_repeated_seed(tmp_path, capsys):
     assert not (tmp_path / "t").exists()
     from spikefm.experiments.transfer import transfer_study
 
-    with pytest.raises(ValueError, match=r"seeds must be distinct \(each is one synthetic dataset\), got \[1, 1\]"):
+    with pytest.raises(ValueError, match=r"seeds must be distinct integers >= 0 \(each one seed\), e\.g\. 1,2,3; "
+                                         r"got \[1, 1\]"):
         transfer_study(tmp_path / "t", seeds=[1, 1])
     assert not (tmp_path / "t").exists()
 

@@ -432,40 +432,13 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def _check_study_out(out: Path) -> None:
-    """A transfer study folder is new, empty or an earlier study's (seed_<s>/ folders, transfer.json)."""
-    from spikefm.experiments.jobs import check_study_folder
-
-    check_study_folder(out, ("seed_*", "transfer.json"), kind="a transfer study's",
-                       fix="give a new or empty folder (--out)")
-
-
 def cmd_experiment_transfer(args) -> int:
-    import inspect
-
-    from spikefm.experiments.transfer import DEFAULT_FAMILY, transfer_study
+    from spikefm.experiments.transfer import transfer_study
 
     options = {k: v for k, v in (("family", args.model), ("pretrain_steps", args.pretrain_steps),
-                                 ("protocol", args.protocol), ("soup", args.soup)) if v is not None}
-    if args.tasks:
-        options["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    _check_study_out(Path(args.out))
-    # the pretraining settings, checked before any data is synthesized
-    from spikefm import families
-
-    family = args.model or DEFAULT_FAMILY
-    families.run_config(family, preset=args.preset, corpus=str(Path(args.out)),
-                        overrides=list(args.set or []), protocol=args.protocol)
-    families.require_finetuning(family, "a transfer study needs", also=("transfer_headline",))
-    fam = families.get(family)
-    params = inspect.signature(fam.evaluate).parameters
-    lacking = [k for k in ("tasks", "session", "baselines") if k not in params]
-    if lacking and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        raise ValueError(f"the {family!r} family's evaluate() takes no {', '.join(lacking)}, which a transfer "
-                         "study passes to score its runs (the masked families' benchmark options); choose "
-                         "a family that takes them (--model)")
-    if not callable(getattr(fam, "transfer_headline", None)):
-        families.transfer_headline(family, {})  # the one-line refusal, before any data is synthesized
+                                 ("protocol", args.protocol), ("soup", args.soup), ("tasks", args.tasks or None))
+               if v is not None}
+    # every setting is checked before the folder is made or any data synthesized (transfer_study)
     transfer_study(args.out, seeds=args.seeds, sessions=args.sessions, duration_s=args.duration_s,
                    preset=args.preset, synth_preset=args.synth_preset,
                    finetune_steps=args.finetune_steps, strategy=args.strategy,

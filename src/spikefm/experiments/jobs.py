@@ -642,3 +642,52 @@ def refuse_other_settings(out: Path, old: dict, new: dict, *, kind: str, lost: s
         raise ValueError(f"{out} holds {kind} made with other settings ({', '.join(changed)}; {first}: "
                          f"{old.get(first)!r} there, {new.get(first)!r} now); {lost} would be replaced: give a "
                          f"new --out (a rerun with the same settings {rerun})")
+
+
+def name_list(value: str | Sequence[str] | None, flag: str, example: str) -> list[str] | None:
+    """A study's list of names from Python or the command line: a list (or tuple) of strings, or
+    one string of comma-separated names (``"ranked,random"``, as the flag takes them); None stays
+    None. A name given twice is refused (it would be one curve, or one session, counted twice).
+
+    Raises:
+        TypeError: neither (an int, a set...), naming the flag and an example.
+        ValueError: an empty name list, or a name given twice.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        names = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        names = [v.strip() for v in value]
+    else:
+        raise TypeError(f"{flag} must be a list of names or one comma-separated string, e.g. {example}; got "
+                        f"{value!r}")
+    if not names or not all(names):
+        raise ValueError(f"{flag} names nothing (got {value!r}); e.g. {example}")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{flag} names {twice!r} twice ({','.join(names)}); give each once")
+    return names
+
+
+def seed_list(value: int | str | Sequence[int], flag: str = "seeds") -> list[int]:
+    """A study's seeds: a list of distinct ints >= 0, or one comma-separated string (``"1,2,3"``).
+
+    Raises:
+        TypeError: one int (``seeds=3`` is not three seeds), or anything else but ints.
+        ValueError: none, a negative one, or one given twice.
+    """
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    if isinstance(value, (int, float)) or not isinstance(items, (list, tuple, range)):
+        raise TypeError(f"{flag} must be a list of ints (one per seed), e.g. [1, 2, 3] or '1,2,3'; got {value!r}")
+    seeds = []
+    for v in items:
+        try:
+            k = int(v) if isinstance(v, str) else int(v) if not isinstance(v, bool) and int(v) == v else None
+        except (TypeError, ValueError):
+            k = None
+        if k is not None:
+            seeds.append(k)
+    if len(seeds) != len(items) or not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{flag} must be distinct integers >= 0 (each one seed), e.g. 1,2,3; got {value!r}")
+    return seeds

@@ -96,13 +96,17 @@ def study_sessions(corpus_dir: str | Path, held_out: Sequence[str] | None,
     """(held-out sessions, pretraining sessions) of a corpus.
 
     ``held_out`` None = the corpus's test-split sessions. ``pool`` None = every other session of
-    the corpus, in the manifest's order.
+    the corpus, in the manifest's order. Each is a list of session ids or one comma-separated
+    string of them.
 
     Raises:
-        ValueError: an unknown session, a session in both lists, or an empty list.
+        ValueError: an unknown session, one given twice, a session in both lists, or an empty list.
     """
     from spikefm.corpus.reader import Corpus
+    from spikefm.experiments.jobs import name_list
 
+    held_out = name_list(held_out, "--held-out", "SESSION1,SESSION2") if held_out else None  # a string: one
+    pool = name_list(pool, "--pretrain-sessions", "SESSION3,SESSION4") if pool else None  # session, not letters
     corpus = Corpus(corpus_dir)
     everything = corpus.session_ids()
     held = list(held_out) if held_out else corpus.session_ids("test")
@@ -115,8 +119,6 @@ def study_sessions(corpus_dir: str | Path, held_out: Sequence[str] | None,
         if unknown:
             raise ValueError(f"{name}: session {unknown[0]!r} is not in {corpus_dir} (sessions: "
                              f"{', '.join(everything[:6])}{'...' if len(everything) > 6 else ''})")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{name} lists a session twice: {','.join(ids)}")
     both = sorted(set(held) & set(pretrain))
     if both:
         raise ValueError(f"session {both[0]!r} is both held out and a pretraining session; a held-out "

@@ -339,21 +339,19 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     """
     from spikefm import families
     from spikefm.corpus.reader import manifest_sha256
-    from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings
+    from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings, name_list, seed_list
     from spikefm.experiments.plots import plot_ranking, plot_scaling, plot_task_curves
     from spikefm.experiments.runs import check_pretrain_spec
     from spikefm.fileio import write_json_atomic
     from spikefm.train.runinfo import machine_info
 
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-        raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
-    orders = list(orders)
+    seeds = seed_list(seeds)
+    orders = name_list(orders, "--orders", "ranked,random")  # one given twice was two curves of one
     families.require_finetuning(settings.family, "a scaling study needs", also=("task_scores",))
     if not callable(getattr(families.get(settings.family), "task_scores", None)):
         families.task_scores(settings.family, {})  # its one-line refusal, before any job runs
     if tasks is not None:  # an unknown task failed every fine-tuning job, after the pretraining
-        families.check_tasks(settings.family, tasks)
+        tasks = families.check_tasks(settings.family, name_list(tasks, "--tasks", "co-smoothing,forward-prediction"))
     if tasks is not None and metric not in tasks:  # before any job runs (it was found at the end)
         raise ValueError(f"--metric {metric!r} is not one of the scored tasks ({', '.join(tasks)}); add it to "
                          "--tasks or choose --metric among them")

@@ -112,16 +112,24 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     if pretrain_steps is not None:
         _check_int("pretrain_steps", pretrain_steps, 1)
     _check_int("finetune_steps", finetune_steps, 1)
-    families.check_tasks(family, tasks)  # before anything is synthesized or trained
+    tasks = families.check_tasks(family, tasks)  # before anything is synthesized or trained
     check_auto_options(strategy, soup=soup)  # before anything is synthesized or trained
     out = Path(out)
     paths = seed_paths(out, family)
     nwb_dir = paths["nwb"]
-    if not nwb_dir.exists() or not any(nwb_dir.rglob("*.nwb")):
-        synthesize(nwb_dir, num_sessions=sessions, seed=seed, duration_s=duration_s,
-                   units_range=(30, 80), preset=synth_preset)
+    # reused only when complete: an interrupted synthesis leaves fewer recordings (each file is
+    # written whole), and a corpus built from them pretrained on fewer sessions than asked
+    recordings = sorted(nwb_dir.rglob("*.nwb")) if nwb_dir.is_dir() else []
+    if len(recordings) != sessions or not all(r.with_suffix(".truth.npz").is_file() for r in recordings):
+        if nwb_dir.exists():
+            shutil.rmtree(nwb_dir)
+        recordings = synthesize(nwb_dir, num_sessions=sessions, seed=seed, duration_s=duration_s,
+                                units_range=(30, 80), preset=synth_preset)
     corpus_dir = out / "corpus_sessions"
-    if not (corpus_dir / "manifest.json").is_file():
+    if _corpus_sessions(corpus_dir) != sorted(r.stem for r in recordings):  # none, or not of these
+        for path in (corpus_dir, *(paths[k] for k in ("pretrain", "finetune", "single"))):  # runs: of the old
+            if path.exists():
+                shutil.rmtree(path)
         build_corpus([str(nwb_dir)], corpus_dir,
                      BuildConfig(test_fraction=1.0 / sessions - 1e-9, seed=0), progress=False)
     corpus = Corpus(corpus_dir)
@@ -170,6 +178,15 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
                for name, ev in evaluated.items()}
     write_json_atomic(paths["results"], results)  # the strategy summary: run_<family>_finetune/finetune.json
     return {**results, "finetune": {k: v for k, v in ft.items() if k != "history"}}
+
+
+def _corpus_sessions(corpus_dir: Path) -> list[str] | None:
+    """The session ids of the corpus at ``corpus_dir``, sorted; None when there is none to read."""
+    try:
+        sessions = json.loads((corpus_dir / "manifest.json").read_text())["sessions"]
+        return sorted(str(s["session_id"]) for s in sessions)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _same_run(path: Path, cfg) -> bool | None:
@@ -297,6 +314,61 @@ def _finished_seeds(out: Path, settings: dict) -> dict[int, dict]:
             if seed_paths(out / f"seed_{s}", family)["results"].is_file()}
 
 
+def check_study_options(out: Path, options: dict) -> dict:
+    """What a transfer study checks before its folder is made or anything is synthesized (the
+    first seed's recordings bind the folder to the study's settings, so a study stopped later by
+    a bad setting refused the corrected command): the folder (new, empty or a transfer study's),
+    the option names, the family (fine-tuning, a headline, evaluate's benchmark options), the
+    pretraining settings, the tasks, the fine-tuning strategy and soup, and the sizes. Returns
+    ``options`` with ``tasks`` as a list (a string is split on commas).
+
+    Raises:
+        TypeError: an option :func:`transfer` does not take.
+        ValueError: the first bad setting, in one line.
+    """
+    from spikefm import families
+    from spikefm.corpus.synth import PRESETS
+    from spikefm.experiments.jobs import check_study_folder, name_list
+    from spikefm.train.finetune import check_auto_options
+
+    unknown = sorted(set(options) - set(_TRANSFER_DEFAULTS) - {"seed", "out"})
+    if unknown or "seed" in options:
+        bad = unknown[0] if unknown else "seed"
+        raise TypeError(f"transfer_study() got an unexpected option {bad!r}; it takes seeds=[...] and the "
+                        f"options of transfer(): {', '.join(k for k in _TRANSFER_DEFAULTS if k != 'seed')}")
+    check_study_folder(out, ("seed_*", "transfer.json"), kind="a transfer study's",
+                       fix="give a new or empty folder (--out)")
+    opts = {**_TRANSFER_DEFAULTS, **options}
+    family = opts["family"]
+    families.require_finetuning(family, "a transfer study needs", also=("transfer_headline",))
+    fam = families.get(family)
+    params = inspect.signature(fam.evaluate).parameters
+    lacking = [k for k in ("tasks", "session", "baselines") if k not in params]
+    if lacking and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"the {family!r} family's evaluate() takes no {', '.join(lacking)}, which a transfer "
+                         "study passes to score its runs (the masked families' benchmark options); choose "
+                         "a family that takes them (--model)")
+    if not callable(getattr(fam, "transfer_headline", None)):
+        families.transfer_headline(family, {})  # its one-line refusal
+    _check_int("sessions", opts["sessions"], 2)
+    if opts["pretrain_steps"] is not None:
+        _check_int("pretrain_steps", opts["pretrain_steps"], 1)
+    _check_int("finetune_steps", opts["finetune_steps"], 1)
+    if opts["eval_every"] is not None:
+        _check_int("eval_every", opts["eval_every"], 1)
+    if opts["synth_preset"] not in PRESETS:
+        raise ValueError(f"synth_preset must be one of {', '.join(PRESETS)} (--synth-preset), got "
+                         f"{opts['synth_preset']!r}")
+    steps = [f"train.steps={opts['pretrain_steps']}"] if opts["pretrain_steps"] is not None else []
+    families.run_config(family, preset=opts["preset"], corpus=str(out), protocol=opts["protocol"],
+                        overrides=[*steps, "train.device=cpu", *opts["overrides"]])
+    check_auto_options(opts["strategy"], soup=opts["soup"])
+    if "tasks" in options and options["tasks"] is not None:
+        options = {**options, "tasks": families.check_tasks(
+            family, name_list(options["tasks"], "--tasks", "co-smoothing,forward-prediction"))}
+    return options
+
+
 def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command: str | None = None,
                    **options) -> dict:
     """:func:`transfer` on several synthetic datasets (one per seed), summarised in
@@ -315,18 +387,13 @@ def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command
     Returns:
         The summary written to ``OUT/transfer.json``.
     """
+    from spikefm.experiments.jobs import seed_list
     from spikefm.fileio import folder_lock
 
     family = options.get("family", DEFAULT_FAMILY)
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must name at least one synthetic-data seed, e.g. 1,2,3")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct (each is one synthetic dataset), got {seeds}")
-    from spikefm import families
-
-    families.check_tasks(family, options.get("tasks"))  # before the folder is made (and its settings bound)
+    seeds = seed_list(seeds)
     out = Path(out)
+    options = check_study_options(out, options)  # before the folder is made (and its settings bound)
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
     command = command or " ".join(sys.argv)
     out.mkdir(parents=True, exist_ok=True)

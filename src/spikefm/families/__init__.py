@@ -498,15 +498,18 @@ def stamp_family(fam: Any, results: Any) -> Any:
     return results
 
 
-def check_tasks(family: str, tasks: Sequence[str] | str | None) -> None:
+def check_tasks(family: str, tasks: Sequence[str] | str | None) -> list[str] | None:
     """Refuse unknown evaluation task names of ``family`` before any work (one-line ValueError);
-    families without the optional ``check_tasks`` method accept any names here."""
+    families without the optional ``check_tasks`` method accept any names here. Returns the
+    names as a list (a string is split on commas: ``"co-smoothing,forward-prediction"``), or
+    None for None (the family's default tasks)."""
     if tasks is None:
-        return
+        return None
     names_ = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     fam = get(family)
     if hasattr(fam, "check_tasks"):
         fam.check_tasks(names_)
+    return names_
 
 
 def format_results(results_by_run: dict[str, dict[str, Any]], family: str | None = None) -> str:

@@ -807,6 +807,12 @@ def load_exported_model(run_dir: str | os.PathLike, family: Any, cfg: Any,
     """
     path = confined_file(run_dir, EXPORT_NAME, what="weights file")
     if not path.is_file():
+        tuning = next((n for n in ("finetune.json", "early_stopping_progress.json", "early_stopping.json")
+                       if (Path(run_dir) / n).is_file()), None)
+        if tuning:  # spikefm train --resume would retrain it to its last step, not keep its best weights
+            raise ValueError(f"{Path(run_dir) / EXPORT_NAME} not found; {run_dir} is a fine-tuning ({tuning}) that "
+                             "has not finished or lost its weights: run its spikefm finetune command again (the "
+                             "same --out continues an interrupted one; a finished one needs a new --out)")
         raise ValueError(f"{Path(run_dir) / EXPORT_NAME} not found; the run has not finished (or was "
                          "not exported): resume it with spikefm train --resume")
     header, _ = read_safetensors_header(path)

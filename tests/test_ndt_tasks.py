@@ -474,3 +474,95 @@ def test_a_label_too_rare_to_cross_validate_is_skipped_not_fatal():
     assert reason == ("too few trials of some choice class in this session to cross-validate a decoder; "
                       "longer sessions give more")
     assert "skipped choice-decoding: too few trials" in format_benchmark_table({"ndt": res})
+
+
+class _PromptSpy(nn.Module):
+    """OracleStandIn that records the scheme prompt of every forward pass."""
+
+    def __init__(self, rates_TN: np.ndarray, session_id: str):
+        super().__init__()
+        self.inner = OracleStandIn(rates_TN, session_id)
+        self.session_units = self.inner.session_units
+        self.schemes: list[int] = []
+
+    def forward(self, inputs_BTN, unit_valid_BN, session_ids, scheme_B, causal_B, return_hidden=False,
+                input_mask_BTN=None):
+        self.schemes += scheme_B.tolist()
+        return self.inner(inputs_BTN, unit_valid_BN, session_ids, scheme_B, causal_B, return_hidden, input_mask_BTN)
+
+
+def test_a_task_whose_prompt_the_run_never_trained_is_scored_with_a_trained_one():
+    """The NDT defaults train the neuron and causal schemes only, and inter-/intra-region were
+    scored with their own prompts: random vectors no step had trained (out of distribution)."""
+    from spikefm.families.ndt.masking import scheme_id
+    from spikefm.families.ndt.tasks import task_prompt
+
+    assert task_prompt("inter-region", ["neuron", "causal"]) == "neuron"
+    assert task_prompt("intra-region", ["causal", "inter_region"]) == "inter_region"
+    assert task_prompt("intra-region", None) == "intra_region" and task_prompt("forward-prediction", ["neuron"]) is None
+    assert task_prompt("co-smoothing", ["causal"]) == "neuron"  # nothing alike trained: its own, said so
+    w = synthetic_windows()
+    rates_TN = np.random.default_rng(3).uniform(0.05, 0.8, size=(T, w.num_units))
+    tasks = ["co-smoothing", "inter-region", "intra-region", "forward-prediction"]
+    seen = {}
+    for trained in (None, ["neuron", "causal"], ["causal"]):
+        spy = _PromptSpy(rates_TN, w.session_id)
+        res = run_benchmark(spy, w, tasks=tasks, baselines=False, trained_schemes=trained)
+        seen[str(trained)] = (set(spy.schemes), res)
+    ids, own = seen["None"]
+    assert ids == {scheme_id(s) for s in ("neuron", "causal", "inter_region", "intra_region")}
+    assert not any("prompt_untrained" in e for e in own["tasks"].values())
+    ids, res = seen["['neuron', 'causal']"]
+    assert ids == {scheme_id("neuron"), scheme_id("causal")}
+    assert [res["tasks"][t].get("prompt") for t in tasks] == ["neuron", "neuron", "neuron", None]
+    assert res["tasks"]["inter-region"]["prompt_untrained"] == "inter_region"
+    assert "prompt_untrained" not in res["tasks"]["co-smoothing"]
+    table = format_benchmark_table({"m": res})
+    assert "inter-region: scored with the neuron prompt (the run never trained its own, inter_region: data.schemes)" \
+        in table and "intra-region: scored with the neuron prompt" in table
+    _, res = seen["['causal']"]
+    assert res["tasks"]["co-smoothing"]["prompt"] == "neuron" and "co-smoothing: scored with the neuron prompt " \
+        "although the run never trained it (data.schemes): its score is out of distribution" in format_benchmark_table({"m": res})
+    # a real model: the prompt changes the prediction, and the stand-in's is what inter_region(prompt=) gives
+    model = tiny_ndt(w)
+    res = run_benchmark(model, w, tasks=["inter-region"], baselines=False, trained_schemes=["neuron"])
+    direct = inter_region(model, w, prompt="neuron")
+    assert res["tasks"]["inter-region"]["model"]["bps_pooled"] == pytest.approx(
+        bps_pooled(direct.rates, direct.counts))
+    assert not np.allclose(inter_region(model, w).rates, direct.rates, equal_nan=True)
+
+
+def test_trained_schemes_follow_the_run_and_the_runs_its_core_came_from(tmp_path):
+    import json
+
+    from spikefm.families.ndt.evaluate import trained_schemes
+
+    def run(name, schemes, init_from=""):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(
+            {"config": {"family": "ndt", "data": {"schemes": schemes, "init_from": init_from}}}))
+        return str(tmp_path / name)
+
+    pre = run("pre", "all")
+    ft = run("ft", "neuron,causal", init_from=pre)
+    assert trained_schemes(ft) == ["neuron", "causal", "inter_region", "intra_region"]
+    assert trained_schemes(run("alone", "causal,neuron")) == ["neuron", "causal"]
+    assert trained_schemes(run("moved", "neuron", init_from=str(tmp_path / "gone"))) == ["neuron"]
+    assert trained_schemes(tmp_path / "nothing") is None
+
+
+def test_a_decoding_only_table_keeps_its_oracle_column_and_no_chunk_footer_without_chunk_rows():
+    """--tasks choice-decoding printed the ideal observer's row with '-' and no oracle column;
+    a single forward-prediction chunk printed the 'bins a-b' footer with no chunk rows above it."""
+    rates_TN = np.random.default_rng(2).uniform(0.05, 0.9, size=(T, 5))
+    w = _labelled_windows(30)
+    truth = np.broadcast_to(rates_TN, w.counts.shape)
+    res = run_benchmark(OracleStandIn(rates_TN, w.session_id), w, tasks=["choice-decoding"], truth_rates=truth)
+    table = format_benchmark_table({"m": res})
+    assert table.splitlines()[0].split() == ["task", "metric", "m", "oracle"]
+    oracle_acc = res["tasks"]["choice-decoding"]["oracle"]["accuracy"]
+    row = next(l for l in table.splitlines() if "accuracy (rates)" in l)
+    assert row.split()[-1] == f"{oracle_acc:.4f}"
+    res = run_benchmark(OracleStandIn(rates_TN, w.session_id), w, tasks=["forward-prediction"], truth_rates=truth)
+    assert len(res["tasks"]["forward-prediction"]["chunks"]) == 1
+    assert "bins a-b" not in format_benchmark_table({"m": res})

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 __all__ = ["evaluate_run", "session_windows_for_run", "scored_as_test", "session_truth", "session_truth_rates",
-           "pick_session", "transfer_headline", "task_scores"]
+           "pick_session", "transfer_headline", "task_scores", "trained_schemes"]
 
 
 def pick_session(model: nn.Module, session: str | None) -> str:
@@ -44,6 +44,31 @@ def _family_info(run_dir: str | Path) -> dict[str, Any]:
     from spikefm.train.runinfo import read_family_info
 
     return read_family_info(run_dir, what="an NDT")
+
+
+def trained_schemes(run_dir: str | Path, max_depth: int = 8) -> list[str] | None:
+    """The masking schemes a run's weights were trained with: its ``data.schemes`` and those of
+    the runs its core came from (``data.init_from``, followed while their folders are there), in
+    :data:`~spikefm.families.ndt.masking.SCHEMES` order; None when the run records none."""
+    from spikefm.families.ndt.family import parse_schemes
+    from spikefm.families.ndt.masking import SCHEMES
+    from spikefm.train.runinfo import read_run_info
+
+    found: set[str] = set()
+    seen: set[Path] = set()
+    folder = Path(run_dir)
+    for _ in range(max_depth):
+        try:
+            data = read_run_info(folder)["config"]["data"]
+            found.update(parse_schemes(data["schemes"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            break
+        seen.add(folder.resolve())
+        source = data.get("init_from")
+        if not source or not Path(source).is_dir() or Path(source).resolve() in seen:
+            break
+        folder = Path(source)
+    return [s for s in SCHEMES if s in found] or None
 
 
 def session_windows_for_run(run_dir: str | Path, corpus, session_id: str, info: dict[str, Any] | None = None):
@@ -172,7 +197,8 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
         model = model.cuda()
     result = run_benchmark(model, windows, tasks=task_list, truth_rates=truth, baselines=baselines,
                            save_predictions=save_predictions, layer=decode_layer - 1 if decode_layer else -1,
-                           label_classes=label_classes, truth_latents=latents, truth_readout=readout)
+                           label_classes=label_classes, truth_latents=latents, truth_readout=readout,
+                           trained_schemes=trained_schemes(run_dir))
     return {"family": "ndt", "run_dir": str(Path(run_dir).resolve()), "corpus": str(corpus.path.resolve()),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session_id,
             "tasks": task_list, "oracle": truth is not None, "split": split,

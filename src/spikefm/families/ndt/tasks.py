@@ -61,6 +61,7 @@ __all__ = [
     "walk_start_bin",
     "inter_region",
     "intra_region",
+    "task_prompt",
     "decode_label",
     "decode_behavior",
     "wilson_interval",
@@ -196,16 +197,17 @@ def _run_variants(model: nn.Module, windows: SessionWindows, var: _Variants, spl
 # Prediction tasks
 
 
-def co_smoothing(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256
-                 ) -> TaskPrediction:
+def co_smoothing(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256,
+                 prompt: str = "neuron") -> TaskPrediction:
     """Leave-one-neuron-out: each neuron predicted from all the others, in every bin.
 
     The N masked copies of each window are batched (``batch_size`` copies per forward pass).
+    ``prompt``: the scheme prompt token given (:func:`task_prompt` picks a trained one).
     """
     T, N = windows.num_bins, windows.num_units
     eye_NN = torch.eye(N, dtype=torch.bool)
     m_MTN = eye_NN[:, None, :].expand(N, T, N)
-    return _run_variants(model, windows, _variants(m_MTN, m_MTN, "neuron", False), split, batch_size)
+    return _run_variants(model, windows, _variants(m_MTN, m_MTN, prompt, False), split, batch_size)
 
 
 def forward_prediction_last(model: nn.Module, windows: SessionWindows, *, forward_bins: int = 10,
@@ -252,20 +254,21 @@ def _need_regions(windows: SessionWindows, task: str) -> None:
                          f"{windows.session_id!r} has {sorted(set(windows.unit_regions))}")
 
 
-def inter_region(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256
-                 ) -> TaskPrediction:
-    """Each region hidden entirely and predicted from the other regions (one variant per region)."""
+def inter_region(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256,
+                 prompt: str = "inter_region") -> TaskPrediction:
+    """Each region hidden entirely and predicted from the other regions (one variant per region;
+    ``prompt``: the scheme prompt token given, :func:`task_prompt`)."""
     _need_regions(windows, "inter-region")
     T, N = windows.num_bins, windows.num_units
     reg_N = torch.from_numpy(windows.region_ids)
     m_MTN = torch.stack([(reg_N == r)[None, :].expand(T, N) for r in torch.unique(reg_N).tolist()])
-    return _run_variants(model, windows, _variants(m_MTN, m_MTN, "inter_region", False), split, batch_size)
+    return _run_variants(model, windows, _variants(m_MTN, m_MTN, prompt, False), split, batch_size)
 
 
-def intra_region(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256
-                 ) -> TaskPrediction:
+def intra_region(model: nn.Module, windows: SessionWindows, *, split="test", batch_size: int = 256,
+                 prompt: str = "intra_region") -> TaskPrediction:
     """Each neuron hidden and predicted from the rest of its region, all other regions hidden
-    (one variant per neuron)."""
+    (one variant per neuron; ``prompt``: the scheme prompt token given, :func:`task_prompt`)."""
     _need_regions(windows, "intra-region")
     T, N = windows.num_bins, windows.num_units
     reg_N = torch.from_numpy(windows.region_ids)
@@ -273,7 +276,27 @@ def intra_region(model: nn.Module, windows: SessionWindows, *, split="test", bat
     hidden_NN = eye_NN | (reg_N[None, :] != reg_N[:, None])  # row n: n itself and other regions
     inp = hidden_NN[:, None, :].expand(N, T, N)
     loss = eye_NN[:, None, :].expand(N, T, N)
-    return _run_variants(model, windows, _variants(inp, loss, "intra_region", False), split, batch_size)
+    return _run_variants(model, windows, _variants(inp, loss, prompt, False), split, batch_size)
+
+
+#: The scheme prompt each bidirectional prediction task is trained for (Zhang et al. 2024).
+TASK_SCHEMES = {"co-smoothing": "neuron", "inter-region": "inter_region", "intra-region": "intra_region"}
+#: For each bidirectional prompt, the prompts a run may have trained instead, most alike first:
+#: all three hide whole neurons and predict them from the visible ones with full attention.
+_PROMPT_STAND_INS = {"neuron": ("intra_region", "inter_region"), "inter_region": ("neuron", "intra_region"),
+                     "intra_region": ("neuron", "inter_region")}
+
+
+def task_prompt(task: str, trained: Sequence[str] | None) -> str | None:
+    """The prompt a bidirectional task is scored with: its own scheme's when the run trained it
+    (``trained``: the schemes of its training, None when unknown), else the most alike scheme
+    it trained (:data:`_PROMPT_STAND_INS`); a prompt no step trained is still its initial random
+    vector, and the task scored with it is out of distribution (inter-region read 0.02 bps
+    under the neuron,causal defaults). None for a task without one (causal tasks: ``causal``)."""
+    own = TASK_SCHEMES.get(task)
+    if own is None or trained is None or own in trained:
+        return own
+    return next((s for s in _PROMPT_STAND_INS[own] if s in trained), own)
 
 
 _TASK_FUNCS = {
@@ -460,7 +483,7 @@ def check_task_names(tasks: Sequence[str]) -> None:
     """Raise a one-line ValueError for a name that is no task (before any work is done)."""
     for t in tasks:
         if t not in _TASK_FUNCS and not t.endswith("-decoding"):
-            raise ValueError(f"unknown task {t!r}; valid: {', '.join(PREDICTION_TASKS)} or "
+            raise ValueError(f"unknown task {t!r}; valid: {', '.join(PREDICTION_TASKS)}, {BEHAVIOR_TASK} or "
                              "'<label>-decoding' with a label of the windows")
 
 
@@ -640,7 +663,8 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
                   save_predictions: str | Path | None = None, forward_bins: int = 10, layer: int = -1,
                   smoothing_kernel_sd_ms: float = 50.0, batch_size: int = 256, seed: int = 0,
                   decode_options: dict | None = None, label_classes: dict | None = None,
-                  truth_latents: np.ndarray | None = None, truth_readout: dict | None = None) -> dict:
+                  truth_latents: np.ndarray | None = None, truth_readout: dict | None = None,
+                  trained_schemes: Sequence[str] | None = None) -> dict:
     """Run benchmark tasks on one session's test windows.
 
     Args:
@@ -668,6 +692,10 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             synthetic generator's readout (:func:`spikefm.corpus.synth.truth_readout`; with
             ``truth_latents``): a ``<label>-decoding`` task whose
             label is a two-class latent (``choice``) reports the ideal observer's accuracy too.
+        trained_schemes: the masking schemes the model was trained with (its run's and its
+            pretraining's ``data.schemes``); a bidirectional task whose prompt none of them trained
+            is scored with the most alike trained prompt (:func:`task_prompt`; the entry's
+            ``prompt`` and ``prompt_untrained`` say so). None: every task its own prompt.
 
     Returns:
         ``{"session_id", "num_test_windows", "num_units", "bin_ms", "tasks": {task: entry},
@@ -730,9 +758,16 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             out["skipped"][task] = f"session has {_num_regions(windows)} region(s); needs at least 2"
             continue
         kw = {"forward_bins": forward_bins} if task.startswith("forward") else {}
+        prompt = task_prompt(task, trained_schemes)
+        if prompt is not None:
+            kw["prompt"] = prompt
         pred = _TASK_FUNCS[task](model, windows, split="test", batch_size=batch_size, **kw)
         entry = {"model": _bps(pred.rates, pred.counts), "model_ci95": _ci95(pred.rates, pred.counts),
                  "num_evaluated": pred.num_evaluated}
+        if prompt is not None:
+            entry["prompt"] = prompt
+            if trained_schemes is not None and TASK_SCHEMES[task] not in trained_schemes:
+                entry["prompt_untrained"] = TASK_SCHEMES[task]
         if baselines and task == "co-smoothing":
             train = windows.indices("train")
             if train.size and windows.num_units >= 2:
@@ -792,8 +827,10 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
     baseline_cols: list[str] = []
     for res in results_by_model.values():
         for entry in res.get("tasks", {}).values():
-            for b in ("smoothing", "oracle"):
-                if b in entry and b not in baseline_cols and "model" in entry:
+            for b in ("smoothing", "oracle"):  # decoding tasks: the oracle (and ideal observer) only
+                present = b in entry and "model" in entry or b == "oracle" and (
+                    "oracle" in entry or "ideal_observer" in entry)
+                if present and b not in baseline_cols:
                     baseline_cols.append(b)
     columns = models + [b for b in ("smoothing", "oracle") if b in baseline_cols]
 
@@ -876,7 +913,12 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
         footer.append(f"{t}: only {e.get('n_test')} test window(s), so the decoder is scored by "
                       f"{e.get('cv_folds')}-fold cross-validation over all {e.get('n_train', 0) + e.get('n_test', 0)} "
                       "windows, the model's training windows among them (not a held-out test)")
-    if any(e.get("chunks") for res in results_by_model.values() for e in res.get("tasks", {}).values()):
+    for t, e in {t: e for res in results_by_model.values() for t, e in res.get("tasks", {}).items()
+                 if isinstance(e, dict) and "prompt_untrained" in e}.items():
+        footer.append(f"{t}: scored with the {e['prompt']} prompt" + (
+            f" (the run never trained its own, {e['prompt_untrained']}: data.schemes)" if e["prompt"] != e["prompt_untrained"]
+            else " although the run never trained it (data.schemes): its score is out of distribution"))
+    if any(len(e.get("chunks", [])) > 1 for res in results_by_model.values() for e in res.get("tasks", {}).values()):
         footer.append(f"bins a-b: each chunk's bps_pooled [95 % interval over the "
                       f"{scored_unit(results_by_model.values())} (jackknife)]")
     return render_table(["task", "metric"] + columns, rows, align="<<" + ">" * len(columns),

@@ -852,3 +852,64 @@ def test_an_unfinished_study_folder_is_named_as_such(tmp_path, capsys):
         f"spikefm: error: {sc} is a rank-sessions or scaling study that has not finished (no ranking.json or "
         "scaling.json yet): rerun the command that made it, which reuses its finished jobs, then report the folder")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_cross_validated_decoders_table_counts_every_window_it_scored(tmp_path):
+    """A nested-cv decoder (few test windows) scores all windows; the report's 'windows scored'
+    row showed n_test (4) beside accuracies of 12/19 and 8/19."""
+    bench = _bench(0.2)
+    bench["tasks"]["choice-decoding"] = {
+        "label": "choice", "method": "nested-cv", "n_train": 15, "n_test": 4, "n_classes": 2, "chance": 0.55,
+        "cv_folds": 5, "hidden": {"accuracy": 12 / 19, "balanced_accuracy": 0.6},
+        "rates": {"accuracy": 8 / 19, "balanced_accuracy": 0.4}}
+    bench["tasks"]["choice-decoding-holdout"] = {**bench["tasks"]["choice-decoding"], "method": "holdout"}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"m": bench}))
+    text = build_report(path).html()
+    rows = [r for r in text.split("<tr>") if "windows scored" in r]
+    assert len(rows) == 2
+    assert re.search(r">19<", rows[0]) and not re.search(r">4<", rows[0])  # nested-cv: 15 + 4
+    assert re.search(r">4<", rows[1])  # a held-out test: its own windows
+
+
+def test_behaviour_traces_of_another_evaluation_are_not_drawn(tmp_path):
+    """report --predictions drew 'Decoded vs true wheel_speed' from a behavior-decoding.npz an
+    earlier evaluation had left in the folder, under results that never ran behavior-decoding."""
+    import numpy as np
+
+    bench = _bench(0.2)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"m": bench}))
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(0.5, (4, 10, 3)).astype(float)
+    np.savez(pred / "co-smoothing.npz", rates=np.full_like(counts, 0.5), counts=counts)
+    np.savez(pred / "behavior-decoding.npz", true=rng.normal(size=(4, 10, 1)), predicted=rng.normal(size=(4, 10, 1)),
+             channels=np.array(["wheel_speed"]))
+    text = build_report(path, predictions=pred).html()
+    assert "Decoded vs true wheel_speed" not in text
+    assert "not drawn: this evaluation did not run behavior-decoding, so the file comes from another one" in text
+    bench["tasks"]["behavior-decoding"] = {}
+    path.write_text(json.dumps({"m": bench}))
+    assert "Decoded vs true wheel_speed" in build_report(path, predictions=pred).html()
+
+
+def test_psths_of_a_forward_prediction_say_no_mean_of_empty_slice(tmp_path):
+    """A forward-prediction-only evaluation (its context bins unscored, NaN) printed 'Mean of empty
+    slice' ten times while its report was built."""
+    import warnings
+
+    bench = _bench(0.2)
+    bench["tasks"] = {"forward-prediction": {**bench["tasks"]["co-smoothing"]}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"m": bench}))
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    counts = np.random.default_rng(0).poisson(0.5, (4, 10, 3)).astype(float)
+    counts[:, :7] = np.nan  # the context: not predicted, not scored
+    np.savez(pred / "forward-prediction.npz", rates=np.where(np.isnan(counts), np.nan, 0.5), counts=counts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = build_report(path, predictions=pred).html()
+    assert "forward-prediction: population PSTH" in text

@@ -530,8 +530,11 @@ def _decoding_task(sec: Section, ev: Evaluation, task: str, present: dict) -> No
         rows.append(["accuracy (ideal observer of the spikes)"] + [None] * len(names) + [
             Num(present[ideal_owner]["ideal_observer"].get("accuracy"), src=ev.src,
                 path=ev.ptr(ideal_owner, "tasks", task, "ideal_observer", "accuracy"))])
-    rows.append([f"{_scored(ev)} windows scored"] + [e.get("n_test") for e in present.values()]
-                + ([None] if oracle_owner else []))
+    # nested cross-validation scores every window (the footer of spikefm eval says so), a held-out
+    # test its n_test
+    rows.append([f"{_scored(ev)} windows scored"]
+                + [(e.get("n_train") or 0) + (e.get("n_test") or 0) if e.get("method") == "nested-cv" else e.get("n_test")
+                   for e in present.values()] + ([None] if oracle_owner else []))
     rows.append(["method"] + [e.get("method") for e in present.values()] + ([None] if oracle_owner else []))
     sec.table(header, rows, caption=f"{task}: accuracy of a logistic regression (label "
               f"{next(iter(present.values())).get('label')})", key=f"task-{task}")
@@ -678,7 +681,7 @@ def predictions_panel(sec: Section, ev: Evaluation, pred_dir: Path, windows: Tes
         windows = None
     _prediction_rasters(sec, task, rates, counts, windows, ev.models[model].get("bin_ms") or 20)
     _psths(sec, task, rates, counts, windows, ev.models[model].get("bin_ms") or 20)
-    _behavior_traces(sec, pred_dir, windows)
+    _behavior_traces(sec, pred_dir, windows, "behavior-decoding" in bench.get("tasks", {}))
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -735,8 +738,10 @@ def _psths(sec: Section, task: str, rates_KTN, counts_KTN, windows, bin_ms: int)
     def lines(unit_slice):
         out = []
         for i, (name, idx) in enumerate(groups):
-            true_T = np.nanmean(mean_over(idx, counts_KTN)[:, unit_slice], axis=1)
-            pred_T = np.nanmean(mean_over(idx, rates_KTN)[:, unit_slice], axis=1)
+            with warnings.catch_warnings():  # bins no unit was scored in (forward prediction's context)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                true_T = np.nanmean(mean_over(idx, counts_KTN)[:, unit_slice], axis=1)
+                pred_T = np.nanmean(mean_over(idx, rates_KTN)[:, unit_slice], axis=1)
             color = _color(i)
             out.append(charts.series(f"{name} true", t_s, _nan_none(true_T), style="points", color=color))
             out.append(charts.series(f"{name} predicted", t_s, _nan_none(pred_T), color=color))
@@ -786,8 +791,12 @@ def _nan_none(a: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
 
 
-def _behavior_traces(sec: Section, pred_dir: Path, windows: TestWindows | None) -> None:
+def _behavior_traces(sec: Section, pred_dir: Path, windows: TestWindows | None, evaluated: bool = True) -> None:
     path = pred_dir / "behavior-decoding.npz"
+    if path.is_file() and not evaluated:  # a file of another evaluation in the same folder
+        sec.note(f"{path}: not drawn: this evaluation did not run behavior-decoding, so the file comes from "
+                 "another one", warn=True)
+        return
     if not path.is_file():
         if windows is not None and windows.behavior is not None:
             sec.note("decoded behaviour traces: not saved by this evaluation (no behavior-decoding.npz "

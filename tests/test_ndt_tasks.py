@@ -566,3 +566,19 @@ def test_a_decoding_only_table_keeps_its_oracle_column_and_no_chunk_footer_witho
     res = run_benchmark(OracleStandIn(rates_TN, w.session_id), w, tasks=["forward-prediction"], truth_rates=truth)
     assert len(res["tasks"]["forward-prediction"]["chunks"]) == 1
     assert "bins a-b" not in format_benchmark_table({"m": res})
+
+
+def test_a_label_too_rare_to_cross_validate_names_the_rare_classes_and_the_way_round():
+    """'class counts [3, 4, 1, 5, 6]; need 2 classes with >= 2 windows each' contradicted itself
+    (four classes had 2 or more): every class needs 2, and data.label_classes leaves the rare out."""
+    from spikefm.families.ndt.tasks import decode_label
+
+    w = synthetic_windows(K=19)
+    values = np.array([0, 0, 0, 1, 1, 1, 1, 2, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4], dtype=np.float64)
+    w = dataclasses.replace(w, labels={"contrast": values})
+    with pytest.raises(ValueError) as err:
+        decode_label(tiny_ndt(w), w, "contrast")
+    text = str(err.value)
+    assert "windows per class {'0.0': 3, '1.0': 4, '2.0': 1, '3.0': 5, '4.0': 6}; every class needs >= 2" in text
+    assert text.endswith("a run trained with --set data.label_classes=contrast=V1,V2,... (the classes decoding "
+                         "keeps) leaves out 2.0")

@@ -450,10 +450,15 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
     else:
         method = "nested-cv"
         allk = np.concatenate([train, test])
-        _, counts_all = np.unique(y[allk], return_counts=True)
+        values, counts_all = np.unique(y[allk], return_counts=True)
         if counts_all.size < 2 or counts_all.min() < 2:
-            raise ValueError(f"too few windows to decode {label!r} in session {windows.session_id!r}: "
-                             f"class counts {counts_all.tolist()}; need 2 classes with >= 2 windows each")
+            rare = [str(v) for v, c in zip(values, counts_all) if c < 2]
+            raise ValueError(f"too few windows to decode {label!r} in session {windows.session_id!r}: windows per "
+                             f"class {dict(zip(map(str, values), counts_all.tolist()))}; every class needs >= 2 "
+                             "windows (and at least 2 classes) to cross-validate" + (
+                                 f"; a run trained with --set data.label_classes={label}=V1,V2,... (the classes "
+                                 f"decoding keeps) leaves out {', '.join(rare)}" if rare and counts_all.size - len(rare) >= 2
+                                 else ""))
         cv_folds = int(min(cv_folds, counts_all.min()))
         scored = y[allk]
     hidden_KD, rates_KN, block = _unmasked_features(model, windows, layer, batch_size)

@@ -81,7 +81,7 @@ def test_quiet_prints_no_job_lines_but_failures_and_reuse(tmp_path):
     assert [ln.split(" done in ")[0][:5] for ln in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
     lines.clear()
     run_jobs(_chain(calls), tmp_path / "quiet", LocalExecutor(1), progress=False, log=lines.append)
-    assert lines == ["jobs: 4 of 4 jobs finished in an earlier run; reused"]
+    assert lines == ["jobs: 4 of 4 jobs already finished (by an earlier run, or shared with an earlier step of this study); reused"]
     lines.clear()
     with pytest.raises(JobsFailed):
         run_jobs([make_job(FAIL, {"x": 7, "calls": str(calls)})], tmp_path / "f", LocalExecutor(1),

@@ -306,8 +306,8 @@ def test_study_settings_and_job_settings_are_checked_before_any_job(tiny_study, 
     assert other["metric"] == "forward-prediction-walk"
     assert {p: p.stat().st_mtime_ns for p in jobs_before} == jobs_before
     said = capsys.readouterr().err  # the rerun says what it reused (it was silent)
-    assert "ranking sessions: 6 of 6 jobs finished in an earlier run; reused" in said
-    assert "scaling runs: 11 of 11 jobs finished in an earlier run; reused" in said
+    assert "ranking sessions: 6 of 6 jobs already finished (by an earlier run, or shared with an earlier step of this study); reused" in said
+    assert "scaling runs: 11 of 11 jobs already finished (by an earlier run, or shared with an earlier step of this study); reused" in said
     base = ["experiment", "rank-sessions", "--data", str(tiny_corpus), "--held-out", "sub-ibl02_ses-003"]
     checks = [(["--set", "model.foo=1"], "unknown key 'model.foo'")]
     if not torch.cuda.is_available():
@@ -599,3 +599,17 @@ def test_sizes_without_all_give_no_all_sessions_row_and_say_why(capsys):
     _print_summary({**study, "settings": {"seeds": [0], "sizes": [1, 2]}})
     out = capsys.readouterr().out
     assert "Table 1 has no 'all sessions' row: --sizes did not include all (3 sessions)" in out
+
+
+def test_study_settings_default_schemes_are_the_ndts_for_the_ndt_only():
+    """StudySettings(family='neds') carried the NDT's 'causal' and failed with "data.schemes must be
+    'all' or ... encoding, decoding, ...; got 'causal'"."""
+    from spikefm.experiments.rank_sessions import LAPTOP, StudySettings, pretrain_job
+
+    assert LAPTOP.schemes == "causal" and StudySettings().to_dict()["schemes"] == "causal"
+    assert StudySettings(family="neds").schemes == "" and StudySettings(family="neds", schemes="cross").schemes == "cross"
+    assert StudySettings(schemes="").schemes == ""  # the family's own default, asked for
+    from spikefm import families
+    for fam in ("ndt", "neds"):
+        spec = pretrain_job(StudySettings(family=fam), "CORPUS", ["s1"], 0, corpus_sha256="x").spec
+        families.run_config(fam, preset="tiny", corpus="CORPUS", overrides=list(spec["overrides"]))  # accepted

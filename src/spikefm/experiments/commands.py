@@ -92,10 +92,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args):
-    from spikefm.experiments.rank_sessions import LAPTOP, StudySettings
+    from spikefm.experiments.rank_sessions import StudySettings
 
-    schemes = args.schemes if args.schemes is not None else (LAPTOP.schemes if args.model == LAPTOP.family else "")
-    return StudySettings(family=args.model, preset=args.preset, schemes=schemes,
+    return StudySettings(family=args.model, preset=args.preset, schemes=args.schemes,
                          pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
                          eval_every=args.eval_every, patience=args.patience, finetune_lr=args.finetune_lr,
                          overrides=tuple(args.set or ()),

@@ -536,7 +536,8 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
     todo = [jid for jid in by_id if jid not in records]
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     if records:  # a rerun that found finished work says so (it was silent, and fast for no stated reason)
-        say(f"{description}: {len(records)} of {len(by_id)} jobs finished in an earlier run; reused")
+        say(f"{description}: {len(records)} of {len(by_id)} jobs already finished (by an earlier run, or shared "
+            "with an earlier step of this study); reused")
     if not todo:
         return records
     failed: dict[str, str] = {}

@@ -38,6 +38,10 @@ __all__ = ["StudySettings", "LAPTOP", "study_sessions", "pretrain_job", "adapt_j
            "ranking_settings", "warn_top_k"]
 
 
+#: The NDT's pretraining schemes in a study (the paper's forward-prediction masking).
+NDT_STUDY_SCHEMES = "causal"
+
+
 @dataclass(frozen=True)
 class StudySettings:
     """Settings shared by the ranking and scaling studies (each run's spec holds them).
@@ -45,7 +49,9 @@ class StudySettings:
     Attributes:
         family: a masked family with per-session parameters (``ndt``).
         preset: model size preset of the family.
-        schemes: masking schemes of every pretraining run (``data.schemes``; empty: the family's default).
+        schemes: masking schemes of every pretraining run (``data.schemes``; empty: the family's
+            default; None, the default: ``causal`` for the NDT, the paper's forward-prediction
+            masking, and the family's default for another family).
         pretrain_steps: optimizer steps of each pretraining run.
         finetune_steps, eval_every, patience: fine-tuning maximum steps, steps between validations,
             validations without improvement before stopping.
@@ -58,7 +64,7 @@ class StudySettings:
 
     family: str = "ndt"
     preset: str = "tiny"
-    schemes: str = "causal"
+    schemes: str | None = None
     pretrain_steps: int = 600
     finetune_steps: int = 300
     eval_every: int = 50
@@ -69,6 +75,8 @@ class StudySettings:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.schemes is None:  # the NDT's scheme names mean nothing to another family
+            object.__setattr__(self, "schemes", NDT_STUDY_SCHEMES if self.family == "ndt" else "")
         for name in ("pretrain_steps", "finetune_steps", "eval_every", "patience"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -12,8 +12,9 @@ to held-out sessions with the core frozen, compare with the single-session model
    held-out session (frozen core, early stopping on its validation windows) and score its test
    windows on the chosen tasks. The single-session model of each held-out session and seed (same
    settings and seed, random core) is the baseline.
-3. ``DIR/scaling.json`` (study JSON) holds every score, the percent improvement over the baseline
-   (``100 * (score - baseline) / |baseline|``), the Table 1 analogue (best improvement per order
+3. ``DIR/scores.json`` (and ``scores.csv``) holds every score with its percent improvement over
+   the baseline (``100 * (score - baseline) / |baseline|``); ``DIR/scaling.json`` (study JSON,
+   what :func:`scaling_study` returns) holds the Table 1 analogue (best improvement per order
    and the top-k ranked model), the Figure 4 analogue (the metric vs number of sessions and vs
    total pretraining trials, a least-squares line on log x through the sizes below the full set,
    its extrapolation to the full set and the full-set model's actual score), the Table 3 analogue

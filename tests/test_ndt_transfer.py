@@ -409,3 +409,18 @@ def test_an_interrupted_synthesis_or_build_is_not_taken_for_the_study_data(tmp_p
     assert [len(m["sessions"]) for m in manifests] == [3, 3]
     assert [s["split"] for s in manifests[0]["sessions"]] == [s["split"] for s in manifests[1]["sessions"]]
     assert len(list((part / "nwb_ndt").rglob("*.nwb"))) == 3
+
+
+def test_a_decoding_task_of_a_label_the_sessions_lack_is_refused_before_training(tmp_path):
+    """--synth-preset motor --tasks choice-decoding synthesized, pretrained and fine-tuned both
+    models, then scored nothing and exited 0 with an empty summary."""
+    from spikefm.experiments import transfer as tr
+
+    out = tmp_path / "t"
+    opts = dict(tr.FAST_SIZES, synth_preset="motor", strategy="frozen")
+    with pytest.raises(tr.NothingToScore, match=r"^--tasks choice-decoding: the synthetic 'motor' sessions' trials have "
+                                                 r"no 'choice' \(their labels: .*target_angle.*\); nothing was trained"):
+        tr.transfer_study(out, seeds=[1], tasks=["co-smoothing", "choice-decoding"], **opts)
+    assert not list(out.glob("seed_*"))
+    # the corrected command is not refused as 'a transfer study made with other settings'
+    assert tr._finished_seeds(out, {**opts, "tasks": ["co-smoothing", "target_angle-decoding"]}) == {}

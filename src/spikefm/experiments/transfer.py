@@ -134,6 +134,7 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
                      BuildConfig(test_fraction=1.0 / sessions - 1e-9, seed=0), progress=False)
     corpus = Corpus(corpus_dir)
     held_out, *unused = corpus.session_ids("test")
+    _check_labels(corpus, held_out, tasks, synth_preset)  # before anything is trained
     print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}"
           + (f" (also in the test split, in neither pretraining nor scoring: {', '.join(unused)})" if unused else ""))
     runs = {name: paths[name] for name in ("pretrain", "finetune")}
@@ -178,6 +179,30 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
                for name, ev in evaluated.items()}
     write_json_atomic(paths["results"], results)  # the strategy summary: run_<family>_finetune/finetune.json
     return {**results, "finetune": {k: v for k, v in ft.items() if k != "history"}}
+
+
+class NothingToScore(ValueError):
+    """A decoding task names a label the held-out session's trials lack: the study would train
+    every run and score nothing of it (raised before anything is trained)."""
+
+
+def _check_labels(corpus, session: str, tasks: Sequence[str] | None, synth_preset: str) -> None:
+    """Refuse ``<label>-decoding`` tasks whose label is no trial column of ``session``."""
+    wanted = [t[: -len("-decoding")] for t in tasks or () if t.endswith("-decoding") and t != "behavior-decoding"]
+    if not wanted:
+        return
+    columns: set[str] = set()
+    for split in corpus.manifest["splits"]:
+        for row in corpus.iter_rows(split):
+            if row.session_id == session:
+                for cols in row.trials.values():
+                    columns.update(cols)
+    missing = [label for label in wanted if label not in columns]
+    if missing:
+        labels = sorted(c for c in columns if not c.endswith("_time") and c not in ("start_time", "stop_time"))
+        raise NothingToScore(f"--tasks {missing[0]}-decoding: the synthetic {synth_preset!r} sessions' trials have no "
+                             f"{missing[0]!r} (their labels: {', '.join(labels) or 'none'}); nothing was trained: "
+                             "choose decoding tasks of those labels, or another --synth-preset")
 
 
 def _corpus_sessions(corpus_dir: Path) -> list[str] | None:
@@ -420,7 +445,12 @@ def _run_study(out: Path, seeds: list[int], settings: dict, command: str, option
             print(f"seed {seed}: finished in an earlier run of this study ({out / f'seed_{seed}'}); reused")
             continue
         t0 = time.perf_counter()
-        res = transfer(out / f"seed_{seed}", seed=seed, **options)
+        try:
+            res = transfer(out / f"seed_{seed}", seed=seed, **options)
+        except NothingToScore:
+            if not progress["per_seed"]:  # nothing trained: the folder binds no settings (the corrected
+                shutil.rmtree(out / f"seed_{seed}", ignore_errors=True)  # command is not refused)
+            raise
         ft = res["fine-tuned"]
         tests = ft.get("num_test_windows")
         if tests is None and isinstance(ft.get("num_windows"), dict):  # a family that counts per split

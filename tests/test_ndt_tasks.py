@@ -582,3 +582,18 @@ def test_a_label_too_rare_to_cross_validate_names_the_rare_classes_and_the_way_r
     assert "windows per class {'0.0': 3, '1.0': 4, '2.0': 1, '3.0': 5, '4.0': 6}; every class needs >= 2" in text
     assert text.endswith("a run trained with --set data.label_classes=contrast=V1,V2,... (the classes decoding "
                          "keeps) leaves out 2.0")
+
+
+def test_a_table_of_validation_windows_says_validation_not_test(corpus_windows):
+    """eval --split val footers said 'only 2 test window(s)' and '95 % interval over the test
+    trials' of the validation windows they scored."""
+    from spikefm.families.ndt.family import NDTFamily
+
+    w = corpus_windows
+    res = run_benchmark(tiny_ndt(w), w, tasks=["forward-prediction-walk", "choice-decoding"], baselines=False)
+    e = res["tasks"]["choice-decoding"]
+    val = NDTFamily().format_results({"m": {"split": "val", "results": res}})
+    test = NDTFamily().format_results({"m": {"split": "test", "results": res}})
+    assert f"choice-decoding: only {e['n_test']} validation window(s)" in val and "over the validation trials" in val
+    assert f"choice-decoding: only {e['n_test']} test window(s)" in test and "over the test trials" in test
+    assert "test window(s)" not in val and "test trials" not in val

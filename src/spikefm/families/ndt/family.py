@@ -520,7 +520,9 @@ class NDTFamily:
         """One table of several runs' :meth:`evaluate` results (baselines from the first)."""
         from spikefm.families.ndt.tasks import format_benchmark_table
 
-        return format_benchmark_table({name: r.get("results", r) for name, r in results_by_run.items()})
+        # the split each was scored on (eval --split val: validation windows), for the table's words
+        return format_benchmark_table({name: {**r.get("results", r), **({"scored_split": r["split"]} if "split" in r else {})}
+                                       for name, r in results_by_run.items()})
 
 
 def init_session_rates(model: NDT, windows_by_session: dict, *, loaded: Sequence[str] = ()) -> list[str]:

@@ -658,9 +658,13 @@ def scored_unit(results: Iterable[dict]) -> str:
     """What one test window is, in words, for results of :func:`run_benchmark`.
 
     ``"test trials"`` when the windows were aligned to a trial column, ``"test windows"`` when they
-    were cut from continuous recording or the results predate the ``align`` record.
+    were cut from continuous recording or the results predate the ``align`` record; ``validation``
+    for ``test`` when the results say they scored the validation windows (``scored_split: "val"``,
+    ``spikefm eval --split val``).
     """
-    return "test trials" if any(r.get("align") for r in results) else "test windows"
+    results = list(results)
+    role = "validation" if any(r.get("scored_split") == "val" for r in results) else "test"
+    return f"{role} trials" if any(r.get("align") for r in results) else f"{role} windows"
 
 
 def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[str] = DEFAULT_TASKS,
@@ -915,7 +919,8 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
     nested = {t: e for res in results_by_model.values() for t, e in res.get("tasks", {}).items()
               if isinstance(e, dict) and e.get("method") == "nested-cv"}
     for t, e in nested.items():  # not a held-out test: say so beside the numbers
-        footer.append(f"{t}: only {e.get('n_test')} test window(s), so the decoder is scored by "
+        role = scored_unit(results_by_model.values()).split()[0]  # test, or validation (eval --split val)
+        footer.append(f"{t}: only {e.get('n_test')} {role} window(s), so the decoder is scored by "
                       f"{e.get('cv_folds')}-fold cross-validation over all {e.get('n_train', 0) + e.get('n_test', 0)} "
                       "windows, the model's training windows among them (not a held-out test)")
     for t, e in {t: e for res in results_by_model.values() for t, e in res.get("tasks", {}).items()

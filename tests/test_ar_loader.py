@@ -156,3 +156,38 @@ def test_row_sharding_deals_out_the_selected_sessions_rows(one_group_corpus):
         next(a), next(b)  # both read
     with pytest.raises(ValueError, match="has 1 rows of the selected sessions, fewer than world_size=2"):
         ARTokenLoader(one_group_corpus, seq_len=8, batch_size=1, rank=0, world_size=2, sessions=sessions[:1])
+
+
+@pytest.mark.parametrize("damage", ["index_written_over", "index_empty", "tokens_cut_short"])
+def test_a_damaged_token_cache_is_built_again_not_trusted(corpus, damage):
+    """An index written over (by an --out into .cache) failed as 'spikefm: error: groups', an
+    empty one as 'Expecting value...', and a token file cut short trained on, rows past its end
+    silently short or empty."""
+    import json
+
+    expected = [next(ARTokenLoader(corpus, seq_len=40, batch_size=2, seed=5, token_cache=False)) for _ in range(1)]
+    ARTokenLoader(corpus, seq_len=40, batch_size=2, seed=5)  # the cache exists
+    (u8,) = (corpus.path / ".cache").glob("tokens-train-*.u8")
+    index = u8.with_suffix(".json")
+    if damage == "index_written_over":
+        index.write_text(json.dumps({"1-gram": {"bits": 0.7}}))
+    elif damage == "index_empty":
+        index.write_text("")
+    else:
+        u8.write_bytes(u8.read_bytes()[: u8.stat().st_size // 2])
+    with pytest.warns(RuntimeWarning, match=r"the token cache is built again"):
+        loader = ARTokenLoader(corpus, seq_len=40, batch_size=2, seed=5)
+    got = next(loader)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected[0]))
+    ARTokenLoader(corpus, seq_len=40, batch_size=2, seed=5)  # sound again: no warning (pytest -W error)
+
+
+def test_an_output_inside_a_corpuss_own_entries_is_refused(corpus, tmp_path):
+    """ngram --out CORPUS/.cache/tokens-....json was accepted and broke the next training."""
+    from spikefm.fileio import check_output_file
+
+    for inside in (".cache/tokens-train-x.json", "data/r.json", ".versions/v/x.json"):
+        with pytest.raises(ValueError, match=rf"^--out {corpus.path / inside}: that is inside the corpus {corpus.path} "):
+            check_output_file(corpus.path / inside, (".json",), "--out")
+    check_output_file(corpus.path / "results.json", (".json",), "--out")  # beside the shards: a user's choice
+    check_output_file(tmp_path / "r.json", (".json",), "--out")

@@ -222,6 +222,8 @@ def test_generate_cli_shape_separators_and_prompted_raster(trained_run, synth_co
     for prompt, bins, expect in (
             (f"{synth_corpus}:{sid}:-1", "2", "START_BIN must be >= 0 (a bin of the session, 0.."),
             (f"{synth_corpus}:{sid}:{end - 1}", "2", f"start at most at bin {end - 2}, or give fewer --prompt-bins"),
+            # more prompt bins than the session has: no start fits ('start at most at bin 0' did not)
+            (f"{synth_corpus}:{sid}:0", str(end + 1), f"does not fit: give --prompt-bins {end} or fewer"),
             (f"{synth_corpus}:{sid}:0", str(end),  # the prompt alone overflows: the most prompt bins that fit
              f"generate with a shorter prompt: at most {8193 // (session['num_units'] + 1) - 2} prompt bin(s) "
              "fit before 2 generated bins")):
@@ -581,3 +583,51 @@ def test_ar_run_stopped_and_resumed_equals_uninterrupted(synth_corpus, tmp_path)
     train(cfg, tmp_path / "split", progress=False, resume=True)
     assert losses(tmp_path / "split") == losses(tmp_path / "full")
     assert len(losses(tmp_path / "full")) == 8
+
+
+def test_the_bin_width_check_holds_for_a_run_shared_without_its_corpus_and_its_hf_export(
+        trained_run, synth_corpus, tmp_path, capsys):
+    """The width was read from the training corpus, so a run shared without it (or whose corpus
+    was rebuilt) scored a 40 ms corpus without a word, and so did its Hugging Face export."""
+    import json
+    import shutil
+
+    from spikefm.families.ar.hf import TRAIN_BIN_MS_KEY, save_hf
+    from spikefm.families import load_model
+
+    assert json.loads((trained_run / "config.json").read_text())["family_info"]["bin_ms"] == 20
+    nwb = Path(Corpus(synth_corpus).sessions[0]["provenance"]["path"]).parents[1]
+    build_corpus([str(nwb)], tmp_path / "c40", BuildConfig(bin_ms=40, test_fraction=0.2), progress=False)
+    shared = tmp_path / "shared"
+    shutil.copytree(trained_run, shared)
+    info = json.loads((shared / "config.json").read_text())
+    info["config"]["data"]["corpus"] = str(tmp_path / "gone")  # its corpus is not there
+    info["family_info"]["corpus"] = str(tmp_path / "gone")
+    (shared / "config.json").write_text(json.dumps(info))
+    hf = tmp_path / "hf"
+    save_hf(load_model(str(shared)), hf)
+    assert json.loads((hf / "config.json").read_text())[TRAIN_BIN_MS_KEY] == 20
+    for run, where in ((shared, str(tmp_path / "gone")), (hf, "as its config.json records")):
+        assert cli_main(["eval", str(run), "--data", str(tmp_path / "c40"), "--max-tokens", "2000"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"spikefm: error: {run} was trained on 20 ms bins ({where}), {tmp_path / 'c40'} is binned at "
+                       "40 ms: its counts per bin are not what the model read; score it on a corpus built with "
+                       "--bin-ms 20"]
+
+
+def test_save_hf_refuses_a_run_or_corpus_folder(trained_run, synth_corpus, tmp_path):
+    """save_hf(model, RUN) replaced the run's own config.json (it could no longer be resumed), and
+    wrote a model into a corpus folder."""
+    from spikefm.families import load_model
+    from spikefm.families.ar.hf import save_hf
+
+    model = load_model(str(trained_run))
+    before = (trained_run / "config.json").read_bytes()
+    with pytest.raises(ValueError, match=rf"^{trained_run} is a spikefm run \(its config.json describes the run\)"):
+        save_hf(model, trained_run)
+    assert (trained_run / "config.json").read_bytes() == before
+    with pytest.raises(ValueError, match=r"is a spikefm corpus \(manifest.json\)"):
+        save_hf(model, synth_corpus)
+    assert not (synth_corpus / "config.json").exists()
+    out = save_hf(model, tmp_path / "hf")
+    assert save_hf(model, out) == out  # an export folder again: replaced, as before

@@ -246,7 +246,7 @@ def test_plot_refuses_a_folder_inside_a_corpuss_own_entries(corpus_and_rows, tmp
     corpus, _ = corpus_and_rows
     before = sorted(p.name for p in (corpus.path / "data").iterdir())
     for inside in (corpus.path / "data", corpus.path / "data" / "figs", corpus.path / ".versions" / "x"):
-        with pytest.raises(ValueError, match=rf"^{inside}: is inside the corpus {corpus.path} \((data|\.versions)/, "
+        with pytest.raises(ValueError, match=rf"^{inside} is inside the corpus {corpus.path} \((data|\.versions)/, "
                                              r"which its builds replace and which holds its shards only\); give a "
                                              rf"folder of its own for the figures, e.g. {corpus.path / 'figures'}$"):
             plot_corpus(corpus, inside)

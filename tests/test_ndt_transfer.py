@@ -419,8 +419,52 @@ def test_a_decoding_task_of_a_label_the_sessions_lack_is_refused_before_training
     out = tmp_path / "t"
     opts = dict(tr.FAST_SIZES, synth_preset="motor", strategy="frozen")
     with pytest.raises(tr.NothingToScore, match=r"^--tasks choice-decoding: the synthetic 'motor' sessions' trials have "
-                                                 r"no 'choice' \(their labels: .*target_angle.*\); nothing was trained"):
+                                                 r"no label 'choice' \(their labels: target_angle\); nothing was trained"):
         tr.transfer_study(out, seeds=[1], tasks=["co-smoothing", "choice-decoding"], **opts)
     assert not list(out.glob("seed_*"))
+    # a time column is no label (the windows' rule, not any column of any table)
+    with pytest.raises(tr.NothingToScore, match=r"no label 'go_cue_time'"):
+        tr.transfer_study(out, seeds=[1], tasks=["go_cue_time-decoding"], **opts)
     # the corrected command is not refused as 'a transfer study made with other settings'
     assert tr._finished_seeds(out, {**opts, "tasks": ["co-smoothing", "target_angle-decoding"]}) == {}
+
+
+def test_a_seed_stopped_after_its_auto_fine_tuning_keeps_it_and_a_quickstart_marker_survives(tmp_path, monkeypatch):
+    """A seed stopped while evaluating had its finished auto fine-tuning deleted and trained again
+    (finetune refuses a finished auto folder; the refusal was taken for 'other settings'); a
+    recordings folder holding only the quickstart's marker was deleted, marker and all."""
+    from spikefm import families
+    from spikefm.experiments import transfer as tr
+
+    out = tmp_path / "s"
+    (out / "nwb_ndt").mkdir(parents=True)
+    (out / "nwb_ndt" / ".quickstart-synth.json").write_text("{}")
+    kw = dict(sessions=2, duration_s=60.0, pretrain_steps=2, finetune_steps=2, overrides=["train.batch_size=2"],
+              quiet=True)
+    evaluate = families.evaluate
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(families, "evaluate", stop)
+    with pytest.raises(KeyboardInterrupt):
+        tr.transfer(out, **kw)  # strategy auto, the default
+    assert (out / "nwb_ndt" / ".quickstart-synth.json").is_file()
+    ft = out / "run_ndt_finetune"
+    stamps = {p: p.stat().st_mtime_ns for p in [ft / "model.safetensors", ft / "finetune.json",
+                                                 *ft.glob("candidates/*/model.safetensors")]}
+    monkeypatch.setattr(families, "evaluate", evaluate)
+    res = tr.transfer(out, **kw)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert res["finetune"]["strategy"] == json.loads((ft / "finetune.json").read_text())["strategy"]
+    # other fine-tuning arguments: the fine-tunings are trained anew, the pretraining kept
+    pre = out / "run_ndt_pretrain" / "model.safetensors"
+    before = pre.stat().st_mtime_ns
+    tr.transfer(out, **{**kw, "finetune_steps": 3})
+    assert pre.stat().st_mtime_ns == before and (ft / "model.safetensors").stat().st_mtime_ns != stamps[ft / "model.safetensors"]
+    # a folder of someone else's where a run goes: refused, not removed
+    (out / "run_ndt_single").mkdir(exist_ok=True)
+    (out / "run_ndt_single" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt"):
+        tr.transfer(out, **{**kw, "finetune_steps": 4})
+    assert (out / "run_ndt_single" / "notes.txt").read_text() == "mine"

@@ -644,7 +644,7 @@ def test_transfer_refuses_a_repeated_seed(tmp_path, capsys):
         cli_main(["experiment", "transfer", "--out", str(tmp_path / "t"), "--seeds", "1,1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1
-    assert "argument --seeds: seeds must be distinct integers >= 0, got '1,1'" in err[0]
+    assert "argument --seeds: seeds must be distinct integers >= 0 (each one seed), e.g. 1,2,3; got '1,1'" in err[0]
     assert not (tmp_path / "t").exists()
     from spikefm.experiments.transfer import transfer_study
 

@@ -426,10 +426,12 @@ def cmd_eval(args) -> int:
 
 
 def _seed_list(text: str) -> list[int]:
-    seeds = _int_list(text)
-    if any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be distinct integers >= 0, got {text!r}")
-    return seeds
+    from spikefm.experiments.jobs import seed_list
+
+    try:
+        return seed_list(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_experiment_transfer(args) -> int:

@@ -153,10 +153,27 @@ def check_file_target(path: str | os.PathLike) -> None:
         raise _in_the_way(f"write {path}", blocker)
 
 
+#: Entries of a corpus folder that spikefm writes and replaces (shards and their versions, build
+#: staging, the token cache): an output put there is lost, or breaks the corpus's next use.
+CORPUS_OWN_ENTRIES = ("data", ".current", ".versions", ".staging", ".cache")
+
+
+def corpus_holding(path: str | os.PathLike) -> tuple[Path, str] | None:
+    """``(corpus folder, its entry that holds path)`` when ``path`` lies inside a spikefm corpus
+    folder (a parent holding ``manifest.json``; links followed and not), else None."""
+    p = Path(path)
+    for candidate in dict.fromkeys((p.absolute(), p.resolve())):
+        for d in candidate.parents:
+            if (d / "manifest.json").is_file():
+                return d, candidate.relative_to(d).parts[0]
+    return None
+
+
 def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: str) -> None:
     """Refuse an output file name that could be one of the user's other files: it must end in
     one of ``suffixes`` (so a typo cannot replace a recording, say ``--out session.nwb``) and may
-    not be a file that describes a spikefm run or corpus (``--out RUN/config.json``), a folder,
+    not be a file that describes a spikefm run or corpus (``--out RUN/config.json``) or lies in a
+    corpus's own entries (:data:`CORPUS_OWN_ENTRIES`: its shards, versions or token cache), a folder,
     or a path below a file (:func:`check_file_target`), so that a command refuses it before its
     work rather than when it writes. An accepted path's temporaries that a killed earlier write
     left beside it are removed (:func:`remove_stale_temporaries`).
@@ -176,6 +193,10 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: 
     if path.name in _RECORDING_FILES or (truth_of is not None and truth_of.is_file()):
         raise ValueError(f"{flag} {path}: that file belongs to the synthetic recordings in {path.parent} (their "
                          "settings or a recording's ground truth); writing it would damage them: give another name")
+    held = corpus_holding(path)
+    if held is not None and held[1] in CORPUS_OWN_ENTRIES:
+        raise ValueError(f"{flag} {path}: that is inside the corpus {held[0]} ({held[1]}/, which spikefm writes and "
+                         "replaces); nothing was written: give a path outside it")
     check_file_target(path)
     remove_stale_temporaries(path)
 

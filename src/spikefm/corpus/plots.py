@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..fileio import spikefm_folder_kind, write_atomic
+from ..fileio import CORPUS_OWN_ENTRIES, corpus_holding, spikefm_folder_kind, write_atomic
 from .info import corpus_info, flat_counts
 from .reader import Corpus, shard_errors
 
@@ -86,17 +86,11 @@ def _check_targets(out_dir: Path, names: list[str]) -> None:
 def _refuse_corpus_internals(out_dir: Path) -> None:
     """Refuse a folder inside a corpus's own entries (``data/``, ``.versions/``...): the next
     build replaces them (figures in ``data/`` made it refuse to), and ``data/`` is what is shared."""
-    from spikefm.corpus.store import MANIFEST_NAME, OWNED_NAMES
-
-    for path in dict.fromkeys((out_dir.absolute(), out_dir.resolve())):
-        for corpus in path.parents:
-            if (corpus / MANIFEST_NAME).is_file():
-                entry = path.relative_to(corpus).parts[0]
-                if entry in OWNED_NAMES:
-                    raise ValueError(f"{out_dir}: is inside the corpus {corpus} ({entry}/, which its builds "
-                                     "replace and which holds its shards only); give a folder of its own for "
-                                     f"the figures, e.g. {corpus / 'figures'}")
-                break
+    held = corpus_holding(out_dir)
+    if held is not None and held[1] in CORPUS_OWN_ENTRIES:
+        corpus, entry = held
+        raise ValueError(f"{out_dir} is inside the corpus {corpus} ({entry}/, which its builds replace and which "
+                         f"holds its shards only); give a folder of its own for the figures, e.g. {corpus / 'figures'}")
 
 
 def _slug(name: str) -> str:

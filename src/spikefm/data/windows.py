@@ -56,6 +56,7 @@ __all__ = [
     "SessionWindows",
     "make_session_windows",
     "load_all_windows",
+    "session_label_names",
     "save_splits",
     "load_splits",
     "apply_splits",
@@ -339,6 +340,16 @@ def _discrete_labels(trials: dict[str, list], keep: np.ndarray,
         if 2 <= n_unique <= max_values:
             labels[name] = arr
     return labels
+
+
+def session_label_names(corpus: Corpus | str | Path, session_id: str, trial_table: str = "trials") -> list[str]:
+    """The discrete labels trial-aligned windows of a session can carry: the columns of its trial
+    table ``trial_table`` with 2..``MAX_LABEL_VALUES`` distinct values (time columns left out),
+    over all its trials (windows keep their own trials, so theirs may be fewer); sorted."""
+    corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
+    trials = _merge_trials(_collect_rows(corpus, [session_id])[session_id]).get(trial_table, {})
+    n = max((len(v) for v in trials.values()), default=0)
+    return sorted(_discrete_labels(trials, np.arange(n)))
 
 
 def _session_seed(seed: int, session_id: str) -> list[int]:

@@ -663,8 +663,10 @@ def name_list(value: str | Sequence[str] | None, flag: str, example: str) -> lis
     else:
         raise TypeError(f"{flag} must be a list of names or one comma-separated string, e.g. {example}; got "
                         f"{value!r}")
-    if not names or not all(names):
+    if not names:
         raise ValueError(f"{flag} names nothing (got {value!r}); e.g. {example}")
+    if not all(names):
+        raise ValueError(f"{flag} has an empty name (got {value!r}); e.g. {example}")
     twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
     if twice is not None:
         raise ValueError(f"{flag} names {twice!r} twice ({','.join(names)}); give each once")
@@ -672,11 +674,13 @@ def name_list(value: str | Sequence[str] | None, flag: str, example: str) -> lis
 
 
 def seed_list(value: int | str | Sequence[int], flag: str = "seeds") -> list[int]:
-    """A study's seeds: a list of distinct ints >= 0, or one comma-separated string (``"1,2,3"``).
+    """A study's seeds: a list (tuple, range) of distinct ints >= 0, given as ints or as their
+    decimal strings, or one comma-separated string (``"1,2,3"``).
 
     Raises:
-        TypeError: one int (``seeds=3`` is not three seeds), or anything else but ints.
-        ValueError: none, a negative one, or one given twice.
+        TypeError: one number (``seeds=3`` is not three seeds), or something that is no list.
+        ValueError: none, an item that is no whole number (``"a"``, ``1.5``, ``True``), a negative
+            one, or one given twice.
     """
     items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
     if isinstance(value, (int, float)) or not isinstance(items, (list, tuple, range)):

@@ -70,11 +70,13 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
 
     Every setting not given here is the family's default, so this is what a user gets from
     ``spikefm train --model ndt`` + ``spikefm finetune`` + ``spikefm eval``. Writes, named after the
-    family (``ndt`` here): ``OUT/nwb_ndt`` (reused if present), ``OUT/corpus_sessions``, the runs
-    ``OUT/run_ndt_{pretrain,finetune,single}`` and ``OUT/results_ndt.json`` (:func:`seed_paths`).
-    Runs an interrupted call with the same settings left are continued (a finished pretraining
-    is kept; fine-tunings go on from their last validation); runs made with other settings, and
-    what was fine-tuned from a pretraining trained again, are trained anew.
+    family (``ndt`` here): ``OUT/nwb_ndt`` (reused when it holds all ``sessions`` recordings; an
+    interrupted synthesis is completed), ``OUT/corpus_sessions`` (rebuilt when it is not of those
+    recordings), the runs ``OUT/run_ndt_{pretrain,finetune,single}`` and ``OUT/results_ndt.json``
+    (:func:`seed_paths`). Runs an interrupted call with the same settings left are continued (a
+    finished pretraining or fine-tuning is kept; fine-tunings go on from their last validation;
+    ``OUT/.run_ndt_finetune.args.json`` records the fine-tuning arguments); runs made with other
+    settings, and what was fine-tuned from a pretraining trained again, are trained anew.
 
     Args:
         out: study folder.
@@ -104,7 +106,7 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     from spikefm import families
     from spikefm.corpus.build import BuildConfig, build_corpus
     from spikefm.corpus.reader import Corpus
-    from spikefm.corpus.synth import synthesize
+    from spikefm.corpus.synth import synthesize, truth_path
     from spikefm.fileio import write_json_atomic
     from spikefm.train.finetune import check_auto_options
 
@@ -117,51 +119,57 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     out = Path(out)
     paths = seed_paths(out, family)
     nwb_dir = paths["nwb"]
-    # reused only when complete: an interrupted synthesis leaves fewer recordings (each file is
-    # written whole), and a corpus built from them pretrained on fewer sessions than asked
     recordings = sorted(nwb_dir.rglob("*.nwb")) if nwb_dir.is_dir() else []
-    if len(recordings) != sessions or not all(r.with_suffix(".truth.npz").is_file() for r in recordings):
-        if nwb_dir.exists():
-            shutil.rmtree(nwb_dir)
+    if len(recordings) > sessions:
+        raise ValueError(f"{nwb_dir} holds {len(recordings)} recordings and this call makes {sessions}; nothing was "
+                         "changed: use a new folder (--out)")
+    if len(recordings) < sessions or not all(truth_path(r).is_file() for r in recordings):
+        # none yet, or an interrupted synthesis (each file is written whole): written again (the
+        # same files), so that no corpus is built from fewer sessions than asked
         recordings = synthesize(nwb_dir, num_sessions=sessions, seed=seed, duration_s=duration_s,
                                 units_range=(30, 80), preset=synth_preset)
-    corpus_dir = out / "corpus_sessions"
-    if _corpus_sessions(corpus_dir) != sorted(r.stem for r in recordings):  # none, or not of these
-        for path in (corpus_dir, *(paths[k] for k in ("pretrain", "finetune", "single"))):  # runs: of the old
-            if path.exists():
-                shutil.rmtree(path)
+    corpus_dir = (out / "corpus_sessions").absolute()  # runs record it: one spelling, however out is given
+    if _corpus_sessions(corpus_dir) != sorted(r.stem for r in recordings):  # a corpus of other recordings
+        if (corpus_dir / "manifest.json").is_file():  # (an interrupted build resumes as it is)
+            shutil.rmtree(corpus_dir)
+        for name in ("pretrain", "finetune", "single"):  # trained on the old corpus
+            _remove_run(paths[name])
         build_corpus([str(nwb_dir)], corpus_dir,
                      BuildConfig(test_fraction=1.0 / sessions - 1e-9, seed=0), progress=False)
     corpus = Corpus(corpus_dir)
     held_out, *unused = corpus.session_ids("test")
-    _check_labels(corpus, held_out, tasks, synth_preset)  # before anything is trained
+    cfg = families.run_config(family, preset=preset, corpus=str(corpus_dir), protocol=protocol,
+                              overrides=_pretrain_overrides(pretrain_steps, overrides))
+    _check_labels(corpus, held_out, tasks, synth_preset, cfg)  # before anything is trained
     print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}"
           + (f" (also in the test split, in neither pretraining nor scoring: {', '.join(unused)})" if unused else ""))
     runs = {name: paths[name] for name in ("pretrain", "finetune")}
-    steps = [f"train.steps={pretrain_steps}"] if pretrain_steps is not None else []
-    cfg = families.run_config(family, preset=preset, corpus=str(corpus_dir), protocol=protocol,
-                              overrides=[*steps, "train.device=cpu", *overrides])
+    every = eval_every or _default_eval_every(finetune_steps)
     # runs an interrupted call with these settings left are continued (the pretraining from its
-    # last checkpoint, fine-tunings from their last validation); any other is started again, and
-    # so is everything made from a pretraining that is started again
+    # last checkpoint, fine-tunings from their last validation, finished ones kept); any other is
+    # trained anew, and so is everything made from a pretraining trained anew
+    ft_args = {"strategy": strategy, "steps": finetune_steps, "eval_every": every, "patience": 3, "soup": soup}
+    args_file = out / f".{paths['finetune'].name}.args.json"
     kept = _same_run(runs["pretrain"], cfg)
-    for path in ((paths["pretrain"],) if kept is None else ()) + ((runs["finetune"], paths["single"]) if not kept else ()):
-        if path.exists():
-            shutil.rmtree(path)
+    if kept is None:
+        _remove_run(runs["pretrain"])
+    if not kept or _read_json(args_file) != ft_args:
+        for name in ("finetune", "single"):
+            _remove_run(paths[name])
+    write_json_atomic(args_file, ft_args)  # before the fine-tunings: an interrupted one is theirs
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is faster than two on a 2-core laptop
     try:
         with threadpool_limits(1):
             families.train(cfg, runs["pretrain"], progress=not quiet, resume=runs["pretrain"].exists())
-            every = eval_every or _default_eval_every(finetune_steps)
-            ft = _continued_or_again(runs["finetune"], lambda: families.finetune(
-                runs["pretrain"], corpus_dir, held_out, runs["finetune"], strategy=strategy, steps=finetune_steps,
-                eval_every=every, patience=3, soup=soup, progress=not quiet))
+            ft = _finished_finetune(runs["finetune"])  # a finished auto folder is refused by finetune
+            if ft is None:
+                ft = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],
+                                       progress=not quiet, **ft_args)
             single = Path(ft.get("single_session", {}).get("out_dir", paths["single"]))
             if "single_session" not in ft:
-                _continued_or_again(single, lambda: families.finetune(
-                    runs["pretrain"], corpus_dir, held_out, single, strategy="scratch", steps=finetune_steps,
-                    eval_every=every, patience=3, progress=not quiet))
+                families.finetune(runs["pretrain"], corpus_dir, held_out, single, progress=not quiet,
+                                  **{**ft_args, "strategy": "scratch", "soup": None})
             evaluated = {
                 "fine-tuned": families.evaluate(runs["finetune"], corpus_dir, tasks=tasks, session=held_out),
                 "single-session": families.evaluate(single, corpus_dir, tasks=tasks, session=held_out,
@@ -186,23 +194,24 @@ class NothingToScore(ValueError):
     every run and score nothing of it (raised before anything is trained)."""
 
 
-def _check_labels(corpus, session: str, tasks: Sequence[str] | None, synth_preset: str) -> None:
-    """Refuse ``<label>-decoding`` tasks whose label is no trial column of ``session``."""
+def _check_labels(corpus, session: str, tasks: Sequence[str] | None, synth_preset: str, cfg) -> None:
+    """Refuse ``<label>-decoding`` tasks whose label the session's trial-aligned windows cannot
+    carry (:func:`spikefm.data.windows.session_label_names` of the run's trial table; none when
+    its windows are not trial-aligned)."""
+    from spikefm.data.windows import session_label_names
+
     wanted = [t[: -len("-decoding")] for t in tasks or () if t.endswith("-decoding") and t != "behavior-decoding"]
     if not wanted:
         return
-    columns: set[str] = set()
-    for split in corpus.manifest["splits"]:
-        for row in corpus.iter_rows(split):
-            if row.session_id == session:
-                for cols in row.trials.values():
-                    columns.update(cols)
-    missing = [label for label in wanted if label not in columns]
+    data = getattr(cfg, "data", None)
+    aligned = bool(getattr(data, "align", None))
+    labels = session_label_names(corpus, session, getattr(data, "trial_table", "trials")) if aligned else []
+    missing = [label for label in wanted if label not in labels]
     if missing:
-        labels = sorted(c for c in columns if not c.endswith("_time") and c not in ("start_time", "stop_time"))
-        raise NothingToScore(f"--tasks {missing[0]}-decoding: the synthetic {synth_preset!r} sessions' trials have no "
-                             f"{missing[0]!r} (their labels: {', '.join(labels) or 'none'}); nothing was trained: "
-                             "choose decoding tasks of those labels, or another --synth-preset")
+        raise NothingToScore(f"--tasks {missing[0]}-decoding: the synthetic {synth_preset!r} sessions' "
+                             + (f"trials have no label {missing[0]!r} (their labels: {', '.join(labels) or 'none'})"
+                                if aligned else "windows are not trial-aligned, so they carry no labels")
+                             + "; nothing was trained: choose decoding tasks of those labels, or another --synth-preset")
 
 
 def _corpus_sessions(corpus_dir: Path) -> list[str] | None:
@@ -230,16 +239,35 @@ def _same_run(path: Path, cfg) -> bool | None:
     return (path / EXPORT_NAME).is_file()
 
 
-def _continued_or_again(path: Path, run):
-    """``run()`` (a fine-tuning into ``path``), which continues what an interrupted call left
-    there; a folder it refuses (made with other settings) is removed and ``run()`` starts anew."""
+def _pretrain_overrides(pretrain_steps: int | None, overrides: Sequence[str]) -> list[str]:
+    """The ``--set`` list of a study's pretraining run (checked, and run, with the same list)."""
+    return [*([f"train.steps={pretrain_steps}"] if pretrain_steps is not None else []), "train.device=cpu",
+            *overrides]
+
+
+def _remove_run(path: Path) -> None:
+    """Remove a run folder this study made (refused, in one line, when it holds other files)."""
+    from spikefm.train.checkpoint import check_run_folder
+
     if path.exists():
-        try:
-            return run()
-        except ValueError as exc:
-            print(f"{path}: {exc}; started again")
-            shutil.rmtree(path)
-    return run()
+        check_run_folder(path)
+        shutil.rmtree(path)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _finished_finetune(path: Path) -> dict | None:
+    """The record of a fine-tuning finished in ``path`` (``finetune.json`` beside its weights), or
+    None."""
+    from spikefm.train.checkpoint import EXPORT_NAME
+
+    record = _read_json(path / "finetune.json")
+    return record if isinstance(record, dict) and (path / EXPORT_NAME).is_file() and "strategy" in record else None
 
 
 def _default_eval_every(finetune_steps: int) -> int:
@@ -384,9 +412,8 @@ def check_study_options(out: Path, options: dict) -> dict:
     if opts["synth_preset"] not in PRESETS:
         raise ValueError(f"synth_preset must be one of {', '.join(PRESETS)} (--synth-preset), got "
                          f"{opts['synth_preset']!r}")
-    steps = [f"train.steps={opts['pretrain_steps']}"] if opts["pretrain_steps"] is not None else []
     families.run_config(family, preset=opts["preset"], corpus=str(out), protocol=opts["protocol"],
-                        overrides=[*steps, "train.device=cpu", *opts["overrides"]])
+                        overrides=_pretrain_overrides(opts["pretrain_steps"], opts["overrides"]))
     check_auto_options(opts["strategy"], soup=opts["soup"])
     if "tasks" in options and options["tasks"] is not None:
         options = {**options, "tasks": families.check_tasks(

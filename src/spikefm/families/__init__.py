@@ -251,7 +251,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
             (``"cuda"`` when available, else ``"cpu"``).
 
     Returns:
-        The model in eval mode. For run directories ``model.run_config`` holds the RunConfig.
+        The model in eval mode. For run directories ``model.run_config`` holds the RunConfig and
+        ``model.run_dir`` the folder.
     """
     from spikefm.train.checkpoint import load_exported_model
     from spikefm.train.dist import resolve_device_type
@@ -265,6 +266,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     cfg = load_run_config(path)
     model = load_exported_model(path, fam, cfg, device=device)
     model.run_config = cfg
+    model.run_dir = str(path)  # where its run description is (an export reads what it records)
     return model
 
 

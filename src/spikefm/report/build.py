@@ -49,6 +49,10 @@ def report_kind(path: str | Path) -> str:
         _refuse_unfinished_study(p)
         found = ", ".join(sorted(c.name for c in p.iterdir())[:8]) or "nothing"
         raise ValueError(f"{p} is a folder holding {found}; {_EXPECTED}")
+    if p.suffix.lower() == ".npz":  # generated spikes or saved predictions: shown beside what made them
+        raise ValueError(f"{p} is an .npz (spikefm generate's, or a prediction of eval --save-predictions), not a "
+                         "results or study JSON; show it beside its run or results: spikefm report RUN_OR_RESULTS "
+                         f"--generated {p} (predictions: --predictions DIR)")
     obj = read_json(p, "a results or study JSON")
     if isinstance(obj, dict) and "study" in obj:
         return "study"

@@ -38,10 +38,16 @@ from spikefm.fileio import (LOCK_NAME, folder_lock, make_folder, remove_stale_te
 from spikefm.train.checkpoint import (EXPORT_NAME, RUN_MARKERS, check_run_folder, read_safetensors_header,
                                       write_safetensors)
 
-__all__ = ["FinetuneBudget", "train_with_early_stopping", "validation_still_falling", "finetune_strategies", "check_auto_options",
+__all__ = ["FinetuneBudget", "OtherFinetune", "train_with_early_stopping", "validation_still_falling", "finetune_strategies", "check_auto_options",
            "one_se_choice",
            "window_losses", "average_weights", "greedy_soup", "write_averaged_run", "STRATEGIES", "SELECT_RULES"]
 
+
+
+class OtherFinetune(ValueError):
+    """The output folder holds another fine-tuning (other settings, budget or strategy, or a
+    finished ``auto`` one): refused, nothing overwritten. A caller that owns the folder (a study)
+    may remove it and fine-tune anew; any other error is not this."""
 
 
 class FinetuneBudget(RuntimeWarning):
@@ -183,7 +189,7 @@ def _read_progress(out_dir: Path, budget: dict[str, int]) -> dict[str, Any] | No
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if before != budget:
-        raise ValueError(f"{out_dir} holds an unfinished fine-tuning ({_budget_text(before)}); nothing is overwritten: "
+        raise OtherFinetune(f"{out_dir} holds an unfinished fine-tuning ({_budget_text(before)}); nothing is overwritten: "
                          "run the command that made it again to continue it, or use a new --out for "
                          f"{_budget_text(budget)}")
     if not history:
@@ -304,7 +310,7 @@ def _reuse_finished(out_dir: Path, budget: dict[str, int], need: str = "history"
         return None
     before = {k: done.get(k) for k in budget}
     if before != budget:
-        raise ValueError(f"{out_dir} already holds a finished fine-tuning ({_budget_text(before)}; it stopped "
+        raise OtherFinetune(f"{out_dir} already holds a finished fine-tuning ({_budget_text(before)}; it stopped "
                          f"at step {done.get('stopped_at')}); nothing is overwritten: use a new --out for "
                          f"{_budget_text(budget)}")
     from spikefm.train.loop import _notice
@@ -354,7 +360,7 @@ def _check_same_finetune(cfg, out_dir: Path, sections: tuple[str, ...] = ("famil
         section = differs[0].split(".")[0]
         what = ", ".join([d for d in differs if d.split(".")[0] == section][:4])
         guess = "another --steps?" if section == "train" else "another strategy, session or pretrained run?"
-        raise ValueError(f"{out_dir} holds a fine-tuning made with other settings ({what} differ: {guess}); "
+        raise OtherFinetune(f"{out_dir} holds a fine-tuning made with other settings ({what} differ: {guess}); "
                          "nothing is overwritten: use a new --out, or run the command that made it again to "
                          "continue it")
 
@@ -583,7 +589,7 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     args = dict(steps=steps, overrides=overrides, eval_every=eval_every, patience=patience, progress=progress)
     if strategy != "auto":
         if (out_dir / "candidates").is_dir():  # its finetune.json (candidates, selection) would be replaced
-            raise ValueError(f"{out_dir} holds a --strategy auto fine-tuning (candidates/); --strategy {strategy} "
+            raise OtherFinetune(f"{out_dir} holds a --strategy auto fine-tuning (candidates/); --strategy {strategy} "
                              "would replace its record; nothing was written: use a new --out, or run --strategy "
                              "auto again (the same command continues or reuses it)")
         check_run_folder(out_dir)  # what the loop checks first, before the export's check
@@ -667,7 +673,7 @@ def _check_auto_out_dir(out_dir: Path) -> None:
     folder of something else, another run (its weights would be replaced) or a finished
     fine-tuning; a fine-tuning that was interrupted (only candidates/ so far) is run again."""
     if (out_dir / "finetune.json").exists():
-        raise ValueError(f"{out_dir} already holds a finished fine-tuning (finetune.json); nothing "
+        raise OtherFinetune(f"{out_dir} already holds a finished fine-tuning (finetune.json); nothing "
                          "is overwritten: use a new --out")
     check_run_folder(out_dir, allowed=("candidates",))
     if out_dir.is_dir() and not (out_dir / "candidates").is_dir() and any(

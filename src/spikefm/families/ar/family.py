@@ -140,6 +140,7 @@ class ARFamily:
                              "--set or give 256")
         corpus = _corpus(cfg)
         return {"corpus": str(corpus.path.resolve()), "corpus_manifest_sha256": corpus.manifest_hash,
+                "bin_ms": corpus.manifest.get("bin_ms"),  # what eval and generate check a corpus against
                 "train_tokens": corpus.num_tokens(cfg.data.split),
                 "num_sessions": len(corpus.session_ids(cfg.data.split))}
 
@@ -175,6 +176,8 @@ class ARFamily:
         cfg = load_run_config(path, model_cls=LlamaConfig, data_cls=ARDataConfig)
         model = load_exported_model(path, self, cfg, device=device)
         model.run_config = cfg
+        model.run_dir = str(path)
+        model.train_bin_ms = _recorded_bin_ms(path, cfg.data.corpus)  # save_hf records it too
         return model, cfg
 
     def evaluate_baselines(self, corpus: str, *, split: str = "test", ngram: Sequence[int] = (1, 9),
@@ -263,8 +266,7 @@ class ARFamily:
         data = Corpus(corpus)
         require_rows(data, split)  # before the model and the baselines are loaded or fitted
         model, cfg = self.load(run_dir)
-        if cfg is not None:
-            _check_bin_width(run_dir, cfg.data.corpus, data)
+        _check_bin_width(run_dir, cfg.data.corpus if cfg is not None else None, data, model=model)
         scored_len = _scoring_seq_len(run_dir, model, cfg, seq_len)
         if compare_run is not None:
             compare_cfg = _compare_run_config(compare_run, compare_data)
@@ -318,24 +320,41 @@ class ARFamily:
         return format_table(columns, title=f"cross-entropy on the {first.get('split', 'test')} split (bits/token)")
 
 
-def _check_bin_width(run_dir, trained_on: str, data, *, fix: str | None = None) -> None:
-    """A token model reads one count per unit per bin: refuse a corpus binned at another width
-    than its training corpus (when that corpus is still readable; its manifest records it).
-    ``fix``: what to do instead, ``{bin_ms}`` standing for the training width (default: score a
-    corpus of that width)."""
+def _recorded_bin_ms(run_dir, trained_on: str) -> int | None:
+    """The bin width a run was trained on: its family info's ``bin_ms`` (recorded at training
+    time), else, for runs from before it was recorded, its training corpus's when that is still
+    readable and the same corpus (its manifest hash); None when unknown."""
     from spikefm.corpus.reader import Corpus
     from spikefm.train.runinfo import read_run_info
 
     try:
-        train_corpus = Corpus(trained_on)
-        recorded = (read_run_info(run_dir).get("family_info") or {}).get("corpus_manifest_sha256")
+        info = read_run_info(run_dir).get("family_info") or {}
     except (ValueError, OSError):
-        return
-    if recorded is None or train_corpus.manifest_hash != recorded:
-        return  # a relative path read from elsewhere, or a rebuilt corpus: not surely the training corpus
-    trained_bin = train_corpus.manifest.get("bin_ms")
+        return None
+    recorded = info.get("bin_ms") if isinstance(info, dict) else None
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+        return recorded
+    try:
+        train_corpus = Corpus(trained_on)
+    except (ValueError, OSError):
+        return None
+    if info.get("corpus_manifest_sha256") is None or train_corpus.manifest_hash != info.get("corpus_manifest_sha256"):
+        return None  # a relative path read from elsewhere, or a rebuilt corpus: not surely the training corpus
+    return train_corpus.manifest.get("bin_ms")
+
+
+def _check_bin_width(run_dir, trained_on: str | None, data, *, fix: str | None = None, model=None) -> None:
+    """A token model reads one count per unit per bin: refuse a corpus binned at another width
+    than the one it was trained on (:func:`_recorded_bin_ms` of a run; for a Hugging Face folder
+    (``trained_on`` None) the ``train_bin_ms`` its config.json records, when ``save_hf`` wrote it).
+    ``fix``: what to do instead, ``{bin_ms}`` standing for the training width (default: score a
+    corpus of that width)."""
+    if trained_on is not None:
+        trained_bin, where = _recorded_bin_ms(run_dir, trained_on), trained_on
+    else:
+        trained_bin, where = getattr(model, "train_bin_ms", None), "as its config.json records"
     if trained_bin is not None and trained_bin != data.manifest.get("bin_ms"):
-        raise ValueError(f"{run_dir} was trained on {trained_bin} ms bins ({trained_on}), {data.path} is binned at "
+        raise ValueError(f"{run_dir} was trained on {trained_bin} ms bins ({where}), {data.path} is binned at "
                          f"{data.manifest.get('bin_ms')} ms: its counts per bin are not what the model read; "
                          + (fix or "score it on a corpus built with --bin-ms {bin_ms}").format(bin_ms=trained_bin))
 

@@ -77,8 +77,9 @@ def _prompt_counts(spec: str, prompt_bins: int, num_bins: int, check_corpus=None
         raise ValueError(f"--prompt {spec}: START_BIN must be >= 0 (a bin of the session, 0..{total - 1}), got {start}")
     if start + prompt_bins > total:
         raise ValueError(f"session {session_id} has {total} bins; START_BIN {start} + "
-                         f"{prompt_bins} prompt bins does not fit: start at most at bin {max(total - prompt_bins, 0)}, "
-                         "or give fewer --prompt-bins")
+                         f"{prompt_bins} prompt bins does not fit: "
+                         + (f"start at most at bin {total - prompt_bins}, or give fewer --prompt-bins"
+                            if prompt_bins <= total else f"give --prompt-bins {total} or fewer"))
     first = 0  # session bin where the stretch that holds START_BIN starts
     for stretch in stretches:
         size = sum(r.num_bins for r in stretch)
@@ -176,9 +177,8 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     bin_ms = 0
     if prompt:
         def same_bins(corpus):  # as eval refuses it: the model read counts of its training width
-            if cfg is not None:
-                _check_bin_width(run_dir, cfg.data.corpus, corpus,
-                                 fix="prompt it from a corpus built with --bin-ms {bin_ms}")
+            _check_bin_width(run_dir, cfg.data.corpus if cfg is not None else None, corpus, model=model,
+                             fix="prompt it from a corpus built with --bin-ms {bin_ms}")
 
         p_counts, real, bin_ms = _prompt_counts(prompt, prompt_bins, num_bins, check_corpus=same_bins)
         if p_counts.shape[0] != num_units:
@@ -198,7 +198,8 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
         warnings.warn(f"generation reads {fed:,} tokens of context, more than the {trained:,} the model was trained "
                       f"on ({what}): bins past that are sampled at positions it never saw"
                       + (f"; --bins {within} or fewer stay within it" if within >= 1 else
-                         "; a shorter prompt and fewer bins stay within it"),
+                         "; a shorter prompt and fewer bins stay within it" if prompt_tokens is not None else
+                         f"; not one bin of {num_units} units fits in it: fewer --units would"),
                       PastTrainedContext, stacklevel=2)
     gen = torch.Generator(device=device).manual_seed(seed)
     with progress_bar(num_bins, "generating bins", enabled=progress) as bar:

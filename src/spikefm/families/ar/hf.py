@@ -258,6 +258,25 @@ def from_hf_config(config: dict) -> LlamaConfig:
 #: config.json key (spikefm's own; transformers ignores it) holding the context length the model
 #: was trained with, which ``spikefm eval`` uses for the folder as it does for the run.
 TRAIN_SEQ_LEN_KEY = "spikefm_train_seq_len"
+#: config.json key of the bin width (ms) the model was trained on (written by :func:`save_hf` when
+#: known): ``spikefm eval`` and ``generate`` refuse a corpus of another width.
+TRAIN_BIN_MS_KEY = "spikefm_train_bin_ms"
+
+
+def _refuse_spikefm_folder(out: Path) -> None:
+    """save_hf writes config.json and model.safetensors: refuse a spikefm run (its own would be
+    replaced: the run could no longer be resumed or scored as a run) or corpus folder."""
+    if (out / "manifest.json").is_file():
+        raise ValueError(f"{out} is a spikefm corpus (manifest.json); save_hf writes a model folder: give a new "
+                         f"folder, e.g. {out.name}_hf beside it")
+    try:
+        info = json.loads((out / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(info, dict) and "family" in info:
+        raise ValueError(f"{out} is a spikefm run (its config.json describes the run), whose config.json and "
+                         f"weights save_hf would replace; nothing was written: give a new folder, e.g. "
+                         f"{out.parent / (out.name + '_hf')}")
 
 
 def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
@@ -265,7 +284,9 @@ def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
 
     A model loaded from a spikefm run (``spikefm.families.load_model(run)``) also records its training
     context (``data.seq_len``) under :data:`TRAIN_SEQ_LEN_KEY`, so ``spikefm eval`` scores the
-    folder with the windows it scores the run with (same numbers).
+    folder with the windows it scores the run with (same numbers), and its bin width under
+    :data:`TRAIN_BIN_MS_KEY` (eval and generate then refuse a corpus of another width). A spikefm
+    run or corpus folder is refused (its files would be replaced).
 
     Creates ``out_dir`` if needed and writes ``model.safetensors`` (HF key names, the model's
     parameter dtype) and then ``config.json``, each under a temporary name renamed into place,
@@ -278,6 +299,7 @@ def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
         raise TypeError(f"save_hf expects a spikefm Llama, got {type(model).__name__}")
     to_hf_config(model.cfg)  # refuses layouts that LlamaForCausalLM cannot express
     out = Path(out_dir)
+    _refuse_spikefm_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for key, tensor in model.state_dict().items():
@@ -292,6 +314,13 @@ def save_hf(model: Llama, out_dir: str | os.PathLike) -> Path:
     context = getattr(getattr(run, "data", None), "seq_len", None) or getattr(model, "train_seq_len", None)
     if isinstance(context, int) and 0 < context <= model.cfg.max_seq_len:
         config[TRAIN_SEQ_LEN_KEY] = context  # spikefm eval scores the folder with it
+    bin_ms = getattr(model, "train_bin_ms", None)
+    if bin_ms is None and run is not None and getattr(model, "run_dir", None):  # spikefm.families.load_model's
+        from spikefm.families.ar.family import _recorded_bin_ms
+
+        bin_ms = _recorded_bin_ms(model.run_dir, run.data.corpus)
+    if isinstance(bin_ms, int) and not isinstance(bin_ms, bool) and bin_ms > 0:
+        config[TRAIN_BIN_MS_KEY] = bin_ms
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     write_atomic(out / CONFIG_NAME, lambda tmp: tmp.write_text(text))
@@ -442,4 +471,7 @@ def load_hf(path: str | os.PathLike, device: torch.device | str = "cpu",
     context = hf_config.get(TRAIN_SEQ_LEN_KEY)
     if isinstance(context, int) and not isinstance(context, bool) and 0 < context <= cfg.max_seq_len:
         model.train_seq_len = context  # written by save_hf: the context the model was trained with
+    bin_ms = hf_config.get(TRAIN_BIN_MS_KEY)
+    if isinstance(bin_ms, int) and not isinstance(bin_ms, bool) and bin_ms > 0:
+        model.train_bin_ms = bin_ms
     return model

@@ -72,9 +72,14 @@ class TokenCache:
         self.path, index_path = folder / f"{stem}.u8", folder / f"{stem}.json"
         if not index_path.exists():
             self._build(groups, folder, index_path)
-        self.groups = json.loads(index_path.read_text())["groups"]
-        if len(self.groups) != len(groups):
-            raise ValueError(f"{index_path} does not match the corpus; delete {folder} and retry")
+        index = _read_index(index_path, self.path, len(groups))
+        if isinstance(index, str):  # damaged or not this corpus's (a cache is rebuilt, never trusted)
+            warnings.warn(f"{index_path}: {index}; the token cache is built again", RuntimeWarning, stacklevel=2)
+            self._build(groups, folder, index_path)
+            index = _read_index(index_path, self.path, len(groups))
+            if isinstance(index, str):
+                raise ValueError(f"{index_path}: {index} after it was built again; delete {folder} and retry")
+        self.groups = index
         size = self.path.stat().st_size
         self.tokens = np.memmap(self.path, dtype=np.uint8, mode="r") if size else \
             np.zeros(0, np.uint8)
@@ -96,6 +101,29 @@ class TokenCache:
 
         write_atomic(self.path, write_tokens)
         write_json_atomic(index_path, {"groups": index})
+
+
+def _read_index(index_path: Path, tokens_path: Path, num_groups: int) -> list | str:
+    """A token cache's index (per row group, the rows' ``[start, end, session_id]``), or what is
+    wrong with it: not JSON, not that shape, another number of row groups, or rows that do not
+    tile the token file (a file cut short, or written over)."""
+    try:
+        groups = json.loads(index_path.read_text())["groups"]
+        size = tokens_path.stat().st_size
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"cannot be read ({type(exc).__name__})"
+    if not isinstance(groups, list) or len(groups) != num_groups:
+        return f"lists {len(groups) if isinstance(groups, list) else 'no'} row groups, the corpus has {num_groups}"
+    pos = 0
+    for rows in groups:
+        for row in rows if isinstance(rows, list) else [None]:
+            if not (isinstance(row, list) and len(row) == 3 and row[0] == pos and isinstance(row[1], int)
+                    and row[1] >= pos):
+                return "its rows do not follow each other"
+            pos = row[1]
+    if pos != size:
+        return f"its rows end at byte {pos:,}, the token file {tokens_path.name} holds {size:,}"
+    return groups
 
 
 class ARTokenLoader:

@@ -372,7 +372,7 @@ def test_study_arguments_as_strings_or_one_int_are_read_or_refused_clearly(tmp_p
     for bad in (2, 2.0, {1, 2}, None):
         with pytest.raises(TypeError, match=r"seeds must be a list of ints \(one per seed\), e\.g\. \[1, 2, 3\]"):
             seed_list(bad)
-    for bad in ([1, 1], [-1], [], ["x"], [1.5], [True]):
+    for bad in ([1, 1], [-1], [], ["x"], [1.5], [True], "1,,2", "1,"):  # an empty item: a seed left out
         with pytest.raises(ValueError, match="seeds must be distinct integers >= 0"):
             seed_list(bad)
     assert name_list("co-smoothing", "--tasks", "a,b") == ["co-smoothing"]
@@ -384,6 +384,8 @@ def test_study_arguments_as_strings_or_one_int_are_read_or_refused_clearly(tmp_p
         name_list(3, "--orders", "ranked,random")
     with pytest.raises(ValueError, match="names nothing"):
         name_list(" , ", "--tasks", "a")
+    with pytest.raises(ValueError, match="has an empty name"):
+        name_list("ranked,,random", "--orders", "a")
     with pytest.raises(TypeError, match="seeds must be a list of ints"):
         transfer_study(tmp_path / "t", seeds=2)
     assert not (tmp_path / "t").exists()

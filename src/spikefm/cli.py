@@ -429,6 +429,7 @@ def _seed_list(text: str) -> list[int]:
     from spikefm.experiments.jobs import seed_list
 
     try:
+        _int_list(text)  # an empty item ("1,,2") or a non-integer refused as in every int list
         return seed_list(text)
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

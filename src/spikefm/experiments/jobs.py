@@ -656,8 +656,10 @@ def name_list(value: str | Sequence[str] | None, flag: str, example: str) -> lis
     """
     if value is None:
         return None
-    if isinstance(value, str):
-        names = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, str):  # "a,,b": a name left out by mistake, refused below
+        names = [v.strip() for v in value.split(",")]
+        if not any(names):
+            names = []
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         names = [v.strip() for v in value]
     else:
@@ -682,7 +684,7 @@ def seed_list(value: int | str | Sequence[int], flag: str = "seeds") -> list[int
         ValueError: none, an item that is no whole number (``"a"``, ``1.5``, ``True``), a negative
             one, or one given twice.
     """
-    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value  # "1,,2": refused
     if isinstance(value, (int, float)) or not isinstance(items, (list, tuple, range)):
         raise TypeError(f"{flag} must be a list of ints (one per seed), e.g. [1, 2, 3] or '1,2,3'; got {value!r}")
     seeds = []

@@ -596,15 +596,17 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         _check_pretrained_export(Path(run_dir), strategy)
         created = not out_dir.exists()
         make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
+        locked = False
         try:
             # the loop locks the folder per segment only: between segments (validation, best
             # weights, records) a second fine-tuning of the same folder would interleave with it
             with folder_lock(out_dir, what="fine-tuning run", name=FINETUNE_LOCK_NAME):
+                locked = True
                 summary = _one_strategy(family, strategy, str(run_dir), str(corpus), session_id, out_dir, **args)
                 summary["strategy"] = strategy
                 write_json_atomic(out_dir / "finetune.json", summary)
         except BaseException:
-            _remove_if_only_locks(out_dir, created)
+            _remove_if_only_locks(out_dir, created and locked)  # refused at the lock: the holder's folder
             raise
         _say_best_at_first(out_dir, strategy, summary)
         return summary
@@ -612,11 +614,13 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
     _check_pretrained_export(Path(run_dir), strategy)
     created = not out_dir.exists()
     make_folder(out_dir, action=f"create the run folder {out_dir}", fix="choose another --out")
+    locked = False
     try:
         with folder_lock(out_dir, what="fine-tuning run"):
+            locked = True
             return _auto(family, run_dir, corpus, session_id, out_dir, args, select, soup)
     except BaseException:
-        _remove_if_only_locks(out_dir, created)
+        _remove_if_only_locks(out_dir, created and locked)  # refused at the lock: the holder's folder
         raise
 
 

@@ -191,3 +191,21 @@ def test_an_output_inside_a_corpuss_own_entries_is_refused(corpus, tmp_path):
             check_output_file(corpus.path / inside, (".json",), "--out")
     check_output_file(corpus.path / "results.json", (".json",), "--out")  # beside the shards: a user's choice
     check_output_file(tmp_path / "r.json", (".json",), "--out")
+
+
+def test_an_output_in_a_corpus_version_is_refused_and_another_programs_manifest_is_no_corpus(corpus, tmp_path):
+    """A path in .current/ or .versions/<id>/ was accepted (the version's own manifest.json was
+    taken for the corpus); a folder with another program's manifest.json beside data/ refused
+    every output under data/."""
+    from spikefm.fileio import check_output_file, corpus_holding
+
+    current = corpus.path / ".current"
+    assert current.is_symlink() or current.is_dir()
+    for inside in (current / "r.json", current.resolve() / "r.json"):
+        with pytest.raises(ValueError, match=rf"that is inside the corpus {corpus.path} \(\.(current|versions)/"):
+            check_output_file(inside, (".json",), "--out")
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    (proj / "manifest.json").write_text('{"name": "webapp"}')
+    assert corpus_holding(proj / "data" / "r.json") is None
+    check_output_file(proj / "data" / "r.json", (".json",), "--out")

@@ -158,14 +158,28 @@ def check_file_target(path: str | os.PathLike) -> None:
 CORPUS_OWN_ENTRIES = ("data", ".current", ".versions", ".staging", ".cache")
 
 
+def _is_corpus_manifest(path: Path) -> bool:
+    """Whether ``path`` is a spikefm corpus manifest (a JSON object with its ``schema_version`` and
+    ``splits``; a checkpoint's or another program's manifest.json is not)."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and "schema_version" in obj and isinstance(obj.get("splits"), dict)
+
+
 def corpus_holding(path: str | os.PathLike) -> tuple[Path, str] | None:
-    """``(corpus folder, its entry that holds path)`` when ``path`` lies inside a spikefm corpus
-    folder (a parent holding ``manifest.json``; links followed and not), else None."""
+    """``(corpus folder, its entry)`` when ``path`` lies inside one of a spikefm corpus's own
+    entries (:data:`CORPUS_OWN_ENTRIES`: its shards, versions, build staging or token cache), else
+    None. Every enclosing corpus is looked at, links followed and not (a version folder holds a
+    manifest of its own, inside the corpus's ``.versions/``)."""
     p = Path(path)
     for candidate in dict.fromkeys((p.absolute(), p.resolve())):
         for d in candidate.parents:
-            if (d / "manifest.json").is_file():
-                return d, candidate.relative_to(d).parts[0]
+            if (d / "manifest.json").is_file() and _is_corpus_manifest(d / "manifest.json"):
+                entry = candidate.relative_to(d).parts[0]
+                if entry in CORPUS_OWN_ENTRIES:
+                    return d, entry
     return None
 
 
@@ -194,7 +208,7 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: 
         raise ValueError(f"{flag} {path}: that file belongs to the synthetic recordings in {path.parent} (their "
                          "settings or a recording's ground truth); writing it would damage them: give another name")
     held = corpus_holding(path)
-    if held is not None and held[1] in CORPUS_OWN_ENTRIES:
+    if held is not None:
         raise ValueError(f"{flag} {path}: that is inside the corpus {held[0]} ({held[1]}/, which spikefm writes and "
                          "replaces); nothing was written: give a path outside it")
     check_file_target(path)

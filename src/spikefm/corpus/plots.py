@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..fileio import CORPUS_OWN_ENTRIES, corpus_holding, spikefm_folder_kind, write_atomic
+from ..fileio import corpus_holding, spikefm_folder_kind, write_atomic
 from .info import corpus_info, flat_counts
 from .reader import Corpus, shard_errors
 
@@ -87,7 +87,7 @@ def _refuse_corpus_internals(out_dir: Path) -> None:
     """Refuse a folder inside a corpus's own entries (``data/``, ``.versions/``...): the next
     build replaces them (figures in ``data/`` made it refuse to), and ``data/`` is what is shared."""
     held = corpus_holding(out_dir)
-    if held is not None and held[1] in CORPUS_OWN_ENTRIES:
+    if held is not None:
         corpus, entry = held
         raise ValueError(f"{out_dir} is inside the corpus {corpus} ({entry}/, which its builds replace and which "
                          f"holds its shards only); give a folder of its own for the figures, e.g. {corpus / 'figures'}")

@@ -177,7 +177,7 @@ class ARFamily:
         model = load_exported_model(path, self, cfg, device=device)
         model.run_config = cfg
         model.run_dir = str(path)
-        model.train_bin_ms = _recorded_bin_ms(path, cfg.data.corpus)  # save_hf records it too
+        model.train_bin_ms = _recorded_bin_ms(path, None)  # as recorded (no corpus read); save_hf records it
         return model, cfg
 
     def evaluate_baselines(self, corpus: str, *, split: str = "test", ngram: Sequence[int] = (1, 9),
@@ -320,10 +320,11 @@ class ARFamily:
         return format_table(columns, title=f"cross-entropy on the {first.get('split', 'test')} split (bits/token)")
 
 
-def _recorded_bin_ms(run_dir, trained_on: str) -> int | None:
+def _recorded_bin_ms(run_dir, trained_on: str | None) -> int | None:
     """The bin width a run was trained on: its family info's ``bin_ms`` (recorded at training
-    time), else, for runs from before it was recorded, its training corpus's when that is still
-    readable and the same corpus (its manifest hash); None when unknown."""
+    time), else, for runs from before it was recorded, its training corpus's (``trained_on``; None:
+    not looked at) when that is still readable and the same corpus (its manifest hash); None when
+    unknown."""
     from spikefm.corpus.reader import Corpus
     from spikefm.train.runinfo import read_run_info
 
@@ -334,6 +335,8 @@ def _recorded_bin_ms(run_dir, trained_on: str) -> int | None:
     recorded = info.get("bin_ms") if isinstance(info, dict) else None
     if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
         return recorded
+    if trained_on is None:
+        return None
     try:
         train_corpus = Corpus(trained_on)
     except (ValueError, OSError):

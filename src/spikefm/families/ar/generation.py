@@ -207,7 +207,7 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
                           temperature=temperature, top_k=top_k, generator=gen, on_bin=bar.advance)
     counts = detokenize(tokens[0].cpu().numpy().astype(np.uint8), num_units)
     arrays["counts"] = counts
-    bin_ms = bin_ms or _run_bin_ms(cfg)
+    bin_ms = bin_ms or getattr(model, "train_bin_ms", None) or _run_bin_ms(cfg)  # the width it was trained on
     if bin_ms:  # the bin width of the counts, for the report's time axis
         arrays["bin_ms"] = np.asarray(bin_ms, dtype=np.int32)
     out = savez_atomic(out, compressed=True, **arrays)

@@ -27,6 +27,20 @@ def pretrained(tmp_path):
     return run
 
 
+def _ctrl_c_at(real, name: str, *, path_arg: int = 0, seen: list | None = None):
+    """``real`` (a function given a path as its positional argument ``path_arg``), except that it
+    raises KeyboardInterrupt, as Ctrl-C would, when that path's name is ``name``; ``seen``
+    collects the name of every call's path."""
+    def wrapper(*a, **k):
+        here = Path(a[path_arg]).name
+        if seen is not None:
+            seen.append(here)
+        if here == name:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    return wrapper
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -156,13 +170,7 @@ def test_a_finetune_stopped_between_its_best_weights_and_its_record_finishes_as_
     args = dict(strategy="frozen", steps=30, eval_every=10, patience=patience)
     families.finetune(pretrained, tmp_path, "s1", tmp_path / "whole", **args)
     real = ft_module.write_json_atomic
-
-    def stop_at_the_record(path, obj, *a, **k):
-        if Path(path).name == "early_stopping.json":
-            raise KeyboardInterrupt
-        return real(path, obj, *a, **k)
-
-    monkeypatch.setattr(ft_module, "write_json_atomic", stop_at_the_record)
+    monkeypatch.setattr(ft_module, "write_json_atomic", _ctrl_c_at(real, "early_stopping.json"))
     with pytest.raises(KeyboardInterrupt):
         families.finetune(pretrained, tmp_path, "s1", tmp_path / "cut", **args)
     monkeypatch.setattr(ft_module, "write_json_atomic", real)
@@ -232,14 +240,7 @@ def test_an_unfreeze_stopped_anywhere_ends_as_an_uninterrupted_one(pretrained, t
     # 2. stopped in stage 2: the finished frozen stage is reused, not trained again
     real_train = loop.train
     trained = []
-
-    def stage2_stops(cfg, out_dir, *a, **k):
-        trained.append(Path(out_dir).name)
-        if Path(out_dir).name == "b":
-            raise KeyboardInterrupt
-        return real_train(cfg, out_dir, *a, **k)
-
-    monkeypatch.setattr(loop, "train", stage2_stops)
+    monkeypatch.setattr(loop, "train", _ctrl_c_at(real_train, "b", path_arg=1, seen=trained))
     with pytest.raises(KeyboardInterrupt):
         families.finetune(pretrained, tmp_path, "s1", tmp_path / "b", **args)
     monkeypatch.setattr(loop, "train", real_train)

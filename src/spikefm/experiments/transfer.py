@@ -108,14 +108,9 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     from spikefm.corpus.reader import Corpus
     from spikefm.corpus.synth import synthesize, truth_path
     from spikefm.fileio import write_json_atomic
-    from spikefm.train.finetune import check_auto_options
 
-    _check_int("sessions", sessions, 2)
-    if pretrain_steps is not None:
-        _check_int("pretrain_steps", pretrain_steps, 1)
-    _check_int("finetune_steps", finetune_steps, 1)
-    tasks = families.check_tasks(family, tasks)  # before anything is synthesized or trained
-    check_auto_options(strategy, soup=soup)  # before anything is synthesized or trained
+    # before anything is synthesized or trained
+    tasks = _check_arguments(family, sessions, pretrain_steps, finetune_steps, strategy, soup, tasks)
     out = Path(out)
     paths = seed_paths(out, family)
     nwb_dir = paths["nwb"]
@@ -217,9 +212,8 @@ def _check_labels(corpus, session: str, tasks: Sequence[str] | None, synth_prese
 def _corpus_sessions(corpus_dir: Path) -> list[str] | None:
     """The session ids of the corpus at ``corpus_dir``, sorted; None when there is none to read."""
     try:
-        sessions = json.loads((corpus_dir / "manifest.json").read_text())["sessions"]
-        return sorted(str(s["session_id"]) for s in sessions)
-    except (OSError, ValueError, KeyError, TypeError):
+        return sorted(str(s["session_id"]) for s in _read_json(corpus_dir / "manifest.json")["sessions"])
+    except (KeyError, TypeError):
         return None
 
 
@@ -227,14 +221,9 @@ def _same_run(path: Path, cfg) -> bool | None:
     """Whether the run folder ``path`` holds a finished (True) or unfinished (False) run made with
     exactly ``cfg``'s settings, to be continued; None when it holds none (or another run's)."""
     from spikefm.train.checkpoint import EXPORT_NAME
-    from spikefm.train.config import config_differences, config_to_dict
+    from spikefm.train.config import saved_config_differences
 
-    try:
-        saved = json.loads((path / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    now = config_to_dict(cfg)
-    if config_differences(saved, now, tuple(dict.fromkeys([*saved, *now]))):
+    if saved_config_differences(path, cfg) != []:  # None: no run there; a list: what differs
         return None
     return (path / EXPORT_NAME).is_file()
 
@@ -268,6 +257,21 @@ def _finished_finetune(path: Path) -> dict | None:
 
     record = _read_json(path / "finetune.json")
     return record if isinstance(record, dict) and (path / EXPORT_NAME).is_file() and "strategy" in record else None
+
+
+def _check_arguments(family: str, sessions, pretrain_steps, finetune_steps, strategy: str, soup,
+                     tasks) -> list[str] | None:
+    """What :func:`transfer` and :func:`check_study_options` both check: the sizes, the fine-tuning
+    strategy and soup, and the task names (returned as a list; a string is split on commas)."""
+    from spikefm import families
+    from spikefm.train.finetune import check_auto_options
+
+    _check_int("sessions", sessions, 2)
+    if pretrain_steps is not None:
+        _check_int("pretrain_steps", pretrain_steps, 1)
+    _check_int("finetune_steps", finetune_steps, 1)
+    check_auto_options(strategy, soup=soup)
+    return families.check_tasks(family, tasks)
 
 
 def _default_eval_every(finetune_steps: int) -> int:
@@ -382,7 +386,6 @@ def check_study_options(out: Path, options: dict) -> dict:
     from spikefm import families
     from spikefm.corpus.synth import PRESETS
     from spikefm.experiments.jobs import check_study_folder, name_list
-    from spikefm.train.finetune import check_auto_options
 
     unknown = sorted(set(options) - set(_TRANSFER_DEFAULTS) - {"seed", "out"})
     if unknown or "seed" in options:
@@ -403,10 +406,9 @@ def check_study_options(out: Path, options: dict) -> dict:
                          "a family that takes them (--model)")
     if not callable(getattr(fam, "transfer_headline", None)):
         families.transfer_headline(family, {})  # its one-line refusal
-    _check_int("sessions", opts["sessions"], 2)
-    if opts["pretrain_steps"] is not None:
-        _check_int("pretrain_steps", opts["pretrain_steps"], 1)
-    _check_int("finetune_steps", opts["finetune_steps"], 1)
+    tasks = _check_arguments(family, opts["sessions"], opts["pretrain_steps"], opts["finetune_steps"], opts["strategy"],
+                             opts["soup"], None if opts["tasks"] is None else
+                             name_list(opts["tasks"], "--tasks", "co-smoothing,forward-prediction"))
     if opts["eval_every"] is not None:
         _check_int("eval_every", opts["eval_every"], 1)
     if opts["synth_preset"] not in PRESETS:
@@ -414,11 +416,7 @@ def check_study_options(out: Path, options: dict) -> dict:
                          f"{opts['synth_preset']!r}")
     families.run_config(family, preset=opts["preset"], corpus=str(out), protocol=opts["protocol"],
                         overrides=_pretrain_overrides(opts["pretrain_steps"], opts["overrides"]))
-    check_auto_options(opts["strategy"], soup=opts["soup"])
-    if "tasks" in options and options["tasks"] is not None:
-        options = {**options, "tasks": families.check_tasks(
-            family, name_list(options["tasks"], "--tasks", "co-smoothing,forward-prediction"))}
-    return options
+    return {**options, "tasks": tasks} if tasks is not None else options
 
 
 def transfer_study(out: str | Path, *, seeds: Sequence[int] = (1, 2, 3), command: str | None = None,

@@ -25,6 +25,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
@@ -413,6 +414,23 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any], sections: tup
         else:
             out.append(section)
     return out
+
+
+def saved_config_differences(run_dir: str | Path, cfg: RunConfig,
+                             sections: tuple[str, ...] | None = None) -> list[str] | None:
+    """:func:`config_differences` between the settings recorded in ``RUN_DIR/config.json`` and
+    ``cfg`` (``sections`` None: every section of either); None when the folder records none (no
+    such file, not JSON, no ``config`` object)."""
+    import json
+
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    now = config_to_dict(cfg)
+    return config_differences(saved, now, tuple(dict.fromkeys([*saved, *now])) if sections is None else sections)
 
 
 def _from_value(value: Any, tp: Any, key: str) -> Any:

@@ -347,16 +347,10 @@ def _check_same_finetune(cfg, out_dir: Path, sections: tuple[str, ...] = ("famil
     """Refuse, in fine-tuning's words, a folder that holds a fine-tuning with other settings
     (another strategy, session or pretrained run; with ``sections=("train",)`` another budget of
     an unfinished one): continuing it would mix two runs."""
-    from spikefm.train.config import config_differences, config_to_dict
+    from spikefm.train.config import saved_config_differences
 
-    try:
-        saved = json.loads((out_dir / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # none yet, or not a run: the loop's own checks say what the folder is
-    if not isinstance(saved, dict):
-        return
-    differs = config_differences(saved, config_to_dict(cfg), sections)
-    if differs:
+    differs = saved_config_differences(out_dir, cfg, sections)  # None: none yet, or not a run (the
+    if differs:  # loop's own checks say what the folder is)
         section = differs[0].split(".")[0]
         what = ", ".join([d for d in differs if d.split(".")[0] == section][:4])
         guess = "another --steps?" if section == "train" else "another strategy, session or pretrained run?"
@@ -399,7 +393,7 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
         # settings, else it is this strategy's own scratch folder of another run: started again
         try:
             _check_same_finetune(_segmented(cfg1), stage1, sections=("family", "model", "data", "optim", "train"))
-        except ValueError:
+        except OtherFinetune:
             shutil.rmtree(stage1)
     with warnings.catch_warnings():  # stage 2 goes on from stage 1: its "still falling" is not advice
         warnings.filterwarnings("ignore", message=".*the validation loss was still falling", category=RuntimeWarning)

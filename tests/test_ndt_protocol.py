@@ -57,6 +57,19 @@ def test_defaults_train_neuron_and_random_causal_masking(pretrained):
     assert cfg.optim.warmup_steps is None  # a tenth of the run
 
 
+def test_a_run_records_how_many_regions_each_session_has(pretrained, corpus_dir):
+    """The evaluation needs it to tell whether the region schemes could be trained at all."""
+    import json
+
+    from spikefm.data.windows import load_all_windows
+
+    info = json.loads((pretrained / "config.json").read_text())["family_info"]
+    windows = load_all_windows(Corpus(corpus_dir), list(info["session_regions"]))
+    assert set(info["session_regions"]) == set(info["window_splits"])
+    assert info["session_regions"] == {sid: len(set(w.unit_regions)) for sid, w in windows.items()}
+    assert min(info["session_regions"].values()) >= 2
+
+
 def test_jiang2025_protocol_is_recorded_in_config_and_results(corpus_dir, held_out, tmp_path):
     cfg = families.run_config("ndt", preset="tiny", corpus=str(corpus_dir), protocol="jiang2025")
     assert cfg.data.window_bins == 150 and tuple(cfg.data.split_fractions) == (0.8, 0.1, 0.1)

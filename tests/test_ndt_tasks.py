@@ -518,7 +518,8 @@ def test_a_task_whose_prompt_the_run_never_trained_is_scored_with_a_trained_one(
     assert res["tasks"]["inter-region"]["prompt_untrained"] == "inter_region"
     assert "prompt_untrained" not in res["tasks"]["co-smoothing"]
     table = format_benchmark_table({"m": res})
-    assert "inter-region: scored with the neuron prompt (the run never trained its own, inter_region: data.schemes)" \
+    assert "inter-region: scored with the neuron prompt (the run never trained its own, inter_region: data.schemes, or sessions " \
+        "of one region)" \
         in table and "intra-region: scored with the neuron prompt" in table
     _, res = seen["['causal']"]
     assert res["tasks"]["co-smoothing"]["prompt"] == "neuron" and "co-smoothing: scored with the neuron prompt " \
@@ -549,6 +550,16 @@ def test_trained_schemes_follow_the_run_and_the_runs_its_core_came_from(tmp_path
     assert trained_schemes(run("alone", "causal,neuron")) == ["neuron", "causal"]
     assert trained_schemes(run("moved", "neuron", init_from=str(tmp_path / "gone"))) == ["neuron"]
     assert trained_schemes(tmp_path / "nothing") is None
+    # sessions of one region each: the region samples fell back to neuron masks, their prompts untrained
+    one = run("one_region", "all")
+    info = json.loads((tmp_path / "one_region" / "config.json").read_text())
+    info["family_info"] = {"session_regions": {"a": 1, "b": 0}}
+    (tmp_path / "one_region" / "config.json").write_text(json.dumps(info))
+    assert trained_schemes(one) == ["neuron", "causal"]
+    assert trained_schemes(run("ft_one", "causal", init_from=one)) == ["neuron", "causal"]
+    info["family_info"] = {"session_regions": {"a": 1, "b": 2}}  # one session had two: trained
+    (tmp_path / "one_region" / "config.json").write_text(json.dumps(info))
+    assert trained_schemes(one) == ["neuron", "causal", "inter_region", "intra_region"]
 
 
 def test_a_decoding_only_table_keeps_its_oracle_column_and_no_chunk_footer_without_chunk_rows():
@@ -565,7 +576,12 @@ def test_a_decoding_only_table_keeps_its_oracle_column_and_no_chunk_footer_witho
     assert row.split()[-1] == f"{oracle_acc:.4f}"
     res = run_benchmark(OracleStandIn(rates_TN, w.session_id), w, tasks=["forward-prediction"], truth_rates=truth)
     assert len(res["tasks"]["forward-prediction"]["chunks"]) == 1
-    assert "bins a-b" not in format_benchmark_table({"m": res})
+    table = format_benchmark_table({"m": res})
+    assert "bins a-b" not in table
+    # ... and its score against the train-fitted null (in the JSON) was not printed at all
+    null = res["tasks"]["forward-prediction"]["chunks"][0]["model_vs_train_null"]["bps_pooled"]
+    row = next(l for l in table.splitlines() if "bps_pooled, train-fitted null" in l)
+    assert row.split()[-2:] == [f"{null:.4f}", "-"]
 
 
 def test_a_label_too_rare_to_cross_validate_names_the_rare_classes_and_the_way_round():

@@ -49,7 +49,10 @@ def _family_info(run_dir: str | Path) -> dict[str, Any]:
 def trained_schemes(run_dir: str | Path, max_depth: int = 8) -> list[str] | None:
     """The masking schemes a run's weights were trained with: its ``data.schemes`` and those of
     the runs its core came from (``data.init_from``, followed while their folders are there), in
-    :data:`~spikefm.families.ndt.masking.SCHEMES` order; None when the run records none."""
+    :data:`~spikefm.families.ndt.masking.SCHEMES` order; None when the run records none. A run
+    whose sessions all had fewer than two regions (``session_regions`` in its family info)
+    trained no region scheme whatever ``data.schemes`` says: those samples fell back to neuron
+    masks (:mod:`~spikefm.families.ndt.masking`)."""
     from spikefm.families.ndt.family import parse_schemes
     from spikefm.families.ndt.masking import SCHEMES
     from spikefm.train.runinfo import read_run_info
@@ -59,9 +62,14 @@ def trained_schemes(run_dir: str | Path, max_depth: int = 8) -> list[str] | None
     folder = Path(run_dir)
     for _ in range(max_depth):
         try:
-            data = read_run_info(folder)["config"]["data"]
-            found.update(parse_schemes(data["schemes"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            info = read_run_info(folder)
+            data = info["config"]["data"]
+            schemes = set(parse_schemes(data["schemes"]))
+            regions = (info.get("family_info") or {}).get("session_regions")
+            if isinstance(regions, dict) and regions and all(isinstance(n, int) and n < 2 for n in regions.values()):
+                schemes = (schemes - {"inter_region", "intra_region"}) | {"neuron"}
+            found.update(schemes)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             break
         seen.add(folder.resolve())
         source = data.get("init_from")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -428,6 +429,10 @@ class NDTFamily:
                                     "t_start_ms": [int(x) for x in w.t_start_ms],
                                     "split": [str(x) for x in w.split]}
                               for sid, w in windows.items()},
+            # distinct regions per session: with fewer than 2 the region schemes fall back to
+            # neuron masks, so their prompts stay untrained (evaluate.trained_schemes reads this)
+            "session_regions": {sid: int(np.unique(w.region_ids[w.region_ids >= 0]).size)
+                                for sid, w in windows.items()},
         }
         if cfg.data.init_from:
             info["init_from"] = str(Path(cfg.data.init_from).resolve())

@@ -914,6 +914,13 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
             row += [_fmt(e["chunks"][i].get("model_vs_train_null", {}).get("bps_pooled"))
                     if e and len(e.get("chunks", [])) > i else "-" for e in entries.values()]
             rows.append(row + ["-"] * (len(columns) - len(models)))
+        if first is None and any(e and len(e.get("chunks", [])) == 1 and "model_vs_train_null" in e["chunks"][0]
+                                 for e in entries.values()):
+            # one chunk (forward-prediction): its rows are the task's own, but not its out-of-sample null
+            row = [task, "bps_pooled, train-fitted null"]
+            row += [_fmt(e["chunks"][0].get("model_vs_train_null", {}).get("bps_pooled"))
+                    if e and len(e.get("chunks", [])) == 1 else "-" for e in entries.values()]
+            rows.append(row + ["-"] * (len(columns) - len(models)))
     skipped = {t: r for res in results_by_model.values() for t, r in res.get("skipped", {}).items()}
     footer = [f"skipped {t}: {reason}" for t, reason in skipped.items()]
     nested = {t: e for res in results_by_model.values() for t, e in res.get("tasks", {}).items()
@@ -926,7 +933,7 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
     for t, e in {t: e for res in results_by_model.values() for t, e in res.get("tasks", {}).items()
                  if isinstance(e, dict) and "prompt_untrained" in e}.items():
         footer.append(f"{t}: scored with the {e['prompt']} prompt" + (
-            f" (the run never trained its own, {e['prompt_untrained']}: data.schemes)" if e["prompt"] != e["prompt_untrained"]
+            f" (the run never trained its own, {e['prompt_untrained']}: data.schemes, or sessions of one region)" if e["prompt"] != e["prompt_untrained"]
             else " although the run never trained it (data.schemes): its score is out of distribution"))
     if any(len(e.get("chunks", [])) > 1 for res in results_by_model.values() for e in res.get("tasks", {}).values()):
         footer.append(f"bins a-b: each chunk's bps_pooled [95 % interval over the "

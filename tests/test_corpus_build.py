@@ -356,6 +356,24 @@ def _bad_files(tmp_path, good_paths):
     return ["truncated.nwb", "text.nwb", "nan.nwb", "negative.nwb"]
 
 
+def test_a_datalad_copy_of_a_dandiset_builds_sessions_named_by_their_links(tmp_path):
+    """git-annex keeps each file under .git/annex/objects/ with its key for a name, behind the link
+    that names it: the hidden copy was found first and the sessions were called SHA256E-s...."""
+    ds = tmp_path / "000123"
+    rng = np.random.default_rng(0)
+    for sub in ("A", "B"):
+        key = f"SHA256E-s1000--{sub * 8}.nwb"
+        obj = ds / ".git" / "annex" / "objects" / "Ab" / "Cd" / key / key
+        write_nwb(obj, random_units(rng, 4, 10.0), ["CA1"] * 4)
+        link = ds / f"sub-{sub}" / f"sub-{sub}_ses-1_ecephys.nwb"
+        link.parent.mkdir(parents=True)
+        link.symlink_to(os.path.relpath(obj, link.parent))
+    (ds / ".hidden").mkdir()
+    write_nwb(ds / ".hidden" / "stray.nwb", random_units(rng, 4, 10.0), ["CA1"] * 4)
+    build_corpus([str(ds)], tmp_path / "c", BuildConfig(test_fraction=0.0), progress=False)
+    assert Corpus(tmp_path / "c").session_ids() == ["sub-A_ses-1_ecephys", "sub-B_ses-1_ecephys"]
+
+
 def test_bad_inputs_skipped_named_and_good_sessions_built(tmp_path, nwb_factory, capsys):
     good = [nwb_factory(f"good{i}", seed=i)[0] for i in range(2)]
     (tmp_path / "in").mkdir()

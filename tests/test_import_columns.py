@@ -336,32 +336,126 @@ def test_files_without_a_split_or_a_card_are_named_as_imported_as_train(tmp_path
         table_rows(tables["part-a"]) + table_rows(tables["part-b"]))
 
 
-def test_a_hub_repos_card_is_downloaded_and_decides_the_splits(tmp_path, monkeypatch):
-    """The download fetches what allow_patterns selects (matched as huggingface_hub matches them):
-    the card must be among them."""
+def test_a_cards_data_dir_config_imports_that_folder_as_datasets_loads_it(tmp_path, capsys):
+    """A card whose configs name a data_dir (one folder per config) was read as no card: every
+    config's files were imported, the rodent sessions among the primate ones."""
+    datasets = pytest.importorskip("datasets")
+    root = tmp_path / "pile"
+    tables = {}
+    for i, rel in enumerate(("primate/train-0.parquet", "primate/test-0.parquet", "rodent/train-0.parquet")):
+        tables[rel], _ = pile_table([(f"s{i}", "segment_0", 2, 8 + i)], seed=i)
+        write(tables[rel], root / rel)
+    (root / "README.md").write_text(card("- config_name: primate\n  data_dir: primate\n  default: true\n"
+                                         "- config_name: rodent\n  data_dir: rodent\n"))
+    m = import_neural_pile(str(root), tmp_path / "c", progress=False)
+    got = split_rows(tmp_path / "c")
+    assert got == {"train": table_rows(tables["primate/train-0.parquet"]),
+                   "test": table_rows(tables["primate/test-0.parquet"])}
+    datasets.disable_progress_bars()
+    loaded = datasets.load_dataset(str(root), cache_dir=str(tmp_path / "hfc"))
+    assert {k: table_rows(v.data.table) for k, v in loaded.items()} == got
+    assert m["skipped"] == [{"input": str(root / "rodent" / "train-0.parquet"),
+                             "error": "outside the dataset card's data_dir"}]
+    assert "lie outside primate/, the data_dir of the dataset card" in capsys.readouterr().err
+    # data_files with a data_dir: the patterns are relative to it (as datasets' builder resolves
+    # them; its file-format check resolves them from the top, so it loads neither spelling)
+    (root / "README.md").write_text(card("- config_name: rodent\n  data_dir: rodent\n  default: true\n"
+                                         "  data_files:\n  - split: test\n    path: train-*.parquet\n"))
+    import_neural_pile(str(root), tmp_path / "c2", progress=False)
+    got = split_rows(tmp_path / "c2")
+    assert got == {"train": [], "test": table_rows(tables["rodent/train-0.parquet"])}
+    (root / "README.md").write_text(card("- config_name: up\n  data_dir: ../elsewhere\n"))
+    assert "data_dir must be a folder inside the dataset, got '../elsewhere'" in refused(root, tmp_path / "c3", "data_dir")
+
+
+def test_split_words_in_file_names_are_read_as_datasets_reads_them(tmp_path):
+    """train0.parquet / test0.parquet went to train (a digit after the word was not a separator),
+    so test rows were trained on; so did 'testing', 'eval' and 'evaluation'."""
+    datasets = pytest.importorskip("datasets")
+    root = tmp_path / "pile"
+    names = ("train0.parquet", "test0.parquet", "my evaluation.parquet", "training_more.parquet")
+    tables = {}
+    for i, name in enumerate(names):
+        tables[name], _ = pile_table([(f"s{i}", "segment_0", 2, 6 + i)], seed=i)
+        write(tables[name], root / name)
+    import_neural_pile(str(root), tmp_path / "c", progress=False)
+    got = split_rows(tmp_path / "c")
+    assert got == {"train": sorted(table_rows(tables["train0.parquet"]) + table_rows(tables["training_more.parquet"])),
+                   "test": sorted(table_rows(tables["test0.parquet"]) + table_rows(tables["my evaluation.parquet"]))}
+    datasets.disable_progress_bars()
+    loaded = datasets.load_dataset(str(root), cache_dir=str(tmp_path / "hfc"))
+    assert {k: sorted(table_rows(v.data.table)) for k, v in loaded.items()} == got
+
+
+def test_a_reimported_corpus_keeps_its_regions_and_renamed_sessions_original_ids(tmp_path):
+    """Shards and manifest imported again: a session whose rows have 3 then 6 units got the regions
+    of its first row (3 units of 6), and a session renamed for a clash lost original_session_id."""
+    table, _ = pile_table([("s_d", "segment_0", 3, 10), ("s_d", "segment_1", 6, 10)])
+    other, _ = pile_table([("s1", "segment_0", 2, 5)], seed=1, subject="A")
+    clash, _ = pile_table([("s1", "segment_0", 2, 5)], seed=2, subject="B")
+    write(pa.concat_tables([table, other, clash]), tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    first = import_neural_pile(str(tmp_path / "pile"), tmp_path / "c", progress=False)
+    share = tmp_path / "share"
+    shutil.copytree(tmp_path / "c" / "data", share / "data")
+    shutil.copy(tmp_path / "c" / "manifest.json", share / "manifest.json")
+    again = import_neural_pile(str(share), tmp_path / "again", progress=False)
+    for m in (first, again):
+        by_id = {e["session_id"]: e for e in m["sessions"]}
+        assert by_id["s_d"]["regions"] == {"unknown": 6} and by_id["s_d"]["num_units"] == 6
+        for e in m["sessions"]:
+            assert sum(e["regions"].values()) == e["num_units"]
+    renamed = {e["session_id"]: e.get("original_session_id") for e in first["sessions"] if e["session_id"] != "s_d"}
+    assert sorted(v for v in renamed.values() if v) == ["s1"]
+    assert {e["session_id"]: e.get("original_session_id") for e in again["sessions"] if e["session_id"] != "s_d"} \
+        == renamed
+
+
+def fake_hub(monkeypatch, repo: Path, hub: Path) -> None:
+    """huggingface_hub.snapshot_download serving the files of the folder ``repo`` into ``hub``,
+    selected by allow_patterns as huggingface_hub matches them."""
     import huggingface_hub
 
-    repo = tmp_path / "repo"
-    tables = card_folder(repo, card(PARTS))
-    (repo / "notes.txt").write_text("not data")
     names = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
 
     def fake_snapshot_download(repo_id, allow_patterns, **kw):
         chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in allow_patterns)]
         if kw.get("dry_run"):
             return [SimpleNamespace(filename=n, commit_hash=SHA) for n in chosen]
-        snap = tmp_path / "hub" / "snapshots" / SHA
+        snap = hub / "snapshots" / SHA
         for n in chosen:
             (snap / n).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(repo / n, snap / n)
         return str(snap)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+
+
+def test_a_hub_repos_card_is_downloaded_and_decides_the_splits(tmp_path, monkeypatch):
+    """The download fetches what allow_patterns selects (matched as huggingface_hub matches them):
+    the card must be among them."""
+    repo = tmp_path / "repo"
+    tables = card_folder(repo, card(PARTS))
+    (repo / "notes.txt").write_text("not data")
+    fake_hub(monkeypatch, repo, tmp_path / "hub")
     m = import_neural_pile("someone/carded", tmp_path / "c", progress=False)
     assert split_rows(tmp_path / "c") == {"train": table_rows(tables["part-a"]),
                                           "test": table_rows(tables["part-b"])}
     assert not (tmp_path / "hub" / "snapshots" / SHA / "notes.txt").exists()
     assert json.loads((tmp_path / "c" / "manifest.json").read_text()) == m
+
+
+def test_a_hub_repo_of_arrow_files_is_downloaded(tmp_path, monkeypatch):
+    """A local folder of .arrow files imported, but the download fetched only *.parquet, the card
+    and the manifest: a Hub repo of Arrow files failed as holding no data file."""
+    repo = tmp_path / "repo"
+    table, _ = pile_table(TWO)
+    (repo / "train").mkdir(parents=True)
+    with pa.OSFile(str(repo / "train" / "data-00000-of-00001.arrow"), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    fake_hub(monkeypatch, repo, tmp_path / "hub")
+    import_neural_pile("someone/arrow", tmp_path / "c", progress=False)
+    assert split_rows(tmp_path / "c") == {"train": table_rows(table), "test": []}
 
 
 def test_a_card_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):

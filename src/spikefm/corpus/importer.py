@@ -25,11 +25,14 @@ width: files whose rows give different ``bin_ms`` (or a ``bin_ms`` other than th
 
 Splits: a folder with a dataset card (``README.md`` whose YAML front matter has ``configs``)
 gets them from the ``data_files`` of its default config (marked ``default: true``, else named
-``default``, else the only one; paths may be globs), as ``datasets.load_dataset`` does; data
-files the card does not list are left out with a warning (listed under ``skipped``), and a card
-of several configs and no default is refused. Without a card, the split is the last split word
-(train, test, validation) of the file name, else of its folders; files naming none are imported
-as train, with a warning. Only train and test are imported.
+``default``, else the only one; paths may be globs; a ``data_dir`` limits it to the files under
+that folder, its paths relative to it), as ``datasets.load_dataset`` does; data files the card
+does not list are left out with a warning (listed under ``skipped``), and a card of several
+configs and no default is refused. Without a card (or with a ``data_dir`` and no ``data_files``),
+the split is the last split word of the file name, else of its folders, found as ``datasets``
+finds it (:data:`_SPLIT_WORD`: train / training, test / testing / eval / evaluation, validation /
+valid / val / dev, set off by ``-._``, a space or a digit); files naming none are imported as
+train, with a warning. Only train and test are imported.
 
 Before anything is written, each file's known columns are checked against the Arrow types the
 import reads (ids: string, or integer read as its text; ``unit_ids``: list of strings or
@@ -108,10 +111,15 @@ NEURAL_PILE_SPECIES: dict[str, str] = {
 
 #: Files fetched from a Hugging Face dataset repo: the data, and the dataset card (its YAML
 #: ``configs`` can map files to splits).
-HF_ALLOW_PATTERNS = ["*.parquet", "README.md", "manifest.json"]
+HF_ALLOW_PATTERNS = ["*.parquet", "*.arrow", "README.md", "manifest.json"]
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
-_SPLIT_WORD = re.compile(r"(?:^|[-_.])(train|test|validation|valid|val|dev)(?=[-_.]|$)")
+#: a split word in a file or folder name, as ``datasets`` finds one: between the start or one of
+#: ``-._``, a space or a digit, and one of them or the end
+_SPLIT_WORD = re.compile(r"(?:^|[-_. 0-9])(training|train|testing|test|evaluation|eval|validation|valid|val|dev)"
+                         r"(?=[-_. 0-9]|$)")
+_SPLIT_SYNONYMS = {"training": "train", "testing": "test", "evaluation": "test", "eval": "test",
+                   "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation"}
 _SEGMENT_INDEX = re.compile(r"(\d+)$")
 _REQUIRED = ("spike_counts", "subject_id", "session_id", "segment_id")
 #: spikefm's columns beyond the Neural Pile's five: kept when a file has them.
@@ -225,9 +233,7 @@ def _split_of(path: Path, root: Path) -> str | None:
     for part in (path.name, *reversed(folders)):
         words = _SPLIT_WORD.findall(part)
         if words:
-            w = words[-1]
-            return {"validation": "validation", "valid": "validation", "val": "validation",
-                    "dev": "validation"}.get(w, w)
+            return _SPLIT_SYNONYMS.get(words[-1], words[-1])
     return None
 
 
@@ -306,11 +312,13 @@ def _glob_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out))
 
 
-def _card_data_files(root: Path) -> tuple[Path, list[tuple[str, str]]] | None:
-    """The (split, path pattern) pairs of the dataset card ``root/README.md``: the ``data_files``
-    of its YAML front matter's default config (the one marked ``default: true``, else the one
-    named ``default``, else the only one), as ``datasets.load_dataset`` reads them. None without
-    a card, front matter, ``configs`` or ``data_files`` (file and folder names then decide).
+def _card_data_files(root: Path) -> tuple[Path, list[tuple[str, str]] | None, str] | None:
+    """``(card, pairs, data_dir)`` of the dataset card ``root/README.md``'s default config (the
+    one marked ``default: true``, else the one named ``default``, else the only one), as
+    ``datasets.load_dataset`` reads them: the (split, path pattern) pairs of its ``data_files``
+    (None without them: file and folder names decide) and its ``data_dir`` (``""`` without one;
+    the config's files are those under it, its patterns relative to it). None without a card,
+    front matter, ``configs``, or a config with ``data_files`` or ``data_dir``.
     Raises ValueError for a card that cannot be read that way, or several configs and no default."""
     card = root / "README.md"
     if not card.is_file():
@@ -352,9 +360,14 @@ def _card_data_files(root: Path) -> tuple[Path, list[tuple[str, str]]] | None:
                          "no single default; spikefm imports one: mark the one to import "
                          "`default: true` in the card (of a downloaded copy), or import a folder "
                          "holding only its files")
-    files = chosen[0].get("data_files")
+    files, data_dir = chosen[0].get("data_files"), chosen[0].get("data_dir", "")
+    if not isinstance(data_dir, str) or Path(data_dir).is_absolute() or ".." in Path(data_dir).parts:
+        raise ValueError(f"{card}: the default config's data_dir must be a folder inside the dataset, "
+                         f"got {reprlib.repr(data_dir)}; fix the card, or move it out of the folder to "
+                         "take the splits from the file names")
+    data_dir = Path(data_dir).as_posix().strip("/") if data_dir.strip("/. ") else ""
     if files is None:
-        return None
+        return (card, None, data_dir) if data_dir else None
     if isinstance(files, dict):
         entries = [{"split": k, "path": v} for k, v in files.items()]
     elif isinstance(files, (str, list)):
@@ -370,7 +383,7 @@ def _card_data_files(root: Path) -> tuple[Path, list[tuple[str, str]]] | None:
                 not all(isinstance(x, str) for x in paths) or not isinstance(e.get("split", "train"), str):
             raise bad_card(e)
         pairs += [(e.get("split", "train"), x) for x in paths]
-    return card, pairs
+    return card, pairs, data_dir
 
 
 def _splits_from_card(card: Path, pairs: list[tuple[str, str]], files: list[Path], root: Path,
@@ -413,18 +426,28 @@ def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
     ``root`` is a folder with one (``README.md`` with YAML front matter), else from file and
     folder names (:func:`_split_of`), files naming no split going to train."""
     single = root.is_file()
+    card = None if single else _card_data_files(root)
     if single:
         files = [root]
         base = root.parent
     else:
         base = root
         files = sorted(_visible_files(root))
+    if card is not None and card[2]:  # the default config's folder: its files only, named from it
+        base = root / card[2]
+        outside = [f for f in files if not f.is_relative_to(base) and f.suffix in (".parquet", ".arrow")]
+        if outside:
+            _warn(f"{len(outside)} data file(s) lie outside {card[2]}/, the data_dir of the dataset card "
+                  f"{card[0]}'s default config (first: {outside[0]}); left out, as datasets.load_dataset "
+                  "leaves them out (mark their config `default: true` in the card to import it instead)")
+            skipped += [{"input": str(f), "error": "outside the dataset card's data_dir"} for f in outside]
+        files = [f for f in files if f.is_relative_to(base)]
     parquet = [f for f in files if f.suffix == ".parquet"]
     # datasets' cache also holds cache-*.arrow files of map/filter results: not the dataset.
     arrow = [f for f in files if f.suffix == ".arrow" and not f.name.startswith("cache-")]
     chosen, fmt = (parquet, "parquet") if parquet else (arrow, "arrow")
     if not chosen:
-        raise ValueError(f"{root}: holds no Parquet (data/train-*.parquet) or Arrow (*.arrow) "
+        raise ValueError(f"{base if card is not None and card[2] else root}: holds no Parquet (data/train-*.parquet) or Arrow (*.arrow) "
                          "files; give the folder of a downloaded Neural Pile dataset or its "
                          "Hugging Face repo id")
     # one file named by the user is imported alone: its sister shards are not looked for
@@ -434,9 +457,8 @@ def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
               "files found are imported; download the rest to import the whole dataset")
         skipped += [{"input": m, "error": "shard not found (an incomplete download?)"}
                     for m in missing]
-    card = None if single else _card_data_files(root)
-    if card is not None:
-        split_of = _splits_from_card(*card, chosen, root, skipped)
+    if card is not None and card[1] is not None:
+        split_of = _splits_from_card(card[0], card[1], chosen, base, skipped)
     else:
         split_of = [(f, _split_of(f, base)) for f in chosen]
         unnamed = [f for f, split in split_of if split is None]
@@ -515,6 +537,7 @@ class _Session:
     # from spikefm's own columns, when the rows carry them
     species: str = ""
     regions: dict[str, int] | None = None
+    region_units: int = -1  # units of the row the regions come from (the largest)
     behavior_names: tuple[str, ...] = ()
     trial_starts: dict[str, set] = field(default_factory=dict)  # table -> its trials' start times
 
@@ -751,8 +774,9 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
                     s = sessions.get(key)
                     if s is None:
                         s = sessions[key] = _Session(*key)
-                        s.regions = _count(ex["unit_regions"])
                         s.behavior_names = tuple(ex["behavior_names"] or ())
+                    if n_units > s.region_units:  # the session's units: its largest row's (num_units)
+                        s.regions, s.region_units = _count(ex["unit_regions"]), n_units
                     s.species = s.species or (ex["species"] or "")
                     s.rows.append(len(rows.segment_id) - 1)
                     for table, cols in trial_tables.items():
@@ -1117,12 +1141,12 @@ def _check_replace(out_dir: Path, existing, source: str, overwrite: bool) -> Non
 
 
 def _source_manifest_sessions(root: Path) -> dict[tuple[str, str, str], dict]:
-    """(source, subject, session) -> ``{"license", "provenance"}`` of each session in the
-    ``manifest.json`` beside the shards of a spikefm corpus (its folder, or one uploaded with it as
-    the README shows): what the rows do not carry. Empty without one (the published Neural Pile);
+    """(source, subject, session) -> ``{"license", "provenance", "original_session_id"}`` of each
+    session in the ``manifest.json`` beside the shards of a spikefm corpus (its folder, or one
+    uploaded with it as the README shows): what the rows do not carry. Empty without one (the published Neural Pile);
     a manifest that cannot be read is passed over with a warning (the rows are the corpus). Read
     leniently, not through :class:`~spikefm.corpus.manifest.Manifest`: a manifest of another version
-    still gives what it has of these two fields."""
+    still gives what it has of these fields."""
     path = (root if root.is_dir() else root.parent) / "manifest.json"
     if not path.is_file():
         return {}
@@ -1130,7 +1154,9 @@ def _source_manifest_sessions(root: Path) -> dict[tuple[str, str, str], dict]:
         sessions = json.loads(path.read_text())["sessions"]
         return {(str(e["source_dataset"]), str(e["subject_id"]), str(e["session_id"])):
                 {"license": e.get("license") if isinstance(e.get("license"), str) else "",
-                 "provenance": e.get("provenance") if isinstance(e.get("provenance"), dict) else None}
+                 "provenance": e.get("provenance") if isinstance(e.get("provenance"), dict) else None,
+                 "original_session_id": (e.get("original_session_id")
+                                         if isinstance(e.get("original_session_id"), str) else None)}
                 for e in sessions}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _warn(f"{path}: not read ({type(exc).__name__}: {_first_line(exc)}); the sessions' licences and "
@@ -1178,7 +1204,8 @@ def _manifest(source, rows: _Rows, sessions, stats, shards, provenance, skipped,
             segments_ordered=s.t_start_known,
             provenance=was.get("provenance") or provenance,  # the recording's, where a manifest says it
             license=was.get("license", ""),
-            original_session_id=s.session if s.session_id != s.session else None,
+            original_session_id=(s.session if s.session_id != s.session
+                                 else was.get("original_session_id")),  # a re-import keeps the first's
             split=splits[0] if len(splits) == 1 else "both",
         ))
     return new_manifest(

@@ -52,8 +52,12 @@ def nwb_in_folder(folder: Path) -> Path | None:
 
 def nwb_paths(folder: Path) -> list[Path]:
     """Everything under ``folder`` (recursively, sorted) named like an NWB file
-    (:func:`is_nwb_name`): files, and links whatever they point at (a caller names dangling ones)."""
-    return sorted(p for p in Path(folder).rglob("*") if is_nwb_name(p))
+    (:func:`is_nwb_name`): files, and links whatever they point at (a caller names dangling ones).
+    Hidden folders are not searched: a DataLad / git-annex copy of a dandiset keeps each file's
+    content under ``.git/annex/objects/`` with a key for a name, behind the link that names it."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if is_nwb_name(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]))
 
 
 UNIT_REGION_COLUMNS = ("brain_region", "location", "region", "brain_area")

@@ -374,6 +374,21 @@ def test_a_datalad_copy_of_a_dandiset_builds_sessions_named_by_their_links(tmp_p
     assert Corpus(tmp_path / "c").session_ids() == ["sub-A_ses-1_ecephys", "sub-B_ses-1_ecephys"]
 
 
+def test_a_zarr_nwb_folder_is_a_named_skipped_input(tmp_path, nwb_factory):
+    """A Zarr-backed NWB recording (a folder called x.nwb) inside an input folder was passed over
+    without a word; given itself, it was 'a folder holding no *.nwb file'."""
+    good, _ = nwb_factory("good")
+    zarr = good.parent / "sub-Z_ses-1.nwb"
+    (zarr / "units").mkdir(parents=True)
+    (zarr / ".zgroup").write_text("{}")
+    report = build_corpus([str(good.parent), str(zarr)], tmp_path / "c", BuildConfig(test_fraction=0.0),
+                          progress=False)
+    assert [s["session_id"] for s in report.manifest["sessions"]] == ["good"]
+    errors = [s for s in report.skipped if s["input"] == str(zarr)]
+    assert len(errors) == 2 and all("a folder named like an NWB file (Zarr-backed NWB?); spikefm reads HDF5 "
+                                    "NWB files" in s["error"] for s in errors)
+
+
 def test_bad_inputs_skipped_named_and_good_sessions_built(tmp_path, nwb_factory, capsys):
     good = [nwb_factory(f"good{i}", seed=i)[0] for i in range(2)]
     (tmp_path / "in").mkdir()

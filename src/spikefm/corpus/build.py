@@ -51,7 +51,7 @@ from ..argtypes import is_int
 from ..fileio import write_atomic, write_json_atomic
 from .binning import bin_spikes
 from .manifest import BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, new_manifest
-from .nwb import nwb_paths, read_nwb, resample_behavior, sha256_file
+from .nwb import is_nwb_name, nwb_paths, read_nwb, resample_behavior, sha256_file
 from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS
 from .session import SessionRecord, recording_end_s
 from .store import STAGING, CorpusDir, check_inputs_outside, inspect_out_dir, open_corpus_dir
@@ -173,7 +173,9 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig, *,
                 problems.append({"input": spec, "error": str(exc)})
             continue
         p = Path(spec)
-        if p.is_dir():
+        if p.is_dir() and is_nwb_name(p):
+            problems.append({"input": spec, "error": _zarr_error(p)})
+        elif p.is_dir():
             # Hidden files are other tools' temporaries (e.g. a killed writer's), not recordings;
             # the suffix in any case (.NWB), as file systems that ignore case show it.
             named = nwb_paths(p)
@@ -182,7 +184,9 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig, *,
             for link in dangling:
                 problems.append({"input": str(link), "error": f"{link}: a link to {os.readlink(link)}, which does "
                                  "not exist; fix or remove the link"})
-            if not found and not dangling:
+            zarr = [x for x in named if x.is_dir()]
+            problems += [{"input": str(x), "error": _zarr_error(x)} for x in zarr]
+            if not found and not dangling and not zarr:
                 problems.append({"input": spec, "error": f"{spec}: folder holds no *.nwb file"})
             files.extend(InputFile(path=f, source_dataset=p.resolve().name) for f in found)
         elif p.exists() or spec.endswith(".nwb"):
@@ -201,6 +205,12 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig, *,
             seen.add(key)
             unique.append(f)
     return unique, problems
+
+
+def _zarr_error(path: Path) -> str:
+    return (f"{path}: a folder named like an NWB file (Zarr-backed NWB?); spikefm reads HDF5 NWB files: "
+            "export it to one (pynwb's NWBHDF5IO(...).export(src_io=NWBZarrIO(path, mode='r')), NWBZarrIO from "
+            "hdmf-zarr) and build from that file")
 
 
 def _staging_key(item: InputFile, cfg: BuildConfig) -> str:

@@ -303,6 +303,44 @@ def test_a_bare_resume_continues_with_the_runs_own_settings(data, ar_run, tmp_pa
     assert "with changed settings: train.steps" in err and len(rows_of(tmp_path / "cut2", "loss")) == AR_STEPS + 2
 
 
+def test_a_resume_naming_the_corpus_another_way_continues(data, ar_run, tmp_path, monkeypatch, capsys):
+    """--data ./corpus (or corpus/, or its full path) for a run started with --data corpus was
+    refused: "'data' differs from the checkpoint's config", naming neither the key nor the values."""
+    cfg = families.run_config("ar", preset="tiny", corpus="corpus", overrides=[*AR_SETS, f"train.steps={AR_STEPS}"])
+    monkeypatch.chdir(data)
+    families.train(cfg, tmp_path / "cut", progress=False, stop_after=4)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--data", str(data / "corpus") + "/", "--out", str(tmp_path / "cut"), "--resume",
+                 "--quiet"]) == 0
+    assert "changed settings" not in capsys.readouterr().err
+    assert rows_of(tmp_path / "cut", "loss") == rows_of(ar_run, "loss") and same_weights(ar_run, tmp_path / "cut")
+    # another corpus is still another corpus, and the refusal names the setting and both values
+    from spikefm.train.config import apply_overrides
+
+    other = apply_overrides(cfg, ["data.seq_len=32", f"data.corpus={data / 'corpus'}"])
+    with pytest.raises(ValueError, match=r"'data' differs from the checkpoint's config \(seq_len: 64 in the run, "
+                                         r"32 now\); resume with the same"):
+        families.train(other, tmp_path / "cut", resume=True, progress=False)
+
+
+def test_a_resume_into_a_folder_another_training_holds_is_refused_without_the_step_0_warning(data, tmp_path,
+                                                                                               capsys):
+    """It first warned '--resume: RUN holds no checkpoint to continue, so training starts at step 0',
+    then was refused because the folder was in use."""
+    from spikefm.fileio import folder_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    capsys.readouterr()
+    with folder_lock(run, "training run", command="spikefm train (the other one)"):
+        assert main(ar_train_args(data / "corpus", run, "--resume")) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in use by another process (PID " in err[0] and "spikefm train (the other one)" in err[0]
+    assert main(ar_train_args(data / "corpus", tmp_path / "new", "--resume", "--steps", "1")) == 0
+    assert "--resume: " + str(tmp_path / "new") + " holds no checkpoint to continue" in capsys.readouterr().err
+
+
 def test_resume_after_the_corpus_was_rebuilt_says_so(data, tmp_path, capsys):
     """A corpus rebuilt in place between a checkpoint and the resume (other sessions in train)
     was continued silently; the resume now names the change of its manifest in one warning."""

@@ -239,6 +239,24 @@ def test_model_settings_are_refused_by_the_python_api_too(ndt_run, corpus, tmp_p
     assert not (tmp_path / "ft").exists()
 
 
+def test_loop_settings_the_finetuning_sets_itself_are_refused_naming_its_option(ndt_run, corpus, tmp_path, capsys):
+    """--set train.steps=40 beat --steps 20 (train has it the other way round), and --set
+    train.eval_every / train.ckpt_every did nothing: the fine-tuning sets them itself."""
+    before = snapshot(tmp_path)
+    line = one_error_line(capsys, ["finetune", str(ndt_run), "--data", str(corpus), "--session", _session(corpus),
+                                    "--strategy", "frozen", "--out", str(tmp_path / "ft"), "--steps", "20",
+                                    "--set", "train.steps=40", "--set", "train.ckpt_every=0", "--quiet"])
+    assert line == ("spikefm: error: --set train.steps=40: a fine-tuning's train.steps comes from --steps (steps= "
+                    "in Python); --set train.ckpt_every=0: a fine-tuning's train.ckpt_every comes from nothing: a "
+                    "fine-tuning checkpoints at each validation; drop the --set")
+    assert snapshot(tmp_path) == before
+    with pytest.raises(ValueError, match=r"^--set train.eval_every=5: a fine-tuning's train.eval_every comes from "
+                                         r"--eval-every \(eval_every=\); drop the --set$"):
+        families.finetune(ndt_run, corpus, _session(corpus), tmp_path / "ft", strategy="frozen",
+                          overrides=["train.eval_every=5"])
+    assert not (tmp_path / "ft").exists()
+
+
 def test_a_dropout_rate_may_change_in_a_finetuning(corpus, tmp_path):
     """A dropout rate shapes no weight: model.dropout stays allowed (the fine-tuned run records it)."""
     cfg = families.run_config("ndt", preset="tiny", corpus=str(corpus), overrides=[

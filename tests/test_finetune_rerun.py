@@ -216,8 +216,18 @@ def test_an_unfreeze_stopped_anywhere_ends_as_an_uninterrupted_one(pretrained, t
 
     # train.eval_every / ckpt_every as a family's defaults set them (the fine-tuning records 0s): the
     # frozen stage must still be recognised as the same
-    args = dict(strategy="unfreeze", steps=20, eval_every=5, patience=3,
-                overrides=["train.eval_every=7", "train.ckpt_every=9"])
+    import dataclasses
+
+    from _toy_family import ToyFamily
+
+    real_config = ToyFamily.finetune_config
+
+    def with_loop_defaults(self, *a, **k):
+        cfg = real_config(self, *a, **k)
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_every=7, ckpt_every=9))
+
+    monkeypatch.setattr(ToyFamily, "finetune_config", with_loop_defaults)
+    args = dict(strategy="unfreeze", steps=20, eval_every=5, patience=3)
     families.finetune(pretrained, tmp_path, "s1", tmp_path / "whole", **args)
     want = json.loads((tmp_path / "whole" / "early_stopping.json").read_text())
 

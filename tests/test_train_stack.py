@@ -109,6 +109,9 @@ def test_overrides_change_values_and_keep_types():
     ("optim=3", "'optim' is a section; set one of its keys (lr, betas,"),
     ("optim.lr", "override must look like section.key=value"),
     ("train.steps=0", "train.steps must be a positive int, got 0"),
+    # torch's 'Overflow when unpacking long long', after the run folder was made
+    ("train.seed=18446744073709551616", "train.seed must be below 2**63 = 9223372036854775808, got "
+                                        "18446744073709551616"),
     ("optim.warmup_steps=31", "optim.warmup_steps (31) must be <= train.steps (30)"),
 ])
 def test_override_errors_are_one_line_and_list_choices(override, expected):
@@ -166,7 +169,7 @@ def test_unknown_family_lists_registered():
 # optimizer and schedule
 
 
-@pytest.mark.parametrize("warmup, total, ratio", [(4, 20, 0.1), (0, 10, 0.0), (5, 5, 0.0)])
+@pytest.mark.parametrize("warmup, total, ratio", [(4, 20, 0.1), (0, 10, 0.0), (5, 5, 0.0), (0, 1, 0.0)])
 def test_lr_schedule_matches_piecewise_linear_formula(warmup, total, ratio):
     peak = 2e-3
     model = torch.nn.Linear(3, 3)
@@ -180,14 +183,16 @@ def test_lr_schedule_matches_piecewise_linear_formula(warmup, total, ratio):
         sched.step()
     # update n (1-based) lies on the line through (0, 0), (W, peak), (T, ratio * peak)
     n = np.arange(1, total + 1)
-    if warmup == total:
+    if total == 1 and warmup == 0:  # one update: at the peak, not at ratio * peak (lr 0 trained nothing)
+        expected = np.array([peak])
+    elif warmup == total:
         expected = peak * n / warmup
     elif warmup > 0:
         expected = np.interp(n, [0, warmup, total], [0.0, peak, ratio * peak])
     else:
         expected = peak * (ratio + (1 - ratio) * (total - n) / total)
     np.testing.assert_allclose(used, expected, rtol=1e-12, atol=1e-15)
-    assert used[-1] == pytest.approx(ratio * peak if total > warmup else peak)
+    assert used[-1] == pytest.approx(ratio * peak if total > max(warmup, 1) else peak)
     if warmup:
         assert used[warmup - 1] == pytest.approx(peak)
 
@@ -410,6 +415,12 @@ def test_resume_refuses_a_different_model_and_prints_plain_progress(tmp_path, ca
     assert "train step 2/4 (50%, ETA " in capsys.readouterr().out  # not a terminal: plain lines
     with pytest.raises(ValueError, match="'model' differs from the checkpoint's config"):
         train(apply_overrides(toy_config(steps=4), ["model.dim=16"]), tmp_path, resume=True, progress=False)
+    capsys.readouterr()
+    # train settings apply from the checkpoint on, but not the seed the loader's order was drawn with
+    # (it was announced as applying, then the loader failed: "loader state was saved with seed 0")
+    with pytest.raises(ValueError, match=r"with train.seed=7: the run's batch order was drawn with train.seed=0, "
+                                         r"which a resume keeps; resume without that setting"):
+        train(apply_overrides(toy_config(steps=4), ["train.seed=7"]), tmp_path, resume=True, progress=False)
     capsys.readouterr()
     train(apply_overrides(toy_config(steps=4), ["optim.lr=1e-3"]), tmp_path, resume=True, progress=False)
     err = capsys.readouterr().err.strip().splitlines()
@@ -712,6 +723,34 @@ def test_diverging_loss_is_a_one_line_value_error(tmp_path):
     assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
     assert str(err.value).startswith("loss is nan at step ") and "lower optim.lr" in str(err.value)
 
+
+def test_a_diverged_run_leaves_only_finite_checkpoints_so_its_advice_works(tmp_path, monkeypatch):
+    """The loss was checked on logging steps only: a NaN update between them (here one bad batch,
+    step 5) was saved in every later checkpoint, and the message's fix (resume from the last
+    checkpoint) failed at the same step, every time."""
+    calls = {"n": 0}
+    real_loss = ToyFamily.loss
+
+    def one_bad_batch(self, model, batch, cfg):
+        loss, stats = real_loss(self, model, batch, cfg)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 5 else loss), stats
+
+    cfg = toy_config(steps=20, log_every=10, ckpt_every=1)
+    with monkeypatch.context() as m:
+        m.setattr(ToyFamily, "loss", one_bad_batch)
+        with pytest.raises(TrainingDiverged) as err:
+            train(cfg, tmp_path, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("the loss or gradient norm was NaN or infinite at step 5 (found at "
+                                               "step 5); lower optim.lr or check the data, then resume")
+    saved = list_checkpoints(tmp_path)
+    assert saved and saved[-1][0] == 4
+    for _, ckpt in saved:
+        weights = torch.load(ckpt / "model.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()), ckpt
+    assert train(cfg, tmp_path, resume=True, progress=False)["step"] == 20
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in train_rows(tmp_path))
 
 
 def test_resume_from_a_checkpoint_past_the_new_steps_is_refused(tmp_path):

@@ -51,7 +51,8 @@ class OptimConfig:
         warmup_steps: optimizer steps of linear warm-up from lr/warmup_steps to lr; None (the
             default) = a tenth of the run (``train.steps // 10``), so the default follows the
             run length. An explicit value larger than ``train.steps`` is an error.
-        min_lr_ratio: the last step uses lr * min_lr_ratio (linear decay after warm-up).
+        min_lr_ratio: the last step uses lr * min_lr_ratio (linear decay after warm-up; none when
+            warm-up spans the run or the run is one step: the last step then uses lr).
         grad_clip: max global L2 norm of the gradients; 0 disables clipping (norm still logged).
     """
 
@@ -136,6 +137,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"train.{name} must be an int >= 0, got {value!r}")
+        if self.seed >= 2**63:  # torch, numpy and the loaders take 63-bit seeds
+            raise ValueError(f"train.seed must be below 2**63 = {2**63}, got {self.seed}")
         if self.batch_size > MAX_BATCH_SIZE:
             raise ValueError(f"train.batch_size must be at most {MAX_BATCH_SIZE:,} sequences per step "
                              f"(no machine holds more), got {self.batch_size:,}")

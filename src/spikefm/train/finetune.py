@@ -506,8 +506,9 @@ def check_auto_options(strategy: str, *, select: str | None = None, soup: bool |
 
 def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLike, *,
                              pretrained: Any = None, fixed_data: Sequence[str] = ()) -> None:
-    """Refuse ``model.*`` settings (``--set model.dim=128``) in a fine-tuning, in one line naming
-    them: the model is the pretrained run's (its weights have that shape, and the single-session
+    """Refuse ``train.steps``, ``train.eval_every`` and ``train.ckpt_every`` (the fine-tuning's own
+    options set them), and ``model.*`` settings (``--set model.dim=128``) in a fine-tuning, in one
+    line naming them: the model is the pretrained run's (its weights have that shape, and the single-session
     baseline is the same model to compare with), so they cannot change. Found before any work
     (they failed only when the pretrained core was loaded into a model of another shape).
     Only dropout rates (``model.dropout``, any ``model.*dropout*``), which shape no weight, may
@@ -520,6 +521,13 @@ def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLik
         key = str(o).partition("=")[0].strip()
         return (key == "model" or key.startswith("model.")) and "dropout" not in key.partition(".")[2]
 
+    flags = {"train.steps": "--steps (steps= in Python)", "train.eval_every": "--eval-every (eval_every=)",
+             "train.ckpt_every": "nothing: a fine-tuning checkpoints at each validation"}
+    loop = [(str(o).strip(), flags[str(o).partition("=")[0].strip()]) for o in overrides
+            if str(o).partition("=")[0].strip() in flags]
+    if loop:  # the fine-tuning's own options set them (--set train.steps beat --steps; the others did nothing)
+        raise ValueError("; ".join(f"--set {o}: a fine-tuning's {o.partition('=')[0]} comes from {flag}"
+                                   for o, flag in loop) + "; drop the --set")
     given = [str(o).strip() for o in overrides if is_model_shape(o)]
     if given:
         sets = " ".join(f"--set {o}" for o in given)

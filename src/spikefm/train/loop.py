@@ -251,18 +251,33 @@ def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = N
     before = fam_info.get("corpus_manifest_sha256")
     saved = saved["config"]
     now = config_to_dict(cfg)
+    data_now, data_saved = now.get("data"), saved.get("data")
+    if isinstance(data_now, dict) and isinstance(data_saved, dict) and isinstance(fam_info.get("corpus"), str) \
+            and isinstance(data_now.get("corpus"), str) and data_now["corpus"] != data_saved.get("corpus") \
+            and _same_path(data_now["corpus"], fam_info["corpus"]):
+        now = {**now, "data": {**data_now, "corpus": data_saved.get("corpus")}}  # ./corpus, corpus/, its full path
     differs = config_differences(saved, now, ("family", "model", "data"))
     if differs:
         section = differs[0].split(".")[0]
+        first = differs[0].split(".", 1)
+        values = ""
+        if len(first) == 2 and isinstance(saved.get(section), dict) and isinstance(now.get(section), dict):
+            values = (f" ({first[1]}: {saved[section].get(first[1])!r} in the run, "
+                      f"{now[section].get(first[1])!r} now)")
         raise ValueError(
-            f"cannot resume from {where}: '{section}' differs from the checkpoint's config; "
-            "resume with the same family/model/data config or start a new run directory"
+            f"cannot resume from {where}: '{section}' differs from the checkpoint's config"
+            f"{values}; resume with the same family/model/data config or start a new run directory"
         )
     if corpus_hash and isinstance(before, str) and before != corpus_hash and not finished:
         _notice(f"resuming from {where}: the corpus at {fam_info.get('corpus')} changed since the run "
                 f"started (manifest sha256 {before[:12]}... -> {corpus_hash[:12]}...; rebuilt or "
                 "re-imported): training continues on its current contents")
     changed = config_differences(saved, now, ("optim", "train"))
+    if "train.seed" in changed and not finished:  # the loader's order (and masks) follow it from step 1
+        raise ValueError(f"cannot resume from {where} with train.seed={now['train'].get('seed')!r}: the run's "
+                         f"batch order was drawn with train.seed={saved.get('train', {}).get('seed')!r}, which "
+                         "a resume keeps; resume without that setting, or start a new run directory for "
+                         "another seed")
     if changed and finished:
         _notice(f"{where} is finished; the changed settings ({', '.join(changed)}) change nothing, "
                 "since no step is left to train")
@@ -272,6 +287,13 @@ def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = N
             warmup = f"; the warm-up is now a tenth of {now['train']['steps']} steps"
         _notice(f"resuming from {where} with changed settings: {', '.join(changed)}; they apply "
                 f"from the checkpoint's step on (the lr is the one their schedule gives there{warmup})")
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def _make_run_dir(out_dir: Path) -> None:
@@ -668,6 +690,22 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     t_start = time.perf_counter()
     t_last, tokens_since, flops_since = t_start, 0, 0.0
     last_loss = None
+    # the first step whose loss or gradient norm was not finite (0: none yet), kept on the device
+    # (no host sync per step) and checked where the loop syncs anyway: at logging steps and before
+    # each checkpoint, so a checkpoint never holds the weights a NaN update made
+    first_bad = torch.zeros((), device=device)
+
+    def diverged(step: int) -> TrainingDiverged:
+        local = int(float(first_bad))
+        at = f"at step {local}" if local else "on another rank"
+        return TrainingDiverged(f"the loss or gradient norm was NaN or infinite {at} (found at step {step}); "
+                                "lower optim.lr or check the data, then resume from the last checkpoint "
+                                "(--resume; checkpoints hold no such step) or start a new run directory")
+
+    def check_finite(step: int) -> None:
+        if d.all_reduce_sum([1.0 if float(first_bad) > 0 else 0.0])[0] > 0:
+            raise diverged(step)
+
     try:
         for step in range(start_step + 1, last_step + 1):
             loss_sum = torch.zeros((), device=device)
@@ -689,6 +727,8 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             if hasattr(grad_norm, "full_tensor"):
                 grad_norm = grad_norm.full_tensor()
+            finite = torch.isfinite(loss_sum) & torch.isfinite(torch.as_tensor(grad_norm, device=device).float())
+            first_bad = torch.where((first_bad == 0) & ~finite, torch.full_like(first_bad, step), first_bad)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -700,11 +740,14 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
                 loss_mean, *extra_mean = d.all_reduce_mean(
                     [loss_sum.item() / tc.grad_accum] + [extra_sum[k] / tc.grad_accum for k in keys]
                 )
-                tokens_g, flops_g = d.all_reduce_sum([tokens_since, flops_since])
+                tokens_g, flops_g, bad_g = d.all_reduce_sum([tokens_since, flops_since,
+                                                              1.0 if float(first_bad) > 0 else 0.0])
                 if not math.isfinite(loss_mean):
                     raise TrainingDiverged(f"loss is {loss_mean} at step {step}; lower optim.lr or "
                                            "check the data, then resume from the last checkpoint "
                                            "(--resume) or start a new run directory")
+                if bad_g > 0:  # a NaN gradient norm under a finite loss (the update is already made)
+                    raise diverged(step)
                 now = time.perf_counter()
                 dt = max(now - t_last, 1e-9)
                 tokens_total += int(tokens_g)
@@ -735,6 +778,7 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
                 log({"step": step, **{f"eval/{n}": flat[2 * i] / flat[2 * i + 1] for i, n in enumerate(names)}})
 
             if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == stop_after:
+                check_finite(step)
                 tokens_ckpt = tokens_total + int(d.all_reduce_sum([tokens_since])[0])
                 save_checkpoint(
                     out_dir, step, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
@@ -750,6 +794,8 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
             board.close()
 
     stopped_early = last_step < tc.steps
+    if last_step > start_step:
+        check_finite(last_step)  # no export of weights a NaN update made
     model_path = None if stopped_early else export_model(out_dir, model, step=last_step)
     return {
         "out_dir": str(out_dir),

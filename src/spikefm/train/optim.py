@@ -7,7 +7,9 @@ of the update about to be applied, s = updates already applied):
     factor(s) = r + (1 - r) * (T - n) / (T - W)         if n >  W
 
 so the lr rises linearly to its peak at update W, then falls linearly to exactly r * lr at the
-last update T. With W = 0 the decay starts at the first update.
+last update T. With W = 0 the decay starts at the first update. With W = T (warm-up spans the run)
+or T = 1 there is no decay: the last update uses the peak (a one-step run at r * lr = 0 would
+train nothing).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     n = step + 1
     if n <= warmup_steps:
         return n / warmup_steps
-    if total_steps <= warmup_steps:
+    if total_steps <= max(warmup_steps, 1):  # no decay phase: warm-up spans the run, or one step
         return 1.0
     n = min(n, total_steps)
     return min_lr_ratio + (1.0 - min_lr_ratio) * (total_steps - n) / (total_steps - warmup_steps)

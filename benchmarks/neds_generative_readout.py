@@ -21,7 +21,7 @@ session of the NEDS benchmark's recipe (``bench_neds.py``: ``ibl`` preset, 5 ses
 * ``pseudo_likelihood``: 30 % of the bins' spikes hidden at random (8 draws per window; the
   within-spike scheme), behaviour hidden, the log-likelihood of the hidden bins summed;
 * ``linear``: the benchmark's logistic decoder of counts (5 stretches of the window), fitted on the
-  train and val windows.
+  train and val windows (on the train windows when the val windows are scored).
 
     python benchmarks/neds_generative_readout.py --work DIR                    # tuning seeds 1,5,6,7; test and val windows
     python benchmarks/neds_generative_readout.py --seeds 1 --work DIR --out /tmp/x.json

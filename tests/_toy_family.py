@@ -46,6 +46,9 @@ class ToyModelConfig:
     # > 0: a parameter ``late`` that the loss reaches only from this optimizer step on (a stand-in
     # for a session's stitcher or a label head no batch has reached yet: no optimizer state before)
     late_from_step: int = 0
+    # > 0: rank 1's loss value is NaN at this optimizer step, its gradients finite (one bad batch
+    # on one rank: only that rank sees it)
+    nan_on_rank1_at_step: int = 0
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.num_layers < 1 or self.vocab_size < 2:
@@ -203,6 +206,9 @@ class ToyFamily:
         late = cfg.model.late_from_step
         if late > 0 and batch.get("first_sample", 0) >= (late - 1) * cfg.train.batch_size:
             loss = loss + 0.1 * (model.late - 0.5).square().sum()
+        bad = cfg.model.nan_on_rank1_at_step
+        if bad > 0 and rank_of_process() == 1 and batch.get("first_sample", 0) // cfg.train.batch_size + 1 == bad:
+            loss = loss + loss.detach() * float("nan")
         return loss, {"tokens": target_BT.numel()}
 
     def flops_per_batch(self, model: nn.Module, batch: dict, cfg: RunConfig) -> float:
@@ -262,6 +268,12 @@ class ToyFamily:
 
 
 register("toy", ToyFamily)
+
+
+def rank_of_process() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def toy_config(**train: object) -> RunConfig:

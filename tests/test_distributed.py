@@ -200,6 +200,18 @@ def test_fsdp2_resume_from_a_checkpoint_saved_after_validation_matches_single_pr
 
 # slow (14 s): the two-rank FSDP2 runs of the default suite start torchrun
 @pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_naming_its_step_and_saves_no_checkpoint_after_it(tmp_path):
+    """The first non-finite step is found where the loop syncs (a logging step, a checkpoint);
+    every rank names it (rank 0, whose error the CLI prints, said only 'on another rank'), and no
+    checkpoint holds the update it made."""
+    proc = torchrun_failing(tmp_path / "run", "--set", "model.nan_on_rank1_at_step=3", "--set", "train.ckpt_every=2",
+                            "--set", "train.log_every=10", "--set", "train.steps=8")
+    said = [line for line in proc.stderr.splitlines() if "NaN or infinite" in line]
+    assert len(said) >= 2 and all("NaN or infinite at step 3 (found at step 4)" in line for line in said), \
+        proc.stderr[-3000:]
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
+
+
 def test_torchrun_refusals_end_every_rank_at_once(tmp_path):
     """Rank 0 decides (lock, checkpoint, world size) and tells the others: a refusal on rank 0
     must not leave rank 1 waiting in a collective until a timeout."""

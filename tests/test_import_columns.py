@@ -274,6 +274,22 @@ def table_rows(table: pa.Table) -> list:
                   for r in table.to_pylist())
 
 
+def pile_files(root: Path, rels, first_bins: int = 6) -> dict[str, pa.Table]:
+    """One single-session Neural Pile file at each relative path ``rels``; path -> its table."""
+    tables = {}
+    for i, rel in enumerate(rels):
+        tables[rel], _ = pile_table([(f"s{i}", "segment_0", 2, first_bins + i)], seed=i)
+        write(tables[rel], root / rel)
+    return tables
+
+
+def datasets_reads(root: Path, cache: Path) -> dict[str, list]:
+    """The rows ``datasets.load_dataset`` reads from the folder ``root``, per split."""
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    return {k: sorted(table_rows(v.data.table)) for k, v in datasets.load_dataset(str(root), cache_dir=str(cache)).items()}
+
+
 def test_a_dataset_cards_split_is_the_split_datasets_loads(tmp_path, capsys):
     """Both files were imported as train, with a warning citing Hugging Face's rule."""
     datasets = pytest.importorskip("datasets")
@@ -339,21 +355,15 @@ def test_files_without_a_split_or_a_card_are_named_as_imported_as_train(tmp_path
 def test_a_cards_data_dir_config_imports_that_folder_as_datasets_loads_it(tmp_path, capsys):
     """A card whose configs name a data_dir (one folder per config) was read as no card: every
     config's files were imported, the rodent sessions among the primate ones."""
-    datasets = pytest.importorskip("datasets")
     root = tmp_path / "pile"
-    tables = {}
-    for i, rel in enumerate(("primate/train-0.parquet", "primate/test-0.parquet", "rodent/train-0.parquet")):
-        tables[rel], _ = pile_table([(f"s{i}", "segment_0", 2, 8 + i)], seed=i)
-        write(tables[rel], root / rel)
+    tables = pile_files(root, ("primate/train-0.parquet", "primate/test-0.parquet", "rodent/train-0.parquet"), 8)
     (root / "README.md").write_text(card("- config_name: primate\n  data_dir: primate\n  default: true\n"
                                          "- config_name: rodent\n  data_dir: rodent\n"))
     m = import_neural_pile(str(root), tmp_path / "c", progress=False)
     got = split_rows(tmp_path / "c")
     assert got == {"train": table_rows(tables["primate/train-0.parquet"]),
                    "test": table_rows(tables["primate/test-0.parquet"])}
-    datasets.disable_progress_bars()
-    loaded = datasets.load_dataset(str(root), cache_dir=str(tmp_path / "hfc"))
-    assert {k: table_rows(v.data.table) for k, v in loaded.items()} == got
+    assert datasets_reads(root, tmp_path / "hfc") == got
     assert m["skipped"] == [{"input": str(root / "rodent" / "train-0.parquet"),
                              "error": "outside the dataset card's data_dir"}]
     assert "lie outside primate/, the data_dir of the dataset card" in capsys.readouterr().err
@@ -366,25 +376,42 @@ def test_a_cards_data_dir_config_imports_that_folder_as_datasets_loads_it(tmp_pa
     assert got == {"train": [], "test": table_rows(tables["rodent/train-0.parquet"])}
     (root / "README.md").write_text(card("- config_name: up\n  data_dir: ../elsewhere\n"))
     assert "data_dir must be a folder inside the dataset, got '../elsewhere'" in refused(root, tmp_path / "c3", "data_dir")
+    # a data_dir with no data: the card is named as what to fix, not the folder given
+    (root / "README.md").write_text(card("- config_name: none\n  data_dir: nodata\n"))
+    assert refused(root, tmp_path / "c4", "data_dir") == (
+        f"{root / 'README.md'}: the default config's data_dir nodata holds no Parquet or Arrow file (no such "
+        "folder); fix the dataset card's data_dir, or download that folder's files")
+    # data_dir: null is no data_dir, as datasets reads it
+    (root / "README.md").write_text(card("- config_name: primate\n  data_dir: null\n  data_files:\n"
+                                         "  - split: train\n    path: primate/train-0.parquet\n"))
+    import_neural_pile(str(root), tmp_path / "c5", progress=False)
+    assert split_rows(tmp_path / "c5") == {"train": table_rows(tables["primate/train-0.parquet"]), "test": []}
 
 
 def test_split_words_in_file_names_are_read_as_datasets_reads_them(tmp_path):
     """train0.parquet / test0.parquet went to train (a digit after the word was not a separator),
     so test rows were trained on; so did 'testing', 'eval' and 'evaluation'."""
-    datasets = pytest.importorskip("datasets")
     root = tmp_path / "pile"
-    names = ("train0.parquet", "test0.parquet", "my evaluation.parquet", "training_more.parquet")
-    tables = {}
-    for i, name in enumerate(names):
-        tables[name], _ = pile_table([(f"s{i}", "segment_0", 2, 6 + i)], seed=i)
-        write(tables[name], root / name)
+    tables = pile_files(root, ("train0.parquet", "test0.parquet", "my evaluation.parquet", "training_more.parquet"))
     import_neural_pile(str(root), tmp_path / "c", progress=False)
     got = split_rows(tmp_path / "c")
     assert got == {"train": sorted(table_rows(tables["train0.parquet"]) + table_rows(tables["training_more.parquet"])),
                    "test": sorted(table_rows(tables["test0.parquet"]) + table_rows(tables["my evaluation.parquet"]))}
-    datasets.disable_progress_bars()
-    loaded = datasets.load_dataset(str(root), cache_dir=str(tmp_path / "hfc"))
-    assert {k: sorted(table_rows(v.data.table)) for k, v in loaded.items()} == got
+    assert datasets_reads(root, tmp_path / "hfc") == got
+
+
+def test_split_folders_decide_before_file_names_as_datasets_reads_them(tmp_path, capsys):
+    """With files in train/ and test/ folders, a BIDS-style 'ses-test' in a file name sent a train
+    file to test; datasets reads the folders first and leaves out files in no split folder."""
+    root = tmp_path / "pile"
+    tables = pile_files(root, ("train/sub-01_ses-test.parquet", "test/sub-02_ses-1.parquet", "sub-03_test.parquet"))
+    m = import_neural_pile(str(root), tmp_path / "c", progress=False)
+    got = split_rows(tmp_path / "c")
+    assert got == {"train": table_rows(tables["train/sub-01_ses-test.parquet"]),
+                   "test": table_rows(tables["test/sub-02_ses-1.parquet"])}
+    assert datasets_reads(root, tmp_path / "hfc") == got
+    assert m["skipped"] == [{"input": str(root / "sub-03_test.parquet"), "error": "in no split folder"}]
+    assert "1 data file(s) lie in no split folder while others do" in capsys.readouterr().err
 
 
 def test_a_reimported_corpus_keeps_its_regions_and_renamed_sessions_original_ids(tmp_path):

@@ -428,6 +428,28 @@ def test_resume_refuses_a_different_model_and_prints_plain_progress(tmp_path, ca
     assert "with changed settings: optim.lr; they apply from the checkpoint's step on" in err[0]
 
 
+def test_a_new_seed_is_taken_by_a_resume_that_has_no_checkpoint_to_continue(tmp_path, monkeypatch):
+    """A run stopped before its first checkpoint starts again at step 0: its seed may change (the
+    refusal of a changed seed is about a checkpoint's batch order)."""
+    calls = {"n": 0}
+    real_loss = ToyFamily.loss
+
+    def stopped_at_step_5(self, model, batch, cfg):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_loss(self, model, batch, cfg)
+
+    with monkeypatch.context() as m:
+        m.setattr(ToyFamily, "loss", stopped_at_step_5)
+        with pytest.raises(KeyboardInterrupt):
+            train(toy_config(steps=10), tmp_path, progress=False)
+    assert not list_checkpoints(tmp_path) and (tmp_path / "config.json").is_file()
+    seven = apply_overrides(toy_config(steps=10), ["train.seed=7"])
+    assert train(seven, tmp_path, resume=True, progress=False)["step"] == 10
+    assert load_model(tmp_path).run_config.train.seed == 7
+
+
 def test_resume_with_new_optimizer_settings_applies_them_from_the_checkpoint(tmp_path):
     """Settings changed on resume take effect (they were read back from the checkpoint's
     optimizer and schedule, so a larger ``train.steps`` trained its extra steps at lr 0 and a new

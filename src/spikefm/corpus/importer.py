@@ -29,10 +29,12 @@ gets them from the ``data_files`` of its default config (marked ``default: true`
 that folder, its paths relative to it), as ``datasets.load_dataset`` does; data files the card
 does not list are left out with a warning (listed under ``skipped``), and a card of several
 configs and no default is refused. Without a card (or with a ``data_dir`` and no ``data_files``),
-the split is the last split word of the file name, else of its folders, found as ``datasets``
-finds it (:data:`_SPLIT_WORD`: train / training, test / testing / eval / evaluation, validation /
-valid / val / dev, set off by ``-._``, a space or a digit); files naming none are imported as
-train, with a warning. Only train and test are imported.
+the names decide as ``datasets`` reads them: when any file lies in a folder naming a split, the
+folders (the innermost naming one; files in none are left out with a warning), else the last
+split word of each file name, files naming none imported as train with a warning. A split word
+is found as ``datasets`` finds it (:data:`_SPLIT_WORD`: train / training, test / testing / eval /
+evaluation, validation / valid / val / dev, set off by ``-._``, a space or a digit). Only train
+and test are imported.
 
 Before anything is written, each file's known columns are checked against the Arrow types the
 import reads (ids: string, or integer read as its text; ``unit_ids``: list of strings or
@@ -227,14 +229,32 @@ def _hub_listing(repo_id: str, revision: str | None, cache_dir: str | None
     return [f.filename for f in listing], (listing[0].commit_hash if listing else revision)
 
 
-def _split_of(path: Path, root: Path) -> str | None:
-    """Split named by the file name (last split word wins), else by its folders; None if none."""
-    folders = path.parent.relative_to(root).parts if path.parent != root else ()
-    for part in (path.name, *reversed(folders)):
+def _split_word(parts) -> str | None:
+    """The split the first of ``parts`` naming one names (its last split word); None if none."""
+    for part in parts:
         words = _SPLIT_WORD.findall(part)
         if words:
             return _SPLIT_SYNONYMS.get(words[-1], words[-1])
     return None
+
+
+def _splits_from_names(files: list[Path], root: Path, skipped: list[dict]) -> list[tuple[Path, str | None]]:
+    """(file, split or None) from the names, as ``datasets`` reads a folder without a card: when
+    any file lies in a folder naming a split (``train/``, ``test_2/``...), the folders decide (the
+    innermost naming one) and files in none are left out (with a warning); else each file's name."""
+    def folders(f: Path) -> tuple[str, ...]:
+        return tuple(reversed(f.parent.relative_to(root).parts)) if f.parent != root else ()
+
+    by_folder = {f: _split_word(folders(f)) for f in files}
+    if not any(by_folder.values()):
+        return [(f, _split_word([f.name])) for f in files]
+    outside = [f for f, split in by_folder.items() if split is None]
+    if outside:
+        _warn(f"{len(outside)} data file(s) lie in no split folder while others do (first: {outside[0]}); "
+              "left out, as datasets.load_dataset leaves them out (move them into a train/ or test/ folder "
+              "to import them)")
+        skipped += [{"input": str(f), "error": "in no split folder"} for f in outside]
+    return [(f, split) for f, split in by_folder.items() if split is not None]
 
 
 def _visible_files(root: Path) -> list[Path]:
@@ -360,7 +380,7 @@ def _card_data_files(root: Path) -> tuple[Path, list[tuple[str, str]] | None, st
                          "no single default; spikefm imports one: mark the one to import "
                          "`default: true` in the card (of a downloaded copy), or import a folder "
                          "holding only its files")
-    files, data_dir = chosen[0].get("data_files"), chosen[0].get("data_dir", "")
+    files, data_dir = chosen[0].get("data_files"), chosen[0].get("data_dir") or ""  # null: none, as datasets reads it
     if not isinstance(data_dir, str) or Path(data_dir).is_absolute() or ".." in Path(data_dir).parts:
         raise ValueError(f"{card}: the default config's data_dir must be a folder inside the dataset, "
                          f"got {reprlib.repr(data_dir)}; fix the card, or move it out of the folder to "
@@ -424,7 +444,7 @@ def _splits_from_card(card: Path, pairs: list[tuple[str, str]], files: list[Path
 def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
     """The data files to import and their splits: from the dataset card's ``configs`` when
     ``root`` is a folder with one (``README.md`` with YAML front matter), else from file and
-    folder names (:func:`_split_of`), files naming no split going to train."""
+    folder names (:func:`_splits_from_names`), files naming no split going to train."""
     single = root.is_file()
     card = None if single else _card_data_files(root)
     if single:
@@ -446,8 +466,12 @@ def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
     # datasets' cache also holds cache-*.arrow files of map/filter results: not the dataset.
     arrow = [f for f in files if f.suffix == ".arrow" and not f.name.startswith("cache-")]
     chosen, fmt = (parquet, "parquet") if parquet else (arrow, "arrow")
+    if not chosen and card is not None and card[2]:
+        raise ValueError(f"{card[0]}: the default config's data_dir {card[2]} holds no Parquet or Arrow file"
+                         f"{'' if base.is_dir() else ' (no such folder)'}; fix the dataset card's data_dir, or "
+                         "download that folder's files")
     if not chosen:
-        raise ValueError(f"{base if card is not None and card[2] else root}: holds no Parquet (data/train-*.parquet) or Arrow (*.arrow) "
+        raise ValueError(f"{root}: holds no Parquet (data/train-*.parquet) or Arrow (*.arrow) "
                          "files; give the folder of a downloaded Neural Pile dataset or its "
                          "Hugging Face repo id")
     # one file named by the user is imported alone: its sister shards are not looked for
@@ -460,7 +484,7 @@ def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
     if card is not None and card[1] is not None:
         split_of = _splits_from_card(card[0], card[1], chosen, base, skipped)
     else:
-        split_of = [(f, _split_of(f, base)) for f in chosen]
+        split_of = _splits_from_names(chosen, base, skipped)
         unnamed = [f for f, split in split_of if split is None]
         if unnamed:
             _warn(f"{len(unnamed)} file(s) name no split (train, test, validation) in their file "

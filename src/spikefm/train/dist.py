@@ -29,6 +29,7 @@ __all__ = [
     "is_main",
     "barrier",
     "all_reduce_mean",
+    "all_reduce_min",
     "all_reduce_sum",
     "broadcast_object",
     "all_gather_object",
@@ -212,9 +213,9 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _reduce(values: list[float], device: torch.device | None) -> list[float]:
+def _reduce(values: list[float], device: torch.device | None, op=None) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device or "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op)
     return t.tolist()
 
 
@@ -228,6 +229,13 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     if not is_distributed():
         return [float(v) for v in values]
     return _reduce([float(v) for v in values], _device_for_collectives())
+
+
+def all_reduce_min(values: list[float]) -> list[float]:
+    """Element-wise minimum of a list of floats over ranks (identity for a single process)."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    return _reduce([float(v) for v in values], _device_for_collectives(), op=dist.ReduceOp.MIN)
 
 
 def all_reduce_mean(values: list[float]) -> list[float]:

@@ -237,9 +237,10 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 
 def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = None, *,
-                         finished: bool = False) -> None:
+                         finished: bool = False, from_checkpoint: bool = True) -> None:
     """Refuse to continue a run (its config.json at ``path``) with another family/model/data
-    config; note changed optim/train settings (``apply_settings`` puts them into effect)."""
+    config, or (``from_checkpoint``) another ``train.seed``; note changed optim/train settings
+    (``apply_settings`` puts them into effect)."""
     if not path.is_file():
         return
     saved = read_json_file(path, what="run description")
@@ -269,11 +270,14 @@ def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = N
             f"{values}; resume with the same family/model/data config or start a new run directory"
         )
     if corpus_hash and isinstance(before, str) and before != corpus_hash and not finished:
-        _notice(f"resuming from {where}: the corpus at {fam_info.get('corpus')} changed since the run "
+        here = data_now.get("corpus") if isinstance(data_now, dict) else None
+        here = str(Path(here).resolve()) if isinstance(here, str) and here else fam_info.get("corpus")
+        moved = "" if _same_path(str(here), str(fam_info.get("corpus"))) else f" (the run started on {fam_info.get('corpus')})"
+        _notice(f"resuming from {where}: the corpus at {here}{moved} changed since the run "
                 f"started (manifest sha256 {before[:12]}... -> {corpus_hash[:12]}...; rebuilt or "
                 "re-imported): training continues on its current contents")
     changed = config_differences(saved, now, ("optim", "train"))
-    if "train.seed" in changed and not finished:  # the loader's order (and masks) follow it from step 1
+    if "train.seed" in changed and from_checkpoint and not finished:  # the checkpoint's loader order follows it
         raise ValueError(f"cannot resume from {where} with train.seed={now['train'].get('seed')!r}: the run's "
                          f"batch order was drawn with train.seed={saved.get('train', {}).get('seed')!r}, which "
                          "a resume keeps; resume without that setting, or start a new run directory for "
@@ -404,7 +408,8 @@ def _plan_run(out_dir: Path, cfg: RunConfig, resume: bool, world_size: int,
     if at is not None and at > cfg.train.steps:
         raise ValueError(f"cannot resume from {ckpt}: it is at step {at}, past train.steps="
                          f"{cfg.train.steps}; give --steps {at} or more")
-    _check_resume_config(cfg, (ckpt if ckpt is not None else out_dir) / "config.json", corpus_hash)
+    _check_resume_config(cfg, (ckpt if ckpt is not None else out_dir) / "config.json", corpus_hash,
+                         from_checkpoint=ckpt is not None)  # none: it starts again at step 0
     # An interrupted save may have left one checkpoint too many (the newest, the one resumed
     # from, is always kept).
     prune_checkpoints(out_dir, cfg.train.ckpt_keep)
@@ -696,8 +701,8 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     first_bad = torch.zeros((), device=device)
 
     def diverged(step: int) -> TrainingDiverged:
-        local = int(float(first_bad))
-        at = f"at step {local}" if local else "on another rank"
+        first = d.all_reduce_min([float(first_bad) if float(first_bad) > 0 else math.inf])[0]
+        at = f"at step {int(first)}" if math.isfinite(first) else "on another rank"
         return TrainingDiverged(f"the loss or gradient norm was NaN or infinite {at} (found at step {step}); "
                                 "lower optim.lr or check the data, then resume from the last checkpoint "
                                 "(--resume; checkpoints hold no such step) or start a new run directory")

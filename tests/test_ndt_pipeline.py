@@ -557,6 +557,21 @@ def test_no_val_windows_says_every_fix_including_the_one_for_fine_tuning(corpus_
     assert "use longer sessions" in NO_VAL_WINDOWS and "fine-tuning always validates" in NO_VAL_WINDOWS
 
 
+def test_a_finetuning_without_val_windows_is_refused_before_training(pretrained, corpus_dir, held_out, tmp_path,
+                                                                    capsys):
+    """It trained its first segment, then failed; the folder it left refused the corrected command
+    ('holds a fine-tuning made with other settings')."""
+    from spikefm.data.windows import NO_VAL_WINDOWS
+
+    out = tmp_path / "ft"
+    args = ["finetune", str(pretrained), "--data", str(corpus_dir), "--session", held_out, "--out", str(out),
+            "--strategy", "frozen", "--steps", "4", "--eval-every", "2", "--quiet"]
+    assert main([*args, "--set", "data.split_fractions=0.9,0,0.1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"spikefm: error: {NO_VAL_WINDOWS}"
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    assert main(args) == 0 and (out / "model.safetensors").is_file()
+
+
 def test_decoding_tasks_name_the_block_as_the_results_do(finetuned, corpus_dir):
     """--decode-layer 0 and 2 (of 2 blocks) read the same block, yet the tasks recorded 'layer'
     -1 and 1 (and 0 for block 1, where 0 means the last everywhere else): each task now records

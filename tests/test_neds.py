@@ -414,3 +414,17 @@ def test_explicit_label_classes_of_a_label_no_session_holds_are_warned_about():
     assert mods.labels == (("choice", (-1.0, 1.0)), ("target_angle", (0.0, 90.0)))
     with pytest.raises(ValueError, match=r"label 'choice' has 0 numeric value"):
         resolve_modalities(windows, "auto", "choice")
+
+
+def test_label_names_may_be_separated_by_commas_as_the_warning_offers_them():
+    """The no-targets warning offered data.labels=accuracy,boundary_type,confidence, which failed
+    ("label 'accuracy,boundary_type,confidence' has 0 numeric value(s)"): only ';' separated labels."""
+    from spikefm.families.neds.batches import parse_label_spec
+
+    assert parse_label_spec("accuracy,boundary_type, confidence") == [
+        ("accuracy", None), ("boundary_type", None), ("confidence", None)]
+    assert parse_label_spec("choice=-1,1;block_prior") == [("choice", (-1.0, 1.0)), ("block_prior", None)]
+    assert parse_label_spec("choice;block_prior=0.8,0.2,0.5") == [("choice", None), ("block_prior", (0.2, 0.5, 0.8))]
+    with pytest.raises(ValueError, match=r"'choice=-1,1,block_prior' must list at least two numeric classes, e.g. "
+                                         r"'choice=-1,1' \(separate labels with ';': 'choice=-1,1;block_prior'\)"):
+        parse_label_spec("choice=-1,1,block_prior")

@@ -239,6 +239,29 @@ def test_hidden_state_probe_reads_labels_and_channels_from_the_fit_windows_only(
     np.testing.assert_array_equal(again["behavior_KTC"], res["behavior_KTC"])
 
 
+def test_a_channel_the_session_never_recorded_leaves_the_others_decoded():
+    """A run's channel all NaN in this session (recorded in other sessions: a corpus of ibl and
+    motor sessions, say) removed every row of the ridge fit, so the linear, probe, RRR and oracle
+    decoders had no channel at all; each recorded channel is decoded as if alone now."""
+    from types import SimpleNamespace
+
+    from spikefm.families.neds.evaluate import neds_probe
+
+    rng = np.random.default_rng(1)
+    K, T, D = 120, 10, 4
+    h = rng.normal(size=(K, T, D))
+    wheel = (h @ np.array([0.5, -1.0, 0.0, 0.3]))[..., None]
+    fit, te = np.arange(90), np.arange(90, K)
+    alone = neds_probe(h, SimpleNamespace(labels_KJ=np.zeros((K, 0), np.int64), behavior_KTC=wheel),
+                       fit, te, SimpleNamespace(labels=[], channels=["wheel"]))
+    both = np.concatenate([wheel, np.full_like(wheel, np.nan)], axis=2)  # hand velocity: not in this session
+    res = neds_probe(h, SimpleNamespace(labels_KJ=np.zeros((K, 0), np.int64), behavior_KTC=both),
+                     fit, te, SimpleNamespace(labels=[], channels=["wheel", "hand_velocity"]))
+    np.testing.assert_allclose(res["behavior_KTC"][..., 0], alone["behavior_KTC"][..., 0], rtol=1e-10)
+    assert np.isnan(res["behavior_KTC"][..., 1]).all()
+    assert _r2(res["behavior_KTC"][..., 0].reshape(-1), wheel[te].reshape(-1)) > 0.99
+
+
 def test_a_label_a_decoder_cannot_fit_is_named_with_the_reason():
     """A label whose fit windows hold one class (or a class of one window) had no row for that
     decoder and no word why (``--split val`` on short sessions)."""

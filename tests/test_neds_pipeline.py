@@ -433,6 +433,20 @@ def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetun
 
     html = build_report(_write_json(out.parent / "val.json", res)).html()
     assert "same val windows" in html and "same test windows" not in html
+    # the region task's unit features (firing statistics, PSTHs, model states) came from every
+    # window, test windows included
+    from spikefm.eval import probes
+
+    sizes, real_stats = [], probes.firing_statistics
+
+    def spy_stats(counts, bin_ms, **k):
+        sizes.append(counts.shape[0])
+        return real_stats(counts, bin_ms, **k)
+
+    monkeypatch.setattr(probes, "firing_statistics", spy_stats)
+    ev.evaluate_run(str(out), str(corpus_dir), tasks=["region"], split="val")
+    ev.evaluate_run(str(out), str(corpus_dir), tasks=["region"])
+    assert sizes == [train.size + val.size, w.num_windows]
 
 
 def test_eval_of_multi_session_run_needs_session(pretrained, corpus_dir, capsys):
@@ -465,6 +479,17 @@ def test_continuous_windows_and_motor_preset_modalities(tmp_path):
 
     summary = train(cont, tmp_path / "run", progress=False)
     assert summary["step"] == 4 and np.isfinite(summary["loss"])
+    # continuous windows have no trials: PSTH R² (a trial average) is nan, not a number of
+    # unaligned windows averaged together (it read -6.5 for the oracle's hand position)
+    from spikefm.families.neds.evaluate import evaluate_run
+
+    sid = sorted(arr_c)[0]
+    res = evaluate_run(str(tmp_path / "run"), str(tmp_path / "corpus"), tasks=["encoding", "decoding"], session=sid)
+    enc, dec = res["results"]["encoding"], res["results"]["decoding"]
+    assert {"neds", "oracle"} <= set(enc) and {"neds", "linear"} <= set(dec)
+    assert all(np.isnan(v["r2_psth"]) and np.isfinite(v["r2_single_trial"]) for v in enc.values())
+    channel_scores = [v for model in dec.values() for v in model.values() if isinstance(v, dict) and "r2_psth" in v]
+    assert channel_scores and all(np.isnan(v["r2_psth"]) and np.isfinite(v["r2_single_trial"]) for v in channel_scores)
 
 
 def _write_json(path, obj):

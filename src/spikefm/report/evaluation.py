@@ -65,7 +65,8 @@ def neds_nan_why(split: str) -> dict[str, list[tuple[str, str]]]:
         "r2_single_trial": [("", "single-trial R² is nan when the channel is constant over the scored "
                                  f"{split} bins (R² of a constant target is undefined; scikit-learn would give 0 or 1)")],
         "r2_psth": [("", "PSTH R² is nan when the channel's per-condition mean trace is constant (R² of a "
-                         "constant target is undefined; scikit-learn would give 0 or 1)")],
+                         "constant target is undefined; scikit-learn would give 0 or 1), and for windows cut from "
+                         "continuous recording (no trials to average)")],
         "region": [("", "a region score is nan when no unit was classified")],
         "comparisons": [CI_NAN, ("difference", "a difference is nan when either of its two scores is nan (see the "
                                                "tables above)")],

@@ -82,6 +82,8 @@ Members used outside the loop (by `spikefm.families`, the CLI and the experiment
                                        would refuse, so studies fail before training anything.
     check_config(cfg)                  optional: ValueError (one line) for model and data settings
                                        that cannot work together; `families.run_config` calls it.
+    check_validation_data(cfg)         optional: ValueError (one line) when the run has no
+                                       validation data; fine-tuning calls it before training.
     finetune_select, finetune_soup     optional attributes: `finetune --strategy auto`'s default
                                        selection rule (`lowest`) and whether it ranks the soup (False).
     finetune_fixed_data                optional attribute: names of `data` settings a fine-tuning

@@ -128,6 +128,9 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
         return done
     # an unfinished one continues only with its own budget (another --steps would mix two runs)
     _check_same_finetune(cfg, out_dir, sections=("train",))
+    check = getattr(family, "check_validation_data", None)
+    if check is not None:  # no val windows: said before training, not after its first segment
+        check(cfg)
     history: list[dict[str, float]] = []
     best_loss, best_step, since_best, step = math.inf, 0, 0, 0
     kept = _read_progress(out_dir, budget)

@@ -372,6 +372,19 @@ class NDTFamily:
         own = sum(per_session.get(session_key(s), 0) for s in batch["session_ids"])  # each sample its own
         return 6.0 * T * (shared * B + own)
 
+    def _val_items(self, cfg: RunConfig) -> list[tuple[str, int]]:
+        windows = self.windows(cfg.data)
+        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
+        if not items:
+            from spikefm.data.windows import NO_VAL_WINDOWS
+
+            raise ValueError(NO_VAL_WINDOWS)
+        return items
+
+    def check_validation_data(self, cfg: RunConfig) -> None:
+        """Refuse (ValueError) a run whose sessions have no val windows, before any training."""
+        self._val_items(cfg)
+
     def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
                  ) -> dict[str, tuple[float, float]]:
         """Masked Poisson NLL on this rank's share of the ``val`` windows, per scheme and balanced.
@@ -383,12 +396,7 @@ class NDTFamily:
         averages the per-rank balanced losses. Every rank runs the same number of forward passes
         (FSDP needs that).
         """
-        windows = self.windows(cfg.data)
-        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
-        if not items:
-            from spikefm.data.windows import NO_VAL_WINDOWS
-
-            raise ValueError(NO_VAL_WINDOWS)
+        windows, items = self.windows(cfg.data), self._val_items(cfg)
         bs = cfg.train.micro_batch_size(world_size)
         mine = items[rank::world_size]
         num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)

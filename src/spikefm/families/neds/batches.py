@@ -25,9 +25,13 @@ AUTO_LABELS = ("choice", "block_prior", "target_angle")
 
 
 def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
-    """``"choice=-1,1;block_prior"`` -> [("choice", (-1.0, 1.0)), ("block_prior", None)]."""
+    """``"choice=-1,1;block_prior"`` -> [("choice", (-1.0, 1.0)), ("block_prior", None)]. Labels
+    are separated by ``;``; names without classes may also be separated by commas
+    (``"choice,block_prior"``, as ``data.behavior`` lists channels)."""
     out = []
-    for part in [p.strip() for p in str(text).split(";") if p.strip()]:
+    parts = [p.strip() for p in str(text).split(";") if p.strip()]
+    parts = [q.strip() for p in parts for q in ([p] if "=" in p else p.split(","))]
+    for part in parts:
         name, sep, vals = part.partition("=")
         values = None
         if sep:
@@ -37,7 +41,7 @@ def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
                 values = ()
             if len(values) < 2:
                 raise ValueError(f"data.labels: {part!r} must list at least two numeric classes, e.g. "
-                                 "'choice=-1,1'")
+                                 "'choice=-1,1' (separate labels with ';': 'choice=-1,1;block_prior')")
         if not name.strip():
             raise ValueError(f"data.labels must look like 'choice;block_prior' or 'choice=-1,1', got {text!r}")
         out.append((name.strip(), values))

@@ -211,27 +211,31 @@ def _psth(x_KTQ: np.ndarray, cond_K: np.ndarray, groups: Sequence[int] | None = 
                            for c in groups])
 
 
-def encoding_scores(rates_KTN: np.ndarray, counts_KTN: np.ndarray, cond_K: np.ndarray, keep_N: np.ndarray) -> dict:
+def encoding_scores(rates_KTN: np.ndarray, counts_KTN: np.ndarray, cond_K: np.ndarray | None,
+                    keep_N: np.ndarray) -> dict:
     """bps (pooled, per-neuron mean) over every unit; R² (single trial vs smoothed counts, PSTH)
-    averaged over the ``keep_N`` units."""
+    averaged over the ``keep_N`` units. ``cond_K`` None (continuous windows: no trials to
+    average): PSTH R² is nan."""
     counts = counts_KTN.astype(np.float64)
     out = {"bps_pooled": bps_pooled(rates_KTN, counts), "bps_per_neuron_mean": bps_per_neuron_mean(rates_KTN, counts)}
     N = counts.shape[-1]
     r2_st = _r2_per_column(rates_KTN[..., keep_N].reshape(-1, keep_N.sum()),
                            _smooth(counts)[..., keep_N].reshape(-1, keep_N.sum()))
-    r2_psth = _r2_per_column(_psth(rates_KTN[..., keep_N], cond_K), _psth(counts[..., keep_N], cond_K))
+    r2_psth = (_r2_per_column(_psth(rates_KTN[..., keep_N], cond_K), _psth(counts[..., keep_N], cond_K))
+               if cond_K is not None else np.full(int(keep_N.sum()), np.nan))
     out.update(r2_single_trial=float(np.nanmean(r2_st)) if keep_N.any() else float("nan"),
-               r2_psth=float(np.nanmean(r2_psth)) if keep_N.any() else float("nan"),
+               r2_psth=float(np.nanmean(r2_psth)) if keep_N.any() and cond_K is not None else float("nan"),
                units_scored_r2=int(keep_N.sum()), units=int(N))
     return out
 
 
 def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.ndarray], num_classes: dict[str, int],
                     beh_pred_KTC: np.ndarray | None, beh_true_KTC: np.ndarray | None, channels: Sequence[str],
-                    cond_K: np.ndarray) -> dict:
+                    cond_K: np.ndarray | None) -> dict:
     """Per label: accuracy (with its 95 % Wilson interval: test sets are small), balanced accuracy,
     chance (majority class of the test windows) and balanced chance (1 / classes present); per
-    channel: single-trial R² (pooled over bins) and PSTH R²."""
+    channel: single-trial R² (pooled over bins) and PSTH R² (nan for ``cond_K`` None: continuous
+    windows have no trials to average)."""
 
     out: dict[str, Any] = {}
     for name, y in label_true.items():
@@ -257,7 +261,8 @@ def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 st = r2_score_pooled(p.ravel(), t.ravel())
-                ps = r2_score_pooled(_psth(p[..., None], cond_K).ravel(), _psth(t[..., None], cond_K).ravel())
+                ps = (r2_score_pooled(_psth(p[..., None], cond_K).ravel(), _psth(t[..., None], cond_K).ravel())
+                      if cond_K is not None else float("nan"))
             out[name] = {"r2_single_trial": st, "r2_psth": ps}
     return out
 
@@ -360,12 +365,20 @@ def _linear_readout(Xlab_KF: np.ndarray, Xbin_KTF: np.ndarray, a, fit_idx: np.nd
     C = len(mods.channels)
     if C:
         Y = _rows(a.behavior_KTC[fit_idx])
-        ok = ~np.isnan(Y).any(1)
+        cols = _recorded(Y)  # the session's channels (another session's leave no row here)
+        ok = cols.any() & ~np.isnan(Y[:, cols]).any(1)
         if ok.sum() > 10:
             K, T = len(te), Xbin_KTF.shape[1]
-            res["behavior_KTC"] = fit_predict_ridge(_rows(Xbin_KTF[fit_idx])[ok], Y[ok],
-                                                    _rows(Xbin_KTF[te])).reshape(K, T, C)
+            pred = np.full((K * T, C), np.nan)
+            pred[:, cols] = fit_predict_ridge(_rows(Xbin_KTF[fit_idx])[ok], Y[ok][:, cols],
+                                              _rows(Xbin_KTF[te])).reshape(K * T, -1)
+            res["behavior_KTC"] = pred.reshape(K, T, C)
     return res
+
+
+def _recorded(Y_RC: np.ndarray) -> np.ndarray:
+    """(C,) bool: the channels recorded in some row of ``Y_RC``."""
+    return ~np.isnan(Y_RC).all(0) if Y_RC.size else np.zeros(Y_RC.shape[1], dtype=bool)
 
 
 def neds_probe(hidden_KTD: np.ndarray, a, fit_idx: np.ndarray, te: np.ndarray, mods) -> dict[str, Any]:
@@ -418,16 +431,17 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
         m, _ = select_alpha(lambda al, k=len(values): MultiSessionRRR(rank=rank, loss="xent", shared="output",
                                                                       num_outputs=k, alpha=al), (X, Y), score)
         res["labels"][lab] = m.predict(_chunked(w.counts[te]), sid).argmax(1)
-    if C:
+    cols = _recorded(_rows(a.behavior_KTC[fit_windows[sid]])) if C else np.zeros(0, dtype=bool)
+    if cols.any():  # the target session's channels; a session lacking one of them is left out
         X, Y = {}, {}
         for s in sessions:
             t = fit_windows[s]
-            xs, ys = _rows(_lagged(windows[s].counts[t])), _rows(arrays[s].behavior_KTC[t])
+            xs, ys = _rows(_lagged(windows[s].counts[t])), _rows(arrays[s].behavior_KTC[t])[:, cols]
             ok = ~np.isnan(ys).any(1)
             if ok.sum() > 10:
                 X[s], Y[s] = xs[ok], ys[ok]
         if sid in X:
-            yv, xv = _rows(a.behavior_KTC[val]), _rows(_lagged(w.counts[val]))
+            yv, xv = _rows(a.behavior_KTC[val])[:, cols], _rows(_lagged(w.counts[val]))
             okv = ~np.isnan(yv).any(1)
 
             def score(m):
@@ -437,7 +451,9 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
 
             m, _ = select_alpha(lambda al: MultiSessionRRR(rank=rank, loss="mse", shared="output", alpha=al),
                                 (X, Y), score)
-            res["behavior_KTC"] = m.predict(_rows(_lagged(w.counts[te])), sid).reshape(K, T, C)
+            pred = np.full((K * T, C), np.nan)
+            pred[:, cols] = np.asarray(m.predict(_rows(_lagged(w.counts[te])), sid)).reshape(K * T, -1)
+            res["behavior_KTC"] = pred.reshape(K, T, C)
     out["rrr"] = res
     return out
 
@@ -513,7 +529,7 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
                       "windows to be trusted (a longer session, or more trials, gives more)", RuntimeWarning,
                       stacklevel=2)
     truth = _truth(corpus, w) if baselines else None
-    cond = _conditions(a.labels_KJ[te])
+    cond = _conditions(a.labels_KJ[te]) if w.align is not None else None  # continuous: no PSTH
     results: dict[str, Any] = {}
     comparisons: dict[str, Any] = {}
     if "encoding" in names:
@@ -583,7 +599,7 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
                                                 label_true, raw_true, mods.channels)
                 for k, m in models.items() if k not in ("neds", "neds_probe", "oracle", "ideal_observer")}
     if "region" in names:
-        results["region"] = region_task(model, windows, arrays)
+        results["region"] = region_task(model, windows, arrays, splits=("train", "val") if split == "val" else None)
     if comparisons:
         results["comparisons"] = comparisons
     if skipped:
@@ -637,9 +653,10 @@ def _psth_features(x_KTQ: np.ndarray, cond_K: np.ndarray, groups: Sequence[int] 
     return (p - p.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
 
 
-def region_task(model, windows: dict, arrays: dict) -> dict:
+def region_task(model, windows: dict, arrays: dict, splits: Sequence[str] | None = None) -> dict:
     """Region classification of every unit of the model's sessions, one linear classifier and
-    leave-one-session-out folds for every feature set:
+    leave-one-session-out folds for every feature set, from every window of each session (or the
+    windows of ``splits``: ``eval --split val`` leaves the test windows out):
 
     * ``embedding``: the unit's read-in column and read-out row (:meth:`NEDS.unit_embeddings`);
     * ``embedding_tuning``: the read-out row applied to the model's hidden states averaged per
@@ -650,26 +667,28 @@ def region_task(model, windows: dict, arrays: dict) -> dict:
     from spikefm.eval.probes import classify_regions, firing_statistics
     from spikefm.families.neds.batches import collate
 
-    sessions = [s for s in model.session_units if s in windows]
+    used = {s: (np.arange(windows[s].num_windows) if splits is None else windows[s].indices(list(splits)))
+            for s in model.session_units if s in windows}
+    sessions = [s for s, idx in used.items() if idx.size]
     regions = {s: list(windows[s].unit_regions) for s in sessions}
     feats: dict[str, dict[str, np.ndarray]] = {k: {} for k in ("embedding", "embedding_tuning", "firing_stats",
                                                                "psth_counts")}
     device = next(model.parameters()).device
     model.eval()
     # one condition list for every session, so their PSTH features have one size
-    conds = {s: _conditions(arrays[s].labels_KJ) for s in sessions}
+    conds = {s: _conditions(arrays[s].labels_KJ[used[s]]) for s in sessions}
     seen = {int(c) for s in sessions for c in np.unique(conds[s])}
     groups = sorted(c for c in seen if c >= 0) or sorted(seen)
     for s in sessions:
-        w, a = windows[s], arrays[s]
+        w, idx = windows[s], used[s]
         cond = conds[s]
         feats["embedding"][s] = model.unit_embeddings(s).float().cpu().numpy()
-        feats["firing_stats"][s] = firing_statistics(w.counts, w.bin_ms)
-        feats["psth_counts"][s] = _psth_features(_smooth(w.counts), cond, groups)
+        feats["firing_stats"][s] = firing_statistics(w.counts[idx], w.bin_ms)
+        feats["psth_counts"][s] = _psth_features(_smooth(w.counts[idx]), cond, groups)
         hidden = []
         with torch.no_grad():
-            for i in range(0, w.num_windows, 64):
-                b = collate(windows, arrays, [(s, k) for k in range(i, min(i + 64, w.num_windows))])
+            for i in range(0, idx.size, 64):
+                b = collate(windows, arrays, [(s, int(k)) for k in idx[i:i + 64]])
                 b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
                 B, T = b["counts_BTN"].shape[:2]
                 out = model(b["counts_BTN"], torch.zeros(B, T, dtype=torch.bool, device=device), b["session_ids"],

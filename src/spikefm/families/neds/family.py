@@ -501,6 +501,11 @@ class NEDSFamily:
         own = sum(per_session.get(session_key(s), 0) for s in batch["session_ids"])
         return 6.0 * (shared * B * L + own * T)
 
+    def check_validation_data(self, cfg: RunConfig) -> None:
+        """Refuse (ValueError) a run whose sessions have no val windows, before any training
+        (early stopping found out after the first segment, and the folder it left was refused)."""
+        self._val_items(cfg.data)
+
     def _val_items(self, data: NEDSDataConfig) -> list[tuple[str, int]]:
         windows, _, _ = self.prepared(data)
         items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]

@@ -428,3 +428,26 @@ def test_label_names_may_be_separated_by_commas_as_the_warning_offers_them():
     with pytest.raises(ValueError, match=r"'choice=-1,1,block_prior' must list at least two numeric classes, e.g. "
                                          r"'choice=-1,1' \(separate labels with ';': 'choice=-1,1;block_prior'\)"):
         parse_label_spec("choice=-1,1,block_prior")
+
+
+def test_a_session_whose_trials_share_one_class_keeps_that_label():
+    """A held-out session whose every trial had choice 1 (short, or an animal with a side bias) lost
+    its choice column ('none of the session(s) hold choice'): a label needed 2 distinct values per
+    session. One is enough now; auto still leaves out a label of one value in every session."""
+    from types import SimpleNamespace
+
+    from spikefm.data.windows import _discrete_labels
+    from spikefm.families.neds.batches import resolve_modalities
+
+    trials = {"choice": [1.0, 1.0, None, 1.0], "contrast": [0.0, 0.25, 1.0, 0.5], "start_time": [0.0, 1.0, 2.0, 3.0]}
+    labels = _discrete_labels(trials, np.arange(4))
+    assert set(labels) == {"choice", "contrast"} and np.isnan(labels["choice"][2])
+
+    def session(choice, block):
+        return SimpleNamespace(behavior_names=[], labels={"choice": np.array(choice, float),
+                                                          "block_prior": np.array(block, float)})
+
+    one_class = {"a": session([1, 1], [0.5, 0.5]), "b": session([-1, 1], [0.5, 0.5])}
+    mods = resolve_modalities(one_class, "auto", "auto")
+    assert mods.labels == (("choice", (-1.0, 1.0)),)  # block_prior: 0.5 everywhere, no label
+    assert resolve_modalities({"a": one_class["a"]}, "auto", "choice=-1,1").labels == (("choice", (-1.0, 1.0)),)

@@ -68,7 +68,8 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 #: Floor of the mean count per bin behind :meth:`SessionWindows.train_log_rates` (a unit silent in
 #: every train window would otherwise start at log 0 = -inf).
 MIN_INIT_RATE = 1e-3
-#: A trial column becomes a label when it has between 2 and this many distinct values.
+#: A trial column becomes a label when it has at most this many distinct values (one is enough:
+#: a session whose every trial had one choice still carries that choice, a class a run knows).
 MAX_LABEL_VALUES = 10
 _SPLITS_FORMAT_VERSION = 1
 
@@ -320,7 +321,7 @@ def _is_time_column(name: str) -> bool:
 
 def _discrete_labels(trials: dict[str, list], keep: np.ndarray,
                      max_values: int = MAX_LABEL_VALUES) -> dict[str, np.ndarray]:
-    """Trial columns with 2..max_values distinct values (missing excluded), for the kept trials."""
+    """Trial columns with 1..max_values distinct values (missing excluded), for the kept trials."""
     labels = {}
     for name, values in trials.items():
         if _is_time_column(name):
@@ -337,14 +338,14 @@ def _discrete_labels(trials: dict[str, list], keep: np.ndarray,
         else:
             continue
         n_unique = len(set(present))
-        if 2 <= n_unique <= max_values:
+        if n_unique <= max_values:
             labels[name] = arr
     return labels
 
 
 def session_label_names(corpus: Corpus | str | Path, session_id: str, trial_table: str = "trials") -> list[str]:
     """The discrete labels trial-aligned windows of a session can carry: the columns of its trial
-    table ``trial_table`` with 2..``MAX_LABEL_VALUES`` distinct values (time columns left out),
+    table ``trial_table`` with 1..``MAX_LABEL_VALUES`` distinct values (time columns left out),
     over all its trials (windows keep their own trials, so theirs may be fewer); sorted."""
     corpus = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
     trials = _merge_trials(_collect_rows(corpus, [session_id])[session_id]).get(trial_table, {})

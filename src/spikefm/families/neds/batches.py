@@ -48,6 +48,16 @@ def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
     return out
 
 
+def _numeric_values(windows: dict, name: str) -> set[float]:
+    """The numeric values label ``name`` takes in any session's windows."""
+    seen: set[float] = set()
+    for w in windows.values():
+        arr = w.labels.get(name)
+        if arr is not None:
+            seen |= {float(v) for v in arr if isinstance(v, (int, float)) and not math.isnan(v)}
+    return seen
+
+
 def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok: bool = False) -> Modalities:
     """The channels and labels of a run from its windows and the ``data.behavior`` /
     ``data.labels`` options (``auto``: every channel of the sessions; the :data:`AUTO_LABELS`
@@ -72,7 +82,8 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
                           "so fine-tuning learns from the spikes (and any labels present) and nothing of "
                           "them is decoded", RuntimeWarning, stacklevel=3)
     present = {name for w in windows.values() for name in w.labels}
-    spec = [(n, None) for n in AUTO_LABELS if n in present] if labels == "auto" else parse_label_spec(labels)
+    spec = ([(n, None) for n in AUTO_LABELS if len(_numeric_values(windows, n)) >= 2] if labels == "auto"
+            else parse_label_spec(labels))  # auto: a label of one value in every session is no label
     out = []
     # a label given with its classes that no session holds: warned (not refused: a fine-tuning's
     # single-session model keeps the pretrained run's labels, which its one session may lack)
@@ -83,11 +94,7 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
                       f"present: {', '.join(sorted(present)) or '(none)'})", RuntimeWarning, stacklevel=3)
     for name, values in spec:
         if values is None:
-            seen = set()
-            for w in windows.values():
-                arr = w.labels.get(name)
-                if arr is not None:
-                    seen |= {float(v) for v in arr if isinstance(v, (int, float)) and not math.isnan(v)}
+            seen = _numeric_values(windows, name)
             if len(seen) < 2:
                 raise ValueError(f"data.labels: label {name!r} has {len(seen)} numeric value(s) in the "
                                  f"data; labels present: {', '.join(sorted(present)) or '(none)'}")

@@ -264,7 +264,11 @@ def _check_schemes_have_targets(data: "NEDSDataConfig", mods, *, warn: bool = Tr
     share = sum(w[n] for n in idle) / sum(w.values())
     # trial columns the sessions do have, which data.labels=auto does not take (only choice,
     # block_prior, target_angle): a user's own label, e.g. stimCategory
-    columns = sorted({k for w in (windows or {}).values() for k in (getattr(w, "labels", None) or {})})
+    values: dict[str, set] = {}
+    for w in (windows or {}).values():
+        for k, arr in (getattr(w, "labels", None) or {}).items():
+            values.setdefault(k, set()).update(v for v in arr if v is not None and v == v)  # NaN != NaN
+    columns = sorted(k for k, v in values.items() if len(v) >= 2)  # one value everywhere: nothing to decode
     offer = (f"; or name trial columns as labels: data.labels={','.join(columns[:3])} (the sessions' trial "
              f"columns: {', '.join(columns[:12])}{' ...' if len(columns) > 12 else ''})" if columns else "")
     _warn_once(f"the sessions have no behaviour channels or trial labels, so schemes {', '.join(idle)} score "

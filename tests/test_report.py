@@ -169,6 +169,17 @@ def test_walk_chunk_table_shows_both_nulls_and_the_oracle(tmp_path):
     path.write_text(json.dumps(obj))
     assert "jackknife interval over the test trials, the NLB null re-fitted without each trial" in \
         build_report(path).html()
+    # one chunk (forward-prediction): no chunk table, and its train-fitted null is a row of the task's table
+    for bench in obj.values():
+        task = bench["tasks"].pop("forward-prediction-walk")
+        bench["tasks"]["forward-prediction"] = {**task, "chunks": task["chunks"][:1]}
+    path.write_text(json.dumps(obj))
+    text = build_report(path).html()
+    cells = {c[1]: c[3] for c in _parse(text).cells}
+    assert "bps_pooled, train-fitted null" in text and "chunks-forward-prediction" not in text
+    for name in obj:
+        assert cells[f"/{name}/tasks/forward-prediction/chunks/0/model_vs_train_null/bps_pooled"] == \
+            f"{obj[name]['tasks']['forward-prediction']['chunks'][0]['model_vs_train_null']['bps_pooled']:.4f}"
 
 
 def test_generic_study_curves_and_ranking(tmp_path):

@@ -448,6 +448,14 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
                     row.append(Num(d["ci95"][key], src=ev.src,
                                    path=ev.ptr(n, "tasks", task, "model_minus_smoothing", "bps_pooled", "ci95", key)))
             rows.append(row + [None] * len(bases))
+    if not any(e and len(e.get("chunks", [])) > 1 for e in entries.values()) and any(
+            e and len(e.get("chunks", [])) == 1 and "model_vs_train_null" in e["chunks"][0] for e in entries.values()):
+        # one chunk (forward-prediction): no chunk table, so its out-of-sample null is a row here
+        rows.append(["bps_pooled, train-fitted null"] + [
+            Num(e["chunks"][0]["model_vs_train_null"]["bps_pooled"], src=ev.src,
+                path=ev.ptr(n, "tasks", task, "chunks", 0, "model_vs_train_null", "bps_pooled"))
+            if e and len(e.get("chunks", [])) == 1 and "model_vs_train_null" in e["chunks"][0] else None
+            for n, e in entries.items()] + [None] * len(bases))
     rows.append(["entries scored"] + [Num(e.get("num_evaluated"), src=ev.src,
                                           path=ev.ptr(n, "tasks", task, "num_evaluated")) if e else None
                                       for n, e in entries.items()] + [None] * len(bases))

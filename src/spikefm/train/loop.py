@@ -272,7 +272,8 @@ def _check_resume_config(cfg: RunConfig, path: Path, corpus_hash: str | None = N
     if corpus_hash and isinstance(before, str) and before != corpus_hash and not finished:
         here = data_now.get("corpus") if isinstance(data_now, dict) else None
         here = str(Path(here).resolve()) if isinstance(here, str) and here else fam_info.get("corpus")
-        moved = "" if _same_path(str(here), str(fam_info.get("corpus"))) else f" (the run started on {fam_info.get('corpus')})"
+        moved = ("" if _same_path(str(here), str(fam_info.get("corpus")))
+                 else f" (the run started on {fam_info.get('corpus')})")
         _notice(f"resuming from {where}: the corpus at {here}{moved} changed since the run "
                 f"started (manifest sha256 {before[:12]}... -> {corpus_hash[:12]}...; rebuilt or "
                 "re-imported): training continues on its current contents")

@@ -933,7 +933,8 @@ def format_benchmark_table(results_by_model: dict[str, dict]) -> str:
     for t, e in {t: e for res in results_by_model.values() for t, e in res.get("tasks", {}).items()
                  if isinstance(e, dict) and "prompt_untrained" in e}.items():
         footer.append(f"{t}: scored with the {e['prompt']} prompt" + (
-            f" (the run never trained its own, {e['prompt_untrained']}: data.schemes, or sessions of one region)" if e["prompt"] != e["prompt_untrained"]
+            f" (the run never trained its own, {e['prompt_untrained']}: data.schemes, or sessions of one region)"
+            if e["prompt"] != e["prompt_untrained"]
             else " although the run never trained it (data.schemes): its score is out of distribution"))
     if any(len(e.get("chunks", [])) > 1 for res in results_by_model.values() for e in res.get("tasks", {}).values()):
         footer.append(f"bins a-b: each chunk's bps_pooled [95 % interval over the "

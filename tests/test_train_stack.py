@@ -743,7 +743,8 @@ def test_diverging_loss_is_a_one_line_value_error(tmp_path):
     with pytest.raises(TrainingDiverged) as err:
         train(cfg, tmp_path, progress=False)
     assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
-    assert str(err.value).startswith("loss is nan at step ") and "lower optim.lr" in str(err.value)
+    assert str(err.value).startswith("the loss or gradient norm was NaN or infinite at step ") and \
+        "lower optim.lr" in str(err.value)
 
 
 def test_a_diverged_run_leaves_only_finite_checkpoints_so_its_advice_works(tmp_path, monkeypatch):
@@ -773,6 +774,13 @@ def test_a_diverged_run_leaves_only_finite_checkpoints_so_its_advice_works(tmp_p
         assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()), ckpt
     assert train(cfg, tmp_path, resume=True, progress=False)["step"] == 20
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in train_rows(tmp_path))
+    # without checkpoints it is found at the next logging step, and the message names the bad step
+    calls["n"] = 0
+    with monkeypatch.context() as m:
+        m.setattr(ToyFamily, "loss", one_bad_batch)
+        with pytest.raises(TrainingDiverged, match=r"^the loss or gradient norm was NaN or infinite at step 5 "
+                                                   r"\(found at step 10\)"):
+            train(toy_config(steps=20, log_every=10), tmp_path / "no_ckpt", progress=False)
 
 
 def test_resume_from_a_checkpoint_past_the_new_steps_is_refused(tmp_path):

@@ -447,6 +447,15 @@ def test_eval_on_val_windows_scores_them_and_fits_baselines_without_them(finetun
     ev.evaluate_run(str(out), str(corpus_dir), tasks=["region"], split="val")
     ev.evaluate_run(str(out), str(corpus_dir), tasks=["region"])
     assert sizes == [train.size + val.size, w.num_windows]
+    # a fine-tuned run knows one session: a region error says where all sessions' units are classified
+    def one_region(*a, **k):
+        raise ValueError("region classification needs >= 2 regions it can learn, found 1 (CA1)")
+
+    monkeypatch.setattr(probes, "classify_regions", one_region)
+    region = ev.evaluate_run(str(out), str(corpus_dir), tasks=["region"])["results"]["region"]
+    assert region and all(v["error"].endswith("(this run knows one session, so only that session's units are "
+                                              "classified: the pretrained run's evaluation classifies the units of "
+                                              "all its sessions)") for v in region.values())
 
 
 def test_eval_of_multi_session_run_needs_session(pretrained, corpus_dir, capsys):

@@ -617,6 +617,10 @@ def test_neds_region_notes_name_left_out_regions_and_draw_no_empty_table(tmp_pat
     assert "ft: region firing_stats not scored: region classification needs >= 2 regions it can learn, found 1 " \
            "(CA1); give it more sessions" in printed  # whole, not cut at 40 characters
     assert "ft: regions left out of region classification: MOs (2 units in the one session" in printed
+    # every feature set failing for one reason is one line, not four
+    obj["results"]["region"] = {k: {"error": "one region"} for k in ("embedding", "firing_stats", "psth_counts")}
+    lines = [l for l in format_results({"ft": obj}).splitlines() if "not scored: one region" in l]
+    assert lines == ["ft: region embedding, firing_stats, psth_counts not scored: one region"]
     obj["results"]["region"] = {"embedding": {"error": "no"}}
     path.write_text(json.dumps(obj))
     text = build_report(path).html()

@@ -703,7 +703,9 @@ def region_task(model, windows: dict, arrays: dict, splits: Sequence[str] | None
         try:
             out[name] = classify_regions(f, regions)
         except ValueError as exc:
-            out[name] = {"error": str(exc)}
+            hint = ("" if len(sessions) > 1 else " (this run knows one session, so only that session's units are "
+                    "classified: the pretrained run's evaluation classifies the units of all its sessions)")
+            out[name] = {"error": str(exc) + hint}
     return out
 
 
@@ -755,7 +757,11 @@ def format_results(results_by_run: dict[str, dict[str, Any]]) -> str:
               for task, why in r.get("results", r).get("skipped", {}).items()]
     for run, r in results_by_run.items():
         region = r.get("results", r).get("region", {})
-        notes += [f"{run}: region {model} not scored: {v['error']}" for model, v in region.items() if "error" in v]
+        errors: dict[str, list[str]] = {}  # one line per reason (every feature set fails alike on one session)
+        for model, v in region.items():
+            if "error" in v:
+                errors.setdefault(v["error"], []).append(model)
+        notes += [f"{run}: region {', '.join(models)} not scored: {why}" for why, models in errors.items()]
         left = dict(item for v in region.values() for item in (v.get("regions_left_out") or {}).items())
         if left:
             notes.append(f"{run}: regions left out of region classification: "

@@ -451,3 +451,19 @@ def test_a_session_whose_trials_share_one_class_keeps_that_label():
     mods = resolve_modalities(one_class, "auto", "auto")
     assert mods.labels == (("choice", (-1.0, 1.0)),)  # block_prior: 0.5 everywhere, no label
     assert resolve_modalities({"a": one_class["a"]}, "auto", "choice=-1,1").labels == (("choice", (-1.0, 1.0)),)
+
+
+def test_a_label_asked_of_continuous_windows_says_they_carry_none():
+    """data.align= with data.labels=choice said only "has 0 numeric value(s) ... labels present: (none)"."""
+    from types import SimpleNamespace
+
+    from spikefm.families.neds.batches import resolve_modalities
+
+    continuous = {"a": SimpleNamespace(behavior_names=["wheel"], labels={}, align=None)}
+    with pytest.raises(ValueError, match=r"labels present: \(none\); windows cut from continuous recording "
+                                         r"\(data.align=\) carry no trial labels: set data.labels= \(none\), or "
+                                         r"align the windows to a trial event$"):
+        resolve_modalities(continuous, "auto", "choice")
+    aligned = {"a": SimpleNamespace(behavior_names=["wheel"], labels={}, align="stim_on_time")}
+    with pytest.raises(ValueError, match=r"labels present: \(none\)$"):
+        resolve_modalities(aligned, "auto", "choice")

@@ -96,8 +96,12 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
         if values is None:
             seen = _numeric_values(windows, name)
             if len(seen) < 2:
+                continuous = windows and all(getattr(w, "align", "") is None for w in windows.values())
                 raise ValueError(f"data.labels: label {name!r} has {len(seen)} numeric value(s) in the "
-                                 f"data; labels present: {', '.join(sorted(present)) or '(none)'}")
+                                 f"data; labels present: {', '.join(sorted(present)) or '(none)'}"
+                                 + ("; windows cut from continuous recording (data.align=) carry no trial labels: "
+                                    "set data.labels= (none), or align the windows to a trial event"
+                                    if continuous else ""))
             values = tuple(sorted(seen))
         out.append((name, tuple(float(v) for v in values)))
     return Modalities(channels=tuple(channels), labels=tuple(out))

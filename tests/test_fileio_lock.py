@@ -86,3 +86,15 @@ def test_check_relative_path_refuses_names_that_leave_the_folder(name):
 @pytest.mark.parametrize("name", ["data/train-00000-of-00001.parquet", "a.b/c..d/e", "x"])
 def test_check_relative_path_keeps_plain_names(name):
     assert str(check_relative_path(name)) == name
+
+
+def test_folder_in_use_tells_a_held_lock_without_taking_or_creating_one(tmp_path):
+    from spikefm.fileio import folder_in_use
+
+    assert not folder_in_use(tmp_path / "missing") and not folder_in_use(tmp_path)
+    assert not (tmp_path / LOCK_NAME).exists()  # nothing created
+    with folder_lock(tmp_path, "training run"):
+        assert folder_in_use(tmp_path)
+    assert not folder_in_use(tmp_path)
+    with folder_lock(tmp_path, "training run"):  # the probe left no lock behind
+        pass

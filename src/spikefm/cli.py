@@ -271,19 +271,6 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
-def _in_use(folder: Path) -> bool:
-    """Another process holds ``folder``'s lock (a training writing it)."""
-    from spikefm.fileio import folder_lock
-
-    if not folder.is_dir():
-        return False
-    try:
-        with folder_lock(folder, "training run"):
-            return False
-    except ValueError as exc:
-        return "in use by another process" in str(exc)
-
-
 def cmd_train(args) -> int:
     from spikefm import families
 
@@ -314,12 +301,13 @@ def cmd_train(args) -> int:
         cfg = families.run_config(args.model or families.DEFAULT_FAMILY, preset=args.preset,
                                   corpus=args.data, overrides=overrides, protocol=args.protocol)
     if args.resume and os.environ.get("RANK", "0") == "0":
+        from spikefm.fileio import folder_in_use
         from spikefm.train.checkpoint import EXPORT_NAME, list_checkpoints
 
         out = Path(args.out)
         runnable = not out.exists() or (out.is_dir() and (not any(out.iterdir()) or (out / "config.json").is_file()))
         if runnable and not list_checkpoints(out) and not (out / EXPORT_NAME).exists() \
-                and not _in_use(out):  # a requeued job's first start, or a mistyped --out (other
+                and not folder_in_use(out):  # a requeued job's first start, or a mistyped --out (other
             # folders, and one another training holds, are refused by train itself)
             print(f"spikefm: warning: --resume: {out} holds no checkpoint to continue, so training starts at "
                   "step 0 (if you meant to continue another run, check --out)", file=sys.stderr)

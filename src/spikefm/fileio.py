@@ -338,6 +338,26 @@ def folder_lock(path: str | os.PathLike, what: str = "folder", *,
         os.close(fd)
 
 
+def folder_in_use(path: str | os.PathLike, *, name: str = LOCK_NAME) -> bool:
+    """Whether another process holds :func:`folder_lock` on the folder ``path`` now (False when
+    the folder or its lock file is missing, or locks cannot be taken here); creates nothing."""
+    try:
+        import fcntl
+
+        fd = os.open(Path(path) / name, os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock this call took
+    return False
+
+
 @contextmanager
 def holding_lock(fd: int, holder: str) -> Iterator[None]:
     """For the ``with`` block, with the ``fcntl.flock`` on the lock file ``fd`` already taken:

@@ -57,6 +57,7 @@ __all__ = [
     "make_session_windows",
     "load_all_windows",
     "session_label_names",
+    "val_items",
     "save_splits",
     "load_splits",
     "apply_splits",
@@ -181,6 +182,15 @@ class _SessionGrid:
 NO_VAL_WINDOWS = ("the sessions have no val windows (too few windows for the val share of "
                   "data.split_fractions); use longer sessions (or more trials), raise that val share, or, "
                   "when pretraining, set train.eval_every=0 (fine-tuning always validates)")
+
+
+def val_items(windows_by_session: dict[str, "SessionWindows"]) -> list[tuple[str, int]]:
+    """(session id, window index) of every val window, sessions in sorted order: what a family's
+    validation scores. Raises ValueError (:data:`NO_VAL_WINDOWS`) when there is none."""
+    items = [(sid, int(k)) for sid in sorted(windows_by_session) for k in windows_by_session[sid].indices("val")]
+    if not items:
+        raise ValueError(NO_VAL_WINDOWS)
+    return items
 
 
 def _collect_rows(corpus: Corpus, session_ids: Sequence[str]) -> dict[str, list[CorpusRow]]:

@@ -520,17 +520,18 @@ def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLik
     ``fixed_data`` (the family's ``finetune_fixed_data``) names ``data`` settings that must stay
     the pretrained run's (``pretrained``, its RunConfig): an override giving one of them another
     value is refused too (the same value is accepted)."""
+    def key(o: str) -> str:
+        return str(o).partition("=")[0].strip()
+
     def is_model_shape(o: str) -> bool:
-        key = str(o).partition("=")[0].strip()
-        return (key == "model" or key.startswith("model.")) and "dropout" not in key.partition(".")[2]
+        return (key(o) == "model" or key(o).startswith("model.")) and "dropout" not in key(o).partition(".")[2]
 
     flags = {"train.steps": "--steps (steps= in Python)", "train.eval_every": "--eval-every (eval_every=)",
              "train.ckpt_every": "nothing: a fine-tuning checkpoints at each validation"}
-    loop = [(str(o).strip(), flags[str(o).partition("=")[0].strip()]) for o in overrides
-            if str(o).partition("=")[0].strip() in flags]
+    loop = [str(o).strip() for o in overrides if key(o) in flags]
     if loop:  # the fine-tuning's own options set them (--set train.steps beat --steps; the others did nothing)
-        raise ValueError("; ".join(f"--set {o}: a fine-tuning's {o.partition('=')[0]} comes from {flag}"
-                                   for o, flag in loop) + "; drop the --set")
+        raise ValueError("; ".join(f"--set {o}: a fine-tuning's {key(o)} comes from {flags[key(o)]}" for o in loop)
+                         + "; drop the --set")
     given = [str(o).strip() for o in overrides if is_model_shape(o)]
     if given:
         sets = " ".join(f"--set {o}" for o in given)

@@ -372,18 +372,11 @@ class NDTFamily:
         own = sum(per_session.get(session_key(s), 0) for s in batch["session_ids"])  # each sample its own
         return 6.0 * T * (shared * B + own)
 
-    def _val_items(self, cfg: RunConfig) -> list[tuple[str, int]]:
-        windows = self.windows(cfg.data)
-        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
-        if not items:
-            from spikefm.data.windows import NO_VAL_WINDOWS
-
-            raise ValueError(NO_VAL_WINDOWS)
-        return items
-
     def check_validation_data(self, cfg: RunConfig) -> None:
         """Refuse (ValueError) a run whose sessions have no val windows, before any training."""
-        self._val_items(cfg)
+        from spikefm.data.windows import val_items
+
+        val_items(self.windows(cfg.data))
 
     def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
                  ) -> dict[str, tuple[float, float]]:
@@ -396,7 +389,10 @@ class NDTFamily:
         averages the per-rank balanced losses. Every rank runs the same number of forward passes
         (FSDP needs that).
         """
-        windows, items = self.windows(cfg.data), self._val_items(cfg)
+        from spikefm.data.windows import val_items
+
+        windows = self.windows(cfg.data)
+        items = val_items(windows)
         bs = cfg.train.micro_batch_size(world_size)
         mine = items[rank::world_size]
         num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)

@@ -511,13 +511,9 @@ class NEDSFamily:
         self._val_items(cfg.data)
 
     def _val_items(self, data: NEDSDataConfig) -> list[tuple[str, int]]:
-        windows, _, _ = self.prepared(data)
-        items = [(sid, int(k)) for sid in sorted(windows) for k in windows[sid].indices("val")]
-        if not items:
-            from spikefm.data.windows import NO_VAL_WINDOWS
+        from spikefm.data.windows import val_items
 
-            raise ValueError(NO_VAL_WINDOWS)
-        return items
+        return val_items(self.prepared(data)[0])
 
     def _val_loss(self, model, items: list[tuple[str, int]], cfg: RunConfig, rank: int, counter: int,
                   priors: dict[str, np.ndarray] | None, capped: list[list[bool]] | None = None

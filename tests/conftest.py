@@ -98,6 +98,17 @@ def random_units(rng, num_units, duration_s, rate_hz=5.0):
             for _ in range(num_units)]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_once_warnings():
+    """Each test sees the NEDS once-per-process warnings afresh (they would otherwise depend on
+    which tests ran before in the same process)."""
+    import sys
+    batches = sys.modules.get("spikefm.families.neds.batches")
+    if batches is not None:
+        batches._WARNED.clear()
+    yield
+
+
 @pytest.fixture
 def nwb_factory(tmp_path):
     def make(name, num_units=6, duration_s=20.0, seed=0, **kw):

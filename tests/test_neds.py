@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -414,6 +416,29 @@ def test_explicit_label_classes_of_a_label_no_session_holds_are_warned_about():
     assert mods.labels == (("choice", (-1.0, 1.0)), ("target_angle", (0.0, 90.0)))
     with pytest.raises(ValueError, match=r"label 'choice' has 0 numeric value"):
         resolve_modalities(windows, "auto", "choice")
+
+
+def test_the_absent_label_and_channel_warnings_are_said_once_per_process():
+    """A fine-tuning prepares the data once per candidate (and again to evaluate): the 'data.labels
+    names ...' warning printed twice, since any change of the warning filters (reading an NWB file
+    makes one) clears Python's record of warnings already given."""
+    from types import SimpleNamespace
+
+    from spikefm.families.neds.batches import resolve_modalities
+
+    windows = {"m9": SimpleNamespace(behavior_names=["hand_vel_x"], labels={"target_angle": np.array([0.0, 90.0])})}
+    said = []
+    for _ in range(3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # a filter change, as an NWB read makes one
+            resolve_modalities(windows, "hand_vel_x,wheel_speed", "choice=-1,1;target_angle=0,90", missing_ok=True)
+        said += [str(w.message) for w in caught]
+    assert sum("data.labels names 'choice'" in m for m in said) == 1, said
+    assert sum("hold none of the pretrained run's channel(s) wheel_speed" in m for m in said) == 1, said
+    # other sessions lacking them are still told
+    windows2 = {"m10": windows["m9"]}
+    with pytest.warns(RuntimeWarning, match=r"data.labels names 'choice', which none of the session\(s\) m10"):
+        resolve_modalities(windows2, "hand_vel_x", "choice=-1,1;target_angle=0,90")
 
 
 def test_label_names_may_be_separated_by_commas_as_the_warning_offers_them():

@@ -23,6 +23,19 @@ __all__ = ["AUTO_LABELS", "resolve_modalities", "parse_label_spec", "SessionArra
 #: tasks), reach target (centre-out reaching).
 AUTO_LABELS = ("choice", "block_prior", "target_angle")
 
+#: Warnings already given in this process (a fine-tuning's candidates and a later evaluation
+#: prepare the same data again: say it once).
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(message: str, about: str, stacklevel: int = 3) -> None:
+    """Warn ``message`` once per process for ``about`` (the data it concerns). Python's own
+    once-per-place rule does not hold here: any change of the warning filters (reading an NWB
+    file makes one) clears the record of warnings given."""
+    if (message, about) not in _WARNED:
+        _WARNED.add((message, about))
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
 
 def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
     """``"choice=-1,1;block_prior"`` -> [("choice", (-1.0, 1.0)), ("block_prior", None)]. Labels
@@ -77,10 +90,10 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
             raise ValueError(f"data.behavior names {missing}, which no session holds; channels in the "
                              f"data: {', '.join(have_channels) or '(none)'}")
         if missing:
-            warnings.warn(f"the session(s) {', '.join(sorted(windows))} hold none of the pretrained run's "
-                          f"channel(s) {', '.join(missing)}: they stay in the model but are never scored, "
-                          "so fine-tuning learns from the spikes (and any labels present) and nothing of "
-                          "them is decoded", RuntimeWarning, stacklevel=3)
+            _warn_once(f"the session(s) {', '.join(sorted(windows))} hold none of the pretrained run's "
+                       f"channel(s) {', '.join(missing)}: they stay in the model but are never scored, "
+                       "so fine-tuning learns from the spikes (and any labels present) and nothing of "
+                       "them is decoded", about="channels")
     present = {name for w in windows.values() for name in w.labels}
     spec = ([(n, None) for n in AUTO_LABELS if len(_numeric_values(windows, n)) >= 2] if labels == "auto"
             else parse_label_spec(labels))  # auto: a label of one value in every session is no label
@@ -89,9 +102,9 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
     # single-session model keeps the pretrained run's labels, which its one session may lack)
     absent = [name for name, values in spec if values is not None and name not in present]
     if absent:
-        warnings.warn(f"data.labels names {', '.join(repr(n) for n in absent)}, which none of the session(s) "
-                      f"{', '.join(sorted(windows))} hold: kept in the model but never scored or decoded (labels "
-                      f"present: {', '.join(sorted(present)) or '(none)'})", RuntimeWarning, stacklevel=3)
+        _warn_once(f"data.labels names {', '.join(repr(n) for n in absent)}, which none of the session(s) "
+                   f"{', '.join(sorted(windows))} hold: kept in the model but never scored or decoded (labels "
+                   f"present: {', '.join(sorted(present)) or '(none)'})", about="labels")
     for name, values in spec:
         if values is None:
             seen = _numeric_values(windows, name)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikefm.families.neds.batches import (NEDSLoader, batch_seed, collate, parse_label_spec,
+from spikefm.families.neds.batches import (NEDSLoader, _warn_once, batch_seed, collate, parse_label_spec,
                                            resolve_modalities, session_arrays)
 from spikefm.families.neds.masking import DEFAULT_SCHEME_WEIGHTS, SCHEMES, draw_schemes, make_masks, neds_loss
 from spikefm.families.neds.model import NEDS, NEDS_PRESETS, Modalities, NEDSConfig, neds_preset
@@ -232,18 +232,6 @@ def window_options(data: NEDSDataConfig) -> dict[str, Any]:
 
 #: Schemes that hide (and so score) spikes; ``decoding`` and ``behavior`` score behaviour only.
 SPIKE_SCORING_SCHEMES = ("encoding", "spike", "cross")
-
-
-#: Warnings already given in this process (a fine-tuning's candidates and a later evaluation
-#: prepare the same data again: say it once).
-_WARNED: set[tuple[str, str]] = set()
-
-
-def _warn_once(message: str, about: str, stacklevel: int = 3) -> None:
-    """Warn ``message`` once per process for ``about`` (the data it concerns)."""
-    if (message, about) not in _WARNED:
-        _WARNED.add((message, about))
-        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def _check_schemes_have_targets(data: "NEDSDataConfig", mods, *, warn: bool = True, windows=None) -> None:

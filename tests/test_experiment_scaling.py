@@ -114,6 +114,30 @@ def tiny_study(tiny_corpus, tmp_path_factory):
     return out, _study(out, tiny_corpus)
 
 
+def test_a_scaling_study_stopped_before_its_scaling_json_is_not_reported_as_a_ranking(tiny_study, tmp_path, capsys):
+    """Stopped between its ranking.json and scaling.json, the folder was reported (exit 0) as a
+    finished 'rank-sessions study' under the scaling command, the scaling part silently missing."""
+    import shutil
+
+    from spikefm.cli import main
+
+    out, _ = tiny_study
+    half = tmp_path / "half"
+    shutil.copytree(out, half)
+    (half / "scaling.json").unlink()
+    html = tmp_path / "r.html"
+    assert main(["report", str(half), "--out", str(html)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"spikefm: error: {half} is a scaling study that has not finished (its ranking.json is there, no scaling.json "
+        f"yet): rerun the command that made it (test), which reuses its finished jobs, then report the folder; or "
+        f"report the ranking alone: spikefm report {half / 'ranking.json'}")
+    assert not html.exists()
+    assert main(["report", str(half / "ranking.json"), "--out", str(html)]) == 0 and html.is_file()
+    # the finished study's folder is reported as the scaling study it is
+    assert main(["report", str(out), "--out", str(tmp_path / "full.html")]) == 0
+    assert "<title>scaling study: s</title>" in (tmp_path / "full.html").read_text()
+
+
 def test_tiny_study_writes_tables_figures_and_fits(tiny_study, tiny_corpus):
     out, study = tiny_study
     for name in ("scaling.json", "ranking.json", "scores.csv", "table1.csv", "table3.csv", "figure4_fits.csv",

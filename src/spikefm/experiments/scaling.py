@@ -403,7 +403,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
         study = {"study": "scaling", **common, **{k: v for k, v in summary.items() if k != "scores"}}
         rank_ids = {j.id for j in rjobs}
         write_json_atomic(out / "ranking.json", {
-            "study": "rank-sessions", **common, "settings": rank_settings, "jobs": len(rank_ids),
+            "study": "rank-sessions", **common, "part_of": "scaling", "settings": rank_settings, "jobs": len(rank_ids),
             "job_wall_s": round(sum(records[j]["timings"]["wall_s"] for j in rank_ids), 1), **ranking})
         _write_scaling_files(out, summary)
         plot_scaling(summary, out / "figure4.png")

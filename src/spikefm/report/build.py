@@ -45,6 +45,7 @@ def report_kind(path: str | Path) -> str:
         if (p / "config.json").is_file() and (p / "metrics.jsonl").is_file():
             return "run"
         if _study_json(p) is not None:
+            _refuse_unfinished_scaling(p)
             return "study"
         _refuse_unfinished_study(p)
         found = ", ".join(sorted(c.name for c in p.iterdir())[:8]) or "nothing"
@@ -80,6 +81,21 @@ def _refuse_unfinished_study(p: Path) -> None:
         raise ValueError(f"{p} is a rank-sessions or scaling study that has not finished (no ranking.json or "
                          "scaling.json yet): rerun the command that made it, which reuses its finished jobs, then "
                          "report the folder")
+
+
+def _refuse_unfinished_scaling(p: Path) -> None:
+    """A scaling study writes its ranking's ``ranking.json`` just before ``scaling.json``: a folder
+    stopped between the two holds a finished ranking of an unfinished scaling study."""
+    ranking = p / "ranking.json"
+    if (p / "scaling.json").exists() or not ranking.is_file():
+        return
+    obj = read_json(ranking, "a study JSON")
+    if isinstance(obj, dict) and obj.get("part_of") == "scaling":
+        command = obj.get("command")
+        run = f" ({command})" if isinstance(command, str) and command else ""
+        raise ValueError(f"{p} is a scaling study that has not finished (its ranking.json is there, no scaling.json "
+                         f"yet): rerun the command that made it{run}, which reuses its finished jobs, then report "
+                         f"the folder; or report the ranking alone: spikefm report {ranking}")
 
 
 #: Study files shown first, in this order, when a folder holds several (a scaling study's folder

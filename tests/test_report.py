@@ -885,6 +885,11 @@ def test_a_cross_validated_decoders_table_counts_every_window_it_scored(tmp_path
     assert len(rows) == 2
     assert re.search(r">19<", rows[0]) and not re.search(r">4<", rows[0])  # nested-cv: 15 + 4
     assert re.search(r">4<", rows[1])  # a held-out test: its own windows
+    # and, as spikefm eval's footer says, the cross-validated scores are not a held-out test (the
+    # page showed them under a held-out test's heading, with no word of it)
+    assert text.count("not a held-out test") == 2  # the note (warn) and the figure's caption
+    assert ("m: only 4 test window(s), so the decoder is scored by 5-fold cross-validation over all 19 windows, the "
+            "model&#x27;s training windows among them (not a held-out test)") in text
 
 
 def test_behaviour_traces_of_another_evaluation_are_not_drawn(tmp_path):

@@ -547,6 +547,12 @@ def _decoding_task(sec: Section, ev: Evaluation, task: str, present: dict) -> No
     rows.append(["method"] + [e.get("method") for e in present.values()] + ([None] if oracle_owner else []))
     sec.table(header, rows, caption=f"{task}: accuracy of a logistic regression (label "
               f"{next(iter(present.values())).get('label')})", key=f"task-{task}")
+    nested = [n for n, e in present.items() if e.get("method") == "nested-cv"]
+    for n in nested:  # as spikefm eval's footer says it: these are not held-out scores
+        e = present[n]
+        sec.note(f"{n}: only {e.get('n_test')} {_scored(ev)} window(s), so the decoder is scored by "
+                 f"{e.get('cv_folds')}-fold cross-validation over all {(e.get('n_train') or 0) + (e.get('n_test') or 0)} "
+                 "windows, the model's training windows among them (not a held-out test)", warn=True)
     cats, vals, lo, hi = [], [], [], []
     for n, e in present.items():
         for feat in ("hidden", "rates"):
@@ -568,7 +574,9 @@ def _decoding_task(sec: Section, ev: Evaluation, task: str, present: dict) -> No
     sec.figure(charts.bars(cats, [charts.bar_series("accuracy", vals, lo=lo if has_ci else None,
                                                     hi=hi if has_ci else None)],
                            y_label="accuracy", hlines=[{"y": chance, "name": "chance"}] if chance is not None else []),
-               f"{task}: accuracy with its 95 % Wilson interval; the dashed line is chance.")
+               f"{task}: accuracy with its 95 % Wilson interval; the dashed line is chance."
+               + (" Cross-validated over every window, the model's training windows among them, not a held-out "
+                  "test (see the note above)." if nested else ""))
     sec.end_figures()
 
 

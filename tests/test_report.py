@@ -267,6 +267,52 @@ def test_write_report_of_a_corpus(tmp_path):
     assert text.count('data-kind="raster"') == 2
 
 
+def test_a_runs_corpus_that_changed_is_damaged_or_gone_is_said_so_and_the_run_is_still_reported(tmp_path):
+    """'Corpus of the run' showed a corpus rebuilt since the run (other splits) with no word; a
+    damaged one aborted the whole report; a missing one was dropped silently."""
+    import shutil
+
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.reader import manifest_sha256
+    from spikefm.corpus.synth import synthesize
+
+    synthesize(tmp_path / "nwb", num_sessions=2, seed=1, duration_s=20.0, units_range=(20, 24))
+    corpus = tmp_path / "corpus"
+    build_corpus([str(tmp_path / "nwb")], corpus, BuildConfig(test_fraction=0.5, seed=0), progress=False)
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def record(sha):
+        (run / "config.json").write_text(json.dumps({"family": "ar", "config": {"train": {"steps": 3}}, "family_info": {
+            "corpus": str(corpus), "corpus_manifest_sha256": sha}}))
+
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.4}) + "\n")
+    record(manifest_sha256(corpus))
+    page = build_report(run).html()
+    assert f"Corpus of the run ({corpus})" in page and "changed since the run" not in page
+    record("0" * 64)  # the corpus rebuilt since: another manifest
+    page = build_report(run).html()
+    assert f"Corpus of the run ({corpus})" in page
+    msg = (f"this corpus changed since the run read it (manifest sha256 000000000000... then, "
+           f"{manifest_sha256(corpus)[:12]}... now: rebuilt or overwritten), so its splits and sessions below may "
+           "not be the ones the run trained on")
+    assert page.count(msg) == 2  # in the training section and first in the corpus section
+    corpus_part = page.split('id="corpus"', 1)[1]
+    assert corpus_part.index(msg) < corpus_part.index("<table")
+    record(manifest_sha256(corpus))
+    shard = sorted(corpus.rglob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])  # damaged
+    out = write_report(run, tmp_path / "r.html")
+    page = out.read_text()
+    assert "Corpus of the run" not in page and "Training" in page
+    assert re.search(rf"the run&#x27;s corpus {re.escape(str(corpus))} could not be read, so its section is left out: "
+                     r"\S", page)
+    shutil.rmtree(corpus)
+    page = build_report(run).html()
+    assert (f"the run&#x27;s corpus {corpus} is not there any more (no manifest.json): its section is left out"
+            in page)
+
+
 def test_finetuning_table_names_the_soups_ingredients_and_the_chosen_candidate(tmp_path):
     run = tmp_path / "ft"
     run.mkdir()

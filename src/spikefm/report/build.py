@@ -250,9 +250,7 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
         corpus_section(page, path, prov)
     elif kind == "run":
         out = training_section(page, path, prov)
-        corpus = (out["info"].get("family_info") or {}).get("corpus")
-        if corpus and (Path(corpus) / "manifest.json").is_file():
-            corpus_section(page, corpus, prov, title=f"Corpus of the run ({corpus})")
+        _run_corpus_section(page, out["info"].get("family_info") or {}, prov)
         if generated is not None:
             from spikefm.report.evaluation import generation_panel
 
@@ -289,6 +287,40 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
                 left_out.note(f"{seed}/{results.name}: {exc}", warn=True)
     prov.section(page, command)
     return page
+
+
+def _run_corpus_section(page: Page, family_info: dict, prov: Provenance) -> None:
+    """The run's corpus after its training section, when it is still where the run read it; a
+    note in the training section when it is gone, unreadable, or changed since the run (rebuilt or
+    overwritten: its splits and sessions may not be the ones the run trained on)."""
+    from spikefm.corpus.reader import manifest_sha256
+    from spikefm.report.corpus import corpus_section
+
+    corpus = family_info.get("corpus")
+    if not corpus:
+        return
+    train_sec = page.sections[0]
+    if not (Path(corpus) / "manifest.json").is_file():
+        train_sec.note(f"the run's corpus {corpus} is not there any more (no manifest.json): its section is left "
+                       "out", warn=True)
+        return
+    recorded = family_info.get("corpus_manifest_sha256")
+    now = manifest_sha256(corpus)
+    before = len(page.sections)
+    try:
+        corpus_section(page, corpus, prov, title=f"Corpus of the run ({corpus})")
+    except (ValueError, OSError) as exc:  # a damaged corpus: the training report stands without it
+        del page.sections[before:]
+        train_sec.note(f"the run's corpus {corpus} could not be read, so its section is left out: "
+                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", warn=True)
+        return
+    if recorded and recorded != now:
+        msg = (f"this corpus changed since the run read it (manifest sha256 {recorded[:12]}... then, {now[:12]}... "
+               "now: rebuilt or overwritten), so its splits and sessions below may not be the ones the run trained on")
+        sec = page.sections[before]
+        sec.note(msg, warn=True)
+        sec.blocks.insert(0, sec.blocks.pop())  # first in the section, before what it qualifies
+        train_sec.note(f"the run's corpus {corpus}: {msg}", warn=True)
 
 
 def write_report(path: str | Path, out: str | Path = "report.html", *, predictions: str | Path | None = None,

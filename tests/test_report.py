@@ -338,6 +338,32 @@ def test_finetuning_table_names_the_soups_ingredients_and_the_chosen_candidate(t
     assert rows["single-session"].startswith("0.3557 750")
 
 
+def test_a_finetuning_page_shows_the_pretraining_gain_and_the_soup_tried_as_finetune_prints_them(tmp_path):
+    """finetune prints (and warns) 'pretraining did not help' and the soup it tried; the report's
+    strategy table listed the single-session model below the chosen one with no word of either."""
+    run = _finetuning_run(tmp_path / "ft")
+    ft = json.loads((run / "finetune.json").read_text())
+    ft.update(single_session={"best_val_loss": 9.90, "best_step": 10}, pretraining_gain=9.90 - 9.93,
+              soup={"ingredients": ["frozen"], "val_loss": 9.93, "tried": [{"add": "full", "val_loss": 9.94,
+                                                                             "kept": False}]})
+    (run / "finetune.json").write_text(json.dumps(ft))
+    page = build_report(run).html()
+    text = html.unescape(_text(build_report(run)))
+    assert ("Pretraining did not help this session: gain -0.0300 validation loss (the single-session model's 9.9000 "
+            "is at or below the chosen frozen's 9.9300).") in text
+    assert 'class="warn">Pretraining did not help' in page
+    assert "Soup (greedy weight average of the candidates): frozen, validation loss 9.9300 (no average validated " \
+           "lower; not a candidate)." in text
+    table = text.split("Fine-tuning strategies", 1)[1]
+    assert " ".join(table.split("single-session", 1)[1].split()[:3]) == "9.9000 10 baseline"
+    ft.update(single_session={"best_val_loss": 10.0, "best_step": 10}, pretraining_gain=10.0 - 9.93)
+    del ft["soup"]
+    (run / "finetune.json").write_text(json.dumps(ft))
+    text = html.unescape(_text(build_report(run)))
+    assert "Pretraining gain over the single-session model: +0.0700 validation loss." in text
+    assert "did not help" not in text and "Soup" not in text
+
+
 def test_transfer_study_seeds_table_says_what_each_seed_was_scored_on(tmp_path):
     study = tmp_path / "study"
     study.mkdir()

@@ -151,6 +151,34 @@ def training_section(page: Page, run_dir: str | Path, prov: Provenance, *, title
     return {"info": info, "rows": rows}
 
 
+def _finetune_notes(sec, ft: dict, soup: dict) -> None:
+    """What ``spikefm finetune`` prints under its candidates table: the weight average tried, the
+    one-standard-error choice, and the gain over the single-session model (warned when none)."""
+    if soup.get("ingredients"):
+        ingredients = [str(i) for i in soup["ingredients"]]
+        val = soup.get("val_loss")
+        sec.note(f"Soup (greedy weight average of the candidates): {' + '.join(ingredients)}"
+                 + (f", validation loss {val:.4f}" if _finite(val) else "")
+                 + ("" if len(ingredients) > 1 else " (no average validated lower; not a candidate)") + ".")
+    sel = ft.get("selection") if isinstance(ft.get("selection"), dict) else {}
+    if sel.get("rule") == "one-se":
+        sec.note(f"Chosen by the one-standard-error rule: the most constrained candidate whose mean validation loss "
+                 f"over {sel.get('num_windows', '?')} windows is within one standard error of the lowest "
+                 f"({sel.get('lowest_per_window', sel.get('lowest', '?'))}).")
+    gain = ft.get("pretraining_gain")
+    if _finite(gain):
+        def loss(v: Any) -> str:
+            return f"{v:.4f}" if _finite(v) else "?"
+
+        single = (ft.get("single_session") or {}).get("best_val_loss")
+        if gain > 0:
+            sec.note(f"Pretraining gain over the single-session model: {gain:+.4f} validation loss.")
+        else:
+            sec.note(f"Pretraining did not help this session: gain {gain:+.4f} validation loss (the single-session "
+                     f"model's {loss(single)} is at or below the chosen {ft.get('strategy')}'s "
+                     f"{loss(ft.get('best_val_loss'))}).", warn=True)
+
+
 def _finetuning(sec, run_dir: Path) -> None:
     """Early stopping (``early_stopping.json``) and strategy candidates (``finetune.json``)."""
     es_path = run_dir / "early_stopping.json"
@@ -198,5 +226,7 @@ def _finetuning(sec, run_dir: Path) -> None:
                 step = ("average of " + " + ".join(map(str, soup.get("ingredients") or [])) if name == "soup"
                         else c.get("best_step"))
                 rows.append([name, Num(c.get("best_val_loss"), src=src, path=pointer(*where, "best_val_loss")),
-                             step, "chosen" if name == ft.get("strategy") else ""])
+                             step, "chosen" if name == ft.get("strategy") else
+                             "baseline" if name == "single-session" else ""])
             sec.table(["strategy", "best val loss", "best step", ""], rows, key="finetune-candidates")
+            _finetune_notes(sec, ft, soup)

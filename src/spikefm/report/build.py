@@ -167,6 +167,8 @@ def add_evaluation(page: Page, results: str | Path, prov: Provenance, *, predict
     if predictions is not None and ev.family != "ndt":
         raise ValueError(f"--predictions applies to an NDT evaluation (spikefm eval --save-predictions DIR); "
                          f"{results} is a {ev.family!r} evaluation, which saves none: leave --predictions out")
+    if generated is not None and ev.family != "ar":
+        raise ValueError(_GENERATED_ONLY_AR.format(what=f"{results} is a {ev.family!r} evaluation"))
     if predictions is None and ev.family == "ndt":  # spikefm eval --save-predictions: NDT runs
         predictions = _find_predictions(results)
     if generated is None and ev.family == "ar" and (results.parent / "generated.npz").is_file():
@@ -198,6 +200,29 @@ def add_evaluation(page: Page, results: str | Path, prov: Provenance, *, predict
     prov.add(f"results {results}", [(k, ev.meta.get(k)) for k in
                                     ("family", "run_dir", "corpus", "corpus_manifest_sha256", "session_id",
                                      "split", "seq_len", "decode_layer", "window_bins")])
+
+
+_GENERATED_ONLY_AR = ("--generated shows spikefm generate's samples beside an autoregressive run or its evaluation; "
+                      "{what}, which generates none: leave --generated out")
+_PREDICTIONS_ONLY_NDT = ("--predictions applies to an NDT evaluation results JSON (spikefm eval --save-predictions "
+                         "DIR); {what}: report the results JSON with --predictions, or leave it out")
+
+
+def _check_page_options(path: Path, kind: str, predictions, generated) -> None:
+    """--predictions and --generated where they show something (an NDT evaluation; an AR run or
+    evaluation), refused elsewhere instead of being silently dropped."""
+    what = {"corpus": f"{path} is a corpus", "study": f"{path} is a study"}.get(kind)
+    if kind == "run":
+        family = read_json(path / "config.json", "a run's config.json").get("family")
+        what = f"{path} is a training run" + (f" ({family})" if isinstance(family, str) else "")
+        if generated is not None and family != "ar":
+            raise ValueError(_GENERATED_ONLY_AR.format(what=f"{path} is a {family!r} run"))
+    if what is None:  # an evaluation: add_evaluation checks both against its family
+        return
+    if predictions is not None:
+        raise ValueError(_PREDICTIONS_ONLY_NDT.format(what=what))
+    if generated is not None and kind != "run":
+        raise ValueError(_GENERATED_ONLY_AR.format(what=what))
 
 
 #: What an evaluation of each family is called in a page's title.
@@ -244,6 +269,7 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
             else "is not a regular file"
         raise ValueError(f"--generated {generated} {found}, not an .npz of spikefm generate; give the file "
                          "spikefm generate --out wrote (e.g. gen.npz)")
+    _check_page_options(path, kind, predictions, generated)
     prov = Provenance()
     page = Page(page_title(path, kind), f"spikefm report of the {kind} at {path.resolve()}")
     if kind == "corpus":

@@ -265,6 +265,10 @@ def test_write_report_of_a_corpus(tmp_path):
     assert cells["/num_sessions"] == "2"
     assert cells["/units/total"] == f"{sum(s['num_units'] for s in manifest['sessions']):,}"
     assert text.count('data-kind="raster"') == 2
+    # what corpus info lists beyond counts (the report lacked trial tables and behaviour)
+    trials = sum(s["trial_tables"]["trials"] for s in manifest["sessions"])
+    assert f"trials ({trials:,} trials in 2 sessions)" in text
+    assert "whisker_motion_energy (2 sessions)" in text and "wheel_speed (2 sessions)" in text
 
 
 def test_a_runs_corpus_that_changed_is_damaged_or_gone_is_said_so_and_the_run_is_still_reported(tmp_path):
@@ -653,6 +657,18 @@ def _neds_results(nan: bool = True) -> dict:
                         "region": {"embedding": {"accuracy": bad, "balanced_accuracy": 0.3, "chance": 0.48,
                                                  "chance_balanced": 1 / 3, "n": 25, "num_units": 25,
                                                  "classes": ["CA1", "PO", "VISp"]}}}}
+
+
+def test_a_neds_rrr_fitted_on_one_session_is_named_a_single_session_baseline(tmp_path):
+    """spikefm eval says so under its table; the report did not."""
+    obj = _neds_results(nan=False)
+    obj["results"]["encoding"]["rrr"] = dict(obj["results"]["encoding"]["neds"])
+    note = "rrr was fitted on this one session (the corpus holds no other session of the run"
+    for sessions, said in ((["s1"], True), (["s0", "s1"], False)):
+        obj["baseline_sessions"] = sessions
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(obj))
+        assert (note in build_report(path).html()) is said
 
 
 def test_neds_tables_say_why_a_cell_is_nan(tmp_path):

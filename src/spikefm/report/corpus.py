@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spikefm.corpus.info import corpus_info
+from spikefm.corpus.info import _listed, _skipped, corpus_info
 from spikefm.corpus.reader import Corpus
 from spikefm.report import charts
 from spikefm.report.page import Num, Page, pointer
@@ -56,6 +56,12 @@ def corpus_section(page: Page, corpus_dir: str | Path, prov: Provenance, *,
         ("mean count per bin", _n(info, "count_stats", "mean_count")),
         ("cells scanned", _n(info, "count_stats", "cells_scanned")),
         ("clipped bins (> 255)", _n(info, "clipped_bins")),
+        # what the sessions hold beyond counts, as spikefm corpus info lists it
+        ("trial tables", _listed(info.get("trial_tables"),
+                                 lambda k, t: f"{k} ({t['trials']:,} trials in {t['sessions']:,} sessions)")),
+        ("behaviour", _listed(info.get("behavior"), lambda k, n: f"{k} ({n:,} sessions)")),
+        ("skipped inputs", f"{len(info.get('skipped') or [])}" + (f", e.g. {_skipped(info['skipped'][0])}"
+                                                                  if info.get("skipped") else "")),
     ], key="corpus-overview")
     if cs["sampled"]:
         sec.note(f"count statistics from the first {cs['rows_scanned']:,} rows", warn=True)

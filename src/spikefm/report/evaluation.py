@@ -219,6 +219,10 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
              if windows else None),
             ("RRR rank", meta.get("rank")), ("R² units: mean rate at least (Hz)", meta.get("min_rate_hz")),
             ("oracle (ground truth)", meta.get("oracle"))], key="neds-setup" + suffix)
+    if len(meta.get("baseline_sessions") or []) == 1 and any("rrr" in (res.get(t) or {}) for t in ("encoding",
+                                                                                                   "decoding")):
+        sec.note("rrr was fitted on this one session (the corpus holds no other session of the run or of the run it "
+                 "was fine-tuned from), so it is a single-session baseline here", warn=True)
 
     def num(value, *keys, spec=".4f"):
         return Num(value, spec, src=ev.src, path=ev.ptr(run, *keys))

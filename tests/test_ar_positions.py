@@ -120,6 +120,25 @@ def test_generation_with_and_without_cache_agree(bin_model):
     assert bool((a.view(2, 6, 6)[..., 0] == SEPARATOR).all())
 
 
+def test_a_vocabulary_past_256_never_samples_a_token_that_is_no_count():
+    """model.vocab_size=512 trains (no data token is above 255), but generate sampled tokens
+    256..511, which the uint8 counts wrapped round (510 -> 254; 511 -> a separator)."""
+    cfg = dataclasses.replace(llama_preset("tiny"), vocab_size=512, dim=32, n_layers=1, n_heads=2, n_kv_heads=2)
+    torch.manual_seed(0)
+    model = Llama(cfg).eval()
+    with torch.no_grad():
+        model.output.weight.zero_()
+        model.output.bias.zero_() if getattr(model.output, "bias", None) is not None else None
+        model.output.weight[256:, 0] = 50.0  # every logit past 255 far above the counts'
+        model.output.weight[3, 0] = 5.0  # the likeliest count
+        model.norm.weight.fill_(1.0)
+    tokens = generate(model, 4, 6, batch_size=3, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    grid = tokens.view(3, 6, 5)
+    assert bool((grid[..., 0] == SEPARATOR).all()) and int(grid[..., 1:].max()) <= 254
+    greedy = generate(model, 4, 2, temperature=0.0)
+    assert set(greedy.view(2, 5)[:, 1:].flatten().tolist()) <= set(range(255))
+
+
 def test_hf_export_of_bin_layout_is_refused(bin_model, tmp_path):
     with pytest.raises(ValueError, match="no Hugging Face"):
         save_hf(bin_model, tmp_path / "hf")

@@ -46,7 +46,7 @@ from spikefm.families.ar import cpu_matmul
 from spikefm.families.ar.positions import (NUM_STATES, POSITION_LAYOUTS, PREFIX_FEATURES,
                                            bin_positions, check_prefix, prefix_features,
                                            rope_angles)
-from spikefm.families.ar.tokens import SEPARATOR
+from spikefm.families.ar.tokens import SEPARATOR, VOCAB_SIZE
 
 __all__ = [
     "LlamaConfig",
@@ -909,6 +909,7 @@ def generate(model: Llama, num_units: int, num_bins: int, *,
         seq_BT[:, :prompt_len] = prompt_tokens
     allowed_V = torch.ones(vocab_size, dtype=torch.bool, device=device)
     allowed_V[SEPARATOR] = False
+    allowed_V[VOCAB_SIZE:] = False  # a vocabulary past 256 (model.vocab_size): no spike count, never sampled
     # rows whose logits were ever not finite (NaN weights sample token 0 forever); checked once at
     # the end, so no step waits on the device
     broken_B = torch.zeros(batch_size, dtype=torch.bool, device=device)

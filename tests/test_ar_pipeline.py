@@ -47,6 +47,46 @@ def trained_run(synth_corpus, tmp_path_factory):
     return out
 
 
+def test_eval_refuses_a_model_that_cannot_score_spike_tokens_before_fitting_baselines(trained_run, synth_corpus,
+                                                                                       tmp_path, capsys, monkeypatch):
+    """NaN weights said 'logprob_nats contains NaN; fix the model output before scoring', and a
+    vocabulary of 200 'tokens_BL must lie in [0, 200) ... tokenize counts with ...', both after
+    the n-gram baselines were fitted (minutes on a large corpus), neither naming the run."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from spikefm.families.ar import evaluate as ar_evaluate
+    from spikefm.families.ar.family import ARFamily
+    from spikefm.families.ar.model import Llama
+
+    def no_fit(*a, **k):
+        raise AssertionError("a baseline was fitted before the model was checked")
+
+    monkeypatch.setattr(ar_evaluate, "fit_ngram", no_fit)
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_run, bad)
+    weights = load_file(str(bad / "model.safetensors"))
+    name = sorted(k for k in weights if k.startswith("output"))[0]
+    weights[name][0, 0] = float("nan")
+    save_file(weights, str(bad / "model.safetensors"))
+    out = tmp_path / "x.json"
+    assert cli_main(["eval", str(bad), "--data", str(synth_corpus), "--ngram", "1,9", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"spikefm: error: {bad}: the model's weights hold NaN or infinite values (first in {name}): they are damaged "
+        "or its training diverged; nothing was scored: evaluate an earlier run or retrain"]
+    assert not out.exists()
+    small, _ = ARFamily().load(str(trained_run))
+    small = Llama(dataclasses.replace(small.cfg, vocab_size=200))
+    monkeypatch.setattr(ARFamily, "load", lambda self, run_dir, **k: (small, None))
+    assert cli_main(["eval", str(trained_run), "--data", str(synth_corpus), "--ngram", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"spikefm: error: {trained_run}: the model's vocabulary has 200 tokens; spike tokens need 256 (counts 0-254 "
+        "and the separator 255), so it cannot score them: evaluate a model trained on them"]
+    assert not out.exists()
+
+
 def test_run_directory_describes_itself(trained_run, synth_corpus):
     info = json.loads((trained_run / "config.json").read_text())
     assert info["family"] == "ar" and info["world_size"] == 1
@@ -329,6 +369,12 @@ def test_generate_checks_both_outputs_before_writing_either(trained_run, tmp_pat
     assert not sampled
     assert (tmp_path / "gen.npz").read_bytes() == b"an earlier result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e1.json", "gen.npz", "gen.png"]
+    # the same command again is a rerun, whatever the case of --out's suffix (G.NPZ was refused:
+    # the check looked for G.npz beside G.png)
+    for _ in range(2):
+        assert cli_main(["generate", str(trained_run), "--units", "3", "--bins", "2", "--out",
+                         str(tmp_path / "G.NPZ")]) == 0
+    assert (tmp_path / "G.NPZ").is_file() and (tmp_path / "G.png").is_file()
 
 
 def _run_trained_elsewhere(trained_run, where):

@@ -266,6 +266,7 @@ class ARFamily:
         data = Corpus(corpus)
         require_rows(data, split)  # before the model and the baselines are loaded or fitted
         model, cfg = self.load(run_dir)
+        _check_scorable(run_dir, model)
         _check_bin_width(run_dir, cfg.data.corpus if cfg is not None else None, data, model=model)
         scored_len = _scoring_seq_len(run_dir, model, cfg, seq_len)
         if compare_run is not None:
@@ -318,6 +319,23 @@ class ARFamily:
             if name not in ("model", "model-permuted"):  # the model's columns are named after its run, above
                 columns.setdefault(name, r)
         return format_table(columns, title=f"cross-entropy on the {first.get('split', 'test')} split (bits/token)")
+
+
+def _check_scorable(run_dir, model) -> None:
+    """One-line errors, before any baseline is fitted or token scored, for a model that cannot
+    score spike tokens: a vocabulary without them all, or weights that are not finite."""
+    import torch
+
+    from spikefm.families.ar.tokens import VOCAB_SIZE
+
+    vocab = model.cfg.vocab_size
+    if vocab < VOCAB_SIZE:
+        raise ValueError(f"{run_dir}: the model's vocabulary has {vocab} tokens; spike tokens need {VOCAB_SIZE} (counts "
+                         "0-254 and the separator 255), so it cannot score them: evaluate a model trained on them")
+    bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise ValueError(f"{run_dir}: the model's weights hold NaN or infinite values (first in {bad}): they are "
+                         "damaged or its training diverged; nothing was scored: evaluate an earlier run or retrain")
 
 
 def _recorded_bin_ms(run_dir, trained_on: str | None) -> int | None:

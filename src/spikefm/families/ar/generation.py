@@ -166,9 +166,9 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     out, png = Path(out), Path(out).with_suffix(".png")
     for path in (out, png):  # both, before either is written (a refused .png left a new .npz)
         check_file_target(path)
-    if png.exists() and not out.with_suffix(".npz").exists():  # not an earlier generate's pair
+    if png.exists() and not out.exists():  # not an earlier generate's pair (--out as given: G.NPZ too)
         raise ValueError(f"{png} exists and is not the raster of an earlier spikefm generate (no "
-                         f"{png.with_suffix('.npz').name} beside it); nothing was written: move it or choose another --out")
+                         f"{out.name} beside it); nothing was written: move it or choose another --out")
     device = resolve_device_type(device, option="--device")
     model, cfg = ARFamily().load(str(run_dir), device=device)
     if not isinstance(model, Llama):

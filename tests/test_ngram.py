@@ -250,6 +250,7 @@ def test_estimator_contract():
         ({"order": 2, "alpha": 0.0}, "alpha must be"),
         ({"order": 2, "alpha": -1.0}, "alpha must be"),
         ({"order": 2, "alpha": float("nan")}, "alpha must be"),
+        ({"order": 2, "alpha": 1e308}, r"alpha 1e\+308 is too large: alpha x 256 tokens overflows"),
         ({"order": 2, "vocab_size": 257}, "vocab_size must be"),
         ({"order": 2, "memory_budget_mb": 0}, "memory_budget_mb must be"),
     ],

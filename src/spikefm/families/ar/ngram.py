@@ -336,6 +336,9 @@ class NGramModel:
             )
         if not is_int(self.vocab_size) or not 1 <= self.vocab_size <= VOCAB_SIZE:
             raise ValueError(f"vocab_size must be an int in 1..{VOCAB_SIZE}, got {self.vocab_size!r}")
+        if not math.isfinite(self.alpha * self.vocab_size):  # the smoothing's denominator
+            raise ValueError(f"alpha {self.alpha!r} is too large: alpha x {self.vocab_size} tokens overflows a float "
+                             f"(every probability would read 0); give at most {1e300:g}, e.g. 1.0 (Laplace smoothing)")
         if not _is_real(self.memory_budget_mb) or not self.memory_budget_mb > 0:
             raise ValueError(f"memory_budget_mb must be a number > 0, got {self.memory_budget_mb!r}")
 

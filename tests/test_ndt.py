@@ -233,6 +233,25 @@ def test_presets_build_with_analytic_parameter_counts(name, position):
     assert total == count_core_parameters(cfg) + count_session_parameters(cfg, 37) + count_session_parameters(cfg, 5)
 
 
+def test_the_readmes_ndt_preset_sizes_are_the_models():
+    """The README gave tiny 79,680 core parameters, the count of its learned positions, after tiny
+    moved to rotary ones (71,488)."""
+    import re
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    m = re.search(r"`tiny` \(dim 64, 2 layers, ([\d,]+) with its rotary positions; ([\d,]+) with "
+                  r"`--set model\.position=learned`\), `small` \(dim 256, 4 layers, ([\d.]+) M\)", text)
+    assert m, "the README's NDT presets line changed: update this test with it"
+
+    def core(name, **kw):
+        cfg = dataclasses.replace(ndt_preset(name), **kw)
+        return sum(p.numel() for p in NDT(cfg, {"s": 3}).core_parameters())
+
+    assert int(m[1].replace(",", "")) == core("tiny") and int(m[2].replace(",", "")) == core("tiny", position="learned")
+    assert float(m[3]) == round(core("small") / 1e6, 2)
+
+
 def test_base_preset_is_published_size_and_config_validation():
     cfg = ndt_preset("base")
     assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.mlp_dim, cfg.token_dim) == (5, 512, 8, 1024, 668)

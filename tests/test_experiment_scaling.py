@@ -497,6 +497,28 @@ def test_rank_sessions_refuses_a_family_without_session_parameters(tiny_corpus, 
                                               "--model)"), err
 
 
+@pytest.mark.parametrize("item, instead", [
+    ("train.steps=3", "give --pretrain-steps instead"),
+    ("train.seed=5", "give --seed (rank-sessions) or --seeds (scaling) instead"),
+    (" train.device = cuda", "give --device instead"),
+    ("data.sessions=a,b", "give --pretrain-sessions and --held-out instead"),
+    ("train.eval_every=10", "its pretraining runs do not validate (fine-tuning does: --eval-every)"),
+])
+def test_studies_refuse_set_keys_they_set_themselves(item, instead, tiny_corpus, tmp_path, capsys):
+    """--set train.steps=3 --set train.seed=5: the pretraining ran 600 steps with seed 0 (the study's
+    own values came after the user's), while ranking.json recorded the overrides as given."""
+    from spikefm.cli import main
+
+    for command in ("rank-sessions", "scaling"):
+        out = tmp_path / command
+        assert main(["experiment", command, "--data", str(tiny_corpus), "--held-out", HELD, "--out", str(out),
+                     "--set", item]) == 2
+        key = item.split("=")[0].strip()
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"spikefm: error: --set {item.strip()}: the study sets {key} of every pretraining run itself; {instead}"]
+        assert not out.exists()
+
+
 def test_families_of_different_synth_runs_are_different(tmp_path):
     """Sessions of two synth runs (another seed) that both had family 0 counted as one family in
     precision@k; truth files without preset and seed (older ones) still read."""

@@ -42,6 +42,17 @@ __all__ = ["StudySettings", "LAPTOP", "study_sessions", "pretrain_job", "adapt_j
 NDT_STUDY_SCHEMES = "causal"
 
 
+#: ``--set`` keys a ranking or scaling study sets in each pretraining run, and what to use instead.
+STUDY_KEYS = {
+    "train.steps": "give --pretrain-steps instead",
+    "train.seed": "give --seed (rank-sessions) or --seeds (scaling) instead",
+    "data.sessions": "give --pretrain-sessions and --held-out instead",
+    "train.device": "give --device instead",
+    "train.eval_every": "its pretraining runs do not validate (fine-tuning does: --eval-every)",
+    "train.ckpt_every": "its pretraining runs keep no checkpoints (an interrupted job is run again whole)",
+}
+
+
 @dataclass(frozen=True)
 class StudySettings:
     """Settings shared by the ranking and scaling studies (each run's spec holds them).
@@ -88,6 +99,11 @@ class StudySettings:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if not isinstance(self.overrides, tuple):
             object.__setattr__(self, "overrides", tuple(self.overrides))
+        for item in self.overrides:  # keys the study sets in every pretraining run (they won silently)
+            key = str(item).split("=", 1)[0].strip()
+            if key in STUDY_KEYS:
+                raise ValueError(f"--set {item}: the study sets {key} of every pretraining run itself; "
+                                 f"{STUDY_KEYS[key]}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

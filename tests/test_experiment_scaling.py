@@ -519,6 +519,26 @@ def test_studies_refuse_set_keys_they_set_themselves(item, instead, tiny_corpus,
         assert not out.exists()
 
 
+def test_scaling_refuses_a_decoding_task_of_a_label_the_held_out_session_lacks_before_any_job(tiny_corpus, tmp_path,
+                                                                                               capsys):
+    """--metric nolabel-decoding ran all 11 jobs, then failed 'was not scored by any fine-tuned
+    run'; transfer refuses it before training."""
+    from spikefm.cli import main
+    from spikefm.data.windows import session_label_names
+
+    labels = ", ".join(session_label_names(tiny_corpus, HELD))
+    assert "choice" in labels
+    for extra, flag in ((["--metric", "nolabel-decoding"], "--metric"),
+                        (["--tasks", "co-smoothing,nolabel-decoding", "--metric", "co-smoothing"], "--tasks")):
+        out = tmp_path / "s"
+        assert main(["experiment", "scaling", "--data", str(tiny_corpus), "--held-out", HELD, "--out", str(out),
+                     *extra]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"spikefm: error: {flag} nolabel-decoding: the held-out session {HELD}'s trials have no label 'nolabel' "
+            f"(their labels: {labels}); nothing was run: choose a decoding task of a label it has, or another task"]
+        assert not out.exists()
+
+
 def test_families_of_different_synth_runs_are_different(tmp_path):
     """Sessions of two synth runs (another seed) that both had family 0 counted as one family in
     precision@k; truth files without preset and seed (older ones) still read."""

@@ -41,15 +41,32 @@ def _pretrain_config(spec: dict):
                                protocol=spec.get("protocol"))
 
 
-def check_pretrain_spec(spec: dict) -> None:
+def check_pretrain_spec(spec: dict):
     """The settings of a pretraining job, checked in the calling process before any job runs
-    (an unknown ``--set`` key or ``--device cuda`` without a GPU failed inside every job)."""
+    (an unknown ``--set`` key or ``--device cuda`` without a GPU failed inside every job);
+    returns its run config."""
     cfg = _pretrain_config(spec)
     if cfg.train.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available on this machine; use --device cpu")
+    return cfg
+
+
+def missing_decoding_labels(corpus, session: str, tasks, cfg) -> tuple[list[str], list[str], bool]:
+    """The labels of ``<label>-decoding`` tasks (behaviour decoding aside) that the session's
+    windows cannot carry under the run config ``cfg``: (missing, the labels they can carry,
+    whether its windows are trial-aligned at all; without alignment they carry none)."""
+    from spikefm.data.windows import session_label_names
+
+    wanted = [t[: -len("-decoding")] for t in tasks or () if t.endswith("-decoding") and t != "behavior-decoding"]
+    if not wanted:
+        return [], [], True
+    data = getattr(cfg, "data", None)
+    aligned = bool(getattr(data, "align", None))
+    labels = session_label_names(corpus, session, getattr(data, "trial_table", "trials")) if aligned else []
+    return [label for label in wanted if label not in labels], labels, aligned
 
 
 def _check_corpus(spec: dict) -> None:

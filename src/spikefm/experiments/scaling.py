@@ -342,7 +342,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     from spikefm.corpus.reader import manifest_sha256
     from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings, name_list, seed_list
     from spikefm.experiments.plots import plot_ranking, plot_scaling, plot_task_curves
-    from spikefm.experiments.runs import check_pretrain_spec
+    from spikefm.experiments.runs import check_pretrain_spec, missing_decoding_labels
     from spikefm.fileio import write_json_atomic
     from spikefm.train.runinfo import machine_info
 
@@ -369,7 +369,15 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     session_orders({h: list(pool) for h in held}, pool, orders, seeds[0])  # checks the names early
     digest = manifest_sha256(corpus)
     rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0], corpus_sha256=digest)
-    check_pretrain_spec(rjobs[0].spec)  # before any folder is made or job runs
+    cfg = check_pretrain_spec(rjobs[0].spec)  # before any folder is made or job runs
+    for h in held:  # a decoding task of a label the held-out session lacks was refused after every job
+        missing, labels, aligned = missing_decoding_labels(corpus, h, tasks if tasks is not None else [metric], cfg)
+        if missing:
+            flag = "--tasks" if tasks is not None and f"{missing[0]}-decoding" != metric else "--metric"
+            raise ValueError(f"{flag} {missing[0]}-decoding: the held-out session {h}'s "
+                             + (f"trials have no label {missing[0]!r} (their labels: {', '.join(labels) or 'none'})"
+                                if aligned else "windows are not trial-aligned, so they carry no labels")
+                             + "; nothing was run: choose a decoding task of a label it has, or another task")
     study_settings = {**settings.to_dict(), "seeds": seeds, "sizes": size_list, "orders": orders,
                       "tasks": list(tasks) if tasks else None, "metric": metric, "top_k": top_k,
                       "corpus": str(Path(corpus).resolve()), "corpus_sha256": digest, "held_out": held,

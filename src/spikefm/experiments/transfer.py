@@ -193,15 +193,9 @@ def _check_labels(corpus, session: str, tasks: Sequence[str] | None, synth_prese
     """Refuse ``<label>-decoding`` tasks whose label the session's trial-aligned windows cannot
     carry (:func:`spikefm.data.windows.session_label_names` of the run's trial table; none when
     its windows are not trial-aligned)."""
-    from spikefm.data.windows import session_label_names
+    from spikefm.experiments.runs import missing_decoding_labels
 
-    wanted = [t[: -len("-decoding")] for t in tasks or () if t.endswith("-decoding") and t != "behavior-decoding"]
-    if not wanted:
-        return
-    data = getattr(cfg, "data", None)
-    aligned = bool(getattr(data, "align", None))
-    labels = session_label_names(corpus, session, getattr(data, "trial_table", "trials")) if aligned else []
-    missing = [label for label in wanted if label not in labels]
+    missing, labels, aligned = missing_decoding_labels(corpus, session, tasks, cfg)
     if missing:
         raise NothingToScore(f"--tasks {missing[0]}-decoding: the synthetic {synth_preset!r} sessions' "
                              + (f"trials have no label {missing[0]!r} (their labels: {', '.join(labels) or 'none'})"

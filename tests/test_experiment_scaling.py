@@ -114,7 +114,8 @@ def tiny_study(tiny_corpus, tmp_path_factory):
     return out, _study(out, tiny_corpus)
 
 
-def test_a_scaling_study_stopped_before_its_scaling_json_is_not_reported_as_a_ranking(tiny_study, tmp_path, capsys):
+def test_a_scaling_study_stopped_before_its_scaling_json_is_not_reported_as_a_ranking(tiny_study, tiny_corpus,
+                                                                                      tmp_path, capsys):
     """Stopped between its ranking.json and scaling.json, the folder was reported (exit 0) as a
     finished 'rank-sessions study' under the scaling command, the scaling part silently missing."""
     import shutil
@@ -136,6 +137,17 @@ def test_a_scaling_study_stopped_before_its_scaling_json_is_not_reported_as_a_ra
     # the finished study's folder is reported as the scaling study it is
     assert main(["report", str(out), "--out", str(tmp_path / "full.html")]) == 0
     assert "<title>scaling study: s</title>" in (tmp_path / "full.html").read_text()
+    # the unfinished study is bound to its settings: another study's run into the folder (other
+    # sizes here) was accepted, its files left beside the first one's ranking files
+    from spikefm.experiments.scaling import scaling_study
+
+    before = sorted(p.name for p in half.iterdir())
+    with pytest.raises(ValueError, match=rf"^{half} holds a study made with other settings \(sizes; sizes: "
+                                         r"\[1, 2, 3\] there, \[1, 3\] now\)"):
+        scaling_study(half, tiny_corpus, ["sub-ibl02_ses-003"], settings=TINY, sizes="1,all",
+                      orders=["ranked", "random"], seeds=[0], tasks=TASKS, metric="co-smoothing", top_k=2,
+                      executor=LocalExecutor(1, threads=1), progress=False, command="test")
+    assert sorted(p.name for p in half.iterdir()) == before
 
 
 def test_tiny_study_writes_tables_figures_and_fits(tiny_study, tiny_corpus):

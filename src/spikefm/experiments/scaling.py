@@ -317,6 +317,10 @@ def summarize_scaling(cells: list[dict], records: dict[str, dict], *, metric: st
             "scores": scores}
 
 
+#: The settings of a scaling study, written before its first job (hidden: not a result).
+STARTED = ".scaling_settings.json"
+
+
 def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] | None = None, *,
                   pool: Sequence[str] | None = None, settings: StudySettings = LAPTOP,
                   sizes: str | Sequence[Any] = DEFAULT_SIZES, orders: Sequence[str] = ORDERS,
@@ -386,11 +390,15 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     # then resumes in this folder (it was refused: the scaling's settings were recorded)
     rank_settings = ranking_settings(settings, corpus, digest, held, pool, seeds[0], rank_top_k)
     check_study_settings(out / "scaling.json", study_settings, views=("metric", "top_k"))
+    # an unfinished study is bound to its settings too (its ranking files are written before
+    # scaling.json; another study's run into the folder left them beside its own)
+    check_study_settings(out / STARTED, study_settings, views=("metric", "top_k"))
     # a rank-sessions study in the folder: its files would be replaced by this ranking's
     check_study_settings(out / "ranking.json", rank_settings, views=("top_k",))
     executor = executor or LocalExecutor(1)
     t0 = time.perf_counter()
     with study_folder(out, executor):  # the executor first, then the folder
+        write_json_atomic(out / STARTED, {"settings": study_settings})
         records = run_jobs(rjobs, out / "jobs", executor, progress=progress, description="ranking sessions")
         truth_families = session_families(corpus, [*held, *pool])
         ranking = summarize_ranking(records, adapt, held, pool, truth_families, rank_top_k)

@@ -551,6 +551,23 @@ def test_scaling_refuses_a_decoding_task_of_a_label_the_held_out_session_lacks_b
         assert not out.exists()
 
 
+def test_studies_refuse_a_held_out_session_without_val_windows_before_any_job(tiny_corpus, tmp_path, capsys):
+    """Every pretraining job ran, then every fine-tuning failed with 'the sessions have no val
+    windows ... or, when pretraining, set train.eval_every=0', naming no session (and the study
+    sets that itself)."""
+    from spikefm.cli import main
+
+    for command in ("rank-sessions", "scaling"):
+        out = tmp_path / command
+        assert main(["experiment", command, "--data", str(tiny_corpus), "--held-out", HELD, "--out", str(out),
+                     "--set", "data.split_fractions=0.9,0.0,0.1"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"spikefm: error: held-out session {HELD} has no val windows (too few windows for the val share of "
+            "data.split_fractions), and fine-tuning to it validates on them; nothing was run: hold out a longer "
+            "session, or raise the val share (--set data.split_fractions=...)"]
+        assert not out.exists()
+
+
 def test_families_of_different_synth_runs_are_different(tmp_path):
     """Sessions of two synth runs (another seed) that both had family 0 counted as one family in
     precision@k; truth files without preset and seed (older ones) still read."""

@@ -357,7 +357,7 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     from spikefm.corpus.reader import manifest_sha256
     from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings
     from spikefm.experiments.plots import plot_ranking
-    from spikefm.experiments.runs import check_pretrain_spec
+    from spikefm.experiments.runs import check_held_out_validation, check_pretrain_spec
     from spikefm.fileio import write_json_atomic
     from spikefm.train.runinfo import machine_info
 
@@ -370,7 +370,7 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     warn_top_k(top_k, len(pool), "--top-k")
     digest = manifest_sha256(corpus)
     jobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seed, corpus_sha256=digest)
-    check_pretrain_spec(jobs[0].spec)  # before any folder is made or job runs
+    check_held_out_validation(check_pretrain_spec(jobs[0].spec), held)  # before any folder is made or job runs
     study_settings = ranking_settings(settings, corpus, digest, held, pool, seed, top_k)
     check_study_settings(out / "ranking.json", study_settings, views=("top_k",))
     executor = executor or LocalExecutor(1)

@@ -54,6 +54,26 @@ def check_pretrain_spec(spec: dict):
     return cfg
 
 
+def check_held_out_validation(cfg, held) -> None:
+    """Refuse, before any job runs, held-out sessions without val windows under the pretraining
+    run config ``cfg`` (the fine-tunings inherit its data settings): every fine-tuning job failed
+    after the pretraining ones, in words naming no session."""
+    import dataclasses
+
+    from spikefm import families
+
+    check = getattr(families.get(cfg.family), "check_validation_data", None)
+    if check is None:
+        return
+    for h in held:
+        try:
+            check(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sessions=h)))
+        except ValueError:
+            raise ValueError(f"held-out session {h} has no val windows (too few windows for the val share of "
+                             "data.split_fractions), and fine-tuning to it validates on them; nothing was run: hold "
+                             "out a longer session, or raise the val share (--set data.split_fractions=...)") from None
+
+
 def missing_decoding_labels(corpus, session: str, tasks, cfg) -> tuple[list[str], list[str], bool]:
     """The labels of ``<label>-decoding`` tasks (behaviour decoding aside) that the session's
     windows cannot carry under the run config ``cfg``: (missing, the labels they can carry,

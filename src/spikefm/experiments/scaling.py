@@ -346,7 +346,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     from spikefm.corpus.reader import manifest_sha256
     from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings, name_list, seed_list
     from spikefm.experiments.plots import plot_ranking, plot_scaling, plot_task_curves
-    from spikefm.experiments.runs import check_pretrain_spec, missing_decoding_labels
+    from spikefm.experiments.runs import check_held_out_validation, check_pretrain_spec, missing_decoding_labels
     from spikefm.fileio import write_json_atomic
     from spikefm.train.runinfo import machine_info
 
@@ -374,6 +374,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     digest = manifest_sha256(corpus)
     rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0], corpus_sha256=digest)
     cfg = check_pretrain_spec(rjobs[0].spec)  # before any folder is made or job runs
+    check_held_out_validation(cfg, held)
     for h in held:  # a decoding task of a label the held-out session lacks was refused after every job
         missing, labels, aligned = missing_decoding_labels(corpus, h, tasks if tasks is not None else [metric], cfg)
         if missing:

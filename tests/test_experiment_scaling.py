@@ -568,6 +568,25 @@ def test_studies_refuse_a_held_out_session_without_val_windows_before_any_job(ti
         assert not out.exists()
 
 
+@pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("1,5", [1, 5]), (" 2 ", [0, 1]), ("0,2", [0, 2]),
+                                         ("1,,2", None), ("1,2,", None), ("1,1", None), ("-1,2", None), ("a", None),
+                                         ("0", "N >= 1"), ("1.5,2", None)])
+def test_the_seeds_flag_takes_a_count_or_a_list_and_refuses_a_seed_left_out(text, seeds):
+    """scaling --seeds 1,,2 ran seeds 1 and 2 (transfer refuses the empty item)."""
+    import argparse
+
+    from spikefm.experiments.commands import seeds_arg
+
+    if isinstance(seeds, list):
+        assert seeds_arg(text) == seeds
+        return
+    with pytest.raises(argparse.ArgumentTypeError) as exc:
+        seeds_arg(text)
+    assert str(exc.value) == (f"--seeds N needs N >= 1, got {text!r}" if seeds else
+                              "--seeds must be a count N (seeds 0..N-1) or distinct comma-separated seeds >= 0, "
+                              f"e.g. 2 or 1,5; got {text!r}")
+
+
 def test_families_of_different_synth_runs_are_different(tmp_path):
     """Sessions of two synth runs (another seed) that both had family 0 counted as one family in
     precision@k; truth files without preset and seed (older ones) still read."""

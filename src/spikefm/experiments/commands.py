@@ -20,19 +20,24 @@ def _names(text: str) -> list[str]:
 
 
 def seeds_arg(text: str) -> list[int]:
-    """``"3"`` -> seeds 0, 1, 2 (a count); ``"1,5,9"`` -> those seeds."""
+    """``"3"`` -> seeds 0, 1, 2 (a count); ``"1,5,9"`` -> those seeds (``"1,,5"``: refused, a seed
+    left out by mistake, as :func:`~spikefm.experiments.jobs.seed_list` refuses it)."""
+    from spikefm.experiments.jobs import seed_list
+
+    usage = (f"--seeds must be a count N (seeds 0..N-1) or distinct comma-separated seeds >= 0, e.g. 2 or 1,5; "
+             f"got {text!r}")
+    if "," in text:
+        try:
+            return seed_list(text, "--seeds")
+        except ValueError:
+            raise argparse.ArgumentTypeError(usage) from None
     try:
-        values = [int(s) for s in text.split(",") if s.strip()]
+        count = int(text)
     except ValueError:
-        values = []
-    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"--seeds must be a count N (seeds 0..N-1) or distinct comma-separated "
-                                         f"seeds >= 0, e.g. 2 or 1,5; got {text!r}")
-    if "," not in text:
-        if values[0] < 1:
-            raise argparse.ArgumentTypeError(f"--seeds N needs N >= 1, got {text!r}")
-        return list(range(values[0]))
-    return values
+        raise argparse.ArgumentTypeError(usage) from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--seeds N needs N >= 1, got {text!r}")
+    return list(range(count))
 
 
 def _gpus(text: str) -> float:

@@ -267,3 +267,18 @@ def test_numpy_scalars_and_0d_arrays_are_accepted_as_times():
     expected = bin_spikes(t, u, 2, 0.0, 1.0)
     for start, stop in ((np.float32(0.0), np.float64(1.0)), (np.int64(0), np.array(1.0)), (0, 1)):
         np.testing.assert_array_equal(bin_spikes(t, u, 2, start, stop), expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.integers(0, 3600 * 30000), b=st.integers(0, 3600 * 30000), rate=st.sampled_from([20000, 30000, 32000]),
+       bin_ms=st.sampled_from([1, 10, 20, 50]))
+def test_the_spike_span_grid_holds_its_first_and_last_spikes_in_its_end_bins(a, b, rate, bin_ms):
+    """Sample-quantised spike times on bin edges (4.02 s at 30 kHz) fell past a grid computed by
+    floor(t * 1000 / bin_ms) alone."""
+    from spikefm.corpus.binning import bin_edges_s, spike_span_ms
+
+    t_min, t_max = min(a, b) / rate, max(a, b) / rate
+    start, stop = spike_span_ms(t_min, t_max, bin_ms)
+    assert start % bin_ms == 0 and stop % bin_ms == 0 and stop > start
+    edges = bin_edges_s(start, (stop - start) // bin_ms, bin_ms)
+    assert edges[0] <= t_min < edges[1] and edges[-2] <= t_max < edges[-1]

@@ -227,6 +227,29 @@ def test_folder_build_counts_equal_independent_binning_file_by_file(six_sessions
         assert s["regions"] == {"CA1": s["num_units"]}  # from electrodes.location (ragged column)
 
 
+@pytest.mark.parametrize("first, last", [(1.0, 4.02), (0.06, 8.12), (4.02, 4.5), (3.9, 8.04)])
+def test_a_first_or_last_spike_on_a_bin_edge_is_counted(first, last, tmp_path):
+    """A last spike at 4.02 s (sample-quantised times hit edges like it ~1,200 times an hour at
+    30 kHz) lay past the grid: 4.02 * 1000 / 20 reads 200.99999..., the grid stopped at 4.02 s and
+    the spike was in no row, with no warning."""
+    from spikefm.corpus.binning import spike_span_ms
+
+    rng = np.random.default_rng(0)
+    units = [np.sort(np.concatenate([[first], rng.uniform(first, last, 40), [last]])),
+             np.sort(rng.uniform(first, last, 20))]
+    write_nwb(tmp_path / "nwb" / "edge.nwb", units, ["CA1", "CA1"])
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "c", BuildConfig(test_fraction=0.0), progress=False)
+    corpus = Corpus(tmp_path / "c")
+    (s,) = corpus.sessions
+    got, t0 = corpus_session_matrix(corpus, s["session_id"])
+    assert int(got.sum()) == s["num_spikes"] == sum(len(u) for u in units)
+    np.testing.assert_array_equal(got, histogram_counts(units, t0, got.shape[1], 20))
+    # the grid is the bins of the first and the last spike, no more
+    edges = bin_edges_s(t0, got.shape[1], 20)
+    assert edges[0] <= first < edges[1] and edges[-2] <= last < edges[-1]
+    assert spike_span_ms(first, last, 20) == (t0, t0 + 20 * got.shape[1])
+
+
 def test_session_split_is_disjoint_seeded_and_rows_shuffled(six_sessions, tmp_path):
     folder, _ = six_sessions
 

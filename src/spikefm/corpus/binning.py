@@ -37,6 +37,25 @@ def bin_edges_s(t_start_ms: int, num_bins: int, bin_ms: int) -> np.ndarray:
     return (t_start_ms + bin_ms * np.arange(num_bins + 1, dtype=np.int64)) / 1000.0
 
 
+def spike_span_ms(t_min_s: float, t_max_s: float, bin_ms: int) -> tuple[int, int]:
+    """(start_ms, stop_ms) of the bin grid from the bin of the first spike to the bin of the last,
+    on whole multiples of ``bin_ms``, such that both spikes fall in its first and last bins as
+    :func:`bin_edges_s` makes their edges (``start / 1000 <= t_min_s`` and ``t_max_s < stop / 1000``): the
+    grid from ``floor(t * 1000 / bin_ms)`` alone lost a spike lying on an edge (4.02 s reads as bin
+    200.99999..., so the grid stopped at 4.02 s and the spike was past it)."""
+    start = int(math.floor(t_min_s * 1000.0 / bin_ms)) * bin_ms
+    while t_min_s < start / 1000.0:
+        start -= bin_ms
+    while t_min_s >= (start + bin_ms) / 1000.0:  # and no empty bin before the first spike's
+        start += bin_ms
+    stop = (int(math.floor(t_max_s * 1000.0 / bin_ms)) + 1) * bin_ms
+    while t_max_s >= stop / 1000.0:
+        stop += bin_ms
+    while t_max_s < (stop - bin_ms) / 1000.0:
+        stop -= bin_ms
+    return start, stop
+
+
 def bin_spikes(
     spike_times: np.ndarray,
     unit_index: np.ndarray,

@@ -49,7 +49,7 @@ import pyarrow as pa
 
 from ..argtypes import is_int
 from ..fileio import write_atomic, write_json_atomic
-from .binning import bin_spikes
+from .binning import bin_spikes, spike_span_ms
 from .manifest import BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, new_manifest
 from .nwb import is_nwb_name, nwb_paths, read_nwb, resample_behavior, sha256_file
 from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS
@@ -340,8 +340,7 @@ def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
                 f"the {end_from}), the latest at {t.max():.6g} s; fix the file, or pass "
                 "--spikes-past-end drop to leave them out")
         t, unit_index = t[~past_end], unit_index[~past_end]
-    t_start_ms = int(math.floor(t.min() * 1000.0 / bin_ms)) * bin_ms
-    t_stop_ms = (int(math.floor(t.max() * 1000.0 / bin_ms)) + 1) * bin_ms
+    t_start_ms, t_stop_ms = spike_span_ms(float(t.min()), float(t.max()), bin_ms)
     _check_fits_in_memory(rec, (t_stop_ms - t_start_ms) // bin_ms, bin_ms)
     counts, num_clipped = bin_spikes(t, unit_index, rec.num_units, t_start_ms / 1000.0,
                                      t_stop_ms / 1000.0, bin_ms, return_num_clipped=True)

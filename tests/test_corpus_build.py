@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -248,6 +249,31 @@ def test_a_first_or_last_spike_on_a_bin_edge_is_counted(first, last, tmp_path):
     edges = bin_edges_s(t0, got.shape[1], 20)
     assert edges[0] <= first < edges[1] and edges[-2] <= last < edges[-1]
     assert spike_span_ms(first, last, 20) == (t0, t0 + 20 * got.shape[1])
+
+
+def test_spikes_after_a_silence_longer_than_the_recording_before_are_noted(tmp_path, capsys):
+    """One unit's times stored in samples (30 kHz) stretched a 10 s session to 83 hours of empty
+    bins with no word (the end bound looks at the last 1 % of the spikes: 100 of 300 are not a few
+    strays)."""
+    rng = np.random.default_rng(0)
+    units = [np.sort(rng.uniform(0, 10, 100)), np.sort(rng.uniform(0, 10, 100)),
+             np.sort(rng.integers(0, 10 * 30000, 100)).astype(float)]
+    write_nwb(tmp_path / "nwb" / "samples.nwb", units, ["CA1"] * 3)
+    assert cli_main(["corpus", "build", str(tmp_path / "nwb"), "--out", str(tmp_path / "c"), "--test-fraction", "0",
+                     "--quiet"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    (s,) = Corpus(tmp_path / "c").sessions
+    after = int(sum((u > 10.02).sum() for u in units))  # the sample-unit's spikes past the others
+    assert after > 90
+    assert re.search(rf"all units fall silent for [\d,]+ s from [\d.]+ s, longer than all the recording before it, "
+                     rf"and {after} of 300 spikes \({after / 300:.1%}\) come after \(the session spans "
+                     rf"{s['num_bins'] * 20 / 1000:,.0f} s\): stray spike times, or a unit's times in samples or ms\?",
+                     err), err
+    # a recording without such a silence says nothing of it
+    write_nwb(tmp_path / "nwb2" / "fine.nwb", units[:2], ["CA1"] * 2)
+    assert cli_main(["corpus", "build", str(tmp_path / "nwb2"), "--out", str(tmp_path / "c2"), "--test-fraction",
+                     "0", "--quiet"]) == 0
+    assert "fall silent" not in capsys.readouterr().err
 
 
 def test_session_split_is_disjoint_seeded_and_rows_shuffled(six_sessions, tmp_path):

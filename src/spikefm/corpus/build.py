@@ -318,6 +318,33 @@ def _note_what_the_grid_misses(rec: SessionRecord, t_start_ms: int, t_stop_ms: i
                              f"the binned span {t0:.6g}-{t1:.6g} s (first to last spike) and are in no row")
 
 
+def _note_a_silence_before_spikes(rec: SessionRecord, counts: np.ndarray, t_start_ms: int, bin_ms: int) -> None:
+    """A note when all units fall silent for longer than ``END_SILENCE_MIN_S`` and than all the
+    recording before, and spikes follow: kept (real recordings pause), but the usual cause is stray
+    spike times, or one unit's times in samples or ms, which stretch the session to hours of empty
+    bins (the end bound of :func:`~spikefm.corpus.session.recording_end_s` only looks at the last
+    1 % of the spikes, so it drops a few strays, not many)."""
+    from .session import END_SILENCE_MIN_S
+
+    active = np.flatnonzero(counts.any(axis=0))
+    if active.size < 2:
+        return
+    gaps_s = np.diff(active) * (bin_ms / 1000.0)
+    elapsed_s = (active[:-1] - active[0] + 1) * (bin_ms / 1000.0)
+    found = np.flatnonzero(gaps_s > np.maximum(elapsed_s, END_SILENCE_MIN_S))
+    if not found.size:
+        return
+    i = int(found[0])
+    at_s = (t_start_ms + (int(active[i]) + 1) * bin_ms) / 1000.0
+    after = int(counts[:, active[i + 1]:].sum(dtype=np.int64))
+    total = int(counts.sum(dtype=np.int64))
+    span_s = counts.shape[1] * bin_ms / 1000.0
+    rec.notes.append(f"all units fall silent for {gaps_s[i]:,.0f} s from {at_s:.6g} s, longer than all the recording "
+                     f"before it, and {after:,} of {total:,} spikes ({after / total:.1%}) come after (the session "
+                     f"spans {span_s:,.0f} s): stray spike times, or a unit's times in samples or ms? They are kept; "
+                     "check the file's units table (spikefm corpus info shows each session's length)")
+
+
 def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
     """Bin one session and cut it into rows. Returns (table with ROW_SCHEMA, session metadata).
 
@@ -346,6 +373,7 @@ def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
                                      t_stop_ms / 1000.0, bin_ms, return_num_clipped=True)
     num_units, num_bins = counts.shape
     _note_what_the_grid_misses(rec, t_start_ms, t_stop_ms, bin_ms)
+    _note_a_silence_before_spikes(rec, counts, t_start_ms, bin_ms)
     beh_names, beh_rows = [], []
     for series in rec.behavior:
         names, values = resample_behavior(series, t_start_ms, num_bins, bin_ms)

@@ -455,7 +455,7 @@ def test_bad_inputs_skipped_named_and_good_sessions_built(tmp_path, nwb_factory,
     assert sorted(Path(s["input"]).name for s in m["skipped"]) == sorted(bad)
 
 
-def test_no_units_table_and_bad_behavior_timestamps(tmp_path):
+def test_no_units_table_and_bad_behavior_timestamps(tmp_path, capsys):
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
     import datetime as dt
 
@@ -472,8 +472,13 @@ def test_no_units_table_and_bad_behavior_timestamps(tmp_path):
                           tmp_path / "c", BuildConfig(), progress=False)
     errors = {Path(s["input"]).name: s["error"] for s in report.skipped}
     assert "no units table" in errors["nounits.nwb"]
-    assert "decreasing timestamps" in errors["beh.nwb"] and "wheel" in errors["beh.nwb"]
-    assert [s["session_id"] for s in report.manifest["sessions"]] == ["ok"]
+    # a behaviour series whose timestamps do not fit is left out, with a note; the session's
+    # spikes are built (one swapped timestamp skipped the whole session)
+    assert "beh.nwb" not in errors
+    sessions = {s["session_id"]: s for s in report.manifest["sessions"]}
+    assert sorted(sessions) == ["beh", "ok"] and sessions["beh"].get("behavior_names", []) == []
+    assert ("beh.nwb: behaviour series 'wheel' left out: its timestamps decrease at 2 of 3 samples (they must be "
+            "sorted in time)") in capsys.readouterr().err
 
 
 def test_strict_writes_nothing_and_keeps_existing_corpus(tmp_path, nwb_factory):

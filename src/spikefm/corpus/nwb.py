@@ -122,7 +122,8 @@ def read_nwb(
 
     Raises:
         NWBInputError: one line naming the file and the problem (missing, not HDF5/NWB, no units
-            table, non-finite or negative spike times, behaviour timestamps that do not fit).
+            table, non-finite or negative spike times); a behaviour series that cannot be binned
+            is left out with a note instead.
     """
     path = Path(path)
     _check_hdf5(path)
@@ -394,21 +395,14 @@ def _read_behavior(nwb, path, notes: list[str] | None = None) -> list[BehaviorSe
                            else ts.timestamps, dtype=np.float64).reshape(-1)
         else:
             t = float(ts.starting_time or 0.0) + np.arange(data.shape[0]) / float(ts.rate)
-        if t.shape[0] != data.shape[0]:
-            raise NWBInputError(
-                f"{path}: behaviour series '{name}' has {t.shape[0]} timestamps for "
-                f"{data.shape[0]} samples; timestamps must match the data length"
-            )
-        if not np.all(np.isfinite(t)):
-            raise NWBInputError(
-                f"{path}: behaviour series '{name}' has NaN or infinite timestamps; "
-                "timestamps must be finite seconds"
-            )
-        if t.size > 1 and np.any(np.diff(t) < 0):
-            raise NWBInputError(
-                f"{path}: behaviour series '{name}' has decreasing timestamps; "
-                "timestamps must be sorted in time"
-            )
+        # timestamps that do not fit leave the series out, not the session (its spikes are good)
+        why = (f"it has {t.shape[0]} timestamps for {data.shape[0]} samples" if t.shape[0] != data.shape[0]
+               else "it has NaN or infinite timestamps" if not np.all(np.isfinite(t))
+               else f"its timestamps decrease at {int(np.flatnonzero(np.diff(t) < 0)[0]) + 1} of {t.size} samples "
+                    "(they must be sorted in time)" if t.size > 1 and np.any(np.diff(t) < 0) else None)
+        if why is not None:
+            notes.append(f"behaviour series '{name}' left out: {why}")
+            continue
         if name in seen:  # e.g. Position/position and BehavioralTimeSeries/position
             parent = getattr(getattr(ts, "parent", None), "name", "") or "series"
             new, k = f"{parent}_{name}", 2

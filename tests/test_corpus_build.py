@@ -481,6 +481,52 @@ def test_no_units_table_and_bad_behavior_timestamps(tmp_path, capsys):
             "sorted in time)") in capsys.readouterr().err
 
 
+def test_units_tables_in_processing_modules_are_read_when_alone_and_named_when_not(tmp_path, capsys):
+    """A second Units table in processing/ecephys was ignored without a word; units only there gave
+    'no units table with spike_times ... (nwbfile.units)', not saying where they were."""
+    import datetime as dt
+
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.misc import Units
+
+    from spikefm.corpus.nwb import NWBInputError, read_nwb
+
+    rng = np.random.default_rng(0)
+
+    def write(name, main_units, extra_tables):
+        nwb = NWBFile(session_description="x", identifier=name,
+                      session_start_time=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+        for t in main_units:
+            nwb.add_unit(spike_times=t)
+        if extra_tables:
+            mod = nwb.create_processing_module("ecephys", "sortings")
+            for tname, trains in extra_tables.items():
+                table = Units(name=tname, description="another sorting")
+                for t in trains:
+                    table.add_unit(spike_times=t)
+                mod.add(table)
+        path = tmp_path / f"{name}.nwb"
+        with NWBHDF5IO(str(path), "w") as io:
+            io.write(nwb)
+        return path
+
+    trains = [np.sort(rng.uniform(0, 5, 30)) for _ in range(3)]
+    both = read_nwb(write("both", trains[:2], {"units_kilosort": trains}))
+    assert both.num_units == 2
+    assert "Units table processing/ecephys/units_kilosort (3 units) not read: spikefm reads nwbfile.units, one " \
+           "sorting" in both.notes
+    alone = read_nwb(write("alone", [], {"units_kilosort": trains}))
+    assert alone.num_units == 3 and int(alone.spike_times_s.size) == 90
+    assert "units read from processing/ecephys/units_kilosort (3 units): the file's nwbfile.units is empty" in alone.notes
+    two = write("two", [], {"a": trains[:1], "b": trains[1:]})
+    with pytest.raises(NWBInputError) as exc:
+        read_nwb(two)
+    assert str(exc.value) == (f"{two}: no units table with spike_times; spikefm needs spike-sorted units "
+                              "(nwbfile.units) to build a corpus; found Units tables in processing/ecephys/a, "
+                              "processing/ecephys/b, and spikefm reads one sorting: write the one to use as "
+                              "nwbfile.units")
+
+
 def test_strict_writes_nothing_and_keeps_existing_corpus(tmp_path, nwb_factory):
     good, _ = nwb_factory("good")
     (tmp_path / "in").mkdir()

@@ -157,15 +157,36 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else ""
 
 
+def _other_units_tables(nwb) -> list[tuple[str, object]]:
+    """(path, table) of the Units tables with spike times in processing modules (a second
+    sorting, or the only one when ``nwbfile.units`` is empty)."""
+    from pynwb.misc import Units
+
+    found = []
+    for mod_name, mod in sorted((getattr(nwb, "processing", None) or {}).items()):
+        for name, obj in sorted(mod.data_interfaces.items()):
+            if isinstance(obj, Units) and "spike_times" in obj.colnames:
+                found.append((f"processing/{mod_name}/{name}", obj))
+    return found
+
+
 def _read_open_file(nwb, path, session_id, subject_id, source_dataset, provenance, license,
                     compute_sha256) -> SessionRecord:
     units = nwb.units
-    if units is None or "spike_times" not in units.colnames:
-        raise NWBInputError(
-            f"{path}: no units table with spike_times; spikefm needs spike-sorted units "
-            "(nwbfile.units) to build a corpus"
-        )
     notes: list[str] = []
+    others = _other_units_tables(nwb)
+    if units is None or "spike_times" not in units.colnames:
+        if len(others) != 1:
+            found = (f"; found Units tables in {', '.join(p for p, _ in others)}, and spikefm reads one sorting: "
+                     "write the one to use as nwbfile.units" if others else "")
+            raise NWBInputError(
+                f"{path}: no units table with spike_times; spikefm needs spike-sorted units "
+                f"(nwbfile.units) to build a corpus{found}"
+            )
+        (where, units), others = others[0], []
+        notes.append(f"units read from {where} ({len(units)} units): the file's nwbfile.units is empty")
+    for where, table in others:  # a second sorting beside nwbfile.units: not mixed in, but said
+        notes.append(f"Units table {where} ({len(table)} units) not read: spikefm reads nwbfile.units, one sorting")
     spike_times, unit_index, num_units = _read_spikes(units, path, notes)
     unit_ids = [str(x) for x in np.asarray(units.id.data[:])]
     regions = _unit_regions(units, num_units)

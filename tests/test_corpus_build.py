@@ -527,6 +527,25 @@ def test_units_tables_in_processing_modules_are_read_when_alone_and_named_when_n
                               "nwbfile.units")
 
 
+def test_a_behaviour_series_outside_the_binned_span_is_noted(tmp_path, capsys):
+    """A series at 5000-5010 s beside spikes at 0-5 s was stored as 100 % NaN with no word."""
+    rng = np.random.default_rng(0)
+    late = np.arange(100) / 10 + 5000.0
+    inside = np.arange(40) / 10
+    write_nwb(tmp_path / "nwb" / "beh.nwb", random_units(rng, 2, 5.0), ["A", "A"],
+              behavior={"late": (late, np.arange(100.0)), "wheel": (inside, np.ones(40))})
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "c", BuildConfig(test_fraction=0.0), progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(r"behaviour series 'late' \(5000-5009\.9 s\) lies outside the binned span [\d.]+-[\d.]+ s "
+                     r"\(first to last spike\), so it is NaN in every bin: another clock, or times in ms or samples\?",
+                     err), err
+    assert "'wheel'" not in err
+    (row,) = list(Corpus(tmp_path / "c").iter_rows("train"))
+    names = list(row.behavior_names)
+    assert np.isnan(row.behavior[names.index("late")]).all()
+    assert not np.isnan(row.behavior[names.index("wheel")]).all()
+
+
 def test_strict_writes_nothing_and_keeps_existing_corpus(tmp_path, nwb_factory):
     good, _ = nwb_factory("good")
     (tmp_path / "in").mkdir()

@@ -113,9 +113,28 @@ def test_output_dtypes_and_shapes():
     assert tokens.dtype == np.uint8 and tokens.shape == (6,)
     back = detokenize(tokens.astype(np.int64).tolist(), 2)  # a plain list of ints
     assert back.dtype == np.uint8 and back.shape == (2, 2) and back.tolist() == counts.tolist()
-    # any shape holding the tokens in order: they are read flat
-    np.testing.assert_array_equal(detokenize(tokens.reshape(2, 3), 2), counts)
+    # one sequence, or a batch of one as generate returns it; a batch of several is refused (its
+    # rows were read as consecutive bins of one sequence)
     np.testing.assert_array_equal(detokenize(tokens.reshape(1, 6), 2), counts)
+    with pytest.raises(ValueError, match=r"^tokens must be one sequence \(1-D\), got shape \(2, 3\); for a batch "
+                                         r"\(B, L\) of generate, detokenize each row"):
+        detokenize(tokens.reshape(2, 3), 2)
+
+
+@pytest.mark.parametrize("tokens, num_units, match", [
+    ([255, 257, 3], 2, r"tokens must be whole numbers in 0\.\.255, found np\.int64\(257\) at position 1: not a "
+                       r"spike token"),
+    ([255.0, 1.9, 3.0], 2, r"found np\.float64\(1\.9\) at position 1"),
+    ([255, -1, 3], 2, r"found np\.int64\(-1\) at position 1"),
+    ([255.0, float("nan"), 3.0], 2, r"found np\.float64\(nan\) at position 1"),
+    (["255", "1", "3"], 2, r"tokens must be whole numbers in 0\.\.255, got dtype <U3"),
+    ([255, 1, 3], 0, r"num_units must be an int >= 1 \(units per bin\), got 0"),
+    ([255, 1, 3], "2", r"num_units must be an int >= 1 \(units per bin\), got '2'"),
+])
+def test_detokenize_refuses_what_is_no_token_instead_of_wrapping_it(tokens, num_units, match):
+    """257 read as a count of 1 and 1.9 as 1 (uint8 wrapping and truncation), silently."""
+    with pytest.raises(ValueError, match=match):
+        detokenize(np.asarray(tokens), num_units)
 
 
 def test_detokenize_checks_each_layout_rule_on_its_own():

@@ -205,7 +205,7 @@ def generate_to_file(run_dir: str | Path, *, num_units: int, num_bins: int,
     with progress_bar(num_bins, "generating bins", enabled=progress) as bar:
         tokens = generate(model, num_units, num_bins, prompt_tokens=prompt_tokens,
                           temperature=temperature, top_k=top_k, generator=gen, on_bin=bar.advance)
-    counts = detokenize(tokens[0].cpu().numpy().astype(np.uint8), num_units)
+    counts = detokenize(tokens[0].cpu().numpy(), num_units)
     arrays["counts"] = counts
     bin_ms = bin_ms or getattr(model, "train_bin_ms", None) or _run_bin_ms(cfg)  # the width it was trained on
     if bin_ms:  # the bin width of the counts, for the report's time axis

@@ -56,10 +56,28 @@ def tokenize(counts: np.ndarray) -> np.ndarray:
 def detokenize(tokens: np.ndarray, num_units: int) -> np.ndarray:
     """Inverse of :func:`tokenize`: tokens -> (num_units, num_bins) uint8 counts.
 
-    Raises ValueError unless the length is a multiple of ``num_units + 1`` and every bin starts with
-    the separator (and no count token is the separator).
+    Raises ValueError unless ``tokens`` is one sequence (1-D, or a batch of one ``(1, L)``; a
+    batch of :func:`generate`'s ``(B, L)`` is detokenized row by row) of whole numbers in 0..255, its length is a multiple of
+    ``num_units + 1`` and every bin starts with the separator (and no count token is the
+    separator); the tokens were wrapped into uint8 before (257 read as a count of 1, 1.9 as 1).
     """
-    tokens = np.asarray(tokens, dtype=np.uint8).reshape(-1)
+    if isinstance(num_units, bool) or not isinstance(num_units, (int, np.integer)) or num_units < 1:
+        raise ValueError(f"num_units must be an int >= 1 (units per bin), got {num_units!r}")
+    arr = np.asarray(tokens)
+    if arr.ndim == 2 and arr.shape[0] == 1:  # a batch of one, as generate returns it
+        arr = arr[0]
+    if arr.ndim != 1:
+        raise ValueError(f"tokens must be one sequence (1-D), got shape {arr.shape}; for a batch (B, L) of "
+                         "generate, detokenize each row: [detokenize(row, num_units) for row in tokens]")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"tokens must be whole numbers in 0..{SEPARATOR}, got dtype {arr.dtype}")
+    if arr.size:
+        bad = ~np.isfinite(arr) | (arr != np.floor(arr)) | (arr < 0) | (arr > SEPARATOR) if arr.dtype.kind == "f" \
+            else (arr < 0) | (arr > SEPARATOR)
+        if np.any(bad):
+            raise ValueError(f"tokens must be whole numbers in 0..{SEPARATOR}, found {arr[bad][0]!r} at position "
+                             f"{int(np.flatnonzero(bad)[0])}: not a spike token (a vocabulary past 256?)")
+    tokens = arr.astype(np.uint8)
     width = num_units + 1
     if tokens.size % width:
         raise ValueError(

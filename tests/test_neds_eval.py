@@ -56,6 +56,23 @@ def test_rrr_poisson_and_decoder_layouts():
     assert alpha == 1e-3 and best.alpha == 1e-3
 
 
+def test_firing_statistics_refuse_a_fano_chunk_longer_than_the_windows():
+    """fano_bins=50 on 10-bin windows left no chunk: the Fano factor of an active unit read 0 (with
+    numpy's 'Mean of empty slice'); 2-D counts failed 'not enough values to unpack'."""
+    c = np.zeros((2, 10, 1), np.uint8)
+    c[:, :5] = 3
+    with pytest.raises(ValueError, match=r"^fano_bins must be an int in 1\.\.10 \(the bins of a window\), got 50$"):
+        firing_statistics(c, 20, fano_bins=50)
+    with pytest.raises(ValueError, match=r"got 0$"):
+        firing_statistics(c, 20, fano_bins=0)
+    with pytest.raises(ValueError, match=r"^counts must be \(windows, bins, units\), got shape \(10, 1\)$"):
+        firing_statistics(c[0], 20)
+    # a chunk of the whole window: var / mean of the window sums (15 and 15: Fano 0)
+    assert firing_statistics(c, 20, fano_bins=10)[0, 2] == 0.0
+    c[1, :5] = 1  # window sums 15 and 5: mean 10, population variance 25
+    assert firing_statistics(c, 20, fano_bins=10)[0, 2] == pytest.approx(25 / 10)
+
+
 def test_firing_statistics_match_poisson_and_regular_trains():
     rng = np.random.default_rng(2)
     K, T = 200, 50

@@ -61,9 +61,17 @@ def firing_statistics(counts_KTN: np.ndarray, bin_ms: int, *, fano_bins: int = 5
     is coarse below one bin), concatenating windows; the Fano factor is var / mean of the counts
     in ``fano_bins``-bin chunks. A unit with fewer than 3 spikes gets ISI CV 0; a silent unit
     Fano factor 0.
+
+    Raises:
+        ValueError: counts that are not (windows, bins, units), or ``fano_bins`` not an int in
+            1..bins (a chunk longer than the windows left no chunk, and every Fano factor read 0).
     """
     c = np.asarray(counts_KTN)
+    if c.ndim != 3:
+        raise ValueError(f"counts must be (windows, bins, units), got shape {c.shape}")
     K, T, N = c.shape
+    if isinstance(fano_bins, bool) or not isinstance(fano_bins, (int, np.integer)) or not 1 <= fano_bins <= max(T, 1):
+        raise ValueError(f"fano_bins must be an int in 1..{T} (the bins of a window), got {fano_bins!r}")
     rate = c.reshape(-1, N).mean(0) * 1000.0 / bin_ms
     flat = c.reshape(-1, N).astype(np.int64)
     cv = np.zeros(N)

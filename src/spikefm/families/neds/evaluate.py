@@ -683,7 +683,7 @@ def region_task(model, windows: dict, arrays: dict, splits: Sequence[str] | None
         w, idx = windows[s], used[s]
         cond = conds[s]
         feats["embedding"][s] = model.unit_embeddings(s).float().cpu().numpy()
-        feats["firing_stats"][s] = firing_statistics(w.counts[idx], w.bin_ms)
+        feats["firing_stats"][s] = firing_statistics(w.counts[idx], w.bin_ms, fano_bins=min(5, w.num_bins))
         feats["psth_counts"][s] = _psth_features(_smooth(w.counts[idx]), cond, groups)
         hidden = []
         with torch.no_grad():

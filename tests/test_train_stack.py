@@ -209,6 +209,29 @@ def test_weight_decay_only_on_matrices():
 # training runs
 
 
+def test_training_gives_the_callers_random_streams_back(tmp_path):
+    """After every train (and so finetune, transfer) call a notebook's python, numpy and torch
+    random streams restarted from train.seed: two calls after different seeds drew the same."""
+    import random
+
+    draws = []
+    for k, seed in enumerate((123, 456)):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        train(toy_config(steps=3), tmp_path / f"r{k}", progress=False)
+        draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+    for seed, got in zip((123, 456), draws):  # what the caller's seed gives with no training between
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        assert got == (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    # and a call with nothing to do (a finished run resumed)
+    np.random.seed(7)
+    train(toy_config(steps=3), tmp_path / "r0", progress=False, resume=True)
+    assert float(np.random.rand()) == float(np.random.RandomState(7).rand())
+
+
 def test_short_bf16_run_loss_falls_and_run_dir_describes_itself(tmp_path):
     cfg = toy_config(steps=40, precision="bf16", log_every=5, eval_every=20)
     summary = train(cfg, tmp_path, progress=False)

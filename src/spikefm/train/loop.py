@@ -152,6 +152,23 @@ def _peak_override() -> float | None:
     return value
 
 
+@contextlib.contextmanager
+def _callers_random_state():
+    """Training seeds python's, numpy's and torch's global generators (:func:`seed_everything`);
+    give the caller's states back afterwards, so a notebook's random streams do not restart from
+    ``train.seed`` after every run (the CUDA ones only where CUDA is already initialised)."""
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and all CUDA devices)."""
     random.seed(seed)
@@ -561,7 +578,9 @@ def train(
     The config and the data (``family.describe``) are checked before anything is written, so a
     refused call leaves no folder behind. Rank 0 then holds :func:`spikefm.fileio.folder_lock` on
     out_dir for the whole call: a second ``train`` into the same folder fails at once, naming the
-    holder's PID. Nothing in out_dir is overwritten unless resuming.
+    holder's PID. Nothing in out_dir is overwritten unless resuming. Python's, numpy's and torch's
+    global random generators are seeded from ``train.seed`` for the run and given back to the
+    caller's states when it returns.
 
     Args:
         cfg: the run configuration.
@@ -589,6 +608,7 @@ def train(
     """
     _check_train_arguments(cfg, out_dir, family, resume, progress, stop_after)
     with contextlib.ExitStack() as stack:  # holds the run folder's lock (rank 0) until the end
+        stack.enter_context(_callers_random_state())
         return _train(cfg, Path(out_dir), family, resume=resume, progress=progress,
                       stop_after=stop_after, stack=stack)
 

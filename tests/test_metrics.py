@@ -532,6 +532,25 @@ def test_balanced_accuracy_is_the_mean_recall_over_true_classes_without_sklearns
         warnings.simplefilter("error")  # any warning fails the test
         got = balanced_accuracy(y_true, y_pred)
     assert got == pytest.approx((2 / 3 + 1 / 2) / 2)  # recall of class 0, of class 1; class 2 only costs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's 'A single label was found' passed through
+        assert balanced_accuracy([1, 1], [1, 1]) == 1.0 and balanced_accuracy([1, 1], [1, 0]) == 0.5
+    with pytest.raises(ValueError, match=r"^balanced_accuracy needs y_true and y_pred of one label per sample, the "
+                                         r"same length; got shapes \(3,\) and \(2,\)$"):
+        balanced_accuracy([0, 1, 1], [0, 1])
+
+
+def test_decode_discrete_skips_text_labels_without_a_value():
+    """SessionWindows.labels holds None for a trial without a text label; decode_discrete said
+    "'<' not supported between instances of 'str' and 'NoneType'" from inside numpy."""
+    feats, labels = _separable(n_per_class=20, n_classes=2)
+    text = np.array(["L", "R"], dtype=object)[labels]
+    text[[0, 25]] = None
+    with pytest.warns(RuntimeWarning, match=r"decode_discrete: skipping 2 of 40 samples"):
+        got = decode_discrete(feats, text, cv_folds=4, seed=0)
+    keep = np.ones(40, dtype=bool)
+    keep[[0, 25]] = False
+    assert got == decode_discrete(feats[keep], labels[keep], cv_folds=4, seed=0) | {"C_": got["C_"]}
 
 
 def test_mean_sd_leaves_out_missing_and_undefined_values_and_has_no_sd_for_one():

@@ -462,11 +462,14 @@ def canonical_row_order(X, *others) -> np.ndarray:
 
 
 def _drop_nan_rows(features, *others, what: str):
-    """Drop samples with a NaN feature or NaN target (warning how many)."""
+    """Drop samples with a NaN feature or a NaN (or, among object labels, None) target (warning
+    how many)."""
     keep = ~np.isnan(features).any(axis=1)
     for arr in others:
         if arr is not None and np.issubdtype(arr.dtype, np.floating):
             keep &= ~np.isnan(arr.reshape(len(arr), -1)).any(axis=1)
+        elif arr is not None and arr.dtype == object and arr.ndim == 1:  # a text label column: None = no value
+            keep &= np.array([not (v is None or (isinstance(v, float) and math.isnan(v))) for v in arr], dtype=bool)
     if not keep.all():
         warnings.warn(f"{what}: skipping {int((~keep).sum())} of {keep.size} samples with NaN "
                       "features or targets", RuntimeWarning, stacklevel=3)
@@ -487,15 +490,22 @@ def mean_sd(values) -> tuple[float | None, float | None, int]:
 def balanced_accuracy(y_true, y_pred) -> float:
     """Balanced accuracy: the mean over the classes present in ``y_true`` of the share of their
     samples predicted right (scikit-learn's ``balanced_accuracy_score``). A predicted class that
-    ``y_true`` lacks only counts as wrong; scikit-learn's warning about it ('y_pred contains
-    classes not in y_true', with no word of which task) is not passed on."""
+    ``y_true`` lacks only counts as wrong; scikit-learn's warnings about it ('y_pred contains
+    classes not in y_true', with no word of which task) and about one class ('A single label was
+    found': the score is that class's recall) are not passed on. ValueError (one line) for label
+    arrays of other shapes or lengths."""
     import warnings
 
     from sklearn.metrics import balanced_accuracy_score
 
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.ndim != 1 or y_true.shape != y_pred.shape:
+        raise ValueError(f"balanced_accuracy needs y_true and y_pred of one label per sample, the same length; got "
+                         f"shapes {y_true.shape} and {y_pred.shape}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        return float(balanced_accuracy_score(np.asarray(y_true), np.asarray(y_pred)))
+        warnings.filterwarnings("ignore", message="A single label was found")  # one class: its recall, as defined
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def decode_discrete(
@@ -517,7 +527,8 @@ def decode_discrete(
 
     Args:
         features_KF: (K samples, F features), e.g. trial-averaged predicted rates.
-        labels_K: (K,) class labels (any hashable values; float NaN = skip the sample).
+        labels_K: (K,) class labels (any hashable values; float NaN, or None among object labels,
+            = skip the sample).
         cv_folds: outer folds; every class needs at least this many samples.
         inner_cv_folds: folds of the inner search (reduced to the smallest class count of the
             outer training fold when needed, minimum 2).

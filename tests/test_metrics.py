@@ -561,3 +561,17 @@ def test_mean_sd_leaves_out_missing_and_undefined_values_and_has_no_sd_for_one()
     assert mean_sd([1.0, None, float("nan"), 3.0, float("inf")]) == (2.0, statistics.stdev([1.0, 3.0]), 2)
     assert mean_sd([5]) == (5.0, None, 1)
     assert mean_sd([None, float("nan")]) == (None, None, 0) == mean_sd([])
+
+
+def test_interval_arguments_take_numpy_numbers_and_refuse_bools():
+    """level=np.float32(0.9) was refused as 'not a float'; num_trials=True was taken as 1."""
+    from spikefm.eval.metrics import jackknife_interval
+
+    stat = lambda idx: float(np.mean(np.arange(10.0)[idx]))  # noqa: E731
+    a = jackknife_interval(stat, 10, level=np.float32(0.9))
+    b = jackknife_interval(stat, 10, level=float(np.float32(0.9)))
+    assert a == b and a["ci95"][0] < 4.5 < a["ci95"][1]
+    with pytest.raises(ValueError, match=r"num_trials must be a positive int, got True"):
+        jackknife_interval(stat, True)
+    with pytest.raises(ValueError, match=r"level must be a float in \(0, 1\), got True"):
+        jackknife_interval(stat, 10, level=True)

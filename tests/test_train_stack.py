@@ -232,6 +232,21 @@ def test_training_gives_the_callers_random_streams_back(tmp_path):
     assert float(np.random.rand()) == float(np.random.RandomState(7).rand())
 
 
+def test_load_model_refuses_a_device_it_cannot_use_in_one_line(tmp_path):
+    """device='gpu' failed in torch's module.py after the model was built; 'cuda' without CUDA with
+    an AssertionError."""
+    train(toy_config(steps=4), tmp_path / "r", progress=False)
+    assert next(load_model(tmp_path / "r", device=np.str_("cpu")).parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match=r"^device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'$"):
+        load_model(tmp_path / "r", device="gpu")
+    with pytest.raises(ValueError, match=r"^device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'meta'$"):
+        load_model(tmp_path / "r", device="meta")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match=rf"^device 'cuda:{count}': this machine has {count} CUDA device\(s\); use "
+                                         r"'cpu' or 'auto'$"):
+        load_model(tmp_path / "r", device=f"cuda:{count}")
+
+
 def test_short_bf16_run_loss_falls_and_run_dir_describes_itself(tmp_path):
     cfg = toy_config(steps=40, precision="bf16", log_every=5, eval_every=20)
     summary = train(cfg, tmp_path, progress=False)

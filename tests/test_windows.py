@@ -260,6 +260,13 @@ def test_batcher_ranks_take_disjoint_windows(corpus_info):
     assert len(set().union(*per_rank)) == 48
     with pytest.raises(ValueError, match="rank"):
         WindowBatcher(ws, batch_size=4, rank=3, world_size=3)
+    # numpy integers are ints (np.int64(4) was refused as 'not a positive int'); bools are not
+    b = WindowBatcher(ws, batch_size=np.int64(4), seed=5, split=None, rank=np.int64(0), world_size=np.int64(3))
+    first = next(b)
+    assert set(zip(first["session_ids"], first["window_index_B"].tolist())) <= per_rank[0]
+    assert len(first["session_ids"]) == 4
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got True"):
+        WindowBatcher(ws, batch_size=True)
 
 
 def test_batcher_resumes_exactly(corpus_info):

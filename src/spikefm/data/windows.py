@@ -776,10 +776,9 @@ class WindowBatcher:
 
     def __init__(self, windows_by_session: dict[str, SessionWindows], *, batch_size: int, seed: int = 0,
                  split: str | None = "train", rank: int = 0, world_size: int = 1):
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) \
-                or not 0 <= rank < world_size:
+        if not is_int(world_size) or world_size < 1 or not is_int(rank) or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         if not windows_by_session:
             raise ValueError("windows_by_session is empty; give at least one session")

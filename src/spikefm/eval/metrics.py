@@ -290,7 +290,7 @@ def bps_pooled_interval(rates, counts, *, null_rates=None, level: float = 0.95) 
 
 
 def _check_level(level) -> None:
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, numbers.Real) or not 0.0 < level < 1.0:
         raise ValueError(f"level must be a float in (0, 1), got {level!r}")
 
 
@@ -322,7 +322,7 @@ def jackknife_interval(statistic, num_trials: int, *, level: float = 0.95) -> di
     changes the coverage, not the key.
     """
     _check_level(level)
-    if not isinstance(num_trials, (int, np.integer)) or num_trials < 1:
+    if isinstance(num_trials, bool) or not isinstance(num_trials, (int, np.integer)) or num_trials < 1:
         raise ValueError(f"num_trials must be a positive int, got {num_trials!r}")
     K = int(num_trials)
     everything = np.arange(K)

@@ -259,6 +259,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
 
     if device == "auto":  # the one rule of every device option (other names, "cuda:1" say, pass as given)
         device = resolve_device_type(device)
+    _check_load_device(device)
     fam = family_of_run(path)
     info = _read_config(path)
     if not isinstance(info.get("family"), str):
@@ -268,6 +269,23 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     model.run_config = cfg
     model.run_dir = str(path)  # where its run description is (an export reads what it records)
     return model
+
+
+def _check_load_device(device) -> None:
+    """One-line ValueError for a device load_model cannot put a model on (torch failed after the
+    model was built: 'gpu', or 'cuda' on a machine without CUDA)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index is not None and dev.index >= count or not count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s); use 'cpu' or 'auto'")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def train(cfg, out_dir: str | os.PathLike, **kwargs) -> dict[str, Any]:

@@ -77,6 +77,13 @@ def test_eval_refuses_a_model_that_cannot_score_spike_tokens_before_fitting_base
         f"spikefm: error: {bad}: the model's weights hold NaN or infinite values (first in {name}): they are damaged "
         "or its training diverged; nothing was scored: evaluate an earlier run or retrain"]
     assert not out.exists()
+    # a compared run that cannot score is refused before the first run is scored
+    assert cli_main(["eval", str(trained_run), "--data", str(synth_corpus), "--ngram", "1", "--compare-run",
+                     str(bad), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"spikefm: error: {bad}: the model's weights hold NaN or infinite values (first in {name}): they are damaged "
+        "or its training diverged; nothing was scored: evaluate an earlier run or retrain"]
+    assert not out.exists()
     small, _ = ARFamily().load(str(trained_run))
     small = Llama(dataclasses.replace(small.cfg, vocab_size=200))
     monkeypatch.setattr(ARFamily, "load", lambda self, run_dir, **k: (small, None))

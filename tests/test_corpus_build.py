@@ -533,13 +533,15 @@ def test_a_behaviour_series_outside_the_binned_span_is_noted(tmp_path, capsys):
     late = np.arange(100) / 10 + 5000.0
     inside = np.arange(40) / 10
     write_nwb(tmp_path / "nwb" / "beh.nwb", random_units(rng, 2, 5.0), ["A", "A"],
-              behavior={"late": (late, np.arange(100.0)), "wheel": (inside, np.ones(40))})
+              behavior={"late": (late, np.arange(100.0)), "wheel": (inside, np.ones(40)),
+                        "brief": (np.array([1.001, 1.002]), np.array([1.0, 2.0]))})  # between bin centres
     build_corpus([str(tmp_path / "nwb")], tmp_path / "c", BuildConfig(test_fraction=0.0), progress=False)
     err = " ".join(capsys.readouterr().err.split())
-    assert re.search(r"behaviour series 'late' \(5000-5009\.9 s\) lies outside the binned span [\d.]+-[\d.]+ s "
-                     r"\(first to last spike\), so it is NaN in every bin: another clock, or times in ms or samples\?",
-                     err), err
+    assert re.search(r"behaviour series 'late' \(5000-5009\.9 s\) is NaN in every bin of the binned span "
+                     r"[\d.]+-[\d.]+ s \(first to last spike\): it lies outside it or between bin centres; another "
+                     r"clock, or times in ms or samples\?", err), err
     assert "'wheel'" not in err
+    assert "behaviour series 'brief' (1.001-1.002 s) is NaN in every bin" in err
     (row,) = list(Corpus(tmp_path / "c").iter_rows("train"))
     names = list(row.behavior_names)
     assert np.isnan(row.behavior[names.index("late")]).all()

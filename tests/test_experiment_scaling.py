@@ -514,6 +514,7 @@ def test_rank_sessions_refuses_a_family_without_session_parameters(tiny_corpus, 
     ("train.seed=5", "give --seed (rank-sessions) or --seeds (scaling) instead"),
     (" train.device = cuda", "give --device instead"),
     ("data.sessions=a,b", "give --pretrain-sessions and --held-out instead"),
+    ("data.corpus=/elsewhere", "give --data instead"),
     ("train.eval_every=10", "its pretraining runs do not validate (fine-tuning does: --eval-every)"),
 ])
 def test_studies_refuse_set_keys_they_set_themselves(item, instead, tiny_corpus, tmp_path, capsys):
@@ -566,6 +567,14 @@ def test_studies_refuse_a_held_out_session_without_val_windows_before_any_job(ti
             "data.split_fractions), and fine-tuning to it validates on them; nothing was run: hold out a longer "
             "session, or raise the val share (--set data.split_fractions=...)"]
         assert not out.exists()
+    # another problem of the data settings is the jobs' to say, in its own words (a trial-table
+    # typo read 'has no val windows ... raise the val share')
+    out = tmp_path / "typo"
+    assert main(["experiment", "rank-sessions", "--data", str(tiny_corpus), "--held-out", HELD, "--out", str(out),
+                 "--set", "data.align=stimOn_time", "--set", "data.trial_table=trails", "--pretrain-steps", "2",
+                 "--finetune-steps", "2", "--eval-every", "1", "--quiet"]) == 1  # jobs failed
+    err = capsys.readouterr().err
+    assert "trial table 'trails': none of the 1 sessions has it" in err and "val windows" not in err
 
 
 @pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("1,5", [1, 5]), (" 2 ", [0, 1]), ("0,2", [0, 2]),

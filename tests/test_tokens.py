@@ -122,11 +122,11 @@ def test_output_dtypes_and_shapes():
 
 
 @pytest.mark.parametrize("tokens, num_units, match", [
-    ([255, 257, 3], 2, r"tokens must be whole numbers in 0\.\.255, found np\.int64\(257\) at position 1: not a "
+    ([255, 257, 3], 2, r"tokens must be whole numbers in 0\.\.255, found 257 at position 1: not a "
                        r"spike token"),
-    ([255.0, 1.9, 3.0], 2, r"found np\.float64\(1\.9\) at position 1"),
-    ([255, -1, 3], 2, r"found np\.int64\(-1\) at position 1"),
-    ([255.0, float("nan"), 3.0], 2, r"found np\.float64\(nan\) at position 1"),
+    ([255.0, 1.9, 3.0], 2, r"found 1\.9 at position 1"),
+    ([255, -1, 3], 2, r"found -1 at position 1"),
+    ([255.0, float("nan"), 3.0], 2, r"found nan at position 1"),
     (["255", "1", "3"], 2, r"tokens must be whole numbers in 0\.\.255, got dtype <U3"),
     ([255, 1, 3], 0, r"num_units must be an int >= 1 \(units per bin\), got 0"),
     ([255, 1, 3], "2", r"num_units must be an int >= 1 \(units per bin\), got '2'"),

@@ -292,9 +292,8 @@ def _list_of_lists(matrices: list[np.ndarray], value_type: pa.DataType) -> pa.Ch
 
 def _note_what_the_grid_misses(rec: SessionRecord, t_start_ms: int, t_stop_ms: int, bin_ms: int) -> None:
     """Notes (the build's warnings) for what the bin grid cannot show as recorded: unit-bins
-    outside their unit's ``obs_intervals`` (stored as recorded bins), trials that start outside
-    the binned span (first to last spike; they are in no row) and behaviour series wholly outside
-    it (NaN in every bin)."""
+    outside their unit's ``obs_intervals`` (stored as recorded bins) and trials that start outside
+    the binned span (first to last spike; they are in no row)."""
     num_bins = (t_stop_ms - t_start_ms) // bin_ms
     if rec.obs_intervals is not None:
         centres = (t_start_ms + bin_ms * (np.arange(num_bins) + 0.5)) / 1000.0
@@ -317,12 +316,6 @@ def _note_what_the_grid_misses(rec: SessionRecord, t_start_ms: int, t_stop_ms: i
         if out.any():
             rec.notes.append(f"interval table '{name}': {int(out.sum())} of {start.size} row(s) lie outside "
                              f"the binned span {t0:.6g}-{t1:.6g} s (first to last spike) and are in no row")
-    for series in rec.behavior:
-        ts = np.asarray(series.timestamps_s, dtype=np.float64)
-        if ts.size and (ts[-1] < t0 or ts[0] >= t1):
-            rec.notes.append(f"behaviour series '{series.name}' ({ts[0]:.6g}-{ts[-1]:.6g} s) lies outside the binned "
-                             f"span {t0:.6g}-{t1:.6g} s (first to last spike), so it is NaN in every bin: another "
-                             "clock, or times in ms or samples?")
 
 
 def _note_a_silence_before_spikes(rec: SessionRecord, counts: np.ndarray, t_start_ms: int, bin_ms: int) -> None:
@@ -386,6 +379,11 @@ def session_rows(rec: SessionRecord, cfg: BuildConfig) -> tuple[pa.Table, dict]:
         names, values = resample_behavior(series, t_start_ms, num_bins, bin_ms)
         beh_names += names
         beh_rows.append(values)
+        if values.size and np.isnan(values).all() and np.isfinite(series.values).any():
+            ts = series.timestamps_s
+            rec.notes.append(f"behaviour series '{series.name}' ({ts[0]:.6g}-{ts[-1]:.6g} s) is NaN in every bin of the "
+                             f"binned span {t_start_ms / 1000:.6g}-{t_stop_ms / 1000:.6g} s (first to last spike): it "
+                             "lies outside it or between bin centres; another clock, or times in ms or samples?")
     behavior = (np.concatenate(beh_rows, axis=0) if beh_rows
                 else np.zeros((0, num_bins), dtype=np.float32))
 

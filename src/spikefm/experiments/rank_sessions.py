@@ -47,6 +47,7 @@ STUDY_KEYS = {
     "train.steps": "give --pretrain-steps instead",
     "train.seed": "give --seed (rank-sessions) or --seeds (scaling) instead",
     "data.sessions": "give --pretrain-sessions and --held-out instead",
+    "data.corpus": "give --data instead",
     "train.device": "give --device instead",
     "train.eval_every": "its pretraining runs do not validate (fine-tuning does: --eval-every)",
     "train.ckpt_every": "its pretraining runs keep no checkpoints (an interrupted job is run again whole)",

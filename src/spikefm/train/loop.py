@@ -580,7 +580,7 @@ def train(
     out_dir for the whole call: a second ``train`` into the same folder fails at once, naming the
     holder's PID. Nothing in out_dir is overwritten unless resuming. Python's, numpy's and torch's
     global random generators are seeded from ``train.seed`` for the run and given back to the
-    caller's states when it returns.
+    caller's states when it returns (CUDA's where CUDA was initialised before the call).
 
     Args:
         cfg: the run configuration.

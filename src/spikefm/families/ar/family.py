@@ -280,6 +280,9 @@ class ARFamily:
             require_rows(other_data, split)
             if compare_cfg is not None:
                 _check_bin_width(compare_run, compare_cfg.data.corpus, other_data)
+            other_model, _ = self.load(compare_run)  # scorable? (checked again, loaded again, in its turn)
+            _check_scorable(compare_run, other_model)
+            del other_model
         if baselines is None:
             baselines = self.evaluate_baselines(corpus, split=split, ngram=ngram, max_tokens=max_tokens,
                                                 max_train_tokens=max_train_tokens)

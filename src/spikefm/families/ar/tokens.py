@@ -56,8 +56,8 @@ def tokenize(counts: np.ndarray) -> np.ndarray:
 def detokenize(tokens: np.ndarray, num_units: int) -> np.ndarray:
     """Inverse of :func:`tokenize`: tokens -> (num_units, num_bins) uint8 counts.
 
-    Raises ValueError unless ``tokens`` is one sequence (1-D, or a batch of one ``(1, L)``; a
-    batch of :func:`generate`'s ``(B, L)`` is detokenized row by row) of whole numbers in 0..255, its length is a multiple of
+    Raises ValueError unless ``tokens`` is one sequence (1-D, or a batch of one ``(1, L)``; for a
+    batch of several, as :func:`generate` returns, call it on each row) of whole numbers in 0..255, its length is a multiple of
     ``num_units + 1`` and every bin starts with the separator (and no count token is the
     separator); the tokens were wrapped into uint8 before (257 read as a count of 1, 1.9 as 1).
     """
@@ -75,7 +75,7 @@ def detokenize(tokens: np.ndarray, num_units: int) -> np.ndarray:
         bad = ~np.isfinite(arr) | (arr != np.floor(arr)) | (arr < 0) | (arr > SEPARATOR) if arr.dtype.kind == "f" \
             else (arr < 0) | (arr > SEPARATOR)
         if np.any(bad):
-            raise ValueError(f"tokens must be whole numbers in 0..{SEPARATOR}, found {arr[bad][0]!r} at position "
+            raise ValueError(f"tokens must be whole numbers in 0..{SEPARATOR}, found {arr[bad][0].item()!r} at position "
                              f"{int(np.flatnonzero(bad)[0])}: not a spike token (a vocabulary past 256?)")
     tokens = arr.astype(np.uint8)
     width = num_units + 1

@@ -51,3 +51,17 @@ def interrupted(spec: dict, job_dir: Path, root: Path) -> dict:
     """Stopped by Ctrl-C while it runs (in the driver's process: one local worker)."""
     (job_dir / "work.txt").write_text("partial")
     raise KeyboardInterrupt
+
+
+def stopped_by_sigterm(spec: dict, job_dir: Path, root: Path) -> dict:
+    """Stopped as Ray stops a worker when its driver ends: its SIGTERM handler raises SystemExit."""
+    (job_dir / "work.txt").write_text("partial")
+    raise SystemExit(1)
+
+
+def worker_killed(spec: dict, job_dir: Path, root: Path) -> dict:
+    """Its worker process is killed (as the system kills one out of memory)."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {"value": 0}

@@ -411,3 +411,59 @@ def test_ray_refuses_jobs_larger_than_the_cluster(tmp_path, local_ray):
         run_jobs([job], tmp_path / "jobs", make_executor("ray", threads=1, gpus=ask), progress=False,
                  log=lambda s: None)
     assert _calls(calls, job.id) == 0 and local_ray.is_initialized()
+
+
+def test_a_job_stopped_by_ray_s_sigterm_is_not_recorded_as_failed(tmp_path):
+    """Ray stops a worker with SIGTERM when its driver is interrupted; its handler raises
+    SystemExit, which was written to error.txt as a failure."""
+    job = make_job("_study_jobs:stopped_by_sigterm", {"x": 1})
+    with pytest.raises(SystemExit):
+        run_job(job.to_dict(), str(tmp_path))
+    assert not (tmp_path / job.id / "error.txt").exists() and not is_done(tmp_path, job.id)
+
+
+def test_a_killed_pool_worker_is_a_failed_job_said_in_one_line(tmp_path):
+    """A pool worker killed (out of memory) ended the study with 'internal error (BrokenProcessPool
+    ...)'; the failure named an error.txt that did not exist."""
+    calls = tmp_path / "calls"
+    dead = make_job("_study_jobs:worker_killed", {"x": 1})
+    other = make_job(SQUARE, {"x": 3, "calls": str(calls)})
+    lines = []
+    with pytest.raises(JobsFailed) as exc:
+        run_jobs([dead, other], tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=lines.append)
+    died = ("its worker process died (killed by the system, most likely for running out of memory); fewer jobs at "
+            "once (--workers, or more --threads-per-job under Ray) leave each more memory")
+    assert exc.value.failed[dead.id] == died
+    assert str(exc.value).startswith(f"{len(exc.value.failed)} job(s) failed, first ")
+    assert list(exc.value.failed) == [dead.id] and "traceback in" not in str(exc.value)
+    assert not (tmp_path / "jobs" / dead.id / "error.txt").exists()
+    # the rerun (a fresh pool) runs what is left
+    records = run_jobs([other], tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=lines.append)
+    assert records[other.id]["result"]["value"] == 9
+
+
+def test_ray_jobs_read_relative_paths_from_the_drivers_folder(tmp_path, local_ray, monkeypatch):
+    """On a cluster, --out and the corpus given relative were resolved in the workers' own folder:
+    the jobs wrote under the head node's working folder, and the driver found none of them."""
+    monkeypatch.chdir(tmp_path)
+    records = run_jobs(_chain(Path("calls")), Path("rel") / "jobs", make_executor("ray", threads=1), progress=False,
+                       log=lambda s: None)
+    assert sorted(r["result"]["value"] for r in records.values()) == [1, 4, 14, 30]
+    assert len(list((tmp_path / "rel" / "jobs").glob("*/result.json"))) == 4
+    assert len(list((tmp_path / "calls").iterdir())) == 4
+
+
+def test_an_environment_ray_address_is_checked_like_the_flag(tmp_path):
+    """With RAY_ADDRESS set and no --address, ray.init connected there (not to a local instance, as
+    the help says) and hung for minutes when nothing answered."""
+    pytest.importorskip("ray")
+    nwb = tmp_path / "nwb"
+    nwb.mkdir()
+    (nwb / "a.nwb").write_bytes(b"not read: the address is checked first")
+    proc = subprocess.run([sys.executable, "-m", "spikefm.cli", "corpus", "build", str(nwb), "--out",
+                           str(tmp_path / "c"), "--executor", "ray"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err
+    assert err.startswith("spikefm: error: the environment's RAY_ADDRESS 127.0.0.1:1: nothing answers there") \
+        and err.endswith("or leave out the environment's RAY_ADDRESS for a local instance") and "\n" not in err

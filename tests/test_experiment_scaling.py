@@ -348,6 +348,11 @@ def test_study_settings_and_job_settings_are_checked_before_any_job(tiny_study, 
     checks = [(["--set", "model.foo=1"], "unknown key 'model.foo'")]
     if not torch.cuda.is_available():
         checks.append((["--device", "cuda"], "--device cuda: no CUDA device is available on this machine"))
+    # under Ray the GPUs are the cluster's (a CPU-only head node refused the published-scale
+    # command): the jobs must ask Ray for them
+    checks.append((["--device", "cuda", "--executor", "ray"],
+                   "--device cuda with --executor ray: give --gpus-per-job (e.g. 1, or 0.25 to share a GPU by four), "
+                   "so that each job runs where Ray has a GPU for it"))
     for extra, says in checks:
         code = main([*base, "--out", str(tmp_path / "r"), *extra])
         err = capsys.readouterr().err.strip().splitlines()

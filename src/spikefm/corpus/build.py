@@ -970,7 +970,20 @@ def _run_jobs(jobs, staging: Path, cfg: BuildConfig, progress: bool) -> list[dic
     return results
 
 
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+def in_driver_folder(cwd: str | None) -> None:
+    """In a Ray worker, go to the driver's working folder (when this node has it: a cluster's
+    shared file system), so relative paths mean what they meant to the command that was run."""
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
+def _stage_one_from(cwd: str, item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dict:
+    """:func:`_stage_one` as a Ray task, from the driver's folder."""
+    in_driver_folder(cwd)
+    return _stage_one(item, key, staging, cfg)
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0, flag: str = "--address") -> None:
     """Refuse, in one line and within ``timeout_s``, a ``HOST:PORT`` (or ``ray://HOST:PORT``)
     nothing listens at: Ray itself retries for minutes, printing only its own log lines."""
     import socket
@@ -982,9 +995,9 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
     try:
         socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise ValueError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+        raise ValueError(f"{flag} {address}: nothing answers there ({exc.strerror or exc}); "
                          "check the head node's address and port (ray status on the head node), "
-                         "or leave out --address for a local instance") from None
+                         f"or leave out {flag} for a local instance") from None
 
 
 @contextlib.contextmanager
@@ -1005,8 +1018,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     # study jobs send their warnings back with their results (experiments.jobs._ray_run_job)
     kwargs = {"include_dashboard": False, "log_to_driver": False,
               "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
+    flag = "--address" if address else "the environment's RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS") or None  # what ray.init would connect to itself
     if address:
-        _check_reachable(address)
+        _check_reachable(address, flag=flag)
         kwargs["address"] = address
     elif num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
@@ -1030,8 +1045,9 @@ def _run_ray(jobs, staging: Path, cfg: BuildConfig, bar) -> list[dict]:
     # size is its own
     num_cpus = cfg.workers if cfg.workers > 1 and not cfg.ray_address else None
     with ray_session(cfg.ray_address, num_cpus) as ray:
-        stage = ray.remote(_stage_one).options(num_cpus=1, max_retries=0)
-        items = {stage.remote(item, key, str(staging), cfg): item for item, key in jobs}
+        stage = ray.remote(_stage_one_from).options(num_cpus=1, max_retries=0)
+        cwd = os.getcwd()  # relative inputs and --out are the driver's: a cluster's workers start elsewhere
+        items = {stage.remote(cwd, item, key, str(staging), cfg): item for item, key in jobs}
         pending = list(items)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

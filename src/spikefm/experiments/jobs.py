@@ -186,7 +186,7 @@ def run_job(job: dict, root: str, threads: int = 1, executor: str = "inline") ->
     started = time.time()
     try:
         result = _function(job["kind"])(job["spec"], job_dir, root_path)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: Ray's SIGTERM to a worker when the driver stops
         raise  # interrupted, not failed: the next call clears the folder and runs the job again
     except BaseException:
         (job_dir / ERROR).write_text(traceback.format_exc())
@@ -300,7 +300,14 @@ class LocalExecutor:
             except Exception as exc:  # noqa: BLE001 - reported by run_jobs with the job's name
                 fut.set_exception(exc)
             return fut
-        return self._pool.submit(run_job, job.to_dict(), str(root), self.threads, "local")
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._pool.submit(run_job, job.to_dict(), str(root), self.threads, "local")
+        except BrokenProcessPool as exc:  # a worker died earlier: this job cannot start here either
+            fut = Future()
+            fut.set_exception(exc)
+            return fut
 
     def wait(self, handles: list) -> list:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -324,11 +331,15 @@ def _terminate_workers(pool) -> None:
             proc.terminate()
 
 
-def _ray_run_job(job: dict, root: str, threads: int) -> dict:
-    """:func:`run_job` in a Ray worker: ``{"record", "warnings"}``, the warnings the job raised
-    (Ray does not forward a worker's output to the driver: ``log_to_driver=False``)."""
+def _ray_run_job(job: dict, root: str, threads: int, cwd: str | None = None) -> dict:
+    """:func:`run_job` in a Ray worker, from the driver's folder ``cwd`` (a spec's relative corpus
+    path is the driver's): ``{"record", "warnings"}``, the warnings the job raised (Ray does not
+    forward a worker's output to the driver: ``log_to_driver=False``)."""
     import warnings
 
+    from spikefm.corpus.build import in_driver_folder
+
+    in_driver_folder(cwd)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     with warnings.catch_warnings(record=True) as caught:
@@ -432,7 +443,8 @@ class RayExecutor:
             opts["num_gpus"] = gpus
         if res:
             opts["resources"] = res
-        handle = self._remote.options(**opts).remote(job.to_dict(), str(root), self.threads)
+        handle = self._remote.options(**opts).remote(job.to_dict(), str(Path(root).resolve()), self.threads,
+                                                     os.getcwd())
         self._labels[handle] = job.label
         return handle
 
@@ -477,15 +489,28 @@ def make_executor(executor: str = "local", *, workers: int = 1, threads: int | N
     raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
 
 
+#: Exceptions (by class name) that say a job's worker process died, not that the job failed:
+#: the process pool's, and Ray's.
+_WORKER_DEATHS = ("BrokenProcessPool", "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "RayActorError")
+
+
+def _failure_line(exc: BaseException) -> str:
+    """One line for a failed job: its error, or that its worker process died (no traceback of it)."""
+    if any(type(e).__name__ in _WORKER_DEATHS for e in (exc, getattr(exc, "cause", None)) if e is not None):
+        return ("its worker process died (killed by the system, most likely for running out of memory); fewer "
+                "jobs at once (--workers, or more --threads-per-job under Ray) leave each more memory")
+    return " ".join((str(exc) or type(exc).__name__).split())[:300]
+
+
 class JobsFailed(RuntimeError):
     """Some jobs failed; the others finished (their results are kept). ``failed``: id -> line."""
 
     def __init__(self, failed: dict[str, str], root: Path) -> None:
         self.failed = failed
         first, msg = next(iter(failed.items()))
-        super().__init__(f"{len(failed)} job(s) failed, first {first}: {msg} (traceback in "
-                         f"{root / first / ERROR}); fix the cause and run the same command again: "
-                         "finished jobs are kept")
+        where = (f" (traceback in {root / first / ERROR})" if (root / first / ERROR).is_file() else "")
+        super().__init__(f"{len(failed)} job(s) failed, first {first}: {msg}{where}; fix the cause and run the "
+                         "same command again: finished jobs are kept")
 
 
 @contextmanager
@@ -571,7 +596,7 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                 bar.advance(1)
                 finished_now += 1
                 if exc is not None:
-                    failed[jid] = " ".join((str(exc) or type(exc).__name__).split())[:300]
+                    failed[jid] = _failure_line(exc)
                     say(f"job {by_id[jid].label} ({jid}) failed: {failed[jid]}")
                     continue
                 records[jid] = record

@@ -371,7 +371,7 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     warn_top_k(top_k, len(pool), "--top-k")
     digest = manifest_sha256(corpus)
     jobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seed, corpus_sha256=digest)
-    check_held_out_validation(check_pretrain_spec(jobs[0].spec), held)  # before any folder is made or job runs
+    check_held_out_validation(check_pretrain_spec(jobs[0].spec, executor), held)  # before any folder or job
     study_settings = ranking_settings(settings, corpus, digest, held, pool, seed, top_k)
     check_study_settings(out / "ranking.json", study_settings, views=("top_k",))
     executor = executor or LocalExecutor(1)

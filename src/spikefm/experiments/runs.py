@@ -41,16 +41,24 @@ def _pretrain_config(spec: dict):
                                protocol=spec.get("protocol"))
 
 
-def check_pretrain_spec(spec: dict):
+def check_pretrain_spec(spec: dict, executor=None):
     """The settings of a pretraining job, checked in the calling process before any job runs
     (an unknown ``--set`` key or ``--device cuda`` without a GPU failed inside every job);
-    returns its run config."""
+    returns its run config. Under Ray (``executor``) the GPUs are the cluster's, not this
+    machine's: ``--device cuda`` needs jobs that ask Ray for one (``--gpus-per-job``), which the
+    executor checks against the cluster."""
     cfg = _pretrain_config(spec)
     if cfg.train.device == "cuda":
+        if getattr(executor, "name", "local") == "ray":
+            if not getattr(executor, "gpus", 0):
+                raise ValueError("--device cuda with --executor ray: give --gpus-per-job (e.g. 1, or 0.25 to share a "
+                                 "GPU by four), so that each job runs where Ray has a GPU for it")
+            return cfg
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available on this machine; use --device cpu")
+            raise ValueError("--device cuda: no CUDA device is available on this machine; use --device cpu, or "
+                             "--executor ray with --gpus-per-job for a cluster's GPUs")
     return cfg
 
 

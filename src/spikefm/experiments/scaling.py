@@ -373,7 +373,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     session_orders({h: list(pool) for h in held}, pool, orders, seeds[0])  # checks the names early
     digest = manifest_sha256(corpus)
     rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0], corpus_sha256=digest)
-    cfg = check_pretrain_spec(rjobs[0].spec)  # before any folder is made or job runs
+    cfg = check_pretrain_spec(rjobs[0].spec, executor)  # before any folder is made or job runs
     check_held_out_validation(cfg, held)
     for h in held:  # a decoding task of a label the held-out session lacks was refused after every job
         missing, labels, aligned = missing_decoding_labels(corpus, h, tasks if tasks is not None else [metric], cfg)

@@ -158,6 +158,31 @@ def test_oracle_reads_the_truth_of_the_scored_rows_sessions_only(synth_corpus, m
     assert len(corpus.sessions) > 1
 
 
+def test_no_oracle_from_the_truth_of_a_regenerated_recording(tmp_path):
+    """Recordings regenerated into the corpus's folder (synth --overwrite, another seed or
+    --region-tuning) left the corpus as it was and put a new truth beside the files: the oracle
+    scored the old counts against it without a word (NDT 0.508 -> -1.29 bits/spike; AR failed
+    on a unit-count mismatch)."""
+    from spikefm.eval.oracle import session_truth
+    from spikefm.families.ar import evaluate as ev
+
+    synthesize(tmp_path / "nwb", num_sessions=2, seed=1, duration_s=20.0, units_range=(20, 22))
+    build_corpus([str(tmp_path / "nwb")], tmp_path / "c", BuildConfig(test_fraction=0.5, seed=0), progress=False)
+    corpus = Corpus(tmp_path / "c")
+    sid = corpus.sessions[0]["session_id"]
+    assert session_truth(corpus, sid) is not None and ev.evaluate_oracle(corpus) is not None
+    import shutil
+
+    synthesize(tmp_path / "nwb2", num_sessions=2, seed=2, duration_s=20.0, units_range=(20, 22))
+    shutil.copytree(tmp_path / "nwb2", tmp_path / "nwb", dirs_exist_ok=True)  # as synth --overwrite leaves it
+    with pytest.warns(RuntimeWarning, match=rf"^no oracle for session {sid}: .*{sid}\.nwb changed since the corpus "
+                                            r"was built from it \(regenerated\?\), so the truth file beside it is "
+                                            r"not that of the corpus's counts; rebuild the corpus"):
+        assert session_truth(corpus, sid) is None
+    with pytest.warns(RuntimeWarning, match=r"changed since the corpus was built from it"):
+        assert ev.evaluate_oracle(corpus) is None
+
+
 def test_oracle_on_a_40_ms_corpus_sums_pairs_of_truth_bins(synth_corpus, tmp_path):
     """A 40 ms corpus of the synthetic recordings made eval and ngram fail ("ground truth is on
     20 ms bins"); its oracle is the true rate summed over each pair of 20 ms bins (computed here

@@ -153,8 +153,9 @@ def synthesize(
     """Write ``num_sessions`` synthetic NWB recordings and their truth files under ``out_dir``.
 
     Session ``i`` belongs to subject ``i // 2`` and to family ``i % num_families``; its content
-    depends only on (seed, preset, num_families, duration_s, i), so asking for more sessions adds
-    files without changing the earlier ones. Each file is written to a temporary name and renamed.
+    depends only on (seed, preset, num_families, duration_s, units_range, region_tuning,
+    choice_signal, i), not on ``num_sessions``, so asking for more sessions adds files without
+    changing the earlier ones. Each file is written to a temporary name and renamed.
 
     Args:
         out_dir: output directory (created if missing).

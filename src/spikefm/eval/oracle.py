@@ -10,6 +10,8 @@ expected counts as ``rates``: the ceiling a learned model can approach. Shapes a
 """
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -91,14 +93,32 @@ def ideal_observer_favours_truth(counts_KTN, latents_KTZ, loadings_NZ, biases_N,
 def session_truth(corpus, session_id: str) -> dict | None:
     """The synthetic truth dict (:func:`spikefm.corpus.synth.load_truth`) of a corpus session:
     ``<stem>.truth.npz`` next to the NWB file its manifest names; None when there is none (real
-    data)."""
-    from spikefm.corpus.synth import load_truth, truth_path
-
+    data), or when it is not the truth of the recording the corpus was built from
+    (:func:`truth_of_session`)."""
     try:
-        nwb = corpus.session(session_id).get("provenance", {}).get("path")
+        meta = corpus.session(session_id)
     except KeyError:
         return None
-    if not nwb or not truth_path(nwb).is_file():
+    return truth_of_session(meta)
+
+
+def truth_of_session(meta: dict) -> dict | None:
+    """The synthetic truth beside the NWB file of a session's manifest entry ``meta``; None when
+    there is none, or (with a warning) when the NWB file is no longer the one the corpus was built
+    from (its sha256 differs from the manifest's): recordings regenerated into the same folder
+    (``spikefm synth --overwrite``) have a new truth, which scored the old counts without a word."""
+    from spikefm.corpus.nwb import sha256_file
+    from spikefm.corpus.synth import load_truth, truth_path
+
+    prov = meta.get("provenance") or {}
+    nwb = prov.get("path")
+    if not nwb or not str(nwb).endswith(".nwb") or not truth_path(nwb).is_file():
+        return None
+    recorded = prov.get("sha256")
+    if recorded and Path(nwb).is_file() and sha256_file(nwb) != recorded:
+        warnings.warn(f"no oracle for session {meta.get('session_id')}: {nwb} changed since the corpus was built from "
+                      "it (regenerated?), so the truth file beside it is not that of the corpus's counts; rebuild the "
+                      "corpus from the current files to score the oracle", RuntimeWarning, stacklevel=3)
         return None
     return load_truth(nwb)
 

@@ -135,17 +135,15 @@ def evaluate_ngram(ngram, corpus: Corpus, *, split: str = "test",
 
 
 def _truth_for(session: dict) -> dict | None:
-    """The synthetic ground truth next to a session's NWB file, if there is one."""
-    path = session.get("provenance", {}).get("path")
-    if not path:
+    """The synthetic ground truth next to a session's NWB file, if there is one (and it is the
+    truth of the recording the corpus was built from: :func:`spikefm.eval.oracle.truth_of_session`)."""
+    from spikefm.eval.oracle import truth_of_session
+
+    truth = truth_of_session(session)
+    if truth is None:
         return None
-    truth = Path(path).with_name(Path(path).name[:-len(".nwb")] + ".truth.npz") \
-        if path.endswith(".nwb") else None
-    if truth is None or not truth.exists():
-        return None
-    with np.load(truth, allow_pickle=False) as z:
-        return {"expected_counts": z["expected_counts"], "t_start_ms": int(z["t_start_ms"]),
-                "bin_ms": int(z["bin_ms"])}
+    return {"expected_counts": truth["expected_counts"], "t_start_ms": int(truth["t_start_ms"]),
+            "bin_ms": int(truth["bin_ms"])}
 
 
 def truth_slice(truth: dict, t_start_ms: int, num_bins: int, bin_ms: int) -> np.ndarray:
@@ -188,6 +186,9 @@ def evaluate_oracle(corpus: Corpus, *, split: str = "test",
             return None  # real data, or a partial oracle, which would not be comparable
         try:
             exp = truth_slice(truth, row.t_start_ms, counts.shape[1], row.bin_ms)
+            if exp.shape[0] != counts.shape[0]:
+                raise ValueError(f"session {row.session_id}'s truth has {exp.shape[0]} units, its rows "
+                                 f"{counts.shape[0]}")
         except ValueError as exc:  # the oracle is optional: the model and n-grams are still scored
             warnings.warn(f"no oracle: {exc}", RuntimeWarning, stacklevel=2)
             return None

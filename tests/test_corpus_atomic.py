@@ -137,6 +137,26 @@ def test_a_fault_at_any_file_operation_leaves_the_old_or_the_new_corpus(corpora,
     assert seen == {"old", "new"}  # faults before and after the switch were both exercised
 
 
+def test_an_open_corpus_reads_the_version_it_opened_or_says_it_was_rebuilt(tmp_path):
+    """A Corpus opened before a rebuild (another split seed, --overwrite) kept its old manifest but
+    found its shards through the links at each read: iter_rows("test") returned sessions its
+    manifest called train (a live run read held-out sessions among its train rows)."""
+    write_sessions(tmp_path / "nwb", 6, seed=0)
+    out = tmp_path / "c"
+    build_corpus([str(tmp_path / "nwb")], out, BuildConfig(test_fraction=0.3, seed=0), progress=False)
+    old = Corpus(out)
+    test_ids, old_hash = set(old.session_ids("test")), old.manifest_hash
+    assert {r.session_id for r in old.iter_rows("test")} == test_ids
+    build_corpus([str(tmp_path / "nwb")], out, BuildConfig(test_fraction=0.3, seed=7, overwrite=True), progress=False)
+    new = Corpus(out)
+    assert set(new.session_ids("test")) != test_ids and new.manifest_hash != old_hash
+    assert {r.session_id for r in new.iter_rows("test")} == set(new.session_ids("test"))
+    assert old.manifest_hash == old_hash  # the version it opened
+    with pytest.raises(ValueError, match=rf"^{out} was rebuilt since it was opened here \(the version read, \S+, is "
+                                         r"gone\); open it again \(spikefm.Corpus\), or start the run again$"):
+        old.iter_rows("test")
+
+
 def test_legacy_layout_moves_without_rename_exchange(corpora, tmp_path, monkeypatch):
     """File systems without renameat2(RENAME_EXCHANGE): two renames; the result is the same."""
     root, cfg, old, new = corpora

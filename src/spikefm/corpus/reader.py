@@ -27,12 +27,23 @@ def shard_errors(shard: str | Path) -> Iterator[None]:
     except (OSError, pa.ArrowException) as exc:
         rebuild = ("rebuild the corpus (spikefm corpus build INPUTS --out DIR --overwrite, or "
                    "spikefm corpus import)")
+        shown = _as_the_user_sees_it(shard)
         if not Path(shard).exists():
-            raise ValueError(f"{shard}: a shard listed in manifest.json is missing, so the corpus "
+            raise ValueError(f"{shown}: a shard listed in manifest.json is missing, so the corpus "
                              f"is incomplete; {rebuild}") from None
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ValueError(f"{shard}: not a readable Parquet shard ({detail}); the corpus is "
+        raise ValueError(f"{shown}: not a readable Parquet shard ({detail}); the corpus is "
                          f"damaged: {rebuild}") from None
+
+
+def _as_the_user_sees_it(shard: str | Path) -> Path:
+    """A shard of a corpus's pinned version (``CORPUS/.versions/<id>/data/x.parquet``) named as
+    its folder shows it (``CORPUS/data/x.parquet``)."""
+    parts = Path(shard).parts
+    if ".versions" in parts[:-2]:
+        i = len(parts) - 1 - parts[::-1].index(".versions")
+        return Path(*parts[:i], *parts[i + 2:])
+    return Path(shard)
 
 
 def _check_shard(shard: Path) -> None:
@@ -127,8 +138,13 @@ class Corpus:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        # One version, pinned when opened: a rebuild switches .current, and the shards were found
+        # through the links at each read, so an open corpus read the new version's shards
+        # against its old manifest (sessions it held out among its train rows).
+        current = self.path / ".current"
+        self._root = Path(os.path.realpath(current)) if current.is_symlink() else self.path
         #: The manifest as a typed, checked record (:class:`~spikefm.corpus.manifest.Manifest`).
-        self.manifest_record: Manifest = read_manifest(self.path)
+        self.manifest_record: Manifest = read_manifest(self._root if self._root != self.path else self.path)
         #: The manifest as the JSON object on disk (a dict; ``manifest_record.to_dict()``).
         self.manifest: dict = self.manifest_record.to_dict()
         for split, info in self.manifest["splits"].items():
@@ -186,15 +202,18 @@ class Corpus:
                             f"{type(split).__name__} {split!r}; read the splits one after another")
         if split not in self.manifest["splits"]:
             raise ValueError(f"split must be one of {sorted(self.manifest['splits'])}, got {split!r}")
-        return [self.path / p for p in self.manifest["splits"][split]["shards"]]
+        if self._root != self.path and not self._root.is_dir():
+            raise ValueError(f"{self.path} was rebuilt since it was opened here (the version read, "
+                             f"{self._root.name}, is gone); open it again (spikefm.Corpus), or start the run again")
+        return [self._root / p for p in self.manifest["splits"][split]["shards"]]
 
     def num_tokens(self, split: str) -> int:
         return int(self.manifest["splits"][split]["num_tokens"])
 
     @cached_property
     def manifest_hash(self) -> str:
-        """sha256 of manifest.json, recorded by training runs to pin their data."""
-        return manifest_sha256(self.path)
+        """sha256 of manifest.json (of the version opened), recorded by training runs to pin their data."""
+        return manifest_sha256(self._root)
 
     def iter_rows(self, split: str = "train", *, sessions: list[str] | set[str] | None = None,
                   with_extras: bool = True) -> Iterator[CorpusRow]:

@@ -15,6 +15,7 @@ import torch
 
 from spikefm import Corpus, load_model
 from spikefm.cli import main as cli_main
+from spikefm.families import get as get_family
 from spikefm.corpus.build import BuildConfig, build_corpus
 from spikefm.corpus.synth import synthesize
 from spikefm.families.ar.tokens import SEPARATOR, tokenize
@@ -92,6 +93,27 @@ def test_eval_refuses_a_model_that_cannot_score_spike_tokens_before_fitting_base
         f"spikefm: error: {trained_run}: the model's vocabulary has 200 tokens; spike tokens need 256 (counts 0-254 "
         "and the separator 255), so it cannot score them: evaluate a model trained on them"]
     assert not out.exists()
+
+
+def test_eval_on_the_runs_corpus_rebuilt_since_warns(trained_run, synth_corpus, tmp_path):
+    """eval of an AR run on its corpus rebuilt with another split scored rows it trained on as held
+    out, with no word (the NDT's eval warns of a changed manifest)."""
+    import shutil
+    import warnings
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    info = json.loads((run / "config.json").read_text())
+    fam = get_family("ar")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the corpus it trained on, unchanged: no word
+        fam.evaluate(str(run), str(synth_corpus), max_tokens=2000)
+    info["family_info"]["corpus_manifest_sha256"] = "0" * 64  # as after a rebuild of that corpus
+    (run / "config.json").write_text(json.dumps(info))
+    with pytest.warns(RuntimeWarning, match=rf"^{synth_corpus} changed since the run trained on it \(its manifest hash "
+                                            r"differs: rebuilt\?\), so its held-out rows may include rows the run "
+                                            r"trained on"):
+        fam.evaluate(str(run), str(synth_corpus), max_tokens=2000)
 
 
 def test_run_directory_describes_itself(trained_run, synth_corpus):

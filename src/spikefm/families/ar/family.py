@@ -268,6 +268,7 @@ class ARFamily:
         model, cfg = self.load(run_dir)
         _check_scorable(run_dir, model)
         _check_bin_width(run_dir, cfg.data.corpus if cfg is not None else None, data, model=model)
+        _warn_if_rebuilt(run_dir, data)
         scored_len = _scoring_seq_len(run_dir, model, cfg, seq_len)
         if compare_run is not None:
             compare_cfg = _compare_run_config(compare_run, compare_data)
@@ -322,6 +323,25 @@ class ARFamily:
             if name not in ("model", "model-permuted"):  # the model's columns are named after its run, above
                 columns.setdefault(name, r)
         return format_table(columns, title=f"cross-entropy on the {first.get('split', 'test')} split (bits/token)")
+
+
+def _warn_if_rebuilt(run_dir, data) -> None:
+    """Warn when ``data`` is the corpus the run trained on, at the same place, but rebuilt since
+    (its manifest hash differs): its held-out split may now hold rows the run trained on, and the
+    score was given without a word."""
+    from spikefm.train.runinfo import read_run_info
+
+    try:
+        fam = read_run_info(run_dir).get("family_info") or {}
+    except (OSError, ValueError):
+        return  # a Hugging Face folder: no record of its training corpus
+    trained_on, recorded = fam.get("corpus"), fam.get("corpus_manifest_sha256")
+    if not trained_on or not recorded or recorded == data.manifest_hash:
+        return
+    if Path(trained_on).resolve() == data.path.resolve():
+        warnings.warn(f"{data.path} changed since the run trained on it (its manifest hash differs: rebuilt?), so its "
+                      "held-out rows may include rows the run trained on; evaluate on the corpus the run read, or "
+                      "train again on this one", RuntimeWarning, stacklevel=3)
 
 
 def _check_scorable(run_dir, model) -> None:

@@ -68,6 +68,22 @@ def test_file_in_a_corpus_data_folder_or_staging_input_is_refused(inputs, tmp_pa
     assert snapshot(out) == before
 
 
+def test_an_out_inside_another_corpuss_own_folders_is_refused(inputs, tmp_path, capsys):
+    """--out k1/.versions/mine was accepted, and k1's next build deleted it (it removes versions
+    that are not current); --out k1/data/sub made every later build of k1 refuse its data/."""
+    out = tmp_path / "k1"
+    build_corpus([str(inputs)], out, BuildConfig(), progress=False)
+    before = snapshot(out)
+    for inside, entry in ((out / ".versions" / "mine", ".versions"), (out / "data" / "sub", "data"),
+                          (out / ".staging" / "x", ".staging")):
+        for command in (["corpus", "build", str(inputs)], ["corpus", "import", str(out)]):
+            line = one_error_line(capsys, [*command, "--out", str(inside), *(["--quiet"] if "build" in command else [])])
+            assert line == (f"spikefm: error: {inside} is inside the corpus {out} ({entry}/, which its builds replace "
+                            f"and which holds its own files only); give a folder of its own for this corpus, e.g. "
+                            f"{tmp_path / 'k1_2'}"), line
+    assert snapshot(out) == before
+
+
 def test_a_file_or_unreadable_manifest_as_out_is_refused(inputs, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert "is not a folder" in one_error_line(

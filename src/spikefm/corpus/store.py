@@ -42,7 +42,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..fileio import LOCK_NAME, folder_lock, fsync_dir, write_bytes_atomic
+from ..fileio import LOCK_NAME, corpus_holding, folder_lock, fsync_dir, write_bytes_atomic
 from .manifest import MANIFEST_NAME, Manifest, read_manifest
 from .schema import ROW_SCHEMA, shard_name
 
@@ -115,8 +115,16 @@ def inspect_out_dir(out_dir: Path) -> Manifest | None:
     Raises:
         ValueError: ``out_dir`` is a file, a folder with other files (not a spikefm corpus), a
             corpus whose manifest cannot be read, or a corpus whose ``data/`` holds files that are
-            not its shards (they would be lost when ``data/`` is replaced).
+            not its shards (they would be lost when ``data/`` is replaced), or a folder inside
+            another corpus's own entries (``data/``, ``.versions/``, ``.staging/``: its next build
+            removes or refuses it).
     """
+    held = corpus_holding(out_dir)
+    if held is not None:
+        corpus, entry = held
+        raise ValueError(f"{out_dir} is inside the corpus {corpus} ({entry}/, which its builds replace and which holds "
+                         f"its own files only); give a folder of its own for this corpus, e.g. "
+                         f"{corpus.parent / (corpus.name + '_2')}")
     if not out_dir.exists():
         if out_dir.is_symlink():
             raise ValueError(f"{out_dir}: is a link to a missing folder; give a folder for the "

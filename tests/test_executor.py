@@ -433,13 +433,14 @@ def test_a_killed_pool_worker_is_a_failed_job_said_in_one_line(tmp_path):
         run_jobs([dead, other], tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=lines.append)
     died = ("its worker process died (killed by the system, most likely for running out of memory); fewer jobs at "
             "once (--workers, or more --threads-per-job under Ray) leave each more memory")
-    assert exc.value.failed[dead.id] == died
+    # the pool breaks with its worker: a job running beside it fails the same way
+    assert exc.value.failed[dead.id] == died and set(exc.value.failed.values()) == {died}
     assert str(exc.value).startswith(f"{len(exc.value.failed)} job(s) failed, first ")
-    assert list(exc.value.failed) == [dead.id] and "traceback in" not in str(exc.value)
+    assert "traceback in" not in str(exc.value)
     assert not (tmp_path / "jobs" / dead.id / "error.txt").exists()
     # the rerun (a fresh pool) runs what is left
     records = run_jobs([other], tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=lines.append)
-    assert records[other.id]["result"]["value"] == 9
+    assert records[other.id]["result"]["value"] == 9 and _calls(calls, other.id) >= 1
 
 
 def test_ray_jobs_read_relative_paths_from_the_drivers_folder(tmp_path, local_ray, monkeypatch):

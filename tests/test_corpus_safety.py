@@ -74,8 +74,10 @@ def test_an_out_inside_another_corpuss_own_folders_is_refused(inputs, tmp_path, 
     out = tmp_path / "k1"
     build_corpus([str(inputs)], out, BuildConfig(), progress=False)
     before = snapshot(out)
+    version = next((out / ".versions").iterdir())  # a version holds a manifest of its own: k1 is still named
     for inside, entry in ((out / ".versions" / "mine", ".versions"), (out / "data" / "sub", "data"),
-                          (out / ".staging" / "x", ".staging")):
+                          (out / ".staging" / "x", ".staging"), (version / "data" / "x", ".versions"),
+                          (out / ".current" / "data" / "x", ".current")):
         for command in (["corpus", "build", str(inputs)], ["corpus", "import", str(out)]):
             line = one_error_line(capsys, [*command, "--out", str(inside), *(["--quiet"] if "build" in command else [])])
             assert line == (f"spikefm: error: {inside} is inside the corpus {out} ({entry}/, which its builds replace "

@@ -186,16 +186,24 @@ def test_kill_9_loses_only_running_jobs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(tmp_path_factory):
     ray = pytest.importorskip("ray")
     tests_dir = str(Path(__file__).resolve().parent)
     old = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, old) if p)
     from spikefm.corpus.build import ray_session
 
-    with ray_session(num_cpus=2) as r:
-        yield r
-    os.environ["PYTHONPATH"] = old
+    # the workers start in the folder Ray was started from: a scratch one, so that a job writing
+    # to a relative path by mistake leaves nothing in the repository
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray_workers"))
+    try:
+        with ray_session(num_cpus=2) as r:
+            os.chdir(here)
+            yield r
+    finally:
+        os.chdir(here)
+        os.environ["PYTHONPATH"] = old
     assert not ray.is_initialized()
 
 
@@ -466,5 +474,18 @@ def test_an_environment_ray_address_is_checked_like_the_flag(tmp_path):
                           env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
     err = proc.stderr.strip()
     assert proc.returncode == 2, err
-    assert err.startswith("spikefm: error: the environment's RAY_ADDRESS 127.0.0.1:1: nothing answers there") \
-        and err.endswith("or leave out the environment's RAY_ADDRESS for a local instance") and "\n" not in err
+    assert err.startswith("spikefm: error: RAY_ADDRESS 127.0.0.1:1: nothing answers there") \
+        and err.endswith("or unset RAY_ADDRESS for a local instance") and "\n" not in err
+
+
+def test_a_jobs_own_out_of_memory_error_is_its_failure_not_a_dead_worker():
+    """torch's OutOfMemoryError shares its class name with Ray's worker-killed one: a job out of
+    GPU memory was reported as 'its worker process died ... fewer --workers', its traceback aside."""
+    import torch
+    from concurrent.futures.process import BrokenProcessPool
+
+    from spikefm.experiments.jobs import _failure_line
+
+    assert _failure_line(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")) == \
+        "CUDA out of memory. Tried to allocate 2 GiB"
+    assert _failure_line(BrokenProcessPool("a process terminated abruptly")).startswith("its worker process died")

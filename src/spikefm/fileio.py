@@ -176,6 +176,8 @@ def corpus_holding(path: str | os.PathLike) -> tuple[Path, str] | None:
     p = Path(path)
     for candidate in dict.fromkeys((p.absolute(), p.resolve())):
         for d in candidate.parents:
+            if d.name == ".current" or d.parent.name == ".versions":  # a version's own manifest: the
+                continue  # corpus is the folder around it
             if (d / "manifest.json").is_file() and _is_corpus_manifest(d / "manifest.json"):
                 entry = candidate.relative_to(d).parts[0]
                 if entry in CORPUS_OWN_ENTRIES:

@@ -995,9 +995,10 @@ def _check_reachable(address: str, timeout_s: float = 10.0, flag: str = "--addre
     try:
         socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
     except OSError as exc:
+        leave = "leave out --address" if flag == "--address" else "unset RAY_ADDRESS"
         raise ValueError(f"{flag} {address}: nothing answers there ({exc.strerror or exc}); "
                          "check the head node's address and port (ray status on the head node), "
-                         f"or leave out {flag} for a local instance") from None
+                         f"or {leave} for a local instance") from None
 
 
 @contextlib.contextmanager
@@ -1018,7 +1019,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     # study jobs send their warnings back with their results (experiments.jobs._ray_run_job)
     kwargs = {"include_dashboard": False, "log_to_driver": False,
               "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
-    flag = "--address" if address else "the environment's RAY_ADDRESS"
+    flag = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None  # what ray.init would connect to itself
     if address:
         _check_reachable(address, flag=flag)
@@ -1028,9 +1029,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:  # "auto" with no cluster running, a cluster gone
-        raise ValueError(f"--address {address}: no Ray cluster to connect to ({_first_line(exc)}); "
-                         "start one (ray start --head) or leave out --address for a local "
-                         "instance") from None
+        leave = "leave out --address" if flag == "--address" else "unset RAY_ADDRESS"
+        raise ValueError(f"{flag} {address}: no Ray cluster to connect to ({_first_line(exc)}); "
+                         f"start one (ray start --head) or {leave} for a local instance") from None
     try:
         yield ray
     finally:

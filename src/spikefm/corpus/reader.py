@@ -19,7 +19,7 @@ from .manifest import Manifest, _fail, read_manifest
 
 
 @contextmanager
-def shard_errors(shard: str | Path) -> Iterator[None]:
+def shard_errors(shard: str | Path, corpus=None) -> Iterator[None]:
     """Reading ``shard`` inside the block: a missing or damaged Parquet file becomes one
     ``ValueError`` naming the file and the fix, instead of a bare pyarrow message."""
     try:
@@ -27,7 +27,7 @@ def shard_errors(shard: str | Path) -> Iterator[None]:
     except (OSError, pa.ArrowException) as exc:
         rebuild = ("rebuild the corpus (spikefm corpus build INPUTS --out DIR --overwrite, or "
                    "spikefm corpus import)")
-        shown = _as_the_user_sees_it(shard)
+        shown = _as_the_user_sees_it(shard, corpus)
         if not Path(shard).exists():
             raise ValueError(f"{shown}: a shard listed in manifest.json is missing, so the corpus "
                              f"is incomplete; {rebuild}") from None
@@ -36,9 +36,15 @@ def shard_errors(shard: str | Path) -> Iterator[None]:
                          f"damaged: {rebuild}") from None
 
 
-def _as_the_user_sees_it(shard: str | Path) -> Path:
+def _as_the_user_sees_it(shard: str | Path, corpus=None) -> Path:
     """A shard of a corpus's pinned version (``CORPUS/.versions/<id>/data/x.parquet``) named as
-    its folder shows it (``CORPUS/data/x.parquet``)."""
+    its folder shows it (``CORPUS/data/x.parquet``, under the path the corpus was opened by)."""
+    root = getattr(corpus, "_root", None)
+    if root is not None and root != corpus.path:
+        try:
+            return corpus.path / Path(shard).relative_to(root)
+        except ValueError:
+            pass
     parts = Path(shard).parts
     if ".versions" in parts[:-2]:
         i = len(parts) - 1 - parts[::-1].index(".versions")
@@ -46,11 +52,11 @@ def _as_the_user_sees_it(shard: str | Path) -> Path:
     return Path(shard)
 
 
-def _check_shard(shard: Path) -> None:
+def _check_shard(shard: Path, corpus=None) -> None:
     """A listed shard exists and starts and ends with Parquet's magic bytes (two small reads),
     so that a missing, empty or truncated shard is found when the corpus is opened, by every
     reader, and not as a bare pyarrow error deep in training."""
-    with shard_errors(shard):
+    with shard_errors(shard, corpus):
         with open(shard, "rb") as f:
             head = f.read(4)
             size = f.seek(0, os.SEEK_END)
@@ -145,13 +151,14 @@ class Corpus:
         self._root = Path(os.path.realpath(current)) if current.is_symlink() else self.path
         #: The manifest as a typed, checked record (:class:`~spikefm.corpus.manifest.Manifest`).
         self.manifest_record: Manifest = read_manifest(self._root if self._root != self.path else self.path)
+        self._manifest_sha256 = manifest_sha256(self._root)  # now: the version may be gone when asked
         #: The manifest as the JSON object on disk (a dict; ``manifest_record.to_dict()``).
         self.manifest: dict = self.manifest_record.to_dict()
         for split, info in self.manifest["splits"].items():
             rows = 0
             for shard in self.shards(split):
-                _check_shard(shard)
-                with shard_errors(shard):
+                _check_shard(shard, self)
+                with shard_errors(shard, self):
                     rows += pq.read_metadata(shard).num_rows  # the footer only
             if rows != info["num_rows"]:  # a shard replaced or copied over by another
                 raise ValueError(
@@ -213,7 +220,7 @@ class Corpus:
     @cached_property
     def manifest_hash(self) -> str:
         """sha256 of manifest.json (of the version opened), recorded by training runs to pin their data."""
-        return manifest_sha256(self._root)
+        return self._manifest_sha256
 
     def iter_rows(self, split: str = "train", *, sessions: list[str] | set[str] | None = None,
                   with_extras: bool = True) -> Iterator[CorpusRow]:
@@ -243,7 +250,7 @@ class Corpus:
     def _iter_rows(self, shards: list[Path], wanted: set[str] | None,
                    with_extras: bool) -> Iterator[CorpusRow]:
         for shard in shards:
-            with shard_errors(shard):
+            with shard_errors(shard, self):
                 pf = pq.ParquetFile(shard)
                 cols = None if with_extras else ["spike_counts", "subject_id", "session_id",
                                                  "segment_id", "source_dataset", "bin_ms",

@@ -10,6 +10,7 @@ expected counts as ``rates``: the ceiling a learned model can approach. Shapes a
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,24 +104,43 @@ def session_truth(corpus, session_id: str) -> dict | None:
 
 
 def truth_of_session(meta: dict) -> dict | None:
-    """The synthetic truth beside the NWB file of a session's manifest entry ``meta``; None when
+    """The synthetic truth (:func:`spikefm.corpus.synth.load_truth`) beside the NWB file of a
+    session's manifest entry ``meta``; None as :func:`truth_file_of_session` says."""
+    from spikefm.corpus.synth import load_truth
+
+    path = truth_file_of_session(meta)
+    return None if path is None else load_truth(path)
+
+
+def truth_file_of_session(meta: dict) -> Path | None:
+    """The ``.truth.npz`` beside the NWB file of a session's manifest entry ``meta``; None when
     there is none, or (with a warning) when the NWB file is no longer the one the corpus was built
     from (its sha256 differs from the manifest's): recordings regenerated into the same folder
-    (``spikefm synth --overwrite``) have a new truth, which scored the old counts without a word."""
-    from spikefm.corpus.nwb import sha256_file
-    from spikefm.corpus.synth import load_truth, truth_path
+    (``spikefm synth --overwrite``) have a new truth, which scored the old counts without a word.
+    The hash is computed once per file state (path, size, modification time) in a process."""
+    from spikefm.corpus.synth import truth_path
 
     prov = meta.get("provenance") or {}
     nwb = prov.get("path")
     if not nwb or not str(nwb).endswith(".nwb") or not truth_path(nwb).is_file():
         return None
     recorded = prov.get("sha256")
-    if recorded and Path(nwb).is_file() and sha256_file(nwb) != recorded:
-        warnings.warn(f"no oracle for session {meta.get('session_id')}: {nwb} changed since the corpus was built from "
-                      "it (regenerated?), so the truth file beside it is not that of the corpus's counts; rebuild the "
-                      "corpus from the current files to score the oracle", RuntimeWarning, stacklevel=3)
-        return None
-    return load_truth(nwb)
+    if recorded and Path(nwb).is_file():
+        st = Path(nwb).stat()
+        if _file_sha256(str(nwb), st.st_size, st.st_mtime_ns) != recorded:
+            warnings.warn(f"no oracle for session {meta.get('session_id')}: {nwb} changed since the corpus was built "
+                          "from it (regenerated?), so the truth file beside it is not that of the corpus's counts; "
+                          "rebuild the corpus from the current files to score the oracle", RuntimeWarning, stacklevel=3)
+            return None
+    return truth_path(nwb)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, cached by its state (a scorer reads a session's truth once per row)."""
+    from spikefm.corpus.nwb import sha256_file
+
+    return sha256_file(path)
 
 
 def truth_windows(truth: dict, windows: SessionWindows) -> np.ndarray:

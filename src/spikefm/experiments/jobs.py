@@ -489,14 +489,17 @@ def make_executor(executor: str = "local", *, workers: int = 1, threads: int | N
     raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
 
 
-#: Exceptions (by class name) that say a job's worker process died, not that the job failed:
-#: the process pool's, and Ray's.
-_WORKER_DEATHS = ("BrokenProcessPool", "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "RayActorError")
+#: Exceptions (module, class name) that say a job's worker process died, not that the job
+#: failed: the process pool's, and Ray's (torch's OutOfMemoryError, a job's own failure, is not one).
+_WORKER_DEATHS = {("concurrent.futures.process", "BrokenProcessPool"), ("ray.exceptions", "WorkerCrashedError"),
+                  ("ray.exceptions", "NodeDiedError"), ("ray.exceptions", "OutOfMemoryError"),
+                  ("ray.exceptions", "RayActorError")}
 
 
 def _failure_line(exc: BaseException) -> str:
     """One line for a failed job: its error, or that its worker process died (no traceback of it)."""
-    if any(type(e).__name__ in _WORKER_DEATHS for e in (exc, getattr(exc, "cause", None)) if e is not None):
+    if any((type(e).__module__, type(e).__name__) in _WORKER_DEATHS
+           for e in (exc, getattr(exc, "cause", None)) if e is not None):
         return ("its worker process died (killed by the system, most likely for running out of memory); fewer "
                 "jobs at once (--workers, or more --threads-per-job under Ray) leave each more memory")
     return " ".join((str(exc) or type(exc).__name__).split())[:300]

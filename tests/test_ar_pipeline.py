@@ -15,7 +15,7 @@ import torch
 
 from spikefm import Corpus, load_model
 from spikefm.cli import main as cli_main
-from spikefm.families import get as get_family
+from spikefm.families import get as get_family, run_config, train
 from spikefm.corpus.build import BuildConfig, build_corpus
 from spikefm.corpus.synth import synthesize
 from spikefm.families.ar.tokens import SEPARATOR, tokenize
@@ -114,6 +114,27 @@ def test_eval_on_the_runs_corpus_rebuilt_since_warns(trained_run, synth_corpus, 
                                             r"differs: rebuilt\?\), so its held-out rows may include rows the run "
                                             r"trained on"):
         fam.evaluate(str(run), str(synth_corpus), max_tokens=2000)
+
+
+def test_a_corpus_rebuilt_while_a_run_starts_is_refused(synth_corpus, tmp_path, monkeypatch):
+    """The run recorded the corpus's manifest when it described the data, and its loaders opened
+    the corpus again later (every rank, some after the token cache was built): a rebuild between
+    the two trained on one corpus while config.json named the other."""
+    from spikefm.families.ar.family import ARFamily
+
+    real = ARFamily.describe
+
+    def describe_then_rebuilt(self, cfg):
+        out = real(self, cfg)
+        return {**out, "corpus_manifest_sha256": "0" * 64}  # as if the corpus changed after this
+
+    monkeypatch.setattr(ARFamily, "describe", describe_then_rebuilt)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=rf"^the corpus {synth_corpus} changed while this run was starting \(rebuilt\? "
+                                         r"its manifest is no longer the one the run recorded\); nothing was trained"):
+        train(run_config("ar", corpus=str(synth_corpus), overrides=["train.steps=2", "data.seq_len=64",
+                                                                       "data.token_cache=false"]), out, progress=False)
+    assert not out.exists()
 
 
 def test_run_directory_describes_itself(trained_run, synth_corpus):

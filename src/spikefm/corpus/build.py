@@ -983,6 +983,11 @@ def _stage_one_from(cwd: str, item: InputFile, key: str, staging: str, cfg: Buil
     return _stage_one(item, key, staging, cfg)
 
 
+def _local_instead(flag: str) -> str:
+    """How to use a local Ray instance instead of the address that ``flag`` gave."""
+    return "leave out --address" if flag == "--address" else "unset RAY_ADDRESS"
+
+
 def _check_reachable(address: str, timeout_s: float = 10.0, flag: str = "--address") -> None:
     """Refuse, in one line and within ``timeout_s``, a ``HOST:PORT`` (or ``ray://HOST:PORT``)
     nothing listens at: Ray itself retries for minutes, printing only its own log lines."""
@@ -995,10 +1000,9 @@ def _check_reachable(address: str, timeout_s: float = 10.0, flag: str = "--addre
     try:
         socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        leave = "leave out --address" if flag == "--address" else "unset RAY_ADDRESS"
         raise ValueError(f"{flag} {address}: nothing answers there ({exc.strerror or exc}); "
                          "check the head node's address and port (ray status on the head node), "
-                         f"or {leave} for a local instance") from None
+                         f"or {_local_instead(flag)} for a local instance") from None
 
 
 @contextlib.contextmanager
@@ -1029,9 +1033,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:  # "auto" with no cluster running, a cluster gone
-        leave = "leave out --address" if flag == "--address" else "unset RAY_ADDRESS"
         raise ValueError(f"{flag} {address}: no Ray cluster to connect to ({_first_line(exc)}); "
-                         f"start one (ray start --head) or {leave} for a local instance") from None
+                         f"start one (ray start --head) or {_local_instead(flag)} for a local instance") from None
     try:
         yield ray
     finally:

@@ -152,6 +152,18 @@ def _peak_override() -> float | None:
     return value
 
 
+def _check_loader_corpus(loader, run_desc: dict) -> None:
+    """A loader reading a corpus (``loader.corpus``) reads the one the run records: a corpus
+    rebuilt between the run's description and its loaders (each rank opens it, some after the
+    token cache is built) was trained on while config.json named the other."""
+    corpus = getattr(loader, "corpus", None)
+    got = getattr(corpus, "manifest_hash", None)
+    want = (run_desc.get("family_info") or {}).get("corpus_manifest_sha256")
+    if isinstance(got, str) and isinstance(want, str) and got != want:
+        raise ValueError(f"the corpus {corpus.path} changed while this run was starting (rebuilt? its manifest is no "
+                         "longer the one the run recorded); nothing was trained: run the command again")
+
+
 @contextlib.contextmanager
 def _callers_random_state():
     """Training seeds python's, numpy's and torch's global generators (:func:`seed_everything`);
@@ -666,6 +678,7 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     loader, error = None, None
     try:
         loader = family.train_loader(cfg, rank, world_size)
+        _check_loader_corpus(loader, run_desc)
     except ValueError as exc:  # e.g. data that cannot feed these ranks
         error = exc
     refusals = d.all_gather_object(None if error is None else " ".join(str(error).split()) or type(error).__name__)

@@ -324,22 +324,23 @@ def _note_a_silence_before_spikes(rec: SessionRecord, counts: np.ndarray, t_star
     spike times, or one unit's times in samples or ms, which stretch the session to hours of empty
     bins (the end bound of :func:`~spikefm.corpus.session.recording_end_s` only looks at the last
     1 % of the spikes, so it drops a few strays, not many)."""
-    from .session import END_SILENCE_MIN_S
+    from .session import long_silences
 
     active = np.flatnonzero(counts.any(axis=0))
     if active.size < 2:
         return
-    gaps_s = np.diff(active) * (bin_ms / 1000.0)
-    elapsed_s = (active[:-1] - active[0] + 1) * (bin_ms / 1000.0)
-    found = np.flatnonzero(gaps_s > np.maximum(elapsed_s, END_SILENCE_MIN_S))
+    bin_s = bin_ms / 1000.0
+    starts_s = active * bin_s  # the recording before a bin's silence runs to its end: from a bin earlier
+    found = long_silences(starts_s, starts_s[0] - bin_s)
     if not found.size:
         return
     i = int(found[0])
+    gap_s = float(starts_s[i + 1] - starts_s[i])
     at_s = (t_start_ms + (int(active[i]) + 1) * bin_ms) / 1000.0
     after = int(counts[:, active[i + 1]:].sum(dtype=np.int64))
     total = int(counts.sum(dtype=np.int64))
     span_s = counts.shape[1] * bin_ms / 1000.0
-    rec.notes.append(f"all units fall silent for {gaps_s[i]:,.0f} s from {at_s:.6g} s, longer than all the recording "
+    rec.notes.append(f"all units fall silent for {gap_s:,.0f} s from {at_s:.6g} s, longer than all the recording "
                      f"before it, and {after:,} of {total:,} spikes ({after / total:.1%}) come after (the session "
                      f"spans {span_s:,.0f} s): stray spike times, or a unit's times in samples or ms? They are kept; "
                      "check the file's units table (spikefm corpus info shows each session's length)")

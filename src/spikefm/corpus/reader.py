@@ -150,7 +150,7 @@ class Corpus:
         current = self.path / ".current"
         self._root = Path(os.path.realpath(current)) if current.is_symlink() else self.path
         #: The manifest as a typed, checked record (:class:`~spikefm.corpus.manifest.Manifest`).
-        self.manifest_record: Manifest = read_manifest(self._root if self._root != self.path else self.path)
+        self.manifest_record: Manifest = read_manifest(self._root)
         self._manifest_sha256 = manifest_sha256(self._root)  # now: the version may be gone when asked
         #: The manifest as the JSON object on disk (a dict; ``manifest_record.to_dict()``).
         self.manifest: dict = self.manifest_record.to_dict()

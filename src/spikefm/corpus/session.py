@@ -97,10 +97,15 @@ def spike_time_bound_s(spike_times_s: np.ndarray) -> float:
     t_first = float(t.min())
     t_k = float(np.partition(t, k)[k])
     tail = np.concatenate(([t_k], np.sort(t[t > t_k])))
-    silence = np.diff(tail)
-    elapsed = tail[:-1] - t_first
-    ends = np.flatnonzero(silence > np.maximum(elapsed, END_SILENCE_MIN_S))
+    ends = long_silences(tail, t_first)
     return float(tail[ends[0]] if ends.size else tail[-1])
+
+
+def long_silences(times_s: np.ndarray, t_first_s: float) -> np.ndarray:
+    """Indices ``i`` of sorted activity times ``times_s`` after which all is silent for longer than
+    both ``END_SILENCE_MIN_S`` and all the recording before (from ``t_first_s`` to ``times_s[i]``):
+    a silence real spikes never come after."""
+    return np.flatnonzero(np.diff(times_s) > np.maximum(times_s[:-1] - t_first_s, END_SILENCE_MIN_S))
 
 
 def recording_end_s(rec: SessionRecord) -> tuple[float, str]:

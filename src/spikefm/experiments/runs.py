@@ -85,19 +85,24 @@ def check_held_out_validation(cfg, held) -> None:
                              "out a longer session, or raise the val share (--set data.split_fractions=...)") from None
 
 
-def missing_decoding_labels(corpus, session: str, tasks, cfg) -> tuple[list[str], list[str], bool]:
-    """The labels of ``<label>-decoding`` tasks (behaviour decoding aside) that the session's
-    windows cannot carry under the run config ``cfg``: (missing, the labels they can carry,
-    whether its windows are trial-aligned at all; without alignment they carry none)."""
+def missing_decoding_label(corpus, session: str, tasks, cfg) -> tuple[str, str] | None:
+    """The first label of a ``<label>-decoding`` task (behaviour decoding aside) that the
+    session's windows cannot carry under the run config ``cfg``, and why, in words that follow
+    "the session's ": ``(label, "trials have no label ... (their labels: ...)")``, or that its
+    windows are not trial-aligned (they carry none); None when every one can be scored."""
     from spikefm.data.windows import session_label_names
 
     wanted = [t[: -len("-decoding")] for t in tasks or () if t.endswith("-decoding") and t != "behavior-decoding"]
     if not wanted:
-        return [], [], True
+        return None
     data = getattr(cfg, "data", None)
-    aligned = bool(getattr(data, "align", None))
-    labels = session_label_names(corpus, session, getattr(data, "trial_table", "trials")) if aligned else []
-    return [label for label in wanted if label not in labels], labels, aligned
+    if not getattr(data, "align", None):
+        return wanted[0], "windows are not trial-aligned, so they carry no labels"
+    labels = session_label_names(corpus, session, getattr(data, "trial_table", "trials"))
+    missing = [label for label in wanted if label not in labels]
+    if not missing:
+        return None
+    return missing[0], f"trials have no label {missing[0]!r} (their labels: {', '.join(labels) or 'none'})"
 
 
 def _check_corpus(spec: dict) -> None:

@@ -346,7 +346,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     from spikefm.corpus.reader import manifest_sha256
     from spikefm.experiments.jobs import LocalExecutor, check_study_folder, check_study_settings, name_list, seed_list
     from spikefm.experiments.plots import plot_ranking, plot_scaling, plot_task_curves
-    from spikefm.experiments.runs import check_held_out_validation, check_pretrain_spec, missing_decoding_labels
+    from spikefm.experiments.runs import check_held_out_validation, check_pretrain_spec, missing_decoding_label
     from spikefm.fileio import write_json_atomic
     from spikefm.train.runinfo import machine_info
 
@@ -376,13 +376,12 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     cfg = check_pretrain_spec(rjobs[0].spec, executor)  # before any folder is made or job runs
     check_held_out_validation(cfg, held)
     for h in held:  # a decoding task of a label the held-out session lacks was refused after every job
-        missing, labels, aligned = missing_decoding_labels(corpus, h, tasks if tasks is not None else [metric], cfg)
-        if missing:
-            flag = "--tasks" if tasks is not None and f"{missing[0]}-decoding" != metric else "--metric"
-            raise ValueError(f"{flag} {missing[0]}-decoding: the held-out session {h}'s "
-                             + (f"trials have no label {missing[0]!r} (their labels: {', '.join(labels) or 'none'})"
-                                if aligned else "windows are not trial-aligned, so they carry no labels")
-                             + "; nothing was run: choose a decoding task of a label it has, or another task")
+        problem = missing_decoding_label(corpus, h, tasks if tasks is not None else [metric], cfg)
+        if problem is not None:
+            label, why = problem
+            flag = "--tasks" if tasks is not None and f"{label}-decoding" != metric else "--metric"
+            raise ValueError(f"{flag} {label}-decoding: the held-out session {h}'s {why}; nothing was run: choose a "
+                             "decoding task of a label it has, or another task")
     study_settings = {**settings.to_dict(), "seeds": seeds, "sizes": size_list, "orders": orders,
                       "tasks": list(tasks) if tasks else None, "metric": metric, "top_k": top_k,
                       "corpus": str(Path(corpus).resolve()), "corpus_sha256": digest, "held_out": held,

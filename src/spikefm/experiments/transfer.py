@@ -193,14 +193,13 @@ def _check_labels(corpus, session: str, tasks: Sequence[str] | None, synth_prese
     """Refuse ``<label>-decoding`` tasks whose label the session's trial-aligned windows cannot
     carry (:func:`spikefm.data.windows.session_label_names` of the run's trial table; none when
     its windows are not trial-aligned)."""
-    from spikefm.experiments.runs import missing_decoding_labels
+    from spikefm.experiments.runs import missing_decoding_label
 
-    missing, labels, aligned = missing_decoding_labels(corpus, session, tasks, cfg)
-    if missing:
-        raise NothingToScore(f"--tasks {missing[0]}-decoding: the synthetic {synth_preset!r} sessions' "
-                             + (f"trials have no label {missing[0]!r} (their labels: {', '.join(labels) or 'none'})"
-                                if aligned else "windows are not trial-aligned, so they carry no labels")
-                             + "; nothing was trained: choose decoding tasks of those labels, or another --synth-preset")
+    problem = missing_decoding_label(corpus, session, tasks, cfg)
+    if problem is not None:
+        label, why = problem
+        raise NothingToScore(f"--tasks {label}-decoding: the synthetic {synth_preset!r} sessions' {why}; nothing was "
+                             "trained: choose decoding tasks of those labels, or another --synth-preset")
 
 
 def _corpus_sessions(corpus_dir: Path) -> list[str] | None:

@@ -781,12 +781,8 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
                 )
                 tokens_g, flops_g, bad_g = d.all_reduce_sum([tokens_since, flops_since,
                                                               1.0 if float(first_bad) > 0 else 0.0])
-                if bad_g > 0:  # the first bad step, which may lie between logging steps
-                    raise diverged(step)
-                if not math.isfinite(loss_mean):
-                    raise TrainingDiverged(f"loss is {loss_mean} at step {step}; lower optim.lr or "
-                                           "check the data, then resume from the last checkpoint "
-                                           "(--resume) or start a new run directory")
+                if bad_g > 0:  # the first bad step (a non-finite loss or gradient norm on any rank), which
+                    raise diverged(step)  # may lie between logging steps
                 now = time.perf_counter()
                 dt = max(now - t_last, 1e-9)
                 tokens_total += int(tokens_g)

@@ -262,7 +262,7 @@ class ARFamily:
             raise ValueError(f"permutations must be an int >= 0, got {permutations!r}")
         # Every input is checked before anything is scored (a bad --data or a second run that cannot
         # be scored was found only after minutes of scoring): this corpus and run, then the compared
-        # run and its corpus; the compared run's weights are loaded when its turn comes.
+        # run and its corpus (its weights loaded here to be checked, then again to score in their turn).
         data = Corpus(corpus)
         require_rows(data, split)  # before the model and the baselines are loaded or fitted
         model, cfg = self.load(run_dir)
@@ -281,7 +281,7 @@ class ARFamily:
             require_rows(other_data, split)
             if compare_cfg is not None:
                 _check_bin_width(compare_run, compare_cfg.data.corpus, other_data)
-            other_model, _ = self.load(compare_run)  # scorable? (checked again, loaded again, in its turn)
+            other_model, _ = self.load(compare_run)  # scorable? (freed before anything is scored)
             _check_scorable(compare_run, other_model)
             del other_model
         if baselines is None:

@@ -995,3 +995,34 @@ def test_counts_clipped_at_255_are_warned_about_and_the_spikes_left_out_recorded
     assert cli_main(["corpus", "build", str(write_nwb(tmp_path / "n2" / "b.nwb", [quiet], ["CA1"])), "--out",
                      str(tmp_path / "c2"), "--test-fraction", "0", "--quiet"]) == 0
     assert "clipped_spikes" not in Corpus(tmp_path / "c2").sessions[0] and "clipped" not in capsys.readouterr().err
+
+
+def test_staging_keeps_only_the_latest_builds_sessions(six_sessions, tmp_path, capsys):
+    """Every settings change (or changed input file) left a full uncompressed staged copy of its
+    sessions in .staging/ that no build would use again; the folder grew with each rebuild."""
+    folder, _ = six_sessions
+    out = tmp_path / "c"
+    build_corpus([str(folder)], out, BuildConfig(max_row_tokens=500, test_fraction=0.3), progress=False)
+    first = {p.name for p in (out / ".staging").iterdir()}
+    assert len(first) == 12  # one .arrow and one .json per session
+    capsys.readouterr()
+    cfg = BuildConfig(max_row_tokens=400, test_fraction=0.3, overwrite=True)
+    report = build_corpus([str(folder)], out, cfg, progress=False)
+    err = capsys.readouterr().err
+    second = {p.name for p in (out / ".staging").iterdir()}
+    assert report.num_staged_now == 6 and len(second) == 12 and not first & second
+    assert err.count("removed 6 staged session(s) of earlier builds (") == 1
+    content = _corpus_content(out)
+    # an input changed since it was staged: its old copy goes, the other five are reused
+    nwb = sorted(folder.rglob("*.nwb"))[0]
+    st = nwb.stat()
+    os.utime(nwb, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    report = build_corpus([str(folder)], out, cfg, progress=False)
+    third = {p.name for p in (out / ".staging").iterdir()}
+    assert report.num_reused == 5 and len(third) == 12 and len(third - second) == 2
+    assert "removed 1 staged session(s)" in capsys.readouterr().err
+    assert _corpus_content(out) == content  # the same counts (only the file's mtime changed)
+    # the same build again removes nothing and says nothing of it
+    build_corpus([str(folder)], out, cfg, progress=False)
+    assert {p.name for p in (out / ".staging").iterdir()} == third
+    assert "staged session(s)" not in capsys.readouterr().err

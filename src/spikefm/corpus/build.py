@@ -12,8 +12,10 @@ The build runs in two stages so that it is resumable and idempotent:
    shards ``data/{split}-{i:05d}-of-{n:05d}.parquet`` and ``manifest.json`` as a new version of
    the folder, switched in by one rename (:mod:`spikefm.corpus.store`).
 
-The corpus holds exactly the sessions of the inputs given to the latest build; staged sessions of
-earlier builds are reused when their inputs are given again.
+The corpus holds exactly the sessions of the inputs given to the latest build, and so does
+``.staging/``: once a build's version is in place, the staged sessions of other inputs or settings
+(earlier builds, files changed since) are removed, so a folder holds at most one staged copy of each
+session.
 
 The output folder must be missing, empty, or a spikefm corpus. Re-running the same command (same
 INPUT arguments and settings) resumes or refreshes that corpus; building other inputs or with
@@ -789,13 +791,14 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
         # In strict mode stage into a scratch folder and only move results in when all pass.
         staging = Path(tempfile.mkdtemp(prefix=".tmp-strict-", dir=folder.path)) \
             if cfg.strict else staged
-        jobs, metas, reused_keys = [], [], set()
+        jobs, metas, reused_keys, keys = [], [], set(), set()
         for item in files:
             if not item.path.exists():
                 problems.append({"input": str(item.path),
                                  "error": f"{item.path}: file not found; check the path"})
                 continue
             key = _staging_key(item, cfg)
+            keys.add(key)
             done = staged / f"{key}.json"
             problem = _staged_problem(staged, key) if done.exists() else "not staged"
             if problem is None:
@@ -832,9 +835,33 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
         for p in problems:
             print(f"spikefm: warning: skipped {p['error']}", file=sys.stderr)
         manifest = finalize(folder, metas, problems, cfg, settings)
+        _prune_staged(staged, keep=keys)
     reused = sum(1 for m in metas if m.get("staging_key") in reused_keys)  # of the sessions kept
     return BuildReport(out_dir=out_dir, manifest=manifest, skipped=problems,
                        num_staged_now=len(metas) - reused, num_reused=reused)
+
+
+def _prune_staged(staged: Path, keep: set[str]) -> None:
+    """Remove the staged sessions of inputs this build no longer has (files changed since, other
+    settings, inputs left out): every change of settings would otherwise leave a full uncompressed
+    copy of the corpus behind. Called once the new version is in place; says what it freed."""
+    freed, count = 0, 0
+    for marker in staged.glob("*.json"):
+        if marker.stem in keep:
+            continue
+        for f in (marker.with_suffix(".arrow"), marker):  # the marker last: a kill leaves no reusable half
+            with contextlib.suppress(FileNotFoundError):
+                freed += f.stat().st_size
+                f.unlink()
+        count += 1
+    for arrow in staged.glob("*.arrow"):  # a session whose staging never finished
+        if arrow.stem not in keep and not arrow.with_suffix(".json").exists():
+            with contextlib.suppress(FileNotFoundError):
+                freed += arrow.stat().st_size
+                arrow.unlink()
+    if count:
+        print(f"spikefm: removed {count} staged session(s) of earlier builds ({freed / 1e6:,.1f} MB) from "
+              f"{staged}: their inputs or settings are not this build's", file=sys.stderr)
 
 
 def _drop_duplicate_recordings(metas: list[dict], problems: list[dict]) -> list[dict]:

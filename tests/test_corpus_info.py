@@ -164,6 +164,41 @@ def test_plot_corpus_writes_pngs(corpus_and_rows, tmp_path):
         plot_corpus(corpus, tmp_path / "file")
 
 
+def test_raster_window_is_where_the_shown_units_spike_most():
+    """The example raster showed the row's first bins, blank for a session whose first minutes
+    are quiet; it now shows the window where the units drawn spike most (brute force here)."""
+    from spikefm.corpus.plots import raster_window
+
+    rng = np.random.default_rng(3)
+    counts = np.zeros((6, 1000), np.uint8)
+    counts[:, 700:760] = rng.poisson(2.0, (6, 60))
+    counts[5, :300] = 9  # a unit past max_units: its spikes do not count
+    first = raster_window(counts, max_units=5, max_bins=100)
+    totals = {s: int(counts[:5, s:s + 100].sum()) for s in range(0, 901)}
+    assert totals[first] == max(totals.values()) and 700 <= first + 100 and first <= 700
+    assert counts[:5, first:first + 100].sum() == counts[:5].sum()  # the whole burst in view
+    assert raster_window(counts, 5, 1000) == 0 and raster_window(counts, 5, 5000) == 0
+    assert raster_window(np.zeros((3, 50), np.uint8), 3, 10) == 0  # all quiet: the first window
+
+
+def test_one_unit_raster_has_whole_unit_ticks(tmp_path, monkeypatch):
+    """A one-unit raster labelled its unit axis -0.4, -0.2, 0.0, 0.2, 0.4."""
+    from spikefm.corpus import plots
+
+    seen = {}
+    real_save = plots._save
+
+    def spy(fig, path):
+        ax = fig.axes[0]
+        seen[path.name] = [t for t in ax.get_yticks() if ax.get_ylim()[1] <= t <= ax.get_ylim()[0]]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    ex = {"counts": np.array([[0, 1, 3, 0, 2]], np.uint8), "session_id": "s", "t_start_ms": 0, "bin_ms": 20}
+    plots._raster("lab", ex, 1, tmp_path / "raster_lab.png", 100, 500)
+    assert seen["raster_lab.png"] == [0.0]
+
+
 def test_info_lists_regions_trial_tables_behaviour_and_skipped_inputs(tmp_path):
     """corpus info said nothing of what the sessions hold beyond counts (regions, trials,
     behaviour) nor of the inputs the build left out; checked here against the shards' own rows

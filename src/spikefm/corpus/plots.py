@@ -5,7 +5,8 @@ Writes PNGs into a folder:
 - ``units_per_session.png``: histogram of the number of units per session, mean marked;
 - ``session_length.png``: histogram of session durations (minutes), mean marked;
 - ``token_marginals.png``: probability of counts 0..9 and of 10 or more together (log scale);
-- ``raster_<source>.png``: one example raster per source dataset (units x a window of bins).
+- ``raster_<source>.png``: one example raster per source dataset (its first row's units x the window
+  of bins where they spike most, :func:`raster_window`).
 
 matplotlib is imported lazily and used through its object API with the Agg canvas, so plotting
 never changes the caller's pyplot backend.
@@ -120,6 +121,8 @@ def _histogram(values: np.ndarray, xlabel: str, title: str, unit: str, path: Pat
     ax.legend(loc="best", frameon=False,
               title=f"{values.size:,} session" + ("s" if values.size != 1 else ""))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if np.all(values == np.round(values)) and ax.get_xscale() == "linear":  # e.g. units per session
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("sessions")
     ax.set_title(title)
@@ -200,19 +203,36 @@ def _example_rows(corpus: Corpus) -> dict[str, dict]:
     return found
 
 
+def raster_window(counts: np.ndarray, max_units: int, max_bins: int) -> int:
+    """First bin of the example raster's window: of the row's windows of ``max_bins`` bins (every
+    start on a grid of a quarter window, and the row's last window), the one where the first
+    ``max_units`` units spike most (the earliest of equals). The row's first window could be
+    nearly empty (a sparse session, a quiet start) and show a blank raster."""
+    num_bins = counts.shape[1]
+    if num_bins <= max_bins:
+        return 0
+    step = max(1, max_bins // 4)
+    starts = sorted({*range(0, num_bins - max_bins + 1, step), num_bins - max_bins})
+    per_bin = np.concatenate([[0], np.cumsum(counts[:max_units].sum(axis=0, dtype=np.int64))])
+    totals = [per_bin[s + max_bins] - per_bin[s] for s in starts]
+    return starts[int(np.argmax(totals))]
+
+
 def _raster(source: str, ex: dict, num_units_total: int, path: Path, max_units: int,
             max_bins: int) -> Path:
-    counts = ex["counts"][:max_units, :max_bins]
+    from matplotlib.ticker import MaxNLocator
+
+    first = raster_window(ex["counts"], max_units, max_bins)
+    counts = ex["counts"][:max_units, first:first + max_bins]
     n_units, n_bins = counts.shape
     bin_ms = int(ex["bin_ms"])
-    t0_s = (ex["t_start_ms"] or 0) / 1000.0
+    t0_s = ((ex["t_start_ms"] or 0) + first * bin_ms) / 1000.0
     fig = _new_figure(8.0, 4.5)
     ax = fig.add_subplot()
     vmax = max(1.0, float(np.percentile(counts, 99.5))) if counts.size else 1.0
     im = ax.imshow(counts, aspect="auto", interpolation="nearest", cmap="Greys", vmin=0,
                    vmax=vmax, extent=(t0_s, t0_s + n_bins * bin_ms / 1000.0, n_units - 0.5, -0.5))
-    from matplotlib.ticker import MaxNLocator
-
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole units (one drew -0.4 ... 0.4)
     cb = fig.colorbar(im, ax=ax, pad=0.01, ticks=MaxNLocator(integer=True))
     cb.set_label("spike count" + (f" (clipped at {vmax:g})" if vmax < counts.max() else ""))
     ax.set_xlabel(f"time (s), {bin_ms} ms bins")
@@ -233,7 +253,8 @@ def plot_corpus(corpus: Corpus, out_dir: str | Path, *, max_raster_units: int = 
             replaced atomically, an earlier plot's rasters of sources this corpus lacks removed;
             other files of those names, or a corpus or run folder, are refused.
         max_raster_units: at most this many units (the first ones) in each example raster.
-        max_raster_bins: at most this many time bins (from the row's start) in each raster.
+        max_raster_bins: at most this many time bins in each raster (the window of the row where its
+            units spike most, :func:`raster_window`).
         max_rows: rows scanned for the token marginals (see :func:`corpus_info`); ignored when
             ``info`` is given.
         info: a :func:`corpus_info` result to reuse instead of scanning the corpus again.

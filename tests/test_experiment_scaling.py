@@ -741,3 +741,23 @@ def test_study_settings_default_schemes_are_the_ndts_for_the_ndt_only():
     for fam in ("ndt", "neds"):
         spec = pretrain_job(StudySettings(family=fam), "CORPUS", ["s1"], 0, corpus_sha256="x").spec
         families.run_config(fam, preset="tiny", corpus="CORPUS", overrides=list(spec["overrides"]))  # accepted
+
+
+def test_families_of_regenerated_recordings_are_not_read(tmp_path):
+    """The rank-sessions / scaling studies read each session's truth file for its family without
+    checking that the NWB file is still the one the corpus was built from: after `spikefm synth
+    --overwrite` with another seed, precision@k was scored against another run's families."""
+    from spikefm.corpus.build import BuildConfig, build_corpus
+    from spikefm.corpus.synth import synthesize
+    from spikefm.experiments.rank_sessions import session_families
+
+    synthesize(tmp_path / "a", num_sessions=3, seed=1, duration_s=10.0, units_range=(20, 22), num_families=3)
+    build_corpus([str(tmp_path / "a")], tmp_path / "c", BuildConfig(test_fraction=0.0), progress=False)
+    from spikefm.corpus.reader import Corpus
+
+    ids = [s["session_id"] for s in Corpus(tmp_path / "c").sessions]
+    assert session_families(tmp_path / "c", ids) is not None
+    synthesize(tmp_path / "a", num_sessions=3, seed=2, duration_s=10.0, units_range=(20, 22), num_families=3)
+    with pytest.warns(RuntimeWarning, match=r"^no ground-truth families for session .* changed since the corpus "
+                                            r"was built from it .*to use the ground-truth families$"):
+        assert session_families(tmp_path / "c", ids) is None

@@ -112,12 +112,13 @@ def truth_of_session(meta: dict) -> dict | None:
     return None if path is None else load_truth(path)
 
 
-def truth_file_of_session(meta: dict) -> Path | None:
+def truth_file_of_session(meta: dict, use: str = "oracle") -> Path | None:
     """The ``.truth.npz`` beside the NWB file of a session's manifest entry ``meta``; None when
     there is none, or (with a warning) when the NWB file is no longer the one the corpus was built
     from (its sha256 differs from the manifest's): recordings regenerated into the same folder
     (``spikefm synth --overwrite``) have a new truth, which scored the old counts without a word.
-    The hash is computed once per file state (path, size, modification time) in a process."""
+    The hash is computed once per file state (path, size, modification time) in a process.
+    ``use`` names what is given up in the warning ("oracle", "ground-truth families")."""
     from spikefm.corpus.synth import truth_path
 
     prov = meta.get("provenance") or {}
@@ -128,9 +129,9 @@ def truth_file_of_session(meta: dict) -> Path | None:
     if recorded and Path(nwb).is_file():
         st = Path(nwb).stat()
         if _file_sha256(str(nwb), st.st_size, st.st_mtime_ns) != recorded:
-            warnings.warn(f"no oracle for session {meta.get('session_id')}: {nwb} changed since the corpus was built "
+            warnings.warn(f"no {use} for session {meta.get('session_id')}: {nwb} changed since the corpus was built "
                           "from it (regenerated?), so the truth file beside it is not that of the corpus's counts; "
-                          "rebuild the corpus from the current files to score the oracle", RuntimeWarning, stacklevel=3)
+                          f"rebuild the corpus from the current files to use the {use}", RuntimeWarning, stacklevel=3)
             return None
     return truth_path(nwb)
 

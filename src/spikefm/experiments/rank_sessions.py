@@ -222,7 +222,8 @@ def ranking_jobs(settings: StudySettings, corpus: str, held: Sequence[str], pool
 
 def session_families(corpus_dir: str | Path, sessions: Sequence[str]) -> dict[str, int | str] | None:
     """Ground-truth family of each session of a ``spikefm synth`` corpus (its ``.truth.npz``
-    beside the NWB file the manifest names), or None when any session has no truth file.
+    beside the NWB file the manifest names), or None when any session has no truth file or (with
+    a warning) its NWB file changed since the corpus was built (the truth is another recording's).
 
     A family is one of one ``spikefm synth`` run: family 0 of another preset, seed or number of
     families has other dynamics. Sessions of one run: the family's number (an int). Sessions of
@@ -232,7 +233,7 @@ def session_families(corpus_dir: str | Path, sessions: Sequence[str]) -> dict[st
     import numpy as np
 
     from spikefm.corpus.reader import Corpus
-    from spikefm.corpus.synth import truth_path
+    from spikefm.eval.oracle import truth_file_of_session
 
     def item(z, name: str):
         return z[name].item() if name in z.files else None
@@ -240,10 +241,10 @@ def session_families(corpus_dir: str | Path, sessions: Sequence[str]) -> dict[st
     corpus = Corpus(corpus_dir)
     keys = {}
     for s in sessions:
-        nwb = (corpus.session(s).get("provenance") or {}).get("path")
-        if not nwb or not truth_path(nwb).is_file():
+        truth = truth_file_of_session(corpus.session(s), use="ground-truth families")  # None: regenerated since
+        if truth is None:
             return None
-        with np.load(truth_path(nwb)) as z:
+        with np.load(truth) as z:
             keys[s] = (item(z, "preset"), item(z, "seed"), item(z, "num_families"), int(z["family"]))
     if len({k[:3] for k in keys.values()}) == 1:
         return {s: k[3] for s, k in keys.items()}

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .manifest import Manifest, _fail, read_manifest
+from .store import CURRENT, VERSIONS
 
 
 @contextmanager
@@ -46,8 +47,8 @@ def _as_the_user_sees_it(shard: str | Path, corpus=None) -> Path:
         except ValueError:
             pass
     parts = Path(shard).parts
-    if ".versions" in parts[:-2]:
-        i = len(parts) - 1 - parts[::-1].index(".versions")
+    if VERSIONS in parts[:-2]:
+        i = len(parts) - 1 - parts[::-1].index(VERSIONS)
         return Path(*parts[:i], *parts[i + 2:])
     return Path(shard)
 
@@ -147,7 +148,7 @@ class Corpus:
         # One version, pinned when opened: a rebuild switches .current, and the shards were found
         # through the links at each read, so an open corpus read the new version's shards
         # against its old manifest (sessions it held out among its train rows).
-        current = self.path / ".current"
+        current = self.path / CURRENT
         self._root = Path(os.path.realpath(current)) if current.is_symlink() else self.path
         #: The manifest as a typed, checked record (:class:`~spikefm.corpus.manifest.Manifest`).
         self.manifest_record: Manifest = read_manifest(self._root)

@@ -432,23 +432,30 @@ def test_a_job_stopped_by_ray_s_sigterm_is_not_recorded_as_failed(tmp_path):
 
 def test_a_killed_pool_worker_is_a_failed_job_said_in_one_line(tmp_path):
     """A pool worker killed (out of memory) ended the study with 'internal error (BrokenProcessPool
-    ...)'; the failure named an error.txt that did not exist."""
+    ...)'; the failure named an error.txt that did not exist. Then every job running beside it and
+    every job still queued failed with the same line though they had done nothing wrong (the pool
+    breaks with any one worker): they run again one at a time, and only the job that kills its
+    worker alone is failed."""
     calls = tmp_path / "calls"
     dead = make_job("_study_jobs:worker_killed", {"x": 1})
-    other = make_job(SQUARE, {"x": 3, "calls": str(calls)})
+    others = [make_job(SQUARE, {"x": x, "calls": str(calls)}) for x in (3, 4, 5)]
     lines = []
     with pytest.raises(JobsFailed) as exc:
-        run_jobs([dead, other], tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=lines.append)
+        run_jobs([dead, *others], tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False,
+                 log=lines.append)
     died = ("its worker process died (killed by the system, most likely for running out of memory); fewer jobs at "
             "once (--workers, or more --threads-per-job under Ray) leave each more memory")
-    # the pool breaks with its worker: a job running beside it fails the same way
-    assert exc.value.failed[dead.id] == died and set(exc.value.failed.values()) == {died}
-    assert str(exc.value).startswith(f"{len(exc.value.failed)} job(s) failed, first ")
+    assert exc.value.failed == {dead.id: died}
+    assert str(exc.value).startswith("1 job(s) failed, first ")
     assert "traceback in" not in str(exc.value)
     assert not (tmp_path / "jobs" / dead.id / "error.txt").exists()
-    # the rerun (a fresh pool) runs what is left
-    records = run_jobs([other], tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=lines.append)
-    assert records[other.id]["result"]["value"] == 9 and _calls(calls, other.id) >= 1
+    assert [job_result(tmp_path / "jobs", j.id)["result"]["value"] for j in others] == [9, 16, 25]
+    assert sum("run again one at a time" in line for line in lines) == 1, lines
+    assert lines[-1] == f"job {dead.label} ({dead.id}) failed: {died}"
+    # a rerun (a fresh pool) runs only what is left: the job that kills its worker
+    with pytest.raises(JobsFailed) as exc:
+        run_jobs([dead, *others], tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=lines.append)
+    assert exc.value.failed == {dead.id: died}
 
 
 def test_ray_jobs_read_relative_paths_from_the_drivers_folder(tmp_path, local_ray, monkeypatch):

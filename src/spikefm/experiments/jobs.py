@@ -263,19 +263,23 @@ class LocalExecutor:
         self.workers = workers
         self.threads = threads or default_threads(workers)
         self._pool = None
+        self._slots: int | None = None  # fewer than workers after a worker died (see recover)
         self._depth = 0
+
+    def _new_pool(self, workers: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a forked child would inherit the driver's threads and torch state
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init,
+                                   initargs=(os.getpid(), self.threads, _one_line_warnings()))
 
     def __enter__(self) -> "LocalExecutor":
         self._depth += 1  # re-entrant: a study holds one pool across its phases
         if self.workers > 1 and self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn: a forked child would inherit the driver's threads and torch state
-            self._pool = ProcessPoolExecutor(max_workers=self.workers,
-                                             mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init,
-                                             initargs=(os.getpid(), self.threads, _one_line_warnings()))
+            self._pool = self._new_pool(self.workers)
+            self._slots = None
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -288,7 +292,17 @@ class LocalExecutor:
 
     @property
     def slots(self) -> int:
-        return self.workers
+        return self._slots or self.workers
+
+    def recover(self, workers: int | None = None) -> None:
+        """After a worker died (which breaks the whole pool): a fresh pool, of ``workers`` processes
+        (None: as many as now) for the jobs still to run. Nothing to do without a pool."""
+        if self._pool is None:
+            return
+        _terminate_workers(self._pool)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._slots = workers or self.slots
+        self._pool = self._new_pool(self._slots)
 
     def submit(self, job: Job, root: Path):
         from concurrent.futures import Future
@@ -496,10 +510,15 @@ _WORKER_DEATHS = {("concurrent.futures.process", "BrokenProcessPool"), ("ray.exc
                   ("ray.exceptions", "RayActorError")}
 
 
+def _worker_died(exc: BaseException) -> bool:
+    """``exc`` says the job's worker process died (not that the job failed)."""
+    return any((type(e).__module__, type(e).__name__) in _WORKER_DEATHS
+               for e in (exc, getattr(exc, "cause", None)) if e is not None)
+
+
 def _failure_line(exc: BaseException) -> str:
     """One line for a failed job: its error, or that its worker process died (no traceback of it)."""
-    if any((type(e).__module__, type(e).__name__) in _WORKER_DEATHS
-           for e in (exc, getattr(exc, "cause", None)) if e is not None):
+    if _worker_died(exc):
         return ("its worker process died (killed by the system, most likely for running out of memory); fewer "
                 "jobs at once (--workers, or more --threads-per-job under Ray) leave each more memory")
     return " ".join((str(exc) or type(exc).__name__).split())[:300]
@@ -593,7 +612,33 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                 if waiting:
                     continue
                 break
-            for handle in ex.wait(list(running)):
+            done = ex.wait(list(running))
+            if (ex.slots > 1 and hasattr(ex, "recover")
+                    and any(_worker_died(e) for _, e in map(ex.outcome, done) if e is not None)):
+                # The pool broke with one worker and took every job running in it; which job killed its
+                # worker is unknown, so they run again one at a time (the rest of this run too).
+                pending = [h for h in running if h not in done]
+                while pending:  # the broken pool's other jobs end at once (or had just finished)
+                    ended = ex.wait(pending)
+                    done += ended
+                    pending = [h for h in pending if h not in ended]
+                again = []
+                for handle in done:
+                    jid = running.pop(handle)
+                    record, exc = ex.outcome(handle)
+                    if exc is None:
+                        records[jid] = record
+                        bar.advance(1)
+                        finished_now += 1
+                    else:  # died with the pool or failed beside it: either way it runs again
+                        again.append(jid)
+                ex.recover(workers=1)
+                waiting[:0] = again
+                say(f"a worker process died (killed by the system, most likely for running out of memory) with "
+                    f"{len(again)} job(s) running; they run again one at a time, as does the rest of this run, so "
+                    "that a job that kills its worker is named")
+                continue
+            for handle in done:
                 jid = running.pop(handle)
                 record, exc = ex.outcome(handle)
                 bar.advance(1)
@@ -601,6 +646,8 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                 if exc is not None:
                     failed[jid] = _failure_line(exc)
                     say(f"job {by_id[jid].label} ({jid}) failed: {failed[jid]}")
+                    if _worker_died(exc) and hasattr(ex, "recover"):
+                        ex.recover()  # a fresh pool for the jobs still to run
                     continue
                 records[jid] = record
                 if progress and not sys.stderr.isatty():  # the bar's stand-in; --quiet prints none

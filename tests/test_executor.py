@@ -496,3 +496,19 @@ def test_a_jobs_own_out_of_memory_error_is_its_failure_not_a_dead_worker():
     assert _failure_line(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")) == \
         "CUDA out of memory. Tried to allocate 2 GiB"
     assert _failure_line(BrokenProcessPool("a process terminated abruptly")).startswith("its worker process died")
+
+
+def test_quiet_ray_build_prints_no_ray_start_up_lines(tmp_path):
+    """`corpus build --executor ray --quiet` printed Ray's 'Started a local Ray instance.' and its
+    token-authentication warning (timestamped log lines) although --quiet asks for none."""
+    pytest.importorskip("ray")
+    from spikefm.corpus.synth import synthesize
+
+    synthesize(tmp_path / "nwb", num_sessions=1, seed=0, duration_s=10.0, units_range=(20, 20))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "spikefm.cli", "corpus", "build", str(tmp_path / "nwb"), "--out",
+                           str(tmp_path / "c"), "--executor", "ray", "--quiet", "--test-fraction", "0"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "c" / "manifest.json").is_file()
+    assert "Ray" not in proc.stderr and " INFO " not in proc.stderr and " WARNING " not in proc.stderr, proc.stderr

@@ -977,7 +977,7 @@ def _run_jobs(jobs, staging: Path, cfg: BuildConfig, progress: bool) -> list[dic
     results = []
     with progress_bar(total=len(jobs), description="building sessions", enabled=progress) as bar:
         if cfg.executor == "ray" and jobs:
-            return _run_ray(jobs, staging, cfg, bar)
+            return _run_ray(jobs, staging, cfg, bar, quiet=not progress)
         if cfg.workers == 1 or len(jobs) <= 1:
             for item, key in jobs:
                 results.append(_stage_one(item, key, str(staging), cfg))
@@ -1034,10 +1034,12 @@ def _check_reachable(address: str, timeout_s: float = 10.0, flag: str = "--addre
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None):
+def ray_session(address: str | None = None, num_cpus: int | None = None, *, quiet: bool = False):
     """Ray, connected to the cluster at ``address`` or to a local instance started here (and
     shut down at the end); a session already open in this process is used as it is. Workers
-    import spikefm from where this process does (an uninstalled checkout too)."""
+    import spikefm from where this process does (an uninstalled checkout too). ``quiet``
+    (``--quiet``): Ray's own start-up lines (its instance started, token authentication) are
+    not printed, its errors still are."""
     try:
         import ray
     except ImportError:
@@ -1051,6 +1053,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     # study jobs send their warnings back with their results (experiments.jobs._ray_run_job)
     kwargs = {"include_dashboard": False, "log_to_driver": False,
               "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
+    if quiet:
+        import logging
+
+        kwargs["logging_level"] = logging.ERROR
     flag = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None  # what ray.init would connect to itself
     if address:
@@ -1069,14 +1075,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
         ray.shutdown()
 
 
-def _run_ray(jobs, staging: Path, cfg: BuildConfig, bar) -> list[dict]:
+def _run_ray(jobs, staging: Path, cfg: BuildConfig, bar, quiet: bool = False) -> list[dict]:
     """Stage every job as a Ray task (one CPU each); a task that dies (its worker killed, e.g.
     for memory) skips its file with one line, like a dead pool worker."""
     results = []
     # --workers sizes a local instance (default 1: every core, Ray's own default); a cluster's
     # size is its own
     num_cpus = cfg.workers if cfg.workers > 1 and not cfg.ray_address else None
-    with ray_session(cfg.ray_address, num_cpus) as ray:
+    with ray_session(cfg.ray_address, num_cpus, quiet=quiet) as ray:
         stage = ray.remote(_stage_one_from).options(num_cpus=1, max_retries=0)
         cwd = os.getcwd()  # relative inputs and --out are the driver's: a cluster's workers start elsewhere
         items = {stage.remote(cwd, item, key, str(staging), cfg): item for item, key in jobs}

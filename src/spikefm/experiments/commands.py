@@ -113,7 +113,7 @@ def _executor(args):
         raise ValueError("--workers applies to --executor local; with Ray the cluster's CPUs and "
                          "--threads-per-job decide how many jobs run at once")
     return make_executor(args.executor, workers=args.workers, threads=args.threads_per_job,
-                         address=args.address, gpus=args.gpus_per_job)
+                         address=args.address, gpus=args.gpus_per_job, quiet=args.quiet)
 
 
 def _command() -> str:

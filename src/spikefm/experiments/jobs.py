@@ -402,18 +402,19 @@ class RayExecutor:
         gpus: GPUs per job (0 = none).
         num_cpus: CPUs of a local instance (None = all of this machine's).
         max_in_flight: most jobs submitted at once (None = twice the cluster's CPUs / threads).
+        quiet: Ray's start-up lines (``--quiet``) are not printed.
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, threads: int = 1, gpus: float = 0.0,
-                 num_cpus: int | None = None, max_in_flight: int | None = None) -> None:
+                 num_cpus: int | None = None, max_in_flight: int | None = None, *, quiet: bool = False) -> None:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads per job must be a positive int, got {threads!r}")
         if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus:
             raise ValueError(f"gpus per job must be a number >= 0 (a fraction shares a GPU), got {gpus!r}")
         self.address, self.threads, self.gpus = address, threads, float(gpus)
-        self.num_cpus, self._max = num_cpus, max_in_flight
+        self.num_cpus, self._max, self.quiet = num_cpus, max_in_flight, quiet
         self._session = None
         self._ray = None
         self._depth = 0
@@ -424,7 +425,7 @@ class RayExecutor:
         self._depth += 1  # re-entrant: a study holds one Ray session across its phases
         if self._depth > 1:
             return self
-        self._session = ray_session(self.address, self.num_cpus)
+        self._session = ray_session(self.address, self.num_cpus, quiet=self.quiet)
         ray = self._ray = self._session.__enter__()
         try:
             _check_ray_fits(ray, self.threads, self.gpus)  # before any job is submitted
@@ -491,15 +492,17 @@ class RayExecutor:
 
 
 def make_executor(executor: str = "local", *, workers: int = 1, threads: int | None = None,
-                  address: str | None = None, gpus: float = 0.0, num_cpus: int | None = None):
+                  address: str | None = None, gpus: float = 0.0, num_cpus: int | None = None,
+                  quiet: bool = False):
     """``"local"`` -> :class:`LocalExecutor`; ``"ray"`` -> :class:`RayExecutor` (``workers`` is
-    ignored there: the cluster's CPUs decide how many jobs run at once)."""
+    ignored there: the cluster's CPUs decide how many jobs run at once; ``quiet``: Ray's start-up
+    lines are not printed)."""
     if executor == "local":
         if address or gpus:
             raise ValueError("--address and --gpus-per-job apply to --executor ray only")
         return LocalExecutor(workers, threads)
     if executor == "ray":
-        return RayExecutor(address, threads or 1, gpus, num_cpus)
+        return RayExecutor(address, threads or 1, gpus, num_cpus, quiet=quiet)
     raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
 
 

@@ -323,7 +323,7 @@ def test_workers_size_a_local_ray_instance(tmp_path, monkeypatch):
     seen = {}
 
     @contextlib.contextmanager
-    def fake_session(address=None, num_cpus=None):
+    def fake_session(address=None, num_cpus=None, quiet=False):
         seen.update(address=address, num_cpus=num_cpus)
         raise ValueError("stopped here")
         yield

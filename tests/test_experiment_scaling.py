@@ -689,7 +689,7 @@ def test_an_unreachable_ray_address_leaves_no_study_folder(tiny_corpus, tmp_path
     from spikefm.experiments.scaling import scaling_study
 
     @contextlib.contextmanager
-    def refused(address=None, num_cpus=None):  # what ray_session says of a port nothing answers at
+    def refused(address=None, num_cpus=None, quiet=False):  # what ray_session says of a port nothing answers at
         raise ValueError(f"--address {address}: nothing answers there")
         yield
 

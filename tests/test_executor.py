@@ -512,3 +512,39 @@ def test_quiet_ray_build_prints_no_ray_start_up_lines(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "c" / "manifest.json").is_file()
     assert "Ray" not in proc.stderr and " INFO " not in proc.stderr and " WARNING " not in proc.stderr, proc.stderr
+
+
+def test_an_address_where_something_else_answers_is_refused(local_ray):
+    """An --address where a service other than Ray's GCS listens (the dashboard's HTTP port, say)
+    passed the TCP check and ray.init then hung for minutes; the GCS itself still passes."""
+    import http.server
+    import socket
+    import threading
+
+    from spikefm.corpus.build import _check_reachable
+
+    _check_reachable(local_ray.get_runtime_context().gcs_address)  # a real GCS: no error
+    server = http.server.HTTPServer(("127.0.0.1", 0), _QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        port = server.server_address[1]
+        with pytest.raises(ValueError, match=rf"^--address 127.0.0.1:{port}: something listens there but it is not "
+                                             r"a Ray cluster's GCS \(it answered b'.*'\.\.\. where gRPC was expected; "
+                                             r".*or leave out --address for a local instance$"):
+            _check_reachable(f"127.0.0.1:{port}")
+        port = silent.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"^RAY_ADDRESS 127.0.0.1:{port}: .* \(it answered nothing within 1 s "
+                                             r"where gRPC .*or unset RAY_ADDRESS for a local instance$"):
+            _check_reachable(f"127.0.0.1:{port}", timeout_s=1.0, flag="RAY_ADDRESS")
+    finally:
+        server.shutdown()
+        server.server_close()
+        silent.close()
+
+
+class _QuietHandler(__import__("http.server").server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # the refused HTTP/2 preface is not logged to the test's stderr
+        pass

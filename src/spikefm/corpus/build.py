@@ -1016,21 +1016,42 @@ def _local_instead(flag: str) -> str:
     return "leave out --address" if flag == "--address" else "unset RAY_ADDRESS"
 
 
+#: An HTTP/2 client's first bytes: its preface and an empty SETTINGS frame. A gRPC server (Ray's
+#: GCS, the Ray Client server) answers with a SETTINGS frame of its own.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def _check_reachable(address: str, timeout_s: float = 10.0, flag: str = "--address") -> None:
-    """Refuse, in one line and within ``timeout_s``, a ``HOST:PORT`` (or ``ray://HOST:PORT``)
-    nothing listens at: Ray itself retries for minutes, printing only its own log lines."""
+    """Refuse, in one line and within about ``timeout_s``, a ``HOST:PORT`` (or ``ray://HOST:PORT``)
+    nothing listens at, or where what answers is not a gRPC server (a dashboard, another service):
+    Ray itself retries for minutes, printing only its own log lines. (Under ``RAY_USE_TLS`` only
+    the connection is checked.)"""
     import socket
 
     hostport = address.split("://", 1)[-1]
     host, sep, port = hostport.rpartition(":")
     if address == "auto" or not sep or not port.isdigit():
         return  # "auto" (found by Ray) or a form Ray resolves itself
+    where = "check the head node's address and port (ray status on the head node)"
     try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s) as sock:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            sock.settimeout(timeout_s)
+            sock.sendall(_HTTP2_PREFACE)
+            answer = b""
+            with contextlib.suppress(OSError):  # a timeout or a reset: no gRPC answer
+                while len(answer) < 9 and (chunk := sock.recv(9 - len(answer))):
+                    answer += chunk
     except OSError as exc:
-        raise ValueError(f"{flag} {address}: nothing answers there ({exc.strerror or exc}); "
-                         "check the head node's address and port (ray status on the head node), "
+        raise ValueError(f"{flag} {address}: nothing answers there ({exc.strerror or exc}); {where}, "
                          f"or {_local_instead(flag)} for a local instance") from None
+    if len(answer) < 9 or answer[3] != 4:  # not an HTTP/2 SETTINGS frame
+        seen = "nothing within {:g} s".format(timeout_s) if not answer else f"{answer[:9]!r}..."
+        raise ValueError(f"{flag} {address}: something listens there but it is not a Ray cluster's GCS (it answered "
+                         f"{seen} where gRPC was expected; the dashboard's port 8265, perhaps); give the head node's "
+                         "GCS address (port 6379 unless ray start --port chose another; ray status on the head node "
+                         f"shows it), or {_local_instead(flag)} for a local instance") from None
 
 
 @contextlib.contextmanager

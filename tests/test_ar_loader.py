@@ -209,3 +209,34 @@ def test_an_output_in_a_corpus_version_is_refused_and_another_programs_manifest_
     (proj / "manifest.json").write_text('{"name": "webapp"}')
     assert corpus_holding(proj / "data" / "r.json") is None
     check_output_file(proj / "data" / "r.json", (".json",), "--out")
+
+
+def test_an_unwritable_token_cache_is_refused_with_the_flag_that_avoids_it(corpus, monkeypatch, tmp_path):
+    """A read-only corpus (a shared data set) failed with 'Operation not permitted: .cache; choose a
+    folder you can read and write' although the cache can be turned off; the refusal now names
+    --set data.token_cache=false, and train leaves no run folder behind."""
+    import errno
+
+    from spikefm.families.ar import loader as loader_mod
+
+    def denied(self, groups, folder, index_path):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(folder))
+
+    import shutil
+
+    from spikefm.corpus.reader import Corpus
+
+    shutil.copytree(corpus.path, tmp_path / "c", symlinks=True, ignore=shutil.ignore_patterns(".cache"))
+    corpus = Corpus(tmp_path / "c")  # no token cache yet (the shared fixture's may have one)
+    monkeypatch.setattr(loader_mod.TokenCache, "_write", denied)
+    with pytest.raises(ValueError, match=r"\.cache: the token cache cannot be written there \(Read-only file system\); "
+                                         r"--set data.token_cache=false reads the shards instead"):
+        ARTokenLoader(corpus, seq_len=40, batch_size=2, seed=5, token_cache=True)
+    ARTokenLoader(corpus, seq_len=40, batch_size=2, seed=5, token_cache=False)  # the way round it works
+    from spikefm import families
+
+    cfg = families.run_config("ar", preset="tiny", corpus=str(corpus.path), overrides=[
+        "train.steps=1", "train.batch_size=2", "data.seq_len=40", "train.precision=fp32", "train.device=cpu"])
+    with pytest.raises(ValueError, match="data.token_cache=false"):
+        families.train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

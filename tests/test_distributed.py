@@ -291,3 +291,12 @@ def test_spikefm_train_under_torchrun_prints_once_and_refuses_a_small_corpus_on_
                             "--out", str(tmp_path / "run2"))
     assert two.returncode == 0, torchrun_failure_report(two)
     assert two.stdout.count("trained 2 steps") == 1, two.stdout
+    # a token cache rank 0 cannot make (here .cache is a file): rank 1 waited for it and then said a
+    # second, wrong line (a peer died; use --resume), and the run folder was left holding its lock
+    (tmp_path / "two" / ".cache").rename(tmp_path / "two_cache")
+    (tmp_path / "two" / ".cache").write_text("not a folder")
+    nc = _spikefm_torchrun(*[a if a != str(tmp_path / "corpus") else str(tmp_path / "two") for a in common],
+                           "--out", str(tmp_path / "run3"))
+    assert nc.returncode != 0 and nc.stderr.count("spikefm: error:") == 1, nc.stderr[-3000:]
+    assert "(rank 1)" not in nc.stderr and "--resume" not in nc.stderr, nc.stderr[-3000:]
+    assert not (tmp_path / "run3").exists()

@@ -679,15 +679,15 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     try:
         loader = family.train_loader(cfg, rank, world_size)
         _check_loader_corpus(loader, run_desc)
-    except ValueError as exc:  # e.g. data that cannot feed these ranks
+    except (ValueError, OSError) as exc:  # e.g. data that cannot feed these ranks, a cache unwritable
         error = exc
     refusals = d.all_gather_object(None if error is None else " ".join(str(error).split()) or type(error).__name__)
     if any(refusals):  # one line for the job, not one per rank
         if rank == 0 and plan.get("created"):
             _remove_new_run_dir(out_dir)  # leave no folder behind that this call made
-        if world_size == 1:
-            raise error
         first = next(r for r, e in enumerate(refusals) if e)
+        if world_size == 1 or (rank == 0 and first == 0 and not isinstance(error, d.SaidByRankZero)):
+            raise error
         d.raise_rank_zero_error(refusals[first] if first == 0 else f"(rank {first}) {refusals[first]}")
     seed_everything(tc.seed + rank)  # dropout etc. differ between ranks from here on
 

@@ -110,13 +110,18 @@ class ARFamily:
         # Rank 0 builds the token cache (if missing) while the others wait, so it is built once; a
         # refusal there (e.g. fewer row groups than ranks) reaches every rank as the same one-line
         # error instead of leaving the others waiting until the connection breaks.
-        loader, error = None, None
+        loader, error, failure = None, None, None
         if rank == 0:
             try:
                 loader = make()
             except ValueError as exc:
                 error = str(exc)
-        raise_rank_zero_error(broadcast_object(error))  # printed once, by rank 0
+            except OSError as exc:  # the others must hear of it too, or they wait for the dead peer
+                error, failure = str(exc), exc
+        error = broadcast_object(error)
+        if failure is not None:
+            raise failure  # as it is (an operation that failed, not a refusal)
+        raise_rank_zero_error(error)  # printed once, by rank 0
         return loader if loader is not None else make()
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):

@@ -17,6 +17,7 @@ same tokens the n-gram baselines and the oracle are scored on.
 """
 from __future__ import annotations
 
+import errno
 import json
 import warnings
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ def _group_rows(group: _Group) -> list[tuple[np.ndarray, str]]:
     return [(tokenize(m), s) for m, s in zip(_matrices(table.column("spike_counts")), ids)]
 
 
+#: Why a token cache may not be writable where the corpus is: a read-only or full file system.
+_NO_ROOM_OR_RIGHTS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 class TokenCache:
     """A split's rows tokenized once into one flat uint8 file, memory-mapped for training.
 
@@ -85,6 +90,16 @@ class TokenCache:
             np.zeros(0, np.uint8)
 
     def _build(self, groups: list[_Group], folder: Path, index_path: Path) -> None:
+        try:
+            self._write(groups, folder, index_path)
+        except OSError as exc:
+            if exc.errno not in _NO_ROOM_OR_RIGHTS:
+                raise
+            raise ValueError(f"{folder}: the token cache cannot be written there ({exc.strerror or exc}); "
+                             "--set data.token_cache=false reads the shards instead (no cache, slower), or make "
+                             "the corpus folder writable (or free space there)") from None
+
+    def _write(self, groups: list[_Group], folder: Path, index_path: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         index: list[list[tuple[int, int, str]]] = []
 

@@ -83,6 +83,11 @@ __all__ = ["train", "PEAK_FLOPS", "device_peak_flops", "resolve_peak_flops", "se
 class TrainingDiverged(FloatingPointError, ValueError):
     """The training loss became NaN or infinite (a ValueError too: the fix is in the config)."""
 
+
+class _DivergedToo(TrainingDiverged, d.SaidByRankZero):
+    """:class:`TrainingDiverged` on a rank other than 0: the ranks agree on the step (all-reduced),
+    so the message is rank 0's, which says it once for the torchrun job."""
+
 # Dense (no sparsity) peak FLOP/s per device from vendor data sheets: (name substring,
 # bf16 tensor-core peak, fp32 non-tensor-core peak). Matched in order on
 # torch.cuda.get_device_name(), so more specific names come first.
@@ -737,9 +742,10 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     def diverged(step: int) -> TrainingDiverged:
         first = d.all_reduce_min([float(first_bad) if float(first_bad) > 0 else math.inf])[0]
         at = f"at step {int(first)}" if math.isfinite(first) else "on another rank"
-        return TrainingDiverged(f"the loss or gradient norm was NaN or infinite {at} (found at step {step}); "
-                                "lower optim.lr or check the data, then resume from the last checkpoint "
-                                "(--resume; checkpoints hold no such step) or start a new run directory")
+        return (TrainingDiverged if rank == 0 else _DivergedToo)(
+            f"the loss or gradient norm was NaN or infinite {at} (found at step {step}); "
+            "lower optim.lr or check the data, then resume from the last checkpoint "
+            "(--resume; checkpoints hold no such step) or start a new run directory")
 
     def check_finite(step: int) -> None:
         if d.all_reduce_sum([1.0 if float(first_bad) > 0 else 0.0])[0] > 0:

@@ -51,7 +51,15 @@ Optional member: `validate(model, cfg, rank, world_size) -> dict[str, tuple[floa
 called under `torch.no_grad()` with the model in eval mode every `cfg.train.eval_every` steps (and
 by `spikefm.train.finetune.train_with_early_stopping` after every segment, which minimises the
 "val_loss" entry). It returns (numerator, denominator) sums for this rank's share of the
-validation data; the loop sums both over ranks and logs numerator / denominator as "eval/<name>".
+validation data, the same names on every rank; the loop sums both over ranks and logs numerator /
+denominator as "eval/<name>" (names whose denominator is 0 on every rank are left out), through
+`spikefm.train.loop.validation_metrics`. A share should not change what is scored (the same
+masks, batches and seeds whatever the number of ranks), so that validation losses of runs on
+different numbers of processes compare.
+
+Optional member: `combine_validation(means: dict[str, float]) -> dict[str, float]`, metrics that
+are not one ratio of sums (a mean of per-scheme means, say), computed from the summed ratios and
+added to them.
 
 Optional member: `validate_windows(model, cfg) -> np.ndarray`, the same validation loss on each
 validation window alone (one process), for `finetune --select one-se`, which compares candidates

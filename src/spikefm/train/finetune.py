@@ -77,6 +77,8 @@ def _current_state(out_dir: Path, finished: bool) -> dict[str, torch.Tensor]:
 
 def _validation_loss(family, cfg, state: dict[str, torch.Tensor]) -> float:
     """The family's validation loss for given weights (one process)."""
+    from spikefm.train.loop import validation_metrics
+
     with torch.device("meta"):
         model = family.build_model(cfg)
     model.to_empty(device="cpu")
@@ -84,10 +86,10 @@ def _validation_loss(family, cfg, state: dict[str, torch.Tensor]) -> float:
     model.load_state_dict(state, strict=True)
     model.eval()
     with torch.no_grad():
-        num, den = family.validate(model, cfg, 0, 1)["val_loss"]
-    if den <= 0:
+        metrics = validation_metrics(family, model, cfg)
+    if "val_loss" not in metrics:
         raise ValueError("the validation data scored nothing; cannot early-stop")
-    return num / den
+    return metrics["val_loss"]
 
 
 def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_every: int = 50,

@@ -77,7 +77,7 @@ from spikefm.train.optim import apply_settings, build_optimizer, build_scheduler
 from spikefm.train.runinfo import run_info
 
 __all__ = ["train", "PEAK_FLOPS", "device_peak_flops", "resolve_peak_flops", "seed_everything", "build_model",
-           "TrainingDiverged"]
+           "TrainingDiverged", "validation_metrics"]
 
 
 class TrainingDiverged(FloatingPointError, ValueError):
@@ -472,6 +472,19 @@ def _check_train_arguments(cfg: RunConfig, out_dir: Any, family: Family, resume:
         _tensorboard_writer_class()
 
 
+def validation_metrics(family: Family, model: nn.Module, cfg: RunConfig, rank: int = 0,
+                       world_size: int = 1) -> dict[str, float]:
+    """The family's validation metrics (see :mod:`spikefm.train.family`): its ``validate`` sums of
+    every rank added up, each name's numerator / denominator (names nothing scored are left out),
+    and what its ``combine_validation`` makes of those. Called on every rank at once."""
+    sums = family.validate(model, cfg, rank, world_size)
+    names = sorted(sums)
+    flat = d.all_reduce_sum([v for n in names for v in sums[n]])
+    means = {n: flat[2 * i] / flat[2 * i + 1] for i, n in enumerate(names) if flat[2 * i + 1] > 0}
+    combine = getattr(family, "combine_validation", None)
+    return {**means, **combine(means)} if combine is not None else means
+
+
 def _tensorboard_writer_class():
     """torch's SummaryWriter, or a one-line error naming the missing package."""
     try:
@@ -811,12 +824,10 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
             if tc.eval_every and step % tc.eval_every == 0:
                 model.eval()
                 with torch.no_grad(), autocast:
-                    sums = family.validate(model, cfg, rank, world_size)
+                    metrics = validation_metrics(family, model, cfg, rank, world_size)
                 model.train()
                 d.reshard(model)  # as after a training step: validation leaves FSDP2 units gathered
-                names = sorted(sums)
-                flat = d.all_reduce_sum([v for n in names for v in sums[n]])
-                log({"step": step, **{f"eval/{n}": flat[2 * i] / flat[2 * i + 1] for i, n in enumerate(names)}})
+                log({"step": step, **{f"eval/{n}": v for n, v in metrics.items()}})
 
             if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == stop_after:
                 check_finite(step)

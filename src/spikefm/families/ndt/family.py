@@ -380,28 +380,29 @@ class NDTFamily:
 
     def validate(self, model: nn.Module, cfg: RunConfig, rank: int, world_size: int
                  ) -> dict[str, tuple[float, float]]:
-        """Masked Poisson NLL on this rank's share of the ``val`` windows, per scheme and balanced.
+        """Masked Poisson NLL sums on this rank's share of the ``val`` windows, per scheme.
 
-        Masks come from a fixed seed, so every evaluation of a run scores the same entries.
-        ``val_loss/<scheme>`` is the pooled NLL per scored entry of each scheme; ``val_loss`` is
+        The windows go in batches of ``micro_batch_size(1)``, each with masks from a fixed seed of
+        its own, so every evaluation of a run scores the same entries; with several ranks each
+        takes whole batches in turn (rank r the batches r, r + world_size, ...) with the same
+        seeds, so the scores do not depend on the number of ranks. ``val_loss/<scheme>`` is the
+        pooled NLL per scored entry of each scheme; ``val_loss`` (:meth:`combine_validation`)
         their unweighted mean, balanced across schemes like the training loss (a scheme that
-        scores many entries, e.g. ``causal``, does not dominate it). Across ranks the loop
-        averages the per-rank balanced losses. Every rank runs the same number of forward passes
-        (FSDP needs that).
+        scores many entries, e.g. ``causal``, does not dominate it). Every rank runs the same
+        number of forward passes (FSDP needs that).
         """
         from spikefm.data.windows import val_items
 
         windows = self.windows(cfg.data)
         items = val_items(windows)
-        bs = cfg.train.micro_batch_size(world_size)
-        mine = items[rank::world_size]
-        num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)
+        bs = cfg.train.micro_batch_size(1)
+        num_batches = math.ceil(len(items) / bs)
         device = next(model.parameters()).device
         sums = {name: [0.0, 0.0] for name in SCHEMES}
-        for i in range(num_batches):
-            chunk = mine[i * bs:(i + 1) * bs]
+        for i in range(rank, rank + world_size * math.ceil(num_batches / world_size), world_size):
+            chunk = items[i * bs:(i + 1) * bs]
             batch = move_batch(collate_windows(windows, chunk or items[:1]), device)
-            gen = torch.Generator().manual_seed(mask_seed(cfg.train.seed, rank, 2**40 + i))
+            gen = torch.Generator().manual_seed(mask_seed(cfg.train.seed, 0, 2**40 + i))
             mb, log_rates_BTN = self._masked_forward(model, batch, cfg.data, gen)
             if not chunk:  # padding pass: every rank calls forward equally often
                 continue
@@ -410,12 +411,14 @@ class NDTFamily:
                 if f"count/{name}" in stats:
                     sums[name][0] += stats[f"loss/{name}"] * stats[f"count/{name}"]
                     sums[name][1] += stats[f"count/{name}"]
-        # Per-scheme entries only in one process: ranks must report the same keys.
-        out = {f"val_loss/{name}": (num, den) for name, (num, den) in sums.items()
-               if den > 0 and world_size == 1}
-        means = [num / den for num, den in sums.values() if den > 0]
-        out["val_loss"] = (sum(means) / len(means), 1.0) if means else (0.0, 0.0)
-        return out
+        # every scheme on every rank (the loop adds them up by name; one nothing scored is left out)
+        return {f"val_loss/{name}": (num, den) for name, (num, den) in sums.items()}
+
+    @staticmethod
+    def combine_validation(means: dict[str, float]) -> dict[str, float]:
+        """``val_loss``: the unweighted mean of the per-scheme losses :meth:`validate` scored."""
+        per_scheme = [means[f"val_loss/{name}"] for name in SCHEMES if f"val_loss/{name}" in means]
+        return {"val_loss": sum(per_scheme) / len(per_scheme)} if per_scheme else {}
 
     def describe(self, cfg: RunConfig) -> dict[str, Any]:
         corpus = _corpus(cfg.data)

@@ -527,16 +527,18 @@ class NEDSFamily:
                  ) -> dict[str, tuple[float, float]]:
         """The loss on this rank's share of the ``val`` windows, with fixed masks (the same entries
         at every evaluation): ``val_loss`` is the mean over windows of the loss under each of
-        :func:`validation_schemes` (summed over those schemes), or of the training loss."""
+        :func:`validation_schemes` (summed over those schemes), or of the training loss. The
+        windows go in batches of ``micro_batch_size(1)`` with a seed each; with several ranks each
+        takes whole batches in turn with the same seeds, so the loss does not depend on the number
+        of ranks (every rank runs the same number of forward passes: FSDP needs that)."""
         items = self._val_items(cfg.data)
-        bs = cfg.train.micro_batch_size(world_size)
-        mine = items[rank::world_size]
-        num_batches = math.ceil(math.ceil(len(items) / world_size) / bs)
+        bs = cfg.train.micro_batch_size(1)
+        num_batches = math.ceil(len(items) / bs)
         priors = self.label_log_priors(cfg.data) if cfg.data.val_label_cap else None
         num = den = 0.0
-        for i in range(num_batches):
-            chunk = mine[i * bs:(i + 1) * bs]
-            total, _ = self._val_loss(model, chunk or items[:1], cfg, rank, i, priors)
+        for i in range(rank, rank + world_size * math.ceil(num_batches / world_size), world_size):
+            chunk = items[i * bs:(i + 1) * bs]
+            total, _ = self._val_loss(model, chunk or items[:1], cfg, 0, i, priors)
             if chunk:
                 num += total * len(chunk)
                 den += len(chunk)

@@ -43,6 +43,10 @@ def test_headline_rows_carry_the_lowest_chunks_interval_and_the_paired_smoothing
     cos = rows["co-smoothing bps_pooled"]
     assert (cos["fine-tuned minus smoothing, 95 % CI low"], cos["fine-tuned minus smoothing, 95 % CI high"]) == \
         (0.04, 0.16)
+    # a seed of 2 test windows: the interval is undefined (nan, as co-smoothing's), not "not scored"
+    chunks[1]["model_ci95"] = {}
+    walk = _headline({"fine-tuned": {"tasks": ft}, "single-session": {"tasks": {}}})["forward-prediction-walk bps_pooled"]
+    assert np.isnan(walk["fine-tuned min chunk, 95 % CI low"]) and np.isnan(walk["fine-tuned min chunk, 95 % CI high"])
 
 
 def test_seed_aggregate_is_the_sample_mean_and_sd_leaving_out_missing_values():
@@ -343,6 +347,12 @@ def test_a_seeds_runs_made_with_other_settings_are_started_again(tmp_path):
     (dict(family="ar"), ValueError, "a transfer study needs"),
     (dict(synth_preset="mice"), ValueError, r"synth_preset must be one of ibl, motor, spontaneous"),
     (dict(finetune_step=3), TypeError, r"transfer_study\(\) got an unexpected option 'finetune_step'"),
+    # --set train.steps ran that many pretraining steps while transfer.json recorded --pretrain-steps
+    (dict(overrides=["train.steps=5"]), ValueError, r"^--set train.steps=5: a transfer study's pretraining steps are "
+                                                    r"--pretrain-steps .*give --pretrain-steps N instead of this --set$"),
+    # found after synthesis and the corpus build, and the corrected command was then refused
+    pytest.param(dict(overrides=["train.device=cuda"]), ValueError, r"^--set train.device='cuda' but no CUDA device",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")),
 ])
 def test_a_python_study_checks_every_setting_before_its_folder_is_bound(tmp_path, options, error, match):
     """From Python (the CLI checked these itself) a bad preset, override or family was found after
@@ -470,3 +480,56 @@ def test_a_seed_stopped_after_its_auto_fine_tuning_keeps_it_and_a_quickstart_mar
     with pytest.raises(ValueError, match="notes.txt"):
         tr.transfer(out, **{**kw, "finetune_steps": 4})
     assert (out / "run_ndt_single" / "notes.txt").read_text() == "mine"
+
+
+def test_sessions_without_val_windows_stop_the_study_before_training_and_bind_nothing(tmp_path):
+    """Sessions too short for a val window: pretraining failed (or, after the advice to set
+    train.eval_every=0, fine-tuning did, in the same words naming no session), and the folder then
+    refused every corrected command as 'a transfer study made with other settings'."""
+    from spikefm.experiments.transfer import NothingToScore, transfer_study
+
+    out = tmp_path / "t"
+    for duration in (10.0, 11.0):  # the second call, with other settings, is not refused as another study's
+        with pytest.raises(NothingToScore, match=r"^the held-out session \S+ have no val windows .*nothing was "
+                                                  rf"trained: use longer sessions \(--duration-s, now {duration:g}\)"):
+            transfer_study(out, seeds=[1], sessions=2, duration_s=duration, pretrain_steps=2, finetune_steps=2,
+                           quiet=True, overrides=["train.eval_every=0"])
+        assert not any(out.rglob("*.nwb")) and not any(out.rglob("model.safetensors"))
+
+
+def test_the_protocol_s_preset_applies_unless_a_preset_is_given(monkeypatch):
+    """`experiment transfer --protocol jiang2025` trained the tiny model: the command's --preset
+    defaulted to tiny, so the protocol's own (base, the published size) never applied."""
+    from spikefm import cli, families
+    from spikefm.experiments import transfer as tr
+
+    assert families.resolved_preset("ndt", None, "jiang2025") == "base"
+    assert families.resolved_preset("ndt", "tiny", "jiang2025") == "tiny"
+    assert families.resolved_preset("ndt") == families.default_preset("ndt") == "tiny"
+    base, model = families.get("ndt").preset("base"), families.run_config("ndt", protocol="jiang2025").model
+    assert (model.dim, model.n_layers, model.n_heads) == (base.dim, base.n_layers, base.n_heads) == (512, 5, 8)
+    seen = {}
+    monkeypatch.setattr(tr, "transfer_study", lambda out, **kw: seen.update(kw))
+    assert cli.main(["experiment", "transfer", "--out", "x", "--protocol", "jiang2025", "--eval-every", "5"]) == 0
+    assert "preset" not in seen and seen["protocol"] == "jiang2025" and seen["eval_every"] == 5
+    # a study recorded before (the CLI always wrote preset "tiny") is still the same study
+    assert tr._as_run({"family": "ndt"})["preset"] == tr._as_run({"family": "ndt", "preset": "tiny"})["preset"]
+    assert tr._as_run({"family": "ndt", "protocol": "jiang2025"})["preset"] == "base"
+
+
+def test_a_single_session_run_removed_since_is_trained_again(tmp_path):
+    """`auto` keeps the single-session model among its candidates; with that folder gone, a rerun
+    failed with '.../candidates/scratch does not exist; expected a spikefm run directory'."""
+    import shutil
+
+    from spikefm.experiments.transfer import seed_paths, transfer
+
+    kw = dict(sessions=2, duration_s=60.0, pretrain_steps=2, finetune_steps=2, overrides=["train.batch_size=2"],
+              quiet=True, tasks=("co-smoothing",), soup=False)
+    first = transfer(tmp_path, **kw)
+    scratch = tmp_path / "run_ndt_finetune" / "candidates" / "scratch"
+    assert first["finetune"]["single_session"]["out_dir"] == str(scratch) and scratch.is_dir()
+    shutil.rmtree(scratch)
+    again = transfer(tmp_path, **kw)
+    assert (seed_paths(tmp_path)["single"] / "model.safetensors").is_file()
+    assert again["single-session"]["tasks"]["co-smoothing"]["model"]["bps_pooled"] is not None

@@ -1082,3 +1082,22 @@ def test_a_generation_from_nothing_is_described_as_such_and_an_npz_is_pointed_to
     assert err == [f"spikefm: error: {gen} is an .npz (spikefm generate's, or a prediction of eval --save-predictions), "
                    f"not a results or study JSON; show it beside its run or results: spikefm report RUN_OR_RESULTS "
                    f"--generated {gen} (predictions: --predictions DIR)"]
+
+
+def test_transfer_study_nan_notes_say_what_the_mean_does_with_a_nan_seed(tmp_path):
+    """A seed's undefined interval (2 test windows) showed as nan with the note 'and then so are its
+    mean and s.d.', beside a mean computed from the other seeds (aggregate_seeds leaves nan out)."""
+    from spikefm.experiments.transfer import aggregate_seeds
+
+    study = tmp_path / "study"
+    study.mkdir()
+    col = "fine-tuned minus smoothing, 95 % CI low"
+    per_seed = {"1": {"metrics": {"co-smoothing bps_pooled": {"fine-tuned": 0.2, col: -0.1}}},
+                "2": {"metrics": {"co-smoothing bps_pooled": {"fine-tuned": 0.3, col: math.nan}}}}
+    mean_sd = aggregate_seeds(per_seed)
+    assert mean_sd["co-smoothing bps_pooled"][col] == {"mean": -0.1, "sd": None, "n": 1}
+    (study / "transfer.json").write_text(json.dumps({"study": "transfer", "command": "c", "settings": {},
+                                                     "per_seed": per_seed, "mean_sd": mean_sd}))
+    text = " ".join(re.sub(r"<[^>]+>", " ", build_report(study).html()).split())
+    assert "the mean and s.d. over seeds leave such seeds out" in text
+    assert "then so are its mean" not in text and "is nan when a seed's value is nan" not in text

@@ -441,11 +441,12 @@ def cmd_experiment_transfer(args) -> int:
     from spikefm.experiments.transfer import transfer_study
 
     options = {k: v for k, v in (("family", args.model), ("pretrain_steps", args.pretrain_steps),
-                                 ("protocol", args.protocol), ("soup", args.soup), ("tasks", args.tasks or None))
+                                 ("protocol", args.protocol), ("soup", args.soup), ("tasks", args.tasks or None),
+                                 ("preset", args.preset), ("eval_every", args.eval_every))
                if v is not None}
     # every setting is checked before the folder is made or any data synthesized (transfer_study)
     transfer_study(args.out, seeds=args.seeds, sessions=args.sessions, duration_s=args.duration_s,
-                   preset=args.preset, synth_preset=args.synth_preset,
+                   synth_preset=args.synth_preset,
                    finetune_steps=args.finetune_steps, strategy=args.strategy,
                    overrides=list(args.set or []), quiet=args.quiet,
                    command=" ".join(["spikefm", *sys.argv[1:]]), **options)
@@ -693,13 +694,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seeds", type=_seed_list, default=[1, 2, 3], help="synthetic-data seeds (1,2,3)")
     tr.add_argument("--model", default=None, metavar="FAMILY",
                     help="a masked family with per-session parameters (default: the study's)")
-    tr.add_argument("--preset", default="tiny")
+    tr.add_argument("--preset", default=None,
+                    help="model size preset (default: the --protocol's, else the family's: tiny for ndt and neds)")
     tr.add_argument("--protocol", default=None, help="a named protocol of the family, e.g. jiang2025")
     tr.add_argument("--synth-preset", default="ibl", choices=["ibl", "motor"], help="synthetic task")
     tr.add_argument("--sessions", type=_positive_int, default=qs["sessions"])
     tr.add_argument("--duration-s", type=_positive_float, default=qs["duration_s"])
     tr.add_argument("--pretrain-steps", type=_positive_int, default=None, help="default: the family's")
     tr.add_argument("--finetune-steps", type=_positive_int, default=qs["finetune_steps"])
+    tr.add_argument("--eval-every", type=_positive_int, default=None,
+                    help="fine-tuning steps between validations (default: a sixth of --finetune-steps, at least 10)")
     tr.add_argument("--strategy", default="auto", choices=["auto", "frozen", "full", "unfreeze"],
                     help="fine-tuning strategy (auto: chosen on validation windows)")
     tr.add_argument("--soup", action=argparse.BooleanOptionalAction, default=None,

@@ -62,7 +62,7 @@ def seed_paths(out: str | Path, family: str = DEFAULT_FAMILY) -> dict[str, Path]
 
 def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = QUICKSTART_SIZES["sessions"],
              duration_s: float = QUICKSTART_SIZES["duration_s"],
-             preset: str = "tiny", synth_preset: str = "ibl", pretrain_steps: int | None = None,
+             preset: str | None = None, synth_preset: str = "ibl", pretrain_steps: int | None = None,
              finetune_steps: int = QUICKSTART_SIZES["finetune_steps"], eval_every: int | None = None, seed: int = 1,
              strategy: str = "auto", protocol: str | None = None, overrides: Sequence[str] = (),
              tasks: Sequence[str] | None = None, quiet: bool = False, soup: bool | None = None) -> dict:
@@ -83,7 +83,8 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
         family: a masked family with per-session parameters.
         sessions: synthetic sessions (pretraining sessions plus one or two held out), >= 2.
         duration_s: length of each session.
-        preset: model size preset; synth_preset: the synthetic task (``ibl`` or ``motor``).
+        preset: model size preset (None: the protocol's, else the family's default);
+            synth_preset: the synthetic task (``ibl`` or ``motor``).
         pretrain_steps: None = the family's default.
         finetune_steps, eval_every: fine-tuning maximum steps and steps between validations
             (default a sixth of the steps, at least 10).
@@ -136,6 +137,7 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     cfg = families.run_config(family, preset=preset, corpus=str(corpus_dir), protocol=protocol,
                               overrides=_pretrain_overrides(pretrain_steps, overrides))
     _check_labels(corpus, held_out, tasks, synth_preset, cfg)  # before anything is trained
+    _check_validation(cfg, held_out, duration_s)
     print(f"pretraining sessions: {', '.join(corpus.session_ids('train'))}; held out: {held_out}"
           + (f" (also in the test split, in neither pretraining nor scoring: {', '.join(unused)})" if unused else ""))
     runs = {name: paths[name] for name in ("pretrain", "finetune")}
@@ -162,7 +164,9 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
                 ft = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],
                                        progress=not quiet, **ft_args)
             single = Path(ft.get("single_session", {}).get("out_dir", paths["single"]))
-            if "single_session" not in ft:
+            if not _finished_run(single):  # none yet, or its folder gone since: trained (again) here
+                single = paths["single"]
+            if not _finished_run(single):
                 families.finetune(runs["pretrain"], corpus_dir, held_out, single, progress=not quiet,
                                   **{**ft_args, "strategy": "scratch", "soup": None})
             evaluated = {
@@ -172,8 +176,9 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
             }
     finally:
         torch.set_num_threads(threads)
-    print(f"fine-tuning strategy {ft['strategy']}: best val loss {ft['best_val_loss']:.4f} at step "
-          f"{ft['best_step']}")
+    at = " (an average of candidates: no step)" if ft.get("best_step") is None or ft["strategy"] == "soup" \
+        else f" at step {ft['best_step']}"
+    print(f"fine-tuning strategy {ft['strategy']}: best val loss {ft['best_val_loss']:.4f}{at}")
     print(families.format_results(evaluated))
     # each benchmark with what it was computed on (session, window bins, decoding block, windows
     # per split), where the family's results do not already say it
@@ -185,8 +190,37 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
 
 
 class NothingToScore(ValueError):
-    """A decoding task names a label the held-out session's trials lack: the study would train
-    every run and score nothing of it (raised before anything is trained)."""
+    """The seed's data cannot give what the study needs (a decoding task names a label the held-out
+    session's trials lack; sessions too short for validation windows): raised before anything is
+    trained, so that a study that has finished no seed is not bound to these settings."""
+
+
+def _check_validation(cfg, held_out: str, duration_s: float) -> None:
+    """Refuse, before any training, sessions without val windows: the pretraining's (when it
+    validates) and the held-out one's (fine-tuning always validates). Following the loop's advice
+    (``train.eval_every=0``) made pretraining pass and fine-tuning fail with the same words."""
+    import dataclasses
+
+    from spikefm import families
+    from spikefm.data.windows import NO_VAL_WINDOWS
+
+    check = getattr(families.get(cfg.family), "check_validation_data", None)
+    if check is None:
+        return
+    for what, c in (("the held-out session " + held_out, dataclasses.replace(
+                        cfg, data=dataclasses.replace(cfg.data, sessions=held_out))),
+                    ("the pretraining sessions", cfg if cfg.train.eval_every else None)):
+        if c is None:
+            continue
+        try:
+            check(c)
+        except ValueError as exc:
+            if str(exc) != NO_VAL_WINDOWS:
+                raise
+            raise NothingToScore(f"{what} have no val windows (too few windows for the val share of "
+                                 f"data.split_fractions), and the study validates on them; nothing was trained: use "
+                                 f"longer sessions (--duration-s, now {duration_s:g}) or raise the val share (--set "
+                                 "data.split_fractions=...)") from None
 
 
 def _check_labels(corpus, session: str, tasks: Sequence[str] | None, synth_preset: str, cfg) -> None:
@@ -222,7 +256,13 @@ def _same_run(path: Path, cfg) -> bool | None:
 
 
 def _pretrain_overrides(pretrain_steps: int | None, overrides: Sequence[str]) -> list[str]:
-    """The ``--set`` list of a study's pretraining run (checked, and run, with the same list)."""
+    """The ``--set`` list of a study's pretraining run (checked, and run, with the same list).
+    ``train.steps`` is the study's own (``--pretrain-steps``): a ``--set`` of it ran that many steps
+    while the study recorded the other."""
+    for item in overrides:
+        if isinstance(item, str) and item.split("=", 1)[0].strip() == "train.steps":
+            raise ValueError(f"--set {item}: a transfer study's pretraining steps are --pretrain-steps (recorded "
+                             "with the study); give --pretrain-steps N instead of this --set")
     return [*([f"train.steps={pretrain_steps}"] if pretrain_steps is not None else []), "train.device=cpu",
             *overrides]
 
@@ -241,6 +281,13 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _finished_run(path: Path) -> bool:
+    """``path`` holds a finished run (its exported weights)."""
+    from spikefm.train.checkpoint import EXPORT_NAME
+
+    return (path / EXPORT_NAME).is_file()
 
 
 def _finished_finetune(path: Path) -> dict | None:
@@ -324,6 +371,11 @@ def _as_run(settings: dict) -> dict:
         return json.loads(json.dumps(out))
     if out.get("soup") is None:
         out["soup"] = bool(getattr(fam, "finetune_soup", False))
+    if out.get("preset") is None:  # what run_config uses (studies before 2026-12-07 recorded "tiny")
+        try:
+            out["preset"] = families.resolved_preset(out["family"], None, out.get("protocol"))
+        except Exception:  # noqa: BLE001  (an unknown protocol is refused by the study itself)
+            pass
     if out.get("eval_every") is None and isinstance(out.get("finetune_steps"), int):
         out["eval_every"] = _default_eval_every(out["finetune_steps"])
     if out.get("pretrain_steps") is None:
@@ -407,8 +459,11 @@ def check_study_options(out: Path, options: dict) -> dict:
     if opts["synth_preset"] not in PRESETS:
         raise ValueError(f"synth_preset must be one of {', '.join(PRESETS)} (--synth-preset), got "
                          f"{opts['synth_preset']!r}")
-    families.run_config(family, preset=opts["preset"], corpus=str(out), protocol=opts["protocol"],
-                        overrides=_pretrain_overrides(opts["pretrain_steps"], opts["overrides"]))
+    cfg = families.run_config(family, preset=opts["preset"], corpus=str(out), protocol=opts["protocol"],
+                              overrides=_pretrain_overrides(opts["pretrain_steps"], opts["overrides"]))
+    from spikefm.train.dist import resolve_device_type
+
+    resolve_device_type(cfg.train.device, option="--set train.device")  # cuda without a GPU: now, not after synthesis
     return {**options, "tasks": tasks} if tasks is not None else options
 
 

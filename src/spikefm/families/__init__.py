@@ -198,11 +198,7 @@ def run_config(family: str, *, preset: str | None = None, corpus: str = "",
     from spikefm.train.config import RunConfig, apply_overrides, check_override_list
 
     fam = get(family)
-    proto = {"preset": None, "overrides": []}
-    if protocol:
-        if not hasattr(fam, "protocol"):
-            raise ValueError(f"the {family!r} family has no named protocols; drop --protocol")
-        proto = fam.protocol(protocol)
+    proto = _protocol(family, protocol)
     preset_name = preset or proto["preset"] or default_preset(family)
     model = fam.preset(preset_name)
     cfg = RunConfig(family=family, model=model, data=fam.data_config_cls(corpus=str(corpus)))
@@ -211,6 +207,21 @@ def run_config(family: str, *, preset: str | None = None, corpus: str = "",
     if hasattr(fam, "check_config"):  # settings of one section the other cannot serve
         fam.check_config(cfg)
     return cfg
+
+
+def _protocol(family: str, protocol: str | None) -> dict:
+    """The named ``protocol``'s settings (``{"preset", "overrides"}``; none for None)."""
+    if not protocol:
+        return {"preset": None, "overrides": []}
+    fam = get(family)
+    if not hasattr(fam, "protocol"):
+        raise ValueError(f"the {family!r} family has no named protocols; drop --protocol")
+    return fam.protocol(protocol)
+
+
+def resolved_preset(family: str, preset: str | None = None, protocol: str | None = None) -> str:
+    """The preset :func:`run_config` uses: ``preset``, else the protocol's, else the family's default."""
+    return preset or _protocol(family, protocol)["preset"] or default_preset(family)
 
 
 def default_preset(family: str) -> str:

@@ -41,14 +41,14 @@ _SCALAR = (str, int, float, bool, type(None))
 _CHARTED = ("score", "improvement_pct")
 #: Why a transfer study's table shows nan, by row name or column header (Section.table's nan_why).
 _TRANSFER_NAN = (("95 % CI", "a 95 % CI is nan on a seed with fewer than 3 test windows (the jackknife needs "
-                  "3) or with a leave-one-out subset without spikes, and then so are its mean and s.d."),
-                 ("seed", "a seed's value is nan when its evaluation gave nan (its section below says more)"),
-                 ("mean", "a mean or s.d. over seeds is nan when a seed's value is nan"),
-                 ("sd", "a mean or s.d. over seeds is nan when a seed's value is nan"))
+                  "3) or with a leave-one-out subset without spikes; the mean and s.d. over seeds leave such "
+                  "seeds out (n in transfer.json counts the seeds used)"),
+                 ("seed", "a seed's value is nan when its evaluation gave nan (its section below says more); the "
+                          "mean and s.d. over seeds leave it out"))
 #: Why a transfer study's table shows - (None), by row name or column header (Section.table's blank_why).
 _TRANSFER_BLANK = (("seed", "a seed's value is - where its evaluation did not score that column (a task or "
                     "baseline it skipped: its section below says why)"),
-                   ("mean", "a mean and s.d. over seeds are - where no seed has a value"),
+                   ("mean", "a mean and s.d. over seeds are - where no seed has a value (a nan is none)"),
                    ("sd", "an s.d. over seeds is - where fewer than two seeds have a value (one value has no "
                           "spread)"))
 #: Colours of a ranking's bars by ``same_family`` (own family of the held-out session, other,

@@ -14,6 +14,8 @@ Example::
 """
 from __future__ import annotations
 
+import math
+
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -239,9 +241,10 @@ def transfer_headline(res: dict) -> dict:
             if e.get("chunks"):
                 low = min(e["chunks"], key=lambda c: c["model"]["bps_pooled"])
                 row["fine-tuned min chunk"] = low["model"]["bps_pooled"]
-                ci = low.get("model_ci95", {}).get("bps_pooled")
-                if ci:  # that chunk's 95 % interval over the test trials
-                    row["fine-tuned min chunk, 95 % CI low"], row["fine-tuned min chunk, 95 % CI high"] = ci
+                # that chunk's 95 % interval over the test trials; nan where the jackknife left it
+                # undefined (fewer than 3 test windows), as the co-smoothing interval is (not "-": not scored)
+                ci = low.get("model_ci95", {}).get("bps_pooled") or (math.nan, math.nan)
+                row["fine-tuned min chunk, 95 % CI low"], row["fine-tuned min chunk, 95 % CI high"] = ci
                 if all("model_vs_train_null" in c for c in e["chunks"]):
                     row["fine-tuned min chunk, train-fitted null"] = min(
                         c["model_vs_train_null"]["bps_pooled"] for c in e["chunks"])

@@ -1026,3 +1026,15 @@ def test_staging_keeps_only_the_latest_builds_sessions(six_sessions, tmp_path, c
     build_corpus([str(folder)], out, cfg, progress=False)
     assert {p.name for p in (out / ".staging").iterdir()} == third
     assert "staged session(s)" not in capsys.readouterr().err
+    # an input given but missing now (an unmounted share): its staged copy is kept for its return
+    files = [str(p) for p in sorted(folder.rglob("*.nwb"))]
+    build_corpus(files, out, cfg, progress=False)  # given one by one
+    by_file = {p.name for p in (out / ".staging").iterdir()}
+    capsys.readouterr()
+    away = tmp_path / "away.nwb"
+    os.replace(files[1], away)
+    build_corpus(files, out, cfg, progress=False)
+    assert {p.name for p in (out / ".staging").iterdir()} == by_file
+    assert "staged session(s)" not in capsys.readouterr().err
+    os.replace(away, files[1])
+    assert build_corpus(files, out, cfg, progress=False).num_reused == 6

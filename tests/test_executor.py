@@ -452,10 +452,13 @@ def test_a_killed_pool_worker_is_a_failed_job_said_in_one_line(tmp_path):
     assert [job_result(tmp_path / "jobs", j.id)["result"]["value"] for j in others] == [9, 16, 25]
     assert sum("run again one at a time" in line for line in lines) == 1, lines
     assert lines[-1] == f"job {dead.label} ({dead.id}) failed: {died}"
-    # a rerun (a fresh pool) runs only what is left: the job that kills its worker
+    # a rerun (a fresh pool) runs only what is left: the job that kills its worker, alone, so it
+    # is failed at once (not run a second time)
+    lines.clear()
     with pytest.raises(JobsFailed) as exc:
         run_jobs([dead, *others], tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=lines.append)
     assert exc.value.failed == {dead.id: died}
+    assert not any("run again" in line for line in lines), lines
 
 
 def test_ray_jobs_read_relative_paths_from_the_drivers_folder(tmp_path, local_ray, monkeypatch):

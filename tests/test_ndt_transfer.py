@@ -531,5 +531,21 @@ def test_a_single_session_run_removed_since_is_trained_again(tmp_path):
     assert first["finetune"]["single_session"]["out_dir"] == str(scratch) and scratch.is_dir()
     shutil.rmtree(scratch)
     again = transfer(tmp_path, **kw)
-    assert (seed_paths(tmp_path)["single"] / "model.safetensors").is_file()
+    single = seed_paths(tmp_path)["single"]
+    assert (single / "model.safetensors").is_file()
     assert again["single-session"]["tasks"]["co-smoothing"]["model"]["bps_pooled"] is not None
+    # weights without the early-stopping record (stopped before the best ones were put in place):
+    # not a finished run, so not scored as one
+    (single / "early_stopping.json").unlink()
+    transfer(tmp_path, **kw)
+    assert (single / "early_stopping.json").is_file()
+
+
+def test_a_study_recorded_with_set_train_steps_is_the_same_as_pretrain_steps():
+    """Studies made before --set train.steps was refused pretrained that many steps; the corrected
+    command (--pretrain-steps N) is the same study, not one 'made with other settings'."""
+    from spikefm.experiments.transfer import _as_run
+
+    old = _as_run({"family": "ndt", "pretrain_steps": 60, "overrides": ["train.steps=5", "train.batch_size=2"]})
+    assert old == _as_run({"family": "ndt", "pretrain_steps": 5, "overrides": ["train.batch_size=2"]})
+    assert old != _as_run({"family": "ndt", "pretrain_steps": 60, "overrides": ["train.batch_size=2"]})

@@ -268,6 +268,7 @@ def test_a_study_shows_the_progress_of_its_fine_tunings(tmp_path, monkeypatch):
     monkeypatch.setattr(families, "format_results", lambda *a, **k: "")
     (tmp_path / "ss").mkdir()
     (tmp_path / "ss" / "model.safetensors").write_bytes(b"")  # auto's single-session candidate, finished
+    (tmp_path / "ss" / "early_stopping.json").write_text(json.dumps({"history": []}))
     for quiet in (False, True):
         seen.clear()
         tr.transfer(tmp_path / "s", sessions=2, duration_s=20.0, quiet=quiet)

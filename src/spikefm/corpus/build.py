@@ -15,7 +15,8 @@ The build runs in two stages so that it is resumable and idempotent:
 The corpus holds exactly the sessions of the inputs given to the latest build, and so does
 ``.staging/``: once a build's version is in place, the staged sessions of other inputs or settings
 (earlier builds, files changed since) are removed, so a folder holds at most one staged copy of each
-session.
+session (not after a build that could not find or resolve one of its inputs: their staged
+sessions are kept for when they are back).
 
 The output folder must be missing, empty, or a spikefm corpus. Re-running the same command (same
 INPUT arguments and settings) resumes or refreshes that corpus; building other inputs or with
@@ -812,6 +813,9 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
                     for suffix in (".json", ".arrow"):
                         (staged / f"{key}{suffix}").unlink(missing_ok=True)
                 jobs.append((item, key))
+        # an input given but not found or resolved now (an unmounted share, a DANDI spec offline) is
+        # still this build's: its staged sessions of earlier builds are not pruned below
+        all_inputs_found = not problems
         try:
             for res in _run_jobs(jobs, staging, cfg, progress):
                 if "error" in res:
@@ -835,7 +839,8 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
         for p in problems:
             print(f"spikefm: warning: skipped {p['error']}", file=sys.stderr)
         manifest = finalize(folder, metas, problems, cfg, settings)
-        _prune_staged(staged, keep=keys)
+        if all_inputs_found:
+            _prune_staged(staged, keep=keys)
     reused = sum(1 for m in metas if m.get("staging_key") in reused_keys)  # of the sessions kept
     return BuildReport(out_dir=out_dir, manifest=manifest, skipped=problems,
                        num_staged_now=len(metas) - reused, num_reused=reused)

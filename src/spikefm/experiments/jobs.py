@@ -615,8 +615,9 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                 if waiting:
                     continue
                 break
+            ran_together = len(running) > 1  # a job that ran alone and died is named at once
             done = ex.wait(list(running))
-            if (ex.slots > 1 and hasattr(ex, "recover")
+            if (ran_together and hasattr(ex, "recover")
                     and any(_worker_died(e) for _, e in map(ex.outcome, done) if e is not None)):
                 # The pool broke with one worker and took every job running in it; which job killed its
                 # worker is unknown, so they run again one at a time (the rest of this run too).
@@ -633,6 +634,9 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                         records[jid] = record
                         bar.advance(1)
                         finished_now += 1
+                        if progress and not sys.stderr.isatty():
+                            say(f"[{finished_now}/{len(todo)}] {by_id[jid].label} done in "
+                                f"{record['timings']['wall_s']:.0f} s ({jid})")
                     else:  # died with the pool or failed beside it: either way it runs again
                         again.append(jid)
                 ex.recover(workers=1)

@@ -284,10 +284,12 @@ def _read_json(path: Path):
 
 
 def _finished_run(path: Path) -> bool:
-    """``path`` holds a finished run (its exported weights)."""
-    from spikefm.train.checkpoint import EXPORT_NAME
+    """``path`` holds a finished fine-tuning: its best weights exported and its early-stopping record
+    written (the loop exports its last step's weights before early stopping puts the best ones in
+    place: an interruption there left weights that are not the run's result)."""
+    from spikefm.train.finetune import _finished_record
 
-    return (path / EXPORT_NAME).is_file()
+    return _finished_record(path) is not None
 
 
 def _finished_finetune(path: Path) -> dict | None:
@@ -365,6 +367,14 @@ def _as_run(settings: dict) -> dict:
 
     out = {k: v for k, v in _TRANSFER_DEFAULTS.items() if k not in _NOT_RESULTS}
     out.update(settings)
+    overrides = [o for o in out.get("overrides") or [] if isinstance(o, str)]
+    steps = [o for o in overrides if o.split("=", 1)[0].strip() == "train.steps"]
+    if steps:  # a study recorded before --set train.steps was refused: it pretrained that many steps
+        out["overrides"] = [o for o in overrides if o not in steps]
+        try:
+            out["pretrain_steps"] = int(steps[-1].split("=", 1)[1])
+        except ValueError:
+            pass
     try:
         fam = families.get(out["family"])
     except Exception:  # noqa: BLE001  (an unknown family is refused by the study itself)

@@ -129,7 +129,7 @@ def test_validation_does_not_depend_on_the_number_of_ranks(family_name, corpus_d
 
     fam = families.get(family_name)
     cfg = families.run_config(family_name, preset="tiny", corpus=str(corpus_dir), overrides=[
-        "train.batch_size=4", "train.device=cpu", "train.precision=fp32", "train.steps=1"])
+        "train.batch_size=6", "train.device=cpu", "train.precision=fp32", "train.steps=1"])
     with torch.device("meta"):
         model = fam.build_model(cfg)
     model.to_empty(device="cpu")
@@ -139,7 +139,23 @@ def test_validation_does_not_depend_on_the_number_of_ranks(family_name, corpus_d
     with torch.no_grad():
         one = validation_metrics(fam, model, cfg)
         for world in (2, 3):
-            shares = [fam.validate(model, cfg, r, world) for r in range(world)]
+            calls, rows = [], []
+            forward = model.forward
+
+            def counted(*args, **kwargs):
+                calls[-1] += 1
+                rows[-1] = max(rows[-1], args[0].shape[0])
+                return forward(*args, **kwargs)
+
+            model.forward = counted
+            shares = []
+            for r in range(world):
+                calls.append(0)
+                rows.append(0)
+                shares.append(fam.validate(model, cfg, r, world))
+            del model.forward
+            # FSDP: every rank calls forward equally often; none on more rows than its training micro-batch
+            assert len(set(calls)) == 1 and max(rows) <= cfg.train.micro_batch_size(world), (calls, rows)
             assert all(set(s) == set(shares[0]) for s in shares)  # the same names on every rank
             sums = {n: [sum(s[n][k] for s in shares) for k in (0, 1)] for n in shares[0]}
             means = {n: num / den for n, (num, den) in sums.items() if den > 0}

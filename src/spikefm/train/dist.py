@@ -176,6 +176,24 @@ def raise_rank_zero_error(error: str | None) -> None:
     raise (ValueError if get_rank() == 0 else SaidByRankZero)(error)
 
 
+def forward_in_slices(forward, num_rows: int, rows_per_call: int, calls: int) -> list:
+    """``forward(lo, hi)`` over the rows ``[0, num_rows)`` of a batch in slices of ``rows_per_call``,
+    called exactly ``calls`` times (FSDP gathers parameters in every forward, so every rank must
+    call it equally often): a call past the rows runs on row 0 alone and its output is dropped.
+    Returns the kept outputs in row order. Lets validation score a batch larger than a rank's
+    training micro-batch without more memory than one."""
+    if calls * rows_per_call < num_rows:
+        raise ValueError(f"{calls} calls of {rows_per_call} rows cannot cover {num_rows} rows")
+    outs = []
+    for k in range(calls):
+        lo = k * rows_per_call
+        if lo < num_rows:
+            outs.append(forward(lo, min(lo + rows_per_call, num_rows)))
+        else:
+            forward(0, 1)
+    return outs
+
+
 def env_rank_world() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment, before any process group exists."""
     return _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)

@@ -337,7 +337,11 @@ class NDTFamily:
 
     # -- loss ------------------------------------------------------------------------------------
 
-    def _masked_forward(self, model: nn.Module, batch: dict, data: NDTDataConfig, generator: torch.Generator):
+    def _masked_forward(self, model: nn.Module, batch: dict, data: NDTDataConfig, generator: torch.Generator,
+                        slices: tuple[int, int] | None = None):
+        """Masks for ``batch`` and the model's log rates; ``slices=(rows_per_call, calls)``: the
+        masks drawn for the whole batch, the model run on slices of its rows
+        (:func:`spikefm.train.dist.forward_in_slices`)."""
         counts_BTN = batch["counts_BTN"]
         valid_BN = batch["unit_valid_BN"]
         scheme_B = draw_schemes(counts_BTN.shape[0], parse_schemes(data.schemes), generator)
@@ -348,10 +352,20 @@ class NDTFamily:
         # sizes must match), also for sessions missing from its batch.
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
-        log_rates_BTN = model(mb.inputs_BTN, valid_BN.to(mb.inputs_BTN.device), list(batch["session_ids"]),
-                              mb.scheme_B, mb.causal_B, all_sessions_in_graph=distributed and model.training,
-                              input_mask_BTN=mb.input_mask_BTN)
-        return mb, log_rates_BTN.float()
+        if slices is None or (slices[1] == 1 and counts_BTN.shape[0] <= slices[0]):
+            log_rates_BTN = model(mb.inputs_BTN, valid_BN.to(mb.inputs_BTN.device), list(batch["session_ids"]),
+                                  mb.scheme_B, mb.causal_B, all_sessions_in_graph=distributed and model.training,
+                                  input_mask_BTN=mb.input_mask_BTN)
+            return mb, log_rates_BTN.float()
+        from spikefm.train.dist import forward_in_slices
+
+        valid_BN = valid_BN.to(mb.inputs_BTN.device)
+        ids = list(batch["session_ids"])
+        parts = forward_in_slices(lambda lo, hi: model(
+            mb.inputs_BTN[lo:hi], valid_BN[lo:hi], ids[lo:hi], mb.scheme_B[lo:hi], mb.causal_B[lo:hi],
+            all_sessions_in_graph=distributed and model.training, input_mask_BTN=mb.input_mask_BTN[lo:hi]),
+            counts_BTN.shape[0], *slices)
+        return mb, torch.cat(parts).float()
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):
         generator = torch.Generator().manual_seed(int(batch["mask_seed"]))
@@ -385,7 +399,8 @@ class NDTFamily:
         The windows go in batches of ``micro_batch_size(1)``, each with masks from a fixed seed of
         its own, so every evaluation of a run scores the same entries; with several ranks each
         takes whole batches in turn (rank r the batches r, r + world_size, ...) with the same
-        seeds, so the scores do not depend on the number of ranks. ``val_loss/<scheme>`` is the
+        seeds, so the scores do not depend on the number of ranks, and runs the model on slices
+        of a rank's training micro-batch (no more memory than training). ``val_loss/<scheme>`` is the
         pooled NLL per scored entry of each scheme; ``val_loss`` (:meth:`combine_validation`)
         their unweighted mean, balanced across schemes like the training loss (a scheme that
         scores many entries, e.g. ``causal``, does not dominate it). Every rank runs the same
@@ -397,13 +412,16 @@ class NDTFamily:
         items = val_items(windows)
         bs = cfg.train.micro_batch_size(1)
         num_batches = math.ceil(len(items) / bs)
+        # no more rows per forward than a rank's training micro-batch (a batch is world_size of them)
+        per_call = cfg.train.micro_batch_size(world_size)
+        slices = (per_call, math.ceil(bs / per_call))
         device = next(model.parameters()).device
         sums = {name: [0.0, 0.0] for name in SCHEMES}
         for i in range(rank, rank + world_size * math.ceil(num_batches / world_size), world_size):
             chunk = items[i * bs:(i + 1) * bs]
             batch = move_batch(collate_windows(windows, chunk or items[:1]), device)
             gen = torch.Generator().manual_seed(mask_seed(cfg.train.seed, 0, 2**40 + i))
-            mb, log_rates_BTN = self._masked_forward(model, batch, cfg.data, gen)
+            mb, log_rates_BTN = self._masked_forward(model, batch, cfg.data, gen, slices)
             if not chunk:  # padding pass: every rank calls forward equally often
                 continue
             _, stats = masked_poisson_loss(log_rates_BTN, mb.targets_BTN, mb.loss_mask_BTN, mb.scheme_B)

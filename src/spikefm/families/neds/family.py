@@ -278,14 +278,29 @@ def _corpus(data: NEDSDataConfig):
 
 
 def masked_forward(model: nn.Module, batch: dict, scheme_B: torch.Tensor, ratio: float,
-                   generator: torch.Generator, *, all_sessions_in_graph: bool = False):
-    """Masks of ``scheme_B`` for ``batch`` and the model's outputs on the masked inputs."""
+                   generator: torch.Generator, *, all_sessions_in_graph: bool = False,
+                   slices: tuple[int, int] | None = None):
+    """Masks of ``scheme_B`` for ``batch`` and the model's outputs on the masked inputs;
+    ``slices=(rows_per_call, calls)``: the masks drawn for the whole batch, the model run on slices
+    of its rows (:func:`spikefm.train.dist.forward_in_slices`)."""
     masks = make_masks(scheme_B, num_bins=batch["counts_BTN"].shape[1], unit_valid_BN=batch["unit_valid_BN"],
                        behavior_valid_BTC=batch["behavior_valid_BTC"], label_valid_BJ=batch["label_valid_BJ"],
                        ratio=ratio, generator=generator)
-    out = model(batch["counts_BTN"], masks.spike_hidden_BT, list(batch["session_ids"]), batch["behavior_BTC"],
-                masks.behavior_hidden_BTC, batch["labels_BJ"], masks.label_hidden_BJ,
-                all_sessions_in_graph=all_sessions_in_graph)
+    B = batch["counts_BTN"].shape[0]
+    if slices is None or (slices[1] == 1 and B <= slices[0]):
+        out = model(batch["counts_BTN"], masks.spike_hidden_BT, list(batch["session_ids"]), batch["behavior_BTC"],
+                    masks.behavior_hidden_BTC, batch["labels_BJ"], masks.label_hidden_BJ,
+                    all_sessions_in_graph=all_sessions_in_graph)
+        return masks, out
+    from spikefm.train.dist import forward_in_slices
+
+    ids = list(batch["session_ids"])
+    parts = forward_in_slices(lambda lo, hi: model(
+        batch["counts_BTN"][lo:hi], masks.spike_hidden_BT[lo:hi], ids[lo:hi], batch["behavior_BTC"][lo:hi],
+        masks.behavior_hidden_BTC[lo:hi], batch["labels_BJ"][lo:hi], masks.label_hidden_BJ[lo:hi],
+        all_sessions_in_graph=all_sessions_in_graph), B, *slices)
+    out = {k: ([torch.cat([p[k][j] for p in parts]) for j in range(len(parts[0][k]))] if isinstance(v, list)
+               else torch.cat([p[k] for p in parts])) for k, v in parts[0].items()}
     return masks, out
 
 
@@ -440,7 +455,8 @@ class NEDSFamily:
     # -- loss ------------------------------------------------------------------------------------
 
     def _loss(self, model, batch, data: NEDSDataConfig, generator: torch.Generator, scheme: str | None = None,
-              label_prior_logp_BJ: torch.Tensor | None = None, label_capped_J: list[bool] | None = None):
+              label_prior_logp_BJ: torch.Tensor | None = None, label_capped_J: list[bool] | None = None,
+              slices: tuple[int, int] | None = None):
         B = batch["counts_BTN"].shape[0]
         if scheme is None:
             scheme_B = draw_schemes(B, parse_schemes(data.schemes), generator, scheme_weights(data))
@@ -449,7 +465,7 @@ class NEDSFamily:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         masks, out = masked_forward(model, batch, scheme_B, data.mask_ratio, generator,
-                                    all_sessions_in_graph=distributed and model.training)
+                                    all_sessions_in_graph=distributed and model.training, slices=slices)
         return neds_loss(out, batch["counts_BTN"], batch["behavior_BTC"], batch["labels_BJ"], masks,
                          spike_weight=data.spike_weight, behavior_weight=data.behavior_weight,
                          label_weight=data.label_weight, label_prior_logp_BJ=label_prior_logp_BJ,
@@ -504,8 +520,8 @@ class NEDSFamily:
         return val_items(self.prepared(data)[0])
 
     def _val_loss(self, model, items: list[tuple[str, int]], cfg: RunConfig, rank: int, counter: int,
-                  priors: dict[str, np.ndarray] | None, capped: list[list[bool]] | None = None
-                  ) -> tuple[float, list[list[bool]]]:
+                  priors: dict[str, np.ndarray] | None, capped: list[list[bool]] | None = None,
+                  slices: tuple[int, int] | None = None) -> tuple[float, list[list[bool]]]:
         """The validation loss of one batch of val windows: the loss under each of
         :func:`validation_schemes` (or the training mixture), summed, with fixed masks; and per
         scheme which labels were capped (``data.val_label_cap``), or, given ``capped``, with those
@@ -518,7 +534,7 @@ class NEDSFamily:
         for i, scheme in enumerate(validation_schemes(cfg.data) or [None]):
             gen = torch.Generator().manual_seed(batch_seed(cfg.train.seed, rank, 2**40 + counter))
             loss, stats = self._loss(model, batch, cfg.data, gen, scheme, prior_BJ,
-                                     None if capped is None or prior_BJ is None else capped[i])
+                                     None if capped is None or prior_BJ is None else capped[i], slices)
             total += float(loss)
             decisions.append(stats["label_capped"])
         return total, decisions
@@ -530,15 +546,18 @@ class NEDSFamily:
         :func:`validation_schemes` (summed over those schemes), or of the training loss. The
         windows go in batches of ``micro_batch_size(1)`` with a seed each; with several ranks each
         takes whole batches in turn with the same seeds, so the loss does not depend on the number
-        of ranks (every rank runs the same number of forward passes: FSDP needs that)."""
+        of ranks, and runs the model on slices of its training micro-batch (no more memory than
+        training; every rank runs the same number of forward passes: FSDP needs that)."""
         items = self._val_items(cfg.data)
         bs = cfg.train.micro_batch_size(1)
         num_batches = math.ceil(len(items) / bs)
+        per_call = cfg.train.micro_batch_size(world_size)  # a rank's training micro-batch: its memory
+        slices = (per_call, math.ceil(bs / per_call))
         priors = self.label_log_priors(cfg.data) if cfg.data.val_label_cap else None
         num = den = 0.0
         for i in range(rank, rank + world_size * math.ceil(num_batches / world_size), world_size):
             chunk = items[i * bs:(i + 1) * bs]
-            total, _ = self._val_loss(model, chunk or items[:1], cfg, 0, i, priors)
+            total, _ = self._val_loss(model, chunk or items[:1], cfg, 0, i, priors, slices=slices)
             if chunk:
                 num += total * len(chunk)
                 den += len(chunk)

@@ -414,6 +414,31 @@ def test_split_folders_decide_before_file_names_as_datasets_reads_them(tmp_path,
     assert "1 data file(s) lie in no split folder while others do" in capsys.readouterr().err
 
 
+def test_a_folder_whose_name_merely_contains_a_split_word_is_no_split_folder(tmp_path):
+    """datasets' Arrow cache of a dataset named pile-test-copy (or a download folder so named)
+    imported every train row as test, silently: any folder with 'test' between separators
+    decided the split. A split folder is the split word alone (train/, test_2/); else the file's
+    name decides (its last split word)."""
+    root = tmp_path / "cache"
+    deep = root / "pile-test-copy" / "default" / "0.0.0" / "abc123"
+    tables = {}
+    for i, split in enumerate(("train", "test")):
+        tables[split], _ = pile_table([(f"s{i}", "segment_0", 2, 6 + i)], seed=i)
+        deep.mkdir(parents=True, exist_ok=True)
+        with pa.OSFile(str(deep / f"pile-test-copy-{split}.arrow"), "wb") as sink, \
+                pa.ipc.new_stream(sink, tables[split].schema) as writer:
+            writer.write_table(tables[split])
+    import_neural_pile(str(root), tmp_path / "c", progress=False)
+    assert split_rows(tmp_path / "c") == {s: table_rows(t) for s, t in tables.items()}
+    # a download folder so named, Parquet shards named by split inside it
+    parquet = pile_files(tmp_path / "dl", ("neural-pile-dev/data/train-00000-of-00001.parquet",
+                                           "neural-pile-dev/data/test-00000-of-00001.parquet"))
+    import_neural_pile(str(tmp_path / "dl"), tmp_path / "c2", progress=False)
+    assert split_rows(tmp_path / "c2") == {
+        "train": table_rows(parquet["neural-pile-dev/data/train-00000-of-00001.parquet"]),
+        "test": table_rows(parquet["neural-pile-dev/data/test-00000-of-00001.parquet"])}
+
+
 def test_a_reimported_corpus_keeps_its_regions_and_renamed_sessions_original_ids(tmp_path):
     """Shards and manifest imported again: a session whose rows have 3 then 6 units got the regions
     of its first row (3 units of 6), and a session renamed for a clash lost original_session_id."""

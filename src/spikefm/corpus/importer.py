@@ -120,6 +120,10 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 #: ``-._``, a space or a digit, and one of them or the end
 _SPLIT_WORD = re.compile(r"(?:^|[-_. 0-9])(training|train|testing|test|evaluation|eval|validation|valid|val|dev)"
                          r"(?=[-_. 0-9]|$)")
+#: A folder that names a split: the split word alone, with separators or digits around it
+#: (``train/``, ``test_2/``, ``00-val/``); a repository named ``pile-test-copy`` names none.
+_SPLIT_FOLDER = re.compile(r"[-_. 0-9]*(training|train|testing|test|evaluation|eval|validation|valid|val|dev)"
+                           r"[-_. 0-9]*")
 _SPLIT_SYNONYMS = {"training": "train", "testing": "test", "evaluation": "test", "eval": "test",
                    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation"}
 _SEGMENT_INDEX = re.compile(r"(\d+)$")
@@ -240,12 +244,18 @@ def _split_word(parts) -> str | None:
 
 def _splits_from_names(files: list[Path], root: Path, skipped: list[dict]) -> list[tuple[Path, str | None]]:
     """(file, split or None) from the names, as ``datasets`` reads a folder without a card: when
-    any file lies in a folder naming a split (``train/``, ``test_2/``...), the folders decide (the
-    innermost naming one) and files in none are left out (with a warning); else each file's name."""
-    def folders(f: Path) -> tuple[str, ...]:
-        return tuple(reversed(f.parent.relative_to(root).parts)) if f.parent != root else ()
+    any file lies in a folder naming a split (``train/``, ``test_2/``...: the split word alone, so
+    that a repository or cache folder called ``pile-test-copy`` is none), the folders decide (the
+    innermost naming one) and files in none are left out (with a warning); else each file's name
+    (its last split word: ``pile-test-copy-train.arrow`` is train)."""
+    def folder_split(f: Path) -> str | None:  # the innermost folder that is a split's
+        for part in reversed(f.parent.relative_to(root).parts) if f.parent != root else ():
+            m = _SPLIT_FOLDER.fullmatch(part)
+            if m:
+                return _SPLIT_SYNONYMS.get(m.group(1), m.group(1))
+        return None
 
-    by_folder = {f: _split_word(folders(f)) for f in files}
+    by_folder = {f: folder_split(f) for f in files}
     if not any(by_folder.values()):
         return [(f, _split_word([f.name])) for f in files]
     outside = [f for f, split in by_folder.items() if split is None]

@@ -551,6 +551,48 @@ def test_repeated_rows_warn_and_rows_without_session_or_counts(published, tmp_pa
     assert "2 rows have no units or no bins; left out" in capsys.readouterr().err
     assert [s["session_id"] for s in m["sessions"]] == ["a"]
     assert [r.session_id for r in Corpus(tmp_path / "c4").iter_rows("train")] == ["a"]
+    # left out and recorded (the README said so; the manifest's skipped was empty)
+    shard = tmp_path / "empty" / "data" / "train-00000-of-00001.parquet"
+    assert m["skipped"] == [{"input": f"{shard} row 1", "error": "no units or no bins (0 x 0); left out"},
+                            {"input": f"{shard} row 2", "error": "no units or no bins (2 x 0); left out"}]
+
+
+def test_unreadable_shards_and_ids_are_named_in_one_line(tmp_path):
+    """A shard damaged past its footer said 'Corrupt snappy compressed data.' (exit 1), an id
+    column of Latin-1 bytes "'utf-8' codec can't decode byte 0xe9", naming neither file nor row;
+    a download under a folder whose name is not UTF-8 was refused by pyarrow's path parsing."""
+    import os
+
+    def table(subject):
+        return pa.table({"spike_counts": pa.array([np.ones((3, 40), np.uint8).tolist()] * 50, COUNTS_TYPE),
+                         "subject_id": subject, "session_id": ["s"] * 50,
+                         "segment_id": [f"segment_{i}" for i in range(50)]})
+
+    good = table(["S"] * 50)
+    bad = tmp_path / "bad" / "data" / "train-00000-of-00001.parquet"
+    bad.parent.mkdir(parents=True)
+    pq.write_table(good, bad, compression="snappy")
+    data = bytearray(bad.read_bytes())
+    data[100:len(data) // 2] = b"\xab" * (len(data) // 2 - 100)  # the footer intact, the pages not
+    bad.write_bytes(bytes(data))
+    msg = one_line_error(lambda: import_neural_pile(str(tmp_path / "bad"), tmp_path / "c1", progress=False),
+                         re.escape(f"{bad}: not a readable Parquet file ("))
+    assert msg.endswith("download that file again (it may be damaged or incomplete)")
+    assert not (tmp_path / "c1").exists() or not (tmp_path / "c1" / "manifest.json").exists()
+
+    latin = tmp_path / "latin" / "data" / "train-00000-of-00001.parquet"
+    latin.parent.mkdir(parents=True)
+    names = pa.array([b"S"] * 7 + [b"Ch\xe9wie"] * 43, pa.binary()).view(pa.string())
+    pq.write_table(table(names), latin)
+    msg = one_line_error(lambda: import_neural_pile(str(tmp_path / "latin"), tmp_path / "c2", progress=False),
+                         re.escape(f"{latin}: row 7's subject_id is not UTF-8 text (found b'Ch\\xe9wie')"))
+
+    folder = os.fsencode(tmp_path / "nonutf8") + b"/d\xe9j\xe0/data"
+    os.makedirs(folder)
+    with open(folder + b"/train-00000-of-00001.parquet", "wb") as f:
+        pq.write_table(good, f)
+    m = import_neural_pile(str(tmp_path / "nonutf8"), tmp_path / "c3", progress=False)
+    assert sum(sp["num_rows"] for sp in m["splits"].values()) == 50
 
 
 def test_a_hub_repo_already_in_the_cache_imports_offline(published, tmp_path, monkeypatch, capsys):

@@ -514,18 +514,54 @@ def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
     return out
 
 
+def _unreadable(path: Path, exc: BaseException, what: str) -> ValueError:
+    """One line for a data file that cannot be read (a damaged shard: download it again)."""
+    return ValueError(f"{_shown(path)}: not a readable {what} ({_first_line(exc)}); download that file again "
+                      "(it may be damaged or incomplete)")
+
+
+def _shown(path: Path) -> str:
+    """``path`` as text a terminal can print (undecodable bytes of its name escaped)."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    """A Parquet file opened from Python (a path pyarrow cannot take as text, e.g. a name that is
+    not UTF-8, still opens), or a one-line ValueError naming it."""
+    try:
+        return pq.ParquetFile(open(path, "rb"))  # noqa: SIM115 - closed with the ParquetFile
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise _unreadable(path, exc, "Parquet file") from None
+
+
 def _iter_batches(f: _DataFile, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Record batches of one file, a few rows at a time (never the whole file)."""
+    """Record batches of one file, a few rows at a time (never the whole file); a file damaged
+    past its footer is said in one line naming it."""
     if f.fmt == "parquet":
-        try:
-            pf = pq.ParquetFile(f.path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ValueError(f"{f.path}: not a readable Parquet file ({exc})") from None
+        pf = _parquet_file(f.path)
         cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
-        yield from pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols)
-        return
+        batches = pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:  # e.g. "Corrupt snappy compressed data"
+                raise _unreadable(f.path, exc, "Parquet file") from None
+            yield batch
     _, batches = _open_arrow(f.path)
-    for batch in batches:
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable(f.path, exc, "Arrow file") from None
         if columns is not None:
             batch = batch.select([c for c in columns if c in batch.schema.names])
         for start in range(0, batch.num_rows, _BATCH_ROWS):
@@ -534,7 +570,10 @@ def _iter_batches(f: _DataFile, columns: list[str] | None = None) -> Iterator[pa
 
 def _open_arrow(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """An Arrow IPC stream (what ``datasets`` writes) or file, memory-mapped."""
-    source = pa.memory_map(str(path))
+    try:
+        source = pa.memory_map(os.fsdecode(path))
+    except (OSError, UnicodeError, pa.ArrowException) as exc:
+        raise _unreadable(path, exc, "Arrow file") from None
     try:
         reader = pa.ipc.open_stream(source)
         return reader.schema, iter(reader)
@@ -549,10 +588,7 @@ def _open_arrow(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
 
 def _file_schema(f: _DataFile) -> pa.Schema:
     if f.fmt == "parquet":
-        try:
-            return pq.ParquetFile(f.path).schema_arrow
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ValueError(f"{f.path}: not a readable Parquet file ({exc})") from None
+        return _parquet_file(f.path).schema_arrow
     return _open_arrow(f.path)[0]
 
 
@@ -687,10 +723,22 @@ def _check_column_types(schema: pa.Schema, path: Path) -> None:
         raise ValueError(f"{path}: column {name} is {t}, expected {expected}; {fix}{drop}")
 
 
-def _strings(batch: pa.RecordBatch, name: str) -> list[str | None]:
+def _strings(batch: pa.RecordBatch, name: str, where: str = "", first_row: int = 0) -> list[str | None]:
     if name not in batch.schema.names:
         return [None] * batch.num_rows
-    return batch.column(name).cast(pa.string()).to_pylist()
+    col = batch.column(name)
+    try:
+        return col.cast(pa.string()).to_pylist()
+    except (UnicodeDecodeError, pa.ArrowInvalid):
+        for i in range(len(col)):  # the first value that is not UTF-8 text, named
+            try:
+                col.slice(i, 1).cast(pa.string()).to_pylist()
+            except (UnicodeDecodeError, pa.ArrowInvalid):
+                raw = col.slice(i, 1).cast(pa.binary())[0].as_py()
+                raise ValueError(f"{where}: row {first_row + i}'s {name} is not UTF-8 text (found {raw!r}); "
+                                 "Neural Pile ids are UTF-8 strings: re-encode that column (e.g. from "
+                                 "Latin-1) and import again") from None
+        raise
 
 
 def _column(batch: pa.RecordBatch, name: str) -> list:
@@ -743,8 +791,11 @@ def _check_extras(where: str, row: int, n_units: int, n_bins: int, ex: dict) -> 
     return tables
 
 
-def _scan(files: list[_DataFile], default_source: str, progress: bool
+def _scan(files: list[_DataFile], default_source: str, progress: bool, skipped: list[dict] | None = None
           ) -> tuple[_Rows, dict[tuple, _Session]]:
+    """Pass 1: every row's shape and metadata, the sessions; rows with no units or bins are left
+    out (listed in ``skipped``)."""
+    skipped = [] if skipped is None else skipped
     from ..progress import progress_bar
 
     rows = _Rows()
@@ -762,7 +813,7 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
                                  f"file has {', '.join(NEURAL_PILE_COLUMNS)} (found "
                                  f"{', '.join(names) or 'none'})")
             _check_column_types(schema, f.path)
-            where = str(f.path)
+            where = _shown(f.path)
             in_file = 0
             for batch in _iter_batches(f, [*NEURAL_PILE_COLUMNS, *_EXTRAS]):
                 col = batch.column("spike_counts")
@@ -770,8 +821,8 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
                 shapes = _row_shapes(col, where)
                 extras = {name: _column(batch, name) for name in _EXTRAS}
                 for i, ((n_units, n_bins), subj, sess, seg, src) in enumerate(zip(
-                        shapes, _strings(batch, "subject_id"), _strings(batch, "session_id"),
-                        _strings(batch, "segment_id"), _strings(batch, "source_dataset"))):
+                        shapes, *(_strings(batch, name, where, in_file) for name in
+                                  ("subject_id", "session_id", "segment_id", "source_dataset")))):
                     row_in_file = in_file + i
                     if not sess:
                         raise ValueError(f"{where}: row {row_in_file} has no session_id (found "
@@ -798,6 +849,8 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
                     rows.keep.append(n_units > 0 and n_bins > 0)
                     if not rows.keep[-1]:
                         empty += 1
+                        skipped.append({"input": f"{where} row {row_in_file}",
+                                        "error": f"no units or no bins ({n_units} x {n_bins}); left out"})
                         continue
                     if seg:
                         k4 = (*key, seg)
@@ -822,7 +875,7 @@ def _scan(files: list[_DataFile], default_source: str, progress: bool
     if missing_source:
         _warn(f"{missing_source} rows have no source_dataset; they get '{default_source}'")
     if empty:
-        _warn(f"{empty} rows have no units or no bins; left out")
+        _warn(f"{empty} rows have no units or no bins; left out (listed under the manifest's skipped)")
     if repeated:
         _warn(f"{len(repeated)} rows repeat the (source, subject, session, segment) of an earlier "
               f"row ({repeated[0]}): two copies of the same files in the folder? Kept as they are, unless "
@@ -1122,7 +1175,7 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     skipped: list[dict] = []
     files = _find_files(root, skipped)
     check_inputs_outside(out_dir, [f.path for f in files])
-    rows, sessions = _scan(files, default_source, progress)
+    rows, sessions = _scan(files, default_source, progress, skipped)
     bin_ms = _resolve_bin_ms(rows, bin_ms)
     _assign_session_ids(sessions)
     unknown = _assign_t_start(rows, sessions, bin_ms)

@@ -675,6 +675,21 @@ def test_ar_scores_of_an_empty_split_are_refused(ar_run, tmp_path, nwb_factory, 
                        "each session into several rows)"), err
     assert not (tmp_path / "r.json").exists()
     assert main(["ngram", "--data", str(tmp_path / "one"), "--order", "2", "--split", "train", "--quiet"]) == 0
+    # an imported corpus's splits are its source's: the advice says so (not --test-fraction, an option
+    # of corpus build, nor "fewer ranks" than one)
+    from spikefm.corpus.importer import import_neural_pile
+
+    only_test = tmp_path / "pile" / "data" / "test-00000-of-00001.parquet"
+    only_test.parent.mkdir(parents=True)
+    __import__("shutil").copy(next((tmp_path / "one" / "data").glob("train-*.parquet")), only_test)
+    import_neural_pile(str(tmp_path / "pile"), tmp_path / "imported", progress=False)
+    capsys.readouterr()
+    assert main(["train", "--model", "ar", "--preset", "tiny", "--data", str(tmp_path / "imported"), "--out",
+                 str(tmp_path / "run_imp"), "--steps", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"spikefm: error: split 'train' of {tmp_path / 'imported'} has no rows; its splits are the "
+                          "imported source's") and "import a source whose train split has files" in err, err
+    assert "world_size" not in err and "--test-fraction" not in err and not (tmp_path / "run_imp").exists()
 
 
 def test_generate_names_a_foreign_model_folder_and_refuses_an_oversized_seed(ar_run, tmp_path, capsys):
@@ -703,11 +718,14 @@ def test_an_empty_train_split_is_refused_for_fitting_with_advice_for_fitting():
 
     from spikefm.families.ar.evaluate import require_rows
 
+    from spikefm.corpus.reader import Corpus
+
     corpus = SimpleNamespace(path="c", sessions=[{}], manifest={"splits": {"train": {"num_rows": 0},
                                                                            "test": {"num_rows": 3}}})
+    corpus.fill_split_advice = lambda split: Corpus.fill_split_advice(corpus, split)
     with pytest.raises(ValueError, match=r"^c: its train split has no rows \(its 1 session\(s\) are all in test\); "
                                          r"the n-gram baselines are fitted on the train split: rebuild the corpus "
-                                         r"with a smaller --test-fraction"):
+                                         r"so that train gets some \(more sessions, a smaller --test-fraction"):
         require_rows(corpus, "train", to="fit")
     require_rows(corpus, "test")  # rows: nothing said
 

@@ -199,6 +199,18 @@ class Corpus:
                     raise _fail(str(self.path / "manifest.json"), f"sessions[{i}].{key}",
                                 f"an int >= 0 ({needed_by} reads it)")
 
+    def fill_split_advice(self, split: str) -> str:
+        """How to give this corpus rows in ``split`` (for a message about an empty split): an
+        imported corpus takes its splits from its source's files, a built one from the build's
+        split settings."""
+        build = self.manifest.get("build") or {}
+        if build.get("importer"):
+            return (f"its splits are the imported source's ({build.get('source') or 'the source'}): import a "
+                    f"source whose {split} split has files (data/{split}-*.parquet, or a dataset card mapping them)")
+        return (f"rebuild the corpus so that {split} gets some (more sessions, a "
+                f"{'larger' if split == 'test' else 'smaller'} --test-fraction, or --split row with a "
+                "--max-row-tokens that cuts each session into several rows)")
+
     def session_ids(self, split: str | None = None) -> list[str]:
         """Session ids, optionally only those with rows in ``split``."""
         return [s["session_id"] for s in self.sessions

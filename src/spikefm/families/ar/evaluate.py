@@ -63,11 +63,9 @@ def require_rows(corpus: Corpus, split: str, *, to: str = "score") -> None:
     n = len(corpus.sessions)
     found = f"{corpus.path}: its {split} split has no rows (its {n} session(s) are all in {other})"
     if to == "fit":
-        raise ValueError(f"{found}; the n-gram baselines are fitted on the train split: rebuild the "
-                         "corpus with a smaller --test-fraction or more sessions")
-    raise ValueError(f"{found}; score --split {other}, or rebuild the corpus so that {split} gets "
-                     "some (more sessions, a larger --test-fraction, or --split row with a --max-row-tokens "
-                     "that cuts each session into several rows)")
+        raise ValueError(f"{found}; the n-gram baselines are fitted on the train split: "
+                         + corpus.fill_split_advice(split))
+    raise ValueError(f"{found}; score --split {other}, or " + corpus.fill_split_advice(split))
 
 
 def _rows(corpus: Corpus, split: str, max_tokens: int | None):

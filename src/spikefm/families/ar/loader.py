@@ -189,6 +189,10 @@ class ARTokenLoader:
                     ids = pq.ParquetFile(g.shard).read_row_group(g.row_group, columns=["session_id"])
                 self._rows_in_group.append(sum(self.sessions is None or sid in self.sessions
                                                for sid in ids.column("session_id").to_pylist()))
+            if not sum(self._rows_in_group):
+                raise ValueError(f"split {split!r} of {self.corpus.path} has no rows"
+                                 f"{' of the selected sessions' if self.sessions is not None else ''}; "
+                                 + self.corpus.fill_split_advice(split))
             if sum(self._rows_in_group) < world_size:
                 raise ValueError(f"split {split!r} of {self.corpus.path} has {sum(self._rows_in_group)} rows"
                                  f"{' of the selected sessions' if self.sessions is not None else ''}, fewer than "

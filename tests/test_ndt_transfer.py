@@ -348,6 +348,9 @@ def test_a_seeds_runs_made_with_other_settings_are_started_again(tmp_path):
     (dict(synth_preset="mice"), ValueError, r"synth_preset must be one of ibl, motor, spontaneous"),
     (dict(finetune_step=3), TypeError, r"transfer_study\(\) got an unexpected option 'finetune_step'"),
     # --set train.steps ran that many pretraining steps while transfer.json recorded --pretrain-steps
+    # the synthesizer's refusal named --units, which the study does not have
+    (dict(duration_s=1e9), ValueError, r"^--duration-s 1e\+09: a transfer study's synthetic sessions have up to 80 "
+                                       r"units, so at most [\d,]+ s each fit in memory; give a shorter --duration-s$"),
     (dict(overrides=["train.steps=5"]), ValueError, r"^--set train.steps=5: a transfer study's pretraining steps are "
                                                     r"--pretrain-steps .*give --pretrain-steps N instead of this --set$"),
     # found after synthesis and the corpus build, and the corrected command was then refused

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import shutil
 import sys
 import time
@@ -123,7 +124,7 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
         # none yet, or an interrupted synthesis (each file is written whole): written again (the
         # same files), so that no corpus is built from fewer sessions than asked
         recordings = synthesize(nwb_dir, num_sessions=sessions, seed=seed, duration_s=duration_s,
-                                units_range=(30, 80), preset=synth_preset)
+                                units_range=STUDY_UNITS, preset=synth_preset)
     corpus_dir = (out / "corpus_sessions").absolute()  # runs record it: one spelling, however out is given
     if _corpus_sessions(corpus_dir) != sorted(r.stem for r in recordings):  # a corpus of other recordings
         if (corpus_dir / "manifest.json").is_file():  # (an interrupted build resumes as it is)
@@ -187,6 +188,10 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
                for name, ev in evaluated.items()}
     write_json_atomic(paths["results"], results)  # the strategy summary: run_<family>_finetune/finetune.json
     return {**results, "finetune": {k: v for k, v in ft.items() if k != "history"}}
+
+
+#: Units per synthetic session of a transfer study (not an option of the study).
+STUDY_UNITS = (30, 80)
 
 
 class NothingToScore(ValueError):
@@ -466,6 +471,15 @@ def check_study_options(out: Path, options: dict) -> dict:
                              name_list(opts["tasks"], "--tasks", "co-smoothing,forward-prediction"))
     if opts["eval_every"] is not None:
         _check_int("eval_every", opts["eval_every"], 1)
+    from spikefm.corpus.synth import BIN_MS, MAX_SESSION_CELLS
+
+    duration = opts["duration_s"]
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and math.isfinite(duration) \
+            and STUDY_UNITS[1] * round(duration * 1000.0 / BIN_MS) > MAX_SESSION_CELLS:
+        longest = MAX_SESSION_CELLS // STUDY_UNITS[1] * BIN_MS / 1000.0
+        raise ValueError(f"--duration-s {duration:g}: a transfer study's synthetic sessions have up to "
+                         f"{STUDY_UNITS[1]} units, so at most {longest:,.0f} s each fit in memory; give a shorter "
+                         "--duration-s")
     if opts["synth_preset"] not in PRESETS:
         raise ValueError(f"synth_preset must be one of {', '.join(PRESETS)} (--synth-preset), got "
                          f"{opts['synth_preset']!r}")

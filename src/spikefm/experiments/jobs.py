@@ -642,7 +642,7 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                 ex.recover(workers=1)
                 waiting[:0] = again
                 say(f"a worker process died (killed by the system, most likely for running out of memory) with "
-                    f"{len(again)} job(s) running; they run again one at a time, as does the rest of this run, so "
+                    f"{len(again)} job(s) running; they run again one at a time, as do the jobs after them, so "
                     "that a job that kills its worker is named")
                 continue
             for handle in done:

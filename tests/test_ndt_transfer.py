@@ -493,7 +493,7 @@ def test_sessions_without_val_windows_stop_the_study_before_training_and_bind_no
 
     out = tmp_path / "t"
     for duration in (10.0, 11.0):  # the second call, with other settings, is not refused as another study's
-        with pytest.raises(NothingToScore, match=r"^the held-out session \S+ have no val windows .*nothing was "
+        with pytest.raises(NothingToScore, match=r"^the held-out session \S+ has no val windows .*nothing was "
                                                   rf"trained: use longer sessions \(--duration-s, now {duration:g}\)"):
             transfer_study(out, seeds=[1], sessions=2, duration_s=duration, pretrain_steps=2, finetune_steps=2,
                            quiet=True, overrides=["train.eval_every=0"])

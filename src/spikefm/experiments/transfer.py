@@ -212,9 +212,9 @@ def _check_validation(cfg, held_out: str, duration_s: float) -> None:
     check = getattr(families.get(cfg.family), "check_validation_data", None)
     if check is None:
         return
-    for what, c in (("the held-out session " + held_out, dataclasses.replace(
+    for what, c in (("the held-out session " + held_out + " has", dataclasses.replace(
                         cfg, data=dataclasses.replace(cfg.data, sessions=held_out))),
-                    ("the pretraining sessions", cfg if cfg.train.eval_every else None)):
+                    ("the pretraining sessions have", cfg if cfg.train.eval_every else None)):
         if c is None:
             continue
         try:
@@ -222,7 +222,7 @@ def _check_validation(cfg, held_out: str, duration_s: float) -> None:
         except ValueError as exc:
             if str(exc) != NO_VAL_WINDOWS:
                 raise
-            raise NothingToScore(f"{what} have no val windows (too few windows for the val share of "
+            raise NothingToScore(f"{what} no val windows (too few windows for the val share of "
                                  f"data.split_fractions), and the study validates on them; nothing was trained: use "
                                  f"longer sessions (--duration-s, now {duration_s:g}) or raise the val share (--set "
                                  "data.split_fractions=...)") from None

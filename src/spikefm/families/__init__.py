@@ -227,7 +227,12 @@ def resolved_preset(family: str, preset: str | None = None, protocol: str | None
 def default_preset(family: str) -> str:
     """The preset ``spikefm train --model FAMILY`` uses without ``--preset``."""
     fam = get(family)
-    return fam.default_preset() if hasattr(fam, "default_preset") else fam.presets()[0]
+    if hasattr(fam, "default_preset"):
+        return fam.default_preset()
+    names = list(fam.presets())
+    if not names:
+        raise ValueError(f"family {family!r}: presets() lists no preset; list at least one name preset() accepts")
+    return names[0]
 
 
 def run_config_from_dict(data: dict[str, Any]):
@@ -571,13 +576,26 @@ def _study_member(family: str, member: str, needed_for: str) -> Callable:
 
 def transfer_headline(family: str, benchmarks: dict[str, dict]) -> dict[str, dict[str, Any]]:
     """The headline numbers of one seed of ``spikefm experiment transfer``: ``benchmarks`` is
-    ``{"fine-tuned": results, "single-session": results}`` (each the ``results`` of the family's
-    :func:`evaluate`); returns ``{metric: {model or reference: value or None}}``.
+    ``{"fine-tuned": results, "single-session": results, "finetune": summary}`` (the ``results``
+    of the family's :func:`evaluate`, and :func:`finetune`'s strategy summary); returns
+    ``{metric: {model or reference: value or None}}``, checked.
 
     Raises:
-        ValueError: the family has no ``transfer_headline`` (a transfer study cannot summarise it).
+        ValueError: the family has no ``transfer_headline`` (a transfer study cannot summarise it),
+            or it returned another shape.
     """
-    return _study_member(family, "transfer_headline", "a transfer study needs to summarise its benchmark")(benchmarks)
+    import numbers
+
+    rows = _study_member(family, "transfer_headline", "a transfer study needs to summarise its benchmark")(benchmarks)
+    for metric, cols in rows.items() if isinstance(rows, dict) else [(None, None)]:
+        ok = isinstance(metric, str) and isinstance(cols, dict) and all(
+            isinstance(c, str) and (v is None or isinstance(v, numbers.Real) and not isinstance(v, bool))
+            for c, v in cols.items())
+        if not ok:
+            found = type(rows).__name__ if metric is None else f"{metric!r}: {cols!r:.80}"
+            raise ValueError(f"family {family!r}: transfer_headline() must return {{metric: {{model or reference: "
+                             f"number or None}}}}, got {found}; nothing of this seed was recorded")
+    return rows
 
 
 def task_scores(family: str, results: dict, who: str = "model") -> dict[str, float]:

@@ -30,7 +30,9 @@ How the loop uses a family, in order:
        the scalar mean loss of this micro-batch (the loop divides by grad_accum and FSDP averages
        across ranks, so micro-batches must be equally weighted). `stats["tokens"]` (int) is
        required: the number of tokens/targets in the micro-batch, used for throughput. Other
-       entries (floats) are averaged over micro-steps and ranks and logged as they are.
+       entries (numbers) are averaged over the micro-steps and ranks that report them (a batch
+       may leave one out) and logged as they are. The shapes are checked on a run's first step:
+       a mistake is a one-line error naming `loss()`.
     6. `family.flops_per_batch(model, batch, cfg)` -- training FLOPs (forward + backward, e.g.
        6 * params * tokens plus attention) of one micro-batch, used for MFU; count only the
        parameters each sample uses (a session's own stitcher on its samples only:
@@ -85,7 +87,8 @@ Members used outside the loop (by `spikefm.families`, the CLI and the experiment
     transfer_headline(benchmarks) -> dict
                                        optional: `{metric: {model: value}}` of one seed of
                                        `spikefm experiment transfer` (benchmarks: {"fine-tuned":
-                                       results, "single-session": results}); the study needs it.
+                                       results, "single-session": results, "finetune": the
+                                       strategy summary}); the study needs it.
     check_tasks(tasks: list[str])      optional: ValueError (one line) for a task name `evaluate`
                                        would refuse, so studies fail before training anything.
     check_config(cfg)                  optional: ValueError (one line) for model and data settings

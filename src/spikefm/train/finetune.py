@@ -88,6 +88,10 @@ def _validation_loss(family, cfg, state: dict[str, torch.Tensor]) -> float:
     with torch.no_grad():
         metrics = validation_metrics(family, model, cfg)
     if "val_loss" not in metrics:
+        if metrics:  # other names scored: the family never returns the one early stopping minimises
+            raise ValueError(f"family {getattr(family, 'name', type(family).__name__)!r}: validate() returned no "
+                             f"'val_loss' entry (it returned {', '.join(sorted(metrics))}); early stopping minimises "
+                             "'val_loss'")
         raise ValueError("the validation data scored nothing; cannot early-stop")
     return metrics["val_loss"]
 
@@ -372,6 +376,11 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
     def config(source: str, freeze: bool, scratch: bool, n: int, lr_scale: float = 1.0):
         cfg = family.finetune_config(source, corpus, session_id, freeze_core=freeze, from_scratch=scratch,
                                      steps=n)
+        from spikefm.train.config import RunConfig
+
+        if not isinstance(cfg, RunConfig):
+            raise ValueError(f"family {getattr(family, 'name', type(family).__name__)!r}: finetune_config() must "
+                             f"return a RunConfig (spikefm.train.config), got {type(cfg).__name__}")
         cfg = apply_overrides(cfg, list(overrides))
         return _lower_lr(cfg, lr_scale) if lr_scale != 1.0 else cfg
 

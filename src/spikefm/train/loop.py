@@ -472,12 +472,101 @@ def _check_train_arguments(cfg: RunConfig, out_dir: Any, family: Family, resume:
         _tensorboard_writer_class()
 
 
+def _check_loader_protocol(family, loader) -> None:
+    """The family's training loader can be checkpointed and resumed: an iterator with
+    ``state_dict()`` / ``load_state_dict()`` whose state torch loads back with ``weights_only``
+    (plain numbers, strings, lists, dicts, tensors). A loader without them failed at the first
+    checkpoint, hundreds of steps in; a state holding numpy scalars saved, then never resumed."""
+    import io
+
+    name = _family_name(family)
+    missing = [m for m in ("__next__", "state_dict", "load_state_dict") if not callable(getattr(loader, m, None))]
+    if missing:
+        raise ValueError(f"family {name!r}: train_loader() must return an iterator with state_dict() and "
+                         f"load_state_dict() (checkpoints save where it is); {type(loader).__name__} lacks "
+                         f"{', '.join(missing)}")
+    buf = io.BytesIO()
+    try:
+        torch.save(loader.state_dict(), buf)
+        buf.seek(0)
+        torch.load(buf, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever torch refuses, said in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"family {name!r}: train_loader().state_dict() must hold only what torch.load("
+                         f"weights_only=True) reads back (ints, floats, strings, lists, dicts, tensors; not numpy "
+                         f"numbers or arrays), or no run of it can resume ({first[:200]})") from None
+
+
+def _merge_stats(parts) -> dict[str, float]:
+    """``{key: mean}`` of ``{key: [sum, count]}`` (one dict, or one per rank), keys sorted."""
+    parts = [parts] if isinstance(parts, dict) else parts
+    total: dict[str, list[float]] = {}
+    for part in parts:
+        for key, (value, count) in part.items():
+            acc = total.setdefault(key, [0.0, 0])
+            acc[0] += value
+            acc[1] += count
+    return {k: total[k][0] / total[k][1] for k in sorted(total) if total[k][1]}
+
+
+def _family_name(family) -> str:
+    return getattr(family, "name", type(family).__name__)
+
+
+def _checked_loss(family, out, check: bool):
+    """``family.loss``'s ``(loss, stats)``, its shape checked on the run's first step: a 0-d
+    floating tensor and a dict with an int ``"tokens"`` and numbers (mistakes failed later, inside
+    backward or the logging, as "internal error ... report it")."""
+    if not check:
+        return out
+    expected = "(a 0-d floating tensor, {'tokens': int, other names: numbers})"
+    name = _family_name(family)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError(f"family {name!r}: loss() must return {expected}, got {type(out).__name__}"
+                         + (f" of {len(out)}" if isinstance(out, tuple) else ""))
+    loss, stats = out
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0 and loss.is_floating_point()):
+        found = (f"a tensor of shape {tuple(loss.shape)} ({loss.dtype})" if isinstance(loss, torch.Tensor)
+                 else type(loss).__name__)
+        raise ValueError(f"family {name!r}: loss() must return {expected}; its loss is {found} (reduce it to "
+                         "one number, e.g. .mean())")
+    if not isinstance(stats, dict) or "tokens" not in stats:
+        raise ValueError(f"family {name!r}: loss() must return {expected}; its stats are "
+                         + (f"a dict without 'tokens' (keys: {', '.join(map(str, stats)) or 'none'})"
+                            if isinstance(stats, dict) else type(stats).__name__))
+    for key, value in stats.items():
+        number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) or (
+            isinstance(value, torch.Tensor) and value.numel() == 1)
+        if not number:
+            raise ValueError(f"family {name!r}: loss() stats must be numbers ({expected}); {key!r} is "
+                             f"{type(value).__name__} {value!r:.60}")
+    return out
+
+
+def _checked_flops(family, value) -> float:
+    """``family.flops_per_batch``'s number (a float >= 0), or a one-line error naming it."""
+    try:
+        flops = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"family {_family_name(family)!r}: flops_per_batch() must return a number (FLOPs of "
+                         f"the batch, 0 if unknown), got {type(value).__name__}") from None
+    return flops
+
+
 def validation_metrics(family: Family, model: nn.Module, cfg: RunConfig, rank: int = 0,
                        world_size: int = 1) -> dict[str, float]:
     """The family's validation metrics (see :mod:`spikefm.train.family`): its ``validate`` sums of
     every rank added up, each name's numerator / denominator (names nothing scored are left out),
     and what its ``combine_validation`` makes of those. Called on every rank at once."""
     sums = family.validate(model, cfg, rank, world_size)
+    if not isinstance(sums, dict) or not all(
+            isinstance(v, (tuple, list)) and len(v) == 2 and all(
+                isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in v)
+            for v in sums.values()):
+        bad = next((f"{k!r}: {v!r:.60}" for k, v in sums.items()), "") if isinstance(sums, dict) else \
+            type(sums).__name__
+        raise ValueError(f"family {_family_name(family)!r}: validate() must return {{name: (numerator, "
+                         f"denominator)}} sums (the loop divides them after adding them over ranks), got {bad}")
     names = sorted(sums)
     flat = d.all_reduce_sum([v for n in names for v in sums[n]])
     means = {n: flat[2 * i] / flat[2 * i + 1] for i, n in enumerate(names) if flat[2 * i + 1] > 0}
@@ -657,7 +746,13 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
         if other is not None:  # the cause, not the batch it makes indivisible (else, under the lock, below)
             raise ValueError(world_size_message(*other, world_size)) from None
         raise
-    run_desc = run_info(cfg, family.describe(cfg), world_size)
+    described = family.describe(cfg)
+    try:
+        json.dumps(described)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"family {_family_name(family)!r}: describe() must return a dict that JSON can write "
+                         f"(strings, numbers, lists, dicts: it goes into config.json), but {exc}") from None
+    run_desc = run_info(cfg, described, world_size)
     info = d.init_distributed(tc.device)
     rank, world_size, device = info.rank, info.world_size, info.device
 
@@ -696,6 +791,7 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     loader, error = None, None
     try:
         loader = family.train_loader(cfg, rank, world_size)
+        _check_loader_protocol(family, loader)
         _check_loader_corpus(loader, run_desc)
     except (ValueError, OSError) as exc:  # e.g. data that cannot feed these ranks, a cache unwritable
         error = exc
@@ -767,20 +863,22 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     try:
         for step in range(start_step + 1, last_step + 1):
             loss_sum = torch.zeros((), device=device)
-            extra_sum: dict[str, float] = {}
+            extra_sum: dict[str, list[float]] = {}  # key -> [sum, micro-steps that reported it]
             for micro in range(tc.grad_accum):
                 batch = _to_device(next(loader), device)
                 if fsdp:  # reduce-scatter gradients only after the last micro-step
                     model.set_requires_gradient_sync(micro == tc.grad_accum - 1)
                 with autocast:
-                    loss, stats = family.loss(model, batch, cfg)
+                    loss, stats = _checked_loss(family, family.loss(model, batch, cfg), step == start_step + 1)
                 (loss / tc.grad_accum).backward()
                 loss_sum += loss.detach().float()
                 tokens_since += int(stats["tokens"])
-                flops_since += float(family.flops_per_batch(model, batch, cfg))
+                flops_since += _checked_flops(family, family.flops_per_batch(model, batch, cfg))
                 for key, value in stats.items():
                     if key != "tokens":
-                        extra_sum[key] = extra_sum.get(key, 0.0) + float(value)
+                        acc = extra_sum.setdefault(key, [0.0, 0])
+                        acc[0] += float(value)
+                        acc[1] += 1
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             if hasattr(grad_norm, "full_tensor"):
@@ -794,10 +892,10 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
 
             row = None
             if step % tc.log_every == 0 or step == last_step:
-                keys = sorted(extra_sum)
-                loss_mean, *extra_mean = d.all_reduce_mean(
-                    [loss_sum.item() / tc.grad_accum] + [extra_sum[k] / tc.grad_accum for k in keys]
-                )
+                loss_mean, = d.all_reduce_mean([loss_sum.item() / tc.grad_accum])
+                # a family's own stats: each key averaged over the micro-steps (of every rank) that
+                # reported it; gathered as objects, since ranks may report different keys
+                extras = _merge_stats(extra_sum if world_size == 1 else d.all_gather_object(extra_sum))
                 tokens_g, flops_g, bad_g = d.all_reduce_sum([tokens_since, flops_since,
                                                               1.0 if float(first_bad) > 0 else 0.0])
                 if bad_g > 0:  # the first bad step (a non-finite loss or gradient norm on any rank), which
@@ -814,7 +912,7 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
                     "tokens_per_s": tokens_g / dt,
                     "mfu": (flops_g / dt) / (peak * world_size) if peak else None,
                     "elapsed_s": elapsed_before + now - t_start,
-                    **dict(zip(keys, extra_mean)),
+                    **extras,
                 }
                 log(row)
                 last_loss = loss_mean

@@ -525,11 +525,6 @@ def _shown(path: Path) -> str:
     return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _parquet_file(path: Path) -> pq.ParquetFile:
     """A Parquet file opened from Python (a path pyarrow cannot take as text, e.g. a name that is
     not UTF-8, still opens), or a one-line ValueError naming it."""

@@ -509,6 +509,12 @@ def _merge_stats(parts) -> dict[str, float]:
     return {k: total[k][0] / total[k][1] for k in sorted(total) if total[k][1]}
 
 
+def _is_number(value) -> bool:
+    """A real number the loop can add up: int, float, numpy number or one-element tensor (no bool)."""
+    return (isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))) or (
+        isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
 def _family_name(family) -> str:
     return getattr(family, "name", type(family).__name__)
 
@@ -535,16 +541,14 @@ def _checked_loss(family, out, check: bool):
                          + (f"a dict without 'tokens' (keys: {', '.join(map(str, stats)) or 'none'})"
                             if isinstance(stats, dict) else type(stats).__name__))
     for key, value in stats.items():
-        number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) or (
-            isinstance(value, torch.Tensor) and value.numel() == 1)
-        if not number:
+        if not _is_number(value):
             raise ValueError(f"family {name!r}: loss() stats must be numbers ({expected}); {key!r} is "
                              f"{type(value).__name__} {value!r:.60}")
     return out
 
 
 def _checked_flops(family, value) -> float:
-    """``family.flops_per_batch``'s number (a float >= 0), or a one-line error naming it."""
+    """``family.flops_per_batch``'s number as a float, or a one-line error naming it."""
     try:
         flops = float(value)
     except (TypeError, ValueError):
@@ -559,12 +563,13 @@ def validation_metrics(family: Family, model: nn.Module, cfg: RunConfig, rank: i
     every rank added up, each name's numerator / denominator (names nothing scored are left out),
     and what its ``combine_validation`` makes of those. Called on every rank at once."""
     sums = family.validate(model, cfg, rank, world_size)
-    if not isinstance(sums, dict) or not all(
-            isinstance(v, (tuple, list)) and len(v) == 2 and all(
-                isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in v)
-            for v in sums.values()):
-        bad = next((f"{k!r}: {v!r:.60}" for k, v in sums.items()), "") if isinstance(sums, dict) else \
-            type(sums).__name__
+
+    def pair(v) -> bool:
+        return isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_number(x) for x in v)
+
+    if not isinstance(sums, dict) or not all(pair(v) for v in sums.values()):
+        bad = next(f"{k!r}: {v!r:.60}" for k, v in sums.items() if not pair(v)) if isinstance(sums, dict) \
+            else type(sums).__name__
         raise ValueError(f"family {_family_name(family)!r}: validate() must return {{name: (numerator, "
                          f"denominator)}} sums (the loop divides them after adding them over ranks), got {bad}")
     names = sorted(sums)

@@ -617,8 +617,9 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                 break
             ran_together = len(running) > 1  # a job that ran alone and died is named at once
             done = ex.wait(list(running))
-            if (ran_together and hasattr(ex, "recover")
-                    and any(_worker_died(e) for _, e in map(ex.outcome, done) if e is not None)):
+            broke = (ran_together and hasattr(ex, "recover")
+                     and any(_worker_died(e) for _, e in map(ex.outcome, done) if e is not None))
+            if broke:
                 # The pool broke with one worker and took every job running in it; which job killed its
                 # worker is unknown, so they run again one at a time (the rest of this run too).
                 pending = [h for h in running if h not in done]
@@ -626,28 +627,13 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                     ended = ex.wait(pending)
                     done += ended
                     pending = [h for h in pending if h not in ended]
-                again = []
-                for handle in done:
-                    jid = running.pop(handle)
-                    record, exc = ex.outcome(handle)
-                    if exc is None:
-                        records[jid] = record
-                        bar.advance(1)
-                        finished_now += 1
-                        if progress and not sys.stderr.isatty():
-                            say(f"[{finished_now}/{len(todo)}] {by_id[jid].label} done in "
-                                f"{record['timings']['wall_s']:.0f} s ({jid})")
-                    else:  # died with the pool or failed beside it: either way it runs again
-                        again.append(jid)
-                ex.recover(workers=1)
-                waiting[:0] = again
-                say(f"a worker process died (killed by the system, most likely for running out of memory) with "
-                    f"{len(again)} job(s) running; they run again one at a time, as do the jobs after them, so "
-                    "that a job that kills its worker is named")
-                continue
+            again = []
             for handle in done:
                 jid = running.pop(handle)
                 record, exc = ex.outcome(handle)
+                if exc is not None and broke:  # died with the pool or failed beside it: it runs again
+                    again.append(jid)
+                    continue
                 bar.advance(1)
                 finished_now += 1
                 if exc is not None:
@@ -660,6 +646,12 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
                 if progress and not sys.stderr.isatty():  # the bar's stand-in; --quiet prints none
                     say(f"[{finished_now}/{len(todo)}] {by_id[jid].label} done in "
                         f"{record['timings']['wall_s']:.0f} s ({jid})")
+            if broke:
+                ex.recover(workers=1)
+                waiting[:0] = again
+                say(f"a worker process died (killed by the system, most likely for running out of memory) with "
+                    f"{len(again)} job(s) running; they run again one at a time, as do the jobs after them, so "
+                    "that a job that kills its worker is named")
     if failed:
         raise JobsFailed(failed, root)
     return records

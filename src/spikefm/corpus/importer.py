@@ -540,27 +540,26 @@ def _iter_batches(f: _DataFile, columns: list[str] | None = None) -> Iterator[pa
     if f.fmt == "parquet":
         pf = _parquet_file(f.path)
         cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
-        batches = pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols)
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except (pa.ArrowException, OSError) as exc:  # e.g. "Corrupt snappy compressed data"
-                raise _unreadable(f.path, exc, "Parquet file") from None
-            yield batch
-    _, batches = _open_arrow(f.path)
+        yield from _read(pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols), f.path, "Parquet file")
+        return
+    for batch in _read(_open_arrow(f.path)[1], f.path, "Arrow file"):
+        if columns is not None:
+            batch = batch.select([c for c in columns if c in batch.schema.names])
+        for start in range(0, batch.num_rows, _BATCH_ROWS):
+            yield batch.slice(start, _BATCH_ROWS)
+
+
+def _read(batches: Iterator[pa.RecordBatch], path: Path, what: str) -> Iterator[pa.RecordBatch]:
+    """``batches`` as they are read, a read error (e.g. "Corrupt snappy compressed data") said in
+    one line naming ``path``."""
     while True:
         try:
             batch = next(batches)
         except StopIteration:
             return
         except (pa.ArrowException, OSError) as exc:
-            raise _unreadable(f.path, exc, "Arrow file") from None
-        if columns is not None:
-            batch = batch.select([c for c in columns if c in batch.schema.names])
-        for start in range(0, batch.num_rows, _BATCH_ROWS):
-            yield batch.slice(start, _BATCH_ROWS)
+            raise _unreadable(path, exc, what) from None
+        yield batch
 
 
 def _open_arrow(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -786,11 +785,10 @@ def _check_extras(where: str, row: int, n_units: int, n_bins: int, ex: dict) -> 
     return tables
 
 
-def _scan(files: list[_DataFile], default_source: str, progress: bool, skipped: list[dict] | None = None
+def _scan(files: list[_DataFile], default_source: str, progress: bool, skipped: list[dict]
           ) -> tuple[_Rows, dict[tuple, _Session]]:
     """Pass 1: every row's shape and metadata, the sessions; rows with no units or bins are left
-    out (listed in ``skipped``)."""
-    skipped = [] if skipped is None else skipped
+    out (added to ``skipped``)."""
     from ..progress import progress_bar
 
     rows = _Rows()

@@ -203,6 +203,11 @@ class Family(Protocol):
         ...
 
 
+def family_label(family) -> str:
+    """The name a message gives ``family`` (its ``name``, else its class's)."""
+    return getattr(family, "name", type(family).__name__)
+
+
 def check_family_config(family: Family, cfg: RunConfig) -> None:
     """TypeError unless cfg.model / cfg.data are instances of the family's config classes."""
     for name, expected in (("model", family.model_config_cls), ("data", family.data_config_cls)):

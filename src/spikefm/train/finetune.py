@@ -37,6 +37,7 @@ from spikefm.fileio import (LOCK_NAME, folder_lock, make_folder, remove_stale_te
                             write_json_atomic)
 from spikefm.train.checkpoint import (EXPORT_NAME, RUN_MARKERS, check_run_folder, read_safetensors_header,
                                       write_safetensors)
+from spikefm.train.family import family_label
 
 __all__ = ["FinetuneBudget", "OtherFinetune", "train_with_early_stopping", "validation_still_falling", "finetune_strategies", "check_auto_options",
            "one_se_choice",
@@ -89,7 +90,7 @@ def _validation_loss(family, cfg, state: dict[str, torch.Tensor]) -> float:
         metrics = validation_metrics(family, model, cfg)
     if "val_loss" not in metrics:
         if metrics:  # other names scored: the family never returns the one early stopping minimises
-            raise ValueError(f"family {getattr(family, 'name', type(family).__name__)!r}: validate() returned no "
+            raise ValueError(f"family {family_label(family)!r}: validate() returned no "
                              f"'val_loss' entry (it returned {', '.join(sorted(metrics))}); early stopping minimises "
                              "'val_loss'")
         raise ValueError("the validation data scored nothing; cannot early-stop")
@@ -379,7 +380,7 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
         from spikefm.train.config import RunConfig
 
         if not isinstance(cfg, RunConfig):
-            raise ValueError(f"family {getattr(family, 'name', type(family).__name__)!r}: finetune_config() must "
+            raise ValueError(f"family {family_label(family)!r}: finetune_config() must "
                              f"return a RunConfig (spikefm.train.config), got {type(cfg).__name__}")
         cfg = apply_overrides(cfg, list(overrides))
         return _lower_lr(cfg, lr_scale) if lr_scale != 1.0 else cfg

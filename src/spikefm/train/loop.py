@@ -72,7 +72,7 @@ from spikefm.train.checkpoint import (
     world_size_message,
 )
 from spikefm.train.config import RunConfig, config_differences, config_to_dict
-from spikefm.train.family import Family, check_family_config
+from spikefm.train.family import Family, check_family_config, family_label
 from spikefm.train.optim import apply_settings, build_optimizer, build_scheduler
 from spikefm.train.runinfo import run_info
 
@@ -479,7 +479,7 @@ def _check_loader_protocol(family, loader) -> None:
     checkpoint, hundreds of steps in; a state holding numpy scalars saved, then never resumed."""
     import io
 
-    name = _family_name(family)
+    name = family_label(family)
     missing = [m for m in ("__next__", "state_dict", "load_state_dict") if not callable(getattr(loader, m, None))]
     if missing:
         raise ValueError(f"family {name!r}: train_loader() must return an iterator with state_dict() and "
@@ -515,10 +515,6 @@ def _is_number(value) -> bool:
         isinstance(value, torch.Tensor) and value.numel() == 1)
 
 
-def _family_name(family) -> str:
-    return getattr(family, "name", type(family).__name__)
-
-
 def _checked_loss(family, out, check: bool):
     """``family.loss``'s ``(loss, stats)``, its shape checked on the run's first step: a 0-d
     floating tensor and a dict with an int ``"tokens"`` and numbers (mistakes failed later, inside
@@ -526,7 +522,7 @@ def _checked_loss(family, out, check: bool):
     if not check:
         return out
     expected = "(a 0-d floating tensor, {'tokens': int, other names: numbers})"
-    name = _family_name(family)
+    name = family_label(family)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"family {name!r}: loss() must return {expected}, got {type(out).__name__}"
                          + (f" of {len(out)}" if isinstance(out, tuple) else ""))
@@ -552,7 +548,7 @@ def _checked_flops(family, value) -> float:
     try:
         flops = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"family {_family_name(family)!r}: flops_per_batch() must return a number (FLOPs of "
+        raise ValueError(f"family {family_label(family)!r}: flops_per_batch() must return a number (FLOPs of "
                          f"the batch, 0 if unknown), got {type(value).__name__}") from None
     return flops
 
@@ -570,7 +566,7 @@ def validation_metrics(family: Family, model: nn.Module, cfg: RunConfig, rank: i
     if not isinstance(sums, dict) or not all(pair(v) for v in sums.values()):
         bad = next(f"{k!r}: {v!r:.60}" for k, v in sums.items() if not pair(v)) if isinstance(sums, dict) \
             else type(sums).__name__
-        raise ValueError(f"family {_family_name(family)!r}: validate() must return {{name: (numerator, "
+        raise ValueError(f"family {family_label(family)!r}: validate() must return {{name: (numerator, "
                          f"denominator)}} sums (the loop divides them after adding them over ranks), got {bad}")
     names = sorted(sums)
     flat = d.all_reduce_sum([v for n in names for v in sums[n]])
@@ -755,7 +751,7 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     try:
         json.dumps(described)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"family {_family_name(family)!r}: describe() must return a dict that JSON can write "
+        raise ValueError(f"family {family_label(family)!r}: describe() must return a dict that JSON can write "
                          f"(strings, numbers, lists, dicts: it goes into config.json), but {exc}") from None
     run_desc = run_info(cfg, described, world_size)
     info = d.init_distributed(tc.device)

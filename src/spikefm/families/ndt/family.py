@@ -352,26 +352,21 @@ class NDTFamily:
         # sizes must match), also for sessions missing from its batch.
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
-        if slices is None or (slices[1] == 1 and counts_BTN.shape[0] <= slices[0]):
-            log_rates_BTN = model(mb.inputs_BTN, valid_BN.to(mb.inputs_BTN.device), list(batch["session_ids"]),
-                                  mb.scheme_B, mb.causal_B, all_sessions_in_graph=distributed and model.training,
-                                  input_mask_BTN=mb.input_mask_BTN)
-            return mb, log_rates_BTN.float()
         from spikefm.train.dist import forward_in_slices
 
         valid_BN = valid_BN.to(mb.inputs_BTN.device)
         ids = list(batch["session_ids"])
+        B = counts_BTN.shape[0]
         parts = forward_in_slices(lambda lo, hi: model(
             mb.inputs_BTN[lo:hi], valid_BN[lo:hi], ids[lo:hi], mb.scheme_B[lo:hi], mb.causal_B[lo:hi],
             all_sessions_in_graph=distributed and model.training, input_mask_BTN=mb.input_mask_BTN[lo:hi]),
-            counts_BTN.shape[0], *slices)
-        return mb, torch.cat(parts).float()
+            B, *(slices or (B, 1)))
+        return mb, (parts[0] if len(parts) == 1 else torch.cat(parts)).float()
 
     def loss(self, model: nn.Module, batch: Any, cfg: RunConfig):
         generator = torch.Generator().manual_seed(int(batch["mask_seed"]))
         mb, log_rates_BTN = self._masked_forward(model, batch, cfg.data, generator)
         loss, _ = masked_poisson_loss(log_rates_BTN, mb.targets_BTN, mb.loss_mask_BTN, mb.scheme_B)
-        # Only fixed keys besides "tokens": the loop averages stats over ranks by position.
         return loss, {"tokens": int(mb.loss_mask_BTN.sum())}
 
     def flops_per_batch(self, model: nn.Module, batch: Any, cfg: RunConfig) -> float:

@@ -286,19 +286,16 @@ def masked_forward(model: nn.Module, batch: dict, scheme_B: torch.Tensor, ratio:
     masks = make_masks(scheme_B, num_bins=batch["counts_BTN"].shape[1], unit_valid_BN=batch["unit_valid_BN"],
                        behavior_valid_BTC=batch["behavior_valid_BTC"], label_valid_BJ=batch["label_valid_BJ"],
                        ratio=ratio, generator=generator)
-    B = batch["counts_BTN"].shape[0]
-    if slices is None or (slices[1] == 1 and B <= slices[0]):
-        out = model(batch["counts_BTN"], masks.spike_hidden_BT, list(batch["session_ids"]), batch["behavior_BTC"],
-                    masks.behavior_hidden_BTC, batch["labels_BJ"], masks.label_hidden_BJ,
-                    all_sessions_in_graph=all_sessions_in_graph)
-        return masks, out
     from spikefm.train.dist import forward_in_slices
 
+    B = batch["counts_BTN"].shape[0]
     ids = list(batch["session_ids"])
     parts = forward_in_slices(lambda lo, hi: model(
         batch["counts_BTN"][lo:hi], masks.spike_hidden_BT[lo:hi], ids[lo:hi], batch["behavior_BTC"][lo:hi],
         masks.behavior_hidden_BTC[lo:hi], batch["labels_BJ"][lo:hi], masks.label_hidden_BJ[lo:hi],
-        all_sessions_in_graph=all_sessions_in_graph), B, *slices)
+        all_sessions_in_graph=all_sessions_in_graph), B, *(slices or (B, 1)))
+    if len(parts) == 1:
+        return masks, parts[0]
     out = {k: ([torch.cat([p[k][j] for p in parts]) for j in range(len(parts[0][k]))] if isinstance(v, list)
                else torch.cat([p[k] for p in parts])) for k, v in parts[0].items()}
     return masks, out

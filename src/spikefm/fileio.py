@@ -153,9 +153,13 @@ def check_file_target(path: str | os.PathLike) -> None:
         raise _in_the_way(f"write {path}", blocker)
 
 
+#: A corpus folder's own entries (corpus/store.py lays them out; the AR token cache lives in
+#: ``.cache``), named once here because the layer below the corpus checks outputs against them.
+CORPUS_DATA, CORPUS_CURRENT, CORPUS_VERSIONS = "data", ".current", ".versions"
+CORPUS_STAGING, CORPUS_CACHE = ".staging", ".cache"
 #: Entries of a corpus folder that spikefm writes and replaces (shards and their versions, build
 #: staging, the token cache): an output put there is lost, or breaks the corpus's next use.
-CORPUS_OWN_ENTRIES = ("data", ".current", ".versions", ".staging", ".cache")
+CORPUS_OWN_ENTRIES = (CORPUS_DATA, CORPUS_CURRENT, CORPUS_VERSIONS, CORPUS_STAGING, CORPUS_CACHE)
 
 
 def _is_corpus_manifest(path: Path) -> bool:
@@ -176,7 +180,7 @@ def corpus_holding(path: str | os.PathLike) -> tuple[Path, str] | None:
     p = Path(path)
     for candidate in dict.fromkeys((p.absolute(), p.resolve())):
         for d in candidate.parents:
-            if d.name == ".current" or d.parent.name == ".versions":  # a version's own manifest: the
+            if d.name == CORPUS_CURRENT or d.parent.name == CORPUS_VERSIONS:  # a version's own manifest: the
                 continue  # corpus is the folder around it
             if (d / "manifest.json").is_file() and _is_corpus_manifest(d / "manifest.json"):
                 entry = candidate.relative_to(d).parts[0]

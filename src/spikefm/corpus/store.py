@@ -42,17 +42,17 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..fileio import CORPUS_CACHE as CACHE
+from ..fileio import CORPUS_CURRENT as CURRENT
+from ..fileio import CORPUS_DATA as DATA
+from ..fileio import CORPUS_STAGING as STAGING
+from ..fileio import CORPUS_VERSIONS as VERSIONS
 from ..fileio import LOCK_NAME, corpus_holding, folder_lock, fsync_dir, write_bytes_atomic
 from .manifest import MANIFEST_NAME, Manifest, read_manifest
 from .schema import ROW_SCHEMA, shard_name
 
-DATA = "data"
-CURRENT = ".current"
-VERSIONS = ".versions"
-STAGING = ".staging"
-
 #: Entries spikefm may keep in a corpus folder (besides temporaries, see _is_temporary).
-OWNED_NAMES = frozenset({MANIFEST_NAME, DATA, CURRENT, VERSIONS, STAGING, LOCK_NAME})
+OWNED_NAMES = frozenset({MANIFEST_NAME, DATA, CURRENT, VERSIONS, STAGING, CACHE, LOCK_NAME})
 #: Rows per Parquet row group (small: a reader fetches a few rows at a time).
 ROW_GROUP_ROWS = 16
 

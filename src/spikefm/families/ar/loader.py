@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 
 from spikefm.corpus.reader import Corpus, _matrices, shard_errors
-from spikefm.fileio import write_atomic, write_json_atomic
+from spikefm.fileio import CORPUS_CACHE, write_atomic, write_json_atomic
 from spikefm.families.ar.positions import window_prefix
 from spikefm.families.ar.tokens import SEPARATOR, tokenize
 
@@ -72,7 +72,7 @@ class TokenCache:
     """
 
     def __init__(self, corpus: Corpus, split: str, groups: list[_Group]):
-        folder = corpus.path / ".cache"
+        folder = corpus.path / CORPUS_CACHE
         stem = f"tokens-{split}-{corpus.manifest_hash[:16]}"
         self.path, index_path = folder / f"{stem}.u8", folder / f"{stem}.json"
         if not index_path.exists():

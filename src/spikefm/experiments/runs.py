@@ -62,10 +62,10 @@ def check_pretrain_spec(spec: dict, executor=None):
     return cfg
 
 
-def check_held_out_validation(cfg, held) -> None:
-    """Refuse, before any job runs, held-out sessions without val windows under the pretraining
-    run config ``cfg`` (the fine-tunings inherit its data settings): every fine-tuning job failed
-    after the pretraining ones, in words naming no session."""
+def no_val_windows(cfg, sessions: str | None = None) -> bool:
+    """True when the family's ``check_validation_data`` finds no val windows under the run config
+    ``cfg`` (its data restricted to ``sessions`` when given); False when it finds some or the family
+    does not check. Any other problem of the data settings is raised as the check raises it."""
     import dataclasses
 
     from spikefm import families
@@ -73,16 +73,31 @@ def check_held_out_validation(cfg, held) -> None:
 
     check = getattr(families.get(cfg.family), "check_validation_data", None)
     if check is None:
-        return
+        return False
+    if sessions is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sessions=sessions))
+    try:
+        check(cfg)
+    except ValueError as exc:
+        if str(exc) != NO_VAL_WINDOWS:
+            raise
+        return True
+    return False
+
+
+def check_held_out_validation(cfg, held) -> None:
+    """Refuse, before any job runs, held-out sessions without val windows under the pretraining
+    run config ``cfg`` (the fine-tunings inherit its data settings): every fine-tuning job failed
+    after the pretraining ones, in words naming no session."""
     for h in held:
         try:
-            check(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sessions=h)))
-        except ValueError as exc:
-            if str(exc) != NO_VAL_WINDOWS:  # another problem of the data settings: the jobs meet it and
-                continue  # say it in their own words (a fine-tuning may accept what this config refuses)
+            empty = no_val_windows(cfg, h)
+        except ValueError:  # another problem of the data settings: the jobs meet it and say it in
+            continue  # their own words (a fine-tuning may accept what this config refuses)
+        if empty:
             raise ValueError(f"held-out session {h} has no val windows (too few windows for the val share of "
                              "data.split_fractions), and fine-tuning to it validates on them; nothing was run: hold "
-                             "out a longer session, or raise the val share (--set data.split_fractions=...)") from None
+                             "out a longer session, or raise the val share (--set data.split_fractions=...)")
 
 
 def missing_decoding_label(corpus, session: str, tasks, cfg) -> tuple[str, str] | None:

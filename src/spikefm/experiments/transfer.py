@@ -204,28 +204,15 @@ def _check_validation(cfg, held_out: str, duration_s: float) -> None:
     """Refuse, before any training, sessions without val windows: the pretraining's (when it
     validates) and the held-out one's (fine-tuning always validates). Following the loop's advice
     (``train.eval_every=0``) made pretraining pass and fine-tuning fail with the same words."""
-    import dataclasses
+    from spikefm.experiments.runs import no_val_windows
 
-    from spikefm import families
-    from spikefm.data.windows import NO_VAL_WINDOWS
-
-    check = getattr(families.get(cfg.family), "check_validation_data", None)
-    if check is None:
-        return
-    for what, c in (("the held-out session " + held_out + " has", dataclasses.replace(
-                        cfg, data=dataclasses.replace(cfg.data, sessions=held_out))),
-                    ("the pretraining sessions have", cfg if cfg.train.eval_every else None)):
-        if c is None:
-            continue
-        try:
-            check(c)
-        except ValueError as exc:
-            if str(exc) != NO_VAL_WINDOWS:
-                raise
+    for what, sessions, validates in (("the held-out session " + held_out + " has", held_out, True),
+                                      ("the pretraining sessions have", None, bool(cfg.train.eval_every))):
+        if validates and no_val_windows(cfg, sessions):
             raise NothingToScore(f"{what} no val windows (too few windows for the val share of "
                                  f"data.split_fractions), and the study validates on them; nothing was trained: use "
                                  f"longer sessions (--duration-s, now {duration_s:g}) or raise the val share (--set "
-                                 "data.split_fractions=...)") from None
+                                 "data.split_fractions=...)")
 
 
 def _check_labels(corpus, session: str, tasks: Sequence[str] | None, synth_preset: str, cfg) -> None:

@@ -126,6 +126,11 @@ def test_format_info_reports_the_numbers(corpus_and_rows):
     assert "(2 human)" in text
     assert max(len(line) for line in text.splitlines()) <= 100
     assert "first 3 rows" in format_info(corpus_info(corpus, max_rows=3))
+    # the mean is of the stored counts: where bins were clipped it says so (this corpus has some)
+    mean_line = [line for line in text.splitlines() if line.strip().startswith("mean count")]
+    assert info["clipped_bins"] > 0 and "clipped bins count 255" in mean_line[0]
+    unclipped = format_info({**info, "clipped_bins": 0})
+    assert "clipped bins count" not in [line for line in unclipped.splitlines() if line.strip().startswith("mean count")][0]
 
 
 def test_real_recording_hours_units_and_zero_fraction(real_nwb, tmp_path):

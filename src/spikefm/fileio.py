@@ -51,6 +51,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's
+    name when it has none: what a one-line error quotes of a library's multi-line one."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def default_file_mode() -> int:
     """The mode ``open()`` gives a new file here: ``0o666`` less the process's umask. For files a
     library creates with a mode of its own (safetensors' ``save_file`` writes ``0o600``), so that

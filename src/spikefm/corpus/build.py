@@ -51,7 +51,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..argtypes import is_int
-from ..fileio import write_atomic, write_json_atomic
+from ..fileio import first_line, write_atomic, write_json_atomic
 from .binning import bin_spikes, spike_span_ms
 from .manifest import BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, new_manifest
 from .nwb import is_nwb_name, nwb_paths, read_nwb, resample_behavior, sha256_file
@@ -506,14 +506,14 @@ def _stage_one(item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dic
         return meta
     except MemoryError as exc:
         msg = (f"out of memory while reading or binning it ({type(exc).__name__}: "
-               f"{_first_line(exc)}); build it on a machine with more memory, or check its spike "
+               f"{first_line(exc)}); build it on a machine with more memory, or check its spike "
                "times (see --spikes-past-end)")
     except (ValueError, OSError) as exc:  # NWBInputError is a ValueError
         if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRNOS:
             raise  # a full disk or a read-only folder is the machine's problem, not this input's
-        msg = _first_line(exc)
+        msg = first_line(exc)
     except Exception as exc:  # a file that trips up a library: skip it, say what happened
-        msg = f"failed while building it ({type(exc).__name__}: {_first_line(exc)})"
+        msg = f"failed while building it ({type(exc).__name__}: {first_line(exc)})"
     if str(item.path) not in msg:
         msg = f"{item.path}: {msg}"
     return {"error": msg, "input": str(item.path)}
@@ -522,11 +522,6 @@ def _stage_one(item: InputFile, key: str, staging: str, cfg: BuildConfig) -> dic
 #: OS errors of the machine (no space, quota, read-only file system): they stop the build, exit 1,
 #: instead of skipping each input as if it were bad.
 _MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,10 +759,10 @@ def build_corpus(inputs: list[str | os.PathLike], out_dir: str | Path, cfg: Buil
     except ValueError as exc:
         raise BuildError(str(exc)) from None
     except MemoryError as exc:
-        raise BuildError(f"{out_dir}: out of memory while writing the corpus ({_first_line(exc)}); "
+        raise BuildError(f"{out_dir}: out of memory while writing the corpus ({first_line(exc)}); "
                          "use a machine with more memory or a smaller --max-row-tokens") from None
     except OSError as exc:  # an operation failed (exit 1 on the command line), not bad input
-        raise OSError(exc.errno, f"{exc.strerror or _first_line(exc)} while writing the corpus in {out_dir}; "
+        raise OSError(exc.errno, f"{exc.strerror or first_line(exc)} while writing the corpus in {out_dir}; "
                       "fix the cause (space, permissions) and run again: finished sessions are reused",
                       exc.filename) from None
 
@@ -1093,7 +1088,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *, quie
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:  # "auto" with no cluster running, a cluster gone
-        raise ValueError(f"{flag} {address}: no Ray cluster to connect to ({_first_line(exc)}); "
+        raise ValueError(f"{flag} {address}: no Ray cluster to connect to ({first_line(exc)}); "
                          f"start one (ray start --head) or {_local_instead(flag)} for a local instance") from None
     try:
         yield ray
@@ -1122,6 +1117,6 @@ def _run_ray(jobs, staging: Path, cfg: BuildConfig, bar, quiet: bool = False) ->
                     item = items[ref]
                     results.append({"input": str(item.path), "error": (
                         f"{item.path}: the Ray task building it failed ({type(exc).__name__}: "
-                        f"{_first_line(exc)}); skipped")})
+                        f"{first_line(exc)}); skipped")})
                 bar.advance(1)
     return results

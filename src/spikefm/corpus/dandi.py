@@ -41,10 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..fileio import (check_relative_path, fsync_dir, holding_lock, make_folder,
+from ..fileio import (check_relative_path, first_line, fsync_dir, holding_lock, make_folder,
                       remove_stale_temporaries, write_atomic, write_json_atomic)
 from ..progress import progress_bar
-from .build import _first_line
 from .nwb import sha256_file
 
 _SPEC = re.compile(r"^dandi:(?P<id>\d{6})(?:@(?P<version>[^/]+))?(?:/(?P<glob>.+))?$")
@@ -280,7 +279,7 @@ def _stream(asset, local: Path, digest: str, spec: str, progress: bool) -> None:
     try:
         downloader = asset.get_download_file_iter(DOWNLOAD_CHUNK_BYTES)
     except ValueError as exc:  # e.g. a Zarr asset, which is not one file
-        raise ValueError(f"{spec}: cannot download {asset.path} ({_first_line(exc)})") from None
+        raise ValueError(f"{spec}: cannot download {asset.path} ({first_line(exc)})") from None
     try:
         with open(part, "r+b" if start else "wb") as f, \
                 progress_bar(size, f"downloading {asset.path}", enabled=progress, unit="bytes",
@@ -366,7 +365,7 @@ def _fetch(downloader, f, start: int, size: int | None, bar, spec: str, asset_pa
 
 def _failed(spec: str, asset_path: str, why: BaseException | str, have: int, size: int | None,
             resumable: bool) -> str:
-    why = why if isinstance(why, str) else _first_line(why)
+    why = why if isinstance(why, str) else first_line(why)
     of = f" of {size:,}" if size is not None else ""
     then = ("the next build resumes it (the partial file is kept in the cache)"
             if resumable and have else "run the build again")
@@ -455,16 +454,16 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
         raise
     except OSError as exc:
         if exc.filename:  # writing into the cache: space, permissions
-            raise ValueError(f"{spec}: {exc.filename}: {exc.strerror or _first_line(exc)} while "
+            raise ValueError(f"{spec}: {exc.filename}: {exc.strerror or first_line(exc)} while "
                              "writing the DANDI cache; fix the cause or choose another cache "
                              "folder (SPIKEFM_DANDI_CACHE)") from exc
-        raise ValueError(f"{spec}: download from DANDI failed ({_first_line(exc)}); check your "
+        raise ValueError(f"{spec}: download from DANDI failed ({first_line(exc)}); check your "
                          "network and run the build again (finished downloads are kept in the "
                          "cache)") from exc
     except Exception as exc:  # the client's own errors, e.g. dandi.exceptions.NotFoundError
         where = parsed.dandiset_id + (f" version {parsed.version}" if parsed.version else "")
         raise ValueError(f"{spec}: the DANDI archive did not give dandiset {where} "
-                         f"({type(exc).__name__}: {_first_line(exc)}); check the id and version "
+                         f"({type(exc).__name__}: {first_line(exc)}); check the id and version "
                          f"at https://dandiarchive.org/dandiset/{parsed.dandiset_id}") from exc
     finally:
         if own_client and hasattr(client, "__exit__"):

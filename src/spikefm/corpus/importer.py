@@ -85,8 +85,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..fileio import check_relative_path
-from .build import _first_line
+from ..fileio import check_relative_path, first_line
 from .info import flat_counts
 from .manifest import (BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo,
                        new_manifest)
@@ -176,7 +175,7 @@ def _resolve_source(source: str, cache_dir: str | None, revision: str | None
         raise ValueError("importing from the Hugging Face Hub needs huggingface_hub: "
                           "pip install 'spikefm[hf]'") from None
     def failed(exc: Exception) -> ValueError:  # network, auth, missing repo: one line, the fix
-        return ValueError(f"{repo_id}: download from the Hugging Face Hub failed ({_first_line(exc)}); check "
+        return ValueError(f"{repo_id}: download from the Hugging Face Hub failed ({first_line(exc)}); check "
                           "the repo id, your network and HF_TOKEN, or give a local folder")
 
     try:  # list first: every name must be a plain relative path before anything is written
@@ -185,7 +184,7 @@ def _resolve_source(source: str, cache_dir: str | None, revision: str | None
         cached = _cached_snapshot(repo_id, revision, cache_dir)
         if cached is None:
             raise failed(exc) from exc
-        _warn(f"{repo_id}: the Hugging Face Hub could not be reached ({_first_line(exc)}); importing the "
+        _warn(f"{repo_id}: the Hugging Face Hub could not be reached ({first_line(exc)}); importing the "
               f"copy already downloaded to {cached}")
         return cached, {"hf_repo": repo_id, "revision": cached.name}, repo_id.split("/")[-1]
     for name in names:
@@ -516,7 +515,7 @@ def _find_files(root: Path, skipped: list[dict]) -> list[_DataFile]:
 
 def _unreadable(path: Path, exc: BaseException, what: str) -> ValueError:
     """One line for a data file that cannot be read (a damaged shard: download it again)."""
-    return ValueError(f"{_shown(path)}: not a readable {what} ({_first_line(exc)}); download that file again "
+    return ValueError(f"{_shown(path)}: not a readable {what} ({first_line(exc)}); download that file again "
                       "(it may be damaged or incomplete)")
 
 
@@ -1189,7 +1188,7 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
         raise ValueError(f"{out_dir}: out of memory while importing ({exc}); use a machine "
                          "with more memory") from None
     except OSError as exc:  # an operation failed (exit 1 on the command line, as a build's), not bad input
-        raise OSError(exc.errno, f"{exc.strerror or _first_line(exc)} while writing the corpus in {out_dir}; "
+        raise OSError(exc.errno, f"{exc.strerror or first_line(exc)} while writing the corpus in {out_dir}; "
                       "fix the cause (space, permissions) and run again", exc.filename) from None
     return manifest.to_dict()
 
@@ -1239,7 +1238,7 @@ def _source_manifest_sessions(root: Path) -> dict[tuple[str, str, str], dict]:
                                          if isinstance(e.get("original_session_id"), str) else None)}
                 for e in sessions}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        _warn(f"{path}: not read ({type(exc).__name__}: {_first_line(exc)}); the sessions' licences and "
+        _warn(f"{path}: not read ({type(exc).__name__}: {first_line(exc)}); the sessions' licences and "
               "provenance it records are not carried over")
         return {}
 

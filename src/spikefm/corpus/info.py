@@ -292,7 +292,8 @@ def format_info(info: dict, *, max_sources: int = 30) -> str:
         ("zero bins", "-" if cs["fraction_zero"] is None else
          f"{100 * cs['fraction_zero']:.2f} % of {cs['cells_scanned']:,} cells"
          + (f" (first {cs['rows_scanned']:,} rows)" if cs["sampled"] else "")),
-        ("mean count", _num(cs["mean_count"], ".4f") + " spikes per bin"),
+        ("mean count", _num(cs["mean_count"], ".4f") + " spikes per bin"
+         + (" (of the stored counts: clipped bins count 255)" if info["clipped_bins"] else "")),
         ("clipped bins", f"{info['clipped_bins']:,} (counts > 255 stored as 255)"),
         ("regions", _listed(info.get("regions"), lambda k, n: f"{k} {n:,}") + " (units)"),
         ("trial tables", _listed(info.get("trial_tables"),

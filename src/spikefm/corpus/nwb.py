@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import first_line
 from .session import BehaviorSeries, SessionRecord
 
 
@@ -136,7 +137,7 @@ def read_nwb(
             nwb = io.read()
     except Exception as exc:  # h5py/hdmf raise many types for truncated or foreign files
         raise NWBInputError(
-            f"{path}: cannot be read as NWB ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{path}: cannot be read as NWB ({type(exc).__name__}: {first_line(exc, 200)}); "
             "the file may be truncated or not an NWB file"
         ) from None
     try:
@@ -146,15 +147,10 @@ def read_nwb(
         raise
     except Exception as exc:
         raise NWBInputError(
-            f"{path}: failed while reading ({type(exc).__name__}: {_first_line(exc)})"
+            f"{path}: failed while reading ({type(exc).__name__}: {first_line(exc, 200)})"
         ) from None
     finally:
         io.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def _other_units_tables(nwb) -> list[tuple[str, object]]:

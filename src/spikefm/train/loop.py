@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from spikefm.progress import format_duration
-from spikefm.fileio import LOCK_NAME, folder_lock, make_folder, write_bytes_atomic, write_json_atomic
+from spikefm.fileio import LOCK_NAME, first_line, folder_lock, make_folder, write_bytes_atomic, write_json_atomic
 from spikefm.train import dist as d
 from spikefm.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -491,10 +491,9 @@ def _check_loader_protocol(family, loader) -> None:
         buf.seek(0)
         torch.load(buf, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever torch refuses, said in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"family {name!r}: train_loader().state_dict() must hold only what torch.load("
                          f"weights_only=True) reads back (ints, floats, strings, lists, dicts, tensors; not numpy "
-                         f"numbers or arrays), or no run of it can resume ({first[:200]})") from None
+                         f"numbers or arrays), or no run of it can resume ({first_line(exc, 200)})") from None
 
 
 def _merge_stats(parts) -> dict[str, float]:

@@ -153,16 +153,3 @@ def test_finetune_names_a_finetune_config_or_validate_of_another_kind(tmp_path, 
     with pytest.raises(ValueError, match=r"^family 'toy': validate\(\) returned no 'val_loss' entry \(it returned "
                                          r"nll\); early stopping minimises 'val_loss'$"):
         families.finetune(run, str(tmp_path), "s1", tmp_path / "ft2", strategy="frozen", steps=4, eval_every=2)
-
-
-def test_report_names_results_of_a_family_it_cannot_draw(tmp_path):
-    """A plugin family's `spikefm eval --out` JSON was 'holds no evaluation results or study'."""
-    import json
-
-    from spikefm.report.build import report_kind
-
-    path = tmp_path / "ft_eval.json"
-    path.write_text(json.dumps({"family": "grux", "run_dir": "runs/ft", "results": {"val_nll": 0.8}}))
-    with pytest.raises(ValueError, match=r"holds spikefm eval results of the 'grux' family, whose results the "
-                                         r"report cannot draw"):
-        report_kind(path)

@@ -1101,3 +1101,25 @@ def test_transfer_study_nan_notes_say_what_the_mean_does_with_a_nan_seed(tmp_pat
     text = " ".join(re.sub(r"<[^>]+>", " ", build_report(study).html()).split())
     assert "the mean and s.d. over seeds leave such seeds out" in text
     assert "then so are its mean" not in text and "is nan when a seed's value is nan" not in text
+
+
+def test_results_of_a_plugin_family_are_shown_as_the_numbers_they_hold(tmp_path):
+    """A family the report has no tables for (a plugin's `spikefm eval --out` JSON) was refused
+    ('the report cannot draw'); now every number it holds is a cell pointing at its JSON place."""
+    from spikefm.report.build import report_kind, write_report
+
+    results = {"val_nll": 0.8125, "per_session": {"s/1": {"bps": 0.25, "n": 40}, "s2": {"bps": None}},
+               "curve": [0.5, 0.375], "note": "text is not a number", "ok": True}
+    path = tmp_path / "ft_eval.json"
+    path.write_text(json.dumps({"family": "grux", "run_dir": "runs/ft", "session_id": "s/1", "results": results}))
+    assert report_kind(path) == "evaluation"
+    text = write_report(path, tmp_path / "r.html").read_text()
+    cells = _parse(text).cells
+    doc = json.loads(path.read_text())
+    want = {"/results/val_nll": 0.8125, "/results/per_session/s~11/bps": 0.25, "/results/per_session/s~11/n": 40,
+            "/results/per_session/s2/bps": None, "/results/curve/0": 0.5, "/results/curve/1": 0.375}
+    assert {c[1]: _resolve(doc, c[1]) for c in cells} == want  # every number, nothing else (no text, no bool)
+    shown = {c[1]: c[3] for c in cells}
+    assert shown["/results/val_nll"] == "0.8125" and shown["/results/per_session/s2/bps"] == "-"
+    assert "grux evaluation" in text and "per_session / s/1 / bps" in text
+    assert "- is a value the family left empty" in text

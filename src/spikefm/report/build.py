@@ -60,11 +60,6 @@ def report_kind(path: str | Path) -> str:
     if parse_evaluation(obj) is not None:
         return "evaluation"
     keys = ", ".join(list(obj)[:6]) if isinstance(obj, dict) else type(obj).__name__
-    family = obj.get("family") if isinstance(obj, dict) else None
-    if isinstance(family, str) and family not in ("ar", "ndt", "neds") and isinstance(obj.get("results"), dict):
-        raise ValueError(f"{p} holds spikefm eval results of the {family!r} family, whose results the report "
-                         "cannot draw (it knows the ar, ndt and neds families' tables); read the JSON, or report "
-                         "the run folder (spikefm report RUN_DIR shows its training)")
     raise ValueError(f"{p} holds no evaluation results or study (found {keys}); {_EXPECTED}")
 
 

@@ -28,7 +28,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -120,6 +120,10 @@ def parse_evaluation(obj: Any, *, src: str = "results") -> Evaluation | None:
                               {names[k]: ("results", k) for k in results}, meta, src)
         if _is_bench(results):
             return Evaluation("ndt", {run_name: results}, {run_name: ("results",)}, meta, src)
+        family = obj.get("family")
+        if isinstance(family, str) and family and family not in BUILT_IN_FAMILIES:
+            # a plugin family's own results (spikefm eval --out): shown as the numbers they hold
+            return Evaluation(family, {run_name: results}, {run_name: ("results",)}, meta, src)
     if _is_bench(obj):
         return Evaluation("ndt", {"model": obj}, {"model": ()}, {}, src)
     if all(_is_xent(v) for v in obj.values()):
@@ -143,9 +147,48 @@ def evaluation_section(page: Page, ev: Evaluation, *, title: str = "Evaluation")
         _ar_tables(sec, ev)
     elif ev.family == "neds":
         _neds_tables(sec, ev)
-    else:
+    elif ev.family == "ndt":
         _ndt_tables(sec, ev)
+    else:
+        _numbers_table(sec, ev)
     return sec
+
+
+#: The families whose results the report draws with tables and figures of their own; another
+#: family's results are shown as the numbers they hold (:func:`_numbers_table`).
+BUILT_IN_FAMILIES = ("ar", "ndt", "neds")
+#: The most numbers one results table of another family shows (the rest are named in a note).
+NUMBERS_SHOWN = 500
+
+
+def _numbers(obj: Any, keys: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """(keys, value) of every number (None: not computed) in nested dicts and lists, in order."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, (*keys, k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, (*keys, i))
+    elif obj is None or (isinstance(obj, (int, float)) and not isinstance(obj, bool)):
+        yield keys, obj
+
+
+def _numbers_table(sec: Section, ev: Evaluation) -> None:
+    """The results of a family the report has no tables for (a plugin's): every number they hold,
+    named by its keys, each cell pointing at its place in the JSON."""
+    for name, res in ev.models.items():
+        found = list(_numbers(res))
+        if not found:
+            sec.note(f"{name}: the results hold no numbers")
+            continue
+        rows = [[" / ".join(str(k) for k in keys) or "(the results)",
+                 Num(v, src=ev.src, path=ev.ptr(name, *keys))] for keys, v in found[:NUMBERS_SHOWN]]
+        caption = (f"every number in the {ev.family!r} family's results (the report has no tables of its own "
+                   "for this family; names are the JSON keys)")
+        if len(found) > NUMBERS_SHOWN:
+            caption += f"; the first {NUMBERS_SHOWN:,} of {len(found):,}, the rest are in the JSON"
+        sec.table(["result", name], rows, caption=caption, key=f"numbers-{name}",
+                  blank_why=(("", "- is a value the family left empty (null)"),))
 
 
 # --- autoregressive: cross-entropy -------------------------------------------------------------

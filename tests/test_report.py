@@ -496,6 +496,22 @@ def test_a_damaged_study_file_and_a_left_out_seed_are_said(tmp_path, capsys):
         text = build_report(study).html()
     assert "Results left out of this report" in text and "seed_2/results_ndt.json" in text
     assert "Evaluation, seed_1" in text
+    # a seed of the summary whose results file is gone vanished from the page without a word
+    (study / "seed_2" / "results_ndt.json").unlink()
+    with pytest.warns(RuntimeWarning, match="seed_2: left out of the report .not found, though the study's summary "
+                                            "holds this seed"):
+        text = build_report(study).html()
+    assert "Results left out of this report" in text and "seed_2/results_*.json: not found" in text
+    # a hand-edited summary: an internal error (AttributeError) where one line names the entry
+    for per_seed, where in (({"1": None}, "per_seed.1 is NoneType"), ({"1": {"metrics": [1]}}, "per_seed.1.metrics is list"),
+                            ({"1": {"metrics": {"m": 3}}}, "per_seed.1.metrics.m is int")):
+        (study / "transfer.json").write_text(json.dumps({**json.loads(full), "per_seed": per_seed}))
+        assert main(["report", str(study), "--out", str(tmp_path / "r.html")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"transfer.json: {where}, expected an object" in err, err
+    (study / "transfer.json").write_text(json.dumps({**json.loads(full), "mean_sd": {"m": {"model": 0.5}}}))
+    assert main(["report", str(study), "--out", str(tmp_path / "r.html")]) == 2
+    assert "transfer.json: mean_sd.m.model is float, expected an object" in capsys.readouterr().err
 
 
 def test_a_study_report_shows_the_seeds_its_summary_is_over(tmp_path):
@@ -1123,3 +1139,42 @@ def test_results_of_a_plugin_family_are_shown_as_the_numbers_they_hold(tmp_path)
     assert shown["/results/val_nll"] == "0.8125" and shown["/results/per_session/s2/bps"] == "-"
     assert "grux evaluation" in text and "per_session / s/1 / bps" in text
     assert "- is a value the family left empty" in text
+
+
+def test_every_dash_in_an_ndt_evaluations_tables_is_explained(tmp_path):
+    """The task tables of an NDT evaluation showed - (a baseline's column of a model-only row, a
+    model scored without the baselines, the oracle of a decoder's windows-scored row) with no
+    'Why -' note, where every other table of the report says why."""
+    fine, single = _bench(0.25), _bench(0.15)
+    for name in ("smoothing", "model_minus_smoothing", "fraction_of_oracle", "oracle"):
+        single["tasks"]["co-smoothing"].pop(name, None)  # a study scores the baselines once
+    fine["tasks"]["co-smoothing"]["model_minus_smoothing"] = {"bps_pooled": {"value": 0.1, "ci95": [0.05, 0.15]}}
+    chunk = {"start_bin": 40, "end_bin": 45, "model": {"bps_pooled": 0.1}, "oracle": {"bps_pooled": 0.3},
+             "model_ci95": {"bps_pooled": [0.0, 0.2]}, "model_vs_train_null": {"bps_pooled": 0.05}}
+    fine["tasks"]["forward-prediction"] = {"model": {"bps_pooled": 0.1, "bps_per_neuron_mean": 0.1}, "num_evaluated": 60,
+                                           "chunks": [chunk, {**chunk, "start_bin": 45, "end_bin": 50}]}
+    single["tasks"]["forward-prediction"] = {"model": {"bps_pooled": 0.05, "bps_per_neuron_mean": 0.05},
+                                             "num_evaluated": 60, "chunks": [{"start_bin": 40, "end_bin": 45,
+                                                                              "model": {"bps_pooled": 0.04}}]}
+    decoding = {"label": "choice", "method": "holdout", "n_train": 40, "n_test": 20, "chance": 0.55,
+                "hidden": {"accuracy": 0.7, "balanced_accuracy": 0.7}}
+    fine["tasks"]["choice-decoding"] = {**decoding, "rates": {"accuracy": 0.65, "balanced_accuracy": 0.6},
+                                        "oracle": {"accuracy": 0.9, "balanced_accuracy": 0.9},
+                                        "ideal_observer": {"accuracy": 0.95}}
+    single["tasks"]["choice-decoding"] = decoding  # no decoder of its rates
+    fine["tasks"]["behavior-decoding"] = {"channels": ["wheel"], "hidden": {"wheel": {"r2": 0.3, "psth_r2": 0.5},
+                                                                          "mean": {"r2": 0.3, "psth_r2": 0.5}}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"fine-tuned": fine, "single-session": single}))
+    text = build_report(path).html()
+    notes = _notes_by_table(text)
+    dashed = set()
+    for m in re.finditer(r'data-table="([^"]+)"(.*?)</table>', text, flags=re.S):
+        if re.search(r'<td class="num">-</td>', m.group(2)):
+            dashed.add(m.group(1))
+    assert {"task-co-smoothing", "chunks-forward-prediction", "task-choice-decoding",
+            "task-behavior-decoding"} <= dashed
+    for key in dashed:
+        assert "Why -: " in notes[key], key
+    assert "bps_pooled minus smoothing is a model's paired difference" in notes["task-co-smoothing"]
+    assert "the ideal observer reads the spikes given the true latents" in notes["task-choice-decoding"]

@@ -729,9 +729,14 @@ def test_scaling_curves_tick_whole_sessions_and_draw_the_baseline(browser, tmp_p
     sessions, and the single-session baseline was a number in a table only."""
     study = tmp_path / "scaling"
     study.mkdir()
-    curve = {"name": "h0 ranked vs sessions", "x": [1.0, 2.0], "y": [-0.069, -0.089], "sd": [None, None], "n": [1, 1],
-             "x_label": "pretraining sessions", "y_label": "forward-prediction-walk (bps_pooled, bits per spike)",
+    curve = {"name": "h0 ranked vs sessions", "x": [1.0, 2.0, 4.0], "y": [-0.069, -0.089, -0.05], "sd": [None] * 3,
+             "n": [1] * 3, "x_label": "pretraining sessions",
+             "y_label": "forward-prediction-walk (bps_pooled, bits per spike)",
              "log_x": True}  # the label with its unit, as the study writes it (the family's task_score_unit)
+    # the fit as the study writes it: sampled on 21 points of its own between the measured sizes
+    grid = [2 ** (i / 20) for i in range(21)]
+    curve["fit"] = {"x": grid, "y": [-0.069 - 0.066 * math.log10(g) for g in grid], "label": "linear fit on log x"}
+    curve["extrapolation"] = {"x": [2.0, 4.0], "y": [-0.0889, -0.1087], "label": "extrapolation to the full set"}
     (study / "scaling.json").write_text(json.dumps({
         "study": "scaling", "settings": {"family": "ndt", "seeds": [0], "sizes": [1, 2], "top_k": 5},
         "metric": "forward-prediction-walk", "metric_unit": "bps_pooled, bits per spike", "top_k": 2,
@@ -746,11 +751,24 @@ def test_scaling_curves_tick_whole_sessions_and_draw_the_baseline(browser, tmp_p
                                      && Number(t.getAttribute('y')) < H - 10).map(t => t.textContent),
                 y_label: Array.from(svg.querySelectorAll('.axis .y-label')).map(t => t.textContent).join(' '),
                 refs: Array.from(svg.querySelectorAll('text.ref-label')).map(t => t.textContent),
-                lines: svg.querySelectorAll('line[stroke-dasharray]').length}; }""")
+                lines: svg.querySelectorAll('line[stroke-dasharray]').length,
+                dots: Array.from(svg.querySelectorAll('circle')).filter(c => c.getAttribute('fill') !== 'none').length,
+                drawn: Array.from(svg.querySelectorAll('circle, path')).filter(e => e.getAttribute('fill') !== 'none'
+                         || e.closest('.axis') === null).map(e => e.getBoundingClientRect())
+                         .filter(b => b.width > 0 || b.height > 0).map(b => [b.left, b.right, b.top, b.bottom]),
+                label: Array.from(svg.querySelectorAll('text.ref-label')).map(t => {
+                         const b = t.getBoundingClientRect(); return [b.left, b.right, b.top, b.bottom]; })[0],
+                width: svg.getBoundingClientRect().width}; }""")
     assert loaded.errors == []
     loaded.page.close()
-    assert axis["ticks"] == ["1", "2"], axis
+    assert axis["ticks"] == ["1", "2", "4"], axis
     assert axis["refs"] == ["single-session baseline"] and axis["lines"] >= 1, axis
+    # a dot per measured size; the fit (21 samples) is a line, not 21 more measurements
+    assert axis["dots"] == 3, axis
+    if width >= 1280:  # the reference's name beside the plot, clear of every point and line (on a
+        left, right, top, bottom = axis["label"]  # phone it stays inside, above its line)
+        for b in axis["drawn"]:
+            assert b[0] >= right or b[1] <= left or b[2] >= bottom or b[3] <= top, (b, axis["label"])
     assert "bps_pooled" in axis["y_label"] and "bits per spike" in axis["y_label"], axis
 
 

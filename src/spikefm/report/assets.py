@@ -233,8 +233,16 @@ SCRIPT = r"""
     });
     fig.appendChild(d);
   }
+  // Margins m with room on the right for the names of the horizontal reference lines (drawn
+  // there by refLines with `outside`).
+  var MIN_XY_PLOT = 200;  // px: the narrowest plot area an xy chart gives up for its reference names
+  function refRoom(m, spec) {
+    var names = (spec.hlines || []).map(function (h) { return String(h.name || ""); });
+    var room = Math.max.apply(null, names.map(function (n) { return n ? n.length * CHAR_PX + 8 : 0; }).concat([0]));
+    return { l: m.l, r: m.r + room, t: m.t, b: m.b };
+  }
   // Dashed reference lines; with `outside`, a horizontal line's name goes right of the plot area
-  // (the caller leaves room in m.r), where no bar or point can be under it.
+  // (the caller leaves room in m.r, see refRoom), where no bar, point or line can be under it.
   function refLines(g, spec, x, y, W, H, m, outside) {
     var M = m || MARGINS;
     (spec.hlines || []).forEach(function (h) {
@@ -303,10 +311,14 @@ SCRIPT = r"""
     return spec.log_x ? logTicks(xd[0], xd[1]) : niceTicks(xd[0], xd[1], 6);
   }
   function drawXY(fig, spec) {
-    var sz = size(fig, spec), W = sz.W, H = sz.H, cur = null, M = yRoom(MARGINS, spec, H);
+    var sz = size(fig, spec), W = sz.W, H = sz.H, cur = null;
+    // reference names right of the plot, where no point or line is under them; inside it (above
+    // their line, at the right) only where that room would leave the plot too narrow (a phone)
+    var room = refRoom(MARGINS, spec), outside = W - room.l - room.r >= MIN_XY_PLOT;
+    var M = yRoom(outside ? room : MARGINS, spec, H);
     var series = spec.series.map(function (s, i) {
       return { name: s.name, style: s.style || "line", color: s.color || COLORS[i % COLORS.length],
-               x: s.x.map(num), y: s.y.map(num) };
+               x: s.x.map(num), y: s.y.map(num), markers: s.markers !== false };
     });
     var allX = [];
     series.forEach(function (s) { allX = allX.concat(s.x); });
@@ -345,11 +357,11 @@ SCRIPT = r"""
         }
       });
       pts.forEach(function (p) {
-        if (p.s.style === "points" || (p.s.style === "line" && p.s.x.length <= 60)) {
+        if (p.s.style === "points" || (p.s.style === "line" && p.s.markers && p.s.x.length <= 60)) {
           el("circle", { cx: p.px, cy: p.py, r: p.s.style === "points" ? 3.2 : 2.2, fill: p.s.color }, g);
         }
       });
-      refLines(svg, spec, x, y, W, H, M);
+      refLines(svg, spec, x, y, W, H, M, outside);
       var mark = el("circle", { r: 5, fill: "none", stroke: "#000", "stroke-width": 1.5, visibility: "hidden" }, svg);
       if (cur) holder.replaceChild(svg, cur.svg); else holder.appendChild(svg);
       cur = { svg: svg, x: x, pts: pts, mark: mark };
@@ -453,9 +465,7 @@ SCRIPT = r"""
   function drawBars(fig, spec) {
     var sz = size(fig, spec), W = sz.W;
     var cats = spec.categories, series = spec.series;
-    var names = (spec.hlines || []).map(function (h) { return String(h.name || ""); });
-    var room = Math.max.apply(null, names.map(function (n) { return n ? n.length * CHAR_PX + 8 : 0; }).concat([0]));
-    var m = yRoom({ l: M.l, r: M.r + room, t: M.t, b: M.b }, spec, sz.H);
+    var m = yRoom(refRoom(M, spec), spec, sz.H);
     var band = (W - m.l - m.r) / cats.length;
     if (band < MIN_BAND) return drawBarsAcross(fig, spec, W);
     var labels = barLabels(cats, Math.max(6, Math.floor(band / CHAR_PX)));  // every category is named

@@ -292,25 +292,32 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
         # the seeds the summary is over: a rerun with fewer seeds summarises only those, and other
         # seeds' folders left from an earlier run would contradict its tables
         summarised = studies[0].get("per_seed") if isinstance(studies[0].get("per_seed"), dict) else None
-        seed_results, others = study_seed_results(study_file.parent), []
+        seed_results, others, missing = study_seed_results(study_file.parent), [], []
         if summarised is not None:
-            wanted = {f"seed_{s}" for s in summarised}
+            wanted = [f"seed_{s}" for s in summarised]
             others = [n for n, _ in seed_results if n not in wanted]
             seed_results = [(n, p) for n, p in seed_results if n in wanted]
+            missing = [n for n in wanted if n not in {found for found, _ in seed_results}]
         if others:
             page.sections[0].note(f"{', '.join(others)}: results of an earlier run of this study, not in this "
                                   f"summary (over seeds {', '.join(map(str, summarised))}) and not shown; rerun the "
                                   "study with every seed in --seeds to summarise them together")
-        left_out = None
+        left_out = []  # (seed's results, why): warned about, and said on the page too, not only the terminal
         for seed, results in seed_results:
             try:
                 add_evaluation(page, results, prov, title=f"Evaluation, {seed}: {results.name}",
                                src=f"{seed}/{results.name}")
             except ValueError as exc:
-                warnings.warn(f"{results}: left out of the report ({exc})", RuntimeWarning, stacklevel=2)
-                if left_out is None:  # the page says so too, not only the terminal
-                    left_out = page.section("left-out", "Results left out of this report")
-                left_out.note(f"{seed}/{results.name}: {exc}", warn=True)
+                left_out.append((results, f"{seed}/{results.name}", str(exc)))
+        for seed in missing:  # in the summary, yet its evaluation is gone: its tables above stay unchecked
+            left_out.append((study_file.parent / seed, f"{seed}/results_*.json",
+                             "not found, though the study's summary holds this seed (moved or deleted since the "
+                             "study ran); its evaluation is not shown: rerun the study to write it again"))
+        if left_out:
+            sec = page.section("left-out", "Results left out of this report")
+            for where, name, why in left_out:
+                warnings.warn(f"{where}: left out of the report ({why})", RuntimeWarning, stacklevel=2)
+                sec.note(f"{name}: {why}", warn=True)
     prov.section(page, command)
     return page
 

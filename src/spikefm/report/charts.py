@@ -26,9 +26,11 @@ def _floats(values: Sequence[Any]) -> list[float | None]:
 
 
 def series(name: str, x: Sequence[Any], y: Sequence[Any], *, style: str = "line",
-           color: str | None = None) -> dict:
+           color: str | None = None, markers: bool = True) -> dict:
     """One series of an :func:`xy` chart; ``style`` is ``line``, ``dash``, ``dot`` or ``points``.
-    Series longer than :data:`MAX_POINTS` keep every k-th point and the last."""
+    A short ``line`` (at most 60 points) marks each point, unless ``markers`` is False (a fitted
+    curve sampled at points that are not measurements). Series longer than :data:`MAX_POINTS`
+    keep every k-th point and the last."""
     x, y = list(x), list(y)
     if len(x) != len(y):
         raise ValueError(f"series {name!r}: x has {len(x)} values, y has {len(y)}")
@@ -41,6 +43,8 @@ def series(name: str, x: Sequence[Any], y: Sequence[Any], *, style: str = "line"
     out = {"name": name, "x": _floats(x), "y": _floats(y), "style": style}
     if color:
         out["color"] = color
+    if not markers:
+        out["markers"] = False
     return out
 
 

@@ -48,6 +48,28 @@ ORACLE_NAN = ("/ oracle", "a fraction of the oracle is nan when the oracle's bit
 CI_NAN = ("95 % ", "a 95 % interval is nan with fewer than 3 scored windows (the jackknife needs 3) or when a "
           "leave-one-out subset has no spike")
 BPS_NAN = ("", "bits per spike are nan where no spike was scored")
+_PAIRED = ("is a model's paired difference from the smoothing baseline on the same windows: none in a baseline's "
+           "column, nor for a model scored without the baselines (a study scores them once, beside its first model)")
+#: Why an NDT task table shows - (a value not computed), by row name (Section.table's blank_why).
+PREDICTION_BLANK = (("/ oracle", "a fraction of the oracle is a model's own: none in a baseline's column"),
+                    ("minus smoothing", f"bps_pooled minus smoothing {_PAIRED}"),
+                    ("95 % ", f"the 95 % interval of bps_pooled minus smoothing {_PAIRED}"),
+                    ("train-fitted null", "the train-fitted null scores a model's predictions: none in a baseline's "
+                                          "column"),
+                    ("entries scored", "entries scored counts a model's scored entries: the baselines score the same "
+                                       "ones"),
+                    ("", "a model's column is - where its results hold no score of this task"))
+CHUNK_BLANK = (("95 % ", "a model's 95 % interval is - for a chunk its results hold none of"),
+               ("train-fitted null", "the train-fitted null is - for a chunk the model's results hold none of"),
+               ("oracle", "the oracle is - for a chunk the results hold no ground truth of"),
+               ("", "a model's column is - where its results hold fewer chunks"))
+DECODING_BLANK = (("ideal observer", "the ideal observer reads the spikes given the true latents: a bound, shown in "
+                                     "the oracle's column only"),
+                  ("(hidden)", "the oracle decodes from the true rates, so it has no hidden-state rows; a model's "
+                               "hidden-state cell is - where its results hold no such decoder"),
+                  ("(rates)", "a model's rates cell is - where its results hold no decoder of its predicted rates"),
+                  ("", "chance, windows scored and method are the models' decoders' (the oracle's decodes the same "
+                       "windows)"))
 
 
 def neds_nan_why(split: str) -> dict[str, list[tuple[str, str]]]:
@@ -507,7 +529,7 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
                                           path=ev.ptr(n, "tasks", task, "num_evaluated")) if e else None
                                       for n, e in entries.items()] + [None] * len(bases))
     sec.table(header, rows, caption=f"{task}: bits per spike on the {_scored(ev)} windows", key=f"task-{task}",
-              nan_why=[ORACLE_NAN, CI_NAN, BPS_NAN])
+              nan_why=[ORACLE_NAN, CI_NAN, BPS_NAN], blank_why=PREDICTION_BLANK)
     first = next((e for e in entries.values() if e and len(e.get("chunks", [])) > 1), None)
     bin_ms = next(iter(ev.models.values())).get("bin_ms") or 20
     if first:
@@ -553,7 +575,7 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
                           f"entries; 95 % low / high: jackknife interval over the {_scored(ev)} {unit}, the NLB null "
                           f"re-fitted without each {unit[:-1]}; train-fitted null: its mean count in the same bins of "
                           "the train and val windows)",
-                  key=f"chunks-{task}", nan_why=[CI_NAN, BPS_NAN])
+                  key=f"chunks-{task}", nan_why=[CI_NAN, BPS_NAN], blank_why=CHUNK_BLANK)
         sec.figure(charts.xy(lines, x_label="chunk start (s into the window)", y_label="bps_pooled"),
                    f"{task}: bits per spike of each predicted chunk, given all earlier true activity.")
     series = [charts.bar_series(n, [e["model"].get(m) for m in BPS_METRICS])
@@ -593,7 +615,7 @@ def _decoding_task(sec: Section, ev: Evaluation, task: str, present: dict) -> No
                    for e in present.values()] + ([None] if oracle_owner else []))
     rows.append(["method"] + [e.get("method") for e in present.values()] + ([None] if oracle_owner else []))
     sec.table(header, rows, caption=f"{task}: accuracy of a logistic regression (label "
-              f"{next(iter(present.values())).get('label')})", key=f"task-{task}")
+              f"{next(iter(present.values())).get('label')})", key=f"task-{task}", blank_why=DECODING_BLANK)
     nested = [n for n, e in present.items() if e.get("method") == "nested-cv"]
     for n in nested:  # as spikefm eval's footer says it: these are not held-out scores
         e = present[n]
@@ -646,7 +668,9 @@ def _behavior_task(sec: Section, ev: Evaluation, task: str, present: dict) -> No
             rows.append(row)
     sec.table(["channel", "metric", *(c[0] for c in cols)], rows,
               caption=f"{task}: R\u00b2 of ridge decoders, single trial (r2) and of the test-trial "
-                      f"average per {first.get('psth_condition') or 'window'} (psth_r2)", key=f"task-{task}")
+                      f"average per {first.get('psth_condition') or 'window'} (psth_r2)", key=f"task-{task}",
+              blank_why=(("", "a cell is - where that model's results hold no decoder of that feature set (or no "
+                              "score of that channel)"),))
     for metric in ("r2", "psth_r2"):
         series = []
         for title, n, feat in cols:

@@ -83,6 +83,25 @@ def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study"
     return sec
 
 
+def _transfer_shape_problem(obj: dict) -> str | None:
+    """Where a transfer study JSON holds something other than an object where the report reads
+    one (each seed, its metrics and each metric; the means and s.d. per metric and column), or None."""
+    checks = []  # (where, value, levels of objects below it the report reads, whether null is one)
+    for s, r in obj["per_seed"].items():
+        checks.append((f"per_seed.{s}", r, 0, False))
+        if isinstance(r, dict):
+            checks.append((f"per_seed.{s}.metrics", r.get("metrics", {}), 1, False))
+    checks.append(("mean_sd", obj.get("mean_sd") or {}, 2, False))  # a metric or column without one: null
+    for where, v, depth, null in checks:
+        if v is None and null:
+            continue
+        if not isinstance(v, dict):
+            return f"{where} is {type(v).__name__}"
+        if depth:
+            checks += [(f"{where}.{k}", x, depth - 1, where.startswith("mean_sd")) for k, x in v.items()]
+    return None
+
+
 def _transfer(sec: Section, obj: dict, src: str) -> None:
     settings = obj.get("settings") or {}
     # settings as written (60.0 s, not a 4-decimal number cell); long values wrap (the kv CSS)
@@ -91,6 +110,11 @@ def _transfer(sec: Section, obj: dict, src: str) -> None:
                                                for k, v in settings.items()], key="study-settings")
     per_seed: dict = obj["per_seed"]
     seeds = list(per_seed)
+    bad = _transfer_shape_problem(obj)
+    if bad is not None:  # the study writes objects there; a hand-edited or damaged file may not
+        raise ValueError(f"{src}: {bad}, expected an object (what the transfer study writes); the file was edited or "
+                         "damaged: rerun the study to write it again")
+
     def scored_on(r: dict) -> str | None:  # what the benchmarks were computed on (transfer.json since 2026-12-06)
         ev = r.get("evaluation") or {}
         fr = ev.get("split_fractions")
@@ -290,7 +314,8 @@ def _curve(sec: Section, c: dict, src: str, keys: tuple, blank_why: Sequence[tup
     for part, style in (("fit", "line"), ("extrapolation", "dash")):
         p = c.get(part)
         if isinstance(p, dict) and "x" in p and "y" in p:
-            lines.append(charts.series(str(p.get("label") or part), p["x"], p["y"], style=style))
+            # the fit is sampled at points of its own: drawn as a line, not as measurements
+            lines.append(charts.series(str(p.get("label") or part), p["x"], p["y"], style=style, markers=False))
     hlines = [h for h in c.get("hlines") or [] if isinstance(h, dict) and _finite(h.get("y"))]
     # whole numbers of sessions (or trials): ticks at the values plotted, none at 1.2 sessions
     xs = [x for x in c["x"] if _finite(x)]

@@ -273,3 +273,31 @@ def test_a_study_shows_the_progress_of_its_fine_tunings(tmp_path, monkeypatch):
         seen.clear()
         tr.transfer(tmp_path / "s", sessions=2, duration_s=20.0, quiet=quiet)
         assert seen == [not quiet, not quiet]
+
+
+def test_a_neds_data_setting_the_sessions_cannot_give_binds_no_folder(tmp_path):
+    """`--set data.labels=choice` on the motor preset (whose trials have no choice) failed after
+    synthesis with a plain ValueError that left the seed's recordings: every corrected command was
+    then refused as 'a transfer study made with other settings', though nothing had been trained."""
+    from spikefm.experiments.transfer import NothingToScore, transfer_study
+
+    out = tmp_path / "study"
+    kw = dict(family="neds", synth_preset="motor", sessions=2, duration_s=60.0, pretrain_steps=2, finetune_steps=2,
+              quiet=True)
+    for labels in ("choice", "block_prior"):  # the second, other settings, is not refused as another study's
+        with pytest.raises(NothingToScore, match=rf"data.labels: label '{labels}' has 0 numeric value\(s\) in the "
+                                                 r"data.*; nothing was trained$"):
+            transfer_study(out, seeds=[1], overrides=[f"data.labels={labels}"], **kw)
+        assert not (out / "seed_1").exists() and not any(out.rglob("*.nwb"))
+
+
+def test_a_too_short_duration_is_refused_before_the_study_folder_is_made(tmp_path):
+    """--duration-s 5 was refused by the synthesis, after the folder and its progress record were
+    made: the report then called it an unfinished study and advised the failing command again."""
+    from spikefm.experiments.transfer import transfer_study
+
+    out = tmp_path / "study"
+    for bad in (5.0, float("nan"), "60"):
+        with pytest.raises(ValueError, match=r"^duration_s \(--duration-s\) must be a finite number >= 10 seconds"):
+            transfer_study(out, seeds=[1], family="neds", duration_s=bad, quiet=True)
+        assert not out.exists()

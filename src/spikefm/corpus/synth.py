@@ -330,6 +330,12 @@ def _validate(num_sessions, seed, preset, num_families, duration_s) -> None:
             f"num_families (--families) must be an int in [1, num_sessions={num_sessions}] so that "
             f"every family gets a session, got {num_families!r}"
         )
+    check_duration(duration_s)
+
+
+def check_duration(duration_s) -> None:
+    """Refuse a session length the generator does not make (not a number, or under
+    :data:`MIN_DURATION_S`), in one line naming ``--duration-s``."""
     if (
         isinstance(duration_s, bool)
         or not isinstance(duration_s, (int, float, np.integer, np.floating))

@@ -208,7 +208,12 @@ def _check_validation(cfg, held_out: str, duration_s: float) -> None:
 
     for what, sessions, validates in (("the held-out session " + held_out + " has", held_out, True),
                                       ("the pretraining sessions have", None, bool(cfg.train.eval_every))):
-        if validates and no_val_windows(cfg, sessions):
+        try:
+            empty = validates and no_val_windows(cfg, sessions)
+        except ValueError as exc:  # another data setting the sessions cannot give (a label or behaviour
+            # channel they lack): said before training, as NothingToScore, so the folder stays unbound
+            raise NothingToScore(f"{exc}; nothing was trained") from None
+        if empty:
             raise NothingToScore(f"{what} no val windows (too few windows for the val share of "
                                  f"data.split_fractions), and the study validates on them; nothing was trained: use "
                                  f"longer sessions (--duration-s, now {duration_s:g}) or raise the val share (--set "
@@ -458,11 +463,11 @@ def check_study_options(out: Path, options: dict) -> dict:
                              name_list(opts["tasks"], "--tasks", "co-smoothing,forward-prediction"))
     if opts["eval_every"] is not None:
         _check_int("eval_every", opts["eval_every"], 1)
-    from spikefm.corpus.synth import BIN_MS, MAX_SESSION_CELLS
+    from spikefm.corpus.synth import BIN_MS, MAX_SESSION_CELLS, check_duration
 
     duration = opts["duration_s"]
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and math.isfinite(duration) \
-            and STUDY_UNITS[1] * round(duration * 1000.0 / BIN_MS) > MAX_SESSION_CELLS:
+    check_duration(duration)  # as the synthesis would, but before the folder is made
+    if STUDY_UNITS[1] * round(duration * 1000.0 / BIN_MS) > MAX_SESSION_CELLS:
         longest = MAX_SESSION_CELLS // STUDY_UNITS[1] * BIN_MS / 1000.0
         raise ValueError(f"--duration-s {duration:g}: a transfer study's synthetic sessions have up to "
                          f"{STUDY_UNITS[1]} units, so at most {longest:,.0f} s each fit in memory; give a shorter "

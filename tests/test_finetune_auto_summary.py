@@ -299,3 +299,43 @@ def test_a_kept_soup_carries_its_base_candidates_first_evaluation_flag(monkeypat
         ftmod._say_best_at_first(tmp_path, "soup", summary)
     assert any("the soup run's lowest validation loss came at its first evaluation" in str(w.message)
                for w in caught)
+
+
+def test_unfreeze_steps_are_shown_after_its_frozen_stage(monkeypatch, tmp_path, capsys):
+    """unfreeze's best_step counts its second stage only (it starts from the frozen stage's best
+    weights): the candidates table showed 'unfreeze ... 50' beside frozen's 100 for --steps 100, as
+    if both counted from step 0."""
+    from spikefm import families
+    from spikefm.cli import main
+
+    def one(family, name, run_dir, corpus, session_id, path, **kw):
+        path.mkdir(parents=True)
+        out = {"best_val_loss": {"frozen": 0.33, "full": 0.35, "unfreeze": 0.31, "scratch": 0.4}[name],
+               "best_step": 20, "stopped_at": 50, "out_dir": str(path)}
+        if name == "unfreeze":
+            out["stage1"] = {"best_step": 30, "best_val_loss": 0.32, "stopped_at": 50}
+        return out
+
+    monkeypatch.setattr(ftmod, "_one_strategy", one)
+    s = ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft")
+    assert s["candidates"]["unfreeze"]["stage1"]["best_step"] == 30 and "stage1" not in s["candidates"]["frozen"]
+    assert ftmod.unfreeze_best_step(s["candidates"]["unfreeze"]) == "30+20"
+    assert ftmod.unfreeze_best_step(s["candidates"]["frozen"]) == "20"
+    monkeypatch.setattr(families, "finetune", lambda *a, **k: s)
+    assert main(["finetune", "pre", "--data", "corpus", "--session", "S", "--out", str(tmp_path / "ft2")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["frozen"], ["unfreeze"])}
+    assert rows["unfreeze"][2] == "30+20" and rows["frozen"][2] == "20"
+    assert "(unfreeze's best step: the frozen stage's best step + the step after unfreezing" in out
+    assert ("at step 20 (stopped at step 50 of the unfrozen stage, after the frozen stage's best step 30, strategy "
+            "unfreeze)") in out
+
+
+def test_the_still_falling_warning_says_what_its_steps_count(monkeypatch, tmp_path):
+    """unfreeze's second stage warned 'still falling at the last step (50)' for --steps 100."""
+    _fake_segments(monkeypatch, [1.0, 0.9, 0.8, 0.7])
+    family = types.SimpleNamespace(name="fake", validate=lambda *a: None)
+    with pytest.warns(ftmod.FinetuneBudget, match=r"still falling at the last step \(20 of the unfrozen stage, "
+                                                  r"after the frozen stage's best step 30\)"):
+        ftmod.train_with_early_stopping(_cfg(20), tmp_path / "run", family, eval_every=5, patience=3,
+                                        stage=" " + ftmod.unfrozen_steps_text(30))

@@ -1178,3 +1178,25 @@ def test_every_dash_in_an_ndt_evaluations_tables_is_explained(tmp_path):
         assert "Why -: " in notes[key], key
     assert "bps_pooled minus smoothing is a model's paired difference" in notes["task-co-smoothing"]
     assert "the ideal observer reads the spikes given the true latents" in notes["task-choice-decoding"]
+
+
+def test_an_unfreeze_run_s_steps_are_shown_after_its_frozen_stage(tmp_path):
+    """unfreeze's best_step and stopped_at count its second stage only; the report showed them as
+    if from step 0, beside the other candidates' steps."""
+    run = tmp_path / "ft"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"family": "ndt", "config": {"train": {"steps": 3}}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.4}) + "\n")
+    stage1 = {"best_step": 30, "best_val_loss": 0.36, "stopped_at": 50}
+    cands = {"frozen": {"best_val_loss": 0.3516, "best_step": 90},
+             "unfreeze": {"best_val_loss": 0.3515, "best_step": 20, "stage1": stage1}}
+    (run / "finetune.json").write_text(json.dumps({"strategy": "unfreeze", "candidates": cands, "stage1": stage1}))
+    (run / "early_stopping.json").write_text(json.dumps({
+        "best_val_loss": 0.3515, "best_step": 20, "stopped_at": 50, "max_steps": 50, "stage1": stage1,
+        "history": [{"step": 10, "val_loss": 0.352}, {"step": 20, "val_loss": 0.3515}]}))
+    flat = " ".join(re.sub(r"<[^>]+>", " ", html.unescape(build_report(run).html())).split())
+    assert ("best step (of the unfrozen stage, after the frozen stage's best step 30) 20 stopped at step (of the "
+            "unfrozen stage, after the frozen stage's best step 30) 50") in flat
+    table = flat.split("Fine-tuning strategies", 1)[1]
+    assert " ".join(table.split("unfreeze", 1)[1].split()[:3]) == "0.3515 30+20 chosen"
+    assert " ".join(table.split("frozen", 1)[1].split()[:2]) == "0.3516 90"

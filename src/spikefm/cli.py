@@ -328,6 +328,7 @@ def cmd_train(args) -> int:
 
 def cmd_finetune(args) -> int:
     from spikefm import families
+    from spikefm.train.finetune import unfreeze_best_step, unfrozen_steps_text
 
     s = families.finetune(args.run_dir, args.data, args.session, args.out, strategy=args.strategy,
                           freeze_core=args.freeze_core, from_scratch=args.from_scratch,
@@ -338,12 +339,15 @@ def cmd_finetune(args) -> int:
     if "candidates" in s:
         from spikefm.tables import render_table
 
-        rows = [[name, c["best_val_loss"], "-" if name == "soup" else c["best_step"],  # an average: no steps
+        rows = [[name, c["best_val_loss"], "-" if name == "soup" else unfreeze_best_step(c),  # an average: no steps
                  "<- chosen" if name == s["strategy"] else ""] for name, c in s["candidates"].items()]
         rows.append(["single-session", s["single_session"]["best_val_loss"], s["single_session"]["best_step"],
                      "baseline"])
         print(render_table(["strategy", "val loss", "best step", ""], rows, align="<>><",
                            title="fine-tuning candidates (validation windows)"))
+        if any("+" in str(r[2]) for r in rows):
+            print("(unfreeze's best step: the frozen stage's best step + the step after unfreezing, counted from "
+                  "those weights)")
         if s.get("soup"):
             print(f"soup (greedy weight average): {' + '.join(s['soup']['ingredients'])}, val loss "
                   f"{s['soup']['val_loss']:.4f}" + ("" if len(s["soup"]["ingredients"]) > 1 else
@@ -358,8 +362,9 @@ def cmd_finetune(args) -> int:
         print(f"best val loss {s['best_val_loss']:.4f}: the weight average of {', '.join(s['ingredients'])} "
               f"(strategy soup); run in {args.out}")
     else:
+        unfrozen = f" {unfrozen_steps_text(s['stage1']['best_step'])}" if isinstance(s.get("stage1"), dict) else ""
         print(f"best val loss {s['best_val_loss']:.4f} at step {s['best_step']} "
-              f"(stopped at step {s['stopped_at']}, strategy {s['strategy']}); run in {args.out}")
+              f"(stopped at step {s['stopped_at']}{unfrozen}, strategy {s['strategy']}); run in {args.out}")
     return 0
 
 

@@ -194,6 +194,10 @@ def _finetuning(sec, run_dir: Path) -> None:
         # a weight average (the soup) trained no steps: its loss is its own, the history its base's
         avg = es.get("weights_average_of")
         of = f" (of {es.get('history_of')})" if avg else ""
+        if not avg and isinstance(es.get("stage1"), dict):  # unfreeze: its steps are its second stage's
+            from spikefm.train.finetune import unfrozen_steps_text
+
+            of = f" ({unfrozen_steps_text(es['stage1'].get('best_step'))})"
         sec.kv([("best validation loss", Num(es.get("best_val_loss"), src=src, path="/best_val_loss")),
                 *([("weights", "average of " + " + ".join(map(str, avg)))] if avg else []),
                 ("best step" + of, es.get("best_step")), ("stopped at step" + of, es.get("stopped_at")),
@@ -212,6 +216,8 @@ def _finetuning(sec, run_dir: Path) -> None:
     ft_path = run_dir / "finetune.json"
     if ft_path.is_file():
         ft = read_json(ft_path, "the finetune.json that spikefm finetune writes")
+        from spikefm.train.finetune import unfreeze_best_step
+
         cands = dict(ft.get("candidates") or {})
         if ft.get("single_session"):
             cands["single-session"] = ft["single_session"]
@@ -224,7 +230,7 @@ def _finetuning(sec, run_dir: Path) -> None:
                 where = ("single_session",) if name == "single-session" else ("candidates", name)
                 # the soup trained no steps of its own: it is the weight average of its ingredients
                 step = ("average of " + " + ".join(map(str, soup.get("ingredients") or [])) if name == "soup"
-                        else c.get("best_step"))
+                        else unfreeze_best_step(c) if c.get("best_step") is not None else None)
                 rows.append([name, Num(c.get("best_val_loss"), src=src, path=pointer(*where, "best_val_loss")),
                              step, "chosen" if name == ft.get("strategy") else
                              "baseline" if name == "single-session" else ""])

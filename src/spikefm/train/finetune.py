@@ -98,7 +98,7 @@ def _validation_loss(family, cfg, state: dict[str, torch.Tensor]) -> float:
 
 
 def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_every: int = 50,
-                              patience: int = 3, progress: bool = False) -> dict[str, Any]:
+                              patience: int = 3, progress: bool = False, stage: str = "") -> dict[str, Any]:
     """Train a RunConfig with validation early stopping (see the module docstring).
 
     Args:
@@ -108,6 +108,8 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
         eval_every: optimizer steps per segment (between validation evaluations).
         patience: evaluations without a new best before stopping.
         progress: show the loop's progress display.
+        stage: what the steps count when they are not the whole fine-tuning's (said after the step
+            number in the still-falling warning, e.g. ``unfreeze``'s second stage).
 
     Returns:
         {"out_dir", "best_step", "best_val_loss", "stopped_at", "history": [{"step", "val_loss"}],
@@ -167,7 +169,7 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
         os.replace(_best_path(out_dir), model_path)
     still_improving = len(history) >= 2 and best_step == step and step >= steps
     if still_improving:
-        warnings.warn(f"{out_dir}: the validation loss was still falling at the last step ({steps}); "
+        warnings.warn(f"{out_dir}: the validation loss was still falling at the last step ({steps}{stage}); "
                       "more steps may help (raise --steps; --finetune-steps in a study)", FinetuneBudget, stacklevel=2)
     # The lowest loss at the first evaluation, no later one lower: the best weights may lie
     # before it, where nothing was evaluated (said once per fine-tuning, by _say_best_at_first).
@@ -414,7 +416,7 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
         warnings.filterwarnings("ignore", message=".*the validation loss was still falling", category=RuntimeWarning)
         s1 = train_with_early_stopping(cfg1, stage1, family, **kw)
     s2 = train_with_early_stopping(config(str(stage1), False, False, max(1, steps - first), FULL_LR_SCALE),
-                                   out_dir, family, **kw)
+                                   out_dir, family, **kw, stage=" " + unfrozen_steps_text(s1["best_step"]))
     s2["stage1"] = {k: s1[k] for k in ("best_step", "best_val_loss", "stopped_at")}
     if s1["best_val_loss"] < s2["best_val_loss"]:
         s2["note"] = "unfreezing did not improve on the frozen stage's validation loss"
@@ -424,6 +426,22 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
     write_json_atomic(out_dir / "early_stopping.json", s2)
     _finish_unfreeze(out_dir, run_dir, stage1, s2["stage1"])
     return s2
+
+
+def unfrozen_steps_text(stage1_best_step: int) -> str:
+    """What ``unfreeze``'s recorded steps count: those of its second stage, which starts from
+    the frozen stage's best weights (its best step counted from its own start)."""
+    return f"of the unfrozen stage, after the frozen stage's best step {stage1_best_step}"
+
+
+def unfreeze_best_step(summary: dict) -> str:
+    """A fine-tuning's best step as a table shows it: for ``unfreeze``, ``frozen+unfrozen`` (the
+    frozen stage's best step, then the second stage's own), where its ``best_step`` alone counts
+    the second stage's steps only; else the step."""
+    stage1 = summary.get("stage1")
+    if isinstance(stage1, dict) and stage1.get("best_step") is not None:
+        return f"{stage1['best_step']}+{summary['best_step']}"
+    return str(summary["best_step"])
 
 
 def _finish_unfreeze(out_dir: Path, run_dir: str, stage1: Path, stage1_summary: dict) -> None:
@@ -801,9 +819,9 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
     _copy_run_files(cand_dir / chosen, out_dir, ("model.safetensors", *RUN_HISTORY_FILES))
     summary = dict(results[chosen])
     summary.update(strategy=chosen, out_dir=str(out_dir), model_path=str(out_dir / "model.safetensors"),
-                   candidates={n: {k: results[n][k] for k in ("best_val_loss", "best_step", "stopped_at",
-                                                             "out_dir")} for n in ("frozen", "full", "unfreeze", "soup")
-                               if n in results},
+                   candidates={n: {k: results[n][k] for k in ("best_val_loss", "best_step", "stopped_at", "out_dir",
+                                                             "stage1") if k in results[n]}
+                               for n in ("frozen", "full", "unfreeze", "soup") if n in results},
                    selection=selection,
                    single_session={k: results["scratch"][k] for k in ("best_val_loss", "best_step", "out_dir")},
                    pretraining_gain=results["scratch"]["best_val_loss"] - results[chosen]["best_val_loss"])
@@ -815,6 +833,6 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
         warnings.warn(f"{out_dir}: pretraining did not help this session: the single-session model's validation "
                       f"loss ({results['scratch']['best_val_loss']:.4f}) is at or below the chosen pretrained "
                       f"candidate's ({chosen}, {results[chosen]['best_val_loss']:.4f}); the single-session model "
-                      f"is in {cand_dir / 'scratch'}; pretraining on more sessions may help (README: the NDT "
-                      "transfer study)", RuntimeWarning, stacklevel=2)
+                      f"is in {cand_dir / 'scratch'}; pretraining on more sessions may help (README: "
+                      "spikefm experiment transfer)", RuntimeWarning, stacklevel=2)
     return summary

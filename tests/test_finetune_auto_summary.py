@@ -339,3 +339,16 @@ def test_the_still_falling_warning_says_what_its_steps_count(monkeypatch, tmp_pa
                                                   r"after the frozen stage's best step 30\)"):
         ftmod.train_with_early_stopping(_cfg(20), tmp_path / "run", family, eval_every=5, patience=3,
                                         stage=" " + ftmod.unfrozen_steps_text(30))
+
+
+def test_a_study_s_strategy_line_counts_unfreeze_s_steps_after_its_frozen_stage():
+    from spikefm.experiments.transfer import strategy_line
+
+    stage1 = {"best_step": 30, "best_val_loss": 0.36, "stopped_at": 50}
+    assert strategy_line({"strategy": "unfreeze", "best_val_loss": 0.3515, "best_step": 20, "stage1": stage1}) == (
+        "fine-tuning strategy unfreeze: best val loss 0.3515 at step 20 of the unfrozen stage, after the frozen "
+        "stage's best step 30")
+    assert strategy_line({"strategy": "frozen", "best_val_loss": 0.3, "best_step": 90}) == \
+        "fine-tuning strategy frozen: best val loss 0.3000 at step 90"
+    assert strategy_line({"strategy": "soup", "best_val_loss": 0.3, "best_step": None}).endswith(
+        "(an average of candidates: no step)")

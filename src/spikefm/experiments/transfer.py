@@ -177,9 +177,7 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
             }
     finally:
         torch.set_num_threads(threads)
-    at = " (an average of candidates: no step)" if ft.get("best_step") is None or ft["strategy"] == "soup" \
-        else f" at step {ft['best_step']}"
-    print(f"fine-tuning strategy {ft['strategy']}: best val loss {ft['best_val_loss']:.4f}{at}")
+    print(strategy_line(ft))
     print(families.format_results(evaluated))
     # each benchmark with what it was computed on (session, window bins, decoding block, windows
     # per split), where the family's results do not already say it
@@ -198,6 +196,17 @@ class NothingToScore(ValueError):
     """The seed's data cannot give what the study needs (a decoding task names a label the held-out
     session's trials lack; sessions too short for validation windows): raised before anything is
     trained, so that a study that has finished no seed is not bound to these settings."""
+
+
+def strategy_line(ft: dict) -> str:
+    """The line a study prints of its fine-tuning summary ``ft``: the kept strategy, its validation
+    loss and best step (``unfreeze``'s counted after its frozen stage's; none for a soup)."""
+    from spikefm.train.finetune import unfrozen_steps_text
+
+    at = " (an average of candidates: no step)" if ft.get("best_step") is None or ft["strategy"] == "soup" \
+        else f" at step {ft['best_step']}" + (f" {unfrozen_steps_text(ft['stage1']['best_step'])}"
+                                              if isinstance(ft.get("stage1"), dict) else "")
+    return f"fine-tuning strategy {ft['strategy']}: best val loss {ft['best_val_loss']:.4f}{at}"
 
 
 def _check_validation(cfg, held_out: str, duration_s: float) -> None:

@@ -277,6 +277,31 @@ def test_eval_on_validation_windows_scores_exactly_those(pretrained, corpus_dir,
         assert scored.any() and np.array_equal(counts[scored], want[scored])
     assert main(["eval", str(pretrained), "--data", str(corpus_dir), "--split", "train", "--session", sid,
                  "--quiet"]) == 2
+    # what the tasks fit on (their "train" and "val": decoders, nulls, baselines) never holds a test
+    # window: --split val relabelled the test windows "val", so decoders were fitted on them
+    n = {k: int(w.indices(k).size) for k in ("train", "val", "test")}
+    assert results["val"]["windows_per_split"] == {"train": n["train"], "val": 0, "test": n["val"],
+                                                   "unscored": n["test"]}
+    from spikefm.families.ndt.evaluate import UNSCORED, scored_as_test
+
+    roles = scored_as_test(w, "val").split
+    assert set(roles[w.indices("test")]) == {UNSCORED} and set(roles[w.indices("val")]) == {"test"}
+    assert np.array_equal(roles[w.indices("train")], w.split[w.indices("train")])
+    assert scored_as_test(w, "test") is w
+    # the report cuts the windows the results scored (it paired val predictions with the test
+    # windows' conditions, silently when the counts agreed, else refusing conditions and regions)
+    from spikefm.report import build_report
+    from spikefm.report.evaluation import load_test_windows
+
+    assert n["val"] != n["test"]
+    for split in ("val", "test"):
+        cut = load_test_windows(pretrained, corpus_dir, sid, split)
+        assert cut.num_windows == n[split]
+        for name, values in cut.labels.items():
+            assert np.array_equal(values, np.asarray(w.labels[name])[w.indices(split)]), name
+        page = build_report(tmp_path / f"{split}.json", predictions=tmp_path / split).html()
+        assert "the predictions hold" not in page and "could not be cut again" not in page
+        assert ("population PSTH per " in page) if cut.labels else (f"PSTH over all {split} windows" in page)
 
 
 def test_choice_decoding_reports_the_ideal_observer_of_the_spikes(pretrained, corpus_dir):

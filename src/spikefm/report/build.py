@@ -141,8 +141,8 @@ def _windows_or_note(sec, meta: dict[str, Any], run_dir=None, corpus=None, sessi
         sec.note("conditions and regions: the results name no run, corpus and session to cut the "
                  "test windows from")
         return None
-    try:
-        return load_test_windows(run_dir, corpus, session)
+    try:  # the windows the evaluation scored: its test windows, or val ones (eval --split val)
+        return load_test_windows(run_dir, corpus, session, str(meta.get("split") or "test"))
     except (ValueError, KeyError, OSError) as exc:
         sec.note(f"conditions and regions unavailable: {str(exc).splitlines()[0]}")
         return None

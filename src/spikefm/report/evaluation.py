@@ -686,7 +686,8 @@ def _behavior_task(sec: Section, ev: Evaluation, task: str, present: dict) -> No
 
 @dataclass
 class TestWindows:
-    """What the report needs of a session's test windows (cut again from the corpus)."""
+    """What the report needs of the windows an evaluation scored (its ``split``: the session's test
+    windows, or its val windows after ``eval --split val``), cut again from the corpus."""
 
     labels: dict[str, np.ndarray]
     event_bin: int | None
@@ -697,9 +698,13 @@ class TestWindows:
     num_windows: int
 
 
-def load_test_windows(run_dir: str | Path, corpus_dir: str | Path, session_id: str) -> TestWindows:
-    """The test windows of ``session_id`` as the run split them (``config.json``'s
-    ``family_info.window_options`` and ``window_splits``); ValueError when that is not possible."""
+def load_test_windows(run_dir: str | Path, corpus_dir: str | Path, session_id: str,
+                      split: str = "test") -> TestWindows:
+    """The ``split`` windows (``test``, or ``val`` for an ``eval --split val``) of ``session_id``
+    as the run split them (``config.json``'s ``family_info.window_options`` and
+    ``window_splits``); ValueError when that is not possible."""
+    if split not in ("test", "val"):
+        raise ValueError(f"the results name split {split!r}; expected 'test' or 'val'")
     from spikefm.corpus.reader import Corpus
     from spikefm.data.windows import apply_splits, load_all_windows
     from spikefm.report.training import read_json
@@ -713,7 +718,7 @@ def load_test_windows(run_dir: str | Path, corpus_dir: str | Path, session_id: s
         warnings.simplefilter("ignore")
         w = apply_splits(load_all_windows(Corpus(corpus_dir), [session_id], require_table=False, **opts),
                          {session_id: splits[session_id]})[session_id]
-    test = w.indices("test")
+    test = w.indices(split)
     return TestWindows(labels={k: np.asarray(v)[test] for k, v in w.labels.items()}, event_bin=w.event_bin,
                        bin_ms=w.bin_ms, unit_regions=list(w.unit_regions),
                        behavior=None if w.behavior is None else w.behavior[test],
@@ -764,11 +769,11 @@ def predictions_panel(sec: Section, ev: Evaluation, pred_dir: Path, windows: Tes
     task = "co-smoothing" if "co-smoothing" in loaded else next(iter(loaded))
     rates, counts = loaded[task]
     if windows is not None and windows.num_windows != counts.shape[0]:
-        sec.note(f"the corpus gives {windows.num_windows} test windows, the predictions hold "
+        sec.note(f"the corpus gives {windows.num_windows} {_scored(ev)} windows, the predictions hold "
                  f"{counts.shape[0]}; conditions and regions are not shown", warn=True)
         windows = None
     _prediction_rasters(sec, task, rates, counts, windows, ev.models[model].get("bin_ms") or 20)
-    _psths(sec, task, rates, counts, windows, ev.models[model].get("bin_ms") or 20)
+    _psths(sec, task, rates, counts, windows, ev.models[model].get("bin_ms") or 20, scored=_scored(ev))
     _behavior_traces(sec, pred_dir, windows, "behavior-decoding" in bench.get("tasks", {}))
 
 
@@ -803,11 +808,11 @@ def _prediction_rasters(sec: Section, task: str, rates_KTN, counts_KTN, windows,
     sec.end_figures()
 
 
-def _psths(sec: Section, task: str, rates_KTN, counts_KTN, windows, bin_ms: int) -> None:
+def _psths(sec: Section, task: str, rates_KTN, counts_KTN, windows, bin_ms: int, *, scored: str = "test") -> None:
     K, T, N = counts_KTN.shape
     event = windows.event_bin if windows is not None and windows.event_bin is not None else 0
     t_s = [(b - event) * bin_ms / 1000 for b in range(T)]
-    groups: list[tuple[str, np.ndarray]] = [("all test windows", np.arange(K))]
+    groups: list[tuple[str, np.ndarray]] = [(f"all {scored} windows", np.arange(K))]
     cond_name = None
     if windows is not None:
         cond_name = next((c for c in ("choice", "target_angle", *sorted(windows.labels)) if c in windows.labels), None)
@@ -835,7 +840,9 @@ def _psths(sec: Section, task: str, rates_KTN, counts_KTN, windows, bin_ms: int)
             out.append(charts.series(f"{name} predicted", t_s, _nan_none(pred_T), color=color))
         return out
 
-    where = f"per {cond_name}" if cond_name else "over all test windows (no condition labels: corpus not found)"
+    where = (f"per {cond_name}" if cond_name else
+             f"over all {scored} windows (no condition labels: the windows could not be cut again, see the note "
+             "above)" if windows is None else f"over all {scored} windows (they carry no condition labels)")
     x_label = "time from the event (s)" if windows is not None and windows.event_bin is not None else "time in window (s)"
     vl = [{"x": 0.0, "name": "event"}] if windows is not None and windows.event_bin is not None else []
     sec.figure(charts.xy(lines(slice(None)), x_label=x_label, y_label="mean count / bin", vlines=vl),

@@ -110,15 +110,22 @@ def session_windows_for_run(run_dir: str | Path, corpus, session_id: str, info: 
     return apply_splits(windows, {session_id: splits[session_id]})[session_id]
 
 
+#: The role of the test windows when ``eval --split val`` scores the val windows: neither scored
+#: nor fitted on (the tasks fit their baselines and decoders on "train" and "val", score "test").
+UNSCORED = "unscored"
+
+
 def scored_as_test(windows, split: str):
     """The windows with ``split``'s windows labelled "test" (what the tasks score): for ``"val"``
-    the val and test labels are swapped; ``"test"`` returns them unchanged."""
+    the val windows become "test" and the test windows :data:`UNSCORED`, so that nothing fitted
+    while scoring them (a decoder, a null, a baseline) sees the test windows; ``"test"`` returns
+    them unchanged."""
     if split != "val":
         return windows
     import dataclasses
 
-    swapped = np.where(windows.split == "val", "test", np.where(windows.split == "test", "val", windows.split))
-    return dataclasses.replace(windows, split=swapped)
+    roles = np.where(windows.split == "val", "test", np.where(windows.split == "test", UNSCORED, windows.split))
+    return dataclasses.replace(windows, split=roles)
 
 
 def session_truth(corpus, windows) -> dict | None:
@@ -218,7 +225,9 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
 
 
 def _split_shares(windows) -> dict[str, int]:
-    return {name: int(windows.indices(name).size) for name in ("train", "val", "test")}
+    shares = {name: int(windows.indices(name).size) for name in ("train", "val", "test")}
+    unscored = int(np.sum(windows.split == UNSCORED))
+    return {**shares, UNSCORED: unscored} if unscored else shares
 
 
 def transfer_headline(res: dict) -> dict:

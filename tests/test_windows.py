@@ -439,3 +439,15 @@ def test_a_trial_table_no_session_has_is_refused_not_replaced_by_continuous_wind
     with pytest.warns(RuntimeWarning, match="has no 'trails' trial table"):
         w = load_all_windows(corpus, sids[:1], table="trails", window_bins=50, pre_ms=200, require_table=False)
     assert w[sids[0]].align is None and w[sids[0]].num_windows > 0
+
+
+def test_a_psth_is_split_by_the_first_label_with_two_values():
+    """The report's and behaviour decoding's PSTHs took the first label by name even when it held
+    one value (a real file's ExperimentID), which splits nothing."""
+    from spikefm.data.windows import psth_condition
+
+    one = np.array([7.0, 7.0, np.nan])
+    assert psth_condition({"ExperimentID": one, "old_new": np.array([1.0, 2.0, 1.0])}) == "old_new"
+    assert psth_condition({"a": np.array(["x", None, "y"], dtype=object), "choice": np.array([1.0, 1.0])}) == "a"
+    assert psth_condition({"target_angle": np.array([0.0, 90.0]), "choice": np.array([-1.0, 1.0])}) == "choice"
+    assert psth_condition({"ExperimentID": one}) is None and psth_condition({}) is None

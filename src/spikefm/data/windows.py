@@ -363,6 +363,24 @@ def session_label_names(corpus: Corpus | str | Path, session_id: str, trial_tabl
     return sorted(_discrete_labels(trials, np.arange(n)))
 
 
+#: The trial labels a PSTH is split by first, when the windows carry them with two values or more.
+PSTH_LABELS_FIRST = ("choice", "target_angle")
+
+
+def psth_condition(labels: dict[str, np.ndarray]) -> str | None:
+    """The trial label within whose values a PSTH averages windows (averaging across conditions
+    would cancel what they encode): ``choice``, then ``target_angle``, then the others by name,
+    the first with at least two distinct values among these windows (one value splits nothing);
+    None when no label has."""
+    for name in dict.fromkeys((*PSTH_LABELS_FIRST, *sorted(labels))):
+        if name in labels:
+            values = {v for v in np.asarray(labels[name]).tolist()
+                      if v is not None and not (isinstance(v, float) and math.isnan(v))}
+            if len(values) >= 2:
+                return name
+    return None
+
+
 def _session_seed(seed: int, session_id: str) -> list[int]:
     return [int(seed), zlib.crc32(session_id.encode("utf-8"))]
 

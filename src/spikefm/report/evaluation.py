@@ -815,7 +815,9 @@ def _psths(sec: Section, task: str, rates_KTN, counts_KTN, windows, bin_ms: int,
     groups: list[tuple[str, np.ndarray]] = [(f"all {scored} windows", np.arange(K))]
     cond_name = None
     if windows is not None:
-        cond_name = next((c for c in ("choice", "target_angle", *sorted(windows.labels)) if c in windows.labels), None)
+        from spikefm.data.windows import psth_condition
+
+        cond_name = psth_condition(windows.labels)
     if cond_name is not None:
         values = windows.labels[cond_name]
         present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]

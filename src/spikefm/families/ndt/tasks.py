@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from spikefm.families.ndt.masking import mask_entries, scheme_id
-from spikefm.data.windows import MIN_INIT_RATE, SessionWindows
+from spikefm.data.windows import MIN_INIT_RATE, SessionWindows, psth_condition
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, bps_pooled_interval,
                                   canonical_row_order, decode_discrete, wilson_interval)
@@ -532,10 +532,8 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
         features["oracle"] = np.asarray(truth_latents, dtype=np.float64)
     y_KTC = windows.behavior.astype(np.float64)
     K, T, C = y_KTC.shape
-    # PSTHs average the test trials of one condition (the first discrete label the windows have,
-    # e.g. choice or reach target); averaging across conditions would cancel what they encode.
-    condition = next((name for name in ("choice", "target_angle", *sorted(windows.labels))
-                      if name in windows.labels), None)
+    # PSTHs average the test trials of one condition (e.g. choice or reach target)
+    condition = psth_condition({k: np.asarray(v)[test] for k, v in windows.labels.items()})
     groups = [np.arange(test.size)]
     if condition is not None:
         values, present = _label_array(windows, condition)

@@ -410,6 +410,26 @@ MINI = StudySettings(pretrain_steps=2, finetune_steps=2, eval_every=1, patience=
 HELD, POOL = "sub-ibl02_ses-003", "sub-ibl01_ses-000"
 
 
+def test_an_unfinished_scaling_study_refuses_a_ranking_with_other_settings(tiny_study, tiny_corpus, tmp_path):
+    """rank-sessions into a scaling study stopped before its ranking files (so no ranking.json yet)
+    ran and wrote its own ranking there: the scaling command could then never resume in its folder."""
+    import shutil
+
+    from spikefm.experiments.rank_sessions import rank_sessions
+
+    out, _ = tiny_study
+    half = tmp_path / "half"
+    shutil.copytree(out, half)
+    for name in ("scaling.json", "ranking.json"):
+        (half / name).unlink()
+    before = _files(half)
+    with pytest.raises(ValueError, match=rf"^{half} holds a study made with other settings \(.*seed; seed: 0 "
+                                         r"there, 1 now\)"):
+        rank_sessions(half, tiny_corpus, ["sub-ibl02_ses-003"], settings=TINY, seed=1, top_k=2, progress=False,
+                      executor=LocalExecutor(1, threads=1), command="test")
+    assert _files(half) == before
+
+
 def _rank(out, corpus, **kw):
     from spikefm.experiments.rank_sessions import rank_sessions
 
@@ -465,6 +485,7 @@ def test_a_corpus_rebuilt_at_the_same_path_is_another_study(tiny_corpus, tmp_pat
     ranking = json.loads((out / "ranking.json").read_text())
     del ranking["settings"]["corpus_sha256"]
     (out / "ranking.json").write_text(json.dumps(ranking))
+    (out / ".ranking_settings.json").unlink()  # nor the record of its start, which came later still
     again = _rank(out, corpus)
     assert again["settings"]["corpus_sha256"] == new_hash and again["rankings"][HELD][0]["session"] == POOL
 
@@ -761,3 +782,23 @@ def test_families_of_regenerated_recordings_are_not_read(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"^no ground-truth families for session .* changed since the corpus "
                                             r"was built from it .*to use the ground-truth families$"):
         assert session_families(tmp_path / "c", ids) is None
+
+
+def test_a_top_k_below_every_size_is_said_and_the_report_says_why_another_is_used(tiny_corpus, tmp_path):
+    """--top-k 1 with --sizes 2,3 reported the top-2 model in the 'top-k ranked' row without a word,
+    and the report said '2 used: ... the largest number of sessions in sizes (2, 3) that is at most 1'."""
+    from spikefm.experiments.scaling import scaling_study
+    from spikefm.report.study import _top_k
+
+    with pytest.warns(RuntimeWarning, match=r"^--top-k 1: no size in --sizes \(2,3\) is at most 1, so Table 1's "
+                                            r"top-k ranked row is the top-2 model; add 1 to --sizes"):
+        with pytest.raises(ValueError):  # an unknown order stops it before any job, after the warning
+            scaling_study(tmp_path / "s", tiny_corpus, ["sub-ibl02_ses-003"], settings=TINY, sizes="2,all",
+                          orders=["ranked", "bogus"], seeds=[0], tasks=TASKS, metric="co-smoothing", top_k=1,
+                          executor=LocalExecutor(1, threads=1), progress=False, command="test")
+    assert not (tmp_path / "s").exists()
+    _, note = _top_k({"study": "scaling", "top_k": 2, "settings": {"top_k": 1, "sizes": [2, 3]}})
+    assert note == ("top_k: 1 requested (settings), 2 used: no number of sessions in sizes (2, 3) is at most 1, so "
+                    "the smallest is used.")
+    _, note = _top_k({"study": "scaling", "top_k": 2, "settings": {"top_k": 5, "sizes": [1, 2, 3]}})
+    assert "the largest number of sessions in sizes (1, 2, 3) that is at most 5" in note

@@ -335,6 +335,11 @@ def print_ranking(summary: dict) -> None:
                            title="ground truth: own-family sessions ranked first"))
 
 
+#: The settings of a session ranking, written before its first job (hidden: not a result), by
+#: ``rank-sessions`` and by a scaling study (whose first stage is that ranking).
+RANKING_STARTED = ".ranking_settings.json"
+
+
 def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] | None = None, *,
                   pool: Sequence[str] | None = None, settings: StudySettings = LAPTOP, seed: int = 0,
                   top_k: int = 3, executor=None, progress: bool = True, command: str | None = None
@@ -375,9 +380,13 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     check_held_out_validation(check_pretrain_spec(jobs[0].spec, executor), held)  # before any folder or job
     study_settings = ranking_settings(settings, corpus, digest, held, pool, seed, top_k)
     check_study_settings(out / "ranking.json", study_settings, views=("top_k",))
+    # an unfinished ranking (this study's, or a scaling study's first stage) binds the folder too:
+    # another ranking into it left the interrupted study unable to resume there
+    check_study_settings(out / RANKING_STARTED, study_settings, views=("top_k",))
     executor = executor or LocalExecutor(1)
     t0 = time.perf_counter()
     with study_folder(out, executor):  # the executor first, then the folder
+        write_json_atomic(out / RANKING_STARTED, {"settings": study_settings})
         records = run_jobs(jobs, out / "jobs", executor, progress=progress, description="ranking sessions")
         families = session_families(corpus, [*held, *pool])
         summary = summarize_ranking(records, adapt, held, pool, families, top_k)

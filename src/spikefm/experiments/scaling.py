@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from spikefm.experiments.jobs import Job, run_jobs, study_folder
-from spikefm.experiments.rank_sessions import (LAPTOP, StudySettings, adapt_job, ranking_settings, warn_top_k,
-                                               pretrain_job, ranking_jobs, session_families, study_sessions,
-                                               summarize_ranking, write_csv, write_ranking_files)
+from spikefm.experiments.rank_sessions import (LAPTOP, RANKING_STARTED, StudySettings, adapt_job, pretrain_job,
+                                               ranking_jobs, ranking_settings, session_families, study_sessions,
+                                               summarize_ranking, warn_top_k, write_csv, write_ranking_files)
 
 __all__ = ["ORDERS", "parse_sizes", "session_orders", "scaling_jobs", "log_linear_fit", "summarize_scaling",
            "scaling_study", "DEFAULT_SIZES", "DEFAULT_METRIC"]
@@ -370,6 +370,10 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     held, pool = study_sessions(corpus, held_out, pool)
     size_list = parse_sizes(sizes, len(pool))
     warn_top_k(rank_top_k, len(pool), "--rank-top-k")
+    if "ranked" in orders and top_k < min(size_list):  # Table 1's top-k model is one of the sizes trained
+        warnings.warn(f"--top-k {top_k}: no size in --sizes ({','.join(map(str, size_list))}) is at most {top_k}, "
+                      f"so Table 1's top-k ranked row is the top-{min(size_list)} model; add {top_k} to --sizes for "
+                      f"a top-{top_k} model", RuntimeWarning, stacklevel=2)
     session_orders({h: list(pool) for h in held}, pool, orders, seeds[0])  # checks the names early
     digest = manifest_sha256(corpus)
     rjobs, adapt = ranking_jobs(settings, str(corpus), held, pool, seeds[0], corpus_sha256=digest)
@@ -393,12 +397,14 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     # an unfinished study is bound to its settings too (its ranking files are written before
     # scaling.json; another study's run into the folder left them beside its own)
     check_study_settings(out / STARTED, study_settings, views=("metric", "top_k"))
-    # a rank-sessions study in the folder: its files would be replaced by this ranking's
+    # a rank-sessions study in the folder, finished or not: its files would be replaced by this ranking's
     check_study_settings(out / "ranking.json", rank_settings, views=("top_k",))
+    check_study_settings(out / RANKING_STARTED, rank_settings, views=("top_k",))
     executor = executor or LocalExecutor(1)
     t0 = time.perf_counter()
     with study_folder(out, executor):  # the executor first, then the folder
         write_json_atomic(out / STARTED, {"settings": study_settings})
+        write_json_atomic(out / RANKING_STARTED, {"settings": rank_settings})
         records = run_jobs(rjobs, out / "jobs", executor, progress=progress, description="ranking sessions")
         truth_families = session_families(corpus, [*held, *pool])
         ranking = summarize_ranking(records, adapt, held, pool, truth_families, rank_top_k)

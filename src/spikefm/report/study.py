@@ -184,7 +184,9 @@ def _top_k(obj: dict) -> tuple[dict[tuple, str], str | None]:
     n = len(pool) if isinstance(pool, list) else None
     few = f"only {n} pretraining session{'' if n == 1 else 's'} exist" if n is not None and n < asked else ""
     sizes = settings.get("sizes")
-    if obj.get("study") == "scaling" and isinstance(sizes, list):
+    if obj.get("study") == "scaling" and isinstance(sizes, list) and used > asked:
+        why = f"no number of sessions in sizes ({', '.join(map(str, sizes))}) is at most {asked}, so the smallest is used"
+    elif obj.get("study") == "scaling" and isinstance(sizes, list):
         why = (f"the top-k ranked model uses the largest number of sessions in sizes ({', '.join(map(str, sizes))}) "
                f"that is at most {asked}" + (f"; {few}" if few else ""))
     elif few:

@@ -352,3 +352,18 @@ def test_a_study_s_strategy_line_counts_unfreeze_s_steps_after_its_frozen_stage(
         "fine-tuning strategy frozen: best val loss 0.3000 at step 90"
     assert strategy_line({"strategy": "soup", "best_val_loss": 0.3, "best_step": None}).endswith(
         "(an average of candidates: no step)")
+
+
+def test_the_best_at_first_warning_counts_unfreeze_s_steps_after_its_frozen_stage(tmp_path):
+    """It said '(step 10; ...) so better weights may lie before it, which was never evaluated' of
+    unfreeze, whose step 10 follows the frozen stage's best weights (evaluated)."""
+    summary = {"best_at_first_evaluation": True, "best_step": 10, "eval_every": 10,
+               "stage1": {"best_step": 30, "best_val_loss": 0.3, "stopped_at": 50}}
+    with pytest.warns(ftmod.FinetuneBudget, match=r"first evaluation \(step 10 of the unfrozen stage, after the "
+                                                  r"frozen stage's best step 30; no later one was lower\), so better "
+                                                  r"weights may lie in the unfrozen stage's first 10 steps"):
+        ftmod._say_best_at_first(tmp_path, "unfreeze", summary)
+    del summary["stage1"]
+    with pytest.warns(ftmod.FinetuneBudget, match=r"first evaluation \(step 10; no later one was lower\), so better "
+                                                  r"weights may lie before it, which was never evaluated"):
+        ftmod._say_best_at_first(tmp_path, "frozen", summary)

@@ -1200,3 +1200,16 @@ def test_an_unfreeze_run_s_steps_are_shown_after_its_frozen_stage(tmp_path):
     table = flat.split("Fine-tuning strategies", 1)[1]
     assert " ".join(table.split("unfreeze", 1)[1].split()[:3]) == "0.3515 30+20 chosen"
     assert " ".join(table.split("frozen", 1)[1].split()[:2]) == "0.3516 90"
+
+
+def test_the_chunk_table_says_what_the_train_fitted_null_was_fitted_on(tmp_path):
+    """Under eval --split val the null is fitted on the train windows (the test windows are left
+    out); the caption said 'the train and val windows' whatever the split."""
+    bench = _bench(0.2)
+    chunk = {"start_bin": 40, "end_bin": 45, "model": {"bps_pooled": 0.1}, "model_vs_train_null": {"bps_pooled": 0.05}}
+    bench["tasks"]["forward-prediction-walk"] = {"model": {"bps_pooled": 0.1, "bps_per_neuron_mean": 0.1},
+                                                 "num_evaluated": 60, "chunks": [chunk, {**chunk, "start_bin": 45}]}
+    for split, said in (("test", "the train and val windows)"), ("val", "the train windows; the test windows are left out)")):
+        path = tmp_path / f"{split}.json"
+        path.write_text(json.dumps({"family": "ndt", "split": split, "results": bench}))
+        assert f"train-fitted null: its mean count in the same bins of {said}" in html.unescape(build_report(path).html())

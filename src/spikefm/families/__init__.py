@@ -160,8 +160,9 @@ def _load_plugin(name: str, target: str | Callable[[], Any]):
             target = getattr(importlib.import_module(module), attr)
         return target()
     except Exception as exc:  # noqa: BLE001 - any failure of foreign code at import or construction
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"{where} could not be loaded ({type(exc).__name__}: {first}); fix or reinstall the "
+        from spikefm.fileio import first_line
+
+        raise ValueError(f"{where} could not be loaded ({type(exc).__name__}: {first_line(exc)}); fix or reinstall the "
                          "package that provides it, or uninstall it") from exc
 
 

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from spikefm.fileio import first_line
 from spikefm.report.page import Page
 from spikefm.report.provenance import Provenance
 from spikefm.report.training import read_json
@@ -144,7 +145,7 @@ def _windows_or_note(sec, meta: dict[str, Any], run_dir=None, corpus=None, sessi
     try:  # the windows the evaluation scored: its test windows, or val ones (eval --split val)
         return load_test_windows(run_dir, corpus, session, str(meta.get("split") or "test"))
     except (ValueError, KeyError, OSError) as exc:
-        sec.note(f"conditions and regions unavailable: {str(exc).splitlines()[0]}")
+        sec.note(f"conditions and regions unavailable: {first_line(exc)}")
         return None
 
 
@@ -345,7 +346,7 @@ def _run_corpus_section(page: Page, family_info: dict, prov: Provenance) -> None
     except (ValueError, OSError) as exc:  # a damaged corpus: the training report stands without it
         del page.sections[before:]
         train_sec.note(f"the run's corpus {corpus} could not be read, so its section is left out: "
-                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", warn=True)
+                       f"{first_line(exc)}", warn=True)
         return
     if recorded and recorded != now:
         msg = (f"this corpus changed since the run read it (manifest sha256 {recorded[:12]}... then, {now[:12]}... "

@@ -574,7 +574,8 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
                   caption=f"{task}: bps_pooled per chunk (NLB null: each neuron's mean count over the scored "
                           f"entries; 95 % low / high: jackknife interval over the {_scored(ev)} {unit}, the NLB null "
                           f"re-fitted without each {unit[:-1]}; train-fitted null: its mean count in the same bins of "
-                          "the train and val windows)",
+                          + ("the train and val windows)" if _scored(ev) == "test" else
+                             "the train windows; the test windows are left out)"),
                   key=f"chunks-{task}", nan_why=[CI_NAN, BPS_NAN], blank_why=CHUNK_BLANK)
         sec.figure(charts.xy(lines, x_label="chunk start (s into the window)", y_label="bps_pooled"),
                    f"{task}: bits per spike of each predicted chunk, given all earlier true activity.")

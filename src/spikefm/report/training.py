@@ -186,9 +186,10 @@ def _finetuning(sec, run_dir: Path) -> None:
         es = read_json(es_path, "the early_stopping.json that spikefm finetune writes")
         hist = [h for h in es.get("history", []) if _finite(h.get("val_loss"))]
         sec.heading("Fine-tuning: validation loss and early stopping")
-        if es.get("best_at_first_evaluation"):  # spikefm finetune warns of it too
-            sec.note(f"The lowest validation loss came at the first evaluation (step {es.get('best_step')}; no later "
-                     "one was lower), so better weights may lie before it, which was never evaluated; a smaller "
+        if es.get("best_at_first_evaluation"):  # spikefm finetune warns of it too, in the same words
+            from spikefm.train.finetune import best_at_first_text
+
+            sec.note(f"The lowest validation loss came at the first evaluation {best_at_first_text(es)}; a smaller "
                      f"--eval-every (now {es.get('eval_every', '?')}) evaluates earlier steps.", warn=True)
         src = f"early_stopping:{run_dir.name}"
         # a weight average (the soup) trained no steps: its loss is its own, the history its base's

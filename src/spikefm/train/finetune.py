@@ -698,14 +698,26 @@ def _check_pretrained_export(run_dir: Path, strategy: str) -> None:
     read_safetensors_header(export)  # one line naming the file and its problem
 
 
+def best_at_first_text(summary: dict) -> str:
+    """Why a lowest validation loss at the first evaluation matters, in the words the warning and
+    the report use: ``(step S; no later one was lower), so better weights may lie before it...``
+    (for ``unfreeze``, its second stage's first steps: the frozen stage's best was evaluated)."""
+    stage1 = summary.get("stage1")
+    if isinstance(stage1, dict) and stage1.get("best_step") is not None:
+        return (f"(step {summary.get('best_step')} {unfrozen_steps_text(stage1['best_step'])}; no later one was "
+                f"lower), so better weights may lie in the unfrozen stage's first {summary.get('best_step')} steps, "
+                "which were never evaluated")
+    return (f"(step {summary.get('best_step')}; no later one was lower), so better weights may lie before it, which "
+            "was never evaluated")
+
+
 def _say_best_at_first(out_dir: Path, strategy: str, summary: dict) -> None:
     """Warn when the kept run's lowest validation loss came at its first evaluation (no later
     one lower): the best weights may lie before it, which was never evaluated."""
     if summary.get("best_at_first_evaluation"):
         warnings.warn(f"{out_dir}: the {strategy} run's lowest validation loss came at its first evaluation "
-                      f"(step {summary['best_step']}; no later one was lower), so better weights may lie "
-                      f"before it; a smaller --eval-every (now {summary['eval_every']}) evaluates earlier steps",
-                      FinetuneBudget, stacklevel=3)
+                      f"{best_at_first_text(summary)}; a smaller --eval-every (now {summary['eval_every']}) "
+                      "evaluates earlier steps", FinetuneBudget, stacklevel=3)
 
 
 def _check_auto_out_dir(out_dir: Path) -> None:

@@ -503,8 +503,10 @@ def decode_behavior(model: nn.Module, windows: SessionWindows, *, layer: int = -
     by leave-one-out CV per channel, :class:`sklearn.linear_model.RidgeCV`) is fitted on the bins
     of the train+val windows and scored on the test windows: ``r2`` pooled over the test bins
     (single trial) and ``psth_r2`` of the test-trial average at each bin. Bins with a missing
-    behaviour value are left out. PSTHs are averaged per condition (the windows' ``choice`` or
-    ``target_angle`` label when present) and ``psth_r2`` pools the conditions' bins.
+    behaviour value are left out (under ``eval --split val`` the ridges are fitted on the train
+    windows alone). PSTHs are averaged per condition (the test windows' label that
+    :func:`spikefm.data.windows.psth_condition` picks: ``choice``, ``target_angle``, else the
+    first with two values) and ``psth_r2`` pools the conditions' bins.
 
     With ``traces`` (a dict), it is filled with the test windows' ``true`` and ``predicted``
     (decoded from the hidden states) behaviour, (K_test, T, C) float32 (NaN where a channel was
@@ -623,7 +625,8 @@ def _chunk_bps(pred: TaskPrediction, windows: SessionWindows, task: str, forward
     ``0.5 * N / (ln 2 * spikes)`` for N neurons by Wilks' theorem, more when trials vary), so a
     model can score below 0 there while beating every rate learned from other trials.
     ``model_vs_train_null`` scores the same predictions against each neuron's mean count in the
-    same bins of the train and val windows (what the model was fitted and selected on): an
+    same bins of the train and val windows (what the model was fitted and selected on; the train
+    windows alone under ``eval --split val``, which scores the val windows and leaves the test ones out): an
     out-of-sample null, the time-locked mean rate of the chunk, floored at
     :data:`~spikefm.data.windows.MIN_INIT_RATE` (the floor the models' rates start from) so a neuron
     silent in those bins of every train window but firing in a test window gives a finite score,

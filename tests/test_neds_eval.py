@@ -2,6 +2,8 @@
 firing statistics, region classification, the encoding / decoding scores."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -198,6 +200,12 @@ def test_behaviour_psth_r2_averages_the_prediction_over_the_recorded_trials_only
             psth_p.append(pred[rows, b, 0].mean())
     assert d["wheel"]["r2_psth"] == pytest.approx(r2_score(psth_t, psth_p), rel=1e-12)
     assert d["wheel"]["r2_single_trial"] == pytest.approx(r2_score(truth[ok, 0], pred[ok, 0]), rel=1e-12)
+    # a channel constant on the test windows scores nan (as the README says), where it vanished from
+    # the results without a word; one never recorded there has nothing to score
+    flat = np.ones((K, T, 2))
+    flat[..., 1] = np.nan
+    d = decoding_scores({}, {}, {}, pred.repeat(2, axis=2), flat, ["still", "unrecorded"], cond)
+    assert list(d) == ["still"] and math.isnan(d["still"]["r2_single_trial"]) and math.isnan(d["still"]["r2_psth"])
 
 
 def test_synth_region_tuning_gives_linearly_decodable_regions_and_keeps_the_rest(tmp_path):

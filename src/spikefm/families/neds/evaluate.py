@@ -253,8 +253,10 @@ def decoding_scores(label_pred: dict[str, np.ndarray], label_true: dict[str, np.
     if beh_pred_KTC is not None:
         for c, name in enumerate(channels):
             t = beh_true_KTC[..., c]
-            if np.isnan(t).all() or np.nanstd(t) == 0:
+            if np.isnan(t).all():  # not recorded in these windows: nothing to score
                 continue
+            # a channel constant on these windows scores R² nan (the README's rule, which the
+            # report's nan notes give), where it was left out without a word
             # Both PSTHs average the same entries: the prediction where the truth was recorded
             # (averaging it over every trial compared two different sets of trials).
             p = np.where(np.isnan(t), np.nan, beh_pred_KTC[..., c])

@@ -313,6 +313,13 @@ def test_small_shards_and_reimport_replace_the_corpus(published, tmp_path):
     assert sorted(p.name for p in (out / "data").iterdir()) == sorted(
         Path(p).name for sp in m2["splits"].values() for p in sp["shards"])
     assert sum(1 for _ in Corpus(out).iter_rows("train")) == m1["splits"]["train"]["num_rows"]
+    # the same import again keeps the corpus's identity (a run trained on it saw it 'changed': a new
+    # version, only created_utc differing); the first import's files stay as they were
+    digest = Corpus(out).manifest_hash
+    version = (out / ".current").resolve()
+    m3 = import_neural_pile(str(root), out, progress=False)
+    assert Corpus(out).manifest_hash == digest and (out / ".current").resolve() == version
+    assert m3 == m2 and len(list((out / ".versions").iterdir())) == 1
 
 
 # --- bad sources -------------------------------------------------------------------------------

@@ -414,11 +414,25 @@ def test_split_folders_decide_before_file_names_as_datasets_reads_them(tmp_path,
     assert "1 data file(s) lie in no split folder while others do" in capsys.readouterr().err
 
 
+def test_a_folder_named_by_its_split_word_first_is_that_split_as_datasets_reads_it(tmp_path):
+    """train_data/ and test_data/ (the split word, then a separator and more) were no split
+    folders: every file was imported as train, the test rows among them, where datasets reads
+    them as train and test."""
+    root = tmp_path / "pile"
+    tables = pile_files(root, ("train_data/part0.parquet", "test_data/part0.parquet", "00-test.extra/part1.parquet"))
+    import_neural_pile(str(root), tmp_path / "c", progress=False)
+    got = split_rows(tmp_path / "c")
+    assert got == {"train": table_rows(tables["train_data/part0.parquet"]),
+                   "test": sorted(table_rows(tables["test_data/part0.parquet"])
+                                  + table_rows(tables["00-test.extra/part1.parquet"]))}
+    assert datasets_reads(root, tmp_path / "hfc") == got
+
+
 def test_a_folder_whose_name_merely_contains_a_split_word_is_no_split_folder(tmp_path):
     """datasets' Arrow cache of a dataset named pile-test-copy (or a download folder so named)
     imported every train row as test, silently: any folder with 'test' between separators
-    decided the split. A split folder is the split word alone (train/, test_2/); else the file's
-    name decides (its last split word)."""
+    decided the split. A split folder starts with its split word (train/, test_2/, test_data/);
+    else the file's name decides (its last split word)."""
     root = tmp_path / "cache"
     deep = root / "pile-test-copy" / "default" / "0.0.0" / "abc123"
     tables = {}

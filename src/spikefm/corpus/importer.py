@@ -77,7 +77,7 @@ import reprlib
 import shutil
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -119,10 +119,13 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 #: ``-._``, a space or a digit, and one of them or the end
 _SPLIT_WORD = re.compile(r"(?:^|[-_. 0-9])(training|train|testing|test|evaluation|eval|validation|valid|val|dev)"
                          r"(?=[-_. 0-9]|$)")
-#: A folder that names a split: the split word alone, with separators or digits around it
-#: (``train/``, ``test_2/``, ``00-val/``); a repository named ``pile-test-copy`` names none.
+#: A folder that names a split: its name starts with a split word (after separators or digits),
+#: followed by its end or a separator (``train/``, ``test_2/``, ``00-val/``, ``test_data/``, as
+#: ``datasets`` reads them); a split word later in the name names none, so that a repository or
+#: cache folder named ``pile-test-copy`` or ``datasets--org--pile-test`` does not make every file
+#: under it a test file (``datasets`` would).
 _SPLIT_FOLDER = re.compile(r"[-_. 0-9]*(training|train|testing|test|evaluation|eval|validation|valid|val|dev)"
-                           r"[-_. 0-9]*")
+                           r"(?:[-_. 0-9].*)?")
 _SPLIT_SYNONYMS = {"training": "train", "testing": "test", "evaluation": "test", "eval": "test",
                    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation"}
 _SEGMENT_INDEX = re.compile(r"(\d+)$")
@@ -243,8 +246,8 @@ def _split_word(parts) -> str | None:
 
 def _splits_from_names(files: list[Path], root: Path, skipped: list[dict]) -> list[tuple[Path, str | None]]:
     """(file, split or None) from the names, as ``datasets`` reads a folder without a card: when
-    any file lies in a folder naming a split (``train/``, ``test_2/``...: the split word alone, so
-    that a repository or cache folder called ``pile-test-copy`` is none), the folders decide (the
+    any file lies in a folder naming a split (``train/``, ``test_2/``, ``test_data/``...: the split
+    word first, so that a repository or cache folder called ``pile-test-copy`` is none), the folders decide (the
     innermost naming one) and files in none are left out (with a warning); else each file's name
     (its last split word: ``pile-test-copy-train.arrow`` is train)."""
     def folder_split(f: Path) -> str | None:  # the innermost folder that is a split's
@@ -1181,6 +1184,9 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
             shards, stats = _write(files, rows, sessions, bin_ms, version, progress)
             manifest = _manifest(source, rows, sessions, stats, shards, provenance, skipped,
                                  bin_ms, shard_max_tokens, earlier=_source_manifest_sessions(root))
+            kept = version.current_created_utc(manifest)
+            if kept is not None:  # the same import again: the current version stays (and its hash)
+                return replace(manifest, created_utc=kept).to_dict()
             version.commit(manifest)
             # a build's per-session cache, from the corpus this import replaced: stale now
             shutil.rmtree(Path(out_dir) / STAGING, ignore_errors=True)

@@ -207,7 +207,7 @@ def test_a_rerun_removes_the_temporaries_a_killed_finetune_left(pretrained, tmp_
     assert not any(p.exists() for p in left)
 
 
-def test_an_unfreeze_stopped_anywhere_ends_as_an_uninterrupted_one(pretrained, tmp_path, monkeypatch):
+def test_an_unfreeze_stopped_anywhere_ends_as_an_uninterrupted_one(pretrained, tmp_path, monkeypatch, capsys):
     """Stopped between rewriting its provenance and writing its record, every rerun refused the
     folder ('made with other settings (data.init_from ...)'); stopped in stage 2, a rerun deleted
     the finished frozen stage and trained it again."""
@@ -258,8 +258,11 @@ def test_an_unfreeze_stopped_anywhere_ends_as_an_uninterrupted_one(pretrained, t
     trained.clear()
     monkeypatch.setattr(loop, "train", lambda cfg, out_dir, *a, **k: trained.append(Path(out_dir).name)
                         or real_train(cfg, out_dir, *a, **k))
+    capsys.readouterr()
     families.finetune(pretrained, tmp_path, "s1", tmp_path / "b", **args)
     assert ".b.stage1" not in trained and "b" in trained
+    # its hidden frozen stage, reused, is no 'already finished ... nothing to do' (training went on)
+    assert "nothing to do" not in capsys.readouterr().err
     for name in ("a", "b"):
         got = json.loads((tmp_path / name / "early_stopping.json").read_text())
         assert got["history"] == want["history"] and got["stage1"] == want["stage1"], name

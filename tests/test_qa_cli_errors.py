@@ -545,6 +545,15 @@ def test_ctrl_c_after_the_command_finished_keeps_its_exit_status(corpus, tmp_pat
         "print('not reached')\n", tmp_path)
     assert p.returncode == 0 and "not reached" not in p.stdout, (p.returncode, p.stderr)
     assert "sessions" in p.stdout and p.stderr == ""
+    # past the exit callbacks the interpreter resets a Python SIGINT handler to the default action
+    # (a Ctrl-C there killed the finished command: 130, no line); an ignored SIGINT stays ignored
+    p = _command_line(
+        "import atexit, signal, sys; from spikefm import cli\n"
+        f"sys.argv = ['spikefm', 'corpus', 'info', {str(corpus)!r}]\n"
+        "code = cli.main()\n"
+        "atexit._run_exitfuncs()\n"
+        "print('handler', signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n", tmp_path)
+    assert p.returncode == 0 and "handler True" in p.stdout, (p.stdout[-300:], p.stderr)
 
 
 def test_absurd_bin_width_is_refused_by_the_parser(tmp_path, capsys):

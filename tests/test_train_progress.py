@@ -171,3 +171,27 @@ def test_tensorboard_resume_without_a_checkpoint_drops_the_killed_runs_events(tm
     steps = [row["step"] for row in rows_of(tmp_path / "run")]
     assert steps == [2, 4, 6, 8]
     assert [s for s, _ in got["loss"]] == steps
+
+
+def test_a_labelled_display_names_its_run_and_fits_a_narrow_terminal(tmp_path, capsys, monkeypatch):
+    """Fine-tuning's candidates each showed 'train step 10/40 ...' five times over with nothing
+    naming frozen, full or unfreeze; at 80 columns the bar's figures pushed its step count and ETA
+    to '30… 0:0…'."""
+    train(toy_config(steps=20, log_every=1), tmp_path / "run", progress="frozen")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "step" in line]
+    assert lines and all(line.startswith("frozen step ") for line in lines), lines
+    with pytest.raises(TypeError, match="progress must be True, False or the display's label"):
+        train(toy_config(steps=20), tmp_path / "run2", progress="")
+    # on a terminal of 80 columns the figures are cut, never the label, the step count or the ETA
+    from rich.console import Console
+
+    monkeypatch.setattr("rich.console.Console", lambda **kw: Console(force_terminal=True, width=80, **kw))
+    display = loop._Display(True, total=1500, start=0, label="unfreeze, frozen stage", transient=True)
+    display.update(750, {"loss": 0.5012, "lr": 0.0, "grad_norm": 0.261, "tokens_per_s": 7050.0, "mfu": 0.224})
+    table = display.bar.make_tasks_table(display.bar.tasks)
+    probe = Console(width=80, record=True, file=open(tmp_path / "null", "w"), force_terminal=True)
+    probe.print(table)
+    shown = probe.export_text().strip()
+    display.close()
+    assert shown.startswith("unfreeze, frozen stage ") and " 750/1500 " in shown and "\u2026" in shown, shown
+    assert len(shown) <= 80 and display.bar.live.transient

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
@@ -824,7 +825,9 @@ def _unraisable(hook_args) -> None:
 def _leave_on_ctrl_c(code: int) -> None:
     """The command has finished and written everything: a Ctrl-C during interpreter teardown
     (seconds with torch loaded) ends the process at once with the command's own exit status,
-    instead of killing it by SIGINT with no message."""
+    instead of killing it by SIGINT with no message. Once the exit callbacks have run, the
+    interpreter puts a Python handler back to SIGINT's default action for the rest of its
+    teardown; from there on Ctrl-C is ignored (:func:`_ignore_ctrl_c_in_the_last_teardown`)."""
     import os
     import signal
 
@@ -836,7 +839,28 @@ def _leave_on_ctrl_c(code: int) -> None:
     try:
         signal.signal(signal.SIGINT, leave)
     except ValueError:  # not the main thread (main() called from a library user's thread)
-        pass
+        return
+    _FINISHED.append(code)
+
+
+#: Set once a command-line run has finished (its exit status): the teardown ignores Ctrl-C.
+_FINISHED: list[int] = []
+
+
+def _ignore_ctrl_c_in_the_last_teardown() -> None:
+    """The last exit callback (registered when this module is imported, before torch's): past it
+    the interpreter resets Python's SIGINT handlers to the default action, which killed a
+    finished command by SIGINT (status 130, no line); an ignored SIGINT it leaves ignored."""
+    if _FINISHED:
+        import signal
+
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:
+            pass
+
+
+atexit.register(_ignore_ctrl_c_in_the_last_teardown)
 
 
 #: Parsed attributes that name files or folders, and how the command line spells them.

@@ -159,7 +159,8 @@ def transfer(out: str | Path, *, family: str = DEFAULT_FAMILY, sessions: int = Q
     torch.set_num_threads(1)  # a tiny model: one thread is faster than two on a 2-core laptop
     try:
         with threadpool_limits(1):
-            families.train(cfg, runs["pretrain"], progress=not quiet, resume=runs["pretrain"].exists())
+            families.train(cfg, runs["pretrain"], progress=False if quiet else f"seed {seed}: pretrain",
+                           resume=runs["pretrain"].exists())
             ft = _finished_finetune(runs["finetune"])  # a finished auto folder is refused by finetune
             if ft is None:
                 ft = families.finetune(runs["pretrain"], corpus_dir, held_out, runs["finetune"],

@@ -310,7 +310,7 @@ def train(cfg, out_dir: str | os.PathLike, **kwargs) -> dict[str, Any]:
 
     ``cfg``: a :class:`~spikefm.train.config.RunConfig` (from :func:`run_config`, or a run's
     :func:`load_run_config`). Keyword arguments go to the loop: ``resume``, ``progress`` (a
-    progress display, default True), ``stop_after`` (steps)."""
+    progress display, default True; a string labels it), ``stop_after`` (steps)."""
     from spikefm.train.config import RunConfig
     from spikefm.train.loop import train as train_loop
 

@@ -98,7 +98,8 @@ def _validation_loss(family, cfg, state: dict[str, torch.Tensor]) -> float:
 
 
 def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_every: int = 50,
-                              patience: int = 3, progress: bool = False, stage: str = "") -> dict[str, Any]:
+                              patience: int = 3, progress: bool | str = False, stage: str = "",
+                              say_finished: bool = True) -> dict[str, Any]:
     """Train a RunConfig with validation early stopping (see the module docstring).
 
     Args:
@@ -107,9 +108,12 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
         out_dir: a new (or, to continue, the same) run directory.
         eval_every: optimizer steps per segment (between validation evaluations).
         patience: evaluations without a new best before stopping.
-        progress: show the loop's progress display.
+        progress: show the loop's progress display (a string: under that label, e.g. the
+            candidate's name).
         stage: what the steps count when they are not the whole fine-tuning's (said after the step
             number in the still-falling warning, e.g. ``unfreeze``'s second stage).
+        say_finished: say so when ``out_dir`` holds this fine-tuning finished (False for a part of
+            a larger one, whose folder the user never named).
 
     Returns:
         {"out_dir", "best_step", "best_val_loss", "stopped_at", "history": [{"step", "val_loss"}],
@@ -132,7 +136,7 @@ def train_with_early_stopping(cfg, out_dir: str | os.PathLike, family, *, eval_e
     for path in (_best_path(out_dir), out_dir / PROGRESS_NAME, out_dir / "early_stopping.json",
                  out_dir / "finetune.json"):
         remove_stale_temporaries(path)  # a killed earlier run's (the loop removes its own files')
-    done = _reuse_finished(out_dir, budget)
+    done = _reuse_finished(out_dir, budget, say=say_finished)
     if done is not None:  # the same command again: the kept weights and history stay as they are
         return done
     # an unfinished one continues only with its own budget (another --steps would mix two runs)
@@ -314,7 +318,8 @@ def _lower_lr(cfg, scale: float):
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.optim.lr * scale))
 
 
-def _reuse_finished(out_dir: Path, budget: dict[str, int], need: str = "history") -> dict[str, Any] | None:
+def _reuse_finished(out_dir: Path, budget: dict[str, int], need: str = "history",
+                    say: bool = True) -> dict[str, Any] | None:
     """The record of a fine-tuning finished in ``out_dir`` with this ``budget`` (said in one
     line: nothing to do), None when none is finished there; another budget is refused."""
     done = _finished_record(out_dir)
@@ -325,10 +330,11 @@ def _reuse_finished(out_dir: Path, budget: dict[str, int], need: str = "history"
         raise OtherFinetune(f"{out_dir} already holds a finished fine-tuning ({_budget_text(before)}; it stopped "
                          f"at step {done.get('stopped_at')}); nothing is overwritten: use a new --out for "
                          f"{_budget_text(budget)}")
-    from spikefm.train.loop import _notice
+    if say:
+        from spikefm.train.loop import _notice
 
-    _notice(f"{out_dir} is already finished (stopped at step {done.get('stopped_at')} of at most "
-            f"{budget['max_steps']}, best at step {done.get('best_step')}); nothing to do", warning=False)
+        _notice(f"{out_dir} is already finished (stopped at step {done.get('stopped_at')} of at most "
+                f"{budget['max_steps']}, best at step {done.get('best_step')}); nothing to do", warning=False)
     return done
 
 
@@ -374,6 +380,8 @@ def _check_same_finetune(cfg, out_dir: Path, sections: tuple[str, ...] = ("famil
 def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: str, out_dir: Path, *,
                   steps: int, overrides: Sequence[str], eval_every: int, patience: int,
                   progress: bool) -> dict[str, Any]:
+    """Train one fine-tuning ``strategy`` into ``out_dir`` with early stopping; its progress
+    display is labelled with the strategy's name (``auto`` trains several, one after another)."""
     from spikefm.train.config import apply_overrides
 
     def config(source: str, freeze: bool, scratch: bool, n: int, lr_scale: float = 1.0):
@@ -387,7 +395,7 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
         cfg = apply_overrides(cfg, list(overrides))
         return _lower_lr(cfg, lr_scale) if lr_scale != 1.0 else cfg
 
-    kw = dict(eval_every=eval_every, patience=patience, progress=progress)
+    kw = dict(eval_every=eval_every, patience=patience, progress=strategy if progress else False)
     if strategy == "frozen":
         return train_with_early_stopping(config(run_dir, True, False, steps), out_dir, family, **kw)
     if strategy == "scratch":
@@ -414,7 +422,8 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
             shutil.rmtree(stage1)
     with warnings.catch_warnings():  # stage 2 goes on from stage 1: its "still falling" is not advice
         warnings.filterwarnings("ignore", message=".*the validation loss was still falling", category=RuntimeWarning)
-        s1 = train_with_early_stopping(cfg1, stage1, family, **kw)
+        s1 = train_with_early_stopping(cfg1, stage1, family, **{**kw, "progress": progress and "unfreeze, frozen stage"},
+                                       say_finished=False)  # its hidden folder: no 'nothing to do' of it
     s2 = train_with_early_stopping(config(str(stage1), False, False, max(1, steps - first), FULL_LR_SCALE),
                                    out_dir, family, **kw, stage=" " + unfrozen_steps_text(s1["best_step"]))
     s2["stage1"] = {k: s1[k] for k in ("best_step", "best_val_loss", "stopped_at")}

@@ -461,9 +461,10 @@ def _check_train_arguments(cfg: RunConfig, out_dir: Any, family: Family, resume:
         )
     if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
         raise ValueError(f"out_dir must be a non-empty path (the run folder), got {out_dir!r}")
-    for name, value in (("resume", resume), ("progress", progress)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if not isinstance(progress, (bool, str)) or progress == "":
+        raise TypeError(f"progress must be True, False or the display's label (a non-empty string), got {progress!r}")
     if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool)
                                    or stop_after < 1):
         raise ValueError(f"stop_after must be a positive int or None, got {stop_after!r}")
@@ -630,10 +631,11 @@ class _Display:
     after the last line, with ETA; nothing when disabled. Every logged row still goes to
     metrics.jsonl."""
 
-    def __init__(self, enabled: bool, total: int, start: int, plain_every_s: float = 60.0) -> None:
+    def __init__(self, enabled: bool, total: int, start: int, plain_every_s: float = 60.0, *,
+                 label: str = "train", transient: bool = False) -> None:
         self.bar = None
         self.plain = False
-        self.total, self.start = total, start
+        self.total, self.start, self.label = total, start, label
         self.plain_every_s = plain_every_s
         self.t0 = self.t_printed = time.perf_counter()
         self.next_fraction = 0.1 * (int(10 * start / total) + 1) if total else 1.0
@@ -648,12 +650,24 @@ class _Display:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        from rich.markup import escape
+
+        self.console = console
+        # a segment of a longer run (fine-tuning between validations) leaves no finished bar behind
         self.bar = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[figures]}"), console=console,
+            TextColumn(f"[bold]{escape(label)}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[figures]}"), console=console, transient=transient,
         )
-        self.task = self.bar.add_task("train", total=total, completed=start, figures="")
+        self.task = self.bar.add_task(label, total=total, completed=start, figures="")
         self.bar.start()
+
+    def _figures(self) -> str:
+        """The last logged figures, cut to what the terminal leaves beside the label, the bar, the
+        step count and the ETA (a narrow terminal cut those instead: '30… 0:0…')."""
+        room = self.console.width - (len(self.label) + 2 * len(str(self.total)) + 1 + 7 + 12 + 4)
+        if len(self.text) <= room:
+            return self.text
+        return self.text[:room - 1] + "\u2026" if room >= 12 else ""
 
     def update(self, step: int, row: dict[str, Any] | None) -> None:
         if row is not None:
@@ -661,7 +675,7 @@ class _Display:
             self.text = (f"loss {row['loss']:.4f} lr {row['lr']:.2e} gnorm {row['grad_norm']:.3f} "
                          f"tok/s {row['tokens_per_s']:.3g} mfu {mfu}")
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, figures=self.text)
+            self.bar.update(self.task, completed=step, figures=self._figures())
         elif self.plain and row is not None:  # only on logging steps, so the figures are this step's
             now = time.perf_counter()
             due = step / self.total >= self.next_fraction - 1e-9 or now - self.t_printed >= self.plain_every_s
@@ -671,7 +685,7 @@ class _Display:
                 self.t_printed = now
                 done = step - self.start
                 eta = (now - self.t0) / done * (self.total - step) if done > 0 else math.nan
-                print(f"train step {step}/{self.total} ({100 * step / self.total:.0f}%, ETA "
+                print(f"{self.label} step {step}/{self.total} ({100 * step / self.total:.0f}%, ETA "
                       f"{format_duration(eta)}): {self.text}", flush=True)
 
     def close(self) -> None:
@@ -686,7 +700,7 @@ def train(
     family: Family,
     *,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` into run directory `out_dir` (see the module docstring for its contents).
@@ -712,7 +726,9 @@ def train(
             (refused in one line otherwise). A finished run (``model.safetensors`` exported) is
             reported as finished and left as it is. Without resume, an out_dir that already holds
             a run (checkpoints, config.json, metrics.jsonl or model.safetensors) is an error.
-        progress: show a progress bar (plain log lines when stderr is not a terminal) on rank 0.
+        progress: show a progress bar (plain log lines when stderr is not a terminal) on rank 0;
+            a string shows it under that label (``"frozen"``: a fine-tuning candidate) instead of
+            ``train``.
         stop_after: stop once this many steps are done, writing a checkpoint there and skipping
             the export, as a preemption would (used to test resumption).
 
@@ -732,7 +748,7 @@ def train(
                       stop_after=stop_after, stack=stack)
 
 
-def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progress: bool,
+def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progress: bool | str,
            stop_after: int | None, stack: contextlib.ExitStack) -> dict[str, Any]:
     tc = cfg.train
     # Everything that can be refused is checked before the ranks connect (each meets the same
@@ -830,7 +846,9 @@ def _train(cfg: RunConfig, out_dir: Path, family: Family, *, resume: bool, progr
     fsdp = info.distributed
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     last_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
-    display = _Display(progress and rank == 0, tc.steps, start_step)
+    display = _Display(bool(progress) and rank == 0, tc.steps, start_step,
+                       label=progress if isinstance(progress, str) else "train",
+                       transient=stop_after is not None and stop_after < tc.steps)
 
     def log(row: dict[str, Any]) -> None:
         if metrics_file is not None:

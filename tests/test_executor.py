@@ -551,3 +551,22 @@ def test_an_address_where_something_else_answers_is_refused(local_ray):
 class _QuietHandler(__import__("http.server").server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # the refused HTTP/2 preface is not logged to the test's stderr
         pass
+
+
+def test_pool_workers_warnings_are_printed_by_the_driver(tmp_path, capfd):
+    """A pool worker wrote its warnings to the terminal itself, into the middle of the driver's
+    progress bar; they come back with the job's record and the driver says them (through its log,
+    above the bar), and the job's result file holds none of them."""
+    import json
+
+    jobs = [make_job("_study_jobs:warn_then_square", {"x": x, "text": f"a note from job {x}"}, label=f"noisy {x}")
+            for x in (2, 3)]
+    said = []
+    records = run_jobs(jobs, tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=said.append)
+    assert sorted(r["result"]["value"] for r in records.values()) == [4, 9]
+    notes = [line for line in said if "a note from job" in line]
+    assert len(notes) == 2 and {n.split("a note from job ")[1][:1] for n in notes} == {"2", "3"}, said
+    assert "a note from job" not in capfd.readouterr().err  # not written by the workers themselves
+    assert all("_worker_warnings" not in r for r in records.values())
+    for job in jobs:
+        assert "_worker_warnings" not in json.loads((tmp_path / "jobs" / job.id / "result.json").read_text())

@@ -203,6 +203,33 @@ def run_job(job: dict, root: str, threads: int = 1, executor: str = "inline") ->
     return record
 
 
+#: Where a pool worker returns the warnings its job gave (popped by :func:`run_jobs`, which
+#: prints them above its progress bar), never written to the job's result file.
+WORKER_WARNINGS = "_worker_warnings"
+
+
+def _run_job_in_worker(job: dict, root: str, threads: int = 1, executor: str = "local") -> dict:
+    """:func:`run_job` in a pool worker, its warnings' lines returned with the record
+    (:data:`WORKER_WARNINGS`) for the driver to print: a worker writing them to the terminal itself
+    wrote them into the middle of the driver's progress bar. A job that fails prints them here."""
+    import io
+    import warnings
+
+    shown = warnings.showwarning
+    kept = io.StringIO()
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: shown(
+        message, category, filename, lineno, kept, line)
+    try:
+        record = run_job(job, root, threads, executor)
+    except BaseException:
+        sys.stderr.write(kept.getvalue())
+        raise
+    finally:
+        warnings.showwarning = shown
+    lines = kept.getvalue().splitlines()
+    return {**record, WORKER_WARNINGS: lines} if lines else record
+
+
 def default_threads(workers: int) -> int:
     """Threads per job so that ``workers`` jobs fill the machine's cores without oversubscribing."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -317,7 +344,7 @@ class LocalExecutor:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            return self._pool.submit(run_job, job.to_dict(), str(root), self.threads, "local")
+            return self._pool.submit(_run_job_in_worker, job.to_dict(), str(root), self.threads, "local")
         except BrokenProcessPool as exc:  # a worker died earlier: this job cannot start here either
             fut = Future()
             fut.set_exception(exc)
@@ -631,6 +658,8 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
             for handle in done:
                 jid = running.pop(handle)
                 record, exc = ex.outcome(handle)
+                for line in record.pop(WORKER_WARNINGS, []) if isinstance(record, dict) else []:
+                    say(line)  # a pool worker's warnings, above the bar
                 if exc is not None and broke:  # died with the pool or failed beside it: it runs again
                     again.append(jid)
                     continue

@@ -103,3 +103,26 @@ def test_eval_command_reports_permuted_units(corpus, tmp_path, capsys):
     res = json.loads(out.read_text())["results"]
     assert res["model-permuted"]["overall"]["all"]["num_tokens"] == \
         2 * res["model"]["overall"]["all"]["num_tokens"]
+
+
+def test_scoring_progress_counts_the_tokens_scored(corpus, monkeypatch):
+    """The display advanced once per row, and a row is a whole session by default: minutes at
+    0/1. It counts tokens now, advanced after each batch of windows, ending at the total."""
+    import contextlib
+
+    import spikefm.progress as progress
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def recording_bar(total, description, enabled=True, **kw):
+        seen.update(total=total, description=description, steps=[])
+        yield type("Bar", (), {"advance": lambda self, n=1, **f: seen["steps"].append(n),
+                               "update": lambda self, **f: None})()
+
+    monkeypatch.setattr(progress, "progress_bar", recording_bar)
+    got = evaluate_model(_OrderSensitive(), corpus, split="test", seq_len=100, progress=True, unit_permutations=2)
+    scored = got["overall"]["all"]["num_tokens"]
+    assert seen["total"] == scored == sum(seen["steps"]) and seen["description"] == "scoring test (tokens)"
+    rows = sum(1 for _ in corpus.iter_rows("test", with_extras=False))
+    assert len(seen["steps"]) > 2 * rows  # within rows, not once per row

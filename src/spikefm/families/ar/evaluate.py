@@ -26,9 +26,11 @@ from spikefm.families.ar.xent import CrossEntropyAccumulator
 
 @torch.no_grad()
 def score_tokens(model, tokens: np.ndarray, seq_len: int, *, device="cpu",
-                 batch_windows: int = 8) -> np.ndarray:
+                 batch_windows: int = 8, on_scored=None) -> np.ndarray:
     """Log-probabilities (nats) the model gives to ``tokens[1:]`` of one row, scored in
     consecutive windows of ``seq_len`` tokens. Returns a float64 array of ``len(tokens) - 1``.
+    ``on_scored(n)``, when given, is called after each batch of windows with the tokens it scored
+    (a progress display inside a row: a session's row can take minutes).
 
     A model with ``cfg.unit_count_prefix`` gets every window's (num_units, phase), derived from
     the row (which starts with a separator) and the window's start."""
@@ -50,6 +52,8 @@ def score_tokens(model, tokens: np.ndarray, seq_len: int, *, device="cpu",
             logits = model(t[:, :-1], prefix_B2=prefix_B2)
         logp = torch.log_softmax(logits.float(), dim=-1)
         out.append(logp.gather(-1, t[:, 1:, None])[..., 0].double().cpu().numpy().reshape(-1))
+        if on_scored is not None:
+            on_scored(out[-1].size)
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -100,15 +104,17 @@ def evaluate_model(model, corpus: Corpus, *, split: str = "test", seq_len: int =
     acc = CrossEntropyAccumulator()
     rows = list(_rows(corpus, split, max_tokens))
     orders = range(unit_permutations) if unit_permutations else [None]
-    with progress_bar(len(rows) * len(orders), f"scoring {split}", enabled=progress) as bar:
+    # counted in tokens scored (every token of a row but its first), not rows: by default a row is
+    # a whole session, minutes of scoring with nothing to show
+    total = sum((counts.shape[0] + 1) * counts.shape[1] - 1 for _, counts in rows) * len(orders)
+    with progress_bar(total, f"scoring {split} (tokens)", enabled=progress) as bar:
         for i, (row, counts) in enumerate(rows):
             for k in orders:
                 c = counts if k is None else counts[np.random.default_rng([k, i]).permutation(
                     counts.shape[0])]
                 tokens = tokenize(c)
-                acc.add(score_tokens(model, tokens, seq_len, device=device), tokens[1:],
+                acc.add(score_tokens(model, tokens, seq_len, device=device, on_scored=bar.advance), tokens[1:],
                         row.source_dataset)
-                bar.advance(1)
     return acc.result()
 
 

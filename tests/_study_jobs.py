@@ -65,3 +65,20 @@ def worker_killed(spec: dict, job_dir: Path, root: Path) -> dict:
 
     os.kill(os.getpid(), signal.SIGKILL)
     return {"value": 0}
+
+
+def warn_then_die(spec: dict, job_dir: Path, root: Path) -> dict:
+    """Warns ``spec["text"]``, then its worker dies (SIGKILL, as the system kills it for memory)."""
+    import signal
+    import warnings
+
+    warnings.warn(spec["text"], RuntimeWarning)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def warn_then_fail(spec: dict, job_dir: Path, root: Path) -> dict:
+    import warnings
+
+    warnings.warn(spec["text"], RuntimeWarning)
+    raise ValueError("fails after its warning")

@@ -570,3 +570,18 @@ def test_pool_workers_warnings_are_printed_by_the_driver(tmp_path, capfd):
     assert all("_worker_warnings" not in r for r in records.values())
     for job in jobs:
         assert "_worker_warnings" not in json.loads((tmp_path / "jobs" / job.id / "result.json").read_text())
+
+
+def test_the_warnings_of_a_failed_job_or_a_dead_worker_are_said_too(tmp_path, capfd):
+    """Kept until the job returned, they were lost with a worker the system killed (the warning
+    that says why, about memory, say) and printed into the bar by a job that raised."""
+    jobs = [make_job("_study_jobs:warn_then_die", {"x": 1, "text": "about to use 200 GB"}, label="greedy"),
+            make_job("_study_jobs:warn_then_fail", {"x": 2, "text": "odd input"}, label="odd"),
+            make_job("_study_jobs:warn_then_square", {"x": 3, "text": "a note"}, label="fine")]
+    said = []
+    with pytest.raises(JobsFailed):
+        run_jobs(jobs, tmp_path / "jobs", LocalExecutor(2, threads=1), progress=False, log=said.append)
+    for text in ("about to use 200 GB", "odd input", "a note"):
+        assert any(text in line for line in said), (text, said)
+    assert "odd input" not in capfd.readouterr().err
+    assert not list((tmp_path / "jobs").rglob("warnings.txt"))

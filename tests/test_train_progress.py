@@ -195,3 +195,12 @@ def test_a_labelled_display_names_its_run_and_fits_a_narrow_terminal(tmp_path, c
     display.close()
     assert shown.startswith("unfreeze, frozen stage ") and " 750/1500 " in shown and "\u2026" in shown, shown
     assert len(shown) <= 80 and display.bar.live.transient
+    # a run of 100,000 steps or more, and a label holding braces (the column's text is formatted)
+    for total, label in ((200_000, "train"), (1500, "run {1} [x]")):
+        display = loop._Display(True, total=total, start=0, label=label)
+        display.update(total // 4, {"loss": 0.5, "lr": 0.0, "grad_norm": 0.2, "tokens_per_s": 7050.0, "mfu": None})
+        probe = Console(width=80, record=True, file=open(tmp_path / "null", "w"), force_terminal=True)
+        probe.print(display.bar.make_tasks_table(display.bar.tasks))
+        shown = probe.export_text().strip()
+        display.close()
+        assert shown.startswith(label) and f" {total // 4}/{total} " in shown and len(shown) <= 80, shown

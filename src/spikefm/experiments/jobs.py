@@ -206,28 +206,52 @@ def run_job(job: dict, root: str, threads: int = 1, executor: str = "inline") ->
 #: Where a pool worker returns the warnings its job gave (popped by :func:`run_jobs`, which
 #: prints them above its progress bar), never written to the job's result file.
 WORKER_WARNINGS = "_worker_warnings"
+#: A pool worker's warnings as they are given, in its job's folder: what the driver prints of a job
+#: whose worker died (killed by the system for memory, say), which returns nothing; removed once said.
+WARNINGS_FILE = "warnings.txt"
 
 
 def _run_job_in_worker(job: dict, root: str, threads: int = 1, executor: str = "local") -> dict:
     """:func:`run_job` in a pool worker, its warnings' lines returned with the record
     (:data:`WORKER_WARNINGS`) for the driver to print: a worker writing them to the terminal itself
-    wrote them into the middle of the driver's progress bar. A job that fails prints them here."""
+    wrote them into the middle of the driver's progress bar. Each line also goes to the job's
+    :data:`WARNINGS_FILE` as it comes, which the driver prints of a job that failed or whose
+    worker died (neither returns a record)."""
     import io
     import warnings
 
-    shown = warnings.showwarning
-    kept = io.StringIO()
-    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: shown(
-        message, category, filename, lineno, kept, line)
+    shown, kept = warnings.showwarning, io.StringIO()
+    saved = Path(root) / job["id"] / WARNINGS_FILE
+
+    def keep(message, category, filename, lineno, file=None, line=None):
+        start = kept.tell()
+        shown(message, category, filename, lineno, kept, line)
+        try:  # the job's folder exists once the job runs (run_job makes it anew)
+            with open(saved, "a") as f:
+                f.write(kept.getvalue()[start:])
+        except OSError:
+            pass
+
+    warnings.showwarning = keep
     try:
         record = run_job(job, root, threads, executor)
-    except BaseException:
-        sys.stderr.write(kept.getvalue())
-        raise
     finally:
         warnings.showwarning = shown
+    saved.unlink(missing_ok=True)
     lines = kept.getvalue().splitlines()
     return {**record, WORKER_WARNINGS: lines} if lines else record
+
+
+def _said_by_a_dead_worker(root: Path, jid: str) -> list[str]:
+    """The warnings a failed job's worker wrote (:data:`WARNINGS_FILE`; the job raised, or its
+    worker died), the file removed."""
+    path = root / jid / WARNINGS_FILE
+    try:
+        lines = path.read_text().splitlines()
+        path.unlink()
+    except OSError:
+        return []
+    return lines
 
 
 def default_threads(workers: int) -> int:
@@ -658,7 +682,9 @@ def run_jobs(jobs: Sequence[Job], root: str | os.PathLike, executor, *, progress
             for handle in done:
                 jid = running.pop(handle)
                 record, exc = ex.outcome(handle)
-                for line in record.pop(WORKER_WARNINGS, []) if isinstance(record, dict) else []:
+                said = record.pop(WORKER_WARNINGS, []) if isinstance(record, dict) else \
+                    _said_by_a_dead_worker(root, jid)
+                for line in said:
                     say(line)  # a pool worker's warnings, above the bar
                 if exc is not None and broke:  # died with the pool or failed beside it: it runs again
                     again.append(jid)

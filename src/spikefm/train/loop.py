@@ -649,16 +649,20 @@ class _Display:
             self.plain = True
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
 
         from rich.markup import escape
 
         self.console = console
         # a segment of a longer run (fine-tuning between validations) leaves no finished bar behind
+        whole = Column(no_wrap=True)  # the step count and ETA are never cut (the figures are, below)
         self.bar = Progress(
-            TextColumn(f"[bold]{escape(label)}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[figures]}"), console=console, transient=transient,
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(table_column=whole),
+            TimeRemainingColumn(table_column=Column(no_wrap=True)), TextColumn("{task.fields[figures]}"),
+            console=console, transient=transient,
         )
-        self.task = self.bar.add_task(label, total=total, completed=start, figures="")
+        # the label as the description: a TextColumn's own text is formatted ('{1}' in it raised)
+        self.task = self.bar.add_task(escape(label), total=total, completed=start, figures="")
         self.bar.start()
 
     def _figures(self) -> str:

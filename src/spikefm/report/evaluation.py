@@ -179,7 +179,7 @@ def evaluation_section(page: Page, ev: Evaluation, *, title: str = "Evaluation")
 #: The families whose results the report draws with tables and figures of their own; another
 #: family's results are shown as the numbers they hold (:func:`_numbers_table`).
 BUILT_IN_FAMILIES = ("ar", "ndt", "neds")
-#: The most numbers one results table of another family shows (the rest are named in a note).
+#: The most numbers one results table of another family shows (its caption says how many more the JSON holds).
 NUMBERS_SHOWN = 500
 
 

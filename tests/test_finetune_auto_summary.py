@@ -338,7 +338,7 @@ def test_the_still_falling_warning_says_what_its_steps_count(monkeypatch, tmp_pa
     with pytest.warns(ftmod.FinetuneBudget, match=r"still falling at the last step \(20 of the unfrozen stage, "
                                                   r"after the frozen stage's best step 30\)"):
         ftmod.train_with_early_stopping(_cfg(20), tmp_path / "run", family, eval_every=5, patience=3,
-                                        stage=" " + ftmod.unfrozen_steps_text(30))
+                                        stage=ftmod.unfrozen_steps_text({"stage1": {"best_step": 30}}))
 
 
 def test_a_study_s_strategy_line_counts_unfreeze_s_steps_after_its_frozen_stage():

@@ -363,9 +363,8 @@ def cmd_finetune(args) -> int:
         print(f"best val loss {s['best_val_loss']:.4f}: the weight average of {', '.join(s['ingredients'])} "
               f"(strategy soup); run in {args.out}")
     else:
-        unfrozen = f" {unfrozen_steps_text(s['stage1']['best_step'])}" if isinstance(s.get("stage1"), dict) else ""
         print(f"best val loss {s['best_val_loss']:.4f} at step {s['best_step']} "
-              f"(stopped at step {s['stopped_at']}{unfrozen}, strategy {s['strategy']}); run in {args.out}")
+              f"(stopped at step {s['stopped_at']}{unfrozen_steps_text(s)}, strategy {s['strategy']}); run in {args.out}")
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import shutil
 import sys
 import time
@@ -205,8 +204,7 @@ def strategy_line(ft: dict) -> str:
     from spikefm.train.finetune import unfrozen_steps_text
 
     at = " (an average of candidates: no step)" if ft.get("best_step") is None or ft["strategy"] == "soup" \
-        else f" at step {ft['best_step']}" + (f" {unfrozen_steps_text(ft['stage1']['best_step'])}"
-                                              if isinstance(ft.get("stage1"), dict) else "")
+        else f" at step {ft['best_step']}{unfrozen_steps_text(ft)}"
     return f"fine-tuning strategy {ft['strategy']}: best val loss {ft['best_val_loss']:.4f}{at}"
 
 

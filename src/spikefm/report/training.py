@@ -186,19 +186,16 @@ def _finetuning(sec, run_dir: Path) -> None:
         es = read_json(es_path, "the early_stopping.json that spikefm finetune writes")
         hist = [h for h in es.get("history", []) if _finite(h.get("val_loss"))]
         sec.heading("Fine-tuning: validation loss and early stopping")
-        if es.get("best_at_first_evaluation"):  # spikefm finetune warns of it too, in the same words
-            from spikefm.train.finetune import best_at_first_text
+        from spikefm.train.finetune import best_at_first_text, unfrozen_steps_text
 
+        if es.get("best_at_first_evaluation"):  # spikefm finetune warns of it too, in the same words
             sec.note(f"The lowest validation loss came at the first evaluation {best_at_first_text(es)}; a smaller "
                      f"--eval-every (now {es.get('eval_every', '?')}) evaluates earlier steps.", warn=True)
         src = f"early_stopping:{run_dir.name}"
         # a weight average (the soup) trained no steps: its loss is its own, the history its base's
         avg = es.get("weights_average_of")
-        of = f" (of {es.get('history_of')})" if avg else ""
-        if not avg and isinstance(es.get("stage1"), dict):  # unfreeze: its steps are its second stage's
-            from spikefm.train.finetune import unfrozen_steps_text
-
-            of = f" ({unfrozen_steps_text(es['stage1'].get('best_step'))})"
+        unfrozen = unfrozen_steps_text(es).strip()  # unfreeze: its steps are its second stage's
+        of = f" (of {es.get('history_of')})" if avg else f" ({unfrozen})" if unfrozen else ""
         sec.kv([("best validation loss", Num(es.get("best_val_loss"), src=src, path="/best_val_loss")),
                 *([("weights", "average of " + " + ".join(map(str, avg)))] if avg else []),
                 ("best step" + of, es.get("best_step")), ("stopped at step" + of, es.get("stopped_at")),

@@ -425,7 +425,7 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
         s1 = train_with_early_stopping(cfg1, stage1, family, **{**kw, "progress": progress and "unfreeze, frozen stage"},
                                        say_finished=False)  # its hidden folder: no 'nothing to do' of it
     s2 = train_with_early_stopping(config(str(stage1), False, False, max(1, steps - first), FULL_LR_SCALE),
-                                   out_dir, family, **kw, stage=" " + unfrozen_steps_text(s1["best_step"]))
+                                   out_dir, family, **kw, stage=unfrozen_steps_text({"stage1": s1}))
     s2["stage1"] = {k: s1[k] for k in ("best_step", "best_val_loss", "stopped_at")}
     if s1["best_val_loss"] < s2["best_val_loss"]:
         s2["note"] = "unfreezing did not improve on the frozen stage's validation loss"
@@ -437,20 +437,27 @@ def _one_strategy(family, strategy: str, run_dir: str, corpus: str, session_id: 
     return s2
 
 
-def unfrozen_steps_text(stage1_best_step: int) -> str:
-    """What ``unfreeze``'s recorded steps count: those of its second stage, which starts from
-    the frozen stage's best weights (its best step counted from its own start)."""
-    return f"of the unfrozen stage, after the frozen stage's best step {stage1_best_step}"
+def stage1_best_step(summary: dict) -> int | None:
+    """The frozen stage's best step of an ``unfreeze`` fine-tuning (its summary's ``stage1``);
+    None for any other."""
+    stage1 = summary.get("stage1")
+    return stage1.get("best_step") if isinstance(stage1, dict) else None
+
+
+def unfrozen_steps_text(summary: dict) -> str:
+    """What an ``unfreeze`` summary's steps count, said after a step number: those of its second
+    stage, which starts from the frozen stage's best weights (``" of the unfrozen stage, after
+    the frozen stage's best step 30"``); "" for any other fine-tuning, whose steps count from 0."""
+    first = stage1_best_step(summary)
+    return "" if first is None else f" of the unfrozen stage, after the frozen stage's best step {first}"
 
 
 def unfreeze_best_step(summary: dict) -> str:
     """A fine-tuning's best step as a table shows it: for ``unfreeze``, ``frozen+unfrozen`` (the
     frozen stage's best step, then the second stage's own), where its ``best_step`` alone counts
     the second stage's steps only; else the step."""
-    stage1 = summary.get("stage1")
-    if isinstance(stage1, dict) and stage1.get("best_step") is not None:
-        return f"{stage1['best_step']}+{summary['best_step']}"
-    return str(summary["best_step"])
+    first = stage1_best_step(summary)
+    return str(summary["best_step"]) if first is None else f"{first}+{summary['best_step']}"
 
 
 def _finish_unfreeze(out_dir: Path, run_dir: str, stage1: Path, stage1_summary: dict) -> None:
@@ -711,9 +718,8 @@ def best_at_first_text(summary: dict) -> str:
     """Why a lowest validation loss at the first evaluation matters, in the words the warning and
     the report use: ``(step S; no later one was lower), so better weights may lie before it...``
     (for ``unfreeze``, its second stage's first steps: the frozen stage's best was evaluated)."""
-    stage1 = summary.get("stage1")
-    if isinstance(stage1, dict) and stage1.get("best_step") is not None:
-        return (f"(step {summary.get('best_step')} {unfrozen_steps_text(stage1['best_step'])}; no later one was "
+    if stage1_best_step(summary) is not None:
+        return (f"(step {summary.get('best_step')}{unfrozen_steps_text(summary)}; no later one was "
                 f"lower), so better weights may lie in the unfrozen stage's first {summary.get('best_step')} steps, "
                 "which were never evaluated")
     return (f"(step {summary.get('best_step')}; no later one was lower), so better weights may lie before it, which "

@@ -329,6 +329,11 @@ def _is_time_column(name: str) -> bool:
     return name in ("start_time", "stop_time") or name.endswith("_time") or name.endswith("_times")
 
 
+def _present(values) -> list:
+    """The values of a label that a trial has (None and NaN are a missing value)."""
+    return [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
 def _discrete_labels(trials: dict[str, list], keep: np.ndarray,
                      max_values: int = MAX_LABEL_VALUES) -> dict[str, np.ndarray]:
     """Trial columns with 1..max_values distinct values (missing excluded), for the kept trials."""
@@ -337,7 +342,7 @@ def _discrete_labels(trials: dict[str, list], keep: np.ndarray,
         if _is_time_column(name):
             continue
         vals = [values[i] for i in keep]
-        present = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        present = _present(vals)
         if not present:
             continue
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present) or \
@@ -373,11 +378,8 @@ def psth_condition(labels: dict[str, np.ndarray]) -> str | None:
     the first with at least two distinct values among these windows (one value splits nothing);
     None when no label has."""
     for name in dict.fromkeys((*PSTH_LABELS_FIRST, *sorted(labels))):
-        if name in labels:
-            values = {v for v in np.asarray(labels[name]).tolist()
-                      if v is not None and not (isinstance(v, float) and math.isnan(v))}
-            if len(values) >= 2:
-                return name
+        if name in labels and len(set(_present(np.asarray(labels[name]).tolist()))) >= 2:
+            return name
     return None
 
 

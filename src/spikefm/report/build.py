@@ -298,7 +298,8 @@ def build_report(path: str | Path, *, predictions: str | Path | None = None,
             wanted = [f"seed_{s}" for s in summarised]
             others = [n for n, _ in seed_results if n not in wanted]
             seed_results = [(n, p) for n, p in seed_results if n in wanted]
-            missing = [n for n in wanted if n not in {found for found, _ in seed_results}]
+            found = {n for n, _ in seed_results}
+            missing = [n for n in wanted if n not in found]
         if others:
             page.sections[0].note(f"{', '.join(others)}: results of an earlier run of this study, not in this "
                                   f"summary (over seeds {', '.join(map(str, summarised))}) and not shown; rerun the "

@@ -85,20 +85,25 @@ def study_section(page: Page, obj: dict, prov: Provenance, *, src: str = "study"
 
 def _transfer_shape_problem(obj: dict) -> str | None:
     """Where a transfer study JSON holds something other than an object where the report reads
-    one (each seed, its metrics and each metric; the means and s.d. per metric and column), or None."""
-    checks = []  # (where, value, levels of objects below it the report reads, whether null is one)
+    one (each seed, its metrics and each metric; the means and s.d. per metric and column, which
+    may be null), or None."""
     for s, r in obj["per_seed"].items():
-        checks.append((f"per_seed.{s}", r, 0, False))
-        if isinstance(r, dict):
-            checks.append((f"per_seed.{s}.metrics", r.get("metrics", {}), 1, False))
-    checks.append(("mean_sd", obj.get("mean_sd") or {}, 2, False))  # a metric or column without one: null
-    for where, v, depth, null in checks:
-        if v is None and null:
-            continue
-        if not isinstance(v, dict):
-            return f"{where} is {type(v).__name__}"
-        if depth:
-            checks += [(f"{where}.{k}", x, depth - 1, where.startswith("mean_sd")) for k, x in v.items()]
+        bad = _non_object(f"per_seed.{s}", r, 0) or _non_object(f"per_seed.{s}.metrics", r.get("metrics", {}), 1)
+        if bad:
+            return bad
+    return _non_object("mean_sd", obj.get("mean_sd") or {}, 2, null=True)
+
+
+def _non_object(where: str, value: Any, depth: int, null: bool = False) -> str | None:
+    """``"WHERE is TYPE"`` for the first of ``value`` and its values ``depth`` levels down that is
+    not a dict (below the top, a null is accepted with ``null``), else None."""
+    if not isinstance(value, dict):
+        return f"{where} is {type(value).__name__}"
+    for key, inner in value.items() if depth else ():
+        if not (null and inner is None):
+            bad = _non_object(f"{where}.{key}", inner, depth - 1, null)
+            if bad:
+                return bad
     return None
 
 

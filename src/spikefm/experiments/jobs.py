@@ -224,11 +224,12 @@ def _run_job_in_worker(job: dict, root: str, threads: int = 1, executor: str = "
     saved = Path(root) / job["id"] / WARNINGS_FILE
 
     def keep(message, category, filename, lineno, file=None, line=None):
-        start = kept.tell()
-        shown(message, category, filename, lineno, kept, line)
+        one = io.StringIO()
+        shown(message, category, filename, lineno, one, line)
+        kept.write(one.getvalue())
         try:  # the job's folder exists once the job runs (run_job makes it anew)
             with open(saved, "a") as f:
-                f.write(kept.getvalue()[start:])
+                f.write(one.getvalue())
         except OSError:
             pass
 

@@ -648,10 +648,9 @@ class _Display:
         if not console.is_terminal:
             self.plain = True
             return
+        from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.table import Column
-
-        from rich.markup import escape
 
         self.console = console
         # a segment of a longer run (fine-tuning between validations) leaves no finished bar behind

@@ -202,6 +202,21 @@ def test_eval_cli_writes_bps_and_predictions_that_recompute(finetuned, corpus_di
     assert "smoothing" in tasks["co-smoothing"]
 
 
+def test_eval_without_quiet_shows_each_task_as_it_runs(finetuned, corpus_dir, held_out, capsys, monkeypatch):
+    from spikefm import progress
+
+    monkeypatch.setattr(progress, "PLAIN_AFTER_S", 0.0)  # a log's lines from the start
+    out, _ = finetuned
+    assert main(["eval", str(out), "--data", str(corpus_dir), "--tasks", "co-smoothing,forward-prediction"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"spikefm: scoring {held_out}")]
+    # three stages: the two tasks and co-smoothing's smoothing baseline, each named as it runs
+    import re
+
+    said = [re.match(r"spikefm: (scoring .*): (\d/\d) \(", line).groups() for line in lines]
+    assert said == [(f"scoring {held_out} (co-smoothing: smoothing baseline)", "1/3"),
+                    (f"scoring {held_out} (forward-prediction)", "2/3"), (f"scoring {held_out}", "3/3")]
+
+
 def test_cosmoothing_ceiling_benchmark_scores_what_eval_scores(finetuned, corpus_dir, held_out, tmp_path):
     """benchmarks/ndt_cosmoothing_ceiling.py scores the model and the oracle exactly as spikefm eval
     does (same windows, entries and null), and its Laplace observer lands between the barely
@@ -231,6 +246,33 @@ def test_cosmoothing_ceiling_benchmark_scores_what_eval_scores(finetuned, corpus
     assert got["model"]["bps_pooled"] < got["laplace"]["bps_pooled"] < got["oracle"]["bps_pooled"] + 0.05
     assert got["model_minus_laplace"]["value"] == pytest.approx(
         got["model"]["bps_pooled"] - got["laplace"]["bps_pooled"], abs=1e-12)
+
+
+def test_a_label_class_list_for_a_label_no_session_has_is_refused_before_training(corpus_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "ndt", "--data", str(corpus_dir), "--out", str(out), "--steps", "2",
+               "--set", "data.label_classes=choise=-1,1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and not out.exists()
+    assert "'choise'" in err and "choice" in err.split("their labels:")[1]
+    # continuous windows carry no trial label at all: said so
+    rc = main(["train", "--model", "ndt", "--data", str(corpus_dir), "--out", str(out), "--steps", "2",
+               "--set", "data.label_classes=choice=-1,1", "--set", "data.align=", "--quiet"])
+    assert rc == 2 and "carry no trial labels" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_finetuning_whose_session_lacks_an_inherited_label_class_is_warned_not_stopped():
+    from types import SimpleNamespace
+
+    from spikefm.families.ndt.family import _check_label_classes
+
+    windows = {"s": SimpleNamespace(labels={"choice": np.array([1, -1])})}
+    data = NDTDataConfig(label_classes="block_prior=0.2,0.8", init_from="pre")
+    with pytest.warns(RuntimeWarning, match="'block_prior'.*their labels: choice.*nothing to score"):
+        _check_label_classes(data, windows)
+    with pytest.raises(ValueError, match="'block_prior'"):
+        _check_label_classes(dataclasses.replace(data, init_from=""), windows)
+    _check_label_classes(NDTDataConfig(label_classes="choice=-1,1"), windows)  # present: nothing said
 
 
 def test_eval_multi_session_run_needs_session(pretrained, corpus_dir, capsys):

@@ -740,3 +740,60 @@ def test_the_sessions_the_rrr_baseline_was_fitted_on_are_recorded(finetuned, pre
     assert ("ss: rrr was fitted on this one session (the corpus holds no other session of the run or of the run it "
             "was fine-tuned from), so it is a single-session baseline here") in format_results({"ss": res}).splitlines()
     assert evaluate_run(str(out), str(corpus_dir), tasks=["encoding"], baselines=False)["baseline_sessions"] == []
+
+
+def test_eval_progress_counts_each_stage_it_announces(finetuned, corpus_dir, monkeypatch):
+    """The stage display's plan matches the stages the evaluation runs: each stage begins with
+    every earlier one counted done, the last is the plan's last, and the RRR fits move the bar
+    in between."""
+    import contextlib
+
+    from spikefm import progress as pg
+    from spikefm.families.neds import evaluate as ev
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, total):
+            seen.update(total=total, done=0.0, begun=[], parts=[])
+
+        def advance(self, n=1, **fields):
+            seen["done"] += n
+            if n < 1:
+                seen["parts"].append((seen["begun"][-1][0], n))
+
+        def update(self, **fields):
+            if "description" in fields:
+                seen["begun"].append((fields["description"], seen["done"]))
+
+    @contextlib.contextmanager
+    def recording_bar(total, description, enabled=True, **kw):
+        assert enabled
+        yield Recorder(total)
+
+    monkeypatch.setattr(pg, "progress_bar", recording_bar)
+    out, _ = finetuned
+    ev.evaluate_run(str(out), str(corpus_dir), progress=True)
+    labels = [d for d, _ in seen["begun"]]
+    *stages, last = seen["begun"]
+    assert last[0].startswith("scoring ") and "(" not in last[0]  # finish: the plain description again
+    assert len(stages) == seen["total"] and seen["done"] == seen["total"]
+    # each begins with the ones before it done (the one just before is counted as this begins,
+    # unless its fits already moved the bar to its end)
+    assert all(done in (max(i - 1, 0), i) for i, (_, done) in enumerate(stages))
+    mods = json.loads((out / "config.json").read_text())["family_info"]["modalities"]
+    expected = ["encoding: NEDS", "encoding: linear GLM", "encoding: RRR over", "decoding: NEDS and its probe",
+                "decoding: linear", "decoding: oracle", *(f"decoding: RRR {lab}" for lab in mods["labels"]),
+                "decoding: RRR behaviour", "decoding: ideal observer", "region classification"]
+    assert len(labels) - 1 == len(expected)
+    for got, want in zip(labels, expected):
+        assert got.startswith(f"scoring {json.loads((out / 'config.json').read_text())['config']['data']['sessions']} "
+                              f"({want}"), (got, want)
+    # the GLM's and RRR's penalty fits advance their stage a quarter at a time (4 penalties)
+    assert [n for s, n in seen["parts"] if "linear GLM" in s] == [0.25] * 4
+    # without a display nothing is drawn: the default
+    asked = []
+    monkeypatch.setattr(pg, "progress_bar", lambda total, description, enabled=True, **kw: (
+        asked.append(enabled), contextlib.nullcontext(pg._NoBar()))[1])
+    ev.evaluate_run(str(out), str(corpus_dir), tasks=["encoding"], baselines=False)
+    assert asked == [False]

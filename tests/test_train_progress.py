@@ -204,3 +204,22 @@ def test_a_labelled_display_names_its_run_and_fits_a_narrow_terminal(tmp_path, c
         shown = probe.export_text().strip()
         display.close()
         assert shown.startswith(label) and f" {total // 4}/{total} " in shown and len(shown) <= 80, shown
+
+
+def test_stage_lines_in_a_log_name_the_stage_under_way_and_count_the_done_ones(capsys, monkeypatch):
+    from spikefm import progress as pg
+
+    clock = iter(range(0, 10_000, 10))  # every call 10 "seconds" later: every update may print
+    monkeypatch.setattr(pg.time, "monotonic", lambda: float(next(clock)))
+    with pg.stage_bar(4, "scoring s1") as stages:
+        stages.begin("encoding")
+        stages.begin("decoding")
+        for _ in range(4):
+            stages.part(0.25)
+        stages.part(0.25)  # more parts than the stage holds do not count the next stage done
+        stages.begin("region")
+    lines = capsys.readouterr().err.splitlines()
+    done = [re.match(r"spikefm: scoring s1(?: \((\w+)\))?: (\d+(?:\.\d+)?)/4 ", line).groups() for line in lines]
+    assert done[0] == ("decoding", "1") and ("decoding", "2") in done
+    assert ("region", "2") not in done and all(float(n) <= 2 for s, n in done if s == "decoding")
+    assert done[-1] == (None, "4")  # leaving the block counts every stage (one never begun too) done

@@ -27,6 +27,10 @@ class _RichBar:
         self._progress.update(self._task, advance=n, **fields)
 
     def update(self, **fields) -> None:
+        if "description" in fields:  # plain text, as progress_bar's (a session id may hold "[")
+            from rich.markup import escape
+
+            fields["description"] = escape(str(fields["description"]))
         self._progress.update(self._task, **fields)
 
 
@@ -73,6 +77,8 @@ class _PlainBar:
         self._maybe_say()
 
     def update(self, **fields) -> None:
+        if "description" in fields:
+            self.description = str(fields["description"])
         if "completed" in fields:
             self.done = float(fields["completed"])
             self._maybe_say()
@@ -142,6 +148,60 @@ def progress_bar(total: float | None, description: str, enabled: bool = True, ex
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(escape(description), total=total, completed=completed)
         yield _RichBar(progress, task)
+
+
+class _Stages:
+    """See :func:`stage_bar`."""
+
+    def __init__(self, bar, description: str, total: int) -> None:
+        self._bar, self._description, self._total = bar, description, total
+        self._started = 0  # stages begun
+        self._done = 0.0  # the bar's count
+
+    def begin(self, label: str) -> None:
+        """The previous stage is finished; ``label`` is under way (shown beside the description)."""
+        self._bar.update(description=f"{self._description} ({label})")
+        if self._started:
+            self._move_to(min(self._started, self._total))
+        self._started += 1
+
+    def part(self, fraction: float) -> None:
+        """A ``fraction`` of the current stage is done (e.g. one fit of several)."""
+        self._move_to(min(self._done + fraction, self._started, self._total))
+
+    def finish(self) -> None:
+        self._bar.update(description=self._description)
+        self._move_to(self._total)
+
+    def _move_to(self, done: float) -> None:
+        if done > self._done:
+            self._bar.advance(done - self._done)
+            self._done = done
+
+
+class _NoStages:
+    def begin(self, label: str) -> None:
+        pass
+
+    def part(self, fraction: float) -> None:
+        pass
+
+
+#: The stages object of no display (a default for functions that report their stages).
+NO_STAGES = _NoStages()
+
+
+@contextlib.contextmanager
+def stage_bar(total: int, description: str, enabled: bool = True):
+    """A progress display of work in ``total`` named stages of unknown length (an evaluation's
+    model pass, baseline fits, ...): yields an object with ``begin(label)`` (the next stage starts:
+    the one before is counted done) and ``part(fraction)`` (part of the current stage is done);
+    the bar reads ``description (label)``, ``M/N`` stages, elapsed time and an estimate of the
+    rest; leaving the block counts every stage done (a stage the data left out included)."""
+    with progress_bar(total, description, enabled=enabled) as bar:
+        stages = _Stages(bar, description, total)
+        yield stages
+        stages.finish()
 
 
 def warning_line(message, category, filename, lineno, file=None, line=None) -> None:

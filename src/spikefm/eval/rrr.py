@@ -171,12 +171,16 @@ class MultiSessionRRR:
 
 
 def select_alpha(make: Callable[[float], MultiSessionRRR], fit_args: tuple, score: Callable[[MultiSessionRRR], float],
-                 alphas=(1e-4, 1e-3, 1e-2, 1e-1)) -> tuple[MultiSessionRRR, float]:
+                 alphas=(1e-4, 1e-3, 1e-2, 1e-1), on_fit: Callable[[float], None] | None = None
+                 ) -> tuple[MultiSessionRRR, float]:
     """Fit ``make(alpha).fit(*fit_args)`` for each alpha; keep the one with the highest
-    ``score(model)`` (computed on validation data by the caller). Returns (model, alpha)."""
+    ``score(model)`` (computed on validation data by the caller). Returns (model, alpha).
+    ``on_fit(share)``, when given, is called after each fit with its share of the fits (progress)."""
     best = None
     for a in alphas:
         m = make(float(a)).fit(*fit_args)
+        if on_fit is not None:
+            on_fit(1.0 / len(alphas))
         s = score(m)
         if best is None or (np.isfinite(s) and s > best[0]):
             best = (s, m, float(a))

@@ -160,7 +160,7 @@ def session_truth_rates(corpus, windows, truth: dict | None = None) -> np.ndarra
 def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequence[str] | str | None = None,
                  session: str | None = None, save_predictions: str | Path | None = None,
                  baselines: bool = True, split: str = "test", decode_layer: int = 0,
-                 label_classes: dict | None = None) -> dict[str, Any]:
+                 label_classes: dict | None = None, progress: bool = False) -> dict[str, Any]:
     """Benchmark an NDT run on one session's test windows (``spikefm eval`` of an NDT run).
 
     Args:
@@ -176,6 +176,7 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
             smoothing baseline is still fitted on the train windows only).
         decode_layer: transformer block (1-based) read by the decoding tasks; 0 = the last.
         label_classes: label -> values its decoding keeps (e.g. ``{"choice": [-1.0, 1.0]}``).
+        progress: a progress display of the tasks (and the smoothing baseline) on stderr.
 
     Returns:
         ``{"family": "ndt", "run_dir", "corpus", "corpus_manifest_sha256", "session_id", "tasks",
@@ -183,7 +184,8 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
         run's train/val/test fractions), "windows_per_split" (this session's windows in each, named
         by the role they were scored in), "results": run_benchmark(...)}``.
     """
-    from spikefm.families.ndt.tasks import DEFAULT_TASKS, run_benchmark
+    from spikefm.families.ndt.tasks import DEFAULT_TASKS, benchmark_stages, run_benchmark
+    from spikefm.progress import stage_bar
 
     if split not in ("test", "val"):
         raise ValueError(f"NDT runs are scored on their held-out test windows (split 'test') or, to "
@@ -212,10 +214,11 @@ def evaluate_run(model: nn.Module, run_dir: str | Path, corpus, *, tasks: Sequen
         readout = truth_readout(full, windows.unit_index, windows.num_units)
     if torch.cuda.is_available():
         model = model.cuda()
-    result = run_benchmark(model, windows, tasks=task_list, truth_rates=truth, baselines=baselines,
-                           save_predictions=save_predictions, layer=decode_layer - 1 if decode_layer else -1,
-                           label_classes=label_classes, truth_latents=latents, truth_readout=readout,
-                           trained_schemes=trained_schemes(run_dir))
+    with stage_bar(benchmark_stages(task_list, baselines), f"scoring {session_id}", enabled=progress) as stages:
+        result = run_benchmark(model, windows, tasks=task_list, truth_rates=truth, baselines=baselines,
+                               save_predictions=save_predictions, layer=decode_layer - 1 if decode_layer else -1,
+                               label_classes=label_classes, truth_latents=latents, truth_readout=readout,
+                               trained_schemes=trained_schemes(run_dir), stages=stages)
     return {"family": "ndt", "run_dir": str(Path(run_dir).resolve()), "corpus": str(corpus.path.resolve()),
             "corpus_manifest_sha256": corpus.manifest_hash, "session_id": session_id,
             "tasks": task_list, "oracle": truth is not None, "split": split,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -164,6 +165,26 @@ class NDTDataConfig:
                              "randomly initialised core would train the session parameters on noise")
 
 
+def _check_label_classes(data: "NDTDataConfig", windows: dict) -> None:
+    """A label named in ``data.label_classes`` that none of the sessions' windows carry would be
+    ignored without a word (a misspelt name, or continuous windows, which carry no trial labels):
+    a one-line error for a new run, a warning for a fine-tuning (it inherits the setting from a run
+    whose sessions had the label)."""
+    named = parse_label_classes(data.label_classes)
+    have = sorted(set().union(*(w.labels for w in windows.values())))
+    missing = [name for name in named if name not in have]
+    if not missing:
+        return
+    text = (f"data.label_classes names {', '.join(map(repr, missing))}, a trial label none of the sessions' windows "
+            "carry (" + (f"their labels: {', '.join(have)}" if have else
+                         "they carry no trial labels: continuous windows, or sessions without a trial table") + ")")
+    if data.init_from:
+        warnings.warn(f"{text}; its decoding will have nothing to score on these sessions", RuntimeWarning,
+                      stacklevel=3)
+        return
+    raise ValueError(f"{text}; fix the name or leave it out of data.label_classes")
+
+
 def parse_label_classes(text: str) -> dict[str, list[float | str]]:
     """``"choice=-1,1;block=0.2,0.8"`` -> {label: kept values} (numbers where they parse)."""
     out: dict[str, list[float | str]] = {}
@@ -271,7 +292,9 @@ class NDTFamily:
         key = (str(Path(data.corpus).resolve()), data.sessions, tuple(sorted(window_options(data).items())))
         if key not in self._windows_cache:
             ids = list(self.sessions(data))
-            self._windows_cache[key] = load_all_windows(_corpus(data), ids, **window_options(data))
+            windows = load_all_windows(_corpus(data), ids, **window_options(data))
+            _check_label_classes(data, windows)
+            self._windows_cache[key] = windows
         return self._windows_cache[key]
 
     # -- model -----------------------------------------------------------------------------------
@@ -491,12 +514,12 @@ class NDTFamily:
 
     def evaluate(self, run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None = None,
                  session: str | None = None, save_predictions: str | None = None,
-                 baselines: bool = True, split: str = "test", decode_layer: int | None = None
-                 ) -> dict[str, Any]:
+                 baselines: bool = True, split: str = "test", decode_layer: int | None = None,
+                 progress: bool = False) -> dict[str, Any]:
         """The neural-prediction benchmark of a finished run on one session's test windows
         (:func:`spikefm.families.ndt.evaluate.evaluate_run`); ``decode_layer`` (1-based block,
         0 = last) defaults to the run's ``data.decode_layer``, label classes to its
-        ``data.label_classes``."""
+        ``data.label_classes``; ``progress``: a display of the tasks as they run."""
         from spikefm.corpus.reader import Corpus
         from spikefm.families.ndt.evaluate import evaluate_run
         from spikefm.train.checkpoint import load_exported_model
@@ -507,7 +530,8 @@ class NDTFamily:
         layer = cfg.data.decode_layer if decode_layer is None else decode_layer
         return evaluate_run(model, run_dir, Corpus(corpus), tasks=tasks, session=session,
                             save_predictions=save_predictions, baselines=baselines, split=split,
-                            decode_layer=layer, label_classes=parse_label_classes(cfg.data.label_classes))
+                            decode_layer=layer, label_classes=parse_label_classes(cfg.data.label_classes),
+                            progress=progress)
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
         """One-line ValueError for a name that is no NDT task (before anything is trained)."""

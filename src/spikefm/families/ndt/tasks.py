@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from spikefm.families.ndt.masking import mask_entries, scheme_id
+from spikefm.progress import NO_STAGES
 from spikefm.data.windows import MIN_INIT_RATE, SessionWindows, psth_condition
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, bps_pooled_interval,
@@ -668,13 +669,20 @@ def scored_unit(results: Iterable[dict]) -> str:
     return f"{role} trials" if any(r.get("align") for r in results) else f"{role} windows"
 
 
+def benchmark_stages(tasks: Sequence[str] | str, baselines: bool) -> int:
+    """The progress stages of :func:`run_benchmark`: one per task, one more for the smoothing
+    baseline of co-smoothing."""
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    return len(tasks) + (baselines and "co-smoothing" in tasks)
+
+
 def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[str] = DEFAULT_TASKS,
                   truth_rates: np.ndarray | None = None, baselines: bool = True,
                   save_predictions: str | Path | None = None, forward_bins: int = 10, layer: int = -1,
                   smoothing_kernel_sd_ms: float = 50.0, batch_size: int = 256, seed: int = 0,
                   decode_options: dict | None = None, label_classes: dict | None = None,
                   truth_latents: np.ndarray | None = None, truth_readout: dict | None = None,
-                  trained_schemes: Sequence[str] | None = None) -> dict:
+                  trained_schemes: Sequence[str] | None = None, stages=NO_STAGES) -> dict:
     """Run benchmark tasks on one session's test windows.
 
     Args:
@@ -706,6 +714,8 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             pretraining's ``data.schemes``); a bidirectional task whose prompt none of them trained
             is scored with the most alike trained prompt (:func:`task_prompt`; the entry's
             ``prompt`` and ``prompt_untrained`` say so). None: every task its own prompt.
+        stages: a :func:`spikefm.progress.stage_bar` display, told as each task (and the smoothing
+            baseline) begins: :func:`benchmark_stages` of them.
 
     Returns:
         ``{"session_id", "num_test_windows", "num_units", "bin_ms", "tasks": {task: entry},
@@ -728,6 +738,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
            "num_units": windows.num_units, "bin_ms": windows.bin_ms, "num_windows": K_all,
            "align": windows.align, "tasks": {}, "skipped": {}}
     for task in tasks:
+        stages.begin(task)
         if task == BEHAVIOR_TASK:
             if windows.behavior is None or not windows.behavior_names:
                 out["skipped"][task] = "session has no continuous behaviour"
@@ -779,6 +790,7 @@ def run_benchmark(model: nn.Module, windows: SessionWindows, *, tasks: Sequence[
             if trained_schemes is not None and TASK_SCHEMES[task] not in trained_schemes:
                 entry["prompt_untrained"] = TASK_SCHEMES[task]
         if baselines and task == "co-smoothing":
+            stages.begin("co-smoothing: smoothing baseline")
             train = windows.indices("train")
             if train.size and windows.num_units >= 2:
                 smooth_KTN = cosmooth_leave_one_out(windows.counts[train], windows.counts[test],

@@ -46,6 +46,8 @@ import torch
 from spikefm.eval.metrics import (balanced_accuracy, bps_per_neuron_mean, bps_pooled, bps_pooled_difference,
                                   jackknife_interval, r2_score_pooled, wilson_interval)
 from spikefm.families.neds.family import _inherited_splits, _run_info
+from spikefm.progress import NO_STAGES as _NO_STAGES
+from spikefm.progress import stage_bar
 
 __all__ = ["TASKS", "check_task_names", "evaluate_run", "format_results", "transfer_headline", "run_windows", "neds_predict", "neds_probe",
            "encoding_scores", "decoding_scores"]
@@ -321,9 +323,10 @@ def _fit_windows(windows, sid, idx) -> dict[str, np.ndarray]:
     return {s: idx["train"] if s == sid else windows[s].indices("train") for s in windows}
 
 
-def _encoders(windows, arrays, sid, rank, idx, num_classes) -> dict[str, np.ndarray]:
+def _encoders(windows, arrays, sid, rank, idx, num_classes, stages=_NO_STAGES) -> dict[str, np.ndarray]:
     """Predicted test rates (K_test, T, N) of the linear GLM and the multi-session RRR encoder,
-    each with its L2 penalty chosen by the validation log-likelihood of the target session."""
+    each with its L2 penalty chosen by the validation log-likelihood of the target session.
+    ``stages``: the evaluation's progress (two stages: the GLM, the RRR)."""
     from spikefm.eval.rrr import MultiSessionRRR, select_alpha
 
     w = windows[sid]
@@ -335,11 +338,13 @@ def _encoders(windows, arrays, sid, rank, idx, num_classes) -> dict[str, np.ndar
     K, T, N = len(idx["test"]), w.num_bins, w.num_units
     out = {}
     score = (lambda m: _poisson_ll(m.predict(Xval, sid), Yval)) if len(Xval) else (lambda m: 0.0)
+    stages.begin("encoding: linear GLM")
     glm, _ = select_alpha(lambda a: MultiSessionRRR(rank=None, loss="poisson", alpha=a),
-                          ({sid: Xtr[sid]}, {sid: Ytr[sid]}), score)
+                          ({sid: Xtr[sid]}, {sid: Ytr[sid]}), score, on_fit=stages.part)
     out["linear"] = glm.predict(_rows(X[sid][idx["test"]]), sid).reshape(K, T, N)
+    stages.begin(f"encoding: RRR over {len(Xtr)} sessions")
     rrr, _ = select_alpha(lambda a: MultiSessionRRR(rank=rank, loss="poisson", shared="input", alpha=a),
-                          (Xtr, Ytr), score)
+                          (Xtr, Ytr), score, on_fit=stages.part)
     out["rrr"] = rrr.predict(_rows(X[sid][idx["test"]]), sid).reshape(K, T, N)
     return out
 
@@ -393,9 +398,10 @@ def neds_probe(hidden_KTD: np.ndarray, a, fit_idx: np.ndarray, te: np.ndarray, m
     return _linear_readout(_chunked(hidden_KTD), _lag(hidden_KTD), a, fit_idx, te, mods)
 
 
-def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[str, dict]:
+def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None, stages=_NO_STAGES) -> dict[str, dict]:
     """Test predictions of the linear, RRR and (with true latents) oracle decoders:
-    {model: {"labels": {name: class index (K,)}, "behavior_KTC": z-scored (K, T, C)}}."""
+    {model: {"labels": {name: class index (K,)}, "behavior_KTC": z-scored (K, T, C)}}.
+    ``stages``: the evaluation's progress (:func:`_decoder_stages` of them)."""
     from spikefm.eval.rrr import MultiSessionRRR, select_alpha
 
     w, a = windows[sid], arrays[sid]
@@ -405,7 +411,10 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
     feats = {"linear": (_chunked(w.counts), _lagged(w.counts))}
     if latents_KTZ is not None:
         feats["oracle"] = (_chunked(latents_KTZ), _lag(latents_KTZ))
-    out = {name: _linear_readout(Xlab, Xbin, a, fit_idx, te, mods) for name, (Xlab, Xbin) in feats.items()}
+    out = {}
+    for name, (Xlab, Xbin) in feats.items():
+        stages.begin(f"decoding: {name}")
+        out[name] = _linear_readout(Xlab, Xbin, a, fit_idx, te, mods)
     # Multi-session RRR: per-session input maps, a shared output map, trained on every session's
     # train windows; penalty chosen on the target session's val windows.
     res = {"labels": {}, "behavior_KTC": None}
@@ -413,6 +422,7 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
     sessions = [s for s in windows if fit_windows[s].size]
     val = idx["val"]
     for j, (lab, values) in enumerate(mods.labels):
+        stages.begin(f"decoding: RRR {lab}")
         X, Y = {}, {}
         for s in sessions:
             t = fit_windows[s]
@@ -431,9 +441,12 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
             return float(np.mean(m.predict(Xv[ok], sid).argmax(1) == yv[ok])) if ok.any() else 0.0
 
         m, _ = select_alpha(lambda al, k=len(values): MultiSessionRRR(rank=rank, loss="xent", shared="output",
-                                                                      num_outputs=k, alpha=al), (X, Y), score)
+                                                                      num_outputs=k, alpha=al), (X, Y), score,
+                            on_fit=stages.part)
         res["labels"][lab] = m.predict(_chunked(w.counts[te]), sid).argmax(1)
     cols = _recorded(_rows(a.behavior_KTC[fit_windows[sid]])) if C else np.zeros(0, dtype=bool)
+    if C:
+        stages.begin("decoding: RRR behaviour")
     if cols.any():  # the target session's channels; a session lacking one of them is left out
         X, Y = {}, {}
         for s in sessions:
@@ -452,7 +465,7 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
                     return r2_score_pooled(m.predict(xv[okv], sid), yv[okv]) if okv.sum() > 1 else 0.0
 
             m, _ = select_alpha(lambda al: MultiSessionRRR(rank=rank, loss="mse", shared="output", alpha=al),
-                                (X, Y), score)
+                                (X, Y), score, on_fit=stages.part)
             pred = np.full((K * T, C), np.nan)
             pred[:, cols] = np.asarray(m.predict(_rows(_lagged(w.counts[te])), sid)).reshape(K * T, -1)
             res["behavior_KTC"] = pred.reshape(K, T, C)
@@ -464,9 +477,21 @@ def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None) -> dict[s
 # The evaluation
 
 
+def _num_stages(names: Sequence[str], baselines: bool, oracle: bool, mods) -> int:
+    """The progress stages of :func:`evaluate_run` (each ``stages.begin`` it and its helpers call)."""
+    n = 0
+    if "encoding" in names:
+        n += 1 + 2 * baselines  # the model; the GLM and the RRR
+    if "decoding" in names:
+        n += 1  # the model and its probe
+        if baselines:  # linear (and oracle) read-outs, an RRR per label and one for the channels, the observer
+            n += 1 + 2 * oracle + len(mods.labels) + bool(mods.channels)
+    return n + ("region" in names)
+
+
 def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None = None, session: str | None = None,
-                 baselines: bool = True, split: str = "test", min_rate_hz: float = 0.5, rank: int = 3
-                 ) -> dict[str, Any]:
+                 baselines: bool = True, split: str = "test", min_rate_hz: float = 0.5, rank: int = 3,
+                 progress: bool = False) -> dict[str, Any]:
     """Score a finished NEDS run (see the module docstring).
 
     Args:
@@ -480,6 +505,8 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
             the last eighth of them).
         min_rate_hz: units at or above this mean rate (train windows) enter the R² averages.
         rank: rank of the RRR baselines.
+        progress: a progress display of the evaluation's stages (the model's passes, each
+            baseline's fits, the region task) on stderr.
 
     Returns:
         JSON-serialisable {"family": "neds", "session_id", "tasks", "results": {task: {model:
@@ -532,22 +559,6 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
                       stacklevel=2)
     truth = _truth(corpus, w) if baselines else None
     cond = _conditions(a.labels_KJ[te]) if w.align is not None else None  # continuous: no PSTH
-    results: dict[str, Any] = {}
-    comparisons: dict[str, Any] = {}
-    if "encoding" in names:
-        train_rate = w.counts[idx["train"]].reshape(-1, w.num_units).mean(0) * 1000.0 / w.bin_ms
-        keep = train_rate >= min_rate_hz
-        counts = w.counts[te]
-        preds = {"neds": neds_predict(model, windows, arrays, session, te, "encoding")["rates_KTN"]}
-        if baselines:
-            preds.update(_encoders(windows, arrays, session, rank, idx, mods.num_classes))
-            if truth is not None:
-                preds["oracle"] = truth["rates_KTN"][te]
-        results["encoding"] = {k: encoding_scores(v, counts, cond, keep) for k, v in preds.items()}
-        if baselines:
-            comparisons["encoding"] = {
-                f"neds - {k}": {"bps_pooled": bps_pooled_difference(preds["neds"], v, counts)}
-                for k, v in preds.items() if k not in ("neds", "oracle")}
     skipped: dict[str, str] = {}
     if "decoding" in names and not (mods.channels or mods.labels):
         names = [t for t in names if t != "decoding"]
@@ -559,49 +570,72 @@ def evaluate_run(run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None
         names = [t for t in names if t != "decoding"]
         skipped["decoding"] = (f"session {session!r} holds none of the run's behaviour channels or trial "
                                "labels, so there is nothing of it to decode")
-    if "decoding" in names:
-        # One pass over the fit and test windows: the heads' test outputs, and every hidden state
-        # the probe is fitted on (fit windows) and scored on (test windows).
-        fit_idx = np.concatenate([idx["train"], idx["val"]])
-        scored = np.concatenate([fit_idx, te])
-        p = neds_predict(model, windows, arrays, session, scored, "decoding", return_hidden=True)
-        on_te = slice(fit_idx.size, None)
-        label_true = {lab: a.labels_KJ[te, j] for j, (lab, _) in enumerate(mods.labels)}
-        ncls = dict(zip(mods.label_names, mods.num_classes))
-        raw_true = a.behavior_KTC[te] * a.sd_C + a.mean_C
-        models = {"neds": {"labels": {lab: p["label_proba"][j][on_te].argmax(1)
-                                      for j, lab in enumerate(mods.label_names)},
-                           "behavior_KTC": p["behavior_KTC"][on_te]}}
-        hidden = np.zeros((w.num_windows, w.num_bins, model.cfg.dim))
-        hidden[scored] = p["hidden_KTD"]
-        models["neds_probe"] = neds_probe(hidden, a, fit_idx, te, mods)
-        if baselines:
-            models.update(_decoders(windows, arrays, session, rank, idx, mods,
-                                    None if truth is None else truth["latents_KTZ"]))
-            ideal = None if truth is None else _ideal_observer(truth, te, w.counts[te], label_true, mods)
-            if ideal is not None:
-                models["ideal_observer"] = ideal
-        # behaviour back in its own units (the models predict it z-scored per session)
-        beh = {name: None if m["behavior_KTC"] is None else m["behavior_KTC"] * a.sd_C + a.mean_C
-               for name, m in models.items()}
-        results["decoding"] = {
-            name: decoding_scores(m["labels"], {k: v for k, v in label_true.items() if k in m["labels"]}, ncls,
-                                  beh[name], raw_true, mods.channels, cond) for name, m in models.items()}
-        for lab, y in label_true.items():  # why a label has no row, for every model or for one
-            if not (y >= 0).any():
-                skipped[f"decoding {lab}"] = f"none of the {te.size} {split} windows has a {lab} label"
-                continue
-            for name, m in models.items():
-                why = m.get("skipped", {}).get(lab)
-                if why:
-                    skipped[f"decoding {lab} ({name})"] = why
-        if baselines:
-            comparisons["decoding"] = {
-                f"neds - {k}": _paired_decoding(models["neds"]["labels"], m["labels"], beh["neds"], beh[k],
-                                                label_true, raw_true, mods.channels)
-                for k, m in models.items() if k not in ("neds", "neds_probe", "oracle", "ideal_observer")}
-    if "region" in names:
-        results["region"] = region_task(model, windows, arrays, splits=("train", "val") if split == "val" else None)
+    results: dict[str, Any] = {}
+    comparisons: dict[str, Any] = {}
+    with stage_bar(_num_stages(names, baselines, truth is not None, mods), f"scoring {session}",
+                   enabled=progress) as stages:
+        if "encoding" in names:
+            stages.begin("encoding: NEDS")
+            train_rate = w.counts[idx["train"]].reshape(-1, w.num_units).mean(0) * 1000.0 / w.bin_ms
+            keep = train_rate >= min_rate_hz
+            counts = w.counts[te]
+            preds = {"neds": neds_predict(model, windows, arrays, session, te, "encoding")["rates_KTN"]}
+            if baselines:
+                preds.update(_encoders(windows, arrays, session, rank, idx, mods.num_classes, stages))
+                if truth is not None:
+                    preds["oracle"] = truth["rates_KTN"][te]
+            results["encoding"] = {k: encoding_scores(v, counts, cond, keep) for k, v in preds.items()}
+            if baselines:
+                comparisons["encoding"] = {
+                    f"neds - {k}": {"bps_pooled": bps_pooled_difference(preds["neds"], v, counts)}
+                    for k, v in preds.items() if k not in ("neds", "oracle")}
+        if "decoding" in names:
+            # One pass over the fit and test windows: the heads' test outputs, and every hidden state
+            # the probe is fitted on (fit windows) and scored on (test windows).
+            stages.begin("decoding: NEDS and its probe")
+            fit_idx = np.concatenate([idx["train"], idx["val"]])
+            scored = np.concatenate([fit_idx, te])
+            p = neds_predict(model, windows, arrays, session, scored, "decoding", return_hidden=True)
+            on_te = slice(fit_idx.size, None)
+            label_true = {lab: a.labels_KJ[te, j] for j, (lab, _) in enumerate(mods.labels)}
+            ncls = dict(zip(mods.label_names, mods.num_classes))
+            raw_true = a.behavior_KTC[te] * a.sd_C + a.mean_C
+            models = {"neds": {"labels": {lab: p["label_proba"][j][on_te].argmax(1)
+                                          for j, lab in enumerate(mods.label_names)},
+                               "behavior_KTC": p["behavior_KTC"][on_te]}}
+            hidden = np.zeros((w.num_windows, w.num_bins, model.cfg.dim))
+            hidden[scored] = p["hidden_KTD"]
+            models["neds_probe"] = neds_probe(hidden, a, fit_idx, te, mods)
+            if baselines:
+                models.update(_decoders(windows, arrays, session, rank, idx, mods,
+                                        None if truth is None else truth["latents_KTZ"], stages))
+                if truth is not None:
+                    stages.begin("decoding: ideal observer")
+                ideal = None if truth is None else _ideal_observer(truth, te, w.counts[te], label_true, mods)
+                if ideal is not None:
+                    models["ideal_observer"] = ideal
+            # behaviour back in its own units (the models predict it z-scored per session)
+            beh = {name: None if m["behavior_KTC"] is None else m["behavior_KTC"] * a.sd_C + a.mean_C
+                   for name, m in models.items()}
+            results["decoding"] = {
+                name: decoding_scores(m["labels"], {k: v for k, v in label_true.items() if k in m["labels"]}, ncls,
+                                      beh[name], raw_true, mods.channels, cond) for name, m in models.items()}
+            for lab, y in label_true.items():  # why a label has no row, for every model or for one
+                if not (y >= 0).any():
+                    skipped[f"decoding {lab}"] = f"none of the {te.size} {split} windows has a {lab} label"
+                    continue
+                for name, m in models.items():
+                    why = m.get("skipped", {}).get(lab)
+                    if why:
+                        skipped[f"decoding {lab} ({name})"] = why
+            if baselines:
+                comparisons["decoding"] = {
+                    f"neds - {k}": _paired_decoding(models["neds"]["labels"], m["labels"], beh["neds"], beh[k],
+                                                    label_true, raw_true, mods.channels)
+                    for k, m in models.items() if k not in ("neds", "neds_probe", "oracle", "ideal_observer")}
+        if "region" in names:
+            stages.begin("region classification")
+            results["region"] = region_task(model, windows, arrays, splits=("train", "val") if split == "val" else None)
     if comparisons:
         results["comparisons"] = comparisons
     if skipped:

@@ -635,13 +635,13 @@ class NEDSFamily:
 
     def evaluate(self, run_dir: str, corpus: str, *, tasks: Sequence[str] | str | None = None,
                  session: str | None = None, baselines: bool = True, split: str = "test",
-                 min_rate_hz: float = 0.5, rank: int = 3) -> dict[str, Any]:
+                 min_rate_hz: float = 0.5, rank: int = 3, progress: bool = False) -> dict[str, Any]:
         """Encoding, decoding and region classification of a finished run on one session's test
         windows, with baselines (:func:`spikefm.families.neds.evaluate.evaluate_run`)."""
         from spikefm.families.neds.evaluate import evaluate_run
 
         return evaluate_run(run_dir, corpus, tasks=tasks, session=session, baselines=baselines, split=split,
-                            min_rate_hz=min_rate_hz, rank=rank)
+                            min_rate_hz=min_rate_hz, rank=rank, progress=progress)
 
     @staticmethod
     def check_tasks(tasks) -> None:

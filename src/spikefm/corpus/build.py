@@ -53,7 +53,8 @@ import pyarrow as pa
 from ..argtypes import is_int
 from ..fileio import first_line, write_atomic, write_json_atomic
 from .binning import bin_spikes, spike_span_ms
-from .manifest import BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, new_manifest
+from .manifest import (BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo, distinct_session_ids,
+                       new_manifest)
 from .nwb import is_nwb_name, nwb_paths, read_nwb, resample_behavior, sha256_file
 from .schema import ROW_SCHEMA, SCHEMA_VERSION, SPLITS
 from .session import SessionRecord, recording_end_s
@@ -610,17 +611,20 @@ def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: Bu
 
 
 def _dedupe_session_ids(metas: list[dict]) -> list[dict]:
-    """Give colliding session ids a ``-2``, ``-3``... suffix (by input path order), warning once."""
-    by_id: dict[str, list[dict]] = {}
-    for m in sorted(metas, key=lambda m: m["provenance"].get("path", "")):
-        by_id.setdefault(m["session_id"], []).append(m)
-    for sid, group in by_id.items():
-        if len(group) > 1:
-            print(f"spikefm: warning: {len(group)} inputs share session id '{sid}'; renamed with -2, -3... "
-                  f"({', '.join(g['provenance'].get('path', '?') for g in group)})", file=sys.stderr)
-            for k, m in enumerate(group[1:], start=2):
-                m["original_session_id"] = sid
-                m["session_id"] = f"{sid}-{k}"
+    """Give colliding session ids a ``-2``, ``-3``... suffix (by input path order; one no other
+    session has, :func:`~spikefm.corpus.manifest.distinct_session_ids`), warning once per shared id."""
+    ordered = sorted(metas, key=lambda m: m["provenance"].get("path", ""))
+    new_ids = distinct_session_ids([m["session_id"] for m in ordered])
+    renamed: dict[str, list[dict]] = {}
+    for m, sid in zip(ordered, new_ids):
+        if sid != m["session_id"]:
+            renamed.setdefault(m["session_id"], []).append(m)
+            m["original_session_id"] = m["session_id"]
+            m["session_id"] = sid
+    for sid, later in renamed.items():
+        paths = [m["provenance"].get("path", "?") for m in ordered if m.get("original_session_id", m["session_id"]) == sid]
+        print(f"spikefm: warning: {len(later) + 1} inputs share session id '{sid}'; the later ones renamed "
+              f"{', '.join(m['session_id'] for m in later)} ({', '.join(paths)})", file=sys.stderr)
     return metas
 
 

@@ -88,7 +88,7 @@ import pyarrow.parquet as pq
 from ..fileio import check_relative_path, first_line
 from .info import flat_counts
 from .manifest import (BuildSettings, Manifest, SessionEntry, SkippedInput, SplitInfo,
-                       new_manifest)
+                       distinct_session_ids, new_manifest)
 from .schema import NEURAL_PILE_COLUMNS, ROW_SCHEMA, SPLITS
 from .session import is_human_species
 from .store import STAGING, VersionWriter, check_inputs_outside, inspect_out_dir, open_corpus_dir
@@ -922,20 +922,11 @@ def _resolve_bin_ms(rows: _Rows, asked: int | None) -> int:
 def _assign_session_ids(sessions: dict[tuple, _Session]) -> None:
     """Published session ids can repeat across sources or subjects; spikefm needs them unique.
     The first (sorted by source, subject) keeps its id, the others get -2, -3..."""
-    by_id: dict[str, list[_Session]] = {}
-    for key in sorted(sessions):
-        by_id.setdefault(key[2], []).append(sessions[key])
-    taken = set(by_id)
+    keys = sorted(sessions)
     renamed = 0
-    for sid, group in by_id.items():
-        group[0].session_id = sid
-        k = 2
-        for s in group[1:]:
-            while f"{sid}-{k}" in taken:
-                k += 1
-            s.session_id = f"{sid}-{k}"
-            taken.add(s.session_id)
-            renamed += 1
+    for key, sid in zip(keys, distinct_session_ids([key[2] for key in keys])):
+        sessions[key].session_id = sid
+        renamed += sid != key[2]
     if renamed:
         _warn(f"{renamed} sessions share a session_id with a session of another source or "
               "subject; renamed with -2, -3... (original_session_id in the manifest)")

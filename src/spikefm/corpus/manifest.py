@@ -324,6 +324,24 @@ class Manifest:
         return (json.dumps(self.to_dict(), indent=2) + "\n").encode()
 
 
+def distinct_session_ids(ids: list[str]) -> list[str]:
+    """The ids a manifest can hold (distinct) for sessions with these ``ids``, in this order: the
+    first session of each id keeps it, each later one gets the next ``-2``, ``-3``... suffix that
+    no session has (``a, a, a-2`` -> ``a, a-3, a-2``)."""
+    taken, seen, out = set(ids), set(), []
+    for sid in ids:
+        if sid not in seen:
+            seen.add(sid)
+            out.append(sid)
+            continue
+        k = 2
+        while f"{sid}-{k}" in taken:
+            k += 1
+        taken.add(f"{sid}-{k}")
+        out.append(f"{sid}-{k}")
+    return out
+
+
 def new_manifest(*, bin_ms: int, build: BuildSettings, splits: dict[str, SplitInfo],
                  sessions: list[SessionEntry], skipped: list[SkippedInput],
                  provenance: dict | None = None) -> Manifest:

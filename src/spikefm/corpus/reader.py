@@ -295,6 +295,12 @@ def _session_set(sessions, name: str) -> set[str] | None:
     return wanted
 
 
+def _of_bins(behavior_CT: np.ndarray, num_bins: int) -> np.ndarray:
+    """A row's behaviour matrix; one of no channel is (0, num_bins), as documented (its stored
+    empty list says nothing of the bins)."""
+    return behavior_CT if behavior_CT.shape[0] else np.zeros((0, num_bins), dtype=behavior_CT.dtype)
+
+
 def _rows_from_batch(batch: pa.RecordBatch, wanted: set[str] | None, default_bin_ms: int):
     names = batch.schema.names
     session_ids = batch.column("session_id").to_pylist()
@@ -318,6 +324,6 @@ def _rows_from_batch(batch: pa.RecordBatch, wanted: set[str] | None, default_bin
             unit_regions=py["unit_regions"][i] if "unit_regions" in py else [],
             species=py["species"][i] if "species" in py else "",
             behavior_names=py["behavior_names"][i] if "behavior_names" in py else [],
-            behavior=behavior[i] if behavior is not None else None,
+            behavior=None if behavior is None else _of_bins(behavior[i], counts[i].shape[1]),
             trials_json=py["trials_json"][i] if "trials_json" in py else "{}",
         )

@@ -752,3 +752,17 @@ def test_save_hf_refuses_a_run_or_corpus_folder(trained_run, synth_corpus, tmp_p
     assert not (synth_corpus / "config.json").exists()
     out = save_hf(model, tmp_path / "hf")
     assert save_hf(model, out) == out  # an export folder again: replaced, as before
+
+
+def test_the_ngram_fits_expected_tokens_are_the_train_rows_tokens(synth_corpus, tmp_path):
+    from spikefm.corpus.reader import Corpus
+    from spikefm.families.ar.evaluate import _split_tokens
+    from spikefm.families.ar.tokens import tokenize
+
+    build_corpus([str(synth_corpus.parent / "nwb")], tmp_path / "sessions",
+                 BuildConfig(test_fraction=0.3, max_row_tokens=10_000), progress=False)
+    corpus = Corpus(tmp_path / "sessions")
+    for split in ("train", "test"):
+        assert _split_tokens(corpus, split) == sum(tokenize(r.spike_counts).size for r in corpus.iter_rows(split))
+    # split by rows (the fixture's corpus): a session's share of each split is not in the manifest
+    assert _split_tokens(Corpus(synth_corpus), "train") is None

@@ -277,12 +277,23 @@ def test_bad_inputs_raise():
         NGramModel(order=2).fit(random_rows(seed=2), max_tokens=0)
 
 
-def test_progress_reports_each_chunk(capsys):
+def test_progress_counts_the_tokens_as_chunks_are_counted(capsys, monkeypatch):
+    from spikefm import progress
+
     rows = random_rows(seed=51, num_rows=4)
-    model = NGramModel(order=3, memory_budget_mb=0.002).fit(rows, progress=True)
+    total = sum(r.size for r in rows)
+    model = NGramModel(order=3, memory_budget_mb=0.002).fit(rows, progress=True, expected_tokens=total)
+    assert capsys.readouterr().err == ""  # a fit of a few seconds says nothing in a log
+    clock = iter(range(0, 10**6, 10))  # every call 10 "seconds" later
+    monkeypatch.setattr(progress.time, "monotonic", lambda: float(next(clock)))
+    NGramModel(order=3, memory_budget_mb=0.002).fit(rows, progress=True, expected_tokens=total)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == -(-model.num_tokens_ // model.chunk_tokens)
-    assert lines[-1].startswith(f"ngram fit (order 3): {model.num_tokens_:,} tokens (separators included)")
+    assert model.chunk_tokens < total and len(lines) >= 2  # several chunks, one line per tenth
+    assert lines[-1].startswith(f"spikefm: fitting the 3-gram (tokens): {total:,}/{total:,} (100%)")
+    # max_tokens caps the total
+    NGramModel(order=3, memory_budget_mb=0.002).fit(rows, progress=True, expected_tokens=total, max_tokens=total // 2)
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"spikefm: fitting the 3-gram (tokens): {total // 2:,}/{total // 2:,} (100%)")
 
 
 # --- counts at the 7-bit boundary of the packed order-9 path ------------------------------------

@@ -124,8 +124,18 @@ def fit_ngram(corpus: Corpus, order: int, *, alpha: float = 1.0,
 
     require_rows(corpus, "train", to="fit")
     rows = (tokenize(r.spike_counts) for r in corpus.iter_rows("train", with_extras=False))
-    return NGramModel(order=order, alpha=alpha).fit(rows, max_tokens=max_train_tokens,
-                                                    progress=progress)
+    return NGramModel(order=order, alpha=alpha).fit(rows, max_tokens=max_train_tokens, progress=progress,
+                                                    expected_tokens=_split_tokens(corpus, "train"))
+
+
+def _split_tokens(corpus: Corpus, split: str) -> int | None:
+    """The tokens (separators included) of ``split``'s rows, from the manifest: each bin of a row
+    is a separator and a token per unit; None when a session has rows in both splits
+    (``--split row``), whose share the manifest does not give."""
+    sessions = [s for s in corpus.sessions if s["split"] in (split, "both")]
+    if any(s["split"] == "both" for s in sessions):
+        return None
+    return sum((int(s["num_units"]) + 1) * int(s["num_bins"]) for s in sessions)
 
 
 def evaluate_ngram(ngram, corpus: Corpus, *, split: str = "test",

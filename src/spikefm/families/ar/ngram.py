@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,6 +54,7 @@ import numpy as np
 from spikefm.argtypes import is_int
 from spikefm.families.ar.tokens import SEPARATOR, VOCAB_SIZE
 from spikefm.fileio import savez_atomic
+from spikefm.progress import progress_bar
 
 __all__ = ["NGramModel", "MAX_ORDER"]
 
@@ -357,7 +357,8 @@ class NGramModel:
     # -- fitting -----------------------------------------------------------------------------------
 
     def fit(
-        self, sequences: Iterable[np.ndarray], max_tokens: int | None = None, progress: bool = False
+        self, sequences: Iterable[np.ndarray], max_tokens: int | None = None, progress: bool = False,
+        expected_tokens: int | None = None,
     ) -> "NGramModel":
         """Count n-grams over corpus rows.
 
@@ -366,7 +367,10 @@ class NGramModel:
                 Empty rows are allowed and contribute nothing.
             max_tokens: count at most this many positions: rows are taken in order and the row
                 that crosses the cap keeps only its prefix; later rows are not read.
-            progress: print a line to stderr after every chunk.
+            progress: a progress display of the tokens counted (:func:`spikefm.progress.progress_bar`:
+                a bar on a terminal; in a log, plain lines once the fit has run a few seconds).
+            expected_tokens: the tokens ``sequences`` hold, when known, for the display's total
+                and time left (``max_tokens`` caps it).
 
         Returns:
             self, with the fitted attributes set.
@@ -390,35 +394,32 @@ class NGramModel:
             nonlocal table, parts, buffered, counted
             table = _merge_tables(table, self._count_parts(parts, order))
             counted += buffered
+            bar.advance(buffered)
             parts, buffered = [], 0
-            if progress:
-                print(
-                    f"ngram fit (order {order}): {counted:,} tokens (separators included), "
-                    f"{table.keys.size:,} distinct n-grams",
-                    file=sys.stderr,
-                    flush=True,
-                )
 
-        for index, row in enumerate(sequences):
-            row = _as_token_row(row, self.vocab_size, f"sequences[{index}]")
-            if max_tokens is not None:
-                row = row[: max_tokens - counted - buffered]
-            if row.size == 0:
-                continue
-            padded = np.concatenate([pad, row])
-            start = 0
-            while start < row.size:
-                # A row longer than the chunk is split; each piece carries its k-token context.
-                take = min(row.size - start, chunk_tokens - buffered)
-                parts.append(padded[start : start + k + take])
-                buffered += take
-                start += take
-                if buffered == chunk_tokens:
-                    flush()
-            if max_tokens is not None and counted + buffered >= max_tokens:
-                break  # before asking the iterable for a row that would not be used
-        if parts:
-            flush()
+        known = [t for t in (expected_tokens, max_tokens) if t is not None]
+        total = min(known) if known else None
+        with progress_bar(total, f"fitting the {order}-gram (tokens)", enabled=progress) as bar:
+            for index, row in enumerate(sequences):
+                row = _as_token_row(row, self.vocab_size, f"sequences[{index}]")
+                if max_tokens is not None:
+                    row = row[: max_tokens - counted - buffered]
+                if row.size == 0:
+                    continue
+                padded = np.concatenate([pad, row])
+                start = 0
+                while start < row.size:
+                    # A row longer than the chunk is split; each piece carries its k-token context.
+                    take = min(row.size - start, chunk_tokens - buffered)
+                    parts.append(padded[start : start + k + take])
+                    buffered += take
+                    start += take
+                    if buffered == chunk_tokens:
+                        flush()
+                if max_tokens is not None and counted + buffered >= max_tokens:
+                    break  # before asking the iterable for a row that would not be used
+            if parts:
+                flush()
         if table is None:
             raise ValueError("sequences held no tokens to count; pass at least one non-empty row")
         self._set_tables(table, order)

@@ -367,3 +367,27 @@ def test_the_best_at_first_warning_counts_unfreeze_s_steps_after_its_frozen_stag
     with pytest.warns(ftmod.FinetuneBudget, match=r"first evaluation \(step 10; no later one was lower\), so better "
                                                   r"weights may lie before it, which was never evaluated"):
         ftmod._say_best_at_first(tmp_path, "frozen", summary)
+
+
+@pytest.mark.parametrize("stage1_loss, warned", [(0.30, True), (0.31, False), (0.32, False)])
+def test_a_kept_unfreeze_whose_frozen_stage_was_better_is_warned(monkeypatch, tmp_path, stage1_loss, warned):
+    """The kept unfreeze weights (0.31) are its unfrozen stage's best; a frozen stage that reached
+    a lower validation loss (its weights gone) is said, with both losses."""
+    def one(family, name, run_dir, corpus, session_id, path, **kw):
+        path.mkdir(parents=True)
+        out = {"best_val_loss": {"frozen": 0.33, "full": 0.35, "unfreeze": 0.31, "scratch": 0.40}[name],
+               "best_step": 10, "stopped_at": 20, "out_dir": str(path)}
+        if name == "unfreeze":
+            out["stage1"] = {"best_step": 40, "best_val_loss": stage1_loss, "stopped_at": 50}
+        return out
+
+    monkeypatch.setattr(ftmod, "_one_strategy", one)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = ftmod.finetune_strategies(FAMILY, tmp_path / "pre", tmp_path / "corpus", "S", tmp_path / "ft")
+    assert s["strategy"] == "unfreeze"
+    said = [str(w.message) for w in caught if "unfreezing did not help" in str(w.message)]
+    assert len(said) == warned
+    if warned:
+        assert "0.3100, step 10 of the unfrozen stage, after the frozen stage's best step 40" in said[0]
+        assert "frozen stage's best (0.3000, step 40)" in said[0] and "--strategy frozen" in said[0]

@@ -661,6 +661,7 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
             _remove_if_only_locks(out_dir, created and locked)  # refused at the lock: the holder's folder
             raise
         _say_best_at_first(out_dir, strategy, summary)
+        _say_unfrozen_stage_worse(out_dir, summary)
         return summary
     _check_auto_out_dir(out_dir)
     _check_pretrained_export(Path(run_dir), strategy)
@@ -724,6 +725,20 @@ def best_at_first_text(summary: dict) -> str:
                 "which were never evaluated")
     return (f"(step {summary.get('best_step')}; no later one was lower), so better weights may lie before it, which "
             "was never evaluated")
+
+
+def _say_unfrozen_stage_worse(out_dir: Path, summary: dict) -> None:
+    """Warn when a kept ``unfreeze`` run's unfrozen stage never reached its frozen stage's lowest
+    validation loss: the weights kept (the unfrozen stage's best) are not the best this fine-tuning
+    saw (the frozen stage's folder is gone by then; ``--strategy frozen`` trains that way)."""
+    stage1 = summary.get("stage1")
+    if not isinstance(stage1, dict) or not stage1.get("best_val_loss", math.inf) < summary["best_val_loss"]:
+        return
+    warnings.warn(f"{out_dir}: unfreezing did not help: the kept weights' validation loss "
+                  f"({summary['best_val_loss']:.4f}, step {summary['best_step']}{unfrozen_steps_text(summary)}) is "
+                  f"above the frozen stage's best ({stage1['best_val_loss']:.4f}, step {stage1['best_step']}), "
+                  "whose weights are not kept; --strategy frozen fine-tunes that way (with all the steps)",
+                  FinetuneBudget, stacklevel=3)
 
 
 def _say_best_at_first(out_dir: Path, strategy: str, summary: dict) -> None:
@@ -856,6 +871,7 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
         summary["soup"] = soup_info
     write_json_atomic(out_dir / "finetune.json", summary)
     _say_best_at_first(out_dir, chosen, summary)
+    _say_unfrozen_stage_worse(out_dir, summary)
     if summary["pretraining_gain"] <= 0:
         warnings.warn(f"{out_dir}: pretraining did not help this session: the single-session model's validation "
                       f"loss ({results['scratch']['best_val_loss']:.4f}) is at or below the chosen pretrained "

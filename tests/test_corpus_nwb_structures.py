@@ -155,3 +155,24 @@ def test_repeated_timestamps_do_not_make_every_step_a_gap():
     centres = (20 * (np.arange(50) + 0.5)) / 1000.0
     inside = centres <= t[-1]
     assert np.isfinite(row[0][inside]).all() and np.isnan(row[0][~inside]).all()
+
+
+def test_a_trial_dataset_the_table_does_not_declare_is_named_in_the_notes(tmp_path):
+    """The real DANDI file's response_time datasets sit in its interval tables' groups but not in
+    their colnames, so pynwb (and the corpus) never saw them, and nothing said so: a
+    response-aligned analysis was refused with 'no column response_time'."""
+    import h5py
+
+    from conftest import write_nwb
+    from spikefm.corpus.nwb import read_nwb
+
+    path = tmp_path / "s.nwb"
+    write_nwb(path, [np.array([0.1, 0.5, 1.2])], ["CA1"],
+              trials={"start_time": np.array([0.0, 1.0]), "stop_time": np.array([0.5, 1.5]),
+                      "choice": np.array([1.0, -1.0])})
+    assert read_nwb(path, compute_sha256=False).notes == []
+    with h5py.File(path, "a") as f:
+        f["intervals/trials"].create_dataset("response_time", data=np.array([0.3, 1.3]))
+    notes = read_nwb(path, compute_sha256=False).notes
+    assert len(notes) == 1 and notes[0].startswith("interval table 'trials': dataset(s) response_time left out: "
+                                                   "the file does not declare them as columns")

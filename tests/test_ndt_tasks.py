@@ -613,3 +613,27 @@ def test_a_table_of_validation_windows_says_validation_not_test(corpus_windows):
     assert f"choice-decoding: only {e['n_test']} validation window(s)" in val and "over the validation trials" in val
     assert f"choice-decoding: only {e['n_test']} test window(s)" in test and "over the test trials" in test
     assert "test window(s)" not in val and "test trials" not in val
+
+
+def test_decoding_counts_the_classes_fitted_and_those_scored_apart():
+    """n_classes was the classes among the test windows (2), though the decoder was fitted on 3
+    (a class only the train windows hold): NEDS said 3 for the same label."""
+    from spikefm.families.ndt.tasks import decode_label
+
+    w = synthetic_windows(K=20)
+    test = w.split == "test"
+    values = np.where(test, np.arange(20) % 2, np.arange(20) % 3).astype(np.float64)
+    assert set(values[test]) == {0.0, 1.0} and set(values[~test]) == {0.0, 1.0, 2.0}
+    w = dataclasses.replace(w, labels={"stim": values})
+    res = decode_label(tiny_ndt(w), w, "stim", min_test_windows=2)
+    assert res["method"] == "holdout" and res["n_classes"] == 3 and res["n_classes_scored"] == 2
+
+
+def test_a_trial_column_of_too_many_values_is_named_as_no_label():
+    from spikefm.data.windows import MAX_LABEL_VALUES
+    from spikefm.families.ndt.tasks import decode_label
+
+    w = dataclasses.replace(synthetic_windows(K=20), labels={"choice": np.ones(20)}, many_valued={"trial_num": 180})
+    with pytest.raises(ValueError, match=rf"no discrete label 'trial_num'; its trial column has 180 distinct values, "
+                                         rf"more than the {MAX_LABEL_VALUES} a discrete label may have"):
+        decode_label(tiny_ndt(w), w, "trial_num")

@@ -399,20 +399,24 @@ def test_flops_count_the_core_on_every_token_and_a_stitcher_on_its_sessions_spik
     assert flops == 6.0 * (core * 4 * L + 10 * (2 * own["a"] + 2 * own["b"]))
 
 
-def test_explicit_label_classes_of_a_label_no_session_holds_are_warned_about():
+def test_explicit_label_classes_of_a_label_no_session_holds_are_refused_on_a_new_run():
     """data.labels=choice=-1,1 on sessions without a choice column trained with no word (the
-    label was never scored) and only eval said 'none of the test windows has a choice label'.
-    Warned now (not refused: a fine-tuning's single-session model keeps the pretrained run's
-    labels, which its one session may lack); without classes the label is refused, as before."""
+    label was never scored) and only eval said 'none of the test windows has a choice label';
+    then only warned, so a misspelt name cost a whole training. Refused on a new run now, warned
+    about on a run that keeps a pretrained run's labels (its session may lack some); without
+    classes the label is refused, as before."""
     from types import SimpleNamespace
 
     from spikefm.families.neds.batches import resolve_modalities
 
     windows = {"m1": SimpleNamespace(behavior_names=["hand_vel_x"], labels={"target_angle": np.array([0.0, 90.0])})}
+    with pytest.raises(ValueError, match=r"^data.labels names 'choice', which none of the session\(s\) hold; "
+                                         r"labels present: target_angle$"):
+        resolve_modalities(windows, "auto", "choice=-1,1;target_angle=0,90")
     with pytest.warns(RuntimeWarning, match=r"^data.labels names 'choice', which none of the session\(s\) m1 hold: "
                                             r"kept in the model but never scored or decoded \(labels present: "
                                             r"target_angle\)$"):
-        mods = resolve_modalities(windows, "auto", "choice=-1,1;target_angle=0,90")
+        mods = resolve_modalities(windows, "auto", "choice=-1,1;target_angle=0,90", missing_ok=True)
     assert mods.labels == (("choice", (-1.0, 1.0)), ("target_angle", (0.0, 90.0)))
     with pytest.raises(ValueError, match=r"label 'choice' has 0 numeric value"):
         resolve_modalities(windows, "auto", "choice")
@@ -438,7 +442,7 @@ def test_the_absent_label_and_channel_warnings_are_said_once_per_process():
     # other sessions lacking them are still told
     windows2 = {"m10": windows["m9"]}
     with pytest.warns(RuntimeWarning, match=r"data.labels names 'choice', which none of the session\(s\) m10"):
-        resolve_modalities(windows2, "hand_vel_x", "choice=-1,1;target_angle=0,90")
+        resolve_modalities(windows2, "hand_vel_x", "choice=-1,1;target_angle=0,90", missing_ok=True)
 
 
 def test_label_names_may_be_separated_by_commas_as_the_warning_offers_them():
@@ -453,6 +457,31 @@ def test_label_names_may_be_separated_by_commas_as_the_warning_offers_them():
     with pytest.raises(ValueError, match=r"'choice=-1,1,block_prior' must list at least two numeric classes, e.g. "
                                          r"'choice=-1,1' \(separate labels with ';': 'choice=-1,1;block_prior'\)"):
         parse_label_spec("choice=-1,1,block_prior")
+    # classes after a comma list named one label 'stimuli_type,old_new': refused, the ';' form shown
+    with pytest.raises(ValueError, match=r"'stimuli_type,old_new=1,2' gives classes after a comma-separated list "
+                                         r"of labels; when a label has classes, separate the labels with ';': "
+                                         r"stimuli_type;old_new=1,2$"):
+        parse_label_spec("stimuli_type,old_new=1,2")
+
+
+def test_a_trial_column_of_too_many_values_is_said_to_be_no_label():
+    """data.labels=trial_num (180 distinct values) said "label 'trial_num' has 0 numeric value(s)
+    in the data", false: the column has 180, more than a discrete label may have."""
+    from types import SimpleNamespace
+
+    from spikefm.data.windows import MAX_LABEL_VALUES, _discrete_labels
+    from spikefm.families.neds.batches import resolve_modalities
+
+    n = MAX_LABEL_VALUES + 5
+    trials = {"trial_num": [float(i) for i in range(n)], "choice": [1.0, -1.0] * (n // 2) + [1.0] * (n % 2)}
+    many = {}
+    labels = _discrete_labels(trials, np.arange(n), many_valued=many)
+    assert set(labels) == {"choice"} and many == {"trial_num": n}
+    windows = {"a": SimpleNamespace(behavior_names=[], labels=labels, many_valued=many, align="start_time")}
+    with pytest.raises(ValueError, match=rf"label 'trial_num' has 0 numeric value\(s\) in the data as a discrete "
+                                         rf"label \(trial column 'trial_num' has {n} distinct values, more than the "
+                                         rf"{MAX_LABEL_VALUES} a label may have: bin it into fewer classes"):
+        resolve_modalities(windows, "auto", "trial_num")
 
 
 def test_a_session_whose_trials_share_one_class_keeps_that_label():

@@ -553,6 +553,15 @@ def test_finetuning_to_a_session_without_the_pretrained_channels(pretrained, tmp
     fam = get_family("neds")
     scratch = fam.finetune_config(str(pretrained), str(tmp_path / "c"), sid, from_scratch=True, steps=8)
     assert scratch.data.behavior == ""
+    # nor the labels it lacks (a new run refuses labels no session holds)
+    from spikefm.data.windows import session_label_names
+
+    held = set(session_label_names(tmp_path / "c", sid, scratch.data.trial_table))
+    assert "choice" not in held and "choice" not in scratch.data.labels
+    from spikefm.families.neds.batches import parse_label_spec
+
+    assert all(name in held for name, _ in parse_label_spec(scratch.data.labels))
+    fam.sessions(scratch.data)  # resolves its modalities: nothing refused
     out = tmp_path / "ft"
     summary = finetune(pretrained, tmp_path / "c", sid, out, freeze_core=True, steps=8, eval_every=4, patience=2)
     assert (out / "model.safetensors").is_file() and summary

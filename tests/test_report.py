@@ -924,7 +924,14 @@ def test_neds_encoding_of_a_run_without_behaviour_says_what_the_spikes_were_give
     obj["modalities"] = {"channels": ["wheel_speed"], "labels": {"choice": [-1.0, 1.0]}}
     path.write_text(json.dumps(obj))
     text = _text(build_report(path))
-    assert "encoding (spikes given behaviour)" in text and "spikes predicted from behaviour alone, by each model" in text
+    assert "encoding (spikes given behaviour channels and trial labels)" in text
+    assert "spikes predicted from behaviour channels and trial labels, by each model" in text
+    # trial labels only (a recording with a trial table and no behaviour channel): said so
+    obj["modalities"] = {"channels": [], "labels": {"stimCategory": [1.0, 2.0, 3.0]}}
+    path.write_text(json.dumps(obj))
+    text = _text(build_report(path))
+    assert "encoding (spikes given trial labels)" in text and "given behaviour" not in text
+    assert "spikes predicted from the trial labels (stimCategory): the run has no behaviour channels" in text
 
 
 def test_ar_dash_cells_say_why_and_generated_must_be_the_npz_of_generate(tmp_path, capsys):

@@ -336,6 +336,23 @@ def _column_values(col) -> np.ndarray | None:
     return None
 
 
+def _undeclared_datasets(table) -> list[str]:
+    """Datasets in an HDF5-backed table's group that its ``colnames`` leave out (a writer's slip:
+    pynwb shows no such column), other than ``id`` and the ``*_index`` / ``*_elements`` helpers of
+    declared columns; [] for a table not read from HDF5."""
+    group = getattr(getattr(getattr(table, "id", None), "data", None), "parent", None)
+    if group is None or not hasattr(group, "items"):
+        return []
+    try:
+        import h5py
+
+        declared = set(table.colnames) | {"id"}
+        return sorted(k for k, v in group.items() if isinstance(v, h5py.Dataset) and k not in declared
+                      and not k.endswith(("_index", "_elements")))
+    except Exception:  # an odd backend: nothing to say, rather than a failed build
+        return []
+
+
 def _read_intervals(nwb, notes: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
     tables = {}
     notes = [] if notes is None else notes
@@ -355,6 +372,11 @@ def _read_intervals(nwb, notes: list[str] | None = None) -> dict[str, dict[str, 
         if left:
             notes.append(f"interval table '{name}': column(s) {', '.join(left)} left out (ragged or "
                          "not numbers / text: the corpus keeps one value per trial)")
+        undeclared = _undeclared_datasets(table)
+        if undeclared:
+            notes.append(f"interval table '{name}': dataset(s) {', '.join(undeclared)} left out: the file does "
+                         "not declare them as columns (they are missing from the table's colnames attribute, so "
+                         "NWB readers such as pynwb do not show them); fix the file's colnames to use them")
         no_start = int(np.count_nonzero(~np.isfinite(np.asarray(cols["start_time"], dtype=np.float64))))
         if no_start:
             notes.append(f"interval table '{name}': {no_start} row(s) without a finite start_time are "

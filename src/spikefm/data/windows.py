@@ -101,6 +101,8 @@ class SessionWindows:
         unit_index: (N,) int64 index of each kept unit in the session's units (all of them unless
             a firing-rate filter dropped some).
         units_dropped: number of units left out by the firing-rate filter.
+        many_valued: trial columns of more than :data:`MAX_LABEL_VALUES` distinct values over the
+            windows' trials (name -> values): not discrete labels, so not in ``labels``.
     """
 
     session_id: str
@@ -119,6 +121,7 @@ class SessionWindows:
     skipped: dict[str, int] = field(default_factory=dict)
     unit_index: np.ndarray | None = None
     units_dropped: int = 0
+    many_valued: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_windows(self) -> int:
@@ -334,9 +337,10 @@ def _present(values) -> list:
     return [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
 
-def _discrete_labels(trials: dict[str, list], keep: np.ndarray,
-                     max_values: int = MAX_LABEL_VALUES) -> dict[str, np.ndarray]:
-    """Trial columns with 1..max_values distinct values (missing excluded), for the kept trials."""
+def _discrete_labels(trials: dict[str, list], keep: np.ndarray, max_values: int = MAX_LABEL_VALUES,
+                     many_valued: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Trial columns with 1..max_values distinct values (missing excluded), for the kept trials;
+    a column of more values (no discrete label) goes into ``many_valued`` (name -> values) when given."""
     labels = {}
     for name, values in trials.items():
         if _is_time_column(name):
@@ -355,6 +359,8 @@ def _discrete_labels(trials: dict[str, list], keep: np.ndarray,
         n_unique = len(set(present))
         if n_unique <= max_values:
             labels[name] = arr
+        elif many_valued is not None:
+            many_valued[name] = n_unique
     return labels
 
 
@@ -472,6 +478,7 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
     G = grid.valid_G.size
     skipped: dict[str, int] = {}
     labels: dict[str, np.ndarray] = {}
+    many_valued: dict[str, int] = {}
     event_bin = None
     trials = grid.trials.get(table) if align is not None else None
     if align is not None and trials is None:
@@ -518,7 +525,7 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
                                                rt_range_ms=rt_range_ms)
         skipped.update(filtered)
         starts = start_bin[trial_index]
-        labels = _discrete_labels(trials, trial_index)
+        labels = _discrete_labels(trials, trial_index, many_valued=many_valued)
     else:
         stride = window_bins if stride_bins is None else stride_bins
         if not is_int(stride) or stride < 1:
@@ -573,6 +580,7 @@ def _windows_from_grid(grid: _SessionGrid, session_id: str, *, window_bins: int,
         skipped=skipped,
         unit_index=unit_index,
         units_dropped=int(grid.counts_NG.shape[0] - unit_index.size),
+        many_valued=many_valued,
     )
 
 

@@ -296,12 +296,23 @@ def _neds_run(sec: Section, ev: Evaluation, run: str, res: dict, meta: dict, suf
 
     enc = res.get("encoding") or {}
     mods = meta.get("modalities") if isinstance(meta.get("modalities"), dict) else None
-    # a run without behaviour channels or labels predicts spikes from the time in the window alone
-    has_behaviour = mods is None or bool(mods.get("channels") or mods.get("labels"))
-    given = ("behaviour alone" if has_behaviour else
-             "the time in the window alone: the run has no behaviour channels or trial labels")
+    # what the encoders are given: the run's channels and labels (and the time in the window);
+    # a run without either predicts spikes from the time in the window alone
+    channels = list(mods.get("channels") or []) if mods else []
+    labels_given = list(mods.get("labels") or {}) if mods else []
+    if mods is None:
+        short, given = "behaviour", "behaviour alone"
+    elif channels and labels_given:
+        short = given = "behaviour channels and trial labels"
+    elif channels:
+        short = given = "behaviour channels"
+    elif labels_given:
+        short, given = "trial labels", f"the trial labels ({', '.join(labels_given)}): the run has no behaviour channels"
+    else:
+        short, given = "time in window only", ("the time in the window alone: the run has no behaviour channels or "
+                                               "trial labels")
     if enc:
-        sec.heading(f"encoding (spikes given {'behaviour' if has_behaviour else 'time in window only'})")
+        sec.heading(f"encoding (spikes given {short})")
         metrics = ("bps_pooled", "bps_per_neuron_mean", "r2_single_trial", "r2_psth")
         sec.table(["model", *metrics, "units in R²"],
                   [[m, *(num(v.get(k), "encoding", m, k) for k in metrics),

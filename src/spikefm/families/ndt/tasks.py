@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from spikefm.families.ndt.masking import mask_entries, scheme_id
 from spikefm.progress import NO_STAGES
-from spikefm.data.windows import MIN_INIT_RATE, SessionWindows, psth_condition
+from spikefm.data.windows import MAX_LABEL_VALUES, MIN_INIT_RATE, SessionWindows, psth_condition
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, bps_pooled_interval,
                                   canonical_row_order, decode_discrete, wilson_interval)
@@ -346,7 +346,10 @@ def _unmasked_features(model: nn.Module, windows: SessionWindows, layer: int, ba
 def _label_array(windows: SessionWindows, label: str) -> tuple[np.ndarray, np.ndarray]:
     """(labels as str, present mask) for a label of the windows."""
     if label not in windows.labels:
-        raise ValueError(f"session {windows.session_id!r} has no discrete label {label!r}; labels: "
+        many = windows.many_valued.get(label)
+        why = (f"; its trial column has {many} distinct values, more than the {MAX_LABEL_VALUES} a discrete label may "
+               "have: bin it into fewer classes in the trial table" if many else "")
+        raise ValueError(f"session {windows.session_id!r} has no discrete label {label!r}{why}; labels: "
                          f"{sorted(windows.labels)} (labels exist only for trial-aligned windows)")
     y = windows.labels[label]
     if y.dtype.kind == "f":
@@ -427,7 +430,8 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
             adds ``ideal_observer`` (its accuracy on the scored windows, with a Wilson interval).
 
     Returns:
-        dict with ``label``, ``method``, ``n_train``, ``n_test``, ``n_classes``, ``chance`` (most
+        dict with ``label``, ``method``, ``n_train``, ``n_test``, ``n_classes`` (the classes the
+        decoder was fitted on), ``n_classes_scored`` (those among the scored windows), ``chance`` (most
         frequent class share among the scored windows), ``decode_layer`` (the block read, 1-based,
         as the results' top level names it), and per feature set
         (``hidden``, ``rates``, maybe ``oracle``): ``accuracy``, ``accuracy_ci95`` (Wilson
@@ -476,7 +480,8 @@ def decode_label(model: nn.Module, windows: SessionWindows, label: str = "choice
         n = int(scored.size)
         res["ideal_observer"] = {"accuracy": hits / n, "accuracy_ci95": list(wilson_interval(hits, n))}
     return {"label": label, "method": method, "n_train": int(train.size), "n_test": int(test.size),
-            "n_classes": int(sc.size), "chance": float(sc.max() / sc.sum()), "decode_layer": block,
+            "n_classes": int(np.unique(y[train if method == "holdout" else allk]).size),
+            "n_classes_scored": int(sc.size), "chance": float(sc.max() / sc.sum()), "decode_layer": block,
             "cv_folds": cv_folds if method == "nested-cv" else None, **res}
 
 

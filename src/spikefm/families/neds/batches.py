@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spikefm.data.windows import SeededBatchLoader
+from spikefm.data.windows import MAX_LABEL_VALUES, SeededBatchLoader
 
 from spikefm.families.neds.model import Modalities
 
@@ -57,6 +57,11 @@ def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
                                  "'choice=-1,1' (separate labels with ';': 'choice=-1,1;block_prior')")
         if not name.strip():
             raise ValueError(f"data.labels must look like 'choice;block_prior' or 'choice=-1,1', got {text!r}")
+        if sep and "," in name:  # "a,b=1,2": the classes would name one label called "a,b"
+            names = [n.strip() for n in name.split(",")]
+            raise ValueError(f"data.labels: {part!r} gives classes after a comma-separated list of labels; "
+                             "when a label has classes, separate the labels with ';': "
+                             f"{';'.join(names[:-1])};{names[-1]}={vals}")
         out.append((name.strip(), values))
     return out
 
@@ -71,15 +76,28 @@ def _numeric_values(windows: dict, name: str) -> set[float]:
     return seen
 
 
+def _as_labels(windows: dict, names: list[str]) -> str:
+    """Why trial columns ``names`` are no labels when they have too many values (``""`` else)."""
+    many = {}
+    for w in windows.values():
+        for name in names:
+            if name in getattr(w, "many_valued", {}):
+                many[name] = max(many.get(name, 0), w.many_valued[name])
+    if not many:
+        return ""
+    return " as a discrete label (" + "; ".join(
+        f"trial column {n!r} has {k} distinct values, more than the {MAX_LABEL_VALUES} a label may have" for n, k in
+        many.items()) + ": bin it into fewer classes in the trial table)"
+
+
 def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok: bool = False) -> Modalities:
     """The channels and labels of a run from its windows and the ``data.behavior`` /
     ``data.labels`` options (``auto``: every channel of the sessions; the :data:`AUTO_LABELS`
     they hold; ``""``: none; or an explicit list).
 
-    An explicit channel that no session holds is an error, or with ``missing_ok`` (a run that
-    starts from a pretrained one, which must keep its channels) a warning; a label given with its
-    classes that no session holds is warned about. Such entries are missing everywhere, so nothing
-    of them is scored or measured; a label named without classes must be present."""
+    An explicit channel or label that no session holds is an error, or with ``missing_ok`` (a run
+    that starts from a pretrained one, which must keep its channels and labels) a warning: such
+    entries are missing everywhere, so nothing of them is scored or measured."""
     have_channels = sorted({c for w in windows.values() for c in w.behavior_names})
     if behavior == "auto":
         channels = have_channels
@@ -98,9 +116,12 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
     spec = ([(n, None) for n in AUTO_LABELS if len(_numeric_values(windows, n)) >= 2] if labels == "auto"
             else parse_label_spec(labels))  # auto: a label of one value in every session is no label
     out = []
-    # a label given with its classes that no session holds: warned (not refused: a fine-tuning's
-    # single-session model keeps the pretrained run's labels, which its one session may lack)
+    # a label given with its classes that no session holds: refused on a new run, warned about on one
+    # that keeps a pretrained run's labels (its one session may lack some)
     absent = [name for name, values in spec if values is not None and name not in present]
+    if absent and not missing_ok:
+        raise ValueError(f"data.labels names {', '.join(repr(n) for n in absent)}, which none of the session(s) "
+                         f"hold{_as_labels(windows, absent)}; labels present: {', '.join(sorted(present)) or '(none)'}")
     if absent:
         _warn_once(f"data.labels names {', '.join(repr(n) for n in absent)}, which none of the session(s) "
                    f"{', '.join(sorted(windows))} hold: kept in the model but never scored or decoded (labels "
@@ -111,7 +132,8 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
             if len(seen) < 2:
                 continuous = windows and all(getattr(w, "align", "") is None for w in windows.values())
                 raise ValueError(f"data.labels: label {name!r} has {len(seen)} numeric value(s) in the "
-                                 f"data; labels present: {', '.join(sorted(present)) or '(none)'}"
+                                 f"data{_as_labels(windows, [name])}; labels present: "
+                                 f"{', '.join(sorted(present)) or '(none)'}"
                                  + ("; windows cut from continuous recording (data.align=) carry no trial labels: "
                                     "set data.labels= (none), or align the windows to a trial event"
                                     if continuous else ""))

@@ -618,12 +618,18 @@ class NEDSFamily:
         labels = ";".join(f"{k}=" + ",".join(repr(float(v)) for v in vals) for k, vals in mods["labels"].items())
         common = dict(corpus=str(corpus), sessions=session_id, behavior=behavior, labels=labels)
         if from_scratch:
-            # a new model: only the pretrained run's channels the session holds (a fine-tuned one
-            # keeps them all, for the core's heads; resolve_modalities warns about the others)
+            # a new model: only the pretrained run's channels and labels the session holds (a
+            # fine-tuned one keeps them all, for the core's heads; resolve_modalities warns about
+            # the others)
             from spikefm.corpus.reader import Corpus
+            from spikefm.data.windows import session_label_names
 
             held = set(Corpus(corpus).session(session_id).get("behavior_names") or ())
             common["behavior"] = ",".join(c for c in mods["channels"] if c in held)
+            if mods["labels"] and pre.data.align:
+                have = set(session_label_names(corpus, session_id, pre.data.trial_table))
+                common["labels"] = ";".join(f"{k}=" + ",".join(repr(float(v)) for v in vals)
+                                            for k, vals in mods["labels"].items() if k in have)
             data = dataclasses.replace(pre.data, **common, init_from="", freeze_core=False)
         else:
             data = dataclasses.replace(pre.data, **common, init_from=str(Path(run_dir).resolve()),

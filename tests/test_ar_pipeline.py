@@ -766,3 +766,26 @@ def test_the_ngram_fits_expected_tokens_are_the_train_rows_tokens(synth_corpus, 
         assert _split_tokens(corpus, split) == sum(tokenize(r.spike_counts).size for r in corpus.iter_rows(split))
     # split by rows (the fixture's corpus): a session's share of each split is not in the manifest
     assert _split_tokens(Corpus(synth_corpus), "train") is None
+
+
+def test_eval_and_ngram_out_replace_only_their_own_earlier_results(trained_run, synth_corpus, tmp_path, capsys):
+    """--out replaced any .json: a notes file, or another command's results (eval over ngram's),
+    and only after the whole evaluation. Refused before any work now; an earlier result of the
+    same command is replaced, as a rerun expects."""
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes\n")
+    eval_cmd = ["eval", str(trained_run), "--data", str(synth_corpus), "--max-tokens", "300", "--quiet"]
+    ngram_cmd = ["ngram", "--data", str(synth_corpus), "--order", "1", "--max-tokens", "300", "--quiet"]
+    for cmd in (eval_cmd, ngram_cmd):
+        assert cli_main(cmd + ["--out", str(notes)]) == 2
+        err = capsys.readouterr()
+        assert err.out == "" and notes.read_text() == "my notes\n"  # refused before the work
+        assert f"--out {notes}: exists and is not the results of an earlier spikefm" in err.err
+    ev, ng = tmp_path / "ev.json", tmp_path / "ng.json"
+    assert cli_main(eval_cmd + ["--out", str(ev)]) == 0 and cli_main(ngram_cmd + ["--out", str(ng)]) == 0
+    assert cli_main(eval_cmd + ["--out", str(ev)]) == 0 and cli_main(ngram_cmd + ["--out", str(ng)]) == 0  # reruns
+    before = (ev.read_bytes(), ng.read_bytes())
+    assert cli_main(eval_cmd + ["--out", str(ng)]) == 2 and cli_main(ngram_cmd + ["--out", str(ev)]) == 2
+    assert (ev.read_bytes(), ng.read_bytes()) == before
+    err = capsys.readouterr().err
+    assert "not the results of an earlier spikefm eval" in err and "not the results of an earlier spikefm ngram" in err

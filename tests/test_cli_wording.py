@@ -255,6 +255,15 @@ def test_loop_settings_the_finetuning_sets_itself_are_refused_naming_its_option(
         families.finetune(ndt_run, corpus, _session(corpus), tmp_path / "ft", strategy="frozen",
                           overrides=["train.eval_every=5"])
     assert not (tmp_path / "ft").exists()
+    # --set data.freeze_core=false trained a --strategy frozen run whole (its record said frozen)
+    line = one_error_line(capsys, ["finetune", str(ndt_run), "--data", str(corpus), "--session", _session(corpus),
+                                    "--strategy", "frozen", "--out", str(tmp_path / "ft"), "--steps", "20",
+                                    "--set", "data.freeze_core=false", "--set", "data.init_from=", "--quiet"])
+    assert line == ("spikefm: error: --set data.freeze_core=false: a fine-tuning's data.freeze_core comes from "
+                    "--strategy (frozen, full, unfreeze; strategy= in Python); --set data.init_from=: a fine-tuning's "
+                    "data.init_from comes from the pretrained run it is given (and --strategy scratch: none); "
+                    "drop the --set")
+    assert snapshot(tmp_path) == before
 
 
 def test_a_dropout_rate_may_change_in_a_finetuning(corpus, tmp_path):

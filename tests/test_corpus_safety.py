@@ -138,6 +138,36 @@ def test_same_command_refreshes_other_settings_or_inputs_need_overwrite(inputs, 
     assert Corpus(out).manifest["num_sessions"] == 5
 
 
+def test_a_rebuild_whose_input_went_bad_leaves_the_corpus_as_it_was(inputs, tmp_path, capsys):
+    """The same command after one input file was damaged wrote a new version without its session:
+    the corpus shrank, its earlier version went and its split moved a train session to test, with
+    a warning only. Refused now, nothing changed; --overwrite builds without it."""
+    out = tmp_path / "c"
+    cmd = ["corpus", "build", str(inputs), "--out", str(out), "--quiet", "--test-fraction", "0.3"]
+    assert cli_main(cmd) == 0
+    capsys.readouterr()
+    sessions = {s["session_id"]: s["split"] for s in Corpus(out).sessions}
+    test_sid = next(s for s, split in sessions.items() if split == "test")
+    bad = inputs / f"{test_sid}.nwb"
+    assert bad.is_file()
+    bad.write_bytes(bad.read_bytes()[:2000])  # truncated
+    before = snapshot(out)
+    line = one_error_line(capsys, cmd)
+    assert f"that input holds session {test_sid!r} of the corpus at {out}" in line
+    assert "the corpus is left as it was (4 sessions, its splits unchanged)" in line and "--overwrite" in line
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".staging")} == \
+        {k: v for k, v in before.items() if not k.startswith(".staging")}
+    assert {s["session_id"]: s["split"] for s in Corpus(out).sessions} == sessions
+    # --overwrite: built without it, the bad input listed as skipped
+    assert cli_main(cmd + ["--overwrite"]) == 1  # a skipped input: exit 1, the others built
+    m = Corpus(out).manifest
+    assert m["num_sessions"] == 3 and test_sid not in {s["session_id"] for s in m["sessions"]}
+    assert [s["input"] for s in m["skipped"]] == [str(bad)]
+    # the same command again: the session it lacks was already left out, so nothing is refused
+    capsys.readouterr()
+    assert cli_main(cmd) == 1 and "left as it was" not in capsys.readouterr().err
+
+
 def test_older_manifests_are_refreshed_only_when_every_session_is_still_given(inputs, tmp_path,
                                                                               capsys):
     out = tmp_path / "c"

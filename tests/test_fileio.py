@@ -1,4 +1,6 @@
 """Atomic writes: the old file survives a failed write, and temporaries never look like data."""
+import os
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,20 @@ def test_an_output_files_stale_temporaries_go_when_it_is_accepted(tmp_path):
         p.write_text("partial")
     check_output_file(tmp_path / "res.json", (".json",), "--out")
     assert not dead.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be created")
+def test_an_output_in_a_folder_that_takes_no_file_is_refused_before_the_work():
+    """eval --out /proc/x.json printed its results, then failed to write them: found at the start now."""
+    from spikefm.fileio import check_output_file
+
+    with pytest.raises(ValueError, match=r"^--out /proc/spikefm_x\.json: cannot write there \(.* in /proc\); "
+                                         r"nothing was done: give a path in a folder you can write$"):
+        check_output_file("/proc/spikefm_x.json", (".json",), "--out")
+
+
+def test_an_output_in_folders_still_to_make_is_accepted_and_leaves_nothing(tmp_path):
+    from spikefm.fileio import check_output_file
+
+    check_output_file(tmp_path / "a" / "b" / "r.json", (".json",), "--out")
+    assert list(tmp_path.iterdir()) == []  # the probe went into tmp_path and was removed; no folder made

@@ -19,7 +19,7 @@ from spikefm.argtypes import positive_float as _positive_float
 from spikefm.argtypes import positive_int as _positive_int
 from spikefm.argtypes import positive_int_at_most as _positive_int_at_most
 from spikefm.argtypes import units_range as _units_range
-from spikefm.fileio import check_output_file, spikefm_folder_kind
+from spikefm.fileio import check_output_file, check_results_file, spikefm_folder_kind
 from spikefm.progress import QUIET_HELP
 
 
@@ -405,6 +405,12 @@ def check_predictions_folder(path: Path) -> None:
                              "(*.html); nothing was written")
 
 
+def is_eval_results(obj: dict) -> bool:
+    """``spikefm eval --out`` JSON (every family's names it; a plugin's may only hold ``results``),
+    not ``spikefm ngram --out``'s (``order`` and ``results``)."""
+    return "family" in obj or ("results" in obj and "order" not in obj)
+
+
 def cmd_eval(args) -> int:
     import inspect
 
@@ -413,6 +419,7 @@ def cmd_eval(args) -> int:
 
     if args.out:
         check_output_file(args.out, (".json",), "--out")
+        check_results_file(args.out, "--out", "the results of an earlier spikefm eval", is_eval_results)
     if args.save_predictions:
         check_predictions_folder(Path(args.save_predictions))
     fam = families.family_of_run(args.run_dir)

@@ -225,7 +225,43 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...], flag: 
         raise ValueError(f"{flag} {path}: that is inside the corpus {held[0]} ({held[1]}/, which spikefm writes and "
                          "replaces); nothing was written: give a path outside it")
     check_file_target(path)
+    _check_writable(path, flag)
     remove_stale_temporaries(path)
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """Refuse a path whose folder cannot take a new file (read-only, a system folder): found by
+    creating and removing a hidden file in the nearest existing folder, before the command's work,
+    not when it writes at the end."""
+    import tempfile
+
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write there ({exc.strerror or first_line(exc)} in {folder}); "
+                         "nothing was done: give a path in a folder you can write") from None
+
+
+def check_results_file(path: str | os.PathLike, flag: str, what: str, earlier: Callable[[dict], bool]) -> None:
+    """Refuse a results file name that holds something else: ``path`` may be new or hold JSON
+    that ``earlier`` recognises as an earlier result of the same command (``what``, e.g.
+    ``"spikefm eval results"``), which is replaced; any other file (notes, another command's
+    results) is kept and the command stops before its work. Call after :func:`check_output_file`."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        obj = None
+    if not (isinstance(obj, dict) and earlier(obj)):
+        raise ValueError(f"{flag} {path}: exists and is not {what} (those are replaced); nothing was written: give "
+                         "another name, or move that file away")
 
 
 def savez_atomic(path: str | os.PathLike, *, compressed: bool = False, **arrays) -> Path:

@@ -737,6 +737,34 @@ def _check_replace(out_dir: Path, existing: Manifest | None, settings: BuildSett
                          "another --out")
 
 
+def _keep_sessions_of_failed_inputs(out_dir: Path, existing: Manifest | None, problems: list[dict],
+                                    cfg: BuildConfig) -> None:
+    """Refuse (BuildError) to write a new version without sessions the current one holds whose
+    inputs failed this time (a file damaged or unreadable since): the corpus would shrink, its
+    earlier version go and its split move sessions, all quietly. ``overwrite`` builds without them."""
+    if existing is None or cfg.overwrite or not problems:
+        return
+
+    def key(path) -> str:
+        try:
+            return str(Path(path).resolve())
+        except (OSError, RuntimeError, TypeError, ValueError):
+            return str(path)
+
+    held = {key((s.provenance or {}).get("path")): s.session_id for s in existing.sessions
+            if (s.provenance or {}).get("path")}
+    # a copy left out is no loss: its recording is in the corpus (under the first path)
+    lost = [(p, held[key(p["input"])]) for p in problems if key(p["input"]) in held and "copy_of" not in p]
+    if not lost:
+        return
+    p, sid = lost[0]
+    more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
+    raise BuildError(f"{p['error']}: that input holds session {sid!r} of the corpus at {out_dir}{more}; the corpus "
+                     f"is left as it was ({len(existing.sessions)} sessions, its splits unchanged): restore or fix the "
+                     "input and run again (the other sessions are staged and reused), or pass --overwrite to build "
+                     "the corpus without it")
+
+
 def build_corpus(inputs: list[str | os.PathLike], out_dir: str | Path, cfg: BuildConfig | None = None,
                  *, progress: bool = True) -> BuildReport:
     """Build (or resume, or refresh) a corpus from NWB inputs. See the module docstring.
@@ -835,6 +863,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
         if not metas:
             msg = "; ".join(p["error"] for p in problems[:3]) or "no sessions"
             raise BuildError(f"no input could be built: {msg}")
+        _keep_sessions_of_failed_inputs(out_dir, folder.existing, problems, cfg)
         for p in problems:
             print(f"spikefm: warning: skipped {p['error']}", file=sys.stderr)
         manifest = finalize(folder, metas, problems, cfg, settings)
@@ -879,7 +908,8 @@ def _drop_duplicate_recordings(metas: list[dict], problems: list[dict]) -> list[
         digest, path = prov.get("sha256"), str(prov.get("path", m.get("session_id")))
         if digest and digest in first:
             problems.append({"input": path, "error": f"{path}: the same recording as {first[digest]} (sha256 "
-                                                     f"{digest[:12]}...); left out: give each recording once"})
+                                                     f"{digest[:12]}...); left out: give each recording once",
+                             "copy_of": first[digest]})
             dropped.add(id(m))
         elif digest:
             first[digest] = path

@@ -573,9 +573,14 @@ def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLik
         return (key(o) == "model" or key(o).startswith("model.")) and "dropout" not in key(o).partition(".")[2]
 
     flags = {"train.steps": "--steps (steps= in Python)", "train.eval_every": "--eval-every (eval_every=)",
-             "train.ckpt_every": "nothing: a fine-tuning checkpoints at each validation"}
+             "train.ckpt_every": "nothing: a fine-tuning checkpoints at each validation",
+             "data.freeze_core": "--strategy (frozen, full, unfreeze; strategy= in Python)",
+             "data.init_from": "the pretrained run it is given (and --strategy scratch: none)",
+             "data.sessions": "--session (session_id= in Python)"}
     loop = [str(o).strip() for o in overrides if key(o) in flags]
-    if loop:  # the fine-tuning's own options set them (--set train.steps beat --steps; the others did nothing)
+    # the fine-tuning's own options set them (--set train.steps beat --steps; data.freeze_core beat
+    # --strategy, and the record named the strategy it overrode; the others did nothing)
+    if loop:
         raise ValueError("; ".join(f"--set {o}: a fine-tuning's {key(o)} comes from {flags[key(o)]}" for o in loop)
                          + "; drop the --set")
     given = [str(o).strip() for o in overrides if is_model_shape(o)]

@@ -10,7 +10,7 @@ from spikefm.argtypes import finite_float as _finite_float
 from spikefm.argtypes import positive_int as _positive_int
 from spikefm.argtypes import torch_seed
 from spikefm.families import FamilyCommand
-from spikefm.fileio import check_output_file
+from spikefm.fileio import check_output_file, check_results_file
 from spikefm.progress import QUIET_HELP
 
 __all__ = ["COMMANDS"]
@@ -41,6 +41,8 @@ def _run_ngram(args) -> int:
         raise ValueError(f"--alpha must be > 0 (Laplace smoothing), got {args.alpha}")
     if args.out:
         check_output_file(args.out, (".json",), "--out")  # before the fit, which can take long
+        check_results_file(args.out, "--out", "the results of an earlier spikefm ngram",
+                           lambda obj: "order" in obj and "results" in obj and "family" not in obj)
     corpus = Corpus(args.data)
     require_rows(corpus, args.split)  # before the fit, which can take long
     ng = fit_ngram(corpus, args.order, alpha=args.alpha, max_train_tokens=args.max_train_tokens,

@@ -243,3 +243,27 @@ def test_ar_loader_on_a_damaged_shard_is_a_one_line_error_naming_it(built, tmp_p
     msg = str(exc.value)
     assert "\n" not in msg and msg.startswith(f"{shard}: not a readable Parquet shard (")
     assert "the corpus is damaged: rebuild the corpus" in msg
+
+
+def test_a_manifest_whose_sessions_were_emptied_is_refused(tmp_path):
+    """A manifest edited to "sessions": [] (num_sessions 3, rows in both splits) opened, and
+    `corpus info` printed a summary of a corpus with no session."""
+    import json
+
+    from spikefm.corpus.manifest import ManifestError, read_manifest
+    from test_corpus_support import write_sessions
+    from spikefm.corpus.build import BuildConfig, build_corpus
+
+    write_sessions(tmp_path / "in", 3, seed=2)
+    build_corpus([str(tmp_path / "in")], tmp_path / "c", BuildConfig(test_fraction=0.3), progress=False)
+    path = tmp_path / "c" / "manifest.json"
+    m = json.loads(path.read_text())
+    read_manifest(tmp_path / "c")
+    path.write_text(json.dumps({**m, "sessions": []}))
+    with pytest.raises(ManifestError, match=r"key 'sessions' must be a list of the 3 sessions num_sessions counts, "
+                                            r"found \[\] \(list\)"):
+        read_manifest(tmp_path / "c")
+    m.pop("num_sessions")
+    path.write_text(json.dumps({**m, "sessions": [s for s in m["sessions"] if s["split"] != "test"]}))
+    with pytest.raises(ManifestError, match=r"key 'sessions' must be a list holding the sessions of the \d+ test rows"):
+        read_manifest(tmp_path / "c")

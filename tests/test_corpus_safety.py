@@ -451,3 +451,37 @@ def test_rebuilding_the_same_corpus_keeps_its_version_and_hash(inputs, tmp_path)
     before = manifest_sha256(out)
     build_corpus([str(inputs)], out, BuildConfig(test_fraction=0.3, seed=4, overwrite=True), progress=False)
     assert manifest_sha256(out) != before and sorted((out / ".versions").iterdir()) != versions
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("bin_ms", 0, "has bin_ms 0; expected a positive whole number of milliseconds"),
+    ("trials_json", "{not json", "has trials_json that is not JSON"),
+    ("trials_json", "[1, 2]", "has trials_json holding a list"),
+    ("unit_ids", "short", "unit_ids for"),
+    ("spike_counts", [], "has spike counts of shape (0, 0); expected (units >= 1, bins)"),
+])
+def test_a_row_edited_by_another_tool_is_named_with_its_shard(inputs, tmp_path, field, value, said):
+    """A shard rewritten with bin_ms 0, unparseable trials, fewer unit ids than units or a row of no
+    units failed far from the data ('integer modulo by zero', a broadcast of shapes, a JSON
+    parser's position): the row, its shard and the fix are named as the corpus is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "c"
+    build_corpus([str(inputs)], out, BuildConfig(test_fraction=0.0), progress=False)
+    (shard,) = Corpus(out).shards("train")
+    table = pq.read_table(shard)
+    col = table.column(field).to_pylist()
+    if value == "short":
+        value = col[0][:-1]
+    col[0] = value
+    table = table.set_column(table.schema.get_field_index(field), field,
+                             pa.array(col, type=table.schema.field(field).type))
+    pq.write_table(table, shard)
+    sid = table.column("session_id")[0].as_py()
+    with pytest.raises(ValueError) as err:
+        list(Corpus(out).iter_rows("train"))
+    text = str(err.value)
+    assert text.startswith(f"{out}/data/{shard.name}: the row of session {sid!r}") and said in text
+    assert text.endswith("the corpus is damaged: rebuild it (spikefm corpus build INPUTS --out DIR --overwrite, "
+                         "or spikefm corpus import)")

@@ -305,3 +305,25 @@ def test_family_info_reader_says_which_run_was_expected(tmp_path):
         _run_info(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"family_info": {"sessions": ["a"]}}))
     assert _family_info(tmp_path) == _run_info(tmp_path) == {"sessions": ["a"]}
+
+
+def test_an_interrupted_auto_finetuning_folder_says_how_to_go_on(tmp_path, capsys):
+    """After Ctrl-C in `finetune --strategy auto`, eval said 'config.json not found; expected a
+    spikefm run directory (spikefm train --out)' and report listed the folder's entries: neither
+    said it was a fine-tuning to continue."""
+    from spikefm.cli import main
+
+    ft = tmp_path / "ft"
+    (ft / "candidates" / "frozen").mkdir(parents=True)
+    (ft / ".spikefm.lock").touch()
+    for argv in (["eval", str(ft), "--data", str(tmp_path), "--quiet"], ["report", str(ft), "--out", str(tmp_path / "r.html")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"spikefm: error: {ft} is an unfinished spikefm finetune (strategy auto: candidates/ holds the "
+                       "candidates trained so far, and none was chosen yet); run the same finetune command again to "
+                       "continue it")
+    (ft / "finetune.json").write_text("{}")  # the chosen run's files are copied in as auto ends: not unfinished
+    (ft / "config.json").write_text("{}")
+    from spikefm.train.runinfo import unfinished_finetune
+
+    assert unfinished_finetune(ft) is None

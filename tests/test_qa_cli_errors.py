@@ -334,7 +334,16 @@ def test_report_of_damaged_metrics_or_generated_file_is_one_line(corpus, tmp_pat
     (tmp_path / "g.npz").write_bytes(os.urandom(100))
     line = one_error_line(capsys, ["report", str(run), "--out", str(out), "--generated",
                                    str(tmp_path / "g.npz")])
-    assert line.startswith(f"spikefm: error: {tmp_path / 'g.npz'}: not a readable .npz (")
+    assert line == (f"spikefm: error: {tmp_path / 'g.npz'}: not an .npz (a zip of arrays: spikefm writes no other "
+                    "kind); expected the .npz that spikefm generate writes")
+    # a zip whose array is no .npy: numpy hands back its bytes ('could not convert string to float')
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "g.npz", "w") as z:
+        z.writestr("counts.npy", b"not an array")
+    line = one_error_line(capsys, ["report", str(run), "--out", str(out), "--generated",
+                                   str(tmp_path / "g.npz")])
+    assert line.startswith(f"spikefm: error: {tmp_path / 'g.npz'}: its 'counts' holds no numbers (")
     assert line.endswith("expected the .npz that spikefm generate writes")
     assert not out.exists() and not list(tmp_path.glob(".r.html*"))
 
@@ -751,3 +760,25 @@ def test_a_rank_whose_peer_died_says_so_not_internal_error(monkeypatch, capsys):
     monkeypatch.delenv("RANK")  # outside torchrun the same exception is an internal error
     assert cli.main(["corpus", "info", "."]) == 1
     assert "internal error (RuntimeError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--model", "ar", "--set", "family=ndt"],
+     "--set family=ndt: the model family comes from --model (spikefm train --model ndt; in Python "
+     "run_config(family, ...)), not from --set"),
+    (["--model", "ar", "--sessions", "x"],
+     "--sessions picks the sessions of a model with per-session parameters (--model ndt or neds); the ar family "
+     "trains on the corpus's train split: drop --sessions"),
+    (["--model", "ndt", "--steps", "2", "--set", "train.steps=3"],
+     "--steps 2 and --set train.steps=3 both set train.steps; give one of them"),
+    (["--model", "ndt", "--set", "data.split_fractions=0,0,1", "--steps", "2"],
+     "split 'train' has no window in its"),
+])
+def test_train_flags_that_contradict_or_do_not_apply_are_refused_in_the_users_words(corpus, tmp_path, capsys,
+                                                                                     args, said):
+    """From a CLI fuzz walk: 'cfg.model must be NDTConfig for family 'ndt', got LlamaConfig';
+    "unknown key 'data.sessions'"; --steps silently beat --set train.steps; a train share of 0
+    was 'fewer than world_size=1; use fewer ranks or more data'."""
+    out = tmp_path / "run"
+    line = one_error_line(capsys, ["train", "--data", str(corpus), "--out", str(out), "--quiet", *args])
+    assert said in line and not out.exists()

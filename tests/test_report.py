@@ -957,6 +957,12 @@ def test_ar_dash_cells_say_why_and_generated_must_be_the_npz_of_generate(tmp_pat
             f"spikefm: error: --generated {generated} {found}, not an .npz of spikefm generate; give the file "
             "spikefm generate --out wrote (e.g. gen.npz)"]
     assert not (tmp_path / "r.html").exists()
+    # a text file: said to be no .npz (numpy's own message offered allow_pickle, unsafe advice)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    assert main(["report", str(path), "--generated", str(text), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert f"{text}: not an .npz (a zip of arrays" in err and "pickle" not in err
 
 
 def test_an_unfinished_study_folder_is_named_as_such(tmp_path, capsys):

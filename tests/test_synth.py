@@ -501,3 +501,13 @@ def test_a_rerun_removes_temporaries_left_by_a_killed_run(tmp_path):
                              units_range=(15, 16), progress=False)
     assert [p.name for p in paths] == ["sub-spontaneous01_ses-000.nwb"]
     assert not any(p.exists() for p in stale) and live.read_bytes() == b"partial"
+
+
+def test_a_seed_past_64_bits_is_refused_before_any_file(tmp_path):
+    """--seed 99999999999999999999 wrote a recording, then failed on its ground truth with an
+    internal OverflowError."""
+    from spikefm.corpus.synth import synthesize
+
+    with pytest.raises(ValueError, match=r"^seed \(--seed\) must be a whole number in 0\.\.9223372036854775807 "):
+        synthesize(tmp_path / "s", num_sessions=1, seed=2**63, duration_s=10.0)
+    assert not (tmp_path / "s").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import json
 import os
 import sys
@@ -280,10 +281,13 @@ def cmd_train(args) -> int:
                          "folder (spikefm corpus build ... --out DIR, or spikefm corpus import)")
 
     overrides = list(args.set or [])
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
-    if args.sessions:
-        overrides.append(f"data.sessions={args.sessions}")
+    for flag, key, value in (("--steps", "train.steps", args.steps), ("--sessions", "data.sessions", args.sessions)):
+        if value is None or value == "":
+            continue
+        said = [o for o in overrides if str(o).partition("=")[0].strip() == key]
+        if said:  # the flag came last and won without a word
+            raise ValueError(f"{flag} {value} and --set {said[-1].strip()} both set {key}; give one of them")
+        overrides.append(f"{key}={value}")
     if args.tensorboard:
         overrides.append("train.tensorboard=true")
     recorded = None
@@ -292,6 +296,11 @@ def cmd_train(args) -> int:
             recorded = families.load_run_config(args.out)
         except (ValueError, OSError):
             recorded = None  # not a run's description: train's own checks say what the folder is
+    family = args.model or (recorded.family if recorded is not None else families.DEFAULT_FAMILY)
+    if args.sessions and family in families.names() and "sessions" not in {
+            f.name for f in dataclasses.fields(families.get(family).data_config_cls)}:
+        raise ValueError(f"--sessions picks the sessions of a model with per-session parameters (--model ndt or neds); "
+                         f"the {family} family trains on the corpus's train split: drop --sessions")
     if recorded is not None and args.model in (None, recorded.family):
         # continue with the run's own settings (a bare --resume must not fall back to the
         # defaults); the flags given change them, and the loop names what changed

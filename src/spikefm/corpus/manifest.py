@@ -295,6 +295,14 @@ class Manifest:
             dup = next(s for s in ids if ids.count(s) > 1)
             raise _fail(source, "sessions", "sessions with distinct session_id values",
                         f"{dup!r} twice")
+        listed = kw.get("num_sessions")
+        if listed is not None and listed != len(ids):  # an edited manifest: the sessions its rows hold are not listed
+            raise _fail(source, "sessions", f"a list of the {listed} sessions num_sessions counts", ids)
+        for split_name, sp in kw["splits"].items():
+            in_split = sum(1 for s in kw["sessions"] if s.split in (split_name, "both"))
+            if sp.num_rows and not in_split:
+                raise _fail(source, "sessions", f"a list holding the sessions of the {sp.num_rows} {split_name} rows "
+                            "under splits", ids)
         for i, sess in enumerate(kw["sessions"]):
             needed = ("train", "test") if sess.split == "both" else (sess.split,)
             missing = [name for name in needed if name not in kw["splits"]]

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..fileio import first_line
 from .manifest import Manifest, _fail, read_manifest
 from .store import CURRENT, VERSIONS
 
@@ -126,8 +127,8 @@ def _matrices(col: pa.Array) -> list[np.ndarray]:
         n = u1 - u0
         width = (v1 - v0) // n if n else 0
         if n and np.any(np.diff(inner[u0:u1 + 1]) != width):
-            raise ValueError(f"row {i}: per-unit lists have different lengths; not a units x bins "
-                             "matrix")
+            raise _BadRow(f"row {i} of its batch: per-unit lists have different lengths; not a units x bins "
+                          "matrix")
         out.append(flat[v0:v1].reshape(n, width))
     return out
 
@@ -271,8 +272,13 @@ class Corpus:
                 names = set(pf.schema_arrow.names)
                 if cols is not None:
                     cols = [c for c in cols if c in names]
-                for batch in pf.iter_batches(batch_size=8, columns=cols):
-                    yield from _rows_from_batch(batch, wanted, self.bin_ms)
+                try:
+                    for batch in pf.iter_batches(batch_size=8, columns=cols):
+                        yield from _rows_from_batch(batch, wanted, self.bin_ms)
+                except _BadRow as exc:
+                    raise ValueError(f"{_as_the_user_sees_it(shard, self)}: {exc}; the corpus is damaged: rebuild it "
+                                     "(spikefm corpus build INPUTS --out DIR --overwrite, or spikefm corpus "
+                                     "import)") from None
 
 
 def _session_set(sessions, name: str) -> set[str] | None:
@@ -301,6 +307,39 @@ def _of_bins(behavior_CT: np.ndarray, num_bins: int) -> np.ndarray:
     return behavior_CT if behavior_CT.shape[0] else np.zeros((0, num_bins), dtype=behavior_CT.dtype)
 
 
+class _BadRow(ValueError):
+    """A row no spikefm writer makes (a shard edited or damaged by another tool); the reader names
+    its shard."""
+
+
+def _checked(row: CorpusRow) -> CorpusRow:
+    """``row`` if its fields fit together, else :class:`_BadRow` naming the row and the field: each
+    of these failed later, far from the data, in words that named neither (a modulo by zero, a
+    broadcast of shapes, a JSON parser's position)."""
+    where = f"the row of session {row.session_id!r} (segment {row.segment_id!r})"
+    if isinstance(row.bin_ms, bool) or not isinstance(row.bin_ms, int) or row.bin_ms < 1:
+        raise _BadRow(f"{where} has bin_ms {row.bin_ms!r}; expected a positive whole number of milliseconds")
+    if row.spike_counts.ndim != 2 or row.num_units < 1:
+        raise _BadRow(f"{where} has spike counts of shape {row.spike_counts.shape}; expected (units >= 1, bins)")
+    for name in ("unit_ids", "unit_regions"):
+        values = getattr(row, name)
+        if values and len(values) != row.num_units:
+            raise _BadRow(f"{where} lists {len(values)} {name} for {row.num_units} units of spike counts")
+    if row.behavior is not None and (row.behavior.shape[1] != row.num_bins
+                                     or row.behavior.shape[0] != len(row.behavior_names)):
+        raise _BadRow(f"{where} has behaviour of shape {row.behavior.shape} for {len(row.behavior_names)} "
+                      f"named channels and {row.num_bins} bins")
+    if row.trials_json not in ("", "{}"):
+        try:
+            trials = row.trials
+        except ValueError as exc:
+            raise _BadRow(f"{where} has trials_json that is not JSON ({first_line(exc)})") from None
+        if not isinstance(trials, dict):
+            raise _BadRow(f"{where} has trials_json holding a {type(trials).__name__}; expected an object "
+                          "{table: {column: values}}")
+    return row
+
+
 def _rows_from_batch(batch: pa.RecordBatch, wanted: set[str] | None, default_bin_ms: int):
     names = batch.schema.names
     session_ids = batch.column("session_id").to_pylist()
@@ -312,7 +351,7 @@ def _rows_from_batch(batch: pa.RecordBatch, wanted: set[str] | None, default_bin
           if c not in ("spike_counts", "behavior", "session_id")}
     behavior = _matrices(batch.column("behavior")) if "behavior" in names else None
     for i in keep:
-        yield CorpusRow(
+        yield _checked(CorpusRow(
             spike_counts=counts[i],
             subject_id=py["subject_id"][i],
             session_id=session_ids[i],
@@ -326,4 +365,4 @@ def _rows_from_batch(batch: pa.RecordBatch, wanted: set[str] | None, default_bin
             behavior_names=py["behavior_names"][i] if "behavior_names" in py else [],
             behavior=None if behavior is None else _of_bins(behavior[i], counts[i].shape[1]),
             trials_json=py["trials_json"][i] if "trials_json" in py else "{}",
-        )
+        ))

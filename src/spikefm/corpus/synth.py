@@ -318,13 +318,18 @@ def _validate_units(units_range, preset: str) -> None:
                          f"MAX for preset {preset!r} (5 units per region at least), got {units_range!r}")
 
 
+#: The largest seed: each session's .truth.npz stores it as an int64.
+_MAX_SEED = 2**63 - 1
+
+
 def _validate(num_sessions, seed, preset, num_families, duration_s) -> None:
     if not isinstance(preset, str) or preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     if not is_int(num_sessions) or num_sessions < 1:
         raise ValueError(f"num_sessions (--sessions) must be an int >= 1, got {num_sessions!r}")
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not is_int(seed) or not 0 <= seed <= _MAX_SEED:
+        raise ValueError(f"seed (--seed) must be a whole number in 0..{_MAX_SEED} (the ground truth files store it as "
+                         f"a 64-bit integer), got {seed!r}")
     if not is_int(num_families) or not 1 <= num_families <= num_sessions:
         raise ValueError(
             f"num_families (--families) must be an int in [1, num_sessions={num_sessions}] so that "

@@ -826,6 +826,9 @@ class WindowBatcher:
         self._item_session = np.concatenate(sess)
         self._item_window = np.concatenate(idx)
         n = self._item_session.size
+        if n == 0:
+            raise ValueError(f"split {split!r} has no window in its {len(windows_by_session)} session(s); give it a "
+                             "share (data.split_fractions is train, val, test) or longer sessions")
         if n < world_size:
             raise ValueError(f"split {split!r} has {n} windows over {len(windows_by_session)} sessions, "
                              f"fewer than world_size={world_size}; use fewer ranks or more data")

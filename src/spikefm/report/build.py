@@ -49,6 +49,11 @@ def report_kind(path: str | Path) -> str:
             _refuse_unfinished_scaling(p)
             return "study"
         _refuse_unfinished_study(p)
+        from spikefm.train.runinfo import unfinished_finetune
+
+        unfinished = unfinished_finetune(p)
+        if unfinished is not None:
+            raise ValueError(unfinished)
         found = ", ".join(sorted(c.name for c in p.iterdir())[:8]) or "nothing"
         raise ValueError(f"{p} is a folder holding {found}; {_EXPECTED}")
     if p.suffix.lower() == ".npz":  # generated spikes or saved predictions: shown beside what made them

@@ -884,6 +884,8 @@ def read_npz(path: Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarr
     """Every array of an .npz (no pickles); a damaged file or a missing key is one ValueError."""
     import zipfile
 
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # numpy would offer allow_pickle: unsafe advice
+        raise ValueError(f"{path}: not an .npz (a zip of arrays: spikefm writes no other kind); expected {what}")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files}
@@ -893,6 +895,10 @@ def read_npz(path: Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarr
     missing = [k for k in keys if k not in arrays]
     if missing:
         raise ValueError(f"{path}: no {', '.join(repr(k) for k in missing)} array; expected {what}")
+    # a zip member that is no .npy comes back as its bytes
+    odd = [k for k in keys if arrays[k].dtype.kind not in "biuf"]
+    if odd:
+        raise ValueError(f"{path}: its {odd[0]!r} holds no numbers (a {arrays[odd[0]].dtype} value); expected {what}")
     return arrays
 
 

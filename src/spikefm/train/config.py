@@ -382,6 +382,9 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"override must look like section.key=value, got {item!r}")
+        if key == "family" and isinstance(cfg, RunConfig):  # its model, data... are the family's kinds
+            raise ValueError(f"--set {item.strip()}: the model family comes from --model (spikefm train --model "
+                             f"{text.strip() or 'NAME'}; in Python run_config(family, ...)), not from --set")
         cfg = _set_path(cfg, key.split("."), text.strip(), key, "config")
     return cfg
 

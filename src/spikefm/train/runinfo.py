@@ -118,9 +118,22 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+def unfinished_finetune(folder: str | Path) -> str | None:
+    """What to say of an ``auto`` fine-tuning stopped before it chose a candidate (its folder holds
+    ``candidates/`` but no run yet), or None for any other folder."""
+    folder = Path(folder)
+    if (folder / "candidates").is_dir() and not (folder / "config.json").is_file():
+        return (f"{folder} is an unfinished spikefm finetune (strategy auto: candidates/ holds the candidates "
+                "trained so far, and none was chosen yet); run the same finetune command again to continue it")
+    return None
+
+
 def _not_a_run(run_dir: Path, path: Path) -> str:
     """Why the folder ``run_dir`` (without a config.json) is not a run, in the user's words: a
     corpus or a folder of recordings given where the run goes is said to be one."""
+    unfinished = unfinished_finetune(run_dir)
+    if unfinished is not None:
+        return unfinished
     if (run_dir / "manifest.json").is_file():
         return (f"{run_dir} is a spikefm corpus (manifest.json), not a run folder; give the run folder (spikefm "
                 f"train --out) first, and the corpus as --data {run_dir} where the command takes one")

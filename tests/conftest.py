@@ -100,12 +100,11 @@ def random_units(rng, num_units, duration_s, rate_hz=5.0):
 
 @pytest.fixture(autouse=True)
 def _fresh_once_warnings():
-    """Each test sees the NEDS once-per-process warnings afresh (they would otherwise depend on
-    which tests ran before in the same process)."""
-    import sys
-    batches = sys.modules.get("spikefm.families.neds.batches")
-    if batches is not None:
-        batches._WARNED.clear()
+    """Each test sees the once-per-process warnings (spikefm.progress.warn_once) afresh (they would
+    otherwise depend on which tests ran before in the same process)."""
+    from spikefm import progress
+
+    progress.WARNED.clear()
     yield
 
 

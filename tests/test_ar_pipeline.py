@@ -789,3 +789,8 @@ def test_eval_and_ngram_out_replace_only_their_own_earlier_results(trained_run, 
     assert (ev.read_bytes(), ng.read_bytes()) == before
     err = capsys.readouterr().err
     assert "not the results of an earlier spikefm eval" in err and "not the results of an earlier spikefm ngram" in err
+    # a copy of a run's config.json (it names the family too) is no result either
+    saved = tmp_path / "saved_config.json"
+    saved.write_bytes((trained_run / "config.json").read_bytes())
+    assert cli_main(eval_cmd + ["--out", str(saved)]) == 2
+    assert saved.read_bytes() == (trained_run / "config.json").read_bytes()

@@ -332,8 +332,9 @@ def test_a_corpus_grown_by_new_sessions_keeps_its_test_sessions(six_sessions, tm
     build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
     assert test_sessions(tmp_path / "c") == after
 
-    # a new recording with the id of an earlier test session, whose path sorts first, takes the plain
-    # id (ids are de-duplicated in path order): the earlier recording, now id-2, stays in test
+    # a new recording with the id of an earlier test session, whose path sorts first: the earlier
+    # recording keeps its id (runs key their session parameters by it; it went to id-2 before) and
+    # stays in test, the new one is renamed
     (held,) = sorted(before)
     held_path = next(s["provenance"]["path"] for s in grown.sessions if s["session_id"] == held)
     twin = grow / "a" / f"{held}.nwb"
@@ -341,8 +342,8 @@ def test_a_corpus_grown_by_new_sessions_keeps_its_test_sessions(six_sessions, tm
     shutil.copy(next(f for f in files if f.stem != held), twin)
     build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
     renamed = {s["provenance"]["path"]: s for s in Corpus(tmp_path / "c").sessions}
-    assert renamed[held_path]["session_id"] == f"{held}-2" and renamed[held_path]["split"] == "test"
-    assert renamed[str(twin.resolve())]["session_id"] == held
+    assert renamed[held_path]["session_id"] == held and renamed[held_path]["split"] == "test"
+    assert renamed[str(twin.resolve())]["session_id"] == f"{held}-2"
 
     row = BuildConfig(test_fraction=0.3, seed=seed, split="row", max_row_tokens=200)
     shutil.rmtree(grow)

@@ -261,6 +261,30 @@ def test_a_label_class_list_for_a_label_no_session_has_is_refused_before_trainin
     assert rc == 2 and "carry no trial labels" in capsys.readouterr().err and not out.exists()
 
 
+def test_the_single_session_model_of_a_session_without_a_label_keeps_only_the_classes_it_can_use(
+        corpus_dir, tmp_path, nwb_factory):
+    """finetune --strategy scratch (and auto's scratch candidate, a study's single-session model)
+    kept the pretrained run's data.label_classes on a session without that label; as a new run it
+    was refused ('a trial label none of the sessions' windows carry')."""
+    pre = tmp_path / "pre"
+    assert main(["train", "--model", "ndt", "--data", str(corpus_dir), "--out", str(pre), "--steps", "2",
+                 "--set", "data.label_classes=choice=-1,1", *TRAIN_ARGS]) == 0
+    path, _ = nwb_factory("sub-x_ses-1", num_units=8, duration_s=40.0,
+                          trials={"start_time": np.arange(0.0, 36.0, 2.0), "stop_time": np.arange(1.0, 37.0, 2.0),
+                                  "stim": np.tile([1.0, 2.0], 9)})
+    build_corpus([str(path)], tmp_path / "c", BuildConfig(test_fraction=0.0), progress=False)
+    (sid,) = Corpus(tmp_path / "c").session_ids()
+    fam = get_family("ndt")
+    scratch = fam.finetune_config(str(pre), str(tmp_path / "c"), sid, from_scratch=True, steps=4)
+    assert scratch.data.label_classes == ""
+    fam.windows(scratch.data)  # nothing refused
+    # a fine-tuning of the pretrained core keeps the setting (its evaluation is the run's), warned
+    tuned = fam.finetune_config(str(pre), str(tmp_path / "c"), sid, steps=4)
+    assert tuned.data.label_classes == "choice=-1,1"
+    with pytest.warns(RuntimeWarning, match="'choice', a trial label none of the sessions"):
+        get_family("ndt").windows(tuned.data)
+
+
 def test_a_finetuning_whose_session_lacks_an_inherited_label_class_is_warned_not_stopped():
     from types import SimpleNamespace
 

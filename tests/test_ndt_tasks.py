@@ -634,6 +634,6 @@ def test_a_trial_column_of_too_many_values_is_named_as_no_label():
     from spikefm.families.ndt.tasks import decode_label
 
     w = dataclasses.replace(synthetic_windows(K=20), labels={"choice": np.ones(20)}, many_valued={"trial_num": 180})
-    with pytest.raises(ValueError, match=rf"no discrete label 'trial_num'; its trial column has 180 distinct values, "
-                                         rf"more than the {MAX_LABEL_VALUES} a discrete label may have"):
+    with pytest.raises(ValueError, match=rf"no discrete label 'trial_num'; trial column 'trial_num' has 180 distinct "
+                                         rf"values, more than the {MAX_LABEL_VALUES} a discrete label may have"):
         decode_label(tiny_ndt(w), w, "trial_num")

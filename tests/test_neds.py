@@ -480,7 +480,7 @@ def test_a_trial_column_of_too_many_values_is_said_to_be_no_label():
     windows = {"a": SimpleNamespace(behavior_names=[], labels=labels, many_valued=many, align="start_time")}
     with pytest.raises(ValueError, match=rf"label 'trial_num' has 0 numeric value\(s\) in the data as a discrete "
                                          rf"label \(trial column 'trial_num' has {n} distinct values, more than the "
-                                         rf"{MAX_LABEL_VALUES} a label may have: bin it into fewer classes"):
+                                         rf"{MAX_LABEL_VALUES} a discrete label may have: bin it into fewer classes"):
         resolve_modalities(windows, "auto", "trial_num")
 
 
@@ -521,3 +521,11 @@ def test_a_label_asked_of_continuous_windows_says_they_carry_none():
     aligned = {"a": SimpleNamespace(behavior_names=["wheel"], labels={}, align="stim_on_time")}
     with pytest.raises(ValueError, match=r"labels present: \(none\)$"):
         resolve_modalities(aligned, "auto", "choice")
+
+
+def test_a_stray_comma_before_the_classes_is_said_so():
+    from spikefm.families.neds.batches import parse_label_spec
+
+    with pytest.raises(ValueError, match=r"'choice,=-1,1' has a comma before its '='; write the label and its "
+                                         r"classes as 'choice=-1,1'$"):
+        parse_label_spec("choice,=-1,1")

@@ -440,6 +440,41 @@ def test_repeated_session_ids_are_renamed_to_ids_no_other_session_has():
     assert sorted(ids) == ["a", "a-2", "a-3"]
 
 
+def test_a_rebuild_keeps_each_recordings_id_when_a_new_input_takes_a_renamed_id():
+    """a/x, b/x, d/z gave x, x-2, z; adding c/x-2 and building again gave b's recording the id x-3
+    and c's the id x-2 (a run keyed by x-2 then met another recording). Each earlier recording
+    keeps its id now; the newcomer is renamed around them."""
+    from spikefm.corpus.manifest import distinct_session_ids
+
+    assert distinct_session_ids(["x", "x", "z"]) == ["x", "x-2", "z"]
+    assert distinct_session_ids(["x", "x", "x-2", "z"]) == ["x", "x-3", "x-2", "z"]  # nothing earlier
+    assert distinct_session_ids(["x", "x", "x-2", "z"], keep=["x", "x-2", None, "z"]) == ["x", "x-2", "x-2-2", "z"]
+    # an earlier id that no longer fits the file's own id (the file was renamed) is not kept
+    assert distinct_session_ids(["y", "x"], keep=["x-2", None]) == ["y", "x"]
+    # two recordings claiming one earlier id: the first keeps it
+    assert distinct_session_ids(["x", "x"], keep=["x", "x"]) == ["x", "x-2"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "a-2", "a-3", "b", "a-2-2"]), min_size=1, max_size=8), st.data())
+def test_distinct_session_ids_are_distinct_and_keep_what_they_can(ids, data):
+    from spikefm.corpus.manifest import distinct_session_ids
+
+    keep = data.draw(st.lists(st.one_of(st.none(), st.sampled_from(["a", "a-2", "a-3", "b", "a-4"])),
+                              min_size=len(ids), max_size=len(ids)))
+    out = distinct_session_ids(ids, keep=keep)
+    assert len(set(out)) == len(out) == len(ids)
+    for sid, new in zip(ids, out):  # each is its own id or a numbered suffix of it
+        assert new == sid or (new.startswith(sid + "-") and new[len(sid) + 1:].isdigit())
+    # a kept id that fits its own id and no earlier session claimed is kept
+    claimed = set()
+    for sid, old, new in zip(ids, keep, out):
+        fits = old is not None and (old == sid or (old.startswith(sid + "-") and old[len(sid) + 1:].isdigit()))
+        if fits and old not in claimed:
+            assert new == old
+            claimed.add(old)
+
+
 # =============================================================================================
 # Windows
 

@@ -280,11 +280,13 @@ def cmd_train(args) -> int:
         raise ValueError(f"--data {args.data}: no such folder, so not a spikefm corpus; give the corpus "
                          "folder (spikefm corpus build ... --out DIR, or spikefm corpus import)")
 
+    from spikefm.train.config import override_key
+
     overrides = list(args.set or [])
     for flag, key, value in (("--steps", "train.steps", args.steps), ("--sessions", "data.sessions", args.sessions)):
         if value is None or value == "":
             continue
-        said = [o for o in overrides if str(o).partition("=")[0].strip() == key]
+        said = [o for o in overrides if override_key(o) == key]
         if said:  # the flag came last and won without a word
             raise ValueError(f"{flag} {value} and --set {said[-1].strip()} both set {key}; give one of them")
         overrides.append(f"{key}={value}")
@@ -415,9 +417,10 @@ def check_predictions_folder(path: Path) -> None:
 
 
 def is_eval_results(obj: dict) -> bool:
-    """``spikefm eval --out`` JSON (every family's names it; a plugin's may only hold ``results``),
-    not ``spikefm ngram --out``'s (``order`` and ``results``)."""
-    return "family" in obj or ("results" in obj and "order" not in obj)
+    """``spikefm eval --out`` JSON: its ``results`` (every family's; the built-in ones with the
+    ``family``), not ``spikefm ngram --out``'s (``order`` and ``results``) nor a run's
+    config.json (``family`` and no ``results``)."""
+    return "results" in obj and "order" not in obj
 
 
 def cmd_eval(args) -> int:

@@ -6,6 +6,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 
 #: The help text of every command's ``--quiet``.
 QUIET_HELP = "no progress display (the result lines, warnings and errors are still printed)"
@@ -202,6 +203,20 @@ def stage_bar(total: int, description: str, enabled: bool = True):
         stages = _Stages(bar, description, total)
         yield stages
         stages.finish()
+
+
+#: Warnings :func:`warn_once` gave in this process.
+WARNED: set[tuple[str, str]] = set()
+
+
+def warn_once(message: str, about: str, stacklevel: int = 2, category: type[Warning] = RuntimeWarning) -> None:
+    """Warn ``message`` once per process for ``about`` (the data it concerns): for data prepared
+    again and again (a fine-tuning's candidates, a later evaluation). Python's own once-per-place
+    rule does not hold there: any change of the warning filters (reading an NWB file makes one)
+    clears its record of warnings given."""
+    if (message, about) not in WARNED:
+        WARNED.add((message, about))
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
 
 
 def warning_line(message, category, filename, lineno, file=None, line=None) -> None:

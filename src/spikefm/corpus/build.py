@@ -610,11 +610,14 @@ def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: Bu
     return set()
 
 
-def _dedupe_session_ids(metas: list[dict]) -> list[dict]:
+def _dedupe_session_ids(metas: list[dict], existing: Manifest | None = None) -> list[dict]:
     """Give colliding session ids a ``-2``, ``-3``... suffix (by input path order; one no other
-    session has, :func:`~spikefm.corpus.manifest.distinct_session_ids`), warning once per shared id."""
+    session has, :func:`~spikefm.corpus.manifest.distinct_session_ids`), warning once per shared id.
+    A recording the ``existing`` version holds (same path) keeps the id it has there."""
     ordered = sorted(metas, key=lambda m: m["provenance"].get("path", ""))
-    new_ids = distinct_session_ids([m["session_id"] for m in ordered])
+    before = {str((s.provenance or {}).get("path")): s.session_id for s in (existing.sessions if existing else ())}
+    new_ids = distinct_session_ids([m["session_id"] for m in ordered],
+                                   keep=[before.get(str(m["provenance"].get("path"))) for m in ordered])
     renamed: dict[str, list[dict]] = {}
     for m, sid in zip(ordered, new_ids):
         if sid != m["session_id"]:
@@ -623,8 +626,8 @@ def _dedupe_session_ids(metas: list[dict]) -> list[dict]:
             m["session_id"] = sid
     for sid, later in renamed.items():
         paths = [m["provenance"].get("path", "?") for m in ordered if m.get("original_session_id", m["session_id"]) == sid]
-        print(f"spikefm: warning: {len(later) + 1} inputs share session id '{sid}'; the later ones renamed "
-              f"{', '.join(m['session_id'] for m in later)} ({', '.join(paths)})", file=sys.stderr)
+        print(f"spikefm: warning: {len(paths)} inputs share session id '{sid}'; renamed "
+              + ", ".join(f"{m['provenance'].get('path', '?')} -> {m['session_id']}" for m in later), file=sys.stderr)
     return metas
 
 
@@ -633,7 +636,7 @@ def finalize(folder: CorpusDir, metas: list[dict], skipped: list[dict], cfg: Bui
     """Write shards and manifest from staged sessions as the folder's new version; returns the
     manifest (a dict)."""
     staging = folder.path / STAGING
-    metas = _dedupe_session_ids([dict(m) for m in metas])
+    metas = _dedupe_session_ids([dict(m) for m in metas], folder.existing)
     split_of = assign_splits(metas, cfg, keep_test=_earlier_test_sessions(folder.existing, metas, cfg))
     rng = np.random.default_rng([cfg.seed, 1])
 

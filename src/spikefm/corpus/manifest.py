@@ -332,22 +332,36 @@ class Manifest:
         return (json.dumps(self.to_dict(), indent=2) + "\n").encode()
 
 
-def distinct_session_ids(ids: list[str]) -> list[str]:
+def distinct_session_ids(ids: list[str], keep: list[str | None] | None = None) -> list[str]:
     """The ids a manifest can hold (distinct) for sessions with these ``ids``, in this order: the
     first session of each id keeps it, each later one gets the next ``-2``, ``-3``... suffix that
-    no session has (``a, a, a-2`` -> ``a, a-3, a-2``)."""
-    taken, seen, out = set(ids), set(), []
-    for sid in ids:
-        if sid not in seen:
-            seen.add(sid)
-            out.append(sid)
+    no session has (``a, a, a-2`` -> ``a, a-3, a-2``). ``keep`` (one per session, or None) names
+    the id an earlier version of the corpus gave the same recording: it stays (runs key their
+    per-session parameters by it) when it is that id or one of its suffixes and no other session
+    kept it first; the other sessions are named around it."""
+    keep = list(keep) if keep is not None else [None] * len(ids)
+    out: list[str | None] = [None] * len(ids)
+    used: set[str] = set()
+    for i, (sid, old) in enumerate(zip(ids, keep)):
+        rest = old[len(sid) + 1:] if isinstance(old, str) and old.startswith(sid + "-") else None
+        if old is not None and (old == sid or (rest is not None and rest.isdigit())) and old not in used:
+            out[i] = old
+            used.add(old)
+    taken = set(ids) | used
+    for i, sid in enumerate(ids):
+        if out[i] is not None:
             continue
-        k = 2
-        while f"{sid}-{k}" in taken:
-            k += 1
-        taken.add(f"{sid}-{k}")
-        out.append(f"{sid}-{k}")
-    return out
+        if sid not in used:
+            new = sid
+        else:
+            k = 2
+            while f"{sid}-{k}" in taken:
+                k += 1
+            new = f"{sid}-{k}"
+        out[i] = new
+        used.add(new)
+        taken.add(new)
+    return [str(x) for x in out]
 
 
 def new_manifest(*, bin_ms: int, build: BuildSettings, splits: dict[str, SplitInfo],

@@ -364,6 +364,12 @@ def _discrete_labels(trials: dict[str, list], keep: np.ndarray, max_values: int 
     return labels
 
 
+def too_many_values_text(name: str, num_values: int) -> str:
+    """Why trial column ``name`` is no discrete label (see :attr:`SessionWindows.many_valued`)."""
+    return (f"trial column {name!r} has {num_values} distinct values, more than the {MAX_LABEL_VALUES} a discrete "
+            "label may have: bin it into fewer classes in the trial table")
+
+
 def session_label_names(corpus: Corpus | str | Path, session_id: str, trial_table: str = "trials") -> list[str]:
     """The discrete labels trial-aligned windows of a session can carry: the columns of its trial
     table ``trial_table`` with 1..``MAX_LABEL_VALUES`` distinct values (time columns left out),

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from spikefm.experiments.jobs import Job, make_job, run_jobs, study_folder
+from spikefm.train.config import override_key
 
 __all__ = ["StudySettings", "LAPTOP", "study_sessions", "pretrain_job", "adapt_job", "ranking_jobs",
            "summarize_ranking", "rank_sessions", "session_families", "precision_at_k", "write_csv",
@@ -101,7 +102,7 @@ class StudySettings:
         if not isinstance(self.overrides, tuple):
             object.__setattr__(self, "overrides", tuple(self.overrides))
         for item in self.overrides:  # keys the study sets in every pretraining run (they won silently)
-            key = str(item).split("=", 1)[0].strip()
+            key = override_key(item)
             if key in STUDY_KEYS:
                 raise ValueError(f"--set {item}: the study sets {key} of every pretraining run itself; "
                                  f"{STUDY_KEYS[key]}")

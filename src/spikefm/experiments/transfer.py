@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from spikefm.train.config import override_key
+
 __all__ = ["transfer", "transfer_study", "seed_paths", "aggregate_seeds", "QUICKSTART_SIZES", "FAST_SIZES",
            "PROGRESS_FILE"]
 
@@ -265,7 +267,7 @@ def _pretrain_overrides(pretrain_steps: int | None, overrides: Sequence[str]) ->
     ``train.steps`` is the study's own (``--pretrain-steps``): a ``--set`` of it ran that many steps
     while the study recorded the other."""
     for item in overrides:
-        if isinstance(item, str) and item.split("=", 1)[0].strip() == "train.steps":
+        if isinstance(item, str) and override_key(item) == "train.steps":
             raise ValueError(f"--set {item}: a transfer study's pretraining steps are --pretrain-steps (recorded "
                              "with the study); give --pretrain-steps N instead of this --set")
     return [*([f"train.steps={pretrain_steps}"] if pretrain_steps is not None else []), "train.device=cpu",
@@ -373,7 +375,7 @@ def _as_run(settings: dict) -> dict:
     out = {k: v for k, v in _TRANSFER_DEFAULTS.items() if k not in _NOT_RESULTS}
     out.update(settings)
     overrides = [o for o in out.get("overrides") or [] if isinstance(o, str)]
-    steps = [o for o in overrides if o.split("=", 1)[0].strip() == "train.steps"]
+    steps = [o for o in overrides if override_key(o) == "train.steps"]
     if steps:  # a study recorded before --set train.steps was refused: it pretrained that many steps
         out["overrides"] = [o for o in overrides if o not in steps]
         try:

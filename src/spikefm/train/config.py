@@ -359,6 +359,11 @@ def check_override_list(overrides: Any) -> list[str]:
     return items
 
 
+def override_key(item: Any) -> str:
+    """The ``section.key`` of a ``section.key=value`` override (``""`` for anything else)."""
+    return str(item).partition("=")[0].strip()
+
+
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """Return a copy of `cfg` with `section.key=value` overrides applied, in order.
 

@@ -566,8 +566,7 @@ def check_finetune_overrides(overrides: Sequence[str], run_dir: str | os.PathLik
     ``fixed_data`` (the family's ``finetune_fixed_data``) names ``data`` settings that must stay
     the pretrained run's (``pretrained``, its RunConfig): an override giving one of them another
     value is refused too (the same value is accepted)."""
-    def key(o: str) -> str:
-        return str(o).partition("=")[0].strip()
+    from spikefm.train.config import override_key as key
 
     def is_model_shape(o: str) -> bool:
         return (key(o) == "model" or key(o).startswith("model.")) and "dropout" not in key(o).partition(".")[2]

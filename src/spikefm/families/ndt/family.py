@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -179,8 +178,10 @@ def _check_label_classes(data: "NDTDataConfig", windows: dict) -> None:
             "carry (" + (f"their labels: {', '.join(have)}" if have else
                          "they carry no trial labels: continuous windows, or sessions without a trial table") + ")")
     if data.init_from:
-        warnings.warn(f"{text}; its decoding will have nothing to score on these sessions", RuntimeWarning,
-                      stacklevel=3)
+        from spikefm.progress import warn_once
+
+        warn_once(f"{text}; its decoding will have nothing to score on these sessions",
+                  about=f"{Path(data.corpus).resolve()}|{data.sessions}", stacklevel=3)
         return
     raise ValueError(f"{text}; fix the name or leave it out of data.label_classes")
 
@@ -292,9 +293,9 @@ class NDTFamily:
         key = (str(Path(data.corpus).resolve()), data.sessions, tuple(sorted(window_options(data).items())))
         if key not in self._windows_cache:
             ids = list(self.sessions(data))
-            windows = load_all_windows(_corpus(data), ids, **window_options(data))
-            _check_label_classes(data, windows)
-            self._windows_cache[key] = windows
+            self._windows_cache[key] = load_all_windows(_corpus(data), ids, **window_options(data))
+        # on every call: the cache's key leaves data.label_classes out (it changes no window)
+        _check_label_classes(data, self._windows_cache[key])
         return self._windows_cache[key]
 
     # -- model -----------------------------------------------------------------------------------
@@ -502,8 +503,17 @@ class NDTFamily:
             raise ValueError(f"{run_dir}/model.safetensors not found; the pretraining run has not finished "
                              "(resume it with spikefm train ... --resume)")
         if from_scratch:
+            # a new run: only the label class lists of labels the session holds (a new run refuses
+            # the others, which a fine-tuning, keeping the pretrained run's, is only warned about)
+            label_classes = pre.data.label_classes
+            if label_classes and pre.data.align:
+                from spikefm.data.windows import session_label_names
+
+                held = set(session_label_names(corpus, session_id, pre.data.trial_table))
+                label_classes = ";".join(part for part in label_classes.split(";")
+                                         if part.strip() and part.partition("=")[0].strip() in held)
             data = dataclasses.replace(pre.data, corpus=str(corpus), sessions=session_id, init_from="",
-                                       freeze_core=False)
+                                       freeze_core=False, label_classes=label_classes)
         else:
             data = dataclasses.replace(pre.data, corpus=str(corpus), sessions=session_id,
                                        init_from=str(Path(run_dir).resolve()), freeze_core=bool(freeze_core))

@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from spikefm.families.ndt.masking import mask_entries, scheme_id
 from spikefm.progress import NO_STAGES
-from spikefm.data.windows import MAX_LABEL_VALUES, MIN_INIT_RATE, SessionWindows, psth_condition
+from spikefm.data.windows import MIN_INIT_RATE, SessionWindows, psth_condition, too_many_values_text
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, bps_pooled_interval,
                                   canonical_row_order, decode_discrete, wilson_interval)
@@ -347,8 +347,7 @@ def _label_array(windows: SessionWindows, label: str) -> tuple[np.ndarray, np.nd
     """(labels as str, present mask) for a label of the windows."""
     if label not in windows.labels:
         many = windows.many_valued.get(label)
-        why = (f"; its trial column has {many} distinct values, more than the {MAX_LABEL_VALUES} a discrete label may "
-               "have: bin it into fewer classes in the trial table" if many else "")
+        why = f"; {too_many_values_text(label, many)}" if many else ""
         raise ValueError(f"session {windows.session_id!r} has no discrete label {label!r}{why}; labels: "
                          f"{sorted(windows.labels)} (labels exist only for trial-aligned windows)")
     y = windows.labels[label]

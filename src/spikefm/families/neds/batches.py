@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spikefm.data.windows import MAX_LABEL_VALUES, SeededBatchLoader
+from spikefm.data.windows import SeededBatchLoader, too_many_values_text
 
 from spikefm.families.neds.model import Modalities
+from spikefm.progress import warn_once
 
 __all__ = ["AUTO_LABELS", "resolve_modalities", "parse_label_spec", "SessionArrays", "session_arrays",
            "collate", "NEDSLoader", "batch_seed"]
@@ -23,18 +24,9 @@ __all__ = ["AUTO_LABELS", "resolve_modalities", "parse_label_spec", "SessionArra
 #: tasks), reach target (centre-out reaching).
 AUTO_LABELS = ("choice", "block_prior", "target_angle")
 
-#: Warnings already given in this process (a fine-tuning's candidates and a later evaluation
-#: prepare the same data again: say it once).
-_WARNED: set[tuple[str, str]] = set()
-
-
 def _warn_once(message: str, about: str, stacklevel: int = 3) -> None:
-    """Warn ``message`` once per process for ``about`` (the data it concerns). Python's own
-    once-per-place rule does not hold here: any change of the warning filters (reading an NWB
-    file makes one) clears the record of warnings given."""
-    if (message, about) not in _WARNED:
-        _WARNED.add((message, about))
-        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+    """:func:`spikefm.progress.warn_once` (said once per process for ``about``)."""
+    warn_once(message, about, stacklevel=stacklevel + 1)
 
 
 def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
@@ -58,7 +50,10 @@ def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
         if not name.strip():
             raise ValueError(f"data.labels must look like 'choice;block_prior' or 'choice=-1,1', got {text!r}")
         if sep and "," in name:  # "a,b=1,2": the classes would name one label called "a,b"
-            names = [n.strip() for n in name.split(",")]
+            names = [n.strip() for n in name.split(",") if n.strip()]
+            if len(names) < 2:  # "choice,=-1,1": a stray comma
+                raise ValueError(f"data.labels: {part!r} has a comma before its '='; write the label and its "
+                                 f"classes as '{names[0] if names else 'choice'}={vals}'")
             raise ValueError(f"data.labels: {part!r} gives classes after a comma-separated list of labels; "
                              "when a label has classes, separate the labels with ';': "
                              f"{';'.join(names[:-1])};{names[-1]}={vals}")
@@ -85,9 +80,7 @@ def _as_labels(windows: dict, names: list[str]) -> str:
                 many[name] = max(many.get(name, 0), w.many_valued[name])
     if not many:
         return ""
-    return " as a discrete label (" + "; ".join(
-        f"trial column {n!r} has {k} distinct values, more than the {MAX_LABEL_VALUES} a label may have" for n, k in
-        many.items()) + ": bin it into fewer classes in the trial table)"
+    return " as a discrete label (" + "; ".join(too_many_values_text(n, k) for n, k in many.items()) + ")"
 
 
 def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok: bool = False) -> Modalities:

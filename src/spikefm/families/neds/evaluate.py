@@ -401,7 +401,7 @@ def neds_probe(hidden_KTD: np.ndarray, a, fit_idx: np.ndarray, te: np.ndarray, m
 def _decoders(windows, arrays, sid, rank, idx, mods, latents_KTZ=None, stages=_NO_STAGES) -> dict[str, dict]:
     """Test predictions of the linear, RRR and (with true latents) oracle decoders:
     {model: {"labels": {name: class index (K,)}, "behavior_KTC": z-scored (K, T, C)}}.
-    ``stages``: the evaluation's progress (:func:`_decoder_stages` of them)."""
+    ``stages``: the evaluation's progress (its decoding stages, as :func:`_num_stages` counts them)."""
     from spikefm.eval.rrr import MultiSessionRRR, select_alpha
 
     w, a = windows[sid], arrays[sid]

@@ -615,7 +615,12 @@ class NEDSFamily:
                              "(resume it with spikefm train ... --resume)")
         mods = _run_info(run_dir).get("modalities", {"channels": [], "labels": {}})
         behavior = ",".join(mods["channels"])
-        labels = ";".join(f"{k}=" + ",".join(repr(float(v)) for v in vals) for k, vals in mods["labels"].items())
+
+        def label_spec(keep=lambda name: True) -> str:  # data.labels naming each label with its classes
+            return ";".join(f"{k}=" + ",".join(repr(float(v)) for v in vals)
+                            for k, vals in mods["labels"].items() if keep(k))
+
+        labels = label_spec()
         common = dict(corpus=str(corpus), sessions=session_id, behavior=behavior, labels=labels)
         if from_scratch:
             # a new model: only the pretrained run's channels and labels the session holds (a
@@ -628,8 +633,7 @@ class NEDSFamily:
             common["behavior"] = ",".join(c for c in mods["channels"] if c in held)
             if mods["labels"] and pre.data.align:
                 have = set(session_label_names(corpus, session_id, pre.data.trial_table))
-                common["labels"] = ";".join(f"{k}=" + ",".join(repr(float(v)) for v in vals)
-                                            for k, vals in mods["labels"].items() if k in have)
+                common["labels"] = label_spec(lambda name: name in have)
             data = dataclasses.replace(pre.data, **common, init_from="", freeze_core=False)
         else:
             data = dataclasses.replace(pre.data, **common, init_from=str(Path(run_dir).resolve()),

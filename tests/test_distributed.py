@@ -301,8 +301,9 @@ def test_spikefm_train_under_torchrun_prints_once_and_refuses_a_small_corpus_on_
     assert "(rank 1)" not in nc.stderr and "--resume" not in nc.stderr, nc.stderr[-3000:]
     assert not (tmp_path / "run3").exists()
     # a loss that turns NaN: every rank stops at the same step with the same words, said once
-    nan = _spikefm_torchrun(*common, "--out", str(tmp_path / "nan"), "--set", "optim.lr=1e6", "--set",
-                            "optim.grad_clip=0", "--set", "train.log_every=1", "--set", "train.steps=8")
+    eight = [a if a != "2" else "8" for a in common]  # --steps 8 (a --set train.steps=8 beside --steps 2 is refused)
+    nan = _spikefm_torchrun(*eight, "--out", str(tmp_path / "nan"), "--set", "optim.lr=1e6", "--set",
+                            "optim.grad_clip=0", "--set", "train.log_every=1")
     said = [line for line in nan.stderr.splitlines() if "NaN or infinite" in line]
     assert nan.returncode != 0 and len(said) == 1 and said[0].startswith("spikefm: error: the loss or gradient"), \
         nan.stderr[-3000:]

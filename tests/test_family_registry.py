@@ -313,6 +313,14 @@ def test_evaluate_and_format_results_of_the_wrong_kind_are_refused_before_printi
     written = json.loads(out.read_text())["extra"]
     assert written == {"bits": [1.5, 3, True, 2.0], "pair": [1, 2]}
     assert [type(v) for v in written["bits"]] == [float, int, bool, float]
+    # a plugin's results that name neither family nor results: written with the family, so that a
+    # rerun replaces its own earlier file (eval --out refuses any other)
+    monkeypatch.setattr(toy, "evaluate", lambda run_dir, corpus, split="test": {"score": 1.0})
+    monkeypatch.setattr(toy, "format_results", lambda results_by_run: "score 1.0")
+    bare = tmp_path / "bare.json"
+    for _ in range(2):
+        assert main(["eval", str(run), "--data", str(tmp_path), "--out", str(bare)]) == 0
+    assert json.loads(bare.read_text()) == {"family": "toy", "score": 1.0}
     monkeypatch.setattr(toy, "evaluate", lambda run_dir, corpus, split="test": good)
     monkeypatch.setattr(toy, "format_results", lambda results_by_run: None)
     assert main(["eval", str(run), "--data", str(tmp_path)]) == 2

@@ -417,10 +417,9 @@ def check_predictions_folder(path: Path) -> None:
 
 
 def is_eval_results(obj: dict) -> bool:
-    """``spikefm eval --out`` JSON: its ``results`` (every family's; the built-in ones with the
-    ``family``), not ``spikefm ngram --out``'s (``order`` and ``results``) nor a run's
-    config.json (``family`` and no ``results``)."""
-    return "results" in obj and "order" not in obj
+    """``spikefm eval --out`` JSON (it names the family, and the built-in families' hold
+    ``results``), not ``spikefm ngram --out``'s (``order``) nor a run's config.json (``config``)."""
+    return ("family" in obj or "results" in obj) and "order" not in obj and "config" not in obj
 
 
 def cmd_eval(args) -> int:
@@ -446,8 +445,8 @@ def cmd_eval(args) -> int:
     if name in {"smoothing", "oracle"} | (set(results.get("results") or {}) - {"model", "model-permuted"}):
         name = f"{name} (model)"
     print(families.format_results({name: results}, fam.name))
-    if args.out:
-        write_json_atomic(Path(args.out), results)
+    if args.out:  # named by its family (a plugin's results may not say it): a rerun knows the file for its own
+        write_json_atomic(Path(args.out), results if "family" in results else {"family": fam.name, **results})
     return 0
 
 

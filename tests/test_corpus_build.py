@@ -338,12 +338,28 @@ def test_a_corpus_grown_by_new_sessions_keeps_its_test_sessions(six_sessions, tm
     (held,) = sorted(before)
     held_path = next(s["provenance"]["path"] for s in grown.sessions if s["session_id"] == held)
     twin = grow / "a" / f"{held}.nwb"
-    twin.parent.mkdir()
-    shutil.copy(next(f for f in files if f.stem != held), twin)
+    write_nwb(twin, random_units(np.random.default_rng(seed + 50), 4, 20.0), ["A"] * 4)
     build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
     renamed = {s["provenance"]["path"]: s for s in Corpus(tmp_path / "c").sessions}
     assert renamed[held_path]["session_id"] == held and renamed[held_path]["split"] == "test"
     assert renamed[str(twin.resolve())]["session_id"] == f"{held}-2"
+    # a byte copy of that test recording whose path sorts first is the one left out: the recording
+    # keeps its id and stays in test (the copy took both, and the test recording went to train)
+    copy = grow / "0" / "aaa.nwb"
+    copy.parent.mkdir()
+    shutil.copy(held_path, copy)
+    build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
+    now = {s["provenance"]["path"]: s for s in Corpus(tmp_path / "c").sessions}
+    assert str(copy.resolve()) not in now
+    assert now[held_path]["session_id"] == held and now[held_path]["split"] == "test"
+    shutil.rmtree(copy.parent)
+    # the test recording renamed (same bytes): still held out, under its new name
+    moved = Path(held_path).with_name("renamed_" + Path(held_path).name)
+    os.replace(held_path, moved)
+    build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
+    now = {s["provenance"]["path"]: s for s in Corpus(tmp_path / "c").sessions}
+    assert now[str(moved.resolve())]["split"] == "test" and len(now) == 7
+    os.replace(moved, held_path)
 
     row = BuildConfig(test_fraction=0.3, seed=seed, split="row", max_row_tokens=200)
     shutil.rmtree(grow)
@@ -1039,3 +1055,23 @@ def test_staging_keeps_only_the_latest_builds_sessions(six_sessions, tmp_path, c
     assert "staged session(s)" not in capsys.readouterr().err
     os.replace(away, files[1])
     assert build_corpus(files, out, cfg, progress=False).num_reused == 6
+
+
+def test_a_file_under_two_given_folders_takes_its_source_from_the_innermost_whatever_the_order(tmp_path):
+    """`build R R/x` named R/x's files' source 'R' and `build R/x R` named it 'x', writing a new
+    version for what the docs call the same build."""
+    from spikefm.corpus.build import resolve_inputs
+
+    root = tmp_path / "R"
+    for sub, k in (("x", 0), ("y", 1)):
+        write_nwb(root / sub / f"s{k}.nwb", random_units(np.random.default_rng(k), 3, 6.0), ["A"] * 3)
+    cfg = BuildConfig()
+    by_order = []
+    for inputs in ([str(root), str(root / "x")], [str(root / "x"), str(root)]):
+        files, problems = resolve_inputs(inputs, cfg, progress=False)
+        assert not problems
+        by_order.append(sorted((f.path.name, f.source_dataset) for f in files))
+    assert by_order[0] == by_order[1] == [("s0.nwb", "x"), ("s1.nwb", "R")]
+    # a file given itself names its own folder
+    files, _ = resolve_inputs([str(root), str(root / "y" / "s1.nwb")], cfg, progress=False)
+    assert sorted((f.path.name, f.source_dataset) for f in files) == [("s0.nwb", "R"), ("s1.nwb", "y")]

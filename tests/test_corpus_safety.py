@@ -485,3 +485,32 @@ def test_a_row_edited_by_another_tool_is_named_with_its_shard(inputs, tmp_path, 
     assert text.startswith(f"{out}/data/{shard.name}: the row of session {sid!r}") and said in text
     assert text.endswith("the corpus is damaged: rebuild it (spikefm corpus build INPUTS --out DIR --overwrite, "
                          "or spikefm corpus import)")
+
+
+def test_a_rebuild_whose_folder_lost_a_file_or_went_missing_leaves_the_corpus_as_it_was(inputs, tmp_path, capsys):
+    """A file deleted from an input folder, or the folder unmounted (missing, or empty), shrank the
+    corpus with one 'skipped' warning or none; refused now, as a damaged file is."""
+    out = tmp_path / "c"
+    cmd = ["corpus", "build", str(inputs), "--out", str(out), "--quiet", "--test-fraction", "0.3"]
+    assert cli_main(cmd) == 0
+    capsys.readouterr()
+    before = {k: v for k, v in snapshot(out).items() if not k.startswith(".staging")}
+    gone = inputs / "ses-1.nwb"
+    kept = tmp_path / "ses-1.nwb"
+    os.replace(gone, kept)
+    line = one_error_line(capsys, cmd)
+    assert f"{gone.resolve()}: not among this build's inputs any more (deleted or moved from its folder): that " \
+           "input holds session 'ses-1'" in line and "--overwrite" in line
+    os.replace(kept, gone)
+    away = tmp_path / "away"
+    os.replace(inputs, away)  # the share unmounted
+    line = one_error_line(capsys, cmd)
+    assert "no input could be built" in line or "that input holds session" in line
+    inputs.mkdir()  # the mount point is there, empty
+    line = one_error_line(capsys, cmd)
+    assert "no input could be built" in line or "that input holds session" in line
+    inputs.rmdir()
+    os.replace(away, inputs)
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".staging")} == before
+    assert cli_main(cmd) == 0  # restored: the same corpus
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".staging")} == before

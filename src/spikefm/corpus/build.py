@@ -166,13 +166,16 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig, *,
     unless ``progress`` is False). Returns (files, problems) where problems are
     ``{"input": str, "error": str}`` for inputs that do not exist or hold no NWB file."""
     files: list[InputFile] = []
+    depth: list[int] = []  # of the folder that names each file's source (the innermost given wins)
     problems: list[dict] = []
     for spec in inputs:
         if spec.startswith("dandi:"):
             from .dandi import resolve_dandi
 
             try:
-                files.extend(resolve_dandi(spec, cache_dir=cfg.cache_dir, progress=progress))
+                got = resolve_dandi(spec, cache_dir=cfg.cache_dir, progress=progress)
+                files.extend(got)
+                depth.extend([-1] * len(got))
             except (ValueError, OSError) as exc:
                 problems.append({"input": spec, "error": str(exc)})
             continue
@@ -193,22 +196,27 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig, *,
             if not found and not dangling and not zarr:
                 problems.append({"input": spec, "error": f"{spec}: folder holds no *.nwb file"})
             files.extend(InputFile(path=f, source_dataset=p.resolve().name) for f in found)
+            depth.extend([len(p.resolve().parts)] * len(found))
         elif p.exists() or spec.endswith(".nwb"):
             files.append(InputFile(path=p, source_dataset=p.resolve().parent.name))
+            depth.append(len(p.resolve().parent.parts))
         else:
             problems.append({"input": spec, "error": f"{spec}: no such file or folder; give an "
                              ".nwb file, a folder of them, or dandi:DANDISET_ID[@VERSION][/GLOB]"})
     if cfg.source_dataset:
         for f in files:
             f.source_dataset = cfg.source_dataset
-    # The same file given twice (e.g. a folder and a file in it) is built once.
-    unique, seen = [], set()
-    for f in files:
+    # The same file given twice (e.g. a folder and a file in it, or a folder inside another) is built
+    # once, its source named by the innermost input that holds it, whatever the order of the inputs
+    chosen: dict[str, int] = {}
+    for i, f in enumerate(files):
         key = str(f.path.resolve())
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique, problems
+        if key not in chosen or depth[i] > depth[chosen[key]]:
+            chosen[key] = i
+    order = {}
+    for i, f in enumerate(files):
+        order.setdefault(str(f.path.resolve()), i)
+    return [files[chosen[k]] for k in sorted(chosen, key=order.get)], problems
 
 
 def _zarr_error(path: Path) -> str:
@@ -596,9 +604,12 @@ def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: Bu
     if cfg.split == "session":  # also when the sessions are the same: a grown corpus's test stays so
         # matched by recording (its path), not by id: a new input sharing an id can take the plain id
         # (ids are de-duplicated in path order) and the earlier session become id-2
+        # (or its content: a file renamed since is the same recording)
         test = [s for s in existing.sessions if s.split == "test"]
         paths = {(s.provenance or {}).get("path") for s in test} - {None}
-        return {m["session_id"] for m in metas if (m.get("provenance") or {}).get("path") in paths} | \
+        digests = {(s.provenance or {}).get("sha256") for s in test} - {None}
+        return {m["session_id"] for m in metas if (m.get("provenance") or {}).get("path") in paths
+                or (m.get("provenance") or {}).get("sha256") in digests} | \
             {s.session_id for s in test if not (s.provenance or {}).get("path")}
     before = {s.session_id: s.split for s in existing.sessions}
     now = {m["session_id"] for m in metas}
@@ -624,10 +635,11 @@ def _dedupe_session_ids(metas: list[dict], existing: Manifest | None = None) -> 
             renamed.setdefault(m["session_id"], []).append(m)
             m["original_session_id"] = m["session_id"]
             m["session_id"] = sid
-    for sid, later in renamed.items():
-        paths = [m["provenance"].get("path", "?") for m in ordered if m.get("original_session_id", m["session_id"]) == sid]
-        print(f"spikefm: warning: {len(paths)} inputs share session id '{sid}'; renamed "
-              + ", ".join(f"{m['provenance'].get('path', '?')} -> {m['session_id']}" for m in later), file=sys.stderr)
+    if renamed:  # one line: the id each took is another session's (an input's, or an earlier rename's)
+        later = [m for group in renamed.values() for m in group]
+        print(f"spikefm: warning: {len(later)} input(s) named with a session id another session has, renamed: "
+              + ", ".join(f"{m['provenance'].get('path', '?')} ({m['original_session_id']!r}) -> {m['session_id']!r}"
+                          for m in later), file=sys.stderr)
     return metas
 
 
@@ -726,7 +738,8 @@ def _check_replace(out_dir: Path, existing: Manifest | None, settings: BuildSett
         if set(old.inputs) != set(settings.inputs):  # as sets: an older manifest's order or repeats do not count
             gone = sorted(set(old.inputs) - set(settings.inputs))
             new = sorted(set(settings.inputs) - set(old.inputs))
-            diffs.append("inputs " + (f"({gone[0]} no longer given)" if gone else
+            diffs.append("inputs " + (f"({gone[0]}{f' and {len(gone) - 1} more' if len(gone) > 1 else ''} no longer "
+                                      "given)" if gone else
                                       f"({len(new)} new, e.g. {new[0]}; the corpus records the INPUTs it was built from)"))
     else:  # older manifests: the inputs must still cover every session
         given = {str(f.path.resolve()) for f in files}
@@ -741,11 +754,13 @@ def _check_replace(out_dir: Path, existing: Manifest | None, settings: BuildSett
 
 
 def _keep_sessions_of_failed_inputs(out_dir: Path, existing: Manifest | None, problems: list[dict],
-                                    cfg: BuildConfig) -> None:
-    """Refuse (BuildError) to write a new version without sessions the current one holds whose
-    inputs failed this time (a file damaged or unreadable since): the corpus would shrink, its
-    earlier version go and its split move sessions, all quietly. ``overwrite`` builds without them."""
-    if existing is None or cfg.overwrite or not problems:
+                                    cfg: BuildConfig, metas: list[dict]) -> None:
+    """Refuse (BuildError) to write a new version without sessions the current one holds: with the
+    same inputs (other inputs need ``overwrite``, refused before), a session not built now had its
+    file damaged, deleted or moved, or its folder missing or emptied (an unmounted share), and the
+    corpus would shrink, its earlier version go and its split move sessions, all quietly.
+    ``overwrite`` builds without them; a copy left out is no loss (its recording stays)."""
+    if existing is None or cfg.overwrite:
         return
 
     def key(path) -> str:
@@ -754,18 +769,22 @@ def _keep_sessions_of_failed_inputs(out_dir: Path, existing: Manifest | None, pr
         except (OSError, RuntimeError, TypeError, ValueError):
             return str(path)
 
-    held = {key((s.provenance or {}).get("path")): s.session_id for s in existing.sessions
-            if (s.provenance or {}).get("path")}
-    # a copy left out is no loss: its recording is in the corpus (under the first path)
-    lost = [(p, held[key(p["input"])]) for p in problems if key(p["input"]) in held and "copy_of" not in p]
+    kept = {key((m.get("provenance") or {}).get("path")) for m in metas}
+    kept |= {key(p["input"]) for p in problems if "copy_of" in p}
+    # a file renamed or moved in its folder is the same recording (its content): not lost
+    contents = {(m.get("provenance") or {}).get("sha256") for m in metas} - {None}
+    lost = [s for s in existing.sessions if (s.provenance or {}).get("path")
+            and key(s.provenance["path"]) not in kept and (s.provenance or {}).get("sha256") not in contents]
     if not lost:
         return
-    p, sid = lost[0]
+    first = key(lost[0].provenance["path"])
+    why = next((p["error"] for p in problems if key(p["input"]) == first or first.startswith(key(p["input"]) + os.sep)),
+               f"{first}: not among this build's inputs any more (deleted or moved from its folder)")
     more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
-    raise BuildError(f"{p['error']}: that input holds session {sid!r} of the corpus at {out_dir}{more}; the corpus "
-                     f"is left as it was ({len(existing.sessions)} sessions, its splits unchanged): restore or fix the "
-                     "input and run again (the other sessions are staged and reused), or pass --overwrite to build "
-                     "the corpus without it")
+    raise BuildError(f"{why}: that input holds session {lost[0].session_id!r} of the corpus at {out_dir}{more}; the "
+                     f"corpus is left as it was ({len(existing.sessions)} sessions, its splits unchanged): restore "
+                     "the input and run again (the other sessions are staged and reused), or pass --overwrite to "
+                     "build the corpus without it")
 
 
 def build_corpus(inputs: list[str | os.PathLike], out_dir: str | Path, cfg: BuildConfig | None = None,
@@ -853,7 +872,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
                 else:
                     metas.append(res)
                     _say_what_was_left_out(res)
-            metas = _drop_duplicate_recordings(metas, problems)  # a copy is a skipped input (--strict too)
+            metas = _drop_duplicate_recordings(metas, problems, folder.existing)  # a copy is a skipped input
             if cfg.strict and problems:
                 raise BuildError(problems[0]["error"] + " (--strict: nothing was written)")
             if cfg.strict:
@@ -866,7 +885,7 @@ def _build(inputs: list[str], out_dir: Path, cfg: BuildConfig, progress: bool) -
         if not metas:
             msg = "; ".join(p["error"] for p in problems[:3]) or "no sessions"
             raise BuildError(f"no input could be built: {msg}")
-        _keep_sessions_of_failed_inputs(out_dir, folder.existing, problems, cfg)
+        _keep_sessions_of_failed_inputs(out_dir, folder.existing, problems, cfg, metas)
         for p in problems:
             print(f"spikefm: warning: skipped {p['error']}", file=sys.stderr)
         manifest = finalize(folder, metas, problems, cfg, settings)
@@ -900,13 +919,21 @@ def _prune_staged(staged: Path, keep: set[str]) -> None:
               f"{staged}: their inputs or settings are not this build's", file=sys.stderr)
 
 
-def _drop_duplicate_recordings(metas: list[dict], problems: list[dict]) -> list[dict]:
+def _drop_duplicate_recordings(metas: list[dict], problems: list[dict], existing: Manifest | None = None
+                               ) -> list[dict]:
     """Keep one session per recording: inputs with the same content (sha256) as an earlier one
-    (by path order) are left out and listed with the skipped inputs, since two copies of one
-    recording would be counted twice and could land in both train and test."""
+    (by path order; a path the ``existing`` corpus holds comes first, so a new copy cannot take its
+    recording's id and split) are left out and listed with the skipped inputs, since two copies of
+    one recording would be counted twice and could land in both train and test."""
+    held = {str((s.provenance or {}).get("path")) for s in (existing.sessions if existing else ())}
     first: dict[str, str] = {}
     dropped = set()
-    for m in sorted(metas, key=lambda m: str((m.get("provenance") or {}).get("path", ""))):
+
+    def order(m):
+        path = str((m.get("provenance") or {}).get("path", ""))
+        return path not in held, path
+
+    for m in sorted(metas, key=order):
         prov = m.get("provenance") or {}
         digest, path = prov.get("sha256"), str(prov.get("path", m.get("session_id")))
         if digest and digest in first:

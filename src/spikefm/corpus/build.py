@@ -208,15 +208,12 @@ def resolve_inputs(inputs: list[str], cfg: BuildConfig, *,
             f.source_dataset = cfg.source_dataset
     # The same file given twice (e.g. a folder and a file in it, or a folder inside another) is built
     # once, its source named by the innermost input that holds it, whatever the order of the inputs
-    chosen: dict[str, int] = {}
+    chosen: dict[str, int] = {}  # in the order first given (a dict keeps its keys' first insertion)
     for i, f in enumerate(files):
         key = str(f.path.resolve())
         if key not in chosen or depth[i] > depth[chosen[key]]:
             chosen[key] = i
-    order = {}
-    for i, f in enumerate(files):
-        order.setdefault(str(f.path.resolve()), i)
-    return [files[chosen[k]] for k in sorted(chosen, key=order.get)], problems
+    return [files[i] for i in chosen.values()], problems
 
 
 def _zarr_error(path: Path) -> str:

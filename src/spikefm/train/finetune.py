@@ -664,8 +664,7 @@ def finetune_strategies(family, run_dir: str | os.PathLike, corpus: str | os.Pat
         except BaseException:
             _remove_if_only_locks(out_dir, created and locked)  # refused at the lock: the holder's folder
             raise
-        _say_best_at_first(out_dir, strategy, summary)
-        _say_unfrozen_stage_worse(out_dir, summary)
+        _say_about_the_kept_run(out_dir, strategy, summary)
         return summary
     _check_auto_out_dir(out_dir)
     _check_pretrained_export(Path(run_dir), strategy)
@@ -731,10 +730,12 @@ def best_at_first_text(summary: dict) -> str:
             "was never evaluated")
 
 
-def _say_unfrozen_stage_worse(out_dir: Path, summary: dict) -> None:
-    """Warn when a kept ``unfreeze`` run's unfrozen stage never reached its frozen stage's lowest
-    validation loss: the weights kept (the unfrozen stage's best) are not the best this fine-tuning
-    saw (the frozen stage's folder is gone by then; ``--strategy frozen`` trains that way)."""
+def _say_about_the_kept_run(out_dir: Path, strategy: str, summary: dict) -> None:
+    """The warnings about the weights a fine-tuning keeps (after its record is written): best at the
+    first evaluation; an ``unfreeze`` run whose unfrozen stage never reached its frozen stage's lowest
+    validation loss, so the weights kept (the unfrozen stage's best) are not the best this
+    fine-tuning saw (the frozen stage's folder is gone by then; ``--strategy frozen`` trains that way)."""
+    _say_best_at_first(out_dir, strategy, summary)
     stage1 = summary.get("stage1")
     if not isinstance(stage1, dict) or not stage1.get("best_val_loss", math.inf) < summary["best_val_loss"]:
         return
@@ -874,8 +875,7 @@ def _auto(family, run_dir, corpus, session_id: str, out_dir: Path, args: dict, s
     if soup_info is not None:
         summary["soup"] = soup_info
     write_json_atomic(out_dir / "finetune.json", summary)
-    _say_best_at_first(out_dir, chosen, summary)
-    _say_unfrozen_stage_worse(out_dir, summary)
+    _say_about_the_kept_run(out_dir, chosen, summary)
     if summary["pretraining_gain"] <= 0:
         warnings.warn(f"{out_dir}: pretraining did not help this session: the single-session model's validation "
                       f"loss ({results['scratch']['best_val_loss']:.4f}) is at or below the chosen pretrained "

@@ -44,13 +44,13 @@ import torch
 import torch.nn as nn
 
 from spikefm.families.ndt.masking import mask_entries, scheme_id
-from spikefm.progress import NO_STAGES
 from spikefm.data.windows import MIN_INIT_RATE, SessionWindows, psth_condition, too_many_values_text
 from spikefm.eval.baselines import cosmooth_leave_one_out
 from spikefm.eval.metrics import (bps_per_neuron_mean, bps_pooled, bps_pooled_difference, bps_pooled_interval,
                                   canonical_row_order, decode_discrete, wilson_interval)
 from spikefm.eval.oracle import ideal_observer_favours_truth, truth_latent_windows, truth_windows
 from spikefm.fileio import savez_atomic
+from spikefm.progress import NO_STAGES
 
 __all__ = [
     "PREDICTION_TASKS",

@@ -24,11 +24,6 @@ __all__ = ["AUTO_LABELS", "resolve_modalities", "parse_label_spec", "SessionArra
 #: tasks), reach target (centre-out reaching).
 AUTO_LABELS = ("choice", "block_prior", "target_angle")
 
-def _warn_once(message: str, about: str, stacklevel: int = 3) -> None:
-    """:func:`spikefm.progress.warn_once` (said once per process for ``about``)."""
-    warn_once(message, about, stacklevel=stacklevel + 1)
-
-
 def parse_label_spec(text: str) -> list[tuple[str, tuple[float, ...] | None]]:
     """``"choice=-1,1;block_prior"`` -> [("choice", (-1.0, 1.0)), ("block_prior", None)]. Labels
     are separated by ``;``; names without classes may also be separated by commas
@@ -101,10 +96,10 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
             raise ValueError(f"data.behavior names {missing}, which no session holds; channels in the "
                              f"data: {', '.join(have_channels) or '(none)'}")
         if missing:
-            _warn_once(f"the session(s) {', '.join(sorted(windows))} hold none of the pretrained run's "
-                       f"channel(s) {', '.join(missing)}: they stay in the model but are never scored, "
-                       "so fine-tuning learns from the spikes (and any labels present) and nothing of "
-                       "them is decoded", about="channels")
+            warn_once(f"the session(s) {', '.join(sorted(windows))} hold none of the pretrained run's "
+                      f"channel(s) {', '.join(missing)}: they stay in the model but are never scored, "
+                      "so fine-tuning learns from the spikes (and any labels present) and nothing of "
+                      "them is decoded", about="channels", stacklevel=3)
     present = {name for w in windows.values() for name in w.labels}
     spec = ([(n, None) for n in AUTO_LABELS if len(_numeric_values(windows, n)) >= 2] if labels == "auto"
             else parse_label_spec(labels))  # auto: a label of one value in every session is no label
@@ -116,9 +111,9 @@ def resolve_modalities(windows: dict, behavior: str, labels: str, *, missing_ok:
         raise ValueError(f"data.labels names {', '.join(repr(n) for n in absent)}, which none of the session(s) "
                          f"hold{_as_labels(windows, absent)}; labels present: {', '.join(sorted(present)) or '(none)'}")
     if absent:
-        _warn_once(f"data.labels names {', '.join(repr(n) for n in absent)}, which none of the session(s) "
-                   f"{', '.join(sorted(windows))} hold: kept in the model but never scored or decoded (labels "
-                   f"present: {', '.join(sorted(present)) or '(none)'})", about="labels")
+        warn_once(f"data.labels names {', '.join(repr(n) for n in absent)}, which none of the session(s) "
+                  f"{', '.join(sorted(windows))} hold: kept in the model but never scored or decoded (labels "
+                  f"present: {', '.join(sorted(present)) or '(none)'})", about="labels", stacklevel=3)
     for name, values in spec:
         if values is None:
             seen = _numeric_values(windows, name)

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikefm.families.neds.batches import (NEDSLoader, _warn_once, batch_seed, collate, parse_label_spec,
-                                           resolve_modalities, session_arrays)
+from spikefm.families.neds.batches import (NEDSLoader, batch_seed, collate, parse_label_spec, resolve_modalities,
+                                           session_arrays)
 from spikefm.families.neds.masking import DEFAULT_SCHEME_WEIGHTS, SCHEMES, draw_schemes, make_masks, neds_loss
 from spikefm.families.neds.model import NEDS, NEDS_PRESETS, Modalities, NEDSConfig, neds_preset
+from spikefm.progress import warn_once
 from spikefm.train.config import RunConfig
 from spikefm.train.family import check_window_fits
 
@@ -259,10 +260,10 @@ def _check_schemes_have_targets(data: "NEDSDataConfig", mods, *, warn: bool = Tr
     columns = sorted(k for k, v in values.items() if len(v) >= 2)  # one value everywhere: nothing to decode
     offer = (f"; or name trial columns as labels: data.labels={','.join(columns[:3])} (the sessions' trial "
              f"columns: {', '.join(columns[:12])}{' ...' if len(columns) > 12 else ''})" if columns else "")
-    _warn_once(f"the sessions have no behaviour channels or trial labels, so schemes {', '.join(idle)} score "
-                  f"nothing ({share:.0%} of the training draws); set data.schemes="
-                  f"{','.join(n for n in names if n not in idle)} to spend every draw on the spikes{offer}",
-                  about=f"{Path(data.corpus).resolve()}|{data.sessions}")
+    warn_once(f"the sessions have no behaviour channels or trial labels, so schemes {', '.join(idle)} score "
+              f"nothing ({share:.0%} of the training draws); set data.schemes="
+              f"{','.join(n for n in names if n not in idle)} to spend every draw on the spikes{offer}",
+              about=f"{Path(data.corpus).resolve()}|{data.sessions}", stacklevel=3)
 
 
 def _ids(text: str) -> list[str]:

@@ -3,6 +3,7 @@ the same arrays (numpy on the source matrices, the manifest, the real DANDI reco
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +297,74 @@ def test_plot_refuses_a_folder_inside_a_corpuss_own_entries(corpus_and_rows, tmp
     assert figs and all(p.parent == corpus.path / "figures" for p in figs)
     import shutil
     shutil.rmtree(corpus.path / "figures")  # the module's corpus as it was
+
+
+def _copy_corpus(corpus: Corpus, dest: Path) -> Path:
+    """A plain copy of the corpus version opened (manifest and shards, no version links)."""
+    import shutil
+
+    dest.mkdir()
+    shutil.copy(corpus._root / "manifest.json", dest / "manifest.json")
+    shutil.copytree(corpus._root / "data", dest / "data")
+    return dest
+
+
+def _edit_train_shard(root: Path, edit) -> None:
+    """Rewrite root's train shard with ``edit(table) -> table`` (another tool editing it)."""
+    (shard,) = sorted((root / "data").glob("train-*.parquet"))
+    pq.write_table(edit(pq.read_table(shard)), shard)
+
+
+def test_check_reads_every_row_and_finds_them_consistent(corpus_and_rows, capsys):
+    from spikefm.cli import main
+    from spikefm.corpus.info import check_corpus
+
+    corpus, rows = corpus_and_rows
+    check = check_corpus(corpus)
+    assert check == {"ok": True, "rows_checked": len(rows["train"]) + len(rows["test"]), "problems": []}
+    assert main(["corpus", "info", str(corpus.path), "--check", "--quiet"]) == 0
+    assert f"check: {check['rows_checked']} rows read, every one consistent" in capsys.readouterr().out
+
+
+def test_check_names_rows_that_disagree_with_the_manifest(corpus_and_rows, tmp_path, capsys):
+    from spikefm.cli import main
+    from spikefm.corpus.info import check_corpus
+
+    corpus, rows = corpus_and_rows
+    root = _copy_corpus(corpus, tmp_path / "c")
+    # another tool relabels the first w2 row as x1 (12 units in the manifest, 5 here) and another row
+    # as a session the manifest does not hold; the row counts stay, so opening the corpus passes
+    def relabel(table: pa.Table) -> pa.Table:
+        ids = table.column("session_id").to_pylist()
+        i = ids.index("w2")
+        j = next(k for k, s in enumerate(ids) if s == "c1")
+        ids[i], ids[j] = "x1", "zz"
+        return table.set_column(table.schema.get_field_index("session_id"), "session_id",
+                                pa.array(ids, pa.string()))
+
+    _edit_train_shard(root, relabel)
+    check = check_corpus(Corpus(root))
+    assert not check["ok"] and check["rows_checked"] == len(rows["train"]) + len(rows["test"])
+    text = "\n".join(check["problems"])
+    assert "(session 'x1', segment 'segment_0'): 5 units, manifest.json 12" in text
+    assert re.search(r"\(session 'zz', segment 'segment_[01]'\): its session is not in manifest\.json", text)
+    w2_tokens = 5 * 30
+    assert f"session 'w2': its rows hold 0 tokens; manifest.json lists {w2_tokens}" in text
+    assert f"session 'x1': its rows hold {12 * 25 * 3 + w2_tokens:,} tokens; manifest.json lists 900" in text
+    assert main(["corpus", "info", str(root), "--check", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "disagree with manifest.json" in out and "rebuild the corpus" in out
+
+
+def test_check_stops_at_a_row_the_reader_refuses_naming_its_shard(corpus_and_rows, tmp_path):
+    from spikefm.corpus.info import check_corpus
+
+    corpus, _ = corpus_and_rows
+    root = _copy_corpus(corpus, tmp_path / "c")
+    _edit_train_shard(root, lambda t: t.set_column(t.schema.get_field_index("trials_json"), "trials_json",
+                                                    pa.array(["[1, 2"] * t.num_rows, pa.string())))
+    opened = Corpus(root)
+    corpus_info(opened)  # the count statistics read only the counts: no error
+    with pytest.raises(ValueError, match=r"train-00000-of-00001\.parquet: the row of session .* has "
+                                         r"trials_json that is not JSON"):
+        check_corpus(opened)

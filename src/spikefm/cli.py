@@ -183,9 +183,16 @@ def cmd_corpus_info(args) -> int:
     from spikefm.corpus.info import corpus_info, format_info
     from spikefm.corpus.reader import Corpus
 
-    info = corpus_info(Corpus(args.corpus_dir), max_rows=args.max_rows, progress=not args.quiet)
+    corpus = Corpus(args.corpus_dir)
+    info = corpus_info(corpus, max_rows=args.max_rows, progress=not args.quiet)
+    if args.check:
+        from spikefm.corpus.info import check_corpus, format_check
+
+        info["check"] = check_corpus(corpus, progress=not args.quiet)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
-    return 0
+    if args.check and not args.json:
+        print(format_check(info["check"]))
+    return 0 if not args.check or info["check"]["ok"] else 1
 
 
 def cmd_corpus_plot(args) -> int:
@@ -579,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read only the first N rows (shuffled at build time: a sample) for the zero fraction "
                         "and token marginals (default: all; a large corpus takes minutes); the rest comes "
                         "from the manifest")
+    i.add_argument("--check", action="store_true",
+                   help="also read every column of every row and compare it with manifest.json (a corpus "
+                        "copied, downloaded or edited by another tool); exit status 1 if anything disagrees")
     i.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     i.set_defaults(func=cmd_corpus_info)
 

@@ -328,3 +328,88 @@ def format_info(info: dict, *, max_sources: int = 30) -> str:
         shown.append([f">={NUM_MARGINALS_SHOWN}", f"{tail:.4g}"])
         out.append(render_table(["count", "probability"], shown, align="<>"))
     return "\n".join(out)
+
+
+#: How many problems :func:`check_corpus` lists (the count says how many there were).
+MAX_PROBLEMS_LISTED = 20
+
+
+def check_corpus(corpus: Corpus, *, progress: bool = False) -> dict:
+    """Read every row of ``corpus`` as training does and compare it with ``manifest.json``.
+
+    Opening a corpus checks only each shard's row count (its footer), and :func:`corpus_info`
+    reads only the spike counts; this reads every column of every row, so a shard edited or
+    damaged by another tool, or copied from another build, is found before a run meets it.
+
+    Checked: each row's fields fit together (the reader's checks: bin width, count shape, unit ids
+    and regions, behaviour shape, trial JSON; the first bad row stops the check with the reader's
+    one-line error naming its shard); each row's session is in the manifest, in that split, with
+    the manifest's bin width and unit count; per split, the rows, tokens and sessions the manifest
+    lists; per session, its tokens and bins summed over its rows.
+
+    Returns:
+        ``{"ok": bool, "rows_checked": int, "problems": [str, ...]}``: at most
+        :data:`MAX_PROBLEMS_LISTED` problems, then one saying how many more there were.
+
+    Raises:
+        ValueError: a row the reader refuses (the corpus is damaged: rebuild it).
+    """
+    from ..progress import progress_bar
+
+    m = corpus.manifest
+    corpus.require_session_keys("num_units", "num_bins", "num_tokens", needed_by="corpus info --check")
+    sessions = {s["session_id"]: s for s in m["sessions"]}
+    problems: list[str] = []
+    seen_tokens = Counter()
+    seen_bins: dict[tuple[str, str], int] = Counter()
+    rows_checked = 0
+    total_rows = sum(int(sp.get("num_rows", 0)) for sp in m["splits"].values())
+    with progress_bar(total_rows, "checking rows", enabled=progress) as bar:
+        for split, listed in m["splits"].items():
+            rows = tokens = 0
+            split_sessions = set()
+            for row in corpus.iter_rows(split):
+                rows += 1
+                bar.advance(1)
+                tokens += row.spike_counts.size
+                sid = row.session_id
+                split_sessions.add(sid)
+                s = sessions.get(sid)
+                where = f"{split} row {rows} (session {sid!r}, segment {row.segment_id!r})"
+                if s is None:
+                    problems.append(f"{where}: its session is not in manifest.json")
+                    continue
+                if s.get("split") not in (split, "both"):
+                    problems.append(f"{where}: manifest.json puts the session in {s.get('split')!r}")
+                if row.bin_ms != int(s.get("bin_ms", m["bin_ms"])):
+                    problems.append(f"{where}: bin_ms {row.bin_ms}, manifest.json {int(s.get('bin_ms', m['bin_ms']))}")
+                if row.num_units != int(s["num_units"]):
+                    problems.append(f"{where}: {row.num_units} units, manifest.json {int(s['num_units'])}")
+                seen_tokens[sid] += row.spike_counts.size
+                seen_bins[sid] += row.num_bins
+            rows_checked += rows
+            for what, found, want in (("rows", rows, listed.get("num_rows")),
+                                      ("tokens", tokens, listed.get("num_tokens")),
+                                      ("sessions", len(split_sessions), listed.get("num_sessions"))):
+                if want is not None and found != int(want):
+                    problems.append(f"the {split} split holds {found:,} {what}; manifest.json lists {int(want):,}")
+    for sid, s in sessions.items():
+        if seen_tokens[sid] != int(s["num_tokens"]):
+            problems.append(f"session {sid!r}: its rows hold {seen_tokens[sid]:,} tokens; manifest.json "
+                            f"lists {int(s['num_tokens']):,}")
+        elif seen_bins[sid] != int(s["num_bins"]):
+            problems.append(f"session {sid!r}: its rows hold {seen_bins[sid]:,} bins; manifest.json "
+                            f"lists {int(s['num_bins']):,}")
+    more = len(problems) - MAX_PROBLEMS_LISTED
+    if more > 0:
+        problems = problems[:MAX_PROBLEMS_LISTED] + [f"... and {more} more"]
+    return {"ok": not problems, "rows_checked": rows_checked, "problems": problems}
+
+
+def format_check(check: dict) -> str:
+    """The text lines of :func:`check_corpus`'s result."""
+    if check["ok"]:
+        return f"check: {check['rows_checked']:,} rows read, every one consistent with manifest.json"
+    return "\n".join([f"check: {check['rows_checked']:,} rows read; they disagree with manifest.json "
+                      "(rebuild the corpus: spikefm corpus build INPUTS --out DIR --overwrite, or spikefm "
+                      "corpus import):"] + [f"  {p}" for p in check["problems"]])

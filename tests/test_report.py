@@ -584,6 +584,7 @@ def test_a_nan_cell_gets_a_note_saying_why_and_no_nan_no_note(tmp_path):
     text = build_report(path).html()
     assert text.count('class="note nan-note"') == 1
     assert "Why nan: a fraction of the oracle is nan when the oracle&#x27;s bits per spike is not positive" in text
+    assert "Why inf: bits per spike are -inf where a model predicted a rate of 0" in text  # its -inf per neuron
     clean = _bench(0.25)
     clean["tasks"]["co-smoothing"]["fraction_of_oracle"]["bps_per_neuron_mean"] = 0.5
     path.write_text(json.dumps({"fine-tuned": clean}))
@@ -1152,6 +1153,21 @@ def test_results_of_a_plugin_family_are_shown_as_the_numbers_they_hold(tmp_path)
     assert shown["/results/val_nll"] == "0.8125" and shown["/results/per_session/s2/bps"] == "-"
     assert "grux evaluation" in text and "per_session / s/1 / bps" in text
     assert "- is a value the family left empty" in text
+
+
+def test_nan_and_inf_in_a_plugin_familys_results_are_explained(tmp_path):
+    """A plugin's NaN or Infinity was shown as a bare nan / inf cell, where the README promises a
+    note under every table with a nan or - cell."""
+    from spikefm.report.build import write_report
+
+    nan = "Why nan: nan is a value the family computed as undefined (NaN in the JSON); its documentation says when."
+    inf = "Why inf: inf is a value the family computed as unbounded (Infinity in the JSON); its documentation says when."
+    for results, want in (({"r2": math.nan, "n": 3}, nan), ({"x": math.inf}, inf),
+                          ({"x": -math.inf, "y": math.nan}, f"{nan} {inf}"), ({"n": 3}, "")):
+        path = tmp_path / "ev.json"
+        path.write_text(json.dumps({"family": "grux", "results": results}))  # json writes NaN, Infinity
+        notes = _notes_by_table(write_report(path, tmp_path / "r.html").read_text())
+        assert notes["numbers-model"] == want
 
 
 def test_every_dash_in_an_ndt_evaluations_tables_is_explained(tmp_path):

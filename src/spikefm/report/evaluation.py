@@ -48,6 +48,8 @@ ORACLE_NAN = ("/ oracle", "a fraction of the oracle is nan when the oracle's bit
 CI_NAN = ("95 % ", "a 95 % interval is nan with fewer than 3 scored windows (the jackknife needs 3) or when a "
           "leave-one-out subset has no spike")
 BPS_NAN = ("", "bits per spike are nan where no spike was scored")
+BPS_INF = ("", "bits per spike are -inf where a model predicted a rate of 0 in a bin where the unit spiked "
+               "(a Poisson likelihood of 0)")
 _PAIRED = ("is a model's paired difference from the smoothing baseline on the same windows: none in a baseline's "
            "column, nor for a model scored without the baselines (a study scores them once, beside its first model)")
 #: Why an NDT task table shows - (a value not computed), by row name (Section.table's blank_why).
@@ -210,6 +212,10 @@ def _numbers_table(sec: Section, ev: Evaluation) -> None:
         if len(found) > NUMBERS_SHOWN:
             caption += f"; the first {NUMBERS_SHOWN:,} of {len(found):,}, the rest are in the JSON"
         sec.table(["result", name], rows, caption=caption, key=f"numbers-{name}",
+                  nan_why=(("", "nan is a value the family computed as undefined (NaN in the JSON); its "
+                                "documentation says when"),),
+                  inf_why=(("", "inf is a value the family computed as unbounded (Infinity in the JSON); its "
+                                "documentation says when"),),
                   blank_why=(("", "- is a value the family left empty (null)"),))
 
 
@@ -540,7 +546,7 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
                                           path=ev.ptr(n, "tasks", task, "num_evaluated")) if e else None
                                       for n, e in entries.items()] + [None] * len(bases))
     sec.table(header, rows, caption=f"{task}: bits per spike on the {_scored(ev)} windows", key=f"task-{task}",
-              nan_why=[ORACLE_NAN, CI_NAN, BPS_NAN], blank_why=PREDICTION_BLANK)
+              nan_why=[ORACLE_NAN, CI_NAN, BPS_NAN], inf_why=[BPS_INF], blank_why=PREDICTION_BLANK)
     first = next((e for e in entries.values() if e and len(e.get("chunks", [])) > 1), None)
     bin_ms = next(iter(ev.models.values())).get("bin_ms") or 20
     if first:
@@ -587,7 +593,7 @@ def _prediction_task(sec: Section, ev: Evaluation, task: str, entries: dict) -> 
                           f"re-fitted without each {unit[:-1]}; train-fitted null: its mean count in the same bins of "
                           + ("the train and val windows)" if _scored(ev) == "test" else
                              "the train windows; the test windows are left out)"),
-                  key=f"chunks-{task}", nan_why=[CI_NAN, BPS_NAN], blank_why=CHUNK_BLANK)
+                  key=f"chunks-{task}", nan_why=[CI_NAN, BPS_NAN], inf_why=[BPS_INF], blank_why=CHUNK_BLANK)
         sec.figure(charts.xy(lines, x_label="chunk start (s into the window)", y_label="bps_pooled"),
                    f"{task}: bits per spike of each predicted chunk, given all earlier true activity.")
     series = [charts.bar_series(n, [e["model"].get(m) for m in BPS_METRICS])

@@ -96,6 +96,11 @@ def _is_nan(c: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
+def _is_inf(c: Any) -> bool:
+    v = c.value if isinstance(c, Num) else c
+    return isinstance(v, float) and math.isinf(v)
+
+
 def _is_blank(c: Any) -> bool:
     return c is None or (isinstance(c, Num) and c.value is None)
 
@@ -150,18 +155,20 @@ class Section:
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None,
               key: str | None = None, nan_why: Sequence[tuple[str, str]] = (),
-              blank_why: Sequence[tuple[str, str]] = ()) -> None:
+              inf_why: Sequence[tuple[str, str]] = (), blank_why: Sequence[tuple[str, str]] = ()) -> None:
         """A table; cells are :class:`Num`, numbers (shown with ``.4f`` / thousands) or text.
 
         ``nan_why``: ``(text, reason)`` pairs; for each cell shown as ``nan``, the first pair whose
         ``text`` is part of the cell's row name (first cell) or column header gives its reason in a
-        note under the table (no note when no cell is nan). ``blank_why``: the same for cells
-        shown as ``-`` (None: a value not computed), in a note of its own."""
+        note under the table (no note when no cell is nan). ``inf_why`` and ``blank_why``: the same
+        for cells shown as ``inf`` / ``-inf`` and as ``-`` (None: a value not computed), each in a
+        note of its own."""
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
         body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
         data_key = f' data-table="{html.escape(key)}"' if key else ""
         notes = []
         for cls, label, hit, why in (("nan-note", "Why nan", _is_nan, nan_why),
+                                     ("inf-note", "Why inf", _is_inf, inf_why),
                                      ("blank-note", "Why -", _is_blank, blank_why)):
             reasons = _reasons(header, rows, hit, why) if why else []
             if reasons:

@@ -328,3 +328,18 @@ def test_evaluate_and_format_results_of_the_wrong_kind_are_refused_before_printi
     assert captured.err.strip() == ("spikefm: error: the 'toy' family's format_results() returned a NoneType; it "
                                     "must return the table as a str (spikefm.train.family documents it)")
     assert "None" not in captured.out
+
+
+def test_a_session_ranking_of_a_family_that_cannot_pick_sessions_is_refused_in_its_words(
+        toy_registered, tmp_path, capsys):
+    """The toy family fine-tunes but its data config has no 'sessions': a ranking failed with
+    "unknown key 'data.sessions'", a key the user never gave (the study's own setting)."""
+    assert families.picks_sessions("ndt") and not families.picks_sessions("toy")
+    out = tmp_path / "rank"
+    code = main(["experiment", "rank-sessions", "--model", "toy", "--data", str(tmp_path / "corpus"),
+                 "--held-out", "s1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown key" not in err
+    assert ("the 'toy' family cannot pretrain on chosen sessions (its data config has no 'sessions' field), which a "
+            "session ranking needs (one pretraining run per session); run it with a family that can (") in err
+    assert "ndt" in err.split("family that can (")[1] and not out.exists()

@@ -306,8 +306,7 @@ def cmd_train(args) -> int:
         except (ValueError, OSError):
             recorded = None  # not a run's description: train's own checks say what the folder is
     family = args.model or (recorded.family if recorded is not None else families.DEFAULT_FAMILY)
-    if args.sessions and family in families.names() and "sessions" not in {
-            f.name for f in dataclasses.fields(families.get(family).data_config_cls)}:
+    if args.sessions and family in families.names() and not families.picks_sessions(family):
         raise ValueError(f"--sessions picks the sessions of a model with per-session parameters (--model ndt or neds); "
                          f"the {family} family trains on the corpus's train split: drop --sessions")
     if recorded is not None and args.model in (None, recorded.family):

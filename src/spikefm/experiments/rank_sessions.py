@@ -371,9 +371,10 @@ def rank_sessions(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
 
     out = Path(out)
     check_study_folder(out)
-    from spikefm.families import require_finetuning
+    from spikefm.families import require_finetuning, require_session_choice
 
     require_finetuning(settings.family, "a session ranking needs")  # before its settings are read as the family's
+    require_session_choice(settings.family, "a session ranking needs (one pretraining run per session)")
     held, pool = study_sessions(corpus, held_out, pool)
     warn_top_k(top_k, len(pool), "--top-k")
     digest = manifest_sha256(corpus)

@@ -353,6 +353,7 @@ def scaling_study(out: str | Path, corpus: str | Path, held_out: Sequence[str] |
     seeds = seed_list(seeds)
     orders = name_list(orders, "--orders", "ranked,random")  # one given twice was two curves of one
     families.require_finetuning(settings.family, "a scaling study needs", also=("task_scores",))
+    families.require_session_choice(settings.family, "a scaling study needs (pretraining runs on subsets of sessions)")
     if not callable(getattr(families.get(settings.family), "task_scores", None)):
         families.task_scores(settings.family, {})  # its one-line refusal, before any job runs
     if tasks is not None:  # an unknown task failed every fine-tuning job, after the pretraining

@@ -18,6 +18,8 @@ spikefm, one :func:`register` call or a ``spikefm.families`` entry point in its 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 import os
 import warnings
@@ -390,6 +392,23 @@ def require_finetuning(family: str, needed_for: str, *, also: Sequence[str] = ()
     raise ValueError(f"the {family!r} family does not support fine-tuning to a new session (it has no per-session "
                      f"parameters), which {needed_for}; run it with a family that does "
                      f"({', '.join(able) or 'none is registered'}; --model)")
+
+
+def picks_sessions(family: str) -> bool:
+    """Whether ``family``'s runs can be trained on chosen sessions (its data config has a
+    ``sessions`` field, what ``spikefm train --sessions`` and the studies set)."""
+    return "sessions" in {f.name for f in dataclasses.fields(get(family).data_config_cls)}
+
+
+def require_session_choice(family: str, needed_for: str) -> None:
+    """A one-line ValueError when ``family`` cannot be trained on chosen sessions
+    (:func:`picks_sessions`), which ``needed_for`` (e.g. "a session ranking needs")."""
+    if picks_sessions(family):
+        return
+    able = [n for n in _families_with("finetune_config") if picks_sessions(n)]
+    raise ValueError(f"the {family!r} family cannot pretrain on chosen sessions (its data config has no 'sessions' "
+                     f"field), which {needed_for}; run it with a family that can "
+                     f"({', '.join(able) or 'none is registered'}; --model), or give the family a data.sessions setting")
 
 
 def _families_with(*members: str) -> list[str]:

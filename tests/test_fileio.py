@@ -129,3 +129,11 @@ def test_an_output_in_folders_still_to_make_is_accepted_and_leaves_nothing(tmp_p
 
     check_output_file(tmp_path / "a" / "b" / "r.json", (".json",), "--out")
     assert list(tmp_path.iterdir()) == []  # the probe went into tmp_path and was removed; no folder made
+
+
+def test_first_line_leaves_out_terminal_codes():
+    """torch's weights-only refusal holds bold codes, which reached one-line errors as ^[[1m."""
+    from spikefm.fileio import first_line
+
+    assert first_line(ValueError("load failed, \x1b[1mtrusted only\x1b[0m. \n(1) more")) == "load failed, trusted only."
+    assert first_line(ValueError("\x1b[31m\x1b[0m")) == "ValueError"

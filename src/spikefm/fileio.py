@@ -54,8 +54,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (at most ``limit`` characters), or its type's
     name when it has none: what a one-line error quotes of a library's multi-line one."""
-    lines = str(exc).strip().splitlines()
+    lines = _ANSI.sub("", str(exc)).strip().splitlines()
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+#: Terminal colour / bold codes some libraries put in their messages (torch's weights-only refusal).
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def default_file_mode() -> int:

@@ -494,7 +494,16 @@ def _check_loader_protocol(family, loader) -> None:
     except Exception as exc:  # noqa: BLE001 - whatever torch refuses, said in one line
         raise ValueError(f"family {name!r}: train_loader().state_dict() must hold only what torch.load("
                          f"weights_only=True) reads back (ints, floats, strings, lists, dicts, tensors; not numpy "
-                         f"numbers or arrays), or no run of it can resume ({first_line(exc, 200)})") from None
+                         f"numbers or arrays), or no run of it can resume ({_unpickler_refusal(exc)})") from None
+
+
+def _unpickler_refusal(exc: BaseException) -> str:
+    """What torch's weights-only loader refused, in its own words: the ``WeightsUnpickler error``
+    line of its many-line message (the type it would not load), else the message's first line."""
+    import re
+
+    found = re.search(r"WeightsUnpickler error: (.*?)(?:\. Please use|\n|$)", str(exc))
+    return found.group(1) if found else first_line(exc, 200)
 
 
 def _merge_stats(parts) -> dict[str, float]:

@@ -55,7 +55,7 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (at most ``limit`` characters), or its type's
     name when it has none: what a one-line error quotes of a library's multi-line one."""
     lines = _ANSI.sub("", str(exc)).strip().splitlines()
-    return lines[0][:limit] if lines else type(exc).__name__
+    return lines[0].strip()[:limit] if lines else type(exc).__name__
 
 
 #: Terminal colour / bold codes some libraries put in their messages (torch's weights-only refusal).

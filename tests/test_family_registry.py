@@ -343,3 +343,16 @@ def test_a_session_ranking_of_a_family_that_cannot_pick_sessions_is_refused_in_i
     assert ("the 'toy' family cannot pretrain on chosen sessions (its data config has no 'sessions' field), which a "
             "session ranking needs (one pretraining run per session); run it with a family that can (") in err
     assert "ndt" in err.split("family that can (")[1] and not out.exists()
+
+
+def test_a_family_under_another_name_says_where_it_was_registered(monkeypatch):
+    """'family registered as 'x' calls itself 'toy'' did not say whether 'x' came from an entry
+    point (and which) or from register()."""
+    monkeypatch.setattr(families, "_entry_points", lambda: {"wrongname": "_toy_family:ToyFamily"})
+    with pytest.raises(ValueError) as err:
+        families.get("wrongname")
+    assert str(err.value).startswith("the spikefm.families entry point 'wrongname' = _toy_family:ToyFamily gives a "
+                                     "family that calls itself 'toy'; use one name")
+    monkeypatch.setitem(families._EXTRA, "toy2", "_toy_family:ToyFamily")
+    with pytest.raises(ValueError, match=r"^the family registered as 'toy2' gives a family that calls itself 'toy'"):
+        families.get("toy2")

@@ -146,7 +146,10 @@ def get(name: str):
                          f"{', '.join(missing)}, which the train loop and the commands call; add them "
                          "(spikefm/train/family.py documents each)")
     if getattr(family, "name", name) != name:
-        raise ValueError(f"family registered as {name!r} calls itself {family.name!r}; use one name")
+        where = (f"the spikefm.families entry point {name!r} = {target}" if name not in FAMILIES and name not in _EXTRA
+                 and isinstance(target, str) else f"the family registered as {name!r}")
+        raise ValueError(f"{where} gives a family that calls itself {family.name!r}; use one name (the entry point's "
+                         "or registration's name and the class's name attribute)")
     _INSTANCES[name] = family
     return family
 

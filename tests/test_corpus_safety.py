@@ -455,6 +455,7 @@ def test_rebuilding_the_same_corpus_keeps_its_version_and_hash(inputs, tmp_path)
 
 @pytest.mark.parametrize("field, value, said", [
     ("bin_ms", 0, "has bin_ms 0; expected a positive whole number of milliseconds"),
+    ("bin_ms", 5, "has bin_ms 5 where manifest.json gives the corpus 20 ms bins"),
     ("trials_json", "{not json", "has trials_json that is not JSON"),
     ("trials_json", "[1, 2]", "has trials_json holding a list"),
     ("unit_ids", "short", "unit_ids for"),

@@ -312,13 +312,16 @@ class _BadRow(ValueError):
     its shard."""
 
 
-def _checked(row: CorpusRow) -> CorpusRow:
-    """``row`` if its fields fit together, else :class:`_BadRow` naming the row and the field: each
+def _checked(row: CorpusRow, bin_ms: int) -> CorpusRow:
+    """``row`` if its fields fit together (and its bin width is the corpus's ``bin_ms``), else
+    :class:`_BadRow` naming the row and the field: each
     of these failed later, far from the data, in words that named neither (a modulo by zero, a
     broadcast of shapes, a JSON parser's position)."""
     where = f"the row of session {row.session_id!r} (segment {row.segment_id!r})"
     if isinstance(row.bin_ms, bool) or not isinstance(row.bin_ms, int) or row.bin_ms < 1:
         raise _BadRow(f"{where} has bin_ms {row.bin_ms!r}; expected a positive whole number of milliseconds")
+    if row.bin_ms != bin_ms:  # a corpus has one bin width (the build and the import make one)
+        raise _BadRow(f"{where} has bin_ms {row.bin_ms} where manifest.json gives the corpus {bin_ms} ms bins")
     if row.spike_counts.ndim != 2 or row.num_units < 1:
         raise _BadRow(f"{where} has spike counts of shape {row.spike_counts.shape}; expected (units >= 1, bins)")
     for name in ("unit_ids", "unit_regions"):
@@ -365,4 +368,4 @@ def _rows_from_batch(batch: pa.RecordBatch, wanted: set[str] | None, default_bin
             behavior_names=py["behavior_names"][i] if "behavior_names" in py else [],
             behavior=None if behavior is None else _of_bins(behavior[i], counts[i].shape[1]),
             trials_json=py["trials_json"][i] if "trials_json" in py else "{}",
-        ))
+        ), default_bin_ms)

@@ -20,6 +20,7 @@ from spikefm import Corpus
 from spikefm.cli import main as cli_main
 from spikefm.corpus.build import BuildConfig, build_corpus
 from spikefm.fileio import LOCK_NAME
+from spikefm.pools import start_worker
 
 from conftest import random_units, write_nwb
 from test_corpus_support import content, one_error_line, snapshot, write_sessions
@@ -515,3 +516,43 @@ def test_a_rebuild_whose_folder_lost_a_file_or_went_missing_leaves_the_corpus_as
     assert {k: v for k, v in snapshot(out).items() if not k.startswith(".staging")} == before
     assert cli_main(cmd) == 0  # restored: the same corpus
     assert {k: v for k, v in snapshot(out).items() if not k.startswith(".staging")} == before
+
+
+
+def _pool_job(item, key, staging, cfg):
+    """A stand-in for build._stage_one in a pool worker: 'fast' returns at once with what the
+    worker does with Ctrl-C; 'slow' marks its start, sleeps, and marks its end."""
+    here = Path(staging)
+    if item == "fast":
+        return {"sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN}
+    (here / f"started-{os.getpid()}").write_text("")
+    time.sleep(20)
+    (here / "finished").write_text("")
+    return {}
+
+
+def test_ctrl_c_during_a_pooled_build_ends_its_workers_at_once(tmp_path, monkeypatch):
+    """Ctrl-C at a terminal reaches every process of the group: a worker interrupted inside the
+    pool's queues left `corpus build --workers 2` hanging at exit (3 of 40 tries) after its one
+    line. Workers now ignore SIGINT and the build ends them itself, without waiting for the
+    file being staged."""
+    from spikefm.corpus import build
+
+    monkeypatch.setattr(build, "_stage_one", _pool_job)  # the forked workers see it
+    seen = []
+
+    class Bar:  # the parent's Ctrl-C, once the slow job is under way in the other worker
+        def advance(self, n):
+            seen.append(n)
+            while not list(tmp_path.glob("started-*")):
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build._run_pool([("fast", "k0"), ("slow", "k1")], tmp_path, BuildConfig(), 2, Bar())
+    assert seen == [1] and not (tmp_path / "finished").exists()  # ended, not waited for
+    (marker,) = tmp_path.glob("started-*")
+    with pytest.raises(ProcessLookupError):  # its worker is gone
+        os.kill(int(marker.name.split("-")[1]), 0)
+    with build.ProcessPoolExecutor(1, initializer=start_worker, initargs=(os.getpid(),)) as pool:
+        assert pool.submit(_pool_job, "fast", "k", str(tmp_path), None).result() == {"sigint_ignored": True}

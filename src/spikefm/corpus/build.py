@@ -38,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -990,26 +989,13 @@ def _staged_problem(staged: Path, key: str) -> str | None:
     return None
 
 
-def _worker_init(parent_pid: int) -> None:
-    """Start of a pool worker: die with the build. On Linux the kernel sends SIGKILL to the
-    worker when its parent exits, however it exits (``kill -9`` included)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _run_pool(jobs, staging: Path, cfg: BuildConfig, workers: int, bar) -> tuple[list, list]:
     """Stage ``jobs`` in a process pool. Returns (results, jobs left undone because a worker
     process died, e.g. killed by the system for memory)."""
     results = []
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                               initargs=(os.getpid(),))
+    from ..pools import start_worker, terminate_workers
+
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=start_worker, initargs=(os.getpid(),))
     try:
         futures = [pool.submit(_stage_one, item, key, str(staging), cfg) for item, key in jobs]
         for i, fut in enumerate(futures):
@@ -1026,6 +1012,9 @@ def _run_pool(jobs, staging: Path, cfg: BuildConfig, workers: int, bar) -> tuple
                 return results, left
             bar.advance(1)
         return results, []
+    except KeyboardInterrupt:  # workers ignore it: end them now (staging writes are atomic)
+        terminate_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -38,7 +38,6 @@ import importlib
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -46,6 +45,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from spikefm.pools import terminate_workers
 
 __all__ = ["Job", "make_job", "KINDS", "RESULT", "SPEC", "job_result", "is_done", "run_job",
            "run_jobs", "LocalExecutor", "RayExecutor", "make_executor", "default_threads",
@@ -267,9 +268,11 @@ def default_threads(workers: int) -> int:
 def _worker_init(parent_pid: int, threads: int, one_line_warnings: bool = False) -> None:
     """Start of a pool worker: thread limits before torch is imported, warnings printed as the
     driver prints them, Ctrl-C left to the driver (it stops the pool; a worker interrupted too
-    printed a traceback and recorded its job as failed), and die with the driver (Linux: the
-    kernel sends SIGKILL to the worker when its parent exits, ``kill -9`` included)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    printed a traceback and recorded its job as failed), and die with the driver
+    (:func:`spikefm.pools.start_worker`)."""
+    from spikefm.pools import start_worker
+
+    start_worker(parent_pid)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     if one_line_warnings:
@@ -278,15 +281,6 @@ def _worker_init(parent_pid: int, threads: int, one_line_warnings: bool = False)
         from spikefm.progress import warning_line
 
         warnings.showwarning = warning_line
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
 
 def _one_line_warnings() -> bool:
@@ -338,7 +332,7 @@ class LocalExecutor:
         self._depth -= 1
         if self._depth == 0 and self._pool is not None:
             if exc_type is not None:  # Ctrl-C or an error in the driver: the running jobs are lost
-                _terminate_workers(self._pool)  # (workers ignore SIGINT: waiting would wait for them)
+                terminate_workers(self._pool)  # (workers ignore SIGINT: waiting would wait for them)
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
@@ -351,7 +345,7 @@ class LocalExecutor:
         (None: as many as now) for the jobs still to run. Nothing to do without a pool."""
         if self._pool is None:
             return
-        _terminate_workers(self._pool)
+        terminate_workers(self._pool)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._slots = workers or self.slots
         self._pool = self._new_pool(self._slots)
@@ -385,16 +379,6 @@ class LocalExecutor:
     def outcome(handle) -> tuple[dict | None, BaseException | None]:
         exc = handle.exception()
         return (None, exc) if exc is not None else (handle.result(), None)
-
-
-def _terminate_workers(pool) -> None:
-    """SIGTERM to every worker of a ``ProcessPoolExecutor`` (``terminate_workers`` from Python 3.14)."""
-    if hasattr(pool, "terminate_workers"):
-        pool.terminate_workers()
-        return
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        if proc.is_alive():
-            proc.terminate()
 
 
 def _ray_run_job(job: dict, root: str, threads: int, cwd: str | None = None) -> dict:

@@ -353,13 +353,35 @@ def test_a_corpus_grown_by_new_sessions_keeps_its_test_sessions(six_sessions, tm
     assert str(copy.resolve()) not in now
     assert now[held_path]["session_id"] == held and now[held_path]["split"] == "test"
     shutil.rmtree(copy.parent)
-    # the test recording renamed (same bytes): still held out, under its new name
+    # the test recording renamed (same bytes): still held out, and under its id (it took the new
+    # file name's id before, so runs keyed by the old id no longer met it), with a line saying so
     moved = Path(held_path).with_name("renamed_" + Path(held_path).name)
     os.replace(held_path, moved)
+    capsys.readouterr()
     build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
     now = {s["provenance"]["path"]: s for s in Corpus(tmp_path / "c").sessions}
     assert now[str(moved.resolve())]["split"] == "test" and len(now) == 7
+    assert now[str(moved.resolve())]["session_id"] == held
+    assert f"{moved.resolve()} keeps {held!r}" in capsys.readouterr().err
     os.replace(moved, held_path)
+    # a test and a train recording swap file names: each keeps its id and its split (the test split
+    # matched the test one's old path too, so the train recording was moved into test)
+    c = Corpus(tmp_path / "c")
+    by_id = {s["session_id"]: s for s in c.sessions}
+    other = next(s for s in c.sessions if s["split"] == "train" and Path(s["provenance"]["path"]).parent
+                 == Path(held_path).parent)
+    a, b = Path(held_path), Path(other["provenance"]["path"])
+    os.replace(a, a.with_suffix(".tmp"))
+    os.replace(b, a)
+    os.replace(a.with_suffix(".tmp"), b)
+    build_corpus([str(grow)], tmp_path / "c", cfg, progress=False)
+    swapped = {s["session_id"]: s for s in Corpus(tmp_path / "c").sessions}
+    assert {k: (v["split"], v["provenance"]["sha256"]) for k, v in swapped.items()} == \
+        {k: (v["split"], v["provenance"]["sha256"]) for k, v in by_id.items()}
+    assert swapped[held]["provenance"]["path"] == str(b.resolve())
+    os.replace(a, a.with_suffix(".tmp"))
+    os.replace(b, a)
+    os.replace(a.with_suffix(".tmp"), b)
 
     row = BuildConfig(test_fraction=0.3, seed=seed, split="row", max_row_tokens=200)
     shutil.rmtree(grow)

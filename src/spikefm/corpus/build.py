@@ -584,12 +584,38 @@ def assign_splits(metas: list[dict], cfg: BuildConfig, *, keep_test: Iterable[st
     return out
 
 
-def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: BuildConfig) -> set[str]:
+def _earlier_sessions(existing: Manifest | None, metas: list[dict]) -> list[tuple[SessionEntry, bool] | None]:
+    """For each of ``metas``, the session of the ``existing`` version that is the same recording,
+    and whether it is by content: first the file whose sha256 it had (a file renamed or moved
+    since, however the names now fall), then, for a file of new content, the one at the same
+    path (a file rewritten in place), unless that session's content is another input's now (two
+    files whose names were swapped are each matched by content). None: a new recording."""
+    if existing is None:
+        return [None] * len(metas)
+    prov = [m.get("provenance") or {} for m in metas]
+    by_digest = {(s.provenance or {}).get("sha256"): s for s in existing.sessions}
+    by_digest.pop(None, None)
+    out: list[tuple[SessionEntry, bool] | None] = [(by_digest[p["sha256"]], True) if p.get("sha256") in by_digest
+                                                   else None for p in prov]
+    claimed = {id(match[0]) for match in out if match is not None}
+    by_path = {str((s.provenance or {}).get("path")): s for s in existing.sessions if (s.provenance or {}).get("path")}
+    for i, p in enumerate(prov):
+        old = by_path.get(str(p.get("path")))
+        if out[i] is None and old is not None and id(old) not in claimed:
+            out[i] = (old, False)
+            claimed.add(id(old))
+    return out
+
+
+def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: BuildConfig,
+                           earlier: list[tuple[SessionEntry, bool] | None]) -> set[str]:
     """The test sessions of the corpus this build replaces, when it was split the same way (same
     bin width, split kind, seed and test share): a corpus grown by new sessions keeps them held
     out (a fresh draw over all sessions moved some into train, where a model trained on the new
-    version would see what the old version's results were measured on). ``--split row`` draws
-    rows afresh; a grown row-split corpus says so when its earlier test rows may have moved."""
+    version would see what the old version's results were measured on). Recordings are matched
+    by :func:`_earlier_sessions` (``earlier``, one per meta), not by id: a file renamed since is
+    the same recording, and a new input can take an earlier session's plain id. ``--split row``
+    draws rows afresh; a grown row-split corpus says so when its earlier test rows may have moved."""
     if existing is None:
         return set()
     old = existing.build or BuildSettings()
@@ -598,15 +624,8 @@ def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: Bu
     if not same:
         return set()
     if cfg.split == "session":  # also when the sessions are the same: a grown corpus's test stays so
-        # matched by recording (its path), not by id: a new input sharing an id can take the plain id
-        # (ids are de-duplicated in path order) and the earlier session become id-2
-        # (or its content: a file renamed since is the same recording)
-        test = [s for s in existing.sessions if s.split == "test"]
-        paths = {(s.provenance or {}).get("path") for s in test} - {None}
-        digests = {(s.provenance or {}).get("sha256") for s in test} - {None}
-        return {m["session_id"] for m in metas if (m.get("provenance") or {}).get("path") in paths
-                or (m.get("provenance") or {}).get("sha256") in digests} | \
-            {s.session_id for s in test if not (s.provenance or {}).get("path")}
+        return {m["session_id"] for m, match in zip(metas, earlier) if match is not None and match[0].split == "test"} | \
+            {s.session_id for s in existing.sessions if s.split == "test" and not (s.provenance or {}).get("path")}
     before = {s.session_id: s.split for s in existing.sessions}
     now = {m["session_id"] for m in metas}
     if set(before) != now and any(split != "train" for split in before.values()):
@@ -617,25 +636,37 @@ def _earlier_test_sessions(existing: Manifest | None, metas: list[dict], cfg: Bu
     return set()
 
 
-def _dedupe_session_ids(metas: list[dict], existing: Manifest | None = None) -> list[dict]:
+def _dedupe_session_ids(metas: list[dict], earlier: list[tuple[SessionEntry, bool] | None]) -> list[dict]:
     """Give colliding session ids a ``-2``, ``-3``... suffix (by input path order; one no other
     session has, :func:`~spikefm.corpus.manifest.distinct_session_ids`), warning once per shared id.
-    A recording the ``existing`` version holds (same path) keeps the id it has there."""
-    ordered = sorted(metas, key=lambda m: m["provenance"].get("path", ""))
-    before = {str((s.provenance or {}).get("path")): s.session_id for s in (existing.sessions if existing else ())}
+    A recording the earlier version holds (``earlier``, one per meta: :func:`_earlier_sessions`)
+    keeps the id it has there: whatever the file is named now when its content is the same."""
+    order = sorted(range(len(metas)), key=lambda i: metas[i]["provenance"].get("path", ""))
+    ordered = [metas[i] for i in order]
+    match = [earlier[i] for i in order]
     new_ids = distinct_session_ids([m["session_id"] for m in ordered],
-                                   keep=[before.get(str(m["provenance"].get("path"))) for m in ordered])
+                                   keep=[x[0].session_id if x else None for x in match],
+                                   same_content=[bool(x and x[1]) for x in match])
     renamed: dict[str, list[dict]] = {}
-    for m, sid in zip(ordered, new_ids):
+    kept = []
+    for m, sid, x in zip(ordered, new_ids, match):
         if sid != m["session_id"]:
-            renamed.setdefault(m["session_id"], []).append(m)
             m["original_session_id"] = m["session_id"]
             m["session_id"] = sid
+            if x is not None and x[1] and x[0].session_id == sid:
+                kept.append(m)
+            else:
+                renamed.setdefault(m["original_session_id"], []).append(m)
     if renamed:  # one line: the id each took is another session's (an input's, or an earlier rename's)
         later = [m for group in renamed.values() for m in group]
         print(f"spikefm: warning: {len(later)} input(s) named with a session id another session has, renamed: "
               + ", ".join(f"{m['provenance'].get('path', '?')} ({m['original_session_id']!r}) -> {m['session_id']!r}"
                           for m in later), file=sys.stderr)
+    if kept:
+        print(f"spikefm: warning: {len(kept)} input(s) renamed since the corpus read them (the same content) keep "
+              "their session id, so runs keyed by it meet the same recording: "
+              + ", ".join(f"{m['provenance'].get('path', '?')} keeps {m['session_id']!r}" for m in kept),
+              file=sys.stderr)
     return metas
 
 
@@ -644,8 +675,10 @@ def finalize(folder: CorpusDir, metas: list[dict], skipped: list[dict], cfg: Bui
     """Write shards and manifest from staged sessions as the folder's new version; returns the
     manifest (a dict)."""
     staging = folder.path / STAGING
-    metas = _dedupe_session_ids([dict(m) for m in metas], folder.existing)
-    split_of = assign_splits(metas, cfg, keep_test=_earlier_test_sessions(folder.existing, metas, cfg))
+    metas = [dict(m) for m in metas]
+    earlier = _earlier_sessions(folder.existing, metas)
+    metas = _dedupe_session_ids(metas, earlier)
+    split_of = assign_splits(metas, cfg, keep_test=_earlier_test_sessions(folder.existing, metas, cfg, earlier))
     rng = np.random.default_rng([cfg.seed, 1])
 
     tables, row_tokens = {}, {}

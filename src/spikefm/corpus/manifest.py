@@ -332,19 +332,23 @@ class Manifest:
         return (json.dumps(self.to_dict(), indent=2) + "\n").encode()
 
 
-def distinct_session_ids(ids: list[str], keep: list[str | None] | None = None) -> list[str]:
+def distinct_session_ids(ids: list[str], keep: list[str | None] | None = None,
+                         same_content: list[bool] | None = None) -> list[str]:
     """The ids a manifest can hold (distinct) for sessions with these ``ids``, in this order: the
     first session of each id keeps it, each later one gets the next ``-2``, ``-3``... suffix that
     no session has (``a, a, a-2`` -> ``a, a-3, a-2``). ``keep`` (one per session, or None) names
     the id an earlier version of the corpus gave the same recording: it stays (runs key their
-    per-session parameters by it) when it is that id or one of its suffixes and no other session
-    kept it first; the other sessions are named around it."""
+    per-session parameters by it) when it is that id or one of its suffixes, or whatever it is
+    where ``same_content`` (one bool per session) says the file is byte for byte the one the
+    earlier version read (a file renamed since), and no other session kept it first; the other
+    sessions are named around it."""
     keep = list(keep) if keep is not None else [None] * len(ids)
+    same = list(same_content) if same_content is not None else [False] * len(ids)
     out: list[str | None] = [None] * len(ids)
     used: set[str] = set()
     for i, (sid, old) in enumerate(zip(ids, keep)):
         rest = old[len(sid) + 1:] if isinstance(old, str) and old.startswith(sid + "-") else None
-        if old is not None and (old == sid or (rest is not None and rest.isdigit())) and old not in used:
+        if old is not None and (old == sid or same[i] or (rest is not None and rest.isdigit())) and old not in used:
             out[i] = old
             used.add(old)
     taken = set(ids) | used

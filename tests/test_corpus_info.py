@@ -87,7 +87,7 @@ def test_info_numbers_match_numpy_on_the_source_arrays(corpus_and_rows):
         units_by_session[r["session_id"]] = r["spike_counts"].shape[0]
     assert info["hours"] == pytest.approx(sum(bins_by_session.values()) * 20 / 1000 / 3600)
     units = np.array(list(units_by_session.values()))
-    assert info["units"]["total"] == units.sum()
+    assert info["units"]["total"] == units.sum() and isinstance(info["units"]["total"], int)  # a count, not 139.0
     assert info["units"]["mean"] == pytest.approx(units.mean())
     assert (info["units"]["min"], info["units"]["max"]) == (units.min(), units.max())
     assert info["num_sessions"] == 5 and info["num_subjects"] == 4

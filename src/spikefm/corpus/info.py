@@ -118,7 +118,8 @@ def _summary(values: list[float]) -> dict:
     if not values:
         return {"total": 0, "mean": None, "median": None, "min": None, "max": None}
     a = np.asarray(values, dtype=np.float64)
-    return {"total": float(a.sum()), "mean": float(a.mean()), "median": float(np.median(a)),
+    total = int(a.sum()) if all(isinstance(v, int) for v in values) else float(a.sum())  # units: a count
+    return {"total": total, "mean": float(a.mean()), "median": float(np.median(a)),
             "min": float(a.min()), "max": float(a.max())}
 
 

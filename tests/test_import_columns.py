@@ -186,6 +186,28 @@ def test_rows_whose_own_start_times_overlap_are_refused(tmp_path, capsys):
             r"segment_0 at \[0, 600\) ms .* and segment_1 at \[580, 980\) ms")
 
 
+@pytest.mark.parametrize("segments", [["segment_0", "segment_1", "segment_1"], [None, None, None]])
+def test_a_corpus_imported_from_repeated_or_missing_segment_ids_imports_again(tmp_path, segments):
+    """Rows repeating a segment id, or without one, are imported as they are (unordered, every row
+    at 0 ms); importing that corpus again was refused as overlapping rows, though the README says a
+    spikefm corpus comes back whole. Its own manifest says the session has no timeline."""
+    table, _ = pile_table([("s", f"g{i}", 3, 30 + 10 * i) for i in range(3)])
+    table = table.set_column(table.schema.get_field_index("segment_id"), "segment_id", pa.array(segments, pa.string()))
+    write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    first = import_neural_pile(str(tmp_path / "pile"), tmp_path / "c1", progress=False)
+    assert first["sessions"][0]["segments_ordered"] is False
+    again = import_neural_pile(str(tmp_path / "c1"), tmp_path / "c2", progress=False)
+    assert again["sessions"][0]["segments_ordered"] is False
+
+    def rows(path):
+        return sorted((r.segment_id, r.t_start_ms, r.spike_counts.tobytes()) for r in Corpus(path).iter_rows("train"))
+
+    assert rows(tmp_path / "c2") == rows(tmp_path / "c1") and len(rows(tmp_path / "c1")) == 3
+    # foreign rows of a segment repeated at 0 ms (two copies of a file) stay refused: no manifest says why
+    (tmp_path / "c1" / "manifest.json").unlink()
+    refused(tmp_path / "c1", tmp_path / "c3", "overlap")
+
+
 def test_rows_whose_own_start_times_are_off_one_bin_grid_are_refused(tmp_path):
     """t_start_ms 0 and 610 (20 ms bins) were imported as one timeline; cutting windows then
     refused the corpus with 'rebuild it', which an imported corpus cannot do."""

@@ -932,16 +932,21 @@ def _assign_session_ids(sessions: dict[tuple, _Session]) -> None:
               "subject; renamed with -2, -3... (original_session_id in the manifest)")
 
 
-def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int) -> list[str]:
+def _assign_t_start(rows: _Rows, sessions: dict[tuple, _Session], bin_ms: int,
+                    earlier: dict | None = None) -> list[str]:
     """Fill rows.t_start_ms; returns the ids of the multi-row sessions whose rows cannot be put
     on one timeline (segments not numbered 0..k-1, different unit counts, or rows of distinct
-    segments all at t_start_ms 0: how a spikefm corpus stores such a session)."""
+    segments all at t_start_ms 0: how a spikefm corpus stores such a session; also rows of
+    repeated or missing segment ids at 0 ms where the source's own manifest, ``earlier``
+    (:func:`_source_manifest_sessions`), says the session has no timeline: a corpus this import
+    wrote from such rows)."""
     rows.t_start_ms = [0] * len(rows.segment_id)
     unknown: list[str] = []
     for s in sessions.values():
         given = [rows.given_t_start[r] for r in s.rows]
         segments = [rows.segment_id[r] for r in s.rows]
-        if len(given) > 1 and all(t == 0 for t in given) and len(set(segments)) == len(segments):
+        said_unordered = (earlier or {}).get((s.source, s.subject, s.session_id), {}).get("segments_ordered") is False
+        if len(given) > 1 and all(t == 0 for t in given) and (len(set(segments)) == len(segments) or said_unordered):
             # every row of a multi-row session at 0 ms: what a spikefm corpus stores for a session
             # without one timeline (segments_ordered false), so it stays one (not refused as an
             # overlap, which made such a corpus impossible to import again; nor reordered by
@@ -1164,7 +1169,8 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
     rows, sessions = _scan(files, default_source, progress, skipped)
     bin_ms = _resolve_bin_ms(rows, bin_ms)
     _assign_session_ids(sessions)
-    unknown = _assign_t_start(rows, sessions, bin_ms)
+    earlier = _source_manifest_sessions(root)
+    unknown = _assign_t_start(rows, sessions, bin_ms, earlier)
     if unknown:
         _warn(_unordered_warning(unknown))
 
@@ -1174,7 +1180,7 @@ def import_neural_pile(source: str, out_dir: str | Path, *, cache_dir: str | Non
             _check_replace(out_dir, folder.existing, source, overwrite)  # as found under the lock
             shards, stats = _write(files, rows, sessions, bin_ms, version, progress)
             manifest = _manifest(source, rows, sessions, stats, shards, provenance, skipped,
-                                 bin_ms, shard_max_tokens, earlier=_source_manifest_sessions(root))
+                                 bin_ms, shard_max_tokens, earlier=earlier)
             kept = version.current_created_utc(manifest)
             if kept is not None:  # the same import again: the current version stays (and its hash)
                 return replace(manifest, created_utc=kept).to_dict()
@@ -1217,7 +1223,8 @@ def _check_replace(out_dir: Path, existing, source: str, overwrite: bool) -> Non
 
 
 def _source_manifest_sessions(root: Path) -> dict[tuple[str, str, str], dict]:
-    """(source, subject, session) -> ``{"license", "provenance", "original_session_id"}`` of each
+    """(source, subject, session) -> ``{"license", "provenance", "original_session_id",
+    "segments_ordered"}`` of each
     session in the ``manifest.json`` beside the shards of a spikefm corpus (its folder, or one
     uploaded with it as the README shows): what the rows do not carry. Empty without one (the published Neural Pile);
     a manifest that cannot be read is passed over with a warning (the rows are the corpus). Read
@@ -1232,7 +1239,8 @@ def _source_manifest_sessions(root: Path) -> dict[tuple[str, str, str], dict]:
                 {"license": e.get("license") if isinstance(e.get("license"), str) else "",
                  "provenance": e.get("provenance") if isinstance(e.get("provenance"), dict) else None,
                  "original_session_id": (e.get("original_session_id")
-                                         if isinstance(e.get("original_session_id"), str) else None)}
+                                         if isinstance(e.get("original_session_id"), str) else None),
+                 "segments_ordered": e.get("segments_ordered") if isinstance(e.get("segments_ordered"), bool) else None}
                 for e in sessions}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _warn(f"{path}: not read ({type(exc).__name__}: {first_line(exc)}); the sessions' licences and "

@@ -611,3 +611,12 @@ def test_a_full_disk_during_an_import_exits_1_as_a_build_does(tmp_path, monkeypa
     assert line.startswith(f"spikefm: error: No space left on device while writing the corpus in {tmp_path / 'c'}; "
                            "fix the cause (space, permissions) and run again")
     assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+def test_rows_without_a_bin_width_beside_rows_of_another_are_refused_saying_which(tmp_path):
+    """A null bin_ms was reported as 'rows have no bin_ms column' beside a file that has the column."""
+    table, _ = pile_table(TWO, bin_ms=pa.array([10, None], pa.int64()))
+    f = write(table, tmp_path / "pile" / "data" / "train-00000-of-00001.parquet")
+    msg = refused(tmp_path / "pile", tmp_path / "c", "rows have no bin_ms")
+    assert msg.startswith("1 rows have no bin_ms (no such column, or a null: the Neural Pile's 20 ms; e.g. ")
+    assert f"and the others give 10 ms (e.g. {f}" in msg

@@ -913,7 +913,7 @@ def _resolve_bin_ms(rows: _Rows, asked: int | None) -> int:
         raise ValueError(f"the rows give bin_ms {b}, but bin_ms {asked} was asked for; leave it "
                          "out (the rows' own width is used) or import other files")
     if without and b != default:
-        raise ValueError(f"{without} rows have no bin_ms column (the Neural Pile's 20 ms; e.g. {first_of(None)}) "
+        raise ValueError(f"{without} rows have no bin_ms (no such column, or a null: the Neural Pile's 20 ms; e.g. {first_of(None)}) "
                          f"and the others give {b} ms (e.g. {first_of(b)}); a corpus has one bin width: import "
                          "them separately")
     return b

@@ -814,9 +814,13 @@ def test_dandi_client_errors_name_the_spec_and_other_inputs_are_built(tmp_path, 
     assert skipped["input"] == "dandi:000999@9.9.9"
     assert skipped["error"].startswith("dandi:000999@9.9.9: ") and "No such version" in skipped["error"]
     assert "dandiarchive.org/dandiset/000999" in skipped["error"] and "\n" not in skipped["error"]
-    with pytest.raises(ValueError, match=r"^dandi:000123: download from DANDI failed "
-                                         r"\(connection reset by peer\); check your network"):
+    with pytest.raises(ValueError, match=r"^dandi:000123: the DANDI archive cannot be reached "
+                                         r"\(connection reset by peer\); only the archive says which version is the "
+                                         r"newest: check your network, or pin a published version"):
         dandi_mod.resolve_dandi("dandi:000123", cache_dir=tmp_path / "cache", client=Offline())
+    with pytest.raises(ValueError, match=r"^dandi:000123@1.2.3: the DANDI archive cannot be reached \(connection "
+                                         r"reset by peer\), and the cache .* holds no list of its assets"):
+        dandi_mod.resolve_dandi("dandi:000123@1.2.3", cache_dir=tmp_path / "cache", client=Offline())
 
 
 def test_dandi_downloads_and_cached_copies_are_checked_against_the_published_sha256(
@@ -1097,3 +1101,43 @@ def test_a_file_under_two_given_folders_takes_its_source_from_the_innermost_what
     # a file given itself names its own folder
     files, _ = resolve_inputs([str(root), str(root / "y" / "s1.nwb")], cfg, progress=False)
     assert sorted((f.path.name, f.source_dataset) for f in files) == [("s0.nwb", "R"), ("s1.nwb", "y")]
+
+
+def test_a_pinned_dandi_version_whose_assets_are_cached_builds_offline(tmp_path, nwb_factory, capsys, monkeypatch):
+    """Every asset cached and the version pinned, a build without the network still asked the
+    archive first and failed with 'check your network ... finished downloads are kept in the
+    cache', which a rerun offline never used."""
+    from spikefm.corpus import dandi as dandi_mod
+
+    class Offline:
+        def get_dandiset(self, dandiset_id, version_id=None):
+            raise ConnectionError("connection refused")
+
+    one, _ = nwb_factory("sub-1_ses-1")
+    two, _ = nwb_factory("sub-2_ses-1")
+    assets = [_FakeAsset("sub-1/sub-1_ses-1.nwb", one), _FakeAsset("sub-2/sub-2_ses-1.nwb", two)]
+    cache, spec = tmp_path / "cache", "dandi:000207@0.220216.0"
+    online = dandi_mod.resolve_dandi(spec, cache_dir=cache, client=_FakeClient(assets), progress=False)
+    capsys.readouterr()
+    offline = dandi_mod.resolve_dandi(spec, cache_dir=cache, client=Offline(), progress=False)
+    assert [(i.path, i.provenance, i.license) for i in offline] == [(i.path, i.provenance, i.license) for i in online]
+    assert offline[0].license == "spdx:CC-BY-4.0" and len(offline) == 2
+    assert "the DANDI archive cannot be reached (connection refused); 2 asset(s) of version 0.220216.0 come from " \
+           "the cache" in capsys.readouterr().err
+    (sub1,) = dandi_mod.resolve_dandi(spec + "/sub-1/*.nwb", cache_dir=cache, client=Offline(), progress=False)
+    assert sub1.provenance["asset_path"] == "sub-1/sub-1_ses-1.nwb"
+    monkeypatch.setattr(dandi_mod, "_client", Offline)  # corpus build, as a user runs it offline
+    report = build_corpus([spec], tmp_path / "c", BuildConfig(cache_dir=str(cache)), progress=False)
+    assert [s["source_dataset"] for s in report.manifest["sessions"]] == ["dandi-000207"] * 2
+    assert {s["license"] for s in report.manifest["sessions"]} == {"spdx:CC-BY-4.0"}
+    # an asset the cache lost, or damaged, cannot be used offline: one line says so
+    offline[1].path.write_bytes(b"\0" * offline[1].path.stat().st_size)
+    with pytest.raises(ValueError, match=r"^dandi:000207@0.220216.0: the DANDI archive cannot be reached \(connection "
+                                         r"refused\), and its asset sub-2/sub-2_ses-1.nwb is not in the cache"):
+        dandi_mod.resolve_dandi(spec, cache_dir=cache, client=Offline(), progress=False)
+    assert "it cannot be downloaded again now" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"no asset the cache lists for version 0.220216.0 matches 'sub-9/\*.nwb'"):
+        dandi_mod.resolve_dandi(spec + "/sub-9/*.nwb", cache_dir=cache, client=Offline(), progress=False)
+    # a draft changes: the cache cannot say what it is now
+    with pytest.raises(ValueError, match=r"only the archive says which version is the draft now"):
+        dandi_mod.resolve_dandi("dandi:000207@draft", cache_dir=cache, client=Offline(), progress=False)

@@ -7,7 +7,9 @@ already in the cache with the right size and digest is not downloaded again (the
 cached file is computed once and remembered in a hidden ``.NAME.sha256.json`` beside it while its
 size and modification time stay the same); a cached copy whose digest differs is downloaded again,
 with a warning. The version actually used (the most recent published one when none is given, else
-the draft) and the asset's sha256 digest are recorded in the manifest.
+the draft) and the asset's sha256 digest are recorded in the manifest. For a published version
+the cache also keeps what the archive said of the assets a build used (:data:`LISTING`), so a
+pinned version whose assets are all cached builds without the network.
 
 Downloads resume and show progress: bytes stream into a hidden partial file beside the final one
 (``.NAME.partial-<sha256 prefix>``, so a partial of another version of the asset is never
@@ -30,6 +32,7 @@ anything is downloaded.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import hashlib
 import json
@@ -128,9 +131,11 @@ def _remember_digest(local: Path, digest: str) -> None:
                                         "mtime_ns": st.st_mtime_ns})
 
 
-def _cached_copy_ok(local: Path, size, digest: str, spec: str, asset_path: str) -> bool:
+def _cached_copy_ok(local: Path, size, digest: str, spec: str, asset_path: str,
+                    then: str = "downloading it again") -> bool:
     """Whether the cached file can be used: right size and, when DANDI publishes one, right
-    sha256 (hashed once, then remembered while the file's size and mtime stay the same)."""
+    sha256 (hashed once, then remembered while the file's size and mtime stay the same); a
+    mismatch is warned about, saying what happens ``then``."""
     if not local.is_file():
         return False
     st = local.stat()
@@ -148,7 +153,7 @@ def _cached_copy_ok(local: Path, size, digest: str, spec: str, asset_path: str) 
         _remember_digest(local, digest)
         return True
     print(f"spikefm: warning: {spec}: the cached copy of {asset_path} ({local}) does not match the "
-          "sha256 DANDI publishes for it; downloading it again", file=sys.stderr)
+          f"sha256 DANDI publishes for it; {then}", file=sys.stderr)
     return False
 
 
@@ -390,6 +395,76 @@ def _sha256(asset) -> str:
     return digests.get("dandi:sha2-256", "")
 
 
+#: Per published version in the cache: what the archive said of the assets a build used (path,
+#: size, sha256) and the dandiset's licence, so that a build of a pinned version whose assets
+#: are all cached runs without the network.
+LISTING = ".spikefm-assets.json"
+
+
+def _input_file(dandiset_id: str, version: str, asset_path: str, digest: str, local: Path, license: str):
+    from .build import InputFile
+
+    return InputFile(
+        path=local,
+        source_dataset=f"dandi-{dandiset_id}",
+        provenance={"dandiset_id": dandiset_id, "dandiset_version": version,
+                    "asset_path": asset_path, "asset_sha256": digest,
+                    "url": f"https://dandiarchive.org/dandiset/{dandiset_id}/{version}"},
+        license=license,
+    )
+
+
+def _remember_listing(folder: Path, license: str, assets: list[dict]) -> None:
+    """Add ``assets`` to the version's :data:`LISTING` (one entry per path; best effort: a cache
+    that cannot be written only costs the offline build)."""
+    path = folder / LISTING
+    try:
+        known = {a["path"]: a for a in json.loads(path.read_text()).get("assets", [])}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        known = {}
+    known.update({a["path"]: a for a in assets})
+    try:
+        write_json_atomic(path, {"license": license, "assets": [known[k] for k in sorted(known)]})
+    except OSError:
+        pass
+
+
+def _resolve_from_listing(spec: str, parsed: DandiSpec, cache: Path, exc: OSError) -> list:
+    """The spec's inputs from the cache alone (the archive unreachable): a pinned published
+    version whose :data:`LISTING` names assets matching the glob, every one cached with DANDI's
+    size and sha256. Else one line saying what the offline build lacks."""
+    unreachable = f"{spec}: the DANDI archive cannot be reached ({first_line(exc)})"
+    if parsed.version in (None, "draft"):
+        raise ValueError(f"{unreachable}; only the archive says which version is "
+                         f"{'the newest' if parsed.version is None else 'the draft now'}: check your network, "
+                         f"or pin a published version whose files a build downloaded before "
+                         f"(dandi:{parsed.dandiset_id}@VERSION)") from exc
+    _check_version(parsed.version, spec)
+    folder = cache / parsed.dandiset_id / parsed.version
+    try:
+        listing = json.loads((folder / LISTING).read_text())
+        assets = [a for a in listing["assets"] if fnmatch.fnmatchcase(a["path"], parsed.glob or "*.nwb")]
+        license = str(listing.get("license") or "")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{unreachable}, and the cache {folder} holds no list of its assets that a build "
+                         f"wrote ({type(err).__name__}); check your network and run the build again") from exc
+    if not assets:
+        raise ValueError(f"{unreachable}, and no asset the cache lists for version {parsed.version} matches "
+                         f"{parsed.glob or '*.nwb'!r}; check your network and run the build again") from exc
+    items = []
+    for a in assets:
+        local = _cache_path(cache, parsed.dandiset_id, parsed.version, a["path"], spec)
+        if not _cached_copy_ok(local, a.get("size"), a.get("sha256") or "", spec, a["path"],
+                               then="it cannot be downloaded again now"):
+            raise ValueError(f"{unreachable}, and its asset {a['path']} is not in the cache ({local}) with "
+                             "DANDI's size and sha256; check your network and run the build again") from exc
+        items.append(_input_file(parsed.dandiset_id, parsed.version, a["path"], a.get("sha256") or "", local,
+                                 license))
+    print(f"spikefm: warning: {unreachable}; {len(items)} asset(s) of version {parsed.version} come from "
+          f"the cache ({folder}), as a build that reached the archive listed them", file=sys.stderr)
+    return items
+
+
 def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None,
                   progress: bool = True) -> list:
     """Resolve a DANDI spec to :class:`~spikefm.corpus.build.InputFile` items, downloading NWB
@@ -407,7 +482,6 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
             name, a download that failed (a partial one is resumed by the next call) or does not
             match DANDI's sha256.
     """
-    from .build import InputFile
 
     parsed = parse_dandi_spec(spec)
     cache = Path(os.path.expanduser(str(cache_dir or os.environ.get("SPIKEFM_DANDI_CACHE")
@@ -418,7 +492,12 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
     except ValueError as exc:
         raise ValueError(f"{spec}: {exc}") from None
     try:
-        dandiset = client.get_dandiset(parsed.dandiset_id, parsed.version)
+        try:
+            dandiset = client.get_dandiset(parsed.dandiset_id, parsed.version)
+        except OSError as exc:  # the archive cannot be reached: a pinned version may be in the cache
+            if exc.filename:
+                raise
+            return _resolve_from_listing(spec, parsed, cache, exc)
         if parsed.version is None:
             # Prefer the most recent published version; fall back to the draft.
             published = getattr(dandiset, "most_recent_published_version", None)
@@ -434,21 +513,16 @@ def resolve_dandi(spec: str, *, cache_dir: str | Path | None = None, client=None
         assets = sorted(assets, key=lambda a: a.path)
         # Every name is checked before the first download.
         locals_ = [_cache_path(cache, parsed.dandiset_id, version, a.path, spec) for a in assets]
-        items = []
+        items, listed = [], []
         for asset, local in zip(assets, locals_):
             size = getattr(asset, "size", None)
             digest = _sha256(asset)
             if not _cached_copy_ok(local, size, digest, spec, asset.path):
                 _download(asset, local, digest, spec, progress=progress)
-            items.append(InputFile(
-                path=local,
-                source_dataset=f"dandi-{parsed.dandiset_id}",
-                provenance={"dandiset_id": parsed.dandiset_id, "dandiset_version": version,
-                            "asset_path": asset.path, "asset_sha256": digest,
-                            "url": f"https://dandiarchive.org/dandiset/{parsed.dandiset_id}/"
-                                   f"{version}"},
-                license=license,
-            ))
+            items.append(_input_file(parsed.dandiset_id, version, asset.path, digest, local, license))
+            listed.append({"path": asset.path, "size": size, "sha256": digest})
+        if version != "draft":  # a published version never changes: what an offline build may use
+            _remember_listing(cache / parsed.dandiset_id / version, license, listed)
         return items
     except ValueError:
         raise

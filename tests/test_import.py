@@ -498,7 +498,7 @@ def test_rows_of_two_bin_widths_are_refused(spikefm_corpus_10ms, published, tmp_
                 mixed / "train-00001-of-00002.parquet")
     msg = one_line_error(lambda: import_neural_pile(str(mixed.parent), tmp_path / "c",
                                                     progress=False), "one bin width")
-    assert "no bin_ms column" in msg and "10 ms" in msg
+    assert "rows have no bin_ms (no such column" in msg and "10 ms" in msg
     # each width named with a row that has it: with many shards the files to separate are found
     assert "e.g. " + str(mixed / "train-00001-of-00002.parquet") in msg
     assert "e.g. " + str(mixed / "train-00000-of-00002.parquet") in msg

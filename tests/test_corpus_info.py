@@ -368,3 +368,23 @@ def test_check_stops_at_a_row_the_reader_refuses_naming_its_shard(corpus_and_row
     with pytest.raises(ValueError, match=r"train-00000-of-00001\.parquet: the row of session .* has "
                                          r"trials_json that is not JSON"):
         check_corpus(opened)
+
+
+def test_ctrl_c_while_pandas_is_first_imported_ends_the_command(corpus_and_rows, tmp_path):
+    """pyarrow imports pandas lazily on a corpus's first read, and its import shim swallowed a
+    KeyboardInterrupt raised meanwhile: a Ctrl-C in that second was lost (the command ran on and
+    exited 0). A pandas whose import is interrupted stands in for the Ctrl-C."""
+    import os
+    import subprocess
+    import sys
+
+    corpus, _ = corpus_and_rows
+    fake = tmp_path / "fake"
+    (fake / "pandas").mkdir(parents=True)
+    (fake / "pandas" / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    src = str(Path(__import__("spikefm").__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), src])}
+    proc = subprocess.run([sys.executable, "-m", "spikefm.cli", "corpus", "info", str(corpus.path), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 130, (proc.returncode, proc.stdout[-300:], proc.stderr[-300:])
+    assert proc.stderr.strip().startswith("spikefm: error: interrupted (Ctrl-C)") and not proc.stdout

@@ -69,6 +69,17 @@ def _check_shard(shard: Path, corpus=None) -> None:
                                   "empty, truncated or not Parquet")
 
 
+def _import_pandas_first() -> None:
+    """Import pandas (installed with pynwb) before pyarrow does. pyarrow imports it lazily, on the
+    first ``to_numpy()`` of a corpus read, and its import shim swallows a ``KeyboardInterrupt``
+    raised meanwhile: a Ctrl-C in that second was lost and the command ran on to the end. Raised
+    by this plain import, it ends the command as any Ctrl-C does."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        pass
+
+
 def manifest_sha256(corpus_dir: str | Path) -> str:
     """sha256 of ``corpus_dir/manifest.json`` (what training records as the corpus it read), without
     opening the corpus; OSError when there is none."""
@@ -145,6 +156,7 @@ class Corpus:
     """
 
     def __init__(self, path: str | Path):
+        _import_pandas_first()
         self.path = Path(path)
         # One version, pinned when opened: a rebuild switches .current, and the shards were found
         # through the links at each read, so an open corpus read the new version's shards
